@@ -1,0 +1,259 @@
+"""Configuration: `get_config(arg)` files -> one frozen, validated `Config`.
+
+The dataclasses below are the schema *and* the defaults. Config files start from
+`default_config()` (a ConfigDict mirroring them) and change what their experiment needs;
+command-line overrides (`--config.train.steps=300`) come on top. `from_dict` then turns the
+result into frozen dataclasses once, at the entry point, so the library never sees a ConfigDict.
+Every mistake is a `ConfigError` whose message is one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import importlib.util
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message is one line meant for the user."""
+
+
+def _f(default: Any, *, choices: tuple | None = None, lo: float | None = None, hi: float | None = None) -> Any:
+    """A dataclass field carrying its validation rule (allowed values or an inclusive range)."""
+    return field(default=default, metadata={"choices": choices, "lo": lo, "hi": hi})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, how it is generated, and where prepared TFDS files are cached."""
+
+    name: str = "parity"  # parity | digits | mnist1d | any TFDS dataset prepared in data_dir
+    parity_n: int = _f(16, lo=2, hi=4096)
+    num_train: int = _f(100_000, lo=1)
+    num_eval: int = _f(10_000, lo=1)
+    # Inclusive ranges of parity's difficulty (non-zero entries); None means 1..parity_n.
+    train_difficulty: tuple[int, int] | None = None
+    eval_difficulty: tuple[int, int] | None = None
+    data_dir: str = ""  # "" -> $ADAPTIVE_DATA_DIR or ~/.cache/adaptive/tfds
+    seed: int = _f(0, lo=0)
+    eval_split: str = _f("test", choices=("validation", "test"))
+    image_key: str = "image"
+    label_key: str = "label"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network. `kind` picks the family; the adaptive kinds plug in here later."""
+
+    kind: str = _f("rnn", choices=("mlp", "rnn"))
+    hidden: int = _f(128, lo=1)
+    depth: int = _f(1, lo=1, hi=1024)  # MLP: hidden layers; RNN: fixed recurrent steps
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up then a cosine or constant schedule, and global-norm clipping."""
+
+    learning_rate: float = _f(1e-3, lo=0.0)
+    warmup_steps: int = _f(100, lo=0)
+    schedule: str = _f("cosine", choices=("cosine", "constant"))
+    end_lr_fraction: float = _f(0.0, lo=0.0, hi=1.0)
+    weight_decay: float = _f(0.0, lo=0.0)
+    b1: float = _f(0.9, lo=0.0, hi=1.0)
+    b2: float = _f(0.999, lo=0.0, hi=1.0)
+    grad_clip_norm: float = _f(1.0, lo=0.0)  # 0 disables clipping
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Loop lengths and intervals, in steps."""
+
+    steps: int = _f(3000, lo=1)
+    batch_size: int = _f(128, lo=1)
+    eval_every: int = _f(500, lo=1)
+    eval_batch_size: int = _f(1000, lo=1)
+    log_every: int = _f(50, lo=1)
+    checkpoint_every: int = _f(500, lo=1)
+    keep_checkpoints: int = _f(3, lo=1)
+    max_nonfinite_in_a_row: int = _f(20, lo=1)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Where metrics go besides DIR/metrics.jsonl (always written)."""
+
+    wandb: str = _f("offline", choices=("offline", "online", "disabled"))
+    wandb_project: str = "adaptive"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run. `seed` is the only source of randomness (init, dropout, data order)."""
+
+    name: str = "run"
+    seed: int = _f(0, lo=0)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The defaults as a ConfigDict, for config files to start from."""
+    return ml_collections.ConfigDict(to_dict(Config()))
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain, JSON-ready dict of a Config (tuples become lists in JSON, restored on load)."""
+    return dataclasses.asdict(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: file + overrides -> Config
+
+
+def load(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """`configs/x.py[:arg]` plus `--config.a.b=v` strings -> a validated Config."""
+    raw = load_file(spec)
+    for item in overrides:
+        path, value = _split_override(item)
+        _set_path(raw, path, value)
+    cfg = from_dict(raw)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=data_dir(cfg.data)))
+
+
+def load_file(spec: str) -> dict:
+    """Imports a config file and calls its `get_config(arg)`; returns a plain dict."""
+    file, _, arg = spec.partition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise ConfigError(f"config file {file!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"_adaptive_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {file!r} defines no get_config(arg)")
+    try:
+        cfg = module.get_config(arg or None)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ConfigError(f"{spec}: {e}") from None
+    return cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+
+
+def from_dict(raw: dict, cls: type = Config, prefix: str = "") -> Any:
+    """Builds the dataclass `cls` from nested dicts, rejecting unknown keys and bad values."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=3, cutoff=0.5)
+            hint = (
+                f"did you mean {_or(prefix, close)}?"
+                if close
+                else (f"valid keys: {', '.join(prefix + k for k in fields)}")
+            )
+            raise ConfigError(f"unknown config key {prefix + key!r} ({hint})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in raw:
+            continue
+        key, value, kind = prefix + name, raw[name], hints[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {key!r} is a section; set its fields, e.g. {key}.x=...")
+            kwargs[name] = from_dict(value, kind, key + ".")
+        else:
+            kwargs[name] = _check(key, _coerce(key, value, kind), f.metadata)
+    return cls(**kwargs)
+
+
+def _or(prefix: str, names: list[str]) -> str:
+    return " or ".join(repr(prefix + n) for n in names)
+
+
+def _coerce(key: str, value: Any, kind: Any) -> Any:
+    """Checks `value` against the annotation `kind` (int, float, str, bool, tuples, optionals)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"config key {key!r} must be {len(args)} values like 1,8; got {value!r}")
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args, strict=True))
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"config key {key!r} must be {getattr(kind, '__name__', kind)}; got {value!r}")
+
+
+def _check(key: str, value: Any, rule: typing.Mapping) -> Any:
+    choices, lo, hi = rule.get("choices"), rule.get("lo"), rule.get("hi")
+    if choices and value not in choices:
+        allowed = ", ".join(map(repr, choices))
+        raise ConfigError(f"config key {key!r} is {value!r}; allowed values: {allowed}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            bounds = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise ConfigError(f"config key {key!r} is {value!r}; must be in {bounds}")
+    return value
+
+
+def _split_override(item: str) -> tuple[list[str], Any]:
+    """`--config.train.steps=300` -> (['train', 'steps'], 300)."""
+    body = item.removeprefix("--").removeprefix("config.")
+    if "=" not in body:
+        raise ConfigError(f"override {item!r} must look like --config.section.key=value")
+    path, _, text = body.partition("=")
+    return path.split("."), _parse_value(text)
+
+
+def _parse_value(text: str) -> Any:
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word such as `offline` is a string
+
+
+def _set_path(raw: dict, path: list[str], value: Any) -> None:
+    """Sets raw[a][b]... = value; unknown sections fail later in `from_dict` with suggestions."""
+    node = raw
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            if part not in node:
+                node[part] = {}  # let from_dict name the unknown key with its suggestions
+                child = node[part]
+            else:
+                raise ConfigError(f"config key {'.'.join(path[: i + 1])!r} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def data_dir(cfg: DataConfig) -> str:
+    """The folder where TFDS datasets are prepared once and reused."""
+    chosen = cfg.data_dir or os.environ.get("ADAPTIVE_DATA_DIR") or "~/.cache/adaptive/tfds"
+    return str(Path(chosen).expanduser().resolve())

@@ -1,0 +1,118 @@
+"""From a data config to prepared TFDS files and model-ready, random-access splits.
+
+Every split, whatever its origin, reads as dicts of `x` float32[input_shape], `y` int32 and
+`difficulty` int32 (-1 where the task has no notion of difficulty), so the rest of the
+framework never branches on the dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from pathlib import Path
+from typing import Any
+
+import tensorflow_datasets as tfds
+
+from adaptive.data.builder import build
+from adaptive.data.offline import Digits, Mnist1d, SplitSeedConfig
+from adaptive.data.parity import Parity, ParityConfig
+from adaptive.data.source import Source
+
+SPLITS = ("train", "validation", "test")
+_BUILDERS = {"parity": Parity, "digits": Digits, "mnist1d": Mnist1d}
+# Splits whose float32 inputs fit in this many bytes are decoded once and kept in memory.
+IN_MEMORY_BYTES = 256 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What a model and a training loop need to know about a dataset before seeing it."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    split_sizes: dict[str, int]
+    has_difficulty: bool
+    max_difficulty: int  # parity_n for parity (the largest possible difficulty), else 0.
+
+
+def _builder(cfg: Any) -> tfds.core.DatasetBuilder:
+    """The prepared builder of a built-in task; generates the files on first use only."""
+    if cfg.name == "parity":
+        config = ParityConfig.create(
+            n=cfg.parity_n,
+            num_train=cfg.num_train,
+            num_eval=cfg.num_eval,
+            train_difficulty=cfg.train_difficulty,
+            eval_difficulty=cfg.eval_difficulty,
+            seed=cfg.seed,
+        )
+    else:
+        config = SplitSeedConfig.create(cfg.seed)
+    cls = _BUILDERS[cfg.name]
+    return build(lambda: cls(config=config, data_dir=cfg.data_dir, file_format="array_record"))
+
+
+def _not_prepared(cfg: Any, why: str) -> ValueError:
+    return ValueError(
+        f"dataset {cfg.name!r} is not prepared as array_record in data_dir={cfg.data_dir} "
+        f"({why}); nothing can be downloaded here: prepare it where there is network with "
+        "tfds file_format='array_record' and copy it into data_dir"
+    )
+
+
+def _external_source(cfg: Any, split: str) -> Any:
+    """The TFDS data source of a dataset someone prepared in data_dir; never downloads.
+
+    The folder check comes first so a missing dataset fails at once without TFDS touching
+    data_dir; `download=False` then keeps TFDS from fetching anything.
+    """
+    folder = Path(cfg.data_dir) / cfg.name.split(":")[0].split("/")[0]
+    if not folder.is_dir():
+        raise _not_prepared(cfg, f"no folder {folder}")
+    try:
+        return tfds.data_source(cfg.name, split=split, data_dir=cfg.data_dir, download=False)
+    except (tfds.core.DatasetNotFoundError, NotImplementedError, AssertionError) as e:
+        raise _not_prepared(cfg, str(e).splitlines()[0]) from None
+
+
+def prepare(cfg: Any) -> DatasetSpec:
+    """Makes sure the dataset's files exist (generating built-in tasks once) and describes it."""
+    if cfg.name in _BUILDERS:
+        info = _builder(cfg).info
+        x_key, y_key = "x", "y"
+    else:
+        info = _external_source(cfg, SPLITS[0]).dataset_info
+        x_key, y_key = cfg.image_key, cfg.label_key
+    for key in (x_key, y_key):
+        if key not in info.features:
+            raise ValueError(f"{cfg.name!r} has no feature {key!r}; it has {list(info.features)}")
+    parity = cfg.name == "parity"
+    return DatasetSpec(
+        input_shape=(math.prod(info.features[x_key].shape),),
+        num_classes=info.features[y_key].num_classes,
+        split_sizes={name: split.num_examples for name, split in info.splits.items()},
+        has_difficulty=parity,
+        max_difficulty=cfg.parity_n if parity else 0,
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def load_split(cfg: Any, split: str) -> Source:
+    """A prepared split as a random-access `Source`; prepares built-in tasks if needed.
+
+    Cached per (cfg, split), so `cfg` must be hashable (a frozen dataclass is): repeated evals
+    and a resumed iterator then reuse the decoded in-memory copy instead of decoding again.
+    """
+    if cfg.name in _BUILDERS:
+        builder = _builder(cfg)
+        if split not in builder.info.splits:
+            raise ValueError(f"split {split!r} is not one of {SPLITS}")
+        tfds_source, x_key, y_key = builder.as_data_source(split=split), "x", "y"
+    else:
+        tfds_source = _external_source(cfg, split)
+        x_key, y_key = cfg.image_key, cfg.label_key
+    x_size = math.prod(tfds_source.dataset_info.features[x_key].shape)
+    in_memory = len(tfds_source) * x_size * 4 <= IN_MEMORY_BYTES
+    return Source(tfds_source, x_key, y_key, in_memory=in_memory)

@@ -1,0 +1,127 @@
+"""Where metrics go: one `Writer` interface, with JSONL (always), console progress and wandb.
+
+`DIR/metrics.jsonl` is the source of truth that tests and reports read: one JSON object a line
+with `step`, `split` and namespaced keys (`train/loss`, `eval/accuracy`, ...). Wall-clock
+figures live under `perf/`, the only keys that differ between two runs of the same config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Protocol
+
+
+class Writer(Protocol):
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonlWriter:
+    """Appends to DIR/metrics.jsonl; on resume, drops lines past the restored step first.
+
+    Those lines came from steps that the resumed run will compute again; keeping them would
+    duplicate steps. Lines cut short by a kill are dropped too.
+    """
+
+    def __init__(self, path: str | Path, *, resume_step: int):
+        self.path = Path(path)
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if row.get("step", 0) <= resume_step:
+                    kept.append(line)
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(k + "\n" for k in kept))
+            os.replace(tmp, self.path)
+        self._file = self.path.open("a")
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        self._file.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class WandbWriter:
+    """wandb, offline unless asked otherwise; it never asks for a key in offline mode.
+
+    The run id is derived from the workdir so that a resumed run continues the same wandb run.
+    """
+
+    def __init__(self, workdir: Path, *, mode: str, project: str, name: str, config: dict):
+        import wandb  # imported here: a run with wandb disabled should not pay for it
+
+        digest = hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:10]
+        run_id = "".join(c if c.isalnum() else "-" for c in workdir.name)[-50:] + "-" + digest
+        self._run = wandb.init(
+            project=project,
+            name=name,
+            dir=str(workdir),
+            mode=mode,
+            id=run_id,
+            resume="allow",
+            config=config,
+            reinit="finish_previous",
+        )
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        self._run.log(metrics, step=step)
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+class ProgressBar:
+    """A live bar with steps/s and ETA on stderr, showing the latest loss and eval accuracy."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool):
+        from tqdm import tqdm
+
+        self._bar = tqdm(
+            total=total,
+            initial=initial,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not enabled,
+            file=sys.stderr,
+            smoothing=0.1,
+        )
+        self._shown: dict[str, str] = {}
+
+    def advance(self, n: int = 1) -> None:
+        self._bar.update(n)
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        for key in ("train/loss", "train/accuracy", "eval/accuracy"):
+            if key in metrics:
+                self._shown[key.replace("/", "_")] = f"{metrics[key]:.4g}"
+        self._bar.set_postfix(self._shown, refresh=False)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class MultiWriter:
+    def __init__(self, writers: list):
+        self.writers = writers
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        for w in self.writers:
+            w.write(step, split, metrics)
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()

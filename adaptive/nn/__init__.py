@@ -1,0 +1,1 @@
+"""Flax NNX modules. Nothing here imports training, serving or I/O code."""

@@ -1,0 +1,94 @@
+"""The pure, jitted functions of training: `train_step(state, batch) -> state` and eval sums.
+
+The train state is a plain dict pytree (params as a pure dict, optax state, counters and
+running metric sums), so orbax saves it as is and a restored run continues bitwise the same.
+Randomness is `fold_in(seed key, step)`: nothing random is carried in the state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from adaptive import losses
+
+# Per-step train metrics that are averaged over each logging window.
+TRAIN_METRICS = ("loss", "accuracy", "grad_norm", "steps_mean")
+
+
+def init_state(params: dict, tx: optax.GradientTransformation) -> dict:
+    zeros = {k: jnp.zeros((), jnp.float32) for k in TRAIN_METRICS}
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": tx.init(params),
+        "skipped_steps": jnp.zeros((), jnp.int32),  # non-finite steps over the whole run
+        "nonfinite_streak": jnp.zeros((), jnp.int32),
+        "worst_streak": jnp.zeros((), jnp.int32),  # longest streak so far: checked on the host
+        "metric_sums": zeros,
+        "metric_count": jnp.zeros((), jnp.int32),
+    }
+
+
+def reset_metric_sums(state: dict) -> dict:
+    zeros = jax.tree.map(jnp.zeros_like, state["metric_sums"])
+    return {**state, "metric_sums": zeros, "metric_count": jnp.zeros((), jnp.int32)}
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation) -> Callable:
+    """Builds `train_step(state, batch) -> state` (jit it with the state donated).
+
+    A step whose loss or gradients are not finite leaves params and optimizer state as they
+    were and is counted in `skipped_steps`; the host stops the run on a long streak.
+    """
+
+    def loss_fn(params, batch):
+        out = nnx.merge(graphdef, params)(batch["x"])
+        loss, accuracy = losses.classification(out.logits_BxC, batch["y"])
+        return loss, {"accuracy": accuracy, "steps_mean": out.steps_B.mean()}
+
+    def train_step(state: dict, batch: dict) -> dict:
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        grad_norm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        streak = jnp.where(ok, 0, state["nonfinite_streak"] + 1)
+        step_metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
+        sums = {k: state["metric_sums"][k] + jnp.where(ok, step_metrics[k], 0.0) for k in TRAIN_METRICS}
+        return {
+            "step": state["step"] + 1,
+            "params": keep(params, state["params"]),
+            "opt_state": keep(opt_state, state["opt_state"]),
+            "skipped_steps": state["skipped_steps"] + (~ok).astype(jnp.int32),
+            "nonfinite_streak": streak,
+            "worst_streak": jnp.maximum(state["worst_streak"], streak),
+            "metric_sums": sums,
+            "metric_count": state["metric_count"] + ok.astype(jnp.int32),
+        }
+
+    return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
+    """Builds `eval_step(params, batch) -> sums` over the real (mask = 1) examples of a batch."""
+
+    def eval_step(params: dict, batch: dict) -> dict:
+        out = nnx.merge(graphdef, params)(batch["x"])
+        mask = batch["mask"]
+        count = mask.sum()
+        loss, accuracy = losses.classification(out.logits_BxC, batch["y"], mask)
+        return {"loss": loss * count, "correct": accuracy * count, "count": count, "steps": (out.steps_B * mask).sum()}
+
+    return eval_step

@@ -1,0 +1,193 @@
+"""`train_and_evaluate(cfg, workdir)`: the resumable training loop.
+
+Running it again on the same workdir resumes from the newest checkpoint that restores (params,
+optimizer, step, data position); randomness is derived from (seed, step), so a run killed at
+any moment and rerun ends bitwise where an uninterrupted run ends. SIGTERM saves and stops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from adaptive import config as config_lib
+from adaptive import data, runinfo, steps
+from adaptive.checkpoint import Checkpointer
+from adaptive.metrics import JsonlWriter, MultiWriter, ProgressBar, WandbWriter
+from adaptive.nn.models import build_model
+from adaptive.optim import learning_rate_schedule, make_optimizer
+
+log = logging.getLogger(__name__)
+
+# Keys that may change between a run and its resumption; anything else means another run.
+RESUMABLE_CHANGES = (
+    "train.steps",
+    "train.eval_every",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "logging.",
+)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. too many non-finite steps); the message is one line."""
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM arrived: a checkpoint was saved and the run stopped; rerun to resume."""
+
+
+def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str, float]:
+    """Trains `cfg` in `workdir` (resuming if it holds a checkpoint); returns final eval metrics."""
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_or_check_config(cfg, workdir)
+
+    spec = data.prepare(cfg.data)
+    model = build_model(cfg.model, spec, seed=cfg.seed)
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = make_optimizer(cfg.optim, cfg.train.steps)
+    state = steps.init_state(nnx.to_pure_dict(params), tx)
+    train_step = jax.jit(steps.make_train_step(graphdef, tx), donate_argnums=0)
+    eval_step = jax.jit(steps.make_eval_step(graphdef))
+    lr_at = learning_rate_schedule(cfg.optim, cfg.train.steps)
+
+    batches = data.train_iterator(cfg.data, cfg.train.batch_size, seed=cfg.seed)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    restored = ckpt.restore_latest(state)
+    start = 0
+    if restored is not None:
+        start, state, data_state = restored
+        batches.set_state(data_state)
+        log.info("resuming %s from step %d", workdir, start)
+    runinfo.record_start(workdir, seed=cfg.seed, resumed_from=restored and start)
+
+    writers = [JsonlWriter(workdir / "metrics.jsonl", resume_step=start)]
+    if cfg.logging.wandb != "disabled":
+        writers.append(
+            WandbWriter(
+                workdir,
+                mode=cfg.logging.wandb,
+                project=cfg.logging.wandb_project,
+                name=cfg.name,
+                config=config_lib.to_dict(cfg),
+            )
+        )
+    bar = ProgressBar(cfg.train.steps, start, enabled=cfg.logging.progress)
+    writer = MultiWriter(writers + [bar])
+
+    stop = {"signal": None}
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
+    final: dict[str, float] = {}
+    try:
+        t_window, steps_in_window = time.perf_counter(), 0
+        for step in range(start + 1, cfg.train.steps + 1):
+            state = train_step(state, next(batches))
+            steps_in_window += 1
+            bar.advance()
+            last = step == cfg.train.steps
+            if step % cfg.train.log_every == 0 or last:
+                metrics, state = _train_metrics(state, lr_at)
+                elapsed = time.perf_counter() - t_window
+                metrics["perf/steps_per_sec"] = steps_in_window / max(elapsed, 1e-9)
+                writer.write(step, "train", metrics)
+                t_window, steps_in_window = time.perf_counter(), 0
+            due_checkpoint = step % cfg.train.checkpoint_every == 0 or last or stop["signal"]
+            if due_checkpoint or step % cfg.train.log_every == 0:
+                _check_streak(state, cfg.train.max_nonfinite_in_a_row, step, ckpt)
+            if step % cfg.train.eval_every == 0 or last:
+                final = evaluate(eval_step, state["params"], cfg, cfg.data.eval_split)
+                writer.write(step, "eval", final)
+            if due_checkpoint:
+                ckpt.save(step, state, batches.get_state())
+            if stop["signal"]:
+                raise Interrupted(
+                    f"stopped by SIGTERM at step {step}; checkpoint saved in "
+                    f"{ckpt.directory}; rerun the same command to resume"
+                )
+        if start >= cfg.train.steps:  # nothing left to train: report the finished run's eval
+            final = evaluate(eval_step, state["params"], cfg, cfg.data.eval_split)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        writer.close()
+        ckpt.close()
+    return final
+
+
+def evaluate(eval_step, params: dict, cfg: config_lib.Config, split: str) -> dict[str, float]:
+    """Accuracy, loss and mean compute steps over every example of `split`."""
+    totals = None
+    for batch in data.eval_batches(cfg.data, split, cfg.train.eval_batch_size):
+        sums = eval_step(params, batch)
+        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    totals = jax.device_get(totals)
+    n = max(float(totals["count"]), 1.0)
+    return {
+        "eval/loss": float(totals["loss"]) / n,
+        "eval/accuracy": float(totals["correct"]) / n,
+        "eval/steps_mean": float(totals["steps"]) / n,
+        "eval/examples": int(totals["count"]),
+    }
+
+
+def _train_metrics(state: dict, lr_at) -> tuple[dict[str, float], dict]:
+    """Means of the train metrics since the last log (read from the state), then reset them."""
+    host = jax.device_get({k: state[k] for k in ("metric_sums", "metric_count", "skipped_steps", "step")})
+    count = max(int(host["metric_count"]), 1)
+    metrics = {f"train/{k}": float(v) / count for k, v in host["metric_sums"].items()}
+    metrics["train/skipped_steps"] = int(host["skipped_steps"])
+    applied = int(host["step"]) - int(host["skipped_steps"])  # skipped steps do not advance optax
+    metrics["train/learning_rate"] = float(lr_at(max(applied - 1, 0)))  # the last update's rate
+    return metrics, steps.reset_metric_sums(state)
+
+
+def _check_streak(state: dict, limit: int, step: int, ckpt: Checkpointer) -> None:
+    worst = int(state["worst_streak"])
+    if worst >= limit:
+        last_good = ckpt.latest_step()
+        raise TrainingError(
+            f"{worst} non-finite steps in a row by step {step} (limit "
+            f"train.max_nonfinite_in_a_row={limit}); last good checkpoint: "
+            f"{'step ' + str(last_good) if last_good is not None else 'none'} in {ckpt.directory}"
+        )
+
+
+def _write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
+    """Saves DIR/config.json; on a rerun, refuses a config that would make it another run."""
+    path = workdir / "config.json"
+    current = json.loads(json.dumps(config_lib.to_dict(cfg)))
+    if path.exists():
+        saved = json.loads(path.read_text())
+        for key in _differences(saved, current):
+            if not key.startswith(RESUMABLE_CHANGES):
+                raise config_lib.ConfigError(
+                    f"{workdir} holds a run with another config ({key}: {_get(saved, key)!r} != "
+                    f"{_get(current, key)!r}); use a new --workdir or the same config"
+                )
+    path.write_text(json.dumps(current, indent=2) + "\n")
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, prefix + k + ".")
+        elif x != y:
+            out.append(prefix + k)
+    return out
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree

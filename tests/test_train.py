@@ -1,0 +1,224 @@
+"""The trainer end to end: outputs, exact resume after SIGKILL, SIGTERM, non-finite steps."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from adaptive import config as config_lib
+from adaptive.checkpoint import Checkpointer
+from adaptive.train import TrainingError, train_and_evaluate
+from tests.helpers import ROOT, final_state, metric_rows, run_train, train_command
+
+# 60 steps, a checkpoint every 10, a log line every 5: small enough for a few seconds.
+SHORT = [
+    "--config.train.steps=60",
+    "--config.train.checkpoint_every=10",
+    "--config.train.log_every=5",
+    "--config.train.eval_every=20",
+]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """One uninterrupted run that the interrupted ones must match bitwise."""
+    workdir = tmp_path_factory.mktemp("reference")
+    proc = run_train(workdir, *SHORT)
+    assert proc.returncode == 0, proc.stderr
+    return workdir, proc
+
+
+def test_run_writes_its_outputs(reference_run):
+    workdir, proc = reference_run
+    assert "eval/accuracy=" in proc.stdout and f"workdir: {workdir}" in proc.stdout
+    rows = metric_rows(workdir)
+    train_rows = [r for r in rows if r["split"] == "train"]
+    eval_rows = [r for r in rows if r["split"] == "eval"]
+    assert [r["step"] for r in train_rows] == list(range(5, 61, 5))
+    assert [r["step"] for r in eval_rows] == [20, 40, 60]
+    for key in (
+        "train/loss",
+        "train/accuracy",
+        "train/grad_norm",
+        "train/learning_rate",
+        "train/skipped_steps",
+        "train/steps_mean",
+    ):
+        assert np.isfinite(train_rows[-1][key]), key
+    assert eval_rows[-1]["eval/examples"] == 512
+    assert 0.0 <= eval_rows[-1]["eval/accuracy"] <= 1.0
+    assert json.loads((workdir / "config.json").read_text())["train"]["steps"] == 60
+    run = json.loads((workdir / "run.json").read_text())
+    assert run["seed"] == 0 and run["packages"]["jax"] and len(run["starts"]) == 1
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [40, 50, 60]
+
+
+def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    workdir = tmp_path / "killed"
+    # Kill twice, at moments that land between and (likely) inside checkpoint saves.
+    for kill_after_rows in (4, 9):
+        proc = subprocess.Popen(train_command(workdir, *SHORT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            metrics = workdir / "metrics.jsonl"
+            if metrics.exists() and len(metrics.read_text().splitlines()) >= kill_after_rows:
+                break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (workdir / "checkpoints").exists()
+    proc = run_train(workdir, *SHORT)
+    assert proc.returncode == 0, proc.stderr
+
+    ref_step, ref_state = final_state(ref_dir)
+    step, state = final_state(workdir)
+    assert step == ref_step == 60
+    jax.tree.map(np.testing.assert_array_equal, state, ref_state)
+    assert metric_rows(workdir) == metric_rows(ref_dir)
+    assert len(json.loads((workdir / "run.json").read_text())["starts"]) >= 2
+
+
+def test_sigterm_saves_then_resume_matches(reference_run, tmp_path):
+    ref_dir, _ = reference_run
+    workdir = tmp_path / "terminated"
+    proc = subprocess.Popen(train_command(workdir, *SHORT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = workdir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "stopped by SIGTERM at step" in stderr and "rerun the same command" in stderr
+    saved = Checkpointer(workdir / "checkpoints", keep=3)
+    stopped_at = saved.latest_step()
+    saved.close()
+    assert stopped_at is not None and stopped_at < 60
+    assert run_train(workdir, *SHORT).returncode == 0
+    jax.tree.map(np.testing.assert_array_equal, final_state(workdir)[1], final_state(ref_dir)[1])
+
+
+def test_rerun_of_a_finished_run_does_no_training(reference_run):
+    workdir, _ = reference_run
+    before = (workdir / "metrics.jsonl").read_text()
+    proc = run_train(workdir, *SHORT)
+    assert proc.returncode == 0 and "eval/accuracy=" in proc.stdout
+    assert (workdir / "metrics.jsonl").read_text() == before
+
+
+def test_rerun_with_another_config_is_refused(reference_run):
+    workdir, _ = reference_run
+    proc = run_train(workdir, *SHORT, "--config.model.hidden=64")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"adaptive: error: {workdir} holds a run with another config (model.hidden: 32 != 64); "
+        "use a new --workdir or the same config"
+    ]
+
+
+def _tiny_config(**train):
+    cfg = config_lib.load(
+        f"{ROOT}/configs/parity.py:tiny", ["--config.logging.wandb=disabled", "--config.logging.progress=false"]
+    )
+    import dataclasses
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train))
+
+
+def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
+    """Inputs turn NaN after step 25: those steps are skipped, and after 5 in a row the run stops
+    with an error; the checkpoint at step 20 (the last good one) stays and restores to finite
+    parameters."""
+    from adaptive import data
+
+    real_iterator = data.train_iterator
+
+    class PoisonAfter:
+        def __init__(self, inner, good_steps):
+            self.inner, self.left = inner, good_steps
+
+        def __next__(self):
+            batch = next(self.inner)
+            self.left -= 1
+            return batch if self.left >= 0 else {**batch, "x": np.full_like(batch["x"], np.nan)}
+
+        def get_state(self):
+            return self.inner.get_state()
+
+        def set_state(self, state):
+            self.inner.set_state(state)
+
+    monkeypatch.setattr(data, "train_iterator", lambda *a, **k: PoisonAfter(real_iterator(*a, **k), 25))
+    cfg = _tiny_config(steps=60, checkpoint_every=10, log_every=1, max_nonfinite_in_a_row=5)
+    with pytest.raises(
+        TrainingError,
+        match=r"5 non-finite steps in a row by step 30 .* last good "
+        r"checkpoint: step 20",
+    ):
+        train_and_evaluate(cfg, tmp_path)
+    rows = [r for r in metric_rows(tmp_path) if r["split"] == "train"]
+    assert rows[-1]["step"] == 30 and rows[-1]["train/skipped_steps"] == 5
+    assert rows[-2]["train/skipped_steps"] == 4
+    step, state = final_state(tmp_path)
+    assert step == 20
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(reference_run, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(reference_run[0], workdir)
+    for f in (workdir / "checkpoints" / "60").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "state" in str(f):
+            f.write_bytes(b"garbage")
+    step, state = final_state(workdir)
+    assert step == 50
+
+
+def test_golden_first_step_of_the_default_model(tmp_path):
+    """One step of configs/parity.py's default model on its first batch. If a change moves these
+    numbers, the change must say why (init, data order, loss or optimizer changed)."""
+    cfg = config_lib.load(
+        f"{ROOT}/configs/parity.py",
+        [
+            "--config.data.num_train=4096",
+            "--config.data.num_eval=512",
+            "--config.train.steps=1",
+            "--config.train.log_every=1",
+            "--config.logging.wandb=disabled",
+            "--config.logging.progress=false",
+        ],
+    )
+    final = train_and_evaluate(cfg, tmp_path)
+    (row,) = [r for r in metric_rows(tmp_path) if r["split"] == "train"]
+    golden = {"train/loss": GOLDEN_LOSS, "train/accuracy": GOLDEN_ACCURACY, "train/grad_norm": GOLDEN_GRAD_NORM}
+    for key, value in golden.items():
+        assert row[key] == pytest.approx(value, rel=1e-5), key
+    assert final["eval/accuracy"] == pytest.approx(GOLDEN_EVAL_ACCURACY, abs=1e-6)
+
+
+# Pinned on 2026-11-29 (jax 0.10.2, XLA:CPU).
+GOLDEN_LOSS = 0.7098500728607178
+GOLDEN_ACCURACY = 0.5703125
+GOLDEN_GRAD_NORM = 0.4541463255882263
+GOLDEN_EVAL_ACCURACY = 0.49609375
+
+
+def test_wandb_offline_needs_no_key(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env["WANDB_DIR"] = str(tmp_path)
+    cmd = [
+        c
+        for c in train_command(tmp_path / "w", "--config.train.steps=10", "--config.logging.wandb=offline")
+        if c != "--config.logging.wandb=disabled"
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert list((tmp_path / "w" / "wandb").glob("offline-run-*"))
