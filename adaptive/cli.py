@@ -44,7 +44,56 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--workdir", required=True, metavar="DIR", help="where metrics.jsonl, config.json, run.json and checkpoints/ go"
     )
+    evaluate = commands.add_parser(
+        "eval", help="score a trained run on a split (by the inference path)", allow_abbrev=False
+    )
+    evaluate.add_argument("--workdir", required=True, metavar="DIR")
+    evaluate.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    evaluate.add_argument("--split", choices=("train", "validation", "test"), help="default: the config's eval_split")
+    evaluate.add_argument("--budget", type=int, help="per-example step budget (default: the cap)")
+    report = commands.add_parser("report", help="a table (and plots) over finished runs", allow_abbrev=False)
+    report.add_argument("workdirs", nargs="+", metavar="DIR")
+    report.add_argument("--split", action="append", help="also evaluate on this split (repeatable)")
+    report.add_argument("--plot", metavar="PNG", help="draw compute (and accuracy) vs difficulty here")
+    report.add_argument("--markdown", metavar="MD", help="write the table as markdown here")
+    bench = commands.add_parser("bench", help="benchmarks: side by side, medians after warm-up, table + JSON")
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    depth = kinds.add_parser("depth", help="ACT inference at realized depth d vs the static depth-d model")
+    depth.add_argument("--json", metavar="OUT", help="write the rows here")
+    depth.add_argument("--kind", default="mlp", choices=("mlp", "rnn", "transformer"))
+    depth.add_argument("--hidden", type=int, default=512)
+    depth.add_argument("--cap", type=int, default=20, help="the ACT model's max_steps")
+    depth.add_argument("--depths", default="1,2,4,8,16", help="comma-separated realized depths")
+    depth.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
+    depth.add_argument("--inputs", type=int, default=16, help="input width (parity n)")
+    depth.add_argument("--repeats", type=int, default=300)
+    act = kinds.add_parser("act-train", help="the framework's ACT training loop vs a bare-JAX loop")
+    act.add_argument("--json", metavar="OUT", help="write the rows here")
+    act.add_argument("--n", type=int, default=16, help="parity length")
+    act.add_argument("--steps", type=int, default=2000)
     return parser
+
+
+def _bench(args, overrides: list[str]) -> int:
+    if args.bench == "depth":
+        from adaptive.bench import depth
+
+        ints = lambda text: [int(v) for v in text.split(",") if v]  # noqa: E731
+        depth.run(
+            kind=args.kind,
+            hidden=args.hidden,
+            cap=args.cap,
+            depths=ints(args.depths),
+            batches=ints(args.batches),
+            repeats=args.repeats,
+            n_in=args.inputs,
+            json_out=args.json,
+        )
+    else:
+        from adaptive.bench import act_train
+
+        act_train.run(n=args.n, steps=args.steps, json_out=args.json)
+    return 0
 
 
 def _quiet_libraries() -> None:
@@ -66,8 +115,31 @@ def _train(args, overrides: list[str]) -> int:
 
     cfg = config_lib.load(args.config, overrides)
     final = train_and_evaluate(cfg, args.workdir)
-    shown = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in final.items())
-    print(f"done: {shown}\nworkdir: {os.path.abspath(args.workdir)}")
+    print(_summary_line(final))
+    print(f"workdir: {os.path.abspath(args.workdir)}")
+    return 0
+
+
+def _summary_line(metrics: dict) -> str:
+    return (
+        f"eval accuracy {metrics['eval/accuracy']:.4f} | mean steps {metrics['eval/steps_mean']:.2f} "
+        f"(max {metrics['eval/steps_max']}) | {metrics['eval/examples']} examples"
+    )
+
+
+def _eval(args, overrides: list[str]) -> int:
+    from adaptive.evaluate import evaluate_run
+
+    metrics, path = evaluate_run(args.workdir, split=args.split, step=args.step, budget=args.budget)
+    print(f"step {metrics['step']} split {metrics['split']} budget {metrics['budget']}: {_summary_line(metrics)}")
+    print(f"wrote {path}")
+    return 0
+
+
+def _report(args, overrides: list[str]) -> int:
+    from adaptive.report import report
+
+    report(args.workdirs, splits=args.split or [], plot=args.plot, markdown=args.markdown)
     return 0
 
 
@@ -79,11 +151,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from adaptive.checkpoint import CheckpointError
     from adaptive.config import ConfigError
+    from adaptive.runs import RunError
     from adaptive.train import Interrupted, TrainingError
 
     try:
-        return {"train": _train}[args.command](args, overrides)
-    except ConfigError as e:
+        commands = {"train": _train, "eval": _eval, "report": _report, "bench": _bench}
+        return commands[args.command](args, overrides)
+    except (ConfigError, RunError) as e:
         print(f"adaptive: error: {e}", file=sys.stderr)
         return 2
     except (TrainingError, CheckpointError) as e:

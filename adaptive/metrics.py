@@ -98,6 +98,7 @@ class ProgressBar:
             disable=not enabled,
             file=sys.stderr,
             smoothing=0.1,
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,  # \r-redrawn bars pile up in log files
         )
         self._shown: dict[str, str] = {}
 

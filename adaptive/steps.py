@@ -18,7 +18,7 @@ from flax import nnx
 from adaptive import losses
 
 # Per-step train metrics that are averaged over each logging window.
-TRAIN_METRICS = ("loss", "accuracy", "grad_norm", "steps_mean")
+TRAIN_METRICS = (*losses.METRICS, "grad_norm")
 
 
 def init_state(params: dict, tx: optax.GradientTransformation) -> dict:
@@ -45,7 +45,7 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation) -> Callable:
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, halting_cfg) -> Callable:
     """Builds `train_step(state, batch) -> state` (jit it with the state donated).
 
     A step whose loss or gradients are not finite leaves params and optimizer state as they
@@ -54,8 +54,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation) ->
 
     def loss_fn(params, batch):
         out = nnx.merge(graphdef, params)(batch["x"])
-        loss, accuracy = losses.classification(out.logits_BxC, batch["y"])
-        return loss, {"accuracy": accuracy, "steps_mean": out.steps_B.mean()}
+        loss, metrics = losses.total_loss(out, batch["y"], halting_cfg.policy, halting_cfg)
+        return loss, metrics
 
     def train_step(state: dict, batch: dict) -> dict:
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
@@ -65,7 +65,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation) ->
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
         streak = jnp.where(ok, 0, state["nonfinite_streak"] + 1)
-        step_metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
+        step_metrics = {"grad_norm": grad_norm, **aux}
         sums = {k: state["metric_sums"][k] + jnp.where(ok, step_metrics[k], 0.0) for k in TRAIN_METRICS}
         return {
             "step": state["step"] + 1,
@@ -81,14 +81,32 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation) ->
     return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef) -> Callable:
-    """Builds `eval_step(params, batch) -> sums` over the real (mask = 1) examples of a batch."""
+def make_eval_step(graphdef: nnx.GraphDef, max_difficulty: int) -> Callable:
+    """Builds `eval_step(params, batch, budget) -> sums` over the real (mask = 1) examples.
 
-    def eval_step(params: dict, batch: dict) -> dict:
-        out = nnx.merge(graphdef, params)(batch["x"])
+    Evaluation runs the *inference* path (the while_loop that stops when all have halted) under
+    a step budget, so what it reports is what a deployed model does. Sums are also kept per
+    difficulty (index = difficulty, 0..max_difficulty) for tasks that have one.
+    """
+
+    def eval_step(params: dict, batch: dict, budget: jax.Array) -> dict:
+        out = nnx.merge(graphdef, params).infer(batch["x"], budget)
         mask = batch["mask"]
         count = mask.sum()
-        loss, accuracy = losses.classification(out.logits_BxC, batch["y"], mask)
-        return {"loss": loss * count, "correct": accuracy * count, "count": count, "steps": (out.steps_B * mask).sum()}
+        loss, _ = losses.classification(out.logits_BxC, batch["y"], mask)
+        correct = (jnp.argmax(out.logits_BxC, -1) == batch["y"]) * mask
+        steps = out.steps_B * mask
+        bucket = jnp.clip(batch["difficulty"], 0, max_difficulty)
+        by_difficulty = lambda v: jnp.zeros(max_difficulty + 1).at[bucket].add(v)  # noqa: E731
+        return {
+            "loss": loss * count,
+            "correct": correct.sum(),
+            "count": count,
+            "steps": steps.sum(),
+            "max_steps": jnp.max(jnp.where(mask > 0, out.steps_B, 0)),
+            "count_by_difficulty": by_difficulty(mask),
+            "correct_by_difficulty": by_difficulty(correct),
+            "steps_by_difficulty": by_difficulty(steps),
+        }
 
     return eval_step

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 from flax import nnx
 
 from adaptive import config as config_lib
@@ -23,6 +22,7 @@ from adaptive.checkpoint import Checkpointer
 from adaptive.metrics import JsonlWriter, MultiWriter, ProgressBar, WandbWriter
 from adaptive.nn.models import build_model
 from adaptive.optim import learning_rate_schedule, make_optimizer
+from adaptive.scoring import evaluate
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,12 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
     _write_or_check_config(cfg, workdir)
 
     spec = data.prepare(cfg.data)
-    model = build_model(cfg.model, spec, seed=cfg.seed)
+    model = build_model(cfg, spec)
     graphdef, params = nnx.split(model, nnx.Param)
     tx = make_optimizer(cfg.optim, cfg.train.steps)
     state = steps.init_state(nnx.to_pure_dict(params), tx)
-    train_step = jax.jit(steps.make_train_step(graphdef, tx), donate_argnums=0)
-    eval_step = jax.jit(steps.make_eval_step(graphdef))
+    train_step = jax.jit(steps.make_train_step(graphdef, tx, cfg.halting), donate_argnums=0)
+    eval_step = jax.jit(steps.make_eval_step(graphdef, spec.max_difficulty))
     lr_at = learning_rate_schedule(cfg.optim, cfg.train.steps)
 
     batches = data.train_iterator(cfg.data, cfg.train.batch_size, seed=cfg.seed)
@@ -120,22 +120,6 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
         writer.close()
         ckpt.close()
     return final
-
-
-def evaluate(eval_step, params: dict, cfg: config_lib.Config, split: str) -> dict[str, float]:
-    """Accuracy, loss and mean compute steps over every example of `split`."""
-    totals = None
-    for batch in data.eval_batches(cfg.data, split, cfg.train.eval_batch_size):
-        sums = eval_step(params, batch)
-        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
-    totals = jax.device_get(totals)
-    n = max(float(totals["count"]), 1.0)
-    return {
-        "eval/loss": float(totals["loss"]) / n,
-        "eval/accuracy": float(totals["correct"]) / n,
-        "eval/steps_mean": float(totals["steps"]) / n,
-        "eval/examples": int(totals["count"]),
-    }
 
 
 def _train_metrics(state: dict, lr_at) -> tuple[dict[str, float], dict]:

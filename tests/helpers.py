@@ -49,7 +49,7 @@ def final_state(workdir: Path) -> tuple[int, dict]:
     spec = data.prepare(cfg.data)
     from flax import nnx
 
-    params = nnx.to_pure_dict(nnx.split(build_model(cfg.model, spec, seed=cfg.seed), nnx.Param)[1])
+    params = nnx.to_pure_dict(nnx.split(build_model(cfg, spec), nnx.Param)[1])
     like = steps.init_state(params, make_optimizer(cfg.optim, cfg.train.steps))
     ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
     try:

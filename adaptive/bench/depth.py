@@ -1,0 +1,134 @@
+"""`adaptive bench depth`: an ACT model that halts at depth d against the static depth-d model.
+
+Both models have the same blocks; the ACT model runs inference's `while_loop` with the cap
+compiled in, and its halting unit is set so that every example halts after exactly d steps
+(weights 0, bias logit(1/d): the halting mass reaches 1 at step d). The static model is the
+same stack unrolled to d steps: the fastest network of that depth. The ratio is the price of
+adaptivity (loop, halting unit, bookkeeping) when it saves nothing.
+
+At batch 32 the `mixed` row gives each example its own depth (uniform over 1..cap) through its
+budget: the batch runs until its slowest example is done. `waiting_fraction` is the share of the
+batch's time spent after the average example would have finished: 1 - static(mean d) / adaptive.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from adaptive import config as config_lib
+from adaptive.bench.timing import print_table, time_side_by_side, write_json
+from adaptive.nn.models import build_model
+
+COLUMNS = ["kind", "hidden", "batch", "d", "adaptive_ms", "static_ms", "ratio", "slowest_ms", "waiting_fraction"]
+
+
+class _Spec:
+    def __init__(self, n_in: int):
+        self.input_shape, self.num_classes = (n_in,), 2
+
+
+def _model(kind: str, hidden: int, policy: str, steps: int, n_in: int):
+    cfg = config_lib.Config(
+        model=config_lib.ModelConfig(kind=kind, hidden=hidden, depth=steps),
+        halting=config_lib.HaltingConfig(policy=policy, max_steps=steps),
+    )
+    graphdef, params = nnx.split(build_model(cfg, _Spec(n_in)), nnx.Param)
+    return graphdef, nnx.to_pure_dict(params)
+
+
+def _halting_at(params: dict, d: int) -> dict:
+    """ACT parameters whose halting probability is 1/d at every step: each example halts at d."""
+    bias = 10.0 if d == 1 else math.log((1 / d) / (1 - 1 / d))
+    unit = {
+        "kernel": jnp.zeros_like(params["halt_unit"]["kernel"]),
+        "bias": jnp.full_like(params["halt_unit"]["bias"], bias),
+    }
+    return {**params, "halt_unit": unit}
+
+
+def run(
+    *,
+    kind: str,
+    hidden: int,
+    cap: int,
+    depths: list[int],
+    batches: list[int],
+    repeats: int,
+    n_in: int,
+    json_out: str | None,
+) -> list[dict]:
+    act_graph, act_params = _model(kind, hidden, "act", cap, n_in)
+    infer = jax.jit(lambda p, x, b: nnx.merge(act_graph, p).infer(x, b))
+    rows = []
+    for batch in batches:
+        x = jnp.asarray(np.random.default_rng(0).choice([-1.0, 0.0, 1.0], (batch, n_in)), jnp.float32)
+        full = jnp.full((batch,), cap, jnp.int32)
+        for d in depths:
+            static_graph, static_params = _model(kind, hidden, "none", d, n_in)
+            static = jax.jit(lambda p, x, g=static_graph: nnx.merge(g, p)(x).logits_BxC)
+            params = _halting_at(act_params, d)
+            steps = np.asarray(infer(params, x, full).steps_B)
+            assert (steps == d).all(), f"calibration failed: steps {steps} != {d}"
+            ms = time_side_by_side(
+                {
+                    "adaptive": lambda p=params, x=x, b=full: infer(p, x, b),
+                    "static": lambda f=static, p=static_params, x=x: f(p, x),
+                },
+                repeats=repeats,
+            )
+            rows.append(
+                {
+                    "kind": kind,
+                    "hidden": hidden,
+                    "batch": batch,
+                    "d": d,
+                    "adaptive_ms": ms["adaptive"],
+                    "static_ms": ms["static"],
+                    "ratio": ms["adaptive"] / ms["static"],
+                }
+            )
+        if batch > 1:
+            rows.append(_mixed_row(kind, hidden, cap, batch, n_in, x, infer, act_params, repeats))
+    print_table(rows, COLUMNS)
+    write_json(json_out, rows)
+    return rows
+
+
+def _mixed_row(kind, hidden, cap, batch, n_in, x, infer, act_params, repeats) -> dict:
+    budgets = jnp.asarray(np.random.default_rng(1).integers(1, cap + 1, batch), jnp.int32)
+    never_halt = {
+        **act_params,
+        "halt_unit": {
+            "kernel": jnp.zeros_like(act_params["halt_unit"]["kernel"]),
+            "bias": jnp.full_like(act_params["halt_unit"]["bias"], -30.0),
+        },
+    }
+    mean_d, max_d = float(budgets.mean()), int(budgets.max())
+    at_mean = _model(kind, hidden, "none", max(1, round(mean_d)), n_in)
+    at_max = _model(kind, hidden, "none", max_d, n_in)
+    f_mean = jax.jit(lambda p, x, g=at_mean[0]: nnx.merge(g, p)(x).logits_BxC)
+    f_max = jax.jit(lambda p, x, g=at_max[0]: nnx.merge(g, p)(x).logits_BxC)
+    ms = time_side_by_side(
+        {
+            "adaptive": lambda: infer(never_halt, x, budgets),
+            "static": lambda: f_mean(at_mean[1], x),
+            "slowest": lambda: f_max(at_max[1], x),
+        },
+        repeats=repeats,
+    )
+    return {
+        "kind": kind,
+        "hidden": hidden,
+        "batch": batch,
+        "d": f"mixed(mean {mean_d:.1f}, max {max_d})",
+        "adaptive_ms": ms["adaptive"],
+        "static_ms": ms["static"],
+        "ratio": ms["adaptive"] / ms["static"],
+        "slowest_ms": ms["slowest"],
+        "waiting_fraction": 1.0 - ms["static"] / ms["adaptive"],
+    }

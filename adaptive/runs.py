@@ -1,0 +1,59 @@
+"""Reading a training run back from its workdir: its config, its model and a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from flax import nnx
+
+from adaptive import config as config_lib
+from adaptive import data, steps
+from adaptive.checkpoint import Checkpointer
+from adaptive.nn.models import build_model
+from adaptive.optim import make_optimizer
+
+
+class RunError(ValueError):
+    """The workdir is not a usable run; the message is one line."""
+
+
+@dataclass
+class Run:
+    workdir: Path
+    cfg: config_lib.Config
+    spec: data.DatasetSpec
+    graphdef: nnx.GraphDef
+    params: dict
+    step: int
+
+
+def load_config(workdir: str | Path) -> config_lib.Config:
+    path = Path(workdir) / "config.json"
+    if not path.is_file():
+        raise RunError(f"{workdir} is not a training run (no config.json)")
+    return config_lib.from_dict(json.loads(path.read_text()))
+
+
+def load_run(workdir: str | Path, step: int | None = None) -> Run:
+    """The run's model with the parameters of checkpoint `step` (default: the newest usable)."""
+    workdir = Path(workdir).resolve()
+    cfg = load_config(workdir)
+    spec = data.prepare(cfg.data)
+    graphdef, params = nnx.split(build_model(cfg, spec), nnx.Param)
+    like = steps.init_state(nnx.to_pure_dict(params), make_optimizer(cfg.optim, cfg.train.steps))
+    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    try:
+        if step is None:
+            restored = ckpt.restore_latest(like)
+            if restored is None:
+                raise RunError(f"{workdir} has no checkpoint yet")
+            step, state, _ = restored
+        else:
+            if step not in ckpt.steps():
+                raise RunError(f"{workdir} has no checkpoint at step {step}; it has {ckpt.steps()}")
+            state, _ = ckpt.restore(step, like)
+    finally:
+        ckpt.close()
+    return Run(workdir, cfg, spec, graphdef, state["params"], step)
