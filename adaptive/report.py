@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adaptive.bench.timing import print_table
 from adaptive.evaluate import evaluate_run
 from adaptive.metrics import read_jsonl
 from adaptive.runs import RunError, load_config
+from adaptive.tables import markdown_table, print_table
 
 
 def _describe(cfg) -> dict:
@@ -56,19 +56,12 @@ def report(workdirs: list[str], *, splits: list[str], plot: str | None, markdown
     columns = list(dict.fromkeys(k for r in rows for k in r))
     print_table(rows, columns)
     if markdown:
-        Path(markdown).write_text(_markdown(rows, columns))
+        Path(markdown).write_text(markdown_table(rows, columns))
         print(f"wrote {markdown}")
     if plot:
         _plot_by_difficulty(curves, plot)
         print(f"wrote {plot}")
     return rows
-
-
-def _markdown(rows: list[dict], columns: list[str]) -> str:
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def _plot_by_difficulty(curves: list[tuple[str, str, dict]], path: str) -> None:
@@ -77,7 +70,7 @@ def _plot_by_difficulty(curves: list[tuple[str, str, dict]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_steps, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_steps, ax_acc) = plt.subplots(1, 2, figsize=(14, 4.8))
     for name, split, metrics in curves:
         steps = metrics.get("eval/steps_by_difficulty")
         if not steps:
@@ -101,7 +94,7 @@ def _plot_by_difficulty(curves: list[tuple[str, str, dict]], path: str) -> None:
     ax_acc.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
     for ax in (ax_steps, ax_acc):
         ax.grid(alpha=0.3)
-    ax_acc.legend(fontsize=7, loc="lower left")
+    ax_acc.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside, not over, the lines
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

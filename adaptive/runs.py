@@ -38,6 +38,13 @@ def load_config(workdir: str | Path) -> config_lib.Config:
 
 def load_run(workdir: str | Path, step: int | None = None) -> Run:
     """The run's model with the parameters of checkpoint `step` (default: the newest usable)."""
+    run, state = restore_state(workdir, step)
+    run.params = state["params"]
+    return run
+
+
+def restore_state(workdir: str | Path, step: int | None = None) -> tuple[Run, dict]:
+    """The run and its whole train state (params, optimizer, counters) at checkpoint `step`."""
     workdir = Path(workdir).resolve()
     cfg = load_config(workdir)
     spec = data.prepare(cfg.data)
@@ -56,4 +63,4 @@ def load_run(workdir: str | Path, step: int | None = None) -> Run:
             state, _ = ckpt.restore(step, like)
     finally:
         ckpt.close()
-    return Run(workdir, cfg, spec, graphdef, state["params"], step)
+    return Run(workdir, cfg, spec, graphdef, {}, step), state

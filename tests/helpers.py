@@ -9,30 +9,19 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from adaptive import config as config_lib
-from adaptive import data, steps
-from adaptive.checkpoint import Checkpointer
 from adaptive.metrics import read_jsonl
-from adaptive.nn.models import build_model
-from adaptive.optim import make_optimizer
+from adaptive.runs import restore_state
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--config.logging.wandb=disabled", "--config.logging.progress=false"]
 
 
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "adaptive.cli", *args]
+
+
 def train_command(workdir: Path, *overrides: str, config: str = "configs/parity.py:tiny") -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "adaptive.cli",
-        "train",
-        "--config",
-        str(ROOT / config),
-        "--workdir",
-        str(workdir),
-        *QUIET,
-        *overrides,
-    ]
+    return cli("train", "--config", str(ROOT / config), "--workdir", str(workdir), *QUIET, *overrides)
 
 
 def run_train(
@@ -45,18 +34,8 @@ def run_train(
 
 def final_state(workdir: Path) -> tuple[int, dict]:
     """The newest checkpoint of a run, restored as host numpy arrays."""
-    cfg = config_lib.from_dict(__import__("json").loads((workdir / "config.json").read_text()))
-    spec = data.prepare(cfg.data)
-    from flax import nnx
-
-    params = nnx.to_pure_dict(nnx.split(build_model(cfg, spec), nnx.Param)[1])
-    like = steps.init_state(params, make_optimizer(cfg.optim, cfg.train.steps))
-    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
-    try:
-        step, state, _ = ckpt.restore_latest(like)
-    finally:
-        ckpt.close()
-    return step, jax.tree.map(np.asarray, state)
+    run, state = restore_state(workdir)
+    return run.step, jax.tree.map(np.asarray, state)
 
 
 def metric_rows(workdir: Path) -> list[dict]:

@@ -218,3 +218,17 @@ def test_changing_the_budget_does_not_recompile():
     for budget in range(1, CAP + 1):
         predictor(x, budget)
     assert predictor._infer._cache_size() == before
+
+
+@pytest.mark.parametrize("bias, expected", [(-1e4, "budget"), (1e4, "one"), (0.0, "within")])
+def test_sampled_pondernet_halting_keeps_the_caps(bias, expected):
+    _, params, infer, _, _ = model_of("rnn", "pondernet", True, pondernet_inference="sample")
+    x = np.random.default_rng(6).standard_normal((BATCH, N_IN)).astype(np.float32)
+    budget = np.arange(BATCH, dtype=np.int32) % CAP + 1
+    steps = np.asarray(infer(perturb(params, 0, 0.0, bias), x, budget).steps_B)
+    if expected == "budget":
+        np.testing.assert_array_equal(steps, budget)
+    elif expected == "one":
+        np.testing.assert_array_equal(steps, np.ones(BATCH))
+    else:  # a fair coin each step: anywhere from 1 to the budget
+        assert ((steps >= 1) & (steps <= budget)).all()

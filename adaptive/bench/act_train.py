@@ -21,8 +21,9 @@ import numpy as np
 import optax
 
 from adaptive import config as config_lib
-from adaptive.bench.timing import print_table, write_json
+from adaptive.bench.timing import write_json
 from adaptive.metrics import read_jsonl
+from adaptive.tables import print_table
 
 HIDDEN, CAP, BATCH, TAU, EPS = 128, 20, 128, 1e-3, 0.01
 

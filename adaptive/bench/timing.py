@@ -29,21 +29,6 @@ def time_side_by_side(fns: dict[str, Callable[[], object]], *, repeats: int, war
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def print_table(rows: list[dict], columns: list[str]) -> None:
-    """A plain fixed-width table of `rows` (dicts) in the given column order."""
-    cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
-    for r in cells:
-        print("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
-    return "" if value is None else str(value)
-
-
 def write_json(path: str | Path | None, rows: list[dict]) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

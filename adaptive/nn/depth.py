@@ -47,7 +47,7 @@ class Trajectory(NamedTuple):
 
     states_NxBx_xD: jax.Array
     halt_logits_NxH: jax.Array | None
-    logits_NxBxC: jax.Array
+    logits_NxBxC: jax.Array | None  # None for ACT, which reads out the weighted state instead
 
 
 def _stack(make, count: int, rngs: nnx.Rngs):
@@ -80,13 +80,13 @@ class DepthModel(nnx.Module):
             self.positions = nnx.Param(0.02 * jax.random.normal(rngs.params(), (d_in, width)))
             self.step_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (self.num_steps, width)))
             make = lambda r: TransformerBlock(width, model_cfg.num_heads, rngs=r)  # noqa: E731
-        self.blocks = _stack(make, 1 if self.shared else self.num_steps, rngs)
+        # A shared block is stored as is: slicing a stack of one inside the step loop costs ~10%.
+        self.blocks = make(rngs) if self.shared else _stack(make, self.num_steps, rngs)
         self.final_norm = nnx.LayerNorm(width, rngs=rngs) if self.sequence else None
 
-        per_step_heads = self.policy == "early_exit" and not self.shared
-        self.heads = _stack(
-            lambda r: nnx.Linear(width, num_classes, rngs=r), self.num_steps if per_step_heads else 1, rngs
-        )
+        self.per_step_heads = self.policy == "early_exit" and not self.shared
+        make_head = lambda r: nnx.Linear(width, num_classes, rngs=r)  # noqa: E731
+        self.heads = _stack(make_head, self.num_steps, rngs) if self.per_step_heads else make_head(rngs)
         if self.policy in ("act", "pondernet"):
             self.halt_unit = nnx.Linear(width, 1, bias_init=nnx.initializers.constant(halting_cfg.bias_init), rngs=rngs)
 
@@ -103,7 +103,7 @@ class DepthModel(nnx.Module):
 
     def step(self, h, context, t: jax.Array | int):
         """Applies step t (1-based) to state h."""
-        block = _select(self.blocks, t)
+        block = self.blocks if self.shared else _select(self.blocks, t)
         if self.sequence:
             h = h + self.step_embedding[...][t - 1]
         return block(h, context, t == 1) if self.kind == "rnn" else block(h)
@@ -112,7 +112,7 @@ class DepthModel(nnx.Module):
         """Logits from a state; sequences are mean-pooled over positions."""
         if self.sequence:
             h = self.final_norm(h.mean(axis=1))
-        return _select(self.heads, t)(h)
+        return (_select(self.heads, t) if self.per_step_heads else self.heads)(h)
 
     def halt_logit(self, h):
         """The halting unit's logit: per position for a sequence under ACT, else per example."""
@@ -129,7 +129,9 @@ class DepthModel(nnx.Module):
         def body(h, t):
             h = self.step(h, context, t)
             halt = self.halt_logit(h) if self.policy in ("act", "pondernet") else None
-            return h, (h, halt, self.readout(h, t))
+            # ACT reads out the mean-field state once; the others need every step's prediction.
+            logits = None if self.policy == "act" else self.readout(h, t)
+            return h, (h, halt, logits)
 
         _, (states, halts, logits) = jax.lax.scan(body, h0, jnp.arange(1, self.num_steps + 1))
         return Trajectory(states, halts, logits)
@@ -148,7 +150,7 @@ class DepthModel(nnx.Module):
 
     def combine(self, traj: Trajectory, limit_B: jax.Array) -> ModelOutput:
         """The policy's weights over a trajectory, halting by `limit_B` at the latest."""
-        n = traj.logits_NxBxC.shape[0]
+        n = traj.states_NxBx_xD.shape[0]
         if self.policy == "act":
             limit = limit_B[:, None] if self.sequence else limit_B
             halting = H.act_weights(jax.nn.sigmoid(traj.halt_logits_NxH), limit, self.halting.eps)
@@ -245,8 +247,6 @@ class DepthModel(nnx.Module):
 
 
 def _select(stacked: nnx.Module, t: jax.Array | int) -> nnx.Module:
-    """The module of step t from a stack (a stack of one is shared by every step)."""
+    """The module of step t (1-based) from modules stacked on a leading axis."""
     graphdef, state = nnx.split(stacked)
-    count = jax.tree.leaves(state)[0].shape[0]
-    index = 0 if count == 1 else t - 1
-    return nnx.merge(graphdef, jax.tree.map(lambda a: a[index], state))
+    return nnx.merge(graphdef, jax.tree.map(lambda a: a[t - 1], state))

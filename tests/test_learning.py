@@ -1,0 +1,38 @@
+"""Slow: the built-in configs actually learn (behaviour, not timing)."""
+
+import dataclasses
+
+import pytest
+
+from adaptive import config as config_lib
+from adaptive.train import train_and_evaluate
+from tests.helpers import QUIET, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _train(spec: str, tmp_path, *overrides: str) -> dict:
+    return train_and_evaluate(config_lib.load(f"{ROOT}/{spec}", [*QUIET, *overrides]), tmp_path)
+
+
+def test_act_solves_parity_and_ponders_longer_on_harder_inputs(tmp_path):
+    final = _train("configs/parity.py", tmp_path, "--config.train.steps=6000", "--config.train.eval_every=6000")
+    assert final["eval/accuracy"] >= 0.95
+    steps = final["eval/steps_by_difficulty"]
+    assert steps[16] > steps[1] + 1.0, steps  # more non-zero entries: more pondering
+    assert final["eval/steps_max"] <= 20
+
+
+def test_one_step_static_rnn_stays_near_chance_on_parity(tmp_path):
+    final = _train("configs/parity.py:static", tmp_path, "--config.train.steps=3000", "--config.train.eval_every=3000")
+    assert final["eval/accuracy"] < 0.6
+
+
+def test_digits_mlp_learns(tmp_path):
+    assert _train("configs/digits.py", tmp_path)["eval/accuracy"] >= 0.9
+
+
+def test_mnist1d_mlp_beats_chance_by_far(tmp_path):
+    cfg = config_lib.load(f"{ROOT}/configs/mnist1d.py", QUIET)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=1500, eval_every=1500))
+    assert train_and_evaluate(cfg, tmp_path)["eval/accuracy"] >= 0.4
