@@ -7,8 +7,10 @@ extrapolation range in `test`); `--plot` draws compute and accuracy against diff
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from adaptive import config as config_lib
 from adaptive.evaluate import evaluate_run
 from adaptive.metrics import read_jsonl
 from adaptive.runs import RunError, load_config
@@ -36,42 +38,83 @@ def _final_eval(workdir: Path) -> dict:
 
 
 def report(workdirs: list[str], *, splits: list[str], plot: str | None, markdown: str | None) -> list[dict]:
-    rows, curves = [], []
+    """Prints (and optionally writes) one row per run, then one per group of runs that differ
+    only in their seed (mean and range over seeds); the plot shows group means."""
+    rows, curves, groups = [], [], {}
     for workdir in map(Path, workdirs):
         cfg = load_config(workdir)
         final = _final_eval(workdir)
-        row = {
-            "run": workdir.name,
-            **_describe(cfg),
-            "step": final["step"],
-            f"{cfg.data.eval_split}_accuracy": final["eval/accuracy"],
-            f"{cfg.data.eval_split}_steps": final["eval/steps_mean"],
-        }
-        curves.append((workdir.name, cfg.data.eval_split, final))
+        row = {"run": workdir.name, **_describe(cfg), "seed": cfg.seed, "step": final["step"]}
+        run_curves = [(cfg.data.eval_split, final)]
         for split in splits:
-            metrics, _ = evaluate_run(workdir, split=split)
+            run_curves.append((split, evaluate_run(workdir, split=split)[0]))
+        for split, metrics in run_curves:
             row[f"{split}_accuracy"], row[f"{split}_steps"] = metrics["eval/accuracy"], metrics["eval/steps_mean"]
-            curves.append((workdir.name, split, metrics))
         rows.append(row)
+        curves.append(run_curves)
+        groups.setdefault(_without_seed(cfg), []).append(len(rows) - 1)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     print_table(rows, columns)
+    text = markdown_table(rows, columns)
+    plotted = [(rows[i]["run"], c) for i, c in enumerate(curves)]
+    if any(len(members) > 1 for members in groups.values()):
+        summary, plotted = _by_seed_groups(rows, curves, list(groups.values()))
+        summary_columns = list(dict.fromkeys(k for r in summary for k in r))
+        print("\nmean over seeds (min..max):")
+        print_table(summary, summary_columns)
+        text = markdown_table(summary, summary_columns) + "\nPer run:\n\n" + text
     if markdown:
-        Path(markdown).write_text(markdown_table(rows, columns))
+        Path(markdown).write_text(text)
         print(f"wrote {markdown}")
     if plot:
-        _plot_by_difficulty(curves, plot)
+        _plot_by_difficulty(plotted, plot)
         print(f"wrote {plot}")
     return rows
 
 
-def _plot_by_difficulty(curves: list[tuple[str, str, dict]], path: str) -> None:
+def _without_seed(cfg) -> str:
+    d = config_lib.to_dict(cfg)
+    d.pop("seed"), d.pop("name")
+    return json.dumps(d, sort_keys=True)
+
+
+def _by_seed_groups(rows: list[dict], curves: list, groups: list[list[int]]):
+    """One summary row and one mean curve per group of runs that differ only in the seed."""
+    summary, plotted = [], []
+    for members in groups:
+        first = rows[members[0]]
+        out = {"method": first["method"], "kind": first["kind"], "seeds": len(members)}
+        for key in first:
+            if key.endswith(("_accuracy", "_steps")):
+                values = [rows[i][key] for i in members]
+                out[key] = sum(values) / len(values)
+                if key.endswith("_accuracy"):
+                    out[key + "_range"] = f"{min(values):.3f}..{max(values):.3f}"
+        summary.append(out)
+        mean_curves = []
+        for j, (split, _) in enumerate(curves[members[0]]):
+            mean_curves.append((split, _mean_metrics([curves[i][j][1] for i in members])))
+        plotted.append((first["method"], mean_curves))
+    return summary, plotted
+
+
+def _mean_metrics(runs: list[dict]) -> dict:
+    out = {}
+    for key in ("eval/steps_by_difficulty", "eval/accuracy_by_difficulty"):
+        if runs[0].get(key):
+            columns = zip(*(r[key] for r in runs), strict=True)
+            out[key] = [None if None in col else sum(col) / len(col) for col in columns]
+    return out
+
+
+def _plot_by_difficulty(curves: list[tuple[str, list[tuple[str, dict]]]], path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax_steps, ax_acc) = plt.subplots(1, 2, figsize=(14, 4.8))
-    for name, split, metrics in curves:
+    for name, split, metrics in [(name, split, m) for name, per_split in curves for split, m in per_split]:
         steps = metrics.get("eval/steps_by_difficulty")
         if not steps:
             continue

@@ -1,0 +1,159 @@
+"""A sparse mixture-of-experts feed-forward layer: route, dispatch, run experts, combine.
+
+Dispatch does only the useful work on CPU: each kept assignment is written to row
+`expert * capacity + slot` of an [E, C, D] buffer (one scatter), all experts run as one batched
+`einsum('ecd,edf->ecf')`, and outputs are gathered back and weighted by their gates. Nothing of
+size tokens x experts x capacity is built, and no expert sees a token it was not given.
+(Measured here: a one-hot dispatch costs ~10x a dense layer of the same active compute, running
+every expert on every token ~6x, and `lax.ragged_dot` ~8x because XLA:CPU runs it densely.)
+
+`dropless=True` uses `lax.ragged_dot` over tokens sorted by expert instead: no capacity and no
+drops, the right path on accelerators with a grouped-matmul kernel.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from adaptive.nn import routing as R
+
+
+class MoEOutput(NamedTuple):
+    y_TxD: jax.Array
+    aux_loss: jax.Array  # load-balancing and z-loss, already weighted
+    metrics: dict[str, jax.Array]
+    experts_T: jax.Array  # int32: experts that actually processed each token
+
+
+def dispatch(x_TxD: jax.Array, routing: R.Routing, num_experts: int, cap: int) -> jax.Array:
+    """Kept assignments' tokens in their experts' buffers: [E, C, D], empty slots zero."""
+    trash = num_experts * cap  # dropped assignments all land in one extra row, then cut off
+    row = jnp.where(routing.kept_A, routing.expert_A * cap + routing.slot_A, trash)
+    buffer = jnp.zeros((trash + 1, x_TxD.shape[-1]), x_TxD.dtype).at[row].set(x_TxD[routing.token_A])
+    return buffer[:trash].reshape(num_experts, cap, -1)
+
+
+def combine(y_ExCxD: jax.Array, routing: R.Routing, num_tokens: int) -> jax.Array:
+    """Each token's gate-weighted sum of its experts' outputs ([T, D]; 0 for all-dropped tokens)."""
+    num_experts, cap, width = y_ExCxD.shape
+    row = jnp.where(routing.kept_A, routing.expert_A * cap + routing.slot_A, 0)
+    values = y_ExCxD.reshape(num_experts * cap, width)[row] * routing.gate_A[:, None].astype(y_ExCxD.dtype)
+    return jnp.zeros((num_tokens, width), y_ExCxD.dtype).at[routing.token_A].add(values)
+
+
+class MoEFeedForward(nnx.Module):
+    """E expert MLPs (D -> F -> D, GELU) behind a router, as a drop-in feed-forward layer.
+
+    The output has no residual: the caller adds x, so a dropped token passes through unchanged.
+    """
+
+    def __init__(self, width: int, hidden: int, num_experts: int, *, k: int = 2, router: str = "top_k",
+                 capacity_factor: float = 1.25, eval_capacity_factor: float = 2.0, renormalize: bool = True,
+                 jitter: float = 0.0, balance_weight: float = 1e-2, z_weight: float = 1e-3,
+                 dropless: bool = False, num_groups: int = 1, rngs: nnx.Rngs):
+        if router not in ("top_k", "expert_choice"):
+            raise ValueError(f"router {router!r} is not one of 'top_k', 'expert_choice'")
+        if not 1 <= k <= num_experts:
+            raise ValueError(f"k={k} must be in [1, num_experts={num_experts}]")
+        self.num_experts, self.k, self.router_kind = num_experts, k, router
+        self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
+        self.renormalize, self.jitter, self.dropless = renormalize, jitter, dropless
+        self.balance_weight, self.z_weight = balance_weight, z_weight
+        # Tokens are routed in `num_groups` independent groups, each with its own capacity
+        # (GShard): with experts sharded over G devices, each device routes its own group.
+        self.num_groups = num_groups
+        self.router = nnx.Linear(width, num_experts, use_bias=False, rngs=rngs,
+                                 kernel_init=nnx.initializers.normal(0.02))
+        init = nnx.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=0)
+        self.w_in = nnx.Param(init(rngs.params(), (num_experts, width, hidden)))
+        self.b_in = nnx.Param(jnp.zeros((num_experts, hidden)))
+        self.w_out = nnx.Param(init(rngs.params(), (num_experts, hidden, width)))
+        self.b_out = nnx.Param(jnp.zeros((num_experts, width)))
+
+    def experts(self, buffer_ExCxD: jax.Array) -> jax.Array:
+        h = jax.nn.gelu(jnp.einsum("ecd,edf->ecf", buffer_ExCxD, self.w_in[...]) + self.b_in[...][:, None])
+        return jnp.einsum("ecf,efd->ecd", h, self.w_out[...]) + self.b_out[...][:, None]
+
+    def route(self, x_TxD: jax.Array, *, train: bool, k_active=None, key: jax.Array | None = None):
+        """(routing, router logits, capacity) for a batch of tokens."""
+        x_route = x_TxD
+        if train and self.jitter > 0 and key is not None:  # Switch's multiplicative input jitter
+            x_route = x_TxD * jax.random.uniform(key, x_TxD.shape, x_TxD.dtype, 1 - self.jitter, 1 + self.jitter)
+        logits = self.router(x_route)
+        cap = self.route_capacity(x_TxD.shape[0], train)  # dropless: every expert can take every token
+        if self.router_kind == "expert_choice":
+            return R.expert_choice(logits, cap), logits, cap
+        return R.top_k(logits, self.k, cap, renormalize=self.renormalize, k_active=k_active), logits, cap
+
+    def __call__(self, x_TxD: jax.Array, *, train: bool = True, k_active=None, key=None) -> MoEOutput:
+        num_tokens, width = x_TxD.shape
+        groups = self.num_groups
+        if num_tokens % groups:
+            raise ValueError(f"{num_tokens} tokens do not split into num_groups={groups} equal groups")
+        x_GxSxD = x_TxD.reshape(groups, num_tokens // groups, width)
+        keys = None if key is None else jax.random.split(key, groups)
+        routing, logits, cap = self._route_groups(x_GxSxD, train, k_active, keys)
+        if self.dropless and self.router_kind == "top_k":  # no capacity, so groups need not stay apart
+            y = self._ragged(x_TxD, _flatten_groups(routing, x_GxSxD.shape[1]))
+        else:
+            buffers = jax.vmap(lambda x, r: dispatch(x, r, self.num_experts, cap))(x_GxSxD, routing)
+            y = jax.vmap(lambda b, r: combine(b, r, x_GxSxD.shape[1]))(self.grouped_experts(buffers), routing)
+        return self._output(y.reshape(num_tokens, width), routing, logits)
+
+    def _route_groups(self, x_GxSxD, train, k_active, keys):
+        route = lambda x, kk: self.route(x, train=train, k_active=k_active, key=kk)[:2]  # noqa: E731
+        routing, logits = jax.vmap(route)(x_GxSxD, keys) if keys is not None else jax.vmap(
+            lambda x: route(x, None))(x_GxSxD)
+        return routing, logits, self.route_capacity(x_GxSxD.shape[1], train)
+
+    def route_capacity(self, group_tokens: int, train: bool) -> int:
+        if self.router_kind == "top_k" and self.dropless:
+            return group_tokens
+        factor = self.capacity_factor if train else self.eval_capacity_factor
+        return R.capacity(group_tokens, self.num_experts, self.k, factor)
+
+    def grouped_experts(self, buffers_GxExCxD: jax.Array) -> jax.Array:
+        """Runs every expert once over all groups' buffers for it (one einsum per layer)."""
+        groups, experts, cap, width = buffers_GxExCxD.shape
+        by_expert = buffers_GxExCxD.transpose(1, 0, 2, 3).reshape(experts, groups * cap, width)
+        out = self.experts(by_expert).reshape(experts, groups, cap, width)
+        return out.transpose(1, 0, 2, 3)
+
+    def _output(self, y_TxD, routing, logits) -> MoEOutput:
+        """Aux losses and metrics (means over groups) and experts used per token."""
+        aux = self.z_weight * R.router_z_loss(logits)
+        if self.router_kind == "top_k":
+            balance = jax.vmap(lambda r: R.load_balancing_loss(r, self.num_experts))(routing)
+            aux = aux + self.balance_weight * balance.mean()
+        metrics = jax.tree.map(lambda m: m.mean(0), jax.vmap(lambda r: R.routing_metrics(r, self.num_experts))(routing))
+        flat = _flatten_groups(routing, logits.shape[1])
+        used = jnp.zeros(y_TxD.shape[0], jnp.int32).at[flat.token_A].add(flat.kept_A.astype(jnp.int32))
+        return MoEOutput(y_TxD, aux, metrics, used)
+
+    def _ragged(self, x_TxD: jax.Array, routing: R.Routing) -> jax.Array:
+        """Dropless: sort assignments by expert and run grouped matmuls with lax.ragged_dot."""
+        order = jnp.argsort(jnp.where(routing.kept_A, routing.expert_A, self.num_experts), stable=True)
+        tokens, experts = routing.token_A[order], routing.expert_A[order]
+        active = routing.kept_A[order]
+        sizes = jnp.zeros(self.num_experts, jnp.int32).at[experts].add(active.astype(jnp.int32))
+        xs = x_TxD[tokens] * active[:, None]
+        # Rows of inactive assignments sit after all groups; ragged_dot leaves them zero.
+        h = jax.nn.gelu(jax.lax.ragged_dot(xs, self.w_in[...], sizes) + _bias_rows(self.b_in[...], experts, active))
+        y = jax.lax.ragged_dot(h, self.w_out[...], sizes) + _bias_rows(self.b_out[...], experts, active)
+        weighted = y * routing.gate_A[order][:, None]
+        return jnp.zeros_like(x_TxD).at[tokens].add(weighted)
+
+
+def _flatten_groups(routing: R.Routing, group_tokens: int) -> R.Routing:
+    """Per-group routings [G, A] as one routing over all tokens (token ids offset by group)."""
+    offset = jnp.arange(routing.token_A.shape[0])[:, None] * group_tokens
+    flat = routing._replace(token_A=routing.token_A + offset)
+    return R.Routing(*(f.reshape(-1) if i < 6 else f.reshape(-1, f.shape[-1]) for i, f in enumerate(flat)))
+
+
+def _bias_rows(bias_ExF: jax.Array, experts_A: jax.Array, active_A: jax.Array) -> jax.Array:
+    return bias_ExF[jnp.clip(experts_A, 0, bias_ExF.shape[0] - 1)] * active_A[:, None]

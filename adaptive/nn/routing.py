@@ -1,0 +1,121 @@
+"""Mixture-of-experts routing as pure functions: who goes to which expert, in which slot.
+
+A routing is a list of (token, expert, slot, gate) assignments with static shapes. Dispatch
+(moe.py) then moves each kept token to row `expert * capacity + slot` of a buffer, so no
+tokens x experts x capacity one-hot tensor is ever built.
+
+- Top-k token choice (Switch, GShard): each token picks its k most probable experts. When an
+  expert is over capacity, assignments are kept in priority order, batch-prioritised routing
+  (Riquelme et al. 2021): every token's first choice before any second choice, and within a
+  choice rank the most confident tokens first. Dropped assignments get gate 0 and the token
+  passes through the residual.
+- Expert choice (Zhou et al. 2022): each expert takes its `capacity` most probable tokens;
+  nothing is dropped by construction, and a token may get 0..E experts.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Routing(NamedTuple):
+    token_A: jax.Array  # int32: which token each assignment moves
+    expert_A: jax.Array  # int32: to which expert
+    slot_A: jax.Array  # int32: its row in that expert's buffer, in [0, capacity) when kept
+    gate_A: jax.Array  # float: its weight when combining outputs (0 when dropped)
+    kept_A: jax.Array  # bool: dispatched (active and within capacity)
+    active_A: jax.Array  # bool: requested (False for choices beyond a per-request k budget)
+    probs_TxE: jax.Array  # the router's softmax, for aux losses and metrics
+
+
+def capacity(num_tokens: int, num_experts: int, k: int, factor: float) -> int:
+    """Slots per expert: factor x the expert's share of the k * T assignments (at least 1)."""
+    return max(1, int(-(-num_tokens * k * factor // num_experts)))
+
+
+def top_k(logits_TxE: jax.Array, k: int, cap: int, *, renormalize: bool, k_active: jax.Array | None = None) -> Routing:
+    """Top-k token-choice routing with batch-prioritised dropping past `cap` slots per expert.
+
+    `k_active` (traced, 1..k) switches off choices j >= k_active: they are never dispatched.
+    """
+    num_tokens, num_experts = logits_TxE.shape
+    probs = jax.nn.softmax(logits_TxE.astype(jnp.float32), axis=-1)
+    gate_TxK, expert_TxK = jax.lax.top_k(probs, k)
+    active_TxK = jnp.ones_like(gate_TxK, bool)
+    if k_active is not None:
+        active_TxK = jnp.broadcast_to(jnp.arange(k)[None, :] < k_active, gate_TxK.shape)
+    if renormalize:
+        masked = jnp.where(active_TxK, gate_TxK, 0.0)
+        gate_TxK = masked / jnp.maximum(masked.sum(-1, keepdims=True), 1e-9)
+    # Priority: choice rank first (all first choices before second ones), then confidence.
+    rank_KxT = jnp.broadcast_to(jnp.arange(k)[:, None], (k, num_tokens))
+    order = jnp.lexsort((-gate_TxK.T.reshape(-1), rank_KxT.reshape(-1)))  # last key is primary
+    expert_A = expert_TxK.T.reshape(-1)
+    active_A = active_TxK.T.reshape(-1)
+    slot_A = _slots_in_order(expert_A, active_A, order, num_experts)
+    kept_A = active_A & (slot_A < cap)
+    token_A = jnp.tile(jnp.arange(num_tokens, dtype=jnp.int32), k)
+    gate_A = jnp.where(kept_A, gate_TxK.T.reshape(-1), 0.0)
+    return Routing(token_A, expert_A.astype(jnp.int32), slot_A, gate_A, kept_A, active_A, probs)
+
+
+def _slots_in_order(expert_A: jax.Array, active_A: jax.Array, order: jax.Array, num_experts: int) -> jax.Array:
+    """Each assignment's position among the active assignments to its expert, in `order`.
+
+    A cumulative count over an assignments x experts table (A x E, small), not a one-hot over
+    capacity.
+    """
+    sorted_onehot = jax.nn.one_hot(expert_A[order], num_experts, dtype=jnp.int32) * active_A[order, None]
+    position_sorted = jnp.take_along_axis(jnp.cumsum(sorted_onehot, 0) - 1, expert_A[order][:, None], 1)[:, 0]
+    big = jnp.iinfo(jnp.int32).max
+    position_sorted = jnp.where(active_A[order], position_sorted, big)
+    return jnp.zeros_like(expert_A, jnp.int32).at[order].set(position_sorted)
+
+
+def expert_choice(logits_TxE: jax.Array, cap: int) -> Routing:
+    """Each expert takes its `cap` most probable tokens (probabilities over experts per token)."""
+    num_tokens, num_experts = logits_TxE.shape
+    probs = jax.nn.softmax(logits_TxE.astype(jnp.float32), axis=-1)
+    gate_ExC, token_ExC = jax.lax.top_k(probs.T, min(cap, num_tokens))
+    c = gate_ExC.shape[1]
+    expert_A = jnp.repeat(jnp.arange(num_experts, dtype=jnp.int32), c)
+    slot_A = jnp.tile(jnp.arange(c, dtype=jnp.int32), num_experts)
+    kept = jnp.ones(num_experts * c, bool)
+    token_A = token_ExC.reshape(-1).astype(jnp.int32)
+    return Routing(token_A, expert_A, slot_A, gate_ExC.reshape(-1), kept, kept, probs)
+
+
+# -- aux losses and metrics ---------------------------------------------------------------------
+
+
+def load_balancing_loss(routing: Routing, num_experts: int) -> jax.Array:
+    """Switch Transformer's E * sum_e f_e * P_e: f_e the share of tokens whose first choice is
+    expert e (before capacity), P_e its mean router probability. 1 under uniform routing."""
+    num_tokens = routing.probs_TxE.shape[0]
+    first = slice(0, num_tokens)  # assignments are laid out choice-major: the first T are top-1
+    counts = jnp.zeros(num_experts).at[routing.expert_A[first]].add(1.0)
+    fraction = counts / num_tokens
+    return num_experts * jnp.sum(fraction * routing.probs_TxE.mean(0))
+
+
+def router_z_loss(logits_TxE: jax.Array) -> jax.Array:
+    """ST-MoE's mean squared log-partition: keeps router logits small and routing stable."""
+    return jnp.mean(jax.nn.logsumexp(logits_TxE.astype(jnp.float32), axis=-1) ** 2)
+
+
+def routing_metrics(routing: Routing, num_experts: int) -> dict[str, jax.Array]:
+    """moe/drop_fraction, moe/expert_usage (per expert), moe/usage_entropy, moe/router_confidence."""
+    kept = routing.kept_A.astype(jnp.float32)
+    usage = jnp.zeros(num_experts).at[routing.expert_A].add(kept)
+    share = usage / jnp.maximum(usage.sum(), 1.0)
+    entropy = -jnp.sum(jnp.where(share > 0, share * jnp.log(jnp.maximum(share, 1e-30)), 0.0))
+    requested = jnp.maximum(routing.active_A.sum(), 1)
+    return {
+        "moe/drop_fraction": 1.0 - kept.sum() / requested,
+        "moe/expert_usage": share,
+        "moe/usage_entropy": entropy,
+        "moe/router_confidence": routing.probs_TxE.max(-1).mean(),
+    }

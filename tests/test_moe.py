@@ -1,0 +1,144 @@
+"""MoE routing and dispatch against a plain-loop reference; caps; aux losses; gradients."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adaptive.nn import routing as R
+from adaptive.nn.moe import MoEFeedForward, combine, dispatch
+
+E, T, D = 4, 24, 8
+
+
+def reference_top_k(probs: np.ndarray, k: int, cap: int, renormalize: bool):
+    """Plain loops: choice rank first, then gate descending; first come first served per expert."""
+    gates = np.zeros((len(probs), k))
+    experts = np.zeros((len(probs), k), int)
+    for t, p in enumerate(probs):
+        order = np.argsort(-p, kind="stable")[:k]
+        experts[t], gates[t] = order, p[order]
+    if renormalize:
+        gates = gates / gates.sum(1, keepdims=True)
+    load = [0] * probs.shape[1]
+    kept = np.zeros((len(probs), k), bool)
+    slots = np.full((len(probs), k), -1)
+    for j in range(k):
+        for t in sorted(range(len(probs)), key=lambda t: -gates[t, j]):
+            e = experts[t, j]
+            if load[e] < cap:
+                kept[t, j], slots[t, j] = True, load[e]
+                load[e] += 1
+    return experts, gates, kept, slots
+
+
+def _as_TxK(routing, k):
+    reshape = lambda a: np.asarray(a).reshape(k, -1).T  # noqa: E731  (assignments are choice-major)
+    return reshape(routing.expert_A), reshape(routing.gate_A), reshape(routing.kept_A), reshape(routing.slot_A)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31), k=st.integers(1, 3), cap=st.integers(1, 12), renorm=st.booleans(),
+       scale=st.sampled_from([0.1, 1.0, 10.0]))
+def test_top_k_routing_matches_the_loop_reference(seed, k, cap, renorm, scale):
+    logits = scale * np.random.default_rng(seed).standard_normal((T, E)).astype(np.float32)
+    routing = R.top_k(jnp.asarray(logits), k, cap, renormalize=renorm)
+    experts, gates, kept, slots = reference_top_k(np.asarray(jax.nn.softmax(logits)), k, cap, renorm)
+    got_e, got_g, got_k, got_s = _as_TxK(routing, k)
+    np.testing.assert_array_equal(got_e, experts)
+    np.testing.assert_array_equal(got_k, kept)
+    np.testing.assert_array_equal(np.where(kept, got_s, -1), slots)
+    np.testing.assert_allclose(got_g, np.where(kept, gates, 0), rtol=1e-5, atol=1e-6)
+    load = np.bincount(np.asarray(routing.expert_A)[np.asarray(routing.kept_A)], minlength=E)
+    assert (load <= cap).all()  # capacity never exceeded
+
+
+def test_everything_to_one_expert_keeps_the_capacity():
+    logits = jnp.zeros((T, E)).at[:, 2].set(50.0)  # an adversarial router: one expert wins every token
+    routing = R.top_k(logits, 2, 5, renormalize=False)
+    kept_to_2 = np.asarray(routing.kept_A & (routing.expert_A == 2)).sum()
+    assert kept_to_2 == 5
+    assert np.asarray(routing.kept_A).sum() <= 2 * 5 + 0  # second choices share the others' slots
+    metrics = R.routing_metrics(routing, E)
+    assert 0 < float(metrics["moe/drop_fraction"]) < 1
+
+
+def test_ties_route_without_nan():
+    routing = R.top_k(jnp.zeros((T, E)), 2, 100, renormalize=True)  # all experts tie for every token
+    assert np.isfinite(np.asarray(routing.gate_A)).all()
+    np.testing.assert_allclose(np.asarray(routing.gate_A).reshape(2, T).sum(0), 1.0, rtol=1e-6)
+    assert (np.asarray(routing.expert_A).reshape(2, T)[0] != np.asarray(routing.expert_A).reshape(2, T)[1]).all()
+
+
+def test_expert_choice_takes_each_experts_top_tokens():
+    logits = np.random.default_rng(0).standard_normal((T, E)).astype(np.float32)
+    routing = R.expert_choice(jnp.asarray(logits), 5)
+    probs = np.asarray(jax.nn.softmax(logits))
+    for e in range(E):
+        chosen = np.asarray(routing.token_A)[np.asarray(routing.expert_A) == e]
+        assert set(chosen) == set(np.argsort(-probs[:, e], kind="stable")[:5])
+
+
+def test_dispatch_and_combine_against_a_loop():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((T, D)).astype(np.float32)
+    routing = R.top_k(jnp.asarray(rng.standard_normal((T, E)), jnp.float32), 2, 4, renormalize=True)
+    buffer = np.asarray(dispatch(jnp.asarray(x), routing, E, 4))
+    want = np.zeros((E, 4, D), np.float32)
+    for a in range(len(routing.token_A)):
+        if routing.kept_A[a]:
+            want[routing.expert_A[a], routing.slot_A[a]] = x[routing.token_A[a]]
+    np.testing.assert_array_equal(buffer, want)
+    y = rng.standard_normal((E, 4, D)).astype(np.float32)
+    out = np.asarray(combine(jnp.asarray(y), routing, T))
+    ref = np.zeros((T, D), np.float32)
+    for a in range(len(routing.token_A)):
+        if routing.kept_A[a]:
+            ref[routing.token_A[a]] += float(routing.gate_A[a]) * y[routing.expert_A[a], routing.slot_A[a]]
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_load_balancing_loss_is_smallest_under_uniform_routing():
+    uniform = R.load_balancing_loss(R.top_k(jnp.zeros((64, E)), 1, 64, renormalize=False), E)
+    skewed_logits = jnp.zeros((64, E)).at[:, 0].set(3.0)
+    skewed = R.load_balancing_loss(R.top_k(skewed_logits, 1, 64, renormalize=False), E)
+    np.testing.assert_allclose(float(uniform), 1.0, rtol=1e-5)
+    assert float(skewed) > float(uniform)
+
+
+def _layer(**kw):
+    return MoEFeedForward(D, 16, E, rngs=nnx.Rngs(0), **kw)
+
+
+def test_dropless_ragged_path_equals_capacity_path_when_nothing_is_dropped():
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((T, D)), jnp.float32)
+    padded = _layer(capacity_factor=float(E))  # capacity = k*T: nothing can be dropped
+    dropless = _layer(dropless=True)
+    a, b = padded(x), dropless(x)
+    assert float(a.metrics["moe/drop_fraction"]) == 0.0
+    np.testing.assert_allclose(np.asarray(a.y_TxD), np.asarray(b.y_TxD), rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_reach_router_and_experts():
+    layer = _layer(capacity_factor=1.0)
+    graphdef, params = nnx.split(layer, nnx.Param)
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((T, D)), jnp.float32)
+
+    def loss(p):
+        out = nnx.merge(graphdef, p)(x)
+        return jnp.sum(out.y_TxD**2) + out.aux_loss
+
+    grads = jax.grad(loss)(params)
+    for name in ("router", "w_in", "w_out"):
+        assert float(jnp.abs(jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads[name])])).sum()) > 0, name
+
+
+@pytest.mark.parametrize("k_active", [1, 2])
+def test_expert_budget_caps_experts_per_token(k_active):
+    layer = _layer(k=2, capacity_factor=4.0)
+    x = jnp.asarray(np.random.default_rng(4).standard_normal((T, D)), jnp.float32)
+    out = layer(x, train=False, k_active=jnp.int32(k_active))
+    assert int(out.experts_T.max()) <= k_active
