@@ -89,6 +89,30 @@ class HaltingConfig:
 
 
 @dataclass(frozen=True)
+class MoEConfig:
+    """Sparse experts in place of the block's feed-forward layer (mlp and transformer kinds).
+
+    Defaults follow Switch / ST-MoE: capacity factor 1.25 in training and 2.0 in evaluation,
+    load-balancing loss 1e-2, router z-loss 1e-3. `expert_hidden` 0 sizes each expert so that k
+    of them cost what the dense block's feed-forward costs (2 * hidden / k units each).
+    """
+
+    enabled: bool = False
+    num_experts: int = _f(8, lo=1)
+    k: int = _f(2, lo=1)  # experts per token; the cap at inference (a request may ask for fewer)
+    router: str = _f("top_k", choices=("top_k", "expert_choice"))
+    capacity_factor: float = _f(1.25, lo=0.0)
+    eval_capacity_factor: float = _f(2.0, lo=0.0)
+    renormalize: bool = True  # top-k gates rescaled to sum to 1 over the chosen experts
+    jitter: float = _f(0.0, lo=0.0, hi=1.0)  # multiplicative router-input noise in training
+    balance_weight: float = _f(1e-2, lo=0.0)
+    z_weight: float = _f(1e-3, lo=0.0)
+    dropless: bool = False  # lax.ragged_dot grouped matmuls, no capacity (for accelerators)
+    expert_hidden: int = _f(0, lo=0)
+    num_groups: int = _f(1, lo=1)  # independent routing groups (one per device under expert parallelism)
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW with linear warm-up then a cosine or constant schedule, and global-norm clipping."""
 
@@ -134,6 +158,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     halting: HaltingConfig = field(default_factory=HaltingConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)

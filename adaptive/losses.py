@@ -12,9 +12,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-# Every train step reports these (means over the batch); they are averaged per logging window.
-METRICS = ("loss", "task_loss", "accuracy", "steps_mean", "ponder_mean")
-
 
 def classification(logits_BxC: jax.Array, labels_B: jax.Array, mask_B: jax.Array | None = None):
     """Mean cross-entropy and accuracy over the examples where `mask_B` is 1."""
@@ -33,7 +30,7 @@ def geometric_prior(n: int, lambda_p: float) -> jax.Array:
 
 
 def total_loss(out, labels_B: jax.Array, policy: str, cfg) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The training objective of `policy` (with HaltingConfig `cfg`) and its METRICS."""
+    """The training objective of `policy` (with HaltingConfig `cfg`) and the metrics it reports."""
     _, accuracy = classification(out.logits_BxC, labels_B)
     if policy in ("none", "act"):
         task, _ = classification(out.logits_BxC, labels_B)
@@ -50,11 +47,13 @@ def total_loss(out, labels_B: jax.Array, policy: str, cfg) -> tuple[jax.Array, d
             p = out.step_weights_NxB
             kl = jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.maximum(p, 1e-30)) - jnp.log(prior)), 0.0), 0)
             loss = task + cfg.beta * kl.mean()
+    loss = loss + out.aux_loss  # MoE load-balancing and router z-losses (0 without experts)
     metrics = {
         "loss": loss,
         "task_loss": task,
         "accuracy": accuracy,
         "steps_mean": out.steps_B.mean(),
         "ponder_mean": out.ponder_B.mean(),
+        **(out.metrics or {}),  # moe/... routing metrics
     }
     return loss, metrics

@@ -49,7 +49,8 @@ def restore_state(workdir: str | Path, step: int | None = None) -> tuple[Run, di
     cfg = load_config(workdir)
     spec = data.prepare(cfg.data)
     graphdef, params = nnx.split(build_model(cfg, spec), nnx.Param)
-    like = steps.init_state(nnx.to_pure_dict(params), make_optimizer(cfg.optim, cfg.train.steps))
+    tx = make_optimizer(cfg.optim, cfg.train.steps)
+    like = steps.init_state(graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape)
     ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
     try:
         if step is None:

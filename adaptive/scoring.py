@@ -34,6 +34,7 @@ def evaluate(eval_step, params: dict, cfg: config_lib.Config, split: str, budget
         "eval/accuracy": float(totals["correct"]) / n,
         "eval/steps_mean": float(totals["steps"]) / n,
         "eval/steps_max": int(totals["max_steps"]),
+        "eval/experts_mean": float(totals["experts"]) / n,  # expert applications per example (0: no MoE)
         "eval/examples": int(totals["count"]),
     }
     if cfg.data.name == "parity":

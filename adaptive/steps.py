@@ -16,12 +16,15 @@ from flax import nnx
 
 from adaptive import losses
 
-# Per-step train metrics that are averaged over each logging window.
-TRAIN_METRICS = (*losses.METRICS, "grad_norm")
 
-
-def init_state(params: dict, tx: optax.GradientTransformation) -> dict:
-    zeros = {k: jnp.zeros((), jnp.float32) for k in TRAIN_METRICS}
+def init_state(
+    graphdef: nnx.GraphDef, params: dict, tx: optax.GradientTransformation, halting_cfg, input_shape: tuple[int, ...]
+) -> dict:
+    """A fresh train state. The running metric sums take the shapes the loss reports (found by
+    tracing it once, abstractly), so a model with experts gets its moe/ metrics too."""
+    batch = {"x": jax.ShapeDtypeStruct((2, *input_shape), jnp.float32), "y": jax.ShapeDtypeStruct((2,), jnp.int32)}
+    _, metrics = jax.eval_shape(_loss_fn(graphdef, halting_cfg), params, batch)
+    zeros = {k: jnp.zeros(v.shape, jnp.float32) for k, v in {**metrics, "grad_norm": metrics["loss"]}.items()}
     return {
         "step": jnp.zeros((), jnp.int32),
         "params": params,
@@ -39,6 +42,14 @@ def reset_metric_sums(state: dict) -> dict:
     return {**state, "metric_sums": zeros, "metric_count": jnp.zeros((), jnp.int32)}
 
 
+def _loss_fn(graphdef: nnx.GraphDef, halting_cfg) -> Callable:
+    def loss_fn(params, batch):
+        out = nnx.merge(graphdef, params)(batch["x"])
+        return losses.total_loss(out, batch["y"], halting_cfg.policy, halting_cfg)
+
+    return loss_fn
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, halting_cfg) -> Callable:
     """Builds `train_step(state, batch) -> state` (jit it with the state donated).
 
@@ -46,10 +57,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ha
     were and is counted in `skipped_steps`; the host stops the run on a long streak.
     """
 
-    def loss_fn(params, batch):
-        out = nnx.merge(graphdef, params)(batch["x"])
-        loss, metrics = losses.total_loss(out, batch["y"], halting_cfg.policy, halting_cfg)
-        return loss, metrics
+    loss_fn = _loss_fn(graphdef, halting_cfg)
 
     def train_step(state: dict, batch: dict) -> dict:
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
@@ -63,7 +71,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ha
         params, opt_state = keep(params, state["params"]), keep(opt_state, state["opt_state"])
         streak = jnp.where(ok, 0, state["nonfinite_streak"] + 1)
         step_metrics = {"grad_norm": grad_norm, **aux}
-        sums = {k: state["metric_sums"][k] + jnp.where(ok, step_metrics[k], 0.0) for k in TRAIN_METRICS}
+        sums = {k: v + jnp.where(ok, step_metrics[k], 0.0) for k, v in state["metric_sums"].items()}
         return {
             "step": state["step"] + 1,
             "params": params,
@@ -88,6 +96,7 @@ def make_eval_step(graphdef: nnx.GraphDef, max_difficulty: int) -> Callable:
 
     def eval_step(params: dict, batch: dict, budget: jax.Array) -> dict:
         out = nnx.merge(graphdef, params).infer(batch["x"], budget)
+        experts = jnp.zeros_like(out.steps_B) if out.experts_B is None else out.experts_B
         mask = batch["mask"]
         count = mask.sum()
         loss, _ = losses.classification(out.logits_BxC, batch["y"], mask)
@@ -100,6 +109,7 @@ def make_eval_step(graphdef: nnx.GraphDef, max_difficulty: int) -> Callable:
             "correct": correct.sum(),
             "count": count,
             "steps": steps.sum(),
+            "experts": (experts * mask).sum(),
             "max_steps": jnp.max(jnp.where(mask > 0, out.steps_B, 0)),
             "count_by_difficulty": by_difficulty(mask),
             "correct_by_difficulty": by_difficulty(correct),

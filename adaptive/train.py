@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import jax
+import numpy as np
 from flax import nnx
 
 from adaptive import config as config_lib
@@ -55,7 +56,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
     model = build_model(cfg, spec)
     graphdef, params = nnx.split(model, nnx.Param)
     tx = make_optimizer(cfg.optim, cfg.train.steps)
-    state = steps.init_state(nnx.to_pure_dict(params), tx)
+    state = steps.init_state(graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape)
     train_step = jax.jit(steps.make_train_step(graphdef, tx, cfg.halting), donate_argnums=0)
     eval_step = jax.jit(steps.make_eval_step(graphdef, spec.max_difficulty))
     lr_at = learning_rate_schedule(cfg.optim, cfg.train.steps)
@@ -122,11 +123,18 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
     return final
 
 
-def _train_metrics(state: dict, lr_at) -> tuple[dict[str, float], dict]:
-    """Means of the train metrics since the last log (read from the state), then reset them."""
+def _train_metrics(state: dict, lr_at) -> tuple[dict, dict]:
+    """Means of the train metrics since the last log (read from the state), then reset them.
+
+    Keys already namespaced by the model (`moe/...`) keep their name; the rest get `train/`.
+    Per-expert figures (moe/expert_usage) are lists.
+    """
     host = jax.device_get({k: state[k] for k in ("metric_sums", "metric_count", "skipped_steps", "step")})
     count = max(int(host["metric_count"]), 1)
-    metrics = {f"train/{k}": float(v) / count for k, v in host["metric_sums"].items()}
+    metrics = {}
+    for key, total in host["metric_sums"].items():
+        mean = np.asarray(total) / count
+        metrics[key if "/" in key else f"train/{key}"] = mean.tolist() if mean.ndim else float(mean)
     metrics["train/skipped_steps"] = int(host["skipped_steps"])
     applied = int(host["step"]) - int(host["skipped_steps"])  # skipped steps do not advance optax
     metrics["train/learning_rate"] = float(lr_at(max(applied - 1, 0)))  # the last update's rate

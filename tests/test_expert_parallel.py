@@ -51,11 +51,19 @@ print(json.dumps({
 """
 
 
-@pytest.mark.parametrize("router, groups", [("top_k", 8), ("top_k", 16), ("expert_choice", 8)])
+@pytest.mark.parametrize(
+    "router, groups",
+    [
+        ("top_k", 8),
+        pytest.param("top_k", 16, marks=pytest.mark.slow),  # two routing groups per device
+        pytest.param("expert_choice", 8, marks=pytest.mark.slow),
+    ],
+)
 def test_expert_parallel_matches_one_device(router, groups):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, router, str(groups)], capture_output=True, text=True,
-                          timeout=300, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, router, str(groups)], capture_output=True, text=True, timeout=300, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["y"] <= 1e-5 and result["aux"] <= 1e-5

@@ -15,19 +15,20 @@ E, T, D = 4, 24, 8
 
 
 def reference_top_k(probs: np.ndarray, k: int, cap: int, renormalize: bool):
-    """Plain loops: choice rank first, then gate descending; first come first served per expert."""
+    """Plain loops: choice rank first, then probability descending; first come first served."""
     gates = np.zeros((len(probs), k))
     experts = np.zeros((len(probs), k), int)
     for t, p in enumerate(probs):
         order = np.argsort(-p, kind="stable")[:k]
         experts[t], gates[t] = order, p[order]
+    priority = gates.copy()  # the router's own probabilities decide who keeps a slot
     if renormalize:
         gates = gates / gates.sum(1, keepdims=True)
     load = [0] * probs.shape[1]
     kept = np.zeros((len(probs), k), bool)
     slots = np.full((len(probs), k), -1)
     for j in range(k):
-        for t in sorted(range(len(probs)), key=lambda t: -gates[t, j]):
+        for t in sorted(range(len(probs)), key=lambda t: -priority[t, j]):
             e = experts[t, j]
             if load[e] < cap:
                 kept[t, j], slots[t, j] = True, load[e]
@@ -41,8 +42,13 @@ def _as_TxK(routing, k):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**31), k=st.integers(1, 3), cap=st.integers(1, 12), renorm=st.booleans(),
-       scale=st.sampled_from([0.1, 1.0, 10.0]))
+@given(
+    seed=st.integers(0, 2**31),
+    k=st.integers(1, 3),
+    cap=st.integers(1, 12),
+    renorm=st.booleans(),
+    scale=st.sampled_from([0.1, 1.0, 10.0]),
+)
 def test_top_k_routing_matches_the_loop_reference(seed, k, cap, renorm, scale):
     logits = scale * np.random.default_rng(seed).standard_normal((T, E)).astype(np.float32)
     routing = R.top_k(jnp.asarray(logits), k, cap, renormalize=renorm)
@@ -142,3 +148,46 @@ def test_expert_budget_caps_experts_per_token(k_active):
     x = jnp.asarray(np.random.default_rng(4).standard_normal((T, D)), jnp.float32)
     out = layer(x, train=False, k_active=jnp.int32(k_active))
     assert int(out.experts_T.max()) <= k_active
+
+
+@pytest.mark.parametrize("config", ["configs/moe.py:tiny", "configs/sut.py:tiny"])
+def test_moe_models_train_log_routing_metrics_and_resume(config, tmp_path):
+    """A MoE model (alone, and under ACT as a Sparse Universal Transformer) trains, logs moe/
+    metrics (expert usage per expert), and a rerun on the finished workdir restores it."""
+    import dataclasses
+
+    from adaptive import config as config_lib
+    from adaptive.metrics import read_jsonl
+    from adaptive.train import train_and_evaluate
+    from tests.helpers import QUIET, ROOT
+
+    cfg = config_lib.load(f"{ROOT}/{config}", QUIET)
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, steps=10, eval_every=10, log_every=5, checkpoint_every=5)
+    )
+    final = train_and_evaluate(cfg, tmp_path)
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert len(rows[-1]["moe/expert_usage"]) == cfg.moe.num_experts
+    assert 0.0 <= rows[-1]["moe/drop_fraction"] <= 1.0
+    assert final["eval/experts_mean"] > 0
+    assert train_and_evaluate(cfg, tmp_path) == final  # resumes at the end: same eval, no training
+
+
+def test_model_expert_budget_bounds_expert_applications():
+    from adaptive import config as config_lib
+    from adaptive.nn.models import build_model
+    from tests.helpers import ROOT
+
+    class Spec:
+        input_shape, num_classes = (12,), 3
+
+    cfg = config_lib.load(
+        f"{ROOT}/configs/moe.py",
+        ["--config.model.hidden=16", "--config.halting.policy=act", "--config.halting.max_steps=4"],
+    )
+    model = build_model(cfg, Spec)
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((16, 12)), jnp.float32)
+    for k_active in (1, 2):
+        out = model.infer(x, jnp.int32(3), k_active=jnp.int32(k_active))
+        assert (np.asarray(out.experts_B) <= k_active * np.asarray(out.steps_B)).all()
+        assert (np.asarray(out.steps_B) <= 3).all()

@@ -34,8 +34,11 @@ class DenseFFN(nnx.Module):
 def _all_experts(layer: MoEFeedForward, x):
     """Every expert on every token, weighted by the (capacity-free) top-k gates."""
     routing, _, _ = layer.route(x, train=True)
-    gates = jnp.zeros((x.shape[0], layer.num_experts)).at[routing.token_A, routing.expert_A].add(
-        jnp.where(routing.active_A, jax.nn.softmax(layer.router(x), -1)[routing.token_A, routing.expert_A], 0.0))
+    gates = (
+        jnp.zeros((x.shape[0], layer.num_experts))
+        .at[routing.token_A, routing.expert_A]
+        .add(jnp.where(routing.active_A, jax.nn.softmax(layer.router(x), -1)[routing.token_A, routing.expert_A], 0.0))
+    )
     y = layer.experts(jnp.broadcast_to(x, (layer.num_experts, *x.shape)))  # [E, T, D]
     return jnp.einsum("etd,te->td", y, gates)
 
@@ -43,10 +46,16 @@ def _all_experts(layer: MoEFeedForward, x):
 def _one_hot(layer: MoEFeedForward, x):
     """GShard-style dispatch and combine through [T, E, C] one-hot tensors."""
     routing, _, cap = layer.route(x, train=True)
-    dispatch_TxExC = jnp.zeros((x.shape[0], layer.num_experts, cap)).at[
-        routing.token_A, routing.expert_A, jnp.minimum(routing.slot_A, cap - 1)].add(routing.kept_A.astype(x.dtype))
-    combine_TxExC = jnp.zeros_like(dispatch_TxExC).at[
-        routing.token_A, routing.expert_A, jnp.minimum(routing.slot_A, cap - 1)].add(routing.gate_A)
+    dispatch_TxExC = (
+        jnp.zeros((x.shape[0], layer.num_experts, cap))
+        .at[routing.token_A, routing.expert_A, jnp.minimum(routing.slot_A, cap - 1)]
+        .add(routing.kept_A.astype(x.dtype))
+    )
+    combine_TxExC = (
+        jnp.zeros_like(dispatch_TxExC)
+        .at[routing.token_A, routing.expert_A, jnp.minimum(routing.slot_A, cap - 1)]
+        .add(routing.gate_A)
+    )
     y = layer.experts(jnp.einsum("tec,td->ecd", dispatch_TxExC, x))
     return jnp.einsum("ecd,tec->td", y, combine_TxExC)
 
@@ -61,8 +70,17 @@ def _fwd_bwd(module: nnx.Module, apply):
     return lambda x: grad(params, x)
 
 
-def run(*, tokens: int, width: int, hidden: int, experts: int, k: int, capacity_factor: float, repeats: int,
-        json_out: str | None) -> list[dict]:
+def run(
+    *,
+    tokens: int,
+    width: int,
+    hidden: int,
+    experts: int,
+    k: int,
+    capacity_factor: float,
+    repeats: int,
+    json_out: str | None,
+) -> list[dict]:
     x = jnp.asarray(np.random.default_rng(0).standard_normal((tokens, width)), jnp.float32)
     rngs = nnx.Rngs(0)
     dense = DenseFFN(width, k * hidden, rngs=rngs)
@@ -76,8 +94,9 @@ def run(*, tokens: int, width: int, hidden: int, experts: int, k: int, capacity_
         "moe_dropless_ragged_dot": _fwd_bwd(dropless, lambda m, x: m(x).y_TxD),
     }
     ms = time_side_by_side({name: (lambda f=f: f(x)) for name, f in train.items()}, repeats=repeats)
-    rows = [{"variant": name, "fwd_bwd_ms": t, "ratio_to_dense": t / ms["dense_equivalent_ffn"]}
-            for name, t in ms.items()]
+    rows = [
+        {"variant": name, "fwd_bwd_ms": t, "ratio_to_dense": t / ms["dense_equivalent_ffn"]} for name, t in ms.items()
+    ]
 
     graphdef, params = nnx.split(moe, nnx.Param)
     dense_graph, dense_params = nnx.split(dense, nnx.Param)
@@ -87,12 +106,18 @@ def run(*, tokens: int, width: int, hidden: int, experts: int, k: int, capacity_
         infer[f"inference_k{kk}_traced_k"] = lambda kk=kk: traced(params, x, jnp.int32(kk))
     dense_fwd = jax.jit(lambda p, x: nnx.merge(dense_graph, p)(x))
     infer["inference_dense_equivalent_ffn"] = lambda: dense_fwd(dense_params, x)
-    fwd = time_side_by_side({name: (fn if name.endswith(("traced_k", "ffn")) else (lambda f=fn: f(x)))
-                             for name, fn in infer.items()}, repeats=repeats)
-    rows += [{"variant": name, "fwd_ms": t, "ratio_to_dense": t / fwd["inference_dense_equivalent_ffn"]}
-             for name, t in fwd.items()]
-    print(f"T={tokens} d={width} expert f={hidden} E={experts} k={k} capacity factor={capacity_factor} "
-          f"(inference: eval capacity factor {moe.eval_capacity_factor}); dense f={k * hidden}")
+    fwd = time_side_by_side(
+        {name: (fn if name.endswith(("traced_k", "ffn")) else (lambda f=fn: f(x))) for name, fn in infer.items()},
+        repeats=repeats,
+    )
+    rows += [
+        {"variant": name, "fwd_ms": t, "ratio_to_dense": t / fwd["inference_dense_equivalent_ffn"]}
+        for name, t in fwd.items()
+    ]
+    print(
+        f"T={tokens} d={width} expert f={hidden} E={experts} k={k} capacity factor={capacity_factor} "
+        f"(inference: eval capacity factor {moe.eval_capacity_factor}); dense f={k * hidden}"
+    )
     print_table(rows, ["variant", "fwd_bwd_ms", "fwd_ms", "ratio_to_dense"])
     write_json(json_out, rows)
     return rows
@@ -108,4 +133,3 @@ def _inference(graphdef, params, k: int):
 
     compiled = jax.jit(forward)
     return lambda x: compiled(params, x)
-

@@ -6,15 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-
-class MLPBlock(nnx.Module):
-    """Linear -> ReLU: one hidden layer of a plain MLP."""
-
-    def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs):
-        self.linear = nnx.Linear(d_in, d_out, rngs=rngs)
-
-    def __call__(self, x_BxD: jax.Array) -> jax.Array:
-        return jax.nn.relu(self.linear(x_BxD))
+from adaptive.nn.moe import MoEFeedForward, MoEOutput
 
 
 class RNNCell(nnx.Module):
@@ -45,20 +37,64 @@ class ResidualMLPBlock(nnx.Module):
         self.up = nnx.Linear(hidden, 2 * hidden, rngs=rngs)
         self.down = nnx.Linear(2 * hidden, hidden, rngs=rngs)
 
-    def __call__(self, h_BxD: jax.Array, context=None, first=False) -> jax.Array:
+    def __call__(self, h_BxD: jax.Array) -> jax.Array:
         return h_BxD + self.down(jax.nn.relu(self.up(self.norm(h_BxD))))
 
 
-class TransformerBlock(nnx.Module):
-    """Pre-LN self-attention + MLP over positions: the Universal Transformer's step."""
+def make_moe(width: int, cfg, *, rngs: nnx.Rngs) -> MoEFeedForward:
+    """The MoE feed-forward layer a MoEConfig describes, for blocks of `width`."""
+    hidden = cfg.expert_hidden or max(1, 2 * width // cfg.k)
+    return MoEFeedForward(
+        width,
+        hidden,
+        cfg.num_experts,
+        k=cfg.k,
+        router=cfg.router,
+        capacity_factor=cfg.capacity_factor,
+        eval_capacity_factor=cfg.eval_capacity_factor,
+        renormalize=cfg.renormalize,
+        jitter=cfg.jitter,
+        balance_weight=cfg.balance_weight,
+        z_weight=cfg.z_weight,
+        dropless=cfg.dropless,
+        num_groups=cfg.num_groups,
+        rngs=rngs,
+    )
 
-    def __init__(self, hidden: int, num_heads: int, *, rngs: nnx.Rngs):
+
+class ResidualMoEBlock(nnx.Module):
+    """h + MoE(LN(h)) on vectors: each example is a token routed to its own experts."""
+
+    def __init__(self, hidden: int, moe_cfg, *, rngs: nnx.Rngs):
+        self.norm = nnx.LayerNorm(hidden, rngs=rngs)
+        self.moe = make_moe(hidden, moe_cfg, rngs=rngs)
+
+    def __call__(self, h_BxD: jax.Array, *, train: bool = True, k_active=None) -> tuple[jax.Array, MoEOutput]:
+        out = self.moe(self.norm(h_BxD), train=train, k_active=k_active)
+        return h_BxD + out.y_TxD, out
+
+
+class TransformerBlock(nnx.Module):
+    """Pre-LN self-attention + feed-forward over positions: the Universal Transformer's step.
+
+    With a MoEConfig the feed-forward is sparse experts over all B x L positions (a Sparse
+    Universal Transformer when the block is repeated under ACT).
+    """
+
+    def __init__(self, hidden: int, num_heads: int, moe_cfg=None, *, rngs: nnx.Rngs):
         self.norm1 = nnx.LayerNorm(hidden, rngs=rngs)
         self.attention = nnx.MultiHeadAttention(num_heads=num_heads, in_features=hidden, decode=False, rngs=rngs)
         self.norm2 = nnx.LayerNorm(hidden, rngs=rngs)
-        self.up = nnx.Linear(hidden, 2 * hidden, rngs=rngs)
-        self.down = nnx.Linear(2 * hidden, hidden, rngs=rngs)
+        self.moe = make_moe(hidden, moe_cfg, rngs=rngs) if moe_cfg is not None else None
+        if self.moe is None:
+            self.up = nnx.Linear(hidden, 2 * hidden, rngs=rngs)
+            self.down = nnx.Linear(2 * hidden, hidden, rngs=rngs)
 
-    def __call__(self, h_BxLxD: jax.Array, context=None, first=False) -> jax.Array:
+    def __call__(self, h_BxLxD: jax.Array, *, train: bool = True, k_active=None):
         h = h_BxLxD + self.attention(self.norm1(h_BxLxD))
-        return h + self.down(jax.nn.gelu(self.up(self.norm2(h))))
+        if self.moe is None:
+            return h + self.down(jax.nn.gelu(self.up(self.norm2(h))))
+        batch, length, width = h.shape
+        out = self.moe(self.norm2(h).reshape(batch * length, width), train=train, k_active=k_active)
+        experts_B = out.experts_T.reshape(batch, length).sum(-1)  # expert applications per example
+        return h + out.y_TxD.reshape(batch, length, width), out._replace(experts_T=experts_B)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from adaptive.nn import halting as H
-from adaptive.nn.blocks import ResidualMLPBlock, RNNCell, TransformerBlock
+from adaptive.nn.blocks import ResidualMLPBlock, ResidualMoEBlock, RNNCell, TransformerBlock
 
 
 class ModelOutput(NamedTuple):
@@ -35,11 +35,14 @@ class ModelOutput(NamedTuple):
     ponder_B: jax.Array  # differentiable compute: ACT's N + R, PonderNet's E[steps]
     step_logits_NxBxC: jax.Array | None = None  # PonderNet / early exit: each step's prediction
     step_weights_NxB: jax.Array | None = None  # PonderNet: halting distribution; exits: uniform
+    aux_loss: jax.Array | float = 0.0  # MoE load-balancing and z-losses, mean over steps
+    metrics: dict | None = None  # MoE routing metrics (moe/...), mean over steps
 
 
 class Inference(NamedTuple):
     logits_BxC: jax.Array
     steps_B: jax.Array  # int32: blocks applied to each example, <= min(budget, max_steps)
+    experts_B: jax.Array | None = None  # int32: expert applications per example (MoE models)
 
 
 class Trajectory(NamedTuple):
@@ -48,6 +51,8 @@ class Trajectory(NamedTuple):
     states_NxBx_xD: jax.Array
     halt_logits_NxH: jax.Array | None
     logits_NxBxC: jax.Array | None  # None for ACT, which reads out the weighted state instead
+    aux_N: jax.Array | None = None  # MoE aux loss of each step
+    moe_metrics: dict | None = None  # MoE metrics of each step
 
 
 def _stack(make, count: int, rngs: nnx.Rngs):
@@ -62,8 +67,13 @@ def _stack(make, count: int, rngs: nnx.Rngs):
 
 
 class DepthModel(nnx.Module):
-    def __init__(self, model_cfg, halting_cfg, input_shape: tuple[int, ...], num_classes: int, *, rngs: nnx.Rngs):
+    def __init__(
+        self, model_cfg, halting_cfg, input_shape: tuple[int, ...], num_classes: int, *, rngs: nnx.Rngs, moe_cfg=None
+    ):
         self.kind, self.policy = model_cfg.kind, halting_cfg.policy
+        self.moe = moe_cfg is not None and moe_cfg.enabled
+        if self.moe and self.kind == "rnn":
+            raise ValueError("moe.enabled needs model.kind 'mlp' or 'transformer' (the rnn cell has no feed-forward)")
         self.halting = halting_cfg
         self.num_steps = model_cfg.depth if self.policy == "none" else halting_cfg.max_steps
         self.shared = model_cfg.share_weights
@@ -74,12 +84,16 @@ class DepthModel(nnx.Module):
             make = lambda r: RNNCell(d_in, width, rngs=r)  # noqa: E731
         elif self.kind == "mlp":
             self.encoder = nnx.Linear(d_in, width, rngs=rngs)
-            make = lambda r: ResidualMLPBlock(width, rngs=r)  # noqa: E731
+            if moe_cfg is not None and moe_cfg.enabled:
+                make = lambda r: ResidualMoEBlock(width, moe_cfg, rngs=r)  # noqa: E731
+            else:
+                make = lambda r: ResidualMLPBlock(width, rngs=r)  # noqa: E731
         else:
             self.token_proj = nnx.Linear(1, width, rngs=rngs)
             self.positions = nnx.Param(0.02 * jax.random.normal(rngs.params(), (d_in, width)))
             self.step_embedding = nnx.Param(0.02 * jax.random.normal(rngs.params(), (self.num_steps, width)))
-            make = lambda r: TransformerBlock(width, model_cfg.num_heads, rngs=r)  # noqa: E731
+            moe = moe_cfg if moe_cfg is not None and moe_cfg.enabled else None
+            make = lambda r: TransformerBlock(width, model_cfg.num_heads, moe, rngs=r)  # noqa: E731
         # A shared block is stored as is: slicing a stack of one inside the step loop costs ~10%.
         self.blocks = make(rngs) if self.shared else _stack(make, self.num_steps, rngs)
         self.final_norm = nnx.LayerNorm(width, rngs=rngs) if self.sequence else None
@@ -101,12 +115,16 @@ class DepthModel(nnx.Module):
             return jax.nn.relu(self.encoder(x)), x
         return self.token_proj(x[..., None]) + self.positions[...], x
 
-    def step(self, h, context, t: jax.Array | int):
-        """Applies step t (1-based) to state h."""
+    def step(self, h, context, t: jax.Array | int, *, train: bool = True, k_active=None):
+        """Applies step t (1-based) to state h: (new state, the MoE layer's output or None)."""
         block = self.blocks if self.shared else _select(self.blocks, t)
         if self.sequence:
             h = h + self.step_embedding[...][t - 1]
-        return block(h, context, t == 1) if self.kind == "rnn" else block(h)
+        if self.kind == "rnn":
+            return block(h, context, t == 1), None
+        if self.moe:
+            return block(h, train=train, k_active=k_active)
+        return block(h), None
 
     def readout(self, h, t: jax.Array | int):
         """Logits from a state; sequences are mean-pooled over positions."""
@@ -127,26 +145,35 @@ class DepthModel(nnx.Module):
         h0, context = self.encode(x_BxD)
 
         def body(h, t):
-            h = self.step(h, context, t)
+            h, moe = self.step(h, context, t)
             halt = self.halt_logit(h) if self.policy in ("act", "pondernet") else None
             # ACT reads out the mean-field state once; the others need every step's prediction.
             logits = None if self.policy == "act" else self.readout(h, t)
-            return h, (h, halt, logits)
+            aux, metrics = (None, None) if moe is None else (moe.aux_loss, moe.metrics)
+            return h, (h, halt, logits, aux, metrics)
 
-        _, (states, halts, logits) = jax.lax.scan(body, h0, jnp.arange(1, self.num_steps + 1))
-        return Trajectory(states, halts, logits)
+        _, outs = jax.lax.scan(body, h0, jnp.arange(1, self.num_steps + 1))
+        return Trajectory(*outs)
 
     def __call__(self, x_BxD: jax.Array) -> ModelOutput:
         """The training forward pass (every step up to the cap, weighted by the policy)."""
         batch = x_BxD.shape[0]
         if self.policy == "none":
             h, context = self.encode(x_BxD)
+            moes = []
             for t in range(1, self.num_steps + 1):
-                h = self.step(h, context, t)
+                h, moe = self.step(h, context, t)
+                moes.append(moe)
             steps = jnp.full((batch,), float(self.num_steps))
-            return ModelOutput(self.readout(h, self.num_steps), steps, steps)
+            aux, metrics = _mean_over_steps(
+                [m.aux_loss for m in moes if m is not None], [m.metrics for m in moes if m is not None]
+            )
+            return ModelOutput(self.readout(h, self.num_steps), steps, steps, aux_loss=aux, metrics=metrics)
         traj = self.trajectory(x_BxD)
-        return self.combine(traj, jnp.full((batch,), self.num_steps, jnp.int32))
+        out = self.combine(traj, jnp.full((batch,), self.num_steps, jnp.int32))
+        if traj.aux_N is None:
+            return out
+        return out._replace(aux_loss=traj.aux_N.mean(), metrics=jax.tree.map(lambda m: m.mean(0), traj.moe_metrics))
 
     def combine(self, traj: Trajectory, limit_B: jax.Array) -> ModelOutput:
         """The policy's weights over a trajectory, halting by `limit_B` at the latest."""
@@ -170,18 +197,25 @@ class DepthModel(nnx.Module):
         steps = steps.astype(jnp.float32)
         return ModelOutput(last, steps, steps, traj.logits_NxBxC, weights)
 
-    def infer(self, x_BxD: jax.Array, budget_B: jax.Array, key: jax.Array | None = None) -> Inference:
+    def infer(
+        self, x_BxD: jax.Array, budget_B: jax.Array, key: jax.Array | None = None, k_active: jax.Array | None = None
+    ) -> Inference:
         """Inference under a per-example step budget, stopping when every example has halted.
 
         The budget is clipped to [1, num_steps] inside the graph too, so no input and no
-        parameters can make an example use more than min(budget, cap) steps.
+        parameters can make an example use more than min(budget, cap) steps. `k_active` caps
+        experts per token at inference (MoE models; at most moe.k, which is compiled in).
         """
         batch = x_BxD.shape[0]
         limit_B = jnp.clip(jnp.broadcast_to(budget_B, (batch,)).astype(jnp.int32), 1, self.num_steps)
-        if self.policy == "none":
-            out = self(x_BxD)
-            return Inference(out.logits_BxC, out.steps_B.astype(jnp.int32))
         h0, context = self.encode(x_BxD)
+        if self.policy == "none":
+            h, experts = h0, jnp.zeros((batch,), jnp.int32)
+            for t in range(1, self.num_steps + 1):
+                h, moe = self.step(h, context, t, train=False, k_active=k_active)
+                experts = experts + (0 if moe is None else _experts_per_example(moe, batch))
+            steps = jnp.full((batch,), self.num_steps, jnp.int32)
+            return Inference(self.readout(h, self.num_steps), steps, experts if self.moe else None)
         per_position = self.sequence and self.policy == "act"
         limit = limit_B[:, None] if per_position else limit_B
         run0 = H.start(h0.shape[:2] if per_position else (batch,))
@@ -190,16 +224,19 @@ class DepthModel(nnx.Module):
         key = jax.random.key(0) if key is None else key
 
         def cond(carry):
-            t, _, run, _ = carry
+            t, _, run, _, _ = carry
             return (t < self.num_steps) & ~jnp.all(run.halted_H)
 
         def body(carry):
-            t, h, run, acc = carry
+            t, h, run, acc, experts = carry
             t = t + 1
-            h = self.step(h, context, t)
+            active_B = ~(run.halted_H.all(-1) if per_position else run.halted_H)
+            h, moe = self.step(h, context, t, train=False, k_active=k_active)
+            if moe is not None:  # count the experts of examples still computing
+                experts = experts + jnp.where(active_B, _experts_per_example(moe, batch), 0)
             if self.policy == "act":
                 run, w = H.act_update(run, t, jax.nn.sigmoid(self.halt_logit(h)), limit, self.halting.eps)
-                return t, h, run, acc + w[..., None] * h
+                return t, h, run, acc + w[..., None] * h, experts
             logits = self.readout(h, t)
             if self.policy == "pondernet":
                 lam = jax.nn.sigmoid(self.halt_logit(h))
@@ -210,13 +247,15 @@ class DepthModel(nnx.Module):
             else:
                 conf = H.confidence(logits, self.halting.confidence)
                 run, now = H.exit_update(run, t, conf, limit, self.halting.exit_threshold)
-            return t, h, run, jnp.where(now[:, None], logits, acc)
+            return t, h, run, jnp.where(now[:, None], logits, acc), experts
 
-        _, _, run, acc = jax.lax.while_loop(cond, body, (jnp.int32(0), h0, run0, acc0))
+        carry0 = (jnp.int32(0), h0, run0, acc0, jnp.zeros((batch,), jnp.int32))
+        _, _, run, acc, experts = jax.lax.while_loop(cond, body, carry0)
+        experts = experts if self.moe else None
         if self.policy == "act":
             steps = run.steps_H.max(-1) if per_position else run.steps_H
-            return Inference(self.readout(acc, self.num_steps), steps)
-        return Inference(acc, run.steps_H)
+            return Inference(self.readout(acc, self.num_steps), steps, experts)
+        return Inference(acc, run.steps_H, experts)
 
     def infer_from_trajectory(self, traj: Trajectory, limit_B: jax.Array) -> Inference:
         """What `infer` returns under `limit_B`, computed from a full trajectory instead.
@@ -244,6 +283,17 @@ class DepthModel(nnx.Module):
 
     def _num_classes(self) -> int:
         return self.heads.kernel.shape[-1]
+
+
+def _experts_per_example(moe, batch: int) -> jax.Array:
+    """Expert applications per example in one step (vector models route one token per example)."""
+    return moe.experts_T.reshape(batch, -1).sum(-1)
+
+
+def _mean_over_steps(aux: list, metrics: list) -> tuple:
+    if not aux:
+        return 0.0, None
+    return sum(aux) / len(aux), jax.tree.map(lambda *m: sum(m) / len(m), *metrics)
 
 
 def _select(stacked: nnx.Module, t: jax.Array | int) -> nnx.Module:

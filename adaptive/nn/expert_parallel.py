@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import jax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from adaptive.nn.moe import MoEFeedForward, MoEOutput, combine, dispatch
 
@@ -21,18 +22,24 @@ EXPERT_PARAMS = ("w_in", "b_in", "w_out", "b_out")
 
 def param_specs(params: dict, axis: str) -> dict:
     """PartitionSpecs for the layer's parameters: experts split on `axis`, the router replicated."""
-    return {name: jax.tree.map(lambda _: P(axis) if name in EXPERT_PARAMS else P(), tree)
-            for name, tree in params.items()}
+    specs = {}
+    for name, tree in params.items():
+        spec = P(axis) if name in EXPERT_PARAMS else P()
+        specs[name] = jax.tree.map(lambda _, s=spec: s, tree)
+    return specs
 
 
-def moe_expert_parallel(graphdef: nnx.GraphDef, params: dict, x_TxD: jax.Array, mesh: Mesh, *,
-                        axis: str = "expert", train: bool = True) -> MoEOutput:
+def moe_expert_parallel(
+    graphdef: nnx.GraphDef, params: dict, x_TxD: jax.Array, mesh: Mesh, *, axis: str = "expert", train: bool = True
+) -> MoEOutput:
     """`MoEFeedForward(x)` computed with experts and tokens sharded over `mesh[axis]`."""
     n = mesh.shape[axis]
     layer_meta = nnx.merge(graphdef, params)
     if layer_meta.num_experts % n or layer_meta.num_groups % n:
-        raise ValueError(f"num_experts={layer_meta.num_experts} and num_groups={layer_meta.num_groups} "
-                         f"must both divide over {n} devices on axis {axis!r}")
+        raise ValueError(
+            f"num_experts={layer_meta.num_experts} and num_groups={layer_meta.num_groups} "
+            f"must both divide over {n} devices on axis {axis!r}"
+        )
     if layer_meta.dropless:
         raise ValueError("the dropless path is single-device; use capacity routing with expert parallelism")
 
@@ -52,15 +59,16 @@ def moe_expert_parallel(graphdef: nnx.GraphDef, params: dict, x_TxD: jax.Array, 
         y = jax.vmap(lambda b, r: combine(b, r, x_GxSxD.shape[1]))(back, routing)
         result = layer._output(y.reshape(x_local.shape), routing, logits)
         # Groups are spread over devices: aux losses and metrics average over all of them.
-        return result._replace(aux_loss=jax.lax.pmean(result.aux_loss, axis),
-                               metrics=jax.tree.map(lambda m: jax.lax.pmean(m, axis), result.metrics))
+        return result._replace(
+            aux_loss=jax.lax.pmean(result.aux_loss, axis),
+            metrics=jax.tree.map(lambda m: jax.lax.pmean(m, axis), result.metrics),
+        )
 
-    metric_specs = dict.fromkeys(("moe/drop_fraction", "moe/expert_usage", "moe/usage_entropy",
-                                  "moe/router_confidence"), P())
+    metric_specs = dict.fromkeys(
+        ("moe/drop_fraction", "moe/expert_usage", "moe/usage_entropy", "moe/router_confidence"), P()
+    )
     specs = (param_specs(params, axis), P(axis))
     fn = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=MoEOutput(P(axis), P(), metric_specs, P(axis)))
     # Lay the inputs out as the specs say (a no-op when they already are).
-    placed = jax.tree.map(lambda a, s: jax.reshard(a, NamedSharding(mesh, s)),
-                          (params, x_TxD), specs)
+    placed = jax.tree.map(lambda a, s: jax.reshard(a, NamedSharding(mesh, s)), (params, x_TxD), specs)
     return fn(*placed)
-

@@ -22,4 +22,4 @@ class ModelSpec(Protocol):
 def build_model(cfg, spec: ModelSpec) -> DepthModel:
     """The model of a whole `Config` (its `model` and `halting` sections), initialised from its seed."""
     rngs = nnx.Rngs(params=jax.random.key(cfg.seed))
-    return DepthModel(cfg.model, cfg.halting, tuple(spec.input_shape), spec.num_classes, rngs=rngs)
+    return DepthModel(cfg.model, cfg.halting, tuple(spec.input_shape), spec.num_classes, rngs=rngs, moe_cfg=cfg.moe)

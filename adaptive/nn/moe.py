@@ -51,10 +51,24 @@ class MoEFeedForward(nnx.Module):
     The output has no residual: the caller adds x, so a dropped token passes through unchanged.
     """
 
-    def __init__(self, width: int, hidden: int, num_experts: int, *, k: int = 2, router: str = "top_k",
-                 capacity_factor: float = 1.25, eval_capacity_factor: float = 2.0, renormalize: bool = True,
-                 jitter: float = 0.0, balance_weight: float = 1e-2, z_weight: float = 1e-3,
-                 dropless: bool = False, num_groups: int = 1, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        width: int,
+        hidden: int,
+        num_experts: int,
+        *,
+        k: int = 2,
+        router: str = "top_k",
+        capacity_factor: float = 1.25,
+        eval_capacity_factor: float = 2.0,
+        renormalize: bool = True,
+        jitter: float = 0.0,
+        balance_weight: float = 1e-2,
+        z_weight: float = 1e-3,
+        dropless: bool = False,
+        num_groups: int = 1,
+        rngs: nnx.Rngs,
+    ):
         if router not in ("top_k", "expert_choice"):
             raise ValueError(f"router {router!r} is not one of 'top_k', 'expert_choice'")
         if not 1 <= k <= num_experts:
@@ -66,8 +80,9 @@ class MoEFeedForward(nnx.Module):
         # Tokens are routed in `num_groups` independent groups, each with its own capacity
         # (GShard): with experts sharded over G devices, each device routes its own group.
         self.num_groups = num_groups
-        self.router = nnx.Linear(width, num_experts, use_bias=False, rngs=rngs,
-                                 kernel_init=nnx.initializers.normal(0.02))
+        self.router = nnx.Linear(
+            width, num_experts, use_bias=False, rngs=rngs, kernel_init=nnx.initializers.normal(0.02)
+        )
         init = nnx.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=0)
         self.w_in = nnx.Param(init(rngs.params(), (num_experts, width, hidden)))
         self.b_in = nnx.Param(jnp.zeros((num_experts, hidden)))
@@ -106,8 +121,9 @@ class MoEFeedForward(nnx.Module):
 
     def _route_groups(self, x_GxSxD, train, k_active, keys):
         route = lambda x, kk: self.route(x, train=train, k_active=k_active, key=kk)[:2]  # noqa: E731
-        routing, logits = jax.vmap(route)(x_GxSxD, keys) if keys is not None else jax.vmap(
-            lambda x: route(x, None))(x_GxSxD)
+        routing, logits = (
+            jax.vmap(route)(x_GxSxD, keys) if keys is not None else jax.vmap(lambda x: route(x, None))(x_GxSxD)
+        )
         return routing, logits, self.route_capacity(x_GxSxD.shape[1], train)
 
     def route_capacity(self, group_tokens: int, train: bool) -> int:

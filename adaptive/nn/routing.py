@@ -47,12 +47,13 @@ def top_k(logits_TxE: jax.Array, k: int, cap: int, *, renormalize: bool, k_activ
     active_TxK = jnp.ones_like(gate_TxK, bool)
     if k_active is not None:
         active_TxK = jnp.broadcast_to(jnp.arange(k)[None, :] < k_active, gate_TxK.shape)
+    # Priority: choice rank first (all first choices before second ones), then the router's
+    # probability for that choice (before any renormalisation, which can round ties apart).
+    rank_KxT = jnp.broadcast_to(jnp.arange(k)[:, None], (k, num_tokens))
+    order = jnp.lexsort((-gate_TxK.T.reshape(-1), rank_KxT.reshape(-1)))  # last key is primary
     if renormalize:
         masked = jnp.where(active_TxK, gate_TxK, 0.0)
         gate_TxK = masked / jnp.maximum(masked.sum(-1, keepdims=True), 1e-9)
-    # Priority: choice rank first (all first choices before second ones), then confidence.
-    rank_KxT = jnp.broadcast_to(jnp.arange(k)[:, None], (k, num_tokens))
-    order = jnp.lexsort((-gate_TxK.T.reshape(-1), rank_KxT.reshape(-1)))  # last key is primary
     expert_A = expert_TxK.T.reshape(-1)
     active_A = active_TxK.T.reshape(-1)
     slot_A = _slots_in_order(expert_A, active_A, order, num_experts)
