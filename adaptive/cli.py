@@ -71,6 +71,15 @@ def _parser() -> argparse.ArgumentParser:
     act.add_argument("--json", metavar="OUT", help="write the rows here")
     act.add_argument("--n", type=int, default=16, help="parity length")
     act.add_argument("--steps", type=int, default=2000)
+    moe = kinds.add_parser("moe", help="MoE layer vs a dense FFN of the same active FLOPs (fwd+bwd, inference)")
+    moe.add_argument("--json", metavar="OUT", help="write the rows here")
+    moe.add_argument("--tokens", type=int, default=4096)
+    moe.add_argument("--width", type=int, default=256)
+    moe.add_argument("--hidden", type=int, default=512, help="each expert's hidden width")
+    moe.add_argument("--experts", type=int, default=8)
+    moe.add_argument("-k", type=int, default=2, help="experts per token")
+    moe.add_argument("--capacity-factor", type=float, default=1.25)
+    moe.add_argument("--repeats", type=int, default=20)
     return parser
 
 
@@ -87,6 +96,19 @@ def _bench(args, overrides: list[str]) -> int:
             batches=ints(args.batches),
             repeats=args.repeats,
             n_in=args.inputs,
+            json_out=args.json,
+        )
+    elif args.bench == "moe":
+        from adaptive.bench import moe
+
+        moe.run(
+            tokens=args.tokens,
+            width=args.width,
+            hidden=args.hidden,
+            experts=args.experts,
+            k=args.k,
+            capacity_factor=args.capacity_factor,
+            repeats=args.repeats,
             json_out=args.json,
         )
     else:
