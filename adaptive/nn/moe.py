@@ -32,8 +32,8 @@ class MoEOutput(NamedTuple):
 def dispatch(x_TxD: jax.Array, routing: R.Routing, num_experts: int, cap: int) -> jax.Array:
     """Kept assignments' tokens in their experts' buffers: [E, C, D], empty slots zero.
 
-    One gather: each buffer row looks up the token that fills it (an inverse map built by
-    scattering small int32 indices), where a scatter of whole token rows would be slower.
+    A gather: each buffer row looks up the token that fills it, through an inverse map built
+    by scattering int32 indices (cheap) rather than scattering whole token rows.
     """
     target_A, source_R = _row_maps(routing, num_experts, cap, x_TxD.shape[0])
     padded = jnp.concatenate([x_TxD, jnp.zeros((1, x_TxD.shape[-1]), x_TxD.dtype)])  # row T: an empty slot
@@ -54,72 +54,6 @@ def _row_maps(routing: R.Routing, num_experts: int, cap: int, num_tokens: int) -
     target_A = jnp.where(routing.kept_A, routing.expert_A * cap + routing.slot_A, rows)
     source_R = jnp.full((rows + 1,), num_tokens, jnp.int32).at[target_A].set(routing.token_A)[:rows]
     return target_A, source_R
-
-
-# -- top-k dispatch and combine whose gradients are gathers too ----------------------------------
-# Under top-k routing assignment a is token a % T's (a // T)-th choice, so both directions of
-# both moves can be written as gathers. XLA:CPU runs the scatter-adds that autodiff would
-# otherwise emit one row at a time: measured here, they were ~20% of the layer's fwd+bwd time.
-
-
-@jax.custom_vjp
-def _dispatch_top_k(x_pad, source_R, target_KxT):
-    return x_pad[source_R]
-
-
-def _dispatch_top_k_fwd(x_pad, source_R, target_KxT):
-    return x_pad[source_R], (source_R, target_KxT)
-
-
-def _dispatch_top_k_bwd(res, g_RxD):
-    source_R, target_KxT = res
-    g_pad = jnp.concatenate([g_RxD, jnp.zeros((1, g_RxD.shape[-1]), g_RxD.dtype)])  # dropped: zero row
-    d_x = g_pad[target_KxT].sum(0)  # each token collects the gradient of its k buffer rows
-    return jnp.concatenate([d_x, jnp.zeros((1, d_x.shape[-1]), d_x.dtype)]), None, None
-
-
-_dispatch_top_k.defvjp(_dispatch_top_k_fwd, _dispatch_top_k_bwd)
-
-
-@jax.custom_vjp
-def _combine_top_k(y_RxD, gate_KxT, row_KxT, source_R, gate_R):
-    y_pad = jnp.concatenate([y_RxD, jnp.zeros((1, y_RxD.shape[-1]), y_RxD.dtype)])
-    return (y_pad[row_KxT] * gate_KxT[..., None]).sum(0)
-
-
-def _combine_top_k_fwd(y_RxD, gate_KxT, row_KxT, source_R, gate_R):
-    return _combine_top_k(y_RxD, gate_KxT, row_KxT, source_R, gate_R), (y_RxD, row_KxT, source_R, gate_R)
-
-
-def _combine_top_k_bwd(res, g_TxD):
-    y_RxD, row_KxT, source_R, gate_R = res
-    g_pad = jnp.concatenate([g_TxD, jnp.zeros((1, g_TxD.shape[-1]), g_TxD.dtype)])  # empty rows: zero
-    d_y = g_pad[source_R] * gate_R[:, None]
-    y_pad = jnp.concatenate([y_RxD, jnp.zeros((1, y_RxD.shape[-1]), y_RxD.dtype)])
-    d_gate = jnp.einsum("td,ktd->kt", g_TxD, y_pad[row_KxT])
-    return d_y, d_gate, None, None, None
-
-
-_combine_top_k.defvjp(_combine_top_k_fwd, _combine_top_k_bwd)
-
-
-def top_k_experts(x_TxD: jax.Array, routing: R.Routing, num_experts: int, cap: int, experts) -> jax.Array:
-    """dispatch -> experts -> combine for top-k routing, with gather-only gradients."""
-    num_tokens, width = x_TxD.shape
-    target_A, source_R = _row_maps(routing, num_experts, cap, num_tokens)
-    x_pad = jnp.concatenate([x_TxD, jnp.zeros((1, width), x_TxD.dtype)])
-    k = target_A.shape[0] // num_tokens
-    buffers = _dispatch_top_k(x_pad, source_R, target_A.reshape(k, num_tokens))
-    y = experts(buffers.reshape(num_experts, cap, width)).reshape(num_experts * cap, width)
-    rows = num_experts * cap
-    gate_R = jnp.zeros((rows + 1,), routing.gate_A.dtype).at[target_A].set(routing.gate_A)[:rows]
-    return _combine_top_k(
-        y,
-        routing.gate_A.reshape(k, num_tokens).astype(y.dtype),
-        target_A.reshape(k, num_tokens),
-        source_R,
-        gate_R.astype(y.dtype),
-    )
 
 
 class MoEFeedForward(nnx.Module):
@@ -191,8 +125,6 @@ class MoEFeedForward(nnx.Module):
         routing, logits, cap = self._route_groups(x_GxSxD, train, k_active, keys)
         if self.dropless and self.router_kind == "top_k":  # no capacity, so groups need not stay apart
             y = self._ragged(x_TxD, _flatten_groups(routing, x_GxSxD.shape[1]))
-        elif self.router_kind == "top_k":
-            y = _per_group(lambda x, r: top_k_experts(x, r, self.num_experts, cap, self.experts), x_GxSxD, routing)
         else:
             buffers = _per_group(lambda x, r: dispatch(x, r, self.num_experts, cap), x_GxSxD, routing)
             y = _per_group(lambda b, r: combine(b, r, x_GxSxD.shape[1]), self.grouped_experts(buffers), routing)
