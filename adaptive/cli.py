@@ -56,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--split", action="append", help="also evaluate on this split (repeatable)")
     report.add_argument("--plot", metavar="PNG", help="draw compute (and accuracy) vs difficulty here")
     report.add_argument("--markdown", metavar="MD", help="write the table as markdown here")
+    report.add_argument("--usage", metavar="PNG", help="draw MoE expert usage over training here")
     bench = commands.add_parser("bench", help="benchmarks: side by side, medians after warm-up, table + JSON")
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     depth = kinds.add_parser("depth", help="ACT inference at realized depth d vs the static depth-d model")
@@ -143,9 +144,12 @@ def _train(args, overrides: list[str]) -> int:
 
 
 def _summary_line(metrics: dict) -> str:
+    experts = metrics.get("eval/experts_mean", 0.0)
     return (
         f"eval accuracy {metrics['eval/accuracy']:.4f} | mean steps {metrics['eval/steps_mean']:.2f} "
-        f"(max {metrics['eval/steps_max']}) | {metrics['eval/examples']} examples"
+        f"(max {metrics['eval/steps_max']}) | "
+        + (f"mean experts {experts:.2f} | " if experts else "")
+        + f"{metrics['eval/examples']} examples"
     )
 
 
@@ -161,7 +165,7 @@ def _eval(args, overrides: list[str]) -> int:
 def _report(args, overrides: list[str]) -> int:
     from adaptive.report import report
 
-    report(args.workdirs, splits=args.split or [], plot=args.plot, markdown=args.markdown)
+    report(args.workdirs, splits=args.split or [], plot=args.plot, markdown=args.markdown, usage=args.usage)
     return 0
 
 

@@ -37,7 +37,9 @@ def _final_eval(workdir: Path) -> dict:
     return rows[-1]
 
 
-def report(workdirs: list[str], *, splits: list[str], plot: str | None, markdown: str | None) -> list[dict]:
+def report(
+    workdirs: list[str], *, splits: list[str], plot: str | None, markdown: str | None, usage: str | None = None
+) -> list[dict]:
     """Prints (and optionally writes) one row per run, then one per group of runs that differ
     only in their seed (mean and range over seeds); the plot shows group means."""
     rows, curves, groups = [], [], {}
@@ -45,6 +47,11 @@ def report(workdirs: list[str], *, splits: list[str], plot: str | None, markdown
         cfg = load_config(workdir)
         final = _final_eval(workdir)
         row = {"run": workdir.name, **_describe(cfg), "seed": cfg.seed, "step": final["step"]}
+        if cfg.moe.enabled:
+            last_train = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"][-1]
+            row["experts_per_example"] = final.get("eval/experts_mean")
+            row["train_drop_fraction"] = last_train.get("moe/drop_fraction")
+            row["usage_entropy"] = last_train.get("moe/usage_entropy")
         run_curves = [(cfg.data.eval_split, final)]
         for split in splits:
             run_curves.append((split, evaluate_run(workdir, split=split)[0]))
@@ -69,6 +76,9 @@ def report(workdirs: list[str], *, splits: list[str], plot: str | None, markdown
     if plot:
         _plot_by_difficulty(plotted, plot)
         print(f"wrote {plot}")
+    if usage:
+        _plot_expert_usage([Path(w) for w in workdirs], usage)
+        print(f"wrote {usage}")
     return rows
 
 
@@ -140,4 +150,37 @@ def _plot_by_difficulty(curves: list[tuple[str, list[tuple[str, dict]]]], path: 
     ax_acc.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside, not over, the lines
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot_expert_usage(workdirs: list[Path], path: str) -> None:
+    """Routing over training: usage entropy per run, and each expert's share of tokens per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import math
+
+    import matplotlib.pyplot as plt
+
+    runs = [(w.name, [r for r in read_jsonl(w / "metrics.jsonl") if "moe/expert_usage" in r]) for w in workdirs]
+    runs = [(name, rows) for name, rows in runs if rows]
+    fig, axes = plt.subplots(1, len(runs) + 1, figsize=(5 * (len(runs) + 1), 4), squeeze=False)
+    ax_entropy = axes[0][0]
+    for name, rows in runs:
+        ax_entropy.plot([r["step"] for r in rows], [r["moe/usage_entropy"] for r in rows], label=name)
+    experts = len(runs[0][1][0]["moe/expert_usage"]) if runs else 1
+    ax_entropy.axhline(math.log(experts), color="grey", ls=":", lw=0.8, label=f"uniform (ln {experts})")
+    ax_entropy.set(xlabel="training step", ylabel="entropy of expert usage (nats)", title="Balance over training")
+    ax_entropy.legend(fontsize=8)
+    for ax, (name, rows) in zip(axes[0][1:], runs, strict=True):
+        shares = list(zip(*(r["moe/expert_usage"] for r in rows), strict=True))
+        for e, share in enumerate(shares):
+            ax.plot([r["step"] for r in rows], share, lw=1, label=f"expert {e}")
+        ax.axhline(1 / len(shares), color="grey", ls=":", lw=0.8)
+        ax.set(xlabel="training step", ylabel="share of routed tokens", title=name, ylim=(0, 1))
+        ax.legend(fontsize=6, ncol=2)
+    for ax in axes[0]:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)

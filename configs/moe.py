@@ -2,11 +2,15 @@
 
     adaptive train --config configs/moe.py --workdir runs/moe
     adaptive train --config configs/moe.py:dense --workdir runs/moe-dense
+    adaptive train --config configs/moe.py:seq --workdir runs/moe-seq
+    adaptive train --config configs/moe.py:seq_dense --workdir runs/moe-seq-dense
     adaptive train --config configs/moe.py:tiny --workdir /tmp/moe
 
 Two residual blocks of width 128 whose feed-forward is 8 experts with top-2 routing (each
 expert 128 units wide, so the 2 active experts cost what the dense block's 256 units cost).
 `dense` is the same network with the dense feed-forward: equal active FLOPs per example.
+`seq` reads each MNIST-1D signal as a sequence of 40 scalar tokens through two transformer
+blocks (width 64) whose feed-forward is 8 experts over all positions; `seq_dense` is its twin.
 """
 
 from adaptive.config import default_config
@@ -29,8 +33,15 @@ def get_config(arg: str | None = None):
     cfg.train.steps = 4000
     cfg.train.batch_size = 128
     cfg.train.eval_every = 500
-    if arg == "dense":
-        cfg.name = "mnist1d-dense"
+    if arg in ("seq", "seq_dense"):
+        cfg.name = "mnist1d-seq-moe"
+        cfg.model.kind = "transformer"
+        cfg.model.hidden = 64
+        cfg.model.num_heads = 4
+        cfg.train.steps = 3000
+        cfg.train.eval_batch_size = 500
+    if arg in ("dense", "seq_dense"):
+        cfg.name = cfg.name.replace("moe", "dense")
         cfg.moe.enabled = False
     elif arg == "tiny":
         cfg.model.hidden = 32
@@ -39,6 +50,6 @@ def get_config(arg: str | None = None):
         cfg.train.eval_every = 20
         cfg.train.log_every = 10
         cfg.train.checkpoint_every = 20
-    elif arg:
-        raise ValueError(f"configs/moe.py takes no arg, 'dense' or 'tiny', not {arg!r}")
+    elif arg not in (None, "", "seq"):
+        raise ValueError(f"configs/moe.py takes no arg, 'dense', 'seq', 'seq_dense' or 'tiny', not {arg!r}")
     return cfg

@@ -171,6 +171,12 @@ def test_moe_models_train_log_routing_metrics_and_resume(config, tmp_path):
     assert 0.0 <= rows[-1]["moe/drop_fraction"] <= 1.0
     assert final["eval/experts_mean"] > 0
     assert train_and_evaluate(cfg, tmp_path) == final  # resumes at the end: same eval, no training
+    from adaptive.report import report
+
+    (row,) = report([str(tmp_path)], splits=[], plot=None, markdown=None, usage=str(tmp_path / "usage.png"))
+    assert row["experts_per_example"] == final["eval/experts_mean"]
+    assert 0.0 <= row["train_drop_fraction"] <= 1.0 and row["usage_entropy"] > 0
+    assert (tmp_path / "usage.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_model_expert_budget_bounds_expert_applications():
@@ -191,3 +197,28 @@ def test_model_expert_budget_bounds_expert_applications():
         out = model.infer(x, jnp.int32(3), k_active=jnp.int32(k_active))
         assert (np.asarray(out.experts_B) <= k_active * np.asarray(out.steps_B)).all()
         assert (np.asarray(out.steps_B) <= 3).all()
+
+
+def test_predictor_expert_budget_uses_one_executable_per_k():
+    from adaptive import config as config_lib
+    from adaptive.nn.models import build_model
+    from adaptive.predict import BudgetedPredictor
+    from tests.helpers import ROOT
+
+    class Spec:
+        input_shape, num_classes = (12,), 3
+
+    cfg = config_lib.load(f"{ROOT}/configs/moe.py", ["--config.model.hidden=16"])
+    graphdef, params = nnx.split(build_model(cfg, Spec), nnx.Param)
+    predictor = BudgetedPredictor(graphdef, nnx.to_pure_dict(params), (12,), cap=2, k_max=2)
+    x = np.random.default_rng(6).standard_normal((16, 12)).astype(np.float32)
+    for k in (1, 2):
+        out = predictor.predict(x, experts=k)
+        assert (np.asarray(out.experts_B) <= k * 2).all()
+    sizes = {k: f._cache_size() for k, f in predictor._infer_by_k.items()}
+    for k in (2, 1, 2):
+        predictor.predict(x, experts=k)
+    assert {k: f._cache_size() for k, f in predictor._infer_by_k.items()} == sizes  # no recompiles
+    for bad in (0, 3, 1.5):
+        with pytest.raises(ValueError, match=r"expert budget must be a whole number in \[1, 2\]"):
+            predictor.predict(x, experts=bad)

@@ -31,7 +31,8 @@ class SplitSeedConfig(tfds.core.BuilderConfig):
 
 
 class _ClassificationBuilder(OfflineBuilder, skip_registration=True):
-    """Shared features and writing; subclasses say how to load and split the arrays."""
+    """Shared features and writing; subclasses say how to load and split the arrays by defining
+    `_splits(seed) -> {split: (x, y)}`."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
@@ -53,9 +54,6 @@ class _ClassificationBuilder(OfflineBuilder, skip_registration=True):
         return {
             split: self._generate_examples(x, y) for split, (x, y) in self._splits(self.builder_config.seed).items()
         }
-
-    def _splits(self, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        raise NotImplementedError
 
     def _generate_examples(self, x: np.ndarray, y: np.ndarray) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
         for i in range(len(y)):
