@@ -27,6 +27,11 @@ def _describe(cfg) -> dict:
         method = f"PonderNet beta={h.beta:g} lambda_p={h.lambda_p:g}"
     else:
         method = f"early exit {h.confidence}>={h.exit_threshold:g}"
+    if cfg.moe.enabled:
+        routing = f"top-{cfg.moe.k}" if cfg.moe.router == "top_k" else "expert choice"
+        method += f" + MoE {cfg.moe.num_experts}x {routing} cf={cfg.moe.capacity_factor:g}"
+        if cfg.moe.balance_weight == 0:
+            method += " no-balance-loss"
     return {"method": method, "kind": cfg.model.kind}
 
 
@@ -177,7 +182,8 @@ def _plot_expert_usage(workdirs: list[Path], path: str) -> None:
         for e, share in enumerate(shares):
             ax.plot([r["step"] for r in rows], share, lw=1, label=f"expert {e}")
         ax.axhline(1 / len(shares), color="grey", ls=":", lw=0.8)
-        ax.set(xlabel="training step", ylabel="share of routed tokens", title=name, ylim=(0, 1))
+        top = max(max(share) for share in shares)
+        ax.set(xlabel="training step", ylabel="share of routed tokens", title=name, ylim=(0, max(0.3, 1.2 * top)))
         ax.legend(fontsize=6, ncol=2)
     for ax in axes[0]:
         ax.grid(alpha=0.3)
