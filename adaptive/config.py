@@ -113,6 +113,24 @@ class MoEConfig:
 
 
 @dataclass(frozen=True)
+class BudgetConfig:
+    """A compute budget stated before training: the mean compute per example to land on.
+
+    `unit`: steps (blocks applied), flops or macs per example (see adaptive/flops.py). The
+    penalty adds `weight` * relu(E[c] - target) / target (hinge: only over budget), or, with
+    g = (E[c] - target) / target, lambda * g + weight / 2 * g^2 where lambda moves by dual ascent
+    on realized compute each step (lagrangian, augmented: two-sided, it lands on the target).
+    E[c] is differentiable through the halting distribution.
+    """
+
+    unit: str = _f("steps", choices=("steps", "flops", "macs"))
+    target: float | None = None  # None: no budget
+    penalty: str = _f("lagrangian", choices=("hinge", "lagrangian"))
+    weight: float = _f(1.0, lo=0.0)  # the hinge's weight; the augmented Lagrangian's quadratic weight
+    dual_lr: float = _f(0.01, lo=0.0)  # the Lagrange multiplier's step size
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW with linear warm-up then a cosine or constant schedule, and global-norm clipping."""
 
@@ -159,6 +177,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     halting: HaltingConfig = field(default_factory=HaltingConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
@@ -312,6 +331,11 @@ def _set_path(raw: dict, path: list[str], value: Any) -> None:
                 raise ConfigError(f"config key {'.'.join(path[: i + 1])!r} is not a section")
         node = child
     node[path[-1]] = value
+
+
+def step_cap(cfg: Config) -> int:
+    """The most steps the model of `cfg` can apply: its depth, or its halting cap."""
+    return cfg.model.depth if cfg.halting.policy == "none" else cfg.halting.max_steps
 
 
 def data_dir(cfg: DataConfig) -> str:

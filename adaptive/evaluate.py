@@ -12,8 +12,9 @@ from pathlib import Path
 import jax
 
 from adaptive import steps
+from adaptive.config import step_cap
 from adaptive.runs import RunError, load_run
-from adaptive.scoring import evaluate, step_cap
+from adaptive.scoring import evaluate
 
 
 def evaluate_run(

@@ -29,7 +29,7 @@ def geometric_prior(n: int, lambda_p: float) -> jax.Array:
     return p / p.sum()
 
 
-def total_loss(out, labels_B: jax.Array, policy: str, cfg) -> tuple[jax.Array, dict[str, jax.Array]]:
+def total_loss(out, labels_B: jax.Array, policy: str, cfg, budget=None, multiplier=0.0):
     """The training objective of `policy` (with HaltingConfig `cfg`) and the metrics it reports."""
     _, accuracy = classification(out.logits_BxC, labels_B)
     if policy in ("none", "act"):
@@ -48,6 +48,18 @@ def total_loss(out, labels_B: jax.Array, policy: str, cfg) -> tuple[jax.Array, d
             kl = jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.maximum(p, 1e-30)) - jnp.log(prior)), 0.0), 0)
             loss = task + cfg.beta * kl.mean()
     loss = loss + out.aux_loss  # MoE load-balancing and router z-losses (0 without experts)
+    extra = {}
+    if budget is not None:
+        # The gradient reaches the halting distribution through expected compute (ACT's N + R,
+        # PonderNet's E[steps]); the multiplier's dual ascent reads realized compute.
+        expected, realized = budget.compute(out.ponder_B), budget.compute(out.steps_B)
+        loss = loss + budget.penalty_term(expected, multiplier)
+        extra = {
+            "budget/expected_compute": expected.mean(),
+            "budget/realized_compute": realized.mean(),
+            "budget/target": jnp.float32(budget.target),
+            "budget/lagrange_multiplier": jnp.float32(multiplier),
+        }
     metrics = {
         "loss": loss,
         "task_loss": task,
@@ -55,5 +67,6 @@ def total_loss(out, labels_B: jax.Array, policy: str, cfg) -> tuple[jax.Array, d
         "steps_mean": out.steps_B.mean(),
         "ponder_mean": out.ponder_B.mean(),
         **(out.metrics or {}),  # moe/... routing metrics
+        **extra,  # budget/...
     }
     return loss, metrics

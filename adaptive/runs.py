@@ -10,6 +10,7 @@ from flax import nnx
 
 from adaptive import config as config_lib
 from adaptive import data, steps
+from adaptive.budget import Budget
 from adaptive.checkpoint import Checkpointer
 from adaptive.nn.models import build_model
 from adaptive.optim import make_optimizer
@@ -50,7 +51,8 @@ def restore_state(workdir: str | Path, step: int | None = None) -> tuple[Run, di
     spec = data.prepare(cfg.data)
     graphdef, params = nnx.split(build_model(cfg, spec), nnx.Param)
     tx = make_optimizer(cfg.optim, cfg.train.steps)
-    like = steps.init_state(graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape)
+    budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)
+    like = steps.init_state(graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget)
     ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
     try:
         if step is None:

@@ -10,11 +10,6 @@ from adaptive import config as config_lib
 from adaptive import data
 
 
-def step_cap(cfg: config_lib.Config) -> int:
-    """The most steps the model of `cfg` can apply: its depth, or its halting cap."""
-    return cfg.model.depth if cfg.halting.policy == "none" else cfg.halting.max_steps
-
-
 def evaluate(eval_step, params: dict, cfg: config_lib.Config, split: str, budget: int | None = None) -> dict:
     """Accuracy, loss and compute steps over every example of `split`.
 
@@ -22,7 +17,7 @@ def evaluate(eval_step, params: dict, cfg: config_lib.Config, split: str, budget
     (default: the cap). Parity also gets accuracy and mean steps per difficulty: lists indexed
     by difficulty, None where the split has no example of that difficulty.
     """
-    budget = jnp.int32(budget or step_cap(cfg))
+    budget = jnp.int32(budget or config_lib.step_cap(cfg))
     totals = None
     for batch in data.eval_batches(cfg.data, split, cfg.train.eval_batch_size):
         sums = eval_step(params, batch, budget)

@@ -18,12 +18,17 @@ from adaptive import losses
 
 
 def init_state(
-    graphdef: nnx.GraphDef, params: dict, tx: optax.GradientTransformation, halting_cfg, input_shape: tuple[int, ...]
+    graphdef: nnx.GraphDef,
+    params: dict,
+    tx: optax.GradientTransformation,
+    halting_cfg,
+    input_shape: tuple[int, ...],
+    budget=None,
 ) -> dict:
     """A fresh train state. The running metric sums take the shapes the loss reports (found by
     tracing it once, abstractly), so a model with experts gets its moe/ metrics too."""
     batch = {"x": jax.ShapeDtypeStruct((2, *input_shape), jnp.float32), "y": jax.ShapeDtypeStruct((2,), jnp.int32)}
-    _, metrics = jax.eval_shape(_loss_fn(graphdef, halting_cfg), params, batch)
+    _, metrics = jax.eval_shape(_loss_fn(graphdef, halting_cfg, budget), params, batch)
     zeros = {k: jnp.zeros(v.shape, jnp.float32) for k, v in {**metrics, "grad_norm": metrics["loss"]}.items()}
     return {
         "step": jnp.zeros((), jnp.int32),
@@ -34,6 +39,7 @@ def init_state(
         "worst_streak": jnp.zeros((), jnp.int32),  # longest streak so far: checked on the host
         "metric_sums": zeros,
         "metric_count": jnp.zeros((), jnp.int32),
+        "multiplier": jnp.zeros((), jnp.float32),  # the budget's Lagrange multiplier (0 without one)
     }
 
 
@@ -42,25 +48,26 @@ def reset_metric_sums(state: dict) -> dict:
     return {**state, "metric_sums": zeros, "metric_count": jnp.zeros((), jnp.int32)}
 
 
-def _loss_fn(graphdef: nnx.GraphDef, halting_cfg) -> Callable:
-    def loss_fn(params, batch):
+def _loss_fn(graphdef: nnx.GraphDef, halting_cfg, budget=None) -> Callable:
+    def loss_fn(params, batch, multiplier=0.0):
         out = nnx.merge(graphdef, params)(batch["x"])
-        return losses.total_loss(out, batch["y"], halting_cfg.policy, halting_cfg)
+        return losses.total_loss(out, batch["y"], halting_cfg.policy, halting_cfg, budget, multiplier)
 
     return loss_fn
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, halting_cfg) -> Callable:
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, halting_cfg, budget=None) -> Callable:
     """Builds `train_step(state, batch) -> state` (jit it with the state donated).
 
     A step whose loss or gradients are not finite leaves params and optimizer state as they
     were and is counted in `skipped_steps`; the host stops the run on a long streak.
     """
 
-    loss_fn = _loss_fn(graphdef, halting_cfg)
+    loss_fn = _loss_fn(graphdef, halting_cfg, budget)
 
     def train_step(state: dict, batch: dict) -> dict:
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
+        multiplier = state["multiplier"]
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, multiplier)
         grad_norm = optax.global_norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # finite grads give finite updates
 
@@ -81,6 +88,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ha
             "worst_streak": jnp.maximum(state["worst_streak"], streak),
             "metric_sums": sums,
             "metric_count": state["metric_count"] + ok.astype(jnp.int32),
+            "multiplier": multiplier
+            if budget is None
+            else jnp.where(ok, budget.dual_step(multiplier, aux["budget/realized_compute"]), multiplier),
         }
 
     return train_step

@@ -19,6 +19,7 @@ from flax import nnx
 
 from adaptive import config as config_lib
 from adaptive import data, runinfo, steps
+from adaptive.budget import Budget
 from adaptive.checkpoint import Checkpointer
 from adaptive.metrics import JsonlWriter, MultiWriter, ProgressBar, WandbWriter
 from adaptive.nn.models import build_model
@@ -48,16 +49,17 @@ class Interrupted(RuntimeError):
 
 def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str, float]:
     """Trains `cfg` in `workdir` (resuming if it holds a checkpoint); returns final eval metrics."""
+    spec = data.prepare(cfg.data)
+    model = build_model(cfg, spec)
+    budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)  # refuses unreachable targets
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     _write_or_check_config(cfg, workdir)
 
-    spec = data.prepare(cfg.data)
-    model = build_model(cfg, spec)
     graphdef, params = nnx.split(model, nnx.Param)
     tx = make_optimizer(cfg.optim, cfg.train.steps)
-    state = steps.init_state(graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape)
-    train_step = jax.jit(steps.make_train_step(graphdef, tx, cfg.halting), donate_argnums=0)
+    state = steps.init_state(graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget)
+    train_step = jax.jit(steps.make_train_step(graphdef, tx, cfg.halting, budget), donate_argnums=0)
     eval_step = jax.jit(steps.make_eval_step(graphdef, spec.max_difficulty))
     lr_at = learning_rate_schedule(cfg.optim, cfg.train.steps)
 

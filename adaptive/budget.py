@@ -1,0 +1,65 @@
+"""Budgets: a target mean compute per example, checked against what the model can spend.
+
+`Budget.from_config` turns a BudgetConfig into the compute function of its unit (steps, FLOPs
+or MACs as a function of steps, from adaptive/flops.py) and refuses, in one line, a target the
+model cannot meet: not positive, below one step's compute, or above the cap's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+
+from adaptive.config import ConfigError, step_cap
+from adaptive.flops import FlopsModel, flops_model
+
+
+@dataclass(frozen=True)
+class Budget:
+    unit: str
+    target: float
+    penalty: str
+    weight: float
+    dual_lr: float
+    flops: FlopsModel
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: tuple[int, ...], num_classes: int) -> Budget | None:
+        """The budget of a whole Config for data of `input_shape`, or None when it sets none."""
+        b, cap, batch = cfg.budget, step_cap(cfg), cfg.train.batch_size
+        if b.target is None:
+            return None
+        flops = flops_model(cfg, input_shape, num_classes, batch=batch, train=True)
+        budget = cls(b.unit, float(b.target), b.penalty, b.weight, b.dual_lr, flops)
+        low, high = budget.compute(1.0), budget.compute(float(cap))
+        if not b.target > 0:
+            raise ConfigError(f"config key 'budget.target' is {b.target!r}; a budget must be positive")
+        if not low <= b.target <= high:
+            steps = "" if b.unit == "steps" else f" (1 to {cap} steps)"
+            raise ConfigError(
+                f"config key 'budget.target' is {b.target:g} {b.unit}; this model spends {low:g} to {high:g} "
+                f"{b.unit} per example{steps}"
+            )
+        return budget
+
+    def compute(self, steps):
+        """Compute per example in this budget's unit, for `steps` steps (differentiable)."""
+        if self.unit == "steps":
+            return steps
+        flops = self.flops.at_steps(steps)
+        return flops / 2.0 if self.unit == "macs" else flops
+
+    def penalty_term(self, expected_B, multiplier):
+        """The loss term for expected compute per example `expected_B` (normalised by target)."""
+        gap = (jnp.mean(expected_B) - self.target) / self.target
+        if self.penalty == "hinge":
+            return self.weight * jnp.mean(jnp.maximum(expected_B - self.target, 0.0)) / self.target
+        # Augmented Lagrangian: the quadratic term pulls toward the target on its own and damps
+        # the oscillation that plain dual ascent shows (measured: +-50% swings around the target).
+        return multiplier * gap + 0.5 * self.weight * gap**2
+
+    def dual_step(self, multiplier, expected_B):
+        """Dual ascent on the multiplier of E[c] = target: up when over, down when under."""
+        gap = (jnp.mean(expected_B) - self.target) / self.target
+        return multiplier + self.dual_lr * gap if self.penalty == "lagrangian" else multiplier
