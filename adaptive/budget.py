@@ -1,8 +1,9 @@
 """Budgets: a target mean compute per example, checked against what the model can spend.
 
-`Budget.from_config` turns a BudgetConfig into the compute function of its unit (steps, FLOPs
-or MACs as a function of steps, from adaptive/flops.py) and refuses, in one line, a target the
-model cannot meet: not positive, below one step's compute, or above the cap's.
+`Budget.from_config` turns a BudgetConfig into the compute function of its unit, as a function
+of steps: steps; FLOPs or MACs (adaptive/flops.py); latency, cost or energy through a calibrated
+cost model (adaptive/costmodel.py). It refuses, in one line, a target the model cannot meet:
+not positive, below one step's compute, or above the cap's.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 
 from adaptive.config import ConfigError, step_cap
+from adaptive.costmodel import CostModel, fingerprint
 from adaptive.flops import FlopsModel, flops_model
 
 
@@ -23,6 +25,8 @@ class Budget:
     weight: float
     dual_lr: float
     flops: FlopsModel
+    cost_model: CostModel | None = None
+    serving_batch: int = 1
 
     @classmethod
     def from_config(cls, cfg, input_shape: tuple[int, ...], num_classes: int) -> Budget | None:
@@ -31,7 +35,16 @@ class Budget:
         if b.target is None:
             return None
         flops = flops_model(cfg, input_shape, num_classes, batch=batch, train=True)
-        budget = cls(b.unit, float(b.target), b.penalty, b.weight, b.dual_lr, flops)
+        cost_model = None
+        if b.unit in ("latency_ms", "cost_per_1k", "energy_j"):
+            if not b.cost_model:
+                raise ConfigError(
+                    f"budget.unit={b.unit} needs budget.cost_model=PATH, a cost_model.json made by "
+                    "`adaptive calibrate` for this network"
+                )
+            cost_model = CostModel.load(b.cost_model, expect_fingerprint=fingerprint(cfg, input_shape))
+            cost_model.fit(b.serving_batch)  # refuses a batch size it was not calibrated at
+        budget = cls(b.unit, float(b.target), b.penalty, b.weight, b.dual_lr, flops, cost_model, b.serving_batch)
         low, high = budget.compute(1.0), budget.compute(float(cap))
         if not b.target > 0:
             raise ConfigError(f"config key 'budget.target' is {b.target!r}; a budget must be positive")
@@ -47,6 +60,8 @@ class Budget:
         """Compute per example in this budget's unit, for `steps` steps (differentiable)."""
         if self.unit == "steps":
             return steps
+        if self.cost_model is not None:  # latency_ms, cost_per_1k or energy_j
+            return getattr(self.cost_model, self.unit)(steps, self.serving_batch)
         flops = self.flops.at_steps(steps)
         return flops / 2.0 if self.unit == "macs" else flops
 

@@ -57,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--plot", metavar="PNG", help="draw compute (and accuracy) vs difficulty here")
     report.add_argument("--markdown", metavar="MD", help="write the table as markdown here")
     report.add_argument("--usage", metavar="PNG", help="draw MoE expert usage over training here")
+    calibrate = commands.add_parser(
+        "calibrate", help="time a run's inference and fit DIR/cost_model.json", allow_abbrev=False
+    )
+    calibrate.add_argument("--workdir", required=True, metavar="DIR")
+    calibrate.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes")
+    calibrate.add_argument("--repeats", type=int, default=30)
+    calibrate.add_argument("--price-per-hour", type=float, default=3.0, help="machine price, money per hour")
+    calibrate.add_argument("--power-watts", type=float, default=30.0, help="machine power draw while serving")
     bench = commands.add_parser("bench", help="benchmarks: side by side, medians after warm-up, table + JSON")
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     depth = kinds.add_parser("depth", help="ACT inference at realized depth d vs the static depth-d model")
@@ -162,6 +170,21 @@ def _eval(args, overrides: list[str]) -> int:
     return 0
 
 
+def _calibrate(args, overrides: list[str]) -> int:
+    from adaptive.calibrate import calibrate
+
+    batches = [int(b) for b in args.batches.split(",") if b]
+    _, path = calibrate(
+        args.workdir,
+        batches=batches,
+        repeats=args.repeats,
+        price_per_hour=args.price_per_hour,
+        power_watts=args.power_watts,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
 def _report(args, overrides: list[str]) -> int:
     from adaptive.report import report
 
@@ -177,13 +200,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from adaptive.checkpoint import CheckpointError
     from adaptive.config import ConfigError
+    from adaptive.costmodel import CostModelError
     from adaptive.runs import RunError
     from adaptive.train import Interrupted, TrainingError
 
     try:
-        commands = {"train": _train, "eval": _eval, "report": _report, "bench": _bench}
+        commands = {"train": _train, "eval": _eval, "report": _report, "calibrate": _calibrate, "bench": _bench}
         return commands[args.command](args, overrides)
-    except (ConfigError, RunError) as e:
+    except (ConfigError, RunError, CostModelError) as e:
         print(f"adaptive: error: {e}", file=sys.stderr)
         return 2
     except (TrainingError, CheckpointError) as e:

@@ -116,18 +116,24 @@ class MoEConfig:
 class BudgetConfig:
     """A compute budget stated before training: the mean compute per example to land on.
 
-    `unit`: steps (blocks applied), flops or macs per example (see adaptive/flops.py). The
+    `unit`: steps (blocks applied), flops or macs per example (see adaptive/flops.py), or
+    latency (ms), cost (money per 1k requests) or energy (J per request) on the machine a cost
+    model was calibrated on. The
     penalty adds `weight` * relu(E[c] - target) / target (hinge: only over budget), or, with
     g = (E[c] - target) / target, lambda * g + weight / 2 * g^2 where lambda moves by dual ascent
     on realized compute each step (lagrangian, augmented: two-sided, it lands on the target).
     E[c] is differentiable through the halting distribution.
     """
 
-    unit: str = _f("steps", choices=("steps", "flops", "macs"))
+    unit: str = _f("steps", choices=("steps", "flops", "macs", "latency_ms", "cost_per_1k", "energy_j"))
     target: float | None = None  # None: no budget
     penalty: str = _f("lagrangian", choices=("hinge", "lagrangian"))
     weight: float = _f(1.0, lo=0.0)  # the hinge's weight; the augmented Lagrangian's quadratic weight
     dual_lr: float = _f(0.01, lo=0.0)  # the Lagrange multiplier's step size
+    # latency_ms, cost_per_1k and energy_j go through a calibrated cost model of this network
+    # (`adaptive calibrate`), for requests served in batches of `serving_batch`.
+    cost_model: str = ""
+    serving_batch: int = _f(1, lo=1)
 
 
 @dataclass(frozen=True)

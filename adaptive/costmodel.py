@@ -1,0 +1,119 @@
+"""A cost model: compute (steps, experts, batch) -> latency, cost and energy on one machine.
+
+`adaptive calibrate` times a run's compiled inference at several forced depths and batch sizes
+and fits, per (batch size, experts per token), latency_ms = intercept + per_step * steps. Cost
+and energy follow from latency: a request served in a batch of b costs latency x price per
+hour / 3600 / b, and uses power x latency / b joules. The JSON file carries a fingerprint of the
+model it was measured on; loading it for another model or config is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class CostModelError(ValueError):
+    """A cost model file that is missing, corrupted, or for another model; one line."""
+
+
+def fingerprint(cfg, input_shape: tuple[int, ...]) -> str:
+    """What a latency depends on: the network (model and moe sections, the halting policy and its
+    cap) and the input shape; not the training hyper-parameters (tau, budgets, optimizer)."""
+    from adaptive import config as config_lib
+
+    d = config_lib.to_dict(cfg)
+    halting = {"policy": d["halting"]["policy"], "max_steps": d["halting"]["max_steps"]}
+    key = json.dumps(
+        {"model": d["model"], "halting": halting, "moe": d["moe"], "input_shape": list(input_shape)}, sort_keys=True
+    )
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Fit:
+    intercept_ms: float
+    per_step_ms: float
+    points: list  # [[steps, median_ms], ...] as measured
+
+
+@dataclass(frozen=True)
+class CostModel:
+    fingerprint: str
+    machine: str
+    price_per_hour: float
+    power_watts: float
+    fits: dict  # "b{batch}_k{experts}" -> Fit
+
+    @staticmethod
+    def key(batch: int, experts: int | None) -> str:
+        return f"b{batch}_k{experts or 0}"
+
+    def fit(self, batch: int, experts: int | None = None) -> Fit:
+        try:
+            return self.fits[self.key(batch, experts)]
+        except KeyError:
+            known = ", ".join(sorted(self.fits))
+            raise CostModelError(
+                f"no calibration for batch {batch} and {experts or 'all'} experts; have {known}"
+            ) from None
+
+    def latency_ms(self, steps, batch: int = 1, experts: int | None = None):
+        f = self.fit(batch, experts)
+        return f.intercept_ms + f.per_step_ms * steps
+
+    def cost_per_1k(self, steps, batch: int = 1, experts: int | None = None):
+        return self.latency_ms(steps, batch, experts) / 3.6e6 * self.price_per_hour / batch * 1000
+
+    def energy_j(self, steps, batch: int = 1, experts: int | None = None):
+        return self.power_watts * self.latency_ms(steps, batch, experts) / 1000 / batch
+
+    def save(self, path: str | Path) -> None:
+        body = {**asdict(self), "fits": {k: asdict(v) for k, v in self.fits.items()}}
+        Path(path).write_text(json.dumps(body, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path, *, expect_fingerprint: str | None = None) -> CostModel:
+        path = Path(path)
+        if not path.is_file():
+            raise CostModelError(f"no cost model at {path}; run `adaptive calibrate --workdir DIR` first")
+        try:
+            body = json.loads(path.read_text())
+            fits = {
+                k: Fit(float(v["intercept_ms"]), float(v["per_step_ms"]), v["points"]) for k, v in body["fits"].items()
+            }
+            model = cls(
+                str(body["fingerprint"]),
+                str(body["machine"]),
+                float(body["price_per_hour"]),
+                float(body["power_watts"]),
+                fits,
+            )
+        except (ValueError, KeyError, TypeError) as e:
+            raise CostModelError(f"{path} is not a valid cost model ({type(e).__name__}: {e})") from None
+        if expect_fingerprint is not None and model.fingerprint != expect_fingerprint:
+            raise CostModelError(
+                f"{path} was calibrated for another model or config (fingerprint {model.fingerprint} != "
+                f"{expect_fingerprint}); calibrate this run instead"
+            )
+        return model
+
+
+def fit_line(points: list[tuple[float, float]]) -> Fit:
+    """Least-squares latency = intercept + per_step * steps (a single point: all per step)."""
+    steps, ms = np.array(points, dtype=float).T
+    if len(set(steps)) == 1:
+        return Fit(0.0, float(ms.mean() / steps[0]), [list(p) for p in points])
+    slope, intercept = np.polyfit(steps, ms, 1)
+    return Fit(float(intercept), float(slope), [list(p) for p in points])
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()} {platform.processor() or 'cpu'} x{os.cpu_count()} ({platform.platform()})"

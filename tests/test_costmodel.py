@@ -1,0 +1,94 @@
+"""Cost model: calibration on a real run, JSON round trip, refusal of foreign or broken files."""
+
+import dataclasses
+import json
+import subprocess
+
+import pytest
+
+from adaptive import config as config_lib
+from adaptive.budget import Budget
+from adaptive.config import ConfigError
+from adaptive.costmodel import CostModel, CostModelError, Fit, fingerprint, fit_line
+from adaptive.train import train_and_evaluate
+from tests.helpers import QUIET, ROOT, cli
+
+SHAPE = (16,)
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory):
+    """A tiny trained ACT run and its cost model, made by `adaptive calibrate`."""
+    cfg = config_lib.load(f"{ROOT}/configs/parity.py:tiny", QUIET)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=10, eval_every=10, checkpoint_every=10))
+    workdir = tmp_path_factory.mktemp("cal") / "run"
+    train_and_evaluate(cfg, workdir)
+    proc = subprocess.run(
+        cli("calibrate", "--workdir", str(workdir), "--batches", "1,4", "--repeats", "3"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return cfg, workdir / "cost_model.json"
+
+
+def test_calibration_fits_every_batch_size_of_this_network(calibrated):
+    cfg, path = calibrated
+    model = CostModel.load(path, expect_fingerprint=fingerprint(cfg, SHAPE))
+    assert sorted(model.fits) == ["b1_k0", "b4_k0"]
+    for fit in model.fits.values():
+        assert [p[0] for p in fit.points] == [1, 3, 6]  # forced depths up to the cap of 6
+        assert all(ms > 0 for _, ms in fit.points)
+
+
+def test_round_trip_and_derived_units(tmp_path):
+    model = CostModel("abc", "test machine", 3.6, 50.0, {"b2_k0": Fit(1.0, 0.5, [[1, 1.5], [3, 2.5]])})
+    model.save(tmp_path / "c.json")
+    again = CostModel.load(tmp_path / "c.json", expect_fingerprint="abc")
+    assert again == model
+    assert again.latency_ms(4, batch=2) == pytest.approx(3.0)
+    assert again.cost_per_1k(4, batch=2) == pytest.approx(3.0 / 3.6e6 * 3.6 / 2 * 1000)
+    assert again.energy_j(4, batch=2) == pytest.approx(50.0 * 0.003 / 2)
+    with pytest.raises(CostModelError, match="no calibration for batch 8"):
+        again.latency_ms(1, batch=8)
+
+
+def test_fit_line_recovers_a_line():
+    fit = fit_line([(1, 2.5), (5, 4.5), (9, 6.5)])
+    assert fit.intercept_ms == pytest.approx(2.0) and fit.per_step_ms == pytest.approx(0.5)
+
+
+def test_foreign_corrupted_and_missing_files_are_refused(calibrated, tmp_path):
+    cfg, path = calibrated
+    other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, hidden=64))
+    with pytest.raises(CostModelError, match="calibrated for another model or config"):
+        CostModel.load(path, expect_fingerprint=fingerprint(other, SHAPE))
+    broken = tmp_path / "broken.json"
+    broken.write_text(path.read_text()[:50])
+    with pytest.raises(CostModelError, match="is not a valid cost model"):
+        CostModel.load(broken)
+    with pytest.raises(CostModelError, match="run `adaptive calibrate"):
+        CostModel.load(tmp_path / "absent.json")
+
+
+def test_training_hyperparameters_do_not_change_the_fingerprint(calibrated):
+    cfg, _ = calibrated
+    retuned = dataclasses.replace(
+        cfg, halting=dataclasses.replace(cfg.halting, tau=0.0), optim=dataclasses.replace(cfg.optim, learning_rate=0.1)
+    )
+    assert fingerprint(retuned, SHAPE) == fingerprint(cfg, SHAPE)
+
+
+def test_latency_budget_goes_through_the_cost_model(calibrated):
+    cfg, path = calibrated
+    fit = json.loads(path.read_text())["fits"]["b1_k0"]
+    target = fit["intercept_ms"] + 3 * fit["per_step_ms"]
+    with_budget = dataclasses.replace(
+        cfg, budget=dataclasses.replace(cfg.budget, unit="latency_ms", target=target, cost_model=str(path))
+    )
+    budget = Budget.from_config(with_budget, SHAPE, 2)
+    assert budget.compute(3.0) == pytest.approx(target)
+    no_model = dataclasses.replace(with_budget, budget=dataclasses.replace(with_budget.budget, cost_model=""))
+    with pytest.raises(ConfigError, match="needs budget.cost_model=PATH"):
+        Budget.from_config(no_model, SHAPE, 2)
