@@ -51,12 +51,16 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
     evaluate.add_argument("--split", choices=("train", "validation", "test"), help="default: the config's eval_split")
     evaluate.add_argument("--budget", type=int, help="per-example step budget (default: the cap)")
+    evaluate.add_argument(
+        "--latency-batch", type=int, metavar="B", help="also time the compiled predictor on batches of B"
+    )
     report = commands.add_parser("report", help="a table (and plots) over finished runs", allow_abbrev=False)
     report.add_argument("workdirs", nargs="+", metavar="DIR")
     report.add_argument("--split", action="append", help="also evaluate on this split (repeatable)")
     report.add_argument("--plot", metavar="PNG", help="draw compute (and accuracy) vs difficulty here")
     report.add_argument("--markdown", metavar="MD", help="write the table as markdown here")
     report.add_argument("--usage", metavar="PNG", help="draw MoE expert usage over training here")
+    report.add_argument("--pareto", metavar="PNG", help="draw accuracy vs compute (adaptive and static) here")
     calibrate = commands.add_parser(
         "calibrate", help="time a run's inference and fit DIR/cost_model.json", allow_abbrev=False
     )
@@ -164,8 +168,16 @@ def _summary_line(metrics: dict) -> str:
 def _eval(args, overrides: list[str]) -> int:
     from adaptive.evaluate import evaluate_run
 
-    metrics, path = evaluate_run(args.workdir, split=args.split, step=args.step, budget=args.budget)
+    metrics, path = evaluate_run(
+        args.workdir, split=args.split, step=args.step, budget=args.budget, latency_batch=args.latency_batch
+    )
     print(f"step {metrics['step']} split {metrics['split']} budget {metrics['budget']}: {_summary_line(metrics)}")
+    if "latency/p50_ms" in metrics:
+        print(
+            f"latency at batch {metrics['latency/batch']} over {metrics['latency/batches']} batches: "
+            f"p50 {metrics['latency/p50_ms']:.3f} ms, p95 {metrics['latency/p95_ms']:.3f} ms, "
+            f"p99 {metrics['latency/p99_ms']:.3f} ms (mean steps {metrics['latency/steps_mean']:.2f})"
+        )
     print(f"wrote {path}")
     return 0
 
@@ -188,7 +200,14 @@ def _calibrate(args, overrides: list[str]) -> int:
 def _report(args, overrides: list[str]) -> int:
     from adaptive.report import report
 
-    report(args.workdirs, splits=args.split or [], plot=args.plot, markdown=args.markdown, usage=args.usage)
+    report(
+        args.workdirs,
+        splits=args.split or [],
+        plot=args.plot,
+        markdown=args.markdown,
+        usage=args.usage,
+        pareto=args.pareto,
+    )
     return 0
 
 

@@ -128,8 +128,10 @@ class BudgetConfig:
     unit: str = _f("steps", choices=("steps", "flops", "macs", "latency_ms", "cost_per_1k", "energy_j"))
     target: float | None = None  # None: no budget
     penalty: str = _f("lagrangian", choices=("hinge", "lagrangian"))
-    weight: float = _f(1.0, lo=0.0)  # the hinge's weight; the augmented Lagrangian's quadratic weight
-    dual_lr: float = _f(0.01, lo=0.0)  # the Lagrange multiplier's step size
+    # Measured on parity (configs/budget.py): 0.01 / 1 let compute drift 30-60% over the target
+    # while the task was being learned; 0.1 / 10 held it within a few percent.
+    weight: float = _f(10.0, lo=0.0)  # the hinge's weight; the augmented Lagrangian's quadratic weight
+    dual_lr: float = _f(0.1, lo=0.0)  # the Lagrange multiplier's step size
     # latency_ms, cost_per_1k and energy_j go through a calibrated cost model of this network
     # (`adaptive calibrate`), for requests served in batches of `serving_batch`.
     cost_model: str = ""

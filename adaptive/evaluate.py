@@ -7,18 +7,26 @@ Writes DIR/eval/<split>[-budget<B>]-step<N>.json with accuracy, loss and compute
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import jax
+import numpy as np
 
-from adaptive import steps
+from adaptive import data, steps
 from adaptive.config import step_cap
+from adaptive.predict import BudgetedPredictor
 from adaptive.runs import RunError, load_run
 from adaptive.scoring import evaluate
 
 
 def evaluate_run(
-    workdir: str | Path, *, split: str | None = None, step: int | None = None, budget: int | None = None
+    workdir: str | Path,
+    *,
+    split: str | None = None,
+    step: int | None = None,
+    budget: int | None = None,
+    latency_batch: int | None = None,
 ) -> tuple[dict, Path]:
     run = load_run(workdir, step)
     split = split or run.cfg.data.eval_split
@@ -32,7 +40,34 @@ def evaluate_run(
         "budget": budget or cap,
         **evaluate(eval_step, run.params, run.cfg, split, budget),
     }
+    if latency_batch:
+        metrics.update(measure_latency(run, split, budget or cap, latency_batch))
     out = run.workdir / "eval" / f"{split}{f'-budget{budget}' if budget else ''}-step{run.step}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics, out
+
+
+def measure_latency(run, split: str, budget: int, batch: int, max_batches: int = 100) -> dict:
+    """Wall-clock latency of the compiled budgeted predictor on real batches of `split` (the
+    model's own halting decides the depth), after one warm-up call; medians and tail in ms."""
+    k_max = run.cfg.moe.k if run.cfg.moe.enabled else None
+    predictor = BudgetedPredictor(run.graphdef, run.params, run.spec.input_shape, step_cap(run.cfg), k_max=k_max)
+    batches = [b for b in data.eval_batches(run.cfg.data, split, batch) if b["mask"].all()][:max_batches]
+    if not batches:
+        raise RunError(f"split {split!r} has fewer than {batch} examples: no full batch to time")
+    jax.block_until_ready(predictor.predict(batches[0]["x"], budget))  # compile and warm up
+    times, steps = [], []
+    for b in batches:
+        start = time.perf_counter()
+        out = jax.block_until_ready(predictor.predict(b["x"], budget))
+        times.append((time.perf_counter() - start) * 1e3)
+        steps.append(float(np.mean(out.steps_B)))
+    return {
+        "latency/batch": batch,
+        "latency/batches": len(times),
+        "latency/p50_ms": float(np.percentile(times, 50)),
+        "latency/p95_ms": float(np.percentile(times, 95)),
+        "latency/p99_ms": float(np.percentile(times, 99)),
+        "latency/steps_mean": float(np.mean(steps)),
+    }

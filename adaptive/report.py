@@ -11,7 +11,10 @@ import json
 from pathlib import Path
 
 from adaptive import config as config_lib
+from adaptive import data, plots
+from adaptive.budget import Budget
 from adaptive.evaluate import evaluate_run
+from adaptive.flops import flops_model
 from adaptive.metrics import read_jsonl
 from adaptive.runs import RunError, load_config
 from adaptive.tables import markdown_table, print_table
@@ -43,7 +46,13 @@ def _final_eval(workdir: Path) -> dict:
 
 
 def report(
-    workdirs: list[str], *, splits: list[str], plot: str | None, markdown: str | None, usage: str | None = None
+    workdirs: list[str],
+    *,
+    splits: list[str],
+    plot: str | None,
+    markdown: str | None,
+    usage: str | None = None,
+    pareto: str | None = None,
 ) -> list[dict]:
     """Prints (and optionally writes) one row per run, then one per group of runs that differ
     only in their seed (mean and range over seeds); the plot shows group means."""
@@ -52,6 +61,7 @@ def report(
         cfg = load_config(workdir)
         final = _final_eval(workdir)
         row = {"run": workdir.name, **_describe(cfg), "seed": cfg.seed, "step": final["step"]}
+        row.update(_compute_columns(cfg, final))
         if cfg.moe.enabled:
             last_train = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"][-1]
             row["experts_per_example"] = final.get("eval/experts_mean")
@@ -79,12 +89,36 @@ def report(
         Path(markdown).write_text(text)
         print(f"wrote {markdown}")
     if plot:
-        _plot_by_difficulty(plotted, plot)
+        plots.by_difficulty(plotted, plot)
         print(f"wrote {plot}")
+    if pareto:
+        plots.accuracy_vs_compute(rows, pareto)
+        print(f"wrote {pareto}")
     if usage:
-        _plot_expert_usage([Path(w) for w in workdirs], usage)
+        plots.expert_usage([Path(w) for w in workdirs], usage)
         print(f"wrote {usage}")
     return rows
+
+
+def _compute_columns(cfg, final: dict) -> dict:
+    """Mean FLOPs per example at evaluation, and the budget's target, realized value and gap."""
+    spec = data.prepare(cfg.data)
+    flops = flops_model(cfg, spec.input_shape, spec.num_classes, batch=cfg.train.eval_batch_size)
+    out = {"eval_flops": flops.at_steps(final["eval/steps_mean"])}
+    budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)
+    if budget is not None:
+        realized = float(budget.compute(final["eval/steps_mean"]))
+        out.update(
+            {
+                "budget": f"{budget.target:g} {budget.unit}",
+                "realized": realized,
+                "deviation_pct": 100.0 * (realized - budget.target) / budget.target,
+            }
+        )
+        # The target in FLOPs, for plots: invert the unit's (linear) compute function of steps.
+        steps_at_target = (budget.target - budget.compute(0.0)) / (budget.compute(1.0) - budget.compute(0.0))
+        out["target_flops"] = flops.at_steps(steps_at_target)
+    return out
 
 
 def _without_seed(cfg) -> str:
@@ -120,73 +154,3 @@ def _mean_metrics(runs: list[dict]) -> dict:
             columns = zip(*(r[key] for r in runs), strict=True)
             out[key] = [None if None in col else sum(col) / len(col) for col in columns]
     return out
-
-
-def _plot_by_difficulty(curves: list[tuple[str, list[tuple[str, dict]]]], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_steps, ax_acc) = plt.subplots(1, 2, figsize=(14, 4.8))
-    for name, split, metrics in [(name, split, m) for name, per_split in curves for split, m in per_split]:
-        steps = metrics.get("eval/steps_by_difficulty")
-        if not steps:
-            continue
-        acc = metrics["eval/accuracy_by_difficulty"]
-        xs = [d for d, v in enumerate(steps) if v is not None]
-        label = f"{name} ({split})"
-        ax_steps.plot(xs, [steps[d] for d in xs], marker="o", ms=3, label=label)
-        ax_acc.plot(xs, [acc[d] for d in xs], marker="o", ms=3, label=label)
-    ax_steps.set(
-        xlabel="difficulty (non-zero entries in the input)",
-        ylabel="mean steps used (blocks applied)",
-        title="Compute vs difficulty",
-    )
-    ax_acc.set(
-        xlabel="difficulty (non-zero entries in the input)",
-        ylabel="accuracy",
-        ylim=(0.0, 1.02),
-        title="Accuracy vs difficulty",
-    )
-    ax_acc.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
-    for ax in (ax_steps, ax_acc):
-        ax.grid(alpha=0.3)
-    ax_acc.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside, not over, the lines
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _plot_expert_usage(workdirs: list[Path], path: str) -> None:
-    """Routing over training: usage entropy per run, and each expert's share of tokens per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import math
-
-    import matplotlib.pyplot as plt
-
-    runs = [(w.name, [r for r in read_jsonl(w / "metrics.jsonl") if "moe/expert_usage" in r]) for w in workdirs]
-    runs = [(name, rows) for name, rows in runs if rows]
-    fig, axes = plt.subplots(1, len(runs) + 1, figsize=(5 * (len(runs) + 1), 4), squeeze=False)
-    ax_entropy = axes[0][0]
-    for name, rows in runs:
-        ax_entropy.plot([r["step"] for r in rows], [r["moe/usage_entropy"] for r in rows], label=name)
-    experts = len(runs[0][1][0]["moe/expert_usage"]) if runs else 1
-    ax_entropy.axhline(math.log(experts), color="grey", ls=":", lw=0.8, label=f"uniform (ln {experts})")
-    ax_entropy.set(xlabel="training step", ylabel="entropy of expert usage (nats)", title="Balance over training")
-    ax_entropy.legend(fontsize=8)
-    for ax, (name, rows) in zip(axes[0][1:], runs, strict=True):
-        shares = list(zip(*(r["moe/expert_usage"] for r in rows), strict=True))
-        for e, share in enumerate(shares):
-            ax.plot([r["step"] for r in rows], share, lw=1, label=f"expert {e}")
-        ax.axhline(1 / len(shares), color="grey", ls=":", lw=0.8)
-        top = max(max(share) for share in shares)
-        ax.set(xlabel="training step", ylabel="share of routed tokens", title=name, ylim=(0, max(0.3, 1.2 * top)))
-        ax.legend(fontsize=6, ncol=2)
-    for ax in axes[0]:
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -1,0 +1,60 @@
+"""Training to a compute budget: ACT with an augmented-Lagrangian penalty on expected FLOPs.
+
+    adaptive train --config configs/budget.py:parity,0.5 --workdir runs/budget/parity-50
+    adaptive train --config configs/budget.py:mnist1d,0.25 --workdir runs/budget/mnist1d-25
+    adaptive train --config configs/budget.py:tiny --workdir /tmp/budget
+
+The arg is TASK,FRACTION: the budget is FRACTION of the FLOPs per example the model spends at
+its cap (parity: the ACT RNN of configs/parity.py, cap 20; mnist1d: a stack of 8 residual MLP
+blocks with ACT halting after each). Graves' ponder cost is off (tau = 0): the budget alone
+decides how much to compute. Static baselines of the same compute: `--config.halting.policy=none
+--config.model.depth=D --config.budget.target=None`.
+"""
+
+from adaptive.config import default_config, from_dict
+from adaptive.flops import flops_model
+
+
+def get_config(arg: str | None = None):
+    task, _, fraction = (arg or "parity,0.5").partition(",")
+    cfg = default_config()
+    cfg.halting.policy = "act"
+    cfg.halting.tau = 0.0
+    cfg.budget.unit = "flops"
+    cfg.budget.penalty = "lagrangian"
+    if task in ("parity", "tiny"):
+        cfg.data.name = "parity"
+        cfg.model.kind = "rnn"
+        cfg.model.hidden = 128
+        cfg.halting.max_steps = 20
+        cfg.optim.schedule = "constant"
+        cfg.train.steps = 8000
+        cfg.train.eval_every = 2000
+        cfg.train.checkpoint_every = 2000
+        shape, classes = (cfg.data.parity_n,), 2
+    elif task == "mnist1d":
+        cfg.data.name = "mnist1d"
+        cfg.model.kind = "mlp"
+        cfg.model.hidden = 128
+        cfg.model.share_weights = False
+        cfg.halting.max_steps = 8
+        cfg.optim.learning_rate = 2e-3
+        cfg.optim.weight_decay = 1e-4
+        cfg.train.steps = 3000
+        cfg.train.eval_every = 1000
+        shape, classes = (40,), 10
+    else:
+        raise ValueError(f"configs/budget.py takes TASK,FRACTION with TASK parity or mnist1d, or 'tiny'; not {arg!r}")
+    if task == "tiny":
+        cfg.data.num_train, cfg.data.num_eval = 4096, 512
+        cfg.model.hidden, cfg.halting.max_steps = 32, 6
+        cfg.train.steps, cfg.train.eval_every, cfg.train.log_every, cfg.train.checkpoint_every = 60, 30, 10, 30
+        cfg.train.eval_batch_size = 256
+        fraction = fraction or "0.5"
+    fraction = float(fraction or 0.5)
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the budget fraction must be in (0, 1]; got {fraction}")
+    cfg.name = f"{task}-budget{int(round(100 * fraction))}"
+    flops = flops_model(from_dict(cfg.to_dict()), shape, classes, batch=cfg.train.batch_size, train=True)
+    cfg.budget.target = fraction * flops.at_steps(cfg.halting.max_steps)
+    return cfg

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Training to a compute budget: 25/50/75% of the cap's FLOPs on parity and MNIST-1D, against
+# static models of the same compute, then a latency target through a calibrated cost model.
+# Usage: experiments/budget_targeting/run.sh [OUT]. Thin: `adaptive train`, `calibrate`, `eval`, `report`.
+set -euo pipefail
+out=${1:-runs/budget_targeting}
+here=$(dirname "$0")
+train() { adaptive train --config "configs/budget.py:$1" --config.logging.wandb=disabled --workdir "$out/$2" "${@:3}"; }
+static() { train "$1" "$2" --config.halting.policy=none --config.budget.target=None --config.model.depth="$3"; }
+
+for pct in 25 50 75; do train "parity,0.$pct" "parity-budget$pct"; done
+for depth in 5 10 15; do static parity,0.5 "parity-static$depth" "$depth"; done
+for pct in 25 50 75; do train "mnist1d,0.$pct" "mnist1d-budget$pct"; done
+for depth in 2 4 6; do static mnist1d,0.5 "mnist1d-static$depth" "$depth"; done
+
+adaptive report "$out"/parity-budget{25,50,75} "$out"/parity-static{5,10,15} \
+  --markdown "$here/parity.md" --pareto "$here/parity_pareto.png" --plot "$here/parity_by_difficulty.png"
+adaptive report "$out"/mnist1d-budget{25,50,75} "$out"/mnist1d-static{2,4,6} \
+  --markdown "$here/mnist1d.md" --pareto "$here/mnist1d_pareto.png"
+
+# A latency target: calibrate the 50% model's network on this machine, ask for the latency of
+# 8 steps at serving batch 32, train to it, and measure what the trained model takes.
+adaptive calibrate --workdir "$out/parity-budget50" --batches 32
+target=$(python3 -c "import json,sys; f=json.load(open(sys.argv[1]))['fits']['b32_k0']; \
+print(round(f['intercept_ms'] + 8 * f['per_step_ms'], 4))" "$out/parity-budget50/cost_model.json")
+train parity,0.5 parity-latency --config.budget.unit=latency_ms --config.budget.target="$target" \
+  --config.budget.cost_model="$out/parity-budget50/cost_model.json" --config.budget.serving_batch=32
+adaptive eval --workdir "$out/parity-latency" --latency-batch 32
+adaptive report "$out/parity-latency" --markdown "$here/latency.md"
