@@ -62,3 +62,19 @@ def test_report_writes_table_and_plot(tiny_run, tmp_path):
     assert table[0].split(" | ")[:3] == ["| run", "method", "kind"]
     assert "ACT tau=0.003" in table[2] and "validation_accuracy" in table[0]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_times_the_compiled_predictor_on_real_batches(tiny_run):
+    proc = _run("eval", "--workdir", str(tiny_run), "--latency-batch", "32")
+    assert proc.returncode == 0, proc.stderr
+    assert "latency at batch 32 over 16 batches: p50" in proc.stdout  # 512 test examples, full batches only
+    out = json.loads((tiny_run / "eval" / "test-step30.json").read_text())
+    assert 0 < out["latency/p50_ms"] <= out["latency/p95_ms"] <= out["latency/p99_ms"]
+    assert 1 <= out["latency/steps_mean"] <= 6
+
+
+def test_pareto_front_on_hand_made_points():
+    from adaptive.plots import _pareto_front
+
+    points = [(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.9), (5, 0.9), (0.5, 0.4)]
+    assert _pareto_front(points) == [(0.5, 0.4), (1, 0.5), (2, 0.7), (4, 0.9)]
