@@ -43,7 +43,11 @@ class Budget:
                     "`adaptive calibrate` for this network"
                 )
             cost_model = CostModel.load(b.cost_model, expect_fingerprint=fingerprint(cfg, input_shape))
-            cost_model.fit(b.serving_batch)  # refuses a batch size it was not calibrated at
+            if cost_model.fit(b.serving_batch).per_step_ms <= 0:  # also refuses an uncalibrated batch size
+                raise ConfigError(
+                    f"{b.cost_model} shows no latency per step at batch {b.serving_batch} (timer noise): a "
+                    f"{b.unit} budget cannot steer this model; calibrate a larger batch or more repeats"
+                )
         budget = cls(b.unit, float(b.target), b.penalty, b.weight, b.dual_lr, flops, cost_model, b.serving_batch)
         low, high = budget.compute(1.0), budget.compute(float(cap))
         if not b.target > 0:

@@ -43,3 +43,17 @@ def metric_rows(workdir: Path) -> list[dict]:
     return [
         {k: v for k, v in row.items() if not k.startswith("perf/")} for row in read_jsonl(workdir / "metrics.jsonl")
     ]
+
+
+def train_tiny(workdir: Path, steps: int, config: str = "configs/parity.py:tiny"):
+    """Trains `config` for `steps` steps in-process, one eval and checkpoint at the end; its Config."""
+    import dataclasses
+
+    from adaptive import config as config_lib
+    from adaptive.train import train_and_evaluate
+
+    cfg = config_lib.load(str(ROOT / config), QUIET)
+    train = dataclasses.replace(cfg.train, steps=steps, eval_every=steps, checkpoint_every=steps)
+    cfg = dataclasses.replace(cfg, train=train)
+    train_and_evaluate(cfg, workdir)
+    return cfg

@@ -1,17 +1,14 @@
 """Cost model: calibration on a real run, JSON round trip, refusal of foreign or broken files."""
 
 import dataclasses
-import json
 import subprocess
 
 import pytest
 
-from adaptive import config as config_lib
 from adaptive.budget import Budget
 from adaptive.config import ConfigError
 from adaptive.costmodel import CostModel, CostModelError, Fit, fingerprint, fit_line
-from adaptive.train import train_and_evaluate
-from tests.helpers import QUIET, ROOT, cli
+from tests.helpers import cli, train_tiny
 
 SHAPE = (16,)
 
@@ -19,10 +16,8 @@ SHAPE = (16,)
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory):
     """A tiny trained ACT run and its cost model, made by `adaptive calibrate`."""
-    cfg = config_lib.load(f"{ROOT}/configs/parity.py:tiny", QUIET)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=10, eval_every=10, checkpoint_every=10))
     workdir = tmp_path_factory.mktemp("cal") / "run"
-    train_and_evaluate(cfg, workdir)
+    cfg = train_tiny(workdir, 10)
     proc = subprocess.run(
         cli("calibrate", "--workdir", str(workdir), "--batches", "1,4", "--repeats", "3"),
         capture_output=True,
@@ -80,10 +75,18 @@ def test_training_hyperparameters_do_not_change_the_fingerprint(calibrated):
     assert fingerprint(retuned, SHAPE) == fingerprint(cfg, SHAPE)
 
 
-def test_latency_budget_goes_through_the_cost_model(calibrated):
-    cfg, path = calibrated
-    fit = json.loads(path.read_text())["fits"]["b1_k0"]
-    target = fit["intercept_ms"] + 3 * fit["per_step_ms"]
+def test_a_negative_fitted_slope_is_noise():
+    fit = fit_line([(1, 2.0), (5, 1.9), (9, 2.1), (13, 1.8)])
+    assert fit.per_step_ms == 0.0 and fit.intercept_ms == pytest.approx(1.95)
+
+
+def test_latency_budget_goes_through_the_cost_model(calibrated, tmp_path):
+    cfg, _ = calibrated
+    path = tmp_path / "cost_model.json"  # known numbers: timings of a tiny model are noise
+    CostModel(
+        fingerprint(cfg, SHAPE), "test", 3.0, 30.0, {"b1_k0": Fit(1.0, 0.5, []), "b4_k0": Fit(1.0, 0.0, [])}
+    ).save(path)
+    target = 1.0 + 3 * 0.5
     with_budget = dataclasses.replace(
         cfg, budget=dataclasses.replace(cfg.budget, unit="latency_ms", target=target, cost_model=str(path))
     )
@@ -92,3 +95,6 @@ def test_latency_budget_goes_through_the_cost_model(calibrated):
     no_model = dataclasses.replace(with_budget, budget=dataclasses.replace(with_budget.budget, cost_model=""))
     with pytest.raises(ConfigError, match="needs budget.cost_model=PATH"):
         Budget.from_config(no_model, SHAPE, 2)
+    flat = dataclasses.replace(with_budget, budget=dataclasses.replace(with_budget.budget, serving_batch=4))
+    with pytest.raises(ConfigError, match="shows no latency per step at batch 4"):
+        Budget.from_config(flat, SHAPE, 2)

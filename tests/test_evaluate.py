@@ -1,22 +1,17 @@
 """`adaptive eval` and `adaptive report` on a finished tiny run."""
 
-import dataclasses
 import json
 import subprocess
 
 import pytest
 
-from adaptive import config as config_lib
-from adaptive.train import train_and_evaluate
-from tests.helpers import QUIET, ROOT, cli
+from tests.helpers import cli, train_tiny
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    cfg = config_lib.load(f"{ROOT}/configs/parity.py:tiny", QUIET)
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=30, eval_every=30, checkpoint_every=30))
     workdir = tmp_path_factory.mktemp("tiny") / "act"
-    train_and_evaluate(cfg, workdir)
+    train_tiny(workdir, 30)
     return workdir
 
 
