@@ -47,7 +47,7 @@ def moe_expert_parallel(
         layer: MoEFeedForward = nnx.merge(graphdef, params_local)
         groups = layer.num_groups // n
         x_GxSxD = x_local.reshape(groups, -1, x_local.shape[-1])
-        routing, logits, cap = layer._route_groups(x_GxSxD, train, None, None)
+        routing, logits, cap = layer.route_groups(x_GxSxD, train, None, None)
         buffers = jax.vmap(lambda x, r: dispatch(x, r, layer.num_experts, cap))(x_GxSxD, routing)
         g, e, c, d = buffers.shape
         # [g, n, E/n, C, D]: chunk j of the expert axis goes to device j; received chunks come back
@@ -57,7 +57,7 @@ def moe_expert_parallel(
         out = layer.experts(by_expert).reshape(e // n, n, g, c, d).transpose(2, 1, 0, 3, 4)
         back = jax.lax.all_to_all(out, axis, 1, 1, tiled=True).reshape(g, e, c, d)
         y = jax.vmap(lambda b, r: combine(b, r, x_GxSxD.shape[1]))(back, routing)
-        result = layer._output(y.reshape(x_local.shape), routing, logits)
+        result = layer.summarize(y.reshape(x_local.shape), routing, logits)
         # Groups are spread over devices: aux losses and metrics average over all of them.
         return result._replace(
             aux_loss=jax.lax.pmean(result.aux_loss, axis),

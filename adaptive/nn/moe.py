@@ -122,15 +122,15 @@ class MoEFeedForward(nnx.Module):
             raise ValueError(f"{num_tokens} tokens do not split into num_groups={groups} equal groups")
         x_GxSxD = x_TxD.reshape(groups, num_tokens // groups, width)
         keys = None if key is None else jax.random.split(key, groups)
-        routing, logits, cap = self._route_groups(x_GxSxD, train, k_active, keys)
+        routing, logits, cap = self.route_groups(x_GxSxD, train, k_active, keys)
         if self.dropless and self.router_kind == "top_k":  # no capacity, so groups need not stay apart
             y = self._ragged(x_TxD, _flatten_groups(routing, x_GxSxD.shape[1]))
         else:
             buffers = _per_group(lambda x, r: dispatch(x, r, self.num_experts, cap), x_GxSxD, routing)
             y = _per_group(lambda b, r: combine(b, r, x_GxSxD.shape[1]), self.grouped_experts(buffers), routing)
-        return self._output(y.reshape(num_tokens, width), routing, logits)
+        return self.summarize(y.reshape(num_tokens, width), routing, logits)
 
-    def _route_groups(self, x_GxSxD, train, k_active, keys):
+    def route_groups(self, x_GxSxD, train, k_active, keys):
         route = lambda x, kk: self.route(x, train=train, k_active=k_active, key=kk)[:2]  # noqa: E731
         if keys is None:
             routing, logits = _per_group(lambda x: route(x, None), x_GxSxD)
@@ -151,7 +151,7 @@ class MoEFeedForward(nnx.Module):
         out = self.experts(by_expert).reshape(experts, groups, cap, width)
         return out.transpose(1, 0, 2, 3)
 
-    def _output(self, y_TxD, routing, logits) -> MoEOutput:
+    def summarize(self, y_TxD, routing, logits) -> MoEOutput:
         """Aux losses and metrics (means over groups) and experts used per token."""
         aux = self.z_weight * R.router_z_loss(logits)
         if self.router_kind == "top_k":
