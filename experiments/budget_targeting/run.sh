@@ -28,3 +28,17 @@ train parity,0.5 parity-latency --config.budget.unit=latency_ms --config.budget.
   --config.budget.cost_model="$out/parity-budget50/cost_model.json" --config.budget.serving_batch=32
 adaptive eval --workdir "$out/parity-latency" --latency-batch 32
 adaptive report "$out/parity-latency" --markdown "$here/latency.md"
+
+# The same on a network whose steps cost real time at batch 32 (MNIST-1D, residual blocks of
+# width 256): calibrate, ask for the latency of 4 of its 8 blocks, train to it, measure.
+# (configs/budget.py computes its FLOPs target for width 128: state this one in steps.)
+train mnist1d,0.5 mnist1d-w256 --config.model.hidden=256 --config.train.steps=2000 \
+  --config.budget.unit=steps --config.budget.target=4
+adaptive calibrate --workdir "$out/mnist1d-w256" --batches 32
+target=$(python3 -c "import json,sys; f=json.load(open(sys.argv[1]))['fits']['b32_k0']; \
+print(round(f['intercept_ms'] + 4 * f['per_step_ms'], 4))" "$out/mnist1d-w256/cost_model.json")
+train mnist1d,0.5 mnist1d-w256-latency --config.model.hidden=256 --config.train.steps=2000 \
+  --config.budget.unit=latency_ms --config.budget.target="$target" \
+  --config.budget.cost_model="$out/mnist1d-w256/cost_model.json" --config.budget.serving_batch=32
+adaptive eval --workdir "$out/mnist1d-w256-latency" --latency-batch 32
+adaptive report "$out/mnist1d-w256-latency" --markdown "$here/latency_mnist1d_w256.md"
