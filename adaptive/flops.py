@@ -33,10 +33,6 @@ class FlopsModel:
         """FLOPs of an example that ran `steps` steps (a number or a differentiable array)."""
         return self.fixed + steps * (self.per_step + self.halting_per_step)
 
-    @property
-    def step_cost(self) -> float:
-        return self.per_step + self.halting_per_step
-
 
 def _layer_norm(width: int) -> float:
     return 8.0 * width  # mean, variance, normalise, scale and shift

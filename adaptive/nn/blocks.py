@@ -19,10 +19,6 @@ class RNNCell(nnx.Module):
     def __init__(self, d_in: int, hidden: int, *, rngs: nnx.Rngs):
         self.input_proj = nnx.Linear(d_in + 1, hidden, rngs=rngs)
         self.recurrent = nnx.Linear(hidden, hidden, use_bias=False, rngs=rngs)
-        self.hidden = hidden
-
-    def initial_state(self, batch: int) -> jax.Array:
-        return jnp.zeros((batch, self.hidden), jnp.float32)
 
     def __call__(self, h_BxH: jax.Array, x_BxD: jax.Array, first: bool | jax.Array = False) -> jax.Array:
         flag_Bx1 = jnp.full((x_BxD.shape[0], 1), first, x_BxD.dtype)

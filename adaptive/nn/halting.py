@@ -105,11 +105,6 @@ def exit_halt_step(confidence_NxB: jax.Array, limit_B: jax.Array, threshold: flo
     return _first_true((confidence_NxB >= threshold) | (t >= limit_B))
 
 
-def one_hot_steps(steps_H: jax.Array, n: int) -> jax.Array:
-    """[N, ...] weights that put all the mass on each element's halting step."""
-    return (step_numbers(n, steps_H[None]) == steps_H[None]).astype(jnp.float32)
-
-
 # -- one step at a time (inference under lax.while_loop) ---------------------------------------
 
 
