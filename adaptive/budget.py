@@ -1,15 +1,21 @@
-"""Budgets: a target mean compute per example, checked against what the model can spend.
+"""Budgets: a target mean compute per example and per-request hard caps, checked against what
+the model can spend.
 
 `Budget.from_config` turns a BudgetConfig into the compute function of its unit, as a function
 of steps: steps; FLOPs or MACs (adaptive/flops.py); latency, cost or energy through a calibrated
-cost model (adaptive/costmodel.py). It refuses, in one line, a target the model cannot meet:
-not positive, below one step's compute, or above the cap's.
+cost model (adaptive/costmodel.py). It refuses, in one line, a target or a request budget the
+model cannot meet: not positive, below one step's compute, or above the cap's.
+
+Request budgets (one value, or a distribution over requests) become step caps: the most steps
+whose compute fits, with every expert a token may use counted, so a cap holds for any routing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
 
 from adaptive.config import ConfigError, step_cap
@@ -20,20 +26,24 @@ from adaptive.flops import FlopsModel, flops_model
 @dataclass(frozen=True)
 class Budget:
     unit: str
-    target: float
+    target: float | None  # None: hard caps per request only
     penalty: str
     weight: float
     dual_lr: float
     flops: FlopsModel
     cost_model: CostModel | None = None
     serving_batch: int = 1
+    request_steps: tuple[int, ...] = ()  # each request budget as a step cap
+    request_probs: tuple[float, ...] = ()  # how often each occurs
 
     @classmethod
     def from_config(cls, cfg, input_shape: tuple[int, ...], num_classes: int) -> Budget | None:
         """The budget of a whole Config for data of `input_shape`, or None when it sets none."""
         b, cap, batch = cfg.budget, step_cap(cfg), cfg.train.batch_size
-        if b.target is None:
+        if b.target is None and not b.requests:
             return None
+        if b.requests and cfg.halting.policy == "none":
+            raise ConfigError("config key 'budget.requests' needs an adaptive model; halting.policy is 'none'")
         flops = flops_model(cfg, input_shape, num_classes, batch=batch, train=True)
         cost_model = None
         if b.unit in ("latency_ms", "cost_per_1k", "energy_j"):
@@ -48,25 +58,56 @@ class Budget:
                     f"{b.cost_model} shows no latency per step at batch {b.serving_batch} (timer noise): a "
                     f"{b.unit} budget cannot steer this model; calibrate a larger batch or more repeats"
                 )
-        budget = cls(b.unit, float(b.target), b.penalty, b.weight, b.dual_lr, flops, cost_model, b.serving_batch)
-        low, high = budget.compute(1.0), budget.compute(float(cap))
-        if not b.target > 0:
-            raise ConfigError(f"config key 'budget.target' is {b.target!r}; a budget must be positive")
-        if not low <= b.target <= high:
-            steps = "" if b.unit == "steps" else f" (1 to {cap} steps)"
+        target = None if b.target is None else float(b.target)
+        budget = cls(b.unit, target, b.penalty, b.weight, b.dual_lr, flops, cost_model, b.serving_batch)
+        low, high = budget.compute(1.0, flops.min_experts_per_step), budget.compute(float(cap))
+        unit_range = f"this model spends {low:g} to {high:g} {b.unit} per example"
+        unit_range += "" if b.unit == "steps" else f" (1 to {cap} steps)"
+        if target is not None:
+            if not target > 0:
+                raise ConfigError(f"config key 'budget.target' is {b.target!r}; a budget must be positive")
+            if not low <= target <= high:
+                raise ConfigError(f"config key 'budget.target' is {target:g} {b.unit}; {unit_range}")
+        if not b.requests:
+            return budget
+        # A request's cap must allow one step at its most expensive (every expert a token may use).
+        lowest = budget.compute(1.0)
+        for value in b.requests:
+            if not lowest <= value <= high:
+                raise ConfigError(
+                    f"config key 'budget.requests' holds {value:g} {b.unit}; a request needs {lowest:g} to {high:g}"
+                )
+        weights = b.request_weights or (1.0,) * len(b.requests)
+        if len(weights) != len(b.requests) or min(weights) < 0 or sum(weights) <= 0:
             raise ConfigError(
-                f"config key 'budget.target' is {b.target:g} {b.unit}; this model spends {low:g} to {high:g} "
-                f"{b.unit} per example{steps}"
+                f"config key 'budget.request_weights' is {b.request_weights}; give one weight >= 0 per request "
+                f"({len(b.requests)}), not all 0, or none for equal weights"
             )
-        return budget
+        caps = tuple(budget.steps_within(v, cap) for v in b.requests)
+        probs = tuple(float(w) / sum(weights) for w in weights)
+        return dataclasses.replace(budget, request_steps=caps, request_probs=probs)
 
-    def compute(self, steps):
-        """Compute per example in this budget's unit, for `steps` steps (differentiable)."""
+    def steps_within(self, value: float, cap: int) -> int:
+        """The most steps (1..cap) whose compute, with every expert counted, is at most `value`."""
+        fits = [s for s in range(1, cap + 1) if float(self.compute(float(s))) <= value * (1 + 1e-9)]
+        return max(fits, default=1)
+
+    def sample_steps(self, key: jax.Array, batch: int) -> jax.Array | None:
+        """Per-example step caps drawn from the request distribution (None without one)."""
+        if not self.request_steps:
+            return None
+        index = jax.random.choice(key, len(self.request_steps), (batch,), p=jnp.asarray(self.request_probs))
+        return jnp.asarray(self.request_steps, jnp.int32)[index]
+
+    def compute(self, steps, experts=None):
+        """Compute per example in this budget's unit, for `steps` steps and, under top-p routing,
+        `experts` expert applications (differentiable in both). The cost model's units price
+        steps only: its executables run every expert slot the capacity allows."""
         if self.unit == "steps":
             return steps
         if self.cost_model is not None:  # latency_ms, cost_per_1k or energy_j
             return getattr(self.cost_model, self.unit)(steps, self.serving_batch)
-        flops = self.flops.at_steps(steps)
+        flops = self.flops.at_steps(steps, experts)
         return flops / 2.0 if self.unit == "macs" else flops
 
     @property
@@ -91,5 +132,7 @@ class Budget:
 
     def dual_step(self, multiplier, expected_B):
         """Dual ascent on the multiplier of E[c] = target: up when over, down when under."""
+        if self.target is None:
+            return multiplier
         gap = (jnp.mean(expected_B) - self.target) / self.scale
         return multiplier + self.dual_lr * gap if self.penalty == "lagrangian" else multiplier

@@ -100,7 +100,11 @@ class MoEConfig:
     enabled: bool = False
     num_experts: int = _f(8, lo=1)
     k: int = _f(2, lo=1)  # experts per token; the cap at inference (a request may ask for fewer)
-    router: str = _f("top_k", choices=("top_k", "expert_choice"))
+    router: str = _f("top_k", choices=("top_k", "top_p", "expert_choice"))
+    # top_p: a token takes experts by probability until their mass reaches top_p (at most k), so
+    # its expert count is trainable by a FLOPs budget; set renormalize False with it, or a token
+    # with one expert gets gate 1 and the router no gradient from the task.
+    top_p: float = _f(0.5, lo=0.0, hi=1.0)
     capacity_factor: float = _f(1.25, lo=0.0)
     eval_capacity_factor: float = _f(2.0, lo=0.0)
     renormalize: bool = True  # top-k gates rescaled to sum to 1 over the chosen experts
@@ -114,7 +118,8 @@ class MoEConfig:
 
 @dataclass(frozen=True)
 class BudgetConfig:
-    """A compute budget stated before training: the mean compute per example to land on.
+    """A compute budget stated before training: the mean compute per example to land on, and
+    per-request hard caps.
 
     `unit`: steps (blocks applied), flops or macs per example (see adaptive/flops.py), or
     latency (ms), cost (money per 1k requests) or energy (J per request) on the machine a cost
@@ -136,6 +141,13 @@ class BudgetConfig:
     # (`adaptive calibrate`), for requests served in batches of `serving_batch`.
     cost_model: str = ""
     serving_batch: int = _f(1, lo=1)
+    # Per-request hard budgets in `unit`, enforced at inference as a step cap per request: one
+    # value for every request, or several drawn with `request_weights` (a distribution over
+    # requests; default equal weights). Training halts each example at a budget drawn from the
+    # same distribution, so the model learns to answer well at every budget it will be given.
+    # Works with or without a target; needs an adaptive halting policy.
+    requests: tuple[float, ...] = ()
+    request_weights: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -274,6 +286,11 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(key, value, inner)
+    if origin is tuple and args[-1] is Ellipsis:  # any length; a single value is a 1-tuple
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if isinstance(value, str) and "," in value:  # command-line text that is not all numbers
+            values = [_Raw(part) for part in value.split(",")]
+        return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(values))
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"config key {key!r} must be {len(args)} values like 1,8; got {value!r}")

@@ -1,7 +1,9 @@
 """`adaptive eval --workdir DIR [--step N] [--split NAME] [--budget B]`: score a trained run.
 
 Writes DIR/eval/<split>[-budget<B>]-step<N>.json with accuracy, loss and compute steps
-(overall and per difficulty), computed by the inference path under the step budget.
+(overall and per difficulty), computed by the inference path under the step budget. Without
+--budget, a run trained for a distribution of request budgets is scored under that distribution
+(each example's step cap drawn from it), as deployed; otherwise at the cap.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import numpy as np
 
 from adaptive import data, steps
 from adaptive.config import step_cap
+from adaptive.costmodel import CostModel
 from adaptive.predict import BudgetedPredictor
 from adaptive.runs import RunError, load_run
-from adaptive.scoring import evaluate
+from adaptive.scoring import evaluate, request_steps
 
 
 def evaluate_run(
@@ -34,40 +37,63 @@ def evaluate_run(
     if budget is not None and not 1 <= budget <= cap:
         raise RunError(f"--budget must be in [1, {cap}] for this model; got {budget}")
     eval_step = jax.jit(steps.make_eval_step(run.graphdef, run.spec.max_difficulty))
+    requests = run.budget if budget is None and run.budget is not None and run.budget.request_steps else None
     metrics = {
         "step": run.step,
         "split": split,
         "budget": budget or cap,
-        **evaluate(eval_step, run.params, run.cfg, split, budget),
+        **evaluate(eval_step, run.params, run.cfg, split, budget, requests),
     }
+    if requests is not None:
+        metrics["budget"] = "requests"
+        metrics["request_step_caps"] = dict(zip(map(str, requests.request_steps), requests.request_probs, strict=True))
     if latency_batch:
-        metrics.update(measure_latency(run, split, budget or cap, latency_batch))
+        metrics.update(measure_latency(run, split, budget or cap, latency_batch, requests=requests))
     out = run.workdir / "eval" / f"{split}{f'-budget{budget}' if budget else ''}-step{run.step}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics, out
 
 
-def measure_latency(run, split: str, budget: int, batch: int, max_batches: int = 100) -> dict:
+def measure_latency(run, split: str, budget: int, batch: int, max_batches: int = 100, requests=None) -> dict:
     """Wall-clock latency of the compiled budgeted predictor on real batches of `split` (the
-    model's own halting decides the depth), after one warm-up call; medians and tail in ms."""
+    model's own halting decides the depth, under `budget` or caps drawn from `requests`), after
+    one warm-up call; medians and tail in ms."""
+
+    def caps_for(i: int):  # the same per-request caps `evaluate` draws, batch by batch
+        return budget if requests is None else np.asarray(request_steps(requests, i, batch))
+
     k_max = run.cfg.moe.k if run.cfg.moe.enabled else None
     predictor = BudgetedPredictor(run.graphdef, run.params, run.spec.input_shape, step_cap(run.cfg), k_max=k_max)
     batches = [b for b in data.eval_batches(run.cfg.data, split, batch) if b["mask"].all()][:max_batches]
     if not batches:
         raise RunError(f"split {split!r} has fewer than {batch} examples: no full batch to time")
-    jax.block_until_ready(predictor.predict(batches[0]["x"], budget))  # compile and warm up
-    times, steps = [], []
-    for b in batches:
+    jax.block_until_ready(predictor.predict(batches[0]["x"], caps_for(0)))  # compile and warm up
+    times, steps, slowest = [], [], []
+    for i, b in enumerate(batches):
+        caps = caps_for(i)
         start = time.perf_counter()
-        out = jax.block_until_ready(predictor.predict(b["x"], budget))
+        out = jax.block_until_ready(predictor.predict(b["x"], caps))
         times.append((time.perf_counter() - start) * 1e3)
         steps.append(float(np.mean(out.steps_B)))
-    return {
+        slowest.append(int(np.max(out.steps_B)))
+    metrics = {
         "latency/batch": batch,
         "latency/batches": len(times),
         "latency/p50_ms": float(np.percentile(times, 50)),
         "latency/p95_ms": float(np.percentile(times, 95)),
         "latency/p99_ms": float(np.percentile(times, 99)),
         "latency/steps_mean": float(np.mean(steps)),
+        "latency/slowest_steps_mean": float(np.mean(slowest)),  # a batch runs until its slowest example halts
     }
+    cost_model = run.budget.cost_model if run.budget is not None else None
+    if cost_model is not None and CostModel.key(batch, None) in cost_model.fits:
+        # What the calibration predicts for the same batches: checks the cost model on real traffic.
+        predicted = [float(cost_model.latency_ms(s, batch)) for s in slowest]
+        metrics["latency/predicted_p50_ms"] = float(np.percentile(predicted, 50))
+        metrics["latency/predicted_p99_ms"] = float(np.percentile(predicted, 99))
+    if requests is not None and requests.unit == "latency_ms":
+        sla = min(run.cfg.budget.requests)  # a batch answers its tightest request
+        metrics["latency/sla_ms"] = sla
+        metrics["latency/over_sla_fraction"] = float(np.mean(np.asarray(times) > sla))
+    return metrics

@@ -8,8 +8,10 @@ count 1 each, and transcendentals (tanh, exp) are not FLOPs. Two choices match w
 - experts are counted as *executed*: each expert processes its whole capacity buffer, so at
   capacity factor c a token costs c * k expert passes, not k. `useful=True` counts k instead.
 
-`expected_flops` turns a (differentiable) expected number of steps into expected FLOPs, which
-is how compute penalties and budgets in FLOPs reach the halting distribution. Tests check the
+`FlopsModel.at_steps` turns a (differentiable) expected number of steps, and for top-p routing
+an expected number of expert applications, into expected FLOPs: that is how compute penalties
+and budgets in FLOPs reach the halting distribution and the router. Top-p experts are counted as
+requested (each token's own count; dropless execution does exactly that work). Tests check the
 totals against `cost_analysis()` of compiled static models (within 10%).
 """
 
@@ -26,12 +28,24 @@ class FlopsModel:
     """FLOPs per example: `fixed` (encoder and head) plus `per_step` for each step applied."""
 
     fixed: float
-    per_step: float
+    per_step: float  # everything a step costs, its expert applications included
     halting_per_step: float  # the halting unit or exit confidence, when the policy has one
+    expert_pass: float = 0.0  # one expert applied to one token
+    experts_per_step: float = 0.0  # expert applications per example per step counted in per_step
+    min_experts_per_step: float = 0.0  # the fewest a step can make (top-p: one per token)
+    dynamic_experts: bool = False  # top-p: the count varies per token and is counted as routed
 
-    def at_steps(self, steps):
-        """FLOPs of an example that ran `steps` steps (a number or a differentiable array)."""
-        return self.fixed + steps * (self.per_step + self.halting_per_step)
+    def at_steps(self, steps, experts=None):
+        """FLOPs of an example that ran `steps` steps (a number or a differentiable array) and,
+        with top-p routing, made `experts` expert applications in all (default: the most)."""
+        total = self.fixed + steps * (self.per_step + self.halting_per_step)
+        if experts is None or not self.dynamic_experts:
+            return total
+        return total + (experts - steps * self.experts_per_step) * self.expert_pass
+
+    def fewest(self, steps):
+        """The least FLOPs of `steps` steps (top-p: one expert per token)."""
+        return self.at_steps(steps, steps * self.min_experts_per_step)
 
 
 def _layer_norm(width: int) -> float:
@@ -42,17 +56,18 @@ def _dense(d_in: int, d_out: int, bias: bool = True) -> float:
     return 2.0 * d_in * d_out + (d_out if bias else 0)
 
 
-def _moe(width: int, cfg, tokens: int, *, train: bool, useful: bool) -> float:
-    """Per-token FLOPs of one MoE feed-forward (router, experts, combine)."""
+def _moe(width: int, cfg, tokens: int, *, train: bool, useful: bool) -> tuple[float, float, float]:
+    """Per token, one MoE feed-forward: (FLOPs in all, expert applications, FLOPs of one)."""
     hidden = cfg.expert_hidden or max(1, 2 * width // cfg.k)
     expert = _dense(width, hidden) + _dense(hidden, width) + 8.0 * hidden  # + GELU's polynomial
-    if useful or cfg.dropless:
+    if useful or cfg.dropless or cfg.router == "top_p":
         passes = cfg.k
     else:
         factor = cfg.capacity_factor if train else cfg.eval_capacity_factor
         group = tokens // cfg.num_groups
         passes = cfg.num_experts * capacity(group, cfg.num_experts, cfg.k, factor) / group
-    return _dense(width, cfg.num_experts, bias=False) + 6.0 * cfg.num_experts + passes * expert + 2.0 * cfg.k * width
+    router = _dense(width, cfg.num_experts, bias=False) + 6.0 * cfg.num_experts
+    return router + passes * expert + 2.0 * cfg.k * width, passes, expert
 
 
 def flops_model(
@@ -63,26 +78,26 @@ def flops_model(
     d_in, width = math.prod(input_shape), cfg.model.hidden
     kind, moe = cfg.model.kind, cfg.moe if cfg.moe.enabled else None
     head = _dense(width, num_classes)
+    dense_ffn = _dense(width, 2 * width) + _dense(2 * width, width)
+    experts = (0.0, 0.0, 0.0)  # (applications per example per step, the fewest, FLOPs of one)
     if kind == "rnn":
         fixed = _dense(d_in + 1, width) + head
         per_step = _dense(width, width, bias=False) + 2.0 * width  # + the two adds
     elif kind == "mlp":
         fixed = _dense(d_in, width) + width + head
-        ffn = (
-            _moe(width, moe, batch, train=train, useful=useful)
-            if moe
-            else (_dense(width, 2 * width) + _dense(2 * width, width) + 2.0 * width)
-        )
+        ffn = dense_ffn + 2.0 * width
+        if moe:
+            ffn, passes, one = _moe(width, moe, batch, train=train, useful=useful)
+            experts = (passes, 1.0, one)
         per_step = _layer_norm(width) + ffn + width
     else:
         length = d_in
         fixed = length * (_dense(1, width) + width) + _layer_norm(width) + length * width + head
         attention = 4 * _dense(width, width) + 2 * 2.0 * length * width + 5.0 * length * cfg.model.num_heads
-        ffn = (
-            _moe(width, moe, batch * length, train=train, useful=useful)
-            if moe
-            else (_dense(width, 2 * width) + _dense(2 * width, width) + 8.0 * 2 * width)
-        )
+        ffn = dense_ffn + 8.0 * 2 * width
+        if moe:
+            ffn, passes, one = _moe(width, moe, batch * length, train=train, useful=useful)
+            experts = (length * passes, length, one)
         per_step = length * (2 * _layer_norm(width) + attention + ffn + 3.0 * width)
     policy = cfg.halting.policy
     halting = 0.0
@@ -91,4 +106,8 @@ def flops_model(
         halting = units * _dense(width, 1) + (head if policy == "pondernet" else 0.0)
     elif policy == "early_exit":
         halting = head + 4.0 * num_classes
-    return FlopsModel(float(fixed), float(per_step), float(halting))
+    passes, fewest, one = experts
+    dynamic = moe is not None and moe.router == "top_p"
+    return FlopsModel(
+        float(fixed), float(per_step), float(halting), one, passes, fewest if dynamic else passes, dynamic
+    )

@@ -49,10 +49,12 @@ def total_loss(out, labels_B: jax.Array, policy: str, cfg, budget=None, multipli
             loss = task + cfg.beta * kl.mean()
     loss = loss + out.aux_loss  # MoE load-balancing and router z-losses (0 without experts)
     extra = {}
-    if budget is not None:
+    if budget is not None and budget.target is not None:
         # The gradient reaches the halting distribution through expected compute (ACT's N + R,
-        # PonderNet's E[steps]); the multiplier's dual ascent reads realized compute.
-        expected, realized = budget.compute(out.ponder_B), budget.compute(out.steps_B)
+        # PonderNet's E[steps]) and top-p routers through their expert counts; the multiplier's
+        # dual ascent reads realized compute.
+        expected = budget.compute(out.ponder_B, out.expert_ponder_B)
+        realized = budget.compute(out.steps_B, out.experts_B)
         loss = loss + budget.penalty_term(expected, multiplier)
         extra = {
             "budget/expected_compute": expected.mean(),

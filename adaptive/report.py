@@ -31,7 +31,9 @@ def _describe(cfg) -> dict:
     else:
         method = f"early exit {h.confidence}>={h.exit_threshold:g}"
     if cfg.moe.enabled:
-        routing = f"top-{cfg.moe.k}" if cfg.moe.router == "top_k" else "expert choice"
+        routing = {"top_k": f"top-{cfg.moe.k}", "top_p": f"top-p {cfg.moe.top_p:g} (k<={cfg.moe.k})"}.get(
+            cfg.moe.router, "expert choice"
+        )
         method += f" + MoE {cfg.moe.num_experts}x {routing} cf={cfg.moe.capacity_factor:g}"
         if cfg.moe.balance_weight == 0:
             method += " no-balance-loss"
@@ -104,10 +106,10 @@ def _compute_columns(cfg, final: dict) -> dict:
     """Mean FLOPs per example at evaluation, and the budget's target, realized value and gap."""
     spec = data.prepare(cfg.data)
     flops = flops_model(cfg, spec.input_shape, spec.num_classes, batch=cfg.train.eval_batch_size)
-    out = {"eval_flops": flops.at_steps(final["eval/steps_mean"])}
+    out = {"eval_flops": flops.at_steps(final["eval/steps_mean"], final.get("eval/experts_mean"))}
     budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)
     if budget is not None:
-        realized = float(budget.compute(final["eval/steps_mean"]))
+        realized = float(budget.compute(final["eval/steps_mean"], final.get("eval/experts_mean")))
         out.update(
             {
                 "budget": f"{budget.target:g} {budget.unit}",
@@ -116,8 +118,11 @@ def _compute_columns(cfg, final: dict) -> dict:
             }
         )
         # The target in FLOPs, for plots: invert the unit's (linear) compute function of steps.
-        steps_at_target = (budget.target - budget.compute(0.0)) / (budget.compute(1.0) - budget.compute(0.0))
-        out["target_flops"] = flops.at_steps(steps_at_target)
+        if budget.unit in ("flops", "macs"):
+            out["target_flops"] = budget.target * (2.0 if budget.unit == "macs" else 1.0)
+        else:
+            steps_at_target = (budget.target - budget.compute(0.0)) / (budget.compute(1.0) - budget.compute(0.0))
+            out["target_flops"] = flops.at_steps(steps_at_target)
     return out
 
 

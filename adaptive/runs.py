@@ -28,6 +28,7 @@ class Run:
     graphdef: nnx.GraphDef
     params: dict
     step: int
+    budget: Budget | None = None
 
 
 def load_config(workdir: str | Path) -> config_lib.Config:
@@ -66,4 +67,4 @@ def restore_state(workdir: str | Path, step: int | None = None) -> tuple[Run, di
             state, _ = ckpt.restore(step, like)
     finally:
         ckpt.close()
-    return Run(workdir, cfg, spec, graphdef, {}, step), state
+    return Run(workdir, cfg, spec, graphdef, {}, step, budget), state

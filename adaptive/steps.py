@@ -2,7 +2,8 @@
 
 The train state is a plain dict pytree (params as a pure dict, optax state, counters and
 running metric sums), so orbax saves it as is and a restored run continues bitwise the same.
-Randomness is `fold_in(seed key, step)`: nothing random is carried in the state.
+Randomness is `fold_in(seed key, step)`: nothing random is carried in the state (it draws the
+per-example step caps of a budget's request distribution).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def init_state(
     """A fresh train state. The running metric sums take the shapes the loss reports (found by
     tracing it once, abstractly), so a model with experts gets its moe/ metrics too."""
     batch = {"x": jax.ShapeDtypeStruct((2, *input_shape), jnp.float32), "y": jax.ShapeDtypeStruct((2,), jnp.int32)}
-    _, metrics = jax.eval_shape(_loss_fn(graphdef, halting_cfg, budget), params, batch)
+    _, metrics = jax.eval_shape(_loss_fn(graphdef, halting_cfg, budget), params, batch, 0.0, jax.random.key(0))
     zeros = {k: jnp.zeros(v.shape, jnp.float32) for k, v in {**metrics, "grad_norm": metrics["loss"]}.items()}
     return {
         "step": jnp.zeros((), jnp.int32),
@@ -49,14 +50,18 @@ def reset_metric_sums(state: dict) -> dict:
 
 
 def _loss_fn(graphdef: nnx.GraphDef, halting_cfg, budget=None) -> Callable:
-    def loss_fn(params, batch, multiplier=0.0):
-        out = nnx.merge(graphdef, params)(batch["x"])
+    def loss_fn(params, batch, multiplier, key):
+        # Under a distribution of request budgets each example halts at a cap drawn from it.
+        limit_B = None if budget is None else budget.sample_steps(key, batch["x"].shape[0])
+        out = nnx.merge(graphdef, params)(batch["x"], limit_B)
         return losses.total_loss(out, batch["y"], halting_cfg.policy, halting_cfg, budget, multiplier)
 
     return loss_fn
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, halting_cfg, budget=None) -> Callable:
+def make_train_step(
+    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, halting_cfg, budget=None, seed: int = 0
+) -> Callable:
     """Builds `train_step(state, batch) -> state` (jit it with the state donated).
 
     A step whose loss or gradients are not finite leaves params and optimizer state as they
@@ -67,7 +72,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ha
 
     def train_step(state: dict, batch: dict) -> dict:
         multiplier = state["multiplier"]
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, multiplier)
+        key = jax.random.fold_in(jax.random.key(seed), state["step"])
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, multiplier, key)
         grad_norm = optax.global_norm(grads)
         ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # finite grads give finite updates
 
@@ -89,7 +95,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ha
             "metric_sums": sums,
             "metric_count": state["metric_count"] + ok.astype(jnp.int32),
             "multiplier": multiplier
-            if budget is None
+            if budget is None or budget.target is None
             else jnp.where(ok, budget.dual_step(multiplier, aux["budget/realized_compute"]), multiplier),
         }
 

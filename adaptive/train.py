@@ -59,7 +59,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
     graphdef, params = nnx.split(model, nnx.Param)
     tx = make_optimizer(cfg.optim, cfg.train.steps)
     state = steps.init_state(graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget)
-    train_step = jax.jit(steps.make_train_step(graphdef, tx, cfg.halting, budget), donate_argnums=0)
+    train_step = jax.jit(steps.make_train_step(graphdef, tx, cfg.halting, budget, cfg.seed), donate_argnums=0)
     eval_step = jax.jit(steps.make_eval_step(graphdef, spec.max_difficulty))
     lr_at = learning_rate_schedule(cfg.optim, cfg.train.steps)
 
@@ -107,7 +107,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
             if due_checkpoint or step % cfg.train.log_every == 0:
                 _check_streak(state, cfg.train.max_nonfinite_in_a_row, step, ckpt)
             if step % cfg.train.eval_every == 0 or last:
-                final = evaluate(eval_step, state["params"], cfg, cfg.data.eval_split)
+                final = evaluate(eval_step, state["params"], cfg, cfg.data.eval_split, requests=budget)
                 writer.write(step, "eval", final)
             if due_checkpoint:
                 ckpt.save(step, state, batches.get_state())
@@ -117,7 +117,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
                     f"{ckpt.directory}; rerun the same command to resume"
                 )
         if start >= cfg.train.steps:  # nothing left to train: report the finished run's eval
-            final = evaluate(eval_step, state["params"], cfg, cfg.data.eval_split)
+            final = evaluate(eval_step, state["params"], cfg, cfg.data.eval_split, requests=budget)
     finally:
         signal.signal(signal.SIGTERM, previous)
         writer.close()

@@ -92,3 +92,56 @@ def test_cli_refuses_an_unreachable_budget_before_creating_the_workdir(tmp_path)
         "adaptive: error: config key 'budget.target' is 50 steps; this model spends 1 to 6 steps per example"
     ]
     assert not (tmp_path / "w").exists()
+
+
+def test_request_budgets_become_step_caps_and_a_distribution():
+    _, budget = _budget("--config.budget.requests=2,4.5", "--config.budget.request_weights=3,1")
+    assert budget.target is None and budget.request_steps == (2, 4) and budget.request_probs == (0.75, 0.25)
+    draws = jax.device_get(budget.sample_steps(jax.random.key(0), 4000))
+    assert set(draws.tolist()) == {2, 4} and (draws == 2).mean() == pytest.approx(0.75, abs=0.03)
+    cfg, flops = _budget("--config.budget.unit=flops", "--config.budget.target=300000")
+    at = flops.compute  # a FLOPs request caps steps at the most whose FLOPs fit
+    _, budget = _budget("--config.budget.unit=flops", f"--config.budget.requests={float(at(3.5))}")
+    assert budget.request_steps == (3,) and budget.request_probs == (1.0,)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["--config.budget.requests=0.5"], "'budget.requests' holds 0.5 steps; a request needs 1 to 20"),
+        (["--config.budget.requests=3,30"], "'budget.requests' holds 30 steps"),
+        (["--config.budget.requests=3,4", "--config.budget.request_weights=1"], "give one weight >= 0 per request (2)"),
+        (["--config.budget.requests=3", "--config.budget.request_weights=0"], "not all 0"),
+        (["--config.budget.requests=3,x"], "'budget.requests[1]' must be float"),
+        (
+            ["--config.budget.requests=3", "--config.halting.policy=none"],
+            "'budget.requests' needs an adaptive model; halting.policy is 'none'",
+        ),
+    ],
+)
+def test_bad_request_budgets_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        _budget(*overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_training_and_evaluation_under_request_budgets_respect_each_cap(tmp_path):
+    """Trained with caps of 2 or 4 steps drawn per example (3:1), the model never runs past a
+    request's cap in training or evaluation, and `adaptive eval` scores it under the same draws."""
+    from adaptive.evaluate import evaluate_run
+
+    cfg = config_lib.load(
+        f"{ROOT}/configs/parity.py:tiny",
+        [*QUIET, "--config.budget.requests=2,4", "--config.budget.request_weights=3,1", "--config.halting.tau=0"],
+    )
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=40, log_every=20, eval_every=40))
+    final = train_and_evaluate(cfg, tmp_path)
+    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    # no ponder cost: every example runs to its cap, 2 or 4, so the mean is 0.75 * 2 + 0.25 * 4
+    assert rows[-1]["train/steps_mean"] == pytest.approx(2.5, abs=0.25)
+    assert final["eval/steps_max"] <= 4 and 2.0 <= final["eval/steps_mean"] <= 3.0
+    metrics, _ = evaluate_run(tmp_path)
+    assert metrics["budget"] == "requests" and metrics["request_step_caps"] == {"2": 0.75, "4": 0.25}
+    assert metrics["eval/steps_mean"] == final["eval/steps_mean"]  # the same draws
+    at_cap, _ = evaluate_run(tmp_path, budget=6)
+    assert at_cap["eval/steps_mean"] > final["eval/steps_mean"]

@@ -53,7 +53,7 @@ def model_of(kind: str, policy: str, shared: bool, **halting):
     graphdef, params = nnx.split(model, nnx.Param)
     infer = jax.jit(lambda p, x, b: nnx.merge(graphdef, p).infer(x, b))
     traj = jax.jit(lambda p, x, b: (lambda m: m.infer_from_trajectory(m.trajectory(x), b))(nnx.merge(graphdef, p)))
-    train = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
+    train = jax.jit(lambda p, x, limit=None: nnx.merge(graphdef, p)(x, limit))
     return graphdef, nnx.to_pure_dict(params), infer, traj, train
 
 
@@ -130,6 +130,20 @@ def test_training_forward_matches_inference_at_the_cap(kind, policy, shared):
     else:  # training weighs every step; inference picks one of them
         picked = np.asarray(out.step_logits_NxBxC)[np.asarray(inf.steps_B) - 1, np.arange(BATCH)]
         np.testing.assert_allclose(picked, inf.logits_BxC, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, policy, shared", [v for v in VARIANTS if v[1] == "act"])
+@pytest.mark.parametrize("halt_bias", [-1e4, None])
+def test_training_under_request_caps_matches_inference_under_the_same_budgets(kind, policy, shared, halt_bias):
+    """Request budgets in training (a step cap per example) halt where inference would."""
+    _, params, infer, _, train = model_of(kind, policy, shared)
+    params = perturb(params, 3, 0.3, halt_bias)
+    x = np.random.default_rng(3).standard_normal((BATCH, N_IN)).astype(np.float32)
+    limit = np.arange(BATCH, dtype=np.int32) % 3 + 1
+    out, inf = train(params, x, limit), infer(params, x, limit)
+    assert (np.asarray(out.steps_B) <= limit).all()
+    np.testing.assert_array_equal(out.steps_B, inf.steps_B)
+    np.testing.assert_allclose(out.logits_BxC, inf.logits_BxC, rtol=1e-5, atol=1e-5)
 
 
 @settings(max_examples=50, deadline=None)

@@ -222,3 +222,59 @@ def test_predictor_expert_budget_uses_one_executable_per_k():
     for bad in (0, 3, 1.5):
         with pytest.raises(ValueError, match=r"expert budget must be a whole number in \[1, 2\]"):
             predictor.predict(x, experts=bad)
+
+
+def test_top_p_takes_experts_until_their_mass_reaches_p():
+    """Probabilities per token (4 experts): a token takes choices until the mass before the next
+    one reaches p = 0.6, never more than k."""
+    probs = np.array(
+        [
+            [0.70, 0.10, 0.10, 0.10],  # the first choice alone holds 0.7 >= 0.6: one expert
+            [0.40, 0.30, 0.20, 0.10],  # 0.4 < 0.6, then 0.7: two
+            [0.25, 0.25, 0.25, 0.25],  # 0.25, 0.5 < 0.6, then 0.75: three (k = 3)
+            [0.30, 0.28, 0.22, 0.20],  # 0.3, 0.58 < 0.6: would take four, k caps it at three
+        ],
+        np.float32,
+    )
+    logits = jnp.log(jnp.asarray(probs))
+    routing = R.top_p(logits, 3, 0.6, cap=16, renormalize=False)
+    assert np.asarray(routing.active_A).reshape(3, 4).sum(0).tolist() == [1, 2, 3, 3]
+    assert np.asarray(routing.soft_experts_T).round(4).tolist() == [1.0, 2.0, 3.0, 3.0]
+    capped = R.top_p(logits, 3, 0.6, cap=16, renormalize=False, k_active=jnp.int32(2))
+    assert np.asarray(capped.active_A).reshape(3, 4).sum(0).tolist() == [1, 2, 2, 2]
+
+
+def test_lowering_the_top_p_expert_count_makes_the_router_confident():
+    """Gradient descent on the differentiable count alone lowers the realized count."""
+    logits = jnp.asarray(np.random.default_rng(7).standard_normal((64, 8)), jnp.float32) * 0.3
+    count = lambda z: R.top_p(z, 4, 0.5, cap=64, renormalize=False).soft_experts_T.mean()  # noqa: E731
+    before, grad = float(count(logits)), jax.jit(jax.grad(count))
+    for _ in range(50):
+        logits = logits - 5.0 * grad(logits)
+    assert before > 2.5 and float(count(logits)) < before - 1.0
+
+
+def test_a_flops_budget_trains_the_number_of_experts(tmp_path):
+    """A MoE-only model (fixed depth, top-p routing, k <= 2) trained to the FLOPs of 1.4 experts
+    per token lands there: the budget reaches the router."""
+    import dataclasses
+
+    from adaptive import config as config_lib
+    from adaptive.flops import flops_model
+    from adaptive.metrics import read_jsonl
+    from adaptive.train import train_and_evaluate
+    from tests.helpers import QUIET, ROOT
+
+    overrides = [*QUIET, "--config.moe.router=top_p", "--config.moe.renormalize=false", "--config.budget.unit=flops"]
+    cfg = config_lib.load(f"{ROOT}/configs/moe.py:tiny", overrides)
+    flops = flops_model(cfg, (40,), 10, batch=cfg.train.batch_size, train=True)
+    assert flops.fewest(2.0) < flops.at_steps(2.0, 2 * 1.4) < flops.at_steps(2.0)
+    cfg = config_lib.load(
+        f"{ROOT}/configs/moe.py:tiny", [*overrides, f"--config.budget.target={flops.at_steps(2.0, 2.8)}"]
+    )
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=350, log_every=50, eval_every=350))
+    final = train_and_evaluate(cfg, tmp_path)
+    last = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"][-1]
+    assert last["moe/experts_per_token"] == pytest.approx(1.4, rel=0.05)
+    assert last["budget/realized_compute"] == pytest.approx(last["budget/target"], rel=0.05)
+    assert final["eval/experts_mean"] / 2 == pytest.approx(1.4, rel=0.10)  # 2 layers, per token

@@ -46,6 +46,7 @@ def make_moe(width: int, cfg, *, rngs: nnx.Rngs) -> MoEFeedForward:
         cfg.num_experts,
         k=cfg.k,
         router=cfg.router,
+        top_p=cfg.top_p,
         capacity_factor=cfg.capacity_factor,
         eval_capacity_factor=cfg.eval_capacity_factor,
         renormalize=cfg.renormalize,
@@ -92,5 +93,7 @@ class TransformerBlock(nnx.Module):
             return h + self.down(jax.nn.gelu(self.up(self.norm2(h))))
         batch, length, width = h.shape
         out = self.moe(self.norm2(h).reshape(batch * length, width), train=train, k_active=k_active)
-        experts_B = out.experts_T.reshape(batch, length).sum(-1)  # expert applications per example
-        return h + out.y_TxD.reshape(batch, length, width), out._replace(experts_T=experts_B)
+        # expert applications per example
+        per_example = lambda v: v.reshape(batch, length).sum(-1)  # noqa: E731
+        out = out._replace(experts_T=per_example(out.experts_T), soft_experts_T=per_example(out.soft_experts_T))
+        return h + out.y_TxD.reshape(batch, length, width), out

@@ -37,6 +37,8 @@ class ModelOutput(NamedTuple):
     step_weights_NxB: jax.Array | None = None  # PonderNet: halting distribution; exits: uniform
     aux_loss: jax.Array | float = 0.0  # MoE load-balancing and z-losses, mean over steps
     metrics: dict | None = None  # MoE routing metrics (moe/...), mean over steps
+    experts_B: jax.Array | None = None  # MoE: expert applications per example over the steps run
+    expert_ponder_B: jax.Array | None = None  # the same, differentiable through top-p routing
 
 
 class Inference(NamedTuple):
@@ -53,6 +55,8 @@ class Trajectory(NamedTuple):
     logits_NxBxC: jax.Array | None  # None for ACT, which reads out the weighted state instead
     aux_N: jax.Array | None = None  # MoE aux loss of each step
     moe_metrics: dict | None = None  # MoE metrics of each step
+    experts_NxB: jax.Array | None = None  # MoE: expert applications per example at each step
+    soft_experts_NxB: jax.Array | None = None  # the same, differentiable (top-p routing)
 
 
 def _stack(make, count: int, rngs: nnx.Rngs):
@@ -149,14 +153,19 @@ class DepthModel(nnx.Module):
             halt = self.halt_logit(h) if self.policy in ("act", "pondernet") else None
             # ACT reads out the mean-field state once; the others need every step's prediction.
             logits = None if self.policy == "act" else self.readout(h, t)
-            aux, metrics = (None, None) if moe is None else (moe.aux_loss, moe.metrics)
-            return h, (h, halt, logits, aux, metrics)
+            if moe is None:
+                return h, (h, halt, logits, None, None, None, None)
+            batch = context.shape[0]
+            experts = _experts_per_example(moe, batch).astype(jnp.float32)
+            soft = moe.soft_experts_T.reshape(batch, -1).sum(-1)
+            return h, (h, halt, logits, moe.aux_loss, moe.metrics, experts, soft)
 
         _, outs = jax.lax.scan(body, h0, jnp.arange(1, self.num_steps + 1))
         return Trajectory(*outs)
 
-    def __call__(self, x_BxD: jax.Array) -> ModelOutput:
-        """The training forward pass (every step up to the cap, weighted by the policy)."""
+    def __call__(self, x_BxD: jax.Array, limit_B: jax.Array | None = None) -> ModelOutput:
+        """The training forward pass (every step up to the cap, weighted by the policy); `limit_B`
+        forces each example to halt by its own step cap (a request budget), as inference does."""
         batch = x_BxD.shape[0]
         if self.policy == "none":
             h, context = self.encode(x_BxD)
@@ -165,15 +174,26 @@ class DepthModel(nnx.Module):
                 h, moe = self.step(h, context, t)
                 moes.append(moe)
             steps = jnp.full((batch,), float(self.num_steps))
-            aux, metrics = _mean_over_steps(
-                [m.aux_loss for m in moes if m is not None], [m.metrics for m in moes if m is not None]
-            )
-            return ModelOutput(self.readout(h, self.num_steps), steps, steps, aux_loss=aux, metrics=metrics)
+            out = ModelOutput(self.readout(h, self.num_steps), steps, steps)
+            if not self.moe:
+                return out
+            aux, metrics = _mean_over_steps([m.aux_loss for m in moes], [m.metrics for m in moes])
+            experts = sum(_experts_per_example(m, batch) for m in moes).astype(jnp.float32)
+            soft = sum(m.soft_experts_T.reshape(batch, -1).sum(-1) for m in moes)
+            return out._replace(aux_loss=aux, metrics=metrics, experts_B=experts, expert_ponder_B=soft)
         traj = self.trajectory(x_BxD)
-        out = self.combine(traj, jnp.full((batch,), self.num_steps, jnp.int32))
+        cap_B = jnp.full((batch,), self.num_steps, jnp.int32)
+        out = self.combine(traj, cap_B if limit_B is None else jnp.clip(limit_B, 1, self.num_steps).astype(jnp.int32))
         if traj.aux_N is None:
             return out
-        return out._replace(aux_loss=traj.aux_N.mean(), metrics=jax.tree.map(lambda m: m.mean(0), traj.moe_metrics))
+        # Experts count on the steps each example runs at inference (its halting step).
+        ran_NxB = H.step_numbers(self.num_steps, traj.experts_NxB) <= jnp.ceil(out.steps_B)
+        return out._replace(
+            aux_loss=traj.aux_N.mean(),
+            metrics=jax.tree.map(lambda m: m.mean(0), traj.moe_metrics),
+            experts_B=(traj.experts_NxB * ran_NxB).sum(0),
+            expert_ponder_B=(traj.soft_experts_NxB * ran_NxB).sum(0),
+        )
 
     def combine(self, traj: Trajectory, limit_B: jax.Array) -> ModelOutput:
         """The policy's weights over a trajectory, halting by `limit_B` at the latest."""

@@ -11,10 +11,12 @@ drops are per group either way.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from adaptive.nn import routing as R
 from adaptive.nn.moe import MoEFeedForward, MoEOutput, combine, dispatch
 
 EXPERT_PARAMS = ("w_in", "b_in", "w_out", "b_out")
@@ -64,11 +66,11 @@ def moe_expert_parallel(
             metrics=jax.tree.map(lambda m: jax.lax.pmean(m, axis), result.metrics),
         )
 
-    metric_specs = dict.fromkeys(
-        ("moe/drop_fraction", "moe/expert_usage", "moe/usage_entropy", "moe/router_confidence"), P()
-    )
+    metrics = jax.eval_shape(lambda: R.routing_metrics(R.top_k(jnp.zeros((2, 2)), 1, 1, renormalize=False), 2))
+    metric_specs = dict.fromkeys(metrics, P())
     specs = (param_specs(params, axis), P(axis))
-    fn = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=MoEOutput(P(axis), P(), metric_specs, P(axis)))
+    out_specs = MoEOutput(P(axis), P(), metric_specs, P(axis), P(axis))
+    fn = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=out_specs)
     # Lay the inputs out as the specs say (a no-op when they already are).
     placed = jax.tree.map(lambda a, s: jax.reshard(a, NamedSharding(mesh, s)), (params, x_TxD), specs)
     return fn(*placed)

@@ -21,12 +21,15 @@ from flax import nnx
 
 from adaptive.nn import routing as R
 
+ROUTERS = ("top_k", "top_p", "expert_choice")
+
 
 class MoEOutput(NamedTuple):
     y_TxD: jax.Array
     aux_loss: jax.Array  # load-balancing and z-loss, already weighted
     metrics: dict[str, jax.Array]
     experts_T: jax.Array  # int32: experts that actually processed each token
+    soft_experts_T: jax.Array  # float: experts requested per token, differentiable for top-p routing
 
 
 def dispatch(x_TxD: jax.Array, routing: R.Routing, num_experts: int, cap: int) -> jax.Array:
@@ -70,6 +73,7 @@ class MoEFeedForward(nnx.Module):
         *,
         k: int = 2,
         router: str = "top_k",
+        top_p: float = 0.5,
         capacity_factor: float = 1.25,
         eval_capacity_factor: float = 2.0,
         renormalize: bool = True,
@@ -80,11 +84,11 @@ class MoEFeedForward(nnx.Module):
         num_groups: int = 1,
         rngs: nnx.Rngs,
     ):
-        if router not in ("top_k", "expert_choice"):
-            raise ValueError(f"router {router!r} is not one of 'top_k', 'expert_choice'")
+        if router not in ROUTERS:
+            raise ValueError(f"router {router!r} is not one of {ROUTERS}")
         if not 1 <= k <= num_experts:
             raise ValueError(f"k={k} must be in [1, num_experts={num_experts}]")
-        self.num_experts, self.k, self.router_kind = num_experts, k, router
+        self.num_experts, self.k, self.router_kind, self.top_p = num_experts, k, router, top_p
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.renormalize, self.jitter, self.dropless = renormalize, jitter, dropless
         self.balance_weight, self.z_weight = balance_weight, z_weight
@@ -113,6 +117,12 @@ class MoEFeedForward(nnx.Module):
         cap = self.route_capacity(x_TxD.shape[0], train)  # dropless: every expert can take every token
         if self.router_kind == "expert_choice":
             return R.expert_choice(logits, cap), logits, cap
+        if self.router_kind == "top_p":
+            return (
+                R.top_p(logits, self.k, self.top_p, cap, renormalize=self.renormalize, k_active=k_active),
+                logits,
+                cap,
+            )
         return R.top_k(logits, self.k, cap, renormalize=self.renormalize, k_active=k_active), logits, cap
 
     def __call__(self, x_TxD: jax.Array, *, train: bool = True, k_active=None, key=None) -> MoEOutput:
@@ -123,7 +133,7 @@ class MoEFeedForward(nnx.Module):
         x_GxSxD = x_TxD.reshape(groups, num_tokens // groups, width)
         keys = None if key is None else jax.random.split(key, groups)
         routing, logits, cap = self.route_groups(x_GxSxD, train, k_active, keys)
-        if self.dropless and self.router_kind == "top_k":  # no capacity, so groups need not stay apart
+        if self.dropless and self.router_kind != "expert_choice":  # no capacity, so groups need not stay apart
             y = self._ragged(x_TxD, _flatten_groups(routing, x_GxSxD.shape[1]))
         else:
             buffers = _per_group(lambda x, r: dispatch(x, r, self.num_experts, cap), x_GxSxD, routing)
@@ -139,7 +149,7 @@ class MoEFeedForward(nnx.Module):
         return routing, logits, self.route_capacity(x_GxSxD.shape[1], train)
 
     def route_capacity(self, group_tokens: int, train: bool) -> int:
-        if self.router_kind == "top_k" and self.dropless:
+        if self.router_kind != "expert_choice" and self.dropless:
             return group_tokens
         factor = self.capacity_factor if train else self.eval_capacity_factor
         return R.capacity(group_tokens, self.num_experts, self.k, factor)
@@ -154,13 +164,16 @@ class MoEFeedForward(nnx.Module):
     def summarize(self, y_TxD, routing, logits) -> MoEOutput:
         """Aux losses and metrics (means over groups) and experts used per token."""
         aux = self.z_weight * R.router_z_loss(logits)
-        if self.router_kind == "top_k":
+        if self.router_kind != "expert_choice":
             balance = jax.vmap(lambda r: R.load_balancing_loss(r, self.num_experts))(routing)
             aux = aux + self.balance_weight * balance.mean()
         metrics = jax.tree.map(lambda m: m.mean(0), jax.vmap(lambda r: R.routing_metrics(r, self.num_experts))(routing))
         flat = _flatten_groups(routing, logits.shape[1])
         used = jnp.zeros(y_TxD.shape[0], jnp.int32).at[flat.token_A].add(flat.kept_A.astype(jnp.int32))
-        return MoEOutput(y_TxD, aux, metrics, used)
+        requested = flat.soft_experts_T
+        if requested is None:  # top-k and expert choice: a count the router cannot be trained on
+            requested = jnp.zeros(y_TxD.shape[0]).at[flat.token_A].add(flat.active_A.astype(jnp.float32))
+        return MoEOutput(y_TxD, aux, metrics, used, requested)
 
     def _ragged(self, x_TxD: jax.Array, routing: R.Routing) -> jax.Array:
         """Dropless: sort assignments by expert and run grouped matmuls with lax.ragged_dot."""
@@ -188,7 +201,8 @@ def _flatten_groups(routing: R.Routing, group_tokens: int) -> R.Routing:
     """Per-group routings [G, A] as one routing over all tokens (token ids offset by group)."""
     offset = jnp.arange(routing.token_A.shape[0])[:, None] * group_tokens
     flat = routing._replace(token_A=routing.token_A + offset)
-    return R.Routing(*(f.reshape(-1) if i < 6 else f.reshape(-1, f.shape[-1]) for i, f in enumerate(flat)))
+    probs = flat.probs_TxE.reshape(-1, flat.probs_TxE.shape[-1])
+    return R.Routing(*(f.reshape(-1) for f in flat[:6]), probs, jax.tree.map(lambda f: f.reshape(-1), flat[7]))
 
 
 def _bias_rows(bias_ExF: jax.Array, experts_A: jax.Array, active_A: jax.Array) -> jax.Array:

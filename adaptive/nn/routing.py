@@ -9,6 +9,10 @@ tokens x experts x capacity one-hot tensor is ever built.
   (Riquelme et al. 2021): every token's first choice before any second choice, and within a
   choice rank the most confident tokens first. Dropped assignments get gate 0 and the token
   passes through the residual.
+- Top-p (dynamic k; Huang et al. 2024, "Harder tasks need more experts"): each token takes
+  experts in order of probability until their mass reaches p, at most k. How many experts a
+  token uses is then the router's own confidence, which a compute budget can train: the count
+  gets a differentiable surrogate (`Routing.soft_experts_T`).
 - Expert choice (Zhou et al. 2022): each expert takes its `capacity` most probable tokens;
   nothing is dropped by construction, and a token may get 0..E experts.
 """
@@ -29,6 +33,7 @@ class Routing(NamedTuple):
     kept_A: jax.Array  # bool: dispatched (active and within capacity)
     active_A: jax.Array  # bool: requested (False for choices beyond a per-request k budget)
     probs_TxE: jax.Array  # the router's softmax, for aux losses and metrics
+    soft_experts_T: jax.Array | None = None  # top-p: experts per token, with a gradient to the router
 
 
 def capacity(num_tokens: int, num_experts: int, k: int, factor: float) -> int:
@@ -41,12 +46,40 @@ def top_k(logits_TxE: jax.Array, k: int, cap: int, *, renormalize: bool, k_activ
 
     `k_active` (traced, 1..k) switches off choices j >= k_active: they are never dispatched.
     """
-    num_tokens, num_experts = logits_TxE.shape
     probs = jax.nn.softmax(logits_TxE.astype(jnp.float32), axis=-1)
     gate_TxK, expert_TxK = jax.lax.top_k(probs, k)
-    active_TxK = jnp.ones_like(gate_TxK, bool)
+    return _assign(probs, gate_TxK, expert_TxK, jnp.ones_like(gate_TxK, bool), cap, renormalize, k_active)
+
+
+def top_p(
+    logits_TxE: jax.Array, k: int, p: float, cap: int, *, renormalize: bool, k_active=None, temperature: float = 0.05
+) -> Routing:
+    """Top-p routing: a token's j-th choice is used when its first j - 1 choices hold less than
+    `p` of its probability (the first always is), up to k choices.
+
+    `soft_experts_T` is the realized count in the forward pass with the gradient of
+    1 + sum_j sigmoid((p - mass before choice j) / temperature): lowering it asks the router to
+    be more confident, which is how a compute budget reaches the number of experts.
+    """
+    probs = jax.nn.softmax(logits_TxE.astype(jnp.float32), axis=-1)
+    gate_TxK, expert_TxK = jax.lax.top_k(probs, k)
+    mass_before_TxK = jnp.cumsum(gate_TxK, -1) - gate_TxK
+    first = jnp.arange(k)[None, :] == 0
+    active_TxK = first | (mass_before_TxK < p)
     if k_active is not None:
-        active_TxK = jnp.broadcast_to(jnp.arange(k)[None, :] < k_active, gate_TxK.shape)
+        active_TxK &= jnp.arange(k)[None, :] < k_active
+    soft = jnp.where(first, 1.0, jax.nn.sigmoid((p - mass_before_TxK) / temperature)).sum(-1)
+    hard = active_TxK.sum(-1).astype(jnp.float32)
+    routing = _assign(probs, gate_TxK, expert_TxK, active_TxK, cap, renormalize, k_active)
+    return routing._replace(soft_experts_T=hard + soft - jax.lax.stop_gradient(soft))
+
+
+def _assign(probs, gate_TxK, expert_TxK, active_TxK, cap: int, renormalize: bool, k_active) -> Routing:
+    """Slots for the chosen (token, expert) pairs in batch-prioritised order; `k_active` (traced,
+    1..k) switches off choices j >= k_active, which are then never dispatched."""
+    (num_tokens, k), num_experts = gate_TxK.shape, probs.shape[-1]
+    if k_active is not None:
+        active_TxK = active_TxK & (jnp.arange(k)[None, :] < k_active)
     # Priority: choice rank first (all first choices before second ones), then the router's
     # probability for that choice (before any renormalisation, which can round ties apart).
     rank_KxT = jnp.broadcast_to(jnp.arange(k)[:, None], (k, num_tokens))
@@ -108,13 +141,15 @@ def router_z_loss(logits_TxE: jax.Array) -> jax.Array:
 
 
 def routing_metrics(routing: Routing, num_experts: int) -> dict[str, jax.Array]:
-    """moe/drop_fraction, moe/expert_usage (per expert), moe/usage_entropy, moe/router_confidence."""
+    """moe/experts_per_token (requested), moe/drop_fraction,
+    moe/expert_usage (per expert), moe/usage_entropy, moe/router_confidence."""
     kept = routing.kept_A.astype(jnp.float32)
     usage = jnp.zeros(num_experts).at[routing.expert_A].add(kept)
     share = usage / jnp.maximum(usage.sum(), 1.0)
     entropy = -jnp.sum(jnp.where(share > 0, share * jnp.log(jnp.maximum(share, 1e-30)), 0.0))
     requested = jnp.maximum(routing.active_A.sum(), 1)
     return {
+        "moe/experts_per_token": routing.active_A.sum() / routing.probs_TxE.shape[0],
         "moe/drop_fraction": 1.0 - kept.sum() / requested,
         "moe/expert_usage": share,
         "moe/usage_entropy": entropy,
