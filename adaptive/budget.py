@@ -71,11 +71,11 @@ class Budget:
         if not b.requests:
             return budget
         # A request's cap must allow one step at its most expensive (every expert a token may use).
-        lowest = budget.compute(1.0)
+        lowest, highest = budget.hard_compute(1.0), max(high, budget.hard_compute(float(cap)))
         for value in b.requests:
-            if not lowest <= value <= high:
+            if not lowest <= value <= highest:
                 raise ConfigError(
-                    f"config key 'budget.requests' holds {value:g} {b.unit}; a request needs {lowest:g} to {high:g}"
+                    f"config key 'budget.requests' holds {value:g} {b.unit}; a request needs {lowest:g} to {highest:g}"
                 )
         weights = b.request_weights or (1.0,) * len(b.requests)
         if len(weights) != len(b.requests) or min(weights) < 0 or sum(weights) <= 0:
@@ -88,9 +88,19 @@ class Budget:
         return dataclasses.replace(budget, request_steps=caps, request_probs=probs)
 
     def steps_within(self, value: float, cap: int) -> int:
-        """The most steps (1..cap) whose compute, with every expert counted, is at most `value`."""
-        fits = [s for s in range(1, cap + 1) if float(self.compute(float(s))) <= value * (1 + 1e-9)]
+        """The most steps (1..cap) whose compute, with every expert counted, is at most `value`.
+
+        A latency cap is a promise about every request, so it goes through the calibrated p99,
+        not the median that mean targets use.
+        """
+        fits = [s for s in range(1, cap + 1) if float(self.hard_compute(float(s))) <= value * (1 + 1e-9)]
         return max(fits, default=1)
+
+    def hard_compute(self, steps):
+        """Compute of `steps` steps as a per-request cap sees it (latency: the p99)."""
+        if self.unit == "latency_ms":
+            return self.cost_model.tail_latency_ms(steps, self.serving_batch)
+        return self.compute(steps)
 
     def sample_steps(self, key: jax.Array, batch: int) -> jax.Array | None:
         """Per-example step caps drawn from the request distribution (None without one)."""

@@ -1,7 +1,8 @@
 """A cost model: compute (steps, experts, batch) -> latency, cost and energy on one machine.
 
 `adaptive calibrate` times a run's compiled inference at several forced depths and batch sizes
-and fits, per (batch size, experts per token), latency_ms = intercept + per_step * steps. Cost
+and fits, per (batch size, experts per token), latency_ms = intercept + per_step * steps, once
+to the median latencies (for mean targets) and once to the p99 (for hard per-request caps). Cost
 and energy follow from latency: a request served in a batch of b costs latency x price per
 hour / 3600 / b, and uses power x latency / b joules. The JSON file carries a fingerprint of the
 model it was measured on; loading it for another model or config is refused.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,18 @@ class CostModelError(ValueError):
     """A cost model file that is missing, corrupted, or for another model; one line."""
 
 
+MOE_COST_KEYS = (
+    "num_experts",
+    "k",
+    "router",
+    "capacity_factor",
+    "eval_capacity_factor",
+    "dropless",
+    "expert_hidden",
+    "num_groups",
+)
+
+
 def fingerprint(cfg, input_shape: tuple[int, ...]) -> str:
     """What a latency depends on: the network (model and moe sections, the halting policy and its
     cap) and the input shape; not the training hyper-parameters (tau, budgets, optimizer)."""
@@ -29,8 +42,13 @@ def fingerprint(cfg, input_shape: tuple[int, ...]) -> str:
 
     d = config_lib.to_dict(cfg)
     halting = {"policy": d["halting"]["policy"], "max_steps": d["halting"]["max_steps"]}
+    # Only the experts' settings that change the executed work, so that a new MoE option (or
+    # experts switched off) does not invalidate every calibration made before it.
+    moe = {k: d["moe"][k] for k in MOE_COST_KEYS} if cfg.moe.enabled else None
+    if moe and cfg.moe.router == "top_p":
+        moe["top_p"] = cfg.moe.top_p
     key = json.dumps(
-        {"model": d["model"], "halting": halting, "moe": d["moe"], "input_shape": list(input_shape)}, sort_keys=True
+        {"model": d["model"], "halting": halting, "moe": moe, "input_shape": list(input_shape)}, sort_keys=True
     )
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -48,7 +66,8 @@ class CostModel:
     machine: str
     price_per_hour: float
     power_watts: float
-    fits: dict  # "b{batch}_k{experts}" -> Fit
+    fits: dict  # "b{batch}_k{experts}" -> Fit of median latencies
+    tail_fits: dict = field(default_factory=dict)  # the same keys -> Fit of p99 latencies
 
     @staticmethod
     def key(batch: int, experts: int | None) -> str:
@@ -67,6 +86,12 @@ class CostModel:
         f = self.fit(batch, experts)
         return f.intercept_ms + f.per_step_ms * steps
 
+    def tail_latency_ms(self, steps, batch: int = 1, experts: int | None = None):
+        """p99 latency: what a hard per-request latency cap must be converted with (the median
+        when the calibration recorded no tail)."""
+        f = self.tail_fits.get(self.key(batch, experts)) or self.fit(batch, experts)
+        return f.intercept_ms + f.per_step_ms * steps
+
     def cost_per_1k(self, steps, batch: int = 1, experts: int | None = None):
         return self.latency_ms(steps, batch, experts) / 3.6e6 * self.price_per_hour / batch * 1000
 
@@ -74,7 +99,11 @@ class CostModel:
         return self.power_watts * self.latency_ms(steps, batch, experts) / 1000 / batch
 
     def save(self, path: str | Path) -> None:
-        body = {**asdict(self), "fits": {k: asdict(v) for k, v in self.fits.items()}}
+        body = {
+            **asdict(self),
+            "fits": {k: asdict(v) for k, v in self.fits.items()},
+            "tail_fits": {k: asdict(v) for k, v in self.tail_fits.items()},
+        }
         Path(path).write_text(json.dumps(body, indent=2) + "\n")
 
     @classmethod
@@ -84,15 +113,16 @@ class CostModel:
             raise CostModelError(f"no cost model at {path}; run `adaptive calibrate --workdir DIR` first")
         try:
             body = json.loads(path.read_text())
-            fits = {
-                k: Fit(float(v["intercept_ms"]), float(v["per_step_ms"]), v["points"]) for k, v in body["fits"].items()
+            read = lambda fits: {  # noqa: E731
+                k: Fit(float(v["intercept_ms"]), float(v["per_step_ms"]), v["points"]) for k, v in fits.items()
             }
             model = cls(
                 str(body["fingerprint"]),
                 str(body["machine"]),
                 float(body["price_per_hour"]),
                 float(body["power_watts"]),
-                fits,
+                read(body["fits"]),
+                read(body.get("tail_fits", {})),  # files from before tails were recorded have none
             )
         except (ValueError, KeyError, TypeError) as e:
             raise CostModelError(f"{path} is not a valid cost model ({type(e).__name__}: {e})") from None

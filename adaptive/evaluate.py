@@ -55,23 +55,24 @@ def evaluate_run(
     return metrics, out
 
 
-def measure_latency(run, split: str, budget: int, batch: int, max_batches: int = 100, requests=None) -> dict:
-    """Wall-clock latency of the compiled budgeted predictor on real batches of `split` (the
-    model's own halting decides the depth, under `budget` or caps drawn from `requests`), after
-    one warm-up call; medians and tail in ms."""
+def measure_latency(run, split: str, budget: int, batch: int, calls: int = 200, requests=None) -> dict:
+    """Wall-clock latency of the compiled budgeted predictor on `calls` real batches of `split`
+    (cycling through the split when it has fewer; the model's own halting decides the depth,
+    under `budget` or caps drawn from `requests`), after warm-up; medians and tail in ms."""
 
     def caps_for(i: int):  # the same per-request caps `evaluate` draws, batch by batch
         return budget if requests is None else np.asarray(request_steps(requests, i, batch))
 
     k_max = run.cfg.moe.k if run.cfg.moe.enabled else None
     predictor = BudgetedPredictor(run.graphdef, run.params, run.spec.input_shape, step_cap(run.cfg), k_max=k_max)
-    batches = [b for b in data.eval_batches(run.cfg.data, split, batch) if b["mask"].all()][:max_batches]
+    batches = [b for b in data.eval_batches(run.cfg.data, split, batch) if b["mask"].all()][:calls]
     if not batches:
         raise RunError(f"split {split!r} has fewer than {batch} examples: no full batch to time")
-    jax.block_until_ready(predictor.predict(batches[0]["x"], caps_for(0)))  # compile and warm up
+    for b in batches[:5]:  # compile and warm up
+        jax.block_until_ready(predictor.predict(b["x"], caps_for(0)))
     times, steps, slowest = [], [], []
-    for i, b in enumerate(batches):
-        caps = caps_for(i)
+    for i in range(calls):
+        b, caps = batches[i % len(batches)], caps_for(i % len(batches))
         start = time.perf_counter()
         out = jax.block_until_ready(predictor.predict(b["x"], caps))
         times.append((time.perf_counter() - start) * 1e3)
@@ -89,9 +90,10 @@ def measure_latency(run, split: str, budget: int, batch: int, max_batches: int =
     cost_model = run.budget.cost_model if run.budget is not None else None
     if cost_model is not None and CostModel.key(batch, None) in cost_model.fits:
         # What the calibration predicts for the same batches: checks the cost model on real traffic.
-        predicted = [float(cost_model.latency_ms(s, batch)) for s in slowest]
-        metrics["latency/predicted_p50_ms"] = float(np.percentile(predicted, 50))
-        metrics["latency/predicted_p99_ms"] = float(np.percentile(predicted, 99))
+        median = [float(cost_model.latency_ms(s, batch)) for s in slowest]
+        tail = [float(cost_model.tail_latency_ms(s, batch)) for s in slowest]
+        metrics["latency/predicted_p50_ms"] = float(np.percentile(median, 50))
+        metrics["latency/predicted_p99_ms"] = float(np.percentile(tail, 99))
     if requests is not None and requests.unit == "latency_ms":
         sla = min(run.cfg.budget.requests)  # a batch answers its tightest request
         metrics["latency/sla_ms"] = sla

@@ -2,13 +2,18 @@
 
     adaptive train --config configs/budget.py:parity,0.5 --workdir runs/budget/parity-50
     adaptive train --config configs/budget.py:mnist1d,0.25 --workdir runs/budget/mnist1d-25
+    adaptive train --config configs/budget.py:moe,0.5 --workdir runs/budget/moe-50
+    adaptive train --config configs/budget.py:sut,0.5 --workdir runs/budget/sut-50
     adaptive train --config configs/budget.py:tiny --workdir /tmp/budget
 
 The arg is TASK,FRACTION: the budget is FRACTION of the FLOPs per example the model spends at
 its cap (parity: the ACT RNN of configs/parity.py, cap 20; mnist1d: a stack of 8 residual MLP
-blocks with ACT halting after each). Graves' ponder cost is off (tau = 0): the budget alone
-decides how much to compute. Static baselines of the same compute: `--config.halting.policy=none
---config.model.depth=D --config.budget.target=None`.
+blocks with ACT halting after each; moe: MNIST-1D through 2 residual blocks of 8 experts with
+top-p routing, up to 4 experts a token, so the budget sets how many experts tokens use; sut:
+parity as 16 tokens through an ACT-halted transformer block whose feed-forward is 4 top-p
+experts (up to 2 a token), where the budget reaches both depth and experts). Graves' ponder
+cost is off (tau = 0): the budget alone decides how much to compute. Static baselines of the
+same compute: `--config.halting.policy=none --config.model.depth=D --config.budget.target=None`.
 """
 
 from adaptive.config import default_config, from_dict
@@ -32,6 +37,31 @@ def get_config(arg: str | None = None):
         cfg.train.eval_every = 2000
         cfg.train.checkpoint_every = 2000
         shape, classes = (cfg.data.parity_n,), 2
+    elif task == "moe":
+        cfg.data.name = "mnist1d"
+        cfg.model.kind = "mlp"
+        cfg.model.hidden = 128
+        cfg.model.depth = 2
+        cfg.model.share_weights = False
+        cfg.halting.policy = "none"
+        _top_p_experts(cfg, num_experts=8, k=4)
+        cfg.optim.learning_rate = 2e-3
+        cfg.optim.weight_decay = 1e-4
+        cfg.train.steps = 3000
+        cfg.train.eval_every = 1000
+        shape, classes = (40,), 10
+    elif task == "sut":
+        cfg.data.name = "parity"
+        cfg.model.kind = "transformer"
+        cfg.model.hidden = 64
+        cfg.model.num_heads = 4
+        cfg.halting.max_steps = 8
+        _top_p_experts(cfg, num_experts=4, k=2)
+        cfg.train.steps = 3000
+        cfg.train.batch_size = 64
+        cfg.train.eval_every = 1000
+        cfg.train.eval_batch_size = 500
+        shape, classes = (cfg.data.parity_n,), 2
     elif task == "mnist1d":
         cfg.data.name = "mnist1d"
         cfg.model.kind = "mlp"
@@ -44,7 +74,9 @@ def get_config(arg: str | None = None):
         cfg.train.eval_every = 1000
         shape, classes = (40,), 10
     else:
-        raise ValueError(f"configs/budget.py takes TASK,FRACTION with TASK parity or mnist1d, or 'tiny'; not {arg!r}")
+        raise ValueError(
+            f"configs/budget.py takes TASK,FRACTION (TASK: parity, mnist1d, moe, sut) or 'tiny'; not {arg!r}"
+        )
     if task == "tiny":
         cfg.data.num_train, cfg.data.num_eval = 4096, 512
         cfg.model.hidden, cfg.halting.max_steps = 32, 6
@@ -56,5 +88,17 @@ def get_config(arg: str | None = None):
         raise ValueError(f"the budget fraction must be in (0, 1]; got {fraction}")
     cfg.name = f"{task}-budget{int(round(100 * fraction))}"
     flops = flops_model(from_dict(cfg.to_dict()), shape, classes, batch=cfg.train.batch_size, train=True)
-    cfg.budget.target = fraction * flops.at_steps(cfg.halting.max_steps)
+    cap = cfg.model.depth if cfg.halting.policy == "none" else cfg.halting.max_steps
+    cfg.budget.target = fraction * flops.at_steps(cap)
     return cfg
+
+
+def _top_p_experts(cfg, *, num_experts: int, k: int) -> None:
+    """Top-p experts whose count per token a FLOPs budget can train (gates not renormalised, so
+    a token with one expert still sends the router a gradient)."""
+    cfg.moe.enabled = True
+    cfg.moe.num_experts = num_experts
+    cfg.moe.k = k
+    cfg.moe.router = "top_p"
+    cfg.moe.top_p = 0.5
+    cfg.moe.renormalize = False

@@ -12,7 +12,15 @@ import jax
 
 
 def time_side_by_side(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 5) -> dict[str, float]:
-    """Median milliseconds of each zero-argument function, measured in interleaved rounds.
+    """Median milliseconds of each zero-argument function, measured in interleaved rounds."""
+    samples = samples_side_by_side(fns, repeats=repeats, warmup=warmup)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def samples_side_by_side(
+    fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int = 5
+) -> dict[str, list[float]]:
+    """Every timing (ms) of each zero-argument function, measured in interleaved rounds.
 
     Interleaving (a, b, a, b, ...) exposes every candidate to the same machine state (other
     load, frequency, caches) so their ratio is fair even when absolute times drift.
@@ -26,7 +34,7 @@ def time_side_by_side(fns: dict[str, Callable[[], object]], *, repeats: int, war
             start = time.perf_counter()
             jax.block_until_ready(fn())
             samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 def write_json(path: str | Path | None, rows: list[dict]) -> None:
