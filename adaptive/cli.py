@@ -174,10 +174,21 @@ def _eval(args, overrides: list[str]) -> int:
     print(f"step {metrics['step']} split {metrics['split']} budget {metrics['budget']}: {_summary_line(metrics)}")
     if "latency/p50_ms" in metrics:
         print(
-            f"latency at batch {metrics['latency/batch']} over {metrics['latency/batches']} batches: "
+            f"latency at batch {metrics['latency/batch']} over {metrics['latency/batches']} calls "
+            f"({metrics['latency/distinct_batches']} distinct batches): "
             f"p50 {metrics['latency/p50_ms']:.3f} ms, p95 {metrics['latency/p95_ms']:.3f} ms, "
             f"p99 {metrics['latency/p99_ms']:.3f} ms (mean steps {metrics['latency/steps_mean']:.2f})"
         )
+        if "latency/predicted_p50_ms" in metrics:
+            print(
+                f"the cost model predicted p50 {metrics['latency/predicted_p50_ms']:.3f} ms, "
+                f"p99 {metrics['latency/predicted_p99_ms']:.3f} ms for the same batches"
+            )
+        if "latency/sla_ms" in metrics:
+            print(
+                f"{100 * metrics['latency/over_sla_fraction']:.1f}% of calls over the "
+                f"{metrics['latency/sla_ms']:g} ms request budget"
+            )
     print(f"wrote {path}")
     return 0
 

@@ -80,7 +80,8 @@ def measure_latency(run, split: str, budget: int, batch: int, calls: int = 200, 
         slowest.append(int(np.max(out.steps_B)))
     metrics = {
         "latency/batch": batch,
-        "latency/batches": len(times),
+        "latency/batches": len(times),  # timed calls
+        "latency/distinct_batches": len(batches),
         "latency/p50_ms": float(np.percentile(times, 50)),
         "latency/p95_ms": float(np.percentile(times, 95)),
         "latency/p99_ms": float(np.percentile(times, 99)),

@@ -1,6 +1,7 @@
 """Cost model: calibration on a real run, JSON round trip, refusal of foreign or broken files."""
 
 import dataclasses
+import json
 import subprocess
 
 import pytest
@@ -32,16 +33,26 @@ def test_calibration_fits_every_batch_size_of_this_network(calibrated):
     cfg, path = calibrated
     model = CostModel.load(path, expect_fingerprint=fingerprint(cfg, SHAPE))
     assert sorted(model.fits) == ["b1_k0", "b4_k0"]
-    for fit in model.fits.values():
+    assert sorted(model.tail_fits) == sorted(model.fits)
+    for key, fit in model.fits.items():
         assert [p[0] for p in fit.points] == [1, 3, 6]  # forced depths up to the cap of 6
         assert all(ms > 0 for _, ms in fit.points)
+        tail = model.tail_fits[key]  # the p99 of the same timings is never below their median
+        assert all(p99 >= median for (_, p99), (_, median) in zip(tail.points, fit.points, strict=True))
 
 
 def test_round_trip_and_derived_units(tmp_path):
-    model = CostModel("abc", "test machine", 3.6, 50.0, {"b2_k0": Fit(1.0, 0.5, [[1, 1.5], [3, 2.5]])})
+    model = CostModel(
+        "abc", "test machine", 3.6, 50.0, {"b2_k0": Fit(1.0, 0.5, [[1, 1.5], [3, 2.5]])}, {"b2_k0": Fit(2.0, 1.0, [])}
+    )
     model.save(tmp_path / "c.json")
     again = CostModel.load(tmp_path / "c.json", expect_fingerprint="abc")
     assert again == model
+    assert again.tail_latency_ms(4, batch=2) == pytest.approx(6.0)
+    without_tails = json.loads((tmp_path / "c.json").read_text())
+    del without_tails["tail_fits"]  # a file written before tails were recorded: the median serves
+    (tmp_path / "old.json").write_text(json.dumps(without_tails))
+    assert CostModel.load(tmp_path / "old.json").tail_latency_ms(4, batch=2) == pytest.approx(3.0)
     assert again.latency_ms(4, batch=2) == pytest.approx(3.0)
     assert again.cost_per_1k(4, batch=2) == pytest.approx(3.0 / 3.6e6 * 3.6 / 2 * 1000)
     assert again.energy_j(4, batch=2) == pytest.approx(50.0 * 0.003 / 2)
@@ -95,6 +106,16 @@ def test_latency_budget_goes_through_the_cost_model(calibrated, tmp_path):
     no_model = dataclasses.replace(with_budget, budget=dataclasses.replace(with_budget.budget, cost_model=""))
     with pytest.raises(ConfigError, match="needs budget.cost_model=PATH"):
         Budget.from_config(no_model, SHAPE, 2)
+    # A latency cap per request converts through the p99 fit: 1 + 0.5 s (median) but 2 + 0.5 s at
+    # the tail, so a 4 ms cap allows 4 steps by the tail, not the 6 the median would allow.
+    tails = tmp_path / "with_tails.json"
+    CostModel(
+        fingerprint(cfg, SHAPE), "test", 3.0, 30.0, {"b1_k0": Fit(1.0, 0.5, [])}, {"b1_k0": Fit(2.0, 0.5, [])}
+    ).save(tails)
+    capped = dataclasses.replace(
+        with_budget, budget=dataclasses.replace(with_budget.budget, requests=(4.0,), cost_model=str(tails))
+    )
+    assert Budget.from_config(capped, SHAPE, 2).request_steps == (4,)
     flat = dataclasses.replace(with_budget, budget=dataclasses.replace(with_budget.budget, serving_batch=4))
     with pytest.raises(ConfigError, match="shows no latency per step at batch 4"):
         Budget.from_config(flat, SHAPE, 2)
