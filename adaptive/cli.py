@@ -50,7 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--workdir", required=True, metavar="DIR")
     evaluate.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
     evaluate.add_argument("--split", choices=("train", "validation", "test"), help="default: the config's eval_split")
-    evaluate.add_argument("--budget", type=int, help="per-example step budget (default: the cap)")
+    evaluate.add_argument(
+        "--budget", type=int, help="score under this per-example step budget only (default: the full report)"
+    )
+    evaluate.add_argument(
+        "--baseline", action="append", default=[], metavar="DIR", help="a static run to compare with (repeatable)"
+    )
     evaluate.add_argument(
         "--latency-batch", type=int, metavar="B", help="also time the compiled predictor on batches of B"
     )
@@ -165,6 +170,36 @@ def _summary_line(metrics: dict) -> str:
     )
 
 
+def _print_compute_report(workdir: str, metrics: dict, baselines: list[str]) -> None:
+    from adaptive.eval_report import compute_report
+    from adaptive.runs import load_run
+    from adaptive.tables import print_table
+
+    report, paths = compute_report(load_run(workdir, metrics["step"]), metrics["split"], baselines)
+    unit = report["unit"]
+    front = [
+        {"step_budget": r["step_budget"], "expert_budget": r["expert_budget"] or "all", "accuracy": r["accuracy"],
+         "steps": r["steps"], unit: r["compute"]}
+        for r in report["pareto_front"]
+    ]  # fmt: skip
+    print(f"Pareto front of accuracy vs compute ({unit}) over step and expert budgets:")
+    print_table(front, list(front[0]))
+    if report["budgeted_batch"]:
+        source = report["budgeted_batch"][0]["calibration_split"]
+        print(f"budgeted batch classification (exit thresholds calibrated on the {source} split):")
+        rows = [{"target_steps": r["target_steps"], "steps": r["steps"], "accuracy": r["accuracy"]}
+                for r in report["budgeted_batch"]]  # fmt: skip
+        print_table(rows, list(rows[0]))
+    dist, shifted = report["compute_distribution"]["steps"], report["shifted"]
+    print(
+        f"steps per example: mean {dist['mean']:.2f}, p50 {dist['p50']:g}, p99 {dist['p99']:g}, max {dist['max']:g}; "
+        f"FLOPs per correct answer {report['cost_per_correct']['flops']:.4g}"
+    )
+    print(f"shifted ({shifted['what']}): accuracy {shifted['accuracy']:.4f}, mean steps {shifted['steps']['mean']:.2f}")
+    for path in paths:
+        print(f"wrote {path}")
+
+
 def _eval(args, overrides: list[str]) -> int:
     from adaptive.evaluate import evaluate_run
 
@@ -172,6 +207,10 @@ def _eval(args, overrides: list[str]) -> int:
         args.workdir, split=args.split, step=args.step, budget=args.budget, latency_batch=args.latency_batch
     )
     print(f"step {metrics['step']} split {metrics['split']} budget {metrics['budget']}: {_summary_line(metrics)}")
+    if args.budget is None and metrics["policy"] != "none":
+        _print_compute_report(args.workdir, metrics, args.baseline)
+    elif args.baseline:
+        print("--baseline is compared in the full report: drop --budget, or evaluate an adaptive run")
     if "latency/p50_ms" in metrics:
         print(
             f"latency at batch {metrics['latency/batch']} over {metrics['latency/batches']} calls "

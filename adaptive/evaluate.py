@@ -41,6 +41,7 @@ def evaluate_run(
     metrics = {
         "step": run.step,
         "split": split,
+        "policy": run.cfg.halting.policy,
         "budget": budget or cap,
         **evaluate(eval_step, run.params, run.cfg, split, budget, requests),
     }

@@ -80,6 +80,11 @@ class WandbWriter:
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         self._run.log(metrics, step=step)
 
+    def log_images(self, step: int, images: dict[str, Path]) -> None:
+        import wandb
+
+        self._run.log({name: wandb.Image(str(path)) for name, path in images.items()}, step=step)
+
     def close(self) -> None:
         self._run.finish()
 

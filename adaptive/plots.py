@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # files, never a screen
 import matplotlib.pyplot as plt  # noqa: E402
 
+from adaptive.curves import pareto_front  # noqa: E402
 from adaptive.metrics import read_jsonl  # noqa: E402
 
 
@@ -88,7 +89,7 @@ def accuracy_vs_compute(rows: list[dict], path: str) -> None:
         if not points:
             continue
         ax.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=family, zorder=3)
-        front = _pareto_front([(p[0], p[1]) for p in points])
+        front = pareto_front([(p[0], p[1]) for p in points])
         ax.plot([p[0] for p in front], [p[1] for p in front], alpha=0.6)
         for x, y, name in points:
             ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
@@ -104,13 +105,3 @@ def accuracy_vs_compute(rows: list[dict], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def _pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The points no other point beats on both less compute and more accuracy, by compute."""
-    front, best = [], float("-inf")
-    for x, y in sorted(points):
-        if y > best:
-            front.append((x, y))
-            best = y
-    return front

@@ -70,7 +70,7 @@ def test_eval_times_the_compiled_predictor_on_real_batches(tiny_run):
 
 
 def test_pareto_front_on_hand_made_points():
-    from adaptive.plots import _pareto_front
+    from adaptive.curves import pareto_front
 
-    points = [(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.9), (5, 0.9), (0.5, 0.4)]
-    assert _pareto_front(points) == [(0.5, 0.4), (1, 0.5), (2, 0.7), (4, 0.9)]
+    points = [(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.9), (5, 0.9), (0.5, 0.4), (2, 0.65)]
+    assert pareto_front(points) == [(0.5, 0.4), (1, 0.5), (2, 0.7), (4, 0.9)]

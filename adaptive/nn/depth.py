@@ -144,12 +144,13 @@ class DepthModel(nnx.Module):
 
     # -- execution modes ------------------------------------------------------------------------
 
-    def trajectory(self, x_BxD: jax.Array) -> Trajectory:
-        """Runs all `num_steps` steps under `lax.scan` and keeps what each step produced."""
+    def trajectory(self, x_BxD: jax.Array, *, train: bool = True, k_active=None) -> Trajectory:
+        """Runs all `num_steps` steps under `lax.scan` and keeps what each step produced
+        (`train=False`: experts with their evaluation capacity, at most `k_active` a token)."""
         h0, context = self.encode(x_BxD)
 
         def body(h, t):
-            h, moe = self.step(h, context, t)
+            h, moe = self.step(h, context, t, train=train, k_active=k_active)
             halt = self.halt_logit(h) if self.policy in ("act", "pondernet") else None
             # ACT reads out the mean-field state once; the others need every step's prediction.
             logits = None if self.policy == "act" else self.readout(h, t)
