@@ -45,14 +45,14 @@ def metric_rows(workdir: Path) -> list[dict]:
     ]
 
 
-def train_tiny(workdir: Path, steps: int, config: str = "configs/parity.py:tiny"):
+def train_tiny(workdir: Path, steps: int, config: str = "configs/parity.py:tiny", overrides: tuple = ()):
     """Trains `config` for `steps` steps in-process, one eval and checkpoint at the end; its Config."""
     import dataclasses
 
     from adaptive import config as config_lib
     from adaptive.train import train_and_evaluate
 
-    cfg = config_lib.load(str(ROOT / config), QUIET)
+    cfg = config_lib.load(str(ROOT / config), [*QUIET, *overrides])
     train = dataclasses.replace(cfg.train, steps=steps, eval_every=steps, checkpoint_every=steps)
     cfg = dataclasses.replace(cfg, train=train)
     train_and_evaluate(cfg, workdir)

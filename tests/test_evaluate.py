@@ -3,6 +3,7 @@
 import json
 import subprocess
 
+import numpy as np
 import pytest
 
 from tests.helpers import cli, train_tiny
@@ -74,3 +75,61 @@ def test_pareto_front_on_hand_made_points():
 
     points = [(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.9), (5, 0.9), (0.5, 0.4), (2, 0.65)]
     assert pareto_front(points) == [(0.5, 0.4), (1, 0.5), (2, 0.7), (4, 0.9)]
+
+
+def test_eval_report_covers_every_budget_with_a_baseline_plots_and_a_shifted_split(tiny_run, tmp_path):
+    static = tmp_path / "static"
+    train_tiny(static, 30, overrides=("--config.halting.policy=none", "--config.model.depth=3"))
+    proc = _run("eval", "--workdir", str(tiny_run), "--baseline", str(static))
+    assert proc.returncode == 0, proc.stderr
+    assert "Pareto front of accuracy vs compute (flops)" in proc.stdout
+    report = json.loads((tiny_run / "eval" / "test-report-step30.json").read_text())
+    grid = report["budget_grid"]
+    assert [r["step_budget"] for r in grid] == [1, 2, 3, 4, 5, 6]
+    assert all(r["steps"] <= r["step_budget"] for r in grid)
+    assert [r["steps"] for r in grid] == sorted(r["steps"] for r in grid)  # more budget, never less compute
+    front = report["pareto_front"]
+    assert front and all(r in grid for r in front)
+    assert [r["accuracy"] for r in front] == sorted(r["accuracy"] for r in front)
+    assert report["accuracy"] == grid[-1]["accuracy"]  # the model's own halting is the cap's row
+    dist = report["compute_distribution"]["steps"]
+    assert 1 <= dist["p50"] <= dist["p99"] <= dist["max"] <= 6
+    assert report["cost_per_correct"]["flops"] >= grid[-1]["flops"]
+    assert [r["difficulty"] for r in report["by_difficulty"]] == list(range(1, 17))
+    assert "parity difficulty 12..16" in report["shifted"]["what"]
+    assert {r["difficulty"] for r in report["shifted"]["by_difficulty"]} <= set(range(12, 17))
+    (baseline,) = report["baselines"]
+    assert baseline["name"] == "static" and baseline["steps"] == 3.0
+    assert report["budgeted_batch"] == []  # ACT has no per-step prediction to exit on
+    for name in ("accuracy_vs_compute", "compute_histogram", "compute_vs_difficulty"):
+        assert (tiny_run / "eval" / f"test-step30-{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_eval_report_of_early_exits_calibrates_budgeted_batch_thresholds(tmp_path):
+    from adaptive.eval_report import compute_report
+    from adaptive.runs import load_run
+
+    run_dir = tmp_path / "exits"
+    exits = ("--config.halting.policy=early_exit", "--config.model.kind=mlp", "--config.model.share_weights=false")
+    train_tiny(run_dir, 30, overrides=exits)
+    report, _ = compute_report(load_run(run_dir), "test")
+    assert len(report["anytime_accuracy"]) == 6 and report["threshold_curve"]
+    rows = report["budgeted_batch"]
+    assert [r["target_steps"] for r in rows] == [1.5, 3.0, 4.5]
+    for r in rows:  # the validation split exits as planned, up to ties and rounding
+        assert np.allclose(r["validation_exit_fractions"], r["planned_exit_fractions"], atol=0.02)
+        assert r["steps"] == pytest.approx(r["target_steps"], abs=0.5)  # test: close to the target
+
+
+def test_eval_report_of_experts_sweeps_expert_budgets(tmp_path):
+    from adaptive.eval_report import compute_report
+    from adaptive.runs import load_run
+
+    train_tiny(tmp_path / "sut", 10, config="configs/sut.py:tiny")
+    report, _ = compute_report(load_run(tmp_path / "sut"), "test")
+    grid = report["budget_grid"]
+    assert {(r["expert_budget"], r["step_budget"]) for r in grid} == {(k, t) for k in (1, 2) for t in (1, 2, 3)}
+    by = {(r["expert_budget"], r["step_budget"]): r for r in grid}
+    for t in (1, 2, 3):  # one expert a token never uses more experts than two
+        assert by[(1, t)]["experts"] <= by[(2, t)]["experts"]
+        assert by[(1, t)]["experts"] <= 16 * by[(1, t)]["steps"] + 1e-6  # 16 tokens, at most 1 expert each
