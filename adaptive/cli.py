@@ -59,6 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--latency-batch", type=int, metavar="B", help="also time the compiled predictor on batches of B"
     )
+    sweep = commands.add_parser(
+        "sweep", help="train every point of a config's get_sweep(), resumably, N at a time", allow_abbrev=False
+    )
+    sweep.add_argument("--config", required=True, metavar="FILE[:ARG]", help="a config file with get_sweep(arg)")
+    sweep.add_argument("--workdir", required=True, metavar="DIR", help="points go to DIR/<index>-<slug>")
+    sweep.add_argument("--parallel", type=int, default=1, metavar="N", help="points trained at once (default 1)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the points and their status; run nothing")
+    sweep.add_argument("--point", type=int, metavar="I", help="train only point I (what wandb agents run)")
+    sweep.add_argument("--wandb", action="store_true", help="also write DIR/sweep.yaml for wandb sweep/agent")
     report = commands.add_parser("report", help="a table (and plots) over finished runs", allow_abbrev=False)
     report.add_argument("workdirs", nargs="+", metavar="DIR")
     report.add_argument("--split", action="append", help="also evaluate on this split (repeatable)")
@@ -247,6 +256,38 @@ def _calibrate(args, overrides: list[str]) -> int:
     return 0
 
 
+def _sweep(args, overrides: list[str]) -> int:
+    from pathlib import Path
+
+    from adaptive import sweep, sweep_summary
+    from adaptive.config import ConfigError
+    from adaptive.tables import print_table
+
+    if args.parallel < 1:
+        raise ConfigError(f"--parallel must be at least 1; got {args.parallel}")
+    workdir = Path(args.workdir)
+    points = sweep.load_points(args.config, workdir, overrides)
+    count = len(points)
+    if args.point is not None:
+        if not 0 <= args.point < len(points):
+            raise ConfigError(f"--point must be in [0, {len(points) - 1}] for this sweep; got {args.point}")
+        points = [points[args.point]]
+    if args.dry_run:
+        for p in points:
+            sweep.refresh_status(p)
+        rows = [
+            {"index": p.index, "point": p.name, "status": p.status, "overrides": " ".join(p.overrides)} for p in points
+        ]
+        print_table(rows, list(rows[0]))
+        return 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.wandb:
+        print(f"wrote {sweep_summary.wandb_yaml(args.config, workdir.resolve(), count, overrides)}")
+    sweep.run(args.config, points, args.parallel)
+    rows = sweep_summary.summarize(points, workdir)
+    return 0 if all(r["status"] == "done" for r in rows) else 1
+
+
 def _report(args, overrides: list[str]) -> int:
     from adaptive.report import report
 
@@ -271,10 +312,18 @@ def main(argv: list[str] | None = None) -> int:
     from adaptive.config import ConfigError
     from adaptive.costmodel import CostModelError
     from adaptive.runs import RunError
+    from adaptive.sweep import SweepInterrupted
     from adaptive.train import Interrupted, TrainingError
 
     try:
-        commands = {"train": _train, "eval": _eval, "report": _report, "calibrate": _calibrate, "bench": _bench}
+        commands = {
+            "train": _train,
+            "eval": _eval,
+            "sweep": _sweep,
+            "report": _report,
+            "calibrate": _calibrate,
+            "bench": _bench,
+        }
         return commands[args.command](args, overrides)
     except (ConfigError, RunError, CostModelError) as e:
         print(f"adaptive: error: {e}", file=sys.stderr)
@@ -282,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingError, CheckpointError) as e:
         print(f"adaptive: error: {e}", file=sys.stderr)
         return 1
-    except Interrupted as e:
+    except (Interrupted, SweepInterrupted) as e:
         print(f"adaptive: {e}", file=sys.stderr)
         return 128 + 15  # the shell's code for "terminated by SIGTERM", after a clean save
 

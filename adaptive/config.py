@@ -227,8 +227,8 @@ def load(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=data_dir(cfg.data)))
 
 
-def load_file(spec: str) -> dict:
-    """Imports a config file and calls its `get_config(arg)`; returns a plain dict."""
+def load_module(spec: str) -> tuple[Any, str | None]:
+    """(the imported config file, its arg) for `configs/x.py[:arg]`."""
     file, _, arg = spec.partition(":")
     path = Path(file)
     if not path.is_file():
@@ -236,10 +236,17 @@ def load_file(spec: str) -> dict:
     module_spec = importlib.util.spec_from_file_location(f"_adaptive_config_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
+    return module, arg or None
+
+
+def load_file(spec: str) -> dict:
+    """Imports a config file and calls its `get_config(arg)`; returns a plain dict."""
+    module, arg = load_module(spec)
+    file = spec.partition(":")[0]
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {file!r} defines no get_config(arg)")
     try:
-        cfg = module.get_config(arg or None)
+        cfg = module.get_config(arg)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(f"{spec}: {e}") from None
     return cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)

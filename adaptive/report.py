@@ -20,7 +20,7 @@ from adaptive.runs import RunError, load_config
 from adaptive.tables import markdown_table, print_table
 
 
-def _describe(cfg) -> dict:
+def describe(cfg) -> dict:
     h = cfg.halting
     if h.policy == "none":
         method = f"static depth {cfg.model.depth}"
@@ -40,7 +40,7 @@ def _describe(cfg) -> dict:
     return {"method": method, "kind": cfg.model.kind}
 
 
-def _final_eval(workdir: Path) -> dict:
+def final_eval(workdir: Path) -> dict:
     rows = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "eval"]
     if not rows:
         raise RunError(f"{workdir} has no eval yet")
@@ -61,9 +61,9 @@ def report(
     rows, curves, groups = [], [], {}
     for workdir in map(Path, workdirs):
         cfg = load_config(workdir)
-        final = _final_eval(workdir)
-        row = {"run": workdir.name, **_describe(cfg), "seed": cfg.seed, "step": final["step"]}
-        row.update(_compute_columns(cfg, final))
+        final = final_eval(workdir)
+        row = {"run": workdir.name, **describe(cfg), "seed": cfg.seed, "step": final["step"]}
+        row.update(compute_columns(cfg, final))
         if cfg.moe.enabled:
             last_train = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"][-1]
             row["experts_per_example"] = final.get("eval/experts_mean")
@@ -102,7 +102,7 @@ def report(
     return rows
 
 
-def _compute_columns(cfg, final: dict) -> dict:
+def compute_columns(cfg, final: dict) -> dict:
     """Mean FLOPs per example at evaluation, and the budget's target, realized value and gap."""
     spec = data.prepare(cfg.data)
     flops = flops_model(cfg, spec.input_shape, spec.num_classes, batch=cfg.train.eval_batch_size)

@@ -3,6 +3,7 @@
     adaptive train --config configs/parity.py --workdir runs/parity
     adaptive train --config configs/parity.py:tiny --workdir /tmp/parity --config.train.steps=300
     adaptive train --config configs/parity.py:static --workdir runs/parity-static
+    adaptive sweep --config configs/parity.py --workdir runs/act_parity --parallel 1
 
 Is the number of +1 entries in a {-1, 0, +1} vector of length 16 odd? An RNN cell sees the
 whole vector at every step (with a first-step flag) and an ACT halting unit decides how many
@@ -52,3 +53,15 @@ def get_config(arg: str | None = None):
     elif arg:
         raise ValueError(f"configs/parity.py takes no arg, 'static' or 'tiny', not {arg!r}")
     return cfg
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """experiments/act_parity: 3 seeds x (static RNNs of 1 and 10 steps, ACT at five taus);
+    `tiny`: one seed, static 1 step against ACT at two taus (minutes on a CPU)."""
+    seeds, taus = ((0,), (1e-3, 1e-2)) if arg == "tiny" else ((0, 1, 2), (1e-3, 2e-3, 3e-3, 5e-3, 1e-2))
+    depths = (1,) if arg == "tiny" else (1, 10)
+    points = []
+    for seed in seeds:
+        points += [{"seed": seed, "halting.policy": "none", "model.depth": d} for d in depths]
+        points += [{"seed": seed, "halting.tau": tau} for tau in taus]
+    return points

@@ -1,0 +1,162 @@
+"""`adaptive sweep`: points from get_sweep, failures isolated, reruns that do no work twice,
+interruption and resumption, the summary and the wandb YAML."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from tests.helpers import QUIET, ROOT, cli
+
+CONFIG = """
+import importlib.util
+
+_spec = importlib.util.spec_from_file_location("parity_config", {parity!r})
+_parity = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_parity)
+
+
+def get_config(arg=None):
+    cfg = _parity.get_config("tiny")
+    cfg.train.steps = {steps}
+    cfg.train.log_every = 10
+    cfg.train.eval_every = {steps}
+    cfg.train.checkpoint_every = {checkpoint}
+    return cfg
+
+
+def get_sweep(arg=None):
+    return {points!r}
+"""
+
+
+def write_config(tmp_path, points, steps=30, checkpoint=30):
+    path = tmp_path / "sweep_config.py"
+    path.write_text(
+        CONFIG.format(parity=str(ROOT / "configs/parity.py"), steps=steps, checkpoint=checkpoint, points=points)
+    )
+    return str(path)
+
+
+def sweep(config, workdir, *args, timeout=600):
+    return subprocess.run(
+        cli("sweep", "--config", config, "--workdir", str(workdir), *args, *QUIET),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def summary(workdir):
+    return json.loads((workdir / "summary.json").read_text())
+
+
+def test_a_failing_point_does_not_stop_the_others_and_a_rerun_does_no_work_twice(tmp_path):
+    points = [{"halting.tau": 1e-3}, {"data.name": "no_such_dataset"}, {"halting.tau": 1e-2}]
+    config, workdir = write_config(tmp_path, points), tmp_path / "sweep"
+    first = sweep(config, workdir, "--parallel", "2")
+    assert first.returncode == 1, first.stderr
+    rows = summary(workdir)
+    assert [r["status"] for r in rows] == ["done", "failed", "done"]
+    assert [r["point"] for r in rows] == ["0-tau0.001", "1-nameno_such_dataset", "2-tau0.01"]
+    assert "no_such_dataset" in rows[1]["detail"] and rows[0]["eval_accuracy"] > 0
+    assert (workdir / "summary.csv").read_text().splitlines()[0].startswith("index,point,status")
+    assert (workdir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+
+    done = [workdir / rows[i]["point"] for i in (0, 2)]
+    before = {d: ((d / "metrics.jsonl").read_bytes(), (d / "train.log").stat().st_size) for d in done}
+    failed_log = (workdir / rows[1]["point"] / "train.log").stat().st_size
+    second = sweep(config, workdir)
+    assert second.returncode == 1
+    assert "skipping 2 finished point(s): 0-tau0.001, 2-tau0.01" in second.stdout
+    assert {d: ((d / "metrics.jsonl").read_bytes(), (d / "train.log").stat().st_size) for d in done} == before
+    assert (workdir / rows[1]["point"] / "train.log").stat().st_size > failed_log  # the failed point was retried
+
+
+def test_a_killed_sweep_resumes_its_points_from_their_checkpoints(tmp_path):
+    """SIGKILL to the sweep: its running child gets SIGTERM (parent-death signal), saves and
+    exits; the rerun resumes that point from its checkpoint and trains the rest."""
+    config = write_config(tmp_path, [{"halting.tau": 1e-3}, {"halting.tau": 1e-2}], steps=400, checkpoint=50)
+    workdir = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        cli("sweep", "--config", config, "--workdir", str(workdir), *QUIET),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    first = workdir / "0-tau0.001"
+    deadline = time.time() + 300
+    while not list((first / "checkpoints").glob("[0-9]*")) and time.time() < deadline:
+        time.sleep(0.2)
+    child = int((first / ".sweep.pid").read_text())
+    proc.kill()
+    proc.wait(timeout=60)
+    while time.time() < deadline:  # the orphaned trainer saves and exits on its own
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail("the trainer outlived its sweep")
+    rerun = sweep(config, workdir)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert [r["status"] for r in summary(workdir)] == ["done", "done"]
+    starts = json.loads((first / "run.json").read_text())["starts"]
+    assert len(starts) == 2 and starts[1]["resumed_from_step"] > 0
+
+
+def test_sigterm_stops_the_sweep_cleanly(tmp_path):
+    config = write_config(tmp_path, [{"halting.tau": 1e-3}], steps=2000, checkpoint=50)
+    workdir = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        cli("sweep", "--config", config, "--workdir", str(workdir), *QUIET),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = workdir / "0-tau0.001" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "rerun the same command to resume" in err
+    assert list((workdir / "0-tau0.001" / "checkpoints").glob("[0-9]*"))  # the point saved on its way out
+
+
+def test_dry_run_point_and_wandb_yaml(tmp_path):
+    config = write_config(tmp_path, [{"halting.tau": 1e-3}, {"halting.tau": 1e-2, "seed": 3}])
+    workdir = tmp_path / "sweep"
+    dry = sweep(config, workdir, "--dry-run")
+    assert dry.returncode == 0 and "1-tau0.01-seed3" in dry.stdout and "new" in dry.stdout
+    assert not workdir.exists()
+    one = sweep(config, workdir, "--point", "1", "--wandb")
+    assert one.returncode == 0, one.stderr
+    assert [p.name for p in workdir.iterdir() if p.is_dir()] == ["1-tau0.01-seed3"]
+    spec = yaml.safe_load((workdir / "sweep.yaml").read_text())
+    assert spec["method"] == "grid" and spec["parameters"]["point"]["values"] == [0, 1]
+    assert spec["command"][-1] == "${args}" and config in spec["command"]
+
+
+@pytest.mark.parametrize(
+    "points, message",
+    [
+        (
+            [{"halting.taux": 1e-3}],
+            "sweep point 0 (0-taux0.001): unknown config key 'halting.taux' (did you mean 'halting.tau'",
+        ),
+        ([{"train.steps": -1}], "sweep point 0 (0-steps-1): config key 'train.steps' is -1; must be in >= 1"),
+        ([], "get_sweep must return a non-empty list of dicts of config keys"),
+    ],
+)
+def test_bad_sweeps_are_refused_before_anything_runs(tmp_path, points, message):
+    proc = sweep(write_config(tmp_path, points), tmp_path / "sweep")
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("adaptive: error: ") and message in line
+    assert not (tmp_path / "sweep").exists()
