@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="list the points and their status; run nothing")
     sweep.add_argument("--point", type=int, metavar="I", help="train only point I (what wandb agents run)")
     sweep.add_argument("--wandb", action="store_true", help="also write DIR/sweep.yaml for wandb sweep/agent")
+    reproduce = commands.add_parser(
+        "reproduce", help="run one experiment end to end and check its README's claims", allow_abbrev=False
+    )
+    reproduce.add_argument("name", help="a folder of experiments/, e.g. act_parity")
+    reproduce.add_argument("--tiny", action="store_true", help="the minutes-scale version and its claims")
+    reproduce.add_argument("--workdir", metavar="DIR", help="default: runs/reproduce/NAME[-tiny]")
+    reproduce.add_argument("--parallel", type=int, default=1, metavar="N")
     report = commands.add_parser("report", help="a table (and plots) over finished runs", allow_abbrev=False)
     report.add_argument("workdirs", nargs="+", metavar="DIR")
     report.add_argument("--split", action="append", help="also evaluate on this split (repeatable)")
@@ -288,6 +295,12 @@ def _sweep(args, overrides: list[str]) -> int:
     return 0 if all(r["status"] == "done" for r in rows) else 1
 
 
+def _reproduce(args, overrides: list[str]) -> int:
+    from adaptive.reproduce import reproduce
+
+    return reproduce(args.name, tiny=args.tiny, workdir=args.workdir, parallel=args.parallel, overrides=overrides)
+
+
 def _report(args, overrides: list[str]) -> int:
     from adaptive.report import report
 
@@ -320,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             "train": _train,
             "eval": _eval,
             "sweep": _sweep,
+            "reproduce": _reproduce,
             "report": _report,
             "calibrate": _calibrate,
             "bench": _bench,

@@ -37,6 +37,9 @@ def summarize(points: list[Point], workdir: Path) -> list[dict]:
                 row.update(compute_columns(cfg, final))
                 row["eval_accuracy"], row["eval_steps"] = final["eval/accuracy"], final["eval/steps_mean"]
                 row["eval_split"] = cfg.data.eval_split
+                by_difficulty = [s for s in final.get("eval/steps_by_difficulty") or [] if s is not None]
+                if by_difficulty:  # how compute moves from the easiest inputs to the hardest
+                    row["steps_easiest"], row["steps_hardest"] = by_difficulty[0], by_difficulty[-1]
         if p.detail:
             row["detail"] = p.detail
         rows.append(row)
