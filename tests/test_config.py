@@ -110,3 +110,13 @@ def test_cli_reports_one_line_and_exit_code_2(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert lines == ["adaptive: error: config key 'model.kind' is 'lstm'; allowed values: 'mlp', 'rnn', 'transformer'"]
     assert not (tmp_path / "w").exists(), "a rejected config must not create the workdir"
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIG_FILES if "def get_sweep" in p.read_text()], ids=lambda p: p.name)
+def test_every_sweep_point_loads(path, tmp_path):
+    from adaptive.sweep import load_points
+
+    for arg in _args_of(path):
+        spec = str(path) + (f":{arg}" if arg else "")
+        points = load_points(spec, tmp_path)  # validates each point as a full config
+        assert points and len({p.name for p in points}) == len(points)  # distinct workdirs
