@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--latency-batch", type=int, metavar="B", help="also time the compiled predictor on batches of B"
     )
+    export = commands.add_parser(
+        "export", help="write a run as a jax.export artifact (plus meta.json), verified", allow_abbrev=False
+    )
+    export.add_argument("--workdir", required=True, metavar="DIR")
+    export.add_argument("--out", required=True, metavar="ART", help="the artifact folder to write")
+    export.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
     sweep = commands.add_parser(
         "sweep", help="train every point of a config's get_sweep(), resumably, N at a time", allow_abbrev=False
     )
@@ -295,6 +301,18 @@ def _sweep(args, overrides: list[str]) -> int:
     return 0 if all(r["status"] == "done" for r in rows) else 1
 
 
+def _export(args, overrides: list[str]) -> int:
+    from adaptive.export import export_run, load_artifact
+
+    out = export_run(args.workdir, args.out, step=args.step)
+    _, meta = load_artifact(out)
+    print(
+        f"wrote {out} ({meta['bytes']} bytes, sha256 {meta['sha256'][:12]}..., caps: {meta['caps']}); "
+        "verified against the live model"
+    )
+    return 0
+
+
 def _reproduce(args, overrides: list[str]) -> int:
     from adaptive.reproduce import reproduce
 
@@ -324,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     from adaptive.checkpoint import CheckpointError
     from adaptive.config import ConfigError
     from adaptive.costmodel import CostModelError
+    from adaptive.export import ArtifactError
     from adaptive.runs import RunError
     from adaptive.sweep import SweepInterrupted
     from adaptive.train import Interrupted, TrainingError
@@ -332,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {
             "train": _train,
             "eval": _eval,
+            "export": _export,
             "sweep": _sweep,
             "reproduce": _reproduce,
             "report": _report,
@@ -339,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             "bench": _bench,
         }
         return commands[args.command](args, overrides)
-    except (ConfigError, RunError, CostModelError) as e:
+    except (ConfigError, RunError, CostModelError, ArtifactError) as e:
         print(f"adaptive: error: {e}", file=sys.stderr)
         return 2
     except (TrainingError, CheckpointError) as e:

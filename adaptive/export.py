@@ -1,0 +1,166 @@
+"""`adaptive export --workdir DIR --out ART`: a trained run as a `jax.export` artifact.
+
+ART/model.jaxexport is the serialized StableHLO of `serve(x, budget)` with the parameters baked
+in, a symbolic batch dimension, and the hard caps compiled in (the step budget is clipped to
+1..cap inside the graph, experts per token are at most moe.k):
+
+    inputs   x float32[batch, *input_shape], budget int32[batch] (steps, per request)
+    outputs  prediction int32[batch], confidence float32[batch] (max softmax),
+             steps int32[batch], experts int32[batch] (expert applications; 0 without experts)
+
+ART/meta.json says what it is: config, caps, input spec, the compute of each step budget in
+every unit the run can price (FLOPs, MACs; latency p50/p99, cost and energy with a cost model),
+the cost model, package versions, and the blob's SHA-256. Loading checks the checksum before
+deserializing, so a corrupted, truncated or swapped file is refused; nothing is pickled. Plain
+JAX runs it without this package (README: five lines). Export verifies on the spot that the
+artifact answers exactly as the live model does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from adaptive import config as config_lib
+from adaptive import data
+from adaptive.config import step_cap
+from adaptive.flops import flops_model
+from adaptive.predict import BudgetedPredictor
+from adaptive.runinfo import package_versions
+from adaptive.runs import Run, load_run
+
+FORMAT = "adaptive-export/1"
+BLOB = "model.jaxexport"
+OUTPUTS = ("prediction", "confidence", "steps", "experts")
+
+
+class ArtifactError(ValueError):
+    """An artifact that is missing, corrupted, truncated or not what it claims; one line."""
+
+
+def serving_function(graphdef: nnx.GraphDef, params: dict):
+    """serve(x, budget) -> (prediction, confidence, steps, experts), parameters closed over."""
+
+    def serve(x_BxD, budget_B):
+        out = nnx.merge(graphdef, params).infer(x_BxD, budget_B)
+        probs = jax.nn.softmax(out.logits_BxC, -1)
+        experts = jnp.zeros_like(out.steps_B) if out.experts_B is None else out.experts_B
+        return (
+            jnp.argmax(probs, -1).astype(jnp.int32),
+            probs.max(-1),
+            out.steps_B.astype(jnp.int32),
+            experts.astype(jnp.int32),
+        )
+
+    return serve
+
+
+def compute_table(run: Run) -> dict:
+    """Compute per request at each step budget 1..cap, in every unit this run can price."""
+    cfg, spec = run.cfg, run.spec
+    steps = np.arange(1, step_cap(cfg) + 1, dtype=float)
+    flops = flops_model(cfg, spec.input_shape, spec.num_classes, batch=1)
+    table = {"steps": steps.tolist(), "flops": [float(flops.at_steps(s)) for s in steps]}
+    table["macs"] = [f / 2 for f in table["flops"]]
+    model = run.budget.cost_model if run.budget is not None else None
+    if model is not None:
+        batch = run.budget.serving_batch
+        table["latency_ms"] = [float(model.latency_ms(s, batch)) for s in steps]
+        table["latency_ms_p99"] = [float(model.tail_latency_ms(s, batch)) for s in steps]
+        table["cost_per_1k"] = [float(model.cost_per_1k(s, batch)) for s in steps]
+        table["energy_j"] = [float(model.energy_j(s, batch)) for s in steps]
+    return table
+
+
+def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None) -> Path:
+    run = load_run(workdir, step)
+    out = Path(out)
+    shape = tuple(run.spec.input_shape)
+    (batch,) = jax.export.symbolic_shape("batch")
+    exported = jax.export.export(jax.jit(serving_function(run.graphdef, run.params)))(
+        jax.ShapeDtypeStruct((batch, *shape), jnp.float32), jax.ShapeDtypeStruct((batch,), jnp.int32)
+    )
+    blob = bytes(exported.serialize())
+    cost_model = run.budget.cost_model if run.budget is not None else None
+    meta = {
+        "format": FORMAT,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "bytes": len(blob),
+        "source": {"workdir": str(run.workdir), "step": run.step},
+        "input": {"shape": ["batch", *shape], "dtype": "float32", "budget": "int32[batch], steps per request"},
+        "outputs": list(OUTPUTS),
+        "num_classes": run.spec.num_classes,
+        "caps": {"steps": step_cap(run.cfg), "experts_per_token": run.cfg.moe.k if run.cfg.moe.enabled else None},
+        "compute_at_steps": compute_table(run),
+        "budget": config_lib.to_dict(run.cfg)["budget"],
+        "cost_model": None if cost_model is None else json.loads(json.dumps(_cost_model_dict(cost_model))),
+        "packages": package_versions(),
+        "config": config_lib.to_dict(run.cfg),
+    }
+    # Written aside and moved into place once verified: ART is never a half-made artifact.
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    (staging / BLOB).write_bytes(blob)
+    (staging / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    verify(staging, run)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out
+
+
+def _cost_model_dict(model) -> dict:
+    from dataclasses import asdict
+
+    return {**asdict(model), "fits": {k: asdict(v) for k, v in model.fits.items()}}
+
+
+def load_artifact(path: str | Path):
+    """(exported function, meta) after checking that the blob is the one meta.json describes."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is not an artifact (no meta.json); make one with `adaptive export`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}/meta.json is corrupted ({e.__class__.__name__})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ArtifactError(f"{path}/meta.json is not an {FORMAT} artifact description")
+    try:
+        blob = (path / BLOB).read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} has no {BLOB}") from None
+    if len(blob) != meta.get("bytes"):
+        raise ArtifactError(
+            f"{path}/{BLOB} is truncated or padded: {len(blob)} bytes, meta.json says {meta.get('bytes')}"
+        )
+    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
+        raise ArtifactError(f"{path}/{BLOB} does not match meta.json's checksum (corrupted or from another export)")
+    try:
+        exported = jax.export.deserialize(bytearray(blob))
+    except Exception as e:  # the checksum passed, so this is a version mismatch, not corruption
+        raise ArtifactError(f"{path}/{BLOB} does not deserialize with jax {jax.__version__}: {e}") from None
+    return exported, meta
+
+
+def verify(path: Path, run: Run, count: int = 64) -> None:
+    """The artifact answers as the live model: same predictions and steps, same confidence."""
+    exported, meta = load_artifact(path)
+    batch = next(iter(data.eval_batches(run.cfg.data, run.cfg.data.eval_split, count)))
+    x = batch["x"].astype(np.float32)
+    cap = meta["caps"]["steps"]
+    budget = (np.arange(len(x)) % cap + 1).astype(np.int32)  # every step budget, and the cap
+    got = jax.device_get(exported.call(x, budget))
+    k_max = run.cfg.moe.k if run.cfg.moe.enabled else None
+    live = BudgetedPredictor(run.graphdef, run.params, run.spec.input_shape, cap, k_max=k_max).predict(x, budget)
+    probs = np.asarray(jax.nn.softmax(live.logits_BxC, -1))
+    same = (got[0] == probs.argmax(-1)).all() and (got[2] == np.asarray(live.steps_B)).all()
+    if not same or not np.allclose(got[1], probs.max(-1), rtol=1e-4, atol=1e-5):
+        raise ArtifactError(f"{path}: the exported function does not answer as the live model; not exported")

@@ -1,0 +1,120 @@
+"""`adaptive export`: a jax.export artifact that plain JAX runs, equal to the live model, and
+refused when corrupted, truncated or swapped."""
+
+import json
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from adaptive.export import ArtifactError, export_run, load_artifact
+from adaptive.predict import BudgetedPredictor
+from adaptive.runs import load_run
+from tests.helpers import cli, train_tiny
+
+PLAIN_JAX = """
+import hashlib, json, sys
+import jax, numpy as np
+art, x, budget = sys.argv[1], np.load(sys.argv[2]), np.load(sys.argv[3])
+blob = open(f"{art}/model.jaxexport", "rb").read()
+assert hashlib.sha256(blob).hexdigest() == json.load(open(f"{art}/meta.json"))["sha256"]
+prediction, confidence, steps, experts = jax.export.deserialize(bytearray(blob)).call(x, budget)
+assert not any(name.startswith("adaptive") for name in sys.modules)
+print(json.dumps([np.asarray(v).tolist() for v in (prediction, confidence, steps, experts)]))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    train_tiny(root / "run", 20)
+    return root / "run", export_run(root / "run", root / "art")
+
+
+def _inputs(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.choice([-1.0, 0.0, 1.0], (n, 16)).astype(np.float32)
+    return x, rng.integers(-3, 12, n).astype(np.int32)  # out-of-range budgets too: clipped in the graph
+
+
+def test_artifact_matches_the_live_model_and_keeps_the_caps(exported):
+    workdir, art = exported
+    fn, meta = load_artifact(art)
+    assert meta["caps"] == {"steps": 6, "experts_per_token": None} and meta["input"]["shape"] == ["batch", 16]
+    assert len(meta["compute_at_steps"]["flops"]) == 6 and meta["packages"]["jax"] == jax.__version__
+    x, budget = _inputs()
+    prediction, confidence, steps, experts = (np.asarray(v) for v in fn.call(x, budget))
+    run = load_run(workdir)
+    live = BudgetedPredictor(run.graphdef, run.params, (16,), 6).predict(x, np.clip(budget, 1, 6))
+    probs = np.asarray(jax.nn.softmax(live.logits_BxC, -1))
+    np.testing.assert_array_equal(prediction, probs.argmax(-1))
+    np.testing.assert_array_equal(steps, live.steps_B)
+    np.testing.assert_allclose(confidence, probs.max(-1), rtol=1e-5)
+    assert (steps >= 1).all() and (steps <= np.clip(budget, 1, 6)).all() and (experts == 0).all()
+    for n in (1, 7):  # the batch dimension is symbolic: any size runs
+        assert np.asarray(fn.call(x[:n], budget[:n])[0]).shape == (n,)
+
+
+def test_plain_jax_runs_the_artifact_without_this_package(exported, tmp_path):
+    _, art = exported
+    x, budget = _inputs(seed=1)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "b.npy", budget)
+    proc = subprocess.run(
+        [sys.executable, "-c", PLAIN_JAX, str(art), str(tmp_path / "x.npy"), str(tmp_path / "b.npy")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,  # not the repository: `adaptive` is only importable as an installed package
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    fn, _ = load_artifact(art)
+    want = [np.asarray(v).tolist() for v in fn.call(x, budget)]
+    assert got[0] == want[0] and got[2] == want[2] and np.allclose(got[1], want[1])
+
+
+def test_corrupted_truncated_and_swapped_artifacts_are_refused(exported, tmp_path):
+    import shutil
+
+    _, art = exported
+    cases = {}
+    for name in ("flipped", "truncated", "swapped", "no_meta", "bad_meta"):
+        cases[name] = tmp_path / name
+        shutil.copytree(art, cases[name])
+    blob = bytearray((art / "model.jaxexport").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (cases["flipped"] / "model.jaxexport").write_bytes(bytes(blob))
+    (cases["truncated"] / "model.jaxexport").write_bytes((art / "model.jaxexport").read_bytes()[:-100])
+    meta = json.loads((art / "meta.json").read_text())
+    (cases["swapped"] / "meta.json").write_text(json.dumps({**meta, "sha256": "0" * 64}))
+    (cases["no_meta"] / "meta.json").unlink()
+    (cases["bad_meta"] / "meta.json").write_text("{not json")
+    expected = {
+        "flipped": "does not match meta.json's checksum",
+        "truncated": "is truncated or padded",
+        "swapped": "does not match meta.json's checksum",
+        "no_meta": "is not an artifact (no meta.json)",
+        "bad_meta": "meta.json is corrupted",
+    }
+    for name, message in expected.items():
+        with pytest.raises(ArtifactError, match=re.escape(message)) as err:
+            load_artifact(cases[name])
+        assert "\n" not in str(err.value)
+
+
+def test_export_command(exported, tmp_path):
+    workdir, _ = exported
+    proc = subprocess.run(
+        cli("export", "--workdir", str(workdir), "--out", str(tmp_path / "a")), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "verified against the live model" in proc.stdout and (tmp_path / "a" / "meta.json").exists()
+    assert not (tmp_path / "a.partial").exists()
+    bad = subprocess.run(
+        cli("export", "--workdir", str(tmp_path), "--out", str(tmp_path / "b")), capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "is not a training run" in bad.stderr and not (tmp_path / "b").exists()
