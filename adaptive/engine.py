@@ -1,0 +1,138 @@
+"""An inference engine for serving: one model, ahead-of-time compiled for a few batch sizes.
+
+`Engine.from_artifact(ART)` (a `jax.export` artifact) or `Engine.from_run(DIR)` (a checkpoint)
+compiles `serve(x, budget)` once per batch-size bucket and runs every executable once before it
+is used, so in steady state nothing compiles (tests count XLA compilations). A request batch is
+padded to the smallest bucket that holds it (padding rows get budget 1, so they never hold the
+batch) and split when larger than the largest bucket; padding and splitting are numpy, on the
+host, so they compile nothing either.
+
+Budgets arrive in any unit the model can price (`steps`, `flops`, `macs`, and with a cost
+model `latency_ms`, `cost_per_1k`, `energy_j`) and become step caps: the most steps whose
+compute fits, through the table meta.json carries (a latency cap through the p99).
+
+`run_grouped` runs a batch as groups of similar step budgets, tightest first, and reports when
+each group was done: a request that may ponder 20 steps no longer holds one that may take 2.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+UNITS = ("steps", "flops", "macs", "latency_ms", "cost_per_1k", "energy_j")
+
+
+class BudgetError(ValueError):
+    """A budget the model cannot meet or cannot read; one line."""
+
+
+@dataclass
+class Result:
+    prediction: np.ndarray  # int32 [B]
+    confidence: np.ndarray  # float32 [B]
+    steps: np.ndarray  # int32 [B]
+    experts: np.ndarray  # int32 [B]
+    done_s: np.ndarray  # float [B]: perf_counter time at which each row's group finished
+
+
+class Engine:
+    def __init__(self, serve, input_shape, cap: int, compute_at_steps: dict, *, buckets=(1, 8, 32), name=""):
+        self.input_shape, self.cap, self.table, self.name = tuple(input_shape), cap, compute_at_steps, name
+        self.buckets = tuple(sorted(set(buckets)))
+        self._exec = {}
+        for b in self.buckets:
+            specs = (jax.ShapeDtypeStruct((b, *self.input_shape), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.int32))
+            self._exec[b] = jax.jit(serve).lower(*specs).compile()
+            jax.block_until_ready(self._exec[b](np.zeros((b, *self.input_shape), np.float32), np.ones(b, np.int32)))
+
+    @classmethod
+    def from_artifact(cls, path: str | Path, *, buckets=(1, 8, 32)) -> Engine:
+        from adaptive.export import load_artifact
+
+        exported, meta = load_artifact(path)
+        shape = tuple(meta["input"]["shape"][1:])
+        return cls(
+            exported.call, shape, meta["caps"]["steps"], meta["compute_at_steps"], buckets=buckets, name=str(path)
+        )
+
+    @classmethod
+    def from_run(cls, workdir: str | Path, *, buckets=(1, 8, 32)) -> Engine:
+        from adaptive.config import step_cap
+        from adaptive.export import compute_table, serving_function
+        from adaptive.runs import load_run
+
+        run = load_run(workdir)
+        serve = serving_function(run.graphdef, run.params)
+        return cls(
+            serve, run.spec.input_shape, step_cap(run.cfg), compute_table(run), buckets=buckets, name=str(workdir)
+        )
+
+    # -- budgets -----------------------------------------------------------------------------
+
+    def steps_for(self, value: float, unit: str = "steps") -> int:
+        """The step cap of a budget of `value` in `unit` (the most steps that fit)."""
+        if unit not in UNITS:
+            raise BudgetError(f"budget unit {unit!r} is not one of {', '.join(UNITS)}")
+        column = "latency_ms_p99" if unit == "latency_ms" else unit
+        if column not in self.table:
+            raise BudgetError(f"budget unit {unit!r} needs a cost model; this model has {', '.join(self.table)}")
+        if not np.isfinite(value) or value < self.table[column][0]:
+            raise BudgetError(
+                f"budget {value:g} {unit} is below one step of this model ({self.table[column][0]:g} {unit})"
+            )
+        return int(np.searchsorted(np.asarray(self.table[column]), value * (1 + 1e-9), side="right"))
+
+    def compute_of(self, steps: np.ndarray, unit: str) -> np.ndarray:
+        column = "latency_ms_p99" if unit == "latency_ms" else unit
+        return np.asarray(self.table[column])[np.clip(np.asarray(steps), 1, self.cap) - 1]
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self, x: np.ndarray, budget: np.ndarray) -> Result:
+        """Outputs for a batch under per-row step budgets (clipped to 1..cap, as in the graph)."""
+        x = np.asarray(x, np.float32)
+        budget = np.clip(np.asarray(budget, np.int32), 1, self.cap)
+        outs, done = [], []
+        top = self.buckets[-1]
+        for start in range(0, len(x), top):
+            xs, bs = x[start : start + top], budget[start : start + top]
+            bucket = next(b for b in self.buckets if b >= len(xs))
+            pad = bucket - len(xs)
+            padded_x = np.concatenate([xs, np.zeros((pad, *self.input_shape), np.float32)]) if pad else xs
+            padded_b = np.concatenate([bs, np.ones(pad, np.int32)]) if pad else bs
+            out = jax.device_get(self._exec[bucket](padded_x, padded_b))
+            outs.append([np.asarray(o)[: len(xs)] for o in out])
+            done.append(np.full(len(xs), time.perf_counter()))
+        fields = [np.concatenate([o[i] for o in outs]) for i in range(4)]
+        return Result(*fields, np.concatenate(done))
+
+    def run_grouped(self, x: np.ndarray, budget: np.ndarray, groups: int = 2) -> Result:
+        """The batch as up to `groups` runs of similar step budgets, tightest first; each row's
+        `done_s` is when its own group finished."""
+        budget = np.clip(np.asarray(budget, np.int32), 1, self.cap)
+        order = np.argsort(budget, kind="stable")
+        parts = [p for p in np.array_split(order, min(groups, len(order))) if len(p)]
+        merged = [p for p in _merge_equal_budgets(parts, budget)]
+        results = [(part, self.run(np.asarray(x)[part], budget[part])) for part in merged]
+        out = Result(*(np.zeros(len(budget), dtype) for dtype in (np.int32, np.float32, np.int32, np.int32, float)))
+        for part, r in results:
+            for name in ("prediction", "confidence", "steps", "experts", "done_s"):
+                getattr(out, name)[part] = getattr(r, name)
+        return out
+
+
+def _merge_equal_budgets(parts: list[np.ndarray], budget: np.ndarray) -> list[np.ndarray]:
+    """Adjacent groups whose budgets overlap are one group: splitting equal budgets saves nothing."""
+    merged = [parts[0]]
+    for part in parts[1:]:
+        if budget[part].min() <= budget[merged[-1]].max():
+            merged[-1] = np.concatenate([merged[-1], part])
+        else:
+            merged.append(part)
+    return merged

@@ -1,0 +1,76 @@
+"""The serving engine: AOT executables per batch bucket, zero compilations in steady state,
+budgets in any unit, caps that hold for any request, and grouping by budget."""
+
+import jax
+import numpy as np
+import pytest
+
+from adaptive.engine import BudgetError, Engine
+from adaptive.export import export_run
+from tests.helpers import train_tiny
+
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+COMPILES = {"count": 0}
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, *args, **kwargs: COMPILES.update(count=COMPILES["count"] + (name == COMPILE_EVENT))
+)
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    train_tiny(root / "run", 20)
+    art = export_run(root / "run", root / "art")
+    return Engine.from_artifact(art, buckets=(1, 4, 16)), Engine.from_run(root / "run", buckets=(1, 4, 16))
+
+
+def _requests(n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.choice([-1.0, 0.0, 1.0], (n, 16)).astype(np.float32), rng.integers(-5, 30, n)
+
+
+def test_steady_state_compiles_nothing_whatever_the_batch_size_and_budgets(engines):
+    engine, _ = engines
+    before = COMPILES["count"]
+    for i, n in enumerate([1, 3, 4, 9, 16, 17, 40, 2]):
+        x, budget = _requests(n, i)
+        out = engine.run(x, budget)
+        assert out.prediction.shape == (n,)
+    engine.run_grouped(*_requests(12, 99))
+    assert COMPILES["count"] == before
+
+
+def test_caps_hold_for_any_request_and_both_engines_agree(engines):
+    artifact, checkpoint = engines
+    for seed in range(5):
+        x, budget = _requests(37, seed)
+        a, c = artifact.run(x, budget), checkpoint.run(x, budget)
+        assert (a.steps >= 1).all() and (a.steps <= np.clip(budget, 1, 6)).all()
+        np.testing.assert_array_equal(a.prediction, c.prediction)
+        np.testing.assert_array_equal(a.steps, c.steps)
+
+
+def test_grouping_by_budget_answers_the_same_and_the_tightest_first(engines):
+    engine, _ = engines
+    x, _ = _requests(16, 5)
+    budget = np.array([1, 6] * 8)
+    plain, grouped = engine.run(x, budget), engine.run_grouped(x, budget)
+    np.testing.assert_array_equal(plain.prediction, grouped.prediction)
+    np.testing.assert_array_equal(plain.steps, grouped.steps)
+    assert grouped.done_s[budget == 1].max() <= grouped.done_s[budget == 6].min()
+
+
+def test_budgets_in_units_become_step_caps(engines):
+    engine, _ = engines
+    flops = engine.table["flops"]
+    assert engine.steps_for(3, "steps") == 3 and engine.steps_for(100, "steps") == 6
+    assert engine.steps_for(flops[2], "flops") == 3 and engine.steps_for(flops[2] - 1, "flops") == 2
+    assert engine.steps_for(flops[0] / 2, "macs") == 1
+    for value, unit, message in [
+        (0.5, "steps", "below one step of this model"),
+        (float("nan"), "steps", "below one step"),
+        (1.0, "latency_ms", "needs a cost model"),
+        (1.0, "parsecs", "is not one of steps, flops"),
+    ]:
+        with pytest.raises(BudgetError, match=message):
+            engine.steps_for(value, unit)
