@@ -8,10 +8,11 @@ in user input exit with status 2 and one line on stderr naming what is wrong.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
+
+from adaptive.cli_parser import build_parser
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -29,100 +30,6 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="adaptive", description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    train = commands.add_parser(
-        "train", help="train a config in a workdir (resumes if it has a checkpoint)", allow_abbrev=False
-    )
-    train.add_argument(
-        "--config",
-        required=True,
-        metavar="FILE[:ARG]",
-        help="a config file with get_config(arg), e.g. configs/parity.py:tiny",
-    )
-    train.add_argument(
-        "--workdir", required=True, metavar="DIR", help="where metrics.jsonl, config.json, run.json and checkpoints/ go"
-    )
-    evaluate = commands.add_parser(
-        "eval", help="score a trained run on a split (by the inference path)", allow_abbrev=False
-    )
-    evaluate.add_argument("--workdir", required=True, metavar="DIR")
-    evaluate.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
-    evaluate.add_argument("--split", choices=("train", "validation", "test"), help="default: the config's eval_split")
-    evaluate.add_argument(
-        "--budget", type=int, help="score under this per-example step budget only (default: the full report)"
-    )
-    evaluate.add_argument(
-        "--baseline", action="append", default=[], metavar="DIR", help="a static run to compare with (repeatable)"
-    )
-    evaluate.add_argument(
-        "--latency-batch", type=int, metavar="B", help="also time the compiled predictor on batches of B"
-    )
-    export = commands.add_parser(
-        "export", help="write a run as a jax.export artifact (plus meta.json), verified", allow_abbrev=False
-    )
-    export.add_argument("--workdir", required=True, metavar="DIR")
-    export.add_argument("--out", required=True, metavar="ART", help="the artifact folder to write")
-    export.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
-    sweep = commands.add_parser(
-        "sweep", help="train every point of a config's get_sweep(), resumably, N at a time", allow_abbrev=False
-    )
-    sweep.add_argument("--config", required=True, metavar="FILE[:ARG]", help="a config file with get_sweep(arg)")
-    sweep.add_argument("--workdir", required=True, metavar="DIR", help="points go to DIR/<index>-<slug>")
-    sweep.add_argument("--parallel", type=int, default=1, metavar="N", help="points trained at once (default 1)")
-    sweep.add_argument("--dry-run", action="store_true", help="list the points and their status; run nothing")
-    sweep.add_argument("--point", type=int, metavar="I", help="train only point I (what wandb agents run)")
-    sweep.add_argument("--wandb", action="store_true", help="also write DIR/sweep.yaml for wandb sweep/agent")
-    reproduce = commands.add_parser(
-        "reproduce", help="run one experiment end to end and check its README's claims", allow_abbrev=False
-    )
-    reproduce.add_argument("name", help="a folder of experiments/, e.g. act_parity")
-    reproduce.add_argument("--tiny", action="store_true", help="the minutes-scale version and its claims")
-    reproduce.add_argument("--workdir", metavar="DIR", help="default: runs/reproduce/NAME[-tiny]")
-    reproduce.add_argument("--parallel", type=int, default=1, metavar="N")
-    report = commands.add_parser("report", help="a table (and plots) over finished runs", allow_abbrev=False)
-    report.add_argument("workdirs", nargs="+", metavar="DIR")
-    report.add_argument("--split", action="append", help="also evaluate on this split (repeatable)")
-    report.add_argument("--plot", metavar="PNG", help="draw compute (and accuracy) vs difficulty here")
-    report.add_argument("--markdown", metavar="MD", help="write the table as markdown here")
-    report.add_argument("--usage", metavar="PNG", help="draw MoE expert usage over training here")
-    report.add_argument("--pareto", metavar="PNG", help="draw accuracy vs compute (adaptive and static) here")
-    calibrate = commands.add_parser(
-        "calibrate", help="time a run's inference and fit DIR/cost_model.json", allow_abbrev=False
-    )
-    calibrate.add_argument("--workdir", required=True, metavar="DIR")
-    calibrate.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes")
-    calibrate.add_argument("--repeats", type=int, default=30)
-    calibrate.add_argument("--price-per-hour", type=float, default=3.0, help="machine price, money per hour")
-    calibrate.add_argument("--power-watts", type=float, default=30.0, help="machine power draw while serving")
-    bench = commands.add_parser("bench", help="benchmarks: side by side, medians after warm-up, table + JSON")
-    kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
-    depth = kinds.add_parser("depth", help="ACT inference at realized depth d vs the static depth-d model")
-    depth.add_argument("--json", metavar="OUT", help="write the rows here")
-    depth.add_argument("--kind", default="mlp", choices=("mlp", "rnn", "transformer"))
-    depth.add_argument("--hidden", type=int, default=512)
-    depth.add_argument("--cap", type=int, default=20, help="the ACT model's max_steps")
-    depth.add_argument("--depths", default="1,2,4,8,16", help="comma-separated realized depths")
-    depth.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
-    depth.add_argument("--inputs", type=int, default=16, help="input width (parity n)")
-    depth.add_argument("--repeats", type=int, default=300)
-    act = kinds.add_parser("act-train", help="the framework's ACT training loop vs a bare-JAX loop")
-    act.add_argument("--json", metavar="OUT", help="write the rows here")
-    act.add_argument("--n", type=int, default=16, help="parity length")
-    act.add_argument("--steps", type=int, default=2000)
-    moe = kinds.add_parser("moe", help="MoE layer vs a dense FFN of the same active FLOPs (fwd+bwd, inference)")
-    moe.add_argument("--json", metavar="OUT", help="write the rows here")
-    moe.add_argument("--tokens", type=int, default=4096)
-    moe.add_argument("--width", type=int, default=256)
-    moe.add_argument("--hidden", type=int, default=512, help="each expert's hidden width")
-    moe.add_argument("--experts", type=int, default=8)
-    moe.add_argument("-k", type=int, default=2, help="experts per token")
-    moe.add_argument("--capacity-factor", type=float, default=1.25)
-    moe.add_argument("--repeats", type=int, default=20)
-    return parser
-
-
 def _bench(args, overrides: list[str]) -> int:
     if args.bench == "depth":
         from adaptive.bench import depth
@@ -136,6 +43,19 @@ def _bench(args, overrides: list[str]) -> int:
             batches=ints(args.batches),
             repeats=args.repeats,
             n_in=args.inputs,
+            json_out=args.json,
+        )
+    elif args.bench == "serve":
+        from adaptive.bench import serve
+
+        serve.run(
+            args.artifact,
+            args.small,
+            sla_ms=args.sla_ms,
+            rate=args.rate,
+            duration=args.duration,
+            fixed_budget=args.fixed_budget,
+            out_dir=args.out,
             json_out=args.json,
         )
     elif args.bench == "moe":
@@ -301,6 +221,22 @@ def _sweep(args, overrides: list[str]) -> int:
     return 0 if all(r["status"] == "done" for r in rows) else 1
 
 
+def _serve(args, overrides: list[str]) -> int:
+    from adaptive.server import serve
+
+    serve(
+        args.artifact,
+        fallback=args.fallback,
+        sla_ms=args.sla_ms,
+        host=args.host,
+        port=args.port,
+        mode=args.policy,
+        max_batch=args.max_batch,
+        default_steps=args.default_budget,
+    )
+    return 0
+
+
 def _export(args, overrides: list[str]) -> int:
     from adaptive.export import export_run, load_artifact
 
@@ -336,7 +272,7 @@ def _report(args, overrides: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     rest, overrides = _split_overrides(argv)
-    args = _parser().parse_args(rest)
+    args = build_parser().parse_args(rest)
     _quiet_libraries()
 
     from adaptive.checkpoint import CheckpointError
@@ -352,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             "train": _train,
             "eval": _eval,
             "export": _export,
+            "serve": _serve,
             "sweep": _sweep,
             "reproduce": _reproduce,
             "report": _report,

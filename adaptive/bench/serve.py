@@ -1,0 +1,144 @@
+"""`adaptive bench serve --artifact ART --small ART2 --json OUT`: four serving policies under
+the same open-loop arrival schedules, on this machine, side by side.
+
+Policies: the full model at full depth (static), the small model (static), the adaptive model
+at a fixed step budget (static), and the adaptive model with the controller and the fallback
+ladder. Each runs as its own `adaptive serve` process; each pattern's load comes from its own
+`python -m adaptive.loadgen` process. The base rate defaults to what the full-depth model
+sustains, measured first; the spike goes to 3x it. OUT holds one row per (policy, pattern);
+plots: latency CDFs per pattern, and the budget the controller chose over time.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from adaptive.bench.timing import write_json
+from adaptive.loadgen import PATTERNS, summarize
+from adaptive.tables import print_table
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(args: list[str]) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    command = [sys.executable, "-m", "adaptive.cli", "serve", "--port", str(port), *args]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stderr.read()[-500:]}")
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1).read()
+            return proc, url
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not come up in 120 s")
+
+
+def _load(url: str, artifact: str, pattern: str, rate: float, duration: float, out: Path, extra=()) -> dict:
+    command = [
+        sys.executable, "-m", "adaptive.loadgen", "--url", url, "--artifact", artifact, "--pattern", pattern,
+        "--rate", f"{rate:g}", "--duration", f"{duration:g}", "--out", str(out), *extra,
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=duration * 10 + 120)
+    return json.loads(out.read_text())
+
+
+def _flops(artifact: str) -> list[float]:
+    return json.loads((Path(artifact) / "meta.json").read_text())["compute_at_steps"]["flops"]
+
+
+def run(
+    artifact: str,
+    small: str,
+    *,
+    sla_ms: float,
+    rate: float | None,
+    duration: float,
+    fixed_budget: int,
+    out_dir: str,
+    json_out: str | None,
+) -> list[dict]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    flops = {"primary": _flops(artifact), "fallback": _flops(small)}
+    policies = {
+        "static full depth": (["--artifact", artifact, "--policy", "static"], {"primary": flops["primary"]}),
+        "static small model": (["--artifact", small, "--policy", "static"], {"primary": flops["fallback"]}),
+        f"adaptive, budget {fixed_budget}": (
+            ["--artifact", artifact, "--policy", "static", "--default-budget", str(fixed_budget)],
+            {"primary": flops["primary"]},
+        ),
+        "adaptive + controller + fallback": (
+            ["--artifact", artifact, "--fallback", small, "--policy", "adaptive"],
+            flops,
+        ),
+    }
+    if rate is None:
+        rate = sustainable_rate(artifact, policies["static full depth"][0], sla_ms, out, {"primary": flops["primary"]})
+        print(f"base rate: {rate:g} requests/s (what the full-depth model sustains within the SLA)")
+    rows, traces = [], {}
+    for policy, (server_args, policy_flops) in policies.items():
+        sustained = sustainable_rate(artifact, server_args, sla_ms, out, policy_flops)
+        print(f"{policy}: sustains {sustained:g} requests/s within the SLA")
+        proc, url = _start_server([*server_args, "--sla-ms", f"{sla_ms:g}"])
+        try:
+            for pattern in PATTERNS:
+                result = _load(url, artifact, pattern, rate, duration, out / "records.json", ("--priorities", "3"))
+                metrics = summarize(result["records"], np.asarray(result["labels"]), sla_ms, duration, policy_flops)
+                rows.append(
+                    {"policy": policy, "pattern": pattern, "rate_rps": rate, "sustainable_rps": sustained,
+                     "sla_ms": sla_ms, **metrics}
+                )  # fmt: skip
+                traces[(policy, pattern)] = result["records"]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    columns = ["policy", "pattern", "p50_ms", "p99_ms", "p999_ms", "sla_violation_rate", "goodput_rps",
+               "accuracy", "effective_accuracy", "mean_steps", "count_rejected", "count_deferred"]  # fmt: skip
+    print_table(rows, columns)
+    write_json(json_out, rows)
+    from adaptive.bench.serve_plots import budget_over_time, latency_cdfs
+
+    latency_cdfs(traces, sla_ms, out / "latency_cdf.png")
+    budget_over_time(traces, out / "budget_over_time.png")
+    print(f"wrote {out / 'latency_cdf.png'}, {out / 'budget_over_time.png'}")
+    return rows
+
+
+def sustainable_rate(artifact: str, server_args: list[str], sla_ms: float, out: Path, flops: dict) -> float:
+    """The highest Poisson rate (of a doubling ladder, then bisected) whose p99 stays within the
+    SLA with under 1% violations, for one policy."""
+    proc, url = _start_server([*server_args, "--sla-ms", f"{sla_ms:g}"])
+
+    def holds(rate: float) -> bool:
+        result = _load(url, artifact, "poisson", rate, 4.0, out / "probe.json", ("--priorities", "3"))
+        m = summarize(result["records"], np.asarray(result["labels"]), sla_ms, 4.0, flops)
+        return m["p99_ms"] <= sla_ms and m["sla_violation_rate"] < 0.01
+
+    try:
+        low, high = 0.0, 25.0
+        while holds(high) and high < 20000:
+            low, high = high, high * 2
+        for _ in range(4):
+            mid = (low + high) / 2
+            low, high = (mid, high) if holds(mid) else (low, mid)
+        return max(low, 10.0)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,60 @@
+"""Figures of `adaptive bench serve`: latency CDFs per arrival pattern, and the step budget the
+controller gave each request over time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files, never a screen
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from adaptive.loadgen import ANSWERED, PATTERNS  # noqa: E402
+
+
+def latency_cdfs(traces: dict, sla_ms: float, path: Path) -> None:
+    """Per pattern, each policy's latency CDF over all requests sent: rejected, deferred and
+    failed requests never arrive, so a curve that stops below 1 shows how many were lost."""
+    fig, axes = plt.subplots(1, len(PATTERNS), figsize=(5 * len(PATTERNS), 4.2), sharey=True)
+    for ax, pattern in zip(axes, PATTERNS, strict=True):
+        for (policy, p), records in traces.items():
+            if p != pattern:
+                continue
+            lat = np.sort([1e3 * (r["done"] - r["scheduled"]) for r in records if r.get("status") in ANSWERED])
+            ax.plot(lat, np.arange(1, len(lat) + 1) / max(len(records), 1), label=policy)
+        ax.axvline(sla_ms, color="red", ls=":", label=f"SLA {sla_ms:g} ms")
+        ax.set(xscale="log", xlabel="latency from scheduled arrival (ms)", title=pattern)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("fraction of requests sent, answered within x")
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def budget_over_time(traces: dict, path: Path) -> None:
+    """The controller's choice per request (step budget; fallback answers marked) over time."""
+    controlled = {p: r for (policy, p), r in traces.items() if "controller" in policy}
+    fig, axes = plt.subplots(1, len(PATTERNS), figsize=(5 * len(PATTERNS), 3.8), sharey=True)
+    for ax, pattern in zip(axes, PATTERNS, strict=True):
+        records = controlled.get(pattern, [])
+        for model, marker in (("primary", "."), ("fallback", "x")):
+            pts = [
+                (r["scheduled"], r["budget_steps"])
+                for r in records
+                if r.get("model") == model and r.get("budget_steps")
+            ]
+            if pts:
+                ax.scatter(*zip(*pts, strict=True), s=4, marker=marker, alpha=0.5, label=f"{model} model")
+        rejected = [r["scheduled"] for r in records if r.get("status") in ("rejected", "deferred")]
+        if rejected:
+            ax.scatter(rejected, np.zeros(len(rejected)), s=6, color="red", marker="|", label="rejected / deferred")
+        ax.set(xlabel="scheduled arrival (s)", title=pattern)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("step budget given")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

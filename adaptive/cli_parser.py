@@ -1,0 +1,123 @@
+"""The argument parser of `adaptive`: every command and its flags (handlers are in cli.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="adaptive",
+        description="Train budget-aligned adaptive models and run them under hard budgets.",
+        allow_abbrev=False,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser(
+        "train", help="train a config in a workdir (resumes if it has a checkpoint)", allow_abbrev=False
+    )
+    train.add_argument(
+        "--config",
+        required=True,
+        metavar="FILE[:ARG]",
+        help="a config file with get_config(arg), e.g. configs/parity.py:tiny",
+    )
+    train.add_argument(
+        "--workdir", required=True, metavar="DIR", help="where metrics.jsonl, config.json, run.json and checkpoints/ go"
+    )
+    evaluate = commands.add_parser(
+        "eval", help="score a trained run on a split (by the inference path)", allow_abbrev=False
+    )
+    evaluate.add_argument("--workdir", required=True, metavar="DIR")
+    evaluate.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    evaluate.add_argument("--split", choices=("train", "validation", "test"), help="default: the config's eval_split")
+    evaluate.add_argument(
+        "--budget", type=int, help="score under this per-example step budget only (default: the full report)"
+    )
+    evaluate.add_argument(
+        "--baseline", action="append", default=[], metavar="DIR", help="a static run to compare with (repeatable)"
+    )
+    evaluate.add_argument(
+        "--latency-batch", type=int, metavar="B", help="also time the compiled predictor on batches of B"
+    )
+    export = commands.add_parser(
+        "export", help="write a run as a jax.export artifact (plus meta.json), verified", allow_abbrev=False
+    )
+    export.add_argument("--workdir", required=True, metavar="DIR")
+    export.add_argument("--out", required=True, metavar="ART", help="the artifact folder to write")
+    export.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    serve = commands.add_parser("serve", help="serve an artifact over HTTP under a latency SLA", allow_abbrev=False)
+    serve.add_argument("--artifact", required=True, metavar="ART")
+    serve.add_argument("--fallback", metavar="ART2", help="a smaller model for the degradation ladder")
+    serve.add_argument("--sla-ms", type=float, default=20.0)
+    serve.add_argument("--host", default="127.0.0.1", help="default: loopback only")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--policy", choices=("adaptive", "static"), default="adaptive", help="controller or none")
+    serve.add_argument("--max-batch", type=int, default=32)
+    serve.add_argument("--default-budget", type=int, metavar="STEPS", help="for requests without one (default: cap)")
+    sweep = commands.add_parser(
+        "sweep", help="train every point of a config's get_sweep(), resumably, N at a time", allow_abbrev=False
+    )
+    sweep.add_argument("--config", required=True, metavar="FILE[:ARG]", help="a config file with get_sweep(arg)")
+    sweep.add_argument("--workdir", required=True, metavar="DIR", help="points go to DIR/<index>-<slug>")
+    sweep.add_argument("--parallel", type=int, default=1, metavar="N", help="points trained at once (default 1)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the points and their status; run nothing")
+    sweep.add_argument("--point", type=int, metavar="I", help="train only point I (what wandb agents run)")
+    sweep.add_argument("--wandb", action="store_true", help="also write DIR/sweep.yaml for wandb sweep/agent")
+    reproduce = commands.add_parser(
+        "reproduce", help="run one experiment end to end and check its README's claims", allow_abbrev=False
+    )
+    reproduce.add_argument("name", help="a folder of experiments/, e.g. act_parity")
+    reproduce.add_argument("--tiny", action="store_true", help="the minutes-scale version and its claims")
+    reproduce.add_argument("--workdir", metavar="DIR", help="default: runs/reproduce/NAME[-tiny]")
+    reproduce.add_argument("--parallel", type=int, default=1, metavar="N")
+    report = commands.add_parser("report", help="a table (and plots) over finished runs", allow_abbrev=False)
+    report.add_argument("workdirs", nargs="+", metavar="DIR")
+    report.add_argument("--split", action="append", help="also evaluate on this split (repeatable)")
+    report.add_argument("--plot", metavar="PNG", help="draw compute (and accuracy) vs difficulty here")
+    report.add_argument("--markdown", metavar="MD", help="write the table as markdown here")
+    report.add_argument("--usage", metavar="PNG", help="draw MoE expert usage over training here")
+    report.add_argument("--pareto", metavar="PNG", help="draw accuracy vs compute (adaptive and static) here")
+    calibrate = commands.add_parser(
+        "calibrate", help="time a run's inference and fit DIR/cost_model.json", allow_abbrev=False
+    )
+    calibrate.add_argument("--workdir", required=True, metavar="DIR")
+    calibrate.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes")
+    calibrate.add_argument("--repeats", type=int, default=30)
+    calibrate.add_argument("--price-per-hour", type=float, default=3.0, help="machine price, money per hour")
+    calibrate.add_argument("--power-watts", type=float, default=30.0, help="machine power draw while serving")
+    bench = commands.add_parser("bench", help="benchmarks: side by side, medians after warm-up, table + JSON")
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    depth = kinds.add_parser("depth", help="ACT inference at realized depth d vs the static depth-d model")
+    depth.add_argument("--json", metavar="OUT", help="write the rows here")
+    depth.add_argument("--kind", default="mlp", choices=("mlp", "rnn", "transformer"))
+    depth.add_argument("--hidden", type=int, default=512)
+    depth.add_argument("--cap", type=int, default=20, help="the ACT model's max_steps")
+    depth.add_argument("--depths", default="1,2,4,8,16", help="comma-separated realized depths")
+    depth.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
+    depth.add_argument("--inputs", type=int, default=16, help="input width (parity n)")
+    depth.add_argument("--repeats", type=int, default=300)
+    act = kinds.add_parser("act-train", help="the framework's ACT training loop vs a bare-JAX loop")
+    act.add_argument("--json", metavar="OUT", help="write the rows here")
+    act.add_argument("--n", type=int, default=16, help="parity length")
+    act.add_argument("--steps", type=int, default=2000)
+    serve = kinds.add_parser(
+        "serve", help="four serving policies under the same open-loop load (p99, SLA violations, goodput)"
+    )
+    serve.add_argument("--artifact", required=True, metavar="ART", help="the adaptive model")
+    serve.add_argument("--small", required=True, metavar="ART2", help="the small (fallback) model")
+    serve.add_argument("--sla-ms", type=float, default=30.0)
+    serve.add_argument("--rate", type=float, help="base requests/s (default: what full depth sustains)")
+    serve.add_argument("--duration", type=float, default=9.0, help="seconds per pattern")
+    serve.add_argument("--fixed-budget", type=int, default=3, help="steps of the fixed-budget policy")
+    serve.add_argument("--out", default="runs/bench-serve", help="records and plots go here")
+    serve.add_argument("--json", metavar="OUT")
+    moe = kinds.add_parser("moe", help="MoE layer vs a dense FFN of the same active FLOPs (fwd+bwd, inference)")
+    moe.add_argument("--json", metavar="OUT", help="write the rows here")
+    moe.add_argument("--tokens", type=int, default=4096)
+    moe.add_argument("--width", type=int, default=256)
+    moe.add_argument("--hidden", type=int, default=512, help="each expert's hidden width")
+    moe.add_argument("--experts", type=int, default=8)
+    moe.add_argument("-k", type=int, default=2, help="experts per token")
+    moe.add_argument("--capacity-factor", type=float, default=1.25)
+    moe.add_argument("--repeats", type=int, default=20)
+    return parser

@@ -1,0 +1,252 @@
+"""`adaptive serve --artifact ART [--fallback ART2] --sla-ms 20 --port P`: a budgeted HTTP server.
+
+aiohttp on loopback by default. POST /predict takes one example:
+
+    {"x": [...], "budget": 8, "unit": "steps", "priority": 0}     (budget, unit, priority optional)
+
+and answers {"prediction", "confidence", "steps", "experts", "budget_steps", "latency_ms",
+"status", "model"}: status ok / degraded / fallback with HTTP 200, rejected / deferred with 503
+(deferred carries retry_after_ms). Bad requests (not JSON, missing or wrong-shaped x, NaN, a
+budget out of range, an unknown unit, a body over 1 MiB) get a 4xx with {"error": one line},
+and the server keeps serving. GET /healthz says what is loaded; GET /metrics is Prometheus text.
+
+One batcher task drains the queue: it takes what has arrived (up to --max-batch), asks the
+controller for each request's operating point, runs each model's share grouped by step budget
+on a worker thread (the event loop keeps accepting requests meanwhile), and answers each group
+as soon as it is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiohttp import web
+
+from adaptive.controller import STATUSES, Controller
+from adaptive.engine import BudgetError, Engine
+
+MAX_BODY = 1 << 20
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+
+
+@dataclass
+class Pending:
+    x: np.ndarray
+    steps: int
+    priority: int
+    arrival: float
+    future: asyncio.Future = field(repr=False)
+
+
+class Stats:
+    """Counters for /metrics."""
+
+    def __init__(self):
+        self.by_status = dict.fromkeys(STATUSES, 0)
+        self.bad_requests = 0
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        self.latency_sum_ms = 0.0
+        self.within_budget = 0
+        self.answered = 0
+
+    def record(self, status: str, latency_ms: float | None = None, within: bool = True) -> None:
+        self.by_status[status] += 1
+        if latency_ms is not None:
+            self.latency_counts[int(np.searchsorted(LATENCY_BUCKETS_MS, latency_ms))] += 1
+            self.latency_sum_ms += latency_ms
+            self.answered += 1
+            self.within_budget += int(within)
+
+    def prometheus(self, queue: int, controller: Controller) -> str:
+        lines = ["# TYPE adaptive_requests_total counter"]
+        lines += [f'adaptive_requests_total{{status="{s}"}} {n}' for s, n in self.by_status.items()]
+        lines += ["# TYPE adaptive_bad_requests_total counter", f"adaptive_bad_requests_total {self.bad_requests}"]
+        lines += ["# TYPE adaptive_request_latency_ms histogram"]
+        running = 0
+        for bound, count in zip((*LATENCY_BUCKETS_MS, "+Inf"), self.latency_counts, strict=True):
+            running += count
+            lines.append(f'adaptive_request_latency_ms_bucket{{le="{bound}"}} {running}')
+        lines += [
+            f"adaptive_request_latency_ms_sum {self.latency_sum_ms:.3f}",
+            f"adaptive_request_latency_ms_count {running}",
+        ]
+        adherence = self.within_budget / self.answered if self.answered else 1.0
+        lines += ["# TYPE adaptive_budget_adherence gauge", f"adaptive_budget_adherence {adherence:.6f}"]
+        lines += ["# TYPE adaptive_queue_length gauge", f"adaptive_queue_length {queue}"]
+        lines += ["# TYPE adaptive_step_cap gauge", f"adaptive_step_cap {controller.cap:g}"]
+        return "\n".join(lines) + "\n"
+
+
+class Server:
+    def __init__(
+        self,
+        primary: Engine,
+        controller: Controller,
+        *,
+        fallback: Engine | None = None,
+        max_batch: int = 32,
+        default_steps: int | None = None,
+    ):
+        self.engines = {"primary": primary, "fallback": fallback}
+        self.default_steps = default_steps or primary.cap  # for requests that name no budget
+        self.controller, self.max_batch = controller, max_batch
+        self.stats = Stats()
+        self.queue: asyncio.Queue[Pending] | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1)  # one model run at a time: no oversubscription
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_post("/predict", self.predict)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    async def _start(self, app) -> None:
+        self.queue = asyncio.Queue()
+        self._batcher = asyncio.create_task(self._batches())
+
+    async def _stop(self, app) -> None:
+        self._batcher.cancel()
+        self._pool.shutdown(wait=False)
+
+    # -- handlers --------------------------------------------------------------------------
+
+    async def predict(self, request: web.Request) -> web.Response:
+        arrival = time.perf_counter()
+        try:
+            body = await request.json()
+            x, steps, priority = self._parse(body)
+        except web.HTTPRequestEntityTooLarge:
+            self.stats.bad_requests += 1
+            return web.json_response({"error": f"request body over {MAX_BODY} bytes"}, status=413)
+        except (ValueError, BudgetError, TypeError) as e:
+            self.stats.bad_requests += 1
+            return web.json_response({"error": str(e).splitlines()[0]}, status=400)
+        if not self.controller.admit(self.queue.qsize()):
+            self.stats.record("deferred")
+            retry = round(self.controller.sla_ms, 1)
+            return web.json_response({"status": "deferred", "retry_after_ms": retry}, status=503)
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put(Pending(x, steps, priority, arrival, future))
+        answer = await future
+        return web.json_response(answer, status=503 if answer["status"] == "rejected" else 200)
+
+    def _parse(self, body) -> tuple[np.ndarray, int, int]:
+        primary = self.engines["primary"]
+        if not isinstance(body, dict) or "x" not in body:
+            raise ValueError('the body must be a JSON object with "x" (one example)')
+        try:
+            x = np.asarray(body["x"], dtype=np.float32)
+        except (ValueError, TypeError):
+            raise ValueError('"x" must be an array of numbers') from None
+        if x.shape != primary.input_shape:
+            raise ValueError(f'"x" must have shape {list(primary.input_shape)}; got {list(x.shape)}')
+        if not np.isfinite(x).all():
+            raise ValueError('"x" contains NaN or Inf')
+        unit = body.get("unit", "steps")
+        if not isinstance(unit, str):
+            raise ValueError('"unit" must be a string')
+        budget = body.get("budget")
+        if budget is None:
+            steps = self.default_steps
+        elif isinstance(budget, bool) or not isinstance(budget, (int, float)):
+            raise ValueError(f'"budget" must be a number; got {budget!r}')
+        else:
+            steps = primary.steps_for(float(budget), unit)
+        priority = body.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+            raise ValueError(f'"priority" must be an integer in [0, 9]; got {priority!r}')
+        return x, steps, priority
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        p, f = self.engines["primary"], self.engines["fallback"]
+        return web.json_response(
+            {
+                "status": "ok",
+                "primary": p.name,
+                "fallback": f.name if f else None,
+                "input_shape": list(p.input_shape),
+                "cap": p.cap,
+                "mode": self.controller.mode,
+                "sla_ms": self.controller.sla_ms,
+                "queue": self.queue.qsize() if self.queue else 0,
+            }
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        text = self.stats.prometheus(self.queue.qsize() if self.queue else 0, self.controller)
+        return web.Response(text=text, content_type="text/plain")
+
+    # -- batching ----------------------------------------------------------------------------
+
+    async def _batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            now = time.perf_counter()
+            self.controller.tick(now)
+            groups: dict[str, list] = {"primary": [], "fallback": []}
+            for item in batch:
+                d = self.controller.decide(item.steps, 1e3 * (now - item.arrival), item.priority)
+                if d.model is None:
+                    self.stats.record("rejected")
+                    item.future.set_result({"status": "rejected", "latency_ms": 1e3 * (now - item.arrival)})
+                else:
+                    groups[d.model].append((item, d))
+            for name, members in groups.items():
+                if members:
+                    await self._run(loop, name, members)
+
+    async def _run(self, loop, name: str, members: list) -> None:
+        engine = self.engines[name]
+        x = np.stack([item.x for item, _ in members])
+        steps = np.array([d.steps for _, d in members], np.int32)
+        start = time.perf_counter()
+        result = await loop.run_in_executor(self._pool, engine.run_grouped, x, steps)
+        latencies = []
+        for i, (item, d) in enumerate(members):
+            latency = 1e3 * (float(result.done_s[i]) - item.arrival)
+            within = int(result.steps[i]) <= d.steps
+            self.stats.record(d.status, latency, within)
+            latencies.append(latency)
+            item.future.set_result(
+                {
+                    "prediction": int(result.prediction[i]),
+                    "confidence": float(result.confidence[i]),
+                    "steps": int(result.steps[i]),
+                    "experts": int(result.experts[i]),
+                    "budget_steps": int(d.steps),
+                    "latency_ms": latency,
+                    "status": d.status,
+                    "model": name,
+                }
+            )
+        self.controller.observe(time.perf_counter(), latencies, 1e3 * (time.perf_counter() - start))
+
+
+def serve(
+    artifact: str,
+    *,
+    fallback: str | None,
+    sla_ms: float,
+    host: str,
+    port: int,
+    mode: str,
+    max_batch: int,
+    default_steps: int | None,
+):
+    buckets = tuple(b for b in (1, 4, 16, 64) if b < max_batch) + (max_batch,)
+    primary = Engine.from_artifact(artifact, buckets=buckets)
+    backup = Engine.from_artifact(fallback, buckets=buckets) if fallback else None
+    controller = Controller(primary.cap, sla_ms, mode=mode, has_fallback=backup is not None)
+    server = Server(primary, controller, fallback=backup, max_batch=max_batch, default_steps=default_steps)
+    print(f"serving {artifact} on http://{host}:{port} (SLA {sla_ms:g} ms, {mode}); executables warm", flush=True)
+    web.run_app(server.app(), host=host, port=port, print=None, access_log=None)
