@@ -1,0 +1,158 @@
+"""The budgeted server: bad requests get a 4xx and the server keeps serving, budgets are never
+exceeded, the controller degrades in ladder order, the load generator accounts for every
+request."""
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from adaptive.controller import Controller
+from adaptive.engine import Engine
+from adaptive.export import export_run
+from adaptive.loadgen import schedule, summarize
+from adaptive.server import Server
+from tests.helpers import train_tiny
+
+GOOD = [1.0, 0, 0, 1, -1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    train_tiny(root / "run", 20)
+    return Engine.from_artifact(export_run(root / "run", root / "art"), buckets=(1, 4, 16))
+
+
+def _with_client(engine, scenario, controller=None, fallback=None):
+    async def main():
+        ctrl = controller or Controller(engine.cap, 1000.0, has_fallback=fallback is not None)
+        server = Server(engine, ctrl, fallback=fallback, max_batch=16)
+        async with TestClient(TestServer(server.app())) as client:
+            return await scenario(client, server)
+
+    return asyncio.run(main())
+
+
+def test_each_bad_request_gets_its_4xx_and_the_next_good_one_is_answered(engine):
+    bad = [
+        (b"not json", 400, "Expecting value"),
+        (json.dumps([1, 2]).encode(), 400, 'with "x"'),
+        (json.dumps({"y": GOOD}).encode(), 400, 'with "x"'),
+        (json.dumps({"x": GOOD[:5]}).encode(), 400, "must have shape [16]; got [5]"),
+        (json.dumps({"x": ["a"] * 16}).encode(), 400, "array of numbers"),
+        (json.dumps({"x": [float("nan")] * 16}).encode(), 400, "NaN or Inf"),
+        (json.dumps({"x": GOOD, "budget": 0}).encode(), 400, "below one step"),
+        (json.dumps({"x": GOOD, "budget": "lots"}).encode(), 400, "must be a number"),
+        (json.dumps({"x": GOOD, "budget": 1, "unit": "hours"}).encode(), 400, "is not one of"),
+        (json.dumps({"x": GOOD, "priority": -1}).encode(), 400, "priority"),
+        (b"{" + b" " * (2 << 20) + b"}", 413, "over"),
+    ]
+
+    async def scenario(client, server):
+        for body, code, message in bad:
+            response = await client.post("/predict", data=body)
+            assert response.status == code, (body[:40], await response.text())
+            error = (await response.json())["error"]
+            assert message in error and "\n" not in error
+            good = await client.post("/predict", json={"x": GOOD, "budget": 3})
+            assert good.status == 200 and (await good.json())["status"] == "ok"
+        health = await (await client.get("/healthz")).json()
+        metrics = await (await client.get("/metrics")).text()
+        return health, metrics
+
+    health, metrics = _with_client(engine, scenario)
+    assert health["status"] == "ok" and health["cap"] == 6 and health["input_shape"] == [16]
+    assert 'adaptive_requests_total{status="ok"} 11' in metrics
+    assert f"adaptive_bad_requests_total {11}" in metrics
+    assert 'adaptive_request_latency_ms_bucket{le="+Inf"} 11' in metrics
+    assert "adaptive_budget_adherence 1.000000" in metrics
+
+
+def test_budgets_in_answers_never_exceed_the_request_or_the_cap(engine):
+    rng = np.random.default_rng(0)
+
+    async def scenario(client, server):
+        async def one(i):
+            x = rng.choice([-1.0, 0.0, 1.0], 16).tolist()
+            budget = int(rng.integers(1, 10))
+            answer = await (await client.post("/predict", json={"x": x, "budget": budget, "priority": i % 3})).json()
+            return budget, answer
+
+        return await asyncio.gather(*(one(i) for i in range(60)))
+
+    for budget, answer in _with_client(engine, scenario):
+        assert answer["status"] in ("ok", "degraded")
+        assert 1 <= answer["steps"] <= answer["budget_steps"] <= min(budget, 6)
+
+
+def test_the_ladder_degrades_in_order_and_rejects_what_cannot_be_on_time():
+    c = Controller(8, sla_ms=20.0, has_fallback=True, window_s=0.0)
+    assert c.decide(8, waited_ms=0.0).status == "ok"
+    c.observe(1.0, [30.0] * 20, service_ms=2.0)  # over target: halve the cap
+    assert c.cap == 4 and c.decide(8, 0.0, priority=0).steps == 4 and c.decide(8, 0.0).status == "degraded"
+    assert c.decide(8, 0.0, priority=1).steps == 2  # lower priorities lose depth first
+    for t in (2.0, 3.0, 4.0):
+        c.observe(t, [30.0] * 20, service_ms=2.0)
+    assert c.cap == 1 and c.fallback_on  # at the floor and still late: the fallback model
+    assert c.decide(8, 0.0, priority=1).model == "fallback" and c.decide(8, 0.0, priority=0).model == "primary"
+    assert c.decide(8, waited_ms=19.0).status == "rejected"  # 19 ms waited + 2 ms of service > 20 ms
+    for t in (5.0, 6.0, 7.0):
+        c.observe(t, [1.0] * 20, service_ms=2.0)  # fast again: additive increase
+    assert c.cap == 4 and not c.fallback_on
+    assert not Controller(8, 20.0, max_queue=3).admit(3)  # a full queue defers
+    static = Controller(8, 20.0, mode="static")
+    static.observe(1.0, [500.0] * 20, 400.0)
+    assert static.decide(8, 1e6).status == "ok" and static.admit(10**6)
+
+
+def test_the_server_rejects_and_falls_back_when_the_controller_says_so(engine):
+    controller = Controller(engine.cap, 20.0, has_fallback=True, window_s=0.0)
+    controller.cap, controller.fallback_on, controller._service_ms = 1.0, True, 25.0  # hopelessly late
+
+    async def scenario(client, server):
+        rejected = await client.post("/predict", json={"x": GOOD})
+        controller._service_ms = 0.0
+        fallback = await client.post("/predict", json={"x": GOOD, "priority": 2})
+        return rejected.status, await rejected.json(), await fallback.json()
+
+    code, rejected, fallback = _with_client(engine, scenario, controller, fallback=engine)
+    assert code == 503 and rejected["status"] == "rejected"
+    assert fallback["status"] == "fallback" and fallback["model"] == "fallback"
+
+
+@pytest.mark.parametrize("pattern", ["poisson", "gamma", "spike", "shift"])
+def test_schedules_have_the_rate_and_shape_asked_for(pattern):
+    times, hard = schedule(pattern, 200.0, 30.0, seed=1)
+    assert (np.diff(times) >= 0).all() and times.max() < 30.0
+    expected = 200 * 30 * (5 / 3 if pattern == "spike" else 1)
+    assert len(times) == pytest.approx(expected, rel=0.1)
+    if pattern == "gamma":
+        gaps = np.diff(times)
+        assert gaps.std() / gaps.mean() > 2.0  # bursty: CV near 3
+    if pattern == "spike":
+        middle = ((times >= 10) & (times < 20)).sum()
+        assert middle == pytest.approx(3 * (times < 10).sum(), rel=0.15)
+    assert hard.any() == (pattern == "shift") and (not hard.any() or hard[times >= 15].all())
+
+
+def test_load_generator_accounts_for_every_request(engine):
+    from adaptive.loadgen import run
+
+    async def scenario(client, server):
+        url = str(client.make_url("")).rstrip("/")
+        times, _ = schedule("poisson", 150.0, 1.0, seed=2)
+        bodies = [{"x": GOOD, "budget": 4} for _ in times] + [{"x": GOOD[:3]}]  # the last one is bad
+        return await run(url, np.append(times, 0.5), bodies)
+
+    records = _with_client(engine, scenario)
+    labels = np.zeros(len(records), int)
+    m = summarize(records, labels, sla_ms=1000.0, duration_s=1.0, flops={"primary": engine.table["flops"]})
+    assert m["sent"] == len(records)
+    assert (
+        m["count_ok"] + m["count_rejected"] + m["count_deferred"] + m["count_error"] + m["count_degraded"] == m["sent"]
+    )
+    assert m["count_error"] == 1  # the 400 is counted as a failed request, not dropped
+    assert 0 <= m["effective_accuracy"] <= m["accuracy"] <= 1 and m["p50_ms"] <= m["p99_ms"]
