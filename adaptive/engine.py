@@ -116,15 +116,19 @@ class Engine:
         """The batch as up to `groups` runs of similar step budgets, tightest first; each row's
         `done_s` is when its own group finished."""
         budget = np.clip(np.asarray(budget, np.int32), 1, self.cap)
-        order = np.argsort(budget, kind="stable")
-        parts = [p for p in np.array_split(order, min(groups, len(order))) if len(p)]
-        merged = [p for p in _merge_equal_budgets(parts, budget)]
-        results = [(part, self.run(np.asarray(x)[part], budget[part])) for part in merged]
+        results = [(part, self.run(np.asarray(x)[part], budget[part])) for part in self.groups(budget, groups)]
         out = Result(*(np.zeros(len(budget), dtype) for dtype in (np.int32, np.float32, np.int32, np.int32, float)))
         for part, r in results:
             for name in ("prediction", "confidence", "steps", "experts", "done_s"):
                 getattr(out, name)[part] = getattr(r, name)
         return out
+
+    def groups(self, budget: np.ndarray, groups: int = 2) -> list[np.ndarray]:
+        """Row indices in up to `groups` runs of similar step budgets, tightest first."""
+        budget = np.clip(np.asarray(budget, np.int32), 1, self.cap)
+        order = np.argsort(budget, kind="stable")
+        parts = [p for p in np.array_split(order, min(groups, len(order))) if len(p)]
+        return _merge_equal_budgets(parts, budget)
 
 
 def _merge_equal_budgets(parts: list[np.ndarray], budget: np.ndarray) -> list[np.ndarray]:

@@ -206,11 +206,18 @@ class Server:
                     await self._run(loop, name, members)
 
     async def _run(self, loop, name: str, members: list) -> None:
+        """Runs one model's share in groups of similar budgets, tightest first, answering each
+        group as soon as it is done."""
         engine = self.engines[name]
-        x = np.stack([item.x for item, _ in members])
         steps = np.array([d.steps for _, d in members], np.int32)
-        start = time.perf_counter()
-        result = await loop.run_in_executor(self._pool, engine.run_grouped, x, steps)
+        for part in engine.groups(steps):
+            group = [members[i] for i in part]
+            x = np.stack([item.x for item, _ in group])
+            start = time.perf_counter()
+            result = await loop.run_in_executor(self._pool, engine.run, x, steps[part])
+            self._answer(name, group, result, start)
+
+    def _answer(self, name: str, members: list, result, start: float) -> None:
         latencies = []
         for i, (item, d) in enumerate(members):
             latency = 1e3 * (float(result.done_s[i]) - item.arrival)
