@@ -192,7 +192,6 @@ class Server:
             while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             now = time.perf_counter()
-            self.controller.tick(now)
             groups: dict[str, list] = {"primary": [], "fallback": []}
             for item in batch:
                 d = self.controller.decide(item.steps, 1e3 * (now - item.arrival), item.priority)
@@ -218,12 +217,11 @@ class Server:
             self._answer(name, group, result, start)
 
     def _answer(self, name: str, members: list, result, start: float) -> None:
-        latencies = []
+        self.controller.observe(name, int(result.steps.max()), 1e3 * (time.perf_counter() - start))
         for i, (item, d) in enumerate(members):
             latency = 1e3 * (float(result.done_s[i]) - item.arrival)
             within = int(result.steps[i]) <= d.steps
             self.stats.record(d.status, latency, within)
-            latencies.append(latency)
             item.future.set_result(
                 {
                     "prediction": int(result.prediction[i]),
@@ -236,7 +234,6 @@ class Server:
                     "model": name,
                 }
             )
-        self.controller.observe(time.perf_counter(), latencies, 1e3 * (time.perf_counter() - start))
 
 
 def serve(
@@ -253,7 +250,9 @@ def serve(
     buckets = tuple(b for b in (1, 4, 16, 64) if b < max_batch) + (max_batch,)
     primary = Engine.from_artifact(artifact, buckets=buckets)
     backup = Engine.from_artifact(fallback, buckets=buckets) if fallback else None
-    controller = Controller(primary.cap, sla_ms, mode=mode, has_fallback=backup is not None)
+    controller = Controller(
+        primary.cap, sla_ms, mode=mode, has_fallback=backup is not None, fallback_cap=backup.cap if backup else 1
+    )
     server = Server(primary, controller, fallback=backup, max_batch=max_batch, default_steps=default_steps)
     print(f"serving {artifact} on http://{host}:{port} (SLA {sla_ms:g} ms, {mode}); executables warm", flush=True)
     web.run_app(server.app(), host=host, port=port, print=None, access_log=None)

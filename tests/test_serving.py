@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from adaptive.controller import Controller
+from adaptive.controller import Controller, Decision
 from adaptive.engine import Engine
 from adaptive.export import export_run
 from adaptive.loadgen import schedule, summarize
@@ -89,32 +89,51 @@ def test_budgets_in_answers_never_exceed_the_request_or_the_cap(engine):
 
 
 def test_the_ladder_degrades_in_order_and_rejects_what_cannot_be_on_time():
-    c = Controller(8, sla_ms=20.0, has_fallback=True, window_s=0.0)
-    assert c.decide(8, waited_ms=0.0).status == "ok"
-    c.observe(1.0, [30.0] * 20, service_ms=2.0)  # over target: halve the cap
-    assert c.cap == 4 and c.decide(8, 0.0, priority=0).steps == 4 and c.decide(8, 0.0).status == "degraded"
-    assert c.decide(8, 0.0, priority=1).steps == 2  # lower priorities lose depth first
-    for t in (2.0, 3.0, 4.0):
-        c.observe(t, [30.0] * 20, service_ms=2.0)
-    assert c.cap == 1 and c.fallback_on  # at the floor and still late: the fallback model
-    assert c.decide(8, 0.0, priority=1).model == "fallback" and c.decide(8, 0.0, priority=0).model == "primary"
-    assert c.decide(8, waited_ms=19.0).status == "rejected"  # 19 ms waited + 2 ms of service > 20 ms
-    for t in (5.0, 6.0, 7.0):
-        c.observe(t, [1.0] * 20, service_ms=2.0)  # fast again: additive increase
-    assert c.cap == 4 and not c.fallback_on
+    """Service times measured at 1 ms + 2 ms a step (primary) and 1 ms (fallback), SLA 20 ms,
+    headroom 0.8: a request's slack is 16 ms / (1 + 0.5 priority) minus what it waited."""
+    c = Controller(8, sla_ms=20.0, has_fallback=True, fallback_cap=2)
+    assert c.decide(8, waited_ms=0.0).steps == 8  # nothing measured yet: optimistic
+    for steps in (1, 4, 8):
+        c.observe("primary", steps, 1.0 + 2.0 * steps)
+    c.observe("fallback", 2, 1.0)
+    assert c.decide(6, 0.0) == Decision("ok", "primary", 6)  # 13 ms fits 16
+    assert c.decide(8, 0.0) == Decision("degraded", "primary", 7)  # 17 ms does not; 7 steps (15 ms) do
+    assert c.decide(8, 8.0).steps == 3  # 8 ms waited: 8 ms of slack left, 3 steps (7 ms)
+    assert c.decide(8, 0.0, priority=2).steps == 3  # lower priority, less slack: 8 ms
+    assert c.decide(8, 13.5) == Decision("fallback", "fallback", 2)  # 2.5 ms left: no primary step fits
+    assert c.decide(8, 14.5, priority=2) == Decision("degraded", "primary", 1)  # late for its class, not the SLA
+    assert c.decide(8, 19.5) == Decision("rejected", None, 0)  # cannot be on time at all
+    no_fallback = Controller(8, 20.0)
+    no_fallback.observe("primary", 1, 3.0)
+    assert no_fallback.decide(8, 18.0).status == "rejected"
     assert not Controller(8, 20.0, max_queue=3).admit(3)  # a full queue defers
     static = Controller(8, 20.0, mode="static")
-    static.observe(1.0, [500.0] * 20, 400.0)
-    assert static.decide(8, 1e6).status == "ok" and static.admit(10**6)
+    static.observe("primary", 8, 400.0)
+    assert static.decide(8, 1e6) == Decision("ok", "primary", 8) and static.admit(10**6)
+
+
+def test_service_time_estimates_follow_measurements():
+    from adaptive.controller import ServiceTimes
+
+    times = ServiceTimes(8)
+    assert times.estimate(5) == 0.0
+    times.observe(2, 4.0)
+    assert times.estimate(4) == 8.0  # one point: scaled
+    times.observe(6, 8.0)
+    assert times.estimate(4) == pytest.approx(6.0)  # a line through two points
+    times.observe(2, 14.0)  # slower now: the running estimate moves toward it
+    assert 4.0 < times.estimate(2) < 14.0
 
 
 def test_the_server_rejects_and_falls_back_when_the_controller_says_so(engine):
-    controller = Controller(engine.cap, 20.0, has_fallback=True, window_s=0.0)
-    controller.cap, controller.fallback_on, controller._service_ms = 1.0, True, 25.0  # hopelessly late
+    controller = Controller(engine.cap, 20.0, has_fallback=True, fallback_cap=engine.cap)
+    controller.observe("primary", 1, 25.0)  # one step takes longer than the SLA: hopeless
+    controller.observe("fallback", engine.cap, 30.0)
 
     async def scenario(client, server):
         rejected = await client.post("/predict", json={"x": GOOD})
-        controller._service_ms = 0.0
+        controller.observe("fallback", engine.cap, 0.0)
+        controller.service["fallback"].ms[:] = 0.0  # the fallback is instant now
         fallback = await client.post("/predict", json={"x": GOOD, "priority": 2})
         return rejected.status, await rejected.json(), await fallback.json()
 
