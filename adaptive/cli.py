@@ -55,6 +55,7 @@ def _bench(args, overrides: list[str]) -> int:
             rate=args.rate,
             duration=args.duration,
             fixed_budget=args.fixed_budget,
+            max_batch=args.max_batch,
             out_dir=args.out,
             json_out=args.json,
         )

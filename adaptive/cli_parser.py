@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--rate", type=float, help="base requests/s (default: what full depth sustains)")
     serve.add_argument("--duration", type=float, default=9.0, help="seconds per pattern")
     serve.add_argument("--fixed-budget", type=int, default=3, help="steps of the fixed-budget policy")
+    serve.add_argument("--max-batch", type=int, default=16, help="the servers' largest batch")
     serve.add_argument("--out", default="runs/bench-serve", help="records and plots go here")
     serve.add_argument("--json", metavar="OUT")
     moe = kinds.add_parser("moe", help="MoE layer vs a dense FFN of the same active FLOPs (fwd+bwd, inference)")

@@ -25,6 +25,8 @@ from adaptive.bench.timing import write_json
 from adaptive.loadgen import PATTERNS, summarize
 from adaptive.tables import print_table
 
+PROBE_S = 3.0  # seconds of Poisson load per probe of the sustainable rate
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -73,6 +75,7 @@ def run(
     fixed_budget: int,
     out_dir: str,
     json_out: str | None,
+    max_batch: int = 16,
 ) -> list[dict]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,6 +92,8 @@ def run(
             flops,
         ),
     }
+    common = ["--sla-ms", f"{sla_ms:g}", "--max-batch", str(max_batch)]
+    policies = {name: ([*server_args, *common], f) for name, (server_args, f) in policies.items()}
     if rate is None:
         rate = sustainable_rate(artifact, policies["static full depth"][0], sla_ms, out, {"primary": flops["primary"]})
         print(f"base rate: {rate:g} requests/s (what the full-depth model sustains within the SLA)")
@@ -96,7 +101,7 @@ def run(
     for policy, (server_args, policy_flops) in policies.items():
         sustained = sustainable_rate(artifact, server_args, sla_ms, out, policy_flops)
         print(f"{policy}: sustains {sustained:g} requests/s within the SLA")
-        proc, url = _start_server([*server_args, "--sla-ms", f"{sla_ms:g}"])
+        proc, url = _start_server(server_args)
         try:
             for pattern in PATTERNS:
                 result = _load(url, artifact, pattern, rate, duration, out / "records.json", ("--priorities", "3"))
@@ -124,18 +129,18 @@ def run(
 def sustainable_rate(artifact: str, server_args: list[str], sla_ms: float, out: Path, flops: dict) -> float:
     """The highest Poisson rate (of a doubling ladder, then bisected) whose p99 stays within the
     SLA with under 1% violations, for one policy."""
-    proc, url = _start_server([*server_args, "--sla-ms", f"{sla_ms:g}"])
+    proc, url = _start_server(server_args)
 
     def holds(rate: float) -> bool:
-        result = _load(url, artifact, "poisson", rate, 4.0, out / "probe.json", ("--priorities", "3"))
-        m = summarize(result["records"], np.asarray(result["labels"]), sla_ms, 4.0, flops)
+        result = _load(url, artifact, "poisson", rate, PROBE_S, out / "probe.json", ("--priorities", "3"))
+        m = summarize(result["records"], np.asarray(result["labels"]), sla_ms, PROBE_S, flops)
         return m["p99_ms"] <= sla_ms and m["sla_violation_rate"] < 0.01
 
     try:
-        low, high = 0.0, 25.0
+        low, high = 0.0, 50.0
         while holds(high) and high < 20000:
             low, high = high, high * 2
-        for _ in range(4):
+        for _ in range(3):
             mid = (low + high) / 2
             low, high = (mid, high) if holds(mid) else (low, mid)
         return max(low, 10.0)
