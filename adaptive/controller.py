@@ -12,7 +12,8 @@ slack; if not even one step fits, the fallback model if its run fits; otherwise 
 rejected at once, since a late answer counts as wrong and its compute is better spent on
 requests that can still make it.
 
-Why not AIMD on a step cap, tried first: a window of completed latencies lags a spike by the
+Each group of a batch is decided again when it is about to run (rows known, the wait of the
+groups before it included). Why not AIMD on a step cap, tried first: a window of completed latencies lags a spike by the
 time the queue takes to build, and the p99 went to 127 ms under a 30 ms SLA (measured with
 `adaptive bench serve`). Why not the calibrated cost model alone: this machine's speed drifts
 by tens of percent (experiments/budget_targeting); estimates refreshed from every batch follow
@@ -25,6 +26,7 @@ nothing is shed or deferred.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,33 +42,35 @@ class Decision:
 
 
 class ServiceTimes:
-    """Running estimates of a batch's run time (ms) by the most steps any of its rows takes."""
+    """Running estimate of a batch's run time: ms = a + b * steps + c * rows * steps, fitted by
+    least squares to the last `window` batches (steps: the most any row took), so that it
+    follows both the machine's current speed and how full the batches are."""
 
-    def __init__(self, cap: int, smoothing: float = 0.2):
-        self.cap, self.smoothing = cap, smoothing
-        self.ms = np.full(cap + 1, np.nan)  # index = steps
+    def __init__(self, cap: int, window: int = 200):
+        self.cap = cap
+        self._seen: deque[tuple[int, int, float]] = deque(maxlen=window)
+        self._coef: np.ndarray | None = None
 
-    def observe(self, steps: int, ms: float) -> None:
-        s = int(np.clip(steps, 1, self.cap))
-        old = self.ms[s]
-        self.ms[s] = ms if np.isnan(old) else (1 - self.smoothing) * old + self.smoothing * ms
+    def observe(self, steps: int, ms: float, rows: int = 1) -> None:
+        self._seen.append((int(np.clip(steps, 1, self.cap)), max(int(rows), 1), float(ms)))
+        seen = np.asarray(self._seen, float)
+        features = np.stack([np.ones(len(seen)), seen[:, 0], seen[:, 0] * seen[:, 1]], 1)
+        if len({(s, r) for s, r, _ in self._seen}) >= 3:
+            self._coef = np.maximum(np.linalg.lstsq(features, seen[:, 2], rcond=None)[0], 0.0)
+        else:  # too few distinct batches for a fit: all time per step and row, as a bound
+            self._coef = np.array([0.0, 0.0, float(np.max(seen[:, 2] / (seen[:, 0] * seen[:, 1])))])
 
-    def estimate(self, steps: int) -> float:
-        """Measured when seen; else a line through what was seen (0 before anything was)."""
-        known = np.flatnonzero(~np.isnan(self.ms))
-        if known.size == 0:
+    def estimate(self, steps: int, rows: int = 1) -> float:
+        """The expected run of a batch of `rows` whose slowest row takes `steps` (0 before any)."""
+        if self._coef is None:
             return 0.0
-        if self.ms[steps] == self.ms[steps]:  # not NaN
-            return float(self.ms[steps])
-        if known.size == 1:  # one point: scale it, keeping its share of fixed cost as if all per step
-            return float(self.ms[known[0]] * steps / known[0])
-        slope, intercept = np.polyfit(known, self.ms[known], 1)
-        return float(intercept + max(slope, 0.0) * steps)
+        a, b, c = self._coef
+        return float(a + b * steps + c * steps * rows)
 
-    def most_steps_within(self, slack_ms: float, requested: int) -> int:
+    def most_steps_within(self, slack_ms: float, requested: int, rows: int = 1) -> int:
         """The most steps (<= requested) whose estimated run fits `slack_ms`; 0 if none."""
         for s in range(requested, 0, -1):
-            if self.estimate(s) <= slack_ms:
+            if self.estimate(s, rows) <= slack_ms:
                 return s
         return 0
 
@@ -98,23 +102,24 @@ class Controller:
         """What is left of a request's allowance: lower priorities get less, so they degrade first."""
         return self.headroom * self.sla_ms / (1 + 0.5 * max(priority, 0)) - waited_ms
 
-    def decide(self, requested_steps: int, waited_ms: float, priority: int = 0) -> Decision:
+    def decide(self, requested_steps: int, waited_ms: float, priority: int = 0, rows: int = 1) -> Decision:
+        """The operating point of one request of a batch of `rows` about to run."""
         requested = int(np.clip(requested_steps, 1, self.full))
         if self.mode == "static":
             return Decision("ok", "primary", requested)
         slack = self.slack_ms(waited_ms, priority)
-        steps = self.service["primary"].most_steps_within(slack, requested)
+        steps = self.service["primary"].most_steps_within(slack, requested, rows)
         if steps:
             return Decision("ok" if steps == requested else "degraded", "primary", steps)
-        if self.has_fallback and self.service["fallback"].estimate(self.fallback_cap) <= slack:
+        if self.has_fallback and self.service["fallback"].estimate(self.fallback_cap, rows) <= slack:
             return Decision("fallback", "fallback", self.fallback_cap)
-        if waited_ms + self.service["primary"].estimate(1) <= self.sla_ms:  # late for its class, not for the SLA
+        if waited_ms + self.service["primary"].estimate(1, rows) <= self.sla_ms:  # late for its class only
             return Decision("degraded", "primary", 1)
         return Decision("rejected", None, 0)
 
-    def observe(self, model: str, steps: int, service_ms: float) -> None:
-        """A batch of `model` whose slowest row took `steps` steps ran in `service_ms`."""
-        self.service[model].observe(steps, service_ms)
+    def observe(self, model: str, steps: int, service_ms: float, rows: int = 1) -> None:
+        """A batch of `rows` of `model` whose slowest row took `steps` steps ran in `service_ms`."""
+        self.service[model].observe(steps, service_ms, rows)
 
     @property
     def cap(self) -> float:

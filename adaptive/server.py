@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiohttp import web
 
-from adaptive.controller import STATUSES, Controller
+from adaptive.controller import STATUSES, Controller, Decision
 from adaptive.engine import BudgetError, Engine
 
 MAX_BODY = 1 << 20
@@ -191,33 +191,46 @@ class Server:
             batch = [await self.queue.get()]
             while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            now = time.perf_counter()
-            groups: dict[str, list] = {"primary": [], "fallback": []}
-            for item in batch:
-                d = self.controller.decide(item.steps, 1e3 * (now - item.arrival), item.priority)
-                if d.model is None:
-                    self.stats.record("rejected")
-                    item.future.set_result({"status": "rejected", "latency_ms": 1e3 * (now - item.arrival)})
-                else:
-                    groups[d.model].append((item, d))
-            for name, members in groups.items():
-                if members:
-                    await self._run(loop, name, members)
+            await self._serve_batch(loop, batch)
 
-    async def _run(self, loop, name: str, members: list) -> None:
-        """Runs one model's share in groups of similar budgets, tightest first, answering each
-        group as soon as it is done."""
-        engine = self.engines[name]
-        steps = np.array([d.steps for _, d in members], np.int32)
-        for part in engine.groups(steps):
-            group = [members[i] for i in part]
-            x = np.stack([item.x for item, _ in group])
-            start = time.perf_counter()
-            result = await loop.run_in_executor(self._pool, engine.run, x, steps[part])
-            self._answer(name, group, result, start)
+    def _decide(self, items: list[Pending]) -> list[tuple[Pending, Decision]]:
+        """Each request's operating point for a batch of these items about to run now; the
+        rejected are answered at once and left out."""
+        now, kept = time.perf_counter(), []
+        for item in items:
+            d = self.controller.decide(item.steps, 1e3 * (now - item.arrival), item.priority, rows=len(items))
+            if d.model is None:
+                self.stats.record("rejected")
+                item.future.set_result({"status": "rejected", "latency_ms": 1e3 * (now - item.arrival)})
+            else:
+                kept.append((item, d))
+        return kept
+
+    async def _serve_batch(self, loop, batch: list[Pending]) -> None:
+        """The primary model's share in groups of similar budgets, tightest first, each decided
+        again just before it runs (the earlier groups' time counts as waiting) and answered as
+        soon as it is done; then what went to the fallback model."""
+        decided = self._decide(batch)
+        primary = [(item, d) for item, d in decided if d.model == "primary"]
+        fallback = [(item, d) for item, d in decided if d.model == "fallback"]
+        engine = self.engines["primary"]
+        for part in engine.groups(np.array([d.steps for _, d in primary], np.int32)) if primary else []:
+            group = self._decide([primary[i][0] for i in part])
+            fallback += [(item, d) for item, d in group if d.model == "fallback"]
+            await self._run(loop, "primary", [(item, d) for item, d in group if d.model == "primary"])
+        await self._run(loop, "fallback", fallback)
+
+    async def _run(self, loop, name: str, group: list[tuple[Pending, Decision]]) -> None:
+        if not group:
+            return
+        x = np.stack([item.x for item, _ in group])
+        steps = np.array([d.steps for _, d in group], np.int32)
+        start = time.perf_counter()
+        result = await loop.run_in_executor(self._pool, self.engines[name].run, x, steps)
+        self._answer(name, group, result, start)
 
     def _answer(self, name: str, members: list, result, start: float) -> None:
-        self.controller.observe(name, int(result.steps.max()), 1e3 * (time.perf_counter() - start))
+        self.controller.observe(name, int(result.steps.max()), 1e3 * (time.perf_counter() - start), len(members))
         for i, (item, d) in enumerate(members):
             latency = 1e3 * (float(result.done_s[i]) - item.arrival)
             within = int(result.steps[i]) <= d.steps

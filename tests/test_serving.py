@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from adaptive.controller import Controller, Decision
+from adaptive.controller import Controller, Decision, ServiceTimes
 from adaptive.engine import Engine
 from adaptive.export import export_run
 from adaptive.loadgen import schedule, summarize
@@ -112,17 +112,19 @@ def test_the_ladder_degrades_in_order_and_rejects_what_cannot_be_on_time():
     assert static.decide(8, 1e6) == Decision("ok", "primary", 8) and static.admit(10**6)
 
 
-def test_service_time_estimates_follow_measurements():
+def test_service_time_estimates_follow_measurements_and_batch_size():
     from adaptive.controller import ServiceTimes
 
     times = ServiceTimes(8)
     assert times.estimate(5) == 0.0
-    times.observe(2, 4.0)
-    assert times.estimate(4) == 8.0  # one point: scaled
-    times.observe(6, 8.0)
-    assert times.estimate(4) == pytest.approx(6.0)  # a line through two points
-    times.observe(2, 14.0)  # slower now: the running estimate moves toward it
-    assert 4.0 < times.estimate(2) < 14.0
+    times.observe(2, 4.0, rows=2)
+    assert times.estimate(4, rows=2) == 8.0  # too few batches for a fit: all time per step and row
+    for steps, rows in [(1, 1), (4, 1), (8, 16), (2, 8), (6, 4)]:
+        times.observe(steps, 1.0 + 0.5 * steps + 0.25 * steps * rows, rows=rows)
+    times._seen.popleft()  # forget the first guess; refit on the exact ones
+    times.observe(3, 1.0 + 1.5 + 0.25 * 3 * 2, rows=2)
+    assert times.estimate(5, rows=10) == pytest.approx(1.0 + 2.5 + 12.5)  # unseen (steps, rows)
+    assert times.most_steps_within(10.0, requested=8, rows=4) == 6  # 1 + 3 + 6 = 10
 
 
 def test_the_server_rejects_and_falls_back_when_the_controller_says_so(engine):
@@ -132,8 +134,7 @@ def test_the_server_rejects_and_falls_back_when_the_controller_says_so(engine):
 
     async def scenario(client, server):
         rejected = await client.post("/predict", json={"x": GOOD})
-        controller.observe("fallback", engine.cap, 0.0)
-        controller.service["fallback"].ms[:] = 0.0  # the fallback is instant now
+        controller.service["fallback"] = ServiceTimes(engine.cap)  # nothing measured: assumed instant
         fallback = await client.post("/predict", json={"x": GOOD, "priority": 2})
         return rejected.status, await rejected.json(), await fallback.json()
 
