@@ -35,6 +35,11 @@ def compute_report(run: Run, split: str, baselines: list[str] = ()) -> tuple[dic
     cfg = run.cfg
     if cfg.halting.policy == "none":
         raise RunError("a static model has a single operating point: use --budget, or pass it as --baseline")
+    if cfg.halting.policy == "pondernet" and cfg.halting.pondernet_inference == "sample":
+        raise RunError(
+            "sampled PonderNet halting has no per-budget trajectory to report on; use --budget, or train with "
+            "halting.pondernet_inference=threshold"
+        )
     k_max = cfg.moe.k if cfg.moe.enabled else None
     flops = flops_model(cfg, run.spec.input_shape, run.spec.num_classes, batch=cfg.train.eval_batch_size)
     budget = run.budget if run.budget is not None and run.budget.target is not None else None
@@ -95,8 +100,8 @@ def _budgeted_batch(run: Run, split: str, test, compute, k_max, cap: int, budget
         return []
     calibration_split = "validation" if split != "validation" else "train"
     validation = outcomes.collect(run.graphdef, run.params, run.cfg, calibration_split, k_max=k_max)
-    targets = sorted({max(1.0, f * cap) for f in TARGET_FRACTIONS} | ({_steps_at(budget, cap)} if budget else set()))
-    rows = curves.budgeted_batch(validation, test, [t for t in targets if t is not None], compute)
+    targets = {max(1.0, f * cap) for f in TARGET_FRACTIONS} | {_steps_at(budget, cap) if budget else None}
+    rows = curves.budgeted_batch(validation, test, sorted(t for t in targets if t is not None), compute)
     for r in rows:
         r["calibration_split"] = calibration_split
     return rows

@@ -133,3 +133,16 @@ def test_eval_report_of_experts_sweeps_expert_budgets(tmp_path):
     for t in (1, 2, 3):  # one expert a token never uses more experts than two
         assert by[(1, t)]["experts"] <= by[(2, t)]["experts"]
         assert by[(1, t)]["experts"] <= 16 * by[(1, t)]["steps"] + 1e-6  # 16 tokens, at most 1 expert each
+
+
+def test_eval_report_refuses_models_without_budget_curves(tmp_path):
+    from adaptive.eval_report import compute_report
+    from adaptive.runs import RunError, load_run
+
+    train_tiny(tmp_path / "static", 5, overrides=("--config.halting.policy=none",))
+    with pytest.raises(RunError, match="a static model has a single operating point"):
+        compute_report(load_run(tmp_path / "static"), "test")
+    sampled = ("--config.halting.policy=pondernet", "--config.halting.pondernet_inference=sample")
+    train_tiny(tmp_path / "sampled", 5, overrides=sampled)
+    with pytest.raises(RunError, match="sampled PonderNet halting has no per-budget trajectory"):
+        compute_report(load_run(tmp_path / "sampled"), "test")
