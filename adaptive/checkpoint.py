@@ -47,8 +47,11 @@ class Checkpointer:
         )
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict]:
-        """Restores `step` into the structure, shapes and dtypes of `like`."""
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), like)
+        """Restores `step` into the structure, shapes, dtypes and shardings of `like`: a state
+        saved on one mesh restores onto another."""
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), like
+        )
         out = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore())
         )

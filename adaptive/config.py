@@ -188,6 +188,24 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class MeshConfig:
+    """Devices and hosts: a mesh of `data` x `expert` devices (0 for data: every device left).
+
+    Parameters are replicated except the experts', sharded on `expert`; batches are split over
+    both axes (each expert-axis device routes its own tokens). Multi-host: with `num_processes`
+    > 1, `jax.distributed.initialize(coordinator_address, num_processes, process_id)`; with
+    `auto`, JAX reads the cluster from the environment (SLURM, ...). One device is a mesh of one.
+    """
+
+    data: int = _f(1, lo=0)
+    expert: int = _f(1, lo=1)
+    distributed: str = _f("off", choices=("off", "auto", "explicit"))
+    coordinator_address: str = ""  # host:port of process 0 (explicit)
+    num_processes: int = _f(1, lo=1)
+    process_id: int = _f(0, lo=0)
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole run. `seed` is the only source of randomness (init, dropout, data order)."""
 
@@ -201,6 +219,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -45,8 +45,10 @@ def init_state(
 
 
 def reset_metric_sums(state: dict) -> dict:
+    # zeros_like keeps each array's sharding: on a mesh, a fresh jnp.zeros would be a host-local
+    # array that multi-host checkpoints cannot save.
     zeros = jax.tree.map(jnp.zeros_like, state["metric_sums"])
-    return {**state, "metric_sums": zeros, "metric_count": jnp.zeros((), jnp.int32)}
+    return {**state, "metric_sums": zeros, "metric_count": jnp.zeros_like(state["metric_count"])}
 
 
 def _loss_fn(graphdef: nnx.GraphDef, halting_cfg, budget=None) -> Callable:

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 
 from adaptive import config as config_lib
-from adaptive import data, runinfo, steps
+from adaptive import data, parallel, runinfo, steps
 from adaptive.budget import Budget
 from adaptive.checkpoint import Checkpointer
 from adaptive.metrics import JsonlWriter, MultiWriter, ProgressBar, WandbWriter
@@ -36,6 +36,7 @@ RESUMABLE_CHANGES = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "logging.",
+    "mesh.",  # a run can resume on another mesh: checkpoints restore onto the new shardings
 )
 
 
@@ -49,21 +50,35 @@ class Interrupted(RuntimeError):
 
 def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str, float]:
     """Trains `cfg` in `workdir` (resuming if it holds a checkpoint); returns final eval metrics."""
+    parallel.initialize(cfg.mesh)
+    mesh = parallel.make_mesh(cfg.mesh)
+    parallel.check_batch(cfg.train.batch_size, mesh)
     spec = data.prepare(cfg.data)
     model = build_model(cfg, spec)
     budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)  # refuses unreachable targets
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_or_check_config(cfg, workdir)
+    if parallel.is_writer():
+        _write_or_check_config(cfg, workdir)
 
     graphdef, params = nnx.split(model, nnx.Param)
     tx = make_optimizer(cfg.optim, cfg.train.steps)
     state = steps.init_state(graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget)
-    train_step = jax.jit(steps.make_train_step(graphdef, tx, cfg.halting, budget, cfg.seed), donate_argnums=0)
+    step_fn = steps.make_train_step(graphdef, tx, cfg.halting, budget, cfg.seed)
+    place = lambda batch: batch  # noqa: E731
+    if parallel.is_trivial(mesh):
+        train_step = jax.jit(step_fn, donate_argnums=0)
+    else:  # the state laid out on the mesh once; batches assembled from each host's rows
+        shardings = parallel.state_shardings(state, mesh)
+        state = jax.device_put(state, shardings)
+        batch_in = parallel.batch_sharding(mesh)
+        train_step = jax.jit(step_fn, in_shardings=(shardings, batch_in), out_shardings=shardings, donate_argnums=0)
+        place = lambda batch: parallel.global_batch(batch, mesh)  # noqa: E731
     eval_step = jax.jit(steps.make_eval_step(graphdef, spec.max_difficulty))
     lr_at = learning_rate_schedule(cfg.optim, cfg.train.steps)
 
-    batches = data.train_iterator(cfg.data, cfg.train.batch_size, seed=cfg.seed)
+    rows = parallel.host_rows(cfg.train.batch_size) if jax.process_count() > 1 else None
+    batches = data.train_iterator(cfg.data, cfg.train.batch_size, seed=cfg.seed, rows=rows)
     ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
     restored = ckpt.restore_latest(state)
     start = 0
@@ -71,10 +86,11 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
         start, state, data_state = restored
         batches.set_state(data_state)
         log.info("resuming %s from step %d", workdir, start)
-    runinfo.record_start(workdir, seed=cfg.seed, resumed_from=restored and start)
-
-    writers = [JsonlWriter(workdir / "metrics.jsonl", resume_step=start)]
-    if cfg.logging.wandb != "disabled":
+    writing = parallel.is_writer()
+    if writing:
+        runinfo.record_start(workdir, seed=cfg.seed, resumed_from=restored and start)
+    writers = [JsonlWriter(workdir / "metrics.jsonl", resume_step=start)] if writing else []
+    if cfg.logging.wandb != "disabled" and writing:
         writers.append(
             WandbWriter(
                 workdir,
@@ -84,7 +100,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
                 config=config_lib.to_dict(cfg),
             )
         )
-    bar = ProgressBar(cfg.train.steps, start, enabled=cfg.logging.progress)
+    bar = ProgressBar(cfg.train.steps, start, enabled=cfg.logging.progress and writing)
     writer = MultiWriter(writers + [bar])
 
     stop = {"signal": None}
@@ -93,7 +109,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
     try:
         t_window, steps_in_window = time.perf_counter(), 0
         for step in range(start + 1, cfg.train.steps + 1):
-            state = train_step(state, next(batches))
+            state = train_step(state, place(next(batches)))
             steps_in_window += 1
             bar.advance()
             last = step == cfg.train.steps
@@ -160,6 +176,10 @@ def _write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
     current = json.loads(json.dumps(config_lib.to_dict(cfg)))
     if path.exists():
         saved = json.loads(path.read_text())
+        try:  # a run saved before a config field existed had that field's default
+            saved = json.loads(json.dumps(config_lib.to_dict(config_lib.from_dict(saved))))
+        except config_lib.ConfigError:
+            pass  # a field since removed: compare as saved
         for key in _differences(saved, current):
             if not key.startswith(RESUMABLE_CHANGES):
                 raise config_lib.ConfigError(

@@ -24,20 +24,22 @@ def _read_options(source: Source) -> grain.ReadOptions:
     return grain.ReadOptions(num_threads=0 if source.in_memory else 1, prefetch_buffer_size=4)
 
 
-def train_iterator(cfg: Any, batch_size: int, seed: int) -> grain.DatasetIterator:
+def train_iterator(cfg: Any, batch_size: int, seed: int, rows: slice | None = None) -> grain.DatasetIterator:
     """Batches of the train split forever, in a fresh shuffle each epoch.
 
     Yields dicts of numpy arrays `x` [B, ...] float32, `y` [B] int32, `difficulty` [B] int32.
     Batches may straddle an epoch boundary, so every batch is full and the stream's position
     is one integer: `get_state()` is a JSON-serialisable dict, and `set_state` on a fresh
     iterator with the same cfg, batch_size and seed resumes bitwise where it was saved.
+    `rows` reads only those rows of every batch (one host's share of the global batch).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     source = load_split(cfg, "train")
     if len(source) == 0:
         raise ValueError(f"the train split of {cfg.name!r} is empty")
-    dataset = ShuffledIndexBatches(len(source), batch_size, seed).map(source.read_batch)
+    read = source.read_batch if rows is None else (lambda indices: source.read_batch(indices[rows]))
+    dataset = ShuffledIndexBatches(len(source), batch_size, seed).map(read)
     return iter(dataset.to_iter_dataset(_read_options(source)))
 
 

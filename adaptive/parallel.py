@@ -1,0 +1,104 @@
+"""Devices and hosts, with JAX's own runtime: a mesh from the config, shardings for the train
+state and the batches, multi-host start-up and per-host data.
+
+- The mesh is `jax.make_mesh((data, expert), ("data", "expert"))`. One device is a mesh of one,
+  and then nothing here changes how a run executes.
+- The train state is replicated, except the experts' parameters (and their optimizer moments),
+  which are split on `expert` along their expert axis. XLA (GSPMD) places the collectives.
+- A batch is split over both axes, so each expert-axis device routes its own share of tokens.
+  Each host reads only its rows of every global batch (the same global batches as one host
+  reads, so a run does not depend on how many hosts train it) and the global array is built
+  with `jax.make_array_from_process_local_data`.
+- Only process 0 writes logs, metrics and wandb; every process takes part in checkpoints
+  (orbax coordinates them), which restore onto whatever mesh the restoring run has.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from adaptive.config import ConfigError
+
+# Expert parameters: [..., E, D, F] kernels and [..., E, F] biases of a MoE layer.
+_EXPERT_LEAF = re.compile(r"\b(w_in|w_out|b_in|b_out)\b")
+_started = False
+
+
+def initialize(mesh_cfg) -> None:
+    """Joins the cluster once per process (multi-host runs only)."""
+    global _started
+    if mesh_cfg.distributed == "off" or _started:
+        return
+    if mesh_cfg.distributed == "auto":
+        jax.distributed.initialize()
+    else:
+        if not mesh_cfg.coordinator_address:
+            raise ConfigError("mesh.distributed=explicit needs mesh.coordinator_address=HOST:PORT of process 0")
+        jax.distributed.initialize(mesh_cfg.coordinator_address, mesh_cfg.num_processes, mesh_cfg.process_id)
+    _started = True
+
+
+def make_mesh(mesh_cfg) -> Mesh:
+    count = jax.device_count()
+    expert = mesh_cfg.expert
+    data = mesh_cfg.data or count // expert
+    if data * expert > count or count % expert:
+        raise ConfigError(
+            f"config keys 'mesh.data' x 'mesh.expert' = {data} x {expert} do not fit the {count} device(s) here"
+        )
+    # Auto axes: XLA propagates the shardings (GSPMD); the model code stays sharding-agnostic.
+    auto = (jax.sharding.AxisType.Auto,) * 2
+    return jax.make_mesh((data, expert), ("data", "expert"), axis_types=auto, devices=jax.devices()[: data * expert])
+
+
+def is_trivial(mesh: Mesh) -> bool:
+    return mesh.size == 1 and jax.process_count() == 1
+
+
+def state_shardings(state, mesh: Mesh):
+    """A NamedSharding for every leaf of the train state: experts on `expert`, the rest replicated."""
+
+    def spec(path, leaf) -> NamedSharding:
+        name = jax.tree_util.keystr(path)
+        ndim = np.ndim(leaf)
+        if mesh.shape["expert"] > 1 and _EXPERT_LEAF.search(name):
+            axis = ndim - (3 if re.search(r"\bw_(in|out)\b", name) else 2)  # the expert axis
+            if axis >= 0:
+                return NamedSharding(mesh, P(*([None] * axis), "expert"))
+        return NamedSharding(mesh, P())
+
+    return jax.tree_util.tree_map_with_path(spec, state)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(("data", "expert")))
+
+
+def check_batch(batch_size: int, mesh: Mesh) -> None:
+    if batch_size % mesh.size or batch_size % jax.process_count():
+        raise ConfigError(
+            f"config key 'train.batch_size' is {batch_size}; it must divide over the mesh's {mesh.size} device(s) "
+            f"and {jax.process_count()} process(es)"
+        )
+
+
+def host_rows(batch_size: int) -> slice:
+    """This process's rows of every global batch."""
+    per_host = batch_size // jax.process_count()
+    return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
+
+
+def global_batch(local: dict, mesh: Mesh) -> dict:
+    """The global, sharded batch from this host's rows."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def is_writer() -> bool:
+    """Only process 0 writes logs, metrics and wandb."""
+    return jax.process_index() == 0

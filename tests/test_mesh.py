@@ -1,0 +1,70 @@
+"""Scale-out on JAX's own runtime: the same run on 1 device, on meshes of 8 host CPU devices,
+across a restore onto another mesh, and as two jax.distributed processes, gives the same
+parameters. The multi-device runs go to subprocesses so that every other test keeps 1 device."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from tests.helpers import ROOT, run_train
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+@pytest.mark.slow
+def test_meshes_and_cross_mesh_restores_give_the_one_device_parameters(tmp_path):
+    """ACT + MoE (configs/sut.py:tiny), 5 steps on (data=8) and on (data=2, expert=4); then 5
+    steps saved on 8 devices and resumed to 8 on 1, and the other way round onto (2, 4)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests/mesh_script.py"), str(tmp_path)],
+        env={**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    gaps = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(gaps) == {"data8", "data2_expert4", "saved_on_8_restored_on_1", "saved_on_1_restored_on_2x4"}
+    assert all(g <= 1e-5 for g in gaps.values()), gaps
+
+
+@pytest.mark.slow
+def test_two_jax_distributed_processes_train_like_one(tmp_path):
+    from tests.mesh_script import gap, train_parity
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = str(ROOT / "tests/distributed_script.py")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, script, str(i), str(port), str(tmp_path / "two")],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    assert "process 0 of 2 on 2 devices: done" in outputs[0][0]
+    assert "process 1 of 2 on 2 devices: done" in outputs[1][0]
+    two = train_parity(tmp_path / "two", restore_only=True)  # restored here, on one device
+    one = train_parity(tmp_path / "one")
+    assert gap(jax.tree.map(np.asarray, two), one) <= 1e-5
+
+
+def test_a_mesh_that_does_not_fit_the_devices_is_a_one_line_error(tmp_path):
+    proc = run_train(tmp_path / "w", "--config.mesh.data=4", "--config.mesh.expert=2")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "adaptive: error: config keys 'mesh.data' x 'mesh.expert' = 4 x 2 do not fit the 1 device(s) here"
+    ]
