@@ -217,7 +217,8 @@ def _sweep(args, overrides: list[str]) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     if args.wandb:
         print(f"wrote {sweep_summary.wandb_yaml(args.config, workdir.resolve(), count, overrides)}")
-    sweep.run(args.config, points, args.parallel)
+    devices = [d for d in args.devices.split(",") if d]
+    sweep.run(args.config, points, args.parallel, devices, args.devices_per_point)
     rows = sweep_summary.summarize(points, workdir)
     return 0 if all(r["status"] == "done" for r in rows) else 1
 

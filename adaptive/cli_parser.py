@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="list the points and their status; run nothing")
     sweep.add_argument("--point", type=int, metavar="I", help="train only point I (what wandb agents run)")
     sweep.add_argument("--wandb", action="store_true", help="also write DIR/sweep.yaml for wandb sweep/agent")
+    sweep.add_argument("--devices", default="", help="accelerator ids to share out, e.g. 0,1,2,3")
+    sweep.add_argument("--devices-per-point", type=int, default=0, metavar="K", help="each running point gets K")
     reproduce = commands.add_parser(
         "reproduce", help="run one experiment end to end and check its README's claims", allow_abbrev=False
     )

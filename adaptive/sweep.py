@@ -39,6 +39,7 @@ class Point:
     steps: int  # training steps of this point's config
     base: list[str] = field(default_factory=list)  # overrides given to the whole sweep
     status: str = "new"  # new | partial | done | failed | running
+    slot: int = -1  # which device subset it runs on (local runner)
     detail: str = ""
     process: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -147,7 +148,14 @@ def _die_with_parent() -> None:
         pass
 
 
-def launch(spec: str, point: Point) -> None:
+def device_env(devices: list[str], slot: int, per_point: int) -> dict:
+    """The environment that gives a point its own accelerators: slot i of `per_point` ids each.
+    JAX sees only those (CUDA_VISIBLE_DEVICES; the TPU runtime reads TPU_VISIBLE_CHIPS)."""
+    mine = ",".join(devices[slot * per_point : (slot + 1) * per_point])
+    return {"CUDA_VISIBLE_DEVICES": mine, "TPU_VISIBLE_CHIPS": mine}
+
+
+def launch(spec: str, point: Point, env: dict | None = None) -> None:
     point.workdir.mkdir(parents=True, exist_ok=True)
     log = (point.workdir / "train.log").open("ab")
     command = [
@@ -162,7 +170,9 @@ def launch(spec: str, point: Point) -> None:
         "--config.logging.progress=false",
         *point.overrides,
     ]
-    point.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    point.process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, env={**os.environ, **(env or {})}
+    )
     (point.workdir / ".sweep.pid").write_text(str(point.process.pid))
     point.status, point.detail = "running", ""
 
@@ -189,8 +199,14 @@ def _last_error(point: Point) -> str:
     return (errors or lines or ["(no output)"])[-1][-300:]
 
 
-def run(spec: str, points: list[Point], parallel: int) -> list[Point]:
-    """Trains every point not yet done, at most `parallel` at a time, with one progress bar."""
+def run(spec: str, points: list[Point], parallel: int, devices: list[str] = (), per_point: int = 0) -> list[Point]:
+    """Trains every point not yet done, at most `parallel` at a time, with one progress bar;
+    with `devices` and `per_point`, each running point gets its own `per_point` of them."""
+    if per_point and len(devices) < parallel * per_point:
+        raise ConfigError(
+            f"--parallel {parallel} x --devices-per-point {per_point} needs {parallel * per_point} devices; "
+            f"--devices lists {len(devices)}"
+        )
     from tqdm import tqdm
 
     for p in points:
@@ -213,7 +229,9 @@ def run(spec: str, points: list[Point], parallel: int) -> list[Point]:
         while queue or running:
             while queue and len(running) < parallel and not stop["signal"]:
                 point = queue.pop(0)
-                launch(spec, point)
+                slot = min(set(range(parallel)) - {p.slot for p in running})  # a free device subset
+                point.slot = slot
+                launch(spec, point, device_env(list(devices), slot, per_point) if per_point else None)
                 running.append(point)
             if stop["signal"] and not stopping:  # once: the running points save and exit 143
                 stopping = True

@@ -160,3 +160,17 @@ def test_bad_sweeps_are_refused_before_anything_runs(tmp_path, points, message):
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("adaptive: error: ") and message in line
     assert not (tmp_path / "sweep").exists()
+
+
+def test_points_get_disjoint_device_subsets(tmp_path):
+    from adaptive.sweep import device_env
+
+    devices = ["0", "1", "2", "3"]
+    assert device_env(devices, 0, 2)["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert device_env(devices, 1, 2)["CUDA_VISIBLE_DEVICES"] == "2,3"
+    proc = sweep(write_config(tmp_path, [{"halting.tau": 1e-3}]), tmp_path / "s", "--parallel", "3",
+                 "--devices", "0,1,2,3", "--devices-per-point", "2")  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "adaptive: error: --parallel 3 x --devices-per-point 2 needs 6 devices; --devices lists 4"
+    ]
