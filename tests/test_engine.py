@@ -74,3 +74,18 @@ def test_budgets_in_units_become_step_caps(engines):
     ]:
         with pytest.raises(BudgetError, match=message):
             engine.steps_for(value, unit)
+
+
+def test_a_moe_artifact_keeps_steps_and_experts_within_budget_and_caps(tmp_path):
+    """ACT + experts (configs/sut.py:tiny: cap 3 steps, 16 tokens, at most 2 experts a token):
+    for random inputs and budgets, steps <= min(budget, cap) and expert applications <= steps x
+    tokens x k."""
+    train_tiny(tmp_path / "run", 5, config="configs/sut.py:tiny")
+    engine = Engine.from_artifact(export_run(tmp_path / "run", tmp_path / "art"), buckets=(4, 16))
+    for seed in range(4):
+        x, budget = _requests(21, seed)
+        out = engine.run(x, budget)
+        caps = np.clip(budget, 1, 3)
+        assert (out.steps >= 1).all() and (out.steps <= caps).all()
+        assert (out.experts >= 0).all() and (out.experts <= out.steps * 16 * 2).all()
+        assert out.experts.sum() > 0

@@ -19,6 +19,7 @@ tokens x experts x capacity one-hot tensor is ever built.
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import NamedTuple
 
 import jax
@@ -36,9 +37,15 @@ class Routing(NamedTuple):
     soft_experts_T: jax.Array | None = None  # top-p: experts per token, with a gradient to the router
 
 
-def capacity(num_tokens: int, num_experts: int, k: int, factor: float) -> int:
-    """Slots per expert: factor x the expert's share of the k * T assignments (at least 1)."""
-    return max(1, int(-(-num_tokens * k * factor // num_experts)))
+def capacity(num_tokens, num_experts: int, k: int, factor: float):
+    """Slots per expert: factor x the expert's share of the k * T assignments (at least 1).
+
+    Integer arithmetic on the factor as a fraction, so that `num_tokens` may be a symbolic
+    dimension (an exported artifact's batch) and the capacity a symbolic expression of it.
+    """
+    ratio = Fraction(factor).limit_denominator(1000)
+    slots = -(-(num_tokens * k * ratio.numerator) // (num_experts * ratio.denominator))
+    return max(1, slots) if isinstance(slots, int) else slots  # symbolic: >= 1 for any batch
 
 
 def top_k(logits_TxE: jax.Array, k: int, cap: int, *, renormalize: bool, k_active: jax.Array | None = None) -> Routing:
