@@ -43,23 +43,29 @@ class Result:
 
 class Engine:
     def __init__(self, serve, input_shape, cap: int, compute_at_steps: dict, *, buckets=(1, 8, 32), name=""):
+        """`serve`: one function, or a dict {experts per token (None: all): function} for MoE."""
         self.input_shape, self.cap, self.table, self.name = tuple(input_shape), cap, compute_at_steps, name
         self.buckets = tuple(sorted(set(buckets)))
+        serves = serve if isinstance(serve, dict) else {None: serve}
+        self.expert_budgets = sorted(k for k in serves if k is not None)  # the smaller ones compiled
         self._exec = {}
-        for b in self.buckets:
-            specs = (jax.ShapeDtypeStruct((b, *self.input_shape), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.int32))
-            self._exec[b] = jax.jit(serve).lower(*specs).compile()
-            jax.block_until_ready(self._exec[b](np.zeros((b, *self.input_shape), np.float32), np.ones(b, np.int32)))
+        for k, fn in serves.items():
+            for b in self.buckets:
+                x_spec = jax.ShapeDtypeStruct((b, *self.input_shape), jnp.float32)
+                self._exec[k, b] = jax.jit(fn).lower(x_spec, jax.ShapeDtypeStruct((b,), jnp.int32)).compile()
+                zeros, ones = np.zeros((b, *self.input_shape), np.float32), np.ones(b, np.int32)
+                jax.block_until_ready(self._exec[k, b](zeros, ones))
 
     @classmethod
     def from_artifact(cls, path: str | Path, *, buckets=(1, 8, 32)) -> Engine:
         from adaptive.export import load_artifact
 
         exported, meta = load_artifact(path)
+        serves = {None: exported.call}
+        for k in meta.get("expert_variants", {}):  # MoE: the smaller expert budgets' functions
+            serves[int(k)] = load_artifact(path, experts=int(k))[0].call
         shape = tuple(meta["input"]["shape"][1:])
-        return cls(
-            exported.call, shape, meta["caps"]["steps"], meta["compute_at_steps"], buckets=buckets, name=str(path)
-        )
+        return cls(serves, shape, meta["caps"]["steps"], meta["compute_at_steps"], buckets=buckets, name=str(path))
 
     @classmethod
     def from_run(cls, workdir: str | Path, *, buckets=(1, 8, 32)) -> Engine:
@@ -94,8 +100,11 @@ class Engine:
 
     # -- running -----------------------------------------------------------------------------
 
-    def run(self, x: np.ndarray, budget: np.ndarray) -> Result:
-        """Outputs for a batch under per-row step budgets (clipped to 1..cap, as in the graph)."""
+    def run(self, x: np.ndarray, budget: np.ndarray, experts: int | None = None) -> Result:
+        """Outputs for a batch under per-row step budgets (clipped to 1..cap, as in the graph)
+        and, for MoE models, an expert budget per token for the whole batch (None: all)."""
+        if experts not in self.expert_budgets:
+            experts = None  # the model's own k (or more than it has): as trained
         x = np.asarray(x, np.float32)
         budget = np.clip(np.asarray(budget, np.int32), 1, self.cap)
         outs, done = [], []
@@ -106,7 +115,7 @@ class Engine:
             pad = bucket - len(xs)
             padded_x = np.concatenate([xs, np.zeros((pad, *self.input_shape), np.float32)]) if pad else xs
             padded_b = np.concatenate([bs, np.ones(pad, np.int32)]) if pad else bs
-            out = jax.device_get(self._exec[bucket](padded_x, padded_b))
+            out = jax.device_get(self._exec[experts, bucket](padded_x, padded_b))
             outs.append([np.asarray(o)[: len(xs)] for o in out])
             done.append(np.full(len(xs), time.perf_counter()))
         fields = [np.concatenate([o[i] for o in outs]) for i in range(4)]

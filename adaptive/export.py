@@ -32,6 +32,7 @@ from adaptive import config as config_lib
 from adaptive import data
 from adaptive.config import step_cap
 from adaptive.flops import flops_model
+from adaptive.nn.moe import limit_experts
 from adaptive.predict import BudgetedPredictor
 from adaptive.runinfo import package_versions
 from adaptive.runs import Run, load_run
@@ -45,18 +46,19 @@ class ArtifactError(ValueError):
     """An artifact that is missing, corrupted, truncated or not what it claims; one line."""
 
 
-def serving_function(graphdef: nnx.GraphDef, params: dict):
-    """serve(x, budget) -> (prediction, confidence, steps, experts), parameters closed over."""
+def serving_function(graphdef: nnx.GraphDef, params: dict, experts: int | None = None):
+    """serve(x, budget) -> (prediction, confidence, steps, experts), parameters closed over;
+    MoE layers capped at `experts` per token (None: as trained)."""
 
     def serve(x_BxD, budget_B):
-        out = nnx.merge(graphdef, params).infer(x_BxD, budget_B)
+        out = limit_experts(nnx.merge(graphdef, params), experts).infer(x_BxD, budget_B)
         probs = jax.nn.softmax(out.logits_BxC, -1)
-        experts = jnp.zeros_like(out.steps_B) if out.experts_B is None else out.experts_B
+        used = jnp.zeros_like(out.steps_B) if out.experts_B is None else out.experts_B
         return (
             jnp.argmax(probs, -1).astype(jnp.int32),
             probs.max(-1),
             out.steps_B.astype(jnp.int32),
-            experts.astype(jnp.int32),
+            used.astype(jnp.int32),
         )
 
     return serve
@@ -84,10 +86,16 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None)
     out = Path(out)
     shape = tuple(run.spec.input_shape)
     (batch,) = jax.export.symbolic_shape("batch")
-    exported = jax.export.export(jax.jit(serving_function(run.graphdef, run.params)))(
-        jax.ShapeDtypeStruct((batch, *shape), jnp.float32), jax.ShapeDtypeStruct((batch,), jnp.int32)
-    )
-    blob = bytes(exported.serialize())
+    specs = (jax.ShapeDtypeStruct((batch, *shape), jnp.float32), jax.ShapeDtypeStruct((batch,), jnp.int32))
+
+    def serialized(experts: int | None) -> bytes:
+        fn = jax.jit(serving_function(run.graphdef, run.params, experts))
+        return bytes(jax.export.export(fn)(*specs).serialize())
+
+    blob = serialized(None)
+    # MoE: one more function per smaller expert budget, each with buffers sized for its k.
+    k_max = run.cfg.moe.k if run.cfg.moe.enabled else 1
+    variants = {k: serialized(k) for k in range(1, k_max)}
     cost_model = run.budget.cost_model if run.budget is not None else None
     meta = {
         "format": FORMAT,
@@ -98,6 +106,10 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None)
         "outputs": list(OUTPUTS),
         "num_classes": run.spec.num_classes,
         "caps": {"steps": step_cap(run.cfg), "experts_per_token": run.cfg.moe.k if run.cfg.moe.enabled else None},
+        "expert_variants": {
+            str(k): {"file": f"model-k{k}.jaxexport", "sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b)}
+            for k, b in variants.items()
+        },
         "compute_at_steps": compute_table(run),
         "budget": config_lib.to_dict(run.cfg)["budget"],
         "cost_model": None if cost_model is None else json.loads(json.dumps(_cost_model_dict(cost_model))),
@@ -109,6 +121,8 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     (staging / BLOB).write_bytes(blob)
+    for k, b in variants.items():
+        (staging / f"model-k{k}.jaxexport").write_bytes(b)
     (staging / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     verify(staging, run)
     shutil.rmtree(out, ignore_errors=True)
@@ -122,8 +136,9 @@ def _cost_model_dict(model) -> dict:
     return {**asdict(model), "fits": {k: asdict(v) for k, v in model.fits.items()}}
 
 
-def load_artifact(path: str | Path):
-    """(exported function, meta) after checking that the blob is the one meta.json describes."""
+def load_artifact(path: str | Path, experts: int | None = None):
+    """(exported function, meta) after checking that the blob is the one meta.json describes;
+    `experts` picks a MoE model's function for that many experts per token (default: all)."""
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text())
@@ -133,20 +148,26 @@ def load_artifact(path: str | Path):
         raise ArtifactError(f"{path}/meta.json is corrupted ({e.__class__.__name__})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ArtifactError(f"{path}/meta.json is not an {FORMAT} artifact description")
+    entry = {"file": BLOB, "sha256": meta.get("sha256"), "bytes": meta.get("bytes")}
+    if experts is not None and experts != meta["caps"].get("experts_per_token"):
+        variants = meta.get("expert_variants", {})
+        if str(experts) not in variants:
+            have = ", ".join([*variants, str(meta["caps"].get("experts_per_token"))])
+            raise ArtifactError(f"{path} has no function for {experts} expert(s) per token; it has {have}")
+        entry = variants[str(experts)]
+    name = entry["file"]
     try:
-        blob = (path / BLOB).read_bytes()
+        blob = (path / name).read_bytes()
     except FileNotFoundError:
-        raise ArtifactError(f"{path} has no {BLOB}") from None
-    if len(blob) != meta.get("bytes"):
-        raise ArtifactError(
-            f"{path}/{BLOB} is truncated or padded: {len(blob)} bytes, meta.json says {meta.get('bytes')}"
-        )
-    if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
-        raise ArtifactError(f"{path}/{BLOB} does not match meta.json's checksum (corrupted or from another export)")
+        raise ArtifactError(f"{path} has no {name}") from None
+    if len(blob) != entry["bytes"]:
+        raise ArtifactError(f"{path}/{name} is truncated or padded: {len(blob)} bytes, meta.json says {entry['bytes']}")
+    if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
+        raise ArtifactError(f"{path}/{name} does not match meta.json's checksum (corrupted or from another export)")
     try:
         exported = jax.export.deserialize(bytearray(blob))
     except Exception as e:  # the checksum passed, so this is a version mismatch, not corruption
-        raise ArtifactError(f"{path}/{BLOB} does not deserialize with jax {jax.__version__}: {e}") from None
+        raise ArtifactError(f"{path}/{name} does not deserialize with jax {jax.__version__}: {e}") from None
     return exported, meta
 
 

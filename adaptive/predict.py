@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adaptive.nn.moe import MoEFeedForward
+from adaptive.nn.moe import limit_experts
 
 
 class BudgetedPredictor:
@@ -73,11 +73,6 @@ def _infer_with_experts(graphdef: nnx.GraphDef, k: int | None):
     """`infer` of a model whose MoE layers are built for k experts per token (None: as trained)."""
 
     def infer(params, x, budget):
-        model = nnx.merge(graphdef, params)
-        if k is not None:
-            for _, module in model.iter_modules():
-                if isinstance(module, MoEFeedForward):
-                    module.k = k  # static: this executable's buffers and work are sized for k
-        return model.infer(x, budget)
+        return limit_experts(nnx.merge(graphdef, params), k).infer(x, budget)
 
     return infer

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from adaptive.engine import BudgetError, Engine
-from adaptive.export import export_run
+from adaptive.export import ArtifactError, export_run, load_artifact
 from tests.helpers import train_tiny
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -81,11 +81,17 @@ def test_a_moe_artifact_keeps_steps_and_experts_within_budget_and_caps(tmp_path)
     for random inputs and budgets, steps <= min(budget, cap) and expert applications <= steps x
     tokens x k."""
     train_tiny(tmp_path / "run", 5, config="configs/sut.py:tiny")
-    engine = Engine.from_artifact(export_run(tmp_path / "run", tmp_path / "art"), buckets=(4, 16))
+    art = export_run(tmp_path / "run", tmp_path / "art")
+    engine = Engine.from_artifact(art, buckets=(4, 16))
+    assert engine.expert_budgets == [1]  # k = 2 is the main function; k = 1 its own executable
+    before = COMPILES["count"]
     for seed in range(4):
         x, budget = _requests(21, seed)
-        out = engine.run(x, budget)
         caps = np.clip(budget, 1, 3)
-        assert (out.steps >= 1).all() and (out.steps <= caps).all()
-        assert (out.experts >= 0).all() and (out.experts <= out.steps * 16 * 2).all()
-        assert out.experts.sum() > 0
+        for k in (None, 1, 2):
+            out = engine.run(x, budget, experts=k)
+            assert (out.steps >= 1).all() and (out.steps <= caps).all()
+            assert (out.experts > 0).all() and (out.experts <= out.steps * 16 * (k or 2)).all()
+    assert COMPILES["count"] == before
+    with pytest.raises(ArtifactError, match="has no function for 3 expert"):
+        load_artifact(art, experts=3)

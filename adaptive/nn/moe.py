@@ -189,6 +189,16 @@ class MoEFeedForward(nnx.Module):
         return jnp.zeros_like(x_TxD).at[tokens].add(weighted)
 
 
+def limit_experts(model: nnx.Module, k: int | None) -> nnx.Module:
+    """Caps every MoE layer of `model` at k experts per token (None: as trained). Static: an
+    executable traced after this has buffers and work sized for k, so a smaller k saves time."""
+    if k is not None:
+        for _, module in model.iter_modules():
+            if isinstance(module, MoEFeedForward):
+                module.k = k
+    return model
+
+
 def _per_group(fn, *args):
     """`fn` over the leading (group) axis. One group is called directly: measured here, a vmap
     of size 1 around routing and dispatch made the layer's fwd+bwd ~20% slower."""
