@@ -164,10 +164,11 @@ def _shifted(run: Run, split: str, k_max) -> tuple[dict, np.ndarray]:
         what = f"parity difficulty {shift[0]}..{shift[1]} (trained on {trained[0]}..{trained[1]})"
         split = cfg.data.eval_split
     else:
-        scale = 0.5 * float(np.std(data.load_split(cfg.data, split).read_batch(np.arange(256))["x"]))
+        source = data.load_split(cfg.data, split)
+        scale = 0.5 * float(np.std(source.read_batch(np.arange(min(256, len(source))))["x"]))
         rng = np.random.default_rng(0)
 
-        def transform(x):  # the same noise for the same batch position on every call
+        def transform(x):  # seeded once per report: every evaluation draws the same noise
             return x + scale * rng.standard_normal(x.shape).astype(np.float32)
 
         what = f"inputs + Gaussian noise of std {scale:.3g} (half the inputs' std)"

@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     times, hard = schedule(args.pattern, args.rate, args.duration, args.seed)
     rng = np.random.default_rng(args.seed + 1)
     picks = np.where(hard, rng.integers(0, len(hard_x), len(times)), rng.integers(0, len(x), len(times)))
-    labels = np.where(hard, hard_y[np.minimum(picks, len(hard_y) - 1)], y[np.minimum(picks, len(y) - 1)])
+    labels = np.array([(hard_y if h else y)[p] for p, h in zip(picks, hard, strict=True)])
     bodies = []
     for i, (pick, is_hard) in enumerate(zip(picks, hard, strict=True)):
         body = {"x": (hard_x if is_hard else x)[pick].tolist(), "priority": i % args.priorities}

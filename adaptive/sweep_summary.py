@@ -25,7 +25,7 @@ CONSOLE_COLUMNS = ("point", "status", "method", "eval_accuracy", "eval_steps", "
 def summarize(points: list[Point], workdir: Path) -> list[dict]:
     rows = []
     for p in points:
-        row = {"index": p.index, "point": p.name, "status": p.status, **{k: v for k, v in p.values.items()}}
+        row = {"index": p.index, "point": p.name, "status": p.status, **p.values}
         if p.status == "done":
             try:
                 cfg = load_config(p.workdir)

@@ -101,20 +101,22 @@ def run(
     }
     common = ["--sla-ms", f"{sla_ms:g}", "--max-batch", str(max_batch)]
     policies = {name: ([*server_args, *common], f) for name, (server_args, f) in policies.items()}
+    sustained = {}
+    for policy, (server_args, policy_flops) in policies.items():
+        sustained[policy] = sustainable_rate(artifact, server_args, sla_ms, out, policy_flops)
+        print(f"{policy}: sustains {sustained[policy]:g} requests/s within the SLA")
     if rate is None:
-        rate = sustainable_rate(artifact, policies["static full depth"][0], sla_ms, out, {"primary": flops["primary"]})
+        rate = sustained["static full depth"]
         print(f"base rate: {rate:g} requests/s (what the full-depth model sustains within the SLA)")
     rows, traces = [], {}
     for policy, (server_args, policy_flops) in policies.items():
-        sustained = sustainable_rate(artifact, server_args, sla_ms, out, policy_flops)
-        print(f"{policy}: sustains {sustained:g} requests/s within the SLA")
         proc, url = _start_server(server_args)
         try:
             for pattern in PATTERNS:
                 result = _load(url, artifact, pattern, rate, duration, out / "records.json", ("--priorities", "3"))
                 metrics = summarize(result["records"], np.asarray(result["labels"]), sla_ms, duration, policy_flops)
                 rows.append(
-                    {"policy": policy, "pattern": pattern, "rate_rps": rate, "sustainable_rps": sustained,
+                    {"policy": policy, "pattern": pattern, "rate_rps": rate, "sustainable_rps": sustained[policy],
                      "sla_ms": sla_ms, **metrics}
                 )  # fmt: skip
                 traces[(policy, pattern)] = result["records"]
