@@ -49,12 +49,19 @@ class Engine:
         serves = serve if isinstance(serve, dict) else {None: serve}
         self.expert_budgets = sorted(k for k in serves if k is not None)  # the smaller ones compiled
         self._exec = {}
+        self.warmup: list[tuple[int, int, float]] = []  # (steps taken, rows, ms) of full-budget runs
         for k, fn in serves.items():
             for b in self.buckets:
                 x_spec = jax.ShapeDtypeStruct((b, *self.input_shape), jnp.float32)
                 self._exec[k, b] = jax.jit(fn).lower(x_spec, jax.ShapeDtypeStruct((b,), jnp.int32)).compile()
-                zeros, ones = np.zeros((b, *self.input_shape), np.float32), np.ones(b, np.int32)
-                jax.block_until_ready(self._exec[k, b](zeros, ones))
+                zeros = np.zeros((b, *self.input_shape), np.float32)
+                for budget in (1, self.cap):  # run once, then timed: a first estimate of service times
+                    jax.block_until_ready(self._exec[k, b](zeros, np.full(b, budget, np.int32)))
+                    start = time.perf_counter()
+                    out = jax.block_until_ready(self._exec[k, b](zeros, np.full(b, budget, np.int32)))
+                    if k is None:
+                        ms = 1e3 * (time.perf_counter() - start)
+                        self.warmup.append((int(np.max(out[2])), b, ms))
 
     @classmethod
     def from_artifact(cls, path: str | Path, *, buckets=(1, 8, 32)) -> Engine:

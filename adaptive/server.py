@@ -93,6 +93,12 @@ class Server:
     ):
         self.engines = {"primary": primary, "fallback": fallback}
         self.default_steps = default_steps or primary.cap  # for requests that name no budget
+        # The warm-up runs seed the controller's service times over batch sizes: without them,
+        # its first estimates come from lone requests and overstate full batches (measured: a
+        # controller that had seen only batches of 1 rejected load a static server took 38x of).
+        for name, engine in self.engines.items():
+            for steps, rows, ms in engine.warmup if engine else ():
+                controller.observe(name, steps, ms, rows)
         self.controller, self.max_batch = controller, max_batch
         self.stats = Stats()
         self.queue: asyncio.Queue[Pending] | None = None

@@ -112,6 +112,14 @@ def test_the_ladder_degrades_in_order_and_rejects_what_cannot_be_on_time():
     assert static.decide(8, 1e6) == Decision("ok", "primary", 8) and static.admit(10**6)
 
 
+def test_the_server_seeds_service_times_from_the_warm_up(engine):
+    controller = Controller(engine.cap, 50.0)
+    Server(engine, controller)
+    seen = {(steps, rows) for steps, rows, _ in controller.service["primary"]._seen}
+    assert {rows for _, rows in seen} == set(engine.buckets) and len(seen) >= 3  # a fit, not a bound
+    assert controller.decide(engine.cap, 0.0, rows=16).status in ("ok", "degraded")
+
+
 def test_service_time_estimates_follow_measurements_and_batch_size():
     from adaptive.controller import ServiceTimes
 
@@ -129,10 +137,11 @@ def test_service_time_estimates_follow_measurements_and_batch_size():
 
 def test_the_server_rejects_and_falls_back_when_the_controller_says_so(engine):
     controller = Controller(engine.cap, 20.0, has_fallback=True, fallback_cap=engine.cap)
-    controller.observe("primary", 1, 25.0)  # one step takes longer than the SLA: hopeless
-    controller.observe("fallback", engine.cap, 30.0)
 
     async def scenario(client, server):
+        for name in ("primary", "fallback"):  # replace the warm-up's estimates: a hopeless machine
+            controller.service[name] = ServiceTimes(engine.cap)
+            controller.observe(name, 1, 25.0)  # one step takes longer than the SLA
         rejected = await client.post("/predict", json={"x": GOOD})
         controller.service["fallback"] = ServiceTimes(engine.cap)  # nothing measured: assumed instant
         fallback = await client.post("/predict", json={"x": GOOD, "priority": 2})
