@@ -1,20 +1,23 @@
 """Which operating point each request gets under load: the degradation ladder and its rule.
 
-The ladder, in order: (1) a lower step budget (forced early exit), (2) the smaller fallback
-model, (3) reject (the deadline cannot be met) or defer (the queue is full: retry later).
+The ladder, in order: (1) a lower budget on the primary model: fewer steps (forced early
+exit) and, for MoE models, fewer experts per token, (2) the smaller fallback model, (3) reject
+(the deadline cannot be met) or defer (the queue is full: retry later).
 
 The rule is a deadline check against *measured* service times. When a batch is dispatched,
 each request has waited `waited_ms`; what is left of its latency allowance (headroom x SLA,
 less for lower priorities) must cover the batch's run. The controller keeps, per model and per
-step count, a running estimate of how long a batch takes (updated from every batch it runs),
-and gives each request the most steps, up to what it asked for, whose estimated run fits its
-slack; if not even one step fits, the fallback model if its run fits; otherwise the request is
-rejected at once, since a late answer counts as wrong and its compute is better spent on
-requests that can still make it.
+expert budget, a running estimate of how long a batch takes (updated from every batch it
+runs), and gives each request what it asked for if that fits its slack. If not, of the
+operating points that fit (per expert budget, the most steps that fit), the one with the best
+validation accuracy in the artifact's table (without a table: the most steps, then the most
+experts): the best prediction the time left can buy. If not even one step fits, the fallback
+model if its run fits; otherwise the request is rejected at once, since a late answer counts
+as wrong and its compute is better spent on requests that can still make it.
 
 Each group of a batch is decided again when it is about to run (rows known, the wait of the
-groups before it included). Why not AIMD on a step cap, tried first: a window of completed latencies lags a spike by the
-time the queue takes to build, and the p99 went to 127 ms under a 30 ms SLA (measured with
+groups before it included). Why not AIMD on a step cap, tried first: a window of completed
+latencies lags a spike by the time the queue takes to build, and the p99 went to 127 ms under a 30 ms SLA (measured with
 `adaptive bench serve`). Why not the calibrated cost model alone: this machine's speed drifts
 by tens of percent (experiments/budget_targeting); estimates refreshed from every batch follow
 the speed the server actually has. The queueing delay each request already carries is the
@@ -39,6 +42,7 @@ class Decision:
     status: str  # ok | degraded | fallback | rejected | deferred
     model: str | None  # "primary", "fallback" or None
     steps: int
+    experts: int | None = None  # experts per token on a MoE primary (None: as trained)
 
 
 class ServiceTimes:
@@ -84,15 +88,23 @@ class Controller:
         mode: str = "adaptive",
         has_fallback: bool = False,
         fallback_cap: int = 1,
+        expert_budgets: tuple[int, ...] = (),
+        accuracy: dict | None = None,
         headroom: float = 0.8,
         max_queue: int = 1024,
     ):
+        """`expert_budgets`: a MoE primary's smaller experts-per-token it can run at;
+        `accuracy`: {(experts or None, steps): validation accuracy} (see `accuracy_at_budgets`)."""
         if mode not in ("adaptive", "static"):
             raise ValueError(f"controller mode {mode!r} is not 'adaptive' or 'static'")
         self.full, self.sla_ms, self.mode, self.has_fallback = cap, sla_ms, mode, has_fallback
         self.headroom, self.max_queue = headroom, max_queue
-        self.service = {"primary": ServiceTimes(cap), "fallback": ServiceTimes(max(fallback_cap, 1))}
         self.fallback_cap = max(fallback_cap, 1)
+        # Expert budgets from the trained one (None) down: the order ties are broken in.
+        self.expert_budgets = (None, *sorted(expert_budgets, reverse=True))
+        self.accuracy = accuracy or {}
+        self.service = {("primary", k): ServiceTimes(cap) for k in self.expert_budgets}
+        self.service["fallback", None] = ServiceTimes(self.fallback_cap)
 
     def admit(self, queue_length: int) -> bool:
         """False: defer (the queue is full). Static mode queues everything."""
@@ -108,22 +120,57 @@ class Controller:
         if self.mode == "static":
             return Decision("ok", "primary", requested)
         slack = self.slack_ms(waited_ms, priority)
-        steps = self.service["primary"].most_steps_within(slack, requested, rows)
-        if steps:
-            return Decision("ok" if steps == requested else "degraded", "primary", steps)
-        if self.has_fallback and self.service["fallback"].estimate(self.fallback_cap, rows) <= slack:
+        fitting = self.fitting_points(slack, requested, rows)
+        if (requested, None) in fitting:
+            return Decision("ok", "primary", requested)
+        if fitting:
+            steps, experts = max(fitting, key=self._merit)
+            return Decision("degraded", "primary", steps, experts)
+        if self.has_fallback and self.service["fallback", None].estimate(self.fallback_cap, rows) <= slack:
             return Decision("fallback", "fallback", self.fallback_cap)
-        if waited_ms + self.service["primary"].estimate(1, rows) <= self.sla_ms:  # late for its class only
-            return Decision("degraded", "primary", 1)
+        cheapest = self.expert_budgets[-1]
+        if waited_ms + self.service["primary", cheapest].estimate(1, rows) <= self.sla_ms:  # late for its class only
+            return Decision("degraded", "primary", 1, cheapest)
         return Decision("rejected", None, 0)
 
-    def observe(self, model: str, steps: int, service_ms: float, rows: int = 1) -> None:
-        """A batch of `rows` of `model` whose slowest row took `steps` steps ran in `service_ms`."""
-        self.service[model].observe(steps, service_ms, rows)
+    def fitting_points(self, slack_ms: float, requested: int, rows: int) -> list[tuple[int, int | None]]:
+        """(steps, experts) per expert budget: the most steps whose estimated run fits, if any."""
+        points = []
+        for k in self.expert_budgets:
+            steps = self.service["primary", k].most_steps_within(slack_ms, requested, rows)
+            if steps:
+                points.append((steps, k))
+        return points
+
+    def _merit(self, point: tuple[int, int | None]) -> tuple:
+        """Validation accuracy first (when the artifact has a table), then steps, then experts."""
+        steps, k = point
+        rank = len(self.expert_budgets) - self.expert_budgets.index(k)
+        return (self.accuracy.get((k, steps), 0.0), steps, rank)
+
+    def observe(self, model: str, steps: int, service_ms: float, rows: int = 1, experts: int | None = None) -> None:
+        """A batch of `rows` of `model` (at `experts` per token) whose slowest row took `steps`
+        steps ran in `service_ms`."""
+        self.service[model, experts].observe(steps, service_ms, rows)
 
     @property
     def cap(self) -> float:
         """The most steps a fresh top-priority request would get now (for /metrics)."""
         if self.mode == "static":
             return float(self.full)
-        return float(self.service["primary"].most_steps_within(self.slack_ms(0.0, 0), self.full))
+        return float(self.service["primary", None].most_steps_within(self.slack_ms(0.0, 0), self.full))
+
+
+def accuracy_lookup(meta: dict) -> dict:
+    """{(experts or None, steps): accuracy} from an artifact's meta.json (empty without a table);
+    the trained expert budget is None, as the controller and engine name it."""
+    table = meta.get("accuracy_at_budgets")
+    if not table:
+        return {}
+    ks = table["experts"] or [None]
+    trained = ks[-1]
+    lookup = {}
+    for k, row in zip(ks, table["accuracy"], strict=True):
+        for steps, acc in enumerate(row, start=1):
+            lookup[None if k == trained else k, steps] = float(acc)
+    return lookup

@@ -42,14 +42,16 @@ class Result:
 
 
 class Engine:
-    def __init__(self, serve, input_shape, cap: int, compute_at_steps: dict, *, buckets=(1, 8, 32), name=""):
-        """`serve`: one function, or a dict {experts per token (None: all): function} for MoE."""
+    def __init__(self, serve, input_shape, cap: int, compute_at_steps: dict, *, buckets=(1, 8, 32), name="", meta=None):
+        """`serve`: one function, or a dict {experts per token (None: all): function} for MoE;
+        `meta`: the artifact's meta.json, when it comes from one."""
         self.input_shape, self.cap, self.table, self.name = tuple(input_shape), cap, compute_at_steps, name
+        self.meta = meta or {}
         self.buckets = tuple(sorted(set(buckets)))
         serves = serve if isinstance(serve, dict) else {None: serve}
         self.expert_budgets = sorted(k for k in serves if k is not None)  # the smaller ones compiled
         self._exec = {}
-        self.warmup: list[tuple[int, int, float]] = []  # (steps taken, rows, ms) of full-budget runs
+        self.warmup: list[tuple[int | None, int, int, float]] = []  # (experts, steps taken, rows, ms)
         for k, fn in serves.items():
             for b in self.buckets:
                 x_spec = jax.ShapeDtypeStruct((b, *self.input_shape), jnp.float32)
@@ -59,9 +61,7 @@ class Engine:
                     jax.block_until_ready(self._exec[k, b](zeros, np.full(b, budget, np.int32)))
                     start = time.perf_counter()
                     out = jax.block_until_ready(self._exec[k, b](zeros, np.full(b, budget, np.int32)))
-                    if k is None:
-                        ms = 1e3 * (time.perf_counter() - start)
-                        self.warmup.append((int(np.max(out[2])), b, ms))
+                    self.warmup.append((k, int(np.max(out[2])), b, 1e3 * (time.perf_counter() - start)))
 
     @classmethod
     def from_artifact(cls, path: str | Path, *, buckets=(1, 8, 32)) -> Engine:
@@ -72,7 +72,9 @@ class Engine:
         for k in meta.get("expert_variants", {}):  # MoE: the smaller expert budgets' functions
             serves[int(k)] = load_artifact(path, experts=int(k))[0].call
         shape = tuple(meta["input"]["shape"][1:])
-        return cls(serves, shape, meta["caps"]["steps"], meta["compute_at_steps"], buckets=buckets, name=str(path))
+        return cls(
+            serves, shape, meta["caps"]["steps"], meta["compute_at_steps"], buckets=buckets, name=str(path), meta=meta
+        )
 
     @classmethod
     def from_run(cls, workdir: str | Path, *, buckets=(1, 8, 32)) -> Engine:

@@ -9,8 +9,10 @@ in, a symbolic batch dimension, and the hard caps compiled in (the step budget i
              steps int32[batch], experts int32[batch] (expert applications; 0 without experts)
 
 ART/meta.json says what it is: config, caps, input spec, the compute of each step budget in
-every unit the run can price (FLOPs, MACs; latency p50/p99, cost and energy with a cost model),
-the cost model, package versions, and the blob's SHA-256. Loading checks the checksum before
+every unit the run can price (FLOPs, MACs; latency p50/p99, cost and energy with a cost model;
+FLOPs at each smaller expert budget), the validation accuracy at every (expert budget, step
+budget) -- what a server weighs when it must degrade --, the cost model, package versions, and
+the blob's SHA-256. Loading checks the checksum before
 deserializing, so a corrupted, truncated or swapped file is refused; nothing is pickled. Plain
 JAX runs it without this package (README: five lines). Export verifies on the spot that the
 artifact answers exactly as the live model does.
@@ -18,6 +20,7 @@ artifact answers exactly as the live model does.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -81,6 +84,38 @@ def compute_table(run: Run) -> dict:
     return table
 
 
+def experts_table(run: Run) -> dict:
+    """FLOPs per request at each step budget for each expert budget k below the trained one."""
+    cfg, spec = run.cfg, run.spec
+    if not cfg.moe.enabled:
+        return {}
+    steps = np.arange(1, step_cap(cfg) + 1, dtype=float)
+    table = {}
+    for k in range(1, cfg.moe.k):
+        limited = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, k=k))
+        flops = flops_model(limited, spec.input_shape, spec.num_classes, batch=1)
+        table[str(k)] = [float(flops.at_steps(s)) for s in steps]
+    return table
+
+
+def accuracy_table(run: Run, split: str = "validation") -> dict | None:
+    """Accuracy on `split` under every (expert budget, step budget): row k-1 holds step budgets
+    1..cap at k experts per token (one row, `experts` null, without experts). None for a static
+    model, which has one operating point."""
+    from adaptive import outcomes
+
+    if run.cfg.halting.policy == "none":
+        return None
+    k_max = run.cfg.moe.k if run.cfg.moe.enabled else None
+    out = outcomes.collect(run.graphdef, run.params, run.cfg, split, k_max=k_max)
+    return {
+        "split": split,
+        "examples": out.size,
+        "experts": list(range(1, k_max + 1)) if k_max else None,
+        "accuracy": out.correct_KxTxB.mean(-1).round(5).tolist(),
+    }
+
+
 def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None) -> Path:
     run = load_run(workdir, step)
     out = Path(out)
@@ -111,6 +146,8 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None)
             for k, b in variants.items()
         },
         "compute_at_steps": compute_table(run),
+        "flops_at_expert_budgets": experts_table(run),
+        "accuracy_at_budgets": accuracy_table(run),
         "budget": config_lib.to_dict(run.cfg)["budget"],
         "cost_model": None if cost_model is None else json.loads(json.dumps(_cost_model_dict(cost_model))),
         "packages": package_versions(),

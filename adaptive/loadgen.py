@@ -93,7 +93,8 @@ async def _send(session, url: str, body: dict, start: float, at: float, record: 
     except Exception as e:  # counted, never dropped: a failed request is an SLA violation
         answer, record["http"] = {"status": "error", "error": str(e)[:200]}, None
     record["done"] = loop.time() - start
-    record.update({k: answer.get(k) for k in ("status", "prediction", "steps", "budget_steps", "model", "error")})
+    keys = ("status", "prediction", "steps", "experts", "budget_steps", "budget_experts", "model", "error")
+    record.update({k: answer.get(k) for k in keys})
 
 
 async def run(url: str, times: np.ndarray, bodies: list[dict], timeout_s: float = 30.0) -> list[dict]:
@@ -109,6 +110,19 @@ async def run(url: str, times: np.ndarray, bodies: list[dict], timeout_s: float 
     return records
 
 
+def _flops_of(record: dict, flops: dict) -> float:
+    """FLOPs of one answer: `flops` maps a model ("primary", "fallback"; "primary@k1" for a MoE
+    model run at one expert per token) to FLOPs at each step budget."""
+    model = record.get("model") or "primary"
+    table = flops.get(f"{model}@k{record.get('budget_experts')}", flops[model])
+    return table[int(record["steps"]) - 1]
+
+
+def _expert_budgets(records: list[dict]) -> list[int]:
+    """Experts per token the primary (MoE) model answered with; empty without experts."""
+    return [r["budget_experts"] for r in records if r.get("model") == "primary" and r.get("budget_experts")]
+
+
 def summarize(records: list[dict], labels: np.ndarray, sla_ms: float, duration_s: float, flops: dict) -> dict:
     """Tail latency, violations, goodput and (effective) accuracy over one run's records."""
     sent = len(records)
@@ -122,7 +136,7 @@ def summarize(records: list[dict], labels: np.ndarray, sla_ms: float, duration_s
     counts = {s: int((status == s).sum()) for s in (*ANSWERED, "rejected", "deferred", "error")}
     assert sum(counts.values()) == sent, "every request is answered, rejected, deferred or failed"
     lat = latency[answered] if answered.any() else np.array([np.nan])
-    spent = sum(flops[r.get("model") or "primary"][int(r["steps"]) - 1] for r in records if r.get("steps"))
+    spent = sum(_flops_of(r, flops) for r in records if r.get("steps"))
     good = int((correct & on_time).sum())
     return {
         "sent": sent,
@@ -137,6 +151,7 @@ def summarize(records: list[dict], labels: np.ndarray, sla_ms: float, duration_s
         "accuracy": float(correct.sum() / max(answered.sum(), 1)),
         "effective_accuracy": float(good / max(sent, 1)),
         "mean_steps": float(np.mean([r["steps"] for r in records if r.get("steps")] or [0])),
+        "mean_expert_budget": float(np.mean(ks)) if (ks := _expert_budgets(records)) else None,
         "flops_per_correct": float(spent / good) if good else float("inf"),
     }
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiohttp import web
 
-from adaptive.controller import STATUSES, Controller, Decision
+from adaptive.controller import STATUSES, Controller, Decision, accuracy_lookup
 from adaptive.engine import BudgetError, Engine
 
 MAX_BODY = 1 << 20
@@ -97,9 +97,15 @@ class Server:
         # its first estimates come from lone requests and overstate full batches (measured: a
         # controller that had seen only batches of 1 rejected load a static server took 38x of).
         for name, engine in self.engines.items():
-            for steps, rows, ms in engine.warmup if engine else ():
-                controller.observe(name, steps, ms, rows)
+            for experts, steps, rows, ms in engine.warmup if engine else ():
+                if name == "primary" or experts is None:
+                    controller.observe(name, steps, ms, rows, experts)
         self.controller, self.max_batch = controller, max_batch
+        # The experts per token each model runs at when not degraded (None without experts).
+        self._trained_k = {
+            name: (engine.meta.get("caps", {}).get("experts_per_token") if engine else None)
+            for name, engine in self.engines.items()
+        }
         self.stats = Stats()
         self.queue: asyncio.Queue[Pending] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1)  # one model run at a time: no oversubscription
@@ -221,13 +227,18 @@ class Server:
         again just before it runs (the earlier groups' time counts as waiting) and answered as
         soon as it is done; then what went to the fallback model."""
         decided = self._decide(batch)
-        primary = [(item, d) for item, d in decided if d.model == "primary"]
         fallback = [(item, d) for item, d in decided if d.model == "fallback"]
         engine = self.engines["primary"]
-        for part in engine.groups(np.array([d.steps for _, d in primary], np.int32)) if primary else []:
-            group = self._decide([primary[i][0] for i in part])
-            fallback += [(item, d) for item, d in group if d.model == "fallback"]
-            await self._run(loop, "primary", [(item, d) for item, d in group if d.model == "primary"])
+        # Expert budgets run as separate executables; the most degraded (fewest experts: the
+        # least slack) first, and within each, groups of similar step budgets, tightest first.
+        for experts in reversed(self.controller.expert_budgets):
+            primary = [(item, d) for item, d in decided if d.model == "primary" and d.experts == experts]
+            for part in engine.groups(np.array([d.steps for _, d in primary], np.int32)) if primary else []:
+                group = self._decide([primary[i][0] for i in part])
+                fallback += [(item, d) for item, d in group if d.model == "fallback"]
+                kept = [(item, d) for item, d in group if d.model == "primary"]
+                for k in [k for k in reversed(self.controller.expert_budgets) if any(d.experts == k for _, d in kept)]:
+                    await self._run(loop, "primary", [(item, d) for item, d in kept if d.experts == k])
         await self._run(loop, "fallback", fallback)
 
     async def _run(self, loop, name: str, group: list[tuple[Pending, Decision]]) -> None:
@@ -235,12 +246,14 @@ class Server:
             return
         x = np.stack([item.x for item, _ in group])
         steps = np.array([d.steps for _, d in group], np.int32)
+        experts = group[0][1].experts  # one expert budget per run (grouped by the caller)
         start = time.perf_counter()
-        result = await loop.run_in_executor(self._pool, self.engines[name].run, x, steps)
-        self._answer(name, group, result, start)
+        result = await loop.run_in_executor(self._pool, self.engines[name].run, x, steps, experts)
+        self._answer(name, group, result, start, experts)
 
-    def _answer(self, name: str, members: list, result, start: float) -> None:
-        self.controller.observe(name, int(result.steps.max()), 1e3 * (time.perf_counter() - start), len(members))
+    def _answer(self, name: str, members: list, result, start: float, experts: int | None) -> None:
+        ms = 1e3 * (time.perf_counter() - start)
+        self.controller.observe(name, int(result.steps.max()), ms, len(members), experts)
         for i, (item, d) in enumerate(members):
             latency = 1e3 * (float(result.done_s[i]) - item.arrival)
             within = int(result.steps[i]) <= d.steps
@@ -252,6 +265,7 @@ class Server:
                     "steps": int(result.steps[i]),
                     "experts": int(result.experts[i]),
                     "budget_steps": int(d.steps),
+                    "budget_experts": d.experts if d.experts is not None else self._trained_k[name],
                     "latency_ms": latency,
                     "status": d.status,
                     "model": name,
@@ -274,7 +288,13 @@ def serve(
     primary = Engine.from_artifact(artifact, buckets=buckets)
     backup = Engine.from_artifact(fallback, buckets=buckets) if fallback else None
     controller = Controller(
-        primary.cap, sla_ms, mode=mode, has_fallback=backup is not None, fallback_cap=backup.cap if backup else 1
+        primary.cap,
+        sla_ms,
+        mode=mode,
+        has_fallback=backup is not None,
+        fallback_cap=backup.cap if backup else 1,
+        expert_budgets=tuple(primary.expert_budgets),
+        accuracy=accuracy_lookup(primary.meta),
     )
     server = Server(primary, controller, fallback=backup, max_batch=max_batch, default_steps=default_steps)
     print(f"serving {artifact} on http://{host}:{port} (SLA {sla_ms:g} ms, {mode}); executables warm", flush=True)

@@ -58,6 +58,26 @@ def test_artifact_matches_the_live_model_and_keeps_the_caps(exported):
         assert np.asarray(fn.call(x[:n], budget[:n])[0]).shape == (n,)
 
 
+def test_meta_holds_the_validation_accuracy_of_every_step_budget(exported):
+    """The table a server weighs operating points with is what the artifact itself scores."""
+    from adaptive import data
+
+    workdir, art = exported
+    fn, meta = load_artifact(art)
+    table = meta["accuracy_at_budgets"]
+    assert table["split"] == "validation" and table["experts"] is None and len(table["accuracy"]) == 1
+    cfg = load_run(workdir).cfg
+    batches = list(data.eval_batches(cfg.data, "validation", 256))
+    real = np.concatenate([b["mask"] for b in batches]) > 0
+    assert table["examples"] == real.sum()
+    for t in (1, 3, 6):
+        correct = [
+            np.asarray(fn.call(b["x"].astype(np.float32), np.full(len(b["x"]), t, np.int32))[0]) == b["y"]
+            for b in batches
+        ]
+        assert table["accuracy"][0][t - 1] == pytest.approx(np.concatenate(correct)[real].mean(), abs=1e-5)
+
+
 def test_plain_jax_runs_the_artifact_without_this_package(exported, tmp_path):
     _, art = exported
     x, budget = _inputs(seed=1)

@@ -112,10 +112,62 @@ def test_the_ladder_degrades_in_order_and_rejects_what_cannot_be_on_time():
     assert static.decide(8, 1e6) == Decision("ok", "primary", 8) and static.admit(10**6)
 
 
+def test_fewer_experts_is_a_rung_chosen_by_validation_accuracy():
+    """A MoE primary measured at 1 ms + 2 ms a step with its trained k and 1 ms + 1 ms a step at
+    k = 1; SLA 20 ms, slack 16 ms: with all experts 7 steps fit, with one expert 8."""
+
+    def controller(accuracy=None):
+        c = Controller(8, sla_ms=20.0, expert_budgets=(1,), accuracy=accuracy)
+        for steps in (1, 4, 8):
+            c.observe("primary", steps, 1.0 + 2.0 * steps)
+            c.observe("primary", steps, 1.0 + 1.0 * steps, experts=1)
+        return c
+
+    assert controller().decide(6, 0.0) == Decision("ok", "primary", 6)  # what was asked fits: no table needed
+    assert controller().decide(8, 0.0) == Decision("degraded", "primary", 8, 1)  # no table: the most steps
+    experts_matter = {(None, 7): 0.95, (1, 8): 0.80, (None, 2): 0.7, (1, 4): 0.75}
+    assert controller(experts_matter).decide(8, 0.0) == Decision("degraded", "primary", 7)
+    steps_matter = {(None, 7): 0.80, (1, 8): 0.95}
+    assert controller(steps_matter).decide(8, 0.0) == Decision("degraded", "primary", 8, 1)
+    assert controller(experts_matter).decide(8, 11.0) == Decision("degraded", "primary", 4, 1)  # 5 ms left
+    late_for_its_class = controller().decide(8, 17.5, priority=2)  # 17.5 + 2 ms <= 20 with one expert
+    assert late_for_its_class == Decision("degraded", "primary", 1, 1)
+    assert controller().decide(8, 18.5) == Decision("rejected", None, 0)
+
+
+def test_accuracy_lookup_reads_the_artifact_table():
+    from adaptive.controller import accuracy_lookup
+
+    meta = {"accuracy_at_budgets": {"experts": [1, 2], "accuracy": [[0.5, 0.6], [0.7, 0.9]]}}
+    assert accuracy_lookup(meta) == {(1, 1): 0.5, (1, 2): 0.6, (None, 1): 0.7, (None, 2): 0.9}
+    assert accuracy_lookup({"accuracy_at_budgets": {"experts": None, "accuracy": [[0.4]]}}) == {(None, 1): 0.4}
+    assert accuracy_lookup({}) == {}
+
+
+def test_a_moe_server_degrades_to_fewer_experts_and_stays_within_them(tmp_path):
+    """When the trained expert budget cannot be on time and one expert per token can, the answer
+    says so (budget_experts 1) and its expert applications are within steps x tokens x 1."""
+    train_tiny(tmp_path / "run", 5, config="configs/sut.py:tiny")
+    moe = Engine.from_artifact(export_run(tmp_path / "run", tmp_path / "art"), buckets=(1, 4))
+    controller = Controller(moe.cap, 20.0, expert_budgets=tuple(moe.expert_budgets))
+
+    async def scenario(client, server):
+        full = await (await client.post("/predict", json={"x": GOOD})).json()
+        controller.service["primary", None] = ServiceTimes(moe.cap)
+        controller.observe("primary", 1, 25.0)  # all experts: one step is over the SLA
+        controller.service["primary", 1] = ServiceTimes(moe.cap)  # one expert: assumed instant
+        return full, await (await client.post("/predict", json={"x": GOOD})).json()
+
+    full, degraded = _with_client(moe, scenario, controller)
+    assert full["status"] == "ok" and full["budget_experts"] == 2
+    assert degraded["status"] == "degraded" and degraded["budget_experts"] == 1
+    assert 16 <= degraded["experts"] <= degraded["steps"] * 16 * 1
+
+
 def test_the_server_seeds_service_times_from_the_warm_up(engine):
     controller = Controller(engine.cap, 50.0)
     Server(engine, controller)
-    seen = {(steps, rows) for steps, rows, _ in controller.service["primary"]._seen}
+    seen = {(steps, rows) for steps, rows, _ in controller.service["primary", None]._seen}
     assert {rows for _, rows in seen} == set(engine.buckets) and len(seen) >= 3  # a fit, not a bound
     assert controller.decide(engine.cap, 0.0, rows=16).status in ("ok", "degraded")
 
@@ -140,10 +192,10 @@ def test_the_server_rejects_and_falls_back_when_the_controller_says_so(engine):
 
     async def scenario(client, server):
         for name in ("primary", "fallback"):  # replace the warm-up's estimates: a hopeless machine
-            controller.service[name] = ServiceTimes(engine.cap)
+            controller.service[name, None] = ServiceTimes(engine.cap)
             controller.observe(name, 1, 25.0)  # one step takes longer than the SLA
         rejected = await client.post("/predict", json={"x": GOOD})
-        controller.service["fallback"] = ServiceTimes(engine.cap)  # nothing measured: assumed instant
+        controller.service["fallback", None] = ServiceTimes(engine.cap)  # nothing measured: assumed instant
         fallback = await client.post("/predict", json={"x": GOOD, "priority": 2})
         return rejected.status, await rejected.json(), await fallback.json()
 

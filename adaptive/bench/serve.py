@@ -61,8 +61,11 @@ def _load(url: str, artifact: str, pattern: str, rate: float, duration: float, o
     return json.loads(out.read_text())
 
 
-def _flops(artifact: str) -> list[float]:
-    return json.loads((Path(artifact) / "meta.json").read_text())["compute_at_steps"]["flops"]
+def _flops(artifact: str, model: str) -> dict[str, list[float]]:
+    """FLOPs at each step budget of `artifact` served as `model`, and at each smaller expert budget."""
+    meta = json.loads((Path(artifact) / "meta.json").read_text())
+    by_k = meta.get("flops_at_expert_budgets", {})
+    return {model: meta["compute_at_steps"]["flops"], **{f"{model}@k{k}": f for k, f in by_k.items()}}
 
 
 def run(
@@ -86,17 +89,17 @@ def run(
         f"{gain['one_batch_tight_ms']:.2f} ms ({gain['tight_answered_sooner']:.1f}x sooner); whole batch "
         f"{gain['grouped_all_ms']:.2f} vs {gain['one_batch_all_ms']:.2f} ms"
     )
-    flops = {"primary": _flops(artifact), "fallback": _flops(small)}
+    flops = _flops(artifact, "primary")
     policies = {
-        "static full depth": (["--artifact", artifact, "--policy", "static"], {"primary": flops["primary"]}),
-        "static small model": (["--artifact", small, "--policy", "static"], {"primary": flops["fallback"]}),
+        "static full depth": (["--artifact", artifact, "--policy", "static"], flops),
+        "static small model": (["--artifact", small, "--policy", "static"], _flops(small, "primary")),
         f"adaptive, budget {fixed_budget}": (
             ["--artifact", artifact, "--policy", "static", "--default-budget", str(fixed_budget)],
-            {"primary": flops["primary"]},
+            flops,
         ),
         "adaptive + controller + fallback": (
             ["--artifact", artifact, "--fallback", small, "--policy", "adaptive"],
-            flops,
+            {**flops, **_flops(small, "fallback")},
         ),
     }
     common = ["--sla-ms", f"{sla_ms:g}", "--max-batch", str(max_batch)]
@@ -124,7 +127,8 @@ def run(
             proc.terminate()
             proc.wait(timeout=30)
     columns = ["policy", "pattern", "p50_ms", "p99_ms", "p999_ms", "sla_violation_rate", "goodput_rps",
-               "accuracy", "effective_accuracy", "mean_steps", "count_rejected", "count_deferred"]  # fmt: skip
+               "accuracy", "effective_accuracy", "mean_steps", "mean_expert_budget", "count_rejected",
+               "count_deferred"]  # fmt: skip
     print_table(rows, columns)
     write_json(json_out, rows)
     from adaptive.bench.serve_plots import budget_over_time, latency_cdfs
