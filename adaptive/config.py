@@ -113,7 +113,9 @@ class MoEConfig:
     z_weight: float = _f(1e-3, lo=0.0)
     dropless: bool = False  # lax.ragged_dot grouped matmuls, no capacity (for accelerators)
     expert_hidden: int = _f(0, lo=0)
-    num_groups: int = _f(1, lo=1)  # independent routing groups (one per device under expert parallelism)
+    # Independent routing groups, each with its own capacity; with experts sharded (mesh.expert > 1)
+    # a multiple of the mesh's devices, so that each device routes whole groups.
+    num_groups: int = _f(1, lo=1)
 
 
 @dataclass(frozen=True)
@@ -192,8 +194,9 @@ class MeshConfig:
     """Devices and hosts: a mesh of `data` x `expert` devices (0 for data: every device left).
 
     Parameters are replicated except the experts', sharded on `expert`; batches are split over
-    both axes (each expert-axis device routes its own tokens). Multi-host: with `num_processes`
-    > 1, `jax.distributed.initialize(coordinator_address, num_processes, process_id)`; with
+    both axes. With `expert` > 1 the MoE layers exchange tokens by all-to-all, each device routing
+    its own `moe.num_groups` / devices groups (adaptive/parallel.py). Multi-host: with
+    `num_processes` > 1, `jax.distributed.initialize(coordinator_address, num_processes, process_id)`; with
     `auto`, JAX reads the cluster from the environment (SLURM, ...). One device is a mesh of one.
     """
 

@@ -11,7 +11,9 @@ expert budget, a running estimate of how long a batch takes (updated from every 
 runs), and gives each request what it asked for if that fits its slack. If not, of the
 operating points that fit (per expert budget, the most steps that fit), the one with the best
 validation accuracy in the artifact's table (without a table: the most steps, then the most
-experts): the best prediction the time left can buy. If not even one step fits, the fallback
+experts): the best prediction the time left can buy. When both models carry accuracy on the
+same split, the fallback competes with those points on it (one expert or one step of a big
+model can be worse than a small model's whole answer). If not even one step fits, the fallback
 model if its run fits; otherwise the request is rejected at once, since a late answer counts
 as wrong and its compute is better spent on requests that can still make it.
 
@@ -90,11 +92,13 @@ class Controller:
         fallback_cap: int = 1,
         expert_budgets: tuple[int, ...] = (),
         accuracy: dict | None = None,
+        fallback_accuracy: float | None = None,
         headroom: float = 0.8,
         max_queue: int = 1024,
     ):
         """`expert_budgets`: a MoE primary's smaller experts-per-token it can run at;
-        `accuracy`: {(experts or None, steps): validation accuracy} (see `accuracy_at_budgets`)."""
+        `accuracy`: {(experts or None, steps): validation accuracy} (see `accuracy_at_budgets`);
+        `fallback_accuracy`: the fallback model's, on the same split."""
         if mode not in ("adaptive", "static"):
             raise ValueError(f"controller mode {mode!r} is not 'adaptive' or 'static'")
         self.full, self.sla_ms, self.mode, self.has_fallback = cap, sla_ms, mode, has_fallback
@@ -103,6 +107,7 @@ class Controller:
         # Expert budgets from the trained one (None) down: the order ties are broken in.
         self.expert_budgets = (None, *sorted(expert_budgets, reverse=True))
         self.accuracy = accuracy or {}
+        self.fallback_accuracy = fallback_accuracy
         self.service = {("primary", k): ServiceTimes(cap) for k in self.expert_budgets}
         self.service["fallback", None] = ServiceTimes(self.fallback_cap)
 
@@ -123,11 +128,17 @@ class Controller:
         fitting = self.fitting_points(slack, requested, rows)
         if (requested, None) in fitting:
             return Decision("ok", "primary", requested)
-        if fitting:
-            steps, experts = max(fitting, key=self._merit)
-            return Decision("degraded", "primary", steps, experts)
-        if self.has_fallback and self.service["fallback", None].estimate(self.fallback_cap, rows) <= slack:
-            return Decision("fallback", "fallback", self.fallback_cap)
+        options = [(self._merit(p), Decision("degraded", "primary", *p)) for p in fitting]
+        fallback = Decision("fallback", "fallback", self.fallback_cap)
+        fallback_fits = self.has_fallback and self.service["fallback", None].estimate(self.fallback_cap, rows) <= slack
+        if fallback_fits and self.accuracy and self.fallback_accuracy is not None:
+            # Both models scored on the same split: the fallback competes on accuracy (a primary
+            # at one expert or one step can be worse than a small model that finishes its work).
+            options.append(((self.fallback_accuracy, -1, -1), fallback))
+        if options:
+            return max(options, key=lambda option: option[0])[1]
+        if fallback_fits:
+            return fallback
         cheapest = self.expert_budgets[-1]
         if waited_ms + self.service["primary", cheapest].estimate(1, rows) <= self.sla_ms:  # late for its class only
             return Decision("degraded", "primary", 1, cheapest)
@@ -143,7 +154,8 @@ class Controller:
         return points
 
     def _merit(self, point: tuple[int, int | None]) -> tuple:
-        """Validation accuracy first (when the artifact has a table), then steps, then experts."""
+        """Validation accuracy first (when the artifact has a table), then steps, then experts;
+        without tables the ladder's order: any primary point before the fallback."""
         steps, k = point
         rank = len(self.expert_budgets) - self.expert_budgets.index(k)
         return (self.accuracy.get((k, steps), 0.0), steps, rank)

@@ -91,8 +91,10 @@ def experts_table(run: Run) -> dict:
         return {}
     steps = np.arange(1, step_cap(cfg) + 1, dtype=float)
     table = {}
+    # The experts keep their trained width (by default it is sized from k): only routing changes.
+    hidden = cfg.moe.expert_hidden or max(1, 2 * cfg.model.hidden // cfg.moe.k)
     for k in range(1, cfg.moe.k):
-        limited = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, k=k))
+        limited = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, k=k, expert_hidden=hidden))
         flops = flops_model(limited, spec.input_shape, spec.num_classes, batch=1)
         table[str(k)] = [float(flops.at_steps(s)) for s in steps]
     return table
@@ -100,20 +102,26 @@ def experts_table(run: Run) -> dict:
 
 def accuracy_table(run: Run, split: str = "validation") -> dict | None:
     """Accuracy on `split` under every (expert budget, step budget): row k-1 holds step budgets
-    1..cap at k experts per token (one row, `experts` null, without experts). None for a static
-    model, which has one operating point."""
+    1..cap at k experts per token (one row, `experts` null, without experts; a static model,
+    which has one operating point, repeats its accuracy at every budget)."""
     from adaptive import outcomes
 
-    if run.cfg.halting.policy == "none":
-        return None
     k_max = run.cfg.moe.k if run.cfg.moe.enabled else None
-    out = outcomes.collect(run.graphdef, run.params, run.cfg, split, k_max=k_max)
-    return {
-        "split": split,
-        "examples": out.size,
-        "experts": list(range(1, k_max + 1)) if k_max else None,
-        "accuracy": out.correct_KxTxB.mean(-1).round(5).tolist(),
-    }
+    if run.cfg.halting.policy == "none":
+        serve = jax.jit(serving_function(run.graphdef, run.params))
+        correct = []
+        for batch in data.eval_batches(run.cfg.data, split, 256):
+            budget = np.full(len(batch["x"]), step_cap(run.cfg), np.int32)
+            hit = np.asarray(serve(batch["x"].astype(np.float32), budget)[0]) == batch["y"]
+            correct.append(hit[batch["mask"] > 0])
+        correct = np.concatenate(correct)
+        accuracy = [[float(correct.mean().round(5))] * step_cap(run.cfg)] * (k_max or 1)
+        examples = len(correct)
+    else:
+        out = outcomes.collect(run.graphdef, run.params, run.cfg, split, k_max=k_max)
+        accuracy, examples = out.correct_KxTxB.mean(-1).round(5).tolist(), out.size
+    experts = list(range(1, k_max + 1)) if k_max else None
+    return {"split": split, "examples": examples, "experts": experts, "accuracy": accuracy}
 
 
 def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None) -> Path:

@@ -4,8 +4,14 @@ state and the batches, multi-host start-up and per-host data.
 - The mesh is `jax.make_mesh((data, expert), ("data", "expert"))`. One device is a mesh of one,
   and then nothing here changes how a run executes.
 - The train state is replicated, except the experts' parameters (and their optimizer moments),
-  which are split on `expert` along their expert axis. XLA (GSPMD) places the collectives.
-- A batch is split over both axes, so each expert-axis device routes its own share of tokens.
+  which are split on `expert` along their expert axis.
+- A batch is split over both axes, so each device routes its own share of tokens.
+- Which path runs: with `expert` = 1 (one device, or data parallelism) the model code is
+  sharding-agnostic and XLA (GSPMD) places the collectives. With `expert` > 1 the train and eval
+  steps run under the mesh as JAX's context mesh (`with_mesh`), and every MoE layer then
+  exchanges its tokens with explicit all-to-alls on `expert` (adaptive/nn/expert_parallel.py);
+  the rest of the model stays with GSPMD. That path needs `moe.num_groups` to divide over all
+  the devices and capacity routing (`check_moe`): it then equals one device with the same groups.
   Each host reads only its rows of every global batch (the same global batches as one host
   reads, so a run does not depend on how many hosts train it) and the global array is built
   with `jax.make_array_from_process_local_data`.
@@ -54,6 +60,41 @@ def make_mesh(mesh_cfg) -> Mesh:
     # Auto axes: XLA propagates the shardings (GSPMD); the model code stays sharding-agnostic.
     auto = (jax.sharding.AxisType.Auto,) * 2
     return jax.make_mesh((data, expert), ("data", "expert"), axis_types=auto, devices=jax.devices()[: data * expert])
+
+
+def check_moe(moe_cfg, mesh: Mesh) -> None:
+    """Expert parallelism's conditions, refused before training rather than at the first trace."""
+    expert = mesh.shape["expert"]
+    if not moe_cfg.enabled or expert == 1:
+        return
+    shape = f"{mesh.shape['data']} x {expert} (data x expert)"
+    if moe_cfg.dropless:
+        raise ConfigError(
+            f"config key 'moe.dropless' is true; experts sharded on a {shape} mesh need capacity routing: "
+            "set moe.dropless=false or mesh.expert=1"
+        )
+    if moe_cfg.num_groups % mesh.size:
+        raise ConfigError(
+            f"config key 'moe.num_groups' is {moe_cfg.num_groups}; on a {shape} mesh it must be a multiple of "
+            f"{mesh.size} (every device routes its own groups)"
+        )
+    if moe_cfg.num_experts % expert:
+        raise ConfigError(
+            f"config key 'moe.num_experts' is {moe_cfg.num_experts}; it must divide over mesh.expert={expert}"
+        )
+
+
+def with_mesh(fn, mesh: Mesh):
+    """`fn` called with `mesh` as JAX's context mesh when the mesh shards experts, so that the MoE
+    layers it traces run expert-parallel; `fn` itself otherwise (nothing changes)."""
+    if mesh.shape["expert"] == 1:
+        return fn
+
+    def under_mesh(*args):
+        with jax.set_mesh(mesh):
+            return fn(*args)
+
+    return under_mesh
 
 
 def is_trivial(mesh: Mesh) -> bool:

@@ -295,6 +295,7 @@ def serve(
         fallback_cap=backup.cap if backup else 1,
         expert_budgets=tuple(primary.expert_budgets),
         accuracy=accuracy_lookup(primary.meta),
+        fallback_accuracy=accuracy_lookup(backup.meta).get((None, backup.cap)) if backup else None,
     )
     server = Server(primary, controller, fallback=backup, max_batch=max_batch, default_steps=default_steps)
     print(f"serving {artifact} on http://{host}:{port} (SLA {sla_ms:g} ms, {mode}); executables warm", flush=True)

@@ -53,6 +53,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
     parallel.initialize(cfg.mesh)
     mesh = parallel.make_mesh(cfg.mesh)
     parallel.check_batch(cfg.train.batch_size, mesh)
+    parallel.check_moe(cfg.moe, mesh)
     spec = data.prepare(cfg.data)
     model = build_model(cfg, spec)
     budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)  # refuses unreachable targets
@@ -74,7 +75,9 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
         batch_in = parallel.batch_sharding(mesh)
         train_step = jax.jit(step_fn, in_shardings=(shardings, batch_in), out_shardings=shardings, donate_argnums=0)
         place = lambda batch: parallel.global_batch(batch, mesh)  # noqa: E731
-    eval_step = jax.jit(steps.make_eval_step(graphdef, spec.max_difficulty))
+    # With experts sharded, both steps trace under the mesh: their MoE layers go all-to-all.
+    train_step = parallel.with_mesh(train_step, mesh)
+    eval_step = parallel.with_mesh(jax.jit(steps.make_eval_step(graphdef, spec.max_difficulty)), mesh)
     lr_at = learning_rate_schedule(cfg.optim, cfg.train.steps)
 
     rows = parallel.host_rows(cfg.train.batch_size) if jax.process_count() > 1 else None

@@ -1,6 +1,7 @@
 """Run by tests/test_mesh.py in a subprocess with 8 host CPU devices (XLA_FLAGS): trains the
 same tiny ACT + MoE model on several meshes and across a checkpoint restore onto another mesh,
-and prints the largest parameter differences from the one-device run as JSON."""
+and prints as JSON the largest parameter differences from the one-device run and the
+all-to-alls in each mesh run's train step, as JAX hands it to XLA (before GSPMD adds its own)."""
 
 import dataclasses
 import json
@@ -25,10 +26,14 @@ QUIET = [
 ]
 
 
+# 8 routing groups in every run: the expert-parallel path needs them to divide over 8 devices,
+# and one device gives the same results with the same groups.
+GROUPS = "--config.moe.num_groups=8"
+
+
 def train(workdir: Path, data: int, expert: int, steps: int) -> dict:
-    cfg = config_lib.load(
-        str(ROOT / "configs/sut.py:tiny"), [*QUIET, f"--config.mesh.data={data}", f"--config.mesh.expert={expert}"]
-    )
+    mesh = [f"--config.mesh.data={data}", f"--config.mesh.expert={expert}"]
+    cfg = config_lib.load(str(ROOT / "configs/sut.py:tiny"), [*QUIET, GROUPS, *mesh])
     train_cfg = dataclasses.replace(cfg.train, steps=steps, eval_every=steps, checkpoint_every=5, log_every=5)
     train_and_evaluate(dataclasses.replace(cfg, train=train_cfg), workdir)
     _, state = restore_state(workdir)
@@ -56,20 +61,33 @@ def gap(a: dict, b: dict) -> float:
     )
 
 
+def train_counting_all_to_alls(workdir: Path, data: int, expert: int) -> tuple[dict, int]:
+    """`train` for 5 steps, and the all_to_all ops in the train step it compiled (dumped by JAX)."""
+    ir = workdir / "ir"
+    jax.config.update("jax_dump_ir_to", str(ir))
+    try:
+        params = train(workdir, data, expert, 5)
+    finally:
+        jax.config.update("jax_dump_ir_to", "")
+    dumped = list(ir.glob("*jit_train_step*.mlir"))
+    assert dumped, f"no train step dumped in {ir}"
+    return params, sum(path.read_text().count("stablehlo.all_to_all") for path in dumped)
+
+
 def main(out: str) -> None:
     root = Path(out)
     assert jax.device_count() == 8, jax.devices()
     one = train(root / "one", 1, 1, 5)
-    result = {
-        "data8": gap(train(root / "data8", 8, 1, 5), one),
-        "data2_expert4": gap(train(root / "d2e4", 2, 4, 5), one),
-    }
+    gaps, exchanges = {}, {}
+    for name, data, expert in (("data8", 8, 1), ("data2_expert4", 2, 4)):
+        params, exchanges[name] = train_counting_all_to_alls(root / name, data, expert)
+        gaps[name] = gap(params, one)
     straight = train(root / "one8", 1, 1, 8)
     train(root / "from8", 8, 1, 5)
-    result["saved_on_8_restored_on_1"] = gap(train(root / "from8", 1, 1, 8), straight)
+    gaps["saved_on_8_restored_on_1"] = gap(train(root / "from8", 1, 1, 8), straight)
     train(root / "from1", 1, 1, 5)
-    result["saved_on_1_restored_on_2x4"] = gap(train(root / "from1", 2, 4, 8), straight)
-    print(json.dumps(result))
+    gaps["saved_on_1_restored_on_2x4"] = gap(train(root / "from1", 2, 4, 8), straight)
+    print(json.dumps({"gaps": gaps, "all_to_alls": exchanges}))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 @pytest.mark.slow
 def test_meshes_and_cross_mesh_restores_give_the_one_device_parameters(tmp_path):
     """ACT + MoE (configs/sut.py:tiny), 5 steps on (data=8) and on (data=2, expert=4); then 5
-    steps saved on 8 devices and resumed to 8 on 1, and the other way round onto (2, 4)."""
+    steps saved on 8 devices and resumed to 8 on 1, and the other way round onto (2, 4). The
+    (2, 4) train step exchanges tokens by explicit all-to-alls (expert parallelism); the
+    data-only one has none."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests/mesh_script.py"), str(tmp_path)],
         env={**ENV, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
@@ -29,9 +31,11 @@ def test_meshes_and_cross_mesh_restores_give_the_one_device_parameters(tmp_path)
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    gaps = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    gaps = result["gaps"]
     assert set(gaps) == {"data8", "data2_expert4", "saved_on_8_restored_on_1", "saved_on_1_restored_on_2x4"}
     assert all(g <= 1e-5 for g in gaps.values()), gaps
+    assert result["all_to_alls"]["data8"] == 0 and result["all_to_alls"]["data2_expert4"] > 0, result
 
 
 @pytest.mark.slow

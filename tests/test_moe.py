@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adaptive.nn import routing as R
-from adaptive.nn.moe import MoEFeedForward, combine, dispatch
+from adaptive.nn.dispatch import combine, dispatch
+from adaptive.nn.moe import MoEFeedForward
 
 E, T, D = 4, 24, 8
 

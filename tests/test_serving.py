@@ -116,11 +116,12 @@ def test_fewer_experts_is_a_rung_chosen_by_validation_accuracy():
     """A MoE primary measured at 1 ms + 2 ms a step with its trained k and 1 ms + 1 ms a step at
     k = 1; SLA 20 ms, slack 16 ms: with all experts 7 steps fit, with one expert 8."""
 
-    def controller(accuracy=None):
-        c = Controller(8, sla_ms=20.0, expert_budgets=(1,), accuracy=accuracy)
+    def controller(accuracy=None, **fallback):
+        c = Controller(8, sla_ms=20.0, expert_budgets=(1,), accuracy=accuracy, **fallback)
         for steps in (1, 4, 8):
             c.observe("primary", steps, 1.0 + 2.0 * steps)
             c.observe("primary", steps, 1.0 + 1.0 * steps, experts=1)
+        c.observe("fallback", 1, 1.0)
         return c
 
     assert controller().decide(6, 0.0) == Decision("ok", "primary", 6)  # what was asked fits: no table needed
@@ -130,6 +131,12 @@ def test_fewer_experts_is_a_rung_chosen_by_validation_accuracy():
     steps_matter = {(None, 7): 0.80, (1, 8): 0.95}
     assert controller(steps_matter).decide(8, 0.0) == Decision("degraded", "primary", 8, 1)
     assert controller(experts_matter).decide(8, 11.0) == Decision("degraded", "primary", 4, 1)  # 5 ms left
+    # A fallback scored on the same split competes on accuracy with the primary's points.
+    with_fallback = controller(experts_matter, has_fallback=True, fallback_accuracy=0.9)
+    assert with_fallback.decide(8, 0.0) == Decision("degraded", "primary", 7)  # 0.95 beats 0.9
+    assert with_fallback.decide(8, 11.0) == Decision("fallback", "fallback", 1)  # 0.9 beats 0.75
+    untabled = controller(has_fallback=True, fallback_accuracy=0.9)  # no primary table: ladder order
+    assert untabled.decide(8, 11.0) == Decision("degraded", "primary", 4, 1)
     late_for_its_class = controller().decide(8, 17.5, priority=2)  # 17.5 + 2 ms <= 20 with one expert
     assert late_for_its_class == Decision("degraded", "primary", 1, 1)
     assert controller().decide(8, 18.5) == Decision("rejected", None, 0)

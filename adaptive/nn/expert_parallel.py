@@ -1,11 +1,20 @@
-"""Expert parallelism: the MoE layer with its experts sharded over a mesh axis.
+"""Expert parallelism: the MoE layer with its experts sharded on the mesh's `expert` axis and
+its tokens on every mesh axis, exchanged by two all-to-alls.
 
-Each of the n devices on the `expert` axis holds E/n experts and 1/n of the tokens (its routing
-groups). A device routes its own tokens over all E experts into per-expert buffers, an
-all-to-all sends every buffer to the device that owns its expert, the local experts run once
-over what they received, and a second all-to-all brings the outputs home to be combined. The
-result equals `MoEFeedForward` with the same `num_groups` on one device: routing, capacity and
-drops are per group either way.
+Which path runs: `MoEFeedForward` comes here when it is traced under a context mesh
+(`jax.set_mesh`; the trainer sets one around its train and eval steps) whose `expert` axis has
+more than one device. Otherwise (one device, a data-only mesh, no context mesh, or already
+inside a shard_map over `expert`) it runs its own single-device code, which GSPMD splits over
+`data` like any other layer.
+
+On a (data, expert) mesh of D x N devices, each device holds E/N experts (the same on every
+`data` row) and 1/(D*N) of the tokens: its routing groups. A device routes its own tokens over
+all E experts into per-expert buffers; an all-to-all along `expert` sends every buffer to the
+device of its data row that owns the expert; the local experts run once over what they received;
+a second all-to-all brings the outputs home to be combined. Aux losses and routing metrics are
+means over groups, so they are averaged over every device. The result equals `MoEFeedForward`
+with the same `num_groups` on one device: routing, capacity and drops are per group either way.
+A 1-D mesh with only an `expert` axis works the same (D = 1).
 """
 
 from __future__ import annotations
@@ -13,13 +22,22 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from adaptive.nn import routing as R
-from adaptive.nn.moe import MoEFeedForward, MoEOutput, combine, dispatch
+from adaptive.nn.dispatch import MoEOutput, combine_groups, dispatch_groups
 
+AXIS = "expert"
 EXPERT_PARAMS = ("w_in", "b_in", "w_out", "b_out")
+
+
+def context_mesh() -> AbstractMesh | None:
+    """JAX's context mesh when it asks for expert parallelism: an `expert` axis of more than one
+    device that is not already manual (inside a shard_map over it). None otherwise."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.shape.get(AXIS, 1) == 1 or AXIS in mesh.manual_axes:
+        return None
+    return mesh
 
 
 def param_specs(params: dict, axis: str) -> dict:
@@ -31,46 +49,61 @@ def param_specs(params: dict, axis: str) -> dict:
     return specs
 
 
-def moe_expert_parallel(
-    graphdef: nnx.GraphDef, params: dict, x_TxD: jax.Array, mesh: Mesh, *, axis: str = "expert", train: bool = True
-) -> MoEOutput:
-    """`MoEFeedForward(x)` computed with experts and tokens sharded over `mesh[axis]`."""
-    n = mesh.shape[axis]
-    layer_meta = nnx.merge(graphdef, params)
-    if layer_meta.num_experts % n or layer_meta.num_groups % n:
-        raise ValueError(
-            f"num_experts={layer_meta.num_experts} and num_groups={layer_meta.num_groups} "
-            f"must both divide over {n} devices on axis {axis!r}"
-        )
-    if layer_meta.dropless:
-        raise ValueError("the dropless path is single-device; use capacity routing with expert parallelism")
+def forward(layer: nnx.Module, x_TxD: jax.Array, mesh, *, train: bool, k_active=None, key=None) -> MoEOutput:
+    """`layer(x)` (a MoEFeedForward) computed expert-parallel on `mesh`."""
+    graphdef, state = nnx.split(layer)
+    return moe_expert_parallel(graphdef, nnx.to_pure_dict(state), x_TxD, mesh, train=train, k_active=k_active, key=key)
 
-    def local(params_local, x_local):
-        layer: MoEFeedForward = nnx.merge(graphdef, params_local)
-        groups = layer.num_groups // n
-        x_GxSxD = x_local.reshape(groups, -1, x_local.shape[-1])
-        routing, logits, cap = layer.route_groups(x_GxSxD, train, None, None)
-        buffers = jax.vmap(lambda x, r: dispatch(x, r, layer.num_experts, cap))(x_GxSxD, routing)
+
+def moe_expert_parallel(
+    graphdef: nnx.GraphDef,
+    params: dict,
+    x_TxD: jax.Array,
+    mesh: Mesh | AbstractMesh,
+    *,
+    axis: str = AXIS,
+    train: bool = True,
+    k_active=None,
+    key: jax.Array | None = None,
+) -> MoEOutput:
+    """`MoEFeedForward(x)` with experts sharded over `mesh[axis]` and tokens over all of `mesh`."""
+    n, devices = mesh.shape[axis], mesh.size
+    every = tuple(mesh.axis_names)  # tokens, in the mesh's device order (as the batch is split)
+    meta = nnx.merge(graphdef, params)
+    experts, groups = meta.num_experts, meta.num_groups
+    if experts % n or groups % devices:
+        raise ValueError(
+            f"num_experts={experts} must divide over {n} devices on axis {axis!r} and num_groups={groups} "
+            f"over the mesh's {devices} devices {dict(mesh.shape)}"
+        )
+    if meta.dropless:
+        raise ValueError("the dropless path is single-device; use capacity routing with expert parallelism")
+    local_groups = groups // devices
+
+    def local(params_local, x_local, k_local, keys_local):
+        layer = nnx.merge(graphdef, params_local)
+        x_GxSxD = x_local.reshape(local_groups, -1, x_local.shape[-1])
+        routing, logits, cap = layer.route_groups(x_GxSxD, train, k_local, keys_local)
+        buffers = dispatch_groups(x_GxSxD, routing, experts, cap)
         g, e, c, d = buffers.shape
-        # [g, n, E/n, C, D]: chunk j of the expert axis goes to device j; received chunks come back
-        # stacked by source device on the same axis.
+        # [g, n, E/n, C, D]: chunk j of the expert axis goes to device j of this data row;
+        # received chunks come back stacked by source device on the same axis.
         sent = jax.lax.all_to_all(buffers.reshape(g, n, e // n, c, d), axis, 1, 1, tiled=True)
         by_expert = sent.transpose(2, 1, 0, 3, 4).reshape(e // n, n * g * c, d)
         out = layer.experts(by_expert).reshape(e // n, n, g, c, d).transpose(2, 1, 0, 3, 4)
         back = jax.lax.all_to_all(out, axis, 1, 1, tiled=True).reshape(g, e, c, d)
-        y = jax.vmap(lambda b, r: combine(b, r, x_GxSxD.shape[1]))(back, routing)
+        y = combine_groups(back, routing, x_GxSxD.shape[1])
         result = layer.summarize(y.reshape(x_local.shape), routing, logits)
-        # Groups are spread over devices: aux losses and metrics average over all of them.
-        return result._replace(
-            aux_loss=jax.lax.pmean(result.aux_loss, axis),
-            metrics=jax.tree.map(lambda m: jax.lax.pmean(m, axis), result.metrics),
-        )
+        # Groups are spread over every device: aux losses and metrics average over all of them.
+        mean = lambda v: jax.lax.pmean(v, every)  # noqa: E731
+        return result._replace(aux_loss=mean(result.aux_loss), metrics=jax.tree.map(mean, result.metrics))
 
-    metrics = jax.eval_shape(lambda: R.routing_metrics(R.top_k(jnp.zeros((2, 2)), 1, 1, renormalize=False), 2))
-    metric_specs = dict.fromkeys(metrics, P())
-    specs = (param_specs(params, axis), P(axis))
-    out_specs = MoEOutput(P(axis), P(), metric_specs, P(axis), P(axis))
-    fn = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=out_specs)
-    # Lay the inputs out as the specs say (a no-op when they already are).
-    placed = jax.tree.map(lambda a, s: jax.reshard(a, NamedSharding(mesh, s)), (params, x_TxD), specs)
-    return fn(*placed)
+    keys = None if key is None else jax.random.split(key, groups)  # one per group, as on one device
+    k_active = None if k_active is None else jnp.asarray(k_active)
+    args = (params, x_TxD, k_active, keys)
+    specs = (param_specs(params, axis), P(every), P(), P(every))
+    if AxisType.Explicit in mesh.axis_types:  # explicit axes: lay the inputs out as the specs say
+        place = lambda s, a: jax.reshard(a, NamedSharding(mesh, s))  # noqa: E731
+        args = jax.tree.map(place, specs, args, is_leaf=lambda s: isinstance(s, P))
+    out_specs = MoEOutput(P(every), P(), P(), P(every), P(every))
+    return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=out_specs)(*args)

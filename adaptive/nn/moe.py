@@ -1,7 +1,7 @@
 """A sparse mixture-of-experts feed-forward layer: route, dispatch, run experts, combine.
 
-Dispatch does only the useful work on CPU: each kept assignment is written to row
-`expert * capacity + slot` of an [E, C, D] buffer (one scatter), all experts run as one batched
+Dispatch (adaptive/nn/dispatch.py) does only the useful work on CPU: each kept assignment is
+written to row `expert * capacity + slot` of an [E, C, D] buffer, all experts run as one batched
 `einsum('ecd,edf->ecf')`, and outputs are gathered back and weighted by their gates. Nothing of
 size tokens x experts x capacity is built, and no expert sees a token it was not given.
 (Measured here: a one-hot dispatch costs ~10x a dense layer of the same active compute, running
@@ -9,54 +9,23 @@ every expert on every token ~6x, and `lax.ragged_dot` ~8x because XLA:CPU runs i
 
 `dropless=True` uses `lax.ragged_dot` over tokens sorted by expert instead: no capacity and no
 drops, the right path on accelerators with a grouped-matmul kernel.
+
+Traced under a context mesh whose `expert` axis has more than one device (`jax.set_mesh`, as the
+trainer does), the layer runs expert-parallel instead (adaptive/nn/expert_parallel.py): same
+results as here with the same `num_groups`, experts sharded, tokens exchanged by all-to-alls.
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from adaptive.nn import expert_parallel
 from adaptive.nn import routing as R
+from adaptive.nn.dispatch import MoEOutput, combine_groups, dispatch_groups, per_group
 
 ROUTERS = ("top_k", "top_p", "expert_choice")
-
-
-class MoEOutput(NamedTuple):
-    y_TxD: jax.Array
-    aux_loss: jax.Array  # load-balancing and z-loss, already weighted
-    metrics: dict[str, jax.Array]
-    experts_T: jax.Array  # int32: experts that actually processed each token
-    soft_experts_T: jax.Array  # float: experts requested per token, differentiable for top-p routing
-
-
-def dispatch(x_TxD: jax.Array, routing: R.Routing, num_experts: int, cap: int) -> jax.Array:
-    """Kept assignments' tokens in their experts' buffers: [E, C, D], empty slots zero.
-
-    A gather: each buffer row looks up the token that fills it, through an inverse map built
-    by scattering int32 indices (cheap) rather than scattering whole token rows.
-    """
-    target_A, source_R = _row_maps(routing, num_experts, cap, x_TxD.shape[0])
-    padded = jnp.concatenate([x_TxD, jnp.zeros((1, x_TxD.shape[-1]), x_TxD.dtype)])  # row T: an empty slot
-    return padded[source_R].reshape(num_experts, cap, -1)
-
-
-def combine(y_ExCxD: jax.Array, routing: R.Routing, num_tokens: int) -> jax.Array:
-    """Each token's gate-weighted sum of its experts' outputs ([T, D]; 0 for all-dropped tokens)."""
-    num_experts, cap, width = y_ExCxD.shape
-    row = jnp.where(routing.kept_A, routing.expert_A * cap + routing.slot_A, 0)
-    values = y_ExCxD.reshape(num_experts * cap, width)[row] * routing.gate_A[:, None].astype(y_ExCxD.dtype)
-    return jnp.zeros((num_tokens, width), y_ExCxD.dtype).at[routing.token_A].add(values)
-
-
-def _row_maps(routing: R.Routing, num_experts: int, cap: int, num_tokens: int) -> tuple[jax.Array, jax.Array]:
-    """(buffer row of each assignment, or E*C when dropped; token filling each row, or T when empty)."""
-    rows = num_experts * cap
-    target_A = jnp.where(routing.kept_A, routing.expert_A * cap + routing.slot_A, rows)
-    source_R = jnp.full((rows + 1,), num_tokens, jnp.int32).at[target_A].set(routing.token_A)[:rows]
-    return target_A, source_R
 
 
 class MoEFeedForward(nnx.Module):
@@ -126,6 +95,9 @@ class MoEFeedForward(nnx.Module):
         return R.top_k(logits, self.k, cap, renormalize=self.renormalize, k_active=k_active), logits, cap
 
     def __call__(self, x_TxD: jax.Array, *, train: bool = True, k_active=None, key=None) -> MoEOutput:
+        mesh = expert_parallel.context_mesh()
+        if mesh is not None:  # traced under a mesh with expert > 1: experts sharded, two all-to-alls
+            return expert_parallel.forward(self, x_TxD, mesh, train=train, k_active=k_active, key=key)
         num_tokens, width = x_TxD.shape
         groups = self.num_groups
         if num_tokens % groups:
@@ -136,16 +108,16 @@ class MoEFeedForward(nnx.Module):
         if self.dropless and self.router_kind != "expert_choice":  # no capacity, so groups need not stay apart
             y = self._ragged(x_TxD, _flatten_groups(routing, x_GxSxD.shape[1]))
         else:
-            buffers = _per_group(lambda x, r: dispatch(x, r, self.num_experts, cap), x_GxSxD, routing)
-            y = _per_group(lambda b, r: combine(b, r, x_GxSxD.shape[1]), self.grouped_experts(buffers), routing)
+            buffers = dispatch_groups(x_GxSxD, routing, self.num_experts, cap)
+            y = combine_groups(self.grouped_experts(buffers), routing, x_GxSxD.shape[1])
         return self.summarize(y.reshape(num_tokens, width), routing, logits)
 
     def route_groups(self, x_GxSxD, train, k_active, keys):
         route = lambda x, kk: self.route(x, train=train, k_active=k_active, key=kk)[:2]  # noqa: E731
         if keys is None:
-            routing, logits = _per_group(lambda x: route(x, None), x_GxSxD)
+            routing, logits = per_group(lambda x: route(x, None), x_GxSxD)
         else:
-            routing, logits = _per_group(route, x_GxSxD, keys)
+            routing, logits = per_group(route, x_GxSxD, keys)
         return routing, logits, self.route_capacity(x_GxSxD.shape[1], train)
 
     def route_capacity(self, group_tokens: int, train: bool) -> int:
@@ -197,14 +169,6 @@ def limit_experts(model: nnx.Module, k: int | None) -> nnx.Module:
             if isinstance(module, MoEFeedForward):
                 module.k = k
     return model
-
-
-def _per_group(fn, *args):
-    """`fn` over the leading (group) axis. One group is called directly: measured here, a vmap
-    of size 1 around routing and dispatch made the layer's fwd+bwd ~20% slower."""
-    if jax.tree.leaves(args)[0].shape[0] == 1:
-        return jax.tree.map(lambda a: a[None], fn(*jax.tree.map(lambda a: a[0], args)))
-    return jax.vmap(fn)(*args)
 
 
 def _flatten_groups(routing: R.Routing, group_tokens: int) -> R.Routing:
