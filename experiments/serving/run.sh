@@ -1,22 +1,36 @@
 #!/usr/bin/env bash
 # Serving under a latency SLA: train the adaptive model and the small fallback, export both,
 # then `adaptive bench serve` (four policies, four arrival patterns, one run).
-# Usage: experiments/serving/run.sh [OUT]. Thin: `adaptive train`, `export`, `bench serve`.
+# Usage: experiments/serving/run.sh [parity|mnist1d] [OUT]. Thin: `adaptive train`, `export`, `bench serve`.
 set -euo pipefail
-out=${1:-runs/serve}
+task=${1:-parity}
+out=${2:-runs/serve}
 here=$(dirname "$0")
-train() { adaptive train --config configs/mnist1d.py --config.logging.wandb=disabled --workdir "$out/$1" "${@:2}"; }
+quiet=(--config.logging.wandb=disabled)
 
-# A shared residual block of width 2048 applied up to 8 times under ACT, trained to a mean of 4
-# steps with request caps of 2, 4 or 8 drawn per example (so it answers at any budget).
-train primary2048 --config.model.kind=mlp --config.model.hidden=2048 --config.model.share_weights=true \
-  --config.halting.policy=act --config.halting.max_steps=8 --config.halting.tau=0 --config.budget.target=4 \
-  --config.budget.requests=2,4,8 --config.budget.request_weights=1,1,2 --config.train.steps=600 \
-  --config.train.batch_size=64 --config.train.eval_batch_size=250 --config.train.eval_every=600
-train small --config.model.kind=mlp --config.model.hidden=128 --config.halting.policy=none \
-  --config.model.depth=2 --config.train.steps=1500
-adaptive export --workdir "$out/primary2048" --out "$out/primary2048.art"
-adaptive export --workdir "$out/small" --out "$out/small.art"
-adaptive bench serve --artifact "$out/primary2048.art" --small "$out/small.art" --sla-ms 50 --max-batch 16 \
-  --duration 6 --out "$out/bench" --json "$here/serve.json"
-cp "$out/bench/latency_cdf.png" "$out/bench/budget_over_time.png" "$out/bench/grouping.json" "$here/"
+if [ "$task" = parity ]; then
+  # A Sparse Universal Transformer (width 256, 16 tokens, 4 experts of which 2 a token) halted by
+  # ACT up to 8 steps, trained with request caps of 2, 4 or 8 steps drawn per example (~10 min);
+  # the fallback is the main job's ACT RNN (width 128; ~30 s).
+  adaptive train --config configs/sut.py --workdir "$out/sut256" "${quiet[@]}" --config.model.hidden=256 \
+    --config.train.steps=1500 --config.train.eval_every=500 \
+    --config.budget.requests=2,4,8 --config.budget.request_weights=1,1,2
+  adaptive train --config configs/parity.py --workdir "$out/parity-rnn" "${quiet[@]}"
+  primary=sut256 small=parity-rnn budget=1 json=serve_parity.json
+else
+  # A shared residual block of width 2048 applied up to 8 times under ACT, trained to a mean of 4
+  # steps with request caps of 2, 4 or 8 drawn per example (so it answers at any budget).
+  train() { adaptive train --config configs/mnist1d.py "${quiet[@]}" --workdir "$out/$1" "${@:2}"; }
+  train primary2048 --config.model.kind=mlp --config.model.hidden=2048 --config.model.share_weights=true \
+    --config.halting.policy=act --config.halting.max_steps=8 --config.halting.tau=0 --config.budget.target=4 \
+    --config.budget.requests=2,4,8 --config.budget.request_weights=1,1,2 --config.train.steps=600 \
+    --config.train.batch_size=64 --config.train.eval_batch_size=250 --config.train.eval_every=600
+  train small --config.model.kind=mlp --config.model.hidden=128 --config.halting.policy=none \
+    --config.model.depth=2 --config.train.steps=1500
+  primary=primary2048 small=small budget=3 json=serve_mnist1d.json
+fi
+adaptive export --workdir "$out/$primary" --out "$out/$primary.art"
+adaptive export --workdir "$out/$small" --out "$out/$small.art"
+adaptive bench serve --artifact "$out/$primary.art" --small "$out/$small.art" --sla-ms 50 --max-batch 16 \
+  --duration 6 --fixed-budget "$budget" --out "$out/bench-$task" --json "$here/$json"
+for f in latency_cdf.png budget_over_time.png grouping.json; do cp "$out/bench-$task/$f" "$here/${task}_$f"; done
