@@ -196,8 +196,9 @@ class MeshConfig:
     Parameters are replicated except the experts', sharded on `expert`; batches are split over
     both axes. With `expert` > 1 the MoE layers exchange tokens by all-to-all, each device routing
     its own `moe.num_groups` / devices groups (adaptive/parallel.py). Multi-host: with
-    `num_processes` > 1, `jax.distributed.initialize(coordinator_address, num_processes, process_id)`; with
-    `auto`, JAX reads the cluster from the environment (SLURM, ...). One device is a mesh of one.
+    `num_processes` > 1, `jax.distributed.initialize(coordinator_address, num_processes,
+    process_id)`; with `auto`, JAX reads the cluster from the environment (SLURM, ...). One
+    device is a mesh of one.
     """
 
     data: int = _f(1, lo=0)

@@ -6,15 +6,15 @@ state and the batches, multi-host start-up and per-host data.
 - The train state is replicated, except the experts' parameters (and their optimizer moments),
   which are split on `expert` along their expert axis.
 - A batch is split over both axes, so each device routes its own share of tokens.
+  Each host reads only its rows of every global batch (the same global batches as one host
+  reads, so a run does not depend on how many hosts train it) and the global array is built
+  with `jax.make_array_from_process_local_data`.
 - Which path runs: with `expert` = 1 (one device, or data parallelism) the model code is
   sharding-agnostic and XLA (GSPMD) places the collectives. With `expert` > 1 the train and eval
   steps run under the mesh as JAX's context mesh (`with_mesh`), and every MoE layer then
   exchanges its tokens with explicit all-to-alls on `expert` (adaptive/nn/expert_parallel.py);
-  the rest of the model stays with GSPMD. That path needs `moe.num_groups` to divide over all
-  the devices and capacity routing (`check_moe`): it then equals one device with the same groups.
-  Each host reads only its rows of every global batch (the same global batches as one host
-  reads, so a run does not depend on how many hosts train it) and the global array is built
-  with `jax.make_array_from_process_local_data`.
+  the rest of the model stays with GSPMD. That path needs `moe.num_groups` a multiple of the
+  device count and capacity routing (`check_moe`); it then equals one device with the same groups.
 - Only process 0 writes logs, metrics and wandb; every process takes part in checkpoints
   (orbax coordinates them), which restore onto whatever mesh the restoring run has.
 """
@@ -80,7 +80,8 @@ def check_moe(moe_cfg, mesh: Mesh) -> None:
         )
     if moe_cfg.num_experts % expert:
         raise ConfigError(
-            f"config key 'moe.num_experts' is {moe_cfg.num_experts}; it must divide over mesh.expert={expert}"
+            f"config key 'moe.num_experts' is {moe_cfg.num_experts}; on a {shape} mesh it must be a multiple "
+            f"of {expert}"
         )
 
 

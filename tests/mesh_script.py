@@ -63,7 +63,7 @@ def gap(a: dict, b: dict) -> float:
 
 def train_counting_all_to_alls(workdir: Path, data: int, expert: int) -> tuple[dict, int]:
     """`train` for 5 steps, and the all_to_all ops in the train step it compiled (dumped by JAX)."""
-    ir = workdir / "ir"
+    ir = workdir.with_name(f"{workdir.name}_ir")
     jax.config.update("jax_dump_ir_to", str(ir))
     try:
         params = train(workdir, data, expert, 5)

@@ -2,6 +2,7 @@
 across a restore onto another mesh, and as two jax.distributed processes, gives the same
 parameters. The multi-device runs go to subprocesses so that every other test keeps 1 device."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -12,6 +13,8 @@ import jax
 import numpy as np
 import pytest
 
+from adaptive import parallel
+from adaptive.config import ConfigError, MoEConfig
 from tests.helpers import ROOT, run_train
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -72,3 +75,20 @@ def test_a_mesh_that_does_not_fit_the_devices_is_a_one_line_error(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "adaptive: error: config keys 'mesh.data' x 'mesh.expert' = 4 x 2 do not fit the 1 device(s) here"
     ]
+
+
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ({"num_groups": 4}, "moe.num_groups"),
+        ({"num_groups": 8, "dropless": True}, "moe.dropless"),
+        ({"num_groups": 8, "num_experts": 6}, "moe.num_experts"),
+    ],
+)
+def test_expert_parallelism_refuses_what_it_cannot_split_before_training(change, key):
+    moe = dataclasses.replace(MoEConfig(enabled=True), **change)
+    with pytest.raises(ConfigError) as error:  # a mesh's shape is all the check reads
+        parallel.check_moe(moe, jax.sharding.AbstractMesh((2, 4), ("data", "expert")))
+    message = str(error.value)
+    assert f"'{key}'" in message and "2 x 4 (data x expert)" in message and "\n" not in message
+    parallel.check_moe(moe, jax.sharding.AbstractMesh((8, 1), ("data", "expert")))  # data only: GSPMD, any groups

@@ -49,7 +49,9 @@ def param_specs(params: dict, axis: str) -> dict:
     return specs
 
 
-def forward(layer: nnx.Module, x_TxD: jax.Array, mesh, *, train: bool, k_active=None, key=None) -> MoEOutput:
+def forward(
+    layer: nnx.Module, x_TxD: jax.Array, mesh: AbstractMesh, *, train: bool, k_active=None, key=None
+) -> MoEOutput:
     """`layer(x)` (a MoEFeedForward) computed expert-parallel on `mesh`."""
     graphdef, state = nnx.split(layer)
     return moe_expert_parallel(graphdef, nnx.to_pure_dict(state), x_TxD, mesh, train=train, k_active=k_active, key=key)
