@@ -53,7 +53,9 @@ def restore_state(workdir: str | Path, step: int | None = None) -> tuple[Run, di
     graphdef, params = nnx.split(build_model(cfg, spec), nnx.Param)
     tx = make_optimizer(cfg.optim, cfg.train.steps)
     budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)
-    like = steps.init_state(graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget)
+    like = steps.init_state(
+        graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget, cfg.train.batch_size
+    )
     ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
     try:
         if step is None:

@@ -25,10 +25,17 @@ def init_state(
     halting_cfg,
     input_shape: tuple[int, ...],
     budget=None,
+    batch_size: int = 2,
 ) -> dict:
     """A fresh train state. The running metric sums take the shapes the loss reports (found by
-    tracing it once, abstractly), so a model with experts gets its moe/ metrics too."""
-    batch = {"x": jax.ShapeDtypeStruct((2, *input_shape), jnp.float32), "y": jax.ShapeDtypeStruct((2,), jnp.int32)}
+    tracing it once, abstractly, on a batch of `batch_size`: the train batch's, so that experts'
+    routing groups divide it as they will in training), so a model with experts gets its moe/
+    metrics too."""
+    rows = batch_size
+    batch = {
+        "x": jax.ShapeDtypeStruct((rows, *input_shape), jnp.float32),
+        "y": jax.ShapeDtypeStruct((rows,), jnp.int32),
+    }
     _, metrics = jax.eval_shape(_loss_fn(graphdef, halting_cfg, budget), params, batch, 0.0, jax.random.key(0))
     zeros = {k: jnp.zeros(v.shape, jnp.float32) for k, v in {**metrics, "grad_norm": metrics["loss"]}.items()}
     return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -48,6 +49,20 @@ class Interrupted(RuntimeError):
     """SIGTERM arrived: a checkpoint was saved and the run stopped; rerun to resume."""
 
 
+def _check_routing_groups(cfg: config_lib.Config, input_shape: tuple[int, ...]) -> None:
+    """Experts route tokens in `moe.num_groups` equal groups: refused up front when the train or
+    eval batch's tokens do not divide (otherwise the first trace fails, after data preparation)."""
+    if not cfg.moe.enabled:
+        return
+    per_example = math.prod(input_shape) if cfg.model.kind == "transformer" else 1  # tokens per example
+    for key, rows in (("train.batch_size", cfg.train.batch_size), ("train.eval_batch_size", cfg.train.eval_batch_size)):
+        if (rows * per_example) % cfg.moe.num_groups:
+            raise config_lib.ConfigError(
+                f"config key 'moe.num_groups' is {cfg.moe.num_groups}; it must divide the {rows * per_example} "
+                f"tokens of a batch of {key}={rows}"
+            )
+
+
 def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str, float]:
     """Trains `cfg` in `workdir` (resuming if it holds a checkpoint); returns final eval metrics."""
     parallel.initialize(cfg.mesh)
@@ -55,6 +70,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
     parallel.check_batch(cfg.train.batch_size, mesh)
     parallel.check_moe(cfg.moe, mesh)
     spec = data.prepare(cfg.data)
+    _check_routing_groups(cfg, spec.input_shape)
     model = build_model(cfg, spec)
     budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)  # refuses unreachable targets
     workdir = Path(workdir).resolve()
@@ -64,7 +80,9 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
 
     graphdef, params = nnx.split(model, nnx.Param)
     tx = make_optimizer(cfg.optim, cfg.train.steps)
-    state = steps.init_state(graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget)
+    state = steps.init_state(
+        graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget, cfg.train.batch_size
+    )
     step_fn = steps.make_train_step(graphdef, tx, cfg.halting, budget, cfg.seed)
     place = lambda batch: batch  # noqa: E731
     if parallel.is_trivial(mesh):

@@ -92,3 +92,22 @@ def test_expert_parallelism_refuses_what_it_cannot_split_before_training(change,
     message = str(error.value)
     assert f"'{key}'" in message and "2 x 4 (data x expert)" in message and "\n" not in message
     parallel.check_moe(moe, jax.sharding.AbstractMesh((8, 1), ("data", "expert")))  # data only: GSPMD, any groups
+
+
+def test_routing_groups_that_do_not_divide_a_batch_are_refused_before_training(tmp_path):
+    from adaptive import config as config_lib
+    from adaptive.train import train_and_evaluate
+
+    cfg = config_lib.load("configs/sut.py:tiny", ["--config.moe.num_groups=3", "--config.logging.wandb=disabled"])
+    with pytest.raises(ConfigError, match=r"'moe.num_groups' is 3; it must divide the \d+ tokens of a batch of train"):
+        train_and_evaluate(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_per_example_experts_train_with_several_routing_groups(tmp_path):
+    """An MLP's experts route one token per example: the train state's first (abstract) trace
+    runs on a train batch, which the groups divide, not on a batch of 2, which they do not."""
+    from tests.helpers import metric_rows, train_tiny
+
+    train_tiny(tmp_path / "run", 2, config="configs/budget.py:moe,0.5", overrides=("--config.moe.num_groups=4",))
+    assert metric_rows(tmp_path / "run")[-1]["step"] == 2
