@@ -235,6 +235,7 @@ def _serve(args, overrides: list[str]) -> int:
         mode=args.policy,
         max_batch=args.max_batch,
         default_steps=args.default_budget,
+        tolerance=args.accuracy_tolerance,
     )
     return 0
 

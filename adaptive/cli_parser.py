@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--policy", choices=("adaptive", "static"), default="adaptive", help="controller or none")
     serve.add_argument("--max-batch", type=int, default=32)
     serve.add_argument("--default-budget", type=int, metavar="STEPS", help="for requests without one (default: cap)")
+    serve.add_argument(
+        "--accuracy-tolerance",
+        type=float,
+        default=0.005,
+        metavar="T",
+        help="validation accuracy a cheaper operating point may give up against the budget asked for "
+        "(artifacts with an accuracy table; default 0.005; 0: only as accurate)",
+    )
     sweep = commands.add_parser(
         "sweep", help="train every point of a config's get_sweep(), resumably, N at a time", allow_abbrev=False
     )

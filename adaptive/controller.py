@@ -8,10 +8,12 @@ The rule is a deadline check against *measured* service times. When a batch is d
 each request has waited `waited_ms`; what is left of its latency allowance (headroom x SLA,
 less for lower priorities) must cover the batch's run. The controller keeps, per model and per
 expert budget, a running estimate of how long a batch takes (updated from every batch it
-runs), and gives each request what it asked for if that fits its slack. If not, of the
-operating points that fit (per expert budget, the most steps that fit), the one with the best
-validation accuracy in the artifact's table (without a table: the most steps, then the most
-experts): the best prediction the time left can buy. When both models carry accuracy on the
+runs), and gives each request what it asked for if that fits its slack -- or, when the artifact's
+table says a cheaper point (fewer steps or experts) is as accurate within `tolerance`, that one:
+a budget is a cap, and compute that buys no accuracy takes capacity from the requests behind.
+If not, of the operating points that fit (per expert budget, the most steps that fit), the one
+with the best validation accuracy in the artifact's table (without a table: the most steps,
+then the most experts): the best prediction the time left can buy. When both models carry accuracy on the
 same split, the fallback competes with those points on it (one expert or one step of a big
 model can be worse than a small model's whole answer). If not even one step fits, the fallback
 model if its run fits; otherwise the request is rejected at once, since a late answer counts
@@ -93,12 +95,14 @@ class Controller:
         expert_budgets: tuple[int, ...] = (),
         accuracy: dict | None = None,
         fallback_accuracy: float | None = None,
+        tolerance: float = 0.005,
         headroom: float = 0.8,
         max_queue: int = 1024,
     ):
         """`expert_budgets`: a MoE primary's smaller experts-per-token it can run at;
         `accuracy`: {(experts or None, steps): validation accuracy} (see `accuracy_at_budgets`);
-        `fallback_accuracy`: the fallback model's, on the same split."""
+        `fallback_accuracy`: the fallback model's, on the same split; `tolerance`: how much
+        validation accuracy a cheaper operating point may give up against the one asked for."""
         if mode not in ("adaptive", "static"):
             raise ValueError(f"controller mode {mode!r} is not 'adaptive' or 'static'")
         self.full, self.sla_ms, self.mode, self.has_fallback = cap, sla_ms, mode, has_fallback
@@ -107,7 +111,7 @@ class Controller:
         # Expert budgets from the trained one (None) down: the order ties are broken in.
         self.expert_budgets = (None, *sorted(expert_budgets, reverse=True))
         self.accuracy = accuracy or {}
-        self.fallback_accuracy = fallback_accuracy
+        self.fallback_accuracy, self.tolerance = fallback_accuracy, tolerance
         self.service = {("primary", k): ServiceTimes(cap) for k in self.expert_budgets}
         self.service["fallback", None] = ServiceTimes(self.fallback_cap)
 
@@ -127,7 +131,7 @@ class Controller:
         slack = self.slack_ms(waited_ms, priority)
         fitting = self.fitting_points(slack, requested, rows)
         if (requested, None) in fitting:
-            return Decision("ok", "primary", requested)
+            return Decision("ok", "primary", *self.cheapest_as_good(requested, rows))
         options = [(self._merit(p), Decision("degraded", "primary", *p)) for p in fitting]
         fallback = Decision("fallback", "fallback", self.fallback_cap)
         fallback_fits = self.has_fallback and self.service["fallback", None].estimate(self.fallback_cap, rows) <= slack
@@ -143,6 +147,21 @@ class Controller:
         if waited_ms + self.service["primary", cheapest].estimate(1, rows) <= self.sla_ms:  # late for its class only
             return Decision("degraded", "primary", 1, cheapest)
         return Decision("rejected", None, 0)
+
+    def cheapest_as_good(self, requested: int, rows: int) -> tuple[int, int | None]:
+        """The operating point (steps <= requested, experts) of the least estimated run whose
+        validation accuracy is within `tolerance` of what was asked for: a budget is a cap, and
+        steps or experts that buy no accuracy only take capacity from the requests behind."""
+        asked = self.accuracy.get((None, requested))
+        if asked is None:
+            return requested, None
+        near = [
+            (steps, k)
+            for k in self.expert_budgets
+            for steps in range(1, requested + 1)
+            if self.accuracy.get((k, steps), -1.0) >= asked - self.tolerance
+        ]
+        return min(near, key=lambda p: (self.service["primary", p[1]].estimate(p[0], rows), p[0], -self._merit(p)[2]))
 
     def fitting_points(self, slack_ms: float, requested: int, rows: int) -> list[tuple[int, int | None]]:
         """(steps, experts) per expert budget: the most steps whose estimated run fits, if any."""

@@ -283,6 +283,7 @@ def serve(
     mode: str,
     max_batch: int,
     default_steps: int | None,
+    tolerance: float = 0.005,
 ):
     buckets = tuple(b for b in (1, 4, 16, 64) if b < max_batch) + (max_batch,)
     primary = Engine.from_artifact(artifact, buckets=buckets)
@@ -296,6 +297,7 @@ def serve(
         expert_budgets=tuple(primary.expert_budgets),
         accuracy=accuracy_lookup(primary.meta),
         fallback_accuracy=accuracy_lookup(backup.meta).get((None, backup.cap)) if backup else None,
+        tolerance=tolerance,
     )
     server = Server(primary, controller, fallback=backup, max_batch=max_batch, default_steps=default_steps)
     print(f"serving {artifact} on http://{host}:{port} (SLA {sla_ms:g} ms, {mode}); executables warm", flush=True)

@@ -116,8 +116,8 @@ def test_fewer_experts_is_a_rung_chosen_by_validation_accuracy():
     """A MoE primary measured at 1 ms + 2 ms a step with its trained k and 1 ms + 1 ms a step at
     k = 1; SLA 20 ms, slack 16 ms: with all experts 7 steps fit, with one expert 8."""
 
-    def controller(accuracy=None, **fallback):
-        c = Controller(8, sla_ms=20.0, expert_budgets=(1,), accuracy=accuracy, **fallback)
+    def controller(accuracy=None, **options):
+        c = Controller(8, sla_ms=20.0, expert_budgets=(1,), accuracy=accuracy, **options)
         for steps in (1, 4, 8):
             c.observe("primary", steps, 1.0 + 2.0 * steps)
             c.observe("primary", steps, 1.0 + 1.0 * steps, experts=1)
@@ -137,6 +137,11 @@ def test_fewer_experts_is_a_rung_chosen_by_validation_accuracy():
     assert with_fallback.decide(8, 11.0) == Decision("fallback", "fallback", 1)  # 0.9 beats 0.75
     untabled = controller(has_fallback=True, fallback_accuracy=0.9)  # no primary table: ladder order
     assert untabled.decide(8, 11.0) == Decision("degraded", "primary", 4, 1)
+    # What was asked fits, but a cheaper point is as accurate within the tolerance: that one.
+    flat = {(None, 6): 0.9, (None, 3): 0.898, (None, 2): 0.85, (1, 4): 0.9, (1, 1): 0.5}
+    assert controller(flat).decide(6, 0.0) == Decision("ok", "primary", 4, 1)  # 5 ms beats 7 ms (3 steps)
+    assert controller(flat, tolerance=0.0).decide(6, 0.0) == Decision("ok", "primary", 4, 1)  # as accurate
+    assert controller({(None, 6): 0.9, (None, 5): 0.8}).decide(6, 0.0) == Decision("ok", "primary", 6)
     late_for_its_class = controller().decide(8, 17.5, priority=2)  # 17.5 + 2 ms <= 20 with one expert
     assert late_for_its_class == Decision("degraded", "primary", 1, 1)
     assert controller().decide(8, 18.5) == Decision("rejected", None, 0)
