@@ -11,10 +11,10 @@ expert budget, a running estimate of how long a batch takes (updated from every 
 runs), and gives each request what it asked for if that fits its slack -- or, when the artifact's
 table says a cheaper point (fewer steps or experts) is as accurate within `tolerance`, that one:
 a budget is a cap, and compute that buys no accuracy takes capacity from the requests behind.
-If not, of the operating points that fit (per expert budget, the most steps that fit), the one
-with the best validation accuracy in the artifact's table (without a table: the most steps,
-then the most experts): the best prediction the time left can buy. When both models carry accuracy on the
-same split, the fallback competes with those points on it (one expert or one step of a big
+If not, of the operating points that fit, the one with the best validation accuracy in the
+artifact's table, the cheapest of those within `tolerance` of it (without a table: the most
+steps that fit, then the most experts): the best prediction the time left can buy. When both
+models carry accuracy on the same split, the fallback competes with those points on it (one expert or one step of a big
 model can be worse than a small model's whole answer). If not even one step fits, the fallback
 model if its run fits; otherwise the request is rejected at once, since a late answer counts
 as wrong and its compute is better spent on requests that can still make it.
@@ -132,15 +132,25 @@ class Controller:
         fitting = self.fitting_points(slack, requested, rows)
         if (requested, None) in fitting:
             return Decision("ok", "primary", *self.cheapest_as_good(requested, rows))
-        options = [(self._merit(p), Decision("degraded", "primary", *p)) for p in fitting]
         fallback = Decision("fallback", "fallback", self.fallback_cap)
-        fallback_fits = self.has_fallback and self.service["fallback", None].estimate(self.fallback_cap, rows) <= slack
-        if fallback_fits and self.accuracy and self.fallback_accuracy is not None:
-            # Both models scored on the same split: the fallback competes on accuracy (a primary
-            # at one expert or one step can be worse than a small model that finishes its work).
-            options.append(((self.fallback_accuracy, -1, -1), fallback))
-        if options:
-            return max(options, key=lambda option: option[0])[1]
+        fallback_ms = self.service["fallback", None].estimate(self.fallback_cap, rows)
+        fallback_fits = self.has_fallback and fallback_ms <= slack
+        if self.accuracy:  # every point under one that fits fits too: the best of them, cheapest among near-ties
+            options = [
+                (self.accuracy.get((k, s), 0.0), self.service["primary", k].estimate(s, rows), (s, k))
+                for top, k in fitting
+                for s in range(1, top + 1)
+            ]
+            options = [(acc, ms, Decision("degraded", "primary", *p)) for acc, ms, p in options]
+            if fallback_fits and self.fallback_accuracy is not None:
+                # Both models scored on the same split: the fallback competes on accuracy (a primary
+                # at one expert or one step can be worse than a small model that finishes its work).
+                options.append((self.fallback_accuracy, fallback_ms, fallback))
+            if options:
+                best = max(acc for acc, _, _ in options)
+                return min((o for o in options if o[0] >= best - self.tolerance), key=lambda o: o[1])[2]
+        elif fitting:  # no table: the ladder's order, most steps first, then most experts
+            return Decision("degraded", "primary", *max(fitting, key=self._merit))
         if fallback_fits:
             return fallback
         cheapest = self.expert_budgets[-1]
@@ -161,7 +171,7 @@ class Controller:
             for steps in range(1, requested + 1)
             if self.accuracy.get((k, steps), -1.0) >= asked - self.tolerance
         ]
-        return min(near, key=lambda p: (self.service["primary", p[1]].estimate(p[0], rows), p[0], -self._merit(p)[2]))
+        return min(near, key=lambda p: (self.service["primary", p[1]].estimate(p[0], rows), p[0], -self._merit(p)[1]))
 
     def fitting_points(self, slack_ms: float, requested: int, rows: int) -> list[tuple[int, int | None]]:
         """(steps, experts) per expert budget: the most steps whose estimated run fits, if any."""
@@ -173,11 +183,9 @@ class Controller:
         return points
 
     def _merit(self, point: tuple[int, int | None]) -> tuple:
-        """Validation accuracy first (when the artifact has a table), then steps, then experts;
-        without tables the ladder's order: any primary point before the fallback."""
+        """Without an accuracy table: more steps first, then more experts."""
         steps, k = point
-        rank = len(self.expert_budgets) - self.expert_budgets.index(k)
-        return (self.accuracy.get((k, steps), 0.0), steps, rank)
+        return (steps, len(self.expert_budgets) - self.expert_budgets.index(k))
 
     def observe(self, model: str, steps: int, service_ms: float, rows: int = 1, experts: int | None = None) -> None:
         """A batch of `rows` of `model` (at `experts` per token) whose slowest row took `steps`

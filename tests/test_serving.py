@@ -142,6 +142,8 @@ def test_fewer_experts_is_a_rung_chosen_by_validation_accuracy():
     assert controller(flat).decide(6, 0.0) == Decision("ok", "primary", 4, 1)  # 5 ms beats 7 ms (3 steps)
     assert controller(flat, tolerance=0.0).decide(6, 0.0) == Decision("ok", "primary", 4, 1)  # as accurate
     assert controller({(None, 6): 0.9, (None, 5): 0.8}).decide(6, 0.0) == Decision("ok", "primary", 6)
+    fewer_is_better = {(None, 1): 0.9, (None, 7): 0.8, (1, 8): 0.85}  # under load, all that fit compete
+    assert controller(fewer_is_better).decide(8, 0.0) == Decision("degraded", "primary", 1)
     late_for_its_class = controller().decide(8, 17.5, priority=2)  # 17.5 + 2 ms <= 20 with one expert
     assert late_for_its_class == Decision("degraded", "primary", 1, 1)
     assert controller().decide(8, 18.5) == Decision("rejected", None, 0)

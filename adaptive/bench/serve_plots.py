@@ -37,28 +37,34 @@ def latency_cdfs(traces: dict, sla_ms: float, path: Path) -> None:
 def budget_over_time(traces: dict, path: Path) -> None:
     """The controller's choice per request over time: step budget, model, experts per token."""
     controlled = {p: r for (policy, p), r in traces.items() if "controller" in policy}
+    traced = [r for records in controlled.values() for r in records]
+    colors: dict = {}
     fig, axes = plt.subplots(1, len(PATTERNS), figsize=(5 * len(PATTERNS), 3.8), sharey=True)
     for ax, pattern in zip(axes, PATTERNS, strict=True):
         records = controlled.get(pattern, [])
-        # One series per (model, experts per token): a MoE primary degraded to fewer experts
-        # shows as its own colour.
-        series = sorted({(r["model"], r.get("budget_experts") or 0) for r in records if r.get("budget_steps")})
+        # One series per (model, experts per token), coloured the same in every panel: a MoE
+        # primary degraded to fewer experts shows as its own colour.
+        series = sorted({(r["model"], r.get("budget_experts") or 0) for r in traced if r.get("budget_steps")})
         for model, k in series:
+            color = colors.setdefault((model, k), f"C{len(colors)}")
             pts = [
                 (r["scheduled"], r["budget_steps"])
                 for r in records
                 if r.get("model") == model and (r.get("budget_experts") or 0) == k and r.get("budget_steps")
             ]
+            if not pts:
+                continue
             label = f"{model} model" + (f", {k} expert(s)/token" if k else "")
             marker = "x" if model == "fallback" else "."
-            ax.scatter(*zip(*pts, strict=True), s=4, marker=marker, alpha=0.5, label=label)
+            ax.scatter(*zip(*pts, strict=True), s=4, marker=marker, alpha=0.5, color=color, label=label)
         rejected = [r["scheduled"] for r in records if r.get("status") in ("rejected", "deferred")]
         if rejected:
             ax.scatter(rejected, np.zeros(len(rejected)), s=6, color="red", marker="|", label="rejected / deferred")
         ax.set(xlabel="scheduled arrival (s)", title=pattern)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("step budget given")
-    axes[-1].legend(fontsize=7)
+    for ax in axes:
+        ax.legend(fontsize=7, markerscale=3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
