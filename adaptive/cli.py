@@ -224,7 +224,11 @@ def _sweep(args, overrides: list[str]) -> int:
 
 
 def _serve(args, overrides: list[str]) -> int:
+    from adaptive.config import ConfigError
     from adaptive.server import serve
+
+    if not args.accuracy_tolerance >= 0:
+        raise ConfigError(f"--accuracy-tolerance must be >= 0; got {args.accuracy_tolerance:g}")
 
     serve(
         args.artifact,

@@ -105,6 +105,8 @@ class Controller:
         validation accuracy a cheaper operating point may give up against the one asked for."""
         if mode not in ("adaptive", "static"):
             raise ValueError(f"controller mode {mode!r} is not 'adaptive' or 'static'")
+        if not tolerance >= 0:
+            raise ValueError(f"accuracy tolerance {tolerance!r} must be >= 0")
         self.full, self.sla_ms, self.mode, self.has_fallback = cap, sla_ms, mode, has_fallback
         self.headroom, self.max_queue = headroom, max_queue
         self.fallback_cap = max(fallback_cap, 1)
@@ -136,10 +138,11 @@ class Controller:
         fallback_ms = self.service["fallback", None].estimate(self.fallback_cap, rows)
         fallback_fits = self.has_fallback and fallback_ms <= slack
         if self.accuracy:  # every point under one that fits fits too: the best of them, cheapest among near-ties
-            options = [
-                (self.accuracy.get((k, s), 0.0), self.service["primary", k].estimate(s, rows), (s, k))
+            options = [  # a point the table does not hold is not one the model has
+                (self.accuracy[k, s], self.service["primary", k].estimate(s, rows), (s, k))
                 for top, k in fitting
                 for s in range(1, top + 1)
+                if (k, s) in self.accuracy
             ]
             options = [(acc, ms, Decision("degraded", "primary", *p)) for acc, ms, p in options]
             if fallback_fits and self.fallback_accuracy is not None:
@@ -211,5 +214,6 @@ def accuracy_lookup(meta: dict) -> dict:
     lookup = {}
     for k, row in zip(ks, table["accuracy"], strict=True):
         for steps, acc in enumerate(row, start=1):
-            lookup[None if k == trained else k, steps] = float(acc)
+            if acc is not None:  # a static model has no step budget below its depth
+                lookup[None if k == trained else k, steps] = float(acc)
     return lookup

@@ -64,12 +64,13 @@ class Engine:
                     self.warmup.append((k, int(np.max(out[2])), b, 1e3 * (time.perf_counter() - start)))
 
     @classmethod
-    def from_artifact(cls, path: str | Path, *, buckets=(1, 8, 32)) -> Engine:
+    def from_artifact(cls, path: str | Path, *, buckets=(1, 8, 32), expert_budgets: bool = True) -> Engine:
+        """`expert_budgets=False`: only the trained expert budget (a fallback never degrades)."""
         from adaptive.export import load_artifact
 
         exported, meta = load_artifact(path)
         serves = {None: exported.call}
-        for k in meta.get("expert_variants", {}):  # MoE: the smaller expert budgets' functions
+        for k in meta.get("expert_variants", {}) if expert_budgets else ():  # MoE: the smaller budgets' functions
             serves[int(k)] = load_artifact(path, experts=int(k))[0].call
         shape = tuple(meta["input"]["shape"][1:])
         return cls(
@@ -84,8 +85,15 @@ class Engine:
 
         run = load_run(workdir)
         serve = serving_function(run.graphdef, run.params)
+        caps = {"experts_per_token": run.cfg.moe.k if run.cfg.moe.enabled else None}
         return cls(
-            serve, run.spec.input_shape, step_cap(run.cfg), compute_table(run), buckets=buckets, name=str(workdir)
+            serve,
+            run.spec.input_shape,
+            step_cap(run.cfg),
+            compute_table(run),
+            buckets=buckets,
+            name=str(workdir),
+            meta={"caps": caps},
         )
 
     # -- budgets -----------------------------------------------------------------------------

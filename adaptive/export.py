@@ -102,20 +102,22 @@ def experts_table(run: Run) -> dict:
 
 def accuracy_table(run: Run, split: str = "validation") -> dict | None:
     """Accuracy on `split` under every (expert budget, step budget): row k-1 holds step budgets
-    1..cap at k experts per token (one row, `experts` null, without experts; a static model,
-    which has one operating point, repeats its accuracy at every budget)."""
+    1..cap at k experts per token (one row, `experts` null, without experts). A static model
+    always runs all its steps: its rows hold its accuracy at the cap and null below, so nothing
+    reads a smaller step budget as an operating point it has."""
     from adaptive import outcomes
 
     k_max = run.cfg.moe.k if run.cfg.moe.enabled else None
     if run.cfg.halting.policy == "none":
-        serve = jax.jit(serving_function(run.graphdef, run.params))
-        correct = []
-        for batch in data.eval_batches(run.cfg.data, split, 256):
-            budget = np.full(len(batch["x"]), step_cap(run.cfg), np.int32)
-            hit = np.asarray(serve(batch["x"].astype(np.float32), budget)[0]) == batch["y"]
-            correct.append(hit[batch["mask"] > 0])
-        correct = np.concatenate(correct)
-        accuracy = [[float(correct.mean().round(5))] * step_cap(run.cfg)] * (k_max or 1)
+        cap, accuracy = step_cap(run.cfg), []
+        for k in range(1, k_max + 1) if k_max else [None]:
+            serve = jax.jit(serving_function(run.graphdef, run.params, k))
+            correct = []
+            for batch in data.eval_batches(run.cfg.data, split, 256):
+                hit = np.asarray(serve(batch["x"].astype(np.float32), np.full(len(batch["x"]), cap, np.int32))[0])
+                correct.append((hit == batch["y"])[batch["mask"] > 0])
+            correct = np.concatenate(correct)
+            accuracy.append([None] * (cap - 1) + [float(correct.mean().round(5))])
         examples = len(correct)
     else:
         out = outcomes.collect(run.graphdef, run.params, run.cfg, split, k_max=k_max)

@@ -64,7 +64,7 @@ def _moe(width: int, cfg, tokens: int, *, train: bool, useful: bool) -> tuple[fl
         passes = cfg.k
     else:
         factor = cfg.capacity_factor if train else cfg.eval_capacity_factor
-        group = tokens // cfg.num_groups
+        group = max(tokens // cfg.num_groups, 1)  # serving routes small batches as one group
         passes = cfg.num_experts * capacity(group, cfg.num_experts, cfg.k, factor) / group
     router = _dense(width, cfg.num_experts, bias=False) + 6.0 * cfg.num_experts
     return router + passes * expert + 2.0 * cfg.k * width, passes, expert

@@ -4,21 +4,26 @@ aiohttp on loopback by default. POST /predict takes one example:
 
     {"x": [...], "budget": 8, "unit": "steps", "priority": 0}     (budget, unit, priority optional)
 
-and answers {"prediction", "confidence", "steps", "experts", "budget_steps", "latency_ms",
-"status", "model"}: status ok / degraded / fallback with HTTP 200, rejected / deferred with 503
-(deferred carries retry_after_ms). Bad requests (not JSON, missing or wrong-shaped x, NaN, a
-budget out of range, an unknown unit, a body over 1 MiB) get a 4xx with {"error": one line},
-and the server keeps serving. GET /healthz says what is loaded; GET /metrics is Prometheus text.
+and answers {"prediction", "confidence", "steps", "experts", "budget_steps", "budget_experts",
+"latency_ms", "status", "model"} (`experts`: expert applications in all, over tokens and steps;
+`budget_experts`: the experts per token it ran at; `budget_steps`: the step cap it ran under,
+which may be below the budget asked for with status ok when a cheaper point is as accurate):
+status ok / degraded / fallback with HTTP 200, rejected / deferred with 503 (deferred carries
+retry_after_ms), error with 500 if a batch fails (its requests are answered; the server goes
+on). Bad requests (not JSON, missing or wrong-shaped x, NaN, a budget out of range, an unknown
+unit, a body over 1 MiB) get a 4xx with {"error": one line}, and the server keeps serving.
+GET /healthz says what is loaded; GET /metrics is Prometheus text.
 
 One batcher task drains the queue: it takes what has arrived (up to --max-batch), asks the
-controller for each request's operating point, runs each model's share grouped by step budget
-on a worker thread (the event loop keeps accepting requests meanwhile), and answers each group
-as soon as it is done.
+controller for each request's operating point, runs each model's share grouped by expert budget
+and then step budget on a worker thread (the event loop keeps accepting requests meanwhile), and
+answers each group as soon as it is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -46,7 +51,7 @@ class Stats:
     """Counters for /metrics."""
 
     def __init__(self):
-        self.by_status = dict.fromkeys(STATUSES, 0)
+        self.by_status = dict.fromkeys((*STATUSES, "error"), 0)
         self.bad_requests = 0
         self.latency_counts = [0] * (len(LATENCY_BUCKETS_MS) + 1)
         self.latency_sum_ms = 0.0
@@ -147,7 +152,8 @@ class Server:
         future = asyncio.get_running_loop().create_future()
         await self.queue.put(Pending(x, steps, priority, arrival, future))
         answer = await future
-        return web.json_response(answer, status=503 if answer["status"] == "rejected" else 200)
+        code = {"rejected": 503, "error": 500}.get(answer["status"], 200)
+        return web.json_response(answer, status=code)
 
     def _parse(self, body) -> tuple[np.ndarray, int, int]:
         primary = self.engines["primary"]
@@ -203,7 +209,14 @@ class Server:
             batch = [await self.queue.get()]
             while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            await self._serve_batch(loop, batch)
+            try:
+                await self._serve_batch(loop, batch)
+            except Exception as e:  # a failed batch answers its requests (500); the batcher lives on
+                logging.getLogger(__name__).exception("batch of %d failed", len(batch))
+                for item in batch:
+                    if not item.future.done():
+                        self.stats.record("error")
+                        item.future.set_result({"status": "error", "error": f"{e.__class__.__name__}: {e}"[:200]})
 
     def _decide(self, items: list[Pending]) -> list[tuple[Pending, Decision]]:
         """Each request's operating point for a batch of these items about to run now; the
@@ -273,6 +286,19 @@ class Server:
             )
 
 
+def _fallback_accuracy(primary: Engine, backup: Engine | None) -> float | None:
+    """The fallback's validation accuracy at its cap, if both tables score the same split of the
+    same data (else the two are not comparable, and the ladder's order decides)."""
+    if backup is None:
+        return None
+    tables = [engine.meta.get("accuracy_at_budgets") or {} for engine in (primary, backup)]
+    data = [engine.meta.get("config", {}).get("data") for engine in (primary, backup)]
+    same = tables[0].get("split") == tables[1].get("split") and tables[0].get("examples") == tables[1].get("examples")
+    if not (same and data[0] == data[1] and tables[0]):
+        return None
+    return accuracy_lookup(backup.meta).get((None, backup.cap))
+
+
 def serve(
     artifact: str,
     *,
@@ -287,7 +313,7 @@ def serve(
 ):
     buckets = tuple(b for b in (1, 4, 16, 64) if b < max_batch) + (max_batch,)
     primary = Engine.from_artifact(artifact, buckets=buckets)
-    backup = Engine.from_artifact(fallback, buckets=buckets) if fallback else None
+    backup = Engine.from_artifact(fallback, buckets=buckets, expert_budgets=False) if fallback else None
     controller = Controller(
         primary.cap,
         sla_ms,
@@ -296,7 +322,7 @@ def serve(
         fallback_cap=backup.cap if backup else 1,
         expert_budgets=tuple(primary.expert_budgets),
         accuracy=accuracy_lookup(primary.meta),
-        fallback_accuracy=accuracy_lookup(backup.meta).get((None, backup.cap)) if backup else None,
+        fallback_accuracy=_fallback_accuracy(primary, backup),
         tolerance=tolerance,
     )
     server = Server(primary, controller, fallback=backup, max_batch=max_batch, default_steps=default_steps)

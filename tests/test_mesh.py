@@ -111,3 +111,11 @@ def test_per_example_experts_train_with_several_routing_groups(tmp_path):
 
     train_tiny(tmp_path / "run", 2, config="configs/budget.py:moe,0.5", overrides=("--config.moe.num_groups=4",))
     assert metric_rows(tmp_path / "run")[-1]["step"] == 2
+    # Served, a request batch of any size routes as one group: batches of 1 and 3 run.
+    from adaptive.engine import Engine
+    from adaptive.export import export_run
+
+    engine = Engine.from_artifact(export_run(tmp_path / "run", tmp_path / "art"), buckets=(1, 4))
+    x = np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32)
+    for n in (1, 3):
+        assert engine.run(x[:n], np.full(n, 1, np.int32)).prediction.shape == (n,)

@@ -154,8 +154,34 @@ def test_accuracy_lookup_reads_the_artifact_table():
 
     meta = {"accuracy_at_budgets": {"experts": [1, 2], "accuracy": [[0.5, 0.6], [0.7, 0.9]]}}
     assert accuracy_lookup(meta) == {(1, 1): 0.5, (1, 2): 0.6, (None, 1): 0.7, (None, 2): 0.9}
+    static = {"accuracy_at_budgets": {"experts": None, "accuracy": [[None, None, 0.8]]}}
+    assert accuracy_lookup(static) == {(None, 3): 0.8}  # no step budget below a static model's depth
     assert accuracy_lookup({"accuracy_at_budgets": {"experts": None, "accuracy": [[0.4]]}}) == {(None, 1): 0.4}
     assert accuracy_lookup({}) == {}
+    with pytest.raises(ValueError, match="tolerance -0.1 must be >= 0"):
+        Controller(8, 20.0, tolerance=-0.1)
+
+
+def test_a_failing_batch_is_answered_with_500_and_the_server_goes_on(engine, monkeypatch):
+    run, calls = engine.run, []
+
+    def fails_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("device lost")
+        return run(*args)
+
+    monkeypatch.setattr(engine, "run", fails_once)
+
+    async def scenario(client, server):
+        failed = await client.post("/predict", json={"x": GOOD})
+        good = await client.post("/predict", json={"x": GOOD})
+        metrics = await (await client.get("/metrics")).text()
+        return failed.status, await failed.json(), good.status, metrics
+
+    code, failed, good_code, metrics = _with_client(engine, scenario)
+    assert code == 500 and failed["status"] == "error" and "device lost" in failed["error"]
+    assert good_code == 200 and 'adaptive_requests_total{status="error"} 1' in metrics
 
 
 def test_a_moe_server_degrades_to_fewer_experts_and_stays_within_them(tmp_path):

@@ -162,11 +162,14 @@ class MoEFeedForward(nnx.Module):
 
 
 def limit_experts(model: nnx.Module, k: int | None) -> nnx.Module:
-    """Caps every MoE layer of `model` at k experts per token (None: as trained). Static: an
+    """`model` for inference: every MoE layer capped at k experts per token (None: as trained)
+    and routing each call's tokens as one group, since a request batch has any size and the
+    groups a run trained with (a multiple of its devices) need not divide it. Static: an
     executable traced after this has buffers and work sized for k, so a smaller k saves time."""
-    if k is not None:
-        for _, module in model.iter_modules():
-            if isinstance(module, MoEFeedForward):
+    for _, module in model.iter_modules():
+        if isinstance(module, MoEFeedForward):
+            module.num_groups = 1
+            if k is not None:
                 module.k = k
     return model
 
