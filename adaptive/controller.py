@@ -14,10 +14,12 @@ a budget is a cap, and compute that buys no accuracy takes capacity from the req
 If not, of the operating points that fit, the one with the best validation accuracy in the
 artifact's table, the cheapest of those within `tolerance` of it (without a table: the most
 steps that fit, then the most experts): the best prediction the time left can buy. When both
-models carry accuracy on the same split, the fallback competes with those points on it (one expert or one step of a big
-model can be worse than a small model's whole answer). If not even one step fits, the fallback
-model if its run fits; otherwise the request is rejected at once, since a late answer counts
-as wrong and its compute is better spent on requests that can still make it.
+models carry accuracy on the same split, the fallback competes with those points on it (one
+expert or one step of a big model can be worse than a small model's whole answer; the fallback
+runs at its own cap, and a budget in FLOPs is not priced against it: it is assumed the cheaper
+model). If not even one step fits, the fallback model if its run fits; otherwise the request is
+rejected at once, since a late answer counts as wrong and its compute is better spent on
+requests that can still make it.
 
 Each group of a batch is decided again when it is about to run (rows known, the wait of the
 groups before it included). Why not AIMD on a step cap, tried first: a window of completed
