@@ -23,10 +23,10 @@ requests that can still make it.
 
 Each group of a batch is decided again when it is about to run (rows known, the wait of the
 groups before it included). Why not AIMD on a step cap, tried first: a window of completed
-latencies lags a spike by the time the queue takes to build, and the p99 went to 127 ms under a 30 ms SLA (measured with
-`adaptive bench serve`). Why not the calibrated cost model alone: this machine's speed drifts
-by tens of percent (experiments/budget_targeting); estimates refreshed from every batch follow
-the speed the server actually has. The queueing delay each request already carries is the
+latencies lags a spike by the time the queue takes to build, and the p99 went to 127 ms under
+a 30 ms SLA (measured with `adaptive bench serve`). Why not the calibrated cost model alone:
+this machine's speed drifts by tens of percent (experiments/budget_targeting); estimates
+refreshed from every batch follow the speed the server actually has. The queueing delay each request already carries is the
 early signal, and it reacts within one batch.
 
 `mode="static"` is the baseline: every request gets its requested budget on the primary model,
@@ -140,20 +140,22 @@ class Controller:
         fallback_ms = self.service["fallback", None].estimate(self.fallback_cap, rows)
         fallback_fits = self.has_fallback and fallback_ms <= slack
         if self.accuracy:  # every point under one that fits fits too: the best of them, cheapest among near-ties
-            options = [  # a point the table does not hold is not one the model has
-                (self.accuracy[k, s], self.service["primary", k].estimate(s, rows), (s, k))
+            options = [
+                (
+                    self.accuracy[k, s],
+                    self.service["primary", k].estimate(s, rows),
+                    Decision("degraded", "primary", s, k),
+                )
                 for top, k in fitting
                 for s in range(1, top + 1)
-                if (k, s) in self.accuracy
+                if (k, s) in self.accuracy  # a point the table does not hold is not one the model has
             ]
-            options = [(acc, ms, Decision("degraded", "primary", *p)) for acc, ms, p in options]
             if fallback_fits and self.fallback_accuracy is not None:
                 # Both models scored on the same split: the fallback competes on accuracy (a primary
                 # at one expert or one step can be worse than a small model that finishes its work).
                 options.append((self.fallback_accuracy, fallback_ms, fallback))
             if options:
-                best = max(acc for acc, _, _ in options)
-                return min((o for o in options if o[0] >= best - self.tolerance), key=lambda o: o[1])[2]
+                return self._cheapest_near(options, max(acc for acc, _, _ in options))
         elif fitting:  # no table: the ladder's order, most steps first, then most experts
             return Decision("degraded", "primary", *max(fitting, key=self._merit))
         if fallback_fits:
@@ -170,13 +172,18 @@ class Controller:
         asked = self.accuracy.get((None, requested))
         if asked is None:
             return requested, None
-        near = [
-            (steps, k)
+        options = [  # fewer steps, then more experts, first: the order ties in estimated time go by
+            (self.accuracy[k, s], self.service["primary", k].estimate(s, rows), (s, k))
+            for s in range(1, requested + 1)
             for k in self.expert_budgets
-            for steps in range(1, requested + 1)
-            if self.accuracy.get((k, steps), -1.0) >= asked - self.tolerance
+            if (k, s) in self.accuracy
         ]
-        return min(near, key=lambda p: (self.service["primary", p[1]].estimate(p[0], rows), p[0], -self._merit(p)[1]))
+        return self._cheapest_near(options, asked)
+
+    def _cheapest_near(self, options: list[tuple[float, float, object]], reference: float):
+        """Of (accuracy, estimated ms, choice) options, the choice of the least estimated run whose
+        accuracy is within `tolerance` of `reference` (the first such on ties)."""
+        return min((o for o in options if o[0] >= reference - self.tolerance), key=lambda o: o[1])[2]
 
     def fitting_points(self, slack_ms: float, requested: int, rows: int) -> list[tuple[int, int | None]]:
         """(steps, experts) per expert budget: the most steps whose estimated run fits, if any."""
