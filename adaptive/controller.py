@@ -26,8 +26,8 @@ groups before it included). Why not AIMD on a step cap, tried first: a window of
 latencies lags a spike by the time the queue takes to build, and the p99 went to 127 ms under
 a 30 ms SLA (measured with `adaptive bench serve`). Why not the calibrated cost model alone:
 this machine's speed drifts by tens of percent (experiments/budget_targeting); estimates
-refreshed from every batch follow the speed the server actually has. The queueing delay each request already carries is the
-early signal, and it reacts within one batch.
+refreshed from every batch follow the speed the server actually has. The queueing delay each
+request already carries is the early signal, and it reacts within one batch.
 
 `mode="static"` is the baseline: every request gets its requested budget on the primary model,
 nothing is shed or deferred.
