@@ -4,22 +4,23 @@ The ladder, in order: (1) a lower budget on the primary model: fewer steps (forc
 exit) and, for MoE models, fewer experts per token, (2) the smaller fallback model, (3) reject
 (the deadline cannot be met) or defer (the queue is full: retry later).
 
-The rule is a deadline check against *measured* service times. When a batch is dispatched,
-each request has waited `waited_ms`; what is left of its latency allowance (headroom x SLA,
-less for lower priorities) must cover the batch's run. The controller keeps, per model and per
-expert budget, a running estimate of how long a batch takes (updated from every batch it
-runs), and gives each request what it asked for if that fits its slack -- or, when the artifact's
-table says a cheaper point (fewer steps or experts) is as accurate within `tolerance`, that one:
-a budget is a cap, and compute that buys no accuracy takes capacity from the requests behind.
-If not, of the operating points that fit, the one with the best validation accuracy in the
-artifact's table, the cheapest of those within `tolerance` of it (without a table: the most
-steps that fit, then the most experts): the best prediction the time left can buy. When both
-models carry accuracy on the same split, the fallback competes with those points on it (one
-expert or one step of a big model can be worse than a small model's whole answer; the fallback
-runs at its own cap, and a budget in FLOPs is not priced against it: it is assumed the cheaper
-model). If not even one step fits, the fallback model if its run fits; otherwise the request is
-rejected at once, since a late answer counts as wrong and its compute is better spent on
-requests that can still make it.
+The rule is a deadline check against *measured* service times. When a batch is dispatched, each
+request has waited `waited_ms`; what is left of its latency allowance (headroom x SLA, less for
+lower priorities) must cover the batch's run. The controller keeps, per model and per expert
+budget, a running estimate of how long a batch takes (updated from every batch it runs), and
+gives each request what it asked for if that fits its slack -- or, when the artifact's table
+says a cheaper point (fewer steps or experts) is as accurate within `tolerance`, that one: a
+budget is a cap, and compute that buys no accuracy takes capacity from the requests behind. If
+not, of the operating points that fit, the one with the best validation accuracy in the
+artifact's table (scored in batches the size of the one about to run: with expert capacity, an
+example's answer depends on the tokens it shares slots with), the cheapest of those within
+`tolerance` of it (without a table: the most steps that fit, then the most experts): the best
+prediction the time left can buy. When both models carry accuracy on the same split, the
+fallback competes with those points on it (one expert or one step of a big model can be worse
+than a small model's whole answer; the fallback runs at its own cap, and a budget in FLOPs is
+not priced against it: it is assumed the cheaper model). If not even one step fits, the fallback
+model if its run fits; otherwise the request is rejected at once, since a late answer counts as
+wrong and its compute is better spent on requests that can still make it.
 
 Each group of a batch is decided again when it is about to run (rows known, the wait of the
 groups before it included). Why not AIMD on a step cap, tried first: a window of completed
@@ -39,6 +40,8 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+
+from adaptive.accuracy_table import AccuracyTable
 
 STATUSES = ("ok", "degraded", "fallback", "rejected", "deferred")
 
@@ -95,14 +98,15 @@ class Controller:
         has_fallback: bool = False,
         fallback_cap: int = 1,
         expert_budgets: tuple[int, ...] = (),
-        accuracy: dict | None = None,
+        accuracy: AccuracyTable | dict | None = None,
         fallback_accuracy: float | None = None,
         tolerance: float = 0.005,
         headroom: float = 0.8,
         max_queue: int = 1024,
     ):
         """`expert_budgets`: a MoE primary's smaller experts-per-token it can run at;
-        `accuracy`: {(experts or None, steps): validation accuracy} (see `accuracy_at_budgets`);
+        `accuracy`: the artifact's table, or one {(experts or None, steps): validation accuracy}
+        for every batch size;
         `fallback_accuracy`: the fallback model's, on the same split; `tolerance`: how much
         validation accuracy a cheaper operating point may give up against the one asked for."""
         if mode not in ("adaptive", "static"):
@@ -114,7 +118,7 @@ class Controller:
         self.fallback_cap = max(fallback_cap, 1)
         # Expert budgets from the trained one (None) down: the order ties are broken in.
         self.expert_budgets = (None, *sorted(expert_budgets, reverse=True))
-        self.accuracy = accuracy or {}
+        self.accuracy = accuracy if isinstance(accuracy, AccuracyTable) else AccuracyTable({1: accuracy or {}})
         self.fallback_accuracy, self.tolerance = fallback_accuracy, tolerance
         self.service = {("primary", k): ServiceTimes(cap) for k in self.expert_budgets}
         self.service["fallback", None] = ServiceTimes(self.fallback_cap)
@@ -139,16 +143,17 @@ class Controller:
         fallback = Decision("fallback", "fallback", self.fallback_cap)
         fallback_ms = self.service["fallback", None].estimate(self.fallback_cap, rows)
         fallback_fits = self.has_fallback and fallback_ms <= slack
-        if self.accuracy:  # every point under one that fits fits too: the best of them, cheapest among near-ties
+        accuracy = self.accuracy.at(rows)
+        if accuracy:  # every point under one that fits fits too: the best of them, cheapest among near-ties
             options = [
                 (
-                    self.accuracy[k, s],
+                    accuracy[k, s],
                     self.service["primary", k].estimate(s, rows),
                     Decision("degraded", "primary", s, k),
                 )
                 for top, k in fitting
                 for s in range(1, top + 1)
-                if (k, s) in self.accuracy  # a point the table does not hold is not one the model has
+                if (k, s) in accuracy  # a point the table does not hold is not one the model has
             ]
             if fallback_fits and self.fallback_accuracy is not None:
                 # Both models scored on the same split: the fallback competes on accuracy (a primary
@@ -169,14 +174,15 @@ class Controller:
         """The operating point (steps <= requested, experts) of the least estimated run whose
         validation accuracy is within `tolerance` of what was asked for: a budget is a cap, and
         steps or experts that buy no accuracy only take capacity from the requests behind."""
-        asked = self.accuracy.get((None, requested))
+        accuracy = self.accuracy.at(rows)
+        asked = accuracy.get((None, requested))
         if asked is None:
             return requested, None
         options = [  # fewer steps, then more experts, first: the order ties in estimated time go by
-            (self.accuracy[k, s], self.service["primary", k].estimate(s, rows), (s, k))
+            (accuracy[k, s], self.service["primary", k].estimate(s, rows), (s, k))
             for s in range(1, requested + 1)
             for k in self.expert_budgets
-            if (k, s) in self.accuracy
+            if (k, s) in accuracy
         ]
         return self._cheapest_near(options, asked)
 
@@ -210,19 +216,3 @@ class Controller:
         if self.mode == "static":
             return float(self.full)
         return float(self.service["primary", None].most_steps_within(self.slack_ms(0.0, 0), self.full))
-
-
-def accuracy_lookup(meta: dict) -> dict:
-    """{(experts or None, steps): accuracy} from an artifact's meta.json (empty without a table);
-    the trained expert budget is None, as the controller and engine name it."""
-    table = meta.get("accuracy_at_budgets")
-    if not table:
-        return {}
-    ks = table["experts"] or [None]
-    trained = ks[-1]
-    lookup = {}
-    for k, row in zip(ks, table["accuracy"], strict=True):
-        for steps, acc in enumerate(row, start=1):
-            if acc is not None:  # a static model has no step budget below its depth
-                lookup[None if k == trained else k, steps] = float(acc)
-    return lookup

@@ -3,9 +3,9 @@
 `Engine.from_artifact(ART)` (a `jax.export` artifact) or `Engine.from_run(DIR)` (a checkpoint)
 compiles `serve(x, budget)` once per batch-size bucket and runs every executable once before it
 is used, so in steady state nothing compiles (tests count XLA compilations). A request batch is
-padded to the smallest bucket that holds it (padding rows get budget 1, so they never hold the
-batch) and split when larger than the largest bucket; padding and splitting are numpy, on the
-host, so they compile nothing either.
+padded to the smallest bucket that holds it (padding rows are copies of the batch's own rows
+with budget 1, so they never hold the batch) and split when larger than the largest bucket;
+padding and splitting are numpy, on the host, so they compile nothing either.
 
 Budgets arrive in any unit the model can price (`steps`, `flops`, `macs`, and with a cost
 model `latency_ms`, `cost_per_1k`, `energy_j`) and become step caps: the most steps whose
@@ -130,7 +130,10 @@ class Engine:
             xs, bs = x[start : start + top], budget[start : start + top]
             bucket = next(b for b in self.buckets if b >= len(xs))
             pad = bucket - len(xs)
-            padded_x = np.concatenate([xs, np.zeros((pad, *self.input_shape), np.float32)]) if pad else xs
+            # Copies, not zeros: with expert capacity, identical zero rows all route to the same
+            # experts and take their slots from real tokens (parity, one expert a token, 5 rows in
+            # a bucket of 16: 0.93 instead of 0.98); copies load each expert as the batch does.
+            padded_x = np.concatenate([xs, xs[np.arange(pad) % len(xs)]]) if pad else xs
             padded_b = np.concatenate([bs, np.ones(pad, np.int32)]) if pad else bs
             out = jax.device_get(self._exec[experts, bucket](padded_x, padded_b))
             outs.append([np.asarray(o)[: len(xs)] for o in out])

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiohttp import web
 
-from adaptive.controller import STATUSES, Controller, Decision, accuracy_lookup
+from adaptive.accuracy_table import AccuracyTable, accuracy_lookup
+from adaptive.controller import STATUSES, Controller, Decision
 from adaptive.engine import BudgetError, Engine
 
 MAX_BODY = 1 << 20
@@ -321,7 +322,7 @@ def serve(
         has_fallback=backup is not None,
         fallback_cap=backup.cap if backup else 1,
         expert_budgets=tuple(primary.expert_budgets),
-        accuracy=accuracy_lookup(primary.meta),
+        accuracy=AccuracyTable.from_meta(primary.meta),
         fallback_accuracy=_fallback_accuracy(primary, backup),
         tolerance=tolerance,
     )

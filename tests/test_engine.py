@@ -76,12 +76,18 @@ def test_budgets_in_units_become_step_caps(engines):
             engine.steps_for(value, unit)
 
 
-def test_a_moe_artifact_keeps_steps_and_experts_within_budget_and_caps(tmp_path):
-    """ACT + experts (configs/sut.py:tiny: cap 3 steps, 16 tokens, at most 2 experts a token):
-    for random inputs and budgets, steps <= min(budget, cap) and expert applications <= steps x
-    tokens x k."""
-    train_tiny(tmp_path / "run", 5, config="configs/sut.py:tiny")
-    art = export_run(tmp_path / "run", tmp_path / "art")
+@pytest.fixture(scope="module")
+def moe_art(tmp_path_factory):
+    """ACT + experts (configs/sut.py:tiny: cap 3 steps, 16 tokens, 4 experts, at most 2 a token)."""
+    root = tmp_path_factory.mktemp("moe")
+    train_tiny(root / "run", 5, config="configs/sut.py:tiny")
+    return export_run(root / "run", root / "art")
+
+
+def test_a_moe_artifact_keeps_steps_and_experts_within_budget_and_caps(moe_art):
+    """For random inputs and budgets, steps <= min(budget, cap) and expert applications <=
+    steps x tokens x k."""
+    art = moe_art
     engine = Engine.from_artifact(art, buckets=(4, 16))
     assert engine.expert_budgets == [1]  # k = 2 is the main function; k = 1 its own executable
     before = COMPILES["count"]
@@ -95,3 +101,39 @@ def test_a_moe_artifact_keeps_steps_and_experts_within_budget_and_caps(tmp_path)
     assert COMPILES["count"] == before
     with pytest.raises(ArtifactError, match="has no function for 3 expert"):
         load_artifact(art, experts=3)
+
+
+def test_padding_rows_take_no_expert_slots_from_real_ones(moe_art):
+    """With one expert a token, each expert has slots for 2x its share of a batch's tokens; a
+    request padded to a bucket of 16 answers exactly as it does alone (padding rows of zeros
+    would route together and take the slots of the real tokens)."""
+    alone, padded = Engine.from_artifact(moe_art, buckets=(1,)), Engine.from_artifact(moe_art, buckets=(16,))
+    x, _ = _requests(12, 5)
+    budget = np.full(12, 3)
+    for i in range(12):
+        a, b = (
+            alone.run(x[i : i + 1], budget[i : i + 1], experts=1),
+            padded.run(x[i : i + 1], budget[i : i + 1], experts=1),
+        )
+        assert (a.prediction, a.steps, a.experts) == (b.prediction, b.steps, b.experts)
+
+
+def test_a_moe_artifact_scores_its_accuracy_in_the_batch_sizes_it_serves(moe_art):
+    """Tokens of one batch share the experts' slots, so meta.json also holds the accuracy table
+    scored per served batch size: what the artifact's own functions score in batches of that size."""
+    from adaptive import data
+    from adaptive.runs import load_run
+
+    served = load_artifact(moe_art)[1]["accuracy_at_budgets"]["by_batch"]
+    assert served["batch"] == [1, 2, 4, 8, 16, 32] and served["examples"] == 256  # the whole tiny split
+    cfg = load_run(moe_art.parent / "run").cfg
+    for k in (1, 2):
+        fn = jax.jit(load_artifact(moe_art, experts=k)[0].call)
+        for size in (1, 4):
+            table = served["accuracy"][served["batch"].index(size)][k - 1]
+            for steps in (1, 3):
+                hits = [
+                    np.asarray(fn(b["x"].astype(np.float32), np.full(size, steps, np.int32))[0]) == b["y"]
+                    for b in data.eval_batches(cfg.data, "validation", size)
+                ]
+                assert table[steps - 1] == pytest.approx(np.concatenate(hits).mean(), abs=1e-5)

@@ -150,7 +150,7 @@ def test_fewer_experts_is_a_rung_chosen_by_validation_accuracy():
 
 
 def test_accuracy_lookup_reads_the_artifact_table():
-    from adaptive.controller import accuracy_lookup
+    from adaptive.accuracy_table import accuracy_lookup
 
     meta = {"accuracy_at_budgets": {"experts": [1, 2], "accuracy": [[0.5, 0.6], [0.7, 0.9]]}}
     assert accuracy_lookup(meta) == {(1, 1): 0.5, (1, 2): 0.6, (None, 1): 0.7, (None, 2): 0.9}
@@ -158,6 +158,39 @@ def test_accuracy_lookup_reads_the_artifact_table():
     assert accuracy_lookup(static) == {(None, 3): 0.8}  # no step budget below a static model's depth
     assert accuracy_lookup({"accuracy_at_budgets": {"experts": None, "accuracy": [[0.4]]}}) == {(None, 1): 0.4}
     assert accuracy_lookup({}) == {}
+
+
+def test_the_accuracy_table_is_the_one_scored_in_batches_like_the_one_about_to_run():
+    """One expert a token is within the tolerance of two in batches of 500 and clearly worse in
+    small ones (fewer tokens share its slots): a single request keeps both experts, a big batch
+    gets the cheaper point; under load, the fallback beats one expert only where that is worse."""
+    from adaptive.accuracy_table import AccuracyTable
+
+    served = {"batch": [1, 4], "accuracy": [[[0.58, 0.925], [0.58, 0.994]], [[0.62, 0.98], [0.58, 0.994]]]}
+    main = {"batch": 500, "experts": [1, 2], "accuracy": [[0.61, 0.99], [0.56, 0.994]]}
+    table = AccuracyTable.from_meta({"accuracy_at_budgets": {**main, "by_batch": served}})
+    assert [table.at(rows)[1, 2] for rows in (1, 3, 4, 499, 500, 4096)] == [0.925, 0.925, 0.98, 0.98, 0.99, 0.99]
+    assert table.at(1)[None, 2] == 0.994 and (None, 3) not in table.at(1)
+    unsized = AccuracyTable.from_meta({"accuracy_at_budgets": {"experts": None, "accuracy": [[0.4, 0.7]]}})
+    assert unsized.at(1) == unsized.at(10**6) == {(None, 1): 0.4, (None, 2): 0.7}  # an older table: every batch
+    assert not AccuracyTable.from_meta({})
+
+    def controller(**options):
+        c = Controller(2, sla_ms=50.0, expert_budgets=(1,), accuracy=table, **options)
+        for steps, rows in [(1, 1), (2, 1), (1, 16), (2, 500)]:  # 0.01 ms a step and row; half that at k = 1
+            c.observe("primary", steps, 0.01 * steps * rows, rows=rows)
+            c.observe("primary", steps, 0.005 * steps * rows, rows=rows, experts=1)
+        c.observe("fallback", 1, 0.001)
+        return c
+
+    assert controller().decide(2, 0.0, rows=1) == Decision("ok", "primary", 2)  # 0.925 is no match for 0.994
+    assert controller().decide(2, 0.0, rows=500) == Decision("ok", "primary", 2, 1)  # 0.99: as good, cheaper
+    # 30 ms waited, 10 ms of slack: two experts fit one row but not 600 rows (12 ms); one expert does (6 ms).
+    assert controller().decide(2, 30.0, rows=600) == Decision("degraded", "primary", 2, 1)
+    with_fallback = controller(has_fallback=True, fallback_accuracy=0.97)
+    assert with_fallback.decide(2, 30.0, rows=600) == Decision("degraded", "primary", 2, 1)  # 0.99 beats 0.97
+    # 0.015 ms of slack for one row: two experts at 2 steps do not fit; one expert (0.925) does.
+    assert with_fallback.decide(2, 39.985, rows=1) == Decision("fallback", "fallback", 1)  # 0.97 beats 0.925
     with pytest.raises(ValueError, match="tolerance -0.1 must be >= 0"):
         Controller(8, 20.0, tolerance=-0.1)
 

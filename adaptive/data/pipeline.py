@@ -87,8 +87,10 @@ class ShuffledIndexBatches(grain.MapDataset):
 def eval_batches(cfg: Any, split: str, batch_size: int) -> Iterator[Example]:
     """Every example of `split` exactly once, in order, in batches of exactly `batch_size`.
 
-    The last batch is zero-padded and a `mask` float32 [B] (1 real, 0 padding) says which rows
-    count, so a jitted eval step sees one shape and never recompiles.
+    The last batch is padded with copies of its own rows and a `mask` float32 [B] (1 real, 0
+    padding) says which rows count, so a jitted eval step sees one shape and never recompiles.
+    Copies, not zeros: in a MoE layer with expert capacity, identical zero rows would all route to
+    the same experts and take their slots from the real tokens.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
@@ -105,7 +107,6 @@ def _read_padded(indices: np.ndarray, source: Source, batch_size: int) -> Exampl
     count = len(indices)
     batch = {}
     for key, value in source.read_batch(indices).items():
-        batch[key] = np.zeros((batch_size, *value.shape[1:]), value.dtype)
-        batch[key][:count] = value
+        batch[key] = value[np.arange(batch_size) % count]
     batch["mask"] = (np.arange(batch_size) < count).astype(np.float32)
     return batch
