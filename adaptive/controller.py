@@ -55,17 +55,27 @@ class Decision:
 
 
 class ServiceTimes:
-    """Running estimate of a batch's run time: ms = a + b * steps + c * rows * steps, fitted by
-    least squares to the last `window` batches (steps: the most any row took), so that it
-    follows both the machine's current speed and how full the batches are."""
+    """Running estimate of a batch's run time under a step budget: ms = a + b * steps + c * rows
+    * steps, fitted by least squares to the last `window` batches (steps: the most any row took),
+    so that it follows both the machine's current speed and how full the batches are; and the
+    steps a batch takes under a budget, from the last `depth_window` batches: a halting model
+    stops well before most budgets (parity: ~2 steps of 8), and pricing every batch at its cap
+    priced the model out of the load it could carry."""
 
-    def __init__(self, cap: int, window: int = 200):
-        self.cap = cap
+    def __init__(self, cap: int, window: int = 200, depth_window: int = 50, depth_quantile: float = 0.9):
+        self.cap, self.depth_quantile = cap, depth_quantile
         self._seen: deque[tuple[int, int, float]] = deque(maxlen=window)
+        self._depths: deque[tuple[int, int]] = deque(maxlen=depth_window)  # (least budget, most steps)
+        self._expected = np.arange(cap + 1, dtype=float)  # steps expected under budget 0..cap
         self._coef: np.ndarray | None = None
 
-    def observe(self, steps: int, ms: float, rows: int = 1) -> None:
-        self._seen.append((int(np.clip(steps, 1, self.cap)), max(int(rows), 1), float(ms)))
+    def observe(self, steps: int, ms: float, rows: int = 1, budget: int | None = None) -> None:
+        """A batch of `rows` whose slowest row took `steps` ran in `ms`; `budget`: the least step
+        budget among its rows (None: unknown, as if every row was stopped by its budget)."""
+        steps = int(np.clip(steps, 1, self.cap))
+        self._depths.append((steps if budget is None else int(budget), steps))
+        self._expected = self._expected_steps()  # once a batch, not once a decision: decisions are hot
+        self._seen.append((steps, max(int(rows), 1), float(ms)))
         seen = np.asarray(self._seen, float)
         features = np.stack([np.ones(len(seen)), seen[:, 0], seen[:, 0] * seen[:, 1]], 1)
         if len({(s, r) for s, r, _ in self._seen}) >= 3:
@@ -73,12 +83,27 @@ class ServiceTimes:
         else:  # too few distinct batches for a fit: all time per step and row, as a bound
             self._coef = np.array([0.0, 0.0, float(np.max(seen[:, 2] / (seen[:, 0] * seen[:, 1])))])
 
+    def expected_steps(self, budget: int) -> float:
+        """The steps a batch under `budget` takes (see `_expected_steps`)."""
+        return float(self._expected[int(np.clip(budget, 0, self.cap))])
+
+    def _expected_steps(self) -> np.ndarray:
+        """Per budget 0..cap, a high quantile over recent batches of the steps each would have
+        taken under it. A batch that stopped before its least budget halted on its own, at m
+        steps: min(m, budget). One that did not may have been stopped by a budget, so it says only
+        that it goes on past m: `budget`, unless that is at most m."""
+        budgets = np.arange(self.cap + 1)
+        least, most = np.asarray(self._depths).T[:, :, None]
+        samples = np.where(most < least, np.minimum(most, budgets), budgets)
+        return np.quantile(samples, self.depth_quantile, axis=0, method="higher").astype(float)
+
     def estimate(self, steps: int, rows: int = 1) -> float:
-        """The expected run of a batch of `rows` whose slowest row takes `steps` (0 before any)."""
+        """The expected run of a batch of `rows` under a budget of `steps` (0 before any batch)."""
         if self._coef is None:
             return 0.0
         a, b, c = self._coef
-        return float(a + b * steps + c * steps * rows)
+        taken = self.expected_steps(steps)
+        return float(a + b * taken + c * taken * rows)
 
     def most_steps_within(self, slack_ms: float, requested: int, rows: int = 1) -> int:
         """The most steps (<= requested) whose estimated run fits `slack_ms`; 0 if none."""
@@ -131,44 +156,69 @@ class Controller:
         """What is left of a request's allowance: lower priorities get less, so they degrade first."""
         return self.headroom * self.sla_ms / (1 + 0.5 * max(priority, 0)) - waited_ms
 
-    def decide(self, requested_steps: int, waited_ms: float, priority: int = 0, rows: int = 1) -> Decision:
-        """The operating point of one request of a batch of `rows` about to run."""
+    def decide(
+        self, requested_steps: int, waited_ms: float, priority: int = 0, rows: int = 1, share_ms: float = np.inf
+    ) -> Decision:
+        """The operating point of one request of a batch of `rows` about to run; `share_ms`: the
+        most this batch may take and leave the requests queued behind it their time (the server
+        splits the oldest one's slack over the batches ahead of it). When no point fits the share,
+        the queue cannot wait for a better one: of the points that fit the request's own slack,
+        the one of most expected correct answers per ms (without a table: the quickest)."""
         requested = int(np.clip(requested_steps, 1, self.full))
         if self.mode == "static":
             return Decision("ok", "primary", requested)
         slack = self.slack_ms(waited_ms, priority)
-        fitting = self.fitting_points(slack, requested, rows)
-        if (requested, None) in fitting:
+        allowance = min(slack, share_ms)
+        if (requested, None) in self.fitting_points(allowance, requested, rows):
             return Decision("ok", "primary", *self.cheapest_as_good(requested, rows))
-        fallback = Decision("fallback", "fallback", self.fallback_cap)
-        fallback_ms = self.service["fallback", None].estimate(self.fallback_cap, rows)
-        fallback_fits = self.has_fallback and fallback_ms <= slack
-        accuracy = self.accuracy.at(rows)
-        if accuracy:  # every point under one that fits fits too: the best of them, cheapest among near-ties
-            options = [
-                (
-                    accuracy[k, s],
-                    self.service["primary", k].estimate(s, rows),
-                    Decision("degraded", "primary", s, k),
-                )
-                for top, k in fitting
-                for s in range(1, top + 1)
-                if (k, s) in accuracy  # a point the table does not hold is not one the model has
-            ]
-            if fallback_fits and self.fallback_accuracy is not None:
-                # Both models scored on the same split: the fallback competes on accuracy (a primary
-                # at one expert or one step can be worse than a small model that finishes its work).
-                options.append((self.fallback_accuracy, fallback_ms, fallback))
-            if options:
-                return self._cheapest_near(options, max(acc for acc, _, _ in options))
-        elif fitting:  # no table: the ladder's order, most steps first, then most experts
-            return Decision("degraded", "primary", *max(fitting, key=self._merit))
-        if fallback_fits:
-            return fallback
+        options = self._options(allowance, requested, rows)
+        if options:
+            return self._best(options)
+        options = self._options(slack, requested, rows) if allowance < slack else []
+        if options:
+            return self._most_per_ms(options)
         cheapest = self.expert_budgets[-1]
         if waited_ms + self.service["primary", cheapest].estimate(1, rows) <= self.sla_ms:  # late for its class only
             return Decision("degraded", "primary", 1, cheapest)
         return Decision("rejected", None, 0)
+
+    def _options(self, allowance_ms: float, requested: int, rows: int) -> list[tuple[float | None, float, Decision]]:
+        """(validation accuracy or None, estimated ms, decision) of every point whose run fits:
+        each step budget under the most that fit, per expert budget (with a table, only the
+        points it holds: the others are not ones the model has), and the fallback."""
+        accuracy = self.accuracy.at(rows)
+        options = [
+            (accuracy.get((k, s)), self.service["primary", k].estimate(s, rows), Decision("degraded", "primary", s, k))
+            for top, k in self.fitting_points(allowance_ms, requested, rows)
+            for s in range(1, top + 1)
+            if not accuracy or (k, s) in accuracy
+        ]
+        fallback_ms = self.service["fallback", None].estimate(self.fallback_cap, rows)
+        if self.has_fallback and fallback_ms <= allowance_ms:
+            # Scored on the same split as the primary's table, the fallback competes on accuracy (a
+            # primary at one expert or one step can be worse than a small model that finishes its work).
+            acc = self.fallback_accuracy if accuracy else None
+            options.append((acc, fallback_ms, Decision("fallback", "fallback", self.fallback_cap)))
+        return options
+
+    def _best(self, options: list[tuple[float | None, float, Decision]]) -> Decision:
+        """The most accurate option, the cheapest of those within `tolerance` of it; without
+        accuracies, the ladder's order: most steps, then most experts, then the fallback."""
+        scored = [o for o in options if o[0] is not None]
+        if scored:
+            return self._cheapest_near(scored, max(acc for acc, _, _ in scored))
+        primary = [d for _, _, d in options if d.model == "primary"]
+        if primary:
+            return max(primary, key=lambda d: self._merit((d.steps, d.experts)))
+        return options[-1][2]
+
+    @staticmethod
+    def _most_per_ms(options: list[tuple[float | None, float, Decision]]) -> Decision:
+        """The option of most expected correct answers per ms of run (without accuracies: the quickest)."""
+        scored = [o for o in options if o[0] is not None]
+        if scored:
+            return max(scored, key=lambda o: o[0] / max(o[1], 1e-6))[2]
+        return min(options, key=lambda o: o[1])[2]
 
     def cheapest_as_good(self, requested: int, rows: int) -> tuple[int, int | None]:
         """The operating point (steps <= requested, experts) of the least estimated run whose
@@ -205,10 +255,18 @@ class Controller:
         steps, k = point
         return (steps, len(self.expert_budgets) - self.expert_budgets.index(k))
 
-    def observe(self, model: str, steps: int, service_ms: float, rows: int = 1, experts: int | None = None) -> None:
-        """A batch of `rows` of `model` (at `experts` per token) whose slowest row took `steps`
-        steps ran in `service_ms`."""
-        self.service[model, experts].observe(steps, service_ms, rows)
+    def observe(
+        self,
+        model: str,
+        steps: int,
+        service_ms: float,
+        rows: int = 1,
+        experts: int | None = None,
+        budget: int | None = None,
+    ) -> None:
+        """A batch of `rows` of `model` (at `experts` per token, its rows' least step budget
+        `budget`) whose slowest row took `steps` steps ran in `service_ms`."""
+        self.service[model, experts].observe(steps, service_ms, rows, budget)
 
     @property
     def cap(self) -> float:

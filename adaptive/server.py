@@ -227,8 +227,23 @@ class Server:
         # the one that has waited longest (measured: per-row slack let a few 8-step rows hold
         # whole batches through a spike, p99 67 ms against a 50 ms SLA).
         oldest_ms = 1e3 * (now - min(item.arrival for item in items))
+        # The requests queued behind must be on time too: the oldest of them (it came after this
+        # batch's newest) has its slack for this batch and the ones needed to clear the queue
+        # ahead of it; this batch gets an even share (a batch that takes the best point its own
+        # slack allows leaves the queue behind it to be late or rejected).
+        behind = self.queue.qsize() if self.queue else 0
+        share = np.inf
+        if behind:
+            newest_ms = 1e3 * (now - max(item.arrival for item in items))
+            share = self.controller.slack_ms(newest_ms, 0) / (1 + -(-behind // self.max_batch))
+        decided: dict[tuple[int, int], Decision] = {}  # rows differ only in budget and priority
         for item in items:
-            d = self.controller.decide(item.steps, oldest_ms, item.priority, rows=len(items))
+            key = (item.steps, item.priority)  # measured: deciding every row saturated the event loop
+            if key not in decided:
+                decided[key] = self.controller.decide(
+                    item.steps, oldest_ms, item.priority, rows=len(items), share_ms=share
+                )
+            d = decided[key]
             if d.model is None:
                 self.stats.record("rejected")
                 item.future.set_result({"status": "rejected", "latency_ms": 1e3 * (now - item.arrival)})
@@ -267,7 +282,8 @@ class Server:
 
     def _answer(self, name: str, members: list, result, start: float, experts: int | None) -> None:
         ms = 1e3 * (time.perf_counter() - start)
-        self.controller.observe(name, int(result.steps.max()), ms, len(members), experts)
+        least = min(d.steps for _, d in members)
+        self.controller.observe(name, int(result.steps.max()), ms, len(members), experts, budget=least)
         for i, (item, d) in enumerate(members):
             latency = 1e3 * (float(result.done_s[i]) - item.arrival)
             within = int(result.steps[i]) <= d.steps
