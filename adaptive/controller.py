@@ -7,20 +7,26 @@ exit) and, for MoE models, fewer experts per token, (2) the smaller fallback mod
 The rule is a deadline check against *measured* service times. When a batch is dispatched, each
 request has waited `waited_ms`; what is left of its latency allowance (headroom x SLA, less for
 lower priorities) must cover the batch's run. The controller keeps, per model and per expert
-budget, a running estimate of how long a batch takes (updated from every batch it runs), and
-gives each request what it asked for if that fits its slack -- or, when the artifact's table
-says a cheaper point (fewer steps or experts) is as accurate within `tolerance`, that one: a
-budget is a cap, and compute that buys no accuracy takes capacity from the requests behind. If
-not, of the operating points that fit, the one with the best validation accuracy in the
-artifact's table (scored in batches the size of the one about to run: with expert capacity, an
-example's answer depends on the tokens it shares slots with), the cheapest of those within
-`tolerance` of it (without a table: the most steps that fit, then the most experts): the best
-prediction the time left can buy. When both models carry accuracy on the same split, the
-fallback competes with those points on it (one expert or one step of a big model can be worse
-than a small model's whole answer; the fallback runs at its own cap, and a budget in FLOPs is
-not priced against it: it is assumed the cheaper model). If not even one step fits, the fallback
-model if its run fits; otherwise the request is rejected at once, since a late answer counts as
-wrong and its compute is better spent on requests that can still make it.
+budget, a running estimate of how long a batch takes under a step budget (updated from every
+batch it runs: time per step and row, and the steps recent batches under that budget took -- a
+halting model stops well before most budgets). The time a batch may take is also bounded by its
+share of the queue's: the requests queued behind it must be on time too (`share_ms`, from the
+server). Each request gets what it asked for if that fits -- or, when the artifact's table says
+a cheaper point (fewer steps or experts) is as accurate within `tolerance`, that one: a budget
+is a cap, and compute that buys no accuracy takes capacity from the requests behind. If not, of
+the operating points that fit, the one with the best validation accuracy in the artifact's
+table (scored in batches the size of the one about to run: with expert capacity, an example's
+answer depends on the tokens it shares slots with), the cheapest of those within `tolerance` of
+it (without a table: the most steps that fit, then the most experts): the best prediction the
+time left can buy. When both models carry accuracy on the same split, the fallback competes
+with those points on it (one expert or one step of a big model can be worse than a small
+model's whole answer; the fallback runs at its own cap, and a budget in FLOPs is not priced
+against it: it is assumed the cheaper model). If nothing fits the share but something fits the
+request's own slack, the point of most expected correct answers per ms: the queue cannot wait
+for a better one. If not even that, one step at the fewest experts if it still meets the SLA
+itself (late for its priority class only: tried against the best point that meets the SLA,
+which ran the queue later still); otherwise the request is rejected at once, since a late
+answer counts as wrong and its compute is better spent on requests that can still make it.
 
 Each group of a batch is decided again when it is about to run (rows known, the wait of the
 groups before it included). Why not AIMD on a step cap, tried first: a window of completed

@@ -260,6 +260,48 @@ def test_service_time_estimates_follow_measurements_and_batch_size():
     assert times.most_steps_within(10.0, requested=8, rows=4) == 6  # 1 + 3 + 6 = 10
 
 
+def test_a_budget_is_priced_at_the_steps_batches_under_it_take():
+    """A halting model given 8 steps stops at 2: batches under a budget of 8 are priced at 2
+    steps, not 8; a batch stopped by its budget says only that the model goes on past it."""
+    times = ServiceTimes(8)
+    assert times.expected_steps(8) == 8  # nothing seen: the budget
+    for _ in range(10):
+        times.observe(2, 2.0, rows=1, budget=8)  # halted on its own at 2 of 8
+    assert [times.expected_steps(b) for b in (1, 2, 3, 8)] == [1, 2, 2, 2]
+    assert times.estimate(8) == times.estimate(2) == pytest.approx(2.0)
+    stopped = ServiceTimes(8)
+    for _ in range(10):
+        stopped.observe(3, 3.0, rows=1, budget=3)  # stopped by its budget: deeper inputs may go to 8
+    assert [stopped.expected_steps(b) for b in (2, 3, 4, 8)] == [2, 3, 4, 8]
+    mixed = ServiceTimes(8)  # one batch in ten goes to 6: the 0.9 quantile covers it
+    for i in range(20):
+        mixed.observe(6 if i % 10 == 0 else 2, 1.0, budget=8)
+    assert mixed.expected_steps(8) == 6 and mixed.expected_steps(4) == 4
+    assert ServiceTimes(8).expected_steps(3) == 3 and ServiceTimes(8, depth_quantile=0.5).expected_steps(3) == 3
+
+
+def test_a_batch_with_a_queue_behind_it_takes_its_share_and_most_correct_answers_per_ms():
+    """Primary: 1 ms + 2 ms a step; fallback 3 ms; SLA 20 ms (slack 16 ms). Alone, the request
+    gets 7 steps (the most accurate that fits); with a share of 10 ms, the best point within
+    it (4 steps, 0.8, beats the fallback's 0.75); with a share no point fits, the most correct
+    answers per ms of what fits its own slack: the fallback (0.75 in 3 ms beats 0.95 in 15 ms
+    and 0.5 in 3 ms)."""
+    accuracy = {(None, s + 1): acc for s, acc in enumerate((0.5, 0.6, 0.7, 0.8, 0.9, 0.93, 0.95, 0.96))}
+    c = Controller(8, 20.0, has_fallback=True, fallback_accuracy=0.75, accuracy=accuracy)
+    for steps in (1, 4, 8):
+        c.observe("primary", steps, 1.0 + 2.0 * steps)
+    c.observe("fallback", 1, 3.0)
+    assert c.decide(8, 0.0) == Decision("degraded", "primary", 7)
+    assert c.decide(8, 0.0, share_ms=10.0) == Decision("degraded", "primary", 4)
+    assert c.decide(8, 0.0, share_ms=2.0) == Decision("fallback", "fallback", 1)
+    assert c.decide(3, 0.0, share_ms=20.0) == Decision("ok", "primary", 3)  # what was asked fits the share
+    untabled = Controller(8, 20.0, has_fallback=True)
+    for steps in (1, 4, 8):
+        untabled.observe("primary", steps, 1.0 + 2.0 * steps)
+    untabled.observe("fallback", 1, 3.5)
+    assert untabled.decide(8, 0.0, share_ms=2.0) == Decision("degraded", "primary", 1)  # without a table: the quickest
+
+
 def test_the_server_rejects_and_falls_back_when_the_controller_says_so(engine):
     controller = Controller(engine.cap, 20.0, has_fallback=True, fallback_cap=engine.cap)
 
