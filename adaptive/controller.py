@@ -23,9 +23,10 @@ with those points on it (one expert or one step of a big model can be worse than
 model's whole answer; the fallback runs at its own cap, and a budget in FLOPs is not priced
 against it: it is assumed the cheaper model). If nothing fits the share but something fits the
 request's own slack, the point of most expected correct answers per ms: the queue cannot wait
-for a better one. If not even that, one step at the fewest experts if it still meets the SLA
-itself (late for its priority class only: tried against the best point that meets the SLA,
-which ran the queue later still); otherwise the request is rejected at once, since a late
+for a better one (a request costs the server more than its share of the batch's run: `request_ms`).
+If not even that, one step at the fewest experts if it still meets the SLA itself and fits the
+queue's share (late for its priority class only: tried against the best point that meets the
+SLA, which ran the queue later still); otherwise the request is rejected at once, since a late
 answer counts as wrong and its compute is better spent on requests that can still make it.
 
 Each group of a batch is decided again when it is about to run (rows known, the wait of the
@@ -163,13 +164,21 @@ class Controller:
         return self.headroom * self.sla_ms / (1 + 0.5 * max(priority, 0)) - waited_ms
 
     def decide(
-        self, requested_steps: int, waited_ms: float, priority: int = 0, rows: int = 1, share_ms: float = np.inf
+        self,
+        requested_steps: int,
+        waited_ms: float,
+        priority: int = 0,
+        rows: int = 1,
+        share_ms: float = np.inf,
+        request_ms: float = 0.0,
     ) -> Decision:
         """The operating point of one request of a batch of `rows` about to run; `share_ms`: the
         most this batch may take and leave the requests queued behind it their time (the server
         splits the oldest one's slack over the batches ahead of it). When no point fits the share,
         the queue cannot wait for a better one: of the points that fit the request's own slack,
-        the one of most expected correct answers per ms (without a table: the quickest)."""
+        the one of most expected correct answers per ms of the server's time -- the batch's run
+        plus `request_ms` a row, what the server spends on a request whatever runs it (HTTP, JSON;
+        measured by the server) -- (without a table: the quickest)."""
         requested = int(np.clip(requested_steps, 1, self.full))
         if self.mode == "static":
             return Decision("ok", "primary", requested)
@@ -182,10 +191,13 @@ class Controller:
             return self._best(options)
         options = self._options(slack, requested, rows) if allowance < slack else []
         if options:
-            return self._most_per_ms(options)
-        cheapest = self.expert_budgets[-1]
-        if waited_ms + self.service["primary", cheapest].estimate(1, rows) <= self.sla_ms:  # late for its class only
-            return Decision("degraded", "primary", 1, cheapest)
+            return self._most_per_ms(options, rows * request_ms)
+        # Late for its class only: one step at the fewest experts still meets the SLA itself --
+        # unless that run would take the time of the requests queued behind (measured: a 3x spike
+        # spent on such late rescues left the queue to go late in turn, effective accuracy 0.57).
+        rescue_ms = self.service["primary", self.expert_budgets[-1]].estimate(1, rows)
+        if waited_ms + rescue_ms <= self.sla_ms and rescue_ms <= share_ms:
+            return Decision("degraded", "primary", 1, self.expert_budgets[-1])
         return Decision("rejected", None, 0)
 
     def _options(self, allowance_ms: float, requested: int, rows: int) -> list[tuple[float | None, float, Decision]]:
@@ -219,11 +231,12 @@ class Controller:
         return options[-1][2]
 
     @staticmethod
-    def _most_per_ms(options: list[tuple[float | None, float, Decision]]) -> Decision:
-        """The option of most expected correct answers per ms of run (without accuracies: the quickest)."""
+    def _most_per_ms(options: list[tuple[float | None, float, Decision]], fixed_ms: float = 0.0) -> Decision:
+        """The option of most expected correct answers per ms of run plus `fixed_ms` (without
+        accuracies: the quickest)."""
         scored = [o for o in options if o[0] is not None]
         if scored:
-            return max(scored, key=lambda o: o[0] / max(o[1], 1e-6))[2]
+            return max(scored, key=lambda o: o[0] / max(o[1] + fixed_ms, 1e-6))[2]
         return min(options, key=lambda o: o[1])[2]
 
     def cheapest_as_good(self, requested: int, rows: int) -> tuple[int, int | None]:

@@ -93,7 +93,18 @@ async def _send(session, url: str, body: dict, start: float, at: float, record: 
     except Exception as e:  # counted, never dropped: a failed request is an SLA violation
         answer, record["http"] = {"status": "error", "error": str(e)[:200]}, None
     record["done"] = loop.time() - start
-    keys = ("status", "prediction", "steps", "experts", "budget_steps", "budget_experts", "model", "error")
+    # latency_ms: the server's own count, from its handler; the record's times are the client's.
+    keys = (
+        "status",
+        "prediction",
+        "steps",
+        "experts",
+        "budget_steps",
+        "budget_experts",
+        "model",
+        "latency_ms",
+        "error",
+    )
     record.update({k: answer.get(k) for k in keys})
 
 

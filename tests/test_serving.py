@@ -4,6 +4,7 @@ request."""
 
 import asyncio
 import json
+import time
 
 import numpy as np
 import pytest
@@ -102,6 +103,8 @@ def test_the_ladder_degrades_in_order_and_rejects_what_cannot_be_on_time():
     assert c.decide(8, 0.0, priority=2).steps == 3  # lower priority, less slack: 8 ms
     assert c.decide(8, 13.5) == Decision("fallback", "fallback", 2)  # 2.5 ms left: no primary step fits
     assert c.decide(8, 14.5, priority=2) == Decision("degraded", "primary", 1)  # late for its class, not the SLA
+    # ... but not rescued at the expense of a queue whose share of time (2 ms) that step (3 ms) exceeds.
+    assert c.decide(8, 14.5, priority=2, share_ms=2.0) == Decision("rejected", None, 0)
     assert c.decide(8, 19.5) == Decision("rejected", None, 0)  # cannot be on time at all
     no_fallback = Controller(8, 20.0)
     no_fallback.observe("primary", 1, 3.0)
@@ -295,6 +298,31 @@ def test_a_batch_with_a_queue_behind_it_takes_its_share_and_most_correct_answers
     assert c.decide(8, 0.0, share_ms=10.0) == Decision("degraded", "primary", 4)
     assert c.decide(8, 0.0, share_ms=2.0) == Decision("fallback", "fallback", 1)
     assert c.decide(3, 0.0, share_ms=20.0) == Decision("ok", "primary", 3)  # what was asked fits the share
+    # What the server spends on every request counts too: a fallback of 0.5 in 1 ms is 0.5
+    # correct answers a ms alone, but with 20 ms a request it is 0.5 / 21, and 5 steps (0.9 in
+    # 11 + 20 ms) answer more.
+    weak = Controller(8, 20.0, has_fallback=True, fallback_accuracy=0.5, accuracy=accuracy)
+    for steps in (1, 4, 8):
+        weak.observe("primary", steps, 1.0 + 2.0 * steps)
+    weak.observe("fallback", 1, 1.0)
+    assert weak.decide(8, 0.0, share_ms=0.5) == Decision("fallback", "fallback", 1)
+    assert weak.decide(8, 0.0, share_ms=0.5, request_ms=20.0) == Decision("degraded", "primary", 5)
+
+
+def test_the_server_measures_what_a_request_costs_its_event_loop():
+    from adaptive.server import RequestCost
+
+    def burn(seconds):
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    cost = RequestCost(window=10)
+    assert cost.update(0) == 0.0  # the first call marks the start
+    burn(0.02)
+    assert cost.update(5) == 0.0  # fewer requests than a window: no estimate yet
+    burn(0.02)
+    assert cost.update(10) >= 40.0 / 10  # at least the 40 ms of CPU burnt, over 10 requests
     untabled = Controller(8, 20.0, has_fallback=True)
     for steps in (1, 4, 8):
         untabled.observe("primary", steps, 1.0 + 2.0 * steps)
