@@ -225,6 +225,7 @@ class Server:
 
     async def metrics(self, request: web.Request) -> web.Response:
         text = self.stats.prometheus(self.queue.qsize() if self.queue else 0, self.controller)
+        text += f"# TYPE adaptive_request_loop_cpu_ms gauge\nadaptive_request_loop_cpu_ms {self.request_cost.ms:.4f}\n"
         return web.Response(text=text, content_type="text/plain")
 
     # -- batching ----------------------------------------------------------------------------

@@ -68,6 +68,7 @@ def test_each_bad_request_gets_its_4xx_and_the_next_good_one_is_answered(engine)
     assert health["status"] == "ok" and health["cap"] == 6 and health["input_shape"] == [16]
     assert 'adaptive_requests_total{status="ok"} 11' in metrics
     assert f"adaptive_bad_requests_total {11}" in metrics
+    assert "adaptive_request_loop_cpu_ms " in metrics
     assert 'adaptive_request_latency_ms_bucket{le="+Inf"} 11' in metrics
     assert "adaptive_budget_adherence 1.000000" in metrics
 
