@@ -247,7 +247,7 @@ def _serve(args, overrides: list[str]) -> int:
 def _export(args, overrides: list[str]) -> int:
     from adaptive.export import export_run, load_artifact
 
-    out = export_run(args.workdir, args.out, step=args.step)
+    out = export_run(args.workdir, args.out, step=args.step, log=lambda line: print(line, flush=True))
     _, meta = load_artifact(out)
     print(
         f"wrote {out} ({meta['bytes']} bytes, sha256 {meta['sha256'][:12]}..., caps: {meta['caps']}); "

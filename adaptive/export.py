@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import time
 from pathlib import Path
 
 import jax
@@ -105,14 +106,14 @@ def experts_table(run: Run) -> dict:
     return table
 
 
-def accuracy_table(run: Run, split: str = "validation") -> dict:
+def accuracy_table(run: Run, split: str = "validation", log=None) -> dict:
     """Accuracy on `split` under every (expert budget, step budget), in batches of the config's
     evaluation size: row k-1 holds step budgets 1..cap at k experts per token (one row, `experts`
     null, without experts). A static model always runs all its steps: its rows hold its accuracy
     at the cap and null below, so nothing reads a smaller step budget as an operating point it
     has. Experts with capacity: `by_batch` holds the same table scored in each of the
-    SERVED_BATCHES sizes (on the split's first SERVED_EXAMPLES examples)."""
-    cfg = run.cfg
+    SERVED_BATCHES sizes (on the split's first SERVED_EXAMPLES examples). `log(line)`: progress."""
+    cfg, start = run.cfg, time.perf_counter()
     k_max = cfg.moe.k if cfg.moe.enabled else None
     accuracy, examples = _accuracy_rows(run, split, k_max, cfg.train.eval_batch_size)
     table = {
@@ -124,7 +125,11 @@ def accuracy_table(run: Run, split: str = "validation") -> dict:
     }
     if k_max and (cfg.moe.router == "expert_choice" or not cfg.moe.dropless):  # the batch shares slots
         sizes = [b for b in SERVED_BATCHES if b < cfg.train.eval_batch_size]
-        scored = [_accuracy_rows(run, split, k_max, b, SERVED_EXAMPLES) for b in sizes]
+        scored = []
+        for b in sizes:
+            scored.append(_accuracy_rows(run, split, k_max, b, SERVED_EXAMPLES))
+            if log:
+                log(f"accuracy table in batches of {b}: {time.perf_counter() - start:.0f} s so far")
         table["by_batch"] = {"examples": scored[0][1], "batch": sizes, "accuracy": [rows for rows, _ in scored]}
     return table
 
@@ -151,7 +156,8 @@ def _accuracy_rows(run: Run, split: str, k_max: int | None, batch: int, limit: i
     return rows, len(correct)
 
 
-def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None) -> Path:
+def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None, log=None) -> Path:
+    """`log(line)`: progress through the slow part (scoring the accuracy tables)."""
     run = load_run(workdir, step)
     out = Path(out)
     shape = tuple(run.spec.input_shape)
@@ -182,7 +188,7 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None)
         },
         "compute_at_steps": compute_table(run),
         "flops_at_expert_budgets": experts_table(run),
-        "accuracy_at_budgets": accuracy_table(run),
+        "accuracy_at_budgets": accuracy_table(run, log=log),
         "budget": config_lib.to_dict(run.cfg)["budget"],
         "cost_model": None if cost_model is None else json.loads(json.dumps(_cost_model_dict(cost_model))),
         "packages": package_versions(),
