@@ -12,11 +12,11 @@ ART/meta.json says what it is: config, caps, input spec, the compute of each ste
 every unit the run can price (FLOPs, MACs; latency p50/p99, cost and energy with a cost model;
 FLOPs at each smaller expert budget), the validation accuracy at every (expert budget, step
 budget) -- what a server weighs when it must degrade; for experts with capacity also per served
-batch size, since tokens of one batch share the experts' slots --, the cost model, package versions, and
-the blob's SHA-256. Loading checks the checksum before
-deserializing, so a corrupted, truncated or swapped file is refused; nothing is pickled. Plain
-JAX runs it without this package (README: five lines). Export verifies on the spot that the
-artifact answers exactly as the live model does.
+batch size, since tokens of one batch share the experts' slots --, the cost model, package
+versions, and the blob's SHA-256. Loading checks the checksum before deserializing, so a
+corrupted, truncated or swapped file is refused; nothing is pickled. Plain JAX runs it without
+this package (README: five lines). Export verifies on the spot that the artifact answers exactly
+as the live model does.
 """
 
 from __future__ import annotations
