@@ -252,16 +252,31 @@ def test_the_server_seeds_service_times_from_the_warm_up(engine):
 def test_service_time_estimates_follow_measurements_and_batch_size():
     from adaptive.controller import ServiceTimes
 
-    times = ServiceTimes(8)
+    times = ServiceTimes(8, window=6)
     assert times.estimate(5) == 0.0
     times.observe(2, 4.0, rows=2)
     assert times.estimate(4, rows=2) == 8.0  # too few batches for a fit: all time per step and row
     for steps, rows in [(1, 1), (4, 1), (8, 16), (2, 8), (6, 4)]:
         times.observe(steps, 1.0 + 0.5 * steps + 0.25 * steps * rows, rows=rows)
-    times._seen.popleft()  # forget the first guess; refit on the exact ones
-    times.observe(3, 1.0 + 1.5 + 0.25 * 3 * 2, rows=2)
+    times.observe(3, 1.0 + 1.5 + 0.25 * 3 * 2, rows=2)  # the window forgets the first guess
     assert times.estimate(5, rows=10) == pytest.approx(1.0 + 2.5 + 12.5)  # unseen (steps, rows)
-    assert times.most_steps_within(10.0, requested=8, rows=4) == 6  # 1 + 3 + 6 = 10
+    assert times.most_steps_within(10.001, requested=8, rows=4) == 6  # 1 + 3 + 6 = 10 (and 1 + 3.5 + 7 at 7)
+
+
+def test_the_running_fit_equals_a_fresh_fit_over_the_window():
+    """The fit is kept as running sums over a sliding window (observations are O(1)); after many
+    evictions and rebuilds of the sums it is still the least-squares fit of the window itself."""
+    from adaptive.controller import ServiceTimes
+
+    rng = np.random.default_rng(0)
+    times = ServiceTimes(8, window=50)
+    for _ in range(537):
+        steps, rows = int(rng.integers(1, 9)), int(rng.integers(1, 17))
+        times.observe(steps, 0.3 + 0.7 * steps + 0.05 * steps * rows + rng.normal(0, 0.2), rows=rows)
+    seen = np.asarray(times._seen, float)
+    features = np.stack([np.ones(len(seen)), seen[:, 0], seen[:, 0] * seen[:, 1]], 1)
+    fresh = np.maximum(np.linalg.lstsq(features, seen[:, 2], rcond=None)[0], 0.0)
+    assert len(seen) == 50 and times._fit() == pytest.approx(fresh, rel=1e-6, abs=1e-9)
 
 
 def test_a_budget_is_priced_at_the_steps_batches_under_it_take():
