@@ -15,9 +15,11 @@ unit, a body over 1 MiB) get a 4xx with {"error": one line}, and the server keep
 GET /healthz says what is loaded; GET /metrics is Prometheus text.
 
 One batcher task drains the queue: it takes what has arrived (up to --max-batch), asks the
-controller for each request's operating point, runs each model's share grouped by expert budget
-and then step budget on a worker thread (the event loop keeps accepting requests meanwhile), and
-answers each group as soon as it is done.
+controller for the batch's plan (each request's operating point, within its deadline and the
+batch's share of the server's time at the measured arrival rate), answers the rejected at once,
+runs the fallback's share and then the primary's, grouped by step budget, on a worker thread
+(the event loop keeps accepting requests meanwhile), and answers each group as soon as it is
+done.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import uvloop
 from aiohttp import web
 
 from adaptive.accuracy_table import AccuracyTable, accuracy_lookup
-from adaptive.controller import STATUSES, Controller, Decision
+from adaptive.controller import STATUSES, Controller, Decision, Request
 from adaptive.engine import BudgetError, Engine
 
 MAX_BODY = 1 << 20
@@ -89,11 +91,10 @@ class Stats:
 
 
 class RequestCost:
-    """CPU time the event loop spends per request received (HTTP, JSON, validation, decisions):
-    the server's cost of a request whatever model answers it. On a machine whose cores are
-    shared with the model runs, it is what makes a cheap operating point less cheap than its
-    run alone (parity on 2 cores: the HTTP path carries ~3000 requests/s). `time.thread_time`
-    on the loop thread, over windows of at least 64 requests, smoothed."""
+    """CPU time the event loop spends per request received (HTTP, JSON, validation, planning):
+    the server's cost of a request whatever model answers it, shown in /metrics: on a machine
+    whose cores the model runs share, what bounds the rate even the cheapest model serves.
+    `time.thread_time` on the loop thread, over windows of at least 64 requests, smoothed."""
 
     def __init__(self, window: int = 64):
         self.window, self.ms = window, 0.0
@@ -109,6 +110,25 @@ class RequestCost:
             self.ms = per if self.ms == 0.0 else 0.8 * self.ms + 0.2 * per
             self._mark = (now, received)
         return self.ms
+
+
+class ArrivalRate:
+    """Requests per second arriving now: an exponentially weighted rate with time constant
+    `tau_s` (0.1 s: a 3x spike is 63% seen within 0.1 s; the queue it builds meanwhile counts
+    in `Controller.batch_time_ms` at once)."""
+
+    def __init__(self, tau_s: float = 0.1):
+        self.tau_s, self.rate = tau_s, 0.0
+        self._mark: tuple[float, int] | None = None
+
+    def update(self, now: float, received: int) -> float:
+        """`received`: requests received so far, at perf_counter time `now`; the estimate."""
+        if self._mark is not None and now > self._mark[0]:
+            elapsed = now - self._mark[0]
+            weight = 1.0 - np.exp(-elapsed / self.tau_s)
+            self.rate += weight * ((received - self._mark[1]) / elapsed - self.rate)
+        self._mark = (now, received)
+        return self.rate
 
 
 class Server:
@@ -137,7 +157,7 @@ class Server:
             for name, engine in self.engines.items()
         }
         self.stats = Stats()
-        self.request_cost, self._received = RequestCost(), 0
+        self.request_cost, self.arrivals, self._received = RequestCost(), ArrivalRate(), 0
         self.queue: asyncio.Queue[Pending] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1)  # one model run at a time: no oversubscription
 
@@ -227,6 +247,7 @@ class Server:
     async def metrics(self, request: web.Request) -> web.Response:
         text = self.stats.prometheus(self.queue.qsize() if self.queue else 0, self.controller)
         text += f"# TYPE adaptive_request_loop_cpu_ms gauge\nadaptive_request_loop_cpu_ms {self.request_cost.ms:.4f}\n"
+        text += f"# TYPE adaptive_arrival_rate gauge\nadaptive_arrival_rate {self.arrivals.rate:.2f}\n"
         return web.Response(text=text, content_type="text/plain")
 
     # -- batching ----------------------------------------------------------------------------
@@ -246,32 +267,17 @@ class Server:
                         self.stats.record("error")
                         item.future.set_result({"status": "error", "error": f"{e.__class__.__name__}: {e}"[:200]})
 
-    def _decide(self, items: list[Pending]) -> list[tuple[Pending, Decision]]:
+    def _plan(self, items: list[Pending]) -> list[tuple[Pending, Decision]]:
         """Each request's operating point for a batch of these items about to run now; the
         rejected are answered at once and left out."""
-        now, kept = time.perf_counter(), []
-        # A batch runs as long as its slowest row, so every row's budget must fit the slack of
-        # the one that has waited longest (measured: per-row slack let a few 8-step rows hold
-        # whole batches through a spike, p99 67 ms against a 50 ms SLA).
-        oldest_ms = 1e3 * (now - min(item.arrival for item in items))
-        # The requests queued behind must be on time too: the oldest of them (it came after this
-        # batch's newest) has its slack for this batch and the ones needed to clear the queue
-        # ahead of it; this batch gets an even share (a batch that takes the best point its own
-        # slack allows leaves the queue behind it to be late or rejected).
+        now = time.perf_counter()
+        self.request_cost.update(self._received)
+        rate = self.arrivals.update(now, self._received)
         behind = self.queue.qsize() if self.queue else 0
-        share = np.inf
-        if behind:
-            newest_ms = 1e3 * (now - max(item.arrival for item in items))
-            share = self.controller.slack_ms(newest_ms, 0) / (1 + -(-behind // self.max_batch))
-        request_ms = self.request_cost.update(self._received)
-        decided: dict[tuple[int, int], Decision] = {}  # rows differ only in budget and priority
-        for item in items:
-            key = (item.steps, item.priority)  # measured: deciding every row saturated the event loop
-            if key not in decided:
-                decided[key] = self.controller.decide(
-                    item.steps, oldest_ms, item.priority, rows=len(items), share_ms=share, request_ms=request_ms
-                )
-            d = decided[key]
+        time_ms = self.controller.batch_time_ms(len(items), rate, behind)
+        requests = [Request(item.steps, 1e3 * (now - item.arrival), item.priority) for item in items]
+        kept = []
+        for item, d in zip(items, self.controller.plan(requests, time_ms), strict=True):
             if d.model is None:
                 self.stats.record("rejected")
                 item.future.set_result({"status": "rejected", "latency_ms": 1e3 * (now - item.arrival)})
@@ -280,23 +286,16 @@ class Server:
         return kept
 
     async def _serve_batch(self, loop, batch: list[Pending]) -> None:
-        """The primary model's share in groups of similar budgets, tightest first, each decided
-        again just before it runs (the earlier groups' time counts as waiting) and answered as
-        soon as it is done; then what went to the fallback model."""
-        decided = self._decide(batch)
-        fallback = [(item, d) for item, d in decided if d.model == "fallback"]
+        """The fallback's share first (it is quick, and the plan gave it the rows with the least
+        slack), then the primary's in groups of similar step budgets, tightest first, each
+        answered as soon as it is done."""
+        planned = self._plan(batch)
+        await self._run(loop, "fallback", [(item, d) for item, d in planned if d.model == "fallback"])
         engine = self.engines["primary"]
-        # Expert budgets run as separate executables; the most degraded (fewest experts: the
-        # least slack) first, and within each, groups of similar step budgets, tightest first.
-        for experts in reversed(self.controller.expert_budgets):
-            primary = [(item, d) for item, d in decided if d.model == "primary" and d.experts == experts]
+        for experts in reversed(self.controller.expert_budgets):  # one expert budget a run
+            primary = [(item, d) for item, d in planned if d.model == "primary" and d.experts == experts]
             for part in engine.groups(np.array([d.steps for _, d in primary], np.int32)) if primary else []:
-                group = self._decide([primary[i][0] for i in part])
-                fallback += [(item, d) for item, d in group if d.model == "fallback"]
-                kept = [(item, d) for item, d in group if d.model == "primary"]
-                for k in [k for k in reversed(self.controller.expert_budgets) if any(d.experts == k for _, d in kept)]:
-                    await self._run(loop, "primary", [(item, d) for item, d in kept if d.experts == k])
-        await self._run(loop, "fallback", fallback)
+                await self._run(loop, "primary", [primary[i] for i in part])
 
     async def _run(self, loop, name: str, group: list[tuple[Pending, Decision]]) -> None:
         if not group:
@@ -369,6 +368,7 @@ def serve(
         accuracy=AccuracyTable.from_meta(primary.meta),
         fallback_accuracy=_fallback_accuracy(primary, backup),
         tolerance=tolerance,
+        max_batch=max_batch,
     )
     server = Server(primary, controller, fallback=backup, max_batch=max_batch, default_steps=default_steps)
     print(f"serving {artifact} on http://{host}:{port} (SLA {sla_ms:g} ms, {mode}); executables warm", flush=True)

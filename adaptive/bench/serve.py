@@ -25,7 +25,8 @@ from adaptive.bench.timing import write_json
 from adaptive.loadgen import PATTERNS, summarize
 from adaptive.tables import print_table
 
-PROBE_S = 3.0  # seconds of Poisson load per probe of the sustainable rate
+PROBE_S = 3.0  # seconds of Poisson load per probe of the sustainable rate (at least)
+PROBE_REQUESTS = 100  # requests per probe (at least): a p99 over 30 requests is their maximum
 
 
 def _free_port() -> int:
@@ -140,23 +141,33 @@ def run(
 
 
 def sustainable_rate(artifact: str, server_args: list[str], sla_ms: float, out: Path, flops: dict) -> float:
-    """The highest Poisson rate (of a doubling ladder, then bisected) whose p99 stays within the
-    SLA with under 1% violations, for one policy."""
+    """The highest Poisson rate (of a doubling ladder from 5/s, then bisected) whose p99 stays
+    within the SLA with under 1% violations, for one policy; probes of at least 3 s and 100
+    requests, and a probe that fails is run once more: at 100 requests one stray late answer
+    fails it (measured: the small MNIST-1D model, which sustained 1440/s in another run, failed
+    the probe at 10/s and was reported at 9.4/s), while a rate beyond the policy's fails every
+    time."""
     proc, url = _start_server(server_args)
 
-    def holds(rate: float) -> bool:
-        result = _load(url, artifact, "poisson", rate, PROBE_S, out / "probe.json", ("--priorities", "3"))
-        m = summarize(result["records"], np.asarray(result["labels"]), sla_ms, PROBE_S, flops)
+    def probe(rate: float) -> bool:
+        seconds = max(PROBE_S, PROBE_REQUESTS / rate)
+        result = _load(url, artifact, "poisson", rate, seconds, out / "probe.json", ("--priorities", "3"))
+        m = summarize(result["records"], np.asarray(result["labels"]), sla_ms, seconds, flops)
         return m["p99_ms"] <= sla_ms and m["sla_violation_rate"] < 0.01
 
-    try:
-        low, high = 0.0, 50.0
+    def holds(rate: float) -> bool:
+        return probe(rate) or probe(rate)
+
+    try:  # from 5 requests/s: a model heavy for this machine may sustain only tens
+        low, high = 0.0, 5.0
         while holds(high) and high < 20000:
             low, high = high, high * 2
         for _ in range(3):
             mid = (low + high) / 2
             low, high = (mid, high) if holds(mid) else (low, mid)
-        return max(low, 10.0)
+        if low == 0.0:  # nothing held: the least rate tried stands in, so that the patterns can run
+            print(f"warning: no rate down to {high:g} requests/s holds the SLA", flush=True)
+        return low or high
     finally:
         proc.terminate()
         proc.wait(timeout=30)

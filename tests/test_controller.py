@@ -1,0 +1,221 @@
+"""The controller's plans, with constructed service times and accuracy tables: deadlines hold,
+the server's pace holds, expected correct answers are maximized, the quickest plan within the
+tolerance is taken, priorities degrade in order; and the service-time estimates it reads."""
+
+import numpy as np
+import pytest
+
+from adaptive.accuracy_table import AccuracyTable, accuracy_lookup
+from adaptive.controller import Controller, Decision, Request
+from adaptive.service_times import ServiceTimes
+
+INF = float("inf")
+
+
+def decide(c: Controller, steps: int, waited_ms: float = 0.0, rows: int = 1, time_ms: float = INF) -> Decision:
+    """The decision of the first of `rows` equal requests."""
+    return c.plan([Request(steps, waited_ms)] * rows, time_ms)[0]
+
+
+def ladder(accuracy=None, **options) -> Controller:
+    """SLA 20 ms, headroom 0.8: 16 ms a request. Primary: 1 ms + 2 ms per step and row;
+    fallback (cap 2): 1 ms whatever the rows."""
+    c = Controller(8, sla_ms=20.0, has_fallback=True, fallback_cap=2, accuracy=accuracy, **options)
+    for steps, rows in [(1, 1), (4, 1), (8, 1), (2, 4)]:
+        c.observe("primary", steps, 1.0 + 2.0 * steps * rows, rows=rows)
+    for rows in (1, 4, 16):
+        c.observe("fallback", 2, 1.0, rows=rows)
+    return c
+
+
+def test_the_ladder_degrades_in_order_and_rejects_what_cannot_be_on_time():
+    assert decide(Controller(8, 20.0, has_fallback=True), 8) == Decision("ok", "primary", 8)  # nothing measured
+    c = ladder()
+    assert decide(c, 6) == Decision("ok", "primary", 6)  # 13 ms fits 16
+    assert decide(c, 8) == Decision("degraded", "primary", 7)  # 17 ms does not; 7 steps (15 ms) do
+    assert decide(c, 8, waited_ms=8.0).steps == 3  # 8 ms left: 3 steps (7 ms)
+    assert decide(c, 8, waited_ms=13.5) == Decision("fallback", "fallback", 2)  # 2.5 ms left: no primary step
+    assert decide(c, 8, waited_ms=15.5) == Decision("rejected", None, 0)  # not even the fallback is on time
+    # The server's pace, a row priced at its share of a full batch (32 rows): one step costs
+    # (1 + 64) / 32 ms of the primary, 1 / 32 ms of the fallback.
+    assert decide(c, 8, time_ms=2.0) == Decision("fallback", "fallback", 2)
+    assert decide(c, 8, time_ms=2.1) == Decision("degraded", "primary", 1)
+    assert decide(c, 8, time_ms=0.01) == Decision("rejected", None, 0)  # a pace no model keeps
+    # Without a table the ladder's order: two rows on the primary at 3 steps (13 ms) beat one at 7.
+    assert c.plan([Request(8, 0.0), Request(8, 0.0)]) == [Decision("degraded", "primary", 3)] * 2
+    no_fallback = Controller(8, 20.0)
+    no_fallback.observe("primary", 1, 3.0)
+    assert decide(no_fallback, 8, waited_ms=14.0).status == "rejected"
+    assert not Controller(8, 20.0, max_queue=3).admit(3)  # a full queue defers
+    static = Controller(8, 20.0, mode="static")
+    static.observe("primary", 8, 400.0)
+    assert decide(static, 8, 1e6) == Decision("ok", "primary", 8) and static.admit(10**6)
+    assert static.plan([Request(20, 0.0)]) == [Decision("ok", "primary", 8)]  # clipped to the cap
+    for bad in ({"tolerance": -0.1}, {"headroom": 0.0}, {"utilization": 1.5}):
+        with pytest.raises(ValueError, match="must be"):
+            Controller(8, 20.0, **bad)
+
+
+def test_the_plan_maximizes_expected_correct_answers_and_lower_priorities_degrade_first():
+    """Accuracy 0.5 + 0.05 a step, fallback 0.8: two rows both on the primary fit at 3 steps
+    (0.65 each), both on the fallback score 1.6; one at 7 steps (0.85) and one on the fallback
+    answer more (1.65). The primary goes to
+    priority 0, whichever comes first."""
+    accuracy = {(None, s): 0.5 + 0.05 * s for s in range(1, 9)}
+    c = ladder(accuracy, fallback_accuracy=0.8)
+    low_first = c.plan([Request(8, 0.0, priority=2), Request(8, 0.0, priority=0)])
+    assert low_first == [Decision("fallback", "fallback", 2), Decision("degraded", "primary", 7)]
+    # Equal priorities: the freshest row has the slack for the primary's longer run.
+    stale_first = c.plan([Request(8, 6.0), Request(8, 0.0)])
+    assert stale_first == [Decision("fallback", "fallback", 2), Decision("degraded", "primary", 7)]
+    # A pace of 10 ms: the primary at 4 steps (0.7; 8.03 ms) loses to the fallback (0.8).
+    assert decide(c, 8, time_ms=10.0) == Decision("fallback", "fallback", 2)
+    strong = ladder(accuracy, fallback_accuracy=0.6)
+    assert decide(strong, 8, time_ms=10.0) == Decision("degraded", "primary", 4)  # 0.7 beats 0.6
+    # Every row the plan cannot serve on time is rejected, lowest priority first.
+    crowd = [Request(8, 0.0, priority=i % 3) for i in range(6)]
+    served = strong.plan(crowd, time_ms=3.0)  # the primary cannot run; the fallback (1 ms) can
+    assert all(d.model == "fallback" for d in served)
+    tight = Controller(8, 20.0, has_fallback=True)
+    tight.observe("primary", 1, 100.0)
+    for rows in (1, 2, 4):
+        tight.observe("fallback", 1, 1.0 * rows, rows=rows)  # 1 ms a row, however full the batch
+    shed = tight.plan(crowd, time_ms=2.5)  # two rows fit the pace: the two of priority 0
+    assert [d.model for d in shed] == ["fallback", None, None, "fallback", None, None]
+
+
+def test_the_pace_is_the_rows_share_of_the_server_at_the_arrival_rate():
+    c = Controller(8, 20.0, utilization=0.85)
+    assert c.batch_time_ms(4, arrival_rate=1000.0) == pytest.approx(3.4)  # 0.85 x 4 rows / 1000 per s
+    assert c.batch_time_ms(4, 1000.0, queued=16) == pytest.approx(1.7)  # 16 queued, cleared in 16 ms
+    assert c.batch_time_ms(4, 0.0) == INF and c.batch_time_ms(1, 10.0) == pytest.approx(85.0)
+    # A primary of 10 ms a run + 0.1 ms a row-step: 2 rows run 10.2 ms, over their 8.5 ms share at
+    # 200/s; but under load batches fill up, and 32 rows at 13.2 ms are well within the pace.
+    c = Controller(1, 20.0, has_fallback=True, utilization=0.85, max_batch=32)
+    for rows in (1, 4, 32):
+        c.observe("primary", 1, 10.0 + 0.1 * rows, rows=rows)
+        c.observe("fallback", 1, 0.5 + 0.001 * rows, rows=rows)
+    pace = c.batch_time_ms(2, arrival_rate=200.0)
+    assert pace == pytest.approx(8.5) and c.plan([Request(1, 0.0)] * 2, pace)[0].model == "primary"
+    assert c.plan([Request(1, 0.0)] * 2, c.batch_time_ms(2, 6000.0))[0].model == "fallback"  # 2400/s at most
+
+
+def test_fewer_experts_is_a_rung_chosen_by_validation_accuracy():
+    """A MoE primary measured at 1 ms + 2 ms a step with its trained k and 1 ms + 1 ms a step at
+    k = 1; SLA 20 ms, 16 ms a request: with all experts 7 steps fit, with one expert 8."""
+
+    def controller(accuracy=None, **options):
+        c = Controller(8, sla_ms=20.0, expert_budgets=(1,), accuracy=accuracy, **options)
+        for steps in (1, 4, 8):
+            c.observe("primary", steps, 1.0 + 2.0 * steps)
+            c.observe("primary", steps, 1.0 + 1.0 * steps, experts=1)
+        c.observe("fallback", 1, 1.0)
+        return c
+
+    assert decide(controller(), 6) == Decision("ok", "primary", 6)  # what was asked fits: no table needed
+    assert decide(controller(), 8) == Decision("degraded", "primary", 8, 1)  # no table: the most steps
+    experts_matter = {(None, 7): 0.95, (1, 8): 0.80, (None, 2): 0.7, (1, 4): 0.75}
+    assert decide(controller(experts_matter), 8) == Decision("degraded", "primary", 7)
+    steps_matter = {(None, 7): 0.80, (1, 8): 0.95}
+    assert decide(controller(steps_matter), 8) == Decision("degraded", "primary", 8, 1)
+    assert decide(controller(experts_matter), 8, 11.0) == Decision("degraded", "primary", 4, 1)  # 5 ms left
+    # A fallback scored on the same split competes on accuracy with the primary's points.
+    with_fallback = controller(experts_matter, has_fallback=True, fallback_accuracy=0.9)
+    assert decide(with_fallback, 8) == Decision("degraded", "primary", 7)  # 0.95 beats 0.9
+    assert decide(with_fallback, 8, 11.0) == Decision("fallback", "fallback", 1)  # 0.9 beats 0.75
+    untabled = controller(has_fallback=True, fallback_accuracy=0.9)  # no primary table: ladder order
+    assert decide(untabled, 8, 11.0) == Decision("degraded", "primary", 4, 1)
+    # What was asked fits, but a quicker point is as accurate within the tolerance: that one.
+    flat = {(None, 6): 0.9, (None, 3): 0.898, (None, 2): 0.85, (1, 4): 0.9, (1, 1): 0.5}
+    assert decide(controller(flat), 6) == Decision("ok", "primary", 4, 1)  # 5 ms beats 7 ms (3 steps)
+    assert decide(controller(flat, tolerance=0.0), 6) == Decision("ok", "primary", 4, 1)  # as accurate
+    assert decide(controller({(None, 6): 0.9, (None, 5): 0.8}), 6) == Decision("ok", "primary", 6)
+    fewer_is_better = {(None, 1): 0.9, (None, 7): 0.8, (1, 8): 0.85}  # every point that fits competes
+    assert decide(controller(fewer_is_better), 8) == Decision("degraded", "primary", 1)
+    assert decide(controller(), 8, 14.5) == Decision("rejected", None, 0)  # 1.5 ms left: nothing fits
+
+
+def test_accuracy_lookup_reads_the_artifact_table():
+    meta = {"accuracy_at_budgets": {"experts": [1, 2], "accuracy": [[0.5, 0.6], [0.7, 0.9]]}}
+    assert accuracy_lookup(meta) == {(1, 1): 0.5, (1, 2): 0.6, (None, 1): 0.7, (None, 2): 0.9}
+    static = {"accuracy_at_budgets": {"experts": None, "accuracy": [[None, None, 0.8]]}}
+    assert accuracy_lookup(static) == {(None, 3): 0.8}  # no step budget below a static model's depth
+    assert accuracy_lookup({"accuracy_at_budgets": {"experts": None, "accuracy": [[0.4]]}}) == {(None, 1): 0.4}
+    assert accuracy_lookup({}) == {}
+
+
+def test_the_accuracy_table_is_the_one_scored_in_batches_like_the_one_about_to_run():
+    """One expert a token is within the tolerance of two in batches of 500 and clearly worse in
+    small ones (fewer tokens share its slots): a single request keeps both experts, a big batch
+    gets the cheaper point; under load, the fallback beats one expert only where that is worse."""
+    served = {"batch": [1, 4], "accuracy": [[[0.58, 0.925], [0.58, 0.994]], [[0.62, 0.98], [0.58, 0.994]]]}
+    main = {"batch": 500, "experts": [1, 2], "accuracy": [[0.61, 0.99], [0.56, 0.994]]}
+    table = AccuracyTable.from_meta({"accuracy_at_budgets": {**main, "by_batch": served}})
+    assert [table.at(rows)[1, 2] for rows in (1, 3, 4, 499, 500, 4096)] == [0.925, 0.925, 0.98, 0.98, 0.99, 0.99]
+    assert table.at(1)[None, 2] == 0.994 and (None, 3) not in table.at(1)
+    unsized = AccuracyTable.from_meta({"accuracy_at_budgets": {"experts": None, "accuracy": [[0.4, 0.7]]}})
+    assert unsized.at(1) == unsized.at(10**6) == {(None, 1): 0.4, (None, 2): 0.7}  # an older table: every batch
+    assert not AccuracyTable.from_meta({})
+
+    def controller(**options):
+        c = Controller(2, sla_ms=50.0, expert_budgets=(1,), accuracy=table, **options)
+        for steps, rows in [(1, 1), (2, 1), (1, 16), (2, 500)]:  # 0.01 ms a step and row; half that at k = 1
+            c.observe("primary", steps, 0.01 * steps * rows, rows=rows)
+            c.observe("primary", steps, 0.005 * steps * rows, rows=rows, experts=1)
+        c.observe("fallback", 1, 0.001)
+        return c
+
+    assert decide(controller(), 2, rows=1) == Decision("ok", "primary", 2)  # 0.925 is no match for 0.994
+    assert decide(controller(), 2, rows=500) == Decision("ok", "primary", 2, 1)  # 0.99: as good, quicker
+    # 30 ms waited, 10 ms left: two experts fit 500 of 600 rows (the rest rejected), one expert all.
+    assert decide(controller(), 2, 30.0, rows=600) == Decision("ok", "primary", 2, 1)
+    with_fallback = controller(has_fallback=True, fallback_accuracy=0.97)
+    assert decide(with_fallback, 2, 30.0, rows=600) == Decision("ok", "primary", 2, 1)  # 0.99 beats 0.97
+    # 0.015 ms left for one row: two experts at 2 steps do not fit; one expert (0.925) does.
+    assert decide(with_fallback, 2, 39.985, rows=1) == Decision("fallback", "fallback", 1)  # 0.97 beats 0.925
+
+
+def test_service_time_estimates_follow_measurements_and_batch_size():
+    times = ServiceTimes(8, window=6)
+    assert times.estimate(5) == 0.0
+    times.observe(2, 4.0, rows=2)
+    assert times.estimate(4, rows=2) == 8.0  # too few batches for a fit: all time per step and row
+    for steps, rows in [(1, 1), (4, 1), (8, 16), (2, 8), (6, 4)]:
+        times.observe(steps, 1.0 + 0.5 * steps + 0.25 * steps * rows, rows=rows)
+    times.observe(3, 1.0 + 1.5 + 0.25 * 3 * 2, rows=2)  # the window forgets the first guess
+    assert times.estimate(5, rows=10) == pytest.approx(1.0 + 2.5 + 12.5)  # unseen (steps, rows)
+    assert times.most_steps_within(10.001, requested=8, rows=4) == 6  # 1 + 3 + 6 = 10 (and 1 + 3.5 + 7 at 7)
+
+
+def test_the_running_fit_equals_a_fresh_fit_over_the_window():
+    """The fit is kept as running sums over a sliding window (observations are O(1)); after many
+    evictions and rebuilds of the sums it is still the least-squares fit of the window itself."""
+    rng = np.random.default_rng(0)
+    times = ServiceTimes(8, window=50)
+    for _ in range(537):
+        steps, rows = int(rng.integers(1, 9)), int(rng.integers(1, 17))
+        times.observe(steps, 0.3 + 0.7 * steps + 0.05 * steps * rows + rng.normal(0, 0.2), rows=rows)
+    seen = np.asarray(times._seen, float)
+    features = np.stack([np.ones(len(seen)), seen[:, 0], seen[:, 0] * seen[:, 1]], 1)
+    fresh = np.maximum(np.linalg.lstsq(features, seen[:, 2], rcond=None)[0], 0.0)
+    assert len(seen) == 50 and times._fit() == pytest.approx(fresh, rel=1e-6, abs=1e-9)
+
+
+def test_a_budget_is_priced_at_the_steps_batches_under_it_take():
+    """A halting model given 8 steps stops at 2: batches under a budget of 8 are priced at 2
+    steps, not 8; a batch stopped by its budget says only that the model goes on past it."""
+    times = ServiceTimes(8)
+    assert times.expected_steps(8) == 8  # nothing seen: the budget
+    for _ in range(10):
+        times.observe(2, 2.0, rows=1, budget=8)  # halted on its own at 2 of 8
+    assert [times.expected_steps(b) for b in (1, 2, 3, 8)] == [1, 2, 2, 2]
+    assert times.estimate(8) == times.estimate(2) == pytest.approx(2.0)
+    stopped = ServiceTimes(8)
+    for _ in range(10):
+        stopped.observe(3, 3.0, rows=1, budget=3)  # stopped by its budget: deeper inputs may go to 8
+    assert [stopped.expected_steps(b) for b in (2, 3, 4, 8)] == [2, 3, 4, 8]
+    mixed = ServiceTimes(8)  # one batch in ten goes to 6: the 0.9 quantile covers it
+    for i in range(20):
+        mixed.observe(6 if i % 10 == 0 else 2, 1.0, budget=8)
+    assert mixed.expected_steps(8) == 6 and mixed.expected_steps(4) == 4
+    assert ServiceTimes(8).expected_steps(3) == 3 and ServiceTimes(8, depth_quantile=0.5).expected_steps(3) == 3
