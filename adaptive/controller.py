@@ -16,9 +16,12 @@ the one about to run), under two limits:
   row priced at its share of a full batch's run (under load batches fill up): at that pace the
   queue does not grow, and a backlog is cleared within one horizon (headroom x SLA).
 
-Within both, the plan maximizes the expected correct answers (validation accuracy summed over
-the rows it serves; a rejected row scores nothing) and, of the plans within `tolerance` x rows
-of the best, takes the quickest: compute that buys no accuracy is taken from the requests
+The plans tried: for each operating point of the primary, as many rows as fit on it (in the
+order below; the primary's runs timed as the server splits them by step budget), the rest on
+the fallback as far as both limits allow, the others rejected. Of these the plan maximizes the
+expected correct answers (validation accuracy summed over the rows it serves; a rejected row
+scores nothing) and, of the plans where no row is worse off than in the best by more than
+`tolerance`, takes the quickest: compute that buys no accuracy is taken from the requests
 behind. Rows go to the primary in priority order (0 first, then the freshest: they have the
 slack for the longer run), so lower priorities degrade first, and are rejected first when even
 the fallback cannot serve every row in time. A request is `ok` when its operating point is as
@@ -42,6 +45,7 @@ nothing is shed or deferred.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,9 +79,18 @@ EPS_MS = 1e-9  # estimates that meet a limit exactly fit it (float sums land eit
 
 @dataclass
 class _Plan:
-    value: float  # expected correct answers
+    values: dict[int, float]  # row -> expected correctness (rows missing: rejected, 0)
     ms: float  # estimated run of the whole batch
     decisions: dict[int, Decision]  # row -> decision (rows missing: rejected)
+
+    @property
+    def value(self) -> float:  # expected correct answers
+        return sum(self.values.values())
+
+
+def one_run(budgets: np.ndarray) -> list[np.ndarray]:
+    """All of a model's rows in one run (a server that does not split them by step budget)."""
+    return [np.arange(len(budgets))]
 
 
 class Controller:
@@ -97,6 +110,7 @@ class Controller:
         utilization: float = 0.85,
         max_batch: int = 32,
         max_queue: int = 1024,
+        groups: Callable[[np.ndarray], list[np.ndarray]] = one_run,
     ):
         """`expert_budgets`: a MoE primary's smaller experts-per-token it can run at;
         `accuracy`: the artifact's table, or one {(experts or None, steps): validation accuracy}
@@ -104,7 +118,9 @@ class Controller:
         `tolerance`: how much validation accuracy a quicker plan may give up a request;
         `headroom`: the share of the SLA a plan may use (estimates are means, runs vary);
         `utilization`: the share of the server's time batches may take at the arrival rate;
-        `max_batch`: the server's largest batch, the one throughput is priced at."""
+        `max_batch`: the server's largest batch, the one throughput is priced at; `groups`:
+        how the server splits the primary's rows into runs by their step budgets (the engine's
+        `groups`): a plan prices and times those runs, one after the other."""
         if mode not in ("adaptive", "static"):
             raise ValueError(f"controller mode {mode!r} is not 'adaptive' or 'static'")
         if not tolerance >= 0:
@@ -113,7 +129,7 @@ class Controller:
             raise ValueError(f"headroom {headroom!r} and utilization {utilization!r} must be in (0, 1]")
         self.full, self.sla_ms, self.mode, self.has_fallback = cap, sla_ms, mode, has_fallback
         self.headroom, self.utilization, self.max_queue = headroom, utilization, max_queue
-        self.max_batch = max(int(max_batch), 1)
+        self.max_batch, self.groups = max(int(max_batch), 1), groups
         self.fallback_cap = max(fallback_cap, 1)
         # Expert budgets from the trained one (None) down: the order ties are broken in.
         self.expert_budgets = (None, *sorted(expert_budgets, reverse=True))
@@ -132,14 +148,15 @@ class Controller:
         return self.mode == "static" or queue_length < self.max_queue
 
     def batch_time_ms(self, rows: int, arrival_rate: float, queued: int = 0) -> float:
-        """The most a batch of `rows` may take at `arrival_rate` requests/s with `queued`
-        requests waiting behind it: its rows' share of the server's time at that demand."""
+        """The share of the server's time a batch of `rows` may use at `arrival_rate` requests/s
+        with `queued` requests waiting behind it, a plan's rows priced at a full batch's run
+        (`_pace_ms`): what keeps the queue from growing at that demand."""
         demand = max(arrival_rate, 0.0) + queued / (self.horizon_ms / 1e3)
         return np.inf if demand <= 0 else 1e3 * self.utilization * rows / demand
 
     def plan(self, requests: list[Request], time_ms: float = np.inf) -> list[Decision]:
-        """One decision per request of a batch about to run, in order; `time_ms`: the most the
-        batch may take (`batch_time_ms`)."""
+        """One decision per request of a batch about to run, in order; `time_ms`: the batch's
+        share of the server's time (`batch_time_ms`)."""
         if self.mode == "static":
             return [Decision("ok", "primary", self._clip(r.steps)) for r in requests]
         if not requests:
@@ -148,9 +165,15 @@ class Controller:
         slack = [self.horizon_ms - r.waited_ms for r in requests]
         plans = [self._plan_at(None, requests, order, slack, time_ms)]
         plans += [p for point in self._points(requests) if (p := self._plan_at(point, requests, order, slack, time_ms))]
-        best = max(p.value for p in plans)
-        margin = self.tolerance * len(requests) if self.accuracy else 0.0
-        chosen = min((p for p in plans if p.value >= best - margin - 1e-12), key=lambda p: p.ms)
+        best = max(plans, key=lambda p: (p.value, -p.ms))
+        # Each row may give up at most the tolerance against the best plan (a tolerance summed
+        # over the batch would let one request give up all of it).
+        margin = self.tolerance if self.accuracy else 0.0
+
+        def close(p: _Plan) -> bool:
+            return all(p.values.get(i, 0.0) >= v - margin - 1e-14 for i, v in best.values.items())
+
+        chosen = min((p for p in plans if close(p)), key=lambda p: p.ms)
         return [chosen.decisions.get(i, REJECTED) for i in range(len(requests))]
 
     def _clip(self, steps: int) -> int:
@@ -173,12 +196,18 @@ class Controller:
             k, steps = point
             times, ranked = self.service["primary", k], sorted(slack)
             for m in range(rows, 0, -1):
-                primary_ms, primary_pace = times.estimate(steps, m), self._pace_ms(times, steps, m)
                 # The fallback's rows run first: the primary's must have slack for them as well.
                 before = fallback.estimate(self.fallback_cap, rows - m) if self.has_fallback and m < rows else 0.0
-                need = primary_ms + before - EPS_MS
-                if primary_pace <= time_ms + EPS_MS and rows - bisect.bisect_left(ranked, need) >= m:
-                    primary = [i for i in order if slack[i] >= need][:m]
+                # A first cut, as one run at the point's steps; then the runs the server makes.
+                need = times.estimate(steps, m) + before - EPS_MS
+                if self._pace_ms(times, steps, m) > time_ms + EPS_MS or rows - bisect.bisect_left(ranked, need) < m:
+                    continue
+                chosen = [i for i in order if slack[i] >= need][:m]
+                budgets = [min(steps, self._clip(requests[i].steps)) for i in chosen]
+                finish, primary_ms, primary_pace = self._runs(times, budgets, before)
+                on_time = all(slack[i] >= t - EPS_MS for i, t in zip(chosen, finish, strict=True))
+                if on_time and primary_pace <= time_ms + EPS_MS:
+                    primary = chosen
                     break
             else:
                 return None
@@ -193,8 +222,21 @@ class Controller:
         decisions |= {i: Decision("fallback", "fallback", self.fallback_cap) for i in served}
         ms = primary_ms + (fallback.estimate(self.fallback_cap, len(served)) if served else 0.0)
         # Scored at the rows each run has: with expert capacity, a run's tokens share the slots.
-        value = sum(self._value(d, len(primary) if d.model == "primary" else len(served)) for d in decisions.values())
-        return _Plan(value, ms, decisions)
+        run_rows = {"primary": len(primary), "fallback": len(served)}
+        values = {i: self._value(d, run_rows[d.model]) for i, d in decisions.items()}
+        return _Plan(values, ms, decisions)
+
+    def _runs(self, times: ServiceTimes, budgets: list[int], start_ms: float) -> tuple[list[float], float, float]:
+        """The primary's rows with these step budgets as the server runs them (`groups`, one run
+        after the other from `start_ms`): each row's finish, the runs' total ms and pace."""
+        finish, total, pace = [0.0] * len(budgets), 0.0, 0.0
+        for part in self.groups(np.asarray(budgets, np.int32)):
+            steps = max(budgets[j] for j in part)
+            total += times.estimate(steps, len(part))
+            pace += self._pace_ms(times, steps, len(part))
+            for j in part:
+                finish[j] = start_ms + total
+        return finish, total, pace
 
     def _pace_ms(self, times: ServiceTimes, steps: int, rows: int) -> float:
         """What `rows` rows cost the server's throughput: their share of a full batch's run. Under
@@ -213,16 +255,21 @@ class Controller:
         return Decision("ok" if ok else "degraded", "primary", steps, k)
 
     def _value(self, decision: Decision, rows: int) -> float:
-        """Expected correctness of one row under `decision` (validation accuracy; without a
-        table, a rank in the ladder's order: any primary point, more steps, more experts, and
-        then the fallback, all above a rejection)."""
+        """Expected correctness of one row under `decision`: validation accuracy, a fallback
+        without a comparable score just under the primary's least accurate point (below every
+        primary point, by more than the tolerance). Without a table, the ladder's order: a served
+        row is worth 1, a primary row a millionth more than a fallback one, each step and expert
+        a further 1e-12 (a batch's worth of either stays below the rung above it)."""
         table = self.accuracy.at(rows)
         if decision.model == "fallback":
-            return self.fallback_accuracy if table and self.fallback_accuracy is not None else 1e-3
+            if table:
+                known = self.fallback_accuracy is not None
+                return self.fallback_accuracy if known else max(min(table.values()) - self.tolerance - 1e-6, 0.0)
+            return 1.0 - 1e-6
         if table:
             return table.get((decision.experts, decision.steps), 0.0)
         rank = len(self.expert_budgets) - self.expert_budgets.index(decision.experts)
-        return 1.0 + 1e-3 * (decision.steps * (len(self.expert_budgets) + 1) + rank)
+        return 1.0 + 1e-12 * (decision.steps * (len(self.expert_budgets) + 1) + rank)
 
     def observe(
         self,

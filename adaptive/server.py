@@ -369,6 +369,7 @@ def serve(
         fallback_accuracy=_fallback_accuracy(primary, backup),
         tolerance=tolerance,
         max_batch=max_batch,
+        groups=primary.groups,
     )
     server = Server(primary, controller, fallback=backup, max_batch=max_batch, default_steps=default_steps)
     print(f"serving {artifact} on http://{host}:{port} (SLA {sla_ms:g} ms, {mode}); executables warm", flush=True)

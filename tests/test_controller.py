@@ -219,3 +219,73 @@ def test_a_budget_is_priced_at_the_steps_batches_under_it_take():
         mixed.observe(6 if i % 10 == 0 else 2, 1.0, budget=8)
     assert mixed.expected_steps(8) == 6 and mixed.expected_steps(4) == 4
     assert ServiceTimes(8).expected_steps(3) == 3 and ServiceTimes(8, depth_quantile=0.5).expected_steps(3) == 3
+
+
+def by_budget(budgets: np.ndarray) -> list[np.ndarray]:
+    """The engine's split for these tests: one run per distinct step budget, tightest first."""
+    return [np.flatnonzero(budgets == b) for b in np.unique(budgets)]
+
+
+def test_a_plan_times_the_primarys_runs_as_the_server_splits_them():
+    """A primary of 10 ms a run + 0.1 ms a step and row, 16 ms a request: rows asking 8 and 1
+    steps fit one run at 8 steps (11.6 ms), but split by budget the 8-step row finishes after
+    two runs (20.9 ms): then both run at 1 step, the only plan that is on time for both."""
+
+    def controller(**options) -> Controller:
+        c = Controller(8, sla_ms=20.0, has_fallback=True, **options)
+        for steps, rows in [(1, 1), (8, 1), (8, 2), (4, 16)]:
+            c.observe("primary", steps, 10.0 + 0.1 * steps * rows, rows=rows)
+        c.observe("fallback", 1, 1.0)
+        return c
+
+    mixed = [Request(8, 0.0), Request(1, 0.0)]
+    assert controller().plan(mixed) == [Decision("ok", "primary", 8), Decision("ok", "primary", 1)]
+    split = controller(groups=by_budget).plan(mixed)
+    assert split == [Decision("degraded", "primary", 1), Decision("ok", "primary", 1)]
+    assert controller(groups=by_budget).plan([Request(8, 0.0)] * 2) == [Decision("ok", "primary", 8)] * 2  # one run
+
+
+def test_the_fallback_runs_first_and_every_row_of_a_run_must_be_on_time():
+    c = ladder()
+    # The stale row (2 ms left) goes to the fallback, which runs first (1 ms): the fresh one has
+    # 15 - 1 ms for the primary, 6 steps (13 ms), not the 7 (15 ms) its own slack would allow.
+    plan = c.plan([Request(8, 1.0), Request(8, 14.0)])
+    assert plan == [Decision("degraded", "primary", 6), Decision("fallback", "fallback", 2)]
+    # A fallback of 1 ms a row, no primary in time: priority 0 has 2 ms left, so its run may
+    # hold two rows, not three, however much slack the others have.
+    tight = Controller(8, 20.0, has_fallback=True)
+    tight.observe("primary", 1, 100.0)
+    for rows in (1, 2, 4):
+        tight.observe("fallback", 1, 1.0 * rows, rows=rows)
+    plan = tight.plan([Request(8, 14.0, priority=0), Request(8, 0.0, priority=1), Request(8, 0.0, priority=1)])
+    assert [d.model for d in plan] == ["fallback", "fallback", None]
+
+
+def test_between_equals_the_freshest_row_gets_the_primary():
+    """Pace 10 ms, fallback 0.6: one row on the primary at 4 steps (8.03 ms of pace, 0.7) and one
+    on the fallback beat both on the fallback; both rows have slack for it, the fresher gets it."""
+    strong = ladder({(None, s): 0.5 + 0.05 * s for s in range(1, 9)}, fallback_accuracy=0.6)
+    plan = strong.plan([Request(8, 2.0), Request(8, 0.0)], time_ms=10.0)
+    assert plan == [Decision("fallback", "fallback", 2), Decision("degraded", "primary", 4)]
+
+
+def test_without_a_table_a_served_row_outranks_any_steps_another_row_gains():
+    """Paces just past the primary's price of one row at each step budget, short of that plus a
+    fallback row: one more step for one row must not cost the other its answer."""
+    for accuracy in (None, {(None, s): 0.5 + 0.05 * s for s in range(1, 9)}):  # no table; no fallback score
+        c = ladder(accuracy)
+        fallback_row = c._pace_ms(c.service["fallback", None], 2, 1)
+        for steps in range(1, 9):
+            time_ms = c._pace_ms(c.service["primary", None], steps, 1) + fallback_row / 2
+            plan = c.plan([Request(8, 0.0), Request(8, 0.0)], time_ms)
+            assert all(d.model is not None for d in plan), (steps, plan)
+
+
+def test_no_request_gives_up_more_than_the_tolerance_for_the_others():
+    """Idle server: one request asks 8 steps, 31 ask 1; 0.05 a step. Summed over 32 rows, a
+    tolerance of 0.005 would let the first give up three steps (0.15) to make the batch quicker."""
+    c = Controller(8, sla_ms=50.0, accuracy={(None, s): 0.5 + 0.05 * s for s in range(1, 9)}, tolerance=0.005)
+    for steps, rows in [(1, 1), (8, 1), (4, 16), (2, 32)]:
+        c.observe("primary", steps, 1.0 + 0.01 * steps * rows, rows=rows)
+    plan = c.plan([Request(8, 0.0)] + [Request(1, 0.0)] * 31)
+    assert plan[0] == Decision("ok", "primary", 8) and set(plan[1:]) == {Decision("ok", "primary", 1)}
