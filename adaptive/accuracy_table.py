@@ -18,6 +18,7 @@ class AccuracyTable:
         """`by_rows`: {batch size scored in: {(experts or None, steps): accuracy}}."""
         self._by_rows = {int(rows): dict(table) for rows, table in by_rows.items() if table}
         self._sizes = sorted(self._by_rows)
+        self._at: dict[int, dict[Point, float]] = {}  # rows -> table, as looked up (plans ask often)
 
     @classmethod
     def from_meta(cls, meta: dict) -> AccuracyTable:
@@ -40,8 +41,10 @@ class AccuracyTable:
         (the smallest scored, for fewer rows); empty without a table."""
         if not self._sizes:
             return {}
-        fitting = [size for size in self._sizes if size <= rows]
-        return self._by_rows[fitting[-1] if fitting else self._sizes[0]]
+        if rows not in self._at:
+            fitting = [size for size in self._sizes if size <= rows]
+            self._at[rows] = self._by_rows[fitting[-1] if fitting else self._sizes[0]]
+        return self._at[rows]
 
 
 def accuracy_lookup(meta: dict) -> dict[Point, float]:

@@ -177,14 +177,28 @@ class Controller:
         return [chosen.decisions.get(i, REJECTED) for i in range(len(requests))]
 
     def _clip(self, steps: int) -> int:
-        return int(np.clip(steps, 1, self.full))
+        return min(max(int(steps), 1), self.full)
 
     def _points(self, requests: list[Request]) -> list[tuple[int | None, int]]:
         """(experts, steps) the primary can run this batch at: fewer steps and more experts first
-        (the order ties in estimated time go by); with a table, only the points it holds."""
+        (the order ties in estimated time go by); with a table, only the points it holds. Of step
+        budgets alike in expected steps and accuracy (a halting model that stops at 2 runs 3 to 8
+        as one), only the largest: the same plan, more room for a hard input, and a plan's cost
+        is per point (16 points made a plan of 16 rows take 2 ms of the event loop)."""
         most = max(self._clip(r.steps) for r in requests)  # more steps than any row asked for: the same run
         table = self.accuracy.at(len(requests))
-        return [(k, s) for s in range(1, most + 1) for k in self.expert_budgets if not table or (k, s) in table]
+        points = []
+        for k in self.expert_budgets:
+            times, last = self.service["primary", k], None
+            for s in range(most, 0, -1):
+                if table and (k, s) not in table:
+                    continue
+                alike = (times.expected_steps(s), table.get((k, s)))
+                if alike != last:
+                    points.append((k, s))
+                last = alike
+        rank = {k: i for i, k in enumerate(self.expert_budgets)}
+        return sorted(points, key=lambda p: (p[1], rank[p[0]]))
 
     def _plan_at(self, point, requests, order, slack, time_ms) -> _Plan | None:
         """The plan that runs as many rows as fit on the primary at `point` (None: none) and

@@ -32,8 +32,10 @@ class ServiceTimes:
         self._gram, self._moment = np.zeros((3, 3)), np.zeros(3)  # X^T X and X^T y over the window
         self._until_resum = window  # sums are rebuilt from the window now and then: no drift
         self._depths: deque[tuple[int, int]] = deque(maxlen=depth_window)  # (least budget, most steps)
-        self._expected: np.ndarray | None = None  # steps expected under budget 0..cap, when asked
-        self._coef: np.ndarray | None = None  # the fit, when asked
+        # Both as Python floats: a plan reads them hundreds of times (numpy scalars made a plan of
+        # 16 rows take 16 ms of the event loop).
+        self._expected: list[float] | None = None  # steps expected under budget 0..cap, when asked
+        self._coef: tuple[float, float, float] | None = None  # the fit, when asked
 
     def observe(self, steps: int, ms: float, rows: int = 1, budget: int | None = None) -> None:
         """A batch of `rows` whose slowest row took `steps` ran in `ms`; `budget`: the least step
@@ -61,24 +63,25 @@ class ServiceTimes:
             if not self._pairs[steps, rows]:
                 del self._pairs[steps, rows]
 
-    def _fit(self) -> np.ndarray:
+    def _fit(self) -> tuple[float, float, float]:
         if self._coef is None:
             if len(self._pairs) >= 3:  # the least-squares fit through the normal equations
                 # rcond: X^T X squares X's condition, so directions X barely spans (all batches at
                 # one step: steps and the constant collinear) are cut as lstsq on X would cut them.
-                self._coef = np.maximum(np.linalg.lstsq(self._gram, self._moment, rcond=1e-9)[0], 0.0)
+                a, b, c = np.maximum(np.linalg.lstsq(self._gram, self._moment, rcond=1e-9)[0], 0.0).tolist()
             else:  # too few distinct batches for a fit: all time per step and row, as a bound
-                per = max(ms / (steps * rows) for steps, rows, ms in self._seen)
-                self._coef = np.array([0.0, 0.0, per])
+                a, b, c = 0.0, 0.0, max(ms / (steps * rows) for steps, rows, ms in self._seen)
+            self._coef = (a, b, c)
         return self._coef
 
     def expected_steps(self, budget: int) -> float:
         """The steps a batch under `budget` takes (see `_expected_steps`)."""
+        budget = min(max(int(budget), 0), self.cap)
         if not self._depths:
-            return float(np.clip(budget, 0, self.cap))
+            return float(budget)
         if self._expected is None:
-            self._expected = self._expected_steps()
-        return float(self._expected[int(np.clip(budget, 0, self.cap))])
+            self._expected = self._expected_steps().tolist()
+        return self._expected[budget]
 
     def _expected_steps(self) -> np.ndarray:
         """Per budget 0..cap, a high quantile over recent batches of the steps each would have
@@ -96,7 +99,7 @@ class ServiceTimes:
             return 0.0
         a, b, c = self._fit()
         taken = self.expected_steps(steps)
-        return float(a + b * taken + c * taken * rows)
+        return a + b * taken + c * taken * rows
 
     def most_steps_within(self, slack_ms: float, requested: int, rows: int = 1) -> int:
         """The most steps (<= requested) whose estimated run fits `slack_ms`; 0 if none."""

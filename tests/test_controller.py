@@ -289,3 +289,14 @@ def test_no_request_gives_up_more_than_the_tolerance_for_the_others():
         c.observe("primary", steps, 1.0 + 0.01 * steps * rows, rows=rows)
     plan = c.plan([Request(8, 0.0)] + [Request(1, 0.0)] * 31)
     assert plan[0] == Decision("ok", "primary", 8) and set(plan[1:]) == {Decision("ok", "primary", 1)}
+
+
+def test_budgets_alike_in_steps_taken_and_accuracy_are_one_point_the_largest():
+    """A halting model that stops at 2 of 8 steps: budgets 2 to 8 run alike and score alike, so
+    a request asking 8 keeps 8 (room for a hard input) and the plan weighs two points, not nine."""
+    c = Controller(8, 50.0, accuracy={(None, 1): 0.6, **{(None, s): 0.99 for s in range(2, 9)}})
+    for rows in (1, 4, 16):
+        c.observe("primary", 2, 1.0 + 0.5 * rows, rows=rows, budget=8)
+    assert c._points([Request(8, 0.0)]) == [(None, 1), (None, 8)]
+    assert decide(c, 8) == Decision("ok", "primary", 8)
+    assert decide(c, 3) == Decision("ok", "primary", 3)

@@ -25,7 +25,6 @@ from adaptive.bench.timing import write_json
 from adaptive.loadgen import PATTERNS, summarize
 from adaptive.tables import print_table
 
-PROBE_S = 3.0  # seconds of Poisson load per probe of the sustainable rate (at least)
 PROBE_REQUESTS = 100  # requests per probe (at least): a p99 over 30 requests is their maximum
 
 
@@ -107,7 +106,7 @@ def run(
     policies = {name: ([*server_args, *common], f) for name, (server_args, f) in policies.items()}
     sustained = {}
     for policy, (server_args, policy_flops) in policies.items():
-        sustained[policy] = sustainable_rate(artifact, server_args, sla_ms, out, policy_flops)
+        sustained[policy] = sustainable_rate(artifact, server_args, sla_ms, out, policy_flops, duration)
         print(f"{policy}: sustains {sustained[policy]:g} requests/s within the SLA")
     if rate is None:
         rate = sustained["static full depth"]
@@ -140,9 +139,13 @@ def run(
     return rows
 
 
-def sustainable_rate(artifact: str, server_args: list[str], sla_ms: float, out: Path, flops: dict) -> float:
+def sustainable_rate(
+    artifact: str, server_args: list[str], sla_ms: float, out: Path, flops: dict, duration: float
+) -> float:
     """The highest Poisson rate (of a doubling ladder from 5/s, then bisected) whose p99 stays
-    within the SLA with under 1% violations, for one policy; probes of at least 3 s and 100
+    within the SLA with under 1% violations, for one policy; probes as long as a pattern's run
+    (`duration`; measured: parity's full depth held 800/s for 3 s and was late for half the
+    requests of a 10-s run at that rate, its queue growing slowly) and of at least 100
     requests, and a probe that fails is run once more: at 100 requests one stray late answer
     fails it (measured: the small MNIST-1D model, which sustained 1440/s in another run, failed
     the probe at 10/s and was reported at 9.4/s), while a rate beyond the policy's fails every
@@ -150,7 +153,7 @@ def sustainable_rate(artifact: str, server_args: list[str], sla_ms: float, out: 
     proc, url = _start_server(server_args)
 
     def probe(rate: float) -> bool:
-        seconds = max(PROBE_S, PROBE_REQUESTS / rate)
+        seconds = max(duration, PROBE_REQUESTS / rate)
         result = _load(url, artifact, "poisson", rate, seconds, out / "probe.json", ("--priorities", "3"))
         m = summarize(result["records"], np.asarray(result["labels"]), sla_ms, seconds, flops)
         return m["p99_ms"] <= sla_ms and m["sla_violation_rate"] < 0.01
