@@ -25,6 +25,7 @@ done.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -171,12 +172,18 @@ class Server:
         return app
 
     async def _start(self, app) -> None:
+        # What exists now (JAX, the warm executables, the tables) lives as long as the server:
+        # frozen, out of the collector's sight, a full collection walks only what serving made
+        # since. Measured on parity's spike (experiments/serving): a full collection over it all
+        # stopped the event loop for 72 ms, and 57 answers were late.
+        gc.freeze()
         self.queue = asyncio.Queue()
         self._batcher = asyncio.create_task(self._batches())
 
     async def _stop(self, app) -> None:
         self._batcher.cancel()
         self._pool.shutdown(wait=False)
+        gc.unfreeze()
 
     # -- handlers --------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@ exceeded, the controller degrades in ladder order, the load generator accounts f
 request."""
 
 import asyncio
+import gc
 import json
 import time
 
@@ -13,7 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from adaptive.controller import Controller, Request
 from adaptive.engine import Engine
 from adaptive.export import export_run
-from adaptive.loadgen import schedule, summarize
+from adaptive.loadgen import collector_paused, schedule, summarize
 from adaptive.server import Server
 from adaptive.service_times import ServiceTimes
 from tests.helpers import train_tiny
@@ -139,6 +140,31 @@ def test_the_server_seeds_service_times_from_the_warm_up(engine):
     seen = {(steps, rows) for steps, rows, _ in controller.service["primary", None]._seen}
     assert {rows for _, rows in seen} == set(engine.buckets) and len(seen) >= 3  # a fit, not a bound
     assert controller.plan([Request(engine.cap, 0.0)] * 16)[0].status in ("ok", "degraded")
+
+
+def test_what_the_server_starts_with_is_out_of_the_collectors_sight_while_it_serves(engine):
+    async def scenario(client, server):
+        answer = await client.post("/predict", json={"x": GOOD})
+        return answer.status, gc.get_freeze_count()
+
+    status, frozen = _with_client(engine, scenario)
+    assert status == 200 and frozen > 1000  # JAX, the executables, the tables: frozen at start-up
+    assert gc.get_freeze_count() == 0  # and given back to the collector when the server stops
+
+
+def test_the_load_generator_pauses_its_collector_and_restores_it():
+    assert gc.isenabled()
+    with collector_paused():
+        assert not gc.isenabled() and gc.get_freeze_count() > 0
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    with pytest.raises(KeyError), collector_paused():
+        raise KeyError("a failed run")
+    assert gc.isenabled()
+    gc.disable()  # a caller that had it off keeps it off
+    with collector_paused():
+        pass
+    assert not gc.isenabled()
+    gc.enable()
 
 
 def test_the_server_measures_what_a_request_costs_its_event_loop():
