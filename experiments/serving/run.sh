@@ -11,7 +11,7 @@ quiet=(--config.logging.wandb=disabled)
 if [ "$task" = parity ]; then
   # A Sparse Universal Transformer (width 64, 16 tokens, 4 experts of width 2048, 2 a token)
   # halted by ACT up to 8 steps, trained with request caps of 2, 4 or 8 steps drawn per example
-  # (~50 min on the 2026-12-03 machine); the fallback is the main job's ACT RNN (width 128; ~30 s). (The README's unbatched
+  # (30-50 min on the 2026-12-03 machine); the fallback is the main job's ACT RNN (width 128; ~30 s). (The README's unbatched
   # run used --config.moe.expert_hidden=512 and --max-batch 1.)
   adaptive train --config configs/sut.py --workdir "$out/sut2048" "${quiet[@]}" --config.moe.expert_hidden=2048 \
     --config.train.steps=2500 --config.train.eval_every=500 \
