@@ -71,6 +71,10 @@ class Request:
     steps: int  # the step budget it asked for
     waited_ms: float  # since it arrived
     priority: int = 0  # 0 first; under load, higher numbers degrade first
+    # The most steps the fallback may take within the request's own budget, priced in the
+    # request's unit through the fallback's compute table (None: no budget, its cap; 0: the
+    # fallback cannot answer within the budget, so it is no rung for this request).
+    fallback_steps: int | None = None
 
 
 REJECTED = Decision("rejected", None, 0)
@@ -104,7 +108,7 @@ class Controller:
         fallback_cap: int = 1,
         expert_budgets: tuple[int, ...] = (),
         accuracy: AccuracyTable | dict | None = None,
-        fallback_accuracy: float | None = None,
+        fallback_accuracy: float | dict[int, float] | None = None,
         tolerance: float = 0.005,
         headroom: float = 0.8,
         utilization: float = 0.85,
@@ -114,7 +118,8 @@ class Controller:
     ):
         """`expert_budgets`: a MoE primary's smaller experts-per-token it can run at;
         `accuracy`: the artifact's table, or one {(experts or None, steps): validation accuracy}
-        for every batch size; `fallback_accuracy`: the fallback model's, on the same split;
+        for every batch size; `fallback_accuracy`: the fallback model's, on the same split: at
+        its cap, or {steps: accuracy} at each step budget it has;
         `tolerance`: how much validation accuracy a quicker plan may give up a request;
         `headroom`: the share of the SLA a plan may use (estimates are means, runs vary);
         `utilization`: the share of the server's time batches may take at the arrival rate;
@@ -179,6 +184,12 @@ class Controller:
     def _clip(self, steps: int) -> int:
         return min(max(int(steps), 1), self.full)
 
+    def _fallback_steps(self, request: Request) -> int:
+        """The fallback's step budget for `request`: its cap, within the request's budget."""
+        if request.fallback_steps is None:
+            return self.fallback_cap
+        return min(max(int(request.fallback_steps), 0), self.fallback_cap)
+
     def _points(self, requests: list[Request]) -> list[tuple[int | None, int]]:
         """(experts, steps) the primary can run this batch at: fewer steps and more experts first
         (the order ties in estimated time go by); with a table, only the points it holds. Of step
@@ -228,12 +239,15 @@ class Controller:
         decisions = {i: self._primary_decision(point, requests[i], len(primary)) for i in primary}
         served, tightest = [], np.inf
         for i in (i for i in order if i not in decisions) if self.has_fallback else ():
+            if self._fallback_steps(requests[i]) < 1:
+                continue  # the fallback's least run is over this request's budget
+            # Priced at the fallback's cap: rows with tighter budgets only make the run quicker.
             ms = fallback.estimate(self.fallback_cap, len(served) + 1)
             pace = primary_pace + self._pace_ms(fallback, self.fallback_cap, len(served) + 1)
             if pace <= time_ms + EPS_MS and ms <= min(tightest, slack[i]) + EPS_MS:
                 served.append(i)
                 tightest = min(tightest, slack[i])
-        decisions |= {i: Decision("fallback", "fallback", self.fallback_cap) for i in served}
+        decisions |= {i: Decision("fallback", "fallback", self._fallback_steps(requests[i])) for i in served}
         ms = primary_ms + (fallback.estimate(self.fallback_cap, len(served)) if served else 0.0)
         # Scored at the rows each run has: with expert capacity, a run's tokens share the slots.
         run_rows = {"primary": len(primary), "fallback": len(served)}
@@ -276,14 +290,20 @@ class Controller:
         a further 1e-12 (a batch's worth of either stays below the rung above it)."""
         table = self.accuracy.at(rows)
         if decision.model == "fallback":
+            known = self._fallback_score(decision.steps)
             if table:
-                known = self.fallback_accuracy is not None
-                return self.fallback_accuracy if known else max(min(table.values()) - self.tolerance - 1e-6, 0.0)
+                return known if known is not None else max(min(table.values()) - self.tolerance - 1e-6, 0.0)
             return 1.0 - 1e-6
         if table:
             return table.get((decision.experts, decision.steps), 0.0)
         rank = len(self.expert_budgets) - self.expert_budgets.index(decision.experts)
         return 1.0 + 1e-12 * (decision.steps * (len(self.expert_budgets) + 1) + rank)
+
+    def _fallback_score(self, steps: int) -> float | None:
+        """The fallback's validation accuracy at `steps` (None: not comparable or not scored)."""
+        if isinstance(self.fallback_accuracy, dict):
+            return self.fallback_accuracy.get(steps)
+        return self.fallback_accuracy if steps == self.fallback_cap else None
 
     def observe(
         self,

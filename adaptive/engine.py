@@ -81,13 +81,14 @@ class Engine:
 
     @classmethod
     def from_run(cls, workdir: str | Path, *, buckets=(1, 8, 32)) -> Engine:
-        from adaptive.config import step_cap
-        from adaptive.export import compute_table, serving_function
+        from adaptive.config import step_cap, to_dict
+        from adaptive.export import compute_table, experts_table, serving_function
         from adaptive.runs import load_run
 
         run = load_run(workdir)
         serve = serving_function(run.graphdef, run.params)
         caps = {"experts_per_token": run.cfg.moe.k if run.cfg.moe.enabled else None}
+        meta = {"caps": caps, "config": to_dict(run.cfg), "flops_at_expert_budgets": experts_table(run)}
         return cls(
             serve,
             run.spec.input_shape,
@@ -95,7 +96,7 @@ class Engine:
             compute_table(run),
             buckets=buckets,
             name=str(workdir),
-            meta={"caps": caps},
+            meta=meta,
         )
 
     # -- budgets -----------------------------------------------------------------------------
@@ -113,9 +114,33 @@ class Engine:
             )
         return int(np.searchsorted(np.asarray(self.table[column]), value * (1 + 1e-9), side="right"))
 
-    def compute_of(self, steps: np.ndarray, unit: str) -> np.ndarray:
+    @property
+    def fixed_depth(self) -> bool:
+        """A static model: it runs all its steps whatever the step budget."""
+        return (self.meta.get("config") or {}).get("halting", {}).get("policy") == "none"
+
+    def steps_within(self, value: float | None, unit: str = "steps") -> int:
+        """The most steps this model may take within a budget of `value` in `unit` (None: no
+        budget, the cap); 0 when not even its least run fits (a static model's least run is all
+        its steps) or it cannot price the unit: then it cannot answer within that budget."""
+        if value is None:
+            return self.cap
+        try:
+            steps = self.steps_for(value, unit)
+        except BudgetError:
+            return 0
+        return 0 if self.fixed_depth and steps < self.cap else steps
+
+    def compute_of(self, steps: np.ndarray, unit: str, experts: int | None = None) -> np.ndarray:
+        """The compute in `unit` of runs that took `steps` steps (at `experts` per token on a
+        MoE model: FLOPs and MACs from its table for that expert budget)."""
         column = "latency_ms_p99" if unit == "latency_ms" else unit
-        return np.asarray(self.table[column])[np.clip(np.asarray(steps), 1, self.cap) - 1]
+        table = self.table[column]
+        by_experts = self.meta.get("flops_at_expert_budgets") or {}
+        if experts is not None and unit in ("flops", "macs") and str(experts) in by_experts:
+            scale = 0.5 if unit == "macs" else 1.0
+            table = [scale * f for f in by_experts[str(experts)]]
+        return np.asarray(table)[np.clip(np.asarray(steps), 1, self.cap) - 1]
 
     # -- running -----------------------------------------------------------------------------
 

@@ -300,3 +300,20 @@ def test_budgets_alike_in_steps_taken_and_accuracy_are_one_point_the_largest():
     assert c._points([Request(8, 0.0)]) == [(None, 1), (None, 8)]
     assert decide(c, 8) == Decision("ok", "primary", 8)
     assert decide(c, 3) == Decision("ok", "primary", 3)
+
+
+def test_the_fallback_runs_within_each_request_s_own_budget_or_not_at_all():
+    """The fallback (cap 2) under pressure: a request whose budget buys the fallback one step
+    gets one, a request whose budget buys none is rejected rather than answered over it."""
+    c = ladder()
+    assert c.plan([Request(8, 13.5, fallback_steps=1)]) == [Decision("fallback", "fallback", 1)]
+    assert c.plan([Request(8, 13.5, fallback_steps=5)]) == [Decision("fallback", "fallback", 2)]  # at most its cap
+    assert c.plan([Request(8, 13.5, fallback_steps=0)]) == [Decision("rejected", None, 0)]
+    mixed = c.plan([Request(1, 13.5, fallback_steps=0), Request(1, 13.5, fallback_steps=1)])
+    assert mixed == [Decision("rejected", None, 0), Decision("fallback", "fallback", 1)]
+    # Scored at the steps it runs: with {steps: accuracy} a one-step fallback (0.3) loses to the
+    # primary's one step (0.55) where a two-step one (0.8) would win.
+    accuracy = {(None, s): 0.5 + 0.05 * s for s in range(1, 9)}
+    scored = ladder(accuracy, fallback_accuracy={1: 0.3, 2: 0.8})
+    assert scored.plan([Request(8, 0.0, fallback_steps=2)], time_ms=2.1) == [Decision("fallback", "fallback", 2)]
+    assert scored.plan([Request(8, 0.0, fallback_steps=1)], time_ms=2.1)[0].model == "primary"
