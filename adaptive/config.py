@@ -4,7 +4,8 @@ The dataclasses below are the schema *and* the defaults. Config files start from
 `default_config()` (a ConfigDict mirroring them) and change what their experiment needs;
 command-line overrides (`--config.train.steps=300`) come on top. `from_dict` then turns the
 result into frozen dataclasses once, at the entry point, so the library never sees a ConfigDict.
-Every mistake is a `ConfigError` whose message is one line naming the key and what is allowed.
+Every mistake is a `ConfigError` whose message is one line naming the key and what is allowed;
+floats must be finite and sizes, seeds, texts and lists are bounded (adaptive/config_checks.py).
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ from typing import Any
 
 import ml_collections
 
-
-class ConfigError(ValueError):
-    """A bad config key or value; the message is one line meant for the user."""
+from adaptive import config_checks as checks
+from adaptive.config_checks import ConfigError
 
 
 def _f(default: Any, *, choices: tuple | None = None, lo: float | None = None, hi: float | None = None) -> Any:
@@ -38,13 +38,13 @@ class DataConfig:
 
     name: str = "parity"  # parity | digits | mnist1d | any TFDS dataset prepared in data_dir
     parity_n: int = _f(16, lo=2, hi=4096)
-    num_train: int = _f(100_000, lo=1)
-    num_eval: int = _f(10_000, lo=1)
+    num_train: int = _f(100_000, lo=1, hi=checks.MAX_EXAMPLES)
+    num_eval: int = _f(10_000, lo=1, hi=checks.MAX_EXAMPLES)
     # Inclusive ranges of parity's difficulty (non-zero entries); None means 1..parity_n.
     train_difficulty: tuple[int, int] | None = None
     eval_difficulty: tuple[int, int] | None = None
     data_dir: str = ""  # "" -> $ADAPTIVE_DATA_DIR or ~/.cache/adaptive/tfds
-    seed: int = _f(0, lo=0)
+    seed: int = _f(0, lo=0, hi=checks.MAX_SEED)
     eval_split: str = _f("test", choices=("validation", "test"))
     image_key: str = "image"
     label_key: str = "label"
@@ -60,10 +60,10 @@ class ModelConfig:
     """
 
     kind: str = _f("rnn", choices=("mlp", "rnn", "transformer"))
-    hidden: int = _f(128, lo=1)
+    hidden: int = _f(128, lo=1, hi=checks.MAX_WIDTH)
     depth: int = _f(1, lo=1, hi=1024)  # steps of a static model (halting.policy = none)
     share_weights: bool = True  # one block reused at every step, or a distinct block per step
-    num_heads: int = _f(4, lo=1)  # transformer only
+    num_heads: int = _f(4, lo=1, hi=1024)  # transformer only
 
 
 @dataclass(frozen=True)
@@ -78,10 +78,10 @@ class HaltingConfig:
     policy: str = _f("none", choices=("none", "act", "pondernet", "early_exit"))
     max_steps: int = _f(20, lo=1, hi=1024)  # the hard cap, compiled into train and inference
     eps: float = _f(0.01, lo=0.0, hi=0.5)  # ACT halts once the halting mass reaches 1 - eps
-    bias_init: float = -1.0
-    tau: float = _f(1e-3, lo=0.0)  # ACT's ponder-cost weight
+    bias_init: float = _f(-1.0, lo=-50.0, hi=50.0)  # sigmoid(50) is 1 in float32
+    tau: float = _f(1e-3, lo=0.0, hi=checks.MAX_WEIGHT)  # ACT's ponder-cost weight
     lambda_p: float = _f(0.2, lo=1e-6, hi=1.0)  # PonderNet's geometric prior
-    beta: float = _f(0.01, lo=0.0)  # PonderNet's KL weight
+    beta: float = _f(0.01, lo=0.0, hi=checks.MAX_WEIGHT)  # PonderNet's KL weight
     pondernet_inference: str = _f("threshold", choices=("threshold", "sample"))
     pondernet_threshold: float = _f(0.5, lo=0.0, hi=1.0)  # halt when cumulative p reaches it
     confidence: str = _f("max_prob", choices=("max_prob", "margin", "neg_entropy"))
@@ -98,24 +98,24 @@ class MoEConfig:
     """
 
     enabled: bool = False
-    num_experts: int = _f(8, lo=1)
-    k: int = _f(2, lo=1)  # experts per token; the cap at inference (a request may ask for fewer)
+    num_experts: int = _f(8, lo=1, hi=checks.MAX_EXPERTS)
+    k: int = _f(2, lo=1, hi=checks.MAX_EXPERTS)  # experts per token; the cap at inference (a request may ask for fewer)
     router: str = _f("top_k", choices=("top_k", "top_p", "expert_choice"))
     # top_p: a token takes experts by probability until their mass reaches top_p (at most k), so
     # its expert count is trainable by a FLOPs budget; set renormalize False with it, or a token
     # with one expert gets gate 1 and the router no gradient from the task.
     top_p: float = _f(0.5, lo=0.0, hi=1.0)
-    capacity_factor: float = _f(1.25, lo=0.0)
-    eval_capacity_factor: float = _f(2.0, lo=0.0)
+    capacity_factor: float = _f(1.25, lo=0.0, hi=float(checks.MAX_EXPERTS))
+    eval_capacity_factor: float = _f(2.0, lo=0.0, hi=float(checks.MAX_EXPERTS))
     renormalize: bool = True  # top-k gates rescaled to sum to 1 over the chosen experts
     jitter: float = _f(0.0, lo=0.0, hi=1.0)  # multiplicative router-input noise in training
-    balance_weight: float = _f(1e-2, lo=0.0)
-    z_weight: float = _f(1e-3, lo=0.0)
+    balance_weight: float = _f(1e-2, lo=0.0, hi=checks.MAX_WEIGHT)
+    z_weight: float = _f(1e-3, lo=0.0, hi=checks.MAX_WEIGHT)
     dropless: bool = False  # lax.ragged_dot grouped matmuls, no capacity (for accelerators)
-    expert_hidden: int = _f(0, lo=0)
+    expert_hidden: int = _f(0, lo=0, hi=checks.MAX_EXPERT_WIDTH)
     # Independent routing groups, each with its own capacity; with experts sharded (mesh.expert > 1)
     # a multiple of the mesh's devices, so that each device routes whole groups.
-    num_groups: int = _f(1, lo=1)
+    num_groups: int = _f(1, lo=1, hi=checks.MAX_DEVICES)
 
 
 @dataclass(frozen=True)
@@ -137,12 +137,13 @@ class BudgetConfig:
     penalty: str = _f("lagrangian", choices=("hinge", "lagrangian"))
     # Measured on parity (configs/budget.py): 0.01 / 1 let compute drift 30-60% over the target
     # while the task was being learned; 0.1 / 10 held it within a few percent.
-    weight: float = _f(10.0, lo=0.0)  # the hinge's weight; the augmented Lagrangian's quadratic weight
-    dual_lr: float = _f(0.1, lo=0.0)  # the Lagrange multiplier's step size
+    # The hinge's weight; the augmented Lagrangian's quadratic weight.
+    weight: float = _f(10.0, lo=0.0, hi=checks.MAX_WEIGHT)
+    dual_lr: float = _f(0.1, lo=0.0, hi=checks.MAX_WEIGHT)  # the Lagrange multiplier's step size
     # latency_ms, cost_per_1k and energy_j go through a calibrated cost model of this network
     # (`adaptive calibrate`), for requests served in batches of `serving_batch`.
     cost_model: str = ""
-    serving_batch: int = _f(1, lo=1)
+    serving_batch: int = _f(1, lo=1, hi=checks.MAX_BATCH)
     # Per-request hard budgets in `unit`, enforced at inference as a step cap per request: one
     # value for every request, or several drawn with `request_weights` (a distribution over
     # requests; default equal weights). Training halts each example at a budget drawn from the
@@ -156,11 +157,11 @@ class BudgetConfig:
 class OptimConfig:
     """AdamW with linear warm-up then a cosine or constant schedule, and global-norm clipping."""
 
-    learning_rate: float = _f(1e-3, lo=0.0)
-    warmup_steps: int = _f(100, lo=0)
+    learning_rate: float = _f(1e-3, lo=0.0, hi=10.0)
+    warmup_steps: int = _f(100, lo=0, hi=checks.MAX_STEPS)
     schedule: str = _f("cosine", choices=("cosine", "constant"))
     end_lr_fraction: float = _f(0.0, lo=0.0, hi=1.0)
-    weight_decay: float = _f(0.0, lo=0.0)
+    weight_decay: float = _f(0.0, lo=0.0, hi=checks.MAX_WEIGHT)
     b1: float = _f(0.9, lo=0.0, hi=1.0)
     b2: float = _f(0.999, lo=0.0, hi=1.0)
     grad_clip_norm: float = _f(1.0, lo=0.0)  # 0 disables clipping
@@ -170,14 +171,14 @@ class OptimConfig:
 class TrainConfig:
     """Loop lengths and intervals, in steps."""
 
-    steps: int = _f(3000, lo=1)
-    batch_size: int = _f(128, lo=1)
-    eval_every: int = _f(500, lo=1)
-    eval_batch_size: int = _f(1000, lo=1)
-    log_every: int = _f(50, lo=1)
-    checkpoint_every: int = _f(500, lo=1)
-    keep_checkpoints: int = _f(3, lo=1)
-    max_nonfinite_in_a_row: int = _f(20, lo=1)
+    steps: int = _f(3000, lo=1, hi=checks.MAX_STEPS)
+    batch_size: int = _f(128, lo=1, hi=checks.MAX_BATCH)
+    eval_every: int = _f(500, lo=1, hi=checks.MAX_STEPS)
+    eval_batch_size: int = _f(1000, lo=1, hi=checks.MAX_BATCH)
+    log_every: int = _f(50, lo=1, hi=checks.MAX_STEPS)
+    checkpoint_every: int = _f(500, lo=1, hi=checks.MAX_STEPS)
+    keep_checkpoints: int = _f(3, lo=1, hi=checks.MAX_STEPS)
+    max_nonfinite_in_a_row: int = _f(20, lo=1, hi=checks.MAX_STEPS)
 
 
 @dataclass(frozen=True)
@@ -201,12 +202,12 @@ class MeshConfig:
     device is a mesh of one.
     """
 
-    data: int = _f(1, lo=0)
-    expert: int = _f(1, lo=1)
+    data: int = _f(1, lo=0, hi=checks.MAX_DEVICES)
+    expert: int = _f(1, lo=1, hi=checks.MAX_DEVICES)
     distributed: str = _f("off", choices=("off", "auto", "explicit"))
     coordinator_address: str = ""  # host:port of process 0 (explicit)
-    num_processes: int = _f(1, lo=1)
-    process_id: int = _f(0, lo=0)
+    num_processes: int = _f(1, lo=1, hi=checks.MAX_DEVICES)
+    process_id: int = _f(0, lo=0, hi=checks.MAX_DEVICES - 1)
 
 
 @dataclass(frozen=True)
@@ -214,7 +215,7 @@ class Config:
     """A whole run. `seed` is the only source of randomness (init, dropout, data order)."""
 
     name: str = "run"
-    seed: int = _f(0, lo=0)
+    seed: int = _f(0, lo=0, hi=checks.MAX_SEED)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     halting: HaltingConfig = field(default_factory=HaltingConfig)
@@ -270,9 +271,13 @@ def load_file(spec: str) -> dict:
         raise ConfigError(f"config file {file!r} defines no get_config(arg)")
     try:
         cfg = module.get_config(arg)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ConfigError(f"{spec}: {e}") from None
-    return cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
+        raise ConfigError(f"{spec}: {' '.join(str(e).split())}") from None
+    if isinstance(cfg, ml_collections.ConfigDict):
+        return cfg.to_dict()
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{spec}: get_config must return a ConfigDict or a dict; got {checks.show(cfg)}")
+    return dict(cfg)
 
 
 def from_dict(raw: dict, cls: type = Config, prefix: str = "") -> Any:
@@ -280,14 +285,14 @@ def from_dict(raw: dict, cls: type = Config, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
-        if key not in fields:
+        if checks.name(key, prefix) not in fields:
             close = difflib.get_close_matches(key, list(fields), n=3, cutoff=0.5)
             hint = (
                 f"did you mean {_or(prefix, close)}?"
                 if close
                 else (f"valid keys: {', '.join(prefix + k for k in fields)}")
             )
-            raise ConfigError(f"unknown config key {prefix + key!r} ({hint})")
+            raise ConfigError(f"unknown config key {checks.show(prefix + key)} ({hint})")
     kwargs = {}
     for name, f in fields.items():
         if name not in raw:
@@ -299,7 +304,7 @@ def from_dict(raw: dict, cls: type = Config, prefix: str = "") -> Any:
             kwargs[name] = from_dict(value, kind, key + ".")
         else:
             kwargs[name] = _check(key, _coerce(key, value, kind), f.metadata)
-    return cls(**kwargs)
+    return checks.across_fields(cls(**kwargs)) if cls is Config else cls(**kwargs)
 
 
 def _or(prefix: str, names: list[str]) -> str:
@@ -320,31 +325,29 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
         values = value if isinstance(value, (list, tuple)) else [value]
         if isinstance(value, str) and "," in value:  # command-line text that is not all numbers
             values = [_Raw(part) for part in value.split(",")]
-        return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(values))
+        return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(checks.items(key, values)))
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"config key {key!r} must be {len(args)} values like 1,8; got {value!r}")
+            raise ConfigError(f"config key {key!r} must be {len(args)} values like 1,8; got {checks.show(value)}")
         return tuple(_coerce(key, v, a) for v, a in zip(value, args, strict=True))
     if kind is bool and isinstance(value, bool):
         return value
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        return checks.finite(key, value)  # NaN and inf are refused wherever a float enters
     if kind is str and isinstance(value, str):
-        return value
-    raise ConfigError(f"config key {key!r} must be {getattr(kind, '__name__', kind)}; got {value!r}")
+        return checks.text(key, value)
+    raise ConfigError(f"config key {key!r} must be {getattr(kind, '__name__', kind)}; got {checks.show(value)}")
 
 
 def _check(key: str, value: Any, rule: typing.Mapping) -> Any:
     choices, lo, hi = rule.get("choices"), rule.get("lo"), rule.get("hi")
     if choices and value not in choices:
         allowed = ", ".join(map(repr, choices))
-        raise ConfigError(f"config key {key!r} is {value!r}; allowed values: {allowed}")
+        raise ConfigError(f"config key {key!r} is {checks.show(value)}; allowed values: {allowed}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            bounds = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-            raise ConfigError(f"config key {key!r} is {value!r}; must be in {bounds}")
+        checks.in_range(key, value, lo, hi)
     return value
 
 
@@ -367,9 +370,11 @@ def _parse_value(text: str) -> Any:
         return lowered == "true"
     if lowered in ("none", "null"):
         return None
+    if lowered.lstrip("+-") in ("nan", "inf", "infinity"):
+        return float(lowered)  # a number, so that a float key refuses it as one
     try:
         return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):  # MemoryError: deep nesting
         return text  # a bare word such as `offline` is a string
 
 

@@ -56,7 +56,7 @@ def test_overrides_are_typed_and_applied():
         ("--config.train.stepz=3", "unknown config key 'train.stepz' (did you mean 'train.steps'?)"),
         ("--config.trian.steps=3", "unknown config key 'trian' (did you mean 'train'?)"),
         ("--config.logging.wandb=maybe", "'logging.wandb' is 'maybe'; allowed values: 'offline', 'online', 'disabled'"),
-        ("--config.train.steps=0", "'train.steps' is 0; must be in >= 1"),
+        ("--config.train.steps=0", "'train.steps' is 0; must be in [1, 1_000_000_000]"),
         ("--config.train.steps=abc", "'train.steps' must be int; got 'abc'"),
         ("--config.optim.b1=1.5", "'optim.b1' is 1.5; must be in [0.0, 1.0]"),
         ("--config.data.train_difficulty=3", "'data.train_difficulty' must be 2 values like 1,8; got 3"),
@@ -89,7 +89,14 @@ def test_unknown_key_set_inside_a_config_file(tmp_path):
         config_lib.load(str(bad))
 
 
-def test_cli_reports_one_line_and_exit_code_2(tmp_path):
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        ("--config.model.kind=lstm", "config key 'model.kind' is 'lstm'; allowed values: 'mlp', 'rnn', 'transformer'"),
+        ("--config.halting.bias_init=1e999", "config key 'halting.bias_init' is inf; must be a finite number"),
+    ],
+)
+def test_cli_reports_one_line_and_exit_code_2(tmp_path, override, line):
     proc = subprocess.run(
         [
             sys.executable,
@@ -100,16 +107,114 @@ def test_cli_reports_one_line_and_exit_code_2(tmp_path):
             f"{ROOT}/configs/parity.py:tiny",
             "--workdir",
             str(tmp_path / "w"),
-            "--config.model.kind=lstm",
+            "--config.logging.wandb=disabled",
+            override,
         ],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert lines == ["adaptive: error: config key 'model.kind' is 'lstm'; allowed values: 'mlp', 'rnn', 'transformer'"]
+    assert proc.stderr.strip().splitlines() == ["adaptive: error: " + line]
     assert not (tmp_path / "w").exists(), "a rejected config must not create the workdir"
+
+
+_FINITE = "must be a finite number"
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [  # a --config override on parity.py:tiny, a config file's get_config body, or a raw dict
+        pytest.param("--config.optim.learning_rate=nan", f"'optim.learning_rate' is nan; {_FINITE}", id="nan-cli"),
+        pytest.param("--config.halting.tau=NaN", f"'halting.tau' is nan; {_FINITE}", id="NaN-cli"),
+        pytest.param("--config.optim.learning_rate=inf", f"'optim.learning_rate' is inf; {_FINITE}", id="inf-cli"),
+        pytest.param("--config.halting.exit_threshold=-inf", f"'halting.exit_threshold' is -inf; {_FINITE}", id="-inf"),
+        pytest.param("--config.halting.bias_init=1e999", f"'halting.bias_init' is inf; {_FINITE}", id="1e999-cli"),
+        pytest.param("--config.budget.requests=3,nan", f"'budget.requests[1]' is nan; {_FINITE}", id="nan-in-tuple"),
+        pytest.param("--config.budget.target=nan", f"'budget.target' is nan; {_FINITE}", id="nan-optional"),
+        pytest.param("--config.budget.target=1e39", "'budget.target' is 1e+39; must be a finite float32", id="f32"),
+        pytest.param("c.optim.learning_rate = float('nan')", f"'optim.learning_rate' is nan; {_FINITE}", id="nan-file"),
+        pytest.param("c.halting.bias_init = 1e999", f"'halting.bias_init' is inf; {_FINITE}", id="1e999-file"),
+        pytest.param("c.budget.request_weights = (1.0, -1e999)", "'budget.request_weights[1]' is -inf", id="inf-tuple"),
+        pytest.param({"optim": {"b2": 10**400}}, "characters); must be a finite float32 number", id="int-past-float"),
+        pytest.param(
+            "--config.seed=12345678901234567890",
+            "'seed' is 12345678901234567890; must be in [0, 4_294_967_295]",
+            id="seed-20-digits",
+        ),
+        pytest.param(
+            "--config.data.seed=4294967296", "'data.seed' is 4294967296; must be in [0, 4_294_967_295]", id="seed-2**32"
+        ),
+        pytest.param(
+            {"seed": 10**5000}, "'seed' is an int of 16610 bits; must be in [0, 4_294_967_295]", id="seed-huge"
+        ),
+        pytest.param(
+            "--config.data.num_train=1000000000000",
+            "'data.num_train' is 1000000000000; must be in [1, 10_000_000]",
+            id="num_train",
+        ),
+        pytest.param(
+            "--config.data.num_train=1e12", "'data.num_train' must be int; got 1000000000000.0", id="int-as-1e12"
+        ),
+        pytest.param(
+            "--config.train.batch_size=10000000",
+            "'train.batch_size' is 10000000; must be in [1, 1_000_000]",
+            id="batch",
+        ),
+        pytest.param("--config.model.hidden=65536", "'model.hidden' is 65536; must be in [1, 16_384]", id="width"),
+        pytest.param(
+            "--config.train.steps=3000000000", "'train.steps' is 3000000000; must be in [1, 1_000_000_000]", id="steps"
+        ),
+        pytest.param(
+            "c.data.parity_n = 4096; c.data.num_train = 200_000",
+            "'data.num_train' is 200_000; with data.parity_n=4096 at most 131_072 examples",
+            id="parity-bytes",
+        ),
+        pytest.param(
+            "--config.data.train_difficulty=1,99",
+            "'data.train_difficulty' is (1, 99); must be lo,hi with 1 <= lo",
+            id="difficulty",
+        ),
+        pytest.param("--config.seed=[1]", "'seed' must be int; got [1]", id="list-for-int"),
+        pytest.param({"optim": {"b1": {"a": 1.0}}}, "'optim.b1' must be float; got {'a': 1.0}", id="dict-for-float"),
+        pytest.param("--config.train.steps=true", "'train.steps' must be int; got True", id="bool-for-int"),
+        pytest.param(
+            "c.name = 'a' * 10_000",
+            f"'name' is '{'a' * 59}... (10002 characters); at most 4096 characters",
+            id="long-name",
+        ),
+        pytest.param(
+            "--config.budget.requests=" + ",".join(["3"] * 5000),
+            "'budget.requests' has 5000 values; at most 1024",
+            id="long-tuple",
+        ),
+        pytest.param({"train": {3: 1}}, "config key 3 in train must be a name", id="int-key"),
+    ],
+)
+def test_hostile_values_are_one_line_errors(tmp_path, source, message):
+    """NaN, infinities, huge seeds and sizes, wrong types: refused at load, one short line naming the key."""
+    with pytest.raises(ConfigError) as err:
+        if isinstance(source, dict):
+            config_lib.from_dict(source)
+        elif source.startswith("--config."):
+            config_lib.load(f"{ROOT}/configs/parity.py:tiny", [source])
+        else:
+            file = tmp_path / "hostile.py"
+            body = f"    c = default_config()\n    {source}\n    return c\n"
+            file.write_text("from adaptive.config import default_config\ndef get_config(arg=None):\n" + body)
+            config_lib.load(str(file))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
+
+
+def test_edge_values_that_stay_allowed():
+    cfg = config_lib.load(
+        f"{ROOT}/configs/parity.py:tiny",
+        ["--config.seed=4294967295", "--config.optim.learning_rate=-0.0", "--config.halting.exit_threshold=2.0"],
+    )
+    assert cfg.seed == 2**32 - 1  # jax.random.key's full uint32 range; 2**32 would alias seed 0
+    assert str(cfg.optim.learning_rate) == "0.0"  # -0.0 is stored (and saved) as 0.0
+    assert cfg.halting.exit_threshold == 2.0  # past every confidence: never exit
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIG_FILES if "def get_sweep" in p.read_text()], ids=lambda p: p.name)

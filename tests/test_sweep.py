@@ -150,7 +150,10 @@ def test_dry_run_point_and_wandb_yaml(tmp_path):
             [{"halting.taux": 1e-3}],
             "sweep point 0 (0-taux0.001): unknown config key 'halting.taux' (did you mean 'halting.tau'",
         ),
-        ([{"train.steps": -1}], "sweep point 0 (0-steps-1): config key 'train.steps' is -1; must be in >= 1"),
+        (
+            [{"train.steps": -1}],
+            "sweep point 0 (0-steps-1): config key 'train.steps' is -1; must be in [1, 1_000_000_000]",
+        ),
         ([], "get_sweep must return a non-empty list of dicts of config keys"),
     ],
 )
