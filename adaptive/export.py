@@ -13,10 +13,16 @@ every unit the run can price (FLOPs, MACs; latency p50/p99, cost and energy with
 FLOPs at each smaller expert budget), the validation accuracy at every (expert budget, step
 budget) -- what a server weighs when it must degrade; for experts with capacity also per served
 batch size, since tokens of one batch share the experts' slots --, the cost model, package
-versions, and the blob's SHA-256. Loading checks the checksum before deserializing, so a
-corrupted, truncated or swapped file is refused; nothing is pickled. Plain JAX runs it without
-this package (README: five lines). Export verifies on the spot that the artifact answers exactly
-as the live model does.
+versions, the blob's SHA-256, and meta.json's own SHA-256 (artifact_meta.py: its schema and
+checksum). Loading validates meta.json and checks the checksums before deserializing, so a
+corrupted, truncated, swapped or edited file is refused; nothing is pickled. Plain JAX runs it
+without this package (README: five lines). Export verifies on the spot that the artifact answers
+exactly as the live model does.
+
+Export never deletes what it did not write: ART must be absent, an empty folder, or (with
+`force`) a previous artifact holding nothing but its meta.json and the blobs it names; ART may
+not be the run's workdir, inside it, or above it. It is staged in ART.partial (removed only when
+it is a previous partial export) and renamed into place: ART is never half-made.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
+import re
 import time
 from pathlib import Path
 
@@ -35,6 +41,7 @@ from flax import nnx
 
 from adaptive import config as config_lib
 from adaptive import data
+from adaptive.artifact_meta import BLOB, FORMAT, META, ArtifactError, check_sealed, read_meta, seal, variant_file
 from adaptive.config import step_cap
 from adaptive.flops import flops_model
 from adaptive.nn.moe import limit_experts
@@ -42,17 +49,14 @@ from adaptive.predict import BudgetedPredictor
 from adaptive.runinfo import package_versions
 from adaptive.runs import Run, load_run
 
-FORMAT = "adaptive-export/1"
-BLOB = "model.jaxexport"
 OUTPUTS = ("prediction", "confidence", "steps", "experts")
 # Batch sizes the accuracy table is also scored at for MoE models with capacity: a server's
 # batches are small, and one expert a token on parity scores 0.957 / 0.982 / 0.990 in batches
 # of 1 / 16 / 1000. Scored on the split's first examples: batch 1 is one call per example.
 SERVED_BATCHES, SERVED_EXAMPLES = (1, 2, 4, 8, 16, 32), 2048
-
-
-class ArtifactError(ValueError):
-    """An artifact that is missing, corrupted, truncated or not what it claims; one line."""
+# Marks ART.partial as this tool's staging folder: only such a folder is ever removed.
+PARTIAL_MARK = ".adaptive-export-partial"
+_BLOB_NAME = re.compile(r"model(-k[0-9]+)?\.jaxexport")
 
 
 def serving_function(graphdef: nnx.GraphDef, params: dict, experts: int | None = None):
@@ -156,10 +160,15 @@ def _accuracy_rows(run: Run, split: str, k_max: int | None, batch: int, limit: i
     return rows, len(correct)
 
 
-def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None, log=None) -> Path:
-    """`log(line)`: progress through the slow part (scoring the accuracy tables)."""
+def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None, force: bool = False, log=None) -> Path:
+    """The run in `workdir` written to the artifact folder `out`, verified against the live model.
+    `force`: replace a previous artifact at `out`. `log(line)`: progress through the slow part
+    (scoring the accuracy tables)."""
     run = load_run(workdir, step)
     out = Path(out)
+    staging = out.with_name(out.name + ".partial")
+    check_out(out, run.workdir, force)  # before the slow part: a refusal costs nothing
+    check_staging(staging)
     shape = tuple(run.spec.input_shape)
     (batch,) = jax.export.symbolic_shape("batch")
     specs = (jax.ShapeDtypeStruct((batch, *shape), jnp.float32), jax.ShapeDtypeStruct((batch,), jnp.int32))
@@ -183,29 +192,95 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
         "num_classes": run.spec.num_classes,
         "caps": {"steps": step_cap(run.cfg), "experts_per_token": run.cfg.moe.k if run.cfg.moe.enabled else None},
         "expert_variants": {
-            str(k): {"file": f"model-k{k}.jaxexport", "sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b)}
+            str(k): {"file": variant_file(k), "sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b)}
             for k, b in variants.items()
         },
         "compute_at_steps": compute_table(run),
         "flops_at_expert_budgets": experts_table(run),
         "accuracy_at_budgets": accuracy_table(run, log=log),
         "budget": config_lib.to_dict(run.cfg)["budget"],
-        "cost_model": None if cost_model is None else json.loads(json.dumps(_cost_model_dict(cost_model))),
+        "cost_model": None if cost_model is None else _cost_model_dict(cost_model),
         "packages": package_versions(),
         "config": config_lib.to_dict(run.cfg),
     }
     # Written aside and moved into place once verified: ART is never a half-made artifact.
-    staging = out.with_name(out.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    check_staging(staging)
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot make {staging} ({e.strerror})") from None
+    (staging / PARTIAL_MARK).touch()
     (staging / BLOB).write_bytes(blob)
     for k, b in variants.items():
-        (staging / f"model-k{k}.jaxexport").write_bytes(b)
-    (staging / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        (staging / variant_file(k)).write_bytes(b)
+    (staging / META).write_text(json.dumps(seal(meta), indent=1) + "\n")
     verify(staging, run)
-    shutil.rmtree(out, ignore_errors=True)
+    (staging / PARTIAL_MARK).unlink()
+    check_out(out, run.workdir, force)  # again: the folder may have changed during the export
+    if out.is_dir():
+        _remove(out)  # empty, or a previous artifact (force): nothing of a user's
     staging.rename(out)
     return out
+
+
+def check_out(out: Path, workdir: Path, force: bool) -> None:
+    """Refuses an `out` whose replacement would delete what this tool did not write."""
+    here, run = out.resolve(), Path(workdir).resolve()
+    if here == run or run in here.parents:
+        raise ArtifactError(f"--out {out} is inside the run's workdir {workdir}; write the artifact elsewhere")
+    if here in run.parents:
+        raise ArtifactError(f"--out {out} contains the run's workdir {workdir}; write the artifact elsewhere")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ArtifactError(f"--out {out} exists and is a file or a link, not a folder; nothing was written")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    try:
+        meta = read_meta(out)
+        check_sealed(meta, out)
+    except ArtifactError:
+        raise ArtifactError(
+            f"--out {out} is a folder but not an artifact of `adaptive export` (no valid {META}); nothing was written"
+        ) from None
+    named = {META, BLOB, *(entry["file"] for entry in meta.get("expert_variants", {}).values())}
+    for entry in sorted(out.iterdir()):
+        if entry.name not in named or entry.is_symlink() or not entry.is_file():
+            raise ArtifactError(
+                f"--out {out} holds {entry.name}, which is not part of an artifact; nothing was written (move it away)"
+            )
+    if not force:
+        raise ArtifactError(f"--out {out} is an artifact already; pass --force to replace it")
+
+
+def check_staging(staging: Path) -> None:
+    """Removes a previous partial export at `staging`; refuses anything else of that name."""
+    if not staging.exists() and not staging.is_symlink():
+        return
+    ours = staging.is_dir() and not staging.is_symlink()
+    entries = list(staging.iterdir()) if ours else []
+    names = {e.name for e in entries}
+    ours = ours and all(
+        (e.name in (META, PARTIAL_MARK) or _BLOB_NAME.fullmatch(e.name)) and e.is_file() and not e.is_symlink()
+        for e in entries
+    )
+    if not ours or (entries and PARTIAL_MARK not in names and not _is_artifact(staging)):
+        raise ArtifactError(f"{staging} exists and is not a partial export of `adaptive export`; move it away first")
+    _remove(staging)
+
+
+def _is_artifact(folder: Path) -> bool:
+    """A folder with a valid meta.json (an export stopped between verifying and renaming)."""
+    try:
+        read_meta(folder)
+    except ArtifactError:
+        return False
+    return True
+
+
+def _remove(folder: Path) -> None:
+    """Deletes a folder checked to hold only plain files this tool writes (never rmtree)."""
+    for entry in folder.iterdir():
+        entry.unlink()
+    folder.rmdir()
 
 
 def _cost_model_dict(model) -> dict:
@@ -215,25 +290,19 @@ def _cost_model_dict(model) -> dict:
 
 
 def load_artifact(path: str | Path, experts: int | None = None):
-    """(exported function, meta) after checking that the blob is the one meta.json describes;
-    `experts` picks a MoE model's function for that many experts per token (default: all)."""
+    """(exported function, meta) after validating meta.json and checking that the blob is the one
+    it describes and that it is the meta.json that was exported; `experts` picks a MoE model's
+    function for that many experts per token (default: all)."""
     path = Path(path)
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} is not an artifact (no meta.json); make one with `adaptive export`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path}/meta.json is corrupted ({e.__class__.__name__})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise ArtifactError(f"{path}/meta.json is not an {FORMAT} artifact description")
-    entry = {"file": BLOB, "sha256": meta.get("sha256"), "bytes": meta.get("bytes")}
-    if experts is not None and experts != meta["caps"].get("experts_per_token"):
+    meta = read_meta(path)
+    entry = {"file": BLOB, "sha256": meta["sha256"], "bytes": meta["bytes"]}
+    if experts is not None and experts != meta["caps"]["experts_per_token"]:
         variants = meta.get("expert_variants", {})
         if str(experts) not in variants:
-            have = ", ".join([*variants, str(meta["caps"].get("experts_per_token"))])
+            have = ", ".join([*variants, str(meta["caps"]["experts_per_token"])])
             raise ArtifactError(f"{path} has no function for {experts} expert(s) per token; it has {have}")
         entry = variants[str(experts)]
-    name = entry["file"]
+    name = entry["file"]  # validated: a plain file name of this folder
     try:
         blob = (path / name).read_bytes()
     except FileNotFoundError:
@@ -242,11 +311,25 @@ def load_artifact(path: str | Path, experts: int | None = None):
         raise ArtifactError(f"{path}/{name} is truncated or padded: {len(blob)} bytes, meta.json says {entry['bytes']}")
     if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
         raise ArtifactError(f"{path}/{name} does not match meta.json's checksum (corrupted or from another export)")
+    check_sealed(meta, path)  # a swapped blob whose checksum was updated in meta.json stops here
     try:
         exported = jax.export.deserialize(bytearray(blob))
     except Exception as e:  # the checksum passed, so this is a version mismatch, not corruption
         raise ArtifactError(f"{path}/{name} does not deserialize with jax {jax.__version__}: {e}") from None
+    _check_signature(exported, meta, f"{path}/{name}")
     return exported, meta
+
+
+def _check_signature(exported, meta: dict, where: str) -> None:
+    """The blob takes the input meta.json describes (a format-1 meta.json has no checksum to
+    vouch for it): (x[batch, *input.shape], budget[batch]) -> four outputs."""
+    shape = tuple(meta["input"]["shape"][1:])
+    x, *rest = exported.in_avals
+    if tuple(x.shape[1:]) != shape or len(rest) != 1 or len(exported.out_avals) != len(OUTPUTS):
+        raise ArtifactError(
+            f"{where} takes x of shape {tuple(x.shape)} and {len(rest)} more input(s); "
+            f"meta.json's input.shape says {list(meta['input']['shape'])}"
+        )
 
 
 def verify(path: Path, run: Run, count: int = 64) -> None:

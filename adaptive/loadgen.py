@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import uvloop
 
+from adaptive.artifact_meta import read_meta
 from adaptive.http_pool import ConnectionPool
 
 PATTERNS = ("poisson", "gamma", "spike", "shift")
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="JSON: the records and the labels")
     args = parser.parse_args(argv)
-    meta = json.loads((Path(args.artifact) / "meta.json").read_text())
+    meta = read_meta(args.artifact)
     x, y, hard_x, hard_y = examples(meta, args.seed)
     times, hard = schedule(args.pattern, args.rate, args.duration, args.seed)
     rng = np.random.default_rng(args.seed + 1)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from adaptive.export import ArtifactError, export_run, load_artifact
+from adaptive.export import PARTIAL_MARK, ArtifactError, export_run, load_artifact
 from adaptive.predict import BudgetedPredictor
 from adaptive.runs import load_run
 from tests.helpers import cli, train_tiny
@@ -148,3 +148,77 @@ def test_export_command(exported, tmp_path):
         cli("export", "--workdir", str(tmp_path), "--out", str(tmp_path / "b")), capture_output=True, text=True
     )
     assert bad.returncode == 2 and "is not a training run" in bad.stderr and not (tmp_path / "b").exists()
+
+
+def _snapshot(folder):
+    """Every path under `folder` with its bytes (None for folders): what must survive a refusal."""
+    return {str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in sorted(folder.rglob("*"))}
+
+
+def test_export_onto_its_own_workdir_is_refused_and_deletes_nothing(exported):
+    """`--out` equal to the workdir used to print success after deleting the run."""
+    workdir, _ = exported
+    before = _snapshot(workdir)
+    proc = subprocess.run(
+        cli("export", "--workdir", str(workdir), "--out", str(workdir), "--force"), capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "is inside the run's workdir" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    with pytest.raises(ArtifactError, match="is inside the run's workdir"):
+        export_run(workdir, workdir / "art", force=True)
+    with pytest.raises(ArtifactError, match="contains the run's workdir"):
+        export_run(workdir, workdir.parent, force=True)
+    assert _snapshot(workdir) == before
+    assert all((workdir / name).exists() for name in ("checkpoints", "metrics.jsonl", "config.json"))
+    assert not (workdir.parent / f"{workdir.name}.partial").exists()
+
+
+def test_export_onto_a_users_folder_or_file_is_refused_and_deletes_nothing(exported, tmp_path):
+    workdir, _ = exported
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    for force in (False, True):
+        with pytest.raises(ArtifactError, match="is a folder but not an artifact") as err:
+            export_run(workdir, mine, force=force)
+        assert "\n" not in str(err.value)
+    (tmp_path / "file.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match="is a file or a link"):
+        export_run(workdir, tmp_path / "file.txt", force=True)
+    assert (mine / "notes.txt").read_text() == "mine" and (tmp_path / "file.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "mine"]
+
+
+def test_re_export_needs_force_and_force_replaces_only_a_previous_artifact(exported, tmp_path):
+    workdir, _ = exported
+    out = tmp_path / "art"
+    out.mkdir()  # an empty folder is fine
+    export_run(workdir, out)
+    with pytest.raises(ArtifactError, match="is an artifact already; pass --force to replace it"):
+        export_run(workdir, out)
+    staging = tmp_path / "art.partial"  # what an export killed mid-write leaves: removed
+    staging.mkdir()
+    (staging / PARTIAL_MARK).touch()
+    (staging / "model.jaxexport").write_bytes(b"half")
+    (out / "model.jaxexport").write_bytes(b"a corrupted previous artifact is still one to replace")
+    export_run(workdir, out, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "model.jaxexport"] and load_artifact(out)
+    (out / "notes.txt").write_text("mine")
+    before = _snapshot(out)
+    with pytest.raises(ArtifactError, match="holds notes.txt, which is not part of an artifact"):
+        export_run(workdir, out, force=True)
+    assert _snapshot(out) == before
+
+
+def test_a_users_folder_named_like_the_staging_folder_is_never_deleted(exported, tmp_path):
+    workdir, _ = exported
+    for i, files in enumerate((["notes.txt"], ["model.jaxexport"], ["meta.json"])):
+        staging = tmp_path / f"art{i}.partial"
+        staging.mkdir()
+        for name in files:
+            (staging / name).write_text("mine")
+        before = _snapshot(staging)
+        with pytest.raises(ArtifactError, match="is not a partial export"):
+            export_run(workdir, tmp_path / f"art{i}")
+        assert _snapshot(staging) == before and not (tmp_path / f"art{i}").exists()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adaptive.artifact_meta import read_meta
 from adaptive.bench.timing import write_json
 from adaptive.loadgen import PATTERNS, summarize
 from adaptive.tables import print_table
@@ -63,7 +64,7 @@ def _load(url: str, artifact: str, pattern: str, rate: float, duration: float, o
 
 def _flops(artifact: str, model: str) -> dict[str, list[float]]:
     """FLOPs at each step budget of `artifact` served as `model`, and at each smaller expert budget."""
-    meta = json.loads((Path(artifact) / "meta.json").read_text())
+    meta = read_meta(artifact)
     by_k = meta.get("flops_at_expert_budgets", {})
     return {model: meta["compute_at_steps"]["flops"], **{f"{model}@k{k}": f for k, f in by_k.items()}}
 
@@ -186,7 +187,7 @@ def grouping_gain(artifact: str, repeats: int = 100) -> dict:
     from adaptive.loadgen import examples
 
     engine = Engine.from_artifact(artifact, buckets=(1, 4, 8, 16))
-    x = examples(json.loads((Path(artifact) / "meta.json").read_text()))[0][:16]
+    x = examples(engine.meta)[0][:16]
     budget = np.array([1, engine.cap] * 8, np.int32)
     times = {"one_batch_tight": [], "grouped_tight": [], "one_batch_all": [], "grouped_all": []}
     for _ in range(repeats + 20):

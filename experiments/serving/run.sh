@@ -32,8 +32,8 @@ else
     --config.model.depth=2 --config.train.steps=1500
   primary=primary1024 small=small budget=3 batch=16 json=serve_mnist1d.json
 fi
-adaptive export --workdir "$out/$primary" --out "$out/$primary.art"
-adaptive export --workdir "$out/$small" --out "$out/$small.art"
+adaptive export --workdir "$out/$primary" --out "$out/$primary.art" --force
+adaptive export --workdir "$out/$small" --out "$out/$small.art" --force
 adaptive bench serve --artifact "$out/$primary.art" --small "$out/$small.art" --sla-ms 50 --max-batch "$batch" \
   --duration 10 --fixed-budget "$budget" --out "$out/bench-$task" --json "$here/$json"
 for f in latency_cdf.png budget_over_time.png grouping.json; do cp "$out/bench-$task/$f" "$here/${task}_$f"; done

@@ -1,0 +1,242 @@
+"""An artifact's meta.json: its schema, its own checksum, and reading it back checked.
+
+meta.json is what a server trusts about a blob: the caps it clips budgets to, the input shape it
+compiles executables for, the compute and accuracy tables it plans with, and the files it opens.
+So it is validated by hand against the schema below before anything uses it (a bad value is one
+line naming its key path, never a traceback at start-up or a server that rejects everything),
+and from "adaptive-export/2" on it carries `meta_sha256`, the SHA-256 of its own canonical JSON:
+an edit to it -- a cap, a table, or a swapped blob with its checksum updated -- is refused.
+An "adaptive-export/1" meta.json has no such checksum: it loads after the same validation, with
+a warning to re-export it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from pathlib import Path
+
+FORMAT = "adaptive-export/2"
+FORMAT_1 = "adaptive-export/1"  # no meta_sha256: still loaded, with a warning
+META = "meta.json"
+BLOB = "model.jaxexport"
+CHECKSUM_KEY = "meta_sha256"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class ArtifactError(ValueError):
+    """An artifact that is missing, corrupted, truncated or not what it claims; one line."""
+
+
+def variant_file(k: int) -> str:
+    """The file name of the function for `k` experts per token (the only name meta.json may give it)."""
+    return f"model-k{k}.jaxexport"
+
+
+def meta_checksum(meta: dict) -> str:
+    """SHA-256 of meta.json's canonical JSON, without its own checksum key."""
+    body = {key: value for key, value in meta.items() if key != CHECKSUM_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal(meta: dict) -> dict:
+    """`meta` as it reads back from JSON, with its checksum added (computed on the read-back form,
+    so that what load computes from the file is the same)."""
+    plain = json.loads(json.dumps(meta))
+    return {**plain, CHECKSUM_KEY: meta_checksum(plain)}
+
+
+def read_meta(path: str | Path) -> dict:
+    """ART/meta.json parsed and validated against the schema (its checksum is checked apart, by
+    `check_sealed`, once the blobs it describes have been checked)."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / META).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is not an artifact (no {META}); make one with `adaptive export`") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}/{META} is corrupted ({e.__class__.__name__})") from None
+    except OSError as e:
+        raise ArtifactError(f"{path}/{META} cannot be read ({e.strerror})") from None
+    validate(meta, f"{path}/{META}")
+    return meta
+
+
+def check_sealed(meta: dict, path: str | Path) -> None:
+    """Refuses a meta.json edited after export; warns about a format-1 one (no checksum to check)."""
+    if meta["format"] == FORMAT_1 and CHECKSUM_KEY not in meta:
+        logging.warning(
+            "%s/%s (%s) is not covered by a checksum: re-export it with `adaptive export --force`", path, META, FORMAT_1
+        )
+        return
+    if meta_checksum(meta) != meta[CHECKSUM_KEY]:
+        raise ArtifactError(f"{path}/{META} was modified after export (checksum mismatch)")
+
+
+# -- schema ------------------------------------------------------------------------------------
+
+
+def validate(meta, where: str) -> None:
+    """Every key a loader or server reads, checked for type and range; `where` prefixes errors."""
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{where} must hold a JSON object; got {type(meta).__name__}")
+    _Schema(where).check(meta)
+
+
+class _Schema:
+    """The checks, each raising one line: `WHERE: KEY.PATH must be WHAT; got VALUE`."""
+
+    def __init__(self, where: str):
+        self.where = where
+
+    def check(self, meta: dict) -> None:
+        fmt = self.get(meta, "format")
+        if fmt not in (FORMAT_1, FORMAT):
+            raise self.fail("format", f"{FORMAT!r} or {FORMAT_1!r}", fmt)
+        if fmt == FORMAT or CHECKSUM_KEY in meta:
+            self.checksum(self.get(meta, CHECKSUM_KEY), CHECKSUM_KEY)
+        self.checksum(self.get(meta, "sha256"), "sha256")
+        self.integer(self.get(meta, "bytes"), "bytes", 0)
+
+        caps = self.obj(self.get(meta, "caps"), "caps")
+        cap = self.integer(self.get(caps, "steps", "caps."), "caps.steps", 1)
+        k_max = self.get(caps, "experts_per_token", "caps.")
+        if k_max is not None:
+            self.integer(k_max, "caps.experts_per_token", 1)
+
+        spec = self.obj(self.get(meta, "input"), "input")
+        shape = self.get(spec, "shape", "input.")
+        dims = shape[1:] if isinstance(shape, list) else []
+        if not (
+            isinstance(shape, list) and shape[:1] == ["batch"] and dims and all(_is_int(d) and d >= 1 for d in dims)
+        ):
+            raise self.fail("input.shape", '["batch", positive integers...]', shape)
+        if spec.get("dtype", "float32") != "float32":
+            raise self.fail("input.dtype", '"float32"', spec["dtype"])
+        self.integer(self.get(meta, "num_classes"), "num_classes", 2)
+        outputs = meta.get("outputs", [])
+        if not (isinstance(outputs, list) and all(isinstance(o, str) for o in outputs)):
+            raise self.fail("outputs", "a list of names", outputs)
+
+        self.variants(self.obj(meta.get("expert_variants", {}), "expert_variants"), k_max)
+        self.compute(self.obj(self.get(meta, "compute_at_steps"), "compute_at_steps"), cap)
+        by_experts = self.obj(meta.get("flops_at_expert_budgets") or {}, "flops_at_expert_budgets")
+        for key, values in by_experts.items():
+            if _budget_key(key) not in range(1, k_max or 1):
+                raise self.fail("flops_at_expert_budgets", f"keyed by integers in [1, {k_max or 1})", key)
+            self.row(values, f"flops_at_expert_budgets.{key}", cap)
+        if meta.get("accuracy_at_budgets") is not None:
+            self.accuracy(self.obj(meta["accuracy_at_budgets"], "accuracy_at_budgets"), cap, k_max)
+        for key in ("config", "packages", "source"):
+            self.obj(meta.get(key, {}), key)
+        for key in ("budget", "cost_model"):
+            if meta.get(key) is not None:
+                self.obj(meta[key], key)
+
+    def variants(self, variants: dict, k_max: int | None) -> None:
+        """One function per expert budget below the trained one, each a plain file of the artifact."""
+        for key, entry in variants.items():
+            k, path = _budget_key(key), f"expert_variants.{key}"
+            if k not in range(1, k_max or 1):
+                raise self.fail("expert_variants", f"keyed by integers in [1, caps.experts_per_token = {k_max})", key)
+            entry = self.obj(entry, path)
+            name = self.get(entry, "file", path + ".")
+            if name != variant_file(k):  # never a path: nothing outside the artifact is opened
+                raise self.fail(path + ".file", repr(variant_file(k)), name)
+            self.checksum(self.get(entry, "sha256", path + "."), path + ".sha256")
+            self.integer(self.get(entry, "bytes", path + "."), path + ".bytes", 0)
+
+    def compute(self, compute: dict, cap: int) -> None:
+        for column in ("steps", "flops"):
+            self.get(compute, column, "compute_at_steps.")
+        for column, values in compute.items():
+            self.row(values, f"compute_at_steps.{column}", cap)
+        if compute["steps"] != list(range(1, cap + 1)):  # the engine indexes every column by steps - 1
+            raise self.fail("compute_at_steps.steps", f"1, 2, ..., caps.steps = {cap}", compute["steps"])
+        for column in ("flops", "macs"):  # a budget in these units is found by bisection
+            values = compute.get(column, [])
+            if any(b < a for a, b in zip(values, values[1:], strict=False)):
+                raise self.fail(f"compute_at_steps.{column}", "non-decreasing", values)
+
+    def accuracy(self, table: dict, cap: int, k_max: int | None) -> None:
+        """A row per expert budget 1..k_max (one row without experts) of caps.steps accuracies
+        (null where the model has no such operating point); `by_batch`: that table per served
+        batch size."""
+        path = "accuracy_at_budgets"
+        want = None if k_max is None else list(range(1, k_max + 1))
+        if table.get("experts") != want:
+            raise self.fail(path + ".experts", "null" if want is None else f"{want}", table.get("experts"))
+        rows = len(want or [None])
+        if "batch" in table:
+            self.integer(table["batch"], path + ".batch", 1)
+        if "examples" in table:
+            self.integer(table["examples"], path + ".examples", 0)
+        self.rows(self.get(table, "accuracy", path + "."), path + ".accuracy", rows, cap)
+        if table.get("by_batch") is None:
+            return
+        served = self.obj(table["by_batch"], path + ".by_batch")
+        sizes, tables = served.get("batch"), served.get("accuracy")
+        if not (isinstance(sizes, list) and all(_is_int(b) and b >= 1 for b in sizes)):
+            raise self.fail(path + ".by_batch.batch", "a list of batch sizes >= 1", sizes)
+        if not (isinstance(tables, list) and len(tables) == len(sizes)):
+            raise self.fail(path + ".by_batch.accuracy", f"{len(sizes)} tables, one per batch size", tables)
+        for i, rows_of_size in enumerate(tables):
+            self.rows(rows_of_size, f"{path}.by_batch.accuracy.{i}", rows, cap)
+
+    def rows(self, value, path: str, rows: int, cap: int) -> None:
+        if not (isinstance(value, list) and len(value) == rows):
+            raise self.fail(path, f"a list of {rows} row(s), one per expert budget", value)
+        for i, row in enumerate(value):
+            ok = isinstance(row, list) and len(row) == cap
+            if not ok or not all(a is None or (_is_number(a) and 0 <= a <= 1) for a in row):
+                raise self.fail(f"{path}.{i}", f"{cap} (caps.steps) values, each null or a number in [0, 1]", row)
+
+    def row(self, values, path: str, cap: int) -> None:
+        """A compute column: one finite, non-negative number per step budget 1..cap."""
+        if not (isinstance(values, list) and len(values) == cap):
+            raise self.fail(path, f"a list of {cap} (caps.steps) numbers", values)
+        if not all(_is_number(v) and v >= 0 for v in values):
+            raise self.fail(path, "finite non-negative numbers", values)
+
+    # -- primitives --
+
+    def fail(self, key: str, must: str, got) -> ArtifactError:
+        text = repr(got)  # repr escapes newlines: the message stays one line
+        return ArtifactError(
+            f"{self.where}: {key} must be {must}; got {text if len(text) <= 80 else text[:77] + '...'}"
+        )
+
+    def get(self, obj: dict, key: str, prefix: str = ""):
+        if key not in obj:
+            raise ArtifactError(f"{self.where}: {prefix}{key} is missing")
+        return obj[key]
+
+    def obj(self, value, path: str) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(path, "an object", value)
+        return value
+
+    def integer(self, value, path: str, lo: int) -> int:
+        if not (_is_int(value) and value >= lo):
+            raise self.fail(path, f"an integer >= {lo}", value)
+        return value
+
+    def checksum(self, value, path: str) -> None:
+        if not (isinstance(value, str) and _HEX64.fullmatch(value)):
+            raise self.fail(path, "64 lowercase hex characters", value)
+
+
+def _budget_key(key: str) -> int | None:
+    """An expert-budget key ("1", "2", ...) as an int; None when it is not one."""
+    return int(key) if isinstance(key, str) and key.isascii() and key.isdigit() else None
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
