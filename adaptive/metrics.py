@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Protocol
+
+from adaptive.runinfo import file_errors, write_atomic
 
 
 class Writer(Protocol):
@@ -29,26 +30,28 @@ class JsonlWriter:
 
     def __init__(self, path: str | Path, *, resume_step: int):
         self.path = Path(path)
-        kept = []
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if row.get("step", 0) <= resume_step:
-                    kept.append(line)
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(k + "\n" for k in kept))
-            os.replace(tmp, self.path)
-        self._file = self.path.open("a")
+        with file_errors(self.path):
+            if self.path.exists():
+                kept = [line for line in self.path.read_text(errors="replace").splitlines() if _kept(line, resume_step)]
+                write_atomic(self.path, "".join(k + "\n" for k in kept))
+            self._file = self.path.open("a")
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
-        self._file.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
-        self._file.flush()
+        with file_errors(self.path):
+            self._file.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        with file_errors(self.path):
+            self._file.close()
+
+
+def _kept(line: str, resume_step: int) -> bool:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and row.get("step", 0) <= resume_step
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

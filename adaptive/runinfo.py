@@ -1,16 +1,69 @@
-"""DIR/run.json: what produced a run (package versions, git commit, seed, devices, starts)."""
+"""DIR/run.json: what produced a run (package versions, git commit, seed, devices, starts).
+
+Also the helpers every writer of a workdir shares: an OSError on one of its files becomes a
+one-line `WorkdirError` naming the file, files are replaced atomically (a kill never leaves one
+half written), and a damaged file is renamed aside, never deleted.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
+import logging
+import os
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-import jax
+log = logging.getLogger(__name__)
+
+
+class WorkdirError(RuntimeError):
+    """A file of the workdir cannot be written or read (full disk, read-only, not a folder)."""
+
+
+@contextlib.contextmanager
+def file_errors(path: str | Path, action: str = "write") -> Iterator[None]:
+    """Turns an OSError inside the block into `cannot ACTION PATH: <reason>` (one line)."""
+    try:
+        yield
+    except OSError as e:
+        raise WorkdirError(f"cannot {action} {path}: {e.strerror or e}") from e
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replaces `path` by `text` in one rename, so that a kill or a full disk leaves the old file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with file_errors(path):
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def json_problem(e: ValueError) -> str:
+    """What is wrong with a file that does not parse, in a few words."""
+    if isinstance(e, json.JSONDecodeError):
+        return f"JSON error at line {e.lineno} column {e.colno}: {e.msg}"
+    if isinstance(e, UnicodeDecodeError):
+        return "not UTF-8 text"
+    return str(e)
+
+
+def set_aside(path: Path) -> Path:
+    """Renames a damaged file to `NAME.corrupt-<n>` (the first free n) and returns the new path."""
+    n = 1
+    while (aside := path.with_name(f"{path.name}.corrupt-{n}")).exists():
+        n += 1
+    with file_errors(aside):
+        path.rename(aside)
+    return aside
+
 
 PACKAGES = (
     "jax",
@@ -58,19 +111,17 @@ def git_commit() -> str | None:
 
 def record_start(workdir: Path, *, seed: int, resumed_from: int | None) -> None:
     """Writes run.json on the first start and appends one entry per (re)start."""
+    import jax  # here: the metrics writer imports this module's file helpers without needing JAX
+
     path = workdir / "run.json"
-    info = (
-        json.loads(path.read_text())
-        if path.exists()
-        else {
-            "seed": seed,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "packages": package_versions(),
-            "git_commit": git_commit(),
-            "starts": [],
-        }
-    )
+    info = _read_record(path) or {
+        "seed": seed,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": package_versions(),
+        "git_commit": git_commit(),
+        "starts": [],
+    }
     info["starts"].append(
         {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -80,4 +131,21 @@ def record_start(workdir: Path, *, seed: int, resumed_from: int | None) -> None:
             "git_commit": git_commit(),
         }
     )
-    path.write_text(json.dumps(info, indent=2) + "\n")
+    write_atomic(path, json.dumps(info, indent=2) + "\n")
+
+
+def _read_record(path: Path) -> dict | None:
+    """run.json as saved, or None when there is none or it is damaged. A damaged one is renamed
+    aside and a fresh one started: it records provenance, not state, so it never blocks a resume."""
+    if not path.exists():
+        return None
+    try:
+        with file_errors(path, "read"):
+            info = json.loads(path.read_text())
+        if not isinstance(info, dict) or not isinstance(info.get("starts"), list):
+            raise ValueError("not a run record")
+        return info
+    except ValueError as e:
+        aside = set_aside(path)
+        log.warning("%s is corrupted (%s); moved it to %s and started a new one", path, json_problem(e), aside)
+        return None

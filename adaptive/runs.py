@@ -14,6 +14,7 @@ from adaptive.budget import Budget
 from adaptive.checkpoint import Checkpointer
 from adaptive.nn.models import build_model
 from adaptive.optim import make_optimizer
+from adaptive.runinfo import json_problem
 
 
 class RunError(ValueError):
@@ -35,7 +36,24 @@ def load_config(workdir: str | Path) -> config_lib.Config:
     path = Path(workdir) / "config.json"
     if not path.is_file():
         raise RunError(f"{workdir} is not a training run (no config.json)")
-    return config_lib.from_dict(json.loads(path.read_text()))
+    try:
+        saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {e.strerror or e}") from e
+    except ValueError as e:
+        raise damaged_config(path, json_problem(e)) from e
+    return config_lib.from_dict(saved)
+
+
+def damaged_config(path: Path, problem: str) -> RunError:
+    """The one-line refusal for a config.json that does not parse, with the way to recover: the
+    run's checkpoints are intact, only the record of the config that made them is not."""
+    return RunError(
+        f"{path} is corrupted ({problem}); restore it, or delete it and rerun adaptive train with the "
+        f"run's --config and overrides (run.json records the command) to rewrite it and resume"
+    )
 
 
 def load_run(workdir: str | Path, step: int | None = None) -> Run:
@@ -56,7 +74,11 @@ def restore_state(workdir: str | Path, step: int | None = None) -> tuple[Run, di
     like = steps.init_state(
         graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget, cfg.train.batch_size
     )
-    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    if not (workdir / "checkpoints").is_dir():
+        raise RunError(f"{workdir} has no checkpoint yet")
+    # Readers leave the run as they found it: an unusable newest step is skipped with a warning,
+    # not set aside (training does that when it resumes).
+    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints, create=False)
     try:
         if step is None:
             restored = ckpt.restore_latest(like)

@@ -186,7 +186,7 @@ def collect(point: Point) -> bool:
     point.process = None
     if code == 0:
         point.status = "done"
-    elif code == 128 + 15:
+    elif code in (128 + 15, 128 + 2):  # SIGTERM from the sweep, or a terminal's Ctrl-C: both save
         point.status, point.detail = "partial", "interrupted (checkpoint saved)"
     else:
         point.status, point.detail = "failed", f"exit {code}: {_last_error(point)}"

@@ -2,16 +2,20 @@
 
 Running it again on the same workdir resumes from the newest checkpoint that restores (params,
 optimizer, step, data position); randomness is derived from (seed, step), so a run killed at
-any moment and rerun ends bitwise where an uninterrupted run ends. SIGTERM saves and stops.
+any moment and rerun ends bitwise where an uninterrupted run ends. SIGTERM and SIGINT (Ctrl-C)
+save and stop. An unusable newest checkpoint is set aside and its steps trained again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -25,6 +29,7 @@ from adaptive.checkpoint import Checkpointer
 from adaptive.metrics import JsonlWriter, MultiWriter, ProgressBar, WandbWriter
 from adaptive.nn.models import build_model
 from adaptive.optim import learning_rate_schedule, make_optimizer
+from adaptive.runs import damaged_config
 from adaptive.scoring import evaluate
 
 log = logging.getLogger(__name__)
@@ -46,7 +51,11 @@ class TrainingError(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-    """SIGTERM arrived: a checkpoint was saved and the run stopped; rerun to resume."""
+    """SIGTERM or SIGINT arrived: a checkpoint was saved and the run stopped; rerun to resume."""
+
+    def __init__(self, message: str, *, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.signum = int(signum)
 
 
 def _check_routing_groups(cfg: config_lib.Config, input_shape: tuple[int, ...]) -> None:
@@ -74,10 +83,44 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
     model = build_model(cfg, spec)
     budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)  # refuses unreachable targets
     workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    with runinfo.file_errors(workdir):
+        workdir.mkdir(parents=True, exist_ok=True)
     if parallel.is_writer():
         _write_or_check_config(cfg, workdir)
 
+    state, loop = _build_loop(cfg, model, spec, budget, mesh)
+    rows = parallel.host_rows(cfg.train.batch_size) if jax.process_count() > 1 else None
+    batches = data.train_iterator(cfg.data, cfg.train.batch_size, seed=cfg.seed, rows=rows)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    writer = None
+    try:
+        # Training sets an unusable newest step aside, so that it trains and saves that step again.
+        restored = ckpt.restore_latest(state, set_aside=True)
+        start = 0
+        if restored is not None:
+            start, state, data_state = restored
+            batches.set_state(data_state)
+            log.info("resuming %s from step %d", workdir, start)
+        if parallel.is_writer():
+            runinfo.record_start(workdir, seed=cfg.seed, resumed_from=restored and start)
+        writer = _open_writers(cfg, workdir, start)
+        with _StopSignals() as stop:
+            final = loop.run(state, batches, start, ckpt, writer, stop)
+    except BaseException:
+        for closable in (writer, ckpt):  # the error on its way says what went wrong, not these
+            with contextlib.suppress(Exception):
+                if closable is not None:
+                    closable.close()
+        raise
+    try:
+        writer.close()
+    finally:
+        ckpt.close()
+    return final
+
+
+def _build_loop(cfg: config_lib.Config, model, spec: data.DatasetSpec, budget: Budget | None, mesh):
+    """The fresh train state (laid out on the mesh) and the loop with its jitted steps."""
     graphdef, params = nnx.split(model, nnx.Param)
     tx = make_optimizer(cfg.optim, cfg.train.steps)
     state = steps.init_state(
@@ -94,23 +137,20 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
         train_step = jax.jit(step_fn, in_shardings=(shardings, batch_in), out_shardings=shardings, donate_argnums=0)
         place = lambda batch: parallel.global_batch(batch, mesh)  # noqa: E731
     # With experts sharded, both steps trace under the mesh: their MoE layers go all-to-all.
-    train_step = parallel.with_mesh(train_step, mesh)
-    eval_step = parallel.with_mesh(jax.jit(steps.make_eval_step(graphdef, spec.max_difficulty)), mesh)
-    lr_at = learning_rate_schedule(cfg.optim, cfg.train.steps)
+    loop = _Loop(
+        cfg=cfg,
+        train_step=parallel.with_mesh(train_step, mesh),
+        eval_step=parallel.with_mesh(jax.jit(steps.make_eval_step(graphdef, spec.max_difficulty)), mesh),
+        place=place,
+        lr_at=learning_rate_schedule(cfg.optim, cfg.train.steps),
+        budget=budget,
+    )
+    return state, loop
 
-    rows = parallel.host_rows(cfg.train.batch_size) if jax.process_count() > 1 else None
-    batches = data.train_iterator(cfg.data, cfg.train.batch_size, seed=cfg.seed, rows=rows)
-    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
-    restored = ckpt.restore_latest(state)
-    start = 0
-    if restored is not None:
-        start, state, data_state = restored
-        batches.set_state(data_state)
-        log.info("resuming %s from step %d", workdir, start)
+
+def _open_writers(cfg: config_lib.Config, workdir: Path, start: int) -> MultiWriter:
     writing = parallel.is_writer()
-    if writing:
-        runinfo.record_start(workdir, seed=cfg.seed, resumed_from=restored and start)
-    writers = [JsonlWriter(workdir / "metrics.jsonl", resume_step=start)] if writing else []
+    writers: list = [JsonlWriter(workdir / "metrics.jsonl", resume_step=start)] if writing else []
     if cfg.logging.wandb != "disabled" and writing:
         writers.append(
             WandbWriter(
@@ -122,44 +162,76 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
             )
         )
     bar = ProgressBar(cfg.train.steps, start, enabled=cfg.logging.progress and writing)
-    writer = MultiWriter(writers + [bar])
+    return MultiWriter(writers + [bar])  # the bar last: the loop advances it every step
 
-    stop = {"signal": None}
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.update(signal=signum))
-    final: dict[str, float] = {}
-    try:
+
+class _StopSignals:
+    """Records SIGTERM and SIGINT; the loop then saves at the end of the step and stops. After a
+    first Ctrl-C a second one kills at once (orbax's save is atomic, so that loses no checkpoint)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def _record(self, signum, frame) -> None:
+        self.signum = signum
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    def __enter__(self) -> _StopSignals:
+        self._previous = {s: signal.signal(s, self._record) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+@dataclasses.dataclass
+class _Loop:
+    cfg: config_lib.Config
+    train_step: Callable
+    eval_step: Callable
+    place: Callable
+    lr_at: Callable
+    budget: Budget | None
+
+    def run(self, state, batches, start: int, ckpt: Checkpointer, writer, stop: _StopSignals) -> dict[str, float]:
+        """Steps `start + 1` to the end: logs, evals and checkpoints as configured; on a signal,
+        saves at the current step and raises Interrupted."""
+        train, bar = self.cfg.train, writer.writers[-1]  # the progress bar comes last
+        final: dict[str, float] = {}
         t_window, steps_in_window = time.perf_counter(), 0
-        for step in range(start + 1, cfg.train.steps + 1):
-            state = train_step(state, place(next(batches)))
+        for step in range(start + 1, train.steps + 1):
+            state = self.train_step(state, self.place(next(batches)))
             steps_in_window += 1
             bar.advance()
-            last = step == cfg.train.steps
-            if step % cfg.train.log_every == 0 or last:
-                metrics, state = _train_metrics(state, lr_at)
-                elapsed = time.perf_counter() - t_window
-                metrics["perf/steps_per_sec"] = steps_in_window / max(elapsed, 1e-9)
+            last = step == train.steps
+            if step % train.log_every == 0 or last:
+                metrics, state = _train_metrics(state, self.lr_at)
+                metrics["perf/steps_per_sec"] = steps_in_window / max(time.perf_counter() - t_window, 1e-9)
                 writer.write(step, "train", metrics)
                 t_window, steps_in_window = time.perf_counter(), 0
-            due_checkpoint = step % cfg.train.checkpoint_every == 0 or last or stop["signal"]
-            if due_checkpoint or step % cfg.train.log_every == 0:
-                _check_streak(state, cfg.train.max_nonfinite_in_a_row, step, ckpt)
-            if step % cfg.train.eval_every == 0 or last:
-                final = evaluate(eval_step, state["params"], cfg, cfg.data.eval_split, requests=budget)
+            due_checkpoint = step % train.checkpoint_every == 0 or last or stop.signum
+            if due_checkpoint or step % train.log_every == 0:
+                _check_streak(state, train.max_nonfinite_in_a_row, step, ckpt)
+            if step % train.eval_every == 0 or last:
+                final = self._evaluate(state)
                 writer.write(step, "eval", final)
             if due_checkpoint:
                 ckpt.save(step, state, batches.get_state())
-            if stop["signal"]:
+            if stop.signum:
+                name = signal.Signals(stop.signum).name
                 raise Interrupted(
-                    f"stopped by SIGTERM at step {step}; checkpoint saved in "
-                    f"{ckpt.directory}; rerun the same command to resume"
+                    f"stopped by {name} at step {step}; checkpoint saved in {ckpt.directory}; "
+                    "rerun the same command to resume",
+                    signum=stop.signum,
                 )
-        if start >= cfg.train.steps:  # nothing left to train: report the finished run's eval
-            final = evaluate(eval_step, state["params"], cfg, cfg.data.eval_split, requests=budget)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        writer.close()
-        ckpt.close()
-    return final
+        if start >= train.steps:  # nothing left to train: report the finished run's eval
+            final = self._evaluate(state)
+        return final
+
+    def _evaluate(self, state: dict) -> dict[str, float]:
+        return evaluate(self.eval_step, state["params"], self.cfg, self.cfg.data.eval_split, requests=self.budget)
 
 
 def _train_metrics(state: dict, lr_at) -> tuple[dict, dict]:
@@ -195,8 +267,8 @@ def _write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
     """Saves DIR/config.json; on a rerun, refuses a config that would make it another run."""
     path = workdir / "config.json"
     current = json.loads(json.dumps(config_lib.to_dict(cfg)))
-    if path.exists():
-        saved = json.loads(path.read_text())
+    saved = _saved_config(path, workdir)
+    if saved is not None:
         try:  # a run saved before a config field existed had that field's default
             saved = json.loads(json.dumps(config_lib.to_dict(config_lib.from_dict(saved))))
         except config_lib.ConfigError:
@@ -207,7 +279,28 @@ def _write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
                     f"{workdir} holds a run with another config ({key}: {_get(saved, key)!r} != "
                     f"{_get(current, key)!r}); use a new --workdir or the same config"
                 )
-    path.write_text(json.dumps(current, indent=2) + "\n")
+    runinfo.write_atomic(path, json.dumps(current, indent=2) + "\n")
+
+
+def _saved_config(path: Path, workdir: Path) -> dict | None:
+    """config.json as saved, or None if there is none. A damaged one is refused while checkpoints
+    depend on it (resuming them under an unchecked config could silently make another run); with
+    no checkpoint, nothing depends on it: it is renamed aside and written anew."""
+    if not path.exists():
+        return None
+    try:
+        with runinfo.file_errors(path, "read"):
+            saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+        return saved
+    except ValueError as e:
+        problem, checkpoints = runinfo.json_problem(e), workdir / "checkpoints"
+        if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+            raise damaged_config(path, problem) from e
+        aside = runinfo.set_aside(path)
+        log.warning("%s is corrupted (%s) and no checkpoint depends on it; moved it to %s", path, problem, aside)
+        return None
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -1,7 +1,8 @@
-"""The trainer end to end: outputs, exact resume after SIGKILL, SIGTERM, non-finite steps."""
+"""The trainer end to end: outputs, exact resume after SIGKILL, SIGTERM or Ctrl-C, corrupt checkpoints."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -14,6 +15,7 @@ from adaptive import config as config_lib
 from adaptive.checkpoint import Checkpointer
 from adaptive.train import TrainingError, train_and_evaluate
 from tests.helpers import ROOT, final_state, metric_rows, run_train, train_command
+from tests.test_checkpoint import flip_bits
 
 # 60 steps, a checkpoint every 10, a log line every 5: small enough for a few seconds.
 SHORT = [
@@ -86,22 +88,26 @@ def test_sigkill_at_any_moment_then_resume_is_bitwise_identical(reference_run, t
     assert len(json.loads((workdir / "run.json").read_text())["starts"]) >= 2
 
 
-def test_sigterm_saves_then_resume_matches(reference_run, tmp_path):
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+def test_sigterm_or_ctrl_c_saves_then_resume_matches(reference_run, tmp_path, signum, code):
     ref_dir, _ = reference_run
-    workdir = tmp_path / "terminated"
+    workdir = tmp_path / "stopped"
     proc = subprocess.Popen(train_command(workdir, *SHORT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = workdir / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.monotonic() < deadline:
         time.sleep(0.005)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 143, stderr
-    assert "stopped by SIGTERM at step" in stderr and "rerun the same command" in stderr
+    assert proc.returncode == code, stderr
     saved = Checkpointer(workdir / "checkpoints", keep=3)
     stopped_at = saved.latest_step()
     saved.close()
     assert stopped_at is not None and stopped_at < 60
+    assert stderr.strip().splitlines() == [
+        f"adaptive: stopped by {signum.name} at step {stopped_at}; checkpoint saved in "
+        f"{workdir / 'checkpoints'}; rerun the same command to resume"
+    ]
     assert run_train(workdir, *SHORT).returncode == 0
     jax.tree.map(np.testing.assert_array_equal, final_state(workdir)[1], final_state(ref_dir)[1])
 
@@ -173,8 +179,6 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
 
 
 def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(reference_run, tmp_path):
-    import shutil
-
     workdir = tmp_path / "copy"
     shutil.copytree(reference_run[0], workdir)
     for f in (workdir / "checkpoints" / "60").rglob("*"):
@@ -182,6 +186,33 @@ def test_a_corrupted_latest_checkpoint_falls_back_to_the_previous_one(reference_
             f.write_bytes(b"garbage")
     step, state = final_state(workdir)
     assert step == 50
+    assert (workdir / "checkpoints" / "60").is_dir()  # a reader leaves the run as it found it
+
+
+def test_a_corrupt_newest_checkpoint_is_set_aside_and_its_steps_trained_again(reference_run, tmp_path):
+    """Bits flipped in step 60's arrays: the rerun moves 60 aside, resumes from 50, saves 60 again
+    and ends where the uninterrupted run ended; a second rerun trains nothing."""
+    ref_dir, _ = reference_run
+    workdir = tmp_path / "copy"
+    shutil.copytree(ref_dir, workdir)
+    damaged = flip_bits(workdir / "checkpoints" / "60").read_bytes()
+    proc = run_train(workdir, *SHORT)
+    assert proc.returncode == 0, proc.stderr
+    (aside,) = (workdir / "checkpoints").glob("corrupt-60-*")
+    assert damaged in [f.read_bytes() for f in aside.rglob("*") if f.is_file()]
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
+    assert warnings == [
+        f"WARNING adaptive.checkpoint: checkpoint {workdir / 'checkpoints' / '60'} is corrupt (its content does "
+        f"not match its checksum); moved it to {aside}, resuming from step 50"
+    ]
+    step, state = final_state(workdir)
+    assert step == 60
+    jax.tree.map(np.testing.assert_array_equal, state, final_state(ref_dir)[1])
+    assert metric_rows(workdir) == metric_rows(ref_dir)
+    before = (workdir / "metrics.jsonl").read_text()
+    again = run_train(workdir, *SHORT)
+    assert again.returncode == 0 and "WARNING" not in again.stderr
+    assert (workdir / "metrics.jsonl").read_text() == before
 
 
 def test_golden_first_step_of_the_default_model(tmp_path):

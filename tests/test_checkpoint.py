@@ -1,0 +1,144 @@
+"""Checkpoints: checksums catch flipped bits, unusable steps are skipped or set aside, a save that
+fails on a full disk leaves the previous checkpoint, and old checkpoints without a checksum load."""
+
+import errno
+import logging
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from adaptive.checkpoint import Checkpointer, CheckpointError
+from adaptive.runinfo import WorkdirError
+
+
+def _state(step: int) -> dict:
+    key = jax.random.key(step)
+    return {
+        "step": jnp.asarray(step, jnp.int32),
+        "params": {"w": jax.random.normal(key, (64, 64)), "b": jnp.full((64,), float(step))},
+    }
+
+
+def _saved(tmp_path: Path, steps=(1, 2)) -> Checkpointer:
+    ckpt = Checkpointer(tmp_path / "checkpoints", keep=5)
+    for step in steps:
+        ckpt.save(step, _state(step), {"next_index": step})
+    return ckpt
+
+
+def flip_bits(step_folder: Path) -> Path:
+    """Flips 3 bits in the middle of the biggest file of a checkpoint's arrays (orbax still reads
+    it: only a checksum notices)."""
+    files = [f for f in (step_folder / "state").rglob("*") if f.is_file()]
+    biggest = max(files, key=lambda f: f.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    middle = len(data) // 2
+    for offset, bit in ((0, 1), (7, 4), (13, 6)):
+        data[middle + offset] ^= 1 << bit
+    biggest.write_bytes(bytes(data))
+    return biggest
+
+
+def _equal(a, b) -> None:
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, a), jax.tree.map(np.asarray, b))
+
+
+def test_a_flipped_bit_in_the_newest_checkpoint_is_caught_and_the_previous_one_used(tmp_path, caplog):
+    ckpt = _saved(tmp_path)
+    flip_bits(ckpt.directory / "2")
+    with caplog.at_level(logging.WARNING, logger="adaptive.checkpoint"):
+        step, state, data_state = ckpt.restore_latest(_state(0))
+    assert step == 1 and data_state == {"next_index": 1}
+    _equal(state, _state(1))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"checkpoint {ckpt.directory / '2'} is corrupt (its content does not match its checksum); using step 1"
+    ]
+    assert ckpt.steps() == [1, 2]  # a reader renames nothing
+    with pytest.raises(CheckpointError, match=r"checkpoint .*/2 is corrupt"):
+        ckpt.restore(2, _state(0))  # asked for by number: refused in one line
+    ckpt.close()
+
+
+def test_when_no_checkpoint_is_usable_the_error_names_each_and_nothing_is_set_aside(tmp_path):
+    ckpt = _saved(tmp_path)
+    for step in (1, 2):
+        flip_bits(ckpt.directory / str(step))
+    with pytest.raises(
+        CheckpointError, match=r"no checkpoint in .* can be restored: checkpoint .*/2 is corrupt .*/1 is"
+    ):
+        ckpt.restore_latest(_state(0), set_aside=True)
+    assert sorted(p.name for p in ckpt.directory.iterdir()) == ["1", "2"]
+    ckpt.close()
+
+
+def test_training_sets_a_corrupt_step_aside_then_saves_that_step_again(tmp_path, caplog):
+    ckpt = _saved(tmp_path)
+    damaged = flip_bits(ckpt.directory / "2").read_bytes()
+    with caplog.at_level(logging.WARNING, logger="adaptive.checkpoint"):
+        step, _, _ = ckpt.restore_latest(_state(0), set_aside=True)
+    (aside,) = ckpt.directory.glob("corrupt-2-*")
+    assert step == 1 and ckpt.steps() == [1]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"checkpoint {ckpt.directory / '2'} is corrupt (its content does not match its checksum); "
+        f"moved it to {aside}, resuming from step 1"
+    ]
+    assert damaged in [f.read_bytes() for f in aside.rglob("*") if f.is_file()]  # kept as it was
+    ckpt.save(2, _state(2), {"next_index": 2})
+    assert ckpt.steps() == [1, 2]
+    _equal(ckpt.restore(2, _state(0))[0], _state(2))
+    ckpt.close()
+    again = Checkpointer(tmp_path / "checkpoints", keep=5)
+    assert again.steps() == [1, 2] and again.restore_latest(_state(0))[0] == 2  # not a step for orbax
+    again.close()
+
+
+def test_a_checkpoint_saved_before_checksums_restores_with_a_warning(tmp_path, caplog):
+    directory = tmp_path / "checkpoints"
+    options = ocp.CheckpointManagerOptions(max_to_keep=3, enable_async_checkpointing=False, create=True)
+    with ocp.CheckpointManager(directory, options=options) as manager:  # the layout of earlier versions
+        args = ocp.args.Composite(state=ocp.args.StandardSave(_state(3)), data=ocp.args.JsonSave({"next_index": 3}))
+        manager.save(3, args=args)
+    ckpt = Checkpointer(directory, keep=3)
+    with caplog.at_level(logging.WARNING, logger="adaptive.checkpoint"):
+        step, state, data_state = ckpt.restore_latest(_state(0))
+    assert step == 3 and data_state == {"next_index": 3}
+    _equal(state, _state(3))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"checkpoint {directory.resolve() / '3'} has no checksum (saved by an older version); restored unverified"
+    ]
+    ckpt.close()
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        # how tensorstore reports a full disk while writing the arrays
+        ValueError("RESOURCE_EXHAUSTED: Error writing local file \"x\": No space left on device [os_error_code='28']"),
+    ],
+)
+def test_a_save_that_fails_on_a_full_disk_leaves_the_previous_checkpoint(tmp_path, monkeypatch, failure):
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler
+
+    ckpt = _saved(tmp_path, steps=(1,))
+
+    async def full_disk(self, item, directory):
+        raise failure
+
+    with monkeypatch.context() as patch:
+        patch.setattr(json_checkpoint_handler.JsonCheckpointHandler, "_save_fn", full_disk)
+        with pytest.raises(WorkdirError) as raised:
+            ckpt.save(2, _state(2), {"next_index": 2})
+    assert str(raised.value) == f"cannot write {ckpt.directory / '2'}: No space left on device"
+    assert [p.name for p in ckpt.directory.iterdir() if "tmp" in p.name]  # orbax's unfinished folder stays
+    ckpt.close()
+    reopened = Checkpointer(tmp_path / "checkpoints", keep=5)
+    assert reopened.steps() == [1]
+    _equal(reopened.restore_latest(_state(0))[1], _state(1))
+    reopened.save(2, _state(2), {"next_index": 2})  # with room again, the same step saves
+    assert reopened.restore_latest(_state(0))[0] == 2
+    reopened.close()

@@ -1,0 +1,200 @@
+"""A workdir that cannot be written, a disk that fills mid-run, damaged run.json and config.json:
+one line naming the file, the last good checkpoint kept, and a way to go on."""
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from adaptive import config as config_lib
+from adaptive import data
+from adaptive.checkpoint import Checkpointer
+from adaptive.runinfo import WorkdirError
+from adaptive.runs import RunError, load_config
+from adaptive.train import train_and_evaluate
+from tests.helpers import QUIET, ROOT, final_state, metric_rows, train_command
+
+FULL_DISK = OSError(errno.ENOSPC, "No space left on device")
+
+
+def _config(steps: int = 40) -> config_lib.Config:
+    cfg = config_lib.load(f"{ROOT}/configs/parity.py:tiny", QUIET)
+    train = dataclasses.replace(cfg.train, steps=steps, checkpoint_every=10, log_every=5, eval_every=steps)
+    return dataclasses.replace(cfg, train=train)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prepared_data():
+    """The dataset is prepared before any CLI run, so that stderr holds only what is asserted."""
+    data.prepare(_config().data)
+
+
+def _stderr_lines(workdir, *overrides) -> tuple[int, list[str]]:
+    proc = subprocess.run(train_command(workdir, *overrides), capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stderr.strip().splitlines()
+
+
+def test_a_workdir_under_a_file_is_a_one_line_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    workdir = tmp_path / "file" / "run"
+    assert _stderr_lines(workdir, "--config.train.steps=5") == (
+        1,
+        [f"adaptive: error: cannot write {workdir}: Not a directory"],
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not stop root")
+def test_a_read_only_workdir_is_a_one_line_error(tmp_path):
+    (tmp_path / "ro").mkdir(mode=0o555)
+    workdir = tmp_path / "ro" / "run"
+    assert _stderr_lines(workdir, "--config.train.steps=5") == (
+        1,
+        [f"adaptive: error: cannot write {workdir}: Permission denied"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "action", "strerror"),
+    [
+        ("config.json", "read", "Is a directory"),
+        ("run.json", "read", "Is a directory"),
+        ("metrics.jsonl", "write", "Is a directory"),
+        ("checkpoints", "write", "File exists"),
+    ],
+)
+def test_a_workdir_file_that_cannot_be_written_is_a_one_line_error(tmp_path, name, action, strerror):
+    """A folder where a file belongs (or a file where the checkpoint folder belongs): real OS
+    errors that stop root too."""
+    tmp_path.joinpath(name).mkdir() if name != "checkpoints" else tmp_path.joinpath(name).write_text("")
+    with pytest.raises(WorkdirError) as raised:
+        train_and_evaluate(_config(5), tmp_path)
+    assert str(raised.value) == f"cannot {action} {tmp_path / name}: {strerror}"
+
+
+class _FullAfter:
+    """A file that takes `rows` writes, then reports a full disk."""
+
+    def __init__(self, file, rows: int):
+        self.file, self.rows = file, rows
+
+    def write(self, text: str) -> int:
+        self.rows -= 1
+        if self.rows < 0:
+            raise FULL_DISK
+        return self.file.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+
+def test_a_full_disk_while_writing_metrics_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from adaptive import metrics
+
+    real_open = metrics.Path.open
+
+    def open_metrics(self, *args, **kwargs):  # 6 train rows (steps 5 to 30) fit, the 7th (step 35) does not
+        file = real_open(self, *args, **kwargs)
+        return _FullAfter(file, 6) if self.name == "metrics.jsonl" else file
+
+    monkeypatch.setattr(metrics.Path, "open", open_metrics)
+    with pytest.raises(WorkdirError) as raised:
+        train_and_evaluate(_config(), tmp_path)
+    assert str(raised.value) == f"cannot write {tmp_path / 'metrics.jsonl'}: No space left on device"
+    ckpt = Checkpointer(tmp_path / "checkpoints", keep=3)
+    assert ckpt.steps() == [10, 20, 30]
+    ckpt.close()
+    assert final_state(tmp_path)[0] == 30
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_the_run_resumes(tmp_path):
+    """The save at step 30 fails inside orbax: the CLI says so in one line, step 20 stays the
+    latest, orbax's unfinished folder is ignored, and a rerun resumes from 20 to the end."""
+    workdir = tmp_path / "run"
+    patch = (
+        "import errno, sys\n"
+        "from orbax.checkpoint._src.handlers import json_checkpoint_handler as h\n"
+        "real = h.JsonCheckpointHandler._save_fn\n"
+        "async def full(self, item, directory):\n"
+        "    if '/30.orbax-checkpoint-tmp' in str(directory):\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "    return await real(self, item, directory)\n"
+        "h.JsonCheckpointHandler._save_fn = full\n"
+        "from adaptive.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = train_command(workdir, "--config.train.steps=40", "--config.train.checkpoint_every=10")[3:]
+    proc = subprocess.run([sys.executable, "-c", patch, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"adaptive: error: cannot write {workdir / 'checkpoints' / '30'}: No space left on device"
+    ]
+    assert [p.name for p in (workdir / "checkpoints").iterdir() if not p.name.isdigit()] == ["30.orbax-checkpoint-tmp"]
+    assert final_state(workdir)[0] == 20
+    rerun = subprocess.run(
+        train_command(workdir, "--config.train.steps=40", "--config.train.checkpoint_every=10"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resuming {workdir} from step 20" in rerun.stderr
+    assert final_state(workdir)[0] == 40
+    train_steps = [r["step"] for r in metric_rows(workdir) if r["split"] == "train"]
+    assert train_steps == sorted(set(train_steps)) and train_steps[-1] == 40
+
+
+def test_a_damaged_run_json_is_set_aside_and_a_new_one_started(tmp_path, caplog):
+    cfg = _config(10)
+    train_and_evaluate(cfg, tmp_path)
+    record = tmp_path / "run.json"
+    damaged = record.read_text()[:100]
+    record.write_text(damaged)
+    with caplog.at_level(logging.WARNING, logger="adaptive.runinfo"):
+        train_and_evaluate(cfg, tmp_path)
+    aside = tmp_path / "run.json.corrupt-1"
+    assert aside.read_text() == damaged
+    assert len(json.loads(record.read_text())["starts"]) == 1
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert message.startswith(f"{record} is corrupted (JSON error at line ")
+    assert message.endswith(f"; moved it to {aside} and started a new one")
+
+
+def test_a_damaged_config_json_with_checkpoints_is_refused_until_restored_or_deleted(tmp_path):
+    cfg = _config(10)
+    train_and_evaluate(cfg, tmp_path)
+    saved = tmp_path / "config.json"
+    saved.write_text(saved.read_text()[:-40])
+    before = (tmp_path / "metrics.jsonl").read_text()
+    try:
+        json.loads(saved.read_text())
+    except json.JSONDecodeError as e:
+        where = f"JSON error at line {e.lineno} column {e.colno}: {e.msg}"
+    expected = (
+        f"{saved} is corrupted ({where}); restore it, or delete it and rerun adaptive train with the run's "
+        "--config and overrides (run.json records the command) to rewrite it and resume"
+    )
+    for call in (lambda: train_and_evaluate(cfg, tmp_path), lambda: load_config(tmp_path)):  # trainer and readers
+        with pytest.raises(RunError) as raised:
+            call()
+        assert str(raised.value) == expected
+    saved.unlink()
+    train_and_evaluate(cfg, tmp_path)  # rewritten; the finished run resumes at its last step
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+    assert load_config(tmp_path) == cfg
+
+
+def test_a_damaged_config_json_without_checkpoints_is_set_aside(tmp_path, caplog):
+    (tmp_path / "config.json").write_text('{"name": ')
+    with caplog.at_level(logging.WARNING, logger="adaptive.train"):
+        train_and_evaluate(_config(10), tmp_path)
+    assert (tmp_path / "config.json.corrupt-1").read_text() == '{"name": '
+    assert load_config(tmp_path) == _config(10)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'config.json'} is corrupted (JSON error at line 1 column 10: Expecting value) and no "
+        f"checkpoint depends on it; moved it to {tmp_path / 'config.json.corrupt-1'}"
+    ]
