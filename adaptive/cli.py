@@ -224,11 +224,37 @@ def _sweep(args, overrides: list[str]) -> int:
 
 
 def _serve(args, overrides: list[str]) -> int:
-    from adaptive.config import ConfigError
-    from adaptive.server import serve
+    import math
 
-    if not args.accuracy_tolerance >= 0:
-        raise ConfigError(f"--accuracy-tolerance must be >= 0; got {args.accuracy_tolerance:g}")
+    from adaptive.config import ConfigError
+
+    checks = [  # before anything loads: a bad argument is a one-line error within a second
+        (math.isfinite(args.sla_ms) and args.sla_ms > 0, "--sla-ms must be a finite number > 0", args.sla_ms),
+        (1 <= args.max_batch <= 4096, "--max-batch must be in [1, 4096]", args.max_batch),
+        (0 <= args.port <= 65535, "--port must be in [0, 65535] (0: any free port)", args.port),
+        (
+            math.isfinite(args.accuracy_tolerance) and args.accuracy_tolerance >= 0,
+            "--accuracy-tolerance must be a finite number >= 0",
+            args.accuracy_tolerance,
+        ),
+        (
+            math.isfinite(args.read_timeout_s) and args.read_timeout_s > 0,
+            "--read-timeout-s must be a finite number > 0",
+            args.read_timeout_s,
+        ),
+        (
+            math.isfinite(args.idle_timeout_s) and args.idle_timeout_s > 0,
+            "--idle-timeout-s must be a finite number > 0",
+            args.idle_timeout_s,
+        ),
+        (args.max_connections >= 1, "--max-connections must be >= 1", args.max_connections),
+        (args.default_budget is None or args.default_budget >= 1, "--default-budget must be >= 1", args.default_budget),
+    ]
+    for ok, message, value in checks:
+        if not ok:
+            raise ConfigError(f"{message}; got {value:g}")
+
+    from adaptive.server import serve
 
     serve(
         args.artifact,
@@ -240,6 +266,9 @@ def _serve(args, overrides: list[str]) -> int:
         max_batch=args.max_batch,
         default_steps=args.default_budget,
         tolerance=args.accuracy_tolerance,
+        read_timeout_s=args.read_timeout_s,
+        max_connections=args.max_connections,
+        idle_timeout_s=args.idle_timeout_s,
     )
     return 0
 
@@ -247,7 +276,7 @@ def _serve(args, overrides: list[str]) -> int:
 def _export(args, overrides: list[str]) -> int:
     from adaptive.export import export_run, load_artifact
 
-    out = export_run(args.workdir, args.out, step=args.step, log=lambda line: print(line, flush=True))
+    out = export_run(args.workdir, args.out, step=args.step, force=args.force, log=lambda line: print(line, flush=True))
     _, meta = load_artifact(out)
     print(
         f"wrote {out} ({meta['bytes']} bytes, sha256 {meta['sha256'][:12]}..., caps: {meta['caps']}); "
@@ -286,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     from adaptive.config import ConfigError
     from adaptive.costmodel import CostModelError
     from adaptive.export import ArtifactError
+    from adaptive.runinfo import WorkdirError
     from adaptive.runs import RunError
     from adaptive.sweep import SweepInterrupted
     from adaptive.train import Interrupted, TrainingError
@@ -306,12 +336,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunError, CostModelError, ArtifactError) as e:
         print(f"adaptive: error: {e}", file=sys.stderr)
         return 2
-    except (TrainingError, CheckpointError) as e:
+    except (TrainingError, CheckpointError, WorkdirError) as e:
         print(f"adaptive: error: {e}", file=sys.stderr)
         return 1
     except (Interrupted, SweepInterrupted) as e:
         print(f"adaptive: {e}", file=sys.stderr)
-        return 128 + 15  # the shell's code for "terminated by SIGTERM", after a clean save
+        return 128 + getattr(e, "signum", 15)  # the shell's code for the signal (143, 130), after a clean save
+    except KeyboardInterrupt:  # Ctrl-C where no handler saves (before training starts, other commands)
+        print("adaptive: interrupted", file=sys.stderr)
+        return 128 + 2
 
 
 if __name__ == "__main__":

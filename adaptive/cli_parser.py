@@ -45,12 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--workdir", required=True, metavar="DIR")
     export.add_argument("--out", required=True, metavar="ART", help="the artifact folder to write")
     export.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    export.add_argument(
+        "--force", action="store_true", help="replace a previous artifact at ART (never a folder with other files)"
+    )
     serve = commands.add_parser("serve", help="serve an artifact over HTTP under a latency SLA", allow_abbrev=False)
     serve.add_argument("--artifact", required=True, metavar="ART")
     serve.add_argument("--fallback", metavar="ART2", help="a smaller model for the degradation ladder")
     serve.add_argument("--sla-ms", type=float, default=20.0)
     serve.add_argument("--host", default="127.0.0.1", help="default: loopback only")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=int, default=8000, help="0: any free port (the one bound is printed)")
     serve.add_argument("--policy", choices=("adaptive", "static"), default="adaptive", help="controller or none")
     serve.add_argument("--max-batch", type=int, default=32)
     serve.add_argument("--default-budget", type=int, metavar="STEPS", help="for requests without one (default: cap)")
@@ -61,6 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="T",
         help="validation accuracy a cheaper operating point may give up against the budget asked for "
         "(artifacts with an accuracy table; default 0.005; 0: only as accurate)",
+    )
+    serve.add_argument(
+        "--read-timeout-s", type=float, default=5.0, metavar="S", help="a request body late by more: 408 (default 5)"
+    )
+    serve.add_argument(
+        "--max-connections", type=int, default=1000, metavar="N", help="open at once; past it 503 (default 1000)"
+    )
+    serve.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="a connection without a whole request's headers for this long is closed (default 60)",
     )
     sweep = commands.add_parser(
         "sweep", help="train every point of a config's get_sweep(), resumably, N at a time", allow_abbrev=False

@@ -10,9 +10,13 @@ and answers {"prediction", "confidence", "steps", "experts", "budget_steps", "bu
 which may be below the budget asked for with status ok when a cheaper point is as accurate):
 status ok / degraded / fallback with HTTP 200, rejected / deferred with 503 (deferred carries
 retry_after_ms), error with 500 if a batch fails (its requests are answered; the server goes
-on). Bad requests (not JSON, missing or wrong-shaped x, NaN, a budget out of range, an unknown
-unit, a body over 1 MiB) get a 4xx with {"error": one line}, and the server keeps serving.
-GET /healthz says what is loaded; GET /metrics is Prometheus text.
+on). Bad requests (see adaptive/http_input.py: not UTF-8 JSON, missing or wrong-shaped x, NaN, a
+budget out of range, an unknown unit, a body over 1 MiB or late, a Content-Type other than JSON)
+get a 4xx with {"error": one line}, counted in /metrics, and the server keeps serving.
+GET /healthz says what is loaded; GET /metrics is Prometheus text; GET /openapi.json is the
+OpenAPI document of all this. Past --max-connections open connections, new ones get a 503 and
+are closed (adaptive/connections.py); connections idle or stuck in their headers for
+--idle-timeout-s are closed.
 
 One batcher task drains the queue: it takes what has arrived (up to --max-batch), asks the
 controller for the batch's plan (each request's operating point, within its deadline and the
@@ -26,7 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
+import os
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,11 +43,18 @@ import uvloop
 from aiohttp import web
 
 from adaptive.accuracy_table import AccuracyTable, accuracy_lookup
-from adaptive.controller import STATUSES, Controller, Decision, Request
-from adaptive.engine import BudgetError, Engine
+from adaptive.config import ConfigError
+from adaptive.connections import ConnectionLimit, quiet_http_log
+from adaptive.controller import Controller, Decision, Request
+from adaptive.engine import UNITS, Engine
+from adaptive.http_input import BadRequest, check_content_type, parse_json, parse_predict, read_body
+from adaptive.openapi import document
+from adaptive.server_stats import ArrivalRate, RequestCost, Stats
+
+__all__ = ["ArrivalRate", "Pending", "RequestCost", "Server", "serve"]
 
 MAX_BODY = 1 << 20
-LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,86 +64,8 @@ class Pending:
     priority: int
     arrival: float
     future: asyncio.Future = field(repr=False)
-
-
-class Stats:
-    """Counters for /metrics."""
-
-    def __init__(self):
-        self.by_status = dict.fromkeys((*STATUSES, "error"), 0)
-        self.bad_requests = 0
-        self.latency_counts = [0] * (len(LATENCY_BUCKETS_MS) + 1)
-        self.latency_sum_ms = 0.0
-        self.within_budget = 0
-        self.answered = 0
-
-    def record(self, status: str, latency_ms: float | None = None, within: bool = True) -> None:
-        self.by_status[status] += 1
-        if latency_ms is not None:
-            self.latency_counts[int(np.searchsorted(LATENCY_BUCKETS_MS, latency_ms))] += 1
-            self.latency_sum_ms += latency_ms
-            self.answered += 1
-            self.within_budget += int(within)
-
-    def prometheus(self, queue: int, controller: Controller) -> str:
-        lines = ["# TYPE adaptive_requests_total counter"]
-        lines += [f'adaptive_requests_total{{status="{s}"}} {n}' for s, n in self.by_status.items()]
-        lines += ["# TYPE adaptive_bad_requests_total counter", f"adaptive_bad_requests_total {self.bad_requests}"]
-        lines += ["# TYPE adaptive_request_latency_ms histogram"]
-        running = 0
-        for bound, count in zip((*LATENCY_BUCKETS_MS, "+Inf"), self.latency_counts, strict=True):
-            running += count
-            lines.append(f'adaptive_request_latency_ms_bucket{{le="{bound}"}} {running}')
-        lines += [
-            f"adaptive_request_latency_ms_sum {self.latency_sum_ms:.3f}",
-            f"adaptive_request_latency_ms_count {running}",
-        ]
-        adherence = self.within_budget / self.answered if self.answered else 1.0
-        lines += ["# TYPE adaptive_budget_adherence gauge", f"adaptive_budget_adherence {adherence:.6f}"]
-        lines += ["# TYPE adaptive_queue_length gauge", f"adaptive_queue_length {queue}"]
-        lines += ["# TYPE adaptive_step_cap gauge", f"adaptive_step_cap {controller.cap:g}"]
-        return "\n".join(lines) + "\n"
-
-
-class RequestCost:
-    """CPU time the event loop spends per request received (HTTP, JSON, validation, planning):
-    the server's cost of a request whatever model answers it, shown in /metrics: on a machine
-    whose cores the model runs share, what bounds the rate even the cheapest model serves.
-    `time.thread_time` on the loop thread, over windows of at least 64 requests, smoothed."""
-
-    def __init__(self, window: int = 64):
-        self.window, self.ms = window, 0.0
-        self._mark: tuple[float, int] | None = None
-
-    def update(self, received: int) -> float:
-        """Called on the loop thread with the count of requests received so far; the estimate."""
-        now = time.thread_time()
-        if self._mark is None:
-            self._mark = (now, received)
-        elif received - self._mark[1] >= self.window:
-            per = 1e3 * (now - self._mark[0]) / (received - self._mark[1])
-            self.ms = per if self.ms == 0.0 else 0.8 * self.ms + 0.2 * per
-            self._mark = (now, received)
-        return self.ms
-
-
-class ArrivalRate:
-    """Requests per second arriving now: an exponentially weighted rate with time constant
-    `tau_s` (0.1 s: a 3x spike is 63% seen within 0.1 s; the queue it builds meanwhile counts
-    in `Controller.batch_time_ms` at once)."""
-
-    def __init__(self, tau_s: float = 0.1):
-        self.tau_s, self.rate = tau_s, 0.0
-        self._mark: tuple[float, int] | None = None
-
-    def update(self, now: float, received: int) -> float:
-        """`received`: requests received so far, at perf_counter time `now`; the estimate."""
-        if self._mark is not None and now > self._mark[0]:
-            elapsed = now - self._mark[0]
-            weight = 1.0 - np.exp(-elapsed / self.tau_s)
-            self.rate += weight * ((received - self._mark[1]) / elapsed - self.rate)
-        self._mark = (now, received)
-        return self.rate
+    budget_value: float | None = None  # the finite budget as asked (None: none given)
+    unit: str = "steps"  # the budget's unit
 
 
 class Server:
@@ -141,7 +77,18 @@ class Server:
         fallback: Engine | None = None,
         max_batch: int = 32,
         default_steps: int | None = None,
+        read_timeout_s: float = 5.0,
+        max_connections: int = 1000,
+        idle_timeout_s: float = 60.0,
     ):
+        """`read_timeout_s`: how long a request's body may take to arrive after its headers (408
+        after); `max_connections`: open at once (503 past it); `idle_timeout_s`: how long a
+        connection may sit without a whole request's headers (between keep-alive requests or
+        stuck in them) before it is closed."""
+        if not (read_timeout_s > 0 and idle_timeout_s > 0 and max_connections >= 1 and max_batch >= 1):
+            raise ValueError("read_timeout_s and idle_timeout_s must be > 0, max_connections and max_batch >= 1")
+        self.read_timeout_s, self.idle_timeout_s, self.max_connections = read_timeout_s, idle_timeout_s, max_connections
+        self.connections: ConnectionLimit | None = None  # set by start(); TestServer runs without
         self.engines = {"primary": primary, "fallback": fallback}
         self.default_steps = default_steps or primary.cap  # for requests that name no budget
         # The warm-up runs seed the controller's service times over batch sizes: without them,
@@ -161,12 +108,14 @@ class Server:
         self.request_cost, self.arrivals, self._received = RequestCost(), ArrivalRate(), 0
         self.queue: asyncio.Queue[Pending] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1)  # one model run at a time: no oversubscription
+        self._openapi = json.dumps(document(primary.input_shape, UNITS, primary.cap, MAX_BODY))
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/predict", self.predict)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/openapi.json", self.openapi)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -187,54 +136,46 @@ class Server:
 
     # -- handlers --------------------------------------------------------------------------
 
-    async def predict(self, request: web.Request) -> web.Response:
+    async def predict(self, request: web.Request) -> web.StreamResponse:
         arrival = time.perf_counter()
         self._received += 1
         try:
-            body = await request.json()
-            x, steps, priority = self._parse(body)
-        except web.HTTPRequestEntityTooLarge:
-            self.stats.bad_requests += 1
-            return web.json_response({"error": f"request body over {MAX_BODY} bytes"}, status=413)
-        except (ValueError, BudgetError, TypeError) as e:
-            self.stats.bad_requests += 1
-            return web.json_response({"error": str(e).splitlines()[0]}, status=400)
+            check_content_type(request.headers.get("Content-Type"))
+            raw = await read_body(request, MAX_BODY, self.read_timeout_s)
+            parsed = parse_predict(parse_json(raw), self.engines["primary"], self.default_steps)
+        except BadRequest as e:
+            return await self._refuse(request, e)
+        except ConnectionError:  # aiohttp would log a traceback; nobody is there to answer
+            self.stats.dropped += 1
+            log.warning("%s dropped the connection before its request body arrived", request.remote)
+            return web.Response(status=400)
         if not self.controller.admit(self.queue.qsize()):
             self.stats.record("deferred")
             retry = round(self.controller.sla_ms, 1)
             return web.json_response({"status": "deferred", "retry_after_ms": retry}, status=503)
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(Pending(x, steps, priority, arrival, future))
+        pending = Pending(parsed.x, parsed.steps, parsed.priority, arrival, future, parsed.budget_value, parsed.unit)
+        await self.queue.put(pending)
         answer = await future
         code = {"rejected": 503, "error": 500}.get(answer["status"], 200)
         return web.json_response(answer, status=code)
 
-    def _parse(self, body) -> tuple[np.ndarray, int, int]:
-        primary = self.engines["primary"]
-        if not isinstance(body, dict) or "x" not in body:
-            raise ValueError('the body must be a JSON object with "x" (one example)')
+    async def _refuse(self, request: web.Request, e: BadRequest) -> web.StreamResponse:
+        """A 4xx with one line of JSON, counted. A 408 also closes the connection at once: its
+        body is still owed, and waiting for it is what a slow client wants."""
+        self.stats.bad(e.status)
+        response = web.json_response({"error": str(e)}, status=e.status)
+        if e.status != 408:
+            return response
+        log.warning("%s: %s; answered 408 and closed", request.remote, e)
+        response.force_close()
         try:
-            x = np.asarray(body["x"], dtype=np.float32)
-        except (ValueError, TypeError):
-            raise ValueError('"x" must be an array of numbers') from None
-        if x.shape != primary.input_shape:
-            raise ValueError(f'"x" must have shape {list(primary.input_shape)}; got {list(x.shape)}')
-        if not np.isfinite(x).all():
-            raise ValueError('"x" contains NaN or Inf')
-        unit = body.get("unit", "steps")
-        if not isinstance(unit, str):
-            raise ValueError('"unit" must be a string')
-        budget = body.get("budget")
-        if budget is None:
-            steps = self.default_steps
-        elif isinstance(budget, bool) or not isinstance(budget, (int, float)):
-            raise ValueError(f'"budget" must be a number; got {budget!r}')
-        else:
-            steps = primary.steps_for(float(budget), unit)
-        priority = body.get("priority", 0)
-        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
-            raise ValueError(f'"priority" must be an integer in [0, 9]; got {priority!r}')
-        return x, steps, priority
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client left meanwhile
+        request.protocol.force_close()  # no lingering read of the rest of the body
+        return response
 
     async def healthz(self, request: web.Request) -> web.Response:
         p, f = self.engines["primary"], self.engines["fallback"]
@@ -252,10 +193,36 @@ class Server:
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
-        text = self.stats.prometheus(self.queue.qsize() if self.queue else 0, self.controller)
+        text = self.stats.prometheus(self.queue.qsize() if self.queue else 0, self.controller, self.connections)
         text += f"# TYPE adaptive_request_loop_cpu_ms gauge\nadaptive_request_loop_cpu_ms {self.request_cost.ms:.4f}\n"
         text += f"# TYPE adaptive_arrival_rate gauge\nadaptive_arrival_rate {self.arrivals.rate:.2f}\n"
         return web.Response(text=text, content_type="text/plain")
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(text=self._openapi, content_type="application/json")
+
+    # -- listening ---------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> int:
+        """Starts the app and listens on host:port behind the connection limit; the port bound
+        (port 0: a free one). A port that cannot be bound is a ConfigError naming it."""
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, logger=quiet_http_log, keepalive_timeout=self.idle_timeout_s
+        )
+        await self._runner.setup()
+        self.connections = ConnectionLimit(self._runner.server, self.max_connections)
+        try:
+            self._listener = await asyncio.get_running_loop().create_server(self.connections, host, port)
+        except OSError as e:
+            await self._runner.cleanup()
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
+        return self._listener.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stops listening, closes the open connections, stops the app (started by `start`)."""
+        self._listener.close()
+        await self._runner.cleanup()
 
     # -- batching ----------------------------------------------------------------------------
 
@@ -282,7 +249,16 @@ class Server:
         rate = self.arrivals.update(now, self._received)
         behind = self.queue.qsize() if self.queue else 0
         time_ms = self.controller.batch_time_ms(len(items), rate, behind)
-        requests = [Request(item.steps, 1e3 * (now - item.arrival), item.priority) for item in items]
+        fallback = self.engines["fallback"]
+        requests = [
+            Request(
+                item.steps,
+                1e3 * (now - item.arrival),
+                item.priority,
+                fallback.steps_within(*self._asked(item)) if fallback else None,
+            )
+            for item in items
+        ]
         kept = []
         for item, d in zip(items, self.controller.plan(requests, time_ms), strict=True):
             if d.model is None:
@@ -314,13 +290,21 @@ class Server:
         result = await loop.run_in_executor(self._pool, self.engines[name].run, x, steps, experts)
         self._answer(name, group, result, start, experts)
 
+    def _asked(self, item: Pending) -> tuple[float, str]:
+        """The budget a request asked for, in its unit (none given: the default step budget)."""
+        return (item.budget_value, item.unit) if item.budget_value is not None else (self.default_steps, "steps")
+
     def _answer(self, name: str, members: list, result, start: float, experts: int | None) -> None:
         ms = 1e3 * (time.perf_counter() - start)
         least = min(d.steps for _, d in members)
         self.controller.observe(name, int(result.steps.max()), ms, len(members), experts, budget=least)
+        engine = self.engines[name]
         for i, (item, d) in enumerate(members):
             latency = 1e3 * (float(result.done_s[i]) - item.arrival)
-            within = int(result.steps[i]) <= d.steps
+            # Adherence from what ran: the compute of the steps this model took, in the request's
+            # unit, against the budget it asked for (not against the step cap the plan set).
+            value, unit = self._asked(item)
+            within = bool(engine.compute_of(int(result.steps[i]), unit, experts) <= value * (1 + 1e-9))
             self.stats.record(d.status, latency, within)
             item.future.set_result(
                 {
@@ -337,9 +321,9 @@ class Server:
             )
 
 
-def _fallback_accuracy(primary: Engine, backup: Engine | None) -> float | None:
-    """The fallback's validation accuracy at its cap, if both tables score the same split of the
-    same data (else the two are not comparable, and the ladder's order decides)."""
+def _fallback_accuracy(primary: Engine, backup: Engine | None) -> dict[int, float] | None:
+    """The fallback's validation accuracy at each step budget it has, if both tables score the
+    same split of the same data (else the two are not comparable, and the ladder's order decides)."""
     if backup is None:
         return None
     tables = [engine.meta.get("accuracy_at_budgets") or {} for engine in (primary, backup)]
@@ -347,7 +331,26 @@ def _fallback_accuracy(primary: Engine, backup: Engine | None) -> float | None:
     same = tables[0].get("split") == tables[1].get("split") and tables[0].get("examples") == tables[1].get("examples")
     if not (same and data[0] == data[1] and tables[0]):
         return None
-    return accuracy_lookup(backup.meta).get((None, backup.cap))
+    return {steps: acc for (k, steps), acc in accuracy_lookup(backup.meta).items() if k is None}
+
+
+def build_controller(
+    primary: Engine, backup: Engine | None, *, sla_ms: float, mode: str, max_batch: int, tolerance: float
+) -> Controller:
+    """The controller of a server of `primary` with the fallback `backup` (or none)."""
+    return Controller(
+        primary.cap,
+        sla_ms,
+        mode=mode,
+        has_fallback=backup is not None,
+        fallback_cap=backup.cap if backup else 1,
+        expert_budgets=tuple(primary.expert_budgets),
+        accuracy=AccuracyTable.from_meta(primary.meta),
+        fallback_accuracy=_fallback_accuracy(primary, backup),
+        tolerance=tolerance,
+        max_batch=max_batch,
+        groups=primary.groups,
+    )
 
 
 def serve(
@@ -361,25 +364,39 @@ def serve(
     max_batch: int,
     default_steps: int | None,
     tolerance: float = 0.005,
+    read_timeout_s: float = 5.0,
+    max_connections: int = 1000,
+    idle_timeout_s: float = 60.0,
 ):
+    """Loads, warms, binds, then says where it serves (the port bound), until SIGINT/SIGTERM.
+    The arguments are checked by the caller (`adaptive serve`) before anything loads."""
     buckets = tuple(b for b in (1, 4, 16, 64) if b < max_batch) + (max_batch,)
     primary = Engine.from_artifact(artifact, buckets=buckets)
     backup = Engine.from_artifact(fallback, buckets=buckets, expert_budgets=False) if fallback else None
-    controller = Controller(
-        primary.cap,
-        sla_ms,
-        mode=mode,
-        has_fallback=backup is not None,
-        fallback_cap=backup.cap if backup else 1,
-        expert_budgets=tuple(primary.expert_budgets),
-        accuracy=AccuracyTable.from_meta(primary.meta),
-        fallback_accuracy=_fallback_accuracy(primary, backup),
-        tolerance=tolerance,
+    controller = build_controller(primary, backup, sla_ms=sla_ms, mode=mode, max_batch=max_batch, tolerance=tolerance)
+    server = Server(
+        primary,
+        controller,
+        fallback=backup,
         max_batch=max_batch,
-        groups=primary.groups,
+        default_steps=default_steps,
+        read_timeout_s=read_timeout_s,
+        max_connections=max_connections,
+        idle_timeout_s=idle_timeout_s,
     )
-    server = Server(primary, controller, fallback=backup, max_batch=max_batch, default_steps=default_steps)
-    print(f"serving {artifact} on http://{host}:{port} (SLA {sla_ms:g} ms, {mode}); executables warm", flush=True)
+
+    async def main():
+        bound = await server.start(host, port)
+        print(f"serving {artifact} on http://{host}:{bound} (SLA {sla_ms:g} ms, {mode}); executables warm", flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+
     # uvloop: the event loop is what a request costs the server whatever model answers it
     # (HTTP, JSON, decisions), and uvloop's is the cheaper one (measured: adaptive bench serve).
-    web.run_app(server.app(), host=host, port=port, print=None, access_log=None, loop=uvloop.new_event_loop())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())

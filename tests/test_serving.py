@@ -39,40 +39,77 @@ def _with_client(engine, scenario, controller=None, fallback=None):
     return asyncio.run(main())
 
 
-def test_each_bad_request_gets_its_4xx_and_the_next_good_one_is_answered(engine):
-    bad = [
-        (b"not json", 400, "Expecting value"),
-        (json.dumps([1, 2]).encode(), 400, 'with "x"'),
-        (json.dumps({"y": GOOD}).encode(), 400, 'with "x"'),
-        (json.dumps({"x": GOOD[:5]}).encode(), 400, "must have shape [16]; got [5]"),
-        (json.dumps({"x": ["a"] * 16}).encode(), 400, "array of numbers"),
-        (json.dumps({"x": [float("nan")] * 16}).encode(), 400, "NaN or Inf"),
-        (json.dumps({"x": GOOD, "budget": 0}).encode(), 400, "below one step"),
-        (json.dumps({"x": GOOD, "budget": "lots"}).encode(), 400, "must be a number"),
-        (json.dumps({"x": GOOD, "budget": 1, "unit": "hours"}).encode(), 400, "is not one of"),
-        (json.dumps({"x": GOOD, "priority": -1}).encode(), 400, "priority"),
-        (b"{" + b" " * (2 << 20) + b"}", 413, "over"),
+JSON = "application/json"
+HUGE = "9" * 400  # an integer literal Python reads, and float() of it overflows
+
+
+def test_each_bad_request_gets_its_4xx_and_the_next_good_one_is_answered(engine, caplog):
+    good_x = json.dumps(GOOD)
+    bad = [  # (body, Content-Type, status, what the one-line error says)
+        (b"not json", JSON, 400, "Expecting value"),
+        (json.dumps([1, 2]).encode(), JSON, 400, 'with "x"'),
+        (json.dumps({"y": GOOD}).encode(), JSON, 400, 'with "x"'),
+        (json.dumps({"x": GOOD[:5]}).encode(), JSON, 400, "must have shape [16]; got [5]"),
+        (json.dumps({"x": ["a"] * 16}).encode(), JSON, 400, "array of numbers"),
+        (json.dumps({"x": [float("nan")] * 16}).encode(), JSON, 400, "NaN or Inf"),
+        (json.dumps({"x": GOOD, "budget": 0}).encode(), JSON, 400, "below one step"),
+        (json.dumps({"x": GOOD, "budget": "lots"}).encode(), JSON, 400, "must be a number"),
+        (json.dumps({"x": GOOD, "budget": 1, "unit": "hours"}).encode(), JSON, 400, "is not one of"),
+        (json.dumps({"x": GOOD, "priority": -1}).encode(), JSON, 400, "priority"),
+        (b"{" + b" " * (2 << 20) + b"}", JSON, 413, "over"),
+        # Each of these was a 500 with a traceback, or was accepted:
+        (f'{{"x": {good_x}, "budget": {HUGE}}}'.encode(), JSON, 400, "finite number; got an integer of 400 digits"),
+        (f'{{"x": [{HUGE}{", 1" * 15}]}}'.encode(), JSON, 400, "too large for float32"),
+        (f'{{"x": {good_x}, "budget": {"9" * 5000}}}'.encode(), JSON, 400, "not JSON"),
+        (b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", JSON, 400, "nested too deeply"),
+        (json.dumps({"x": GOOD}).encode(), "application/json; charset=bogus", 415, "charset must be utf-8"),
+        (json.dumps({"x": GOOD}).encode(), "text/plain", 415, "must be application/json"),
+        (json.dumps({"x": GOOD}).encode(), "application/octet-stream", 415, "must be application/json"),
+        (json.dumps({"x": ["1.5"] + GOOD[1:]}).encode(), JSON, 400, "array of numbers; got str"),
+        (json.dumps({"x": [True] + GOOD[1:]}).encode(), JSON, 400, "array of numbers; got bool"),
+        (f'{{"x": {good_x}, "budget": NaN}}'.encode(), JSON, 400, "must be a finite number; got nan"),
+        (f'{{"x": {good_x}, "budget": 1e400}}'.encode(), JSON, 400, "must be a finite number; got inf"),
+        (b'{"x": "\xff"}', JSON, 400, "not UTF-8"),
+        (json.dumps({"x": GOOD, "unit": "x" * 10_000}).encode(), JSON, 400, "is not one of"),
     ]
 
     async def scenario(client, server):
-        for body, code, message in bad:
-            response = await client.post("/predict", data=body)
+        for body, content_type, code, message in bad:
+            response = await client.post("/predict", data=body, headers={"Content-Type": content_type})
             assert response.status == code, (body[:40], await response.text())
             error = (await response.json())["error"]
-            assert message in error and "\n" not in error
+            assert message in error and "\n" not in error and len(error) < 400, error
             good = await client.post("/predict", json={"x": GOOD, "budget": 3})
             assert good.status == 200 and (await good.json())["status"] == "ok"
+        no_type = await client.post(
+            "/predict", data=json.dumps({"x": GOOD}).encode(), skip_auto_headers=["Content-Type"]
+        )
+        assert no_type.status == 200  # no Content-Type is read as JSON
         health = await (await client.get("/healthz")).json()
         metrics = await (await client.get("/metrics")).text()
         return health, metrics
 
-    health, metrics = _with_client(engine, scenario)
+    with caplog.at_level("WARNING"):
+        health, metrics = _with_client(engine, scenario)
+    assert not [r for r in caplog.records if r.exc_info]  # no traceback for any of them
+    n = len(bad)
     assert health["status"] == "ok" and health["cap"] == 6 and health["input_shape"] == [16]
-    assert 'adaptive_requests_total{status="ok"} 11' in metrics
-    assert f"adaptive_bad_requests_total {11}" in metrics
+    assert f'adaptive_requests_total{{status="ok"}} {n + 1}' in metrics
+    assert f"adaptive_bad_requests_total {n}" in metrics
+    assert 'adaptive_bad_requests_by_code_total{code="415"} 3' in metrics
+    assert 'adaptive_bad_requests_by_code_total{code="413"} 1' in metrics
     assert "adaptive_request_loop_cpu_ms " in metrics and "adaptive_arrival_rate " in metrics
-    assert 'adaptive_request_latency_ms_bucket{le="+Inf"} 11' in metrics
+    assert f'adaptive_request_latency_ms_bucket{{le="+Inf"}} {n + 1}' in metrics
     assert "adaptive_budget_adherence 1.000000" in metrics
+
+
+def test_the_parsed_request_carries_its_budget_as_asked(engine):
+    from adaptive.http_input import parse_predict
+
+    asked = parse_predict({"x": GOOD, "budget": 2.5, "unit": "steps"}, engine, engine.cap)
+    assert (asked.budget_value, asked.unit, asked.steps) == (2.5, "steps", 2)
+    default = parse_predict({"x": GOOD}, engine, engine.cap)
+    assert (default.budget_value, default.unit, default.steps) == (None, "steps", engine.cap)
 
 
 def test_budgets_in_answers_never_exceed_the_request_or_the_cap(engine):

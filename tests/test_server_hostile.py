@@ -1,0 +1,373 @@
+"""The server under hostile clients: slow bodies are timed out, connections are limited, a
+dropped client is one log line, bad `adaptive serve` arguments are one-line errors, and fuzzed
+requests drawn from the server's own OpenAPI document get a one-line 4xx or an answer, never a
+500, each 4xx counted in /metrics."""
+
+import asyncio
+import json
+import math
+import signal
+import socket
+import subprocess
+import threading
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adaptive.config import ConfigError
+from adaptive.controller import Controller
+from adaptive.engine import Engine
+from adaptive.export import export_run
+from adaptive.server import Server
+from tests.helpers import cli, train_tiny
+
+GOOD = [1.0, 0, 0, 1, -1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0]
+SLOW_HEAD = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    train_tiny(root / "run", 20)
+    return Engine.from_artifact(export_run(root / "run", root / "art"), buckets=(1, 4, 16))
+
+
+def _server(engine, **kw) -> Server:
+    return Server(engine, Controller(engine.cap, 1000.0), max_batch=16, **kw)
+
+
+async def _until(condition, what: str, tries: int = 500) -> None:
+    """Waits (at most `tries` x 10 ms) for the server side to catch up with the client's."""
+    for _ in range(tries):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never saw: {what}")
+
+
+async def _exchange(port: int, request: bytes) -> bytes:
+    """Sends `request` on a fresh connection and reads until the server closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def _slow(port: int):
+    """A client that sends its headers and 10 of the 100 body bytes it announced, then waits."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(SLOW_HEAD + b'{"x": [1, ')
+    await writer.drain()
+    return reader, writer
+
+
+def test_slow_clients_are_timed_out_and_connections_limited_while_healthz_answers(engine, caplog):
+    server = _server(engine, read_timeout_s=1.0, max_connections=8)
+
+    async def main():
+        port = await server.start("127.0.0.1", 0)
+        try:
+            slow = [await _slow(port) for _ in range(6)]
+            assert (await _exchange(port, HEALTHZ)).startswith(b"HTTP/1.1 200")  # 7 of 8 slots taken
+            await _until(lambda: server.connections.open == 6, "the healthz connection closed")
+            slow += [await _slow(port) for _ in range(2)]
+            await _until(lambda: server.connections.open == 8, "8 connections open")
+            refused = [await _exchange(port, HEALTHZ) for _ in range(3)]  # past the limit: 503, closed
+            timed_out = [await asyncio.wait_for(reader.read(), 10) for reader, _ in slow]  # 408, closed
+            for _, writer in slow:
+                writer.close()
+            await _until(lambda: server.connections.open == 0, "the slow connections closed")
+            health = await _exchange(port, HEALTHZ)
+            received = server._received
+            reader, writer = await _slow(port)  # a client that gives up mid-body
+            await _until(lambda: server._received == received + 1, "the dropped request read")
+            writer.close()
+            await _until(lambda: server.stats.dropped == 1, "the dropped connection seen")
+            metrics = await _exchange(port, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            return refused, timed_out, health, metrics
+        finally:
+            await server.stop()
+
+    with caplog.at_level("WARNING"):
+        refused, timed_out, health, metrics = asyncio.run(main())
+    for answer in refused:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"limit of 8 open connections" in json.loads(body)["error"].encode()
+    for answer in timed_out:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), answer
+        assert "did not arrive within 1 s" in json.loads(body)["error"]  # and the server closed it: read() ended
+    assert health.startswith(b"HTTP/1.1 200")  # the slots came back
+    text = metrics.decode()
+    assert 'adaptive_bad_requests_by_code_total{code="408"} 8' in text and "adaptive_bad_requests_total 8" in text
+    assert "adaptive_refused_connections_total 3" in text and "adaptive_dropped_connections_total 1" in text
+    records = [r for r in caplog.records if r.name.startswith(("adaptive", "aiohttp"))]
+    assert not [r for r in records if r.exc_info], "a traceback was logged"
+    assert sum("answered 408 and closed" in r.getMessage() for r in records) == 8
+    assert sum("dropped the connection" in r.getMessage() for r in records) == 1
+    assert len(records) <= 8 + 1 + 1  # one line per connection timed out or dropped, one for the limit
+
+
+def test_stuck_headers_are_closed_after_the_idle_timeout_and_bad_http_is_one_log_line(engine, caplog):
+    server = _server(engine, idle_timeout_s=0.3)
+
+    async def main():
+        port = await server.start("127.0.0.1", 0)
+        try:
+            stuck = await _exchange(port, b"POST /predict HTTP/1.1\r\nHost: t\r\n")  # never ends its headers
+            malformed = await _exchange(port, b"GET /healthz HTTP/1.1\r\nHost: t\r\nBad Header: 1\r\n\r\n")
+            await _until(lambda: server.connections.open == 0, "both connections closed")
+            return stuck, malformed
+        finally:
+            await server.stop()
+
+    with caplog.at_level("WARNING"):
+        stuck, malformed = asyncio.run(main())
+    assert stuck == b"" and malformed.split(b"\r\n")[0].endswith(b" 400 Bad Request")  # closed unanswered; a 400
+    records = [r for r in caplog.records if r.name.startswith(("adaptive", "aiohttp"))]
+    assert len(records) == 1 and not records[0].exc_info and "\n" not in records[0].getMessage(), records
+    assert records[0].levelname == "WARNING" and "Error handling request" in records[0].getMessage()
+
+
+def test_a_port_in_use_is_one_line_naming_it_and_port_0_binds_a_free_one(engine):
+    async def main():
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            with pytest.raises(ConfigError, match=f"^cannot listen on 127.0.0.1:{port}: "):
+                await _server(engine).start("127.0.0.1", port)
+        server = _server(engine)
+        bound = await server.start("127.0.0.1", 0)
+        try:
+            return port, bound, await _exchange(bound, HEALTHZ)
+        finally:
+            await server.stop()
+
+    port, bound, health = asyncio.run(main())
+    assert bound not in (0, port) and health.startswith(b"HTTP/1.1 200")
+
+
+def test_bad_serve_arguments_are_one_line_errors_before_anything_loads(capsys):
+    from adaptive.cli import main
+
+    cases = [
+        (["--sla-ms", "0"], "--sla-ms must be a finite number > 0; got 0"),
+        (["--sla-ms", "nan"], "--sla-ms must be a finite number > 0; got nan"),
+        (["--sla-ms", "-5"], "--sla-ms must be a finite number > 0; got -5"),
+        (["--max-batch", "0"], "--max-batch must be in [1, 4096]; got 0"),
+        (["--max-batch", "100000"], "--max-batch must be in [1, 4096]"),
+        (["--port", "99999"], "--port must be in [0, 65535] (0: any free port); got 99999"),
+        (["--port", "-1"], "--port must be in [0, 65535]"),
+        (["--accuracy-tolerance", "inf"], "--accuracy-tolerance must be a finite number >= 0; got inf"),
+        (["--read-timeout-s", "0"], "--read-timeout-s must be a finite number > 0"),
+        (["--idle-timeout-s", "nan"], "--idle-timeout-s must be a finite number > 0"),
+        (["--max-connections", "0"], "--max-connections must be >= 1; got 0"),
+        (["--default-budget", "0"], "--default-budget must be >= 1; got 0"),
+    ]
+    for args, message in cases:
+        # No artifact exists there: an argument checked after loading would fail on that instead.
+        assert main(["serve", "--artifact", "/nonexistent/artifact", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith(f"adaptive: error: {message}") and err.count("\n") == 1, (args, err)
+
+
+def test_serve_prints_the_port_it_bound_answers_there_and_stops_on_sigterm(engine):
+    process = subprocess.Popen(
+        cli("serve", "--artifact", engine.name, "--port", "0", "--max-batch", "4"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(120, process.kill)  # a server that never comes up fails, not hangs
+    watchdog.start()
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("serving ") and "http://127.0.0.1:" in line, process.stderr.read()
+        bound = int(line.split("http://127.0.0.1:")[1].split(" ")[0])
+        assert bound != 0
+        health = asyncio.run(_exchange(bound, HEALTHZ))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        watchdog.cancel()
+        process.kill()
+    assert health.startswith(b"HTTP/1.1 200")
+    assert "Traceback" not in process.stderr.read()
+
+
+# -- fuzzing from the OpenAPI document -------------------------------------------------------------
+
+# Leaves a JSON client can send, the hostile ones included: integers far past float range, numeric
+# strings, booleans, NaN and Infinity (Python's json writes and reads them; JSON has none).
+LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(-(10**400), 10**400)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.from_regex(r"-?[0-9]{1,4}(\.[0-9]{1,3})?", fullmatch=True)
+)
+JSON_VALUES = st.recursive(
+    LEAVES,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=12,
+)
+CONTENT_TYPES = ["application/json"] * 8 + [
+    None,
+    "application/json; charset=UTF-8",
+    'application/json; charset="utf-8"',
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "application/json; charset=latin-1",
+    "application/json; charset=bogus",
+]
+
+
+def _from_schema(schema: dict, leaves: st.SearchStrategy | None = None) -> st.SearchStrategy:
+    """Values the JSON schema (the subset the server's document uses for its request) allows;
+    `leaves`, if given, may stand in for any number in it."""
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    kinds = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    options = []
+    for kind in kinds:
+        if kind == "array":
+            item = _from_schema(schema["items"], leaves)
+            options.append(st.lists(item, min_size=schema["minItems"], max_size=schema["maxItems"]))
+        elif kind == "object":
+            properties = {k: _from_schema(v) for k, v in schema["properties"].items()}
+            required = {k: properties.pop(k) for k in schema.get("required", [])}
+            options.append(st.fixed_dictionaries(required, optional=properties))
+        elif kind == "integer":
+            options.append(st.integers(schema.get("minimum"), schema.get("maximum")))
+        elif kind == "number":
+            low, high = schema.get("minimum"), schema.get("maximum")
+            number = st.integers(-10, 10) | st.floats(low, high, allow_nan=False, allow_infinity=False)
+            options.append(number if leaves is None else number | leaves)
+        else:
+            options.append({"string": st.text(max_size=8), "null": st.none()}[kind])
+    return st.one_of(options)
+
+
+def _matches(value, schema: dict) -> bool:
+    """Whether `value` is one the JSON schema (the subset the server's document uses) allows."""
+    if "oneOf" in schema:
+        return any(_matches(value, s) for s in schema["oneOf"])
+    if ("const" in schema and value != schema["const"]) or ("enum" in schema and value not in schema["enum"]):
+        return False
+    python = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "null": type(None)}
+    kinds = schema.get("type", [])
+    kinds = kinds if isinstance(kinds, list) else [kinds]
+    if kinds and (isinstance(value, bool) or not isinstance(value, tuple(python[k] for k in kinds))):
+        return False
+    if isinstance(value, float) and not math.isfinite(value):  # JSON numbers are finite
+        return False
+    if isinstance(value, (int, float)) and not schema.get("minimum", -math.inf) <= value <= schema.get(
+        "maximum", math.inf
+    ):
+        return False
+    if isinstance(value, list):
+        sizes = schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", math.inf)
+        return sizes and all(_matches(v, schema["items"]) for v in value)
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        return set(schema.get("required", [])) <= set(value) and all(
+            _matches(v, properties[k]) for k, v in value.items() if k in properties
+        )
+    return True
+
+
+def _dumps(value) -> bytes:
+    try:
+        return json.dumps(value).encode()
+    except ValueError:  # an integer over Python's 4300-digit str() limit: write it by hand
+        return b"1" * 5000
+
+
+def _requests(request_schema: dict) -> st.SearchStrategy:
+    """(body bytes, Content-Type): bodies the request schema allows, the same with hostile leaves
+    for numbers, objects whose fields are each drawn from the schema or any JSON value (or left
+    out), any JSON value, deep nesting, raw bytes; mostly under the JSON Content-Type."""
+    fields = {name: _from_schema(s) | JSON_VALUES for name, s in request_schema["properties"].items()}
+    fields["x"] = _from_schema(request_schema["properties"]["x"], LEAVES) | JSON_VALUES
+    objects = st.fixed_dictionaries({}, optional={**fields, "extra": JSON_VALUES})
+    valid = _from_schema(request_schema)
+    texts = st.one_of(valid, valid, objects, objects, JSON_VALUES).map(_dumps)
+    deep = st.integers(1, 200_000).map(lambda n: b'{"x": ' + b"[" * n + b"]" * n + b"}")
+    bodies = st.one_of(texts, texts, texts, texts, deep, st.binary(max_size=40))
+    return st.tuples(bodies, st.sampled_from(CONTENT_TYPES))
+
+
+def _acceptable(body: bytes, content_type: str | None, request_schema: dict) -> bool:
+    """What the document says a 200 needs (the server may still refuse a budget below one step)."""
+    mime, _, charset = (content_type or "application/json").lower().partition("; charset=")
+    if mime != "application/json" or charset.strip('"') not in ("", "utf-8"):
+        return False
+    try:
+        value = json.loads(body.decode("utf-8"), parse_constant=float)
+    except (ValueError, RecursionError):
+        return False
+    return _matches(value, request_schema)
+
+
+def test_fuzzed_requests_get_an_answer_or_a_one_line_4xx_and_each_4xx_is_counted(engine):
+    loop = asyncio.new_event_loop()
+    client = TestClient(TestServer(_server(engine).app()), loop=loop)
+    loop.run_until_complete(client.start_server())
+    document = loop.run_until_complete(loop.run_until_complete(client.get("/openapi.json")).json())
+    predict = document["paths"]["/predict"]["post"]
+    request_schema = predict["requestBody"]["content"]["application/json"]["schema"]
+    seen: dict[int, int] = {}
+
+    async def send(body: bytes, content_type: str | None):
+        headers, skip = ({"Content-Type": content_type}, []) if content_type else ({}, ["Content-Type"])
+        response = await client.post("/predict", data=body, headers=headers, skip_auto_headers=skip)
+        return response.status, await response.text()
+
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    @given(_requests(request_schema))
+    def one(request):
+        status, text = loop.run_until_complete(send(*request))
+        seen[status] = seen.get(status, 0) + 1
+        assert text.startswith("{"), (repr(request)[:200], status, text[:200])  # JSON, not aiohttp's text/plain 500
+        answer = json.loads(text)
+        assert str(status) in predict["responses"] and status != 500, (repr(request)[:200], status, answer)
+        assert _matches(answer, predict["responses"][str(status)]["content"]["application/json"]["schema"]), answer
+        assert "error" not in answer or "\n" not in answer["error"], answer
+        assert status != 200 or _acceptable(*request, request_schema), (
+            "accepted what the document refuses",
+            repr(request)[:200],
+        )
+
+    try:
+        one()
+        status, text = loop.run_until_complete(send(json.dumps({"x": GOOD, "budget": 3}).encode(), "application/json"))
+        metrics = loop.run_until_complete(loop.run_until_complete(client.get("/metrics")).text())
+    finally:
+        loop.run_until_complete(client.close())
+        loop.close()
+    assert status == 200 and json.loads(text)["status"] == "ok"
+    assert sum(seen.values()) >= 200 and seen.get(200, 0) >= 20 and seen.get(400, 0) >= 20, seen
+    bad = sum(n for status, n in seen.items() if 400 <= status < 500)
+    assert f"adaptive_bad_requests_total {bad}\n" in metrics, (seen, metrics)
+
+
+def test_the_openapi_document_describes_the_served_model(engine):
+    async def main():
+        async with TestClient(TestServer(_server(engine).app())) as client:
+            response = await client.get("/openapi.json")
+            return response.status, await response.json()
+
+    status, document = asyncio.run(main())
+    predict = document["paths"]["/predict"]["post"]
+    x = predict["requestBody"]["content"]["application/json"]["schema"]["properties"]["x"]
+    assert status == 200 and document["openapi"].startswith("3.") and (x["minItems"], x["maxItems"]) == (16, 16)
+    assert {"200", "400", "408", "413", "415", "503"} <= set(predict["responses"])
+    assert {"/predict", "/healthz", "/metrics", "/openapi.json"} <= set(document["paths"])
