@@ -16,8 +16,8 @@ cost is off (tau = 0): the budget alone decides how much to compute. Static base
 same compute: `--config.halting.policy=none --config.model.depth=D --config.budget.target=None`.
 """
 
+from adaptive.compute.flops import flops_model
 from adaptive.config import default_config, from_dict
-from adaptive.flops import flops_model
 
 
 def get_config(arg: str | None = None):

@@ -14,7 +14,7 @@ def main(process_id: int, port: int, workdir: str) -> None:
     import dataclasses
 
     from adaptive import config as config_lib
-    from adaptive.train import train_and_evaluate
+    from adaptive.training.train import train_and_evaluate
 
     overrides = [
         *QUIET,

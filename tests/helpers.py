@@ -9,8 +9,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from adaptive.metrics import read_jsonl
-from adaptive.runs import restore_state
+from adaptive.training.metrics import read_jsonl
+from adaptive.training.resume import restore_state
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--config.logging.wandb=disabled", "--config.logging.progress=false"]
@@ -50,7 +50,7 @@ def train_tiny(workdir: Path, steps: int, config: str = "configs/parity.py:tiny"
     import dataclasses
 
     from adaptive import config as config_lib
-    from adaptive.train import train_and_evaluate
+    from adaptive.training.train import train_and_evaluate
 
     cfg = config_lib.load(str(ROOT / config), [*QUIET, *overrides])
     train = dataclasses.replace(cfg.train, steps=steps, eval_every=steps, checkpoint_every=steps)

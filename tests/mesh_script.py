@@ -12,8 +12,8 @@ import jax
 import numpy as np
 
 from adaptive import config as config_lib
-from adaptive.runs import restore_state
-from adaptive.train import train_and_evaluate
+from adaptive.training.resume import restore_state
+from adaptive.training.train import train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 # A constant learning rate, so that a run stopped at step 5 and resumed to 8 follows the same

@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from adaptive.artifact_meta import FORMAT, FORMAT_1, meta_checksum, seal, validate
-from adaptive.engine import Engine
-from adaptive.export import ArtifactError, export_run, load_artifact
+from adaptive.inference.artifact_meta import FORMAT, FORMAT_1, meta_checksum, seal, validate
+from adaptive.inference.export import ArtifactError, export_run, load_artifact
+from adaptive.serving.engine import Engine
 from tests.helpers import cli, train_tiny
 
 

@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import pytest
 
 from adaptive import config as config_lib
-from adaptive.budget import Budget
+from adaptive.compute.budget import Budget
+from adaptive.compute.flops import flops_model
 from adaptive.config import ConfigError
-from adaptive.flops import flops_model
-from adaptive.metrics import read_jsonl
-from adaptive.train import train_and_evaluate
+from adaptive.training.metrics import read_jsonl
+from adaptive.training.train import train_and_evaluate
 from tests.helpers import QUIET, ROOT, train_command
 
 SHAPE, CLASSES = (16,), 2
@@ -128,7 +128,7 @@ def test_bad_request_budgets_are_one_line_errors(overrides, message):
 def test_training_and_evaluation_under_request_budgets_respect_each_cap(tmp_path):
     """Trained with caps of 2 or 4 steps drawn per example (3:1), the model never runs past a
     request's cap in training or evaluation, and `adaptive eval` scores it under the same draws."""
-    from adaptive.evaluate import evaluate_run
+    from adaptive.evaluation.budgeted_eval import evaluate_run
 
     cfg = config_lib.load(
         f"{ROOT}/configs/parity.py:tiny",

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adaptive.engine import Engine
-from adaptive.export import export_run
-from adaptive.server import Pending, Server, build_controller
+from adaptive.inference.export import export_run
+from adaptive.serving.engine import Engine
+from adaptive.serving.server import Pending, Server, build_controller
 from tests.helpers import train_tiny
 
 UNITS = ("steps", "flops", "macs")

@@ -11,8 +11,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from adaptive.checkpoint import Checkpointer, CheckpointError
-from adaptive.runinfo import WorkdirError
+from adaptive.workdir.checkpoint import Checkpointer, CheckpointError
+from adaptive.workdir.runinfo import WorkdirError
 
 
 def _state(step: int) -> dict:
@@ -50,7 +50,7 @@ def _equal(a, b) -> None:
 def test_a_flipped_bit_in_the_newest_checkpoint_is_caught_and_the_previous_one_used(tmp_path, caplog):
     ckpt = _saved(tmp_path)
     flip_bits(ckpt.directory / "2")
-    with caplog.at_level(logging.WARNING, logger="adaptive.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="adaptive.workdir.checkpoint"):
         step, state, data_state = ckpt.restore_latest(_state(0))
     assert step == 1 and data_state == {"next_index": 1}
     _equal(state, _state(1))
@@ -78,7 +78,7 @@ def test_when_no_checkpoint_is_usable_the_error_names_each_and_nothing_is_set_as
 def test_training_sets_a_corrupt_step_aside_then_saves_that_step_again(tmp_path, caplog):
     ckpt = _saved(tmp_path)
     damaged = flip_bits(ckpt.directory / "2").read_bytes()
-    with caplog.at_level(logging.WARNING, logger="adaptive.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="adaptive.workdir.checkpoint"):
         step, _, _ = ckpt.restore_latest(_state(0), set_aside=True)
     (aside,) = ckpt.directory.glob("corrupt-2-*")
     assert step == 1 and ckpt.steps() == [1]
@@ -103,7 +103,7 @@ def test_a_checkpoint_saved_before_checksums_restores_with_a_warning(tmp_path, c
         args = ocp.args.Composite(state=ocp.args.StandardSave(_state(3)), data=ocp.args.JsonSave({"next_index": 3}))
         manager.save(3, args=args)
     ckpt = Checkpointer(directory, keep=3)
-    with caplog.at_level(logging.WARNING, logger="adaptive.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="adaptive.workdir.checkpoint"):
         step, state, data_state = ckpt.restore_latest(_state(0))
     assert step == 3 and data_state == {"next_index": 3}
     _equal(state, _state(3))

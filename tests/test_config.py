@@ -219,7 +219,7 @@ def test_edge_values_that_stay_allowed():
 
 @pytest.mark.parametrize("path", [p for p in CONFIG_FILES if "def get_sweep" in p.read_text()], ids=lambda p: p.name)
 def test_every_sweep_point_loads(path, tmp_path):
-    from adaptive.sweep import load_points
+    from adaptive.experiments.sweep import load_points
 
     for arg in _args_of(path):
         spec = str(path) + (f":{arg}" if arg else "")

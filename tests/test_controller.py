@@ -5,9 +5,9 @@ tolerance is taken, priorities degrade in order; and the service-time estimates 
 import numpy as np
 import pytest
 
-from adaptive.accuracy_table import AccuracyTable, accuracy_lookup
-from adaptive.controller import Controller, Decision, Request
-from adaptive.service_times import ServiceTimes
+from adaptive.serving.accuracy_table import AccuracyTable, accuracy_lookup
+from adaptive.serving.controller import Controller, Decision, Request
+from adaptive.serving.service_times import ServiceTimes
 
 INF = float("inf")
 

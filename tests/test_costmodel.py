@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 
-from adaptive.budget import Budget
+from adaptive.compute.budget import Budget
+from adaptive.compute.costmodel import CostModel, CostModelError, Fit, fingerprint, fit_line
 from adaptive.config import ConfigError
-from adaptive.costmodel import CostModel, CostModelError, Fit, fingerprint, fit_line
 from tests.helpers import cli, train_tiny
 
 SHAPE = (16,)

@@ -5,8 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from adaptive.engine import BudgetError, Engine
-from adaptive.export import ArtifactError, export_run, load_artifact
+from adaptive.inference.export import ArtifactError, export_run, load_artifact
+from adaptive.serving.engine import BudgetError, Engine
 from tests.helpers import train_tiny
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
@@ -122,7 +122,7 @@ def test_a_moe_artifact_scores_its_accuracy_in_the_batch_sizes_it_serves(moe_art
     """Tokens of one batch share the experts' slots, so meta.json also holds the accuracy table
     scored per served batch size: what the artifact's own functions score in batches of that size."""
     from adaptive import data
-    from adaptive.runs import load_run
+    from adaptive.inference.restore import load_run
 
     served = load_artifact(moe_art)[1]["accuracy_at_budgets"]["by_batch"]
     assert served["batch"] == [1, 2, 4, 8, 16, 32] and served["examples"] == 256  # the whole tiny split

@@ -71,7 +71,7 @@ def test_eval_times_the_compiled_predictor_on_real_batches(tiny_run):
 
 
 def test_pareto_front_on_hand_made_points():
-    from adaptive.curves import pareto_front
+    from adaptive.evaluation.curves import pareto_front
 
     points = [(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.9), (5, 0.9), (0.5, 0.4), (2, 0.65)]
     assert pareto_front(points) == [(0.5, 0.4), (1, 0.5), (2, 0.7), (4, 0.9)]
@@ -106,8 +106,8 @@ def test_eval_report_covers_every_budget_with_a_baseline_plots_and_a_shifted_spl
 
 
 def test_eval_report_of_early_exits_calibrates_budgeted_batch_thresholds(tmp_path):
-    from adaptive.eval_report import compute_report
-    from adaptive.runs import load_run
+    from adaptive.evaluation.eval_report import compute_report
+    from adaptive.inference.restore import load_run
 
     run_dir = tmp_path / "exits"
     exits = ("--config.halting.policy=early_exit", "--config.model.kind=mlp", "--config.model.share_weights=false")
@@ -122,8 +122,8 @@ def test_eval_report_of_early_exits_calibrates_budgeted_batch_thresholds(tmp_pat
 
 
 def test_eval_report_of_experts_sweeps_expert_budgets(tmp_path):
-    from adaptive.eval_report import compute_report
-    from adaptive.runs import load_run
+    from adaptive.evaluation.eval_report import compute_report
+    from adaptive.inference.restore import load_run
 
     train_tiny(tmp_path / "sut", 10, config="configs/sut.py:tiny")
     report, _ = compute_report(load_run(tmp_path / "sut"), "test")
@@ -136,8 +136,9 @@ def test_eval_report_of_experts_sweeps_expert_budgets(tmp_path):
 
 
 def test_eval_report_refuses_models_without_budget_curves(tmp_path):
-    from adaptive.eval_report import compute_report
-    from adaptive.runs import RunError, load_run
+    from adaptive.evaluation.eval_report import compute_report
+    from adaptive.inference.restore import load_run
+    from adaptive.workdir.config_file import RunError
 
     train_tiny(tmp_path / "static", 5, overrides=("--config.halting.policy=none",))
     with pytest.raises(RunError, match="a static model has a single operating point"):

@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from adaptive.export import PARTIAL_MARK, ArtifactError, export_run, load_artifact
-from adaptive.predict import BudgetedPredictor
-from adaptive.runs import load_run
+from adaptive.inference.export import PARTIAL_MARK, ArtifactError, export_run, load_artifact
+from adaptive.inference.predictor import BudgetedPredictor
+from adaptive.inference.restore import load_run
 from tests.helpers import cli, train_tiny
 
 PLAIN_JAX = """

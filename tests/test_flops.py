@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from adaptive import config as config_lib
-from adaptive.flops import flops_model
+from adaptive.compute.flops import flops_model
 from adaptive.nn.models import build_model
 from tests.helpers import ROOT
 

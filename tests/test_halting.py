@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adaptive import config as config_lib
-from adaptive.losses import total_loss
+from adaptive.inference.predictor import BudgetedPredictor
 from adaptive.nn import halting as H
 from adaptive.nn.models import build_model
-from adaptive.predict import BudgetedPredictor
+from adaptive.training.losses import total_loss
 from tests.helpers import ROOT
 
 CAP, BATCH, N_IN = 6, 8, 12

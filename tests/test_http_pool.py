@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from adaptive.http_pool import ConnectionPool, HTTPError, _parse_head
-from adaptive.loadgen import run
+from adaptive.bench.http_pool import ConnectionPool, HTTPError, _parse_head
+from adaptive.bench.loadgen import run
 
 
 def test_the_response_head_gives_status_length_and_whether_to_keep_the_connection():

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from adaptive import config as config_lib
-from adaptive.train import train_and_evaluate
+from adaptive.training.train import train_and_evaluate
 from tests.helpers import QUIET, ROOT
 
 pytestmark = pytest.mark.slow

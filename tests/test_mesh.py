@@ -13,8 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from adaptive import parallel
 from adaptive.config import ConfigError, MoEConfig
+from adaptive.training import parallel
 from tests.helpers import ROOT, run_train
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -100,7 +100,7 @@ def test_expert_parallelism_refuses_what_it_cannot_split_before_training(change,
 
 def test_routing_groups_that_do_not_divide_a_batch_are_refused_before_training(tmp_path):
     from adaptive import config as config_lib
-    from adaptive.train import train_and_evaluate
+    from adaptive.training.train import train_and_evaluate
 
     cfg = config_lib.load("configs/sut.py:tiny", ["--config.moe.num_groups=3", "--config.logging.wandb=disabled"])
     with pytest.raises(ConfigError, match=r"'moe.num_groups' is 3; it must divide the \d+ tokens of a batch of train"):
@@ -116,8 +116,8 @@ def test_per_example_experts_train_with_several_routing_groups(tmp_path):
     train_tiny(tmp_path / "run", 2, config="configs/budget.py:moe,0.5", overrides=("--config.moe.num_groups=4",))
     assert metric_rows(tmp_path / "run")[-1]["step"] == 2
     # Served, a request batch of any size routes as one group: batches of 1 and 3 run.
-    from adaptive.engine import Engine
-    from adaptive.export import export_run
+    from adaptive.inference.export import export_run
+    from adaptive.serving.engine import Engine
 
     engine = Engine.from_artifact(export_run(tmp_path / "run", tmp_path / "art"), buckets=(1, 4))
     x = np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32)

@@ -158,8 +158,8 @@ def test_moe_models_train_log_routing_metrics_and_resume(config, tmp_path):
     import dataclasses
 
     from adaptive import config as config_lib
-    from adaptive.metrics import read_jsonl
-    from adaptive.train import train_and_evaluate
+    from adaptive.training.metrics import read_jsonl
+    from adaptive.training.train import train_and_evaluate
     from tests.helpers import QUIET, ROOT
 
     cfg = config_lib.load(f"{ROOT}/{config}", QUIET)
@@ -172,7 +172,7 @@ def test_moe_models_train_log_routing_metrics_and_resume(config, tmp_path):
     assert 0.0 <= rows[-1]["moe/drop_fraction"] <= 1.0
     assert final["eval/experts_mean"] > 0
     assert train_and_evaluate(cfg, tmp_path) == final  # resumes at the end: same eval, no training
-    from adaptive.report import report
+    from adaptive.evaluation.report import report
 
     (row,) = report([str(tmp_path)], splits=[], plot=None, markdown=None, usage=str(tmp_path / "usage.png"))
     assert row["experts_per_example"] == final["eval/experts_mean"]
@@ -202,8 +202,8 @@ def test_model_expert_budget_bounds_expert_applications():
 
 def test_predictor_expert_budget_uses_one_executable_per_k():
     from adaptive import config as config_lib
+    from adaptive.inference.predictor import BudgetedPredictor
     from adaptive.nn.models import build_model
-    from adaptive.predict import BudgetedPredictor
     from tests.helpers import ROOT
 
     class Spec:
@@ -261,9 +261,9 @@ def test_a_flops_budget_trains_the_number_of_experts(tmp_path):
     import dataclasses
 
     from adaptive import config as config_lib
-    from adaptive.flops import flops_model
-    from adaptive.metrics import read_jsonl
-    from adaptive.train import train_and_evaluate
+    from adaptive.compute.flops import flops_model
+    from adaptive.training.metrics import read_jsonl
+    from adaptive.training.train import train_and_evaluate
     from tests.helpers import QUIET, ROOT
 
     overrides = [*QUIET, "--config.moe.router=top_p", "--config.moe.renormalize=false", "--config.budget.unit=flops"]

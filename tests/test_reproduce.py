@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from adaptive.config import ConfigError
-from adaptive.reproduce import check, read_block
+from adaptive.experiments.reproduce import check, read_block
 from tests.helpers import QUIET, cli
 
 ROWS = [

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adaptive.config import ConfigError
-from adaptive.controller import Controller
-from adaptive.engine import Engine
-from adaptive.export import export_run
-from adaptive.server import Server
+from adaptive.inference.export import export_run
+from adaptive.serving.controller import Controller
+from adaptive.serving.engine import Engine
+from adaptive.serving.server import Server
 from tests.helpers import cli, train_tiny
 
 GOOD = [1.0, 0, 0, 1, -1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0]
@@ -154,7 +154,7 @@ def test_a_port_in_use_is_one_line_naming_it_and_port_0_binds_a_free_one(engine)
 
 
 def test_bad_serve_arguments_are_one_line_errors_before_anything_loads(capsys):
-    from adaptive.cli import main
+    from adaptive.cli.main import main
 
     cases = [
         (["--sla-ms", "0"], "--sla-ms must be a finite number > 0; got 0"),

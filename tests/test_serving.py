@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from adaptive.controller import Controller, Request
-from adaptive.engine import Engine
-from adaptive.export import export_run
-from adaptive.loadgen import collector_paused, schedule, summarize
-from adaptive.server import Server
-from adaptive.service_times import ServiceTimes
+from adaptive.bench.loadgen import collector_paused, schedule, summarize
+from adaptive.inference.export import export_run
+from adaptive.serving.controller import Controller, Request
+from adaptive.serving.engine import Engine
+from adaptive.serving.server import Server
+from adaptive.serving.service_times import ServiceTimes
 from tests.helpers import train_tiny
 
 GOOD = [1.0, 0, 0, 1, -1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0]
@@ -104,7 +104,7 @@ def test_each_bad_request_gets_its_4xx_and_the_next_good_one_is_answered(engine,
 
 
 def test_the_parsed_request_carries_its_budget_as_asked(engine):
-    from adaptive.http_input import parse_predict
+    from adaptive.serving.http_input import parse_predict
 
     asked = parse_predict({"x": GOOD, "budget": 2.5, "unit": "steps"}, engine, engine.cap)
     assert (asked.budget_value, asked.unit, asked.steps) == (2.5, "steps", 2)
@@ -205,7 +205,7 @@ def test_the_load_generator_pauses_its_collector_and_restores_it():
 
 
 def test_the_server_measures_what_a_request_costs_its_event_loop():
-    from adaptive.server import RequestCost
+    from adaptive.serving.server import RequestCost
 
     def burn(seconds):
         end = time.thread_time() + seconds
@@ -221,7 +221,7 @@ def test_the_server_measures_what_a_request_costs_its_event_loop():
 
 
 def test_the_server_follows_the_arrival_rate_within_a_tenth_of_a_second():
-    from adaptive.server import ArrivalRate
+    from adaptive.serving.server import ArrivalRate
 
     rate, received = ArrivalRate(tau_s=0.1), 0
     assert rate.update(0.0, 0) == 0.0  # the first call marks the start
@@ -269,7 +269,7 @@ def test_schedules_have_the_rate_and_shape_asked_for(pattern):
 
 
 def test_load_generator_accounts_for_every_request(engine):
-    from adaptive.loadgen import run
+    from adaptive.bench.loadgen import run
 
     async def scenario(client, server):
         url = str(client.make_url("")).rstrip("/")

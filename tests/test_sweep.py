@@ -166,7 +166,7 @@ def test_bad_sweeps_are_refused_before_anything_runs(tmp_path, points, message):
 
 
 def test_points_get_disjoint_device_subsets(tmp_path):
-    from adaptive.sweep import device_env
+    from adaptive.experiments.sweep import device_env
 
     devices = ["0", "1", "2", "3"]
     assert device_env(devices, 0, 2)["CUDA_VISIBLE_DEVICES"] == "0,1"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from adaptive import thresholds as T
+from adaptive.evaluation import thresholds as T
 
 
 @pytest.mark.parametrize("exits, target", [(4, 1.0), (4, 2.5), (6, 2.0), (6, 5.5), (10, 3.3)])

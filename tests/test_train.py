@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from adaptive import config as config_lib
-from adaptive.checkpoint import Checkpointer
-from adaptive.train import TrainingError, train_and_evaluate
+from adaptive.training.train import TrainingError, train_and_evaluate
+from adaptive.workdir.checkpoint import Checkpointer
 from tests.helpers import ROOT, final_state, metric_rows, run_train, train_command
 from tests.test_checkpoint import flip_bits
 
@@ -202,8 +202,8 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_its_steps_trained_again(re
     assert damaged in [f.read_bytes() for f in aside.rglob("*") if f.is_file()]
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
     assert warnings == [
-        f"WARNING adaptive.checkpoint: checkpoint {workdir / 'checkpoints' / '60'} is corrupt (its content does "
-        f"not match its checksum); moved it to {aside}, resuming from step 50"
+        f"WARNING adaptive.workdir.checkpoint: checkpoint {workdir / 'checkpoints' / '60'} is corrupt "
+        f"(its content does not match its checksum); moved it to {aside}, resuming from step 50"
     ]
     step, state = final_state(workdir)
     assert step == 60

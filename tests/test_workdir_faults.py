@@ -13,10 +13,10 @@ import pytest
 
 from adaptive import config as config_lib
 from adaptive import data
-from adaptive.checkpoint import Checkpointer
-from adaptive.runinfo import WorkdirError
-from adaptive.runs import RunError, load_config
-from adaptive.train import train_and_evaluate
+from adaptive.training.train import train_and_evaluate
+from adaptive.workdir.checkpoint import Checkpointer
+from adaptive.workdir.config_file import RunError, load_config
+from adaptive.workdir.runinfo import WorkdirError
 from tests.helpers import QUIET, ROOT, final_state, metric_rows, train_command
 
 FULL_DISK = OSError(errno.ENOSPC, "No space left on device")
@@ -93,7 +93,7 @@ class _FullAfter:
 
 
 def test_a_full_disk_while_writing_metrics_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    from adaptive import metrics
+    from adaptive.training import metrics
 
     real_open = metrics.Path.open
 
@@ -124,7 +124,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_the_run_resumes(t
         "        raise OSError(errno.ENOSPC, 'No space left on device')\n"
         "    return await real(self, item, directory)\n"
         "h.JsonCheckpointHandler._save_fn = full\n"
-        "from adaptive.cli import main\n"
+        "from adaptive.cli.main import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
     args = train_command(workdir, "--config.train.steps=40", "--config.train.checkpoint_every=10")[3:]
@@ -154,7 +154,7 @@ def test_a_damaged_run_json_is_set_aside_and_a_new_one_started(tmp_path, caplog)
     record = tmp_path / "run.json"
     damaged = record.read_text()[:100]
     record.write_text(damaged)
-    with caplog.at_level(logging.WARNING, logger="adaptive.runinfo"):
+    with caplog.at_level(logging.WARNING, logger="adaptive.workdir.runinfo"):
         train_and_evaluate(cfg, tmp_path)
     aside = tmp_path / "run.json.corrupt-1"
     assert aside.read_text() == damaged
@@ -190,7 +190,7 @@ def test_a_damaged_config_json_with_checkpoints_is_refused_until_restored_or_del
 
 def test_a_damaged_config_json_without_checkpoints_is_set_aside(tmp_path, caplog):
     (tmp_path / "config.json").write_text('{"name": ')
-    with caplog.at_level(logging.WARNING, logger="adaptive.train"):
+    with caplog.at_level(logging.WARNING, logger="adaptive.training.train"):
         train_and_evaluate(_config(10), tmp_path)
     assert (tmp_path / "config.json.corrupt-1").read_text() == '{"name": '
     assert load_config(tmp_path) == _config(10)

@@ -21,9 +21,9 @@ import numpy as np
 import optax
 
 from adaptive import config as config_lib
-from adaptive.bench.timing import write_json
-from adaptive.metrics import read_jsonl
-from adaptive.tables import print_table
+from adaptive.bench.results import write_json
+from adaptive.evaluation.tables import print_table
+from adaptive.training.metrics import read_jsonl
 
 HIDDEN, CAP, BATCH, TAU, EPS = 128, 20, 128, 1e-3, 0.01
 
@@ -112,7 +112,7 @@ def framework_steps_per_sec(n: int, steps: int) -> float:
         cfg.train, steps=steps, log_every=max(steps // 10, 1), eval_every=steps, checkpoint_every=steps
     )
     cfg = dataclasses.replace(cfg, train=train, halting=dataclasses.replace(cfg.halting, tau=TAU))
-    from adaptive.train import train_and_evaluate
+    from adaptive.training.train import train_and_evaluate
 
     with tempfile.TemporaryDirectory() as workdir:
         train_and_evaluate(cfg, workdir)

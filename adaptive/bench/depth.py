@@ -21,9 +21,10 @@ import numpy as np
 from flax import nnx
 
 from adaptive import config as config_lib
-from adaptive.bench.timing import time_side_by_side, write_json
+from adaptive.bench.results import write_json
+from adaptive.compute.timing import time_side_by_side
+from adaptive.evaluation.tables import print_table
 from adaptive.nn.models import build_model
-from adaptive.tables import print_table
 
 COLUMNS = ["kind", "hidden", "batch", "d", "adaptive_ms", "static_ms", "ratio", "slowest_ms", "waiting_fraction"]
 

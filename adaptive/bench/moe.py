@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adaptive.bench.timing import time_side_by_side, write_json
+from adaptive.bench.results import write_json
+from adaptive.compute.timing import time_side_by_side
+from adaptive.evaluation.tables import print_table
 from adaptive.nn.moe import MoEFeedForward
-from adaptive.tables import print_table
 
 
 class DenseFFN(nnx.Module):

@@ -4,7 +4,7 @@ the same open-loop arrival schedules, on this machine, side by side.
 Policies: the full model at full depth (static), the small model (static), the adaptive model
 at a fixed step budget (static), and the adaptive model with the controller and the fallback
 ladder. Each runs as its own `adaptive serve` process; each pattern's load comes from its own
-`python -m adaptive.loadgen` process. The base rate defaults to what the full-depth model
+`python -m adaptive.bench.loadgen` process. The base rate defaults to what the full-depth model
 sustains, measured first; the spike goes to 3x it. OUT holds one row per (policy, pattern);
 plots: latency CDFs per pattern, and the budget the controller chose over time.
 """
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptive.artifact_meta import read_meta
-from adaptive.bench.timing import write_json
-from adaptive.loadgen import PATTERNS, summarize
-from adaptive.tables import print_table
+from adaptive.bench.loadgen import PATTERNS, summarize
+from adaptive.bench.results import write_json
+from adaptive.evaluation.tables import print_table
+from adaptive.inference.artifact_meta import read_meta
 
 PROBE_REQUESTS = 100  # requests per probe (at least): a p99 over 30 requests is their maximum
 
@@ -55,7 +55,7 @@ def _start_server(args: list[str]) -> tuple[subprocess.Popen, str]:
 
 def _load(url: str, artifact: str, pattern: str, rate: float, duration: float, out: Path, extra=()) -> dict:
     command = [
-        sys.executable, "-m", "adaptive.loadgen", "--url", url, "--artifact", artifact, "--pattern", pattern,
+        sys.executable, "-m", "adaptive.bench.loadgen", "--url", url, "--artifact", artifact, "--pattern", pattern,
         "--rate", f"{rate:g}", "--duration", f"{duration:g}", "--out", str(out), *extra,
     ]  # fmt: skip
     subprocess.run(command, check=True, timeout=duration * 10 + 120)
@@ -185,8 +185,8 @@ def grouping_gain(artifact: str, repeats: int = 100) -> dict:
     first). Medians after 20 warm-up rounds, interleaved."""
     import time as clock
 
-    from adaptive.engine import Engine
-    from adaptive.loadgen import examples
+    from adaptive.bench.loadgen import examples
+    from adaptive.serving.engine import Engine
 
     engine = Engine.from_artifact(artifact, buckets=(1, 4, 8, 16))
     x = examples(engine.meta)[0][:16]

@@ -11,7 +11,7 @@ matplotlib.use("Agg")  # files, never a screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from adaptive.loadgen import ANSWERED, PATTERNS  # noqa: E402
+from adaptive.bench.loadgen import ANSWERED, PATTERNS  # noqa: E402
 
 
 def latency_cdfs(traces: dict, sla_ms: float, path: Path) -> None:

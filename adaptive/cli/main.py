@@ -1,0 +1,347 @@
+"""`adaptive <command> ...`: the command line.
+
+    adaptive train --config configs/parity.py:tiny --workdir DIR --config.train.steps=300
+
+Config overrides are `--config.section.key=value` (or `--config.section.key value`). Errors
+in user input exit with status 2 and one line on stderr naming what is wrong.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from adaptive.cli.parser import build_parser
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separates `--config.a.b=v` overrides from the ordinary arguments."""
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config.") and "=" not in arg and i + 1 < len(argv):
+            overrides.append(f"{arg}={argv[i + 1]}")
+            i += 2
+            continue
+        (overrides if arg.startswith("--config.") else rest).append(arg)
+        i += 1
+    return rest, overrides
+
+
+def _bench(args, overrides: list[str]) -> int:
+    if args.bench == "depth":
+        from adaptive.bench import depth
+
+        ints = lambda text: [int(v) for v in text.split(",") if v]  # noqa: E731
+        depth.run(
+            kind=args.kind,
+            hidden=args.hidden,
+            cap=args.cap,
+            depths=ints(args.depths),
+            batches=ints(args.batches),
+            repeats=args.repeats,
+            n_in=args.inputs,
+            json_out=args.json,
+        )
+    elif args.bench == "serve":
+        from adaptive.bench import serve
+
+        serve.run(
+            args.artifact,
+            args.small,
+            sla_ms=args.sla_ms,
+            rate=args.rate,
+            duration=args.duration,
+            fixed_budget=args.fixed_budget,
+            max_batch=args.max_batch,
+            out_dir=args.out,
+            json_out=args.json,
+        )
+    elif args.bench == "moe":
+        from adaptive.bench import moe
+
+        moe.run(
+            tokens=args.tokens,
+            width=args.width,
+            hidden=args.hidden,
+            experts=args.experts,
+            k=args.k,
+            capacity_factor=args.capacity_factor,
+            repeats=args.repeats,
+            json_out=args.json,
+        )
+    else:
+        from adaptive.bench import act_train
+
+        act_train.run(n=args.n, steps=args.steps, json_out=args.json)
+    return 0
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("absl", "orbax", "jax", "grain", "tensorflow_datasets", "etils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    except ImportError:
+        pass
+
+
+def _train(args, overrides: list[str]) -> int:
+    from adaptive import config as config_lib
+    from adaptive.training.train import train_and_evaluate
+
+    cfg = config_lib.load(args.config, overrides)
+    final = train_and_evaluate(cfg, args.workdir)
+    print(_summary_line(final))
+    print(f"workdir: {os.path.abspath(args.workdir)}")
+    return 0
+
+
+def _summary_line(metrics: dict) -> str:
+    experts = metrics.get("eval/experts_mean", 0.0)
+    return (
+        f"eval accuracy {metrics['eval/accuracy']:.4f} | mean steps {metrics['eval/steps_mean']:.2f} "
+        f"(max {metrics['eval/steps_max']}) | "
+        + (f"mean experts {experts:.2f} | " if experts else "")
+        + f"{metrics['eval/examples']} examples"
+    )
+
+
+def _print_compute_report(workdir: str, metrics: dict, baselines: list[str]) -> None:
+    from adaptive.evaluation.eval_report import compute_report
+    from adaptive.evaluation.tables import print_table
+    from adaptive.inference.restore import load_run
+
+    report, paths = compute_report(load_run(workdir, metrics["step"]), metrics["split"], baselines)
+    unit = report["unit"]
+    front = [
+        {"step_budget": r["step_budget"], "expert_budget": r["expert_budget"] or "all", "accuracy": r["accuracy"],
+         "steps": r["steps"], unit: r["compute"]}
+        for r in report["pareto_front"]
+    ]  # fmt: skip
+    print(f"Pareto front of accuracy vs compute ({unit}) over step and expert budgets:")
+    print_table(front, list(front[0]))
+    if report["budgeted_batch"]:
+        source = report["budgeted_batch"][0]["calibration_split"]
+        print(f"budgeted batch classification (exit thresholds calibrated on the {source} split):")
+        rows = [{"target_steps": r["target_steps"], "steps": r["steps"], "accuracy": r["accuracy"]}
+                for r in report["budgeted_batch"]]  # fmt: skip
+        print_table(rows, list(rows[0]))
+    dist, shifted = report["compute_distribution"]["steps"], report["shifted"]
+    print(
+        f"steps per example: mean {dist['mean']:.2f}, p50 {dist['p50']:g}, p99 {dist['p99']:g}, max {dist['max']:g}; "
+        f"FLOPs per correct answer {report['cost_per_correct']['flops']:.4g}"
+    )
+    print(f"shifted ({shifted['what']}): accuracy {shifted['accuracy']:.4f}, mean steps {shifted['steps']['mean']:.2f}")
+    for path in paths:
+        print(f"wrote {path}")
+
+
+def _eval(args, overrides: list[str]) -> int:
+    from adaptive.evaluation.budgeted_eval import evaluate_run
+
+    metrics, path = evaluate_run(
+        args.workdir, split=args.split, step=args.step, budget=args.budget, latency_batch=args.latency_batch
+    )
+    print(f"step {metrics['step']} split {metrics['split']} budget {metrics['budget']}: {_summary_line(metrics)}")
+    if args.budget is None and metrics["policy"] != "none":
+        _print_compute_report(args.workdir, metrics, args.baseline)
+    elif args.baseline:
+        print("--baseline is compared in the full report: drop --budget, or evaluate an adaptive run")
+    if "latency/p50_ms" in metrics:
+        print(
+            f"latency at batch {metrics['latency/batch']} over {metrics['latency/batches']} calls "
+            f"({metrics['latency/distinct_batches']} distinct batches): "
+            f"p50 {metrics['latency/p50_ms']:.3f} ms, p95 {metrics['latency/p95_ms']:.3f} ms, "
+            f"p99 {metrics['latency/p99_ms']:.3f} ms (mean steps {metrics['latency/steps_mean']:.2f})"
+        )
+        if "latency/predicted_p50_ms" in metrics:
+            print(
+                f"the cost model predicted p50 {metrics['latency/predicted_p50_ms']:.3f} ms, "
+                f"p99 {metrics['latency/predicted_p99_ms']:.3f} ms for the same batches"
+            )
+        if "latency/sla_ms" in metrics:
+            print(
+                f"{100 * metrics['latency/over_sla_fraction']:.1f}% of calls over the "
+                f"{metrics['latency/sla_ms']:g} ms request budget"
+            )
+    print(f"wrote {path}")
+    return 0
+
+
+def _calibrate(args, overrides: list[str]) -> int:
+    from adaptive.evaluation.calibrate import calibrate
+
+    batches = [int(b) for b in args.batches.split(",") if b]
+    _, path = calibrate(
+        args.workdir,
+        batches=batches,
+        repeats=args.repeats,
+        price_per_hour=args.price_per_hour,
+        power_watts=args.power_watts,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def _sweep(args, overrides: list[str]) -> int:
+    from pathlib import Path
+
+    from adaptive.config import ConfigError
+    from adaptive.evaluation.tables import print_table
+    from adaptive.experiments import sweep, sweep_summary
+
+    if args.parallel < 1:
+        raise ConfigError(f"--parallel must be at least 1; got {args.parallel}")
+    workdir = Path(args.workdir)
+    points = sweep.load_points(args.config, workdir, overrides)
+    count = len(points)
+    if args.point is not None:
+        if not 0 <= args.point < len(points):
+            raise ConfigError(f"--point must be in [0, {len(points) - 1}] for this sweep; got {args.point}")
+        points = [points[args.point]]
+    if args.dry_run:
+        for p in points:
+            sweep.refresh_status(p)
+        rows = [
+            {"index": p.index, "point": p.name, "status": p.status, "overrides": " ".join(p.overrides)} for p in points
+        ]
+        print_table(rows, list(rows[0]))
+        return 0
+    workdir.mkdir(parents=True, exist_ok=True)
+    if args.wandb:
+        print(f"wrote {sweep_summary.wandb_yaml(args.config, workdir.resolve(), count, overrides)}")
+    devices = [d for d in args.devices.split(",") if d]
+    sweep.run(args.config, points, args.parallel, devices, args.devices_per_point)
+    rows = sweep_summary.summarize(points, workdir)
+    return 0 if all(r["status"] == "done" for r in rows) else 1
+
+
+def _serve(args, overrides: list[str]) -> int:
+    import math
+
+    from adaptive.config import ConfigError
+
+    checks = [  # before anything loads: a bad argument is a one-line error within a second
+        (math.isfinite(args.sla_ms) and args.sla_ms > 0, "--sla-ms must be a finite number > 0", args.sla_ms),
+        (1 <= args.max_batch <= 4096, "--max-batch must be in [1, 4096]", args.max_batch),
+        (0 <= args.port <= 65535, "--port must be in [0, 65535] (0: any free port)", args.port),
+        (
+            math.isfinite(args.accuracy_tolerance) and args.accuracy_tolerance >= 0,
+            "--accuracy-tolerance must be a finite number >= 0",
+            args.accuracy_tolerance,
+        ),
+        (
+            math.isfinite(args.read_timeout_s) and args.read_timeout_s > 0,
+            "--read-timeout-s must be a finite number > 0",
+            args.read_timeout_s,
+        ),
+        (
+            math.isfinite(args.idle_timeout_s) and args.idle_timeout_s > 0,
+            "--idle-timeout-s must be a finite number > 0",
+            args.idle_timeout_s,
+        ),
+        (args.max_connections >= 1, "--max-connections must be >= 1", args.max_connections),
+        (args.default_budget is None or args.default_budget >= 1, "--default-budget must be >= 1", args.default_budget),
+    ]
+    for ok, message, value in checks:
+        if not ok:
+            raise ConfigError(f"{message}; got {value:g}")
+
+    from adaptive.serving.server import serve
+
+    serve(
+        args.artifact,
+        fallback=args.fallback,
+        sla_ms=args.sla_ms,
+        host=args.host,
+        port=args.port,
+        mode=args.policy,
+        max_batch=args.max_batch,
+        default_steps=args.default_budget,
+        tolerance=args.accuracy_tolerance,
+        read_timeout_s=args.read_timeout_s,
+        max_connections=args.max_connections,
+        idle_timeout_s=args.idle_timeout_s,
+    )
+    return 0
+
+
+def _export(args, overrides: list[str]) -> int:
+    from adaptive.inference.export import export_run, load_artifact
+
+    out = export_run(args.workdir, args.out, step=args.step, force=args.force, log=lambda line: print(line, flush=True))
+    _, meta = load_artifact(out)
+    print(
+        f"wrote {out} ({meta['bytes']} bytes, sha256 {meta['sha256'][:12]}..., caps: {meta['caps']}); "
+        "verified against the live model"
+    )
+    return 0
+
+
+def _reproduce(args, overrides: list[str]) -> int:
+    from adaptive.experiments.reproduce import reproduce
+
+    return reproduce(args.name, tiny=args.tiny, workdir=args.workdir, parallel=args.parallel, overrides=overrides)
+
+
+def _report(args, overrides: list[str]) -> int:
+    from adaptive.evaluation.report import report
+
+    report(
+        args.workdirs,
+        splits=args.split or [],
+        plot=args.plot,
+        markdown=args.markdown,
+        usage=args.usage,
+        pareto=args.pareto,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    rest, overrides = _split_overrides(argv)
+    args = build_parser().parse_args(rest)
+    _quiet_libraries()
+
+    from adaptive.compute.costmodel import CostModelError
+    from adaptive.config import ConfigError
+    from adaptive.experiments.sweep import SweepInterrupted
+    from adaptive.inference.export import ArtifactError
+    from adaptive.training.train import Interrupted, TrainingError
+    from adaptive.workdir.checkpoint import CheckpointError
+    from adaptive.workdir.config_file import RunError
+    from adaptive.workdir.runinfo import WorkdirError
+
+    try:
+        commands = {
+            "train": _train,
+            "eval": _eval,
+            "export": _export,
+            "serve": _serve,
+            "sweep": _sweep,
+            "reproduce": _reproduce,
+            "report": _report,
+            "calibrate": _calibrate,
+            "bench": _bench,
+        }
+        return commands[args.command](args, overrides)
+    except (ConfigError, RunError, CostModelError, ArtifactError) as e:
+        print(f"adaptive: error: {e}", file=sys.stderr)
+        return 2
+    except (TrainingError, CheckpointError, WorkdirError) as e:
+        print(f"adaptive: error: {e}", file=sys.stderr)
+        return 1
+    except (Interrupted, SweepInterrupted) as e:
+        print(f"adaptive: {e}", file=sys.stderr)
+        return 128 + getattr(e, "signum", 15)  # the shell's code for the signal (143, 130), after a clean save
+    except KeyboardInterrupt:  # Ctrl-C where no handler saves (before training starts, other commands)
+        print("adaptive: interrupted", file=sys.stderr)
+        return 128 + 2

@@ -1,0 +1,202 @@
+"""The compute-aware report of `adaptive eval`: a trained adaptive run under every budget.
+
+What it answers, all on one split (default: the run's evaluation split):
+- accuracy at every step budget (and expert budget), in the budget's unit, and the Pareto front
+  of accuracy vs mean compute, beside static baselines given with `--baseline DIR`;
+- budgeted batch classification (MSDNet): exit thresholds calibrated on the validation split for
+  a target mean compute, scored on this split; anytime accuracy (stopped after each step);
+- accuracy and compute per difficulty, and on a shifted split (parity: the difficulties beyond
+  training, or the hardest quarter; other data: inputs with added noise);
+- the compute distribution (mean, p50, p99, max) and cost per correct prediction.
+Writes DIR/eval/<split>-report-step<N>.json and three PNGs next to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from adaptive import data
+from adaptive.compute.costmodel import CostModel, CostModelError, fingerprint
+from adaptive.compute.flops import flops_model
+from adaptive.config import step_cap
+from adaptive.evaluation import curves, report_plots
+from adaptive.inference import outcomes
+from adaptive.inference.restore import Run, load_run
+from adaptive.inference.scoring import evaluate
+from adaptive.training import steps
+from adaptive.workdir.config_file import RunError
+
+TARGET_FRACTIONS = (0.25, 0.5, 0.75)  # budgeted-batch targets, as fractions of the cap's steps
+
+
+def compute_report(run: Run, split: str, baselines: list[str] = ()) -> tuple[dict, list[Path]]:
+    cfg = run.cfg
+    if cfg.halting.policy == "none":
+        raise RunError("a static model has a single operating point: use --budget, or pass it as --baseline")
+    if cfg.halting.policy == "pondernet" and cfg.halting.pondernet_inference == "sample":
+        raise RunError(
+            "sampled PonderNet halting has no per-budget trajectory to report on; use --budget, or train with "
+            "halting.pondernet_inference=threshold"
+        )
+    k_max = cfg.moe.k if cfg.moe.enabled else None
+    flops = flops_model(cfg, run.spec.input_shape, run.spec.num_classes, batch=cfg.train.eval_batch_size)
+    budget = run.budget if run.budget is not None and run.budget.target is not None else None
+    unit = budget.unit if budget else "flops"
+
+    def compute(steps, experts=None) -> dict:
+        value = flops.at_steps(steps, experts)
+        in_unit = budget.compute(steps, experts) if budget else value
+        return {"flops": float(np.mean(value)), "compute": float(np.mean(in_unit))}
+
+    test = outcomes.collect(run.graphdef, run.params, cfg, split, k_max=k_max)
+    grid = curves.budget_grid(test, compute)
+    correct, steps_B = test.correct_KxTxB[-1, -1], test.steps_KxTxB[-1, -1]  # the model's own choice
+    accuracy = float(correct.mean())
+    flops_B = flops.at_steps(steps_B.astype(float), test.experts_KxTxB[-1, -1] if flops.dynamic_experts else None)
+    cap = step_cap(cfg)
+    report = {
+        "step": run.step,
+        "split": split,
+        "unit": unit,
+        "target": budget.target if budget else None,
+        "target_steps": _steps_at(budget, cap) if budget else None,
+        "accuracy": accuracy,
+        "compute_distribution": {
+            "steps": curves.distribution(steps_B),
+            "flops": curves.distribution(np.asarray(flops_B, float)),
+        },
+        "cost_per_correct": _cost_per_correct(run, accuracy, float(steps_B.mean()), float(np.mean(flops_B))),
+        "budget_grid": grid,
+        "pareto_front": [r for r in grid if r["pareto"]],
+        "anytime_accuracy": curves.anytime(test),
+        "threshold_curve": curves.threshold_curve(test, compute),
+        "budgeted_batch": _budgeted_batch(run, split, test, compute, k_max, cap, budget),
+        "baselines": [_baseline(path, split) for path in baselines],
+    }
+    if test.difficulty_B.max() > 0:  # tasks whose examples carry a difficulty (parity)
+        report["by_difficulty"] = curves.by_difficulty(correct, steps_B, test.difficulty_B)
+    report["shifted"], shifted_steps_B = _shifted(run, split, k_max)
+    out_dir = run.workdir / "eval"
+    out_dir.mkdir(exist_ok=True)
+    path = out_dir / f"{split}-report-step{run.step}.json"
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    prefix = out_dir / f"{split}-step{run.step}"
+    pngs = report_plots.draw(report, steps_B, shifted_steps_B, prefix, title=run.workdir.name)
+    _log_to_wandb(run, report, pngs)
+    return report, [path, *pngs]
+
+
+def _steps_at(budget, cap: int) -> float | None:
+    """The mean steps whose compute is the budget's target (compute is linear in steps)."""
+    low, high = float(budget.compute(0.0)), float(budget.compute(1.0))
+    steps = (budget.target - low) / (high - low) if high > low else None
+    return steps if steps is not None and 1.0 <= steps <= cap else None
+
+
+def _budgeted_batch(run: Run, split: str, test, compute, k_max, cap: int, budget) -> list[dict]:
+    if test.step_confidence_NxB is None:  # ACT has no prediction per step to exit on
+        return []
+    calibration_split = "validation" if split != "validation" else "train"
+    validation = outcomes.collect(run.graphdef, run.params, run.cfg, calibration_split, k_max=k_max)
+    targets = {max(1.0, f * cap) for f in TARGET_FRACTIONS} | {_steps_at(budget, cap) if budget else None}
+    rows = curves.budgeted_batch(validation, test, sorted(t for t in targets if t is not None), compute)
+    for r in rows:
+        r["calibration_split"] = calibration_split
+    return rows
+
+
+def _cost_per_correct(run: Run, accuracy: float, steps_mean: float, flops_mean: float) -> dict:
+    """FLOPs per correct answer always; money and joules when a cost model of this network exists
+    (the budget's, or DIR/cost_model.json), at the serving batch it was calibrated for."""
+    out = {"flops": flops_mean / accuracy if accuracy else math.inf}
+    model, batch = None, 1
+    if run.budget is not None and run.budget.cost_model is not None:
+        model, batch = run.budget.cost_model, run.budget.serving_batch
+    elif (run.workdir / "cost_model.json").is_file():
+        try:
+            model = CostModel.load(
+                run.workdir / "cost_model.json", expect_fingerprint=fingerprint(run.cfg, run.spec.input_shape)
+            )
+        except CostModelError:
+            model = None
+        if model is not None:
+            batch = min(int(k.split("_")[0][1:]) for k in model.fits)
+    if model is not None and accuracy:
+        per_request = model.cost_per_1k(steps_mean, batch) / 1000
+        out.update(
+            {
+                "serving_batch": batch,
+                "money": per_request / accuracy,
+                "energy_j": model.energy_j(steps_mean, batch) / accuracy,
+                "price_per_hour": model.price_per_hour,
+            }
+        )
+    return out
+
+
+def _baseline(workdir: str, split: str) -> dict:
+    """A static (or any) run's single operating point on the same split, at its cap."""
+    run = load_run(workdir)
+    eval_step = jax.jit(steps.make_eval_step(run.graphdef, run.spec.max_difficulty))
+    metrics = evaluate(eval_step, run.params, run.cfg, split)
+    flops = flops_model(run.cfg, run.spec.input_shape, run.spec.num_classes, batch=run.cfg.train.eval_batch_size)
+    experts = metrics["eval/experts_mean"] or None
+    return {
+        "run": str(workdir),
+        "name": run.workdir.name,
+        "accuracy": metrics["eval/accuracy"],
+        "steps": metrics["eval/steps_mean"],
+        "flops": float(flops.at_steps(metrics["eval/steps_mean"], experts)),
+    }
+
+
+def _shifted(run: Run, split: str, k_max) -> tuple[dict, np.ndarray]:
+    """The model at its own halting on harder inputs than it was trained on (and its steps)."""
+    cfg = run.cfg
+    transform = None
+    if cfg.data.name == "parity":
+        n = cfg.data.parity_n
+        trained = cfg.data.train_difficulty or (1, n)
+        shift = (trained[1] + 1, n) if trained[1] < n else (max(1, math.ceil(0.75 * n)), n)
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_difficulty=shift))
+        what = f"parity difficulty {shift[0]}..{shift[1]} (trained on {trained[0]}..{trained[1]})"
+        split = cfg.data.eval_split
+    else:
+        source = data.load_split(cfg.data, split)
+        scale = 0.5 * float(np.std(source.read_batch(np.arange(min(256, len(source))))["x"]))
+        rng = np.random.default_rng(0)
+
+        def transform(x):  # seeded once per report: every evaluation draws the same noise
+            return x + scale * rng.standard_normal(x.shape).astype(np.float32)
+
+        what = f"inputs + Gaussian noise of std {scale:.3g} (half the inputs' std)"
+    shifted = outcomes.collect(run.graphdef, run.params, cfg, split, k_max=k_max, transform=transform)
+    correct, steps_B = shifted.correct_KxTxB[-1, -1], shifted.steps_KxTxB[-1, -1]
+    out = {"what": what, "accuracy": float(correct.mean()), "steps": curves.distribution(steps_B)}
+    if shifted.difficulty_B.max() > 0:
+        out["by_difficulty"] = curves.by_difficulty(correct, steps_B, shifted.difficulty_B)
+    return out, steps_B
+
+
+def _log_to_wandb(run: Run, report: dict, pngs: list[Path]) -> None:
+    if run.cfg.logging.wandb == "disabled":
+        return
+    from adaptive.training.metrics import WandbWriter
+
+    writer = WandbWriter(
+        run.workdir, mode=run.cfg.logging.wandb, project=run.cfg.logging.wandb_project, name=run.cfg.name, config={}
+    )
+    summary = {
+        "eval_report/accuracy": report["accuracy"],
+        "eval_report/steps_mean": report["compute_distribution"]["steps"]["mean"],
+        "eval_report/shifted_accuracy": report["shifted"]["accuracy"],
+    }
+    writer.write(run.step, "eval", summary)
+    writer.log_images(run.step, {f"eval_report/{p.stem.split('-')[-1]}": p for p in pngs})
+    writer.close()

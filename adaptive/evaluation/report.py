@@ -1,0 +1,162 @@
+"""`adaptive report DIR... [--split S] [--plot PNG] [--markdown MD]`: compare finished runs.
+
+One row per run with what distinguishes it (policy, its hyper-parameters, depth) and its final
+eval accuracy and compute; `--split` adds accuracy and compute on other splits (e.g. parity's
+extrapolation range in `test`); `--plot` draws compute and accuracy against difficulty.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from adaptive import config as config_lib
+from adaptive import data
+from adaptive.compute.budget import Budget
+from adaptive.compute.flops import flops_model
+from adaptive.evaluation import plots
+from adaptive.evaluation.budgeted_eval import evaluate_run
+from adaptive.evaluation.tables import markdown_table, print_table
+from adaptive.training.metrics import read_jsonl
+from adaptive.workdir.config_file import RunError, load_config
+
+
+def describe(cfg) -> dict:
+    h = cfg.halting
+    if h.policy == "none":
+        method = f"static depth {cfg.model.depth}"
+    elif h.policy == "act":
+        method = f"ACT tau={h.tau:g}"
+    elif h.policy == "pondernet":
+        method = f"PonderNet beta={h.beta:g} lambda_p={h.lambda_p:g}"
+    else:
+        method = f"early exit {h.confidence}>={h.exit_threshold:g}"
+    if cfg.moe.enabled:
+        routing = {"top_k": f"top-{cfg.moe.k}", "top_p": f"top-p {cfg.moe.top_p:g} (k<={cfg.moe.k})"}.get(
+            cfg.moe.router, "expert choice"
+        )
+        method += f" + MoE {cfg.moe.num_experts}x {routing} cf={cfg.moe.capacity_factor:g}"
+        if cfg.moe.balance_weight == 0:
+            method += " no-balance-loss"
+    return {"method": method, "kind": cfg.model.kind}
+
+
+def final_eval(workdir: Path) -> dict:
+    rows = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "eval"]
+    if not rows:
+        raise RunError(f"{workdir} has no eval yet")
+    return rows[-1]
+
+
+def report(
+    workdirs: list[str],
+    *,
+    splits: list[str],
+    plot: str | None,
+    markdown: str | None,
+    usage: str | None = None,
+    pareto: str | None = None,
+) -> list[dict]:
+    """Prints (and optionally writes) one row per run, then one per group of runs that differ
+    only in their seed (mean and range over seeds); the plot shows group means."""
+    rows, curves, groups = [], [], {}
+    for workdir in map(Path, workdirs):
+        cfg = load_config(workdir)
+        final = final_eval(workdir)
+        row = {"run": workdir.name, **describe(cfg), "seed": cfg.seed, "step": final["step"]}
+        row.update(compute_columns(cfg, final))
+        if cfg.moe.enabled:
+            last_train = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"][-1]
+            row["experts_per_example"] = final.get("eval/experts_mean")
+            row["train_drop_fraction"] = last_train.get("moe/drop_fraction")
+            row["usage_entropy"] = last_train.get("moe/usage_entropy")
+        run_curves = [(cfg.data.eval_split, final)]
+        for split in splits:
+            run_curves.append((split, evaluate_run(workdir, split=split)[0]))
+        for split, metrics in run_curves:
+            row[f"{split}_accuracy"], row[f"{split}_steps"] = metrics["eval/accuracy"], metrics["eval/steps_mean"]
+        rows.append(row)
+        curves.append(run_curves)
+        groups.setdefault(_without_seed(cfg), []).append(len(rows) - 1)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    print_table(rows, columns)
+    text = markdown_table(rows, columns)
+    plotted = [(rows[i]["run"], c) for i, c in enumerate(curves)]
+    if any(len(members) > 1 for members in groups.values()):
+        summary, plotted = _by_seed_groups(rows, curves, list(groups.values()))
+        summary_columns = list(dict.fromkeys(k for r in summary for k in r))
+        print("\nmean over seeds (min..max):")
+        print_table(summary, summary_columns)
+        text = markdown_table(summary, summary_columns) + "\nPer run:\n\n" + text
+    if markdown:
+        Path(markdown).write_text(text)
+        print(f"wrote {markdown}")
+    if plot:
+        plots.by_difficulty(plotted, plot)
+        print(f"wrote {plot}")
+    if pareto:
+        plots.accuracy_vs_compute(rows, pareto)
+        print(f"wrote {pareto}")
+    if usage:
+        plots.expert_usage([Path(w) for w in workdirs], usage)
+        print(f"wrote {usage}")
+    return rows
+
+
+def compute_columns(cfg, final: dict) -> dict:
+    """Mean FLOPs per example at evaluation, and the budget's target, realized value and gap."""
+    spec = data.prepare(cfg.data)
+    flops = flops_model(cfg, spec.input_shape, spec.num_classes, batch=cfg.train.eval_batch_size)
+    out = {"eval_flops": flops.at_steps(final["eval/steps_mean"], final.get("eval/experts_mean"))}
+    budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)
+    if budget is not None:
+        realized = float(budget.compute(final["eval/steps_mean"], final.get("eval/experts_mean")))
+        out.update(
+            {
+                "budget": f"{budget.target:g} {budget.unit}",
+                "realized": realized,
+                "deviation_pct": 100.0 * (realized - budget.target) / budget.target,
+            }
+        )
+        # The target in FLOPs, for plots: invert the unit's (linear) compute function of steps.
+        if budget.unit in ("flops", "macs"):
+            out["target_flops"] = budget.target * (2.0 if budget.unit == "macs" else 1.0)
+        else:
+            steps_at_target = (budget.target - budget.compute(0.0)) / (budget.compute(1.0) - budget.compute(0.0))
+            out["target_flops"] = flops.at_steps(steps_at_target)
+    return out
+
+
+def _without_seed(cfg) -> str:
+    d = config_lib.to_dict(cfg)
+    d.pop("seed"), d.pop("name")
+    return json.dumps(d, sort_keys=True)
+
+
+def _by_seed_groups(rows: list[dict], curves: list, groups: list[list[int]]):
+    """One summary row and one mean curve per group of runs that differ only in the seed."""
+    summary, plotted = [], []
+    for members in groups:
+        first = rows[members[0]]
+        out = {"method": first["method"], "kind": first["kind"], "seeds": len(members)}
+        for key in first:
+            if key.endswith(("_accuracy", "_steps")):
+                values = [rows[i][key] for i in members]
+                out[key] = sum(values) / len(values)
+                if key.endswith("_accuracy"):
+                    out[key + "_range"] = f"{min(values):.3f}..{max(values):.3f}"
+        summary.append(out)
+        mean_curves = []
+        for j, (split, _) in enumerate(curves[members[0]]):
+            mean_curves.append((split, _mean_metrics([curves[i][j][1] for i in members])))
+        plotted.append((first["method"], mean_curves))
+    return summary, plotted
+
+
+def _mean_metrics(runs: list[dict]) -> dict:
+    out = {}
+    for key in ("eval/steps_by_difficulty", "eval/accuracy_by_difficulty"):
+        if runs[0].get(key):
+            columns = zip(*(r[key] for r in runs), strict=True)
+            out[key] = [None if None in col else sum(col) / len(col) for col in columns]
+    return out

@@ -1,0 +1,4 @@
+"""Experiments: sweeps declared beside configs, their summaries, and `adaptive reproduce`.
+
+May import: anything but cli.
+"""

@@ -1,0 +1,263 @@
+"""`adaptive sweep --config configs/X.py[:arg] --workdir DIR [--parallel N] [--dry-run]`.
+
+A sweep is declared next to its config as plain Python: `get_sweep(arg) -> list[dict]`, each
+dict a point of dotted config keys (`{"halting.tau": 1e-3, "seed": 1}`) applied on top of
+`get_config(arg)`. Every point is validated before anything runs, then trained by `adaptive
+train` in its own process and its own workdir `DIR/<index>-<slug>`, at most N at a time, with
+one progress bar over the whole sweep's training steps.
+
+Rerunning is safe and cheap: finished points are skipped, interrupted ones resume from their
+checkpoints (train.py does that), failed ones are retried. A failing point is reported and the
+others go on. SIGTERM or Ctrl-C stops the running points cleanly (each saves a checkpoint);
+each child also gets SIGTERM if the sweep itself dies, so no orphan keeps writing. The summary
+(DIR/summary.csv, DIR/summary.json, a console table, DIR/pareto.png) is in sweep_summary.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from adaptive import config as config_lib
+from adaptive.config import ConfigError
+from adaptive.training.metrics import read_jsonl
+
+
+@dataclass
+class Point:
+    index: int
+    values: dict  # dotted config key -> value
+    workdir: Path
+    steps: int  # training steps of this point's config
+    base: list[str] = field(default_factory=list)  # overrides given to the whole sweep
+    status: str = "new"  # new | partial | done | failed | running
+    slot: int = -1  # which device subset it runs on (local runner)
+    detail: str = ""
+    process: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.workdir.name
+
+    @property
+    def overrides(self) -> list[str]:
+        return [*self.base, *(f"--config.{key}={_cli_value(value)}" for key, value in self.values.items())]
+
+
+def _cli_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(_cli_value, value))
+    return "None" if value is None else str(value)
+
+
+def slug(values: dict) -> str:
+    """A short, filesystem-safe name from a point's values: `tau0.001-seed1`."""
+    parts = [f"{key.split('.')[-1]}{_cli_value(value)}" for key, value in values.items()]
+    text = re.sub(r"[^A-Za-z0-9.=+-]+", "_", "-".join(parts)) or "default"
+    return text[:60]
+
+
+def load_points(spec: str, workdir: Path, base: list[str] = ()) -> list[Point]:
+    """The sweep's points (with `base` overrides under each), each checked as a full config
+    (unknown keys, bad values) before anything runs."""
+    module, arg = config_lib.load_module(spec)
+    if not hasattr(module, "get_sweep"):
+        raise ConfigError(f"config file {spec.partition(':')[0]!r} defines no get_sweep(arg)")
+    try:
+        sweep = module.get_sweep(arg)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{spec}: get_sweep: {e}") from None
+    if not isinstance(sweep, list) or not sweep or not all(isinstance(p, dict) for p in sweep):
+        raise ConfigError(f"{spec}: get_sweep must return a non-empty list of dicts of config keys")
+    points = []
+    for index, values in enumerate(sweep):
+        point = Point(index, dict(values), workdir / f"{index}-{slug(values)}", 0, list(base))
+        try:
+            cfg = config_lib.load(spec, point.overrides)
+        except ConfigError as e:
+            raise ConfigError(f"sweep point {index} ({point.name}): {e}") from None
+        point.steps = cfg.train.steps
+        points.append(point)
+    return points
+
+
+def refresh_status(point: Point) -> None:
+    """done (a final eval at the last step), partial (a checkpoint to resume), running (another
+    sweep's live process holds it), or new; a recorded failure stays until the point is rerun."""
+    lock = point.workdir / ".sweep.pid"
+    if lock.exists() and _alive(int(lock.read_text() or 0)):
+        point.status = "running"
+        return
+    if _finished(point):
+        point.status = "done"
+    elif (point.workdir / "checkpoints").exists():
+        point.status = "partial"
+    elif point.status != "failed":
+        point.status = "new"
+
+
+def _finished(point: Point) -> bool:
+    metrics = point.workdir / "metrics.jsonl"
+    if not metrics.exists():
+        return False
+    return any(r["split"] == "eval" and r["step"] >= point.steps for r in read_jsonl(metrics))
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def steps_done(point: Point) -> int:
+    """The last step the point logged (0 when it has logged nothing)."""
+    path = point.workdir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - 4096))
+        for line in reversed(f.read().splitlines()):
+            try:
+                return int(json.loads(line)["step"])
+            except (ValueError, KeyError):
+                continue
+    return 0
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGTERM when the sweep dies, even by SIGKILL (Linux), and save."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def device_env(devices: list[str], slot: int, per_point: int) -> dict:
+    """The environment that gives a point its own accelerators: slot i of `per_point` ids each.
+    JAX sees only those (CUDA_VISIBLE_DEVICES; the TPU runtime reads TPU_VISIBLE_CHIPS)."""
+    mine = ",".join(devices[slot * per_point : (slot + 1) * per_point])
+    return {"CUDA_VISIBLE_DEVICES": mine, "TPU_VISIBLE_CHIPS": mine}
+
+
+def launch(spec: str, point: Point, env: dict | None = None) -> None:
+    point.workdir.mkdir(parents=True, exist_ok=True)
+    log = (point.workdir / "train.log").open("ab")
+    command = [
+        sys.executable,
+        "-m",
+        "adaptive.cli",
+        "train",
+        "--config",
+        spec,
+        "--workdir",
+        str(point.workdir),
+        "--config.logging.progress=false",
+        *point.overrides,
+    ]
+    point.process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent, env={**os.environ, **(env or {})}
+    )
+    (point.workdir / ".sweep.pid").write_text(str(point.process.pid))
+    point.status, point.detail = "running", ""
+
+
+def collect(point: Point) -> bool:
+    """True when the point's process has ended; records how."""
+    code = point.process.poll()
+    if code is None:
+        return False
+    (point.workdir / ".sweep.pid").unlink(missing_ok=True)
+    point.process = None
+    if code == 0:
+        point.status = "done"
+    elif code in (128 + 15, 128 + 2):  # SIGTERM from the sweep, or a terminal's Ctrl-C: both save
+        point.status, point.detail = "partial", "interrupted (checkpoint saved)"
+    else:
+        point.status, point.detail = "failed", f"exit {code}: {_last_error(point)}"
+    return True
+
+
+def _last_error(point: Point) -> str:
+    lines = (point.workdir / "train.log").read_text(errors="replace").strip().splitlines()
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["(no output)"])[-1][-300:]
+
+
+def run(spec: str, points: list[Point], parallel: int, devices: list[str] = (), per_point: int = 0) -> list[Point]:
+    """Trains every point not yet done, at most `parallel` at a time, with one progress bar;
+    with `devices` and `per_point`, each running point gets its own `per_point` of them."""
+    if per_point and len(devices) < parallel * per_point:
+        raise ConfigError(
+            f"--parallel {parallel} x --devices-per-point {per_point} needs {parallel * per_point} devices; "
+            f"--devices lists {len(devices)}"
+        )
+    from tqdm import tqdm
+
+    for p in points:
+        refresh_status(p)
+    todo = [p for p in points if p.status in ("new", "partial", "failed")]
+    skipped = [p for p in points if p.status == "done"]
+    if skipped:
+        print(f"skipping {len(skipped)} finished point(s): {', '.join(p.name for p in skipped)}")
+    for p in points:
+        if p.status == "running":
+            print(f"point {p.name} is being trained by another process (pid in .sweep.pid): left to it")
+    stop = {"signal": None}
+    handler = lambda signum, frame: stop.update(signal=signum)  # noqa: E731
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    # On a terminal only (disable=None): in a log file the per-point lines below tell the story.
+    bar = tqdm(total=sum(p.steps for p in todo), unit="step", desc="sweep", dynamic_ncols=True, disable=None)
+    base = {p.index: steps_done(p) for p in todo}
+    queue, running, stopping = list(todo), [], False
+    try:
+        while queue or running:
+            while queue and len(running) < parallel and not stop["signal"]:
+                point = queue.pop(0)
+                slot = min(set(range(parallel)) - {p.slot for p in running})  # a free device subset
+                point.slot = slot
+                launch(spec, point, device_env(list(devices), slot, per_point) if per_point else None)
+                running.append(point)
+            if stop["signal"] and not stopping:  # once: the running points save and exit 143
+                stopping = True
+                queue.clear()
+                for point in running:
+                    point.process.send_signal(signal.SIGTERM)
+            time.sleep(0.25)
+            for point in [p for p in running if collect(p)]:
+                running.remove(point)
+                tqdm.write(f"point {point.name}: {point.status}{' - ' + point.detail if point.detail else ''}")
+            progress = sum(min(steps_done(p), p.steps) - base[p.index] for p in todo)
+            if progress != bar.n:
+                bar.n = progress
+                bar.set_postfix(running=len(running), left=len(queue))
+    finally:
+        bar.close()
+        for point in running:  # only on an unexpected error: do not leave children behind
+            if point.process is not None and point.process.poll() is None:
+                point.process.send_signal(signal.SIGTERM)
+                point.process.wait(timeout=120)
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if stop["signal"]:
+        raise SweepInterrupted(f"sweep stopped by signal {stop['signal']}; rerun the same command to resume")
+    return points
+
+
+class SweepInterrupted(RuntimeError):
+    """SIGTERM or Ctrl-C: the running points saved checkpoints and stopped."""

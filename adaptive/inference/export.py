@@ -1,0 +1,357 @@
+"""`adaptive export --workdir DIR --out ART`: a trained run as a `jax.export` artifact.
+
+ART/model.jaxexport is the serialized StableHLO of `serve(x, budget)` with the parameters baked
+in, a symbolic batch dimension, and the hard caps compiled in (the step budget is clipped to
+1..cap inside the graph, experts per token are at most moe.k):
+
+    inputs   x float32[batch, *input_shape], budget int32[batch] (steps, per request)
+    outputs  prediction int32[batch], confidence float32[batch] (max softmax),
+             steps int32[batch], experts int32[batch] (expert applications; 0 without experts)
+
+ART/meta.json says what it is: config, caps, input spec, the compute of each step budget in
+every unit the run can price (FLOPs, MACs; latency p50/p99, cost and energy with a cost model;
+FLOPs at each smaller expert budget), the validation accuracy at every (expert budget, step
+budget) -- what a server weighs when it must degrade; for experts with capacity also per served
+batch size, since tokens of one batch share the experts' slots --, the cost model, package
+versions, the blob's SHA-256, and meta.json's own SHA-256 (artifact_meta.py: its schema and
+checksum). Loading validates meta.json and checks the checksums before deserializing, so a
+corrupted, truncated, swapped or edited file is refused; nothing is pickled. Plain JAX runs it
+without this package (README: five lines). Export verifies on the spot that the artifact answers
+exactly as the live model does.
+
+Export never deletes what it did not write: ART must be absent, an empty folder, or (with
+`force`) a previous artifact holding nothing but its meta.json and the blobs it names; ART may
+not be the run's workdir, inside it, or above it. It is staged in ART.partial (removed only when
+it is a previous partial export) and renamed into place: ART is never half-made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from adaptive import config as config_lib
+from adaptive import data
+from adaptive.compute.flops import flops_model
+from adaptive.config import step_cap
+from adaptive.inference.artifact_meta import (
+    BLOB,
+    FORMAT,
+    META,
+    ArtifactError,
+    check_sealed,
+    read_meta,
+    seal,
+    variant_file,
+)
+from adaptive.inference.predictor import BudgetedPredictor
+from adaptive.inference.restore import Run, load_run
+from adaptive.nn.moe import limit_experts
+from adaptive.workdir.runinfo import package_versions
+
+OUTPUTS = ("prediction", "confidence", "steps", "experts")
+# Batch sizes the accuracy table is also scored at for MoE models with capacity: a server's
+# batches are small, and one expert a token on parity scores 0.957 / 0.982 / 0.990 in batches
+# of 1 / 16 / 1000. Scored on the split's first examples: batch 1 is one call per example.
+SERVED_BATCHES, SERVED_EXAMPLES = (1, 2, 4, 8, 16, 32), 2048
+# Marks ART.partial as this tool's staging folder: only such a folder is ever removed.
+PARTIAL_MARK = ".adaptive-export-partial"
+_BLOB_NAME = re.compile(r"model(-k[0-9]+)?\.jaxexport")
+
+
+def serving_function(graphdef: nnx.GraphDef, params: dict, experts: int | None = None):
+    """serve(x, budget) -> (prediction, confidence, steps, experts), parameters closed over;
+    MoE layers capped at `experts` per token (None: as trained)."""
+
+    def serve(x_BxD, budget_B):
+        out = limit_experts(nnx.merge(graphdef, params), experts).infer(x_BxD, budget_B)
+        probs = jax.nn.softmax(out.logits_BxC, -1)
+        used = jnp.zeros_like(out.steps_B) if out.experts_B is None else out.experts_B
+        return (
+            jnp.argmax(probs, -1).astype(jnp.int32),
+            probs.max(-1),
+            out.steps_B.astype(jnp.int32),
+            used.astype(jnp.int32),
+        )
+
+    return serve
+
+
+def compute_table(run: Run) -> dict:
+    """Compute per request at each step budget 1..cap, in every unit this run can price."""
+    cfg, spec = run.cfg, run.spec
+    steps = np.arange(1, step_cap(cfg) + 1, dtype=float)
+    flops = flops_model(cfg, spec.input_shape, spec.num_classes, batch=1)
+    table = {"steps": steps.tolist(), "flops": [float(flops.at_steps(s)) for s in steps]}
+    table["macs"] = [f / 2 for f in table["flops"]]
+    model = run.budget.cost_model if run.budget is not None else None
+    if model is not None:
+        batch = run.budget.serving_batch
+        table["latency_ms"] = [float(model.latency_ms(s, batch)) for s in steps]
+        table["latency_ms_p99"] = [float(model.tail_latency_ms(s, batch)) for s in steps]
+        table["cost_per_1k"] = [float(model.cost_per_1k(s, batch)) for s in steps]
+        table["energy_j"] = [float(model.energy_j(s, batch)) for s in steps]
+    return table
+
+
+def experts_table(run: Run) -> dict:
+    """FLOPs per request at each step budget for each expert budget k below the trained one."""
+    cfg, spec = run.cfg, run.spec
+    if not cfg.moe.enabled:
+        return {}
+    steps = np.arange(1, step_cap(cfg) + 1, dtype=float)
+    table = {}
+    # The experts keep their trained width (by default it is sized from k): only routing changes.
+    hidden = cfg.moe.expert_hidden or max(1, 2 * cfg.model.hidden // cfg.moe.k)
+    for k in range(1, cfg.moe.k):
+        limited = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, k=k, expert_hidden=hidden))
+        flops = flops_model(limited, spec.input_shape, spec.num_classes, batch=1)
+        table[str(k)] = [float(flops.at_steps(s)) for s in steps]
+    return table
+
+
+def accuracy_table(run: Run, split: str = "validation", log=None) -> dict:
+    """Accuracy on `split` under every (expert budget, step budget), in batches of the config's
+    evaluation size: row k-1 holds step budgets 1..cap at k experts per token (one row, `experts`
+    null, without experts). A static model always runs all its steps: its rows hold its accuracy
+    at the cap and null below, so nothing reads a smaller step budget as an operating point it
+    has. Experts with capacity: `by_batch` holds the same table scored in each of the
+    SERVED_BATCHES sizes (on the split's first SERVED_EXAMPLES examples). `log(line)`: progress."""
+    cfg, start = run.cfg, time.perf_counter()
+    k_max = cfg.moe.k if cfg.moe.enabled else None
+    accuracy, examples = _accuracy_rows(run, split, k_max, cfg.train.eval_batch_size)
+    table = {
+        "split": split,
+        "examples": examples,
+        "batch": cfg.train.eval_batch_size,
+        "experts": list(range(1, k_max + 1)) if k_max else None,
+        "accuracy": accuracy,
+    }
+    if k_max and (cfg.moe.router == "expert_choice" or not cfg.moe.dropless):  # the batch shares slots
+        sizes = [b for b in SERVED_BATCHES if b < cfg.train.eval_batch_size]
+        scored = []
+        for b in sizes:
+            scored.append(_accuracy_rows(run, split, k_max, b, SERVED_EXAMPLES))
+            if log:
+                log(f"accuracy table in batches of {b}: {time.perf_counter() - start:.0f} s so far")
+        table["by_batch"] = {"examples": scored[0][1], "batch": sizes, "accuracy": [rows for rows, _ in scored]}
+    return table
+
+
+def _accuracy_rows(run: Run, split: str, k_max: int | None, batch: int, limit: int | None = None):
+    """([per expert budget: [accuracy at step budget 1..cap]], examples scored), in batches of
+    `batch`, each expert budget run as its served function runs."""
+    from adaptive.inference import outcomes
+
+    if run.cfg.halting.policy != "none":
+        out = outcomes.collect(run.graphdef, run.params, run.cfg, split, k_max=k_max, batch_size=batch, limit=limit)
+        return out.correct_KxTxB.mean(-1).round(5).tolist(), out.size
+    cap, rows = step_cap(run.cfg), []
+    for k in range(1, k_max + 1) if k_max else [None]:
+        serve = jax.jit(serving_function(run.graphdef, run.params, k))
+        correct = []
+        for b in data.eval_batches(run.cfg.data, split, batch):
+            hit = np.asarray(serve(b["x"].astype(np.float32), np.full(len(b["x"]), cap, np.int32))[0])
+            correct.append((hit == b["y"])[b["mask"] > 0])
+            if limit is not None and sum(map(len, correct)) >= limit:
+                break
+        correct = np.concatenate(correct)[:limit]
+        rows.append([None] * (cap - 1) + [float(correct.mean().round(5))])
+    return rows, len(correct)
+
+
+def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None, force: bool = False, log=None) -> Path:
+    """The run in `workdir` written to the artifact folder `out`, verified against the live model.
+    `force`: replace a previous artifact at `out`. `log(line)`: progress through the slow part
+    (scoring the accuracy tables)."""
+    run = load_run(workdir, step)
+    out = Path(out)
+    staging = out.with_name(out.name + ".partial")
+    check_out(out, run.workdir, force)  # before the slow part: a refusal costs nothing
+    check_staging(staging)
+    shape = tuple(run.spec.input_shape)
+    (batch,) = jax.export.symbolic_shape("batch")
+    specs = (jax.ShapeDtypeStruct((batch, *shape), jnp.float32), jax.ShapeDtypeStruct((batch,), jnp.int32))
+
+    def serialized(experts: int | None) -> bytes:
+        fn = jax.jit(serving_function(run.graphdef, run.params, experts))
+        return bytes(jax.export.export(fn)(*specs).serialize())
+
+    blob = serialized(None)
+    # MoE: one more function per smaller expert budget, each with buffers sized for its k.
+    k_max = run.cfg.moe.k if run.cfg.moe.enabled else 1
+    variants = {k: serialized(k) for k in range(1, k_max)}
+    cost_model = run.budget.cost_model if run.budget is not None else None
+    meta = {
+        "format": FORMAT,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "bytes": len(blob),
+        "source": {"workdir": str(run.workdir), "step": run.step},
+        "input": {"shape": ["batch", *shape], "dtype": "float32", "budget": "int32[batch], steps per request"},
+        "outputs": list(OUTPUTS),
+        "num_classes": run.spec.num_classes,
+        "caps": {"steps": step_cap(run.cfg), "experts_per_token": run.cfg.moe.k if run.cfg.moe.enabled else None},
+        "expert_variants": {
+            str(k): {"file": variant_file(k), "sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b)}
+            for k, b in variants.items()
+        },
+        "compute_at_steps": compute_table(run),
+        "flops_at_expert_budgets": experts_table(run),
+        "accuracy_at_budgets": accuracy_table(run, log=log),
+        "budget": config_lib.to_dict(run.cfg)["budget"],
+        "cost_model": None if cost_model is None else _cost_model_dict(cost_model),
+        "packages": package_versions(),
+        "config": config_lib.to_dict(run.cfg),
+    }
+    # Written aside and moved into place once verified: ART is never a half-made artifact.
+    check_staging(staging)
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot make {staging} ({e.strerror})") from None
+    (staging / PARTIAL_MARK).touch()
+    (staging / BLOB).write_bytes(blob)
+    for k, b in variants.items():
+        (staging / variant_file(k)).write_bytes(b)
+    (staging / META).write_text(json.dumps(seal(meta), indent=1) + "\n")
+    verify(staging, run)
+    (staging / PARTIAL_MARK).unlink()
+    check_out(out, run.workdir, force)  # again: the folder may have changed during the export
+    if out.is_dir():
+        _remove(out)  # empty, or a previous artifact (force): nothing of a user's
+    staging.rename(out)
+    return out
+
+
+def check_out(out: Path, workdir: Path, force: bool) -> None:
+    """Refuses an `out` whose replacement would delete what this tool did not write."""
+    here, run = out.resolve(), Path(workdir).resolve()
+    if here == run or run in here.parents:
+        raise ArtifactError(f"--out {out} is inside the run's workdir {workdir}; write the artifact elsewhere")
+    if here in run.parents:
+        raise ArtifactError(f"--out {out} contains the run's workdir {workdir}; write the artifact elsewhere")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ArtifactError(f"--out {out} exists and is a file or a link, not a folder; nothing was written")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    try:
+        meta = read_meta(out)
+        check_sealed(meta, out)
+    except ArtifactError:
+        raise ArtifactError(
+            f"--out {out} is a folder but not an artifact of `adaptive export` (no valid {META}); nothing was written"
+        ) from None
+    named = {META, BLOB, *(entry["file"] for entry in meta.get("expert_variants", {}).values())}
+    for entry in sorted(out.iterdir()):
+        if entry.name not in named or entry.is_symlink() or not entry.is_file():
+            raise ArtifactError(
+                f"--out {out} holds {entry.name}, which is not part of an artifact; nothing was written (move it away)"
+            )
+    if not force:
+        raise ArtifactError(f"--out {out} is an artifact already; pass --force to replace it")
+
+
+def check_staging(staging: Path) -> None:
+    """Removes a previous partial export at `staging`; refuses anything else of that name."""
+    if not staging.exists() and not staging.is_symlink():
+        return
+    ours = staging.is_dir() and not staging.is_symlink()
+    entries = list(staging.iterdir()) if ours else []
+    names = {e.name for e in entries}
+    ours = ours and all(
+        (e.name in (META, PARTIAL_MARK) or _BLOB_NAME.fullmatch(e.name)) and e.is_file() and not e.is_symlink()
+        for e in entries
+    )
+    if not ours or (entries and PARTIAL_MARK not in names and not _is_artifact(staging)):
+        raise ArtifactError(f"{staging} exists and is not a partial export of `adaptive export`; move it away first")
+    _remove(staging)
+
+
+def _is_artifact(folder: Path) -> bool:
+    """A folder with a valid meta.json (an export stopped between verifying and renaming)."""
+    try:
+        read_meta(folder)
+    except ArtifactError:
+        return False
+    return True
+
+
+def _remove(folder: Path) -> None:
+    """Deletes a folder checked to hold only plain files this tool writes (never rmtree)."""
+    for entry in folder.iterdir():
+        entry.unlink()
+    folder.rmdir()
+
+
+def _cost_model_dict(model) -> dict:
+    from dataclasses import asdict
+
+    return {**asdict(model), "fits": {k: asdict(v) for k, v in model.fits.items()}}
+
+
+def load_artifact(path: str | Path, experts: int | None = None):
+    """(exported function, meta) after validating meta.json and checking that the blob is the one
+    it describes and that it is the meta.json that was exported; `experts` picks a MoE model's
+    function for that many experts per token (default: all)."""
+    path = Path(path)
+    meta = read_meta(path)
+    entry = {"file": BLOB, "sha256": meta["sha256"], "bytes": meta["bytes"]}
+    if experts is not None and experts != meta["caps"]["experts_per_token"]:
+        variants = meta.get("expert_variants", {})
+        if str(experts) not in variants:
+            have = ", ".join([*variants, str(meta["caps"]["experts_per_token"])])
+            raise ArtifactError(f"{path} has no function for {experts} expert(s) per token; it has {have}")
+        entry = variants[str(experts)]
+    name = entry["file"]  # validated: a plain file name of this folder
+    try:
+        blob = (path / name).read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} has no {name}") from None
+    if len(blob) != entry["bytes"]:
+        raise ArtifactError(f"{path}/{name} is truncated or padded: {len(blob)} bytes, meta.json says {entry['bytes']}")
+    if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
+        raise ArtifactError(f"{path}/{name} does not match meta.json's checksum (corrupted or from another export)")
+    check_sealed(meta, path)  # a swapped blob whose checksum was updated in meta.json stops here
+    try:
+        exported = jax.export.deserialize(bytearray(blob))
+    except Exception as e:  # the checksum passed, so this is a version mismatch, not corruption
+        raise ArtifactError(f"{path}/{name} does not deserialize with jax {jax.__version__}: {e}") from None
+    _check_signature(exported, meta, f"{path}/{name}")
+    return exported, meta
+
+
+def _check_signature(exported, meta: dict, where: str) -> None:
+    """The blob takes the input meta.json describes (a format-1 meta.json has no checksum to
+    vouch for it): (x[batch, *input.shape], budget[batch]) -> four outputs."""
+    shape = tuple(meta["input"]["shape"][1:])
+    x, *rest = exported.in_avals
+    if tuple(x.shape[1:]) != shape or len(rest) != 1 or len(exported.out_avals) != len(OUTPUTS):
+        raise ArtifactError(
+            f"{where} takes x of shape {tuple(x.shape)} and {len(rest)} more input(s); "
+            f"meta.json's input.shape says {list(meta['input']['shape'])}"
+        )
+
+
+def verify(path: Path, run: Run, count: int = 64) -> None:
+    """The artifact answers as the live model: same predictions and steps, same confidence."""
+    exported, meta = load_artifact(path)
+    batch = next(iter(data.eval_batches(run.cfg.data, run.cfg.data.eval_split, count)))
+    x = batch["x"].astype(np.float32)
+    cap = meta["caps"]["steps"]
+    budget = (np.arange(len(x)) % cap + 1).astype(np.int32)  # every step budget, and the cap
+    got = jax.device_get(exported.call(x, budget))
+    k_max = run.cfg.moe.k if run.cfg.moe.enabled else None
+    live = BudgetedPredictor(run.graphdef, run.params, run.spec.input_shape, cap, k_max=k_max).predict(x, budget)
+    probs = np.asarray(jax.nn.softmax(live.logits_BxC, -1))
+    same = (got[0] == probs.argmax(-1)).all() and (got[2] == np.asarray(live.steps_B)).all()
+    if not same or not np.allclose(got[1], probs.max(-1), rtol=1e-4, atol=1e-5):
+        raise ArtifactError(f"{path}: the exported function does not answer as the live model; not exported")

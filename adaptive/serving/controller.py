@@ -1,0 +1,326 @@
+"""Which operating point each request of a batch gets: the degradation ladder and its rule.
+
+The ladder, in order: (1) a lower budget on the primary model: fewer steps (forced early exit)
+and, for MoE models, fewer experts per token, (2) the smaller fallback model, (3) reject (the
+request cannot be on time, or the server cannot keep up) or defer (the queue is full: retry).
+
+The rule is predictive: one plan per batch, from *measured* service times (`ServiceTimes`: what
+a batch of so many rows takes under a step budget on this server now) and the artifacts'
+validation accuracy at every operating point (`AccuracyTable`, scored in batches the size of
+the one about to run), under two limits:
+
+- deadlines: each answer must come within `headroom` x SLA of the request's arrival (the
+  batch's runs are sequential, the fallback's rows first: they are the quick ones);
+- the server's pace: the batch's rows may cost at most their share of the server's time at the
+  current arrival rate, `utilization` x rows / (rate + queued / horizon) (`batch_time_ms`), each
+  row priced at its share of a full batch's run (under load batches fill up): at that pace the
+  queue does not grow, and a backlog is cleared within one horizon (headroom x SLA).
+
+The plans tried: for each operating point of the primary, as many rows as fit on it (in the
+order below; the primary's runs timed as the server splits them by step budget), the rest on
+the fallback as far as both limits allow, the others rejected. Of these the plan maximizes the
+expected correct answers (validation accuracy summed over the rows it serves; a rejected row
+scores nothing) and, of the plans where no row is worse off than in the best by more than
+`tolerance`, takes the quickest: compute that buys no accuracy is taken from the requests
+behind. Rows go to the primary in priority order (0 first, then the freshest: they have the
+slack for the longer run), so lower priorities degrade first, and are rejected first when even
+the fallback cannot serve every row in time. A request is `ok` when its operating point is as
+accurate as the budget it asked for (within the tolerance), `degraded` otherwise. Without an
+accuracy table the ladder's order decides: the primary before the fallback, then more steps,
+then more experts.
+
+Why this rule, measured with `adaptive bench serve` (experiments/serving): AIMD on a step cap
+from windowed p95 latencies lagged a spike by the time the queue takes to build (p99 127 ms
+under a 30 ms SLA). Per-request deadline checks with a latency allowance that shrank with the
+priority, an even split of the oldest queued request's slack between the batches ahead, and
+special rules for late requests held MNIST-1D's spike, but degraded a third of the requests at
+a base rate full depth served on time (priority 2 had half the allowance whatever the load), and
+a slack split says nothing of the requests still to arrive. The arrival rate does: it is the
+load the next batches must carry, and a deadline alone cannot see it.
+
+`mode="static"` is the baseline: every request gets its requested budget on the primary model,
+nothing is shed or deferred.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from adaptive.serving.accuracy_table import AccuracyTable
+from adaptive.serving.service_times import ServiceTimes
+
+STATUSES = ("ok", "degraded", "fallback", "rejected", "deferred")
+
+
+@dataclass(frozen=True)
+class Decision:
+    status: str  # ok | degraded | fallback | rejected | deferred
+    model: str | None  # "primary", "fallback" or None
+    steps: int
+    experts: int | None = None  # experts per token on a MoE primary (None: as trained)
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the controller knows of one request of a batch about to run."""
+
+    steps: int  # the step budget it asked for
+    waited_ms: float  # since it arrived
+    priority: int = 0  # 0 first; under load, higher numbers degrade first
+    # The most steps the fallback may take within the request's own budget, priced in the
+    # request's unit through the fallback's compute table (None: no budget, its cap; 0: the
+    # fallback cannot answer within the budget, so it is no rung for this request).
+    fallback_steps: int | None = None
+
+
+REJECTED = Decision("rejected", None, 0)
+EPS_MS = 1e-9  # estimates that meet a limit exactly fit it (float sums land either side)
+
+
+@dataclass
+class _Plan:
+    values: dict[int, float]  # row -> expected correctness (rows missing: rejected, 0)
+    ms: float  # estimated run of the whole batch
+    decisions: dict[int, Decision]  # row -> decision (rows missing: rejected)
+
+    @property
+    def value(self) -> float:  # expected correct answers
+        return sum(self.values.values())
+
+
+def one_run(budgets: np.ndarray) -> list[np.ndarray]:
+    """All of a model's rows in one run (a server that does not split them by step budget)."""
+    return [np.arange(len(budgets))]
+
+
+class Controller:
+    def __init__(
+        self,
+        cap: int,
+        sla_ms: float,
+        *,
+        mode: str = "adaptive",
+        has_fallback: bool = False,
+        fallback_cap: int = 1,
+        expert_budgets: tuple[int, ...] = (),
+        accuracy: AccuracyTable | dict | None = None,
+        fallback_accuracy: float | dict[int, float] | None = None,
+        tolerance: float = 0.005,
+        headroom: float = 0.8,
+        utilization: float = 0.85,
+        max_batch: int = 32,
+        max_queue: int = 1024,
+        groups: Callable[[np.ndarray], list[np.ndarray]] = one_run,
+    ):
+        """`expert_budgets`: a MoE primary's smaller experts-per-token it can run at;
+        `accuracy`: the artifact's table, or one {(experts or None, steps): validation accuracy}
+        for every batch size; `fallback_accuracy`: the fallback model's, on the same split: at
+        its cap, or {steps: accuracy} at each step budget it has;
+        `tolerance`: how much validation accuracy a quicker plan may give up a request;
+        `headroom`: the share of the SLA a plan may use (estimates are means, runs vary);
+        `utilization`: the share of the server's time batches may take at the arrival rate;
+        `max_batch`: the server's largest batch, the one throughput is priced at; `groups`:
+        how the server splits the primary's rows into runs by their step budgets (the engine's
+        `groups`): a plan prices and times those runs, one after the other."""
+        if mode not in ("adaptive", "static"):
+            raise ValueError(f"controller mode {mode!r} is not 'adaptive' or 'static'")
+        if not tolerance >= 0:
+            raise ValueError(f"accuracy tolerance {tolerance!r} must be >= 0")
+        if not 0 < headroom <= 1 or not 0 < utilization <= 1:
+            raise ValueError(f"headroom {headroom!r} and utilization {utilization!r} must be in (0, 1]")
+        self.full, self.sla_ms, self.mode, self.has_fallback = cap, sla_ms, mode, has_fallback
+        self.headroom, self.utilization, self.max_queue = headroom, utilization, max_queue
+        self.max_batch, self.groups = max(int(max_batch), 1), groups
+        self.fallback_cap = max(fallback_cap, 1)
+        # Expert budgets from the trained one (None) down: the order ties are broken in.
+        self.expert_budgets = (None, *sorted(expert_budgets, reverse=True))
+        self.accuracy = accuracy if isinstance(accuracy, AccuracyTable) else AccuracyTable({1: accuracy or {}})
+        self.fallback_accuracy, self.tolerance = fallback_accuracy, tolerance
+        self.service = {("primary", k): ServiceTimes(cap) for k in self.expert_budgets}
+        self.service["fallback", None] = ServiceTimes(self.fallback_cap)
+
+    @property
+    def horizon_ms(self) -> float:
+        """How long after its arrival a request's answer may come, by plan."""
+        return self.headroom * self.sla_ms
+
+    def admit(self, queue_length: int) -> bool:
+        """False: defer (the queue is full). Static mode queues everything."""
+        return self.mode == "static" or queue_length < self.max_queue
+
+    def batch_time_ms(self, rows: int, arrival_rate: float, queued: int = 0) -> float:
+        """The share of the server's time a batch of `rows` may use at `arrival_rate` requests/s
+        with `queued` requests waiting behind it, a plan's rows priced at a full batch's run
+        (`_pace_ms`): what keeps the queue from growing at that demand."""
+        demand = max(arrival_rate, 0.0) + queued / (self.horizon_ms / 1e3)
+        return np.inf if demand <= 0 else 1e3 * self.utilization * rows / demand
+
+    def plan(self, requests: list[Request], time_ms: float = np.inf) -> list[Decision]:
+        """One decision per request of a batch about to run, in order; `time_ms`: the batch's
+        share of the server's time (`batch_time_ms`)."""
+        if self.mode == "static":
+            return [Decision("ok", "primary", self._clip(r.steps)) for r in requests]
+        if not requests:
+            return []
+        order = sorted(range(len(requests)), key=lambda i: (requests[i].priority, requests[i].waited_ms))
+        slack = [self.horizon_ms - r.waited_ms for r in requests]
+        plans = [self._plan_at(None, requests, order, slack, time_ms)]
+        plans += [p for point in self._points(requests) if (p := self._plan_at(point, requests, order, slack, time_ms))]
+        best = max(plans, key=lambda p: (p.value, -p.ms))
+        # Each row may give up at most the tolerance against the best plan (a tolerance summed
+        # over the batch would let one request give up all of it).
+        margin = self.tolerance if self.accuracy else 0.0
+
+        def close(p: _Plan) -> bool:
+            return all(p.values.get(i, 0.0) >= v - margin - 1e-14 for i, v in best.values.items())
+
+        chosen = min((p for p in plans if close(p)), key=lambda p: p.ms)
+        return [chosen.decisions.get(i, REJECTED) for i in range(len(requests))]
+
+    def _clip(self, steps: int) -> int:
+        return min(max(int(steps), 1), self.full)
+
+    def _fallback_steps(self, request: Request) -> int:
+        """The fallback's step budget for `request`: its cap, within the request's budget."""
+        if request.fallback_steps is None:
+            return self.fallback_cap
+        return min(max(int(request.fallback_steps), 0), self.fallback_cap)
+
+    def _points(self, requests: list[Request]) -> list[tuple[int | None, int]]:
+        """(experts, steps) the primary can run this batch at: fewer steps and more experts first
+        (the order ties in estimated time go by); with a table, only the points it holds. Of step
+        budgets alike in expected steps and accuracy (a halting model that stops at 2 runs 3 to 8
+        as one), only the largest: the same plan, more room for a hard input, and a plan's cost
+        is per point (16 points made a plan of 16 rows take 2 ms of the event loop)."""
+        most = max(self._clip(r.steps) for r in requests)  # more steps than any row asked for: the same run
+        table = self.accuracy.at(len(requests))
+        points = []
+        for k in self.expert_budgets:
+            times, last = self.service["primary", k], None
+            for s in range(most, 0, -1):
+                if table and (k, s) not in table:
+                    continue
+                alike = (times.expected_steps(s), table.get((k, s)))
+                if alike != last:
+                    points.append((k, s))
+                last = alike
+        rank = {k: i for i, k in enumerate(self.expert_budgets)}
+        return sorted(points, key=lambda p: (p[1], rank[p[0]]))
+
+    def _plan_at(self, point, requests, order, slack, time_ms) -> _Plan | None:
+        """The plan that runs as many rows as fit on the primary at `point` (None: none) and
+        serves the rest on the fallback, in priority order, as far as deadlines and the pace
+        (`time_ms`) allow; None if not one row fits the primary at that point."""
+        rows, primary, primary_ms, primary_pace = len(requests), [], 0.0, 0.0
+        fallback = self.service["fallback", None]
+        if point is not None:
+            k, steps = point
+            times, ranked = self.service["primary", k], sorted(slack)
+            for m in range(rows, 0, -1):
+                # The fallback's rows run first: the primary's must have slack for them as well.
+                before = fallback.estimate(self.fallback_cap, rows - m) if self.has_fallback and m < rows else 0.0
+                # A first cut, as one run at the point's steps; then the runs the server makes.
+                need = times.estimate(steps, m) + before - EPS_MS
+                if self._pace_ms(times, steps, m) > time_ms + EPS_MS or rows - bisect.bisect_left(ranked, need) < m:
+                    continue
+                chosen = [i for i in order if slack[i] >= need][:m]
+                budgets = [min(steps, self._clip(requests[i].steps)) for i in chosen]
+                finish, primary_ms, primary_pace = self._runs(times, budgets, before)
+                on_time = all(slack[i] >= t - EPS_MS for i, t in zip(chosen, finish, strict=True))
+                if on_time and primary_pace <= time_ms + EPS_MS:
+                    primary = chosen
+                    break
+            else:
+                return None
+        decisions = {i: self._primary_decision(point, requests[i], len(primary)) for i in primary}
+        served, tightest = [], np.inf
+        for i in (i for i in order if i not in decisions) if self.has_fallback else ():
+            if self._fallback_steps(requests[i]) < 1:
+                continue  # the fallback's least run is over this request's budget
+            # Priced at the fallback's cap: rows with tighter budgets only make the run quicker.
+            ms = fallback.estimate(self.fallback_cap, len(served) + 1)
+            pace = primary_pace + self._pace_ms(fallback, self.fallback_cap, len(served) + 1)
+            if pace <= time_ms + EPS_MS and ms <= min(tightest, slack[i]) + EPS_MS:
+                served.append(i)
+                tightest = min(tightest, slack[i])
+        decisions |= {i: Decision("fallback", "fallback", self._fallback_steps(requests[i])) for i in served}
+        ms = primary_ms + (fallback.estimate(self.fallback_cap, len(served)) if served else 0.0)
+        # Scored at the rows each run has: with expert capacity, a run's tokens share the slots.
+        run_rows = {"primary": len(primary), "fallback": len(served)}
+        values = {i: self._value(d, run_rows[d.model]) for i, d in decisions.items()}
+        return _Plan(values, ms, decisions)
+
+    def _runs(self, times: ServiceTimes, budgets: list[int], start_ms: float) -> tuple[list[float], float, float]:
+        """The primary's rows with these step budgets as the server runs them (`groups`, one run
+        after the other from `start_ms`): each row's finish, the runs' total ms and pace."""
+        finish, total, pace = [0.0] * len(budgets), 0.0, 0.0
+        for part in self.groups(np.asarray(budgets, np.int32)):
+            steps = max(budgets[j] for j in part)
+            total += times.estimate(steps, len(part))
+            pace += self._pace_ms(times, steps, len(part))
+            for j in part:
+                finish[j] = start_ms + total
+        return finish, total, pace
+
+    def _pace_ms(self, times: ServiceTimes, steps: int, rows: int) -> float:
+        """What `rows` rows cost the server's throughput: their share of a full batch's run. Under
+        load batches fill up; pricing rows at the batch that happens to be running would put
+        the few rows that came while a quick run ran on the fallback, and keep batches small."""
+        return rows * times.estimate(steps, self.max_batch) / self.max_batch
+
+    def _primary_decision(self, point, request: Request, rows: int) -> Decision:
+        k, steps = point
+        steps = min(steps, self._clip(request.steps))
+        table, asked = self.accuracy.at(rows), self._clip(request.steps)
+        if table and (None, asked) in table and (k, steps) in table:
+            ok = table[k, steps] >= table[None, asked] - self.tolerance
+        else:
+            ok = k is None and steps == asked
+        return Decision("ok" if ok else "degraded", "primary", steps, k)
+
+    def _value(self, decision: Decision, rows: int) -> float:
+        """Expected correctness of one row under `decision`: validation accuracy, a fallback
+        without a comparable score just under the primary's least accurate point (below every
+        primary point, by more than the tolerance). Without a table, the ladder's order: a served
+        row is worth 1, a primary row a millionth more than a fallback one, each step and expert
+        a further 1e-12 (a batch's worth of either stays below the rung above it)."""
+        table = self.accuracy.at(rows)
+        if decision.model == "fallback":
+            known = self._fallback_score(decision.steps)
+            if table:
+                return known if known is not None else max(min(table.values()) - self.tolerance - 1e-6, 0.0)
+            return 1.0 - 1e-6
+        if table:
+            return table.get((decision.experts, decision.steps), 0.0)
+        rank = len(self.expert_budgets) - self.expert_budgets.index(decision.experts)
+        return 1.0 + 1e-12 * (decision.steps * (len(self.expert_budgets) + 1) + rank)
+
+    def _fallback_score(self, steps: int) -> float | None:
+        """The fallback's validation accuracy at `steps` (None: not comparable or not scored)."""
+        if isinstance(self.fallback_accuracy, dict):
+            return self.fallback_accuracy.get(steps)
+        return self.fallback_accuracy if steps == self.fallback_cap else None
+
+    def observe(
+        self,
+        model: str,
+        steps: int,
+        service_ms: float,
+        rows: int = 1,
+        experts: int | None = None,
+        budget: int | None = None,
+    ) -> None:
+        """A batch of `rows` of `model` (at `experts` per token, its rows' least step budget
+        `budget`) whose slowest row took `steps` steps ran in `service_ms`."""
+        self.service[model, experts].observe(steps, service_ms, rows, budget)
+
+    @property
+    def cap(self) -> float:
+        """The most steps a lone fresh request would get now (for /metrics)."""
+        if self.mode == "static":
+            return float(self.full)
+        return float(self.service["primary", None].most_steps_within(self.horizon_ms, self.full))

@@ -1,0 +1,198 @@
+"""An inference engine for serving: one model, ahead-of-time compiled for a few batch sizes.
+
+`Engine.from_artifact(ART)` (a `jax.export` artifact) or `Engine.from_run(DIR)` (a checkpoint)
+compiles `serve(x, budget)` once per batch-size bucket and runs every executable once before it
+is used, so in steady state nothing compiles (tests count XLA compilations). A request batch is
+padded to the smallest bucket that holds it (padding rows are copies of the batch's own rows
+with budget 1, so they never hold the batch) and split when larger than the largest bucket;
+padding and splitting are numpy, on the host, so they compile nothing either.
+
+Budgets arrive in any unit the model can price (`steps`, `flops`, `macs`, and with a cost
+model `latency_ms`, `cost_per_1k`, `energy_j`) and become step caps: the most steps whose
+compute fits, through the table meta.json carries (a latency cap through the p99).
+
+`run_grouped` runs a batch as groups of similar step budgets, tightest first, and reports when
+each group was done: a request that may ponder 20 steps no longer holds one that may take 2.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+UNITS = ("steps", "flops", "macs", "latency_ms", "cost_per_1k", "energy_j")
+
+
+class BudgetError(ValueError):
+    """A budget the model cannot meet or cannot read; one line."""
+
+
+@dataclass
+class Result:
+    prediction: np.ndarray  # int32 [B]
+    confidence: np.ndarray  # float32 [B]
+    steps: np.ndarray  # int32 [B]
+    experts: np.ndarray  # int32 [B]
+    done_s: np.ndarray  # float [B]: perf_counter time at which each row's group finished
+
+
+class Engine:
+    def __init__(self, serve, input_shape, cap: int, compute_at_steps: dict, *, buckets=(1, 8, 32), name="", meta=None):
+        """`serve`: one function, or a dict {experts per token (None: all): function} for MoE;
+        `meta`: the artifact's meta.json, when it comes from one."""
+        self.input_shape, self.cap, self.table, self.name = tuple(input_shape), cap, compute_at_steps, name
+        self.meta = meta or {}
+        self.buckets = tuple(sorted(set(buckets)))
+        serves = serve if isinstance(serve, dict) else {None: serve}
+        self.expert_budgets = sorted(k for k in serves if k is not None)  # the smaller ones compiled
+        self._exec = {}
+        self.warmup: list[tuple[int | None, int, int, float]] = []  # (experts, steps taken, rows, ms)
+        for k, fn in serves.items():
+            for b in self.buckets:
+                x_spec = jax.ShapeDtypeStruct((b, *self.input_shape), jnp.float32)
+                self._exec[k, b] = jax.jit(fn).lower(x_spec, jax.ShapeDtypeStruct((b,), jnp.int32)).compile()
+                zeros = np.zeros((b, *self.input_shape), np.float32)
+                for budget in (1, self.cap):  # run once, then timed: a first estimate of service times
+                    jax.block_until_ready(self._exec[k, b](zeros, np.full(b, budget, np.int32)))
+                    start = time.perf_counter()
+                    out = jax.block_until_ready(self._exec[k, b](zeros, np.full(b, budget, np.int32)))
+                    ms = 1e3 * (time.perf_counter() - start)  # before reading the outputs: the first
+                    # np.max of a jax array took 20-70 ms here, and was timed as the model's run
+                    self.warmup.append((k, int(np.max(out[2])), b, ms))
+
+    @classmethod
+    def from_artifact(cls, path: str | Path, *, buckets=(1, 8, 32), expert_budgets: bool = True) -> Engine:
+        """`expert_budgets=False`: only the trained expert budget (a fallback never degrades)."""
+        from adaptive.inference.export import load_artifact
+
+        exported, meta = load_artifact(path)
+        serves = {None: exported.call}
+        for k in meta.get("expert_variants", {}) if expert_budgets else ():  # MoE: the smaller budgets' functions
+            serves[int(k)] = load_artifact(path, experts=int(k))[0].call
+        shape = tuple(meta["input"]["shape"][1:])
+        return cls(
+            serves, shape, meta["caps"]["steps"], meta["compute_at_steps"], buckets=buckets, name=str(path), meta=meta
+        )
+
+    @classmethod
+    def from_run(cls, workdir: str | Path, *, buckets=(1, 8, 32)) -> Engine:
+        from adaptive.config import step_cap, to_dict
+        from adaptive.inference.export import compute_table, experts_table, serving_function
+        from adaptive.inference.restore import load_run
+
+        run = load_run(workdir)
+        serve = serving_function(run.graphdef, run.params)
+        caps = {"experts_per_token": run.cfg.moe.k if run.cfg.moe.enabled else None}
+        meta = {"caps": caps, "config": to_dict(run.cfg), "flops_at_expert_budgets": experts_table(run)}
+        return cls(
+            serve,
+            run.spec.input_shape,
+            step_cap(run.cfg),
+            compute_table(run),
+            buckets=buckets,
+            name=str(workdir),
+            meta=meta,
+        )
+
+    # -- budgets -----------------------------------------------------------------------------
+
+    def steps_for(self, value: float, unit: str = "steps") -> int:
+        """The step cap of a budget of `value` in `unit` (the most steps that fit)."""
+        if unit not in UNITS:
+            raise BudgetError(f"budget unit {unit!r} is not one of {', '.join(UNITS)}")
+        column = "latency_ms_p99" if unit == "latency_ms" else unit
+        if column not in self.table:
+            raise BudgetError(f"budget unit {unit!r} needs a cost model; this model has {', '.join(self.table)}")
+        if not np.isfinite(value) or value < self.table[column][0]:
+            raise BudgetError(
+                f"budget {value:g} {unit} is below one step of this model ({self.table[column][0]:g} {unit})"
+            )
+        return int(np.searchsorted(np.asarray(self.table[column]), value * (1 + 1e-9), side="right"))
+
+    @property
+    def fixed_depth(self) -> bool:
+        """A static model: it runs all its steps whatever the step budget."""
+        return (self.meta.get("config") or {}).get("halting", {}).get("policy") == "none"
+
+    def steps_within(self, value: float | None, unit: str = "steps") -> int:
+        """The most steps this model may take within a budget of `value` in `unit` (None: no
+        budget, the cap); 0 when not even its least run fits (a static model's least run is all
+        its steps) or it cannot price the unit: then it cannot answer within that budget."""
+        if value is None:
+            return self.cap
+        try:
+            steps = self.steps_for(value, unit)
+        except BudgetError:
+            return 0
+        return 0 if self.fixed_depth and steps < self.cap else steps
+
+    def compute_of(self, steps: np.ndarray, unit: str, experts: int | None = None) -> np.ndarray:
+        """The compute in `unit` of runs that took `steps` steps (at `experts` per token on a
+        MoE model: FLOPs and MACs from its table for that expert budget)."""
+        column = "latency_ms_p99" if unit == "latency_ms" else unit
+        table = self.table[column]
+        by_experts = self.meta.get("flops_at_expert_budgets") or {}
+        if experts is not None and unit in ("flops", "macs") and str(experts) in by_experts:
+            scale = 0.5 if unit == "macs" else 1.0
+            table = [scale * f for f in by_experts[str(experts)]]
+        return np.asarray(table)[np.clip(np.asarray(steps), 1, self.cap) - 1]
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self, x: np.ndarray, budget: np.ndarray, experts: int | None = None) -> Result:
+        """Outputs for a batch under per-row step budgets (clipped to 1..cap, as in the graph)
+        and, for MoE models, an expert budget per token for the whole batch (None: all)."""
+        if experts not in self.expert_budgets:
+            experts = None  # the model's own k (or more than it has): as trained
+        x = np.asarray(x, np.float32)
+        budget = np.clip(np.asarray(budget, np.int32), 1, self.cap)
+        outs, done = [], []
+        top = self.buckets[-1]
+        for start in range(0, len(x), top):
+            xs, bs = x[start : start + top], budget[start : start + top]
+            bucket = next(b for b in self.buckets if b >= len(xs))
+            pad = bucket - len(xs)
+            # Copies, not zeros: with expert capacity, identical zero rows all route to the same
+            # experts and take their slots from real tokens (parity, one expert a token, 5 rows in
+            # a bucket of 16: 0.93 instead of 0.98); copies load each expert as the batch does.
+            padded_x = np.concatenate([xs, xs[np.arange(pad) % len(xs)]]) if pad else xs
+            padded_b = np.concatenate([bs, np.ones(pad, np.int32)]) if pad else bs
+            out = jax.device_get(self._exec[experts, bucket](padded_x, padded_b))
+            outs.append([np.asarray(o)[: len(xs)] for o in out])
+            done.append(np.full(len(xs), time.perf_counter()))
+        fields = [np.concatenate([o[i] for o in outs]) for i in range(4)]
+        return Result(*fields, np.concatenate(done))
+
+    def run_grouped(self, x: np.ndarray, budget: np.ndarray, groups: int = 2) -> Result:
+        """The batch as up to `groups` runs of similar step budgets, tightest first; each row's
+        `done_s` is when its own group finished."""
+        budget = np.clip(np.asarray(budget, np.int32), 1, self.cap)
+        results = [(part, self.run(np.asarray(x)[part], budget[part])) for part in self.groups(budget, groups)]
+        out = Result(*(np.zeros(len(budget), dtype) for dtype in (np.int32, np.float32, np.int32, np.int32, float)))
+        for part, r in results:
+            for name in ("prediction", "confidence", "steps", "experts", "done_s"):
+                getattr(out, name)[part] = getattr(r, name)
+        return out
+
+    def groups(self, budget: np.ndarray, groups: int = 2) -> list[np.ndarray]:
+        """Row indices in up to `groups` runs of similar step budgets, tightest first."""
+        budget = np.clip(np.asarray(budget, np.int32), 1, self.cap)
+        order = np.argsort(budget, kind="stable")
+        parts = [p for p in np.array_split(order, min(groups, len(order))) if len(p)]
+        return _merge_equal_budgets(parts, budget)
+
+
+def _merge_equal_budgets(parts: list[np.ndarray], budget: np.ndarray) -> list[np.ndarray]:
+    """Adjacent groups whose budgets overlap are one group: splitting equal budgets saves nothing."""
+    merged = [parts[0]]
+    for part in parts[1:]:
+        if budget[part].min() <= budget[merged[-1]].max():
+            merged[-1] = np.concatenate([merged[-1], part])
+        else:
+            merged.append(part)
+    return merged

@@ -1,0 +1,402 @@
+"""`adaptive serve --artifact ART [--fallback ART2] --sla-ms 20 --port P`: a budgeted HTTP server.
+
+aiohttp on loopback by default. POST /predict takes one example:
+
+    {"x": [...], "budget": 8, "unit": "steps", "priority": 0}     (budget, unit, priority optional)
+
+and answers {"prediction", "confidence", "steps", "experts", "budget_steps", "budget_experts",
+"latency_ms", "status", "model"} (`experts`: expert applications in all, over tokens and steps;
+`budget_experts`: the experts per token it ran at; `budget_steps`: the step cap it ran under,
+which may be below the budget asked for with status ok when a cheaper point is as accurate):
+status ok / degraded / fallback with HTTP 200, rejected / deferred with 503 (deferred carries
+retry_after_ms), error with 500 if a batch fails (its requests are answered; the server goes
+on). Bad requests (see adaptive/http_input.py: not UTF-8 JSON, missing or wrong-shaped x, NaN, a
+budget out of range, an unknown unit, a body over 1 MiB or late, a Content-Type other than JSON)
+get a 4xx with {"error": one line}, counted in /metrics, and the server keeps serving.
+GET /healthz says what is loaded; GET /metrics is Prometheus text; GET /openapi.json is the
+OpenAPI document of all this. Past --max-connections open connections, new ones get a 503 and
+are closed (adaptive/connections.py); connections idle or stuck in their headers for
+--idle-timeout-s are closed.
+
+One batcher task drains the queue: it takes what has arrived (up to --max-batch), asks the
+controller for the batch's plan (each request's operating point, within its deadline and the
+batch's share of the server's time at the measured arrival rate), answers the rejected at once,
+runs the fallback's share and then the primary's, grouped by step budget, on a worker thread
+(the event loop keeps accepting requests meanwhile), and answers each group as soon as it is
+done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import uvloop
+from aiohttp import web
+
+from adaptive.config import ConfigError
+from adaptive.serving.accuracy_table import AccuracyTable, accuracy_lookup
+from adaptive.serving.connections import ConnectionLimit, quiet_http_log
+from adaptive.serving.controller import Controller, Decision, Request
+from adaptive.serving.engine import UNITS, Engine
+from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, parse_predict, read_body
+from adaptive.serving.openapi import document
+from adaptive.serving.server_stats import ArrivalRate, RequestCost, Stats
+
+__all__ = ["ArrivalRate", "Pending", "RequestCost", "Server", "serve"]
+
+MAX_BODY = 1 << 20
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pending:
+    x: np.ndarray
+    steps: int
+    priority: int
+    arrival: float
+    future: asyncio.Future = field(repr=False)
+    budget_value: float | None = None  # the finite budget as asked (None: none given)
+    unit: str = "steps"  # the budget's unit
+
+
+class Server:
+    def __init__(
+        self,
+        primary: Engine,
+        controller: Controller,
+        *,
+        fallback: Engine | None = None,
+        max_batch: int = 32,
+        default_steps: int | None = None,
+        read_timeout_s: float = 5.0,
+        max_connections: int = 1000,
+        idle_timeout_s: float = 60.0,
+    ):
+        """`read_timeout_s`: how long a request's body may take to arrive after its headers (408
+        after); `max_connections`: open at once (503 past it); `idle_timeout_s`: how long a
+        connection may sit without a whole request's headers (between keep-alive requests or
+        stuck in them) before it is closed."""
+        if not (read_timeout_s > 0 and idle_timeout_s > 0 and max_connections >= 1 and max_batch >= 1):
+            raise ValueError("read_timeout_s and idle_timeout_s must be > 0, max_connections and max_batch >= 1")
+        self.read_timeout_s, self.idle_timeout_s, self.max_connections = read_timeout_s, idle_timeout_s, max_connections
+        self.connections: ConnectionLimit | None = None  # set by start(); TestServer runs without
+        self.engines = {"primary": primary, "fallback": fallback}
+        self.default_steps = default_steps or primary.cap  # for requests that name no budget
+        # The warm-up runs seed the controller's service times over batch sizes: without them,
+        # its first estimates come from lone requests and overstate full batches (measured: a
+        # controller that had seen only batches of 1 rejected load a static server took 38x of).
+        for name, engine in self.engines.items():
+            for experts, steps, rows, ms in engine.warmup if engine else ():
+                if name == "primary" or experts is None:
+                    controller.observe(name, steps, ms, rows, experts)
+        self.controller, self.max_batch = controller, max_batch
+        # The experts per token each model runs at when not degraded (None without experts).
+        self._trained_k = {
+            name: (engine.meta.get("caps", {}).get("experts_per_token") if engine else None)
+            for name, engine in self.engines.items()
+        }
+        self.stats = Stats()
+        self.request_cost, self.arrivals, self._received = RequestCost(), ArrivalRate(), 0
+        self.queue: asyncio.Queue[Pending] | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1)  # one model run at a time: no oversubscription
+        self._openapi = json.dumps(document(primary.input_shape, UNITS, primary.cap, MAX_BODY))
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_post("/predict", self.predict)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/openapi.json", self.openapi)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    async def _start(self, app) -> None:
+        # What exists now (JAX, the warm executables, the tables) lives as long as the server:
+        # frozen, out of the collector's sight, a full collection walks only what serving made
+        # since. Measured on parity's spike (experiments/serving): a full collection over it all
+        # stopped the event loop for 72 ms, and 57 answers were late.
+        gc.freeze()
+        self.queue = asyncio.Queue()
+        self._batcher = asyncio.create_task(self._batches())
+
+    async def _stop(self, app) -> None:
+        self._batcher.cancel()
+        self._pool.shutdown(wait=False)
+        gc.unfreeze()
+
+    # -- handlers --------------------------------------------------------------------------
+
+    async def predict(self, request: web.Request) -> web.StreamResponse:
+        arrival = time.perf_counter()
+        self._received += 1
+        try:
+            check_content_type(request.headers.get("Content-Type"))
+            raw = await read_body(request, MAX_BODY, self.read_timeout_s)
+            parsed = parse_predict(parse_json(raw), self.engines["primary"], self.default_steps)
+        except BadRequest as e:
+            return await self._refuse(request, e)
+        except ConnectionError:  # aiohttp would log a traceback; nobody is there to answer
+            self.stats.dropped += 1
+            log.warning("%s dropped the connection before its request body arrived", request.remote)
+            return web.Response(status=400)
+        if not self.controller.admit(self.queue.qsize()):
+            self.stats.record("deferred")
+            retry = round(self.controller.sla_ms, 1)
+            return web.json_response({"status": "deferred", "retry_after_ms": retry}, status=503)
+        future = asyncio.get_running_loop().create_future()
+        pending = Pending(parsed.x, parsed.steps, parsed.priority, arrival, future, parsed.budget_value, parsed.unit)
+        await self.queue.put(pending)
+        answer = await future
+        code = {"rejected": 503, "error": 500}.get(answer["status"], 200)
+        return web.json_response(answer, status=code)
+
+    async def _refuse(self, request: web.Request, e: BadRequest) -> web.StreamResponse:
+        """A 4xx with one line of JSON, counted. A 408 also closes the connection at once: its
+        body is still owed, and waiting for it is what a slow client wants."""
+        self.stats.bad(e.status)
+        response = web.json_response({"error": str(e)}, status=e.status)
+        if e.status != 408:
+            return response
+        log.warning("%s: %s; answered 408 and closed", request.remote, e)
+        response.force_close()
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client left meanwhile
+        request.protocol.force_close()  # no lingering read of the rest of the body
+        return response
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        p, f = self.engines["primary"], self.engines["fallback"]
+        return web.json_response(
+            {
+                "status": "ok",
+                "primary": p.name,
+                "fallback": f.name if f else None,
+                "input_shape": list(p.input_shape),
+                "cap": p.cap,
+                "mode": self.controller.mode,
+                "sla_ms": self.controller.sla_ms,
+                "queue": self.queue.qsize() if self.queue else 0,
+            }
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        text = self.stats.prometheus(self.queue.qsize() if self.queue else 0, self.controller, self.connections)
+        text += f"# TYPE adaptive_request_loop_cpu_ms gauge\nadaptive_request_loop_cpu_ms {self.request_cost.ms:.4f}\n"
+        text += f"# TYPE adaptive_arrival_rate gauge\nadaptive_arrival_rate {self.arrivals.rate:.2f}\n"
+        return web.Response(text=text, content_type="text/plain")
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(text=self._openapi, content_type="application/json")
+
+    # -- listening ---------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> int:
+        """Starts the app and listens on host:port behind the connection limit; the port bound
+        (port 0: a free one). A port that cannot be bound is a ConfigError naming it."""
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, logger=quiet_http_log, keepalive_timeout=self.idle_timeout_s
+        )
+        await self._runner.setup()
+        self.connections = ConnectionLimit(self._runner.server, self.max_connections)
+        try:
+            self._listener = await asyncio.get_running_loop().create_server(self.connections, host, port)
+        except OSError as e:
+            await self._runner.cleanup()
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
+        return self._listener.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Stops listening, closes the open connections, stops the app (started by `start`)."""
+        self._listener.close()
+        await self._runner.cleanup()
+
+    # -- batching ----------------------------------------------------------------------------
+
+    async def _batches(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                await self._serve_batch(loop, batch)
+            except Exception as e:  # a failed batch answers its requests (500); the batcher lives on
+                logging.getLogger(__name__).exception("batch of %d failed", len(batch))
+                for item in batch:
+                    if not item.future.done():
+                        self.stats.record("error")
+                        item.future.set_result({"status": "error", "error": f"{e.__class__.__name__}: {e}"[:200]})
+
+    def _plan(self, items: list[Pending]) -> list[tuple[Pending, Decision]]:
+        """Each request's operating point for a batch of these items about to run now; the
+        rejected are answered at once and left out."""
+        now = time.perf_counter()
+        self.request_cost.update(self._received)
+        rate = self.arrivals.update(now, self._received)
+        behind = self.queue.qsize() if self.queue else 0
+        time_ms = self.controller.batch_time_ms(len(items), rate, behind)
+        fallback = self.engines["fallback"]
+        requests = [
+            Request(
+                item.steps,
+                1e3 * (now - item.arrival),
+                item.priority,
+                fallback.steps_within(*self._asked(item)) if fallback else None,
+            )
+            for item in items
+        ]
+        kept = []
+        for item, d in zip(items, self.controller.plan(requests, time_ms), strict=True):
+            if d.model is None:
+                self.stats.record("rejected")
+                item.future.set_result({"status": "rejected", "latency_ms": 1e3 * (now - item.arrival)})
+            else:
+                kept.append((item, d))
+        return kept
+
+    async def _serve_batch(self, loop, batch: list[Pending]) -> None:
+        """The fallback's share first (it is quick, and the plan gave it the rows with the least
+        slack), then the primary's in groups of similar step budgets, tightest first, each
+        answered as soon as it is done."""
+        planned = self._plan(batch)
+        await self._run(loop, "fallback", [(item, d) for item, d in planned if d.model == "fallback"])
+        engine = self.engines["primary"]
+        for experts in reversed(self.controller.expert_budgets):  # one expert budget a run
+            primary = [(item, d) for item, d in planned if d.model == "primary" and d.experts == experts]
+            for part in engine.groups(np.array([d.steps for _, d in primary], np.int32)) if primary else []:
+                await self._run(loop, "primary", [primary[i] for i in part])
+
+    async def _run(self, loop, name: str, group: list[tuple[Pending, Decision]]) -> None:
+        if not group:
+            return
+        x = np.stack([item.x for item, _ in group])
+        steps = np.array([d.steps for _, d in group], np.int32)
+        experts = group[0][1].experts  # one expert budget per run (grouped by the caller)
+        start = time.perf_counter()
+        result = await loop.run_in_executor(self._pool, self.engines[name].run, x, steps, experts)
+        self._answer(name, group, result, start, experts)
+
+    def _asked(self, item: Pending) -> tuple[float, str]:
+        """The budget a request asked for, in its unit (none given: the default step budget)."""
+        return (item.budget_value, item.unit) if item.budget_value is not None else (self.default_steps, "steps")
+
+    def _answer(self, name: str, members: list, result, start: float, experts: int | None) -> None:
+        ms = 1e3 * (time.perf_counter() - start)
+        least = min(d.steps for _, d in members)
+        self.controller.observe(name, int(result.steps.max()), ms, len(members), experts, budget=least)
+        engine = self.engines[name]
+        for i, (item, d) in enumerate(members):
+            latency = 1e3 * (float(result.done_s[i]) - item.arrival)
+            # Adherence from what ran: the compute of the steps this model took, in the request's
+            # unit, against the budget it asked for (not against the step cap the plan set).
+            value, unit = self._asked(item)
+            within = bool(engine.compute_of(int(result.steps[i]), unit, experts) <= value * (1 + 1e-9))
+            self.stats.record(d.status, latency, within)
+            item.future.set_result(
+                {
+                    "prediction": int(result.prediction[i]),
+                    "confidence": float(result.confidence[i]),
+                    "steps": int(result.steps[i]),
+                    "experts": int(result.experts[i]),
+                    "budget_steps": int(d.steps),
+                    "budget_experts": d.experts if d.experts is not None else self._trained_k[name],
+                    "latency_ms": latency,
+                    "status": d.status,
+                    "model": name,
+                }
+            )
+
+
+def _fallback_accuracy(primary: Engine, backup: Engine | None) -> dict[int, float] | None:
+    """The fallback's validation accuracy at each step budget it has, if both tables score the
+    same split of the same data (else the two are not comparable, and the ladder's order decides)."""
+    if backup is None:
+        return None
+    tables = [engine.meta.get("accuracy_at_budgets") or {} for engine in (primary, backup)]
+    data = [engine.meta.get("config", {}).get("data") for engine in (primary, backup)]
+    same = tables[0].get("split") == tables[1].get("split") and tables[0].get("examples") == tables[1].get("examples")
+    if not (same and data[0] == data[1] and tables[0]):
+        return None
+    return {steps: acc for (k, steps), acc in accuracy_lookup(backup.meta).items() if k is None}
+
+
+def build_controller(
+    primary: Engine, backup: Engine | None, *, sla_ms: float, mode: str, max_batch: int, tolerance: float
+) -> Controller:
+    """The controller of a server of `primary` with the fallback `backup` (or none)."""
+    return Controller(
+        primary.cap,
+        sla_ms,
+        mode=mode,
+        has_fallback=backup is not None,
+        fallback_cap=backup.cap if backup else 1,
+        expert_budgets=tuple(primary.expert_budgets),
+        accuracy=AccuracyTable.from_meta(primary.meta),
+        fallback_accuracy=_fallback_accuracy(primary, backup),
+        tolerance=tolerance,
+        max_batch=max_batch,
+        groups=primary.groups,
+    )
+
+
+def serve(
+    artifact: str,
+    *,
+    fallback: str | None,
+    sla_ms: float,
+    host: str,
+    port: int,
+    mode: str,
+    max_batch: int,
+    default_steps: int | None,
+    tolerance: float = 0.005,
+    read_timeout_s: float = 5.0,
+    max_connections: int = 1000,
+    idle_timeout_s: float = 60.0,
+):
+    """Loads, warms, binds, then says where it serves (the port bound), until SIGINT/SIGTERM.
+    The arguments are checked by the caller (`adaptive serve`) before anything loads."""
+    buckets = tuple(b for b in (1, 4, 16, 64) if b < max_batch) + (max_batch,)
+    primary = Engine.from_artifact(artifact, buckets=buckets)
+    backup = Engine.from_artifact(fallback, buckets=buckets, expert_budgets=False) if fallback else None
+    controller = build_controller(primary, backup, sla_ms=sla_ms, mode=mode, max_batch=max_batch, tolerance=tolerance)
+    server = Server(
+        primary,
+        controller,
+        fallback=backup,
+        max_batch=max_batch,
+        default_steps=default_steps,
+        read_timeout_s=read_timeout_s,
+        max_connections=max_connections,
+        idle_timeout_s=idle_timeout_s,
+    )
+
+    async def main():
+        bound = await server.start(host, port)
+        print(f"serving {artifact} on http://{host}:{bound} (SLA {sla_ms:g} ms, {mode}); executables warm", flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+
+    # uvloop: the event loop is what a request costs the server whatever model answers it
+    # (HTTP, JSON, decisions), and uvloop's is the cheaper one (measured: adaptive bench serve).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())

@@ -1,0 +1,136 @@
+"""Where metrics go: one `Writer` interface, with JSONL (always), console progress and wandb.
+
+`DIR/metrics.jsonl` is the source of truth that tests and reports read: one JSON object a line
+with `step`, `split` and namespaced keys (`train/loss`, `eval/accuracy`, ...). Wall-clock
+figures live under `perf/`, the only keys that differ between two runs of the same config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Protocol
+
+from adaptive.workdir.runinfo import file_errors, write_atomic
+
+
+class Writer(Protocol):
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonlWriter:
+    """Appends to DIR/metrics.jsonl; on resume, drops lines past the restored step first.
+
+    Those lines came from steps that the resumed run will compute again; keeping them would
+    duplicate steps. Lines cut short by a kill are dropped too.
+    """
+
+    def __init__(self, path: str | Path, *, resume_step: int):
+        self.path = Path(path)
+        with file_errors(self.path):
+            if self.path.exists():
+                kept = [line for line in self.path.read_text(errors="replace").splitlines() if _kept(line, resume_step)]
+                write_atomic(self.path, "".join(k + "\n" for k in kept))
+            self._file = self.path.open("a")
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        with file_errors(self.path):
+            self._file.write(json.dumps({"step": step, "split": split, **metrics}) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        with file_errors(self.path):
+            self._file.close()
+
+
+def _kept(line: str, resume_step: int) -> bool:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and row.get("step", 0) <= resume_step
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class WandbWriter:
+    """wandb, offline unless asked otherwise; it never asks for a key in offline mode.
+
+    The run id is derived from the workdir so that a resumed run continues the same wandb run.
+    """
+
+    def __init__(self, workdir: Path, *, mode: str, project: str, name: str, config: dict):
+        import wandb  # imported here: a run with wandb disabled should not pay for it
+
+        digest = hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:10]
+        run_id = "".join(c if c.isalnum() else "-" for c in workdir.name)[-50:] + "-" + digest
+        self._run = wandb.init(
+            project=project,
+            name=name,
+            dir=str(workdir),
+            mode=mode,
+            id=run_id,
+            resume="allow",
+            config=config,
+            reinit="finish_previous",
+        )
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        self._run.log(metrics, step=step)
+
+    def log_images(self, step: int, images: dict[str, Path]) -> None:
+        import wandb
+
+        self._run.log({name: wandb.Image(str(path)) for name, path in images.items()}, step=step)
+
+    def close(self) -> None:
+        self._run.finish()
+
+
+class ProgressBar:
+    """A live bar with steps/s and ETA on stderr, showing the latest loss and eval accuracy."""
+
+    def __init__(self, total: int, initial: int, *, enabled: bool):
+        from tqdm import tqdm
+
+        self._bar = tqdm(
+            total=total,
+            initial=initial,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not enabled,
+            file=sys.stderr,
+            smoothing=0.1,
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,  # \r-redrawn bars pile up in log files
+        )
+        self._shown: dict[str, str] = {}
+
+    def advance(self, n: int = 1) -> None:
+        self._bar.update(n)
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        for key in ("train/loss", "train/accuracy", "eval/accuracy"):
+            if key in metrics:
+                self._shown[key.replace("/", "_")] = f"{metrics[key]:.4g}"
+        self._bar.set_postfix(self._shown, refresh=False)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class MultiWriter:
+    def __init__(self, writers: list):
+        self.writers = writers
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        for w in self.writers:
+            w.write(step, split, metrics)
+
+    def close(self) -> None:
+        for w in self.writers:
+            w.close()

@@ -1,0 +1,323 @@
+"""`train_and_evaluate(cfg, workdir)`: the resumable training loop.
+
+Running it again on the same workdir resumes from the newest checkpoint that restores (params,
+optimizer, step, data position); randomness is derived from (seed, step), so a run killed at
+any moment and rerun ends bitwise where an uninterrupted run ends. SIGTERM and SIGINT (Ctrl-C)
+save and stop. An unusable newest checkpoint is set aside and its steps trained again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+
+from adaptive import config as config_lib
+from adaptive import data
+from adaptive.compute.budget import Budget
+from adaptive.inference.scoring import evaluate
+from adaptive.nn.models import build_model
+from adaptive.training import parallel, steps
+from adaptive.training.metrics import JsonlWriter, MultiWriter, ProgressBar, WandbWriter
+from adaptive.training.optim import learning_rate_schedule, make_optimizer
+from adaptive.workdir import runinfo
+from adaptive.workdir.checkpoint import Checkpointer
+from adaptive.workdir.config_file import damaged_config
+
+log = logging.getLogger(__name__)
+
+# Keys that may change between a run and its resumption; anything else means another run.
+RESUMABLE_CHANGES = (
+    "train.steps",
+    "train.eval_every",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "logging.",
+    "mesh.",  # a run can resume on another mesh: checkpoints restore onto the new shardings
+)
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (e.g. too many non-finite steps); the message is one line."""
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM or SIGINT arrived: a checkpoint was saved and the run stopped; rerun to resume."""
+
+    def __init__(self, message: str, *, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.signum = int(signum)
+
+
+def _check_routing_groups(cfg: config_lib.Config, input_shape: tuple[int, ...]) -> None:
+    """Experts route tokens in `moe.num_groups` equal groups: refused up front when the train or
+    eval batch's tokens do not divide (otherwise the first trace fails, after data preparation)."""
+    if not cfg.moe.enabled:
+        return
+    per_example = math.prod(input_shape) if cfg.model.kind == "transformer" else 1  # tokens per example
+    for key, rows in (("train.batch_size", cfg.train.batch_size), ("train.eval_batch_size", cfg.train.eval_batch_size)):
+        if (rows * per_example) % cfg.moe.num_groups:
+            raise config_lib.ConfigError(
+                f"config key 'moe.num_groups' is {cfg.moe.num_groups}; it must divide the {rows * per_example} "
+                f"tokens of a batch of {key}={rows}"
+            )
+
+
+def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str, float]:
+    """Trains `cfg` in `workdir` (resuming if it holds a checkpoint); returns final eval metrics."""
+    parallel.initialize(cfg.mesh)
+    mesh = parallel.make_mesh(cfg.mesh)
+    parallel.check_batch(cfg.train.batch_size, mesh)
+    parallel.check_moe(cfg.moe, mesh)
+    spec = data.prepare(cfg.data)
+    _check_routing_groups(cfg, spec.input_shape)
+    model = build_model(cfg, spec)
+    budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)  # refuses unreachable targets
+    workdir = Path(workdir).resolve()
+    with runinfo.file_errors(workdir):
+        workdir.mkdir(parents=True, exist_ok=True)
+    if parallel.is_writer():
+        _write_or_check_config(cfg, workdir)
+
+    state, loop = _build_loop(cfg, model, spec, budget, mesh)
+    rows = parallel.host_rows(cfg.train.batch_size) if jax.process_count() > 1 else None
+    batches = data.train_iterator(cfg.data, cfg.train.batch_size, seed=cfg.seed, rows=rows)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    writer = None
+    try:
+        # Training sets an unusable newest step aside, so that it trains and saves that step again.
+        restored = ckpt.restore_latest(state, set_aside=True)
+        start = 0
+        if restored is not None:
+            start, state, data_state = restored
+            batches.set_state(data_state)
+            log.info("resuming %s from step %d", workdir, start)
+        if parallel.is_writer():
+            runinfo.record_start(workdir, seed=cfg.seed, resumed_from=restored and start)
+        writer = _open_writers(cfg, workdir, start)
+        with _StopSignals() as stop:
+            final = loop.run(state, batches, start, ckpt, writer, stop)
+    except BaseException:
+        for closable in (writer, ckpt):  # the error on its way says what went wrong, not these
+            with contextlib.suppress(Exception):
+                if closable is not None:
+                    closable.close()
+        raise
+    try:
+        writer.close()
+    finally:
+        ckpt.close()
+    return final
+
+
+def _build_loop(cfg: config_lib.Config, model, spec: data.DatasetSpec, budget: Budget | None, mesh):
+    """The fresh train state (laid out on the mesh) and the loop with its jitted steps."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    tx = make_optimizer(cfg.optim, cfg.train.steps)
+    state = steps.init_state(
+        graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget, cfg.train.batch_size
+    )
+    step_fn = steps.make_train_step(graphdef, tx, cfg.halting, budget, cfg.seed)
+    place = lambda batch: batch  # noqa: E731
+    if parallel.is_trivial(mesh):
+        train_step = jax.jit(step_fn, donate_argnums=0)
+    else:  # the state laid out on the mesh once; batches assembled from each host's rows
+        shardings = parallel.state_shardings(state, mesh)
+        state = jax.device_put(state, shardings)
+        batch_in = parallel.batch_sharding(mesh)
+        train_step = jax.jit(step_fn, in_shardings=(shardings, batch_in), out_shardings=shardings, donate_argnums=0)
+        place = lambda batch: parallel.global_batch(batch, mesh)  # noqa: E731
+    # With experts sharded, both steps trace under the mesh: their MoE layers go all-to-all.
+    loop = _Loop(
+        cfg=cfg,
+        train_step=parallel.with_mesh(train_step, mesh),
+        eval_step=parallel.with_mesh(jax.jit(steps.make_eval_step(graphdef, spec.max_difficulty)), mesh),
+        place=place,
+        lr_at=learning_rate_schedule(cfg.optim, cfg.train.steps),
+        budget=budget,
+    )
+    return state, loop
+
+
+def _open_writers(cfg: config_lib.Config, workdir: Path, start: int) -> MultiWriter:
+    writing = parallel.is_writer()
+    writers: list = [JsonlWriter(workdir / "metrics.jsonl", resume_step=start)] if writing else []
+    if cfg.logging.wandb != "disabled" and writing:
+        writers.append(
+            WandbWriter(
+                workdir,
+                mode=cfg.logging.wandb,
+                project=cfg.logging.wandb_project,
+                name=cfg.name,
+                config=config_lib.to_dict(cfg),
+            )
+        )
+    bar = ProgressBar(cfg.train.steps, start, enabled=cfg.logging.progress and writing)
+    return MultiWriter(writers + [bar])  # the bar last: the loop advances it every step
+
+
+class _StopSignals:
+    """Records SIGTERM and SIGINT; the loop then saves at the end of the step and stops. After a
+    first Ctrl-C a second one kills at once (orbax's save is atomic, so that loses no checkpoint)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def _record(self, signum, frame) -> None:
+        self.signum = signum
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    def __enter__(self) -> _StopSignals:
+        self._previous = {s: signal.signal(s, self._record) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+@dataclasses.dataclass
+class _Loop:
+    cfg: config_lib.Config
+    train_step: Callable
+    eval_step: Callable
+    place: Callable
+    lr_at: Callable
+    budget: Budget | None
+
+    def run(self, state, batches, start: int, ckpt: Checkpointer, writer, stop: _StopSignals) -> dict[str, float]:
+        """Steps `start + 1` to the end: logs, evals and checkpoints as configured; on a signal,
+        saves at the current step and raises Interrupted."""
+        train, bar = self.cfg.train, writer.writers[-1]  # the progress bar comes last
+        final: dict[str, float] = {}
+        t_window, steps_in_window = time.perf_counter(), 0
+        for step in range(start + 1, train.steps + 1):
+            state = self.train_step(state, self.place(next(batches)))
+            steps_in_window += 1
+            bar.advance()
+            last = step == train.steps
+            if step % train.log_every == 0 or last:
+                metrics, state = _train_metrics(state, self.lr_at)
+                metrics["perf/steps_per_sec"] = steps_in_window / max(time.perf_counter() - t_window, 1e-9)
+                writer.write(step, "train", metrics)
+                t_window, steps_in_window = time.perf_counter(), 0
+            due_checkpoint = step % train.checkpoint_every == 0 or last or stop.signum
+            if due_checkpoint or step % train.log_every == 0:
+                _check_streak(state, train.max_nonfinite_in_a_row, step, ckpt)
+            if step % train.eval_every == 0 or last:
+                final = self._evaluate(state)
+                writer.write(step, "eval", final)
+            if due_checkpoint:
+                ckpt.save(step, state, batches.get_state())
+            if stop.signum:
+                name = signal.Signals(stop.signum).name
+                raise Interrupted(
+                    f"stopped by {name} at step {step}; checkpoint saved in {ckpt.directory}; "
+                    "rerun the same command to resume",
+                    signum=stop.signum,
+                )
+        if start >= train.steps:  # nothing left to train: report the finished run's eval
+            final = self._evaluate(state)
+        return final
+
+    def _evaluate(self, state: dict) -> dict[str, float]:
+        return evaluate(self.eval_step, state["params"], self.cfg, self.cfg.data.eval_split, requests=self.budget)
+
+
+def _train_metrics(state: dict, lr_at) -> tuple[dict, dict]:
+    """Means of the train metrics since the last log (read from the state), then reset them.
+
+    Keys already namespaced by the model (`moe/...`) keep their name; the rest get `train/`.
+    Per-expert figures (moe/expert_usage) are lists.
+    """
+    host = jax.device_get({k: state[k] for k in ("metric_sums", "metric_count", "skipped_steps", "step")})
+    count = max(int(host["metric_count"]), 1)
+    metrics = {}
+    for key, total in host["metric_sums"].items():
+        mean = np.asarray(total) / count
+        metrics[key if "/" in key else f"train/{key}"] = mean.tolist() if mean.ndim else float(mean)
+    metrics["train/skipped_steps"] = int(host["skipped_steps"])
+    applied = int(host["step"]) - int(host["skipped_steps"])  # skipped steps do not advance optax
+    metrics["train/learning_rate"] = float(lr_at(max(applied - 1, 0)))  # the last update's rate
+    return metrics, steps.reset_metric_sums(state)
+
+
+def _check_streak(state: dict, limit: int, step: int, ckpt: Checkpointer) -> None:
+    worst = int(state["worst_streak"])
+    if worst >= limit:
+        last_good = ckpt.latest_step()
+        raise TrainingError(
+            f"{worst} non-finite steps in a row by step {step} (limit "
+            f"train.max_nonfinite_in_a_row={limit}); last good checkpoint: "
+            f"{'step ' + str(last_good) if last_good is not None else 'none'} in {ckpt.directory}"
+        )
+
+
+def _write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
+    """Saves DIR/config.json; on a rerun, refuses a config that would make it another run."""
+    path = workdir / "config.json"
+    current = json.loads(json.dumps(config_lib.to_dict(cfg)))
+    saved = _saved_config(path, workdir)
+    if saved is not None:
+        try:  # a run saved before a config field existed had that field's default
+            saved = json.loads(json.dumps(config_lib.to_dict(config_lib.from_dict(saved))))
+        except config_lib.ConfigError:
+            pass  # a field since removed: compare as saved
+        for key in _differences(saved, current):
+            if not key.startswith(RESUMABLE_CHANGES):
+                raise config_lib.ConfigError(
+                    f"{workdir} holds a run with another config ({key}: {_get(saved, key)!r} != "
+                    f"{_get(current, key)!r}); use a new --workdir or the same config"
+                )
+    runinfo.write_atomic(path, json.dumps(current, indent=2) + "\n")
+
+
+def _saved_config(path: Path, workdir: Path) -> dict | None:
+    """config.json as saved, or None if there is none. A damaged one is refused while checkpoints
+    depend on it (resuming them under an unchecked config could silently make another run); with
+    no checkpoint, nothing depends on it: it is renamed aside and written anew."""
+    if not path.exists():
+        return None
+    try:
+        with runinfo.file_errors(path, "read"):
+            saved = json.loads(path.read_text())
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+        return saved
+    except ValueError as e:
+        problem, checkpoints = runinfo.json_problem(e), workdir / "checkpoints"
+        if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
+            raise damaged_config(path, problem) from e
+        aside = runinfo.set_aside(path)
+        log.warning("%s is corrupted (%s) and no checkpoint depends on it; moved it to %s", path, problem, aside)
+        return None
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict):
+            out += _differences(x, y, prefix + k + ".")
+        elif x != y:
+            out.append(prefix + k)
+    return out
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree

@@ -1,0 +1,276 @@
+"""Checkpoints: the only module that imports orbax.
+
+A checkpoint holds the train state (a pytree of arrays), the data pipeline's position (JSON) and
+a SHA-256 of both, saved together under one step. orbax writes into a temporary folder and
+renames it when done, so a process killed mid-save (or a save that fails on a full disk) leaves
+the previous checkpoint as the latest complete one. orbax checks no content: a flipped bit in an
+array file restores without complaint, so the checksum is recomputed on every restore. A step
+that fails to restore or to match its checksum is unusable; the next older one is tried, so a run
+never loses its last good checkpoint to a bad newer one. Training sets such a step aside (renamed,
+never deleted) so that it saves that step again; readers leave the run as they found it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from adaptive.workdir.runinfo import WorkdirError
+
+log = logging.getLogger(__name__)
+
+CHECKSUM = "checksum"  # the Composite item (a folder in each step) holding {"sha256": ...}
+PARAMS_SHA = "params_sha256"  # in CHECKSUM: the params subtree alone, for params-only readers
+_FAILED_SAVES: list[BaseException] = []  # kept until exit: see _settle_failed_save
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used (or none in the folder can); the message is one line."""
+
+
+class Checkpointer:
+    def __init__(self, directory: str | Path, *, keep: int, create: bool = True):
+        self.directory = Path(directory).resolve()
+        # Saves are synchronous: the train step donates its state buffers, and a save must have
+        # finished reading them before the next step reuses the memory.
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False, create=create)
+        try:
+            if create:  # here, not at the first save: a folder that cannot be made stops the run before training
+                self.directory.mkdir(parents=True, exist_ok=True)
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        except OSError as e:
+            raise WorkdirError(f"cannot write {self.directory}: {e.strerror or e}") from e
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state: Any, data_state: dict) -> None:
+        if step in self._manager.all_steps():
+            return  # already saved (e.g. the final step after a SIGTERM at the same step)
+        items = {
+            "state": ocp.args.StandardSave(state),
+            "data": ocp.args.JsonSave(data_state),
+            CHECKSUM: ocp.args.JsonSave(
+                {"sha256": state_digest(state, data_state), PARAMS_SHA: state_digest(state["params"], {})}
+            ),
+        }
+        with _reported_by_us():
+            try:
+                self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+            except Exception as e:
+                reason = _io_reason(e)
+                if reason is None:
+                    raise  # not the disk: a bug that deserves its traceback
+                _settle_failed_save(e)
+                raise WorkdirError(f"cannot write {self.directory / str(step)}: {reason}") from e
+
+    def restore(self, step: int, like: Any) -> tuple[Any, dict]:
+        """Restores `step` into the structure, shapes, dtypes and shardings of `like` (a state
+        saved on one mesh restores onto another) and checks it against its checksum."""
+        abstract = _abstract(like)
+        folder = self.directory / str(step)
+        items = {"state": ocp.args.StandardRestore(abstract), "data": ocp.args.JsonRestore()}
+        verified = (folder / CHECKSUM).is_dir()  # checkpoints saved before checksums have none
+        if verified:
+            items[CHECKSUM] = ocp.args.JsonRestore()
+        try:
+            with _reported_by_us():
+                out = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # noqa: BLE001 - any failure means "this one is unusable"
+            raise CheckpointError(f"checkpoint {folder} cannot be restored ({_first_line(e)})") from e
+        if not verified:
+            log.warning("checkpoint %s has no checksum (saved by an older version); restored unverified", folder)
+        elif state_digest(out["state"], out["data"]) != _saved_digest(out[CHECKSUM]):
+            raise CheckpointError(f"checkpoint {folder} is corrupt (its content does not match its checksum)")
+        return out["state"], out["data"]
+
+    def restore_params(self, step: int, like: Any) -> Any:
+        """Only the `params` subtree of `step` (an orbax partial restore: the optimizer state is
+        never read), into the structure of `like` and checked against the params' own checksum."""
+        abstract = {"params": _abstract(like)}
+        folder = self.directory / str(step)
+        items = {"state": ocp.args.PyTreeRestore(abstract, restore_args=_restore_args(abstract), partial_restore=True)}
+        verified = (folder / CHECKSUM).is_dir()
+        if verified:
+            items[CHECKSUM] = ocp.args.JsonRestore()
+        try:
+            with _reported_by_us():
+                out = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as e:  # noqa: BLE001 - any failure means "this one is unusable"
+            raise CheckpointError(f"checkpoint {folder} cannot be restored ({_first_line(e)})") from e
+        params = out["state"]["params"]
+        saved = out[CHECKSUM].get(PARAMS_SHA) if verified and isinstance(out[CHECKSUM], dict) else None
+        if saved is None:
+            log.warning(
+                "checkpoint %s has no checksum of its params (saved by an older version); read unverified", folder
+            )
+        elif state_digest(params, {}) != saved:
+            raise CheckpointError(f"checkpoint {folder} is corrupt (its content does not match its checksum)")
+        return params
+
+    def restore_latest(self, like: Any, *, set_aside: bool = False) -> tuple[int, Any, dict] | None:
+        """The newest checkpoint that restores, or None if the folder has none.
+
+        With `set_aside`, the unusable newer steps are renamed out of orbax's sight, once an older
+        one has restored: a failure of every step (a changed model, say) renames nothing.
+        """
+        found = self._newest_usable(lambda step: self.restore(step, like), set_aside)
+        return None if found is None else (found[0], *found[1])
+
+    def restore_latest_params(self, like: Any) -> tuple[int, Any] | None:
+        """(step, params) of the newest checkpoint whose params restore, or None if there is none."""
+        return self._newest_usable(lambda step: self.restore_params(step, like), set_aside=False)
+
+    def _newest_usable(self, restore, set_aside: bool):
+        steps = self.steps()
+        failed: list[tuple[int, str]] = []
+        for step in reversed(steps):
+            try:
+                restored = restore(step)
+            except CheckpointError as e:
+                failed.append((step, str(e)))
+                continue
+            for bad, reason in failed:
+                if set_aside:
+                    log.warning("%s; moved it to %s, resuming from step %d", reason, self._set_aside(bad), step)
+                else:
+                    log.warning("%s; using step %d", reason, step)
+            return step, restored
+        if steps:
+            reasons = "; ".join(reason for _, reason in failed)
+            raise CheckpointError(f"no checkpoint in {self.directory} can be restored: {reasons}")
+        return None
+
+    def _set_aside(self, step: int) -> Path:
+        """Renames step's folder to `corrupt-STEP-TIME` beside it (orbax lists only step numbers)."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.directory / f"corrupt-{step}-{stamp}"
+        n = 1
+        while target.exists():
+            target, n = self.directory / f"corrupt-{step}-{stamp}-{n}", n + 1
+        if jax.process_index() == 0:
+            try:
+                (self.directory / str(step)).rename(target)
+            except OSError as e:
+                raise WorkdirError(f"cannot write {target}: {e.strerror or e}") from e
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"adaptive-set-aside-{step}")
+        self._manager.reload()  # forget the step, so that it is saved again
+        return target
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def _abstract(like: Any) -> Any:
+    """Shapes, dtypes and shardings of `like`'s arrays (host arrays land on the default device)."""
+    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None) or default), like
+    )
+
+
+def _restore_args(abstract: Any) -> Any:
+    return jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape), abstract)
+
+
+def state_digest(state: Any, data_state: dict) -> str:
+    """SHA-256 of every array of `state` (path, dtype, shape and bytes, in tree order) and of the
+    data position. Host values, so a state restored onto another mesh has the same digest."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        array = np.ascontiguousarray(_host_array(leaf))
+        h.update(f"{jax.tree_util.keystr(path)} {array.dtype.str} {array.shape}\n".encode())
+        h.update(array.tobytes())
+    h.update(json.dumps(data_state, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _saved_digest(item: Any) -> str | None:
+    return item.get("sha256") if isinstance(item, dict) else None
+
+
+def _host_array(leaf: Any) -> np.ndarray:
+    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:  # spread over processes
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+    return np.asarray(jax.device_get(leaf))
+
+
+def _io_reason(e: BaseException) -> str | None:
+    """The OS's words for a failed write, or None if `e` is no I/O failure. tensorstore reports
+    one as a ValueError ending in `[os_error_code='28']`."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    match = re.search(r"os_error_code='?(\d+)", str(e))
+    return os.strerror(int(match.group(1))) if match else None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _settle_failed_save(error: BaseException) -> None:
+    """A failed save leaves writes in flight in orbax's threads: wait for them (milliseconds), or
+    they fail at exit with a traceback each. Its error is kept until exit: its frames hold
+    tensorstore writes that report (to a closed event loop) when freed."""
+    _FAILED_SAVES.append(error)
+    try:
+        from orbax.checkpoint._src.futures.future import _SignalingThread
+    except ImportError:  # another orbax: no threads that we know of
+        return
+    deadline = time.monotonic() + 30.0
+    for thread in threading.enumerate():
+        if isinstance(thread, _SignalingThread):
+            threading.Thread.join(thread, max(deadline - time.monotonic(), 0))  # its own join re-raises
+
+
+@contextlib.contextmanager
+def _reported_by_us() -> Iterator[None]:
+    """A failed save or restore is reported by its caller in one line, so what orbax and
+    tensorstore print about it is dropped for the call's span: ERROR records with a traceback from
+    orbax's worker threads, and 'Event loop is closed' from writes that end after orbax closed its
+    event loop. After a failed save such writes may end until exit: that filter then stays."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.exc_info)
+
+    def unraisable_hook(unraisable) -> None:
+        closed_loop = (
+            isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+        )
+        if not (closed_loop or (_FAILED_SAVES and sys.is_finalizing())):
+            previous_hook(unraisable)
+
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
+    for logger in loggers:
+        logger.addFilter(keep)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable_hook
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(keep)
+        if not _FAILED_SAVES:
+            sys.unraisablehook = previous_hook
