@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from adaptive.inference.export import export_run
 from adaptive.serving.engine import Engine
-from adaptive.serving.server import Pending, Server, build_controller
+from adaptive.serving.launch import build_controller
+from adaptive.serving.server import Pending, Server
 from tests.helpers import train_tiny
 
 UNITS = ("steps", "flops", "macs")

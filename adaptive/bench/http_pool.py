@@ -1,8 +1,8 @@
 """A lean keep-alive HTTP/1.1 client for the open-loop load generator: JSON POSTs to one host.
 
-Why not aiohttp's client: measured on this 2-core machine, it spent 0.64 ms of CPU per request
-at 3000 requests/s, more than the server it was loading (0.39 ms), so the "ceiling" the
-benchmark found was the generator's own, and its lag was charged to the server as latency
+Why not aiohttp's client: on a machine whose few cores it shares with the server, it spends
+more CPU per request than the server it is loading, so the "ceiling" the benchmark finds is
+the generator's own, and its lag was charged to the server as latency
 (latency runs from the *scheduled* arrival). This client writes pre-encoded requests on plain
 asyncio streams and reads Content-Length bodies; nothing else of HTTP is needed to load our
 server (every answer of aiohttp's `json_response` carries a Content-Length).

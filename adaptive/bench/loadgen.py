@@ -111,9 +111,8 @@ async def _send(pool: ConnectionPool, request: bytes, start: float, record: dict
 @contextlib.contextmanager
 def collector_paused():
     """No garbage collection inside (what exists is frozen first, then the collector is off): a
-    pause of the generator's own would count as the server's latency. Measured on parity's spike
-    (experiments/serving): 11 answers late at 9.5 s that the server had answered within 20 ms.
-    A run's garbage is bounded by its requests."""
+    pause of the generator's own would count as the server's latency (answers the server gave
+    in time would be recorded late). A run's garbage is bounded by its requests."""
     enabled = gc.isenabled()
     gc.freeze()
     gc.disable()

@@ -69,27 +69,8 @@ def _flops(artifact: str, model: str) -> dict[str, list[float]]:
     return {model: meta["compute_at_steps"]["flops"], **{f"{model}@k{k}": f for k, f in by_k.items()}}
 
 
-def run(
-    artifact: str,
-    small: str,
-    *,
-    sla_ms: float,
-    rate: float | None,
-    duration: float,
-    fixed_budget: int,
-    out_dir: str,
-    json_out: str | None,
-    max_batch: int = 16,
-) -> list[dict]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    gain = grouping_gain(artifact)
-    (out / "grouping.json").write_text(json.dumps(gain, indent=1) + "\n")
-    print(
-        f"grouping by budget: requests allowed 1 step answered after {gain['grouped_tight_ms']:.2f} ms instead of "
-        f"{gain['one_batch_tight_ms']:.2f} ms ({gain['tight_answered_sooner']:.1f}x sooner); whole batch "
-        f"{gain['grouped_all_ms']:.2f} vs {gain['one_batch_all_ms']:.2f} ms"
-    )
+def _policies(artifact: str, small: str, fixed_budget: int, sla_ms: float, max_batch: int) -> dict:
+    """{policy: (its `adaptive serve` arguments, the FLOPs tables of the models it answers with)}."""
     flops = _flops(artifact, "primary")
     policies = {
         "static full depth": (["--artifact", artifact, "--policy", "static"], flops),
@@ -106,14 +87,25 @@ def run(
     # The static baselines queue every request: under a spike thousands wait at once, each on its
     # own connection, and the benchmark measures that queue, not the server's connection limit.
     common = ["--sla-ms", f"{sla_ms:g}", "--max-batch", str(max_batch), "--max-connections", "100000"]
-    policies = {name: ([*server_args, *common], f) for name, (server_args, f) in policies.items()}
-    sustained = {}
-    for policy, (server_args, policy_flops) in policies.items():
-        sustained[policy] = sustainable_rate(artifact, server_args, sla_ms, out, policy_flops, duration)
-        print(f"{policy}: sustains {sustained[policy]:g} requests/s within the SLA")
-    if rate is None:
-        rate = sustained["static full depth"]
-        print(f"base rate: {rate:g} requests/s (what the full-depth model sustains within the SLA)")
+    return {name: ([*server_args, *common], f) for name, (server_args, f) in policies.items()}
+
+
+def _report_grouping(artifact: str, out: Path) -> None:
+    """OUT/grouping.json and a line: what grouping a batch by step budget gains (`grouping_gain`)."""
+    gain = grouping_gain(artifact)
+    (out / "grouping.json").write_text(json.dumps(gain, indent=1) + "\n")
+    print(
+        f"grouping by budget: requests allowed 1 step answered after {gain['grouped_tight_ms']:.2f} ms instead of "
+        f"{gain['one_batch_tight_ms']:.2f} ms ({gain['tight_answered_sooner']:.1f}x sooner); whole batch "
+        f"{gain['grouped_all_ms']:.2f} vs {gain['one_batch_all_ms']:.2f} ms"
+    )
+
+
+def _run_patterns(
+    artifact: str, policies: dict, sustained: dict, rate: float, sla_ms: float, duration: float, out: Path
+) -> tuple[list[dict], dict]:
+    """Every policy's server under every arrival pattern at `rate`: one row per (policy,
+    pattern), and the records of each run."""
     rows, traces = [], {}
     for policy, (server_args, policy_flops) in policies.items():
         proc, url = _start_server(server_args)
@@ -129,6 +121,33 @@ def run(
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+    return rows, traces
+
+
+def run(
+    artifact: str,
+    small: str,
+    *,
+    sla_ms: float,
+    rate: float | None,
+    duration: float,
+    fixed_budget: int,
+    out_dir: str,
+    json_out: str | None,
+    max_batch: int = 16,
+) -> list[dict]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _report_grouping(artifact, out)
+    policies = _policies(artifact, small, fixed_budget, sla_ms, max_batch)
+    sustained = {}
+    for policy, (server_args, policy_flops) in policies.items():
+        sustained[policy] = sustainable_rate(artifact, server_args, sla_ms, out, policy_flops, duration)
+        print(f"{policy}: sustains {sustained[policy]:g} requests/s within the SLA")
+    if rate is None:
+        rate = sustained["static full depth"]
+        print(f"base rate: {rate:g} requests/s (what the full-depth model sustains within the SLA)")
+    rows, traces = _run_patterns(artifact, policies, sustained, rate, sla_ms, duration, out)
     columns = ["policy", "pattern", "p50_ms", "p99_ms", "p999_ms", "sla_violation_rate", "goodput_rps",
                "accuracy", "effective_accuracy", "mean_steps", "mean_expert_budget", "count_rejected",
                "count_deferred"]  # fmt: skip
@@ -147,11 +166,9 @@ def sustainable_rate(
 ) -> float:
     """The highest Poisson rate (of a doubling ladder from 5/s, then bisected) whose p99 stays
     within the SLA with under 1% violations, for one policy; probes as long as a pattern's run
-    (`duration`; measured: parity's full depth held 800/s for 3 s and was late for half the
-    requests of a 10-s run at that rate, its queue growing slowly) and of at least 100
-    requests, and a probe that fails is run once more: at 100 requests one stray late answer
-    fails it (measured: the small MNIST-1D model, which sustained 1440/s in another run, failed
-    the probe at 10/s and was reported at 9.4/s), while a rate beyond the policy's fails every
+    (`duration`: a rate a server holds for a short probe may still grow its queue slowly over a
+    whole run) and of at least 100 requests, and a probe that fails is run once more: at 100
+    requests one stray late answer fails it, while a rate beyond the policy's fails every
     time."""
     proc, url = _start_server(server_args)
 

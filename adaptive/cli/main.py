@@ -254,7 +254,7 @@ def _serve(args, overrides: list[str]) -> int:
         if not ok:
             raise ConfigError(f"{message}; got {value:g}")
 
-    from adaptive.serving.server import serve
+    from adaptive.serving.launch import serve
 
     serve(
         args.artifact,

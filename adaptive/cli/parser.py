@@ -1,4 +1,5 @@
-"""The argument parser of `adaptive`: every command and its flags (handlers are in cli.py)."""
+"""The argument parser of `adaptive`: every command and its flags, one function a command
+(the handlers are in cli/main.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,20 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(commands)
+    _add_eval(commands)
+    _add_export(commands)
+    _add_serve(commands)
+    _add_sweep(commands)
+    _add_reproduce(commands)
+    _add_report(commands)
+    _add_calibrate(commands)
+    _add_bench(commands)
+    return parser
+
+
+def _add_train(commands) -> None:
+    """`adaptive train`: a config trained in a workdir."""
     train = commands.add_parser(
         "train", help="train a config in a workdir (resumes if it has a checkpoint)", allow_abbrev=False
     )
@@ -24,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--workdir", required=True, metavar="DIR", help="where metrics.jsonl, config.json, run.json and checkpoints/ go"
     )
+
+
+def _add_eval(commands) -> None:
+    """`adaptive eval`: a trained run scored on a split."""
     evaluate = commands.add_parser(
         "eval", help="score a trained run on a split (by the inference path)", allow_abbrev=False
     )
@@ -39,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--latency-batch", type=int, metavar="B", help="also time the compiled predictor on batches of B"
     )
+
+
+def _add_export(commands) -> None:
+    """`adaptive export`: a run written as a jax.export artifact."""
     export = commands.add_parser(
         "export", help="write a run as a jax.export artifact (plus meta.json), verified", allow_abbrev=False
     )
@@ -48,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--force", action="store_true", help="replace a previous artifact at ART (never a folder with other files)"
     )
+
+
+def _add_serve(commands) -> None:
+    """`adaptive serve`: an artifact served over HTTP."""
     serve = commands.add_parser("serve", help="serve an artifact over HTTP under a latency SLA", allow_abbrev=False)
     serve.add_argument("--artifact", required=True, metavar="ART")
     serve.add_argument("--fallback", metavar="ART2", help="a smaller model for the degradation ladder")
@@ -78,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="a connection without a whole request's headers for this long is closed (default 60)",
     )
+
+
+def _add_sweep(commands) -> None:
+    """`adaptive sweep`: every point of a config's get_sweep() trained."""
     sweep = commands.add_parser(
         "sweep", help="train every point of a config's get_sweep(), resumably, N at a time", allow_abbrev=False
     )
@@ -89,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--wandb", action="store_true", help="also write DIR/sweep.yaml for wandb sweep/agent")
     sweep.add_argument("--devices", default="", help="accelerator ids to share out, e.g. 0,1,2,3")
     sweep.add_argument("--devices-per-point", type=int, default=0, metavar="K", help="each running point gets K")
+
+
+def _add_reproduce(commands) -> None:
+    """`adaptive reproduce`: one experiment end to end."""
     reproduce = commands.add_parser(
         "reproduce", help="run one experiment end to end and check its README's claims", allow_abbrev=False
     )
@@ -96,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--tiny", action="store_true", help="the minutes-scale version and its claims")
     reproduce.add_argument("--workdir", metavar="DIR", help="default: runs/reproduce/NAME[-tiny]")
     reproduce.add_argument("--parallel", type=int, default=1, metavar="N")
+
+
+def _add_report(commands) -> None:
+    """`adaptive report`: a table over finished runs."""
     report = commands.add_parser("report", help="a table (and plots) over finished runs", allow_abbrev=False)
     report.add_argument("workdirs", nargs="+", metavar="DIR")
     report.add_argument("--split", action="append", help="also evaluate on this split (repeatable)")
@@ -103,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--markdown", metavar="MD", help="write the table as markdown here")
     report.add_argument("--usage", metavar="PNG", help="draw MoE expert usage over training here")
     report.add_argument("--pareto", metavar="PNG", help="draw accuracy vs compute (adaptive and static) here")
+
+
+def _add_calibrate(commands) -> None:
+    """`adaptive calibrate`: a run's inference timed, its cost model fitted."""
     calibrate = commands.add_parser(
         "calibrate", help="time a run's inference and fit DIR/cost_model.json", allow_abbrev=False
     )
@@ -111,8 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--repeats", type=int, default=30)
     calibrate.add_argument("--price-per-hour", type=float, default=3.0, help="machine price, money per hour")
     calibrate.add_argument("--power-watts", type=float, default=30.0, help="machine power draw while serving")
+
+
+def _add_bench(commands) -> None:
+    """`adaptive bench KIND`: one benchmark a subcommand."""
     bench = commands.add_parser("bench", help="benchmarks: side by side, medians after warm-up, table + JSON")
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    _add_bench_depth(kinds)
+    _add_bench_act_train(kinds)
+    _add_bench_serve(kinds)
+    _add_bench_moe(kinds)
+
+
+def _add_bench_depth(kinds) -> None:
+    """`adaptive bench depth`: ACT at realized depth d vs the static depth-d model."""
     depth = kinds.add_parser("depth", help="ACT inference at realized depth d vs the static depth-d model")
     depth.add_argument("--json", metavar="OUT", help="write the rows here")
     depth.add_argument("--kind", default="mlp", choices=("mlp", "rnn", "transformer"))
@@ -122,10 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     depth.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
     depth.add_argument("--inputs", type=int, default=16, help="input width (parity n)")
     depth.add_argument("--repeats", type=int, default=300)
+
+
+def _add_bench_act_train(kinds) -> None:
+    """`adaptive bench act-train`: the framework's ACT training loop vs a bare-JAX loop."""
     act = kinds.add_parser("act-train", help="the framework's ACT training loop vs a bare-JAX loop")
     act.add_argument("--json", metavar="OUT", help="write the rows here")
     act.add_argument("--n", type=int, default=16, help="parity length")
     act.add_argument("--steps", type=int, default=2000)
+
+
+def _add_bench_serve(kinds) -> None:
+    """`adaptive bench serve`: serving policies under the same open-loop load."""
     serve = kinds.add_parser(
         "serve", help="four serving policies under the same open-loop load (p99, SLA violations, goodput)"
     )
@@ -138,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-batch", type=int, default=16, help="the servers' largest batch")
     serve.add_argument("--out", default="runs/bench-serve", help="records and plots go here")
     serve.add_argument("--json", metavar="OUT")
+
+
+def _add_bench_moe(kinds) -> None:
+    """`adaptive bench moe`: an MoE layer vs a dense FFN of the same active FLOPs."""
     moe = kinds.add_parser("moe", help="MoE layer vs a dense FFN of the same active FLOPs (fwd+bwd, inference)")
     moe.add_argument("--json", metavar="OUT", help="write the rows here")
     moe.add_argument("--tokens", type=int, default=4096)
@@ -147,4 +214,3 @@ def build_parser() -> argparse.ArgumentParser:
     moe.add_argument("-k", type=int, default=2, help="experts per token")
     moe.add_argument("--capacity-factor", type=float, default=1.25)
     moe.add_argument("--repeats", type=int, default=20)
-    return parser

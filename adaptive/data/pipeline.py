@@ -17,8 +17,8 @@ from adaptive.data.source import Example, Source
 def _read_options(source: Source) -> grain.ReadOptions:
     """Reading stays in this process (worker processes are slower on 2 cores, DESIGN §4).
 
-    An in-memory batch takes ~20 us, less than a thread handoff (~90 us measured), so it is read
-    inline; a lazy one decodes for ms, which one prefetch thread overlaps with the train step.
+    An in-memory batch takes less time to read than a thread handoff, so it is read inline; a
+    lazy one decodes for ms, which one prefetch thread overlaps with the train step.
     The buffer is short because each element is a whole batch.
     """
     return grain.ReadOptions(num_threads=0 if source.in_memory else 1, prefetch_buffer_size=4)
@@ -47,9 +47,9 @@ class ShuffledIndexBatches(grain.MapDataset):
     """Batch i holds positions [i*B, (i+1)*B) of the endless chain of per-epoch permutations.
 
     It replaces grain's `range().shuffle().repeat().batch()`, which yields the same kind of
-    stream but pays ~6 us of Python per example (an index_shuffle call and a `__getitem__` per
-    transformation), 0.8 ms a batch of 128: as long as a small model's whole train step. One
-    numpy permutation per epoch costs ~1 ms per 100k examples.
+    stream but pays Python per example (an index_shuffle call and a `__getitem__` per
+    transformation): per batch, as long as a small model's whole train step. One numpy
+    permutation per epoch costs next to nothing.
     """
 
     def __init__(self, num_examples: int, batch_size: int, seed: int):

@@ -15,11 +15,11 @@ _DECODE_CHUNK = 8192  # Examples decoded per call while materialising, to bound 
 class Source:
     """Reads a TFDS data source as `x` float32 (flattened), `y` int32 and `difficulty` int32.
 
-    Reading through TFDS costs ~25 us an example here, nearly all of it TFDS's per-example
-    Python decoding, so a split that fits `in_memory` is decoded once and then served by numpy
+    Reading through TFDS is slow per example, nearly all of it TFDS's per-example Python
+    decoding, so a split that fits `in_memory` is decoded once and then served by numpy
     indexing (microseconds a batch); bigger splits are read lazily. `read_batch` exists because
     grain 0.2.18's `MapDataset.batch` reads its parent one index at a time (its batched-read
-    path is switched off), which measured ~150 us an example over TFDS.
+    path is switched off), a Python call per example on top of TFDS's own.
     """
 
     def __init__(self, tfds_source: Any, x_key: str, y_key: str, in_memory: bool):

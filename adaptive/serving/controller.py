@@ -29,14 +29,14 @@ accurate as the budget it asked for (within the tolerance), `degraded` otherwise
 accuracy table the ladder's order decides: the primary before the fallback, then more steps,
 then more experts.
 
-Why this rule, measured with `adaptive bench serve` (experiments/serving): AIMD on a step cap
-from windowed p95 latencies lagged a spike by the time the queue takes to build (p99 127 ms
-under a 30 ms SLA). Per-request deadline checks with a latency allowance that shrank with the
-priority, an even split of the oldest queued request's slack between the batches ahead, and
-special rules for late requests held MNIST-1D's spike, but degraded a third of the requests at
-a base rate full depth served on time (priority 2 had half the allowance whatever the load), and
-a slack split says nothing of the requests still to arrive. The arrival rate does: it is the
-load the next batches must carry, and a deadline alone cannot see it.
+Why this rule (the alternatives were compared with `adaptive bench serve`, experiments/serving):
+AIMD on a step cap from windowed p95 latencies lags a spike by the time the queue takes to build.
+Per-request deadline checks with a latency allowance that shrinks with the priority, an even
+split of the oldest queued request's slack between the batches ahead, and special rules for late
+requests degrade requests at a base rate full depth serves on time (a low priority gets a fixed
+fraction of the allowance whatever the load), and a slack split says nothing of the requests
+still to arrive. The arrival rate does: it is the load the next batches must carry, and a
+deadline alone cannot see it.
 
 `mode="static"` is the baseline: every request gets its requested budget on the primary model,
 nothing is shed or deferred.
@@ -100,7 +100,7 @@ def one_run(budgets: np.ndarray) -> list[np.ndarray]:
 class Controller:
     def __init__(
         self,
-        cap: int,
+        max_steps: int,
         sla_ms: float,
         *,
         mode: str = "adaptive",
@@ -116,7 +116,8 @@ class Controller:
         max_queue: int = 1024,
         groups: Callable[[np.ndarray], list[np.ndarray]] = one_run,
     ):
-        """`expert_budgets`: a MoE primary's smaller experts-per-token it can run at;
+        """`max_steps`: the primary model's full step cap (its engine's `cap`): no budget runs past it;
+        `expert_budgets`: a MoE primary's smaller experts-per-token it can run at;
         `accuracy`: the artifact's table, or one {(experts or None, steps): validation accuracy}
         for every batch size; `fallback_accuracy`: the fallback model's, on the same split: at
         its cap, or {steps: accuracy} at each step budget it has;
@@ -132,7 +133,7 @@ class Controller:
             raise ValueError(f"accuracy tolerance {tolerance!r} must be >= 0")
         if not 0 < headroom <= 1 or not 0 < utilization <= 1:
             raise ValueError(f"headroom {headroom!r} and utilization {utilization!r} must be in (0, 1]")
-        self.full, self.sla_ms, self.mode, self.has_fallback = cap, sla_ms, mode, has_fallback
+        self.max_steps, self.sla_ms, self.mode, self.has_fallback = max_steps, sla_ms, mode, has_fallback
         self.headroom, self.utilization, self.max_queue = headroom, utilization, max_queue
         self.max_batch, self.groups = max(int(max_batch), 1), groups
         self.fallback_cap = max(fallback_cap, 1)
@@ -140,7 +141,7 @@ class Controller:
         self.expert_budgets = (None, *sorted(expert_budgets, reverse=True))
         self.accuracy = accuracy if isinstance(accuracy, AccuracyTable) else AccuracyTable({1: accuracy or {}})
         self.fallback_accuracy, self.tolerance = fallback_accuracy, tolerance
-        self.service = {("primary", k): ServiceTimes(cap) for k in self.expert_budgets}
+        self.service = {("primary", k): ServiceTimes(max_steps) for k in self.expert_budgets}
         self.service["fallback", None] = ServiceTimes(self.fallback_cap)
 
     @property
@@ -182,7 +183,7 @@ class Controller:
         return [chosen.decisions.get(i, REJECTED) for i in range(len(requests))]
 
     def _clip(self, steps: int) -> int:
-        return min(max(int(steps), 1), self.full)
+        return min(max(int(steps), 1), self.max_steps)
 
     def _fallback_steps(self, request: Request) -> int:
         """The fallback's step budget for `request`: its cap, within the request's budget."""
@@ -195,7 +196,7 @@ class Controller:
         (the order ties in estimated time go by); with a table, only the points it holds. Of step
         budgets alike in expected steps and accuracy (a halting model that stops at 2 runs 3 to 8
         as one), only the largest: the same plan, more room for a hard input, and a plan's cost
-        is per point (16 points made a plan of 16 rows take 2 ms of the event loop)."""
+        (event-loop time) grows with every point it tries."""
         most = max(self._clip(r.steps) for r in requests)  # more steps than any row asked for: the same run
         table = self.accuracy.at(len(requests))
         points = []
@@ -319,8 +320,9 @@ class Controller:
         self.service[model, experts].observe(steps, service_ms, rows, budget)
 
     @property
-    def cap(self) -> float:
-        """The most steps a lone fresh request would get now (for /metrics)."""
+    def current_step_cap(self) -> float:
+        """The most steps a lone fresh request would get now (the `adaptive_step_cap` gauge of
+        /metrics), at most `max_steps`."""
         if self.mode == "static":
-            return float(self.full)
-        return float(self.service["primary", None].most_steps_within(self.horizon_ms, self.full))
+            return float(self.max_steps)
+        return float(self.service["primary", None].most_steps_within(self.horizon_ms, self.max_steps))

@@ -9,7 +9,7 @@ in UTF-8 (415), bytes that are not UTF-8, JSON nested past the parser's recursio
 integer literal past float range (Python builds it; `float()` of it overflows), and fields of
 the wrong kind: `x` takes JSON numbers only (not numeric strings, not booleans), `budget` a
 finite number. JSON is parsed by the standard library's C decoder without per-number hooks: a
-hook is a Python call per number (a 784-pixel image: ~100 us of the event loop per request),
+hook is a Python call per number (an image's worth of calls on the event loop per request),
 and Python itself refuses integer literals over 4300 digits.
 """
 

@@ -39,10 +39,44 @@ def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def document(input_shape: tuple[int, ...], units: tuple[str, ...], cap: int, max_body: int) -> dict:
-    """The OpenAPI document for a server whose primary model takes `input_shape` and runs at
-    most `cap` steps, pricing budgets in `units`."""
-    request = {
+UNAVAILABLE = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["status", "retry_after_ms"],
+            "properties": {"status": {"const": "deferred"}, "retry_after_ms": {"type": "number"}},
+        },
+        {
+            "type": "object",
+            "required": ["status", "latency_ms"],
+            "properties": {"status": {"const": "rejected"}, "latency_ms": {"type": "number"}},
+        },
+        ERROR,  # past the connection limit, before any request is read
+    ]
+}
+FAILED = {
+    "type": "object",
+    "required": ["status", "error"],
+    "properties": {"status": {"const": "error"}, "error": {"type": "string"}},
+}
+HEALTH = {
+    "type": "object",
+    "properties": {
+        "status": {"const": "ok"},
+        "primary": {"type": "string"},
+        "fallback": {"type": ["string", "null"]},
+        "input_shape": {"type": "array", "items": {"type": "integer"}},
+        "cap": {"type": "integer"},
+        "mode": {"enum": ["adaptive", "static"]},
+        "sla_ms": {"type": "number"},
+        "queue": {"type": "integer"},
+    },
+}
+
+
+def _request_schema(input_shape: tuple[int, ...], units: tuple[str, ...]) -> dict:
+    """A POST /predict body."""
+    return {
         "type": "object",
         "required": ["x"],
         "properties": {
@@ -55,7 +89,11 @@ def document(input_shape: tuple[int, ...], units: tuple[str, ...], cap: int, max
             "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": 0},
         },
     }
-    answer = {
+
+
+def _answer_schema(cap: int) -> dict:
+    """A 200 answer of POST /predict."""
+    return {
         "type": "object",
         "required": ["prediction", "confidence", "steps", "status", "model"],
         "properties": {
@@ -70,51 +108,28 @@ def document(input_shape: tuple[int, ...], units: tuple[str, ...], cap: int, max
             "model": {"enum": ["primary", "fallback"]},
         },
     }
-    unavailable = {
-        "oneOf": [
-            {
-                "type": "object",
-                "required": ["status", "retry_after_ms"],
-                "properties": {"status": {"const": "deferred"}, "retry_after_ms": {"type": "number"}},
-            },
-            {
-                "type": "object",
-                "required": ["status", "latency_ms"],
-                "properties": {"status": {"const": "rejected"}, "latency_ms": {"type": "number"}},
-            },
-            ERROR,  # past the connection limit, before any request is read
-        ]
-    }
-    failed = {
-        "type": "object",
-        "required": ["status", "error"],
-        "properties": {"status": {"const": "error"}, "error": {"type": "string"}},
-    }
-    predict = {
+
+
+def _predict(input_shape: tuple[int, ...], units: tuple[str, ...], cap: int) -> dict:
+    """POST /predict: its body and every answer it may give."""
+    request = _request_schema(input_shape, units)
+    return {
         "summary": "one example's prediction within its budget",
         "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
         "responses": {
-            "200": _json(answer, "answered: ok, degraded (a cheaper point), or by the fallback model"),
+            "200": _json(_answer_schema(cap), "answered: ok, degraded (a cheaper point), or by the fallback model"),
             **{code: _json(ERROR, what) for code, what in BAD_REQUESTS.items()},
-            "500": _json(failed, "the batch this request ran in failed; the server goes on"),
+            "500": _json(FAILED, "the batch this request ran in failed; the server goes on"),
             "503": _json(
-                unavailable, "deferred (retry after), rejected (no point is on time), or too many connections"
+                UNAVAILABLE, "deferred (retry after), rejected (no point is on time), or too many connections"
             ),
         },
     }
-    health = {
-        "type": "object",
-        "properties": {
-            "status": {"const": "ok"},
-            "primary": {"type": "string"},
-            "fallback": {"type": ["string", "null"]},
-            "input_shape": {"type": "array", "items": {"type": "integer"}},
-            "cap": {"type": "integer"},
-            "mode": {"enum": ["adaptive", "static"]},
-            "sla_ms": {"type": "number"},
-            "queue": {"type": "integer"},
-        },
-    }
+
+
+def document(input_shape: tuple[int, ...], units: tuple[str, ...], cap: int, max_body: int) -> dict:
+    """The OpenAPI document for a server whose primary model takes `input_shape` and runs at
+    most `cap` steps, pricing budgets in `units`."""
     text = {"text/plain": {"schema": {"type": "string"}}}
     return {
         "openapi": "3.1.0",
@@ -124,8 +139,8 @@ def document(input_shape: tuple[int, ...], units: tuple[str, ...], cap: int, max
             "description": f"A budgeted model server. Request bodies are at most {max_body} bytes.",
         },
         "paths": {
-            "/predict": {"post": predict},
-            "/healthz": {"get": {"summary": "what is loaded", "responses": {"200": _json(health, "the server is up")}}},
+            "/predict": {"post": _predict(input_shape, units, cap)},
+            "/healthz": {"get": {"summary": "what is loaded", "responses": {"200": _json(HEALTH, "the server is up")}}},
             "/metrics": {
                 "get": {"summary": "Prometheus text", "responses": {"200": {"description": "", "content": text}}}
             },

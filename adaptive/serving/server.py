@@ -10,12 +10,12 @@ and answers {"prediction", "confidence", "steps", "experts", "budget_steps", "bu
 which may be below the budget asked for with status ok when a cheaper point is as accurate):
 status ok / degraded / fallback with HTTP 200, rejected / deferred with 503 (deferred carries
 retry_after_ms), error with 500 if a batch fails (its requests are answered; the server goes
-on). Bad requests (see adaptive/http_input.py: not UTF-8 JSON, missing or wrong-shaped x, NaN, a
+on). Bad requests (see adaptive/serving/http_input.py: not UTF-8 JSON, missing or wrong-shaped x, NaN, a
 budget out of range, an unknown unit, a body over 1 MiB or late, a Content-Type other than JSON)
 get a 4xx with {"error": one line}, counted in /metrics, and the server keeps serving.
 GET /healthz says what is loaded; GET /metrics is Prometheus text; GET /openapi.json is the
 OpenAPI document of all this. Past --max-connections open connections, new ones get a 503 and
-are closed (adaptive/connections.py); connections idle or stuck in their headers for
+are closed (adaptive/serving/connections.py); connections idle or stuck in their headers for
 --idle-timeout-s are closed.
 
 One batcher task drains the queue: it takes what has arrived (up to --max-batch), asks the
@@ -23,7 +23,7 @@ controller for the batch's plan (each request's operating point, within its dead
 batch's share of the server's time at the measured arrival rate), answers the rejected at once,
 runs the fallback's share and then the primary's, grouped by step budget, on a worker thread
 (the event loop keeps accepting requests meanwhile), and answers each group as soon as it is
-done.
+done. `launch.serve` loads the artifacts, builds the controller and runs the server.
 """
 
 from __future__ import annotations
@@ -33,17 +33,14 @@ import gc
 import json
 import logging
 import os
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import uvloop
 from aiohttp import web
 
 from adaptive.config import ConfigError
-from adaptive.serving.accuracy_table import AccuracyTable, accuracy_lookup
 from adaptive.serving.connections import ConnectionLimit, quiet_http_log
 from adaptive.serving.controller import Controller, Decision, Request
 from adaptive.serving.engine import UNITS, Engine
@@ -51,7 +48,7 @@ from adaptive.serving.http_input import BadRequest, check_content_type, parse_js
 from adaptive.serving.openapi import document
 from adaptive.serving.server_stats import ArrivalRate, RequestCost, Stats
 
-__all__ = ["ArrivalRate", "Pending", "RequestCost", "Server", "serve"]
+__all__ = ["ArrivalRate", "Pending", "RequestCost", "Server"]
 
 MAX_BODY = 1 << 20
 log = logging.getLogger(__name__)
@@ -92,8 +89,8 @@ class Server:
         self.engines = {"primary": primary, "fallback": fallback}
         self.default_steps = default_steps or primary.cap  # for requests that name no budget
         # The warm-up runs seed the controller's service times over batch sizes: without them,
-        # its first estimates come from lone requests and overstate full batches (measured: a
-        # controller that had seen only batches of 1 rejected load a static server took 38x of).
+        # its first estimates come from lone requests and overstate full batches, and it
+        # rejects load a static server would take.
         for name, engine in self.engines.items():
             for experts, steps, rows, ms in engine.warmup if engine else ():
                 if name == "primary" or experts is None:
@@ -123,8 +120,8 @@ class Server:
     async def _start(self, app) -> None:
         # What exists now (JAX, the warm executables, the tables) lives as long as the server:
         # frozen, out of the collector's sight, a full collection walks only what serving made
-        # since. Measured on parity's spike (experiments/serving): a full collection over it all
-        # stopped the event loop for 72 ms, and 57 answers were late.
+        # since: a full collection over it all stops the event loop long enough to make answers
+        # late.
         gc.freeze()
         self.queue = asyncio.Queue()
         self._batcher = asyncio.create_task(self._batches())
@@ -319,84 +316,3 @@ class Server:
                     "model": name,
                 }
             )
-
-
-def _fallback_accuracy(primary: Engine, backup: Engine | None) -> dict[int, float] | None:
-    """The fallback's validation accuracy at each step budget it has, if both tables score the
-    same split of the same data (else the two are not comparable, and the ladder's order decides)."""
-    if backup is None:
-        return None
-    tables = [engine.meta.get("accuracy_at_budgets") or {} for engine in (primary, backup)]
-    data = [engine.meta.get("config", {}).get("data") for engine in (primary, backup)]
-    same = tables[0].get("split") == tables[1].get("split") and tables[0].get("examples") == tables[1].get("examples")
-    if not (same and data[0] == data[1] and tables[0]):
-        return None
-    return {steps: acc for (k, steps), acc in accuracy_lookup(backup.meta).items() if k is None}
-
-
-def build_controller(
-    primary: Engine, backup: Engine | None, *, sla_ms: float, mode: str, max_batch: int, tolerance: float
-) -> Controller:
-    """The controller of a server of `primary` with the fallback `backup` (or none)."""
-    return Controller(
-        primary.cap,
-        sla_ms,
-        mode=mode,
-        has_fallback=backup is not None,
-        fallback_cap=backup.cap if backup else 1,
-        expert_budgets=tuple(primary.expert_budgets),
-        accuracy=AccuracyTable.from_meta(primary.meta),
-        fallback_accuracy=_fallback_accuracy(primary, backup),
-        tolerance=tolerance,
-        max_batch=max_batch,
-        groups=primary.groups,
-    )
-
-
-def serve(
-    artifact: str,
-    *,
-    fallback: str | None,
-    sla_ms: float,
-    host: str,
-    port: int,
-    mode: str,
-    max_batch: int,
-    default_steps: int | None,
-    tolerance: float = 0.005,
-    read_timeout_s: float = 5.0,
-    max_connections: int = 1000,
-    idle_timeout_s: float = 60.0,
-):
-    """Loads, warms, binds, then says where it serves (the port bound), until SIGINT/SIGTERM.
-    The arguments are checked by the caller (`adaptive serve`) before anything loads."""
-    buckets = tuple(b for b in (1, 4, 16, 64) if b < max_batch) + (max_batch,)
-    primary = Engine.from_artifact(artifact, buckets=buckets)
-    backup = Engine.from_artifact(fallback, buckets=buckets, expert_budgets=False) if fallback else None
-    controller = build_controller(primary, backup, sla_ms=sla_ms, mode=mode, max_batch=max_batch, tolerance=tolerance)
-    server = Server(
-        primary,
-        controller,
-        fallback=backup,
-        max_batch=max_batch,
-        default_steps=default_steps,
-        read_timeout_s=read_timeout_s,
-        max_connections=max_connections,
-        idle_timeout_s=idle_timeout_s,
-    )
-
-    async def main():
-        bound = await server.start(host, port)
-        print(f"serving {artifact} on http://{host}:{bound} (SLA {sla_ms:g} ms, {mode}); executables warm", flush=True)
-        stop = asyncio.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await server.stop()
-
-    # uvloop: the event loop is what a request costs the server whatever model answers it
-    # (HTTP, JSON, decisions), and uvloop's is the cheaper one (measured: adaptive bench serve).
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main())

@@ -69,7 +69,7 @@ class Stats:
         adherence = self.within_budget / self.answered if self.answered else 1.0
         lines += ["# TYPE adaptive_budget_adherence gauge", f"adaptive_budget_adherence {adherence:.6f}"]
         lines += ["# TYPE adaptive_queue_length gauge", f"adaptive_queue_length {queue}"]
-        lines += ["# TYPE adaptive_step_cap gauge", f"adaptive_step_cap {controller.cap:g}"]
+        lines += ["# TYPE adaptive_step_cap gauge", f"adaptive_step_cap {controller.current_step_cap:g}"]
         return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,8 @@
 """How long a batch takes on this server now, per model and expert budget: the controller's clock.
 
-Measured, not assumed: this machine's speed drifts by tens of percent (experiments/budget_targeting),
-and a halting model stops well before most budgets, so both the time per step and row and the
-steps a batch under a budget takes come from the batches the server actually ran.
+Measured, not assumed: a machine's speed drifts (experiments/budget_targeting), and a halting
+model stops well before most budgets, so both the time per step and row and the steps a batch
+under a budget takes come from the batches the server actually ran.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ class ServiceTimes:
     * steps, fitted by least squares to the last `window` batches (steps: the most any row took),
     so that it follows both the machine's current speed and how full the batches are; and the
     steps a batch takes under a budget, from the last `depth_window` batches: a halting model
-    stops well before most budgets (parity: ~2 steps of 8), and pricing every batch at its cap
-    let no request keep its budget (parity under Gamma bursts: 0 of 6441 answered `ok`).
+    stops well before most budgets, and pricing every batch at its cap would let almost no
+    request keep its budget under bursty load.
 
     Every batch is observed on the server's event loop, so an observation is O(1): the fit keeps
     the window's normal equations as running sums, and both the fit and the depth quantiles are
-    computed only when a decision asks for them (measured: refitting at every batch was 23% of
-    the event loop of a static server at 1500 requests/s)."""
+    computed only when a decision asks for them (refitting at every batch costs the event loop
+    time it needs for requests)."""
 
     def __init__(self, cap: int, window: int = 200, depth_window: int = 50, depth_quantile: float = 0.9):
         self.cap, self.depth_quantile = cap, depth_quantile
@@ -32,8 +32,8 @@ class ServiceTimes:
         self._gram, self._moment = np.zeros((3, 3)), np.zeros(3)  # X^T X and X^T y over the window
         self._until_resum = window  # sums are rebuilt from the window now and then: no drift
         self._depths: deque[tuple[int, int]] = deque(maxlen=depth_window)  # (least budget, most steps)
-        # Both as Python floats: a plan reads them hundreds of times (numpy scalars made a plan of
-        # 16 rows take 16 ms of the event loop).
+        # Both as Python floats: a plan reads them hundreds of times, and numpy scalars are far
+        # slower to read one at a time.
         self._expected: list[float] | None = None  # steps expected under budget 0..cap, when asked
         self._coef: tuple[float, float, float] | None = None  # the fit, when asked
 

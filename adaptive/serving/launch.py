@@ -1,0 +1,97 @@
+"""Starting `adaptive serve`: the artifacts loaded and warmed, the controller built from their
+tables, the port bound, and the server run on uvloop until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import uvloop
+
+from adaptive.serving.accuracy_table import AccuracyTable, accuracy_lookup
+from adaptive.serving.controller import Controller
+from adaptive.serving.engine import Engine
+from adaptive.serving.server import Server
+
+__all__ = ["build_controller", "serve"]
+
+
+def _fallback_accuracy(primary: Engine, backup: Engine | None) -> dict[int, float] | None:
+    """The fallback's validation accuracy at each step budget it has, if both tables score the
+    same split of the same data (else the two are not comparable, and the ladder's order decides)."""
+    if backup is None:
+        return None
+    tables = [engine.meta.get("accuracy_at_budgets") or {} for engine in (primary, backup)]
+    data = [engine.meta.get("config", {}).get("data") for engine in (primary, backup)]
+    same = tables[0].get("split") == tables[1].get("split") and tables[0].get("examples") == tables[1].get("examples")
+    if not (same and data[0] == data[1] and tables[0]):
+        return None
+    return {steps: acc for (k, steps), acc in accuracy_lookup(backup.meta).items() if k is None}
+
+
+def build_controller(
+    primary: Engine, backup: Engine | None, *, sla_ms: float, mode: str, max_batch: int, tolerance: float
+) -> Controller:
+    """The controller of a server of `primary` with the fallback `backup` (or none)."""
+    return Controller(
+        primary.cap,
+        sla_ms,
+        mode=mode,
+        has_fallback=backup is not None,
+        fallback_cap=backup.cap if backup else 1,
+        expert_budgets=tuple(primary.expert_budgets),
+        accuracy=AccuracyTable.from_meta(primary.meta),
+        fallback_accuracy=_fallback_accuracy(primary, backup),
+        tolerance=tolerance,
+        max_batch=max_batch,
+        groups=primary.groups,
+    )
+
+
+def serve(
+    artifact: str,
+    *,
+    fallback: str | None,
+    sla_ms: float,
+    host: str,
+    port: int,
+    mode: str,
+    max_batch: int,
+    default_steps: int | None,
+    tolerance: float = 0.005,
+    read_timeout_s: float = 5.0,
+    max_connections: int = 1000,
+    idle_timeout_s: float = 60.0,
+):
+    """Loads, warms, binds, then says where it serves (the port bound), until SIGINT/SIGTERM.
+    The arguments are checked by the caller (`adaptive serve`) before anything loads."""
+    buckets = tuple(b for b in (1, 4, 16, 64) if b < max_batch) + (max_batch,)
+    primary = Engine.from_artifact(artifact, buckets=buckets)
+    backup = Engine.from_artifact(fallback, buckets=buckets, expert_budgets=False) if fallback else None
+    controller = build_controller(primary, backup, sla_ms=sla_ms, mode=mode, max_batch=max_batch, tolerance=tolerance)
+    server = Server(
+        primary,
+        controller,
+        fallback=backup,
+        max_batch=max_batch,
+        default_steps=default_steps,
+        read_timeout_s=read_timeout_s,
+        max_connections=max_connections,
+        idle_timeout_s=idle_timeout_s,
+    )
+
+    async def main():
+        bound = await server.start(host, port)
+        print(f"serving {artifact} on http://{host}:{bound} (SLA {sla_ms:g} ms, {mode}); executables warm", flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+
+    # uvloop: the event loop is what a request costs the server whatever model answers it
+    # (HTTP, JSON, decisions), and uvloop's is the cheaper one (compare with adaptive bench serve).
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
