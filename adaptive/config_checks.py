@@ -1,5 +1,5 @@
-"""The value rules behind adaptive/config.py: finite floats, bounded sizes, texts and lists, and
-the few rules that span fields.
+"""The value rules behind adaptive/config.py and its schema (adaptive/config_schema.py): finite
+floats, bounded sizes, texts and lists, and the few rules that span fields.
 
 A value that passes here cannot make the run fail later on its own account (an overflow, a
 memory error, a NaN saved in config.json that then never equals itself): hostile values are
@@ -31,8 +31,8 @@ MAX_EXPERT_WIDTH = 65_536  # moe.expert_hidden: 4 x MAX_WIDTH
 MAX_EXPERTS = 1024  # moe.num_experts and moe.k; also the largest capacity factor that matters (num_experts / k)
 MAX_DEVICES = 65_536  # mesh axes, processes and routing groups
 MAX_WEIGHT = 1e6  # loss weights, step sizes and weight decay: float32 losses stay finite
-# Generating a parity split peaks at ~16.5 bytes per entry (measured: a float64 and an int64 rank
-# matrix); 2**29 entries is ~9 GB, which leaves the rest of a 24 GiB machine to the run.
+# Generating a parity split holds a float64 and an int64 rank matrix (16 bytes per entry, and a
+# little more); 2**29 entries is ~9 GB, which leaves the rest of a 24 GiB machine to the run.
 MAX_PARITY_ENTRIES = 2**29
 MAX_TEXT = 4096  # characters in a str value (Linux's PATH_MAX: data_dir and cost_model are paths)
 MAX_ITEMS = 1024  # values in a list-valued key (budget.requests, budget.request_weights)

@@ -225,3 +225,22 @@ def test_every_sweep_point_loads(path, tmp_path):
         spec = str(path) + (f":{arg}" if arg else "")
         points = load_points(spec, tmp_path)  # validates each point as a full config
         assert points and len({p.name for p in points}) == len(points)  # distinct workdirs
+
+
+def test_the_schema_is_importable_from_adaptive_config_and_a_saved_config_reloads():
+    from adaptive import config_schema
+
+    for name in ("Config", "MoEConfig", "MeshConfig", "MoELayers", "default_config", "to_dict", "step_cap"):
+        assert getattr(config_lib, name) is getattr(config_schema, name), name
+    cfg = config_lib.load(f"{ROOT}/configs/sut.py:tiny", ["--config.mesh.expert=2"])
+    assert config_lib.from_dict(config_lib.to_dict(cfg)) == cfg  # what config.json holds loads back
+    with pytest.raises(ConfigError, match="unknown config key 'moe.expert_parallel'"):
+        config_lib.from_dict({"moe": {"expert_parallel": True}})  # derived from mesh.expert, never set
+
+
+def test_expert_width_is_expert_hidden_or_the_dense_feed_forward_split_over_k():
+    moe = config_lib.MoEConfig(k=2)
+    assert moe.expert_width(64) == 64  # k experts of 2 * 64 / k units: the dense block's 2 * 64
+    assert config_lib.MoEConfig(k=3).expert_width(64) == 42
+    assert config_lib.MoEConfig(k=4).expert_width(1) == 1  # at least one unit
+    assert config_lib.MoEConfig(expert_hidden=10).expert_width(64) == 10

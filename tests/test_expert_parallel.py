@@ -1,6 +1,7 @@
 """Expert parallelism on 8 host CPU devices equals one device (outputs and gradients, 1e-5), on
-a 1-D `expert` mesh, a 2-D (data, expert) mesh and a mesh of one; and a layer traced under a
-context mesh with expert > 1 takes that path by itself (as in training).
+a 1-D `expert` mesh, a 2-D (data, expert) mesh and a mesh of one; and a layer built
+expert-parallel (as the config builds it when mesh.expert > 1) and traced under the mesh takes
+that path by itself (as in training), while a layer built without it never does.
 
 Runs in a subprocess: XLA_FLAGS must be set before JAX starts, and the rest of the suite keeps
 one device. Each subprocess runs several cases to pay JAX's start-up once.
@@ -17,6 +18,7 @@ from tests.helpers import ROOT
 
 SCRIPT = r"""
 import json, sys
+from functools import partial
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
 from adaptive.nn.moe import MoEFeedForward
@@ -65,12 +67,19 @@ def case(router, groups, shape):
         "grads": max(jax.tree.leaves(jax.tree.map(rel, g_one, g_ep))),
     }
     if len(shape) == 2:  # the layer itself, traced under the mesh as the train step is
-        limited = lambda p, x: nnx.merge(graphdef, p)(x, key=key, k_active=1).y_TxD  # at most 1 expert a token
-        y_one = jax.jit(limited)(params, x)
+        built = MoEFeedForward(  # as the config builds it: expert-parallel when mesh.expert > 1
+            16, 32, 8, k=2, router=router, num_groups=groups, capacity_factor=1.0, jitter=0.1,
+            expert_parallel=shape[-1] > 1, rngs=nnx.Rngs(0),
+        )
+        built_graphdef, _ = nnx.split(built, nnx.Param)
+        limited = lambda g, p, x: nnx.merge(g, p)(x, key=key, k_active=1).y_TxD  # at most 1 expert a token
+        y_one = jax.jit(partial(limited, graphdef))(params, x)
         with jax.set_mesh(mesh):
-            traced = jax.jit(limited)
+            traced = jax.jit(partial(limited, built_graphdef))
             result["context_y"] = rel(y_one, traced(params, x))
             result["context_all_to_alls"] = traced.lower(params, x).as_text().count("all_to_all")
+            off = jax.jit(partial(limited, graphdef))  # built without the flag: never looks at the mesh
+            result["off_all_to_alls"] = off.lower(params, x).as_text().count("all_to_all")
     return result
 
 
@@ -105,3 +114,4 @@ def test_expert_parallel_matches_one_device(cases):
             assert r["context_y"] <= 1e-5, r
             expert_parallel = not r["case"].endswith("x1")
             assert (r["context_all_to_alls"] > 0) == expert_parallel, r  # expert=1: the single-device path
+            assert r["off_all_to_alls"] == 0, r

@@ -38,9 +38,9 @@ def test_meshes_and_cross_mesh_restores_give_the_one_device_parameters(tmp_path)
     gaps = result["gaps"]
     assert set(gaps) == {"data8", "data2_expert4", "saved_on_8_restored_on_1", "saved_on_1_restored_on_2x4"}
     # Float noise in near-zero gradients, which Adam scales up towards its step size, depends on
-    # the machine's reduction order: (2, 4) was 7.5e-8 from one device on one machine and
-    # 1.7e-5 on the CI's (2026-12-02). An exchange that sends a token to the wrong expert moves
-    # parameters at the scale of Adam's step, the learning rate (1e-3): 1e-4 still sees it.
+    # the machine's reduction order, so the gap differs by orders of magnitude between machines.
+    # An exchange that sends a token to the wrong expert moves parameters at the scale of Adam's
+    # step, the learning rate (1e-3): 1e-4 still sees it.
     assert all(g <= 1e-4 for g in gaps.values()), gaps
     assert result["all_to_alls"]["data8"] == 0 and result["all_to_alls"]["data2_expert4"] > 0, result
 

@@ -151,6 +151,54 @@ def test_expert_budget_caps_experts_per_token(k_active):
     assert int(out.experts_T.max()) <= k_active
 
 
+def test_limit_experts_returns_a_capped_copy_and_leaves_the_model_as_it_was():
+    from adaptive.nn.moe import limit_experts
+
+    model = _layer(k=2, num_groups=4, expert_parallel=True, capacity_factor=4.0)
+    before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+    limited = limit_experts(model, 1)
+    assert limited is not model and isinstance(limited, MoEFeedForward)
+    assert (limited.k, limited.num_groups, limited.expert_parallel) == (1, 1, False)
+    assert (model.k, model.num_groups, model.expert_parallel) == (2, 4, True)  # untouched
+    after = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+    jax.tree.map(np.testing.assert_array_equal, before, after)
+    x = jnp.asarray(np.random.default_rng(8).standard_normal((T, D)), jnp.float32)
+    out = limited(x, train=False)
+    assert int(out.experts_T.max()) <= 1
+    assert limit_experts(model, None).k == 2  # None: the cap as trained
+
+
+def test_expert_parallelism_is_chosen_by_the_layer_not_by_the_mesh_around_it():
+    """Off, a layer never looks at a mesh; on, it refuses a context mesh that cannot shard its
+    experts in one line, and with no mesh set runs the one-device code."""
+    x = jnp.asarray(np.random.default_rng(9).standard_normal((T, D)), jnp.float32)
+    off, on = _layer(), _layer(expert_parallel=True)
+    want = np.asarray(off(x).y_TxD)
+    np.testing.assert_array_equal(np.asarray(on(x).y_TxD), want)  # no mesh set
+    mesh = jax.make_mesh((1, 1), ("data", "expert"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    with jax.set_mesh(mesh):
+        np.testing.assert_array_equal(np.asarray(off(x).y_TxD), want)
+        with pytest.raises(ValueError, match=r"needs a context mesh with an 'expert' axis of more than one device"):
+            on(x)
+
+
+def test_models_are_built_expert_parallel_exactly_when_the_mesh_shards_experts():
+    from adaptive import config as config_lib
+    from adaptive.nn.models import build_model
+    from tests.helpers import ROOT
+
+    class Spec:
+        input_shape, num_classes = (12,), 3
+
+    for expert in (1, 2):
+        cfg = config_lib.load(f"{ROOT}/configs/moe.py", ["--config.model.hidden=16", f"--config.mesh.expert={expert}"])
+        assert config_lib.moe_layers(cfg).expert_parallel == (expert > 1)
+        layers = [m for _, m in build_model(cfg, Spec).iter_modules() if isinstance(m, MoEFeedForward)]
+        assert layers and all(m.expert_parallel == (expert > 1) for m in layers)
+        assert all(m.w_in.shape[-1] == cfg.moe.expert_width(16) for m in layers)
+        assert "expert_parallel" not in config_lib.to_dict(cfg)["moe"]  # not a config key
+
+
 @pytest.mark.parametrize("config", ["configs/moe.py:tiny", "configs/sut.py:tiny"])
 def test_moe_models_train_log_routing_metrics_and_resume(config, tmp_path):
     """A MoE model (alone, and under ACT as a Sparse Universal Transformer) trains, logs moe/

@@ -38,11 +38,11 @@ class ResidualMLPBlock(nnx.Module):
 
 
 def make_moe(width: int, cfg, *, rngs: nnx.Rngs) -> MoEFeedForward:
-    """The MoE feed-forward layer a MoEConfig describes, for blocks of `width`."""
-    hidden = cfg.expert_hidden or max(1, 2 * width // cfg.k)
+    """The MoE feed-forward layer a MoEConfig describes, for blocks of `width`; expert-parallel
+    only when `cfg` is a `config.MoELayers` that says so (as `build_model` makes it)."""
     return MoEFeedForward(
         width,
-        hidden,
+        cfg.expert_width(width),
         cfg.num_experts,
         k=cfg.k,
         router=cfg.router,
@@ -55,6 +55,7 @@ def make_moe(width: int, cfg, *, rngs: nnx.Rngs) -> MoEFeedForward:
         z_weight=cfg.z_weight,
         dropless=cfg.dropless,
         num_groups=cfg.num_groups,
+        expert_parallel=getattr(cfg, "expert_parallel", False),
         rngs=rngs,
     )
 

@@ -1,11 +1,12 @@
 """Expert parallelism: the MoE layer with its experts sharded on the mesh's `expert` axis and
 its tokens on every mesh axis, exchanged by two all-to-alls.
 
-Which path runs: `MoEFeedForward` comes here when it is traced under a context mesh
-(`jax.set_mesh`; the trainer sets one around its train and eval steps) whose `expert` axis has
-more than one device. Otherwise (one device, a data-only mesh, no context mesh, or already
-inside a shard_map over `expert`) it runs its own single-device code, which GSPMD splits over
-`data` like any other layer.
+Which path runs: a `MoEFeedForward` built with `expert_parallel=True` (from the config:
+`mesh.expert` > 1, see `config.moe_layers`) comes here when it is traced under a context mesh
+(`jax.set_mesh`; the trainer sets its mesh around its train and eval steps), which must then have
+an `expert` axis of more than one device. Traced with no mesh set (the trainer's abstract first
+trace, a one-device reader of the run) it runs its own single-device code, as every layer built
+without the flag always does: GSPMD splits that over `data` like any other layer.
 
 On a (data, expert) mesh of D x N devices, each device holds E/N experts (the same on every
 `data` row) and 1/(D*N) of the tokens: its routing groups. A device routes its own tokens over
@@ -32,11 +33,16 @@ EXPERT_PARAMS = ("w_in", "b_in", "w_out", "b_out")
 
 
 def context_mesh() -> AbstractMesh | None:
-    """JAX's context mesh when it asks for expert parallelism: an `expert` axis of more than one
-    device that is not already manual (inside a shard_map over it). None otherwise."""
+    """The mesh an expert-parallel layer runs on: JAX's context mesh, None when none is set (or
+    when already inside a shard_map over `expert`). A mesh that cannot shard experts is an error."""
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.shape.get(AXIS, 1) == 1 or AXIS in mesh.manual_axes:
+    if mesh.empty or AXIS in mesh.manual_axes:
         return None
+    if mesh.shape.get(AXIS, 1) == 1:
+        raise ValueError(
+            f"an expert-parallel MoE layer needs a context mesh with an {AXIS!r} axis of more than one device; "
+            f"got {dict(mesh.shape)}"
+        )
     return mesh
 
 

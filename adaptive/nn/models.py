@@ -7,6 +7,7 @@ from typing import Protocol
 import jax
 from flax import nnx
 
+from adaptive import config as config_lib
 from adaptive.nn.depth import DepthModel, Inference, ModelOutput
 
 __all__ = ["DepthModel", "Inference", "ModelOutput", "build_model"]
@@ -19,7 +20,10 @@ class ModelSpec(Protocol):
     num_classes: int
 
 
-def build_model(cfg, spec: ModelSpec) -> DepthModel:
-    """The model of a whole `Config` (its `model` and `halting` sections), initialised from its seed."""
+def build_model(cfg: config_lib.Config, spec: ModelSpec) -> DepthModel:
+    """The model of a whole `Config` (its `model`, `halting` and `moe` sections), initialised from
+    its seed. Its MoE layers are expert-parallel when the config's mesh shards experts
+    (`config.moe_layers`)."""
     rngs = nnx.Rngs(params=jax.random.key(cfg.seed))
-    return DepthModel(cfg.model, cfg.halting, tuple(spec.input_shape), spec.num_classes, rngs=rngs, moe_cfg=cfg.moe)
+    moe_cfg = config_lib.moe_layers(cfg)
+    return DepthModel(cfg.model, cfg.halting, tuple(spec.input_shape), spec.num_classes, rngs=rngs, moe_cfg=moe_cfg)

@@ -3,16 +3,16 @@
 Dispatch (adaptive/nn/dispatch.py) does only the useful work on CPU: each kept assignment is
 written to row `expert * capacity + slot` of an [E, C, D] buffer, all experts run as one batched
 `einsum('ecd,edf->ecf')`, and outputs are gathered back and weighted by their gates. Nothing of
-size tokens x experts x capacity is built, and no expert sees a token it was not given.
-(Measured here: a one-hot dispatch costs ~10x a dense layer of the same active compute, running
-every expert on every token ~6x, and `lax.ragged_dot` ~8x because XLA:CPU runs it densely.)
+size tokens x experts x capacity is built, and no expert sees a token it was not given: a
+one-hot dispatch or running every expert on every token costs several times the useful work.
 
 `dropless=True` uses `lax.ragged_dot` over tokens sorted by expert instead: no capacity and no
-drops, the right path on accelerators with a grouped-matmul kernel.
+drops, the right path on accelerators with a grouped-matmul kernel (XLA:CPU runs it densely).
 
-Traced under a context mesh whose `expert` axis has more than one device (`jax.set_mesh`, as the
-trainer does), the layer runs expert-parallel instead (adaptive/nn/expert_parallel.py): same
-results as here with the same `num_groups`, experts sharded, tokens exchanged by all-to-alls.
+A layer built with `expert_parallel=True` (the config's mesh has `expert` > 1) runs
+expert-parallel on the mesh it is traced under (`jax.set_mesh`, as the trainer's steps are):
+same results as here with the same `num_groups`, experts sharded, tokens exchanged by
+all-to-alls (adaptive/nn/expert_parallel.py). A layer built without it never looks at a mesh.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class MoEFeedForward(nnx.Module):
         z_weight: float = 1e-3,
         dropless: bool = False,
         num_groups: int = 1,
+        expert_parallel: bool = False,
         rngs: nnx.Rngs,
     ):
         if router not in ROUTERS:
@@ -64,6 +65,10 @@ class MoEFeedForward(nnx.Module):
         # Tokens are routed in `num_groups` independent groups, each with its own capacity
         # (GShard): with experts sharded over G devices, each device routes its own group.
         self.num_groups = num_groups
+        # Experts sharded over the context mesh's `expert` axis when traced under a mesh; with no
+        # mesh set (the trainer's abstract first trace, a one-device reader) the code below, which
+        # gives the same results with the same groups.
+        self.expert_parallel = expert_parallel
         self.router = nnx.Linear(
             width, num_experts, use_bias=False, rngs=rngs, kernel_init=nnx.initializers.normal(0.02)
         )
@@ -95,8 +100,8 @@ class MoEFeedForward(nnx.Module):
         return R.top_k(logits, self.k, cap, renormalize=self.renormalize, k_active=k_active), logits, cap
 
     def __call__(self, x_TxD: jax.Array, *, train: bool = True, k_active=None, key=None) -> MoEOutput:
-        mesh = expert_parallel.context_mesh()
-        if mesh is not None:  # traced under a mesh with expert > 1: experts sharded, two all-to-alls
+        mesh = expert_parallel.context_mesh() if self.expert_parallel else None
+        if mesh is not None:  # experts sharded on the mesh's `expert` axis, two all-to-alls
             return expert_parallel.forward(self, x_TxD, mesh, train=train, k_active=k_active, key=key)
         num_tokens, width = x_TxD.shape
         groups = self.num_groups
@@ -162,16 +167,20 @@ class MoEFeedForward(nnx.Module):
 
 
 def limit_experts(model: nnx.Module, k: int | None) -> nnx.Module:
-    """`model` for inference: every MoE layer capped at k experts per token (None: as trained)
-    and routing each call's tokens as one group, since a request batch has any size and the
-    groups a run trained with (a multiple of its devices) need not divide it. Static: an
-    executable traced after this has buffers and work sized for k, so a smaller k saves time."""
-    for _, module in model.iter_modules():
+    """A copy of `model` for inference on one device: every MoE layer capped at k experts per
+    token (None: as trained), not expert-parallel, and routing each call's tokens as one group,
+    since a request batch has any size and the groups a run trained with (a multiple of its
+    devices) need not divide it. Static: an executable traced from the copy has buffers and work
+    sized for k, so a smaller k saves time. `model` itself is left as it is (the copy shares its
+    parameter arrays), so whoever else holds it keeps the model as trained."""
+    limited = nnx.clone(model)
+    for _, module in limited.iter_modules():
         if isinstance(module, MoEFeedForward):
             module.num_groups = 1
+            module.expert_parallel = False
             if k is not None:
                 module.k = k
-    return model
+    return limited
 
 
 def _flatten_groups(routing: R.Routing, group_tokens: int) -> R.Routing:

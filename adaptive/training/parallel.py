@@ -10,9 +10,10 @@ state and the batches, multi-host start-up and per-host data.
   reads, so a run does not depend on how many hosts train it) and the global array is built
   with `jax.make_array_from_process_local_data`.
 - Which path runs: with `expert` = 1 (one device, or data parallelism) the model code is
-  sharding-agnostic and XLA (GSPMD) places the collectives. With `expert` > 1 the train and eval
-  steps run under the mesh as JAX's context mesh (`with_mesh`), and every MoE layer then
-  exchanges its tokens with explicit all-to-alls on `expert` (adaptive/nn/expert_parallel.py);
+  sharding-agnostic and XLA (GSPMD) places the collectives. With `expert` > 1 the model's MoE
+  layers are built expert-parallel (`config.moe_layers`, from the same `mesh.expert`), the train
+  and eval steps run under the mesh as JAX's context mesh (`with_mesh`), and those layers then
+  exchange their tokens with explicit all-to-alls on `expert` (adaptive/nn/expert_parallel.py);
   the rest of the model stays with GSPMD. That path needs `moe.num_groups` a multiple of the
   device count and capacity routing (`check_moe`); it then equals one device with the same groups.
 - Only process 0 writes logs, metrics and wandb; every process takes part in checkpoints
@@ -32,13 +33,12 @@ from adaptive.config import ConfigError
 
 # Expert parameters: [..., E, D, F] kernels and [..., E, F] biases of a MoE layer.
 _EXPERT_LEAF = re.compile(r"\b(w_in|w_out|b_in|b_out)\b")
-_started = False
 
 
 def initialize(mesh_cfg) -> None:
-    """Joins the cluster once per process (multi-host runs only)."""
-    global _started
-    if mesh_cfg.distributed == "off" or _started:
+    """Joins the cluster once per process (multi-host runs only): a process that has joined it
+    (JAX's distributed client is up) is left as it is."""
+    if mesh_cfg.distributed == "off" or jax.distributed.is_initialized():
         return
     if mesh_cfg.distributed == "auto":
         jax.distributed.initialize()
@@ -46,7 +46,6 @@ def initialize(mesh_cfg) -> None:
         if not mesh_cfg.coordinator_address:
             raise ConfigError("mesh.distributed=explicit needs mesh.coordinator_address=HOST:PORT of process 0")
         jax.distributed.initialize(mesh_cfg.coordinator_address, mesh_cfg.num_processes, mesh_cfg.process_id)
-    _started = True
 
 
 def make_mesh(mesh_cfg) -> Mesh:
@@ -86,8 +85,9 @@ def check_moe(moe_cfg, mesh: Mesh) -> None:
 
 
 def with_mesh(fn, mesh: Mesh):
-    """`fn` called with `mesh` as JAX's context mesh when the mesh shards experts, so that the MoE
-    layers it traces run expert-parallel; `fn` itself otherwise (nothing changes)."""
+    """`fn` called with `mesh` as JAX's context mesh when the mesh shards experts, so that the
+    expert-parallel MoE layers it traces (built so from the same config) run on it; `fn` itself
+    otherwise (nothing changes)."""
     if mesh.shape["expert"] == 1:
         return fn
 
