@@ -147,3 +147,69 @@ def test_eval_report_refuses_models_without_budget_curves(tmp_path):
     train_tiny(tmp_path / "sampled", 5, overrides=sampled)
     with pytest.raises(RunError, match="sampled PonderNet halting has no per-budget trajectory"):
         compute_report(load_run(tmp_path / "sampled"), "test")
+
+
+def test_outcomes_the_predictor_and_the_eval_step_agree_through_the_one_inference_function(tiny_run):
+    """On one batch of a trained run: outcomes at step budget t are what the predictor answers
+    under t, and the eval step's sums at t add up the same answers."""
+    import jax
+
+    from adaptive import data
+    from adaptive.inference.outcomes import collect
+    from adaptive.inference.predictor import BudgetedPredictor
+    from adaptive.inference.restore import load_run
+    from adaptive.training.steps import make_eval_step
+
+    run = load_run(tiny_run)
+    outcomes = collect(run.graphdef, run.params, run.cfg, "validation", k_max=None, batch_size=64, limit=64)
+    batch = next(iter(data.eval_batches(run.cfg.data, "validation", 64)))
+    predictor = BudgetedPredictor(run.graphdef, run.params, run.spec.input_shape, 6)
+    eval_step = jax.jit(make_eval_step(run.graphdef, run.spec.max_difficulty))
+    for t in range(1, 7):
+        logits, steps = predictor(batch["x"], t)
+        correct = np.asarray(logits).argmax(-1) == batch["y"]
+        np.testing.assert_array_equal(outcomes.correct_KxTxB[0, t - 1], correct)
+        np.testing.assert_array_equal(outcomes.steps_KxTxB[0, t - 1], steps)
+        sums = jax.device_get(eval_step(run.params, batch, np.int32(t)))
+        assert sums["correct"] == correct.sum() and sums["steps"] == np.sum(steps)
+
+
+def test_expert_budgets_agree_between_the_predictor_the_eval_step_and_every_budget_at_once():
+    """An untrained early-exit MoE model: `infer_every_step_budget` (outcomes' pass) answers as
+    the predictor at every (expert budget, step budget), experts counted alike, and the eval
+    step (experts as trained) as the largest expert budget."""
+    import jax
+    from flax import nnx
+
+    from adaptive import config as config_lib
+    from adaptive.inference.infer import infer_every_step_budget
+    from adaptive.inference.predictor import BudgetedPredictor
+    from adaptive.nn.models import build_model
+    from adaptive.training.steps import make_eval_step
+    from tests.helpers import ROOT
+
+    overrides = ["--config.model.kind=mlp", "--config.halting.policy=early_exit", "--config.halting.max_steps=3"]
+    moe = ["--config.model.hidden=16", "--config.moe.enabled=true", "--config.moe.num_experts=4", "--config.moe.k=2"]
+    cfg = config_lib.load(f"{ROOT}/configs/parity.py:tiny", overrides + moe)
+
+    class Spec:
+        input_shape, num_classes = (16,), 2
+
+    graphdef, params = nnx.split(build_model(cfg, Spec), nnx.Param)
+    params = nnx.to_pure_dict(params)
+    rng = np.random.default_rng(0)
+    x = rng.choice([-1.0, 0.0, 1.0], (32, 16)).astype(np.float32)
+    batch = {"x": x, "y": rng.integers(0, 2, 32), "mask": np.ones(32, np.float32), "difficulty": np.zeros(32, int)}
+    predictor = BudgetedPredictor(graphdef, params, (16,), 3, k_max=2)
+    eval_step = jax.jit(make_eval_step(graphdef, 0))
+    for k in (1, 2):
+        every, _ = jax.jit(infer_every_step_budget(graphdef, k, 3))(params, x)
+        for t in (1, 2, 3):
+            live = predictor.predict(x, t, k)
+            np.testing.assert_array_equal(np.argmax(every.logits_BxC[t - 1], -1), np.argmax(live.logits_BxC, -1))
+            np.testing.assert_array_equal(every.steps_B[t - 1], live.steps_B)
+            np.testing.assert_array_equal(every.experts_B[t - 1], live.experts_B)
+            if k == 2:
+                sums = jax.device_get(eval_step(params, batch, np.int32(t)))
+                assert sums["steps"] == np.sum(live.steps_B) and sums["experts"] == np.sum(live.experts_B)
+                assert sums["correct"] == np.sum(np.argmax(live.logits_BxC, -1) == batch["y"])

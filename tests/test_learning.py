@@ -17,7 +17,7 @@ def _train(spec: str, tmp_path, *overrides: str) -> dict:
 
 def test_act_solves_parity_and_ponders_longer_on_harder_inputs(tmp_path):
     final = _train("configs/parity.py", tmp_path)  # the main job: 8000 steps
-    assert final["eval/accuracy"] >= 0.9  # 0.965 for seed 0 here; 0.965-0.997 over three seeds
+    assert final["eval/accuracy"] >= 0.9
     steps = final["eval/steps_by_difficulty"]
     assert steps[16] > steps[1] + 1.0, steps  # more non-zero entries: more pondering
     assert final["eval/steps_max"] <= 20

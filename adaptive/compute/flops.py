@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from adaptive.nn.backbones import BACKBONES
+from adaptive.nn.policies import policy_of
 from adaptive.nn.routing import capacity
 
 
@@ -99,13 +101,10 @@ def flops_model(
             ffn, passes, one = _moe(width, moe, batch * length, train=train, useful=useful)
             experts = (length * passes, length, one)
         per_step = length * (2 * _layer_norm(width) + attention + ffn + 3.0 * width)
-    policy = cfg.halting.policy
-    halting = 0.0
-    if policy in ("act", "pondernet"):
-        units = d_in if (kind == "transformer" and policy == "act") else 1
-        halting = units * _dense(width, 1) + (head if policy == "pondernet" else 0.0)
-    elif policy == "early_exit":
-        halting = head + 4.0 * num_classes
+    sequence = BACKBONES[kind].sequence
+    halting = policy_of(cfg.halting).halting_flops(
+        unit=_dense(width, 1), head=head, num_classes=num_classes, positions=d_in, sequence=sequence
+    )
     passes, fewest, one = experts
     dynamic = moe is not None and moe.router == "top_p"
     return FlopsModel(

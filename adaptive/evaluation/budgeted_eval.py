@@ -20,7 +20,7 @@ from adaptive.compute.costmodel import CostModel
 from adaptive.config import step_cap
 from adaptive.inference.predictor import BudgetedPredictor
 from adaptive.inference.restore import load_run
-from adaptive.inference.scoring import evaluate, request_steps
+from adaptive.inference.scoring import request_steps, score_split
 from adaptive.training import steps
 from adaptive.workdir.config_file import RunError
 
@@ -45,7 +45,7 @@ def evaluate_run(
         "split": split,
         "policy": run.cfg.halting.policy,
         "budget": budget or cap,
-        **evaluate(eval_step, run.params, run.cfg, split, budget, requests),
+        **score_split(eval_step, run.params, run.cfg, split, budget, requests),
     }
     if requests is not None:
         metrics["budget"] = "requests"
@@ -63,7 +63,7 @@ def measure_latency(run, split: str, budget: int, batch: int, calls: int = 200, 
     (cycling through the split when it has fewer; the model's own halting decides the depth,
     under `budget` or caps drawn from `requests`), after warm-up; medians and tail in ms."""
 
-    def caps_for(i: int):  # the same per-request caps `evaluate` draws, batch by batch
+    def caps_for(i: int):  # the same per-request caps `score_split` draws, batch by batch
         return budget if requests is None else np.asarray(request_steps(requests, i, batch))
 
     k_max = run.cfg.moe.k if run.cfg.moe.enabled else None

@@ -3,10 +3,10 @@
 Every example is forced to run exactly s steps (the halting unit switched off, the step budget
 set to s) for s on a grid up to the cap, at each batch size, and, for MoE models, with each
 expert budget k. The inputs are real traffic: full batches of the run's evaluation split, a
-different one each call (measured: one array sent again and again ran ~15% faster than a
-stream of distinct batches, cache effects a deployment does not get). Medians and p99s after
-warm-up give latency_ms = intercept + per_step * steps per (batch, k), saved as
-DIR/cost_model.json with the run's fingerprint.
+different one each call (one array sent again and again runs faster than a stream of distinct
+batches, from cache effects a deployment does not get). Medians and p99s after warm-up give
+latency_ms = intercept + per_step * steps per (batch, k), saved as DIR/cost_model.json with the
+run's fingerprint.
 """
 
 from __future__ import annotations

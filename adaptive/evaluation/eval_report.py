@@ -28,7 +28,7 @@ from adaptive.config import step_cap
 from adaptive.evaluation import curves, report_plots
 from adaptive.inference import outcomes
 from adaptive.inference.restore import Run, load_run
-from adaptive.inference.scoring import evaluate
+from adaptive.inference.scoring import score_split
 from adaptive.training import steps
 from adaptive.workdir.config_file import RunError
 
@@ -144,7 +144,7 @@ def _baseline(workdir: str, split: str) -> dict:
     """A static (or any) run's single operating point on the same split, at its cap."""
     run = load_run(workdir)
     eval_step = jax.jit(steps.make_eval_step(run.graphdef, run.spec.max_difficulty))
-    metrics = evaluate(eval_step, run.params, run.cfg, split)
+    metrics = score_split(eval_step, run.params, run.cfg, split)
     flops = flops_model(run.cfg, run.spec.input_shape, run.spec.num_classes, batch=run.cfg.train.eval_batch_size)
     experts = metrics["eval/experts_mean"] or None
     return {

@@ -43,6 +43,7 @@ from adaptive import config as config_lib
 from adaptive import data
 from adaptive.compute.flops import flops_model
 from adaptive.config import step_cap
+from adaptive.inference import outcomes
 from adaptive.inference.artifact_meta import (
     BLOB,
     FORMAT,
@@ -53,15 +54,15 @@ from adaptive.inference.artifact_meta import (
     seal,
     variant_file,
 )
+from adaptive.inference.infer import budgeted_infer, expert_applications
 from adaptive.inference.predictor import BudgetedPredictor
 from adaptive.inference.restore import Run, load_run
-from adaptive.nn.moe import limit_experts
 from adaptive.workdir.runinfo import package_versions
 
 OUTPUTS = ("prediction", "confidence", "steps", "experts")
 # Batch sizes the accuracy table is also scored at for MoE models with capacity: a server's
-# batches are small, and one expert a token on parity scores 0.957 / 0.982 / 0.990 in batches
-# of 1 / 16 / 1000. Scored on the split's first examples: batch 1 is one call per example.
+# batches are small, and the tokens of a batch share the experts' slots, so accuracy depends on
+# the batch size. Scored on the split's first examples: batch 1 is one call per example.
 SERVED_BATCHES, SERVED_EXAMPLES = (1, 2, 4, 8, 16, 32), 2048
 # Marks ART.partial as this tool's staging folder: only such a folder is ever removed.
 PARTIAL_MARK = ".adaptive-export-partial"
@@ -72,15 +73,16 @@ def serving_function(graphdef: nnx.GraphDef, params: dict, experts: int | None =
     """serve(x, budget) -> (prediction, confidence, steps, experts), parameters closed over;
     MoE layers capped at `experts` per token (None: as trained)."""
 
+    infer = budgeted_infer(graphdef, experts)
+
     def serve(x_BxD, budget_B):
-        out = limit_experts(nnx.merge(graphdef, params), experts).infer(x_BxD, budget_B)
+        out = infer(params, x_BxD, budget_B)
         probs = jax.nn.softmax(out.logits_BxC, -1)
-        used = jnp.zeros_like(out.steps_B) if out.experts_B is None else out.experts_B
         return (
             jnp.argmax(probs, -1).astype(jnp.int32),
             probs.max(-1),
             out.steps_B.astype(jnp.int32),
-            used.astype(jnp.int32),
+            expert_applications(out).astype(jnp.int32),
         )
 
     return serve
@@ -149,24 +151,13 @@ def accuracy_table(run: Run, split: str = "validation", log=None) -> dict:
 
 def _accuracy_rows(run: Run, split: str, k_max: int | None, batch: int, limit: int | None = None):
     """([per expert budget: [accuracy at step budget 1..cap]], examples scored), in batches of
-    `batch`, each expert budget run as its served function runs."""
-    from adaptive.inference import outcomes
-
-    if run.cfg.halting.policy != "none":
-        out = outcomes.collect(run.graphdef, run.params, run.cfg, split, k_max=k_max, batch_size=batch, limit=limit)
-        return out.correct_KxTxB.mean(-1).round(5).tolist(), out.size
-    cap, rows = step_cap(run.cfg), []
-    for k in range(1, k_max + 1) if k_max else [None]:
-        serve = jax.jit(serving_function(run.graphdef, run.params, k))
-        correct = []
-        for b in data.eval_batches(run.cfg.data, split, batch):
-            hit = np.asarray(serve(b["x"].astype(np.float32), np.full(len(b["x"]), cap, np.int32))[0])
-            correct.append((hit == b["y"])[b["mask"] > 0])
-            if limit is not None and sum(map(len, correct)) >= limit:
-                break
-        correct = np.concatenate(correct)[:limit]
-        rows.append([None] * (cap - 1) + [float(correct.mean().round(5))])
-    return rows, len(correct)
+    `batch`, each expert budget run as its served function runs; a static model's rows hold its
+    accuracy at its depth only."""
+    out = outcomes.collect(run.graphdef, run.params, run.cfg, split, k_max=k_max, batch_size=batch, limit=limit)
+    rows = out.correct_KxTxB.mean(-1).round(5).tolist()
+    if run.cfg.halting.policy == "none":
+        rows = [[None] * (len(row) - 1) + row[-1:] for row in rows]
+    return rows, out.size
 
 
 def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None, force: bool = False, log=None) -> Path:
@@ -190,8 +181,32 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
     # MoE: one more function per smaller expert budget, each with buffers sized for its k.
     k_max = run.cfg.moe.k if run.cfg.moe.enabled else 1
     variants = {k: serialized(k) for k in range(1, k_max)}
+    meta = _meta(run, blob, variants, log)
+    # Written aside and moved into place once verified: ART is never a half-made artifact.
+    check_staging(staging)
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArtifactError(f"cannot make {staging} ({e.strerror})") from None
+    (staging / PARTIAL_MARK).touch()
+    (staging / BLOB).write_bytes(blob)
+    for k, b in variants.items():
+        (staging / variant_file(k)).write_bytes(b)
+    (staging / META).write_text(json.dumps(seal(meta), indent=1) + "\n")
+    verify(staging, run)
+    (staging / PARTIAL_MARK).unlink()
+    check_out(out, run.workdir, force)  # again: the folder may have changed during the export
+    if out.is_dir():
+        _remove(out)  # empty, or a previous artifact (force): nothing of a user's
+    staging.rename(out)
+    return out
+
+
+def _meta(run: Run, blob: bytes, variants: dict[int, bytes], log=None) -> dict:
+    """meta.json of an artifact (before sealing): what it is, its caps, compute and accuracy tables."""
+    shape = tuple(run.spec.input_shape)
     cost_model = run.budget.cost_model if run.budget is not None else None
-    meta = {
+    return {
         "format": FORMAT,
         "sha256": hashlib.sha256(blob).hexdigest(),
         "bytes": len(blob),
@@ -212,24 +227,6 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
         "packages": package_versions(),
         "config": config_lib.to_dict(run.cfg),
     }
-    # Written aside and moved into place once verified: ART is never a half-made artifact.
-    check_staging(staging)
-    try:
-        staging.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ArtifactError(f"cannot make {staging} ({e.strerror})") from None
-    (staging / PARTIAL_MARK).touch()
-    (staging / BLOB).write_bytes(blob)
-    for k, b in variants.items():
-        (staging / variant_file(k)).write_bytes(b)
-    (staging / META).write_text(json.dumps(seal(meta), indent=1) + "\n")
-    verify(staging, run)
-    (staging / PARTIAL_MARK).unlink()
-    check_out(out, run.workdir, force)  # again: the folder may have changed during the export
-    if out.is_dir():
-        _remove(out)  # empty, or a previous artifact (force): nothing of a user's
-    staging.rename(out)
-    return out
 
 
 def check_out(out: Path, workdir: Path, force: bool) -> None:

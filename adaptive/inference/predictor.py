@@ -1,13 +1,13 @@
 """Budgeted prediction: the step budget a runtime input, the expert budget an executable, inputs checked.
 
-`BudgetedPredictor(graphdef, params, input_shape, cap)` compiles `infer(params, x, budget)`
-once per batch size; changing the step budget never recompiles (it is a traced int32 array).
-For a MoE model (`k_max` = its moe.k) there is one executable per expert budget k = 1..k_max,
-each with buffers sized for its k: as a traced argument, a smaller k would only mask choices
-in buffers sized for k_max and save no time (measured: `adaptive bench moe`), compiled per k
-it saves the compute it promises. Requests are checked on the host before they reach a
-compiled function: a wrong shape, a non-finite value, an empty batch, or a budget out of
-range is a one-line ValueError.
+`BudgetedPredictor(graphdef, params, input_shape, cap)` compiles the one budgeted inference
+function (infer.py) once per batch size; changing the step budget never recompiles (it is a
+traced int32 array). For a MoE model (`k_max` = its moe.k) there is one executable per expert
+budget k = 1..k_max, each with buffers sized for its k: as a traced argument, a smaller k would
+only mask choices in buffers sized for k_max and save no time (`adaptive bench moe`); compiled
+per k it saves the compute it promises. Requests are checked on the host before they reach a
+compiled function: a wrong shape, a non-finite value, an empty batch, or a budget out of range
+is a one-line ValueError.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adaptive.nn.moe import limit_experts
+from adaptive.inference.infer import budgeted_infer
 
 
 class BudgetedPredictor:
@@ -25,8 +25,8 @@ class BudgetedPredictor:
         self, graphdef: nnx.GraphDef, params: dict, input_shape: tuple[int, ...], cap: int, k_max: int | None = None
     ):
         self.params, self.input_shape, self.cap, self.k_max = params, tuple(input_shape), cap, k_max
-        self._infer_by_k = {k: jax.jit(_infer_with_experts(graphdef, k)) for k in range(1, (k_max or 0) + 1)}
-        self._infer = self._infer_by_k.get(k_max) or jax.jit(_infer_with_experts(graphdef, None))
+        self._infer_by_k = {k: jax.jit(budgeted_infer(graphdef, k)) for k in range(1, (k_max or 0) + 1)}
+        self._infer = self._infer_by_k.get(k_max) or jax.jit(budgeted_infer(graphdef, None))
 
     def check(self, x: np.ndarray, budget) -> tuple[np.ndarray, np.ndarray]:
         """Validates a request; returns (x as float32, per-example int32 budgets)."""
@@ -67,12 +67,3 @@ class BudgetedPredictor:
                 raise ValueError(f"expert budget must be a whole number in [1, {self.k_max}]; got {experts!r}")
             infer = self._infer_by_k[int(experts)]
         return infer(self.params, jnp.asarray(x), jnp.asarray(budget))
-
-
-def _infer_with_experts(graphdef: nnx.GraphDef, k: int | None):
-    """`infer` of a model whose MoE layers are built for k experts per token (None: as trained)."""
-
-    def infer(params, x, budget):
-        return limit_experts(nnx.merge(graphdef, params), k).infer(x, budget)
-
-    return infer

@@ -1,6 +1,17 @@
-"""Accuracy and compute over a whole split, through the inference path (what a deployment does)."""
+"""Scoring a split: its batches, and accuracy and compute at one operating point.
+
+Two scorers read a split, both through `split_batches` and both running the model through the
+one budgeted inference function (adaptive/inference/infer.py):
+- `score_split` (here): one operating point -- a step budget, or per-example caps drawn from a
+  budget's request distribution -- through the eval step's on-device sums, loss included; what
+  training's periodic evaluation and `adaptive eval --budget` report.
+- `outcomes.collect`: per-example outcomes under every (expert budget, step budget) at once, for
+  curves, thresholds and an artifact's accuracy table.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +21,22 @@ from adaptive import config as config_lib
 from adaptive import data
 
 
-def evaluate(
+def split_batches(cfg: config_lib.Config, split: str, batch_size: int, limit: int | None = None) -> Iterator:
+    """(batch, real_B) over every example of `split` in order, in batches of exactly `batch_size`
+    (the last one padded, see `data.eval_batches`); `real_B` marks the rows that count: not
+    padding, and among the first `limit` real examples when given."""
+    seen = 0
+    for batch in data.eval_batches(cfg.data, split, batch_size):
+        if limit is not None and seen >= limit:
+            return
+        real = batch["mask"] > 0
+        if limit is not None:
+            real &= seen + np.arange(len(real)) < limit
+        seen += int(real.sum())
+        yield batch, real
+
+
+def score_split(
     eval_step, params: dict, cfg: config_lib.Config, split: str, budget: int | None = None, requests=None
 ) -> dict:
     """Accuracy, loss and compute steps over every example of `split`.
@@ -23,7 +49,7 @@ def evaluate(
     """
     budget = jnp.int32(budget or config_lib.step_cap(cfg))
     totals = None
-    for i, batch in enumerate(data.eval_batches(cfg.data, split, cfg.train.eval_batch_size)):
+    for i, (batch, _) in enumerate(split_batches(cfg, split, cfg.train.eval_batch_size)):
         limits = request_steps(requests, i, batch["y"].shape[0])
         sums = eval_step(params, batch, budget if limits is None else limits)
         totals = sums if totals is None else _merge_sums(totals, sums)

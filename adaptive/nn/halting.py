@@ -1,9 +1,9 @@
-"""Depth controllers: when to stop applying blocks, as pure functions of per-step signals.
+"""The math of depth controllers: when to stop applying blocks, as pure functions of per-step signals.
 
-Three policies share one interface. A model runs its blocks step by step and exposes, per
-step t = 1..N, a halting signal (a logit, or the step's own prediction for early exit). A
-policy turns those signals into *halting weights* over steps: how much of the output each step
-contributes, and the step at which each element stops.
+The policies themselves (adaptive.nn.policies, one file each) call these functions. A model runs
+its blocks step by step and exposes, per step t = 1..N, a halting signal (a logit, or the step's
+own prediction for early exit). A policy turns those signals into *halting weights* over steps:
+how much of the output each step contributes, and the step at which each element stops.
 
     policy      signal            weights                             output
     act         sigmoid(logit)    p_t until the sum reaches 1-eps,    sum_t w_t h_t (mean-field
@@ -16,7 +16,7 @@ contributes, and the step at which each element stops.
 `limit` (per element, 1 <= limit <= N) forces a halt at that step: it is both the hard cap and
 the per-request budget, and the remaining halting mass goes to the last step run.
 
-Each policy is written twice on purpose: `*_weights` computes the weights of a whole trajectory
+Each rule is written twice on purpose: `*_weights` computes the weights of a whole trajectory
 at once (training, which runs every step under `lax.scan` because reverse-mode gradients do not
 pass `lax.while_loop`; and evaluation at many budgets from one pass), and `*_update` advances the
 same rule by one step inside inference's `lax.while_loop`, which stops when every element has
@@ -30,7 +30,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-POLICIES = ("act", "pondernet", "early_exit")
 CONFIDENCES = ("max_prob", "margin", "neg_entropy")
 
 
@@ -78,6 +77,13 @@ def pondernet_weights(halt_prob_NxH: jax.Array, limit_H: jax.Array) -> Halting:
     # Training runs every step up to the limit; what it *expects* to need is the ponder figure.
     ran = jnp.broadcast_to(jnp.minimum(limit_H, n), weights.shape[1:]).astype(jnp.int32)
     return Halting(weights, ran, (weights * t).sum(0))
+
+
+def geometric_prior(n: int, lambda_p: float) -> jax.Array:
+    """Geometric(lambda_p) over steps 1..n, renormalised to sum to 1 on that range (PonderNet's prior)."""
+    t = jnp.arange(n, dtype=jnp.float32)
+    p = lambda_p * (1.0 - lambda_p) ** t
+    return p / p.sum()
 
 
 def pondernet_halt_step(weights_NxH: jax.Array, limit_H: jax.Array, threshold: float) -> jax.Array:

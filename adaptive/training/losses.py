@@ -1,9 +1,12 @@
-"""Task losses and compute penalties for every depth policy.
+"""Task losses and compute penalties: the halting policy supplies its own terms.
 
-none        cross-entropy of the output
-act         cross-entropy of the mean-field output + tau * mean(N + R)   (Graves 2016)
-pondernet   sum_t p_t CE(y_t) + beta * KL(p || Geometric(lambda_p))     (Banino 2021)
-early_exit  mean over exits of CE(y_t)  (every exit is trained to be a good classifier)
+    none        cross-entropy of the output
+    act         cross-entropy of the mean-field output + tau * mean(N + R)   (Graves 2016)
+    pondernet   sum_t p_t CE(y_t) + beta * KL(p || Geometric(lambda_p))     (Banino 2021)
+    early_exit  mean over exits of CE(y_t)  (every exit is trained to be a good classifier)
+
+(`Policy.task_loss` and `Policy.loss_term` in adaptive.nn.policies; this module adds the MoE
+auxiliary losses and the budget penalty, which every policy shares.)
 """
 
 from __future__ import annotations
@@ -11,6 +14,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
+
+from adaptive.nn.halting import geometric_prior
+from adaptive.nn.policies import get_policy
+
+__all__ = ["classification", "geometric_prior", "total_loss"]
 
 
 def classification(logits_BxC: jax.Array, labels_B: jax.Array, mask_B: jax.Array | None = None):
@@ -22,31 +30,12 @@ def classification(logits_BxC: jax.Array, labels_B: jax.Array, mask_B: jax.Array
     return (xent_B * mask_B).sum() / denom, (correct_B * mask_B).sum() / denom
 
 
-def geometric_prior(n: int, lambda_p: float) -> jax.Array:
-    """Geometric(lambda_p) over steps 1..n, renormalised to sum to 1 on that range."""
-    t = jnp.arange(n, dtype=jnp.float32)
-    p = lambda_p * (1.0 - lambda_p) ** t
-    return p / p.sum()
-
-
 def total_loss(out, labels_B: jax.Array, policy: str, cfg, budget=None, multiplier=0.0):
     """The training objective of `policy` (with HaltingConfig `cfg`) and the metrics it reports."""
     _, accuracy = classification(out.logits_BxC, labels_B)
-    if policy in ("none", "act"):
-        task, _ = classification(out.logits_BxC, labels_B)
-        loss = task + (cfg.tau * out.ponder_B.mean() if policy == "act" else 0.0)
-    else:
-        n = out.step_logits_NxBxC.shape[0]
-        xent_NxB = optax.softmax_cross_entropy_with_integer_labels(
-            out.step_logits_NxBxC, jnp.broadcast_to(labels_B, (n,) + labels_B.shape)
-        )
-        task = (out.step_weights_NxB * xent_NxB).sum(0).mean()
-        loss = task
-        if policy == "pondernet":
-            prior = geometric_prior(n, cfg.lambda_p)[:, None]
-            p = out.step_weights_NxB
-            kl = jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.maximum(p, 1e-30)) - jnp.log(prior)), 0.0), 0)
-            loss = task + cfg.beta * kl.mean()
+    rule = get_policy(policy)(cfg)
+    task = rule.task_loss(out, labels_B)
+    loss = task + rule.loss_term(out)
     loss = loss + out.aux_loss  # MoE load-balancing and router z-losses (0 without experts)
     extra = {}
     if budget is not None and budget.target is not None:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from adaptive.inference.infer import budgeted_infer, expert_applications
 from adaptive.training import losses
 
 
@@ -114,14 +115,17 @@ def make_train_step(
 def make_eval_step(graphdef: nnx.GraphDef, max_difficulty: int) -> Callable:
     """Builds `eval_step(params, batch, budget) -> sums` over the real (mask = 1) examples.
 
-    Evaluation runs the *inference* path (the while_loop that stops when all have halted) under
-    a step budget, so what it reports is what a deployed model does. Sums are also kept per
-    difficulty (index = difficulty, 0..max_difficulty) for tasks that have one.
+    Evaluation runs the one budgeted inference function (the while_loop that stops when all
+    have halted) under a step budget, so what it reports is what a deployed model does; its
+    experts route in the groups they trained with, which its batches divide into and a mesh may
+    shard. Sums are also kept per difficulty (index = difficulty, 0..max_difficulty) for tasks
+    that have one.
     """
+    infer = budgeted_infer(graphdef, trained_groups=True)
 
     def eval_step(params: dict, batch: dict, budget: jax.Array) -> dict:
-        out = nnx.merge(graphdef, params).infer(batch["x"], budget)
-        experts = jnp.zeros_like(out.steps_B) if out.experts_B is None else out.experts_B
+        out = infer(params, batch["x"], budget)
+        experts = expert_applications(out)
         mask = batch["mask"]
         count = mask.sum()
         loss, _ = losses.classification(out.logits_BxC, batch["y"], mask)

@@ -25,7 +25,7 @@ from flax import nnx
 from adaptive import config as config_lib
 from adaptive import data
 from adaptive.compute.budget import Budget
-from adaptive.inference.scoring import evaluate
+from adaptive.inference.scoring import score_split
 from adaptive.nn.models import build_model
 from adaptive.training import parallel, steps
 from adaptive.training.metrics import JsonlWriter, MultiWriter, ProgressBar, WandbWriter
@@ -233,7 +233,7 @@ class _Loop:
         return final
 
     def _evaluate(self, state: dict) -> dict[str, float]:
-        return evaluate(self.eval_step, state["params"], self.cfg, self.cfg.data.eval_split, requests=self.budget)
+        return score_split(self.eval_step, state["params"], self.cfg, self.cfg.data.eval_split, requests=self.budget)
 
 
 def _train_metrics(state: dict, lr_at) -> tuple[dict, dict]:
