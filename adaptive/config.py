@@ -25,6 +25,7 @@ import ml_collections
 from adaptive import config_checks as checks
 from adaptive.config_checks import ConfigError
 from adaptive.config_schema import (
+    BUDGET_UNITS,
     BudgetConfig,
     Config,
     DataConfig,
@@ -44,6 +45,7 @@ from adaptive.config_schema import (
 )
 
 __all__ = [
+    "BUDGET_UNITS",
     "BudgetConfig",
     "Config",
     "ConfigError",

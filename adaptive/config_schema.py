@@ -113,6 +113,10 @@ class MoEConfig:
         return self.expert_hidden or max(1, 2 * width // self.k)
 
 
+# The units a budget can be stated in, at training (budget.unit) and per request when serving.
+BUDGET_UNITS = ("steps", "flops", "macs", "latency_ms", "cost_per_1k", "energy_j")
+
+
 @dataclass(frozen=True)
 class BudgetConfig:
     """A compute budget stated before training: the mean compute per example to land on, and
@@ -127,7 +131,7 @@ class BudgetConfig:
     E[c] is differentiable through the halting distribution.
     """
 
-    unit: str = _f("steps", choices=("steps", "flops", "macs", "latency_ms", "cost_per_1k", "energy_j"))
+    unit: str = _f("steps", choices=BUDGET_UNITS)
     target: float | None = None  # None: no budget
     penalty: str = _f("lagrangian", choices=("hinge", "lagrangian"))
     # The hinge's weight; the augmented Lagrangian's quadratic weight. With dual_lr, large enough

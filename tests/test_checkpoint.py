@@ -33,7 +33,9 @@ def _saved(tmp_path: Path, steps=(1, 2)) -> Checkpointer:
 def flip_bits(step_folder: Path) -> Path:
     """Flips 3 bits in the middle of the biggest file of a checkpoint's arrays (orbax still reads
     it: only a checksum notices)."""
-    files = [f for f in (step_folder / "state").rglob("*") if f.is_file()]
+    # Array bytes live in the data folders (`d/`) of orbax's ocdbt store; the metadata beside
+    # them (_METADATA, _sharding) is JSON that a flipped bit can make unreadable, not corrupt.
+    files = [f for f in (step_folder / "state").rglob("*") if f.is_file() and f.parent.name == "d"]
     biggest = max(files, key=lambda f: f.stat().st_size)
     data = bytearray(biggest.read_bytes())
     middle = len(data) // 2
@@ -142,3 +144,42 @@ def test_a_save_that_fails_on_a_full_disk_leaves_the_previous_checkpoint(tmp_pat
     reopened.save(2, _state(2), {"next_index": 2})  # with room again, the same step saves
     assert reopened.restore_latest(_state(0))[0] == 2
     reopened.close()
+
+
+def test_params_only_restore_reads_the_params_alone_and_checks_their_own_checksum(tmp_path, caplog):
+    ckpt = _saved(tmp_path)
+    params = ckpt.restore_params(2, _state(0)["params"])
+    assert set(params) == {"w", "b"}  # the params subtree only: no step counter, no optimizer
+    _equal(params, _state(2)["params"])
+    flip_bits(ckpt.directory / "2")  # every array byte here but one scalar is a parameter
+    with caplog.at_level(logging.WARNING, logger="adaptive.workdir.checkpoint"):
+        step, params = ckpt.restore_latest_params(_state(0)["params"])
+    assert step == 1
+    _equal(params, _state(1)["params"])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"checkpoint {ckpt.directory / '2'} is corrupt (its content does not match its checksum); using step 1"
+    ]
+    ckpt.close()
+
+
+def test_inference_restores_a_run_without_its_optimizer_state(tmp_path):
+    """A run's parameters load for inference even when its optimizer state could not be read:
+    load_run never asks for it (the partial restore reads the params subtree only)."""
+    import shutil
+
+    from adaptive.inference.restore import load_run
+    from adaptive.training.resume import restore_state
+    from tests.helpers import train_tiny
+
+    train_tiny(tmp_path / "run", 3)
+    run, state = restore_state(tmp_path / "run")
+    step_folder = tmp_path / "run" / "checkpoints" / str(run.step)
+    metadata = step_folder / "state" / "_METADATA"
+    text = metadata.read_text()
+    assert '"opt_state"' in text
+    shutil.copy(metadata, tmp_path / "metadata.bak")
+    metadata.write_text(text.replace('"opt_state"', '"opt_state_gone"'))  # the optimizer's arrays, unlisted
+    with pytest.raises(Exception):  # noqa: B017 - the full train state no longer restores
+        restore_state(tmp_path / "run", step=run.step)
+    loaded = load_run(tmp_path / "run", step=run.step)
+    _equal(loaded.params, state["params"])

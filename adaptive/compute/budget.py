@@ -124,10 +124,9 @@ class Budget:
     def scale(self) -> float:
         """What gaps are measured against: the part of the target that depends on steps.
 
-        Dividing by the target itself would make a step worth 4% of a latency target whose
-        fixed overhead dominates (measured: parity at batch 32, 0.109 ms + 0.007 ms a step), and
-        the penalty too weak to hold it; the step-dependent part makes a step weigh the same
-        whatever the unit.
+        Dividing by the target itself would make a step worth a few percent of a latency target
+        whose fixed overhead dominates, and the penalty too weak to hold it; the step-dependent
+        part makes a step weigh the same whatever the unit.
         """
         return max(self.target - float(self.compute(0.0)), 1e-12)
 
@@ -137,7 +136,7 @@ class Budget:
         if self.penalty == "hinge":
             return self.weight * jnp.mean(jnp.maximum(expected_B - self.target, 0.0)) / self.scale
         # Augmented Lagrangian: the quadratic term pulls toward the target on its own and damps
-        # the oscillation that plain dual ascent shows (measured: +-50% swings around the target).
+        # the oscillation around the target that plain dual ascent shows.
         return multiplier * gap + 0.5 * self.weight * gap**2
 
     def dual_step(self, multiplier, expected_B):

@@ -60,7 +60,7 @@ def _dense(d_in: int, d_out: int, bias: bool = True) -> float:
 
 def _moe(width: int, cfg, tokens: int, *, train: bool, useful: bool) -> tuple[float, float, float]:
     """Per token, one MoE feed-forward: (FLOPs in all, expert applications, FLOPs of one)."""
-    hidden = cfg.expert_hidden or max(1, 2 * width // cfg.k)
+    hidden = cfg.expert_width(width)
     expert = _dense(width, hidden) + _dense(hidden, width) + 8.0 * hidden  # + GELU's polynomial
     if useful or cfg.dropless or cfg.router == "top_p":
         passes = cfg.k

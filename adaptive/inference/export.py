@@ -113,7 +113,7 @@ def experts_table(run: Run) -> dict:
     steps = np.arange(1, step_cap(cfg) + 1, dtype=float)
     table = {}
     # The experts keep their trained width (by default it is sized from k): only routing changes.
-    hidden = cfg.moe.expert_hidden or max(1, 2 * cfg.model.hidden // cfg.moe.k)
+    hidden = cfg.moe.expert_width(cfg.model.hidden)
     for k in range(1, cfg.moe.k):
         limited = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, k=k, expert_hidden=hidden))
         flops = flops_model(limited, spec.input_shape, spec.num_classes, batch=1)

@@ -52,6 +52,7 @@ class Checkpointer:
             if create:  # here, not at the first save: a folder that cannot be made stops the run before training
                 self.directory.mkdir(parents=True, exist_ok=True)
             self._manager = ocp.CheckpointManager(self.directory, options=options)
+            self._reader: ocp.CheckpointManager | None = None
         except OSError as e:
             raise WorkdirError(f"cannot write {self.directory}: {e.strerror or e}") from e
 
@@ -112,7 +113,7 @@ class Checkpointer:
             items[CHECKSUM] = ocp.args.JsonRestore()
         try:
             with _reported_by_us():
-                out = self._manager.restore(step, args=ocp.args.Composite(**items))
+                out = self._params_reader().restore(step, args=ocp.args.Composite(**items))
         except Exception as e:  # noqa: BLE001 - any failure means "this one is unusable"
             raise CheckpointError(f"checkpoint {folder} cannot be restored ({_first_line(e)})") from e
         params = out["state"]["params"]
@@ -124,6 +125,14 @@ class Checkpointer:
         elif state_digest(params, {}) != saved:
             raise CheckpointError(f"checkpoint {folder} is corrupt (its content does not match its checksum)")
         return params
+
+    def _params_reader(self) -> ocp.CheckpointManager:
+        """A manager of its own for partial reads: a manager binds each item to the handler of its
+        first save or restore, and the partial read needs the PyTree handler for `state`."""
+        if self._reader is None:
+            options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=False)
+            self._reader = ocp.CheckpointManager(self.directory, options=options)
+        return self._reader
 
     def restore_latest(self, like: Any, *, set_aside: bool = False) -> tuple[int, Any, dict] | None:
         """The newest checkpoint that restores, or None if the folder has none.
@@ -180,6 +189,8 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+        if self._reader is not None:
+            self._reader.close()
 
 
 def _abstract(like: Any) -> Any:
