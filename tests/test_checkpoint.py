@@ -183,3 +183,24 @@ def test_inference_restores_a_run_without_its_optimizer_state(tmp_path):
         restore_state(tmp_path / "run", step=run.step)
     loaded = load_run(tmp_path / "run", step=run.step)
     _equal(loaded.params, state["params"])
+
+
+@pytest.mark.parametrize("older", ["no checksum", "a checksum of the whole state only"])
+def test_params_of_an_older_checkpoint_are_read_with_a_warning(tmp_path, caplog, older):
+    directory = tmp_path / "checkpoints"
+    options = ocp.CheckpointManagerOptions(max_to_keep=3, enable_async_checkpointing=False, create=True)
+    items = {"state": ocp.args.StandardSave(_state(3)), "data": ocp.args.JsonSave({"next_index": 3})}
+    if older != "no checksum":
+        items["checksum"] = ocp.args.JsonSave({"sha256": "0" * 64})
+    with ocp.CheckpointManager(directory, options=options) as manager:  # the layouts of earlier versions
+        manager.save(3, args=ocp.args.Composite(**items))
+    ckpt = Checkpointer(directory, keep=3, create=False)
+    with caplog.at_level(logging.WARNING, logger="adaptive.workdir.checkpoint"):
+        step, params = ckpt.restore_latest_params(_state(0)["params"])
+    assert step == 3
+    _equal(params, _state(3)["params"])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"checkpoint {directory.resolve() / '3'} has no checksum of its params "
+        "(saved by an older version); read unverified"
+    ]
+    ckpt.close()
