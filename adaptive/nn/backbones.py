@@ -17,6 +17,7 @@ Steps either reuse one block (recurrent / Universal Transformer) or use a distin
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -28,20 +29,21 @@ from adaptive.nn.blocks import ResidualMLPBlock, ResidualMoEBlock, RNNCell, Tran
 
 
 @dataclass(frozen=True)
-class Backbone:
+class Backbone(ABC):
     shared: bool  # one block reused at every step, or a distinct block per step
     moe: bool  # blocks whose feed-forward is sparse experts
 
     kind: ClassVar[str] = ""
     sequence: ClassVar[bool] = False  # states are B x L x D, pooled over positions for the head
 
+    @abstractmethod
     def build(self, model, model_cfg, moe_cfg, d_in: int, num_steps: int, rngs: nnx.Rngs) -> None:
         """Creates the backbone's modules as attributes of `model` (in a fixed order: the
         order draws parameters from `rngs`)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def encode(self, model, x_BxD: jax.Array) -> tuple[jax.Array, jax.Array]:
-        raise NotImplementedError
+        """(initial state, context every step reads) for inputs `x_BxD`."""
 
     def step(self, model, h, context, t: jax.Array | int, *, train: bool = True, k_active=None):
         """Applies step t (1-based) to state h: (new state, the MoE layer's output or None)."""

@@ -16,6 +16,7 @@ The model object a policy receives offers `readout(h, t)`, `halt_logit(h)`, `num
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,7 +29,7 @@ from adaptive.nn.outputs import Inference, ModelOutput, Trajectory
 
 
 @dataclass(frozen=True)
-class Policy:
+class Policy(ABC):
     cfg: Any  # the HaltingConfig
 
     name: ClassVar[str] = ""
@@ -56,9 +57,9 @@ class Policy:
 
     # -- training -------------------------------------------------------------------------------
 
+    @abstractmethod
     def combine(self, model, traj: Trajectory, limit_B: jax.Array) -> ModelOutput:
         """The policy's weights over a trajectory, halting by `limit_B` at the latest."""
-        raise NotImplementedError
 
     # -- inference ------------------------------------------------------------------------------
 
@@ -67,16 +68,18 @@ class Policy:
         return jnp.zeros((batch, num_classes), h0.dtype)
 
     def infer_step(self, model, run: H.Running, t, h, acc, limit, key) -> tuple[H.Running, jax.Array]:
-        """One while_loop step after block t ran: (new bookkeeping, new accumulator)."""
-        raise NotImplementedError
+        """One while_loop step after block t ran: (new bookkeeping, new accumulator). Unrolled
+        (static) policies never run the while_loop and need not define it."""
+        raise TypeError(f"policy {self.name!r} does not run the inference while_loop")
 
     def infer_result(self, model, run: H.Running, acc: jax.Array) -> tuple[jax.Array, jax.Array]:
         """(logits, int32 steps per example) once the while_loop has stopped."""
         return acc, run.steps_H
 
     def halt_steps(self, traj: Trajectory, limit_B: jax.Array) -> jax.Array:
-        """The step at which each example halts, read from a whole trajectory."""
-        raise NotImplementedError
+        """The step at which each example halts, read from a whole trajectory (the default
+        `from_trajectory` uses it; a policy that overrides `from_trajectory` need not define it)."""
+        raise TypeError(f"policy {self.name!r} reads its trajectory through from_trajectory")
 
     def from_trajectory(self, model, traj: Trajectory, limit_B: jax.Array) -> Inference:
         """What `infer_step` gives under `limit_B`, computed from a full trajectory instead."""
