@@ -53,7 +53,7 @@ class Policy(ABC):
 
     def halt_logit(self, unit, h, sequence: bool) -> jax.Array:
         """The halting unit's logit for state `h` (policies with `halt_unit`)."""
-        raise NotImplementedError(f"policy {self.name!r} has no halting unit")
+        raise TypeError(f"policy {self.name!r} has no halting unit")
 
     # -- training -------------------------------------------------------------------------------
 
