@@ -122,4 +122,26 @@ def across_fields(cfg: Any) -> Any:
         )
     if cfg.moe.enabled and cfg.moe.k > cfg.moe.num_experts:
         raise ConfigError(f"config key 'moe.k' is {cfg.moe.k}; must be in [1, moe.num_experts={cfg.moe.num_experts}]")
+    if cfg.moe.enabled:
+        _router_gets_a_gradient(cfg.moe)
     return cfg
+
+
+def _router_gets_a_gradient(moe: Any) -> None:
+    """Renormalised gates of a single expert are p / p = 1: the task loss then sends the router no
+    gradient (it still picks experts, but nothing tells it which pick helped). With top-k that is
+    every token when k = 1. With top-p it is every token whose first choice holds `top_p` of its
+    probability, which are the tokens a compute budget pushes the router to make, so the router's
+    task signal fades as it meets the budget: refused for any k."""
+    if not moe.renormalize:
+        return
+    if moe.router == "top_k" and moe.k == 1:
+        raise ConfigError(
+            "config key 'moe.renormalize' is True; with moe.k=1 the gate is p/p = 1 and the router gets no "
+            "gradient from the task: set moe.renormalize=False"
+        )
+    if moe.router == "top_p":
+        raise ConfigError(
+            "config key 'moe.renormalize' is True; with moe.router='top_p' a token that takes one expert gets "
+            "gate 1 and the router no gradient from the task: set moe.renormalize=False"
+        )

@@ -35,7 +35,9 @@ class DataConfig:
     eval_difficulty: tuple[int, int] | None = None
     data_dir: str = ""  # "" -> $ADAPTIVE_DATA_DIR or ~/.cache/adaptive/tfds
     seed: int = _f(0, lo=0, hi=checks.MAX_SEED)
-    eval_split: str = _f("test", choices=("validation", "test"))
+    # The split periodic evals score (and early stopping, calibration and sweeps choose on); the
+    # test split is read once, at the end, by an explicit `adaptive eval --split test`.
+    eval_split: str = _f("validation", choices=("validation", "test"))
     image_key: str = "image"
     label_key: str = "label"
 
@@ -74,6 +76,8 @@ class HaltingConfig:
     beta: float = _f(0.01, lo=0.0, hi=checks.MAX_WEIGHT)  # PonderNet's KL weight
     pondernet_inference: str = _f("threshold", choices=("threshold", "sample"))
     pondernet_threshold: float = _f(0.5, lo=0.0, hi=1.0)  # halt when cumulative p reaches it
+    # sampled halting: one key per example, from this seed and the example's input
+    pondernet_sample_seed: int = _f(0, lo=0, hi=checks.MAX_SEED)
     confidence: str = _f("max_prob", choices=("max_prob", "margin", "neg_entropy"))
     exit_threshold: float = _f(0.9)  # early exit when confidence reaches it
 
@@ -98,6 +102,9 @@ class MoEConfig:
     capacity_factor: float = _f(1.25, lo=0.0, hi=float(checks.MAX_EXPERTS))
     eval_capacity_factor: float = _f(2.0, lo=0.0, hi=float(checks.MAX_EXPERTS))
     renormalize: bool = True  # top-k gates rescaled to sum to 1 over the chosen experts
+    # Batch-prioritised dropping past capacity: every choice of a token ranked by the token's top-1
+    # probability (Riquelme et al. 2021), or each choice by its own probability.
+    priority: str = _f("top1", choices=("top1", "own"))
     jitter: float = _f(0.0, lo=0.0, hi=1.0)  # multiplicative router-input noise in training
     balance_weight: float = _f(1e-2, lo=0.0, hi=checks.MAX_WEIGHT)
     z_weight: float = _f(1e-3, lo=0.0, hi=checks.MAX_WEIGHT)
@@ -124,16 +131,21 @@ class BudgetConfig:
 
     `unit`: steps (blocks applied), flops or macs per example (see adaptive/compute/flops.py), or
     latency (ms), cost (money per 1k requests) or energy (J per request) on the machine a cost
-    model was calibrated on. The
-    penalty adds `weight` * relu(E[c] - target) / target (hinge: only over budget), or, with
-    g = (E[c] - target) / target, lambda * g + weight / 2 * g^2 where lambda moves by dual ascent
-    on realized compute each step (lagrangian, augmented: two-sided, it lands on the target).
-    E[c] is differentiable through the halting distribution.
+    model was calibrated on. With g = (E[c] - target) / target, the hinge adds `weight` * relu(g)
+    (only over budget); the lagrangian is an augmented Lagrangian whose multiplier lambda moves by
+    dual ascent on realized compute each step. By default the budget is a ceiling: lambda is kept
+    >= 0 and the penalty is (max(0, lambda + weight * g)^2 - lambda^2) / (2 * weight), zero
+    pressure once under budget with lambda at 0. `two_sided` uses lambda * g + weight / 2 * g^2
+    instead and lands on the target. E[c] is differentiable through the halting distribution.
     """
 
     unit: str = _f("steps", choices=BUDGET_UNITS)
     target: float | None = None  # None: no budget
     penalty: str = _f("lagrangian", choices=("hinge", "lagrangian"))
+    # The target is a ceiling: the Lagrange multiplier stays >= 0 (projected dual ascent), so it
+    # relaxes to zero under the budget. two_sided lands on the target instead (for sweeps that want
+    # a compute level), pushing compute up when the model is under it.
+    two_sided: bool = False
     # The hinge's weight; the augmented Lagrangian's quadratic weight. With dual_lr, large enough
     # to hold compute near the target while the task is being learned (smaller ones let it drift over).
     weight: float = _f(10.0, lo=0.0, hi=checks.MAX_WEIGHT)

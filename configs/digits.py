@@ -13,7 +13,6 @@ def get_config(arg: str | None = None):
     cfg = default_config()
     cfg.name = "digits"
     cfg.data.name = "digits"
-    cfg.data.eval_split = "test"
     cfg.model.kind = "mlp"
     cfg.model.hidden = 128
     cfg.model.depth = 2

@@ -244,3 +244,25 @@ def test_expert_width_is_expert_hidden_or_the_dense_feed_forward_split_over_k():
     assert config_lib.MoEConfig(k=3).expert_width(64) == 42
     assert config_lib.MoEConfig(k=4).expert_width(1) == 1  # at least one unit
     assert config_lib.MoEConfig(expert_hidden=10).expert_width(64) == 10
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--config.moe.k=1"], "'moe.renormalize' is True; with moe.k=1 the gate is p/p = 1"),
+        (["--config.moe.router=top_p"], "'moe.renormalize' is True; with moe.router='top_p' a token"),
+    ],
+    ids=["top_k-k1", "top_p"],
+)
+def test_renormalised_gates_that_starve_the_router_are_refused(overrides, message):
+    """One renormalised gate is p/p = 1, which sends the router no gradient from the task."""
+    with pytest.raises(ConfigError) as err:
+        config_lib.load(f"{ROOT}/configs/moe.py:tiny", overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    for allowed in (
+        ["--config.moe.k=1", "--config.moe.renormalize=false"],
+        ["--config.moe.router=top_p", "--config.moe.renormalize=false"],
+        ["--config.moe.router=expert_choice", "--config.moe.k=1"],  # expert choice has no renormalisation
+        ["--config.moe.k=1", "--config.moe.enabled=false"],  # no experts, nothing to route
+    ):
+        config_lib.load(f"{ROOT}/configs/moe.py:tiny", allowed)

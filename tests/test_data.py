@@ -13,7 +13,15 @@ import tensorflow_datasets as tfds
 
 from adaptive import data
 from adaptive.data.builder import OfflineBuilder
-from adaptive.data.parity import Parity, ParityConfig, parity_arrays
+from adaptive.data.parity import (
+    SPLITS,
+    Parity,
+    ParityConfig,
+    _all_vectors,
+    parity_arrays,
+    split_arrays,
+    split_of,
+)
 from adaptive.data.pipeline import ShuffledIndexBatches
 from adaptive.data.source import Source
 
@@ -37,6 +45,12 @@ class Cfg:
 @pytest.fixture(scope="module")
 def parity_cfg(tmp_path_factory) -> Cfg:
     return Cfg(data_dir=str(tmp_path_factory.mktemp("parity")))
+
+
+@pytest.fixture(scope="module")
+def shared_dir(tmp_path_factory) -> str:
+    """One cache for the tests that only read datasets: mnist1d takes seconds to generate."""
+    return str(tmp_path_factory.mktemp("datasets"))
 
 
 def read_all(cfg: Cfg, split: str) -> dict[str, np.ndarray]:
@@ -116,8 +130,8 @@ def test_second_prepare_reuses_the_files(tmp_path, monkeypatch):
         ("mnist1d", 40, {"train": 3500, "validation": 500, "test": 1000}),
     ],
 )
-def test_offline_datasets(tmp_path, name, dim, sizes):
-    cfg = Cfg(name=name, data_dir=str(tmp_path))
+def test_offline_datasets(shared_dir, name, dim, sizes):
+    cfg = Cfg(name=name, data_dir=shared_dir)
     spec = data.prepare(cfg)
     assert spec == data.DatasetSpec((dim,), 10, sizes, has_difficulty=False, max_difficulty=0)
     train = read_all(cfg, "train")
@@ -126,9 +140,56 @@ def test_offline_datasets(tmp_path, name, dim, sizes):
     assert (train["difficulty"] == -1).all()
     if name == "digits":
         assert train["x"].min() == 0.0 and train["x"].max() == 1.0
-    # The held-out examples are not training examples.
-    train_rows = {row.tobytes() for row in train["x"]}
-    assert not any(row.tobytes() in train_rows for row in read_all(cfg, "test")["x"])
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        Cfg(),  # train and validation on difficulty 1..4 of 8, test on 5..8
+        Cfg(parity_n=16, train_difficulty=(1, 3), eval_difficulty=(1, 3), num_train=5000, num_eval=1000),
+        Cfg(parity_n=4, train_difficulty=None, eval_difficulty=None, num_train=500, num_eval=100, seed=1),
+        Cfg(name="digits"),
+        Cfg(name="mnist1d"),
+    ],
+    ids=["parity", "parity-easy", "parity-n4", "digits", "mnist1d"],
+)
+def test_splits_are_disjoint_by_content(shared_dir, cfg):
+    """No input of one split is an input of another: evals on validation and test score unseen inputs."""
+    cfg = dataclasses.replace(cfg, data_dir=shared_dir)
+    rows = {split: {row.tobytes() for row in read_all(cfg, split)["x"]} for split in data.SPLITS}
+    for a, b in [("train", "validation"), ("train", "test"), ("validation", "test")]:
+        assert not rows[a] & rows[b], f"{a} and {b} share inputs"
+    assert all(rows.values())
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 8])
+def test_every_parity_vector_belongs_to_one_split_and_each_split_can_be_drawn(n):
+    """Each split owns some vectors of every difficulty and, where there are 3 or more of each,
+    of every label: any difficulty range can be drawn for any split and any seed."""
+    for seed in range(4):
+        for k in range(1, n + 1):
+            x = _all_vectors(n, k)
+            owner = split_of(x, seed)
+            np.testing.assert_array_equal(owner, split_of(x[::-1], seed)[::-1])  # a function of content
+            labels = (x == 1).sum(axis=1) % 2 if len(x) >= 6 else np.zeros(len(x), int)
+            for label in np.unique(labels):
+                assert set(owner[labels == label]) == {0, 1, 2}, (n, k, seed, label)
+
+
+def test_parity_splits_keep_uniform_difficulty_and_balanced_labels():
+    """Drawing each split from its own vectors keeps k uniform and labels balanced, easy ones included."""
+    config = ParityConfig.create(8, 20_000, 8_000, None, (1, 2), 0)
+    for split in SPLITS:
+        arrays = split_arrays(config, split)
+        y, k = arrays["y"], arrays["difficulty"]
+        lo, hi = config.split_ranges()[split][1]
+        np.testing.assert_allclose(np.bincount(k, minlength=hi + 1)[lo:] / len(k), 1 / (hi - lo + 1), rtol=0.15)
+        assert abs(y.mean() - 0.5) < 0.03, split
+
+
+def test_a_split_that_owns_no_vector_of_a_difficulty_is_a_clear_error():
+    with pytest.raises(ValueError, match="no kept vector of difficulty 1 .parity_n=4. in"):
+        parity_arrays(np.random.default_rng(0), 5, 4, (1, 1), keep=lambda x: np.zeros(len(x), bool))
 
 
 def take(iterator, count: int) -> list[dict[str, np.ndarray]]:

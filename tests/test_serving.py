@@ -286,3 +286,21 @@ def test_load_generator_accounts_for_every_request(engine):
     )
     assert m["count_error"] == 1  # the 400 is counted as a failed request, not dropped
     assert 0 <= m["effective_accuracy"] <= m["accuracy"] <= 1 and m["p50_ms"] <= m["p99_ms"]
+
+
+def test_a_shedding_server_rejects_on_arrival_what_the_controller_sheds_and_counts_it(engine, monkeypatch):
+    controller = Controller(engine.cap, 20.0, mode="shed")
+
+    async def scenario(client, server):
+        answered = await client.post("/predict", json={"x": GOOD, "budget": 2})
+        asked = []
+        monkeypatch.setattr(controller, "sheds", lambda queued, steps: asked.append((queued, steps)) or True)
+        shed = await client.post("/predict", json={"x": GOOD, "budget": 2})
+        metrics = await (await client.get("/metrics")).text()
+        return await answered.json(), shed.status, await shed.json(), asked, metrics
+
+    answered, code, shed, asked, metrics = _with_client(engine, scenario, controller)
+    assert answered["status"] == "ok" and answered["budget_steps"] == 2  # nothing ahead of it: served
+    assert asked == [(0, 2)]  # the queue ahead of it and the step budget it asked for
+    assert code == 503 and shed["status"] == "rejected" and shed["latency_ms"] < 20.0
+    assert 'adaptive_requests_total{status="rejected"} 1' in metrics

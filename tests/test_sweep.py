@@ -64,6 +64,7 @@ def test_a_failing_point_does_not_stop_the_others_and_a_rerun_does_no_work_twice
     assert [r["status"] for r in rows] == ["done", "failed", "done"]
     assert [r["point"] for r in rows] == ["0-tau0.001", "1-nameno_such_dataset", "2-tau0.01"]
     assert "no_such_dataset" in rows[1]["detail"] and rows[0]["eval_accuracy"] > 0
+    assert rows[0]["eval_split"] == rows[2]["eval_split"] == "validation"  # points are compared on validation
     assert (workdir / "summary.csv").read_text().splitlines()[0].startswith("index,point,status")
     assert (workdir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -155,6 +156,11 @@ def test_dry_run_point_and_wandb_yaml(tmp_path):
             "sweep point 0 (0-steps-1): config key 'train.steps' is -1; must be in [1, 1_000_000_000]",
         ),
         ([], "get_sweep must return a non-empty list of dicts of config keys"),
+        (
+            [{"halting.tau": 1e-3}, {"data.eval_split": "test"}],
+            "sweep point 1 (1-eval_splittest): data.eval_split='test'; a sweep's points are compared on their "
+            "periodic evals, which must score 'validation'",
+        ),
     ],
 )
 def test_bad_sweeps_are_refused_before_anything_runs(tmp_path, points, message):

@@ -1,7 +1,10 @@
 """Real classification data that needs no download: scikit-learn's digits and MNIST-1D.
 
 Both are small enough to hold in memory while they are written; the split seed (in the config
-name) decides which examples go to validation, so changing it gives a new cache.
+name) decides which examples go to validation, so changing it gives a new cache. Splits are
+disjoint by content, not only by index: of inputs that are equal as stored (float32), only the
+first is kept, and an mnist1d training input equal to a test input is dropped. Neither source
+holds such duplicates today, so this drops nothing and the prepared data are those of 1.0.0.
 """
 
 from __future__ import annotations
@@ -69,7 +72,8 @@ class Digits(_ClassificationBuilder, skip_registration=True):
         from sklearn.datasets import load_digits  # Lazy: scikit-learn is slow to import.
 
         data = load_digits()
-        x, y = data.data / 16.0, data.target  # Pixel intensities are 0..16.
+        keep = distinct_rows(data.data / 16.0)  # Pixel intensities are 0..16.
+        x, y = data.data[keep] / 16.0, data.target[keep]
         order = np.random.default_rng(seed).permutation(len(y))
         held = _DIGITS_HELD_OUT
         parts = {"train": order[2 * held :], "validation": order[held : 2 * held], "test": order[:held]}
@@ -92,7 +96,25 @@ class Mnist1d(_ClassificationBuilder, skip_registration=True):
         finally:
             np.random.set_state(np_state)
             random.setstate(py_state)
-        order = np.random.default_rng(seed).permutation(len(data["y"]))
+        keep = distinct_rows(data["x"], exclude=data["x_test"])  # the package fixes the test split
+        x, y = data["x"][keep], data["y"][keep]
+        order = np.random.default_rng(seed).permutation(len(y))
         parts = {"train": order[_MNIST1D_VALIDATION:], "validation": order[:_MNIST1D_VALIDATION]}
-        splits = {split: (data["x"][idx], data["y"][idx]) for split, idx in parts.items()}
+        splits = {split: (x[idx], y[idx]) for split, idx in parts.items()}
         return {**splits, "test": (data["x_test"], data["y_test"])}
+
+
+def distinct_rows(x: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Indices, in order, of the rows of `x` to keep so that no two kept rows, and no kept row
+    and a row of `exclude`, are equal as stored (float32): the first of equal rows is kept."""
+    seen = set() if exclude is None else {row.tobytes() for row in _stored(exclude)}
+    keep = []
+    for i, row in enumerate(_stored(x)):
+        if (key := row.tobytes()) not in seen:
+            seen.add(key)
+            keep.append(i)
+    return np.array(keep, dtype=np.int64)
+
+
+def _stored(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)

@@ -2,11 +2,12 @@
 
 Every example is forced to run exactly s steps (the halting unit switched off, the step budget
 set to s) for s on a grid up to the cap, at each batch size, and, for MoE models, with each
-expert budget k. The inputs are real traffic: full batches of the run's evaluation split, a
-different one each call (one array sent again and again runs faster than a stream of distinct
-batches, from cache effects a deployment does not get). Medians and p99s after warm-up give
-latency_ms = intercept + per_step * steps per (batch, k), saved as DIR/cost_model.json with the
-run's fingerprint.
+expert budget k. The inputs are real traffic: full batches of the run's validation split (never
+test: the cost model feeds choices, which are made on validation), a different one each call
+(one array sent again and again runs faster than a stream of distinct batches, from cache
+effects a deployment does not get). Medians and p99s after warm-up give latency_ms =
+intercept + per_step * steps per (batch, k), saved as DIR/cost_model.json with the run's
+fingerprint.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from adaptive.inference.predictor import BudgetedPredictor
 from adaptive.inference.restore import load_run
 from adaptive.nn.models import build_model
 
+TRAFFIC_SPLIT = "validation"
+
 
 def _forced_depth(run):
     """(graphdef, params) of the run's model with halting disabled: the step budget decides."""
@@ -44,10 +47,10 @@ def _forced_depth(run):
     return graphdef, params
 
 
-def _traffic(run, batch: int):
-    """An endless stream of distinct real input batches of size `batch` (random inputs of the
-    right shape when the evaluation split has no full batch that large)."""
-    pool = [b["x"] for b in data.eval_batches(run.cfg.data, run.cfg.data.eval_split, batch) if b["mask"].all()]
+def _traffic(run, batch: int, split: str = TRAFFIC_SPLIT):
+    """An endless stream of distinct real input batches of size `batch` from `split` (random
+    inputs of the right shape when it has no full batch that large)."""
+    pool = [b["x"] for b in data.eval_batches(run.cfg.data, split, batch) if b["mask"].all()]
     if not pool:
         rng = np.random.default_rng(0)
         pool = [rng.standard_normal((batch, *run.spec.input_shape)).astype(np.float32) for _ in range(8)]

@@ -4,9 +4,10 @@ For a target mean number of steps, plan the share of examples that leaves at eac
 geometric distribution, q_t proportional to r^(t-1), with r solved so that sum_t t * q_t equals
 the target. Then, on a validation split, set each exit's confidence threshold so that exactly
 the planned share of all examples leaves there: walking the exits in order, the most confident
-of the examples still running exit first. The last exit takes whatever is left. Applied to the
-test split, the thresholds spend about the target (the gap is how far validation and test
-confidences differ), which is the honest test of the calibration.
+of the examples still running exit first. The last exit takes whatever is left. Thresholds are a
+choice, so they are fitted on the validation split only (eval_report.CALIBRATION_SPLIT); applied
+to the test split at the end, they spend about the target (the gap is how far validation and
+test confidences differ), which is the honest test of the calibration.
 """
 
 from __future__ import annotations

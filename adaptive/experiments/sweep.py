@@ -2,7 +2,8 @@
 
 A sweep is declared next to its config as plain Python: `get_sweep(arg) -> list[dict]`, each
 dict a point of dotted config keys (`{"halting.tau": 1e-3, "seed": 1}`) applied on top of
-`get_config(arg)`. Every point is validated before anything runs, then trained by `adaptive
+`get_config(arg)`. Every point is validated before anything runs (its periodic evals must score
+the validation split, since points are compared on them), then trained by `adaptive
 train` in its own process and its own workdir `DIR/<index>-<slug>`, at most N at a time, with
 one progress bar over the whole sweep's training steps.
 
@@ -86,6 +87,12 @@ def load_points(spec: str, workdir: Path, base: list[str] = ()) -> list[Point]:
             cfg = config_lib.load(spec, point.overrides)
         except ConfigError as e:
             raise ConfigError(f"sweep point {index} ({point.name}): {e}") from None
+        if cfg.data.eval_split != "validation":
+            raise ConfigError(
+                f"sweep point {index} ({point.name}): data.eval_split={cfg.data.eval_split!r}; a sweep's points "
+                "are compared on their periodic evals, which must score 'validation' (the test split is read "
+                "once, after the sweep: adaptive eval --split test)"
+            )
         point.steps = cfg.train.steps
         points.append(point)
     return points

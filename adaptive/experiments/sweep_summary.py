@@ -2,6 +2,10 @@
 values, status and final eval), a console table, DIR/pareto.png (accuracy vs compute over the
 finished points), and on request DIR/sweep.yaml for `wandb sweep` + `wandb agent`.
 
+The `eval_*` columns are the last periodic eval of each point, on the split its `eval_split`
+column names: validation (sweep.py refuses points whose periodic evals would score test), so
+a sweep's best point is chosen without reading the test split.
+
 The wandb YAML is a grid over the point index: each agent runs `adaptive sweep ... --point=I`,
 which trains exactly that point in its own workdir, so scaling out to many machines uses the
 same points, names and resume logic as the local runner.
@@ -19,7 +23,16 @@ from adaptive.evaluation.tables import print_table
 from adaptive.experiments.sweep import Point
 from adaptive.workdir.config_file import RunError, load_config
 
-CONSOLE_COLUMNS = ("point", "status", "method", "eval_accuracy", "eval_steps", "eval_flops", "deviation_pct")
+CONSOLE_COLUMNS = (
+    "point",
+    "status",
+    "method",
+    "eval_split",
+    "eval_accuracy",
+    "eval_steps",
+    "eval_flops",
+    "deviation_pct",
+)
 
 
 def summarize(points: list[Point], workdir: Path) -> list[dict]:
@@ -36,7 +49,7 @@ def summarize(points: list[Point], workdir: Path) -> list[dict]:
                 row.update({"run": p.name, **describe(cfg)})
                 row.update(compute_columns(cfg, final))
                 row["eval_accuracy"], row["eval_steps"] = final["eval/accuracy"], final["eval/steps_mean"]
-                row["eval_split"] = cfg.data.eval_split
+                row["eval_split"] = final.get("eval/split", cfg.data.eval_split)  # older runs lack the field
                 by_difficulty = [s for s in final.get("eval/steps_by_difficulty") or [] if s is not None]
                 if by_difficulty:  # how compute moves from the easiest inputs to the hardest
                     row["steps_easiest"], row["steps_hardest"] = by_difficulty[0], by_difficulty[-1]

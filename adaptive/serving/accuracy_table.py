@@ -6,11 +6,16 @@ again in each of a few small batch sizes (`by_batch`): the tokens of one batch s
 experts' slots, so one expert a token that is as good as two in a batch of 1000 can be clearly
 worse in the batch of 4 a server is about to run. The controller asks for the table of the rows
 it is deciding: the one scored in the largest batch that is not larger.
+
+A table is a choice the server makes, so it must be scored on the validation split (DESIGN.md,
+"Splits"): one scored on test would tune serving on the data its results are judged on, and
+`from_meta` refuses it.
 """
 
 from __future__ import annotations
 
 Point = tuple  # (experts per token or None for the trained budget, steps)
+SPLIT = "validation"  # the only split a serving table may be scored on
 
 
 class AccuracyTable:
@@ -27,6 +32,7 @@ class AccuracyTable:
         table = meta.get("accuracy_at_budgets")
         if not table:
             return cls({})
+        check_split(table)
         by_rows = {table.get("batch", 1): _points(table["experts"], table["accuracy"])}
         served = table.get("by_batch") or {"batch": [], "accuracy": []}
         for rows, accuracy in zip(served["batch"], served["accuracy"], strict=True):
@@ -51,7 +57,19 @@ def accuracy_lookup(meta: dict) -> dict[Point, float]:
     """{(experts or None, steps): accuracy} of an artifact's main table (scored in its
     evaluation batches; empty without a table)."""
     table = meta.get("accuracy_at_budgets")
-    return _points(table["experts"], table["accuracy"]) if table else {}
+    if not table:
+        return {}
+    check_split(table)
+    return _points(table["experts"], table["accuracy"])
+
+
+def check_split(table: dict) -> None:
+    """A one-line ValueError unless `table` (meta.json's `accuracy_at_budgets`) was scored on the
+    validation split (a table without a `split` predates the key; export has always scored
+    validation)."""
+    split = table.get("split", SPLIT)
+    if split != SPLIT:
+        raise ValueError(f"the accuracy table was scored on the {split!r} split; serving reads only {SPLIT!r} tables")
 
 
 def _points(experts: list[int] | None, accuracy: list[list]) -> dict[Point, float]:

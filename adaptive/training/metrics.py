@@ -1,8 +1,10 @@
 """Where metrics go: one `Writer` interface, with JSONL (always), console progress and wandb.
 
 `DIR/metrics.jsonl` is the source of truth that tests and reports read: one JSON object a line
-with `step`, `split` and namespaced keys (`train/loss`, `eval/accuracy`, ...). Wall-clock
-figures live under `perf/`, the only keys that differ between two runs of the same config.
+with `step`, `split` (the phase that wrote it: "train" or "eval") and namespaced keys
+(`train/loss`, `eval/accuracy`, ...); an eval line names the data split it scored in
+`eval/split` ("validation" unless the config says otherwise). Wall-clock figures live under
+`perf/`, the only keys that differ between two runs of the same config.
 """
 
 from __future__ import annotations

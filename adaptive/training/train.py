@@ -45,6 +45,7 @@ RESUMABLE_CHANGES = (
     "train.keep_checkpoints",
     "logging.",
     "mesh.",  # a run can resume on another mesh: checkpoints restore onto the new shardings
+    "data.eval_split",  # only what periodic evals score; each eval line in metrics.jsonl names it
 )
 
 
@@ -74,7 +75,7 @@ def _check_routing_groups(cfg: config_lib.Config, input_shape: tuple[int, ...]) 
             )
 
 
-def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str, float]:
+def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str, float | str]:
     """Trains `cfg` in `workdir` (resuming if it holds a checkpoint); returns final eval metrics."""
     parallel.initialize(cfg.mesh)
     mesh = parallel.make_mesh(cfg.mesh)
@@ -197,11 +198,11 @@ class _Loop:
     lr_at: Callable
     budget: Budget | None
 
-    def run(self, state, batches, start: int, ckpt: Checkpointer, writer, stop: _StopSignals) -> dict[str, float]:
+    def run(self, state, batches, start: int, ckpt: Checkpointer, writer, stop: _StopSignals) -> dict[str, float | str]:
         """Steps `start + 1` to the end: logs, evals and checkpoints as configured; on a signal,
         saves at the current step and raises Interrupted."""
         train, bar = self.cfg.train, writer.writers[-1]  # the progress bar comes last
-        final: dict[str, float] = {}
+        final: dict[str, float | str] = {}
         t_window, steps_in_window = time.perf_counter(), 0
         for step in range(start + 1, train.steps + 1):
             state = self.train_step(state, self.place(next(batches)))
@@ -232,8 +233,12 @@ class _Loop:
             final = self._evaluate(state)
         return final
 
-    def _evaluate(self, state: dict) -> dict[str, float]:
-        return score_split(self.eval_step, state["params"], self.cfg, self.cfg.data.eval_split, requests=self.budget)
+    def _evaluate(self, state: dict) -> dict[str, float | str]:
+        """The periodic eval: scores data.eval_split (validation unless a config says otherwise,
+        since these evals are what runs are compared and chosen on) and names it in `eval/split`."""
+        split = self.cfg.data.eval_split
+        metrics = score_split(self.eval_step, state["params"], self.cfg, split, requests=self.budget)
+        return {**metrics, "eval/split": split}
 
 
 def _train_metrics(state: dict, lr_at) -> tuple[dict, dict]:
