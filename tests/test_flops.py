@@ -1,4 +1,5 @@
-"""Analytic FLOPs against XLA's cost_analysis() of the compiled inference function (within 10%)."""
+"""Analytic FLOPs against XLA's cost_analysis() of the same compiled function (within 10%), for
+every halting policy and model kind, with and without experts."""
 
 import jax
 import jax.numpy as jnp
@@ -10,39 +11,59 @@ from adaptive.compute.flops import flops_model
 from adaptive.nn.models import build_model
 from tests.helpers import ROOT
 
+KINDS = [
+    ("rnn", []),
+    ("mlp", []),
+    ("transformer", []),
+    ("mlp", ["--config.moe.enabled=true"]),
+    ("transformer", ["--config.moe.enabled=true"]),
+]
+
 
 class Spec:
     input_shape, num_classes = (16,), 2
 
 
-def _xla_flops(cfg, batch: int, budget: int) -> float:
-    graphdef, params = nnx.split(build_model(cfg, Spec), nnx.Param)
-    fn = jax.jit(lambda p, x: nnx.merge(graphdef, p).infer(x, jnp.int32(budget)).logits_BxC)
-    analysis = fn.lower(params, jnp.ones((batch, 16))).compile().cost_analysis()
-    return (analysis[0] if isinstance(analysis, list) else analysis)["flops"] / batch
-
-
-@pytest.mark.parametrize(
-    "kind, extra",
-    [
-        ("rnn", []),
-        ("mlp", []),
-        ("transformer", []),
-        ("mlp", ["--config.moe.enabled=true"]),
-        ("transformer", ["--config.moe.enabled=true"]),
-    ],
-)
-@pytest.mark.parametrize("depth", [1, 4])
-def test_static_models_match_cost_analysis(kind, extra, depth):
-    cfg = config_lib.load(
+def _config(kind: str, policy: str, steps: int, hidden: int, extra: list[str]):
+    return config_lib.load(
         f"{ROOT}/configs/parity.py",
         [
             f"--config.model.kind={kind}",
-            "--config.halting.policy=none",
-            f"--config.model.depth={depth}",
-            "--config.model.hidden=64",
+            f"--config.halting.policy={policy}",
+            f"--config.model.depth={steps}",
+            f"--config.halting.max_steps={steps}",
+            f"--config.model.hidden={hidden}",
             *extra,
         ],
     )
+
+
+def _xla_flops(fn, params, batch: int) -> float:
+    analysis = jax.jit(fn).lower(params, jnp.ones((batch, 16))).compile().cost_analysis()
+    return (analysis[0] if isinstance(analysis, list) else analysis)["flops"] / batch
+
+
+@pytest.mark.parametrize("kind, extra", KINDS)
+@pytest.mark.parametrize("depth", [1, 4])
+def test_static_inference_matches_cost_analysis(kind, extra, depth):
+    cfg = _config(kind, "none", depth, 64, extra)
+    graphdef, params = nnx.split(build_model(cfg, Spec), nnx.Param)
+    xla = _xla_flops(lambda p, x: nnx.merge(graphdef, p).infer(x, jnp.int32(depth)).logits_BxC, params, 32)
     analytic = flops_model(cfg, Spec.input_shape, Spec.num_classes, batch=32).at_steps(depth)
-    assert analytic == pytest.approx(_xla_flops(cfg, 32, depth), rel=0.10)
+    assert analytic == pytest.approx(xla, rel=0.10)
+
+
+@pytest.mark.parametrize("kind, extra", KINDS)
+@pytest.mark.parametrize("policy", ["none", "act", "pondernet", "early_exit"])
+def test_the_training_forward_at_the_cap_matches_cost_analysis(policy, kind, extra, monkeypatch):
+    """Every step up to the cap runs in the training forward pass (a scan over the cap for the
+    adaptive policies, weighted by the policy). XLA's cost analysis counts a loop body once
+    whatever its trip count, so the scan is unrolled here: the same ops, once per step."""
+    scan = jax.lax.scan
+    monkeypatch.setattr(jax.lax, "scan", lambda *a, **kw: scan(*a, **{**kw, "unroll": True}))
+    cap, batch = 3, 16
+    cfg = _config(kind, policy, cap, 32, extra)
+    graphdef, params = nnx.split(build_model(cfg, Spec), nnx.Param)
+    xla = _xla_flops(lambda p, x: nnx.merge(graphdef, p)(x), params, batch)
+    analytic = flops_model(cfg, Spec.input_shape, Spec.num_classes, batch=batch, train=True).at_steps(cap)
+    assert analytic == pytest.approx(xla, rel=0.10)

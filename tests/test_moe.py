@@ -15,21 +15,22 @@ from adaptive.nn.moe import MoEFeedForward
 E, T, D = 4, 24, 8
 
 
-def reference_top_k(probs: np.ndarray, k: int, cap: int, renormalize: bool):
-    """Plain loops: choice rank first, then probability descending; first come first served."""
+def reference_top_k(probs: np.ndarray, k: int, cap: int, renormalize: bool, priority: str = "top1"):
+    """Plain loops: choice rank first, then the score descending (the token's top-1 probability,
+    or the choice's own), ties by token index; first come first served."""
     gates = np.zeros((len(probs), k))
     experts = np.zeros((len(probs), k), int)
     for t, p in enumerate(probs):
         order = np.argsort(-p, kind="stable")[:k]
         experts[t], gates[t] = order, p[order]
-    priority = gates.copy()  # the router's own probabilities decide who keeps a slot
+    score = np.repeat(gates[:, :1], k, 1) if priority == "top1" else gates.copy()
     if renormalize:
         gates = gates / gates.sum(1, keepdims=True)
     load = [0] * probs.shape[1]
     kept = np.zeros((len(probs), k), bool)
     slots = np.full((len(probs), k), -1)
     for j in range(k):
-        for t in sorted(range(len(probs)), key=lambda t: -priority[t, j]):
+        for t in sorted(range(len(probs)), key=lambda t: -score[t, j]):
             e = experts[t, j]
             if load[e] < cap:
                 kept[t, j], slots[t, j] = True, load[e]
@@ -49,11 +50,12 @@ def _as_TxK(routing, k):
     cap=st.integers(1, 12),
     renorm=st.booleans(),
     scale=st.sampled_from([0.1, 1.0, 10.0]),
+    priority=st.sampled_from(R.PRIORITIES),
 )
-def test_top_k_routing_matches_the_loop_reference(seed, k, cap, renorm, scale):
+def test_top_k_routing_matches_the_loop_reference(seed, k, cap, renorm, scale, priority):
     logits = scale * np.random.default_rng(seed).standard_normal((T, E)).astype(np.float32)
-    routing = R.top_k(jnp.asarray(logits), k, cap, renormalize=renorm)
-    experts, gates, kept, slots = reference_top_k(np.asarray(jax.nn.softmax(logits)), k, cap, renorm)
+    routing = R.top_k(jnp.asarray(logits), k, cap, renormalize=renorm, priority=priority)
+    experts, gates, kept, slots = reference_top_k(np.asarray(jax.nn.softmax(logits)), k, cap, renorm, priority)
     got_e, got_g, got_k, got_s = _as_TxK(routing, k)
     np.testing.assert_array_equal(got_e, experts)
     np.testing.assert_array_equal(got_k, kept)
@@ -61,6 +63,41 @@ def test_top_k_routing_matches_the_loop_reference(seed, k, cap, renorm, scale):
     np.testing.assert_allclose(got_g, np.where(kept, gates, 0), rtol=1e-5, atol=1e-6)
     load = np.bincount(np.asarray(routing.expert_A)[np.asarray(routing.kept_A)], minlength=E)
     assert (load <= cap).all()  # capacity never exceeded
+
+
+def _kept_pairs(routing):
+    kept = np.asarray(routing.kept_A)
+    tokens, experts = np.asarray(routing.token_A)[kept].tolist(), np.asarray(routing.expert_A)[kept].tolist()
+    return set(zip(tokens, experts, strict=True))
+
+
+def test_priority_rules_keep_different_assignments_past_capacity():
+    """One slot per expert, top-2. First choices: tokens 0 and 2 want expert 0 (token 2 is more
+    confident, 0.6 > 0.5, and keeps it), token 1 takes expert 2. Second choices: tokens 0 and 1
+    both want expert 1 (token 2's second, expert 2, is full). "own" ranks them by that second
+    probability (0.45 > 0.15: token 0 keeps it); "top1" by each token's top-1 probability
+    (0.8 > 0.5: token 1 keeps it, and token 0 is dropped entirely), as V-MoE's batch priority."""
+    probs = np.array([[0.50, 0.45, 0.05], [0.05, 0.15, 0.80], [0.60, 0.10, 0.30]], np.float32)
+    logits = jnp.log(jnp.asarray(probs))
+    own = R.top_k(logits, 2, 1, renormalize=False, priority="own")
+    top1 = R.top_k(logits, 2, 1, renormalize=False, priority="top1")
+    assert _kept_pairs(own) == {(2, 0), (1, 2), (0, 1)}
+    assert _kept_pairs(top1) == {(2, 0), (1, 2), (1, 1)}
+    top_p = R.top_p(logits, 2, 0.9, 1, renormalize=False, priority="top1")  # every token takes 2 here
+    assert _kept_pairs(top_p) == _kept_pairs(top1)
+    with pytest.raises(ValueError, match=r"priority 'best' is not one of \('top1', 'own'\)"):
+        R.top_k(logits, 2, 1, renormalize=False, priority="best")
+
+
+@pytest.mark.parametrize("priority", R.PRIORITIES)
+def test_the_layer_routes_with_its_priority(priority):
+    x = jnp.asarray(np.random.default_rng(10).standard_normal((T, D)), jnp.float32)
+    layer = _layer(priority=priority, capacity_factor=0.5)
+    routing, logits, cap = layer.route(x, train=True)
+    want = R.top_k(logits, 2, cap, renormalize=True, priority=priority)
+    np.testing.assert_array_equal(np.asarray(routing.kept_A), np.asarray(want.kept_A))
+    with pytest.raises(ValueError, match=r"priority 'x' is not one of"):
+        _layer(priority="x")
 
 
 def test_everything_to_one_expert_keeps_the_capacity():
@@ -196,6 +233,7 @@ def test_models_are_built_expert_parallel_exactly_when_the_mesh_shards_experts()
         layers = [m for _, m in build_model(cfg, Spec).iter_modules() if isinstance(m, MoEFeedForward)]
         assert layers and all(m.expert_parallel == (expert > 1) for m in layers)
         assert all(m.w_in.shape[-1] == cfg.moe.expert_width(16) for m in layers)
+        assert all(m.priority == cfg.moe.priority == "top1" for m in layers)  # the paper's rule by default
         assert "expert_parallel" not in config_lib.to_dict(cfg)["moe"]  # not a config key
 
 
@@ -319,7 +357,8 @@ def test_a_flops_budget_trains_the_number_of_experts(tmp_path):
     flops = flops_model(cfg, (40,), 10, batch=cfg.train.batch_size, train=True)
     assert flops.fewest(2.0) < flops.at_steps(2.0, 2 * 1.4) < flops.at_steps(2.0)
     cfg = config_lib.load(
-        f"{ROOT}/configs/moe.py:tiny", [*overrides, f"--config.budget.target={flops.at_steps(2.0, 2.8)}"]
+        f"{ROOT}/configs/moe.py:tiny",
+        [*overrides, f"--config.budget.target={flops.at_steps(2.0, 2.8)}", "--config.budget.two_sided=True"],
     )
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=350, log_every=50, eval_every=350))
     final = train_and_evaluate(cfg, tmp_path)

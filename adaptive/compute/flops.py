@@ -3,8 +3,11 @@
 Counts follow XLA's `cost_analysis()` convention: a multiply-add is 2 FLOPs, elementwise ops
 count 1 each, and transcendentals (tanh, exp) are not FLOPs. Two choices match what XLA runs:
 
-- the RNN cell's input projection is counted once per example, not once per step: the input
-  is the same at every step, and XLA computes W_x x once (only the first-step flag varies);
+- the RNN cell's input projection W_x [x, first] is counted per example, not per step, in a
+  static (unrolled) network: the first-step flag is a constant there, so XLA computes the
+  projection once with the flag set and once without (shared by every later step). Under an
+  adaptive policy the flag is traced inside the scan or while loop, and the compiled loop body
+  runs the whole projection at every step, so it is counted per step;
 - experts are counted as *executed*: each expert processes its whole capacity buffer, so at
   capacity factor c a token costs c * k expert passes, not k. `useful=True` counts k instead.
 
@@ -12,7 +15,8 @@ count 1 each, and transcendentals (tanh, exp) are not FLOPs. Two choices match w
 an expected number of expert applications, into expected FLOPs: that is how compute penalties
 and budgets in FLOPs reach the halting distribution and the router. Top-p experts are counted as
 requested (each token's own count; dropless execution does exactly that work). Tests check the
-totals against `cost_analysis()` of compiled static models (within 10%).
+totals against `cost_analysis()` of the compiled forward pass of every policy and model kind
+(within 10%).
 """
 
 from __future__ import annotations
@@ -82,9 +86,14 @@ def flops_model(
     head = _dense(width, num_classes)
     dense_ffn = _dense(width, 2 * width) + _dense(2 * width, width)
     experts = (0.0, 0.0, 0.0)  # (applications per example per step, the fewest, FLOPs of one)
+    policy = policy_of(cfg.halting)
     if kind == "rnn":
-        fixed = _dense(d_in + 1, width) + head
-        per_step = _dense(width, width, bias=False) + 2.0 * width  # + the two adds
+        projection = _dense(d_in + 1, width)
+        if policy.unrolled:  # the first step's projection, and one shared by all later steps
+            fixed, looped = head + min(policy.num_steps(cfg.model), 2) * projection, 0.0
+        else:
+            fixed, looped = head, projection
+        per_step = _dense(width, width, bias=False) + 2.0 * width + looped  # + the two adds
     elif kind == "mlp":
         fixed = _dense(d_in, width) + width + head
         ffn = dense_ffn + 2.0 * width
@@ -102,7 +111,7 @@ def flops_model(
             experts = (length * passes, length, one)
         per_step = length * (2 * _layer_norm(width) + attention + ffn + 3.0 * width)
     sequence = BACKBONES[kind].sequence
-    halting = policy_of(cfg.halting).halting_flops(
+    halting = policy.halting_flops(
         unit=_dense(width, 1), head=head, num_classes=num_classes, positions=d_in, sequence=sequence
     )
     passes, fewest, one = experts

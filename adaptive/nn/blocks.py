@@ -50,6 +50,7 @@ def make_moe(width: int, cfg, *, rngs: nnx.Rngs) -> MoEFeedForward:
         capacity_factor=cfg.capacity_factor,
         eval_capacity_factor=cfg.eval_capacity_factor,
         renormalize=cfg.renormalize,
+        priority=cfg.priority,
         jitter=cfg.jitter,
         balance_weight=cfg.balance_weight,
         z_weight=cfg.z_weight,

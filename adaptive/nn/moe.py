@@ -46,6 +46,7 @@ class MoEFeedForward(nnx.Module):
         capacity_factor: float = 1.25,
         eval_capacity_factor: float = 2.0,
         renormalize: bool = True,
+        priority: str = "top1",
         jitter: float = 0.0,
         balance_weight: float = 1e-2,
         z_weight: float = 1e-3,
@@ -58,9 +59,12 @@ class MoEFeedForward(nnx.Module):
             raise ValueError(f"router {router!r} is not one of {ROUTERS}")
         if not 1 <= k <= num_experts:
             raise ValueError(f"k={k} must be in [1, num_experts={num_experts}]")
+        if priority not in R.PRIORITIES:
+            raise ValueError(f"priority {priority!r} is not one of {R.PRIORITIES}")
         self.num_experts, self.k, self.router_kind, self.top_p = num_experts, k, router, top_p
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.renormalize, self.jitter, self.dropless = renormalize, jitter, dropless
+        self.priority = priority  # who keeps a slot past capacity (routing.py): "top1" or "own"
         self.balance_weight, self.z_weight = balance_weight, z_weight
         # Tokens are routed in `num_groups` independent groups, each with its own capacity
         # (GShard): with experts sharded over G devices, each device routes its own group.
@@ -91,13 +95,10 @@ class MoEFeedForward(nnx.Module):
         cap = self.route_capacity(x_TxD.shape[0], train)  # dropless: every expert can take every token
         if self.router_kind == "expert_choice":
             return R.expert_choice(logits, cap), logits, cap
+        options = dict(renormalize=self.renormalize, k_active=k_active, priority=self.priority)
         if self.router_kind == "top_p":
-            return (
-                R.top_p(logits, self.k, self.top_p, cap, renormalize=self.renormalize, k_active=k_active),
-                logits,
-                cap,
-            )
-        return R.top_k(logits, self.k, cap, renormalize=self.renormalize, k_active=k_active), logits, cap
+            return R.top_p(logits, self.k, self.top_p, cap, **options), logits, cap
+        return R.top_k(logits, self.k, cap, **options), logits, cap
 
     def __call__(self, x_TxD: jax.Array, *, train: bool = True, k_active=None, key=None) -> MoEOutput:
         mesh = expert_parallel.context_mesh() if self.expert_parallel else None

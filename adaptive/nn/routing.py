@@ -5,10 +5,13 @@ A routing is a list of (token, expert, slot, gate) assignments with static shape
 tokens x experts x capacity one-hot tensor is ever built.
 
 - Top-k token choice (Switch, GShard): each token picks its k most probable experts. When an
-  expert is over capacity, assignments are kept in priority order, batch-prioritised routing
-  (Riquelme et al. 2021): every token's first choice before any second choice, and within a
-  choice rank the most confident tokens first. Dropped assignments get gate 0 and the token
-  passes through the residual.
+  expert is over capacity, assignments are kept in priority order: every token's first choice
+  before any second choice, and within a choice rank the higher score first. With
+  `priority="top1"` (batch-prioritised routing, Riquelme et al. 2021, as V-MoE's
+  `batch_priority`) a token's score is its top-1 probability for all its choices, so a confident
+  token keeps its later choices ahead of a hesitant one; with `priority="own"` each choice is
+  ranked by its own probability. Dropped assignments get gate 0 and the token passes through
+  the residual.
 - Top-p (dynamic k; Huang et al. 2024, "Harder tasks need more experts"): each token takes
   experts in order of probability until their mass reaches p, at most k. How many experts a
   token uses is then the router's own confidence, which a compute budget can train: the count
@@ -48,18 +51,39 @@ def capacity(num_tokens, num_experts: int, k: int, factor: float):
     return max(1, slots) if isinstance(slots, int) else slots  # symbolic: >= 1 for any batch
 
 
-def top_k(logits_TxE: jax.Array, k: int, cap: int, *, renormalize: bool, k_active: jax.Array | None = None) -> Routing:
-    """Top-k token-choice routing with batch-prioritised dropping past `cap` slots per expert.
+PRIORITIES = ("top1", "own")
+
+
+def top_k(
+    logits_TxE: jax.Array,
+    k: int,
+    cap: int,
+    *,
+    renormalize: bool,
+    k_active: jax.Array | None = None,
+    priority: str = "top1",
+) -> Routing:
+    """Top-k token-choice routing with prioritised dropping past `cap` slots per expert.
 
     `k_active` (traced, 1..k) switches off choices j >= k_active: they are never dispatched.
+    `priority` ranks choices for the slots (module docstring): "top1" or "own".
     """
     probs = jax.nn.softmax(logits_TxE.astype(jnp.float32), axis=-1)
     gate_TxK, expert_TxK = jax.lax.top_k(probs, k)
-    return _assign(probs, gate_TxK, expert_TxK, jnp.ones_like(gate_TxK, bool), cap, renormalize, k_active)
+    active_TxK = jnp.ones_like(gate_TxK, bool)
+    return _assign(probs, gate_TxK, expert_TxK, active_TxK, cap, renormalize, k_active, priority)
 
 
 def top_p(
-    logits_TxE: jax.Array, k: int, p: float, cap: int, *, renormalize: bool, k_active=None, temperature: float = 0.05
+    logits_TxE: jax.Array,
+    k: int,
+    p: float,
+    cap: int,
+    *,
+    renormalize: bool,
+    k_active=None,
+    temperature: float = 0.05,
+    priority: str = "top1",
 ) -> Routing:
     """Top-p routing: a token's j-th choice is used when its first j - 1 choices hold less than
     `p` of its probability (the first always is), up to k choices.
@@ -77,20 +101,25 @@ def top_p(
         active_TxK &= jnp.arange(k)[None, :] < k_active
     soft = jnp.where(first, 1.0, jax.nn.sigmoid((p - mass_before_TxK) / temperature)).sum(-1)
     hard = active_TxK.sum(-1).astype(jnp.float32)
-    routing = _assign(probs, gate_TxK, expert_TxK, active_TxK, cap, renormalize, k_active)
+    routing = _assign(probs, gate_TxK, expert_TxK, active_TxK, cap, renormalize, k_active, priority)
     return routing._replace(soft_experts_T=hard + soft - jax.lax.stop_gradient(soft))
 
 
-def _assign(probs, gate_TxK, expert_TxK, active_TxK, cap: int, renormalize: bool, k_active) -> Routing:
-    """Slots for the chosen (token, expert) pairs in batch-prioritised order; `k_active` (traced,
-    1..k) switches off choices j >= k_active, which are then never dispatched."""
+def _assign(probs, gate_TxK, expert_TxK, active_TxK, cap: int, renormalize: bool, k_active, priority) -> Routing:
+    """Slots for the chosen (token, expert) pairs in priority order; `k_active` (traced, 1..k)
+    switches off choices j >= k_active, which are then never dispatched."""
+    if priority not in PRIORITIES:
+        raise ValueError(f"priority {priority!r} is not one of {PRIORITIES}")
     (num_tokens, k), num_experts = gate_TxK.shape, probs.shape[-1]
     if k_active is not None:
         active_TxK = active_TxK & (jnp.arange(k)[None, :] < k_active)
-    # Priority: choice rank first (all first choices before second ones), then the router's
-    # probability for that choice (before any renormalisation, which can round ties apart).
+    # Order: choice rank first (all first choices before second ones), then the score, highest
+    # first, ties by token index (the sort is stable). The score is the router's probability
+    # before any renormalisation (which can round ties apart): the token's top-1 probability for
+    # every choice ("top1"), or the choice's own ("own").
+    score_TxK = jnp.broadcast_to(gate_TxK[:, :1], gate_TxK.shape) if priority == "top1" else gate_TxK
     rank_KxT = jnp.broadcast_to(jnp.arange(k)[:, None], (k, num_tokens))
-    order = jnp.lexsort((-gate_TxK.T.reshape(-1), rank_KxT.reshape(-1)))  # last key is primary
+    order = jnp.lexsort((-score_TxK.T.reshape(-1), rank_KxT.reshape(-1)))  # last key is primary
     if renormalize:
         masked = jnp.where(active_TxK, gate_TxK, 0.0)
         gate_TxK = masked / jnp.maximum(masked.sum(-1, keepdims=True), 1e-9)
