@@ -1,4 +1,5 @@
-"""Budgets: validation, penalties that push toward the target from both sides, dual ascent."""
+"""Budgets: validation, the ceiling and two-sided penalties, projected and plain dual ascent, and
+training under each."""
 
 import dataclasses
 import subprocess
@@ -49,38 +50,147 @@ def test_units_follow_the_flops_model():
     assert budget.compute(7.0) == pytest.approx(model.at_steps(7.0) / 2)
 
 
-@pytest.mark.parametrize("penalty", ["lagrangian", "hinge"])
-def test_penalty_gradients_point_toward_the_target(penalty):
-    _, budget = _budget("--config.budget.target=8", f"--config.budget.penalty={penalty}")
-    grad = jax.grad(lambda c, lam: budget.penalty_term(c, lam))
-    over, under = jnp.full((4,), 12.0), jnp.full((4,), 4.0)
-    assert float(grad(over, 0.0).sum()) > 0  # descending lowers compute that is over budget
-    if penalty == "lagrangian":  # two-sided: raises compute that is under budget
-        assert float(grad(under, 0.0).sum()) < 0
-        assert float(grad(under, -1.0).sum()) < float(grad(under, 0.0).sum())
-    else:  # a hinge leaves compute under budget alone
-        assert float(grad(under, 0.0).sum()) == 0
+FORMS = {  # the penalty forms, as config overrides
+    "ceiling": ("--config.budget.penalty=lagrangian",),
+    "two_sided": ("--config.budget.penalty=lagrangian", "--config.budget.two_sided=True"),
+    "hinge": ("--config.budget.penalty=hinge",),
+}
+OVER, UNDER = jnp.full((4,), 12.0), jnp.full((4,), 4.0)  # against a target of 8 steps
 
 
-def test_dual_ascent_moves_the_multiplier_with_the_gap():
-    _, budget = _budget("--config.budget.target=8")
-    assert float(budget.dual_step(0.0, jnp.array([12.0]))) > 0
-    assert float(budget.dual_step(0.0, jnp.array([4.0]))) < 0
+def _form(form, target=8):
+    return _budget(f"--config.budget.target={target}", *FORMS[form])[1]
+
+
+def _grad(budget, compute_B, multiplier):
+    return float(jax.grad(budget.penalty_term)(compute_B, jnp.float32(multiplier)).sum())
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_over_the_budget_every_penalty_pushes_compute_down(form):
+    budget = _form(form)
+    assert _grad(budget, OVER, 0.0) > 0 and float(budget.penalty_term(OVER, 0.0)) > 0
+    if form != "hinge":  # a larger multiplier pushes harder
+        assert _grad(budget, OVER, 1.0) > _grad(budget, OVER, 0.0)
+
+
+@pytest.mark.parametrize("multiplier", [0.0, 0.5, 2.0])
+def test_under_the_budget_a_ceiling_has_no_gradient(multiplier):
+    """While lambda + rho * g <= 0 the ceiling exerts no force; at lambda = 0 it costs nothing."""
+    budget = _form("ceiling")  # rho = 10, g = -4 / 8 = -0.5: inactive for lambda < 5
+    assert _grad(budget, UNDER, multiplier) == 0.0
+    value = float(budget.penalty_term(UNDER, multiplier))
+    assert value == pytest.approx(-(multiplier**2) / (2 * budget.weight))
+    assert (value == 0.0) == (multiplier == 0.0)
+    assert _grad(_form("hinge"), UNDER, multiplier) == 0.0
+
+
+def test_under_the_target_two_sided_pushes_compute_up():
+    budget = _form("two_sided")
+    assert _grad(budget, UNDER, 0.0) < 0
+    assert _grad(budget, UNDER, -1.0) < _grad(budget, UNDER, 0.0)  # a negative multiplier pulls harder
+
+
+def test_the_ceiling_is_the_two_sided_term_where_active_and_continuous_where_it_switches():
+    ceiling, two_sided = _form("ceiling"), _form("two_sided")
+    for compute, multiplier in ((12.0, 0.0), (12.0, 1.5), (7.0, 2.0), (5.0, 4.0)):  # lambda + rho * g > 0
+        c_B = jnp.full((4,), compute)
+        assert float(ceiling.penalty_term(c_B, multiplier)) == float(two_sided.penalty_term(c_B, multiplier))
+        assert _grad(ceiling, c_B, multiplier) == _grad(two_sided, c_B, multiplier)
+    lam, rho, scale = 2.0, ceiling.weight, ceiling.scale  # switches at g = -lambda / rho
+    edge = ceiling.target - lam / rho * scale
+    left, right = (float(ceiling.penalty_term(jnp.full((4,), edge + d), lam)) for d in (-1e-3, 1e-3))
+    assert left == pytest.approx(right, abs=1e-4) and left == pytest.approx(-(lam**2) / (2 * rho), abs=1e-4)
+
+
+def test_a_ceiling_with_no_quadratic_weight_is_the_plain_lagrangian():
+    budget = _budget("--config.budget.target=8", "--config.budget.weight=0")[1]
+    for c_B, lam in ((UNDER, 0.0), (UNDER, 0.5), (OVER, 0.5)):
+        gap = (float(c_B.mean()) - 8) / budget.scale
+        assert float(budget.penalty_term(c_B, lam)) == pytest.approx(lam * gap)
+        assert _grad(budget, c_B, lam) == pytest.approx(lam / budget.scale)  # summed over the batch mean
+
+
+def test_two_sided_is_the_augmented_lagrangian_of_an_equality_bit_for_bit():
+    """The two-sided form is what every budget did before the ceiling: lambda * g + rho / 2 * g^2,
+    and lambda + dual_lr * g unprojected. Pinned exactly, eagerly and under jit, values and grads."""
+    budget = _form("two_sided")
+
+    def reference(c_B, lam):
+        gap = (jnp.mean(c_B) - budget.target) / budget.scale
+        return lam * gap + 0.5 * budget.weight * gap**2
+
+    def reference_step(lam, c_B):
+        return lam + budget.dual_lr * (jnp.mean(c_B) - budget.target) / budget.scale
+
+    pairs = [(budget.penalty_term, reference), (jax.grad(budget.penalty_term), jax.grad(reference))]
+    pairs += [(jax.jit(ours), jax.jit(theirs)) for ours, theirs in pairs]
+    steps = [(budget.dual_step, reference_step), (jax.jit(budget.dual_step), jax.jit(reference_step))]
+    for c_B in (OVER, UNDER, jnp.array([3.0, 9.5, 8.25, 1.0])):
+        for lam in (jnp.float32(-0.7), jnp.float32(0.0), jnp.float32(1.3)):
+            for ours, theirs in pairs:
+                assert ours(c_B, lam).tolist() == theirs(c_B, lam).tolist()
+            for ours, theirs in steps:
+                assert ours(lam, c_B).tolist() == theirs(lam, c_B).tolist()
+
+
+def test_dual_ascent_on_a_ceiling_stays_nonnegative_and_relaxes_under_the_budget():
+    budget = _form("ceiling")
+    assert float(budget.dual_step(0.0, OVER)) == pytest.approx(budget.dual_lr * 0.5)  # g = 4 / 8
+    assert float(budget.dual_step(0.0, UNDER)) == 0.0  # stays at 0
     assert float(budget.dual_step(0.3, jnp.array([8.0]))) == pytest.approx(0.3)
+    lam = jnp.float32(0.3)
+    for _ in range(5):  # 0.3 - 0.05 a step under the budget: 0 after 6, and it stays there
+        lam = budget.dual_step(lam, UNDER)
+    assert 0 < float(lam) < 0.3
+    for _ in range(3):
+        lam = budget.dual_step(lam, UNDER)
+    assert float(lam) == 0.0
 
 
-def test_training_lands_realized_compute_on_the_target(tmp_path):
-    """A small ACT run with no ponder cost and a budget of 3 steps (cap 6): dual ascent settles
-    the realized mean steps within 10% of the target."""
-    cfg = config_lib.load(
-        f"{ROOT}/configs/parity.py:tiny", [*QUIET, "--config.budget.target=3", "--config.halting.tau=0"]
-    )
-    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=600, log_every=50, eval_every=600))
-    final = train_and_evaluate(cfg, tmp_path)
-    rows = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
-    assert rows[-1]["budget/target"] == 3.0
-    assert rows[-1]["budget/realized_compute"] == pytest.approx(3.0, rel=0.10)
-    assert final["eval/steps_mean"] == pytest.approx(3.0, rel=0.10)
+def test_two_sided_dual_ascent_goes_negative_under_the_target_and_a_hinge_has_no_multiplier():
+    assert float(_form("two_sided").dual_step(0.0, UNDER)) < 0
+    assert float(_form("two_sided").dual_step(0.0, OVER)) > 0
+    assert float(_form("hinge").dual_step(0.3, OVER)) == 0.3
+
+
+def test_two_sided_needs_the_lagrangian():
+    with pytest.raises(ConfigError) as err:
+        _budget("--config.budget.target=8", "--config.budget.penalty=hinge", "--config.budget.two_sided=True")
+    assert str(err.value) == "config key 'budget.two_sided' needs budget.penalty=lagrangian; penalty is 'hinge'"
+
+
+def _train(tmp_path, steps, *overrides):
+    cfg = config_lib.load(f"{ROOT}/configs/parity.py:tiny", [*QUIET, *overrides])
+    train = dataclasses.replace(cfg.train, steps=steps, log_every=50, eval_every=steps, checkpoint_every=steps)
+    final = train_and_evaluate(dataclasses.replace(cfg, train=train), tmp_path)
+    return final, [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+
+
+def test_training_under_a_loose_ceiling_spends_what_the_task_needs(tmp_path):
+    """Parity's tiny ACT model (ponder cost on, cap 6) settles near 4 steps on its own; a ceiling
+    of 5 never binds: the multiplier stays 0 and compute stays under it."""
+    final, rows = _train(tmp_path, 300, "--config.budget.target=5")
+    assert all(r["budget/lagrange_multiplier"] == 0.0 for r in rows)
+    assert rows[-1]["budget/realized_compute"] < 4.5 and final["eval/steps_mean"] < 4.5
+
+
+def test_training_under_a_binding_ceiling_brings_compute_down_to_it(tmp_path):
+    """With no ponder cost the model starts near 4 steps; a ceiling of 3 raises the multiplier
+    until compute is under it, then the multiplier relaxes back to 0."""
+    final, rows = _train(tmp_path, 300, "--config.budget.target=3", "--config.halting.tau=0")
+    assert rows[0]["budget/realized_compute"] > 3 and max(r["budget/lagrange_multiplier"] for r in rows) > 0
+    assert rows[-1]["budget/realized_compute"] <= 3 and final["eval/steps_mean"] <= 3
+    assert rows[-1]["budget/lagrange_multiplier"] == 0.0
+
+
+def test_two_sided_training_lands_realized_compute_on_the_target(tmp_path):
+    """The same model as the loose ceiling's, two-sided: pushed up from ~4 steps onto the 5 asked for."""
+    final, rows = _train(tmp_path, 300, "--config.budget.target=5", "--config.budget.two_sided=True")
+    assert min(r["budget/lagrange_multiplier"] for r in rows) < 0
+    assert rows[-1]["budget/target"] == 5.0
+    assert rows[-1]["budget/realized_compute"] == pytest.approx(5.0, rel=0.05)
+    assert final["eval/steps_mean"] == pytest.approx(5.0, rel=0.05)
 
 
 def test_cli_refuses_an_unreachable_budget_before_creating_the_workdir(tmp_path):

@@ -6,6 +6,10 @@ of steps: steps; FLOPs or MACs (adaptive/flops.py); latency, cost or energy thro
 cost model (adaptive/costmodel.py). It refuses, in one line, a target or a request budget the
 model cannot meet: not positive, below one step's compute, or above the cap's.
 
+The target is a ceiling by default: the penalty is the augmented Lagrangian of E[c] <= target
+and its multiplier stays >= 0, so a model that needs less than the budget pays nothing for it.
+`two_sided` makes it an equality, E[c] = target, for sweeps that want to land on a compute level.
+
 Request budgets (one value, or a distribution over requests) become step caps: the most steps
 whose compute fits, with every expert a token may use counted, so a cap holds for any routing.
 """
@@ -35,6 +39,7 @@ class Budget:
     serving_batch: int = 1
     request_steps: tuple[int, ...] = ()  # each request budget as a step cap
     request_probs: tuple[float, ...] = ()  # how often each occurs
+    two_sided: bool = False  # lagrangian only: E[c] = target instead of E[c] <= target
 
     @classmethod
     def from_config(cls, cfg, input_shape: tuple[int, ...], num_classes: int) -> Budget | None:
@@ -42,6 +47,10 @@ class Budget:
         b, cap, batch = cfg.budget, step_cap(cfg), cfg.train.batch_size
         if b.target is None and not b.requests:
             return None
+        if b.two_sided and b.penalty != "lagrangian":
+            raise ConfigError(
+                f"config key 'budget.two_sided' needs budget.penalty=lagrangian; penalty is {b.penalty!r}"
+            )
         if b.requests and cfg.halting.policy == "none":
             raise ConfigError("config key 'budget.requests' needs an adaptive model; halting.policy is 'none'")
         flops = flops_model(cfg, input_shape, num_classes, batch=batch, train=True)
@@ -59,7 +68,9 @@ class Budget:
                     f"{b.unit} budget cannot steer this model; calibrate a larger batch or more repeats"
                 )
         target = None if b.target is None else float(b.target)
-        budget = cls(b.unit, target, b.penalty, b.weight, b.dual_lr, flops, cost_model, b.serving_batch)
+        budget = cls(
+            b.unit, target, b.penalty, b.weight, b.dual_lr, flops, cost_model, b.serving_batch, two_sided=b.two_sided
+        )
         low, high = budget.compute(1.0, flops.min_experts_per_step), budget.compute(float(cap))
         unit_range = f"this model spends {low:g} to {high:g} {b.unit} per example"
         unit_range += "" if b.unit == "steps" else f" (1 to {cap} steps)"
@@ -130,18 +141,45 @@ class Budget:
         """
         return max(self.target - float(self.compute(0.0)), 1e-12)
 
+    def gap(self, compute_B):
+        """g = (mean compute - target) / scale: the constraint is g <= 0 (g = 0 when two-sided)."""
+        return (jnp.mean(compute_B) - self.target) / self.scale
+
     def penalty_term(self, expected_B, multiplier):
-        """The loss term for expected compute per example `expected_B`."""
-        gap = (jnp.mean(expected_B) - self.target) / self.scale
+        """The loss term for expected compute per example `expected_B` under multiplier lambda.
+
+        hinge: weight * mean(relu(c - target)) / scale, zero under the budget.
+        two-sided augmented Lagrangian of g = 0: lambda * g + weight / 2 * g^2; the quadratic
+        term pulls toward the target on its own and damps the oscillation of plain dual ascent.
+        ceiling (the default), the augmented Lagrangian of g <= 0 with rho = weight (Rockafellar
+        1973; Nocedal & Wright, Numerical Optimization, sec. 17.4):
+
+            psi(g, lambda) = lambda * g + rho / 2 * g^2   if lambda + rho * g > 0
+                           = -lambda^2 / (2 rho)          otherwise,
+
+        i.e. (max(0, lambda + rho g)^2 - lambda^2) / (2 rho), with d psi / dg = max(0, lambda + rho g).
+        It is the two-sided term wherever the constraint is active, so over the budget both push
+        compute down alike; under it the gradient is exactly 0 and, at lambda = 0, so is the
+        penalty, so a model that needs less than the budget is left to the task loss. The branch
+        form (not the squared max) keeps the active value bit-equal to the two-sided one; rho = 0
+        is the limit lambda * g, the plain Lagrangian.
+        """
         if self.penalty == "hinge":
             return self.weight * jnp.mean(jnp.maximum(expected_B - self.target, 0.0)) / self.scale
-        # Augmented Lagrangian: the quadratic term pulls toward the target on its own and damps
-        # the oscillation around the target that plain dual ascent shows.
-        return multiplier * gap + 0.5 * self.weight * gap**2
+        gap = self.gap(expected_B)
+        if self.two_sided:
+            return multiplier * gap + 0.5 * self.weight * gap**2
+        if self.weight == 0:  # the limit rho -> 0: plain Lagrangian, lambda >= 0 keeps it a ceiling
+            return multiplier * gap
+        active = multiplier + self.weight * gap > 0
+        inactive = -jnp.square(multiplier) / (2.0 * self.weight)
+        return jnp.where(active, multiplier * gap + 0.5 * self.weight * gap**2, inactive)
 
-    def dual_step(self, multiplier, expected_B):
-        """Dual ascent on the multiplier of E[c] = target: up when over, down when under."""
-        if self.target is None:
+    def dual_step(self, multiplier, realized_B):
+        """One dual-ascent step on the multiplier from realized compute: lambda + dual_lr * g,
+        projected onto lambda >= 0 for a ceiling (so it decays to 0 while the model is under the
+        budget), unprojected when two-sided. A hinge has no multiplier."""
+        if self.target is None or self.penalty != "lagrangian":
             return multiplier
-        gap = (jnp.mean(expected_B) - self.target) / self.scale
-        return multiplier + self.dual_lr * gap if self.penalty == "lagrangian" else multiplier
+        stepped = multiplier + self.dual_lr * self.gap(realized_B)
+        return stepped if self.two_sided else jnp.maximum(stepped, 0.0)
