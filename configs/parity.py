@@ -12,8 +12,8 @@ steps to ponder, up to a cap of 20. `static` is the same cell run for exactly on
 the static baseline of any depth. `tiny` shrinks data and run for tests and CPU smoke runs.
 
 tau = 3e-3 here: with this loss normalisation (means over the batch), tau = 1e-3 lets ACT
-drift to the cap (99.9% accuracy, ~20 steps) and 1e-2 collapses it to 2 steps and chance
-(experiments/act_parity has the sweep).
+drift toward the cap (13.78 mean steps, test accuracy 0.9885 over 3 seeds) and 1e-2 collapses
+one seed of three to 2 steps and chance (experiments/act_parity/results.md has the sweep).
 """
 
 from adaptive.config import default_config

@@ -16,6 +16,7 @@ from adaptive.compute.budget import Budget
 from adaptive.compute.flops import flops_model
 from adaptive.evaluation import plots
 from adaptive.evaluation.budgeted_eval import evaluate_run
+from adaptive.evaluation.intervals import mean_interval
 from adaptive.evaluation.tables import markdown_table, print_table
 from adaptive.training.metrics import read_jsonl
 from adaptive.workdir.config_file import RunError, load_config
@@ -58,7 +59,7 @@ def report(
     pareto: str | None = None,
 ) -> list[dict]:
     """Prints (and optionally writes) one row per run, then one per group of runs that differ
-    only in their seed (mean and range over seeds); the plot shows group means."""
+    only in their seed (mean and 95% interval over seeds); the plot shows group means."""
     rows, curves, groups = [], [], {}
     for workdir in map(Path, workdirs):
         cfg = load_config(workdir)
@@ -70,7 +71,7 @@ def report(
             row["experts_per_example"] = final.get("eval/experts_mean")
             row["train_drop_fraction"] = last_train.get("moe/drop_fraction")
             row["usage_entropy"] = last_train.get("moe/usage_entropy")
-        run_curves = [(cfg.data.eval_split, final)]
+        run_curves = [(final.get("eval/split", cfg.data.eval_split), final)]  # the split it was scored on
         for split in splits:
             run_curves.append((split, evaluate_run(workdir, split=split)[0]))
         for split, metrics in run_curves:
@@ -85,7 +86,7 @@ def report(
     if any(len(members) > 1 for members in groups.values()):
         summary, plotted = _by_seed_groups(rows, curves, list(groups.values()))
         summary_columns = list(dict.fromkeys(k for r in summary for k in r))
-        print("\nmean over seeds (min..max):")
+        print("\nmean over seeds, +- the half-width of its 95% t-interval:")
         print_table(summary, summary_columns)
         text = markdown_table(summary, summary_columns) + "\nPer run:\n\n" + text
     if markdown:
@@ -133,24 +134,32 @@ def _without_seed(cfg) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def _by_seed_groups(rows: list[dict], curves: list, groups: list[list[int]]):
-    """One summary row and one mean curve per group of runs that differ only in the seed."""
-    summary, plotted = [], []
+def seed_summary(rows: list[dict], groups: list[list[int]]) -> list[dict]:
+    """One row per group of runs that differ only in the seed: every accuracy and steps column
+    as the mean over seeds, beside it (`<column>_ci95`) the half-width of its 95% t-interval
+    (intervals.py), 'n/a (1 seed)' for a group of one."""
+    summary = []
     for members in groups:
         first = rows[members[0]]
         out = {"method": first["method"], "kind": first["kind"], "seeds": len(members)}
         for key in first:
             if key.endswith(("_accuracy", "_steps")):
-                values = [rows[i][key] for i in members]
-                out[key] = sum(values) / len(values)
-                if key.endswith("_accuracy"):
-                    out[key + "_range"] = f"{min(values):.3f}..{max(values):.3f}"
+                iv = mean_interval([rows[i][key] for i in members])
+                out[key] = iv.mean
+                out[key + "_ci95"] = "n/a (1 seed)" if iv.low is None else f"+-{iv.half_width:.3g}"
         summary.append(out)
+    return summary
+
+
+def _by_seed_groups(rows: list[dict], curves: list, groups: list[list[int]]):
+    """The seed summary, and one mean curve per group of runs that differ only in the seed."""
+    plotted = []
+    for members in groups:
         mean_curves = []
         for j, (split, _) in enumerate(curves[members[0]]):
             mean_curves.append((split, _mean_metrics([curves[i][j][1] for i in members])))
-        plotted.append((first["method"], mean_curves))
-    return summary, plotted
+        plotted.append((rows[members[0]]["method"], mean_curves))
+    return seed_summary(rows, groups), plotted
 
 
 def _mean_metrics(runs: list[dict]) -> dict:

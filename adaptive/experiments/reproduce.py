@@ -1,34 +1,60 @@
 """`adaptive reproduce NAME [--tiny] [--workdir DIR]`: one experiment of experiments/, end to end.
 
 An experiment's README holds a fenced `reproduce` block that says what to run and what should
-come out:
+come out. Full-run lines, and their `tiny-` twins that `--tiny` reads instead:
 
-    sweep configs/parity.py                       the sweep (get_sweep of that config)
-    tiny configs/parity.py:tiny                   the minutes-scale version (--tiny)
-    expect tau=0.003 : eval_accuracy >= 0.95      a claim about the full run
-    expect tau=0.001 : eval_steps > tau=0.01 : eval_steps
-    tiny-expect tau=0.001 : eval_steps > policy=none : eval_steps
+    sweep CONFIG[:ARG] [--config.KEY=VALUE ...]     a sweep (get_sweep of that config); repeatable
+    tiny CONFIG[:ARG] [--config.KEY=VALUE ...]      the minutes-scale sweep (--tiny); repeatable
+    run NAME COMMAND                                a command that writes JSON to {json}; repeatable
+    tiny-run NAME COMMAND
+    expect CLAIM  # where its bar comes from        judged on the full run
+    tiny-expect CLAIM  # ...                        judged on the tiny run
 
-A claim selects sweep points by `key=value` filters on their values (the last part of a dotted
-key is enough), averages a summary column over them (so seeds pool), and compares it with a
-number or with another selection. The command runs the sweep (resumably), the compute-aware
-evaluation of every adaptive point against the static ones, writes DIR/results.md, prints
-which claims hold, and exits 1 if any does not.
+Rows. Every sweep point is a row whose values are its sweep values plus `config=<file stem>`; a
+`run` command's JSON (an object, or a list of objects) gives one row per object whose values are
+its scalar fields plus `run=NAME`. A command holding `{seed}` runs once per seed (0 1 2; tiny: 0)
+and each run's rows carry that seed; otherwise a row's seed is its `seed` field. Several sweeps
+train in DIR/<i>-<stem>, one sweep in DIR itself; a command's JSON is DIR/NAME[-seedS].json, and
+both resume: finished points and existing JSON files are not redone.
+
+Splits. Training's periodic evals, and every choice, use the validation split; the choices a
+claim depends on (which tau is the main one) are written in the block before the run. After the
+sweep each finished point is scored once on the test split through `adaptive eval`'s path
+(`test_accuracy`, `test_steps`, `test_flops`, `test_steps_easiest`/`_hardest`; adaptive points
+also get the compute-aware report against the static points: `test_shifted_accuracy`,
+`test_shifted_steps`), cached in the point's eval/ folder. Claims read only test columns (or a
+command's fields), and for MoE points the last training window's routing balance
+(`train_usage_entropy`, `train_drop_fraction`: collapse onto a few experts happens in training);
+DIR/results.md names the split of every column.
+
+Claims are judged over seeds on 95% intervals (claims.py states the rule); a full claim needs
+>= 3 seeds. The command prints each claim's mean, interval, verdict and the source of its bar,
+writes DIR/results.md and DIR/claims.json, and exits 1 if any claim fails or any point failed.
 """
 
 from __future__ import annotations
 
 import json
-import operator
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
+from adaptive import config as config_lib
 from adaptive.config import ConfigError
 from adaptive.evaluation.tables import markdown_table
-from adaptive.experiments import sweep, sweep_summary
+from adaptive.experiments import claims as claims_lib
+from adaptive.experiments import held_out, sweep, sweep_summary
+from adaptive.training.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
-OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+RUN_SEEDS = {False: (0, 1, 2), True: (0,)}  # the seeds of a `run` command holding {seed}
+KEYS = ("sweep", "tiny", "run", "tiny-run", "expect", "tiny-expect")
+NON_TEST_PREFIXES = ("eval_", "validation_")  # metrics of the split that choices were made on
+# Routing's balance where it can collapse, in training: the last logged training window's value.
+TRAIN_COLUMNS = {"moe/usage_entropy": "train_usage_entropy", "moe/drop_fraction": "train_drop_fraction"}
 
 
 def read_block(name: str) -> dict:
@@ -36,103 +62,129 @@ def read_block(name: str) -> dict:
     if not readme.is_file():
         known = sorted(p.parent.name for p in (ROOT / "experiments").glob("*/README.md"))
         raise ConfigError(f"no experiment {name!r}; experiments/ has {', '.join(known)}")
-    match = re.search(r"```reproduce\n(.*?)```", readme.read_text(), re.S)
+    return parse_block(readme.read_text(), f"experiments/{name}/README.md")
+
+
+def parse_block(text: str, where: str) -> dict:
+    """The block's lines by keyword: sweeps as (spec, overrides), runs as (name, command), claims
+    parsed (a bad one is refused here, before anything runs)."""
+    match = re.search(r"```reproduce\n(.*?)```", text, re.S)
     if not match:
-        raise ConfigError(f"experiments/{name}/README.md has no ```reproduce block to run")
-    block = {"sweep": None, "tiny": None, "expect": [], "tiny-expect": []}
+        raise ConfigError(f"{where} has no ```reproduce block to run")
+    block = {key: [] for key in KEYS}
     for line in match.group(1).splitlines():
         word, _, rest = line.strip().partition(" ")
+        rest = rest.strip()
         if not word or word.startswith("#"):
             continue
         if word not in block:
-            raise ConfigError(f"experiments/{name}/README.md: unknown reproduce line {line.strip()!r}")
-        if isinstance(block[word], list):
-            block[word].append(rest.strip())
+            raise ConfigError(f"{where}: unknown reproduce line {line.strip()!r}; lines start with {', '.join(KEYS)}")
+        if word in ("sweep", "tiny"):
+            spec, *overrides = shlex.split(rest) or [""]
+            block[word].append((spec, overrides))
+        elif word in ("run", "tiny-run"):
+            run_name, _, command = rest.partition(" ")
+            if "{json}" not in command:
+                raise ConfigError(f"{where}: {word} {run_name} must write its JSON to {{json}}: {command!r}")
+            block[word].append((run_name, command.strip()))
         else:
-            block[word] = rest.strip()
+            block[word].append(claims_lib.parse(rest))
     return block
 
 
-def select(rows: list[dict], filters: str) -> list[dict]:
-    """Finished rows whose values match every `key=value` (key: a dotted key or its last part)."""
-    wanted = [f.split("=", 1) for f in filters.split()]
-    chosen = []
-    for row in rows:
-        values = {k.split(".")[-1]: v for k, v in row["values"].items()} | row["values"]
-        if all(k in values and _same(values[k], v) for k, v in wanted):
-            chosen.append(row)
-    return chosen
-
-
-def _same(value, text: str) -> bool:
-    try:
-        return float(value) == float(text)
-    except (TypeError, ValueError):
-        return str(value) == text
-
-
-def _mean(rows: list[dict], filters: str, metric: str) -> float:
-    found = [r[metric] for r in select(rows, filters) if r.get("status") == "done" and r.get(metric) is not None]
-    if not found:
-        raise ValueError(f"no finished point matches {filters!r} with {metric!r}")
-    return sum(found) / len(found)
-
-
-def check(claim: str, rows: list[dict]) -> dict:
-    """One claim: `FILTERS : METRIC OP (NUMBER | FILTERS : METRIC)`."""
-    match = re.fullmatch(r"(.+?):\s*(\S+)\s*(>=|<=|>|<)\s*(.+)", claim)
-    if not match:
-        raise ConfigError(f"cannot read the claim {claim!r}; write FILTERS : METRIC OP VALUE")
-    filters, metric, op, right = match.groups()
-    result = {"claim": claim}
-    try:
-        left = _mean(rows, filters.strip(), metric)
-        if ":" in right:
-            other_filters, other_metric = (s.strip() for s in right.split(":", 1))
-            value = _mean(rows, other_filters, other_metric)
-        else:
-            value = float(right)
-    except ValueError as e:
-        return {**result, "holds": False, "why": str(e)}
-    return {**result, "holds": bool(OPS[op](left, value)), "got": left, "against": value}
-
-
 def reproduce(name: str, *, tiny: bool, workdir: str | None, parallel: int, overrides: list[str]) -> int:
-    from adaptive.evaluation.eval_report import compute_report
-    from adaptive.inference.restore import load_run
-
-    block = read_block(name)
-    spec = block["tiny"] if tiny else block["sweep"]
-    if not spec:
-        raise ConfigError(f"experiments/{name}/README.md names no {'tiny' if tiny else 'sweep'} config")
     out = Path(workdir or f"runs/reproduce/{name}{'-tiny' if tiny else ''}")
-    file, sep, arg = spec.partition(":")
-    spec = str(ROOT / file) + sep + arg  # the README's paths are relative to the repository
-    points = sweep.load_points(spec, out, overrides)
+    title = f"experiments/{name}{' (tiny)' if tiny else ''}"
+    return run_block(read_block(name), out, tiny=tiny, parallel=parallel, overrides=overrides, title=title)
+
+
+def run_block(
+    block: dict, out: Path, *, tiny: bool, parallel: int = 1, overrides: list[str] = (), title: str = ""
+) -> int:
+    """Runs a parsed block's sweeps and commands into `out`, judges its claims; 0 when all hold."""
+    sweeps, runs = block["tiny" if tiny else "sweep"], block["tiny-run" if tiny else "run"]
+    claims = block["tiny-expect" if tiny else "expect"]
+    if not sweeps and not runs:
+        raise ConfigError(f"{title}: the reproduce block names no {'tiny' if tiny else 'sweep'} config or run")
+    minimum = 1 if tiny else claims_lib.MIN_SEEDS
+    plans = [
+        _plan_sweep(s, [*extra, *overrides], out, i if len(sweeps) > 1 else None) for i, (s, extra) in enumerate(sweeps)
+    ]
+    planned = [row for _, _, rows in plans for row in rows]
+    planned += [{"values": {"run": n}, "seed": s} for n, c in runs if "{seed}" in c for s in RUN_SEEDS[tiny]]
+    for claim in claims:
+        for side in (claim.left, claim.right):
+            if isinstance(side, (claims_lib.Side, claims_lib.Scaled)) and side.metric.startswith(NON_TEST_PREFIXES):
+                raise ConfigError(f"claim {claim.text!r} reads {side.metric!r}; claims are judged on test_ columns")
+        claims_lib.check_design(claim, planned, minimum)
     out.mkdir(parents=True, exist_ok=True)
-    sweep.run(spec, points, parallel)
-    rows = sweep_summary.summarize(points, out)
-    for row, point in zip(rows, points, strict=True):
-        row["values"] = point.values
-    static = [str(p.workdir) for p, r in zip(points, rows, strict=True) if r["status"] == "done" and _static(p)]
-    for p, r in zip(points, rows, strict=True):
-        if r["status"] == "done" and not _static(p):
-            report, _ = compute_report(load_run(p.workdir), r["eval_split"], static)
-            r["shifted_accuracy"] = report["shifted"]["accuracy"]
-            r["shifted_steps"] = report["shifted"]["steps"]["mean"]
-    claims = [check(c, rows) for c in block["tiny-expect" if tiny else "expect"]]
-    columns = [c for c in sweep_summary.CONSOLE_COLUMNS if any(c in r for r in rows)]
-    (out / "results.md").write_text(markdown_table(rows, [*columns, "shifted_accuracy", "shifted_steps"]))
-    (out / "claims.json").write_text(json.dumps(claims, indent=1) + "\n")
-    print(f"\nclaims of experiments/{name}{' (tiny)' if tiny else ''}:")
-    for c in claims:
-        got = f"got {c['got']:.4g} vs {c['against']:.4g}" if "got" in c else c["why"]
-        print(f"  {'HOLDS ' if c['holds'] else 'FAILS '} {c['claim']}   ({got})")
-    print(f"wrote {out / 'results.md'}, {out / 'claims.json'}, {out / 'summary.csv'}, {out / 'pareto.png'}")
-    return 0 if all(c["holds"] for c in claims) and all(r["status"] == "done" for r in rows) else 1
+    rows = []
+    for spec, points, planned_rows in plans:
+        points[0].workdir.parent.mkdir(parents=True, exist_ok=True)
+        sweep.run(spec, points, parallel)
+        summary = sweep_summary.summarize(points, points[0].workdir.parent)
+        for row, plan in zip(summary, planned_rows, strict=True):
+            row["values"], row["seed"] = plan["values"], plan["seed"]
+        rows += held_out.score_on_test(points, _train_columns(points, summary))
+    for run_name, command in runs:
+        rows += _run_command(run_name, command, out, RUN_SEEDS[tiny])
+    judged = [claims_lib.judge(c, rows, minimum) for c in claims]
+    (out / "results.md").write_text(markdown_table(*held_out.table(rows)))
+    (out / "claims.json").write_text(json.dumps(judged, indent=1) + "\n")
+    print(f"\nclaims of {title} (95% intervals over seeds; sweep columns on the test split):")
+    for c in judged:
+        print(claims_lib.verdict_line(c))
+    print(f"wrote {out / 'results.md'}, {out / 'claims.json'}")
+    return 0 if all(c["holds"] for c in judged) and all(r["status"] == "done" for r in rows) else 1
 
 
-def _static(point) -> bool:
-    from adaptive.workdir.config_file import load_config
+def _plan_sweep(spec: str, overrides: list[str], out: Path, index: int | None):
+    """(full spec, points, planned rows) of one sweep line; planned rows carry each point's values
+    and seed (from its full config), known before anything trains."""
+    file, sep, arg = spec.partition(":")
+    stem = Path(file).stem
+    full = str(ROOT / file) + sep + arg  # the README's paths are relative to the repository
+    where = out if index is None else out / f"{index}-{stem}{'-' + arg if arg else ''}"
+    points = sweep.load_points(full, where, overrides)
+    planned = []
+    for p in points:
+        seed = p.values["seed"] if "seed" in p.values else config_lib.load(full, p.overrides).seed
+        planned.append({"values": {**p.values, "config": stem}, "seed": seed})
+    return full, points, planned
 
-    return load_config(point.workdir).halting.policy == "none"
+
+def _train_columns(points: list, rows: list[dict]) -> list[dict]:
+    """`rows` with TRAIN_COLUMNS on every finished point that logged them."""
+    for point, row in zip(points, rows, strict=True):
+        if row["status"] != "done":
+            continue
+        logged = [r for r in read_jsonl(point.workdir / "metrics.jsonl") if r["split"] == "train"]
+        row.update({column: logged[-1][key] for key, column in TRAIN_COLUMNS.items() if logged and key in logged[-1]})
+    return rows
+
+
+def _run_command(run_name: str, command: str, out: Path, seeds: tuple[int, ...]) -> list[dict]:
+    """Rows from a command's JSON, run (from the repository root) once per seed if it holds
+    {seed}; an existing JSON file is read, not remade."""
+    rows = []
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for seed in seeds if "{seed}" in command else (None,):
+        label = run_name if seed is None else f"{run_name}-seed{seed}"
+        path = (out / f"{label}.json").resolve()
+        if not path.is_file():
+            line = command.replace("{json}", shlex.quote(str(path))).replace("{seed}", str(seed))
+            code = subprocess.run(line, shell=True, cwd=ROOT, env=env).returncode
+            if code != 0 or not path.is_file():
+                detail = f"exit {code}" if code else f"wrote no {path}"
+                rows.append(
+                    {"point": label, "status": "failed", "values": {"run": run_name}, "seed": seed, "detail": detail}
+                )
+                continue
+        found = json.loads(path.read_text())
+        for item in found if isinstance(found, list) else [found]:
+            scalars = {k: v for k, v in item.items() if isinstance(v, (int, float, str, bool))}
+            row_seed = seed if seed is not None else scalars.get("seed")
+            rows.append(
+                {"point": label, "status": "done", "values": {**scalars, "run": run_name}, "seed": row_seed, **scalars}
+            )
+    return rows
