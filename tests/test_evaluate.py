@@ -63,9 +63,11 @@ def test_report_writes_table_and_plot(tiny_run, tmp_path):
 def test_eval_times_the_compiled_predictor_on_real_batches(tiny_run):
     proc = _run("eval", "--workdir", str(tiny_run), "--latency-batch", "32")
     assert proc.returncode == 0, proc.stderr
-    # 512 test examples: 16 full batches, cycled through for 200 timed calls
+    assert "step 30 split validation budget" in proc.stdout  # without --split: validation, never test
+    # 512 validation examples: 16 full batches, cycled through for 200 timed calls
     assert "latency at batch 32 over 200 calls (16 distinct batches): p50" in proc.stdout
-    out = json.loads((tiny_run / "eval" / "test-step30.json").read_text())
+    out = json.loads((tiny_run / "eval" / "validation-step30.json").read_text())
+    assert out["split"] == "validation"
     assert 0 < out["latency/p50_ms"] <= out["latency/p95_ms"] <= out["latency/p99_ms"]
     assert 1 <= out["latency/steps_mean"] <= 6
 
@@ -83,7 +85,8 @@ def test_eval_report_covers_every_budget_with_a_baseline_plots_and_a_shifted_spl
     proc = _run("eval", "--workdir", str(tiny_run), "--baseline", str(static))
     assert proc.returncode == 0, proc.stderr
     assert "Pareto front of accuracy vs compute (flops)" in proc.stdout
-    report = json.loads((tiny_run / "eval" / "test-report-step30.json").read_text())
+    report = json.loads((tiny_run / "eval" / "validation-report-step30.json").read_text())
+    assert report["split"] == "validation"
     grid = report["budget_grid"]
     assert [r["step_budget"] for r in grid] == [1, 2, 3, 4, 5, 6]
     assert all(r["steps"] <= r["step_budget"] for r in grid)
@@ -96,13 +99,13 @@ def test_eval_report_covers_every_budget_with_a_baseline_plots_and_a_shifted_spl
     assert 1 <= dist["p50"] <= dist["p99"] <= dist["max"] <= 6
     assert report["cost_per_correct"]["flops"] >= grid[-1]["flops"]
     assert [r["difficulty"] for r in report["by_difficulty"]] == list(range(1, 17))
-    assert "parity difficulty 12..16" in report["shifted"]["what"]
-    assert {r["difficulty"] for r in report["shifted"]["by_difficulty"]} <= set(range(12, 17))
+    assert "parity difficulty 12..16" in report["shifted"]["what"]  # validation's own vectors, harder
+    assert {r["difficulty"] for r in report["shifted"]["by_difficulty"]} == set(range(12, 17))
     (baseline,) = report["baselines"]
     assert baseline["name"] == "static" and baseline["steps"] == 3.0
     assert report["budgeted_batch"] == []  # ACT has no per-step prediction to exit on
     for name in ("accuracy_vs_compute", "compute_histogram", "compute_vs_difficulty"):
-        assert (tiny_run / "eval" / f"test-step30-{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (tiny_run / "eval" / f"validation-step30-{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_eval_report_of_early_exits_calibrates_budgeted_batch_thresholds(tmp_path):
@@ -117,8 +120,12 @@ def test_eval_report_of_early_exits_calibrates_budgeted_batch_thresholds(tmp_pat
     rows = report["budgeted_batch"]
     assert [r["target_steps"] for r in rows] == [1.5, 3.0, 4.5]
     for r in rows:  # the validation split exits as planned, up to ties and rounding
+        assert r["calibration_split"] == "validation" and r["split"] == "test"
         assert np.allclose(r["validation_exit_fractions"], r["planned_exit_fractions"], atol=0.02)
         assert r["steps"] == pytest.approx(r["target_steps"], abs=0.5)  # test: close to the target
+    # Scoring validation itself still calibrates there (thresholds are a choice: never on train).
+    report, _ = compute_report(load_run(run_dir), "validation")
+    assert {(r["calibration_split"], r["split"]) for r in report["budgeted_batch"]} == {("validation", "validation")}
 
 
 def test_eval_report_of_experts_sweeps_expert_budgets(tmp_path):
@@ -147,6 +154,28 @@ def test_eval_report_refuses_models_without_budget_curves(tmp_path):
     train_tiny(tmp_path / "sampled", 5, overrides=sampled)
     with pytest.raises(RunError, match="sampled PonderNet halting has no per-budget trajectory"):
         compute_report(load_run(tmp_path / "sampled"), "test")
+
+
+def test_eval_halt_scores_a_pondernet_run_by_sampling_and_refuses_other_policies(tiny_run, tmp_path):
+    """One checkpoint, two halting rules: the sampled score is written beside the threshold one,
+    each JSON naming its rule, and the threshold rule gives what the run gives as trained."""
+    workdir = tmp_path / "pondernet"
+    train_tiny(workdir, 5, overrides=("--config.halting.policy=pondernet",))
+    scores = {}
+    for halt in ("threshold", "sample"):
+        proc = _run("eval", "--workdir", str(workdir), "--split", "validation", "--halt", halt)
+        assert proc.returncode == 0, proc.stderr
+        assert f"halting {halt}:" in proc.stdout
+        scores[halt] = json.loads((workdir / "eval" / f"validation-{halt}-step5.json").read_text())
+        assert scores[halt]["halting"] == halt and scores[halt]["eval/steps_max"] <= 6
+    as_trained = _run("eval", "--workdir", str(workdir), "--split", "validation", "--budget", "6")
+    assert as_trained.returncode == 0, as_trained.stderr
+    trained = json.loads((workdir / "eval" / "validation-budget6-step5.json").read_text())
+    assert trained["eval/accuracy"] == scores["threshold"]["eval/accuracy"]
+    assert trained["eval/steps_mean"] == scores["threshold"]["eval/steps_mean"]
+    proc = _run("eval", "--workdir", str(tiny_run), "--halt", "sample")
+    assert proc.returncode == 2
+    assert "--halt applies to PonderNet runs; this run's halting policy is 'act'" in proc.stderr
 
 
 def test_outcomes_the_predictor_and_the_eval_step_agree_through_the_one_inference_function(tiny_run):

@@ -2,12 +2,19 @@
 
 Writes DIR/eval/<split>[-budget<B>]-step<N>.json with accuracy, loss and compute steps
 (overall and per difficulty), computed by the inference path under the step budget. Without
+--split it scores the run's data.eval_split (validation, where choices are made): the test
+split is read only when asked for, once, at the end. The JSON's `split` names it. Without
 --budget, a run trained for a distribution of request budgets is scored under that distribution
 (each example's step cap drawn from it), as deployed; otherwise at the cap.
+
+`--halt threshold|sample` scores a PonderNet run with that halting rule whatever it was trained
+with (the parameters do not depend on it): Banino et al. evaluate by sampling. The JSON records
+`halting` and its name gains `-<halt>`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -18,6 +25,7 @@ import numpy as np
 from adaptive import data
 from adaptive.compute.costmodel import CostModel
 from adaptive.config import step_cap
+from adaptive.inference.infer import with_halting
 from adaptive.inference.predictor import BudgetedPredictor
 from adaptive.inference.restore import load_run
 from adaptive.inference.scoring import request_steps, score_split
@@ -32,8 +40,18 @@ def evaluate_run(
     step: int | None = None,
     budget: int | None = None,
     latency_batch: int | None = None,
+    halt: str | None = None,
 ) -> tuple[dict, Path]:
     run = load_run(workdir, step)
+    if halt is not None:
+        if run.cfg.halting.policy != "pondernet":
+            raise RunError(f"--halt applies to PonderNet runs; this run's halting policy is {run.cfg.halting.policy!r}")
+        halting = dataclasses.replace(run.cfg.halting, pondernet_inference=halt)
+        run = dataclasses.replace(
+            run,
+            cfg=dataclasses.replace(run.cfg, halting=halting),
+            graphdef=with_halting(run.graphdef, run.params, pondernet_inference=halt),
+        )
     split = split or run.cfg.data.eval_split
     cap = step_cap(run.cfg)
     if budget is not None and not 1 <= budget <= cap:
@@ -45,6 +63,7 @@ def evaluate_run(
         "split": split,
         "policy": run.cfg.halting.policy,
         "budget": budget or cap,
+        **({"halting": halt} if halt else {}),
         **score_split(eval_step, run.params, run.cfg, split, budget, requests),
     }
     if requests is not None:
@@ -52,7 +71,8 @@ def evaluate_run(
         metrics["request_step_caps"] = dict(zip(map(str, requests.request_steps), requests.request_probs, strict=True))
     if latency_batch:
         metrics.update(measure_latency(run, split, budget or cap, latency_batch, requests=requests))
-    out = run.workdir / "eval" / f"{split}{f'-budget{budget}' if budget else ''}-step{run.step}.json"
+    name = f"{split}{f'-budget{budget}' if budget else ''}{f'-{halt}' if halt else ''}-step{run.step}"
+    out = run.workdir / "eval" / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics, out

@@ -4,9 +4,11 @@ What it answers, all on one split (default: the run's evaluation split):
 - accuracy at every step budget (and expert budget), in the budget's unit, and the Pareto front
   of accuracy vs mean compute, beside static baselines given with `--baseline DIR`;
 - budgeted batch classification (MSDNet): exit thresholds calibrated on the validation split for
-  a target mean compute, scored on this split; anytime accuracy (stopped after each step);
-- accuracy and compute per difficulty, and on a shifted split (parity: the difficulties beyond
-  training, or the hardest quarter; other data: inputs with added noise);
+  a target mean compute (always validation: thresholds are a choice), scored on this split (so
+  in-sample when this split is validation); anytime accuracy (stopped after each step);
+- accuracy and compute per difficulty, and on a shifted version of this split (parity: the
+  same split's vectors at the difficulties beyond training, or the hardest quarter; other data:
+  its inputs with added noise);
 - the compute distribution (mean, p50, p99, max) and cost per correct prediction.
 Writes DIR/eval/<split>-report-step<N>.json and three PNGs next to it.
 """
@@ -33,6 +35,7 @@ from adaptive.training import steps
 from adaptive.workdir.config_file import RunError
 
 TARGET_FRACTIONS = (0.25, 0.5, 0.75)  # budgeted-batch targets, as fractions of the cap's steps
+CALIBRATION_SPLIT = "validation"  # where exit thresholds are fitted, whatever split is scored
 
 
 def compute_report(run: Run, split: str, baselines: list[str] = ()) -> tuple[dict, list[Path]]:
@@ -102,12 +105,11 @@ def _steps_at(budget, cap: int) -> float | None:
 def _budgeted_batch(run: Run, split: str, test, compute, k_max, cap: int, budget) -> list[dict]:
     if test.step_confidence_NxB is None:  # ACT has no prediction per step to exit on
         return []
-    calibration_split = "validation" if split != "validation" else "train"
-    validation = outcomes.collect(run.graphdef, run.params, run.cfg, calibration_split, k_max=k_max)
+    validation = outcomes.collect(run.graphdef, run.params, run.cfg, CALIBRATION_SPLIT, k_max=k_max)
     targets = {max(1.0, f * cap) for f in TARGET_FRACTIONS} | {_steps_at(budget, cap) if budget else None}
     rows = curves.budgeted_batch(validation, test, sorted(t for t in targets if t is not None), compute)
     for r in rows:
-        r["calibration_split"] = calibration_split
+        r["calibration_split"], r["split"] = CALIBRATION_SPLIT, split
     return rows
 
 
@@ -157,16 +159,21 @@ def _baseline(workdir: str, split: str) -> dict:
 
 
 def _shifted(run: Run, split: str, k_max) -> tuple[dict, np.ndarray]:
-    """The model at its own halting on harder inputs than it was trained on (and its steps)."""
+    """The model at its own halting on harder inputs of `split` than it was trained on (and its
+    steps). Parity draws test from eval_difficulty and train and validation from
+    train_difficulty: the shift moves the range that `split` is drawn from, so the shifted
+    vectors are still `split`'s own (splits are disjoint by content)."""
     cfg = run.cfg
     transform = None
     if cfg.data.name == "parity":
         n = cfg.data.parity_n
         trained = cfg.data.train_difficulty or (1, n)
         shift = (trained[1] + 1, n) if trained[1] < n else (max(1, math.ceil(0.75 * n)), n)
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_difficulty=shift))
+        moved = {"eval_difficulty": shift} if split == "test" else {"train_difficulty": shift}
+        if split != "train":  # only `split` is read: a small train split keeps the extra cache small
+            moved["num_train"] = cfg.data.num_eval
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **moved))
         what = f"parity difficulty {shift[0]}..{shift[1]} (trained on {trained[0]}..{trained[1]})"
-        split = cfg.data.eval_split
     else:
         source = data.load_split(cfg.data, split)
         scale = 0.5 * float(np.std(source.read_batch(np.arange(min(256, len(source))))["x"]))

@@ -7,10 +7,16 @@ through it (outcomes through `infer_every_step_budget`, its one-pass equivalent 
 budgets), so what evaluation scores is what a deployment runs. The expert budget is static: an
 executable traced for k experts per token has buffers and work sized for k, so a smaller k
 saves time; the step budget is a traced array, so changing it never recompiles.
+
+A policy that halts at random (PonderNet with `pondernet_inference = sample`) draws its coins
+from one key per example, derived from a seed and the example's own input (`example_keys`): the
+same input gives the same halting step in any batch, at any position, padded or not, so the
+eval step, outcomes and the predictor agree, and a rerun is bitwise the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -20,6 +26,11 @@ from flax import nnx
 from adaptive.nn import halting as H
 from adaptive.nn.depth import Inference
 from adaptive.nn.moe import limit_experts
+from adaptive.nn.policies import policy_of
+
+# HaltingConfig fields that change only how a trained model halts at inference, never its
+# parameters or training: `with_halting` may set them on a restored model.
+INFERENCE_FIELDS = ("pondernet_inference", "pondernet_threshold", "pondernet_sample_seed", "exit_threshold")
 
 
 def budgeted_model(
@@ -40,14 +51,62 @@ def budgeted_model(
 
 def budgeted_infer(
     graphdef: nnx.GraphDef, experts: int | None = None, *, trained_groups: bool = False
-) -> Callable[[dict, jax.Array, jax.Array], Inference]:
-    """`infer(params, x, step_budget) -> Inference` under a per-example (or shared) step budget,
-    stopping when every example has halted; see `budgeted_model` for `experts`."""
+) -> Callable[..., Inference]:
+    """`infer(params, x, step_budget, key=None) -> Inference` under a per-example (or shared)
+    step budget, stopping when every example has halted; see `budgeted_model` for `experts`.
+    A policy that samples its halting steps draws them from `example_keys(key, x)`, where `key`
+    defaults to the key of the config's `halting.pondernet_sample_seed` (0 before that field)."""
 
-    def infer(params: dict, x: jax.Array, step_budget: jax.Array) -> Inference:
-        return budgeted_model(graphdef, params, experts, trained_groups=trained_groups).infer(x, step_budget)
+    def infer(params: dict, x: jax.Array, step_budget: jax.Array, key: jax.Array | None = None) -> Inference:
+        model = budgeted_model(graphdef, params, experts, trained_groups=trained_groups)
+        keys = None
+        if model.halting_policy.samples():
+            keys = example_keys(sample_key(model.halting) if key is None else key, x)
+        return model.infer(x, step_budget, keys)
 
     return infer
+
+
+def sample_key(halting_cfg) -> jax.Array:
+    """The base key of sampled halting: from the config's seed for it (0 where it has none)."""
+    return jax.random.key(getattr(halting_cfg, "pondernet_sample_seed", 0))
+
+
+def example_keys(key: jax.Array, x: jax.Array) -> jax.Array:
+    """One PRNG key per example (leading axis of `x`), a hash of `key` and the example's bits.
+
+    Each entry is hashed with its position (threefry, via `fold_in`) and the results are XORed,
+    so two inputs that differ anywhere get unrelated keys, while equal inputs get equal keys
+    whatever batch they are in."""
+    batch = x.shape[0]
+    flat = x.reshape(batch, -1)
+    if jnp.issubdtype(flat.dtype, jnp.floating):
+        bits = jax.lax.bitcast_convert_type(flat.astype(jnp.float32), jnp.uint32)
+    else:
+        bits = flat.astype(jnp.int32).view(jnp.uint32)
+    positions = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(bits.shape[1], dtype=jnp.uint32))
+    hashed = jax.vmap(jax.vmap(lambda k, b: jax.random.key_data(jax.random.fold_in(k, b))), (None, 0))(positions, bits)
+    mixed = jax.lax.reduce(hashed, jnp.uint32(0), jax.lax.bitwise_xor, (1,))
+    return jax.random.wrap_key_data(mixed, impl=jax.random.key_impl(key))
+
+
+def with_halting(graphdef: nnx.GraphDef, params: dict, **changes) -> nnx.GraphDef:
+    """`graphdef` with inference-time halting settings changed (see INFERENCE_FIELDS), e.g.
+    `pondernet_inference="sample"` to evaluate a run trained with the threshold by sampling,
+    as Banino et al. evaluate: the parameters and their layout are untouched."""
+    model = nnx.merge(graphdef, params)
+    allowed = tuple(f for f in INFERENCE_FIELDS if hasattr(model.halting, f))
+    unknown = sorted(set(changes) - set(allowed))
+    if unknown:
+        raise ValueError(f"with_halting changes only {allowed}; got {unknown}")
+    rules = {f.name: f.metadata for f in dataclasses.fields(model.halting)}
+    for name, value in changes.items():
+        choices, lo, hi = (rules[name].get(k) for k in ("choices", "lo", "hi"))
+        if (choices and value not in choices) or (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ValueError(f"halting.{name} cannot be {value!r} (allowed: {choices or (lo, hi)})")
+    halting = dataclasses.replace(model.halting, **changes)
+    model.halting, model.halting_policy = halting, policy_of(halting)
+    return nnx.split(model, nnx.Param)[0]
 
 
 def expert_applications(out: Inference) -> jax.Array:

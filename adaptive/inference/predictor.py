@@ -7,7 +7,9 @@ budget k = 1..k_max, each with buffers sized for its k: as a traced argument, a 
 only mask choices in buffers sized for k_max and save no time (`adaptive bench moe`); compiled
 per k it saves the compute it promises. Requests are checked on the host before they reach a
 compiled function: a wrong shape, a non-finite value, an empty batch, or a budget out of range
-is a one-line ValueError.
+is a one-line ValueError. A model that samples its halting steps (PonderNet with
+`pondernet_inference = sample`) keys each example's coins on its own input, so a request gets the
+same answer whatever it is batched with.
 """
 
 from __future__ import annotations

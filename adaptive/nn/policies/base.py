@@ -6,7 +6,7 @@ graph). `DepthModel` runs the loops (an unrolled stack, `lax.scan` over the cap 
 
     structure     num_steps, per_step_heads, per_position, halt_unit, step_logits, unrolled
     training      halt_logit (the halting unit's reading of a state), combine (trajectory weights)
-    inference     infer_init, infer_step (one while_loop step), infer_result, from_trajectory
+    inference     samples, infer_init, infer_step (one while_loop step), infer_result, from_trajectory
     objective     task_loss, loss_term (the policy's regulariser, added to the task loss)
     compute       halting_flops (what halting costs per step, for adaptive.compute.flops)
 
@@ -62,6 +62,11 @@ class Policy(ABC):
         """The policy's weights over a trajectory, halting by `limit_B` at the latest."""
 
     # -- inference ------------------------------------------------------------------------------
+
+    def samples(self) -> bool:
+        """Whether inference draws its halting decisions at random: `infer_step` then gets one
+        PRNG key per example (see adaptive.inference.infer.example_keys) instead of a single one."""
+        return False
 
     def infer_init(self, h0: jax.Array, batch: int, num_classes: int) -> jax.Array:
         """The while_loop's accumulator: by default the halting step's logits."""

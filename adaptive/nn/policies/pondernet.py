@@ -3,8 +3,11 @@
 A halting unit gives lambda_t per step; p_t = lambda_t prod_{j<t}(1 - lambda_j) is the halting
 distribution. Training takes the expectation of every step's loss under p and adds
 beta * KL(p || Geometric(lambda_p)); inference halts at the first step whose cumulative p
-reaches a threshold, or on a coin with probability lambda_t (`pondernet_inference = sample`).
-On a sequence the unit reads the state averaged over positions.
+reaches a threshold, or, as the paper evaluates, on a coin with probability lambda_t at each step
+(`pondernet_inference = sample`); either way it halts at the step budget at the latest. Sampled
+coins come from one key per example (see adaptive.inference.infer.example_keys), folded with the
+step, so an example's halting step does not depend on the batch it is in. On a sequence the unit
+reads the state averaged over positions.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ class PonderNet(Policy):
             h = h.mean(axis=1)
         return unit(h)[..., 0]
 
+    def samples(self) -> bool:
+        return self.cfg.pondernet_inference == "sample"
+
     def combine(self, model, traj: Trajectory, limit_B: jax.Array) -> ModelOutput:
         halting = H.pondernet_weights(jax.nn.sigmoid(traj.halt_logits_NxH), limit_B)
         logits = (halting.weights_NxH[..., None] * traj.logits_NxBxC).sum(0)
@@ -34,14 +40,18 @@ class PonderNet(Policy):
     def infer_step(self, model, run: H.Running, t, h, acc, limit, key):
         logits = model.readout(h, t)
         lam = jax.nn.sigmoid(model.halt_logit(h))
-        if self.cfg.pondernet_inference == "sample":
-            run, now = H.pondernet_sample_update(run, t, lam, limit, jax.random.fold_in(key, t))
+        if self.samples():
+            keys = key if key.shape else jax.random.split(key, lam.shape[0])  # one key per example
+            step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, t)
+            limit = jnp.broadcast_to(limit, lam.shape)
+            update = jax.vmap(H.pondernet_sample_update, (0, None, 0, 0, 0))
+            run, now = update(run, t, lam, limit, step_keys)
         else:
             run, now = H.pondernet_update(run, t, lam, limit, self.cfg.pondernet_threshold)
         return run, jnp.where(now[:, None], logits, acc)
 
     def halt_steps(self, traj: Trajectory, limit_B: jax.Array) -> jax.Array:
-        if self.cfg.pondernet_inference == "sample":
+        if self.samples():
             raise ValueError("sampled PonderNet halting has no trajectory equivalent")
         weights = H.pondernet_weights(jax.nn.sigmoid(traj.halt_logits_NxH), limit_B).weights_NxH
         return H.pondernet_halt_step(weights, limit_B, self.cfg.pondernet_threshold)
