@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from adaptive.serving.accuracy_table import AccuracyTable, accuracy_lookup
-from adaptive.serving.controller import Controller, Decision, Request
+from adaptive.serving.controller import REJECTED, Controller, Decision, Request
 from adaptive.serving.service_times import ServiceTimes
 
 INF = float("inf")
@@ -317,3 +317,52 @@ def test_the_fallback_runs_within_each_request_s_own_budget_or_not_at_all():
     scored = ladder(accuracy, fallback_accuracy={1: 0.3, 2: 0.8})
     assert scored.plan([Request(8, 0.0, fallback_steps=2)], time_ms=2.1) == [Decision("fallback", "fallback", 2)]
     assert scored.plan([Request(8, 0.0, fallback_steps=1)], time_ms=2.1)[0].model == "primary"
+
+
+def shedding(**options) -> Controller:
+    """Shed mode, SLA 20 ms (16 ms a request), batches of up to 4: 1 ms + 2 ms a step and row."""
+    c = Controller(8, sla_ms=20.0, mode="shed", max_batch=4, **options)
+    for steps, rows in [(1, 1), (4, 1), (8, 1), (2, 4)]:
+        c.observe("primary", steps, 1.0 + 2.0 * steps * rows, rows=rows)
+    return c
+
+
+def test_shedding_rejects_on_arrival_what_the_queue_ahead_makes_late():
+    c = shedding()
+    assert not c.sheds(1, 3) and c.sheds(1, 4)  # behind one: a batch of 2, 13 ms fits 16, 17 ms does not
+    assert c.sheds(1, 20)  # a budget over the cap is priced at the cap
+    assert not c.sheds(4, 1) and c.sheds(8, 1)  # one full batch ahead (9 ms) + its own (3 ms); two: 21 ms
+    assert not c.sheds(0, 8)  # an empty queue admits: 17 ms is a prediction, and running it tests it
+    assert c.admit(10**6)  # shedding is by deadline, never by queue length
+    for mode in ("static", "adaptive"):
+        assert not Controller(8, 20.0, mode=mode).sheds(10**6, 8)
+    with pytest.raises(ValueError, match="is not one of adaptive, static, shed"):
+        Controller(8, 20.0, mode="drop")
+
+
+def test_shedding_serves_each_request_at_its_budget_or_rejects_it_before_it_runs():
+    c = shedding()
+    ok = Decision("ok", "primary", 2)
+    assert c.plan([Request(2, 0.0)] * 2) == [ok, ok]  # one run of 9 ms: both on time
+    # Three rows at 2 steps (13 ms): the two that waited 6 and 12 ms would be late; without the
+    # stalest the run takes 9 ms and the one that waited 6 ms is on time.
+    assert c.plan([Request(2, 0.0), Request(2, 6.0), Request(2, 12.0)]) == [ok, ok, REJECTED]
+    # Every row would be late (8 steps: 17 ms alone, 33 ms for two): the stalest is rejected, the
+    # freshest runs, late by the estimate; a row already past its deadline never runs.
+    assert c.plan([Request(20, 0.0), Request(8, 2.0)]) == [Decision("ok", "primary", 8), REJECTED]
+    assert c.plan([Request(8, 16.5)]) == [REJECTED] and c.plan([Request(8, 16.5), Request(1, 0.0)])[0] == REJECTED
+    assert c.plan([Request(1, 0.0)], time_ms=0.0) == [Decision("ok", "primary", 1)]  # no pace: that is the controller's
+    split = shedding(groups=by_budget).plan([Request(1, 0.0), Request(3, 5.0)])  # 3 ms, then 7: 10 + 5
+    assert split == [Decision("ok", "primary", 1), Decision("ok", "primary", 3)]
+    assert shedding(groups=by_budget).plan([Request(1, 0.0), Request(3, 7.0)])[1] == REJECTED  # 10 + 7 > 16
+
+
+def test_serving_reads_only_accuracy_tables_scored_on_validation():
+    table = {"experts": None, "accuracy": [[0.4, 0.7]]}
+    for split in ("validation", None):  # a table without a split predates the key: export scored validation
+        meta = {"accuracy_at_budgets": {**table, **({"split": split} if split else {})}}
+        assert accuracy_lookup(meta) == AccuracyTable.from_meta(meta).at(1) == {(None, 1): 0.4, (None, 2): 0.7}
+    on_test = {"accuracy_at_budgets": {**table, "split": "test"}}
+    for read in (accuracy_lookup, AccuracyTable.from_meta):
+        with pytest.raises(ValueError, match="scored on the 'test' split; serving reads only 'validation'"):
+            read(on_test)

@@ -10,6 +10,11 @@ request's *scheduled* arrival to its answer. Patterns:
     shift     `rate`, with the second half drawn from the hardest inputs (parity: the top
               quarter of difficulties; other data: inputs with added noise)
 
+Requests are drawn from the artifact's *test* split: the server's choices (its accuracy tables)
+are made on validation, and what it is judged on must be data it never chose on. One process
+runs each pattern `--repeats` times (seeds `--seed`, `--seed` + 1, ...; every policy gets the
+same schedules and inputs), one run after the other, each after the last one's answers are in.
+
 The client is our own lean keep-alive HTTP/1.1 one on uvloop (`adaptive.bench.http_pool`): it shares the
 server's cores, and aiohttp's client cost more CPU per request than the server did.
 
@@ -18,8 +23,8 @@ Every request is accounted for: sent = answered (ok, degraded, fallback) + rejec
 deferred or failed), throughput, goodput (on-time answers per second), accuracy of the answers,
 effective accuracy (a late or missing answer counts as wrong), and FLOPs per correct answer.
 
-    python -m adaptive.bench.loadgen --url http://127.0.0.1:8000 --artifact ART --pattern spike \\
-        --rate 200 --duration 10 --sla-ms 30 --out records.json
+    python -m adaptive.bench.loadgen --url http://127.0.0.1:8000 --artifact ART --pattern spike,gamma \\
+        --rate 200 --duration 10 --repeats 3 --out runs.json
 """
 
 from __future__ import annotations
@@ -74,13 +79,13 @@ def schedule(pattern: str, rate: float, duration_s: float, seed: int = 0, *, cv:
     return times, hard
 
 
-def examples(meta: dict, seed: int = 0):
-    """(inputs, labels, hard inputs, their labels) from the artifact's own evaluation split."""
+def examples(meta: dict, seed: int = 0, split: str = "test"):
+    """(inputs, labels, hard inputs, their labels) from `split` of the artifact's data."""
     from adaptive import config as config_lib
     from adaptive import data
 
     cfg = config_lib.from_dict(meta["config"])
-    source = data.load_split(cfg.data, cfg.data.eval_split)
+    source = data.load_split(cfg.data, split)
     batch = source.read_batch(np.arange(min(len(source), 4096)))
     x, y = batch["x"].astype(np.float32), batch["y"].astype(np.int64)
     difficulty = batch.get("difficulty")
@@ -193,33 +198,55 @@ def summarize(records: list[dict], labels: np.ndarray, sla_ms: float, duration_s
     }
 
 
+def _bodies(pattern: str, rate: float, duration: float, seed: int, inputs: tuple, priorities: int, budget):
+    """(arrival times, request bodies, labels) of one run: the same for every policy at one seed."""
+    x, y, hard_x, hard_y = inputs
+    times, hard = schedule(pattern, rate, duration, seed)
+    rng = np.random.default_rng(seed + 1)
+    picks = np.where(hard, rng.integers(0, len(hard_x), len(times)), rng.integers(0, len(x), len(times)))
+    labels = [int((hard_y if h else y)[p]) for p, h in zip(picks, hard, strict=True)]
+    bodies = []
+    for i, (pick, is_hard) in enumerate(zip(picks, hard, strict=True)):
+        body = {"x": (hard_x if is_hard else x)[pick].tolist(), "priority": i % priorities}
+        if budget is not None:
+            body["budget"] = budget
+        bodies.append(body)
+    return times, bodies, labels
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m adaptive.bench.loadgen", description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True)
     parser.add_argument("--artifact", required=True, help="the served artifact (its meta.json names the data)")
-    parser.add_argument("--pattern", choices=PATTERNS, default="poisson")
+    parser.add_argument("--pattern", default="poisson", help=f"one or more of {', '.join(PATTERNS)}, comma-separated")
     parser.add_argument("--rate", type=float, required=True, help="mean requests per second")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of scheduled arrivals")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each pattern, seeds SEED, SEED+1, ...")
     parser.add_argument("--budget", type=float, help="budget sent with each request (default: none)")
     parser.add_argument("--priorities", type=int, default=1, help="requests cycle priorities 0..N-1")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", required=True, help="JSON: the records and the labels")
+    parser.add_argument("--split", default="test", help="the split requests are drawn from (default: test)")
+    parser.add_argument("--out", required=True, help="JSON: a list of runs, each its records and labels")
     args = parser.parse_args(argv)
-    meta = read_meta(args.artifact)
-    x, y, hard_x, hard_y = examples(meta, args.seed)
-    times, hard = schedule(args.pattern, args.rate, args.duration, args.seed)
-    rng = np.random.default_rng(args.seed + 1)
-    picks = np.where(hard, rng.integers(0, len(hard_x), len(times)), rng.integers(0, len(x), len(times)))
-    labels = np.array([(hard_y if h else y)[p] for p, h in zip(picks, hard, strict=True)])
-    bodies = []
-    for i, (pick, is_hard) in enumerate(zip(picks, hard, strict=True)):
-        body = {"x": (hard_x if is_hard else x)[pick].tolist(), "priority": i % args.priorities}
-        if args.budget is not None:
-            body["budget"] = args.budget
-        bodies.append(body)
-    started = time.time()
-    records = uvloop.run(run(args.url, times, bodies))  # the generator's own CPU is the server's loss
-    Path(args.out).write_text(json.dumps({"records": records, "labels": labels.tolist(), "started": started}))
+    patterns = [p for p in args.pattern.split(",") if p]
+    unknown = [p for p in patterns if p not in PATTERNS]
+    if unknown or not patterns or args.repeats < 1:
+        parser.error(f"--pattern must name some of {', '.join(PATTERNS)} and --repeats be >= 1")
+    inputs = examples(read_meta(args.artifact), args.seed, args.split)
+    runs = []
+    for repeat in range(args.repeats):  # repeats outermost: a drift of the machine spreads over patterns
+        for pattern in patterns:
+            seed = args.seed + repeat
+            times, bodies, labels = _bodies(
+                pattern, args.rate, args.duration, seed, inputs, args.priorities, args.budget
+            )
+            started = time.time()
+            records = uvloop.run(run(args.url, times, bodies))  # the generator's own CPU is the server's loss
+            runs.append(
+                {"pattern": pattern, "repeat": repeat, "seed": seed, "records": records, "labels": labels,
+                 "started": started}
+            )  # fmt: skip
+    Path(args.out).write_text(json.dumps(runs))
     return 0
 
 

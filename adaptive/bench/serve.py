@@ -1,12 +1,21 @@
-"""`adaptive bench serve --artifact ART --small ART2 --json OUT`: four serving policies under
-the same open-loop arrival schedules, on this machine, side by side.
+"""`adaptive bench serve --artifact ART --small ART2 --json OUT`: serving policies under the same
+open-loop arrival schedules, on this machine, side by side.
 
-Policies: the full model at full depth (static), the small model (static), the adaptive model
-at a fixed step budget (static), and the adaptive model with the controller and the fallback
-ladder. Each runs as its own `adaptive serve` process; each pattern's load comes from its own
-`python -m adaptive.bench.loadgen` process. The base rate defaults to what the full-depth model
-sustains, measured first; the spike goes to 3x it. OUT holds one row per (policy, pattern);
-plots: latency CDFs per pattern, and the budget the controller chose over time.
+Policies: the full model at full depth, the small model, and the adaptive model at a fixed step
+budget, each both queueing every request (`--policy static`) and with deadline shedding
+(`--policy shed`: a request that cannot finish within its deadline at that policy's measured
+service time is rejected), and the adaptive model with the controller and the fallback ladder.
+Each runs as its own `adaptive serve` process; each policy's load comes from one `python -m
+adaptive.bench.loadgen` process that runs every pattern `repeats` times (the same seeds for every
+policy). The base rate defaults to what full depth (queueing) sustains, measured first; the spike
+goes to 3x it. OUT holds one row per (policy, pattern): effective accuracy and SLA violation
+rate as a mean over the repeats with a 95% t-interval, the rest over the repeats' requests
+pooled (`serve_summary`). Plots: latency CDFs per pattern, and the budget the controller chose
+over time (the first repeat).
+
+`tiny=True` (`--tiny`) checks the pipeline end to end in seconds on tiny artifacts: 1 s of load
+per pattern and repeat, at `rate` or 40 requests/s, no probe of the sustainable rate. Its
+numbers are not a measurement.
 """
 
 from __future__ import annotations
@@ -23,10 +32,14 @@ import numpy as np
 
 from adaptive.bench.loadgen import PATTERNS, summarize
 from adaptive.bench.results import write_json
+from adaptive.bench.serve_summary import pattern_row
+from adaptive.config import ConfigError
 from adaptive.evaluation.tables import print_table
 from adaptive.inference.artifact_meta import read_meta
 
 PROBE_REQUESTS = 100  # requests per probe (at least): a p99 over 30 requests is their maximum
+BASE = "static full depth"  # the policy whose sustainable rate is the base rate
+TINY_DURATION_S, TINY_RATE = 1.0, 40.0
 
 
 def _free_port() -> int:
@@ -53,12 +66,15 @@ def _start_server(args: list[str]) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("server did not come up in 120 s")
 
 
-def _load(url: str, artifact: str, pattern: str, rate: float, duration: float, out: Path, extra=()) -> dict:
+def _load(url: str, artifact: str, patterns, rate: float, duration: float, repeats: int, out: Path) -> list[dict]:
+    """Every pattern of `patterns` run `repeats` times against URL by one load generator: its runs."""
     command = [
-        sys.executable, "-m", "adaptive.bench.loadgen", "--url", url, "--artifact", artifact, "--pattern", pattern,
-        "--rate", f"{rate:g}", "--duration", f"{duration:g}", "--out", str(out), *extra,
+        sys.executable, "-m", "adaptive.bench.loadgen", "--url", url, "--artifact", artifact,
+        "--pattern", ",".join(patterns), "--rate", f"{rate:g}", "--duration", f"{duration:g}",
+        "--repeats", str(repeats), "--priorities", "3", "--out", str(out),
     ]  # fmt: skip
-    subprocess.run(command, check=True, timeout=duration * 10 + 120)
+    runs = repeats * len(patterns)
+    subprocess.run(command, check=True, timeout=runs * (duration * 10 + 60) + 120)
     return json.loads(out.read_text())
 
 
@@ -71,28 +87,28 @@ def _flops(artifact: str, model: str) -> dict[str, list[float]]:
 
 def _policies(artifact: str, small: str, fixed_budget: int, sla_ms: float, max_batch: int) -> dict:
     """{policy: (its `adaptive serve` arguments, the FLOPs tables of the models it answers with)}."""
-    flops = _flops(artifact, "primary")
-    policies = {
-        "static full depth": (["--artifact", artifact, "--policy", "static"], flops),
-        "static small model": (["--artifact", small, "--policy", "static"], _flops(small, "primary")),
-        f"adaptive, budget {fixed_budget}": (
-            ["--artifact", artifact, "--policy", "static", "--default-budget", str(fixed_budget)],
+    flops, small_flops = _flops(artifact, "primary"), _flops(small, "primary")
+    policies = {}
+    for mode, suffix in (("static", ""), ("shed", " + shedding")):
+        policies[f"static full depth{suffix}"] = (["--artifact", artifact, "--policy", mode], flops)
+        policies[f"static small model{suffix}"] = (["--artifact", small, "--policy", mode], small_flops)
+        policies[f"adaptive, budget {fixed_budget}{suffix}"] = (
+            ["--artifact", artifact, "--policy", mode, "--default-budget", str(fixed_budget)],
             flops,
-        ),
-        "adaptive + controller + fallback": (
-            ["--artifact", artifact, "--fallback", small, "--policy", "adaptive"],
-            {**flops, **_flops(small, "fallback")},
-        ),
-    }
-    # The static baselines queue every request: under a spike thousands wait at once, each on its
-    # own connection, and the benchmark measures that queue, not the server's connection limit.
+        )
+    policies["adaptive + controller + fallback"] = (
+        ["--artifact", artifact, "--fallback", small, "--policy", "adaptive"],
+        {**flops, **_flops(small, "fallback")},
+    )
+    # The queueing baselines take every request: under a spike thousands wait at once, each on
+    # its own connection, and the benchmark measures that queue, not the server's connection limit.
     common = ["--sla-ms", f"{sla_ms:g}", "--max-batch", str(max_batch), "--max-connections", "100000"]
     return {name: ([*server_args, *common], f) for name, (server_args, f) in policies.items()}
 
 
-def _report_grouping(artifact: str, out: Path) -> None:
+def _report_grouping(artifact: str, out: Path, repeats: int = 100) -> None:
     """OUT/grouping.json and a line: what grouping a batch by step budget gains (`grouping_gain`)."""
-    gain = grouping_gain(artifact)
+    gain = grouping_gain(artifact, repeats)
     (out / "grouping.json").write_text(json.dumps(gain, indent=1) + "\n")
     print(
         f"grouping by budget: requests allowed 1 step answered after {gain['grouped_tight_ms']:.2f} ms instead of "
@@ -101,27 +117,41 @@ def _report_grouping(artifact: str, out: Path) -> None:
     )
 
 
-def _run_patterns(
-    artifact: str, policies: dict, sustained: dict, rate: float, sla_ms: float, duration: float, out: Path
-) -> tuple[list[dict], dict]:
-    """Every policy's server under every arrival pattern at `rate`: one row per (policy,
-    pattern), and the records of each run."""
+def _run_policies(artifact: str, policies: dict, rate: float, sla_ms: float, duration: float, repeats: int, out: Path):
+    """Every policy's server under every arrival pattern, `repeats` times, at `rate`: one row per
+    (policy, pattern), and the first repeat's records of each (for the plots)."""
     rows, traces = [], {}
     for policy, (server_args, policy_flops) in policies.items():
         proc, url = _start_server(server_args)
         try:
-            for pattern in PATTERNS:
-                result = _load(url, artifact, pattern, rate, duration, out / "records.json", ("--priorities", "3"))
-                metrics = summarize(result["records"], np.asarray(result["labels"]), sla_ms, duration, policy_flops)
-                rows.append(
-                    {"policy": policy, "pattern": pattern, "rate_rps": rate, "sustainable_rps": sustained[policy],
-                     "sla_ms": sla_ms, **metrics}
-                )  # fmt: skip
-                traces[(policy, pattern)] = result["records"]
+            runs = _load(url, artifact, PATTERNS, rate, duration, repeats, out / "runs.json")
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+        for pattern in PATTERNS:
+            mine = [r for r in runs if r["pattern"] == pattern]
+            row = pattern_row(mine, sla_ms, duration, policy_flops)
+            rows.append({"policy": policy, "pattern": pattern, "rate_rps": rate, "sla_ms": sla_ms, **row})
+            traces[policy, pattern] = mine[0]["records"]
+        print(f"{policy}: done", flush=True)
     return rows, traces
+
+
+def _interval(row: dict, key: str) -> str:
+    if row[key + "_lo"] is None:
+        return f"{row[key]:.3f} [n/a]"
+    return f"{row[key]:.3f} [{row[key + '_lo']:.3f}, {row[key + '_hi']:.3f}]"
+
+
+def print_rows(rows: list[dict]) -> None:
+    """The console table: the headline means with their 95% intervals, rejections, latency."""
+    shown = [
+        {"policy": r["policy"], "pattern": r["pattern"], "effective acc. [95%]": _interval(r, "effective_accuracy"),
+         "violations [95%]": _interval(r, "sla_violation_rate"), "rejected": r["rejected_fraction"],
+         "p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"], "p99_ms": r["p99_ms"]}
+        for r in rows
+    ]  # fmt: skip
+    print_table(shown, list(shown[0]))
 
 
 def run(
@@ -135,23 +165,28 @@ def run(
     out_dir: str,
     json_out: str | None,
     max_batch: int = 16,
+    repeats: int = 3,
+    tiny: bool = False,
+    policies: list[str] | None = None,
 ) -> list[dict]:
+    """The rows of every policy (or of those named in `policies`) under every pattern."""
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1; got {repeats}")
+    every = _policies(artifact, small, fixed_budget, sla_ms, max_batch)
+    if unknown := set(policies or ()) - set(every):
+        raise ConfigError(f"unknown policies {sorted(unknown)}; known: {', '.join(every)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _report_grouping(artifact, out)
-    policies = _policies(artifact, small, fixed_budget, sla_ms, max_batch)
-    sustained = {}
-    for policy, (server_args, policy_flops) in policies.items():
-        sustained[policy] = sustainable_rate(artifact, server_args, sla_ms, out, policy_flops, duration)
-        print(f"{policy}: sustains {sustained[policy]:g} requests/s within the SLA")
-    if rate is None:
-        rate = sustained["static full depth"]
-        print(f"base rate: {rate:g} requests/s (what the full-depth model sustains within the SLA)")
-    rows, traces = _run_patterns(artifact, policies, sustained, rate, sla_ms, duration, out)
-    columns = ["policy", "pattern", "p50_ms", "p99_ms", "p999_ms", "sla_violation_rate", "goodput_rps",
-               "accuracy", "effective_accuracy", "mean_steps", "mean_expert_budget", "count_rejected",
-               "count_deferred"]  # fmt: skip
-    print_table(rows, columns)
+    _report_grouping(artifact, out, 10 if tiny else 100)
+    policies = {name: every[name] for name in every if policies is None or name in policies}
+    if tiny:
+        duration, rate = TINY_DURATION_S, rate or TINY_RATE
+    elif rate is None:
+        server_args, policy_flops = every[BASE]
+        rate = sustainable_rate(artifact, server_args, sla_ms, out, policy_flops, duration)
+        print(f"base rate: {rate:g} requests/s (what {BASE} sustains within the SLA)", flush=True)
+    rows, traces = _run_policies(artifact, policies, rate, sla_ms, duration, repeats, out)
+    print_rows(rows)
     write_json(json_out, rows)
     from adaptive.bench.serve_plots import budget_over_time, latency_cdfs
 
@@ -174,7 +209,7 @@ def sustainable_rate(
 
     def probe(rate: float) -> bool:
         seconds = max(duration, PROBE_REQUESTS / rate)
-        result = _load(url, artifact, "poisson", rate, seconds, out / "probe.json", ("--priorities", "3"))
+        result = _load(url, artifact, ["poisson"], rate, seconds, 1, out / "probe.json")[0]
         m = summarize(result["records"], np.asarray(result["labels"]), sla_ms, seconds, flops)
         return m["p99_ms"] <= sla_ms and m["sla_violation_rate"] < 0.01
 

@@ -64,7 +64,8 @@ def budget_over_time(traces: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("step budget given")
     for ax in axes:
-        ax.legend(fontsize=7, markerscale=3)
+        if ax.get_legend_handles_labels()[0]:  # a run without the controller has nothing to label
+            ax.legend(fontsize=7, markerscale=3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -58,6 +58,8 @@ def _bench(args, overrides: list[str]) -> int:
             max_batch=args.max_batch,
             out_dir=args.out,
             json_out=args.json,
+            repeats=args.repeats,
+            tiny=args.tiny,
         )
     elif args.bench == "moe":
         from adaptive.bench import moe
@@ -147,10 +149,20 @@ def _eval(args, overrides: list[str]) -> int:
     from adaptive.evaluation.budgeted_eval import evaluate_run
 
     metrics, path = evaluate_run(
-        args.workdir, split=args.split, step=args.step, budget=args.budget, latency_batch=args.latency_batch
+        args.workdir,
+        split=args.split,
+        step=args.step,
+        budget=args.budget,
+        latency_batch=args.latency_batch,
+        halt=args.halt,
     )
-    print(f"step {metrics['step']} split {metrics['split']} budget {metrics['budget']}: {_summary_line(metrics)}")
-    if args.budget is None and metrics["policy"] != "none":
+    halting = f" halting {args.halt}" if args.halt else ""
+    print(
+        f"step {metrics['step']} split {metrics['split']} budget {metrics['budget']}{halting}: {_summary_line(metrics)}"
+    )
+    # the full report reads the run as trained (sampled halting has no per-budget trajectory)
+    full_report = args.budget is None and args.halt is None
+    if full_report and metrics["policy"] != "none":
         _print_compute_report(args.workdir, metrics, args.baseline)
     elif args.baseline:
         print("--baseline is compared in the full report: drop --budget, or evaluate an adaptive run")

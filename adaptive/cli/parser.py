@@ -58,6 +58,11 @@ def _add_eval(commands) -> None:
     evaluate.add_argument(
         "--latency-batch", type=int, metavar="B", help="also time the compiled predictor on batches of B"
     )
+    evaluate.add_argument(
+        "--halt",
+        choices=("threshold", "sample"),
+        help="PonderNet runs: halt by the cumulative-probability threshold or by sampling (default: as trained)",
+    )
 
 
 def _add_export(commands) -> None:
@@ -81,7 +86,13 @@ def _add_serve(commands) -> None:
     serve.add_argument("--sla-ms", type=float, default=20.0)
     serve.add_argument("--host", default="127.0.0.1", help="default: loopback only")
     serve.add_argument("--port", type=int, default=8000, help="0: any free port (the one bound is printed)")
-    serve.add_argument("--policy", choices=("adaptive", "static"), default="adaptive", help="controller or none")
+    serve.add_argument(
+        "--policy",
+        choices=("adaptive", "static", "shed"),
+        default="adaptive",
+        help="adaptive: the controller; static: every request at its budget, queued; shed: static, and a request "
+        "that cannot finish within the deadline at the measured service time is rejected",
+    )
     serve.add_argument("--max-batch", type=int, default=32)
     serve.add_argument("--default-budget", type=int, metavar="STEPS", help="for requests without one (default: cap)")
     serve.add_argument(
@@ -190,13 +201,15 @@ def _add_bench_act_train(kinds) -> None:
 def _add_bench_serve(kinds) -> None:
     """`adaptive bench serve`: serving policies under the same open-loop load."""
     serve = kinds.add_parser(
-        "serve", help="four serving policies under the same open-loop load (p99, SLA violations, goodput)"
+        "serve", help="serving policies under the same open-loop load (effective accuracy, SLA violations, p99)"
     )
     serve.add_argument("--artifact", required=True, metavar="ART", help="the adaptive model")
     serve.add_argument("--small", required=True, metavar="ART2", help="the small (fallback) model")
     serve.add_argument("--sla-ms", type=float, default=30.0)
     serve.add_argument("--rate", type=float, help="base requests/s (default: what full depth sustains)")
-    serve.add_argument("--duration", type=float, default=9.0, help="seconds per pattern")
+    serve.add_argument("--duration", type=float, default=6.0, help="seconds per pattern and repeat")
+    serve.add_argument("--repeats", type=int, default=3, help="runs of each pattern (mean and 95%% interval)")
+    serve.add_argument("--tiny", action="store_true", help="1 s runs, no rate probe: a check that it runs")
     serve.add_argument("--fixed-budget", type=int, default=3, help="steps of the fixed-budget policy")
     serve.add_argument("--max-batch", type=int, default=16, help="the servers' largest batch")
     serve.add_argument("--out", default="runs/bench-serve", help="records and plots go here")

@@ -39,7 +39,16 @@ still to arrive. The arrival rate does: it is the load the next batches must car
 deadline alone cannot see it.
 
 `mode="static"` is the baseline: every request gets its requested budget on the primary model,
-nothing is shed or deferred.
+nothing is shed or deferred. `mode="shed"` is the static policy with deadline shedding, what a
+practitioner would run without an adaptive model: every request admitted runs at its requested
+budget on the primary, and a request that cannot finish within its deadline (`headroom` x SLA
+from its arrival, the controller's own) at this policy's measured service time is rejected: at
+arrival, when the full batches queued ahead of it and then its own batch would end past the
+deadline (`sheds`); and when its batch is about to run, when that run would end past it (`plan`).
+A prediction is not a measurement, though: a request that finds the queue empty is admitted,
+and of a batch whose rows would all be late (none yet past its deadline) the freshest still
+runs. Otherwise one slow run (a pause of the machine) inflates the estimate, everything is
+shed, nothing runs, and the estimate is never corrected: the server rejects everything forever.
 """
 
 from __future__ import annotations
@@ -54,6 +63,7 @@ from adaptive.serving.accuracy_table import AccuracyTable
 from adaptive.serving.service_times import ServiceTimes
 
 STATUSES = ("ok", "degraded", "fallback", "rejected", "deferred")
+MODES = ("adaptive", "static", "shed")
 
 
 @dataclass(frozen=True)
@@ -127,8 +137,8 @@ class Controller:
         `max_batch`: the server's largest batch, the one throughput is priced at; `groups`:
         how the server splits the primary's rows into runs by their step budgets (the engine's
         `groups`): a plan prices and times those runs, one after the other."""
-        if mode not in ("adaptive", "static"):
-            raise ValueError(f"controller mode {mode!r} is not 'adaptive' or 'static'")
+        if mode not in MODES:
+            raise ValueError(f"controller mode {mode!r} is not one of {', '.join(MODES)}")
         if not tolerance >= 0:
             raise ValueError(f"accuracy tolerance {tolerance!r} must be >= 0")
         if not 0 < headroom <= 1 or not 0 < utilization <= 1:
@@ -150,8 +160,20 @@ class Controller:
         return self.headroom * self.sla_ms
 
     def admit(self, queue_length: int) -> bool:
-        """False: defer (the queue is full). Static mode queues everything."""
-        return self.mode == "static" or queue_length < self.max_queue
+        """False: defer (the queue is full). The static modes queue everything (shedding is
+        by deadline, `sheds`)."""
+        return self.mode != "adaptive" or queue_length < self.max_queue
+
+    def sheds(self, queued: int, steps: int) -> bool:
+        """Shed mode: True when a request arriving behind `queued` others (at least one), asking
+        `steps`, would finish past its deadline: the full batches ahead of it and then its own,
+        each at the measured run of a batch that size at its step budget (the batch running now
+        is not counted: `plan` checks again when the request's batch is about to run)."""
+        if self.mode != "shed" or queued < 1:
+            return False
+        times, steps = self.service["primary", None], self._clip(steps)
+        full, own = divmod(queued, self.max_batch)
+        return full * times.estimate(steps, self.max_batch) + times.estimate(steps, own + 1) > self.horizon_ms + EPS_MS
 
     def batch_time_ms(self, rows: int, arrival_rate: float, queued: int = 0) -> float:
         """The share of the server's time a batch of `rows` may use at `arrival_rate` requests/s
@@ -165,6 +187,8 @@ class Controller:
         share of the server's time (`batch_time_ms`)."""
         if self.mode == "static":
             return [Decision("ok", "primary", self._clip(r.steps)) for r in requests]
+        if self.mode == "shed":
+            return self._shed(requests)
         if not requests:
             return []
         order = sorted(range(len(requests)), key=lambda i: (requests[i].priority, requests[i].waited_ms))
@@ -181,6 +205,26 @@ class Controller:
 
         chosen = min((p for p in plans if close(p)), key=lambda p: p.ms)
         return [chosen.decisions.get(i, REJECTED) for i in range(len(requests))]
+
+    def _shed(self, requests: list[Request]) -> list[Decision]:
+        """Shed mode: each row at its requested budget on the primary, timed as the server runs
+        the batch (`groups`). Rows already past their deadline are rejected; then, while a row
+        would finish past it, the stalest such row is rejected and the rest timed again without
+        it, down to the last row, which runs (see the module's docstring)."""
+        deadline = self.horizon_ms + EPS_MS
+        times = self.service["primary", None]
+        kept = [i for i, r in enumerate(requests) if r.waited_ms < deadline]
+        while len(kept) > 1:
+            finish, _, _ = self._runs(times, [self._clip(requests[i].steps) for i in kept], 0.0)
+            late = [i for i, t in zip(kept, finish, strict=True) if requests[i].waited_ms + t > deadline]
+            if not late:
+                break
+            kept.remove(max(late, key=lambda i: requests[i].waited_ms))  # the stalest first: one less row
+            # makes the runs quicker, and may bring the others in time
+        decisions = [REJECTED] * len(requests)
+        for i in kept:
+            decisions[i] = Decision("ok", "primary", self._clip(requests[i].steps))
+        return decisions
 
     def _clip(self, steps: int) -> int:
         return min(max(int(steps), 1), self.max_steps)
@@ -323,6 +367,6 @@ class Controller:
     def current_step_cap(self) -> float:
         """The most steps a lone fresh request would get now (the `adaptive_step_cap` gauge of
         /metrics), at most `max_steps`."""
-        if self.mode == "static":
+        if self.mode != "adaptive":
             return float(self.max_steps)
         return float(self.service["primary", None].most_steps_within(self.horizon_ms, self.max_steps))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from adaptive.serving.controller import MODES
+
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # x is read as float32: past this it would be inf
 ERROR = {
     "type": "object",
@@ -67,7 +69,7 @@ HEALTH = {
         "fallback": {"type": ["string", "null"]},
         "input_shape": {"type": "array", "items": {"type": "integer"}},
         "cap": {"type": "integer"},
-        "mode": {"enum": ["adaptive", "static"]},
+        "mode": {"enum": list(MODES)},
         "sla_ms": {"type": "number"},
         "queue": {"type": "integer"},
     },

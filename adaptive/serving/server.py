@@ -18,6 +18,9 @@ OpenAPI document of all this. Past --max-connections open connections, new ones 
 are closed (adaptive/serving/connections.py); connections idle or stuck in their headers for
 --idle-timeout-s are closed.
 
+Under `--policy shed` a request that cannot finish within its deadline behind the queue ahead
+of it is rejected on arrival (`Controller.sheds`).
+
 One batcher task drains the queue: it takes what has arrived (up to --max-batch), asks the
 controller for the batch's plan (each request's operating point, within its deadline and the
 batch's share of the server's time at the measured arrival rate), answers the rejected at once,
@@ -150,6 +153,10 @@ class Server:
             self.stats.record("deferred")
             retry = round(self.controller.sla_ms, 1)
             return web.json_response({"status": "deferred", "retry_after_ms": retry}, status=503)
+        if self.controller.sheds(self.queue.qsize(), parsed.steps):  # cannot be on time: now, not later
+            self.stats.record("rejected")
+            latency = 1e3 * (time.perf_counter() - arrival)
+            return web.json_response({"status": "rejected", "latency_ms": latency}, status=503)
         future = asyncio.get_running_loop().create_future()
         pending = Pending(parsed.x, parsed.steps, parsed.priority, arrival, future, parsed.budget_value, parsed.unit)
         await self.queue.put(pending)
