@@ -14,6 +14,8 @@ parity as 16 tokens through an ACT-halted transformer block whose feed-forward i
 experts (up to 2 a token), where the budget reaches both depth and experts). Graves' ponder
 cost is off (tau = 0): the budget alone decides how much to compute. Static baselines of the
 same compute: `--config.halting.policy=none --config.model.depth=D --config.budget.target=None`.
+
+    adaptive reproduce budget_targeting [--tiny]     # get_sweep's points, their claims checked
 """
 
 from adaptive.compute.flops import flops_model
@@ -102,3 +104,26 @@ def _top_p_experts(cfg, *, num_experts: int, k: int) -> None:
     cfg.moe.router = "top_p"
     cfg.moe.top_p = 0.5
     cfg.moe.renormalize = False
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """experiments/budget_targeting. TASK (parity, the default, or mnist1d): ACT at 25, 50 and 75%
+    of its cap's FLOPs and the static networks of the same depth (5, 10, 15 of parity's 20 steps),
+    x seeds 0, 1, 2. The budget is two-sided here (`budget.two_sided`): the claim is that compute
+    lands on the target, which a ceiling does not ask for. `tiny`: one seed, ACT at 25% and 75% of
+    a 6-step cap and the static network of 2 steps, 60 training steps: a check of the pipeline."""
+    task = arg or "parity"
+    if task not in ("parity", "mnist1d", "tiny"):
+        raise ValueError(f"configs/budget.py's sweep takes parity, mnist1d or tiny; not {arg!r}")
+    seeds, fractions = ((0,), (0.25, 0.75)) if task == "tiny" else ((0, 1, 2), (0.25, 0.5, 0.75))
+    depths = (2,) if task == "tiny" else [round(f * get_config(task).halting.max_steps) for f in fractions]
+    targets = {f: round(get_config(f"{task},{f}").budget.target) for f in fractions}
+    points = []
+    for seed in seeds:
+        for f, target in targets.items():
+            name = f"{task}-budget{round(100 * f)}"  # what claims select by: `name=parity-budget25`
+            points.append({"seed": seed, "name": name, "budget.target": target, "budget.two_sided": True})
+        for depth in depths:
+            static = {"halting.policy": "none", "model.depth": depth, "budget.target": None}
+            points.append({"seed": seed, "name": f"{task}-static{depth}", **static})
+    return points

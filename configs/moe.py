@@ -5,6 +5,7 @@
     adaptive train --config configs/moe.py:seq --workdir runs/moe-seq
     adaptive train --config configs/moe.py:seq_dense --workdir runs/moe-seq-dense
     adaptive train --config configs/moe.py:tiny --workdir /tmp/moe
+    adaptive reproduce moe_vs_dense [--tiny]     # get_sweep's points, their claims checked
 
 Two residual blocks of width 128 whose feed-forward is 8 experts with top-2 routing (each
 expert 128 units wide, so the 2 active experts cost what the dense block's 256 units cost).
@@ -53,3 +54,17 @@ def get_config(arg: str | None = None):
     elif arg not in (None, "", "seq"):
         raise ValueError(f"configs/moe.py takes no arg, 'dense', 'seq', 'seq_dense' or 'tiny', not {arg!r}")
     return cfg
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """experiments/moe_vs_dense, x seeds 0, 1, 2: the MoE, its dense twin of the same active FLOPs,
+    and the MoE without the load-balancing loss (named, so that claims select `name=...`);
+    `tiny`: one seed of each."""
+    if arg not in (None, "", "tiny"):
+        raise ValueError(f"configs/moe.py's sweep takes no arg or 'tiny', not {arg!r}")
+    points = []
+    for seed in (0,) if arg == "tiny" else (0, 1, 2):
+        points.append({"seed": seed, "name": "mnist1d-moe"})
+        points.append({"seed": seed, "name": "mnist1d-dense", "moe.enabled": False})
+        points.append({"seed": seed, "name": "mnist1d-moe-no-balance", "moe.balance_weight": 0.0})
+    return points
