@@ -19,4 +19,4 @@ runs=()
 for name in static-depth1 static-depth10 act-tau1e-3 act-tau2e-3 act-tau3e-3 act-tau5e-3 act-tau1e-2; do
   for seed in $seeds; do runs+=("$out/$name-s$seed"); done
 done
-adaptive report "${runs[@]}" --markdown "$here/results.md" --plot "$here/steps_by_difficulty.png"
+adaptive report "${runs[@]}" --markdown "$here/report.md" --plot "$here/steps_by_difficulty.png"
