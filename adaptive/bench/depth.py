@@ -7,8 +7,11 @@ same stack unrolled to d steps: the fastest network of that depth. The ratio is 
 adaptivity (loop, halting unit, bookkeeping) when it saves nothing.
 
 At batch 32 the `mixed` row gives each example its own depth (uniform over 1..cap) through its
-budget: the batch runs until its slowest example is done. `waiting_fraction` is the share of the
-batch's time spent after the average example would have finished: 1 - static(mean d) / adaptive.
+budget, timed two ways side by side: with in-batch compaction (adaptive.nn.compaction, the
+default: the rows still running move to smaller buckets as others halt) and as one whole-batch
+loop that runs until its slowest example is done (`whole_batch_ms`, `whole_batch_ratio`).
+`waiting_fraction` is the share of the whole-batch loop's time spent after the average example
+would have finished: 1 - static(mean d) / whole batch.
 """
 
 from __future__ import annotations
@@ -26,7 +29,19 @@ from adaptive.compute.timing import time_side_by_side
 from adaptive.evaluation.tables import print_table
 from adaptive.nn.models import build_model
 
-COLUMNS = ["kind", "hidden", "batch", "d", "adaptive_ms", "static_ms", "ratio", "slowest_ms", "waiting_fraction"]
+COLUMNS = [
+    "kind",
+    "hidden",
+    "batch",
+    "d",
+    "adaptive_ms",
+    "static_ms",
+    "ratio",
+    "whole_batch_ms",
+    "whole_batch_ratio",
+    "slowest_ms",
+    "waiting_fraction",
+]
 
 
 class _Spec:
@@ -95,13 +110,15 @@ def run(
                 }
             )
         if batch > 1:
-            rows.append(_mixed_row(kind, hidden, cap, batch, n_in, x, infer, act_params, repeats))
+            whole = jax.jit(lambda p, x, b: nnx.merge(act_graph, p).infer(x, b, compact=False))
+            rows.append(_mixed_row(kind, hidden, cap, batch, n_in, x, (infer, whole), act_params, repeats))
     print_table(rows, COLUMNS)
     write_json(json_out, rows)
     return rows
 
 
-def _mixed_row(kind, hidden, cap, batch, n_in, x, infer, act_params, repeats) -> dict:
+def _mixed_row(kind, hidden, cap, batch, n_in, x, infers, act_params, repeats) -> dict:
+    compacted, whole = infers
     budgets = jnp.asarray(np.random.default_rng(1).integers(1, cap + 1, batch), jnp.int32)
     never_halt = {
         **act_params,
@@ -115,9 +132,12 @@ def _mixed_row(kind, hidden, cap, batch, n_in, x, infer, act_params, repeats) ->
     at_max = _model(kind, hidden, "none", max_d, n_in)
     f_mean = jax.jit(lambda p, x, g=at_mean[0]: nnx.merge(g, p)(x).logits_BxC)
     f_max = jax.jit(lambda p, x, g=at_max[0]: nnx.merge(g, p)(x).logits_BxC)
+    a, b = compacted(never_halt, x, budgets), whole(never_halt, x, budgets)
+    assert np.array_equal(a.logits_BxC, b.logits_BxC), "compaction changed the outputs"
     ms = time_side_by_side(
         {
-            "adaptive": lambda: infer(never_halt, x, budgets),
+            "adaptive": lambda: compacted(never_halt, x, budgets),
+            "whole_batch": lambda: whole(never_halt, x, budgets),
             "static": lambda: f_mean(at_mean[1], x),
             "slowest": lambda: f_max(at_max[1], x),
         },
@@ -131,6 +151,8 @@ def _mixed_row(kind, hidden, cap, batch, n_in, x, infer, act_params, repeats) ->
         "adaptive_ms": ms["adaptive"],
         "static_ms": ms["static"],
         "ratio": ms["adaptive"] / ms["static"],
+        "whole_batch_ms": ms["whole_batch"],
+        "whole_batch_ratio": ms["whole_batch"] / ms["static"],
         "slowest_ms": ms["slowest"],
-        "waiting_fraction": 1.0 - ms["static"] / ms["adaptive"],
+        "waiting_fraction": 1.0 - ms["static"] / ms["whole_batch"],
     }

@@ -15,6 +15,7 @@ so static baselines and adaptive models share their parameters' layout and code:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from flax import nnx
 
 from adaptive.nn import halting as H
 from adaptive.nn.backbones import backbone_of, select, stack
+from adaptive.nn.compaction import bucket_sizes, while_compacting
 from adaptive.nn.outputs import Inference, ModelOutput, Trajectory
 from adaptive.nn.policies import policy_of
 
@@ -128,13 +130,23 @@ class DepthModel(nnx.Module):
         return self.halting_policy.combine(self, traj, limit_B)
 
     def infer(
-        self, x_BxD: jax.Array, budget_B: jax.Array, key: jax.Array | None = None, k_active: jax.Array | None = None
+        self,
+        x_BxD: jax.Array,
+        budget_B: jax.Array,
+        key: jax.Array | None = None,
+        k_active: jax.Array | None = None,
+        *,
+        compact: bool = True,
     ) -> Inference:
         """Inference under a per-example step budget, stopping when every example has halted.
 
         The budget is clipped to [1, num_steps] inside the graph too, so no input and no
         parameters can make an example use more than min(budget, cap) steps. `k_active` caps
         experts per token at inference (MoE models; at most moe.k, which is compiled in).
+        `compact`: shrink the batch to the rows still running as others halt
+        (adaptive.nn.compaction; the same outputs, bitwise). The whole batch runs instead for MoE
+        models, whose routing mixes the rows of a batch, and for a symbolic batch size (an
+        exported artifact), whose buckets' sizes could not be compared.
         """
         batch = x_BxD.shape[0]
         limit_B = jnp.clip(jnp.broadcast_to(budget_B, (batch,)).astype(jnp.int32), 1, self.num_steps)
@@ -143,29 +155,36 @@ class DepthModel(nnx.Module):
             return self._infer_unrolled(h0, context, k_active)
         policy = self.halting_policy
         per_position = policy.per_position(self.sequence)
-        limit = limit_B[:, None] if per_position else limit_B
-        run0 = H.start(h0.shape[:2] if per_position else (batch,))
-        acc0 = policy.infer_init(h0, batch, self._num_classes())
         key = jax.random.key(0) if key is None else key
+        if policy.samples() and not key.shape:
+            key = jax.random.split(key, batch)  # what the policy would split: one key per row
+        rows = _Rows(
+            h0,
+            context,
+            limit_B[:, None] if per_position else limit_B,
+            H.start(h0.shape[:2] if per_position else (batch,)),
+            policy.infer_init(h0, batch, self._num_classes()),
+            jnp.zeros((batch,), jnp.int32),
+            key if key.shape else None,
+        )
 
-        def cond(carry):
-            t, _, run, _, _ = carry
-            return (t < self.num_steps) & ~jnp.all(run.halted_H)
+        def active(rows: _Rows) -> jax.Array:
+            return ~(rows.run.halted_H.all(-1) if per_position else rows.run.halted_H)
 
-        def body(carry):
-            t, h, run, acc, experts = carry
-            t = t + 1
-            active_B = ~(run.halted_H.all(-1) if per_position else run.halted_H)
-            h, moe = self.step(h, context, t, train=False, k_active=k_active)
+        def body(t, rows: _Rows) -> _Rows:
+            active_B = active(rows)
+            h, moe = self.step(rows.h, rows.context, t, train=False, k_active=k_active)
+            experts = rows.experts
             if moe is not None:  # count the experts of examples still computing
-                experts = experts + jnp.where(active_B, _experts_per_example(moe, batch), 0)
-            run, acc = policy.infer_step(self, run, t, h, acc, limit, key)
-            return t, h, run, acc, experts
+                experts = experts + jnp.where(active_B, _experts_per_example(moe, h.shape[0]), 0)
+            run_key = key if rows.keys is None else rows.keys
+            run, acc = policy.infer_step(self, rows.run, t, h, rows.acc, rows.limit, run_key)
+            return rows._replace(h=h, run=run, acc=acc, experts=experts)
 
-        carry0 = (jnp.int32(0), h0, run0, acc0, jnp.zeros((batch,), jnp.int32))
-        _, _, run, acc, experts = jax.lax.while_loop(cond, body, carry0)
-        logits, steps = policy.infer_result(self, run, acc)
-        return Inference(logits, steps, experts if self.moe else None)
+        sizes = bucket_sizes(batch) if compact and not self.moe and isinstance(batch, int) else (batch,)
+        rows = while_compacting(body, rows, cap=self.num_steps, active=active, sizes=sizes)
+        logits, steps = policy.infer_result(self, rows.run, rows.acc)
+        return Inference(logits, steps, rows.experts if self.moe else None)
 
     def _infer_unrolled(self, h, context, k_active) -> Inference:
         """Inference of a static network: every step, unrolled; the budget does not apply."""
@@ -189,6 +208,18 @@ class DepthModel(nnx.Module):
 
     def _num_classes(self) -> int:
         return self.heads.kernel.shape[-1]
+
+
+class _Rows(NamedTuple):
+    """What inference's loop carries per row (every leaf has the batch on its leading axis)."""
+
+    h: jax.Array
+    context: jax.Array
+    limit: jax.Array  # the step budget, per example (or per position)
+    run: H.Running
+    acc: jax.Array
+    experts: jax.Array  # expert applications so far (zeros without experts)
+    keys: jax.Array | None  # one PRNG key per example, for a policy that samples
 
 
 def _experts_per_example(moe, batch: int) -> jax.Array:

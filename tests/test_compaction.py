@@ -1,0 +1,120 @@
+"""In-batch compaction: the shrinking-batch loop gives bitwise the outputs of the whole-batch loop."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from adaptive import config as config_lib
+from adaptive.nn.compaction import bucket_sizes, while_compacting
+from adaptive.nn.models import build_model
+from tests.helpers import ROOT
+
+CAP, BATCH, N_IN = 8, 32, 12  # buckets of 32, 16 and 8 rows
+VARIANTS = [
+    ("mlp", "act", False, {}),
+    ("mlp", "early_exit", False, {"exit_threshold": 2.0}),  # never confident: halts at its budget
+    ("mlp", "pondernet", False, {}),
+    ("rnn", "act", True, {}),
+    ("rnn", "pondernet", True, {"pondernet_inference": "sample"}),
+    ("transformer", "act", True, {}),  # every position halts on its own
+    ("transformer", "early_exit", True, {"exit_threshold": 2.0}),
+]
+
+
+class Spec:
+    input_shape = (N_IN,)
+    num_classes = 3
+
+
+@functools.cache
+def model_of(kind: str, policy: str, shared: bool, halting: tuple = ()):
+    cfg = config_lib.load(
+        f"{ROOT}/configs/parity.py",
+        [
+            f"--config.model.kind={kind}",
+            f"--config.halting.policy={policy}",
+            "--config.model.hidden=64",
+            f"--config.halting.max_steps={CAP}",
+            f"--config.model.share_weights={shared}",
+        ],
+    )
+    cfg = dataclasses.replace(cfg, halting=dataclasses.replace(cfg.halting, **dict(halting)))
+    graphdef, params = nnx.split(build_model(cfg, Spec), nnx.Param)
+    infer = jax.jit(
+        lambda p, x, b, compact: nnx.merge(graphdef, p).infer(x, b, compact=compact), static_argnames="compact"
+    )
+    return nnx.to_pure_dict(params), infer
+
+
+def random_params(params: dict, seed: int, halt_bias: float) -> dict:
+    """Random parameters; the halting bias sets how early rows tend to halt."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    out = jax.tree.unflatten(tree, [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)])
+    if "halt_unit" in out:
+        out["halt_unit"]["bias"] = jnp.full_like(out["halt_unit"]["bias"], halt_bias)
+    return out
+
+
+@pytest.mark.parametrize("kind, policy, shared, halting", VARIANTS)
+@pytest.mark.parametrize("seed, halt_bias", [(0, -1.5), (2, -1e4)])
+def test_compacted_inference_is_bitwise_the_whole_batch_loop(kind, policy, shared, halting, seed, halt_bias):
+    params, infer = model_of(kind, policy, shared, tuple(halting.items()))
+    params = random_params(params, seed, halt_bias)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((BATCH, N_IN)).astype(np.float32)
+    budget = rng.integers(1, CAP + 1, BATCH).astype(np.int32)  # mixed depths: the batch compacts
+    whole, compacted = infer(params, x, budget, False), infer(params, x, budget, True)
+    assert len(set(np.asarray(whole.steps_B).tolist())) > 1, "the rows must halt at different steps"
+    np.testing.assert_array_equal(compacted.steps_B, whole.steps_B)
+    np.testing.assert_array_equal(compacted.logits_BxC, whole.logits_BxC)
+
+
+def test_bucket_sizes_shrink_evenly_down_to_eight_rows_and_a_small_batch_runs_whole():
+    assert bucket_sizes(32) == (32, 28, 24, 20, 16, 12, 8)
+    assert bucket_sizes(1000) == (1000, 835, 670, 504, 339, 174, 8)
+    assert bucket_sizes(12) == (12, 11, 10, 9, 8)
+    assert bucket_sizes(32, count=3) == (32, 20, 8)
+    assert bucket_sizes(9) == (9, 8)
+    assert bucket_sizes(8) == (8,) and bucket_sizes(1) == (1,) and bucket_sizes(32, count=1) == (32,)
+    with pytest.raises(ValueError, match="at least one bucket"):
+        bucket_sizes(32, count=0)
+
+
+def test_rows_are_scattered_back_in_order_and_each_runs_its_own_steps():
+    """A toy loop: row i counts up to its own limit; the chain must stop each row there."""
+    limits = jnp.asarray([5, 1, 7, 2, 2, 8, 3, 1], jnp.int32)
+    rows = {"count": jnp.zeros(8, jnp.int32), "limit": limits, "id": jnp.arange(8)}
+
+    def body(t, rows):
+        running = rows["count"] < rows["limit"]
+        return {**rows, "count": rows["count"] + running}
+
+    out = while_compacting(body, rows, cap=10, active=lambda r: r["count"] < r["limit"], sizes=(8, 4, 2))
+    np.testing.assert_array_equal(out["count"], limits)
+    np.testing.assert_array_equal(out["id"], np.arange(8))
+
+
+def test_a_moe_model_runs_the_whole_batch():
+    """Capacity routing mixes a batch's rows: a MoE model's loop never compacts."""
+    cfg = config_lib.load(
+        f"{ROOT}/configs/parity.py",
+        [
+            "--config.model.kind=mlp",
+            "--config.model.hidden=16",
+            f"--config.halting.max_steps={CAP}",
+            "--config.moe.enabled=True",
+            "--config.moe.num_experts=4",
+            "--config.moe.k=2",
+        ],
+    )
+    graphdef, params = nnx.split(build_model(cfg, Spec), nnx.Param)
+    x = np.random.default_rng(0).standard_normal((BATCH, N_IN)).astype(np.float32)
+    budget = np.arange(BATCH, dtype=np.int32) % CAP + 1
+    lowered = jax.jit(lambda p: nnx.merge(graphdef, p).infer(x, budget)).lower(params).as_text()
+    assert lowered.count("stablehlo.while") == 1
