@@ -16,6 +16,7 @@ cost is off (tau = 0): the budget alone decides how much to compute. Static base
 same compute: `--config.halting.policy=none --config.model.depth=D --config.budget.target=None`.
 
     adaptive reproduce budget_targeting [--tiny]     # get_sweep's points, their claims checked
+    adaptive sweep --config configs/budget.py:parity-ceiling --workdir runs/budget_ceiling/parity
 """
 
 from adaptive.compute.flops import flops_model
@@ -24,6 +25,7 @@ from adaptive.config import default_config, from_dict
 
 def get_config(arg: str | None = None):
     task, _, fraction = (arg or "parity,0.5").partition(",")
+    task = task.removesuffix("-ceiling")  # get_sweep's TASK-ceiling: the same task, default penalty
     cfg = default_config()
     cfg.halting.policy = "act"
     cfg.halting.tau = 0.0
@@ -110,20 +112,28 @@ def get_sweep(arg: str | None = None) -> list[dict]:
     """experiments/budget_targeting. TASK (parity, the default, or mnist1d): ACT at 25, 50 and 75%
     of its cap's FLOPs and the static networks of the same depth (5, 10, 15 of parity's 20 steps),
     x seeds 0, 1, 2. The budget is two-sided here (`budget.two_sided`): the claim is that compute
-    lands on the target, which a ceiling does not ask for. `tiny`: one seed, ACT at 25% and 75% of
-    a 6-step cap and the static network of 2 steps, 60 training steps: a check of the pipeline."""
-    task = arg or "parity"
-    if task not in ("parity", "mnist1d", "tiny"):
-        raise ValueError(f"configs/budget.py's sweep takes parity, mnist1d or tiny; not {arg!r}")
+    lands on the target, which a ceiling does not ask for. `TASK-ceiling`: the same ACT points
+    with the budget as a ceiling (the default penalty), named `TASK-ceiling25` etc., to set beside
+    the static points on the accuracy-vs-realized-compute front. `tiny`: one seed, ACT at 25% and
+    75% of a 6-step cap and the static network of 2 steps, 60 training steps: a check of the
+    pipeline."""
+    task, _, mode = (arg or "parity").partition("-")
+    if task not in ("parity", "mnist1d", "tiny") or mode not in ("", "ceiling") or (task == "tiny" and mode):
+        raise ValueError(
+            f"configs/budget.py's sweep takes parity, mnist1d, parity-ceiling, mnist1d-ceiling or tiny; not {arg!r}"
+        )
     seeds, fractions = ((0,), (0.25, 0.75)) if task == "tiny" else ((0, 1, 2), (0.25, 0.5, 0.75))
     depths = (2,) if task == "tiny" else [round(f * get_config(task).halting.max_steps) for f in fractions]
     targets = {f: round(get_config(f"{task},{f}").budget.target) for f in fractions}
     points = []
     for seed in seeds:
         for f, target in targets.items():
+            if mode == "ceiling":
+                points.append({"seed": seed, "name": f"{task}-ceiling{round(100 * f)}", "budget.target": target})
+                continue
             name = f"{task}-budget{round(100 * f)}"  # what claims select by: `name=parity-budget25`
             points.append({"seed": seed, "name": name, "budget.target": target, "budget.two_sided": True})
-        for depth in depths:
+        for depth in depths if mode != "ceiling" else ():
             static = {"halting.policy": "none", "model.depth": depth, "budget.target": None}
             points.append({"seed": seed, "name": f"{task}-static{depth}", **static})
     return points

@@ -227,6 +227,20 @@ def test_every_sweep_point_loads(path, tmp_path):
         assert points and len({p.name for p in points}) == len(points)  # distinct workdirs
 
 
+def test_the_budget_ceiling_sweep_is_the_two_sided_sweeps_act_points_under_a_ceiling(tmp_path):
+    from adaptive.experiments.sweep import load_points
+
+    two_sided = {p.values["name"]: p.values for p in load_points(f"{ROOT}/configs/budget.py:parity", tmp_path)}
+    ceiling = load_points(f"{ROOT}/configs/budget.py:parity-ceiling", tmp_path)
+    assert len(ceiling) == 9 and {p.values["seed"] for p in ceiling} == {0, 1, 2}
+    for point in ceiling:
+        name = point.values["name"]
+        assert "two_sided" not in str(point.values) and name.startswith("parity-ceiling")
+        assert point.values["budget.target"] == two_sided[name.replace("ceiling", "budget")]["budget.target"]
+        cfg = config_lib.load(f"{ROOT}/configs/budget.py:parity-ceiling", point.overrides)
+        assert cfg.budget.two_sided is False and cfg.halting.policy == "act"
+
+
 def test_the_schema_is_importable_from_adaptive_config_and_a_saved_config_reloads():
     from adaptive import config_schema
 
