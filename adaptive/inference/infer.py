@@ -55,14 +55,17 @@ def budgeted_infer(
     """`infer(params, x, step_budget, key=None) -> Inference` under a per-example (or shared)
     step budget, stopping when every example has halted; see `budgeted_model` for `experts`.
     A policy that samples its halting steps draws them from `example_keys(key, x)`, where `key`
-    defaults to the key of the config's `halting.pondernet_sample_seed` (0 before that field)."""
+    defaults to the key of the config's `halting.pondernet_sample_seed` (0 before that field).
+    The batch is compacted as rows halt (the same outputs), except in the eval step (`trained_groups`)."""
 
     def infer(params: dict, x: jax.Array, step_budget: jax.Array, key: jax.Array | None = None) -> Inference:
         model = budgeted_model(graphdef, params, experts, trained_groups=trained_groups)
         keys = None
         if model.halting_policy.samples():
             keys = example_keys(sample_key(model.halting) if key is None else key, x)
-        return model.infer(x, step_budget, keys)
+        # Compaction (adaptive.nn.compaction) costs a compiled loop per bucket: worth it where
+        # requests are served, not in training's eval step, compiled afresh by every run.
+        return model.infer(x, step_budget, keys, compact=not trained_groups)
 
     return infer
 
