@@ -108,7 +108,15 @@ class MoEConfig:
     jitter: float = _f(0.0, lo=0.0, hi=1.0)  # multiplicative router-input noise in training
     balance_weight: float = _f(1e-2, lo=0.0, hi=checks.MAX_WEIGHT)
     z_weight: float = _f(1e-3, lo=0.0, hi=checks.MAX_WEIGHT)
-    dropless: bool = False  # lax.ragged_dot grouped matmuls, no capacity (for accelerators)
+    # Routing without a capacity (nothing dropped): in training (dropless) and at inference
+    # (eval_dropless; false: eval_capacity_factor applies, and a batch's tokens compete for slots).
+    dropless: bool = False
+    eval_dropless: bool = True
+    # Where kept assignments are computed (same results): "blocks" (groups padded to block_size
+    # rows, about the useful FLOPs), "capacity" ([E, C, D] buffers), "ragged" (lax.ragged_dot, for
+    # accelerators with a grouped-matmul kernel; XLA:CPU runs it densely).
+    dispatch: str = _f("blocks", choices=("blocks", "capacity", "ragged"))
+    block_size: int = _f(128, lo=8, hi=4096)
     expert_hidden: int = _f(0, lo=0, hi=checks.MAX_EXPERT_WIDTH)
     # Independent routing groups, each with its own capacity; with experts sharded (mesh.expert > 1)
     # a multiple of the mesh's devices, so that each device routes whole groups.

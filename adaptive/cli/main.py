@@ -71,6 +71,7 @@ def _bench(args, overrides: list[str]) -> int:
             experts=args.experts,
             k=args.k,
             capacity_factor=args.capacity_factor,
+            block_size=args.block_size,
             repeats=args.repeats,
             json_out=args.json,
         )

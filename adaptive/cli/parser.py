@@ -226,4 +226,5 @@ def _add_bench_moe(kinds) -> None:
     moe.add_argument("--experts", type=int, default=8)
     moe.add_argument("-k", type=int, default=2, help="experts per token")
     moe.add_argument("--capacity-factor", type=float, default=1.25)
+    moe.add_argument("--block-size", type=int, default=128, help="rows per block of block dispatch")
     moe.add_argument("--repeats", type=int, default=20)

@@ -30,6 +30,9 @@ MOE_COST_KEYS = (
     "capacity_factor",
     "eval_capacity_factor",
     "dropless",
+    "eval_dropless",
+    "dispatch",
+    "block_size",
     "expert_hidden",
     "num_groups",
 )

@@ -8,8 +8,10 @@ count 1 each, and transcendentals (tanh, exp) are not FLOPs. Two choices match w
   projection once with the flag set and once without (shared by every later step). Under an
   adaptive policy the flag is traced inside the scan or while loop, and the compiled loop body
   runs the whole projection at every step, so it is counted per step;
-- experts are counted as *executed*: each expert processes its whole capacity buffer, so at
-  capacity factor c a token costs c * k expert passes, not k. `useful=True` counts k instead.
+- experts are counted as *executed*: with capacity buffers (`moe.dispatch=capacity`) each expert
+  processes its whole buffer, so at capacity factor c a token costs c * k expert passes, not k;
+  block dispatch (the default) computes the kept assignments plus fewer than a block of padding
+  rows per expert, counted as k passes (the padding is not counted). `useful=True` counts k.
 
 `FlopsModel.at_steps` turns a (differentiable) expected number of steps, and for top-p routing
 an expected number of expert applications, into expected FLOPs: that is how compute penalties
@@ -66,12 +68,14 @@ def _moe(width: int, cfg, tokens: int, *, train: bool, useful: bool) -> tuple[fl
     """Per token, one MoE feed-forward: (FLOPs in all, expert applications, FLOPs of one)."""
     hidden = cfg.expert_width(width)
     expert = _dense(width, hidden) + _dense(hidden, width) + 8.0 * hidden  # + GELU's polynomial
-    if useful or cfg.dropless or cfg.router == "top_p":
+    dropless = cfg.dropless if train else cfg.eval_dropless
+    if useful or cfg.router == "top_p" or (cfg.dispatch != "capacity" and cfg.router != "expert_choice"):
         passes = cfg.k
     else:
         factor = cfg.capacity_factor if train else cfg.eval_capacity_factor
         group = max(tokens // cfg.num_groups, 1)  # serving routes small batches as one group
-        passes = cfg.num_experts * capacity(group, cfg.num_experts, cfg.k, factor) / group
+        slots = group if dropless and cfg.router != "expert_choice" else capacity(group, cfg.num_experts, cfg.k, factor)
+        passes = cfg.num_experts * slots / group
     router = _dense(width, cfg.num_experts, bias=False) + 6.0 * cfg.num_experts
     return router + passes * expert + 2.0 * cfg.k * width, passes, expert
 

@@ -1,13 +1,19 @@
 """A sparse mixture-of-experts feed-forward layer: route, dispatch, run experts, combine.
 
-Dispatch (adaptive/nn/dispatch.py) does only the useful work on CPU: each kept assignment is
-written to row `expert * capacity + slot` of an [E, C, D] buffer, all experts run as one batched
-`einsum('ecd,edf->ecf')`, and outputs are gathered back and weighted by their gates. Nothing of
-size tokens x experts x capacity is built, and no expert sees a token it was not given: a
-one-hot dispatch or running every expert on every token costs several times the useful work.
+Routing decides who goes where and, with a capacity, what is dropped (`dropless` in training,
+`eval_dropless` at inference: no capacity, nothing dropped). Dispatch decides where the kept
+assignments are computed, with the same results whichever is chosen:
 
-`dropless=True` uses `lax.ragged_dot` over tokens sorted by expert instead: no capacity and no
-drops, the right path on accelerators with a grouped-matmul kernel (XLA:CPU runs it densely).
+- "blocks" (the default, adaptive/nn/block_dispatch.py): groups sorted by expert and padded to
+  blocks of `block_size` rows, each block running its expert's FFN: about the useful FLOPs, on
+  CPU as on accelerators.
+- "capacity" (adaptive/nn/dispatch.py): [E, C, D] buffers and one batched einsum; every slot up
+  to the capacity is computed, used or not. The expert-parallel path always uses it (its
+  all-to-alls exchange fixed-size buffers).
+- "ragged": `lax.ragged_dot` over tokens sorted by expert, for accelerators with a grouped-matmul
+  kernel (XLA:CPU runs it densely: every expert on every row).
+
+Nothing of size tokens x experts x capacity is built, and no expert sees a token it was not given.
 
 A layer built with `expert_parallel=True` (the config's mesh has `expert` > 1) runs
 expert-parallel on the mesh it is traced under (`jax.set_mesh`, as the trainer's steps are):
@@ -23,9 +29,11 @@ from flax import nnx
 
 from adaptive.nn import expert_parallel
 from adaptive.nn import routing as R
+from adaptive.nn.block_dispatch import experts_in_blocks
 from adaptive.nn.dispatch import MoEOutput, combine_groups, dispatch_groups, per_group
 
 ROUTERS = ("top_k", "top_p", "expert_choice")
+DISPATCHES = ("blocks", "capacity", "ragged")
 
 
 class MoEFeedForward(nnx.Module):
@@ -51,6 +59,9 @@ class MoEFeedForward(nnx.Module):
         balance_weight: float = 1e-2,
         z_weight: float = 1e-3,
         dropless: bool = False,
+        eval_dropless: bool = True,
+        dispatch: str = "blocks",
+        block_size: int = 128,
         num_groups: int = 1,
         expert_parallel: bool = False,
         rngs: nnx.Rngs,
@@ -61,9 +72,12 @@ class MoEFeedForward(nnx.Module):
             raise ValueError(f"k={k} must be in [1, num_experts={num_experts}]")
         if priority not in R.PRIORITIES:
             raise ValueError(f"priority {priority!r} is not one of {R.PRIORITIES}")
+        if dispatch not in DISPATCHES:
+            raise ValueError(f"dispatch {dispatch!r} is not one of {DISPATCHES}")
         self.num_experts, self.k, self.router_kind, self.top_p = num_experts, k, router, top_p
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.renormalize, self.jitter, self.dropless = renormalize, jitter, dropless
+        self.eval_dropless, self.dispatch, self.block_size = eval_dropless, dispatch, block_size
         self.priority = priority  # who keeps a slot past capacity (routing.py): "top1" or "own"
         self.balance_weight, self.z_weight = balance_weight, z_weight
         # Tokens are routed in `num_groups` independent groups, each with its own capacity
@@ -111,7 +125,11 @@ class MoEFeedForward(nnx.Module):
         x_GxSxD = x_TxD.reshape(groups, num_tokens // groups, width)
         keys = None if key is None else jax.random.split(key, groups)
         routing, logits, cap = self.route_groups(x_GxSxD, train, k_active, keys)
-        if self.dropless and self.router_kind != "expert_choice":  # no capacity, so groups need not stay apart
+        if self.dispatch == "blocks":  # kept assignments need no buffer per group: flatten them
+            weights = (self.w_in[...], self.b_in[...], self.w_out[...], self.b_out[...])
+            flat = _flatten_groups(routing, x_GxSxD.shape[1])
+            y = experts_in_blocks(x_TxD, flat, weights, self.num_experts, self.block_size)
+        elif self.dispatch == "ragged":
             y = self._ragged(x_TxD, _flatten_groups(routing, x_GxSxD.shape[1]))
         else:
             buffers = dispatch_groups(x_GxSxD, routing, self.num_experts, cap)
@@ -127,7 +145,11 @@ class MoEFeedForward(nnx.Module):
         return routing, logits, self.route_capacity(x_GxSxD.shape[1], train)
 
     def route_capacity(self, group_tokens: int, train: bool) -> int:
-        if self.router_kind != "expert_choice" and self.dropless:
+        """Slots per expert in a group of tokens; dropless routing: every expert can take every
+        token (the expert-parallel path exchanges buffers of this size, so it keeps the eval
+        capacity factor at inference)."""
+        dropless = self.dropless if train else self.eval_dropless and not self.expert_parallel
+        if self.router_kind != "expert_choice" and dropless:
             return group_tokens
         factor = self.capacity_factor if train else self.eval_capacity_factor
         return R.capacity(group_tokens, self.num_experts, self.k, factor)

@@ -126,10 +126,20 @@ def _assign(probs, gate_TxK, expert_TxK, active_TxK, cap: int, renormalize: bool
     expert_A = expert_TxK.T.reshape(-1)
     active_A = active_TxK.T.reshape(-1)
     slot_A = _slots_in_order(expert_A, active_A, order, num_experts)
-    kept_A = active_A & (slot_A < cap)
+    # With room for every token (dropless), keeping does not depend on the slots, so a dispatch
+    # that does not read them (blocks) lets XLA drop the priority sort altogether.
+    kept_A = active_A if _at_least(cap, num_tokens) else active_A & (slot_A < cap)
     token_A = jnp.tile(jnp.arange(num_tokens, dtype=jnp.int32), k)
     gate_A = jnp.where(kept_A, gate_TxK.T.reshape(-1), 0.0)
     return Routing(token_A, expert_A.astype(jnp.int32), slot_A, gate_A, kept_A, active_A, probs)
+
+
+def _at_least(a, b) -> bool:
+    """a >= b for sizes that may be symbolic (an exported batch); False when undecidable."""
+    try:
+        return bool(a >= b)
+    except Exception:  # jax.export's InconclusiveDimensionOperation: some batch sizes say no
+        return False
 
 
 def _slots_in_order(expert_A: jax.Array, active_A: jax.Array, order: jax.Array, num_experts: int) -> jax.Array:
