@@ -15,7 +15,7 @@ routing drops nothing; the blocks only decide where the kept assignments are com
 
 Gradients: a custom VJP keeps each block's pre-activation from the forward pass and runs the
 backward block by block, accumulating each expert's weight gradients in place; autodiff through
-the loop would save less and recompute or copy more (measured 1.8x a dense layer vs 1.2x).
+the loop saves and copies far more (experiments/design_measurements.md).
 """
 
 from __future__ import annotations
