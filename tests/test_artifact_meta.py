@@ -84,6 +84,11 @@ MALFORMED = {
     "path_escape": (_moe_variant("../x"), "expert_variants.1.file must be 'model-k1.jaxexport'; got '../x'"),
     "absolute_path": (_moe_variant("/etc/passwd"), "expert_variants.1.file must be 'model-k1.jaxexport'"),
     "variant_without_experts": (_set("expert_variants", {"1": {}}), "expert_variants must be keyed by integers in"),
+    "batch_path_escape": (
+        _set("batch_variants", {"16": {"file": "../model.jaxexport", "sha256": "0" * 64, "bytes": 1}}),
+        "batch_variants.16.file must be 'model-b16.jaxexport'; got '../model.jaxexport'",
+    ),
+    "batch_1": (_set("batch_variants", {"1": {}}), "batch_variants must be keyed by batch sizes >= 2; got '1'"),
     "steps_column_short": (_set("compute_at_steps.steps", [1, 2, 3]), "compute_at_steps.steps must be a list of 6"),
     "flops_decreasing": (
         _set("compute_at_steps.flops", [6.0, 5, 4, 3, 2, 1]),

@@ -78,9 +78,10 @@ def test_budgets_in_units_become_step_caps(engines):
 
 @pytest.fixture(scope="module")
 def moe_art(tmp_path_factory):
-    """ACT + experts (configs/sut.py:tiny: cap 3 steps, 16 tokens, 4 experts, at most 2 a token)."""
+    """ACT + experts (configs/sut.py:tiny: cap 3 steps, 16 tokens, 4 experts, at most 2 a token),
+    with capacity at inference (dropless inference, the default, has no slots to share)."""
     root = tmp_path_factory.mktemp("moe")
-    train_tiny(root / "run", 5, config="configs/sut.py:tiny")
+    train_tiny(root / "run", 5, config="configs/sut.py:tiny", overrides=("--config.moe.eval_dropless=false",))
     return export_run(root / "run", root / "art")
 
 
@@ -137,3 +138,33 @@ def test_a_moe_artifact_scores_its_accuracy_in_the_batch_sizes_it_serves(moe_art
                     for b in data.eval_batches(cfg.data, "validation", size)
                 ]
                 assert table[steps - 1] == pytest.approx(np.concatenate(hits).mean(), abs=1e-5)
+
+
+def test_a_halting_artifact_compacts_in_the_batch_sizes_it_was_compiled_for(engines, tmp_path):
+    """An ACT artifact carries functions for the COMPACTED_BATCHES sizes, whose loops shrink to
+    the running rows; the engine serves those buckets with them, and they answer as the symbolic
+    function does, within every cap; a bucket without one runs the symbolic function."""
+    from adaptive.inference.export import COMPACTED_BATCHES
+
+    engine, _ = engines
+    art = engine.name
+    meta = load_artifact(art)[1]
+    assert sorted(map(int, meta["batch_variants"])) == sorted(COMPACTED_BATCHES)
+    symbolic = load_artifact(art)[0]
+    fixed = load_artifact(art, batch=16)[0]
+    x, budget = _requests(16, 3)
+    budget = budget.astype(np.int32)
+
+    def loops(exported):
+        return exported.mlir_module().count("stablehlo.while")
+
+    assert loops(fixed) > loops(symbolic)  # a loop per bucket: the compacting chain
+    want, got = symbolic.call(x, budget), fixed.call(x, budget)
+    for i in (0, 2, 3):
+        np.testing.assert_array_equal(np.asarray(want[i]), np.asarray(got[i]))
+    np.testing.assert_allclose(np.asarray(want[1]), np.asarray(got[1]), rtol=1e-5)
+    assert engine.compacted_buckets == [16]
+    out = engine.run(x, budget)
+    np.testing.assert_array_equal(out.steps, np.asarray(want[2]))
+    with pytest.raises(ArtifactError, match="has no function for batches of 5"):
+        load_artifact(art, batch=5)

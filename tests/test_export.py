@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from adaptive.inference.export import PARTIAL_MARK, ArtifactError, export_run, load_artifact
+from adaptive.inference.export import COMPACTED_BATCHES, PARTIAL_MARK, ArtifactError, export_run, load_artifact
 from adaptive.inference.predictor import BudgetedPredictor
 from adaptive.inference.restore import load_run
 from tests.helpers import cli, train_tiny
@@ -203,7 +203,8 @@ def test_re_export_needs_force_and_force_replaces_only_a_previous_artifact(expor
     (out / "model.jaxexport").write_bytes(b"a corrupted previous artifact is still one to replace")
     export_run(workdir, out, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "model.jaxexport"] and load_artifact(out)
+    blobs = ["model.jaxexport", *(f"model-b{b}.jaxexport" for b in COMPACTED_BATCHES)]  # an ACT model's
+    assert sorted(p.name for p in out.iterdir()) == sorted(["meta.json", *blobs]) and load_artifact(out)
     (out / "notes.txt").write_text("mine")
     before = _snapshot(out)
     with pytest.raises(ArtifactError, match="holds notes.txt, which is not part of an artifact"):

@@ -36,6 +36,12 @@ def variant_file(k: int) -> str:
     return f"model-k{k}.jaxexport"
 
 
+def batch_file(batch: int) -> str:
+    """The file name of the function compiled for exactly `batch` rows, whose halting loop shrinks
+    to the rows still running (adaptive.nn.compaction); the only name meta.json may give it."""
+    return f"model-b{batch}.jaxexport"
+
+
 def meta_checksum(meta: dict) -> str:
     """SHA-256 of meta.json's canonical JSON, without its own checksum key."""
     body = {key: value for key, value in meta.items() if key != CHECKSUM_KEY}
@@ -122,6 +128,7 @@ class _Schema:
             raise self.fail("outputs", "a list of names", outputs)
 
         self.variants(self.obj(meta.get("expert_variants", {}), "expert_variants"), k_max)
+        self.batch_variants(self.obj(meta.get("batch_variants", {}), "batch_variants"))
         self.compute(self.obj(self.get(meta, "compute_at_steps"), "compute_at_steps"), cap)
         by_experts = self.obj(meta.get("flops_at_expert_budgets") or {}, "flops_at_expert_budgets")
         for key, values in by_experts.items():
@@ -142,12 +149,23 @@ class _Schema:
             k, path = _budget_key(key), f"expert_variants.{key}"
             if k not in range(1, k_max or 1):
                 raise self.fail("expert_variants", f"keyed by integers in [1, caps.experts_per_token = {k_max})", key)
-            entry = self.obj(entry, path)
-            name = self.get(entry, "file", path + ".")
-            if name != variant_file(k):  # never a path: nothing outside the artifact is opened
-                raise self.fail(path + ".file", repr(variant_file(k)), name)
-            self.checksum(self.get(entry, "sha256", path + "."), path + ".sha256")
-            self.integer(self.get(entry, "bytes", path + "."), path + ".bytes", 0)
+            self.blob(entry, path, variant_file(k))
+
+    def batch_variants(self, variants: dict) -> None:
+        """Functions for one concrete batch size each (compacting halting loops), plain files."""
+        for key, entry in variants.items():
+            batch = _budget_key(key)
+            if batch is None or batch < 2:
+                raise self.fail("batch_variants", "keyed by batch sizes >= 2", key)
+            self.blob(entry, f"batch_variants.{key}", batch_file(batch))
+
+    def blob(self, entry, path: str, name: str) -> None:
+        entry = self.obj(entry, path)
+        got = self.get(entry, "file", path + ".")
+        if got != name:  # never a path: nothing outside the artifact is opened
+            raise self.fail(path + ".file", repr(name), got)
+        self.checksum(self.get(entry, "sha256", path + "."), path + ".sha256")
+        self.integer(self.get(entry, "bytes", path + "."), path + ".bytes", 0)
 
     def compute(self, compute: dict, cap: int) -> None:
         for column in ("steps", "flops"):

@@ -8,6 +8,11 @@ in, a symbolic batch dimension, and the hard caps compiled in (the step budget i
     outputs  prediction int32[batch], confidence float32[batch] (max softmax),
              steps int32[batch], experts int32[batch] (expert applications; 0 without experts)
 
+A halting model without experts also gets ART/model-b{16,32,64}.jaxexport: the same function
+compiled for exactly that batch size, whose loop shrinks to the rows still running
+(adaptive.nn.compaction; a symbolic batch cannot), same answers; the serving engine uses them
+for those buckets. MoE models get ART/model-k{k}.jaxexport per smaller expert budget instead.
+
 ART/meta.json says what it is: config, caps, input spec, the compute of each step budget in
 every unit the run can price (FLOPs, MACs; latency p50/p99, cost and energy with a cost model;
 FLOPs at each smaller expert budget), the validation accuracy at every (expert budget, step
@@ -47,6 +52,7 @@ from adaptive.inference import outcomes
 from adaptive.inference.artifact_meta import (
     BLOB,
     FORMAT,
+    batch_file,
     META,
     ArtifactError,
     check_sealed,
@@ -66,7 +72,12 @@ OUTPUTS = ("prediction", "confidence", "steps", "experts")
 SERVED_BATCHES, SERVED_EXAMPLES = (1, 2, 4, 8, 16, 32), 2048
 # Marks ART.partial as this tool's staging folder: only such a folder is ever removed.
 PARTIAL_MARK = ".adaptive-export-partial"
-_BLOB_NAME = re.compile(r"model(-k[0-9]+)?\.jaxexport")
+_BLOB_NAME = re.compile(r"model(-k[0-9]+|-b[0-9]+)?\.jaxexport")
+# Batch sizes that also get a function of their own, compiled for exactly that many rows: there a
+# halting loop shrinks to the rows still running (adaptive.nn.compaction), which a symbolic batch
+# cannot (its bucket sizes are not comparable). The buckets of `adaptive serve` and the engine's
+# default; another bucket runs the symbolic function, with the same answers.
+COMPACTED_BATCHES = (16, 32, 64)
 
 
 def serving_function(graphdef: nnx.GraphDef, params: dict, experts: int | None = None):
@@ -138,7 +149,7 @@ def accuracy_table(run: Run, split: str = "validation", log=None) -> dict:
         "experts": list(range(1, k_max + 1)) if k_max else None,
         "accuracy": accuracy,
     }
-    if k_max and (cfg.moe.router == "expert_choice" or not cfg.moe.dropless):  # the batch shares slots
+    if k_max and (cfg.moe.router == "expert_choice" or not cfg.moe.eval_dropless):  # the batch shares slots
         sizes = [b for b in SERVED_BATCHES if b < cfg.train.eval_batch_size]
         scored = []
         for b in sizes:
@@ -181,7 +192,13 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
     # MoE: one more function per smaller expert budget, each with buffers sized for its k.
     k_max = run.cfg.moe.k if run.cfg.moe.enabled else 1
     variants = {k: serialized(k) for k in range(1, k_max)}
-    meta = _meta(run, blob, variants, log)
+    by_batch = {}
+    if compacts(run.cfg):
+        fn = jax.jit(serving_function(run.graphdef, run.params))
+        for b in COMPACTED_BATCHES:
+            concrete = (jax.ShapeDtypeStruct((b, *shape), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.int32))
+            by_batch[b] = bytes(jax.export.export(fn)(*concrete).serialize())
+    meta = _meta(run, blob, variants, by_batch, log)
     # Written aside and moved into place once verified: ART is never a half-made artifact.
     check_staging(staging)
     try:
@@ -192,6 +209,8 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
     (staging / BLOB).write_bytes(blob)
     for k, b in variants.items():
         (staging / variant_file(k)).write_bytes(b)
+    for b, blob_b in by_batch.items():
+        (staging / batch_file(b)).write_bytes(blob_b)
     (staging / META).write_text(json.dumps(seal(meta), indent=1) + "\n")
     verify(staging, run)
     (staging / PARTIAL_MARK).unlink()
@@ -202,7 +221,17 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
     return out
 
 
-def _meta(run: Run, blob: bytes, variants: dict[int, bytes], log=None) -> dict:
+def compacts(cfg) -> bool:
+    """Whether a concrete batch lets inference compact: a halting loop, and rows that do not share
+    experts' slots (adaptive.nn.depth.DepthModel.infer runs MoE models on the whole batch)."""
+    return cfg.halting.policy != "none" and not cfg.moe.enabled
+
+
+def _entry(blob: bytes, name: str) -> dict:
+    return {"file": name, "sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+
+
+def _meta(run: Run, blob: bytes, variants: dict[int, bytes], by_batch: dict[int, bytes], log=None) -> dict:
     """meta.json of an artifact (before sealing): what it is, its caps, compute and accuracy tables."""
     shape = tuple(run.spec.input_shape)
     cost_model = run.budget.cost_model if run.budget is not None else None
@@ -215,10 +244,8 @@ def _meta(run: Run, blob: bytes, variants: dict[int, bytes], log=None) -> dict:
         "outputs": list(OUTPUTS),
         "num_classes": run.spec.num_classes,
         "caps": {"steps": step_cap(run.cfg), "experts_per_token": run.cfg.moe.k if run.cfg.moe.enabled else None},
-        "expert_variants": {
-            str(k): {"file": variant_file(k), "sha256": hashlib.sha256(b).hexdigest(), "bytes": len(b)}
-            for k, b in variants.items()
-        },
+        "expert_variants": {str(k): _entry(b, variant_file(k)) for k, b in variants.items()},
+        "batch_variants": {str(b): _entry(blob_b, batch_file(b)) for b, blob_b in by_batch.items()},
         "compute_at_steps": compute_table(run),
         "flops_at_expert_budgets": experts_table(run),
         "accuracy_at_budgets": accuracy_table(run, log=log),
@@ -247,7 +274,8 @@ def check_out(out: Path, workdir: Path, force: bool) -> None:
         raise ArtifactError(
             f"--out {out} is a folder but not an artifact of `adaptive export` (no valid {META}); nothing was written"
         ) from None
-    named = {META, BLOB, *(entry["file"] for entry in meta.get("expert_variants", {}).values())}
+    blobs = [*meta.get("expert_variants", {}).values(), *meta.get("batch_variants", {}).values()]
+    named = {META, BLOB, *(entry["file"] for entry in blobs)}
     for entry in sorted(out.iterdir()):
         if entry.name not in named or entry.is_symlink() or not entry.is_file():
             raise ArtifactError(
@@ -295,13 +323,21 @@ def _cost_model_dict(model) -> dict:
     return {**asdict(model), "fits": {k: asdict(v) for k, v in model.fits.items()}}
 
 
-def load_artifact(path: str | Path, experts: int | None = None):
+def load_artifact(path: str | Path, experts: int | None = None, batch: int | None = None):
     """(exported function, meta) after validating meta.json and checking that the blob is the one
     it describes and that it is the meta.json that was exported; `experts` picks a MoE model's
-    function for that many experts per token (default: all)."""
+    function for that many experts per token (default: all); `batch`, the function compiled for
+    exactly that batch size (an ArtifactError when the artifact has none: see `batch_variants`)."""
     path = Path(path)
     meta = read_meta(path)
     entry = {"file": BLOB, "sha256": meta["sha256"], "bytes": meta["bytes"]}
+    if batch is not None:
+        by_batch = meta.get("batch_variants", {})
+        if str(batch) not in by_batch:
+            raise ArtifactError(
+                f"{path} has no function for batches of {batch}; it has {', '.join(by_batch) or 'none'}"
+            )
+        entry = by_batch[str(batch)]
     if experts is not None and experts != meta["caps"]["experts_per_token"]:
         variants = meta.get("expert_variants", {})
         if str(experts) not in variants:
@@ -352,3 +388,10 @@ def verify(path: Path, run: Run, count: int = 64) -> None:
     same = (got[0] == probs.argmax(-1)).all() and (got[2] == np.asarray(live.steps_B)).all()
     if not same or not np.allclose(got[1], probs.max(-1), rtol=1e-4, atol=1e-5):
         raise ArtifactError(f"{path}: the exported function does not answer as the live model; not exported")
+    for b in meta.get("batch_variants", {}):  # each batch's function answers as the symbolic one
+        rows = np.resize(np.arange(len(x)), int(b))
+        want = jax.device_get(exported.call(x[rows], budget[rows]))
+        fixed = jax.device_get(load_artifact(path, batch=int(b))[0].call(x[rows], budget[rows]))
+        same = all(np.array_equal(want[i], fixed[i]) for i in (0, 2, 3))  # prediction, steps, experts
+        if not same or not np.allclose(want[1], fixed[1], rtol=1e-5, atol=1e-6):
+            raise ArtifactError(f"{path}: the function for batches of {b} does not answer as the others; not exported")

@@ -2,7 +2,8 @@
 
 `Engine.from_artifact(ART)` (a `jax.export` artifact) or `Engine.from_run(DIR)` (a checkpoint)
 compiles `serve(x, budget)` once per batch-size bucket and runs every executable once before it
-is used, so in steady state nothing compiles (tests count XLA compilations). A request batch is
+is used, so in steady state nothing compiles (tests count XLA compilations). A bucket for which
+the artifact carries a function of its own batch size uses it: its halting loop compacts. A request batch is
 padded to the smallest bucket that holds it (padding rows are copies of the batch's own rows
 with budget 1, so they never hold the batch) and split when larger than the largest bucket;
 padding and splitting are numpy, on the host, so they compile nothing either.
@@ -42,9 +43,22 @@ class Result:
 
 
 class Engine:
-    def __init__(self, serve, input_shape, cap: int, compute_at_steps: dict, *, buckets=(1, 8, 32), name="", meta=None):
+    def __init__(
+        self,
+        serve,
+        input_shape,
+        cap: int,
+        compute_at_steps: dict,
+        *,
+        buckets=(1, 8, 32),
+        name="",
+        meta=None,
+        by_batch=None,
+    ):
         """`serve`: one function, or a dict {experts per token (None: all): function} for MoE;
-        `meta`: the artifact's meta.json, when it comes from one."""
+        `meta`: the artifact's meta.json, when it comes from one; `by_batch`: {batch size:
+        function} used instead of serve[None] for buckets of that size (an artifact's functions
+        compiled for one batch size, whose halting loops compact)."""
         self.input_shape, self.cap, self.table, self.name = tuple(input_shape), cap, compute_at_steps, name
         self.meta = meta or {}
         self.buckets = tuple(sorted(set(buckets)))
@@ -52,8 +66,11 @@ class Engine:
         self.expert_budgets = sorted(k for k in serves if k is not None)  # the smaller ones compiled
         self._exec = {}
         self.warmup: list[tuple[int | None, int, int, float]] = []  # (experts, steps taken, rows, ms)
-        for k, fn in serves.items():
+        by_batch = by_batch or {}
+        self.compacted_buckets = sorted(b for b in self.buckets if b in by_batch)
+        for k, serve_k in serves.items():
             for b in self.buckets:
+                fn = by_batch[b] if k is None and b in by_batch else serve_k
                 x_spec = jax.ShapeDtypeStruct((b, *self.input_shape), jnp.float32)
                 self._exec[k, b] = jax.jit(fn).lower(x_spec, jax.ShapeDtypeStruct((b,), jnp.int32)).compile()
                 zeros = np.zeros((b, *self.input_shape), np.float32)
@@ -74,9 +91,21 @@ class Engine:
         serves = {None: exported.call}
         for k in meta.get("expert_variants", {}) if expert_budgets else ():  # MoE: the smaller budgets' functions
             serves[int(k)] = load_artifact(path, experts=int(k))[0].call
+        by_batch = {
+            int(b): load_artifact(path, batch=int(b))[0].call
+            for b in meta.get("batch_variants", {})
+            if int(b) in buckets
+        }
         shape = tuple(meta["input"]["shape"][1:])
         return cls(
-            serves, shape, meta["caps"]["steps"], meta["compute_at_steps"], buckets=buckets, name=str(path), meta=meta
+            serves,
+            shape,
+            meta["caps"]["steps"],
+            meta["compute_at_steps"],
+            buckets=buckets,
+            name=str(path),
+            meta=meta,
+            by_batch=by_batch,
         )
 
     @classmethod
