@@ -52,9 +52,9 @@ from adaptive.inference import outcomes
 from adaptive.inference.artifact_meta import (
     BLOB,
     FORMAT,
-    batch_file,
     META,
     ArtifactError,
+    batch_file,
     check_sealed,
     read_meta,
     seal,
