@@ -241,3 +241,27 @@ def test_moe_points_get_their_last_training_window_balance(tmp_path):
     rows = _train_columns(points, [{"status": "done"}, {"status": "failed"}])
     assert rows[0] == {"status": "done", "train_usage_entropy": 1.3, "train_drop_fraction": 0.1}
     assert rows[1] == {"status": "failed"}  # not read
+
+
+def test_a_front_is_read_at_each_seeds_own_realized_compute():
+    """`FILTERS : METRIC at X`: the static points of each seed form a front, interpolated at the
+    adaptive row's X; a row beyond its front is not extrapolated, and the claim says so."""
+
+    def point(seed, name, flops, acc):
+        return row(seed, acc, 1.0, name=name) | {"test_flops": flops}
+
+    statics = [point(s, f"s{d}", 10.0 * d, a) for s in range(3) for d, a in ((5, 0.6), (10, 0.9), (15, 0.99))]
+    adaptive = [point(s, "act", 75.0 + s, 0.80 + 0.01 * s) for s in range(3)]  # the front there: 0.75..0.78
+    c = claims.parse("name=act : test_accuracy > name=s5|s10|s15 : test_accuracy at test_flops  # issue 18")
+    assert c.right == claims.Front("name=s5|s10|s15", "test_accuracy", "test_flops")
+    verdict = claims.judge(c, statics + adaptive, 3)
+    assert verdict["holds"] and verdict["difference"] == pytest.approx(0.054)  # 0.05, 0.054, 0.058
+    assert verdict["against"] == pytest.approx((0.75 + 0.756 + 0.762) / 3)
+    worse = [point(s, "act", 75.0 + s, 0.70) for s in range(3)]
+    assert not claims.judge(c, statics + worse, 3)["holds"]
+    beyond = [point(s, "act", 40.0, 0.9) for s in range(3)]  # below the cheapest static point
+    verdict = claims.judge(c, statics + beyond, 3)
+    assert not verdict["holds"] and "outside the front for seed(s) [0, 1, 2]" in verdict["why"]
+    planned = [{"seed": s, "values": {"name": "s5"}} for s in range(3)]
+    with pytest.raises(ConfigError, match="needs >= 2 points per seed"):
+        claims.check_design(c, planned, 3)

@@ -6,12 +6,15 @@ A claim is one line, `FILTERS : METRIC OP BAR  # where the bar comes from`:
     tau=0.001 : test_steps > tau=0.01 : test_steps     # Graves 2016 sec 3.1: more tau, fewer steps
     name=parity-budget25 : test_flops <= 1.05 * target_flops     # issue 5: within 5% of the target
     policy='static small model' pattern=spike : sla_violation_rate < 0.01   # fixed before the run
+    name=parity-ceiling25 : test_accuracy > name=parity-static5|parity-static10 : test_accuracy at test_flops
 
 FILTERS are `key=value` words matched against a row's values (the last part of a dotted key is
-enough; quote a value with spaces, shell-style); every matching finished row is one seed of the
-claim, and a selection may hold at most one row per seed. OP is one of >=, <=, >, <. BAR is a
-number, another `FILTERS : METRIC`, or `FACTOR * METRIC`: a bar read from each selected row
-itself (a budget's target differs from row to row). The trailing comment says where a bar with
+enough; quote a value with spaces, shell-style; `a|b` matches either); every matching finished
+row is one seed of the claim, and a selection may hold at most one row per seed. OP is one of
+>=, <=, >, <. BAR is a number, another `FILTERS : METRIC`, `FACTOR * METRIC`: a bar read from each
+selected row itself (a budget's target differs from row to row), or `FILTERS : METRIC at X`: a
+front, several rows per seed (static networks of several depths), read at the left row's own X
+(its realized compute) by linear interpolation between the front's two neighbouring points. The trailing comment says where a bar with
 a number in it comes from (the paper, or fixed before the run) and is required for one: a bar
 chosen after seeing the results proves nothing.
 
@@ -22,6 +25,10 @@ The rule (intervals.py has the math), with the 95% level:
   claimed side of 0: paired per seed when both cover the same seeds, else Welch's;
 - against `FACTOR * METRIC`: the interval of the per-seed difference METRIC_left - FACTOR *
   METRIC, both read from the same row, must lie wholly on the claimed side of 0;
+- against a front: the interval of the per-seed difference between the left row's METRIC and the
+  same seed's front at the left row's X must lie wholly on the claimed side of 0; a left row
+  whose X lies outside its seed's front (below its cheapest point or above its dearest) is not
+  compared with an extrapolation: the claim fails and says so;
 - with one seed (allowed in tiny mode only, which checks the pipeline) there is no interval: the
   point estimate is compared with the bar, and the verdict says 'interval: n/a (1 seed)'.
 A full (non-tiny) claim that selects fewer than MIN_SEEDS seeds is refused before anything runs.
@@ -56,16 +63,25 @@ class Scaled:
 
 
 @dataclass(frozen=True)
+class Front:
+    """`FILTERS : METRIC at X`: several rows per seed, METRIC read at the left row's X."""
+
+    filters: str
+    metric: str
+    at: str
+
+
+@dataclass(frozen=True)
 class Claim:
     text: str  # the claim without its comment
     left: Side
     op: str
-    right: Side | Scaled | float
+    right: Side | Scaled | Front | float
     source: str  # the trailing comment: where the bar comes from
 
 
 def parse(line: str) -> Claim:
-    """`FILTERS : METRIC OP (NUMBER | FILTERS : METRIC | FACTOR * METRIC)  [# SOURCE]`."""
+    """`FILTERS : METRIC OP (NUMBER | FILTERS : METRIC [at X] | FACTOR * METRIC)  [# SOURCE]`."""
     text, _, source = line.partition("#")
     text, source = text.strip(), source.strip()
     match = re.fullmatch(r"(.+?):\s*(\S+)\s*(>=|<=|>|<)\s*(.+)", text)
@@ -75,7 +91,10 @@ def parse(line: str) -> Claim:
     scaled = re.fullmatch(r"(\S+)\s*\*\s*(\S+)", right.strip())
     if ":" in right:
         other_filters, other_metric = (s.strip() for s in right.split(":", 1))
-        bar: Side | Scaled | float = Side(other_filters, other_metric)
+        front = re.fullmatch(r"(\S+)\s+at\s+(\S+)", other_metric)
+        bar: Side | Scaled | Front | float = (
+            Front(other_filters, front[1], front[2]) if front else Side(other_filters, other_metric)
+        )
     else:
         try:
             bar = Scaled(float(scaled[1]), scaled[2]) if scaled else float(right)
@@ -99,7 +118,7 @@ def select(rows: list[dict], filters: str) -> list[dict]:
     chosen = []
     for row in rows:
         values = {k.split(".")[-1]: v for k, v in row["values"].items()} | row["values"]
-        if all(k in values and _same(values[k], v) for k, v in wanted):
+        if all(k in values and any(_same(values[k], alt) for alt in v.split("|")) for k, v in wanted):
             chosen.append(row)
     return chosen
 
@@ -123,16 +142,39 @@ def per_seed(rows: list[dict], side: Side) -> dict:
     return out
 
 
+def front_at(rows: list[dict], front: Front, x_by_seed: dict) -> tuple[dict, list]:
+    """(seed -> the front's METRIC at that seed's x, seeds whose x lies outside their front)."""
+    points: dict = {}
+    for row in select(rows, front.filters):
+        if row.get("status") == "done" and row.get(front.metric) is not None and row.get(front.at) is not None:
+            points.setdefault(row["seed"], []).append((float(row[front.at]), float(row[front.metric])))
+    values, outside = {}, []
+    for seed, x in x_by_seed.items():
+        line = sorted(points.get(seed, []))
+        if len(line) < 2 or not line[0][0] <= x <= line[-1][0]:
+            outside.append(seed)
+            continue
+        for (x0, y0), (x1, y1) in zip(line, line[1:], strict=False):
+            if x0 <= x <= x1:
+                values[seed] = y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+                break
+    return values, outside
+
+
 def check_design(claim: Claim, planned: list[dict], minimum: int) -> None:
     """Refuses, before anything runs, a claim whose selection over the planned rows (values and
     seed of each point) has fewer than `minimum` seeds or two points of one seed. A selection
     that matches no planned row is left to judge (it may read a command's JSON)."""
     for side in (claim.left, claim.right):
-        if not isinstance(side, Side):
+        if not isinstance(side, Side | Front):
             continue
         seeds = [r["seed"] for r in select(planned, side.filters)]
         if not seeds:
             continue
+        if isinstance(side, Front):  # several points per seed: at least two to interpolate between
+            if min(seeds.count(s) for s in set(seeds)) < 2:
+                raise ConfigError(f"claim {claim.text!r}: the front {side.filters!r} needs >= 2 points per seed")
+            seeds = sorted(set(seeds))
         if len(set(seeds)) < len(seeds):
             raise ConfigError(f"claim {claim.text!r}: {side.filters!r} selects several points of one seed")
         if len(seeds) < minimum:
@@ -149,6 +191,12 @@ def judge(claim: Claim, rows: list[dict], minimum: int = 1) -> dict:
     if isinstance(claim.right, Side):
         right = per_seed(rows, claim.right)
         sides.append((claim.right.filters, repr(claim.right.metric), right))
+    elif isinstance(claim.right, Front):
+        right, outside = front_at(rows, claim.right, per_seed(rows, Side(claim.left.filters, claim.right.at)))
+        if outside:
+            return {**out, "holds": False, "why": f"{claim.right.at} outside the front for seed(s) {outside}"}
+        left = {seed: left[seed] for seed in right if seed in left}
+        sides = [(claim.left.filters, f"{claim.left.metric!r} against the front", left)]
     elif isinstance(claim.right, Scaled):  # paired per row: the seeds whose rows hold the value and its bar
         bars = per_seed(rows, Side(claim.left.filters, claim.right.metric))
         right = {seed: claim.right.factor * bar for seed, bar in bars.items() if seed in left}
