@@ -14,9 +14,9 @@ row is one seed of the claim, and a selection may hold at most one row per seed.
 >=, <=, >, <. BAR is a number, another `FILTERS : METRIC`, `FACTOR * METRIC`: a bar read from each
 selected row itself (a budget's target differs from row to row), or `FILTERS : METRIC at X`: a
 front, several rows per seed (static networks of several depths), read at the left row's own X
-(its realized compute) by linear interpolation between the front's two neighbouring points. The trailing comment says where a bar with
-a number in it comes from (the paper, or fixed before the run) and is required for one: a bar
-chosen after seeing the results proves nothing.
+(its realized compute) by linear interpolation between the front's two neighbouring points. The
+trailing comment says where a bar with a number in it comes from (the paper, or fixed before the
+run) and is required for one: a bar chosen after seeing the results proves nothing.
 
 The rule (intervals.py has the math), with the 95% level:
 - against a number: the Student t-interval of the mean over seeds must lie wholly on the claimed
