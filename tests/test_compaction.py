@@ -23,6 +23,8 @@ VARIANTS = [
     ("rnn", "pondernet", True, {"pondernet_inference": "sample"}),
     ("transformer", "act", True, {}),  # every position halts on its own
     ("transformer", "early_exit", True, {"exit_threshold": 2.0}),
+    ("mlp", "act", False, {"moe": True}),  # dropless top-2 experts: each row routed on its own
+    ("transformer", "act", True, {"moe": True}),
 ]
 
 
@@ -33,6 +35,8 @@ class Spec:
 
 @functools.cache
 def model_of(kind: str, policy: str, shared: bool, halting: tuple = ()):
+    halting = dict(halting)
+    moe = ["--config.moe.enabled=true", "--config.moe.num_experts=4"] if halting.pop("moe", False) else []
     cfg = config_lib.load(
         f"{ROOT}/configs/parity.py",
         [
@@ -41,9 +45,10 @@ def model_of(kind: str, policy: str, shared: bool, halting: tuple = ()):
             "--config.model.hidden=64",
             f"--config.halting.max_steps={CAP}",
             f"--config.model.share_weights={shared}",
+            *moe,
         ],
     )
-    cfg = dataclasses.replace(cfg, halting=dataclasses.replace(cfg.halting, **dict(halting)))
+    cfg = dataclasses.replace(cfg, halting=dataclasses.replace(cfg.halting, **halting))
     graphdef, params = nnx.split(build_model(cfg, Spec), nnx.Param)
     infer = jax.jit(
         lambda p, x, b, compact: nnx.merge(graphdef, p).infer(x, b, compact=compact), static_argnames="compact"
@@ -100,8 +105,16 @@ def test_rows_are_scattered_back_in_order_and_each_runs_its_own_steps():
     np.testing.assert_array_equal(out["id"], np.arange(8))
 
 
-def test_a_moe_model_runs_the_whole_batch():
-    """Capacity routing mixes a batch's rows: a MoE model's loop never compacts."""
+@pytest.mark.parametrize(
+    "moe, compacts",
+    [
+        (["--config.moe.eval_dropless=false"], False),  # capacity: tokens compete for slots
+        (["--config.moe.router=expert_choice"], False),  # experts pick tokens from the whole batch
+        (["--config.moe.dispatch=ragged"], False),  # not shown bitwise
+        ([], True),  # dropless top-k in blocks (the default): each row routed on its own
+    ],
+)
+def test_a_moe_model_compacts_only_when_its_rows_are_independent(moe, compacts):
     cfg = config_lib.load(
         f"{ROOT}/configs/parity.py",
         [
@@ -111,15 +124,16 @@ def test_a_moe_model_runs_the_whole_batch():
             "--config.moe.enabled=True",
             "--config.moe.num_experts=4",
             "--config.moe.k=2",
+            *moe,
         ],
     )
     graphdef, params = nnx.split(build_model(cfg, Spec), nnx.Param)
-    x = np.random.default_rng(0).standard_normal((BATCH, N_IN)).astype(np.float32)
-    budget = np.arange(BATCH, dtype=np.int32) % CAP + 1
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((BATCH, N_IN)), jnp.float32)
+    budget = jnp.arange(BATCH, dtype=jnp.int32) % CAP + 1
     loops = lambda **kw: (  # noqa: E731  (block dispatch adds loops of its own: compare)
         jax.jit(lambda p: nnx.merge(graphdef, p).infer(x, budget, **kw))
         .lower(params)
         .as_text()
         .count("stablehlo.while")
     )
-    assert loops() == loops(compact=False)
+    assert (loops() > loops(compact=False)) == compacts

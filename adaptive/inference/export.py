@@ -8,10 +8,11 @@ in, a symbolic batch dimension, and the hard caps compiled in (the step budget i
     outputs  prediction int32[batch], confidence float32[batch] (max softmax),
              steps int32[batch], experts int32[batch] (expert applications; 0 without experts)
 
-A halting model without experts also gets ART/model-b{16,32,64}.jaxexport: the same function
-compiled for exactly that batch size, whose loop shrinks to the rows still running
-(adaptive.nn.compaction; a symbolic batch cannot), same answers; the serving engine uses them
-for those buckets. MoE models get ART/model-k{k}.jaxexport per smaller expert budget instead.
+A halting model also gets ART/model-b{16,32,64}.jaxexport: the same function compiled for
+exactly that batch size, whose loop shrinks to the rows still running (adaptive.nn.compaction; a
+symbolic batch cannot), same answers; the serving engine uses them for those buckets (MoE models
+only when their rows are independent at inference: dropless token choice in blocks). MoE
+models also get ART/model-k{k}.jaxexport per smaller expert budget.
 
 ART/meta.json says what it is: config, caps, input spec, the compute of each step budget in
 every unit the run can price (FLOPs, MACs; latency p50/p99, cost and energy with a cost model;
@@ -223,8 +224,10 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
 
 def compacts(cfg) -> bool:
     """Whether a concrete batch lets inference compact: a halting loop, and rows that do not share
-    experts' slots (adaptive.nn.depth.DepthModel.infer runs MoE models on the whole batch)."""
-    return cfg.halting.policy != "none" and not cfg.moe.enabled
+    experts' slots (MoEFeedForward.rows_independent_at_inference says which experts qualify)."""
+    moe = cfg.moe
+    independent = moe.eval_dropless and moe.router != "expert_choice" and moe.dispatch == "blocks"
+    return cfg.halting.policy != "none" and (not moe.enabled or independent)
 
 
 def _entry(blob: bytes, name: str) -> dict:

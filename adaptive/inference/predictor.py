@@ -3,9 +3,9 @@
 `BudgetedPredictor(graphdef, params, input_shape, cap)` compiles the one budgeted inference
 function (infer.py) once per batch size; changing the step budget never recompiles (it is a
 traced int32 array). For a MoE model (`k_max` = its moe.k) there is one executable per expert
-budget k = 1..k_max, each with buffers sized for its k: as a traced argument, a smaller k would
-only mask choices in buffers sized for k_max and save no time (`adaptive bench moe`); compiled
-per k it saves the compute it promises. Requests are checked on the host before they reach a
+budget k = 1..k_max, each sized for its k: compiled per k it saves the compute it promises
+(as a traced argument a smaller k saves most of it with block dispatch, nothing with capacity
+buffers sized for k_max: `adaptive bench moe`). Requests are checked on the host before they reach a
 compiled function: a wrong shape, a non-finite value, an empty batch, or a budget out of range
 is a one-line ValueError. A model that samples its halting steps (PonderNet with
 `pondernet_inference = sample`) keys each example's coins on its own input, so a request gets the

@@ -9,8 +9,9 @@ full batch when it stops. Shapes stay static, so the chain compiles once and liv
 jit or exported artifact.
 
 The outputs are bitwise those of the plain loop as long as a step treats each row on its own
-(no mixing across the batch: MoE capacity routing mixes rows, so `DepthModel` compacts only
-models without experts) and the backend's kernels give a row the same bits at any batch size.
+(no mixing across the batch: MoE capacity routing and expert choice mix rows, so `DepthModel`
+compacts MoE models only when `MoEFeedForward.rows_independent_at_inference`) and the backend's
+kernels give a row the same bits at any batch size.
 XLA's CPU kernels for matrices of a few rows round differently, hence the smallest bucket of 8;
 tests check bitwise equality for every policy and backbone.
 """

@@ -24,6 +24,7 @@ from flax import nnx
 from adaptive.nn import halting as H
 from adaptive.nn.backbones import backbone_of, select, stack
 from adaptive.nn.compaction import bucket_sizes, while_compacting
+from adaptive.nn.moe import MoEFeedForward
 from adaptive.nn.outputs import Inference, ModelOutput, Trajectory
 from adaptive.nn.policies import policy_of
 
@@ -145,8 +146,9 @@ class DepthModel(nnx.Module):
         experts per token at inference (MoE models; at most moe.k, which is compiled in).
         `compact`: shrink the batch to the rows still running as others halt
         (adaptive.nn.compaction; the same outputs, bitwise). The whole batch runs instead for MoE
-        models, whose routing mixes the rows of a batch, and for a symbolic batch size (an
-        exported artifact), whose buckets' sizes could not be compared.
+        models whose routing mixes the rows of a batch (capacity at inference, expert choice),
+        and for a symbolic batch size (an exported artifact), whose buckets' sizes could not be
+        compared.
         """
         batch = x_BxD.shape[0]
         limit_B = jnp.clip(jnp.broadcast_to(budget_B, (batch,)).astype(jnp.int32), 1, self.num_steps)
@@ -181,10 +183,16 @@ class DepthModel(nnx.Module):
             run, acc = policy.infer_step(self, rows.run, t, h, rows.acc, rows.limit, run_key)
             return rows._replace(h=h, run=run, acc=acc, experts=experts)
 
-        sizes = bucket_sizes(batch) if compact and not self.moe and isinstance(batch, int) else (batch,)
+        compactable = compact and isinstance(batch, int) and self._rows_independent()
+        sizes = bucket_sizes(batch) if compactable else (batch,)
         rows = while_compacting(body, rows, cap=self.num_steps, active=active, sizes=sizes)
         logits, steps = policy.infer_result(self, rows.run, rows.acc)
         return Inference(logits, steps, rows.experts if self.moe else None)
+
+    def _rows_independent(self) -> bool:
+        """No layer mixes the rows of a batch at inference (MoE with capacity or expert choice
+        does: tokens compete for slots), so the loop may shrink the batch."""
+        return all(m.rows_independent_at_inference() for _, m in self.iter_modules() if isinstance(m, MoEFeedForward))
 
     def _infer_unrolled(self, h, context, k_active) -> Inference:
         """Inference of a static network: every step, unrolled; the budget does not apply."""

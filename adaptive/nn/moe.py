@@ -100,6 +100,18 @@ class MoEFeedForward(nnx.Module):
         h = jax.nn.gelu(jnp.einsum("ecd,edf->ecf", buffer_ExCxD, self.w_in[...]) + self.b_in[...][:, None])
         return jnp.einsum("ecf,efd->ecd", h, self.w_out[...]) + self.b_out[...][:, None]
 
+    def rows_independent_at_inference(self) -> bool:
+        """Whether, at inference, a token's output depends on itself alone: no capacity (nothing it
+        could lose to a batch neighbour), token choice, one device, and block dispatch (each row
+        computed in a block of >= 8 rows, where XLA:CPU gives every row the same bits whatever the
+        others). Then a batch may be split or shrunk without changing any answer."""
+        return (
+            self.eval_dropless
+            and self.router_kind != "expert_choice"
+            and not self.expert_parallel
+            and self.dispatch == "blocks"
+        )
+
     def route(self, x_TxD: jax.Array, *, train: bool, k_active=None, key: jax.Array | None = None):
         """(routing, router logits, capacity) for a batch of tokens."""
         x_route = x_TxD
