@@ -137,3 +137,4 @@ def test_a_moe_model_compacts_only_when_its_rows_are_independent(moe, compacts):
         .count("stablehlo.while")
     )
     assert (loops() > loops(compact=False)) == compacts
+    assert nnx.merge(graphdef, params).compacts_at_inference() == compacts  # what export asks

@@ -194,7 +194,7 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
     k_max = run.cfg.moe.k if run.cfg.moe.enabled else 1
     variants = {k: serialized(k) for k in range(1, k_max)}
     by_batch = {}
-    if compacts(run.cfg):
+    if nnx.merge(run.graphdef, run.params).compacts_at_inference():
         fn = jax.jit(serving_function(run.graphdef, run.params))
         for b in COMPACTED_BATCHES:
             concrete = (jax.ShapeDtypeStruct((b, *shape), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.int32))
@@ -220,14 +220,6 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
         _remove(out)  # empty, or a previous artifact (force): nothing of a user's
     staging.rename(out)
     return out
-
-
-def compacts(cfg) -> bool:
-    """Whether a concrete batch lets inference compact: a halting loop, and rows that do not share
-    experts' slots (MoEFeedForward.rows_independent_at_inference says which experts qualify)."""
-    moe = cfg.moe
-    independent = moe.eval_dropless and moe.router != "expert_choice" and moe.dispatch == "blocks"
-    return cfg.halting.policy != "none" and (not moe.enabled or independent)
 
 
 def _entry(blob: bytes, name: str) -> dict:

@@ -183,16 +183,18 @@ class DepthModel(nnx.Module):
             run, acc = policy.infer_step(self, rows.run, t, h, rows.acc, rows.limit, run_key)
             return rows._replace(h=h, run=run, acc=acc, experts=experts)
 
-        compactable = compact and isinstance(batch, int) and self._rows_independent()
+        compactable = compact and isinstance(batch, int) and self.compacts_at_inference()
         sizes = bucket_sizes(batch) if compactable else (batch,)
         rows = while_compacting(body, rows, cap=self.num_steps, active=active, sizes=sizes)
         logits, steps = policy.infer_result(self, rows.run, rows.acc)
         return Inference(logits, steps, rows.experts if self.moe else None)
 
-    def _rows_independent(self) -> bool:
-        """No layer mixes the rows of a batch at inference (MoE with capacity or expert choice
-        does: tokens compete for slots), so the loop may shrink the batch."""
-        return all(m.rows_independent_at_inference() for _, m in self.iter_modules() if isinstance(m, MoEFeedForward))
+    def compacts_at_inference(self) -> bool:
+        """Whether `infer` on a concrete batch shrinks to the rows still running: a halting loop
+        (not unrolled), and no layer that mixes the rows of a batch at inference (MoE with
+        capacity or expert choice does: tokens compete for slots). Export asks this to decide
+        which artifacts get per-batch functions."""
+        return not self.halting_policy.unrolled and all(m.rows_independent_at_inference() for _, m in self.iter_modules() if isinstance(m, MoEFeedForward))
 
     def _infer_unrolled(self, h, context, k_active) -> Inference:
         """Inference of a static network: every step, unrolled; the budget does not apply."""
