@@ -10,8 +10,13 @@ At batch 32 the `mixed` row gives each example its own depth (uniform over 1..ca
 budget, timed two ways side by side: with in-batch compaction (adaptive.nn.compaction, the
 default: the rows still running move to smaller buckets as others halt) and as one whole-batch
 loop that runs until its slowest example is done (`whole_batch_ms`, `whole_batch_ratio`).
-`waiting_fraction` is the share of the whole-batch loop's time spent after the average example
-would have finished: 1 - static(mean d) / whole batch.
+A third way runs the same chain of buckets as separate calls, one executable per bucket with
+the rows gathered and scattered between them (host-side re-dispatch, as a server holding
+executables per batch size could: `host_chain_ms`, `host_chain_ratio`). The static model of
+the mean depth is timed at the two depths around it and interpolated (its time is linear in
+depth), so a mean of 10.5 is not compared with depth 10. `waiting_fraction` is the share of the
+whole-batch loop's time spent after the average example would have finished: 1 - static(mean
+d) / whole batch.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from adaptive import config as config_lib
 from adaptive.bench.results import write_json
 from adaptive.compute.timing import time_side_by_side
 from adaptive.evaluation.tables import print_table
+from adaptive.nn.compaction import bucket_sizes, run_segment, running_first
 from adaptive.nn.models import build_model
 
 COLUMNS = [
@@ -39,6 +45,8 @@ COLUMNS = [
     "ratio",
     "whole_batch_ms",
     "whole_batch_ratio",
+    "host_chain_ms",
+    "host_chain_ratio",
     "slowest_ms",
     "waiting_fraction",
 ]
@@ -111,14 +119,46 @@ def run(
             )
         if batch > 1:
             whole = jax.jit(lambda p, x, b: nnx.merge(act_graph, p).infer(x, b, compact=False))
-            rows.append(_mixed_row(kind, hidden, cap, batch, n_in, x, (infer, whole), act_params, repeats))
+            host = _host_chain(act_graph, cap, batch)
+            rows.append(_mixed_row(kind, hidden, cap, batch, n_in, x, (infer, whole, host), act_params, repeats))
     print_table(rows, COLUMNS)
     write_json(json_out, rows)
     return rows
 
 
+def _host_chain(graph, cap: int, batch: int):
+    """Compaction by host-side re-dispatch: the chain of `bucket_sizes(batch)` with each bucket's
+    loop its own executable (the rows still running gathered into the next bucket and the
+    finished ones scattered back inside it); calls are dispatched without waiting in between."""
+
+    def segment(until: int):
+        def f(params, x, budgets, t, part, full, where):
+            loop = nnx.merge(graph, params).infer_loop(x, budgets)  # only its functions are used
+            t, part = run_segment(loop.body, t, part, cap=cap, active=loop.active, until=until)
+            full = jax.tree.map(lambda f, p: f.at[where].set(p), full, part)
+            if not until:
+                return t, part, full, where
+            keep = running_first(loop.active(part), until)
+            return t, jax.tree.map(lambda a: a[keep], part), full, where[keep]
+
+        return jax.jit(f)
+
+    start = jax.jit(lambda p, x, b: nnx.merge(graph, p).infer_loop(x, b).rows)
+    finish = jax.jit(lambda p, x, b, rows: nnx.merge(graph, p).infer_loop(x, b).finish(rows))
+    segments = [segment(until) for until in (*bucket_sizes(batch)[1:], 0)]
+
+    def run(params, x, budgets):
+        full = part = start(params, x, budgets)
+        t, where = jnp.int32(0), jnp.arange(batch)
+        for seg in segments:
+            t, part, full, where = seg(params, x, budgets, t, part, full, where)
+        return finish(params, x, budgets, full)
+
+    return run
+
+
 def _mixed_row(kind, hidden, cap, batch, n_in, x, infers, act_params, repeats) -> dict:
-    compacted, whole = infers
+    compacted, whole, host = infers
     budgets = jnp.asarray(np.random.default_rng(1).integers(1, cap + 1, batch), jnp.int32)
     never_halt = {
         **act_params,
@@ -128,21 +168,28 @@ def _mixed_row(kind, hidden, cap, batch, n_in, x, infers, act_params, repeats) -
         },
     }
     mean_d, max_d = float(budgets.mean()), int(budgets.max())
-    at_mean = _model(kind, hidden, "none", max(1, round(mean_d)), n_in)
+    # the static model of the mean depth: timed at the depths around it, interpolated
+    below, above = max(1, math.floor(mean_d)), max(1, math.ceil(mean_d))
+    at_below, at_above = _model(kind, hidden, "none", below, n_in), _model(kind, hidden, "none", above, n_in)
     at_max = _model(kind, hidden, "none", max_d, n_in)
-    f_mean = jax.jit(lambda p, x, g=at_mean[0]: nnx.merge(g, p)(x).logits_BxC)
+    f_below = jax.jit(lambda p, x, g=at_below[0]: nnx.merge(g, p)(x).logits_BxC)
+    f_above = jax.jit(lambda p, x, g=at_above[0]: nnx.merge(g, p)(x).logits_BxC)
     f_max = jax.jit(lambda p, x, g=at_max[0]: nnx.merge(g, p)(x).logits_BxC)
-    a, b = compacted(never_halt, x, budgets), whole(never_halt, x, budgets)
+    a, b, c = (f(never_halt, x, budgets) for f in (compacted, whole, host))
     assert np.array_equal(a.logits_BxC, b.logits_BxC), "compaction changed the outputs"
+    assert np.array_equal(c.logits_BxC, b.logits_BxC), "host-side compaction changed the outputs"
     ms = time_side_by_side(
         {
             "adaptive": lambda: compacted(never_halt, x, budgets),
             "whole_batch": lambda: whole(never_halt, x, budgets),
-            "static": lambda: f_mean(at_mean[1], x),
+            "host_chain": lambda: host(never_halt, x, budgets),
+            "static_below": lambda: f_below(at_below[1], x),
+            "static_above": lambda: f_above(at_above[1], x),
             "slowest": lambda: f_max(at_max[1], x),
         },
         repeats=repeats,
     )
+    ms["static"] = ms["static_below"] + (mean_d - below) * (ms["static_above"] - ms["static_below"])
     return {
         "kind": kind,
         "hidden": hidden,
@@ -153,6 +200,9 @@ def _mixed_row(kind, hidden, cap, batch, n_in, x, infers, act_params, repeats) -
         "ratio": ms["adaptive"] / ms["static"],
         "whole_batch_ms": ms["whole_batch"],
         "whole_batch_ratio": ms["whole_batch"] / ms["static"],
+        "host_chain_ms": ms["host_chain"],
+        "host_chain_ratio": ms["host_chain"] / ms["static"],
+        "static_depths": [below, above],
         "slowest_ms": ms["slowest"],
         "waiting_fraction": 1.0 - ms["static"] / ms["whole_batch"],
     }

@@ -29,9 +29,8 @@ import jax.numpy as jnp
 # ones; from 8 rows on, a row's bits do not depend on how many rows share its matrix (tested).
 SMALLEST_BUCKET = 8
 # Buckets in a chain: each is a loop compiled into the program (compile time grows with the
-# count), and finer steps track the rows still running more closely. On `adaptive bench depth`
-# (batch 32, depths spread evenly over 1..20) 7 evenly spaced buckets cost 1.16x the static model
-# of the mean depth, 5 cost 1.20x and 7 spaced on a log scale 1.22x.
+# count), and finer steps track the rows still running more closely; evenly spaced sizes beat
+# log-spaced ones, since rows halt spread over the depths (experiments/design_measurements.md).
 MAX_BUCKETS = 7
 
 
@@ -66,20 +65,39 @@ def while_compacting(
     full, part, where = rows, rows, jnp.arange(batch)
     t = jnp.int32(0)
     for i, next_size in enumerate((*sizes[1:], 0)):  # 0: the last loop runs until every row halts
-
-        def cond(carry, next_size=next_size):
-            t, part = carry
-            return (t < cap) & (active(part).sum() > next_size)
-
-        def step(carry):
-            t, part = carry
-            t = t + 1
-            return t, body(t, part)
-
-        t, part = jax.lax.while_loop(cond, step, (t, part))
+        t, part = run_segment(body, t, part, cap=cap, active=active, until=next_size)
         full = jax.tree.map(lambda f, p, w=where: f.at[w].set(p), full, part) if i else part
         if next_size:
-            # running rows first, each group in batch order (a stable sort of "halted")
-            keep = jnp.argsort(~active(part), stable=True)[:next_size]
+            keep = running_first(active(part), next_size)
             where, part = where[keep], jax.tree.map(lambda a, k=keep: a[k], part)
     return full
+
+
+def run_segment(
+    body: Callable[[jax.Array, Any], Any],
+    t: jax.Array,
+    part: Any,
+    *,
+    cap: int,
+    active: Callable[[Any], jax.Array],
+    until: int,
+) -> tuple[jax.Array, Any]:
+    """One loop of the chain: `body` from step t + 1 on, while more than `until` rows are active
+    and t < cap. Returns the last step run and the rows."""
+
+    def cond(carry):
+        t, part = carry
+        return (t < cap) & (active(part).sum() > until)
+
+    def step(carry):
+        t, part = carry
+        t = t + 1
+        return t, body(t, part)
+
+    return jax.lax.while_loop(cond, step, (t, part))
+
+
+def running_first(active_B: jax.Array, size: int) -> jax.Array:
+    """Indices of the `size` rows the next bucket holds: running rows first, each group in batch
+    order (a stable sort of "halted"), so halted rows pad."""
+    return jnp.argsort(~active_B, stable=True)[:size]

@@ -15,6 +15,7 @@ so static baselines and adaptive models share their parameters' layout and code:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -150,11 +151,26 @@ class DepthModel(nnx.Module):
         and for a symbolic batch size (an exported artifact), whose buckets' sizes could not be
         compared.
         """
+        if self.halting_policy.unrolled:
+            return self._infer_unrolled(*self.encode(x_BxD), k_active)
+        loop = self.infer_loop(x_BxD, budget_B, key, k_active)
+        batch = x_BxD.shape[0]
+        compactable = compact and isinstance(batch, int) and self.compacts_at_inference()
+        sizes = bucket_sizes(batch) if compactable else (batch,)
+        return loop.finish(while_compacting(loop.body, loop.rows, cap=self.num_steps, active=loop.active, sizes=sizes))
+
+    def infer_loop(
+        self, x_BxD: jax.Array, budget_B: jax.Array, key: jax.Array | None = None, k_active: jax.Array | None = None
+    ) -> InferLoop:
+        """The pieces of `infer`'s halting loop (a halting policy only): the rows' starting state,
+        the step `body(t, rows)`, which rows are still `active`, and `finish(rows)`. `infer` runs
+        them as one program; `adaptive bench depth` also runs the loop's segments as separate
+        calls (host-side re-dispatch) to compare the two."""
+        if self.halting_policy.unrolled:
+            raise ValueError("a static model has no halting loop: it runs its steps unrolled")
         batch = x_BxD.shape[0]
         limit_B = jnp.clip(jnp.broadcast_to(budget_B, (batch,)).astype(jnp.int32), 1, self.num_steps)
         h0, context = self.encode(x_BxD)
-        if self.halting_policy.unrolled:
-            return self._infer_unrolled(h0, context, k_active)
         policy = self.halting_policy
         per_position = policy.per_position(self.sequence)
         key = jax.random.key(0) if key is None else key
@@ -183,18 +199,20 @@ class DepthModel(nnx.Module):
             run, acc = policy.infer_step(self, rows.run, t, h, rows.acc, rows.limit, run_key)
             return rows._replace(h=h, run=run, acc=acc, experts=experts)
 
-        compactable = compact and isinstance(batch, int) and self.compacts_at_inference()
-        sizes = bucket_sizes(batch) if compactable else (batch,)
-        rows = while_compacting(body, rows, cap=self.num_steps, active=active, sizes=sizes)
-        logits, steps = policy.infer_result(self, rows.run, rows.acc)
-        return Inference(logits, steps, rows.experts if self.moe else None)
+        def finish(rows: _Rows) -> Inference:
+            logits, steps = policy.infer_result(self, rows.run, rows.acc)
+            return Inference(logits, steps, rows.experts if self.moe else None)
+
+        return InferLoop(rows, body, active, finish)
 
     def compacts_at_inference(self) -> bool:
         """Whether `infer` on a concrete batch shrinks to the rows still running: a halting loop
         (not unrolled), and no layer that mixes the rows of a batch at inference (MoE with
         capacity or expert choice does: tokens compete for slots). Export asks this to decide
         which artifacts get per-batch functions."""
-        return not self.halting_policy.unrolled and all(m.rows_independent_at_inference() for _, m in self.iter_modules() if isinstance(m, MoEFeedForward))
+        return not self.halting_policy.unrolled and all(
+            m.rows_independent_at_inference() for _, m in self.iter_modules() if isinstance(m, MoEFeedForward)
+        )
 
     def _infer_unrolled(self, h, context, k_active) -> Inference:
         """Inference of a static network: every step, unrolled; the budget does not apply."""
@@ -230,6 +248,15 @@ class _Rows(NamedTuple):
     acc: jax.Array
     experts: jax.Array  # expert applications so far (zeros without experts)
     keys: jax.Array | None  # one PRNG key per example, for a policy that samples
+
+
+class InferLoop(NamedTuple):
+    """`DepthModel.infer_loop`: a halting loop's state and functions (see there)."""
+
+    rows: _Rows
+    body: Callable[[jax.Array, _Rows], _Rows]
+    active: Callable[[_Rows], jax.Array]
+    finish: Callable[[_Rows], Inference]
 
 
 def _experts_per_example(moe, batch: int) -> jax.Array:

@@ -1,0 +1,28 @@
+"""`adaptive bench depth` end to end on a tiny model: its rows, and its three loops agree."""
+
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from adaptive.bench import depth
+
+
+def test_bench_depth_times_the_three_loops_of_the_mixed_row_with_the_same_answers(tmp_path):
+    # _mixed_row asserts that the compacted, whole-batch and host-side chains answer bitwise alike
+    rows = depth.run(
+        kind="mlp", hidden=16, cap=6, depths=[2], batches=[1, 16], repeats=2, n_in=8, json_out=str(tmp_path / "d.json")
+    )
+    assert [(r["batch"], r["d"]) for r in rows[:3]] == [(1, 2), (16, 2), (16, rows[2]["d"])]
+    mixed = rows[2]
+    assert mixed["d"].startswith("mixed(")
+    below, above = mixed["static_depths"]
+    assert above - below in (0, 1) and 1 <= below <= 6
+    for key in ("adaptive_ms", "whole_batch_ms", "host_chain_ms", "static_ms", "slowest_ms"):
+        assert mixed[key] > 0
+    assert (tmp_path / "d.json").exists()
+
+
+def test_a_static_model_has_no_halting_loop():
+    graphdef, params = depth._model("mlp", 8, "none", 2, 4)
+    with pytest.raises(ValueError, match="no halting loop"):
+        nnx.merge(graphdef, params).infer_loop(jnp.zeros((2, 4)), jnp.ones((2,), jnp.int32))
