@@ -26,8 +26,11 @@ def _f(default: Any, *, choices: tuple | None = None, lo: float | None = None, h
 class DataConfig:
     """Which dataset, how it is generated, and where prepared TFDS files are cached."""
 
-    name: str = "parity"  # parity | digits | mnist1d | any TFDS dataset prepared in data_dir
+    name: str = "parity"  # parity | digits | mnist1d | pystdlib | addition | a TFDS dataset in data_dir
     parity_n: int = _f(16, lo=2, hi=4096)
+    window: int = _f(256, lo=1, hi=1 << 16)  # pystdlib: tokens a model reads per example
+    text_dir: str = ""  # pystdlib: a folder of .py files; "" = this interpreter's standard library
+    addition_digits: int = _f(8, lo=1, hi=64)  # addition: digits of each operand
     num_train: int = _f(100_000, lo=1, hi=checks.MAX_EXAMPLES)
     num_eval: int = _f(10_000, lo=1, hi=checks.MAX_EXAMPLES)
     # Inclusive ranges of parity's difficulty (non-zero entries); None means 1..parity_n.

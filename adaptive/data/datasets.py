@@ -1,27 +1,39 @@
 """From a data config to prepared TFDS files and model-ready, random-access splits.
 
-Every split, whatever its origin, reads as dicts of `x` float32[input_shape], `y` int32 and
-`difficulty` int32 (-1 where the task has no notion of difficulty), so the rest of the
-framework never branches on the dataset.
+Every split, whatever its origin, reads as dicts of `x`, `y` and `difficulty` (-1 where the task
+has no notion of difficulty), so the rest of the framework never branches on the dataset. A
+classification task gives `x` float32[input_shape], `y` int32 and `difficulty` int32; a sequence
+task (`pystdlib`, `addition`; `DatasetSpec.sequence`) gives the input tokens `x` int32[L], the
+next tokens `y` int32[L] and each target's `difficulty` int32[L].
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 import tensorflow_datasets as tfds
 
+from adaptive.data import byte_vocab, pystdlib
+from adaptive.data.addition import Addition, AdditionConfig
 from adaptive.data.builder import build
 from adaptive.data.offline import Digits, Mnist1d, SplitSeedConfig
 from adaptive.data.parity import Parity, ParityConfig
 from adaptive.data.source import Source
 
 SPLITS = ("train", "validation", "test")
-_BUILDERS = {"parity": Parity, "digits": Digits, "mnist1d": Mnist1d}
+_BUILDERS = {
+    "parity": Parity,
+    "digits": Digits,
+    "mnist1d": Mnist1d,
+    "pystdlib": pystdlib.PyStdlib,
+    "addition": Addition,
+}
+SEQUENCE_TASKS = ("pystdlib", "addition")
 # Splits whose float32 inputs fit in this many bytes are decoded once and kept in memory.
 IN_MEMORY_BYTES = 256 << 20
 
@@ -34,7 +46,8 @@ class DatasetSpec:
     num_classes: int
     split_sizes: dict[str, int]
     has_difficulty: bool
-    max_difficulty: int  # parity_n for parity (the largest possible difficulty), else 0.
+    max_difficulty: int  # the largest possible difficulty (parity_n, addition_digits), else 0.
+    sequence: bool = False  # x and y are token sequences (input_shape[0] tokens, num_classes symbols)
 
 
 def _builder(cfg: Any) -> tfds.core.DatasetBuilder:
@@ -48,10 +61,23 @@ def _builder(cfg: Any) -> tfds.core.DatasetBuilder:
             eval_difficulty=cfg.eval_difficulty,
             seed=cfg.seed,
         )
+    elif cfg.name == "pystdlib":
+        config = pystdlib.PyStdlibConfig.create(cfg.window, cfg.text_dir)
+    elif cfg.name == "addition":
+        config = AdditionConfig.create(cfg.addition_digits, cfg.num_train, cfg.num_eval, cfg.seed)
     else:
         config = SplitSeedConfig.create(cfg.seed)
     cls = _BUILDERS[cfg.name]
-    return build(lambda: cls(config=config, data_dir=cfg.data_dir, file_format="array_record"))
+    builder = build(lambda: cls(config=config, data_dir=cfg.data_dir, file_format="array_record"))
+    if cfg.name == "pystdlib":
+        _note_once(pystdlib.version_note(dict(builder.info.metadata), cfg.text_dir))
+    return builder
+
+
+@functools.cache
+def _note_once(note: str | None) -> None:
+    if note:
+        logging.getLogger(__name__).warning(note)
 
 
 def _not_prepared(cfg: Any, why: str) -> ValueError:
@@ -79,6 +105,18 @@ def _external_source(cfg: Any, split: str) -> Any:
 
 def prepare(cfg: Any) -> DatasetSpec:
     """Makes sure the dataset's files exist (generating built-in tasks once) and describes it."""
+    if cfg.name in SEQUENCE_TASKS:
+        info = _builder(cfg).info
+        length = info.features["tokens"].shape[0] - 1  # inputs and targets: the tokens shifted by one
+        addition = cfg.name == "addition"
+        return DatasetSpec(
+            input_shape=(length,),
+            num_classes=byte_vocab.VOCAB_SIZE,
+            split_sizes={name: split.num_examples for name, split in info.splits.items()},
+            has_difficulty=addition,
+            max_difficulty=cfg.addition_digits if addition else 0,
+            sequence=True,
+        )
     if cfg.name in _BUILDERS:
         info = _builder(cfg).info
         x_key, y_key = "x", "y"
@@ -110,9 +148,12 @@ def load_split(cfg: Any, split: str) -> Source:
         if split not in builder.info.splits:
             raise ValueError(f"split {split!r} is not one of {SPLITS}")
         tfds_source, x_key, y_key = builder.as_data_source(split=split), "x", "y"
+        if cfg.name in SEQUENCE_TASKS:
+            x_key = y_key = "tokens"
     else:
         tfds_source = _external_source(cfg, split)
         x_key, y_key = cfg.image_key, cfg.label_key
     x_size = math.prod(tfds_source.dataset_info.features[x_key].shape)
-    in_memory = len(tfds_source) * x_size * 4 <= IN_MEMORY_BYTES
-    return Source(tfds_source, x_key, y_key, in_memory=in_memory)
+    copies = 3 if cfg.name in SEQUENCE_TASKS else 1  # tokens become x, y and difficulty
+    in_memory = len(tfds_source) * x_size * 4 * copies <= IN_MEMORY_BYTES
+    return Source(tfds_source, x_key, y_key, in_memory=in_memory, sequence=cfg.name in SEQUENCE_TASKS)

@@ -13,7 +13,9 @@ _DECODE_CHUNK = 8192  # Examples decoded per call while materialising, to bound 
 
 
 class Source:
-    """Reads a TFDS data source as `x` float32 (flattened), `y` int32 and `difficulty` int32.
+    """Reads a TFDS data source as `x` float32 (flattened), `y` int32 and `difficulty` int32;
+    a `sequence` source (a `tokens` feature, `difficulty` per token if it has one) as the input
+    tokens `x`, the next tokens `y` and each target's `difficulty`, int32 [L] each.
 
     Reading through TFDS is slow per example, nearly all of it TFDS's per-example Python
     decoding, so a split that fits `in_memory` is decoded once and then served by numpy
@@ -22,8 +24,8 @@ class Source:
     path is switched off), a Python call per example on top of TFDS's own.
     """
 
-    def __init__(self, tfds_source: Any, x_key: str, y_key: str, in_memory: bool):
-        self._source, self._x_key, self._y_key = tfds_source, x_key, y_key
+    def __init__(self, tfds_source: Any, x_key: str, y_key: str, in_memory: bool, sequence: bool = False):
+        self._source, self._x_key, self._y_key, self._sequence = tfds_source, x_key, y_key, sequence
         self._arrays = self._materialise() if in_memory and len(tfds_source) else None
 
     def __len__(self) -> int:
@@ -47,6 +49,8 @@ class Source:
 
     def _decode(self, indices: Sequence[int] | np.ndarray) -> Example:
         examples = self._source.__getitems__([int(i) for i in indices])
+        if self._sequence:
+            return _shifted(examples, self._x_key)
         x = np.stack([np.asarray(e[self._x_key]) for e in examples]).reshape(len(examples), -1)
         # uint8 images are 0..255 by TFDS convention; scale them as digits and mnist1d are.
         x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
@@ -66,3 +70,13 @@ class Source:
     def __repr__(self) -> str:
         where = "in memory" if self.in_memory else "lazy"
         return f"Source({self._source!r}, {where})"
+
+
+def _shifted(examples: list[dict], key: str) -> Example:
+    """Next-token pairs: inputs are the tokens but the last, targets the tokens but the first."""
+    tokens = np.stack([np.asarray(e[key]) for e in examples]).astype(np.int32)
+    if "difficulty" in examples[0]:
+        difficulty = np.stack([np.asarray(e["difficulty"]) for e in examples]).astype(np.int32)
+    else:
+        difficulty = np.full(tokens.shape, -1, np.int32)
+    return {"x": tokens[:, :-1], "y": tokens[:, 1:], "difficulty": difficulty[:, 1:]}

@@ -24,6 +24,11 @@ def build_model(cfg: config_lib.Config, spec: ModelSpec) -> DepthModel:
     """The model of a whole `Config` (its `model`, `halting` and `moe` sections), initialised from
     its seed. Its MoE layers are expert-parallel when the config's mesh shards experts
     (`config.moe_layers`)."""
+    if getattr(spec, "sequence", False):
+        raise ValueError(
+            f"data.name={cfg.data.name!r} is a sequence task (tokens in, next tokens out); "
+            f"model.kind={cfg.model.kind!r} classifies one input vector, and no model kind trains on sequences yet"
+        )
     rngs = nnx.Rngs(params=jax.random.key(cfg.seed))
     moe_cfg = config_lib.moe_layers(cfg)
     return DepthModel(cfg.model, cfg.halting, tuple(spec.input_shape), spec.num_classes, rngs=rngs, moe_cfg=moe_cfg)

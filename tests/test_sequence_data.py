@@ -1,0 +1,149 @@
+"""The sequence tasks: the byte vocabulary, `addition` and `pystdlib` (real builders, read back)."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+
+import numpy as np
+import pytest
+
+from adaptive import config as config_lib
+from adaptive import data
+from adaptive.data import addition, byte_vocab, pystdlib
+from adaptive.nn.models import build_model
+from tests.helpers import ROOT
+
+
+@dataclasses.dataclass(frozen=True)
+class Cfg:
+    name: str = "addition"
+    parity_n: int = 8
+    num_train: int = 300
+    num_eval: int = 100
+    train_difficulty: tuple[int, int] | None = None
+    eval_difficulty: tuple[int, int] | None = None
+    data_dir: str = ""
+    seed: int = 0
+    image_key: str = "image"
+    label_key: str = "label"
+    window: int = 16
+    text_dir: str = ""
+    addition_digits: int = 5
+
+
+def read_all(cfg, split):
+    source = data.load_split(cfg, split)
+    return source.read_batch(np.arange(len(source)))
+
+
+def test_byte_vocab_round_trips_and_classes_tokens():
+    text = b"def f(x_1):\n    return 42"
+    tokens = byte_vocab.encode(text)
+    assert tokens[0] == byte_vocab.BOS and tokens[-1] == byte_vocab.EOS and byte_vocab.decode(tokens) == text
+    classes = [
+        byte_vocab.TOKEN_CLASSES[c] for c in byte_vocab.token_class(byte_vocab.encode(b"a_ 9(", bos=False, eos=False))
+    ]
+    assert classes == ["identifier", "identifier", "whitespace", "digit", "punctuation"]
+    assert byte_vocab.TOKEN_CLASSES[byte_vocab.token_class(np.array([byte_vocab.EOS]))[0]] == "other"
+
+
+def _places_read(a: str, b: str, place: int) -> int:
+    """Independent of the module: walk down from `place` until the carry into it is decided."""
+    digits = [(int(x), int(y)) for x, y in zip(a[::-1], b[::-1], strict=True)]
+    read = 0
+    for below in range(place - 1, -1, -1):
+        read += 1
+        if sum(digits[below]) != 9:
+            break
+    return read
+
+
+def test_addition_sums_and_carry_difficulties_are_right(tmp_path):
+    cfg = Cfg(data_dir=str(tmp_path))
+    spec = data.prepare(cfg)
+    length = addition.sequence_length(5) - 1
+    assert spec == data.DatasetSpec((length,), 258, {"train": 300, "validation": 100, "test": 100}, True, 5, True)
+    seen = {}
+    for split in data.SPLITS:
+        batch = read_all(cfg, split)
+        assert batch["x"].dtype == batch["y"].dtype == np.int32 and batch["x"].shape == (len(batch["x"]), length)
+        np.testing.assert_array_equal(batch["x"][:, 1:], batch["y"][:, :-1])  # y is x shifted by one
+        for x, y, difficulty in zip(batch["x"], batch["y"], batch["difficulty"], strict=True):
+            text = byte_vocab.decode(np.concatenate([x[:1], y])).decode()
+            left, answer = text.split("=")
+            a, b = left.split("+")
+            assert int(a) + int(b) == int(answer) and len(answer) == 6
+            expected = [_places_read(a, b, place) for place in range(5, -1, -1)]  # answer, most significant first
+            assert difficulty[difficulty >= 0].tolist() == expected
+            assert (difficulty >= 0).sum() == 6 and (difficulty[-7:-1] >= 0).all()  # only the answer's targets
+            seen.setdefault((a, b), set()).add(split)
+    assert all(len(splits) == 1 for splits in seen.values())  # no pair in two splits
+    chains = np.concatenate([read_all(cfg, "train")["difficulty"].ravel()])
+    assert set(range(0, 4)) <= set(chains[chains >= 0].tolist())  # the bias makes chains of several places
+
+
+def _corpus(root):
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        path = root / "pkg" / f"mod{i}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(f"# module {i}\n".encode() + bytes(rng.integers(32, 127, rng.integers(20, 200)).tolist()))
+    (root / "site-packages").mkdir()
+    (root / "site-packages" / "installed.py").write_text("not the library\n")
+    (root / "pkg" / "notes.txt").write_text("not python\n")
+
+
+def test_pystdlib_splits_by_file_and_every_byte_is_a_target_once(tmp_path):
+    root = tmp_path / "lib"
+    _corpus(root)
+    cfg = Cfg(name="pystdlib", data_dir=str(tmp_path / "data"), text_dir=str(root), window=16)
+    spec = data.prepare(cfg)
+    assert spec.sequence and spec.input_shape == (16,) and spec.num_classes == 258 and not spec.has_difficulty
+    files = pystdlib.source_files(root)
+    assert len(files) == 60  # site-packages and non-.py files left out
+    for split in data.SPLITS:
+        mine = [p for p in files if pystdlib.split_of(p.relative_to(root).as_posix()) == split]
+        assert mine, f"no file in {split}"
+        stream = np.concatenate([byte_vocab.encode(p.read_bytes()) for p in mine])
+        batch = read_all(cfg, split)
+        # in order, each window starts where the last ended: the targets are the stream, once each
+        targets = batch["y"].ravel()
+        np.testing.assert_array_equal(np.concatenate([stream[:1], targets]), stream[: len(targets) + 1])
+        assert len(stream) - 1 - len(targets) < 16  # only the last partial window is dropped
+        assert (batch["difficulty"] == -1).all()
+
+
+def test_pystdlib_records_its_source_and_notes_another_python(tmp_path):
+    root = tmp_path / "lib"
+    _corpus(root)
+    cfg = Cfg(name="pystdlib", data_dir=str(tmp_path / "data"), text_dir=str(root), window=32)
+    data.prepare(cfg)
+    builder = data.datasets._builder(cfg)
+    meta = dict(builder.info.metadata)
+    assert meta["python_version"] == platform.python_version() and meta["files"] == 60
+    assert meta["files_sha256"] == pystdlib.files_sha256(root, pystdlib.source_files(root))
+    assert pystdlib.version_note(meta) is None
+    other = {**meta, "python_version": "3.99.0"}
+    note = pystdlib.version_note(other)
+    assert "3.99.0" in note and platform.python_version() in note and "\n" not in note
+    assert pystdlib.version_note(other, text_dir=str(root)) is None  # a user's folder: no library version
+
+
+def test_the_interpreters_standard_library_is_there_to_read():
+    files = pystdlib.source_files(pystdlib.stdlib_root())
+    assert len(files) > 500 and sum(p.stat().st_size for p in files) > 5_000_000
+    assert not any("site-packages" in p.parts for p in files)
+
+
+def test_a_classifier_refuses_a_sequence_task(tmp_path):
+    cfg = config_lib.load(str(ROOT / "configs/parity.py"), ["--config.data.name=addition"])
+    spec = data.prepare(Cfg(data_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match="sequence task"):
+        build_model(cfg, spec)
+
+
+def test_windows_overlap_by_one_token():
+    out = pystdlib.windows(np.arange(10), 3)
+    np.testing.assert_array_equal(out, [[0, 1, 2, 3], [3, 4, 5, 6], [6, 7, 8, 9]])
+    assert pystdlib.windows(np.arange(3), 3).shape == (0, 4)
