@@ -1,0 +1,213 @@
+"""`LanguageModel`: a causal byte-level language model with per-token adaptive compute.
+
+Decoder-only, pre-LN blocks (adaptive.nn.lm_blocks), rotary or learned positions, the output
+head tied to the embedding. Each mechanism is switched on by its own argument:
+
+- **Per-token early exit** (CALM, Schuster et al. 2022; `exits=True`): after every block but the
+  last, an exit reads the state through its own LayerNorm and the shared head. A token leaves
+  at the first exit whose confidence reaches the threshold: `max_prob` (top softmax
+  probability), `margin` (top-1 minus top-2), `state_saturation` (cosine of the states before
+  and after the block) or `classifier` (a learned exit unit, trained to predict that the exit
+  agrees with the last layer). With a threshold, the full forward pass copies an exited token's
+  state to every block above it (CALM's state propagation), so later tokens attend to it
+  exactly as they will when decoding, where its blocks above the exit are never run.
+- **Mixture-of-Depths** (Raposo et al. 2024; `mod_capacity` > 0): every `mod_every`-th block
+  runs on the `mod_capacity` share of each sequence's tokens with the largest router weight
+  (gathered, so the compute is really skipped; the rest pass by the residual) and scales its
+  update by the router weight, as in the paper. Top-k over a sequence looks at later tokens, so
+  a causal predictor learns which tokens top-k picks; `mod_causal` (the default outside
+  training) routes by the predictor instead, as decoding must.
+- **Experts**: `moe_cfg` makes every block's feed-forward the framework's MoE layer.
+
+`__call__` returns an `LMOutput`; `layers_BxL` counts the blocks each token went through (a
+MoD block a token skipped, or blocks above its exit, are not counted): the model's realized
+compute per token.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from adaptive.nn.lm_blocks import DepthRouter, LMBlock
+
+CONFIDENCES = ("max_prob", "margin", "state_saturation", "classifier")
+POSITIONS = ("rotary", "learned")
+
+
+class LMOutput(NamedTuple):
+    logits_BxLxV: jax.Array  # each position's prediction of the next token (at its exit)
+    layers_BxL: jax.Array  # float32: blocks applied to each token
+    exit_logits_ExBxLxV: jax.Array | None = None  # every exit's prediction (exits only)
+    exit_scores_ExBxL: jax.Array | None = None  # every exit's confidence in [0, 1] (exits only)
+    aux_loss: jax.Array | float = 0.0  # MoE load balance and z-losses, MoD predictor loss
+    metrics: dict | None = None
+    experts_BxL: jax.Array | None = None  # expert applications per token (MoE only)
+
+
+class LanguageModel(nnx.Module):
+    def __init__(
+        self,
+        *,
+        vocab: int,
+        width: int,
+        layers: int,
+        heads: int,
+        max_length: int,
+        positions: str = "rotary",
+        exits: bool = False,
+        confidence: str = "max_prob",
+        mod_capacity: float = 0.0,
+        mod_every: int = 2,
+        moe_cfg=None,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if positions not in POSITIONS:
+            raise ValueError(f"positions={positions!r} is not one of {POSITIONS}")
+        if confidence not in CONFIDENCES:
+            raise ValueError(f"confidence={confidence!r} is not one of {CONFIDENCES}")
+        if not 0.0 <= mod_capacity <= 1.0:
+            raise ValueError(f"mod_capacity={mod_capacity} must be in [0, 1]")
+        if layers < 1 or mod_every < 1:
+            raise ValueError(f"layers={layers} and mod_every={mod_every} must be >= 1")
+        self.num_layers, self.max_length, self.exits, self.confidence = layers, max_length, exits, confidence
+        self.mod_capacity = mod_capacity
+        self.mod_layers = tuple(i for i in range(layers) if mod_capacity > 0 and i % mod_every == mod_every - 1)
+        self.embed = nnx.Embed(vocab, width, rngs=rngs)
+        self.position_embed = nnx.Embed(max_length, width, rngs=rngs) if positions == "learned" else None
+        rotary = positions == "rotary"
+        self.blocks = nnx.List(
+            [LMBlock(width, heads, moe_cfg, rotary=rotary, dtype=dtype, rngs=rngs) for _ in range(layers)]
+        )
+        self.routers = nnx.Dict({str(i): DepthRouter(width, rngs=rngs) for i in self.mod_layers})
+        self.final_norm = nnx.LayerNorm(width, rngs=rngs)
+        self.exit_norms = nnx.List([nnx.LayerNorm(width, rngs=rngs) for _ in range(layers - 1)]) if exits else None
+        learned = exits and confidence == "classifier"
+        self.exit_units = nnx.List([nnx.Linear(width, 1, rngs=rngs) for _ in range(layers - 1)]) if learned else None
+
+    def __call__(
+        self,
+        tokens_BxL: jax.Array,
+        *,
+        train: bool = True,
+        exit_threshold: jax.Array | float | None = None,
+        mod_causal: bool | None = None,
+        k_active: jax.Array | None = None,
+    ) -> LMOutput:
+        """Next-token logits for every position of `tokens_BxL` (int32, < vocab).
+
+        `exit_threshold`: with exits, each token leaves at the first exit whose confidence
+        reaches it (its state then propagates upward); None runs every block for every token.
+        `mod_causal`: route MoD blocks by the causal predictor (default: when not training)."""
+        batch, length = tokens_BxL.shape
+        if length > self.max_length and self.position_embed is not None:
+            raise ValueError(f"{length} tokens is longer than the learned positions ({self.max_length})")
+        causal = (not train) if mod_causal is None else mod_causal
+        positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        h = self.embed(tokens_BxL)
+        if self.position_embed is not None:
+            h = h + self.position_embed(positions_BxL)
+        layers_BxL = jnp.zeros((batch, length), jnp.float32)
+        exited_BxL = jnp.zeros((batch, length), bool)
+        exit_logits, exit_scores, chosen_logits = [], [], None
+        aux, moe_metrics, mod_metrics, experts = 0.0, [], {}, None
+        for i, block in enumerate(self.blocks):
+            if i in self.mod_layers:
+                new_h, moe, ran_BxL, mod_aux, rate = self._mod_block(
+                    i, block, h, positions_BxL, train, causal, k_active
+                )
+                aux = aux + mod_aux
+                mod_metrics[f"mod/selected_{i}"] = rate
+            else:
+                new_h, moe = block(h, positions_BxL, train=train, k_active=k_active)
+                ran_BxL = jnp.ones((batch, length), bool)
+            if exit_threshold is not None:  # CALM's state propagation: an exited token's state is copied up
+                new_h = jnp.where(exited_BxL[..., None], h, new_h)
+                ran_BxL = ran_BxL & ~exited_BxL
+            layers_BxL = layers_BxL + ran_BxL
+            if moe is not None:
+                aux = aux + moe.aux_loss
+                moe_metrics.append(moe.metrics)
+                counted = jnp.where(ran_BxL, moe.experts_T.reshape(batch, length), 0)
+                experts = counted if experts is None else experts + counted
+            h_before, h = h, new_h
+            if self.exits and i < self.num_layers - 1:
+                logits = self.embed.attend(self.exit_norms[i](h))
+                score = self._confidence(i, logits, h, h_before)
+                exit_logits.append(logits)
+                exit_scores.append(score)
+                if exit_threshold is not None:
+                    leaving = ~exited_BxL & (score >= exit_threshold)
+                    chosen_logits = (
+                        logits if chosen_logits is None else jnp.where(leaving[..., None], logits, chosen_logits)
+                    )
+                    exited_BxL = exited_BxL | leaving
+        final = self.embed.attend(self.final_norm(h))
+        if chosen_logits is not None:
+            final = jnp.where(exited_BxL[..., None], chosen_logits, final)
+        metrics = {**_mean_metrics(moe_metrics), **mod_metrics}
+        return LMOutput(
+            final,
+            layers_BxL,
+            jnp.stack(exit_logits) if exit_logits else None,
+            jnp.stack(exit_scores) if exit_scores else None,
+            aux,
+            metrics,
+            experts,
+        )
+
+    def _confidence(self, i: int, logits_BxLxV, h_BxLxD, h_before_BxLxD) -> jax.Array:
+        """The exit's confidence in [0, 1] for every token."""
+        if self.confidence == "classifier":
+            return jax.nn.sigmoid(self.exit_units[i](jax.lax.stop_gradient(h_BxLxD))[..., 0])
+        if self.confidence == "state_saturation":
+            a, b = h_BxLxD.astype(jnp.float32), h_before_BxLxD.astype(jnp.float32)
+            cosine = (a * b).sum(-1) / (jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1) + 1e-6)
+            return jnp.clip(cosine, 0.0, 1.0)
+        probs = jax.nn.softmax(logits_BxLxV.astype(jnp.float32), -1)
+        if self.confidence == "max_prob":
+            return probs.max(-1)
+        top2 = jax.lax.top_k(probs, 2)[0]
+        return top2[..., 0] - top2[..., 1]
+
+    def _mod_block(self, i, block, h, positions_BxL, train, causal, k_active):
+        """A Mixture-of-Depths block: (state, MoE output, which tokens ran it, the predictor's
+        loss, the share of tokens that ran it)."""
+        batch, length, _ = h.shape
+        weights_BxL, predicted_BxL = self.routers[str(i)](h)
+        capacity = max(1, math.ceil(self.mod_capacity * length))
+        # top-k membership: the predictor's target (and the routing, unless causal)
+        top_BxK = jnp.sort(jax.lax.top_k(weights_BxL, capacity)[1], axis=-1)
+        in_top_BxL = jnp.zeros((batch, length), bool).at[jnp.arange(batch)[:, None], top_BxK].set(True)
+        predictor_loss = optax.sigmoid_binary_cross_entropy(predicted_BxL, in_top_BxL.astype(jnp.float32)).mean()
+        if causal:
+            # by the predictor, token by token; the block runs on every row, its update masked
+            chosen_BxL = predicted_BxL > 0
+            out, moe = block(h, positions_BxL, keys_BxL=chosen_BxL, train=train, k_active=k_active)
+            new_h = jnp.where(chosen_BxL[..., None], h + weights_BxL[..., None] * (out - h), h)
+            return new_h, moe, chosen_BxL, predictor_loss, chosen_BxL.mean()
+        rows = jnp.arange(batch)[:, None]
+        picked_h, picked_pos = h[rows, top_BxK], positions_BxL[rows, top_BxK]
+        out, moe = block(picked_h, picked_pos, train=train, k_active=k_active)
+        update = picked_h + weights_BxL[rows, top_BxK][..., None] * (out - picked_h)
+        if moe is not None:  # expert counts of the picked tokens, back in their places
+            counted = (
+                jnp.zeros((batch, length), moe.experts_T.dtype)
+                .at[rows, top_BxK]
+                .set(moe.experts_T.reshape(batch, capacity))
+            )
+            moe = moe._replace(experts_T=counted.reshape(-1))
+        return h.at[rows, top_BxK].set(update), moe, in_top_BxL, predictor_loss, in_top_BxL.mean()
+
+
+def _mean_metrics(per_layer: list[dict | None]) -> dict:
+    per_layer = [m for m in per_layer if m]
+    if not per_layer:
+        return {}
+    return {key: jnp.mean(jnp.stack([m[key] for m in per_layer])) for key in per_layer[0]}

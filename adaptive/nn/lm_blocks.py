@@ -1,0 +1,98 @@
+"""The blocks of the causal language model: rotary attention, a pre-LN block, a MoD router.
+
+Attention masks by *positions*, not by index in the array, so a block run on a gathered subset
+of a sequence's tokens (Mixture-of-Depths) stays causal: a token attends to the tokens of the
+subset at its own position or before.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from adaptive.nn.blocks import make_moe
+from adaptive.nn.moe import MoEOutput
+
+ROTARY_BASE = 10_000.0
+
+
+def rotate(x_BxLxHxK: jax.Array, positions_BxL: jax.Array) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021): pairs of features (i, i + K/2) turned by the
+    angle position * base^(-2i/K), so q . k depends on the positions' difference only."""
+    half = x_BxLxHxK.shape[-1] // 2
+    freqs = ROTARY_BASE ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle = positions_BxL[..., None, None].astype(jnp.float32) * freqs  # B x L x 1 x K/2
+    cos, sin = jnp.cos(angle).astype(x_BxLxHxK.dtype), jnp.sin(angle).astype(x_BxLxHxK.dtype)
+    a, b = x_BxLxHxK[..., :half], x_BxLxHxK[..., half : 2 * half]
+    rotated = jnp.concatenate([a * cos - b * sin, a * sin + b * cos], -1)
+    return jnp.concatenate([rotated, x_BxLxHxK[..., 2 * half :]], -1)
+
+
+class CausalAttention(nnx.Module):
+    """Multi-head self-attention where a token sees the tokens at its position or before."""
+
+    def __init__(self, width: int, heads: int, *, rotary: bool, dtype, rngs: nnx.Rngs):
+        if width % heads:
+            raise ValueError(f"model.hidden={width} is not a multiple of model.num_heads={heads}")
+        self.heads, self.rotary, self.dtype = heads, rotary, dtype
+        self.qkv = nnx.Linear(width, 3 * width, use_bias=False, dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(width, width, use_bias=False, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x_BxLxD: jax.Array, positions_BxL: jax.Array, keys_BxL: jax.Array | None = None) -> jax.Array:
+        """`keys_BxL`: which tokens may be attended to (all when None)."""
+        batch, length, width = x_BxLxD.shape
+        q, k, v = jnp.split(self.qkv(x_BxLxD).reshape(batch, length, 3, self.heads, -1), 3, axis=2)
+        q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]  # B x L x H x K
+        if self.rotary:
+            q, k = rotate(q, positions_BxL), rotate(k, positions_BxL)
+        scores = jnp.einsum("bqhk,bshk->bhqs", q, k).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
+        visible = positions_BxL[:, None, None, :] <= positions_BxL[:, None, :, None]  # key at or before query
+        if keys_BxL is not None:
+            visible = visible & keys_BxL[:, None, None, :]
+        weights = jax.nn.softmax(jnp.where(visible, scores, -1e30), axis=-1).astype(v.dtype)
+        mixed = jnp.einsum("bhqs,bshk->bqhk", weights, v).reshape(batch, length, width)
+        return self.out(mixed)
+
+
+class LMBlock(nnx.Module):
+    """h + attention(LN h), then + feed-forward(LN h): a dense GELU MLP or sparse experts."""
+
+    def __init__(self, width: int, heads: int, moe_cfg=None, *, rotary: bool, dtype, rngs: nnx.Rngs):
+        self.norm1 = nnx.LayerNorm(width, rngs=rngs)
+        self.attention = CausalAttention(width, heads, rotary=rotary, dtype=dtype, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(width, rngs=rngs)
+        self.moe = make_moe(width, moe_cfg, rngs=rngs) if moe_cfg is not None else None
+        if self.moe is None:
+            self.up = nnx.Linear(width, 4 * width, dtype=dtype, rngs=rngs)
+            self.down = nnx.Linear(4 * width, width, dtype=dtype, rngs=rngs)
+
+    def __call__(
+        self, h_BxLxD: jax.Array, positions_BxL: jax.Array, *, keys_BxL=None, train: bool = True, k_active=None
+    ) -> tuple[jax.Array, MoEOutput | None]:
+        """(the block's new state, the MoE layer's output with per-token expert counts, or None);
+        `keys_BxL` limits which tokens attention reads (a MoD block's chosen ones)."""
+        h = h_BxLxD + self.attention(self.norm1(h_BxLxD), positions_BxL, keys_BxL).astype(h_BxLxD.dtype)
+        if self.moe is None:
+            return h + self.down(jax.nn.gelu(self.up(self.norm2(h)))).astype(h.dtype), None
+        batch, length, width = h.shape
+        out = self.moe(self.norm2(h).reshape(batch * length, width), train=train, k_active=k_active)
+        return h + out.y_TxD.reshape(batch, length, width).astype(h.dtype), out
+
+
+class DepthRouter(nnx.Module):
+    """Mixture-of-Depths' router (Raposo et al. 2024): a scalar weight per token, whose top
+    `capacity` share of each sequence runs the block, and the causal predictor that decides per
+    token at decoding time (it reads the state with its gradient stopped, so predicting never
+    changes what the router learns)."""
+
+    def __init__(self, width: int, *, rngs: nnx.Rngs):
+        self.weight = nnx.Linear(width, 1, rngs=rngs)
+        self.predictor_hidden = nnx.Linear(width, max(8, width // 4), rngs=rngs)
+        self.predictor_out = nnx.Linear(max(8, width // 4), 1, rngs=rngs)
+
+    def __call__(self, h_BxLxD: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """(router weights, predictor logits), both B x L."""
+        weights = self.weight(h_BxLxD)[..., 0]
+        hidden = jax.nn.silu(self.predictor_hidden(jax.lax.stop_gradient(h_BxLxD)))
+        return weights, self.predictor_out(hidden)[..., 0]
