@@ -114,7 +114,8 @@ def across_fields(cfg: Any) -> Any:
                     f"config key 'data.{key}' is {getattr(d, key):_}; with data.parity_n={d.parity_n} at most "
                     f"{most:_} examples (2**29 entries, ~9 GB to generate)"
                 )
-    if m.kind == "transformer" and m.hidden % m.num_heads:
+    _sequence_rules(cfg)
+    if m.kind in ("transformer", "lm") and m.hidden % m.num_heads:
         raise ConfigError(f"config key 'model.num_heads' is {m.num_heads}; must divide model.hidden ({m.hidden})")
     if cfg.moe.enabled and m.kind == "rnn":
         raise ConfigError(
@@ -125,6 +126,30 @@ def across_fields(cfg: Any) -> Any:
     if cfg.moe.enabled:
         _router_gets_a_gradient(cfg.moe)
     return cfg
+
+
+SEQUENCE_TASKS = ("pystdlib", "addition")  # the built-in datasets of tokens (adaptive.data)
+
+
+def _sequence_rules(cfg: Any) -> None:
+    """A language model reads a sequence task, and only a language model does."""
+    lm, sequence = cfg.model.kind == "lm", cfg.data.name in SEQUENCE_TASKS
+    if sequence and not lm:
+        raise ConfigError(
+            f"config key 'data.name' is {cfg.data.name!r}, a sequence task; it needs model.kind='lm' "
+            f"(model.kind is {cfg.model.kind!r})"
+        )
+    if not lm:
+        return
+    if cfg.data.name in ("parity", "digits", "mnist1d"):
+        raise ConfigError(f"config key 'model.kind' is 'lm'; data.name={cfg.data.name!r} is not a sequence task")
+    if cfg.halting.policy != "none":
+        raise ConfigError(
+            f"config key 'halting.policy' is {cfg.halting.policy!r}; a language model's adaptive depth is "
+            "lm.exits or lm.mod_capacity (halting per position is not built for model.kind='lm')"
+        )
+    if cfg.budget.target is not None or cfg.budget.requests:
+        raise ConfigError("config key 'budget.target' is set; budgets for model.kind='lm' are not built yet")
 
 
 def _router_gets_a_gradient(moe: Any) -> None:

@@ -51,14 +51,35 @@ class ModelConfig:
 
     `rnn` is Graves' parity cell (the input shown at every step); `mlp` a residual MLP block on
     an encoded vector; `transformer` a pre-LN attention block over the input read as a sequence
-    of scalar tokens (Universal-Transformer style, halting per position under ACT).
+    of scalar tokens (Universal-Transformer style, halting per position under ACT); `lm` a causal
+    language model over a sequence task's tokens (adaptive.nn.lm; its own settings in `lm`).
     """
 
-    kind: str = _f("rnn", choices=("mlp", "rnn", "transformer"))
+    kind: str = _f("rnn", choices=("mlp", "rnn", "transformer", "lm"))
     hidden: int = _f(128, lo=1, hi=checks.MAX_WIDTH)
-    depth: int = _f(1, lo=1, hi=1024)  # steps of a static model (halting.policy = none)
+    depth: int = _f(1, lo=1, hi=1024)  # steps of a static model (halting.policy = none); lm: blocks
     share_weights: bool = True  # one block reused at every step, or a distinct block per step
-    num_heads: int = _f(4, lo=1, hi=1024)  # transformer only
+    num_heads: int = _f(4, lo=1, hi=1024)  # transformer and lm
+    # lm: the matmuls' precision (parameters stay float32); bfloat16 is how it runs on an accelerator
+    dtype: str = _f("float32", choices=("float32", "bfloat16"))
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """The language model's adaptive compute (model.kind = lm; adaptive.nn.lm says what each does).
+
+    Exits: CALM's per-token early exit; training weighs exit l's loss by l (deeper exits count
+    more, as CALM does), and evaluation lets a token leave at the first exit whose `confidence`
+    reaches `exit_threshold`. MoD: every `mod_every`-th block runs on `mod_capacity` of each
+    sequence's tokens (0 = no MoD).
+    """
+
+    positions: str = _f("rotary", choices=("rotary", "learned"))
+    exits: bool = False
+    confidence: str = _f("max_prob", choices=("max_prob", "margin", "state_saturation", "classifier"))
+    exit_threshold: float = _f(0.9, lo=0.0, hi=1.0)
+    mod_capacity: float = _f(0.0, lo=0.0, hi=1.0)
+    mod_every: int = _f(2, lo=1, hi=1024)
 
 
 @dataclass(frozen=True)
@@ -246,6 +267,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     halting: HaltingConfig = field(default_factory=HaltingConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

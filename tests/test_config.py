@@ -92,7 +92,10 @@ def test_unknown_key_set_inside_a_config_file(tmp_path):
 @pytest.mark.parametrize(
     "override, line",
     [
-        ("--config.model.kind=lstm", "config key 'model.kind' is 'lstm'; allowed values: 'mlp', 'rnn', 'transformer'"),
+        (
+            "--config.model.kind=lstm",
+            "config key 'model.kind' is 'lstm'; allowed values: 'mlp', 'rnn', 'transformer', 'lm'",
+        ),
         ("--config.halting.bias_init=1e999", "config key 'halting.bias_init' is inf; must be a finite number"),
     ],
 )

@@ -137,8 +137,10 @@ def test_the_interpreters_standard_library_is_there_to_read():
 
 
 def test_a_classifier_refuses_a_sequence_task(tmp_path):
-    cfg = config_lib.load(str(ROOT / "configs/parity.py"), ["--config.data.name=addition"])
-    spec = data.prepare(Cfg(data_dir=str(tmp_path)))
+    with pytest.raises(config_lib.ConfigError, match="sequence task"):  # at load, in one line
+        config_lib.load(str(ROOT / "configs/parity.py"), ["--config.data.name=addition"])
+    cfg = config_lib.load(str(ROOT / "configs/parity.py"))
+    spec = data.prepare(Cfg(data_dir=str(tmp_path)))  # whatever reaches build_model is checked again
     with pytest.raises(ValueError, match="sequence task"):
         build_model(cfg, spec)
 

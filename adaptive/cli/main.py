@@ -108,6 +108,13 @@ def _train(args, overrides: list[str]) -> int:
 
 def _summary_line(metrics: dict) -> str:
     experts = metrics.get("eval/experts_mean", 0.0)
+    if "eval/bits_per_byte" in metrics:  # a language model: per token
+        return (
+            f"eval bits per byte {metrics['eval/bits_per_byte']:.4f} | next-token accuracy "
+            f"{metrics['eval/accuracy']:.4f} | blocks per token {metrics['eval/steps_mean']:.2f} | "
+            + (f"experts per token {experts:.2f} | " if experts else "")
+            + f"{metrics['eval/examples']} tokens"
+        )
     return (
         f"eval accuracy {metrics['eval/accuracy']:.4f} | mean steps {metrics['eval/steps_mean']:.2f} "
         f"(max {metrics['eval/steps_max']}) | "

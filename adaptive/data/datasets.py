@@ -18,6 +18,7 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
+from adaptive import config_checks
 from adaptive.data import byte_vocab, pystdlib
 from adaptive.data.addition import Addition, AdditionConfig
 from adaptive.data.builder import build
@@ -33,7 +34,7 @@ _BUILDERS = {
     "pystdlib": pystdlib.PyStdlib,
     "addition": Addition,
 }
-SEQUENCE_TASKS = ("pystdlib", "addition")
+SEQUENCE_TASKS = config_checks.SEQUENCE_TASKS  # read by model.kind = lm
 # Splits whose float32 inputs fit in this many bytes are decoded once and kept in memory.
 IN_MEMORY_BYTES = 256 << 20
 

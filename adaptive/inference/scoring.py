@@ -11,6 +11,7 @@ one budgeted inference function (adaptive/inference/infer.py):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import jax
@@ -43,9 +44,10 @@ def score_split(
 
     `eval_step` comes from `steps.make_eval_step`; `budget` is the per-example step budget
     (default: the cap), or with `requests` (a Budget with a request distribution) each example
-    gets a step cap drawn from it, the same draws on every call. Parity also gets accuracy and
-    mean steps per difficulty: lists indexed by difficulty, None where the split has no example
-    of that difficulty.
+    gets a step cap drawn from it, the same draws on every call. Parity and addition also get
+    accuracy and mean steps per difficulty: lists indexed by difficulty, None where the split has
+    no example of that difficulty. For a language model every figure is per token (loss in nats,
+    next-token accuracy, blocks per token; `eval/examples` counts tokens), plus bits per byte.
     """
     budget = jnp.int32(budget or config_lib.step_cap(cfg))
     totals = None
@@ -63,7 +65,9 @@ def score_split(
         "eval/experts_mean": float(totals["experts"]) / n,  # expert applications per example (0: no MoE)
         "eval/examples": int(totals["count"]),
     }
-    if cfg.data.name == "parity":
+    if "bytes" in totals:  # a language model: its loss in bits per byte of text
+        metrics["eval/bits_per_byte"] = float(totals["byte_loss"]) / max(float(totals["bytes"]), 1.0) / math.log(2.0)
+    if cfg.data.name in ("parity", "addition"):
         counts = totals["count_by_difficulty"]
         for key, name in (("correct_by_difficulty", "accuracy"), ("steps_by_difficulty", "steps")):
             means = totals[key] / np.maximum(counts, 1)

@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import Protocol
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from adaptive import config as config_lib
 from adaptive.nn.depth import DepthModel, Inference, ModelOutput
+from adaptive.nn.lm import LanguageModel, LMOutput
 
-__all__ = ["DepthModel", "Inference", "ModelOutput", "build_model"]
+__all__ = ["DepthModel", "Inference", "LMOutput", "LanguageModel", "ModelOutput", "build_model"]
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class ModelSpec(Protocol):
@@ -20,15 +24,31 @@ class ModelSpec(Protocol):
     num_classes: int
 
 
-def build_model(cfg: config_lib.Config, spec: ModelSpec) -> DepthModel:
-    """The model of a whole `Config` (its `model`, `halting` and `moe` sections), initialised from
-    its seed. Its MoE layers are expert-parallel when the config's mesh shards experts
-    (`config.moe_layers`)."""
-    if getattr(spec, "sequence", False):
-        raise ValueError(
-            f"data.name={cfg.data.name!r} is a sequence task (tokens in, next tokens out); "
-            f"model.kind={cfg.model.kind!r} classifies one input vector, and no model kind trains on sequences yet"
-        )
+def build_model(cfg: config_lib.Config, spec: ModelSpec) -> DepthModel | LanguageModel:
+    """The model of a whole `Config` (its `model`, `halting`, `moe` and `lm` sections), initialised
+    from its seed: a `LanguageModel` for model.kind = lm, else a `DepthModel`. Its MoE layers are
+    expert-parallel when the config's mesh shards experts (`config.moe_layers`)."""
+    sequence = getattr(spec, "sequence", False)
+    if sequence != (cfg.model.kind == "lm"):
+        what = "a sequence task (tokens in, next tokens out)" if sequence else "not a sequence task"
+        raise ValueError(f"data.name={cfg.data.name!r} is {what}; model.kind={cfg.model.kind!r} does not fit it")
     rngs = nnx.Rngs(params=jax.random.key(cfg.seed))
     moe_cfg = config_lib.moe_layers(cfg)
+    if sequence:
+        m, lm = cfg.model, cfg.lm
+        return LanguageModel(
+            vocab=spec.num_classes,
+            width=m.hidden,
+            layers=m.depth,
+            heads=m.num_heads,
+            max_length=spec.input_shape[0],
+            positions=lm.positions,
+            exits=lm.exits,
+            confidence=lm.confidence,
+            mod_capacity=lm.mod_capacity,
+            mod_every=lm.mod_every,
+            moe_cfg=moe_cfg if cfg.moe.enabled else None,
+            dtype=DTYPES[m.dtype],
+            rngs=rngs,
+        )
     return DepthModel(cfg.model, cfg.halting, tuple(spec.input_shape), spec.num_classes, rngs=rngs, moe_cfg=moe_cfg)

@@ -10,7 +10,7 @@ from adaptive import data
 from adaptive.compute.budget import Budget
 from adaptive.inference.restore import Run
 from adaptive.nn.models import build_model
-from adaptive.training import steps
+from adaptive.training import lm_steps, steps
 from adaptive.training.optim import make_optimizer
 from adaptive.workdir.checkpoint import Checkpointer
 from adaptive.workdir.config_file import RunError, checkpoint_folder, load_config
@@ -24,8 +24,9 @@ def restore_state(workdir: str | Path, step: int | None = None) -> tuple[Run, di
     graphdef, params = nnx.split(build_model(cfg, spec), nnx.Param)
     tx = make_optimizer(cfg.optim, cfg.train.steps)
     budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)
+    loss_fn = lm_steps.loss_fn_of(cfg, spec, graphdef)
     like = steps.init_state(
-        graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget, cfg.train.batch_size
+        graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget, cfg.train.batch_size, loss_fn
     )
     ckpt = Checkpointer(checkpoint_folder(workdir), keep=cfg.train.keep_checkpoints, create=False)
     try:

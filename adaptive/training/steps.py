@@ -27,17 +27,24 @@ def init_state(
     input_shape: tuple[int, ...],
     budget=None,
     batch_size: int = 2,
+    loss_fn: Callable | None = None,
 ) -> dict:
     """A fresh train state. The running metric sums take the shapes the loss reports (found by
     tracing it once, abstractly, on a batch of `batch_size`: the train batch's, so that experts'
     routing groups divide it as they will in training), so a model with experts gets its moe/
-    metrics too."""
+    metrics too. `loss_fn` (see `make_train_step`) given, the batch is a sequence task's:
+    tokens in, next tokens out."""
     rows = batch_size
-    batch = {
-        "x": jax.ShapeDtypeStruct((rows, *input_shape), jnp.float32),
-        "y": jax.ShapeDtypeStruct((rows,), jnp.int32),
-    }
-    _, metrics = jax.eval_shape(_loss_fn(graphdef, halting_cfg, budget), params, batch, 0.0, jax.random.key(0))
+    if loss_fn is None:
+        loss_fn = _loss_fn(graphdef, halting_cfg, budget)
+        batch = {
+            "x": jax.ShapeDtypeStruct((rows, *input_shape), jnp.float32),
+            "y": jax.ShapeDtypeStruct((rows,), jnp.int32),
+        }
+    else:
+        tokens = jax.ShapeDtypeStruct((rows, *input_shape), jnp.int32)
+        batch = {"x": tokens, "y": tokens}
+    _, metrics = jax.eval_shape(loss_fn, params, batch, 0.0, jax.random.key(0))
     zeros = {k: jnp.zeros(v.shape, jnp.float32) for k, v in {**metrics, "grad_norm": metrics["loss"]}.items()}
     return {
         "step": jnp.zeros((), jnp.int32),
@@ -70,15 +77,22 @@ def _loss_fn(graphdef: nnx.GraphDef, halting_cfg, budget=None) -> Callable:
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef, tx: optax.GradientTransformation, halting_cfg, budget=None, seed: int = 0
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    halting_cfg,
+    budget=None,
+    seed: int = 0,
+    loss_fn: Callable | None = None,
 ) -> Callable:
     """Builds `train_step(state, batch) -> state` (jit it with the state donated).
 
     A step whose loss or gradients are not finite leaves params and optimizer state as they
     were and is counted in `skipped_steps`; the host stops the run on a long streak.
+    `loss_fn(params, batch, multiplier, key) -> (loss, metrics)` replaces the classifiers'
+    objective (the language model's: adaptive.training.lm_steps).
     """
 
-    loss_fn = _loss_fn(graphdef, halting_cfg, budget)
+    loss_fn = loss_fn or _loss_fn(graphdef, halting_cfg, budget)
 
     def train_step(state: dict, batch: dict) -> dict:
         multiplier = state["multiplier"]

@@ -27,7 +27,7 @@ from adaptive import data
 from adaptive.compute.budget import Budget
 from adaptive.inference.scoring import score_split
 from adaptive.nn.models import build_model
-from adaptive.training import parallel, steps
+from adaptive.training import lm_steps, parallel, steps
 from adaptive.training.metrics import JsonlWriter, MultiWriter, ProgressBar, WandbWriter
 from adaptive.training.optim import learning_rate_schedule, make_optimizer
 from adaptive.workdir import runinfo
@@ -126,10 +126,15 @@ def _build_loop(cfg: config_lib.Config, model, spec: data.DatasetSpec, budget: B
     """The fresh train state (laid out on the mesh) and the loop with its jitted steps."""
     graphdef, params = nnx.split(model, nnx.Param)
     tx = make_optimizer(cfg.optim, cfg.train.steps)
+    loss_fn, eval_step = lm_steps.loss_fn_of(cfg, spec, graphdef), steps.make_eval_step(graphdef, spec.max_difficulty)
+    if spec.sequence:  # the language model's sums
+        eval_step = lm_steps.make_eval_step(
+            graphdef, spec.max_difficulty, cfg.lm.exit_threshold if cfg.lm.exits else None
+        )
     state = steps.init_state(
-        graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget, cfg.train.batch_size
+        graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget, cfg.train.batch_size, loss_fn
     )
-    step_fn = steps.make_train_step(graphdef, tx, cfg.halting, budget, cfg.seed)
+    step_fn = steps.make_train_step(graphdef, tx, cfg.halting, budget, cfg.seed, loss_fn)
     place = lambda batch: batch  # noqa: E731
     if parallel.is_trivial(mesh):
         train_step = jax.jit(step_fn, donate_argnums=0)
@@ -143,7 +148,7 @@ def _build_loop(cfg: config_lib.Config, model, spec: data.DatasetSpec, budget: B
     loop = _Loop(
         cfg=cfg,
         train_step=parallel.with_mesh(train_step, mesh),
-        eval_step=parallel.with_mesh(jax.jit(steps.make_eval_step(graphdef, spec.max_difficulty)), mesh),
+        eval_step=parallel.with_mesh(jax.jit(eval_step), mesh),
         place=place,
         lr_at=learning_rate_schedule(cfg.optim, cfg.train.steps),
         budget=budget,
