@@ -78,9 +78,10 @@ def test_a_token_leaves_at_its_first_confident_exit_and_its_state_stops_changing
     np.testing.assert_allclose(
         np.asarray(out.logits_BxLxV)[first], np.asarray(full.exit_logits_ExBxLxV[0])[first], rtol=1e-6, atol=1e-6
     )
-    # a threshold above every confidence runs every block for every token: the full pass
+    # a threshold above every confidence runs every block for every token: the full pass (to
+    # rounding: with exits each block sits in a conditional that skips it once every token has left)
     never = model(tokens, train=False, exit_threshold=2.0)
-    np.testing.assert_array_equal(never.logits_BxLxV, full.logits_BxLxV)
+    np.testing.assert_allclose(never.logits_BxLxV, full.logits_BxLxV, rtol=1e-5, atol=1e-5)
     assert (np.asarray(never.layers_BxL) == 4).all()
 
 

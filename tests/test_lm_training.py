@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 
@@ -17,6 +18,7 @@ from adaptive.training import lm_steps
 from adaptive.training.metrics import read_jsonl
 from tests.helpers import QUIET, ROOT, cli, final_state, run_train, train_tiny
 
+DATA = lambda tmp_path: (f"--config.data.data_dir={tmp_path / 'data'}",)  # noqa: E731
 ADDITION = (
     "--config.data.name=addition",
     "--config.data.addition_digits=3",
@@ -71,6 +73,7 @@ def _ce(logits, targets):
     return logz - np.take_along_axis(logits, np.asarray(targets)[..., None], -1)[..., 0]
 
 
+@pytest.mark.slow
 def test_a_resumed_lm_run_ends_where_an_uninterrupted_one_does(tmp_path):
     # a constant rate: a run of 2 steps then 4 follows the schedule of a run of 4
     constant = ("--config.optim.schedule=constant", "--config.optim.warmup_steps=0")
@@ -108,3 +111,38 @@ def test_the_tiny_config_trains_from_the_command_line(tmp_path):
     out = subprocess.run([*command, *extra], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "bits per byte" in out.stdout and "tokens" in out.stdout
+    # the tools that read classifiers refuse a language model in one line
+    export = subprocess.run(
+        cli("export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "art")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert export.returncode != 0 and not (tmp_path / "art").exists()
+    lines = export.stderr.strip().splitlines()
+    assert len(lines) == 1 and "language model" in lines[0], export.stderr[-2000:]
+
+
+def test_adaptive_eval_of_a_language_model_reports_bits_against_flops(tmp_path):
+    exits = ("--config.lm.exits=true", "--config.model.depth=3")
+    train_tiny(tmp_path / "run", 4, config="configs/lm.py:tiny", overrides=(*ADDITION, *DATA(tmp_path), *exits))
+    out = subprocess.run(cli("eval", "--workdir", str(tmp_path / "run")), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "every block: bits per byte" in out.stdout and "exit at 0.9" in out.stdout
+    report = json.loads((tmp_path / "run" / "eval" / "validation-lm-report-step4.json").read_text())
+    points = report["points"]
+    assert [p["threshold"] for p in points] == [None, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99]
+    assert points[0]["blocks_mean"] == 3 and any(p["pareto"] for p in points)
+    for p in points:
+        assert sum(p["blocks_histogram"]) == p["tokens"] == 64 * 13
+        assert 1 <= p["blocks_mean"] <= 3 and p["flops_per_token"] > 0
+        assert [row["difficulty"] for row in p["by_difficulty"]] == sorted(
+            {row["difficulty"] for row in p["by_difficulty"]}
+        )
+    # a token that leaves early skips the blocks (and exits) above it: no point costs more than all blocks
+    assert all(p["flops_per_token"] <= points[0]["flops_per_token"] for p in points)
+    assert (tmp_path / "run" / "eval" / "validation-bits_vs_flops.png").exists()
+    refused = subprocess.run(
+        cli("eval", "--workdir", str(tmp_path / "run"), "--budget", "2"), capture_output=True, text=True, timeout=300
+    )
+    assert refused.returncode != 0 and "applies to classifiers" in refused.stderr

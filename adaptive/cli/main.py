@@ -61,6 +61,20 @@ def _bench(args, overrides: list[str]) -> int:
             repeats=args.repeats,
             tiny=args.tiny,
         )
+    elif args.bench == "lm":
+        from adaptive.bench import lm
+
+        lm.run(
+            width=args.width,
+            layers=args.layers,
+            heads=args.heads,
+            length=args.length,
+            batch=args.batch,
+            capacity=args.capacity,
+            exit_depths=[int(v) for v in args.exit_depths.split(",") if v],
+            repeats=args.repeats,
+            json_out=args.json,
+        )
     elif args.bench == "moe":
         from adaptive.bench import moe
 
@@ -154,7 +168,13 @@ def _print_compute_report(workdir: str, metrics: dict, baselines: list[str]) -> 
 
 
 def _eval(args, overrides: list[str]) -> int:
+    from pathlib import Path
+
     from adaptive.evaluation.budgeted_eval import evaluate_run
+    from adaptive.workdir.config_file import load_config
+
+    if load_config(Path(args.workdir).resolve()).model.kind == "lm":
+        return _eval_lm(args)
 
     metrics, path = evaluate_run(
         args.workdir,
@@ -192,6 +212,29 @@ def _eval(args, overrides: list[str]) -> int:
                 f"{metrics['latency/sla_ms']:g} ms request budget"
             )
     print(f"wrote {path}")
+    return 0
+
+
+def _eval_lm(args) -> int:
+    """`adaptive eval` of a language model: bits per byte at every exit threshold, and where the
+    blocks go."""
+    from adaptive.evaluation.lm_report import evaluate_lm
+    from adaptive.workdir.config_file import RunError
+
+    for flag, value in (("--budget", args.budget), ("--halt", args.halt), ("--latency-batch", args.latency_batch)):
+        if value is not None:
+            raise RunError(f"{flag} applies to classifiers; {args.workdir} holds a language model")
+    if args.baseline:
+        raise RunError(f"--baseline applies to classifiers; {args.workdir} holds a language model")
+    report, path, plots = evaluate_lm(args.workdir, split=args.split, step=args.step)
+    for p in report["points"]:
+        how = "every block" if p["threshold"] is None else f"exit at {p['threshold']:g}"
+        front = " (Pareto)" if p["pareto"] else ""
+        print(
+            f"{how}: bits per byte {p['bits_per_byte']:.4f}, next-token accuracy {p['accuracy']:.4f}, "
+            f"blocks per token {p['blocks_mean']:.2f}, FLOPs per token {p['flops_per_token']:,.0f}{front}"
+        )
+    print(f"wrote {path}" + "".join(f", {p}" for p in plots))
     return 0
 
 

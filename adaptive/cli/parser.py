@@ -175,6 +175,21 @@ def _add_bench(commands) -> None:
     _add_bench_act_train(kinds)
     _add_bench_serve(kinds)
     _add_bench_moe(kinds)
+    _add_bench_lm(kinds)
+
+
+def _add_bench_lm(kinds) -> None:
+    """`adaptive bench lm`: MoD train steps and early exit against their dense and static twins."""
+    lm = kinds.add_parser("lm", help="the language model: MoD train step and early exit vs full, dense and static")
+    lm.add_argument("--json", metavar="OUT", help="write the rows here")
+    lm.add_argument("--width", type=int, default=128)
+    lm.add_argument("--layers", type=int, default=8)
+    lm.add_argument("--heads", type=int, default=4)
+    lm.add_argument("--length", type=int, default=256, help="tokens per sequence")
+    lm.add_argument("--batch", type=int, default=4, help="sequences per batch")
+    lm.add_argument("--capacity", type=float, default=0.125, help="MoD capacity on every other block")
+    lm.add_argument("--exit-depths", default="1,2,4,6", help="comma-separated exits every token leaves at")
+    lm.add_argument("--repeats", type=int, default=10)
 
 
 def _add_bench_depth(kinds) -> None:

@@ -31,10 +31,18 @@ class Run:
     budget: Budget | None = None
 
 
-def load_run(workdir: str | Path, step: int | None = None) -> Run:
-    """The run's model with the parameters of checkpoint `step` (default: the newest usable)."""
+def load_run(workdir: str | Path, step: int | None = None, *, language_model: bool = False) -> Run:
+    """The run's model with the parameters of checkpoint `step` (default: the newest usable).
+
+    The tools that read runs today (eval, export, calibrate, serve) read classifiers: a language
+    model's run is refused in one line unless the caller reads language models."""
     workdir = Path(workdir).resolve()
     cfg = load_config(workdir)
+    if cfg.model.kind == "lm" and not language_model:
+        raise RunError(
+            f"{workdir} holds a language model (model.kind='lm'); this command reads classifiers "
+            "(its training run's evals report bits per byte: DIR/metrics.jsonl)"
+        )
     spec = data.prepare(cfg.data)
     graphdef, params = nnx.split(build_model(cfg, spec), nnx.Param)
     budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)

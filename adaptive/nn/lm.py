@@ -115,19 +115,30 @@ class LanguageModel(nnx.Module):
             h = h + self.position_embed(positions_BxL)
         layers_BxL = jnp.zeros((batch, length), jnp.float32)
         exited_BxL = jnp.zeros((batch, length), bool)
-        exit_logits, exit_scores, chosen_logits = [], [], None
+        exiting = self.exits and exit_threshold is not None
+        # a softmax confidence needs every exit's logits; the others need only the chosen state's
+        need_logits = not exiting or self.confidence in ("max_prob", "margin")
+        exit_logits, exit_scores, chosen_state = [], [], None
         aux, moe_metrics, mod_metrics, experts = 0.0, [], {}, None
         for i, block in enumerate(self.blocks):
-            if i in self.mod_layers:
-                new_h, moe, ran_BxL, mod_aux, rate = self._mod_block(
-                    i, block, h, positions_BxL, train, causal, k_active
+
+            def layer(h, i=i, block=block):
+                if i in self.mod_layers:
+                    return self._mod_block(i, block, h, positions_BxL, train, causal, k_active)
+                new_h, moe = block(h, positions_BxL, train=train, k_active=k_active)
+                return new_h, moe, jnp.ones((batch, length), bool), jnp.float32(0), jnp.float32(1)
+
+            if exiting and i > 0:  # once every token has left, the block is not run at all
+                skipped = jax.tree.map(jnp.zeros_like, jax.eval_shape(layer, h))
+                new_h, moe, ran_BxL, mod_aux, rate = jax.lax.cond(
+                    exited_BxL.all(), lambda h, s=skipped: (h, *s[1:]), layer, h
                 )
+            else:
+                new_h, moe, ran_BxL, mod_aux, rate = layer(h)
+            if i in self.mod_layers:
                 aux = aux + mod_aux
                 mod_metrics[f"mod/selected_{i}"] = rate
-            else:
-                new_h, moe = block(h, positions_BxL, train=train, k_active=k_active)
-                ran_BxL = jnp.ones((batch, length), bool)
-            if exit_threshold is not None:  # CALM's state propagation: an exited token's state is copied up
+            if exiting:  # CALM's state propagation: an exited token's state is copied up
                 new_h = jnp.where(exited_BxL[..., None], h, new_h)
                 ran_BxL = ran_BxL & ~exited_BxL
             layers_BxL = layers_BxL + ran_BxL
@@ -138,19 +149,22 @@ class LanguageModel(nnx.Module):
                 experts = counted if experts is None else experts + counted
             h_before, h = h, new_h
             if self.exits and i < self.num_layers - 1:
-                logits = self.embed.attend(self.exit_norms[i](h))
+                normed = self.exit_norms[i](h)
+                logits = self.embed.attend(normed) if need_logits else None
                 score = self._confidence(i, logits, h, h_before)
-                exit_logits.append(logits)
+                if logits is not None:
+                    exit_logits.append(logits)
                 exit_scores.append(score)
-                if exit_threshold is not None:
+                if exiting:
                     leaving = ~exited_BxL & (score >= exit_threshold)
-                    chosen_logits = (
-                        logits if chosen_logits is None else jnp.where(leaving[..., None], logits, chosen_logits)
+                    chosen_state = (
+                        normed if chosen_state is None else jnp.where(leaving[..., None], normed, chosen_state)
                     )
                     exited_BxL = exited_BxL | leaving
-        final = self.embed.attend(self.final_norm(h))
-        if chosen_logits is not None:
-            final = jnp.where(exited_BxL[..., None], chosen_logits, final)
+        state = self.final_norm(h)
+        if chosen_state is not None:  # the head is linear: reading the chosen state is reading its exit
+            state = jnp.where(exited_BxL[..., None], chosen_state, state)
+        final = self.embed.attend(state)
         metrics = {**_mean_metrics(moe_metrics), **mod_metrics}
         return LMOutput(
             final,

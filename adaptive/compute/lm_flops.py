@@ -1,0 +1,83 @@
+"""Analytic FLOPs per token of the language model (adaptive.nn.lm), XLA's convention.
+
+As in adaptive.compute.flops: a multiply-add is 2 FLOPs, elementwise ops 1 each, transcendentals
+(exp, cos, tanh) none. Attention is priced at the window length `length`: every query is scored
+against every key of its window and the causal mask applied afterwards, as the model computes it,
+so a token's attention costs 4 * length * width (scores and mixing) whatever its position.
+
+`LMFlops.at_blocks(blocks)` is the FLOPs of a token that went through `blocks` full blocks (the
+embedding-side work, the exits it passed and the head included); a MoD block's picked share is
+folded into `per_block_mod` so that `full()` of a MoD model is its expected FLOPs per token.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from adaptive.compute.flops import _dense, _layer_norm, _moe
+
+
+@dataclass(frozen=True)
+class LMFlops:
+    fixed: float  # the final norm and the head (and learned positions' add)
+    per_block: float  # one dense (or MoE) block, for one token
+    per_exit: float  # one exit's norm, confidence and (softmax confidences) head
+    blocks: int
+    exits: int  # exits a token passes when it runs every block
+    mod_blocks: int = 0
+    per_block_mod: float = 0.0  # a MoD block per token of the sequence: router, predictor, picked share
+
+    def at_blocks(self, blocks: float) -> float:
+        """FLOPs of a token that ran `blocks` dense blocks and passed an exit after each but the
+        last (MoD blocks counted at their expected share)."""
+        dense = min(blocks, self.blocks - self.mod_blocks)
+        return (
+            self.fixed
+            + dense * self.per_block
+            + self.mod_blocks * self.per_block_mod
+            + min(blocks, self.exits) * self.per_exit
+        )
+
+    def full(self) -> float:
+        return self.at_blocks(self.blocks)
+
+
+def lm_flops(cfg, length: int, vocab: int, *, batch: int = 1, train: bool = False, exiting: bool = False) -> LMFlops:
+    """The LMFlops of `cfg`'s language model on windows of `length` tokens. `exiting`: inference
+    with a threshold (classifier and saturation confidences then skip the exits' heads)."""
+    width, heads, lm = cfg.model.hidden, cfg.model.num_heads, cfg.lm
+    moe = cfg.moe if cfg.moe.enabled else None
+    head = _dense(width, vocab, bias=False)
+    fixed = _layer_norm(width) + head + (width if lm.positions == "learned" else 0)
+
+    def block(keys: int) -> float:
+        rotary = 6.0 * width if lm.positions == "rotary" else 0.0
+        attention = _dense(width, 3 * width, bias=False) + rotary + 4.0 * keys * width + 7.0 * keys * heads
+        attention += _dense(width, width, bias=False)
+        if moe:
+            ffn = _moe(width, moe, batch * length, train=train, useful=False)[0]
+        else:
+            ffn = _dense(width, 4 * width) + _dense(4 * width, width) + 8.0 * 4 * width
+        return 2 * _layer_norm(width) + attention + ffn + 2.0 * width
+
+    per_exit = 0.0
+    if lm.exits:
+        softmax = lm.confidence in ("max_prob", "margin")
+        confidence = {"classifier": _dense(width, 1), "state_saturation": 6.0 * width}.get(lm.confidence, 4.0 * vocab)
+        per_exit = _layer_norm(width) + confidence + (head if softmax or not exiting else 0.0)
+    mod_blocks = [i for i in range(cfg.model.depth) if lm.mod_capacity > 0 and i % lm.mod_every == lm.mod_every - 1]
+    per_block_mod = 0.0
+    if mod_blocks:
+        picked = max(1, math.ceil(lm.mod_capacity * length))
+        router = _dense(width, 1) + _dense(width, max(8, width // 4)) + _dense(max(8, width // 4), 1)
+        per_block_mod = router + picked / length * (block(picked) + 3.0 * width)  # + scaling the update
+    return LMFlops(
+        fixed=float(fixed),
+        per_block=float(block(length)),
+        per_exit=float(per_exit),
+        blocks=cfg.model.depth,
+        exits=cfg.model.depth - 1 if lm.exits else 0,
+        mod_blocks=len(mod_blocks),
+        per_block_mod=float(per_block_mod),
+    )

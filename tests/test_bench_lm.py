@@ -1,0 +1,31 @@
+"""`adaptive bench lm` end to end on a tiny model: its rows and its calibration."""
+
+import pytest
+
+from adaptive.bench import lm
+
+
+def test_bench_lm_times_mod_training_and_early_exit_side_by_side(tmp_path):
+    rows = lm.run(
+        width=16,
+        layers=4,
+        heads=2,
+        length=16,
+        batch=2,
+        capacity=0.25,
+        exit_depths=[1, 2],
+        repeats=2,
+        json_out=str(tmp_path / "lm.json"),
+    )
+    variants = [r["variant"] for r in rows]
+    assert len(rows) == 3 + 2 * 2 and (tmp_path / "lm.json").exists()
+    assert variants[0].endswith("full") and "MoD 0.25" in variants[1] and "dense of equal FLOPs" in variants[2]
+    assert rows[0]["ratio"] == 1.0 and all(r["ms"] > 0 and r["tokens"] == 32 for r in rows)
+    # every other block at 4 of 16 tokens: (2 + 2 * 0.25) / 4 of the blocks' work
+    assert rows[1]["flops_fraction"] == pytest.approx(0.625)
+    assert "exit 1" in variants[4] and rows[4]["ratio"] == pytest.approx(rows[4]["ms"] / rows[3]["ms"])
+
+
+def test_an_exit_depth_past_the_last_exit_is_refused():
+    with pytest.raises(ValueError, match="exit depth 4"):
+        lm.run(width=16, layers=4, heads=2, length=8, batch=1, capacity=0.25, exit_depths=[4], repeats=1, json_out=None)
