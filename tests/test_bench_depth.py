@@ -20,6 +20,16 @@ def test_bench_depth_times_the_three_loops_of_the_mixed_row_with_the_same_answer
     for key in ("adaptive_ms", "whole_batch_ms", "host_chain_ms", "static_ms", "slowest_ms"):
         assert mixed[key] > 0
     assert (tmp_path / "d.json").exists()
+    assert mixed["rounds"] == 1 and "ratio_low" not in mixed
+
+
+def test_rounds_give_every_ratio_and_its_interval(tmp_path):
+    rows = depth.run(kind="mlp", hidden=16, cap=4, depths=[1], batches=[16], repeats=2, n_in=8, json_out=None, rounds=3)
+    mixed = rows[-1]
+    for name in ("ratio", "whole_batch_ratio", "host_chain_ratio"):
+        values = mixed[f"{name}_rounds"]
+        assert len(values) == 3 and mixed[name] == sorted(values)[1]  # the median round
+        assert mixed[f"{name}_low"] <= sum(values) / 3 <= mixed[f"{name}_high"]
 
 
 def test_a_static_model_has_no_halting_loop():

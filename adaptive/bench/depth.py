@@ -16,12 +16,16 @@ executables per batch size could: `host_chain_ms`, `host_chain_ratio`). The stat
 the mean depth is timed at the two depths around it and interpolated (its time is linear in
 depth), so a mean of 10.5 is not compared with depth 10. `waiting_fraction` is the share of the
 whole-batch loop's time spent after the average example would have finished: 1 - static(mean
-d) / whole batch.
+d) / whole batch. With `rounds` > 1 the mixed row is timed that many times (each round its own
+interleaved medians): its ratios are the medians over rounds, and `*_ratio_rounds`, `*_low`,
+`*_high` give every round's ratio and the 95% t-interval of their mean, since a machine whose
+speed drifts between runs moves a single ratio by several percent.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +35,7 @@ from flax import nnx
 from adaptive import config as config_lib
 from adaptive.bench.results import write_json
 from adaptive.compute.timing import time_side_by_side
+from adaptive.evaluation.intervals import mean_interval
 from adaptive.evaluation.tables import print_table
 from adaptive.nn.compaction import bucket_sizes, run_segment, running_first
 from adaptive.nn.models import build_model
@@ -86,7 +91,10 @@ def run(
     repeats: int,
     n_in: int,
     json_out: str | None,
+    rounds: int = 1,
 ) -> list[dict]:
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be >= 1")
     act_graph, act_params = _model(kind, hidden, "act", cap, n_in)
     infer = jax.jit(lambda p, x, b: nnx.merge(act_graph, p).infer(x, b))
     rows = []
@@ -120,7 +128,9 @@ def run(
         if batch > 1:
             whole = jax.jit(lambda p, x, b: nnx.merge(act_graph, p).infer(x, b, compact=False))
             host = _host_chain(act_graph, cap, batch)
-            rows.append(_mixed_row(kind, hidden, cap, batch, n_in, x, (infer, whole, host), act_params, repeats))
+            rows.append(
+                _mixed_row(kind, hidden, cap, batch, n_in, x, (infer, whole, host), act_params, repeats, rounds)
+            )
     print_table(rows, COLUMNS)
     write_json(json_out, rows)
     return rows
@@ -157,7 +167,7 @@ def _host_chain(graph, cap: int, batch: int):
     return run
 
 
-def _mixed_row(kind, hidden, cap, batch, n_in, x, infers, act_params, repeats) -> dict:
+def _mixed_row(kind, hidden, cap, batch, n_in, x, infers, act_params, repeats, rounds) -> dict:
     compacted, whole, host = infers
     budgets = jnp.asarray(np.random.default_rng(1).integers(1, cap + 1, batch), jnp.int32)
     never_halt = {
@@ -178,18 +188,33 @@ def _mixed_row(kind, hidden, cap, batch, n_in, x, infers, act_params, repeats) -
     a, b, c = (f(never_halt, x, budgets) for f in (compacted, whole, host))
     assert np.array_equal(a.logits_BxC, b.logits_BxC), "compaction changed the outputs"
     assert np.array_equal(c.logits_BxC, b.logits_BxC), "host-side compaction changed the outputs"
-    ms = time_side_by_side(
-        {
-            "adaptive": lambda: compacted(never_halt, x, budgets),
-            "whole_batch": lambda: whole(never_halt, x, budgets),
-            "host_chain": lambda: host(never_halt, x, budgets),
-            "static_below": lambda: f_below(at_below[1], x),
-            "static_above": lambda: f_above(at_above[1], x),
-            "slowest": lambda: f_max(at_max[1], x),
-        },
-        repeats=repeats,
-    )
-    ms["static"] = ms["static_below"] + (mean_d - below) * (ms["static_above"] - ms["static_below"])
+    calls = {
+        "adaptive": lambda: compacted(never_halt, x, budgets),
+        "whole_batch": lambda: whole(never_halt, x, budgets),
+        "host_chain": lambda: host(never_halt, x, budgets),
+        "static_below": lambda: f_below(at_below[1], x),
+        "static_above": lambda: f_above(at_above[1], x),
+        "slowest": lambda: f_max(at_max[1], x),
+    }
+    per_round = []
+    for _ in range(rounds):  # each round its own interleaved medians: the machine drifts between them
+        ms = time_side_by_side(calls, repeats=repeats)
+        ms["static"] = ms["static_below"] + (mean_d - below) * (ms["static_above"] - ms["static_below"])
+        per_round.append(ms)
+    ms = {key: statistics.median(r[key] for r in per_round) for key in per_round[0]}
+    ratios = {
+        name: [r[key] / r["static"] for r in per_round]
+        for name, key in (
+            ("ratio", "adaptive"),
+            ("whole_batch_ratio", "whole_batch"),
+            ("host_chain_ratio", "host_chain"),
+        )
+    }
+    spread = {}
+    if rounds > 1:
+        for name, values in ratios.items():
+            interval = mean_interval(values)
+            spread.update({f"{name}_rounds": values, f"{name}_low": interval.low, f"{name}_high": interval.high})
     return {
         "kind": kind,
         "hidden": hidden,
@@ -197,12 +222,14 @@ def _mixed_row(kind, hidden, cap, batch, n_in, x, infers, act_params, repeats) -
         "d": f"mixed(mean {mean_d:.1f}, max {max_d})",
         "adaptive_ms": ms["adaptive"],
         "static_ms": ms["static"],
-        "ratio": ms["adaptive"] / ms["static"],
+        "ratio": statistics.median(ratios["ratio"]),
         "whole_batch_ms": ms["whole_batch"],
-        "whole_batch_ratio": ms["whole_batch"] / ms["static"],
+        "whole_batch_ratio": statistics.median(ratios["whole_batch_ratio"]),
         "host_chain_ms": ms["host_chain"],
-        "host_chain_ratio": ms["host_chain"] / ms["static"],
+        "host_chain_ratio": statistics.median(ratios["host_chain_ratio"]),
         "static_depths": [below, above],
         "slowest_ms": ms["slowest"],
         "waiting_fraction": 1.0 - ms["static"] / ms["whole_batch"],
+        "rounds": rounds,
+        **spread,
     }

@@ -44,6 +44,7 @@ def _bench(args, overrides: list[str]) -> int:
             repeats=args.repeats,
             n_in=args.inputs,
             json_out=args.json,
+            rounds=args.rounds,
         )
     elif args.bench == "serve":
         from adaptive.bench import serve

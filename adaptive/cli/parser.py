@@ -203,6 +203,9 @@ def _add_bench_depth(kinds) -> None:
     depth.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
     depth.add_argument("--inputs", type=int, default=16, help="input width (parity n)")
     depth.add_argument("--repeats", type=int, default=300)
+    depth.add_argument(
+        "--rounds", type=int, default=1, help="time the mixed row this many times; report medians and an interval"
+    )
 
 
 def _add_bench_act_train(kinds) -> None:
