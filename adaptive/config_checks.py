@@ -148,8 +148,6 @@ def _sequence_rules(cfg: Any) -> None:
             f"config key 'halting.policy' is {cfg.halting.policy!r}; a language model's adaptive depth is "
             "lm.exits or lm.mod_capacity (halting per position is not built for model.kind='lm')"
         )
-    if cfg.budget.target is not None or cfg.budget.requests:
-        raise ConfigError("config key 'budget.target' is set; budgets for model.kind='lm' are not built yet")
 
 
 def _router_gets_a_gradient(moe: Any) -> None:

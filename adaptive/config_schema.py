@@ -169,6 +169,8 @@ class BudgetConfig:
     >= 0 and the penalty is (max(0, lambda + weight * g)^2 - lambda^2) / (2 * weight), zero
     pressure once under budget with lambda at 0. `two_sided` uses lambda * g + weight / 2 * g^2
     instead and lands on the target. E[c] is differentiable through the halting distribution.
+    A language model's budget is per token (steps = blocks run, flops or macs), priced as decoding
+    spends them (adaptive.training.lm_budget).
     """
 
     unit: str = _f("steps", choices=BUDGET_UNITS)

@@ -95,7 +95,6 @@ def test_a_resumed_lm_run_ends_where_an_uninterrupted_one_does(tmp_path):
         (("--config.model.kind=mlp",), "sequence task"),
         (("--config.data.name=parity",), "not a sequence task"),
         (("--config.halting.policy=act",), "halting.policy"),
-        (("--config.budget.target=2",), "budget"),
         (("--config.model.num_heads=3",), "num_heads"),
         (("--config.lm.confidence=entropy",), "lm.confidence"),
     ],

@@ -12,6 +12,11 @@ and its multiplier stays >= 0, so a model that needs less than the budget pays n
 
 Request budgets (one value, or a distribution over requests) become step caps: the most steps
 whose compute fits, with every expert a token may use counted, so a cap holds for any routing.
+
+A language model's budget is per token (`Budget.tokens`, its LMFlops): blocks run (`steps`),
+FLOPs or MACs, priced as decoding spends them (exits at the configured threshold, MoD blocks
+routed by their causal predictor, top-p experts as routed); adaptive.training.lm_budget turns
+a training forward pass into those tokens' expected and realized compute.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import jax.numpy as jnp
 
 from adaptive.compute.costmodel import CostModel, fingerprint
 from adaptive.compute.flops import FlopsModel, flops_model
+from adaptive.compute.lm_flops import LMFlops, lm_flops
 from adaptive.config import ConfigError, step_cap
 
 
@@ -40,6 +46,7 @@ class Budget:
     request_steps: tuple[int, ...] = ()  # each request budget as a step cap
     request_probs: tuple[float, ...] = ()  # how often each occurs
     two_sided: bool = False  # lagrangian only: E[c] = target instead of E[c] <= target
+    tokens: LMFlops | None = None  # a language model's: compute is per token, priced block by block
 
     @classmethod
     def from_config(cls, cfg, input_shape: tuple[int, ...], num_classes: int) -> Budget | None:
@@ -51,6 +58,8 @@ class Budget:
             raise ConfigError(
                 f"config key 'budget.two_sided' needs budget.penalty=lagrangian; penalty is {b.penalty!r}"
             )
+        if cfg.model.kind == "lm":
+            return cls._per_token(cfg, input_shape[0], num_classes)
         if b.requests and cfg.halting.policy == "none":
             raise ConfigError("config key 'budget.requests' needs an adaptive model; halting.policy is 'none'")
         flops = flops_model(cfg, input_shape, num_classes, batch=batch, train=True)
@@ -97,6 +106,43 @@ class Budget:
         caps = tuple(budget.steps_within(v, cap) for v in b.requests)
         probs = tuple(float(w) / sum(weights) for w in weights)
         return dataclasses.replace(budget, request_steps=caps, request_probs=probs)
+
+    @classmethod
+    def _per_token(cls, cfg, length: int, vocab: int) -> Budget:
+        """A language model's budget per token, refused in one line where nothing can meet it."""
+        b, lm = cfg.budget, cfg.lm
+        if b.requests:
+            raise ConfigError("config key 'budget.requests' is set; per-request caps for model.kind='lm' are not built")
+        if b.unit not in ("steps", "flops", "macs"):
+            raise ConfigError(f"config key 'budget.unit' is {b.unit!r}; a language model's is steps, flops or macs")
+        tokens = lm_flops(cfg, length, vocab, batch=cfg.train.eval_batch_size, exiting=lm.exits)
+        if not (lm.exits or tokens.mod_layers or tokens.dynamic_experts):
+            raise ConfigError(
+                "config key 'budget.target' is set; a language model spends a fixed compute per token "
+                "unless lm.exits, lm.mod_capacity or moe.router=top_p lets it vary"
+            )
+        target = float(b.target)
+        flops = FlopsModel(fixed=tokens.fixed, per_step=tokens.per_block, halting_per_step=tokens.per_exit)
+        budget = cls(b.unit, target, b.penalty, b.weight, b.dual_lr, flops, two_sided=b.two_sided, tokens=tokens)
+        least, most = tokens.extremes(lm.exits)
+        if b.unit == "steps":
+            least = 1.0 if lm.exits else float(cfg.model.depth - len(tokens.mod_layers))
+            most = float(cfg.model.depth)
+        elif b.unit == "macs":
+            least, most = least / 2.0, most / 2.0
+        if not (target > 0 and least <= target <= most):
+            raise ConfigError(
+                f"config key 'budget.target' is {b.target!r} {b.unit}; this language model spends {least:g} "
+                f"to {most:g} {b.unit} per token"
+            )
+        return budget
+
+    def of_tokens(self, reached_NxBxL, ran_NxBxL, experts_NxBxL=None):
+        """A language model's compute per token in this budget's unit (differentiable)."""
+        if self.unit == "steps":
+            return ran_NxBxL.sum(0)
+        flops = self.tokens.of_tokens(reached_NxBxL, ran_NxBxL, experts_NxBxL)
+        return flops / 2.0 if self.unit == "macs" else flops
 
     def steps_within(self, value: float, cap: int) -> int:
         """The most steps (1..cap) whose compute, with every expert counted, is at most `value`.

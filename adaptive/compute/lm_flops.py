@@ -8,12 +8,18 @@ so a token's attention costs 4 * length * width (scores and mixing) whatever its
 `LMFlops.at_blocks(blocks)` is the FLOPs of a token that went through `blocks` full blocks (the
 embedding-side work, the exits it passed and the head included); a MoD block's picked share is
 folded into `per_block_mod` so that `full()` of a MoD model is its expected FLOPs per token.
+`LMFlops.of_tokens(reached, ran, experts)` prices what each token spent block by block (the
+model's `LMOutput` fields, or their differentiable expectations for a budget's penalty): a block
+a token reached costs its exit and MoD router; one it ran costs its attention and feed-forward;
+top-p experts are counted as routed.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from adaptive.compute.flops import _dense, _layer_norm, _moe
 
@@ -27,6 +33,13 @@ class LMFlops:
     exits: int  # exits a token passes when it runs every block
     mod_blocks: int = 0
     per_block_mod: float = 0.0  # a MoD block per token of the sequence: router, predictor, picked share
+    mod_layers: tuple[int, ...] = ()
+    # block by block: what reaching it costs (its exit, its MoD router), and running it
+    reach_costs: tuple[float, ...] = ()
+    run_costs: tuple[float, ...] = ()
+    expert_pass: float = 0.0  # one expert applied to one token
+    experts_per_block: float = 0.0  # expert applications counted in a block's run cost
+    dynamic_experts: bool = False  # top-p: counted as routed, token by token
 
     def at_blocks(self, blocks: float) -> float:
         """FLOPs of a token that ran `blocks` dense blocks and passed an exit after each but the
@@ -41,6 +54,31 @@ class LMFlops:
 
     def full(self) -> float:
         return self.at_blocks(self.blocks)
+
+    def of_tokens(self, reached_NxBxL, ran_NxBxL, experts_NxBxL=None):
+        """FLOPs of each token (B x L) from what it reached and ran block by block (0/1, or
+        expected values: differentiable under jax), and its expert applications per block."""
+        reach = self._column(self.reach_costs, reached_NxBxL)
+        run = self._column(self.run_costs, ran_NxBxL)
+        total = self.fixed + (reached_NxBxL * reach).sum(0) + (ran_NxBxL * run).sum(0)
+        if experts_NxBxL is None or not self.dynamic_experts:
+            return total
+        return total + ((experts_NxBxL - ran_NxBxL * self.experts_per_block) * self.expert_pass).sum(0)
+
+    def extremes(self, exits: bool) -> tuple[float, float]:
+        """(the least, the most) FLOPs a token can cost: with exits it may leave after the first
+        block, MoD blocks may skip it, top-p routers may give it one expert per block."""
+        n = self.blocks
+        reached = np.array([1.0] + [0.0 if exits else 1.0] * (n - 1)).reshape(n, 1, 1)
+        ran = reached * np.array([0.0 if i in self.mod_layers else 1.0 for i in range(n)]).reshape(n, 1, 1)
+        fewest = ran * (1.0 if self.dynamic_experts else self.experts_per_block)
+        ones = np.ones((n, 1, 1))
+        least = self.of_tokens(reached, ran, fewest)[0, 0]
+        return float(least), float(self.of_tokens(ones, ones, ones * self.experts_per_block)[0, 0])
+
+    @staticmethod
+    def _column(costs, like):
+        return np.asarray(costs, np.float32).reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 def lm_flops(cfg, length: int, vocab: int, *, batch: int = 1, train: bool = False, exiting: bool = False) -> LMFlops:
@@ -67,11 +105,14 @@ def lm_flops(cfg, length: int, vocab: int, *, batch: int = 1, train: bool = Fals
         confidence = {"classifier": _dense(width, 1), "state_saturation": 6.0 * width}.get(lm.confidence, 4.0 * vocab)
         per_exit = _layer_norm(width) + confidence + (head if softmax or not exiting else 0.0)
     mod_blocks = [i for i in range(cfg.model.depth) if lm.mod_capacity > 0 and i % lm.mod_every == lm.mod_every - 1]
-    per_block_mod = 0.0
+    per_block_mod, router, mod_run = 0.0, 0.0, 0.0
     if mod_blocks:
         picked = max(1, math.ceil(lm.mod_capacity * length))
         router = _dense(width, 1) + _dense(width, max(8, width // 4)) + _dense(max(8, width // 4), 1)
-        per_block_mod = router + picked / length * (block(picked) + 3.0 * width)  # + scaling the update
+        mod_run = block(picked) + 3.0 * width  # + scaling the update
+        per_block_mod = router + picked / length * mod_run
+    depth = cfg.model.depth
+    passes, expert_pass = _moe(width, moe, batch * length, train=train, useful=False)[1:] if moe else (0.0, 0.0)
     return LMFlops(
         fixed=float(fixed),
         per_block=float(block(length)),
@@ -80,4 +121,13 @@ def lm_flops(cfg, length: int, vocab: int, *, batch: int = 1, train: bool = Fals
         exits=cfg.model.depth - 1 if lm.exits else 0,
         mod_blocks=len(mod_blocks),
         per_block_mod=float(per_block_mod),
+        mod_layers=tuple(mod_blocks),
+        reach_costs=tuple(
+            float((router if i in mod_blocks else 0.0) + (per_exit if lm.exits and i < depth - 1 else 0.0))
+            for i in range(depth)
+        ),
+        run_costs=tuple(float(mod_run if i in mod_blocks else block(length)) for i in range(depth)),
+        expert_pass=float(expert_pass),
+        experts_per_block=float(passes),
+        dynamic_experts=moe is not None and moe.router == "top_p",
     )

@@ -67,6 +67,8 @@ def score_split(
     }
     if "bytes" in totals:  # a language model: its loss in bits per byte of text
         metrics["eval/bits_per_byte"] = float(totals["byte_loss"]) / max(float(totals["bytes"]), 1.0) / math.log(2.0)
+    if "flops" in totals:  # a language model: the FLOPs each token spent, as decoding prices them
+        metrics["eval/flops_per_token"] = float(totals["flops"]) / n
     if cfg.data.name in ("parity", "addition"):
         counts = totals["count_by_difficulty"]
         for key, name in (("correct_by_difficulty", "accuracy"), ("steps_by_difficulty", "steps")):

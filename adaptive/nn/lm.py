@@ -20,8 +20,9 @@ head tied to the embedding. Each mechanism is switched on by its own argument:
 - **Experts**: `moe_cfg` makes every block's feed-forward the framework's MoE layer.
 
 `__call__` returns an `LMOutput`; `layers_BxL` counts the blocks each token went through (a
-MoD block a token skipped, or blocks above its exit, are not counted): the model's realized
-compute per token.
+MoD block a token skipped, or blocks above its exit, are not counted), and `reached_NxBxL` /
+`ran_NxBxL` / `experts_NxBxL` say block by block what it spent: the model's realized compute
+per token, which adaptive.compute.lm_flops prices.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ class LMOutput(NamedTuple):
     aux_loss: jax.Array | float = 0.0  # MoE load balance and z-losses, MoD predictor loss
     metrics: dict | None = None
     experts_BxL: jax.Array | None = None  # expert applications per token (MoE only)
+    # Block by block (N = blocks), float32 0/1: the token had not exited before the block (its
+    # MoD router, its exit ran), and the block's attention and feed-forward ran for it.
+    reached_NxBxL: jax.Array | None = None
+    ran_NxBxL: jax.Array | None = None
+    experts_NxBxL: jax.Array | None = None  # expert applications per block (MoE only)
+    soft_experts_NxBxL: jax.Array | None = None  # the same, differentiable through top-p routers
+    mod_logits_MxBxL: jax.Array | None = None  # each MoD block's causal predictor (logit of "runs")
 
 
 class LanguageModel(nnx.Module):
@@ -120,33 +128,40 @@ class LanguageModel(nnx.Module):
         need_logits = not exiting or self.confidence in ("max_prob", "margin")
         exit_logits, exit_scores, chosen_state = [], [], None
         aux, moe_metrics, mod_metrics, experts = 0.0, [], {}, None
+        reached, ran, block_experts, soft_experts, mod_logits = [], [], [], [], []
         for i, block in enumerate(self.blocks):
 
             def layer(h, i=i, block=block):
                 if i in self.mod_layers:
                     return self._mod_block(i, block, h, positions_BxL, train, causal, k_active)
                 new_h, moe = block(h, positions_BxL, train=train, k_active=k_active)
-                return new_h, moe, jnp.ones((batch, length), bool), jnp.float32(0), jnp.float32(1)
+                ones = jnp.ones((batch, length), bool)
+                return new_h, moe, ones, jnp.float32(0), jnp.float32(1), jnp.zeros((batch, length))
 
             if exiting and i > 0:  # once every token has left, the block is not run at all
                 skipped = jax.tree.map(jnp.zeros_like, jax.eval_shape(layer, h))
-                new_h, moe, ran_BxL, mod_aux, rate = jax.lax.cond(
+                new_h, moe, ran_BxL, mod_aux, rate, predicted = jax.lax.cond(
                     exited_BxL.all(), lambda h, s=skipped: (h, *s[1:]), layer, h
                 )
             else:
-                new_h, moe, ran_BxL, mod_aux, rate = layer(h)
+                new_h, moe, ran_BxL, mod_aux, rate, predicted = layer(h)
             if i in self.mod_layers:
                 aux = aux + mod_aux
                 mod_metrics[f"mod/selected_{i}"] = rate
+                mod_logits.append(predicted)
+            reached.append((~exited_BxL).astype(jnp.float32))
             if exiting:  # CALM's state propagation: an exited token's state is copied up
                 new_h = jnp.where(exited_BxL[..., None], h, new_h)
                 ran_BxL = ran_BxL & ~exited_BxL
             layers_BxL = layers_BxL + ran_BxL
+            ran.append(ran_BxL.astype(jnp.float32))
             if moe is not None:
                 aux = aux + moe.aux_loss
                 moe_metrics.append(moe.metrics)
                 counted = jnp.where(ran_BxL, moe.experts_T.reshape(batch, length), 0)
                 experts = counted if experts is None else experts + counted
+                block_experts.append(counted.astype(jnp.float32))
+                soft_experts.append(jnp.where(ran_BxL, moe.soft_experts_T.reshape(batch, length), 0.0))
             h_before, h = h, new_h
             if self.exits and i < self.num_layers - 1:
                 normed = self.exit_norms[i](h)
@@ -174,6 +189,11 @@ class LanguageModel(nnx.Module):
             aux,
             metrics,
             experts,
+            jnp.stack(reached),
+            jnp.stack(ran),
+            jnp.stack(block_experts) if block_experts else None,
+            jnp.stack(soft_experts) if soft_experts else None,
+            jnp.stack(mod_logits) if mod_logits else None,
         )
 
     def _confidence(self, i: int, logits_BxLxV, h_BxLxD, h_before_BxLxD) -> jax.Array:
@@ -192,7 +212,7 @@ class LanguageModel(nnx.Module):
 
     def _mod_block(self, i, block, h, positions_BxL, train, causal, k_active):
         """A Mixture-of-Depths block: (state, MoE output, which tokens ran it, the predictor's
-        loss, the share of tokens that ran it)."""
+        loss, the share of tokens that ran it, the predictor's logits)."""
         batch, length, _ = h.shape
         weights_BxL, predicted_BxL = self.routers[str(i)](h)
         capacity = max(1, math.ceil(self.mod_capacity * length))
@@ -205,7 +225,7 @@ class LanguageModel(nnx.Module):
             chosen_BxL = predicted_BxL > 0
             out, moe = block(h, positions_BxL, keys_BxL=chosen_BxL, train=train, k_active=k_active)
             new_h = jnp.where(chosen_BxL[..., None], h + weights_BxL[..., None] * (out - h), h)
-            return new_h, moe, chosen_BxL, predictor_loss, chosen_BxL.mean()
+            return new_h, moe, chosen_BxL, predictor_loss, chosen_BxL.mean(), predicted_BxL
         rows = jnp.arange(batch)[:, None]
         picked_h, picked_pos = h[rows, top_BxK], positions_BxL[rows, top_BxK]
         out, moe = block(picked_h, picked_pos, train=train, k_active=k_active)
@@ -216,8 +236,14 @@ class LanguageModel(nnx.Module):
                 .at[rows, top_BxK]
                 .set(moe.experts_T.reshape(batch, capacity))
             )
-            moe = moe._replace(experts_T=counted.reshape(-1))
-        return h.at[rows, top_BxK].set(update), moe, in_top_BxL, predictor_loss, in_top_BxL.mean()
+            soft = (
+                jnp.zeros((batch, length), moe.soft_experts_T.dtype)
+                .at[rows, top_BxK]
+                .set(moe.soft_experts_T.reshape(batch, capacity))
+            )
+            moe = moe._replace(experts_T=counted.reshape(-1), soft_experts_T=soft.reshape(-1))
+        new_h = h.at[rows, top_BxK].set(update)
+        return new_h, moe, in_top_BxL, predictor_loss, in_top_BxL.mean(), predicted_BxL
 
 
 def _mean_metrics(per_layer: list[dict | None]) -> dict:

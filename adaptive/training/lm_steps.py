@@ -19,14 +19,18 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from adaptive.compute.budget import Budget
+from adaptive.compute.lm_flops import LMFlops
 from adaptive.data.byte_vocab import BOS
 from adaptive.nn.lm import LMOutput
+from adaptive.training import lm_budget
 
 LN2 = math.log(2.0)
 
 
-def lm_loss(out: LMOutput, targets_BxL: jax.Array, classifier: bool) -> tuple[jax.Array, dict]:
-    """(the training objective, its metrics) of one batch."""
+def lm_loss(out: LMOutput, targets_BxL: jax.Array, classifier: bool, budget_terms=None) -> tuple[jax.Array, dict]:
+    """(the training objective, its metrics) of one batch; `budget_terms` the budget's penalty
+    and its metrics (adaptive.training.lm_budget), or None."""
     ce_BxL = optax.softmax_cross_entropy_with_integer_labels(out.logits_BxLxV.astype(jnp.float32), targets_BxL)
     final = ce_BxL.mean()
     task, extra = final, {}
@@ -44,42 +48,55 @@ def lm_loss(out: LMOutput, targets_BxL: jax.Array, classifier: bool) -> tuple[ja
             bce = -jnp.where(jax.lax.stop_gradient(agrees), jnp.log(scores), jnp.log1p(-scores)).mean()
             task = task + bce
             extra["exit_classifier_loss"] = bce
+    penalty, budget_metrics = budget_terms if budget_terms is not None else (0.0, {})
     byte_BxL = (targets_BxL < BOS).astype(jnp.float32)
     metrics = {
-        "loss": task + out.aux_loss,
+        "loss": task + out.aux_loss + penalty,
         "task_loss": task,
         "bits_per_byte": (ce_BxL * byte_BxL).sum() / jnp.maximum(byte_BxL.sum(), 1.0) / LN2,
         "accuracy": (out.logits_BxLxV.argmax(-1) == targets_BxL).mean(),
         "steps_mean": out.layers_BxL.mean(),  # blocks per token
         **extra,
         **(out.metrics or {}),
+        **budget_metrics,
     }
-    return task + out.aux_loss, metrics
+    return task + out.aux_loss + penalty, metrics
 
 
-def loss_fn_of(cfg, spec, graphdef: nnx.GraphDef) -> Callable | None:
+def loss_fn_of(cfg, spec, graphdef: nnx.GraphDef, budget: Budget | None = None) -> Callable | None:
     """The language model's `loss_fn` for a sequence task's run, None for a classifier's (whose
     objective `steps` builds from the halting policy)."""
     if not spec.sequence:
         return None
-    return make_loss_fn(graphdef, classifier=cfg.lm.exits and cfg.lm.confidence == "classifier")
+    classifier = cfg.lm.exits and cfg.lm.confidence == "classifier"
+    return make_loss_fn(graphdef, classifier, budget, cfg.lm.exit_threshold if cfg.lm.exits else None)
 
 
-def make_loss_fn(graphdef: nnx.GraphDef, classifier: bool) -> Callable:
-    """`loss_fn(params, batch, multiplier, key)` as `steps.make_train_step` calls it."""
+def make_loss_fn(
+    graphdef: nnx.GraphDef, classifier: bool, budget: Budget | None = None, exit_threshold: float | None = None
+) -> Callable:
+    """`loss_fn(params, batch, multiplier, key)` as `steps.make_train_step` calls it; with a
+    budget, its penalty on the FLOPs per token decoding would spend at `exit_threshold`."""
 
     def loss_fn(params, batch, multiplier, key):
-        out = nnx.merge(graphdef, params)(batch["x"], train=True)
-        return lm_loss(out, batch["y"], classifier)
+        model = nnx.merge(graphdef, params)
+        out = model(batch["x"], train=True)
+        terms = None
+        if budget is not None and budget.target is not None:
+            terms = lm_budget.budget_terms(out, budget, multiplier, exit_threshold, model.mod_layers)
+        return lm_loss(out, batch["y"], classifier, terms)
 
     return loss_fn
 
 
-def make_eval_step(graphdef: nnx.GraphDef, max_difficulty: int, exit_threshold: float | None) -> Callable:
+def make_eval_step(
+    graphdef: nnx.GraphDef, max_difficulty: int, exit_threshold: float | None, tokens: LMFlops | None = None
+) -> Callable:
     """`eval_step(params, batch, budget) -> sums` over the real rows' tokens, as
     `scoring.score_split` reads them (`budget` is a classifier's step budget: unused). Tokens
     exit at `exit_threshold` (None: every block) and MoD blocks route causally, as decoding would.
-    Per-difficulty sums cover the tokens that have a difficulty (addition's answer digits)."""
+    Per-difficulty sums cover the tokens that have a difficulty (addition's answer digits).
+    `tokens` given, the FLOPs each token spent are summed too (`flops`)."""
 
     def eval_step(params: dict, batch: dict, budget: jax.Array) -> dict:
         out = nnx.merge(graphdef, params)(batch["x"], train=False, exit_threshold=exit_threshold)
@@ -92,7 +109,11 @@ def make_eval_step(graphdef: nnx.GraphDef, max_difficulty: int, exit_threshold: 
         bucket = jnp.clip(batch["difficulty"], 0, max_difficulty)
         by_difficulty = lambda v: jnp.zeros(max_difficulty + 1).at[bucket].add(v * graded)  # noqa: E731
         experts = jnp.zeros(()) if out.experts_BxL is None else (out.experts_BxL * real).sum()
+        spent = {}
+        if tokens is not None:
+            spent["flops"] = (tokens.of_tokens(out.reached_NxBxL, out.ran_NxBxL, out.experts_NxBxL) * real).sum()
         return {
+            **spent,
             "loss": (ce * real).sum(),
             "correct": correct.sum(),
             "count": real.sum(),

@@ -24,7 +24,7 @@ def restore_state(workdir: str | Path, step: int | None = None) -> tuple[Run, di
     graphdef, params = nnx.split(build_model(cfg, spec), nnx.Param)
     tx = make_optimizer(cfg.optim, cfg.train.steps)
     budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)
-    loss_fn = lm_steps.loss_fn_of(cfg, spec, graphdef)
+    loss_fn = lm_steps.loss_fn_of(cfg, spec, graphdef, budget)
     like = steps.init_state(
         graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget, cfg.train.batch_size, loss_fn
     )

@@ -25,6 +25,7 @@ from flax import nnx
 from adaptive import config as config_lib
 from adaptive import data
 from adaptive.compute.budget import Budget
+from adaptive.compute.lm_flops import lm_flops
 from adaptive.inference.scoring import score_split
 from adaptive.nn.models import build_model
 from adaptive.training import lm_steps, parallel, steps
@@ -126,10 +127,13 @@ def _build_loop(cfg: config_lib.Config, model, spec: data.DatasetSpec, budget: B
     """The fresh train state (laid out on the mesh) and the loop with its jitted steps."""
     graphdef, params = nnx.split(model, nnx.Param)
     tx = make_optimizer(cfg.optim, cfg.train.steps)
-    loss_fn, eval_step = lm_steps.loss_fn_of(cfg, spec, graphdef), steps.make_eval_step(graphdef, spec.max_difficulty)
-    if spec.sequence:  # the language model's sums
+    loss_fn = lm_steps.loss_fn_of(cfg, spec, graphdef, budget)
+    eval_step = steps.make_eval_step(graphdef, spec.max_difficulty)
+    if spec.sequence:  # the language model's sums, with the FLOPs each token spent
+        batch, exits = cfg.train.eval_batch_size, cfg.lm.exits
+        tokens = lm_flops(cfg, spec.input_shape[0], spec.num_classes, batch=batch, exiting=exits)
         eval_step = lm_steps.make_eval_step(
-            graphdef, spec.max_difficulty, cfg.lm.exit_threshold if cfg.lm.exits else None
+            graphdef, spec.max_difficulty, cfg.lm.exit_threshold if exits else None, tokens
         )
     state = steps.init_state(
         graphdef, nnx.to_pure_dict(params), tx, cfg.halting, spec.input_shape, budget, cfg.train.batch_size, loss_fn
