@@ -28,8 +28,21 @@ class Spec:
         ["--config.lm.exits=true", "--config.lm.confidence=classifier"],
         ["--config.lm.mod_capacity=0.25"],
         ["--config.moe.enabled=true", "--config.moe.num_experts=4", "--config.moe.k=2", *CAPACITY],
+        ["--config.moe.enabled=true", "--config.moe.router=top_p", "--config.moe.renormalize=false", *CAPACITY],
+        ["--config.moe.enabled=true", "--config.moe.router=expert_choice", *CAPACITY],
+        ["--config.lm.exits=true", "--config.lm.mod_capacity=0.25"],
     ],
-    ids=["plain", "learned positions", "exits", "exit classifier", "mod", "experts"],
+    ids=[
+        "plain",
+        "learned positions",
+        "exits",
+        "exit classifier",
+        "mod",
+        "experts",
+        "top-p",
+        "expert choice",
+        "mod+exits",
+    ],
 )
 def test_training_forward_flops_per_token_match_cost_analysis(extra):
     cfg = config_lib.load(

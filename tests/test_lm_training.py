@@ -145,3 +145,23 @@ def test_adaptive_eval_of_a_language_model_reports_bits_against_flops(tmp_path):
         cli("eval", "--workdir", str(tmp_path / "run"), "--budget", "2"), capture_output=True, text=True, timeout=300
     )
     assert refused.returncode != 0 and "applies to classifiers" in refused.stderr
+
+
+def test_the_lm_report_sweeps_mod_predictor_biases_and_expert_budgets(tmp_path):
+    from adaptive.evaluation.lm_report import lm_report
+    from adaptive.inference.restore import load_run
+
+    knobs = ("--config.lm.mod_capacity=0.5", "--config.moe.enabled=true", "--config.moe.num_experts=4")
+    knobs += ("--config.moe.k=2", "--config.model.depth=2")
+    train_tiny(tmp_path / "run", 2, config="configs/lm.py:tiny", overrides=(*ADDITION, *DATA(tmp_path), *knobs))
+    report, _ = lm_report(load_run(tmp_path / "run", language_model=True), "validation", tmp_path / "eval", limit=2)
+    labels = [p["label"] for p in report["points"]]
+    assert labels == ["every block", "MoD bias -2", "MoD bias -1", "MoD bias +1", "MoD bias +2", "1 experts"]
+    shares = [p["mod_share"] for p in report["points"][1:5]]
+    assert shares == sorted(shares, reverse=True) and shares[0] > shares[-1]  # a higher bias runs fewer tokens
+    flops = [p["flops_per_token"] for p in report["points"][1:5]]
+    assert flops == sorted(flops, reverse=True)
+    one_expert = report["points"][-1]
+    # 2 blocks, one of them MoD: a token gets one expert in the dense block and one where MoD runs it
+    assert one_expert["experts_per_token"] == pytest.approx(1 + one_expert["mod_share"])
+    assert one_expert["flops_per_token"] < report["points"][0]["flops_per_token"]

@@ -229,10 +229,9 @@ def _eval_lm(args) -> int:
         raise RunError(f"--baseline applies to classifiers; {args.workdir} holds a language model")
     report, path, plots = evaluate_lm(args.workdir, split=args.split, step=args.step)
     for p in report["points"]:
-        how = "every block" if p["threshold"] is None else f"exit at {p['threshold']:g}"
         front = " (Pareto)" if p["pareto"] else ""
         print(
-            f"{how}: bits per byte {p['bits_per_byte']:.4f}, next-token accuracy {p['accuracy']:.4f}, "
+            f"{p['label']}: bits per byte {p['bits_per_byte']:.4f}, next-token accuracy {p['accuracy']:.4f}, "
             f"blocks per token {p['blocks_mean']:.2f}, FLOPs per token {p['flops_per_token']:,.0f}{front}"
         )
     print(f"wrote {path}" + "".join(f", {p}" for p in plots))

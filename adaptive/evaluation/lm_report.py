@@ -2,11 +2,15 @@
 compute goes.
 
 Every point runs the model as decoding would (exits at a threshold with state propagation, MoD
-blocks routed by their causal predictor) over every window of the split. For a model with exits
-there is one point per exit threshold, plus `every block` (no exits taken); otherwise the one
-point. Each point reports bits per byte (targets that are bytes), next-token accuracy, blocks per
-token (mean and histogram), FLOPs per token (adaptive.compute.lm_flops at each token's realized
-blocks), and blocks per token by the class of the token predicted (whitespace, punctuation,
+blocks routed by their causal predictor) over every window of the split, at one operating point
+of each knob the model has: `every block` (no exits taken, MoD predictors at 0, every expert a
+router may give), then one point per exit threshold (exits), per MoD predictor bias (a token runs
+a MoD block when its predictor's logit exceeds it: the decoding-time capacity), per expert
+budget k_active = 1 .. k - 1 (experts). Each point reports bits per byte (targets that are
+bytes), next-token accuracy, blocks per token (mean and histogram), FLOPs per token
+(adaptive.compute.lm_flops pricing what each token reached and ran, block by block), the share
+of tokens each MoD block ran, experts per token, and blocks per token by the class of the token
+predicted (whitespace, punctuation,
 identifier, digit, other: CALM's "easy tokens exit early") and, on `addition`, by the answer
 digit's carry-chain length. The points on the Pareto front (no other point has both fewer FLOPs
 and fewer bits) are marked; plots: bits per byte against FLOPs per token, and the histogram of
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -30,56 +35,89 @@ from adaptive.inference.restore import Run
 from adaptive.inference.scoring import split_batches
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+MOD_BIASES = (-2.0, -1.0, 1.0, 2.0)  # the predictor's logit a token must exceed (training's is 0)
 LN2 = math.log(2.0)
 
 
-def _forward(graphdef, exiting: bool):
-    """Per-token loss, correctness and blocks; the threshold is traced, so one compile serves all."""
+class Knobs(NamedTuple):
+    """One operating point: None leaves a knob where training left it."""
 
-    def forward(params, x, y, threshold):
-        out = nnx.merge(graphdef, params)(x, train=False, exit_threshold=threshold if exiting else None)
+    threshold: float | None = None  # exits taken at this confidence (None: no exits taken)
+    mod_bias: float | None = None  # MoD blocks run where the predictor's logit exceeds it (None: 0)
+    experts: int | None = None  # k_active, the most experts per token (None: the router's k)
+
+    def label(self) -> str:
+        parts = [f"exit at {self.threshold:g}"] if self.threshold is not None else []
+        parts += [f"MoD bias {self.mod_bias:+g}"] if self.mod_bias is not None else []
+        parts += [f"{self.experts} experts"] if self.experts is not None else []
+        return ", ".join(parts) or "every block"
+
+
+def operating_points(cfg) -> list[Knobs]:
+    """`every block`, then each knob of the model moved on its own."""
+    points = [Knobs()]
+    if cfg.lm.exits:
+        points += [Knobs(threshold=t) for t in THRESHOLDS]
+    if cfg.lm.mod_capacity > 0:
+        points += [Knobs(mod_bias=b) for b in MOD_BIASES]
+    if cfg.moe.enabled and cfg.moe.router != "expert_choice":
+        points += [Knobs(experts=k) for k in range(1, cfg.moe.k)]
+    return points
+
+
+def _forward(run: Run, exiting: bool):
+    """Per-token loss, correctness, blocks, FLOPs, MoD blocks run and experts; the knobs are
+    traced, so one compile serves every point."""
+    priced = lm_flops(
+        run.cfg, run.spec.input_shape[0], run.spec.num_classes, batch=run.cfg.train.eval_batch_size, exiting=exiting
+    )
+    graphdef = run.graphdef
+
+    def forward(params, x, y, threshold, mod_bias, k_active):
+        out = nnx.merge(graphdef, params)(
+            x,
+            train=False,
+            exit_threshold=threshold if exiting else None,
+            mod_bias=mod_bias,
+            k_active=k_active if run.cfg.moe.enabled else None,
+        )
         ce = optax.softmax_cross_entropy_with_integer_labels(out.logits_BxLxV.astype(np.float32), y)
-        return ce, out.logits_BxLxV.argmax(-1) == y, out.layers_BxL
+        flops = priced.of_tokens(out.reached_NxBxL, out.ran_NxBxL, out.experts_NxBxL)
+        mod_ran = out.ran_NxBxL[np.asarray(priced.mod_layers, int)] if priced.mod_layers else out.ran_NxBxL[:0]
+        experts = out.experts_BxL if out.experts_BxL is not None else out.layers_BxL * 0
+        return ce, out.logits_BxLxV.argmax(-1) == y, out.layers_BxL, flops, mod_ran.mean(0), experts
 
     return jax.jit(forward)
 
 
-def _per_token(run: Run, split: str, forward, threshold: float | None, limit: int | None) -> dict[str, np.ndarray]:
-    """Each real target token's loss (nats), correctness, blocks, class and difficulty."""
-    parts: dict[str, list] = {"ce": [], "correct": [], "blocks": [], "target": [], "difficulty": []}
-    value = np.float32(2.0 if threshold is None else threshold)
+def _per_token(run: Run, split: str, forward, knobs: Knobs, limit: int | None) -> dict[str, np.ndarray]:
+    """Each real target token's loss (nats), correctness, blocks, FLOPs, class and difficulty."""
+    names = ("ce", "correct", "blocks", "flops", "mod_ran", "experts", "target", "difficulty")
+    parts: dict[str, list] = {name: [] for name in names}
+    threshold = np.float32(2.0 if knobs.threshold is None else knobs.threshold)
+    bias = np.float32(0.0 if knobs.mod_bias is None else knobs.mod_bias)
+    k_active = np.int32(knobs.experts or run.cfg.moe.k)
     for batch, real in split_batches(run.cfg, split, run.cfg.train.eval_batch_size, limit):
-        ce, correct, blocks = jax.device_get(forward(run.params, batch["x"], batch["y"], value))
-        for key, value in (
-            ("ce", ce),
-            ("correct", correct),
-            ("blocks", blocks),
-            ("target", batch["y"]),
-            ("difficulty", batch["difficulty"]),
-        ):
+        outputs = jax.device_get(forward(run.params, batch["x"], batch["y"], threshold, bias, k_active))
+        for key, value in zip(names, (*outputs, batch["y"], batch["difficulty"]), strict=True):
             parts[key].append(np.asarray(value)[real].reshape(-1))
     return {key: np.concatenate(values) for key, values in parts.items()}
 
 
-def _point(run: Run, tokens: dict[str, np.ndarray], threshold: float | None) -> dict:
-    flops = lm_flops(
-        run.cfg,
-        run.spec.input_shape[0],
-        run.spec.num_classes,
-        batch=run.cfg.train.eval_batch_size,
-        exiting=threshold is not None,
-    )
+def _point(run: Run, tokens: dict[str, np.ndarray], knobs: Knobs) -> dict:
     blocks = tokens["blocks"]
     depth = run.cfg.model.depth
-    per_token_flops = np.array([flops.at_blocks(b) for b in range(depth + 1)])[np.rint(blocks).astype(int)]
     byte = tokens["target"] < byte_vocab.BOS
     classes = byte_vocab.token_class(tokens["target"])
     point = {
-        "threshold": threshold,
+        **knobs._asdict(),
+        "label": knobs.label(),
         "bits_per_byte": float(tokens["ce"][byte].sum() / max(byte.sum(), 1) / LN2),
         "accuracy": float(tokens["correct"].mean()),
         "blocks_mean": float(blocks.mean()),
-        "flops_per_token": float(per_token_flops.mean()),
+        "flops_per_token": float(tokens["flops"].mean()),
+        "mod_share": float(tokens["mod_ran"].mean()) if run.cfg.lm.mod_capacity > 0 else None,
+        "experts_per_token": float(tokens["experts"].mean()) if run.cfg.moe.enabled else None,
         "blocks_histogram": np.bincount(np.rint(blocks).astype(int), minlength=depth + 1)[1:].tolist(),
         "blocks_by_class": {
             name: float(blocks[classes == i].mean()) if (classes == i).any() else None
@@ -104,11 +142,11 @@ def _point(run: Run, tokens: dict[str, np.ndarray], threshold: float | None) -> 
 
 def lm_report(run: Run, split: str, out_dir: Path, *, limit: int | None = None) -> tuple[dict, list[Path]]:
     """The report of `run` on `split` (its first `limit` windows when given) and its plots."""
-    thresholds: list[float | None] = [None]
-    if run.cfg.lm.exits:
-        thresholds += list(THRESHOLDS)
-    forwards = {exiting: _forward(run.graphdef, exiting) for exiting in (False, True)}
-    points = [_point(run, _per_token(run, split, forwards[t is not None], t, limit), t) for t in thresholds]
+    forwards = {exiting: _forward(run, exiting) for exiting in (False, True)}
+    points = [
+        _point(run, _per_token(run, split, forwards[knobs.threshold is not None], knobs, limit), knobs)
+        for knobs in operating_points(run.cfg)
+    ]
     front = set(pareto_front([(p["flops_per_token"], -p["bits_per_byte"]) for p in points]))
     for p in points:
         p["pareto"] = (p["flops_per_token"], -p["bits_per_byte"]) in front
@@ -127,7 +165,7 @@ def _plot_front(points: list[dict], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for p in points:
-        label = "every block" if p["threshold"] is None else f"exit at {p['threshold']:g}"
+        label = p["label"]
         ax.scatter(p["flops_per_token"], p["bits_per_byte"], marker="o" if p["pareto"] else "x")
         ax.annotate(label, (p["flops_per_token"], p["bits_per_byte"]), fontsize=7)
     ax.set_xlabel("FLOPs per token")
@@ -148,7 +186,7 @@ def _plot_histograms(points: list[dict], depth: int, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     width = 0.8 / len(points)
     for i, p in enumerate(points):
-        label = "every block" if p["threshold"] is None else f"threshold {p['threshold']:g}"
+        label = p["label"]
         share = np.asarray(p["blocks_histogram"], float) / max(p["tokens"], 1)
         ax.bar(np.arange(1, depth + 1) + i * width, share, width=width, label=label)
     ax.set_xlabel("blocks a token went through")

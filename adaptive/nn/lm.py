@@ -106,13 +106,16 @@ class LanguageModel(nnx.Module):
         train: bool = True,
         exit_threshold: jax.Array | float | None = None,
         mod_causal: bool | None = None,
+        mod_bias: jax.Array | float = 0.0,
         k_active: jax.Array | None = None,
     ) -> LMOutput:
         """Next-token logits for every position of `tokens_BxL` (int32, < vocab).
 
         `exit_threshold`: with exits, each token leaves at the first exit whose confidence
         reaches it (its state then propagates upward); None runs every block for every token.
-        `mod_causal`: route MoD blocks by the causal predictor (default: when not training)."""
+        `mod_causal`: route MoD blocks by the causal predictor (default: when not training): a
+        token runs the block when its predictor's logit exceeds `mod_bias` (raise it to run fewer).
+        `k_active`: the most experts a token may use (traced; None: the router's k)."""
         batch, length = tokens_BxL.shape
         if length > self.max_length and self.position_embed is not None:
             raise ValueError(f"{length} tokens is longer than the learned positions ({self.max_length})")
@@ -133,7 +136,7 @@ class LanguageModel(nnx.Module):
 
             def layer(h, i=i, block=block):
                 if i in self.mod_layers:
-                    return self._mod_block(i, block, h, positions_BxL, train, causal, k_active)
+                    return self._mod_block(i, block, h, positions_BxL, train, causal, mod_bias, k_active)
                 new_h, moe = block(h, positions_BxL, train=train, k_active=k_active)
                 ones = jnp.ones((batch, length), bool)
                 return new_h, moe, ones, jnp.float32(0), jnp.float32(1), jnp.zeros((batch, length))
@@ -210,7 +213,7 @@ class LanguageModel(nnx.Module):
         top2 = jax.lax.top_k(probs, 2)[0]
         return top2[..., 0] - top2[..., 1]
 
-    def _mod_block(self, i, block, h, positions_BxL, train, causal, k_active):
+    def _mod_block(self, i, block, h, positions_BxL, train, causal, bias, k_active):
         """A Mixture-of-Depths block: (state, MoE output, which tokens ran it, the predictor's
         loss, the share of tokens that ran it, the predictor's logits)."""
         batch, length, _ = h.shape
@@ -222,7 +225,7 @@ class LanguageModel(nnx.Module):
         predictor_loss = optax.sigmoid_binary_cross_entropy(predicted_BxL, in_top_BxL.astype(jnp.float32)).mean()
         if causal:
             # by the predictor, token by token; the block runs on every row, its update masked
-            chosen_BxL = predicted_BxL > 0
+            chosen_BxL = predicted_BxL > bias
             out, moe = block(h, positions_BxL, keys_BxL=chosen_BxL, train=train, k_active=k_active)
             new_h = jnp.where(chosen_BxL[..., None], h + weights_BxL[..., None] * (out - h), h)
             return new_h, moe, chosen_BxL, predictor_loss, chosen_BxL.mean(), predicted_BxL
