@@ -143,10 +143,15 @@ def _sequence_rules(cfg: Any) -> None:
         return
     if cfg.data.name in ("parity", "digits", "mnist1d"):
         raise ConfigError(f"config key 'model.kind' is 'lm'; data.name={cfg.data.name!r} is not a sequence task")
-    if cfg.halting.policy != "none":
+    if cfg.halting.policy not in ("none", "act"):
         raise ConfigError(
-            f"config key 'halting.policy' is {cfg.halting.policy!r}; a language model's adaptive depth is "
-            "lm.exits or lm.mod_capacity (halting per position is not built for model.kind='lm')"
+            f"config key 'halting.policy' is {cfg.halting.policy!r}; a language model halts per position with "
+            "'act' (one shared block), or exits early with lm.exits"
+        )
+    if cfg.halting.policy == "act" and (cfg.lm.exits or cfg.lm.mod_capacity > 0):
+        raise ConfigError(
+            "config key 'halting.policy' is 'act' (one shared block, halting per position); it does not combine "
+            "with lm.exits or lm.mod_capacity"
         )
 
 

@@ -37,6 +37,7 @@ VARIANTS = {
     "exits, classifier": (dict(exits=True, confidence="classifier"), dict(exit_threshold="median")),
     "mod, causal routing": (dict(mod_capacity=0.25), dict(mod_causal=True)),
     "experts": ("moe", dict()),
+    "act per position": (dict(act=True, act_bias_init=0.0), dict()),
 }
 
 
@@ -113,11 +114,32 @@ def test_the_router_and_the_predictor_both_learn():
     assert float(jnp.abs(router.predictor_out.kernel.value).sum()) > 0
 
 
+@pytest.mark.parametrize("bias, steps", [(-50.0, 4), (50.0, 1), (0.0, None)])
+def test_act_halts_each_position_within_the_cap_whatever_the_halting_unit_says(bias, steps):
+    model = _model(act=True)
+    model.halt_unit.bias.value = jnp.full_like(model.halt_unit.bias.value, bias)
+    tokens = jnp.asarray(np.random.default_rng(5).integers(0, 256, (3, LENGTH)), jnp.int32)
+    for train in (True, False):
+        out = model(tokens, train=train)
+        layers = np.asarray(out.layers_BxL)
+        assert ((layers >= 1) & (layers <= 4)).all()
+        if steps is not None:  # never halting still stops at the cap; always halting runs one step
+            assert (layers == steps).all()
+        # N + R: the steps run plus the remainder, between N and N + 1
+        ponder = np.asarray(out.ponder_BxL)
+        assert (ponder >= layers - 1e-5).all() and (ponder <= layers + 1 + 1e-5).all()
+    # a position's steps are counted block by block: it ran steps 1..N
+    np.testing.assert_array_equal(np.asarray(out.ran_NxBxL).sum(0), layers)
+    assert (np.diff(np.asarray(out.ran_NxBxL), axis=0) <= 0).all()
+
+
 def test_bad_settings_are_refused_with_the_name_of_what_is_wrong():
     with pytest.raises(ValueError, match="confidence"):
         _model(exits=True, confidence="entropy")
     with pytest.raises(ValueError, match="mod_capacity"):
         _model(mod_capacity=1.5)
+    with pytest.raises(ValueError, match="act"):
+        _model(act=True, exits=True)
     with pytest.raises(ValueError, match="num_heads"):
         LanguageModel(vocab=VOCAB, width=30, layers=1, heads=4, max_length=8, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="longer than the learned positions"):

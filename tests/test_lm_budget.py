@@ -25,6 +25,7 @@ MECHANISMS = {
     "exits, classifier": ["--config.lm.exits=true", "--config.lm.confidence=classifier"],
     "mod": ["--config.lm.mod_capacity=0.25", "--config.lm.mod_every=2"],
     "top-p experts": TOP_P,
+    "act": ["--config.halting.policy=act", "--config.halting.max_steps=4"],
 }
 
 
@@ -65,7 +66,9 @@ def test_a_token_is_priced_block_by_block_as_the_whole_model_is():
     mod = lm_flops(_cfg(*MECHANISMS["mod"]), LENGTH, VOCAB_SIZE)
     share = np.array([1.0 if i not in mod.mod_layers else 0.25 for i in range(4)]).reshape(4, 1, 1)
     assert mod.of_tokens(ones, share)[0, 0] == pytest.approx(mod.full())  # the top-k's share: its mean
-    for flops, exits in ((dense, True), (mod, False), (lm_flops(_cfg(*TOP_P), LENGTH, VOCAB_SIZE), False)):
+    act = lm_flops(_cfg(*MECHANISMS["act"]), LENGTH, VOCAB_SIZE)
+    assert act.of_tokens(ones, ones)[0, 0] == pytest.approx(act.full())
+    for flops, exits in ((dense, True), (mod, False), (lm_flops(_cfg(*TOP_P), LENGTH, VOCAB_SIZE), False), (act, True)):
         least, most = flops.extremes(exits)
         assert least < most
 
@@ -112,12 +115,14 @@ def _train_on_the_penalty(extra: list[str], target: float, params=None) -> tuple
 @pytest.mark.parametrize("direction", ["down", "up"])
 def test_the_penalty_moves_decoding_compute_toward_the_target(name, direction):
     extra = list(MECHANISMS[name])
+    if direction == "up" and name == "act":  # start where positions halt after about two steps
+        extra.append("--config.halting.bias_init=1.0")
     if direction == "up" and name.startswith("exits"):  # start where many tokens leave at once
         extra.append("--config.lm.exit_threshold=0.3" if "classifier" in name else "--config.lm.exit_threshold=0.04")
     extra.append("--config.budget.unit=flops")
     cfg = _cfg(*extra)
     priced = lm_flops(cfg, LENGTH, VOCAB_SIZE, batch=cfg.train.eval_batch_size, exiting=cfg.lm.exits)
-    least, most = priced.extremes(cfg.lm.exits)
+    least, most = priced.extremes(cfg.lm.exits or name == "act")
     params = None
     if direction == "up" and name == "top-p experts":  # a fresh router's near-uniform tokens take k already
         params = _train_on_the_penalty(extra, least)[2]

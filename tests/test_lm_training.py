@@ -94,7 +94,8 @@ def test_a_resumed_lm_run_ends_where_an_uninterrupted_one_does(tmp_path):
     [
         (("--config.model.kind=mlp",), "sequence task"),
         (("--config.data.name=parity",), "not a sequence task"),
-        (("--config.halting.policy=act",), "halting.policy"),
+        (("--config.halting.policy=pondernet",), "halting.policy"),
+        (("--config.halting.policy=act", "--config.lm.exits=true"), "does not combine"),
         (("--config.model.num_heads=3",), "num_heads"),
         (("--config.lm.confidence=entropy",), "lm.confidence"),
     ],

@@ -116,18 +116,19 @@ class Budget:
         if b.unit not in ("steps", "flops", "macs"):
             raise ConfigError(f"config key 'budget.unit' is {b.unit!r}; a language model's is steps, flops or macs")
         tokens = lm_flops(cfg, length, vocab, batch=cfg.train.eval_batch_size, exiting=lm.exits)
-        if not (lm.exits or tokens.mod_layers or tokens.dynamic_experts):
+        act = cfg.halting.policy == "act"
+        if not (lm.exits or act or tokens.mod_layers or tokens.dynamic_experts):
             raise ConfigError(
                 "config key 'budget.target' is set; a language model spends a fixed compute per token "
-                "unless lm.exits, lm.mod_capacity or moe.router=top_p lets it vary"
+                "unless lm.exits, halting.policy=act, lm.mod_capacity or moe.router=top_p lets it vary"
             )
         target = float(b.target)
         flops = FlopsModel(fixed=tokens.fixed, per_step=tokens.per_block, halting_per_step=tokens.per_exit)
         budget = cls(b.unit, target, b.penalty, b.weight, b.dual_lr, flops, two_sided=b.two_sided, tokens=tokens)
-        least, most = tokens.extremes(lm.exits)
+        least, most = tokens.extremes(lm.exits or act)
         if b.unit == "steps":
-            least = 1.0 if lm.exits else float(cfg.model.depth - len(tokens.mod_layers))
-            most = float(cfg.model.depth)
+            least = 1.0 if lm.exits or act else float(tokens.blocks - len(tokens.mod_layers))
+            most = float(tokens.blocks)
         elif b.unit == "macs":
             least, most = least / 2.0, most / 2.0
         if not (target > 0 and least <= target <= most):

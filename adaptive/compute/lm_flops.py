@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adaptive.compute.flops import _dense, _layer_norm, _moe
+from adaptive.config import step_cap
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class LMFlops:
     mod_blocks: int = 0
     per_block_mod: float = 0.0  # a MoD block per token of the sequence: router, predictor, picked share
     mod_layers: tuple[int, ...] = ()
+    per_halting: float = 0.0  # ACT: each step's halting unit and mean-field update
     # block by block: what reaching it costs (its exit, its MoD router), and running it
     reach_costs: tuple[float, ...] = ()
     run_costs: tuple[float, ...] = ()
@@ -50,6 +52,7 @@ class LMFlops:
             + dense * self.per_block
             + self.mod_blocks * self.per_block_mod
             + min(blocks, self.exits) * self.per_exit
+            + blocks * self.per_halting
         )
 
     def full(self) -> float:
@@ -99,31 +102,34 @@ def lm_flops(cfg, length: int, vocab: int, *, batch: int = 1, train: bool = Fals
             ffn = _dense(width, 4 * width) + _dense(4 * width, width) + 8.0 * 4 * width
         return 2 * _layer_norm(width) + attention + ffn + 2.0 * width
 
+    depth = step_cap(cfg)  # ACT: the cap on its shared block's steps
     per_exit = 0.0
     if lm.exits:
         softmax = lm.confidence in ("max_prob", "margin")
         confidence = {"classifier": _dense(width, 1), "state_saturation": 6.0 * width}.get(lm.confidence, 4.0 * vocab)
         per_exit = _layer_norm(width) + confidence + (head if softmax or not exiting else 0.0)
-    mod_blocks = [i for i in range(cfg.model.depth) if lm.mod_capacity > 0 and i % lm.mod_every == lm.mod_every - 1]
+    mod_blocks = [i for i in range(depth) if lm.mod_capacity > 0 and i % lm.mod_every == lm.mod_every - 1]
+    # ACT: the halting unit, and adding the step's weighted state to the mean field
+    halting = _dense(width, 1) + 3.0 * width if cfg.halting.policy == "act" else 0.0
     per_block_mod, router, mod_run = 0.0, 0.0, 0.0
     if mod_blocks:
         picked = max(1, math.ceil(lm.mod_capacity * length))
         router = _dense(width, 1) + _dense(width, max(8, width // 4)) + _dense(max(8, width // 4), 1)
         mod_run = block(picked) + 3.0 * width  # + scaling the update
         per_block_mod = router + picked / length * mod_run
-    depth = cfg.model.depth
     passes, expert_pass = _moe(width, moe, batch * length, train=train, useful=False)[1:] if moe else (0.0, 0.0)
     return LMFlops(
         fixed=float(fixed),
         per_block=float(block(length)),
         per_exit=float(per_exit),
-        blocks=cfg.model.depth,
-        exits=cfg.model.depth - 1 if lm.exits else 0,
+        blocks=depth,
+        exits=depth - 1 if lm.exits else 0,
         mod_blocks=len(mod_blocks),
         per_block_mod=float(per_block_mod),
         mod_layers=tuple(mod_blocks),
+        per_halting=float(halting),
         reach_costs=tuple(
-            float((router if i in mod_blocks else 0.0) + (per_exit if lm.exits and i < depth - 1 else 0.0))
+            float((router if i in mod_blocks else 0.0) + (per_exit if lm.exits and i < depth - 1 else 0.0) + halting)
             for i in range(depth)
         ),
         run_costs=tuple(float(mod_run if i in mod_blocks else block(length)) for i in range(depth)),

@@ -19,6 +19,7 @@ blocks per token at each threshold.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -35,6 +36,14 @@ from adaptive.inference.restore import Run
 from adaptive.inference.scoring import split_batches
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+# Each confidence measure's scale: the cosine of consecutive states sits close to 1, and a
+# margin (top-1 minus top-2) below the top probability.
+THRESHOLDS_OF = {
+    "max_prob": THRESHOLDS,
+    "classifier": THRESHOLDS,
+    "margin": (0.3, 0.5, 0.7, 0.8, 0.9, 0.95),
+    "state_saturation": (0.9, 0.95, 0.98, 0.99, 0.995, 0.999),
+}
 MOD_BIASES = (-2.0, -1.0, 1.0, 2.0)  # the predictor's logit a token must exceed (training's is 0)
 LN2 = math.log(2.0)
 
@@ -45,19 +54,27 @@ class Knobs(NamedTuple):
     threshold: float | None = None  # exits taken at this confidence (None: no exits taken)
     mod_bias: float | None = None  # MoD blocks run where the predictor's logit exceeds it (None: 0)
     experts: int | None = None  # k_active, the most experts per token (None: the router's k)
+    confidence: str | None = None  # the exits' confidence measure (None: the trained one)
 
     def label(self) -> str:
         parts = [f"exit at {self.threshold:g}"] if self.threshold is not None else []
+        parts = [f"{self.confidence} {parts[0]}"] if self.confidence is not None and parts else parts
         parts += [f"MoD bias {self.mod_bias:+g}"] if self.mod_bias is not None else []
         parts += [f"{self.experts} experts"] if self.experts is not None else []
         return ", ".join(parts) or "every block"
 
 
-def operating_points(cfg) -> list[Knobs]:
-    """`every block`, then each knob of the model moved on its own."""
+def operating_points(cfg, confidences: tuple[str, ...] = ()) -> list[Knobs]:
+    """`every block`, then each knob of the model moved on its own; exits at each threshold of
+    the trained confidence measure, or of each of `confidences` (a model trained with exit
+    classifiers can be read with any measure; one without them, with any but `classifier`)."""
     points = [Knobs()]
-    if cfg.lm.exits:
-        points += [Knobs(threshold=t) for t in THRESHOLDS]
+    if cfg.lm.exits and not confidences:
+        points += [Knobs(threshold=t) for t in THRESHOLDS_OF[cfg.lm.confidence]]
+    for confidence in confidences if cfg.lm.exits else ():
+        if confidence == "classifier" and cfg.lm.confidence != "classifier":
+            raise ValueError("confidence 'classifier' needs a model trained with lm.confidence=classifier")
+        points += [Knobs(threshold=t, confidence=confidence) for t in THRESHOLDS_OF[confidence]]
     if cfg.lm.mod_capacity > 0:
         points += [Knobs(mod_bias=b) for b in MOD_BIASES]
     if cfg.moe.enabled and cfg.moe.router != "expert_choice":
@@ -65,16 +82,22 @@ def operating_points(cfg) -> list[Knobs]:
     return points
 
 
-def _forward(run: Run, exiting: bool):
-    """Per-token loss, correctness, blocks, FLOPs, MoD blocks run and experts; the knobs are
-    traced, so one compile serves every point."""
+def _forward(run: Run, exiting: bool, confidence: str | None = None):
+    """Per-token loss, correctness, blocks, FLOPs, MoD blocks run and experts; the knobs but the
+    confidence measure are traced, so one compile serves every point of a measure."""
+    cfg = run.cfg
+    if confidence is not None:
+        cfg = dataclasses.replace(cfg, lm=dataclasses.replace(cfg.lm, confidence=confidence))
     priced = lm_flops(
-        run.cfg, run.spec.input_shape[0], run.spec.num_classes, batch=run.cfg.train.eval_batch_size, exiting=exiting
+        cfg, run.spec.input_shape[0], run.spec.num_classes, batch=cfg.train.eval_batch_size, exiting=exiting
     )
     graphdef = run.graphdef
 
     def forward(params, x, y, threshold, mod_bias, k_active):
-        out = nnx.merge(graphdef, params)(
+        model = nnx.merge(graphdef, params)
+        if confidence is not None:
+            model.confidence = confidence
+        out = model(
             x,
             train=False,
             exit_threshold=threshold if exiting else None,
@@ -140,13 +163,20 @@ def _point(run: Run, tokens: dict[str, np.ndarray], knobs: Knobs) -> dict:
     return point
 
 
-def lm_report(run: Run, split: str, out_dir: Path, *, limit: int | None = None) -> tuple[dict, list[Path]]:
-    """The report of `run` on `split` (its first `limit` windows when given) and its plots."""
-    forwards = {exiting: _forward(run, exiting) for exiting in (False, True)}
-    points = [
-        _point(run, _per_token(run, split, forwards[knobs.threshold is not None], knobs, limit), knobs)
-        for knobs in operating_points(run.cfg)
-    ]
+def lm_report(
+    run: Run, split: str, out_dir: Path, *, limit: int | None = None, points: list[Knobs] | None = None
+) -> tuple[dict, list[Path]]:
+    """The report of `run` on `split` (its first `limit` windows when given) at `points`
+    (default: `operating_points`) and its plots."""
+    forwards: dict = {}
+
+    def tokens(knobs: Knobs) -> dict[str, np.ndarray]:
+        key = (knobs.threshold is not None, knobs.confidence)
+        if key not in forwards:
+            forwards[key] = _forward(run, *key)
+        return _per_token(run, split, forwards[key], knobs, limit)
+
+    points = [_point(run, tokens(knobs), knobs) for knobs in (points or operating_points(run.cfg))]
     front = set(pareto_front([(p["flops_per_token"], -p["bits_per_byte"]) for p in points]))
     for p in points:
         p["pareto"] = (p["flops_per_token"], -p["bits_per_byte"]) in front

@@ -18,6 +18,11 @@ head tied to the embedding. Each mechanism is switched on by its own argument:
   a causal predictor learns which tokens top-k picks; `mod_causal` (the default outside
   training) routes by the predictor instead, as decoding must.
 - **Experts**: `moe_cfg` makes every block's feed-forward the framework's MoE layer.
+- **ACT per position** (a causal Universal Transformer, Dehghani et al. 2019; `act=True`): one
+  shared block applied up to `layers` times; after each step a halting unit gives every position
+  its halting probability, and Graves' ACT rule (adaptive.nn.halting) halts it once the mass
+  reaches 1 - eps. A halted position's state stops changing (so later positions attend to it as
+  decoding will), and the head reads each position's mean-field state sum_t w_t h_t.
 
 `__call__` returns an `LMOutput`; `layers_BxL` counts the blocks each token went through (a
 MoD block a token skipped, or blocks above its exit, are not counted), and `reached_NxBxL` /
@@ -35,6 +40,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from adaptive.nn import halting as H
 from adaptive.nn.lm_blocks import DepthRouter, LMBlock
 
 CONFIDENCES = ("max_prob", "margin", "state_saturation", "classifier")
@@ -56,6 +62,7 @@ class LMOutput(NamedTuple):
     experts_NxBxL: jax.Array | None = None  # expert applications per block (MoE only)
     soft_experts_NxBxL: jax.Array | None = None  # the same, differentiable through top-p routers
     mod_logits_MxBxL: jax.Array | None = None  # each MoD block's causal predictor (logit of "runs")
+    ponder_BxL: jax.Array | None = None  # ACT: N + R per position, differentiable
 
 
 class LanguageModel(nnx.Module):
@@ -73,6 +80,9 @@ class LanguageModel(nnx.Module):
         mod_capacity: float = 0.0,
         mod_every: int = 2,
         moe_cfg=None,
+        act: bool = False,
+        act_eps: float = 0.01,
+        act_bias_init: float = -1.0,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -84,15 +94,20 @@ class LanguageModel(nnx.Module):
             raise ValueError(f"mod_capacity={mod_capacity} must be in [0, 1]")
         if layers < 1 or mod_every < 1:
             raise ValueError(f"layers={layers} and mod_every={mod_every} must be >= 1")
+        if act and (exits or mod_capacity > 0):
+            raise ValueError("act (one shared block, halting per position) does not combine with exits or MoD")
         self.num_layers, self.max_length, self.exits, self.confidence = layers, max_length, exits, confidence
         self.mod_capacity = mod_capacity
         self.mod_layers = tuple(i for i in range(layers) if mod_capacity > 0 and i % mod_every == mod_every - 1)
         self.embed = nnx.Embed(vocab, width, rngs=rngs)
         self.position_embed = nnx.Embed(max_length, width, rngs=rngs) if positions == "learned" else None
         rotary = positions == "rotary"
+        self.act, self.act_eps = act, act_eps
         self.blocks = nnx.List(
-            [LMBlock(width, heads, moe_cfg, rotary=rotary, dtype=dtype, rngs=rngs) for _ in range(layers)]
+            [LMBlock(width, heads, moe_cfg, rotary=rotary, dtype=dtype, rngs=rngs) for _ in range(1 if act else layers)]
         )
+        bias = nnx.initializers.constant(act_bias_init)
+        self.halt_unit = nnx.Linear(width, 1, bias_init=bias, rngs=rngs) if act else None
         self.routers = nnx.Dict({str(i): DepthRouter(width, rngs=rngs) for i in self.mod_layers})
         self.final_norm = nnx.LayerNorm(width, rngs=rngs)
         self.exit_norms = nnx.List([nnx.LayerNorm(width, rngs=rngs) for _ in range(layers - 1)]) if exits else None
@@ -124,6 +139,8 @@ class LanguageModel(nnx.Module):
         h = self.embed(tokens_BxL)
         if self.position_embed is not None:
             h = h + self.position_embed(positions_BxL)
+        if self.act:
+            return self._act(h, positions_BxL, train, k_active)
         layers_BxL = jnp.zeros((batch, length), jnp.float32)
         exited_BxL = jnp.zeros((batch, length), bool)
         exiting = self.exits and exit_threshold is not None
@@ -197,6 +214,55 @@ class LanguageModel(nnx.Module):
             jnp.stack(block_experts) if block_experts else None,
             jnp.stack(soft_experts) if soft_experts else None,
             jnp.stack(mod_logits) if mod_logits else None,
+        )
+
+    def _act(self, h, positions_BxL, train, k_active) -> LMOutput:
+        """The shared block, step after step, each position halting by ACT."""
+        batch, length, _ = h.shape
+        halted = jnp.zeros((batch, length), bool)
+        mass = jnp.zeros((batch, length), jnp.float32)
+        probs, states, ran, aux, moe_metrics, experts, soft = [], [], [], 0.0, [], [], []
+        block = self.blocks[0]
+        for t in range(self.num_layers):
+
+            def step(h):
+                return block(h, positions_BxL, train=train, k_active=k_active)
+
+            if t > 0 and not train:  # once every position has halted, the block is not run
+                skipped = jax.tree.map(jnp.zeros_like, jax.eval_shape(step, h))
+                new_h, moe = jax.lax.cond(halted.all(), lambda h, s=skipped: (h, s[1]), step, h)
+            else:
+                new_h, moe = step(h)
+            running = ~halted
+            new_h = jnp.where(halted[..., None], h, new_h)  # a halted position's state stays
+            ran.append(running.astype(jnp.float32))
+            if moe is not None:
+                aux = aux + moe.aux_loss
+                moe_metrics.append(moe.metrics)
+                experts.append(jnp.where(running, moe.experts_T.reshape(batch, length), 0).astype(jnp.float32))
+                soft.append(jnp.where(running, moe.soft_experts_T.reshape(batch, length), 0.0))
+            p = jax.nn.sigmoid(self.halt_unit(new_h)[..., 0].astype(jnp.float32))
+            halts = running & ((mass + p >= 1.0 - self.act_eps) | (t + 1 >= self.num_layers))
+            mass, halted = mass + jnp.where(running, p, 0.0), halted | halts
+            probs.append(p)
+            states.append(new_h)
+            h = new_h
+        limit = jnp.full((batch, length), self.num_layers, jnp.int32)
+        halting = H.act_weights(jnp.stack(probs), limit, self.act_eps)
+        state = (halting.weights_NxH[..., None] * jnp.stack(states).astype(jnp.float32)).sum(0)
+        ran_NxBxL = jnp.stack(ran)
+        block_experts = jnp.stack(experts) if experts else None
+        return LMOutput(
+            self.embed.attend(self.final_norm(state.astype(h.dtype))),
+            ran_NxBxL.sum(0),
+            aux_loss=aux,
+            metrics=_mean_metrics(moe_metrics),
+            experts_BxL=None if block_experts is None else block_experts.sum(0),
+            reached_NxBxL=ran_NxBxL,
+            ran_NxBxL=ran_NxBxL,
+            experts_NxBxL=block_experts,
+            soft_experts_NxBxL=jnp.stack(soft) if soft else None,
+            ponder_BxL=halting.ponder_H,
         )
 
     def _confidence(self, i: int, logits_BxLxV, h_BxLxD, h_before_BxLxD) -> jax.Array:

@@ -35,11 +35,11 @@ def build_model(cfg: config_lib.Config, spec: ModelSpec) -> DepthModel | Languag
     rngs = nnx.Rngs(params=jax.random.key(cfg.seed))
     moe_cfg = config_lib.moe_layers(cfg)
     if sequence:
-        m, lm = cfg.model, cfg.lm
+        m, lm, act = cfg.model, cfg.lm, cfg.halting.policy == "act"
         return LanguageModel(
             vocab=spec.num_classes,
             width=m.hidden,
-            layers=m.depth,
+            layers=config_lib.step_cap(cfg),  # act: the cap on steps of its one shared block
             heads=m.num_heads,
             max_length=spec.input_shape[0],
             positions=lm.positions,
@@ -48,6 +48,9 @@ def build_model(cfg: config_lib.Config, spec: ModelSpec) -> DepthModel | Languag
             mod_capacity=lm.mod_capacity,
             mod_every=lm.mod_every,
             moe_cfg=moe_cfg if cfg.moe.enabled else None,
+            act=act,
+            act_eps=cfg.halting.eps,
+            act_bias_init=cfg.halting.bias_init,
             dtype=DTYPES[m.dtype],
             rngs=rngs,
         )

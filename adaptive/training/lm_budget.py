@@ -11,7 +11,8 @@ ascent both see the compute decoding would spend) with the gradient of a smooth 
 (straight-through, as top-p routers count experts): an exit is taken with probability
 sigmoid(logit(score) - logit(threshold)) (the odds ratio: unlike a sharp sigmoid around the
 threshold, its slope does not vanish for a confidence far below it, as every exit's is at
-initialisation), a MoD block runs with probability sigmoid(predictor logit).
+initialisation), a MoD block runs with probability sigmoid(predictor logit), ACT's steps carry
+the gradient of its ponder N + R.
 
 So the penalty pushes exit confidences up (or down), the MoD predictors to pick fewer (or more)
 tokens and top-p routers to ask for fewer (or more) experts, until decoding's FLOPs per token
@@ -59,6 +60,9 @@ def decoding_compute(out: LMOutput, budget: Budget, exit_threshold: float | None
         logits = out.mod_logits_MxBxL[m].astype(jnp.float32)
         runs = runs.at[layer].set(_straight_through((logits > 0).astype(jnp.float32), jax.nn.sigmoid(logits)))
     ran = reached * runs
+    if out.ponder_BxL is not None:  # ACT: the steps run, with the gradient of N + R spread over them
+        ran = out.ran_NxBxL + (out.ponder_BxL - jax.lax.stop_gradient(out.ponder_BxL)) / ran.shape[0]
+        reached = ran
     experts = None
     if out.experts_NxBxL is not None:
         # as requested (dropless decoding runs each), with the top-p router's surrogate gradient;

@@ -28,9 +28,11 @@ from adaptive.training import lm_budget
 LN2 = math.log(2.0)
 
 
-def lm_loss(out: LMOutput, targets_BxL: jax.Array, classifier: bool, budget_terms=None) -> tuple[jax.Array, dict]:
+def lm_loss(
+    out: LMOutput, targets_BxL: jax.Array, classifier: bool, budget_terms=None, ponder_cost: float = 0.0
+) -> tuple[jax.Array, dict]:
     """(the training objective, its metrics) of one batch; `budget_terms` the budget's penalty
-    and its metrics (adaptive.training.lm_budget), or None."""
+    and its metrics (adaptive.training.lm_budget), or None; `ponder_cost` ACT's tau."""
     ce_BxL = optax.softmax_cross_entropy_with_integer_labels(out.logits_BxLxV.astype(jnp.float32), targets_BxL)
     final = ce_BxL.mean()
     task, extra = final, {}
@@ -49,6 +51,9 @@ def lm_loss(out: LMOutput, targets_BxL: jax.Array, classifier: bool, budget_term
             task = task + bce
             extra["exit_classifier_loss"] = bce
     penalty, budget_metrics = budget_terms if budget_terms is not None else (0.0, {})
+    if out.ponder_BxL is not None:  # ACT: Graves' ponder cost, tau * mean(N + R)
+        task = task + ponder_cost * out.ponder_BxL.mean()
+        extra["ponder_mean"] = out.ponder_BxL.mean()
     byte_BxL = (targets_BxL < BOS).astype(jnp.float32)
     metrics = {
         "loss": task + out.aux_loss + penalty,
@@ -69,14 +74,20 @@ def loss_fn_of(cfg, spec, graphdef: nnx.GraphDef, budget: Budget | None = None) 
     if not spec.sequence:
         return None
     classifier = cfg.lm.exits and cfg.lm.confidence == "classifier"
-    return make_loss_fn(graphdef, classifier, budget, cfg.lm.exit_threshold if cfg.lm.exits else None)
+    threshold = cfg.lm.exit_threshold if cfg.lm.exits else None
+    return make_loss_fn(graphdef, classifier, budget, threshold, cfg.halting.tau if cfg.halting.policy == "act" else 0)
 
 
 def make_loss_fn(
-    graphdef: nnx.GraphDef, classifier: bool, budget: Budget | None = None, exit_threshold: float | None = None
+    graphdef: nnx.GraphDef,
+    classifier: bool,
+    budget: Budget | None = None,
+    exit_threshold: float | None = None,
+    ponder_cost: float = 0.0,
 ) -> Callable:
     """`loss_fn(params, batch, multiplier, key)` as `steps.make_train_step` calls it; with a
-    budget, its penalty on the FLOPs per token decoding would spend at `exit_threshold`."""
+    budget, its penalty on the FLOPs per token decoding would spend at `exit_threshold`; with
+    ACT, `ponder_cost` * mean(N + R)."""
 
     def loss_fn(params, batch, multiplier, key):
         model = nnx.merge(graphdef, params)
@@ -84,7 +95,7 @@ def make_loss_fn(
         terms = None
         if budget is not None and budget.target is not None:
             terms = lm_budget.budget_terms(out, budget, multiplier, exit_threshold, model.mod_layers)
-        return lm_loss(out, batch["y"], classifier, terms)
+        return lm_loss(out, batch["y"], classifier, terms, ponder_cost)
 
     return loss_fn
 
