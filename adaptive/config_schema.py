@@ -289,8 +289,12 @@ class MoELayers(MoEConfig):
 
 
 def moe_layers(cfg: Config) -> MoELayers:
-    """The MoE layers of `cfg`'s model: its `moe` section, expert-parallel when its mesh shards experts."""
+    """The MoE layers of `cfg`'s model: its `moe` section, expert-parallel when its mesh shards
+    experts. A language model's dense feed-forward is 4 * width wide (not 2 * width): by default
+    its k experts together are that wide, so MoE and dense cost the same active FLOPs."""
     section = {f.name: getattr(cfg.moe, f.name) for f in dataclasses.fields(MoEConfig)}
+    if cfg.model.kind == "lm" and not cfg.moe.expert_hidden:
+        section["expert_hidden"] = max(1, 4 * cfg.model.hidden // cfg.moe.k)
     return MoELayers(**section, expert_parallel=cfg.mesh.expert_parallel)
 
 

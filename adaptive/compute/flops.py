@@ -16,7 +16,8 @@ count 1 each, and transcendentals (tanh, exp) are not FLOPs. Two choices match w
 `FlopsModel.at_steps` turns a (differentiable) expected number of steps, and for top-p routing
 an expected number of expert applications, into expected FLOPs: that is how compute penalties
 and budgets in FLOPs reach the halting distribution and the router. Top-p experts are counted as
-requested (each token's own count; dropless execution does exactly that work). Tests check the
+requested (each token's own count; dropless execution does exactly that work), except under
+capacity buffers, which run whole whatever the routers ask for. Tests check the
 totals against `cost_analysis()` of the compiled forward pass of every policy and model kind
 (within 10%).
 """
@@ -69,7 +70,7 @@ def _moe(width: int, cfg, tokens: int, *, train: bool, useful: bool) -> tuple[fl
     hidden = cfg.expert_width(width)
     expert = _dense(width, hidden) + _dense(hidden, width) + 8.0 * hidden  # + GELU's polynomial
     dropless = cfg.dropless if train else cfg.eval_dropless
-    if useful or cfg.router == "top_p" or (cfg.dispatch != "capacity" and cfg.router != "expert_choice"):
+    if useful or (cfg.dispatch != "capacity" and cfg.router != "expert_choice"):
         passes = cfg.k
     else:
         factor = cfg.capacity_factor if train else cfg.eval_capacity_factor

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adaptive.compute.flops import _dense, _layer_norm, _moe
-from adaptive.config import step_cap
+from adaptive.config import moe_layers, step_cap
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def lm_flops(cfg, length: int, vocab: int, *, batch: int = 1, train: bool = Fals
     """The LMFlops of `cfg`'s language model on windows of `length` tokens. `exiting`: inference
     with a threshold (classifier and saturation confidences then skip the exits' heads)."""
     width, heads, lm = cfg.model.hidden, cfg.model.num_heads, cfg.lm
-    moe = cfg.moe if cfg.moe.enabled else None
+    moe = moe_layers(cfg) if cfg.moe.enabled else None  # the experts as the model builds them
     head = _dense(width, vocab, bias=False)
     fixed = _layer_norm(width) + head + (width if lm.positions == "learned" else 0)
 
