@@ -18,7 +18,7 @@ case $mechanism in
   exits) knobs=(--config.lm.exits=true) target=1.3e6 tiny_target=8e4 ;;
   mod) knobs=(--config.lm.mod_capacity=0.125) target=1.23e6 tiny_target=5.5e4 ;;
   topp) knobs=(--config.moe.enabled=true --config.moe.router=top_p --config.moe.renormalize=false --config.moe.k=4)
-    target=1.15e6 tiny_target=5.5e4 ;;
+    target=1.45e6 tiny_target=6.5e4 ;;
   act) knobs=(--config.halting.policy=act --config.halting.max_steps=4) target=1.25e6 tiny_target=9e4 ;;
   *) echo "run.sh: MECHANISM is exits, mod, topp or act, not '$mechanism'" >&2; exit 2 ;;
 esac
