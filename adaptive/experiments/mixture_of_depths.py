@@ -16,48 +16,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 from adaptive import config as config_lib
-from adaptive.compute.lm_flops import lm_flops
-from adaptive.data.byte_vocab import VOCAB_SIZE
-from adaptive.experiments.lm_scoring import test_point
-
-def training_flops_per_token(cfg) -> float:
-    return lm_flops(cfg, cfg.data.window, VOCAB_SIZE, batch=cfg.train.batch_size, train=True).full()
+from adaptive.experiments.lm_scoring import compare, print_rows, training_flops_per_token
 
 
 def isoflop_steps(base_steps: int, spec: str, overrides: list[str]) -> int:
     mod = config_lib.load(spec, overrides)
     dense = dataclasses.replace(mod, lm=dataclasses.replace(mod.lm, mod_capacity=0.0))
     return round(base_steps * training_flops_per_token(dense) / training_flops_per_token(mod))
-
-
-def score(dense_dir: Path, mod_dir: Path, out: Path, limit: int | None) -> list[dict]:
-    rows = []
-    for model, workdir in (("dense", dense_dir), ("mod", mod_dir)):
-        run, point = test_point(workdir, limit, "mixture_of_depths")
-        per_token = training_flops_per_token(run.cfg)
-        tokens = run.step * run.cfg.train.batch_size * run.cfg.data.window
-        rows.append(
-            {
-                "model": model,
-                "bits_per_byte": point["bits_per_byte"],
-                "flops_per_token": point["flops_per_token"],  # a forward pass, as decoding routes
-                "train_flops": per_token * tokens,
-                "train_steps": run.step,
-                "mod_share": point["mod_share"],
-                "tokens": point["tokens"],
-            }
-        )
-    dense, mod = rows
-    mod["bpb_minus_dense"] = mod["bits_per_byte"] - dense["bits_per_byte"]
-    mod["forward_flops_ratio"] = mod["flops_per_token"] / dense["flops_per_token"]
-    mod["train_flops_ratio"] = mod["train_flops"] / dense["train_flops"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
-    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "steps":
         print(isoflop_steps(args.base_steps, args.config, overrides))
         return 0
-    for row in score(args.dense, args.mod, args.json, args.limit):
-        flops = f"FLOPs per token {row['flops_per_token']:,.0f}"
-        print(f"{row['model']:>5}: bits per byte {row['bits_per_byte']:.4f}, {flops}")
+    print_rows(compare({"dense": args.dense, "mod": args.mod}, args.json, args.limit, "mixture_of_depths"))
     return 0
 
 
