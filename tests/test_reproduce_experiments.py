@@ -1,4 +1,4 @@
-"""The reproduce blocks of budget_targeting, moe_vs_dense, pondernet_parity and serving: every
+"""The reproduce blocks of every experiment with one (the language-model ones too): every
 full claim selects what the block plans before anything runs, every tiny claim fails on a run
 made to fail, and (slow) each `adaptive reproduce NAME --tiny` runs end to end with its tiny
 claims holding."""
@@ -13,7 +13,24 @@ from adaptive.experiments import claims
 from adaptive.experiments.reproduce import RUN_SEEDS, _plan_sweep, read_block
 from tests.helpers import QUIET, cli
 
-EXPERIMENTS = ("budget_targeting", "moe_vs_dense", "pondernet_parity", "serving")
+EXPERIMENTS = (
+    "budget_targeting",
+    "moe_vs_dense",
+    "pondernet_parity",
+    "serving",
+    "early_exit_lm",
+    "lm_budget",
+    "mixture_of_depths",
+    "moe_lm",
+)
+# The language-model experiments' tiny claims, each made to fail by a value it excludes: no
+# compute saved, nothing spent, the wrong number of steps, a dense model priced as the MoE.
+FAILING_VALUES = {
+    "early_exit_lm": {"blocks_ratio": 1.5},
+    "lm_budget": {"ratio": 0.0},
+    "mixture_of_depths": {"train_flops_ratio": 2.0},
+    "moe_lm": {"forward_flops_ratio": 3.0},
+}
 
 
 def _values(filters: str) -> dict:
@@ -58,6 +75,8 @@ def _failing_runs(name: str, tiny_claims: list) -> list[list[dict]]:
     if name == "pondernet_parity":  # a run that cannot ponder: every model, and the sampled eval, at 1 step
         rows = [row(f"halting.policy={p}", test_steps=1.0, test_accuracy=0.5) for p in ("pondernet", "act", "none")]
         return [[*rows, row("run=sample split=test halting=sample", **{"eval/steps_mean": 1.0})]]
+    if name in FAILING_VALUES:
+        return [[row(c.left.filters, **FAILING_VALUES[name]) for c in tiny_claims]]
     # serving: no policy answered anything on time
     return [[row(c.left.filters, sla_violation_rate=1.0, effective_accuracy=0.0) for c in tiny_claims]]
 
