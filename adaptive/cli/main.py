@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 
+from adaptive.cli import bench_command
 from adaptive.cli.parser import build_parser
 
 
@@ -28,73 +29,6 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
         (overrides if arg.startswith("--config.") else rest).append(arg)
         i += 1
     return rest, overrides
-
-
-def _bench(args, overrides: list[str]) -> int:
-    if args.bench == "depth":
-        from adaptive.bench import depth
-
-        ints = lambda text: [int(v) for v in text.split(",") if v]  # noqa: E731
-        depth.run(
-            kind=args.kind,
-            hidden=args.hidden,
-            cap=args.cap,
-            depths=ints(args.depths),
-            batches=ints(args.batches),
-            repeats=args.repeats,
-            n_in=args.inputs,
-            json_out=args.json,
-            rounds=args.rounds,
-        )
-    elif args.bench == "serve":
-        from adaptive.bench import serve
-
-        serve.run(
-            args.artifact,
-            args.small,
-            sla_ms=args.sla_ms,
-            rate=args.rate,
-            duration=args.duration,
-            fixed_budget=args.fixed_budget,
-            max_batch=args.max_batch,
-            out_dir=args.out,
-            json_out=args.json,
-            repeats=args.repeats,
-            tiny=args.tiny,
-        )
-    elif args.bench == "lm":
-        from adaptive.bench import lm
-
-        lm.run(
-            width=args.width,
-            layers=args.layers,
-            heads=args.heads,
-            length=args.length,
-            batch=args.batch,
-            capacity=args.capacity,
-            exit_depths=[int(v) for v in args.exit_depths.split(",") if v],
-            repeats=args.repeats,
-            json_out=args.json,
-        )
-    elif args.bench == "moe":
-        from adaptive.bench import moe
-
-        moe.run(
-            tokens=args.tokens,
-            width=args.width,
-            hidden=args.hidden,
-            experts=args.experts,
-            k=args.k,
-            capacity_factor=args.capacity_factor,
-            block_size=args.block_size,
-            repeats=args.repeats,
-            json_out=args.json,
-        )
-    else:
-        from adaptive.bench import act_train
-
-        act_train.run(n=args.n, steps=args.steps, json_out=args.json)
-    return 0
 
 
 def _quiet_libraries() -> None:
@@ -393,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             "reproduce": _reproduce,
             "report": _report,
             "calibrate": _calibrate,
-            "bench": _bench,
+            "bench": bench_command.run,
         }
         return commands[args.command](args, overrides)
     except (ConfigError, RunError, CostModelError, ArtifactError) as e:

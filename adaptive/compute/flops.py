@@ -57,18 +57,18 @@ class FlopsModel:
         return self.at_steps(steps, steps * self.min_experts_per_step)
 
 
-def _layer_norm(width: int) -> float:
+def layer_norm_flops(width: int) -> float:
     return 8.0 * width  # mean, variance, normalise, scale and shift
 
 
-def _dense(d_in: int, d_out: int, bias: bool = True) -> float:
+def dense_flops(d_in: int, d_out: int, bias: bool = True) -> float:
     return 2.0 * d_in * d_out + (d_out if bias else 0)
 
 
-def _moe(width: int, cfg, tokens: int, *, train: bool, useful: bool) -> tuple[float, float, float]:
+def moe_flops(width: int, cfg, tokens: int, *, train: bool, useful: bool) -> tuple[float, float, float]:
     """Per token, one MoE feed-forward: (FLOPs in all, expert applications, FLOPs of one)."""
     hidden = cfg.expert_width(width)
-    expert = _dense(width, hidden) + _dense(hidden, width) + 8.0 * hidden  # + GELU's polynomial
+    expert = dense_flops(width, hidden) + dense_flops(hidden, width) + 8.0 * hidden  # + GELU's polynomial
     dropless = cfg.dropless if train else cfg.eval_dropless
     if useful or (cfg.dispatch != "capacity" and cfg.router != "expert_choice"):
         passes = cfg.k
@@ -77,7 +77,7 @@ def _moe(width: int, cfg, tokens: int, *, train: bool, useful: bool) -> tuple[fl
         group = max(tokens // cfg.num_groups, 1)  # serving routes small batches as one group
         slots = group if dropless and cfg.router != "expert_choice" else capacity(group, cfg.num_experts, cfg.k, factor)
         passes = cfg.num_experts * slots / group
-    router = _dense(width, cfg.num_experts, bias=False) + 6.0 * cfg.num_experts
+    router = dense_flops(width, cfg.num_experts, bias=False) + 6.0 * cfg.num_experts
     return router + passes * expert + 2.0 * cfg.k * width, passes, expert
 
 
@@ -88,36 +88,36 @@ def flops_model(
     whose capacity, and so executed work, depends on how many tokens are routed together."""
     d_in, width = math.prod(input_shape), cfg.model.hidden
     kind, moe = cfg.model.kind, cfg.moe if cfg.moe.enabled else None
-    head = _dense(width, num_classes)
-    dense_ffn = _dense(width, 2 * width) + _dense(2 * width, width)
+    head = dense_flops(width, num_classes)
+    dense_ffn = dense_flops(width, 2 * width) + dense_flops(2 * width, width)
     experts = (0.0, 0.0, 0.0)  # (applications per example per step, the fewest, FLOPs of one)
     policy = policy_of(cfg.halting)
     if kind == "rnn":
-        projection = _dense(d_in + 1, width)
+        projection = dense_flops(d_in + 1, width)
         if policy.unrolled:  # the first step's projection, and one shared by all later steps
             fixed, looped = head + min(policy.num_steps(cfg.model), 2) * projection, 0.0
         else:
             fixed, looped = head, projection
-        per_step = _dense(width, width, bias=False) + 2.0 * width + looped  # + the two adds
+        per_step = dense_flops(width, width, bias=False) + 2.0 * width + looped  # + the two adds
     elif kind == "mlp":
-        fixed = _dense(d_in, width) + width + head
+        fixed = dense_flops(d_in, width) + width + head
         ffn = dense_ffn + 2.0 * width
         if moe:
-            ffn, passes, one = _moe(width, moe, batch, train=train, useful=useful)
+            ffn, passes, one = moe_flops(width, moe, batch, train=train, useful=useful)
             experts = (passes, 1.0, one)
-        per_step = _layer_norm(width) + ffn + width
+        per_step = layer_norm_flops(width) + ffn + width
     else:
         length = d_in
-        fixed = length * (_dense(1, width) + width) + _layer_norm(width) + length * width + head
-        attention = 4 * _dense(width, width) + 2 * 2.0 * length * width + 5.0 * length * cfg.model.num_heads
+        fixed = length * (dense_flops(1, width) + width) + layer_norm_flops(width) + length * width + head
+        attention = 4 * dense_flops(width, width) + 2 * 2.0 * length * width + 5.0 * length * cfg.model.num_heads
         ffn = dense_ffn + 8.0 * 2 * width
         if moe:
-            ffn, passes, one = _moe(width, moe, batch * length, train=train, useful=useful)
+            ffn, passes, one = moe_flops(width, moe, batch * length, train=train, useful=useful)
             experts = (length * passes, length, one)
-        per_step = length * (2 * _layer_norm(width) + attention + ffn + 3.0 * width)
+        per_step = length * (2 * layer_norm_flops(width) + attention + ffn + 3.0 * width)
     sequence = BACKBONES[kind].sequence
     halting = policy.halting_flops(
-        unit=_dense(width, 1), head=head, num_classes=num_classes, positions=d_in, sequence=sequence
+        unit=dense_flops(width, 1), head=head, num_classes=num_classes, positions=d_in, sequence=sequence
     )
     passes, fewest, one = experts
     dynamic = moe is not None and moe.router == "top_p"

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from adaptive.compute.flops import _dense, _layer_norm, _moe
+from adaptive.compute.flops import dense_flops, layer_norm_flops, moe_flops
 from adaptive.config import moe_layers, step_cap
 
 
@@ -89,35 +89,37 @@ def lm_flops(cfg, length: int, vocab: int, *, batch: int = 1, train: bool = Fals
     with a threshold (classifier and saturation confidences then skip the exits' heads)."""
     width, heads, lm = cfg.model.hidden, cfg.model.num_heads, cfg.lm
     moe = moe_layers(cfg) if cfg.moe.enabled else None  # the experts as the model builds them
-    head = _dense(width, vocab, bias=False)
-    fixed = _layer_norm(width) + head + (width if lm.positions == "learned" else 0)
+    head = dense_flops(width, vocab, bias=False)
+    fixed = layer_norm_flops(width) + head + (width if lm.positions == "learned" else 0)
 
     def block(keys: int) -> float:
         rotary = 6.0 * width if lm.positions == "rotary" else 0.0
-        attention = _dense(width, 3 * width, bias=False) + rotary + 4.0 * keys * width + 7.0 * keys * heads
-        attention += _dense(width, width, bias=False)
+        attention = dense_flops(width, 3 * width, bias=False) + rotary + 4.0 * keys * width + 7.0 * keys * heads
+        attention += dense_flops(width, width, bias=False)
         if moe:
-            ffn = _moe(width, moe, batch * length, train=train, useful=False)[0]
+            ffn = moe_flops(width, moe, batch * length, train=train, useful=False)[0]
         else:
-            ffn = _dense(width, 4 * width) + _dense(4 * width, width) + 8.0 * 4 * width
-        return 2 * _layer_norm(width) + attention + ffn + 2.0 * width
+            ffn = dense_flops(width, 4 * width) + dense_flops(4 * width, width) + 8.0 * 4 * width
+        return 2 * layer_norm_flops(width) + attention + ffn + 2.0 * width
 
     depth = step_cap(cfg)  # ACT: the cap on its shared block's steps
     per_exit = 0.0
     if lm.exits:
         softmax = lm.confidence in ("max_prob", "margin")
-        confidence = {"classifier": _dense(width, 1), "state_saturation": 6.0 * width}.get(lm.confidence, 4.0 * vocab)
-        per_exit = _layer_norm(width) + confidence + (head if softmax or not exiting else 0.0)
+        confidence = {"classifier": dense_flops(width, 1), "state_saturation": 6.0 * width}.get(
+            lm.confidence, 4.0 * vocab
+        )
+        per_exit = layer_norm_flops(width) + confidence + (head if softmax or not exiting else 0.0)
     mod_blocks = [i for i in range(depth) if lm.mod_capacity > 0 and i % lm.mod_every == lm.mod_every - 1]
     # ACT: the halting unit, and adding the step's weighted state to the mean field
-    halting = _dense(width, 1) + 3.0 * width if cfg.halting.policy == "act" else 0.0
+    halting = dense_flops(width, 1) + 3.0 * width if cfg.halting.policy == "act" else 0.0
     per_block_mod, router, mod_run = 0.0, 0.0, 0.0
     if mod_blocks:
         picked = max(1, math.ceil(lm.mod_capacity * length))
-        router = _dense(width, 1) + _dense(width, max(8, width // 4)) + _dense(max(8, width // 4), 1)
+        router = dense_flops(width, 1) + dense_flops(width, max(8, width // 4)) + dense_flops(max(8, width // 4), 1)
         mod_run = block(picked) + 3.0 * width  # + scaling the update
         per_block_mod = router + picked / length * mod_run
-    passes, expert_pass = _moe(width, moe, batch * length, train=train, useful=False)[1:] if moe else (0.0, 0.0)
+    passes, expert_pass = moe_flops(width, moe, batch * length, train=train, useful=False)[1:] if moe else (0.0, 0.0)
     return LMFlops(
         fixed=float(fixed),
         per_block=float(block(length)),

@@ -20,6 +20,7 @@ blocks per token at each threshold.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import NamedTuple
@@ -32,7 +33,7 @@ from flax import nnx
 from adaptive.compute.lm_flops import lm_flops
 from adaptive.data import byte_vocab
 from adaptive.evaluation.curves import pareto_front
-from adaptive.inference.restore import Run
+from adaptive.inference.restore import Run, load_run
 from adaptive.inference.scoring import split_batches
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -233,10 +234,6 @@ def evaluate_lm(
 ) -> tuple[dict, Path, list[Path]]:
     """`adaptive eval` of a language model's run: the report, written to
     DIR/eval/<split>-lm-report-step<N>.json with its plots beside it."""
-    import json
-
-    from adaptive.inference.restore import load_run
-
     run = load_run(workdir, step, language_model=True)
     split = split or run.cfg.data.eval_split
     out_dir = run.workdir / "eval"

@@ -1,0 +1,71 @@
+"""`adaptive bench`: which benchmark runs, with which flags (adaptive.bench has one module each)."""
+
+from __future__ import annotations
+
+
+def run(args, overrides: list[str]) -> int:
+    """`adaptive bench KIND ...`: each benchmark's own module, given the parsed flags."""
+    if args.bench == "depth":
+        from adaptive.bench import depth
+
+        ints = lambda text: [int(v) for v in text.split(",") if v]  # noqa: E731
+        depth.run(
+            kind=args.kind,
+            hidden=args.hidden,
+            cap=args.cap,
+            depths=ints(args.depths),
+            batches=ints(args.batches),
+            repeats=args.repeats,
+            n_in=args.inputs,
+            json_out=args.json,
+            rounds=args.rounds,
+        )
+    elif args.bench == "serve":
+        from adaptive.bench import serve
+
+        serve.run(
+            args.artifact,
+            args.small,
+            sla_ms=args.sla_ms,
+            rate=args.rate,
+            duration=args.duration,
+            fixed_budget=args.fixed_budget,
+            max_batch=args.max_batch,
+            out_dir=args.out,
+            json_out=args.json,
+            repeats=args.repeats,
+            tiny=args.tiny,
+        )
+    elif args.bench == "lm":
+        from adaptive.bench import lm
+
+        lm.run(
+            width=args.width,
+            layers=args.layers,
+            heads=args.heads,
+            length=args.length,
+            batch=args.batch,
+            capacity=args.capacity,
+            exit_depths=[int(v) for v in args.exit_depths.split(",") if v],
+            repeats=args.repeats,
+            json_out=args.json,
+        )
+    elif args.bench == "moe":
+        from adaptive.bench import moe
+
+        moe.run(
+            tokens=args.tokens,
+            width=args.width,
+            hidden=args.hidden,
+            experts=args.experts,
+            k=args.k,
+            capacity_factor=args.capacity_factor,
+            block_size=args.block_size,
+            repeats=args.repeats,
+            json_out=args.json,
+        )
+    else:
+        from adaptive.bench import act_train
+
+        act_train.run(n=args.n, steps=args.steps, json_out=args.json)
+    return 0
