@@ -8,7 +8,8 @@ Four pre-LN blocks of width 128 (4 heads, rotary positions), the head tied to th
 embedding, windows of 256 bytes. Per-token adaptive compute is switched on by keys of `lm`:
 `--config.lm.exits=true` (CALM exits; `lm.confidence`, `lm.exit_threshold`),
 `--config.lm.mod_capacity=0.125` (Mixture-of-Depths on every other block), and
-`--config.moe.enabled=true` (experts in every block). A budget per token needs one of them to
+`--config.moe.enabled=true` (experts in every block), `--config.halting.policy=act
+--config.halting.max_steps=4` (one shared block, halting per position by ACT). A budget per token needs one of them to
 vary compute (top-p experts: `--config.moe.router=top_p --config.moe.renormalize=false`):
 
     adaptive train --config configs/lm.py --workdir runs/lm-exits --config.lm.exits=true \
