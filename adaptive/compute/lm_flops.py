@@ -11,7 +11,7 @@ folded into `per_block_mod` so that `full()` of a MoD model is its expected FLOP
 `LMFlops.of_tokens(reached, ran, experts)` prices what each token spent block by block (the
 model's `LMOutput` fields, or their differentiable expectations for a budget's penalty): a block
 a token reached costs its exit and MoD router; one it ran costs its attention and feed-forward;
-top-p experts are counted as routed.
+experts are counted as routed where the dispatch runs only the kept assignments.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ class LMFlops:
     run_costs: tuple[float, ...] = ()
     expert_pass: float = 0.0  # one expert applied to one token
     experts_per_block: float = 0.0  # expert applications counted in a block's run cost
-    dynamic_experts: bool = False  # top-p: counted as routed, token by token
+    dynamic_experts: bool = False  # top-p, routed: a token's count varies, and a budget can train it
+    routed_experts: bool = False  # counted as routed, token by token (all but capacity buffers)
 
     def at_blocks(self, blocks: float) -> float:
         """FLOPs of a token that ran `blocks` dense blocks and passed an exit after each but the
@@ -64,7 +65,7 @@ class LMFlops:
         reach = self._column(self.reach_costs, reached_NxBxL)
         run = self._column(self.run_costs, ran_NxBxL)
         total = self.fixed + (reached_NxBxL * reach).sum(0) + (ran_NxBxL * run).sum(0)
-        if experts_NxBxL is None or not self.dynamic_experts:
+        if experts_NxBxL is None or not self.routed_experts:
             return total
         return total + ((experts_NxBxL - ran_NxBxL * self.experts_per_block) * self.expert_pass).sum(0)
 
@@ -119,6 +120,9 @@ def lm_flops(cfg, length: int, vocab: int, *, batch: int = 1, train: bool = Fals
         router = dense_flops(width, 1) + dense_flops(width, max(8, width // 4)) + dense_flops(max(8, width // 4), 1)
         mod_run = block(picked) + 3.0 * width  # + scaling the update
         per_block_mod = router + picked / length * mod_run
+    # block and ragged dispatch run the kept assignments (a token given fewer experts, by top-p or
+    # by an expert budget, costs less); capacity buffers and expert choice run whole
+    routed = moe is not None and moe.router != "expert_choice" and moe.dispatch != "capacity"
     passes, expert_pass = moe_flops(width, moe, batch * length, train=train, useful=False)[1:] if moe else (0.0, 0.0)
     return LMFlops(
         fixed=float(fixed),
@@ -137,5 +141,6 @@ def lm_flops(cfg, length: int, vocab: int, *, batch: int = 1, train: bool = Fals
         run_costs=tuple(float(mod_run if i in mod_blocks else block(length)) for i in range(depth)),
         expert_pass=float(expert_pass),
         experts_per_block=float(passes),
-        dynamic_experts=moe is not None and moe.router == "top_p",
+        dynamic_experts=routed and moe.router == "top_p",
+        routed_experts=routed,
     )
