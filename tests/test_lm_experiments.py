@@ -20,3 +20,21 @@ def test_the_cheapest_threshold_within_the_tolerance_is_chosen_per_measure():
     assert choose(points, "max_prob") == (points[2], True)
     # no threshold of the measure is within the tolerance: its most conservative one, flagged
     assert choose(points, "margin") == (points[5], False)
+
+
+def test_a_limit_spread_over_a_split_reads_from_its_whole_length(tmp_path):
+    import numpy as np
+
+    from adaptive import config as config_lib
+    from adaptive.inference.scoring import split_batches
+    from tests.helpers import ROOT
+
+    cfg = config_lib.load(str(ROOT / "configs/parity.py:tiny"), [f"--config.data.data_dir={tmp_path}"])
+    every = np.concatenate([b["x"][r] for b, r in split_batches(cfg, "validation", 8)])
+    first = np.concatenate([b["x"][r] for b, r in split_batches(cfg, "validation", 8, 16)])
+    spread = np.concatenate([b["x"][r] for b, r in split_batches(cfg, "validation", 8, 16, spread=True)])
+    assert len(first) == len(spread) == 16 and len(every) > 32
+    np.testing.assert_array_equal(first, every[:16])
+    # every k-th batch: the second batch read lies past the first 16 examples, still in the split
+    assert not np.array_equal(spread, first)
+    assert all(any((row == other).all() for other in every) for row in spread)

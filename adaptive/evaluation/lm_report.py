@@ -121,7 +121,7 @@ def _per_token(run: Run, split: str, forward, knobs: Knobs, limit: int | None) -
     threshold = np.float32(2.0 if knobs.threshold is None else knobs.threshold)
     bias = np.float32(0.0 if knobs.mod_bias is None else knobs.mod_bias)
     k_active = np.int32(knobs.experts or run.cfg.moe.k)
-    for batch, real in split_batches(run.cfg, split, run.cfg.train.eval_batch_size, limit):
+    for batch, real in split_batches(run.cfg, split, run.cfg.train.eval_batch_size, limit, spread=True):
         outputs = jax.device_get(forward(run.params, batch["x"], batch["y"], threshold, bias, k_active))
         for key, value in zip(names, (*outputs, batch["y"], batch["difficulty"]), strict=True):
             parts[key].append(np.asarray(value)[real].reshape(-1))
@@ -167,7 +167,7 @@ def _point(run: Run, tokens: dict[str, np.ndarray], knobs: Knobs) -> dict:
 def lm_report(
     run: Run, split: str, out_dir: Path, *, limit: int | None = None, points: list[Knobs] | None = None
 ) -> tuple[dict, list[Path]]:
-    """The report of `run` on `split` (its first `limit` windows when given) at `points`
+    """The report of `run` on `split` (`limit` windows spread over it when given) at `points`
     (default: `operating_points`) and its plots."""
     forwards: dict = {}
 

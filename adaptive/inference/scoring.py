@@ -22,14 +22,24 @@ from adaptive import config as config_lib
 from adaptive import data
 
 
-def split_batches(cfg: config_lib.Config, split: str, batch_size: int, limit: int | None = None) -> Iterator:
+def split_batches(
+    cfg: config_lib.Config, split: str, batch_size: int, limit: int | None = None, *, spread: bool = False
+) -> Iterator:
     """(batch, real_B) over every example of `split` in order, in batches of exactly `batch_size`
     (the last one padded, see `data.eval_batches`); `real_B` marks the rows that count: not
-    padding, and among the first `limit` real examples when given."""
+    padding, and among the first `limit` real examples when given. `spread`: the `limit`
+    examples come from every k-th batch across the whole split instead of its start (a
+    language model's windows are in file order: the first ones are a few files)."""
+    stride = 1
+    if limit is not None and spread:
+        batches = -(-len(data.load_split(cfg.data, split)) // batch_size)
+        stride = max(1, batches // max(1, -(-limit // batch_size)))
     seen = 0
-    for batch in data.eval_batches(cfg.data, split, batch_size):
+    for i, batch in enumerate(data.eval_batches(cfg.data, split, batch_size)):
         if limit is not None and seen >= limit:
             return
+        if i % stride:
+            continue
         real = batch["mask"] > 0
         if limit is not None:
             real &= seen + np.arange(len(real)) < limit
