@@ -111,6 +111,9 @@ def test_tiny_reproduction_runs_end_to_end_and_its_claims_hold(name, tmp_path):
     elif name == "pondernet_parity":
         sampled = json.loads((tmp_path / "sample-seed0.json").read_text())
         assert sampled["halting"] == "sample" and sampled["split"] == "test"
-    else:
+    elif name == "serving":
         rows = json.loads((tmp_path / "serving.json").read_text())
         assert len(rows) == 7 * 4 and {r["seed"] for r in rows} == {0}  # 7 policies x 4 patterns, one run
+    else:  # the language-model experiments: each tiny run wrote its rows
+        for run_name, _ in read_block(name)["tiny-run"]:
+            assert json.loads((tmp_path / f"{run_name}.json").read_text()), run_name
