@@ -43,6 +43,8 @@ class LMFlops:
     experts_per_block: float = 0.0  # expert applications counted in a block's run cost
     dynamic_experts: bool = False  # top-p, routed: a token's count varies, and a budget can train it
     routed_experts: bool = False  # counted as routed, token by token (all but capacity buffers)
+    # decoding: a block above a token's exit writes its keys and values (and asks its MoD router)
+    fill_costs: tuple[float, ...] = ()
 
     def at_blocks(self, blocks: float) -> float:
         """FLOPs of a token that ran `blocks` dense blocks and passed an exit after each but the
@@ -65,6 +67,8 @@ class LMFlops:
         reach = self._column(self.reach_costs, reached_NxBxL)
         run = self._column(self.run_costs, ran_NxBxL)
         total = self.fixed + (reached_NxBxL * reach).sum(0) + (ran_NxBxL * run).sum(0)
+        if self.fill_costs:
+            total = total + ((1.0 - reached_NxBxL) * self._column(self.fill_costs, reached_NxBxL)).sum(0)
         if experts_NxBxL is None or not self.routed_experts:
             return total
         return total + ((experts_NxBxL - ran_NxBxL * self.experts_per_block) * self.expert_pass).sum(0)
@@ -85,9 +89,14 @@ class LMFlops:
         return np.asarray(costs, np.float32).reshape((-1,) + (1,) * (like.ndim - 1))
 
 
-def lm_flops(cfg, length: int, vocab: int, *, batch: int = 1, train: bool = False, exiting: bool = False) -> LMFlops:
+def lm_flops(
+    cfg, length: int, vocab: int, *, batch: int = 1, train: bool = False, exiting: bool = False, decoding: bool = False
+) -> LMFlops:
     """The LMFlops of `cfg`'s language model on windows of `length` tokens. `exiting`: inference
-    with a threshold (classifier and saturation confidences then skip the exits' heads)."""
+    with a threshold (classifier and saturation confidences then skip the exits' heads).
+    `decoding`: one token at a time over a KV cache of `length` slots (adaptive.nn.lm_decode): a
+    MoD block a token runs attends over the whole cache, and the blocks above a token's exit
+    cost their key/value projection (`fill_costs`)."""
     width, heads, lm = cfg.model.hidden, cfg.model.num_heads, cfg.lm
     moe = moe_layers(cfg) if cfg.moe.enabled else None  # the experts as the model builds them
     head = dense_flops(width, vocab, bias=False)
@@ -118,12 +127,15 @@ def lm_flops(cfg, length: int, vocab: int, *, batch: int = 1, train: bool = Fals
     if mod_blocks:
         picked = max(1, math.ceil(lm.mod_capacity * length))
         router = dense_flops(width, 1) + dense_flops(width, max(8, width // 4)) + dense_flops(max(8, width // 4), 1)
-        mod_run = block(picked) + 3.0 * width  # + scaling the update
+        mod_run = block(length if decoding else picked) + 3.0 * width  # + scaling the update
         per_block_mod = router + picked / length * mod_run
     # block and ragged dispatch run the kept assignments (a token given fewer experts, by top-p or
     # by an expert budget, costs less); capacity buffers and expert choice run whole
     routed = moe is not None and moe.router != "expert_choice" and moe.dispatch != "capacity"
     passes, expert_pass = moe_flops(width, moe, batch * length, train=train, useful=False)[1:] if moe else (0.0, 0.0)
+    fill = layer_norm_flops(width) + dense_flops(width, 2 * width, bias=False)
+    fill += 3.0 * width if lm.positions == "rotary" else 0.0
+    fill_costs = tuple(float(fill + (router if i in mod_blocks else 0.0)) for i in range(depth)) if decoding else ()
     return LMFlops(
         fixed=float(fixed),
         per_block=float(block(length)),
@@ -143,4 +155,5 @@ def lm_flops(cfg, length: int, vocab: int, *, batch: int = 1, train: bool = Fals
         experts_per_block=float(passes),
         dynamic_experts=routed and moe.router == "top_p",
         routed_experts=routed,
+        fill_costs=fill_costs,
     )

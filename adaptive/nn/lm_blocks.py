@@ -7,6 +7,8 @@ subset at its own position or before.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -54,6 +56,54 @@ class CausalAttention(nnx.Module):
         mixed = jnp.einsum("bhqs,bshk->bqhk", weights, v).reshape(batch, length, width)
         return self.out(mixed)
 
+    def cached(self, x_BxTxD, positions_BxT, keys_BxT, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Attention of T new tokens over a KV cache whose slot s holds position s: their keys
+        and values are written at their positions first (`keys_BxT`: which of them may be
+        attended to), then each attends to the cache's attendable slots at or before it."""
+        batch, length, width = x_BxTxD.shape
+        q, k, v = jnp.split(self.qkv(x_BxTxD).reshape(batch, length, 3, self.heads, -1), 3, axis=2)
+        q = q[:, :, 0]
+        cache = self._write(cache, k[:, :, 0], v[:, :, 0], positions_BxT, keys_BxT)
+        if self.rotary:
+            q = rotate(q, positions_BxT)
+        scores = jnp.einsum("bqhk,bshk->bhqs", q, cache.k_BxSxHxK).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
+        slots_S = jnp.arange(cache.keys_BxS.shape[1])
+        visible = cache.keys_BxS[:, None, None, :] & (slots_S <= positions_BxT[:, None, :, None])
+        weights = jax.nn.softmax(jnp.where(visible, scores, -1e30), axis=-1).astype(cache.v_BxSxHxK.dtype)
+        mixed = jnp.einsum("bhqs,bshk->bqhk", weights, cache.v_BxSxHxK).reshape(batch, length, width)
+        return self.out(mixed), cache
+
+    def fill(self, x_BxTxD, positions_BxT, keys_BxT, cache: KVCache) -> KVCache:
+        """Only the keys and values of T tokens written to the cache (an exited token's state
+        propagated to a block it skips, CALM): a third of the projection, no attention."""
+        batch, length, width = x_BxTxD.shape
+        kernel = self.qkv.kernel[...][:, width:]  # the q | k | v columns' k and v
+        kv = (x_BxTxD.astype(kernel.dtype) @ kernel).reshape(batch, length, 2, self.heads, -1)
+        return self._write(cache, kv[:, :, 0], kv[:, :, 1], positions_BxT, keys_BxT)
+
+    def _write(self, cache: KVCache, k_BxTxHxK, v_BxTxHxK, positions_BxT, keys_BxT) -> KVCache:
+        if self.rotary:
+            k_BxTxHxK = rotate(k_BxTxHxK, positions_BxT)
+        rows = jnp.arange(k_BxTxHxK.shape[0])[:, None]
+        return KVCache(
+            cache.k_BxSxHxK.at[rows, positions_BxT].set(k_BxTxHxK.astype(cache.k_BxSxHxK.dtype)),
+            cache.v_BxSxHxK.at[rows, positions_BxT].set(v_BxTxHxK.astype(cache.v_BxSxHxK.dtype)),
+            cache.keys_BxS.at[rows, positions_BxT].set(keys_BxT),
+        )
+
+
+class KVCache(NamedTuple):
+    """One block's keys and values for decoding: slot s holds position s of each sequence."""
+
+    k_BxSxHxK: jax.Array
+    v_BxSxHxK: jax.Array
+    keys_BxS: jax.Array  # bool: the slot may be attended to (written, and not skipped by MoD)
+
+    @staticmethod
+    def empty(batch: int, size: int, heads: int, head_width: int, dtype) -> KVCache:
+        zeros = jnp.zeros((batch, size, heads, head_width), dtype)
+        return KVCache(zeros, zeros, jnp.zeros((batch, size), bool))
+
 
 class LMBlock(nnx.Module):
     """h + attention(LN h), then + feed-forward(LN h): a dense GELU MLP or sparse experts."""
@@ -73,6 +123,20 @@ class LMBlock(nnx.Module):
         """(the block's new state, the MoE layer's output with per-token expert counts, or None);
         `keys_BxL` limits which tokens attention reads (a MoD block's chosen ones)."""
         h = h_BxLxD + self.attention(self.norm1(h_BxLxD), positions_BxL, keys_BxL).astype(h_BxLxD.dtype)
+        return self._feed_forward(h, train, k_active)
+
+    def cached(self, h_BxTxD, positions_BxT, keys_BxT, cache: KVCache, *, k_active=None):
+        """The block on T new tokens attending over `cache`: (new state, MoE output or None,
+        the cache with their keys and values written)."""
+        mixed, cache = self.attention.cached(self.norm1(h_BxTxD), positions_BxT, keys_BxT, cache)
+        new_h, moe = self._feed_forward(h_BxTxD + mixed.astype(h_BxTxD.dtype), False, k_active)
+        return new_h, moe, cache
+
+    def fill(self, h_BxTxD, positions_BxT, keys_BxT, cache: KVCache) -> KVCache:
+        """Only the keys and values of T tokens whose state skips this block."""
+        return self.attention.fill(self.norm1(h_BxTxD), positions_BxT, keys_BxT, cache)
+
+    def _feed_forward(self, h, train: bool, k_active):
         if self.moe is None:
             return h + self.down(jax.nn.gelu(self.up(self.norm2(h)))).astype(h.dtype), None
         batch, length, width = h.shape
