@@ -302,6 +302,12 @@ def _report(args, overrides: list[str]) -> int:
     return 0
 
 
+def _generate(args, overrides: list[str]) -> int:
+    from adaptive.cli import generate_command  # jax loads only for the commands that need it
+
+    return generate_command.run(args, overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     rest, overrides = _split_overrides(argv)
@@ -327,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             "reproduce": _reproduce,
             "report": _report,
             "calibrate": _calibrate,
+            "generate": _generate,
             "bench": bench_command.run,
         }
         return commands[args.command](args, overrides)

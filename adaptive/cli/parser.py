@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reproduce(commands)
     _add_report(commands)
     _add_calibrate(commands)
+    _add_generate(commands)
     _add_bench(commands)
     return parser
 
@@ -165,6 +166,30 @@ def _add_calibrate(commands) -> None:
     calibrate.add_argument("--repeats", type=int, default=30)
     calibrate.add_argument("--price-per-hour", type=float, default=3.0, help="machine price, money per hour")
     calibrate.add_argument("--power-watts", type=float, default=30.0, help="machine power draw while serving")
+
+
+def _add_generate(commands) -> None:
+    """`adaptive generate`: text from a language model's run under a budget."""
+    gen = commands.add_parser(
+        "generate", help="generate text from a language model under a budget (KV-cached)", allow_abbrev=False
+    )
+    gen.add_argument("--workdir", required=True, metavar="DIR")
+    gen.add_argument("--prompt", action="append", metavar="TEXT", help="repeatable: one sequence of the batch each")
+    gen.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
+    gen.add_argument("--budget", type=float, metavar="B", help="in --unit; default: none")
+    gen.add_argument(
+        "--unit",
+        choices=("flops", "layers", "ms"),
+        default="flops",
+        help="flops: for the new tokens after the first; layers: per token; ms: for the new tokens",
+    )
+    gen.add_argument("--threshold", type=float, help="exit confidence threshold (default: the run's lm.exit_threshold)")
+    gen.add_argument("--experts", type=int, metavar="K", help="the most experts a token may use")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed of the first prompt (the next get +1, ...)")
+    gen.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
+    gen.add_argument("--json", metavar="OUT", help="one JSON row per prompt: text, per-token layers, experts, FLOPs")
 
 
 def _add_bench(commands) -> None:

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from adaptive.compute.lm_flops import LMFlops
+from adaptive.compute.lm_flops import LMFlops, lm_flops
 from adaptive.data.byte_vocab import EOS
 from adaptive.nn import lm_decode
 
@@ -238,6 +238,16 @@ class Decoder:
         carry = (jnp.int32(1), caches, out, limits.flops_budget_B)
         _, _, out, _ = jax.lax.while_loop(running, step, carry)
         return out
+
+
+def decoder_for_run(run, *, prompt_capacity: int, new_capacity: int) -> Decoder:
+    """A `Decoder` of a trained language model's run (adaptive.inference.restore.load_run with
+    language_model=True), its tokens priced at a cache of prompt + new slots."""
+    if run.cfg.model.kind != "lm":
+        raise ValueError(f"{run.workdir} holds a classifier (model.kind={run.cfg.model.kind!r}); generation needs an lm")
+    size = prompt_capacity + new_capacity
+    flops = lm_flops(run.cfg, size, run.spec.num_classes, exiting=True, decoding=True)
+    return Decoder(run.graphdef, run.params, flops, prompt_capacity=prompt_capacity, new_capacity=new_capacity)
 
 
 def worst_costs(flops: LMFlops, blocks: int, max_experts: int) -> np.ndarray:

@@ -1,0 +1,123 @@
+"""`adaptive generate`: text from a trained language model under a budget, token by token.
+
+    adaptive generate --workdir runs/lm-exits --prompt "def main(" --max-new-tokens 64 \\
+        --budget 2e7 --unit flops
+
+`--unit flops`: a FLOPs budget for the tokens after the first (adaptive.inference.generate paces
+it); `layers`: a cap on the blocks each token may run; `ms`: a wall-clock budget for the new
+tokens, turned into a per-token layer cap by timing the compiled decoder at every cap first
+(the loop itself cannot read a clock). Each token's depth is printed under the text.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from adaptive.data import byte_vocab
+from adaptive.inference import generate as G
+from adaptive.inference.restore import load_run
+from adaptive.workdir.config_file import RunError
+
+PROMPT_BUCKET = 64  # prompts padded to a multiple: one compilation serves nearby lengths
+TIMING_TOKENS = 8
+
+
+def run(args, overrides: list[str]) -> int:
+    if overrides:
+        raise RunError(f"adaptive generate takes no --config overrides (got {overrides[0]})")
+    if not args.prompt:
+        raise RunError("give at least one --prompt TEXT")
+    if args.max_new_tokens < 1:
+        raise RunError(f"--max-new-tokens={args.max_new_tokens} must be >= 1")
+    if args.budget is not None and not args.budget > 0:
+        raise RunError(f"--budget={args.budget} must be > 0")
+    trained = load_run(args.workdir, args.step, language_model=True)
+    prompts = [byte_vocab.encode(text.encode(), eos=False) for text in args.prompt]
+    longest = max(len(p) for p in prompts)
+    capacity = -(-longest // PROMPT_BUCKET) * PROMPT_BUCKET
+    try:
+        decoder = G.decoder_for_run(trained, prompt_capacity=capacity, new_capacity=args.max_new_tokens)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    lm = trained.cfg.lm
+    threshold = args.threshold if args.threshold is not None else (lm.exit_threshold if lm.exits else 2.0)
+    knobs = dict(threshold=threshold, expert_cap=args.experts, temperature=args.temperature, top_p=args.top_p)
+    knobs.update(seed=[args.seed + i for i in range(len(prompts))])
+    if args.budget is not None and args.unit == "flops":
+        knobs["flops_budget"] = args.budget
+    elif args.budget is not None and args.unit == "layers":
+        knobs["layer_cap"] = int(args.budget)
+    elif args.budget is not None:
+        knobs["layer_cap"] = _layer_cap_within_ms(decoder, prompts, knobs, args.budget / args.max_new_tokens)
+    try:
+        limits = decoder.limits(len(prompts), **knobs)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    start = time.perf_counter()
+    out = jax.tree.map(np.asarray, jax.block_until_ready(decoder(prompts, limits)))
+    elapsed_ms = (time.perf_counter() - start) * 1e3
+    rows = [_row(text, out, i) for i, text in enumerate(args.prompt)]
+    for row in rows:
+        _print(row)
+    budget = f" (budget {args.budget:g} {args.unit})" if args.budget is not None else ""
+    print(f"{len(rows)} sequence(s) in {elapsed_ms:.0f} ms, compilation included{budget}")
+    if args.json:
+        Path(args.json).write_text("".join(json.dumps(row) + "\n" for row in rows))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _row(prompt: str, out: G.Generation, i: int) -> dict:
+    n = int(out.count_B[i])
+    tokens = out.tokens_BxM[i, :n]
+    return {
+        "prompt": prompt,
+        "text": byte_vocab.decode(tokens).decode("utf-8", "replace"),
+        "tokens": tokens.tolist(),
+        "layers": out.layers_BxM[i, :n].tolist(),
+        "experts": out.experts_BxM[i, :n].tolist(),
+        "flops": out.flops_BxM[i, :n].tolist(),
+        "prefill_flops": float(out.prefill_flops_B[i]),
+        "decode_flops": float(out.flops_BxM[i, 1:n].sum()),
+        "mean_layers": float(out.layers_BxM[i, :n].mean()),
+        "stop": G.STOP_REASONS[int(out.stop_B[i])],
+    }
+
+
+def _print(row: dict) -> None:
+    """The text, then each token's byte and depth in aligned columns."""
+    print(f"{row['prompt']}\u2502{row['text']}")
+    chars = [repr(chr(t))[1:-1] if t < 256 else ("<eos>" if t == byte_vocab.EOS else "<bos>") for t in row["tokens"]]
+    width = max(len(c) for c in chars + ["9"])
+    print("  token " + " ".join(c.rjust(width) for c in chars))
+    print("  depth " + " ".join(str(int(d)).rjust(width) for d in row["layers"]))
+    print(
+        f"  {len(row['tokens'])} tokens, mean depth {row['mean_layers']:.2f}, "
+        f"decode {row['decode_flops']:.3g} FLOPs, prefill {row['prefill_flops']:.3g}, stopped: {row['stop']}"
+    )
+
+
+def _layer_cap_within_ms(decoder: G.Decoder, prompts, knobs: dict, ms_per_token: float) -> int:
+    """The deepest layer cap whose timed milliseconds per token fit `ms_per_token`: the compiled
+    decoder is timed at every cap on TIMING_TOKENS tokens (median of 3, after a warm-up)."""
+    batch, fitted = len(prompts), 1
+    short = dict(knobs, max_new_tokens=min(TIMING_TOKENS, decoder.new_capacity), threshold=2.0, temperature=0.0)
+    for cap in range(1, decoder.blocks + 1):
+        limits = decoder.limits(batch, **dict(short, layer_cap=cap))
+        jax.block_until_ready(decoder(prompts, limits))
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            out = jax.block_until_ready(decoder(prompts, limits))
+            times.append((time.perf_counter() - start) * 1e3 / float(np.asarray(out.count_B).max()))
+        per_token = sorted(times)[1]
+        print(f"timed: layer cap {cap}: {per_token:.3f} ms per token", file=sys.stderr)
+        if per_token <= ms_per_token:
+            fitted = cap
+    return fitted
