@@ -59,14 +59,15 @@ def run(args, overrides: list[str]) -> int:
         limits = decoder.limits(len(prompts), **knobs)
     except ValueError as e:
         raise RunError(str(e)) from None
-    start = time.perf_counter()
+    start, traces = time.perf_counter(), decoder.traces
     out = jax.tree.map(np.asarray, jax.block_until_ready(decoder(prompts, limits)))
     elapsed_ms = (time.perf_counter() - start) * 1e3
+    compiled = ", compilation included" if decoder.traces > traces else ""
     rows = [_row(text, out, i) for i, text in enumerate(args.prompt)]
     for row in rows:
         _print(row)
     budget = f" (budget {args.budget:g} {args.unit})" if args.budget is not None else ""
-    print(f"{len(rows)} sequence(s) in {elapsed_ms:.0f} ms, compilation included{budget}")
+    print(f"{len(rows)} sequence(s) in {elapsed_ms:.1f} ms{compiled}{budget}")
     if args.json:
         Path(args.json).write_text("".join(json.dumps(row) + "\n" for row in rows))
         print(f"wrote {args.json}")
@@ -93,7 +94,7 @@ def _row(prompt: str, out: G.Generation, i: int) -> dict:
 def _print(row: dict) -> None:
     """The text, then each token's byte and depth in aligned columns."""
     print(f"{row['prompt']}\u2502{row['text']}")
-    chars = [repr(chr(t))[1:-1] if t < 256 else ("<eos>" if t == byte_vocab.EOS else "<bos>") for t in row["tokens"]]
+    chars = [_shown(t) for t in row["tokens"]]
     width = max(len(c) for c in chars + ["9"])
     print("  token " + " ".join(c.rjust(width) for c in chars))
     print("  depth " + " ".join(str(int(d)).rjust(width) for d in row["layers"]))
@@ -101,6 +102,13 @@ def _print(row: dict) -> None:
         f"  {len(row['tokens'])} tokens, mean depth {row['mean_layers']:.2f}, "
         f"decode {row['decode_flops']:.3g} FLOPs, prefill {row['prefill_flops']:.3g}, stopped: {row['stop']}"
     )
+
+
+def _shown(token: int) -> str:
+    """A token as one visible cell: spaces and control bytes escaped."""
+    if token >= 256:
+        return "<eos>" if token == byte_vocab.EOS else "<bos>"
+    return "\u2423" if token == 32 else repr(chr(token))[1:-1]
 
 
 def _layer_cap_within_ms(decoder: G.Decoder, prompts, knobs: dict, ms_per_token: float) -> int:

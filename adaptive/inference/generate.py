@@ -244,7 +244,8 @@ def decoder_for_run(run, *, prompt_capacity: int, new_capacity: int) -> Decoder:
     """A `Decoder` of a trained language model's run (adaptive.inference.restore.load_run with
     language_model=True), its tokens priced at a cache of prompt + new slots."""
     if run.cfg.model.kind != "lm":
-        raise ValueError(f"{run.workdir} holds a classifier (model.kind={run.cfg.model.kind!r}); generation needs an lm")
+        kind = run.cfg.model.kind
+        raise ValueError(f"{run.workdir} holds a classifier (model.kind={kind!r}); generation needs a language model")
     size = prompt_capacity + new_capacity
     flops = lm_flops(run.cfg, size, run.spec.num_classes, exiting=True, decoding=True)
     return Decoder(run.graphdef, run.params, flops, prompt_capacity=prompt_capacity, new_capacity=new_capacity)

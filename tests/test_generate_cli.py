@@ -1,0 +1,72 @@
+"""`adaptive generate` on a trained run: text, per-token depths, budgets, one-line refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from tests.helpers import cli, train_tiny
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("lm") / "run"
+    data = f"--config.data.data_dir={workdir.parent / 'data'}"
+    train_tiny(workdir, 2, config="configs/lm.py:tiny", overrides=("--config.lm.exits=true", data))
+    return workdir
+
+
+def _generate(run_dir, *args):
+    command = cli("generate", "--workdir", str(run_dir), *args)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+
+def test_generate_prints_text_and_depths_and_writes_rows(run_dir, tmp_path):
+    rows_path = tmp_path / "rows.jsonl"
+    out = _generate(
+        run_dir, "--prompt", "def f(x):", "--prompt", "import", "--max-new-tokens", "6",
+        "--budget", "1", "--unit", "layers", "--json", str(rows_path),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("  depth ") == 2 and "def f(x):\u2502" in out.stdout
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["def f(x):", "import"]
+    for row in rows:
+        assert len(row["tokens"]) == len(row["layers"]) == len(row["flops"]) <= 6
+        assert row["layers"] == [1.0] * len(row["tokens"])  # the layer cap: one block per token
+        assert row["stop"] in ("eos", "max_new_tokens") and row["decode_flops"] == pytest.approx(sum(row["flops"][1:]))
+
+
+@pytest.mark.slow
+def test_a_flops_budget_and_a_time_budget_hold(run_dir, tmp_path):
+    rows_path = tmp_path / "rows.jsonl"
+    out = _generate(run_dir, "--prompt", "x = ", "--max-new-tokens", "8", "--budget", "3e5", "--json", str(rows_path))
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = json.loads(rows_path.read_text())
+    assert row["decode_flops"] <= 3e5 and (row["stop"] == "budget" or len(row["tokens"]) == 8)
+    timed = _generate(run_dir, "--prompt", "x = ", "--max-new-tokens", "4", "--budget", "1e4", "--unit", "ms")
+    assert timed.returncode == 0 and "timed: layer cap 2" in timed.stderr, timed.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--prompt", "x", "--budget", "-1"), "--budget=-1.0 must be > 0"),
+        (("--prompt", "x", "--budget", "9", "--unit", "layers"), "layer_cap=9 is outside"),
+        (("--prompt", "x", "--max-new-tokens", "0"), "--max-new-tokens=0"),
+        (
+            (
+                "--max-new-tokens",
+                "4",
+            ),
+            "at least one --prompt",
+        ),
+        (("--prompt", "x", "--top-p", "0"), "top_p=0.0 is outside"),
+    ],
+)
+def test_bad_requests_are_refused_in_one_line(run_dir, args, message):
+    out = _generate(run_dir, *args)
+    assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
+    assert len(out.stderr.strip().splitlines()) == 1
