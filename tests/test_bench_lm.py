@@ -29,3 +29,24 @@ def test_bench_lm_times_mod_training_and_early_exit_side_by_side(tmp_path):
 def test_an_exit_depth_past_the_last_exit_is_refused():
     with pytest.raises(ValueError, match="exit depth 4"):
         lm.run(width=16, layers=4, heads=2, length=8, batch=1, capacity=0.25, exit_depths=[4], repeats=1, json_out=None)
+
+
+def test_bench_generate_times_exit_decoding_against_static_models_of_its_depth(tmp_path):
+    from adaptive.bench import generate
+
+    out = tmp_path / "generate.json"
+    rows = generate.run(
+        width=16, layers=3, heads=2, depth=2.0, batches=(2,), new_tokens=4, repeats=2, json_out=str(out)
+    )
+    assert out.exists() and set(rows[0]) == set(generate.COLUMNS)
+    exits = {r["variant"]: r for r in rows if r["variant"].startswith("exit")}
+    statics = {r["variant"]: r for r in rows if r["variant"].startswith("static")}
+    assert set(exits) == {"exit, compacted", "exit, all rows"} and statics
+    for row in exits.values():
+        assert 1.0 <= row["mean_layers"] <= 3.0
+        assert row["ratio"] > 0 and row["batch"] == 2 and row["new_tokens"] == 4
+    # the static models bracket the exit model's realized depth
+    depths = sorted(r["mean_layers"] for r in statics.values())
+    assert depths[0] <= exits["exit, compacted"]["mean_layers"] <= depths[-1]
+    with pytest.raises(ValueError, match="--depth 5"):
+        generate.run(width=16, layers=3, heads=2, depth=5.0, batches=(1,), new_tokens=4, repeats=1)

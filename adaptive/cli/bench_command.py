@@ -50,6 +50,20 @@ def run(args, overrides: list[str]) -> int:
             repeats=args.repeats,
             json_out=args.json,
         )
+    elif args.bench == "generate":
+        from adaptive.bench import generate
+
+        generate.run(
+            width=args.width,
+            layers=args.layers,
+            heads=args.heads,
+            depth=args.depth,
+            batches=tuple(int(v) for v in args.batches.split(",") if v),
+            new_tokens=args.new_tokens,
+            repeats=args.repeats,
+            workdir=args.workdir,
+            json_out=args.json,
+        )
     elif args.bench == "moe":
         from adaptive.bench import moe
 

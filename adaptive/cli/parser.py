@@ -201,6 +201,21 @@ def _add_bench(commands) -> None:
     _add_bench_serve(kinds)
     _add_bench_moe(kinds)
     _add_bench_lm(kinds)
+    _add_bench_generate(kinds)
+
+
+def _add_bench_generate(kinds) -> None:
+    """`adaptive bench generate`: early-exit decoding against static models of its mean depth."""
+    gen = kinds.add_parser("generate", help="early-exit decoding at mean depth d vs the static depth-d model")
+    gen.add_argument("--json", metavar="OUT", help="write the rows here")
+    gen.add_argument("--width", type=int, default=128)
+    gen.add_argument("--layers", type=int, default=4)
+    gen.add_argument("--heads", type=int, default=4)
+    gen.add_argument("--depth", type=float, default=2.5, help="the exit model's mean blocks per token")
+    gen.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    gen.add_argument("--new-tokens", type=int, default=64)
+    gen.add_argument("--repeats", type=int, default=15)
+    gen.add_argument("--workdir", metavar="DIR", help="a trained exit model's run (default: fresh models)")
 
 
 def _add_bench_lm(kinds) -> None:

@@ -45,6 +45,7 @@ class GenerationLimits(NamedTuple):
     temperature_B: jax.Array  # float32, >= 0; 0 is greedy
     top_p_B: jax.Array  # float32 in (0, 1]
     seed_B: jax.Array  # uint32: the sequence's sampling key
+    ignore_eos_B: jax.Array  # bool: go on past EOS (benchmarks: every sequence runs to its length)
 
 
 class Generation(NamedTuple):
@@ -65,28 +66,46 @@ class Generation(NamedTuple):
 
 def sample(logits_BxV, temperature_B, top_p_B, keys_B) -> jax.Array:
     """A token per row: the argmax at temperature 0, else a draw from the softmax at that
-    temperature restricted to the smallest set of tokens whose probability reaches top_p."""
+    temperature restricted to the smallest set of tokens whose probability reaches top_p. The
+    draw (and the sort top-p needs) runs only when some row asks for it."""
     logits = logits_BxV.astype(jnp.float32)
-    greedy = logits.argmax(-1)
-    scaled = logits / jnp.maximum(temperature_B, 1e-6)[:, None]
-    probs = jax.nn.softmax(scaled, -1)
-    sorted_probs = -jnp.sort(-probs, -1)
-    before = jnp.cumsum(sorted_probs, -1) - sorted_probs  # mass of the tokens ranked above
-    kept = before < top_p_B[:, None]  # the first token always
-    smallest = jnp.min(jnp.where(kept, sorted_probs, jnp.inf), -1, keepdims=True)
-    masked = jnp.where(probs >= smallest, scaled, -jnp.inf)
-    drawn = jax.vmap(jax.random.categorical)(keys_B, masked)
-    return jnp.where(temperature_B > 0, drawn, greedy).astype(jnp.int32)
+    greedy = logits.argmax(-1).astype(jnp.int32)
+
+    def draw():
+        scaled = logits / jnp.maximum(temperature_B, 1e-6)[:, None]
+
+        def nucleus():
+            probs = jax.nn.softmax(scaled, -1)
+            sorted_probs = -jnp.sort(-probs, -1)
+            before = jnp.cumsum(sorted_probs, -1) - sorted_probs  # mass of the tokens ranked above
+            kept = before < top_p_B[:, None]  # the first token always
+            smallest = jnp.min(jnp.where(kept, sorted_probs, jnp.inf), -1, keepdims=True)
+            return jnp.where(probs >= smallest, scaled, -jnp.inf)
+
+        masked = jax.lax.cond((top_p_B < 1).any(), nucleus, lambda: scaled)
+        drawn = jax.vmap(jax.random.categorical)(keys_B, masked).astype(jnp.int32)
+        return jnp.where(temperature_B > 0, drawn, greedy)
+
+    return jax.lax.cond((temperature_B > 0).any(), draw, lambda: greedy)
 
 
 class Decoder:
     """Budgeted generation for one language model, compiled once per (batch, P, M)."""
 
-    def __init__(self, graphdef: nnx.GraphDef, params, flops: LMFlops, *, prompt_capacity: int, new_capacity: int):
+    def __init__(
+        self,
+        graphdef: nnx.GraphDef,
+        params,
+        flops: LMFlops,
+        *,
+        prompt_capacity: int,
+        new_capacity: int,
+        compact: bool = True,
+    ):
         if prompt_capacity < 1 or new_capacity < 1:
             raise ValueError(f"prompt_capacity={prompt_capacity} and new_capacity={new_capacity} must be >= 1")
         self.graphdef, self.params, self.flops = graphdef, params, flops
-        self.prompt_capacity, self.new_capacity = prompt_capacity, new_capacity
+        self.prompt_capacity, self.new_capacity, self.compact = prompt_capacity, new_capacity, compact
         model = nnx.merge(graphdef, params)
         self.blocks, self.vocab = model.num_layers, model.embed.num_embeddings
         moe = model.blocks[0].moe
@@ -113,6 +132,7 @@ class Decoder:
         temperature=0.0,
         top_p=1.0,
         seed=0,
+        ignore_eos=False,
     ) -> GenerationLimits:
         """Checked limits, each a scalar for every sequence or one value per sequence; None is
         the loosest (M tokens, every block, the router's k, no FLOPs budget, never exiting)."""
@@ -135,6 +155,7 @@ class Decoder:
             column("temperature", temperature, np.float32, 0.0, 1e4, 0.0),
             column("top_p", top_p, np.float32, 1e-6, 1.0, 1.0),
             column("seed", seed, np.uint32, 0, 2**32 - 1, 0),
+            column("ignore_eos", ignore_eos, bool, False, True, False),
         )
 
     def __call__(self, prompts: list[np.ndarray], limits: GenerationLimits) -> Generation:
@@ -175,6 +196,9 @@ class Decoder:
             keys = jax.vmap(jax.random.fold_in, (0, None))(keys_B, t)
             return sample(logits_BxV, limits.temperature_B, limits.top_p_B, keys)
 
+        def ends(token_B):
+            return (token_B == EOS) & ~limits.ignore_eos_B
+
         # prefill: the prompt, whose last position yields the first token
         caches = lm_decode.empty_cache(model, batch, capacity + new)
         positions_BxP = jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32), (batch, capacity))
@@ -193,7 +217,7 @@ class Decoder:
             zeros.at[:, 0].set(jnp.broadcast_to(experts_BxP, (batch, capacity))[rows, last]),
             zeros.at[:, 0].set(flops_BxP[rows, last]),
             flops_BxP.sum(-1),
-            jnp.where(first == EOS, 1, jnp.where(limits.max_new_tokens_B <= 1, 2, 0)).astype(jnp.int32),
+            jnp.where(ends(first), 1, jnp.where(limits.max_new_tokens_B <= 1, 2, 0)).astype(jnp.int32),
         )
         experts_idx = jnp.clip(limits.expert_cap_B, 1, self.max_experts) - 1
         cheapest_B = worst_DxE[0, experts_idx]
@@ -213,7 +237,13 @@ class Decoder:
             capped = token_limits._replace(layer_cap_B=jnp.minimum(limits.layer_cap_B, jnp.maximum(affordable, 1)))
             position = length_B + t - 1
             logits, caches, spend = lm_decode.cached_forward(
-                model, caches, out.tokens_BxM[:, t - 1][:, None], position[:, None], valid[:, None], capped
+                model,
+                caches,
+                out.tokens_BxM[:, t - 1][:, None],
+                position[:, None],
+                valid[:, None],
+                capped,
+                compact=self.compact,
             )
             flops, layers, experts = priced(spend, valid[:, None])
             token = draw(logits[:, 0], t)
@@ -222,8 +252,8 @@ class Decoder:
                 return a.at[:, t].set(jnp.where(valid, v, a[:, t]))
 
             stop = jnp.where(broke, 3, out.stop_B)
-            stop = jnp.where(valid & (token == EOS), 1, stop)
-            stop = jnp.where(valid & (token != EOS) & (t + 1 >= limits.max_new_tokens_B), 2, stop)
+            stop = jnp.where(valid & ends(token), 1, stop)
+            stop = jnp.where(valid & ~ends(token) & (t + 1 >= limits.max_new_tokens_B), 2, stop)
             out = Generation(
                 put(out.tokens_BxM, token),
                 out.count_B + valid,

@@ -62,16 +62,26 @@ class CausalAttention(nnx.Module):
         attended to), then each attends to the cache's attendable slots at or before it."""
         batch, length, width = x_BxTxD.shape
         q, k, v = jnp.split(self.qkv(x_BxTxD).reshape(batch, length, 3, self.heads, -1), 3, axis=2)
-        q = q[:, :, 0]
         cache = self._write(cache, k[:, :, 0], v[:, :, 0], positions_BxT, keys_BxT)
-        if self.rotary:
-            q = rotate(q, positions_BxT)
+        return self._attend(q[:, :, 0], positions_BxT, cache), cache
+
+    def read(self, x_BxTxD, positions_BxT, cache: KVCache) -> jax.Array:
+        """Attention of T tokens whose keys and values the cache already holds (`fill` wrote
+        them): only their queries are projected."""
+        batch, length, width = x_BxTxD.shape
+        kernel = self.qkv.kernel[...][:, :width]
+        q = (x_BxTxD.astype(kernel.dtype) @ kernel).reshape(batch, length, self.heads, -1)
+        return self._attend(q, positions_BxT, cache)
+
+    def _attend(self, q_BxTxHxK, positions_BxT, cache: KVCache) -> jax.Array:
+        batch, length = positions_BxT.shape
+        q = rotate(q_BxTxHxK, positions_BxT) if self.rotary else q_BxTxHxK
         scores = jnp.einsum("bqhk,bshk->bhqs", q, cache.k_BxSxHxK).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
         slots_S = jnp.arange(cache.keys_BxS.shape[1])
         visible = cache.keys_BxS[:, None, None, :] & (slots_S <= positions_BxT[:, None, :, None])
         weights = jax.nn.softmax(jnp.where(visible, scores, -1e30), axis=-1).astype(cache.v_BxSxHxK.dtype)
-        mixed = jnp.einsum("bhqs,bshk->bqhk", weights, cache.v_BxSxHxK).reshape(batch, length, width)
-        return self.out(mixed), cache
+        mixed = jnp.einsum("bhqs,bshk->bqhk", weights, cache.v_BxSxHxK).reshape(batch, length, -1)
+        return self.out(mixed)
 
     def fill(self, x_BxTxD, positions_BxT, keys_BxT, cache: KVCache) -> KVCache:
         """Only the keys and values of T tokens written to the cache (an exited token's state
@@ -123,20 +133,28 @@ class LMBlock(nnx.Module):
         """(the block's new state, the MoE layer's output with per-token expert counts, or None);
         `keys_BxL` limits which tokens attention reads (a MoD block's chosen ones)."""
         h = h_BxLxD + self.attention(self.norm1(h_BxLxD), positions_BxL, keys_BxL).astype(h_BxLxD.dtype)
-        return self._feed_forward(h, train, k_active)
+        return self.feed_forward(h, train, k_active)
 
     def cached(self, h_BxTxD, positions_BxT, keys_BxT, cache: KVCache, *, k_active=None):
         """The block on T new tokens attending over `cache`: (new state, MoE output or None,
         the cache with their keys and values written)."""
         mixed, cache = self.attention.cached(self.norm1(h_BxTxD), positions_BxT, keys_BxT, cache)
-        new_h, moe = self._feed_forward(h_BxTxD + mixed.astype(h_BxTxD.dtype), False, k_active)
+        new_h, moe = self.feed_forward(h_BxTxD + mixed.astype(h_BxTxD.dtype), False, k_active)
         return new_h, moe, cache
 
     def fill(self, h_BxTxD, positions_BxT, keys_BxT, cache: KVCache) -> KVCache:
-        """Only the keys and values of T tokens whose state skips this block."""
+        """Only the keys and values of T tokens (a state that skips this block, or one `read`
+        runs next)."""
         return self.attention.fill(self.norm1(h_BxTxD), positions_BxT, keys_BxT, cache)
 
-    def _feed_forward(self, h, train: bool, k_active):
+    def read(self, h_BxTxD, positions_BxT, cache: KVCache, *, k_active=None):
+        """The block on T tokens whose keys and values `fill` already wrote: (new state, MoE
+        output or None)."""
+        mixed = self.attention.read(self.norm1(h_BxTxD), positions_BxT, cache)
+        return self.feed_forward(h_BxTxD + mixed.astype(h_BxTxD.dtype), False, k_active)
+
+    def feed_forward(self, h, train: bool, k_active):
+        """h + the feed-forward (dense, or experts) of LN h: (new state, MoE output or None)."""
         if self.moe is None:
             return h + self.down(jax.nn.gelu(self.up(self.norm2(h)))).astype(h.dtype), None
         batch, length, width = h.shape

@@ -13,18 +13,23 @@ through the blocks, every token by the rule the full forward pass applies at a t
   a token that skips it is not a key there;
 - a MoE feed-forward gives a token at most its row's expert cap.
 
-A block none of the tokens still needs is not run at all (`lax.cond`): at batch 1 the layers
-above a token's exit cost their key/value projection only. Limits are traced, so each request's
-budget is a runtime input. ACT models (one shared block, mean-field output) are not decoded here.
+In a decode step (one token per sequence) a block runs on only the rows that need it: every
+row's keys and values are written first (`fill`), then the block reads the cache for the rows
+still running, gathered into the smallest of `compact_sizes` that holds them (`lax.switch`;
+none: the block is skipped). At batch 1 the blocks above a token's exit cost their key/value
+projection only. Limits are traced, so each request's budget is a runtime input. ACT models
+(one shared block, mean-field output) are not decoded here.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from adaptive.nn.compaction import running_first
 from adaptive.nn.lm import LanguageModel
 from adaptive.nn.lm_blocks import KVCache
 
@@ -59,6 +64,15 @@ class TokenSpend(NamedTuple):
     experts_NxBxT: jax.Array | None
 
 
+def compact_sizes(batch: int, most: int = 8) -> tuple[int, ...]:
+    """The row counts a compacted block may run on: every count up to `most` sizes, evenly
+    spaced up to the batch beyond (each is a compiled branch; a block then runs on at most
+    batch / most rows more than need it)."""
+    if batch <= most:
+        return tuple(range(1, batch + 1))
+    return tuple(sorted({math.ceil(batch * (i + 1) / most) for i in range(most)}))
+
+
 def empty_cache(model: LanguageModel, batch: int, size: int) -> tuple[KVCache, ...]:
     """A cache of `size` positions per sequence for every block."""
     if model.act:
@@ -75,12 +89,19 @@ def cached_forward(
     positions_BxT: jax.Array,
     valid_BxT: jax.Array,
     limits: TokenLimits,
+    *,
+    compact: bool = False,
 ) -> tuple[jax.Array, tuple[KVCache, ...], TokenSpend]:
     """(next-token logits B x T x V, the caches with the new tokens written, what they spent).
 
     `positions_BxT`: each token's position (its cache slot); `valid_BxT`: False for padding and
-    for finished sequences (they are never keys, and spend nothing)."""
+    for finished sequences (they are never keys, and spend nothing). `compact` (one token per
+    sequence): a block runs on only the rows that need it, gathered into the smallest bucket
+    of `compact_sizes` that holds them (a `lax.switch`), the others only filling their caches."""
     batch, length = tokens_BxT.shape
+    moe = model.blocks[0].moe
+    rows_independent = moe is None or moe.rows_independent_at_inference()
+    sizes = compact_sizes(batch) if compact and rows_independent else (batch,)
     h = model.embed(tokens_BxT)
     if model.position_embed is not None:
         h = h + model.position_embed(positions_BxT)
@@ -91,40 +112,26 @@ def cached_forward(
     threshold, cap = limits.threshold_B[:, None], limits.layer_cap_B[:, None]
     k_active = jnp.repeat(limits.expert_cap_B, length)[:, None]
     for i, block in enumerate(model.blocks):
-        routed = i in model.mod_layers
-
-        def run(h, cache, exited, i=i, block=block, routed=routed):
-            active = ~exited
-            if routed:
-                weights, predicted = model.routers[str(i)](h)
-                chosen = predicted > limits.mod_bias_B[:, None]
-                out, moe, cache = block.cached(h, positions_BxT, chosen & valid_BxT, cache, k_active=k_active)
-                new_h = jnp.where(chosen[..., None], h + weights[..., None] * (out - h), h)
-                ran_here = chosen & active
-            else:
-                new_h, moe, cache = block.cached(h, positions_BxT, valid_BxT, cache, k_active=k_active)
-                ran_here = active
-            new_h = jnp.where(exited[..., None], h, new_h)  # an exited token's state stays
-            used = jnp.zeros((batch, length), jnp.float32)
-            if moe is not None:
-                used = jnp.where(ran_here, moe.experts_T.reshape(batch, length), 0).astype(jnp.float32)
-            return new_h, cache, ran_here, used
-
-        def fill(h, cache, exited, i=i, block=block, routed=routed):
-            keys = valid_BxT
-            if routed:
-                keys = keys & (model.routers[str(i)](h)[1] > limits.mod_bias_B[:, None])
-            cache = block.fill(h, positions_BxT, keys, cache)
-            return h, cache, jnp.zeros((batch, length), bool), jnp.zeros((batch, length), jnp.float32)
-
+        keys, runs, weights = valid_BxT, ~exited, None
+        if i in model.mod_layers:  # by the causal predictor, on the state (propagated or not)
+            weights, predicted = model.routers[str(i)](h)
+            chosen = predicted > limits.mod_bias_B[:, None]
+            keys, runs = keys & chosen, runs & chosen
+        if length > 1:  # prefill: the whole prompt through the block, its update where it runs
+            out, block_moe, cache = block.cached(h, positions_BxT, keys, caches[i], k_active=k_active)
+            if weights is not None:
+                out = h + weights[..., None] * (out - h)
+            used = _experts(block_moe, runs, batch, length)
+            h_before, h = h, jnp.where(runs[..., None], out, h)
+        else:  # a decode step: every row's keys and values, then the block on the rows that run it
+            cache = block.fill(h, positions_BxT, keys, caches[i])
+            branches = [_skip] + [_rows_of(block, size, positions_BxT, runs, weights, k_active) for size in sizes]
+            bucket = jnp.where(runs.any(), 1 + jnp.searchsorted(jnp.asarray(sizes), runs.sum()), 0)
+            h_before = h
+            h, used = jax.lax.switch(bucket, branches, h, cache)
         reached.append(~exited)
-        h_before = h
-        if i == 0:
-            h, cache, ran_here, used = run(h, caches[i], exited)
-        else:  # no token still needs the block: only the propagated states' keys and values
-            h, cache, ran_here, used = jax.lax.cond(exited.all(), fill, run, h, caches[i], exited)
         new_caches.append(cache)
-        ran.append(ran_here)
+        ran.append(runs)
         experts.append(used)
         if i < last:
             forced = ~exited & (i + 1 >= cap)
@@ -152,3 +159,32 @@ def cached_forward(
         jnp.stack(experts) if model.blocks[0].moe is not None else None,
     )
     return logits, tuple(new_caches), spend
+
+
+def _experts(moe, runs_BxT, batch: int, length: int) -> jax.Array:
+    if moe is None:
+        return jnp.zeros((batch, length), jnp.float32)
+    return jnp.where(runs_BxT, moe.experts_T.reshape(batch, length), 0).astype(jnp.float32)
+
+
+def _skip(h, cache):
+    return h, jnp.zeros(h.shape[:2], jnp.float32)
+
+
+def _rows_of(block, size: int, positions_BxT, runs_BxT, weights_BxT, k_active):
+    """The block on the `size` rows that run it (a decode step, T = 1): gathered running rows
+    first, padded with others, whose results are dropped; all rows when size is the batch."""
+    batch = runs_BxT.shape[0]
+
+    def on(h, cache):
+        rows = running_first(runs_BxT[:, 0], size) if size < batch else jnp.arange(batch)
+        part = KVCache(*(a[rows] for a in cache)) if size < batch else cache
+        out, moe = block.read(h[rows], positions_BxT[rows], part, k_active=k_active[rows])
+        if weights_BxT is not None:
+            out = h[rows] + weights_BxT[rows][..., None] * (out - h[rows])
+        taken = runs_BxT[rows]
+        new_h = h.at[rows].set(jnp.where(taken[..., None], out, h[rows]))
+        used = jnp.zeros((batch, 1), jnp.float32).at[rows].set(_experts(moe, taken, size, 1))
+        return new_h, used
+
+    return on

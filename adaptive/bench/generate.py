@@ -1,0 +1,158 @@
+"""`adaptive bench generate --json OUT`: early-exit decoding against static models, per token.
+
+Rows `{variant, batch, new_tokens, ms_per_token, mean_layers, ratio}`, each batch size timed side
+by side in one run (interleaved calls, medians after warm-up):
+
+- `exit, compacted` (the decoder's default) and `exit, all rows`: a model with exits after every
+  block, its threshold set (on a first generation) so that tokens pass `depth` blocks on average,
+  decoding with each decode step's blocks run on only the rows still in them, gathered, or on
+  every row while any is;
+- `static d`: models of d blocks without exits, for the d around the exit model's realized mean
+  depth; `ratio` is an exit variant's time over the static time interpolated at its realized mean
+  depth (1 for the static rows).
+
+A decode step's time is (time for N new tokens - time for 1) / (N - 1): the prefill and the
+first token are the same in both calls and cancel. Every sequence runs to N tokens (EOS
+ignored), sampled at temperature 1 with a seed per row, so rows leave at different blocks. The
+models are freshly initialised (their exit units random, so a token's depth varies as trained
+exits' do), or, with `--workdir`, a trained run's exit model against fresh static ones of its
+shape.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+from flax import nnx
+
+from adaptive.bench.results import write_json
+from adaptive.compute.lm_flops import LMFlops
+from adaptive.compute.timing import time_side_by_side
+from adaptive.data.byte_vocab import VOCAB_SIZE
+from adaptive.evaluation.tables import print_table
+from adaptive.inference.generate import Decoder
+from adaptive.nn.lm import LanguageModel
+
+COLUMNS = ["variant", "batch", "new_tokens", "ms_per_token", "mean_layers", "ratio"]
+PROMPT = 16
+
+
+def _model(width: int, layers: int, heads: int, length: int, exits: bool, seed: int = 0) -> LanguageModel:
+    model = LanguageModel(
+        vocab=VOCAB_SIZE,
+        width=width,
+        layers=layers,
+        heads=heads,
+        max_length=length,
+        exits=exits,
+        confidence="classifier",
+        rngs=nnx.Rngs(seed),
+    )
+    if exits:  # random exit units: each token's confidence differs, so rows leave at different blocks
+        for i, unit in enumerate(model.exit_units):
+            unit.kernel[...] = jax.random.normal(jax.random.key(100 + i), unit.kernel[...].shape)
+    return model
+
+
+def _decoder(model: LanguageModel, new_tokens: int, *, compact: bool = True) -> Decoder:
+    graphdef, params = nnx.split(model, nnx.Param)
+    layers = model.num_layers
+    unpriced = LMFlops(0.0, 0.0, 0.0, layers, 0, reach_costs=(0.0,) * layers, run_costs=(0.0,) * layers)
+    return Decoder(graphdef, params, unpriced, prompt_capacity=PROMPT, new_capacity=new_tokens, compact=compact)
+
+
+def _calls(decoder: Decoder, batch: int, new_tokens: int, threshold: float):
+    """Zero-argument calls generating N tokens and 1 token, and the N-token call's mean depth."""
+    prompts = [np.random.default_rng(i).integers(0, 256, PROMPT).astype(np.int32) for i in range(batch)]
+    common = dict(threshold=threshold, temperature=1.0, seed=list(range(batch)), ignore_eos=True)
+    full, one = decoder.limits(batch, **common), decoder.limits(batch, max_new_tokens=1, **common)
+    layers = np.asarray(decoder(prompts, full).layers_BxM)
+    return (lambda: decoder(prompts, full)), (lambda: decoder(prompts, one)), float(layers.mean())
+
+
+def threshold_for_depth(decoder: Decoder, batch: int, new_tokens: int, depth: float) -> tuple[float, float]:
+    """(threshold, realized mean depth): bisection on the exit threshold until the generation's
+    mean depth is within 0.05 blocks of `depth` (or 20 halvings)."""
+    low, high, best = 0.0, 1.0, (1.0, float(decoder.blocks))
+    for _ in range(20):
+        middle = (low + high) / 2
+        realized = _calls(decoder, batch, new_tokens, middle)[2]
+        if abs(realized - depth) < abs(best[1] - depth):
+            best = (middle, realized)
+        if abs(realized - depth) < 0.05:
+            break
+        low, high = (middle, high) if realized < depth else (low, middle)
+    return best
+
+
+def run(
+    *,
+    width: int = 128,
+    layers: int = 4,
+    heads: int = 4,
+    depth: float = 2.5,
+    batches: tuple[int, ...] = (1, 8),
+    new_tokens: int = 64,
+    repeats: int = 15,
+    workdir: str | None = None,
+    json_out: str | None = None,
+) -> list[dict]:
+    if not 1.0 <= depth <= layers:
+        raise ValueError(f"--depth {depth} must be within [1, {layers}] blocks")
+    length = PROMPT + new_tokens
+    if workdir is not None:
+        exit_model, width, layers, heads = _trained(workdir, length)
+    else:
+        exit_model = _model(width, layers, heads, length, exits=True)
+    rows = []
+    for batch in batches:
+        exits = {"exit, compacted": True, "exit, all rows": False}
+        decoders = {name: _decoder(exit_model, new_tokens, compact=c) for name, c in exits.items()}
+        threshold, _ = threshold_for_depth(decoders["exit, compacted"], batch, new_tokens, depth)
+        calls, depths = {}, {}
+        for name, decoder in decoders.items():
+            n, one, depths[name] = _calls(decoder, batch, new_tokens, threshold)
+            calls[f"{name} N"], calls[f"{name} 1"] = n, one
+        realized = depths["exit, compacted"]
+        around = sorted({max(1, math.floor(realized)), min(layers, math.ceil(realized))})
+        for d in around:
+            static = _decoder(_model(width, d, heads, length, exits=False), new_tokens)
+            name = f"static {d}"
+            calls[f"{name} N"], calls[f"{name} 1"], depths[name] = _calls(static, batch, new_tokens, 2.0)
+        ms = time_side_by_side(calls, repeats=repeats)
+        per_token = {name: (ms[f"{name} N"] - ms[f"{name} 1"]) / (new_tokens - 1) for name in depths}
+        statics = np.array([per_token[f"static {d}"] for d in around])
+        for name in depths:
+            static_ms = float(np.interp(depths[name], np.array(around, float), statics))
+            ratio = 1.0 if name.startswith("static") else per_token[name] / static_ms
+            rows.append(_row(name, batch, new_tokens, per_token[name], depths[name], ratio))
+    print_table(rows, COLUMNS)
+    if json_out:
+        write_json(json_out, rows)
+    return rows
+
+
+def _trained(workdir: str, length: int):
+    """A trained language model's run with exits: (model, width, blocks, heads)."""
+    from adaptive.inference.restore import load_run
+
+    trained = load_run(workdir, language_model=True)
+    if not trained.cfg.lm.exits:
+        raise ValueError(f"{workdir} has no exits (lm.exits=false): nothing for early-exit decoding to skip")
+    model = nnx.merge(trained.graphdef, trained.params)
+    if model.position_embed is not None and length > model.max_length:
+        raise ValueError(f"{length} prompt and new tokens exceed the run's learned positions ({model.max_length})")
+    return model, trained.cfg.model.hidden, model.num_layers, trained.cfg.model.num_heads
+
+
+def _row(variant: str, batch: int, new_tokens: int, ms: float, layers: float, ratio: float) -> dict:
+    return {
+        "variant": variant,
+        "batch": batch,
+        "new_tokens": new_tokens,
+        "ms_per_token": round(ms, 4),
+        "mean_layers": round(layers, 3),
+        "ratio": round(ratio, 3),
+    }
