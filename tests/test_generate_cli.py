@@ -70,3 +70,27 @@ def test_bad_requests_are_refused_in_one_line(run_dir, args, message):
     out = _generate(run_dir, *args)
     assert out.returncode == 2 and message in out.stderr, out.stderr[-2000:]
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_calibrate_exits_writes_a_certified_threshold_that_generate_uses(run_dir):
+    command = cli("calibrate-exits", "--workdir", str(run_dir), "--delta", "0.5", "--epsilon", "0.2", "--windows", "16")
+    out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((run_dir / "exit_calibration.json").read_text())
+    assert record["delta"] == 0.5 and record["epsilon"] == 0.2 and record["windows"] == 16
+    tested = record["tested"]
+    assert [row["threshold"] for row in tested] == sorted((row["threshold"] for row in tested), reverse=True)
+    certified = [row for row in tested if row["certified"]]
+    # fixed-sequence testing: the certified thresholds are a prefix, and the lowest one is chosen
+    assert tested[: len(certified)] == certified
+    assert record["threshold"] == (certified[-1]["threshold"] if certified else 2.0)
+    generated = _generate(run_dir, "--prompt", "x", "--max-new-tokens", "2")
+    assert generated.returncode == 0 and "certified by adaptive calibrate-exits" in generated.stdout
+    (run_dir / "exit_calibration.json").write_text("{not json")
+    broken = _generate(run_dir, "--prompt", "x", "--max-new-tokens", "2")
+    assert broken.returncode == 2 and "exit_calibration.json is not a readable" in broken.stderr
+    (run_dir / "exit_calibration.json").unlink()
+    refused = subprocess.run(
+        cli("calibrate-exits", "--workdir", str(run_dir), "--delta", "1.5"), capture_output=True, text=True, timeout=300
+    )
+    assert refused.returncode == 2 and "--delta=1.5 must be in (0, 1)" in refused.stderr

@@ -22,6 +22,7 @@ import numpy as np
 from adaptive.data import byte_vocab
 from adaptive.inference import generate as G
 from adaptive.inference.restore import load_run
+from adaptive.workdir import exit_calibration
 from adaptive.workdir.config_file import RunError
 
 PROMPT_BUCKET = 64  # prompts padded to a multiple: one compilation serves nearby lengths
@@ -45,8 +46,7 @@ def run(args, overrides: list[str]) -> int:
         decoder = G.decoder_for_run(trained, prompt_capacity=capacity, new_capacity=args.max_new_tokens)
     except ValueError as e:
         raise RunError(str(e)) from None
-    lm = trained.cfg.lm
-    threshold = args.threshold if args.threshold is not None else (lm.exit_threshold if lm.exits else 2.0)
+    threshold = _threshold(args, trained)
     knobs = dict(threshold=threshold, expert_cap=args.experts, temperature=args.temperature, top_p=args.top_p)
     knobs.update(seed=[args.seed + i for i in range(len(prompts))])
     if args.budget is not None and args.unit == "flops":
@@ -72,6 +72,25 @@ def run(args, overrides: list[str]) -> int:
         Path(args.json).write_text("".join(json.dumps(row) + "\n" for row in rows))
         print(f"wrote {args.json}")
     return 0
+
+
+def _threshold(args, trained) -> float:
+    """--threshold, else the run's certified one (adaptive calibrate-exits), else its config's."""
+    if args.threshold is not None:
+        return args.threshold
+    if not trained.cfg.lm.exits:
+        return 2.0  # no exits: never confident
+    try:
+        calibrated = exit_calibration.read(trained.workdir)
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    if calibrated is not None:
+        print(
+            f"exit threshold {calibrated['threshold']:g}, certified by adaptive calibrate-exits "
+            f"(delta {calibrated['delta']:g}, epsilon {calibrated['epsilon']:g})"
+        )
+        return float(calibrated["threshold"])
+    return trained.cfg.lm.exit_threshold
 
 
 def _row(prompt: str, out: G.Generation, i: int) -> dict:

@@ -308,6 +308,12 @@ def _generate(args, overrides: list[str]) -> int:
     return generate_command.run(args, overrides)
 
 
+def _calibrate_exits(args, overrides: list[str]) -> int:
+    from adaptive.cli import calibrate_exits_command
+
+    return calibrate_exits_command.run(args, overrides)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     rest, overrides = _split_overrides(argv)
@@ -334,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             "report": _report,
             "calibrate": _calibrate,
             "generate": _generate,
+            "calibrate-exits": _calibrate_exits,
             "bench": bench_command.run,
         }
         return commands[args.command](args, overrides)

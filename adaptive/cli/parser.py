@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(commands)
     _add_calibrate(commands)
     _add_generate(commands)
+    _add_calibrate_exits(commands)
     _add_bench(commands)
     return parser
 
@@ -183,13 +184,29 @@ def _add_generate(commands) -> None:
         default="flops",
         help="flops: for the new tokens after the first; layers: per token; ms: for the new tokens",
     )
-    gen.add_argument("--threshold", type=float, help="exit confidence threshold (default: the run's lm.exit_threshold)")
+    gen.add_argument(
+        "--threshold", type=float, help="exit confidence threshold (default: the certified one, else lm.exit_threshold)"
+    )
     gen.add_argument("--experts", type=int, metavar="K", help="the most experts a token may use")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0, help="sampling seed of the first prompt (the next get +1, ...)")
     gen.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
     gen.add_argument("--json", metavar="OUT", help="one JSON row per prompt: text, per-token layers, experts, FLOPs")
+
+
+def _add_calibrate_exits(commands) -> None:
+    """`adaptive calibrate-exits`: a certified exit threshold for a language model's run."""
+    cal = commands.add_parser(
+        "calibrate-exits",
+        help="certify an exit threshold (Learn-then-Test): exits agree with the full model on >= 1 - delta of tokens",
+        allow_abbrev=False,
+    )
+    cal.add_argument("--workdir", required=True, metavar="DIR")
+    cal.add_argument("--delta", type=float, default=0.1, help="tolerated share of tokens that disagree")
+    cal.add_argument("--epsilon", type=float, default=0.1, help="tolerated probability that the guarantee fails")
+    cal.add_argument("--windows", type=int, default=512, help="validation windows to calibrate on")
+    cal.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
 
 
 def _add_bench(commands) -> None:

@@ -1,0 +1,34 @@
+"""DIR/exit_calibration.json: the exit threshold `adaptive calibrate-exits` certified for a run.
+
+Written by adaptive.evaluation.exit_risk's caller, read by whatever runs the model (generation,
+export), so it lives with the run's other files: the threshold, the guarantee it carries
+(delta, epsilon, windows) and the checkpoint step it was measured on.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FILE = "exit_calibration.json"
+
+
+def write(workdir: str | Path, record: dict) -> Path:
+    path = Path(workdir) / FILE
+    temporary = path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(record, indent=2) + "\n")
+    temporary.replace(path)  # a reader never sees half a file
+    return path
+
+
+def read(workdir: str | Path) -> dict | None:
+    """The run's calibration, or None when it has none; a corrupted file is a one-line error."""
+    path = Path(workdir) / FILE
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        float(record["threshold"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} is not a readable exit calibration ({e}); rerun adaptive calibrate-exits") from None
+    return record
