@@ -22,14 +22,17 @@ EXPERIMENTS = (
     "lm_budget",
     "mixture_of_depths",
     "moe_lm",
+    "calm_guarantee",
 )
 # The language-model experiments' tiny claims, each made to fail by a value it excludes: no
-# compute saved, nothing spent, the wrong number of steps, a dense model priced as the MoE.
+# compute saved, nothing spent, the wrong number of steps, a dense model priced as the MoE, a
+# guarantee that never held.
 FAILING_VALUES = {
     "early_exit_lm": {"blocks_ratio": 1.5},
     "lm_budget": {"ratio": 0.0},
     "mixture_of_depths": {"train_flops_ratio": 2.0},
     "moe_lm": {"forward_flops_ratio": 3.0},
+    "calm_guarantee": {"held": 0.0},
 }
 
 

@@ -7,9 +7,11 @@ forcing: both models read the real text, and a token's prediction is its argmax)
 
 `agreement(run, split, thresholds)` scores each window of a split at every candidate threshold
 (the share of its tokens whose exit prediction is the full model's), and the blocks per token it
-spends. `calibrate_threshold` then walks the thresholds from the most conservative (highest)
-down, testing H0: risk(threshold) > delta with the Hoeffding-Bentkus p-value of the windows'
-mean disagreement, and stops at the first it cannot reject at level epsilon; the lowest rejected
+spends; `sequence_agreement` does the same for greedy generations from each window's first bytes
+(sequence-level consistency: a token generated after an early mistake reads a different text).
+`calibrate_threshold` then walks the thresholds from the most conservative (highest) down,
+testing H0: risk(threshold) > delta with the Hoeffding-Bentkus p-value of the windows' mean
+disagreement, and stops at the first it cannot reject at level epsilon; the lowest rejected
 threshold is chosen. Fixed-sequence testing needs no multiplicity correction because the order
 is fixed in advance, and windows, not tokens, are the independent draws (tokens of a window are
 not independent). With no threshold rejected the answer is "no exits" (the full model).
@@ -25,6 +27,7 @@ import numpy as np
 from flax import nnx
 from scipy.stats import binom
 
+from adaptive.inference.generate import decoder_for_run
 from adaptive.inference.restore import Run
 from adaptive.inference.scoring import split_batches
 
@@ -73,6 +76,38 @@ def agreement(run: Run, split: str, thresholds, *, limit: int | None = None) -> 
         per = [jax.device_get(exiting(run.params, batch["x"], reference, t)) for t in thresholds]
         agree.append(np.stack([a for a, _ in per], -1)[real])
         blocks.append(np.stack([b for _, b in per], -1)[real])
+    if not agree:
+        raise ValueError(f"split {split!r} has no windows to calibrate on")
+    return Agreement(thresholds, run.cfg.model.depth, np.concatenate(agree), np.concatenate(blocks))
+
+
+def sequence_agreement(
+    run: Run, split: str, thresholds, *, prompt: int, new_tokens: int, limit: int | None = None, batch: int = 64
+) -> Agreement:
+    """Sequence-level consistency under greedy decoding: each window's first `prompt` bytes are a
+    prompt, and its score at a threshold is the share of the `new_tokens` greedy tokens the exit
+    model generates that equal the full model's, position by position (after a first difference
+    the texts usually part ways, so this is close to the length of the common prefix); blocks
+    are the mean blocks of the generated tokens. One compiled decoder serves every threshold."""
+    if not run.cfg.lm.exits:
+        raise ValueError(f"{run.workdir} has no exits (lm.exits=false): there is no threshold to calibrate")
+    decoder = decoder_for_run(run, prompt_capacity=prompt, new_capacity=new_tokens)
+    thresholds = np.asarray(thresholds, np.float32)
+    agree, blocks = [], []
+    for windows, real in split_batches(run.cfg, split, batch, limit, spread=True):
+        prompts = [np.asarray(x[:prompt], np.int32) for x in windows["x"][real]]
+        if not prompts:
+            continue
+        n = len(prompts)
+        limits = dict(max_new_tokens=new_tokens, ignore_eos=True)
+        full = np.asarray(decoder(prompts, decoder.limits(n, threshold=NO_EXITS, **limits)).tokens_BxM)
+        per_a, per_b = [], []
+        for t in thresholds:
+            out = decoder(prompts, decoder.limits(n, threshold=float(t), **limits))
+            per_a.append((np.asarray(out.tokens_BxM) == full).mean(-1))
+            per_b.append(np.asarray(out.layers_BxM).mean(-1))
+        agree.append(np.stack(per_a, -1))
+        blocks.append(np.stack(per_b, -1))
     if not agree:
         raise ValueError(f"split {split!r} has no windows to calibrate on")
     return Agreement(thresholds, run.cfg.model.depth, np.concatenate(agree), np.concatenate(blocks))
