@@ -78,6 +78,10 @@ def _add_export(commands) -> None:
     export.add_argument(
         "--force", action="store_true", help="replace a previous artifact at ART (never a folder with other files)"
     )
+    export.add_argument(
+        "--prompt-capacity", type=int, default=64, metavar="P", help="language models: the longest prompt (bytes + BOS)"
+    )
+    export.add_argument("--new-tokens", type=int, default=64, metavar="M", help="language models: the most new tokens")
 
 
 def _add_serve(commands) -> None:

@@ -31,6 +31,7 @@ from adaptive.nn import lm_decode
 
 STOP_REASONS = ("running", "eos", "max_new_tokens", "budget")
 NO_BUDGET = float("inf")
+NO_EXITS = 2.0  # a threshold above every confidence
 
 
 class GenerationLimits(NamedTuple):
@@ -117,7 +118,7 @@ class Decoder:
         # rounded up, so that float32 pricing in the loop never finds a token dearer than its cap
         self.worst_DxE = jnp.asarray(worst_costs(flops, self.blocks, self.max_experts) * (1 + 1e-5), jnp.float32)
         self.traces = 0  # how often the generation was traced (compiled): once per batch size
-        self._compiled = jax.jit(self._generate)
+        self._compiled = jax.jit(self.generate)
 
     def limits(
         self,
@@ -150,7 +151,7 @@ class Decoder:
             column("layer_cap", layer_cap, np.int32, 1, self.blocks, self.blocks),
             column("expert_cap", expert_cap, np.int32, 1, 1 << 20, self.max_experts),
             column("flops_budget", flops_budget, np.float32, 1e-30, np.inf, NO_BUDGET),
-            column("threshold", threshold, np.float32, 0.0, np.inf, 2.0),
+            column("threshold", threshold, np.float32, 0.0, np.inf, NO_EXITS),
             column("mod_bias", mod_bias, np.float32, -np.inf, np.inf, 0.0),
             column("temperature", temperature, np.float32, 0.0, 1e4, 0.0),
             column("top_p", top_p, np.float32, 1e-6, 1.0, 1.0),
@@ -176,10 +177,16 @@ class Decoder:
             raise ValueError(f"limits are for {limits.max_new_tokens_B.shape[0]} sequences, not {batch}")
         return self._compiled(self.params, jnp.asarray(padded), jnp.asarray(lengths), limits, self.worst_DxE)
 
-    def _generate(self, params, prompt_BxP, length_B, limits: GenerationLimits, worst_DxE) -> Generation:
+    def generate(self, params, prompt_BxP, length_B, limits: GenerationLimits, worst_DxE) -> Generation:
+        """The traceable generation (what `__call__` compiles and `adaptive export` serializes).
+        The caps hold whatever the inputs: each limit is clipped to its range inside the graph
+        (a NaN threshold never exits, a NaN budget pays for nothing past the first token)."""
         self.traces += 1
         model = nnx.merge(self.graphdef, params)
         batch, capacity = prompt_BxP.shape
+        prompt_BxP = jnp.clip(prompt_BxP, 0, self.vocab - 1)
+        length_B = jnp.clip(length_B, 1, capacity)
+        limits = _clipped(limits, self.new_capacity, self.blocks, self.max_experts)
         new = self.new_capacity
         rows = jnp.arange(batch)
         keys_B = jax.vmap(lambda s: jax.random.key(s))(limits.seed_B)
@@ -268,6 +275,24 @@ class Decoder:
         carry = (jnp.int32(1), caches, out, limits.flops_budget_B)
         _, _, out, _ = jax.lax.while_loop(running, step, carry)
         return out
+
+
+def _clipped(limits: GenerationLimits, new: int, blocks: int, experts: int) -> GenerationLimits:
+    def finite(x, fallback):
+        return jnp.where(jnp.isnan(x), fallback, x)
+
+    return GenerationLimits(
+        jnp.clip(limits.max_new_tokens_B, 1, new),
+        jnp.clip(limits.layer_cap_B, 1, blocks),
+        jnp.clip(limits.expert_cap_B, 1, experts),
+        jnp.maximum(finite(limits.flops_budget_B, 0.0), 0.0),
+        finite(limits.threshold_B, NO_EXITS),
+        finite(limits.mod_bias_B, 0.0),
+        jnp.clip(finite(limits.temperature_B, 0.0), 0.0, 1e4),
+        jnp.clip(finite(limits.top_p_B, 1.0), 1e-6, 1.0),
+        limits.seed_B,
+        limits.ignore_eos_B,
+    )
 
 
 def decoder_for_run(run, *, prompt_capacity: int, new_capacity: int) -> Decoder:

@@ -1,0 +1,160 @@
+"""`adaptive export` of a language model: budgeted generation as one `jax.export` artifact.
+
+ART/model.jaxexport is the serialized StableHLO of `Decoder.generate` (prefill, then the
+KV-cached decode loop) with the parameters baked in, a symbolic batch, and the caps compiled in
+(every limit is clipped to its range inside the graph, whatever a client sends). Its inputs,
+one row per sequence, in this order (meta.json's `inputs` lists them):
+
+    prompt int32[batch, P] (right-padded), length int32[batch], then GenerationLimits' fields:
+    max_new_tokens int32, layer_cap int32, expert_cap int32, flops_budget float32,
+    threshold float32, mod_bias float32, temperature float32, top_p float32, seed uint32,
+    ignore_eos bool (each [batch])
+
+and its outputs are `Generation`'s fields (tokens int32[batch, M], count, layers, experts,
+flops, prefill_flops, stop). meta.json adds the tokenizer (bytes, BOS and EOS), the capacities,
+the caps, the exit thresholds (the config's, the one `adaptive calibrate-exits` certified with
+its guarantee, and the default a client should send), the worst-case FLOPs per token at each
+layer cap, package versions and the config, sealed by its own SHA-256 like a classifier's.
+Export checks on the spot that the artifact generates exactly what the live decoder does.
+A plain-JAX client generates text from it without this package (README, tested).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adaptive import config as config_lib
+from adaptive.data import byte_vocab
+from adaptive.inference.artifact_meta import BLOB, META, ArtifactError, check_sealed, seal
+from adaptive.inference.export import PARTIAL_MARK, _remove, check_out, check_staging
+from adaptive.inference.generate import STOP_REASONS, Decoder, Generation, GenerationLimits, decoder_for_run
+from adaptive.inference.restore import load_run
+from adaptive.workdir import exit_calibration
+from adaptive.workdir.runinfo import package_versions
+
+FORMAT = "adaptive-lm-export/1"
+INPUTS = (("prompt", "int32", ["batch", "P"]), ("length", "int32", ["batch"])) + tuple(
+    (name.removesuffix("_B"), dtype, ["batch"])
+    for name, dtype in zip(
+        GenerationLimits._fields,
+        ("int32", "int32", "int32", "float32", "float32", "float32", "float32", "float32", "uint32", "bool"),
+        strict=True,
+    )
+)
+
+
+def export_lm_run(
+    workdir: str | Path, out: str | Path, *, prompt_capacity: int, new_capacity: int, step=None, force=False
+) -> Path:
+    """The language model in `workdir` as a generation artifact at `out`, verified."""
+    run = load_run(workdir, step, language_model=True)
+    out = Path(out)
+    staging = out.with_name(out.name + ".partial")
+    check_out(out, run.workdir, force)
+    check_staging(staging)
+    try:
+        decoder = decoder_for_run(run, prompt_capacity=prompt_capacity, new_capacity=new_capacity)
+    except ValueError as e:
+        raise ArtifactError(str(e)) from None
+    decoder.compact = False  # row buckets need a concrete batch; the artifact's is symbolic
+    blob = _serialize(decoder)
+    meta = seal(_meta(run, decoder, blob))
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / PARTIAL_MARK).touch()
+    (staging / BLOB).write_bytes(blob)
+    (staging / META).write_text(json.dumps(meta, indent=1) + "\n")
+    verify(staging, decoder)
+    (staging / PARTIAL_MARK).unlink()
+    check_out(out, run.workdir, force)
+    if out.is_dir():
+        _remove(out)
+    staging.rename(out)
+    return out
+
+
+def _serialize(decoder: Decoder) -> bytes:
+    (batch,) = jax.export.symbolic_shape("batch")
+    shapes = {"P": decoder.prompt_capacity}
+    specs = [
+        jax.ShapeDtypeStruct(tuple(batch if d == "batch" else shapes[d] for d in dims), jnp.dtype(dtype))
+        for _, dtype, dims in INPUTS
+    ]
+
+    def generate(prompt, length, *limits):
+        return tuple(decoder.generate(decoder.params, prompt, length, GenerationLimits(*limits), decoder.worst_DxE))
+
+    return bytes(jax.export.export(jax.jit(generate))(*specs).serialize())
+
+
+def _meta(run, decoder: Decoder, blob: bytes) -> dict:
+    calibrated = exit_calibration.read(run.workdir) if run.cfg.lm.exits else None
+    configured = run.cfg.lm.exit_threshold if run.cfg.lm.exits else None
+    default = calibrated["threshold"] if calibrated else (configured if configured is not None else 2.0)
+    return {
+        "format": FORMAT,
+        "file": BLOB,
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "bytes": len(blob),
+        "source": {"workdir": str(run.workdir), "step": run.step},
+        "tokenizer": {"kind": "bytes", "bos": byte_vocab.BOS, "eos": byte_vocab.EOS, "vocab": decoder.vocab},
+        "prompt_capacity": decoder.prompt_capacity,
+        "new_capacity": decoder.new_capacity,
+        "caps": {"layers": decoder.blocks, "experts_per_token": decoder.max_experts},
+        "inputs": [list(entry) for entry in INPUTS],
+        "outputs": list(Generation._fields),
+        "stop_reasons": list(STOP_REASONS),
+        "exit_threshold": {"configured": configured, "calibrated": calibrated, "default": default},
+        "worst_flops_per_token_at_layer_cap": [float(x) for x in np.asarray(decoder.worst_DxE)[:, -1]],
+        "packages": package_versions(),
+        "config": config_lib.to_dict(run.cfg),
+    }
+
+
+def load_lm_artifact(path: str | Path):
+    """(the deserialized generation function, meta.json), checked: format, blob checksum, seal."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / META).read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path} is not an artifact (no {META})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}/{META} is corrupted ({e.__class__.__name__})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ArtifactError(f"{path}/{META}: format must be {FORMAT!r} (a language model's artifact); got {got!r}")
+    check_sealed(meta, path)
+    try:
+        blob = (path / BLOB).read_bytes()
+    except OSError as e:
+        raise ArtifactError(f"{path}/{BLOB} cannot be read ({e.strerror})") from None
+    if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
+        raise ArtifactError(f"{path}/{BLOB} does not match meta.json's sha256 (corrupted or swapped)")
+    try:
+        exported = jax.export.deserialize(bytearray(blob))
+    except Exception as e:  # noqa: BLE001 - the deserializer raises many kinds; one line says which
+        raise ArtifactError(f"{path}/{BLOB} cannot be deserialized ({e.__class__.__name__})") from None
+    if len(exported.in_avals) != len(INPUTS) or len(exported.out_avals) != len(Generation._fields):
+        raise ArtifactError(f"{path}/{BLOB} does not have the generation signature of {FORMAT}")
+    return exported, meta
+
+
+def verify(path: Path, decoder: Decoder) -> None:
+    """The artifact's greedy and sampled generations equal the live decoder's."""
+    exported, _ = load_lm_artifact(path)
+    prompts = [byte_vocab.encode(text, eos=False)[: decoder.prompt_capacity] for text in (b"def f(x):", b"import")]
+    limits = decoder.limits(2, temperature=[0.0, 1.0], seed=[0, 1], threshold=[0.5, 2.0])
+    live = decoder(prompts, limits)
+    padded = np.zeros((2, decoder.prompt_capacity), np.int32)
+    for i, p in enumerate(prompts):
+        padded[i, : len(p)] = p
+    lengths = np.array([len(p) for p in prompts], np.int32)
+    got = exported.call(padded, lengths, *limits)
+    for name, a, b in zip(Generation._fields, got, live, strict=True):
+        if not np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-3):
+            raise ArtifactError(f"the exported generation's {name} differs from the live decoder's")

@@ -1,0 +1,113 @@
+"""`adaptive export` of a language model: a generation artifact plain JAX runs, caps in the graph."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from adaptive.data import byte_vocab
+from adaptive.inference.artifact_meta import ArtifactError
+from adaptive.inference.generate import decoder_for_run
+from adaptive.inference.lm_export import load_lm_artifact
+from adaptive.inference.restore import load_run
+from tests.helpers import ROOT, cli, train_tiny
+
+ROOT_README = ROOT / "README.md"
+
+# The README's client, verbatim between the markers: generation from the artifact with plain JAX.
+CLIENT = """
+import json, sys
+import jax, numpy as np
+art, text = sys.argv[1], sys.argv[2].encode()
+meta = json.load(open(f"{art}/meta.json"))
+generate = jax.export.deserialize(bytearray(open(f"{art}/model.jaxexport", "rb").read()))
+ids = [meta["tokenizer"]["bos"], *text]
+prompt = np.zeros((1, meta["prompt_capacity"]), np.int32)
+prompt[0, : len(ids)] = ids
+one = lambda value, dtype: np.array([value], dtype)  # one sequence: every limit is a [1] array
+limits = [one(16, np.int32), one(meta["caps"]["layers"], np.int32), one(1, np.int32), one(np.inf, np.float32),
+          one(meta["exit_threshold"]["default"], np.float32), one(0, np.float32), one(0, np.float32),
+          one(1, np.float32), one(0, np.uint32), one(False, bool)]
+tokens, count, layers, *_ = generate.call(prompt, one(len(ids), np.int32), *limits)
+n = int(count[0])
+print(bytes(int(t) for t in np.asarray(tokens)[0, :n] if t < 256).decode("utf-8", "replace"))
+print(" ".join(str(int(d)) for d in np.asarray(layers)[0, :n]))
+"""
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lm-export")
+    data = f"--config.data.data_dir={root / 'data'}"
+    train_tiny(root / "run", 2, config="configs/lm.py:tiny", overrides=("--config.lm.exits=true", data))
+    command = cli("export", "--workdir", str(root / "run"), "--out", str(root / "art"))
+    proc = subprocess.run([*command, "--prompt-capacity", "16", "--new-tokens", "16"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "verified against the live decoder" in proc.stdout
+    return root / "run", root / "art"
+
+
+def test_plain_jax_generates_the_live_decoders_text_without_this_package(artifact):
+    run_dir, art = artifact
+    guard = "import sys; sys.modules['adaptive'] = None\n"  # any import of the package fails
+    proc = subprocess.run([sys.executable, "-c", guard + CLIENT, str(art), "def f("], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text, depths = proc.stdout.rstrip("\n").rsplit("\n", 1)
+    meta = json.loads((art / "meta.json").read_text())
+    decoder = decoder_for_run(load_run(run_dir, language_model=True), prompt_capacity=16, new_capacity=16)
+    limits = decoder.limits(1, max_new_tokens=16, expert_cap=1, threshold=meta["exit_threshold"]["default"])
+    live = decoder([byte_vocab.encode(b"def f(", eos=False)], limits)
+    n = int(live.count_B[0])
+    assert text == byte_vocab.decode(np.asarray(live.tokens_BxM)[0, :n]).decode("utf-8", "replace")
+    assert depths.split() == [str(int(d)) for d in np.asarray(live.layers_BxM)[0, :n]]
+    assert (art / "model.jaxexport").exists() and (CLIENT.strip() in (ROOT_README).read_text())
+
+
+def test_the_caps_hold_inside_the_graph_for_any_inputs(artifact):
+    _, art = artifact
+    generate, meta = load_lm_artifact(art)
+    prompt = np.full((3, 16), 300, np.int32)  # tokens outside the vocabulary too
+    bad = [
+        np.array([1000, -5, 3], np.int32),  # max new tokens
+        np.array([100, 0, -1], np.int32),  # layer cap
+        np.array([0, 99, 1], np.int32),  # expert cap
+        np.array([np.nan, -1.0, np.inf], np.float32),  # FLOPs budget
+        np.array([np.nan, -3.0, 0.5], np.float32),  # threshold
+        np.zeros(3, np.float32),
+        np.array([np.nan, -1.0, 5.0], np.float32),  # temperature
+        np.array([5.0, 0.0, np.nan], np.float32),  # top-p
+        np.arange(3, dtype=np.uint32),
+        np.zeros(3, bool),
+    ]
+    tokens, count, layers, experts, flops, _, stop = (
+        np.asarray(a) for a in generate.call(prompt, np.array([0, 99, 4], np.int32), *bad)
+    )
+    assert (count >= 1).all() and (count <= meta["new_capacity"]).all()
+    valid = np.arange(meta["new_capacity"])[None, :] < count[:, None]
+    assert (layers[valid] >= 1).all() and (layers[valid] <= meta["caps"]["layers"]).all()
+    assert ((tokens >= 0) & (tokens < meta["tokenizer"]["vocab"])).all() and np.isfinite(flops).all()
+    assert count[0] == 1 and count[1] == 1  # a NaN or negative budget pays for nothing past the first token
+
+
+def test_an_edited_or_corrupted_artifact_is_refused_in_one_line(artifact, tmp_path):
+    _, art = artifact
+    copy = tmp_path / "art"
+    copy.mkdir()
+    for name in ("meta.json", "model.jaxexport"):
+        (copy / name).write_bytes((art / name).read_bytes())
+    meta = json.loads((copy / "meta.json").read_text())
+    edited = {**meta, "caps": {**meta["caps"], "layers": 99}}
+    (copy / "meta.json").write_text(json.dumps(edited))
+    with pytest.raises(ArtifactError, match="modified after export"):
+        load_lm_artifact(copy)
+    (copy / "meta.json").write_text(json.dumps(meta))
+    (copy / "model.jaxexport").write_bytes((art / "model.jaxexport").read_bytes()[:1000])
+    with pytest.raises(ArtifactError, match="does not match meta.json's sha256"):
+        load_lm_artifact(copy)
+    (copy / "meta.json").write_text(json.dumps({**meta, "format": "adaptive-export/2"}))
+    with pytest.raises(ArtifactError, match="a language model's artifact"):
+        load_lm_artifact(copy)
