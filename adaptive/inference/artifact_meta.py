@@ -59,16 +59,21 @@ def read_meta(path: str | Path) -> dict:
     """ART/meta.json parsed and validated against the schema (its checksum is checked apart, by
     `check_sealed`, once the blobs it describes have been checked)."""
     path = Path(path)
+    meta = parse_meta(path)
+    validate(meta, f"{path}/{META}")
+    return meta
+
+
+def parse_meta(path: Path):
+    """ART/meta.json parsed, not validated (classifier and language-model artifacts share this)."""
     try:
-        meta = json.loads((path / META).read_text())
+        return json.loads((path / META).read_text())
     except FileNotFoundError:
         raise ArtifactError(f"{path} is not an artifact (no {META}); make one with `adaptive export`") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path}/{META} is corrupted ({e.__class__.__name__})") from None
     except OSError as e:
         raise ArtifactError(f"{path}/{META} cannot be read ({e.strerror})") from None
-    validate(meta, f"{path}/{META}")
-    return meta
 
 
 def check_sealed(meta: dict, path: str | Path) -> None:

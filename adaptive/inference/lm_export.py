@@ -31,7 +31,7 @@ import numpy as np
 
 from adaptive import config as config_lib
 from adaptive.data import byte_vocab
-from adaptive.inference.artifact_meta import BLOB, META, ArtifactError, check_sealed, seal
+from adaptive.inference.artifact_meta import BLOB, META, ArtifactError, check_sealed, parse_meta, seal
 from adaptive.inference.export import PARTIAL_MARK, _remove, check_out, check_staging
 from adaptive.inference.generate import STOP_REASONS, Decoder, Generation, GenerationLimits, decoder_for_run
 from adaptive.inference.restore import load_run
@@ -119,12 +119,7 @@ def _meta(run, decoder: Decoder, blob: bytes) -> dict:
 def load_lm_artifact(path: str | Path):
     """(the deserialized generation function, meta.json), checked: format, blob checksum, seal."""
     path = Path(path)
-    try:
-        meta = json.loads((path / META).read_text())
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} is not an artifact (no {META})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path}/{META} is corrupted ({e.__class__.__name__})") from None
+    meta = parse_meta(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ArtifactError(f"{path}/{META}: format must be {FORMAT!r} (a language model's artifact); got {got!r}")
