@@ -218,3 +218,36 @@ def test_bad_prompts_are_refused_in_one_line():
     ]:
         with pytest.raises(ValueError, match=message):
             decoder(prompts, limits)
+
+
+def test_a_bfloat16_model_decodes_with_the_full_pass_numbers():
+    model = _model(exits=True, dtype=jnp.bfloat16)
+    tokens = jnp.asarray(np.random.default_rng(6).integers(0, 256, (2, 12)), jnp.int32)
+    full = model(tokens, train=False)
+    limits = TokenLimits.full(model, 2)
+    positions = jnp.broadcast_to(jnp.arange(12), (2, 12))
+    caches = empty_cache(model, 2, 12)
+    logits, caches, _ = cached_forward(model, caches, tokens[:, :6], positions[:, :6], jnp.ones((2, 6), bool), limits)
+    pieces = [logits]
+    for t in range(6, 12):
+        one = (tokens[:, t : t + 1], positions[:, t : t + 1], jnp.ones((2, 1), bool))
+        logits, caches, _ = cached_forward(model, caches, *one, limits)
+        pieces.append(logits)
+    decoded = jnp.concatenate(pieces, 1).astype(jnp.float32)
+    np.testing.assert_allclose(decoded, full.logits_BxLxV.astype(jnp.float32), rtol=0, atol=2e-2)
+    assert (decoded.argmax(-1) == full.logits_BxLxV.argmax(-1)).mean() > 0.95
+
+
+def test_a_run_trained_with_expert_groups_decodes_one_token_at_a_time(tmp_path):
+    from adaptive.data.datasets import DatasetSpec
+    from adaptive.inference.generate import decoder_for_run
+    from adaptive.inference.restore import Run
+    from adaptive.nn.models import build_model
+
+    cfg = config_lib.load(str(ROOT / "configs/lm.py:tiny"), ["--config.moe.enabled=true", "--config.moe.num_groups=2"])
+    spec = DatasetSpec((cfg.data.window,), VOCAB_SIZE, {}, False, 0, sequence=True)
+    graphdef, params = nnx.split(build_model(cfg, spec), nnx.Param)
+    run = Run(tmp_path, cfg, spec, graphdef, params, 0)
+    decoder = decoder_for_run(run, prompt_capacity=4, new_capacity=3)
+    out = decoder([np.array([256, 65], np.int32)], decoder.limits(1))  # one token a step: not 2 groups
+    assert int(out.count_B[0]) == 3

@@ -86,6 +86,9 @@ def test_calibrate_exits_writes_a_certified_threshold_that_generate_uses(run_dir
     assert record["threshold"] == (certified[-1]["threshold"] if certified else 2.0)
     generated = _generate(run_dir, "--prompt", "x", "--max-new-tokens", "2")
     assert generated.returncode == 0 and "certified by adaptive calibrate-exits" in generated.stdout
+    (run_dir / "exit_calibration.json").write_text(json.dumps({**record, "step": record["step"] + 100}))
+    stale = _generate(run_dir, "--prompt", "x", "--max-new-tokens", "2")  # certified on other weights
+    assert stale.returncode == 0 and "certified by" not in stale.stdout and "not used" in stale.stderr
     (run_dir / "exit_calibration.json").write_text("{not json")
     broken = _generate(run_dir, "--prompt", "x", "--max-new-tokens", "2")
     assert broken.returncode == 2 and "exit_calibration.json is not a readable" in broken.stderr

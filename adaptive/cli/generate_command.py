@@ -81,9 +81,11 @@ def _threshold(args, trained) -> float:
     if not trained.cfg.lm.exits:
         return 2.0  # no exits: never confident
     try:
-        calibrated = exit_calibration.read(trained.workdir)
+        calibrated, note = exit_calibration.for_step(trained.workdir, trained.step)
     except ValueError as e:
         raise RunError(str(e)) from None
+    if note:
+        print(note, file=sys.stderr)
     if calibrated is not None:
         print(
             f"exit threshold {calibrated['threshold']:g}, certified by adaptive calibrate-exits "

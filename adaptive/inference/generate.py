@@ -28,6 +28,7 @@ from flax import nnx
 from adaptive.compute.lm_flops import LMFlops, lm_flops
 from adaptive.data.byte_vocab import EOS
 from adaptive.nn import lm_decode
+from adaptive.nn.moe import limit_experts
 
 STOP_REASONS = ("running", "eos", "max_new_tokens", "budget")
 NO_BUDGET = float("inf")
@@ -57,7 +58,10 @@ class Generation(NamedTuple):
     layers_BxM: jax.Array  # float32: blocks run for the token (the first: the prompt's last position)
     experts_BxM: jax.Array  # float32: expert applications for it (0 without MoE)
     flops_BxM: jax.Array  # float32: FLOPs of the forward that produced it
-    prefill_flops_B: jax.Array  # float32: the prompt's prefill, first token included
+    # float32: the prompt's prefill, first token included, priced as what each prompt token
+    # needed (the blocks it reached and ran), like the full pass's FLOPs: a parallel prefill
+    # also computes, and discards, blocks for tokens that exited or that MoD skipped
+    prefill_flops_B: jax.Array
     stop_B: jax.Array  # int32: index into STOP_REASONS
 
     def decode_flops_B(self) -> jax.Array:
@@ -303,7 +307,9 @@ def decoder_for_run(run, *, prompt_capacity: int, new_capacity: int) -> Decoder:
         raise ValueError(f"{run.workdir} holds a classifier (model.kind={kind!r}); generation needs a language model")
     size = prompt_capacity + new_capacity
     flops = lm_flops(run.cfg, size, run.spec.num_classes, exiting=True, decoding=True)
-    return Decoder(run.graphdef, run.params, flops, prompt_capacity=prompt_capacity, new_capacity=new_capacity)
+    # one device, each call's tokens routed as one group (a decode step has as many as rows)
+    graphdef, params = nnx.split(limit_experts(nnx.merge(run.graphdef, run.params), None), nnx.Param)
+    return Decoder(graphdef, params, flops, prompt_capacity=prompt_capacity, new_capacity=new_capacity)
 
 
 def worst_costs(flops: LMFlops, blocks: int, max_experts: int) -> np.ndarray:

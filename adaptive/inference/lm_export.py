@@ -93,7 +93,7 @@ def _serialize(decoder: Decoder) -> bytes:
 
 
 def _meta(run, decoder: Decoder, blob: bytes) -> dict:
-    calibrated = exit_calibration.read(run.workdir) if run.cfg.lm.exits else None
+    calibrated = exit_calibration.for_step(run.workdir, run.step)[0] if run.cfg.lm.exits else None
     configured = run.cfg.lm.exit_threshold if run.cfg.lm.exits else None
     default = calibrated["threshold"] if calibrated else (configured if configured is not None else 2.0)
     return {

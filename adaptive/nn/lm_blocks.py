@@ -69,9 +69,14 @@ class CausalAttention(nnx.Module):
         """Attention of T tokens whose keys and values the cache already holds (`fill` wrote
         them): only their queries are projected."""
         batch, length, width = x_BxTxD.shape
-        kernel = self.qkv.kernel[...][:, :width]
-        q = (x_BxTxD.astype(kernel.dtype) @ kernel).reshape(batch, length, self.heads, -1)
+        q = self._project(x_BxTxD, slice(0, width)).reshape(batch, length, self.heads, -1)
         return self._attend(q, positions_BxT, cache)
+
+    def _project(self, x_BxTxD, columns: slice) -> jax.Array:
+        """Some columns of the q | k | v projection, computed in the layer's dtype as nnx.Linear
+        computes all of them (so a bfloat16 model decodes with the full pass's numbers)."""
+        kernel = self.qkv.kernel[...][:, columns].astype(self.dtype)
+        return x_BxTxD.astype(self.dtype) @ kernel
 
     def _attend(self, q_BxTxHxK, positions_BxT, cache: KVCache) -> jax.Array:
         batch, length = positions_BxT.shape
@@ -87,8 +92,7 @@ class CausalAttention(nnx.Module):
         """Only the keys and values of T tokens written to the cache (an exited token's state
         propagated to a block it skips, CALM): a third of the projection, no attention."""
         batch, length, width = x_BxTxD.shape
-        kernel = self.qkv.kernel[...][:, width:]  # the q | k | v columns' k and v
-        kv = (x_BxTxD.astype(kernel.dtype) @ kernel).reshape(batch, length, 2, self.heads, -1)
+        kv = self._project(x_BxTxD, slice(width, None)).reshape(batch, length, 2, self.heads, -1)
         return self._write(cache, kv[:, :, 0], kv[:, :, 1], positions_BxT, keys_BxT)
 
     def _write(self, cache: KVCache, k_BxTxHxK, v_BxTxHxK, positions_BxT, keys_BxT) -> KVCache:

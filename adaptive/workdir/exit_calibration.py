@@ -29,6 +29,20 @@ def read(workdir: str | Path) -> dict | None:
     try:
         record = json.loads(path.read_text())
         float(record["threshold"])
+        int(record["step"])
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a readable exit calibration ({e}); rerun adaptive calibrate-exits") from None
     return record
+
+
+def for_step(workdir: str | Path, step: int) -> tuple[dict | None, str | None]:
+    """(the calibration of checkpoint `step`, or None; a note when one exists for another step:
+    its guarantee was measured on other weights, so it is not used)."""
+    record = read(workdir)
+    if record is None or int(record["step"]) == step:
+        return record, None
+    note = (
+        f"{Path(workdir) / FILE} certifies step {record['step']}, not step {step}: not used "
+        f"(rerun adaptive calibrate-exits)"
+    )
+    return None, note
