@@ -97,3 +97,14 @@ def test_calibrate_exits_writes_a_certified_threshold_that_generate_uses(run_dir
         cli("calibrate-exits", "--workdir", str(run_dir), "--delta", "1.5"), capture_output=True, text=True, timeout=300
     )
     assert refused.returncode == 2 and "--delta=1.5 must be in (0, 1)" in refused.stderr
+
+
+def test_bench_generate_times_a_runs_thresholds_against_every_block(run_dir, tmp_path):
+    from adaptive.bench import generate
+
+    rows = generate.run(workdir=str(run_dir), thresholds=(0.5, 0.0), batches=(2,), new_tokens=4, repeats=2)
+    assert [r["variant"] for r in rows] == ["every block", "exit at 0.5", "exit at 0"]
+    assert rows[0]["ratio"] == 1.0 and rows[0]["mean_layers"] == 2.0  # the tiny config's two blocks
+    assert rows[2]["mean_layers"] == 1.0  # threshold 0: every token leaves at the first exit
+    with pytest.raises(ValueError, match="give --workdir"):
+        generate.run(thresholds=(0.5,), batches=(1,), new_tokens=4, repeats=1)

@@ -16,7 +16,9 @@ first token are the same in both calls and cancel. Every sequence runs to N toke
 ignored), sampled at temperature 1 with a seed per row, so rows leave at different blocks. The
 models are freshly initialised (their exit units random, so a token's depth varies as trained
 exits' do), or, with `--workdir`, a trained run's exit model against fresh static ones of its
-shape.
+shape. With `--thresholds T1,T2,...` (and `--workdir`), the run's exit model at each threshold
+is timed against itself running every block instead (`ratio` is then that speedup's inverse):
+what a certified threshold (`adaptive calibrate-exits`) buys in wall-clock time.
 """
 
 from __future__ import annotations
@@ -97,8 +99,11 @@ def run(
     new_tokens: int = 64,
     repeats: int = 15,
     workdir: str | None = None,
+    thresholds: tuple[float, ...] = (),
     json_out: str | None = None,
 ) -> list[dict]:
+    if thresholds:
+        return _at_thresholds(workdir, thresholds, batches, new_tokens, repeats, json_out)
     if not 1.0 <= depth <= layers:
         raise ValueError(f"--depth {depth} must be within [1, {layers}] blocks")
     length = PROMPT + new_tokens
@@ -127,6 +132,29 @@ def run(
         for name in depths:
             static_ms = float(np.interp(depths[name], np.array(around, float), statics))
             ratio = 1.0 if name.startswith("static") else per_token[name] / static_ms
+            rows.append(_row(name, batch, new_tokens, per_token[name], depths[name], ratio))
+    print_table(rows, COLUMNS)
+    if json_out:
+        write_json(json_out, rows)
+    return rows
+
+
+def _at_thresholds(workdir, thresholds, batches, new_tokens: int, repeats: int, json_out) -> list[dict]:
+    """A trained run's exit model at each threshold against itself with every block (threshold
+    2): the wall-clock speedup a threshold buys (rows `exit at T`, ratio to `every block`)."""
+    if workdir is None:
+        raise ValueError("--thresholds times a trained run's exits: give --workdir")
+    model = _trained(workdir, PROMPT + new_tokens)[0]
+    decoder = _decoder(model, new_tokens)
+    rows = []
+    for batch in batches:
+        calls, depths = {}, {}
+        for name, threshold in [("every block", 2.0), *((f"exit at {t:g}", t) for t in thresholds)]:
+            calls[f"{name} N"], calls[f"{name} 1"], depths[name] = _calls(decoder, batch, new_tokens, threshold)
+        ms = time_side_by_side(calls, repeats=repeats)
+        per_token = {name: (ms[f"{name} N"] - ms[f"{name} 1"]) / (new_tokens - 1) for name in depths}
+        for name in depths:
+            ratio = per_token[name] / per_token["every block"]
             rows.append(_row(name, batch, new_tokens, per_token[name], depths[name], ratio))
     print_table(rows, COLUMNS)
     if json_out:

@@ -62,6 +62,7 @@ def run(args, overrides: list[str]) -> int:
             new_tokens=args.new_tokens,
             repeats=args.repeats,
             workdir=args.workdir,
+            thresholds=tuple(float(v) for v in args.thresholds.split(",") if v),
             json_out=args.json,
         )
     elif args.bench == "moe":

@@ -237,6 +237,9 @@ def _add_bench_generate(kinds) -> None:
     gen.add_argument("--new-tokens", type=int, default=64)
     gen.add_argument("--repeats", type=int, default=15)
     gen.add_argument("--workdir", metavar="DIR", help="a trained exit model's run (default: fresh models)")
+    gen.add_argument(
+        "--thresholds", default="", help="with --workdir: time these exit thresholds against every block instead"
+    )
 
 
 def _add_bench_lm(kinds) -> None:
