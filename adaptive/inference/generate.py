@@ -9,11 +9,7 @@ per sequence, and a FLOPs budget for the whole generation.
 
 The FLOPs budget covers the decode steps, the tokens after the first; the prompt's prefill
 (which yields the first token) is priced and reported apart, as serving meters prompt and
-generated tokens apart. It is a hard cap, paced: before each step a sequence's allowance is its
-remaining budget over the tokens it may still generate (at least the cheapest token's cost, at
-most what remains), and the step runs with the deepest layer cap whose worst-case cost (every
-block it may reach run, its experts at their cap, the key/value writes above) fits the
-allowance. A sequence that cannot pay for one more token at depth 1 stops ("budget").
+generated tokens apart. It is a hard cap, paced token by token (adaptive.inference.token_step).
 """
 
 from __future__ import annotations
@@ -26,28 +22,19 @@ import numpy as np
 from flax import nnx
 
 from adaptive.compute.lm_flops import LMFlops, lm_flops
-from adaptive.data.byte_vocab import EOS
+from adaptive.inference.token_step import (
+    NO_EXITS,
+    STOP_REASONS,
+    GenerationLimits,
+    Pacer,
+    checked_limits,
+    clipped,
+    sample,
+)
 from adaptive.nn import lm_decode
 from adaptive.nn.moe import limit_experts
 
-STOP_REASONS = ("running", "eos", "max_new_tokens", "budget")
-NO_BUDGET = float("inf")
-NO_EXITS = 2.0  # a threshold above every confidence
-
-
-class GenerationLimits(NamedTuple):
-    """Per sequence (B arrays); `Decoder.limits` builds and checks them."""
-
-    max_new_tokens_B: jax.Array  # int32, 1..M
-    layer_cap_B: jax.Array  # int32, 1..blocks
-    expert_cap_B: jax.Array  # int32, >= 1
-    flops_budget_B: jax.Array  # float32, > 0 (inf: none), for the tokens after the first
-    threshold_B: jax.Array  # float32: exit when the confidence reaches it (> 1: never)
-    mod_bias_B: jax.Array  # float32: a MoD block runs for a token whose predictor exceeds it
-    temperature_B: jax.Array  # float32, >= 0; 0 is greedy
-    top_p_B: jax.Array  # float32 in (0, 1]
-    seed_B: jax.Array  # uint32: the sequence's sampling key
-    ignore_eos_B: jax.Array  # bool: go on past EOS (benchmarks: every sequence runs to its length)
+__all__ = ["NO_EXITS", "STOP_REASONS", "Decoder", "Generation", "GenerationLimits", "decoder_for_run", "sample"]
 
 
 class Generation(NamedTuple):
@@ -67,31 +54,6 @@ class Generation(NamedTuple):
     def decode_flops_B(self) -> jax.Array:
         """FLOPs the budget covers: the tokens after the first."""
         return self.flops_BxM[:, 1:].sum(-1)
-
-
-def sample(logits_BxV, temperature_B, top_p_B, keys_B) -> jax.Array:
-    """A token per row: the argmax at temperature 0, else a draw from the softmax at that
-    temperature restricted to the smallest set of tokens whose probability reaches top_p. The
-    draw (and the sort top-p needs) runs only when some row asks for it."""
-    logits = logits_BxV.astype(jnp.float32)
-    greedy = logits.argmax(-1).astype(jnp.int32)
-
-    def draw():
-        scaled = logits / jnp.maximum(temperature_B, 1e-6)[:, None]
-
-        def nucleus():
-            probs = jax.nn.softmax(scaled, -1)
-            sorted_probs = -jnp.sort(-probs, -1)
-            before = jnp.cumsum(sorted_probs, -1) - sorted_probs  # mass of the tokens ranked above
-            kept = before < top_p_B[:, None]  # the first token always
-            smallest = jnp.min(jnp.where(kept, sorted_probs, jnp.inf), -1, keepdims=True)
-            return jnp.where(probs >= smallest, scaled, -jnp.inf)
-
-        masked = jax.lax.cond((top_p_B < 1).any(), nucleus, lambda: scaled)
-        drawn = jax.vmap(jax.random.categorical)(keys_B, masked).astype(jnp.int32)
-        return jnp.where(temperature_B > 0, drawn, greedy)
-
-    return jax.lax.cond((temperature_B > 0).any(), draw, lambda: greedy)
 
 
 class Decoder:
@@ -124,44 +86,9 @@ class Decoder:
         self.traces = 0  # how often the generation was traced (compiled): once per batch size
         self._compiled = jax.jit(self.generate)
 
-    def limits(
-        self,
-        batch: int,
-        *,
-        max_new_tokens=None,
-        layer_cap=None,
-        expert_cap=None,
-        flops_budget=None,
-        threshold=None,
-        mod_bias=0.0,
-        temperature=0.0,
-        top_p=1.0,
-        seed=0,
-        ignore_eos=False,
-    ) -> GenerationLimits:
-        """Checked limits, each a scalar for every sequence or one value per sequence; None is
-        the loosest (M tokens, every block, the router's k, no FLOPs budget, never exiting)."""
-
-        def column(name, value, dtype, lo, hi, default):
-            value = np.broadcast_to(np.asarray(default if value is None else value, dtype), (batch,))
-            bad = ~((value >= lo) & (value <= hi))  # NaN fails too
-            if bad.any():
-                raise ValueError(f"{name}={value[bad][0]} is outside [{lo}, {hi}]")
-            return jnp.asarray(value)
-
-        m = self.new_capacity
-        return GenerationLimits(
-            column("max_new_tokens", max_new_tokens, np.int32, 1, m, m),
-            column("layer_cap", layer_cap, np.int32, 1, self.blocks, self.blocks),
-            column("expert_cap", expert_cap, np.int32, 1, 1 << 20, self.max_experts),
-            column("flops_budget", flops_budget, np.float32, 1e-30, np.inf, NO_BUDGET),
-            column("threshold", threshold, np.float32, 0.0, np.inf, NO_EXITS),
-            column("mod_bias", mod_bias, np.float32, -np.inf, np.inf, 0.0),
-            column("temperature", temperature, np.float32, 0.0, 1e4, 0.0),
-            column("top_p", top_p, np.float32, 1e-6, 1.0, 1.0),
-            column("seed", seed, np.uint32, 0, 2**32 - 1, 0),
-            column("ignore_eos", ignore_eos, bool, False, True, False),
-        )
+    def limits(self, batch: int, **given) -> GenerationLimits:
+        """Checked limits (`checked_limits`), each a scalar or one value per sequence."""
+        return checked_limits(batch, self.new_capacity, self.blocks, self.max_experts, **given)
 
     def __call__(self, prompts: list[np.ndarray], limits: GenerationLimits) -> Generation:
         """Generate for each prompt (int32 tokens, 1..P of them, each < vocab)."""
@@ -190,36 +117,20 @@ class Decoder:
         batch, capacity = prompt_BxP.shape
         prompt_BxP = jnp.clip(prompt_BxP, 0, self.vocab - 1)
         length_B = jnp.clip(length_B, 1, capacity)
-        limits = _clipped(limits, self.new_capacity, self.blocks, self.max_experts)
+        limits = clipped(limits, self.new_capacity, self.blocks, self.max_experts)
         new = self.new_capacity
         rows = jnp.arange(batch)
-        keys_B = jax.vmap(lambda s: jax.random.key(s))(limits.seed_B)
-        token_limits = lm_decode.TokenLimits(
-            limits.threshold_B, limits.layer_cap_B, limits.expert_cap_B, limits.mod_bias_B
-        )
-
-        def priced(spend, valid):
-            flops = self.flops.of_tokens(spend.reached_NxBxT, spend.ran_NxBxT, spend.experts_NxBxT)
-            experts = 0.0 if spend.experts_NxBxT is None else spend.experts_NxBxT.sum(0)
-            return flops * valid, spend.ran_NxBxT.sum(0), experts * valid
-
-        def draw(logits_BxV, t):
-            keys = jax.vmap(jax.random.fold_in, (0, None))(keys_B, t)
-            return sample(logits_BxV, limits.temperature_B, limits.top_p_B, keys)
-
-        def ends(token_B):
-            return (token_B == EOS) & ~limits.ignore_eos_B
-
+        pacer = Pacer(self.flops, worst_DxE, limits, self.max_experts, self.compact)
         # prefill: the prompt, whose last position yields the first token
         caches = lm_decode.empty_cache(model, batch, capacity + new)
         positions_BxP = jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32), (batch, capacity))
         valid_BxP = positions_BxP < length_B[:, None]
         logits, caches, spend = lm_decode.cached_forward(
-            model, caches, prompt_BxP, positions_BxP, valid_BxP, token_limits
+            model, caches, prompt_BxP, positions_BxP, valid_BxP, pacer.token_limits
         )
-        flops_BxP, layers_BxP, experts_BxP = priced(spend, valid_BxP)
+        flops_BxP, layers_BxP, experts_BxP = pacer.priced(spend, valid_BxP)
         last = length_B - 1
-        first = draw(logits[rows, last], 0)
+        first = pacer.draw(logits[rows, last], jnp.zeros((batch,), jnp.int32))
         zeros = jnp.zeros((batch, new), jnp.float32)
         out = Generation(
             jnp.zeros((batch, new), jnp.int32).at[:, 0].set(first),
@@ -228,10 +139,8 @@ class Decoder:
             zeros.at[:, 0].set(jnp.broadcast_to(experts_BxP, (batch, capacity))[rows, last]),
             zeros.at[:, 0].set(flops_BxP[rows, last]),
             flops_BxP.sum(-1),
-            jnp.where(ends(first), 1, jnp.where(limits.max_new_tokens_B <= 1, 2, 0)).astype(jnp.int32),
+            pacer.first_stop(first),
         )
-        experts_idx = jnp.clip(limits.expert_cap_B, 1, self.max_experts) - 1
-        cheapest_B = worst_DxE[0, experts_idx]
 
         def running(carry):
             t, _, out, _ = carry
@@ -239,64 +148,28 @@ class Decoder:
 
         def step(carry):
             t, caches, out, remaining_B = carry
-            active = out.stop_B == 0
-            left = jnp.maximum(limits.max_new_tokens_B - t, 1).astype(jnp.float32)
-            allowance = jnp.minimum(jnp.maximum(remaining_B / left, cheapest_B), remaining_B)
-            affordable = (worst_DxE[:, experts_idx] <= allowance[None, :]).sum(0)  # deepest cap that fits
-            broke = active & (affordable == 0)
-            valid = active & ~broke
-            capped = token_limits._replace(layer_cap_B=jnp.minimum(limits.layer_cap_B, jnp.maximum(affordable, 1)))
-            position = length_B + t - 1
-            logits, caches, spend = lm_decode.cached_forward(
-                model,
-                caches,
-                out.tokens_BxM[:, t - 1][:, None],
-                position[:, None],
-                valid[:, None],
-                capped,
-                compact=self.compact,
+            t_B = jnp.full((batch,), t)
+            made, caches = pacer.step(
+                model, caches, out.tokens_BxM[:, t - 1], length_B + t - 1, t_B, out.stop_B == 0, remaining_B
             )
-            flops, layers, experts = priced(spend, valid[:, None])
-            token = draw(logits[:, 0], t)
 
             def put(a, v):
-                return a.at[:, t].set(jnp.where(valid, v, a[:, t]))
+                return a.at[:, t].set(jnp.where(made.valid_B, v, a[:, t]))
 
-            stop = jnp.where(broke, 3, out.stop_B)
-            stop = jnp.where(valid & ends(token), 1, stop)
-            stop = jnp.where(valid & ~ends(token) & (t + 1 >= limits.max_new_tokens_B), 2, stop)
             out = Generation(
-                put(out.tokens_BxM, token),
-                out.count_B + valid,
-                put(out.layers_BxM, layers[:, 0]),
-                put(out.experts_BxM, jnp.broadcast_to(experts, (batch, 1))[:, 0]),
-                put(out.flops_BxM, flops[:, 0]),
+                put(out.tokens_BxM, made.token_B),
+                out.count_B + made.valid_B,
+                put(out.layers_BxM, made.layers_B),
+                put(out.experts_BxM, made.experts_B),
+                put(out.flops_BxM, made.flops_B),
                 out.prefill_flops_B,
-                stop,
+                jnp.where(made.stop_B != 0, made.stop_B, out.stop_B),
             )
-            return t + 1, caches, out, remaining_B - flops[:, 0]
+            return t + 1, caches, out, remaining_B - made.flops_B
 
         carry = (jnp.int32(1), caches, out, limits.flops_budget_B)
         _, _, out, _ = jax.lax.while_loop(running, step, carry)
         return out
-
-
-def _clipped(limits: GenerationLimits, new: int, blocks: int, experts: int) -> GenerationLimits:
-    def finite(x, fallback):
-        return jnp.where(jnp.isnan(x), fallback, x)
-
-    return GenerationLimits(
-        jnp.clip(limits.max_new_tokens_B, 1, new),
-        jnp.clip(limits.layer_cap_B, 1, blocks),
-        jnp.clip(limits.expert_cap_B, 1, experts),
-        jnp.maximum(finite(limits.flops_budget_B, 0.0), 0.0),
-        finite(limits.threshold_B, NO_EXITS),
-        finite(limits.mod_bias_B, 0.0),
-        jnp.clip(finite(limits.temperature_B, 0.0), 0.0, 1e4),
-        jnp.clip(finite(limits.top_p_B, 1.0), 1e-6, 1.0),
-        limits.seed_B,
-        limits.ignore_eos_B,
-    )
 
 
 def decoder_for_run(run, *, prompt_capacity: int, new_capacity: int) -> Decoder:

@@ -1,0 +1,65 @@
+"""Continuous batching: requests join and leave fixed decode slots, each under its own limits,
+generating what the whole-generation decoder does, with nothing recompiled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adaptive.inference.slots import SlotDecoder
+from adaptive.serving.lm_engine import LMEngine
+from tests.test_generate import NEW, PROMPTS, _decoder
+
+
+def _run_through_slots(engine: LMEngine, prompts, limits: list[dict]) -> list[list[int]]:
+    """Every request through the engine's slots, joining as slots free (more requests than
+    slots: some join mid-way through others' generation); each one's tokens."""
+    tokens = {i: [] for i in range(len(prompts))}
+    owner, waiting = {}, list(range(len(prompts)))
+    while waiting or engine.in_use:
+        while waiting and engine.free:
+            i = waiting.pop(0)
+            first = engine.join(prompts[i], engine.limits(**limits[i]))
+            tokens[i].append(first.token)
+            if first.stop == "running":
+                owner[first.slot] = i
+        for made in engine.step():
+            if made.token >= 0:
+                tokens[owner[made.slot]].append(made.token)
+    return [tokens[i] for i in range(len(prompts))]
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    return _decoder(["--config.lm.exits=true", "--config.moe.enabled=true", "--config.moe.k=2"])
+
+
+def test_slots_generate_what_the_decoder_does_with_requests_joining_mid_way(decoder):
+    slots = SlotDecoder.of(decoder, 2)
+    engine = LMEngine(slots)
+    requests = [
+        dict(threshold=0.5, max_new_tokens=3),
+        dict(layer_cap=2, expert_cap=1, temperature=1.0, seed=7),
+        dict(flops_budget=3e5, threshold=0.3),
+        dict(max_new_tokens=NEW, temperature=0.8, top_p=0.9, seed=3),
+        dict(threshold=0.6, expert_cap=1),
+    ]
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(requests))]
+    got = _run_through_slots(engine, prompts, requests)
+    for prompt, request, tokens in zip(prompts, requests, got, strict=True):
+        want = decoder([prompt], decoder.limits(1, **request))
+        assert tokens == np.asarray(want.tokens_BxM[0, : int(want.count_B[0])]).tolist(), request
+    assert any(0 < len(t) < NEW for t in got)  # some ended early (a cap, a budget): slots were reused
+    again = _run_through_slots(engine, prompts[::-1], requests[::-1])  # other orders, other slots
+    assert again == got[::-1]
+    assert slots.traces == {"prefill": 1, "step": 1}
+    assert engine.in_use == 0 and sorted(engine.free) == [0, 1]
+
+
+def test_a_prompt_that_does_not_fit_is_refused_and_the_slot_kept(decoder):
+    engine = LMEngine(SlotDecoder.of(decoder, 1))
+    with pytest.raises(ValueError, match="a prompt is 1 to 8 tokens"):
+        engine.join(np.arange(20), engine.limits())
+    with pytest.raises(ValueError, match="threshold=nan"):
+        engine.limits(threshold=float("nan"))
+    assert engine.free == [0]
