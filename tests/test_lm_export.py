@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -45,7 +46,9 @@ def artifact(tmp_path_factory):
     data = f"--config.data.data_dir={root / 'data'}"
     train_tiny(root / "run", 2, config="configs/lm.py:tiny", overrides=("--config.lm.exits=true", data))
     command = cli("export", "--workdir", str(root / "run"), "--out", str(root / "art"))
-    proc = subprocess.run([*command, "--prompt-capacity", "16", "--new-tokens", "16"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [*command, "--prompt-capacity", "16", "--new-tokens", "16", "--slots", "2"], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "verified against the live decoder" in proc.stdout
     return root / "run", root / "art"
@@ -111,3 +114,28 @@ def test_an_edited_or_corrupted_artifact_is_refused_in_one_line(artifact, tmp_pa
     (copy / "meta.json").write_text(json.dumps({**meta, "format": "adaptive-export/2"}))
     with pytest.raises(ArtifactError, match="a language model's artifact"):
         load_lm_artifact(copy)
+
+
+def test_the_artifacts_slot_functions_serve_requests_joining_mid_way(artifact, tmp_path):
+    from adaptive.inference.slot_export import ExportedSlots
+    from adaptive.serving.lm_engine import LMEngine
+    from tests.test_slots import _run_through_slots
+
+    workdir, art = artifact
+    meta = load_lm_artifact(art)[1]
+    slots = ExportedSlots(art, meta)
+    assert slots.slots == 2 == meta["slots"]["count"]
+    decoder = decoder_for_run(load_run(workdir, language_model=True), prompt_capacity=16, new_capacity=16)
+    prompts = [byte_vocab.encode(t, eos=False) for t in (b"def f(", b"import os", b"x = [")]
+    requests = [dict(threshold=0.5, max_new_tokens=5), dict(temperature=1.0, seed=2), dict(layer_cap=1)]
+    got = _run_through_slots(LMEngine(slots), prompts, requests)
+    for prompt, request, tokens in zip(prompts, requests, got, strict=True):
+        want = decoder([prompt], decoder.limits(1, **request))
+        assert tokens == np.asarray(want.tokens_BxM[0, : int(want.count_B[0])]).tolist()
+    assert slots.traces == {"prefill": 1, "step": 1}
+    broken = tmp_path / "broken"
+    shutil.copytree(art, broken)
+    step_file = broken / meta["slots"]["step"]["file"]
+    step_file.write_bytes(step_file.read_bytes()[:-7] + b"garbage")
+    with pytest.raises(ArtifactError, match="slot-step.jaxexport does not match meta.json's sha256"):
+        ExportedSlots(broken, meta)

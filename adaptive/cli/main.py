@@ -282,6 +282,7 @@ def _export(args, overrides: list[str]) -> int:
             args.out,
             prompt_capacity=args.prompt_capacity,
             new_capacity=args.new_tokens,
+            slots=args.slots,
             step=args.step,
             force=args.force,
         )
@@ -289,7 +290,8 @@ def _export(args, overrides: list[str]) -> int:
         print(
             f"wrote {out} ({meta['bytes']} bytes, sha256 {meta['sha256'][:12]}...; prompts up to "
             f"{meta['prompt_capacity']} bytes, up to {meta['new_capacity']} new, caps {meta['caps']}, "
-            f"default exit threshold {meta['exit_threshold']['default']:g}); verified against the live decoder"
+            f"default exit threshold {meta['exit_threshold']['default']:g}, {meta['slots']['count']} serving slots); "
+            "verified against the live decoder"
         )
         return 0
 

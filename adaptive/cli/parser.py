@@ -82,6 +82,9 @@ def _add_export(commands) -> None:
         "--prompt-capacity", type=int, default=64, metavar="P", help="language models: the longest prompt (bytes + BOS)"
     )
     export.add_argument("--new-tokens", type=int, default=64, metavar="M", help="language models: the most new tokens")
+    export.add_argument(
+        "--slots", type=int, default=8, metavar="S", help="language models: decode slots `adaptive serve` batches in"
+    )
 
 
 def _add_serve(commands) -> None:

@@ -73,7 +73,7 @@ OUTPUTS = ("prediction", "confidence", "steps", "experts")
 SERVED_BATCHES, SERVED_EXAMPLES = (1, 2, 4, 8, 16, 32), 2048
 # Marks ART.partial as this tool's staging folder: only such a folder is ever removed.
 PARTIAL_MARK = ".adaptive-export-partial"
-_BLOB_NAME = re.compile(r"model(-k[0-9]+|-b[0-9]+)?\.jaxexport")
+_BLOB_NAME = re.compile(r"(model(-k[0-9]+|-b[0-9]+)?|slot-prefill|slot-step)\.jaxexport")
 # Batch sizes that also get a function of their own, compiled for exactly that many rows: there a
 # halting loop shrinks to the rows still running (adaptive.nn.compaction), which a symbolic batch
 # cannot (its bucket sizes are not comparable). The buckets of `adaptive serve` and the engine's
@@ -270,6 +270,7 @@ def check_out(out: Path, workdir: Path, force: bool) -> None:
             f"--out {out} is a folder but not an artifact of `adaptive export` (no valid {META}); nothing was written"
         ) from None
     blobs = [*meta.get("expert_variants", {}).values(), *meta.get("batch_variants", {}).values()]
+    blobs += [meta["slots"][name] for name in ("prefill", "step") if name in meta.get("slots", {})]
     named = {META, BLOB, *(entry["file"] for entry in blobs)}
     for entry in sorted(out.iterdir()):
         if entry.name not in named or entry.is_symlink() or not entry.is_file():

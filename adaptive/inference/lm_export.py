@@ -31,10 +31,12 @@ import numpy as np
 
 from adaptive import config as config_lib
 from adaptive.data import byte_vocab
+from adaptive.inference import slot_export
 from adaptive.inference.artifact_meta import BLOB, META, ArtifactError, check_sealed, parse_meta, seal
 from adaptive.inference.export import PARTIAL_MARK, _remove, check_out, check_staging
 from adaptive.inference.generate import STOP_REASONS, Decoder, Generation, GenerationLimits, decoder_for_run
 from adaptive.inference.restore import load_run
+from adaptive.inference.slots import SlotDecoder
 from adaptive.workdir import exit_calibration
 from adaptive.workdir.runinfo import package_versions
 
@@ -50,9 +52,17 @@ INPUTS = (("prompt", "int32", ["batch", "P"]), ("length", "int32", ["batch"])) +
 
 
 def export_lm_run(
-    workdir: str | Path, out: str | Path, *, prompt_capacity: int, new_capacity: int, step=None, force=False
+    workdir: str | Path,
+    out: str | Path,
+    *,
+    prompt_capacity: int,
+    new_capacity: int,
+    slots: int = 8,
+    step=None,
+    force=False,
 ) -> Path:
-    """The language model in `workdir` as a generation artifact at `out`, verified."""
+    """The language model in `workdir` as a generation artifact at `out` (with the slot functions
+    of `slots` serving slots), verified."""
     run = load_run(workdir, step, language_model=True)
     out = Path(out)
     staging = out.with_name(out.name + ".partial")
@@ -62,14 +72,21 @@ def export_lm_run(
         decoder = decoder_for_run(run, prompt_capacity=prompt_capacity, new_capacity=new_capacity)
     except ValueError as e:
         raise ArtifactError(str(e)) from None
+    if slots < 1:
+        raise ArtifactError(f"--slots={slots} must be >= 1")
+    live_slots = SlotDecoder.of(decoder, slots)
     decoder.compact = False  # row buckets need a concrete batch; the artifact's is symbolic
     blob = _serialize(decoder)
-    meta = seal(_meta(run, decoder, blob))
+    slot_blobs, slot_entry = slot_export.serialize(live_slots)
+    meta = seal({**_meta(run, decoder, blob), "slots": slot_entry})
     staging.mkdir(parents=True, exist_ok=True)
     (staging / PARTIAL_MARK).touch()
     (staging / BLOB).write_bytes(blob)
+    for name, data in slot_blobs.items():
+        (staging / name).write_bytes(data)
     (staging / META).write_text(json.dumps(meta, indent=1) + "\n")
     verify(staging, decoder)
+    slot_export.verify(staging, meta, live_slots)
     (staging / PARTIAL_MARK).unlink()
     check_out(out, run.workdir, force)
     if out.is_dir():

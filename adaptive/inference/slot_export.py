@@ -1,0 +1,143 @@
+"""A language model's slot functions in its artifact, for `adaptive serve`'s continuous batching.
+
+`adaptive export` of a language model writes, beside the whole generation, the two functions of
+`SlotDecoder` (adaptive.inference.slots) for S slots (`--slots`), parameters baked in:
+
+    slot-prefill.jaxexport: (*state, slot int32[], prompt int32[P], length int32[], *limits [1])
+                            -> (*state, token, stop, layers, experts, prefill_flops)
+    slot-step.jaxexport:    (*state) -> (*state, token, valid, layers, experts, flops, stop)  [S each]
+
+`state` is the flat list of `SlotState`'s arrays (meta.json's `slots.state` gives their shapes
+and dtypes; all zeros is S empty slots). The slot count is concrete, not symbolic: a step runs
+each block on only the slots that need it, in row buckets a symbolic count cannot size.
+`ExportedSlots` loads them back with the interface `LMEngine` drives, the state's buffers
+donated from step to step as the live decoder's are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adaptive.data import byte_vocab
+from adaptive.inference.artifact_meta import ArtifactError
+from adaptive.inference.slots import Joined, SlotDecoder
+from adaptive.inference.token_step import GenerationLimits, Made, checked_limits
+
+FILES = {"prefill": "slot-prefill.jaxexport", "step": "slot-step.jaxexport"}
+
+
+def serialize(slots: SlotDecoder) -> tuple[dict[str, bytes], dict]:
+    """({file name: serialized function}, meta.json's `slots` entry)."""
+    state = jax.eval_shape(slots.empty)
+    leaves, tree = jax.tree.flatten(state)
+    specs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves]
+    scalar = jax.ShapeDtypeStruct((), jnp.int32)
+    prompt = jax.ShapeDtypeStruct((slots.prompt_capacity,), jnp.int32)
+    one_row = [jax.ShapeDtypeStruct((1,), a.dtype) for a in jax.eval_shape(lambda: slots.limits(1))]
+    n = len(leaves)
+
+    def prefill(*args):
+        state, (slot, prompt_P, length), limits = tree.unflatten(args[:n]), args[n : n + 3], args[n + 3 :]
+        new, joined = slots.prefill_fn(
+            slots.params, state, slot, prompt_P, length, GenerationLimits(*limits), slots.worst_DxE
+        )
+        return (*jax.tree.leaves(new), *joined)
+
+    def step(*args):
+        new, made = slots.step_fn(slots.params, tree.unflatten(args), slots.worst_DxE)
+        return (*jax.tree.leaves(new), *made)
+
+    blobs = {
+        FILES["prefill"]: bytes(
+            jax.export.export(jax.jit(prefill))(*specs, scalar, prompt, scalar, *one_row).serialize()
+        ),
+        FILES["step"]: bytes(jax.export.export(jax.jit(step))(*specs).serialize()),
+    }
+    entry = {
+        "count": slots.slots,
+        "state": [[list(a.shape), str(a.dtype)] for a in leaves],
+        **{name: {"file": file, "sha256": hashlib.sha256(blobs[file]).hexdigest()} for name, file in FILES.items()},
+    }
+    return blobs, entry
+
+
+class ExportedSlots:
+    """An artifact's slot functions with `SlotDecoder`'s host interface (state as a flat list)."""
+
+    def __init__(self, path: str | Path, meta: dict):
+        path = Path(path)
+        entry = meta.get("slots")
+        if not isinstance(entry, dict):
+            raise ArtifactError(f"{path} has no slot functions for serving; export it again with `adaptive export`")
+        fns = {}
+        for name in FILES:
+            file = path / entry[name]["file"]
+            try:
+                blob = file.read_bytes()
+            except OSError as e:
+                raise ArtifactError(f"{file} cannot be read ({e.strerror})") from None
+            if hashlib.sha256(blob).hexdigest() != entry[name]["sha256"]:
+                raise ArtifactError(f"{file} does not match meta.json's sha256 (corrupted or swapped)")
+            try:
+                fns[name] = jax.export.deserialize(bytearray(blob))
+            except Exception as e:  # noqa: BLE001 - the deserializer raises many kinds; one line says which
+                raise ArtifactError(f"{file} cannot be deserialized ({e.__class__.__name__})") from None
+        self.state_avals = [(tuple(shape), np.dtype(dtype)) for shape, dtype in entry["state"]]
+        n = len(self.state_avals)
+        if len(fns["step"].in_avals) != n or len(fns["prefill"].in_avals) != n + 3 + len(GenerationLimits._fields):
+            raise ArtifactError(f"{path}'s slot functions do not match meta.json's slot state")
+        self.slots, self.prompt_capacity = int(entry["count"]), int(meta["prompt_capacity"])
+        self.new_capacity = int(meta["new_capacity"])
+        self.blocks, self.max_experts = int(meta["caps"]["layers"]), int(meta["caps"]["experts_per_token"])
+        self.traces = {"prefill": 0, "step": 0}
+        self._prefill = jax.jit(self._counted("prefill", fns["prefill"].call), donate_argnums=tuple(range(n)))
+        self._step = jax.jit(self._counted("step", fns["step"].call), donate_argnums=tuple(range(n)))
+        self._n = n
+
+    def _counted(self, name, call):
+        def traced(*args):
+            self.traces[name] += 1
+            return call(*args)
+
+        return traced
+
+    def limits(self, batch: int, **given) -> GenerationLimits:
+        return checked_limits(batch, self.new_capacity, self.blocks, self.max_experts, **given)
+
+    def empty(self) -> list:
+        return [jnp.zeros(shape, dtype) for shape, dtype in self.state_avals]
+
+    def prefill(self, state, slot, prompt_P, length, limits: GenerationLimits):
+        out = self._prefill(*state, slot, prompt_P, length, *limits)
+        return list(out[: self._n]), Joined(*out[self._n :])
+
+    def step(self, state):
+        out = self._step(*state)
+        return list(out[: self._n]), Made(*out[self._n :])
+
+
+def verify(path: Path, meta: dict, live: SlotDecoder) -> None:
+    """The artifact's slot functions generate what the live ones do: two requests joining one
+    after the other, one greedy with early exits, one sampled, until both end."""
+    exported = ExportedSlots(path, meta)
+    prompt = byte_vocab.encode(b"def f(x):", eos=False)[: live.prompt_capacity]
+    padded = np.zeros((live.prompt_capacity,), np.int32)
+    padded[: len(prompt)] = prompt
+    requests = [dict(threshold=0.5), dict(temperature=1.0, seed=1)]
+    runs = []
+    for fns in (live, exported):
+        state, tokens = fns.empty(), []
+        for slot, request in enumerate(requests[: fns.slots]):
+            state, joined = fns.prefill(state, np.int32(slot), padded, np.int32(len(prompt)), fns.limits(1, **request))
+            tokens.append(int(joined.token))
+            for _ in range(live.new_capacity):
+                state, made = fns.step(state)
+                tokens.extend(np.where(np.asarray(made.valid_B), np.asarray(made.token_B), -1).tolist())
+        runs.append(tokens)
+    if runs[0] != runs[1]:
+        raise ArtifactError("the exported slot functions generate other tokens than the live decoder's")
