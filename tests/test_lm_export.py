@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -139,3 +140,38 @@ def test_the_artifacts_slot_functions_serve_requests_joining_mid_way(artifact, t
     step_file.write_bytes(step_file.read_bytes()[:-7] + b"garbage")
     with pytest.raises(ArtifactError, match="slot-step.jaxexport does not match meta.json's sha256"):
         ExportedSlots(broken, meta)
+
+
+def test_adaptive_serve_streams_generation_from_the_artifact(artifact):
+    import threading
+    import urllib.request
+
+    _, art = artifact
+    process = subprocess.Popen(
+        cli("serve", "--artifact", str(art), "--port", "0", "--ttft-ms", "2000", "--tpot-ms", "200"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(180, process.kill)  # a server that never comes up fails, not hangs
+    watchdog.start()
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("serving ") and "2 slots" in line, process.stderr.read()
+        url = "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split(" ")[0]
+        body = json.dumps({"prompt": "def f(", "max_new_tokens": 6, "stream": True}).encode()
+        request = urllib.request.Request(url + "/generate", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            kind, stream = response.headers["Content-Type"], response.read().decode()
+        with urllib.request.urlopen(url + "/metrics", timeout=60) as response:
+            metrics = response.read().decode()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        watchdog.cancel()
+        process.kill()
+    events = [json.loads(x.removeprefix("data: ")) for x in stream.split("\n\n") if x.startswith("data: ")]
+    assert kind.startswith("text/event-stream") and events[-1]["done"] and events[-1]["status"] == "ok"
+    assert len(events) - 1 == events[-1]["count"] <= 6
+    assert 'adaptive_lm_requests_total{status="ok"} 1' in metrics and "adaptive_lm_ttft_ms_count 1" in metrics
+    assert "Traceback" not in process.stderr.read()

@@ -63,3 +63,15 @@ def test_a_prompt_that_does_not_fit_is_refused_and_the_slot_kept(decoder):
     with pytest.raises(ValueError, match="threshold=nan"):
         engine.limits(threshold=float("nan"))
     assert engine.free == [0]
+
+
+def test_a_sequence_that_leaves_frees_its_slot_for_the_next(decoder):
+    engine = LMEngine(SlotDecoder.of(decoder, 1))
+    first = engine.join(PROMPTS[0], engine.limits(threshold=2.0))
+    engine.step()
+    assert engine.in_use == 1 and engine.tokens_left() == [NEW - 2]
+    engine.leave(first.slot)  # its client went away mid-generation
+    assert engine.in_use == 0 and engine.free == [0] and engine.step() == []
+    got = _run_through_slots(engine, [PROMPTS[1]], [dict(threshold=0.5)])
+    want = decoder([PROMPTS[1]], decoder.limits(1, threshold=0.5))
+    assert got[0] == np.asarray(want.tokens_BxM[0, : int(want.count_B[0])]).tolist()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from adaptive.cli import bench_command
 from adaptive.cli.parser import build_parser
@@ -246,13 +247,33 @@ def _serve(args, overrides: list[str]) -> int:
         ),
         (args.max_connections >= 1, "--max-connections must be >= 1", args.max_connections),
         (args.default_budget is None or args.default_budget >= 1, "--default-budget must be >= 1", args.default_budget),
+        (math.isfinite(args.ttft_ms) and args.ttft_ms > 0, "--ttft-ms must be a finite number > 0", args.ttft_ms),
+        (math.isfinite(args.tpot_ms) and args.tpot_ms > 0, "--tpot-ms must be a finite number > 0", args.tpot_ms),
+        (args.max_waiting >= 1, "--max-waiting must be >= 1", args.max_waiting),
     ]
     for ok, message, value in checks:
         if not ok:
             raise ConfigError(f"{message}; got {value:g}")
 
-    from adaptive.serving.launch import serve
+    from adaptive.inference.artifact_meta import parse_meta
+    from adaptive.inference.lm_export import FORMAT as LM_FORMAT
+    from adaptive.serving.launch import serve, serve_lm
 
+    meta = parse_meta(Path(args.artifact))
+    if isinstance(meta, dict) and meta.get("format") == LM_FORMAT:
+        serve_lm(
+            args.artifact,
+            fallback=args.fallback,
+            ttft_ms=args.ttft_ms,
+            tpot_ms=args.tpot_ms,
+            host=args.host,
+            port=args.port,
+            max_waiting=args.max_waiting,
+            read_timeout_s=args.read_timeout_s,
+            max_connections=args.max_connections,
+            idle_timeout_s=args.idle_timeout_s,
+        )
+        return 0
     serve(
         args.artifact,
         fallback=args.fallback,

@@ -92,7 +92,16 @@ def _add_serve(commands) -> None:
     serve = commands.add_parser("serve", help="serve an artifact over HTTP under a latency SLA", allow_abbrev=False)
     serve.add_argument("--artifact", required=True, metavar="ART")
     serve.add_argument("--fallback", metavar="ART2", help="a smaller model for the degradation ladder")
-    serve.add_argument("--sla-ms", type=float, default=20.0)
+    serve.add_argument("--sla-ms", type=float, default=20.0, help="classifiers: the latency SLA")
+    serve.add_argument(
+        "--ttft-ms", type=float, default=1000.0, help="language models: the time-to-first-token SLA (default 1000)"
+    )
+    serve.add_argument(
+        "--tpot-ms", type=float, default=100.0, help="language models: the time-per-output-token SLA (default 100)"
+    )
+    serve.add_argument(
+        "--max-waiting", type=int, default=64, metavar="N", help="language models: waiting for a slot; past it 503"
+    )
     serve.add_argument("--host", default="127.0.0.1", help="default: loopback only")
     serve.add_argument("--port", type=int, default=8000, help="0: any free port (the one bound is printed)")
     serve.add_argument(

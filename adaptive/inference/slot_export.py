@@ -98,6 +98,7 @@ class ExportedSlots:
         self._prefill = jax.jit(self._counted("prefill", fns["prefill"].call), donate_argnums=tuple(range(n)))
         self._step = jax.jit(self._counted("step", fns["step"].call), donate_argnums=tuple(range(n)))
         self._n = n
+        self._leave = jax.jit(lambda active_S, slot: active_S.at[slot].set(False))
 
     def _counted(self, name, call):
         def traced(*args):
@@ -115,6 +116,10 @@ class ExportedSlots:
     def prefill(self, state, slot, prompt_P, length, limits: GenerationLimits):
         out = self._prefill(*state, slot, prompt_P, length, *limits)
         return list(out[: self._n]), Joined(*out[self._n :])
+
+    def leave(self, state, slot) -> list:
+        """`active_S`, `SlotState`'s last field, is the flat state's last array."""
+        return [*state[:-1], self._leave(state[-1], slot)]
 
     def step(self, state):
         out = self._step(*state)

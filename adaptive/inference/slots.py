@@ -84,6 +84,7 @@ class SlotDecoder:
         self.traces = {"prefill": 0, "step": 0}
         self._prefill = jax.jit(self.prefill_fn, donate_argnums=1)
         self._step = jax.jit(self.step_fn, donate_argnums=1)
+        self._leave = jax.jit(lambda active_S, slot: active_S.at[slot].set(False))
 
     @classmethod
     def of(cls, decoder, slots: int, *, compact: bool = True) -> SlotDecoder:
@@ -130,6 +131,10 @@ class SlotDecoder:
     def step(self, state: SlotState):
         """(new state, `Made` per slot); `state` is consumed."""
         return self._step(self.params, state, self.worst_DxE)
+
+    def leave(self, state: SlotState, slot) -> SlotState:
+        """The sequence in `slot` stops generating (its slot is then free to prefill into)."""
+        return state._replace(active_S=self._leave(state.active_S, slot))
 
     # -- traced -------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from adaptive.serving.controller import Controller
 from adaptive.serving.engine import Engine
 from adaptive.serving.server import Server
 
-__all__ = ["build_controller", "serve"]
+__all__ = ["build_controller", "serve", "serve_lm"]
 
 
 def _fallback_accuracy(primary: Engine, backup: Engine | None) -> dict[int, float] | None:
@@ -80,9 +80,66 @@ def serve(
         idle_timeout_s=idle_timeout_s,
     )
 
+    _run(
+        server,
+        host,
+        port,
+        f"serving {artifact} on http://{host}:{{port}} (SLA {sla_ms:g} ms, {mode}); executables warm",
+    )
+
+
+def serve_lm(
+    artifact: str,
+    *,
+    fallback: str | None,
+    ttft_ms: float,
+    tpot_ms: float,
+    host: str,
+    port: int,
+    max_waiting: int = 64,
+    read_timeout_s: float = 5.0,
+    max_connections: int = 1000,
+    idle_timeout_s: float = 60.0,
+):
+    """A language model's artifact (and a smaller one as the fallback) served by continuous
+    batching in its slots (adaptive.serving.lm_server), until SIGINT/SIGTERM."""
+    from adaptive.inference.lm_export import load_lm_artifact
+    from adaptive.inference.slot_export import ExportedSlots
+    from adaptive.serving.lm_engine import LMEngine
+    from adaptive.serving.lm_server import LMServer
+
+    engines, defaults = [], []
+    for path in (artifact, fallback):
+        if path is None:
+            engines.append(None)
+            continue
+        _, meta = load_lm_artifact(path)
+        engine = LMEngine(ExportedSlots(path, meta), name=str(path))
+        engine.warm()
+        engines.append(engine)
+        defaults.append(meta["exit_threshold"]["default"])
+    server = LMServer(
+        engines[0],
+        fallback=engines[1],
+        ttft_ms=ttft_ms,
+        tpot_ms=tpot_ms,
+        default_threshold=defaults[0],
+        max_waiting=max_waiting,
+        read_timeout_s=read_timeout_s,
+        max_connections=max_connections,
+        idle_timeout_s=idle_timeout_s,
+    )
+    slots = engines[0].slots
+    banner = f"serving {artifact} on http://{host}:{{port}} ({slots} slots, TTFT {ttft_ms:g} ms, TPOT {tpot_ms:g} ms)"
+    _run(server, host, port, banner + "; executables warm")
+
+
+def _run(server, host: str, port: int, banner: str) -> None:
+    """Binds, says where it serves ({port}: the port bound), serves until SIGINT or SIGTERM."""
+
     async def main():
         bound = await server.start(host, port)
-        print(f"serving {artifact} on http://{host}:{bound} (SLA {sla_ms:g} ms, {mode}); executables warm", flush=True)
+        print(banner.format(port=bound), flush=True)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)

@@ -32,13 +32,19 @@ class Token:
 
 class LMEngine:
     def __init__(self, slots, name: str = ""):
-        """`slots`: empty() / prefill(state, slot, prompt, length, limits) / step(state), with
+        """`slots`: empty() / prefill(state, slot, prompt, length, limits) / step(state) /
+        leave(state, slot), with
         `slots`, `prompt_capacity`, `new_capacity` and `limits(batch, **kwargs)`."""
         self.fns, self.name = slots, name
         self.slots, self.prompt_capacity = slots.slots, slots.prompt_capacity
-        self.state = slots.empty()
+        self.reset()
+
+    def reset(self) -> None:
+        """Every slot empty (after a failed call, whose state may have been consumed)."""
+        self.state = self.fns.empty()
         self.free = list(range(self.slots))[::-1]  # pop() takes the lowest
         self.active: set[int] = set()
+        self.left = [0] * self.slots  # per slot: the most tokens its sequence may still make
 
     def limits(self, **kwargs):
         """One request's checked limits (ValueError in one line when out of range)."""
@@ -59,6 +65,7 @@ class LMEngine:
         token, stop, layers, experts, flops = (np.asarray(x) for x in jax.device_get(joined))
         if stop == 0:
             self.active.add(slot)
+            self.left[slot] = int(np.asarray(limits.max_new_tokens_B)[0]) - 1
         else:
             self.free.append(slot)
         return Token(slot, int(token), float(layers), float(experts), float(flops), STOP_REASONS[int(stop)])
@@ -75,11 +82,33 @@ class LMEngine:
             reason = STOP_REASONS[int(stop[slot])]
             got = int(token[slot]) if valid[slot] else -1
             out.append(Token(slot, got, float(layers[slot]), float(experts[slot]), float(flops[slot]), reason))
+            self.left[slot] -= int(valid[slot])
             if reason != "running":
                 self.active.discard(slot)
                 self.free.append(slot)
         self.free.sort(reverse=True)
         return out
+
+    def warm(self) -> None:
+        """Runs each function once (a request joins, steps, leaves), so the first request served
+        compiles nothing; the slots are empty after."""
+        token = self.join(np.zeros((1,), np.int32), self.limits(max_new_tokens=2))
+        while self.in_use:
+            self.step()
+        self.leave(token.slot)
+        self.reset()
+
+    def leave(self, slot: int) -> None:
+        """The sequence in `slot` stops now (its client left): the slot is free for the next."""
+        if slot in self.active:
+            self.state = self.fns.leave(self.state, np.int32(slot))
+            self.active.discard(slot)
+            self.free.append(slot)
+            self.free.sort(reverse=True)
+
+    def tokens_left(self) -> list[int]:
+        """Per active slot: the most tokens its sequence may still make (EOS may end it sooner)."""
+        return [self.left[slot] for slot in self.active]
 
     @property
     def in_use(self) -> int:

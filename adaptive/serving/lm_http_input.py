@@ -1,0 +1,83 @@
+"""What a POST /generate request may carry, checked before it waits for a slot.
+
+    {"prompt": "def f(x):", "max_new_tokens": 32, "threshold": 0.8, "layer_cap": 4,
+     "expert_cap": 1, "flops_budget": 2e6, "temperature": 0.7, "top_p": 0.9, "seed": 1,
+     "priority": 0, "stream": true}
+
+Only `prompt` is required. The prompt is UTF-8 text, encoded as the model's bytes after BOS;
+one longer than the model's prompt capacity is refused (413) rather than cut, since a cut
+prompt would generate from other text than the client sent. Every limit goes through the
+model's own checks (adaptive.inference.token_step.checked_limits): a value out of range is a
+400 naming it. An unknown field is a 400 too: a misspelt limit must not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from adaptive.data import byte_vocab
+from adaptive.serving.http_input import BadRequest, _short
+
+INTEGERS = ("max_new_tokens", "layer_cap", "expert_cap", "seed")
+NUMBERS = ("threshold", "flops_budget", "temperature", "top_p", "mod_bias")
+FIELDS = ("prompt", "priority", "stream", *INTEGERS, *NUMBERS)
+
+
+@dataclass
+class GenerateInput:
+    prompt: np.ndarray  # int32: BOS, then the text's bytes
+    limits: dict  # the keyword arguments of checked_limits that the request set
+    checked: object  # GenerationLimits for one sequence
+    priority: int
+    stream: bool
+
+
+def parse_generate(body, engine, default_threshold: float | None) -> GenerateInput:
+    """A /generate body checked against the engine's capacities and caps; a request that names
+    no threshold exits at `default_threshold` (the artifact's certified or configured one)."""
+    if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
+        raise BadRequest(400, 'the body must be a JSON object with "prompt" (a string)')
+    unknown = sorted(set(body) - set(FIELDS))
+    if unknown:
+        raise BadRequest(400, f"unknown field {_short(unknown[0])}; the fields are {', '.join(FIELDS)}")
+    prompt = np.asarray(byte_vocab.encode(body["prompt"].encode("utf-8", "surrogatepass"), eos=False), np.int32)
+    if len(prompt) > engine.prompt_capacity:
+        raise BadRequest(
+            413, f"the prompt is {len(prompt) - 1} bytes; this model takes up to {engine.prompt_capacity - 1}"
+        )
+    limits = {}
+    for name in INTEGERS:
+        if name in body:
+            value = body[name]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise BadRequest(400, f'"{name}" must be an integer; got {_short(value)}')
+            limits[name] = value
+    for name in NUMBERS:
+        if name in body:
+            value = body[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+                raise BadRequest(400, f'"{name}" must be a finite number; got {_short(value)}')
+            limits[name] = float(value)
+    if "threshold" not in limits and default_threshold is not None:
+        limits["threshold"] = default_threshold
+    try:
+        checked = engine.limits(**limits)
+    except (ValueError, OverflowError) as e:
+        raise BadRequest(400, str(e)) from None
+    priority = body.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+        raise BadRequest(400, f'"priority" must be an integer in [0, 9]; got {_short(priority)}')
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest(400, f'"stream" must be true or false; got {_short(stream)}')
+    return GenerateInput(prompt, limits, checked, priority, stream)
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False

@@ -1,0 +1,336 @@
+"""`adaptive serve --artifact LM_ART --ttft-ms T --tpot-ms P`: generation over HTTP, continuously batched.
+
+POST /generate takes a prompt and its limits (adaptive/serving/lm_http_input.py) and answers,
+when it is done, {"text", "tokens", "count", "stop", "layers", "experts", "flops",
+"prefill_flops", "ttft_ms", "tpot_ms", "status", "model"}; with "stream": true it answers as
+server-sent events instead, one `data: {"index", "token", "text", "layers", "experts"}` event per
+token as it is made, then a last `data: {"done": true, ...}` event with the summary. Bad
+requests get a 4xx with {"error": one line}; GET /healthz says what is loaded, GET /metrics is
+Prometheus text (adaptive/serving/lm_server_stats.py).
+
+One scheduler task runs the model, on a worker thread so the event loop keeps taking requests:
+between two decode steps it prefills waiting requests into free slots (priority 0 first, then
+by arrival), then it makes one token for every slot in use (adaptive/serving/lm_engine.py).
+Slots never change shape, so no request recompiles anything. A request whose wait for a primary
+slot would break its time-to-first-token SLA goes to the fallback model when that has a slot
+free (status "fallback"); when more than `max_waiting` wait, new ones are deferred (503 with
+retry_after_ms). A client that disconnects mid-stream leaves its slot at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import gc
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from adaptive.config import ConfigError
+from adaptive.serving.connections import ConnectionLimit, quiet_http_log
+from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, read_body
+from adaptive.serving.lm_engine import LMEngine, Token
+from adaptive.serving.lm_http_input import GenerateInput, parse_generate
+from adaptive.serving.lm_server_stats import LMStats
+
+MAX_BODY = 1 << 16
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InFlight:
+    """One request from arrival to its last token."""
+
+    request: GenerateInput
+    arrival: float
+    events: asyncio.Queue = field(repr=False)
+    model: str = "primary"
+    slot: int = -1
+    tokens: list = field(default_factory=list)
+    text: list = field(default_factory=list)
+    layers: list = field(default_factory=list)
+    experts: list = field(default_factory=list)
+    first_at: float | None = None
+    last_at: float | None = None
+    prefill_flops: float = 0.0
+    decode_flops: float = 0.0
+    cancelled: bool = False
+    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+
+
+class LMServer:
+    def __init__(
+        self,
+        primary: LMEngine,
+        *,
+        fallback: LMEngine | None = None,
+        ttft_ms: float = 1000.0,
+        tpot_ms: float = 100.0,
+        default_threshold: float | None = None,
+        max_waiting: int = 64,
+        read_timeout_s: float = 5.0,
+        max_connections: int = 1000,
+        idle_timeout_s: float = 60.0,
+    ):
+        self.engines = {"primary": primary, "fallback": fallback}
+        self.ttft_ms, self.tpot_ms, self.default_threshold = ttft_ms, tpot_ms, default_threshold
+        self.max_waiting, self.read_timeout_s = max_waiting, read_timeout_s
+        self.max_connections, self.idle_timeout_s = max_connections, idle_timeout_s
+        self.connections: ConnectionLimit | None = None
+        self.stats = LMStats()
+        self.waiting: list[InFlight] = []
+        self.holding: dict[tuple[str, int], InFlight] = {}  # (model, slot) -> its request
+        self.step_ms = {"primary": None, "fallback": None}  # measured, smoothed
+        self.prefill_ms = {"primary": None, "fallback": None}
+        self._pool = ThreadPoolExecutor(max_workers=1)  # one model call at a time
+        self._wake: asyncio.Event | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_post("/generate", self.generate)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    async def _start(self, app) -> None:
+        gc.freeze()  # what exists now lives as long as the server: out of the collector's walks
+        self._wake = asyncio.Event()
+        self._scheduler = asyncio.create_task(self._schedule())
+
+    async def _stop(self, app) -> None:
+        self._scheduler.cancel()
+        self._pool.shutdown(wait=False)
+        gc.unfreeze()
+
+    # -- handlers --------------------------------------------------------------------------
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        arrival = time.perf_counter()
+        try:
+            check_content_type(request.headers.get("Content-Type"))
+            raw = await read_body(request, MAX_BODY, self.read_timeout_s)
+            parsed = parse_generate(parse_json(raw), self.engines["primary"], self.default_threshold)
+        except BadRequest as e:
+            self.stats.bad(e.status)
+            return web.json_response({"error": str(e)}, status=e.status)
+        except ConnectionError:
+            return web.Response(status=400)
+        if len(self.waiting) >= self.max_waiting:
+            self.stats.finished("deferred", None, None, None)
+            return web.json_response({"status": "deferred", "retry_after_ms": self._wait_ms(0)}, status=503)
+        flight = InFlight(parsed, arrival, asyncio.Queue())
+        self.waiting.append(flight)
+        self.waiting.sort(key=lambda f: (f.request.priority, f.arrival))
+        self._wake.set()
+        if parsed.stream:
+            return await self._stream(request, flight)
+        while True:
+            event = await flight.events.get()
+            if event.get("done"):
+                code = {"error": 500}.get(event["status"], 200)
+                return web.json_response(event, status=code)
+
+    async def _stream(self, request: web.Request, flight: InFlight) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        try:
+            await response.prepare(request)
+            while True:
+                event = await flight.events.get()
+                await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                if event.get("done"):
+                    break
+            await response.write_eof()
+        except (ConnectionError, asyncio.CancelledError):
+            flight.cancelled = True  # the scheduler frees its slot at the next step
+            self._wake.set()
+            raise
+        return response
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        p, f = self.engines["primary"], self.engines["fallback"]
+        return web.json_response(
+            {
+                "status": "ok",
+                "kind": "language_model",
+                "primary": p.name,
+                "fallback": f.name if f else None,
+                "slots": p.slots,
+                "slots_in_use": p.in_use,
+                "waiting": len(self.waiting),
+                "prompt_capacity": p.prompt_capacity - 1,
+                "ttft_ms": self.ttft_ms,
+                "tpot_ms": self.tpot_ms,
+                "default_threshold": self.default_threshold,
+            }
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        p = self.engines["primary"]
+        text = self.stats.prometheus(p.in_use, p.slots, len(self.waiting), self.connections)
+        for name, value in (*self.step_ms.items(), *((f"prefill_{k}", v) for k, v in self.prefill_ms.items())):
+            if value is not None:
+                text += f'# TYPE adaptive_lm_step_ms gauge\nadaptive_lm_step_ms{{model="{name}"}} {value:.4f}\n'
+        return web.Response(text=text, content_type="text/plain")
+
+    # -- listening ---------------------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> int:
+        """Starts the app and listens on host:port; the port bound (0: a free one)."""
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, logger=quiet_http_log, keepalive_timeout=self.idle_timeout_s
+        )
+        await self._runner.setup()
+        self.connections = ConnectionLimit(self._runner.server, self.max_connections)
+        try:
+            self._listener = await asyncio.get_running_loop().create_server(self.connections, host, port)
+        except OSError as e:
+            await self._runner.cleanup()
+            raise ConfigError(f"cannot listen on {host}:{port}: {os.strerror(e.errno) if e.errno else e}") from None
+        return self._listener.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self._listener.close()
+        await self._runner.cleanup()
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            busy = any(e is not None and e.in_use for e in self.engines.values())
+            if not self.waiting and not busy:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                await self._admit(loop)
+                for name, engine in self.engines.items():
+                    if engine is not None and engine.in_use:
+                        await self._step(loop, name, engine)
+            except Exception as e:  # a failed model call answers its requests (500); serving goes on
+                log.exception("a model call failed")
+                self._fail_all(f"{e.__class__.__name__}: {e}"[:200])
+            await asyncio.sleep(0)  # the handlers' turn
+
+    async def _admit(self, loop) -> None:
+        """Waiting requests into free slots: the primary's, or the fallback's for one whose wait
+        for a primary slot would break the TTFT SLA."""
+        primary, fallback = self.engines["primary"], self.engines["fallback"]
+        for rank, flight in enumerate(list(self.waiting)):
+            if flight.cancelled:
+                self.waiting.remove(flight)
+                self._finish(flight, "cancelled", None)
+                continue
+            if primary.free:
+                name = "primary"
+            elif fallback is not None and fallback.free and self._wait_ms(rank) > self.ttft_ms:
+                name = "fallback"
+            else:
+                continue
+            self.waiting.remove(flight)
+            engine = self.engines[name]
+            flight.model = name
+            start = time.perf_counter()
+            token = await loop.run_in_executor(self._pool, engine.join, flight.request.prompt, flight.request.checked)
+            self._smooth(self.prefill_ms, name, 1e3 * (time.perf_counter() - start))
+            flight.slot = token.slot
+            flight.prefill_flops = token.flops
+            self.holding[name, token.slot] = flight
+            self._deliver(name, token)
+
+    async def _step(self, loop, name: str, engine: LMEngine) -> None:
+        for (model, slot), flight in list(self.holding.items()):
+            if model == name and flight.cancelled:
+                engine.leave(slot)
+                del self.holding[model, slot]
+                self._finish(flight, "cancelled", None)
+        if not engine.in_use:
+            return
+        start = time.perf_counter()
+        made = await loop.run_in_executor(self._pool, engine.step)
+        self._smooth(self.step_ms, name, 1e3 * (time.perf_counter() - start))
+        for token in made:
+            self._deliver(name, token)
+
+    def _deliver(self, name: str, token: Token) -> None:
+        """A token to its request's events; the summary when it was the last."""
+        flight = self.holding.get((name, token.slot))
+        if flight is None:
+            return
+        now = time.perf_counter()
+        if token.token >= 0:
+            first = flight.first_at is None
+            flight.first_at = now if first else flight.first_at
+            flight.last_at = now
+            if not first:
+                flight.decode_flops += token.flops
+            piece = flight.decoder.decode(bytes([token.token]) if token.token < 256 else b"")
+            flight.tokens.append(token.token)
+            flight.text.append(piece)
+            flight.layers.append(token.layers)
+            flight.experts.append(token.experts)
+            self.stats.token(token.layers, token.experts)
+            if flight.request.stream:
+                index = len(flight.tokens) - 1
+                event = {"index": index, "token": token.token, "text": piece, "layers": token.layers}
+                flight.events.put_nowait({**event, "experts": token.experts})
+        if token.stop != "running":
+            del self.holding[name, token.slot]
+            self._finish(flight, "fallback" if name == "fallback" else "ok", token.stop)
+
+    def _finish(self, flight: InFlight, status: str, stop: str | None) -> None:
+        ttft = None if flight.first_at is None else 1e3 * (flight.first_at - flight.arrival)
+        n = len(flight.tokens)
+        tpot = 1e3 * (flight.last_at - flight.first_at) / (n - 1) if n > 1 else None
+        budget = flight.request.limits.get("flops_budget")
+        within = None if budget is None else flight.decode_flops <= budget * (1 + 1e-6)
+        self.stats.finished(status, ttft, tpot, within)
+        flight.text.append(flight.decoder.decode(b"", final=True))
+        summary = {
+            "done": True,
+            "status": status,
+            "model": flight.model,
+            "stop": stop,
+            "count": n,
+            "ttft_ms": ttft,
+            "tpot_ms": tpot,
+            "layers": flight.layers,
+            "experts": flight.experts,
+            "prefill_flops": flight.prefill_flops,
+            "flops": flight.decode_flops,
+        }
+        if not flight.request.stream:
+            summary = {**summary, "text": "".join(flight.text), "tokens": flight.tokens}
+        flight.events.put_nowait(summary)
+
+    def _fail_all(self, error: str) -> None:
+        for key, flight in list(self.holding.items()):
+            del self.holding[key]
+            self._finish(flight, "error", None)
+        for flight in self.waiting:
+            self._finish(flight, "error", None)
+        self.waiting.clear()
+        for engine in self.engines.values():
+            if engine is not None:
+                engine.reset()
+        log.error("answered every request in flight with an error: %s", error)
+
+    def _wait_ms(self, rank: int) -> float:
+        """About how long the `rank`-th waiting request waits for a primary slot: until the
+        (rank + 1)-th soonest slot frees, each slot's sequence running to its most new tokens."""
+        engine, step = self.engines["primary"], self.step_ms["primary"] or 0.0
+        left = sorted(engine.tokens_left())
+        if engine.free:
+            return 0.0
+        return step * (left[min(rank, len(left) - 1)] if left else 0) + (self.prefill_ms["primary"] or 0.0)
+
+    @staticmethod
+    def _smooth(table: dict, name: str, ms: float) -> None:
+        table[name] = ms if table[name] is None else 0.8 * table[name] + 0.2 * ms

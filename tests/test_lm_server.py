@@ -1,0 +1,114 @@
+"""Serving generation: continuous batching over HTTP, streamed token by token, with TTFT and
+TPOT measured, bad requests refused in one line, and nothing recompiled while serving."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from adaptive.data import byte_vocab
+from adaptive.inference.slots import SlotDecoder
+from adaptive.serving.lm_engine import LMEngine
+from adaptive.serving.lm_server import LMServer
+from tests.test_generate import _decoder
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    return _decoder(["--config.lm.exits=true", "--config.moe.enabled=true", "--config.moe.k=2"])
+
+
+def _want(decoder, text: str, **limits) -> list[int]:
+    prompt = byte_vocab.encode(text.encode(), eos=False)
+    out = decoder([prompt], decoder.limits(1, **limits))
+    return np.asarray(out.tokens_BxM[0, : int(out.count_B[0])]).tolist()
+
+
+def _events(body: str) -> list[dict]:
+    return [json.loads(line.removeprefix("data: ")) for line in body.split("\n\n") if line.startswith("data: ")]
+
+
+def test_concurrent_requests_stream_and_answer_the_decoders_tokens_without_recompiling(decoder):
+    slots = SlotDecoder.of(decoder, 2)
+    server = LMServer(LMEngine(slots, name="tiny"), ttft_ms=5000, tpot_ms=500)
+    requests = [
+        {"prompt": "def f(", "threshold": 0.5, "stream": True},
+        {"prompt": "import", "max_new_tokens": 3},
+        {"prompt": "x = 1", "temperature": 1.0, "seed": 4, "stream": True},
+        {"prompt": "for i", "flops_budget": 4e5, "threshold": 0.3},
+        {"prompt": "ab", "layer_cap": 1, "expert_cap": 1, "priority": 1},
+    ]
+
+    async def main():
+        async with TestClient(TestServer(server.app())) as client:
+
+            async def one(body):
+                response = await client.post("/generate", json=body)
+                return response.status, response.headers.get("Content-Type", ""), await response.text()
+
+            answers = await asyncio.gather(*(one(r) for r in requests))  # more requests than slots
+            metrics = await (await client.get("/metrics")).text()
+            health = await (await client.get("/healthz")).json()
+            return answers, metrics, health
+
+    answers, metrics, health = asyncio.run(main())
+    for request, (status, kind, body) in zip(requests, answers, strict=True):
+        assert status == 200, body
+        limits = {k: v for k, v in request.items() if k not in ("prompt", "stream", "priority")}
+        want = _want(decoder, request["prompt"], **limits)
+        if request.get("stream"):
+            assert kind.startswith("text/event-stream")
+            events = _events(body)
+            *tokens, done = events
+            assert [e["token"] for e in tokens] == want and [e["index"] for e in tokens] == list(range(len(want)))
+            assert "".join(e["text"] for e in tokens) == byte_vocab.decode(np.array(want)).decode("utf-8", "replace")
+        else:
+            done = json.loads(body)
+            assert done["tokens"] == want
+        assert done["done"] and done["status"] == "ok" and done["count"] == len(want)
+        assert done["ttft_ms"] > 0 and (done["tpot_ms"] is None) == (len(want) == 1)
+        if "flops_budget" in request:
+            assert done["flops"] <= request["flops_budget"]
+    assert slots.traces == {"prefill": 1, "step": 1}
+    assert 'adaptive_lm_requests_total{status="ok"} 5' in metrics
+    assert "adaptive_lm_ttft_ms_count 5" in metrics and "adaptive_lm_tpot_ms_bucket" in metrics
+    assert "adaptive_lm_budget_adherence 1.0" in metrics and "adaptive_lm_slots 2" in metrics
+    assert health["slots"] == 2 and health["slots_in_use"] == 0 and health["kind"] == "language_model"
+
+
+BAD = [
+    ({"prompt": "x", "treshold": 0.5}, 400, "unknown field 'treshold'"),
+    ({"prompt": "x" * 40}, 413, "the prompt is 40 bytes; this model takes up to 7"),
+    ({"prompt": "x", "max_new_tokens": 100}, 400, "max_new_tokens=100 is outside"),
+    ({"prompt": "x", "threshold": "high"}, 400, '"threshold" must be a finite number'),
+    ('{"prompt": "x", "threshold": NaN}', 400, '"threshold" must be a finite number'),
+    ({"prompt": "x", "layer_cap": 0}, 400, "layer_cap=0 is outside"),
+    ({"prompt": "x", "stream": "yes"}, 400, '"stream" must be true or false'),
+    ({"text": "x"}, 400, 'with "prompt"'),
+    ("{not json", 400, "the body is not JSON"),
+]
+
+
+def test_bad_generate_requests_get_one_line_and_the_server_goes_on(decoder):
+    server = LMServer(LMEngine(SlotDecoder.of(decoder, 1)))
+
+    async def main():
+        async with TestClient(TestServer(server.app())) as client:
+            answers = []
+            for body, _, _ in BAD:
+                data = body if isinstance(body, str) else json.dumps(body)
+                bad = await client.post("/generate", data=data, headers={"Content-Type": "application/json"})
+                answers.append((bad.status, (await bad.json())["error"]))
+            good = await client.post("/generate", json={"prompt": "ok", "max_new_tokens": 2})
+            return answers, good.status, await (await client.get("/metrics")).text()
+
+    answers, good, metrics = asyncio.run(main())
+    for (body, status, message), (got, error) in zip(BAD, answers, strict=True):
+        assert got == status and message in error and "\n" not in error, body
+    assert good == 200
+    assert 'adaptive_bad_requests_by_code_total{code="400"} 8' in metrics
+    assert 'adaptive_bad_requests_by_code_total{code="413"} 1' in metrics
