@@ -75,3 +75,23 @@ def test_a_sequence_that_leaves_frees_its_slot_for_the_next(decoder):
     got = _run_through_slots(engine, [PROMPTS[1]], [dict(threshold=0.5)])
     want = decoder([PROMPTS[1]], decoder.limits(1, threshold=0.5))
     assert got[0] == np.asarray(want.tokens_BxM[0, : int(want.count_B[0])]).tolist()
+
+
+def test_a_step_degrades_the_slots_it_is_told_to_and_no_others(decoder):
+    slots = SlotDecoder.of(decoder, 2)
+    runs = {}
+    for name, threshold_S, expert_cap_S in [
+        ("none", None, None),
+        ("nan", [np.nan, np.nan], None),  # NaN degrades nothing
+        ("slot 1", [2.0, 0.0], [2, 1]),  # slot 1 exits at its first block, with one expert
+    ]:
+        engine = LMEngine(slots)
+        for prompt in PROMPTS[:2]:
+            engine.join(prompt, engine.limits(max_new_tokens=NEW, threshold=2.0))
+        made = [engine.step(threshold_S, expert_cap_S) for _ in range(4)]
+        runs[name] = [[(t.token, t.layers, t.experts) for t in step] for step in made]
+    assert runs["nan"] == runs["none"]
+    for step_none, step_degraded in zip(runs["none"], runs["slot 1"], strict=True):
+        assert step_degraded[0] == step_none[0]  # slot 0 untouched
+        assert step_degraded[1][1] == 1 and step_degraded[1][2] <= 1 < step_none[1][1]
+    assert slots.traces["step"] == 1

@@ -5,7 +5,8 @@
 
     slot-prefill.jaxexport: (*state, slot int32[], prompt int32[P], length int32[], *limits [1])
                             -> (*state, token, stop, layers, experts, prefill_flops)
-    slot-step.jaxexport:    (*state) -> (*state, token, valid, layers, experts, flops, stop)  [S each]
+    slot-step.jaxexport:    (*state, threshold float32[S], expert_cap int32[S])
+                            -> (*state, token, valid, layers, experts, flops, stop)  [S each]
 
 `state` is the flat list of `SlotState`'s arrays (meta.json's `slots.state` gives their shapes
 and dtypes; all zeros is S empty slots). The slot count is concrete, not symbolic: a step runs
@@ -25,7 +26,7 @@ import numpy as np
 
 from adaptive.data import byte_vocab
 from adaptive.inference.artifact_meta import ArtifactError
-from adaptive.inference.slots import Joined, SlotDecoder
+from adaptive.inference.slots import Joined, SlotDecoder, step_inputs
 from adaptive.inference.token_step import GenerationLimits, Made, checked_limits
 
 FILES = {"prefill": "slot-prefill.jaxexport", "step": "slot-step.jaxexport"}
@@ -40,6 +41,7 @@ def serialize(slots: SlotDecoder) -> tuple[dict[str, bytes], dict]:
     prompt = jax.ShapeDtypeStruct((slots.prompt_capacity,), jnp.int32)
     one_row = [jax.ShapeDtypeStruct((1,), a.dtype) for a in jax.eval_shape(lambda: slots.limits(1))]
     n = len(leaves)
+    per_slot = [jax.ShapeDtypeStruct((slots.slots,), dtype) for dtype in (jnp.float32, jnp.int32)]
 
     def prefill(*args):
         state, (slot, prompt_P, length), limits = tree.unflatten(args[:n]), args[n : n + 3], args[n + 3 :]
@@ -49,14 +51,15 @@ def serialize(slots: SlotDecoder) -> tuple[dict[str, bytes], dict]:
         return (*jax.tree.leaves(new), *joined)
 
     def step(*args):
-        new, made = slots.step_fn(slots.params, tree.unflatten(args), slots.worst_DxE)
+        state, (threshold_S, expert_cap_S) = tree.unflatten(args[:n]), args[n:]
+        new, made = slots.step_fn(slots.params, state, threshold_S, expert_cap_S, slots.worst_DxE)
         return (*jax.tree.leaves(new), *made)
 
     blobs = {
         FILES["prefill"]: bytes(
             jax.export.export(jax.jit(prefill))(*specs, scalar, prompt, scalar, *one_row).serialize()
         ),
-        FILES["step"]: bytes(jax.export.export(jax.jit(step))(*specs).serialize()),
+        FILES["step"]: bytes(jax.export.export(jax.jit(step))(*specs, *per_slot).serialize()),
     }
     entry = {
         "count": slots.slots,
@@ -89,7 +92,7 @@ class ExportedSlots:
                 raise ArtifactError(f"{file} cannot be deserialized ({e.__class__.__name__})") from None
         self.state_avals = [(tuple(shape), np.dtype(dtype)) for shape, dtype in entry["state"]]
         n = len(self.state_avals)
-        if len(fns["step"].in_avals) != n or len(fns["prefill"].in_avals) != n + 3 + len(GenerationLimits._fields):
+        if len(fns["step"].in_avals) != n + 2 or len(fns["prefill"].in_avals) != n + 3 + len(GenerationLimits._fields):
             raise ArtifactError(f"{path}'s slot functions do not match meta.json's slot state")
         self.slots, self.prompt_capacity = int(entry["count"]), int(meta["prompt_capacity"])
         self.new_capacity = int(meta["new_capacity"])
@@ -121,8 +124,8 @@ class ExportedSlots:
         """`active_S`, `SlotState`'s last field, is the flat state's last array."""
         return [*state[:-1], self._leave(state[-1], slot)]
 
-    def step(self, state):
-        out = self._step(*state)
+    def step(self, state, threshold_S=None, expert_cap_S=None):
+        out = self._step(*state, *step_inputs(self.slots, self.max_experts, threshold_S, expert_cap_S))
         return list(out[: self._n]), Made(*out[self._n :])
 
 

@@ -6,10 +6,12 @@ each compiled once, change it:
 
 - `prefill(state, slot, prompt, length, limits)`: a new request's prompt (right-padded to P)
   into one slot, whose previous contents it replaces; it yields the request's first token;
-- `step(state)`: one token for every active slot, each under its own limits (exit threshold,
-  layer and expert caps, MoD bias, sampling, paced FLOPs budget), by the same rules as
-  `Decoder`'s loop (adaptive.inference.token_step), with the block-level row compaction of
-  adaptive.nn.lm_decode: slots that exited early, or are empty, are not run above their exit.
+- `step(state, threshold_S, expert_cap_S)`: one token for every active slot, each under its own
+  limits (exit threshold, layer and expert caps, MoD bias, sampling, paced FLOPs budget), by the
+  same rules as `Decoder`'s loop (adaptive.inference.token_step), with the block-level row
+  compaction of adaptive.nn.lm_decode: slots that exited early, or are empty, are not run above
+  their exit. The two per-slot inputs are a server's degradation for this one step: a slot runs
+  at the looser of them and its request's own threshold and expert cap.
 
 Between steps the host admits requests into free slots and retires finished ones; shapes never
 change, so nothing recompiles in steady state (`traces` counts). `SlotDecoder` runs a live
@@ -23,10 +25,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from adaptive.compute.lm_flops import LMFlops
-from adaptive.inference.token_step import GenerationLimits, Made, Pacer, checked_limits, clipped
+from adaptive.inference.token_step import NO_EXITS, GenerationLimits, Made, Pacer, checked_limits, clipped
 from adaptive.nn import lm_decode
 from adaptive.nn.lm_blocks import KVCache
 
@@ -128,9 +131,12 @@ class SlotDecoder:
         """(new state, `Joined`); `state` is consumed (its buffers donated)."""
         return self._prefill(self.params, state, slot, prompt_P, length, limits, self.worst_DxE)
 
-    def step(self, state: SlotState):
-        """(new state, `Made` per slot); `state` is consumed."""
-        return self._step(self.params, state, self.worst_DxE)
+    def step(self, state: SlotState, threshold_S=None, expert_cap_S=None):
+        """(new state, `Made` per slot); `state` is consumed. `threshold_S`, `expert_cap_S`: a
+        server's degradation for this step, per slot (each slot runs at the looser of it and
+        its request's own; None: none)."""
+        threshold_S, expert_cap_S = step_inputs(self.slots, self.max_experts, threshold_S, expert_cap_S)
+        return self._step(self.params, state, threshold_S, expert_cap_S, self.worst_DxE)
 
     def leave(self, state: SlotState, slot) -> SlotState:
         """The sequence in `slot` stops generating (its slot is then free to prefill into)."""
@@ -179,10 +185,15 @@ class SlotDecoder:
         joined = Joined(first[0], stop[0], layers_1xP[0, last], experts, flops_1xP.sum())
         return state, joined
 
-    def step_fn(self, params, state: SlotState, worst_DxE):
+    def step_fn(self, params, state: SlotState, threshold_S, expert_cap_S, worst_DxE):
         self.traces["step"] += 1
         model = nnx.merge(self.graphdef, params)
-        pacer = Pacer(self.flops, worst_DxE, state.limits, self.max_experts, self.compact)
+        threshold_S = jnp.where(jnp.isnan(threshold_S), NO_EXITS, threshold_S)  # NaN: no degradation
+        limits = state.limits._replace(
+            threshold_B=jnp.minimum(state.limits.threshold_B, threshold_S),
+            expert_cap_B=jnp.clip(jnp.minimum(state.limits.expert_cap_B, expert_cap_S), 1, self.max_experts),
+        )
+        pacer = Pacer(self.flops, worst_DxE, limits, self.max_experts, self.compact)
         made, caches = pacer.step(
             model, state.caches, state.last_S, state.position_S, state.count_S, state.active_S, state.remaining_S
         )
@@ -197,6 +208,15 @@ class SlotDecoder:
             state.active_S & (made.stop_B == 0),
         )
         return state, made
+
+
+def step_inputs(slots: int, max_experts: int, threshold_S=None, expert_cap_S=None):
+    """A step's per-slot degradation inputs, as arrays; where not given, ones that change nothing."""
+    if threshold_S is None:
+        threshold_S = np.full((slots,), NO_EXITS, np.float32)
+    if expert_cap_S is None:
+        expert_cap_S = np.full((slots,), max_experts, np.int32)
+    return np.asarray(threshold_S, np.float32), np.asarray(expert_cap_S, np.int32)
 
 
 LIMIT_DTYPES = (

@@ -70,12 +70,13 @@ class LMEngine:
             self.free.append(slot)
         return Token(slot, int(token), float(layers), float(experts), float(flops), STOP_REASONS[int(stop)])
 
-    def step(self) -> list[Token]:
+    def step(self, threshold_S=None, expert_cap_S=None) -> list[Token]:
         """One token for every active slot (those that stop for their budget get none: their
-        Token says so with token -1); their slots are freed."""
+        Token says so with token -1); their slots are freed. `threshold_S`, `expert_cap_S`: a
+        degradation for this step, per slot (None: none)."""
         if not self.active:
             return []
-        self.state, made = self.fns.step(self.state)
+        self.state, made = self.fns.step(self.state, threshold_S, expert_cap_S)
         token, valid, layers, experts, flops, stop = (np.asarray(x) for x in jax.device_get(made))
         out = []
         for slot in sorted(self.active):
