@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from adaptive.data import byte_vocab
 from adaptive.inference.slots import SlotDecoder
+from adaptive.serving.lm_controller import LMController, ladder
 from adaptive.serving.lm_engine import LMEngine
 from adaptive.serving.lm_server import LMServer
 from tests.test_generate import _decoder
@@ -20,6 +21,18 @@ from tests.test_generate import _decoder
 @pytest.fixture(scope="module")
 def decoder():
     return _decoder(["--config.lm.exits=true", "--config.moe.enabled=true", "--config.moe.k=2"])
+
+
+META = {"caps": {"layers": 4, "experts_per_token": 2}, "exit_threshold": {"calibrated": None}}
+# a rung that always exits after the first block (threshold 0), as a calibration could measure it
+LOOSE = {**META, "exit_threshold": {"calibrated": {"tested": [{"threshold": 0.0, "disagreement": 0.5, "blocks": 1}]}}}
+
+
+def _server(decoder, slots: int, *, tpot_ms=500.0, ttft_ms=5000.0, policy="adaptive", fallback=None, meta=META):
+    engine = LMEngine(SlotDecoder.of(decoder, slots), name="tiny")
+    engine.warm()
+    controller = LMController(ladder(meta), tpot_ms=tpot_ms, ttft_ms=ttft_ms, policy=policy)
+    return LMServer(engine, controller, fallback=fallback), engine
 
 
 def _want(decoder, text: str, **limits) -> list[int]:
@@ -33,8 +46,8 @@ def _events(body: str) -> list[dict]:
 
 
 def test_concurrent_requests_stream_and_answer_the_decoders_tokens_without_recompiling(decoder):
-    slots = SlotDecoder.of(decoder, 2)
-    server = LMServer(LMEngine(slots, name="tiny"), ttft_ms=5000, tpot_ms=500)
+    server, engine = _server(decoder, 2, policy="static")
+    slots = engine.fns
     requests = [
         {"prompt": "def f(", "threshold": 0.5, "stream": True},
         {"prompt": "import", "max_new_tokens": 3},
@@ -94,7 +107,7 @@ BAD = [
 
 
 def test_bad_generate_requests_get_one_line_and_the_server_goes_on(decoder):
-    server = LMServer(LMEngine(SlotDecoder.of(decoder, 1)))
+    server, _ = _server(decoder, 1)
 
     async def main():
         async with TestClient(TestServer(server.app())) as client:
@@ -112,3 +125,35 @@ def test_bad_generate_requests_get_one_line_and_the_server_goes_on(decoder):
     assert good == 200
     assert 'adaptive_bad_requests_by_code_total{code="400"} 8' in metrics
     assert 'adaptive_bad_requests_by_code_total{code="413"} 1' in metrics
+
+
+def test_under_a_tpot_no_step_can_meet_every_slot_runs_at_the_loosest_rung_and_says_so(decoder):
+    server, _ = _server(decoder, 2, tpot_ms=1e-6, meta=LOOSE)  # any step breaks it
+
+    async def main():
+        async with TestClient(TestServer(server.app())) as client:
+            bodies = [{"prompt": p, "max_new_tokens": 6, "threshold": 2.0} for p in ("def f(", "import")]
+            responses = await asyncio.gather(*(client.post("/generate", json=b) for b in bodies))
+            return [await r.json() for r in responses]
+
+    for answer in asyncio.run(main()):
+        assert answer["status"] == "degraded" and answer["degraded_tokens"] == answer["count"] - 1
+        # after the first token (the prompt's prefill, at the request's own limits): one block, one expert
+        assert all(layers == 1 for layers in answer["layers"][1:]) and answer["layers"][0] == 4
+        assert all(experts <= 1 for experts in answer["experts"][1:])
+
+
+def test_a_shedding_server_rejects_what_cannot_start_in_time_and_finishes_what_it_started(decoder):
+    server, _ = _server(decoder, 1, ttft_ms=1e-6, policy="shed")  # a wait of any length is too long
+
+    async def main():
+        async with TestClient(TestServer(server.app())) as client:
+            bodies = [{"prompt": "ab", "max_new_tokens": 8, "stream": i == 0} for i in range(4)]
+            responses = await asyncio.gather(*(client.post("/generate", json=b) for b in bodies))
+            return [(r.status, await r.text()) for r in responses], await (await client.get("/metrics")).text()
+
+    answers, metrics = asyncio.run(main())
+    codes = [status for status, _ in answers]
+    assert codes[0] == 200 and _events(answers[0][1])[-1]["status"] == "ok"  # the one streaming: never dropped
+    assert 503 in codes and all(json.loads(body)["status"] == "rejected" for code, body in answers if code == 503)
+    assert f'adaptive_lm_requests_total{{status="rejected"}} {codes.count(503)}' in metrics

@@ -268,6 +268,7 @@ def _serve(args, overrides: list[str]) -> int:
             tpot_ms=args.tpot_ms,
             host=args.host,
             port=args.port,
+            policy=args.policy,
             max_waiting=args.max_waiting,
             read_timeout_s=args.read_timeout_s,
             max_connections=args.max_connections,

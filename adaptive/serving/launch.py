@@ -96,6 +96,7 @@ def serve_lm(
     tpot_ms: float,
     host: str,
     port: int,
+    policy: str = "adaptive",
     max_waiting: int = 64,
     read_timeout_s: float = 5.0,
     max_connections: int = 1000,
@@ -105,10 +106,11 @@ def serve_lm(
     batching in its slots (adaptive.serving.lm_server), until SIGINT/SIGTERM."""
     from adaptive.inference.lm_export import load_lm_artifact
     from adaptive.inference.slot_export import ExportedSlots
+    from adaptive.serving.lm_controller import LMController, ladder
     from adaptive.serving.lm_engine import LMEngine
     from adaptive.serving.lm_server import LMServer
 
-    engines, defaults = [], []
+    engines, metas = [], []
     for path in (artifact, fallback):
         if path is None:
             engines.append(None)
@@ -117,20 +119,23 @@ def serve_lm(
         engine = LMEngine(ExportedSlots(path, meta), name=str(path))
         engine.warm()
         engines.append(engine)
-        defaults.append(meta["exit_threshold"]["default"])
+        metas.append(meta)
+    controller = LMController(ladder(metas[0]), tpot_ms=tpot_ms, ttft_ms=ttft_ms, policy=policy)
     server = LMServer(
         engines[0],
+        controller,
         fallback=engines[1],
-        ttft_ms=ttft_ms,
-        tpot_ms=tpot_ms,
-        default_threshold=defaults[0],
+        default_threshold=metas[0]["exit_threshold"]["default"],
         max_waiting=max_waiting,
         read_timeout_s=read_timeout_s,
         max_connections=max_connections,
         idle_timeout_s=idle_timeout_s,
     )
     slots = engines[0].slots
-    banner = f"serving {artifact} on http://{host}:{{port}} ({slots} slots, TTFT {ttft_ms:g} ms, TPOT {tpot_ms:g} ms)"
+    banner = (
+        f"serving {artifact} on http://{host}:{{port}} ({slots} slots, TTFT {ttft_ms:g} ms, TPOT {tpot_ms:g} ms, "
+        f"{policy}, {len(controller.rungs)} rungs)"
+    )
     _run(server, host, port, banner + "; executables warm")
 
 

@@ -36,6 +36,8 @@ class LMEngine:
         leave(state, slot), with
         `slots`, `prompt_capacity`, `new_capacity` and `limits(batch, **kwargs)`."""
         self.fns, self.name = slots, name
+        self.warmup: list[tuple[float, float]] = []  # (blocks run, ms) of the warm-up's steps
+        self.prefill_ms: float | None = None
         self.slots, self.prompt_capacity = slots.slots, slots.prompt_capacity
         self.reset()
 
@@ -91,12 +93,24 @@ class LMEngine:
         return out
 
     def warm(self) -> None:
-        """Runs each function once (a request joins, steps, leaves), so the first request served
-        compiles nothing; the slots are empty after."""
-        token = self.join(np.zeros((1,), np.int32), self.limits(max_new_tokens=2))
-        while self.in_use:
-            self.step()
-        self.leave(token.slot)
+        """Runs each function (every slot joins, steps three times, leaves), so the first
+        request served compiles nothing, and times the runs after the first: `warmup` holds (blocks run over the slots, ms)
+        of each step and `prefill_ms` the prefills' mean, a controller's first estimates. The
+        slots are empty after."""
+        import time
+
+        limits = self.limits(max_new_tokens=4)
+        self.join(np.zeros((1,), np.int32), limits)  # compiles the prefill
+        start = time.perf_counter()
+        for _ in range(self.slots - 1):
+            self.join(np.zeros((1,), np.int32), limits)
+        self.prefill_ms = 1e3 * (time.perf_counter() - start) / max(self.slots - 1, 1) if self.slots > 1 else None
+        self.step()  # compiles the step
+        self.warmup = []
+        for _ in range(2):
+            start = time.perf_counter()
+            made = self.step()
+            self.warmup.append((sum(t.layers for t in made), 1e3 * (time.perf_counter() - start)))
         self.reset()
 
     def leave(self, slot: int) -> None:

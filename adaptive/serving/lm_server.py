@@ -11,10 +11,12 @@ Prometheus text (adaptive/serving/lm_server_stats.py).
 One scheduler task runs the model, on a worker thread so the event loop keeps taking requests:
 between two decode steps it prefills waiting requests into free slots (priority 0 first, then
 by arrival), then it makes one token for every slot in use (adaptive/serving/lm_engine.py).
-Slots never change shape, so no request recompiles anything. A request whose wait for a primary
-slot would break its time-to-first-token SLA goes to the fallback model when that has a slot
-free (status "fallback"); when more than `max_waiting` wait, new ones are deferred (503 with
-retry_after_ms). A client that disconnects mid-stream leaves its slot at the next step.
+Slots never change shape, so no request recompiles anything. The controller
+(adaptive/serving/lm_controller.py) decides who joins (the primary, the fallback: status
+"fallback", or a rejection: 503 "rejected") and, per step and per slot, the rung each runs at
+(a looser exit threshold, fewer experts: status "degraded", with `degraded_tokens`). When more
+than `max_waiting` wait, new requests are deferred (503 with retry_after_ms). A request already
+streaming is never dropped; a client that disconnects mid-stream leaves its slot at the next step.
 """
 
 from __future__ import annotations
@@ -29,16 +31,19 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 from aiohttp import web
 
 from adaptive.config import ConfigError
 from adaptive.serving.connections import ConnectionLimit, quiet_http_log
 from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, read_body
+from adaptive.serving.lm_controller import LMController
 from adaptive.serving.lm_engine import LMEngine, Token
 from adaptive.serving.lm_http_input import GenerateInput, parse_generate
 from adaptive.serving.lm_server_stats import LMStats
 
 MAX_BODY = 1 << 16
+REFUSED = {"rejected": 503, "error": 500, "cancelled": 499}  # answered with a status code, not a stream
 log = logging.getLogger(__name__)
 
 
@@ -60,6 +65,9 @@ class InFlight:
     prefill_flops: float = 0.0
     decode_flops: float = 0.0
     cancelled: bool = False
+    rung: int = 0  # the controller's rung of its own threshold
+    joined_at: float = 0.0
+    degraded: int = 0  # tokens made at a looser rung than its own
     decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
 
@@ -67,10 +75,9 @@ class LMServer:
     def __init__(
         self,
         primary: LMEngine,
+        controller: LMController,
         *,
         fallback: LMEngine | None = None,
-        ttft_ms: float = 1000.0,
-        tpot_ms: float = 100.0,
         default_threshold: float | None = None,
         max_waiting: int = 64,
         read_timeout_s: float = 5.0,
@@ -78,7 +85,12 @@ class LMServer:
         idle_timeout_s: float = 60.0,
     ):
         self.engines = {"primary": primary, "fallback": fallback}
-        self.ttft_ms, self.tpot_ms, self.default_threshold = ttft_ms, tpot_ms, default_threshold
+        self.controller, self.default_threshold = controller, default_threshold
+        for blocks, ms in primary.warmup:  # first estimates, before the first request's steps
+            controller.step_time.observe(blocks, ms)
+        if primary.prefill_ms is not None:
+            controller.observe_prefill(primary.prefill_ms)
+        self.ttft_ms, self.tpot_ms = controller.ttft_ms, controller.tpot_ms
         self.max_waiting, self.read_timeout_s = max_waiting, read_timeout_s
         self.max_connections, self.idle_timeout_s = max_connections, idle_timeout_s
         self.connections: ConnectionLimit | None = None
@@ -86,7 +98,6 @@ class LMServer:
         self.waiting: list[InFlight] = []
         self.holding: dict[tuple[str, int], InFlight] = {}  # (model, slot) -> its request
         self.step_ms = {"primary": None, "fallback": None}  # measured, smoothed
-        self.prefill_ms = {"primary": None, "fallback": None}
         self._pool = ThreadPoolExecutor(max_workers=1)  # one model call at a time
         self._wake: asyncio.Event | None = None
 
@@ -129,23 +140,26 @@ class LMServer:
         self.waiting.append(flight)
         self.waiting.sort(key=lambda f: (f.request.priority, f.arrival))
         self._wake.set()
-        if parsed.stream:
-            return await self._stream(request, flight)
-        while True:
-            event = await flight.events.get()
-            if event.get("done"):
-                code = {"error": 500}.get(event["status"], 200)
-                return web.json_response(event, status=code)
+        first = await flight.events.get()
+        if first.get("done") and first["status"] in REFUSED:  # an answer, not a stream
+            return web.json_response(first, status=REFUSED[first["status"]])
+        if not parsed.stream:
+            event = first
+            while not event.get("done"):
+                event = await flight.events.get()
+            return web.json_response(event)
+        return await self._stream(request, flight, first)
 
-    async def _stream(self, request: web.Request, flight: InFlight) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, flight: InFlight, first: dict) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         try:
             await response.prepare(request)
+            event = first
             while True:
-                event = await flight.events.get()
                 await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
                 if event.get("done"):
                     break
+                event = await flight.events.get()
             await response.write_eof()
         except (ConnectionError, asyncio.CancelledError):
             flight.cancelled = True  # the scheduler frees its slot at the next step
@@ -174,9 +188,13 @@ class LMServer:
     async def metrics(self, request: web.Request) -> web.Response:
         p = self.engines["primary"]
         text = self.stats.prometheus(p.in_use, p.slots, len(self.waiting), self.connections)
-        for name, value in (*self.step_ms.items(), *((f"prefill_{k}", v) for k, v in self.prefill_ms.items())):
+        text += "# TYPE adaptive_lm_step_ms gauge\n"
+        for name, value in self.step_ms.items():
             if value is not None:
-                text += f'# TYPE adaptive_lm_step_ms gauge\nadaptive_lm_step_ms{{model="{name}"}} {value:.4f}\n'
+                text += f'adaptive_lm_step_ms{{model="{name}"}} {value:.4f}\n'
+        prefill = self.controller.prefill_ms
+        if prefill is not None:
+            text += f"# TYPE adaptive_lm_prefill_ms gauge\nadaptive_lm_prefill_ms {prefill:.4f}\n"
         return web.Response(text=text, content_type="text/plain")
 
     # -- listening ---------------------------------------------------------------------------
@@ -220,30 +238,40 @@ class LMServer:
             await asyncio.sleep(0)  # the handlers' turn
 
     async def _admit(self, loop) -> None:
-        """Waiting requests into free slots: the primary's, or the fallback's for one whose wait
-        for a primary slot would break the TTFT SLA."""
+        """Waiting requests into free slots, where the controller routes them (the primary, the
+        fallback, or a rejection), while their prefills fit between two tokens."""
         primary, fallback = self.engines["primary"], self.engines["fallback"]
+        joined = 0
         for rank, flight in enumerate(list(self.waiting)):
             if flight.cancelled:
                 self.waiting.remove(flight)
                 self._finish(flight, "cancelled", None)
                 continue
-            if primary.free:
-                name = "primary"
-            elif fallback is not None and fallback.free and self._wait_ms(rank) > self.ttft_ms:
-                name = "fallback"
-            else:
+            running = [f.rung for (model, _), f in self.holding.items() if model == "primary"]
+            if not self.controller.joins_now(running, joined):
+                break
+            where = self.controller.route(
+                primary_free=bool(primary.free),
+                occupancy=primary.in_use,
+                fallback_free=bool(fallback is not None and fallback.free),
+                wait_ms=1e3 * (time.perf_counter() - flight.arrival) + self._wait_ms(rank),
+            )
+            if where == "wait":
                 continue
             self.waiting.remove(flight)
-            engine = self.engines[name]
-            flight.model = name
+            if where == "reject":
+                self._finish(flight, "rejected", None)
+                continue
+            engine, flight.model = self.engines[where], where
+            flight.rung = self.controller.start_rung(float(flight.request.checked.threshold_B[0]))
             start = time.perf_counter()
             token = await loop.run_in_executor(self._pool, engine.join, flight.request.prompt, flight.request.checked)
-            self._smooth(self.prefill_ms, name, 1e3 * (time.perf_counter() - start))
-            flight.slot = token.slot
-            flight.prefill_flops = token.flops
-            self.holding[name, token.slot] = flight
-            self._deliver(name, token)
+            if where == "primary":
+                self.controller.observe_prefill(1e3 * (time.perf_counter() - start))
+            flight.slot, flight.prefill_flops, flight.joined_at = token.slot, token.flops, time.perf_counter()
+            self.holding[where, token.slot] = flight
+            joined += 1
+            self._deliver(where, token)
 
     async def _step(self, loop, name: str, engine: LMEngine) -> None:
         for (model, slot), flight in list(self.holding.items()):
@@ -253,10 +281,29 @@ class LMServer:
                 self._finish(flight, "cancelled", None)
         if not engine.in_use:
             return
+        threshold_S = expert_cap_S = None
+        plan = {}
+        if name == "primary":
+            mine = [
+                (slot, f.request.priority, f.joined_at, f.rung) for (m, slot), f in self.holding.items() if m == name
+            ]
+            fallback_busy = self.engines["fallback"] is not None and self.engines["fallback"].in_use
+            plan = self.controller.plan_step(mine, (self.step_ms["fallback"] or 0.0) if fallback_busy else 0.0)
+            rungs = self.controller.rungs
+            threshold_S = np.full((engine.slots,), np.nan, np.float32)
+            expert_cap_S = np.full((engine.slots,), 1 << 20, np.int32)
+            for slot, rung in plan.items():
+                threshold_S[slot], expert_cap_S[slot] = rungs[rung].threshold, rungs[rung].experts
         start = time.perf_counter()
-        made = await loop.run_in_executor(self._pool, engine.step)
-        self._smooth(self.step_ms, name, 1e3 * (time.perf_counter() - start))
+        made = await loop.run_in_executor(self._pool, engine.step, threshold_S, expert_cap_S)
+        ms = 1e3 * (time.perf_counter() - start)
+        self._smooth(self.step_ms, name, ms)
+        if name == "primary":
+            self.controller.observe_step([(plan[t.slot], t.layers) for t in made if t.token >= 0], ms)
         for token in made:
+            flight = self.holding.get((name, token.slot))
+            if flight is not None and plan.get(token.slot, flight.rung) > flight.rung and token.token >= 0:
+                flight.degraded += 1
             self._deliver(name, token)
 
     def _deliver(self, name: str, token: Token) -> None:
@@ -283,7 +330,8 @@ class LMServer:
                 flight.events.put_nowait({**event, "experts": token.experts})
         if token.stop != "running":
             del self.holding[name, token.slot]
-            self._finish(flight, "fallback" if name == "fallback" else "ok", token.stop)
+            status = "fallback" if name == "fallback" else "degraded" if flight.degraded else "ok"
+            self._finish(flight, status, token.stop)
 
     def _finish(self, flight: InFlight, status: str, stop: str | None) -> None:
         ttft = None if flight.first_at is None else 1e3 * (flight.first_at - flight.arrival)
@@ -299,6 +347,7 @@ class LMServer:
             "model": flight.model,
             "stop": stop,
             "count": n,
+            "degraded_tokens": flight.degraded,
             "ttft_ms": ttft,
             "tpot_ms": tpot,
             "layers": flight.layers,
@@ -329,7 +378,7 @@ class LMServer:
         left = sorted(engine.tokens_left())
         if engine.free:
             return 0.0
-        return step * (left[min(rank, len(left) - 1)] if left else 0) + (self.prefill_ms["primary"] or 0.0)
+        return step * (left[min(rank, len(left) - 1)] if left else 0) + (self.controller.prefill_ms or 0.0)
 
     @staticmethod
     def _smooth(table: dict, name: str, ms: float) -> None:
