@@ -42,14 +42,14 @@ BASE = "static full depth"  # the policy whose sustainable rate is the base rate
 TINY_DURATION_S, TINY_RATE = 1.0, 40.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _start_server(args: list[str]) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+def start_server(args: list[str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
     command = [sys.executable, "-m", "adaptive.cli", "serve", "--port", str(port), *args]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -122,7 +122,7 @@ def _run_policies(artifact: str, policies: dict, rate: float, sla_ms: float, dur
     (policy, pattern), and the first repeat's records of each (for the plots)."""
     rows, traces = [], {}
     for policy, (server_args, policy_flops) in policies.items():
-        proc, url = _start_server(server_args)
+        proc, url = start_server(server_args)
         try:
             runs = _load(url, artifact, PATTERNS, rate, duration, repeats, out / "runs.json")
         finally:
@@ -205,7 +205,7 @@ def sustainable_rate(
     whole run) and of at least 100 requests, and a probe that fails is run once more: at 100
     requests one stray late answer fails it, while a rate beyond the policy's fails every
     time."""
-    proc, url = _start_server(server_args)
+    proc, url = start_server(server_args)
 
     def probe(rate: float) -> bool:
         seconds = max(duration, PROBE_REQUESTS / rate)

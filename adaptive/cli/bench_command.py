@@ -36,6 +36,27 @@ def run(args, overrides: list[str]) -> int:
             repeats=args.repeats,
             tiny=args.tiny,
         )
+    elif args.bench == "serve-lm":
+        import math
+
+        from adaptive.bench import serve_lm
+        from adaptive.config import ConfigError
+
+        for flag, value in (("--ttft-ms", args.ttft_ms), ("--tpot-ms", args.tpot_ms)):
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{flag} must be a finite number > 0; got {value:g}")
+        serve_lm.run(
+            args.artifact,
+            args.small,
+            ttft_ms=args.ttft_ms,
+            tpot_ms=args.tpot_ms,
+            rate=args.rate,
+            duration=args.duration,
+            repeats=args.repeats,
+            out_dir=args.out,
+            json_out=args.json,
+            tiny=args.tiny,
+        )
     elif args.bench == "lm":
         from adaptive.bench import lm
 

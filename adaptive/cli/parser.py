@@ -232,6 +232,7 @@ def _add_bench(commands) -> None:
     _add_bench_depth(kinds)
     _add_bench_act_train(kinds)
     _add_bench_serve(kinds)
+    _add_bench_serve_lm(kinds)
     _add_bench_moe(kinds)
     _add_bench_lm(kinds)
     _add_bench_generate(kinds)
@@ -307,6 +308,23 @@ def _add_bench_serve(kinds) -> None:
     serve.add_argument("--fixed-budget", type=int, default=3, help="steps of the fixed-budget policy")
     serve.add_argument("--max-batch", type=int, default=16, help="the servers' largest batch")
     serve.add_argument("--out", default="runs/bench-serve", help="records and plots go here")
+    serve.add_argument("--json", metavar="OUT")
+
+
+def _add_bench_serve_lm(kinds) -> None:
+    """`adaptive bench serve-lm`: generation serving policies under the same open-loop streaming load."""
+    serve = kinds.add_parser(
+        "serve-lm", help="generation serving policies under the same streaming load (TTFT, TPOT, goodput, agreement)"
+    )
+    serve.add_argument("--artifact", required=True, metavar="LM_ART", help="the language model (with exits)")
+    serve.add_argument("--small", required=True, metavar="LM_ART2", help="the small (fallback) language model")
+    serve.add_argument("--ttft-ms", type=float, default=1000.0, help="the time-to-first-token SLA (default 1000)")
+    serve.add_argument("--tpot-ms", type=float, default=50.0, help="the time-per-output-token SLA (default 50)")
+    serve.add_argument("--rate", type=float, help="base requests/s (default: 0.6 of what full depth completes)")
+    serve.add_argument("--duration", type=float, default=12.0, help="seconds per pattern and repeat")
+    serve.add_argument("--repeats", type=int, default=3, help="runs of each pattern (mean and 95%% interval)")
+    serve.add_argument("--tiny", action="store_true", help="1 s runs, no capacity probe: a check that it runs")
+    serve.add_argument("--out", default="runs/bench-serve-lm", help="/metrics excerpts go here")
     serve.add_argument("--json", metavar="OUT")
 
 

@@ -93,19 +93,20 @@ class LMEngine:
         return out
 
     def warm(self) -> None:
-        """Runs each function (every slot joins, steps three times, leaves), so the first
-        request served compiles nothing, and times the runs after the first: `warmup` holds (blocks run over the slots, ms)
-        of each step and `prefill_ms` the prefills' mean, a controller's first estimates. The
-        slots are empty after."""
+        """Runs each function (one slot joins and steps; then every slot joins and steps
+        twice), so the first request served compiles nothing, and times the second round: `warmup` holds
+        (blocks run over the slots, ms) of each step and `prefill_ms` the prefills' mean, a
+        controller's first estimates. The slots are empty after."""
         import time
 
-        limits = self.limits(max_new_tokens=4)
-        self.join(np.zeros((1,), np.int32), limits)  # compiles the prefill
-        start = time.perf_counter()
-        for _ in range(self.slots - 1):
-            self.join(np.zeros((1,), np.int32), limits)
-        self.prefill_ms = 1e3 * (time.perf_counter() - start) / max(self.slots - 1, 1) if self.slots > 1 else None
+        limits, prompt = self.limits(max_new_tokens=4), np.zeros((1,), np.int32)
+        self.join(prompt, limits)  # compiles the prefill (its first few calls are slower still)
         self.step()  # compiles the step
+        self.reset()
+        start = time.perf_counter()
+        for _ in range(self.slots):
+            self.join(prompt, limits)
+        self.prefill_ms = 1e3 * (time.perf_counter() - start) / self.slots
         self.warmup = []
         for _ in range(2):
             start = time.perf_counter()
