@@ -157,3 +157,19 @@ def test_a_shedding_server_rejects_what_cannot_start_in_time_and_finishes_what_i
     assert codes[0] == 200 and _events(answers[0][1])[-1]["status"] == "ok"  # the one streaming: never dropped
     assert 503 in codes and all(json.loads(body)["status"] == "rejected" for code, body in answers if code == 503)
     assert f'adaptive_lm_requests_total{{status="rejected"}} {codes.count(503)}' in metrics
+
+
+def test_requests_are_told_apart_by_identity_not_by_their_fields(decoder):
+    """The waiting list is re-sorted while a prefill runs (a priority 0 request jumps ahead), so
+    removing one compares it with others: field by field, prompts of other lengths raised."""
+    from adaptive.serving.lm_http_input import GenerateInput
+    from adaptive.serving.lm_server import InFlight
+
+    engine = LMEngine(SlotDecoder.of(decoder, 1))
+    flights = [
+        InFlight(GenerateInput(np.arange(n, dtype=np.int32), {}, engine.limits(), 0, False), 0.0, asyncio.Queue())
+        for n in (3, 5, 5)
+    ]
+    waiting = list(flights)
+    waiting.remove(flights[2])
+    assert waiting == flights[:2] and flights[1] != flights[2]

@@ -69,6 +69,8 @@ async def _one(session, url: str, body: dict, start: float, record: dict, timeou
     record["layers"] = [float(layers) for _, _, layers in arrivals]
     record["flops"] = float(summary.get("flops") or 0.0) + float(summary.get("prefill_flops") or 0.0)
     record["degraded_tokens"] = summary.get("degraded_tokens", 0)
+    if "error" in summary:
+        record["error"] = summary["error"]
 
 
 async def run(url: str, times, bodies: list[dict], timeout_s: float = 120.0) -> list[dict]:

@@ -47,7 +47,7 @@ REFUSED = {"rejected": 503, "error": 500, "cancelled": 499}  # answered with a s
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two requests with equal fields are still two requests
 class InFlight:
     """One request from arrival to its last token."""
 
@@ -333,7 +333,7 @@ class LMServer:
             status = "fallback" if name == "fallback" else "degraded" if flight.degraded else "ok"
             self._finish(flight, status, token.stop)
 
-    def _finish(self, flight: InFlight, status: str, stop: str | None) -> None:
+    def _finish(self, flight: InFlight, status: str, stop: str | None, error: str | None = None) -> None:
         ttft = None if flight.first_at is None else 1e3 * (flight.first_at - flight.arrival)
         n = len(flight.tokens)
         tpot = 1e3 * (flight.last_at - flight.first_at) / (n - 1) if n > 1 else None
@@ -355,6 +355,8 @@ class LMServer:
             "prefill_flops": flight.prefill_flops,
             "flops": flight.decode_flops,
         }
+        if error is not None:
+            summary["error"] = error
         if not flight.request.stream:
             summary = {**summary, "text": "".join(flight.text), "tokens": flight.tokens}
         flight.events.put_nowait(summary)
@@ -362,9 +364,9 @@ class LMServer:
     def _fail_all(self, error: str) -> None:
         for key, flight in list(self.holding.items()):
             del self.holding[key]
-            self._finish(flight, "error", None)
+            self._finish(flight, "error", None, error)
         for flight in self.waiting:
-            self._finish(flight, "error", None)
+            self._finish(flight, "error", None, error)
         self.waiting.clear()
         for engine in self.engines.values():
             if engine is not None:
