@@ -175,3 +175,18 @@ def test_adaptive_serve_streams_generation_from_the_artifact(artifact):
     assert len(events) - 1 == events[-1]["count"] <= 6
     assert 'adaptive_lm_requests_total{status="ok"} 1' in metrics and "adaptive_lm_ttft_ms_count 1" in metrics
     assert "Traceback" not in process.stderr.read()
+
+
+@pytest.mark.slow
+def test_the_tiny_generation_serving_benchmark_runs_end_to_end(artifact, tmp_path):
+    _, art = artifact
+    out = tmp_path / "rows.json"
+    command = cli("bench", "serve-lm", "--artifact", str(art), "--small", str(art), "--tiny")
+    proc = subprocess.run([*command, "--out", str(tmp_path), "--json", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert {r["policy"] for r in rows} >= {"full depth", "full depth + shedding", "controller + fallback"}
+    assert {r["pattern"] for r in rows} == {"poisson", "gamma", "spike"}
+    full = [r for r in rows if r["policy"] == "full depth"]
+    assert all(r["agreement"] == 1.0 for r in full if r["count_ok"])  # full depth is its own reference
+    assert "adaptive_lm_ttft_ms_bucket" in json.loads((tmp_path / "metrics_excerpts.json").read_text())["full depth"]

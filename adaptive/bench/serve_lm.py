@@ -11,7 +11,7 @@ Policies, each its own `adaptive serve` process on the same artifacts:
 
 Patterns: poisson at the base rate, gamma (coefficient of variation 3) at it, and a spike to 3x
 it for the middle third. The base rate defaults to 0.6 of what full depth completes when every
-slot is busy (a burst of 3 x slots requests, measured first), so the spike offers 1.8x that.
+slot is busy (a burst of 20 x slots requests, measured first), so the spike offers 1.8x that.
 Each (policy, pattern) runs `repeats` times with the same seeds for every policy; the headline
 figures are the mean over the runs with a 95% t-interval, the percentiles pool the runs'
 requests. Agreement is with the primary model's own greedy tokens at full depth, computed
@@ -106,16 +106,16 @@ def _metrics(url: str) -> str:
 
 
 def capacity(prompts, server_args: list[str], slots: int, new_tokens: int) -> float:
-    """Requests per second full depth completes with every slot busy: a burst of 3 x slots."""
+    """Requests per second full depth completes while every slot stays busy: a burst of
+    20 x slots requests at once, with the benchmark's own prompts and lengths."""
     proc, url = start_server(server_args)
     try:
-        n = 3 * slots
-        times = np.zeros(n)
-        bodies = [{"prompt": bytes(p.astype(np.uint8).tolist()).decode(), "max_new_tokens": new_tokens // 2,
-                   "threshold": FULL, "stream": True} for p in prompts[:n]]  # fmt: skip
+        n = 20 * slots
+        _, picks = lm_loadgen.requests_of(prompts, "poisson", 1.0, 10 * n, seed=99, new_tokens=new_tokens)
+        bodies = [_body(prompt, tokens, FULL, 0) for _, prompt, tokens, _ in picks[:n]]
         start = time.perf_counter()
-        uvloop.run(lm_loadgen.run(url, times, bodies))
-        return n / (time.perf_counter() - start)
+        uvloop.run(lm_loadgen.run(url, np.zeros(len(bodies)), bodies))
+        return len(bodies) / (time.perf_counter() - start)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
