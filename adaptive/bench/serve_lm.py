@@ -6,8 +6,9 @@ Policies, each its own `adaptive serve` process on the same artifacts:
     full depth               every request at full depth, queued for a slot however long
     full depth + shedding    the same, a request whose wait breaks the TTFT SLA rejected
     fixed threshold          every request at the artifact's default (certified) exit threshold
-    controller + fallback    requests ask for full depth; the controller degrades slots along the
-                             ladder, sends requests to the small model, rejects (adaptive)
+    controller               requests ask for full depth; the controller degrades slots along the
+                             ladder, limits prefills between steps, rejects (adaptive)
+    controller + fallback    the same, and requests it would keep waiting go to the small model
 
 Patterns: poisson at the base rate, gamma (coefficient of variation 3) at it, and a spike to 3x
 it for the middle third. The base rate defaults to 0.6 of what full depth completes when every
@@ -38,6 +39,7 @@ from adaptive.inference.lm_export import load_lm_artifact
 
 PATTERNS = ("poisson", "gamma", "spike")
 HEADLINE = ("violation_rate", "tpot_p99_ms", "agreement_weighted_goodput", "goodput_tokens_per_s", "agreement")
+FRACTIONS = ("violation_rate", "agreement")
 FULL = 2.0  # a threshold no confidence reaches: every block
 
 
@@ -48,6 +50,7 @@ def policies(artifact: str, small: str, meta: dict) -> dict[str, tuple[list[str]
         "full depth": (["--artifact", artifact, "--policy", "static"], FULL),
         "full depth + shedding": (["--artifact", artifact, "--policy", "shed"], FULL),
         f"fixed threshold {fixed:g}": (["--artifact", artifact, "--policy", "static"], fixed),
+        "controller": (["--artifact", artifact, "--policy", "adaptive"], FULL),
         "controller + fallback": (["--artifact", artifact, "--fallback", small, "--policy", "adaptive"], FULL),
     }
 
@@ -133,7 +136,9 @@ def run(
     out_dir: str,
     json_out: str | None = None,
     tiny: bool = False,
+    only: list[str] | None = None,
 ) -> list[dict]:
+    """The rows of every policy (or of those named in `only`) under every pattern."""
     if repeats < 1 or duration <= 0:
         raise ConfigError(f"--repeats must be >= 1 and --duration > 0; got {repeats}, {duration:g}")
     out = Path(out_dir)
@@ -143,6 +148,9 @@ def run(
     slots, new_tokens = int(meta["slots"]["count"]), int(meta["new_capacity"])
     prompts = validation_prompts(meta, 32 if tiny else 256)
     every = policies(artifact, small, meta)
+    if unknown := set(only or ()) - set(every):
+        raise ConfigError(f"unknown policies {sorted(unknown)}; known: {', '.join(every)}")
+    chosen = {name: every[name] for name in every if not only or name in only}
     sla = ["--ttft-ms", f"{ttft_ms:g}", "--tpot-ms", f"{tpot_ms:g}", "--max-waiting", "100000"]
     if tiny:
         duration, repeats, rate = 1.0, 1, rate or 4.0
@@ -160,7 +168,7 @@ def run(
     asked = sorted({(pick, len(prompt)) for _, picks in loads.values() for pick, prompt, _, _ in picks})
     full = dict(zip(asked, references(artifact, [prompts[p][:n] for p, n in asked]), strict=True))
     rows, excerpts = [], {}
-    for policy, (server_args, threshold) in every.items():
+    for policy, (server_args, threshold) in chosen.items():
         proc, url = start_server([*server_args, *sla])
         per_pattern = {p: [] for p in PATTERNS}
         try:
@@ -193,7 +201,10 @@ def _row(policy: str, pattern: str, runs: list[dict], rate: float, ttft_ms: floa
         values = [r[key] for r in runs]
         if key in HEADLINE:
             interval = mean_interval(values)
-            row[key], row[f"{key}_lo"], row[f"{key}_hi"] = interval.mean, interval.low, interval.high
+            low, high = interval.low, interval.high
+            if key in FRACTIONS and low is not None:  # a share's interval stays within [0, 1]
+                low, high = max(low, 0.0), min(high, 1.0)
+            row[key], row[f"{key}_lo"], row[f"{key}_hi"] = interval.mean, low, high
             row[f"{key}_runs"] = values
         elif key.startswith(("count_", "sent")):
             row[key] = int(sum(values))

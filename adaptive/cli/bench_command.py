@@ -56,6 +56,7 @@ def run(args, overrides: list[str]) -> int:
             out_dir=args.out,
             json_out=args.json,
             tiny=args.tiny,
+            only=[p for p in args.policies.split(",") if p] or None,
         )
     elif args.bench == "lm":
         from adaptive.bench import lm

@@ -324,6 +324,7 @@ def _add_bench_serve_lm(kinds) -> None:
     serve.add_argument("--duration", type=float, default=12.0, help="seconds per pattern and repeat")
     serve.add_argument("--repeats", type=int, default=3, help="runs of each pattern (mean and 95%% interval)")
     serve.add_argument("--tiny", action="store_true", help="1 s runs, no capacity probe: a check that it runs")
+    serve.add_argument("--policies", default="", help="comma-separated policy names to run (default: all)")
     serve.add_argument("--out", default="runs/bench-serve-lm", help="/metrics excerpts go here")
     serve.add_argument("--json", metavar="OUT")
 

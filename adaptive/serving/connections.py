@@ -17,9 +17,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+
+from adaptive.config import ConfigError
 
 log = logging.getLogger("adaptive.serving.server")
 REFUSAL_LINGER_S = 1.0  # how long a refused connection may stay open for the client to read its 503
@@ -130,3 +134,37 @@ class ConnectionLimit:
 
     def _release(self) -> None:
         self.open -= 1
+
+
+async def listen(app, host: str, port: int, *, max_connections: int, idle_timeout_s: float):
+    """`app` served on host:port behind a limit of `max_connections` open connections:
+    (its runner, the listening server, the limit). A port that cannot be bound is a ConfigError
+    naming it."""
+    runner = web.AppRunner(app, access_log=None, logger=quiet_http_log, keepalive_timeout=idle_timeout_s)
+    await runner.setup()
+    limit = ConnectionLimit(runner.server, max_connections)
+    try:
+        listener = await asyncio.get_running_loop().create_server(limit, host, port)
+    except OSError as e:
+        await runner.cleanup()
+        reason = os.strerror(e.errno) if e.errno else str(e)
+        raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
+    return runner, listener, limit
+
+
+async def refuse(request: web.Request, e, count) -> web.StreamResponse:
+    """A 4xx with one line of JSON, counted by `count(status)`. A 408 also closes the connection
+    at once: its body is still owed, and waiting for it is what a slow client wants."""
+    count(e.status)
+    response = web.json_response({"error": str(e)}, status=e.status)
+    if e.status != 408:
+        return response
+    log.warning("%s: %s; answered 408 and closed", request.remote, e)
+    response.force_close()
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the client left meanwhile
+    request.protocol.force_close()  # no lingering read of the rest of the body
+    return response

@@ -26,7 +26,6 @@ import codecs
 import gc
 import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,8 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiohttp import web
 
-from adaptive.config import ConfigError
-from adaptive.serving.connections import ConnectionLimit, quiet_http_log
+from adaptive.serving.connections import ConnectionLimit, listen, refuse
 from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, read_body
 from adaptive.serving.lm_controller import LMController
 from adaptive.serving.lm_engine import LMEngine, Token
@@ -129,8 +127,7 @@ class LMServer:
             raw = await read_body(request, MAX_BODY, self.read_timeout_s)
             parsed = parse_generate(parse_json(raw), self.engines["primary"], self.default_threshold)
         except BadRequest as e:
-            self.stats.bad(e.status)
-            return web.json_response({"error": str(e)}, status=e.status)
+            return await refuse(request, e, self.stats.bad)
         except ConnectionError:
             return web.Response(status=400)
         if len(self.waiting) >= self.max_waiting:
@@ -201,16 +198,9 @@ class LMServer:
 
     async def start(self, host: str, port: int) -> int:
         """Starts the app and listens on host:port; the port bound (0: a free one)."""
-        self._runner = web.AppRunner(
-            self.app(), access_log=None, logger=quiet_http_log, keepalive_timeout=self.idle_timeout_s
+        self._runner, self._listener, self.connections = await listen(
+            self.app(), host, port, max_connections=self.max_connections, idle_timeout_s=self.idle_timeout_s
         )
-        await self._runner.setup()
-        self.connections = ConnectionLimit(self._runner.server, self.max_connections)
-        try:
-            self._listener = await asyncio.get_running_loop().create_server(self.connections, host, port)
-        except OSError as e:
-            await self._runner.cleanup()
-            raise ConfigError(f"cannot listen on {host}:{port}: {os.strerror(e.errno) if e.errno else e}") from None
         return self._listener.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

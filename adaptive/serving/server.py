@@ -35,7 +35,6 @@ import asyncio
 import gc
 import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,8 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiohttp import web
 
-from adaptive.config import ConfigError
-from adaptive.serving.connections import ConnectionLimit, quiet_http_log
+from adaptive.serving.connections import ConnectionLimit, listen, refuse
 from adaptive.serving.controller import Controller, Decision, Request
 from adaptive.serving.engine import UNITS, Engine
 from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, parse_predict, read_body
@@ -165,21 +163,7 @@ class Server:
         return web.json_response(answer, status=code)
 
     async def _refuse(self, request: web.Request, e: BadRequest) -> web.StreamResponse:
-        """A 4xx with one line of JSON, counted. A 408 also closes the connection at once: its
-        body is still owed, and waiting for it is what a slow client wants."""
-        self.stats.bad(e.status)
-        response = web.json_response({"error": str(e)}, status=e.status)
-        if e.status != 408:
-            return response
-        log.warning("%s: %s; answered 408 and closed", request.remote, e)
-        response.force_close()
-        try:
-            await response.prepare(request)
-            await response.write_eof()
-        except ConnectionError:
-            pass  # the client left meanwhile
-        request.protocol.force_close()  # no lingering read of the rest of the body
-        return response
+        return await refuse(request, e, self.stats.bad)
 
     async def healthz(self, request: web.Request) -> web.Response:
         p, f = self.engines["primary"], self.engines["fallback"]
@@ -210,17 +194,9 @@ class Server:
     async def start(self, host: str, port: int) -> int:
         """Starts the app and listens on host:port behind the connection limit; the port bound
         (port 0: a free one). A port that cannot be bound is a ConfigError naming it."""
-        self._runner = web.AppRunner(
-            self.app(), access_log=None, logger=quiet_http_log, keepalive_timeout=self.idle_timeout_s
+        self._runner, self._listener, self.connections = await listen(
+            self.app(), host, port, max_connections=self.max_connections, idle_timeout_s=self.idle_timeout_s
         )
-        await self._runner.setup()
-        self.connections = ConnectionLimit(self._runner.server, self.max_connections)
-        try:
-            self._listener = await asyncio.get_running_loop().create_server(self.connections, host, port)
-        except OSError as e:
-            await self._runner.cleanup()
-            reason = os.strerror(e.errno) if e.errno else str(e)
-            raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
         return self._listener.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
