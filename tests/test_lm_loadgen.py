@@ -44,3 +44,10 @@ def test_every_policy_gets_the_same_requests_at_one_seed():
         (p, len(t), n) for p, t, n, _ in b[1]
     ]
     assert all(8 <= len(t) <= len(prompts[p]) and 4 <= n <= 32 for p, t, n, _ in a[1])
+
+
+def test_a_one_token_answer_has_no_tpot_and_does_not_violate_it():
+    records = [_record("ok", 0.0, [0.1], [1]), _record("ok", 0.0, [0.1, 0.3], [1, 2])]
+    m = summarize(records, [[1], [1, 2]], ttft_ms=500, tpot_ms=50, duration_s=1.0)
+    assert m["violation_rate"] == 0.5  # only the second: 200 ms between its tokens
+    assert m["tpot_p50_ms"] == pytest.approx(200.0)  # the one-token answer is not a 0 ms TPOT

@@ -173,3 +173,26 @@ def test_requests_are_told_apart_by_identity_not_by_their_fields(decoder):
     waiting = list(flights)
     waiting.remove(flights[2])
     assert waiting == flights[:2] and flights[1] != flights[2]
+
+
+def test_a_failed_prefill_answers_its_request_and_the_server_goes_on(decoder, monkeypatch):
+    server, engine = _server(decoder, 1, policy="static")
+    join, calls = engine.join, []
+
+    def fails_once(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("device lost")
+        return join(*args)
+
+    monkeypatch.setattr(engine, "join", fails_once)
+
+    async def main():
+        async with TestClient(TestServer(server.app())) as client:
+            failed = await client.post("/generate", json={"prompt": "ab", "max_new_tokens": 2})
+            good = await client.post("/generate", json={"prompt": "ab", "max_new_tokens": 2})
+            return failed.status, await failed.json(), good.status
+
+    status, failed, good = asyncio.run(asyncio.wait_for(main(), 120))  # a hang fails, not blocks
+    assert status == 500 and failed["status"] == "error" and "device lost" in failed["error"]
+    assert good == 200

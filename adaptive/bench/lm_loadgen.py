@@ -95,13 +95,15 @@ def summarize(records: list[dict], reference: list[list[int]], *, ttft_ms: float
     status = np.array([r["status"] for r in records])
     answered = np.isin(status, ANSWERED)
     ttft = np.array([1e3 * (r["times"][0] - r["scheduled"]) if r["times"] else np.inf for r in records])
+    # a one-token answer has no time per output token: out of the TPOT percentiles, within its SLA
     tpot = np.array(
         [
-            1e3 * (r["times"][-1] - r["times"][0]) / (len(r["times"]) - 1) if len(r["times"]) > 1 else 0.0
+            1e3 * (r["times"][-1] - r["times"][0]) / (len(r["times"]) - 1) if len(r["times"]) > 1 else np.nan
             for r in records
         ]
     )
-    within = answered & (ttft <= ttft_ms) & (tpot <= tpot_ms)
+    within = answered & (ttft <= ttft_ms) & ~(tpot > tpot_ms)
+    timed = answered & np.isfinite(tpot)
     agreement = np.array([_agreement(r["tokens"], ref) for r, ref in zip(records, reference, strict=True)])
     tokens = np.array([len(r["tokens"]) for r in records])
     good_tokens = float(tokens[within].sum())
@@ -116,9 +118,9 @@ def summarize(records: list[dict], reference: list[list[int]], *, ttft_ms: float
         "ttft_p50_ms": pct(ttft[answered], 50),
         "ttft_p99_ms": pct(ttft[answered], 99),
         "ttft_p999_ms": pct(ttft[answered], 99.9),
-        "tpot_p50_ms": pct(tpot[answered], 50),
-        "tpot_p99_ms": pct(tpot[answered], 99),
-        "tpot_p999_ms": pct(tpot[answered], 99.9),
+        "tpot_p50_ms": pct(tpot[timed], 50),
+        "tpot_p99_ms": pct(tpot[timed], 99),
+        "tpot_p999_ms": pct(tpot[timed], 99.9),
         "violation_rate": float(1.0 - within.sum() / max(len(records), 1)),
         "goodput_tokens_per_s": good_tokens / duration_s,
         "agreement": float(agreement[answered].mean()) if answered.any() else float("nan"),

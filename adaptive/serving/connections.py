@@ -136,11 +136,19 @@ class ConnectionLimit:
         self.open -= 1
 
 
-async def listen(app, host: str, port: int, *, max_connections: int, idle_timeout_s: float):
+async def listen(
+    app, host: str, port: int, *, max_connections: int, idle_timeout_s: float, handler_cancellation: bool = False
+):
     """`app` served on host:port behind a limit of `max_connections` open connections:
     (its runner, the listening server, the limit). A port that cannot be bound is a ConfigError
-    naming it."""
-    runner = web.AppRunner(app, access_log=None, logger=quiet_http_log, keepalive_timeout=idle_timeout_s)
+    naming it. `handler_cancellation`: a handler is cancelled when its client disconnects."""
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        logger=quiet_http_log,
+        keepalive_timeout=idle_timeout_s,
+        handler_cancellation=handler_cancellation,
+    )
     await runner.setup()
     limit = ConnectionLimit(runner.server, max_connections)
     try:

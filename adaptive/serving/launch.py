@@ -104,6 +104,7 @@ def serve_lm(
 ):
     """A language model's artifact (and a smaller one as the fallback) served by continuous
     batching in its slots (adaptive.serving.lm_server), until SIGINT/SIGTERM."""
+    from adaptive.inference.artifact_meta import ArtifactError
     from adaptive.inference.lm_export import load_lm_artifact
     from adaptive.inference.slot_export import ExportedSlots
     from adaptive.serving.lm_controller import LMController, ladder
@@ -120,6 +121,13 @@ def serve_lm(
         engine.warm()
         engines.append(engine)
         metas.append(meta)
+    if fallback is not None:  # every request the primary takes must fit the fallback too
+        for key in ("prompt_capacity", "new_capacity"):
+            if metas[1][key] < metas[0][key]:
+                raise ArtifactError(
+                    f"the fallback {fallback} has {key} {metas[1][key]} < the primary's {metas[0][key]}; "
+                    "export it with at least the primary's capacities"
+                )
     controller = LMController(ladder(metas[0]), tpot_ms=tpot_ms, ttft_ms=ttft_ms, policy=policy)
     server = LMServer(
         engines[0],

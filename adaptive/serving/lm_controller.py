@@ -16,9 +16,10 @@ slot's next token by the prefill's time: requests join while the step plus their
 the SLA (at least one per step, so nobody waits forever).
 
 For a request waiting for a slot, `route` says where it goes: the primary when a slot is free
-and the slots, all at their loosest rung, would still keep the SLA (or none is running); else the fallback model if
-it has a slot and the wait would break the time-to-first-token SLA; else it waits, or, under a
-shedding policy, is rejected when its predicted wait already breaks that SLA.
+and the slots, all at their loosest rung, would still keep the SLA (or none is running); else
+the fallback model if it has a slot and either the wait would break the time-to-first-token SLA
+or the primary cannot take one more slot within the TPOT SLA; else it waits, or, under a
+shedding policy, is rejected when its predicted wait already breaks the TTFT SLA.
 
 Policies: "adaptive" is all of the above; "static" serves every request at its own limits in
 arrival order (priority first), however long it waits; "shed" is static, but rejects a request

@@ -32,8 +32,8 @@ class Token:
 
 class LMEngine:
     def __init__(self, slots, name: str = ""):
-        """`slots`: empty() / prefill(state, slot, prompt, length, limits) / step(state) /
-        leave(state, slot), with
+        """`slots`: empty() / prefill(state, slot, prompt, length, limits) /
+        step(state, threshold_S, expert_cap_S) / leave(state, slot), with
         `slots`, `prompt_capacity`, `new_capacity` and `limits(batch, **kwargs)`."""
         self.fns, self.name = slots, name
         self.warmup: list[tuple[float, float]] = []  # (blocks run, ms) of the warm-up's steps
@@ -124,7 +124,7 @@ class LMEngine:
 
     def tokens_left(self) -> list[int]:
         """Per active slot: the most tokens its sequence may still make (EOS may end it sooner)."""
-        return [self.left[slot] for slot in self.active]
+        return [self.left[slot] for slot in self.active.copy()]  # a copy: a step may be changing it
 
     @property
     def in_use(self) -> int:

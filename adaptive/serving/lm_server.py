@@ -14,9 +14,11 @@ by arrival), then it makes one token for every slot in use (adaptive/serving/lm_
 Slots never change shape, so no request recompiles anything. The controller
 (adaptive/serving/lm_controller.py) decides who joins (the primary, the fallback: status
 "fallback", or a rejection: 503 "rejected") and, per step and per slot, the rung each runs at
-(a looser exit threshold, fewer experts: status "degraded", with `degraded_tokens`). When more
-than `max_waiting` wait, new requests are deferred (503 with retry_after_ms). A request already
-streaming is never dropped; a client that disconnects mid-stream leaves its slot at the next step.
+(a looser exit threshold, fewer experts: status "degraded", with `degraded_tokens`). When `max_waiting`
+wait already, new requests are deferred (503 with retry_after_ms). A request already
+streaming is never dropped; a client that disconnects (streaming or waiting for its answer)
+leaves its slot at the next step. A failed model call fails every request in flight (500) and
+empties the slots of both models; serving goes on.
 """
 
 from __future__ import annotations
@@ -137,14 +139,19 @@ class LMServer:
         self.waiting.append(flight)
         self.waiting.sort(key=lambda f: (f.request.priority, f.arrival))
         self._wake.set()
-        first = await flight.events.get()
-        if first.get("done") and first["status"] in REFUSED:  # an answer, not a stream
-            return web.json_response(first, status=REFUSED[first["status"]])
-        if not parsed.stream:
-            event = first
-            while not event.get("done"):
-                event = await flight.events.get()
-            return web.json_response(event)
+        try:
+            first = await flight.events.get()
+            if first.get("done") and first["status"] in REFUSED:  # an answer, not a stream
+                return web.json_response(first, status=REFUSED[first["status"]])
+            if not parsed.stream:
+                event = first
+                while not event.get("done"):
+                    event = await flight.events.get()
+                return web.json_response(event)
+        except asyncio.CancelledError:  # the client left (the handler is cancelled): free its slot
+            flight.cancelled = True
+            self._wake.set()
+            raise
         return await self._stream(request, flight, first)
 
     async def _stream(self, request: web.Request, flight: InFlight, first: dict) -> web.StreamResponse:
@@ -199,7 +206,12 @@ class LMServer:
     async def start(self, host: str, port: int) -> int:
         """Starts the app and listens on host:port; the port bound (0: a free one)."""
         self._runner, self._listener, self.connections = await listen(
-            self.app(), host, port, max_connections=self.max_connections, idle_timeout_s=self.idle_timeout_s
+            self.app(),
+            host,
+            port,
+            max_connections=self.max_connections,
+            idle_timeout_s=self.idle_timeout_s,
+            handler_cancellation=True,  # a client gone while it waits frees its slot
         )
         return self._listener.sockets[0].getsockname()[1]
 
@@ -222,9 +234,12 @@ class LMServer:
                 for name, engine in self.engines.items():
                     if engine is not None and engine.in_use:
                         await self._step(loop, name, engine)
-            except Exception as e:  # a failed model call answers its requests (500); serving goes on
+            except Exception as e:  # a failed model call fails every request in flight (500); serving goes on
                 log.exception("a model call failed")
-                self._fail_all(f"{e.__class__.__name__}: {e}"[:200])
+                try:
+                    self._fail_all(f"{e.__class__.__name__}: {e}"[:200])
+                except Exception:  # e.g. no memory for fresh slots: the next turn tries again
+                    log.exception("could not reset after the failure")
             await asyncio.sleep(0)  # the handlers' turn
 
     async def _admit(self, loop) -> None:
@@ -232,7 +247,7 @@ class LMServer:
         fallback, or a rejection), while their prefills fit between two tokens."""
         primary, fallback = self.engines["primary"], self.engines["fallback"]
         joined = 0
-        for rank, flight in enumerate(list(self.waiting)):
+        for flight in list(self.waiting):
             if flight.cancelled:
                 self.waiting.remove(flight)
                 self._finish(flight, "cancelled", None)
@@ -244,7 +259,7 @@ class LMServer:
                 primary_free=bool(primary.free),
                 occupancy=primary.in_use,
                 fallback_free=bool(fallback is not None and fallback.free),
-                wait_ms=1e3 * (time.perf_counter() - flight.arrival) + self._wait_ms(rank),
+                wait_ms=1e3 * (time.perf_counter() - flight.arrival) + self._wait_ms(self.waiting.index(flight)),
             )
             if where == "wait":
                 continue
@@ -255,7 +270,13 @@ class LMServer:
             engine, flight.model = self.engines[where], where
             flight.rung = self.controller.start_rung(float(flight.request.checked.threshold_B[0]))
             start = time.perf_counter()
-            token = await loop.run_in_executor(self._pool, engine.join, flight.request.prompt, flight.request.checked)
+            try:
+                token = await loop.run_in_executor(
+                    self._pool, engine.join, flight.request.prompt, flight.request.checked
+                )
+            except Exception as e:  # in neither list now: answered here, before the rest fail
+                self._finish(flight, "error", None, f"{e.__class__.__name__}: {e}"[:200])
+                raise
             if where == "primary":
                 self.controller.observe_prefill(1e3 * (time.perf_counter() - start))
             flight.slot, flight.prefill_flops, flight.joined_at = token.slot, token.flops, time.perf_counter()
@@ -328,7 +349,8 @@ class LMServer:
         n = len(flight.tokens)
         tpot = 1e3 * (flight.last_at - flight.first_at) / (n - 1) if n > 1 else None
         budget = flight.request.limits.get("flops_budget")
-        within = None if budget is None else flight.decode_flops <= budget * (1 + 1e-6)
+        finished = status in ("ok", "degraded", "fallback")
+        within = None if budget is None or not finished else flight.decode_flops <= budget * (1 + 1e-6)
         self.stats.finished(status, ttft, tpot, within)
         flight.text.append(flight.decoder.decode(b"", final=True))
         summary = {
