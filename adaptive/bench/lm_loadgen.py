@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 import aiohttp
 import numpy as np
@@ -138,7 +137,3 @@ def _agreement(tokens: list[int], reference: list[int]) -> float:
     got = np.full(n, -1)
     got[: min(n, len(tokens))] = tokens[:n]
     return float((got == np.asarray(reference)).mean())
-
-
-def wall_clock() -> float:
-    return time.time()
