@@ -101,6 +101,19 @@ def run(args, overrides: list[str]) -> int:
             repeats=args.repeats,
             json_out=args.json,
         )
+    elif args.bench == "quant":
+        from adaptive.bench import quant
+        from adaptive.config import ConfigError
+        from adaptive.nn.quantize import PRECISIONS
+
+        precisions = [p for p in args.precisions.split(",") if p]
+        unknown = [p for p in precisions if p not in PRECISIONS]
+        if unknown or not precisions:
+            raise ConfigError(f"--precisions {args.precisions!r}: each must be one of {', '.join(PRECISIONS)}")
+        batches = [int(v) for v in args.batches.split(",") if v]
+        if not batches or min(batches) < 1:
+            raise ConfigError(f"--batches {args.batches!r}: give batch sizes >= 1")
+        quant.run(args.workdir, precisions, batches, repeats=args.repeats, limit=args.limit, json_out=args.json)
     else:
         from adaptive.bench import act_train
 

@@ -236,6 +236,7 @@ def _add_bench(commands) -> None:
     _add_bench_moe(kinds)
     _add_bench_lm(kinds)
     _add_bench_generate(kinds)
+    _add_bench_quant(kinds)
 
 
 def _add_bench_generate(kinds) -> None:
@@ -341,3 +342,14 @@ def _add_bench_moe(kinds) -> None:
     moe.add_argument("--capacity-factor", type=float, default=1.25)
     moe.add_argument("--block-size", type=int, default=128, help="rows per block of block dispatch")
     moe.add_argument("--repeats", type=int, default=20)
+
+
+def _add_bench_quant(kinds) -> None:
+    """`adaptive bench quant`: a trained run at each precision, calibrated on validation data."""
+    quant = kinds.add_parser("quant", help="a trained run at fp32, bf16, int8 and int4 side by side")
+    quant.add_argument("--workdir", required=True, help="a trained run (classifier or language model)")
+    quant.add_argument("--precisions", default="fp32,bf16,int8,int4", help="comma-separated: fp32,bf16,int8,int4")
+    quant.add_argument("--batches", default="1,16,64", help="comma-separated batch sizes")
+    quant.add_argument("--repeats", type=int, default=30)
+    quant.add_argument("--limit", type=int, help="score on the validation split's first N examples (windows)")
+    quant.add_argument("--json", metavar="OUT", help="write the rows here")

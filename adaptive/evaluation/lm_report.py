@@ -164,6 +164,14 @@ def _point(run: Run, tokens: dict[str, np.ndarray], knobs: Knobs) -> dict:
     return point
 
 
+def score_point(run: Run, split: str, knobs: Knobs | None = None, limit: int | None = None) -> dict:
+    """One operating point of `run` on `split` (default: every block, as trained), as the
+    report's points read: bits per byte, next-byte accuracy, blocks and FLOPs per token."""
+    knobs = knobs or Knobs()
+    forward = _forward(run, knobs.threshold is not None, knobs.confidence)
+    return _point(run, _per_token(run, split, forward, knobs, limit), knobs)
+
+
 def lm_report(
     run: Run, split: str, out_dir: Path, *, limit: int | None = None, points: list[Knobs] | None = None
 ) -> tuple[dict, list[Path]]:

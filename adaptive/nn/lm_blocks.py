@@ -15,6 +15,7 @@ from flax import nnx
 
 from adaptive.nn.blocks import make_moe
 from adaptive.nn.moe import MoEOutput
+from adaptive.nn.quantize import QLinear
 
 ROTARY_BASE = 10_000.0
 
@@ -75,6 +76,8 @@ class CausalAttention(nnx.Module):
     def _project(self, x_BxTxD, columns: slice) -> jax.Array:
         """Some columns of the q | k | v projection, computed in the layer's dtype as nnx.Linear
         computes all of them (so a bfloat16 model decodes with the full pass's numbers)."""
+        if isinstance(self.qkv, QLinear):  # a quantized model: the same integer matmul, fewer columns
+            return self.qkv.columns(x_BxTxD, columns)
         kernel = self.qkv.kernel[...][:, columns].astype(self.dtype)
         return x_BxTxD.astype(self.dtype) @ kernel
 
