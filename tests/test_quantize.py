@@ -76,6 +76,7 @@ def test_every_classifier_kind_answers_close_to_fp32_with_fewer_weight_bytes(con
         routers = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.Linear)]
         assert routers and all(r.kernel[...].dtype == jnp.float32 for r in routers)
         assert not any(isinstance(m, nnx.Linear) and m.kernel[...].shape[-1] > 8 for _, m in nnx.iter_graph(model))
+        assert not any(isinstance(m, nnx.LinearGeneral) for _, m in nnx.iter_graph(model))  # attention too
 
 
 def test_the_language_model_quantizes_embeddings_and_blocks_and_still_predicts():
