@@ -82,14 +82,23 @@ def moe_flops(width: int, cfg, tokens: int, *, train: bool, useful: bool) -> tup
 
 
 def flops_model(
-    cfg, input_shape: tuple[int, ...], num_classes: int, *, batch: int = 1, train: bool = False, useful: bool = False
+    cfg,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    *,
+    batch: int = 1,
+    train: bool = False,
+    useful: bool = False,
+    ffn_hidden: int | None = None,
 ) -> FlopsModel:
     """The FlopsModel of `cfg`'s network (a whole Config). `batch` matters only for experts,
-    whose capacity, and so executed work, depends on how many tokens are routed together."""
+    whose capacity, and so executed work, depends on how many tokens are routed together.
+    `ffn_hidden`: the dense feed-forward's hidden units when pruning left fewer than 2 x width."""
     d_in, width = math.prod(input_shape), cfg.model.hidden
     kind, moe = cfg.model.kind, cfg.moe if cfg.moe.enabled else None
     head = dense_flops(width, num_classes)
-    dense_ffn = dense_flops(width, 2 * width) + dense_flops(2 * width, width)
+    ffn_width = ffn_hidden or 2 * width
+    dense_ffn = dense_flops(width, ffn_width) + dense_flops(ffn_width, width)
     experts = (0.0, 0.0, 0.0)  # (applications per example per step, the fewest, FLOPs of one)
     policy = policy_of(cfg.halting)
     if kind == "rnn":
@@ -110,7 +119,7 @@ def flops_model(
         length = d_in
         fixed = length * (dense_flops(1, width) + width) + layer_norm_flops(width) + length * width + head
         attention = 4 * dense_flops(width, width) + 2 * 2.0 * length * width + 5.0 * length * cfg.model.num_heads
-        ffn = dense_ffn + 8.0 * 2 * width
+        ffn = dense_ffn + 8.0 * ffn_width
         if moe:
             ffn, passes, one = moe_flops(width, moe, batch * length, train=train, useful=useful)
             experts = (length * passes, length, one)

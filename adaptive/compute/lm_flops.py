@@ -90,13 +90,22 @@ class LMFlops:
 
 
 def lm_flops(
-    cfg, length: int, vocab: int, *, batch: int = 1, train: bool = False, exiting: bool = False, decoding: bool = False
+    cfg,
+    length: int,
+    vocab: int,
+    *,
+    batch: int = 1,
+    train: bool = False,
+    exiting: bool = False,
+    decoding: bool = False,
+    ffn_hidden: int | None = None,
 ) -> LMFlops:
     """The LMFlops of `cfg`'s language model on windows of `length` tokens. `exiting`: inference
     with a threshold (classifier and saturation confidences then skip the exits' heads).
     `decoding`: one token at a time over a KV cache of `length` slots (adaptive.nn.lm_decode): a
     MoD block a token runs attends over the whole cache, and the blocks above a token's exit
-    cost their key/value projection (`fill_costs`)."""
+    cost their key/value projection (`fill_costs`). `ffn_hidden`: the dense feed-forward's hidden
+    units when pruning left fewer than 4 x width."""
     width, heads, lm = cfg.model.hidden, cfg.model.num_heads, cfg.lm
     moe = moe_layers(cfg) if cfg.moe.enabled else None  # the experts as the model builds them
     head = dense_flops(width, vocab, bias=False)
@@ -109,7 +118,8 @@ def lm_flops(
         if moe:
             ffn = moe_flops(width, moe, batch * length, train=train, useful=False)[0]
         else:
-            ffn = dense_flops(width, 4 * width) + dense_flops(4 * width, width) + 8.0 * 4 * width
+            hidden = ffn_hidden or 4 * width
+            ffn = dense_flops(width, hidden) + dense_flops(hidden, width) + 8.0 * hidden
         return 2 * layer_norm_flops(width) + attention + ffn + 2.0 * width
 
     depth = step_cap(cfg)  # ACT: the cap on its shared block's steps

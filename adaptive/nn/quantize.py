@@ -68,10 +68,7 @@ class QWeight(nnx.Module):
         if precision == "bf16":
             self.values, self.scale = nnx.Param(w.astype(jnp.bfloat16)), None
             return
-        levels = LEVELS[precision]
-        amax = jnp.max(jnp.abs(w), axis=self.axis, keepdims=True) * clip
-        scale = jnp.where(amax > 0, amax / levels, 1.0).astype(jnp.float32)
-        q = jnp.clip(jnp.round(w / scale), -levels, levels).astype(jnp.int8)
+        q, scale = _quantized(w, precision, clip, (self.axis,))
         self.values = nnx.Param(_pack(q, self.axis) if precision == "int4" else q)
         self.scale = nnx.Param(scale)
 
@@ -90,6 +87,14 @@ class QWeight(nnx.Module):
         if self.precision == "bf16":
             return jax.lax.optimization_barrier(self.values[...]).astype(jnp.float32)[index]
         return (self.integers().astype(jnp.float32) * self.scale[...])[index]
+
+
+def _quantized(w: jax.Array, precision: str, clip: float, axes: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """(int8 values, float32 scale) of `w`, one scale per channel of the axes other than `axes`."""
+    levels = LEVELS[precision]
+    amax = jnp.max(jnp.abs(w), axis=axes, keepdims=True) * clip
+    scale = jnp.where(amax > 0, amax / levels, 1.0).astype(jnp.float32)
+    return jnp.clip(jnp.round(w / scale), -levels, levels).astype(jnp.int8), scale
 
 
 def _pack(q: jax.Array, axis: int) -> jax.Array:
@@ -158,7 +163,7 @@ class QLinearGeneral(nnx.Module):
 
     def __init__(self, linear: nnx.LinearGeneral, precision: str, clip: float = 1.0):
         self.in_axes, self.out_features = len(linear.in_features), tuple(linear.out_features)
-        if linear.batch_axis or tuple(linear.axis) != tuple(range(-self.in_axes, 0)):
+        if not _trailing(linear):
             raise ValueError("only a LinearGeneral over trailing axes, without batch axes, is quantized")
         flat = linear.kernel[...].reshape(math.prod(linear.in_features), math.prod(self.out_features))
         self.kernel = QWeight(flat, precision, clip, axis=0)
@@ -199,16 +204,58 @@ def quantize_model(graphdef: nnx.GraphDef, params, precision: str, clip: float =
     if check_precision(precision) == "fp32":
         return graphdef, params
     model = nnx.merge(graphdef, params)
-    _rewrite(model, precision, clip)
+    for parent, name, child in list(_targets(model)):
+        if isinstance(child, MoEFeedForward):
+            child.w_in = QWeight(child.w_in[...], precision, clip, axis=-2)
+            child.w_out = QWeight(child.w_out[...], precision, clip, axis=-2)
+            continue
+        kind = QLinear if isinstance(child, nnx.Linear) else QEmbed if isinstance(child, nnx.Embed) else QLinearGeneral
+        if isinstance(parent, nnx.List):
+            parent[name] = kind(child, precision, clip)
+        else:
+            setattr(parent, name, kind(child, precision, clip))
     return nnx.split(model, nnx.Param)
 
 
-def _rewrite(node, precision: str, clip: float) -> None:
-    """Replaces, below `node`, each Linear and Embed by its quantized module and each MoE's
-    expert weights by QWeights; the decision layers (DECISIONS) are left alone."""
+def fake_quantizer(graphdef: nnx.GraphDef, precision: str, clip: float = 1.0):
+    """`params -> params` for quantization-aware training: each weight `quantize_model` would
+    quantize takes its quantized value in the forward pass and passes gradients straight through
+    (w + stop_gradient(q(w) - w)). Inputs are not fake-quantized: their per-row int8 error is
+    small next to the weights' at 4 bits."""
+    check_precision(precision)
+
+    def round_trip(w: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+        if precision == "bf16":
+            q = w.astype(jnp.bfloat16).astype(w.dtype)
+        else:
+            values, scale = _quantized(w, precision, clip, axes)
+            q = values.astype(w.dtype) * scale
+        return w + jax.lax.stop_gradient(q - w)
+
+    def transform(params):
+        if precision == "fp32":
+            return params
+        model = nnx.merge(graphdef, params)
+        for _, _, child in list(_targets(model)):
+            if isinstance(child, MoEFeedForward):
+                child.w_in[...] = round_trip(child.w_in[...], (child.w_in.ndim - 2,))
+                child.w_out[...] = round_trip(child.w_out[...], (child.w_out.ndim - 2,))
+            elif isinstance(child, nnx.Embed):
+                child.embedding[...] = round_trip(child.embedding[...], (1,))
+            else:  # Linear: its input axis; LinearGeneral: its leading (input) axes
+                inputs = len(child.in_features) if isinstance(child, nnx.LinearGeneral) else 1
+                child.kernel[...] = round_trip(child.kernel[...], tuple(range(inputs)))
+        return nnx.state(model, nnx.Param)
+
+    return transform
+
+
+def _targets(node):
+    """(parent, name, module) below `node` for each Linear, LinearGeneral over trailing axes and
+    Embed a quantized model rewrites, and (node, None, node) for each MoE layer (its experts);
+    the decision layers (DECISIONS) are left out."""
     if isinstance(node, MoEFeedForward):
-        node.w_in = QWeight(node.w_in[...], precision, clip, axis=-2)
-        node.w_out = QWeight(node.w_out[...], precision, clip, axis=-2)
+        yield node, None, node
     if isinstance(node, nnx.List):
         children = list(enumerate(node))
     elif isinstance(node, nnx.Module):
@@ -218,19 +265,17 @@ def _rewrite(node, precision: str, clip: float) -> None:
     for name, child in children:
         if name in DECISIONS or isinstance(child, (QWeight, QLinear, QLinearGeneral, QEmbed)):
             continue
-        if isinstance(child, nnx.Linear):
-            new = QLinear(child, precision, clip)
-        elif isinstance(child, nnx.LinearGeneral):
-            new = QLinearGeneral(child, precision, clip)
-        elif isinstance(child, nnx.Embed):
-            new = QEmbed(child, precision, clip)
+        if isinstance(child, (nnx.Linear, nnx.Embed)) or _trailing(child):
+            yield node, name, child
         else:
-            _rewrite(child, precision, clip)
-            continue
-        if isinstance(node, nnx.List):
-            node[name] = new
-        else:
-            setattr(node, name, new)
+            yield from _targets(child)
+
+
+def _trailing(module) -> bool:
+    """A LinearGeneral over its input's trailing axes without batch axes (attention's)."""
+    if not isinstance(module, nnx.LinearGeneral):
+        return False
+    return not module.batch_axis and tuple(module.axis) == tuple(range(-len(module.in_features), 0))
 
 
 def weight_bytes(params) -> int:

@@ -187,8 +187,9 @@ def router_z_loss(logits_TxE: jax.Array) -> jax.Array:
 
 
 def routing_metrics(routing: Routing, num_experts: int) -> dict[str, jax.Array]:
-    """moe/experts_per_token (requested), moe/drop_fraction,
-    moe/expert_usage (per expert), moe/usage_entropy, moe/router_confidence."""
+    """moe/experts_per_token (requested), moe/drop_fraction, moe/expert_usage (per expert: its
+    share of kept assignments), moe/gate_mass (per expert: its mean router probability),
+    moe/usage_entropy, moe/router_confidence."""
     kept = routing.kept_A.astype(jnp.float32)
     usage = jnp.zeros(num_experts).at[routing.expert_A].add(kept)
     share = usage / jnp.maximum(usage.sum(), 1.0)
@@ -198,6 +199,7 @@ def routing_metrics(routing: Routing, num_experts: int) -> dict[str, jax.Array]:
         "moe/experts_per_token": routing.active_A.sum() / routing.probs_TxE.shape[0],
         "moe/drop_fraction": 1.0 - kept.sum() / requested,
         "moe/expert_usage": share,
+        "moe/gate_mass": routing.probs_TxE.mean(0),
         "moe/usage_entropy": entropy,
         "moe/router_confidence": routing.probs_TxE.max(-1).mean(),
     }

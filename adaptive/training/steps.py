@@ -28,15 +28,18 @@ def init_state(
     budget=None,
     batch_size: int = 2,
     loss_fn: Callable | None = None,
+    sequence: bool | None = None,
 ) -> dict:
     """A fresh train state. The running metric sums take the shapes the loss reports (found by
     tracing it once, abstractly, on a batch of `batch_size`: the train batch's, so that experts'
     routing groups divide it as they will in training), so a model with experts gets its moe/
     metrics too. `loss_fn` (see `make_train_step`) given, the batch is a sequence task's:
-    tokens in, next tokens out."""
+    tokens in, next tokens out (`sequence` says so when a classifier's loss is given too)."""
     rows = batch_size
-    if loss_fn is None:
-        loss_fn = _loss_fn(graphdef, halting_cfg, budget)
+    if sequence is None:
+        sequence = loss_fn is not None
+    loss_fn = loss_fn or classifier_loss_fn(graphdef, halting_cfg, budget)
+    if not sequence:
         batch = {
             "x": jax.ShapeDtypeStruct((rows, *input_shape), jnp.float32),
             "y": jax.ShapeDtypeStruct((rows,), jnp.int32),
@@ -66,7 +69,7 @@ def reset_metric_sums(state: dict) -> dict:
     return {**state, "metric_sums": zeros, "metric_count": jnp.zeros_like(state["metric_count"])}
 
 
-def _loss_fn(graphdef: nnx.GraphDef, halting_cfg, budget=None) -> Callable:
+def classifier_loss_fn(graphdef: nnx.GraphDef, halting_cfg, budget=None) -> Callable:
     def loss_fn(params, batch, multiplier, key):
         # Under a distribution of request budgets each example halts at a cap drawn from it.
         limit_B = None if budget is None else budget.sample_steps(key, batch["x"].shape[0])
@@ -92,7 +95,7 @@ def make_train_step(
     objective (the language model's: adaptive.training.lm_steps).
     """
 
-    loss_fn = loss_fn or _loss_fn(graphdef, halting_cfg, budget)
+    loss_fn = loss_fn or classifier_loss_fn(graphdef, halting_cfg, budget)
 
     def train_step(state: dict, batch: dict) -> dict:
         multiplier = state["multiplier"]

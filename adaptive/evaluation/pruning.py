@@ -1,0 +1,94 @@
+"""Structured pruning of a trained run, with its expert scores measured on validation data and a
+short fine-tune.
+
+Experts are scored by what the routers did on the validation split: each expert's share of the
+kept assignments (routed load) plus its mean router probability (gate mass), both summing to 1
+over the experts, so an expert that is often picked or often nearly picked is kept. The scores are
+read from the training forward pass (every step to the cap), whose routing metrics
+`moe/expert_usage` and `moe/gate_mass` are means over steps: exact per layer for the classifiers'
+shared block (ACT, PonderNet); a stack of distinct MoE blocks would share one score, so it is
+refused. Hidden units need no data (adaptive.nn.prune ranks them by magnitude).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from flax import nnx
+
+from adaptive.compute.flops import flops_model
+from adaptive.compute.lm_flops import lm_flops
+from adaptive.config import step_cap
+from adaptive.evaluation.quantization import Variant, score
+from adaptive.inference.restore import Run
+from adaptive.inference.scoring import split_batches
+from adaptive.nn.prune import feed_forward_blocks, moe_layers, prune_model
+from adaptive.nn.quantize import weight_bytes
+from adaptive.training.fine_tune import fine_tune
+
+
+def expert_scores(run: Run, split: str = "validation", limit: int | None = 2048) -> list[np.ndarray] | None:
+    """One score per expert of each MoE layer (None without experts): routed load + gate mass."""
+    layers = moe_layers(nnx.merge(run.graphdef, run.params))
+    if not layers:
+        return None
+    if run.cfg.model.kind == "lm" or len(layers) > 1:
+        raise ValueError(
+            "expert pruning reads routing from a classifier's single MoE block; this model has "
+            f"{len(layers)} MoE layer(s) of kind {run.cfg.model.kind!r}"
+        )
+    graphdef = run.graphdef
+
+    @jax.jit
+    def routing(params, x):
+        metrics = nnx.merge(graphdef, params)(x).metrics
+        return metrics["moe/expert_usage"], metrics["moe/gate_mass"]
+
+    load, mass, batches = 0.0, 0.0, 0
+    for batch, _ in split_batches(run.cfg, split, run.cfg.train.batch_size, limit):
+        usage, gate = jax.device_get(routing(run.params, batch["x"]))
+        load, mass, batches = load + usage, mass + gate, batches + 1
+    return [(np.asarray(load) + np.asarray(mass)) / max(batches, 1)]
+
+
+def flops_of(run: Run) -> float:
+    """FLOPs of the run's model as its shapes stand (pruned or not): per example at the step
+    cap for a classifier, per token through every block for a language model."""
+    model = nnx.merge(run.graphdef, run.params)
+    blocks, layers, cfg = feed_forward_blocks(model), moe_layers(model), run.cfg
+    hidden = blocks[0].up.kernel[...].shape[-1] if blocks else None
+    if layers:
+        cfg = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, num_experts=layers[0].num_experts))
+    if cfg.model.kind == "lm":
+        tokens = lm_flops(cfg, run.spec.input_shape[0], run.spec.num_classes, ffn_hidden=hidden)
+        return float(tokens.extremes(False)[1])
+    flops = flops_model(cfg, run.spec.input_shape, run.spec.num_classes, ffn_hidden=hidden)
+    return float(flops.at_steps(step_cap(cfg)))
+
+
+def pruned(
+    run: Run,
+    fraction: float,
+    *,
+    fine_tune_steps: int = 200,
+    split: str = "validation",
+    limit: int | None = None,
+    log=None,
+) -> Variant:
+    """The run with `fraction` of its feed-forward hidden units and experts removed, fine-tuned
+    for `fine_tune_steps` steps on the train split, scored on `split`."""
+    if split == "test":
+        raise ValueError("pruning is judged on validation data; the test split is read once, at the end")
+    scores = expert_scores(run, split) if fraction > 0 else None
+    graphdef, params = prune_model(run.graphdef, run.params, fraction, scores)
+    before = score(dataclasses.replace(run, graphdef=graphdef, params=params), split, limit)
+    if log:
+        log(f"pruned {fraction:g}: {before} before fine-tuning")
+    if fraction > 0 and fine_tune_steps > 0:
+        params = fine_tune(run.cfg, run.spec, graphdef, params, fine_tune_steps, budget=run.budget, log=log)
+    variant = dataclasses.replace(run, graphdef=graphdef, params=params)
+    after = score(variant, split, limit)
+    candidates = [{"fine_tune_steps": 0, **before}, {"fine_tune_steps": fine_tune_steps, **after}]
+    return Variant("fp32", 1.0, variant, after, weight_bytes(params), candidates, prune=fraction)

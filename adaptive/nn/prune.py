@@ -1,0 +1,88 @@
+"""Structured pruning: whole feed-forward hidden units and whole experts, cut out of the shapes.
+
+A mask would leave XLA computing every zero (DESIGN.md: masking saves nothing), so pruning
+slices the weights and the model runs smaller matmuls:
+
+- feed-forward hidden units (each block's `up` -> `down` pair: the MLP, transformer and language
+  model blocks) are ranked by magnitude, ||up[:, j]|| * ||down[j, :]||: the most unit j can add
+  to the block's output per unit of input. A block reused at every step (ACT, PonderNet) is
+  pruned once;
+- experts are ranked by a score per expert of each MoE layer, measured on data by the caller
+  (adaptive.evaluation.pruning: routed load and gate mass on the validation split); at least k
+  are kept, since a token is routed to k of them.
+
+`fraction` is the share removed from each (rounded down, at least one unit kept). Attention
+heads are not pruned here.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from adaptive.nn.moe import MoEFeedForward
+
+
+def feed_forward_blocks(model: nnx.Module) -> list[nnx.Module]:
+    """The blocks with an `up` -> `down` pair of Linear layers, each once."""
+    return [
+        m
+        for _, m in nnx.iter_graph(model)
+        if isinstance(getattr(m, "up", None), nnx.Linear) and isinstance(getattr(m, "down", None), nnx.Linear)
+    ]
+
+
+def moe_layers(model: nnx.Module) -> list[MoEFeedForward]:
+    return [m for _, m in nnx.iter_graph(model) if isinstance(m, MoEFeedForward)]
+
+
+def kept(scores, fraction: float, least: int = 1) -> np.ndarray:
+    """Indices (ascending) of the highest scores after removing `fraction` of them."""
+    scores = np.asarray(scores, np.float64)
+    count = max(least, len(scores) - int(np.floor(fraction * len(scores))))
+    return np.sort(np.argsort(-scores, kind="stable")[:count])
+
+
+def unit_scores(block: nnx.Module) -> np.ndarray:
+    up, down = np.asarray(block.up.kernel[...]), np.asarray(block.down.kernel[...])
+    return np.linalg.norm(up, axis=0) * np.linalg.norm(down, axis=1)
+
+
+def prune_model(graphdef: nnx.GraphDef, params, fraction: float, expert_scores: list | None = None):
+    """(graphdef, params) with `fraction` of every feed-forward's hidden units removed and, when
+    `expert_scores` gives one score array per MoE layer (in `moe_layers` order), `fraction` of
+    each layer's experts. fraction 0: unchanged."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"a pruning fraction must be in [0, 1); got {fraction}")
+    if fraction == 0:
+        return graphdef, params
+    model = nnx.merge(graphdef, params)
+    for block in feed_forward_blocks(model):
+        _slice_units(block, kept(unit_scores(block), fraction))
+    layers = moe_layers(model)
+    if expert_scores is not None:
+        if len(expert_scores) != len(layers):
+            raise ValueError(f"{len(expert_scores)} expert score arrays for {len(layers)} MoE layers")
+        for layer, scores in zip(layers, expert_scores, strict=True):
+            if len(scores) != layer.num_experts:
+                raise ValueError(f"{len(scores)} expert scores for a layer of {layer.num_experts} experts")
+            _slice_experts(layer, kept(scores, fraction, least=layer.k))
+    return nnx.split(model, nnx.Param)
+
+
+def _slice_units(block: nnx.Module, keep: np.ndarray) -> None:
+    up, down, index = block.up, block.down, jnp.asarray(keep)
+    up.kernel = nnx.Param(up.kernel[...][:, index])
+    if up.bias is not None:
+        up.bias = nnx.Param(up.bias[...][index])
+    down.kernel = nnx.Param(down.kernel[...][index, :])
+    up.out_features = down.in_features = len(keep)
+
+
+def _slice_experts(layer: MoEFeedForward, keep: np.ndarray) -> None:
+    index = jnp.asarray(keep)
+    for name in ("w_in", "b_in", "w_out", "b_out"):
+        setattr(layer, name, nnx.Param(getattr(layer, name)[...][index]))
+    layer.router.kernel = nnx.Param(layer.router.kernel[...][:, index])
+    layer.router.out_features = layer.num_experts = len(keep)

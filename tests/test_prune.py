@@ -1,0 +1,116 @@
+"""Structured pruning: removed units are exactly masked units, XLA runs the smaller shapes, expert
+scores come from validation routing, and the fine-tunes (after pruning, quantization-aware) train."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from adaptive import config as config_lib
+from adaptive import data
+from adaptive.evaluation.pruning import expert_scores, flops_of, pruned
+from adaptive.inference.export import serving_function
+from adaptive.inference.infer import budgeted_infer
+from adaptive.inference.restore import Run, load_run
+from adaptive.nn.models import build_model
+from adaptive.nn.prune import feed_forward_blocks, kept, moe_layers, prune_model, unit_scores
+from adaptive.nn.quantize import QWeight, fake_quantizer
+from adaptive.training.fine_tune import fine_tune
+from tests.helpers import ROOT, train_tiny
+
+
+def test_kept_drops_the_lowest_scores_and_keeps_at_least_the_floor():
+    assert kept([5, 1, 4, 2], 0.5).tolist() == [0, 2]
+    assert kept([5, 1, 4, 2], 0.9).tolist() == [0]
+    assert kept([5, 1, 4, 2], 0.9, least=2).tolist() == [0, 2]
+    assert kept([3, 3, 3], 0.0).tolist() == [0, 1, 2]
+
+
+def _built(config: str, tmp_path, *overrides: str):
+    cfg = config_lib.load(str(ROOT / config), [f"--config.data.data_dir={tmp_path}", *overrides])
+    spec = data.prepare(cfg.data)
+    return cfg, spec, nnx.split(build_model(cfg, spec), nnx.Param)
+
+
+@pytest.mark.parametrize("config", ["configs/mnist1d.py:tiny", "configs/sut.py:tiny"])
+def test_a_pruned_model_answers_as_the_original_with_those_units_zeroed(config, tmp_path):
+    """Removing unit j of relu/gelu(x @ up + b) @ down is the same as zeroing its column, bias and
+    row: so pruning cuts exactly the units it says it cuts, nothing else."""
+    cfg, spec, (graphdef, params) = _built(config, tmp_path, "--config.moe.enabled=false")
+    graphdef_p, params_p = prune_model(graphdef, params, 0.5)
+    masked = nnx.merge(graphdef, params)
+    for block in feed_forward_blocks(masked):
+        drop = np.setdiff1d(np.arange(block.up.kernel[...].shape[1]), kept(unit_scores(block), 0.5))
+        block.up.kernel[...] = block.up.kernel[...].at[:, drop].set(0.0)
+        block.up.bias[...] = block.up.bias[...].at[drop].set(0.0)
+        block.down.kernel[...] = block.down.kernel[...].at[drop, :].set(0.0)
+    graphdef_m, params_m = nnx.split(masked, nnx.Param)
+    x = jnp.asarray(np.random.RandomState(0).standard_normal((8, *spec.input_shape)), jnp.float32)
+    budget = jnp.full((8,), 3, jnp.int32)
+    want = jax.jit(budgeted_infer(graphdef_m, None))(params_m, x, budget).logits_BxC
+    got = jax.jit(budgeted_infer(graphdef_p, None))(params_p, x, budget).logits_BxC
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    widths = [b.up.kernel[...].shape[1] for b in feed_forward_blocks(nnx.merge(graphdef_p, params_p))]
+    assert widths and all(w == cfg.model.hidden for w in widths)  # 2 x hidden halved
+
+
+def test_xla_runs_the_pruned_shapes_and_the_analytic_flops_follow_them(tmp_path):
+    cfg, spec, (graphdef, params) = _built("configs/mnist1d.py", tmp_path, "--config.model.hidden=64")
+    x, budget = jnp.ones((1, *spec.input_shape), jnp.float32), jnp.ones((1,), jnp.int32)
+    run = Run(tmp_path, cfg, spec, graphdef, params, 0)
+    counted = {}
+    for fraction in (0.0, 0.5):
+        g, p = prune_model(graphdef, params, fraction)
+        compiled = jax.jit(serving_function(g, p)).lower(x, budget).compile()
+        counted[fraction] = (
+            compiled.cost_analysis()["flops"],
+            flops_of(dataclasses.replace(run, graphdef=g, params=p)),
+        )
+    for xla, analytic in counted.values():
+        assert abs(analytic - xla) <= 0.1 * xla
+    assert counted[0.5][0] < 0.75 * counted[0.0][0]  # the compiled program does less work
+
+
+@pytest.fixture(scope="module")
+def sut(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune-sut")
+    train_tiny(root / "run", 10, config="configs/sut.py:tiny", overrides=(f"--config.data.data_dir={root / 'd'}",))
+    return load_run(root / "run")
+
+
+def test_expert_scores_are_validation_load_plus_gate_mass_and_pruning_keeps_k(sut):
+    (scores,) = expert_scores(sut, limit=256)
+    assert scores.shape == (sut.cfg.moe.num_experts,) and np.isclose(scores.sum(), 2.0, atol=1e-3)
+    variant = pruned(sut, 0.75, fine_tune_steps=2, limit=128)
+    (layer,) = moe_layers(nnx.merge(variant.run.graphdef, variant.run.params))
+    assert layer.num_experts == sut.cfg.moe.k  # 4 experts minus 3 would leave fewer than k = 2
+    assert layer.router.kernel[...].shape[-1] == layer.w_in[...].shape[0] == sut.cfg.moe.k
+    assert variant.prune == 0.75 and [c["fine_tune_steps"] for c in variant.candidates] == [0, 2]
+    assert flops_of(variant.run) < flops_of(sut)
+    with pytest.raises(ValueError, match="test split"):
+        pruned(sut, 0.5, split="test")
+
+
+def test_fake_quantization_forwards_quantized_weights_and_passes_gradients_straight_through(sut):
+    transform = fake_quantizer(sut.graphdef, "int4")
+    forward = transform(sut.params)
+    model = nnx.merge(sut.graphdef, forward)
+    (layer,), (original,) = moe_layers(model), moe_layers(nnx.merge(sut.graphdef, sut.params))
+    np.testing.assert_allclose(layer.w_in[...], QWeight(original.w_in[...], "int4", axis=-2)[...], rtol=1e-6)
+    assert not np.allclose(layer.w_in[...], original.w_in[...])
+    grads = jax.grad(lambda p: sum(jnp.sum(leaf) for leaf in jax.tree.leaves(transform(p))))(sut.params)
+    for leaf in jax.tree.leaves(grads):
+        np.testing.assert_allclose(leaf, np.ones_like(leaf))
+
+
+def test_fine_tune_trains_a_copy_and_leaves_the_callers_parameters_alone(sut):
+    before = jax.tree.map(np.asarray, sut.params)
+    tuned = fine_tune(sut.cfg, sut.spec, sut.graphdef, sut.params, 3, transform=fake_quantizer(sut.graphdef, "int8"))
+    after = jax.tree.map(np.asarray, sut.params)  # still readable: the donated state was a copy
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True))
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(tuned), jax.tree.leaves(before), strict=True))
