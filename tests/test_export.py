@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from adaptive.inference.export import COMPACTED_BATCHES, PARTIAL_MARK, ArtifactError, export_run, load_artifact
+from adaptive.inference.artifact_folder import PARTIAL_MARK
+from adaptive.inference.export import COMPACTED_BATCHES, ArtifactError, export_run, load_artifact
 from adaptive.inference.predictor import BudgetedPredictor
 from adaptive.inference.restore import load_run
 from tests.helpers import cli, train_tiny

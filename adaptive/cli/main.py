@@ -293,37 +293,9 @@ def _serve(args, overrides: list[str]) -> int:
 
 
 def _export(args, overrides: list[str]) -> int:
-    from adaptive.inference.export import export_run, load_artifact
-    from adaptive.workdir.config_file import load_config
+    from adaptive.cli.export_command import run
 
-    if load_config(args.workdir).model.kind == "lm":
-        from adaptive.inference.lm_export import export_lm_run, load_lm_artifact
-
-        out = export_lm_run(
-            args.workdir,
-            args.out,
-            prompt_capacity=args.prompt_capacity,
-            new_capacity=args.new_tokens,
-            slots=args.slots,
-            step=args.step,
-            force=args.force,
-        )
-        _, meta = load_lm_artifact(out)
-        print(
-            f"wrote {out} ({meta['bytes']} bytes, sha256 {meta['sha256'][:12]}...; prompts up to "
-            f"{meta['prompt_capacity']} bytes, up to {meta['new_capacity']} new, caps {meta['caps']}, "
-            f"default exit threshold {meta['exit_threshold']['default']:g}, {meta['slots']['count']} serving slots); "
-            "verified against the live decoder"
-        )
-        return 0
-
-    out = export_run(args.workdir, args.out, step=args.step, force=args.force, log=lambda line: print(line, flush=True))
-    _, meta = load_artifact(out)
-    print(
-        f"wrote {out} ({meta['bytes']} bytes, sha256 {meta['sha256'][:12]}..., caps: {meta['caps']}); "
-        "verified against the live model"
-    )
-    return 0
+    return run(args)
 
 
 def _reproduce(args, overrides: list[str]) -> int:

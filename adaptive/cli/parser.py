@@ -85,6 +85,11 @@ def _add_export(commands) -> None:
     export.add_argument(
         "--slots", type=int, default=8, metavar="S", help="language models: decode slots `adaptive serve` batches in"
     )
+    export.add_argument("--precision", default="fp32", help="operating points' precisions: fp32,bf16,int8,int4")
+    export.add_argument("--prune", default="0", help="operating points' pruned shares of units and experts, e.g. 0,0.5")
+    export.add_argument("--fine-tune-steps", type=int, default=200, help="fine-tune steps after pruning")
+    export.add_argument("--aware-steps", type=int, default=0, help="quantization-aware fine-tune steps (0: none)")
+    export.add_argument("--points-batch", type=int, default=16, help="batch the operating points are timed at")
 
 
 def _add_serve(commands) -> None:

@@ -24,7 +24,7 @@ from adaptive.config import step_cap
 from adaptive.evaluation.quantization import Variant, score
 from adaptive.inference.restore import Run
 from adaptive.inference.scoring import split_batches
-from adaptive.nn.prune import feed_forward_blocks, moe_layers, prune_model
+from adaptive.nn.prune import moe_layers, prune_model
 from adaptive.nn.quantize import weight_bytes
 from adaptive.training.fine_tune import fine_tune
 
@@ -57,8 +57,9 @@ def flops_of(run: Run) -> float:
     """FLOPs of the run's model as its shapes stand (pruned or not): per example at the step
     cap for a classifier, per token through every block for a language model."""
     model = nnx.merge(run.graphdef, run.params)
-    blocks, layers, cfg = feed_forward_blocks(model), moe_layers(model), run.cfg
-    hidden = blocks[0].up.kernel[...].shape[-1] if blocks else None
+    blocks = [m for _, m in nnx.iter_graph(model) if hasattr(getattr(m, "down", None), "kernel")]  # quantized too
+    layers, cfg = moe_layers(model), run.cfg
+    hidden = blocks[0].down.kernel.shape[0] if blocks else None
     if layers:
         cfg = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, num_experts=layers[0].num_experts))
     if cfg.model.kind == "lm":

@@ -36,6 +36,13 @@ def variant_file(k: int) -> str:
     return f"model-k{k}.jaxexport"
 
 
+def point_file(precision: str, prune: float) -> str:
+    """The file name of an operating point's function (adaptive.evaluation.operating_points): the
+    model at `precision` with a share `prune` of its units removed; the only name meta.json may
+    give it."""
+    return f"point-{precision}-p{round(prune * 100)}.jaxexport"
+
+
 def batch_file(batch: int) -> str:
     """The file name of the function compiled for exactly `batch` rows, whose halting loop shrinks
     to the rows still running (adaptive.nn.compaction); the only name meta.json may give it."""
@@ -134,6 +141,7 @@ class _Schema:
 
         self.variants(self.obj(meta.get("expert_variants", {}), "expert_variants"), k_max)
         self.batch_variants(self.obj(meta.get("batch_variants", {}), "batch_variants"))
+        self.points(meta.get("operating_points", []))
         self.compute(self.obj(self.get(meta, "compute_at_steps"), "compute_at_steps"), cap)
         by_experts = self.obj(meta.get("flops_at_expert_budgets") or {}, "flops_at_expert_budgets")
         for key, values in by_experts.items():
@@ -163,6 +171,26 @@ class _Schema:
             if batch is None or batch < 2:
                 raise self.fail("batch_variants", "keyed by batch sizes >= 2", key)
             self.blob(entry, f"batch_variants.{key}", batch_file(batch))
+
+    def points(self, points) -> None:
+        """Operating points (precision, prune): numbers in range, and a plain file of the artifact
+        for each but (fp32, 0), which is model.jaxexport."""
+        if not isinstance(points, list):
+            raise self.fail("operating_points", "a list", points)
+        for i, entry in enumerate(points):
+            path = f"operating_points[{i}]"
+            entry = self.obj(entry, path)
+            precision, prune = self.get(entry, "precision", path + "."), self.get(entry, "prune", path + ".")
+            if precision not in ("fp32", "bf16", "int8", "int4"):
+                raise self.fail(path + ".precision", "fp32, bf16, int8 or int4", precision)
+            if not (isinstance(prune, (int, float)) and 0 <= prune < 1):
+                raise self.fail(path + ".prune", "a number in [0, 1)", prune)
+            for key in ("accuracy", "flops", "weight_bytes"):
+                value = self.get(entry, key, path + ".")
+                if not (isinstance(value, (int, float)) and value >= 0):
+                    raise self.fail(f"{path}.{key}", "a number >= 0", value)
+            if (precision, prune) != ("fp32", 0):
+                self.blob(entry, path, point_file(precision, prune))
 
     def blob(self, entry, path: str, name: str) -> None:
         entry = self.obj(entry, path)

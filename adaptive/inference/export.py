@@ -23,12 +23,12 @@ versions, the blob's SHA-256, and meta.json's own SHA-256 (artifact_meta.py: its
 checksum). Loading validates meta.json and checks the checksums before deserializing, so a
 corrupted, truncated, swapped or edited file is refused; nothing is pickled. Plain JAX runs it
 without this package (README: five lines). Export verifies on the spot that the artifact answers
-exactly as the live model does.
+exactly as the live model does. With `--precision` and `--prune`, ART/point-*.jaxexport hold
+the model at other precisions and pruning levels, meta.json's `operating_points` their accuracy,
+FLOPs, weight bytes, memory and measured latency (adaptive.evaluation.operating_points).
 
-Export never deletes what it did not write: ART must be absent, an empty folder, or (with
-`force`) a previous artifact holding nothing but its meta.json and the blobs it names; ART may
-not be the run's workdir, inside it, or above it. It is staged in ART.partial (removed only when
-it is a previous partial export) and renamed into place: ART is never half-made.
+Export never deletes what it did not write (adaptive/inference/artifact_folder.py), and stages
+the artifact in ART.partial, renamed into place once verified: ART is never half-made.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import time
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from adaptive import data
 from adaptive.compute.flops import flops_model
 from adaptive.config import step_cap
 from adaptive.inference import outcomes
+from adaptive.inference.artifact_folder import PARTIAL_MARK, check_out, check_staging, remove_folder
 from adaptive.inference.artifact_meta import (
     BLOB,
     FORMAT,
@@ -71,9 +71,6 @@ OUTPUTS = ("prediction", "confidence", "steps", "experts")
 # batches are small, and the tokens of a batch share the experts' slots, so accuracy depends on
 # the batch size. Scored on the split's first examples: batch 1 is one call per example.
 SERVED_BATCHES, SERVED_EXAMPLES = (1, 2, 4, 8, 16, 32), 2048
-# Marks ART.partial as this tool's staging folder: only such a folder is ever removed.
-PARTIAL_MARK = ".adaptive-export-partial"
-_BLOB_NAME = re.compile(r"(model(-k[0-9]+|-b[0-9]+)?|slot-prefill|slot-step)\.jaxexport")
 # Batch sizes that also get a function of their own, compiled for exactly that many rows: there a
 # halting loop shrinks to the rows still running (adaptive.nn.compaction), which a symbolic batch
 # cannot (its bucket sizes are not comparable). The buckets of `adaptive serve` and the engine's
@@ -172,10 +169,19 @@ def _accuracy_rows(run: Run, split: str, k_max: int | None, batch: int, limit: i
     return rows, out.size
 
 
-def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None, force: bool = False, log=None) -> Path:
+def export_run(
+    workdir: str | Path,
+    out: str | Path,
+    *,
+    step: int | None = None,
+    force: bool = False,
+    log=None,
+    points=None,
+) -> Path:
     """The run in `workdir` written to the artifact folder `out`, verified against the live model.
     `force`: replace a previous artifact at `out`. `log(line)`: progress through the slow part
-    (scoring the accuracy tables)."""
+    (scoring the accuracy tables). `points(run) -> (entries, {file: blob})`: operating points
+    (adaptive.evaluation.operating_points) written beside the model and listed in meta.json."""
     run = load_run(workdir, step)
     out = Path(out)
     staging = out.with_name(out.name + ".partial")
@@ -200,6 +206,9 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
             concrete = (jax.ShapeDtypeStruct((b, *shape), jnp.float32), jax.ShapeDtypeStruct((b,), jnp.int32))
             by_batch[b] = bytes(jax.export.export(fn)(*concrete).serialize())
     meta = _meta(run, blob, variants, by_batch, log)
+    point_blobs = {}
+    if points is not None:
+        meta["operating_points"], point_blobs = points(run)
     # Written aside and moved into place once verified: ART is never a half-made artifact.
     check_staging(staging)
     try:
@@ -212,12 +221,14 @@ def export_run(workdir: str | Path, out: str | Path, *, step: int | None = None,
         (staging / variant_file(k)).write_bytes(b)
     for b, blob_b in by_batch.items():
         (staging / batch_file(b)).write_bytes(blob_b)
+    for name, blob_p in point_blobs.items():
+        (staging / name).write_bytes(blob_p)
     (staging / META).write_text(json.dumps(seal(meta), indent=1) + "\n")
     verify(staging, run)
     (staging / PARTIAL_MARK).unlink()
     check_out(out, run.workdir, force)  # again: the folder may have changed during the export
     if out.is_dir():
-        _remove(out)  # empty, or a previous artifact (force): nothing of a user's
+        remove_folder(out)  # empty, or a previous artifact (force): nothing of a user's
     staging.rename(out)
     return out
 
@@ -251,79 +262,18 @@ def _meta(run: Run, blob: bytes, variants: dict[int, bytes], by_batch: dict[int,
     }
 
 
-def check_out(out: Path, workdir: Path, force: bool) -> None:
-    """Refuses an `out` whose replacement would delete what this tool did not write."""
-    here, run = out.resolve(), Path(workdir).resolve()
-    if here == run or run in here.parents:
-        raise ArtifactError(f"--out {out} is inside the run's workdir {workdir}; write the artifact elsewhere")
-    if here in run.parents:
-        raise ArtifactError(f"--out {out} contains the run's workdir {workdir}; write the artifact elsewhere")
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise ArtifactError(f"--out {out} exists and is a file or a link, not a folder; nothing was written")
-    if not out.exists() or not any(out.iterdir()):
-        return
-    try:
-        meta = read_meta(out)
-        check_sealed(meta, out)
-    except ArtifactError:
-        raise ArtifactError(
-            f"--out {out} is a folder but not an artifact of `adaptive export` (no valid {META}); nothing was written"
-        ) from None
-    blobs = [*meta.get("expert_variants", {}).values(), *meta.get("batch_variants", {}).values()]
-    blobs += [meta["slots"][name] for name in ("prefill", "step") if name in meta.get("slots", {})]
-    named = {META, BLOB, *(entry["file"] for entry in blobs)}
-    for entry in sorted(out.iterdir()):
-        if entry.name not in named or entry.is_symlink() or not entry.is_file():
-            raise ArtifactError(
-                f"--out {out} holds {entry.name}, which is not part of an artifact; nothing was written (move it away)"
-            )
-    if not force:
-        raise ArtifactError(f"--out {out} is an artifact already; pass --force to replace it")
-
-
-def check_staging(staging: Path) -> None:
-    """Removes a previous partial export at `staging`; refuses anything else of that name."""
-    if not staging.exists() and not staging.is_symlink():
-        return
-    ours = staging.is_dir() and not staging.is_symlink()
-    entries = list(staging.iterdir()) if ours else []
-    names = {e.name for e in entries}
-    ours = ours and all(
-        (e.name in (META, PARTIAL_MARK) or _BLOB_NAME.fullmatch(e.name)) and e.is_file() and not e.is_symlink()
-        for e in entries
-    )
-    if not ours or (entries and PARTIAL_MARK not in names and not _is_artifact(staging)):
-        raise ArtifactError(f"{staging} exists and is not a partial export of `adaptive export`; move it away first")
-    _remove(staging)
-
-
-def _is_artifact(folder: Path) -> bool:
-    """A folder with a valid meta.json (an export stopped between verifying and renaming)."""
-    try:
-        read_meta(folder)
-    except ArtifactError:
-        return False
-    return True
-
-
-def _remove(folder: Path) -> None:
-    """Deletes a folder checked to hold only plain files this tool writes (never rmtree)."""
-    for entry in folder.iterdir():
-        entry.unlink()
-    folder.rmdir()
-
-
 def _cost_model_dict(model) -> dict:
     from dataclasses import asdict
 
     return {**asdict(model), "fits": {k: asdict(v) for k, v in model.fits.items()}}
 
 
-def load_artifact(path: str | Path, experts: int | None = None, batch: int | None = None):
+def load_artifact(path: str | Path, experts: int | None = None, batch: int | None = None, point=None):
     """(exported function, meta) after validating meta.json and checking that the blob is the one
     it describes and that it is the meta.json that was exported; `experts` picks a MoE model's
     function for that many experts per token (default: all); `batch`, the function compiled for
-    exactly that batch size (an ArtifactError when the artifact has none: see `batch_variants`)."""
+    exactly that batch size (an ArtifactError when the artifact has none: see `batch_variants`);
+    `point` = (precision, prune), an operating point's function (see `operating_points`)."""
     path = Path(path)
     meta = read_meta(path)
     entry = {"file": BLOB, "sha256": meta["sha256"], "bytes": meta["bytes"]}
@@ -334,6 +284,12 @@ def load_artifact(path: str | Path, experts: int | None = None, batch: int | Non
                 f"{path} has no function for batches of {batch}; it has {', '.join(by_batch) or 'none'}"
             )
         entry = by_batch[str(batch)]
+    if point is not None and tuple(point) != ("fp32", 0):
+        points = {(p["precision"], p["prune"]): p for p in meta.get("operating_points", []) if "file" in p}
+        if tuple(point) not in points:
+            have = ", ".join(f"{p} prune {f:g}" for p, f in points) or "none but fp32 prune 0"
+            raise ArtifactError(f"{path} has no operating point {point[0]} prune {point[1]:g}; it has {have}")
+        entry = points[tuple(point)]
     if experts is not None and experts != meta["caps"]["experts_per_token"]:
         variants = meta.get("expert_variants", {})
         if str(experts) not in variants:

@@ -32,8 +32,8 @@ import numpy as np
 from adaptive import config as config_lib
 from adaptive.data import byte_vocab
 from adaptive.inference import slot_export
+from adaptive.inference.artifact_folder import PARTIAL_MARK, check_out, check_staging, remove_folder
 from adaptive.inference.artifact_meta import BLOB, META, ArtifactError, check_sealed, parse_meta, seal
-from adaptive.inference.export import PARTIAL_MARK, _remove, check_out, check_staging
 from adaptive.inference.generate import STOP_REASONS, Decoder, Generation, GenerationLimits, decoder_for_run
 from adaptive.inference.restore import load_run
 from adaptive.inference.slots import SlotDecoder
@@ -90,7 +90,7 @@ def export_lm_run(
     (staging / PARTIAL_MARK).unlink()
     check_out(out, run.workdir, force)
     if out.is_dir():
-        _remove(out)
+        remove_folder(out)
     staging.rename(out)
     return out
 

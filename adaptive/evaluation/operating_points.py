@@ -1,0 +1,123 @@
+"""Precision and pruning as an artifact's operating points (`adaptive export --precision ...
+--prune ...`).
+
+Each point (precision, prune) is the run pruned (adaptive.evaluation.pruning: a share of its
+feed-forward units and experts removed, then a short fine-tune) and then quantized (calibrated on
+validation, adaptive.evaluation.quantization). It is written as its own `jax.export` function,
+the same signature as model.jaxexport, and described in meta.json's `operating_points`: file and
+checksum, validation accuracy, FLOPs per example at the step cap, weight bytes, device memory of
+its compiled inference at the serving batch (adaptive.compute.memory), and latency measured on
+this machine, every point timed side by side in interleaved rounds. A controller prices a point by
+that measured time, not by its bytes or FLOPs: on XLA:CPU a smaller precision saves memory and
+bytes moved, and only sometimes time. Point (fp32, 0) is model.jaxexport itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adaptive import data
+from adaptive.compute.memory import memory_report
+from adaptive.compute.timing import time_side_by_side
+from adaptive.config import step_cap
+from adaptive.evaluation.pruning import flops_of, pruned
+from adaptive.evaluation.quantization import Variant, quantized, score
+from adaptive.inference.artifact_meta import ArtifactError, point_file
+from adaptive.inference.export import serving_function
+from adaptive.inference.restore import Run
+from adaptive.nn.quantize import check_precision, weight_bytes
+
+
+def check_points(precisions: list[str], prunes: list[float]) -> list[tuple[str, float]]:
+    """Every (precision, prune) pair, refused in one line when a value is out of range."""
+    for precision in precisions:
+        check_precision(precision)
+    for prune in prunes:
+        if not 0 <= prune < 1:
+            raise ValueError(f"--prune {prune:g}: a share of units removed must be in [0, 1)")
+    if len(set(precisions)) != len(precisions) or len(set(prunes)) != len(prunes):
+        raise ValueError("--precision and --prune list each value once")
+    return [(p, f) for f in prunes for p in precisions]
+
+
+def operating_points(
+    run: Run,
+    precisions: list[str],
+    prunes: list[float],
+    *,
+    batch: int = 16,
+    fine_tune_steps: int = 200,
+    aware_steps: int = 0,
+    repeats: int = 30,
+    log=None,
+) -> tuple[list[dict], dict[str, bytes]]:
+    """(meta.json's `operating_points` entries, {file name: blob}) for every (precision, prune);
+    each exported function is checked to answer as its live variant before it is kept."""
+    say = log or (lambda line: None)
+    variants: list[Variant] = []
+    for prune in prunes:
+        if prune > 0:
+            base = pruned(run, prune, fine_tune_steps=fine_tune_steps, log=say)
+        else:
+            base = Variant("fp32", 1.0, run, score(run, "validation"), weight_bytes(run.params), [])
+        for precision in precisions:
+            if precision == "fp32":
+                variants.append(base)
+            else:
+                variants.append(quantized(base.run, precision, aware_steps=aware_steps, prune=prune, log=say))
+            say(f"point {precision}, prune {prune:g}: validation {variants[-1].score}")
+    (symbolic,) = jax.export.symbolic_shape("batch")
+    shape = tuple(run.spec.input_shape)
+    specs = (jax.ShapeDtypeStruct((symbolic, *shape), jnp.float32), jax.ShapeDtypeStruct((symbolic,), jnp.int32))
+    x = _inputs(run, batch)
+    budget = jnp.full((batch,), step_cap(run.cfg), jnp.int32)
+    entries, blobs, calls = [], {}, {}
+    for v in variants:
+        fn = jax.jit(serving_function(v.run.graphdef, v.run.params))
+        exported = jax.export.export(fn)(*specs)
+        _check_answers(exported, fn, v, x, budget)
+        compiled = fn.lower(x, budget).compile()
+        name = point_file(v.precision, v.prune)
+        calls[name] = functools.partial(compiled, x, budget)
+        blob = bytes(exported.serialize())
+        entry = {
+            "precision": v.precision,
+            "prune": v.prune,
+            "accuracy": v.score["accuracy"],
+            "flops": flops_of(v.run),
+            "weight_bytes": v.weight_bytes,
+            "memory": memory_report(compiled, v.weight_bytes),
+            "clip": v.clip,
+            "aware_steps": v.aware_steps,
+            "fine_tune_steps": fine_tune_steps if v.prune > 0 else 0,
+        }
+        if (v.precision, v.prune) != ("fp32", 0.0):
+            blobs[name] = blob
+            entry.update(file=name, sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob))
+        entries.append(entry)
+    say(f"timing {len(calls)} operating points side by side at batch {batch}")
+    ms = time_side_by_side(calls, repeats=repeats)
+    for entry, name in zip(entries, calls, strict=True):
+        entry["latency_ms"] = {"batch": batch, "median": round(ms[name], 4)}
+    return entries, blobs
+
+
+def _inputs(run: Run, batch: int) -> jnp.ndarray:
+    first = next(iter(data.eval_batches(run.cfg.data, "validation", batch)))["x"]
+    return jnp.asarray(np.resize(first, (batch, *first.shape[1:])), jnp.float32)
+
+
+def _check_answers(exported, fn, variant: Variant, x, budget) -> None:
+    """The exported function answers as the jitted live variant on validation inputs."""
+    got, want = jax.device_get(exported.call(x, budget)), jax.device_get(fn(x, budget))
+    same = np.array_equal(got[0], want[0]) and np.array_equal(got[2], want[2])
+    if not same or not np.allclose(got[1], want[1], rtol=1e-4, atol=1e-5):
+        raise ArtifactError(
+            f"operating point {variant.precision}, prune {variant.prune:g}: the exported function does not "
+            "answer as the live model; not exported"
+        )

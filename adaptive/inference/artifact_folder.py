@@ -1,0 +1,80 @@
+"""Where `adaptive export` may write: it never deletes what it did not write.
+
+ART must be absent, an empty folder, or (with `force`) a previous artifact holding nothing but its
+meta.json and the blobs it names; ART may not be the run's workdir, inside it, or above it. It is
+staged in ART.partial (removed only when it is a previous partial export) and renamed into place.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from adaptive.inference.artifact_meta import BLOB, META, ArtifactError, check_sealed, read_meta
+
+# Marks ART.partial as this tool's staging folder: only such a folder is ever removed.
+PARTIAL_MARK = ".adaptive-export-partial"
+_BLOB_NAME = re.compile(r"(model(-k[0-9]+|-b[0-9]+)?|slot-prefill|slot-step|point-[a-z0-9]+-p[0-9]+)\.jaxexport")
+
+
+def check_out(out: Path, workdir: Path, force: bool) -> None:
+    """Refuses an `out` whose replacement would delete what this tool did not write."""
+    here, run = out.resolve(), Path(workdir).resolve()
+    if here == run or run in here.parents:
+        raise ArtifactError(f"--out {out} is inside the run's workdir {workdir}; write the artifact elsewhere")
+    if here in run.parents:
+        raise ArtifactError(f"--out {out} contains the run's workdir {workdir}; write the artifact elsewhere")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ArtifactError(f"--out {out} exists and is a file or a link, not a folder; nothing was written")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    try:
+        meta = read_meta(out)
+        check_sealed(meta, out)
+    except ArtifactError:
+        raise ArtifactError(
+            f"--out {out} is a folder but not an artifact of `adaptive export` (no valid {META}); nothing was written"
+        ) from None
+    blobs = [*meta.get("expert_variants", {}).values(), *meta.get("batch_variants", {}).values()]
+    blobs += [meta["slots"][name] for name in ("prefill", "step") if name in meta.get("slots", {})]
+    blobs += [entry for entry in meta.get("operating_points", []) if "file" in entry]
+    named = {META, BLOB, *(entry["file"] for entry in blobs)}
+    for entry in sorted(out.iterdir()):
+        if entry.name not in named or entry.is_symlink() or not entry.is_file():
+            raise ArtifactError(
+                f"--out {out} holds {entry.name}, which is not part of an artifact; nothing was written (move it away)"
+            )
+    if not force:
+        raise ArtifactError(f"--out {out} is an artifact already; pass --force to replace it")
+
+
+def check_staging(staging: Path) -> None:
+    """Removes a previous partial export at `staging`; refuses anything else of that name."""
+    if not staging.exists() and not staging.is_symlink():
+        return
+    ours = staging.is_dir() and not staging.is_symlink()
+    entries = list(staging.iterdir()) if ours else []
+    names = {e.name for e in entries}
+    ours = ours and all(
+        (e.name in (META, PARTIAL_MARK) or _BLOB_NAME.fullmatch(e.name)) and e.is_file() and not e.is_symlink()
+        for e in entries
+    )
+    if not ours or (entries and PARTIAL_MARK not in names and not _is_artifact(staging)):
+        raise ArtifactError(f"{staging} exists and is not a partial export of `adaptive export`; move it away first")
+    remove_folder(staging)
+
+
+def _is_artifact(folder: Path) -> bool:
+    """A folder with a valid meta.json (an export stopped between verifying and renaming)."""
+    try:
+        read_meta(folder)
+    except ArtifactError:
+        return False
+    return True
+
+
+def remove_folder(folder: Path) -> None:
+    """Deletes a folder checked to hold only plain files this tool writes (never rmtree)."""
+    for entry in folder.iterdir():
+        entry.unlink()
+    folder.rmdir()

@@ -1,0 +1,84 @@
+"""`adaptive export --precision ... --prune ...`: one checksummed function per operating point, each
+described in meta.json (accuracy, FLOPs, weight bytes, memory, measured latency) and loadable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from adaptive.inference.artifact_meta import ArtifactError
+from adaptive.inference.export import load_artifact
+from tests.helpers import cli, train_tiny
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    root = tmp_path_factory.mktemp("points")
+    train_tiny(root / "run", 20, config="configs/mnist1d.py:tiny", overrides=(f"--config.data.data_dir={root / 'd'}",))
+    command = cli("export", "--workdir", str(root / "run"), "--out", str(root / "art"))
+    flags = ["--precision", "fp32,int8", "--prune", "0,0.5", "--fine-tune-steps", "2", "--points-batch", "4"]
+    proc = subprocess.run([*command, *flags], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, proc.stdout
+
+
+def test_each_point_is_a_checksummed_function_described_in_meta(artifact):
+    root, stdout = artifact
+    _, meta = load_artifact(root / "art")
+    points = {(p["precision"], p["prune"]): p for p in meta["operating_points"]}
+    assert set(points) == {("fp32", 0.0), ("int8", 0.0), ("fp32", 0.5), ("int8", 0.5)}
+    assert "file" not in points[("fp32", 0.0)]  # model.jaxexport itself
+    for key in (("int8", 0.0), ("fp32", 0.5), ("int8", 0.5)):
+        assert (root / "art" / points[key]["file"]).is_file()
+    assert points[("int8", 0.0)]["weight_bytes"] < points[("fp32", 0.0)]["weight_bytes"] / 3
+    assert points[("int8", 0.0)]["memory"]["total"] < points[("fp32", 0.0)]["memory"]["total"]
+    assert points[("fp32", 0.5)]["flops"] < 0.8 * points[("fp32", 0.0)]["flops"]
+    assert points[("int8", 0.5)]["flops"] == points[("fp32", 0.5)]["flops"]  # precision changes no FLOP count
+    assert all(p["latency_ms"]["median"] > 0 and p["latency_ms"]["batch"] == 4 for p in points.values())
+    assert all(0 <= p["accuracy"] <= 1 for p in points.values())
+    assert "int8 prune 0.5" in stdout
+
+
+def test_a_point_loads_and_answers_like_its_neighbours(artifact):
+    root, _ = artifact
+    x = np.random.RandomState(0).standard_normal((8, 40)).astype(np.float32)
+    budget = np.full((8,), 3, np.int32)
+    full, _ = load_artifact(root / "art")
+    small, _ = load_artifact(root / "art", point=("int8", 0.5))
+    assert small.call(x, budget)[0].shape == (8,)
+    same = (np.asarray(full.call(x, budget)[0]) == np.asarray(small.call(x, budget)[0])).mean()
+    assert same > 0.5  # a pruned int8 model still mostly agrees with its source
+    with pytest.raises(ArtifactError, match="no operating point int4"):
+        load_artifact(root / "art", point=("int4", 0.0))
+
+
+def test_a_corrupted_point_is_refused_and_meta_is_validated(artifact, tmp_path):
+    root, _ = artifact
+    _, meta = load_artifact(root / "art")
+    entry = next(p for p in meta["operating_points"] if p.get("file"))
+    copy = tmp_path / "art"
+    copy.mkdir()
+    for f in (root / "art").iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    blob = bytearray((copy / entry["file"]).read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (copy / entry["file"]).write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="checksum"):
+        load_artifact(copy, point=(entry["precision"], entry["prune"]))
+    edited = json.loads((root / "art" / "meta.json").read_text())
+    edited["operating_points"][1]["prune"] = 1.5
+    (copy / "meta.json").write_text(json.dumps(edited))
+    with pytest.raises(ArtifactError, match="prune"):
+        load_artifact(copy)
+
+
+def test_bad_points_are_one_line_errors(artifact, tmp_path):
+    root, _ = artifact
+    for flags, said in ((["--prune", "0,1.5"], "[0, 1)"), (["--precision", "int3"], "int3")):
+        command = cli("export", "--workdir", str(root / "run"), "--out", str(tmp_path / "x"), *flags)
+        proc = subprocess.run(command, capture_output=True, text=True)
+        assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "x").exists()
