@@ -153,7 +153,7 @@ class MoEConfig:
 
 
 # The units a budget can be stated in, at training (budget.unit) and per request when serving.
-BUDGET_UNITS = ("steps", "flops", "macs", "latency_ms", "cost_per_1k", "energy_j")
+BUDGET_UNITS = ("steps", "flops", "macs", "latency_ms", "cost_per_1k", "energy_j", "requests_per_s", "memory_mb")
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,11 @@ class BudgetConfig:
     pressure once under budget with lambda at 0. `two_sided` uses lambda * g + weight / 2 * g^2
     instead and lands on the target. E[c] is differentiable through the halting distribution.
     A language model's budget is per token (steps = blocks run, flops or macs), priced as decoding
-    spends them (adaptive.training.lm_budget).
+    spends them (adaptive.training.lm_budget). `requests_per_s`, a throughput to sustain, is held
+    as its inverse through the cost model: serving milliseconds per request at `serving_batch`
+    (a floor on throughput is a ceiling on that). `memory_mb` bounds the device memory of the
+    compiled inference at `serving_batch` plus its weights: it does not depend on steps, so it
+    steers no training; `adaptive export` keeps the operating points (precision, pruning) that fit.
     """
 
     unit: str = _f("steps", choices=BUDGET_UNITS)

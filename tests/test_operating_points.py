@@ -9,8 +9,10 @@ import subprocess
 import numpy as np
 import pytest
 
+from adaptive.evaluation.operating_points import operating_points
 from adaptive.inference.artifact_meta import ArtifactError
 from adaptive.inference.export import load_artifact
+from adaptive.inference.restore import load_run
 from tests.helpers import cli, train_tiny
 
 
@@ -82,3 +84,14 @@ def test_bad_points_are_one_line_errors(artifact, tmp_path):
         proc = subprocess.run(command, capture_output=True, text=True)
         assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr
         assert not (tmp_path / "x").exists()
+
+
+def test_a_memory_budget_keeps_the_points_that_fit(artifact):
+    root, _ = artifact
+    run = load_run(root / "run")
+    entries, _ = operating_points(run, ["fp32", "int8"], [0.0], batch=4, repeats=2)
+    sizes = {e["precision"]: e["memory"]["total_mb"] for e in entries}
+    kept, blobs = operating_points(run, ["fp32", "int8"], [0.0], batch=4, repeats=2, memory_mb=sum(sizes.values()) / 2)
+    assert [(e["precision"], e["fits"]) for e in kept] == [("fp32", False), ("int8", True)] and len(blobs) == 1
+    with pytest.raises(ArtifactError, match="no operating point fits the memory budget"):
+        operating_points(run, ["fp32", "int8"], [0.0], batch=4, repeats=2, memory_mb=min(sizes.values()) / 2)

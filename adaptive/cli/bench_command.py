@@ -113,7 +113,23 @@ def run(args, overrides: list[str]) -> int:
         batches = [int(v) for v in args.batches.split(",") if v]
         if not batches or min(batches) < 1:
             raise ConfigError(f"--batches {args.batches!r}: give batch sizes >= 1")
-        quant.run(args.workdir, precisions, batches, repeats=args.repeats, limit=args.limit, json_out=args.json)
+        try:
+            prunes = tuple(float(v) for v in args.prune.split(",") if v)
+        except ValueError:
+            raise ConfigError(f"--prune {args.prune!r}: give shares in [0, 1), comma-separated") from None
+        if not prunes or not all(0 <= p < 1 for p in prunes):
+            raise ConfigError(f"--prune {args.prune!r}: each share must be in [0, 1)")
+        quant.run(
+            args.workdir,
+            precisions,
+            batches,
+            prunes=prunes,
+            fine_tune_steps=args.fine_tune_steps,
+            aware_steps=args.aware_steps,
+            repeats=args.repeats,
+            limit=args.limit,
+            json_out=args.json,
+        )
     else:
         from adaptive.bench import act_train
 

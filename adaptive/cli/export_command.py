@@ -68,10 +68,12 @@ def _points(args, log):
         raise ConfigError(str(e)) from None
 
     def points(run):
+        memory = run.cfg.budget.target if run.cfg.budget.unit == "memory_mb" else None
         return operating_points(
             run,
             precisions,
             prunes,
+            memory_mb=memory,
             batch=args.points_batch,
             fine_tune_steps=args.fine_tune_steps,
             aware_steps=args.aware_steps,

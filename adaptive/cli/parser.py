@@ -356,5 +356,8 @@ def _add_bench_quant(kinds) -> None:
     quant.add_argument("--precisions", default="fp32,bf16,int8,int4", help="comma-separated: fp32,bf16,int8,int4")
     quant.add_argument("--batches", default="1,16,64", help="comma-separated batch sizes")
     quant.add_argument("--repeats", type=int, default=30)
+    quant.add_argument("--prune", default="0", help="comma-separated shares of units and experts removed, e.g. 0,0.5")
+    quant.add_argument("--fine-tune-steps", type=int, default=200, help="fine-tune steps after pruning")
+    quant.add_argument("--aware-steps", type=int, default=0, help="quantization-aware fine-tune steps (0: none)")
     quant.add_argument("--limit", type=int, help="score on the validation split's first N examples (windows)")
     quant.add_argument("--json", metavar="OUT", help="write the rows here")

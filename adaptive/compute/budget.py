@@ -54,6 +54,9 @@ class Budget:
         b, cap, batch = cfg.budget, step_cap(cfg), cfg.train.batch_size
         if b.target is None and not b.requests:
             return None
+        if b.unit == "memory_mb":
+            check_memory_budget(cfg)
+            return None  # memory does not vary with steps: it selects operating points at export
         if b.two_sided and b.penalty != "lagrangian":
             raise ConfigError(
                 f"config key 'budget.two_sided' needs budget.penalty=lagrangian; penalty is {b.penalty!r}"
@@ -64,7 +67,7 @@ class Budget:
             raise ConfigError("config key 'budget.requests' needs an adaptive model; halting.policy is 'none'")
         flops = flops_model(cfg, input_shape, num_classes, batch=batch, train=True)
         cost_model = None
-        if b.unit in ("latency_ms", "cost_per_1k", "energy_j"):
+        if b.unit in ("latency_ms", "cost_per_1k", "energy_j", "requests_per_s"):
             if not b.cost_model:
                 raise ConfigError(
                     f"budget.unit={b.unit} needs budget.cost_model=PATH, a cost_model.json made by "
@@ -77,23 +80,33 @@ class Budget:
                     f"{b.unit} budget cannot steer this model; calibrate a larger batch or more repeats"
                 )
         target = None if b.target is None else float(b.target)
+        if b.unit == "requests_per_s" and target is not None:
+            target = _per_request_ms(target, "budget.target")
         budget = cls(
             b.unit, target, b.penalty, b.weight, b.dual_lr, flops, cost_model, b.serving_batch, two_sided=b.two_sided
         )
         low, high = budget.compute(1.0, flops.min_experts_per_step), budget.compute(float(cap))
         unit_range = f"this model spends {low:g} to {high:g} {b.unit} per example"
+        if b.unit == "requests_per_s":
+            unit_range = f"this model sustains {1000 / high:g} to {1000 / low:g} requests/s at batch {b.serving_batch}"
         unit_range += "" if b.unit == "steps" else f" (1 to {cap} steps)"
         if target is not None:
             if not target > 0:
                 raise ConfigError(f"config key 'budget.target' is {b.target!r}; a budget must be positive")
             if not low <= target <= high:
-                raise ConfigError(f"config key 'budget.target' is {target:g} {b.unit}; {unit_range}")
+                raise ConfigError(f"config key 'budget.target' is {b.target:g} {b.unit}; {unit_range}")
         if not b.requests:
             return budget
         # A request's cap must allow one step at its most expensive (every expert a token may use).
         lowest, highest = budget.hard_compute(1.0), max(high, budget.hard_compute(float(cap)))
-        for value in b.requests:
+        for stated in b.requests:
+            value = _per_request_ms(stated, "budget.requests") if b.unit == "requests_per_s" else stated
             if not lowest <= value <= highest:
+                if b.unit == "requests_per_s":
+                    raise ConfigError(
+                        f"config key 'budget.requests' holds {stated:g} requests_per_s; this model sustains "
+                        f"{1000 / highest:g} to {1000 / lowest:g} at batch {b.serving_batch}"
+                    )
                 raise ConfigError(
                     f"config key 'budget.requests' holds {value:g} {b.unit}; a request needs {lowest:g} to {highest:g}"
                 )
@@ -103,7 +116,8 @@ class Budget:
                 f"config key 'budget.request_weights' is {b.request_weights}; give one weight >= 0 per request "
                 f"({len(b.requests)}), not all 0, or none for equal weights"
             )
-        caps = tuple(budget.steps_within(v, cap) for v in b.requests)
+        per_request = [1000.0 / v if b.unit == "requests_per_s" else v for v in b.requests]
+        caps = tuple(budget.steps_within(v, cap) for v in per_request)
         probs = tuple(float(w) / sum(weights) for w in weights)
         return dataclasses.replace(budget, request_steps=caps, request_probs=probs)
 
@@ -158,7 +172,7 @@ class Budget:
         """Compute of `steps` steps as a per-request cap sees it (latency: the p99)."""
         if self.unit == "latency_ms":
             return self.cost_model.tail_latency_ms(steps, self.serving_batch)
-        return self.compute(steps)
+        return self.compute(steps)  # requests_per_s: a sustained rate is a mean, not a tail
 
     def sample_steps(self, key: jax.Array, batch: int) -> jax.Array | None:
         """Per-example step caps drawn from the request distribution (None without one)."""
@@ -173,6 +187,8 @@ class Budget:
         steps only: its executables run every expert slot the capacity allows."""
         if self.unit == "steps":
             return steps
+        if self.unit == "requests_per_s":  # held as serving ms per request (see BudgetConfig)
+            return self.cost_model.latency_ms(steps, self.serving_batch) / self.serving_batch
         if self.cost_model is not None:  # latency_ms, cost_per_1k or energy_j
             return getattr(self.cost_model, self.unit)(steps, self.serving_batch)
         flops = self.flops.at_steps(steps, experts)
@@ -230,3 +246,21 @@ class Budget:
             return multiplier
         stepped = multiplier + self.dual_lr * self.gap(realized_B)
         return stepped if self.two_sided else jnp.maximum(stepped, 0.0)
+
+
+def _per_request_ms(rate: float, key: str) -> float:
+    """A throughput of `rate` requests/s as the serving milliseconds each request may take."""
+    if not rate > 0:
+        raise ConfigError(f"config key '{key}' is {rate!r} requests_per_s; a throughput must be positive")
+    return 1000.0 / float(rate)
+
+
+def check_memory_budget(cfg) -> None:
+    """A memory budget is a positive number of MB for a classifier's export; nothing else."""
+    b = cfg.budget
+    if b.requests:
+        raise ConfigError("config key 'budget.requests' is set; a memory_mb budget is one ceiling, not per request")
+    if cfg.model.kind == "lm":
+        raise ConfigError("config key 'budget.unit' is 'memory_mb'; a language model's operating points are not built")
+    if b.target is None or not b.target > 0:
+        raise ConfigError(f"config key 'budget.target' is {b.target!r} memory_mb; a memory budget must be positive")

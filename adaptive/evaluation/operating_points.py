@@ -54,10 +54,13 @@ def operating_points(
     fine_tune_steps: int = 200,
     aware_steps: int = 0,
     repeats: int = 30,
+    memory_mb: float | None = None,
     log=None,
 ) -> tuple[list[dict], dict[str, bytes]]:
     """(meta.json's `operating_points` entries, {file name: blob}) for every (precision, prune);
-    each exported function is checked to answer as its live variant before it is kept."""
+    each exported function is checked to answer as its live variant before it is kept. With a
+    memory budget (`memory_mb`), a point over it is left out (model.jaxexport is listed, marked
+    with `fits`); an ArtifactError when no point fits."""
     say = log or (lambda line: None)
     variants: list[Variant] = []
     for prune in prunes:
@@ -104,7 +107,24 @@ def operating_points(
     ms = time_side_by_side(calls, repeats=repeats)
     for entry, name in zip(entries, calls, strict=True):
         entry["latency_ms"] = {"batch": batch, "median": round(ms[name], 4)}
-    return entries, blobs
+    if memory_mb is None:
+        return entries, blobs
+    for entry in entries:
+        entry["fits"] = entry["memory"]["total_mb"] <= memory_mb
+    if not any(e["fits"] for e in entries):
+        least = min(e["memory"]["total_mb"] for e in entries)
+        raise ArtifactError(
+            f"no operating point fits the memory budget of {memory_mb:g} MB; the smallest needs {least:g}"
+        )
+    for entry in entries:
+        if not entry["fits"] and "file" in entry:
+            say(
+                f"point {entry['precision']}, prune {entry['prune']:g} needs "
+                f"{entry['memory']['total_mb']:g} MB: left out"
+            )
+            blobs.pop(entry["file"])
+    kept = [e for e in entries if e["fits"] or "file" not in e]
+    return kept, blobs
 
 
 def _inputs(run: Run, batch: int) -> jnp.ndarray:

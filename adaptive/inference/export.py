@@ -47,6 +47,7 @@ from flax import nnx
 from adaptive import config as config_lib
 from adaptive import data
 from adaptive.compute.flops import flops_model
+from adaptive.compute.memory import memory_report
 from adaptive.config import step_cap
 from adaptive.inference import outcomes
 from adaptive.inference.artifact_folder import PARTIAL_MARK, check_out, check_staging, remove_folder
@@ -64,6 +65,7 @@ from adaptive.inference.artifact_meta import (
 from adaptive.inference.infer import budgeted_infer, expert_applications
 from adaptive.inference.predictor import BudgetedPredictor
 from adaptive.inference.restore import Run, load_run
+from adaptive.nn.quantize import weight_bytes
 from adaptive.workdir.runinfo import package_versions
 
 OUTPUTS = ("prediction", "confidence", "steps", "experts")
@@ -112,6 +114,16 @@ def compute_table(run: Run) -> dict:
         table["cost_per_1k"] = [float(model.cost_per_1k(s, batch)) for s in steps]
         table["energy_j"] = [float(model.energy_j(s, batch)) for s in steps]
     return table
+
+
+def memory_at_serving_batch(run: Run) -> dict:
+    """Device memory of the serving function compiled for the budget's serving batch (1 without
+    a budget): what a `memory_mb` budget is checked against (adaptive.compute.memory)."""
+    batch = run.budget.serving_batch if run.budget is not None else 1
+    x = jax.ShapeDtypeStruct((batch, *run.spec.input_shape), jnp.float32)
+    budget = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    compiled = jax.jit(serving_function(run.graphdef, run.params)).lower(x, budget).compile()
+    return {"batch": batch, **memory_report(compiled, weight_bytes(run.params))}
 
 
 def experts_table(run: Run) -> dict:
@@ -253,6 +265,8 @@ def _meta(run: Run, blob: bytes, variants: dict[int, bytes], by_batch: dict[int,
         "expert_variants": {str(k): _entry(b, variant_file(k)) for k, b in variants.items()},
         "batch_variants": {str(b): _entry(blob_b, batch_file(b)) for b, blob_b in by_batch.items()},
         "compute_at_steps": compute_table(run),
+        "memory": memory_at_serving_batch(run),
+        "memory_budget_mb": run.cfg.budget.target if run.cfg.budget.unit == "memory_mb" else None,
         "flops_at_expert_budgets": experts_table(run),
         "accuracy_at_budgets": accuracy_table(run, log=log),
         "budget": config_lib.to_dict(run.cfg)["budget"],

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adaptive.config import BUDGET_UNITS as UNITS
+from adaptive.inference.artifact_meta import ArtifactError
 
 
 class BudgetError(ValueError):
@@ -88,6 +89,12 @@ class Engine:
         from adaptive.inference.export import load_artifact
 
         exported, meta = load_artifact(path)
+        ceiling, memory = meta.get("memory_budget_mb"), meta.get("memory")
+        if ceiling is not None and memory is not None and memory["total_mb"] > ceiling:
+            raise ArtifactError(
+                f"{path} needs {memory['total_mb']:g} MB at batch {memory['batch']}, over its memory budget of "
+                f"{ceiling:g} MB; nothing served (export the run with a --precision or --prune that fits)"
+            )
         serves = {None: exported.call}
         for k in meta.get("expert_variants", {}) if expert_budgets else ():  # MoE: the smaller budgets' functions
             serves[int(k)] = load_artifact(path, experts=int(k))[0].call
@@ -134,7 +141,15 @@ class Engine:
         """The step cap of a budget of `value` in `unit` (the most steps that fit)."""
         if unit not in UNITS:
             raise BudgetError(f"budget unit {unit!r} is not one of {', '.join(UNITS)}")
+        if unit == "memory_mb":
+            return self._steps_in_memory(value)
         column = "latency_ms_p99" if unit == "latency_ms" else unit
+        if unit == "requests_per_s" and "latency_ms" in self.table:
+            # a sustained rate: the median batch time of the meta's serving batch, shared by its rows
+            batch = (self.meta.get("budget") or {}).get("serving_batch", 1)
+            if not (np.isfinite(value) and value > 0):
+                raise BudgetError(f"budget {value:g} requests_per_s must be a positive rate")
+            value, column, unit = batch * 1000.0 / value, "latency_ms", f"ms per batch of {batch}"
         if column not in self.table:
             raise BudgetError(f"budget unit {unit!r} needs a cost model; this model has {', '.join(self.table)}")
         if not np.isfinite(value) or value < self.table[column][0]:
@@ -142,6 +157,19 @@ class Engine:
                 f"budget {value:g} {unit} is below one step of this model ({self.table[column][0]:g} {unit})"
             )
         return int(np.searchsorted(np.asarray(self.table[column]), value * (1 + 1e-9), side="right"))
+
+    def _steps_in_memory(self, value: float) -> int:
+        """Every step (memory does not grow with steps) when the compiled function fits in `value`
+        MB, else a BudgetError: the request is refused before it runs."""
+        memory = self.meta.get("memory")
+        if memory is None:
+            raise BudgetError("budget unit 'memory_mb' needs an artifact whose meta.json has its memory")
+        if not (np.isfinite(value) and value >= memory["total_mb"]):
+            raise BudgetError(
+                f"budget {value:g} memory_mb is below this model's {memory['total_mb']:g} MB "
+                f"(compiled at batch {memory['batch']}, weights included)"
+            )
+        return self.cap
 
     @property
     def fixed_depth(self) -> bool:
@@ -159,6 +187,17 @@ class Engine:
         except BudgetError:
             return 0
         return 0 if self.fixed_depth and steps < self.cap else steps
+
+    def within_budget(self, steps: int, value: float, unit: str, experts: int | None = None) -> bool:
+        """Whether a run of `steps` steps kept to a budget of `value` in `unit`: memory is the
+        model's whatever its steps; a rate is met when the batch time allows it (higher is better)."""
+        if unit == "memory_mb":
+            return bool(self.meta["memory"]["total_mb"] <= value)
+        if unit == "requests_per_s":
+            batch = (self.meta.get("budget") or {}).get("serving_batch", 1)
+            median_ms = self.table["latency_ms"][int(np.clip(steps, 1, self.cap)) - 1]  # a rate is a mean
+            return bool(median_ms <= batch * 1000.0 / value * (1 + 1e-9))
+        return bool(self.compute_of(steps, unit, experts) <= value * (1 + 1e-9))
 
     def compute_of(self, steps: np.ndarray, unit: str, experts: int | None = None) -> np.ndarray:
         """The compute in `unit` of runs that took `steps` steps (at `experts` per token on a

@@ -284,7 +284,7 @@ class Server:
             # Adherence from what ran: the compute of the steps this model took, in the request's
             # unit, against the budget it asked for (not against the step cap the plan set).
             value, unit = self._asked(item)
-            within = bool(engine.compute_of(int(result.steps[i]), unit, experts) <= value * (1 + 1e-9))
+            within = engine.within_budget(int(result.steps[i]), value, unit, experts)
             self.stats.record(d.status, latency, within)
             item.future.set_result(
                 {

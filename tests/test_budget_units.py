@@ -1,0 +1,88 @@
+"""Throughput (`requests_per_s`) and memory (`memory_mb`) budgets: in training configs, per request
+at the engine, and an artifact over its memory budget refused before it serves."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax.numpy as jnp
+import pytest
+
+from adaptive import config as config_lib
+from adaptive.compute.budget import Budget
+from adaptive.compute.costmodel import CostModel, Fit, fingerprint
+from adaptive.config import ConfigError
+from adaptive.inference.artifact_meta import ArtifactError
+from adaptive.serving.engine import BudgetError, Engine
+from tests.helpers import ROOT
+
+SHAPE = (16,)
+
+
+def _cfg(tmp_path, **budget):
+    cfg = config_lib.load(str(ROOT / "configs/parity.py:tiny"))
+    path = tmp_path / "cost_model.json"  # known numbers: a batch of 4 takes 1 + 0.5 * steps ms
+    fits = {"b1_k0": Fit(1.0, 0.5, []), "b4_k0": Fit(1.0, 0.5, [])}
+    CostModel(fingerprint(cfg, SHAPE), "test", 3.0, 30.0, fits).save(path)
+    return dataclasses.replace(
+        cfg, budget=dataclasses.replace(cfg.budget, **{"cost_model": str(path), "serving_batch": 4, **budget})
+    )
+
+
+def test_a_throughput_target_is_held_as_serving_ms_per_request(tmp_path):
+    # 3 steps: (1 + 1.5) ms per batch of 4 = 0.625 ms a request = 1600 requests/s
+    budget = Budget.from_config(_cfg(tmp_path, unit="requests_per_s", target=1600.0), SHAPE, 2)
+    assert budget.target == pytest.approx(1000 / 1600) and budget.compute(3.0) == pytest.approx(budget.target)
+    assert budget.compute(2.0) < budget.target < budget.compute(4.0)  # fewer steps sustain a higher rate
+    # A request asking 2000 requests/s may take 0.5 ms: (1 + 0.5 s) / 4 <= 0.5 -> 2 steps.
+    capped = Budget.from_config(_cfg(tmp_path, unit="requests_per_s", requests=(2000.0, 1000.0)), SHAPE, 2)
+    assert capped.request_steps == (2, 6)
+    for bad, said in ((1e9, "sustains"), (0.0, "positive")):
+        with pytest.raises(ConfigError, match=said):
+            Budget.from_config(_cfg(tmp_path, unit="requests_per_s", target=bad), SHAPE, 2)
+    with pytest.raises(ConfigError, match="cost_model"):
+        Budget.from_config(_cfg(tmp_path, unit="requests_per_s", target=1600.0, cost_model=""), SHAPE, 2)
+
+
+def test_a_memory_budget_steers_no_training_and_refuses_what_it_cannot_mean(tmp_path):
+    assert Budget.from_config(_cfg(tmp_path, unit="memory_mb", target=8.0), SHAPE, 2) is None
+    for budget, said in ((dict(target=-1.0), "positive"), (dict(target=8.0, requests=(4.0,)), "one ceiling")):
+        with pytest.raises(ConfigError, match=said):
+            Budget.from_config(_cfg(tmp_path, unit="memory_mb", **budget), SHAPE, 2)
+
+
+def _engine(meta: dict) -> Engine:
+    def serve(x, budget):
+        steps = jnp.clip(budget, 1, 6)
+        return jnp.zeros(x.shape[0], jnp.int32), jnp.ones(x.shape[0]), steps, jnp.zeros(x.shape[0], jnp.int32)
+
+    table = {"steps": [1, 2, 3, 4, 5, 6], "flops": [10, 20, 30, 40, 50, 60]}
+    table["latency_ms"] = [1.0 + 0.5 * s for s in table["steps"]]
+    table["latency_ms_p99"] = [2.0 + 0.5 * s for s in table["steps"]]
+    return Engine(serve, SHAPE, 6, table, buckets=(1,), meta=meta)
+
+
+def test_the_engine_prices_rates_and_memory_per_request():
+    engine = _engine({"budget": {"serving_batch": 4}, "memory": {"batch": 4, "total_mb": 2.5}})
+    assert engine.steps_for(2000.0, "requests_per_s") == 2  # 2 ms a batch of 4
+    assert engine.within_budget(2, 2000.0, "requests_per_s") and not engine.within_budget(3, 2000.0, "requests_per_s")
+    with pytest.raises(BudgetError, match="below one step"):
+        engine.steps_for(4000.0, "requests_per_s")  # 1 ms a batch: not even one step
+    assert engine.steps_for(3.0, "memory_mb") == 6 and engine.within_budget(6, 3.0, "memory_mb")
+    with pytest.raises(BudgetError, match="below this model's 2.5 MB"):
+        engine.steps_for(2.0, "memory_mb")
+    assert engine.steps_within(2.0, "memory_mb") == 0  # refused before it runs
+    bare = _engine({})
+    with pytest.raises(BudgetError, match="memory"):
+        bare.steps_for(3.0, "memory_mb")
+
+
+def test_an_artifact_over_its_memory_budget_is_not_served(tmp_path, monkeypatch):
+    from adaptive.serving import engine as engine_module
+
+    meta = {"memory_budget_mb": 1.0, "memory": {"batch": 1, "total_mb": 1.5}}
+    monkeypatch.setattr("adaptive.inference.export.load_artifact", lambda path, **kw: (None, meta))
+    with pytest.raises(ArtifactError, match="over its memory budget of 1 MB"):
+        engine_module.Engine.from_artifact(tmp_path)
+    json.dumps(meta)  # the fields are plain JSON, as meta.json holds them
