@@ -13,6 +13,8 @@ from adaptive.evaluation.operating_points import operating_points
 from adaptive.inference.artifact_meta import ArtifactError
 from adaptive.inference.export import load_artifact
 from adaptive.inference.restore import load_run
+from adaptive.serving.engine import Engine
+from adaptive.serving.launch import build_controller
 from tests.helpers import cli, train_tiny
 
 
@@ -95,3 +97,22 @@ def test_a_memory_budget_keeps_the_points_that_fit(artifact):
     assert [(e["precision"], e["fits"]) for e in kept] == [("fp32", False), ("int8", True)] and len(blobs) == 1
     with pytest.raises(ArtifactError, match="no operating point fits the memory budget"):
         operating_points(run, ["fp32", "int8"], [0.0], batch=4, repeats=2, memory_mb=min(sizes.values()) / 2)
+
+
+def test_a_point_serves_as_the_fallback_rung_priced_by_its_own_flops_and_accuracy(artifact):
+    root, _ = artifact
+    _, meta = load_artifact(root / "art")
+    points = {(p["precision"], p["prune"]): p for p in meta["operating_points"]}
+    primary = Engine.from_artifact(root / "art", buckets=(1, 4))
+    backup = Engine.from_artifact(root / "art", buckets=(1, 4), expert_budgets=False, point=("int8", 0.5))
+    ratio = points[("int8", 0.5)]["flops"] / points[("fp32", 0.0)]["flops"]
+    np.testing.assert_allclose(backup.table["flops"], np.asarray(primary.table["flops"]) * ratio)
+    assert backup.meta["memory"]["total"] == points[("int8", 0.5)]["memory"]["total"]
+    controller = build_controller(primary, backup, sla_ms=50.0, mode="adaptive", max_batch=4, tolerance=0.005)
+    assert controller.has_fallback
+    assert controller.fallback_accuracy == {primary.cap: points[("int8", 0.5)]["accuracy"]}
+    x = np.random.RandomState(0).standard_normal((4, 40)).astype(np.float32)
+    small, _ = load_artifact(root / "art", point=("int8", 0.5))
+    want = np.asarray(small.call(x, np.full((4,), primary.cap, np.int32))[0])
+    got = backup.run(x, np.full((4,), primary.cap, np.int32))
+    np.testing.assert_array_equal(np.asarray(got.prediction), want)

@@ -254,6 +254,7 @@ def _serve(args, overrides: list[str]) -> int:
     for ok, message, value in checks:
         if not ok:
             raise ConfigError(f"{message}; got {value:g}")
+    fallback_point = _point_flag(args.fallback_point) if args.fallback_point else None
 
     from adaptive.inference.artifact_meta import parse_meta
     from adaptive.inference.lm_export import FORMAT as LM_FORMAT
@@ -261,6 +262,8 @@ def _serve(args, overrides: list[str]) -> int:
 
     meta = parse_meta(Path(args.artifact))
     if isinstance(meta, dict) and meta.get("format") == LM_FORMAT:
+        if fallback_point:
+            raise ConfigError("--fallback-point picks a classifier's operating point; a language model has none")
         serve_lm(
             args.artifact,
             fallback=args.fallback,
@@ -278,6 +281,7 @@ def _serve(args, overrides: list[str]) -> int:
     serve(
         args.artifact,
         fallback=args.fallback,
+        fallback_point=fallback_point,
         sla_ms=args.sla_ms,
         host=args.host,
         port=args.port,
@@ -290,6 +294,17 @@ def _serve(args, overrides: list[str]) -> int:
         idle_timeout_s=args.idle_timeout_s,
     )
     return 0
+
+
+def _point_flag(text: str) -> tuple[str, float]:
+    """`--fallback-point PRECISION,PRUNE` as (precision, prune), or a one-line error."""
+    from adaptive.config import ConfigError
+
+    precision, _, prune = text.partition(",")
+    try:
+        return precision, float(prune)
+    except ValueError:
+        raise ConfigError(f"--fallback-point {text!r}: give PRECISION,PRUNE, e.g. int8,0.5") from None
 
 
 def _export(args, overrides: list[str]) -> int:

@@ -97,6 +97,11 @@ def _add_serve(commands) -> None:
     serve = commands.add_parser("serve", help="serve an artifact over HTTP under a latency SLA", allow_abbrev=False)
     serve.add_argument("--artifact", required=True, metavar="ART")
     serve.add_argument("--fallback", metavar="ART2", help="a smaller model for the degradation ladder")
+    serve.add_argument(
+        "--fallback-point",
+        metavar="PRECISION,PRUNE",
+        help="classifiers: the fallback is this operating point of ART2 (default: of ART), e.g. int8,0.5",
+    )
     serve.add_argument("--sla-ms", type=float, default=20.0, help="classifiers: the latency SLA")
     serve.add_argument(
         "--ttft-ms", type=float, default=1000.0, help="language models: the time-to-first-token SLA (default 1000)"

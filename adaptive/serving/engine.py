@@ -84,11 +84,16 @@ class Engine:
                     self.warmup.append((k, int(np.max(out[2])), b, ms))
 
     @classmethod
-    def from_artifact(cls, path: str | Path, *, buckets=(1, 8, 32), expert_budgets: bool = True) -> Engine:
-        """`expert_budgets=False`: only the trained expert budget (a fallback never degrades)."""
+    def from_artifact(cls, path: str | Path, *, buckets=(1, 8, 32), expert_budgets: bool = True, point=None) -> Engine:
+        """`expert_budgets=False`: only the trained expert budget (a fallback never degrades);
+        `point` = (precision, prune): that operating point of the artifact (adaptive.serving.point_meta)."""
         from adaptive.inference.export import load_artifact
 
-        exported, meta = load_artifact(path)
+        exported, meta = load_artifact(path, point=point)
+        if point is not None and tuple(point) != ("fp32", 0.0):
+            from adaptive.serving.point_meta import point_meta
+
+            meta = point_meta(meta, tuple(point), str(path))
         ceiling, memory = meta.get("memory_budget_mb"), meta.get("memory")
         if ceiling is not None and memory is not None and memory["total_mb"] > ceiling:
             raise ArtifactError(

@@ -1,0 +1,46 @@
+"""What the serving side knows of an artifact's operating point (adaptive.evaluation.operating_points).
+
+A point is served through the base model's meta.json, with what differs replaced: its compute
+table keeps steps and its FLOPs and MACs scaled by the point's FLOPs over the base model's at
+the cap (pruning shrinks every step alike); the cost model's columns, calibrated on the base
+model, are dropped (the controller measures service times online); its accuracy table holds
+the one number measured, validation accuracy at the full budget; its memory is its own.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from adaptive.inference.artifact_meta import ArtifactError
+
+PRICED = ("steps", "flops", "macs")
+
+
+def point_meta(meta: dict, point: tuple[str, float], where: str) -> dict:
+    """The base meta.json rewritten for `point` = (precision, prune)."""
+    entries = {(e["precision"], e["prune"]): e for e in meta.get("operating_points", [])}
+    base, entry = entries.get(("fp32", 0.0)), entries.get(tuple(point))
+    if entry is None or base is None:
+        raise ArtifactError(f"{where} has no operating point {point[0]} prune {point[1]:g}")
+    out = copy.deepcopy(meta)
+    scale = entry["flops"] / base["flops"]
+    table = {k: v for k, v in meta["compute_at_steps"].items() if k in PRICED}
+    for column in ("flops", "macs"):
+        if column in table:
+            table[column] = [value * scale for value in table[column]]
+    out["compute_at_steps"] = table
+    out["flops_at_expert_budgets"] = {}
+    out["expert_variants"], out["batch_variants"] = {}, {}
+    cap, k_max = meta["caps"]["steps"], meta["caps"]["experts_per_token"]
+    accuracy = meta.get("accuracy_at_budgets") or {}
+    rows = [[None] * (cap - 1) + [entry["accuracy"] if k == (k_max or k) else None] for k in range(1, (k_max or 1) + 1)]
+    out["accuracy_at_budgets"] = {
+        "split": "validation",
+        "examples": accuracy.get("examples"),
+        "batch": accuracy.get("batch"),
+        "experts": list(range(1, k_max + 1)) if k_max else None,
+        "accuracy": rows,
+    }
+    out["memory"] = entry["memory"] | {"batch": entry["latency_ms"]["batch"]}
+    out["point"] = {"precision": point[0], "prune": point[1]}
+    return out
