@@ -1,53 +1,21 @@
 """`adaptive bench quant --workdir DIR`: a trained run at each precision and pruning level, side by side.
 
 Each pruning level is cut and fine-tuned (adaptive.evaluation.pruning), each precision calibrated
-on the validation split (adaptive.evaluation.quantization), then
-every variant's inference is compiled with its weights baked in, as an artifact serves it, and
-timed in interleaved rounds at each batch size (medians after warm-up). A classifier runs its
-serving function at the full step budget; a language model, its forward pass over a batch of
-validation windows. Rows: {variant, batch, ms, ratio (to fp32 at that batch), weight_bytes,
-accuracy, flops, memory_mb, ...}, accuracy on the validation split; `memory_mb` is the compiled
-function's arguments, outputs and temporaries plus its weights (adaptive.compute.memory).
+on the validation split (adaptive.evaluation.quantization), then every variant is timed side by
+side at each batch size (adaptive.evaluation.variant_timing). Rows: {variant, batch, ms, ratio
+(to fp32 at that batch), weight_bytes, accuracy, flops, memory_mb, ...}, accuracy on the
+validation split; `memory_mb` is the compiled function's arguments, outputs and temporaries
+plus its weights (adaptive.compute.memory).
 """
 
 from __future__ import annotations
 
-import functools
-
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
-
-from adaptive import data
 from adaptive.bench.results import write_json
-from adaptive.compute.memory import MB, memory_report
-from adaptive.compute.timing import time_side_by_side
-from adaptive.config import step_cap
+from adaptive.compute.memory import MB
 from adaptive.evaluation.pruning import flops_of, pruned
 from adaptive.evaluation.quantization import quantized
-from adaptive.inference.export import serving_function
+from adaptive.evaluation.variant_timing import time_variants
 from adaptive.inference.restore import Run, load_run
-
-
-def _inputs(run: Run, batch: int) -> np.ndarray:
-    """`batch` validation inputs (the split's first, repeated when it is shorter)."""
-    first = next(iter(data.eval_batches(run.cfg.data, "validation", batch)))["x"]
-    return np.resize(first, (batch, *first.shape[1:]))
-
-
-def _function(run: Run, batch: int):
-    """(function, arguments) that one inference of `batch` inputs runs."""
-    x = _inputs(run, batch)
-    if run.cfg.model.kind == "lm":
-        graphdef, params = run.graphdef, run.params
-
-        def forward(tokens):
-            return nnx.merge(graphdef, params)(tokens, train=False).logits_BxLxV
-
-        return forward, (jnp.asarray(x, jnp.int32),)
-    budget = jnp.full((batch,), step_cap(run.cfg), jnp.int32)
-    return serving_function(run.graphdef, run.params), (jnp.asarray(x, jnp.float32), budget)
 
 
 def run(
@@ -75,13 +43,11 @@ def run(
     flops = {name: flops_of(v.run) for name, v in zip(names, variants, strict=True)}
     rows = []
     for batch in batches:
-        calls, memory = {}, {}
-        for name, v in zip(names, variants, strict=True):
-            fn, args = _function(v.run, batch)
-            compiled = jax.jit(fn).lower(*args).compile()
-            memory[name] = memory_report(compiled, v.weight_bytes)
-            calls[name] = functools.partial(compiled, *args)
-        ms = time_side_by_side(calls, repeats=repeats)
+        timed = time_variants(
+            {n: (v.run, v.weight_bytes) for n, v in zip(names, variants, strict=True)}, batch, repeats
+        )
+        ms = {name: t[0] for name, t in timed.items()}
+        memory = {name: t[1] for name, t in timed.items()}
         base_ms = ms.get("fp32", ms[names[0]])
         for name, v in zip(names, variants, strict=True):
             rows.append(

@@ -21,12 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adaptive import data
 from adaptive.compute.memory import memory_report
 from adaptive.compute.timing import time_side_by_side
 from adaptive.config import step_cap
 from adaptive.evaluation.pruning import flops_of, pruned
 from adaptive.evaluation.quantization import Variant, quantized, score
+from adaptive.evaluation.variant_timing import inputs
 from adaptive.inference.artifact_meta import ArtifactError, point_file
 from adaptive.inference.export import serving_function
 from adaptive.inference.restore import Run
@@ -77,7 +77,7 @@ def operating_points(
     (symbolic,) = jax.export.symbolic_shape("batch")
     shape = tuple(run.spec.input_shape)
     specs = (jax.ShapeDtypeStruct((symbolic, *shape), jnp.float32), jax.ShapeDtypeStruct((symbolic,), jnp.int32))
-    x = _inputs(run, batch)
+    x = jnp.asarray(inputs(run, batch), jnp.float32)
     budget = jnp.full((batch,), step_cap(run.cfg), jnp.int32)
     entries, blobs, calls = [], {}, {}
     for v in variants:
@@ -125,11 +125,6 @@ def operating_points(
             blobs.pop(entry["file"])
     kept = [e for e in entries if e["fits"] or "file" not in e]
     return kept, blobs
-
-
-def _inputs(run: Run, batch: int) -> jnp.ndarray:
-    first = next(iter(data.eval_batches(run.cfg.data, "validation", batch)))["x"]
-    return jnp.asarray(np.resize(first, (batch, *first.shape[1:])), jnp.float32)
 
 
 def _check_answers(exported, fn, variant: Variant, x, budget) -> None:
