@@ -17,11 +17,22 @@ from adaptive.evaluation.pruning import expert_scores, flops_of, pruned
 from adaptive.inference.export import serving_function
 from adaptive.inference.infer import budgeted_infer
 from adaptive.inference.restore import Run, load_run
+from adaptive.nn.lm_blocks import CausalAttention
+from adaptive.nn.lm_decode import TokenLimits, cached_forward, empty_cache
 from adaptive.nn.models import build_model
-from adaptive.nn.prune import feed_forward_blocks, kept, moe_layers, prune_model, unit_scores
+from adaptive.nn.prune import (
+    attention_layers,
+    feed_forward_blocks,
+    head_scores,
+    kept,
+    moe_layers,
+    prune_model,
+    unit_scores,
+)
 from adaptive.nn.quantize import QWeight, fake_quantizer
 from adaptive.training.fine_tune import fine_tune
 from tests.helpers import ROOT, train_tiny
+from tests.test_lm import _model as _lm_model
 
 
 def test_kept_drops_the_lowest_scores_and_keeps_at_least_the_floor():
@@ -37,19 +48,38 @@ def _built(config: str, tmp_path, *overrides: str):
     return cfg, spec, nnx.split(build_model(cfg, spec), nnx.Param)
 
 
-@pytest.mark.parametrize("config", ["configs/mnist1d.py:tiny", "configs/sut.py:tiny"])
-def test_a_pruned_model_answers_as_the_original_with_those_units_zeroed(config, tmp_path):
-    """Removing unit j of relu/gelu(x @ up + b) @ down is the same as zeroing its column, bias and
-    row: so pruning cuts exactly the units it says it cuts, nothing else."""
-    cfg, spec, (graphdef, params) = _built(config, tmp_path, "--config.moe.enabled=false")
-    graphdef_p, params_p = prune_model(graphdef, params, 0.5)
+def _masked(graphdef, params, fraction: float):
+    """The model with the units and heads `prune_model` would remove zeroed instead."""
     masked = nnx.merge(graphdef, params)
     for block in feed_forward_blocks(masked):
-        drop = np.setdiff1d(np.arange(block.up.kernel[...].shape[1]), kept(unit_scores(block), 0.5))
+        drop = np.setdiff1d(np.arange(block.up.kernel[...].shape[1]), kept(unit_scores(block), fraction))
         block.up.kernel[...] = block.up.kernel[...].at[:, drop].set(0.0)
         block.up.bias[...] = block.up.bias[...].at[drop].set(0.0)
         block.down.kernel[...] = block.down.kernel[...].at[drop, :].set(0.0)
-    graphdef_m, params_m = nnx.split(masked, nnx.Param)
+    for layer in attention_layers(masked):
+        drop = np.setdiff1d(np.arange(len(head_scores(layer))), kept(head_scores(layer), fraction))
+        if isinstance(layer, CausalAttention):
+            qkv = layer.qkv.kernel[...].reshape(-1, 3, layer.heads, layer.head_width)
+            layer.qkv.kernel[...] = qkv.at[:, :, drop].set(0.0).reshape(qkv.shape[0], -1)
+            out = layer.out.kernel[...].reshape(layer.heads, layer.head_width, -1)
+            layer.out.kernel[...] = out.at[drop].set(0.0).reshape(-1, out.shape[-1])
+            continue
+        for name in ("query", "key", "value"):
+            projection = getattr(layer, name)
+            projection.kernel[...] = projection.kernel[...].at[:, drop].set(0.0)
+            projection.bias[...] = projection.bias[...].at[drop].set(0.0)
+        layer.out.kernel[...] = layer.out.kernel[...].at[drop].set(0.0)
+    return nnx.split(masked, nnx.Param)
+
+
+@pytest.mark.parametrize("config", ["configs/mnist1d.py:tiny", "configs/sut.py:tiny"])
+def test_a_pruned_model_answers_as_the_original_with_those_units_zeroed(config, tmp_path):
+    """Removing unit j of relu/gelu(x @ up + b) @ down is the same as zeroing its column, bias and
+    row, and removing a head the same as zeroing its query, key, value and output weights (its
+    values are 0, so is what it adds): pruning cuts exactly what it says it cuts, nothing else."""
+    cfg, spec, (graphdef, params) = _built(config, tmp_path, "--config.moe.enabled=false")
+    graphdef_p, params_p = prune_model(graphdef, params, 0.5)
+    graphdef_m, params_m = _masked(graphdef, params, 0.5)
     x = jnp.asarray(np.random.RandomState(0).standard_normal((8, *spec.input_shape)), jnp.float32)
     budget = jnp.full((8,), 3, jnp.int32)
     want = jax.jit(budgeted_infer(graphdef_m, None))(params_m, x, budget).logits_BxC
@@ -59,8 +89,33 @@ def test_a_pruned_model_answers_as_the_original_with_those_units_zeroed(config, 
     assert widths and all(w == cfg.model.hidden for w in widths)  # 2 x hidden halved
 
 
-def test_xla_runs_the_pruned_shapes_and_the_analytic_flops_follow_them(tmp_path):
-    cfg, spec, (graphdef, params) = _built("configs/mnist1d.py", tmp_path, "--config.model.hidden=64")
+def test_a_pruned_language_model_is_the_masked_one_and_decodes_as_its_full_pass():
+    graphdef, params = nnx.split(_lm_model(), nnx.Param)
+    graphdef_p, params_p = prune_model(graphdef, params, 0.5)
+    pruned_model = nnx.merge(graphdef_p, params_p)
+    assert [a.heads for a in attention_layers(pruned_model)] == [2] * 4
+    tokens = jnp.asarray(np.random.RandomState(2).randint(0, 256, (2, 12)), jnp.int32)
+    want = nnx.merge(*_masked(graphdef, params, 0.5))(tokens, train=False).logits_BxLxV
+    got = pruned_model(tokens, train=False).logits_BxLxV
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    limits = TokenLimits.full(pruned_model, 2)
+    caches, positions = empty_cache(pruned_model, 2, 12), jnp.broadcast_to(jnp.arange(12), (2, 12))
+    logits, _, _ = cached_forward(pruned_model, caches, tokens, positions, jnp.ones((2, 12), bool), limits)
+    np.testing.assert_allclose(logits, got, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "config,overrides",
+    [
+        ("configs/mnist1d.py", ("--config.model.hidden=64",)),
+        (
+            "configs/sut.py:tiny",
+            ("--config.moe.enabled=false", "--config.halting.policy=none", "--config.model.hidden=32"),
+        ),
+    ],
+)
+def test_xla_runs_the_pruned_shapes_and_the_analytic_flops_follow_them(config, overrides, tmp_path):
+    cfg, spec, (graphdef, params) = _built(config, tmp_path, *overrides)
     x, budget = jnp.ones((1, *spec.input_shape), jnp.float32), jnp.ones((1,), jnp.int32)
     run = Run(tmp_path, cfg, spec, graphdef, params, 0)
     counted = {}

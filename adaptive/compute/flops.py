@@ -90,10 +90,12 @@ def flops_model(
     train: bool = False,
     useful: bool = False,
     ffn_hidden: int | None = None,
+    attention_width: int | None = None,
 ) -> FlopsModel:
     """The FlopsModel of `cfg`'s network (a whole Config). `batch` matters only for experts,
     whose capacity, and so executed work, depends on how many tokens are routed together.
-    `ffn_hidden`: the dense feed-forward's hidden units when pruning left fewer than 2 x width."""
+    `ffn_hidden`: the dense feed-forward's hidden units when pruning left fewer than 2 x width;
+    `attention_width`: heads x head width when pruning left fewer heads."""
     d_in, width = math.prod(input_shape), cfg.model.hidden
     kind, moe = cfg.model.kind, cfg.moe if cfg.moe.enabled else None
     head = dense_flops(width, num_classes)
@@ -118,7 +120,10 @@ def flops_model(
     else:
         length = d_in
         fixed = length * (dense_flops(1, width) + width) + layer_norm_flops(width) + length * width + head
-        attention = 4 * dense_flops(width, width) + 2 * 2.0 * length * width + 5.0 * length * cfg.model.num_heads
+        inner = attention_width or width
+        heads = cfg.model.num_heads * inner / width
+        attention = 3 * dense_flops(width, inner) + dense_flops(inner, width) + 2 * 2.0 * length * inner
+        attention += 5.0 * length * heads
         ffn = dense_ffn + 8.0 * ffn_width
         if moe:
             ffn, passes, one = moe_flops(width, moe, batch * length, train=train, useful=useful)

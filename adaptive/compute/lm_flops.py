@@ -99,22 +99,26 @@ def lm_flops(
     exiting: bool = False,
     decoding: bool = False,
     ffn_hidden: int | None = None,
+    attention_width: int | None = None,
 ) -> LMFlops:
     """The LMFlops of `cfg`'s language model on windows of `length` tokens. `exiting`: inference
     with a threshold (classifier and saturation confidences then skip the exits' heads).
     `decoding`: one token at a time over a KV cache of `length` slots (adaptive.nn.lm_decode): a
     MoD block a token runs attends over the whole cache, and the blocks above a token's exit
     cost their key/value projection (`fill_costs`). `ffn_hidden`: the dense feed-forward's hidden
-    units when pruning left fewer than 4 x width."""
+    units when pruning left fewer than 4 x width; `attention_width`: heads x head width when pruning
+    left fewer heads."""
     width, heads, lm = cfg.model.hidden, cfg.model.num_heads, cfg.lm
     moe = moe_layers(cfg) if cfg.moe.enabled else None  # the experts as the model builds them
     head = dense_flops(width, vocab, bias=False)
     fixed = layer_norm_flops(width) + head + (width if lm.positions == "learned" else 0)
 
     def block(keys: int) -> float:
-        rotary = 6.0 * width if lm.positions == "rotary" else 0.0
-        attention = dense_flops(width, 3 * width, bias=False) + rotary + 4.0 * keys * width + 7.0 * keys * heads
-        attention += dense_flops(width, width, bias=False)
+        inner = attention_width or width
+        kept_heads = heads * inner / width
+        rotary = 6.0 * inner if lm.positions == "rotary" else 0.0
+        attention = dense_flops(width, 3 * inner, bias=False) + rotary + 4.0 * keys * inner + 7.0 * keys * kept_heads
+        attention += dense_flops(inner, width, bias=False)
         if moe:
             ffn = moe_flops(width, moe, batch * length, train=train, useful=False)[0]
         else:

@@ -24,7 +24,8 @@ from adaptive.config import step_cap
 from adaptive.evaluation.quantization import Variant, score
 from adaptive.inference.restore import Run
 from adaptive.inference.scoring import split_batches
-from adaptive.nn.prune import moe_layers, prune_model
+from adaptive.nn.lm_blocks import CausalAttention
+from adaptive.nn.prune import attention_layers, moe_layers, prune_model
 from adaptive.nn.quantize import weight_bytes
 from adaptive.training.fine_tune import fine_tune
 
@@ -60,12 +61,18 @@ def flops_of(run: Run) -> float:
     blocks = [m for _, m in nnx.iter_graph(model) if hasattr(getattr(m, "down", None), "kernel")]  # quantized too
     layers, cfg = moe_layers(model), run.cfg
     hidden = blocks[0].down.kernel.shape[0] if blocks else None
+    attention = attention_layers(model)
+    inner = None
+    if attention and isinstance(attention[0], CausalAttention):
+        inner = attention[0].inner
+    elif attention:  # nnx.MultiHeadAttention: [H, K, D] output kernel
+        inner = attention[0].num_heads * attention[0].head_dim
     if layers:
         cfg = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, num_experts=layers[0].num_experts))
     if cfg.model.kind == "lm":
-        tokens = lm_flops(cfg, run.spec.input_shape[0], run.spec.num_classes, ffn_hidden=hidden)
+        tokens = lm_flops(cfg, run.spec.input_shape[0], run.spec.num_classes, ffn_hidden=hidden, attention_width=inner)
         return float(tokens.extremes(False)[1])
-    flops = flops_model(cfg, run.spec.input_shape, run.spec.num_classes, ffn_hidden=hidden)
+    flops = flops_model(cfg, run.spec.input_shape, run.spec.num_classes, ffn_hidden=hidden, attention_width=inner)
     return float(flops.at_steps(step_cap(cfg)))
 
 

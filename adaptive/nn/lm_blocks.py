@@ -54,7 +54,7 @@ class CausalAttention(nnx.Module):
         if keys_BxL is not None:
             visible = visible & keys_BxL[:, None, None, :]
         weights = jax.nn.softmax(jnp.where(visible, scores, -1e30), axis=-1).astype(v.dtype)
-        mixed = jnp.einsum("bhqs,bshk->bqhk", weights, v).reshape(batch, length, width)
+        mixed = jnp.einsum("bhqs,bshk->bqhk", weights, v).reshape(batch, length, -1)
         return self.out(mixed)
 
     def cached(self, x_BxTxD, positions_BxT, keys_BxT, cache: KVCache) -> tuple[jax.Array, KVCache]:
@@ -70,7 +70,7 @@ class CausalAttention(nnx.Module):
         """Attention of T tokens whose keys and values the cache already holds (`fill` wrote
         them): only their queries are projected."""
         batch, length, width = x_BxTxD.shape
-        q = self._project(x_BxTxD, slice(0, width)).reshape(batch, length, self.heads, -1)
+        q = self._project(x_BxTxD, slice(0, self.inner)).reshape(batch, length, self.heads, -1)
         return self._attend(q, positions_BxT, cache)
 
     def _project(self, x_BxTxD, columns: slice) -> jax.Array:
@@ -95,8 +95,18 @@ class CausalAttention(nnx.Module):
         """Only the keys and values of T tokens written to the cache (an exited token's state
         propagated to a block it skips, CALM): a third of the projection, no attention."""
         batch, length, width = x_BxTxD.shape
-        kv = self._project(x_BxTxD, slice(width, None)).reshape(batch, length, 2, self.heads, -1)
+        kv = self._project(x_BxTxD, slice(self.inner, None)).reshape(batch, length, 2, self.heads, -1)
         return self._write(cache, kv[:, :, 0], kv[:, :, 1], positions_BxT, keys_BxT)
+
+    @property
+    def inner(self) -> int:
+        """Columns of each of q, k and v: heads x head width (the model's width unless heads
+        were pruned, adaptive.nn.prune)."""
+        return self.qkv.kernel.shape[-1] // 3
+
+    @property
+    def head_width(self) -> int:
+        return self.inner // self.heads
 
     def _write(self, cache: KVCache, k_BxTxHxK, v_BxTxHxK, positions_BxT, keys_BxT) -> KVCache:
         if self.rotary:

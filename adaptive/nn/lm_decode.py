@@ -77,9 +77,9 @@ def empty_cache(model: LanguageModel, batch: int, size: int) -> tuple[KVCache, .
     """A cache of `size` positions per sequence for every block."""
     if model.act:
         raise ValueError("decoding an ACT language model (one shared block, halting per position) is not supported")
-    attention = model.blocks[0].attention
-    head_width = model.embed.features // attention.heads
-    return tuple(KVCache.empty(batch, size, attention.heads, head_width, attention.dtype) for _ in model.blocks)
+    return tuple(
+        KVCache.empty(batch, size, b.attention.heads, b.attention.head_width, b.attention.dtype) for b in model.blocks
+    )
 
 
 def cached_forward(

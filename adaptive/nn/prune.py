@@ -7,12 +7,14 @@ slices the weights and the model runs smaller matmuls:
   model blocks) are ranked by magnitude, ||up[:, j]|| * ||down[j, :]||: the most unit j can add
   to the block's output per unit of input. A block reused at every step (ACT, PonderNet) is
   pruned once;
+- attention heads (the language model's CausalAttention, the classifier transformer's
+  nnx.MultiHeadAttention) are ranked by magnitude too: the norm of the head's query, key and
+  value columns times the norm of its rows of the output projection;
 - experts are ranked by a score per expert of each MoE layer, measured on data by the caller
   (adaptive.evaluation.pruning: routed load and gate mass on the validation split); at least k
   are kept, since a token is routed to k of them.
 
-`fraction` is the share removed from each (rounded down, at least one unit kept). Attention
-heads are not pruned here.
+`fraction` is the share removed from each (rounded down, at least one unit or head kept).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from adaptive.nn.lm_blocks import CausalAttention
 from adaptive.nn.moe import MoEFeedForward
 
 
@@ -35,6 +38,23 @@ def feed_forward_blocks(model: nnx.Module) -> list[nnx.Module]:
 
 def moe_layers(model: nnx.Module) -> list[MoEFeedForward]:
     return [m for _, m in nnx.iter_graph(model) if isinstance(m, MoEFeedForward)]
+
+
+def attention_layers(model: nnx.Module) -> list[nnx.Module]:
+    return [m for _, m in nnx.iter_graph(model) if isinstance(m, (CausalAttention, nnx.MultiHeadAttention))]
+
+
+def head_scores(layer: nnx.Module) -> np.ndarray:
+    """Per head: ||its q, k, v columns|| * ||its output rows||."""
+    if isinstance(layer, CausalAttention):
+        qkv = np.asarray(layer.qkv.kernel[...]).reshape(-1, 3, layer.heads, layer.head_width)
+        out = np.asarray(layer.out.kernel[...]).reshape(layer.heads, layer.head_width, -1)
+        inputs = np.sqrt((qkv**2).sum(axis=(0, 1, 3)))
+    else:  # nnx.MultiHeadAttention: q, k, v kernels [D, H, K], output [H, K, D]
+        parts = [np.asarray(getattr(layer, n).kernel[...]) for n in ("query", "key", "value")]
+        out = np.asarray(layer.out.kernel[...])
+        inputs = np.sqrt(sum((p**2).sum(axis=(0, 2)) for p in parts))
+    return inputs * np.sqrt((out**2).sum(axis=(1, 2)))
 
 
 def kept(scores, fraction: float, least: int = 1) -> np.ndarray:
@@ -60,6 +80,8 @@ def prune_model(graphdef: nnx.GraphDef, params, fraction: float, expert_scores: 
     model = nnx.merge(graphdef, params)
     for block in feed_forward_blocks(model):
         _slice_units(block, kept(unit_scores(block), fraction))
+    for layer in attention_layers(model):
+        _slice_heads(layer, kept(head_scores(layer), fraction))
     layers = moe_layers(model)
     if expert_scores is not None:
         if len(expert_scores) != len(layers):
@@ -78,6 +100,27 @@ def _slice_units(block: nnx.Module, keep: np.ndarray) -> None:
         up.bias = nnx.Param(up.bias[...][index])
     down.kernel = nnx.Param(down.kernel[...][index, :])
     up.out_features = down.in_features = len(keep)
+
+
+def _slice_heads(layer: nnx.Module, keep: np.ndarray) -> None:
+    index = jnp.asarray(keep)
+    if isinstance(layer, CausalAttention):
+        width, heads, head_width = layer.qkv.kernel.shape[0], layer.heads, layer.head_width
+        qkv = layer.qkv.kernel[...].reshape(width, 3, heads, head_width)[:, :, index]
+        layer.qkv.kernel = nnx.Param(qkv.reshape(width, -1))
+        out = layer.out.kernel[...].reshape(heads, head_width, -1)[index]
+        layer.out.kernel = nnx.Param(out.reshape(len(keep) * head_width, -1))
+        layer.heads = len(keep)
+        return
+    for name in ("query", "key", "value"):
+        projection = getattr(layer, name)
+        projection.kernel = nnx.Param(projection.kernel[...][:, index])
+        if projection.bias is not None:
+            projection.bias = nnx.Param(projection.bias[...][index])
+        projection.out_features = (len(keep), projection.out_features[1])
+    layer.out.kernel = nnx.Param(layer.out.kernel[...][index])
+    layer.out.in_features = (len(keep), layer.out.in_features[1])
+    layer.num_heads = layer.num_kv_heads = len(keep)
 
 
 def _slice_experts(layer: MoEFeedForward, keep: np.ndarray) -> None:
