@@ -116,3 +116,30 @@ def test_a_point_serves_as_the_fallback_rung_priced_by_its_own_flops_and_accurac
     want = np.asarray(small.call(x, np.full((4,), primary.cap, np.int32))[0])
     got = backup.run(x, np.full((4,), primary.cap, np.int32))
     np.testing.assert_array_equal(np.asarray(got.prediction), want)
+
+
+def test_eval_scores_the_points_on_a_split_and_plots_them(artifact):
+    root, _ = artifact
+    command = cli("eval", "--workdir", str(root / "run"), "--split", "validation", "--points", str(root / "art"))
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "int8 prune 0.5" in proc.stdout
+    (report,) = (root / "run" / "eval").glob("validation-points-step*.json")
+    rows = json.loads(report.read_text())["operating_points"]
+    assert len(rows) == 4 and report.with_suffix(".png").is_file()
+    for row in rows:  # the exported functions, scored on validation, agree with what export measured there
+        assert abs(row["accuracy"] - row["validation_accuracy"]) <= 0.01
+    assert any(r["pareto_memory_mb"] for r in rows) and any(r["pareto_flops"] for r in rows)
+
+
+def test_an_adaptive_runs_compute_report_draws_its_points_beside_its_budgets(tmp_path):
+    train_tiny(tmp_path / "run", 10, overrides=(f"--config.data.data_dir={tmp_path / 'd'}",))
+    export = cli("export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "art"))
+    proc = subprocess.run([*export, "--precision", "fp32,int8", "--points-batch", "4"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    command = cli("eval", "--workdir", str(tmp_path / "run"), "--points", str(tmp_path / "art"))
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (report,) = (tmp_path / "run" / "eval").glob("*-report-step*.json")
+    points = json.loads(report.read_text())["operating_points"]
+    assert [p["label"] for p in points] == ["fp32 prune 0", "int8 prune 0"]

@@ -73,39 +73,10 @@ def _summary_line(metrics: dict) -> str:
     )
 
 
-def _print_compute_report(workdir: str, metrics: dict, baselines: list[str]) -> None:
-    from adaptive.evaluation.eval_report import compute_report
-    from adaptive.evaluation.tables import print_table
-    from adaptive.inference.restore import load_run
-
-    report, paths = compute_report(load_run(workdir, metrics["step"]), metrics["split"], baselines)
-    unit = report["unit"]
-    front = [
-        {"step_budget": r["step_budget"], "expert_budget": r["expert_budget"] or "all", "accuracy": r["accuracy"],
-         "steps": r["steps"], unit: r["compute"]}
-        for r in report["pareto_front"]
-    ]  # fmt: skip
-    print(f"Pareto front of accuracy vs compute ({unit}) over step and expert budgets:")
-    print_table(front, list(front[0]))
-    if report["budgeted_batch"]:
-        source = report["budgeted_batch"][0]["calibration_split"]
-        print(f"budgeted batch classification (exit thresholds calibrated on the {source} split):")
-        rows = [{"target_steps": r["target_steps"], "steps": r["steps"], "accuracy": r["accuracy"]}
-                for r in report["budgeted_batch"]]  # fmt: skip
-        print_table(rows, list(rows[0]))
-    dist, shifted = report["compute_distribution"]["steps"], report["shifted"]
-    print(
-        f"steps per example: mean {dist['mean']:.2f}, p50 {dist['p50']:g}, p99 {dist['p99']:g}, max {dist['max']:g}; "
-        f"FLOPs per correct answer {report['cost_per_correct']['flops']:.4g}"
-    )
-    print(f"shifted ({shifted['what']}): accuracy {shifted['accuracy']:.4f}, mean steps {shifted['steps']['mean']:.2f}")
-    for path in paths:
-        print(f"wrote {path}")
-
-
 def _eval(args, overrides: list[str]) -> int:
     from pathlib import Path
 
+    from adaptive.cli import eval_reports
     from adaptive.evaluation.budgeted_eval import evaluate_run
     from adaptive.workdir.config_file import load_config
 
@@ -127,8 +98,10 @@ def _eval(args, overrides: list[str]) -> int:
     # the full report reads the run as trained (sampled halting has no per-budget trajectory)
     full_report = args.budget is None and args.halt is None
     if full_report and metrics["policy"] != "none":
-        _print_compute_report(args.workdir, metrics, args.baseline)
-    elif args.baseline:
+        eval_reports.print_compute_report(args.workdir, metrics, args.baseline, args.points)
+    elif args.points:
+        eval_reports.print_points_report(args.workdir, metrics, args.points)
+    if args.baseline and not (full_report and metrics["policy"] != "none"):
         print("--baseline is compared in the full report: drop --budget, or evaluate an adaptive run")
     if "latency/p50_ms" in metrics:
         print(

@@ -61,6 +61,9 @@ def _add_eval(commands) -> None:
         "--latency-batch", type=int, metavar="B", help="also time the compiled predictor on batches of B"
     )
     evaluate.add_argument(
+        "--points", metavar="ART", help="score and plot this run's exported operating points (precision, pruning)"
+    )
+    evaluate.add_argument(
         "--halt",
         choices=("threshold", "sample"),
         help="PonderNet runs: halt by the cumulative-probability threshold or by sampling (default: as trained)",

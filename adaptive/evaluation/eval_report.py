@@ -9,7 +9,9 @@ What it answers, all on one split (default: the run's evaluation split):
 - accuracy and compute per difficulty, and on a shifted version of this split (parity: the
   same split's vectors at the difficulties beyond training, or the hardest quarter; other data:
   its inputs with added noise);
-- the compute distribution (mean, p50, p99, max) and cost per correct prediction.
+- the compute distribution (mean, p50, p99, max) and cost per correct prediction;
+- with an artifact's operating points (`--points ART`: precision and pruning), each scored on
+  this split and drawn on the same accuracy-vs-compute plot.
 Writes DIR/eval/<split>-report-step<N>.json and three PNGs next to it.
 """
 
@@ -38,7 +40,11 @@ TARGET_FRACTIONS = (0.25, 0.5, 0.75)  # budgeted-batch targets, as fractions of 
 CALIBRATION_SPLIT = "validation"  # where exit thresholds are fitted, whatever split is scored
 
 
-def compute_report(run: Run, split: str, baselines: list[str] = ()) -> tuple[dict, list[Path]]:
+def compute_report(
+    run: Run, split: str, baselines: list[str] = (), points: str | Path | None = None
+) -> tuple[dict, list[Path]]:
+    """`points`: an artifact of this run whose operating points (precision, pruning) the report
+    scores on `split` and draws beside the step and expert budgets (adaptive.evaluation.points_report)."""
     cfg = run.cfg
     if cfg.halting.policy == "none":
         raise RunError("a static model has a single operating point: use --budget, or pass it as --baseline")
@@ -82,6 +88,10 @@ def compute_report(run: Run, split: str, baselines: list[str] = ()) -> tuple[dic
         "budgeted_batch": _budgeted_batch(run, split, test, compute, k_max, cap, budget),
         "baselines": [_baseline(path, split) for path in baselines],
     }
+    if points is not None:
+        from adaptive.evaluation.points_report import score_points
+
+        report["operating_points"] = score_points(run, split, points)
     if test.difficulty_B.max() > 0:  # tasks whose examples carry a difficulty (parity)
         report["by_difficulty"] = curves.by_difficulty(correct, steps_B, test.difficulty_B)
     report["shifted"], shifted_steps_B = _shifted(run, split, k_max)

@@ -61,6 +61,10 @@ def accuracy_vs_compute(report: dict, path: Path, title: str) -> None:
                    label="budgeted batch (MSDNet thresholds)")  # fmt: skip
     for b in report.get("baselines", []):
         ax.scatter([b["flops"]], [b["accuracy"]], marker="s", zorder=4, label=f"baseline {b['name']}")
+    if report.get("operating_points"):  # precision and pruning, at the full step budget
+        from adaptive.evaluation.points_report import draw_points
+
+        draw_points(ax, report["operating_points"])
     target = _target_flops(report)
     if target is not None:
         ax.axvline(target, color="red", ls=":", lw=1.2, label=f"budget target ({report['target']:g} {report['unit']})")

@@ -1,0 +1,45 @@
+"""What `adaptive eval` prints of its reports: the compute report's tables, the operating points."""
+
+from __future__ import annotations
+
+
+def print_points_report(workdir: str, metrics: dict, artifact: str) -> None:
+    from adaptive.evaluation.points_report import points_report
+    from adaptive.evaluation.tables import print_table
+    from adaptive.inference.restore import load_run
+
+    report, paths = points_report(load_run(workdir, metrics["step"]), metrics["split"], artifact)
+    keys = ("label", "accuracy", "validation_accuracy", "flops", "weight_bytes", "memory_mb", "latency_ms")
+    print(f"operating points of {artifact} on the {metrics['split']} split:")
+    print_table([{k: r[k] for k in keys} for r in report["operating_points"]], list(keys))
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def print_compute_report(workdir: str, metrics: dict, baselines: list[str], points: str | None = None) -> None:
+    from adaptive.evaluation.eval_report import compute_report
+    from adaptive.evaluation.tables import print_table
+    from adaptive.inference.restore import load_run
+
+    report, paths = compute_report(load_run(workdir, metrics["step"]), metrics["split"], baselines, points)
+    unit = report["unit"]
+    front = [
+        {"step_budget": r["step_budget"], "expert_budget": r["expert_budget"] or "all", "accuracy": r["accuracy"],
+         "steps": r["steps"], unit: r["compute"]}
+        for r in report["pareto_front"]
+    ]  # fmt: skip
+    print(f"Pareto front of accuracy vs compute ({unit}) over step and expert budgets:")
+    print_table(front, list(front[0]))
+    if report["budgeted_batch"]:
+        source = report["budgeted_batch"][0]["calibration_split"]
+        print(f"budgeted batch classification (exit thresholds calibrated on the {source} split):")
+        rows = [{"target_steps": r["target_steps"], "steps": r["steps"], "accuracy": r["accuracy"]}
+                for r in report["budgeted_batch"]]  # fmt: skip
+        print_table(rows, list(rows[0]))
+    dist, shifted = report["compute_distribution"]["steps"], report["shifted"]
+    print(
+        f"steps per example: mean {dist['mean']:.2f}, p50 {dist['p50']:g}, p99 {dist['p99']:g}, max {dist['max']:g}; "
+        f"FLOPs per correct answer {report['cost_per_correct']['flops']:.4g}"
+    )
+    print(f"shifted ({shifted['what']}): accuracy {shifted['accuracy']:.4f}, mean steps {shifted['steps']['mean']:.2f}")
+    for path in paths:
+        print(f"wrote {path}")
