@@ -86,3 +86,14 @@ def test_an_artifact_over_its_memory_budget_is_not_served(tmp_path, monkeypatch)
     with pytest.raises(ArtifactError, match="over its memory budget of 1 MB"):
         engine_module.Engine.from_artifact(tmp_path)
     json.dumps(meta)  # the fields are plain JSON, as meta.json holds them
+
+
+def test_bench_serve_says_whether_the_sustained_rate_met_a_throughput_budget(capsys):
+    from adaptive.bench.serve import throughput_verdict
+
+    rows = [{"policy": "adaptive", "pattern": "poisson", "goodput_rps": 120.0}, {"goodput_rps": 80.0}]
+    marked = throughput_verdict([dict(r) for r in rows], 100.0, rate=150.0)
+    assert [r["throughput_met"] for r in marked] == [True, False]
+    assert all(r["throughput_budget_rps"] == 100.0 for r in marked)
+    low = throughput_verdict([dict(r) for r in rows], 100.0, rate=50.0)  # too little offered to show it
+    assert not any(r["throughput_met"] for r in low) and "below the throughput budget" in capsys.readouterr().out

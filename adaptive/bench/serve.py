@@ -186,6 +186,9 @@ def run(
         rate = sustainable_rate(artifact, server_args, sla_ms, out, policy_flops, duration)
         print(f"base rate: {rate:g} requests/s (what {BASE} sustains within the SLA)", flush=True)
     rows, traces = _run_policies(artifact, policies, rate, sla_ms, duration, repeats, out)
+    target = throughput_budget(artifact)
+    if target is not None:
+        rows = throughput_verdict(rows, target, rate)
     print_rows(rows)
     write_json(json_out, rows)
     from adaptive.bench.serve_plots import budget_over_time, latency_cdfs
@@ -193,6 +196,32 @@ def run(
     latency_cdfs(traces, sla_ms, out / "latency_cdf.png")
     budget_over_time(traces, out / "budget_over_time.png")
     print(f"wrote {out / 'latency_cdf.png'}, {out / 'budget_over_time.png'}")
+    return rows
+
+
+def throughput_budget(artifact: str) -> float | None:
+    """The artifact's throughput budget (budget.unit=requests_per_s), None without one."""
+    from adaptive.inference.artifact_meta import read_meta
+
+    budget = (read_meta(Path(artifact)).get("config") or {}).get("budget") or {}
+    return float(budget["target"]) if budget.get("unit") == "requests_per_s" and budget.get("target") else None
+
+
+def throughput_verdict(rows: list[dict], target: float, rate: float) -> list[dict]:
+    """Each row marked with whether it sustained the throughput budget: answers on time per
+    second (goodput) at or above `target` requests/s. An offered rate below the target cannot
+    show it: said once, and every row is marked not met."""
+    if rate < target:
+        print(
+            f"the offered rate {rate:g}/s is below the throughput budget {target:g}/s: pass --rate {target:g} or more"
+        )
+    for row in rows:
+        row["throughput_budget_rps"] = target
+        row["throughput_met"] = bool(rate >= target and row["goodput_rps"] >= target)
+        print(
+            f"{row.get('policy', '?')} / {row.get('pattern', '?')}: {row['goodput_rps']:.1f} answers on time a second "
+            f"against a budget of {target:g}: {'met' if row['throughput_met'] else 'not met'}"
+        )
     return rows
 
 
