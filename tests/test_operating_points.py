@@ -21,7 +21,8 @@ from tests.helpers import cli, train_tiny
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     root = tmp_path_factory.mktemp("points")
-    train_tiny(root / "run", 20, config="configs/mnist1d.py:tiny", overrides=(f"--config.data.data_dir={root / 'd'}",))
+    overrides = (f"--config.data.data_dir={root / 'd'}", "--config.budget.serving_batch=16")  # memory at batch 16
+    train_tiny(root / "run", 20, config="configs/mnist1d.py:tiny", overrides=overrides)
     command = cli("export", "--workdir", str(root / "run"), "--out", str(root / "art"))
     flags = ["--precision", "fp32,int8", "--prune", "0,0.5", "--fine-tune-steps", "2", "--points-batch", "4"]
     proc = subprocess.run([*command, *flags], capture_output=True, text=True)
@@ -39,6 +40,7 @@ def test_each_point_is_a_checksummed_function_described_in_meta(artifact):
         assert (root / "art" / points[key]["file"]).is_file()
     assert points[("int8", 0.0)]["weight_bytes"] < points[("fp32", 0.0)]["weight_bytes"] / 3
     assert points[("int8", 0.0)]["memory"]["total"] < points[("fp32", 0.0)]["memory"]["total"]
+    assert all(p["memory"]["batch"] == 16 for p in points.values()) and meta["memory"]["batch"] == 16
     assert points[("fp32", 0.5)]["flops"] < 0.8 * points[("fp32", 0.0)]["flops"]
     assert points[("int8", 0.5)]["flops"] == points[("fp32", 0.5)]["flops"]  # precision changes no FLOP count
     assert all(p["latency_ms"]["median"] > 0 and p["latency_ms"]["batch"] == 4 for p in points.values())
@@ -81,7 +83,11 @@ def test_a_corrupted_point_is_refused_and_meta_is_validated(artifact, tmp_path):
 
 def test_bad_points_are_one_line_errors(artifact, tmp_path):
     root, _ = artifact
-    for flags, said in ((["--prune", "0,1.5"], "[0, 1)"), (["--precision", "int3"], "int3")):
+    for flags, said in (
+        (["--prune", "0,1.5"], "[0, 1)"),
+        (["--precision", "int3"], "int3"),
+        (["--prune", "0.251"], "whole percents"),
+    ):
         command = cli("export", "--workdir", str(root / "run"), "--out", str(tmp_path / "x"), *flags)
         proc = subprocess.run(command, capture_output=True, text=True)
         assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr
@@ -143,3 +149,15 @@ def test_an_adaptive_runs_compute_report_draws_its_points_beside_its_budgets(tmp
     (report,) = (tmp_path / "run" / "eval").glob("*-report-step*.json")
     points = json.loads(report.read_text())["operating_points"]
     assert [p["label"] for p in points] == ["fp32 prune 0", "int8 prune 0"]
+
+
+def test_serve_refuses_points_it_cannot_serve_before_loading(artifact):
+    root, _ = artifact
+    for flags, said in (
+        (["--fallback-point", "int4,0"], "has no such operating point"),
+        (["--point", "int8,0.3"], "has no such operating point"),
+        (["--fallback-point", "fp32,0"], "the primary itself"),
+        (["--point", "int8,0.5", "--fallback-point", "int8,0.5"], "the primary itself"),
+    ):
+        proc = subprocess.run(cli("serve", "--artifact", str(root / "art"), *flags), capture_output=True, text=True)
+        assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-500:]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 
 def run(args) -> int:
+    from adaptive.config import ConfigError
     from adaptive.inference.export import export_run, load_artifact
     from adaptive.workdir.config_file import load_config
 
     if load_config(args.workdir).model.kind == "lm":
-        if args.precision != "fp32" or args.prune != "0":
-            raise ValueError(
+        if _points(args, None, check_only=True):
+            raise ConfigError(
                 "--precision and --prune export a classifier's operating points; a language model's are not built"
             )
         from adaptive.inference.lm_export import export_lm_run, load_lm_artifact
@@ -49,8 +50,8 @@ def run(args) -> int:
     return 0
 
 
-def _points(args, log):
-    """The operating points the flags ask for (None: the model alone)."""
+def _points(args, log, check_only: bool = False):
+    """The operating points the flags ask for (None: the model alone); `check_only`: whether any."""
     from adaptive.config import ConfigError
 
     precisions = [p for p in args.precision.split(",") if p]
@@ -60,6 +61,8 @@ def _points(args, log):
         raise ConfigError(f"--prune {args.prune!r}: give shares in [0, 1), comma-separated") from None
     if precisions == ["fp32"] and prunes == [0.0]:
         return None
+    if check_only:
+        return True
     from adaptive.evaluation.operating_points import check_points, operating_points
 
     try:

@@ -227,7 +227,8 @@ def _serve(args, overrides: list[str]) -> int:
     for ok, message, value in checks:
         if not ok:
             raise ConfigError(f"{message}; got {value:g}")
-    fallback_point = _point_flag(args.fallback_point) if args.fallback_point else None
+    fallback_point = _point_flag("--fallback-point", args.fallback_point) if args.fallback_point else None
+    point = _point_flag("--point", args.point) if args.point else None
 
     from adaptive.inference.artifact_meta import parse_meta
     from adaptive.inference.lm_export import FORMAT as LM_FORMAT
@@ -235,8 +236,10 @@ def _serve(args, overrides: list[str]) -> int:
 
     meta = parse_meta(Path(args.artifact))
     if isinstance(meta, dict) and meta.get("format") == LM_FORMAT:
-        if fallback_point:
-            raise ConfigError("--fallback-point picks a classifier's operating point; a language model has none")
+        if fallback_point or point:
+            raise ConfigError(
+                "--point and --fallback-point pick a classifier's operating point; a language model has none"
+            )
         serve_lm(
             args.artifact,
             fallback=args.fallback,
@@ -251,9 +254,11 @@ def _serve(args, overrides: list[str]) -> int:
             idle_timeout_s=args.idle_timeout_s,
         )
         return 0
+    _check_points(args, meta, point, fallback_point)
     serve(
         args.artifact,
         fallback=args.fallback,
+        point=point,
         fallback_point=fallback_point,
         sla_ms=args.sla_ms,
         host=args.host,
@@ -269,15 +274,35 @@ def _serve(args, overrides: list[str]) -> int:
     return 0
 
 
-def _point_flag(text: str) -> tuple[str, float]:
-    """`--fallback-point PRECISION,PRUNE` as (precision, prune), or a one-line error."""
+def _point_flag(flag: str, text: str) -> tuple[str, float]:
+    """`--point PRECISION,PRUNE` as (precision, prune), or a one-line error."""
     from adaptive.config import ConfigError
 
     precision, _, prune = text.partition(",")
     try:
         return precision, float(prune)
     except ValueError:
-        raise ConfigError(f"--fallback-point {text!r}: give PRECISION,PRUNE, e.g. int8,0.5") from None
+        raise ConfigError(f"{flag} {text!r}: give PRECISION,PRUNE, e.g. int8,0.5") from None
+
+
+def _check_points(args, meta, point, fallback_point) -> None:
+    """The operating points asked for exist, before anything loads; the fallback is not the primary."""
+    from adaptive.config import ConfigError
+    from adaptive.inference.artifact_meta import parse_meta
+
+    for flag, asked, path, its in (
+        ("--point", point, args.artifact, meta),
+        ("--fallback-point", fallback_point, args.fallback or args.artifact, None),
+    ):
+        if asked is None or tuple(asked) == ("fp32", 0.0):
+            continue
+        its = its if its is not None else parse_meta(Path(path))
+        have = {(p.get("precision"), p.get("prune")) for p in (its or {}).get("operating_points", [])}
+        if tuple(asked) not in have:
+            listed = ", ".join(f"{p},{f:g}" for p, f in sorted(have)) or "none"
+            raise ConfigError(f"{flag} {asked[0]},{asked[1]:g}: {path} has no such operating point (it has {listed})")
+    if fallback_point is not None and not args.fallback and tuple(fallback_point) == tuple(point or ("fp32", 0.0)):
+        raise ConfigError("--fallback-point is the primary itself; pick a smaller point")
 
 
 def _export(args, overrides: list[str]) -> int:

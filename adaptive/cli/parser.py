@@ -101,6 +101,9 @@ def _add_serve(commands) -> None:
     serve.add_argument("--artifact", required=True, metavar="ART")
     serve.add_argument("--fallback", metavar="ART2", help="a smaller model for the degradation ladder")
     serve.add_argument(
+        "--point", metavar="PRECISION,PRUNE", help="classifiers: serve this operating point of ART, e.g. int8,0"
+    )
+    serve.add_argument(
         "--fallback-point",
         metavar="PRECISION,PRUNE",
         help="classifiers: the fallback is this operating point of ART2 (default: of ART), e.g. int8,0.5",

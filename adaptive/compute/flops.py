@@ -112,7 +112,7 @@ def flops_model(
         per_step = dense_flops(width, width, bias=False) + 2.0 * width + looped  # + the two adds
     elif kind == "mlp":
         fixed = dense_flops(d_in, width) + width + head
-        ffn = dense_ffn + 2.0 * width
+        ffn = dense_ffn + ffn_width  # + the ReLU over the hidden units
         if moe:
             ffn, passes, one = moe_flops(width, moe, batch, train=train, useful=useful)
             experts = (passes, 1.0, one)

@@ -147,8 +147,9 @@ def lm_flops(
     # by an expert budget, costs less); capacity buffers and expert choice run whole
     routed = moe is not None and moe.router != "expert_choice" and moe.dispatch != "capacity"
     passes, expert_pass = moe_flops(width, moe, batch * length, train=train, useful=False)[1:] if moe else (0.0, 0.0)
-    fill = layer_norm_flops(width) + dense_flops(width, 2 * width, bias=False)
-    fill += 3.0 * width if lm.positions == "rotary" else 0.0
+    inner = attention_width or width
+    fill = layer_norm_flops(width) + dense_flops(width, 2 * inner, bias=False)
+    fill += 3.0 * inner if lm.positions == "rotary" else 0.0
     fill_costs = tuple(float(fill + (router if i in mod_blocks else 0.0)) for i in range(depth)) if decoding else ()
     return LMFlops(
         fixed=float(fixed),

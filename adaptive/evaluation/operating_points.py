@@ -40,7 +40,11 @@ def check_points(precisions: list[str], prunes: list[float]) -> list[tuple[str, 
     for prune in prunes:
         if not 0 <= prune < 1:
             raise ValueError(f"--prune {prune:g}: a share of units removed must be in [0, 1)")
-    if len(set(precisions)) != len(precisions) or len(set(prunes)) != len(prunes):
+        if abs(prune * 100 - round(prune * 100)) > 1e-9:
+            raise ValueError(
+                f"--prune {prune:g}: give whole percents (0.25, not 0.251); a point's file is named by them"
+            )
+    if len(set(precisions)) != len(precisions) or len({round(f * 100) for f in prunes}) != len(prunes):
         raise ValueError("--precision and --prune list each value once")
     return [(p, f) for f in prunes for p in precisions]
 
@@ -79,6 +83,9 @@ def operating_points(
     specs = (jax.ShapeDtypeStruct((symbolic, *shape), jnp.float32), jax.ShapeDtypeStruct((symbolic,), jnp.int32))
     x = jnp.asarray(inputs(run, batch), jnp.float32)
     budget = jnp.full((batch,), step_cap(run.cfg), jnp.int32)
+    serving = run.cfg.budget.serving_batch  # memory is the serving batch's, as meta.json's `memory`
+    x_spec = jax.ShapeDtypeStruct((serving, *shape), jnp.float32)
+    budget_spec = jax.ShapeDtypeStruct((serving,), jnp.int32)
     entries, blobs, calls = [], {}, {}
     for v in variants:
         fn = jax.jit(serving_function(v.run.graphdef, v.run.params))
@@ -94,7 +101,7 @@ def operating_points(
             "accuracy": v.score["accuracy"],
             "flops": flops_of(v.run),
             "weight_bytes": v.weight_bytes,
-            "memory": memory_report(compiled, v.weight_bytes),
+            "memory": {"batch": serving, **memory_report(fn.lower(x_spec, budget_spec).compile(), v.weight_bytes)},
             "clip": v.clip,
             "aware_steps": v.aware_steps,
             "fine_tune_steps": fine_tune_steps if v.prune > 0 else 0,

@@ -32,8 +32,12 @@ from adaptive.workdir.config_file import RunError  # noqa: E402
 def score_points(run: Run, split: str, artifact: str | Path) -> list[dict]:
     """One row per operating point of `artifact` (exported from `run`), scored on `split`."""
     _, meta = load_artifact(artifact)
-    if Path(meta["source"]["workdir"]).resolve() != run.workdir.resolve():
-        raise RunError(f"{artifact} was exported from {meta['source']['workdir']}, not from {run.workdir}")
+    source = meta["source"]
+    if Path(source["workdir"]).resolve() != run.workdir.resolve() or source["step"] != run.step:
+        raise RunError(
+            f"{artifact} was exported from {source['workdir']} at step {source['step']}, "
+            f"not from {run.workdir} at step {run.step}"
+        )
     entries = meta.get("operating_points", [])
     if not entries:
         raise RunError(f"{artifact} has no operating points: export it with --precision and --prune")

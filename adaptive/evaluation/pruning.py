@@ -20,7 +20,7 @@ from flax import nnx
 
 from adaptive.compute.flops import flops_model
 from adaptive.compute.lm_flops import lm_flops
-from adaptive.config import step_cap
+from adaptive.config import ConfigError, step_cap
 from adaptive.evaluation.quantization import Variant, score
 from adaptive.inference.restore import Run
 from adaptive.inference.scoring import split_batches
@@ -36,7 +36,7 @@ def expert_scores(run: Run, split: str = "validation", limit: int | None = 2048)
     if not layers:
         return None
     if run.cfg.model.kind == "lm" or len(layers) > 1:
-        raise ValueError(
+        raise ConfigError(
             "expert pruning reads routing from a classifier's single MoE block; this model has "
             f"{len(layers)} MoE layer(s) of kind {run.cfg.model.kind!r}"
         )
@@ -48,7 +48,9 @@ def expert_scores(run: Run, split: str = "validation", limit: int | None = 2048)
         return metrics["moe/expert_usage"], metrics["moe/gate_mass"]
 
     load, mass, batches = 0.0, 0.0, 0
-    for batch, _ in split_batches(run.cfg, split, run.cfg.train.batch_size, limit):
+    for batch, real in split_batches(run.cfg, split, run.cfg.train.batch_size, limit):
+        if batches and not np.asarray(real).all():  # a padded last batch would count its padding
+            continue
         usage, gate = jax.device_get(routing(run.params, batch["x"]))
         load, mass, batches = load + usage, mass + gate, batches + 1
     return [(np.asarray(load) + np.asarray(mass)) / max(batches, 1)]
@@ -94,9 +96,16 @@ def pruned(
     before = score(dataclasses.replace(run, graphdef=graphdef, params=params), split, limit)
     if log:
         log(f"pruned {fraction:g}: {before} before fine-tuning")
-    if fraction > 0 and fine_tune_steps > 0:
-        params = fine_tune(run.cfg, run.spec, graphdef, params, fine_tune_steps, budget=run.budget, log=log)
     variant = dataclasses.replace(run, graphdef=graphdef, params=params)
-    after = score(variant, split, limit)
-    candidates = [{"fine_tune_steps": 0, **before}, {"fine_tune_steps": fine_tune_steps, **after}]
-    return Variant("fp32", 1.0, variant, after, weight_bytes(params), candidates, prune=fraction)
+    candidates, best = [{"fine_tune_steps": 0, **before}], (variant, before)
+    if fraction > 0 and fine_tune_steps > 0:
+        tuned = fine_tune(run.cfg, run.spec, graphdef, params, fine_tune_steps, budget=run.budget, log=log)
+        tuned_run = dataclasses.replace(run, graphdef=graphdef, params=tuned)
+        after = score(tuned_run, split, limit)
+        candidates.append({"fine_tune_steps": fine_tune_steps, **after})
+        lm = run.cfg.model.kind == "lm"
+        better = after["bits_per_byte"] < before["bits_per_byte"] if lm else after["accuracy"] >= before["accuracy"]
+        if better:  # the fine-tune is kept where validation says it helped
+            best = (tuned_run, after)
+    variant, kept_score = best
+    return Variant("fp32", 1.0, variant, kept_score, weight_bytes(variant.params), candidates, prune=fraction)

@@ -142,6 +142,13 @@ class _Schema:
         self.variants(self.obj(meta.get("expert_variants", {}), "expert_variants"), k_max)
         self.batch_variants(self.obj(meta.get("batch_variants", {}), "batch_variants"))
         self.points(meta.get("operating_points", []))
+        if meta.get("memory") is not None:
+            memory = self.obj(meta["memory"], "memory")
+            if not (_is_number(memory.get("total_mb")) and memory["total_mb"] >= 0 and _is_int(memory.get("batch"))):
+                raise self.fail("memory", "{batch: an integer, total_mb: a number >= 0, ...}", memory)
+        ceiling = meta.get("memory_budget_mb")
+        if ceiling is not None and not (_is_number(ceiling) and ceiling > 0):
+            raise self.fail("memory_budget_mb", "null or a number > 0", ceiling)
         self.compute(self.obj(self.get(meta, "compute_at_steps"), "compute_at_steps"), cap)
         by_experts = self.obj(meta.get("flops_at_expert_budgets") or {}, "flops_at_expert_budgets")
         for key, values in by_experts.items():
@@ -177,6 +184,7 @@ class _Schema:
         for each but (fp32, 0), which is model.jaxexport."""
         if not isinstance(points, list):
             raise self.fail("operating_points", "a list", points)
+        seen = set()
         for i, entry in enumerate(points):
             path = f"operating_points[{i}]"
             entry = self.obj(entry, path)
@@ -185,9 +193,15 @@ class _Schema:
                 raise self.fail(path + ".precision", "fp32, bf16, int8 or int4", precision)
             if not (isinstance(prune, (int, float)) and 0 <= prune < 1):
                 raise self.fail(path + ".prune", "a number in [0, 1)", prune)
-            for key in ("accuracy", "flops", "weight_bytes"):
-                value = self.get(entry, key, path + ".")
-                if not (isinstance(value, (int, float)) and value >= 0):
+            if (precision, prune) in seen:
+                raise self.fail(path, "a (precision, prune) pair listed once", [precision, prune])
+            seen.add((precision, prune))
+            memory = self.obj(self.get(entry, "memory", path + "."), path + ".memory")
+            latency = self.obj(self.get(entry, "latency_ms", path + "."), path + ".latency_ms")
+            numbers = {key: entry.get(key) for key in ("accuracy", "flops", "weight_bytes")}
+            numbers |= {"memory.total_mb": memory.get("total_mb"), "latency_ms.median": latency.get("median")}
+            for key, value in numbers.items():
+                if not (_is_number(value) and value >= 0):
                     raise self.fail(f"{path}.{key}", "a number >= 0", value)
             if (precision, prune) != ("fp32", 0):
                 self.blob(entry, path, point_file(precision, prune))

@@ -117,9 +117,9 @@ def compute_table(run: Run) -> dict:
 
 
 def memory_at_serving_batch(run: Run) -> dict:
-    """Device memory of the serving function compiled for the budget's serving batch (1 without
-    a budget): what a `memory_mb` budget is checked against (adaptive.compute.memory)."""
-    batch = run.budget.serving_batch if run.budget is not None else 1
+    """Device memory of the serving function compiled for the config's `budget.serving_batch`:
+    what a `memory_mb` budget is checked against (adaptive.compute.memory)."""
+    batch = run.cfg.budget.serving_batch
     x = jax.ShapeDtypeStruct((batch, *run.spec.input_shape), jnp.float32)
     budget = jax.ShapeDtypeStruct((batch,), jnp.int32)
     compiled = jax.jit(serving_function(run.graphdef, run.params)).lower(x, budget).compile()
@@ -221,6 +221,12 @@ def export_run(
     point_blobs = {}
     if points is not None:
         meta["operating_points"], point_blobs = points(run)
+    ceiling, memory = meta["memory_budget_mb"], meta["memory"]
+    if ceiling is not None and memory["total_mb"] > ceiling and not meta.get("operating_points"):
+        raise ArtifactError(
+            f"the model needs {memory['total_mb']:g} MB at batch {memory['batch']}, over its memory budget of "
+            f"{ceiling:g} MB; export it with --precision and --prune to find operating points that fit"
+        )
     # Written aside and moved into place once verified: ART is never a half-made artifact.
     check_staging(staging)
     try:

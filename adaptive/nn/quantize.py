@@ -235,6 +235,8 @@ def fake_quantizer(graphdef: nnx.GraphDef, precision: str, clip: float = 1.0):
     def transform(params):
         if precision == "fp32":
             return params
+        if isinstance(params, nnx.State):  # merge would share its variables: written below
+            params = nnx.to_pure_dict(params)
         model = nnx.merge(graphdef, params)
         for _, _, child in list(_targets(model)):
             if isinstance(child, MoEFeedForward):

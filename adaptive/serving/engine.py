@@ -96,9 +96,13 @@ class Engine:
             meta = point_meta(meta, tuple(point), str(path))
         ceiling, memory = meta.get("memory_budget_mb"), meta.get("memory")
         if ceiling is not None and memory is not None and memory["total_mb"] > ceiling:
+            fits = [f"{p['precision']},{p['prune']:g}" for p in meta.get("operating_points", []) if p.get("fits")]
+            hint = (
+                f"serve a point that fits: --point {fits[0]}" if fits else "export a --precision or --prune that fits"
+            )
             raise ArtifactError(
                 f"{path} needs {memory['total_mb']:g} MB at batch {memory['batch']}, over its memory budget of "
-                f"{ceiling:g} MB; nothing served (export the run with a --precision or --prune that fits)"
+                f"{ceiling:g} MB; nothing served ({hint})"
             )
         serves = {None: exported.call}
         for k in meta.get("expert_variants", {}) if expert_budgets else ():  # MoE: the smaller budgets' functions
@@ -151,7 +155,7 @@ class Engine:
         column = "latency_ms_p99" if unit == "latency_ms" else unit
         if unit == "requests_per_s" and "latency_ms" in self.table:
             # a sustained rate: the median batch time of the meta's serving batch, shared by its rows
-            batch = (self.meta.get("budget") or {}).get("serving_batch", 1)
+            batch = self.serving_batch
             if not (np.isfinite(value) and value > 0):
                 raise BudgetError(f"budget {value:g} requests_per_s must be a positive rate")
             value, column, unit = batch * 1000.0 / value, "latency_ms", f"ms per batch of {batch}"
@@ -177,6 +181,12 @@ class Engine:
         return self.cap
 
     @property
+    def serving_batch(self) -> int:
+        """The batch the compute table's latency columns were calibrated at (budget.serving_batch)."""
+        budget = self.meta.get("budget") or (self.meta.get("config") or {}).get("budget") or {}
+        return int(budget.get("serving_batch", 1))
+
+    @property
     def fixed_depth(self) -> bool:
         """A static model: it runs all its steps whatever the step budget."""
         return (self.meta.get("config") or {}).get("halting", {}).get("policy") == "none"
@@ -199,7 +209,7 @@ class Engine:
         if unit == "memory_mb":
             return bool(self.meta["memory"]["total_mb"] <= value)
         if unit == "requests_per_s":
-            batch = (self.meta.get("budget") or {}).get("serving_batch", 1)
+            batch = self.serving_batch
             median_ms = self.table["latency_ms"][int(np.clip(steps, 1, self.cap)) - 1]  # a rate is a mean
             return bool(median_ms <= batch * 1000.0 / value * (1 + 1e-9))
         return bool(self.compute_of(steps, unit, experts) <= value * (1 + 1e-9))

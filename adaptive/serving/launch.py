@@ -54,6 +54,7 @@ def serve(
     fallback: str | None,
     sla_ms: float,
     fallback_point: tuple[str, float] | None = None,
+    point: tuple[str, float] | None = None,
     host: str,
     port: int,
     mode: str,
@@ -67,7 +68,7 @@ def serve(
     """Loads, warms, binds, then says where it serves (the port bound), until SIGINT/SIGTERM.
     The arguments are checked by the caller (`adaptive serve`) before anything loads."""
     buckets = tuple(b for b in (1, 4, 16, 64) if b < max_batch) + (max_batch,)
-    primary = Engine.from_artifact(artifact, buckets=buckets)
+    primary = Engine.from_artifact(artifact, buckets=buckets, point=point)
     backup = None
     if fallback or fallback_point:  # a smaller model, or an operating point (precision, pruning) of one
         backup = Engine.from_artifact(fallback or artifact, buckets=buckets, expert_budgets=False, point=fallback_point)

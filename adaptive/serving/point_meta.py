@@ -19,11 +19,13 @@ PRICED = ("steps", "flops", "macs")
 def point_meta(meta: dict, point: tuple[str, float], where: str) -> dict:
     """The base meta.json rewritten for `point` = (precision, prune)."""
     entries = {(e["precision"], e["prune"]): e for e in meta.get("operating_points", [])}
-    base, entry = entries.get(("fp32", 0.0)), entries.get(tuple(point))
-    if entry is None or base is None:
+    entry = entries.get(tuple(point))
+    if entry is None:
         raise ArtifactError(f"{where} has no operating point {point[0]} prune {point[1]:g}")
     out = copy.deepcopy(meta)
-    scale = entry["flops"] / base["flops"]
+    # the base model's FLOPs at the cap: its own point's entry, or its compute table's last row
+    base = entries[("fp32", 0.0)]["flops"] if ("fp32", 0.0) in entries else meta["compute_at_steps"]["flops"][-1]
+    scale = entry["flops"] / base if base > 0 else 1.0
     table = {k: v for k, v in meta["compute_at_steps"].items() if k in PRICED}
     for column in ("flops", "macs"):
         if column in table:
@@ -41,6 +43,6 @@ def point_meta(meta: dict, point: tuple[str, float], where: str) -> dict:
         "experts": list(range(1, k_max + 1)) if k_max else None,
         "accuracy": rows,
     }
-    out["memory"] = entry["memory"] | {"batch": entry["latency_ms"]["batch"]}
+    out["memory"] = entry["memory"]
     out["point"] = {"precision": point[0], "prune": point[1]}
     return out
