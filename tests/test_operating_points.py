@@ -138,6 +138,7 @@ def test_eval_scores_the_points_on_a_split_and_plots_them(artifact):
     assert any(r["pareto_memory_mb"] for r in rows) and any(r["pareto_flops"] for r in rows)
 
 
+@pytest.mark.slow
 def test_an_adaptive_runs_compute_report_draws_its_points_beside_its_budgets(tmp_path):
     train_tiny(tmp_path / "run", 10, overrides=(f"--config.data.data_dir={tmp_path / 'd'}",))
     export = cli("export", "--workdir", str(tmp_path / "run"), "--out", str(tmp_path / "art"))
