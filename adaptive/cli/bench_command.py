@@ -117,8 +117,14 @@ def run(args, overrides: list[str]) -> int:
             prunes = tuple(float(v) for v in args.prune.split(",") if v)
         except ValueError:
             raise ConfigError(f"--prune {args.prune!r}: give shares in [0, 1), comma-separated") from None
-        if not prunes or not all(0 <= p < 1 for p in prunes):
-            raise ConfigError(f"--prune {args.prune!r}: each share must be in [0, 1)")
+        from adaptive.evaluation.operating_points import check_points
+
+        if not prunes:
+            raise ConfigError("--prune: give at least one share in [0, 1), e.g. 0 or 0,0.5")
+        try:
+            check_points(precisions, list(prunes))  # whole percents, each once: variants are named by them
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         quant.run(
             args.workdir,
             precisions,
