@@ -4,9 +4,8 @@
 
 - every `nnx.Linear` (and `nnx.LinearGeneral`, attention's projections) becomes a `QLinear`
   whose matmul runs int8 x int8 with int32 accumulation (inputs quantized per row on the fly,
-  weights per output channel): on XLA:CPU a dequantized
-  weight is materialized as a float32 temporary for every layer at once (measured: six 1024x1024
-  layers held 25 MB of temporaries, the float32 model's whole size), so only an integer matmul
+  weights per output channel): on XLA:CPU a dequantized weight is materialized as a float32
+  temporary for every layer at once, as large as the float32 model, so only an integer matmul
   keeps the memory saving in the compiled program; int4 weights are unpacked to int8 first;
 - `nnx.Embed` tables become int8/int4 rows with a scale per row (lookups dequantize the rows
   they read; `attend` is an integer matmul);
@@ -20,14 +19,13 @@ each layer, which reaches nnx.Linear but not the experts' einsums, ragged_dot or
 column projections; a module rewrite covers every model kind here without editing them.
 
 int4 is packed two values per byte by hand: `jnp.int4` arrays occupy a byte per value on
-XLA:CPU and in a serialized `jax.export` artifact (measured: an int4 and an int8 512x2048
-constant gave blobs of the same size). Values are symmetric, -(2^(b-1)-1)..2^(b-1)-1, with the
+XLA:CPU and in a serialized `jax.export` artifact, as large as int8. Values are symmetric, -(2^(b-1)-1)..2^(b-1)-1, with the
 scale `clip * max|w| / levels`; `clip` < 1 saturates the outliers to resolve the rest finer, and
 is chosen on validation data (adaptive.evaluation.quantization).
 
 The integer constants are passed through `optimization_barrier`: without it XLA constant-folds
 convert(int8 constant) * scale back into a float32 constant when it compiles an artifact whose
-weights are baked in, and the saving silently disappears (measured: same peak memory as fp32).
+weights are baked in, and the saving silently disappears (the peak memory is fp32's).
 """
 
 from __future__ import annotations
@@ -137,8 +135,8 @@ def integer_matmul(x: jax.Array, weight: QWeight, contract: int, columns: slice 
 
 def _matmul(x: jax.Array, w: jax.Array, contract: int, out_dtype) -> jax.Array:
     """x[..., K] . w contracted over w's axis `contract`. A single row is padded to two: XLA:CPU
-    lowers a one-row integer (or bf16) matmul by converting the whole weight first (measured: a
-    2 MB temporary for a 512x1024 int8 weight, and 2.5x the time of two rows)."""
+    lowers a one-row integer (or bf16) matmul by converting the whole weight to float32 first,
+    which costs the memory the quantization saved and more time than two rows."""
     lead = x.shape[:-1]
     rows = x.reshape(-1, x.shape[-1])
     single = rows.shape[0] == 1
