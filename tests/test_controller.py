@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from adaptive.serving.accuracy_table import AccuracyTable, accuracy_lookup
-from adaptive.serving.controller import REJECTED, Controller, Decision, Request
+from adaptive.serving.controller import REJECTED, Controller, Decision, Fallback, Request
 from adaptive.serving.service_times import ServiceTimes
 
 INF = float("inf")
@@ -17,10 +17,11 @@ def decide(c: Controller, steps: int, waited_ms: float = 0.0, rows: int = 1, tim
     return c.plan([Request(steps, waited_ms)] * rows, time_ms)[0]
 
 
-def ladder(accuracy=None, **options) -> Controller:
+def ladder(accuracy=None, fallback_accuracy=None, **options) -> Controller:
     """SLA 20 ms, headroom 0.8: 16 ms a request. Primary: 1 ms + 2 ms per step and row;
     fallback (cap 2): 1 ms whatever the rows."""
-    c = Controller(8, sla_ms=20.0, has_fallback=True, fallback_cap=2, accuracy=accuracy, **options)
+    rung = Fallback(cap=2, accuracy=fallback_accuracy)
+    c = Controller(8, sla_ms=20.0, fallbacks=(rung,), accuracy=accuracy, **options)
     for steps, rows in [(1, 1), (4, 1), (8, 1), (2, 4)]:
         c.observe("primary", steps, 1.0 + 2.0 * steps * rows, rows=rows)
     for rows in (1, 4, 16):
@@ -29,7 +30,7 @@ def ladder(accuracy=None, **options) -> Controller:
 
 
 def test_the_ladder_degrades_in_order_and_rejects_what_cannot_be_on_time():
-    assert decide(Controller(8, 20.0, has_fallback=True), 8) == Decision("ok", "primary", 8)  # nothing measured
+    assert decide(Controller(8, 20.0, fallbacks=(Fallback(),)), 8) == Decision("ok", "primary", 8)  # nothing measured
     c = ladder()
     assert decide(c, 6) == Decision("ok", "primary", 6)  # 13 ms fits 16
     assert decide(c, 8) == Decision("degraded", "primary", 7)  # 17 ms does not; 7 steps (15 ms) do
@@ -76,7 +77,7 @@ def test_the_plan_maximizes_expected_correct_answers_and_lower_priorities_degrad
     crowd = [Request(8, 0.0, priority=i % 3) for i in range(6)]
     served = strong.plan(crowd, time_ms=3.0)  # the primary cannot run; the fallback (1 ms) can
     assert all(d.model == "fallback" for d in served)
-    tight = Controller(8, 20.0, has_fallback=True)
+    tight = Controller(8, 20.0, fallbacks=(Fallback(),))
     tight.observe("primary", 1, 100.0)
     for rows in (1, 2, 4):
         tight.observe("fallback", 1, 1.0 * rows, rows=rows)  # 1 ms a row, however full the batch
@@ -91,7 +92,7 @@ def test_the_pace_is_the_rows_share_of_the_server_at_the_arrival_rate():
     assert c.batch_time_ms(4, 0.0) == INF and c.batch_time_ms(1, 10.0) == pytest.approx(85.0)
     # A primary of 10 ms a run + 0.1 ms a row-step: 2 rows run 10.2 ms, over their 8.5 ms share at
     # 200/s; but under load batches fill up, and 32 rows at 13.2 ms are well within the pace.
-    c = Controller(1, 20.0, has_fallback=True, utilization=0.85, max_batch=32)
+    c = Controller(1, 20.0, fallbacks=(Fallback(),), utilization=0.85, max_batch=32)
     for rows in (1, 4, 32):
         c.observe("primary", 1, 10.0 + 0.1 * rows, rows=rows)
         c.observe("fallback", 1, 0.5 + 0.001 * rows, rows=rows)
@@ -109,7 +110,8 @@ def test_fewer_experts_is_a_rung_chosen_by_validation_accuracy():
         for steps in (1, 4, 8):
             c.observe("primary", steps, 1.0 + 2.0 * steps)
             c.observe("primary", steps, 1.0 + 1.0 * steps, experts=1)
-        c.observe("fallback", 1, 1.0)
+        if c.fallbacks:
+            c.observe("fallback", 1, 1.0)
         return c
 
     assert decide(controller(), 6) == Decision("ok", "primary", 6)  # what was asked fits: no table needed
@@ -120,10 +122,10 @@ def test_fewer_experts_is_a_rung_chosen_by_validation_accuracy():
     assert decide(controller(steps_matter), 8) == Decision("degraded", "primary", 8, 1)
     assert decide(controller(experts_matter), 8, 11.0) == Decision("degraded", "primary", 4, 1)  # 5 ms left
     # A fallback scored on the same split competes on accuracy with the primary's points.
-    with_fallback = controller(experts_matter, has_fallback=True, fallback_accuracy=0.9)
+    with_fallback = controller(experts_matter, fallbacks=(Fallback(accuracy=0.9),))
     assert decide(with_fallback, 8) == Decision("degraded", "primary", 7)  # 0.95 beats 0.9
     assert decide(with_fallback, 8, 11.0) == Decision("fallback", "fallback", 1)  # 0.9 beats 0.75
-    untabled = controller(has_fallback=True, fallback_accuracy=0.9)  # no primary table: ladder order
+    untabled = controller(fallbacks=(Fallback(accuracy=0.9),))  # no primary table: ladder order
     assert decide(untabled, 8, 11.0) == Decision("degraded", "primary", 4, 1)
     # What was asked fits, but a quicker point is as accurate within the tolerance: that one.
     flat = {(None, 6): 0.9, (None, 3): 0.898, (None, 2): 0.85, (1, 4): 0.9, (1, 1): 0.5}
@@ -162,14 +164,15 @@ def test_the_accuracy_table_is_the_one_scored_in_batches_like_the_one_about_to_r
         for steps, rows in [(1, 1), (2, 1), (1, 16), (2, 500)]:  # 0.01 ms a step and row; half that at k = 1
             c.observe("primary", steps, 0.01 * steps * rows, rows=rows)
             c.observe("primary", steps, 0.005 * steps * rows, rows=rows, experts=1)
-        c.observe("fallback", 1, 0.001)
+        if c.fallbacks:
+            c.observe("fallback", 1, 0.001)
         return c
 
     assert decide(controller(), 2, rows=1) == Decision("ok", "primary", 2)  # 0.925 is no match for 0.994
     assert decide(controller(), 2, rows=500) == Decision("ok", "primary", 2, 1)  # 0.99: as good, quicker
     # 30 ms waited, 10 ms left: two experts fit 500 of 600 rows (the rest rejected), one expert all.
     assert decide(controller(), 2, 30.0, rows=600) == Decision("ok", "primary", 2, 1)
-    with_fallback = controller(has_fallback=True, fallback_accuracy=0.97)
+    with_fallback = controller(fallbacks=(Fallback(accuracy=0.97),))
     assert decide(with_fallback, 2, 30.0, rows=600) == Decision("ok", "primary", 2, 1)  # 0.99 beats 0.97
     # 0.015 ms left for one row: two experts at 2 steps do not fit; one expert (0.925) does.
     assert decide(with_fallback, 2, 39.985, rows=1) == Decision("fallback", "fallback", 1)  # 0.97 beats 0.925
@@ -232,10 +235,11 @@ def test_a_plan_times_the_primarys_runs_as_the_server_splits_them():
     two runs (20.9 ms): then both run at 1 step, the only plan that is on time for both."""
 
     def controller(**options) -> Controller:
-        c = Controller(8, sla_ms=20.0, has_fallback=True, **options)
+        c = Controller(8, sla_ms=20.0, fallbacks=(Fallback(),), **options)
         for steps, rows in [(1, 1), (8, 1), (8, 2), (4, 16)]:
             c.observe("primary", steps, 10.0 + 0.1 * steps * rows, rows=rows)
-        c.observe("fallback", 1, 1.0)
+        if c.fallbacks:
+            c.observe("fallback", 1, 1.0)
         return c
 
     mixed = [Request(8, 0.0), Request(1, 0.0)]
@@ -253,7 +257,7 @@ def test_the_fallback_runs_first_and_every_row_of_a_run_must_be_on_time():
     assert plan == [Decision("degraded", "primary", 6), Decision("fallback", "fallback", 2)]
     # A fallback of 1 ms a row, no primary in time: priority 0 has 2 ms left, so its run may
     # hold two rows, not three, however much slack the others have.
-    tight = Controller(8, 20.0, has_fallback=True)
+    tight = Controller(8, 20.0, fallbacks=(Fallback(),))
     tight.observe("primary", 1, 100.0)
     for rows in (1, 2, 4):
         tight.observe("fallback", 1, 1.0 * rows, rows=rows)
@@ -366,3 +370,48 @@ def test_serving_reads_only_accuracy_tables_scored_on_validation():
     for read in (accuracy_lookup, AccuracyTable.from_meta):
         with pytest.raises(ValueError, match="scored on the 'test' split; serving reads only 'validation'"):
             read(on_test)
+
+
+def two_rungs(accuracy=None, int8=0.85, pruned=0.8, **options) -> Controller:
+    """Primary as in `ladder`; two fallback rungs of cap 2: "int8" (1 ms + 1 ms a row) and
+    "pruned" (0.5 ms whatever the rows), scored `int8` and `pruned` (None: not comparable)."""
+    rungs = (Fallback("int8", 2, int8), Fallback("pruned", 2, pruned))
+    c = Controller(8, sla_ms=20.0, fallbacks=rungs, accuracy=accuracy, **options)
+    for steps, rows in [(1, 1), (4, 1), (8, 1), (2, 4)]:
+        c.observe("primary", steps, 1.0 + 2.0 * steps * rows, rows=rows)
+    for rows in (1, 4, 16):
+        c.observe("int8", 2, 1.0 + 1.0 * rows, rows=rows)
+        c.observe("pruned", 2, 0.5, rows=rows)
+    return c
+
+
+def test_a_ladder_of_fallbacks_takes_the_most_accurate_rung_that_is_on_time():
+    """16 ms a request; the primary's least run is 3 ms. With 4 ms left the primary (0.65 at one
+    step) loses to int8 (2 ms, 0.85); with 1.5 ms left only the pruned rung (0.5 ms) is on time;
+    with 0.25 ms nothing is. A batch's rows all go to one rung."""
+    accuracy = {(None, s): 0.6 + 0.05 * s for s in range(1, 9)}
+    c = two_rungs(accuracy)
+    assert decide(c, 8) == Decision("degraded", "primary", 7)  # 15 ms, 0.95
+    assert decide(c, 8, waited_ms=12.0) == Decision("fallback", "int8", 2)
+    assert decide(c, 8, waited_ms=14.5) == Decision("fallback", "pruned", 2)
+    assert decide(c, 8, waited_ms=15.75) == REJECTED
+    crowd = c.plan([Request(8, 11.0)] * 3)  # 5 ms left: int8 serves all three in 4 ms
+    assert crowd == [Decision("fallback", "int8", 2)] * 3
+    assert len({d.model for d in c.plan([Request(8, 11.0)] * 6)} - {None}) == 1  # one rung a batch
+    # The pruned rung as accurate (within the tolerance) and quicker: it is taken.
+    assert decide(two_rungs(accuracy, pruned=0.848), 8, waited_ms=12.0) == Decision("fallback", "pruned", 2)
+    # Each rung within the request's own budget: int8 cannot answer within it, pruned can.
+    both = c.plan([Request(8, 12.0, fallback_steps=(0, 2))])
+    assert both == [Decision("fallback", "pruned", 2)]
+
+
+def test_without_scores_the_ladder_s_order_picks_the_fallback():
+    """No accuracy anywhere: the primary first, then the rungs in the order given."""
+    c = two_rungs(int8=None, pruned=None)
+    assert decide(c, 8, waited_ms=12.0) == Decision("degraded", "primary", 1)  # on time: the primary
+    assert decide(c, 8, waited_ms=13.5) == Decision("fallback", "int8", 2)  # both rungs on time: the first
+    assert decide(c, 8, waited_ms=14.5) == Decision("fallback", "pruned", 2)  # only the second is
+    with pytest.raises(ValueError, match="unique"):
+        Controller(8, 20.0, fallbacks=(Fallback("a"), Fallback("a")))
+    with pytest.raises(ValueError, match="primary"):
+        Controller(8, 20.0, fallbacks=(Fallback("primary"),))

@@ -3,18 +3,25 @@ described in meta.json (accuracy, FLOPs, weight bytes, memory, measured latency)
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import subprocess
 
 import numpy as np
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
+from adaptive.cli.serve_command import _fallback_points
 from adaptive.evaluation.operating_points import operating_points
 from adaptive.inference.artifact_meta import ArtifactError
 from adaptive.inference.export import load_artifact
 from adaptive.inference.restore import load_run
+from adaptive.serving.controller import Fallback
 from adaptive.serving.engine import Engine
 from adaptive.serving.launch import build_controller
+from adaptive.serving.server import Server
+from adaptive.serving.service_times import ServiceTimes
 from tests.helpers import cli, train_tiny
 
 
@@ -115,8 +122,8 @@ def test_a_point_serves_as_the_fallback_rung_priced_by_its_own_flops_and_accurac
     np.testing.assert_allclose(backup.table["flops"], np.asarray(primary.table["flops"]) * ratio)
     assert backup.meta["memory"]["total"] == points[("int8", 0.5)]["memory"]["total"]
     controller = build_controller(primary, backup, sla_ms=50.0, mode="adaptive", max_batch=4, tolerance=0.005)
-    assert controller.has_fallback
-    assert controller.fallback_accuracy == {primary.cap: points[("int8", 0.5)]["accuracy"]}
+    scored = {primary.cap: points[("int8", 0.5)]["accuracy"]}
+    assert controller.fallbacks == (Fallback("fallback", primary.cap, scored),)
     x = np.random.RandomState(0).standard_normal((4, 40)).astype(np.float32)
     small, _ = load_artifact(root / "art", point=("int8", 0.5))
     want = np.asarray(small.call(x, np.full((4,), primary.cap, np.int32))[0])
@@ -159,6 +166,41 @@ def test_serve_refuses_points_it_cannot_serve_before_loading(artifact):
         (["--point", "int8,0.3"], "has no such operating point"),
         (["--fallback-point", "fp32,0"], "the primary itself"),
         (["--point", "int8,0.5", "--fallback-point", "int8,0.5"], "the primary itself"),
+        (["--fallback-point", "int8,0", "--fallback-point", "int8"], "give PRECISION,PRUNE"),
     ):
         proc = subprocess.run(cli("serve", "--artifact", str(root / "art"), *flags), capture_output=True, text=True)
         assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-500:]
+
+
+def test_a_ladder_of_points_each_answers_under_its_own_name(artifact):
+    """`--fallback-point all`: every point but the primary, the most accurate first; a server of
+    those rungs runs a row on the rung the plan names, and says which in its answer."""
+    root, _ = artifact
+    _, meta = load_artifact(root / "art")
+    args = argparse.Namespace(artifact=str(root / "art"), fallback=None, point=None, fallback_point=["all"])
+    ranked = _fallback_points(args, meta, None)
+    accuracy = {(p["precision"], p["prune"]): p["accuracy"] for p in meta["operating_points"]}
+    assert sorted(ranked) == [("fp32", 0.5), ("int8", 0.0), ("int8", 0.5)]
+    assert [accuracy[p] for p in ranked] == sorted((accuracy[p] for p in ranked), reverse=True)
+    primary = Engine.from_artifact(root / "art", buckets=(1,))
+    rungs = {
+        f"fallback:{p[0]},{p[1]:g}": Engine.from_artifact(root / "art", buckets=(1,), expert_budgets=False, point=p)
+        for p in [("int8", 0.0), ("fp32", 0.5)]
+    }
+    controller = build_controller(primary, rungs, sla_ms=20.0, mode="adaptive", max_batch=1, tolerance=0.005)
+    assert [f.name for f in controller.fallbacks] == list(rungs)
+
+    async def scenario():
+        server = Server(primary, controller, fallback=rungs, max_batch=1)
+        for name in ("primary", *rungs):  # a hopeless machine, but for the last rung
+            controller.service[name, None] = ServiceTimes(primary.cap)
+            if name != "fallback:fp32,0.5":
+                controller.observe(name, 1, 25.0)  # one step takes longer than the SLA
+        async with TestClient(TestServer(server.app())) as client:
+            health = await (await client.get("/healthz")).json()
+            answer = await (await client.post("/predict", json={"x": [0.0] * 40})).json()
+        return health, answer
+
+    health, answer = asyncio.run(scenario())
+    assert list(health["fallbacks"]) == list(rungs) and health["fallback"].endswith("(int8,0)")
+    assert answer["status"] == "fallback" and answer["model"] == "fallback:fp32,0.5"

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from adaptive.bench.loadgen import collector_paused, schedule, summarize
 from adaptive.inference.export import export_run
-from adaptive.serving.controller import Controller, Request
+from adaptive.serving.controller import Controller, Fallback, Request
 from adaptive.serving.engine import Engine
 from adaptive.serving.server import Server
 from adaptive.serving.service_times import ServiceTimes
@@ -31,7 +31,7 @@ def engine(tmp_path_factory):
 
 def _with_client(engine, scenario, controller=None, fallback=None):
     async def main():
-        ctrl = controller or Controller(engine.cap, 1000.0, has_fallback=fallback is not None)
+        ctrl = controller or Controller(engine.cap, 1000.0, fallbacks=(Fallback(),) if fallback is not None else ())
         server = Server(engine, ctrl, fallback=fallback, max_batch=16)
         async with TestClient(TestServer(server.app())) as client:
             return await scenario(client, server)
@@ -237,7 +237,7 @@ def test_the_server_follows_the_arrival_rate_within_a_tenth_of_a_second():
 
 
 def test_the_server_rejects_and_falls_back_when_the_controller_says_so(engine):
-    controller = Controller(engine.cap, 20.0, has_fallback=True, fallback_cap=engine.cap)
+    controller = Controller(engine.cap, 20.0, fallbacks=(Fallback(cap=engine.cap),))
 
     async def scenario(client, server):
         for name in ("primary", "fallback"):  # replace the warm-up's estimates: a hopeless machine

@@ -4,7 +4,10 @@ open-loop arrival schedules, on this machine, side by side.
 Policies: the full model at full depth, the small model, and the adaptive model at a fixed step
 budget, each both queueing every request (`--policy static`) and with deadline shedding
 (`--policy shed`: a request that cannot finish within its deadline at that policy's measured
-service time is rejected), and the adaptive model with the controller and the fallback ladder.
+service time is rejected), and the adaptive model with the controller and the fallback ladder;
+when ART has operating points (`adaptive export --precision/--prune`), the controller with a
+ladder of those points as its fallbacks (`--fallback-point all`). Without `--small` the
+small-model policies are left out. `--policies` runs only those named.
 Each runs as its own `adaptive serve` process; each policy's load comes from one `python -m
 adaptive.bench.loadgen` process that runs every pattern `repeats` times (the same seeds for every
 policy). The base rate defaults to what full depth (queueing) sustains, measured first; the spike
@@ -36,6 +39,8 @@ from adaptive.bench.serve_summary import pattern_row
 from adaptive.config import ConfigError
 from adaptive.evaluation.tables import print_table
 from adaptive.inference.artifact_meta import read_meta
+from adaptive.serving.launch import rung_name
+from adaptive.serving.point_meta import point_meta
 
 PROBE_REQUESTS = 100  # requests per probe (at least): a p99 over 30 requests is their maximum
 BASE = "static full depth"  # the policy whose sustainable rate is the base rate
@@ -85,21 +90,43 @@ def _flops(artifact: str, model: str) -> dict[str, list[float]]:
     return {model: meta["compute_at_steps"]["flops"], **{f"{model}@k{k}": f for k, f in by_k.items()}}
 
 
-def _policies(artifact: str, small: str, fixed_budget: int, sla_ms: float, max_batch: int) -> dict:
+def _point_flops(artifact: str) -> dict[str, list[float]]:
+    """FLOPs at each step budget of every operating point of `artifact` that a `--fallback-point
+    all` server runs as a fallback rung, by the rung's name ({} without points)."""
+    meta = read_meta(artifact)
+    points = [
+        (p["precision"], p["prune"])
+        for p in meta.get("operating_points", [])
+        if p.get("fits", True) and (p["precision"], p["prune"]) != ("fp32", 0.0)
+    ]
+    return {rung_name(p, len(points)): point_meta(meta, p, artifact)["compute_at_steps"]["flops"] for p in points}
+
+
+def _policies(artifact: str, small: str | None, fixed_budget: int, sla_ms: float, max_batch: int) -> dict:
     """{policy: (its `adaptive serve` arguments, the FLOPs tables of the models it answers with)}."""
-    flops, small_flops = _flops(artifact, "primary"), _flops(small, "primary")
+    flops = _flops(artifact, "primary")
     policies = {}
     for mode, suffix in (("static", ""), ("shed", " + shedding")):
         policies[f"static full depth{suffix}"] = (["--artifact", artifact, "--policy", mode], flops)
-        policies[f"static small model{suffix}"] = (["--artifact", small, "--policy", mode], small_flops)
+        if small:
+            policies[f"static small model{suffix}"] = (
+                ["--artifact", small, "--policy", mode],
+                _flops(small, "primary"),
+            )
         policies[f"adaptive, budget {fixed_budget}{suffix}"] = (
             ["--artifact", artifact, "--policy", mode, "--default-budget", str(fixed_budget)],
             flops,
         )
-    policies["adaptive + controller + fallback"] = (
-        ["--artifact", artifact, "--fallback", small, "--policy", "adaptive"],
-        {**flops, **_flops(small, "fallback")},
-    )
+    if small:
+        policies["adaptive + controller + fallback"] = (
+            ["--artifact", artifact, "--fallback", small, "--policy", "adaptive"],
+            {**flops, **_flops(small, "fallback")},
+        )
+    if points := _point_flops(artifact):
+        policies["adaptive + controller + point ladder"] = (
+            ["--artifact", artifact, "--fallback-point", "all", "--policy", "adaptive"],
+            {**flops, **points},
+        )
     # The queueing baselines take every request: under a spike thousands wait at once, each on
     # its own connection, and the benchmark measures that queue, not the server's connection limit.
     common = ["--sla-ms", f"{sla_ms:g}", "--max-batch", str(max_batch), "--max-connections", "100000"]
@@ -156,7 +183,7 @@ def print_rows(rows: list[dict]) -> None:
 
 def run(
     artifact: str,
-    small: str,
+    small: str | None,
     *,
     sla_ms: float,
     rate: float | None,
@@ -201,8 +228,6 @@ def run(
 
 def throughput_budget(artifact: str) -> float | None:
     """The artifact's throughput budget (budget.unit=requests_per_s), None without one."""
-    from adaptive.inference.artifact_meta import read_meta
-
     budget = (read_meta(Path(artifact)).get("config") or {}).get("budget") or {}
     return float(budget["target"]) if budget.get("unit") == "requests_per_s" and budget.get("target") else None
 

@@ -55,7 +55,7 @@ def budget_over_time(traces: dict, path: Path) -> None:
             if not pts:
                 continue
             label = f"{model} model" + (f", {k} expert(s)/token" if k else "")
-            marker = "x" if model == "fallback" else "."
+            marker = "." if model == "primary" else "x"
             ax.scatter(*zip(*pts, strict=True), s=4, marker=marker, alpha=0.5, color=color, label=label)
         rejected = [r["scheduled"] for r in records if r.get("status") in ("rejected", "deferred")]
         if rejected:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
 from adaptive.cli import bench_command
 from adaptive.cli.parser import build_parser
@@ -195,114 +194,9 @@ def _sweep(args, overrides: list[str]) -> int:
 
 
 def _serve(args, overrides: list[str]) -> int:
-    import math
+    from adaptive.cli.serve_command import run
 
-    from adaptive.config import ConfigError
-
-    checks = [  # before anything loads: a bad argument is a one-line error within a second
-        (math.isfinite(args.sla_ms) and args.sla_ms > 0, "--sla-ms must be a finite number > 0", args.sla_ms),
-        (1 <= args.max_batch <= 4096, "--max-batch must be in [1, 4096]", args.max_batch),
-        (0 <= args.port <= 65535, "--port must be in [0, 65535] (0: any free port)", args.port),
-        (
-            math.isfinite(args.accuracy_tolerance) and args.accuracy_tolerance >= 0,
-            "--accuracy-tolerance must be a finite number >= 0",
-            args.accuracy_tolerance,
-        ),
-        (
-            math.isfinite(args.read_timeout_s) and args.read_timeout_s > 0,
-            "--read-timeout-s must be a finite number > 0",
-            args.read_timeout_s,
-        ),
-        (
-            math.isfinite(args.idle_timeout_s) and args.idle_timeout_s > 0,
-            "--idle-timeout-s must be a finite number > 0",
-            args.idle_timeout_s,
-        ),
-        (args.max_connections >= 1, "--max-connections must be >= 1", args.max_connections),
-        (args.default_budget is None or args.default_budget >= 1, "--default-budget must be >= 1", args.default_budget),
-        (math.isfinite(args.ttft_ms) and args.ttft_ms > 0, "--ttft-ms must be a finite number > 0", args.ttft_ms),
-        (math.isfinite(args.tpot_ms) and args.tpot_ms > 0, "--tpot-ms must be a finite number > 0", args.tpot_ms),
-        (args.max_waiting >= 1, "--max-waiting must be >= 1", args.max_waiting),
-    ]
-    for ok, message, value in checks:
-        if not ok:
-            raise ConfigError(f"{message}; got {value:g}")
-    fallback_point = _point_flag("--fallback-point", args.fallback_point) if args.fallback_point else None
-    point = _point_flag("--point", args.point) if args.point else None
-
-    from adaptive.inference.artifact_meta import parse_meta
-    from adaptive.inference.lm_export import FORMAT as LM_FORMAT
-    from adaptive.serving.launch import serve, serve_lm
-
-    meta = parse_meta(Path(args.artifact))
-    if isinstance(meta, dict) and meta.get("format") == LM_FORMAT:
-        if fallback_point or point:
-            raise ConfigError(
-                "--point and --fallback-point pick a classifier's operating point; a language model has none"
-            )
-        serve_lm(
-            args.artifact,
-            fallback=args.fallback,
-            ttft_ms=args.ttft_ms,
-            tpot_ms=args.tpot_ms,
-            host=args.host,
-            port=args.port,
-            policy=args.policy,
-            max_waiting=args.max_waiting,
-            read_timeout_s=args.read_timeout_s,
-            max_connections=args.max_connections,
-            idle_timeout_s=args.idle_timeout_s,
-        )
-        return 0
-    _check_points(args, meta, point, fallback_point)
-    serve(
-        args.artifact,
-        fallback=args.fallback,
-        point=point,
-        fallback_point=fallback_point,
-        sla_ms=args.sla_ms,
-        host=args.host,
-        port=args.port,
-        mode=args.policy,
-        max_batch=args.max_batch,
-        default_steps=args.default_budget,
-        tolerance=args.accuracy_tolerance,
-        read_timeout_s=args.read_timeout_s,
-        max_connections=args.max_connections,
-        idle_timeout_s=args.idle_timeout_s,
-    )
-    return 0
-
-
-def _point_flag(flag: str, text: str) -> tuple[str, float]:
-    """`--point PRECISION,PRUNE` as (precision, prune), or a one-line error."""
-    from adaptive.config import ConfigError
-
-    precision, _, prune = text.partition(",")
-    try:
-        return precision, float(prune)
-    except ValueError:
-        raise ConfigError(f"{flag} {text!r}: give PRECISION,PRUNE, e.g. int8,0.5") from None
-
-
-def _check_points(args, meta, point, fallback_point) -> None:
-    """The operating points asked for exist, before anything loads; the fallback is not the primary."""
-    from adaptive.config import ConfigError
-    from adaptive.inference.artifact_meta import parse_meta
-
-    for flag, asked, path, its in (
-        ("--point", point, args.artifact, meta),
-        ("--fallback-point", fallback_point, args.fallback or args.artifact, None),
-    ):
-        if asked is None or tuple(asked) == ("fp32", 0.0):
-            continue
-        its = its if its is not None else parse_meta(Path(path))
-        have = {(p.get("precision"), p.get("prune")) for p in (its or {}).get("operating_points", [])}
-        if tuple(asked) not in have:
-            listed = ", ".join(f"{p},{f:g}" for p, f in sorted(have)) or "none"
-            raise ConfigError(f"{flag} {asked[0]},{asked[1]:g}: {path} has no such operating point (it has {listed})")
-    if fallback_point is not None and not args.fallback and tuple(fallback_point) == tuple(point or ("fp32", 0.0)):
-        raise ConfigError("--fallback-point is the primary itself; pick a smaller point")
+    return run(args)
 
 
 def _export(args, overrides: list[str]) -> int:

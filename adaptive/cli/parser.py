@@ -105,8 +105,10 @@ def _add_serve(commands) -> None:
     )
     serve.add_argument(
         "--fallback-point",
+        action="append",
         metavar="PRECISION,PRUNE",
-        help="classifiers: the fallback is this operating point of ART2 (default: of ART), e.g. int8,0.5",
+        help="classifiers: a fallback rung at this operating point of ART2 (default: of ART), e.g. int8,0.5; "
+        "repeat it for a ladder of several, or 'all' for every point that fits (the controller picks one a batch)",
     )
     serve.add_argument("--sla-ms", type=float, default=20.0, help="classifiers: the latency SLA")
     serve.add_argument(
@@ -316,7 +318,7 @@ def _add_bench_serve(kinds) -> None:
         "serve", help="serving policies under the same open-loop load (effective accuracy, SLA violations, p99)"
     )
     serve.add_argument("--artifact", required=True, metavar="ART", help="the adaptive model")
-    serve.add_argument("--small", required=True, metavar="ART2", help="the small (fallback) model")
+    serve.add_argument("--small", metavar="ART2", help="the small (fallback) model (none: its policies left out)")
     serve.add_argument("--sla-ms", type=float, default=30.0)
     serve.add_argument("--rate", type=float, help="base requests/s (default: what full depth sustains)")
     serve.add_argument("--duration", type=float, default=6.0, help="seconds per pattern and repeat")
@@ -324,6 +326,7 @@ def _add_bench_serve(kinds) -> None:
     serve.add_argument("--tiny", action="store_true", help="1 s runs, no rate probe: a check that it runs")
     serve.add_argument("--fixed-budget", type=int, default=3, help="steps of the fixed-budget policy")
     serve.add_argument("--max-batch", type=int, default=16, help="the servers' largest batch")
+    serve.add_argument("--policies", default="", help="comma-separated policy names to run (default: all)")
     serve.add_argument("--out", default="runs/bench-serve", help="records and plots go here")
     serve.add_argument("--json", metavar="OUT")
 

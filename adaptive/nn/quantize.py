@@ -19,9 +19,10 @@ each layer, which reaches nnx.Linear but not the experts' einsums, ragged_dot or
 column projections; a module rewrite covers every model kind here without editing them.
 
 int4 is packed two values per byte by hand: `jnp.int4` arrays occupy a byte per value on
-XLA:CPU and in a serialized `jax.export` artifact, as large as int8. Values are symmetric, -(2^(b-1)-1)..2^(b-1)-1, with the
-scale `clip * max|w| / levels`; `clip` < 1 saturates the outliers to resolve the rest finer, and
-is chosen on validation data (adaptive.evaluation.quantization).
+XLA:CPU and in a serialized `jax.export` artifact, as large as int8. Values are symmetric,
+-(2^(b-1)-1)..2^(b-1)-1, with the scale `clip * max|w| / levels`; `clip` < 1 saturates the
+outliers to resolve the rest finer, and is chosen on validation data
+(adaptive.evaluation.quantization).
 
 The integer constants are passed through `optimization_barrier`: without it XLA constant-folds
 convert(int8 constant) * scale back into a float32 constant when it compiles an artifact whose

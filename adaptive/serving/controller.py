@@ -1,8 +1,10 @@
 """Which operating point each request of a batch gets: the degradation ladder and its rule.
 
 The ladder, in order: (1) a lower budget on the primary model: fewer steps (forced early exit)
-and, for MoE models, fewer experts per token, (2) the smaller fallback model, (3) reject (the
-request cannot be on time, or the server cannot keep up) or defer (the queue is full: retry).
+and, for MoE models, fewer experts per token, (2) a fallback: a smaller model, or a cheaper
+operating point of one (lower precision, pruned; adaptive.evaluation.operating_points), one of
+several when the server has more (`Fallback`), (3) reject (the request cannot be on time, or the
+server cannot keep up) or defer (the queue is full: retry).
 
 The rule is predictive: one plan per batch, from *measured* service times (`ServiceTimes`: what
 a batch of so many rows takes under a step budget on this server now) and the artifacts'
@@ -18,7 +20,8 @@ the one about to run), under two limits:
 
 The plans tried: for each operating point of the primary, as many rows as fit on it (in the
 order below; the primary's runs timed as the server splits them by step budget), the rest on
-the fallback as far as both limits allow, the others rejected. Of these the plan maximizes the
+one fallback as far as both limits allow (each fallback in turn: a batch uses one), the others
+rejected. Of these the plan maximizes the
 expected correct answers (validation accuracy summed over the rows it serves; a rejected row
 scores nothing) and, of the plans where no row is worse off than in the best by more than
 `tolerance`, takes the quickest: compute that buys no accuracy is taken from the requests
@@ -26,8 +29,8 @@ behind. Rows go to the primary in priority order (0 first, then the freshest: th
 slack for the longer run), so lower priorities degrade first, and are rejected first when even
 the fallback cannot serve every row in time. A request is `ok` when its operating point is as
 accurate as the budget it asked for (within the tolerance), `degraded` otherwise. Without an
-accuracy table the ladder's order decides: the primary before the fallback, then more steps,
-then more experts.
+accuracy table the ladder's order decides: the primary before the fallbacks (in the order
+given), then more steps, then more experts.
 
 Why this rule (the alternatives were compared with `adaptive bench serve`, experiments/serving):
 AIMD on a step cap from windowed p95 latencies lags a spike by the time the queue takes to build.
@@ -54,6 +57,7 @@ shed, nothing runs, and the estimate is never corrected: the server rejects ever
 from __future__ import annotations
 
 import bisect
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,7 +73,7 @@ MODES = ("adaptive", "static", "shed")
 @dataclass(frozen=True)
 class Decision:
     status: str  # ok | degraded | fallback | rejected | deferred
-    model: str | None  # "primary", "fallback" or None
+    model: str | None  # "primary", a fallback's name, or None
     steps: int
     experts: int | None = None  # experts per token on a MoE primary (None: as trained)
 
@@ -81,10 +85,22 @@ class Request:
     steps: int  # the step budget it asked for
     waited_ms: float  # since it arrived
     priority: int = 0  # 0 first; under load, higher numbers degrade first
-    # The most steps the fallback may take within the request's own budget, priced in the
-    # request's unit through the fallback's compute table (None: no budget, its cap; 0: the
-    # fallback cannot answer within the budget, so it is no rung for this request).
-    fallback_steps: int | None = None
+    # The most steps a fallback may take within the request's own budget, priced in the
+    # request's unit through that fallback's compute table (None: no budget, its cap; 0: the
+    # fallback cannot answer within the budget, so it is no rung for this request); one value
+    # for every fallback, or a tuple with one per fallback, in the controller's order.
+    fallback_steps: int | None | tuple[int | None, ...] = None
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A rung below the primary: a smaller model or a cheaper operating point of one."""
+
+    name: str = "fallback"  # the server's name for its engine, and a decision's `model`
+    cap: int = 1  # its step cap
+    # Validation accuracy on the primary's split: at its cap, or {steps: accuracy} (None: not
+    # comparable; it ranks just below the primary's least accurate point, in the order given).
+    accuracy: float | dict[int, float] | None = None
 
 
 REJECTED = Decision("rejected", None, 0)
@@ -114,11 +130,9 @@ class Controller:
         sla_ms: float,
         *,
         mode: str = "adaptive",
-        has_fallback: bool = False,
-        fallback_cap: int = 1,
+        fallbacks: tuple[Fallback, ...] = (),
         expert_budgets: tuple[int, ...] = (),
         accuracy: AccuracyTable | dict | None = None,
-        fallback_accuracy: float | dict[int, float] | None = None,
         tolerance: float = 0.005,
         headroom: float = 0.8,
         utilization: float = 0.85,
@@ -128,9 +142,9 @@ class Controller:
     ):
         """`max_steps`: the primary model's full step cap (its engine's `cap`): no budget runs past it;
         `expert_budgets`: a MoE primary's smaller experts-per-token it can run at;
+        `fallbacks`: the rungs below the primary, the first preferred where nothing else decides;
         `accuracy`: the artifact's table, or one {(experts or None, steps): validation accuracy}
-        for every batch size; `fallback_accuracy`: the fallback model's, on the same split: at
-        its cap, or {steps: accuracy} at each step budget it has;
+        for every batch size;
         `tolerance`: how much validation accuracy a quicker plan may give up a request;
         `headroom`: the share of the SLA a plan may use (estimates are means, runs vary);
         `utilization`: the share of the server's time batches may take at the arrival rate;
@@ -143,16 +157,20 @@ class Controller:
             raise ValueError(f"accuracy tolerance {tolerance!r} must be >= 0")
         if not 0 < headroom <= 1 or not 0 < utilization <= 1:
             raise ValueError(f"headroom {headroom!r} and utilization {utilization!r} must be in (0, 1]")
-        self.max_steps, self.sla_ms, self.mode, self.has_fallback = max_steps, sla_ms, mode, has_fallback
+        names = [f.name for f in fallbacks]
+        if "primary" in names or len(set(names)) < len(names):
+            raise ValueError(f"fallback names {names} must be unique and not 'primary'")
+        self.max_steps, self.sla_ms, self.mode = max_steps, sla_ms, mode
+        self.fallbacks = tuple(dataclasses.replace(f, cap=max(int(f.cap), 1)) for f in fallbacks)
         self.headroom, self.utilization, self.max_queue = headroom, utilization, max_queue
         self.max_batch, self.groups = max(int(max_batch), 1), groups
-        self.fallback_cap = max(fallback_cap, 1)
         # Expert budgets from the trained one (None) down: the order ties are broken in.
         self.expert_budgets = (None, *sorted(expert_budgets, reverse=True))
         self.accuracy = accuracy if isinstance(accuracy, AccuracyTable) else AccuracyTable({1: accuracy or {}})
-        self.fallback_accuracy, self.tolerance = fallback_accuracy, tolerance
+        self.tolerance = tolerance
         self.service = {("primary", k): ServiceTimes(max_steps) for k in self.expert_budgets}
-        self.service["fallback", None] = ServiceTimes(self.fallback_cap)
+        self.service |= {(f.name, None): ServiceTimes(f.cap) for f in self.fallbacks}
+        self._rank = {f.name: i for i, f in enumerate(self.fallbacks)}
 
     @property
     def horizon_ms(self) -> float:
@@ -193,8 +211,13 @@ class Controller:
             return []
         order = sorted(range(len(requests)), key=lambda i: (requests[i].priority, requests[i].waited_ms))
         slack = [self.horizon_ms - r.waited_ms for r in requests]
-        plans = [self._plan_at(None, requests, order, slack, time_ms)]
-        plans += [p for point in self._points(requests) if (p := self._plan_at(point, requests, order, slack, time_ms))]
+        points = [None, *self._points(requests)]
+        plans = [
+            p
+            for rung in self.fallbacks or (None,)
+            for point in points
+            if (p := self._plan_at(point, rung, requests, order, slack, time_ms))
+        ]
         best = max(plans, key=lambda p: (p.value, -p.ms))
         # Each row may give up at most the tolerance against the best plan (a tolerance summed
         # over the batch would let one request give up all of it).
@@ -229,11 +252,12 @@ class Controller:
     def _clip(self, steps: int) -> int:
         return min(max(int(steps), 1), self.max_steps)
 
-    def _fallback_steps(self, request: Request) -> int:
-        """The fallback's step budget for `request`: its cap, within the request's budget."""
-        if request.fallback_steps is None:
-            return self.fallback_cap
-        return min(max(int(request.fallback_steps), 0), self.fallback_cap)
+    def _fallback_steps(self, rung: Fallback, request: Request) -> int:
+        """The step budget of the fallback `rung` for `request`: its cap, within the request's budget."""
+        steps = request.fallback_steps
+        if isinstance(steps, tuple):
+            steps = steps[self._rank[rung.name]]
+        return rung.cap if steps is None else min(max(int(steps), 0), rung.cap)
 
     def _points(self, requests: list[Request]) -> list[tuple[int | None, int]]:
         """(experts, steps) the primary can run this batch at: fewer steps and more experts first
@@ -256,18 +280,19 @@ class Controller:
         rank = {k: i for i, k in enumerate(self.expert_budgets)}
         return sorted(points, key=lambda p: (p[1], rank[p[0]]))
 
-    def _plan_at(self, point, requests, order, slack, time_ms) -> _Plan | None:
+    def _plan_at(self, point, rung, requests, order, slack, time_ms) -> _Plan | None:
         """The plan that runs as many rows as fit on the primary at `point` (None: none) and
-        serves the rest on the fallback, in priority order, as far as deadlines and the pace
-        (`time_ms`) allow; None if not one row fits the primary at that point."""
+        serves the rest on the fallback `rung` (None: none), in priority order, as far as
+        deadlines and the pace (`time_ms`) allow; None if not one row fits the primary at that
+        point, or (without a primary row) the fallback serves none."""
         rows, primary, primary_ms, primary_pace = len(requests), [], 0.0, 0.0
-        fallback = self.service["fallback", None]
+        fallback = self.service[rung.name, None] if rung else None
         if point is not None:
             k, steps = point
             times, ranked = self.service["primary", k], sorted(slack)
             for m in range(rows, 0, -1):
                 # The fallback's rows run first: the primary's must have slack for them as well.
-                before = fallback.estimate(self.fallback_cap, rows - m) if self.has_fallback and m < rows else 0.0
+                before = fallback.estimate(rung.cap, rows - m) if rung and m < rows else 0.0
                 # A first cut, as one run at the point's steps; then the runs the server makes.
                 need = times.estimate(steps, m) + before - EPS_MS
                 if self._pace_ms(times, steps, m) > time_ms + EPS_MS or rows - bisect.bisect_left(ranked, need) < m:
@@ -283,19 +308,21 @@ class Controller:
                 return None
         decisions = {i: self._primary_decision(point, requests[i], len(primary)) for i in primary}
         served, tightest = [], np.inf
-        for i in (i for i in order if i not in decisions) if self.has_fallback else ():
-            if self._fallback_steps(requests[i]) < 1:
+        for i in (i for i in order if i not in decisions) if rung else ():
+            if self._fallback_steps(rung, requests[i]) < 1:
                 continue  # the fallback's least run is over this request's budget
             # Priced at the fallback's cap: rows with tighter budgets only make the run quicker.
-            ms = fallback.estimate(self.fallback_cap, len(served) + 1)
-            pace = primary_pace + self._pace_ms(fallback, self.fallback_cap, len(served) + 1)
+            ms = fallback.estimate(rung.cap, len(served) + 1)
+            pace = primary_pace + self._pace_ms(fallback, rung.cap, len(served) + 1)
             if pace <= time_ms + EPS_MS and ms <= min(tightest, slack[i]) + EPS_MS:
                 served.append(i)
                 tightest = min(tightest, slack[i])
-        decisions |= {i: Decision("fallback", "fallback", self._fallback_steps(requests[i])) for i in served}
-        ms = primary_ms + (fallback.estimate(self.fallback_cap, len(served)) if served else 0.0)
+        if point is None and not served and rung is not None and rung is not self.fallbacks[0]:
+            return None  # rejects all, as the first rung's plan without a row served does
+        decisions |= {i: Decision("fallback", rung.name, self._fallback_steps(rung, requests[i])) for i in served}
+        ms = primary_ms + (fallback.estimate(rung.cap, len(served)) if served else 0.0)
         # Scored at the rows each run has: with expert capacity, a run's tokens share the slots.
-        run_rows = {"primary": len(primary), "fallback": len(served)}
+        run_rows = {"primary": len(primary), rung.name if rung else "": len(served)}
         values = {i: self._value(d, run_rows[d.model]) for i, d in decisions.items()}
         return _Plan(values, ms, decisions)
 
@@ -330,25 +357,29 @@ class Controller:
     def _value(self, decision: Decision, rows: int) -> float:
         """Expected correctness of one row under `decision`: validation accuracy, a fallback
         without a comparable score just under the primary's least accurate point (below every
-        primary point, by more than the tolerance). Without a table, the ladder's order: a served
-        row is worth 1, a primary row a millionth more than a fallback one, each step and expert
-        a further 1e-12 (a batch's worth of either stays below the rung above it)."""
+        primary point, by more than the tolerance; each later fallback a millionth lower). Without
+        a table, the ladder's order: a served row is worth 1, a primary row a millionth more than
+        a fallback one (the first fallback a millionth of that more than the next), each step and
+        expert a further 1e-12 (a batch's worth of either stays below the rung above it)."""
         table = self.accuracy.at(rows)
-        if decision.model == "fallback":
-            known = self._fallback_score(decision.steps)
+        if decision.model != "primary":
+            rung = self._rank[decision.model]
+            known = self._fallback_score(self.fallbacks[rung], decision.steps)
             if table:
-                return known if known is not None else max(min(table.values()) - self.tolerance - 1e-6, 0.0)
-            return 1.0 - 1e-6
+                below = min(table.values()) - self.tolerance - 1e-6 * (1 + rung)
+                return known if known is not None else max(below, 0.0)
+            return 1.0 - 1e-6 - 1e-9 * rung
         if table:
             return table.get((decision.experts, decision.steps), 0.0)
         rank = len(self.expert_budgets) - self.expert_budgets.index(decision.experts)
         return 1.0 + 1e-12 * (decision.steps * (len(self.expert_budgets) + 1) + rank)
 
-    def _fallback_score(self, steps: int) -> float | None:
-        """The fallback's validation accuracy at `steps` (None: not comparable or not scored)."""
-        if isinstance(self.fallback_accuracy, dict):
-            return self.fallback_accuracy.get(steps)
-        return self.fallback_accuracy if steps == self.fallback_cap else None
+    @staticmethod
+    def _fallback_score(rung: Fallback, steps: int) -> float | None:
+        """The validation accuracy of `rung` at `steps` (None: not comparable or not scored)."""
+        if isinstance(rung.accuracy, dict):
+            return rung.accuracy.get(steps)
+        return rung.accuracy if steps == rung.cap else None
 
     def observe(
         self,

@@ -119,7 +119,7 @@ class Engine:
             meta["caps"]["steps"],
             meta["compute_at_steps"],
             buckets=buckets,
-            name=str(path),
+            name=str(path) if point is None else f"{path} ({point[0]},{point[1]:g})",
             meta=meta,
             by_batch=by_batch,
         )
@@ -279,3 +279,10 @@ def _merge_equal_budgets(parts: list[np.ndarray], budget: np.ndarray) -> list[np
         else:
             merged.append(part)
     return merged
+
+
+def fallback_engines(fallback: Engine | dict[str, Engine] | None) -> dict[str, Engine]:
+    """The fallback rungs by name: one engine is the rung "fallback"; None, none."""
+    if fallback is None:
+        return {}
+    return dict(fallback) if isinstance(fallback, dict) else {"fallback": fallback}

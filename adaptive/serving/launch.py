@@ -9,18 +9,16 @@ import signal
 import uvloop
 
 from adaptive.serving.accuracy_table import AccuracyTable, accuracy_lookup
-from adaptive.serving.controller import Controller
-from adaptive.serving.engine import Engine
+from adaptive.serving.controller import Controller, Fallback
+from adaptive.serving.engine import Engine, fallback_engines
 from adaptive.serving.server import Server
 
-__all__ = ["build_controller", "serve", "serve_lm"]
+__all__ = ["build_controller", "rung_name", "serve", "serve_lm"]
 
 
-def _fallback_accuracy(primary: Engine, backup: Engine | None) -> dict[int, float] | None:
+def _fallback_accuracy(primary: Engine, backup: Engine) -> dict[int, float] | None:
     """The fallback's validation accuracy at each step budget it has, if both tables score the
     same split of the same data (else the two are not comparable, and the ladder's order decides)."""
-    if backup is None:
-        return None
     tables = [engine.meta.get("accuracy_at_budgets") or {} for engine in (primary, backup)]
     data = [engine.meta.get("config", {}).get("data") for engine in (primary, backup)]
     same = tables[0].get("split") == tables[1].get("split") and tables[0].get("examples") == tables[1].get("examples")
@@ -29,19 +27,34 @@ def _fallback_accuracy(primary: Engine, backup: Engine | None) -> dict[int, floa
     return {steps: acc for (k, steps), acc in accuracy_lookup(backup.meta).items() if k is None}
 
 
+def rung_name(point: tuple[str, float] | None, rungs: int) -> str:
+    """The name a fallback rung serves under (a decision's and an answer's `model`): "fallback"
+    when it is the only one, "fallback:PRECISION,PRUNE" in a ladder of several points."""
+    return "fallback" if rungs == 1 or point is None else f"fallback:{point[0]},{point[1]:g}"
+
+
 def build_controller(
-    primary: Engine, backup: Engine | None, *, sla_ms: float, mode: str, max_batch: int, tolerance: float
+    primary: Engine,
+    fallback: Engine | dict[str, Engine] | None,
+    *,
+    sla_ms: float,
+    mode: str,
+    max_batch: int,
+    tolerance: float,
 ) -> Controller:
-    """The controller of a server of `primary` with the fallback `backup` (or none)."""
+    """The controller of a server of `primary` with the fallback rungs `fallback` (one engine,
+    {name: engine} in the order the ladder prefers them, or none)."""
+    rungs = [
+        Fallback(name, engine.cap, _fallback_accuracy(primary, engine))
+        for name, engine in fallback_engines(fallback).items()
+    ]
     return Controller(
         primary.cap,
         sla_ms,
         mode=mode,
-        has_fallback=backup is not None,
-        fallback_cap=backup.cap if backup else 1,
+        fallbacks=tuple(rungs),
         expert_budgets=tuple(primary.expert_budgets),
         accuracy=AccuracyTable.from_meta(primary.meta),
-        fallback_accuracy=_fallback_accuracy(primary, backup),
         tolerance=tolerance,
         max_batch=max_batch,
         groups=primary.groups,
@@ -53,7 +66,7 @@ def serve(
     *,
     fallback: str | None,
     sla_ms: float,
-    fallback_point: tuple[str, float] | None = None,
+    fallback_points: list[tuple[str, float]] | None = None,
     point: tuple[str, float] | None = None,
     host: str,
     port: int,
@@ -66,17 +79,23 @@ def serve(
     idle_timeout_s: float = 60.0,
 ):
     """Loads, warms, binds, then says where it serves (the port bound), until SIGINT/SIGTERM.
-    The arguments are checked by the caller (`adaptive serve`) before anything loads."""
+    `fallback_points`: the operating points (precision, prune) of `fallback` (default: of
+    `artifact`) that are the ladder's fallback rungs, in the order it prefers them; none: the
+    `fallback` model itself, if given. The arguments are checked by the caller (`adaptive
+    serve`) before anything loads."""
     buckets = tuple(b for b in (1, 4, 16, 64) if b < max_batch) + (max_batch,)
     primary = Engine.from_artifact(artifact, buckets=buckets, point=point)
-    backup = None
-    if fallback or fallback_point:  # a smaller model, or an operating point (precision, pruning) of one
-        backup = Engine.from_artifact(fallback or artifact, buckets=buckets, expert_budgets=False, point=fallback_point)
-    controller = build_controller(primary, backup, sla_ms=sla_ms, mode=mode, max_batch=max_batch, tolerance=tolerance)
+    points = list(fallback_points or ([None] if fallback else []))
+    rungs = {}
+    for p in points:  # a smaller model, or operating points (precision, pruning) of one
+        rungs[rung_name(p, len(points))] = Engine.from_artifact(
+            fallback or artifact, buckets=buckets, expert_budgets=False, point=p
+        )
+    controller = build_controller(primary, rungs, sla_ms=sla_ms, mode=mode, max_batch=max_batch, tolerance=tolerance)
     server = Server(
         primary,
         controller,
-        fallback=backup,
+        fallback=rungs,
         max_batch=max_batch,
         default_steps=default_steps,
         read_timeout_s=read_timeout_s,
@@ -88,7 +107,8 @@ def serve(
         server,
         host,
         port,
-        f"serving {artifact} on http://{host}:{{port}} (SLA {sla_ms:g} ms, {mode}); executables warm",
+        f"serving {artifact} on http://{host}:{{port}} (SLA {sla_ms:g} ms, {mode}, fallbacks: "
+        f"{', '.join(rungs) or 'none'}); executables warm",
     )
 
 

@@ -44,7 +44,7 @@ from aiohttp import web
 
 from adaptive.serving.connections import ConnectionLimit, listen, refuse
 from adaptive.serving.controller import Controller, Decision, Request
-from adaptive.serving.engine import UNITS, Engine
+from adaptive.serving.engine import UNITS, Engine, fallback_engines
 from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, parse_predict, read_body
 from adaptive.serving.openapi import document
 from adaptive.serving.server_stats import ArrivalRate, RequestCost, Stats
@@ -72,22 +72,24 @@ class Server:
         primary: Engine,
         controller: Controller,
         *,
-        fallback: Engine | None = None,
+        fallback: Engine | dict[str, Engine] | None = None,
         max_batch: int = 32,
         default_steps: int | None = None,
         read_timeout_s: float = 5.0,
         max_connections: int = 1000,
         idle_timeout_s: float = 60.0,
     ):
-        """`read_timeout_s`: how long a request's body may take to arrive after its headers (408
-        after); `max_connections`: open at once (503 past it); `idle_timeout_s`: how long a
-        connection may sit without a whole request's headers (between keep-alive requests or
-        stuck in them) before it is closed."""
+        """`fallback`: the ladder's fallback rungs, {name: engine} (one engine: the rung
+        "fallback"), named as the controller's; `read_timeout_s`: how long a request's body may
+        take to arrive after its headers (408 after); `max_connections`: open at once (503 past
+        it); `idle_timeout_s`: how long a connection may sit without a whole request's headers
+        (between keep-alive requests or stuck in them) before it is closed."""
         if not (read_timeout_s > 0 and idle_timeout_s > 0 and max_connections >= 1 and max_batch >= 1):
             raise ValueError("read_timeout_s and idle_timeout_s must be > 0, max_connections and max_batch >= 1")
         self.read_timeout_s, self.idle_timeout_s, self.max_connections = read_timeout_s, idle_timeout_s, max_connections
         self.connections: ConnectionLimit | None = None  # set by start(); TestServer runs without
-        self.engines = {"primary": primary, "fallback": fallback}
+        self.fallbacks = fallback_engines(fallback)
+        self.engines = {"primary": primary, **self.fallbacks}
         self.default_steps = default_steps or primary.cap  # for requests that name no budget
         # The warm-up runs seed the controller's service times over batch sizes: without them,
         # its first estimates come from lone requests and overstate full batches, and it
@@ -166,12 +168,13 @@ class Server:
         return await refuse(request, e, self.stats.bad)
 
     async def healthz(self, request: web.Request) -> web.Response:
-        p, f = self.engines["primary"], self.engines["fallback"]
+        p, rungs = self.engines["primary"], [engine.name for engine in self.fallbacks.values()]
         return web.json_response(
             {
                 "status": "ok",
                 "primary": p.name,
-                "fallback": f.name if f else None,
+                "fallback": rungs[0] if rungs else None,
+                "fallbacks": dict(zip(self.fallbacks, rungs, strict=True)),
                 "input_shape": list(p.input_shape),
                 "cap": p.cap,
                 "mode": self.controller.mode,
@@ -229,13 +232,12 @@ class Server:
         rate = self.arrivals.update(now, self._received)
         behind = self.queue.qsize() if self.queue else 0
         time_ms = self.controller.batch_time_ms(len(items), rate, behind)
-        fallback = self.engines["fallback"]
         requests = [
             Request(
                 item.steps,
                 1e3 * (now - item.arrival),
                 item.priority,
-                fallback.steps_within(*self._asked(item)) if fallback else None,
+                tuple(engine.steps_within(*self._asked(item)) for engine in self.fallbacks.values()),
             )
             for item in items
         ]
@@ -250,10 +252,11 @@ class Server:
 
     async def _serve_batch(self, loop, batch: list[Pending]) -> None:
         """The fallback's share first (it is quick, and the plan gave it the rows with the least
-        slack), then the primary's in groups of similar step budgets, tightest first, each
-        answered as soon as it is done."""
+        slack; a plan uses one rung of the ladder), then the primary's in groups of similar step
+        budgets, tightest first, each answered as soon as it is done."""
         planned = self._plan(batch)
-        await self._run(loop, "fallback", [(item, d) for item, d in planned if d.model == "fallback"])
+        for name in self.fallbacks:
+            await self._run(loop, name, [(item, d) for item, d in planned if d.model == name])
         engine = self.engines["primary"]
         for experts in reversed(self.controller.expert_budgets):  # one expert budget a run
             primary = [(item, d) for item, d in planned if d.model == "primary" and d.experts == experts]

@@ -1,0 +1,143 @@
+"""`adaptive serve`: its arguments checked before anything loads (a bad one is a one-line error
+within a second), then a classifier's server (adaptive.serving.launch.serve) or a language
+model's (serve_lm)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def run(args) -> int:
+    import math
+
+    from adaptive.config import ConfigError
+
+    checks = [  # before anything loads: a bad argument is a one-line error within a second
+        (math.isfinite(args.sla_ms) and args.sla_ms > 0, "--sla-ms must be a finite number > 0", args.sla_ms),
+        (1 <= args.max_batch <= 4096, "--max-batch must be in [1, 4096]", args.max_batch),
+        (0 <= args.port <= 65535, "--port must be in [0, 65535] (0: any free port)", args.port),
+        (
+            math.isfinite(args.accuracy_tolerance) and args.accuracy_tolerance >= 0,
+            "--accuracy-tolerance must be a finite number >= 0",
+            args.accuracy_tolerance,
+        ),
+        (
+            math.isfinite(args.read_timeout_s) and args.read_timeout_s > 0,
+            "--read-timeout-s must be a finite number > 0",
+            args.read_timeout_s,
+        ),
+        (
+            math.isfinite(args.idle_timeout_s) and args.idle_timeout_s > 0,
+            "--idle-timeout-s must be a finite number > 0",
+            args.idle_timeout_s,
+        ),
+        (args.max_connections >= 1, "--max-connections must be >= 1", args.max_connections),
+        (args.default_budget is None or args.default_budget >= 1, "--default-budget must be >= 1", args.default_budget),
+        (math.isfinite(args.ttft_ms) and args.ttft_ms > 0, "--ttft-ms must be a finite number > 0", args.ttft_ms),
+        (math.isfinite(args.tpot_ms) and args.tpot_ms > 0, "--tpot-ms must be a finite number > 0", args.tpot_ms),
+        (args.max_waiting >= 1, "--max-waiting must be >= 1", args.max_waiting),
+    ]
+    for ok, message, value in checks:
+        if not ok:
+            raise ConfigError(f"{message}; got {value:g}")
+    point = _point_flag("--point", args.point) if args.point else None
+
+    from adaptive.inference.artifact_meta import parse_meta
+    from adaptive.inference.lm_export import FORMAT as LM_FORMAT
+    from adaptive.serving.launch import serve, serve_lm
+
+    meta = parse_meta(Path(args.artifact))
+    if isinstance(meta, dict) and meta.get("format") == LM_FORMAT:
+        if args.fallback_point or point:
+            raise ConfigError(
+                "--point and --fallback-point pick a classifier's operating point; a language model has none"
+            )
+        serve_lm(
+            args.artifact,
+            fallback=args.fallback,
+            ttft_ms=args.ttft_ms,
+            tpot_ms=args.tpot_ms,
+            host=args.host,
+            port=args.port,
+            policy=args.policy,
+            max_waiting=args.max_waiting,
+            read_timeout_s=args.read_timeout_s,
+            max_connections=args.max_connections,
+            idle_timeout_s=args.idle_timeout_s,
+        )
+        return 0
+    fallback_points = _fallback_points(args, meta, point)
+    serve(
+        args.artifact,
+        fallback=args.fallback,
+        point=point,
+        fallback_points=fallback_points,
+        sla_ms=args.sla_ms,
+        host=args.host,
+        port=args.port,
+        mode=args.policy,
+        max_batch=args.max_batch,
+        default_steps=args.default_budget,
+        tolerance=args.accuracy_tolerance,
+        read_timeout_s=args.read_timeout_s,
+        max_connections=args.max_connections,
+        idle_timeout_s=args.idle_timeout_s,
+    )
+    return 0
+
+
+def _point_flag(flag: str, text: str) -> tuple[str, float]:
+    """`--point PRECISION,PRUNE` as (precision, prune), or a one-line error."""
+    from adaptive.config import ConfigError
+
+    precision, _, prune = text.partition(",")
+    try:
+        return precision, float(prune)
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r}: give PRECISION,PRUNE, e.g. int8,0.5") from None
+
+
+def _have(path: str, meta: dict | None) -> dict[tuple[str, float], dict]:
+    """The operating points of the artifact at `path` (meta: its meta.json, None: read it)."""
+    from adaptive.inference.artifact_meta import parse_meta
+
+    meta = meta if meta is not None else parse_meta(Path(path))
+    return {(p.get("precision"), p.get("prune")): p for p in (meta or {}).get("operating_points", [])}
+
+
+def _check_point(flag: str, asked: tuple[str, float], path: str, have: dict) -> None:
+    from adaptive.config import ConfigError
+
+    if tuple(asked) != ("fp32", 0.0) and tuple(asked) not in have:
+        listed = ", ".join(f"{p},{f:g}" for p, f in sorted(have)) or "none"
+        raise ConfigError(f"{flag} {asked[0]},{asked[1]:g}: {path} has no such operating point (it has {listed})")
+
+
+def _fallback_points(args, meta: dict, point: tuple[str, float] | None) -> list[tuple[str, float]]:
+    """The fallback rungs `--fallback-point` names (repeatable; `all`: every point of the
+    fallback's artifact that fits its memory budget, the most accurate first), each checked to
+    exist before anything loads; the primary itself is never one of them."""
+    from adaptive.config import ConfigError
+
+    if args.point:
+        _check_point("--point", point, args.artifact, _have(args.artifact, meta))
+    if not args.fallback_point:
+        return []
+    source = args.fallback or args.artifact
+    have = _have(source, meta if source == args.artifact else None)
+    primary = None if args.fallback else tuple(point or ("fp32", 0.0))
+    points = []
+    for text in args.fallback_point:
+        if text == "all":
+            ranked = sorted(have.values(), key=lambda p: -(p.get("accuracy") or 0.0))
+            points += [(p["precision"], p["prune"]) for p in ranked if p.get("fits", True)]
+            continue
+        asked = _point_flag("--fallback-point", text)
+        _check_point("--fallback-point", asked, source, have)
+        if asked == primary:
+            raise ConfigError("--fallback-point is the primary itself; pick a smaller point")
+        points.append(asked)
+    points = [p for i, p in enumerate(points) if p != primary and p not in points[:i]]
+    if not points:
+        raise ConfigError(f"--fallback-point all: {source} has no operating point besides the primary that fits")
+    return points
