@@ -415,3 +415,19 @@ def test_without_scores_the_ladder_s_order_picks_the_fallback():
         Controller(8, 20.0, fallbacks=(Fallback("a"), Fallback("a")))
     with pytest.raises(ValueError, match="primary"):
         Controller(8, 20.0, fallbacks=(Fallback("primary"),))
+    # With a primary table, unscored rungs still keep their order (the quicker second one is
+    # ranked more than the tolerance lower, so "as good and quicker" does not pick it).
+    accuracy = {(None, s): 0.6 + 0.05 * s for s in range(1, 9)}
+    assert decide(two_rungs(accuracy, int8=None, pruned=None), 8, waited_ms=13.5) == Decision("fallback", "int8", 2)
+
+
+def test_a_rung_no_better_and_no_quicker_than_another_gets_no_plan():
+    """Planning costs a plan per rung and primary point: a rung another beats on accuracy and
+    time is not tried, unless it gives some request more steps within its budget."""
+    c = two_rungs(int8=0.85, pruned=0.8)
+    c2 = Controller(8, 20.0, fallbacks=(*c.fallbacks, Fallback("slow", 2, 0.8)))
+    c2.service = {**c.service, ("slow", None): ServiceTimes(2)}
+    for rows in (1, 4, 16):
+        c2.observe("slow", 2, 3.0 + 1.0 * rows, rows=rows)  # slower than int8, less accurate
+    assert [f.name for f in c2._rungs([Request(8, 0.0)])] == ["int8", "pruned"]
+    assert [f.name for f in c2._rungs([Request(8, 0.0, fallback_steps=(1, 1, 2))])] == ["int8", "pruned", "slow"]

@@ -40,8 +40,8 @@ def test_a_pattern_row_counts_rejections_as_wrong_and_as_violations():
 
 @pytest.mark.slow
 def test_the_tiny_serving_benchmark_runs_end_to_end(tmp_path):
-    """Tiny artifacts, 1 s of load per pattern and repeat, three of the seven policies (a queueing
-    baseline, a shedding one, the controller; experiments/serving/run.sh --tiny runs all seven):
+    """Tiny artifacts, 1 s of load per pattern and repeat, three of the policies (a queueing
+    baseline, a shedding one, the controller; experiments/serving/run.sh --tiny runs them all):
     every policy x pattern has its row, every request sent is accounted for, the plots are written."""
     from adaptive.bench import serve
     from adaptive.bench.loadgen import PATTERNS

@@ -253,6 +253,14 @@ def test_the_server_rejects_and_falls_back_when_the_controller_says_so(engine):
     assert fallback["status"] == "fallback" and fallback["model"] == "fallback"
 
 
+def test_a_server_and_its_controller_must_name_the_same_fallbacks(engine):
+    with pytest.raises(ValueError, match="not the controller's"):
+        Server(engine, Controller(engine.cap, 20.0), fallback=engine)
+    with pytest.raises(ValueError, match="same order"):
+        rungs = (Fallback("a"), Fallback("b"))
+        Server(engine, Controller(engine.cap, 20.0, fallbacks=rungs), fallback={"b": engine, "a": engine})
+
+
 @pytest.mark.parametrize("pattern", ["poisson", "gamma", "spike", "shift"])
 def test_schedules_have_the_rate_and_shape_asked_for(pattern):
     times, hard = schedule(pattern, 200.0, 30.0, seed=1)

@@ -3,6 +3,7 @@ controller gave each request over time."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib
@@ -35,13 +36,16 @@ def latency_cdfs(traces: dict, sla_ms: float, path: Path) -> None:
 
 
 def budget_over_time(traces: dict, path: Path) -> None:
-    """The controller's choice per request over time: step budget, model, experts per token."""
-    controlled = {p: r for (policy, p), r in traces.items() if "controller" in policy}
-    traced = [r for records in controlled.values() for r in records]
+    """The controller's choice per request over time: step budget, model, experts per token; a
+    row of panels (one per pattern) for each policy with the controller."""
+    policies = list(dict.fromkeys(policy for policy, _ in traces if "controller" in policy)) or ["controller"]
+    traced = [r for (policy, _), records in traces.items() if policy in policies for r in records]
     colors: dict = {}
-    fig, axes = plt.subplots(1, len(PATTERNS), figsize=(5 * len(PATTERNS), 3.8), sharey=True)
-    for ax, pattern in zip(axes, PATTERNS, strict=True):
-        records = controlled.get(pattern, [])
+    fig, grid = plt.subplots(
+        len(policies), len(PATTERNS), figsize=(5 * len(PATTERNS), 3.8 * len(policies)), sharey=True, squeeze=False
+    )
+    for (row, policy), (col, pattern) in itertools.product(enumerate(policies), enumerate(PATTERNS)):
+        ax, records = grid[row, col], traces.get((policy, pattern), [])
         # One series per (model, experts per token), coloured the same in every panel: a MoE
         # primary degraded to fewer experts shows as its own colour.
         series = sorted({(r["model"], r.get("budget_experts") or 0) for r in traced if r.get("budget_steps")})
@@ -60,10 +64,11 @@ def budget_over_time(traces: dict, path: Path) -> None:
         rejected = [r["scheduled"] for r in records if r.get("status") in ("rejected", "deferred")]
         if rejected:
             ax.scatter(rejected, np.zeros(len(rejected)), s=6, color="red", marker="|", label="rejected / deferred")
-        ax.set(xlabel="scheduled arrival (s)", title=pattern)
+        ax.set(xlabel="scheduled arrival (s)", title=f"{policy}: {pattern}" if len(policies) > 1 else pattern)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("step budget given")
-    for ax in axes:
+    for ax in grid[:, 0]:
+        ax.set_ylabel("step budget given")
+    for ax in grid.flat:
         if ax.get_legend_handles_labels()[0]:  # a run without the controller has nothing to label
             ax.legend(fontsize=7, markerscale=3)
     fig.tight_layout()

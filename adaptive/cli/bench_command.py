@@ -35,7 +35,7 @@ def run(args, overrides: list[str]) -> int:
             json_out=args.json,
             repeats=args.repeats,
             tiny=args.tiny,
-            policies=[p for p in args.policies.split(",") if p] or None,
+            policies=[p.strip() for p in args.policies.split(";") if p.strip()] or None,
         )
     elif args.bench == "serve-lm":
         import math

@@ -326,7 +326,9 @@ def _add_bench_serve(kinds) -> None:
     serve.add_argument("--tiny", action="store_true", help="1 s runs, no rate probe: a check that it runs")
     serve.add_argument("--fixed-budget", type=int, default=3, help="steps of the fixed-budget policy")
     serve.add_argument("--max-batch", type=int, default=16, help="the servers' largest batch")
-    serve.add_argument("--policies", default="", help="comma-separated policy names to run (default: all)")
+    serve.add_argument(
+        "--policies", default="", help="policy names to run, separated by ';' (names hold commas; default: all)"
+    )
     serve.add_argument("--out", default="runs/bench-serve", help="records and plots go here")
     serve.add_argument("--json", metavar="OUT")
 

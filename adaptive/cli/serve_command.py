@@ -115,8 +115,9 @@ def _check_point(flag: str, asked: tuple[str, float], path: str, have: dict) -> 
 
 def _fallback_points(args, meta: dict, point: tuple[str, float] | None) -> list[tuple[str, float]]:
     """The fallback rungs `--fallback-point` names (repeatable; `all`: every point of the
-    fallback's artifact that fits its memory budget, the most accurate first), each checked to
-    exist before anything loads; the primary itself is never one of them."""
+    fallback's artifact that fits its memory budget and, of the primary's own artifact, measured
+    quicker than the primary at export, the most accurate first), each checked to exist before
+    anything loads; the primary itself is never one of them."""
     from adaptive.config import ConfigError
 
     if args.point:
@@ -127,10 +128,13 @@ def _fallback_points(args, meta: dict, point: tuple[str, float] | None) -> list[
     have = _have(source, meta if source == args.artifact else None)
     primary = None if args.fallback else tuple(point or ("fp32", 0.0))
     points = []
+    # A fallback slower than the primary is no rung below it (its latency at export, if known).
+    own = have.get(primary, {}).get("latency_ms", {}).get("median") if primary else None
     for text in args.fallback_point:
         if text == "all":
             ranked = sorted(have.values(), key=lambda p: -(p.get("accuracy") or 0.0))
-            points += [(p["precision"], p["prune"]) for p in ranked if p.get("fits", True)]
+            quicker = [p for p in ranked if own is None or p.get("latency_ms", {}).get("median", 0.0) < own]
+            points += [(p["precision"], p["prune"]) for p in quicker if p.get("fits", True)]
             continue
         asked = _point_flag("--fallback-point", text)
         _check_point("--fallback-point", asked, source, have)

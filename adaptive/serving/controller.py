@@ -214,7 +214,7 @@ class Controller:
         points = [None, *self._points(requests)]
         plans = [
             p
-            for rung in self.fallbacks or (None,)
+            for rung in self._rungs(requests) or (None,)
             for point in points
             if (p := self._plan_at(point, rung, requests, order, slack, time_ms))
         ]
@@ -228,6 +228,31 @@ class Controller:
 
         chosen = min((p for p in plans if close(p)), key=lambda p: p.ms)
         return [chosen.decisions.get(i, REJECTED) for i in range(len(requests))]
+
+    def _rungs(self, requests: list[Request]) -> list[Fallback]:
+        """The fallbacks worth a plan for this batch: a rung is left out when another is at least
+        as accurate at every step budget it is scored at (ties, and two unscored rungs: the
+        earlier one wins), measured as quick at a full batch, and gives every request the same
+        steps. Each rung tried costs a plan per primary point (event-loop time, against the SLA)."""
+        kept = []
+        for i, b in enumerate(self.fallbacks):
+            if not any(self._dominates(a, j < i, b, requests) for j, a in enumerate(self.fallbacks) if a is not b):
+                kept.append(b)
+        return kept
+
+    def _dominates(self, a: Fallback, earlier: bool, b: Fallback, requests: list[Request]) -> bool:
+        if b.accuracy is None or a.accuracy is None:
+            as_good = a.accuracy is None and b.accuracy is None and earlier
+        else:
+            scored = b.accuracy if isinstance(b.accuracy, dict) else {b.cap: b.accuracy}
+            pairs = [(self._fallback_score(a, s), v) for s, v in scored.items()]
+            as_good = all(x is not None and x >= v for x, v in pairs) and (earlier or any(x > v for x, v in pairs))
+        if not as_good:
+            return False
+        ms_a = self.service[a.name, None].estimate(a.cap, self.max_batch)
+        ms_b = self.service[b.name, None].estimate(b.cap, self.max_batch)
+        same_steps = all(self._fallback_steps(a, r) == self._fallback_steps(b, r) for r in requests)
+        return ms_a <= ms_b and same_steps
 
     def _shed(self, requests: list[Request]) -> list[Decision]:
         """Shed mode: each row at its requested budget on the primary, timed as the server runs
@@ -357,16 +382,17 @@ class Controller:
     def _value(self, decision: Decision, rows: int) -> float:
         """Expected correctness of one row under `decision`: validation accuracy, a fallback
         without a comparable score just under the primary's least accurate point (below every
-        primary point, by more than the tolerance; each later fallback a millionth lower). Without
+        primary point, by more than the tolerance; each later fallback a tolerance lower, so the
+        quickest-within-tolerance rule keeps their order). Without
         a table, the ladder's order: a served row is worth 1, a primary row a millionth more than
-        a fallback one (the first fallback a millionth of that more than the next), each step and
-        expert a further 1e-12 (a batch's worth of either stays below the rung above it)."""
+        a fallback one, each step and expert a further 1e-12, each earlier fallback 1e-9 more
+        than the next (a batch's worth of any stays below the rung above it)."""
         table = self.accuracy.at(rows)
         if decision.model != "primary":
             rung = self._rank[decision.model]
             known = self._fallback_score(self.fallbacks[rung], decision.steps)
             if table:
-                below = min(table.values()) - self.tolerance - 1e-6 * (1 + rung)
+                below = min(table.values()) - (self.tolerance + 1e-6) * (1 + rung)
                 return known if known is not None else max(below, 0.0)
             return 1.0 - 1e-6 - 1e-9 * rung
         if table:

@@ -67,6 +67,7 @@ HEALTH = {
         "status": {"const": "ok"},
         "primary": {"type": "string"},
         "fallback": {"type": ["string", "null"]},
+        "fallbacks": {"type": "object", "additionalProperties": {"type": "string"}},
         "input_shape": {"type": "array", "items": {"type": "integer"}},
         "cap": {"type": "integer"},
         "mode": {"enum": list(MODES)},
@@ -107,7 +108,7 @@ def _answer_schema(cap: int) -> dict:
             "budget_experts": {"type": ["integer", "null"]},
             "latency_ms": {"type": "number"},
             "status": {"enum": ["ok", "degraded", "fallback"]},
-            "model": {"enum": ["primary", "fallback"]},
+            "model": {"type": "string"},  # "primary", "fallback", or a ladder's "fallback:int8,0.5"
         },
     }
 

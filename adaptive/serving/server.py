@@ -89,6 +89,11 @@ class Server:
         self.read_timeout_s, self.idle_timeout_s, self.max_connections = read_timeout_s, idle_timeout_s, max_connections
         self.connections: ConnectionLimit | None = None  # set by start(); TestServer runs without
         self.fallbacks = fallback_engines(fallback)
+        if list(self.fallbacks) != [f.name for f in controller.fallbacks]:
+            raise ValueError(
+                f"the server's fallbacks {list(self.fallbacks)} are not the controller's "
+                f"{[f.name for f in controller.fallbacks]} (same names, same order)"
+            )
         self.engines = {"primary": primary, **self.fallbacks}
         self.default_steps = default_steps or primary.cap  # for requests that name no budget
         # The warm-up runs seed the controller's service times over batch sizes: without them,

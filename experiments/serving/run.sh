@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Serving under a latency SLA: train the adaptive model and the small fallback, export both,
 # then `adaptive bench serve`: seven policies (full depth, the small model and a fixed budget, each
-# queueing and with deadline shedding, and the controller), four arrival patterns, 3 runs each.
+# queueing and with deadline shedding, and the controller; these artifacts have no operating
+# points, so no point ladder), four arrival patterns, 3 runs each.
 # Usage: experiments/serving/run.sh [--tiny] [parity|mnist1d] [OUT] [ROWS]. Thin: `adaptive train`, `export`,
 # `bench serve`.
 #   --tiny: tiny models (seconds of training), one run of 1 s of load per pattern, the JSON in OUT:
