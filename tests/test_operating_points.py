@@ -20,7 +20,8 @@ from adaptive.inference.export import load_artifact
 from adaptive.inference.restore import load_run
 from adaptive.serving.controller import Fallback
 from adaptive.serving.engine import Engine
-from adaptive.serving.launch import build_controller
+from adaptive.serving.launch import build_controller, rung_name
+from adaptive.serving.point_meta import ladder_points
 from adaptive.serving.server import Server
 from adaptive.serving.service_times import ServiceTimes
 from tests.helpers import cli, train_tiny
@@ -210,3 +211,26 @@ def test_a_ladder_of_points_each_answers_under_its_own_name(artifact):
     health, answer = asyncio.run(scenario())
     assert list(health["fallbacks"]) == list(rungs) and health["fallback"].endswith("(int8,0)")
     assert answer["status"] == "fallback" and answer["model"] == "fallback:fp32,0.5"
+
+
+def test_bench_serve_has_a_point_ladder_policy_priced_per_rung(artifact):
+    """Without --small, no small-model policy; the point ladder's FLOPs tables are named as the
+    server names its rungs, each the base table scaled by the point's FLOPs."""
+    from adaptive.bench import serve
+
+    root, _ = artifact
+    policies = serve._policies(str(root / "art"), None, 2, 50.0, 8)
+    assert not any("small" in name or name.endswith("+ fallback") for name in policies)
+    _, meta = load_artifact(root / "art")
+    ladder = ladder_points(meta)  # which points were quicker at export is this machine's say
+    if not ladder:
+        assert "adaptive + controller + point ladder" not in policies
+        return
+    server_args, flops = policies["adaptive + controller + point ladder"]
+    assert server_args[server_args.index("--fallback-point") + 1] == "all"
+    points = {(p["precision"], p["prune"]): p["flops"] for p in meta["operating_points"]}
+    expected = {rung_name(p, len(ladder)): p for p in ladder}
+    assert set(flops) == {"primary", *expected}
+    for name, point in expected.items():
+        ratio = points[point] / points[("fp32", 0.0)]
+        np.testing.assert_allclose(flops[name], np.asarray(flops["primary"]) * ratio)

@@ -40,7 +40,7 @@ from adaptive.config import ConfigError
 from adaptive.evaluation.tables import print_table
 from adaptive.inference.artifact_meta import read_meta
 from adaptive.serving.launch import rung_name
-from adaptive.serving.point_meta import point_meta
+from adaptive.serving.point_meta import ladder_points, point_meta
 
 PROBE_REQUESTS = 100  # requests per probe (at least): a p99 over 30 requests is their maximum
 BASE = "static full depth"  # the policy whose sustainable rate is the base rate
@@ -94,11 +94,7 @@ def _point_flops(artifact: str) -> dict[str, list[float]]:
     """FLOPs at each step budget of every operating point of `artifact` that a `--fallback-point
     all` server runs as a fallback rung, by the rung's name ({} without points)."""
     meta = read_meta(artifact)
-    points = [
-        (p["precision"], p["prune"])
-        for p in meta.get("operating_points", [])
-        if p.get("fits", True) and (p["precision"], p["prune"]) != ("fp32", 0.0)
-    ]
+    points = ladder_points(meta)
     return {rung_name(p, len(points)): point_meta(meta, p, artifact)["compute_at_steps"]["flops"] for p in points}
 
 

@@ -119,6 +119,7 @@ def _fallback_points(args, meta: dict, point: tuple[str, float] | None) -> list[
     quicker than the primary at export, the most accurate first), each checked to exist before
     anything loads; the primary itself is never one of them."""
     from adaptive.config import ConfigError
+    from adaptive.serving.point_meta import ladder_points
 
     if args.point:
         _check_point("--point", point, args.artifact, _have(args.artifact, meta))
@@ -128,13 +129,9 @@ def _fallback_points(args, meta: dict, point: tuple[str, float] | None) -> list[
     have = _have(source, meta if source == args.artifact else None)
     primary = None if args.fallback else tuple(point or ("fp32", 0.0))
     points = []
-    # A fallback slower than the primary is no rung below it (its latency at export, if known).
-    own = have.get(primary, {}).get("latency_ms", {}).get("median") if primary else None
     for text in args.fallback_point:
         if text == "all":
-            ranked = sorted(have.values(), key=lambda p: -(p.get("accuracy") or 0.0))
-            quicker = [p for p in ranked if own is None or p.get("latency_ms", {}).get("median", 0.0) < own]
-            points += [(p["precision"], p["prune"]) for p in quicker if p.get("fits", True)]
+            points += ladder_points({"operating_points": list(have.values())}, primary)
             continue
         asked = _point_flag("--fallback-point", text)
         _check_point("--fallback-point", asked, source, have)
@@ -143,5 +140,8 @@ def _fallback_points(args, meta: dict, point: tuple[str, float] | None) -> list[
         points.append(asked)
     points = [p for i, p in enumerate(points) if p != primary and p not in points[:i]]
     if not points:
-        raise ConfigError(f"--fallback-point all: {source} has no operating point besides the primary that fits")
+        raise ConfigError(
+            f"--fallback-point all: {source} has no operating point besides the primary that fits its memory "
+            "budget and was quicker at export"
+        )
     return points

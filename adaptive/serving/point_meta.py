@@ -46,3 +46,19 @@ def point_meta(meta: dict, point: tuple[str, float], where: str) -> dict:
     out["memory"] = entry["memory"]
     out["point"] = {"precision": point[0], "prune": point[1]}
     return out
+
+
+def ladder_points(meta: dict, primary: tuple[str, float] | None = ("fp32", 0.0)) -> list[tuple[str, float]]:
+    """The operating points of an artifact that `--fallback-point all` makes fallback rungs: those
+    that fit its memory budget, other than `primary` (None: the primary is another artifact)
+    and, when both were timed at export, quicker than it; the most accurate first."""
+    points = {(p["precision"], p["prune"]): p for p in meta.get("operating_points", [])}
+    own = points.get(primary, {}).get("latency_ms", {}).get("median") if primary else None
+    ranked = sorted(points.values(), key=lambda p: -(p.get("accuracy") or 0.0))
+    return [
+        (p["precision"], p["prune"])
+        for p in ranked
+        if p.get("fits", True)
+        and (p["precision"], p["prune"]) != primary
+        and (own is None or p.get("latency_ms", {}).get("median", 0.0) < own)
+    ]
