@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from adaptive.serving.accuracy_table import AccuracyTable, accuracy_lookup
-from adaptive.serving.controller import REJECTED, Controller, Decision, Fallback, Request
+from adaptive.serving.controller import REJECTED, Controller, Decision, Request
+from adaptive.serving.fallbacks import Fallback
 from adaptive.serving.service_times import ServiceTimes
 
 INF = float("inf")

@@ -18,8 +18,8 @@ from adaptive.evaluation.operating_points import operating_points
 from adaptive.inference.artifact_meta import ArtifactError
 from adaptive.inference.export import load_artifact
 from adaptive.inference.restore import load_run
-from adaptive.serving.controller import Fallback
 from adaptive.serving.engine import Engine
+from adaptive.serving.fallbacks import Fallback
 from adaptive.serving.launch import build_controller, rung_name
 from adaptive.serving.point_meta import ladder_points
 from adaptive.serving.server import Server

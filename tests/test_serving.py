@@ -13,8 +13,9 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from adaptive.bench.loadgen import collector_paused, schedule, summarize
 from adaptive.inference.export import export_run
-from adaptive.serving.controller import Controller, Fallback, Request
+from adaptive.serving.controller import Controller, Request
 from adaptive.serving.engine import Engine
+from adaptive.serving.fallbacks import Fallback
 from adaptive.serving.server import Server
 from adaptive.serving.service_times import ServiceTimes
 from tests.helpers import train_tiny

@@ -64,6 +64,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adaptive.serving.accuracy_table import AccuracyTable
+from adaptive.serving.fallbacks import Fallback, fallback_score, worth_planning
 from adaptive.serving.service_times import ServiceTimes
 
 STATUSES = ("ok", "degraded", "fallback", "rejected", "deferred")
@@ -90,17 +91,6 @@ class Request:
     # fallback cannot answer within the budget, so it is no rung for this request); one value
     # for every fallback, or a tuple with one per fallback, in the controller's order.
     fallback_steps: int | None | tuple[int | None, ...] = None
-
-
-@dataclass(frozen=True)
-class Fallback:
-    """A rung below the primary: a smaller model or a cheaper operating point of one."""
-
-    name: str = "fallback"  # the server's name for its engine, and a decision's `model`
-    cap: int = 1  # its step cap
-    # Validation accuracy on the primary's split: at its cap, or {steps: accuracy} (None: not
-    # comparable; it ranks just below the primary's least accurate point, in the order given).
-    accuracy: float | dict[int, float] | None = None
 
 
 REJECTED = Decision("rejected", None, 0)
@@ -230,29 +220,13 @@ class Controller:
         return [chosen.decisions.get(i, REJECTED) for i in range(len(requests))]
 
     def _rungs(self, requests: list[Request]) -> list[Fallback]:
-        """The fallbacks worth a plan for this batch: a rung is left out when another is at least
-        as accurate at every step budget it is scored at (ties, and two unscored rungs: the
-        earlier one wins), measured as quick at a full batch, and gives every request the same
-        steps. Each rung tried costs a plan per primary point (event-loop time, against the SLA)."""
-        kept = []
-        for i, b in enumerate(self.fallbacks):
-            if not any(self._dominates(a, j < i, b, requests) for j, a in enumerate(self.fallbacks) if a is not b):
-                kept.append(b)
-        return kept
-
-    def _dominates(self, a: Fallback, earlier: bool, b: Fallback, requests: list[Request]) -> bool:
-        if b.accuracy is None or a.accuracy is None:
-            as_good = a.accuracy is None and b.accuracy is None and earlier
-        else:
-            scored = b.accuracy if isinstance(b.accuracy, dict) else {b.cap: b.accuracy}
-            pairs = [(self._fallback_score(a, s), v) for s, v in scored.items()]
-            as_good = all(x is not None and x >= v for x, v in pairs) and (earlier or any(x > v for x, v in pairs))
-        if not as_good:
-            return False
-        ms_a = self.service[a.name, None].estimate(a.cap, self.max_batch)
-        ms_b = self.service[b.name, None].estimate(b.cap, self.max_batch)
-        same_steps = all(self._fallback_steps(a, r) == self._fallback_steps(b, r) for r in requests)
-        return ms_a <= ms_b and same_steps
+        """The fallbacks worth a plan for this batch (`worth_planning`): each rung tried costs
+        a plan per primary point, event-loop time against the SLA."""
+        return worth_planning(
+            self.fallbacks,
+            lambda rung: self.service[rung.name, None].estimate(rung.cap, self.max_batch),
+            lambda rung: [self._fallback_steps(rung, r) for r in requests],
+        )
 
     def _shed(self, requests: list[Request]) -> list[Decision]:
         """Shed mode: each row at its requested budget on the primary, timed as the server runs
@@ -390,7 +364,7 @@ class Controller:
         table = self.accuracy.at(rows)
         if decision.model != "primary":
             rung = self._rank[decision.model]
-            known = self._fallback_score(self.fallbacks[rung], decision.steps)
+            known = fallback_score(self.fallbacks[rung], decision.steps)
             if table:
                 below = min(table.values()) - (self.tolerance + 1e-6) * (1 + rung)
                 return known if known is not None else max(below, 0.0)
@@ -399,13 +373,6 @@ class Controller:
             return table.get((decision.experts, decision.steps), 0.0)
         rank = len(self.expert_budgets) - self.expert_budgets.index(decision.experts)
         return 1.0 + 1e-12 * (decision.steps * (len(self.expert_budgets) + 1) + rank)
-
-    @staticmethod
-    def _fallback_score(rung: Fallback, steps: int) -> float | None:
-        """The validation accuracy of `rung` at `steps` (None: not comparable or not scored)."""
-        if isinstance(rung.accuracy, dict):
-            return rung.accuracy.get(steps)
-        return rung.accuracy if steps == rung.cap else None
 
     def observe(
         self,

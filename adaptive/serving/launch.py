@@ -9,8 +9,9 @@ import signal
 import uvloop
 
 from adaptive.serving.accuracy_table import AccuracyTable, accuracy_lookup
-from adaptive.serving.controller import Controller, Fallback
+from adaptive.serving.controller import Controller
 from adaptive.serving.engine import Engine, fallback_engines
+from adaptive.serving.fallbacks import Fallback
 from adaptive.serving.server import Server
 
 __all__ = ["build_controller", "rung_name", "serve", "serve_lm"]
