@@ -432,3 +432,42 @@ def test_a_rung_no_better_and_no_quicker_than_another_gets_no_plan():
         c2.observe("slow", 2, 3.0 + 1.0 * rows, rows=rows)  # slower than int8, less accurate
     assert [f.name for f in c2._rungs([Request(8, 0.0)])] == ["int8", "pruned"]
     assert [f.name for f in c2._rungs([Request(8, 0.0, fallback_steps=(1, 1, 2))])] == ["int8", "pruned", "slow"]
+
+
+def test_a_ladder_whose_first_rung_is_beaten_still_plans_when_nothing_is_on_time():
+    """The first rung is beaten by a later one (less accurate, slower) and nothing is on time:
+    every row is rejected (this raised on an empty list of plans)."""
+    accuracy = {(None, s): 0.6 + 0.05 * s for s in range(1, 9)}
+    beaten = Controller(8, 20.0, fallbacks=(Fallback("int4", 2, 0.8), Fallback("int8", 2, 0.85)), accuracy=accuracy)
+    for rows in (1, 16):
+        beaten.observe("primary", 1, 3.0 * rows, rows=rows)
+        beaten.observe("int4", 2, 2.0, rows=rows)
+        beaten.observe("int8", 2, 1.0, rows=rows)
+    assert [f.name for f in beaten._rungs([Request(8, 0.0)])] == ["int8"]
+    assert beaten.plan([Request(8, 15.9)]) == [REJECTED]  # 0.1 ms left: nothing on time
+    assert beaten.plan([Request(8, 14.5)]) == [Decision("fallback", "int8", 2)]
+
+
+def test_a_rung_quicker_only_for_few_rows_is_still_planned():
+    """Rung a is quicker at a full batch, b for one row: with 1.5 ms left only b is on time for
+    a lone request, so b must not be left out of the plans."""
+    accuracy = {(None, s): 0.6 + 0.05 * s for s in range(1, 9)}
+    lone = Controller(8, 20.0, fallbacks=(Fallback("a", 2, 0.8), Fallback("b", 2, 0.8)), accuracy=accuracy)
+    lone.observe("primary", 1, 30.0)
+    for rows in (1, 8, 16):  # a: 3 ms + 0.05 a row; b: 0.5 ms + 0.5 a row
+        lone.observe("a", 2, 3.0 + 0.05 * rows, rows=rows)
+        lone.observe("b", 2, 0.5 + 0.5 * rows, rows=rows)
+    assert [f.name for f in lone._rungs([Request(8, 14.5)])] == ["a", "b"]
+    assert lone.plan([Request(8, 14.5)]) == [Decision("fallback", "b", 2)]
+
+
+def test_an_unscored_rung_far_down_the_ladder_serves_rather_than_rejects():
+    """Below a weak primary (0.15) with a tolerance of 0.05, the third unscored rung's rank would
+    reach 0, the value of a rejected row, and the quicker rejection won."""
+    weak = {(None, s): 0.15 for s in range(1, 9)}
+    rungs = tuple(Fallback(name, 2) for name in ("x", "y", "z"))
+    far = Controller(8, 20.0, fallbacks=rungs, accuracy=weak, tolerance=0.05)
+    far.observe("primary", 1, 30.0)
+    for name, ms in (("x", 30.0), ("y", 30.0), ("z", 1.0)):
+        far.observe(name, 2, ms)
+    assert far.plan([Request(8, 10.0)]) == [Decision("fallback", "z", 2)]

@@ -213,19 +213,22 @@ def test_a_ladder_of_points_each_answers_under_its_own_name(artifact):
     assert answer["status"] == "fallback" and answer["model"] == "fallback:fp32,0.5"
 
 
-def test_bench_serve_has_a_point_ladder_policy_priced_per_rung(artifact):
+def test_bench_serve_has_a_point_ladder_policy_priced_per_rung(artifact, monkeypatch):
     """Without --small, no small-model policy; the point ladder's FLOPs tables are named as the
     server names its rungs, each the base table scaled by the point's FLOPs."""
     from adaptive.bench import serve
 
     root, _ = artifact
+    _, meta = load_artifact(root / "art")
+    edited = copy.deepcopy(meta)  # latencies set, so that which point is quicker is not up to this machine
+    latency = {("fp32", 0.0): 1.0, ("int8", 0.0): 0.8, ("fp32", 0.5): 0.5, ("int8", 0.5): 1.2}
+    for p in edited["operating_points"]:
+        p["latency_ms"]["median"] = latency[p["precision"], p["prune"]]
+    monkeypatch.setattr(serve, "read_meta", lambda path: edited)
     policies = serve._policies(str(root / "art"), None, 2, 50.0, 8)
     assert not any("small" in name or name.endswith("+ fallback") for name in policies)
-    _, meta = load_artifact(root / "art")
-    ladder = ladder_points(meta)  # which points were quicker at export is this machine's say
-    if not ladder:
-        assert "adaptive + controller + point ladder" not in policies
-        return
+    ladder = ladder_points(edited)
+    assert sorted(ladder) == [("fp32", 0.5), ("int8", 0.0)]
     server_args, flops = policies["adaptive + controller + point ladder"]
     assert server_args[server_args.index("--fallback-point") + 1] == "all"
     points = {(p["precision"], p["prune"]): p["flops"] for p in meta["operating_points"]}

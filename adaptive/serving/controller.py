@@ -202,7 +202,8 @@ class Controller:
         order = sorted(range(len(requests)), key=lambda i: (requests[i].priority, requests[i].waited_ms))
         slack = [self.horizon_ms - r.waited_ms for r in requests]
         points = [None, *self._points(requests)]
-        plans = [
+        plans = [_Plan({}, 0.0, {})]  # every row rejected: the plan when nothing else is on time
+        plans += [
             p
             for rung in self._rungs(requests) or (None,)
             for point in points
@@ -210,21 +211,23 @@ class Controller:
         ]
         best = max(plans, key=lambda p: (p.value, -p.ms))
         # Each row may give up at most the tolerance against the best plan (a tolerance summed
-        # over the batch would let one request give up all of it).
+        # over the batch would let one request give up all of it), and no row the best plan
+        # serves is rejected for speed, however low its expected correctness.
         margin = self.tolerance if self.accuracy else 0.0
 
         def close(p: _Plan) -> bool:
-            return all(p.values.get(i, 0.0) >= v - margin - 1e-14 for i, v in best.values.items())
+            return all(i in p.values and p.values[i] >= v - margin - 1e-14 for i, v in best.values.items())
 
         chosen = min((p for p in plans if close(p)), key=lambda p: p.ms)
         return [chosen.decisions.get(i, REJECTED) for i in range(len(requests))]
 
     def _rungs(self, requests: list[Request]) -> list[Fallback]:
         """The fallbacks worth a plan for this batch (`worth_planning`): each rung tried costs
-        a plan per primary point, event-loop time against the SLA."""
+        a plan per primary point, event-loop time against the SLA. Times are compared at one
+        row and at a full batch (an estimate is linear in rows between them)."""
         return worth_planning(
             self.fallbacks,
-            lambda rung: self.service[rung.name, None].estimate(rung.cap, self.max_batch),
+            lambda rung: tuple(self.service[rung.name, None].estimate(rung.cap, n) for n in (1, self.max_batch)),
             lambda rung: [self._fallback_steps(rung, r) for r in requests],
         )
 
@@ -316,8 +319,8 @@ class Controller:
             if pace <= time_ms + EPS_MS and ms <= min(tightest, slack[i]) + EPS_MS:
                 served.append(i)
                 tightest = min(tightest, slack[i])
-        if point is None and not served and rung is not None and rung is not self.fallbacks[0]:
-            return None  # rejects all, as the first rung's plan without a row served does
+        if point is None and not served:
+            return None  # rejects every row: `plan` has that plan already
         decisions |= {i: Decision("fallback", rung.name, self._fallback_steps(rung, requests[i])) for i in served}
         ms = primary_ms + (fallback.estimate(rung.cap, len(served)) if served else 0.0)
         # Scored at the rows each run has: with expert capacity, a run's tokens share the slots.
@@ -357,7 +360,8 @@ class Controller:
         """Expected correctness of one row under `decision`: validation accuracy, a fallback
         without a comparable score just under the primary's least accurate point (below every
         primary point, by more than the tolerance; each later fallback a tolerance lower, so the
-        quickest-within-tolerance rule keeps their order). Without
+        quickest-within-tolerance rule keeps their order; never 0, which a rejected row scores,
+        but at least a millionth, less for each later one). Without
         a table, the ladder's order: a served row is worth 1, a primary row a millionth more than
         a fallback one, each step and expert a further 1e-12, each earlier fallback 1e-9 more
         than the next (a batch's worth of any stays below the rung above it)."""
@@ -367,7 +371,8 @@ class Controller:
             known = fallback_score(self.fallbacks[rung], decision.steps)
             if table:
                 below = min(table.values()) - (self.tolerance + 1e-6) * (1 + rung)
-                return known if known is not None else max(below, 0.0)
+                floor = 1e-6 * (len(self.fallbacks) - rung)
+                return known if known is not None else max(below, floor)
             return 1.0 - 1e-6 - 1e-9 * rung
         if table:
             return table.get((decision.experts, decision.steps), 0.0)

@@ -15,7 +15,7 @@ class Fallback:
     name: str = "fallback"  # the server's name for its engine, and a decision's `model`
     cap: int = 1  # its step cap
     # Validation accuracy on the primary's split: at its cap, or {steps: accuracy} (None: not
-    # comparable; it ranks just below the primary's least accurate point, in the order given).
+    # comparable; it ranks below the primary's least accurate point, in the order given).
     accuracy: float | dict[int, float] | None = None
 
 
@@ -28,13 +28,14 @@ def fallback_score(rung: Fallback, steps: int) -> float | None:
 
 def worth_planning(
     rungs: Sequence[Fallback],
-    full_batch_ms: Callable[[Fallback], float],
+    times: Callable[[Fallback], tuple[float, ...]],
     steps_of: Callable[[Fallback], list[int]],
 ) -> list[Fallback]:
     """The rungs no other beats: one is left out when another is at least as accurate at every
     step budget it is scored at (ties, and two unscored rungs: the earlier one wins), as quick
-    at a full batch (`full_batch_ms`, measured) and gives every request of the batch the same
-    steps (`steps_of`: each request's step budget on that rung). The order is kept."""
+    at every batch size `times` gives (measured; the caller gives the smallest and the largest)
+    and gives every request of the batch the same steps (`steps_of`: each request's step budget
+    on that rung). The order is kept; at least one rung remains (the relation has no cycle)."""
 
     def beats(a: Fallback, earlier: bool, b: Fallback) -> bool:
         if b.accuracy is None or a.accuracy is None:
@@ -43,6 +44,7 @@ def worth_planning(
             scored = b.accuracy if isinstance(b.accuracy, dict) else {b.cap: b.accuracy}
             pairs = [(fallback_score(a, s), v) for s, v in scored.items()]
             as_good = all(x is not None and x >= v for x, v in pairs) and (earlier or any(x > v for x, v in pairs))
-        return as_good and full_batch_ms(a) <= full_batch_ms(b) and steps_of(a) == steps_of(b)
+        quick = all(x <= y for x, y in zip(times(a), times(b), strict=True))
+        return as_good and quick and steps_of(a) == steps_of(b)
 
     return [b for i, b in enumerate(rungs) if not any(beats(a, j < i, b) for j, a in enumerate(rungs) if a is not b)]

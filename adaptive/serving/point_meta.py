@@ -53,12 +53,12 @@ def ladder_points(meta: dict, primary: tuple[str, float] | None = ("fp32", 0.0))
     that fit its memory budget, other than `primary` (None: the primary is another artifact)
     and, when both were timed at export, quicker than it; the most accurate first."""
     points = {(p["precision"], p["prune"]): p for p in meta.get("operating_points", [])}
-    own = points.get(primary, {}).get("latency_ms", {}).get("median") if primary else None
+    own = (points.get(primary, {}).get("latency_ms") or {}).get("median") if primary else None
     ranked = sorted(points.values(), key=lambda p: -(p.get("accuracy") or 0.0))
     return [
         (p["precision"], p["prune"])
         for p in ranked
         if p.get("fits", True)
         and (p["precision"], p["prune"]) != primary
-        and (own is None or p.get("latency_ms", {}).get("median", 0.0) < own)
+        and (own is None or (p.get("latency_ms") or {}).get("median", 0.0) < own)
     ]
