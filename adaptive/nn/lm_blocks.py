@@ -69,9 +69,13 @@ class CausalAttention(nnx.Module):
     def read(self, x_BxTxD, positions_BxT, cache: KVCache) -> jax.Array:
         """Attention of T tokens whose keys and values the cache already holds (`fill` wrote
         them): only their queries are projected."""
+        return self.out(self.read_heads(x_BxTxD, positions_BxT, cache))
+
+    def read_heads(self, x_BxTxD, positions_BxT, cache: KVCache) -> jax.Array:
+        """`read` before its output projection: the heads' mixed values, B x T x inner."""
         batch, length, width = x_BxTxD.shape
         q = self._project(x_BxTxD, slice(0, self.inner)).reshape(batch, length, self.heads, -1)
-        return self._attend(q, positions_BxT, cache)
+        return self._mix(q, positions_BxT, cache)
 
     def _project(self, x_BxTxD, columns: slice) -> jax.Array:
         """Some columns of the q | k | v projection, computed in the layer's dtype as nnx.Linear
@@ -82,14 +86,16 @@ class CausalAttention(nnx.Module):
         return x_BxTxD.astype(self.dtype) @ kernel
 
     def _attend(self, q_BxTxHxK, positions_BxT, cache: KVCache) -> jax.Array:
+        return self.out(self._mix(q_BxTxHxK, positions_BxT, cache))
+
+    def _mix(self, q_BxTxHxK, positions_BxT, cache: KVCache) -> jax.Array:
         batch, length = positions_BxT.shape
         q = rotate(q_BxTxHxK, positions_BxT) if self.rotary else q_BxTxHxK
-        scores = jnp.einsum("bqhk,bshk->bhqs", q, cache.k_BxSxHxK).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
+        scores = jnp.einsum("bqhk,bhks->bhqs", q, cache.k_BxHxKxS).astype(jnp.float32) / jnp.sqrt(q.shape[-1])
         slots_S = jnp.arange(cache.keys_BxS.shape[1])
         visible = cache.keys_BxS[:, None, None, :] & (slots_S <= positions_BxT[:, None, :, None])
-        weights = jax.nn.softmax(jnp.where(visible, scores, -1e30), axis=-1).astype(cache.v_BxSxHxK.dtype)
-        mixed = jnp.einsum("bhqs,bshk->bqhk", weights, cache.v_BxSxHxK).reshape(batch, length, -1)
-        return self.out(mixed)
+        weights = jax.nn.softmax(jnp.where(visible, scores, -1e30), axis=-1).astype(cache.v_BxHxSxK.dtype)
+        return jnp.einsum("bhqs,bhsk->bqhk", weights, cache.v_BxHxSxK).reshape(batch, length, -1)
 
     def fill(self, x_BxTxD, positions_BxT, keys_BxT, cache: KVCache) -> KVCache:
         """Only the keys and values of T tokens written to the cache (an exited token's state
@@ -112,24 +118,32 @@ class CausalAttention(nnx.Module):
         if self.rotary:
             k_BxTxHxK = rotate(k_BxTxHxK, positions_BxT)
         rows = jnp.arange(k_BxTxHxK.shape[0])[:, None]
+        # indices on the first and last axes of k: the written region is B x T x H x K all the same
         return KVCache(
-            cache.k_BxSxHxK.at[rows, positions_BxT].set(k_BxTxHxK.astype(cache.k_BxSxHxK.dtype)),
-            cache.v_BxSxHxK.at[rows, positions_BxT].set(v_BxTxHxK.astype(cache.v_BxSxHxK.dtype)),
+            cache.k_BxHxKxS.at[rows, :, :, positions_BxT].set(k_BxTxHxK.astype(cache.k_BxHxKxS.dtype)),
+            cache.v_BxHxSxK.at[rows, :, positions_BxT].set(v_BxTxHxK.astype(cache.v_BxHxSxK.dtype)),
             cache.keys_BxS.at[rows, positions_BxT].set(keys_BxT),
         )
 
 
 class KVCache(NamedTuple):
-    """One block's keys and values for decoding: slot s holds position s of each sequence."""
+    """One block's keys and values for decoding: slot s holds position s of each sequence.
 
-    k_BxSxHxK: jax.Array
-    v_BxSxHxK: jax.Array
+    Stored in the layouts attention reads them in (keys B x H x K x S, values B x H x S x K:
+    batched matrix products with no operand transposed), so a decode step does not copy each
+    block's whole cache into another layout before its one-token attention."""
+
+    k_BxHxKxS: jax.Array
+    v_BxHxSxK: jax.Array
     keys_BxS: jax.Array  # bool: the slot may be attended to (written, and not skipped by MoD)
 
     @staticmethod
     def empty(batch: int, size: int, heads: int, head_width: int, dtype) -> KVCache:
-        zeros = jnp.zeros((batch, size, heads, head_width), dtype)
-        return KVCache(zeros, zeros, jnp.zeros((batch, size), bool))
+        return KVCache(
+            jnp.zeros((batch, heads, head_width, size), dtype),
+            jnp.zeros((batch, heads, size, head_width), dtype),
+            jnp.zeros((batch, size), bool),
+        )
 
 
 class LMBlock(nnx.Module):
@@ -169,6 +183,14 @@ class LMBlock(nnx.Module):
         output or None)."""
         mixed = self.attention.read(self.norm1(h_BxTxD), positions_BxT, cache)
         return self.feed_forward(h_BxTxD + mixed.astype(h_BxTxD.dtype), False, k_active)
+
+    def read_rows(self, h_BxTxD, positions_BxT, cache: KVCache, rows_R, *, k_active=None):
+        """`read` with everything after attention on the rows `rows_R` only: (their new states,
+        MoE output or None). Attention runs on every row, so the cache is read where it lies
+        rather than gathered (a gather copies as many bytes as one-token attention reads)."""
+        heads = self.attention.read_heads(self.norm1(h_BxTxD), positions_BxT, cache)
+        h = h_BxTxD[rows_R]
+        return self.feed_forward(h + self.attention.out(heads[rows_R]).astype(h.dtype), False, k_active)
 
     def feed_forward(self, h, train: bool, k_active):
         """h + the feed-forward (dense, or experts) of LN h: (new state, MoE output or None)."""

@@ -126,7 +126,8 @@ def cached_forward(
         else:  # a decode step: every row's keys and values, then the block on the rows that run it
             cache = block.fill(h, positions_BxT, keys, caches[i])
             branches = [_skip] + [_rows_of(block, size, positions_BxT, runs, weights, k_active) for size in sizes]
-            bucket = jnp.where(runs.any(), 1 + jnp.searchsorted(jnp.asarray(sizes), runs.sum()), 0)
+            # the smallest size holding them: a compare and a sum (searchsorted is a loop of ops)
+            bucket = jnp.where(runs.any(), 1 + (jnp.asarray(sizes) < runs.sum()).sum(), 0)
             h_before = h
             h, used = jax.lax.switch(bucket, branches, h, cache)
         reached.append(~exited)
@@ -178,8 +179,7 @@ def _rows_of(block, size: int, positions_BxT, runs_BxT, weights_BxT, k_active):
 
     def on(h, cache):
         rows = running_first(runs_BxT[:, 0], size) if size < batch else jnp.arange(batch)
-        part = KVCache(*(a[rows] for a in cache)) if size < batch else cache
-        out, moe = block.read(h[rows], positions_BxT[rows], part, k_active=k_active[rows])
+        out, moe = block.read_rows(h, positions_BxT, cache, rows, k_active=k_active[rows])
         if weights_BxT is not None:
             out = h[rows] + weights_BxT[rows][..., None] * (out - h[rows])
         taken = runs_BxT[rows]
