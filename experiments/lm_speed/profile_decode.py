@@ -1,0 +1,98 @@
+"""Where a decode step's time goes on CPU: XLA thunks (the compiled program's kernels) per step.
+
+Traces `adaptive bench generate`'s models (width 128, 4 heads, 16-byte prompts, 64 new tokens at
+temperature 1) with jax.profiler, and counts the thunks each decode step runs and their own time
+(a thunk's time less the thunks nested in it), grouped by the thunk's name. On a 2-core CPU a
+one-token step of this small model is bound by how many kernels it launches, not by its FLOPs,
+so the count is the measure to cut. Times under the profiler are inflated by its own cost per
+thunk; compare them with each other, not with the bench's.
+
+    python experiments/lm_speed/profile_decode.py --json experiments/lm_speed/decode_profile.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import tempfile
+
+import jax
+
+from adaptive.bench.generate import _calls, _decoder, _model, threshold_for_depth
+
+NEW_TOKENS, CALLS = 64, 3
+SKIPPED = ("ThunkExecutor", "Threadpool", "Pjit", "ParseArguments", "Execute")
+
+
+def profile(variant: str, batch: int) -> dict:
+    exits = variant == "exit"
+    model = _model(128, 4 if exits else int(variant.split()[-1]), 4, 16 + NEW_TOKENS, exits)
+    decoder = _decoder(model, NEW_TOKENS)
+    threshold = threshold_for_depth(decoder, batch, NEW_TOKENS, 2.5)[0] if exits else 2.0
+    full, _, depth = _calls(decoder, batch, NEW_TOKENS, threshold)
+    for _ in range(3):
+        jax.block_until_ready(full())
+    with tempfile.TemporaryDirectory() as folder:
+        jax.profiler.start_trace(folder, create_perfetto_trace=True)
+        for _ in range(CALLS):
+            jax.block_until_ready(full())
+        jax.profiler.stop_trace()
+        (path,) = glob.glob(f"{folder}/plugins/profile/*/perfetto_trace.json.gz")
+        trace = json.load(gzip.open(path))
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    thunks = [
+        e
+        for e in events
+        if e.get("ph") == "X" and not e["name"].startswith("$") and not any(s in e["name"] for s in SKIPPED)
+    ]
+    own = _own_times(thunks)
+    steps = CALLS * (NEW_TOKENS - 1)
+    by_kind = collections.Counter()
+    for event, time in zip(thunks, own, strict=True):
+        by_kind[re.sub(r"[.\d]+$", "", event["name"].removeprefix("end: ").split(".clone")[0])] += time
+    return {
+        "variant": variant,
+        "batch": batch,
+        "mean_layers": round(depth, 3),
+        "thunks_per_step": round(len(thunks) / steps, 1),
+        "own_us_per_step": round(sum(own) / steps, 1),
+        "top_kinds_us_per_step": {k: round(v / steps, 1) for k, v in by_kind.most_common(8)},
+    }
+
+
+def _own_times(events: list[dict]) -> list[float]:
+    """Each event's duration less its children's (events nest by time within a thread)."""
+    own = {}
+    threads = collections.defaultdict(list)
+    for i, e in enumerate(events):
+        threads[(e["pid"], e["tid"])].append(i)
+    for indices in threads.values():
+        indices.sort(key=lambda i: (events[i]["ts"], -events[i]["dur"]))
+        stack: list[int] = []
+        for i in indices:
+            while stack and events[stack[-1]]["ts"] + events[stack[-1]]["dur"] <= events[i]["ts"]:
+                stack.pop()
+            own[i] = events[i]["dur"]
+            if stack:
+                own[stack[-1]] -= events[i]["dur"]
+            stack.append(i)
+    return [own[i] for i in range(len(events))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", required=True)
+    args = parser.parse_args()
+    rows = [profile(variant, batch) for batch in (1, 8) for variant in ("exit", "static 2", "static 3")]
+    for row in rows:
+        print(f"{row['variant']:>9} batch {row['batch']}: {row['thunks_per_step']} thunks, {row['own_us_per_step']} us")
+    with open(args.json, "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
