@@ -56,6 +56,48 @@ def test_prefill_then_token_by_token_gives_the_full_pass_logits_and_depths(varia
         assert (full.layers_BxL == 1).any() and (full.layers_BxL > 1).any()
 
 
+@pytest.mark.parametrize("variant", FAST_VARIANTS)
+def test_a_compacted_decode_step_gives_every_row_what_running_all_rows_gives(variant):
+    """Rows of mixed depths (thresholds, layer caps, expert caps, MoD biases per row, some rows
+    finished): running each block on a bucket of only its rows changes no row's logits, spend
+    or cache, whatever the bucket's padding rows hold."""
+    kwargs, _ = VARIANTS[variant]
+    model = _model(moe_cfg=_moe_cfg()) if kwargs == "moe" else _model(**kwargs)
+    batch, prompt, steps = 6, 4, 6
+    rng = np.random.default_rng(3)
+    tokens = jnp.asarray(rng.integers(0, 256, (batch, prompt + steps)), jnp.int32)
+    limits = TokenLimits.full(model, batch)._replace(
+        threshold_B=jnp.asarray(rng.uniform(0.0, 0.6, batch), jnp.float32).at[0].set(2.0),
+        layer_cap_B=jnp.asarray([4, 1, 2, 3, 4, 2], jnp.int32),
+        expert_cap_B=jnp.asarray(rng.integers(1, 3, batch), jnp.int32),
+        mod_bias_B=jnp.asarray(rng.normal(0.0, 0.3, batch), jnp.float32),
+    )
+    alive = rng.random((steps, batch)) < 0.8
+    positions = jnp.broadcast_to(jnp.arange(prompt + steps), (batch, prompt + steps))
+    graphdef, params = nnx.split(model)
+    runs = {}
+    for compact in (False, True):
+        forward = jax.jit(lambda p, *a, compact=compact: cached_forward(nnx.merge(graphdef, p), *a, compact=compact))
+        caches = empty_cache(model, batch, prompt + steps)
+        first = (tokens[:, :prompt], positions[:, :prompt], jnp.ones((batch, prompt), bool))
+        caches = forward(params, caches, *first, limits)[1]
+        outs = []
+        for t in range(steps):
+            at = slice(prompt + t, prompt + t + 1)
+            logits, caches, spend = forward(params, caches, tokens[:, at], positions[:, at], alive[t][:, None], limits)
+            outs.append((logits, spend.ran_NxBxT, spend.reached_NxBxT, spend.experts_NxBxT))
+        runs[compact] = outs, caches
+    (whole, whole_caches), (compacted, compacted_caches) = runs[False], runs[True]
+    ran = np.concatenate([np.asarray(o[1]) for o in whole], -1)
+    assert 0 < ran.mean() < 1 and (ran.sum(0) > 0).any() and (ran.sum(0) < len(model.blocks)).any()
+    for a, b in zip(whole, compacted, strict=True):
+        np.testing.assert_allclose(b[0], a[0], rtol=1e-5, atol=1e-5)
+        for x, y in zip(a[1:], b[1:], strict=True):
+            np.testing.assert_array_equal(y, x)
+    for a, b in zip(jax.tree.leaves(whole_caches), jax.tree.leaves(compacted_caches), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
 def _decoder(cfg_overrides=(), *, exit_bias: float | None = None, seed: int = 0):
     cfg = config_lib.load(
         str(ROOT / "configs/lm.py:tiny"), ["--config.model.depth=4", f"--config.seed={seed}", *cfg_overrides]

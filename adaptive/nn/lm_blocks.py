@@ -118,7 +118,7 @@ class CausalAttention(nnx.Module):
         if self.rotary:
             k_BxTxHxK = rotate(k_BxTxHxK, positions_BxT)
         rows = jnp.arange(k_BxTxHxK.shape[0])[:, None]
-        # indices on the first and last axes of k: the written region is B x T x H x K all the same
+        # indices on k's first and last axes and v's first and third: both regions are B x T x H x K
         return KVCache(
             cache.k_BxHxKxS.at[rows, :, :, positions_BxT].set(k_BxTxHxK.astype(cache.k_BxHxKxS.dtype)),
             cache.v_BxHxSxK.at[rows, :, positions_BxT].set(v_BxTxHxK.astype(cache.v_BxHxSxK.dtype)),
@@ -187,7 +187,8 @@ class LMBlock(nnx.Module):
     def read_rows(self, h_BxTxD, positions_BxT, cache: KVCache, rows_R, *, k_active=None):
         """`read` with everything after attention on the rows `rows_R` only: (their new states,
         MoE output or None). Attention runs on every row, so the cache is read where it lies
-        rather than gathered (a gather copies as many bytes as one-token attention reads)."""
+        rather than gathered: per row a gather copies about the bytes one-token attention reads,
+        so this costs more than a gather only when under about a third of the rows run."""
         heads = self.attention.read_heads(self.norm1(h_BxTxD), positions_BxT, cache)
         h = h_BxTxD[rows_R]
         return self.feed_forward(h + self.attention.out(heads[rows_R]).astype(h.dtype), False, k_active)

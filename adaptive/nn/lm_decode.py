@@ -14,8 +14,9 @@ through the blocks, every token by the rule the full forward pass applies at a t
 - a MoE feed-forward gives a token at most its row's expert cap.
 
 In a decode step (one token per sequence) a block runs on only the rows that need it: every
-row's keys and values are written first (`fill`), then the block reads the cache for the rows
-still running, gathered into the smallest of `compact_sizes` that holds them (`lax.switch`;
+row's keys and values are written first (`fill`); then, when any row still runs it, attention
+reads the cache for every row where it lies, and the output projection and feed-forward run on
+the running rows, gathered into the smallest of `compact_sizes` that holds them (`lax.switch`;
 none: the block is skipped). At batch 1 the blocks above a token's exit cost their key/value
 projection only. Limits are traced, so each request's budget is a runtime input. ACT models
 (one shared block, mean-field output) are not decoded here.
@@ -96,8 +97,9 @@ def cached_forward(
 
     `positions_BxT`: each token's position (its cache slot); `valid_BxT`: False for padding and
     for finished sequences (they are never keys, and spend nothing). `compact` (one token per
-    sequence): a block runs on only the rows that need it, gathered into the smallest bucket
-    of `compact_sizes` that holds them (a `lax.switch`), the others only filling their caches."""
+    sequence): a block's output projection and feed-forward run on only the rows that need it,
+    gathered into the smallest bucket of `compact_sizes` that holds them (a `lax.switch`); its
+    attention runs on every row while any needs the block (no cache is gathered)."""
     batch, length = tokens_BxT.shape
     moe = model.blocks[0].moe
     rows_independent = moe is None or moe.rows_independent_at_inference()
@@ -173,8 +175,9 @@ def _skip(h, cache):
 
 
 def _rows_of(block, size: int, positions_BxT, runs_BxT, weights_BxT, k_active):
-    """The block on the `size` rows that run it (a decode step, T = 1): gathered running rows
-    first, padded with others, whose results are dropped; all rows when size is the batch."""
+    """The block for the `size` rows that run it (a decode step, T = 1): attention on every row
+    over the cache, the rest on the gathered running rows first, padded with others, whose
+    results are dropped; all rows when size is the batch."""
     batch = runs_BxT.shape[0]
 
     def on(h, cache):
