@@ -66,13 +66,10 @@ class CausalAttention(nnx.Module):
         cache = self._write(cache, k[:, :, 0], v[:, :, 0], positions_BxT, keys_BxT)
         return self._attend(q[:, :, 0], positions_BxT, cache), cache
 
-    def read(self, x_BxTxD, positions_BxT, cache: KVCache) -> jax.Array:
-        """Attention of T tokens whose keys and values the cache already holds (`fill` wrote
-        them): only their queries are projected."""
-        return self.out(self.read_heads(x_BxTxD, positions_BxT, cache))
-
     def read_heads(self, x_BxTxD, positions_BxT, cache: KVCache) -> jax.Array:
-        """`read` before its output projection: the heads' mixed values, B x T x inner."""
+        """Attention of T tokens whose keys and values the cache already holds (`fill` wrote
+        them), before the output projection: the heads' mixed values, B x T x inner. Only the
+        queries are projected."""
         batch, length, width = x_BxTxD.shape
         q = self._project(x_BxTxD, slice(0, self.inner)).reshape(batch, length, self.heads, -1)
         return self._mix(q, positions_BxT, cache)
@@ -173,25 +170,22 @@ class LMBlock(nnx.Module):
         new_h, moe = self.feed_forward(h_BxTxD + mixed.astype(h_BxTxD.dtype), False, k_active)
         return new_h, moe, cache
 
-    def fill(self, h_BxTxD, positions_BxT, keys_BxT, cache: KVCache) -> KVCache:
-        """Only the keys and values of T tokens (a state that skips this block, or one `read`
-        runs next)."""
-        return self.attention.fill(self.norm1(h_BxTxD), positions_BxT, keys_BxT, cache)
+    def fill(self, h_BxTxD, positions_BxT, keys_BxT, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Only the keys and values of T tokens written (a state that skips this block, or one
+        `read_rows` runs next): (the block's normed input, for `read_rows` to reuse; the cache)."""
+        normed = self.norm1(h_BxTxD)
+        return normed, self.attention.fill(normed, positions_BxT, keys_BxT, cache)
 
-    def read(self, h_BxTxD, positions_BxT, cache: KVCache, *, k_active=None):
-        """The block on T tokens whose keys and values `fill` already wrote: (new state, MoE
-        output or None)."""
-        mixed = self.attention.read(self.norm1(h_BxTxD), positions_BxT, cache)
-        return self.feed_forward(h_BxTxD + mixed.astype(h_BxTxD.dtype), False, k_active)
-
-    def read_rows(self, h_BxTxD, positions_BxT, cache: KVCache, rows_R, *, k_active=None):
-        """`read` with everything after attention on the rows `rows_R` only: (their new states,
-        MoE output or None). Attention runs on every row, so the cache is read where it lies
-        rather than gathered: per row a gather copies about the bytes one-token attention reads,
-        so this costs more than a gather only when under about a third of the rows run."""
-        heads = self.attention.read_heads(self.norm1(h_BxTxD), positions_BxT, cache)
-        h = h_BxTxD[rows_R]
-        return self.feed_forward(h + self.attention.out(heads[rows_R]).astype(h.dtype), False, k_active)
+    def read_rows(self, h_BxTxD, normed_BxTxD, positions_BxT, cache: KVCache, rows_R, *, k_active=None):
+        """The block on T tokens whose keys and values `fill` already wrote, everything after
+        attention on the rows `rows_R` only (None: every row): (their new states, MoE output or
+        None). Attention runs on every row, so the cache is read where it lies rather than
+        gathered: per row a gather copies about the bytes one-token attention reads, so this
+        costs more than a gather only when under about a third of the rows run."""
+        heads = self.attention.read_heads(normed_BxTxD, positions_BxT, cache)
+        if rows_R is not None:
+            h_BxTxD, heads = h_BxTxD[rows_R], heads[rows_R]
+        return self.feed_forward(h_BxTxD + self.attention.out(heads).astype(h_BxTxD.dtype), False, k_active)
 
     def feed_forward(self, h, train: bool, k_active):
         """h + the feed-forward (dense, or experts) of LN h: (new state, MoE output or None)."""

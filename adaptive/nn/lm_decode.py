@@ -126,12 +126,12 @@ def cached_forward(
             used = _experts(block_moe, runs, batch, length)
             h_before, h = h, jnp.where(runs[..., None], out, h)
         else:  # a decode step: every row's keys and values, then the block on the rows that run it
-            cache = block.fill(h, positions_BxT, keys, caches[i])
+            normed, cache = block.fill(h, positions_BxT, keys, caches[i])
             branches = [_skip] + [_rows_of(block, size, positions_BxT, runs, weights, k_active) for size in sizes]
             # the smallest size holding them: a compare and a sum (searchsorted is a loop of ops)
             bucket = jnp.where(runs.any(), 1 + (jnp.asarray(sizes) < runs.sum()).sum(), 0)
             h_before = h
-            h, used = jax.lax.switch(bucket, branches, h, cache)
+            h, used = jax.lax.switch(bucket, branches, h, normed, cache)
         reached.append(~exited)
         new_caches.append(cache)
         ran.append(runs)
@@ -141,12 +141,12 @@ def cached_forward(
             if model.exits:
 
                 def exit_here(h, exited, chosen_state, i=i, forced=forced, h_before=h_before):
-                    normed = model.exit_norms[i](h)
+                    state = model.exit_norms[i](h)
                     need_logits = model.confidence in ("max_prob", "margin")
-                    logits = model.embed.attend(normed) if need_logits else None
+                    logits = model.embed.attend(state) if need_logits else None
                     score = model._confidence(i, logits, h, h_before)
                     leaving = ~exited & ((score >= threshold) | forced)
-                    return exited | leaving, jnp.where(leaving[..., None], normed, chosen_state)
+                    return exited | leaving, jnp.where(leaving[..., None], state, chosen_state)
 
                 exited, chosen_state = jax.lax.cond(
                     exited.all(), lambda h, e, c: (e, c), exit_here, h, exited, chosen_state
@@ -170,7 +170,7 @@ def _experts(moe, runs_BxT, batch: int, length: int) -> jax.Array:
     return jnp.where(runs_BxT, moe.experts_T.reshape(batch, length), 0).astype(jnp.float32)
 
 
-def _skip(h, cache):
+def _skip(h, normed, cache):
     return h, jnp.zeros(h.shape[:2], jnp.float32)
 
 
@@ -180,14 +180,18 @@ def _rows_of(block, size: int, positions_BxT, runs_BxT, weights_BxT, k_active):
     results are dropped; all rows when size is the batch."""
     batch = runs_BxT.shape[0]
 
-    def on(h, cache):
-        rows = running_first(runs_BxT[:, 0], size) if size < batch else jnp.arange(batch)
-        out, moe = block.read_rows(h, positions_BxT, cache, rows, k_active=k_active[rows])
+    def on(h, normed, cache):
+        if size < batch:
+            rows = running_first(runs_BxT[:, 0], size)
+            pick, put = (lambda a: a[rows]), (lambda a, part: a.at[rows].set(part))
+        else:  # every row: no gather or scatter to launch
+            rows, pick, put = None, (lambda a: a), (lambda a, part: part)
+        out, moe = block.read_rows(h, normed, positions_BxT, cache, rows, k_active=pick(k_active))
         if weights_BxT is not None:
-            out = h[rows] + weights_BxT[rows][..., None] * (out - h[rows])
-        taken = runs_BxT[rows]
-        new_h = h.at[rows].set(jnp.where(taken[..., None], out, h[rows]))
-        used = jnp.zeros((batch, 1), jnp.float32).at[rows].set(_experts(moe, taken, size, 1))
+            out = pick(h) + pick(weights_BxT)[..., None] * (out - pick(h))
+        taken = pick(runs_BxT)
+        new_h = put(h, jnp.where(taken[..., None], out, pick(h)))
+        used = put(jnp.zeros((batch, 1), jnp.float32), _experts(moe, taken, size, 1))
         return new_h, used
 
     return on
