@@ -2,7 +2,8 @@
 
 Traces `adaptive bench generate`'s models (width 128, 4 heads, 16-byte prompts, 64 new tokens at
 temperature 1) with jax.profiler, and counts the thunks each decode step runs and their own time
-(a thunk's time less the thunks nested in it), grouped by the thunk's name. On a 2-core CPU a
+(a thunk's time less the thunks nested in it), grouped by the thunk's name: a generation of 64
+new tokens less one of 1, over 63, as `adaptive bench generate` times a step. On a 2-core CPU a
 one-token step of this small model is bound by how many kernels it launches, not by its FLOPs,
 so the count is the measure to cut. Times under the profiler are inflated by its own cost per
 thunk; compare them with each other, not with the bench's.
@@ -33,13 +34,29 @@ def profile(variant: str, batch: int) -> dict:
     model = _model(128, 4 if exits else int(variant.split()[-1]), 4, 16 + NEW_TOKENS, exits)
     decoder = _decoder(model, NEW_TOKENS)
     threshold = threshold_for_depth(decoder, batch, NEW_TOKENS, 2.5)[0] if exits else 2.0
-    full, _, depth = _calls(decoder, batch, NEW_TOKENS, threshold)
+    full, one, depth = _calls(decoder, batch, NEW_TOKENS, threshold)
+    # a decode step is what N new tokens cost beyond 1 (the prefill and the first token cancel)
+    (n_full, own_full, kinds_full), (n_one, own_one, kinds_one) = _traced(full), _traced(one)
+    steps = CALLS * (NEW_TOKENS - 1)
+    by_kind = {k: (kinds_full[k] - kinds_one.get(k, 0.0)) / steps for k in kinds_full}
+    return {
+        "variant": variant,
+        "batch": batch,
+        "mean_layers": round(depth, 3),
+        "thunks_per_step": round((n_full - n_one) / steps, 1),
+        "own_us_per_step": round((own_full - own_one) / steps, 1),
+        "top_kinds_us_per_step": {k: round(v, 1) for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])[:8]},
+    }
+
+
+def _traced(call) -> tuple[int, float, dict]:
+    """(thunks, their own microseconds, own microseconds by kind of thunk) of CALLS calls."""
     for _ in range(3):
-        jax.block_until_ready(full())
+        jax.block_until_ready(call())
     with tempfile.TemporaryDirectory() as folder:
         jax.profiler.start_trace(folder, create_perfetto_trace=True)
         for _ in range(CALLS):
-            jax.block_until_ready(full())
+            jax.block_until_ready(call())
         jax.profiler.stop_trace()
         (path,) = glob.glob(f"{folder}/plugins/profile/*/perfetto_trace.json.gz")
         trace = json.load(gzip.open(path))
@@ -50,18 +67,10 @@ def profile(variant: str, batch: int) -> dict:
         if e.get("ph") == "X" and not e["name"].startswith("$") and not any(s in e["name"] for s in SKIPPED)
     ]
     own = _own_times(thunks)
-    steps = CALLS * (NEW_TOKENS - 1)
     by_kind = collections.Counter()
     for event, time in zip(thunks, own, strict=True):
         by_kind[re.sub(r"[.\d]+$", "", event["name"].removeprefix("end: ").split(".clone")[0])] += time
-    return {
-        "variant": variant,
-        "batch": batch,
-        "mean_layers": round(depth, 3),
-        "thunks_per_step": round(len(thunks) / steps, 1),
-        "own_us_per_step": round(sum(own) / steps, 1),
-        "top_kinds_us_per_step": {k: round(v / steps, 1) for k, v in by_kind.most_common(8)},
-    }
+    return len(thunks), sum(own), by_kind
 
 
 def _own_times(events: list[dict]) -> list[float]:
