@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -13,9 +14,10 @@ import pytest
 
 from adaptive.data import byte_vocab
 from adaptive.inference.artifact_meta import ArtifactError
-from adaptive.inference.generate import decoder_for_run
+from adaptive.inference.generate import Generation, decoder_for_run
 from adaptive.inference.lm_export import load_lm_artifact
 from adaptive.inference.restore import load_run
+from adaptive.nn.quantize import quantize_model
 from tests.helpers import ROOT, cli, train_tiny
 
 ROOT_README = ROOT / "README.md"
@@ -48,7 +50,9 @@ def artifact(tmp_path_factory):
     train_tiny(root / "run", 2, config="configs/lm.py:tiny", overrides=("--config.lm.exits=true", data))
     command = cli("export", "--workdir", str(root / "run"), "--out", str(root / "art"))
     proc = subprocess.run(
-        [*command, "--prompt-capacity", "16", "--new-tokens", "16", "--slots", "2"], capture_output=True, text=True
+        [*command, "--prompt-capacity", "16", "--new-tokens", "16", "--slots", "2", "--precision", "fp32,int8"],
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "verified against the live decoder" in proc.stdout
@@ -115,6 +119,59 @@ def test_an_edited_or_corrupted_artifact_is_refused_in_one_line(artifact, tmp_pa
     (copy / "meta.json").write_text(json.dumps({**meta, "format": "adaptive-export/2"}))
     with pytest.raises(ArtifactError, match="a language model's artifact"):
         load_lm_artifact(copy)
+
+
+def test_an_int8_operating_point_generates_what_the_live_int8_decoder_does(artifact):
+    workdir, art = artifact
+    _, meta = load_lm_artifact(art)
+    fp32, int8 = meta["operating_points"]
+    assert (fp32["precision"], int8["precision"]) == ("fp32", "int8") and "file" not in fp32
+    assert int8["file"] == "point-int8-p0.jaxexport" and int8["bytes"] < meta["bytes"]
+    assert int8["weight_bytes"] < 0.35 * fp32["weight_bytes"] and int8["flops"] == fp32["flops"]
+    assert int8["memory"]["total_mb"] < fp32["memory"]["total_mb"]
+    for entry in (fp32, int8):
+        assert entry["bits_per_byte"] > 0 and entry["latency_ms"]["per_token"] > 0
+    run = load_run(workdir, language_model=True)
+    graphdef, params = quantize_model(run.graphdef, run.params, "int8", int8["clip"])
+    live = decoder_for_run(
+        dataclasses.replace(run, graphdef=graphdef, params=params), prompt_capacity=16, new_capacity=16
+    )
+    exported, _ = load_lm_artifact(art, point=("int8", 0))
+    prompt = np.zeros((2, 16), np.int32)
+    prompt[:, :3] = byte_vocab.encode(b"de", eos=False)
+    limits = live.limits(2, temperature=[0.0, 1.0], seed=[3, 4], threshold=meta["exit_threshold"]["default"])
+    want = live([prompt[0, :3], prompt[1, :3]], limits)
+    got = exported.call(prompt, np.full((2,), 3, np.int32), *limits)
+    for name, a, b in zip(Generation._fields, got, want, strict=True):
+        assert np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-3), name
+
+
+def test_a_missing_edited_or_corrupted_point_is_refused_in_one_line(artifact, tmp_path):
+    _, art = artifact
+    copy = tmp_path / "art"
+    shutil.copytree(art, copy)
+    with pytest.raises(ArtifactError, match="no operating point int4 prune 0; it has int8 prune 0"):
+        load_lm_artifact(copy, point=("int4", 0))
+    blob = bytearray((copy / "point-int8-p0.jaxexport").read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (copy / "point-int8-p0.jaxexport").write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="point-int8-p0.jaxexport does not match"):
+        load_lm_artifact(copy, point=("int8", 0))
+    load_lm_artifact(copy)  # the model itself still loads
+    meta = json.loads((art / "meta.json").read_text())
+    meta["operating_points"][1]["file"] = "../model.jaxexport"
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match=r"operating_points\[1\]\.file must be"):
+        load_lm_artifact(copy)
+
+
+def test_bad_lm_points_are_one_line_errors_with_nothing_written(artifact, tmp_path):
+    workdir, _ = artifact
+    for flags, said in ((["--prune", "0,1.5"], "[0, 1)"), (["--precision", "int3"], "int3")):
+        command = cli("export", "--workdir", str(workdir), "--out", str(tmp_path / "x"), *flags)
+        proc = subprocess.run(command, capture_output=True, text=True)
+        assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "x").exists()
 
 
 def test_the_artifacts_slot_functions_serve_requests_joining_mid_way(artifact, tmp_path):

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 
 def run(args) -> int:
-    from adaptive.config import ConfigError
     from adaptive.inference.export import export_run, load_artifact
     from adaptive.workdir.config_file import load_config
 
+    log = lambda line: print(line, flush=True)  # noqa: E731
     if load_config(args.workdir).model.kind == "lm":
-        if _points(args, None, check_only=True):
-            raise ConfigError(
-                "--precision and --prune export a classifier's operating points; a language model's are not built"
-            )
         from adaptive.inference.lm_export import export_lm_run, load_lm_artifact
 
         out = export_lm_run(
@@ -23,6 +21,7 @@ def run(args) -> int:
             slots=args.slots,
             step=args.step,
             force=args.force,
+            points=_points(args, log, language_model=True),
         )
         _, meta = load_lm_artifact(out)
         print(
@@ -31,9 +30,15 @@ def run(args) -> int:
             f"default exit threshold {meta['exit_threshold']['default']:g}, {meta['slots']['count']} serving slots); "
             "verified against the live decoder"
         )
+        for p in meta.get("operating_points", []):
+            print(
+                f"  {p['precision']:>5} prune {p['prune']:<4g} bits/byte {p['bits_per_byte']:.4f}  "
+                f"FLOPs/token {p['flops']:.3g}  weights {p['weight_bytes'] / 1024:.1f} KB  "
+                f"memory {p['memory']['total_mb']:.3f} MB  {p['latency_ms']['per_token']:.3f} ms/token "
+                f"at batch {p['latency_ms']['batch']}"
+            )
         return 0
 
-    log = lambda line: print(line, flush=True)  # noqa: E731
     points = _points(args, log)
     out = export_run(args.workdir, args.out, step=args.step, force=args.force, log=log, points=points)
     _, meta = load_artifact(out)
@@ -50,8 +55,9 @@ def run(args) -> int:
     return 0
 
 
-def _points(args, log, check_only: bool = False):
-    """The operating points the flags ask for (None: the model alone); `check_only`: whether any."""
+def _points(args, log, language_model: bool = False):
+    """The operating points the flags ask for, as the exporter's `points` callable (None: the
+    model alone)."""
     from adaptive.config import ConfigError
 
     precisions = [p for p in args.precision.split(",") if p]
@@ -61,14 +67,15 @@ def _points(args, log, check_only: bool = False):
         raise ConfigError(f"--prune {args.prune!r}: give shares in [0, 1), comma-separated") from None
     if precisions == ["fp32"] and prunes == [0.0]:
         return None
-    if check_only:
-        return True
     from adaptive.evaluation.operating_points import check_points, operating_points
 
     try:
         check_points(precisions, prunes)
     except ValueError as e:
         raise ConfigError(str(e)) from None
+
+    if language_model:
+        return functools.partial(_lm_points, args, precisions, prunes, log)
 
     def points(run):
         memory = run.cfg.budget.target if run.cfg.budget.unit == "memory_mb" else None
@@ -84,3 +91,22 @@ def _points(args, log, check_only: bool = False):
         )
 
     return points
+
+
+def _lm_points(args, precisions, prunes, log, run, threshold):
+    """A language model's points (adaptive.evaluation.lm_points), timed at --points-batch rows."""
+    from adaptive.evaluation.lm_points import lm_operating_points
+
+    return lm_operating_points(
+        run,
+        precisions,
+        prunes,
+        prompt_capacity=args.prompt_capacity,
+        new_capacity=args.new_tokens,
+        threshold=threshold,
+        batch=args.points_batch,
+        fine_tune_steps=args.fine_tune_steps,
+        aware_steps=args.aware_steps,
+        memory_mb=run.cfg.budget.target if run.cfg.budget.unit == "memory_mb" else None,
+        log=log,
+    )

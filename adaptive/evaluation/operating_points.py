@@ -66,18 +66,9 @@ def operating_points(
     memory budget (`memory_mb`), a point over it is left out (model.jaxexport is listed, marked
     with `fits`); an ArtifactError when no point fits."""
     say = log or (lambda line: None)
-    variants: list[Variant] = []
-    for prune in prunes:
-        if prune > 0:
-            base = pruned(run, prune, fine_tune_steps=fine_tune_steps, log=say)
-        else:
-            base = Variant("fp32", 1.0, run, score(run, "validation"), weight_bytes(run.params), [])
-        for precision in precisions:
-            if precision == "fp32":
-                variants.append(base)
-            else:
-                variants.append(quantized(base.run, precision, aware_steps=aware_steps, prune=prune, log=say))
-            say(f"point {precision}, prune {prune:g}: validation {variants[-1].score}")
+    variants = point_variants(
+        run, precisions, prunes, fine_tune_steps=fine_tune_steps, aware_steps=aware_steps, log=say
+    )
     (symbolic,) = jax.export.symbolic_shape("batch")
     shape = tuple(run.spec.input_shape)
     specs = (jax.ShapeDtypeStruct((symbolic, *shape), jnp.float32), jax.ShapeDtypeStruct((symbolic,), jnp.int32))
@@ -94,26 +85,60 @@ def operating_points(
         compiled = fn.lower(x, budget).compile()
         name = point_file(v.precision, v.prune)
         calls[name] = functools.partial(compiled, x, budget)
-        blob = bytes(exported.serialize())
-        entry = {
-            "precision": v.precision,
-            "prune": v.prune,
-            "accuracy": v.score["accuracy"],
-            "flops": flops_of(v.run),
-            "weight_bytes": v.weight_bytes,
-            "memory": {"batch": serving, **memory_report(fn.lower(x_spec, budget_spec).compile(), v.weight_bytes)},
-            "clip": v.clip,
-            "aware_steps": v.aware_steps,
-            "fine_tune_steps": fine_tune_steps if v.prune > 0 else 0,
-        }
-        if (v.precision, v.prune) != ("fp32", 0.0):
-            blobs[name] = blob
-            entry.update(file=name, sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob))
-        entries.append(entry)
+        memory = {"batch": serving, **memory_report(fn.lower(x_spec, budget_spec).compile(), v.weight_bytes)}
+        entries.append(point_entry(v, memory, fine_tune_steps, bytes(exported.serialize()), blobs))
     say(f"timing {len(calls)} operating points side by side at batch {batch}")
     ms = time_side_by_side(calls, repeats=repeats)
     for entry, name in zip(entries, calls, strict=True):
         entry["latency_ms"] = {"batch": batch, "median": round(ms[name], 4)}
+    return keep_fitting(entries, blobs, memory_mb, say)
+
+
+def point_variants(
+    run: Run, precisions: list[str], prunes: list[float], *, fine_tune_steps: int, aware_steps: int, log
+) -> list[Variant]:
+    """The run at every (precision, prune), in check_points' order: each share pruned once (and
+    fine-tuned), then quantized at each precision; scored on validation."""
+    variants: list[Variant] = []
+    for prune in prunes:
+        if prune > 0:
+            base = pruned(run, prune, fine_tune_steps=fine_tune_steps, log=log)
+        else:
+            base = Variant("fp32", 1.0, run, score(run, "validation"), weight_bytes(run.params), [])
+        for precision in precisions:
+            if precision == "fp32":
+                variants.append(base)
+            else:
+                variants.append(quantized(base.run, precision, aware_steps=aware_steps, prune=prune, log=log))
+            log(f"point {precision}, prune {prune:g}: validation {variants[-1].score}")
+    return variants
+
+
+def point_entry(v: Variant, memory: dict, fine_tune_steps: int, blob: bytes, blobs: dict[str, bytes]) -> dict:
+    """meta.json's entry of variant `v` (latency is added once every point is timed); its
+    function's `blob` joins `blobs` under its file name unless it is (fp32, 0), model.jaxexport."""
+    entry = {
+        "precision": v.precision,
+        "prune": v.prune,
+        **v.score,
+        "flops": flops_of(v.run),
+        "weight_bytes": v.weight_bytes,
+        "memory": memory,
+        "clip": v.clip,
+        "aware_steps": v.aware_steps,
+        "fine_tune_steps": fine_tune_steps if v.prune > 0 else 0,
+    }
+    if (v.precision, v.prune) != ("fp32", 0.0):
+        name = point_file(v.precision, v.prune)
+        blobs[name] = blob
+        entry.update(file=name, sha256=hashlib.sha256(blob).hexdigest(), bytes=len(blob))
+    return entry
+
+
+def keep_fitting(entries: list[dict], blobs: dict[str, bytes], memory_mb: float | None, say):
+    """(entries, blobs) less the points over a memory budget of `memory_mb` (None: no budget);
+    each entry marked with `fits`, the primary (no file) kept whatever it needs; an ArtifactError
+    when no point fits."""
     if memory_mb is None:
         return entries, blobs
     for entry in entries:

@@ -43,6 +43,24 @@ def point_file(precision: str, prune: float) -> str:
     return f"point-{precision}-p{round(prune * 100)}.jaxexport"
 
 
+def point_entry(meta: dict, point, path) -> dict | None:
+    """meta.json's entry for operating point `point` = (precision, prune), with its file (None for
+    (fp32, 0), which is model.jaxexport); an ArtifactError naming the points there are when the
+    artifact has no such point."""
+    if point is None or tuple(point) == ("fp32", 0):
+        return None
+    points = {(p["precision"], p["prune"]): p for p in meta.get("operating_points", []) if "file" in p}
+    if tuple(point) not in points:
+        have = ", ".join(f"{p} prune {f:g}" for p, f in points) or "none but fp32 prune 0"
+        raise ArtifactError(f"{path} has no operating point {point[0]} prune {point[1]:g}; it has {have}")
+    return points[tuple(point)]
+
+
+def validate_points(points, where: str) -> None:
+    """A language model's `operating_points` checked as a classifier's are (see `_Schema.points`)."""
+    _Schema(where).points(points)
+
+
 def batch_file(batch: int) -> str:
     """The file name of the function compiled for exactly `batch` rows, whose halting loop shrinks
     to the rows still running (adaptive.nn.compaction); the only name meta.json may give it."""

@@ -58,6 +58,7 @@ from adaptive.inference.artifact_meta import (
     ArtifactError,
     batch_file,
     check_sealed,
+    point_entry,
     read_meta,
     seal,
     variant_file,
@@ -304,12 +305,7 @@ def load_artifact(path: str | Path, experts: int | None = None, batch: int | Non
                 f"{path} has no function for batches of {batch}; it has {', '.join(by_batch) or 'none'}"
             )
         entry = by_batch[str(batch)]
-    if point is not None and tuple(point) != ("fp32", 0):
-        points = {(p["precision"], p["prune"]): p for p in meta.get("operating_points", []) if "file" in p}
-        if tuple(point) not in points:
-            have = ", ".join(f"{p} prune {f:g}" for p, f in points) or "none but fp32 prune 0"
-            raise ArtifactError(f"{path} has no operating point {point[0]} prune {point[1]:g}; it has {have}")
-        entry = points[tuple(point)]
+    entry = point_entry(meta, point, path) or entry
     if experts is not None and experts != meta["caps"]["experts_per_token"]:
         variants = meta.get("expert_variants", {})
         if str(experts) not in variants:

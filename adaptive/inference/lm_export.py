@@ -16,6 +16,8 @@ the caps, the exit thresholds (the config's, the one `adaptive calibrate-exits` 
 its guarantee, and the default a client should send), the worst-case FLOPs per token at each
 layer cap, package versions and the config, sealed by its own SHA-256 like a classifier's.
 Export checks on the spot that the artifact generates exactly what the live decoder does.
+With operating points (`--precision`, `--prune`; adaptive.evaluation.lm_points), each point's
+generation is a further file of the same signature, listed in meta.json's `operating_points`.
 A plain-JAX client generates text from it without this package (README, tested).
 """
 
@@ -33,7 +35,16 @@ from adaptive import config as config_lib
 from adaptive.data import byte_vocab
 from adaptive.inference import slot_export
 from adaptive.inference.artifact_folder import PARTIAL_MARK, check_out, check_staging, remove_folder
-from adaptive.inference.artifact_meta import BLOB, META, ArtifactError, check_sealed, parse_meta, seal
+from adaptive.inference.artifact_meta import (
+    BLOB,
+    META,
+    ArtifactError,
+    check_sealed,
+    parse_meta,
+    point_entry,
+    seal,
+    validate_points,
+)
 from adaptive.inference.generate import STOP_REASONS, Decoder, Generation, GenerationLimits, decoder_for_run
 from adaptive.inference.restore import load_run
 from adaptive.inference.slots import SlotDecoder
@@ -60,9 +71,11 @@ def export_lm_run(
     slots: int = 8,
     step=None,
     force=False,
+    points=None,
 ) -> Path:
     """The language model in `workdir` as a generation artifact at `out` (with the slot functions
-    of `slots` serving slots), verified."""
+    of `slots` serving slots), verified. `points(run, threshold)`: meta.json's `operating_points`
+    and their files (adaptive.evaluation.lm_points; timed at the artifact's default threshold)."""
     run = load_run(workdir, step, language_model=True)
     out = Path(out)
     staging = out.with_name(out.name + ".partial")
@@ -76,17 +89,23 @@ def export_lm_run(
         raise ArtifactError(f"--slots={slots} must be >= 1")
     live_slots = SlotDecoder.of(decoder, slots)
     decoder.compact = False  # row buckets need a concrete batch; the artifact's is symbolic
-    blob = _serialize(decoder)
+    blob = serialize(decoder)
     slot_blobs, slot_entry = slot_export.serialize(live_slots)
-    meta = seal({**_meta(run, decoder, blob), "slots": slot_entry})
+    meta = _meta(run, decoder, blob)
+    point_blobs = {}
+    if points is not None:
+        meta["operating_points"], point_blobs = points(run, meta["exit_threshold"]["default"])
+    meta = seal({**meta, "slots": slot_entry})
     staging.mkdir(parents=True, exist_ok=True)
     (staging / PARTIAL_MARK).touch()
     (staging / BLOB).write_bytes(blob)
-    for name, data in slot_blobs.items():
+    for name, data in {**slot_blobs, **point_blobs}.items():
         (staging / name).write_bytes(data)
     (staging / META).write_text(json.dumps(meta, indent=1) + "\n")
     verify(staging, decoder)
     slot_export.verify(staging, meta, live_slots)
+    for entry in meta.get("operating_points", []):  # each answered as its live decoder before it was kept
+        load_lm_artifact(staging, (entry["precision"], entry["prune"]))
     (staging / PARTIAL_MARK).unlink()
     check_out(out, run.workdir, force)
     if out.is_dir():
@@ -95,18 +114,29 @@ def export_lm_run(
     return out
 
 
-def _serialize(decoder: Decoder) -> bytes:
-    (batch,) = jax.export.symbolic_shape("batch")
-    shapes = {"P": decoder.prompt_capacity}
-    specs = [
-        jax.ShapeDtypeStruct(tuple(batch if d == "batch" else shapes[d] for d in dims), jnp.dtype(dtype))
-        for _, dtype, dims in INPUTS
-    ]
+def generation_function(decoder: Decoder):
+    """The jitted generation the artifact serializes: INPUTS in order, the parameters baked in."""
 
     def generate(prompt, length, *limits):
         return tuple(decoder.generate(decoder.params, prompt, length, GenerationLimits(*limits), decoder.worst_DxE))
 
-    return bytes(jax.export.export(jax.jit(generate))(*specs).serialize())
+    return jax.jit(generate)
+
+
+def input_specs(decoder: Decoder, batch=None) -> list[jax.ShapeDtypeStruct]:
+    """INPUTS' shapes at `batch` rows (None: the symbolic batch an artifact is exported with)."""
+    if batch is None:
+        (batch,) = jax.export.symbolic_shape("batch")
+    shapes = {"P": decoder.prompt_capacity}
+    return [
+        jax.ShapeDtypeStruct(tuple(batch if d == "batch" else shapes[d] for d in dims), jnp.dtype(dtype))
+        for _, dtype, dims in INPUTS
+    ]
+
+
+def serialize(decoder: Decoder) -> bytes:
+    """The decoder's generation as a serialized `jax.export` function of a symbolic batch."""
+    return bytes(jax.export.export(generation_function(decoder))(*input_specs(decoder)).serialize())
 
 
 def _meta(run, decoder: Decoder, blob: bytes) -> dict:
@@ -133,32 +163,44 @@ def _meta(run, decoder: Decoder, blob: bytes) -> dict:
     }
 
 
-def load_lm_artifact(path: str | Path):
-    """(the deserialized generation function, meta.json), checked: format, blob checksum, seal."""
+def load_lm_artifact(path: str | Path, point=None):
+    """(the deserialized generation function, meta.json), checked: format, operating points,
+    blob checksum, seal. `point` = (precision, prune): that operating point's generation
+    (adaptive.evaluation.lm_points; default, and (fp32, 0): model.jaxexport)."""
     path = Path(path)
     meta = parse_meta(path)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ArtifactError(f"{path}/{META}: format must be {FORMAT!r} (a language model's artifact); got {got!r}")
+    validate_points(meta.get("operating_points", []), f"{path}/{META}")
     check_sealed(meta, path)
+    entry = point_entry(meta, point, path) or {"file": BLOB, "sha256": meta["sha256"]}
+    name = entry["file"]  # validated: a plain file name of this folder
     try:
-        blob = (path / BLOB).read_bytes()
+        blob = (path / name).read_bytes()
     except OSError as e:
-        raise ArtifactError(f"{path}/{BLOB} cannot be read ({e.strerror})") from None
-    if hashlib.sha256(blob).hexdigest() != meta["sha256"]:
-        raise ArtifactError(f"{path}/{BLOB} does not match meta.json's sha256 (corrupted or swapped)")
+        raise ArtifactError(f"{path}/{name} cannot be read ({e.strerror})") from None
+    if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
+        raise ArtifactError(f"{path}/{name} does not match meta.json's sha256 (corrupted or swapped)")
     try:
         exported = jax.export.deserialize(bytearray(blob))
     except Exception as e:  # noqa: BLE001 - the deserializer raises many kinds; one line says which
-        raise ArtifactError(f"{path}/{BLOB} cannot be deserialized ({e.__class__.__name__})") from None
+        raise ArtifactError(f"{path}/{name} cannot be deserialized ({e.__class__.__name__})") from None
     if len(exported.in_avals) != len(INPUTS) or len(exported.out_avals) != len(Generation._fields):
-        raise ArtifactError(f"{path}/{BLOB} does not have the generation signature of {FORMAT}")
+        raise ArtifactError(f"{path}/{name} does not have the generation signature of {FORMAT}")
     return exported, meta
 
 
-def verify(path: Path, decoder: Decoder) -> None:
-    """The artifact's greedy and sampled generations equal the live decoder's."""
-    exported, _ = load_lm_artifact(path)
+def verify(path: Path, decoder: Decoder, point=None) -> None:
+    """The artifact's greedy and sampled generations (at operating point `point`, default the
+    model) equal the live decoder's."""
+    exported, _ = load_lm_artifact(path, point)
+    check_generation(exported, decoder, f"{path} at point {point}" if point else str(path))
+
+
+def check_generation(exported, decoder: Decoder, where: str) -> None:
+    """An exported generation answers as the live `decoder`: same tokens, depths and experts,
+    FLOPs within float tolerance, greedy and sampled, two thresholds."""
     prompts = [byte_vocab.encode(text, eos=False)[: decoder.prompt_capacity] for text in (b"def f(x):", b"import")]
     limits = decoder.limits(2, temperature=[0.0, 1.0], seed=[0, 1], threshold=[0.5, 2.0])
     live = decoder(prompts, limits)
@@ -169,4 +211,4 @@ def verify(path: Path, decoder: Decoder) -> None:
     got = exported.call(padded, lengths, *limits)
     for name, a, b in zip(Generation._fields, got, live, strict=True):
         if not np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-3):
-            raise ArtifactError(f"the exported generation's {name} differs from the live decoder's")
+            raise ArtifactError(f"{where}: the exported generation's {name} differs from the live decoder's")
