@@ -169,3 +169,30 @@ def test_fine_tune_trains_a_copy_and_leaves_the_callers_parameters_alone(sut):
     after = jax.tree.map(np.asarray, sut.params)  # still readable: the donated state was a copy
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True))
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(tuned), jax.tree.leaves(before), strict=True))
+
+
+def test_a_language_models_experts_are_scored_and_pruned_block_by_block(tmp_path):
+    overrides = ("--config.moe.enabled=true", f"--config.data.data_dir={tmp_path / 'd'}")
+    train_tiny(tmp_path / "run", 3, config="configs/lm.py:tiny", overrides=overrides)
+    run = load_run(tmp_path / "run", language_model=True)
+    rows = [r for r in data_rows(tmp_path / "run") if "moe/expert_usage_by_layer" in r]
+    experts, blocks = run.cfg.moe.num_experts, len(moe_layers(nnx.merge(run.graphdef, run.params)))
+    assert len(rows[-1]["moe/expert_usage"]) == experts  # averaged over blocks expert by expert
+    assert np.array(rows[-1]["moe/expert_usage_by_layer"]).shape == (blocks, experts)
+    scores = expert_scores(run)  # as `pruned` reads them
+    assert len(scores) == blocks >= 2 and all(np.isclose(s.sum(), 2.0, atol=1e-3) for s in scores)
+    assert not np.allclose(scores[0], scores[1])  # each block's own routing, not a shared score
+    variant = pruned(run, 0.5, fine_tune_steps=0, limit=32)
+    before = moe_layers(nnx.merge(run.graphdef, run.params))
+    after = moe_layers(nnx.merge(variant.run.graphdef, variant.run.params))
+    for layer, old, layer_scores in zip(after, before, scores, strict=True):
+        keep = kept(layer_scores, 0.5, least=run.cfg.moe.k)
+        assert layer.num_experts == experts // 2 == len(keep)
+        np.testing.assert_array_equal(layer.router.kernel[...], old.router.kernel[...][:, keep])  # the best stay
+    assert flops_of(variant.run) < flops_of(run)
+
+
+def data_rows(workdir):
+    import json
+
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

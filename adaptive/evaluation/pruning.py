@@ -3,11 +3,12 @@ short fine-tune.
 
 Experts are scored by what the routers did on the validation split: each expert's share of the
 kept assignments (routed load) plus its mean router probability (gate mass), both summing to 1
-over the experts, so an expert that is often picked or often nearly picked is kept. The scores are
-read from the training forward pass (every step to the cap), whose routing metrics
+over the experts, so an expert that is often picked or often nearly picked is kept. A classifier's
+scores are read from its training forward pass (every step to the cap), whose routing metrics
 `moe/expert_usage` and `moe/gate_mass` are means over steps: exact per layer for the classifiers'
-shared block (ACT, PonderNet); a stack of distinct MoE blocks would share one score, so it is
-refused. Hidden units need no data (adaptive.nn.prune ranks them by magnitude).
+shared block (ACT, PonderNet); a classifier with several distinct MoE blocks would share one score,
+so it is refused. A language model's are read layer by layer (`..._by_layer`) from its inference
+forward pass, every block run. Hidden units need no data (adaptive.nn.prune ranks them by magnitude).
 """
 
 from __future__ import annotations
@@ -35,25 +36,28 @@ def expert_scores(run: Run, split: str = "validation", limit: int | None = 2048)
     layers = moe_layers(nnx.merge(run.graphdef, run.params))
     if not layers:
         return None
-    if run.cfg.model.kind == "lm" or len(layers) > 1:
+    lm = run.cfg.model.kind == "lm"
+    if not lm and len(layers) > 1:
         raise ConfigError(
-            "expert pruning reads routing from a classifier's single MoE block; this model has "
-            f"{len(layers)} MoE layer(s) of kind {run.cfg.model.kind!r}"
+            f"expert pruning reads routing from a classifier's single MoE block; this model has {len(layers)}"
         )
     graphdef = run.graphdef
 
     @jax.jit
     def routing(params, x):
+        if lm:  # [blocks, experts]: every block's own routing
+            metrics = nnx.merge(graphdef, params)(x, train=False).metrics
+            return metrics["moe/expert_usage_by_layer"], metrics["moe/gate_mass_by_layer"]
         metrics = nnx.merge(graphdef, params)(x).metrics
-        return metrics["moe/expert_usage"], metrics["moe/gate_mass"]
+        return metrics["moe/expert_usage"][None], metrics["moe/gate_mass"][None]
 
     load, mass, batches = 0.0, 0.0, 0
-    for batch, real in split_batches(run.cfg, split, run.cfg.train.batch_size, limit):
+    for batch, real in split_batches(run.cfg, split, run.cfg.train.batch_size, limit, spread=lm):
         if batches and not np.asarray(real).all():  # a padded last batch would count its padding
             continue
         usage, gate = jax.device_get(routing(run.params, batch["x"]))
         load, mass, batches = load + usage, mass + gate, batches + 1
-    return [(np.asarray(load) + np.asarray(mass)) / max(batches, 1)]
+    return list((np.asarray(load) + np.asarray(mass)) / max(batches, 1))
 
 
 def flops_of(run: Run) -> float:

@@ -315,8 +315,16 @@ class LanguageModel(nnx.Module):
         return new_h, moe, in_top_BxL, predictor_loss, in_top_BxL.mean(), predicted_BxL
 
 
+# Per-expert routing figures also kept layer by layer: expert pruning scores each layer's experts.
+BY_LAYER = ("moe/expert_usage", "moe/gate_mass")
+
+
 def _mean_metrics(per_layer: list[dict | None]) -> dict:
+    """The MoE blocks' routing metrics averaged over blocks (a per-expert figure expert by expert),
+    and BY_LAYER's figures stacked [blocks, experts] as `<name>_by_layer`."""
     per_layer = [m for m in per_layer if m]
     if not per_layer:
         return {}
-    return {key: jnp.mean(jnp.stack([m[key] for m in per_layer])) for key in per_layer[0]}
+    stacked = {key: jnp.stack([m[key] for m in per_layer]) for key in per_layer[0]}
+    by_layer = {f"{key}_by_layer": stacked[key] for key in BY_LAYER if key in stacked}
+    return {**{key: values.mean(0) for key, values in stacked.items()}, **by_layer}
