@@ -165,6 +165,31 @@ def test_a_missing_edited_or_corrupted_point_is_refused_in_one_line(artifact, tm
         load_lm_artifact(copy)
 
 
+def test_an_operating_points_slot_functions_generate_what_its_whole_generation_does(artifact, tmp_path):
+    from adaptive.inference.slot_export import ExportedSlots
+    from adaptive.serving.lm_engine import LMEngine
+    from tests.test_slots import _run_through_slots
+
+    _, art = artifact
+    generate, meta = load_lm_artifact(art, point=("int8", 0))
+    slots = ExportedSlots(art, meta, point=("int8", 0))
+    assert meta["operating_points"][1]["slots"]["step"]["file"] == "point-int8-p0-slot-step.jaxexport"
+    prompts = [byte_vocab.encode(t, eos=False) for t in (b"def f(", b"import os")]
+    requests = [dict(max_new_tokens=5), dict(temperature=1.0, seed=2)]
+    got = _run_through_slots(LMEngine(slots), prompts, requests)
+    for prompt, request, tokens in zip(prompts, requests, got, strict=True):
+        padded = np.zeros((1, 16), np.int32)
+        padded[0, : len(prompt)] = prompt
+        want = generate.call(padded, np.array([len(prompt)], np.int32), *slots.limits(1, **request))
+        assert tokens == np.asarray(want[0])[0, : int(want[1][0])].tolist()
+    for flags, said in (
+        (["--point", "int4,0"], "has no such operating point (it has fp32,0, int8,0)"),
+        (["--fallback-point", "all"], "one fallback"),
+    ):
+        proc = subprocess.run(cli("serve", "--artifact", str(art), *flags), capture_output=True, text=True)
+        assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_bad_lm_points_are_one_line_errors_with_nothing_written(artifact, tmp_path):
     workdir, _ = artifact
     for flags, said in ((["--prune", "0,1.5"], "[0, 1)"), (["--precision", "int3"], "int3")):
@@ -199,13 +224,14 @@ def test_the_artifacts_slot_functions_serve_requests_joining_mid_way(artifact, t
         ExportedSlots(broken, meta)
 
 
-def test_adaptive_serve_streams_generation_from_the_artifact(artifact):
+def test_adaptive_serve_streams_generation_from_the_artifact_with_its_int8_point_as_fallback(artifact):
     import threading
     import urllib.request
 
     _, art = artifact
+    flags = ("--port", "0", "--ttft-ms", "2000", "--tpot-ms", "200", "--fallback-point", "int8,0")
     process = subprocess.Popen(
-        cli("serve", "--artifact", str(art), "--port", "0", "--ttft-ms", "2000", "--tpot-ms", "200"),
+        cli("serve", "--artifact", str(art), *flags),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -215,6 +241,7 @@ def test_adaptive_serve_streams_generation_from_the_artifact(artifact):
     try:
         line = process.stdout.readline()
         assert line.startswith("serving ") and "2 slots" in line, process.stderr.read()
+        assert f"fallback {art} (int8, prune 0)" in line
         url = "http://127.0.0.1:" + line.split("http://127.0.0.1:")[1].split(" ")[0]
         body = json.dumps({"prompt": "def f(", "max_new_tokens": 6, "stream": True}).encode()
         request = urllib.request.Request(url + "/generate", body, {"Content-Type": "application/json"})

@@ -93,7 +93,7 @@ def _points(args, log, language_model: bool = False):
     return points
 
 
-def _lm_points(args, precisions, prunes, log, run, threshold):
+def _lm_points(args, precisions, prunes, log, run, threshold, slots):
     """A language model's points (adaptive.evaluation.lm_points), timed at --points-batch rows."""
     from adaptive.evaluation.lm_points import lm_operating_points
 
@@ -104,6 +104,7 @@ def _lm_points(args, precisions, prunes, log, run, threshold):
         prompt_capacity=args.prompt_capacity,
         new_capacity=args.new_tokens,
         threshold=threshold,
+        slots=slots,
         batch=args.points_batch,
         fine_tune_steps=args.fine_tune_steps,
         aware_steps=args.aware_steps,

@@ -100,15 +100,14 @@ def _add_serve(commands) -> None:
     serve = commands.add_parser("serve", help="serve an artifact over HTTP under a latency SLA", allow_abbrev=False)
     serve.add_argument("--artifact", required=True, metavar="ART")
     serve.add_argument("--fallback", metavar="ART2", help="a smaller model for the degradation ladder")
-    serve.add_argument(
-        "--point", metavar="PRECISION,PRUNE", help="classifiers: serve this operating point of ART, e.g. int8,0"
-    )
+    serve.add_argument("--point", metavar="PRECISION,PRUNE", help="serve this operating point of ART, e.g. int8,0")
     serve.add_argument(
         "--fallback-point",
         action="append",
         metavar="PRECISION,PRUNE",
-        help="classifiers: a fallback rung at this operating point of ART2 (default: of ART), e.g. int8,0.5; "
-        "repeat it for a ladder of several, or 'all' for every point that fits (the controller picks one a batch)",
+        help="a fallback rung at this operating point of ART2 (default: of ART), e.g. int8,0.5; classifiers: "
+        "repeat it for a ladder of several, or 'all' for every point that fits (the controller picks one a batch); "
+        "language models: one fallback point",
     )
     serve.add_argument("--sla-ms", type=float, default=20.0, help="classifiers: the latency SLA")
     serve.add_argument(

@@ -48,13 +48,12 @@ def run(args) -> int:
 
     meta = parse_meta(Path(args.artifact))
     if isinstance(meta, dict) and meta.get("format") == LM_FORMAT:
-        if args.fallback_point or point:
-            raise ConfigError(
-                "--point and --fallback-point pick a classifier's operating point; a language model has none"
-            )
+        fallback_point = _lm_fallback_point(args, meta, point)
         serve_lm(
             args.artifact,
             fallback=args.fallback,
+            point=point,
+            fallback_point=fallback_point,
             ttft_ms=args.ttft_ms,
             tpot_ms=args.tpot_ms,
             host=args.host,
@@ -111,6 +110,25 @@ def _check_point(flag: str, asked: tuple[str, float], path: str, have: dict) -> 
     if tuple(asked) != ("fp32", 0.0) and tuple(asked) not in have:
         listed = ", ".join(f"{p},{f:g}" for p, f in sorted(have)) or "none"
         raise ConfigError(f"{flag} {asked[0]},{asked[1]:g}: {path} has no such operating point (it has {listed})")
+
+
+def _lm_fallback_point(args, meta: dict, point: tuple[str, float] | None) -> tuple[str, float] | None:
+    """A language model's fallback point (`--fallback-point`, once: its slots are the fallback's),
+    of --fallback's artifact or else of the primary's own; `--point` and it checked to exist."""
+    from adaptive.config import ConfigError
+
+    if args.point:
+        _check_point("--point", point, args.artifact, _have(args.artifact, meta))
+    if not args.fallback_point:
+        return None
+    if len(args.fallback_point) > 1 or args.fallback_point == ["all"]:
+        raise ConfigError("--fallback-point: a language model serves one fallback; name one PRECISION,PRUNE")
+    asked = _point_flag("--fallback-point", args.fallback_point[0])
+    source = args.fallback or args.artifact
+    _check_point("--fallback-point", asked, source, _have(source, meta if source == args.artifact else None))
+    if not args.fallback and asked == tuple(point or ("fp32", 0.0)):
+        raise ConfigError("--fallback-point is the primary itself; pick a smaller point")
+    return asked
 
 
 def _fallback_points(args, meta: dict, point: tuple[str, float] | None) -> list[tuple[str, float]]:

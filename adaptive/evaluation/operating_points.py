@@ -155,6 +155,9 @@ def keep_fitting(entries: list[dict], blobs: dict[str, bytes], memory_mb: float 
                 f"{entry['memory']['total_mb']:g} MB: left out"
             )
             blobs.pop(entry["file"])
+            for name in ("prefill", "step"):  # a language model's point also has slot functions
+                if name in entry.get("slots", {}):
+                    blobs.pop(entry["slots"][name]["file"])
     kept = [e for e in entries if e["fits"] or "file" not in e]
     return kept, blobs
 

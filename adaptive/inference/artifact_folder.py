@@ -14,7 +14,10 @@ from adaptive.inference.artifact_meta import BLOB, META, ArtifactError, check_se
 
 # Marks ART.partial as this tool's staging folder: only such a folder is ever removed.
 PARTIAL_MARK = ".adaptive-export-partial"
-_BLOB_NAME = re.compile(r"(model(-k[0-9]+|-b[0-9]+)?|slot-prefill|slot-step|point-[a-z0-9]+-p[0-9]+)\.jaxexport")
+_BLOB_NAME = re.compile(
+    r"(model(-k[0-9]+|-b[0-9]+)?|(point-[a-z0-9]+-p[0-9]+-)?slot-prefill|(point-[a-z0-9]+-p[0-9]+-)?slot-step"
+    r"|point-[a-z0-9]+-p[0-9]+)\.jaxexport"
+)
 
 
 def check_out(out: Path, workdir: Path, force: bool) -> None:
@@ -37,7 +40,8 @@ def check_out(out: Path, workdir: Path, force: bool) -> None:
         ) from None
     blobs = [*meta.get("expert_variants", {}).values(), *meta.get("batch_variants", {}).values()]
     blobs += [meta["slots"][name] for name in ("prefill", "step") if name in meta.get("slots", {})]
-    blobs += [entry for entry in meta.get("operating_points", []) if "file" in entry]
+    points = [entry for entry in meta.get("operating_points", []) if "file" in entry]
+    blobs += points + [p["slots"][name] for p in points if "slots" in p for name in ("prefill", "step")]
     named = {META, BLOB, *(entry["file"] for entry in blobs)}
     for entry in sorted(out.iterdir()):
         if entry.name not in named or entry.is_symlink() or not entry.is_file():

@@ -57,8 +57,21 @@ def point_entry(meta: dict, point, path) -> dict | None:
 
 
 def validate_points(points, where: str) -> None:
-    """A language model's `operating_points` checked as a classifier's are (see `_Schema.points`)."""
-    _Schema(where).points(points)
+    """A language model's `operating_points` checked as a classifier's are (see `_Schema.points`),
+    and each point's slot functions (`slots.prefill`, `slots.step`) plain files of its own name."""
+    schema = _Schema(where)
+    schema.points(points)
+    for i, entry in enumerate(points):
+        if "file" not in entry:
+            continue
+        path = f"operating_points[{i}].slots"
+        slots = schema.obj(schema.get(entry, "slots", f"operating_points[{i}]."), path)
+        prefix = entry["file"].removesuffix(".jaxexport")
+        for name in ("prefill", "step"):
+            fn = schema.obj(schema.get(slots, name, path + "."), f"{path}.{name}")
+            if fn.get("file") != f"{prefix}-slot-{name}.jaxexport":
+                raise schema.fail(f"{path}.{name}.file", repr(f"{prefix}-slot-{name}.jaxexport"), fn.get("file"))
+            schema.checksum(fn.get("sha256"), f"{path}.{name}.sha256")
 
 
 def batch_file(batch: int) -> str:

@@ -74,8 +74,9 @@ def export_lm_run(
     points=None,
 ) -> Path:
     """The language model in `workdir` as a generation artifact at `out` (with the slot functions
-    of `slots` serving slots), verified. `points(run, threshold)`: meta.json's `operating_points`
-    and their files (adaptive.evaluation.lm_points; timed at the artifact's default threshold)."""
+    of `slots` serving slots), verified. `points(run, threshold, slots)`: meta.json's
+    `operating_points`, their files and their live slot functions (adaptive.evaluation.lm_points;
+    timed at the artifact's default threshold)."""
     run = load_run(workdir, step, language_model=True)
     out = Path(out)
     staging = out.with_name(out.name + ".partial")
@@ -92,9 +93,9 @@ def export_lm_run(
     blob = serialize(decoder)
     slot_blobs, slot_entry = slot_export.serialize(live_slots)
     meta = _meta(run, decoder, blob)
-    point_blobs = {}
+    point_blobs, point_slots = {}, {}
     if points is not None:
-        meta["operating_points"], point_blobs = points(run, meta["exit_threshold"]["default"])
+        meta["operating_points"], point_blobs, point_slots = points(run, meta["exit_threshold"]["default"], slots)
     meta = seal({**meta, "slots": slot_entry})
     staging.mkdir(parents=True, exist_ok=True)
     (staging / PARTIAL_MARK).touch()
@@ -104,8 +105,9 @@ def export_lm_run(
     (staging / META).write_text(json.dumps(meta, indent=1) + "\n")
     verify(staging, decoder)
     slot_export.verify(staging, meta, live_slots)
-    for entry in meta.get("operating_points", []):  # each answered as its live decoder before it was kept
-        load_lm_artifact(staging, (entry["precision"], entry["prune"]))
+    for point, live in point_slots.items():  # each generation answered as its live decoder before it was kept
+        load_lm_artifact(staging, point)
+        slot_export.verify(staging, meta, live, point)
     (staging / PARTIAL_MARK).unlink()
     check_out(out, run.workdir, force)
     if out.is_dir():

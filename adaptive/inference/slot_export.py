@@ -8,6 +8,9 @@
     slot-step.jaxexport:    (*state, threshold float32[S], expert_cap int32[S])
                             -> (*state, token, valid, layers, experts, flops, stop)  [S each]
 
+An operating point of the artifact (adaptive.evaluation.lm_points) has its own pair, named
+`point-<precision>-p<percent>-slot-prefill.jaxexport` and so on, described in its entry's `slots`.
+
 `state` is the flat list of `SlotState`'s arrays (meta.json's `slots.state` gives their shapes
 and dtypes; all zeros is S empty slots). The slot count is concrete, not symbolic: a step runs
 each block on only the slots that need it, in row buckets a symbolic count cannot size.
@@ -25,15 +28,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from adaptive.data import byte_vocab
-from adaptive.inference.artifact_meta import ArtifactError
+from adaptive.inference.artifact_meta import ArtifactError, point_entry
 from adaptive.inference.slots import Joined, SlotDecoder, step_inputs
 from adaptive.inference.token_step import GenerationLimits, Made, checked_limits
 
 FILES = {"prefill": "slot-prefill.jaxexport", "step": "slot-step.jaxexport"}
 
 
-def serialize(slots: SlotDecoder) -> tuple[dict[str, bytes], dict]:
-    """({file name: serialized function}, meta.json's `slots` entry)."""
+def serialize(slots: SlotDecoder, prefix: str = "") -> tuple[dict[str, bytes], dict]:
+    """({file name: serialized function}, meta.json's `slots` entry); `prefix` starts the file
+    names (an operating point's: `point-int8-p0-`)."""
+    files = {name: prefix + file for name, file in FILES.items()}
     state = jax.eval_shape(slots.empty)
     leaves, tree = jax.tree.flatten(state)
     specs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves]
@@ -56,25 +61,26 @@ def serialize(slots: SlotDecoder) -> tuple[dict[str, bytes], dict]:
         return (*jax.tree.leaves(new), *made)
 
     blobs = {
-        FILES["prefill"]: bytes(
+        files["prefill"]: bytes(
             jax.export.export(jax.jit(prefill))(*specs, scalar, prompt, scalar, *one_row).serialize()
         ),
-        FILES["step"]: bytes(jax.export.export(jax.jit(step))(*specs, *per_slot).serialize()),
+        files["step"]: bytes(jax.export.export(jax.jit(step))(*specs, *per_slot).serialize()),
     }
     entry = {
         "count": slots.slots,
         "state": [[list(a.shape), str(a.dtype)] for a in leaves],
-        **{name: {"file": file, "sha256": hashlib.sha256(blobs[file]).hexdigest()} for name, file in FILES.items()},
+        **{name: {"file": file, "sha256": hashlib.sha256(blobs[file]).hexdigest()} for name, file in files.items()},
     }
     return blobs, entry
 
 
 class ExportedSlots:
-    """An artifact's slot functions with `SlotDecoder`'s host interface (state as a flat list)."""
+    """An artifact's slot functions with `SlotDecoder`'s host interface (state as a flat list);
+    `point` = (precision, prune): that operating point's (default, and (fp32, 0): the model's)."""
 
-    def __init__(self, path: str | Path, meta: dict):
+    def __init__(self, path: str | Path, meta: dict, point=None):
         path = Path(path)
-        entry = meta.get("slots")
+        entry = (point_entry(meta, point, path) or meta).get("slots")
         if not isinstance(entry, dict):
             raise ArtifactError(f"{path} has no slot functions for serving; export it again with `adaptive export`")
         fns = {}
@@ -129,10 +135,11 @@ class ExportedSlots:
         return list(out[: self._n]), Made(*out[self._n :])
 
 
-def verify(path: Path, meta: dict, live: SlotDecoder) -> None:
-    """The artifact's slot functions generate what the live ones do: two requests joining one
-    after the other, one greedy with early exits, one sampled, until both end."""
-    exported = ExportedSlots(path, meta)
+def verify(path: Path, meta: dict, live: SlotDecoder, point=None) -> None:
+    """The artifact's slot functions (at operating point `point`, default the model's) generate
+    what the live ones do: two requests joining one after the other, one greedy with early exits,
+    one sampled, until both end."""
+    exported = ExportedSlots(path, meta, point)
     prompt = byte_vocab.encode(b"def f(x):", eos=False)[: live.prompt_capacity]
     padded = np.zeros((live.prompt_capacity,), np.int32)
     padded[: len(prompt)] = prompt
@@ -148,4 +155,5 @@ def verify(path: Path, meta: dict, live: SlotDecoder) -> None:
                 tokens.extend(np.where(np.asarray(made.valid_B), np.asarray(made.token_B), -1).tolist())
         runs.append(tokens)
     if runs[0] != runs[1]:
-        raise ArtifactError("the exported slot functions generate other tokens than the live decoder's")
+        where = f" of point {point[0]} prune {point[1]:g}" if point else ""
+        raise ArtifactError(f"the exported slot functions{where} generate other tokens than the live decoder's")

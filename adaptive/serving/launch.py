@@ -119,6 +119,8 @@ def serve_lm(
     fallback: str | None,
     ttft_ms: float,
     tpot_ms: float,
+    point: tuple[str, float] | None = None,
+    fallback_point: tuple[str, float] | None = None,
     host: str,
     port: int,
     policy: str = "adaptive",
@@ -128,7 +130,9 @@ def serve_lm(
     idle_timeout_s: float = 60.0,
 ):
     """A language model's artifact (and a smaller one as the fallback) served by continuous
-    batching in its slots (adaptive.serving.lm_server), until SIGINT/SIGTERM."""
+    batching in its slots (adaptive.serving.lm_server), until SIGINT/SIGTERM. `point`: serve that
+    operating point of `artifact`; `fallback_point`: the fallback is that point of `fallback`, or
+    of `artifact` when no fallback artifact is given."""
     from adaptive.inference.artifact_meta import ArtifactError
     from adaptive.inference.lm_export import load_lm_artifact
     from adaptive.inference.slot_export import ExportedSlots
@@ -136,13 +140,16 @@ def serve_lm(
     from adaptive.serving.lm_engine import LMEngine
     from adaptive.serving.lm_server import LMServer
 
+    if fallback is None and fallback_point is not None:
+        fallback = artifact
     engines, metas = [], []
-    for path in (artifact, fallback):
+    for path, at in ((artifact, point), (fallback, fallback_point)):
         if path is None:
             engines.append(None)
             continue
-        _, meta = load_lm_artifact(path)
-        engine = LMEngine(ExportedSlots(path, meta), name=str(path))
+        _, meta = load_lm_artifact(path, at)
+        name = str(path) if at is None else f"{path} ({at[0]}, prune {at[1]:g})"
+        engine = LMEngine(ExportedSlots(path, meta, at), name=name)
         engine.warm()
         engines.append(engine)
         metas.append(meta)
@@ -165,9 +172,10 @@ def serve_lm(
         idle_timeout_s=idle_timeout_s,
     )
     slots = engines[0].slots
+    also = f", fallback {engines[1].name}" if engines[1] is not None else ""
     banner = (
-        f"serving {artifact} on http://{host}:{{port}} ({slots} slots, TTFT {ttft_ms:g} ms, TPOT {tpot_ms:g} ms, "
-        f"{policy}, {len(controller.rungs)} rungs)"
+        f"serving {engines[0].name} on http://{host}:{{port}} ({slots} slots, TTFT {ttft_ms:g} ms, "
+        f"TPOT {tpot_ms:g} ms, {policy}, {len(controller.rungs)} rungs{also})"
     )
     _run(server, host, port, banner + "; executables warm")
 
