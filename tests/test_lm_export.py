@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from adaptive.data import byte_vocab
+from adaptive.inference.artifact_folder import check_out
 from adaptive.inference.artifact_meta import ArtifactError
 from adaptive.inference.generate import Generation, decoder_for_run
 from adaptive.inference.lm_export import load_lm_artifact
@@ -191,7 +192,10 @@ def test_an_operating_points_slot_functions_generate_what_its_whole_generation_d
 
 
 def test_bad_lm_points_are_one_line_errors_with_nothing_written(artifact, tmp_path):
-    workdir, _ = artifact
+    workdir, art = artifact
+    proc = subprocess.run(cli("export", "--workdir", str(workdir), "--out", str(art)), capture_output=True, text=True)
+    assert proc.returncode != 0 and "is an artifact already; pass --force" in proc.stderr
+    check_out(art, workdir, force=True)  # an LM artifact is recognised as one, so --force may replace it
     for flags, said in ((["--prune", "0,1.5"], "[0, 1)"), (["--precision", "int3"], "int3")):
         command = cli("export", "--workdir", str(workdir), "--out", str(tmp_path / "x"), *flags)
         proc = subprocess.run(command, capture_output=True, text=True)

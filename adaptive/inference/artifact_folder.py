@@ -10,7 +10,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from adaptive.inference.artifact_meta import BLOB, META, ArtifactError, check_sealed, read_meta
+from adaptive.inference.artifact_meta import (
+    BLOB,
+    LM_FORMAT,
+    META,
+    ArtifactError,
+    check_sealed,
+    parse_meta,
+    validate,
+    validate_points,
+)
 
 # Marks ART.partial as this tool's staging folder: only such a folder is ever removed.
 PARTIAL_MARK = ".adaptive-export-partial"
@@ -32,7 +41,7 @@ def check_out(out: Path, workdir: Path, force: bool) -> None:
     if not out.exists() or not any(out.iterdir()):
         return
     try:
-        meta = read_meta(out)
+        meta = _valid_meta(out)
         check_sealed(meta, out)
     except ArtifactError:
         raise ArtifactError(
@@ -71,10 +80,21 @@ def check_staging(staging: Path) -> None:
 def _is_artifact(folder: Path) -> bool:
     """A folder with a valid meta.json (an export stopped between verifying and renaming)."""
     try:
-        read_meta(folder)
+        _valid_meta(folder)
     except ArtifactError:
         return False
     return True
+
+
+def _valid_meta(folder: Path) -> dict:
+    """folder/meta.json parsed and validated: a classifier's against the schema, a language
+    model's operating points (the rest of it is checked by its loader)."""
+    meta = parse_meta(folder)
+    if isinstance(meta, dict) and meta.get("format") == LM_FORMAT:
+        validate_points(meta.get("operating_points", []), f"{folder}/{META}")
+    else:
+        validate(meta, f"{folder}/{META}")
+    return meta
 
 
 def remove_folder(folder: Path) -> None:

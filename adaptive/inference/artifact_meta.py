@@ -21,6 +21,7 @@ from pathlib import Path
 
 FORMAT = "adaptive-export/2"
 FORMAT_1 = "adaptive-export/1"  # no meta_sha256: still loaded, with a warning
+LM_FORMAT = "adaptive-lm-export/1"  # a language model's artifact (adaptive.inference.lm_export)
 META = "meta.json"
 BLOB = "model.jaxexport"
 CHECKSUM_KEY = "meta_sha256"

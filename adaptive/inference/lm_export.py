@@ -37,6 +37,7 @@ from adaptive.inference import slot_export
 from adaptive.inference.artifact_folder import PARTIAL_MARK, check_out, check_staging, remove_folder
 from adaptive.inference.artifact_meta import (
     BLOB,
+    LM_FORMAT,
     META,
     ArtifactError,
     check_sealed,
@@ -51,7 +52,7 @@ from adaptive.inference.slots import SlotDecoder
 from adaptive.workdir import exit_calibration
 from adaptive.workdir.runinfo import package_versions
 
-FORMAT = "adaptive-lm-export/1"
+FORMAT = LM_FORMAT
 INPUTS = (("prompt", "int32", ["batch", "P"]), ("length", "int32", ["batch"])) + tuple(
     (name.removesuffix("_B"), dtype, ["batch"])
     for name, dtype in zip(
