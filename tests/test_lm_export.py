@@ -159,10 +159,23 @@ def test_a_missing_edited_or_corrupted_point_is_refused_in_one_line(artifact, tm
     with pytest.raises(ArtifactError, match="point-int8-p0.jaxexport does not match"):
         load_lm_artifact(copy, point=("int8", 0))
     load_lm_artifact(copy)  # the model itself still loads
-    meta = json.loads((art / "meta.json").read_text())
-    meta["operating_points"][1]["file"] = "../model.jaxexport"
-    (copy / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ArtifactError, match=r"operating_points\[1\]\.file must be"):
+    for key_path, said in (
+        (("operating_points", 1, "file"), r"operating_points\[1\]\.file must be"),
+        (("operating_points", 1, "slots", "step", "file"), r"operating_points\[1\]\.slots\.step\.file must be"),
+        (("slots", "prefill", "file"), r"slots\.prefill\.file must be 'slot-prefill.jaxexport'"),
+    ):
+        meta = json.loads((art / "meta.json").read_text())
+        entry = meta
+        for key in key_path[:-1]:
+            entry = entry[key]
+        entry[key_path[-1]] = "../model.jaxexport"  # never opened: a file name outside the artifact
+        (copy / "meta.json").write_text(json.dumps(meta))
+        with pytest.raises(ArtifactError, match=said):
+            load_lm_artifact(copy)
+    unsealed = json.loads((art / "meta.json").read_text())
+    del unsealed["meta_sha256"]
+    (copy / "meta.json").write_text(json.dumps(unsealed))
+    with pytest.raises(ArtifactError, match="has no meta_sha256"):
         load_lm_artifact(copy)
 
 

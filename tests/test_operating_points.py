@@ -237,3 +237,30 @@ def test_bench_serve_has_a_point_ladder_policy_priced_per_rung(artifact, monkeyp
     for name, point in expected.items():
         ratio = points[point] / points[("fp32", 0.0)]
         np.testing.assert_allclose(flops[name], np.asarray(flops["primary"]) * ratio)
+
+
+def test_a_point_over_the_memory_budget_leaves_with_every_file_it_has():
+    from adaptive.evaluation.operating_points import keep_fitting
+
+    slots = {
+        "prefill": {"file": "point-int8-p0-slot-prefill.jaxexport"},
+        "step": {"file": "point-int8-p0-slot-step.jaxexport"},
+    }
+    entries = [
+        {"precision": "fp32", "prune": 0.0, "memory": {"total_mb": 3.0}},
+        {
+            "precision": "int8",
+            "prune": 0.0,
+            "memory": {"total_mb": 2.0},
+            "file": "point-int8-p0.jaxexport",
+            "slots": slots,
+        },
+        {"precision": "int8", "prune": 0.5, "memory": {"total_mb": 0.5}, "file": "point-int8-p50.jaxexport"},
+    ]
+    blobs = {name: b"x" for name in ("point-int8-p0.jaxexport", "point-int8-p50.jaxexport")}
+    blobs |= {s["file"]: b"x" for s in slots.values()}
+    kept, left = keep_fitting(entries, dict(blobs), 1.0, lambda line: None)
+    assert [(e["precision"], e["prune"]) for e in kept] == [("fp32", 0.0), ("int8", 0.5)]
+    assert list(left) == ["point-int8-p50.jaxexport"] and not kept[0]["fits"] and kept[1]["fits"]
+    with pytest.raises(ArtifactError, match="no operating point fits the memory budget of 0.1 MB"):
+        keep_fitting(entries, dict(blobs), 0.1, lambda line: None)

@@ -15,6 +15,7 @@ from adaptive import config as config_lib
 from adaptive import data
 from adaptive.evaluation.pruning import expert_scores, flops_of, pruned
 from adaptive.inference.export import serving_function
+from adaptive.inference.generate import decoder_for_run
 from adaptive.inference.infer import budgeted_infer
 from adaptive.inference.restore import Run, load_run
 from adaptive.nn.lm_blocks import CausalAttention
@@ -190,6 +191,8 @@ def test_a_language_models_experts_are_scored_and_pruned_block_by_block(tmp_path
         assert layer.num_experts == experts // 2 == len(keep)
         np.testing.assert_array_equal(layer.router.kernel[...], old.router.kernel[...][:, keep])  # the best stay
     assert flops_of(variant.run) < flops_of(run)
+    worst = [decoder_for_run(r, prompt_capacity=8, new_capacity=8).worst_DxE[-1, -1] for r in (run, variant.run)]
+    assert worst[1] < worst[0]  # a pruned model's decoder prices its tokens at the shapes it runs
 
 
 def data_rows(workdir):

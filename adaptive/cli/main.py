@@ -134,12 +134,19 @@ def _eval_lm(args) -> int:
             raise RunError(f"{flag} applies to classifiers; {args.workdir} holds a language model")
     if args.baseline:
         raise RunError(f"--baseline applies to classifiers; {args.workdir} holds a language model")
-    report, path, plots = evaluate_lm(args.workdir, split=args.split, step=args.step)
+    report, path, plots = evaluate_lm(args.workdir, split=args.split, step=args.step, points=args.points)
     for p in report["points"]:
         front = " (Pareto)" if p["pareto"] else ""
         print(
             f"{p['label']}: bits per byte {p['bits_per_byte']:.4f}, next-token accuracy {p['accuracy']:.4f}, "
             f"blocks per token {p['blocks_mean']:.2f}, FLOPs per token {p['flops_per_token']:,.0f}{front}"
+        )
+    for p in report.get("operating_points", []):
+        front = " (Pareto in ms)" if p["pareto_ms_per_token"] else ""
+        print(
+            f"point {p['label']}: validation bits per byte {p['validation_bits_per_byte']:.4f}, FLOPs per token "
+            f"{p['flops_per_token']:,.0f}, memory {p['memory_mb']:.3f} MB, {p['ms_per_token']:.3f} ms per token "
+            f"at batch {p['latency_batch']}{front}"
         )
     print(f"wrote {path}" + "".join(f", {p}" for p in plots))
     return 0

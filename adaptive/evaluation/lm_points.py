@@ -26,7 +26,7 @@ import numpy as np
 from adaptive.compute.memory import memory_report
 from adaptive.compute.timing import time_side_by_side
 from adaptive.data import byte_vocab
-from adaptive.evaluation.operating_points import keep_fitting, point_entry, point_variants
+from adaptive.evaluation.operating_points import describe_point, keep_fitting, point_variants
 from adaptive.inference.artifact_meta import point_file
 from adaptive.inference.generate import decoder_for_run
 from adaptive.inference.lm_export import check_generation, generation_function, input_specs, serialize
@@ -77,14 +77,15 @@ def lm_operating_points(
         if not primary:  # the slots' count is concrete, so their steps keep row buckets
             live_slots[(v.precision, v.prune)] = SlotDecoder.of(decoder, slots)
         decoder.compact = False  # as the artifact's generation: row buckets need a concrete batch
-        name = point_file(v.precision, v.prune)
-        blob = serialize(decoder)
-        check_generation(jax.export.deserialize(bytearray(blob)), decoder, f"operating point {name}")
+        name, blob = point_file(v.precision, v.prune), b""  # (fp32, 0): the exporter writes and checks it
+        if not primary:
+            blob = serialize(decoder)
+            check_generation(jax.export.deserialize(bytearray(blob)), decoder, f"operating point {name}")
         limits = decoder.limits(batch, threshold=threshold, ignore_eos=True)
         fn = generation_function(decoder)
         calls[name] = functools.partial(fn.lower(padded, lengths, *limits).compile(), padded, lengths, *limits)
         memory = {"batch": serving, **memory_report(fn.lower(*input_specs(decoder, serving)).compile(), v.weight_bytes)}
-        entries.append(point_entry(v, memory, fine_tune_steps, blob, blobs))
+        entries.append(describe_point(v, memory, fine_tune_steps, blob, blobs))
         if not primary:
             prefix = name.removesuffix(".jaxexport") + "-"
             slot_blobs, entries[-1]["slots"] = serialize_slots(live_slots[(v.precision, v.prune)], prefix)

@@ -14,7 +14,10 @@ predicted (whitespace, punctuation,
 identifier, digit, other: CALM's "easy tokens exit early") and, on `addition`, by the answer
 digit's carry-chain length. The points on the Pareto front (no other point has both fewer FLOPs
 and fewer bits) are marked; plots: bits per byte against FLOPs per token, and the histogram of
-blocks per token at each threshold.
+blocks per token at each threshold. With an artifact's operating points (`--points ART`,
+adaptive.evaluation.lm_points) the bits-per-byte plot also draws each (precision, pruning) point
+at its FLOPs per token: the validation figures its export measured (a point's generation returns
+tokens, not the logits bits per byte need), so only the validation split's report takes them.
 """
 
 from __future__ import annotations
@@ -173,10 +176,17 @@ def score_point(run: Run, split: str, knobs: Knobs | None = None, limit: int | N
 
 
 def lm_report(
-    run: Run, split: str, out_dir: Path, *, limit: int | None = None, points: list[Knobs] | None = None
+    run: Run,
+    split: str,
+    out_dir: Path,
+    *,
+    limit: int | None = None,
+    points: list[Knobs] | None = None,
+    artifact_points: list[dict] | None = None,
 ) -> tuple[dict, list[Path]]:
     """The report of `run` on `split` (`limit` windows spread over it when given) at `points`
-    (default: `operating_points`) and its plots."""
+    (default: `operating_points`) and its plots; `artifact_points`: an artifact's precision and
+    pruning points (`artifact_rows`), drawn beside them."""
     forwards: dict = {}
 
     def tokens(knobs: Knobs) -> dict[str, np.ndarray]:
@@ -190,13 +200,55 @@ def lm_report(
     for p in points:
         p["pareto"] = (p["flops_per_token"], -p["bits_per_byte"]) in front
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [_plot_front(points, out_dir / f"{split}-bits_vs_flops.png")]
+    paths = [_plot_front(points, out_dir / f"{split}-bits_vs_flops.png", artifact_points or [])]
     if run.cfg.lm.exits:
         paths.append(_plot_histograms(points, run.cfg.model.depth, out_dir / f"{split}-blocks_histogram.png"))
-    return {"split": split, "step": run.step, "points": points}, paths
+    report = {"split": split, "step": run.step, "points": points}
+    if artifact_points:
+        report["operating_points"] = artifact_points
+    return report, paths
 
 
-def _plot_front(points: list[dict], path: Path) -> Path:
+def artifact_rows(run: Run, artifact: str | Path) -> list[dict]:
+    """One row per operating point of a language model's `artifact` exported from `run`: its
+    validation bits per byte and accuracy, FLOPs per token, weights, memory and ms per token as
+    meta.json gives them, and whether it is on the Pareto front of bits per byte against FLOPs
+    and against ms per token."""
+    from adaptive.inference.lm_export import load_lm_artifact
+    from adaptive.workdir.config_file import RunError
+
+    _, meta = load_lm_artifact(artifact)
+    source = meta["source"]
+    if Path(source["workdir"]).resolve() != run.workdir.resolve() or source["step"] != run.step:
+        raise RunError(
+            f"{artifact} was exported from {source['workdir']} at step {source['step']}, "
+            f"not from {run.workdir} at step {run.step}"
+        )
+    if not meta.get("operating_points"):
+        raise RunError(f"{artifact} has no operating points: export it with --precision and --prune")
+    rows = [
+        {
+            "label": f"{e['precision']} prune {e['prune']:g}",
+            "precision": e["precision"],
+            "prune": e["prune"],
+            "validation_bits_per_byte": e["bits_per_byte"],
+            "validation_accuracy": e["accuracy"],
+            "flops_per_token": e["flops"],
+            "weight_bytes": e["weight_bytes"],
+            "memory_mb": e["memory"]["total_mb"],
+            "ms_per_token": e["latency_ms"]["per_token"],
+            "latency_batch": e["latency_ms"]["batch"],
+        }
+        for e in meta["operating_points"]
+    ]
+    for axis in ("flops_per_token", "ms_per_token"):
+        front = set(pareto_front([(r[axis], -r["validation_bits_per_byte"]) for r in rows]))
+        for r in rows:
+            r[f"pareto_{axis}"] = (r[axis], -r["validation_bits_per_byte"]) in front
+    return rows
+
+
+def _plot_front(points: list[dict], path: Path, artifact_points: list[dict]) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,9 +259,15 @@ def _plot_front(points: list[dict], path: Path) -> Path:
         label = p["label"]
         ax.scatter(p["flops_per_token"], p["bits_per_byte"], marker="o" if p["pareto"] else "x")
         ax.annotate(label, (p["flops_per_token"], p["bits_per_byte"]), fontsize=7)
+    for r in artifact_points:  # a marker per precision, hollow when pruned (as a classifier's points)
+        marker = {"fp32": "o", "bf16": "s", "int8": "^", "int4": "v"}[r["precision"]]
+        at = (r["flops_per_token"], r["validation_bits_per_byte"])
+        ax.scatter(*at, marker=marker, s=55, edgecolors="C3", facecolors="C3" if r["prune"] == 0 else "none")
+        ax.annotate(r["label"], at, fontsize=6, xytext=(3, -8), textcoords="offset points", color="C3")
     ax.set_xlabel("FLOPs per token")
     ax.set_ylabel("bits per byte")
-    ax.set_title("bits per byte against compute (o: Pareto front)")
+    also = "; red: the artifact's precision and pruning points" if artifact_points else ""
+    ax.set_title(f"bits per byte against compute (o: Pareto front{also})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -238,14 +296,23 @@ def _plot_histograms(points: list[dict], depth: int, path: Path) -> Path:
 
 
 def evaluate_lm(
-    workdir: str | Path, *, split: str | None = None, step: int | None = None
+    workdir: str | Path, *, split: str | None = None, step: int | None = None, points: str | Path | None = None
 ) -> tuple[dict, Path, list[Path]]:
     """`adaptive eval` of a language model's run: the report, written to
-    DIR/eval/<split>-lm-report-step<N>.json with its plots beside it."""
+    DIR/eval/<split>-lm-report-step<N>.json with its plots beside it; `points`: an artifact of
+    the run whose operating points join it (validation split only)."""
+    from adaptive.workdir.config_file import RunError
+
     run = load_run(workdir, step, language_model=True)
     split = split or run.cfg.data.eval_split
+    if points is not None and split != "validation":
+        raise RunError(
+            "--points of a language model draws the validation figures its export measured; "
+            f"evaluate the validation split, not {split!r}"
+        )
+    rows = artifact_rows(run, points) if points is not None else None
     out_dir = run.workdir / "eval"
-    report, plots = lm_report(run, split, out_dir)
+    report, plots = lm_report(run, split, out_dir, artifact_points=rows)
     path = out_dir / f"{split}-lm-report-step{run.step}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     return report, path, plots

@@ -86,7 +86,7 @@ def operating_points(
         name = point_file(v.precision, v.prune)
         calls[name] = functools.partial(compiled, x, budget)
         memory = {"batch": serving, **memory_report(fn.lower(x_spec, budget_spec).compile(), v.weight_bytes)}
-        entries.append(point_entry(v, memory, fine_tune_steps, bytes(exported.serialize()), blobs))
+        entries.append(describe_point(v, memory, fine_tune_steps, bytes(exported.serialize()), blobs))
     say(f"timing {len(calls)} operating points side by side at batch {batch}")
     ms = time_side_by_side(calls, repeats=repeats)
     for entry, name in zip(entries, calls, strict=True):
@@ -114,7 +114,7 @@ def point_variants(
     return variants
 
 
-def point_entry(v: Variant, memory: dict, fine_tune_steps: int, blob: bytes, blobs: dict[str, bytes]) -> dict:
+def describe_point(v: Variant, memory: dict, fine_tune_steps: int, blob: bytes, blobs: dict[str, bytes]) -> dict:
     """meta.json's entry of variant `v` (latency is added once every point is timed); its
     function's `blob` joins `blobs` under its file name unless it is (fp32, 0), model.jaxexport."""
     entry = {

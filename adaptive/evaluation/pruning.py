@@ -25,8 +25,7 @@ from adaptive.config import ConfigError, step_cap
 from adaptive.evaluation.quantization import Variant, score
 from adaptive.inference.restore import Run
 from adaptive.inference.scoring import split_batches
-from adaptive.nn.lm_blocks import CausalAttention
-from adaptive.nn.prune import attention_layers, moe_layers, prune_model
+from adaptive.nn.prune import moe_layers, prune_model, shapes_of
 from adaptive.nn.quantize import weight_bytes
 from adaptive.training.fine_tune import fine_tune
 
@@ -39,7 +38,8 @@ def expert_scores(run: Run, split: str = "validation", limit: int | None = 2048)
     lm = run.cfg.model.kind == "lm"
     if not lm and len(layers) > 1:
         raise ConfigError(
-            f"expert pruning reads routing from a classifier's single MoE block; this model has {len(layers)}"
+            "expert pruning reads routing from a classifier's single MoE block; "
+            f"this model has {len(layers)} MoE layers"
         )
     graphdef = run.graphdef
 
@@ -57,28 +57,20 @@ def expert_scores(run: Run, split: str = "validation", limit: int | None = 2048)
             continue
         usage, gate = jax.device_get(routing(run.params, batch["x"]))
         load, mass, batches = load + usage, mass + gate, batches + 1
-    return list((np.asarray(load) + np.asarray(mass)) / max(batches, 1))
+    scores = (np.asarray(load) + np.asarray(mass)) / max(batches, 1)
+    if len(scores) != len(layers):  # an ACT language model's one shared block: a row per step
+        scores = scores.mean(0, keepdims=True)
+    return list(scores)
 
 
 def flops_of(run: Run) -> float:
     """FLOPs of the run's model as its shapes stand (pruned or not): per example at the step
     cap for a classifier, per token through every block for a language model."""
-    model = nnx.merge(run.graphdef, run.params)
-    blocks = [m for _, m in nnx.iter_graph(model) if hasattr(getattr(m, "down", None), "kernel")]  # quantized too
-    layers, cfg = moe_layers(model), run.cfg
-    hidden = blocks[0].down.kernel.shape[0] if blocks else None
-    attention = attention_layers(model)
-    inner = None
-    if attention and isinstance(attention[0], CausalAttention):
-        inner = attention[0].inner
-    elif attention:  # nnx.MultiHeadAttention: [H, K, D] output kernel
-        inner = attention[0].num_heads * attention[0].head_dim
-    if layers:
-        cfg = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, num_experts=layers[0].num_experts))
+    cfg, widths = shapes_of(nnx.merge(run.graphdef, run.params)).priced(run.cfg)
     if cfg.model.kind == "lm":
-        tokens = lm_flops(cfg, run.spec.input_shape[0], run.spec.num_classes, ffn_hidden=hidden, attention_width=inner)
+        tokens = lm_flops(cfg, run.spec.input_shape[0], run.spec.num_classes, **widths)
         return float(tokens.extremes(False)[1])
-    flops = flops_model(cfg, run.spec.input_shape, run.spec.num_classes, ffn_hidden=hidden, attention_width=inner)
+    flops = flops_model(cfg, run.spec.input_shape, run.spec.num_classes, **widths)
     return float(flops.at_steps(step_cap(cfg)))
 
 

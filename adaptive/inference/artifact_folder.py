@@ -18,7 +18,7 @@ from adaptive.inference.artifact_meta import (
     check_sealed,
     parse_meta,
     validate,
-    validate_points,
+    validate_lm_files,
 )
 
 # Marks ART.partial as this tool's staging folder: only such a folder is ever removed.
@@ -91,7 +91,7 @@ def _valid_meta(folder: Path) -> dict:
     model's operating points (the rest of it is checked by its loader)."""
     meta = parse_meta(folder)
     if isinstance(meta, dict) and meta.get("format") == LM_FORMAT:
-        validate_points(meta.get("operating_points", []), f"{folder}/{META}")
+        validate_lm_files(meta, f"{folder}/{META}")
     else:
         validate(meta, f"{folder}/{META}")
     return meta

@@ -57,21 +57,28 @@ def point_entry(meta: dict, point, path) -> dict | None:
     return points[tuple(point)]
 
 
-def validate_points(points, where: str) -> None:
-    """A language model's `operating_points` checked as a classifier's are (see `_Schema.points`),
-    and each point's slot functions (`slots.prefill`, `slots.step`) plain files of its own name."""
+def validate_lm_files(meta: dict, where: str) -> None:
+    """The files a language model's meta.json names, each a plain file of its one allowed name:
+    the slot functions (`slots.prefill`, `slots.step`), and the operating points checked as a
+    classifier's are (see `_Schema.points`), each with slot functions of its own name."""
     schema = _Schema(where)
+    points = meta.get("operating_points", [])
     schema.points(points)
+    named = [("slots", meta["slots"], "")] if "slots" in meta else []
     for i, entry in enumerate(points):
-        if "file" not in entry:
-            continue
-        path = f"operating_points[{i}].slots"
-        slots = schema.obj(schema.get(entry, "slots", f"operating_points[{i}]."), path)
-        prefix = entry["file"].removesuffix(".jaxexport")
+        if "file" in entry:
+            path = f"operating_points[{i}].slots"
+            prefix = entry["file"].removesuffix(".jaxexport") + "-"
+            named.append((path, schema.get(entry, "slots", f"operating_points[{i}]."), prefix))
+    for path, slots, prefix in named:
+        slots = schema.obj(slots, path)
         for name in ("prefill", "step"):
-            fn = schema.obj(schema.get(slots, name, path + "."), f"{path}.{name}")
-            if fn.get("file") != f"{prefix}-slot-{name}.jaxexport":
-                raise schema.fail(f"{path}.{name}.file", repr(f"{prefix}-slot-{name}.jaxexport"), fn.get("file"))
+            fn, want = (
+                schema.obj(schema.get(slots, name, path + "."), f"{path}.{name}"),
+                f"{prefix}slot-{name}.jaxexport",
+            )
+            if fn.get("file") != want:  # never a path: nothing outside the artifact is opened
+                raise schema.fail(f"{path}.{name}.file", repr(want), fn.get("file"))
             schema.checksum(fn.get("sha256"), f"{path}.{name}.sha256")
 
 
@@ -122,6 +129,8 @@ def check_sealed(meta: dict, path: str | Path) -> None:
             "%s/%s (%s) is not covered by a checksum: re-export it with `adaptive export --force`", path, META, FORMAT_1
         )
         return
+    if CHECKSUM_KEY not in meta:
+        raise ArtifactError(f"{path}/{META} has no {CHECKSUM_KEY} (not a complete export)")
     if meta_checksum(meta) != meta[CHECKSUM_KEY]:
         raise ArtifactError(f"{path}/{META} was modified after export (checksum mismatch)")
 
@@ -237,6 +246,8 @@ class _Schema:
                     raise self.fail(f"{path}.{key}", "a number >= 0", value)
             if (precision, prune) != ("fp32", 0):
                 self.blob(entry, path, point_file(precision, prune))
+            elif "file" in entry:  # (fp32, 0) is model.jaxexport itself
+                raise self.fail(path + ".file", "absent for (fp32, 0)", entry["file"])
 
     def blob(self, entry, path: str, name: str) -> None:
         entry = self.obj(entry, path)

@@ -33,6 +33,7 @@ from adaptive.inference.token_step import (
 )
 from adaptive.nn import lm_decode
 from adaptive.nn.moe import limit_experts
+from adaptive.nn.prune import shapes_of
 
 __all__ = ["NO_EXITS", "STOP_REASONS", "Decoder", "Generation", "GenerationLimits", "decoder_for_run", "sample"]
 
@@ -179,9 +180,11 @@ def decoder_for_run(run, *, prompt_capacity: int, new_capacity: int) -> Decoder:
         kind = run.cfg.model.kind
         raise ValueError(f"{run.workdir} holds a classifier (model.kind={kind!r}); generation needs a language model")
     size = prompt_capacity + new_capacity
-    flops = lm_flops(run.cfg, size, run.spec.num_classes, exiting=True, decoding=True)
+    model = nnx.merge(run.graphdef, run.params)
+    cfg, widths = shapes_of(model).priced(run.cfg)  # as its shapes stand: a pruned model's are smaller
+    flops = lm_flops(cfg, size, run.spec.num_classes, exiting=True, decoding=True, **widths)
     # one device, each call's tokens routed as one group (a decode step has as many as rows)
-    graphdef, params = nnx.split(limit_experts(nnx.merge(run.graphdef, run.params), None), nnx.Param)
+    graphdef, params = nnx.split(limit_experts(model, None), nnx.Param)
     return Decoder(graphdef, params, flops, prompt_capacity=prompt_capacity, new_capacity=new_capacity)
 
 

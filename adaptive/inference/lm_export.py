@@ -17,7 +17,9 @@ its guarantee, and the default a client should send), the worst-case FLOPs per t
 layer cap, package versions and the config, sealed by its own SHA-256 like a classifier's.
 Export checks on the spot that the artifact generates exactly what the live decoder does.
 With operating points (`--precision`, `--prune`; adaptive.evaluation.lm_points), each point's
-generation is a further file of the same signature, listed in meta.json's `operating_points`.
+generation is a further file of the same signature (`point-int8-p50.jaxexport`), with slot
+functions of its own (`point-int8-p50-slot-step.jaxexport`, ...), listed in meta.json's
+`operating_points`.
 A plain-JAX client generates text from it without this package (README, tested).
 """
 
@@ -44,7 +46,7 @@ from adaptive.inference.artifact_meta import (
     parse_meta,
     point_entry,
     seal,
-    validate_points,
+    validate_lm_files,
 )
 from adaptive.inference.generate import STOP_REASONS, Decoder, Generation, GenerationLimits, decoder_for_run
 from adaptive.inference.restore import load_run
@@ -175,7 +177,7 @@ def load_lm_artifact(path: str | Path, point=None):
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ArtifactError(f"{path}/{META}: format must be {FORMAT!r} (a language model's artifact); got {got!r}")
-    validate_points(meta.get("operating_points", []), f"{path}/{META}")
+    validate_lm_files(meta, f"{path}/{META}")
     check_sealed(meta, path)
     entry = point_entry(meta, point, path) or {"file": BLOB, "sha256": meta["sha256"]}
     name = entry["file"]  # validated: a plain file name of this folder

@@ -321,7 +321,8 @@ BY_LAYER = ("moe/expert_usage", "moe/gate_mass")
 
 def _mean_metrics(per_layer: list[dict | None]) -> dict:
     """The MoE blocks' routing metrics averaged over blocks (a per-expert figure expert by expert),
-    and BY_LAYER's figures stacked [blocks, experts] as `<name>_by_layer`."""
+    and BY_LAYER's figures stacked [blocks, experts] as `<name>_by_layer` (an ACT model's shared
+    block: a row per step)."""
     per_layer = [m for m in per_layer if m]
     if not per_layer:
         return {}

@@ -19,6 +19,9 @@ slices the weights and the model runs smaller matmuls:
 
 from __future__ import annotations
 
+import dataclasses
+from typing import NamedTuple
+
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -42,6 +45,32 @@ def moe_layers(model: nnx.Module) -> list[MoEFeedForward]:
 
 def attention_layers(model: nnx.Module) -> list[nnx.Module]:
     return [m for _, m in nnx.iter_graph(model) if isinstance(m, (CausalAttention, nnx.MultiHeadAttention))]
+
+
+class Shapes(NamedTuple):
+    """The widths pruning may have cut, as a model's modules stand (None: the model has none)."""
+
+    ffn_hidden: int | None  # hidden units of the (first) feed-forward block
+    attention_width: int | None  # heads x head width of the (first) attention layer
+    num_experts: int | None  # experts of the (first) MoE layer
+
+    def priced(self, cfg) -> tuple:
+        """(`cfg` with these experts, the widths the FLOPs counters take as keyword arguments)."""
+        if self.num_experts is not None:
+            cfg = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, num_experts=self.num_experts))
+        return cfg, {"ffn_hidden": self.ffn_hidden, "attention_width": self.attention_width}
+
+
+def shapes_of(model: nnx.Module) -> Shapes:
+    """The model's current widths, for FLOPs counted on the shapes XLA runs (pruned or not)."""
+    blocks = [m for _, m in nnx.iter_graph(model) if hasattr(getattr(m, "down", None), "kernel")]  # quantized too
+    attention, layers = attention_layers(model), moe_layers(model)
+    inner = None
+    if attention and isinstance(attention[0], CausalAttention):
+        inner = attention[0].inner
+    elif attention:  # nnx.MultiHeadAttention: [H, K, D] output kernel
+        inner = attention[0].num_heads * attention[0].head_dim
+    return Shapes(blocks[0].down.kernel.shape[0] if blocks else None, inner, layers[0].num_experts if layers else None)
 
 
 def head_scores(layer: nnx.Module) -> np.ndarray:
