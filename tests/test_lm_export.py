@@ -204,6 +204,23 @@ def test_an_operating_points_slot_functions_generate_what_its_whole_generation_d
         assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_eval_draws_the_artifacts_points_beside_the_thresholds_on_validation_only(artifact):
+    from adaptive.evaluation.lm_report import evaluate_lm
+    from adaptive.workdir.config_file import RunError
+
+    workdir, art = artifact
+    report, _, plots = evaluate_lm(workdir, split="validation", points=art)
+    rows = {r["label"]: r for r in report["operating_points"]}
+    meta = load_lm_artifact(art)[1]
+    assert list(rows) == ["fp32 prune 0", "int8 prune 0"] and plots[0].exists()
+    assert rows["int8 prune 0"]["validation_bits_per_byte"] == meta["operating_points"][1]["bits_per_byte"]
+    assert rows["int8 prune 0"]["pareto_flops_per_token"] != rows["fp32 prune 0"]["pareto_flops_per_token"] or (
+        rows["int8 prune 0"]["validation_bits_per_byte"] == rows["fp32 prune 0"]["validation_bits_per_byte"]
+    )  # equal FLOPs: only the lower bits per byte is on the front
+    with pytest.raises(RunError, match="validation figures"):
+        evaluate_lm(workdir, split="test", points=art)
+
+
 def test_bad_lm_points_are_one_line_errors_with_nothing_written(artifact, tmp_path):
     workdir, art = artifact
     proc = subprocess.run(cli("export", "--workdir", str(workdir), "--out", str(art)), capture_output=True, text=True)
