@@ -52,6 +52,7 @@ def main() -> None:
     for again in args.artifacts[1:]:
         for row, other in zip(table, rows(again), strict=True):
             row.setdefault("ms_ratio_other_exports", []).append(other["ms_ratio"])
+            row.setdefault("ms_per_token_other_exports", []).append(other["ms_per_token"])
     Path(args.json).write_text(json.dumps({"artifacts": args.artifacts, "points": table}, indent=1) + "\n")
     print(
         "| point | validation bits/byte | FLOPs/token ratio | weight bytes ratio | memory MB (ratio) | ms/token (ratio) |"
