@@ -195,6 +195,16 @@ def test_a_language_models_experts_are_scored_and_pruned_block_by_block(tmp_path
     assert worst[1] < worst[0]  # a pruned model's decoder prices its tokens at the shapes it runs
 
 
+@pytest.mark.slow
+def test_an_act_language_models_shared_block_gets_one_score_per_expert_over_its_steps(tmp_path):
+    act = ("--config.halting.policy=act", "--config.halting.max_steps=3", "--config.moe.enabled=true")
+    train_tiny(tmp_path / "run", 2, config="configs/lm.py:tiny", overrides=(*act, f"--config.data.data_dir={tmp_path}"))
+    run = load_run(tmp_path / "run", language_model=True)
+    assert len(moe_layers(nnx.merge(run.graphdef, run.params))) == 1
+    (scores,) = expert_scores(run, limit=32)  # a row per step, averaged: one layer's scores
+    assert scores.shape == (run.cfg.moe.num_experts,) and np.isclose(scores.sum(), 2.0, atol=1e-3)
+
+
 def data_rows(workdir):
     import json
 
