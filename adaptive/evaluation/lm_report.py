@@ -214,18 +214,10 @@ def artifact_rows(run: Run, artifact: str | Path) -> list[dict]:
     validation bits per byte and accuracy, FLOPs per token, weights, memory and ms per token as
     meta.json gives them, and whether it is on the Pareto front of bits per byte against FLOPs
     and against ms per token."""
+    from adaptive.evaluation.points_report import points_of
     from adaptive.inference.lm_export import load_lm_artifact
-    from adaptive.workdir.config_file import RunError
 
     _, meta = load_lm_artifact(artifact)
-    source = meta["source"]
-    if Path(source["workdir"]).resolve() != run.workdir.resolve() or source["step"] != run.step:
-        raise RunError(
-            f"{artifact} was exported from {source['workdir']} at step {source['step']}, "
-            f"not from {run.workdir} at step {run.step}"
-        )
-    if not meta.get("operating_points"):
-        raise RunError(f"{artifact} has no operating points: export it with --precision and --prune")
     rows = [
         {
             "label": f"{e['precision']} prune {e['prune']:g}",
@@ -239,7 +231,7 @@ def artifact_rows(run: Run, artifact: str | Path) -> list[dict]:
             "ms_per_token": e["latency_ms"]["per_token"],
             "latency_batch": e["latency_ms"]["batch"],
         }
-        for e in meta["operating_points"]
+        for e in points_of(meta, run, artifact)
     ]
     for axis in ("flops_per_token", "ms_per_token"):
         front = set(pareto_front([(r[axis], -r["validation_bits_per_byte"]) for r in rows]))

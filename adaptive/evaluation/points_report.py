@@ -29,9 +29,9 @@ from adaptive.inference.scoring import split_batches  # noqa: E402
 from adaptive.workdir.config_file import RunError  # noqa: E402
 
 
-def score_points(run: Run, split: str, artifact: str | Path) -> list[dict]:
-    """One row per operating point of `artifact` (exported from `run`), scored on `split`."""
-    _, meta = load_artifact(artifact)
+def points_of(meta: dict, run: Run, artifact: str | Path) -> list[dict]:
+    """meta.json's operating points, refused in one line unless `artifact` was exported from
+    `run` at its step and has some (a classifier's or a language model's)."""
     source = meta["source"]
     if Path(source["workdir"]).resolve() != run.workdir.resolve() or source["step"] != run.step:
         raise RunError(
@@ -41,6 +41,13 @@ def score_points(run: Run, split: str, artifact: str | Path) -> list[dict]:
     entries = meta.get("operating_points", [])
     if not entries:
         raise RunError(f"{artifact} has no operating points: export it with --precision and --prune")
+    return entries
+
+
+def score_points(run: Run, split: str, artifact: str | Path) -> list[dict]:
+    """One row per operating point of `artifact` (exported from `run`), scored on `split`."""
+    _, meta = load_artifact(artifact)
+    entries = points_of(meta, run, artifact)
     cap = step_cap(run.cfg)
     rows = []
     for entry in entries:
