@@ -25,7 +25,9 @@ from adaptive.inference.infer import budgeted_infer
 from adaptive.inference.restore import load_run
 from adaptive.nn.lm_decode import TokenLimits, cached_forward, empty_cache
 from adaptive.nn.models import build_model
-from adaptive.nn.quantize import QLinear, QWeight, _pack, _unpack, quantize_model, weight_bytes
+from adaptive.nn.moe import MoEFeedForward
+from adaptive.nn.quantize import QLinear, quantize_model, weight_bytes
+from adaptive.nn.qweight import QWeight, _pack, _unpack
 from tests.helpers import ROOT, cli, train_tiny
 from tests.test_lm import _model
 
@@ -118,6 +120,26 @@ def test_compiled_inference_keeps_integer_weights_and_allocates_less():
                 assert constants.count("s8") >= 4 and "f32" not in constants
         assert reports["int8"]["total"] < 0.5 * reports["fp32"]["total"], batch
         assert reports["int8"]["temporaries"] < weight_bytes(params) / 10, batch  # no float32 copy of the weights
+
+
+@pytest.mark.parametrize("dispatch", ["blocks", "capacity", "ragged"])
+def test_quantized_experts_multiply_integers_and_hold_no_float_copy(dispatch):
+    """Each dispatch path of an int8 MoE layer gives the float answer of its dequantized weights
+    up to its inputs' int8 rounding, and compiles without a float32 copy of the experts."""
+    layer = MoEFeedForward(64, 256, 8, k=2, dispatch=dispatch, block_size=8, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(layer, nnx.Param)
+    x = jnp.asarray(np.random.RandomState(0).standard_normal((16, 64)), jnp.float32)
+    g8, p8 = quantize_model(graphdef, params, "int8")
+    quantized_layer = nnx.merge(g8, p8)
+    dequantized = nnx.merge(graphdef, params)
+    dequantized.w_in[...], dequantized.w_out[...] = quantized_layer.w_in[...], quantized_layer.w_out[...]
+    ref = dequantized(x, train=False).y_TxD
+    run = jax.jit(lambda p: nnx.merge(g8, p)(x, train=False).y_TxD)
+    out = run(p8)
+    assert float(jnp.abs(out - ref).max()) <= 0.03 * float(jnp.abs(ref).max())
+    assert not np.allclose(out, ref, rtol=0, atol=1e-7)  # the inputs were rounded: integers ran
+    float_experts = params["w_in"][...].nbytes + params["w_out"][...].nbytes  # a dequantized copy alone exceeds half
+    assert run.lower(p8).compile().memory_analysis().temp_size_in_bytes < float_experts / 2
 
 
 def test_integer_matmul_of_an_all_zero_input_row_is_finite():

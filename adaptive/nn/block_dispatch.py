@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from adaptive.nn import routing as R
+from adaptive.nn.qweight import Operand, product
 
 SMALLEST_BLOCK = 8
 
@@ -81,14 +82,21 @@ def experts_in_blocks(
 ) -> jax.Array:
     """Each token's gate-weighted sum of its kept experts' outputs ([T, D]), computed in blocks.
 
-    `weights`: (w_in [E, D, F], b_in [E, F], w_out [E, F, D], b_out [E, D]) of GELU expert MLPs.
+    `weights`: (w_in [E, D, F], b_in [E, F], w_out [E, F, D], b_out [E, D]) of GELU expert MLPs,
+    the matrices as `qweight.Operand`s: float32 ones train (a custom gradient), bfloat16 and
+    integer ones (a quantized model) run forward only, each block's product in their precision.
     """
     num_tokens, width = x_TxD.shape
     block = block_rows(routing.expert_A.shape[0], num_experts, block_size)
     lay = layout(routing, num_experts, num_tokens, block)
     padded_x = jnp.concatenate([x_TxD, jnp.zeros((1, width), x_TxD.dtype)])  # row T: a padding row
     x_NxBxD = padded_x[lay.source_R].reshape(-1, block, width)
-    y_RxD = block_ffn(x_NxBxD, *weights, lay.expert_B, lay.used).reshape(-1, width)
+    w_in, b_in, w_out, b_out = weights
+    if w_in.scale is None and w_in.values.dtype == jnp.float32:
+        y_NxBxD = block_ffn(x_NxBxD, w_in.values, b_in, w_out.values, b_out, lay.expert_B, lay.used)
+    else:
+        y_NxBxD = _scan_blocks(x_NxBxD, w_in, b_in, w_out, b_out, lay.expert_B, lay.used)[0]
+    y_RxD = y_NxBxD.reshape(-1, width)
     row = jnp.minimum(lay.row_A, y_RxD.shape[0] - 1)  # dropped assignments have gate 0
     values = y_RxD[row] * routing.gate_A[:, None].astype(y_RxD.dtype)
     return jnp.zeros_like(x_TxD).at[routing.token_A].add(values)
@@ -102,11 +110,21 @@ def block_ffn(x_NxBxD, w_in, b_in, w_out, b_out, expert_N, used):
 
 
 def _block_ffn_forward(x_NxBxD, w_in, b_in, w_out, b_out, expert_N, used):
-    rows, hidden = x_NxBxD.shape[1], w_in.shape[-1]
+    y, pre = _scan_blocks(x_NxBxD, Operand(w_in, None), b_in, Operand(w_out, None), b_out, expert_N, used)
+    return y, (x_NxBxD, w_in, b_in, w_out, b_out, expert_N, used, pre)
+
+
+def _scan_blocks(x_NxBxD, w_in: Operand, b_in, w_out: Operand, b_out, expert_N, used):
+    """(outputs, pre-activations) of every block, each through its expert's MLP (padding blocks
+    n >= used skipped: zeros)."""
+    rows, hidden = x_NxBxD.shape[1], w_in.values.shape[-1]
 
     def run(x_BxD, e):
-        pre_BxF = x_BxD @ w_in[e] + b_in[e]
-        return jax.nn.gelu(pre_BxF) @ w_out[e] + b_out[e], pre_BxF
+        def of_expert(x, w, acc):
+            return jnp.matmul(x, w[e], preferred_element_type=acc)
+
+        pre_BxF = product(x_BxD, w_in, of_expert, lambda s: s[e]) + b_in[e]
+        return product(jax.nn.gelu(pre_BxF), w_out, of_expert, lambda s: s[e]) + b_out[e], pre_BxF
 
     def skip(x_BxD, e):
         return jnp.zeros_like(x_BxD), jnp.zeros((rows, hidden), x_BxD.dtype)
@@ -115,8 +133,7 @@ def _block_ffn_forward(x_NxBxD, w_in, b_in, w_out, b_out, expert_N, used):
         x_BxD, e = inputs
         return n + 1, jax.lax.cond(n < used, run, skip, x_BxD, e)
 
-    y, pre = jax.lax.scan(body, 0, (x_NxBxD, expert_N))[1]
-    return y, (x_NxBxD, w_in, b_in, w_out, b_out, expert_N, used, pre)
+    return jax.lax.scan(body, 0, (x_NxBxD, expert_N))[1]
 
 
 def _block_ffn_backward(saved, dy_NxBxD):

@@ -31,6 +31,7 @@ from adaptive.nn import expert_parallel
 from adaptive.nn import routing as R
 from adaptive.nn.block_dispatch import experts_in_blocks
 from adaptive.nn.dispatch import MoEOutput, combine_groups, dispatch_groups, per_group
+from adaptive.nn.qweight import operand, product
 
 ROUTERS = ("top_k", "top_p", "expert_choice")
 DISPATCHES = ("blocks", "capacity", "ragged")
@@ -97,8 +98,11 @@ class MoEFeedForward(nnx.Module):
         self.b_out = nnx.Param(jnp.zeros((num_experts, width)))
 
     def experts(self, buffer_ExCxD: jax.Array) -> jax.Array:
-        h = jax.nn.gelu(jnp.einsum("ecd,edf->ecf", buffer_ExCxD, self.w_in[...]) + self.b_in[...][:, None])
-        return jnp.einsum("ecf,efd->ecd", h, self.w_out[...]) + self.b_out[...][:, None]
+        def by_expert(equation):  # weight scales [E, 1, out] broadcast over the buffer's slots
+            return lambda x, w, acc: jnp.einsum(equation, x, w, preferred_element_type=acc)
+
+        h = product(buffer_ExCxD, operand(self.w_in), by_expert("ecd,edf->ecf")) + self.b_in[...][:, None]
+        return product(jax.nn.gelu(h), operand(self.w_out), by_expert("ecf,efd->ecd")) + self.b_out[...][:, None]
 
     def rows_independent_at_inference(self) -> bool:
         """Whether, at inference, a token's output depends on itself alone: no capacity (nothing it
@@ -138,7 +142,7 @@ class MoEFeedForward(nnx.Module):
         keys = None if key is None else jax.random.split(key, groups)
         routing, logits, cap = self.route_groups(x_GxSxD, train, k_active, keys)
         if self.dispatch == "blocks":  # kept assignments need no buffer per group: flatten them
-            weights = (self.w_in[...], self.b_in[...], self.w_out[...], self.b_out[...])
+            weights = (operand(self.w_in), self.b_in[...], operand(self.w_out), self.b_out[...])
             flat = _flatten_groups(routing, x_GxSxD.shape[1])
             y = experts_in_blocks(x_TxD, flat, weights, self.num_experts, self.block_size)
         elif self.dispatch == "ragged":
@@ -195,8 +199,11 @@ class MoEFeedForward(nnx.Module):
         sizes = jnp.zeros(self.num_experts, jnp.int32).at[experts].add(active.astype(jnp.int32))
         xs = x_TxD[tokens] * active[:, None]
         # Rows of inactive assignments sit after all groups; ragged_dot leaves them zero.
-        h = jax.nn.gelu(jax.lax.ragged_dot(xs, self.w_in[...], sizes) + _bias_rows(self.b_in[...], experts, active))
-        y = jax.lax.ragged_dot(h, self.w_out[...], sizes) + _bias_rows(self.b_out[...], experts, active)
+        grouped = lambda x, w, acc: jax.lax.ragged_dot(x, w, sizes, preferred_element_type=acc)  # noqa: E731
+        row_scales = lambda s: s[jnp.clip(experts, 0, self.num_experts - 1), 0]  # noqa: E731  each row's expert's
+        pre = product(xs, operand(self.w_in), grouped, row_scales) + _bias_rows(self.b_in[...], experts, active)
+        y = product(jax.nn.gelu(pre), operand(self.w_out), grouped, row_scales)
+        y = y + _bias_rows(self.b_out[...], experts, active)
         weighted = y * routing.gate_A[order][:, None]
         return jnp.zeros_like(x_TxD).at[tokens].add(weighted)
 
