@@ -1,5 +1,6 @@
 """`adaptive bench serve-lm --artifact LM_ART --small LM_ART2 --json OUT`: generation serving
-policies under the same open-loop streaming load, side by side.
+policies under the same open-loop streaming load, side by side. The fallback may be an operating
+point instead (`--small-point int8,0.5`: that point of LM_ART2, or of LM_ART without `--small`).
 
 Policies, each its own `adaptive serve` process on the same artifacts:
 
@@ -43,15 +44,16 @@ FRACTIONS = ("violation_rate", "agreement")
 FULL = 2.0  # a threshold no confidence reaches: every block
 
 
-def policies(artifact: str, small: str, meta: dict) -> dict[str, tuple[list[str], float]]:
+def policies(artifact: str, small: str | None, meta: dict, small_point: str | None = None):
     """{policy: (its `adaptive serve` arguments, the exit threshold its requests ask for)}."""
     fixed = float(meta["exit_threshold"]["default"])
+    fallback = (["--fallback", small] if small else []) + (["--fallback-point", small_point] if small_point else [])
     return {
         "full depth": (["--artifact", artifact, "--policy", "static"], FULL),
         "full depth + shedding": (["--artifact", artifact, "--policy", "shed"], FULL),
         f"fixed threshold {fixed:g}": (["--artifact", artifact, "--policy", "static"], fixed),
         "controller": (["--artifact", artifact, "--policy", "adaptive"], FULL),
-        "controller + fallback": (["--artifact", artifact, "--fallback", small, "--policy", "adaptive"], FULL),
+        "controller + fallback": (["--artifact", artifact, *fallback, "--policy", "adaptive"], FULL),
     }
 
 
@@ -128,8 +130,9 @@ def capacity(prompts, server_args: list[str], slots: int, new_tokens: int) -> fl
 
 def run(
     artifact: str,
-    small: str,
+    small: str | None,
     *,
+    small_point: str | None = None,
     ttft_ms: float,
     tpot_ms: float,
     rate: float | None = None,
@@ -146,10 +149,12 @@ def run(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _, meta = load_lm_artifact(artifact)
-    load_lm_artifact(small)  # refused now, in one line, if it is not a language model's artifact
+    if small:
+        load_lm_artifact(small)  # refused now, in one line, if it is not a language model's artifact
     slots, new_tokens = int(meta["slots"]["count"]), int(meta["new_capacity"])
     prompts = validation_prompts(meta, 32 if tiny else 256)
-    every = policies(artifact, small, meta)
+    every = policies(artifact, small, meta, small_point)
+    fallback = " ".join(filter(None, (small or artifact, small_point)))
     if unknown := set(only or ()) - set(every):
         raise ConfigError(f"unknown policies {sorted(unknown)}; known: {', '.join(every)}")
     chosen = {name: every[name] for name in every if not only or name in only}
@@ -189,6 +194,8 @@ def run(
             proc.wait(timeout=30)
         for pattern, runs in per_pattern.items():
             rows.append(_row(policy, pattern, runs, rate, ttft_ms, tpot_ms))
+            if "fallback" in policy:
+                rows[-1]["fallback"] = fallback
         print(f"{policy}: done", flush=True)
     (out / "metrics_excerpts.json").write_text(json.dumps(excerpts, indent=1) + "\n")
     print_rows(rows)

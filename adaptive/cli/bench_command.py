@@ -46,9 +46,19 @@ def run(args, overrides: list[str]) -> int:
         for flag, value in (("--ttft-ms", args.ttft_ms), ("--tpot-ms", args.tpot_ms)):
             if not (math.isfinite(value) and value > 0):
                 raise ConfigError(f"{flag} must be a finite number > 0; got {value:g}")
+        if args.small_point:  # checked now, in one line, rather than when its server fails to start
+            from adaptive.cli.serve_command import check_point, point_flag, points_of_artifact
+
+            source = args.small or args.artifact
+            check_point(
+                "--small-point", point_flag("--small-point", args.small_point), source, points_of_artifact(source, None)
+            )
+        elif not args.small:
+            raise ConfigError("give the fallback: --small LM_ART2, --small-point PRECISION,PRUNE, or both")
         serve_lm.run(
             args.artifact,
             args.small,
+            small_point=args.small_point,
             ttft_ms=args.ttft_ms,
             tpot_ms=args.tpot_ms,
             rate=args.rate,
@@ -105,7 +115,7 @@ def run(args, overrides: list[str]) -> int:
     elif args.bench == "quant":
         from adaptive.bench import quant
         from adaptive.config import ConfigError
-        from adaptive.nn.quantize import PRECISIONS
+        from adaptive.nn.qweight import PRECISIONS
 
         precisions = [p for p in args.precisions.split(",") if p]
         unknown = [p for p in precisions if p not in PRECISIONS]

@@ -338,7 +338,12 @@ def _add_bench_serve_lm(kinds) -> None:
         "serve-lm", help="generation serving policies under the same streaming load (TTFT, TPOT, goodput, agreement)"
     )
     serve.add_argument("--artifact", required=True, metavar="LM_ART", help="the language model (with exits)")
-    serve.add_argument("--small", required=True, metavar="LM_ART2", help="the small (fallback) language model")
+    serve.add_argument("--small", metavar="LM_ART2", help="the small (fallback) language model")
+    serve.add_argument(
+        "--small-point",
+        metavar="PRECISION,PRUNE",
+        help="the fallback is this operating point of --small (or of --artifact without --small), e.g. int8,0.5",
+    )
     serve.add_argument("--ttft-ms", type=float, default=1000.0, help="the time-to-first-token SLA (default 1000)")
     serve.add_argument("--tpot-ms", type=float, default=50.0, help="the time-per-output-token SLA (default 50)")
     serve.add_argument("--rate", type=float, help="base requests/s (default: 0.6 of what full depth completes)")

@@ -40,7 +40,7 @@ def run(args) -> int:
     for ok, message, value in checks:
         if not ok:
             raise ConfigError(f"{message}; got {value:g}")
-    point = _point_flag("--point", args.point) if args.point else None
+    point = point_flag("--point", args.point) if args.point else None
 
     from adaptive.inference.artifact_meta import parse_meta
     from adaptive.inference.lm_export import FORMAT as LM_FORMAT
@@ -85,7 +85,7 @@ def run(args) -> int:
     return 0
 
 
-def _point_flag(flag: str, text: str) -> tuple[str, float]:
+def point_flag(flag: str, text: str) -> tuple[str, float]:
     """`--point PRECISION,PRUNE` as (precision, prune), or a one-line error."""
     from adaptive.config import ConfigError
 
@@ -96,7 +96,7 @@ def _point_flag(flag: str, text: str) -> tuple[str, float]:
         raise ConfigError(f"{flag} {text!r}: give PRECISION,PRUNE, e.g. int8,0.5") from None
 
 
-def _have(path: str, meta: dict | None) -> dict[tuple[str, float], dict]:
+def points_of_artifact(path: str, meta: dict | None) -> dict[tuple[str, float], dict]:
     """The operating points of the artifact at `path` (meta: its meta.json, None: read it)."""
     from adaptive.inference.artifact_meta import parse_meta
 
@@ -104,7 +104,7 @@ def _have(path: str, meta: dict | None) -> dict[tuple[str, float], dict]:
     return {(p.get("precision"), p.get("prune")): p for p in (meta or {}).get("operating_points", [])}
 
 
-def _check_point(flag: str, asked: tuple[str, float], path: str, have: dict) -> None:
+def check_point(flag: str, asked: tuple[str, float], path: str, have: dict) -> None:
     from adaptive.config import ConfigError
 
     if tuple(asked) != ("fp32", 0.0) and tuple(asked) not in have:
@@ -118,14 +118,16 @@ def _lm_fallback_point(args, meta: dict, point: tuple[str, float] | None) -> tup
     from adaptive.config import ConfigError
 
     if args.point:
-        _check_point("--point", point, args.artifact, _have(args.artifact, meta))
+        check_point("--point", point, args.artifact, points_of_artifact(args.artifact, meta))
     if not args.fallback_point:
         return None
     if len(args.fallback_point) > 1 or args.fallback_point == ["all"]:
         raise ConfigError("--fallback-point: a language model serves one fallback; name one PRECISION,PRUNE")
-    asked = _point_flag("--fallback-point", args.fallback_point[0])
+    asked = point_flag("--fallback-point", args.fallback_point[0])
     source = args.fallback or args.artifact
-    _check_point("--fallback-point", asked, source, _have(source, meta if source == args.artifact else None))
+    check_point(
+        "--fallback-point", asked, source, points_of_artifact(source, meta if source == args.artifact else None)
+    )
     if not args.fallback and asked == tuple(point or ("fp32", 0.0)):
         raise ConfigError("--fallback-point is the primary itself; pick a smaller point")
     return asked
@@ -140,19 +142,19 @@ def _fallback_points(args, meta: dict, point: tuple[str, float] | None) -> list[
     from adaptive.serving.point_meta import ladder_points
 
     if args.point:
-        _check_point("--point", point, args.artifact, _have(args.artifact, meta))
+        check_point("--point", point, args.artifact, points_of_artifact(args.artifact, meta))
     if not args.fallback_point:
         return []
     source = args.fallback or args.artifact
-    have = _have(source, meta if source == args.artifact else None)
+    have = points_of_artifact(source, meta if source == args.artifact else None)
     primary = None if args.fallback else tuple(point or ("fp32", 0.0))
     points = []
     for text in args.fallback_point:
         if text == "all":
             points += ladder_points({"operating_points": list(have.values())}, primary)
             continue
-        asked = _point_flag("--fallback-point", text)
-        _check_point("--fallback-point", asked, source, have)
+        asked = point_flag("--fallback-point", text)
+        check_point("--fallback-point", asked, source, have)
         if asked == primary:
             raise ConfigError("--fallback-point is the primary itself; pick a smaller point")
         points.append(asked)
