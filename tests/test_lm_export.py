@@ -231,7 +231,11 @@ def test_bad_lm_points_are_one_line_errors_with_nothing_written(artifact, tmp_pa
         proc = subprocess.run(command, capture_output=True, text=True)
         assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr
         assert not (tmp_path / "x").exists()
-    for flags, said in ((["--small-point", "int4,0.5"], "no such operating point"), ([], "give the fallback")):
+    for flags, said in (
+        (["--small-point", "int4,0.5"], "no such operating point"),
+        (["--small-point", "fp32,0"], "the primary itself"),
+        ([], "give the fallback"),
+    ):
         proc = subprocess.run(cli("bench", "serve-lm", "--artifact", str(art), *flags), capture_output=True, text=True)
         assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr
 
@@ -302,7 +306,7 @@ def test_adaptive_serve_streams_generation_from_the_artifact_with_its_int8_point
 def test_the_tiny_generation_serving_benchmark_runs_end_to_end(artifact, tmp_path):
     _, art = artifact
     out = tmp_path / "rows.json"
-    command = cli("bench", "serve-lm", "--artifact", str(art), "--small-point", "int8,0", "--tiny")
+    command = cli("bench", "serve-lm", "--artifact", str(art), "--small", str(art), "--small-point", "int8,0", "--tiny")
     proc = subprocess.run([*command, "--out", str(tmp_path), "--json", str(out)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())

@@ -107,7 +107,7 @@ def test_the_language_model_quantizes_embeddings_and_blocks_and_still_predicts()
 def test_compiled_inference_keeps_integer_weights_and_allocates_less():
     """XLA would fold convert(int8 constant) back into a float32 constant: the barrier stops it."""
     cfg, spec, (graphdef, params) = _model_of("configs/mnist1d.py", "--config.model.hidden=256")
-    for batch in (1, 16):  # one row is a case of its own for XLA:CPU (quantize._matmul)
+    for batch in (1, 16):  # one row is a case of its own for XLA:CPU (qweight._matmul)
         x, budget = jnp.ones((batch, *spec.input_shape), jnp.float32), jnp.ones((batch,), jnp.int32)
         reports = {}
         for precision in ("fp32", "int8"):
@@ -123,23 +123,31 @@ def test_compiled_inference_keeps_integer_weights_and_allocates_less():
 
 
 @pytest.mark.parametrize("dispatch", ["blocks", "capacity", "ragged"])
-def test_quantized_experts_multiply_integers_and_hold_no_float_copy(dispatch):
-    """Each dispatch path of an int8 MoE layer gives the float answer of its dequantized weights
-    up to its inputs' int8 rounding, and compiles without a float32 copy of the experts."""
+def test_quantized_experts_multiply_in_their_precision_and_hold_no_float_copy(dispatch):
+    """Each dispatch path of a quantized MoE layer gives the float answer of its dequantized
+    weights up to its inputs' rounding (so the product ran in the layer's precision), and an int8
+    layer compiles with no float32 copy of its experts: at 16 tokens and at one."""
     layer = MoEFeedForward(64, 256, 8, k=2, dispatch=dispatch, block_size=8, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(layer, nnx.Param)
-    x = jnp.asarray(np.random.RandomState(0).standard_normal((16, 64)), jnp.float32)
-    g8, p8 = quantize_model(graphdef, params, "int8")
-    quantized_layer = nnx.merge(g8, p8)
-    dequantized = nnx.merge(graphdef, params)
-    dequantized.w_in[...], dequantized.w_out[...] = quantized_layer.w_in[...], quantized_layer.w_out[...]
-    ref = dequantized(x, train=False).y_TxD
-    run = jax.jit(lambda p: nnx.merge(g8, p)(x, train=False).y_TxD)
-    out = run(p8)
-    assert float(jnp.abs(out - ref).max()) <= 0.03 * float(jnp.abs(ref).max())
-    assert not np.allclose(out, ref, rtol=0, atol=1e-7)  # the inputs were rounded: integers ran
-    float_experts = params["w_in"][...].nbytes + params["w_out"][...].nbytes  # a dequantized copy alone exceeds half
-    assert run.lower(p8).compile().memory_analysis().temp_size_in_bytes < float_experts / 2
+    float_experts = params["w_in"][...].nbytes + params["w_out"][...].nbytes
+    for tokens in (16, 1):
+        x = jnp.asarray(np.random.RandomState(tokens).standard_normal((tokens, 64)), jnp.float32)
+
+        def forward(g, x=x):
+            return jax.jit(lambda params: nnx.merge(g, params)(x, train=False).y_TxD)
+
+        float_temporaries = forward(graphdef).lower(params).compile().memory_analysis().temp_size_in_bytes
+        for precision, tolerance in (("bf16", 0.02), ("int8", 0.03), ("int4", 0.05)):
+            g, p = quantize_model(graphdef, params, precision)
+            dequantized = nnx.merge(graphdef, params)  # float32 experts holding the quantized values
+            dequantized.w_in[...], dequantized.w_out[...] = nnx.merge(g, p).w_in[...], nnx.merge(g, p).w_out[...]
+            ref = forward(graphdef)(nnx.state(dequantized, nnx.Param))
+            run = forward(g)
+            error, scale = float(jnp.abs(run(p) - ref).max()), float(jnp.abs(ref).max())
+            assert 1e-5 * scale < error <= tolerance * scale, (precision, tokens, error / scale)
+            if precision == "int8":  # a dequantized copy of the experts would add float_experts / 2 or more
+                temporaries = run.lower(p).compile().memory_analysis().temp_size_in_bytes
+                assert temporaries < float_temporaries + float_experts / 4, (tokens, temporaries)
 
 
 def test_integer_matmul_of_an_all_zero_input_row_is_finite():

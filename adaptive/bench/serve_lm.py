@@ -9,7 +9,8 @@ Policies, each its own `adaptive serve` process on the same artifacts:
     fixed threshold          every request at the artifact's default (certified) exit threshold
     controller               requests ask for full depth; the controller degrades slots along the
                              ladder, limits prefills between steps, rejects (adaptive)
-    controller + fallback    the same, and requests it would keep waiting go to the small model
+    controller + fallback    the same, and requests it would keep waiting go to the fallback
+                             (the small model, or an operating point)
 
 Patterns: poisson at the base rate, gamma (coefficient of variation 3) at it, and a spike to 3x
 it for the middle third. The base rate defaults to 0.6 of what full depth completes when every
@@ -149,6 +150,8 @@ def run(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _, meta = load_lm_artifact(artifact)
+    if not small and not small_point:
+        raise ConfigError("give the fallback: --small LM_ART2, --small-point PRECISION,PRUNE, or both")
     if small:
         load_lm_artifact(small)  # refused now, in one line, if it is not a language model's artifact
     slots, new_tokens = int(meta["slots"]["count"]), int(meta["new_capacity"])

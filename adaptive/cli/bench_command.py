@@ -50,9 +50,10 @@ def run(args, overrides: list[str]) -> int:
             from adaptive.cli.serve_command import check_point, point_flag, points_of_artifact
 
             source = args.small or args.artifact
-            check_point(
-                "--small-point", point_flag("--small-point", args.small_point), source, points_of_artifact(source, None)
-            )
+            asked = point_flag("--small-point", args.small_point)
+            check_point("--small-point", asked, source, points_of_artifact(source, None))
+            if not args.small and asked == ("fp32", 0.0):
+                raise ConfigError("--small-point fp32,0 is the primary itself; pick a smaller point")
         elif not args.small:
             raise ConfigError("give the fallback: --small LM_ART2, --small-point PRECISION,PRUNE, or both")
         serve_lm.run(

@@ -155,10 +155,16 @@ def product(x: jax.Array, w: Operand, dot: Callable, scale_of: Callable = lambda
     """`dot(x, w.values, accumulator dtype)` in the precision `w` holds: float32 as is, bfloat16
     inputs accumulated in float32, or x quantized to int8 per row (its last axis) against the
     int8 weight, the int32 result rescaled by x's row scales and `scale_of(w.scale)`, the weight's
-    per-channel scales laid out as `dot`'s output (an expert's, a block's, a row's expert's)."""
-    if w.scale is None:
-        if w.values.dtype == jnp.bfloat16:
-            return dot(x.astype(jnp.bfloat16), w.values, jnp.float32)
+    per-channel scales laid out as `dot`'s output (an expert's, a block's, a row's expert's).
+    x's second-to-last axis holds the rows (`dot`'s output keeps it there)."""
+    if w.scale is None and w.values.dtype != jnp.bfloat16:
         return dot(x, w.values, None)
-    x_q, x_scale = rows_int8(x)
-    return dot(x_q, w.values, jnp.int32).astype(jnp.float32) * x_scale * scale_of(w.scale)
+    single = x.shape[-2] == 1  # one row: padded to two, as `_matmul` does, for XLA:CPU's sake
+    if single:
+        x = jnp.concatenate([x, jnp.zeros_like(x)], axis=-2)
+    if w.scale is None:
+        y = dot(x.astype(jnp.bfloat16), w.values, jnp.float32)
+    else:
+        x_q, x_scale = rows_int8(x)
+        y = dot(x_q, w.values, jnp.int32).astype(jnp.float32) * x_scale * scale_of(w.scale)
+    return y[..., :1, :] if single else y
