@@ -126,20 +126,21 @@ def test_compiled_inference_keeps_integer_weights_and_allocates_less():
 def test_quantized_experts_multiply_in_their_precision_and_hold_no_float_copy(dispatch):
     """Each dispatch path of a quantized MoE layer gives the float answer of its dequantized
     weights up to its inputs' rounding (so the product ran in the layer's precision), and an int8
-    layer compiles with no float32 copy of its experts: at 16 tokens and at one."""
-    layer = MoEFeedForward(64, 256, 8, k=2, dispatch=dispatch, block_size=8, rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(layer, nnx.Param)
-    float_experts = params["w_in"][...].nbytes + params["w_out"][...].nbytes
-    for tokens in (16, 1):
+    layer compiles with no float32 copy of its experts: at 16 tokens, and at one token routed to
+    one expert (a single row, which XLA:CPU would multiply by converting the whole weight)."""
+    for tokens, k in ((16, 2), (1, 1)):  # one token, one expert: a single row in every path but blocks
+        layer = MoEFeedForward(64, 256, 8, k=k, dispatch=dispatch, block_size=8, rngs=nnx.Rngs(0))
+        graphdef, params = nnx.split(layer, nnx.Param)
+        float_experts = params["w_in"][...].nbytes + params["w_out"][...].nbytes
         x = jnp.asarray(np.random.RandomState(tokens).standard_normal((tokens, 64)), jnp.float32)
 
         def forward(g, x=x):
-            return jax.jit(lambda params: nnx.merge(g, params)(x, train=False).y_TxD)
+            return jax.jit(lambda state: nnx.merge(g, state)(x, train=False).y_TxD)
 
         float_temporaries = forward(graphdef).lower(params).compile().memory_analysis().temp_size_in_bytes
         for precision, tolerance in (("bf16", 0.02), ("int8", 0.03), ("int4", 0.05)):
             g, p = quantize_model(graphdef, params, precision)
-            dequantized = nnx.merge(graphdef, params)  # float32 experts holding the quantized values
+            dequantized = nnx.clone(nnx.merge(graphdef, params))  # float32 experts, the quantized values
             dequantized.w_in[...], dequantized.w_out[...] = nnx.merge(g, p).w_in[...], nnx.merge(g, p).w_out[...]
             ref = forward(graphdef)(nnx.state(dequantized, nnx.Param))
             run = forward(g)

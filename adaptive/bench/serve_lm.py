@@ -147,20 +147,20 @@ def run(
     """The rows of every policy (or of those named in `only`) under every pattern."""
     if repeats < 1 or duration <= 0:
         raise ConfigError(f"--repeats must be >= 1 and --duration > 0; got {repeats}, {duration:g}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     _, meta = load_lm_artifact(artifact)
-    if not small and not small_point:
-        raise ConfigError("give the fallback: --small LM_ART2, --small-point PRECISION,PRUNE, or both")
     if small:
         load_lm_artifact(small)  # refused now, in one line, if it is not a language model's artifact
     slots, new_tokens = int(meta["slots"]["count"]), int(meta["new_capacity"])
-    prompts = validation_prompts(meta, 32 if tiny else 256)
     every = policies(artifact, small, meta, small_point)
     fallback = " ".join(filter(None, (small or artifact, small_point)))
     if unknown := set(only or ()) - set(every):
         raise ConfigError(f"unknown policies {sorted(unknown)}; known: {', '.join(every)}")
     chosen = {name: every[name] for name in every if not only or name in only}
+    if "controller + fallback" in chosen and not small and not small_point:
+        raise ConfigError("give the fallback: --small LM_ART2, --small-point PRECISION,PRUNE, or both")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = validation_prompts(meta, 32 if tiny else 256)
     sla = ["--ttft-ms", f"{ttft_ms:g}", "--tpot-ms", f"{tpot_ms:g}", "--max-waiting", "100000"]
     if tiny:
         duration, repeats, rate = 1.0, 1, rate or 4.0

@@ -54,8 +54,6 @@ def run(args, overrides: list[str]) -> int:
             check_point("--small-point", asked, source, points_of_artifact(source, None))
             if not args.small and asked == ("fp32", 0.0):
                 raise ConfigError("--small-point fp32,0 is the primary itself; pick a smaller point")
-        elif not args.small:
-            raise ConfigError("give the fallback: --small LM_ART2, --small-point PRECISION,PRUNE, or both")
         serve_lm.run(
             args.artifact,
             args.small,
