@@ -9,6 +9,7 @@ so the count is the measure to cut. Times under the profiler are inflated by its
 thunk; compare them with each other, not with the bench's.
 
     python experiments/lm_speed/profile_decode.py --json experiments/lm_speed/decode_profile.json
+    python experiments/lm_speed/profile_decode.py --decompose --json experiments/lm_speed/decode_decomposition.json
 """
 
 from __future__ import annotations
@@ -24,21 +25,36 @@ import tempfile
 import jax
 
 from adaptive.bench.generate import _calls, _decoder, _model, threshold_for_depth
+from adaptive.compute.timing import time_side_by_side
 
 NEW_TOKENS, CALLS = 64, 3
 SKIPPED = ("ThunkExecutor", "Threadpool", "Pjit", "ParseArguments", "Execute")
 
 
+# --decompose: the exit model with every token leaving after its first block (threshold 0: the
+# first exit test passes, the three blocks above only write keys and values) and with none
+# leaving (threshold 2: every block and every exit test), beside the static models of 1 and 4
+# blocks; their differences price an exit test and a block a token skips.
+EXTREMES = {"exit, all leave at 1": 0.0, "exit, none leave": 2.0}
+
+
+CALLS_OF: dict = {}  # (variant, batch): the N-token and 1-token calls profiled, for wall-clock timing
+
+
 def profile(variant: str, batch: int) -> dict:
-    exits = variant == "exit"
+    exits = variant.startswith("exit")
     model = _model(128, 4 if exits else int(variant.split()[-1]), 4, 16 + NEW_TOKENS, exits)
     decoder = _decoder(model, NEW_TOKENS)
-    threshold = threshold_for_depth(decoder, batch, NEW_TOKENS, 2.5)[0] if exits else 2.0
+    if variant in EXTREMES:
+        threshold = EXTREMES[variant]
+    else:
+        threshold = threshold_for_depth(decoder, batch, NEW_TOKENS, 2.5)[0] if exits else 2.0
     full, one, depth = _calls(decoder, batch, NEW_TOKENS, threshold)
     # a decode step is what N new tokens cost beyond 1 (the prefill and the first token cancel)
     (n_full, own_full, kinds_full), (n_one, own_one, kinds_one) = _traced(full), _traced(one)
     steps = CALLS * (NEW_TOKENS - 1)
     by_kind = {k: (kinds_full[k] - kinds_one.get(k, 0.0)) / steps for k in kinds_full}
+    CALLS_OF[variant, batch] = full, one
     return {
         "variant": variant,
         "batch": batch,
@@ -95,10 +111,20 @@ def _own_times(events: list[dict]) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True)
+    parser.add_argument("--decompose", action="store_true", help="price an exit test and a skipped block")
     args = parser.parse_args()
-    rows = [profile(variant, batch) for batch in (1, 8) for variant in ("exit", "static 2", "static 3")]
+    variants = (*EXTREMES, "static 1", "static 4") if args.decompose else ("exit", "static 2", "static 3")
+    rows = [profile(variant, batch) for batch in (1, 8) for variant in variants]
+    if args.decompose:  # and each step's wall-clock time, untraced, side by side (medians of 15)
+        for batch in (1, 8):
+            calls = {(v, n): CALLS_OF[v, batch][i] for v in variants for i, n in enumerate((NEW_TOKENS, 1))}
+            ms = time_side_by_side(calls, repeats=15)
+            for row in rows:
+                if row["batch"] == batch:
+                    v = row["variant"]
+                    row["ms_per_step"] = round((ms[v, NEW_TOKENS] - ms[v, 1]) / (NEW_TOKENS - 1), 4)
     for row in rows:
-        print(f"{row['variant']:>9} batch {row['batch']}: {row['thunks_per_step']} thunks, {row['own_us_per_step']} us")
+        print(f"{row['variant']:>20} b {row['batch']}: {row['thunks_per_step']} thunks, {row['own_us_per_step']} us")
     with open(args.json, "w") as f:
         json.dump(rows, f, indent=1)
 
