@@ -127,7 +127,7 @@ def cached_forward(
         if length > 1:  # prefill: the whole prompt through the block, its update where it runs
             cache = lm_propagation.caught_up(block, cache, i, position_B)
             out, block_moe, written = block.cached(h, positions_BxT, keys, cache.blocks[i], k_active=k_active)
-            cache = cache._replace(blocks=cache.blocks[:i] + (written,) + cache.blocks[i + 1 :])
+            cache = lm_propagation.with_block(cache, i, written, cache.written_BxN[:, i])
             if weights is not None:
                 out = h + weights[..., None] * (out - h)
             used = _experts(block_moe, runs, batch, length)
@@ -184,15 +184,22 @@ def _owed_writes(block, cache: DecodeCache, i: int, h_BxTxD, position_B, keys_B,
     """Block i's part of a decode step's key/value writes (adaptive.nn.lm_propagation): none
     when no row runs it and it may owe one more position; else the current token's, with the
     positions it owes first when there are any. (The current token's normed state, the cache.)"""
-    h_BxD = h_BxTxD[:, 0]
-    writes = True if eager else runs_BxT.any() | lm_propagation.must_write(cache, i, position_B)
-    mode = jnp.where(writes, 1 + lm_propagation.owed(cache, i, position_B), 0)
-    branches = [
-        lambda c: (jnp.zeros_like(h_BxTxD), c),
-        lambda c: lm_propagation.write_owed(block, c, i, h_BxD, position_B, keys_B, catch_up=False),
-        lambda c: lm_propagation.write_owed(block, c, i, h_BxD, position_B, keys_B, catch_up=True),
-    ]
-    return jax.lax.switch(mode, branches, cache)
+    h_BxD, written_B = h_BxTxD[:, 0], cache.written_BxN[:, i]
+    writes = jnp.bool_(True) if eager else runs_BxT.any() | lm_propagation.must_write(written_B, position_B)
+
+    def write(catch_up: bool):
+        def body(_, carry):
+            return lm_propagation.write_owed(block, *carry[1:], cache, h_BxD, position_B, keys_B, catch_up=catch_up)
+
+        return body
+
+    # loops of zero or one trip rather than a conditional: a loop updates its carried cache in
+    # place, where XLA copies a conditional's operands (every slot of the block's cache, per step)
+    owes = lm_propagation.owed(written_B, position_B)
+    carry = (jnp.zeros_like(h_BxTxD), cache.blocks[i], written_B)
+    carry = jax.lax.fori_loop(0, (writes & ~owes).astype(jnp.int32), write(False), carry)
+    normed, block_cache, written_B = jax.lax.fori_loop(0, (writes & owes).astype(jnp.int32), write(True), carry)
+    return normed, lm_propagation.with_block(cache, i, block_cache, written_B)
 
 
 def _skip(h, normed, cache):

@@ -60,54 +60,60 @@ class DecodeCache(NamedTuple):
         )
 
 
-def owed(cache: DecodeCache, i: int, position_B) -> jax.Array:
-    """Whether some sequence's block i owes positions before `position_B` (a write must catch up)."""
-    return (cache.written_BxN[:, i] < position_B).any()
+def owed(written_B, position_B) -> jax.Array:
+    """Whether some sequence's block owes positions before `position_B` (`written_B`: the
+    block's column of `DecodeCache.written_BxN`): a write must catch up."""
+    return (written_B < position_B).any()
 
 
-def must_write(cache: DecodeCache, i: int, position_B) -> jax.Array:
-    """Whether block i must write this step even if no token runs it: skipping once more would
+def must_write(written_B, position_B) -> jax.Array:
+    """Whether the block must write this step even if no token runs it: skipping once more would
     owe more positions than a window covers."""
-    return (position_B - cache.written_BxN[:, i] >= WINDOW - 1).any()
+    return (position_B - written_B >= WINDOW - 1).any()
 
 
-def write_owed(block, cache: DecodeCache, i: int, h_BxD, position_B, keys_B, *, catch_up: bool):
-    """Block i's keys and values of the current token (state `h_BxD`, at `position_B`) written,
-    and with `catch_up` those of the positions the block still owes before it, from the kept
-    states, in one write: (the block's normed input for the current token, the cache). Every row
-    writes, as an eager write does (a finished row writes its slot as not attendable)."""
+def write_owed(block, block_cache: KVCache, written_B, kept: DecodeCache, h_BxD, position_B, keys_B, *, catch_up: bool):
+    """The block's keys and values of the current token (state `h_BxD`, at `position_B`) written
+    into `block_cache`, and with `catch_up` those of the positions it still owes before it, from
+    `kept`'s states, in one write: (the block's normed input for the current token, its cache,
+    its new `written_B`). Every row writes, as an eager write does (a finished row writes its
+    slot as not attendable). Only the block's own arrays go in and out, so a conditional around
+    this does not carry (and copy) the other blocks' caches."""
     states, keys, slots = (h_BxD[:, None], keys_B[:, None], position_B[:, None])
     if catch_up:
-        owed_states, owed_keys, owed_slots = _owed_window(cache, i, position_B)
+        owed_states, owed_keys, owed_slots = _owed_window(kept, written_B, position_B)
         states = jnp.concatenate([owed_states.astype(h_BxD.dtype), states], 1)
         keys, slots = jnp.concatenate([owed_keys, keys], 1), jnp.concatenate([owed_slots, slots], 1)
-    normed, written = block.fill(states, slots, keys, cache.blocks[i])
-    return normed[:, -1:], _with_block(cache, i, written, position_B + 1)
+    normed, block_cache = block.fill(states, slots, keys, block_cache)
+    return normed[:, -1:], block_cache, position_B + 1
 
 
 def caught_up(block, cache: DecodeCache, i: int, position_B) -> DecodeCache:
     """The cache with block i's owed positions before `position_B` written (before a prompt of
     several tokens runs the block over a cache that decoding wrote into)."""
+    written_B = cache.written_BxN[:, i]
 
-    def catch_up(cache):
-        states, keys, slots = _owed_window(cache, i, position_B)
-        _, written = block.fill(states, slots, keys, cache.blocks[i])
-        return _with_block(cache, i, written, jnp.maximum(cache.written_BxN[:, i], position_B))
+    def catch_up(block_cache):
+        states, keys, slots = _owed_window(cache, written_B, position_B)
+        return block.fill(states, slots, keys, block_cache)[1]
 
-    return jax.lax.cond(owed(cache, i, position_B), catch_up, lambda cache: cache, cache)
-
-
-def _owed_window(cache: DecodeCache, i: int, position_B):
-    """The WINDOW - 1 positions before `position_B`, B x (WINDOW - 1): their kept states and
-    keys, and their slots where block i owes them (elsewhere the cache's size: a write drops it)."""
-    size = cache.keys_BxS.shape[1]
-    rows = jnp.arange(position_B.shape[0])[:, None]
-    before_BxW = position_B[:, None] - (WINDOW - 1) + jnp.arange(WINDOW - 1)
-    owes_BxW = (before_BxW >= cache.written_BxN[:, i][:, None]) & (before_BxW >= 0)
-    read = jnp.clip(before_BxW, 0, size - 1)
-    return cache.states_BxSxD[rows, read], cache.keys_BxS[rows, read], jnp.where(owes_BxW, before_BxW, size)
+    block_cache = jax.lax.cond(owed(written_B, position_B), catch_up, lambda c: c, cache.blocks[i])
+    return with_block(cache, i, block_cache, jnp.maximum(written_B, position_B))
 
 
-def _with_block(cache: DecodeCache, i: int, block_cache: KVCache, written_B) -> DecodeCache:
+def with_block(cache: DecodeCache, i: int, block_cache: KVCache, written_B) -> DecodeCache:
+    """`cache` with block i's keys and values and its first unwritten slots replaced."""
     blocks = cache.blocks[:i] + (block_cache,) + cache.blocks[i + 1 :]
     return cache._replace(blocks=blocks, written_BxN=cache.written_BxN.at[:, i].set(written_B))
+
+
+def _owed_window(kept: DecodeCache, written_B, position_B):
+    """The WINDOW - 1 positions before `position_B`, B x (WINDOW - 1): their kept states and
+    keys, and their slots where the block (first unwritten slots `written_B`) owes them
+    (elsewhere the cache's size, which a write drops)."""
+    size = kept.keys_BxS.shape[1]
+    rows = jnp.arange(position_B.shape[0])[:, None]
+    before_BxW = position_B[:, None] - (WINDOW - 1) + jnp.arange(WINDOW - 1)
+    owes_BxW = (before_BxW >= written_B[:, None]) & (before_BxW >= 0)
+    read = jnp.clip(before_BxW, 0, size - 1)
+    return kept.states_BxSxD[rows, read], kept.keys_BxS[rows, read], jnp.where(owes_BxW, before_BxW, size)
