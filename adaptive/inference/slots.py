@@ -31,13 +31,13 @@ from flax import nnx
 from adaptive.compute.lm_flops import LMFlops
 from adaptive.inference.token_step import NO_EXITS, GenerationLimits, Made, Pacer, checked_limits, clipped
 from adaptive.nn import lm_decode
-from adaptive.nn.lm_propagation import DecodeCache
+from adaptive.nn.lm_blocks import KVCache
 
 
 class SlotState(NamedTuple):
     """Every slot's sequence (S rows); an all-zero state is S empty slots."""
 
-    caches: DecodeCache
+    caches: tuple[KVCache, ...]
     limits: GenerationLimits  # as clipped when the request joined
     last_S: jax.Array  # int32: the slot's last token, fed at the next step
     position_S: jax.Array  # int32: that token's position
@@ -168,7 +168,10 @@ class SlotDecoder:
         def put(a, row):
             return a.at[slot].set(row[0])
 
-        caches = jax.tree.map(put, state.caches, row_caches)
+        caches = tuple(
+            KVCache(*(put(a, r) for a, r in zip(cache, row, strict=True)))
+            for cache, row in zip(state.caches, row_caches, strict=True)
+        )
         state = SlotState(
             caches,
             GenerationLimits(*(put(a, r) for a, r in zip(state.limits, limits, strict=True))),

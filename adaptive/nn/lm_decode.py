@@ -13,13 +13,12 @@ through the blocks, every token by the rule the full forward pass applies at a t
   a token that skips it is not a key there;
 - a MoE feed-forward gives a token at most its row's expert cap.
 
-In a decode step (one token per sequence) a block runs on only the rows that need it: when any
-row runs it, every row's keys and values are written first, with the positions the block still
-owes from earlier tokens that exited below it (adaptive.nn.lm_propagation: a block no row runs
-writes nothing that step); then attention reads the cache for every row where it lies, and the
-output projection and feed-forward run on the running rows, gathered into the smallest of
-`compact_sizes` that holds them (`lax.switch`; none: the block is skipped). Limits are traced,
-so each request's budget is a runtime input. ACT models
+In a decode step (one token per sequence) a block runs on only the rows that need it: every
+row's keys and values are written first (`fill`); then, when any row still runs it, attention
+reads the cache for every row where it lies, and the output projection and feed-forward run on
+the running rows, gathered into the smallest of `compact_sizes` that holds them (`lax.switch`;
+none: the block is skipped). At batch 1 the blocks above a token's exit cost their key/value
+projection only. Limits are traced, so each request's budget is a runtime input. ACT models
 (one shared block, mean-field output) are not decoded here.
 """
 
@@ -31,11 +30,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from adaptive.nn import lm_propagation
 from adaptive.nn.compaction import running_first
 from adaptive.nn.lm import LanguageModel
 from adaptive.nn.lm_blocks import KVCache
-from adaptive.nn.lm_propagation import DecodeCache
 
 
 class TokenLimits(NamedTuple):
@@ -77,27 +74,26 @@ def compact_sizes(batch: int, most: int = 8) -> tuple[int, ...]:
     return tuple(sorted({math.ceil(batch * (i + 1) / most) for i in range(most)}))
 
 
-def empty_cache(model: LanguageModel, batch: int, size: int) -> DecodeCache:
+def empty_cache(model: LanguageModel, batch: int, size: int) -> tuple[KVCache, ...]:
     """A cache of `size` positions per sequence for every block."""
     if model.act:
         raise ValueError("decoding an ACT language model (one shared block, halting per position) is not supported")
-    blocks = tuple(
+    return tuple(
         KVCache.empty(batch, size, b.attention.heads, b.attention.head_width, b.attention.dtype) for b in model.blocks
     )
-    return DecodeCache.empty(blocks, model.final_norm.num_features, jnp.float32)
 
 
 def cached_forward(
     model: LanguageModel,
-    cache: DecodeCache,
+    caches: tuple[KVCache, ...],
     tokens_BxT: jax.Array,
     positions_BxT: jax.Array,
     valid_BxT: jax.Array,
     limits: TokenLimits,
     *,
     compact: bool = False,
-) -> tuple[jax.Array, DecodeCache, TokenSpend]:
-    """(next-token logits B x T x V, the cache with the new tokens written, what they spent).
+) -> tuple[jax.Array, tuple[KVCache, ...], TokenSpend]:
+    """(next-token logits B x T x V, the caches with the new tokens written, what they spent).
 
     `positions_BxT`: each token's position (its cache slot); `valid_BxT`: False for padding and
     for finished sequences (they are never keys, and spend nothing). `compact` (one token per
@@ -113,8 +109,7 @@ def cached_forward(
         h = h + model.position_embed(positions_BxT)
     exited = ~valid_BxT
     chosen_state = jnp.zeros_like(h)
-    reached, ran, experts = [], [], []
-    position_B = positions_BxT[:, 0]
+    reached, ran, experts, new_caches = [], [], [], []
     last = model.num_layers - 1
     threshold, cap = limits.threshold_B[:, None], limits.layer_cap_B[:, None]
     k_active = jnp.repeat(limits.expert_cap_B, length)[:, None]
@@ -125,21 +120,20 @@ def cached_forward(
             chosen = predicted > limits.mod_bias_B[:, None]
             keys, runs = keys & chosen, runs & chosen
         if length > 1:  # prefill: the whole prompt through the block, its update where it runs
-            cache = lm_propagation.caught_up(block, cache, i, position_B)
-            out, block_moe, written = block.cached(h, positions_BxT, keys, cache.blocks[i], k_active=k_active)
-            cache = lm_propagation.with_block(cache, i, written, cache.written_BxN[:, i])
+            out, block_moe, cache = block.cached(h, positions_BxT, keys, caches[i], k_active=k_active)
             if weights is not None:
                 out = h + weights[..., None] * (out - h)
             used = _experts(block_moe, runs, batch, length)
             h_before, h = h, jnp.where(runs[..., None], out, h)
-        else:  # a decode step: the keys and values the block owes, then the block on the rows that run it
-            normed, cache = _owed_writes(block, cache, i, h, position_B, keys[:, 0], runs, eager=weights is not None)
+        else:  # a decode step: every row's keys and values, then the block on the rows that run it
+            normed, cache = block.fill(h, positions_BxT, keys, caches[i])
             branches = [_skip] + [_rows_of(block, size, positions_BxT, runs, weights, k_active) for size in sizes]
             # the smallest size holding them: a compare and a sum (searchsorted is a loop of ops)
             bucket = jnp.where(runs.any(), 1 + (jnp.asarray(sizes) < runs.sum()).sum(), 0)
             h_before = h
-            h, used = jax.lax.switch(bucket, branches, h, normed, cache.blocks[i])
+            h, used = jax.lax.switch(bucket, branches, h, normed, cache)
         reached.append(~exited)
+        new_caches.append(cache)
         ran.append(runs)
         experts.append(used)
         if i < last:
@@ -167,39 +161,13 @@ def cached_forward(
         jnp.stack(ran).astype(jnp.float32),
         jnp.stack(experts) if model.blocks[0].moe is not None else None,
     )
-    if length > 1:  # every block wrote the prompt: none owes a position before its end
-        ends = jnp.where(valid_BxT, positions_BxT + 1, 0).max(1)
-        written_B = jnp.maximum(ends, position_B)
-        cache = cache._replace(written_BxN=jnp.broadcast_to(written_B[:, None], cache.written_BxN.shape))
-    return logits, cache.kept(h, positions_BxT, valid_BxT), spend
+    return logits, tuple(new_caches), spend
 
 
 def _experts(moe, runs_BxT, batch: int, length: int) -> jax.Array:
     if moe is None:
         return jnp.zeros((batch, length), jnp.float32)
     return jnp.where(runs_BxT, moe.experts_T.reshape(batch, length), 0).astype(jnp.float32)
-
-
-def _owed_writes(block, cache: DecodeCache, i: int, h_BxTxD, position_B, keys_B, runs_BxT, *, eager: bool):
-    """Block i's part of a decode step's key/value writes (adaptive.nn.lm_propagation): none
-    when no row runs it and it may owe one more position; else the current token's, with the
-    positions it owes first when there are any. (The current token's normed state, the cache.)"""
-    h_BxD, written_B = h_BxTxD[:, 0], cache.written_BxN[:, i]
-    writes = jnp.bool_(True) if eager else runs_BxT.any() | lm_propagation.must_write(written_B, position_B)
-
-    def write(catch_up: bool):
-        def body(_, carry):
-            return lm_propagation.write_owed(block, *carry[1:], cache, h_BxD, position_B, keys_B, catch_up=catch_up)
-
-        return body
-
-    # loops of zero or one trip rather than a conditional: a loop updates its carried cache in
-    # place, where XLA copies a conditional's operands (every slot of the block's cache, per step)
-    owes = lm_propagation.owed(written_B, position_B)
-    carry = (jnp.zeros_like(h_BxTxD), cache.blocks[i], written_B)
-    carry = jax.lax.fori_loop(0, (writes & ~owes).astype(jnp.int32), write(False), carry)
-    normed, block_cache, written_B = jax.lax.fori_loop(0, (writes & owes).astype(jnp.int32), write(True), carry)
-    return normed, lm_propagation.with_block(cache, i, block_cache, written_B)
 
 
 def _skip(h, normed, cache):
