@@ -1,13 +1,30 @@
 """Shared test set-up: one prepared-data cache for the session, wandb offline, one CPU device,
-and compiled programs let go between test modules."""
+compiled programs let go between test modules, and one persistent compilation cache for the
+session."""
 
+import atexit
 import gc
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+
+# The suite is mostly XLA compilation, and many tests compile the same programs: each
+# `adaptive train` / `export` subprocess of a tiny run compiles its steps afresh, and so does
+# each test module after `compiled_programs_released`. One JAX persistent compilation cache for
+# the session (the process that starts first makes it; pytest-xdist's workers and every
+# subprocess inherit it through the environment) lets them load what another compiled. Set
+# before any test imports JAX; a cache the caller set is kept and used as is. Removed at exit.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="adaptive-tests-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
