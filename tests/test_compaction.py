@@ -10,11 +10,11 @@ import pytest
 from flax import nnx
 
 from adaptive import config as config_lib
-from adaptive.nn.compaction import bucket_sizes, while_compacting
+from adaptive.nn.compaction import REDUCTION_KERNEL_SWITCH, bucket_sizes, smallest_bucket, while_compacting
 from adaptive.nn.models import build_model
 from tests.helpers import ROOT
 
-CAP, BATCH, N_IN = 8, 32, 12  # buckets of 32, 16 and 8 rows
+CAP, BATCH, N_IN = 8, 32, 12
 VARIANTS = [
     ("mlp", "act", False, {}),
     ("mlp", "early_exit", False, {"exit_threshold": 2.0}),  # never confident: halts at its budget
@@ -34,7 +34,7 @@ class Spec:
 
 
 @functools.cache
-def model_of(kind: str, policy: str, shared: bool, halting: tuple = ()):
+def model_of(kind: str, policy: str, shared: bool, halting: tuple = (), hidden: int = 64, cap: int = CAP):
     halting = dict(halting)
     moe = ["--config.moe.enabled=true", "--config.moe.num_experts=4"] if halting.pop("moe", False) else []
     cfg = config_lib.load(
@@ -42,8 +42,8 @@ def model_of(kind: str, policy: str, shared: bool, halting: tuple = ()):
         [
             f"--config.model.kind={kind}",
             f"--config.halting.policy={policy}",
-            "--config.model.hidden=64",
-            f"--config.halting.max_steps={CAP}",
+            f"--config.model.hidden={hidden}",
+            f"--config.halting.max_steps={cap}",
             f"--config.model.share_weights={shared}",
             *moe,
         ],
@@ -56,11 +56,12 @@ def model_of(kind: str, policy: str, shared: bool, halting: tuple = ()):
     return nnx.to_pure_dict(params), infer
 
 
-def random_params(params: dict, seed: int, halt_bias: float) -> dict:
+def random_params(params: dict, seed: int, halt_bias: float, scale: float = 0.5) -> dict:
     """Random parameters; the halting bias sets how early rows tend to halt."""
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
-    out = jax.tree.unflatten(tree, [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)])
+    noise = [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    out = jax.tree.unflatten(tree, noise)
     if "halt_unit" in out:
         out["halt_unit"]["bias"] = jnp.full_like(out["halt_unit"]["bias"], halt_bias)
     return out
@@ -78,6 +79,44 @@ def test_compacted_inference_is_bitwise_the_whole_batch_loop(kind, policy, share
     assert len(set(np.asarray(whole.steps_B).tolist())) > 1, "the rows must halt at different steps"
     np.testing.assert_array_equal(compacted.steps_B, whole.steps_B)
     np.testing.assert_array_equal(compacted.logits_BxC, whole.logits_BxC)
+
+
+# Widths whose LayerNorm runs at or above XLA:CPU's reduction-kernel switch in the whole batch
+# but below it in its smaller buckets (128 x 32 rows = 4096), or the reverse of some; a cap of 20
+# takes the chain through every bucket. Without the floor, or with one-column halting units, the
+# rows of these models change bits when compacted.
+WIDE = [
+    ("mlp", "act", 256, 0),
+    ("mlp", "act", 128, 1),
+    ("mlp", "pondernet", 256, 2),
+    ("mlp", "early_exit", 256, 3),  # never confident: each row runs to its budget
+    ("mlp", "act", 512, 4),
+]
+
+
+@pytest.mark.parametrize("kind, policy, hidden, seed", WIDE)
+def test_compaction_keeps_every_rows_bits_at_widths_across_the_reduction_kernel_switch(kind, policy, hidden, seed):
+    halting = (("exit_threshold", 2.0),) if policy == "early_exit" else ()
+    params, infer = model_of(kind, policy, True, halting, hidden=hidden, cap=20)
+    params = random_params(params, seed, -3.0, scale=0.05)  # wide layers: small weights, rows halt late
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((BATCH, N_IN)).astype(np.float32)
+    budget = rng.integers(1, 21, BATCH).astype(np.int32)
+    whole, compacted = infer(params, x, budget, False), infer(params, x, budget, True)
+    assert max(np.asarray(whole.steps_B)) > 12, "some rows must reach the small buckets"
+    np.testing.assert_array_equal(compacted.steps_B, whole.steps_B)
+    np.testing.assert_array_equal(compacted.logits_BxC, whole.logits_BxC)
+
+
+def test_the_smallest_bucket_keeps_each_reduction_on_the_whole_batchs_side_of_the_kernel_switch():
+    assert smallest_bucket(32) == 8 and smallest_bucket(32, (64,)) == 8  # 2048 elements: below throughout
+    assert smallest_bucket(32, (128,)) == 32  # 4096: the whole batch is at the switch, every bucket below
+    assert smallest_bucket(32, (256,)) == 16 and smallest_bucket(64, (512, 10)) == 8
+    assert smallest_bucket(32, (256, 128)) == 32  # the narrowest reduction above the switch decides
+    for batch, n in [(32, 256), (64, 100), (500, 10)]:
+        floor = smallest_bucket(batch, (n,))
+        assert floor * n >= REDUCTION_KERNEL_SWITCH and (floor - 1) * n < REDUCTION_KERNEL_SWITCH
+    assert bucket_sizes(32, smallest=smallest_bucket(32, (256,))) == (32, 30, 27, 24, 22, 19, 16)
 
 
 def test_bucket_sizes_shrink_evenly_down_to_eight_rows_and_a_small_batch_runs_whole():

@@ -37,7 +37,7 @@ from adaptive.bench.results import write_json
 from adaptive.compute.timing import time_side_by_side
 from adaptive.evaluation.intervals import mean_interval
 from adaptive.evaluation.tables import print_table
-from adaptive.nn.compaction import bucket_sizes, run_segment, running_first
+from adaptive.nn.compaction import run_segment, running_first
 from adaptive.nn.models import build_model
 
 COLUMNS = [
@@ -127,7 +127,7 @@ def run(
             )
         if batch > 1:
             whole = jax.jit(lambda p, x, b: nnx.merge(act_graph, p).infer(x, b, compact=False))
-            host = _host_chain(act_graph, cap, batch)
+            host = _host_chain(act_graph, act_params, cap, batch)
             rows.append(
                 _mixed_row(kind, hidden, cap, batch, n_in, x, (infer, whole, host), act_params, repeats, rounds)
             )
@@ -136,8 +136,8 @@ def run(
     return rows
 
 
-def _host_chain(graph, cap: int, batch: int):
-    """Compaction by host-side re-dispatch: the chain of `bucket_sizes(batch)` with each bucket's
+def _host_chain(graph, params, cap: int, batch: int):
+    """Compaction by host-side re-dispatch: the chain of `DepthModel.compaction_buckets` with each bucket's
     loop its own executable (the rows still running gathered into the next bucket and the
     finished ones scattered back inside it); calls are dispatched without waiting in between."""
 
@@ -155,7 +155,8 @@ def _host_chain(graph, cap: int, batch: int):
 
     start = jax.jit(lambda p, x, b: nnx.merge(graph, p).infer_loop(x, b).rows)
     finish = jax.jit(lambda p, x, b, rows: nnx.merge(graph, p).infer_loop(x, b).finish(rows))
-    segments = [segment(until) for until in (*bucket_sizes(batch)[1:], 0)]
+    buckets = nnx.merge(graph, params).compaction_buckets(batch)
+    segments = [segment(until) for until in (*buckets[1:], 0)]
 
     def run(params, x, budgets):
         full = part = start(params, x, budgets)

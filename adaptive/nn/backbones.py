@@ -55,6 +55,12 @@ class Backbone(ABC):
     def features(self, model, h: jax.Array) -> jax.Array:
         return h
 
+    def row_reductions(self, model) -> tuple[int, ...]:
+        """Elements per example of the reductions a step makes over each example's values (norms,
+        softmaxes, pooling): what in-batch compaction must know to keep a row's bits
+        (adaptive.nn.compaction.smallest_bucket)."""
+        return ()
+
     def _blocks(self, make, num_steps: int, rngs: nnx.Rngs):
         # A shared block is stored as is, not as a stack of one sliced inside the step loop.
         return make(rngs) if self.shared else stack(make, num_steps, rngs)
@@ -97,6 +103,10 @@ class MLP(Backbone):
         x = x_BxD.reshape(x_BxD.shape[0], -1)
         return jax.nn.relu(model.encoder(x)), x
 
+    def row_reductions(self, model) -> tuple[int, ...]:
+        width = model.encoder.kernel.shape[-1]  # the LayerNorm of every block
+        return (width, model.blocks.moe.num_experts) if self.moe else (width,)  # the router's softmax
+
 
 class Transformer(Backbone):
     """Each input feature a token (projected, plus a learned position); a learned embedding of
@@ -124,6 +134,13 @@ class Transformer(Backbone):
 
     def features(self, model, h):
         return model.final_norm(h.mean(axis=1))
+
+    def row_reductions(self, model) -> tuple[int, ...]:
+        length, width = model.positions.shape
+        heads = model.blocks.attention.num_heads
+        # the pooled state's norm; every position's norms (and pooling); attention's softmax over keys
+        sizes = (width, length * width, heads * length * length)
+        return (*sizes, length * model.blocks.moe.num_experts) if self.moe else sizes
 
 
 BACKBONES: dict[str, type[Backbone]] = {b.kind: b for b in (RNN, MLP, Transformer)}

@@ -11,9 +11,14 @@ jit or exported artifact.
 The outputs are bitwise those of the plain loop as long as a step treats each row on its own
 (no mixing across the batch: MoE capacity routing and expert choice mix rows, so `DepthModel`
 compacts MoE models only when `MoEFeedForward.rows_independent_at_inference`) and the backend's
-kernels give a row the same bits at any batch size.
-XLA's CPU kernels for matrices of a few rows round differently, hence the smallest bucket of 8;
-tests check bitwise equality for every policy and backbone.
+kernels give a row the same bits in every bucket as in the whole batch. On XLA:CPU they do not
+in two cases, which fix the smallest bucket (`smallest_bucket`): matrices of a few rows round
+differently (hence at least 8 rows), and a reduction over each row (a LayerNorm, a softmax) runs
+one kernel below 4096 elements per operation and another from there on, so a bucket must stay on
+the whole batch's side of that switch for every reduction a step makes. (A one-column matmul is
+such a reduction after XLA rewrites it; halting units are computed as matmuls instead,
+`adaptive.nn.policies.base.unit_logit`.) Tests check bitwise equality for every policy and
+backbone, at widths on both sides of the switch.
 """
 
 from __future__ import annotations
@@ -25,13 +30,29 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-# XLA's CPU kernels for small matrices (a few rows) round differently from the ones for larger
-# ones; from 8 rows on, a row's bits do not depend on how many rows share its matrix (tested).
+# The fewest rows a bucket holds whatever the widths: a one-row matmul takes another kernel, and
+# below 8 rows only some ops were checked (experiments/act_parity/row_bits.py); the tests check
+# every backbone and policy with buckets down to 8.
 SMALLEST_BUCKET = 8
 # Buckets in a chain: each is a loop compiled into the program (compile time grows with the
 # count), and finer steps track the rows still running more closely; evenly spaced sizes beat
 # log-spaced ones, since rows halt spread over the depths (experiments/design_measurements.md).
 MAX_BUCKETS = 7
+# XLA:CPU reduces rows with one kernel when an operation has fewer elements than this, with another
+# from it on, and the two round differently (LayerNorms and softmaxes over rows of 16 to 1024
+# elements: experiments/act_parity/row_bits.py).
+REDUCTION_KERNEL_SWITCH = 4096
+
+
+def smallest_bucket(batch: int, reduction_sizes: tuple[int, ...] = ()) -> int:
+    """The fewest rows a bucket may hold for every row to get the bits the whole batch gives it:
+    at least `SMALLEST_BUCKET`, and for each reduction a step makes over `n` elements per row
+    that the whole batch runs at or above the kernel switch, enough rows to stay there."""
+    floor = SMALLEST_BUCKET
+    for n in reduction_sizes:
+        if batch * n >= REDUCTION_KERNEL_SWITCH:
+            floor = max(floor, math.ceil(REDUCTION_KERNEL_SWITCH / n))
+    return floor
 
 
 def bucket_sizes(batch: int, count: int = MAX_BUCKETS, smallest: int = SMALLEST_BUCKET) -> tuple[int, ...]:

@@ -24,7 +24,7 @@ from flax import nnx
 
 from adaptive.nn import halting as H
 from adaptive.nn.backbones import backbone_of, select, stack
-from adaptive.nn.compaction import bucket_sizes, while_compacting
+from adaptive.nn.compaction import bucket_sizes, smallest_bucket, while_compacting
 from adaptive.nn.moe import MoEFeedForward
 from adaptive.nn.outputs import Inference, ModelOutput, Trajectory
 from adaptive.nn.policies import policy_of
@@ -156,7 +156,7 @@ class DepthModel(nnx.Module):
         loop = self.infer_loop(x_BxD, budget_B, key, k_active)
         batch = x_BxD.shape[0]
         compactable = compact and isinstance(batch, int) and self.compacts_at_inference()
-        sizes = bucket_sizes(batch) if compactable else (batch,)
+        sizes = self.compaction_buckets(batch) if compactable else (batch,)
         return loop.finish(while_compacting(loop.body, loop.rows, cap=self.num_steps, active=loop.active, sizes=sizes))
 
     def infer_loop(
@@ -213,6 +213,13 @@ class DepthModel(nnx.Module):
         return not self.halting_policy.unrolled and all(
             m.rows_independent_at_inference() for _, m in self.iter_modules() if isinstance(m, MoEFeedForward)
         )
+
+    def compaction_buckets(self, batch: int) -> tuple[int, ...]:
+        """The row counts `infer` compacts a concrete batch along (adaptive.nn.compaction), no
+        smaller than keeps every row's bits: the backbone's reductions, and the classes' softmax
+        of an exit's confidence."""
+        reductions = (*self.backbone.row_reductions(self), self._num_classes())
+        return bucket_sizes(batch, smallest=smallest_bucket(batch, reductions))
 
     def _infer_unrolled(self, h, context, k_active) -> Inference:
         """Inference of a static network: every step, unrolled; the budget does not apply."""

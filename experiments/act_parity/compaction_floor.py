@@ -7,6 +7,9 @@ The mixed row of `adaptive bench depth` (residual MLP blocks of width 512, ACT, 
   row running 20 steps, less the same at 10 steps, over 10 (what the loop's fixed costs cancel);
 - the compacted chain at 7 (the default), 13 and 25 bucket sizes against the static model at the
   mean depth (interpolated between depths 10 and 11), in rounds of interleaved calls;
+- what the chain adds besides its loops' steps, in the same rounds: the default chain's moves
+  alone (the sorts, gathers and scatters, no steps) against the loop's start and finish alone,
+  and the whole-batch loop split into the default chain's segments without shrinking;
 
 and prices what compaction could do: the whole-batch loop's time with each step's c(32)
 replaced by c(rows the step runs on): for each chain's buckets (what the chain would cost if
@@ -30,7 +33,7 @@ from flax import nnx
 
 from adaptive.bench.depth import _model
 from adaptive.compute.timing import time_side_by_side
-from adaptive.nn.compaction import SMALLEST_BUCKET, bucket_sizes, while_compacting
+from adaptive.nn.compaction import SMALLEST_BUCKET, bucket_sizes, run_segment, running_first, while_compacting
 
 KIND, HIDDEN, CAP, BATCH, N_IN = "mlp", 512, 20, 32, 16
 ROWS = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32)
@@ -64,6 +67,28 @@ def main() -> None:
 
         return jax.jit(run)
 
+    def moves_only(p, x, b):
+        loop = nnx.merge(graph, p).infer_loop(x, b)
+        full = part = loop.rows
+        where = jnp.arange(BATCH)
+        for i, next_size in enumerate((*bucket_sizes(BATCH)[1:], 0)):
+            full = jax.tree.map(lambda f, q, w=where: f.at[w].set(q), full, part) if i else part
+            if next_size:
+                keep = running_first(loop.active(part), next_size)
+                where, part = where[keep], jax.tree.map(lambda a, k=keep: a[k], part)
+        return loop.finish(full)
+
+    def no_steps(p, x, b):
+        loop = nnx.merge(graph, p).infer_loop(x, b)
+        return loop.finish(loop.rows)
+
+    def split_whole(p, x, b):
+        loop = nnx.merge(graph, p).infer_loop(x, b)
+        t, rows = jnp.int32(0), loop.rows
+        for until in (*bucket_sizes(BATCH)[1:], 0):
+            t, rows = run_segment(loop.body, t, rows, cap=CAP, active=loop.active, until=until)
+        return loop.finish(rows)
+
     # a step's cost by rows: 20 steps less 10 steps, every row running
     calls = {}
     for r in ROWS:
@@ -83,6 +108,9 @@ def main() -> None:
         assert np.array_equal(f(never_halt, x, budgets).logits_BxC, reference)
     timed = {f"chain{c}": (lambda f=f: f(never_halt, x, budgets)) for c, f in chains.items()}
     timed["whole"] = lambda: whole(never_halt, x, budgets)
+    parts = {"moves_only": moves_only, "no_steps": no_steps, "split_whole": split_whole}
+    for name, f in {name: jax.jit(fn) for name, fn in parts.items()}.items():
+        timed[name] = lambda f=f: f(never_halt, x, budgets)
     for d, f in static_fns.items():
         timed[f"static{d}"] = lambda f=f, p=statics[d][1]: f(p, x)
     rounds = []
@@ -94,8 +122,8 @@ def main() -> None:
     depths = np.asarray(budgets)
     running = [int((depths >= t).sum()) for t in range(1, int(depths.max()) + 1)]
     c = np.interp(np.arange(BATCH + 1), ROWS, [step_ms[r] for r in ROWS])
-    whole_ms = statistics.median(r["whole"] for r in rounds)
-    static_ms = statistics.median(r["static"] for r in rounds)
+    median = lambda name: statistics.median(r[name] for r in rounds)  # noqa: E731
+    whole_ms, static_ms = median("whole"), median("static")
 
     def priced(floor: int, sizes: tuple[int, ...] | None = None) -> float:
         """The whole-batch loop's time with step t run at the rows it needs (at least `floor`,
@@ -111,6 +139,8 @@ def main() -> None:
         "rows_running_by_step": running,
         "static_ms": round(static_ms, 4),
         "whole_batch_ms": round(whole_ms, 4),
+        "moves_of_default_chain_ms": round(median("moves_only") - median("no_steps"), 4),
+        "whole_batch_split_into_default_segments_ms": round(median("split_whole"), 4),
         "chain_ratio_by_buckets": {
             str(n): round(statistics.median(r[f"chain{n}"] / r["static"] for r in rounds), 4) for n in COUNTS
         },

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from adaptive.nn import halting as H
 from adaptive.nn.outputs import Inference, ModelOutput, Trajectory
-from adaptive.nn.policies.base import Policy
+from adaptive.nn.policies.base import Policy, unit_logit
 
 
 class ACT(Policy):
@@ -25,7 +25,7 @@ class ACT(Policy):
         return sequence
 
     def halt_logit(self, unit, h, sequence: bool) -> jax.Array:
-        return unit(h)[..., 0]
+        return unit_logit(unit, h)
 
     def combine(self, model, traj: Trajectory, limit_B: jax.Array) -> ModelOutput:
         n = traj.states_NxBx_xD.shape[0]

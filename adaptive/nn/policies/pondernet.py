@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from adaptive.nn import halting as H
 from adaptive.nn.outputs import ModelOutput, Trajectory
-from adaptive.nn.policies.base import Policy, expected_step_loss
+from adaptive.nn.policies.base import Policy, expected_step_loss, unit_logit
 
 
 class PonderNet(Policy):
@@ -27,7 +27,7 @@ class PonderNet(Policy):
     def halt_logit(self, unit, h, sequence: bool) -> jax.Array:
         if sequence:
             h = h.mean(axis=1)
-        return unit(h)[..., 0]
+        return unit_logit(unit, h)
 
     def samples(self) -> bool:
         return self.cfg.pondernet_inference == "sample"
