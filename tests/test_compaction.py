@@ -35,6 +35,14 @@ class Spec:
 
 @functools.cache
 def model_of(kind: str, policy: str, shared: bool, halting: tuple = (), hidden: int = 64, cap: int = CAP):
+    graphdef, params = built(kind, policy, shared, halting, hidden, cap)
+    infer = jax.jit(
+        lambda p, x, b, compact: nnx.merge(graphdef, p).infer(x, b, compact=compact), static_argnames="compact"
+    )
+    return nnx.to_pure_dict(params), infer
+
+
+def built(kind: str, policy: str, shared: bool, halting: tuple = (), hidden: int = 64, cap: int = CAP):
     halting = dict(halting)
     moe = ["--config.moe.enabled=true", "--config.moe.num_experts=4"] if halting.pop("moe", False) else []
     cfg = config_lib.load(
@@ -49,11 +57,7 @@ def model_of(kind: str, policy: str, shared: bool, halting: tuple = (), hidden: 
         ],
     )
     cfg = dataclasses.replace(cfg, halting=dataclasses.replace(cfg.halting, **halting))
-    graphdef, params = nnx.split(build_model(cfg, Spec), nnx.Param)
-    infer = jax.jit(
-        lambda p, x, b, compact: nnx.merge(graphdef, p).infer(x, b, compact=compact), static_argnames="compact"
-    )
-    return nnx.to_pure_dict(params), infer
+    return nnx.split(build_model(cfg, Spec), nnx.Param)
 
 
 def random_params(params: dict, seed: int, halt_bias: float, scale: float = 0.5) -> dict:
@@ -81,13 +85,14 @@ def test_compacted_inference_is_bitwise_the_whole_batch_loop(kind, policy, share
     np.testing.assert_array_equal(compacted.logits_BxC, whole.logits_BxC)
 
 
-# Widths whose LayerNorm runs at or above XLA:CPU's reduction-kernel switch in the whole batch
-# but below it in its smaller buckets (128 x 32 rows = 4096), or the reverse of some; a cap of 20
-# takes the chain through every bucket. Without the floor, or with one-column halting units, the
-# rows of these models change bits when compacted.
+# Widths whose reductions over features run at or above XLA:CPU's reduction-kernel switch in the
+# whole batch (256 x 32 rows >= 4096 elements) and would run below it in buckets under the floor;
+# a cap of 20 takes the chain through the buckets. Without the floor (width 256), or with the
+# halting unit as a one-column matmul (ACT), rows of these models change bits when compacted.
 WIDE = [
     ("mlp", "act", 256, 0),
-    ("mlp", "act", 128, 1),
+    ("rnn", "act", 256, 1),  # the halting unit is the step's only reduction
+    ("transformer", "act", 32, 5),  # 12 positions x 32: its norms need 11 rows
     ("mlp", "pondernet", 256, 2),
     ("mlp", "early_exit", 256, 3),  # never confident: each row runs to its budget
     ("mlp", "act", 512, 4),
@@ -106,6 +111,13 @@ def test_compaction_keeps_every_rows_bits_at_widths_across_the_reduction_kernel_
     assert max(np.asarray(whole.steps_B)) > 12, "some rows must reach the small buckets"
     np.testing.assert_array_equal(compacted.steps_B, whole.steps_B)
     np.testing.assert_array_equal(compacted.logits_BxC, whole.logits_BxC)
+
+
+def test_a_model_whose_every_bucket_would_cross_the_switch_runs_whole():
+    model = nnx.merge(*built("mlp", "act", True, hidden=128, cap=20))
+    assert model.compaction_buckets(BATCH) == (BATCH,)  # 128 x 32 rows: the whole batch is at the switch
+    assert model.compaction_buckets(64)[-1] == 32  # 64 rows: buckets down to 32 stay above it
+    assert nnx.merge(*built("mlp", "act", True, hidden=64, cap=20)).compaction_buckets(BATCH)[-1] == 8
 
 
 def test_the_smallest_bucket_keeps_each_reduction_on_the_whole_batchs_side_of_the_kernel_switch():

@@ -56,10 +56,21 @@ class Backbone(ABC):
         return h
 
     def row_reductions(self, model) -> tuple[int, ...]:
-        """Elements per example of the reductions a step makes over each example's values (norms,
-        softmaxes, pooling): what in-batch compaction must know to keep a row's bits
-        (adaptive.nn.compaction.smallest_bucket)."""
+        """Elements per example of the reductions a step of the blocks makes over each example's
+        values (norms, softmaxes, sums): what in-batch compaction must know to keep a row's bits
+        (adaptive.nn.compaction.smallest_bucket). `DepthModel.compaction_buckets` adds the
+        halting unit's and the readout's."""
         return ()
+
+    def positions(self, model) -> int:
+        """Positions per example (1 for a vector state)."""
+        return 1
+
+    def _moe_reductions(self, model) -> tuple[int, ...]:
+        # the router's softmax over experts, and the sum of the k kept weights it renormalises by
+        if not self.moe:
+            return ()
+        return (model.blocks.moe.num_experts, model.blocks.moe.k)
 
     def _blocks(self, make, num_steps: int, rngs: nnx.Rngs):
         # A shared block is stored as is, not as a stack of one sliced inside the step loop.
@@ -104,8 +115,7 @@ class MLP(Backbone):
         return jax.nn.relu(model.encoder(x)), x
 
     def row_reductions(self, model) -> tuple[int, ...]:
-        width = model.encoder.kernel.shape[-1]  # the LayerNorm of every block
-        return (width, model.blocks.moe.num_experts) if self.moe else (width,)  # the router's softmax
+        return (model.encoder.kernel.shape[-1], *self._moe_reductions(model))  # each block's LayerNorm
 
 
 class Transformer(Backbone):
@@ -138,9 +148,11 @@ class Transformer(Backbone):
     def row_reductions(self, model) -> tuple[int, ...]:
         length, width = model.positions.shape
         heads = model.blocks.attention.num_heads
-        # the pooled state's norm; every position's norms (and pooling); attention's softmax over keys
-        sizes = (width, length * width, heads * length * length)
-        return (*sizes, length * model.blocks.moe.num_experts) if self.moe else sizes
+        # every position's norms (and the pooling of a readout); attention's softmax over keys
+        return (length * width, heads * length * length, *(length * n for n in self._moe_reductions(model)))
+
+    def positions(self, model) -> int:
+        return model.positions.shape[0]
 
 
 BACKBONES: dict[str, type[Backbone]] = {b.kind: b for b in (RNN, MLP, Transformer)}

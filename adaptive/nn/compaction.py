@@ -12,13 +12,13 @@ The outputs are bitwise those of the plain loop as long as a step treats each ro
 (no mixing across the batch: MoE capacity routing and expert choice mix rows, so `DepthModel`
 compacts MoE models only when `MoEFeedForward.rows_independent_at_inference`) and the backend's
 kernels give a row the same bits in every bucket as in the whole batch. On XLA:CPU they do not
-in two cases, which fix the smallest bucket (`smallest_bucket`): matrices of a few rows round
-differently (hence at least 8 rows), and a reduction over each row (a LayerNorm, a softmax) runs
-one kernel below 4096 elements per operation and another from there on, so a bucket must stay on
-the whole batch's side of that switch for every reduction a step makes. (A one-column matmul is
-such a reduction after XLA rewrites it; halting units are computed as matmuls instead,
-`adaptive.nn.policies.base.unit_logit`.) Tests check bitwise equality for every policy and
-backbone, at widths on both sides of the switch.
+in two cases, which fix the smallest bucket (`smallest_bucket`): operations on a few rows take
+other kernels (hence at least 8 rows), and a reduction over each row (a LayerNorm, a softmax)
+runs one kernel below 4096 elements per operation and another from there on, so a bucket must
+stay on the whole batch's side of that switch for every reduction a step makes. (XLA rewrites a
+one-column matmul into a reduction whose bits depend on the row count at any size, so halting
+units are written out as a multiply and a sum: `adaptive.nn.policies.base.unit_logit`.) Tests
+check bitwise equality for every policy and backbone, at widths on both sides of the switch.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ OPS = {
     "layernorm": lambda a, w: (a - a.mean(-1, keepdims=True)) * jax.lax.rsqrt(a.var(-1, keepdims=True) + 1e-6),
     "softmax": lambda a, w: jax.nn.softmax(a, -1),
     "matmul_1_column": lambda a, w: a @ w[:, :1],  # a halting unit as nnx.Linear computes it
-    "matmul_1_column_padded_to_2": lambda a, w: (a @ w[:, :2])[:, 0],  # as unit_logit computes it
+    "multiply_and_sum": lambda a, w: (a * w[:, 0]).sum(-1),  # as unit_logit computes it
+    "matmul_1_column_padded_to_2": lambda a, w: (a @ w[:, :2])[:, 0],
     "matmul_2_columns": lambda a, w: a @ w[:, :2],
     "matmul_wide": lambda a, w: a @ w,
 }

@@ -29,14 +29,13 @@ from adaptive.nn.outputs import Inference, ModelOutput, Trajectory
 
 
 def unit_logit(unit, h: jax.Array) -> jax.Array:
-    """A one-output linear unit's logit for every row of `h`, computed as a two-column matmul.
+    """A one-output linear unit's logit for every row of `h`, as a multiply and a sum over features.
 
-    XLA:CPU rewrites a one-column matmul into a multiply-and-reduce whose bits for a row depend
-    on how many rows share the operation; a matmul's do not. In-batch compaction
-    (adaptive.nn.compaction) runs the halting unit on shrinking row counts and must give every
-    row the bits it gets in the whole batch (tests/test_compaction.py)."""
-    kernel = jnp.pad(unit.kernel[...], ((0, 0), (0, 1)))
-    return (h @ kernel)[..., 0] + unit.bias[...][0]
+    XLA:CPU rewrites a one-column matmul into a reduction whose bits for a row depend on how many
+    rows share it, at every width; written out, it is a row reduction like a LayerNorm's, whose
+    kernel changes only where in-batch compaction's smallest bucket already keeps every row
+    (adaptive.nn.compaction), and it costs no more than the matmul."""
+    return (h * unit.kernel[...][:, 0]).sum(-1) + unit.bias[...][0]
 
 
 @dataclass(frozen=True)
