@@ -14,7 +14,9 @@ The mixed row of `adaptive bench depth` (residual MLP blocks of width 512, ACT, 
 and prices what compaction could do: the whole-batch loop's time with each step's c(32)
 replaced by c(rows the step runs on): for each chain's buckets (what the chain would cost if
 moving rows between buckets were free), for buckets of exactly the running rows, and for those
-with the smallest bucket at 8 rows (below it XLA:CPU rounds a row differently).
+with the smallest bucket at 8 rows (at width 512, fewer rows put a LayerNorm on the other side of
+XLA:CPU's reduction-kernel switch: adaptive/nn/compaction.py). The priced figures rest on step
+costs timed in calls separate from the chains, so they move from run to run more than the chains.
 
     python experiments/act_parity/compaction_floor.py --json experiments/act_parity/bench/compaction_floor.json
 """
