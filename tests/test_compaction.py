@@ -85,10 +85,13 @@ def test_compacted_inference_is_bitwise_the_whole_batch_loop(kind, policy, share
     np.testing.assert_array_equal(compacted.logits_BxC, whole.logits_BxC)
 
 
-# Widths whose reductions over features run at or above XLA:CPU's reduction-kernel switch in the
-# whole batch (256 x 32 rows >= 4096 elements) and would run below it in buckets under the floor;
-# a cap of 20 takes the chain through the buckets. Without the floor (width 256), or with the
-# halting unit as a one-column matmul (ACT), rows of these models change bits when compacted.
+# Models whose rows changed bits when compacted before the bucket floor and the halting unit's
+# rewrite. Their reductions over features run at or above XLA:CPU's reduction-kernel switch in the
+# whole batch (256 x 32 rows >= 4096 elements) and would run below it in buckets under the floor,
+# or (width 64) below it throughout. A cap of 20 takes the chain through the buckets, and small
+# weights keep halting probabilities off 0 and 1 (saturated, as with `random_params`' default
+# scale, they hide the halting unit's bits). Without the floor the first five cases fail; with the
+# unit as a one-column matmul the ACT cases on MLPs and the RNN do.
 WIDE = [
     ("mlp", "act", 256, 0),
     ("rnn", "act", 256, 1),  # the halting unit is the step's only reduction
@@ -96,6 +99,7 @@ WIDE = [
     ("mlp", "pondernet", 256, 2),
     ("mlp", "early_exit", 256, 3),  # never confident: each row runs to its budget
     ("mlp", "act", 512, 4),
+    ("mlp", "act", 64, 6),  # below the switch throughout: only the halting unit matters
 ]
 
 

@@ -9,10 +9,11 @@ in, a symbolic batch dimension, and the hard caps compiled in (the step budget i
              steps int32[batch], experts int32[batch] (expert applications; 0 without experts)
 
 A halting model also gets ART/model-b{16,32,64}.jaxexport: the same function compiled for
-exactly that batch size, whose loop shrinks to the rows still running (adaptive.nn.compaction; a
-symbolic batch cannot), same answers; the serving engine uses them for those buckets (MoE models
-only when their rows are independent at inference: dropless token choice in blocks). MoE
-models also get ART/model-k{k}.jaxexport per smaller expert budget.
+exactly that batch size, whose loop shrinks to the rows still running where the model's widths
+allow (adaptive.nn.compaction, DepthModel.compaction_buckets; a symbolic batch cannot), same
+answers; the serving engine uses them for those buckets (MoE models only when their rows are
+independent at inference: dropless token choice in blocks). MoE models also get
+ART/model-k{k}.jaxexport per smaller expert budget.
 
 ART/meta.json says what it is: config, caps, input spec, the compute of each step budget in
 every unit the run can price (FLOPs, MACs; latency p50/p99, cost and energy with a cost model;

@@ -62,6 +62,10 @@ class Backbone(ABC):
         halting unit's and the readout's."""
         return ()
 
+    def readout_reductions(self, model) -> tuple[int, ...]:
+        """Elements per example of the reductions `features` makes (a readout inside the loop)."""
+        return ()
+
     def positions(self, model) -> int:
         """Positions per example (1 for a vector state)."""
         return 1
@@ -148,8 +152,12 @@ class Transformer(Backbone):
     def row_reductions(self, model) -> tuple[int, ...]:
         length, width = model.positions.shape
         heads = model.blocks.attention.num_heads
-        # every position's norms (and the pooling of a readout); attention's softmax over keys
+        # every position's norms; attention's softmax over keys
         return (length * width, heads * length * length, *(length * n for n in self._moe_reductions(model)))
+
+    def readout_reductions(self, model) -> tuple[int, ...]:
+        length, width = model.positions.shape
+        return (length * width, width)  # the mean over positions, and its norm
 
     def positions(self, model) -> int:
         return model.positions.shape[0]

@@ -217,15 +217,17 @@ class DepthModel(nnx.Module):
     def compaction_buckets(self, batch: int) -> tuple[int, ...]:
         """The row counts `infer` compacts a concrete batch along (adaptive.nn.compaction), no
         smaller than keeps every row's bits through the reductions a step makes: the blocks',
-        the halting unit's (over each position's features, or the example's), and those of a
-        readout inside the loop (the pooled state's norm; the softmax of an exit's confidence)."""
+        the halting unit's (over each position's features, or the example's), a readout's inside
+        the loop (a transformer pools and normalises), and the policy's over the logits (an
+        exit's confidence)."""
         policy, positions = self.halting_policy, self.backbone.positions(self)
         width = self.heads.kernel.shape[-2]
         reductions = list(self.backbone.row_reductions(self))
         if policy.halt_unit:
             reductions.append(width * positions if policy.per_position(self.sequence) else width)
         if policy.step_logits:
-            reductions += [width, self._num_classes()]
+            reductions += self.backbone.readout_reductions(self)
+        reductions += policy.step_reductions(self._num_classes())
         return bucket_sizes(batch, smallest=smallest_bucket(batch, tuple(reductions)))
 
     def _infer_unrolled(self, h, context, k_active) -> Inference:

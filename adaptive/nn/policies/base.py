@@ -34,7 +34,7 @@ def unit_logit(unit, h: jax.Array) -> jax.Array:
     XLA:CPU rewrites a one-column matmul into a reduction whose bits for a row depend on how many
     rows share it, at every width; written out, it is a row reduction like a LayerNorm's, whose
     kernel changes only where in-batch compaction's smallest bucket already keeps every row
-    (adaptive.nn.compaction), and it costs no more than the matmul."""
+    (adaptive.nn.compaction)."""
     return (h * unit.kernel[...][:, 0]).sum(-1) + unit.bias[...][0]
 
 
@@ -64,6 +64,11 @@ class Policy(ABC):
     def halt_logit(self, unit, h, sequence: bool) -> jax.Array:
         """The halting unit's logit for state `h` (policies with `halt_unit`)."""
         raise TypeError(f"policy {self.name!r} has no halting unit")
+
+    def step_reductions(self, num_classes: int) -> tuple[int, ...]:
+        """Elements per example of the reductions `infer_step` makes over a step's logits (what
+        in-batch compaction must know, adaptive.nn.compaction)."""
+        return ()
 
     # -- training -------------------------------------------------------------------------------
 

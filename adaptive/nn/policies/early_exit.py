@@ -24,6 +24,9 @@ class EarlyExit(Policy):
     def combine(self, model, traj: Trajectory, limit_B: jax.Array) -> ModelOutput:
         return last_step_output(traj, limit_B)
 
+    def step_reductions(self, num_classes: int) -> tuple[int, ...]:
+        return (num_classes,)  # the confidence: a softmax over the classes
+
     def infer_step(self, model, run: H.Running, t, h, acc, limit, key):
         logits = model.readout(h, t)
         conf = H.confidence(logits, self.cfg.confidence)
