@@ -33,6 +33,9 @@ class DataConfig:
     addition_digits: int = _f(8, lo=1, hi=64)  # addition: digits of each operand
     num_train: int = _f(100_000, lo=1, hi=checks.MAX_EXAMPLES)
     num_eval: int = _f(10_000, lo=1, hi=checks.MAX_EXAMPLES)
+    # Validation and test thinned to this many examples (a language model's: windows), evenly
+    # spread over each split, for every reader of them (0: all). Training data is never thinned.
+    eval_examples: int = _f(0, lo=0, hi=checks.MAX_EXAMPLES)
     # Inclusive ranges of parity's difficulty (non-zero entries); None means 1..parity_n.
     train_difficulty: tuple[int, int] | None = None
     eval_difficulty: tuple[int, int] | None = None

@@ -1,6 +1,6 @@
-"""Shared test set-up: one prepared-data cache for the session, wandb offline, one CPU device,
-compiled programs let go between test modules, and one persistent compilation cache for the
-session."""
+"""Shared test set-up: one prepared-data cache and one persistent compilation cache for the
+session (shared by pytest-xdist's workers), wandb offline, one CPU device, compiled programs let
+go between test modules."""
 
 import atexit
 import gc
@@ -25,13 +25,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # every program, however quick
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
-
-@pytest.fixture(scope="session", autouse=True)
-def data_dir(tmp_path_factory):
-    """Datasets are prepared once per test session into a temporary cache (also for subprocesses)."""
-    path = tmp_path_factory.mktemp("tfds")
-    os.environ["ADAPTIVE_DATA_DIR"] = str(path)
-    return path
+# Datasets are prepared once per session into one temporary folder, which the workers and every
+# subprocess find through ADAPTIVE_DATA_DIR (preparing takes a lock, so two workers wanting the
+# same dataset prepare it once). Preparing the tiny language model's windows takes most of a
+# minute, so a test should not point `data.data_dir` at a folder of its own unless preparation is
+# what it tests. ADAPTIVE_TESTS_DATA_DIR names a folder to use instead and keep: `.ci/run` gives
+# its two pytest runs one. A user's own ADAPTIVE_DATA_DIR is never read or written by the tests.
+if "ADAPTIVE_TESTS_DATA_DIR" not in os.environ:
+    os.environ["ADAPTIVE_TESTS_DATA_DIR"] = tempfile.mkdtemp(prefix="adaptive-tests-data-")
+    atexit.register(shutil.rmtree, os.environ["ADAPTIVE_TESTS_DATA_DIR"], ignore_errors=True)
+os.environ["ADAPTIVE_DATA_DIR"] = os.environ["ADAPTIVE_TESTS_DATA_DIR"]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -34,6 +34,7 @@ class Cfg:
     parity_n: int = 8
     num_train: int = 2000
     num_eval: int = 500
+    eval_examples: int = 0
     train_difficulty: tuple[int, int] | None = (1, 4)
     eval_difficulty: tuple[int, int] | None = (5, 8)
     data_dir: str = ""
@@ -56,6 +57,14 @@ def shared_dir(tmp_path_factory) -> str:
 def read_all(cfg: Cfg, split: str) -> dict[str, np.ndarray]:
     source = data.load_split(cfg, split)
     return source.read_batch(np.arange(len(source)))
+
+
+def test_eval_examples_thins_a_classifiers_evaluation_splits_too(parity_cfg):
+    every, kept = read_all(parity_cfg, "test"), read_all(dataclasses.replace(parity_cfg, eval_examples=7), "test")
+    picks = np.linspace(0, len(every["y"]) - 1, 7).round().astype(int)
+    for key in ("x", "y", "difficulty"):
+        np.testing.assert_array_equal(kept[key], every[key][picks])
+    assert len(data.load_split(dataclasses.replace(parity_cfg, eval_examples=7), "train")) == 2000
 
 
 def test_parity_labels_and_difficulty_match_the_inputs(parity_cfg):

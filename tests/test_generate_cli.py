@@ -13,8 +13,7 @@ from tests.helpers import cli, train_tiny
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("lm") / "run"
-    data = f"--config.data.data_dir={workdir.parent / 'data'}"
-    train_tiny(workdir, 2, config="configs/lm.py:tiny", overrides=("--config.lm.exits=true", data))
+    train_tiny(workdir, 2, config="configs/lm.py:tiny", overrides=("--config.lm.exits=true",))
     return workdir
 
 

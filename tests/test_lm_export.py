@@ -47,8 +47,7 @@ print(" ".join(str(int(d)) for d in np.asarray(layers)[0, :n]))
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
     root = tmp_path_factory.mktemp("lm-export")
-    data = f"--config.data.data_dir={root / 'data'}"
-    train_tiny(root / "run", 2, config="configs/lm.py:tiny", overrides=("--config.lm.exits=true", data))
+    train_tiny(root / "run", 2, config="configs/lm.py:tiny", overrides=("--config.lm.exits=true",))
     command = cli("export", "--workdir", str(root / "run"), "--out", str(root / "art"))
     proc = subprocess.run(
         [*command, "--prompt-capacity", "16", "--new-tokens", "16", "--slots", "2", "--precision", "fp32,int8"],

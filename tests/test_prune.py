@@ -173,8 +173,7 @@ def test_fine_tune_trains_a_copy_and_leaves_the_callers_parameters_alone(sut):
 
 
 def test_a_language_models_experts_are_scored_and_pruned_block_by_block(tmp_path):
-    overrides = ("--config.moe.enabled=true", f"--config.data.data_dir={tmp_path / 'd'}")
-    train_tiny(tmp_path / "run", 3, config="configs/lm.py:tiny", overrides=overrides)
+    train_tiny(tmp_path / "run", 3, config="configs/lm.py:tiny", overrides=("--config.moe.enabled=true",))
     run = load_run(tmp_path / "run", language_model=True)
     rows = [r for r in data_rows(tmp_path / "run") if "moe/expert_usage_by_layer" in r]
     experts, blocks = run.cfg.moe.num_experts, len(moe_layers(nnx.merge(run.graphdef, run.params)))
@@ -198,7 +197,7 @@ def test_a_language_models_experts_are_scored_and_pruned_block_by_block(tmp_path
 @pytest.mark.slow
 def test_an_act_language_models_shared_block_gets_one_score_per_expert_over_its_steps(tmp_path):
     act = ("--config.halting.policy=act", "--config.halting.max_steps=3", "--config.moe.enabled=true")
-    train_tiny(tmp_path / "run", 2, config="configs/lm.py:tiny", overrides=(*act, f"--config.data.data_dir={tmp_path}"))
+    train_tiny(tmp_path / "run", 2, config="configs/lm.py:tiny", overrides=act)
     run = load_run(tmp_path / "run", language_model=True)
     assert len(moe_layers(nnx.merge(run.graphdef, run.params))) == 1
     (scores,) = expert_scores(run, limit=32)  # a row per step, averaged: one layer's scores

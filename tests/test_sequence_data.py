@@ -21,6 +21,7 @@ class Cfg:
     parity_n: int = 8
     num_train: int = 300
     num_eval: int = 100
+    eval_examples: int = 0
     train_difficulty: tuple[int, int] | None = None
     eval_difficulty: tuple[int, int] | None = None
     data_dir: str = ""
@@ -112,6 +113,23 @@ def test_pystdlib_splits_by_file_and_every_byte_is_a_target_once(tmp_path):
         np.testing.assert_array_equal(np.concatenate([stream[:1], targets]), stream[: len(targets) + 1])
         assert len(stream) - 1 - len(targets) < 16  # only the last partial window is dropped
         assert (batch["difficulty"] == -1).all()
+
+
+def test_eval_examples_keeps_evaluation_windows_spread_over_the_split_and_all_of_train(tmp_path):
+    root = tmp_path / "lib"
+    _corpus(root)
+    full = Cfg(name="pystdlib", data_dir=str(tmp_path / "data"), text_dir=str(root), window=8)
+    for split in data.SPLITS:
+        every = read_all(full, split)["x"]
+        for count in (1, 5, len(every) - 1, len(every), len(every) + 3):
+            kept = read_all(dataclasses.replace(full, eval_examples=count), split)["x"]
+            if split == "train" or count >= len(every):
+                np.testing.assert_array_equal(kept, every)  # training data is never thinned
+                continue
+            picks = np.linspace(0, len(every) - 1, count).round().astype(int)
+            np.testing.assert_array_equal(kept, every[picks])  # in order, first and last included
+    with pytest.raises(config_lib.ConfigError, match="'data.eval_examples'"):
+        config_lib.load(str(ROOT / "configs/parity.py:tiny"), ["--config.data.eval_examples=-1"])
 
 
 def test_pystdlib_records_its_source_and_notes_another_python(tmp_path):

@@ -41,7 +41,7 @@ def run(args, overrides: list[str]) -> int:
                 "disagreement": round(float(1 - scores.agree_WxK[:, k].mean()), 4),
                 "blocks": round(float(scores.blocks_WxK[:, k].mean()), 3),
                 "p_value": float(f"{p:.3g}"),
-                "certified": p <= args.epsilon,
+                "certified": bool(p <= args.epsilon),  # p may be a numpy float
             }
         )
     print_table(rows, ["threshold", "disagreement", "blocks", "p_value", "certified"])

@@ -24,7 +24,7 @@ from adaptive.data.addition import Addition, AdditionConfig
 from adaptive.data.builder import build
 from adaptive.data.offline import Digits, Mnist1d, SplitSeedConfig
 from adaptive.data.parity import Parity, ParityConfig
-from adaptive.data.source import Source
+from adaptive.data.source import EvenlySpread, Source
 
 SPLITS = ("train", "validation", "test")
 _BUILDERS = {
@@ -154,6 +154,8 @@ def load_split(cfg: Any, split: str) -> Source:
     else:
         tfds_source = _external_source(cfg, split)
         x_key, y_key = cfg.image_key, cfg.label_key
+    if split != "train" and 0 < cfg.eval_examples < len(tfds_source):
+        tfds_source = EvenlySpread(tfds_source, cfg.eval_examples)
     x_size = math.prod(tfds_source.dataset_info.features[x_key].shape)
     copies = 3 if cfg.name in SEQUENCE_TASKS else 1  # tokens become x, y and difficulty
     in_memory = len(tfds_source) * x_size * 4 * copies <= IN_MEMORY_BYTES

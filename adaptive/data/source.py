@@ -80,3 +80,23 @@ def _shifted(examples: list[dict], key: str) -> Example:
     else:
         difficulty = np.full(tokens.shape, -1, np.int32)
     return {"x": tokens[:, :-1], "y": tokens[:, 1:], "difficulty": difficulty[:, 1:]}
+
+
+class EvenlySpread:
+    """`count` examples of a TFDS data source, evenly spread over it in order: an evaluation
+    split thinned by `data.eval_examples`. A language model's windows lie in file order, so its
+    first `count` would be a few files; every k-th window samples them all."""
+
+    def __init__(self, tfds_source: Any, count: int):
+        self._source = tfds_source
+        self._indices = np.linspace(0, len(tfds_source) - 1, count).round().astype(np.int64)
+        self.dataset_info = tfds_source.dataset_info
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        return self._source.__getitems__([int(self._indices[i]) for i in indices])
+
+    def __repr__(self) -> str:
+        return f"EvenlySpread({self._source!r}, {len(self)} of {len(self._source)})"
