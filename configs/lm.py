@@ -2,6 +2,7 @@
 
     adaptive train --config configs/lm.py --workdir runs/lm
     adaptive train --config configs/lm.py:tiny --workdir /tmp/lm          # under a minute
+      (tiny: its evals score 4,096 windows of validation and test, evenly spread: data.eval_examples)
     adaptive train --config configs/lm.py:addition --workdir runs/lm-add
 
 Four pre-LN blocks of width 128 (4 heads, rotary positions), the head tied to the byte

@@ -30,7 +30,8 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 # same dataset prepare it once). Preparing the tiny language model's windows takes most of a
 # minute, so a test should not point `data.data_dir` at a folder of its own unless preparation is
 # what it tests. ADAPTIVE_TESTS_DATA_DIR names a folder to use instead and keep: `.ci/run` gives
-# its two pytest runs one. A user's own ADAPTIVE_DATA_DIR is never read or written by the tests.
+# its two pytest runs one (a fresh folder each time: one kept across code changes would serve data
+# a changed builder no longer makes). A user's own ADAPTIVE_DATA_DIR is never read or written.
 if "ADAPTIVE_TESTS_DATA_DIR" not in os.environ:
     os.environ["ADAPTIVE_TESTS_DATA_DIR"] = tempfile.mkdtemp(prefix="adaptive-tests-data-")
     atexit.register(shutil.rmtree, os.environ["ADAPTIVE_TESTS_DATA_DIR"], ignore_errors=True)

@@ -65,6 +65,8 @@ def test_eval_examples_thins_a_classifiers_evaluation_splits_too(parity_cfg):
     for key in ("x", "y", "difficulty"):
         np.testing.assert_array_equal(kept[key], every[key][picks])
     assert len(data.load_split(dataclasses.replace(parity_cfg, eval_examples=7), "train")) == 2000
+    sizes = data.prepare(dataclasses.replace(parity_cfg, eval_examples=7)).split_sizes
+    assert sizes == {"train": 2000, "validation": 7, "test": 7}  # as load_split serves them
 
 
 def test_parity_labels_and_difficulty_match_the_inputs(parity_cfg):

@@ -113,7 +113,7 @@ def prepare(cfg: Any) -> DatasetSpec:
         return DatasetSpec(
             input_shape=(length,),
             num_classes=byte_vocab.VOCAB_SIZE,
-            split_sizes={name: split.num_examples for name, split in info.splits.items()},
+            split_sizes=_thinned_sizes(cfg, info),
             has_difficulty=addition,
             max_difficulty=cfg.addition_digits if addition else 0,
             sequence=True,
@@ -131,10 +131,18 @@ def prepare(cfg: Any) -> DatasetSpec:
     return DatasetSpec(
         input_shape=(math.prod(info.features[x_key].shape),),
         num_classes=info.features[y_key].num_classes,
-        split_sizes={name: split.num_examples for name, split in info.splits.items()},
+        split_sizes=_thinned_sizes(cfg, info),
         has_difficulty=parity,
         max_difficulty=cfg.parity_n if parity else 0,
     )
+
+
+def _thinned_sizes(cfg: Any, info: Any) -> dict[str, int]:
+    """Each split's examples as `load_split` serves them: evaluation splits thinned by `eval_examples`."""
+    sizes = {name: split.num_examples for name, split in info.splits.items()}
+    if cfg.eval_examples > 0:
+        sizes = {name: n if name == "train" else min(n, cfg.eval_examples) for name, n in sizes.items()}
+    return sizes
 
 
 @functools.lru_cache(maxsize=8)

@@ -47,6 +47,7 @@ RESUMABLE_CHANGES = (
     "logging.",
     "mesh.",  # a run can resume on another mesh: checkpoints restore onto the new shardings
     "data.eval_split",  # only what periodic evals score; each eval line in metrics.jsonl names it
+    "data.eval_examples",  # likewise: each eval line counts what it scored (eval/examples)
 )
 
 
