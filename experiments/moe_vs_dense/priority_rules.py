@@ -74,8 +74,11 @@ def main(runs: pathlib.Path, out: pathlib.Path) -> None:
         cells = []
         for metric in METRICS:
             d = entry[metric]
-            cells.append(f"{d['top1']['mean']:.4f} / {d['own']['mean']:.4f}  "
-                         f"{d['top1_minus_own']['mean']:+.4f} [{d['top1_minus_own']['low']:+.4f}, {d['top1_minus_own']['high']:+.4f}]")
+            gap = d["top1_minus_own"]
+            cells.append(
+                f"{d['top1']['mean']:.4f} / {d['own']['mean']:.4f}  "
+                f"{gap['mean']:+.4f} [{gap['low']:+.4f}, {gap['high']:+.4f}]"
+            )
         print(entry["capacity_factor"], " | ".join(cells))
     print(f"wrote {out}")
 

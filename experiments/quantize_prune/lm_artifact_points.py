@@ -54,9 +54,8 @@ def main() -> None:
             row.setdefault("ms_ratio_other_exports", []).append(other["ms_ratio"])
             row.setdefault("ms_per_token_other_exports", []).append(other["ms_per_token"])
     Path(args.json).write_text(json.dumps({"artifacts": args.artifacts, "points": table}, indent=1) + "\n")
-    print(
-        "| point | validation bits/byte | FLOPs/token ratio | weight bytes ratio | memory MB (ratio) | ms/token (ratio) |"
-    )
+    columns = ("point", "validation bits/byte", "FLOPs/token ratio", "weight bytes ratio", "memory MB (ratio)")
+    print("| " + " | ".join((*columns, "ms/token (ratio)")) + " |")
     print("|---|---|---|---|---|---|")
     for r in table:
         again = "".join(f", {x}" for x in r.get("ms_ratio_other_exports", []))
