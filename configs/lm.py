@@ -2,8 +2,10 @@
 
     adaptive train --config configs/lm.py --workdir runs/lm
     adaptive train --config configs/lm.py:tiny --workdir /tmp/lm          # under a minute
-      (tiny: its evals score 4,096 windows of validation and test, evenly spread: data.eval_examples)
     adaptive train --config configs/lm.py:addition --workdir runs/lm-add
+
+tiny's validation and test are thinned to 4,096 windows evenly spread (data.eval_examples), for
+its evals and for every later reader of them (eval, export, calibrate-exits).
 
 Four pre-LN blocks of width 128 (4 heads, rotary positions), the head tied to the byte
 embedding, windows of 256 bytes. Per-token adaptive compute is switched on by keys of `lm`:
@@ -44,7 +46,7 @@ def get_config(arg: str | None = None):
         cfg.train.eval_batch_size = 250
     elif arg == "tiny":
         cfg.data.window = 32
-        cfg.data.eval_examples = 4096  # of 48,560 validation windows, which every eval scored
+        cfg.data.eval_examples = 4096  # short windows make a long validation split, scored at every eval
         cfg.model.hidden = 32
         cfg.model.depth = 2
         cfg.train.steps = 30

@@ -65,6 +65,7 @@ def test_a_failing_point_does_not_stop_the_others_and_a_rerun_does_no_work_twice
     assert [r["point"] for r in rows] == ["0-tau0.001", "1-nameno_such_dataset", "2-tau0.01"]
     assert "no_such_dataset" in rows[1]["detail"] and rows[0]["eval_accuracy"] > 0
     assert rows[0]["eval_split"] == rows[2]["eval_split"] == "validation"  # points are compared on validation
+    assert rows[0]["eval_examples"] == rows[2]["eval_examples"] > 0  # and on as many examples
     assert (workdir / "summary.csv").read_text().splitlines()[0].startswith("index,point,status")
     assert (workdir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 

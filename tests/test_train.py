@@ -131,14 +131,17 @@ def test_rerun_with_another_config_is_refused(reference_run):
     ]
 
 
-def test_resuming_may_change_the_eval_split_and_each_eval_names_its_split(reference_run, tmp_path):
-    """Only what periodic evals score changes (a run saved when test was the default resumes)."""
+def test_resuming_may_change_what_evals_score_and_each_eval_names_its_split_and_count(reference_run, tmp_path):
+    """Only what periodic evals score changes (a run saved when test was the default, or before
+    data.eval_examples existed, resumes)."""
     workdir = tmp_path / "copy"
     shutil.copytree(reference_run[0], workdir)
     overrides = [*QUIET, *SHORT, "--config.train.steps=70", "--config.data.eval_split=test"]
+    overrides.append("--config.data.eval_examples=7")
     train_and_evaluate(config_lib.load(f"{ROOT}/configs/parity.py:tiny", overrides), workdir)
-    evals = [(r["step"], r["eval/split"]) for r in metric_rows(workdir) if r["split"] == "eval"]
-    assert evals == [(20, "validation"), (40, "validation"), (60, "validation"), (70, "test")]
+    evals = [(r["step"], r["eval/split"], r["eval/examples"]) for r in metric_rows(workdir) if r["split"] == "eval"]
+    assert [e[:2] for e in evals] == [(20, "validation"), (40, "validation"), (60, "validation"), (70, "test")]
+    assert evals[-1][2] == 7 < evals[0][2]
 
 
 def _tiny_config(**train):

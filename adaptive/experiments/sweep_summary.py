@@ -50,6 +50,7 @@ def summarize(points: list[Point], workdir: Path) -> list[dict]:
                 row.update(compute_columns(cfg, final))
                 row["eval_accuracy"], row["eval_steps"] = final["eval/accuracy"], final["eval/steps_mean"]
                 row["eval_split"] = final.get("eval/split", cfg.data.eval_split)  # older runs lack the field
+                row["eval_examples"] = final.get("eval/examples")  # data.eval_examples may thin a split
                 by_difficulty = [s for s in final.get("eval/steps_by_difficulty") or [] if s is not None]
                 if by_difficulty:  # how compute moves from the easiest inputs to the hardest
                     row["steps_easiest"], row["steps_hardest"] = by_difficulty[0], by_difficulty[-1]
