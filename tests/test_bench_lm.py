@@ -38,19 +38,29 @@ def test_bench_generate_times_exit_decoding_against_static_models_of_its_depth(t
 
     out = tmp_path / "generate.json"
     rows = generate.run(
-        width=16, layers=3, heads=2, depth=2.0, batches=(2,), new_tokens=4, repeats=2, json_out=str(out)
+        width=16,
+        layers=3,
+        heads=2,
+        depth=2.0,
+        batches=(2,),
+        new_tokens=4,
+        repeats=2,
+        precisions=("fp32", "bf16"),
+        json_out=str(out),
     )
     assert out.exists() and set(rows[0]) == set(generate.COLUMNS)
-    exits = {r["variant"]: r for r in rows if r["variant"].startswith("exit")}
-    statics = {r["variant"]: r for r in rows if r["variant"].startswith("static")}
-    assert set(exits) == {"exit, compacted", "exit, all rows"} and statics
-    for row in exits.values():
-        assert 1.0 <= row["mean_layers"] <= 3.0
-        # A ratio of two time differences over 3 tokens: its sign is noise on a busy machine
-        # (the suite runs two files at once), so only that it is a number is checked.
-        assert math.isfinite(row["ratio"]) and row["batch"] == 2 and row["new_tokens"] == 4
-    # the static models bracket the exit model's realized depth
-    depths = sorted(r["mean_layers"] for r in statics.values())
-    assert depths[0] <= exits["exit, compacted"]["mean_layers"] <= depths[-1]
+    assert {r["precision"] for r in rows} == {"fp32", "bf16"}
+    for precision in ("fp32", "bf16"):
+        exits = {r["variant"]: r for r in rows if r["variant"].startswith("exit") and r["precision"] == precision}
+        statics = [r for r in rows if r["variant"].startswith("static") and r["precision"] == precision]
+        assert set(exits) == {"exit, compacted", "exit, all rows"} and statics
+        for row in exits.values():
+            assert 1.0 <= row["mean_layers"] <= 3.0
+            # A ratio of two time differences over 3 tokens: its sign is noise on a busy machine
+            # (the suite runs two files at once), so only that it is a number is checked.
+            assert math.isfinite(row["ratio"]) and row["batch"] == 2 and row["new_tokens"] == 4
+        # the static models at the same precision bracket the exit model's realized depth
+        depths = sorted(r["mean_layers"] for r in statics)
+        assert depths[0] <= exits["exit, compacted"]["mean_layers"] <= depths[-1]
     with pytest.raises(ValueError, match="--depth 5"):
         generate.run(width=16, layers=3, heads=2, depth=5.0, batches=(1,), new_tokens=4, repeats=1)

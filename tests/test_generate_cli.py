@@ -101,9 +101,20 @@ def test_calibrate_exits_writes_a_certified_threshold_that_generate_uses(run_dir
 def test_bench_generate_times_a_runs_thresholds_against_every_block(run_dir, tmp_path):
     from adaptive.bench import generate
 
-    rows = generate.run(workdir=str(run_dir), thresholds=(0.5, 0.0), batches=(2,), new_tokens=4, repeats=2)
-    assert [r["variant"] for r in rows] == ["every block", "exit at 0.5", "exit at 0"]
-    assert rows[0]["ratio"] == 1.0 and rows[0]["mean_layers"] == 2.0  # the tiny config's two blocks
-    assert rows[2]["mean_layers"] == 1.0  # threshold 0: every token leaves at the first exit
+    rows = generate.run(
+        workdir=str(run_dir), thresholds=(0.5, 0.0), batches=(2,), new_tokens=4, repeats=2, precisions=("fp32", "int8")
+    )
+    names = ["every block", "exit at 0.5", "exit at 0"]
+    assert [(r["variant"], r["precision"]) for r in rows] == [(n, p) for p in ("fp32", "int8") for n in names]
+    for first in (0, 3):  # each precision's exits against its own every-block decoding
+        assert rows[first]["ratio"] == 1.0 and rows[first]["mean_layers"] == 2.0  # the tiny config's two blocks
+        assert rows[first + 2]["mean_layers"] == 1.0  # threshold 0: every token leaves at the first exit
     with pytest.raises(ValueError, match="give --workdir"):
         generate.run(thresholds=(0.5,), batches=(1,), new_tokens=4, repeats=1)
+    bad = subprocess.run(
+        cli("bench", "generate", "--workdir", str(run_dir), "--precisions", "fp32,int3"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "--precisions 'fp32,int3'" in bad.stderr and "Traceback" not in bad.stderr

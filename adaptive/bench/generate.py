@@ -19,6 +19,12 @@ exits' do), or, with `--workdir`, a trained run's exit model against fresh stati
 shape. With `--thresholds T1,T2,...` (and `--workdir`), the run's exit model at each threshold
 is timed against itself running every block instead (`ratio` is then that speedup's inverse):
 what a certified threshold (`adaptive calibrate-exits`) buys in wall-clock time.
+
+With `--precisions fp32,bf16,int8` every model is also decoded with its weights at each
+precision (adaptive.nn.quantize, as an exported operating point stores them), all of them timed
+side by side; each row names its `precision`, and an exit variant's ratio is to the static
+models at the same precision. Smaller weights change what stays in cache: at width 128 this
+CPU's L2 holds two fp32 blocks but not three, while an exit model touches all its blocks.
 """
 
 from __future__ import annotations
@@ -36,8 +42,9 @@ from adaptive.data.byte_vocab import VOCAB_SIZE
 from adaptive.evaluation.tables import print_table
 from adaptive.inference.generate import Decoder
 from adaptive.nn.lm import LanguageModel
+from adaptive.nn.quantize import quantize_model
 
-COLUMNS = ["variant", "batch", "new_tokens", "ms_per_token", "mean_layers", "ratio"]
+COLUMNS = ["variant", "precision", "batch", "new_tokens", "ms_per_token", "mean_layers", "ratio"]
 PROMPT = 16
 
 
@@ -58,8 +65,8 @@ def _model(width: int, layers: int, heads: int, length: int, exits: bool, seed: 
     return model
 
 
-def _decoder(model: LanguageModel, new_tokens: int, *, compact: bool = True) -> Decoder:
-    graphdef, params = nnx.split(model, nnx.Param)
+def _decoder(model: LanguageModel, new_tokens: int, *, compact: bool = True, precision: str = "fp32") -> Decoder:
+    graphdef, params = quantize_model(*nnx.split(model, nnx.Param), precision)
     layers = model.num_layers
     unpriced = LMFlops(0.0, 0.0, 0.0, layers, 0, reach_costs=(0.0,) * layers, run_costs=(0.0,) * layers)
     return Decoder(graphdef, params, unpriced, prompt_capacity=PROMPT, new_capacity=new_tokens, compact=compact)
@@ -100,10 +107,11 @@ def run(
     repeats: int = 15,
     workdir: str | None = None,
     thresholds: tuple[float, ...] = (),
+    precisions: tuple[str, ...] = ("fp32",),
     json_out: str | None = None,
 ) -> list[dict]:
     if thresholds:
-        return _at_thresholds(workdir, thresholds, batches, new_tokens, repeats, json_out)
+        return _at_thresholds(workdir, thresholds, batches, new_tokens, repeats, precisions, json_out)
     if not 1.0 <= depth <= layers:
         raise ValueError(f"--depth {depth} must be within [1, {layers}] blocks")
     length = PROMPT + new_tokens
@@ -113,49 +121,56 @@ def run(
         exit_model = _model(width, layers, heads, length, exits=True)
     rows = []
     for batch in batches:
-        exits = {"exit, compacted": True, "exit, all rows": False}
-        decoders = {name: _decoder(exit_model, new_tokens, compact=c) for name, c in exits.items()}
-        threshold, _ = threshold_for_depth(decoders["exit, compacted"], batch, new_tokens, depth)
-        calls, depths = {}, {}
-        for name, decoder in decoders.items():
-            n, one, depths[name] = _calls(decoder, batch, new_tokens, threshold)
-            calls[f"{name} N"], calls[f"{name} 1"] = n, one
-        realized = depths["exit, compacted"]
-        around = sorted({max(1, math.floor(realized)), min(layers, math.ceil(realized))})
-        for d in around:
-            static = _decoder(_model(width, d, heads, length, exits=False), new_tokens)
-            name = f"static {d}"
-            calls[f"{name} N"], calls[f"{name} 1"], depths[name] = _calls(static, batch, new_tokens, 2.0)
+        calls, depths, statics_at = {}, {}, {}
+        for precision in precisions:
+            exits = {"exit, compacted": True, "exit, all rows": False}
+            decoders = {
+                name: _decoder(exit_model, new_tokens, compact=c, precision=precision) for name, c in exits.items()
+            }
+            threshold, _ = threshold_for_depth(decoders["exit, compacted"], batch, new_tokens, depth)
+            for name, decoder in decoders.items():
+                n, one, depths[name, precision] = _calls(decoder, batch, new_tokens, threshold)
+                calls[name, precision, "N"], calls[name, precision, "1"] = n, one
+            realized = depths["exit, compacted", precision]
+            statics_at[precision] = sorted({max(1, math.floor(realized)), min(layers, math.ceil(realized))})
+            for d in statics_at[precision]:
+                static = _decoder(_model(width, d, heads, length, exits=False), new_tokens, precision=precision)
+                key = (f"static {d}", precision)
+                calls[(*key, "N")], calls[(*key, "1")], depths[key] = _calls(static, batch, new_tokens, 2.0)
         ms = time_side_by_side(calls, repeats=repeats)
-        per_token = {name: (ms[f"{name} N"] - ms[f"{name} 1"]) / (new_tokens - 1) for name in depths}
-        statics = np.array([per_token[f"static {d}"] for d in around])
-        for name in depths:
-            static_ms = float(np.interp(depths[name], np.array(around, float), statics))
-            ratio = 1.0 if name.startswith("static") else per_token[name] / static_ms
-            rows.append(_row(name, batch, new_tokens, per_token[name], depths[name], ratio))
+        per_token = {key: (ms[(*key, "N")] - ms[(*key, "1")]) / (new_tokens - 1) for key in depths}
+        for (name, precision), layers_used in depths.items():
+            around = statics_at[precision]
+            statics = np.array([per_token[f"static {d}", precision] for d in around])
+            static_ms = float(np.interp(layers_used, np.array(around, float), statics))
+            ratio = 1.0 if name.startswith("static") else per_token[name, precision] / static_ms
+            rows.append(_row(name, precision, batch, new_tokens, per_token[name, precision], layers_used, ratio))
     print_table(rows, COLUMNS)
     if json_out:
         write_json(json_out, rows)
     return rows
 
 
-def _at_thresholds(workdir, thresholds, batches, new_tokens: int, repeats: int, json_out) -> list[dict]:
+def _at_thresholds(workdir, thresholds, batches, new_tokens: int, repeats: int, precisions, json_out) -> list[dict]:
     """A trained run's exit model at each threshold against itself with every block (threshold
-    2): the wall-clock speedup a threshold buys (rows `exit at T`, ratio to `every block`)."""
+    2), at each precision: the wall-clock speedup a threshold buys (rows `exit at T`, ratio to
+    `every block` at the same precision)."""
     if workdir is None:
         raise ValueError("--thresholds times a trained run's exits: give --workdir")
     model = _trained(workdir, PROMPT + new_tokens)[0]
-    decoder = _decoder(model, new_tokens)
     rows = []
     for batch in batches:
         calls, depths = {}, {}
-        for name, threshold in [("every block", 2.0), *((f"exit at {t:g}", t) for t in thresholds)]:
-            calls[f"{name} N"], calls[f"{name} 1"], depths[name] = _calls(decoder, batch, new_tokens, threshold)
+        for precision in precisions:
+            decoder = _decoder(model, new_tokens, precision=precision)
+            for name, threshold in [("every block", 2.0), *((f"exit at {t:g}", t) for t in thresholds)]:
+                key = (name, precision)
+                calls[(*key, "N")], calls[(*key, "1")], depths[key] = _calls(decoder, batch, new_tokens, threshold)
         ms = time_side_by_side(calls, repeats=repeats)
-        per_token = {name: (ms[f"{name} N"] - ms[f"{name} 1"]) / (new_tokens - 1) for name in depths}
-        for name in depths:
-            ratio = per_token[name] / per_token["every block"]
-            rows.append(_row(name, batch, new_tokens, per_token[name], depths[name], ratio))
+        per_token = {key: (ms[(*key, "N")] - ms[(*key, "1")]) / (new_tokens - 1) for key in depths}
+        for (name, precision), layers_used in depths.items():
+            ratio = per_token[name, precision] / per_token["every block", precision]
+            rows.append(_row(name, precision, batch, new_tokens, per_token[name, precision], layers_used, ratio))
     print_table(rows, COLUMNS)
     if json_out:
         write_json(json_out, rows)
@@ -175,9 +190,10 @@ def _trained(workdir: str, length: int):
     return model, trained.cfg.model.hidden, model.num_layers, trained.cfg.model.num_heads
 
 
-def _row(variant: str, batch: int, new_tokens: int, ms: float, layers: float, ratio: float) -> dict:
+def _row(variant: str, precision: str, batch: int, new_tokens: int, ms: float, layers: float, ratio: float) -> dict:
     return {
         "variant": variant,
+        "precision": precision,
         "batch": batch,
         "new_tokens": new_tokens,
         "ms_per_token": round(ms, 4),

@@ -95,6 +95,7 @@ def run(args, overrides: list[str]) -> int:
             repeats=args.repeats,
             workdir=args.workdir,
             thresholds=tuple(float(v) for v in args.thresholds.split(",") if v),
+            precisions=tuple(_precisions(args.precisions)),
             json_out=args.json,
         )
     elif args.bench == "moe":
@@ -114,12 +115,8 @@ def run(args, overrides: list[str]) -> int:
     elif args.bench == "quant":
         from adaptive.bench import quant
         from adaptive.config import ConfigError
-        from adaptive.nn.qweight import PRECISIONS
 
-        precisions = [p for p in args.precisions.split(",") if p]
-        unknown = [p for p in precisions if p not in PRECISIONS]
-        if unknown or not precisions:
-            raise ConfigError(f"--precisions {args.precisions!r}: each must be one of {', '.join(PRECISIONS)}")
+        precisions = _precisions(args.precisions)
         batches = [int(v) for v in args.batches.split(",") if v]
         if not batches or min(batches) < 1:
             raise ConfigError(f"--batches {args.batches!r}: give batch sizes >= 1")
@@ -151,3 +148,15 @@ def run(args, overrides: list[str]) -> int:
 
         act_train.run(n=args.n, steps=args.steps, json_out=args.json)
     return 0
+
+
+def _precisions(text: str) -> list[str]:
+    """`--precisions`, checked: one or more of adaptive.nn.qweight.PRECISIONS, each once."""
+    from adaptive.config import ConfigError
+    from adaptive.nn.qweight import PRECISIONS
+
+    precisions = [p for p in text.split(",") if p]
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions or len(set(precisions)) < len(precisions):
+        raise ConfigError(f"--precisions {text!r}: give one or more of {', '.join(PRECISIONS)}, each once")
+    return precisions

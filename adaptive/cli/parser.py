@@ -271,6 +271,11 @@ def _add_bench_generate(kinds) -> None:
     gen.add_argument(
         "--thresholds", default="", help="with --workdir: time these exit thresholds against every block instead"
     )
+    gen.add_argument(
+        "--precisions",
+        default="fp32",
+        help="comma-separated weight precisions, timed side by side: fp32,bf16,int8,int4",
+    )
 
 
 def _add_bench_lm(kinds) -> None:
