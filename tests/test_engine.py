@@ -173,3 +173,17 @@ def test_a_halting_artifact_compacts_in_the_batch_sizes_it_was_compiled_for(engi
     np.testing.assert_array_equal(out.steps, np.asarray(want[2]))
     with pytest.raises(ArtifactError, match="has no function for batches of 5"):
         load_artifact(art, batch=5)
+
+
+def test_a_moe_model_evaluated_one_example_at_a_time_exports_no_smaller_batches(moe_art):
+    """Capacity shares a batch's slots, so export scores the table again in each served batch
+    size below the evaluation batch; below a batch of 1 there is none to score."""
+    import dataclasses
+
+    from adaptive.inference.export import accuracy_table
+    from adaptive.inference.restore import load_run
+
+    run = load_run(moe_art.parent / "run")
+    one = dataclasses.replace(run.cfg, train=dataclasses.replace(run.cfg.train, eval_batch_size=1))
+    table = accuracy_table(dataclasses.replace(run, cfg=one))
+    assert table["batch"] == 1 and "by_batch" not in table and len(table["accuracy"]) == 2  # k = 1, 2

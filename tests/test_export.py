@@ -5,12 +5,13 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
-from adaptive.inference.artifact_folder import PARTIAL_MARK
+from adaptive.inference.artifact_folder import PARTIAL_MARK, check_staging, staged_paths, write_staging
 from adaptive.inference.export import COMPACTED_BATCHES, ArtifactError, export_run, load_artifact
 from adaptive.inference.predictor import BudgetedPredictor
 from adaptive.inference.restore import load_run
@@ -211,6 +212,49 @@ def test_re_export_needs_force_and_force_replaces_only_a_previous_artifact(expor
     with pytest.raises(ArtifactError, match="holds notes.txt, which is not part of an artifact"):
         export_run(workdir, out, force=True)
     assert _snapshot(out) == before
+
+
+def test_a_replacement_stopped_part_way_leaves_a_whole_artifact_and_the_next_export_finishes_it(
+    exported, tmp_path, monkeypatch
+):
+    workdir, _ = exported
+    out = export_run(workdir, tmp_path / "art")
+    old = _snapshot(out)
+    rename = Path.rename
+
+    def stops_before_moving_the_new_one_in(self, target):
+        if self.name == "art.partial":
+            raise OSError(5, "Input/output error")  # as a crash between the two renames would
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", stops_before_moving_the_new_one_in)
+    with pytest.raises(OSError):
+        export_run(workdir, out, force=True)
+    monkeypatch.undo()
+    # the previous artifact whole beside ART, the verified new one staged: neither lost
+    assert _snapshot(tmp_path / "art.replaced") == old and load_artifact(tmp_path / "art.replaced")
+    assert (tmp_path / "art.partial" / "meta.json").exists() and not out.exists()
+    export_run(workdir, out, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"] and load_artifact(out)
+
+
+def test_an_unwritable_staging_folder_or_an_empty_out_name_is_one_line(tmp_path, monkeypatch):
+    assert staged_paths(".") == (Path.cwd(), Path.cwd().with_name(Path.cwd().name + ".partial"))
+    with pytest.raises(ArtifactError, match="names no folder"):
+        staged_paths("/")
+
+    def full(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    staging = tmp_path / "art.partial"
+    with pytest.raises(
+        ArtifactError, match=r"cannot write the artifact into .*art.partial \(No space left on device\)"
+    ):
+        write_staging(staging, {"model.jaxexport": b"blob"}, {"format": "x"})
+    monkeypatch.undo()
+    check_staging(staging)  # still marked partial: the next export removes it
+    assert not staging.exists()
 
 
 def test_a_users_folder_named_like_the_staging_folder_is_never_deleted(exported, tmp_path):

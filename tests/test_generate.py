@@ -240,7 +240,15 @@ def test_greedy_sampling_is_the_argmax_and_a_seed_fixes_a_draw():
         (dict(flops_budget=-1.0), "flops_budget=-1.0 is outside"),
         (dict(threshold=float("nan")), "threshold=nan is outside"),
         (dict(top_p=0.0), "top_p=0.0 is outside"),
-        (dict(layer_cap=[1, 2]), "broadcast"),
+        (dict(layer_cap=[1, 2]), "layer_cap must be a number or 3 numbers"),
+        # checked before the cast to the column's dtype, which would wrap, overflow or truncate
+        (dict(seed=-1), "seed=-1 is outside"),
+        (dict(seed=2**32), "seed=4294967296 is outside"),
+        (dict(max_new_tokens=2**40), "max_new_tokens=1099511627776 is outside"),
+        (dict(expert_cap=2**31), "expert_cap=2147483648 is outside"),
+        (dict(max_new_tokens=2.7), "max_new_tokens must be a whole number, got 2.7"),
+        (dict(layer_cap=10**400), "layer_cap must be a number"),
+        (dict(seed="a"), "seed must be a number"),
     ],
 )
 def test_out_of_range_limits_are_refused_in_one_line(request_, message):

@@ -53,7 +53,8 @@ def test_a_flops_budget_and_a_time_budget_hold(run_dir, tmp_path):
     "args, message",
     [
         (("--prompt", "x", "--budget", "-1"), "--budget=-1.0 must be > 0"),
-        (("--prompt", "x", "--budget", "9", "--unit", "layers"), "layer_cap=9 is outside"),
+        (("--prompt", "x", "--budget", "inf", "--unit", "layers"), "layer_cap=inf is outside"),
+        (("--prompt", "x", "--seed", "-1"), "seed=-1 is outside"),  # checked before a cast to uint32
         (("--prompt", "x", "--max-new-tokens", "0"), "--max-new-tokens=0"),
         (
             (
@@ -62,7 +63,8 @@ def test_a_flops_budget_and_a_time_budget_hold(run_dir, tmp_path):
             ),
             "at least one --prompt",
         ),
-        (("--prompt", "x", "--top-p", "0"), "top_p=0.0 is outside"),
+        # the limits are checked before --unit ms times the decoder at every layer cap
+        (("--prompt", "x", "--top-p", "0", "--budget", "5", "--unit", "ms"), "top_p=0.0 is outside"),
     ],
 )
 def test_bad_requests_are_refused_in_one_line(run_dir, args, message):
@@ -118,3 +120,24 @@ def test_bench_generate_times_a_runs_thresholds_against_every_block(run_dir, tmp
         timeout=300,
     )
     assert bad.returncode == 2 and "--precisions 'fp32,int3'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_prompts_are_padded_only_as_far_as_learned_positions_allow(monkeypatch):
+    from adaptive.cli import generate_command
+    from adaptive.workdir.config_file import RunError
+
+    tried = []
+
+    def decoder_for_run(run, *, prompt_capacity, new_capacity):  # a model of 256 learned positions
+        tried.append(prompt_capacity)
+        if prompt_capacity + new_capacity > 256:
+            raise ValueError(
+                f"{prompt_capacity + new_capacity} prompt and new tokens exceed the learned positions (256)"
+            )
+        return f"decoder P={prompt_capacity}"
+
+    monkeypatch.setattr(generate_command.G, "decoder_for_run", decoder_for_run)
+    assert generate_command._decoder(None, 100, 100) == "decoder P=128" and tried == [128]
+    assert generate_command._decoder(None, 130, 100) == "decoder P=130" and tried[1:] == [192, 130]
+    with pytest.raises(RunError, match="^257 prompt and new tokens exceed"):  # the prompt's own length named
+        generate_command._decoder(None, 157, 100)

@@ -216,6 +216,11 @@ def test_predictor_rejects_bad_requests_with_one_line():
         (good, CAP + 1, f"step budget must be in [1, {CAP}]"),
         (good, 2.5, "whole number of steps"),
         (np.array([["a"] * N_IN] * 2), 3, "must be real numbers"),
+        (np.full((2, N_IN), 1e39), 3, "NaN or Inf in 2 of 2 examples"),  # finite in float64, Inf in float32
+        (good, [1, 2, 3], "one number or one per example (2); got shape [3]"),
+        (good, "a", "whole number of steps"),
+        (good, True, "whole number of steps"),
+        (good, float("nan"), "whole number of steps"),
     ]
     for x, budget, message in bad:
         with pytest.raises(ValueError) as err:

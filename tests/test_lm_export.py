@@ -225,7 +225,11 @@ def test_bad_lm_points_are_one_line_errors_with_nothing_written(artifact, tmp_pa
     proc = subprocess.run(cli("export", "--workdir", str(workdir), "--out", str(art)), capture_output=True, text=True)
     assert proc.returncode != 0 and "is an artifact already; pass --force" in proc.stderr
     check_out(art, workdir, force=True)  # an LM artifact is recognised as one, so --force may replace it
-    for flags, said in ((["--prune", "0,1.5"], "[0, 1)"), (["--precision", "int3"], "int3")):
+    for flags, said in (
+        (["--prune", "0,1.5"], "[0, 1)"),
+        (["--precision", "int3"], "int3"),
+        (["--precision", "int8", "--points-batch", "0"], "--points-batch=0 must be >= 1"),
+    ):
         command = cli("export", "--workdir", str(workdir), "--out", str(tmp_path / "x"), *flags)
         proc = subprocess.run(command, capture_output=True, text=True)
         assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr

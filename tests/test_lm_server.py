@@ -196,3 +196,16 @@ def test_a_failed_prefill_answers_its_request_and_the_server_goes_on(decoder, mo
     status, failed, good = asyncio.run(asyncio.wait_for(main(), 120))  # a hang fails, not blocks
     assert status == 500 and failed["status"] == "error" and "device lost" in failed["error"]
     assert good == 200
+
+
+def test_an_engine_whose_artifact_makes_one_new_token_warms_and_serves(decoder):
+    from adaptive.inference.generate import Decoder
+
+    one = Decoder(
+        decoder.graphdef, decoder.params, decoder.flops, prompt_capacity=decoder.prompt_capacity, new_capacity=1
+    )
+    engine = LMEngine(SlotDecoder.of(one, 2), name="one-token")
+    engine.warm()  # asked for 4 new tokens, which a capacity of 1 refuses
+    assert len(engine.warmup) == 2 and sorted(engine.free) == [0, 1] and not engine.active
+    token = engine.join(byte_vocab.encode(b"ab", eos=False), engine.limits(max_new_tokens=1))
+    assert token.token == _want(one, "ab", max_new_tokens=1)[0] and token.stop != "running" and not engine.active

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from adaptive.cli.serve_command import _fallback_points
+from adaptive.cli.serve_command import _fallback_points, points_of_artifact
 from adaptive.evaluation.operating_points import operating_points
 from adaptive.inference.artifact_meta import ArtifactError
 from adaptive.inference.export import load_artifact
@@ -172,6 +172,17 @@ def test_serve_refuses_points_it_cannot_serve_before_loading(artifact):
     ):
         proc = subprocess.run(cli("serve", "--artifact", str(root / "art"), *flags), capture_output=True, text=True)
         assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-500:]
+
+
+def test_a_malformed_meta_is_refused_in_one_line_before_its_points_are_read(tmp_path):
+    for meta in ([1], {"operating_points": [1]}, {"operating_points": {"int8": 0}}):
+        with pytest.raises(ArtifactError, match="meta.json is malformed: operating_points must be a list of objects"):
+            points_of_artifact(str(tmp_path), meta)
+    (tmp_path / "meta.json").write_text("[1]")
+    proc = subprocess.run(
+        cli("serve", "--artifact", str(tmp_path), "--point", "int8,0"), capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "is malformed" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-500:]
 
 
 def test_a_ladder_of_points_each_answers_under_its_own_name(artifact):

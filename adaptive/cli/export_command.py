@@ -6,10 +6,19 @@ import functools
 
 
 def run(args) -> int:
+    from adaptive.config import ConfigError
     from adaptive.inference.export import export_run, load_artifact
     from adaptive.workdir.config_file import load_config
 
     log = lambda line: print(line, flush=True)  # noqa: E731
+    # checked before anything loads: the points are timed after minutes of scoring and fine-tuning
+    for flag, value, least in (
+        ("--points-batch", args.points_batch, 1),
+        ("--fine-tune-steps", args.fine_tune_steps, 0),
+        ("--aware-steps", args.aware_steps, 0),
+    ):
+        if value < least:
+            raise ConfigError(f"{flag}={value} must be >= {least}")
     if load_config(args.workdir).model.kind == "lm":
         from adaptive.inference.lm_export import export_lm_run, load_lm_artifact
 

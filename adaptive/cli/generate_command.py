@@ -40,23 +40,19 @@ def run(args, overrides: list[str]) -> int:
         raise RunError(f"--budget={args.budget} must be > 0")
     trained = load_run(args.workdir, args.step, language_model=True)
     prompts = [byte_vocab.encode(text.encode(), eos=False) for text in args.prompt]
-    longest = max(len(p) for p in prompts)
-    capacity = -(-longest // PROMPT_BUCKET) * PROMPT_BUCKET
-    try:
-        decoder = G.decoder_for_run(trained, prompt_capacity=capacity, new_capacity=args.max_new_tokens)
-    except ValueError as e:
-        raise RunError(str(e)) from None
+    decoder = _decoder(trained, max(len(p) for p in prompts), args.max_new_tokens)
     threshold = _threshold(args, trained)
     knobs = dict(threshold=threshold, expert_cap=args.experts, temperature=args.temperature, top_p=args.top_p)
     knobs.update(seed=[args.seed + i for i in range(len(prompts))])
     if args.budget is not None and args.unit == "flops":
         knobs["flops_budget"] = args.budget
     elif args.budget is not None and args.unit == "layers":
-        knobs["layer_cap"] = int(args.budget)
-    elif args.budget is not None:
-        knobs["layer_cap"] = _layer_cap_within_ms(decoder, prompts, knobs, args.budget / args.max_new_tokens)
+        knobs["layer_cap"] = args.budget  # a whole number of blocks, checked with the other limits
     try:
-        limits = decoder.limits(len(prompts), **knobs)
+        limits = decoder.limits(len(prompts), **knobs)  # checked before any timing for --unit ms
+        if args.budget is not None and args.unit == "ms":
+            knobs["layer_cap"] = _layer_cap_within_ms(decoder, prompts, knobs, args.budget / args.max_new_tokens)
+            limits = decoder.limits(len(prompts), **knobs)
     except ValueError as e:
         raise RunError(str(e)) from None
     start, traces = time.perf_counter(), decoder.traces
@@ -72,6 +68,20 @@ def run(args, overrides: list[str]) -> int:
         Path(args.json).write_text("".join(json.dumps(row) + "\n" for row in rows))
         print(f"wrote {args.json}")
     return 0
+
+
+def _decoder(trained, longest: int, new_tokens: int) -> G.Decoder:
+    """The run's decoder with prompts padded to a multiple of PROMPT_BUCKET, or to the longest
+    prompt exactly where the padding would pass a model's learned positions."""
+    capacity = -(-longest // PROMPT_BUCKET) * PROMPT_BUCKET
+    try:
+        return G.decoder_for_run(trained, prompt_capacity=capacity, new_capacity=new_tokens)
+    except ValueError:
+        pass
+    try:
+        return G.decoder_for_run(trained, prompt_capacity=longest, new_capacity=new_tokens)
+    except ValueError as e:
+        raise RunError(str(e)) from None
 
 
 def _threshold(args, trained) -> float:

@@ -98,10 +98,14 @@ def point_flag(flag: str, text: str) -> tuple[str, float]:
 
 def points_of_artifact(path: str, meta: dict | None) -> dict[tuple[str, float], dict]:
     """The operating points of the artifact at `path` (meta: its meta.json, None: read it)."""
-    from adaptive.inference.artifact_meta import parse_meta
+    from adaptive.inference.artifact_meta import ArtifactError, parse_meta
 
     meta = meta if meta is not None else parse_meta(Path(path))
-    return {(p.get("precision"), p.get("prune")): p for p in (meta or {}).get("operating_points", [])}
+    points = meta.get("operating_points", []) if isinstance(meta, dict) else None
+    if not isinstance(points, list) or not all(isinstance(p, dict) for p in points):
+        # read before the loader checks the whole file: a malformed one is refused here, in one line
+        raise ArtifactError(f"{path}/meta.json is malformed: operating_points must be a list of objects")
+    return {(p.get("precision"), p.get("prune")): p for p in points}
 
 
 def check_point(flag: str, asked: tuple[str, float], path: str, have: dict) -> None:

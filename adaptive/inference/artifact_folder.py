@@ -2,11 +2,14 @@
 
 ART must be absent, an empty folder, or (with `force`) a previous artifact holding nothing but its
 meta.json and the blobs it names; ART may not be the run's workdir, inside it, or above it. It is
-staged in ART.partial (removed only when it is a previous partial export) and renamed into place.
+staged in ART.partial (removed only when it is a previous partial export) and renamed into place;
+a previous artifact it replaces is renamed aside to ART.replaced first and deleted only once the
+new one is in place, so a crash at any moment leaves a whole artifact under one of those names.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -27,6 +30,44 @@ _BLOB_NAME = re.compile(
     r"(model(-k[0-9]+|-b[0-9]+)?|(point-[a-z0-9]+-p[0-9]+-)?slot-prefill|(point-[a-z0-9]+-p[0-9]+-)?slot-step"
     r"|point-[a-z0-9]+-p[0-9]+)\.jaxexport"
 )
+
+
+def staged_paths(out) -> tuple[Path, Path]:
+    """(ART, ART.partial) for `--out ART`; "." and ".." stand for the folders they name."""
+    out = Path(out)
+    if out.name in ("", ".."):
+        out = out.resolve()
+    if not out.name:
+        raise ArtifactError(f"--out {out} names no folder to hold the artifact; nothing was written")
+    return out, out.with_name(out.name + ".partial")
+
+
+def write_staging(staging: Path, blobs: dict[str, bytes], meta: dict) -> None:
+    """The export's files written into `staging`, marked partial until `publish`; an OS error
+    (no permission, a full disk) is one line, and the mark keeps the folder removable."""
+    check_staging(staging)  # again: the folder may have appeared during the export
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        (staging / PARTIAL_MARK).touch()
+        for name, data in blobs.items():
+            (staging / name).write_bytes(data)
+        (staging / META).write_text(json.dumps(meta, indent=1) + "\n")
+    except OSError as e:
+        raise ArtifactError(f"cannot write the artifact into {staging} ({e.strerror}); nothing was replaced") from None
+
+
+def publish(staging: Path, out: Path, workdir: Path, force: bool) -> None:
+    """The verified export at `staging` moved to `out`, a previous artifact there renamed aside
+    first and deleted after: no moment leaves neither whole."""
+    (staging / PARTIAL_MARK).unlink()
+    check_out(out, workdir, force)  # again: the folder may have changed during the export
+    aside = out.with_name(out.name + ".replaced")
+    check_staging(aside)  # a previous replacement that stopped before its deletion
+    if out.is_dir():
+        out.rename(aside)  # empty, or a previous artifact (force): nothing of a user's
+    staging.rename(out)
+    if aside.is_dir():
+        remove_folder(aside)
 
 
 def check_out(out: Path, workdir: Path, force: bool) -> None:

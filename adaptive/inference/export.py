@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -51,11 +50,10 @@ from adaptive.compute.flops import flops_model
 from adaptive.compute.memory import memory_report
 from adaptive.config import step_cap
 from adaptive.inference import outcomes
-from adaptive.inference.artifact_folder import PARTIAL_MARK, check_out, check_staging, remove_folder
+from adaptive.inference.artifact_folder import check_out, check_staging, publish, staged_paths, write_staging
 from adaptive.inference.artifact_meta import (
     BLOB,
     FORMAT,
-    META,
     ArtifactError,
     batch_file,
     check_sealed,
@@ -161,8 +159,8 @@ def accuracy_table(run: Run, split: str = "validation", log=None) -> dict:
         "experts": list(range(1, k_max + 1)) if k_max else None,
         "accuracy": accuracy,
     }
-    if k_max and (cfg.moe.router == "expert_choice" or not cfg.moe.eval_dropless):  # the batch shares slots
-        sizes = [b for b in SERVED_BATCHES if b < cfg.train.eval_batch_size]
+    sizes = [b for b in SERVED_BATCHES if b < cfg.train.eval_batch_size]  # none below a batch of 1
+    if k_max and (cfg.moe.router == "expert_choice" or not cfg.moe.eval_dropless) and sizes:  # the batch shares slots
         scored = []
         for b in sizes:
             scored.append(_accuracy_rows(run, split, k_max, b, SERVED_EXAMPLES))
@@ -197,8 +195,7 @@ def export_run(
     (scoring the accuracy tables). `points(run) -> (entries, {file: blob})`: operating points
     (adaptive.evaluation.operating_points) written beside the model and listed in meta.json."""
     run = load_run(workdir, step)
-    out = Path(out)
-    staging = out.with_name(out.name + ".partial")
+    out, staging = staged_paths(out)
     check_out(out, run.workdir, force)  # before the slow part: a refusal costs nothing
     check_staging(staging)
     shape = tuple(run.spec.input_shape)
@@ -230,26 +227,11 @@ def export_run(
             f"{ceiling:g} MB; export it with --precision and --prune to find operating points that fit"
         )
     # Written aside and moved into place once verified: ART is never a half-made artifact.
-    check_staging(staging)
-    try:
-        staging.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ArtifactError(f"cannot make {staging} ({e.strerror})") from None
-    (staging / PARTIAL_MARK).touch()
-    (staging / BLOB).write_bytes(blob)
-    for k, b in variants.items():
-        (staging / variant_file(k)).write_bytes(b)
-    for b, blob_b in by_batch.items():
-        (staging / batch_file(b)).write_bytes(blob_b)
-    for name, blob_p in point_blobs.items():
-        (staging / name).write_bytes(blob_p)
-    (staging / META).write_text(json.dumps(seal(meta), indent=1) + "\n")
+    blobs = {BLOB: blob, **{variant_file(k): b for k, b in variants.items()}}
+    blobs.update({batch_file(b): blob_b for b, blob_b in by_batch.items()}, **point_blobs)
+    write_staging(staging, blobs, seal(meta))
     verify(staging, run)
-    (staging / PARTIAL_MARK).unlink()
-    check_out(out, run.workdir, force)  # again: the folder may have changed during the export
-    if out.is_dir():
-        remove_folder(out)  # empty, or a previous artifact (force): nothing of a user's
-    staging.rename(out)
+    publish(staging, out, run.workdir, force)
     return out
 
 

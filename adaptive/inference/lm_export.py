@@ -26,7 +26,6 @@ A plain-JAX client generates text from it without this package (README, tested).
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import jax
@@ -36,7 +35,7 @@ import numpy as np
 from adaptive import config as config_lib
 from adaptive.data import byte_vocab
 from adaptive.inference import slot_export
-from adaptive.inference.artifact_folder import PARTIAL_MARK, check_out, check_staging, remove_folder
+from adaptive.inference.artifact_folder import check_out, check_staging, publish, staged_paths, write_staging
 from adaptive.inference.artifact_meta import (
     BLOB,
     LM_FORMAT,
@@ -81,8 +80,7 @@ def export_lm_run(
     `operating_points`, their files and their live slot functions (adaptive.evaluation.lm_points;
     timed at the artifact's default threshold)."""
     run = load_run(workdir, step, language_model=True)
-    out = Path(out)
-    staging = out.with_name(out.name + ".partial")
+    out, staging = staged_paths(out)
     check_out(out, run.workdir, force)
     check_staging(staging)
     try:
@@ -100,22 +98,13 @@ def export_lm_run(
     if points is not None:
         meta["operating_points"], point_blobs, point_slots = points(run, meta["exit_threshold"]["default"], slots)
     meta = seal({**meta, "slots": slot_entry})
-    staging.mkdir(parents=True, exist_ok=True)
-    (staging / PARTIAL_MARK).touch()
-    (staging / BLOB).write_bytes(blob)
-    for name, data in {**slot_blobs, **point_blobs}.items():
-        (staging / name).write_bytes(data)
-    (staging / META).write_text(json.dumps(meta, indent=1) + "\n")
+    write_staging(staging, {BLOB: blob, **slot_blobs, **point_blobs}, meta)
     verify(staging, decoder)
     slot_export.verify(staging, meta, live_slots)
     for point, live in point_slots.items():  # each generation answered as its live decoder before it was kept
         load_lm_artifact(staging, point)
         slot_export.verify(staging, meta, live, point)
-    (staging / PARTIAL_MARK).unlink()
-    check_out(out, run.workdir, force)
-    if out.is_dir():
-        remove_folder(out)
-    staging.rename(out)
+    publish(staging, out, run.workdir, force)
     return out
 
 

@@ -41,15 +41,25 @@ class BudgetedPredictor:
             raise ValueError("empty batch: send at least one example")
         if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
             raise ValueError(f"inputs must be real numbers; got dtype {x.dtype}")
+        x = x.astype(np.float32)  # checked after the cast: a float64 past float32's range is Inf in the model
         if not np.isfinite(x).all():
             bad = int((~np.isfinite(x)).reshape(len(x), -1).any(1).sum())
             raise ValueError(f"inputs contain NaN or Inf in {bad} of {len(x)} examples")
-        budget = np.broadcast_to(np.asarray(budget), (x.shape[0],))
-        if not np.issubdtype(budget.dtype, np.integer) and not np.all(np.mod(budget, 1) == 0):
+        given = np.asarray(budget)
+        if given.dtype == bool or not (
+            np.issubdtype(given.dtype, np.integer) or np.issubdtype(given.dtype, np.floating)
+        ):
+            raise ValueError(f"step budget must be a whole number of steps; got {given.tolist()!r:.60}")
+        if given.ndim > 1 or given.size not in (1, len(x)):
+            raise ValueError(
+                f"step budget must be one number or one per example ({len(x)}); got shape {list(given.shape)}"
+            )
+        budget = np.broadcast_to(given.reshape(-1), (x.shape[0],))
+        if not np.all(np.isfinite(budget) & (np.mod(budget, 1) == 0)):
             raise ValueError(f"step budget must be a whole number of steps; got {budget.tolist()[:4]}")
         if budget.min() < 1 or budget.max() > self.cap:
             raise ValueError(f"step budget must be in [1, {self.cap}]; got {budget.min()}..{budget.max()}")
-        return x.astype(np.float32), budget.astype(np.int32)
+        return x, budget.astype(np.int32)
 
     def __call__(self, x, budget=None, experts: int | None = None):
         """(logits [B, C], steps used [B]); see `predict`."""

@@ -171,11 +171,19 @@ def checked_limits(
     has, every block, the router's k, no FLOPs budget, never exiting)."""
 
     def column(name, value, dtype, lo, hi, default):
-        value = np.broadcast_to(np.asarray(default if value is None else value, dtype), (batch,))
-        bad = ~((value >= lo) & (value <= hi))  # NaN fails too
+        given = default if value is None else value
+        try:  # checked in float64 before the cast, which would wrap or truncate what it cannot hold
+            wide = np.broadcast_to(np.asarray(given, np.float64), (batch,))
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"{name} must be a number or {batch} numbers, got {given!r:.60}") from None
+        whole = np.issubdtype(dtype, np.integer) or dtype is bool
+        if whole and not (np.isnan(wide) | (wide == np.round(wide))).all():
+            raise ValueError(f"{name} must be a whole number, got {wide[wide != np.round(wide)][0]:g}")
+        bad = ~((wide >= lo) & (wide <= hi))  # NaN fails too
         if bad.any():
-            raise ValueError(f"{name}={value[bad][0]} is outside [{lo}, {hi}]")
-        return jnp.asarray(value)
+            shown = wide[bad][0]
+            raise ValueError(f"{name}={int(shown) if whole and np.isfinite(shown) else shown} is outside [{lo}, {hi}]")
+        return jnp.asarray(wide.astype(dtype))
 
     m = new_capacity
     return GenerationLimits(

@@ -99,7 +99,9 @@ class LMEngine:
         controller's first estimates. The slots are empty after."""
         import time
 
-        limits, prompt = self.limits(max_new_tokens=4), np.zeros((1,), np.int32)
+        # as many tokens as the two timed steps make, where the artifact allows that many
+        limits = self.limits(max_new_tokens=min(4, self.fns.new_capacity))
+        prompt = np.zeros((1,), np.int32)
         self.join(prompt, limits)  # compiles the prefill (its first few calls are slower still)
         self.step()  # compiles the step
         self.reset()
