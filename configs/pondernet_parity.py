@@ -27,8 +27,9 @@ default, whose budget curves the full `adaptive eval` report draws), and by samp
 `adaptive eval --workdir RUN --split test --halt sample` (or, in code,
 `adaptive.inference.infer.with_halting(graphdef, params, pondernet_inference="sample")`).
 
-`get_sweep()`: PonderNet and ACT (tau = 3e-3, the best point of experiments/act_parity at n = 16)
-x 3 seeds on the same data, plus the static 1-step RNN as the chance-level reference.
+`get_sweep()`: PonderNet and ACT (tau = 3e-3, the point configs/parity.py sets and
+experiments/act_parity's claims name at n = 16) x 3 seeds on the same data, plus the static
+1-step RNN as the chance-level reference.
 """
 
 from adaptive.config import default_config

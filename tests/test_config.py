@@ -71,6 +71,35 @@ def test_bad_overrides_name_the_key(override, message):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "--workdir", "nowhere"],
+        ["export", "--workdir", "nowhere", "--out", "art"],
+        ["serve", "--artifact", "art"],
+        ["generate", "--workdir", "nowhere", "--prompt", "x"],
+        ["bench", "depth"],
+    ],
+)
+def test_commands_that_read_a_saved_config_refuse_overrides_rather_than_ignore_them(argv, capsys):
+    from adaptive.cli.main import main
+
+    assert main([*argv, "--config.train.steps=5"]) == 2
+    err = capsys.readouterr().err
+    assert f"adaptive {argv[0]} takes no --config overrides (got --config.train.steps=5)" in err
+    assert "they apply to train, sweep, reproduce" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_flags_are_taken_only_as_spelled(capsys):
+    from adaptive.cli.parser import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["bench", "depth", "--rounds", "5"]).rounds == 5
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench", "depth", "--rou", "5"])
+    assert "unrecognized arguments: --rou 5" in capsys.readouterr().err
+
+
 def test_bad_config_files():
     with pytest.raises(ConfigError, match="does not exist"):
         config_lib.load("configs/nope.py")

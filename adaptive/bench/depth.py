@@ -6,20 +6,20 @@ compiled in, and its halting unit is set so that every example halts after exact
 same stack unrolled to d steps: the fastest network of that depth. The ratio is the price of
 adaptivity (loop, halting unit, bookkeeping) when it saves nothing.
 
-At batch 32 the `mixed` row gives each example its own depth (uniform over 1..cap) through its
-budget, timed two ways side by side: with in-batch compaction (adaptive.nn.compaction, the
-default: the rows still running move to smaller buckets as others halt) and as one whole-batch
-loop that runs until its slowest example is done (`whole_batch_ms`, `whole_batch_ratio`).
-A third way runs the same chain of buckets as separate calls, one executable per bucket with
-the rows gathered and scattered between them (host-side re-dispatch, as a server holding
-executables per batch size could: `host_chain_ms`, `host_chain_ratio`). The static model of
-the mean depth is timed at the two depths around it and interpolated (its time is linear in
-depth), so a mean of 10.5 is not compared with depth 10. `waiting_fraction` is the share of the
-whole-batch loop's time spent after the average example would have finished: 1 - static(mean
-d) / whole batch. With `rounds` > 1 the mixed row is timed that many times (each round its own
-interleaved medians): its ratios are the medians over rounds, and `*_ratio_rounds`, `*_low`,
-`*_high` give every round's ratio and the 95% t-interval of their mean, since a machine whose
-speed drifts between runs moves a single ratio by several percent.
+At every batch above 1 (32 by default) the `mixed` row gives each example its own depth (uniform
+over 1..cap) through its budget, timed two ways side by side: with in-batch compaction
+(adaptive.nn.compaction, the default: the rows still running move to smaller buckets as others
+halt) and as one whole-batch loop that runs until its slowest example is done (`whole_batch_ms`,
+`whole_batch_ratio`). A third way runs the same chain of buckets as separate calls, one
+executable per bucket with the rows gathered and scattered between them (host-side re-dispatch,
+as a server holding executables per batch size could: `host_chain_ms`, `host_chain_ratio`). The
+static model of the mean depth is timed at the two depths around it and interpolated (its time
+is linear in depth), so a mean of 10.5 is not compared with depth 10. `waiting_fraction` is the
+share of the whole-batch loop's time spent after the average example would have finished: 1 -
+static(mean d) / whole batch. With `rounds` > 1 the mixed row is timed that many times (each
+round its own interleaved medians): its ratios are the medians over rounds, and
+`*_ratio_rounds`, `*_low`, `*_high` give every round's ratio and the 95% t-interval of their
+mean, since a machine whose speed drifts between runs moves a single ratio by several percent.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`adaptive bench generate --json OUT`: early-exit decoding against static models, per token.
 
-Rows `{variant, batch, new_tokens, ms_per_token, mean_layers, ratio}`, each batch size timed side
+Rows `{variant, precision, batch, new_tokens, ms_per_token, mean_layers, ratio}`, each batch size timed side
 by side in one run (interleaved calls, medians after warm-up):
 
 - `exit, compacted` (the decoder's default) and `exit, all rows`: a model with exits after every
@@ -112,12 +112,12 @@ def run(
 ) -> list[dict]:
     if thresholds:
         return _at_thresholds(workdir, thresholds, batches, new_tokens, repeats, precisions, json_out)
+    length = PROMPT + new_tokens
+    if workdir is not None:  # its blocks, not --layers, bound the depth asked for
+        exit_model, width, layers, heads = _trained(workdir, length)
     if not 1.0 <= depth <= layers:
         raise ValueError(f"--depth {depth} must be within [1, {layers}] blocks")
-    length = PROMPT + new_tokens
-    if workdir is not None:
-        exit_model, width, layers, heads = _trained(workdir, length)
-    else:
+    if workdir is None:
         exit_model = _model(width, layers, heads, length, exits=True)
     rows = []
     for batch in batches:

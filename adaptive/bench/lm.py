@@ -1,16 +1,19 @@
 """`adaptive bench lm --json OUT`: the language model's per-token savings in wall-clock time.
 
-Rows `{variant, batch, tokens, ms, ratio}`, every group timed side by side in one run (interleaved
+Rows `{variant, batch, tokens, ms, ratio, flops_fraction}` (`flops_fraction`: the variant's
+FLOPs as a share of the full model's), every group timed side by side in one run (interleaved
 calls, medians after warm-up):
 
 - **Mixture-of-Depths training**: whole train steps (forward, backward, AdamW update; the
-  framework's own step) of the model with MoD at `capacity` on every other block (`mod`, ratio to
-  `full`), of the same model without MoD (`full`, ratio 1), and of a dense model of the MoD
-  model's training FLOPs: fewer blocks of the same width, timed at the two depths around the
-  equal-FLOPs depth and interpolated (`dense equal FLOPs`, ratio to `full`).
+  framework's own step) of the model without MoD (`train step, L blocks: full`, ratio 1), of the
+  same model with MoD at `capacity` on every other block (`...: MoD c on every other block`,
+  ratio to full), and of a dense model of the MoD model's training FLOPs: fewer blocks of the
+  same width, timed at the two depths around the equal-FLOPs depth and interpolated (`...: dense
+  of equal FLOPs (n blocks)`, ratio to full).
 - **Early exit**: the forward pass where every token leaves at exit d (the learned exit units set
-  so that exit d's score is 1 and the others' 0, as `bench depth` sets halting units) against
-  the static model of d blocks (`exit at d` / `static d`).
+  so that exit d's score is 1 and the others' 0, as `bench depth` sets halting units), `forward:
+  exits, every token at exit d`, against the static model of d blocks (`forward: static d
+  blocks`, ratio 1).
 """
 
 from __future__ import annotations

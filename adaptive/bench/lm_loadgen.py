@@ -10,7 +10,7 @@ length and a number of new tokens drawn at random (the same for every policy at 
 `summarize` pools one run's records: TTFT and TPOT p50/p99/p99.9, the share of requests that
 violate the SLA (rejected, deferred, failed, or answered with TTFT or TPOT over it), goodput
 (tokens per second of requests within both SLAs), agreement with the full model's greedy tokens
-(position by position, as `adaptive calibrate-exits --level sequence` scores it), the
+(position by position: the sequence-level agreement experiments/calm_guarantee scores), the
 agreement-weighted goodput, and FLOPs per token.
 """
 

@@ -30,8 +30,6 @@ TIMING_TOKENS = 8
 
 
 def run(args, overrides: list[str]) -> int:
-    if overrides:
-        raise RunError(f"adaptive generate takes no --config overrides (got {overrides[0]})")
     if not args.prompt:
         raise RunError("give at least one --prompt TEXT")
     if args.max_new_tokens < 1:

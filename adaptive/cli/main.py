@@ -2,8 +2,9 @@
 
     adaptive train --config configs/parity.py:tiny --workdir DIR --config.train.steps=300
 
-Config overrides are `--config.section.key=value` (or `--config.section.key value`). Errors
-in user input exit with status 2 and one line on stderr naming what is wrong.
+Config overrides are `--config.section.key=value` (or `--config.section.key value`), for the
+commands that build a config (`TAKES_OVERRIDES`); any other command refuses them rather than run
+without them. Errors in user input exit with status 2 and one line on stderr naming what is wrong.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import sys
 
 from adaptive.cli import bench_command
 from adaptive.cli.parser import build_parser
+
+# The commands that build a config from --config overrides (reproduce: for its sweeps' points);
+# the others read a run's saved config or an artifact, and an override would be ignored.
+TAKES_OVERRIDES = ("train", "sweep", "reproduce")
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -260,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     from adaptive.workdir.runinfo import WorkdirError
 
     try:
+        if overrides and args.command not in TAKES_OVERRIDES:
+            raise ConfigError(
+                f"adaptive {args.command} takes no --config overrides (got {overrides[0]}); "
+                f"they apply to {', '.join(TAKES_OVERRIDES)}"
+            )
         commands = {
             "train": _train,
             "eval": _eval,

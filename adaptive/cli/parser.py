@@ -242,10 +242,20 @@ def _add_calibrate_exits(commands) -> None:
     cal.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
 
 
+class _Exact(argparse.ArgumentParser):
+    """A parser that takes flags only as spelled (no prefixes: `--rou 5` is not `--rounds 5`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def _add_bench(commands) -> None:
     """`adaptive bench KIND`: one benchmark a subcommand."""
-    bench = commands.add_parser("bench", help="benchmarks: side by side, medians after warm-up, table + JSON")
-    kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    bench = commands.add_parser(
+        "bench", help="benchmarks: side by side, medians after warm-up, table + JSON", allow_abbrev=False
+    )
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCH", parser_class=_Exact)
     _add_bench_depth(kinds)
     _add_bench_act_train(kinds)
     _add_bench_serve(kinds)
@@ -384,5 +394,9 @@ def _add_bench_quant(kinds) -> None:
     quant.add_argument("--prune", default="0", help="comma-separated shares of units and experts removed, e.g. 0,0.5")
     quant.add_argument("--fine-tune-steps", type=int, default=200, help="fine-tune steps after pruning")
     quant.add_argument("--aware-steps", type=int, default=0, help="quantization-aware fine-tune steps (0: none)")
-    quant.add_argument("--limit", type=int, help="score on the validation split's first N examples (windows)")
+    quant.add_argument(
+        "--limit",
+        type=int,
+        help="score on the validation split's first N examples (a language model: N windows spread over it)",
+    )
     quant.add_argument("--json", metavar="OUT", help="write the rows here")

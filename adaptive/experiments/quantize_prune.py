@@ -5,7 +5,8 @@
 Builds every operating point of a trained run, fp32, bf16, int8 and int4 at 0 and 50% pruning,
 with every choice made on the validation split (clipping ratios, the pruned experts, the kept
 fine-tune), times all of them side by side at batch B (adaptive.evaluation.variant_timing), then
-reads the test split once per point (its first N examples or windows). One row per point:
+reads the test split once per point (with --limit N: its first N examples, or for a language
+model N windows spread evenly over it). One row per point:
 validation and test accuracy (a language model: next-byte accuracy and bits per byte), the drop
 against the same run's fp32 point, FLOPs, weight bytes, memory of the compiled inference and
 latency, each also as a ratio to fp32.
@@ -83,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True, type=Path)
     parser.add_argument("--json", required=True, type=Path)
     parser.add_argument("--batch", type=int, default=16, help="the batch every point is timed at")
-    parser.add_argument("--limit", type=int, help="score each split's first N examples (windows)")
+    parser.add_argument(
+        "--limit", type=int, help="score each split's first N examples (a language model: N windows spread over it)"
+    )
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--fine-tune-steps", type=int, default=200)
     args = parser.parse_args(argv)
