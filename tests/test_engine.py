@@ -73,12 +73,15 @@ def test_budgets_in_units_become_step_caps(engines):
     assert engine.steps_for(flops[0] / 2, "macs") == 1
     for value, unit, message in [
         (0.5, "steps", "below one step of this model"),
-        (float("nan"), "steps", "below one step"),
+        (float("nan"), "steps", "budget nan steps is not a finite number"),
+        (float("inf"), "flops", "budget inf flops is not a finite number"),
         (1.0, "latency_ms", "needs a cost model"),
         (1.0, "parsecs", "is not one of steps, flops"),
     ]:
         with pytest.raises(BudgetError, match=message):
             engine.steps_for(value, unit)
+    with pytest.raises(ValueError, match="empty batch"):
+        engine.run(np.zeros((0, 16), np.float32), np.zeros(0, np.int32))
 
 
 @pytest.fixture(scope="module")

@@ -113,6 +113,8 @@ def test_corrupted_truncated_and_swapped_artifacts_are_refused(exported, tmp_pat
     import shutil
 
     _, art = exported
+    with pytest.raises(ArtifactError, match=r"no function for 2 expert\(s\) per token; its model has no experts"):
+        load_artifact(art, experts=2)
     cases = {}
     for name in ("flipped", "truncated", "swapped", "no_meta", "bad_meta"):
         cases[name] = tmp_path / name

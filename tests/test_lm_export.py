@@ -178,6 +178,38 @@ def test_a_missing_edited_or_corrupted_point_is_refused_in_one_line(artifact, tm
         load_lm_artifact(copy)
 
 
+def test_a_resealed_meta_with_a_field_a_server_reads_broken_is_refused_in_one_line(artifact, tmp_path):
+    """The seal is a checksum anyone can recompute: the loader checks the fields themselves."""
+    from adaptive.inference.artifact_meta import seal
+    from adaptive.inference.slot_export import ExportedSlots
+
+    _, art = artifact
+    copy = tmp_path / "art"
+    shutil.copytree(art, copy)
+    good = json.loads((art / "meta.json").read_text())
+    for edit, said in (
+        (lambda m: m.pop("sha256"), "sha256 is missing"),
+        (lambda m: m.update(prompt_capacity=0), "prompt_capacity must be an integer >= 1; got 0"),
+        (lambda m: m["caps"].update(layers="2"), "caps.layers must be an integer >= 1; got '2'"),
+        (lambda m: m["exit_threshold"].update(default=-1), "exit_threshold.default must be a number >= 0"),
+        (lambda m: m["exit_threshold"].update(calibrated={"tested": [{"threshold": 0.5}]}), "calibrated.tested must"),
+        (lambda m: m["slots"].update(count=0), "slots.count must be an integer >= 1; got 0"),
+        (lambda m: m["slots"].update(state=[[[2], "float32", 1]]), "slots.state must be a list of"),
+    ):
+        meta = json.loads(json.dumps(good))
+        edit(meta)
+        (copy / "meta.json").write_text(json.dumps(seal(meta)))
+        with pytest.raises(ArtifactError, match=said) as err:
+            load_lm_artifact(copy)
+        assert "\n" not in str(err.value)
+    meta = json.loads(json.dumps(good))
+    meta["slots"]["state"][0][0][0] += 1  # a well-formed state the slot functions do not take
+    (copy / "meta.json").write_text(json.dumps(seal(meta)))
+    resealed = load_lm_artifact(copy)[1]
+    with pytest.raises(ArtifactError, match="take another slot state than meta.json's slots.state"):
+        ExportedSlots(copy, resealed)
+
+
 def test_an_operating_points_slot_functions_generate_what_its_whole_generation_does(artifact, tmp_path):
     from adaptive.inference.slot_export import ExportedSlots
     from adaptive.serving.lm_engine import LMEngine

@@ -26,6 +26,7 @@ META = "meta.json"
 BLOB = "model.jaxexport"
 CHECKSUM_KEY = "meta_sha256"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_DTYPE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 class ArtifactError(ValueError):
@@ -58,10 +59,28 @@ def point_entry(meta: dict, point, path) -> dict | None:
 
 
 def validate_lm_files(meta: dict, where: str) -> None:
-    """The files a language model's meta.json names, each a plain file of its one allowed name:
-    the slot functions (`slots.prefill`, `slots.step`), and the operating points checked as a
-    classifier's are (see `_Schema.points`), each with slot functions of its own name."""
+    """A language model's meta.json: the fields its loaders and servers read (capacities, caps,
+    thresholds and their calibration, the slot state), and the files it names, each a plain file
+    of its one allowed name: the generation, the slot functions (`slots.prefill`, `slots.step`),
+    and the operating points checked as a classifier's are (see `_Schema.points`), each with
+    slot functions of its own name. The seal does not replace these checks: anyone can recompute
+    it."""
     schema = _Schema(where)
+    if meta.get("file", BLOB) != BLOB:
+        raise schema.fail("file", repr(BLOB), meta["file"])
+    schema.checksum(schema.get(meta, "sha256"), "sha256")
+    for key in ("prompt_capacity", "new_capacity"):
+        schema.integer(schema.get(meta, key), key, 1)
+    caps = schema.obj(schema.get(meta, "caps"), "caps")
+    for key in ("layers", "experts_per_token"):
+        schema.integer(schema.get(caps, key, "caps."), f"caps.{key}", 1)
+    _lm_thresholds(schema, schema.obj(schema.get(meta, "exit_threshold"), "exit_threshold"))
+    if "slots" in meta:
+        slots = schema.obj(meta["slots"], "slots")
+        schema.integer(schema.get(slots, "count", "slots."), "slots.count", 1)
+        state = schema.get(slots, "state", "slots.")
+        if not (isinstance(state, list) and state and all(_is_array_spec(entry) for entry in state)):
+            raise schema.fail("slots.state", "a list of [shape, dtype] pairs", state)
     points = meta.get("operating_points", [])
     schema.points(points)
     named = [("slots", meta["slots"], "")] if "slots" in meta else []
@@ -80,6 +99,33 @@ def validate_lm_files(meta: dict, where: str) -> None:
             if fn.get("file") != want:  # never a path: nothing outside the artifact is opened
                 raise schema.fail(f"{path}.{name}.file", repr(want), fn.get("file"))
             schema.checksum(fn.get("sha256"), f"{path}.{name}.sha256")
+
+
+def _lm_thresholds(schema: _Schema, threshold: dict) -> None:
+    """exit_threshold: a default >= 0 (2: never exits), and a calibration's tested thresholds,
+    each with the disagreement and blocks a server's ladder reads."""
+    default = schema.get(threshold, "default", "exit_threshold.")
+    if not (_is_number(default) and default >= 0):
+        raise schema.fail("exit_threshold.default", "a number >= 0", default)
+    calibrated = threshold.get("calibrated")
+    if calibrated is None:
+        return
+    tested = schema.obj(calibrated, "exit_threshold.calibrated").get("tested", [])
+    keys = ("threshold", "disagreement", "blocks")
+    if not isinstance(tested, list) or not all(
+        isinstance(e, dict) and all(_is_number(e.get(key)) and e[key] >= 0 for key in keys) for e in tested
+    ):
+        raise schema.fail(
+            "exit_threshold.calibrated.tested", "a list of {threshold, disagreement, blocks} >= 0", tested
+        )
+
+
+def _is_array_spec(entry) -> bool:
+    """[shape, dtype]: a list of sizes >= 0 and a dtype's name (numpy's, or ml_dtypes' such as
+    bfloat16: which names exist is known where JAX is loaded, adaptive.inference.slot_export)."""
+    if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], list) and isinstance(entry[1], str)):
+        return False
+    return bool(_DTYPE_NAME.fullmatch(entry[1])) and all(_is_int(d) and d >= 0 for d in entry[0])
 
 
 def batch_file(batch: int) -> str:

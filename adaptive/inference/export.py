@@ -292,8 +292,9 @@ def load_artifact(path: str | Path, experts: int | None = None, batch: int | Non
     if experts is not None and experts != meta["caps"]["experts_per_token"]:
         variants = meta.get("expert_variants", {})
         if str(experts) not in variants:
-            have = ", ".join([*variants, str(meta["caps"]["experts_per_token"])])
-            raise ArtifactError(f"{path} has no function for {experts} expert(s) per token; it has {have}")
+            k_max = meta["caps"]["experts_per_token"]
+            have = f"it has {', '.join([*variants, str(k_max)])}" if k_max is not None else "its model has no experts"
+            raise ArtifactError(f"{path} has no function for {experts} expert(s) per token; {have}")
         entry = variants[str(experts)]
     name = entry["file"]  # validated: a plain file name of this folder
     try:

@@ -96,10 +96,15 @@ class ExportedSlots:
                 fns[name] = jax.export.deserialize(bytearray(blob))
             except Exception as e:  # noqa: BLE001 - the deserializer raises many kinds; one line says which
                 raise ArtifactError(f"{file} cannot be deserialized ({e.__class__.__name__})") from None
-        self.state_avals = [(tuple(shape), np.dtype(dtype)) for shape, dtype in entry["state"]]
+        try:
+            self.state_avals = [(tuple(shape), np.dtype(dtype)) for shape, dtype in entry["state"]]
+        except TypeError:
+            raise ArtifactError(f"{path}/meta.json's slot state names a dtype this JAX does not know") from None
         n = len(self.state_avals)
         if len(fns["step"].in_avals) != n + 2 or len(fns["prefill"].in_avals) != n + 3 + len(GenerationLimits._fields):
             raise ArtifactError(f"{path}'s slot functions do not match meta.json's slot state")
+        if [(tuple(a.shape), a.dtype) for a in fns["step"].in_avals[:n]] != self.state_avals:
+            raise ArtifactError(f"{path}'s slot functions take another slot state than meta.json's slots.state")
         self.slots, self.prompt_capacity = int(entry["count"]), int(meta["prompt_capacity"])
         self.new_capacity = int(meta["new_capacity"])
         self.blocks, self.max_experts = int(meta["caps"]["layers"]), int(meta["caps"]["experts_per_token"])

@@ -161,7 +161,9 @@ class Engine:
             value, column, unit = batch * 1000.0 / value, "latency_ms", f"ms per batch of {batch}"
         if column not in self.table:
             raise BudgetError(f"budget unit {unit!r} needs a cost model; this model has {', '.join(self.table)}")
-        if not np.isfinite(value) or value < self.table[column][0]:
+        if not np.isfinite(value):
+            raise BudgetError(f"budget {value:g} {unit} is not a finite number")
+        if value < self.table[column][0]:
             raise BudgetError(
                 f"budget {value:g} {unit} is below one step of this model ({self.table[column][0]:g} {unit})"
             )
@@ -233,6 +235,8 @@ class Engine:
         if experts not in self.expert_budgets:
             experts = None  # the model's own k (or more than it has): as trained
         x = np.asarray(x, np.float32)
+        if len(x) == 0:
+            raise ValueError("empty batch: run at least one row")
         budget = np.clip(np.asarray(budget, np.int32), 1, self.cap)
         outs, done = [], []
         top = self.buckets[-1]
