@@ -60,6 +60,21 @@ def test_round_trip_and_derived_units(tmp_path):
         again.latency_ms(1, batch=8)
 
 
+def test_a_moe_models_calibration_answers_for_all_its_experts_at_its_largest_budget():
+    """`adaptive calibrate` times a MoE model at each expert budget k (keys b{B}_k{k}); readers
+    with no expert budget (the compute report, a latency budget) mean all of them: the largest k."""
+    fits = {"b1_k1": Fit(1.0, 0.5, []), "b1_k2": Fit(2.0, 1.0, []), "b4_k1": Fit(3.0, 1.0, [])}
+    model = CostModel("abc", "test machine", 3.6, 50.0, fits, {"b1_k2": Fit(4.0, 2.0, [])})
+    assert model.latency_ms(3, batch=1) == pytest.approx(5.0) == model.latency_ms(3, batch=1, experts=2)
+    assert model.latency_ms(3, batch=1, experts=1) == pytest.approx(2.5)
+    assert model.tail_latency_ms(3, batch=1) == pytest.approx(10.0)
+    assert model.cost_per_1k(3, batch=4) == pytest.approx(6.0 / 3.6e6 * 3.6 / 4 * 1000)
+    with pytest.raises(CostModelError, match="no calibration for batch 1 and 3 experts"):
+        model.latency_ms(3, batch=1, experts=3)
+    with pytest.raises(CostModelError, match="no calibration for batch 8 and all experts"):
+        model.latency_ms(3, batch=8)
+
+
 def test_fit_line_recovers_a_line():
     fit = fit_line([(1, 2.5), (5, 4.5), (9, 6.5)])
     assert fit.intercept_ms == pytest.approx(2.0) and fit.per_step_ms == pytest.approx(0.5)

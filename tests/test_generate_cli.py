@@ -141,3 +141,13 @@ def test_prompts_are_padded_only_as_far_as_learned_positions_allow(monkeypatch):
     assert generate_command._decoder(None, 130, 100) == "decoder P=130" and tried[1:] == [192, 130]
     with pytest.raises(RunError, match="^257 prompt and new tokens exceed"):  # the prompt's own length named
         generate_command._decoder(None, 157, 100)
+
+
+def test_report_gives_a_language_models_run_a_row_per_token(run_dir, tmp_path):
+    from adaptive.evaluation.report import report
+    from adaptive.workdir.config_file import RunError
+
+    (row,) = report([str(run_dir)], splits=[], plot=None, markdown=None, pareto=str(tmp_path / "pareto.png"))
+    assert row["eval_flops"] > 0 and row["bits_per_byte"] > 0 and (tmp_path / "pareto.png").exists()
+    with pytest.raises(RunError, match="--splits re-scores classifiers"):
+        report([str(run_dir)], splits=["test"], plot=None, markdown=None)

@@ -76,9 +76,18 @@ class CostModel:
     def key(batch: int, experts: int | None) -> str:
         return f"b{batch}_k{experts or 0}"
 
+    def calibrated_key(self, batch: int, experts: int | None) -> str:
+        """The key of (batch, experts); experts None ("all") is a MoE model's largest calibrated
+        expert budget, since `adaptive calibrate` times a MoE model at each k and never "all"."""
+        key = self.key(batch, experts)
+        if experts is None and key not in self.fits:
+            ks = [int(k.partition("_k")[2]) for k in self.fits if k.startswith(f"b{batch}_k")]
+            key = self.key(batch, max(ks)) if ks else key
+        return key
+
     def fit(self, batch: int, experts: int | None = None) -> Fit:
         try:
-            return self.fits[self.key(batch, experts)]
+            return self.fits[self.calibrated_key(batch, experts)]
         except KeyError:
             known = ", ".join(sorted(self.fits))
             raise CostModelError(
@@ -92,7 +101,7 @@ class CostModel:
     def tail_latency_ms(self, steps, batch: int = 1, experts: int | None = None):
         """p99 latency: what a hard per-request latency cap must be converted with (the median
         when the calibration recorded no tail)."""
-        f = self.tail_fits.get(self.key(batch, experts)) or self.fit(batch, experts)
+        f = self.tail_fits.get(self.calibrated_key(batch, experts)) or self.fit(batch, experts)
         return f.intercept_ms + f.per_step_ms * steps
 
     def cost_per_1k(self, steps, batch: int = 1, experts: int | None = None):

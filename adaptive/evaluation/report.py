@@ -72,6 +72,11 @@ def report(
             row["train_drop_fraction"] = last_train.get("moe/drop_fraction")
             row["usage_entropy"] = last_train.get("moe/usage_entropy")
         run_curves = [(final.get("eval/split", cfg.data.eval_split), final)]  # the split it was scored on
+        if splits and cfg.model.kind == "lm":
+            raise RunError(
+                f"--splits re-scores classifiers; score the language model {workdir} on a split with "
+                "`adaptive eval --workdir DIR --split SPLIT`"
+            )
         for split in splits:
             run_curves.append((split, evaluate_run(workdir, split=split)[0]))
         for split, metrics in run_curves:
@@ -106,6 +111,8 @@ def report(
 
 def compute_columns(cfg, final: dict) -> dict:
     """Mean FLOPs per example at evaluation, and the budget's target, realized value and gap."""
+    if cfg.model.kind == "lm":
+        return _lm_compute_columns(cfg, final)
     spec = data.prepare(cfg.data)
     flops = flops_model(cfg, spec.input_shape, spec.num_classes, batch=cfg.train.eval_batch_size)
     out = {"eval_flops": flops.at_steps(final["eval/steps_mean"], final.get("eval/experts_mean"))}
@@ -125,6 +132,28 @@ def compute_columns(cfg, final: dict) -> dict:
         else:
             steps_at_target = (budget.target - budget.compute(0.0)) / (budget.compute(1.0) - budget.compute(0.0))
             out["target_flops"] = flops.at_steps(steps_at_target)
+    return out
+
+
+def _lm_compute_columns(cfg, final: dict) -> dict:
+    """A language model's columns per token, as its evaluation measured them (the FLOPs of the
+    blocks each token ran, Mixture-of-Depths and experts included), and its budget's gap."""
+    flops = final.get("eval/flops_per_token")
+    out = {"eval_flops": flops, "bits_per_byte": final.get("eval/bits_per_byte")}
+    b = cfg.budget
+    if b.target is None or flops is None:
+        return out
+    realized = {"steps": final["eval/steps_mean"], "flops": flops, "macs": flops / 2}.get(b.unit)
+    if realized is not None:
+        out.update(
+            {
+                "budget": f"{b.target:g} {b.unit} per token",
+                "realized": realized,
+                "deviation_pct": 100.0 * (realized - b.target) / b.target,
+            }
+        )
+        if b.unit in ("flops", "macs"):
+            out["target_flops"] = b.target * (2.0 if b.unit == "macs" else 1.0)
     return out
 
 
