@@ -77,7 +77,18 @@ def load(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
         path, value = _split_override(item)
         _set_path(raw, path, value)
     cfg = from_dict(raw)
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=data_dir(cfg.data)))
+    # Paths made absolute as the run starts: config.json then names the same files wherever a
+    # resume, an eval or an export runs from.
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, data_dir=data_dir(cfg.data), text_dir=_absolute(cfg.data.text_dir)),
+        budget=dataclasses.replace(cfg.budget, cost_model=_absolute(cfg.budget.cost_model)),
+    )
+
+
+def _absolute(path: str) -> str:
+    """`path` resolved against the current folder ("" stays "": the default)."""
+    return str(Path(path).expanduser().resolve()) if path else ""
 
 
 def load_module(spec: str) -> tuple[Any, str | None]:
@@ -171,12 +182,12 @@ def _coerce(key: str, value: Any, kind: Any) -> Any:
 
 
 def _check(key: str, value: Any, rule: typing.Mapping) -> Any:
-    choices, lo, hi = rule.get("choices"), rule.get("lo"), rule.get("hi")
+    choices, lo, hi, below = rule.get("choices"), rule.get("lo"), rule.get("hi"), rule.get("below")
     if choices and value not in choices:
         allowed = ", ".join(map(repr, choices))
         raise ConfigError(f"config key {key!r} is {checks.show(value)}; allowed values: {allowed}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        checks.in_range(key, value, lo, hi)
+        checks.in_range(key, value, lo, hi, below)
     return value
 
 

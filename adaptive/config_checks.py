@@ -69,7 +69,9 @@ def finite(key: str, value: int | float) -> float:
     return number
 
 
-def in_range(key: str, value: Any, lo: Any, hi: Any) -> None:
+def in_range(key: str, value: Any, lo: Any, hi: Any, below: Any = None) -> None:
+    if below is not None and (value >= below or (lo is not None and value < lo)):
+        raise ConfigError(f"config key {key!r} is {show(value)}; must be in [{show(lo)}, {show(below)})")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ConfigError(f"config key {key!r} is {show(value)}; must be in {bounds(lo, hi)}")
 
@@ -141,8 +143,11 @@ def _sequence_rules(cfg: Any) -> None:
         )
     if not lm:
         return
-    if cfg.data.name in ("parity", "digits", "mnist1d"):
-        raise ConfigError(f"config key 'model.kind' is 'lm'; data.name={cfg.data.name!r} is not a sequence task")
+    if not sequence:  # a TFDS dataset of one's own holds images or vectors, not tokens
+        tasks = ", ".join(SEQUENCE_TASKS)
+        raise ConfigError(
+            f"config key 'model.kind' is 'lm'; data.name={cfg.data.name!r} is not a sequence task ({tasks})"
+        )
     if cfg.halting.policy not in ("none", "act"):
         raise ConfigError(
             f"config key 'halting.policy' is {cfg.halting.policy!r}; a language model halts per position with "

@@ -17,9 +17,17 @@ import ml_collections
 from adaptive import config_checks as checks
 
 
-def _f(default: Any, *, choices: tuple | None = None, lo: float | None = None, hi: float | None = None) -> Any:
-    """A dataclass field carrying its validation rule (allowed values or an inclusive range)."""
-    return field(default=default, metadata={"choices": choices, "lo": lo, "hi": hi})
+def _f(
+    default: Any,
+    *,
+    choices: tuple | None = None,
+    lo: float | None = None,
+    hi: float | None = None,
+    below: float | None = None,
+) -> Any:
+    """A dataclass field carrying its validation rule: allowed values, or a range from `lo` up to
+    `hi` inclusive or strictly `below` a bound (Adam's betas: 1 divides 0 by 0)."""
+    return field(default=default, metadata={"choices": choices, "lo": lo, "hi": hi, "below": below})
 
 
 @dataclass(frozen=True)
@@ -99,7 +107,7 @@ class HaltingConfig:
     eps: float = _f(0.01, lo=0.0, hi=0.5)  # ACT halts once the halting mass reaches 1 - eps
     bias_init: float = _f(-1.0, lo=-50.0, hi=50.0)  # sigmoid(50) is 1 in float32
     tau: float = _f(1e-3, lo=0.0, hi=checks.MAX_WEIGHT)  # ACT's ponder-cost weight
-    lambda_p: float = _f(0.2, lo=1e-6, hi=1.0)  # PonderNet's geometric prior
+    lambda_p: float = _f(0.2, lo=1e-6, below=1.0)  # PonderNet's geometric prior (1: log 0 in its KL)
     beta: float = _f(0.01, lo=0.0, hi=checks.MAX_WEIGHT)  # PonderNet's KL weight
     pondernet_inference: str = _f("threshold", choices=("threshold", "sample"))
     pondernet_threshold: float = _f(0.5, lo=0.0, hi=1.0)  # halt when cumulative p reaches it
@@ -213,8 +221,8 @@ class OptimConfig:
     schedule: str = _f("cosine", choices=("cosine", "constant"))
     end_lr_fraction: float = _f(0.0, lo=0.0, hi=1.0)
     weight_decay: float = _f(0.0, lo=0.0, hi=checks.MAX_WEIGHT)
-    b1: float = _f(0.9, lo=0.0, hi=1.0)
-    b2: float = _f(0.999, lo=0.0, hi=1.0)
+    b1: float = _f(0.9, lo=0.0, below=1.0)  # 1: Adam's bias correction divides 0 by 0
+    b2: float = _f(0.999, lo=0.0, below=1.0)
     grad_clip_norm: float = _f(1.0, lo=0.0)  # 0 disables clipping
 
 

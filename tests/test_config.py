@@ -48,6 +48,13 @@ def test_overrides_are_typed_and_applied():
     assert cfg.data.train_difficulty == (1, 8)
     assert cfg.logging.progress is False
     assert Path(cfg.data.data_dir).is_absolute()
+    assert cfg.data.text_dir == "" and cfg.budget.cost_model == ""  # the defaults stay empty
+    relative = config_lib.load(
+        f"{ROOT}/configs/parity.py", ["--config.data.text_dir=src", "--config.budget.cost_model=cost.json"]
+    )  # resolved where the run starts: a resume or an eval elsewhere reads the same files
+    assert relative.data.text_dir == str(Path.cwd() / "src") and relative.budget.cost_model == str(
+        Path.cwd() / "cost.json"
+    )
 
 
 @pytest.mark.parametrize(
@@ -58,7 +65,9 @@ def test_overrides_are_typed_and_applied():
         ("--config.logging.wandb=maybe", "'logging.wandb' is 'maybe'; allowed values: 'offline', 'online', 'disabled'"),
         ("--config.train.steps=0", "'train.steps' is 0; must be in [1, 1_000_000_000]"),
         ("--config.train.steps=abc", "'train.steps' must be int; got 'abc'"),
-        ("--config.optim.b1=1.5", "'optim.b1' is 1.5; must be in [0.0, 1.0]"),
+        ("--config.optim.b1=1.5", "'optim.b1' is 1.5; must be in [0.0, 1.0)"),
+        ("--config.optim.b2=1.0", "'optim.b2' is 1.0; must be in [0.0, 1.0)"),  # Adam would divide 0 by 0
+        ("--config.halting.lambda_p=1.0", "'halting.lambda_p' is 1.0; must be in [1e-06, 1.0)"),  # log 0 in the KL
         ("--config.data.train_difficulty=3", "'data.train_difficulty' must be 2 values like 1,8; got 3"),
         ("--config.train=3", "'train' is a section"),
         ("--config.train.steps", "must look like --config.section.key=value"),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from adaptive import config as config_lib
 from adaptive import data
 from adaptive.data.builder import OfflineBuilder
 from adaptive.data.parity import (
@@ -24,6 +25,7 @@ from adaptive.data.parity import (
 )
 from adaptive.data.pipeline import ShuffledIndexBatches
 from adaptive.data.source import Source
+from tests.helpers import ROOT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,14 +297,35 @@ class TinyImages(OfflineBuilder, skip_registration=True):
 
 
 def test_a_prepared_tfds_dataset_is_read_from_data_dir(tmp_path):
+    """TinyImages has train and test only (as mnist and cifar10 do): validation is carved from
+    the end of train, which leaves it out."""
     TinyImages(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
     cfg = Cfg(name="tiny_images", data_dir=str(tmp_path))
     spec = data.prepare(cfg)
-    assert spec == data.DatasetSpec((6,), 3, {"train": 6, "test": 2}, False, 0)
-    train = read_all(cfg, "train")
-    assert train["x"].dtype == np.float32 and train["x"].shape == (6, 6)
-    assert sorted(train["x"][:, 0]) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert spec == data.DatasetSpec((6,), 3, {"train": 5, "validation": 1, "test": 2}, False, 0)
+    train, validation = read_all(cfg, "train"), read_all(cfg, "validation")
+    assert train["x"].dtype == np.float32 and train["x"].shape == (5, 6) and validation["x"].shape == (1, 6)
+    together = np.concatenate([train["x"][:, 0], validation["x"][:, 0]])
+    assert sorted(together) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])  # disjoint, and all of train
     assert (train["difficulty"] == -1).all()
+
+
+def test_data_errors_are_config_errors_in_one_line(tmp_path):
+    """What the command line prints in one line (adaptive.cli.main catches ConfigError)."""
+    from adaptive.config import ConfigError
+    from adaptive.data.datasets import _carved_split
+
+    with pytest.raises(ConfigError, match="has splits \\['train'\\]; adaptive needs train and test"):
+        _carved_split("only_train", "validation", {"train"})
+    cfg = config_lib.load(f"{ROOT}/configs/lm.py:tiny", [f"--config.data.text_dir={tmp_path / 'none'}"])
+    with pytest.raises(ConfigError, match="data.text_dir: .* is not a folder"):
+        data.prepare(cfg.data)
+    (tmp_path / "empty").mkdir()
+    cfg = config_lib.load(f"{ROOT}/configs/lm.py:tiny", [f"--config.data.text_dir={tmp_path / 'empty'}"])
+    with pytest.raises(ConfigError, match="data.text_dir: no .py files under"):
+        data.prepare(cfg.data)
+    with pytest.raises(ConfigError, match="data.name='my_images' is not a sequence task \\(pystdlib, addition\\)"):
+        config_lib.load(f"{ROOT}/configs/lm.py:tiny", ["--config.data.name=my_images"])
 
 
 @pytest.mark.parametrize("make_folder", [False, True])

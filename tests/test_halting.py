@@ -251,3 +251,23 @@ def test_sampled_pondernet_halting_keeps_the_caps(bias, expected):
         np.testing.assert_array_equal(steps, np.ones(BATCH))
     else:  # a fair coin each step: anywhere from 1 to the budget
         assert ((steps >= 1) & (steps <= budget)).all()
+
+
+def test_a_step_whose_update_is_not_finite_is_skipped_though_its_gradients_are():
+    """Finite gradients can still make non-finite parameters (an optimizer that divides 0 by 0,
+    an update that overflows): the step is skipped and the parameters stay as they were."""
+    import optax
+
+    from adaptive.training import steps
+
+    graphdef, params, *_ = model_of("rnn", "act", True)
+    cfg = config_lib.load(f"{ROOT}/configs/parity.py", ["--config.halting.policy=act"])
+    batch = {"x": jnp.zeros((2, N_IN), jnp.float32), "y": jnp.zeros((2,), jnp.int32)}
+    for tx, skipped in ((optax.sgd(1e-3), 0), (optax.scale(jnp.nan), 1), (optax.scale(jnp.inf), 1)):
+        state = steps.init_state(graphdef, params, tx, cfg.halting, (N_IN,))
+        after = jax.jit(steps.make_train_step(graphdef, tx, cfg.halting))(state, batch)
+        assert int(after["skipped_steps"]) == skipped
+        same = all(
+            np.array_equal(a, b) for a, b in zip(jax.tree.leaves(after["params"]), jax.tree.leaves(params), strict=True)
+        )
+        assert same == bool(skipped) and all(np.isfinite(a).all() for a in jax.tree.leaves(after["params"]))

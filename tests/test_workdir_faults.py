@@ -198,3 +198,17 @@ def test_a_damaged_config_json_without_checkpoints_is_set_aside(tmp_path, caplog
         f"{tmp_path / 'config.json'} is corrupted (JSON error at line 1 column 10: Expecting value) and no "
         f"checkpoint depends on it; moved it to {tmp_path / 'config.json.corrupt-1'}"
     ]
+
+
+def test_a_metrics_file_cut_mid_line_reads_without_its_last_row(tmp_path):
+    """A run killed mid-write leaves its last line cut short (a sweep reads the file to see which
+    points finished); a bad line before the last was edited and is refused naming the file."""
+    from adaptive.training.metrics import read_jsonl
+    from adaptive.workdir.runinfo import WorkdirError
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10, "split": "train"}\n{"step": 20, "spl')
+    assert read_jsonl(path) == [{"step": 10, "split": "train"}]
+    path.write_text('{"step": 10, "spl\n{"step": 20, "split": "train"}\n')
+    with pytest.raises(WorkdirError, match="metrics.jsonl line 1 is not JSON"):
+        read_jsonl(path)

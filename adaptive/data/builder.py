@@ -12,6 +12,8 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
+from adaptive.config_checks import ConfigError
+
 
 class _DropCustomConfigNotice(logging.Filter):
     """TFDS warns "Using custom data configuration" each time one of our builders is made:
@@ -58,6 +60,9 @@ def build(make: Callable[[], tfds.core.DatasetBuilder]) -> tfds.core.DatasetBuil
         tfds.display_progress_bar(False)  # TFDS's nested per-split bars would bury the run's own
         # TFDS prints "Downloading and preparing ..." although nothing is downloaded: hide it.
         with contextlib.redirect_stdout(io.StringIO()):
-            builder.download_and_prepare()  # Returns at once if another process just wrote them.
+            try:
+                builder.download_and_prepare()  # Returns at once if another process just wrote them.
+            except AssertionError as e:  # TFDS asserts on a split its generator left empty
+                raise ConfigError(f"preparing {builder.name}: {str(e).splitlines()[0]}") from None
     # A fresh builder re-reads the split sizes, which `builder` lacks if another process won.
     return make()

@@ -27,6 +27,8 @@ from adaptive.data.parity import Parity, ParityConfig
 from adaptive.data.source import EvenlySpread, Source
 
 SPLITS = ("train", "validation", "test")
+# A dataset prepared without a validation split has one carved from the end of its train split.
+VALIDATION_PERCENT = 10
 _BUILDERS = {
     "parity": Parity,
     "digits": Digits,
@@ -82,7 +84,7 @@ def _note_once(note: str | None) -> None:
 
 
 def _not_prepared(cfg: Any, why: str) -> ValueError:
-    return ValueError(
+    return config_checks.ConfigError(
         f"dataset {cfg.name!r} is not prepared as array_record in data_dir={cfg.data_dir} "
         f"({why}); nothing can be downloaded here: prepare it where there is network with "
         "tfds file_format='array_record' and copy it into data_dir"
@@ -99,9 +101,25 @@ def _external_source(cfg: Any, split: str) -> Any:
     if not folder.is_dir():
         raise _not_prepared(cfg, f"no folder {folder}")
     try:
-        return tfds.data_source(cfg.name, split=split, data_dir=cfg.data_dir, download=False)
+        train = tfds.data_source(cfg.name, split="train", data_dir=cfg.data_dir, download=False)
+        if split == "train" and "validation" in train.dataset_info.splits:
+            return train
+        carved = _carved_split(cfg.name, split, set(train.dataset_info.splits))
+        return tfds.data_source(cfg.name, split=carved, data_dir=cfg.data_dir, download=False)
     except (tfds.core.DatasetNotFoundError, NotImplementedError, AssertionError) as e:
         raise _not_prepared(cfg, str(e).splitlines()[0]) from None
+
+
+def _carved_split(name: str, split: str, have: set[str]) -> str:
+    """The TFDS split that serves `split`: itself, or for a dataset published without a
+    validation split (mnist, cifar10: train and test) the last VALIDATION_PERCENT of train,
+    which train then leaves out, so that choices are made on examples it never trains on."""
+    if "train" not in have or "test" not in have:
+        raise config_checks.ConfigError(f"dataset {name!r} has splits {sorted(have)}; adaptive needs train and test")
+    if "validation" in have or split == "test":
+        return split
+    keep = 100 - VALIDATION_PERCENT
+    return {"train": f"train[:{keep}%]", "validation": f"train[{keep}%:]"}[split]
 
 
 def prepare(cfg: Any) -> DatasetSpec:
@@ -122,24 +140,26 @@ def prepare(cfg: Any) -> DatasetSpec:
         info = _builder(cfg).info
         x_key, y_key = "x", "y"
     else:
-        info = _external_source(cfg, SPLITS[0]).dataset_info
+        sources = {split: _external_source(cfg, split) for split in SPLITS}
+        info, sizes = sources["train"].dataset_info, {split: len(s) for split, s in sources.items()}
         x_key, y_key = cfg.image_key, cfg.label_key
     for key in (x_key, y_key):
         if key not in info.features:
-            raise ValueError(f"{cfg.name!r} has no feature {key!r}; it has {list(info.features)}")
+            raise config_checks.ConfigError(f"{cfg.name!r} has no feature {key!r}; it has {list(info.features)}")
     parity = cfg.name == "parity"
     return DatasetSpec(
         input_shape=(math.prod(info.features[x_key].shape),),
         num_classes=info.features[y_key].num_classes,
-        split_sizes=_thinned_sizes(cfg, info),
+        split_sizes=_thinned_sizes(cfg, info, None if cfg.name in _BUILDERS else sizes),
         has_difficulty=parity,
         max_difficulty=cfg.parity_n if parity else 0,
     )
 
 
-def _thinned_sizes(cfg: Any, info: Any) -> dict[str, int]:
-    """Each split's examples as `load_split` serves them: evaluation splits thinned by `eval_examples`."""
-    sizes = {name: split.num_examples for name, split in info.splits.items()}
+def _thinned_sizes(cfg: Any, info: Any, sizes: dict[str, int] | None = None) -> dict[str, int]:
+    """Each split's examples as `load_split` serves them (`sizes`, else the dataset's own):
+    evaluation splits thinned by `eval_examples`."""
+    sizes = sizes or {name: split.num_examples for name, split in info.splits.items()}
     if cfg.eval_examples > 0:
         sizes = {name: n if name == "train" else min(n, cfg.eval_examples) for name, n in sizes.items()}
     return sizes

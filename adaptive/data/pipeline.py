@@ -10,6 +10,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from adaptive.config_checks import ConfigError
 from adaptive.data.datasets import load_split
 from adaptive.data.source import Example, Source
 
@@ -37,7 +38,7 @@ def train_iterator(cfg: Any, batch_size: int, seed: int, rows: slice | None = No
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     source = load_split(cfg, "train")
     if len(source) == 0:
-        raise ValueError(f"the train split of {cfg.name!r} is empty")
+        raise ConfigError(f"the train split of data.name={cfg.name!r} is empty")
     read = source.read_batch if rows is None else (lambda indices: source.read_batch(indices[rows]))
     dataset = ShuffledIndexBatches(len(source), batch_size, seed).map(read)
     return iter(dataset.to_iter_dataset(_read_options(source)))

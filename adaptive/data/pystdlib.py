@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow_datasets as tfds
 
+from adaptive.config_checks import ConfigError
 from adaptive.data import byte_vocab
 from adaptive.data.builder import OfflineBuilder
 
@@ -109,10 +110,10 @@ class PyStdlib(OfflineBuilder, skip_registration=True):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict:
         root = self._root()
         if not root.is_dir():
-            raise ValueError(f"pystdlib: {root} is not a folder")
+            raise ConfigError(f"data.text_dir: {root} is not a folder")
         files = source_files(root)
         if not files:
-            raise ValueError(f"pystdlib: no .py files under {root}")
+            raise ConfigError(f"data.text_dir: no .py files under {root}")
         by_split = {split: [] for split in SPLITS}
         for path in files:
             by_split[split_of(path.relative_to(root).as_posix())].append(path)

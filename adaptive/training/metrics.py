@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
-from adaptive.workdir.runinfo import file_errors, write_atomic
+from adaptive.workdir.runinfo import WorkdirError, file_errors, write_atomic
 
 
 class Writer(Protocol):
@@ -57,7 +57,18 @@ def _kept(line: str, resume_step: int) -> bool:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a metrics file; a last line cut short (a run killed mid-write) is left out,
+    as a resume drops it, while a bad line before the last is an error naming the file."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise WorkdirError(f"{path} line {i + 1} is not JSON; the file was edited or corrupted") from None
+    return rows
 
 
 class WandbWriter:

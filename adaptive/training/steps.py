@@ -89,8 +89,8 @@ def make_train_step(
 ) -> Callable:
     """Builds `train_step(state, batch) -> state` (jit it with the state donated).
 
-    A step whose loss or gradients are not finite leaves params and optimizer state as they
-    were and is counted in `skipped_steps`; the host stops the run on a long streak.
+    A step whose loss, gradients or new parameters are not finite leaves params and optimizer
+    state as they were and is counted in `skipped_steps`; the host stops the run on a long streak.
     `loss_fn(params, batch, multiplier, key) -> (loss, metrics)` replaces the classifiers'
     objective (the language model's: adaptive.training.lm_steps).
     """
@@ -102,10 +102,12 @@ def make_train_step(
         key = jax.random.fold_in(jax.random.key(seed), state["step"])
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch, multiplier, key)
         grad_norm = optax.global_norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)  # finite grads give finite updates
-
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        # The new parameters are checked too: finite gradients can still make non-finite ones (an
+        # update that overflows), and a checkpoint must never hold them.
+        finite_params = jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda p: jnp.isfinite(p).all(), params))
+        ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & finite_params
         # Select, not lax.cond: a cond around the update slows the whole step (XLA copies buffers).
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
         params, opt_state = keep(params, state["params"]), keep(opt_state, state["opt_state"])
