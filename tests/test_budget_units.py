@@ -97,3 +97,19 @@ def test_bench_serve_says_whether_the_sustained_rate_met_a_throughput_budget(cap
     assert all(r["throughput_budget_rps"] == 100.0 for r in marked)
     low = throughput_verdict([dict(r) for r in rows], 100.0, rate=50.0)  # too little offered to show it
     assert not any(r["throughput_met"] for r in low) and "below the throughput budget" in capsys.readouterr().out
+
+
+def test_a_request_cap_in_flops_holds_at_what_inference_runs():
+    """With capacity dispatch, inference (dropless, every expert over every token) costs a step
+    about 3x what training's capacity does: a FLOPs cap priced at training's would let a request
+    run past it."""
+    from adaptive.compute.flops import flops_model
+
+    overrides = ["--config.halting.policy=act", "--config.halting.max_steps=4", "--config.model.share_weights=true"]
+    overrides += ["--config.moe.dispatch=capacity", "--config.budget.unit=flops", "--config.budget.requests=[6e5]"]
+    cfg = config_lib.load(f"{ROOT}/configs/moe.py", overrides)
+    (steps,) = Budget.from_config(cfg, (40,), 10).request_steps
+    served = flops_model(cfg, (40,), 10, batch=cfg.budget.serving_batch)
+    assert served.at_steps(steps) <= 6e5 < served.at_steps(steps + 1)
+    trained = flops_model(cfg, (40,), 10, batch=cfg.train.batch_size, train=True)
+    assert trained.at_steps(steps + 1) < 6e5  # training's pricing would have allowed a step more

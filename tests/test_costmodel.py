@@ -134,3 +134,18 @@ def test_latency_budget_goes_through_the_cost_model(calibrated, tmp_path):
     flat = dataclasses.replace(with_budget, budget=dataclasses.replace(with_budget.budget, serving_batch=4))
     with pytest.raises(ConfigError, match="shows no latency per step at batch 4"):
         Budget.from_config(flat, SHAPE, 2)
+
+
+def test_each_timed_call_is_judged_against_the_tightest_request_it_drew(calibrated, tmp_path):
+    """Requests of 3 and 4 ms, equally likely: a batch of one is judged by its own request (not
+    all by 3 ms), a batch of many by its tightest."""
+    from adaptive.evaluation.budgeted_eval import call_slas
+
+    cfg, _ = calibrated
+    path = tmp_path / "cost_model.json"
+    CostModel(fingerprint(cfg, SHAPE), "test", 3.0, 30.0, {"b1_k0": Fit(1.0, 0.5, [])}).save(path)
+    budget = dataclasses.replace(cfg.budget, unit="latency_ms", target=None, requests=(3.0, 4.0), cost_model=str(path))
+    requests = Budget.from_config(dataclasses.replace(cfg, budget=budget), SHAPE, 2)
+    ones = call_slas(requests, budget.requests, 200, 50, 1)
+    assert set(ones) == {3.0, 4.0} and 0.3 < (ones == 4.0).mean() < 0.7
+    assert (call_slas(requests, budget.requests, 20, 20, 64) == 3.0).all()  # 64 draws: a 3 ms one among them

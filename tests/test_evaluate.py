@@ -147,9 +147,15 @@ def test_eval_report_refuses_models_without_budget_curves(tmp_path):
     from adaptive.inference.restore import load_run
     from adaptive.workdir.config_file import RunError
 
-    train_tiny(tmp_path / "static", 5, overrides=("--config.halting.policy=none",))
+    train_tiny(tmp_path / "static", 5, overrides=("--config.halting.policy=none", "--config.model.depth=3"))
     with pytest.raises(RunError, match="a static model has a single operating point"):
         compute_report(load_run(tmp_path / "static"), "test")
+    from adaptive.evaluation.budgeted_eval import evaluate_run
+
+    with pytest.raises(
+        RunError, match="--budget 1: a static model runs all its 3 steps"
+    ):  # not scored at its depth as "1"
+        evaluate_run(tmp_path / "static", split="validation", budget=1)
     sampled = ("--config.halting.policy=pondernet", "--config.halting.pondernet_inference=sample")
     train_tiny(tmp_path / "sampled", 5, overrides=sampled)
     with pytest.raises(RunError, match="sampled PonderNet halting has no per-budget trajectory"):

@@ -126,6 +126,27 @@ def test_expert_choice_takes_each_experts_top_tokens():
         assert set(chosen) == set(np.argsort(-probs[:, e], kind="stable")[:5])
 
 
+@pytest.mark.parametrize("k_active", [1, 2])
+@pytest.mark.parametrize("crowd", [False, True])
+def test_expert_choice_holds_an_expert_budget_per_token(k_active, crowd):
+    """Experts choose, so one token can be taken by all of them (`crowd`: every expert prefers
+    the same few tokens); an expert budget keeps each token's highest-gated k_active."""
+    logits = np.random.default_rng(3).standard_normal((T, E)).astype(np.float32)
+    if crowd:  # all tokens but three sure of expert 0: experts 1.. all take those three first
+        logits[3:, 0] += 20.0
+        logits[:3] = 0.0
+    full = R.expert_choice(jnp.asarray(logits), 5)
+    routing = R.expert_choice(jnp.asarray(logits), 5, jnp.int32(k_active))
+    kept, token, gate = (np.asarray(a) for a in (routing.kept_A, routing.token_A, routing.gate_A))
+    per_token = np.bincount(token[kept], minlength=T)
+    assert per_token.max() <= k_active and (gate[~kept] == 0).all()
+    if crowd:
+        assert np.bincount(np.asarray(full.token_A), minlength=T)[:3].min() == E - 1 > k_active  # work for the cap
+    for t in np.unique(token):  # the kept ones are the token's best
+        mine = token == t
+        assert gate[mine & kept].min(initial=np.inf) >= np.asarray(full.gate_A)[mine & ~kept].max(initial=-np.inf)
+
+
 def test_dispatch_and_combine_against_a_loop():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((T, D)).astype(np.float32)

@@ -51,7 +51,9 @@ class Budget:
     @classmethod
     def from_config(cls, cfg, input_shape: tuple[int, ...], num_classes: int) -> Budget | None:
         """The budget of a whole Config for data of `input_shape`, or None when it sets none."""
-        b, cap, batch = cfg.budget, step_cap(cfg), cfg.train.batch_size
+        b, cap = cfg.budget, step_cap(cfg)
+        if b.request_weights and not b.requests:
+            raise ConfigError("config key 'budget.request_weights' is set without budget.requests to weigh")
         if b.target is None and not b.requests:
             return None
         if b.unit == "memory_mb":
@@ -65,7 +67,10 @@ class Budget:
             return cls._per_token(cfg, input_shape[0], num_classes)
         if b.requests and cfg.halting.policy == "none":
             raise ConfigError("config key 'budget.requests' needs an adaptive model; halting.policy is 'none'")
-        flops = flops_model(cfg, input_shape, num_classes, batch=batch, train=True)
+        # Priced as the model runs when served (at the serving batch, with inference's expert
+        # capacity): the target and the per-request caps are about the deployed model, and with
+        # capacity dispatch training's capacity would price a step at a third of what it runs.
+        flops = flops_model(cfg, input_shape, num_classes, batch=b.serving_batch)
         cost_model = None
         if b.unit in ("latency_ms", "cost_per_1k", "energy_j", "requests_per_s"):
             if not b.cost_model:
@@ -174,12 +179,16 @@ class Budget:
             return self.cost_model.tail_latency_ms(steps, self.serving_batch)
         return self.compute(steps)  # requests_per_s: a sustained rate is a mean, not a tail
 
-    def sample_steps(self, key: jax.Array, batch: int) -> jax.Array | None:
-        """Per-example step caps drawn from the request distribution (None without one)."""
+    def sample_requests(self, key: jax.Array, batch: int) -> jax.Array | None:
+        """Per example, which of `budget.requests` it draws (None without requests)."""
         if not self.request_steps:
             return None
-        index = jax.random.choice(key, len(self.request_steps), (batch,), p=jnp.asarray(self.request_probs))
-        return jnp.asarray(self.request_steps, jnp.int32)[index]
+        return jax.random.choice(key, len(self.request_steps), (batch,), p=jnp.asarray(self.request_probs))
+
+    def sample_steps(self, key: jax.Array, batch: int) -> jax.Array | None:
+        """Per-example step caps drawn from the request distribution (None without one)."""
+        index = self.sample_requests(key, batch)
+        return None if index is None else jnp.asarray(self.request_steps, jnp.int32)[index]
 
     def compute(self, steps, experts=None):
         """Compute per example in this budget's unit, for `steps` steps and, under top-p routing,

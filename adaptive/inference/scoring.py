@@ -92,7 +92,12 @@ def request_steps(requests, index: int, size: int) -> jax.Array | None:
     """Step caps for batch `index` drawn from a budget's request distribution (None without one)."""
     if requests is None or not requests.request_steps:
         return None
-    return requests.sample_steps(jax.random.fold_in(jax.random.key(EVAL_DRAWS_SEED), index), size)
+    return requests.sample_steps(draws_key(index), size)
+
+
+def draws_key(index: int) -> jax.Array:
+    """The key batch `index` of every evaluation draws its requests with."""
+    return jax.random.fold_in(jax.random.key(EVAL_DRAWS_SEED), index)
 
 
 EVAL_DRAWS_SEED = 20261129  # fixed: every evaluation of every run draws the same request budgets

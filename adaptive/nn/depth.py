@@ -143,7 +143,9 @@ class DepthModel(nnx.Module):
         """Inference under a per-example step budget, stopping when every example has halted.
 
         The budget is clipped to [1, num_steps] inside the graph too, so no input and no
-        parameters can make an example use more than min(budget, cap) steps. `k_active` caps
+        parameters can make an example use more than min(budget, cap) steps. A static model
+        (halting policy none) has no readout before its last step: it runs all of them whatever
+        the budget, and its callers refuse a smaller one (`adaptive eval --budget`). `k_active` caps
         experts per token at inference (MoE models; at most moe.k, which is compiled in).
         `compact`: shrink the batch to the rows still running as others halt
         (adaptive.nn.compaction; the same outputs, bitwise). The whole batch runs instead for MoE

@@ -124,7 +124,7 @@ class MoEFeedForward(nnx.Module):
         logits = self.router(x_route)
         cap = self.route_capacity(x_TxD.shape[0], train)  # dropless: every expert can take every token
         if self.router_kind == "expert_choice":
-            return R.expert_choice(logits, cap), logits, cap
+            return R.expert_choice(logits, cap, k_active), logits, cap
         options = dict(renormalize=self.renormalize, k_active=k_active, priority=self.priority)
         if self.router_kind == "top_p":
             return R.top_p(logits, self.k, self.top_p, cap, **options), logits, cap

@@ -155,17 +155,35 @@ def _slots_in_order(expert_A: jax.Array, active_A: jax.Array, order: jax.Array, 
     return jnp.zeros_like(expert_A, jnp.int32).at[order].set(position_sorted)
 
 
-def expert_choice(logits_TxE: jax.Array, cap: int) -> Routing:
-    """Each expert takes its `cap` most probable tokens (probabilities over experts per token)."""
+def expert_choice(logits_TxE: jax.Array, cap: int, k_active=None) -> Routing:
+    """Each expert takes its `cap` most probable tokens (probabilities over experts per token).
+
+    Experts choose, so a token may be taken by any number of them: `k_active` (traced, >= 1)
+    caps each token at its k_active highest-gated experts, the rest of its assignments dropped
+    (their slots stay empty), so that an expert budget per token holds for any input."""
     num_tokens, num_experts = logits_TxE.shape
     probs = jax.nn.softmax(logits_TxE.astype(jnp.float32), axis=-1)
     gate_ExC, token_ExC = jax.lax.top_k(probs.T, min(cap, num_tokens))
     c = gate_ExC.shape[1]
     expert_A = jnp.repeat(jnp.arange(num_experts, dtype=jnp.int32), c)
     slot_A = jnp.tile(jnp.arange(c, dtype=jnp.int32), num_experts)
+    token_A, gate_A = token_ExC.reshape(-1).astype(jnp.int32), gate_ExC.reshape(-1)
     kept = jnp.ones(num_experts * c, bool)
-    token_A = token_ExC.reshape(-1).astype(jnp.int32)
-    return Routing(token_A, expert_A, slot_A, gate_ExC.reshape(-1), kept, kept, probs)
+    if k_active is not None:
+        kept = _rank_within_token(token_A, gate_A) < k_active
+        gate_A = jnp.where(kept, gate_A, 0.0)
+    return Routing(token_A, expert_A, slot_A, gate_A, kept, kept, probs)
+
+
+def _rank_within_token(token_A: jax.Array, gate_A: jax.Array) -> jax.Array:
+    """Each assignment's place among its token's assignments, highest gate first (0, 1, ...):
+    a sort by (token, -gate), then each position less the start of its token's run."""
+    order = jnp.lexsort((-gate_A, token_A))
+    sorted_token = token_A[order]
+    index = jnp.arange(token_A.shape[0], dtype=jnp.int32)
+    starts = jnp.concatenate([jnp.ones((1,), bool), sorted_token[1:] != sorted_token[:-1]])
+    rank_sorted = index - jax.lax.cummax(jnp.where(starts, index, 0))
+    return jnp.zeros_like(index).at[order].set(rank_sorted)
 
 
 # -- aux losses and metrics ---------------------------------------------------------------------
