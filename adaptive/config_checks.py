@@ -34,6 +34,9 @@ MAX_WEIGHT = 1e6  # loss weights, step sizes and weight decay: float32 losses st
 # Generating a parity split holds a float64 and an int64 rank matrix (16 bytes per entry, and a
 # little more); 2**29 entries is ~9 GB, which leaves the rest of a 24 GiB machine to the run.
 MAX_PARITY_ENTRIES = 2**29
+# addition draws twice a split's examples per round as int64 digits of both operands (32 bytes a
+# digit), and converts each to a Python int: 2**26 digits a split is ~2 GB and minutes
+MAX_ADDITION_DIGITS = 2**26
 MAX_TEXT = 4096  # characters in a str value (Linux's PATH_MAX: data_dir and cost_model are paths)
 MAX_ITEMS = 1024  # values in a list-valued key (budget.requests, budget.request_weights)
 FLOAT32_MAX = 3.4028234663852886e38  # floats reach the model as float32: beyond this they are inf
@@ -116,6 +119,20 @@ def across_fields(cfg: Any) -> Any:
                     f"config key 'data.{key}' is {getattr(d, key):_}; with data.parity_n={d.parity_n} at most "
                     f"{most:_} examples (2**29 entries, ~9 GB to generate)"
                 )
+    if d.name == "addition":
+        for key in ("num_train", "num_eval"):
+            if getattr(d, key) * d.addition_digits > MAX_ADDITION_DIGITS:
+                most = MAX_ADDITION_DIGITS // d.addition_digits
+                raise ConfigError(
+                    f"config key 'data.{key}' is {getattr(d, key):_}; with data.addition_digits={d.addition_digits} "
+                    f"at most {most:_} examples (2**26 digits a split, ~2 GB to generate)"
+                )
+    mesh = cfg.mesh
+    if mesh.process_id >= mesh.num_processes:
+        raise ConfigError(
+            f"config key 'mesh.process_id' is {mesh.process_id}; "
+            f"must be in [0, mesh.num_processes={mesh.num_processes})"
+        )
     _sequence_rules(cfg)
     if m.kind in ("transformer", "lm") and m.hidden % m.num_heads:
         raise ConfigError(f"config key 'model.num_heads' is {m.num_heads}; must divide model.hidden ({m.hidden})")

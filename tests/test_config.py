@@ -68,6 +68,8 @@ def test_overrides_are_typed_and_applied():
         ("--config.optim.b1=1.5", "'optim.b1' is 1.5; must be in [0.0, 1.0)"),
         ("--config.optim.b2=1.0", "'optim.b2' is 1.0; must be in [0.0, 1.0)"),  # Adam would divide 0 by 0
         ("--config.halting.lambda_p=1.0", "'halting.lambda_p' is 1.0; must be in [1e-06, 1.0)"),  # log 0 in the KL
+        ("--config.mesh.process_id=5", "'mesh.process_id' is 5; must be in [0, mesh.num_processes=1)"),
+        ("--config.data.name=addition", "is 'addition', a sequence task"),  # (parity.py's model is an rnn)
         ("--config.data.train_difficulty=3", "'data.train_difficulty' must be 2 values like 1,8; got 3"),
         ("--config.train=3", "'train' is a section"),
         ("--config.train.steps", "must look like --config.section.key=value"),
@@ -321,3 +323,11 @@ def test_renormalised_gates_that_starve_the_router_are_refused(overrides, messag
         ["--config.moe.k=1", "--config.moe.enabled=false"],  # no experts, nothing to route
     ):
         config_lib.load(f"{ROOT}/configs/moe.py:tiny", allowed)
+
+
+def test_an_addition_split_too_large_to_generate_is_refused():
+    big = ["--config.data.num_train=2000000", "--config.data.addition_digits=64"]
+    with pytest.raises(
+        ConfigError, match="'data.num_train' is 2_000_000; with data.addition_digits=64 at most 1_048_576"
+    ):
+        config_lib.load(f"{ROOT}/configs/lm.py:tiny", ["--config.data.name=addition", *big])

@@ -3,6 +3,7 @@ interruption and resumption, the summary and the wandb YAML."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -77,6 +78,21 @@ def test_a_failing_point_does_not_stop_the_others_and_a_rerun_does_no_work_twice
     assert "skipping 2 finished point(s): 0-tau0.001, 2-tau0.01" in second.stdout
     assert {d: ((d / "metrics.jsonl").read_bytes(), (d / "train.log").stat().st_size) for d in done} == before
     assert (workdir / rows[1]["point"] / "train.log").stat().st_size > failed_log  # the failed point was retried
+
+    from adaptive.experiments.sweep import load_points, refresh_status
+
+    def statuses(*base):
+        points = load_points(config, workdir, list(base))
+        for point in points:
+            refresh_status(point)
+        return [point.status for point in points]
+
+    assert statuses() == ["done", "new", "done"]
+    # the sweep's config changed since: not "done" (the rerun's `adaptive train` says how it differs)
+    assert statuses("--config.optim.learning_rate=0.01") == ["partial", "new", "partial"]
+    final = max((done[0] / "checkpoints").glob("[0-9]*"), key=lambda p: int(p.name))
+    shutil.rmtree(final)  # as if the final save had failed after the final eval was logged
+    assert statuses() == ["partial", "new", "done"]
 
 
 def test_a_killed_sweep_resumes_its_points_from_their_checkpoints(tmp_path):
@@ -184,3 +200,11 @@ def test_points_get_disjoint_device_subsets(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "adaptive: error: --parallel 3 x --devices-per-point 2 needs 6 devices; --devices lists 4"
     ]
+
+
+def test_a_point_may_set_a_tuple_key_to_empty(tmp_path):
+    from adaptive.experiments.sweep import load_points
+
+    config = write_config(tmp_path, [{"budget.requests": ()}, {"budget.requests": (1.0, 2.0)}])
+    empty, two = load_points(config, tmp_path / "sweep")
+    assert empty.config.budget.requests == () and two.config.budget.requests == (1.0, 2.0)

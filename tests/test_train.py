@@ -1,6 +1,8 @@
 """The trainer end to end: outputs, exact resume after SIGKILL, SIGTERM or Ctrl-C, corrupt checkpoints."""
 
+import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -131,14 +133,16 @@ def test_rerun_with_another_config_is_refused(reference_run):
     ]
 
 
-def test_resuming_may_change_what_evals_score_and_each_eval_names_its_split_and_count(reference_run, tmp_path):
+def test_resuming_may_change_what_evals_score_and_each_eval_names_its_split_and_count(reference_run, tmp_path, caplog):
     """Only what periodic evals score changes (a run saved when test was the default, or before
     data.eval_examples existed, resumes)."""
     workdir = tmp_path / "copy"
     shutil.copytree(reference_run[0], workdir)
     overrides = [*QUIET, *SHORT, "--config.train.steps=70", "--config.data.eval_split=test"]
     overrides.append("--config.data.eval_examples=7")
-    train_and_evaluate(config_lib.load(f"{ROOT}/configs/parity.py:tiny", overrides), workdir)
+    with caplog.at_level(logging.WARNING, logger="adaptive.training.train"):
+        train_and_evaluate(config_lib.load(f"{ROOT}/configs/parity.py:tiny", overrides), workdir)
+    assert "train.steps changed" not in caplog.text  # a constant learning rate: nothing to stretch
     evals = [(r["step"], r["eval/split"], r["eval/examples"]) for r in metric_rows(workdir) if r["split"] == "eval"]
     assert [e[:2] for e in evals] == [(20, "validation"), (40, "validation"), (60, "validation"), (70, "test")]
     assert evals[-1][2] == 7 < evals[0][2]
@@ -187,6 +191,8 @@ def test_nonfinite_steps_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     rows = [r for r in metric_rows(tmp_path) if r["split"] == "train"]
     assert rows[-1]["step"] == 30 and rows[-1]["train/skipped_steps"] == 5
     assert rows[-2]["train/skipped_steps"] == 4
+    # a window of skipped steps has no mean loss to log (not a perfect 0.0); the last good one has
+    assert "train/loss" not in rows[-1] and rows[-6]["step"] == 25 and rows[-6]["train/loss"] > 0
     step, state = final_state(tmp_path)
     assert step == 20
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
@@ -279,3 +285,14 @@ def test_wandb_offline_needs_no_key(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     assert list((tmp_path / "w" / "wandb").glob("offline-run-*"))
+
+
+def test_a_resume_with_more_steps_says_the_cosine_schedule_is_stretched(tmp_path, caplog):
+    from adaptive.training.train import _write_or_check_config
+
+    cosine = config_lib.load(f"{ROOT}/configs/parity.py", ["--config.optim.schedule=cosine", "--config.train.steps=60"])
+    _write_or_check_config(cosine, tmp_path)
+    longer = dataclasses.replace(cosine, train=dataclasses.replace(cosine.train, steps=70))
+    with caplog.at_level(logging.WARNING, logger="adaptive.training.train"):
+        _write_or_check_config(longer, tmp_path)
+    assert "train.steps changed from 60 to 70: the cosine learning-rate schedule spans the new length" in caplog.text

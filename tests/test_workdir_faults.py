@@ -212,3 +212,20 @@ def test_a_metrics_file_cut_mid_line_reads_without_its_last_row(tmp_path):
     path.write_text('{"step": 10, "spl\n{"step": 20, "split": "train"}\n')
     with pytest.raises(WorkdirError, match="metrics.jsonl line 1 is not JSON"):
         read_jsonl(path)
+
+
+def test_a_saved_config_with_a_key_this_version_lacks_is_named_as_the_files(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"train": {"old_key": 1}}))
+    with pytest.raises(RunError, match=r"config\.json: unknown config key 'train\.old_key'"):
+        load_config(tmp_path)
+
+
+def test_an_exit_calibration_with_a_threshold_no_token_could_pass_is_refused(tmp_path):
+    from adaptive.workdir import exit_calibration
+
+    for threshold in (float("nan"), -1.0):  # NaN: `score >= NaN` is false, so no token would ever exit
+        exit_calibration.write(tmp_path, {"threshold": threshold, "step": 10})
+        with pytest.raises(ValueError, match="is not a readable exit calibration .*not a number >= 0"):
+            exit_calibration.read(tmp_path)
+    exit_calibration.write(tmp_path, {"threshold": 0.5, "step": 10})
+    assert exit_calibration.read(tmp_path)["threshold"] == 0.5 and not list(tmp_path.glob("*.tmp"))

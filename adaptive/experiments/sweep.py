@@ -30,6 +30,8 @@ from pathlib import Path
 from adaptive import config as config_lib
 from adaptive.config import ConfigError
 from adaptive.training.metrics import read_jsonl
+from adaptive.training.train import config_change
+from adaptive.workdir.checkpoint import Checkpointer
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Point:
     slot: int = -1  # which device subset it runs on (local runner)
     detail: str = ""
     process: subprocess.Popen | None = field(default=None, repr=False)
+    config: config_lib.Config | None = field(default=None, repr=False)  # the point's full config
 
     @property
     def name(self) -> str:
@@ -57,7 +60,7 @@ def _cli_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
-        return ",".join(map(_cli_value, value))
+        return ",".join(map(_cli_value, value)) if value else "[]"  # "" would read as one empty value
     return "None" if value is None else str(value)
 
 
@@ -93,7 +96,7 @@ def load_points(spec: str, workdir: Path, base: list[str] = ()) -> list[Point]:
                 "are compared on their periodic evals, which must score 'validation' (the test split is read "
                 "once, after the sweep: adaptive eval --split test)"
             )
-        point.steps = cfg.train.steps
+        point.steps, point.config = cfg.train.steps, cfg
         points.append(point)
     return points
 
@@ -114,10 +117,26 @@ def refresh_status(point: Point) -> None:
 
 
 def _finished(point: Point) -> bool:
+    """A final eval, a checkpoint of the final step (its save may have failed after the eval was
+    logged), and the run in the workdir is this point's (the sweep's config may have changed
+    since: then `adaptive train` says how, when the point is run again)."""
     metrics = point.workdir / "metrics.jsonl"
     if not metrics.exists():
         return False
-    return any(r["split"] == "eval" and r["step"] >= point.steps for r in read_jsonl(metrics))
+    if not any(r["split"] == "eval" and r["step"] >= point.steps for r in read_jsonl(metrics)):
+        return False
+    folder = point.workdir / "checkpoints"
+    if not folder.is_dir() or max(Checkpointer(folder, keep=1, create=False).steps(), default=0) < point.steps:
+        return False
+    return point.config is None or _same_run(point)
+
+
+def _same_run(point: Point) -> bool:
+    try:
+        saved = json.loads((point.workdir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False  # `adaptive train` refuses or rewrites it, in one line
+    return isinstance(saved, dict) and config_change(saved, point.config) is None
 
 
 def _alive(pid: int) -> bool:

@@ -258,9 +258,9 @@ def _train_metrics(state: dict, lr_at) -> tuple[dict, dict]:
     Per-expert figures (moe/expert_usage) are lists.
     """
     host = jax.device_get({k: state[k] for k in ("metric_sums", "metric_count", "skipped_steps", "step")})
-    count = max(int(host["metric_count"]), 1)
+    count = int(host["metric_count"])
     metrics = {}
-    for key, total in host["metric_sums"].items():
+    for key, total in host["metric_sums"].items() if count else ():  # every step skipped: no means, not zeros
         mean = np.asarray(total) / count
         metrics[key if "/" in key else f"train/{key}"] = mean.tolist() if mean.ndim else float(mean)
     metrics["train/skipped_steps"] = int(host["skipped_steps"])
@@ -285,18 +285,33 @@ def _write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
     path = workdir / "config.json"
     current = json.loads(json.dumps(config_lib.to_dict(cfg)))
     saved = _saved_config(path, workdir)
-    if saved is not None:
-        try:  # a run saved before a config field existed had that field's default
-            saved = json.loads(json.dumps(config_lib.to_dict(config_lib.from_dict(saved))))
-        except config_lib.ConfigError:
-            pass  # a field since removed: compare as saved
-        for key in _differences(saved, current):
-            if not key.startswith(RESUMABLE_CHANGES):
-                raise config_lib.ConfigError(
-                    f"{workdir} holds a run with another config ({key}: {_get(saved, key)!r} != "
-                    f"{_get(current, key)!r}); use a new --workdir or the same config"
-                )
+    change = None if saved is None else config_change(saved, cfg)
+    if change is not None:
+        raise config_lib.ConfigError(
+            f"{workdir} holds a run with another config ({change}); use a new --workdir or the same config"
+        )
+    before = _get(saved, "train.steps") if saved is not None else None
+    if before not in (None, cfg.train.steps) and cfg.optim.schedule != "constant":
+        log.warning(
+            "train.steps changed from %s to %s: the %s learning-rate schedule spans the new length from the "
+            "resumed step on, so this run matches neither a %s- nor a %s-step run",
+            before, cfg.train.steps, cfg.optim.schedule, before, cfg.train.steps,
+        )  # fmt: skip
     runinfo.write_atomic(path, json.dumps(current, indent=2) + "\n")
+
+
+def config_change(saved: dict, cfg: config_lib.Config) -> str | None:
+    """Where `cfg` makes another run than the saved config.json `saved` ("key: saved != new"),
+    leaving aside what a run may change when it resumes (RESUMABLE_CHANGES); None: the same run."""
+    current = json.loads(json.dumps(config_lib.to_dict(cfg)))
+    try:  # a run saved before a config field existed had that field's default
+        saved = json.loads(json.dumps(config_lib.to_dict(config_lib.from_dict(saved))))
+    except config_lib.ConfigError:
+        pass  # a field since removed: compare as saved
+    for key in _differences(saved, current):
+        if not key.startswith(RESUMABLE_CHANGES):
+            return f"{key}: {_get(saved, key)!r} != {_get(current, key)!r}"
+    return None
 
 
 def _saved_config(path: Path, workdir: Path) -> dict | None:

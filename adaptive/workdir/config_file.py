@@ -25,7 +25,10 @@ def load_config(workdir: str | Path) -> config_lib.Config:
         raise RunError(f"cannot read {path}: {e.strerror or e}") from e
     except ValueError as e:
         raise damaged_config(path, json_problem(e)) from e
-    return config_lib.from_dict(saved)
+    try:
+        return config_lib.from_dict(saved)
+    except config_lib.ConfigError as e:  # named as the file's, not the command line's
+        raise RunError(f"{path}: {e}") from None
 
 
 def damaged_config(path: Path, problem: str) -> RunError:

@@ -8,16 +8,17 @@ export), so it lives with the run's other files: the threshold, the guarantee it
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+
+from adaptive.workdir.runinfo import file_errors, write_atomic
 
 FILE = "exit_calibration.json"
 
 
 def write(workdir: str | Path, record: dict) -> Path:
     path = Path(workdir) / FILE
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(record, indent=2) + "\n")
-    temporary.replace(path)  # a reader never sees half a file
+    write_atomic(path, json.dumps(record, indent=2) + "\n")  # a reader never sees half a file
     return path
 
 
@@ -26,10 +27,14 @@ def read(workdir: str | Path) -> dict | None:
     path = Path(workdir) / FILE
     if not path.exists():
         return None
+    with file_errors(path, "read"):
+        text = path.read_text()
     try:
-        record = json.loads(path.read_text())
-        float(record["threshold"])
+        record = json.loads(text)
+        threshold = float(record["threshold"])
         int(record["step"])
+        if not (math.isfinite(threshold) and threshold >= 0):  # NaN: no token would ever exit
+            raise ValueError(f"threshold {threshold} is not a number >= 0")
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a readable exit calibration ({e}); rerun adaptive calibrate-exits") from None
     return record
