@@ -112,21 +112,9 @@ def across_fields(cfg: Any) -> Any:
                     f"config key 'data.{key}' is {show(value)}; must be lo,hi with 1 <= lo <= hi <= "
                     f"data.parity_n ({d.parity_n})"
                 )
-        for key in ("num_train", "num_eval"):
-            if getattr(d, key) * d.parity_n > MAX_PARITY_ENTRIES:
-                most = MAX_PARITY_ENTRIES // d.parity_n
-                raise ConfigError(
-                    f"config key 'data.{key}' is {getattr(d, key):_}; with data.parity_n={d.parity_n} at most "
-                    f"{most:_} examples (2**29 entries, ~9 GB to generate)"
-                )
+        _examples_within(d, "parity_n", MAX_PARITY_ENTRIES, "2**29 entries, ~9 GB to generate")
     if d.name == "addition":
-        for key in ("num_train", "num_eval"):
-            if getattr(d, key) * d.addition_digits > MAX_ADDITION_DIGITS:
-                most = MAX_ADDITION_DIGITS // d.addition_digits
-                raise ConfigError(
-                    f"config key 'data.{key}' is {getattr(d, key):_}; with data.addition_digits={d.addition_digits} "
-                    f"at most {most:_} examples (2**26 digits a split, ~2 GB to generate)"
-                )
+        _examples_within(d, "addition_digits", MAX_ADDITION_DIGITS, "2**26 digits a split, ~2 GB to generate")
     mesh = cfg.mesh
     if mesh.process_id >= mesh.num_processes:
         raise ConfigError(
@@ -145,6 +133,17 @@ def across_fields(cfg: Any) -> Any:
     if cfg.moe.enabled:
         _router_gets_a_gradient(cfg.moe)
     return cfg
+
+
+def _examples_within(d: Any, size_key: str, most_total: int, why: str) -> None:
+    """Each split's examples x `data.<size_key>` at most `most_total`: what generating it holds."""
+    size = getattr(d, size_key)
+    for key in ("num_train", "num_eval"):
+        if getattr(d, key) * size > most_total:
+            raise ConfigError(
+                f"config key 'data.{key}' is {getattr(d, key):_}; with data.{size_key}={size} at most "
+                f"{most_total // size:_} examples ({why})"
+            )
 
 
 SEQUENCE_TASKS = ("pystdlib", "addition")  # the built-in datasets of tokens (adaptive.data)
