@@ -73,3 +73,18 @@ def test_the_training_forward_at_the_cap_matches_cost_analysis(policy, kind, ext
     xla = _xla_flops(lambda p, x: nnx.merge(graphdef, p)(x), params, batch)
     analytic = flops_model(cfg, Spec.input_shape, Spec.num_classes, batch=batch, train=True).at_steps(cap)
     assert analytic == pytest.approx(xla, rel=0.10)
+
+
+@pytest.mark.parametrize("dispatch", ["blocks", "capacity"])
+def test_a_smaller_expert_budget_is_priced_at_the_experts_it_runs(dispatch):
+    """Block dispatch computes the kept assignments: top-2 held to 1 expert a token costs half the
+    expert work; capacity buffers run whole whatever the budget."""
+    overrides = ["--config.model.kind=mlp", "--config.moe.enabled=true", "--config.moe.k=2"]
+    cfg = config_lib.load(f"{ROOT}/configs/parity.py", [*overrides, f"--config.moe.dispatch={dispatch}"])
+    flops = flops_model(cfg, (16,), 2, batch=8)
+    two, one = flops.at_steps(3.0, 3 * 2.0), flops.at_steps(3.0, 3 * 1.0)
+    assert two == flops.at_steps(3.0)  # k applications a step: the default
+    if dispatch == "blocks":
+        assert two - one == pytest.approx(3 * flops.expert_pass)
+    else:
+        assert one == two

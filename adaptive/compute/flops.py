@@ -43,12 +43,16 @@ class FlopsModel:
     experts_per_step: float = 0.0  # expert applications per example per step counted in per_step
     min_experts_per_step: float = 0.0  # the fewest a step can make (top-p: one per token)
     dynamic_experts: bool = False  # top-p: the count varies per token and is counted as routed
+    # the work follows the expert applications made (block or dropless dispatch of token-choice
+    # routing: a top-p count, or top-k under an expert budget), not whole capacity buffers
+    counted_experts: bool = False
 
     def at_steps(self, steps, experts=None):
         """FLOPs of an example that ran `steps` steps (a number or a differentiable array) and,
-        with top-p routing, made `experts` expert applications in all (default: the most)."""
+        where the work follows them (`counted_experts`), made `experts` expert applications in
+        all (default: the most a step makes)."""
         total = self.fixed + steps * (self.per_step + self.halting_per_step)
-        if experts is None or not self.dynamic_experts:
+        if experts is None or not self.counted_experts:
             return total
         return total + (experts - steps * self.experts_per_step) * self.expert_pass
 
@@ -135,6 +139,7 @@ def flops_model(
     )
     passes, fewest, one = experts
     dynamic = moe is not None and moe.router == "top_p"
+    counted = moe is not None and moe.router != "expert_choice" and (useful or moe.dispatch != "capacity")
     return FlopsModel(
-        float(fixed), float(per_step), float(halting), one, passes, fewest if dynamic else passes, dynamic
+        float(fixed), float(per_step), float(halting), one, passes, fewest if dynamic else passes, dynamic, counted
     )

@@ -67,7 +67,7 @@ def compute_report(
     grid = curves.budget_grid(test, compute)
     correct, steps_B = test.correct_KxTxB[-1, -1], test.steps_KxTxB[-1, -1]  # the model's own choice
     accuracy = float(correct.mean())
-    flops_B = flops.at_steps(steps_B.astype(float), test.experts_KxTxB[-1, -1] if flops.dynamic_experts else None)
+    flops_B = flops.at_steps(steps_B.astype(float), test.experts_KxTxB[-1, -1] if flops.counted_experts else None)
     cap = step_cap(cfg)
     report = {
         "step": run.step,
