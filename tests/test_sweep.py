@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -208,3 +209,23 @@ def test_a_point_may_set_a_tuple_key_to_empty(tmp_path):
     config = write_config(tmp_path, [{"budget.requests": ()}, {"budget.requests": (1.0, 2.0)}])
     empty, two = load_points(config, tmp_path / "sweep")
     assert empty.config.budget.requests == () and two.config.budget.requests == (1.0, 2.0)
+
+
+def test_a_stale_pid_file_naming_another_process_does_not_hold_a_point(tmp_path):
+    from adaptive.experiments.sweep import load_points, refresh_status
+
+    config = write_config(tmp_path, [{"halting.tau": 1e-3}])
+    (point,) = load_points(config, tmp_path / "sweep")
+    point.workdir.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a live process, but not this point's trainer (a pid reused after a reboot)
+        (point.workdir / ".sweep.pid").write_text(str(other.pid))
+        refresh_status(point)
+        assert point.status == "new"
+        mine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(point.workdir)])
+        (point.workdir / ".sweep.pid").write_text(str(mine.pid))
+        refresh_status(point)
+        assert point.status == "running"
+        mine.kill()
+    finally:
+        other.kill()

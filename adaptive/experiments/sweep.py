@@ -105,7 +105,7 @@ def refresh_status(point: Point) -> None:
     """done (a final eval at the last step), partial (a checkpoint to resume), running (another
     sweep's live process holds it), or new; a recorded failure stays until the point is rerun."""
     lock = point.workdir / ".sweep.pid"
-    if lock.exists() and _alive(int(lock.read_text() or 0)):
+    if lock.exists() and _alive(int(lock.read_text() or 0), point.workdir):
         point.status = "running"
         return
     if _finished(point):
@@ -139,7 +139,9 @@ def _same_run(point: Point) -> bool:
     return isinstance(saved, dict) and config_change(saved, point.config) is None
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, workdir: Path) -> bool:
+    """Whether `pid` is a live trainer of `workdir`: after a reboot or a killed sweep, the pid a
+    stale .sweep.pid names may belong to another process (on Linux, its command line says)."""
     if pid <= 0 or pid == os.getpid():
         return False
     try:
@@ -147,8 +149,12 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc to ask: alive is all that is known
+    return str(workdir).encode() in command
 
 
 def steps_done(point: Point) -> int:
