@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -223,6 +224,10 @@ def test_a_stale_pid_file_naming_another_process_does_not_hold_a_point(tmp_path)
         refresh_status(point)
         assert point.status == "new"
         mine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(point.workdir)])
+        deadline = time.time() + 30
+        while str(point.workdir).encode() not in Path(f"/proc/{mine.pid}/cmdline").read_bytes():
+            assert time.time() < deadline  # until the child has exec'd (a fork shows the parent's line)
+            time.sleep(0.05)
         (point.workdir / ".sweep.pid").write_text(str(mine.pid))
         refresh_status(point)
         assert point.status == "running"
