@@ -76,9 +76,13 @@ def load(spec: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     for item in overrides:
         path, value = _split_override(item)
         _set_path(raw, path, value)
-    cfg = from_dict(raw)
-    # Paths made absolute as the run starts: config.json then names the same files wherever a
-    # resume, an eval or an export runs from.
+    return absolute_paths(from_dict(raw))
+
+
+def absolute_paths(cfg: Config) -> Config:
+    """`cfg` with its paths made absolute, as a run starts: config.json then names the same files
+    wherever a resume, an eval or an export runs from (a config saved with relative ones compares
+    equal from the folder it ran in)."""
     return dataclasses.replace(
         cfg,
         data=dataclasses.replace(cfg.data, data_dir=data_dir(cfg.data), text_dir=_absolute(cfg.data.text_dir)),

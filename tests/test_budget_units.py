@@ -113,3 +113,20 @@ def test_a_request_cap_in_flops_holds_at_what_inference_runs():
     assert served.at_steps(steps) <= 6e5 < served.at_steps(steps + 1)
     trained = flops_model(cfg, (40,), 10, batch=cfg.train.batch_size, train=True)
     assert trained.at_steps(steps + 1) < 6e5  # training's pricing would have allowed a step more
+
+
+@pytest.mark.parametrize("router, steers", [("top_k", False), ("top_p", True)])
+def test_expected_compute_keeps_the_experts_share_of_a_step_in_halting_s_gradient(router, steers):
+    """A top-k count is a constant: taken into expected compute it would subtract the experts'
+    FLOPs from what a step costs in the gradient that reaches halting. Only top-p's is taken."""
+    import jax
+
+    overrides = ["--config.model.kind=mlp", "--config.halting.policy=act", "--config.moe.enabled=true"]
+    overrides += [f"--config.moe.router={router}", f"--config.moe.renormalize={router == 'top_k'}"]
+    overrides += ["--config.budget.unit=flops", "--config.budget.target=1e6"]
+    cfg = config_lib.load(f"{ROOT}/configs/parity.py", overrides)
+    budget = Budget.from_config(cfg, SHAPE, 2)
+    assert budget.routes_experts == steers
+    per_step = jax.grad(lambda ponder: budget.compute(ponder, None))(3.0)
+    assert per_step == pytest.approx(budget.flops.per_step + budget.flops.halting_per_step)
+    assert budget.flops.experts_per_step * budget.flops.expert_pass > 0.5 * budget.flops.per_step  # most of a step

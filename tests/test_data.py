@@ -315,8 +315,11 @@ def test_data_errors_are_config_errors_in_one_line(tmp_path):
     from adaptive.config import ConfigError
     from adaptive.data.datasets import _carved_split
 
-    with pytest.raises(ConfigError, match="has splits \\['train'\\]; adaptive needs train and test"):
-        _carved_split("only_train", "validation", {"train"})
+    assert _carved_split("no_test", "validation", {"train", "validation"}) == "validation"  # trains; no test
+    with pytest.raises(ConfigError, match="dataset 'no_test' has no 'test' split; it has \\['train', 'validation'\\]"):
+        _carved_split("no_test", "test", {"train", "validation"})
+    with pytest.raises(ConfigError, match="has no 'foo' split"):
+        _carved_split("images", "foo", {"train", "test"})
     cfg = config_lib.load(f"{ROOT}/configs/lm.py:tiny", [f"--config.data.text_dir={tmp_path / 'none'}"])
     with pytest.raises(ConfigError, match="data.text_dir: .* is not a folder"):
         data.prepare(cfg.data)

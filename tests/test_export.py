@@ -230,7 +230,7 @@ def test_a_replacement_stopped_part_way_leaves_a_whole_artifact_and_the_next_exp
         return rename(self, target)
 
     monkeypatch.setattr(Path, "rename", stops_before_moving_the_new_one_in)
-    with pytest.raises(OSError):
+    with pytest.raises(ArtifactError, match="cannot move the verified artifact .*art.partial to .*a previous one"):
         export_run(workdir, out, force=True)
     monkeypatch.undo()
     # the previous artifact whole beside ART, the verified new one staged: neither lost
@@ -259,10 +259,13 @@ def test_an_unwritable_staging_folder_or_an_empty_out_name_is_one_line(tmp_path,
     assert not staging.exists()
 
 
-def test_a_users_folder_named_like_the_staging_folder_is_never_deleted(exported, tmp_path):
+@pytest.mark.parametrize("suffix", [".partial", ".replaced"])
+def test_a_users_folder_named_like_the_staging_folder_is_never_deleted(exported, tmp_path, suffix):
+    """Refused before anything is scored or written, whether named as the staging folder or as
+    the aside copy a replacement makes."""
     workdir, _ = exported
     for i, files in enumerate((["notes.txt"], ["model.jaxexport"], ["meta.json"])):
-        staging = tmp_path / f"art{i}.partial"
+        staging = tmp_path / f"art{i}{suffix}"
         staging.mkdir()
         for name in files:
             (staging / name).write_text("mine")

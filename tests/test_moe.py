@@ -145,6 +145,11 @@ def test_expert_choice_holds_an_expert_budget_per_token(k_active, crowd):
     for t in np.unique(token):  # the kept ones are the token's best
         mine = token == t
         assert gate[mine & kept].min(initial=np.inf) >= np.asarray(full.gate_A)[mine & ~kept].max(initial=-np.inf)
+    # one budget per token (T x 1, as a decoder passes them), and none below the trained k: uncapped
+    per_token = R.expert_choice(jnp.asarray(logits), 5, jnp.full((T, 1), k_active, jnp.int32), k=3)
+    np.testing.assert_array_equal(np.asarray(per_token.kept_A), kept)
+    as_trained = R.expert_choice(jnp.asarray(logits), 5, jnp.full((T, 1), 3, jnp.int32), k=3)
+    assert np.asarray(as_trained.kept_A).all()
 
 
 def test_dispatch_and_combine_against_a_loop():
@@ -287,9 +292,14 @@ def test_moe_models_train_log_routing_metrics_and_resume(config, tmp_path):
     assert (tmp_path / "usage.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_model_expert_budget_bounds_expert_applications():
+@pytest.mark.parametrize("router", ["top_k", "expert_choice"])
+def test_model_expert_budget_bounds_expert_applications(router):
+    """A traced budget (k_active) and a static one (limit_experts, as an exported function per k
+    has it) both hold per token; expert choice's experts pick tokens, so below the trained k a
+    cap per token is what holds it."""
     from adaptive import config as config_lib
     from adaptive.nn.models import build_model
+    from adaptive.nn.moe import limit_experts
     from tests.helpers import ROOT
 
     class Spec:
@@ -297,14 +307,19 @@ def test_model_expert_budget_bounds_expert_applications():
 
     cfg = config_lib.load(
         f"{ROOT}/configs/moe.py",
-        ["--config.model.hidden=16", "--config.halting.policy=act", "--config.halting.max_steps=4"],
+        ["--config.model.hidden=16", "--config.halting.policy=act", "--config.halting.max_steps=4"]
+        + [f"--config.moe.router={router}", "--config.moe.dispatch=capacity"] * (router == "expert_choice"),
     )
     model = build_model(cfg, Spec)
     x = jnp.asarray(np.random.default_rng(5).standard_normal((16, 12)), jnp.float32)
-    for k_active in (1, 2):
-        out = model.infer(x, jnp.int32(3), k_active=jnp.int32(k_active))
-        assert (np.asarray(out.experts_B) <= k_active * np.asarray(out.steps_B)).all()
-        assert (np.asarray(out.steps_B) <= 3).all()
+    # expert choice at its trained k (2) is the model as trained: its experts pick, uncapped
+    for k_active in (1, 2) if router == "top_k" else (1,):
+        for out in (
+            model.infer(x, jnp.int32(3), k_active=jnp.int32(k_active), compact=False),
+            limit_experts(model, k_active).infer(x, jnp.int32(3), compact=False),
+        ):
+            assert (np.asarray(out.experts_B) <= k_active * np.asarray(out.steps_B)).all()
+            assert (np.asarray(out.steps_B) <= 3).all()
 
 
 def test_predictor_expert_budget_uses_one_executable_per_k():

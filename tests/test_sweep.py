@@ -223,9 +223,11 @@ def test_a_stale_pid_file_naming_another_process_does_not_hold_a_point(tmp_path)
         (point.workdir / ".sweep.pid").write_text(str(other.pid))
         refresh_status(point)
         assert point.status == "new"
-        mine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(point.workdir)])
+        relative = os.path.relpath(point.workdir, tmp_path)  # another sweep may spell it otherwise
+        sleeper = [sys.executable, "-c", "import time; time.sleep(60)", "--workdir", relative]
+        mine = subprocess.Popen(sleeper, cwd=tmp_path)
         deadline = time.time() + 30
-        while str(point.workdir).encode() not in Path(f"/proc/{mine.pid}/cmdline").read_bytes():
+        while relative.encode() not in Path(f"/proc/{mine.pid}/cmdline").read_bytes():
             assert time.time() < deadline  # until the child has exec'd (a fork shows the parent's line)
             time.sleep(0.05)
         (point.workdir / ".sweep.pid").write_text(str(mine.pid))

@@ -296,3 +296,16 @@ def test_a_resume_with_more_steps_says_the_cosine_schedule_is_stretched(tmp_path
     with caplog.at_level(logging.WARNING, logger="adaptive.training.train"):
         _write_or_check_config(longer, tmp_path)
     assert "train.steps changed from 60 to 70: the cosine learning-rate schedule spans the new length" in caplog.text
+
+
+def test_a_config_saved_with_relative_paths_is_the_same_run_from_its_folder():
+    """Paths are made absolute as a run starts; a config.json saved before that, with relative
+    ones, still resumes from the folder it ran in."""
+    from adaptive.training.train import config_change
+
+    cfg = config_lib.load(f"{ROOT}/configs/parity.py", ["--config.budget.cost_model=cost.json"])
+    saved = json.loads(json.dumps(config_lib.to_dict(cfg)))
+    saved["budget"]["cost_model"] = "cost.json"
+    assert config_change(saved, cfg) is None
+    saved["budget"]["cost_model"] = "other.json"
+    assert config_change(saved, cfg).startswith("budget.cost_model: ")

@@ -191,9 +191,10 @@ class Budget:
         return None if index is None else jnp.asarray(self.request_steps, jnp.int32)[index]
 
     def compute(self, steps, experts=None):
-        """Compute per example in this budget's unit, for `steps` steps and, under top-p routing,
-        `experts` expert applications (differentiable in both). The cost model's units price
-        steps only: its executables run every expert slot the capacity allows."""
+        """Compute per example in this budget's unit, for `steps` steps and `experts` expert
+        applications where the work follows them (FlopsModel.counted_experts; differentiable in
+        both). The cost model's units price steps only: its executables run every expert slot
+        the capacity allows."""
         if self.unit == "steps":
             return steps
         if self.unit == "requests_per_s":  # held as serving ms per request (see BudgetConfig)
@@ -202,6 +203,13 @@ class Budget:
             return getattr(self.cost_model, self.unit)(steps, self.serving_batch)
         flops = self.flops.at_steps(steps, experts)
         return flops / 2.0 if self.unit == "macs" else flops
+
+    @property
+    def routes_experts(self) -> bool:
+        """Whether training steers the routers' expert counts (top-p): only then does expected
+        compute take them, since a top-k count is a constant and, taken, would leave the
+        experts' share of a step out of the gradient that reaches halting."""
+        return self.flops is not None and self.flops.dynamic_experts
 
     @property
     def scale(self) -> float:

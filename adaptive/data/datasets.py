@@ -114,9 +114,10 @@ def _carved_split(name: str, split: str, have: set[str]) -> str:
     """The TFDS split that serves `split`: itself, or for a dataset published without a
     validation split (mnist, cifar10: train and test) the last VALIDATION_PERCENT of train,
     which train then leaves out, so that choices are made on examples it never trains on."""
-    if "train" not in have or "test" not in have:
-        raise config_checks.ConfigError(f"dataset {name!r} has splits {sorted(have)}; adaptive needs train and test")
-    if "validation" in have or split == "test":
+    carve = "validation" not in have and split in ("train", "validation")
+    if "train" not in have or (split not in have and not carve):
+        raise config_checks.ConfigError(f"dataset {name!r} has no {split!r} split; it has {sorted(have)}")
+    if not carve:
         return split
     keep = 100 - VALIDATION_PERCENT
     return {"train": f"train[:{keep}%]", "validation": f"train[{keep}%:]"}[split]
@@ -140,8 +141,9 @@ def prepare(cfg: Any) -> DatasetSpec:
         info = _builder(cfg).info
         x_key, y_key = "x", "y"
     else:
-        sources = {split: _external_source(cfg, split) for split in SPLITS}
-        info, sizes = sources["train"].dataset_info, {split: len(s) for split, s in sources.items()}
+        info = _external_source(cfg, "train").dataset_info
+        served = [s for s in SPLITS if s in info.splits or s == "validation"]  # a test split may be absent
+        sizes = {split: len(_external_source(cfg, split)) for split in served}
         x_key, y_key = cfg.image_key, cfg.label_key
     for key in (x_key, y_key):
         if key not in info.features:

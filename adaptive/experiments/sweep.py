@@ -31,7 +31,6 @@ from adaptive import config as config_lib
 from adaptive.config import ConfigError
 from adaptive.training.metrics import read_jsonl
 from adaptive.training.train import config_change
-from adaptive.workdir.checkpoint import Checkpointer
 
 
 @dataclass
@@ -126,7 +125,10 @@ def _finished(point: Point) -> bool:
     if not any(r["split"] == "eval" and r["step"] >= point.steps for r in read_jsonl(metrics)):
         return False
     folder = point.workdir / "checkpoints"
-    if not folder.is_dir() or max(Checkpointer(folder, keep=1, create=False).steps(), default=0) < point.steps:
+    # orbax names a finished save by its step (a save in progress has a temporary name); read as
+    # names, since opening a CheckpointManager would start JAX's backends in the sweep itself
+    saved = [int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir()] if folder.is_dir() else []
+    if max(saved, default=0) < point.steps:
         return False
     return point.config is None or _same_run(point)
 
@@ -151,10 +153,12 @@ def _alive(pid: int, workdir: Path) -> bool:
     except PermissionError:
         pass
     try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
     except OSError:
         return True  # no /proc to ask: alive is all that is known
-    return str(workdir).encode() in command
+    given = [command[i + 1] for i, arg in enumerate(command[:-1]) if arg == "--workdir"]
+    return any((cwd / w).resolve() == workdir.resolve() for w in given)  # however each spelled it
 
 
 def steps_done(point: Point) -> int:

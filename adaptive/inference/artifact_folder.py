@@ -42,6 +42,19 @@ def staged_paths(out) -> tuple[Path, Path]:
     return out, out.with_name(out.name + ".partial")
 
 
+def check_targets(out: Path, staging: Path, workdir: Path, force: bool) -> None:
+    """Before the slow part of an export: `out` may be written (`check_out`), and ART.partial and
+    ART.replaced, left by an export stopped part-way, are this tool's and removed (anything
+    else of those names is refused: nothing of a user's is deleted)."""
+    check_out(out, workdir, force)
+    check_staging(staging)
+    check_staging(_aside(out))
+
+
+def _aside(out: Path) -> Path:
+    return out.with_name(out.name + ".replaced")
+
+
 def write_staging(staging: Path, blobs: dict[str, bytes], meta: dict) -> None:
     """The export's files written into `staging`, marked partial until `publish`; an OS error
     (no permission, a full disk) is one line, and the mark keeps the folder removable."""
@@ -61,13 +74,19 @@ def publish(staging: Path, out: Path, workdir: Path, force: bool) -> None:
     first and deleted after: no moment leaves neither whole."""
     (staging / PARTIAL_MARK).unlink()
     check_out(out, workdir, force)  # again: the folder may have changed during the export
-    aside = out.with_name(out.name + ".replaced")
-    check_staging(aside)  # a previous replacement that stopped before its deletion
-    if out.is_dir():
-        out.rename(aside)  # empty, or a previous artifact (force): nothing of a user's
-    staging.rename(out)
-    if aside.is_dir():
-        remove_folder(aside)
+    aside = _aside(out)
+    check_staging(aside)  # again, as for ART
+    try:
+        if out.is_dir():
+            out.rename(aside)  # empty, or a previous artifact (force): nothing of a user's
+        staging.rename(out)
+        if aside.is_dir():
+            remove_folder(aside)
+    except OSError as e:
+        raise ArtifactError(
+            f"cannot move the verified artifact {staging} to {out} ({e.strerror or e}); a previous one, if any, "
+            f"is whole at {out} or {aside}"
+        ) from None
 
 
 def check_out(out: Path, workdir: Path, force: bool) -> None:
@@ -103,7 +122,8 @@ def check_out(out: Path, workdir: Path, force: bool) -> None:
 
 
 def check_staging(staging: Path) -> None:
-    """Removes a previous partial export at `staging`; refuses anything else of that name."""
+    """Removes a previous partial export (or an aside copy) at `staging`; refuses anything else
+    of that name, and says so in one line if it cannot be removed."""
     if not staging.exists() and not staging.is_symlink():
         return
     ours = staging.is_dir() and not staging.is_symlink()
@@ -115,7 +135,10 @@ def check_staging(staging: Path) -> None:
     )
     if not ours or (entries and PARTIAL_MARK not in names and not _is_artifact(staging)):
         raise ArtifactError(f"{staging} exists and is not a partial export of `adaptive export`; move it away first")
-    remove_folder(staging)
+    try:
+        remove_folder(staging)
+    except OSError as e:
+        raise ArtifactError(f"cannot remove {staging}, a previous partial export ({e.strerror or e})") from None
 
 
 def _is_artifact(folder: Path) -> bool:

@@ -50,7 +50,7 @@ from adaptive.compute.flops import flops_model
 from adaptive.compute.memory import memory_report
 from adaptive.config import step_cap
 from adaptive.inference import outcomes
-from adaptive.inference.artifact_folder import check_out, check_staging, publish, staged_paths, write_staging
+from adaptive.inference.artifact_folder import check_targets, publish, staged_paths, write_staging
 from adaptive.inference.artifact_meta import (
     BLOB,
     FORMAT,
@@ -196,8 +196,7 @@ def export_run(
     (adaptive.evaluation.operating_points) written beside the model and listed in meta.json."""
     run = load_run(workdir, step)
     out, staging = staged_paths(out)
-    check_out(out, run.workdir, force)  # before the slow part: a refusal costs nothing
-    check_staging(staging)
+    check_targets(out, staging, run.workdir, force)  # before the slow part: a refusal costs nothing
     shape = tuple(run.spec.input_shape)
     (batch,) = jax.export.symbolic_shape("batch")
     specs = (jax.ShapeDtypeStruct((batch, *shape), jnp.float32), jax.ShapeDtypeStruct((batch,), jnp.int32))

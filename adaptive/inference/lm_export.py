@@ -35,7 +35,7 @@ import numpy as np
 from adaptive import config as config_lib
 from adaptive.data import byte_vocab
 from adaptive.inference import slot_export
-from adaptive.inference.artifact_folder import check_out, check_staging, publish, staged_paths, write_staging
+from adaptive.inference.artifact_folder import check_targets, publish, staged_paths, write_staging
 from adaptive.inference.artifact_meta import (
     BLOB,
     LM_FORMAT,
@@ -81,8 +81,7 @@ def export_lm_run(
     timed at the artifact's default threshold)."""
     run = load_run(workdir, step, language_model=True)
     out, staging = staged_paths(out)
-    check_out(out, run.workdir, force)
-    check_staging(staging)
+    check_targets(out, staging, run.workdir, force)
     try:
         decoder = decoder_for_run(run, prompt_capacity=prompt_capacity, new_capacity=new_capacity)
     except ValueError as e:

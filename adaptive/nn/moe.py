@@ -76,6 +76,9 @@ class MoEFeedForward(nnx.Module):
         if dispatch not in DISPATCHES:
             raise ValueError(f"dispatch {dispatch!r} is not one of {DISPATCHES}")
         self.num_experts, self.k, self.router_kind, self.top_p = num_experts, k, router, top_p
+        # Expert choice: experts pick tokens, so an expert budget below the trained k caps each
+        # token at that many (routing.expert_choice); `limit_experts` sets `token_cap`.
+        self.trained_k, self.token_cap = k, None
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.renormalize, self.jitter, self.dropless = renormalize, jitter, dropless
         self.eval_dropless, self.dispatch, self.block_size = eval_dropless, dispatch, block_size
@@ -124,7 +127,8 @@ class MoEFeedForward(nnx.Module):
         logits = self.router(x_route)
         cap = self.route_capacity(x_TxD.shape[0], train)  # dropless: every expert can take every token
         if self.router_kind == "expert_choice":
-            return R.expert_choice(logits, cap, k_active), logits, cap
+            budget = self.token_cap if k_active is None else k_active
+            return R.expert_choice(logits, cap, budget, self.trained_k), logits, cap
         options = dict(renormalize=self.renormalize, k_active=k_active, priority=self.priority)
         if self.router_kind == "top_p":
             return R.top_p(logits, self.k, self.top_p, cap, **options), logits, cap
@@ -222,6 +226,7 @@ def limit_experts(model: nnx.Module, k: int | None) -> nnx.Module:
             module.expert_parallel = False
             if k is not None:
                 module.k = k
+                module.token_cap = k if k < module.trained_k else None
     return limited
 
 

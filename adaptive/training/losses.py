@@ -42,7 +42,7 @@ def total_loss(out, labels_B: jax.Array, policy: str, cfg, budget=None, multipli
         # The gradient reaches the halting distribution through expected compute (ACT's N + R,
         # PonderNet's E[steps]) and top-p routers through their expert counts; the multiplier's
         # dual ascent reads realized compute.
-        expected = budget.compute(out.ponder_B, out.expert_ponder_B)
+        expected = budget.compute(out.ponder_B, out.expert_ponder_B if budget.routes_experts else None)
         realized = budget.compute(out.steps_B, out.experts_B)
         loss = loss + budget.penalty_term(expected, multiplier)
         extra = {

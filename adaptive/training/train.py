@@ -304,8 +304,8 @@ def config_change(saved: dict, cfg: config_lib.Config) -> str | None:
     """Where `cfg` makes another run than the saved config.json `saved` ("key: saved != new"),
     leaving aside what a run may change when it resumes (RESUMABLE_CHANGES); None: the same run."""
     current = json.loads(json.dumps(config_lib.to_dict(cfg)))
-    try:  # a run saved before a config field existed had that field's default
-        saved = json.loads(json.dumps(config_lib.to_dict(config_lib.from_dict(saved))))
+    try:  # a run saved before a config field existed had that field's default (and relative paths)
+        saved = json.loads(json.dumps(config_lib.to_dict(config_lib.absolute_paths(config_lib.from_dict(saved)))))
     except config_lib.ConfigError:
         pass  # a field since removed: compare as saved
     for key in _differences(saved, current):
