@@ -91,7 +91,7 @@ def get_config(arg: str | None = None):
     if not 0 < fraction <= 1:
         raise ValueError(f"the budget fraction must be in (0, 1]; got {fraction}")
     cfg.name = f"{task}-budget{int(round(100 * fraction))}"
-    flops = flops_model(from_dict(cfg.to_dict()), shape, classes, batch=cfg.train.batch_size, train=True)
+    flops = flops_model(from_dict(cfg.to_dict()), shape, classes, batch=cfg.budget.serving_batch)  # as Budget prices it
     cap = cfg.model.depth if cfg.halting.policy == "none" else cfg.halting.max_steps
     cfg.budget.target = fraction * flops.at_steps(cap)
     return cfg

@@ -52,7 +52,8 @@ def run(args, overrides: list[str]) -> int:
             knobs["layer_cap"] = _layer_cap_within_ms(decoder, prompts, knobs, args.budget / args.max_new_tokens)
             limits = decoder.limits(len(prompts), **knobs)
     except ValueError as e:
-        raise RunError(str(e)) from None
+        named = f"--budget {args.budget:g} --unit layers: " if args.unit == "layers" and "layer_cap" in str(e) else ""
+        raise RunError(named + str(e)) from None
     start, traces = time.perf_counter(), decoder.traces
     out = jax.tree.map(np.asarray, jax.block_until_ready(decoder(prompts, limits)))
     elapsed_ms = (time.perf_counter() - start) * 1e3

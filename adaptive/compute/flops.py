@@ -13,11 +13,12 @@ count 1 each, and transcendentals (tanh, exp) are not FLOPs. Two choices match w
   block dispatch (the default) computes the kept assignments plus fewer than a block of padding
   rows per expert, counted as k passes (the padding is not counted). `useful=True` counts k.
 
-`FlopsModel.at_steps` turns a (differentiable) expected number of steps, and for top-p routing
-an expected number of expert applications, into expected FLOPs: that is how compute penalties
-and budgets in FLOPs reach the halting distribution and the router. Top-p experts are counted as
-requested (each token's own count; dropless execution does exactly that work), except under
-capacity buffers, which run whole whatever the routers ask for. Tests check the
+`FlopsModel.at_steps` turns a (differentiable) expected number of steps, and where the work
+follows them a number of expert applications, into expected FLOPs: that is how compute penalties
+and budgets in FLOPs reach the halting distribution and (top-p) the router. Experts are counted
+as applied (a top-p token's own count, a top-k token held to fewer by an expert budget: block
+and dropless dispatch do exactly that work), except under capacity buffers, which run whole
+whatever the routers ask for. Tests check the
 totals against `cost_analysis()` of the compiled forward pass of every policy and model kind
 (within 10%).
 """

@@ -145,7 +145,7 @@ class DepthModel(nnx.Module):
         The budget is clipped to [1, num_steps] inside the graph too, so no input and no
         parameters can make an example use more than min(budget, cap) steps. A static model
         (halting policy none) has no readout before its last step: it runs all of them whatever
-        the budget, and its callers refuse a smaller one (`adaptive eval --budget`). `k_active` caps
+        the budget (`adaptive eval --budget` refuses a smaller one). `k_active` caps
         experts per token at inference (MoE models; at most moe.k, which is compiled in).
         `compact`: shrink the batch to the rows still running as others halt
         (adaptive.nn.compaction; the same outputs, bitwise). The whole batch runs instead for MoE
