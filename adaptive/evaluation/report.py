@@ -119,13 +119,7 @@ def compute_columns(cfg, final: dict) -> dict:
     budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)
     if budget is not None:
         realized = float(budget.compute(final["eval/steps_mean"], final.get("eval/experts_mean")))
-        out.update(
-            {
-                "budget": f"{budget.target:g} {budget.unit}",
-                "realized": realized,
-                "deviation_pct": 100.0 * (realized - budget.target) / budget.target,
-            }
-        )
+        out.update(_gap(f"{budget.target:g} {budget.unit}", realized, budget.target))
         # The target in FLOPs, for plots: invert the unit's (linear) compute function of steps.
         if budget.unit in ("flops", "macs"):
             out["target_flops"] = budget.target * (2.0 if budget.unit == "macs" else 1.0)
@@ -145,16 +139,14 @@ def _lm_compute_columns(cfg, final: dict) -> dict:
         return out
     realized = {"steps": final["eval/steps_mean"], "flops": flops, "macs": flops / 2}.get(b.unit)
     if realized is not None:
-        out.update(
-            {
-                "budget": f"{b.target:g} {b.unit} per token",
-                "realized": realized,
-                "deviation_pct": 100.0 * (realized - b.target) / b.target,
-            }
-        )
+        out.update(_gap(f"{b.target:g} {b.unit} per token", realized, b.target))
         if b.unit in ("flops", "macs"):
             out["target_flops"] = b.target * (2.0 if b.unit == "macs" else 1.0)
     return out
+
+
+def _gap(budget: str, realized: float, target: float) -> dict:
+    return {"budget": budget, "realized": realized, "deviation_pct": 100.0 * (realized - target) / target}
 
 
 def _without_seed(cfg) -> str:

@@ -82,10 +82,10 @@ def publish(staging: Path, out: Path, workdir: Path, force: bool) -> None:
         staging.rename(out)
         if aside.is_dir():
             remove_folder(aside)
-    except OSError as e:
+    except OSError as e:  # each of the three steps leaves every artifact whole somewhere
         raise ArtifactError(
-            f"cannot move the verified artifact {staging} to {out} ({e.strerror or e}); a previous one, if any, "
-            f"is whole at {out} or {aside}"
+            f"cannot finish replacing {out} ({e.strerror or e}): the verified new artifact is at {out} or "
+            f"{staging}, a previous one, if any, at {out} or {aside}; the next export tidies them"
         ) from None
 
 
