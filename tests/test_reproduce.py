@@ -119,10 +119,8 @@ def test_a_run_command_gives_rows_per_seed_that_claims_read(tmp_path, capsys):
         "README",
     )
     assert run_block(block, tmp_path, tiny=False, title="toy", overrides=["--config.seed=1"]) == 0
-    assert (
-        "toy: --config overrides apply to a block's sweeps; it has none, so they are not used"
-        in capsys.readouterr().err
-    )
+    printed = capsys.readouterr()
+    assert "toy: --config overrides apply to a block's sweeps; it has none, so they are not used" in printed.err
     verdict = json.loads((tmp_path / "claims.json").read_text())[0]
     assert verdict["holds"] and verdict["seeds"] == 3 and verdict["mean"] == pytest.approx(0.91)
     assert sorted(p.name for p in tmp_path.glob("toy-seed*.json")) == [
@@ -130,7 +128,7 @@ def test_a_run_command_gives_rows_per_seed_that_claims_read(tmp_path, capsys):
         "toy-seed1.json",
         "toy-seed2.json",
     ]
-    assert "HOLDS  run=toy : score >= 0.85" in capsys.readouterr().out
+    assert "HOLDS  run=toy : score >= 0.85" in printed.out
     assert (tmp_path / "results.md").read_text().startswith("| point | status | seed | score |")
 
 
