@@ -33,10 +33,7 @@ def add_bench(commands) -> None:
 def _add_bench_generate(kinds) -> None:
     """`adaptive bench generate`: early-exit decoding against static models of its mean depth."""
     gen = kinds.add_parser("generate", help="early-exit decoding at mean depth d vs the static depth-d model")
-    gen.add_argument("--json", metavar="OUT", help="write the rows here")
-    gen.add_argument("--width", type=int, default=128)
-    gen.add_argument("--layers", type=int, default=4)
-    gen.add_argument("--heads", type=int, default=4)
+    _add_lm_shape(gen, layers=4)
     gen.add_argument("--depth", type=float, default=2.5, help="the exit model's mean blocks per token")
     gen.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     gen.add_argument("--new-tokens", type=int, default=64)
@@ -55,15 +52,20 @@ def _add_bench_generate(kinds) -> None:
 def _add_bench_lm(kinds) -> None:
     """`adaptive bench lm`: MoD train steps and early exit against their dense and static twins."""
     lm = kinds.add_parser("lm", help="the language model: MoD train step and early exit vs full, dense and static")
-    lm.add_argument("--json", metavar="OUT", help="write the rows here")
-    lm.add_argument("--width", type=int, default=128)
-    lm.add_argument("--layers", type=int, default=8)
-    lm.add_argument("--heads", type=int, default=4)
+    _add_lm_shape(lm, layers=8)
     lm.add_argument("--length", type=int, default=256, help="tokens per sequence")
     lm.add_argument("--batch", type=int, default=4, help="sequences per batch")
     lm.add_argument("--capacity", type=float, default=0.125, help="MoD capacity on every other block")
     lm.add_argument("--exit-depths", default="1,2,4,6", help="comma-separated exits every token leaves at")
     lm.add_argument("--repeats", type=int, default=10)
+
+
+def _add_lm_shape(parser, layers: int) -> None:
+    """The flags the language-model benchmarks share: where the rows go and the model's shape."""
+    parser.add_argument("--json", metavar="OUT", help="write the rows here")
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=layers)
+    parser.add_argument("--heads", type=int, default=4)
 
 
 def _add_bench_depth(kinds) -> None:
