@@ -1,5 +1,6 @@
-"""Analytic FLOPs against XLA's cost_analysis() of the same compiled function (within 10%), for
-every halting policy and model kind, with and without experts.
+"""Analytic FLOPs against XLA's cost_analysis() of the same compiled function, for every halting
+policy and model kind: within 2% for dense models (a head counted once too often is 1-2% of a
+small one), within 10% with experts.
 
 Experts run here with capacity buffers at a fixed eval capacity: XLA's cost analysis counts a
 loop body once and a conditional's branches as it likes, so the default block dispatch (a loop
@@ -24,6 +25,10 @@ KINDS = [
     ("mlp", ["--config.moe.enabled=true", *CAPACITY]),
     ("transformer", ["--config.moe.enabled=true", *CAPACITY]),
 ]
+
+
+def _tolerance(extra: list[str]) -> float:
+    return 0.10 if extra else 0.02
 
 
 class Spec:
@@ -56,7 +61,7 @@ def test_static_inference_matches_cost_analysis(kind, extra, depth):
     graphdef, params = nnx.split(build_model(cfg, Spec), nnx.Param)
     xla = _xla_flops(lambda p, x: nnx.merge(graphdef, p).infer(x, jnp.int32(depth)).logits_BxC, params, 32)
     analytic = flops_model(cfg, Spec.input_shape, Spec.num_classes, batch=32).at_steps(depth)
-    assert analytic == pytest.approx(xla, rel=0.10)
+    assert analytic == pytest.approx(xla, rel=_tolerance(extra))
 
 
 @pytest.mark.parametrize("kind, extra", KINDS)
@@ -72,7 +77,7 @@ def test_the_training_forward_at_the_cap_matches_cost_analysis(policy, kind, ext
     graphdef, params = nnx.split(build_model(cfg, Spec), nnx.Param)
     xla = _xla_flops(lambda p, x: nnx.merge(graphdef, p)(x), params, batch)
     analytic = flops_model(cfg, Spec.input_shape, Spec.num_classes, batch=batch, train=True).at_steps(cap)
-    assert analytic == pytest.approx(xla, rel=0.10)
+    assert analytic == pytest.approx(xla, rel=_tolerance(extra))
 
 
 @pytest.mark.parametrize("dispatch", ["blocks", "capacity"])

@@ -35,11 +35,13 @@ from adaptive.nn.routing import capacity
 
 @dataclass(frozen=True)
 class FlopsModel:
-    """FLOPs per example: `fixed` (encoder and head) plus `per_step` for each step applied."""
+    """FLOPs per example: `fixed` (the encoder, and the readout of a policy that reads out once)
+    plus `per_step` and `halting_per_step` for each step applied."""
 
     fixed: float
     per_step: float  # everything a step costs, its expert applications included
-    halting_per_step: float  # the halting unit or exit confidence, when the policy has one
+    # the halting unit, ACT's mean-field update, or every step's readout and exit confidence
+    halting_per_step: float
     expert_pass: float = 0.0  # one expert applied to one token
     experts_per_step: float = 0.0  # expert applications per example per step counted in per_step
     min_experts_per_step: float = 0.0  # the fewest a step can make (top-p: one per token)
@@ -103,7 +105,7 @@ def flops_model(
     `attention_width`: heads x head width when pruning left fewer heads."""
     d_in, width = math.prod(input_shape), cfg.model.hidden
     kind, moe = cfg.model.kind, cfg.moe if cfg.moe.enabled else None
-    head = dense_flops(width, num_classes)
+    readout = dense_flops(width, num_classes)  # the head, and on a sequence its pooling (below)
     ffn_width = ffn_hidden or 2 * width
     dense_ffn = dense_flops(width, ffn_width) + dense_flops(ffn_width, width)
     experts = (0.0, 0.0, 0.0)  # (applications per example per step, the fewest, FLOPs of one)
@@ -111,12 +113,12 @@ def flops_model(
     if kind == "rnn":
         projection = dense_flops(d_in + 1, width)
         if policy.unrolled:  # the first step's projection, and one shared by all later steps
-            fixed, looped = head + min(policy.num_steps(cfg.model), 2) * projection, 0.0
+            fixed, looped = min(policy.num_steps(cfg.model), 2) * projection, 0.0
         else:
-            fixed, looped = head, projection
+            fixed, looped = 0.0, projection
         per_step = dense_flops(width, width, bias=False) + 2.0 * width + looped  # + the two adds
     elif kind == "mlp":
-        fixed = dense_flops(d_in, width) + width + head
+        fixed = dense_flops(d_in, width) + width
         ffn = dense_ffn + ffn_width  # + the ReLU over the hidden units
         if moe:
             ffn, passes, one = moe_flops(width, moe, batch, train=train, useful=useful)
@@ -124,7 +126,8 @@ def flops_model(
         per_step = layer_norm_flops(width) + ffn + width
     else:
         length = d_in
-        fixed = length * (dense_flops(1, width) + width) + layer_norm_flops(width) + length * width + head
+        fixed = length * (dense_flops(1, width) + width)
+        readout += length * width + layer_norm_flops(width)  # the mean over positions and its norm
         inner = attention_width or width
         heads = cfg.model.num_heads * inner / width
         attention = 3 * dense_flops(width, inner) + dense_flops(inner, width) + 2 * 2.0 * length * inner
@@ -135,9 +138,17 @@ def flops_model(
             experts = (length * passes, length, one)
         per_step = length * (2 * layer_norm_flops(width) + attention + ffn + 3.0 * width)
     sequence = BACKBONES[kind].sequence
+    state = width * (d_in if sequence else 1)
     halting = policy.halting_flops(
-        unit=dense_flops(width, 1), head=head, num_classes=num_classes, positions=d_in, sequence=sequence
+        unit=dense_flops(width, 1),
+        head=readout,
+        num_classes=num_classes,
+        positions=d_in,
+        sequence=sequence,
+        state=state,
     )
+    if not policy.reads_out_every_step:  # one readout, of the last or the mean-field state
+        fixed += readout
     passes, fewest, one = experts
     dynamic = moe is not None and moe.router == "top_p"
     counted = moe is not None and moe.router != "expert_choice" and (useful or moe.dispatch != "capacity")

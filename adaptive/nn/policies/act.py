@@ -56,5 +56,8 @@ class ACT(Policy):
     def loss_term(self, out: ModelOutput) -> jax.Array:
         return self.cfg.tau * out.ponder_B.mean()
 
-    def halting_flops(self, *, unit: float, head: float, num_classes: int, positions: int, sequence: bool) -> float:
-        return (positions if self.per_position(sequence) else 1) * unit
+    def halting_flops(
+        self, *, unit: float, head: float, num_classes: int, positions: int, sequence: bool, state: int
+    ) -> float:
+        # the halting unit (per position on a sequence) and the mean-field update acc + w * h
+        return (positions if self.per_position(sequence) else 1) * unit + 2.0 * state

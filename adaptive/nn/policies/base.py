@@ -46,6 +46,7 @@ class Policy(ABC):
     unrolled: ClassVar[bool] = False  # exactly num_steps steps, no halting: a static network
     halt_unit: ClassVar[bool] = False  # a learned unit reads the state at every step
     step_logits: ClassVar[bool] = True  # the trajectory keeps every step's prediction
+    reads_out_every_step: ClassVar[bool] = False  # inference reads a prediction out at every step
 
     # -- structure ------------------------------------------------------------------------------
 
@@ -116,9 +117,13 @@ class Policy(ABC):
         """The policy's own term of the objective (ponder cost, prior), 0 without one."""
         return 0.0
 
-    def halting_flops(self, *, unit: float, head: float, num_classes: int, positions: int, sequence: bool) -> float:
+    def halting_flops(
+        self, *, unit: float, head: float, num_classes: int, positions: int, sequence: bool, state: int
+    ) -> float:
         """FLOPs per example per step that halting adds: `unit` is one halting unit, `head` one
-        output head, `positions` a sequence's length."""
+        readout (a sequence's pooling and norm included), `positions` a sequence's length, `state`
+        the elements of an example's state. A policy that `reads_out_every_step` counts its
+        readouts here; the others' single readout is part of the fixed cost."""
         return 0.0
 
 
