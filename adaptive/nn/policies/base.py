@@ -4,11 +4,12 @@ A policy is a frozen dataclass over its HaltingConfig (hashable, so it sits in a
 graph). `DepthModel` runs the loops (an unrolled stack, `lax.scan` over the cap for training,
 `lax.while_loop` for inference) and asks the policy at each point where the policies differ:
 
-    structure     num_steps, per_step_heads, per_position, halt_unit, step_logits, unrolled
+    structure     num_steps, per_step_heads, per_position, halt_unit, step_logits, unrolled,
+                  reads_out_every_step
     training      halt_logit (the halting unit's reading of a state), combine (trajectory weights)
     inference     samples, infer_init, infer_step (one while_loop step), infer_result, from_trajectory
     objective     task_loss, loss_term (the policy's regulariser, added to the task loss)
-    compute       halting_flops (what halting costs per step, for adaptive.compute.flops)
+    compute       halting_flops (what halting and per-step readouts cost, for adaptive.compute.flops)
 
 The model object a policy receives offers `readout(h, t)`, `halt_logit(h)`, `num_steps` and
 `sequence`; policies never look at the backbone's kind.
@@ -46,9 +47,14 @@ class Policy(ABC):
     unrolled: ClassVar[bool] = False  # exactly num_steps steps, no halting: a static network
     halt_unit: ClassVar[bool] = False  # a learned unit reads the state at every step
     step_logits: ClassVar[bool] = True  # the trajectory keeps every step's prediction
-    reads_out_every_step: ClassVar[bool] = False  # inference reads a prediction out at every step
 
     # -- structure ------------------------------------------------------------------------------
+
+    @property
+    def reads_out_every_step(self) -> bool:
+        """Whether a prediction is read out after every step, in training and at inference (early
+        exit, PonderNet), rather than once from the last or the mean-field state."""
+        return self.step_logits and not self.unrolled
 
     def num_steps(self, model_cfg) -> int:
         """The steps the model is built for: the cap of an adaptive policy."""
@@ -117,13 +123,11 @@ class Policy(ABC):
         """The policy's own term of the objective (ponder cost, prior), 0 without one."""
         return 0.0
 
-    def halting_flops(
-        self, *, unit: float, head: float, num_classes: int, positions: int, sequence: bool, state: int
-    ) -> float:
-        """FLOPs per example per step that halting adds: `unit` is one halting unit, `head` one
-        readout (a sequence's pooling and norm included), `positions` a sequence's length, `state`
-        the elements of an example's state. A policy that `reads_out_every_step` counts its
-        readouts here; the others' single readout is part of the fixed cost."""
+    def halting_flops(self, *, unit: float, readout: float, num_classes: int, positions: int, sequence: bool) -> float:
+        """FLOPs per example per step that halting adds: `unit` is one halting unit, `readout`
+        one readout (a sequence's pooling and norm included), `positions` a sequence's length. A
+        policy that `reads_out_every_step` counts its readouts here; the others' single readout
+        is part of the fixed cost."""
         return 0.0
 
 

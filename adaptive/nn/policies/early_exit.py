@@ -17,7 +17,6 @@ from adaptive.nn.policies.base import Policy, expected_step_loss, last_step_outp
 
 class EarlyExit(Policy):
     name = "early_exit"
-    reads_out_every_step = True
 
     def per_step_heads(self, shared: bool) -> bool:
         return not shared
@@ -41,7 +40,5 @@ class EarlyExit(Policy):
     def task_loss(self, out: ModelOutput, labels_B: jax.Array) -> jax.Array:
         return expected_step_loss(out, labels_B)
 
-    def halting_flops(
-        self, *, unit: float, head: float, num_classes: int, positions: int, sequence: bool, state: int
-    ) -> float:
-        return head + 4.0 * num_classes  # the exit's readout and its confidence
+    def halting_flops(self, *, unit: float, readout: float, num_classes: int, positions: int, sequence: bool) -> float:
+        return readout + 4.0 * num_classes  # the exit's readout and its confidence

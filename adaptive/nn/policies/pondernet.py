@@ -23,7 +23,6 @@ from adaptive.nn.policies.base import Policy, expected_step_loss, unit_logit
 class PonderNet(Policy):
     name = "pondernet"
     halt_unit = True
-    reads_out_every_step = True
 
     def halt_logit(self, unit, h, sequence: bool) -> jax.Array:
         if sequence:
@@ -66,7 +65,5 @@ class PonderNet(Policy):
         kl = jnp.sum(jnp.where(p > 0, p * (jnp.log(jnp.maximum(p, 1e-30)) - jnp.log(prior)), 0.0), 0)
         return self.cfg.beta * kl.mean()
 
-    def halting_flops(
-        self, *, unit: float, head: float, num_classes: int, positions: int, sequence: bool, state: int
-    ) -> float:
-        return unit + head  # the halting unit, and every step's readout
+    def halting_flops(self, *, unit: float, readout: float, num_classes: int, positions: int, sequence: bool) -> float:
+        return unit + readout  # the halting unit, and every step's readout
