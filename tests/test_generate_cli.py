@@ -24,14 +24,15 @@ def _generate(run_dir, *args):
 
 def test_generate_prints_text_and_depths_and_writes_rows(run_dir, tmp_path):
     rows_path = tmp_path / "rows.jsonl"
+    # the third prompt is the bytes a, b, 0xff, c: not UTF-8, and a byte-level model takes it
     out = _generate(
-        run_dir, "--prompt", "def f(x):", "--prompt", "import", "--max-new-tokens", "6",
+        run_dir, "--prompt", "def f(x):", "--prompt", "import", "--prompt", "ab\udcffc", "--max-new-tokens", "6",
         "--budget", "1", "--unit", "layers", "--json", str(rows_path),
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.count("  depth ") == 2 and "def f(x):\u2502" in out.stdout
+    assert out.stdout.count("  depth ") == 3 and "def f(x):\u2502" in out.stdout
     rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
-    assert [r["prompt"] for r in rows] == ["def f(x):", "import"]
+    assert [r["prompt"] for r in rows] == ["def f(x):", "import", "ab\ufffdc"]
     for row in rows:
         assert len(row["tokens"]) == len(row["layers"]) == len(row["flops"]) <= 6
         assert row["layers"] == [1.0] * len(row["tokens"])  # the layer cap: one block per token
@@ -47,6 +48,9 @@ def test_a_flops_budget_and_a_time_budget_hold(run_dir, tmp_path):
     assert row["decode_flops"] <= 3e5 and (row["stop"] == "budget" or len(row["tokens"]) == 8)
     timed = _generate(run_dir, "--prompt", "x = ", "--max-new-tokens", "4", "--budget", "1e4", "--unit", "ms")
     assert timed.returncode == 0 and "timed: layer cap 2" in timed.stderr, timed.stderr[-2000:]
+    assert "warning" not in timed.stderr
+    over = _generate(run_dir, "--prompt", "x = ", "--max-new-tokens", "4", "--budget", "1e-9", "--unit", "ms")
+    assert over.returncode == 0 and "warning: no layer cap fits" in over.stderr, over.stderr[-2000:]
 
 
 @pytest.mark.parametrize(
@@ -59,6 +63,7 @@ def test_a_flops_budget_and_a_time_budget_hold(run_dir, tmp_path):
         ),
         (("--prompt", "x", "--seed", "-1"), "seed=-1 is outside"),  # checked before a cast to uint32
         (("--prompt", "x", "--max-new-tokens", "0"), "--max-new-tokens=0"),
+        (("--prompt", "x", "--max-new-tokens", "1000000000"), "GiB per sequence; this machine has"),
         (
             (
                 "--max-new-tokens",
@@ -152,5 +157,5 @@ def test_report_gives_a_language_models_run_a_row_per_token(run_dir, tmp_path):
 
     (row,) = report([str(run_dir)], splits=[], plot=None, markdown=None, pareto=str(tmp_path / "pareto.png"))
     assert row["eval_flops"] > 0 and row["bits_per_byte"] > 0 and (tmp_path / "pareto.png").exists()
-    with pytest.raises(RunError, match="--splits re-scores classifiers"):
+    with pytest.raises(RunError, match="--split re-scores classifiers"):
         report([str(run_dir)], splits=["test"], plot=None, markdown=None)

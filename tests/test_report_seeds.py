@@ -39,3 +39,14 @@ def test_a_group_of_seeds_shows_its_mean_and_95_percent_interval():
     assert act["validation_steps_ci95"] == f"+-{4.3027 / 3**0.5:.3g}"
     assert "eval_flops" not in act  # only accuracy and steps columns are summarised
     assert static["seeds"] == 1 and static["validation_accuracy_ci95"] == "n/a (1 seed)"
+
+
+def test_a_language_models_row_names_its_exits_and_mod_blocks():
+    from adaptive.evaluation.report import describe
+
+    lm = str(ROOT / "configs/lm.py:tiny")
+    plain = describe(config_lib.load(lm, []))["method"]
+    exits = describe(config_lib.load(lm, ["--config.lm.exits=true"]))["method"]
+    mod = describe(config_lib.load(lm, ["--config.lm.mod_capacity=0.25"]))["method"]
+    assert plain.startswith("static depth") and exits.endswith("exits max_prob>=0.9")
+    assert "MoD 0.25 every 2" in mod and "static" not in exits + mod

@@ -72,6 +72,7 @@ def test_each_bad_request_gets_its_4xx_and_the_next_good_one_is_answered(engine,
         (f'{{"x": {good_x}, "budget": 1e400}}'.encode(), JSON, 400, "must be a finite number; got inf"),
         (b'{"x": "\xff"}', JSON, 400, "not UTF-8"),
         (json.dumps({"x": GOOD, "unit": "x" * 10_000}).encode(), JSON, 400, "is not one of"),
+        (json.dumps({"x": GOOD, "bugdet": 1}).encode(), JSON, 400, "unknown field 'bugdet'; the fields are x, budget"),
     ]
 
     async def scenario(client, server):

@@ -236,3 +236,17 @@ def test_a_stale_pid_file_naming_another_process_does_not_hold_a_point(tmp_path)
         mine.kill()
     finally:
         other.kill()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_sweep_exits_with_the_shells_code_for_its_signal(signum, tmp_path, monkeypatch, capsys):
+    from adaptive.cli.main import main
+    from adaptive.experiments import sweep as sweep_lib
+
+    def stopped(*args, **kwargs):
+        raise sweep_lib.SweepInterrupted(signum)
+
+    monkeypatch.setattr(sweep_lib, "run", stopped)
+    config = write_config(tmp_path, [{"halting.tau": 1e-3}], steps=5, checkpoint=5)
+    assert main(["sweep", "--config", config, "--workdir", str(tmp_path / "sweep")]) == 128 + signum  # 130, 143
+    assert f"stopped by signal {int(signum)}; rerun the same command to resume" in capsys.readouterr().err

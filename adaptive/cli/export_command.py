@@ -35,7 +35,7 @@ def run(args) -> int:
         _, meta = load_lm_artifact(out)
         print(
             f"wrote {out} ({meta['bytes']} bytes, sha256 {meta['sha256'][:12]}...; prompts up to "
-            f"{meta['prompt_capacity']} bytes, up to {meta['new_capacity']} new, caps {meta['caps']}, "
+            f"{meta['prompt_capacity'] - 1} bytes (and BOS), up to {meta['new_capacity']} new, caps {meta['caps']}, "
             f"default exit threshold {meta['exit_threshold']['default']:g}, {meta['slots']['count']} serving slots); "
             "verified against the live decoder"
         )

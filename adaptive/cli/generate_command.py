@@ -12,6 +12,7 @@ tokens, turned into a per-token layer cap by timing the compiled decoder at ever
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,9 @@ def run(args, overrides: list[str]) -> int:
     if args.budget is not None and not args.budget > 0:
         raise RunError(f"--budget={args.budget} must be > 0")
     trained = load_run(args.workdir, args.step, language_model=True)
-    prompts = [byte_vocab.encode(text.encode(), eos=False) for text in args.prompt]
+    # the bytes as given: a byte-level model takes any, UTF-8 or not (os.fsencode undoes the
+    # surrogates Python decodes undecodable argument bytes to)
+    prompts = [byte_vocab.encode(os.fsencode(text), eos=False) for text in args.prompt]
     decoder = _decoder(trained, max(len(p) for p in prompts), args.max_new_tokens)
     threshold = _threshold(args, trained)
     knobs = dict(threshold=threshold, expert_cap=args.experts, temperature=args.temperature, top_p=args.top_p)
@@ -108,7 +111,7 @@ def _row(prompt: str, out: G.Generation, i: int) -> dict:
     n = int(out.count_B[i])
     tokens = out.tokens_BxM[i, :n]
     return {
-        "prompt": prompt,
+        "prompt": os.fsencode(prompt).decode("utf-8", "replace"),
         "text": byte_vocab.decode(tokens).decode("utf-8", "replace"),
         "tokens": tokens.tolist(),
         "layers": out.layers_BxM[i, :n].tolist(),
@@ -144,7 +147,7 @@ def _shown(token: int) -> str:
 def _layer_cap_within_ms(decoder: G.Decoder, prompts, knobs: dict, ms_per_token: float) -> int:
     """The deepest layer cap whose timed milliseconds per token fit `ms_per_token`: the compiled
     decoder is timed at every cap on TIMING_TOKENS tokens (median of 3, after a warm-up)."""
-    batch, fitted = len(prompts), 1
+    batch, fitted, cheapest = len(prompts), None, None
     short = dict(knobs, max_new_tokens=min(TIMING_TOKENS, decoder.new_capacity), threshold=2.0, temperature=0.0)
     for cap in range(1, decoder.blocks + 1):
         limits = decoder.limits(batch, **dict(short, layer_cap=cap))
@@ -156,6 +159,14 @@ def _layer_cap_within_ms(decoder: G.Decoder, prompts, knobs: dict, ms_per_token:
             times.append((time.perf_counter() - start) * 1e3 / float(np.asarray(out.count_B).max()))
         per_token = sorted(times)[1]
         print(f"timed: layer cap {cap}: {per_token:.3f} ms per token", file=sys.stderr)
+        cheapest = per_token if cheapest is None else min(cheapest, per_token)
         if per_token <= ms_per_token:
             fitted = cap
+    if fitted is None:  # the request is served, at the least it can cost, and says it is over
+        print(
+            f"warning: no layer cap fits {ms_per_token:.4g} ms per token (the cheapest took {cheapest:.3f} ms); "
+            "generating at layer cap 1, over the budget",
+            file=sys.stderr,
+        )
+        return 1
     return fitted

@@ -160,10 +160,9 @@ def _eval_lm(args) -> int:
 def _calibrate(args, overrides: list[str]) -> int:
     from adaptive.evaluation.calibrate import calibrate
 
-    batches = [int(b) for b in args.batches.split(",") if b]
     _, path = calibrate(
         args.workdir,
-        batches=batches,
+        batches=args.batches,
         repeats=args.repeats,
         price_per_hour=args.price_per_hour,
         power_watts=args.power_watts,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from adaptive.cli.arg_types import image_file, nonnegative_float, output_file, positive_int, positive_ints
 from adaptive.cli.bench_parser import add_bench
 
 
@@ -60,7 +61,7 @@ def _add_eval(commands) -> None:
         "--baseline", action="append", default=[], metavar="DIR", help="a static run to compare with (repeatable)"
     )
     evaluate.add_argument(
-        "--latency-batch", type=int, metavar="B", help="also time the compiled predictor on batches of B"
+        "--latency-batch", type=positive_int, metavar="B", help="also time the compiled predictor on batches of B"
     )
     evaluate.add_argument(
         "--points", metavar="ART", help="score and plot this run's exported operating points (precision, pruning)"
@@ -185,11 +186,18 @@ def _add_report(commands) -> None:
     """`adaptive report`: a table over finished runs."""
     report = commands.add_parser("report", help="a table (and plots) over finished runs", allow_abbrev=False)
     report.add_argument("workdirs", nargs="+", metavar="DIR")
-    report.add_argument("--split", action="append", help="also evaluate on this split (repeatable)")
-    report.add_argument("--plot", metavar="PNG", help="draw compute (and accuracy) vs difficulty here")
-    report.add_argument("--markdown", metavar="MD", help="write the table as markdown here")
-    report.add_argument("--usage", metavar="PNG", help="draw MoE expert usage over training here")
-    report.add_argument("--pareto", metavar="PNG", help="draw accuracy vs compute (adaptive and static) here")
+    report.add_argument(
+        "--split",
+        action="append",
+        choices=("train", "validation", "test"),
+        help="also evaluate on this split (repeatable)",
+    )
+    report.add_argument("--plot", type=image_file, metavar="PNG", help="draw compute (and accuracy) vs difficulty here")
+    report.add_argument("--markdown", type=output_file, metavar="MD", help="write the table as markdown here")
+    report.add_argument("--usage", type=image_file, metavar="PNG", help="draw MoE expert usage over training here")
+    report.add_argument(
+        "--pareto", type=image_file, metavar="PNG", help="draw accuracy vs compute (adaptive and static) here"
+    )
 
 
 def _add_calibrate(commands) -> None:
@@ -198,10 +206,14 @@ def _add_calibrate(commands) -> None:
         "calibrate", help="time a run's inference and fit DIR/cost_model.json", allow_abbrev=False
     )
     calibrate.add_argument("--workdir", required=True, metavar="DIR")
-    calibrate.add_argument("--batches", default="1,8,32", help="comma-separated batch sizes")
-    calibrate.add_argument("--repeats", type=int, default=30)
-    calibrate.add_argument("--price-per-hour", type=float, default=3.0, help="machine price, money per hour")
-    calibrate.add_argument("--power-watts", type=float, default=30.0, help="machine power draw while serving")
+    calibrate.add_argument("--batches", type=positive_ints, default=[1, 8, 32], help="comma-separated batch sizes")
+    calibrate.add_argument("--repeats", type=positive_int, default=30)
+    calibrate.add_argument(
+        "--price-per-hour", type=nonnegative_float, default=3.0, help="machine price, money per hour"
+    )
+    calibrate.add_argument(
+        "--power-watts", type=nonnegative_float, default=30.0, help="machine power draw while serving"
+    )
 
 
 def _add_generate(commands) -> None:

@@ -24,7 +24,14 @@ from adaptive.workdir.config_file import RunError, load_config
 
 def describe(cfg) -> dict:
     h = cfg.halting
-    if h.policy == "none":
+    if cfg.model.kind == "lm" and h.policy == "none" and (cfg.lm.exits or cfg.lm.mod_capacity > 0):
+        parts = [f"{cfg.model.depth} blocks"]
+        if cfg.lm.exits:
+            parts.append(f"exits {cfg.lm.confidence}>={cfg.lm.exit_threshold:g}")
+        if cfg.lm.mod_capacity > 0:
+            parts.append(f"MoD {cfg.lm.mod_capacity:g} every {cfg.lm.mod_every}")
+        method = ", ".join(parts)
+    elif h.policy == "none":
         method = f"static depth {cfg.model.depth}"
     elif h.policy == "act":
         method = f"ACT tau={h.tau:g}"
@@ -60,6 +67,11 @@ def report(
 ) -> list[dict]:
     """Prints (and optionally writes) one row per run, then one per group of runs that differ
     only in their seed (mean and 95% interval over seeds); the plot shows group means."""
+    seen = {}
+    for workdir in workdirs:  # one run given twice would count as two seeds
+        if (key := Path(workdir).resolve()) in seen:
+            raise RunError(f"{workdir} is given twice (also as {seen[key]}); give each run once")
+        seen[key] = workdir
     rows, curves, groups = [], [], {}
     for workdir in map(Path, workdirs):
         cfg = load_config(workdir)
@@ -74,7 +86,7 @@ def report(
         run_curves = [(final.get("eval/split", cfg.data.eval_split), final)]  # the split it was scored on
         if splits and cfg.model.kind == "lm":
             raise RunError(
-                f"--splits re-scores classifiers; score the language model {workdir} on a split with "
+                f"--split re-scores classifiers; score the language model {workdir} on a split with "
                 "`adaptive eval --workdir DIR --split SPLIT`"
             )
         for split in splits:

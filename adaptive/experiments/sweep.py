@@ -291,9 +291,14 @@ def run(spec: str, points: list[Point], parallel: int, devices: list[str] = (), 
         for s, h in previous.items():
             signal.signal(s, h)
     if stop["signal"]:
-        raise SweepInterrupted(f"sweep stopped by signal {stop['signal']}; rerun the same command to resume")
+        raise SweepInterrupted(stop["signal"])
     return points
 
 
 class SweepInterrupted(RuntimeError):
-    """SIGTERM or Ctrl-C: the running points saved checkpoints and stopped."""
+    """SIGTERM or Ctrl-C: the running points saved checkpoints and stopped. `signum` gives the
+    command its exit status (128 + signum, as the shell reports a signal)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"sweep stopped by signal {signum}; rerun the same command to resume")
+        self.signum = int(signum)

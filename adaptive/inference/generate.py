@@ -14,6 +14,7 @@ generated tokens apart. It is a hard cap, paced token by token (adaptive.inferen
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import jax
@@ -82,6 +83,7 @@ class Decoder:
         if model.position_embed is not None and prompt_capacity + new_capacity > model.max_length:
             total = prompt_capacity + new_capacity
             raise ValueError(f"{total} prompt and new tokens exceed the learned positions ({model.max_length})")
+        _check_cache_fits(model, prompt_capacity + new_capacity)
         # rounded up, so that float32 pricing in the loop never finds a token dearer than its cap
         self.worst_DxE = jnp.asarray(worst_costs(flops, self.blocks, self.max_experts) * (1 + 1e-5), jnp.float32)
         self.traces = 0  # how often the generation was traced (compiled): once per batch size
@@ -186,6 +188,20 @@ def decoder_for_run(run, *, prompt_capacity: int, new_capacity: int) -> Decoder:
     # one device, each call's tokens routed as one group (a decode step has as many as rows)
     graphdef, params = nnx.split(limit_experts(model, None), nnx.Param)
     return Decoder(graphdef, params, flops, prompt_capacity=prompt_capacity, new_capacity=new_capacity)
+
+
+def _check_cache_fits(model, positions: int) -> None:
+    """Refuses a window whose key/value cache for one sequence would take more than half of this
+    machine's memory: XLA would fail to allocate it (or abort on the shape) mid-compilation."""
+    per_position = sum(
+        2 * b.attention.heads * b.attention.head_width * jnp.dtype(b.attention.dtype).itemsize for b in model.blocks
+    )
+    need, memory = positions * per_position, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > memory / 2:
+        raise ValueError(
+            f"a cache of {positions:,} prompt and new tokens takes {need / 2**30:,.1f} GiB per sequence; "
+            f"this machine has {memory / 2**30:,.1f} GiB: ask for fewer tokens"
+        )
 
 
 def worst_costs(flops: LMFlops, blocks: int, max_experts: int) -> np.ndarray:

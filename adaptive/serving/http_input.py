@@ -122,10 +122,16 @@ def _x(value, shape: tuple[int, ...]) -> np.ndarray:
     return x
 
 
+PREDICT_FIELDS = ("x", "budget", "unit", "priority")
+
+
 def parse_predict(body, engine: Engine, default_steps: int) -> PredictInput:
     """A /predict body checked against the engine's input shape and budget table."""
     if not isinstance(body, dict) or "x" not in body:
         raise BadRequest(400, 'the body must be a JSON object with "x" (one example)')
+    unknown = sorted(set(body) - set(PREDICT_FIELDS))
+    if unknown:  # a misspelt "budget" must not be served at the default budget without a word
+        raise BadRequest(400, f"unknown field {_short(unknown[0])}; the fields are {', '.join(PREDICT_FIELDS)}")
     x = _x(body["x"], engine.input_shape)
     unit = body.get("unit", "steps")
     if not isinstance(unit, str):

@@ -91,6 +91,7 @@ def _request_schema(input_shape: tuple[int, ...], units: tuple[str, ...]) -> dic
             "unit": {"type": "string", "enum": list(units), "default": "steps"},
             "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": 0},
         },
+        "additionalProperties": False,  # a misspelt field is a 400, not a default silently used
     }
 
 

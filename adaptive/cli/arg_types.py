@@ -1,0 +1,70 @@
+"""Argument types for flags whose values the parser can check before any work starts: a bad
+value is argparse's one-line usage error (exit 2), not a traceback after minutes of timing."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+# the formats matplotlib writes that a person opens as a picture
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {value}")
+    return value
+
+
+def positive_ints(text: str) -> list[int]:
+    """A comma-separated list of whole numbers >= 1, at least one."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers >= 1; got {text!r}")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers >= 1; got {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers >= 1; got {text!r}")
+    return values
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite number >= 0 (a price, a power draw)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text}")
+    return value
+
+
+def _in_a_folder(text: str) -> Path:
+    path = Path(text)
+    if not path.name or path.is_dir():
+        raise argparse.ArgumentTypeError(f"must name a file, not a folder; got {text!r}")
+    if not path.resolve().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"its folder {str(path.parent)!r} does not exist")
+    return path
+
+
+def image_file(text: str) -> str:
+    """A picture to write: .png, .pdf or .svg, in a folder that exists."""
+    path = _in_a_folder(text)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"must end in {', '.join(IMAGE_SUFFIXES)}; got {text!r}")
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file to write, in a folder that exists."""
+    _in_a_folder(text)
+    return text
