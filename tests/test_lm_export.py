@@ -351,3 +351,13 @@ def test_the_tiny_generation_serving_benchmark_runs_end_to_end(artifact, tmp_pat
     full = [r for r in rows if r["policy"] == "full depth"]
     assert all(r["agreement"] == 1.0 for r in full if r["count_ok"])  # full depth is its own reference
     assert "adaptive_lm_ttft_ms_bucket" in json.loads((tmp_path / "metrics_excerpts.json").read_text())["full depth"]
+
+
+def test_classifier_serving_flags_are_refused_for_a_language_model(artifact, capsys):
+    from adaptive.cli.main import main
+
+    _, art = artifact
+    for flag, value in (("--sla-ms", "50"), ("--max-batch", "4"), ("--default-budget", "2")):
+        assert main(["serve", "--artifact", str(art), flag, value]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"adaptive: error: {flag} applies to classifiers;") and "language model" in err, err

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -371,3 +372,19 @@ def test_the_openapi_document_describes_the_served_model(engine):
     assert status == 200 and document["openapi"].startswith("3.") and (x["minItems"], x["maxItems"]) == (16, 16)
     assert {"200", "400", "408", "413", "415", "503"} <= set(predict["responses"])
     assert {"/predict", "/healthz", "/metrics", "/openapi.json"} <= set(document["paths"])
+
+
+def test_flags_of_the_other_kind_of_model_are_refused_not_dropped(engine, tmp_path, capsys):
+    """A classifier's artifact and run: the language-model flags would be silently ignored."""
+    from adaptive.cli.main import main
+
+    run = Path(engine.name).parent / "run"
+    for argv, message in [
+        (["serve", "--artifact", engine.name, "--ttft-ms", "50"], "--ttft-ms applies to language models"),
+        (["serve", "--artifact", engine.name, "--max-waiting", "3"], "--max-waiting applies to language models"),
+        (["export", "--workdir", str(run), "--out", str(tmp_path / "a"), "--slots", "3"], "--slots applies to"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith(f"adaptive: error: {message}") and "holds a classifier" in err, err
+    assert not (tmp_path / "a").exists()

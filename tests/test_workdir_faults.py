@@ -229,3 +229,13 @@ def test_an_exit_calibration_with_a_threshold_no_token_could_pass_is_refused(tmp
             exit_calibration.read(tmp_path)
     exit_calibration.write(tmp_path, {"threshold": 0.5, "step": 10})
     assert exit_calibration.read(tmp_path)["threshold"] == 0.5 and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_rerun_asking_for_fewer_steps_than_were_trained_is_refused_and_the_config_kept(tmp_path):
+    train_and_evaluate(_config(10), tmp_path)
+    saved = (tmp_path / "config.json").read_text()
+    with pytest.raises(config_lib.ConfigError, match=r"already trained to step 10, past train.steps=5; give train"):
+        train_and_evaluate(_config(5), tmp_path)
+    assert (tmp_path / "config.json").read_text() == saved  # still says the 10 steps the checkpoints hold
+    train_and_evaluate(_config(20), tmp_path)  # more steps: the run goes on
+    assert final_state(tmp_path)[0] == 20

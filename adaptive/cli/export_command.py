@@ -6,6 +6,7 @@ import functools
 
 
 def run(args) -> int:
+    from adaptive.cli.parser import refuse_flags_of_the_other_kind
     from adaptive.config import ConfigError
     from adaptive.inference.export import export_run, load_artifact
     from adaptive.workdir.config_file import load_config
@@ -19,7 +20,12 @@ def run(args) -> int:
     ):
         if value < least:
             raise ConfigError(f"{flag}={value} must be >= {least}")
-    if load_config(args.workdir).model.kind == "lm":
+    language_model = load_config(args.workdir).model.kind == "lm"
+    if not language_model:
+        minimal = ["export", "--workdir", args.workdir, "--out", args.out]
+        names = ("prompt_capacity", "new_tokens", "slots")
+        refuse_flags_of_the_other_kind(args, minimal, names, "language models", f"{args.workdir} holds a classifier")
+    if language_model:
         from adaptive.inference.lm_export import export_lm_run, load_lm_artifact
 
         out = export_lm_run(

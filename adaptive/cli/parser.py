@@ -9,6 +9,18 @@ from adaptive.cli.arg_types import image_file, nonnegative_float, output_file, p
 from adaptive.cli.bench_parser import add_bench
 
 
+def refuse_flags_of_the_other_kind(args, minimal: list[str], names: tuple[str, ...], applies_to: str, is_: str):
+    """Raises a one-line ConfigError when one of the flags `names` was set away from its default
+    (parsing `minimal`, the command's required arguments only, gives the defaults): a flag that
+    only applies to the other kind of model must not be silently dropped."""
+    from adaptive.config import ConfigError
+
+    defaults = build_parser().parse_args(minimal)
+    for name in names:
+        if getattr(args, name) != getattr(defaults, name):
+            raise ConfigError(f"--{name.replace('_', '-')} applies to {applies_to}; {is_}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adaptive",

@@ -42,12 +42,21 @@ def run(args) -> int:
             raise ConfigError(f"{message}; got {value:g}")
     point = point_flag("--point", args.point) if args.point else None
 
+    from adaptive.cli.parser import refuse_flags_of_the_other_kind
     from adaptive.inference.artifact_meta import parse_meta
     from adaptive.inference.lm_export import FORMAT as LM_FORMAT
     from adaptive.serving.launch import serve, serve_lm
 
     meta = parse_meta(Path(args.artifact))
-    if isinstance(meta, dict) and meta.get("format") == LM_FORMAT:
+    language_model = isinstance(meta, dict) and meta.get("format") == LM_FORMAT
+    minimal, what = ["serve", "--artifact", args.artifact], f"{args.artifact} holds a "
+    if language_model:
+        names = ("sla_ms", "max_batch", "default_budget", "accuracy_tolerance")
+        refuse_flags_of_the_other_kind(args, minimal, names, "classifiers", what + "language model")
+    else:
+        names = ("ttft_ms", "tpot_ms", "max_waiting")
+        refuse_flags_of_the_other_kind(args, minimal, names, "language models", what + "classifier")
+    if language_model:
         fallback_point = _lm_fallback_point(args, meta, point)
         serve_lm(
             args.artifact,

@@ -290,6 +290,13 @@ def _write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
         raise config_lib.ConfigError(
             f"{workdir} holds a run with another config ({change}); use a new --workdir or the same config"
         )
+    folder = workdir / "checkpoints"
+    saved_steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir()] if folder.is_dir() else []
+    if saved_steps and max(saved_steps) > cfg.train.steps:  # config.json would then say less than was trained
+        raise config_lib.ConfigError(
+            f"{workdir} is already trained to step {max(saved_steps)}, past train.steps={cfg.train.steps}; "
+            f"give train.steps >= {max(saved_steps)} to go on, or a new --workdir"
+        )
     before = _get(saved, "train.steps") if saved is not None else None
     if before not in (None, cfg.train.steps) and cfg.optim.schedule != "constant":
         log.warning(
