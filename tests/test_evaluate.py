@@ -44,6 +44,16 @@ def test_eval_bad_arguments_are_one_line_errors(tiny_run, args, message):
     assert line.startswith("adaptive: error: ") and message in line
 
 
+def test_a_baseline_that_is_not_a_static_run_is_refused_before_the_evaluation(tiny_run, tmp_path, capsys):
+    from adaptive.cli.main import main
+
+    assert main(["eval", "--workdir", str(tiny_run), "--baseline", str(tiny_run)]) == 2
+    message = f"adaptive: error: --baseline {tiny_run} must be a static classifier run; it is halting.policy='act'"
+    assert capsys.readouterr().err.strip() == message
+    assert main(["eval", "--workdir", str(tiny_run), "--baseline", str(tmp_path)]) == 2
+    assert "is not a training run (no config.json)" in capsys.readouterr().err
+
+
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path):
     proc = _run("eval", "--workdir", str(tmp_path))
     assert proc.returncode == 2

@@ -239,3 +239,11 @@ def test_a_rerun_asking_for_fewer_steps_than_were_trained_is_refused_and_the_con
     assert (tmp_path / "config.json").read_text() == saved  # still says the 10 steps the checkpoints hold
     train_and_evaluate(_config(20), tmp_path)  # more steps: the run goes on
     assert final_state(tmp_path)[0] == 20
+
+
+@pytest.mark.parametrize("marker, holds", [("meta.json", "an exported artifact"), ("summary.json", "a sweep's points")])
+def test_a_folder_another_command_wrote_is_not_trained_into(marker, holds, tmp_path):
+    (tmp_path / marker).write_text("{}")
+    with pytest.raises(config_lib.ConfigError, match=f"holds {holds} \\({marker}\\), not a run; give another"):
+        train_and_evaluate(_config(10), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [marker]

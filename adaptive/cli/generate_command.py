@@ -38,6 +38,10 @@ def run(args, overrides: list[str]) -> int:
     if args.budget is not None and not args.budget > 0:
         raise RunError(f"--budget={args.budget} must be > 0")
     trained = load_run(args.workdir, args.step, language_model=True)
+    if args.threshold is not None and not trained.cfg.lm.exits:
+        raise RunError(f"--threshold applies to a model with exits; {args.workdir} has none (lm.exits=false)")
+    if args.experts is not None and not trained.cfg.moe.enabled:
+        raise RunError(f"--experts applies to a model with experts; {args.workdir} has none (moe.enabled=false)")
     # the bytes as given: a byte-level model takes any, UTF-8 or not (os.fsencode undoes the
     # surrogates Python decodes undecodable argument bytes to)
     prompts = [byte_vocab.encode(os.fsencode(text), eos=False) for text in args.prompt]

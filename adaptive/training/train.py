@@ -283,6 +283,10 @@ def _check_streak(state: dict, limit: int, step: int, ckpt: Checkpointer) -> Non
 def _write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
     """Saves DIR/config.json; on a rerun, refuses a config that would make it another run."""
     path = workdir / "config.json"
+    # Folders the other commands write hold no config.json: a run's files must not mix with theirs.
+    for marker, holds in (("meta.json", "an exported artifact"), ("summary.json", "a sweep's points")):
+        if not path.exists() and (workdir / marker).exists():
+            raise config_lib.ConfigError(f"{workdir} holds {holds} ({marker}), not a run; give another --workdir")
     current = json.loads(json.dumps(config_lib.to_dict(cfg)))
     saved = _saved_config(path, workdir)
     change = None if saved is None else config_change(saved, cfg)
