@@ -58,6 +58,15 @@ def test_round_trip_and_derived_units(tmp_path):
     assert again.energy_j(4, batch=2) == pytest.approx(50.0 * 0.003 / 2)
     with pytest.raises(CostModelError, match="no calibration for batch 8"):
         again.latency_ms(1, batch=8)
+    # a hand-edited or old file that would price cost or energy budgets with nonsense
+    for key, value, message in [
+        ("price_per_hour", float("nan"), "price_per_hour is nan; must be finite and >= 0"),
+        ("power_watts", -3.0, "power_watts is -3.0; must be finite and >= 0"),
+        ("fits", {}, "no calibrated batch size in its fits"),
+    ]:
+        (tmp_path / "bad.json").write_text(json.dumps({**json.loads((tmp_path / "c.json").read_text()), key: value}))
+        with pytest.raises(CostModelError, match=f"bad.json is not a valid cost model \\({message}\\)"):
+            CostModel.load(tmp_path / "bad.json")
 
 
 def test_a_moe_models_calibration_answers_for_all_its_experts_at_its_largest_budget():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -138,6 +139,11 @@ class CostModel:
             )
         except (ValueError, KeyError, TypeError) as e:
             raise CostModelError(f"{path} is not a valid cost model ({type(e).__name__}: {e})") from None
+        for key, value in (("price_per_hour", model.price_per_hour), ("power_watts", model.power_watts)):
+            if not (math.isfinite(value) and value >= 0):  # a cost or energy budget would price with it
+                raise CostModelError(f"{path} is not a valid cost model ({key} is {value}; must be finite and >= 0)")
+        if not model.fits:
+            raise CostModelError(f"{path} is not a valid cost model (no calibrated batch size in its fits)")
         if expect_fingerprint is not None and model.fingerprint != expect_fingerprint:
             raise CostModelError(
                 f"{path} was calibrated for another model or config (fingerprint {model.fingerprint} != "
