@@ -158,3 +158,29 @@ def test_each_timed_call_is_judged_against_the_tightest_request_it_drew(calibrat
     ones = call_slas(requests, budget.requests, 200, 50, 1)
     assert set(ones) == {3.0, 4.0} and 0.3 < (ones == 4.0).mean() < 0.7
     assert (call_slas(requests, budget.requests, 20, 20, 64) == 3.0).all()  # 64 draws: a 3 ms one among them
+
+
+def test_a_run_keeps_the_cost_model_it_was_trained_under(calibrated, tmp_path, caplog):
+    """budget.cost_model names a file `adaptive calibrate` of another run may rewrite: the run
+    copies it as it starts, and its budgets read the copy from then on."""
+    from adaptive.workdir.config_file import RUN_COST_MODEL, load_config
+
+    cfg, _ = calibrated
+    source, run = tmp_path / "cost.json", tmp_path / "run"
+    CostModel(fingerprint(cfg, SHAPE), "test", 3.0, 30.0, {"b1_k0": Fit(1.0, 0.5, [])}).save(source)
+    overrides = (
+        "--config.budget.unit=latency_ms",
+        "--config.budget.target=2.5",
+        f"--config.budget.cost_model={source}",
+        "--config.budget.serving_batch=1",
+    )
+    train_tiny(run, 5, overrides=overrides)
+    assert (run / RUN_COST_MODEL).read_text() == source.read_text()
+    CostModel(fingerprint(cfg, SHAPE), "test", 3.0, 30.0, {"b8_k0": Fit(9.0, 9.0, [])}).save(source)  # recalibrated
+    loaded = load_config(run)
+    assert loaded.budget.cost_model == str(run.resolve() / RUN_COST_MODEL)
+    assert Budget.from_config(loaded, SHAPE, 2).compute(3.0) == pytest.approx(1.0 + 3 * 0.5)
+    with caplog.at_level("WARNING", logger="adaptive.training.train"):
+        train_tiny(run, 10, overrides=overrides)  # resumed: the run keeps its copy, and says so
+    assert f"{source} changed since this run started; the run keeps the cost model it started with" in caplog.text
+    assert (run / RUN_COST_MODEL).read_text() != source.read_text()

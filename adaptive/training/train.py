@@ -33,7 +33,7 @@ from adaptive.training.metrics import JsonlWriter, MultiWriter, ProgressBar, Wan
 from adaptive.training.optim import learning_rate_schedule, make_optimizer
 from adaptive.workdir import runinfo
 from adaptive.workdir.checkpoint import Checkpointer
-from adaptive.workdir.config_file import damaged_config
+from adaptive.workdir.config_file import RUN_COST_MODEL, damaged_config, with_run_cost_model
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,14 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
     spec = data.prepare(cfg.data)
     _check_routing_groups(cfg, spec.input_shape)
     model = build_model(cfg, spec)
-    budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)  # refuses unreachable targets
     workdir = Path(workdir).resolve()
+    # refuses unreachable targets; a resumed run prices with the cost model it started with
+    budget = Budget.from_config(with_run_cost_model(cfg, workdir), spec.input_shape, spec.num_classes)
     with runinfo.file_errors(workdir):
         workdir.mkdir(parents=True, exist_ok=True)
     if parallel.is_writer():
         _write_or_check_config(cfg, workdir)
+        _keep_cost_model(cfg, workdir)
 
     state, loop = _build_loop(cfg, model, spec, budget, mesh)
     rows = parallel.host_rows(cfg.train.batch_size) if jax.process_count() > 1 else None
@@ -309,6 +311,21 @@ def _write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
             before, cfg.train.steps, cfg.optim.schedule, before, cfg.train.steps,
         )  # fmt: skip
     runinfo.write_atomic(path, json.dumps(current, indent=2) + "\n")
+
+
+def _keep_cost_model(cfg: config_lib.Config, workdir: Path) -> None:
+    """Copies budget.cost_model into the run as it starts; on a resume the copy is kept, with a
+    warning when the file it came from has changed since (recalibrated)."""
+    if not cfg.budget.cost_model:
+        return
+    source, copy = Path(cfg.budget.cost_model), workdir / RUN_COST_MODEL
+    with runinfo.file_errors(source, "read"):
+        text = source.read_text()
+    if not copy.exists():
+        runinfo.write_atomic(copy, text)
+    elif copy.read_text() != text:
+        log.warning("%s changed since this run started; the run keeps the cost model it started with (%s)",
+                    source, copy)  # fmt: skip
 
 
 def config_change(saved: dict, cfg: config_lib.Config) -> str | None:

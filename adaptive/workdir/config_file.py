@@ -1,12 +1,20 @@
-"""A run's config.json: read back into a Config, with one-line errors that say how to recover."""
+"""A run's config.json: read back into a Config, with one-line errors that say how to recover.
+
+A run priced in latency, cost or energy keeps its own copy of the cost model it was trained
+under (RUN_COST_MODEL): `budget.cost_model` names a file other commands rewrite (`adaptive
+calibrate` of the run it came from), and the run's budgets must not change under it. A config
+read back points at that copy."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 from adaptive import config as config_lib
 from adaptive.workdir.runinfo import json_problem
+
+RUN_COST_MODEL = "budget_cost_model.json"
 
 
 class RunError(ValueError):
@@ -26,9 +34,18 @@ def load_config(workdir: str | Path) -> config_lib.Config:
     except ValueError as e:
         raise damaged_config(path, json_problem(e)) from e
     try:
-        return config_lib.from_dict(saved)
+        cfg = config_lib.from_dict(saved)
     except config_lib.ConfigError as e:  # named as the file's, not the command line's
         raise RunError(f"{path}: {e}") from None
+    return with_run_cost_model(cfg, workdir)
+
+
+def with_run_cost_model(cfg: config_lib.Config, workdir: str | Path) -> config_lib.Config:
+    """`cfg` with budget.cost_model at the run's own copy, where it has one."""
+    copy = Path(workdir).resolve() / RUN_COST_MODEL
+    if not cfg.budget.cost_model or not copy.is_file():
+        return cfg
+    return dataclasses.replace(cfg, budget=dataclasses.replace(cfg.budget, cost_model=str(copy)))
 
 
 def damaged_config(path: Path, problem: str) -> RunError:
