@@ -45,3 +45,32 @@ def test_a_run_given_twice_to_report_is_refused_before_it_counts_as_two_seeds(tm
     with pytest.raises(RunError, match=r"run/ is given twice \(also as .*run\); give each run once"):
         report([str(tmp_path / "run"), str(tmp_path / "run") + "/"], splits=[], plot=None, markdown=None)
     assert main(["report", str(tmp_path / "run"), str(tmp_path / "run")]) == 2
+
+
+def test_report_over_a_sweeps_folder_leaves_its_files_out(tmp_path, capsys):
+    """`adaptive report runs/SWEEP/*` also names the sweep's summary and plot: files, not runs."""
+    from adaptive.evaluation.report import report
+
+    (tmp_path / "summary.json").write_text("[]")
+    (tmp_path / "pareto.png").write_bytes(b"")
+    with pytest.raises(RunError, match="no run folder among the paths given, only files"):
+        report([str(tmp_path / "summary.json")], splits=[], plot=None, markdown=None)
+    (tmp_path / "point").mkdir()  # a folder is read as a run, and refused as one
+    with pytest.raises(RunError, match="point is not a training run"):
+        report(sorted(str(p) for p in tmp_path.iterdir()), splits=[], plot=None, markdown=None)
+    assert "left out 2 file(s) that are not runs: pareto.png, summary.json" in capsys.readouterr().out
+
+
+def test_two_runs_of_one_config_and_seed_are_refused_before_they_count_as_two_seeds(tmp_path):
+    import json
+
+    from adaptive import config as config_lib
+    from adaptive.evaluation.report import report
+    from tests.helpers import ROOT
+
+    cfg = config_lib.load(str(ROOT / "configs/parity.py:tiny"), [])
+    for name in ("run", "copy"):  # a run folder and a copy of it
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config_lib.to_dict(cfg)))
+    with pytest.raises(RunError, match="copy and .*run are runs of the same config and seed; give one of them"):
+        report([str(tmp_path / "run"), str(tmp_path / "copy")], splits=[], plot=None, markdown=None)

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.helpers import cli, train_tiny
+from tests.helpers import ROOT, cli, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_a_flops_budget_and_a_time_budget_hold(run_dir, tmp_path):
         ),
         (("--prompt", "x", "--seed", "-1"), "seed=-1 is outside"),  # checked before a cast to uint32
         (("--prompt", "x", "--max-new-tokens", "0"), "--max-new-tokens=0"),
-        (("--prompt", "x", "--max-new-tokens", "1000000000"), "GiB per sequence; this machine has"),
+        (("--prompt", "x", "--max-new-tokens", "1000000000"), "GiB; the device has"),
         (("--prompt", "x", "--experts", "1"), "--experts applies to a model with experts;"),
         (
             (
@@ -160,3 +160,13 @@ def test_report_gives_a_language_models_run_a_row_per_token(run_dir, tmp_path):
     assert row["eval_flops"] > 0 and row["bits_per_byte"] > 0 and (tmp_path / "pareto.png").exists()
     with pytest.raises(RunError, match="--split re-scores classifiers"):
         report([str(run_dir)], splits=["test"], plot=None, markdown=None)
+
+
+def test_a_threshold_for_a_model_without_exits_is_refused_before_it_loads(tmp_path, capsys):
+    from adaptive import config as config_lib
+    from adaptive.cli.main import main
+
+    cfg = config_lib.load(str(ROOT / "configs/lm.py:tiny"), [])  # no exits; no checkpoint needed to refuse
+    (tmp_path / "config.json").write_text(json.dumps(config_lib.to_dict(cfg)))
+    assert main(["generate", "--workdir", str(tmp_path), "--prompt", "x", "--threshold", "0.5"]) == 2
+    assert "--threshold applies to a model with exits;" in capsys.readouterr().err

@@ -247,3 +247,12 @@ def test_a_folder_another_command_wrote_is_not_trained_into(marker, holds, tmp_p
     with pytest.raises(config_lib.ConfigError, match=f"holds {holds} \\({marker}\\), not a run; give another"):
         train_and_evaluate(_config(10), tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [marker]
+
+
+def test_a_folder_of_runs_is_not_trained_into(tmp_path):
+    """A sweep's folder before its summary is written holds only its points' runs."""
+    (tmp_path / "0-tau0.001").mkdir()
+    (tmp_path / "0-tau0.001" / "config.json").write_text("{}")
+    with pytest.raises(config_lib.ConfigError, match=r"holds runs \(0-tau0.001, ...\), not a run; give another"):
+        train_and_evaluate(_config(10), tmp_path)
+    assert not (tmp_path / "config.json").exists()

@@ -22,7 +22,7 @@ def run(args) -> int:
             raise ConfigError(f"{flag}={value} must be >= {least}")
     language_model = load_config(args.workdir).model.kind == "lm"
     if not language_model:
-        minimal = ["export", "--workdir", args.workdir, "--out", args.out]
+        minimal = ["export", "--workdir", "DIR", "--out", "ART"]
         names = ("prompt_capacity", "new_tokens", "slots")
         refuse_flags_of_the_other_kind(args, minimal, names, "language models", f"{args.workdir} holds a classifier")
     if language_model:

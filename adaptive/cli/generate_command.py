@@ -24,7 +24,7 @@ from adaptive.data import byte_vocab
 from adaptive.inference import generate as G
 from adaptive.inference.restore import load_run
 from adaptive.workdir import exit_calibration
-from adaptive.workdir.config_file import RunError
+from adaptive.workdir.config_file import RunError, load_config
 
 PROMPT_BUCKET = 64  # prompts padded to a multiple: one compilation serves nearby lengths
 TIMING_TOKENS = 8
@@ -37,11 +37,12 @@ def run(args, overrides: list[str]) -> int:
         raise RunError(f"--max-new-tokens={args.max_new_tokens} must be >= 1")
     if args.budget is not None and not args.budget > 0:
         raise RunError(f"--budget={args.budget} must be > 0")
-    trained = load_run(args.workdir, args.step, language_model=True)
-    if args.threshold is not None and not trained.cfg.lm.exits:
+    cfg = load_config(Path(args.workdir).resolve())  # checked before the run loads
+    if cfg.model.kind == "lm" and args.threshold is not None and not cfg.lm.exits:
         raise RunError(f"--threshold applies to a model with exits; {args.workdir} has none (lm.exits=false)")
-    if args.experts is not None and not trained.cfg.moe.enabled:
+    if cfg.model.kind == "lm" and args.experts is not None and not cfg.moe.enabled:
         raise RunError(f"--experts applies to a model with experts; {args.workdir} has none (moe.enabled=false)")
+    trained = load_run(args.workdir, args.step, language_model=True)
     # the bytes as given: a byte-level model takes any, UTF-8 or not (os.fsencode undoes the
     # surrogates Python decodes undecodable argument bytes to)
     prompts = [byte_vocab.encode(os.fsencode(text), eos=False) for text in args.prompt]

@@ -11,8 +11,9 @@ from adaptive.cli.bench_parser import add_bench
 
 def refuse_flags_of_the_other_kind(args, minimal: list[str], names: tuple[str, ...], applies_to: str, is_: str):
     """Raises a one-line ConfigError when one of the flags `names` was set away from its default
-    (parsing `minimal`, the command's required arguments only, gives the defaults): a flag that
-    only applies to the other kind of model must not be silently dropped."""
+    (parsing `minimal`, the command's required flags with placeholder values, gives the
+    defaults): a flag that only applies to the other kind of model must not be silently dropped.
+    A flag given at its default value changes nothing, and passes."""
     from adaptive.config import ConfigError
 
     defaults = build_parser().parse_args(minimal)

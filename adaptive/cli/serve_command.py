@@ -49,7 +49,7 @@ def run(args) -> int:
 
     meta = parse_meta(Path(args.artifact))
     language_model = isinstance(meta, dict) and meta.get("format") == LM_FORMAT
-    minimal, what = ["serve", "--artifact", args.artifact], f"{args.artifact} holds a "
+    minimal, what = ["serve", "--artifact", "ART"], f"{args.artifact} holds a "
     if language_model:
         names = ("sla_ms", "max_batch", "default_budget", "accuracy_tolerance")
         refuse_flags_of_the_other_kind(args, minimal, names, "classifiers", what + "language model")

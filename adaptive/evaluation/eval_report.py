@@ -153,7 +153,8 @@ def _cost_per_correct(run: Run, accuracy: float, steps_mean: float, flops_mean: 
 
 
 def _baseline(workdir: str, split: str) -> dict:
-    """A static (or any) run's single operating point on the same split, at its cap."""
+    """A static run's single operating point on the same split, at its depth (`adaptive eval`
+    refuses a baseline that is not a static classifier)."""
     run = load_run(workdir)
     eval_step = jax.jit(steps.make_eval_step(run.graphdef, run.spec.max_difficulty))
     metrics = score_split(eval_step, run.params, run.cfg, split)

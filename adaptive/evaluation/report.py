@@ -67,11 +67,23 @@ def report(
 ) -> list[dict]:
     """Prints (and optionally writes) one row per run, then one per group of runs that differ
     only in their seed (mean and 95% interval over seeds); the plot shows group means."""
+    files = [w for w in workdirs if Path(w).is_file()]  # a sweep's summary and plot, from DIR/*
+    if files:
+        workdirs = [w for w in workdirs if w not in files]
+        print(f"left out {len(files)} file(s) that are not runs: {', '.join(Path(f).name for f in files[:4])}")
+        if not workdirs:
+            raise RunError("no run folder among the paths given, only files")
     seen = {}
     for workdir in workdirs:  # one run given twice would count as two seeds
         if (key := Path(workdir).resolve()) in seen:
             raise RunError(f"{workdir} is given twice (also as {seen[key]}); give each run once")
         seen[key] = workdir
+    same = {}
+    for workdir in workdirs:  # a copied run folder: its results would count twice among the seeds
+        cfg = load_config(workdir)
+        if (key := (_without_seed(cfg), cfg.seed)) in same:
+            raise RunError(f"{workdir} and {same[key]} are runs of the same config and seed; give one of them")
+        same[key] = workdir
     rows, curves, groups = [], [], {}
     for workdir in map(Path, workdirs):
         cfg = load_config(workdir)

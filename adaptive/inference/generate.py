@@ -83,7 +83,8 @@ class Decoder:
         if model.position_embed is not None and prompt_capacity + new_capacity > model.max_length:
             total = prompt_capacity + new_capacity
             raise ValueError(f"{total} prompt and new tokens exceed the learned positions ({model.max_length})")
-        _check_cache_fits(model, prompt_capacity + new_capacity)
+        self._cache_bytes, self._memory = cache_bytes(model, prompt_capacity + new_capacity), _device_memory()
+        _check_cache_fits(self._cache_bytes, 1, self._memory)
         # rounded up, so that float32 pricing in the loop never finds a token dearer than its cap
         self.worst_DxE = jnp.asarray(worst_costs(flops, self.blocks, self.max_experts) * (1 + 1e-5), jnp.float32)
         self.traces = 0  # how often the generation was traced (compiled): once per batch size
@@ -91,6 +92,7 @@ class Decoder:
 
     def limits(self, batch: int, **given) -> GenerationLimits:
         """Checked limits (`checked_limits`), each a scalar or one value per sequence."""
+        _check_cache_fits(self._cache_bytes, batch, self._memory)
         return checked_limits(batch, self.new_capacity, self.blocks, self.max_experts, **given)
 
     def __call__(self, prompts: list[np.ndarray], limits: GenerationLimits) -> Generation:
@@ -190,17 +192,28 @@ def decoder_for_run(run, *, prompt_capacity: int, new_capacity: int) -> Decoder:
     return Decoder(graphdef, params, flops, prompt_capacity=prompt_capacity, new_capacity=new_capacity)
 
 
-def _check_cache_fits(model, positions: int) -> None:
-    """Refuses a window whose key/value cache for one sequence would take more than half of this
-    machine's memory: XLA would fail to allocate it (or abort on the shape) mid-compilation."""
+def cache_bytes(model, positions: int) -> int:
+    """Bytes of one sequence's key/value cache over `positions` tokens, every block."""
     per_position = sum(
         2 * b.attention.heads * b.attention.head_width * jnp.dtype(b.attention.dtype).itemsize for b in model.blocks
     )
-    need, memory = positions * per_position, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return positions * per_position
+
+
+def _device_memory() -> int:
+    """Bytes of memory of the device: an accelerator's as JAX reports it, else this machine's."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return int(stats.get("bytes_limit") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def _check_cache_fits(per_sequence: int, batch: int, memory: int) -> None:
+    """Refuses caches for `batch` sequences that would take more than half of the device's
+    `memory`: XLA would fail to allocate them, or abort on the shape, mid-compilation."""
+    need = per_sequence * batch
     if need > memory / 2:
         raise ValueError(
-            f"a cache of {positions:,} prompt and new tokens takes {need / 2**30:,.1f} GiB per sequence; "
-            f"this machine has {memory / 2**30:,.1f} GiB: ask for fewer tokens"
+            f"the key/value cache of {batch} sequence(s) takes {need / 2**30:,.1f} GiB; the device has "
+            f"{memory / 2**30:,.1f} GiB: ask for fewer tokens or sequences"
         )
 
 

@@ -8,7 +8,8 @@ arrive in time (408), one over the size limit (413), a Content-Type or charset o
 in UTF-8 (415), bytes that are not UTF-8, JSON nested past the parser's recursion limit, an
 integer literal past float range (Python builds it; `float()` of it overflows), and fields of
 the wrong kind: `x` takes JSON numbers only (not numeric strings, not booleans), `budget` a
-finite number. JSON is parsed by the standard library's C decoder without per-number hooks: a
+finite number; and fields it does not know (a misspelt "budget" would otherwise be served at the
+default budget). JSON is parsed by the standard library's C decoder without per-number hooks: a
 hook is a Python call per number (an image's worth of calls on the event loop per request),
 and Python itself refuses integer literals over 4300 digits.
 """

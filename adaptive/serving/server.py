@@ -11,7 +11,7 @@ which may be below the budget asked for with status ok when a cheaper point is a
 status ok / degraded / fallback with HTTP 200, rejected / deferred with 503 (deferred carries
 retry_after_ms), error with 500 if a batch fails (its requests are answered; the server goes
 on). Bad requests (see adaptive/serving/http_input.py: not UTF-8 JSON, missing or wrong-shaped x, NaN, a
-budget out of range, an unknown unit, a body over 1 MiB or late, a Content-Type other than JSON)
+budget out of range, an unknown unit or field, a body over 1 MiB or late, a Content-Type other than JSON)
 get a 4xx with {"error": one line}, counted in /metrics, and the server keeps serving.
 GET /healthz says what is loaded; GET /metrics is Prometheus text; GET /openapi.json is the
 OpenAPI document of all this. Past --max-connections open connections, new ones get a 503 and

@@ -38,6 +38,7 @@ from adaptive.workdir.config_file import RUN_COST_MODEL, damaged_config, with_ru
 log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption; anything else means another run.
+# (train.steps may only stay at or above the step the checkpoints reached: _write_or_check_config.)
 RESUMABLE_CHANGES = (
     "train.steps",
     "train.eval_every",
@@ -289,6 +290,9 @@ def _write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
     for marker, holds in (("meta.json", "an exported artifact"), ("summary.json", "a sweep's points")):
         if not path.exists() and (workdir / marker).exists():
             raise config_lib.ConfigError(f"{workdir} holds {holds} ({marker}), not a run; give another --workdir")
+    runs = [] if path.exists() else sorted(p.parent.name for p in workdir.glob("*/config.json"))
+    if runs:  # a sweep's or a reproduction's folder before its summary is written
+        raise config_lib.ConfigError(f"{workdir} holds runs ({runs[0]}, ...), not a run; give another --workdir")
     current = json.loads(json.dumps(config_lib.to_dict(cfg)))
     saved = _saved_config(path, workdir)
     change = None if saved is None else config_change(saved, cfg)
