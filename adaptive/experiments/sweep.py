@@ -31,6 +31,7 @@ from adaptive import config as config_lib
 from adaptive.config import ConfigError
 from adaptive.training.metrics import read_jsonl
 from adaptive.training.train import config_change
+from adaptive.workdir.config_file import saved_steps
 
 
 @dataclass
@@ -124,11 +125,7 @@ def _finished(point: Point) -> bool:
         return False
     if not any(r["split"] == "eval" and r["step"] >= point.steps for r in read_jsonl(metrics)):
         return False
-    folder = point.workdir / "checkpoints"
-    # orbax names a finished save by its step (a save in progress has a temporary name); read as
-    # names, since opening a CheckpointManager would start JAX's backends in the sweep itself
-    saved = [int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir()] if folder.is_dir() else []
-    if max(saved, default=0) < point.steps:
+    if max(saved_steps(point.workdir), default=0) < point.steps:
         return False
     return point.config is None or _same_run(point)
 

@@ -33,7 +33,7 @@ from adaptive.training.metrics import JsonlWriter, MultiWriter, ProgressBar, Wan
 from adaptive.training.optim import learning_rate_schedule, make_optimizer
 from adaptive.workdir import runinfo
 from adaptive.workdir.checkpoint import Checkpointer
-from adaptive.workdir.config_file import RUN_COST_MODEL, damaged_config, with_run_cost_model
+from adaptive.workdir.config_file import RUN_COST_MODEL, damaged_config, saved_steps, with_run_cost_model
 
 log = logging.getLogger(__name__)
 
@@ -300,12 +300,11 @@ def _write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
         raise config_lib.ConfigError(
             f"{workdir} holds a run with another config ({change}); use a new --workdir or the same config"
         )
-    folder = workdir / "checkpoints"
-    saved_steps = [int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir()] if folder.is_dir() else []
-    if saved_steps and max(saved_steps) > cfg.train.steps:  # config.json would then say less than was trained
+    reached = max(saved_steps(workdir), default=0)
+    if reached > cfg.train.steps:  # config.json would then say less than was trained
         raise config_lib.ConfigError(
-            f"{workdir} is already trained to step {max(saved_steps)}, past train.steps={cfg.train.steps}; "
-            f"give train.steps >= {max(saved_steps)} to go on, or a new --workdir"
+            f"{workdir} is already trained to step {reached}, past train.steps={cfg.train.steps}; "
+            f"give train.steps >= {reached} to go on, or a new --workdir"
         )
     before = _get(saved, "train.steps") if saved is not None else None
     if before not in (None, cfg.train.steps) and cfg.optim.schedule != "constant":

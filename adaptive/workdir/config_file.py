@@ -57,6 +57,14 @@ def damaged_config(path: Path, problem: str) -> RunError:
     )
 
 
+def saved_steps(workdir: Path) -> list[int]:
+    """The steps of the run's finished checkpoints. Orbax names a finished save by its step (a
+    save in progress has a temporary name); read as names, since opening a CheckpointManager
+    would start JAX's backends in a process that only looks (a sweep)."""
+    folder = workdir / "checkpoints"
+    return [int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir()] if folder.is_dir() else []
+
+
 def checkpoint_folder(workdir: Path) -> Path:
     """The run's checkpoints folder; a RunError if it has none yet."""
     folder = workdir / "checkpoints"
