@@ -44,7 +44,7 @@ def test_eval_bad_arguments_are_one_line_errors(tiny_run, args, message):
     assert line.startswith("adaptive: error: ") and message in line
 
 
-def test_a_baseline_that_is_not_a_static_run_is_refused_before_the_evaluation(tiny_run, tmp_path, capsys):
+def test_a_baseline_or_points_that_cannot_serve_are_refused_before_the_evaluation(tiny_run, tmp_path, capsys):
     from adaptive.cli.main import main
 
     assert main(["eval", "--workdir", str(tiny_run), "--baseline", str(tiny_run)]) == 2
@@ -52,6 +52,9 @@ def test_a_baseline_that_is_not_a_static_run_is_refused_before_the_evaluation(ti
     assert capsys.readouterr().err.strip() == message
     assert main(["eval", "--workdir", str(tiny_run), "--baseline", str(tmp_path)]) == 2
     assert "is not a training run (no config.json)" in capsys.readouterr().err
+    (tmp_path / "meta.json").write_text(json.dumps({"format": "adaptive-lm-export/1"}))  # a language model's
+    assert main(["eval", "--workdir", str(tiny_run), "--points", str(tmp_path)]) == 2
+    assert "meta.json: format must be 'adaptive-export/2'" in capsys.readouterr().err
 
 
 def test_eval_of_a_folder_that_is_not_a_run(tmp_path):

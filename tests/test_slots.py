@@ -95,3 +95,10 @@ def test_a_step_degrades_the_slots_it_is_told_to_and_no_others(decoder):
         assert step_degraded[0] == step_none[0]  # slot 0 untouched
         assert step_degraded[1][1] == 1 and step_degraded[1][2] <= 1 < step_none[1][1]
     assert slots.traces["step"] == 1
+
+
+def test_slots_whose_caches_cannot_fit_the_device_are_refused_in_one_line(decoder):
+    with pytest.raises(ValueError, match=r"the key/value cache of 1000000000 sequence\(s\) takes [\d,.]+ GiB; the dev"):
+        SlotDecoder.of(decoder, 10**9)
+    with pytest.raises(ValueError, match=r"cache of 1000000000 sequence\(s\)"):
+        decoder.limits(10**9)  # a generation call of that many sequences, likewise

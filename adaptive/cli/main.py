@@ -91,6 +91,10 @@ def _eval(args, overrides: list[str]) -> int:
         if static.model.kind == "lm" or static.halting.policy != "none":
             what = "a language model" if static.model.kind == "lm" else f"halting.policy={static.halting.policy!r}"
             raise RunError(f"--baseline {baseline} must be a static classifier run; it is {what}")
+    if args.points:  # likewise: a language model's artifact, a damaged meta.json
+        from adaptive.inference.artifact_meta import read_meta
+
+        read_meta(Path(args.points))
 
     metrics, path = evaluate_run(
         args.workdir,

@@ -90,9 +90,13 @@ class Decoder:
         self.traces = 0  # how often the generation was traced (compiled): once per batch size
         self._compiled = jax.jit(self.generate)
 
+    def check_cache_fits(self, batch: int) -> None:
+        """Refuses `batch` sequences whose key/value caches would take over half the device's memory."""
+        _check_cache_fits(self._cache_bytes, batch, self._memory)
+
     def limits(self, batch: int, **given) -> GenerationLimits:
         """Checked limits (`checked_limits`), each a scalar or one value per sequence."""
-        _check_cache_fits(self._cache_bytes, batch, self._memory)
+        self.check_cache_fits(batch)
         return checked_limits(batch, self.new_capacity, self.blocks, self.max_experts, **given)
 
     def __call__(self, prompts: list[np.ndarray], limits: GenerationLimits) -> Generation:

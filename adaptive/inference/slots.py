@@ -92,6 +92,7 @@ class SlotDecoder:
     @classmethod
     def of(cls, decoder, slots: int, *, compact: bool = True) -> SlotDecoder:
         """The slot functions of a `Decoder`'s model, capacities, pricing and limit checks."""
+        decoder.check_cache_fits(slots)  # every slot holds a whole cache
         return cls(
             decoder.graphdef,
             decoder.params,
