@@ -8,7 +8,7 @@ from adaptive import config as config_lib
 from adaptive.training.train import train_and_evaluate
 from tests.helpers import QUIET, ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("fully_optimized")]
 
 
 def _train(spec: str, tmp_path, *overrides: str) -> dict:
