@@ -36,9 +36,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 # Datasets are prepared once per session into one temporary folder, which the workers and every
 # subprocess find through ADAPTIVE_DATA_DIR (preparing takes a lock, so two workers wanting the
-# same dataset prepare it once). Preparing the tiny language model's windows takes most of a
-# minute, so a test should not point `data.data_dir` at a folder of its own unless preparation is
-# what it tests. ADAPTIVE_TESTS_DATA_DIR names a folder to use instead and keep: `.ci/run` gives
+# same dataset prepare it once). Preparing the tiny language model's windows takes seconds, so a
+# test should not point `data.data_dir` at a folder of its own unless preparation is what it
+# tests. ADAPTIVE_TESTS_DATA_DIR names a folder to use instead and keep: `.ci/run` gives
 # its two pytest runs one (a fresh folder each time: one kept across code changes would serve data
 # a changed builder no longer makes). A user's own ADAPTIVE_DATA_DIR is never read or written.
 if "ADAPTIVE_TESTS_DATA_DIR" not in os.environ:

@@ -95,7 +95,11 @@ def _corpus(root):
     (root / "pkg" / "notes.txt").write_text("not python\n")
 
 
-def test_pystdlib_splits_by_file_and_every_byte_is_a_target_once(tmp_path):
+# Windows are stored many to a record: the default packs this corpus's splits into one record
+# each; 40 tokens a record (2 windows of 17) gives many, the last of each split padded.
+@pytest.mark.parametrize("tokens_per_record", [pystdlib.TOKENS_PER_RECORD, 40])
+def test_pystdlib_splits_by_file_and_every_byte_is_a_target_once(tmp_path, monkeypatch, tokens_per_record):
+    monkeypatch.setattr(pystdlib, "TOKENS_PER_RECORD", tokens_per_record)
     root = tmp_path / "lib"
     _corpus(root)
     cfg = Cfg(name="pystdlib", data_dir=str(tmp_path / "data"), text_dir=str(root), window=16)
@@ -113,9 +117,18 @@ def test_pystdlib_splits_by_file_and_every_byte_is_a_target_once(tmp_path):
         np.testing.assert_array_equal(np.concatenate([stream[:1], targets]), stream[: len(targets) + 1])
         assert len(stream) - 1 - len(targets) < 16  # only the last partial window is dropped
         assert (batch["difficulty"] == -1).all()
+        assert spec.split_sizes[split] == len(batch["x"])
+        # read lazily, as a split too big for memory is: any windows, in any order, repeated
+        records = pystdlib.WindowRecords(data.datasets._builder(cfg).as_data_source(split=split), split)
+        picks = np.random.default_rng(0).choice(len(records), 7)
+        got = np.stack([window["tokens"] for window in records.__getitems__(picks)])
+        np.testing.assert_array_equal(got[:, 1:], batch["y"][picks])
+        with pytest.raises(IndexError, match="window indices"):
+            records.__getitems__([len(records)])
 
 
-def test_eval_examples_keeps_evaluation_windows_spread_over_the_split_and_all_of_train(tmp_path):
+def test_eval_examples_keeps_evaluation_windows_spread_over_the_split_and_all_of_train(tmp_path, monkeypatch):
+    monkeypatch.setattr(pystdlib, "TOKENS_PER_RECORD", 30)  # 3 windows of 9 a record: thinning picks across records
     root = tmp_path / "lib"
     _corpus(root)
     full = Cfg(name="pystdlib", data_dir=str(tmp_path / "data"), text_dir=str(root), window=8)

@@ -127,12 +127,13 @@ def prepare(cfg: Any) -> DatasetSpec:
     """Makes sure the dataset's files exist (generating built-in tasks once) and describes it."""
     if cfg.name in SEQUENCE_TASKS:
         info = _builder(cfg).info
-        length = info.features["tokens"].shape[0] - 1  # inputs and targets: the tokens shifted by one
+        length = info.features["tokens"].shape[-1] - 1  # inputs and targets: the tokens shifted by one
         addition = cfg.name == "addition"
+        windows = info.metadata.get("windows_per_split") if cfg.name == "pystdlib" else None  # many a record
         return DatasetSpec(
             input_shape=(length,),
             num_classes=byte_vocab.VOCAB_SIZE,
-            split_sizes=_thinned_sizes(cfg, info),
+            split_sizes=_thinned_sizes(cfg, info, windows and dict(windows)),
             has_difficulty=addition,
             max_difficulty=cfg.addition_digits if addition else 0,
             sequence=True,
@@ -181,12 +182,14 @@ def load_split(cfg: Any, split: str) -> Source:
         tfds_source, x_key, y_key = builder.as_data_source(split=split), "x", "y"
         if cfg.name in SEQUENCE_TASKS:
             x_key = y_key = "tokens"
+        if cfg.name == "pystdlib":
+            tfds_source = pystdlib.WindowRecords(tfds_source, split)
     else:
         tfds_source = _external_source(cfg, split)
         x_key, y_key = cfg.image_key, cfg.label_key
     if split != "train" and 0 < cfg.eval_examples < len(tfds_source):
         tfds_source = EvenlySpread(tfds_source, cfg.eval_examples)
-    x_size = math.prod(tfds_source.dataset_info.features[x_key].shape)
+    x_size = math.prod(tfds_source.__getitems__([0])[0][x_key].shape) if len(tfds_source) else 0
     copies = 3 if cfg.name in SEQUENCE_TASKS else 1  # tokens become x, y and difficulty
     in_memory = len(tfds_source) * x_size * 4 * copies <= IN_MEMORY_BYTES
     return Source(tfds_source, x_key, y_key, in_memory=in_memory, sequence=cfg.name in SEQUENCE_TASKS)
