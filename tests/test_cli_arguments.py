@@ -74,3 +74,62 @@ def test_two_runs_of_one_config_and_seed_are_refused_before_they_count_as_two_se
         (tmp_path / name / "config.json").write_text(json.dumps(config_lib.to_dict(cfg)))
     with pytest.raises(RunError, match="copy and .*run are runs of the same config and seed; give one of them"):
         report([str(tmp_path / "run"), str(tmp_path / "copy")], splits=[], plot=None, markdown=None)
+
+
+def _config_only_runs(root, *runs):
+    """Run folders holding just config.json: what report reads before any result."""
+    import json
+
+    from adaptive import config as config_lib
+    from tests.helpers import ROOT
+
+    for name, spec, overrides in runs:
+        (root / name).mkdir()
+        cfg = config_lib.load(str(ROOT / spec), list(overrides))
+        (root / name / "config.json").write_text(json.dumps(config_lib.to_dict(cfg)))
+    return [str(root / name) for name, _, _ in runs]
+
+
+def test_report_reads_a_sweeps_point_and_a_hand_trained_run_as_one_config(tmp_path):
+    """A sweep trains its points with progress bars off: that makes no other method, so a run
+    trained by hand at that point's config and seed is the same run, and at another seed a seed."""
+    from adaptive.evaluation.report import _without_seed, report
+    from adaptive.workdir.config_file import load_config
+
+    point, by_hand = _config_only_runs(
+        tmp_path,
+        ("point", "configs/parity.py:tiny", ["--config.logging.progress=false"]),
+        ("hand", "configs/parity.py:tiny", []),
+    )
+    with pytest.raises(RunError, match="are runs of the same config and seed"):
+        report([point, by_hand], splits=[], plot=None, markdown=None)
+    assert _without_seed(load_config(point)) == _without_seed(load_config(by_hand))
+
+
+def test_report_refuses_language_models_beside_classifiers_and_usage_without_experts(tmp_path):
+    from adaptive.evaluation.report import report
+
+    lm, classifier = _config_only_runs(
+        tmp_path, ("lm", "configs/lm.py:tiny", []), ("parity", "configs/parity.py:tiny", [])
+    )
+    with pytest.raises(
+        RunError, match=r"lm is a language model and .*parity a classifier: .*report each kind on its own"
+    ):
+        report([lm, classifier], splits=[], plot=None, markdown=None)
+    with pytest.raises(RunError, match="--usage plots how tokens spread over experts; none of these runs has experts"):
+        report([classifier], splits=[], plot=None, markdown=None, usage=str(tmp_path / "u.png"))
+    assert not (tmp_path / "u.png").exists()
+
+
+def test_the_seed_summary_averages_flops_and_bits_per_byte_too():
+    from adaptive.evaluation.report import seed_summary
+
+    rows = [
+        {"method": "m", "kind": "lm", "eval_flops": f, "bits_per_byte": b, "validation_accuracy": a}
+        for f, b, a in [(100.0, 2.0, 0.5), (110.0, 2.2, 0.6)]
+    ]
+    (out,) = seed_summary(rows, [[0, 1]])
+    assert (
+        out["seeds"] == 2 and out["eval_flops"] == pytest.approx(105.0) and out["bits_per_byte"] == pytest.approx(2.1)
+    )
+    assert out["validation_accuracy"] == pytest.approx(0.55) and out["eval_flops_ci95"].startswith("+-")

@@ -78,12 +78,20 @@ def report(
         if (key := Path(workdir).resolve()) in seen:
             raise RunError(f"{workdir} is given twice (also as {seen[key]}); give each run once")
         seen[key] = workdir
-    same = {}
+    same, kinds = {}, {}
     for workdir in workdirs:  # a copied run folder: its results would count twice among the seeds
         cfg = load_config(workdir)
         if (key := (_without_seed(cfg), cfg.seed)) in same:
             raise RunError(f"{workdir} and {same[key]} are runs of the same config and seed; give one of them")
         same[key] = workdir
+        kinds.setdefault(cfg.model.kind == "lm", workdir)
+    if len(kinds) > 1:  # FLOPs per token beside FLOPs per example, next-byte beside class accuracy
+        raise RunError(
+            f"{kinds[True]} is a language model and {kinds[False]} a classifier: their compute and accuracy "
+            "are not on one scale; report each kind on its own"
+        )
+    if usage and not any(load_config(w).moe.enabled for w in workdirs):
+        raise RunError("--usage plots how tokens spread over experts; none of these runs has experts")
     rows, curves, groups = [], [], {}
     for workdir in map(Path, workdirs):
         cfg = load_config(workdir)
@@ -174,22 +182,27 @@ def _gap(budget: str, realized: float, target: float) -> dict:
 
 
 def _without_seed(cfg) -> str:
+    """A run's config as the key of its group of seeds: its name, how it logs and which devices
+    it ran on (`adaptive sweep` turns progress bars off in its points) make no other method."""
     d = config_lib.to_dict(cfg)
-    d.pop("seed"), d.pop("name")
+    for key in ("seed", "name", "logging", "mesh"):
+        d.pop(key)
     return json.dumps(d, sort_keys=True)
 
 
 def seed_summary(rows: list[dict], groups: list[list[int]]) -> list[dict]:
-    """One row per group of runs that differ only in the seed: every accuracy and steps column
-    as the mean over seeds, beside it (`<column>_ci95`) the half-width of its 95% t-interval
-    (intervals.py), 'n/a (1 seed)' for a group of one."""
+    """One row per group of runs that differ only in the seed: every accuracy and steps column,
+    FLOPs and a language model's bits per byte as the mean over seeds, beside it
+    (`<column>_ci95`) the half-width of its 95% t-interval (intervals.py), 'n/a (1 seed)' for a
+    group of one."""
     summary = []
     for members in groups:
         first = rows[members[0]]
         out = {"method": first["method"], "kind": first["kind"], "seeds": len(members)}
         for key in first:
-            if key.endswith(("_accuracy", "_steps")):
-                iv = mean_interval([rows[i][key] for i in members])
+            values = [rows[i].get(key) for i in members]
+            if key.endswith(("_accuracy", "_steps", "eval_flops", "bits_per_byte")) and None not in values:
+                iv = mean_interval(values)
                 out[key] = iv.mean
                 out[key + "_ci95"] = "n/a (1 seed)" if iv.low is None else f"+-{iv.half_width:.3g}"
         summary.append(out)
