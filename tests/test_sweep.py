@@ -161,6 +161,66 @@ def test_dry_run_point_and_wandb_yaml(tmp_path):
     spec = yaml.safe_load((workdir / "sweep.yaml").read_text())
     assert spec["method"] == "grid" and spec["parameters"]["point"]["values"] == [0, 1]
     assert spec["command"][-1] == "${args}" and config in spec["command"]
+    # the summary is the whole sweep's: each wandb agent runs one --point, and the last to end writes it
+    assert [(r["point"], r["status"]) for r in summary(workdir)] == [("0-tau0.001", "new"), ("1-tau0.01-seed3", "done")]
+
+
+def test_the_wandb_yaml_names_the_config_by_its_absolute_path(tmp_path, monkeypatch):
+    """An agent may start in any folder: a config given relative to this one must still be found."""
+    from adaptive.experiments.sweep_summary import wandb_yaml
+
+    monkeypatch.chdir(tmp_path)
+    command = yaml.safe_load(wandb_yaml("sweep_config.py:small", tmp_path, 2, []).read_text())["command"]
+    assert str(tmp_path / "sweep_config.py") + ":small" in command
+
+
+def test_a_sweep_folder_must_not_be_a_file_or_a_run(tmp_path, capsys):
+    from adaptive.cli.main import main
+
+    config = write_config(tmp_path, [{"halting.tau": 1e-3}])
+    (tmp_path / "file").write_text("")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")
+    assert main(["sweep", "--config", config, "--workdir", str(tmp_path / "file")]) == 2
+    assert "file is a file; a sweep's folder holds a run folder per point" in capsys.readouterr().err
+    assert main(["sweep", "--config", config, "--workdir", str(tmp_path / "run")]) == 2
+    assert "run is a training run; give the sweep a folder of its own" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json"]
+
+
+def test_a_point_another_process_trains_or_a_signal_stopped_is_not_failed(tmp_path):
+    from adaptive.experiments.sweep import collect, load_points
+    from adaptive.workdir.runinfo import BUSY_EXIT
+
+    (point,) = load_points(write_config(tmp_path, [{"halting.tau": 1e-3}]), tmp_path / "sweep")
+    point.workdir.mkdir(parents=True)
+    for code, status in [(BUSY_EXIT, "running"), (130, "partial"), (-2, "partial"), (-15, "partial"), (1, "failed")]:
+        die = f"import os, signal; signal.signal({-code}, signal.SIG_DFL); os.kill(os.getpid(), {-code})"
+        exit_with = die if code < 0 else f"raise SystemExit({code})"
+        (point.workdir / "train.log").write_text("")
+        point.process = subprocess.Popen([sys.executable, "-c", exit_with])
+        point.process.wait()
+        assert collect(point) and point.status == status, (code, point.status)
+
+
+def test_a_damaged_or_longer_trained_point_is_not_done_and_stops_no_other(tmp_path):
+    import json as json_lib
+
+    from adaptive import config as config_lib
+    from adaptive.experiments.sweep import load_points, refresh_status
+
+    config = write_config(tmp_path, [{"halting.tau": 1e-3}, {"halting.tau": 1e-2}], steps=30)
+    damaged, longer = load_points(config, tmp_path / "sweep")
+    for point in (damaged, longer):
+        (point.workdir / "checkpoints" / "40").mkdir(parents=True)  # trained to 40 steps, past 30
+        (point.workdir / "config.json").write_text(json_lib.dumps(config_lib.to_dict(point.config)))
+        (point.workdir / "metrics.jsonl").write_text(json_lib.dumps({"split": "eval", "step": 40}) + "\n")
+    eval_row = (damaged.workdir / "metrics.jsonl").read_text()
+    (damaged.workdir / "metrics.jsonl").write_text("{not json\n" + eval_row)  # a torn last line would be read past
+    refresh_status(damaged)
+    refresh_status(longer)
+    assert damaged.status == "failed" and "metrics.jsonl line 1 is not JSON" in damaged.detail
+    assert longer.status == "partial"  # rerun, `adaptive train` refuses it in one line: not silently "done"
 
 
 @pytest.mark.parametrize(
@@ -175,6 +235,10 @@ def test_dry_run_point_and_wandb_yaml(tmp_path):
             "sweep point 0 (0-steps-1): config key 'train.steps' is -1; must be in [1, 1_000_000_000]",
         ),
         ([], "get_sweep must return a non-empty list of dicts of config keys"),
+        (
+            [{"halting.tau": 1e-3}, {"halting.tau": 0.001}],
+            "sweep points 0 and 1 are the same config (1-tau0.001); keep one",
+        ),
         (
             [{"halting.tau": 1e-3}, {"data.eval_split": "test"}],
             "sweep point 1 (1-eval_splittest): data.eval_split='test'; a sweep's points are compared on their "

@@ -287,6 +287,17 @@ def test_wandb_offline_needs_no_key(tmp_path):
     assert list((tmp_path / "w" / "wandb").glob("offline-run-*"))
 
 
+def test_wandb_online_without_a_key_is_one_line_before_any_step(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}
+    env["HOME"] = env["WANDB_DIR"] = str(tmp_path)  # no ~/.netrc, so no key
+    cmd = [c if c != "--config.logging.wandb=disabled" else "--config.logging.wandb=online"
+           for c in train_command(tmp_path / "w", "--config.train.steps=10")]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "adaptive: error: logging.wandb='online': wandb could not start (No API key configured" in proc.stderr
+    assert not list((tmp_path / "w" / "checkpoints").glob("[0-9]*"))  # nothing trained, nothing saved
+
+
 def test_a_resume_with_more_steps_says_the_cosine_schedule_is_stretched(tmp_path, caplog):
     from adaptive.training.train import _write_or_check_config
 

@@ -256,3 +256,23 @@ def test_a_folder_of_runs_is_not_trained_into(tmp_path):
     with pytest.raises(config_lib.ConfigError, match=r"holds runs \(0-tau0.001, ...\), not a run; give another"):
         train_and_evaluate(_config(10), tmp_path)
     assert not (tmp_path / "config.json").exists()
+
+
+def test_a_second_trainer_of_one_folder_is_refused_while_the_first_holds_it(tmp_path, capsys):
+    """Two trainers of one folder (two sweeps of it, or a train started by hand beside a sweep)
+    would interleave checkpoints and metrics: the second is refused with BUSY_EXIT, which the
+    sweep reads as "trained elsewhere", and writes nothing; the folder is free once the first ends."""
+    from adaptive.cli.main import main
+    from adaptive.workdir.runinfo import BUSY_EXIT, WorkdirBusy, sole_trainer
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    command = ["train", "--config", f"{ROOT}/configs/parity.py:tiny", "--workdir", str(workdir), *QUIET]
+    with sole_trainer(workdir):
+        assert main(command) == BUSY_EXIT
+        with pytest.raises(WorkdirBusy), sole_trainer(workdir):
+            pass
+    assert f"is being trained by another process (pid {os.getpid()}); wait for it" in capsys.readouterr().err
+    assert [p.name for p in workdir.iterdir()] == [".train.lock"]  # no config.json, no run.json
+    with sole_trainer(workdir):  # let go: the next trainer takes it
+        pass

@@ -190,27 +190,34 @@ def _sweep(args, overrides: list[str]) -> int:
     if args.parallel < 1:
         raise ConfigError(f"--parallel must be at least 1; got {args.parallel}")
     workdir = Path(args.workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"--workdir {workdir} is a file; a sweep's folder holds a run folder per point")
+    if any((workdir / name).exists() for name in ("config.json", "metrics.jsonl")):
+        raise ConfigError(f"--workdir {workdir} is a training run; give the sweep a folder of its own")
     points = sweep.load_points(args.config, workdir, overrides)
-    count = len(points)
+    chosen = points
     if args.point is not None:
         if not 0 <= args.point < len(points):
             raise ConfigError(f"--point must be in [0, {len(points) - 1}] for this sweep; got {args.point}")
-        points = [points[args.point]]
+        chosen = [points[args.point]]
     if args.dry_run:
-        for p in points:
+        for p in chosen:
             sweep.refresh_status(p)
         rows = [
-            {"index": p.index, "point": p.name, "status": p.status, "overrides": " ".join(p.overrides)} for p in points
+            {"index": p.index, "point": p.name, "status": p.status, "overrides": " ".join(p.overrides)} for p in chosen
         ]
         print_table(rows, list(rows[0]))
         return 0
     workdir.mkdir(parents=True, exist_ok=True)
     if args.wandb:
-        print(f"wrote {sweep_summary.wandb_yaml(args.config, workdir.resolve(), count, overrides)}")
+        print(f"wrote {sweep_summary.wandb_yaml(args.config, workdir.resolve(), len(points), overrides)}")
     devices = [d for d in args.devices.split(",") if d]
-    sweep.run(args.config, points, args.parallel, devices, args.devices_per_point)
+    sweep.run(args.config, chosen, args.parallel, devices, args.devices_per_point)
+    for p in points:  # the summary is the whole sweep's, whichever points this command trained
+        if p.index not in {c.index for c in chosen}:
+            sweep.refresh_status(p)
     rows = sweep_summary.summarize(points, workdir)
-    return 0 if all(r["status"] == "done" for r in rows) else 1
+    return 0 if all(r["status"] == "done" for r in rows if r["index"] in {p.index for p in chosen}) else 1
 
 
 def _serve(args, overrides: list[str]) -> int:
@@ -270,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     from adaptive.training.train import Interrupted, TrainingError
     from adaptive.workdir.checkpoint import CheckpointError
     from adaptive.workdir.config_file import RunError
-    from adaptive.workdir.runinfo import WorkdirError
+    from adaptive.workdir.runinfo import BUSY_EXIT, WorkdirBusy, WorkdirError
 
     try:
         if overrides and args.command not in TAKES_OVERRIDES:
@@ -295,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunError, CostModelError, ArtifactError) as e:
         print(f"adaptive: error: {e}", file=sys.stderr)
         return 2
+    except WorkdirBusy as e:
+        print(f"adaptive: error: {e}", file=sys.stderr)
+        return BUSY_EXIT
     except (TrainingError, CheckpointError, WorkdirError) as e:
         print(f"adaptive: error: {e}", file=sys.stderr)
         return 1

@@ -208,7 +208,7 @@ def _log_to_wandb(run: Run, report: dict, pngs: list[Path]) -> None:
     from adaptive.training.metrics import WandbWriter
 
     writer = WandbWriter(
-        run.workdir, mode=run.cfg.logging.wandb, project=run.cfg.logging.wandb_project, name=run.cfg.name, config={}
+        run.workdir, mode=run.cfg.logging.wandb, project=run.cfg.logging.wandb_project, group=run.cfg.name, config={}
     )
     summary = {
         "eval_report/accuracy": report["accuracy"],

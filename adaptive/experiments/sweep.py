@@ -32,6 +32,7 @@ from adaptive.config import ConfigError
 from adaptive.training.metrics import read_jsonl
 from adaptive.training.train import config_change
 from adaptive.workdir.config_file import saved_steps
+from adaptive.workdir.runinfo import BUSY_EXIT, WorkdirError
 
 
 @dataclass
@@ -83,7 +84,7 @@ def load_points(spec: str, workdir: Path, base: list[str] = ()) -> list[Point]:
         raise ConfigError(f"{spec}: get_sweep: {e}") from None
     if not isinstance(sweep, list) or not sweep or not all(isinstance(p, dict) for p in sweep):
         raise ConfigError(f"{spec}: get_sweep must return a non-empty list of dicts of config keys")
-    points = []
+    points, seen = [], {}
     for index, values in enumerate(sweep):
         point = Point(index, dict(values), workdir / f"{index}-{slug(values)}", 0, list(base))
         try:
@@ -96,6 +97,9 @@ def load_points(spec: str, workdir: Path, base: list[str] = ()) -> list[Point]:
                 "are compared on their periodic evals, which must score 'validation' (the test split is read "
                 "once, after the sweep: adaptive eval --split test)"
             )
+        same = seen.setdefault(json.dumps(config_lib.to_dict(cfg), sort_keys=True), point)
+        if same is not point:  # trained twice, then counted as two seeds of one config
+            raise ConfigError(f"sweep points {same.index} and {index} are the same config ({point.name}); keep one")
         point.steps, point.config = cfg.train.steps, cfg
         points.append(point)
     return points
@@ -108,7 +112,12 @@ def refresh_status(point: Point) -> None:
     if lock.exists() and _alive(int(lock.read_text() or 0), point.workdir):
         point.status = "running"
         return
-    if _finished(point):
+    try:
+        finished = _finished(point)
+    except WorkdirError as e:  # a damaged metrics.jsonl: this point's problem, not the sweep's
+        point.status, point.detail = "failed", str(e)
+        return
+    if finished:
         point.status = "done"
     elif (point.workdir / "checkpoints").exists():
         point.status = "partial"
@@ -125,7 +134,7 @@ def _finished(point: Point) -> bool:
         return False
     if not any(r["split"] == "eval" and r["step"] >= point.steps for r in read_jsonl(metrics)):
         return False
-    if max(saved_steps(point.workdir), default=0) < point.steps:
+    if max(saved_steps(point.workdir), default=0) != point.steps:  # past it: `adaptive train` refuses, in one line
         return False
     return point.config is None or _same_run(point)
 
@@ -219,8 +228,11 @@ def collect(point: Point) -> bool:
     point.process = None
     if code == 0:
         point.status = "done"
-    elif code in (128 + 15, 128 + 2):  # SIGTERM from the sweep, or a terminal's Ctrl-C: both save
-        point.status, point.detail = "partial", "interrupted (checkpoint saved)"
+    elif code == BUSY_EXIT:  # another sweep (or a hand-started train) got there first
+        point.status, point.detail = "running", "trained by another process"
+    elif code in (128 + 15, 128 + 2, -15, -2):  # SIGTERM from the sweep, or a terminal's Ctrl-C: both save
+        # (a child the signal stopped before Python's handlers were in place reports it as -signum)
+        point.status, point.detail = "partial", "interrupted"
     else:
         point.status, point.detail = "failed", f"exit {code}: {_last_error(point)}"
     return True
@@ -262,6 +274,10 @@ def run(spec: str, points: list[Point], parallel: int, devices: list[str] = (), 
         while queue or running:
             while queue and len(running) < parallel and not stop["signal"]:
                 point = queue.pop(0)
+                refresh_status(point)  # another sweep of this folder may have taken it since
+                if point.status in ("running", "done"):
+                    tqdm.write(f"point {point.name}: {point.status} (by another process): left to it")
+                    continue
                 slot = min(set(range(parallel)) - {p.slot for p in running})  # a free device subset
                 point.slot = slot
                 launch(spec, point, device_env(list(devices), slot, per_point) if per_point else None)

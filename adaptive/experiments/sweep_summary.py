@@ -74,6 +74,8 @@ def summarize(points: list[Point], workdir: Path) -> list[dict]:
 
 def wandb_yaml(spec: str, workdir: Path, count: int, overrides: list[str]) -> Path:
     """DIR/sweep.yaml: `wandb sweep DIR/sweep.yaml`, then `wandb agent ID` on each machine."""
+    path, colon, arg = spec.partition(":")  # an agent may start in any folder: the config's path absolute
+    spec = str(Path(path).resolve()) + colon + arg
     command = ["${env}", "adaptive", "sweep", "--config", spec, "--workdir", str(workdir), *overrides, "${args}"]
     lines = [
         f"# {count} points of {spec}; each agent trains one point: adaptive sweep ... --point=I",

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Protocol
 
+from adaptive.config_checks import ConfigError
 from adaptive.workdir.runinfo import WorkdirError, file_errors, write_atomic
 
 
@@ -74,24 +75,34 @@ def read_jsonl(path: str | Path) -> list[dict]:
 class WandbWriter:
     """wandb, offline unless asked otherwise; it never asks for a key in offline mode.
 
-    The run id is derived from the workdir so that a resumed run continues the same wandb run.
+    The run id is derived from the workdir so that a resumed run continues the same wandb run;
+    the run is named after its workdir and grouped by its config's name, so a sweep's points
+    (one config, a folder each) are told apart and shown together.
     """
 
-    def __init__(self, workdir: Path, *, mode: str, project: str, name: str, config: dict):
+    def __init__(self, workdir: Path, *, mode: str, project: str, group: str, config: dict):
         import wandb  # imported here: a run with wandb disabled should not pay for it
 
         digest = hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:10]
         run_id = "".join(c if c.isalnum() else "-" for c in workdir.name)[-50:] + "-" + digest
-        self._run = wandb.init(
-            project=project,
-            name=name,
-            dir=str(workdir),
-            mode=mode,
-            id=run_id,
-            resume="allow",
-            config=config,
-            reinit="finish_previous",
-        )
+        try:
+            self._run = wandb.init(
+                project=project,
+                name=workdir.name,
+                group=group,
+                dir=str(workdir),
+                mode=mode,
+                id=run_id,
+                resume="allow",
+                config=config,
+                reinit="finish_previous",
+            )
+        except wandb.errors.Error as e:  # online with no key, or no network: before any step is lost
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"logging.wandb={mode!r}: wandb could not start ({first}); "
+                "run `wandb login` where there is network, or use --config.logging.wandb=offline"
+            ) from None
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         self._run.log(metrics, step=step)

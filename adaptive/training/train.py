@@ -93,9 +93,15 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
     with runinfo.file_errors(workdir):
         workdir.mkdir(parents=True, exist_ok=True)
     if parallel.is_writer():
-        _write_or_check_config(cfg, workdir)
-        _keep_cost_model(cfg, workdir)
+        _refuse_a_folder_of_another_command(workdir)
+    with runinfo.sole_trainer(workdir) if parallel.is_writer() else contextlib.nullcontext():
+        if parallel.is_writer():
+            _write_or_check_config(cfg, workdir)
+            _keep_cost_model(cfg, workdir)
+        return _train(cfg, model, spec, budget, mesh, workdir)
 
+
+def _train(cfg: config_lib.Config, model, spec: data.DatasetSpec, budget: Budget | None, mesh, workdir: Path) -> dict:
     state, loop = _build_loop(cfg, model, spec, budget, mesh)
     rows = parallel.host_rows(cfg.train.batch_size) if jax.process_count() > 1 else None
     batches = data.train_iterator(cfg.data, cfg.train.batch_size, seed=cfg.seed, rows=rows)
@@ -173,7 +179,7 @@ def _open_writers(cfg: config_lib.Config, workdir: Path, start: int) -> MultiWri
                 workdir,
                 mode=cfg.logging.wandb,
                 project=cfg.logging.wandb_project,
-                name=cfg.name,
+                group=cfg.name,
                 config=config_lib.to_dict(cfg),
             )
         )
@@ -283,16 +289,22 @@ def _check_streak(state: dict, limit: int, step: int, ckpt: Checkpointer) -> Non
         )
 
 
+def _refuse_a_folder_of_another_command(workdir: Path) -> None:
+    """Folders the other commands write hold no config.json: a run's files must not mix with
+    theirs (checked before the run touches the folder at all)."""
+    if (workdir / "config.json").exists():
+        return
+    for marker, holds in (("meta.json", "an exported artifact"), ("summary.json", "a sweep's points")):
+        if (workdir / marker).exists():
+            raise config_lib.ConfigError(f"{workdir} holds {holds} ({marker}), not a run; give another --workdir")
+    runs = sorted(p.parent.name for p in workdir.glob("*/config.json"))
+    if runs:  # a sweep's or a reproduction's folder before its summary is written
+        raise config_lib.ConfigError(f"{workdir} holds runs ({runs[0]}, ...), not a run; give another --workdir")
+
+
 def _write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
     """Saves DIR/config.json; on a rerun, refuses a config that would make it another run."""
     path = workdir / "config.json"
-    # Folders the other commands write hold no config.json: a run's files must not mix with theirs.
-    for marker, holds in (("meta.json", "an exported artifact"), ("summary.json", "a sweep's points")):
-        if not path.exists() and (workdir / marker).exists():
-            raise config_lib.ConfigError(f"{workdir} holds {holds} ({marker}), not a run; give another --workdir")
-    runs = [] if path.exists() else sorted(p.parent.name for p in workdir.glob("*/config.json"))
-    if runs:  # a sweep's or a reproduction's folder before its summary is written
-        raise config_lib.ConfigError(f"{workdir} holds runs ({runs[0]}, ...), not a run; give another --workdir")
     current = json.loads(json.dumps(config_lib.to_dict(cfg)))
     saved = _saved_config(path, workdir)
     change = None if saved is None else config_change(saved, cfg)

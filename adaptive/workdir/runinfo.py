@@ -8,6 +8,7 @@ half written), and a damaged file is renamed aside, never deleted.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.metadata
 import json
 import logging
@@ -24,6 +25,38 @@ log = logging.getLogger(__name__)
 
 class WorkdirError(RuntimeError):
     """A file of the workdir cannot be written or read (full disk, read-only, not a folder)."""
+
+
+class WorkdirBusy(WorkdirError):
+    """Another live process is training in the workdir (`adaptive train` exits with BUSY_EXIT)."""
+
+
+BUSY_EXIT = 75  # EX_TEMPFAIL: try again later; `adaptive sweep` reads it as "trained elsewhere"
+
+
+@contextlib.contextmanager
+def sole_trainer(workdir: Path) -> Iterator[None]:
+    """Holds DIR/.train.lock (an exclusive flock, with this process's pid in it) while a run
+    trains: two trainers of one folder would interleave their checkpoints and metrics. The
+    kernel lets go when the process ends, however it ends, so a killed run leaves no lock."""
+    with file_errors(workdir / ".train.lock"):
+        lock = open(workdir / ".train.lock", "a+")  # noqa: SIM115 -- held for the whole run
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise WorkdirBusy(
+                f"{workdir} is being trained by another process (pid {holder}); wait for it to end or stop it"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield
+    finally:
+        lock.close()
 
 
 @contextlib.contextmanager
