@@ -22,6 +22,12 @@ from adaptive.workdir.config_file import RunError
         (["report", "W", "--plot", "/no/such/folder/x.png"], "--plot: its folder '/no/such/folder' does not exist"),
         (["report", "W", "--pareto", "front.txt"], "--pareto: must end in .png, .pdf, .svg"),
         (["report", "W", "--markdown", "."], "--markdown: must name a file, not a folder"),
+        (["bench", "depth", "--rounds", "0"], "--rounds: must be a whole number >= 1; got 0"),
+        (["bench", "depth", "--depths", "1,0"], "--depths: must be comma-separated whole numbers >= 1"),
+        (["bench", "depth", "--json", "."], "--json: must name a file, not a folder"),
+        (["bench", "moe", "--capacity-factor", "nan"], "--capacity-factor: must be a finite number > 0; got nan"),
+        (["bench", "serve", "--artifact", "A", "--duration", "0"], "--duration: must be a finite number > 0; got 0"),
+        (["bench", "quant", "--workdir", "W", "--aware-steps", "-1"], "--aware-steps: must be a whole number >= 0"),
     ],
 )
 def test_bad_flag_values_are_one_usage_error(argv, message, capsys):
@@ -133,3 +139,27 @@ def test_the_seed_summary_averages_flops_and_bits_per_byte_too():
         out["seeds"] == 2 and out["eval_flops"] == pytest.approx(105.0) and out["bits_per_byte"] == pytest.approx(2.1)
     )
     assert out["validation_accuracy"] == pytest.approx(0.55) and out["eval_flops_ci95"].startswith("+-")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["depth", "--depths", "5", "--cap", "3"], "--depths 5 is past --cap 3"),
+        (["moe", "-k", "3", "--experts", "2"], "-k 3 is more than --experts 2"),
+        (["lm", "--layers", "2", "--exit-depths", "1,2"], "--exit-depths 2 must be below --layers 2"),
+        (["generate", "--new-tokens", "1"], "--new-tokens 1: a token's time is a generation's less one token's"),
+        (["act-train", "--steps", "1"], "--steps 1: a rate needs at least 2 timed steps"),
+    ],
+)
+def test_bench_flags_that_contradict_each_other_are_one_line_before_any_timing(argv, message, capsys):
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"adaptive: error: {message}" or (message in err and len(err.strip().splitlines()) == 1)
+
+
+def test_a_bench_json_may_go_in_a_folder_the_bench_makes_but_not_under_a_file(tmp_path):
+    args = build_parser().parse_args(["bench", "serve", "--artifact", "A", "--json", str(tmp_path / "new" / "s.json")])
+    assert args.json == str(tmp_path / "new" / "s.json")  # beside --out DIR, which the benchmark makes
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "depth", "--json", str(tmp_path / "file" / "x.json")])

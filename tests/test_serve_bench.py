@@ -65,3 +65,21 @@ def test_the_tiny_serving_benchmark_runs_end_to_end(tmp_path):
         assert r["rejected_fraction"] == r["count_rejected"] / r["sent"]
         assert np.isfinite(r["p50_ms"]) or r["count_rejected"] == r["sent"]
     assert (out / "latency_cdf.png").exists() and (out / "budget_over_time.png").exists()
+
+
+def test_the_load_generator_never_sends_before_a_requests_time():
+    """uvloop's timers count whole milliseconds and its loop.time() is read once a turn: the load
+    generators time on a microsecond clock and sleep until a request's time, never short of it."""
+    import uvloop
+
+    from adaptive.bench.loadgen import clock, sleep_until
+
+    async def sends():
+        start, woke = clock(), []
+        for k in range(1, 9):
+            await sleep_until(start + 0.0003 * k)  # 0.3 ms apart: inside one of uvloop's ticks
+            woke.append(clock() - start)
+        return woke
+
+    woke = uvloop.run(sends())
+    assert all(t >= 0.0003 * k for k, t in enumerate(woke, start=1)), woke

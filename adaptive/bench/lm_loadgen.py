@@ -22,7 +22,7 @@ import json
 import aiohttp
 import numpy as np
 
-from adaptive.bench.loadgen import collector_paused, schedule
+from adaptive.bench.loadgen import clock, collector_paused, schedule, sleep_until
 
 ANSWERED = ("ok", "degraded", "fallback")
 
@@ -41,8 +41,7 @@ def requests_of(prompts: list[np.ndarray], pattern: str, rate: float, duration_s
 
 
 async def _one(session, url: str, body: dict, start: float, record: dict, timeout_s: float) -> None:
-    loop = asyncio.get_running_loop()
-    record["sent"] = loop.time() - start
+    record["sent"] = clock() - start
     arrivals, summary = [], {}
     try:
         async with asyncio.timeout(timeout_s):
@@ -57,10 +56,10 @@ async def _one(session, url: str, body: dict, start: float, record: dict, timeou
                         if event.get("done"):
                             summary = event
                         else:
-                            arrivals.append((loop.time() - start, event["token"], event["layers"]))
+                            arrivals.append((clock() - start, event["token"], event["layers"]))
     except Exception as e:  # counted, never dropped: a failed request violates the SLA
         summary = {"status": "error", "error": f"{e.__class__.__name__}: {e}"[:200]}
-    record["done"] = loop.time() - start
+    record["done"] = clock() - start
     record["status"] = summary.get("status") or "error"
     record["model"] = summary.get("model")
     record["times"] = [t for t, _, _ in arrivals]
@@ -78,12 +77,10 @@ async def run(url: str, times, bodies: list[dict], timeout_s: float = 120.0) -> 
     loop = asyncio.get_running_loop()
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
-        start, tasks = loop.time() + 0.2, []
+        start, tasks = clock() + 0.2, []
         with collector_paused():
             for i in np.argsort(np.asarray(times), kind="stable"):
-                wait = start + records[i]["scheduled"] - loop.time()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                await sleep_until(start + records[i]["scheduled"])
                 tasks.append(loop.create_task(_one(session, url, bodies[i], start, records[i], timeout_s)))
             await asyncio.gather(*tasks)
     return records

@@ -36,6 +36,28 @@ def positive_ints(text: str) -> list[int]:
     return values
 
 
+def nonnegative_int(text: str) -> int:
+    """A whole number >= 0 (a count of steps where none is a choice)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0; got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (a rate, a duration, an SLA, a capacity factor)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text}")
+    return value
+
+
 def nonnegative_float(text: str) -> float:
     """A finite number >= 0 (a price, a power draw)."""
     try:
@@ -67,4 +89,18 @@ def image_file(text: str) -> str:
 def output_file(text: str) -> str:
     """A file to write, in a folder that exists."""
     _in_a_folder(text)
+    return text
+
+
+def json_output(text: str) -> str:
+    """A benchmark's --json: a file, not a folder, under no file; folders it lacks are made as it
+    writes (beside `--out DIR`, which the benchmark itself makes). Checked before minutes of timing."""
+    path = Path(text)
+    if not path.name or path.is_dir():
+        raise argparse.ArgumentTypeError(f"must name a file, not a folder; got {text!r}")
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{str(parent)!r} is a file, so {text!r} cannot be written")
     return text

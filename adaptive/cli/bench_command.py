@@ -4,17 +4,18 @@ from __future__ import annotations
 
 
 def run(args, overrides: list[str]) -> int:
-    """`adaptive bench KIND ...`: each benchmark's own module, given the parsed flags."""
+    """`adaptive bench KIND ...`: each benchmark's own module, given the parsed flags (each
+    already a number in its range; what one flag asks of another is checked here, in one line)."""
+    _check_flags_against_each_other(args)
     if args.bench == "depth":
         from adaptive.bench import depth
 
-        ints = lambda text: [int(v) for v in text.split(",") if v]  # noqa: E731
         depth.run(
             kind=args.kind,
             hidden=args.hidden,
             cap=args.cap,
-            depths=ints(args.depths),
-            batches=ints(args.batches),
+            depths=args.depths,
+            batches=args.batches,
             repeats=args.repeats,
             n_in=args.inputs,
             json_out=args.json,
@@ -38,14 +39,9 @@ def run(args, overrides: list[str]) -> int:
             policies=[p.strip() for p in args.policies.split(";") if p.strip()] or None,
         )
     elif args.bench == "serve-lm":
-        import math
-
         from adaptive.bench import serve_lm
         from adaptive.config import ConfigError
 
-        for flag, value in (("--ttft-ms", args.ttft_ms), ("--tpot-ms", args.tpot_ms)):
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{flag} must be a finite number > 0; got {value:g}")
         if args.small_point:  # checked now, in one line, rather than when its server fails to start
             from adaptive.cli.serve_command import check_point, point_flag, points_of_artifact
 
@@ -78,7 +74,7 @@ def run(args, overrides: list[str]) -> int:
             length=args.length,
             batch=args.batch,
             capacity=args.capacity,
-            exit_depths=[int(v) for v in args.exit_depths.split(",") if v],
+            exit_depths=args.exit_depths,
             repeats=args.repeats,
             json_out=args.json,
         )
@@ -90,7 +86,7 @@ def run(args, overrides: list[str]) -> int:
             layers=args.layers,
             heads=args.heads,
             depth=args.depth,
-            batches=tuple(int(v) for v in args.batches.split(",") if v),
+            batches=tuple(args.batches),
             new_tokens=args.new_tokens,
             repeats=args.repeats,
             workdir=args.workdir,
@@ -117,9 +113,7 @@ def run(args, overrides: list[str]) -> int:
         from adaptive.config import ConfigError
 
         precisions = _precisions(args.precisions)
-        batches = [int(v) for v in args.batches.split(",") if v]
-        if not batches or min(batches) < 1:
-            raise ConfigError(f"--batches {args.batches!r}: give batch sizes >= 1")
+        batches = args.batches
         try:
             prunes = tuple(float(v) for v in args.prune.split(",") if v)
         except ValueError:
@@ -148,6 +142,26 @@ def run(args, overrides: list[str]) -> int:
 
         act_train.run(n=args.n, steps=args.steps, json_out=args.json)
     return 0
+
+
+def _check_flags_against_each_other(args) -> None:
+    from adaptive.config import ConfigError
+
+    problem = None
+    if args.bench == "depth" and max(args.depths) > args.cap:
+        problem = f"--depths {max(args.depths)} is past --cap {args.cap}"
+    elif args.bench == "moe" and args.k > args.experts:
+        problem = f"-k {args.k} is more than --experts {args.experts}"
+    elif args.bench == "lm" and max(args.exit_depths) >= args.layers:
+        problem = f"--exit-depths {max(args.exit_depths)} must be below --layers {args.layers} (blocks above an exit)"
+    elif args.bench == "generate" and args.new_tokens < 2:
+        problem = f"--new-tokens {args.new_tokens}: a token's time is a generation's less one token's; give at least 2"
+    elif args.bench == "generate" and args.depth > args.layers:
+        problem = f"--depth {args.depth:g} is past --layers {args.layers}"
+    elif args.bench == "act-train" and args.steps < 2:
+        problem = f"--steps {args.steps}: a rate needs at least 2 timed steps"
+    if problem:
+        raise ConfigError(problem)
 
 
 def _precisions(text: str) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from adaptive.cli.arg_types import json_output, nonnegative_int, positive_float, positive_int, positive_ints
+
 
 class _Exact(argparse.ArgumentParser):
     """A parser that takes flags only as spelled (no prefixes: `--rou 5` is not `--rounds 5`)."""
@@ -34,10 +36,10 @@ def _add_bench_generate(kinds) -> None:
     """`adaptive bench generate`: early-exit decoding against static models of its mean depth."""
     gen = kinds.add_parser("generate", help="early-exit decoding at mean depth d vs the static depth-d model")
     _add_lm_shape(gen, layers=4)
-    gen.add_argument("--depth", type=float, default=2.5, help="the exit model's mean blocks per token")
-    gen.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
-    gen.add_argument("--new-tokens", type=int, default=64)
-    gen.add_argument("--repeats", type=int, default=15)
+    gen.add_argument("--depth", type=positive_float, default=2.5, help="the exit model's mean blocks per token")
+    gen.add_argument("--batches", type=positive_ints, default="1,8", help="comma-separated batch sizes")
+    gen.add_argument("--new-tokens", type=positive_int, default=64)
+    gen.add_argument("--repeats", type=positive_int, default=15)
     gen.add_argument("--workdir", metavar="DIR", help="a trained exit model's run (default: fresh models)")
     gen.add_argument(
         "--thresholds", default="", help="with --workdir: time these exit thresholds against every block instead"
@@ -53,43 +55,48 @@ def _add_bench_lm(kinds) -> None:
     """`adaptive bench lm`: MoD train steps and early exit against their dense and static twins."""
     lm = kinds.add_parser("lm", help="the language model: MoD train step and early exit vs full, dense and static")
     _add_lm_shape(lm, layers=8)
-    lm.add_argument("--length", type=int, default=256, help="tokens per sequence")
-    lm.add_argument("--batch", type=int, default=4, help="sequences per batch")
-    lm.add_argument("--capacity", type=float, default=0.125, help="MoD capacity on every other block")
-    lm.add_argument("--exit-depths", default="1,2,4,6", help="comma-separated exits every token leaves at")
-    lm.add_argument("--repeats", type=int, default=10)
+    lm.add_argument("--length", type=positive_int, default=256, help="tokens per sequence")
+    lm.add_argument("--batch", type=positive_int, default=4, help="sequences per batch")
+    lm.add_argument("--capacity", type=positive_float, default=0.125, help="MoD capacity on every other block")
+    lm.add_argument(
+        "--exit-depths", type=positive_ints, default="1,2,4,6", help="comma-separated exits every token leaves at"
+    )
+    lm.add_argument("--repeats", type=positive_int, default=10)
 
 
 def _add_lm_shape(parser, layers: int) -> None:
     """The flags the language-model benchmarks share: where the rows go and the model's shape."""
-    parser.add_argument("--json", metavar="OUT", help="write the rows here")
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=layers)
-    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--json", type=json_output, metavar="OUT", help="write the rows here")
+    parser.add_argument("--width", type=positive_int, default=128)
+    parser.add_argument("--layers", type=positive_int, default=layers)
+    parser.add_argument("--heads", type=positive_int, default=4)
 
 
 def _add_bench_depth(kinds) -> None:
     """`adaptive bench depth`: ACT at realized depth d vs the static depth-d model."""
     depth = kinds.add_parser("depth", help="ACT inference at realized depth d vs the static depth-d model")
-    depth.add_argument("--json", metavar="OUT", help="write the rows here")
+    depth.add_argument("--json", type=json_output, metavar="OUT", help="write the rows here")
     depth.add_argument("--kind", default="mlp", choices=("mlp", "rnn", "transformer"))
-    depth.add_argument("--hidden", type=int, default=512)
-    depth.add_argument("--cap", type=int, default=20, help="the ACT model's max_steps")
-    depth.add_argument("--depths", default="1,2,4,8,16", help="comma-separated realized depths")
-    depth.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
-    depth.add_argument("--inputs", type=int, default=16, help="input width (parity n)")
-    depth.add_argument("--repeats", type=int, default=300)
+    depth.add_argument("--hidden", type=positive_int, default=512)
+    depth.add_argument("--cap", type=positive_int, default=20, help="the ACT model's max_steps")
+    depth.add_argument("--depths", type=positive_ints, default="1,2,4,8,16", help="comma-separated realized depths")
+    depth.add_argument("--batches", type=positive_ints, default="1,32", help="comma-separated batch sizes")
+    depth.add_argument("--inputs", type=positive_int, default=16, help="input width (parity n)")
+    depth.add_argument("--repeats", type=positive_int, default=300)
     depth.add_argument(
-        "--rounds", type=int, default=1, help="time the mixed row this many times; report medians and an interval"
+        "--rounds",
+        type=positive_int,
+        default=1,
+        help="time the mixed row this many times; report medians and an interval",
     )
 
 
 def _add_bench_act_train(kinds) -> None:
     """`adaptive bench act-train`: the framework's ACT training loop vs a bare-JAX loop."""
     act = kinds.add_parser("act-train", help="the framework's ACT training loop vs a bare-JAX loop")
-    act.add_argument("--json", metavar="OUT", help="write the rows here")
-    act.add_argument("--n", type=int, default=16, help="parity length")
-    act.add_argument("--steps", type=int, default=2000)
+    act.add_argument("--json", type=json_output, metavar="OUT", help="write the rows here")
+    act.add_argument("--n", type=positive_int, default=16, help="parity length")
+    act.add_argument("--steps", type=positive_int, default=2000)
 
 
 def _add_bench_serve(kinds) -> None:
@@ -99,18 +106,18 @@ def _add_bench_serve(kinds) -> None:
     )
     serve.add_argument("--artifact", required=True, metavar="ART", help="the adaptive model")
     serve.add_argument("--small", metavar="ART2", help="the small (fallback) model (none: its policies left out)")
-    serve.add_argument("--sla-ms", type=float, default=30.0)
-    serve.add_argument("--rate", type=float, help="base requests/s (default: what full depth sustains)")
-    serve.add_argument("--duration", type=float, default=6.0, help="seconds per pattern and repeat")
-    serve.add_argument("--repeats", type=int, default=3, help="runs of each pattern (mean and 95%% interval)")
+    serve.add_argument("--sla-ms", type=positive_float, default=30.0)
+    serve.add_argument("--rate", type=positive_float, help="base requests/s (default: what full depth sustains)")
+    serve.add_argument("--duration", type=positive_float, default=6.0, help="seconds per pattern and repeat")
+    serve.add_argument("--repeats", type=positive_int, default=3, help="runs of each pattern (mean and 95%% interval)")
     serve.add_argument("--tiny", action="store_true", help="1 s runs, no rate probe: a check that it runs")
-    serve.add_argument("--fixed-budget", type=int, default=3, help="steps of the fixed-budget policy")
-    serve.add_argument("--max-batch", type=int, default=16, help="the servers' largest batch")
+    serve.add_argument("--fixed-budget", type=positive_int, default=3, help="steps of the fixed-budget policy")
+    serve.add_argument("--max-batch", type=positive_int, default=16, help="the servers' largest batch")
     serve.add_argument(
         "--policies", default="", help="policy names to run, separated by ';' (names hold commas; default: all)"
     )
     serve.add_argument("--out", default="runs/bench-serve", help="records and plots go here")
-    serve.add_argument("--json", metavar="OUT")
+    serve.add_argument("--json", type=json_output, metavar="OUT")
 
 
 def _add_bench_serve_lm(kinds) -> None:
@@ -125,29 +132,35 @@ def _add_bench_serve_lm(kinds) -> None:
         metavar="PRECISION,PRUNE",
         help="the fallback is this operating point of --small (or of --artifact without --small), e.g. int8,0.5",
     )
-    serve.add_argument("--ttft-ms", type=float, default=1000.0, help="the time-to-first-token SLA (default 1000)")
-    serve.add_argument("--tpot-ms", type=float, default=50.0, help="the time-per-output-token SLA (default 50)")
-    serve.add_argument("--rate", type=float, help="base requests/s (default: 0.6 of what full depth completes)")
-    serve.add_argument("--duration", type=float, default=12.0, help="seconds per pattern and repeat")
-    serve.add_argument("--repeats", type=int, default=3, help="runs of each pattern (mean and 95%% interval)")
+    serve.add_argument(
+        "--ttft-ms", type=positive_float, default=1000.0, help="the time-to-first-token SLA (default 1000)"
+    )
+    serve.add_argument(
+        "--tpot-ms", type=positive_float, default=50.0, help="the time-per-output-token SLA (default 50)"
+    )
+    serve.add_argument(
+        "--rate", type=positive_float, help="base requests/s (default: 0.6 of what full depth completes)"
+    )
+    serve.add_argument("--duration", type=positive_float, default=12.0, help="seconds per pattern and repeat")
+    serve.add_argument("--repeats", type=positive_int, default=3, help="runs of each pattern (mean and 95%% interval)")
     serve.add_argument("--tiny", action="store_true", help="1 s runs, no capacity probe: a check that it runs")
     serve.add_argument("--policies", default="", help="comma-separated policy names to run (default: all)")
     serve.add_argument("--out", default="runs/bench-serve-lm", help="/metrics excerpts go here")
-    serve.add_argument("--json", metavar="OUT")
+    serve.add_argument("--json", type=json_output, metavar="OUT")
 
 
 def _add_bench_moe(kinds) -> None:
     """`adaptive bench moe`: an MoE layer vs a dense FFN of the same active FLOPs."""
     moe = kinds.add_parser("moe", help="MoE layer vs a dense FFN of the same active FLOPs (fwd+bwd, inference)")
-    moe.add_argument("--json", metavar="OUT", help="write the rows here")
-    moe.add_argument("--tokens", type=int, default=4096)
-    moe.add_argument("--width", type=int, default=256)
-    moe.add_argument("--hidden", type=int, default=512, help="each expert's hidden width")
-    moe.add_argument("--experts", type=int, default=8)
-    moe.add_argument("-k", type=int, default=2, help="experts per token")
-    moe.add_argument("--capacity-factor", type=float, default=1.25)
-    moe.add_argument("--block-size", type=int, default=128, help="rows per block of block dispatch")
-    moe.add_argument("--repeats", type=int, default=20)
+    moe.add_argument("--json", type=json_output, metavar="OUT", help="write the rows here")
+    moe.add_argument("--tokens", type=positive_int, default=4096)
+    moe.add_argument("--width", type=positive_int, default=256)
+    moe.add_argument("--hidden", type=positive_int, default=512, help="each expert's hidden width")
+    moe.add_argument("--experts", type=positive_int, default=8)
+    moe.add_argument("-k", type=positive_int, default=2, help="experts per token")
+    moe.add_argument("--capacity-factor", type=positive_float, default=1.25)
+    moe.add_argument("--block-size", type=positive_int, default=128, help="rows per block of block dispatch")
+    moe.add_argument("--repeats", type=positive_int, default=20)
 
 
 def _add_bench_quant(kinds) -> None:
@@ -155,14 +168,16 @@ def _add_bench_quant(kinds) -> None:
     quant = kinds.add_parser("quant", help="a trained run at fp32, bf16, int8 and int4 side by side")
     quant.add_argument("--workdir", required=True, help="a trained run (classifier or language model)")
     quant.add_argument("--precisions", default="fp32,bf16,int8,int4", help="comma-separated: fp32,bf16,int8,int4")
-    quant.add_argument("--batches", default="1,16,64", help="comma-separated batch sizes")
-    quant.add_argument("--repeats", type=int, default=30)
+    quant.add_argument("--batches", type=positive_ints, default="1,16,64", help="comma-separated batch sizes")
+    quant.add_argument("--repeats", type=positive_int, default=30)
     quant.add_argument("--prune", default="0", help="comma-separated shares of units and experts removed, e.g. 0,0.5")
-    quant.add_argument("--fine-tune-steps", type=int, default=200, help="fine-tune steps after pruning")
-    quant.add_argument("--aware-steps", type=int, default=0, help="quantization-aware fine-tune steps (0: none)")
+    quant.add_argument("--fine-tune-steps", type=nonnegative_int, default=200, help="fine-tune steps after pruning")
+    quant.add_argument(
+        "--aware-steps", type=nonnegative_int, default=0, help="quantization-aware fine-tune steps (0: none)"
+    )
     quant.add_argument(
         "--limit",
-        type=int,
+        type=positive_int,
         help="score on the validation split's first N examples (a language model: N windows spread over it)",
     )
-    quant.add_argument("--json", metavar="OUT", help="write the rows here")
+    quant.add_argument("--json", type=json_output, metavar="OUT", help="write the rows here")
