@@ -23,6 +23,8 @@ from adaptive.workdir.config_file import RunError
         (["report", "W", "--pareto", "front.txt"], "--pareto: must end in .png, .pdf, .svg"),
         (["report", "W", "--markdown", "."], "--markdown: must name a file, not a folder"),
         (["bench", "depth", "--rounds", "0"], "--rounds: must be a whole number >= 1; got 0"),
+        (["reproduce", "act_parity", "--parallel", "0"], "--parallel: must be a whole number >= 1; got 0"),
+        (["sweep", "--config", "C", "--workdir", "W", "--parallel", "0"], "--parallel: must be a whole number >= 1"),
         (["bench", "depth", "--depths", "1,0"], "--depths: must be comma-separated whole numbers >= 1"),
         (["bench", "depth", "--json", "."], "--json: must name a file, not a folder"),
         (["bench", "moe", "--capacity-factor", "nan"], "--capacity-factor: must be a finite number > 0; got nan"),
@@ -163,3 +165,30 @@ def test_a_bench_json_may_go_in_a_folder_the_bench_makes_but_not_under_a_file(tm
     (tmp_path / "file").write_text("")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["bench", "depth", "--json", str(tmp_path / "file" / "x.json")])
+
+
+def test_a_sweep_run_with_no_point_at_a_time_is_refused_rather_than_waiting_forever(tmp_path):
+    from adaptive.config import ConfigError
+    from adaptive.experiments import sweep
+
+    with pytest.raises(ConfigError, match="--parallel must be at least 1; got 0"):
+        sweep.run("unused", [], 0)
+
+
+def test_bench_json_is_strict_json_with_null_for_a_figure_that_has_no_value(tmp_path):
+    import json
+    import math
+
+    from adaptive.bench.results import write_json
+
+    write_json(tmp_path / "rows.json", [{"flops_per_correct": math.inf, "p99_ms": math.nan, "runs": [1.0, -math.inf]}])
+    strict = json.loads((tmp_path / "rows.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert strict == [{"flops_per_correct": None, "p99_ms": None, "runs": [1.0, None]}]
+
+
+def test_the_act_train_benchmark_finds_its_config_from_any_folder(tmp_path, monkeypatch):
+    from adaptive import config as config_lib
+    from adaptive.bench import act_train
+
+    monkeypatch.chdir(tmp_path)
+    assert config_lib.load(str(act_train.PARITY_CONFIG)).data.name == "parity"

@@ -73,6 +73,17 @@ def _masked(graphdef, params, fraction: float):
     return nnx.split(masked, nnx.Param)
 
 
+def test_a_model_with_nothing_to_prune_is_refused_rather_than_reported_as_pruned(tmp_path):
+    """The recurrent cell of configs/parity.py has no feed-forward units, heads or experts: a
+    "pruned" variant would be the model itself under a smaller variant's name."""
+    from adaptive.nn.prune import NothingToPrune
+
+    _, _, (graphdef, params) = _built("configs/parity.py:tiny", tmp_path)
+    assert prune_model(graphdef, params, 0.0) == (graphdef, params)  # no pruning asked: nothing to refuse
+    with pytest.raises(NothingToPrune, match="no feed-forward units, attention heads or experts to remove"):
+        prune_model(graphdef, params, 0.5)
+
+
 @pytest.mark.parametrize("config", ["configs/mnist1d.py:tiny", "configs/sut.py:tiny"])
 def test_a_pruned_model_answers_as_the_original_with_those_units_zeroed(config, tmp_path):
     """Removing unit j of relu/gelu(x @ up + b) @ down is the same as zeroing its column, bias and

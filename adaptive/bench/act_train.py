@@ -16,6 +16,7 @@ import dataclasses
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -100,9 +101,13 @@ def bare_steps_per_sec(n: int, steps: int) -> float:
     return steps / (time.perf_counter() - start)
 
 
+# The repository's config, found from this file: the benchmark may be run from any folder.
+PARITY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "parity.py"
+
+
 def framework_steps_per_sec(n: int, steps: int) -> float:
     cfg = config_lib.load(
-        "configs/parity.py",
+        str(PARITY_CONFIG),
         [
             "--config.halting.policy=act",
             f"--config.data.parity_n={n}",

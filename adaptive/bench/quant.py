@@ -3,9 +3,9 @@
 Each pruning level is cut and fine-tuned (adaptive.evaluation.pruning), each precision calibrated
 on the validation split (adaptive.evaluation.quantization), then every variant is timed side by
 side at each batch size (adaptive.evaluation.variant_timing). Rows: {variant, batch, ms, ratio
-(to fp32 at that batch), weight_bytes, accuracy, flops, memory_mb, ...}, accuracy on the
-validation split; `memory_mb` is the compiled function's arguments, outputs and temporaries
-plus its weights (adaptive.compute.memory).
+(to fp32 at that batch; to the first variant when fp32 is not among them), weight_bytes,
+accuracy, flops, memory_mb, ...}, accuracy on the validation split; `memory_mb` is the compiled
+function's arguments, outputs and temporaries plus its weights (adaptive.compute.memory).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def run(
         )
         ms = {name: t[0] for name, t in timed.items()}
         memory = {name: t[1] for name, t in timed.items()}
-        base_ms = ms.get("fp32", ms[names[0]])
+        base = "fp32" if "fp32" in ms else names[0]
+        base_ms = ms[base]
         for name, v in zip(names, variants, strict=True):
             rows.append(
                 {
@@ -67,15 +68,15 @@ def run(
                     "temporaries_mb": round(memory[name]["temporaries"] / MB, 4),
                 }
             )
-    _print(rows, trained)
+    _print(rows, trained, "fp32" if "fp32" in names else names[0])
     write_json(json_out, rows)
     return rows
 
 
-def _print(rows: list[dict], trained: Run) -> None:
+def _print(rows: list[dict], trained: Run, base: str) -> None:
     lm = trained.cfg.model.kind == "lm"
     what = "forward over validation windows" if lm else "serving function at the full step budget"
-    print(f"{trained.workdir.name} (step {trained.step}): {what}; ratio = ms / fp32 ms at the same batch")
+    print(f"{trained.workdir.name} (step {trained.step}): {what}; ratio = ms / {base} ms at the same batch")
     quality = "bits/byte" if lm else "accuracy"
     print(f"{'variant':>9} {'batch':>5} {'ms':>9} {'ratio':>6} {'weights KB':>10} {'memory MB':>9} {quality:>9}")
     for r in rows:

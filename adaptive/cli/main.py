@@ -187,8 +187,6 @@ def _sweep(args, overrides: list[str]) -> int:
     from adaptive.evaluation.tables import print_table
     from adaptive.experiments import sweep, sweep_summary
 
-    if args.parallel < 1:
-        raise ConfigError(f"--parallel must be at least 1; got {args.parallel}")
     workdir = Path(args.workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"--workdir {workdir} is a file; a sweep's folder holds a run folder per point")
@@ -274,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     from adaptive.config import ConfigError
     from adaptive.experiments.sweep import SweepInterrupted
     from adaptive.inference.export import ArtifactError
+    from adaptive.nn.prune import NothingToPrune
     from adaptive.training.train import Interrupted, TrainingError
     from adaptive.workdir.checkpoint import CheckpointError
     from adaptive.workdir.config_file import RunError
@@ -299,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
             "bench": bench_command.run,
         }
         return commands[args.command](args, overrides)
-    except (ConfigError, RunError, CostModelError, ArtifactError) as e:
+    except (ConfigError, RunError, CostModelError, ArtifactError, NothingToPrune) as e:
         print(f"adaptive: error: {e}", file=sys.stderr)
         return 2
     except WorkdirBusy as e:

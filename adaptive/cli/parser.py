@@ -176,7 +176,9 @@ def _add_sweep(commands) -> None:
     )
     sweep.add_argument("--config", required=True, metavar="FILE[:ARG]", help="a config file with get_sweep(arg)")
     sweep.add_argument("--workdir", required=True, metavar="DIR", help="points go to DIR/<index>-<slug>")
-    sweep.add_argument("--parallel", type=int, default=1, metavar="N", help="points trained at once (default 1)")
+    sweep.add_argument(
+        "--parallel", type=positive_int, default=1, metavar="N", help="points trained at once (default 1)"
+    )
     sweep.add_argument("--dry-run", action="store_true", help="list the points and their status; run nothing")
     sweep.add_argument("--point", type=int, metavar="I", help="train only point I (what wandb agents run)")
     sweep.add_argument("--wandb", action="store_true", help="also write DIR/sweep.yaml for wandb sweep/agent")
@@ -192,7 +194,7 @@ def _add_reproduce(commands) -> None:
     reproduce.add_argument("name", help="a folder of experiments/, e.g. act_parity")
     reproduce.add_argument("--tiny", action="store_true", help="the minutes-scale version and its claims")
     reproduce.add_argument("--workdir", metavar="DIR", help="default: runs/reproduce/NAME[-tiny]")
-    reproduce.add_argument("--parallel", type=int, default=1, metavar="N")
+    reproduce.add_argument("--parallel", type=positive_int, default=1, metavar="N")
 
 
 def _add_report(commands) -> None:

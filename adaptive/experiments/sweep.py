@@ -247,6 +247,8 @@ def _last_error(point: Point) -> str:
 def run(spec: str, points: list[Point], parallel: int, devices: list[str] = (), per_point: int = 0) -> list[Point]:
     """Trains every point not yet done, at most `parallel` at a time, with one progress bar;
     with `devices` and `per_point`, each running point gets its own `per_point` of them."""
+    if parallel < 1:  # no point would ever start
+        raise ConfigError(f"--parallel must be at least 1; got {parallel}")
     if per_point and len(devices) < parallel * per_point:
         raise ConfigError(
             f"--parallel {parallel} x --devices-per-point {per_point} needs {parallel * per_point} devices; "

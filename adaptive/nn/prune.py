@@ -98,6 +98,11 @@ def unit_scores(block: nnx.Module) -> np.ndarray:
     return np.linalg.norm(up, axis=0) * np.linalg.norm(down, axis=1)
 
 
+class NothingToPrune(ValueError):
+    """A pruning fraction > 0 of a model with no unit this module removes: a "pruned" variant
+    would be the model itself, reported as smaller."""
+
+
 def prune_model(graphdef: nnx.GraphDef, params, fraction: float, expert_scores: list | None = None):
     """(graphdef, params) with `fraction` of every feed-forward's hidden units removed and, when
     `expert_scores` gives one score array per MoE layer (in `moe_layers` order), `fraction` of
@@ -107,6 +112,11 @@ def prune_model(graphdef: nnx.GraphDef, params, fraction: float, expert_scores: 
     if fraction == 0:
         return graphdef, params
     model = nnx.merge(graphdef, params)
+    if not (feed_forward_blocks(model) or attention_layers(model) or moe_layers(model)):
+        raise NothingToPrune(
+            f"pruning {fraction:g}: this model has no feed-forward units, attention heads or experts to remove "
+            "(a recurrent cell is pruned by nothing here); leave it out of --prune"
+        )
     for block in feed_forward_blocks(model):
         _slice_units(block, kept(unit_scores(block), fraction))
     for layer in attention_layers(model):
