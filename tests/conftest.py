@@ -22,11 +22,12 @@ os.environ.setdefault("WANDB_SILENT", "true")
 #
 # Most of that compilation is LLVM optimizing machine code that a test then runs a few times:
 # JAX_DISABLE_MOST_OPTIMIZATIONS (LLVM at -O0, its expensive passes off; XLA's HLO passes, and so
-# fusion, layouts and the reduction kernels that set a program's bits, are unchanged) takes a third
-# off a compile-bound module such as test_compaction.py. The bitwise tests keep their teeth under it:
-# with `compaction.smallest_bucket`'s floor removed, the same five reduction-kernel cases fail with
-# and without it. A caller's own setting is kept (=0 runs the suite with full optimization). A
-# module that mostly runs, not compiles (thousands of training steps), asks for `fully_optimized`.
+# fusion, layouts and the reduction kernels that set a program's bits, are unchanged) makes a
+# compile-bound module much faster (experiments/design_measurements.md). The bitwise tests keep
+# their teeth under it: with `compaction.smallest_bucket`'s floor removed, the same reduction-
+# kernel cases fail with and without it. A caller's own setting is kept (=0 runs the suite with
+# full optimization). A module that mostly runs, not compiles (thousands of training steps), asks
+# for `fully_optimized`.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="adaptive-tests-jax-cache-")
@@ -64,9 +65,10 @@ def compiled_programs_released():
 
 @pytest.fixture(scope="module")
 def fully_optimized():
-    """Full compiler optimization for a module that mostly runs its programs: test_learning's
-    8000-step parity run took 3.5x as long with LLVM at -O0. Programs compiled before are let go
-    (JAX's in-memory caches do not key on the setting); subprocesses keep the session's setting."""
+    """Full compiler optimization for a module that mostly runs its programs (test_learning's
+    thousands of training steps run several times slower with LLVM at -O0). Programs compiled
+    before are let go (JAX's in-memory caches do not key on the setting); subprocesses keep the
+    session's setting."""
     import jax
 
     before = jax.config.read("jax_disable_most_optimizations")

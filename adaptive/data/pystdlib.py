@@ -7,11 +7,11 @@ concatenation of its files in path order, served as windows of `window + 1` toke
 last token is the next window's first, so every token of the stream is a target exactly once.
 
 Windows are stored many to a TFDS record (`rows_per_record`, the last record padded) and served
-one at a time by `WindowRecords`: TFDS spends about 50 microseconds of Python on every example
-it writes, so the standard library as windows of 32 (985,000 of them) took 51 s to prepare one
-to a record, and about 8 s in records of 1,024 tokens. Bigger records prepare a little faster
-but make a random read of a window cost more (a batch of 32 windows read lazily: 3-4 ms at 1,024
-tokens a record, as one to a record, and 4-5 ms at 8,192).
+one at a time by `WindowRecords`: TFDS spends tens of microseconds of Python on every example
+it writes, so one window a record made the short windows of the tiny config slow to prepare.
+Records of about a thousand tokens prepare several times faster and are read at random as
+quickly as single windows; bigger ones make a random read cost more
+(experiments/design_measurements.md).
 
 Files, not windows, are split: a hash of each file's path relative to the root sends it to
 train, validation or test (SHARES), so no file contributes text to two splits, and adding or
