@@ -267,3 +267,23 @@ def test_a_front_is_read_at_each_seeds_own_realized_compute():
     planned = [{"seed": s, "values": {"name": "s5"}} for s in range(3)]
     with pytest.raises(ConfigError, match="needs >= 2 points per seed"):
         claims.check_design(c, planned, 3)
+
+
+def test_a_folder_holding_the_points_under_other_flags_is_refused_before_any_training(tmp_path):
+    """Each point would be refused by `adaptive train`, and the claims of the earlier, good run
+    replaced by "0 finished seeds": refused first, in one line, with the earlier files kept."""
+    from adaptive import config as config_lib
+    from adaptive.experiments.reproduce import _plan_sweep
+
+    block = read_block("act_parity")
+    (spec, extra), *_ = block["tiny"]
+    _, points, _ = _plan_sweep(spec, [*extra, *QUIET], tmp_path, None)
+    earlier = config_lib.to_dict(points[0].config)
+    earlier["model"]["hidden"] = 8  # the folder's run was made with --config.model.hidden=8
+    points[0].workdir.mkdir(parents=True)
+    (points[0].workdir / "config.json").write_text(json.dumps(earlier))
+    (tmp_path / "claims.json").write_text("[]")
+    with pytest.raises(ConfigError, match=r"holds a run with another config \(model.hidden: 8 != 32\); use a new"):
+        run_block(block, tmp_path, tiny=True, overrides=QUIET)
+    assert (tmp_path / "claims.json").read_text() == "[]"
+    assert sorted(p.name for p in points[0].workdir.iterdir()) == ["config.json"]

@@ -123,6 +123,13 @@ def run_block(
             if isinstance(side, (claims_lib.Side, claims_lib.Scaled)) and side.metric.startswith(NON_TEST_PREFIXES):
                 raise ConfigError(f"claim {claim.text!r} reads {side.metric!r}; claims are judged on test_ columns")
         claims_lib.check_design(claim, planned, minimum)
+    for _, points, _ in plans:  # before anything trains: each point would be refused, then its claims replaced
+        for point in points:
+            if (conflict := sweep.config_conflict(point)) is not None:
+                raise ConfigError(
+                    f"{point.workdir} holds a run with another config ({conflict}); "
+                    "use a new --workdir, or the flags it was run with"
+                )
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for spec, points, planned_rows in plans:

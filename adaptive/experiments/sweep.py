@@ -147,6 +147,17 @@ def _same_run(point: Point) -> bool:
     return isinstance(saved, dict) and config_change(saved, point.config) is None
 
 
+def config_conflict(point: Point) -> str | None:
+    """How the run already in the point's folder differs from the point ("key: saved != new"),
+    or None: no run there, or this point's (resumable changes aside). A damaged config.json is
+    left to `adaptive train`, which says so in one line."""
+    try:
+        saved = json.loads((point.workdir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return config_change(saved, point.config) if isinstance(saved, dict) else None
+
+
 def _alive(pid: int, workdir: Path) -> bool:
     """Whether `pid` is a live trainer of `workdir`: after a reboot or a killed sweep, the pid a
     stale .sweep.pid names may belong to another process (on Linux, its command line says)."""
