@@ -24,10 +24,26 @@ GOOD = [1.0, 0, 0, 1, -1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0]
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
+def artifact(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     train_tiny(root / "run", 20)
-    return Engine.from_artifact(export_run(root / "run", root / "art"), buckets=(1, 4, 16))
+    return export_run(root / "run", root / "art")
+
+
+@pytest.fixture(scope="module")
+def engine(artifact):
+    return Engine.from_artifact(artifact, buckets=(1, 4, 16))
+
+
+def test_the_serving_bench_refuses_a_fixed_budget_past_the_cap_before_starting_a_server(artifact, tmp_path):
+    """Its rows would run at full depth under the name of a smaller budget."""
+    from adaptive.bench import serve
+    from adaptive.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--fixed-budget 99 is past the artifact's step cap 6"):
+        serve.run(str(artifact), None, sla_ms=50.0, rate=None, duration=1.0, fixed_budget=99,
+                  out_dir=str(tmp_path / "out"), json_out=None, tiny=True)  # fmt: skip
+    assert not (tmp_path / "out").exists()
 
 
 def _with_client(engine, scenario, controller=None, fallback=None):
