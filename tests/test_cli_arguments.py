@@ -159,6 +159,13 @@ def test_bench_flags_that_contradict_each_other_are_one_line_before_any_timing(a
     assert err.strip() == f"adaptive: error: {message}" or (message in err and len(err.strip().splitlines()) == 1)
 
 
+def test_a_trained_runs_depth_is_checked_against_its_own_blocks_not_the_fresh_models_layers():
+    from adaptive.cli.bench_command import _check_flags_against_each_other
+
+    args = build_parser().parse_args(["bench", "generate", "--workdir", "runs/lm-exits", "--depth", "6"])
+    _check_flags_against_each_other(args)  # generate.run checks it against the run's blocks
+
+
 def test_a_bench_json_may_go_in_a_folder_the_bench_makes_but_not_under_a_file(tmp_path):
     args = build_parser().parse_args(["bench", "serve", "--artifact", "A", "--json", str(tmp_path / "new" / "s.json")])
     assert args.json == str(tmp_path / "new" / "s.json")  # beside --out DIR, which the benchmark makes

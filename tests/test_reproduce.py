@@ -283,7 +283,15 @@ def test_a_folder_holding_the_points_under_other_flags_is_refused_before_any_tra
     points[0].workdir.mkdir(parents=True)
     (points[0].workdir / "config.json").write_text(json.dumps(earlier))
     (tmp_path / "claims.json").write_text("[]")
-    with pytest.raises(ConfigError, match=r"holds a run with another config \(model.hidden: 8 != 32\); use a new"):
+    cannot = "holds a run that this reproduction cannot continue"
+    with pytest.raises(ConfigError, match=rf"{cannot} \(model.hidden: 8 != 32\)"):
         run_block(block, tmp_path, tiny=True, overrides=QUIET)
     assert (tmp_path / "claims.json").read_text() == "[]"
     assert sorted(p.name for p in points[0].workdir.iterdir()) == ["config.json"]
+    # the same config, trained longer than asked now (train.steps is a change a resume may make)
+    (points[0].workdir / "config.json").write_text(json.dumps(config_lib.to_dict(points[0].config)))
+    past = points[0].config.train.steps + 10
+    (points[0].workdir / "checkpoints" / str(past)).mkdir(parents=True)
+    with pytest.raises(ConfigError, match=rf"{cannot} \(trained to step {past}, past train.steps="):
+        run_block(block, tmp_path, tiny=True, overrides=QUIET)
+    assert (tmp_path / "claims.json").read_text() == "[]"

@@ -200,7 +200,12 @@ def test_a_point_another_process_trains_or_a_signal_stopped_is_not_failed(tmp_pa
         (point.workdir / "train.log").write_text("")
         point.process = subprocess.Popen([sys.executable, "-c", exit_with])
         point.process.wait()
+        mine = str(point.process.pid)
+        (point.workdir / ".sweep.pid").write_text(mine if code != BUSY_EXIT else "4242")  # BUSY: another's child
         assert collect(point) and point.status == status, (code, point.status)
+        held = (point.workdir / ".sweep.pid").exists()
+        assert held == (code == BUSY_EXIT), "only this sweep's own child's pid file goes"
+        (point.workdir / ".sweep.pid").unlink(missing_ok=True)
 
 
 def test_a_damaged_or_longer_trained_point_is_not_done_and_stops_no_other(tmp_path):

@@ -276,3 +276,17 @@ def test_a_second_trainer_of_one_folder_is_refused_while_the_first_holds_it(tmp_
     assert [p.name for p in workdir.iterdir()] == [".train.lock"]  # no config.json, no run.json
     with sole_trainer(workdir):  # let go: the next trainer takes it
         pass
+
+
+def test_a_folder_on_a_filesystem_without_locks_still_trains_with_a_warning(tmp_path, monkeypatch, caplog):
+    import fcntl
+
+    from adaptive.workdir import runinfo
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")  # what some network and FUSE mounts answer
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING), runinfo.sole_trainer(tmp_path):
+        pass
+    assert "cannot be locked (" in caplog.text and "nothing stops a second trainer" in caplog.text

@@ -171,6 +171,8 @@ class WindowRecords:
     def __init__(self, records: Any, split: str):
         metadata = records.dataset_info.metadata
         self._records, self._rows = records, int(metadata["rows_per_record"])
+        if self._rows != records.dataset_info.features["tokens"].shape[0]:  # a layout changed without a version
+            raise ConfigError("pystdlib was prepared with another record layout; delete its folder to prepare it again")
         self._count = int(metadata["windows_per_split"][split])
         self.dataset_info = records.dataset_info
 

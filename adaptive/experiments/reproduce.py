@@ -127,7 +127,7 @@ def run_block(
         for point in points:
             if (conflict := sweep.config_conflict(point)) is not None:
                 raise ConfigError(
-                    f"{point.workdir} holds a run with another config ({conflict}); "
+                    f"{point.workdir} holds a run that this reproduction cannot continue ({conflict}); "
                     "use a new --workdir, or the flags it was run with"
                 )
     out.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ each child also gets SIGTERM if the sweep itself dies, so no orphan keeps writin
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -139,23 +140,32 @@ def _finished(point: Point) -> bool:
     return point.config is None or _same_run(point)
 
 
-def _same_run(point: Point) -> bool:
-    try:
-        saved = json.loads((point.workdir / "config.json").read_text())
-    except (OSError, ValueError):
-        return False  # `adaptive train` refuses or rewrites it, in one line
-    return isinstance(saved, dict) and config_change(saved, point.config) is None
-
-
-def config_conflict(point: Point) -> str | None:
-    """How the run already in the point's folder differs from the point ("key: saved != new"),
-    or None: no run there, or this point's (resumable changes aside). A damaged config.json is
-    left to `adaptive train`, which says so in one line."""
+def _saved_config(point: Point) -> dict | None:
+    """The point's folder's config.json, or None: none there, or damaged (`adaptive train`
+    refuses or rewrites a damaged one, in one line)."""
     try:
         saved = json.loads((point.workdir / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    return config_change(saved, point.config) if isinstance(saved, dict) else None
+    return saved if isinstance(saved, dict) else None
+
+
+def _same_run(point: Point) -> bool:
+    saved = _saved_config(point)
+    return saved is not None and config_change(saved, point.config) is None
+
+
+def config_conflict(point: Point) -> str | None:
+    """Why `adaptive train` would refuse the point in its folder: the run there has another config
+    ("key: saved != new", resumable changes aside) or is trained past the point's steps; None
+    when there is no run there or it is this point's."""
+    saved = _saved_config(point)
+    if saved is None:
+        return None
+    reached = max(saved_steps(point.workdir), default=0)
+    if reached > point.config.train.steps:
+        return f"trained to step {reached}, past train.steps={point.config.train.steps}"
+    return config_change(saved, point.config)
 
 
 def _alive(pid: int, workdir: Path) -> bool:
@@ -235,7 +245,10 @@ def collect(point: Point) -> bool:
     code = point.process.poll()
     if code is None:
         return False
-    (point.workdir / ".sweep.pid").unlink(missing_ok=True)
+    pid_file = point.workdir / ".sweep.pid"
+    with contextlib.suppress(OSError):  # another sweep's child may hold the point: its file stays
+        if pid_file.read_text().strip() == str(point.process.pid):
+            pid_file.unlink()
     point.process = None
     if code == 0:
         point.status = "done"

@@ -14,14 +14,17 @@ same points, names and resume logic as the local runner.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
+from adaptive.config import ConfigError
 from adaptive.evaluation import plots
 from adaptive.evaluation.report import compute_columns, describe, final_eval
 from adaptive.evaluation.tables import print_table
 from adaptive.experiments.sweep import Point
 from adaptive.workdir.config_file import RunError, load_config
+from adaptive.workdir.runinfo import write_atomic
 
 CONSOLE_COLUMNS = (
     "point",
@@ -43,7 +46,7 @@ def summarize(points: list[Point], workdir: Path) -> list[dict]:
             try:
                 cfg = load_config(p.workdir)
                 final = final_eval(p.workdir)
-            except RunError as e:
+            except (RunError, ConfigError) as e:  # e.g. another host's point whose data this one lacks
                 row["status"], row["detail"] = "failed", str(e)
             else:
                 row.update({"run": p.name, **describe(cfg)})
@@ -58,11 +61,13 @@ def summarize(points: list[Point], workdir: Path) -> list[dict]:
             row["detail"] = p.detail
         rows.append(row)
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    with (workdir / "summary.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    (workdir / "summary.json").write_text(json.dumps(rows, indent=1) + "\n")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    # whole files only: wandb agents running one --point each may write the summary at once
+    write_atomic(workdir / "summary.csv", table.getvalue())
+    write_atomic(workdir / "summary.json", json.dumps(rows, indent=1) + "\n")
     print_table(rows, [c for c in (*CONSOLE_COLUMNS, "detail") if any(c in r for r in rows)])
     done = [r for r in rows if r["status"] == "done"]
     if done:

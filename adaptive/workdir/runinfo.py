@@ -39,8 +39,9 @@ def sole_trainer(workdir: Path) -> Iterator[None]:
     """Holds DIR/.train.lock (an exclusive flock, with this process's pid in it) while a run
     trains: two trainers of one folder would interleave their checkpoints and metrics. The
     kernel lets go when the process ends, however it ends, so a killed run leaves no lock."""
-    with file_errors(workdir / ".train.lock"):
-        lock = open(workdir / ".train.lock", "a+")  # noqa: SIM115 -- held for the whole run
+    path = workdir / ".train.lock"
+    with file_errors(path):
+        lock = open(path, "a+")  # noqa: SIM115 -- held for the whole run
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -50,10 +51,14 @@ def sole_trainer(workdir: Path) -> Iterator[None]:
             raise WorkdirBusy(
                 f"{workdir} is being trained by another process (pid {holder}); wait for it to end or stop it"
             ) from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
+        except OSError as e:  # a filesystem without flock (some network and FUSE mounts): train unguarded
+            log.warning("%s cannot be locked (%s): nothing stops a second trainer of this folder", path, e)
+        else:
+            with file_errors(path):
+                lock.seek(0)
+                lock.truncate()
+                lock.write(f"{os.getpid()}\n")
+                lock.flush()
         yield
     finally:
         lock.close()
@@ -69,8 +74,9 @@ def file_errors(path: str | Path, action: str = "write") -> Iterator[None]:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Replaces `path` by `text` in one rename, so that a kill or a full disk leaves the old file."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Replaces `path` by `text` in one rename, so that a kill or a full disk leaves the old file
+    (and of two processes writing it at once, one's whole file: each writes its own temporary)."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with file_errors(path):
         try:
             tmp.write_text(text)
