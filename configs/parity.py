@@ -60,6 +60,8 @@ def get_config(arg: str | None = None):
 def get_sweep(arg: str | None = None) -> list[dict]:
     """experiments/act_parity: 3 seeds x (static RNNs of 1 and 10 steps, ACT at five taus);
     `tiny`: one seed, static 1 step against ACT at two taus (minutes on a CPU)."""
+    if arg not in (None, "", "tiny"):  # `static` picks a model, not a sweep: its points would coincide
+        raise ValueError(f"configs/parity.py's sweep takes no arg or 'tiny', not {arg!r}")
     seeds, taus = ((0,), (1e-3, 1e-2)) if arg == "tiny" else ((0, 1, 2), (1e-3, 2e-3, 3e-3, 5e-3, 1e-2))
     depths = (1,) if arg == "tiny" else (1, 10)
     points = []

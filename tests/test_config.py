@@ -266,7 +266,12 @@ def test_every_sweep_point_loads(path, tmp_path):
 
     for arg in _args_of(path):
         spec = str(path) + (f":{arg}" if arg else "")
-        points = load_points(spec, tmp_path)  # validates each point as a full config
+        try:
+            points = load_points(spec, tmp_path)  # validates each point as a full config
+        except config_lib.ConfigError as e:
+            if "sweep takes" in str(e):  # an arg of get_config only (parity.py's static model)
+                continue
+            raise
         assert points and len({p.name for p in points}) == len(points)  # distinct workdirs
 
 

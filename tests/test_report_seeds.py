@@ -21,10 +21,11 @@ def test_runs_group_by_everything_but_the_seed():
             "seed0": ["--config.seed=0"],
             "seed1": ["--config.seed=1"],
             "renamed": ["--config.seed=2", "--config.name=other"],
+            "quiet": ["--config.seed=3", "--config.logging.progress=false"],  # as a sweep trains its points
             "tau": ["--config.seed=0", "--config.halting.tau=0.01"],
         }.items()
     }
-    assert keys["seed0"] == keys["seed1"] == keys["renamed"] != keys["tau"]
+    assert keys["seed0"] == keys["seed1"] == keys["renamed"] == keys["quiet"] != keys["tau"]
 
 
 def test_a_group_of_seeds_shows_its_mean_and_95_percent_interval():
@@ -37,7 +38,8 @@ def test_a_group_of_seeds_shows_its_mean_and_95_percent_interval():
     # t(0.975, 2) = 4.303; sd 0.01 (accuracy) and 1.0 (steps) over 3 seeds
     assert act["validation_accuracy_ci95"] == f"+-{4.3027 * 0.01 / 3**0.5:.3g}"
     assert act["validation_steps_ci95"] == f"+-{4.3027 / 3**0.5:.3g}"
-    assert "eval_flops" not in act  # only accuracy and steps columns are summarised
+    assert act["eval_flops"] == pytest.approx(1000.0)  # FLOPs too; the run's name and seed are not averaged
+    assert "run" not in act and "seed" not in act
     assert static["seeds"] == 1 and static["validation_accuracy_ci95"] == "n/a (1 seed)"
 
 
