@@ -11,62 +11,60 @@ from pathlib import Path
 IMAGE_SUFFIXES = (".png", ".pdf", ".svg")
 
 
-def positive_int(text: str) -> int:
-    """A whole number >= 1."""
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {value}")
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {least}; got {text!r}") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= {least}; got {value}")
     return value
+
+
+def _finite_number(text: str, *, zero_allowed: bool) -> float:
+    bound = ">= 0" if zero_allowed else "> 0"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}; got {text!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_allowed):
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}; got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1."""
+    return _whole_number(text, 1)
+
+
+def nonnegative_int(text: str) -> int:
+    """A whole number >= 0 (a count of steps where none is a choice)."""
+    return _whole_number(text, 0)
 
 
 def positive_ints(text: str) -> list[int]:
     """A comma-separated list of whole numbers >= 1, at least one."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
+    message = f"must be comma-separated whole numbers >= 1; got {text!r}"
     if not parts:
-        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers >= 1; got {text!r}")
+        raise argparse.ArgumentTypeError(message)
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers >= 1; got {text!r}") from None
+        raise argparse.ArgumentTypeError(message) from None
     if min(values) < 1:
-        raise argparse.ArgumentTypeError(f"must be comma-separated whole numbers >= 1; got {text!r}")
+        raise argparse.ArgumentTypeError(message)
     return values
-
-
-def nonnegative_int(text: str) -> int:
-    """A whole number >= 0 (a count of steps where none is a choice)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0; got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0; got {value}")
-    return value
 
 
 def positive_float(text: str) -> float:
     """A finite number > 0 (a rate, a duration, an SLA, a capacity factor)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0; got {text}")
-    return value
+    return _finite_number(text, zero_allowed=False)
 
 
 def nonnegative_float(text: str) -> float:
     """A finite number >= 0 (a price, a power draw)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text}")
-    return value
+    return _finite_number(text, zero_allowed=True)
 
 
 def _in_a_folder(text: str) -> Path:
