@@ -18,6 +18,7 @@ EXPERIMENTS = (
     "moe_vs_dense",
     "pondernet_parity",
     "serving",
+    "serving_lm",
     "early_exit_lm",
     "lm_budget",
     "mixture_of_depths",
@@ -26,13 +27,14 @@ EXPERIMENTS = (
 )
 # The language-model experiments' tiny claims, each made to fail by a value it excludes: no
 # compute saved, nothing spent, the wrong number of steps, a dense model priced as the MoE, a
-# guarantee that never held.
+# guarantee that never held, a server that answered nothing on time.
 FAILING_VALUES = {
     "early_exit_lm": {"blocks_ratio": 1.5},
     "lm_budget": {"ratio": 0.0},
     "mixture_of_depths": {"train_flops_ratio": 2.0},
     "moe_lm": {"forward_flops_ratio": 3.0},
     "calm_guarantee": {"held": 0.0},
+    "serving_lm": {"violation_rate": 1.0},
 }
 
 
@@ -117,6 +119,10 @@ def test_tiny_reproduction_runs_end_to_end_and_its_claims_hold(name, tmp_path):
     elif name == "serving":
         rows = json.loads((tmp_path / "serving.json").read_text())
         assert len(rows) == 7 * 4 and {r["seed"] for r in rows} == {0}  # 7 policies x 4 patterns, one run
+    elif name == "serving_lm":
+        rows = json.loads((tmp_path / "serving-lm.json").read_text())
+        assert len(rows) == 5 * 3 and {r["seed"] for r in rows} == {0}  # 5 policies x 3 patterns, one run
+        assert all(r["threshold"] > 0 for r in rows if r["policy"] == "fixed threshold")
     else:  # the language-model experiments: each tiny run wrote its rows
         for run_name, _ in read_block(name)["tiny-run"]:
             assert json.loads((tmp_path / f"{run_name}.json").read_text()), run_name
