@@ -271,6 +271,36 @@ def test_the_server_rejects_and_falls_back_when_the_controller_says_so(engine):
     assert fallback["status"] == "fallback" and fallback["model"] == "fallback"
 
 
+def test_a_budget_below_a_static_model_is_a_400_unless_a_fallback_runs_within_it(engine, tmp_path):
+    """A static model runs all its steps: a smaller budget can never be kept by it, so the client
+    hears why (400), not "busy, retry" (503); with an adaptive fallback the budget is answered,
+    and no plan runs the static model past a budget, whatever the controller knows."""
+    from adaptive.serving.launch import build_controller
+
+    train_tiny(tmp_path / "static", 2, overrides=("--config.halting.policy=none", "--config.model.depth=3"))
+    static = Engine.from_artifact(export_run(tmp_path / "static", tmp_path / "art"), buckets=(1,))
+
+    async def scenario(client, server):
+        answers = []
+        for budget in (2, 3):
+            response = await client.post("/predict", json={"x": GOOD, "budget": budget})
+            answers.append((response.status, await response.json()))
+        return answers
+
+    (low_code, low), (full_code, full) = _with_client(static, scenario)
+    assert low_code == 400 and "below this static model's 3 steps" in low["error"], low
+    assert full_code == 200 and full["steps"] == full["budget_steps"] == 3
+    ladder = build_controller(static, engine, sla_ms=1000.0, mode="adaptive", max_batch=16, tolerance=0.0)
+    (low_code, low), _ = _with_client(static, scenario, ladder, fallback=engine)
+    assert low_code == 200 and low["model"] == "fallback" and low["steps"] <= low["budget_steps"] <= 2
+    # a controller without the accuracy table would plan the static model at 2 steps: refused
+    (low_code, low), _ = _with_client(static, scenario, fallback=engine)
+    assert low_code == 503 and low["status"] == "rejected"
+    static_policy = Controller(static.cap, 1000.0, mode="static", fallbacks=(Fallback(),))
+    (low_code, low), _ = _with_client(static, scenario, static_policy, fallback=engine)
+    assert low_code == 400  # the static policy never falls back: nothing here keeps the budget
+
+
 def test_a_server_and_its_controller_must_name_the_same_fallbacks(engine):
     with pytest.raises(ValueError, match="not the controller's"):
         Server(engine, Controller(engine.cap, 20.0), fallback=engine)

@@ -82,15 +82,17 @@ def _eval(args, overrides: list[str]) -> int:
 
     from adaptive.cli import eval_reports
     from adaptive.evaluation.budgeted_eval import evaluate_run
-    from adaptive.workdir.config_file import RunError, load_config
+    from adaptive.workdir.config_file import RunError, load_config, refuse_other_task
 
-    if load_config(Path(args.workdir).resolve()).model.kind == "lm":
+    cfg = load_config(Path(args.workdir).resolve())
+    if cfg.model.kind == "lm":
         return _eval_lm(args)
     for baseline in args.baseline:  # checked before the evaluation, which takes a while
         static = load_config(Path(baseline).resolve())
         if static.model.kind == "lm" or static.halting.policy != "none":
             what = "a language model" if static.model.kind == "lm" else f"halting.policy={static.halting.policy!r}"
             raise RunError(f"--baseline {baseline} must be a static classifier run; it is {what}")
+        refuse_other_task(f"--baseline {baseline}", static, args.workdir, cfg)
     if args.points:  # likewise: a language model's artifact, a damaged meta.json
         from adaptive.inference.artifact_meta import read_meta
 

@@ -19,7 +19,7 @@ from adaptive.evaluation.budgeted_eval import evaluate_run
 from adaptive.evaluation.intervals import mean_interval
 from adaptive.evaluation.tables import markdown_table, print_table
 from adaptive.training.metrics import read_jsonl
-from adaptive.workdir.config_file import RunError, load_config
+from adaptive.workdir.config_file import RunError, load_config, refuse_other_task
 
 
 def describe(cfg) -> dict:
@@ -78,18 +78,20 @@ def report(
         if (key := Path(workdir).resolve()) in seen:
             raise RunError(f"{workdir} is given twice (also as {seen[key]}); give each run once")
         seen[key] = workdir
-    same, kinds = {}, {}
+    same, kinds, first = {}, {}, None
     for workdir in workdirs:  # a copied run folder: its results would count twice among the seeds
         cfg = load_config(workdir)
         if (key := (_without_seed(cfg), cfg.seed)) in same:
             raise RunError(f"{workdir} and {same[key]} are runs of the same config and seed; give one of them")
         same[key] = workdir
         kinds.setdefault(cfg.model.kind == "lm", workdir)
-    if len(kinds) > 1:  # FLOPs per token beside FLOPs per example, next-byte beside class accuracy
-        raise RunError(
-            f"{kinds[True]} is a language model and {kinds[False]} a classifier: their compute and accuracy "
-            "are not on one scale; report each kind on its own"
-        )
+        if len(kinds) > 1:  # FLOPs per token beside FLOPs per example, next-byte beside class accuracy
+            raise RunError(
+                f"{kinds[True]} is a language model and {kinds[False]} a classifier: their compute and "
+                "accuracy are not on one scale; report each kind on its own"
+            )
+        first = first or (workdir, cfg)
+        refuse_other_task(workdir, cfg, *first)
     if usage and not any(load_config(w).moe.enabled for w in workdirs):
         raise RunError("--usage plots how tokens spread over experts; none of these runs has experts")
     rows, curves, groups = [], [], {}

@@ -43,7 +43,7 @@ import numpy as np
 from aiohttp import web
 
 from adaptive.serving.connections import ConnectionLimit, listen, refuse
-from adaptive.serving.controller import Controller, Decision, Request
+from adaptive.serving.controller import REJECTED, Controller, Decision, Request
 from adaptive.serving.engine import UNITS, Engine, fallback_engines
 from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, parse_predict, read_body
 from adaptive.serving.openapi import document
@@ -148,6 +148,7 @@ class Server:
             check_content_type(request.headers.get("Content-Type"))
             raw = await read_body(request, MAX_BODY, self.read_timeout_s)
             parsed = parse_predict(parse_json(raw), self.engines["primary"], self.default_steps)
+            self._check_answerable(parsed)
         except BadRequest as e:
             return await self._refuse(request, e)
         except ConnectionError:  # aiohttp would log a traceback; nobody is there to answer
@@ -168,6 +169,20 @@ class Server:
         answer = await future
         code = {"rejected": 503, "error": 500}.get(answer["status"], 200)
         return web.json_response(answer, status=code)
+
+    def _check_answerable(self, parsed) -> None:
+        """A 400 for a budget no model here can keep whatever the load: a static primary runs all
+        its steps, and a 503 would tell the client to retry what can never succeed."""
+        primary = self.engines["primary"]
+        if parsed.budget_value is None or not primary.fixed_depth:
+            return  # an adaptive primary answers any budget parse_predict accepted
+        rungs = self.fallbacks.values() if self.controller.mode == "adaptive" else ()  # the others never fall back
+        if not any(e.steps_within(parsed.budget_value, parsed.unit) for e in (primary, *rungs)):
+            raise BadRequest(
+                400,
+                f"budget {parsed.budget_value:g} {parsed.unit} is below this static model's {primary.cap} steps "
+                f"(it runs all of them){', and no fallback runs within it' if rungs else ''}",
+            )
 
     async def _refuse(self, request: web.Request, e: BadRequest) -> web.StreamResponse:
         return await refuse(request, e, self.stats.bad)
@@ -248,12 +263,21 @@ class Server:
         ]
         kept = []
         for item, d in zip(items, self.controller.plan(requests, time_ms), strict=True):
+            if d.model is not None and self._runs_past(d):
+                d = REJECTED
             if d.model is None:
                 self.stats.record("rejected")
                 item.future.set_result({"status": "rejected", "latency_ms": 1e3 * (now - item.arrival)})
             else:
                 kept.append((item, d))
         return kept
+
+    def _runs_past(self, d: Decision) -> bool:
+        """Whether `d` puts a row on a static model below its depth: it would run all its steps,
+        past the budget the plan gave it (a controller without the artifact's accuracy table, or
+        the static policy, does not know which models are static)."""
+        engine = self.engines[d.model]
+        return engine.fixed_depth and d.steps < engine.cap
 
     async def _serve_batch(self, loop, batch: list[Pending]) -> None:
         """The fallback's share first (it is quick, and the plan gave it the rows with the least

@@ -71,3 +71,20 @@ def checkpoint_folder(workdir: Path) -> Path:
     if not folder.is_dir():
         raise RunError(f"{workdir} has no checkpoint yet")
     return folder
+
+
+# The data settings that decide what an example is (its source, size and difficulty); how many
+# are drawn, their seed and where they are cached do not make another task.
+TASK_KEYS = ("name", "parity_n", "window", "text_dir", "addition_digits", "eval_difficulty")
+
+
+def refuse_other_task(workdir, cfg: config_lib.Config, ref_workdir, ref: config_lib.Config) -> None:
+    """A RunError naming the first task setting where run `workdir` differs from `ref_workdir`:
+    their accuracies and compute are not on one scale, so neither a table nor a baseline mixes them."""
+    for key in TASK_KEYS:
+        mine, theirs = getattr(cfg.data, key), getattr(ref.data, key)
+        if mine != theirs:
+            raise RunError(
+                f"{workdir} has data.{key}={mine!r} and {ref_workdir} data.{key}={theirs!r}: "
+                "runs of different tasks are not compared; give runs of one task"
+            )
