@@ -30,6 +30,8 @@ from adaptive.workdir.config_file import RunError
         (["bench", "moe", "--capacity-factor", "nan"], "--capacity-factor: must be a finite number > 0; got nan"),
         (["bench", "serve", "--artifact", "A", "--duration", "0"], "--duration: must be a finite number > 0; got 0"),
         (["bench", "quant", "--workdir", "W", "--aware-steps", "-1"], "--aware-steps: must be a whole number >= 0"),
+        (["generate", "--workdir", "W", "--json", "/no/such/folder/o.jsonl"], "--json: its folder '/no/such/folder'"),
+        (["generate", "--workdir", "W", "--json", "."], "--json: must name a file, not a folder"),
     ],
 )
 def test_bad_flag_values_are_one_usage_error(argv, message, capsys):
@@ -219,3 +221,38 @@ def test_the_act_train_benchmark_finds_its_config_from_any_folder(tmp_path, monk
 
     monkeypatch.chdir(tmp_path)
     assert config_lib.load(str(act_train.PARITY_CONFIG)).data.name == "parity"
+
+
+def test_out_of_memory_is_one_line_and_other_errors_still_raise(monkeypatch, capsys):
+    """XLA's RESOURCE_EXHAUSTED (an export capacity or batch far too large) ends the command with
+    its first line, not a compiler traceback; any other unexpected error is not hidden."""
+    import importlib
+
+    main_module = importlib.import_module("adaptive.cli.main")  # the module (adaptive.cli.main is also its function)
+
+    def out_of_memory(args, overrides):
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 640597671512 bytes.\nfrom the compiler")
+
+    monkeypatch.setattr(main_module, "_calibrate_exits", out_of_memory)
+    assert main(["calibrate-exits", "--workdir", "W"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("adaptive: error: RESOURCE_EXHAUSTED: Out of memory allocating 640597671512 bytes.")
+
+    def bug(args, overrides):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(main_module, "_calibrate_exits", bug)
+    with pytest.raises(RuntimeError, match="something else"):
+        main(["calibrate-exits", "--workdir", "W"])
+
+
+def test_calibrate_exits_names_a_classifier_as_one(tmp_path, capsys):
+    (run,) = _config_only_runs(tmp_path, ("parity", "configs/parity.py:tiny", []))
+    assert main(["calibrate-exits", "--workdir", run]) == 2
+    assert "parity holds a classifier (model.kind='rnn'); exits are a language model's" in capsys.readouterr().err
+
+
+def test_generated_text_is_printed_with_control_bytes_escaped():
+    from adaptive.cli.generate_command import _printable
+
+    assert _printable("def f():\n\treturn \x12\x1b[2J") == "def f():\n\treturn \\x12\\x1b[2J"

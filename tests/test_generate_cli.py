@@ -95,10 +95,16 @@ def test_calibrate_exits_writes_a_certified_threshold_that_generate_uses(run_dir
     assert tested[: len(certified)] == certified
     assert record["threshold"] == (certified[-1]["threshold"] if certified else 2.0)
     generated = _generate(run_dir, "--prompt", "x", "--max-new-tokens", "2")
-    assert generated.returncode == 0 and "certified by adaptive calibrate-exits" in generated.stdout
+    said = "no exit threshold certified" if record["threshold"] == 2.0 else f"exit threshold {record['threshold']:g}, "
+    assert generated.returncode == 0 and said in generated.stdout and "(adaptive calibrate-exits)" in generated.stdout
+    (run_dir / "exit_calibration.json").write_text(json.dumps({**record, "threshold": 2.0}))
+    none = _generate(run_dir, "--prompt", "x", "--max-new-tokens", "2")  # not called certified when none was
+    assert f"no exit threshold certified at delta 0.5, epsilon 0.2 on step {record['step']}" in none.stdout
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # says what it replaces
+    assert "replaces the previous calibration: no exit threshold certified at delta 0.5" in again.stdout
     (run_dir / "exit_calibration.json").write_text(json.dumps({**record, "step": record["step"] + 100}))
     stale = _generate(run_dir, "--prompt", "x", "--max-new-tokens", "2")  # certified on other weights
-    assert stale.returncode == 0 and "certified by" not in stale.stdout and "not used" in stale.stderr
+    assert stale.returncode == 0 and "calibrate-exits)" not in stale.stdout and "not used" in stale.stderr
     (run_dir / "exit_calibration.json").write_text("{not json")
     broken = _generate(run_dir, "--prompt", "x", "--max-new-tokens", "2")
     assert broken.returncode == 2 and "exit_calibration.json is not a readable" in broken.stderr

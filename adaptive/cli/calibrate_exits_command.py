@@ -15,7 +15,7 @@ from adaptive.evaluation import exit_risk
 from adaptive.evaluation.tables import print_table
 from adaptive.inference.restore import load_run
 from adaptive.workdir import exit_calibration
-from adaptive.workdir.config_file import RunError
+from adaptive.workdir.config_file import RunError, load_config
 
 
 def run(args, overrides: list[str]) -> int:
@@ -24,6 +24,9 @@ def run(args, overrides: list[str]) -> int:
             raise RunError(f"{name}={value} must be in (0, 1)")
     if args.windows < 1:
         raise RunError(f"--windows={args.windows} must be >= 1")
+    cfg = load_config(args.workdir)  # checked before the run loads
+    if cfg.model.kind != "lm":
+        raise RunError(f"{args.workdir} holds a classifier (model.kind={cfg.model.kind!r}); exits are a language model's")
     trained = load_run(args.workdir, args.step, language_model=True)
     try:
         scores = exit_risk.agreement(trained, "validation", exit_risk.GRID, limit=args.windows)
@@ -56,7 +59,13 @@ def run(args, overrides: list[str]) -> int:
         "depth": trained.cfg.model.depth,
         "tested": rows,
     }
+    try:
+        previous = exit_calibration.read(trained.workdir)
+    except ValueError:
+        previous = None  # a damaged file: replaced by this one
     path = exit_calibration.write(trained.workdir, record)
+    if previous is not None:  # the newest calibration is what generate and export read
+        print(f"replaces the previous calibration: {exit_calibration.describe(previous)}")
     if result.threshold == exit_risk.NO_EXITS:
         print(f"no threshold certified at delta={args.delta}, epsilon={args.epsilon}: tokens run every block")
     else:

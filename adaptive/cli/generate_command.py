@@ -62,6 +62,13 @@ def run(args, overrides: list[str]) -> int:
     except ValueError as e:
         named = f"--budget {args.budget:g} --unit layers: " if args.unit == "layers" and "layer_cap" in str(e) else ""
         raise RunError(named + str(e)) from None
+    positions, window = max(len(p) for p in prompts) + args.max_new_tokens, trained.cfg.data.window
+    if positions > window:  # rotary positions run on, but nothing past the window was trained
+        print(
+            f"note: up to {positions} positions (prompt and new tokens) pass the {window}-byte windows "
+            "this model was trained on: text past them is extrapolation",
+            file=sys.stderr,
+        )
     start, traces = time.perf_counter(), decoder.traces
     out = jax.tree.map(np.asarray, jax.block_until_ready(decoder(prompts, limits)))
     elapsed_ms = (time.perf_counter() - start) * 1e3
@@ -104,10 +111,7 @@ def _threshold(args, trained) -> float:
     if note:
         print(note, file=sys.stderr)
     if calibrated is not None:
-        print(
-            f"exit threshold {calibrated['threshold']:g}, certified by adaptive calibrate-exits "
-            f"(delta {calibrated['delta']:g}, epsilon {calibrated['epsilon']:g})"
-        )
+        print(f"{exit_calibration.describe(calibrated)} (adaptive calibrate-exits)")
         return float(calibrated["threshold"])
     return trained.cfg.lm.exit_threshold
 
@@ -131,7 +135,7 @@ def _row(prompt: str, out: G.Generation, i: int) -> dict:
 
 def _print(row: dict) -> None:
     """The text, then each token's byte and depth in aligned columns."""
-    print(f"{row['prompt']}\u2502{row['text']}")
+    print(f"{_printable(row['prompt'])}\u2502{_printable(row['text'])}")
     chars = [_shown(t) for t in row["tokens"]]
     width = max(len(c) for c in chars + ["9"])
     print("  token " + " ".join(c.rjust(width) for c in chars))
@@ -140,6 +144,12 @@ def _print(row: dict) -> None:
         f"  {len(row['tokens'])} tokens, mean depth {row['mean_layers']:.2f}, "
         f"decode {row['decode_flops']:.3g} FLOPs, prefill {row['prefill_flops']:.3g}, stopped: {row['stop']}"
     )
+
+
+def _printable(text: str) -> str:
+    """Text as a terminal shows it safely: newlines and tabs kept, other control characters
+    (which a byte-level model may emit) escaped."""
+    return "".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text)
 
 
 def _shown(token: int) -> str:
@@ -152,7 +162,7 @@ def _shown(token: int) -> str:
 def _layer_cap_within_ms(decoder: G.Decoder, prompts, knobs: dict, ms_per_token: float) -> int:
     """The deepest layer cap whose timed milliseconds per token fit `ms_per_token`: the compiled
     decoder is timed at every cap on TIMING_TOKENS tokens (median of 3, after a warm-up)."""
-    batch, fitted, cheapest = len(prompts), None, None
+    batch, fitted, least = len(prompts), None, None
     short = dict(knobs, max_new_tokens=min(TIMING_TOKENS, decoder.new_capacity), threshold=2.0, temperature=0.0)
     for cap in range(1, decoder.blocks + 1):
         limits = decoder.limits(batch, **dict(short, layer_cap=cap))
@@ -164,13 +174,13 @@ def _layer_cap_within_ms(decoder: G.Decoder, prompts, knobs: dict, ms_per_token:
             times.append((time.perf_counter() - start) * 1e3 / float(np.asarray(out.count_B).max()))
         per_token = sorted(times)[1]
         print(f"timed: layer cap {cap}: {per_token:.3f} ms per token", file=sys.stderr)
-        cheapest = per_token if cheapest is None else min(cheapest, per_token)
+        least = per_token if least is None else least  # cap 1: the least compute, however the timings fell
         if per_token <= ms_per_token:
             fitted = cap
     if fitted is None:  # the request is served, at the least it can cost, and says it is over
         print(
-            f"warning: no layer cap fits {ms_per_token:.4g} ms per token (the cheapest took {cheapest:.3f} ms); "
-            "generating at layer cap 1, over the budget",
+            f"warning: no layer cap fits {ms_per_token:.4g} ms per token (layer cap 1, the least compute, took "
+            f"{least:.3f} ms); generating at layer cap 1, over the budget",
             file=sys.stderr,
         )
         return 1

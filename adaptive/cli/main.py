@@ -315,3 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C where no handler saves (before training starts, other commands)
         print("adaptive: interrupted", file=sys.stderr)
         return 128 + 2
+    except Exception as e:  # XLA out of memory (a capacity or batch too large): its line, not a traceback
+        first = str(e).strip().split("\n", 1)[0]
+        if "RESOURCE_EXHAUSTED" not in first:
+            raise
+        print(f"adaptive: error: {first} (ask for less: a smaller batch, capacity or model)", file=sys.stderr)
+        return 1

@@ -254,7 +254,9 @@ def _add_generate(commands) -> None:
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0, help="sampling seed of the first prompt (the next get +1, ...)")
     gen.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
-    gen.add_argument("--json", metavar="OUT", help="one JSON row per prompt: text, per-token layers, experts, FLOPs")
+    gen.add_argument(
+        "--json", type=output_file, metavar="OUT", help="one JSON row per prompt: text, per-token layers, experts, FLOPs"
+    )
 
 
 def _add_calibrate_exits(commands) -> None:

@@ -30,9 +30,10 @@ from scipy.stats import binom
 from adaptive.inference.generate import decoder_for_run
 from adaptive.inference.restore import Run
 from adaptive.inference.scoring import split_batches
+from adaptive.workdir import exit_calibration
 
 GRID = tuple(round(x, 3) for x in np.linspace(0.99, 0.05, 48))  # highest (safest) first
-NO_EXITS = 2.0  # a threshold above every confidence
+NO_EXITS = exit_calibration.NO_EXITS
 
 
 class Agreement(NamedTuple):

@@ -14,6 +14,7 @@ from pathlib import Path
 from adaptive.workdir.runinfo import file_errors, write_atomic
 
 FILE = "exit_calibration.json"
+NO_EXITS = 2.0  # the threshold of "none certified": above every confidence, no token exits
 
 
 def write(workdir: str | Path, record: dict) -> Path:
@@ -38,6 +39,14 @@ def read(workdir: str | Path) -> dict | None:
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path} is not a readable exit calibration ({e}); rerun adaptive calibrate-exits") from None
     return record
+
+
+def describe(record: dict) -> str:
+    """One line: the certified threshold, or that none was, with the guarantee asked for."""
+    asked = f"at delta {record['delta']:g}, epsilon {record['epsilon']:g} on step {record['step']}"
+    if float(record["threshold"]) >= NO_EXITS:
+        return f"no exit threshold certified {asked}: every token runs every block"
+    return f"exit threshold {float(record['threshold']):g}, certified {asked}"
 
 
 def for_step(workdir: str | Path, step: int) -> tuple[dict | None, str | None]:
