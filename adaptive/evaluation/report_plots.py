@@ -44,7 +44,7 @@ def max_k(report: dict):
 
 
 def accuracy_vs_compute(report: dict, path: Path, title: str) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     grid = report["budget_grid"]
     for k in sorted({r.get("expert_budget") for r in grid}, key=lambda k: k or 0):
         rows = [r for r in grid if r.get("expert_budget") == k]
@@ -74,7 +74,8 @@ def accuracy_vs_compute(report: dict, path: Path, title: str) -> None:
         title=f"{title}: accuracy vs compute",
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    # beside the axes: where the points fall (high or low accuracy) depends on the run
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
