@@ -131,24 +131,30 @@ def test_report_refuses_language_models_beside_classifiers_and_usage_without_exp
     assert not (tmp_path / "u.png").exists()
 
 
-def test_runs_of_different_tasks_are_refused_in_one_report_and_as_a_baseline(tmp_path, capsys):
+def test_runs_of_different_tasks_share_a_table_but_no_plot_and_no_baseline(tmp_path, capsys):
     """Parity's accuracy beside MNIST-1D's (or parity n = 16 beside n = 32) is no comparison: the
-    report's table and its plots, and eval's baseline on the accuracy-vs-compute plot, refuse it."""
+    report's plots and eval's baseline refuse it; its table lists each run with its task."""
     from adaptive.evaluation.report import report
 
-    parity, parity32, mnist, trained_more = _config_only_runs(
+    parity, parity32, mnist, trained_more, harder = _config_only_runs(
         tmp_path,
         ("parity", "configs/parity.py:tiny", []),
         ("parity32", "configs/parity.py:tiny", ["--config.data.parity_n=32"]),
         ("mnist", "configs/mnist1d.py", ["--config.halting.policy=none"]),
         ("more", "configs/parity.py:tiny", ["--config.data.num_train=999", "--config.model.hidden=8"]),
+        ("harder", "configs/parity.py:tiny", ["--config.data.train_difficulty=8,16", "--config.halting.policy=none"]),
     )
-    with pytest.raises(RunError, match=r"mnist has data.name='mnist1d' and .*parity data.name='parity': runs of "):
+    with pytest.raises(RunError, match=r"--pareto compares runs of one task: .*mnist is mnist1d, .*parity parity "):
+        report([parity, mnist], splits=[], plot=None, markdown=None, pareto=str(tmp_path / "p.png"))
+    with pytest.raises(RunError, match=r"--plot compares runs of one task: .*parity32 is parity parity_n=32"):
+        report([parity, trained_more, parity32], splits=[], plot=str(tmp_path / "d.png"), markdown=None)
+    with pytest.raises(RunError, match="has no eval yet"):  # the table goes on to read the runs' results
         report([parity, mnist], splits=[], plot=None, markdown=None)
-    with pytest.raises(RunError, match=r"parity32 has data.parity_n=32 and .*parity data.parity_n=16"):
-        report([parity, trained_more, parity32], splits=[], plot=None, markdown=None)
     assert main(["eval", "--workdir", parity, "--baseline", mnist]) == 2
-    assert f"--baseline {mnist} has data.name='mnist1d' and {parity} data.name='parity'" in capsys.readouterr().err
+    assert f"--baseline {mnist} has name 'mnist1d' and {parity} 'parity' on the validation" in capsys.readouterr().err
+    # validation is drawn like training: another training range is another validation set
+    assert main(["eval", "--workdir", parity, "--baseline", harder]) == 2
+    assert "has validation difficulty (8, 16) and" in capsys.readouterr().err
 
 
 def test_the_seed_summary_averages_flops_and_bits_per_byte_too():

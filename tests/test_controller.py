@@ -471,3 +471,20 @@ def test_an_unscored_rung_far_down_the_ladder_serves_rather_than_rejects():
     for name, ms in (("x", 30.0), ("y", 30.0), ("z", 1.0)):
         far.observe(name, 2, ms)
     assert far.plan([Request(8, 10.0)]) == [Decision("fallback", "z", 2)]
+
+
+def test_a_static_primary_never_takes_a_row_whose_budget_is_below_its_depth():
+    """A static model runs all its steps (least_steps = its cap): a row asking fewer goes to the
+    fallback, or is rejected, even in a batch beside rows the primary serves."""
+    c = ladder(least_steps=8)
+    mixed = c.plan([Request(2, 0.0, fallback_steps=2), Request(8, 0.0, fallback_steps=2)])
+    assert mixed[0] == Decision("fallback", "fallback", 2) and mixed[1].model is not None
+    # 8 steps (17 ms) miss the 16 ms: an adaptive primary would run 7, a static one cannot
+    assert c.plan([Request(8, 0.0, fallback_steps=2)]) == [Decision("fallback", "fallback", 2)]
+    assert ladder().plan([Request(8, 0.0, fallback_steps=2)]) == [Decision("degraded", "primary", 7)]
+    alone = Controller(8, 20.0, least_steps=8)
+    assert alone.plan([Request(2, 0.0), Request(8, 0.0)]) == [
+        Decision("rejected", None, 0),
+        Decision("ok", "primary", 8),
+    ]
+    assert ladder().plan([Request(2, 0.0, fallback_steps=2)])[0] == Decision("ok", "primary", 2)  # adaptive: it may

@@ -15,7 +15,7 @@ from adaptive.inference.artifact_folder import PARTIAL_MARK, check_staging, stag
 from adaptive.inference.export import COMPACTED_BATCHES, ArtifactError, export_run, load_artifact
 from adaptive.inference.predictor import BudgetedPredictor
 from adaptive.inference.restore import load_run
-from tests.helpers import cli, train_tiny
+from tests.helpers import ROOT, cli, train_tiny
 
 PLAIN_JAX = """
 import hashlib, json, sys
@@ -107,6 +107,35 @@ def test_plain_jax_runs_the_artifact_without_this_package(exported, tmp_path):
     fn, _ = load_artifact(art)
     want = [np.asarray(v).tolist() for v in fn.call(x, budget)]
     assert got[0] == want[0] and got[2] == want[2] and np.allclose(got[1], want[1])
+
+
+# The README's client, verbatim: a classifier's artifact run by plain JAX.
+README_CLIENT = """
+import json, sys
+import jax, numpy as np
+art = sys.argv[1]
+meta = json.load(open(f"{art}/meta.json"))
+predict = jax.export.deserialize(bytearray(open(f"{art}/model.jaxexport", "rb").read()))
+x = np.zeros((2, *meta["input"]["shape"][1:]), np.float32)  # a batch of two examples
+budget = np.array([1, meta["caps"]["steps"]], np.int32)  # steps per example
+prediction, confidence, steps, experts = predict.call(x, budget)
+print(np.asarray(prediction).tolist(), np.asarray(steps).tolist())
+"""
+
+
+def test_the_readmes_plain_jax_client_runs_the_artifact(exported, tmp_path):
+    _, art = exported
+    guard = "import sys; sys.modules['adaptive'] = None\n"  # any import of the package fails
+    proc = subprocess.run(
+        [sys.executable, "-c", guard + README_CLIENT, str(art)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fn, meta = load_artifact(art)
+    x = np.zeros((2, *meta["input"]["shape"][1:]), np.float32)
+    prediction, _, steps, _ = fn.call(x, np.array([1, meta["caps"]["steps"]], np.int32))
+    assert proc.stdout.strip() == f"{np.asarray(prediction).tolist()} {np.asarray(steps).tolist()}"
+    assert np.asarray(steps).tolist()[0] == 1  # the budget of one step held
+    assert README_CLIENT.strip() in (ROOT / "README.md").read_text()
 
 
 def test_corrupted_truncated_and_swapped_artifacts_are_refused(exported, tmp_path):

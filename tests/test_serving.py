@@ -288,7 +288,7 @@ def test_a_budget_below_a_static_model_is_a_400_unless_a_fallback_runs_within_it
         return answers
 
     (low_code, low), (full_code, full) = _with_client(static, scenario)
-    assert low_code == 400 and "below this static model's 3 steps" in low["error"], low
+    assert low_code == 400 and "budget 2 steps allows 2 of this static model's 3 steps, and it runs all" in low["error"], low
     assert full_code == 200 and full["steps"] == full["budget_steps"] == 3
     ladder = build_controller(static, engine, sla_ms=1000.0, mode="adaptive", max_batch=16, tolerance=0.0)
     (low_code, low), _ = _with_client(static, scenario, ladder, fallback=engine)

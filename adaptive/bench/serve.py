@@ -198,10 +198,13 @@ def run(
     every = _policies(artifact, small, fixed_budget, sla_ms, max_batch)
     if unknown := set(policies or ()) - set(every):
         raise ConfigError(f"unknown policies {sorted(unknown)}; known: {', '.join(every)}")
-    cap = read_meta(artifact)["caps"]["steps"]
+    meta = read_meta(artifact)
+    cap, static = meta["caps"]["steps"], (meta.get("config") or {}).get("halting", {}).get("policy") == "none"
     fixed = [name for name in every if name.startswith("adaptive, budget") and (policies is None or name in policies)]
     if fixed and fixed_budget > cap:  # its rows would be full depth under a smaller budget's name
         raise ConfigError(f"--fixed-budget {fixed_budget} is past the artifact's step cap {cap}")
+    if fixed and static and fixed_budget < cap:  # its server would refuse every request
+        raise ConfigError(f"--fixed-budget {fixed_budget} is below the static artifact's {cap} steps")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _report_grouping(artifact, out, 10 if tiny else 100)

@@ -158,7 +158,10 @@ def _add_bench_moe(kinds) -> None:
     moe.add_argument("--hidden", type=positive_int, default=512, help="each expert's hidden width")
     moe.add_argument("--experts", type=positive_int, default=8)
     moe.add_argument(
-        "-k", type=positive_int, default=2, help="experts per token in training; inference is timed at each k from 1 to this"
+        "-k",
+        type=positive_int,
+        default=2,
+        help="experts per token in training; inference is timed at each k from 1 to this",
     )
     moe.add_argument("--capacity-factor", type=positive_float, default=1.25)
     moe.add_argument("--block-size", type=positive_int, default=128, help="rows per block of block dispatch")

@@ -26,7 +26,9 @@ def run(args, overrides: list[str]) -> int:
         raise RunError(f"--windows={args.windows} must be >= 1")
     cfg = load_config(args.workdir)  # checked before the run loads
     if cfg.model.kind != "lm":
-        raise RunError(f"{args.workdir} holds a classifier (model.kind={cfg.model.kind!r}); exits are a language model's")
+        raise RunError(
+            f"{args.workdir} holds a classifier (model.kind={cfg.model.kind!r}); exits are a language model's"
+        )
     trained = load_run(args.workdir, args.step, language_model=True)
     try:
         scores = exit_risk.agreement(trained, "validation", exit_risk.GRID, limit=args.windows)

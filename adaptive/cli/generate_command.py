@@ -103,7 +103,7 @@ def _threshold(args, trained) -> float:
     if args.threshold is not None:
         return args.threshold
     if not trained.cfg.lm.exits:
-        return 2.0  # no exits: never confident
+        return exit_calibration.NO_EXITS  # no exits: never confident
     try:
         calibrated, note = exit_calibration.for_step(trained.workdir, trained.step)
     except ValueError as e:

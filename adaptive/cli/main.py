@@ -92,7 +92,7 @@ def _eval(args, overrides: list[str]) -> int:
         if static.model.kind == "lm" or static.halting.policy != "none":
             what = "a language model" if static.model.kind == "lm" else f"halting.policy={static.halting.policy!r}"
             raise RunError(f"--baseline {baseline} must be a static classifier run; it is {what}")
-        refuse_other_task(f"--baseline {baseline}", static, args.workdir, cfg)
+        refuse_other_task(f"--baseline {baseline}", static, args.workdir, cfg, args.split or cfg.data.eval_split)
     if args.points:  # likewise: a language model's artifact, a damaged meta.json
         from adaptive.inference.artifact_meta import read_meta
 
@@ -319,5 +319,6 @@ def main(argv: list[str] | None = None) -> int:
         first = str(e).strip().split("\n", 1)[0]
         if "RESOURCE_EXHAUSTED" not in first:
             raise
-        print(f"adaptive: error: {first} (ask for less: a smaller batch, capacity or model)", file=sys.stderr)
+        hint = " (ask for less: a smaller batch, capacity or model)" if "memory" in first.lower() else ""
+        print(f"adaptive: error: {first}{hint}", file=sys.stderr)
         return 1

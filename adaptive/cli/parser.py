@@ -255,7 +255,10 @@ def _add_generate(commands) -> None:
     gen.add_argument("--seed", type=int, default=0, help="sampling seed of the first prompt (the next get +1, ...)")
     gen.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
     gen.add_argument(
-        "--json", type=output_file, metavar="OUT", help="one JSON row per prompt: text, per-token layers, experts, FLOPs"
+        "--json",
+        type=output_file,
+        metavar="OUT",
+        help="one JSON row per prompt: text, per-token layers, experts, FLOPs",
     )
 
 

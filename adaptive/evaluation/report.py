@@ -19,7 +19,7 @@ from adaptive.evaluation.budgeted_eval import evaluate_run
 from adaptive.evaluation.intervals import mean_interval
 from adaptive.evaluation.tables import markdown_table, print_table
 from adaptive.training.metrics import read_jsonl
-from adaptive.workdir.config_file import RunError, load_config, refuse_other_task
+from adaptive.workdir.config_file import RunError, load_config, task_label
 
 
 def describe(cfg) -> dict:
@@ -50,7 +50,9 @@ def describe(cfg) -> dict:
 
 
 def final_eval(workdir: Path) -> dict:
-    rows = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "eval"]
+    if not (Path(workdir) / "metrics.jsonl").is_file():  # stopped before its first logged step
+        raise RunError(f"{workdir} has no eval yet (no metrics.jsonl)")
+    rows = [r for r in read_jsonl(Path(workdir) / "metrics.jsonl") if r["split"] == "eval"]
     if not rows:
         raise RunError(f"{workdir} has no eval yet")
     return rows[-1]
@@ -78,7 +80,7 @@ def report(
         if (key := Path(workdir).resolve()) in seen:
             raise RunError(f"{workdir} is given twice (also as {seen[key]}); give each run once")
         seen[key] = workdir
-    same, kinds, first = {}, {}, None
+    same, kinds, tasks = {}, {}, {}
     for workdir in workdirs:  # a copied run folder: its results would count twice among the seeds
         cfg = load_config(workdir)
         if (key := (_without_seed(cfg), cfg.seed)) in same:
@@ -90,15 +92,21 @@ def report(
                 f"{kinds[True]} is a language model and {kinds[False]} a classifier: their compute and "
                 "accuracy are not on one scale; report each kind on its own"
             )
-        first = first or (workdir, cfg)
-        refuse_other_task(workdir, cfg, *first)
+        tasks.setdefault(task_label(cfg), (workdir, cfg))
+    if len(tasks) > 1 and (plot or pareto):  # the table lists each run with its task; a plot compares them
+        (a, first), (b, other) = list(tasks.items())[:2]
+        raise RunError(
+            f"{'--plot' if plot else '--pareto'} compares runs of one task: {other[0]} is {b}, {first[0]} {a} "
+            "(the table alone lists runs of several)"
+        )
     if usage and not any(load_config(w).moe.enabled for w in workdirs):
         raise RunError("--usage plots how tokens spread over experts; none of these runs has experts")
     rows, curves, groups = [], [], {}
     for workdir in map(Path, workdirs):
         cfg = load_config(workdir)
         final = final_eval(workdir)
-        row = {"run": workdir.name, **describe(cfg), "seed": cfg.seed, "step": final["step"]}
+        row = {"run": workdir.name, **({"task": task_label(cfg)} if len(tasks) > 1 else {}), **describe(cfg)}
+        row.update(seed=cfg.seed, step=final["step"])
         row.update(compute_columns(cfg, final))
         if cfg.moe.enabled:
             last_train = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"][-1]

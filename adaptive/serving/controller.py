@@ -129,8 +129,11 @@ class Controller:
         max_batch: int = 32,
         max_queue: int = 1024,
         groups: Callable[[np.ndarray], list[np.ndarray]] = one_run,
+        least_steps: int = 1,
     ):
         """`max_steps`: the primary model's full step cap (its engine's `cap`): no budget runs past it;
+        `least_steps`: the primary's least run (a static model's is all its steps): a request
+        with a smaller budget is never put on it;
         `expert_budgets`: a MoE primary's smaller experts-per-token it can run at;
         `fallbacks`: the rungs below the primary, the first preferred where nothing else decides;
         `accuracy`: the artifact's table, or one {(experts or None, steps): validation accuracy}
@@ -150,7 +153,7 @@ class Controller:
         names = [f.name for f in fallbacks]
         if "primary" in names or len(set(names)) < len(names):
             raise ValueError(f"fallback names {names} must be unique and not 'primary'")
-        self.max_steps, self.sla_ms, self.mode = max_steps, sla_ms, mode
+        self.max_steps, self.sla_ms, self.mode, self.least_steps = max_steps, sla_ms, mode, least_steps
         self.fallbacks = tuple(dataclasses.replace(f, cap=max(int(f.cap), 1)) for f in fallbacks)
         self.headroom, self.utilization, self.max_queue = headroom, utilization, max_queue
         self.max_batch, self.groups = max(int(max_batch), 1), groups
@@ -291,15 +294,21 @@ class Controller:
         fallback = self.service[rung.name, None] if rung else None
         if point is not None:
             k, steps = point
-            times, ranked = self.service["primary", k], sorted(slack)
-            for m in range(rows, 0, -1):
+            if steps < self.least_steps:
+                return None  # a static model has no such point: it runs all its steps
+            fits = [i for i in order if self._clip(requests[i].steps) >= self.least_steps]
+            times, ranked = self.service["primary", k], sorted(slack[i] for i in fits)
+            for m in range(len(fits), 0, -1):
                 # The fallback's rows run first: the primary's must have slack for them as well.
                 before = fallback.estimate(rung.cap, rows - m) if rung and m < rows else 0.0
                 # A first cut, as one run at the point's steps; then the runs the server makes.
                 need = times.estimate(steps, m) + before - EPS_MS
-                if self._pace_ms(times, steps, m) > time_ms + EPS_MS or rows - bisect.bisect_left(ranked, need) < m:
+                if (
+                    self._pace_ms(times, steps, m) > time_ms + EPS_MS
+                    or len(fits) - bisect.bisect_left(ranked, need) < m
+                ):
                     continue
-                chosen = [i for i in order if slack[i] >= need][:m]
+                chosen = [i for i in fits if slack[i] >= need][:m]
                 budgets = [min(steps, self._clip(requests[i].steps)) for i in chosen]
                 finish, primary_ms, primary_pace = self._runs(times, budgets, before)
                 on_time = all(slack[i] >= t - EPS_MS for i, t in zip(chosen, finish, strict=True))

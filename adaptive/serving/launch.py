@@ -8,6 +8,7 @@ import signal
 
 import uvloop
 
+from adaptive.config import ConfigError
 from adaptive.serving.accuracy_table import AccuracyTable, accuracy_lookup
 from adaptive.serving.controller import Controller
 from adaptive.serving.engine import Engine, fallback_engines
@@ -59,6 +60,7 @@ def build_controller(
         tolerance=tolerance,
         max_batch=max_batch,
         groups=primary.groups,
+        least_steps=primary.cap if primary.fixed_depth else 1,
     )
 
 
@@ -86,6 +88,10 @@ def serve(
     serve`) before anything loads."""
     buckets = tuple(b for b in (1, 4, 16, 64) if b < max_batch) + (max_batch,)
     primary = Engine.from_artifact(artifact, buckets=buckets, point=point)
+    if primary.fixed_depth and default_steps is not None and default_steps < primary.cap:
+        raise ConfigError(  # every request without a budget would be refused
+            f"--default-budget {default_steps} is below this static model's {primary.cap} steps (it runs all of them)"
+        )
     points = list(fallback_points or ([None] if fallback else []))
     rungs = {}
     for p in points:  # a smaller model, or operating points (precision, pruning) of one

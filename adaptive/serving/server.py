@@ -178,10 +178,11 @@ class Server:
             return  # an adaptive primary answers any budget parse_predict accepted
         rungs = self.fallbacks.values() if self.controller.mode == "adaptive" else ()  # the others never fall back
         if not any(e.steps_within(parsed.budget_value, parsed.unit) for e in (primary, *rungs)):
+            allowed = primary.steps_for(parsed.budget_value, parsed.unit)  # >= 1: parse_predict checked it
             raise BadRequest(
                 400,
-                f"budget {parsed.budget_value:g} {parsed.unit} is below this static model's {primary.cap} steps "
-                f"(it runs all of them){', and no fallback runs within it' if rungs else ''}",
+                f"budget {parsed.budget_value:g} {parsed.unit} allows {allowed} of this static model's "
+                f"{primary.cap} steps, and it runs all of them{'; no fallback runs within it' if rungs else ''}",
             )
 
     async def _refuse(self, request: web.Request, e: BadRequest) -> web.StreamResponse:

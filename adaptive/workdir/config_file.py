@@ -73,18 +73,38 @@ def checkpoint_folder(workdir: Path) -> Path:
     return folder
 
 
-# The data settings that decide what an example is (its source, size and difficulty); how many
-# are drawn, their seed and where they are cached do not make another task.
-TASK_KEYS = ("name", "parity_n", "window", "text_dir", "addition_digits", "eval_difficulty")
+# The data settings that decide what an example of each dataset is; how many are drawn, their
+# seed and where they are cached make no other task. Other names are TFDS datasets.
+_TASK_KEYS = {"parity": ("parity_n",), "pystdlib": ("window", "text_dir"), "addition": ("addition_digits",)}
+_BUILT_IN = ("parity", "digits", "mnist1d", "pystdlib", "addition")
 
 
-def refuse_other_task(workdir, cfg: config_lib.Config, ref_workdir, ref: config_lib.Config) -> None:
-    """A RunError naming the first task setting where run `workdir` differs from `ref_workdir`:
-    their accuracies and compute are not on one scale, so neither a table nor a baseline mixes them."""
-    for key in TASK_KEYS:
-        mine, theirs = getattr(cfg.data, key), getattr(ref.data, key)
-        if mine != theirs:
+def task_settings(cfg: config_lib.Config, split: str | None = None) -> dict:
+    """The settings that make `cfg`'s task, e.g. {"name": "parity", "parity_n": 16}; with `split`,
+    also the difficulty range that split is drawn from (parity draws validation like training,
+    test from eval_difficulty: adaptive.data.parity's split_ranges), None resolved to all."""
+    d = cfg.data
+    keys = _TASK_KEYS.get(d.name, () if d.name in _BUILT_IN else ("image_key", "label_key"))
+    out = {"name": d.name, **{k: getattr(d, k) for k in keys}}
+    if d.name == "parity" and split is not None:
+        drawn = d.eval_difficulty if split == "test" else d.train_difficulty
+        out[f"{split} difficulty"] = tuple(drawn) if drawn else (1, d.parity_n)
+    return out
+
+
+def task_label(cfg: config_lib.Config) -> str:
+    """The task in a few words, for a table of runs of several: "parity parity_n=16"."""
+    name, *rest = task_settings(cfg).items()
+    return " ".join([name[1], *(f"{k}={v}" for k, v in rest)])
+
+
+def refuse_other_task(workdir, cfg: config_lib.Config, ref_workdir, ref: config_lib.Config, split: str) -> None:
+    """A RunError naming the first setting where run `workdir`'s task on `split` differs from
+    `ref_workdir`'s: their accuracies and compute are not on one scale."""
+    mine, theirs = task_settings(cfg, split), task_settings(ref, split)
+    for key in dict.fromkeys([*theirs, *mine]):
+        if mine.get(key) != theirs.get(key):
             raise RunError(
-                f"{workdir} has data.{key}={mine!r} and {ref_workdir} data.{key}={theirs!r}: "
-                "runs of different tasks are not compared; give runs of one task"
+                f"{workdir} has {key} {mine.get(key)!r} and {ref_workdir} {theirs.get(key)!r} on the {split} "
+                "split: runs of different tasks are not compared; give runs of one task"
             )

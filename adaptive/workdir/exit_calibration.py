@@ -34,6 +34,7 @@ def read(workdir: str | Path) -> dict | None:
         record = json.loads(text)
         threshold = float(record["threshold"])
         int(record["step"])
+        float(record["delta"]), float(record["epsilon"])  # the guarantee it carries, which readers print
         if not (math.isfinite(threshold) and threshold >= 0):  # NaN: no token would ever exit
             raise ValueError(f"threshold {threshold} is not a number >= 0")
     except (ValueError, KeyError, TypeError) as e:

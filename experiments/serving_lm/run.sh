@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Serving generation under TTFT and TPOT SLAs: train the exit model and the small fallback,
 # certify the exit threshold, export both with 8 decode slots, then `adaptive bench serve-lm`:
-# four policies (full depth, with shedding, the fixed certified threshold, the controller with the
-# fallback), three arrival patterns, 3 runs each. The README's commands, in one script.
+# five policies (full depth, with shedding, the fixed certified threshold, the controller alone and
+# with the fallback), three arrival patterns, 3 runs each. The README's commands, in one script.
 # Usage: experiments/serving_lm/run.sh [--tiny] [OUT] [ROWS]. Thin: `adaptive train`,
 # `calibrate-exits`, `export`, `bench serve-lm`.
 #   --tiny: configs/lm.py:tiny models (seconds of training), one run of 1 s of load per pattern,
