@@ -277,8 +277,17 @@ def test_a_budget_below_a_static_model_is_a_400_unless_a_fallback_runs_within_it
     and no plan runs the static model past a budget, whatever the controller knows."""
     from adaptive.serving.launch import build_controller
 
+    from adaptive.bench import serve
+    from adaptive.cli.main import main
+    from adaptive.config import ConfigError
+
     train_tiny(tmp_path / "static", 2, overrides=("--config.halting.policy=none", "--config.model.depth=3"))
     static = Engine.from_artifact(export_run(tmp_path / "static", tmp_path / "art"), buckets=(1,))
+    # a default budget it can never keep is refused at start (every request without one would be)
+    assert main(["serve", "--artifact", str(tmp_path / "art"), "--default-budget", "2", "--port", "0"]) == 2
+    with pytest.raises(ConfigError, match="--fixed-budget 2 is below the static artifact's 3 steps"):
+        serve.run(str(tmp_path / "art"), None, sla_ms=50.0, rate=None, duration=1.0, fixed_budget=2,
+                  out_dir=str(tmp_path / "out"), json_out=None, tiny=True)  # fmt: skip
 
     async def scenario(client, server):
         answers = []
