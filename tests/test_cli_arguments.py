@@ -157,6 +157,16 @@ def test_runs_of_different_tasks_share_a_table_but_no_plot_and_no_baseline(tmp_p
     assert "has validation difficulty (8, 16) and" in capsys.readouterr().err
 
 
+def test_the_seed_summary_keeps_the_task_of_runs_of_several():
+    from adaptive.evaluation.report import seed_summary
+
+    rows = [
+        {"run": f"r{s}", "task": "mnist1d", "method": "m", "kind": "mlp", "validation_accuracy": 0.5} for s in (0, 1)
+    ]
+    (out,) = seed_summary(rows, [[0, 1]])
+    assert out["task"] == "mnist1d" and out["seeds"] == 2
+
+
 def test_the_seed_summary_averages_flops_and_bits_per_byte_too():
     from adaptive.evaluation.report import seed_summary
 

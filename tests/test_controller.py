@@ -488,3 +488,9 @@ def test_a_static_primary_never_takes_a_row_whose_budget_is_below_its_depth():
         Decision("ok", "primary", 8),
     ]
     assert ladder().plan([Request(2, 0.0, fallback_steps=2)])[0] == Decision("ok", "primary", 2)  # adaptive: it may
+    for mode in ("static", "shed"):  # the baselines never run it below its depth either
+        c = Controller(8, 20.0, mode=mode, least_steps=8)
+        assert c.plan([Request(2, 0.0), Request(8, 0.0)]) == [
+            Decision("rejected", None, 0),
+            Decision("ok", "primary", 8),
+        ]

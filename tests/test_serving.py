@@ -275,11 +275,10 @@ def test_a_budget_below_a_static_model_is_a_400_unless_a_fallback_runs_within_it
     """A static model runs all its steps: a smaller budget can never be kept by it, so the client
     hears why (400), not "busy, retry" (503); with an adaptive fallback the budget is answered,
     and no plan runs the static model past a budget, whatever the controller knows."""
-    from adaptive.serving.launch import build_controller
-
     from adaptive.bench import serve
     from adaptive.cli.main import main
     from adaptive.config import ConfigError
+    from adaptive.serving.launch import build_controller
 
     train_tiny(tmp_path / "static", 2, overrides=("--config.halting.policy=none", "--config.model.depth=3"))
     static = Engine.from_artifact(export_run(tmp_path / "static", tmp_path / "art"), buckets=(1,))
@@ -297,7 +296,9 @@ def test_a_budget_below_a_static_model_is_a_400_unless_a_fallback_runs_within_it
         return answers
 
     (low_code, low), (full_code, full) = _with_client(static, scenario)
-    assert low_code == 400 and "budget 2 steps allows 2 of this static model's 3 steps, and it runs all" in low["error"], low
+    assert (
+        low_code == 400 and "budget 2 steps allows 2 of this static model's 3 steps, and it runs all" in low["error"]
+    ), low
     assert full_code == 200 and full["steps"] == full["budget_steps"] == 3
     ladder = build_controller(static, engine, sla_ms=1000.0, mode="adaptive", max_batch=16, tolerance=0.0)
     (low_code, low), _ = _with_client(static, scenario, ladder, fallback=engine)

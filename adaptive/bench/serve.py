@@ -204,7 +204,10 @@ def run(
     if fixed and fixed_budget > cap:  # its rows would be full depth under a smaller budget's name
         raise ConfigError(f"--fixed-budget {fixed_budget} is past the artifact's step cap {cap}")
     if fixed and static and fixed_budget < cap:  # its server would refuse every request
-        raise ConfigError(f"--fixed-budget {fixed_budget} is below the static artifact's {cap} steps")
+        raise ConfigError(
+            f"--fixed-budget {fixed_budget} is below the static artifact's {cap} steps: give --fixed-budget {cap}, "
+            "or leave the fixed-budget policies out with --policies"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _report_grouping(artifact, out, 10 if tiny else 100)

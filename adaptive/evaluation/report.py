@@ -92,7 +92,7 @@ def report(
                 f"{kinds[True]} is a language model and {kinds[False]} a classifier: their compute and "
                 "accuracy are not on one scale; report each kind on its own"
             )
-        tasks.setdefault(task_label(cfg), (workdir, cfg))
+        tasks.setdefault(task_label(cfg, [cfg.data.eval_split, *splits]), (workdir, cfg))
     if len(tasks) > 1 and (plot or pareto):  # the table lists each run with its task; a plot compares them
         (a, first), (b, other) = list(tasks.items())[:2]
         raise RunError(
@@ -105,7 +105,8 @@ def report(
     for workdir in map(Path, workdirs):
         cfg = load_config(workdir)
         final = final_eval(workdir)
-        row = {"run": workdir.name, **({"task": task_label(cfg)} if len(tasks) > 1 else {}), **describe(cfg)}
+        task = {"task": task_label(cfg, [cfg.data.eval_split, *splits])} if len(tasks) > 1 else {}
+        row = {"run": workdir.name, **task, **describe(cfg)}
         row.update(seed=cfg.seed, step=final["step"])
         row.update(compute_columns(cfg, final))
         if cfg.moe.enabled:
@@ -208,7 +209,8 @@ def seed_summary(rows: list[dict], groups: list[list[int]]) -> list[dict]:
     summary = []
     for members in groups:
         first = rows[members[0]]
-        out = {"method": first["method"], "kind": first["kind"], "seeds": len(members)}
+        task = {"task": first["task"]} if "task" in first else {}  # runs of several tasks: which is which
+        out = {**task, "method": first["method"], "kind": first["kind"], "seeds": len(members)}
         for key in first:
             values = [rows[i].get(key) for i in members]
             if key.endswith(("_accuracy", "_steps", "eval_flops", "bits_per_byte")) and None not in values:

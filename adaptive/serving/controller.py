@@ -197,7 +197,7 @@ class Controller:
         """One decision per request of a batch about to run, in order; `time_ms`: the batch's
         share of the server's time (`batch_time_ms`)."""
         if self.mode == "static":
-            return [Decision("ok", "primary", self._clip(r.steps)) for r in requests]
+            return [Decision("ok", "primary", self._clip(r.steps)) if self._fits(r) else REJECTED for r in requests]
         if self.mode == "shed":
             return self._shed(requests)
         if not requests:
@@ -241,7 +241,7 @@ class Controller:
         it, down to the last row, which runs (see the module's docstring)."""
         deadline = self.horizon_ms + EPS_MS
         times = self.service["primary", None]
-        kept = [i for i, r in enumerate(requests) if r.waited_ms < deadline]
+        kept = [i for i, r in enumerate(requests) if r.waited_ms < deadline and self._fits(r)]
         while len(kept) > 1:
             finish, _, _ = self._runs(times, [self._clip(requests[i].steps) for i in kept], 0.0)
             late = [i for i, t in zip(kept, finish, strict=True) if requests[i].waited_ms + t > deadline]
@@ -253,6 +253,10 @@ class Controller:
         for i in kept:
             decisions[i] = Decision("ok", "primary", self._clip(requests[i].steps))
         return decisions
+
+    def _fits(self, request: Request) -> bool:
+        """Whether the primary's least run keeps the request's budget (a static model's is all its steps)."""
+        return self._clip(request.steps) >= self.least_steps
 
     def _clip(self, steps: int) -> int:
         return min(max(int(steps), 1), self.max_steps)
@@ -296,7 +300,7 @@ class Controller:
             k, steps = point
             if steps < self.least_steps:
                 return None  # a static model has no such point: it runs all its steps
-            fits = [i for i in order if self._clip(requests[i].steps) >= self.least_steps]
+            fits = [i for i in order if self._fits(requests[i])]
             times, ranked = self.service["primary", k], sorted(slack[i] for i in fits)
             for m in range(len(fits), 0, -1):
                 # The fallback's rows run first: the primary's must have slack for them as well.

@@ -88,16 +88,19 @@ def serve(
     serve`) before anything loads."""
     buckets = tuple(b for b in (1, 4, 16, 64) if b < max_batch) + (max_batch,)
     primary = Engine.from_artifact(artifact, buckets=buckets, point=point)
-    if primary.fixed_depth and default_steps is not None and default_steps < primary.cap:
-        raise ConfigError(  # every request without a budget would be refused
-            f"--default-budget {default_steps} is below this static model's {primary.cap} steps (it runs all of them)"
-        )
     points = list(fallback_points or ([None] if fallback else []))
     rungs = {}
     for p in points:  # a smaller model, or operating points (precision, pruning) of one
         rungs[rung_name(p, len(points))] = Engine.from_artifact(
             fallback or artifact, buckets=buckets, expert_budgets=False, point=p
         )
+    if primary.fixed_depth and default_steps is not None and default_steps < primary.cap:
+        kept = mode == "adaptive" and any(e.steps_within(default_steps) for e in rungs.values())
+        if not kept:  # every request without a budget would be refused
+            raise ConfigError(
+                f"--default-budget {default_steps} is below this static model's {primary.cap} steps (it runs all "
+                "of them), and no fallback this policy uses runs within it"
+            )
     controller = build_controller(primary, rungs, sla_ms=sla_ms, mode=mode, max_batch=max_batch, tolerance=tolerance)
     server = Server(
         primary,

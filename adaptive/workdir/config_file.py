@@ -92,9 +92,13 @@ def task_settings(cfg: config_lib.Config, split: str | None = None) -> dict:
     return out
 
 
-def task_label(cfg: config_lib.Config) -> str:
-    """The task in a few words, for a table of runs of several: "parity parity_n=16"."""
-    name, *rest = task_settings(cfg).items()
+def task_label(cfg: config_lib.Config, splits=()) -> str:
+    """The task in a few words, for a table of runs of several, with the difficulty of each split
+    in `splits` where it has one: "parity parity_n=16 validation difficulty=(1, 16)"."""
+    settings = {}
+    for split in splits or (None,):
+        settings |= task_settings(cfg, split)
+    name, *rest = settings.items()
     return " ".join([name[1], *(f"{k}={v}" for k, v in rest)])
 
 
