@@ -223,11 +223,15 @@ def test_a_saved_config_with_a_key_this_version_lacks_is_named_as_the_files(tmp_
 def test_an_exit_calibration_with_a_threshold_no_token_could_pass_is_refused(tmp_path):
     from adaptive.workdir import exit_calibration
 
+    guarantee = {"step": 10, "delta": 0.1, "epsilon": 0.1}
     for threshold in (float("nan"), -1.0):  # NaN: `score >= NaN` is false, so no token would ever exit
-        exit_calibration.write(tmp_path, {"threshold": threshold, "step": 10})
+        exit_calibration.write(tmp_path, {"threshold": threshold, **guarantee})
         with pytest.raises(ValueError, match="is not a readable exit calibration .*not a number >= 0"):
             exit_calibration.read(tmp_path)
-    exit_calibration.write(tmp_path, {"threshold": 0.5, "step": 10})
+    exit_calibration.write(tmp_path, {"threshold": 0.5, "step": 10})  # the guarantee it carries is missing
+    with pytest.raises(ValueError, match=r"is not a readable exit calibration \('delta'\)"):
+        exit_calibration.read(tmp_path)
+    exit_calibration.write(tmp_path, {"threshold": 0.5, **guarantee})
     assert exit_calibration.read(tmp_path)["threshold"] == 0.5 and not list(tmp_path.glob("*.tmp"))
 
 
