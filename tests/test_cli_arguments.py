@@ -272,3 +272,26 @@ def test_generated_text_is_printed_with_control_bytes_escaped():
     from adaptive.cli.generate_command import _printable
 
     assert _printable("def f():\n\treturn \x12\x1b[2J") == "def f():\n\treturn \\x12\\x1b[2J"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["bench", "lm", "--width", "30", "--heads", "4"], "--width 30 is not a multiple of --heads 4"),
+        (["bench", "generate", "--width", "30", "--heads", "4"], "--width 30 is not a multiple of --heads 4"),
+        (["bench", "lm", "--capacity", "1.5"], "--capacity 1.5 must be at most 1"),
+        (["bench", "generate", "--thresholds", "0.5"], "--thresholds times a trained run's exits: give --workdir"),
+    ],
+)
+def test_bench_flags_that_contradict_the_model_are_one_line_before_any_work(argv, message, capsys):
+    assert main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == f"adaptive: error: {message}" or (line.startswith("adaptive: error: ") and message in line)
+
+
+def test_bench_generate_names_a_classifier_run_as_one(tmp_path, capsys):
+    from tests.helpers import train_tiny
+
+    train_tiny(tmp_path / "rnn", 2)
+    assert main(["bench", "generate", "--workdir", str(tmp_path / "rnn")]) == 2
+    assert "rnn holds a classifier (model.kind='rnn'); this times decoding" in capsys.readouterr().err

@@ -38,6 +38,7 @@ from flax import nnx
 from adaptive.bench.results import write_json
 from adaptive.compute.lm_flops import LMFlops
 from adaptive.compute.timing import time_side_by_side
+from adaptive.config import ConfigError
 from adaptive.data.byte_vocab import VOCAB_SIZE
 from adaptive.evaluation.tables import print_table
 from adaptive.inference.generate import Decoder
@@ -156,7 +157,7 @@ def _at_thresholds(workdir, thresholds, batches, new_tokens: int, repeats: int, 
     2), at each precision: the wall-clock speedup a threshold buys (rows `exit at T`, ratio to
     `every block` at the same precision)."""
     if workdir is None:
-        raise ValueError("--thresholds times a trained run's exits: give --workdir")
+        raise ConfigError("--thresholds times a trained run's exits: give --workdir")
     model = _trained(workdir, PROMPT + new_tokens)[0]
     rows = []
     for batch in batches:
@@ -182,11 +183,13 @@ def _trained(workdir: str, length: int):
     from adaptive.inference.restore import load_run
 
     trained = load_run(workdir, language_model=True)
+    if trained.cfg.model.kind != "lm":
+        raise ConfigError(f"{workdir} holds a classifier (model.kind={trained.cfg.model.kind!r}); this times decoding")
     if not trained.cfg.lm.exits:
-        raise ValueError(f"{workdir} has no exits (lm.exits=false): nothing for early-exit decoding to skip")
+        raise ConfigError(f"{workdir} has no exits (lm.exits=false): nothing for early-exit decoding to skip")
     model = nnx.merge(trained.graphdef, trained.params)
     if model.position_embed is not None and length > model.max_length:
-        raise ValueError(f"{length} prompt and new tokens exceed the run's learned positions ({model.max_length})")
+        raise ConfigError(f"{length} prompt and new tokens exceed the run's learned positions ({model.max_length})")
     return model, trained.cfg.model.hidden, model.num_layers, trained.cfg.model.num_heads
 
 

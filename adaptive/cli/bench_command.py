@@ -158,6 +158,12 @@ def _check_flags_against_each_other(args) -> None:
         problem = f"--new-tokens {args.new_tokens}: a token's time is a generation's less one token's; give at least 2"
     elif args.bench == "generate" and args.workdir is None and args.depth > args.layers:  # a run has its own
         problem = f"--depth {args.depth:g} is past --layers {args.layers}"
+    elif args.bench in ("lm", "generate") and getattr(args, "workdir", None) is None and args.width % args.heads:
+        problem = f"--width {args.width} is not a multiple of --heads {args.heads}"
+    elif args.bench == "lm" and args.capacity > 1:
+        problem = f"--capacity {args.capacity:g} must be at most 1 (the share of tokens an MoD block runs on)"
+    elif args.bench == "generate" and args.thresholds and args.workdir is None:
+        problem = "--thresholds times a trained run's exits: give --workdir"
     elif args.bench == "act-train" and args.steps < 2:
         problem = f"--steps {args.steps}: a rate needs at least 2 timed steps"
     if problem:
