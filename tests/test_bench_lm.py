@@ -64,3 +64,20 @@ def test_bench_generate_times_exit_decoding_against_static_models_of_its_depth(t
         assert depths[0] <= exits["exit, compacted"]["mean_layers"] <= depths[-1]
     with pytest.raises(ValueError, match="--depth 5"):
         generate.run(width=16, layers=3, heads=2, depth=5.0, batches=(1,), new_tokens=4, repeats=1)
+
+
+def test_bench_generate_gives_no_decode_time_where_noise_outweighs_the_steps(capsys):
+    """N tokens timed no slower than 1 (a tiny model, noise): NaN with a warning, never a
+    negative ms_per_token or a ratio computed from one."""
+    import math
+
+    from adaptive.bench.generate import _per_token, _row
+
+    ms = {("static 1", "fp32", "N"): 5.0, ("static 1", "fp32", "1"): 2.0}
+    ms |= {("exit, compacted", "fp32", "N"): 1.9, ("exit, compacted", "fp32", "1"): 2.0}
+    per_token = _per_token(ms, [("static 1", "fp32"), ("exit, compacted", "fp32")], 4, batch=8)
+    assert per_token["static 1", "fp32"] == 1.0 and math.isnan(per_token["exit, compacted", "fp32"])
+    err = capsys.readouterr().err
+    assert "at batch 8, 4 tokens took no longer than 1 for exit, compacted fp32" in err and "static" not in err
+    row = _row("static 1", "fp32", 8, 4, math.nan, 1.0, 1.0)
+    assert math.isnan(row["ms_per_token"]) and math.isnan(row["ratio"])

@@ -228,6 +228,33 @@ def test_a_damaged_or_longer_trained_point_is_not_done_and_stops_no_other(tmp_pa
     assert longer.status == "partial"  # rerun, `adaptive train` refuses it in one line: not silently "done"
 
 
+def test_a_config_its_points_cannot_continue_is_refused_and_keeps_the_summary(tmp_path, capsys):
+    """Lowering train.steps below what the points reached: every point would be refused by
+    `adaptive train`, and a summary of "failed" rows would replace the finished sweep's."""
+    import json as json_lib
+
+    from adaptive import config as config_lib
+    from adaptive.cli.main import main
+    from adaptive.experiments.sweep import load_points
+
+    workdir = tmp_path / "sweep"
+    trained = load_points(write_config(tmp_path, [{"halting.tau": 1e-3}, {"halting.tau": 1e-2}], steps=40), workdir)
+    for point in trained:
+        (point.workdir / "checkpoints" / "40").mkdir(parents=True)
+        (point.workdir / "config.json").write_text(json_lib.dumps(config_lib.to_dict(point.config)))
+        (point.workdir / "metrics.jsonl").write_text(json_lib.dumps({"split": "eval", "step": 40}) + "\n")
+    (workdir / "summary.json").write_text('[{"status": "done"}]\n')
+    shorter = write_config(tmp_path, [{"halting.tau": 1e-3}, {"halting.tau": 1e-2}], steps=30)
+    assert main(["sweep", "--config", shorter, "--workdir", str(workdir), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("conflict") == 2 and "trained to step 40, past train.steps=30" in out
+    assert main(["sweep", "--config", shorter, "--workdir", str(workdir)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "sweep point 0-tau0.001 holds a run this config cannot continue (trained to step 40" in line
+    assert "(and 1 more point(s); --dry-run lists them)" in line
+    assert (workdir / "summary.json").read_text() == '[{"status": "done"}]\n'
+
+
 @pytest.mark.parametrize(
     "points, message",
     [

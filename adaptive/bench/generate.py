@@ -30,6 +30,7 @@ CPU's L2 holds two fp32 blocks but not three, while an exit model touches all it
 from __future__ import annotations
 
 import math
+import sys
 
 import jax
 import numpy as np
@@ -139,7 +140,7 @@ def run(
                 key = (f"static {d}", precision)
                 calls[(*key, "N")], calls[(*key, "1")], depths[key] = _calls(static, batch, new_tokens, 2.0)
         ms = time_side_by_side(calls, repeats=repeats)
-        per_token = {key: (ms[(*key, "N")] - ms[(*key, "1")]) / (new_tokens - 1) for key in depths}
+        per_token = _per_token(ms, depths, new_tokens, batch)
         for (name, precision), layers_used in depths.items():
             around = statics_at[precision]
             statics = np.array([per_token[f"static {d}", precision] for d in around])
@@ -168,7 +169,7 @@ def _at_thresholds(workdir, thresholds, batches, new_tokens: int, repeats: int, 
                 key = (name, precision)
                 calls[(*key, "N")], calls[(*key, "1")], depths[key] = _calls(decoder, batch, new_tokens, threshold)
         ms = time_side_by_side(calls, repeats=repeats)
-        per_token = {key: (ms[(*key, "N")] - ms[(*key, "1")]) / (new_tokens - 1) for key in depths}
+        per_token = _per_token(ms, depths, new_tokens, batch)
         for (name, precision), layers_used in depths.items():
             ratio = per_token[name, precision] / per_token["every block", precision]
             rows.append(_row(name, precision, batch, new_tokens, per_token[name, precision], layers_used, ratio))
@@ -176,6 +177,22 @@ def _at_thresholds(workdir, thresholds, batches, new_tokens: int, repeats: int, 
     if json_out:
         write_json(json_out, rows)
     return rows
+
+
+def _per_token(ms: dict, keys, new_tokens: int, batch: int) -> dict:
+    """Each variant's decode-step time, N tokens' time less one token's over N - 1. When timing
+    noise outweighs the N - 1 steps (a tiny model, few tokens) the difference can come out zero
+    or negative: that row's time is NaN (null in JSON), with a warning, not a figure to trust."""
+    per_token = {key: (ms[(*key, "N")] - ms[(*key, "1")]) / (new_tokens - 1) for key in keys}
+    noisy = [" ".join(key) for key, value in per_token.items() if value <= 0]
+    if noisy:
+        print(
+            f"warning: at batch {batch}, {new_tokens} tokens took no longer than 1 for {', '.join(noisy)}: "
+            "timing noise outweighs the decode steps, their ms_per_token and ratios are NaN; "
+            "raise --new-tokens or --repeats",
+            file=sys.stderr,
+        )
+    return {key: value if value > 0 else math.nan for key, value in per_token.items()}
 
 
 def _trained(workdir: str, length: int):
@@ -201,5 +218,5 @@ def _row(variant: str, precision: str, batch: int, new_tokens: int, ms: float, l
         "new_tokens": new_tokens,
         "ms_per_token": round(ms, 4),
         "mean_layers": round(layers, 3),
-        "ratio": round(ratio, 3),
+        "ratio": round(ratio, 3) if math.isfinite(ms) else math.nan,  # a static row's 1 included
     }

@@ -200,14 +200,25 @@ def _sweep(args, overrides: list[str]) -> int:
         if not 0 <= args.point < len(points):
             raise ConfigError(f"--point must be in [0, {len(points) - 1}] for this sweep; got {args.point}")
         chosen = [points[args.point]]
+    conflicts = {p.index: c for p in chosen if (c := sweep.config_conflict(p)) is not None}
     if args.dry_run:
         for p in chosen:
             sweep.refresh_status(p)
         rows = [
-            {"index": p.index, "point": p.name, "status": p.status, "overrides": " ".join(p.overrides)} for p in chosen
+            {"index": p.index, "point": p.name, "status": "conflict" if p.index in conflicts else p.status}
+            | ({"detail": conflicts[p.index]} if p.index in conflicts else {})
+            | {"overrides": " ".join(p.overrides)}
+            for p in chosen
         ]
-        print_table(rows, list(rows[0]))
+        print_table(rows, list(dict.fromkeys(k for r in rows for k in r)))
         return 0
+    if conflicts:  # before anything trains: each would be refused, and the summary's finished rows replaced
+        first = next(p for p in chosen if p.index in conflicts)
+        more = f" (and {len(conflicts) - 1} more point(s); --dry-run lists them)" if len(conflicts) > 1 else ""
+        raise ConfigError(
+            f"sweep point {first.name} holds a run this config cannot continue ({conflicts[first.index]}){more}; "
+            "use a new --workdir, or the config and flags it was run with"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     if args.wandb:
         print(f"wrote {sweep_summary.wandb_yaml(args.config, workdir.resolve(), len(points), overrides)}")
