@@ -279,9 +279,9 @@ def test_without_a_table_a_served_row_outranks_any_steps_another_row_gains():
     fallback row: one more step for one row must not cost the other its answer."""
     for accuracy in (None, {(None, s): 0.5 + 0.05 * s for s in range(1, 9)}):  # no table; no fallback score
         c = ladder(accuracy)
-        fallback_row = c._pace_ms(c.service["fallback", None], 2, 1)
+        fallback_row = c.service["fallback", None].share_ms(2, 1, c.max_batch)
         for steps in range(1, 9):
-            time_ms = c._pace_ms(c.service["primary", None], steps, 1) + fallback_row / 2
+            time_ms = c.service["primary", None].share_ms(steps, 1, c.max_batch) + fallback_row / 2
             plan = c.plan([Request(8, 0.0), Request(8, 0.0)], time_ms)
             assert all(d.model is not None for d in plan), (steps, plan)
 

@@ -189,7 +189,7 @@ class Controller:
     def batch_time_ms(self, rows: int, arrival_rate: float, queued: int = 0) -> float:
         """The share of the server's time a batch of `rows` may use at `arrival_rate` requests/s
         with `queued` requests waiting behind it, a plan's rows priced at a full batch's run
-        (`_pace_ms`): what keeps the queue from growing at that demand."""
+        (`ServiceTimes.share_ms`): what keeps the queue from growing at that demand."""
         demand = max(arrival_rate, 0.0) + queued / (self.horizon_ms / 1e3)
         return np.inf if demand <= 0 else 1e3 * self.utilization * rows / demand
 
@@ -308,7 +308,7 @@ class Controller:
                 # A first cut, as one run at the point's steps; then the runs the server makes.
                 need = times.estimate(steps, m) + before - EPS_MS
                 if (
-                    self._pace_ms(times, steps, m) > time_ms + EPS_MS
+                    times.share_ms(steps, m, self.max_batch) > time_ms + EPS_MS
                     or len(fits) - bisect.bisect_left(ranked, need) < m
                 ):
                     continue
@@ -328,7 +328,7 @@ class Controller:
                 continue  # the fallback's least run is over this request's budget
             # Priced at the fallback's cap: rows with tighter budgets only make the run quicker.
             ms = fallback.estimate(rung.cap, len(served) + 1)
-            pace = primary_pace + self._pace_ms(fallback, rung.cap, len(served) + 1)
+            pace = primary_pace + fallback.share_ms(rung.cap, len(served) + 1, self.max_batch)
             if pace <= time_ms + EPS_MS and ms <= min(tightest, slack[i]) + EPS_MS:
                 served.append(i)
                 tightest = min(tightest, slack[i])
@@ -342,22 +342,8 @@ class Controller:
         return _Plan(values, ms, decisions)
 
     def _runs(self, times: ServiceTimes, budgets: list[int], start_ms: float) -> tuple[list[float], float, float]:
-        """The primary's rows with these step budgets as the server runs them (`groups`, one run
-        after the other from `start_ms`): each row's finish, the runs' total ms and pace."""
-        finish, total, pace = [0.0] * len(budgets), 0.0, 0.0
-        for part in self.groups(np.asarray(budgets, np.int32)):
-            steps = max(budgets[j] for j in part)
-            total += times.estimate(steps, len(part))
-            pace += self._pace_ms(times, steps, len(part))
-            for j in part:
-                finish[j] = start_ms + total
-        return finish, total, pace
-
-    def _pace_ms(self, times: ServiceTimes, steps: int, rows: int) -> float:
-        """What `rows` rows cost the server's throughput: their share of a full batch's run. Under
-        load batches fill up; pricing rows at the batch that happens to be running would put
-        the few rows that came while a quick run ran on the fallback, and keep batches small."""
-        return rows * times.estimate(steps, self.max_batch) / self.max_batch
+        """The primary's rows with these step budgets as the server runs them (`groups`)."""
+        return times.runs(budgets, self.groups(np.asarray(budgets, np.int32)), start_ms, self.max_batch)
 
     def _primary_decision(self, point, request: Request, rows: int) -> Decision:
         k, steps = point

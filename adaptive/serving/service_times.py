@@ -107,3 +107,23 @@ class ServiceTimes:
             if self.estimate(s, rows) <= slack_ms:
                 return s
         return 0
+
+    def share_ms(self, steps: int, rows: int, full_batch: int) -> float:
+        """What `rows` rows under a budget of `steps` cost the server's throughput: their share of
+        a full batch's run. Under load batches fill up; pricing rows at the batch that happens
+        to be running would put the few rows that came while a quick run ran on a fallback, and
+        keep batches small."""
+        return rows * self.estimate(steps, full_batch) / full_batch
+
+    def runs(self, budgets: list[int], parts: list[np.ndarray], start_ms: float, full_batch: int):
+        """Rows with these step budgets run as `parts` (lists of row indices, one run each, one
+        after the other from `start_ms`): (each row's finish, the runs' total ms, their
+        throughput share, `share_ms`)."""
+        finish, total, share = [0.0] * len(budgets), 0.0, 0.0
+        for part in parts:
+            steps = max(budgets[j] for j in part)
+            total += self.estimate(steps, len(part))
+            share += self.share_ms(steps, len(part), full_batch)
+            for j in part:
+                finish[j] = start_ms + total
+        return finish, total, share
