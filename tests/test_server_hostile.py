@@ -141,8 +141,10 @@ def test_a_port_in_use_is_one_line_naming_it_and_port_0_binds_a_free_one(engine)
             taken.bind(("127.0.0.1", 0))
             taken.listen()
             port = taken.getsockname()[1]
-            with pytest.raises(ConfigError, match=f"^cannot listen on 127.0.0.1:{port}: "):
+            with pytest.raises(ConfigError, match=f"^cannot listen on 127.0.0.1:{port}: Address already in use$"):
                 await _server(engine).start("127.0.0.1", port)
+        with pytest.raises(ConfigError, match=r"^cannot listen on 256.1.1.1:0: no such host \("):
+            await _server(engine).start("256.1.1.1", 0)
         server = _server(engine)
         bound = await server.start("127.0.0.1", 0)
         try:

@@ -162,7 +162,7 @@ def _shown(token: int) -> str:
 def _layer_cap_within_ms(decoder: G.Decoder, prompts, knobs: dict, ms_per_token: float) -> int:
     """The deepest layer cap whose timed milliseconds per token fit `ms_per_token`: the compiled
     decoder is timed at every cap on TIMING_TOKENS tokens (median of 3, after a warm-up)."""
-    batch, fitted, least = len(prompts), None, None
+    batch, fitted, cap_1_ms = len(prompts), None, None
     short = dict(knobs, max_new_tokens=min(TIMING_TOKENS, decoder.new_capacity), threshold=2.0, temperature=0.0)
     for cap in range(1, decoder.blocks + 1):
         limits = decoder.limits(batch, **dict(short, layer_cap=cap))
@@ -174,13 +174,14 @@ def _layer_cap_within_ms(decoder: G.Decoder, prompts, knobs: dict, ms_per_token:
             times.append((time.perf_counter() - start) * 1e3 / float(np.asarray(out.count_B).max()))
         per_token = sorted(times)[1]
         print(f"timed: layer cap {cap}: {per_token:.3f} ms per token", file=sys.stderr)
-        least = per_token if least is None else least  # cap 1: the least compute, however the timings fell
+        if cap == 1:  # the least compute, however the timings of deeper caps fell
+            cap_1_ms = per_token
         if per_token <= ms_per_token:
             fitted = cap
     if fitted is None:  # the request is served, at the least it can cost, and says it is over
         print(
             f"warning: no layer cap fits {ms_per_token:.4g} ms per token (layer cap 1, the least compute, took "
-            f"{least:.3f} ms); generating at layer cap 1, over the budget",
+            f"{cap_1_ms:.3f} ms); generating at layer cap 1, over the budget",
             file=sys.stderr,
         )
         return 1

@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import time
 
 from aiohttp import web
@@ -155,7 +156,10 @@ async def listen(
         listener = await asyncio.get_running_loop().create_server(limit, host, port)
     except OSError as e:
         await runner.cleanup()
-        reason = os.strerror(e.errno) if e.errno else str(e)
+        if isinstance(e, socket.gaierror):  # a host that does not resolve: its errno is negative (EAI_*)
+            reason = f"no such host ({e.strerror})"
+        else:  # asyncio's message repeats the address; the errno's name says it all
+            reason = os.strerror(e.errno) if e.errno else str(e)
         raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None
     return runner, listener, limit
 
