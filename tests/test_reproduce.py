@@ -123,6 +123,10 @@ def test_a_run_command_gives_rows_per_seed_that_claims_read(tmp_path, capsys):
     assert "toy: --config overrides apply to a block's sweeps; it has none, so they are not used" in printed.err
     verdict = json.loads((tmp_path / "claims.json").read_text())[0]
     assert verdict["holds"] and verdict["seeds"] == 3 and verdict["mean"] == pytest.approx(0.91)
+    # the folder is the toy's: another reproduction (or the tiny run) would resume its JSON files as its own
+    with pytest.raises(ConfigError, match=f"^{tmp_path} holds a reproduction of toy; give toy \\(tiny\\) a --workdir"):
+        run_block(block, tmp_path, tiny=False, title="toy (tiny)")
+    assert run_block(block, tmp_path, tiny=False, title="toy") == 0  # the same one resumes
     assert sorted(p.name for p in tmp_path.glob("toy-seed*.json")) == [
         "toy-seed0.json",
         "toy-seed1.json",

@@ -18,6 +18,7 @@ train in DIR/<i>-<stem>[-<arg>] (the config file's stem, and its argument when t
 one), one sweep in DIR itself; `--config.KEY=VALUE` on the command line applies to every sweep's
 points (a block of runs only says it is not used: its commands take their own flags); a command's JSON
 is DIR/NAME[-seedS].json, and both resume: finished points and existing JSON files are not redone.
+So a folder holds one reproduction (DIR/.reproduces names it) and another's, tiny or full, is refused.
 
 Splits. Training's periodic evals, and every choice, use the validation split; the choices a
 claim depends on (which tau is the main one) are written in the block before the run. After the
@@ -55,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN_SEEDS = {False: (0, 1, 2), True: (0,)}  # the seeds of a `run` command holding {seed}
 KEYS = ("sweep", "tiny", "run", "tiny-run", "expect", "tiny-expect")
 NON_TEST_PREFIXES = ("eval_", "validation_")  # metrics of the split that choices were made on
+OWNER_FILE = ".reproduces"  # the title of the reproduction a folder holds
 # Routing's balance where it can collapse, in training: the last logged training window's value.
 TRAIN_COLUMNS = {"moe/usage_entropy": "train_usage_entropy", "moe/drop_fraction": "train_drop_fraction"}
 
@@ -112,6 +114,7 @@ def run_block(
         print(
             f"{title}: --config overrides apply to a block's sweeps; it has none, so they are not used", file=sys.stderr
         )
+    _check_owner(out, title)
     minimum = 1 if tiny else claims_lib.MIN_SEEDS
     plans = [
         _plan_sweep(s, [*extra, *overrides], out, i if len(sweeps) > 1 else None) for i, (s, extra) in enumerate(sweeps)
@@ -131,6 +134,8 @@ def run_block(
                     "use a new --workdir, or the flags it was run with"
                 )
     out.mkdir(parents=True, exist_ok=True)
+    if title:
+        (out / OWNER_FILE).write_text(title + "\n")
     rows = []
     for spec, points, planned_rows in plans:
         points[0].workdir.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +154,17 @@ def run_block(
         print(claims_lib.verdict_line(c))
     print(f"wrote {out / 'results.md'}, {out / 'claims.json'}")
     return 0 if all(c["holds"] for c in judged) and all(r["status"] == "done" for r in rows) else 1
+
+
+def _check_owner(out: Path, title: str) -> None:
+    """A folder holds one reproduction: another's (or the tiny run's, for the full one) points and
+    JSON files would be resumed as this one's, and its results mixed with them."""
+    try:
+        owner = (out / OWNER_FILE).read_text().strip()
+    except OSError:
+        return  # a new folder (or one from before the file was written)
+    if title and owner and owner != title:
+        raise ConfigError(f"{out} holds a reproduction of {owner}; give {title} a --workdir of its own")
 
 
 def _plan_sweep(spec: str, overrides: list[str], out: Path, index: int | None):
