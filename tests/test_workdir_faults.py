@@ -274,6 +274,8 @@ def test_a_second_trainer_of_one_folder_is_refused_while_the_first_holds_it(tmp_
     command = ["train", "--config", f"{ROOT}/configs/parity.py:tiny", "--workdir", str(workdir), *QUIET]
     with sole_trainer(workdir):
         assert main(command) == BUSY_EXIT
+        # said before the data and model are set up: a config those would refuse is still "busy"
+        assert main([*command, "--config.data.name=no_such_dataset"]) == BUSY_EXIT
         with pytest.raises(WorkdirBusy), sole_trainer(workdir):
             pass
     assert f"is being trained by another process (pid {os.getpid()}); wait for it" in capsys.readouterr().err

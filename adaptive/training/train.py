@@ -81,21 +81,26 @@ def _check_routing_groups(cfg: config_lib.Config, input_shape: tuple[int, ...]) 
 def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str, float | str]:
     """Trains `cfg` in `workdir` (resuming if it holds a checkpoint); returns final eval metrics."""
     parallel.initialize(cfg.mesh)
-    mesh = parallel.make_mesh(cfg.mesh)
-    parallel.check_batch(cfg.train.batch_size, mesh)
-    parallel.check_moe(cfg.moe, mesh)
-    spec = data.prepare(cfg.data)
-    _check_routing_groups(cfg, spec.input_shape)
-    model = build_model(cfg, spec)
-    workdir = Path(workdir).resolve()
-    # refuses unreachable targets; a resumed run prices with the cost model it started with
-    budget = Budget.from_config(with_run_cost_model(cfg, workdir), spec.input_shape, spec.num_classes)
-    with runinfo.file_errors(workdir):
-        workdir.mkdir(parents=True, exist_ok=True)
-    if parallel.is_writer():
-        _refuse_a_folder_of_another_command(workdir)
-    with runinfo.sole_trainer(workdir) if parallel.is_writer() else contextlib.nullcontext():
-        if parallel.is_writer():
+    workdir, writer = Path(workdir).resolve(), parallel.is_writer()
+    with contextlib.ExitStack() as held:
+        locked = writer and workdir.is_dir()
+        if locked:  # a folder in use is said before the setup below (data, model, budget), not after it
+            _refuse_a_folder_of_another_command(workdir)
+            held.enter_context(runinfo.sole_trainer(workdir))
+        mesh = parallel.make_mesh(cfg.mesh)
+        parallel.check_batch(cfg.train.batch_size, mesh)
+        parallel.check_moe(cfg.moe, mesh)
+        spec = data.prepare(cfg.data)
+        _check_routing_groups(cfg, spec.input_shape)
+        model = build_model(cfg, spec)
+        # refuses unreachable targets; a resumed run prices with the cost model it started with
+        budget = Budget.from_config(with_run_cost_model(cfg, workdir), spec.input_shape, spec.num_classes)
+        with runinfo.file_errors(workdir):  # a new run's folder only once its config is known good
+            workdir.mkdir(parents=True, exist_ok=True)
+        if writer and not locked:  # another new trainer of this folder may have made it meanwhile
+            _refuse_a_folder_of_another_command(workdir)
+            held.enter_context(runinfo.sole_trainer(workdir))
+        if writer:
             _write_or_check_config(cfg, workdir)
             _keep_cost_model(cfg, workdir)
         return _train(cfg, model, spec, budget, mesh, workdir)
