@@ -127,6 +127,11 @@ def test_a_run_command_gives_rows_per_seed_that_claims_read(tmp_path, capsys):
     with pytest.raises(ConfigError, match=f"^{tmp_path} holds a reproduction of toy; give toy \\(tiny\\) a --workdir"):
         run_block(block, tmp_path, tiny=False, title="toy (tiny)")
     assert run_block(block, tmp_path, tiny=False, title="toy") == 0  # the same one resumes
+    (tmp_path / ".reproduces").unlink()  # a folder that does not say whose it is: not taken as anyone's
+    with pytest.raises(
+        ConfigError, match=r"holds files but no \.reproduces to say whose; if they are toy's, run `echo"
+    ):
+        run_block(block, tmp_path, tiny=False, title="toy")
     assert sorted(p.name for p in tmp_path.glob("toy-seed*.json")) == [
         "toy-seed0.json",
         "toy-seed1.json",

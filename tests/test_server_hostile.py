@@ -143,8 +143,17 @@ def test_a_port_in_use_is_one_line_naming_it_and_port_0_binds_a_free_one(engine)
             port = taken.getsockname()[1]
             with pytest.raises(ConfigError, match=f"^cannot listen on 127.0.0.1:{port}: Address already in use$"):
                 await _server(engine).start("127.0.0.1", port)
-        with pytest.raises(ConfigError, match=r"^cannot listen on 256.1.1.1:0: no such host \("):
-            await _server(engine).start("256.1.1.1", 0)
+        # a resolver's answers, not a network's: no such name, and a name server out of reach
+        loop = asyncio.get_running_loop()
+        for errno, said in [(socket.EAI_NONAME, "no such host"), (socket.EAI_AGAIN, "cannot resolve the host")]:
+
+            async def fail(*args, errno=errno, **kwargs):
+                raise socket.gaierror(errno, "resolver says no")
+
+            loop.getaddrinfo = fail
+            with pytest.raises(ConfigError, match=rf"^cannot listen on no.such:0: {said} \(resolver says no\)$"):
+                await _server(engine).start("no.such", 0)
+        del loop.getaddrinfo
         server = _server(engine)
         bound = await server.start("127.0.0.1", 0)
         try:

@@ -208,7 +208,7 @@ def test_a_point_another_process_trains_or_a_signal_stopped_is_not_failed(tmp_pa
         (point.workdir / ".sweep.pid").unlink(missing_ok=True)
 
 
-def test_a_damaged_or_longer_trained_point_is_not_done_and_stops_no_other(tmp_path):
+def test_a_damaged_or_longer_trained_point_is_not_done(tmp_path):
     import json as json_lib
 
     from adaptive import config as config_lib
@@ -250,9 +250,18 @@ def test_a_config_its_points_cannot_continue_is_refused_and_keeps_the_summary(tm
     assert out.count("conflict") == 2 and "trained to step 40, past train.steps=30" in out
     assert main(["sweep", "--config", shorter, "--workdir", str(workdir)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert "sweep point 0-tau0.001 holds a run this config cannot continue (trained to step 40" in line
-    assert "(and 1 more point(s); --dry-run lists them)" in line
+    assert f"sweep point {trained[0].workdir} holds a run this config cannot continue (trained to step 40" in line
+    assert "give train.steps >= 40) (and 1 more point(s); --dry-run lists them)" in line
     assert (workdir / "summary.json").read_text() == '[{"status": "done"}]\n'
+    # a change a resume may make (more steps) is no conflict; nor is another point's, with --point
+    longer = write_config(tmp_path, [{"halting.tau": 1e-3}, {"halting.tau": 1e-2}], steps=50)
+    (trained[1].workdir / "config.json").write_text("{damaged")
+    for config, point in [(longer, []), (shorter, []), (longer, ["--point", "0"])]:
+        assert main(["sweep", "--config", config, "--workdir", str(workdir), "--dry-run", *point]) == 0
+        out = capsys.readouterr().out
+        if config == longer:
+            assert "conflict" not in out.split("1-tau0.01")[0]
+        assert ("its config.json is damaged and its checkpoints depend on it" in out) == (point == [])
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ by side in one run (interleaved calls, medians after warm-up):
   every row while any is;
 - `static d`: models of d blocks without exits, for the d around the exit model's realized mean
   depth; `ratio` is an exit variant's time over the static time interpolated at its realized mean
-  depth (1 for the static rows).
+  depth (1 for the static rows; NaN where noise outweighed a time, `_per_token`).
 
 A decode step's time is (time for N new tokens - time for 1) / (N - 1): the prefill and the
 first token are the same in both calls and cancel. Every sequence runs to N tokens (EOS
@@ -188,7 +188,7 @@ def _per_token(ms: dict, keys, new_tokens: int, batch: int) -> dict:
     if noisy:
         print(
             f"warning: at batch {batch}, {new_tokens} tokens took no longer than 1 for {', '.join(noisy)}: "
-            "timing noise outweighs the decode steps, their ms_per_token and ratios are NaN; "
+            "timing noise outweighs the decode steps: their ms_per_token, and every ratio read from them, are NaN; "
             "raise --new-tokens or --repeats",
             file=sys.stderr,
         )

@@ -216,7 +216,7 @@ def _sweep(args, overrides: list[str]) -> int:
         first = next(p for p in chosen if p.index in conflicts)
         more = f" (and {len(conflicts) - 1} more point(s); --dry-run lists them)" if len(conflicts) > 1 else ""
         raise ConfigError(
-            f"sweep point {first.name} holds a run this config cannot continue ({conflicts[first.index]}){more}; "
+            f"sweep point {first.workdir} holds a run this config cannot continue ({conflicts[first.index]}){more}; "
             "use a new --workdir, or the config and flags it was run with"
         )
     workdir.mkdir(parents=True, exist_ok=True)

@@ -159,11 +159,18 @@ def run_block(
 def _check_owner(out: Path, title: str) -> None:
     """A folder holds one reproduction: another's (or the tiny run's, for the full one) points and
     JSON files would be resumed as this one's, and its results mixed with them."""
+    if not title:
+        return
     try:
         owner = (out / OWNER_FILE).read_text().strip()
     except OSError:
-        return  # a new folder (or one from before the file was written)
-    if title and owner and owner != title:
+        if out.is_dir() and any(out.iterdir()):  # older than the file, or not a reproduction's at all
+            raise ConfigError(
+                f"{out} holds files but no {OWNER_FILE} to say whose; if they are {title}'s, "
+                f"run `echo '{title}' > {out / OWNER_FILE}` to resume it, or give it a --workdir of its own"
+            ) from None
+        return
+    if owner != title:
         raise ConfigError(f"{out} holds a reproduction of {owner}; give {title} a --workdir of its own")
 
 

@@ -9,7 +9,9 @@ one progress bar over the whole sweep's training steps.
 
 Rerunning is safe and cheap: finished points are skipped, interrupted ones resume from their
 checkpoints (train.py does that), failed ones are retried. A failing point is reported and the
-others go on. SIGTERM or Ctrl-C stops the running points cleanly (each saves a checkpoint);
+others go on; a point whose folder holds a run its config cannot continue (another config, trained
+past its steps) is refused before anything trains, which keeps the finished sweep's summary.
+SIGTERM or Ctrl-C stops the running points cleanly (each saves a checkpoint);
 each child also gets SIGTERM if the sweep itself dies, so no orphan keeps writing. The summary
 (DIR/summary.csv, DIR/summary.json, a console table, DIR/pareto.png) is in sweep_summary.py.
 """
@@ -43,7 +45,7 @@ class Point:
     workdir: Path
     steps: int  # training steps of this point's config
     base: list[str] = field(default_factory=list)  # overrides given to the whole sweep
-    status: str = "new"  # new | partial | done | failed | running
+    status: str = "new"  # new | partial | done | failed | running (--dry-run also: conflict)
     slot: int = -1  # which device subset it runs on (local runner)
     detail: str = ""
     process: subprocess.Popen | None = field(default=None, repr=False)
@@ -159,12 +161,12 @@ def config_conflict(point: Point) -> str | None:
     """Why `adaptive train` would refuse the point in its folder: the run there has another config
     ("key: saved != new", resumable changes aside) or is trained past the point's steps; None
     when there is no run there or it is this point's."""
-    saved = _saved_config(point)
-    if saved is None:
-        return None
-    reached = max(saved_steps(point.workdir), default=0)
+    saved, reached = _saved_config(point), max(saved_steps(point.workdir), default=0)
+    if saved is None:  # none, or damaged: train rewrites a damaged one unless checkpoints depend on it
+        damaged = (point.workdir / "config.json").exists() and reached > 0
+        return "its config.json is damaged and its checkpoints depend on it: restore it" if damaged else None
     if reached > point.config.train.steps:
-        return f"trained to step {reached}, past train.steps={point.config.train.steps}"
+        return f"trained to step {reached}, past train.steps={point.config.train.steps}: give train.steps >= {reached}"
     return config_change(saved, point.config)
 
 

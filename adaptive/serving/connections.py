@@ -156,8 +156,9 @@ async def listen(
         listener = await asyncio.get_running_loop().create_server(limit, host, port)
     except OSError as e:
         await runner.cleanup()
-        if isinstance(e, socket.gaierror):  # a host that does not resolve: its errno is negative (EAI_*)
-            reason = f"no such host ({e.strerror})"
+        if isinstance(e, socket.gaierror):  # the host did not resolve: a resolver's EAI_* (negative) errno
+            unknown = e.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME))
+            reason = f"{'no such host' if unknown else 'cannot resolve the host'} ({e.strerror})"
         else:  # asyncio's message repeats the address; the errno's name says it all
             reason = os.strerror(e.errno) if e.errno else str(e)
         raise ConfigError(f"cannot listen on {host}:{port}: {reason}") from None

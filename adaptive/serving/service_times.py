@@ -117,8 +117,8 @@ class ServiceTimes:
 
     def runs(self, budgets: list[int], parts: list[np.ndarray], start_ms: float, full_batch: int):
         """Rows with these step budgets run as `parts` (lists of row indices, one run each, one
-        after the other from `start_ms`): (each row's finish, the runs' total ms, their
-        throughput share, `share_ms`)."""
+        after the other from `start_ms`): each row's finish, the runs' total ms, and their
+        share of the server's time (`share_ms`)."""
         finish, total, share = [0.0] * len(budgets), 0.0, 0.0
         for part in parts:
             steps = max(budgets[j] for j in part)
