@@ -123,6 +123,20 @@ def test_rerun_of_a_finished_run_does_no_training(reference_run):
     assert (workdir / "metrics.jsonl").read_text() == before
 
 
+def test_a_finished_run_whose_final_eval_line_was_lost_logs_it_again(reference_run, tmp_path):
+    """Without it, the last eval in metrics.jsonl is an earlier step's, and a sweep or a report
+    would give that step's accuracy beside the final checkpoint's test scores."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run[0], workdir)
+    rows = metric_rows(workdir)
+    final = rows.pop(next(i for i, r in enumerate(rows) if r["split"] == "eval" and r["step"] == 60))
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run_train(workdir, *SHORT).returncode == 0
+    evals = [r for r in metric_rows(workdir) if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [20, 40, 60]
+    assert evals[-1]["eval/accuracy"] == final["eval/accuracy"] and final["step"] == 60
+
+
 def test_rerun_with_another_config_is_refused(reference_run):
     workdir, _ = reference_run
     proc = run_train(workdir, *SHORT, "--config.model.hidden=64")
@@ -299,20 +313,20 @@ def test_wandb_online_without_a_key_is_one_line_before_any_step(tmp_path):
 
 
 def test_a_resume_with_more_steps_says_the_cosine_schedule_is_stretched(tmp_path, caplog):
-    from adaptive.training.train import _write_or_check_config
+    from adaptive.training.run_folder import write_or_check_config
 
     cosine = config_lib.load(f"{ROOT}/configs/parity.py", ["--config.optim.schedule=cosine", "--config.train.steps=60"])
-    _write_or_check_config(cosine, tmp_path)
+    write_or_check_config(cosine, tmp_path)
     longer = dataclasses.replace(cosine, train=dataclasses.replace(cosine.train, steps=70))
     with caplog.at_level(logging.WARNING, logger="adaptive.training.train"):
-        _write_or_check_config(longer, tmp_path)
+        write_or_check_config(longer, tmp_path)
     assert "train.steps changed from 60 to 70: the cosine learning-rate schedule spans the new length" in caplog.text
 
 
 def test_a_config_saved_with_relative_paths_is_the_same_run_from_its_folder():
     """Paths are made absolute as a run starts; a config.json saved before that, with relative
     ones, still resumes from the folder it ran in."""
-    from adaptive.training.train import config_change
+    from adaptive.training.run_folder import config_change
 
     cfg = config_lib.load(f"{ROOT}/configs/parity.py", ["--config.budget.cost_model=cost.json"])
     saved = json.loads(json.dumps(config_lib.to_dict(cfg)))

@@ -33,7 +33,7 @@ from pathlib import Path
 from adaptive import config as config_lib
 from adaptive.config import ConfigError
 from adaptive.training.metrics import read_jsonl
-from adaptive.training.train import config_change
+from adaptive.training.run_folder import config_change
 from adaptive.workdir.config_file import saved_steps
 from adaptive.workdir.runinfo import BUSY_EXIT, WorkdirError
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import signal
@@ -28,28 +27,14 @@ from adaptive.compute.budget import Budget
 from adaptive.compute.lm_flops import lm_flops
 from adaptive.inference.scoring import score_split
 from adaptive.nn.models import build_model
-from adaptive.training import lm_steps, parallel, steps
-from adaptive.training.metrics import JsonlWriter, MultiWriter, ProgressBar, WandbWriter
+from adaptive.training import lm_steps, parallel, run_folder, steps
+from adaptive.training.metrics import JsonlWriter, MultiWriter, ProgressBar, WandbWriter, read_jsonl
 from adaptive.training.optim import learning_rate_schedule, make_optimizer
 from adaptive.workdir import runinfo
 from adaptive.workdir.checkpoint import Checkpointer
-from adaptive.workdir.config_file import RUN_COST_MODEL, damaged_config, saved_steps, with_run_cost_model
+from adaptive.workdir.config_file import with_run_cost_model
 
 log = logging.getLogger(__name__)
-
-# Keys that may change between a run and its resumption; anything else means another run.
-# (train.steps may only stay at or above the step the checkpoints reached: _write_or_check_config.)
-RESUMABLE_CHANGES = (
-    "train.steps",
-    "train.eval_every",
-    "train.log_every",
-    "train.checkpoint_every",
-    "train.keep_checkpoints",
-    "logging.",
-    "mesh.",  # a run can resume on another mesh: checkpoints restore onto the new shardings
-    "data.eval_split",  # only what periodic evals score; each eval line in metrics.jsonl names it
-    "data.eval_examples",  # likewise: each eval line counts what it scored (eval/examples)
-)
 
 
 class TrainingError(RuntimeError):
@@ -85,7 +70,7 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
     with contextlib.ExitStack() as held:
         locked = writer and workdir.is_dir()
         if locked:  # a folder in use is said before the setup below (data, model, budget), not after it
-            _refuse_a_folder_of_another_command(workdir)
+            run_folder.refuse_a_folder_of_another_command(workdir)
             held.enter_context(runinfo.sole_trainer(workdir))
         mesh = parallel.make_mesh(cfg.mesh)
         parallel.check_batch(cfg.train.batch_size, mesh)
@@ -98,11 +83,11 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
         with runinfo.file_errors(workdir):  # a new run's folder only once its config is known good
             workdir.mkdir(parents=True, exist_ok=True)
         if writer and not locked:  # another new trainer of this folder may have made it meanwhile
-            _refuse_a_folder_of_another_command(workdir)
+            run_folder.refuse_a_folder_of_another_command(workdir)
             held.enter_context(runinfo.sole_trainer(workdir))
         if writer:
-            _write_or_check_config(cfg, workdir)
-            _keep_cost_model(cfg, workdir)
+            run_folder.write_or_check_config(cfg, workdir)
+            run_folder.keep_cost_model(cfg, workdir)
         return _train(cfg, model, spec, budget, mesh, workdir)
 
 
@@ -123,8 +108,10 @@ def _train(cfg: config_lib.Config, model, spec: data.DatasetSpec, budget: Budget
         if parallel.is_writer():
             runinfo.record_start(workdir, seed=cfg.seed, resumed_from=restored and start)
         writer = _open_writers(cfg, workdir, start)
+        # a finished run whose final eval line was lost (a cut metrics.jsonl) logs it again
+        lost = start >= cfg.train.steps and parallel.is_writer() and not _final_eval_logged(workdir, cfg.train.steps)
         with _StopSignals() as stop:
-            final = loop.run(state, batches, start, ckpt, writer, stop)
+            final = loop.run(state, batches, start, ckpt, writer, stop, log_final=lost)
     except BaseException:
         for closable in (writer, ckpt):  # the error on its way says what went wrong, not these
             with contextlib.suppress(Exception):
@@ -175,6 +162,12 @@ def _build_loop(cfg: config_lib.Config, model, spec: data.DatasetSpec, budget: B
     return state, loop
 
 
+def _final_eval_logged(workdir: Path, steps: int) -> bool:
+    """Whether metrics.jsonl (as the writer left it on opening: whole lines up to the restored
+    step) holds an eval of step `steps`."""
+    return any(r["split"] == "eval" and r["step"] >= steps for r in read_jsonl(workdir / "metrics.jsonl"))
+
+
 def _open_writers(cfg: config_lib.Config, workdir: Path, start: int) -> MultiWriter:
     writing = parallel.is_writer()
     writers: list = [JsonlWriter(workdir / "metrics.jsonl", resume_step=start)] if writing else []
@@ -222,9 +215,12 @@ class _Loop:
     lr_at: Callable
     budget: Budget | None
 
-    def run(self, state, batches, start: int, ckpt: Checkpointer, writer, stop: _StopSignals) -> dict[str, float | str]:
+    def run(
+        self, state, batches, start: int, ckpt: Checkpointer, writer, stop: _StopSignals, log_final: bool = False
+    ) -> dict[str, float | str]:
         """Steps `start + 1` to the end: logs, evals and checkpoints as configured; on a signal,
-        saves at the current step and raises Interrupted."""
+        saves at the current step and raises Interrupted. A run already at its last step is
+        only evaluated (`log_final`: and its eval logged, its line having been lost)."""
         train, bar = self.cfg.train, writer.writers[-1]  # the progress bar comes last
         final: dict[str, float | str] = {}
         t_window, steps_in_window = time.perf_counter(), 0
@@ -255,6 +251,8 @@ class _Loop:
                 )
         if start >= train.steps:  # nothing left to train: report the finished run's eval
             final = self._evaluate(state)
+            if log_final:
+                writer.write(train.steps, "eval", final)
         return final
 
     def _evaluate(self, state: dict) -> dict[str, float | str]:
@@ -292,110 +290,3 @@ def _check_streak(state: dict, limit: int, step: int, ckpt: Checkpointer) -> Non
             f"train.max_nonfinite_in_a_row={limit}); last good checkpoint: "
             f"{'step ' + str(last_good) if last_good is not None else 'none'} in {ckpt.directory}"
         )
-
-
-def _refuse_a_folder_of_another_command(workdir: Path) -> None:
-    """Folders the other commands write hold no config.json: a run's files must not mix with
-    theirs (checked before the run touches the folder at all)."""
-    if (workdir / "config.json").exists():
-        return
-    for marker, holds in (("meta.json", "an exported artifact"), ("summary.json", "a sweep's points")):
-        if (workdir / marker).exists():
-            raise config_lib.ConfigError(f"{workdir} holds {holds} ({marker}), not a run; give another --workdir")
-    runs = sorted(p.parent.name for p in workdir.glob("*/config.json"))
-    if runs:  # a sweep's or a reproduction's folder before its summary is written
-        raise config_lib.ConfigError(f"{workdir} holds runs ({runs[0]}, ...), not a run; give another --workdir")
-
-
-def _write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
-    """Saves DIR/config.json; on a rerun, refuses a config that would make it another run."""
-    path = workdir / "config.json"
-    current = json.loads(json.dumps(config_lib.to_dict(cfg)))
-    saved = _saved_config(path, workdir)
-    change = None if saved is None else config_change(saved, cfg)
-    if change is not None:
-        raise config_lib.ConfigError(
-            f"{workdir} holds a run with another config ({change}); use a new --workdir or the same config"
-        )
-    reached = max(saved_steps(workdir), default=0)
-    if reached > cfg.train.steps:  # config.json would then say less than was trained
-        raise config_lib.ConfigError(
-            f"{workdir} is already trained to step {reached}, past train.steps={cfg.train.steps}; "
-            f"give train.steps >= {reached} to go on, or a new --workdir"
-        )
-    before = _get(saved, "train.steps") if saved is not None else None
-    if before not in (None, cfg.train.steps) and cfg.optim.schedule != "constant":
-        log.warning(
-            "train.steps changed from %s to %s: the %s learning-rate schedule spans the new length from the "
-            "resumed step on, so this run matches neither a %s- nor a %s-step run",
-            before, cfg.train.steps, cfg.optim.schedule, before, cfg.train.steps,
-        )  # fmt: skip
-    runinfo.write_atomic(path, json.dumps(current, indent=2) + "\n")
-
-
-def _keep_cost_model(cfg: config_lib.Config, workdir: Path) -> None:
-    """Copies budget.cost_model into the run as it starts; on a resume the copy is kept, with a
-    warning when the file it came from has changed since (recalibrated)."""
-    if not cfg.budget.cost_model:
-        return
-    source, copy = Path(cfg.budget.cost_model), workdir / RUN_COST_MODEL
-    with runinfo.file_errors(source, "read"):
-        text = source.read_text()
-    if not copy.exists():
-        runinfo.write_atomic(copy, text)
-    elif copy.read_text() != text:
-        log.warning("%s changed since this run started; the run keeps the cost model it started with (%s)",
-                    source, copy)  # fmt: skip
-
-
-def config_change(saved: dict, cfg: config_lib.Config) -> str | None:
-    """Where `cfg` makes another run than the saved config.json `saved` ("key: saved != new"),
-    leaving aside what a run may change when it resumes (RESUMABLE_CHANGES); None: the same run."""
-    current = json.loads(json.dumps(config_lib.to_dict(cfg)))
-    try:  # a run saved before a config field existed had that field's default (and relative paths)
-        saved = json.loads(json.dumps(config_lib.to_dict(config_lib.absolute_paths(config_lib.from_dict(saved)))))
-    except config_lib.ConfigError:
-        pass  # a field since removed: compare as saved
-    for key in _differences(saved, current):
-        if not key.startswith(RESUMABLE_CHANGES):
-            return f"{key}: {_get(saved, key)!r} != {_get(current, key)!r}"
-    return None
-
-
-def _saved_config(path: Path, workdir: Path) -> dict | None:
-    """config.json as saved, or None if there is none. A damaged one is refused while checkpoints
-    depend on it (resuming them under an unchecked config could silently make another run); with
-    no checkpoint, nothing depends on it: it is renamed aside and written anew."""
-    if not path.exists():
-        return None
-    try:
-        with runinfo.file_errors(path, "read"):
-            saved = json.loads(path.read_text())
-        if not isinstance(saved, dict):
-            raise ValueError("not a JSON object")
-        return saved
-    except ValueError as e:
-        problem, checkpoints = runinfo.json_problem(e), workdir / "checkpoints"
-        if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
-            raise damaged_config(path, problem) from e
-        aside = runinfo.set_aside(path)
-        log.warning("%s is corrupted (%s) and no checkpoint depends on it; moved it to %s", path, problem, aside)
-        return None
-
-
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
-    out = []
-    for k in keys:
-        x, y = a.get(k), b.get(k)
-        if isinstance(x, dict) and isinstance(y, dict):
-            out += _differences(x, y, prefix + k + ".")
-        elif x != y:
-            out.append(prefix + k)
-    return out
-
-
-def _get(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
