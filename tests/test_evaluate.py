@@ -52,6 +52,8 @@ def test_a_baseline_or_points_that_cannot_serve_are_refused_before_the_evaluatio
     assert capsys.readouterr().err.strip() == message
     assert main(["eval", "--workdir", str(tiny_run), "--baseline", str(tmp_path)]) == 2
     assert "is not a training run (no config.json)" in capsys.readouterr().err
+    assert main(["eval", "--workdir", str(tmp_path / "nope")]) == 2  # a typo is not "not a run"
+    assert capsys.readouterr().err.strip() == f"adaptive: error: {tmp_path / 'nope'} does not exist"
     (tmp_path / "meta.json").write_text(json.dumps({"format": "adaptive-lm-export/1"}))  # a language model's
     assert main(["eval", "--workdir", str(tiny_run), "--points", str(tmp_path)]) == 2
     assert "meta.json: format must be 'adaptive-export/2'" in capsys.readouterr().err

@@ -183,6 +183,8 @@ def test_a_sweep_folder_must_not_be_a_file_or_a_run(tmp_path, capsys):
     (tmp_path / "run" / "config.json").write_text("{}")
     assert main(["sweep", "--config", config, "--workdir", str(tmp_path / "file")]) == 2
     assert "file is a file; a sweep's folder holds a run folder per point" in capsys.readouterr().err
+    assert main(["sweep", "--config", config, "--workdir", str(tmp_path / "file" / "sub")]) == 1  # as train
+    assert f"cannot write {tmp_path / 'file' / 'sub'}: Not a directory" in capsys.readouterr().err
     assert main(["sweep", "--config", config, "--workdir", str(tmp_path / "run")]) == 2
     assert "run is a training run; give the sweep a folder of its own" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json"]
@@ -194,7 +196,10 @@ def test_a_point_another_process_trains_or_a_signal_stopped_is_not_failed(tmp_pa
 
     (point,) = load_points(write_config(tmp_path, [{"halting.tau": 1e-3}]), tmp_path / "sweep")
     point.workdir.mkdir(parents=True)
-    for code, status in [(BUSY_EXIT, "running"), (130, "partial"), (-2, "partial"), (-15, "partial"), (1, "failed")]:
+    cases = [(BUSY_EXIT, "running"), (130, "new"), (-2, "partial"), (-15, "partial"), (1, "failed")]
+    for code, status in cases:  # interrupted: new before a first checkpoint, partial after it
+        if code == -2:
+            (point.workdir / "checkpoints" / "10").mkdir(parents=True)
         die = f"import os, signal; signal.signal({-code}, signal.SIG_DFL); os.kill(os.getpid(), {-code})"
         exit_with = die if code < 0 else f"raise SystemExit({code})"
         (point.workdir / "train.log").write_text("")

@@ -188,6 +188,7 @@ def _sweep(args, overrides: list[str]) -> int:
     from adaptive.config import ConfigError
     from adaptive.evaluation.tables import print_table
     from adaptive.experiments import sweep, sweep_summary
+    from adaptive.workdir.runinfo import file_errors
 
     workdir = Path(args.workdir)
     if workdir.exists() and not workdir.is_dir():
@@ -219,7 +220,8 @@ def _sweep(args, overrides: list[str]) -> int:
             f"sweep point {first.workdir} holds a run this config cannot continue ({conflicts[first.index]}){more}; "
             "use a new --workdir, or the config and flags it was run with"
         )
-    workdir.mkdir(parents=True, exist_ok=True)
+    with file_errors(workdir):
+        workdir.mkdir(parents=True, exist_ok=True)
     if args.wandb:
         print(f"wrote {sweep_summary.wandb_yaml(args.config, workdir.resolve(), len(points), overrides)}")
     devices = [d for d in args.devices.split(",") if d]

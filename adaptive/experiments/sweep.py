@@ -257,8 +257,12 @@ def collect(point: Point) -> bool:
     elif code == BUSY_EXIT:  # another sweep (or a hand-started train) got there first
         point.status, point.detail = "running", "trained by another process"
     elif code in (128 + 15, 128 + 2, -15, -2):  # SIGTERM from the sweep, or a terminal's Ctrl-C: both save
-        # (a child the signal stopped before Python's handlers were in place reports it as -signum)
-        point.status, point.detail = "partial", "interrupted"
+        # (a child the signal stopped before Python's handlers were in place reports it as -signum):
+        # done if the signal came after the final eval and save, new if before a first checkpoint
+        point.status, point.detail = "new", ""
+        refresh_status(point)
+        if point.status != "done" and not point.detail:
+            point.detail = "interrupted"
     else:
         point.status, point.detail = "failed", f"exit {code}: {_last_error(point)}"
     return True

@@ -23,6 +23,8 @@ class RunError(ValueError):
 
 def load_config(workdir: str | Path) -> config_lib.Config:
     path = Path(workdir) / "config.json"
+    if not Path(workdir).exists():
+        raise RunError(f"{workdir} does not exist")
     if not path.is_file():
         raise RunError(f"{workdir} is not a training run (no config.json)")
     try:
