@@ -213,6 +213,31 @@ def test_a_point_another_process_trains_or_a_signal_stopped_is_not_failed(tmp_pa
         (point.workdir / ".sweep.pid").unlink(missing_ok=True)
 
 
+def test_a_point_inserted_before_finished_ones_does_not_train_them_again(tmp_path, capsys):
+    """Points are named by their place in get_sweep: inserting one renames those after it, whose
+    runs would train again from scratch beside their old folders (and `report` refuse both)."""
+    import json as json_lib
+
+    from adaptive import config as config_lib
+    from adaptive.cli.main import main
+    from adaptive.experiments.sweep import load_points
+
+    workdir = tmp_path / "sweep"
+    trained = load_points(write_config(tmp_path, [{"halting.tau": 1e-3}, {"halting.tau": 1e-2}]), workdir)
+    for point in trained:
+        point.workdir.mkdir(parents=True)
+        (point.workdir / "config.json").write_text(json_lib.dumps(config_lib.to_dict(point.config)))
+    inserted = write_config(tmp_path, [{"halting.tau": 1e-3}, {"halting.tau": 3e-3}, {"halting.tau": 1e-2}])
+    assert main(["sweep", "--config", inserted, "--workdir", str(workdir), "--dry-run"]) == 0
+    table = capsys.readouterr().out
+    assert "its run is in 1-tau0.01" in table and table.count("conflict") == 1
+    assert main(["sweep", "--config", inserted, "--workdir", str(workdir)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"sweep point {workdir / '2-tau0.01'} has no run, but 1-tau0.01 holds one of its config" in line
+    assert line.endswith("rename 1-tau0.01 to 2-tau0.01 to keep its training, or add new points at the end")
+    assert sorted(p.name for p in workdir.iterdir()) == ["0-tau0.001", "1-tau0.01"]
+
+
 def test_a_damaged_or_longer_trained_point_is_not_done(tmp_path):
     import json as json_lib
 
@@ -256,7 +281,8 @@ def test_a_config_its_points_cannot_continue_is_refused_and_keeps_the_summary(tm
     assert main(["sweep", "--config", shorter, "--workdir", str(workdir)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert f"sweep point {trained[0].workdir} holds a run this config cannot continue (trained to step 40" in line
-    assert "give train.steps >= 40) (and 1 more point(s); --dry-run lists them)" in line
+    assert "give train.steps >= 40); use a new --workdir" in line
+    assert line.endswith("(and 1 more point(s): --dry-run lists them)")
     assert (workdir / "summary.json").read_text() == '[{"status": "done"}]\n'
     # a change a resume may make (more steps) is no conflict; nor is another point's, with --point
     longer = write_config(tmp_path, [{"halting.tau": 1e-3}, {"halting.tau": 1e-2}], steps=50)

@@ -187,7 +187,7 @@ def _sweep(args, overrides: list[str]) -> int:
 
     from adaptive.config import ConfigError
     from adaptive.evaluation.tables import print_table
-    from adaptive.experiments import sweep, sweep_summary
+    from adaptive.experiments import sweep, sweep_folders, sweep_summary
     from adaptive.workdir.runinfo import file_errors
 
     workdir = Path(args.workdir)
@@ -201,13 +201,13 @@ def _sweep(args, overrides: list[str]) -> int:
         if not 0 <= args.point < len(points):
             raise ConfigError(f"--point must be in [0, {len(points) - 1}] for this sweep; got {args.point}")
         chosen = [points[args.point]]
-    conflicts = {p.index: c for p in chosen if (c := sweep.config_conflict(p)) is not None}
+    conflicts = sweep_folders.conflicts(points, chosen)  # refused before anything trains
     if args.dry_run:
         for p in chosen:
             sweep.refresh_status(p)
         rows = [
             {"index": p.index, "point": p.name, "status": "conflict" if p.index in conflicts else p.status}
-            | ({"detail": conflicts[p.index]} if p.index in conflicts else {})
+            | ({"detail": conflicts[p.index][0]} if p.index in conflicts else {})
             | {"overrides": " ".join(p.overrides)}
             for p in chosen
         ]
@@ -215,11 +215,8 @@ def _sweep(args, overrides: list[str]) -> int:
         return 0
     if conflicts:  # before anything trains: each would be refused, and the summary's finished rows replaced
         first = next(p for p in chosen if p.index in conflicts)
-        more = f" (and {len(conflicts) - 1} more point(s); --dry-run lists them)" if len(conflicts) > 1 else ""
-        raise ConfigError(
-            f"sweep point {first.workdir} holds a run this config cannot continue ({conflicts[first.index]}){more}; "
-            "use a new --workdir, or the config and flags it was run with"
-        )
+        more = f" (and {len(conflicts) - 1} more point(s): --dry-run lists them)" if len(conflicts) > 1 else ""
+        raise ConfigError(f"sweep point {first.workdir} {conflicts[first.index][1]}{more}")
     with file_errors(workdir):
         workdir.mkdir(parents=True, exist_ok=True)
     if args.wandb:

@@ -49,7 +49,7 @@ from adaptive import config as config_lib
 from adaptive.config import ConfigError
 from adaptive.evaluation.tables import markdown_table
 from adaptive.experiments import claims as claims_lib
-from adaptive.experiments import held_out, sweep, sweep_summary
+from adaptive.experiments import held_out, sweep, sweep_folders, sweep_summary
 from adaptive.training.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,7 +128,7 @@ def run_block(
         claims_lib.check_design(claim, planned, minimum)
     for _, points, _ in plans:  # before anything trains: each point would be refused, then its claims replaced
         for point in points:
-            if (conflict := sweep.config_conflict(point)) is not None:
+            if (conflict := sweep_folders.config_conflict(point)) is not None:
                 raise ConfigError(
                     f"{point.workdir} holds a run that this reproduction cannot continue ({conflict}); "
                     "use a new --workdir, or the flags it was run with"

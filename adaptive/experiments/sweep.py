@@ -32,8 +32,8 @@ from pathlib import Path
 
 from adaptive import config as config_lib
 from adaptive.config import ConfigError
+from adaptive.experiments import sweep_folders
 from adaptive.training.metrics import read_jsonl
-from adaptive.training.run_folder import config_change
 from adaptive.workdir.config_file import saved_steps
 from adaptive.workdir.runinfo import BUSY_EXIT, WorkdirError
 
@@ -139,35 +139,7 @@ def _finished(point: Point) -> bool:
         return False
     if max(saved_steps(point.workdir), default=0) != point.steps:  # past it: `adaptive train` refuses, in one line
         return False
-    return point.config is None or _same_run(point)
-
-
-def _saved_config(point: Point) -> dict | None:
-    """The point's folder's config.json, or None: none there, or damaged (`adaptive train`
-    refuses or rewrites a damaged one, in one line)."""
-    try:
-        saved = json.loads((point.workdir / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return saved if isinstance(saved, dict) else None
-
-
-def _same_run(point: Point) -> bool:
-    saved = _saved_config(point)
-    return saved is not None and config_change(saved, point.config) is None
-
-
-def config_conflict(point: Point) -> str | None:
-    """Why `adaptive train` would refuse the point in its folder: the run there has another config
-    ("key: saved != new", resumable changes aside) or is trained past the point's steps; None
-    when there is no run there or it is this point's."""
-    saved, reached = _saved_config(point), max(saved_steps(point.workdir), default=0)
-    if saved is None:  # none, or damaged: train rewrites a damaged one unless checkpoints depend on it
-        damaged = (point.workdir / "config.json").exists() and reached > 0
-        return "its config.json is damaged and its checkpoints depend on it: restore it" if damaged else None
-    if reached > point.config.train.steps:
-        return f"trained to step {reached}, past train.steps={point.config.train.steps}: give train.steps >= {reached}"
-    return config_change(saved, point.config)
+    return point.config is None or sweep_folders.same_run(point)
 
 
 def _alive(pid: int, workdir: Path) -> bool:
