@@ -180,7 +180,7 @@ def test_a_run_keeps_the_cost_model_it_was_trained_under(calibrated, tmp_path, c
     loaded = load_config(run)
     assert loaded.budget.cost_model == str(run.resolve() / RUN_COST_MODEL)
     assert Budget.from_config(loaded, SHAPE, 2).compute(3.0) == pytest.approx(1.0 + 3 * 0.5)
-    with caplog.at_level("WARNING", logger="adaptive.training.train"):
+    with caplog.at_level("WARNING", logger="adaptive.training"):
         train_tiny(run, 10, overrides=overrides)  # resumed: the run keeps its copy, and says so
     assert f"{source} changed since this run started; the run keeps the cost model it started with" in caplog.text
     assert (run / RUN_COST_MODEL).read_text() != source.read_text()

@@ -154,7 +154,7 @@ def test_resuming_may_change_what_evals_score_and_each_eval_names_its_split_and_
     shutil.copytree(reference_run[0], workdir)
     overrides = [*QUIET, *SHORT, "--config.train.steps=70", "--config.data.eval_split=test"]
     overrides.append("--config.data.eval_examples=7")
-    with caplog.at_level(logging.WARNING, logger="adaptive.training.train"):
+    with caplog.at_level(logging.WARNING, logger="adaptive.training"):
         train_and_evaluate(config_lib.load(f"{ROOT}/configs/parity.py:tiny", overrides), workdir)
     assert "train.steps changed" not in caplog.text  # a constant learning rate: nothing to stretch
     evals = [(r["step"], r["eval/split"], r["eval/examples"]) for r in metric_rows(workdir) if r["split"] == "eval"]
@@ -318,7 +318,7 @@ def test_a_resume_with_more_steps_says_the_cosine_schedule_is_stretched(tmp_path
     cosine = config_lib.load(f"{ROOT}/configs/parity.py", ["--config.optim.schedule=cosine", "--config.train.steps=60"])
     write_or_check_config(cosine, tmp_path)
     longer = dataclasses.replace(cosine, train=dataclasses.replace(cosine.train, steps=70))
-    with caplog.at_level(logging.WARNING, logger="adaptive.training.train"):
+    with caplog.at_level(logging.WARNING, logger="adaptive.training.run_folder"):
         write_or_check_config(longer, tmp_path)
     assert "train.steps changed from 60 to 70: the cosine learning-rate schedule spans the new length" in caplog.text
 

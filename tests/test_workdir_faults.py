@@ -190,7 +190,7 @@ def test_a_damaged_config_json_with_checkpoints_is_refused_until_restored_or_del
 
 def test_a_damaged_config_json_without_checkpoints_is_set_aside(tmp_path, caplog):
     (tmp_path / "config.json").write_text('{"name": ')
-    with caplog.at_level(logging.WARNING, logger="adaptive.training.train"):
+    with caplog.at_level(logging.WARNING, logger="adaptive.training"):
         train_and_evaluate(_config(10), tmp_path)
     assert (tmp_path / "config.json.corrupt-1").read_text() == '{"name": '
     assert load_config(tmp_path) == _config(10)
