@@ -59,9 +59,23 @@ def _model_of(config: str, *overrides: str):
     return cfg, spec, nnx.split(build_model(cfg, spec), nnx.Param)
 
 
-@pytest.mark.parametrize("config", ["configs/mnist1d.py:tiny", "configs/sut.py:tiny", "configs/parity.py:tiny"])
-def test_every_classifier_kind_answers_close_to_fp32_with_fewer_weight_bytes(config, tmp_path):
-    cfg, spec, (graphdef, params) = _model_of(config, f"--config.data.data_dir={tmp_path}")
+UNSHARED = "--config.model.share_weights=false"  # a layer per step, stacked on a leading axis
+
+
+@pytest.mark.parametrize(
+    "config, overrides",
+    [
+        ("configs/mnist1d.py:tiny", ()),
+        ("configs/sut.py:tiny", ()),
+        ("configs/parity.py:tiny", ()),
+        ("configs/mnist1d.py:tiny", (UNSHARED,)),
+        ("configs/mnist1d.py:tiny", (UNSHARED, "--config.model.kind=transformer")),
+        ("configs/moe.py:tiny", ()),  # unshared MoE blocks: stacked experts
+    ],
+    ids=["mnist1d", "sut", "parity", "stacked mlp", "stacked transformer", "stacked experts"],
+)
+def test_every_classifier_kind_answers_close_to_fp32_with_fewer_weight_bytes(config, overrides, tmp_path):
+    cfg, spec, (graphdef, params) = _model_of(config, f"--config.data.data_dir={tmp_path}", *overrides)
     x = jnp.asarray(np.random.RandomState(0).standard_normal((16, *spec.input_shape)), jnp.float32)
     budget = jnp.full((16,), 100, jnp.int32)
     ref = jax.jit(budgeted_infer(graphdef, None))(params, x, budget).logits_BxC
@@ -79,6 +93,29 @@ def test_every_classifier_kind_answers_close_to_fp32_with_fewer_weight_bytes(con
         assert routers and all(r.kernel[...].dtype == jnp.float32 for r in routers)
         assert not any(isinstance(m, nnx.Linear) and m.kernel[...].shape[-1] > 8 for _, m in nnx.iter_graph(model))
         assert not any(isinstance(m, nnx.LinearGeneral) for _, m in nnx.iter_graph(model))  # attention too
+
+
+def test_stacked_layers_get_a_scale_per_layer_and_training_rounds_as_export_does(tmp_path):
+    """Layers stacked on a leading axis (one per step) are quantized one by one: the reduced axis
+    is counted from the end, so slicing a step's layer out keeps it, and quantization-aware
+    training rounds each weight to exactly what the exported model holds."""
+    from adaptive.nn.quantize import fake_quantizer
+
+    cfg, _, (graphdef, params) = _model_of(
+        "configs/mnist1d.py:tiny", f"--config.data.data_dir={tmp_path}", UNSHARED, "--config.model.kind=transformer"
+    )
+    for precision in ("int8", "int4"):
+        exported = nnx.merge(*quantize_model(graphdef, params, precision))
+        stacked = [w for _, w in nnx.iter_graph(exported) if isinstance(w, QWeight) and len(w.shape) == 3]
+        assert stacked and all(w.scale[...].shape == (w.shape[0], 1, w.shape[2]) for w in stacked)
+        rounded = nnx.merge(graphdef, fake_quantizer(graphdef, precision)(params))
+        for path, weight in nnx.iter_graph(exported):
+            if isinstance(weight, QWeight) and len(weight.shape) == 3:
+                trained = rounded
+                for key in path[:-1]:
+                    trained = trained[key] if isinstance(key, int) else getattr(trained, key)
+                float_weight = getattr(trained, path[-1])[...].reshape(weight.shape)
+                np.testing.assert_allclose(weight[...], float_weight, rtol=1e-6, atol=1e-7)
 
 
 def test_the_language_model_quantizes_embeddings_and_blocks_and_still_predicts():

@@ -39,7 +39,7 @@ class QLinear(nnx.Module):
     keeps nnx.Linear's name, so code reading `layer.kernel[...]` or its shape still works."""
 
     def __init__(self, linear: nnx.Linear, precision: str, clip: float = 1.0):
-        self.kernel = QWeight(linear.kernel[...], precision, clip, axis=0)
+        self.kernel = QWeight(linear.kernel[...], precision, clip, axis=-2)  # in x out (layers x in x out)
         self.bias = linear.bias
         self.dtype = linear.dtype
 
@@ -63,8 +63,10 @@ class QLinearGeneral(nnx.Module):
         self.in_axes, self.out_features = len(linear.in_features), tuple(linear.out_features)
         if not _trailing(linear):
             raise ValueError("only a LinearGeneral over trailing axes, without batch axes, is quantized")
-        flat = linear.kernel[...].reshape(math.prod(linear.in_features), math.prod(self.out_features))
-        self.kernel = QWeight(flat, precision, clip, axis=0)
+        kernel = linear.kernel[...]
+        stacked = kernel.shape[: kernel.ndim - self.in_axes - len(self.out_features)]  # layers stacked
+        flat = kernel.reshape(*stacked, math.prod(linear.in_features), math.prod(self.out_features))
+        self.kernel = QWeight(flat, precision, clip, axis=-2)
         self.bias = linear.bias
         self.dtype = linear.dtype
 
@@ -82,7 +84,7 @@ class QEmbed(nnx.Module):
     rows; `attend` (a tied output layer) is an integer matmul."""
 
     def __init__(self, embed: nnx.Embed, precision: str, clip: float = 1.0):
-        self.embedding = QWeight(embed.embedding[...], precision, clip, axis=1)
+        self.embedding = QWeight(embed.embedding[...], precision, clip, axis=-1)
         self.num_embeddings, self.features = embed.num_embeddings, embed.features
         self.dtype = embed.dtype or jnp.float32
 
@@ -141,10 +143,11 @@ def fake_quantizer(graphdef: nnx.GraphDef, precision: str, clip: float = 1.0):
                 child.w_in[...] = round_trip(child.w_in[...], (child.w_in.ndim - 2,))
                 child.w_out[...] = round_trip(child.w_out[...], (child.w_out.ndim - 2,))
             elif isinstance(child, nnx.Embed):
-                child.embedding[...] = round_trip(child.embedding[...], (1,))
-            else:  # Linear: its input axis; LinearGeneral: its leading (input) axes
-                inputs = len(child.in_features) if isinstance(child, nnx.LinearGeneral) else 1
-                child.kernel[...] = round_trip(child.kernel[...], tuple(range(inputs)))
+                child.embedding[...] = round_trip(child.embedding[...], (-1,))
+            else:  # Linear: its input axis; LinearGeneral: its input axes (after any of stacked layers)
+                general = isinstance(child, nnx.LinearGeneral)
+                inputs, outputs = (len(child.in_features), len(child.out_features)) if general else (1, 1)
+                child.kernel[...] = round_trip(child.kernel[...], tuple(range(-inputs - outputs, -outputs)))
         return nnx.state(model, nnx.Param)
 
     return transform

@@ -39,8 +39,9 @@ def check_precision(precision: str) -> str:
 
 class QWeight(nnx.Module):
     """A weight stored at `precision` with a float32 scale per channel of the axes other than
-    `axis` (the reduced one: a kernel's input axis, an embedding's width). `[...]` gives it
-    back as float32; `integers()` gives the int8 values for an integer matmul."""
+    `axis` (the reduced one: a kernel's input axis, an embedding's width; a leading axis of
+    stacked layers gets a scale per layer). `[...]` gives it back as float32; `integers()` gives
+    the int8 values for an integer matmul."""
 
     def __init__(self, w: jax.Array, precision: str, clip: float = 1.0, axis: int = -2):
         check_precision(precision)
@@ -48,7 +49,9 @@ class QWeight(nnx.Module):
             raise ValueError("QWeight holds a reduced precision; keep a float32 weight as it is")
         if not 0 < clip <= 1:
             raise ValueError(f"clip must be in (0, 1]; got {clip}")
-        self.precision, self.shape, self.axis = precision, tuple(w.shape), axis % w.ndim
+        # The axis counted from the end: modules stacked on a leading axis (adaptive.nn.backbones)
+        # are sliced to one layer's weight before its product, and the axis must still name it.
+        self.precision, self.shape, self.axis = precision, tuple(w.shape), axis % w.ndim - w.ndim
         self.dtype = jnp.float32
         if precision == "bf16":
             self.values, self.scale = nnx.Param(w.astype(jnp.bfloat16)), None
