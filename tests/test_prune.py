@@ -49,27 +49,36 @@ def _built(config: str, tmp_path, *overrides: str):
     return cfg, spec, nnx.split(build_model(cfg, spec), nnx.Param)
 
 
+def _kept_mask(scores, fraction: float) -> np.ndarray:
+    """True where `kept` keeps (a row per stacked layer)."""
+    mask = np.zeros(np.shape(scores), bool)
+    np.put_along_axis(mask, kept(scores, fraction), True, axis=-1)
+    return mask
+
+
 def _masked(graphdef, params, fraction: float):
-    """The model with the units and heads `prune_model` would remove zeroed instead."""
+    """The model with the units and heads `prune_model` would remove zeroed instead (in each of
+    stacked layers, its own)."""
     masked = nnx.merge(graphdef, params)
     for block in feed_forward_blocks(masked):
-        drop = np.setdiff1d(np.arange(block.up.kernel[...].shape[1]), kept(unit_scores(block), fraction))
-        block.up.kernel[...] = block.up.kernel[...].at[:, drop].set(0.0)
-        block.up.bias[...] = block.up.bias[...].at[drop].set(0.0)
-        block.down.kernel[...] = block.down.kernel[...].at[drop, :].set(0.0)
+        keep = _kept_mask(unit_scores(block), fraction)  # [(layers,) hidden]
+        block.up.kernel[...] = block.up.kernel[...] * keep[..., None, :]
+        block.up.bias[...] = block.up.bias[...] * keep
+        block.down.kernel[...] = block.down.kernel[...] * keep[..., :, None]
     for layer in attention_layers(masked):
-        drop = np.setdiff1d(np.arange(len(head_scores(layer))), kept(head_scores(layer), fraction))
+        keep = _kept_mask(head_scores(layer), fraction)  # [(layers,) heads]
         if isinstance(layer, CausalAttention):
+            drop = np.flatnonzero(~keep)
             qkv = layer.qkv.kernel[...].reshape(-1, 3, layer.heads, layer.head_width)
             layer.qkv.kernel[...] = qkv.at[:, :, drop].set(0.0).reshape(qkv.shape[0], -1)
             out = layer.out.kernel[...].reshape(layer.heads, layer.head_width, -1)
             layer.out.kernel[...] = out.at[drop].set(0.0).reshape(-1, out.shape[-1])
             continue
-        for name in ("query", "key", "value"):
+        for name in ("query", "key", "value"):  # kernels [(layers,) D, H, K], biases [(layers,) H, K]
             projection = getattr(layer, name)
-            projection.kernel[...] = projection.kernel[...].at[:, drop].set(0.0)
-            projection.bias[...] = projection.bias[...].at[drop].set(0.0)
-        layer.out.kernel[...] = layer.out.kernel[...].at[drop].set(0.0)
+            projection.kernel[...] = projection.kernel[...] * keep[..., None, :, None]
+            projection.bias[...] = projection.bias[...] * keep[..., :, None]
+        layer.out.kernel[...] = layer.out.kernel[...] * keep[..., :, None, None]
     return nnx.split(masked, nnx.Param)
 
 
@@ -84,12 +93,25 @@ def test_a_model_with_nothing_to_prune_is_refused_rather_than_reported_as_pruned
         prune_model(graphdef, params, 0.5)
 
 
-@pytest.mark.parametrize("config", ["configs/mnist1d.py:tiny", "configs/sut.py:tiny"])
-def test_a_pruned_model_answers_as_the_original_with_those_units_zeroed(config, tmp_path):
+UNSHARED = "--config.model.share_weights=false"  # a layer per step, stacked on a leading axis
+
+
+@pytest.mark.parametrize(
+    "config, overrides",
+    [
+        ("configs/mnist1d.py:tiny", ()),
+        ("configs/sut.py:tiny", ()),
+        ("configs/mnist1d.py:tiny", (UNSHARED,)),
+        ("configs/mnist1d.py:tiny", (UNSHARED, "--config.model.kind=transformer")),
+    ],
+    ids=["mlp", "transformer", "stacked mlp", "stacked transformer"],
+)
+def test_a_pruned_model_answers_as_the_original_with_those_units_zeroed(config, overrides, tmp_path):
     """Removing unit j of relu/gelu(x @ up + b) @ down is the same as zeroing its column, bias and
     row, and removing a head the same as zeroing its query, key, value and output weights (its
-    values are 0, so is what it adds): pruning cuts exactly what it says it cuts, nothing else."""
-    cfg, spec, (graphdef, params) = _built(config, tmp_path, "--config.moe.enabled=false")
+    values are 0, so is what it adds): pruning cuts exactly what it says it cuts, nothing else,
+    in each of stacked layers its own."""
+    cfg, spec, (graphdef, params) = _built(config, tmp_path, "--config.moe.enabled=false", *overrides)
     graphdef_p, params_p = prune_model(graphdef, params, 0.5)
     graphdef_m, params_m = _masked(graphdef, params, 0.5)
     x = jnp.asarray(np.random.RandomState(0).standard_normal((8, *spec.input_shape)), jnp.float32)
@@ -97,7 +119,7 @@ def test_a_pruned_model_answers_as_the_original_with_those_units_zeroed(config, 
     want = jax.jit(budgeted_infer(graphdef_m, None))(params_m, x, budget).logits_BxC
     got = jax.jit(budgeted_infer(graphdef_p, None))(params_p, x, budget).logits_BxC
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    widths = [b.up.kernel[...].shape[1] for b in feed_forward_blocks(nnx.merge(graphdef_p, params_p))]
+    widths = [b.up.kernel[...].shape[-1] for b in feed_forward_blocks(nnx.merge(graphdef_p, params_p))]
     assert widths and all(w == cfg.model.hidden for w in widths)  # 2 x hidden halved
 
 
@@ -120,6 +142,7 @@ def test_a_pruned_language_model_is_the_masked_one_and_decodes_as_its_full_pass(
     "config,overrides",
     [
         ("configs/mnist1d.py", ("--config.model.hidden=64",)),
+        ("configs/mnist1d.py", ("--config.model.hidden=64", UNSHARED)),  # stacked: the widths read per layer
         (
             "configs/sut.py:tiny",
             ("--config.moe.enabled=false", "--config.halting.policy=none", "--config.model.hidden=32"),
@@ -148,6 +171,20 @@ def sut(tmp_path_factory):
     root = tmp_path_factory.mktemp("prune-sut")
     train_tiny(root / "run", 10, config="configs/sut.py:tiny", overrides=(f"--config.data.data_dir={root / 'd'}",))
     return load_run(root / "run")
+
+
+def test_experts_of_a_block_per_step_are_refused_before_any_point_is_computed(tmp_path):
+    """A classifier's routing metrics are means over steps: with a MoE block per step they rank
+    no block's experts. Refused in one line before export or bench quant computes a point."""
+    from adaptive.config import ConfigError
+    from adaptive.evaluation.pruning import check_prunable
+
+    cfg, spec, (graphdef, params) = _built("configs/moe.py:tiny", tmp_path)
+    with pytest.raises(ConfigError, match=r"this model has 2 \(model.share_weights=false\): prune it with --prune 0"):
+        check_prunable(Run(tmp_path, cfg, spec, graphdef, params, 0))
+    cfg, spec, (graphdef, params) = _built("configs/parity.py:tiny", tmp_path)  # nothing to prune: said as such
+    with pytest.raises(ValueError, match="no feed-forward units, attention heads or experts to remove"):
+        check_prunable(Run(tmp_path, cfg, spec, graphdef, params, 0))
 
 
 def test_expert_scores_are_validation_load_plus_gate_mass_and_pruning_keeps_k(sut):

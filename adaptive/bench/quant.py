@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from adaptive.bench.results import write_json
 from adaptive.compute.memory import MB
-from adaptive.evaluation.pruning import flops_of, pruned
+from adaptive.evaluation.pruning import check_prunable, flops_of, pruned
 from adaptive.evaluation.quantization import quantized
 from adaptive.evaluation.variant_timing import time_variants
 from adaptive.inference.restore import Run, load_run
@@ -31,6 +31,8 @@ def run(
     json_out: str | None = None,
 ) -> list[dict]:
     trained = load_run(workdir, language_model=True)
+    if any(prunes):  # before any variant is computed
+        check_prunable(trained)
     say = lambda line: print(f"  {line}", flush=True)  # noqa: E731
     variants = []
     for prune in prunes:

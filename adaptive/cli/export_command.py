@@ -83,6 +83,7 @@ def _points(args, log, language_model: bool = False):
     if precisions == ["fp32"] and prunes == [0.0]:
         return None
     from adaptive.evaluation.operating_points import check_points, operating_points
+    from adaptive.evaluation.pruning import check_prunable
 
     try:
         check_points(precisions, prunes)
@@ -93,6 +94,8 @@ def _points(args, log, language_model: bool = False):
         return functools.partial(_lm_points, args, precisions, prunes, log)
 
     def points(run):
+        if any(prunes):  # before any point is computed
+            check_prunable(run)
         memory = run.cfg.budget.target if run.cfg.budget.unit == "memory_mb" else None
         return operating_points(
             run,

@@ -25,22 +25,39 @@ from adaptive.config import ConfigError, step_cap
 from adaptive.evaluation.quantization import Variant, score
 from adaptive.inference.restore import Run
 from adaptive.inference.scoring import split_batches
-from adaptive.nn.prune import moe_layers, prune_model, shapes_of
+from adaptive.nn.prune import attention_layers, feed_forward_blocks, moe_layers, prune_model, shapes_of
 from adaptive.nn.quantize import weight_bytes
 from adaptive.training.fine_tune import fine_tune
 
 
+def check_prunable(run: Run) -> None:
+    """Refuses, in one line and before any operating point is computed, a model pruning cannot
+    cut: nothing to remove (NothingToPrune), or experts whose routing is not scored per block."""
+    model = nnx.merge(run.graphdef, run.params)
+    if not (feed_forward_blocks(model) or attention_layers(model) or moe_layers(model)):
+        prune_model(run.graphdef, run.params, 0.5)  # raises NothingToPrune, which says why
+    _scored_moe_layers(run, moe_layers(model))
+
+
+def _scored_moe_layers(run: Run, layers: list) -> list:
+    """The MoE layers whose experts routing scores rank: a language model's, block by block; a
+    classifier's single block (its routing metrics are means over steps, exact for one block)."""
+    stacked = bool(layers) and layers[0].w_in[...].ndim > 3  # [steps, experts, width, hidden]
+    if run.cfg.model.kind != "lm" and (len(layers) > 1 or stacked):
+        count = layers[0].w_in[...].shape[0] if stacked else len(layers)
+        raise ConfigError(
+            "expert pruning reads routing from a classifier's single MoE block (its scores are means over "
+            f"steps); this model has {count} (model.share_weights=false): prune it with --prune 0"
+        )
+    return layers
+
+
 def expert_scores(run: Run, split: str = "validation", limit: int | None = 2048) -> list[np.ndarray] | None:
     """One score per expert of each MoE layer (None without experts): routed load + gate mass."""
-    layers = moe_layers(nnx.merge(run.graphdef, run.params))
+    layers = _scored_moe_layers(run, moe_layers(nnx.merge(run.graphdef, run.params)))
     if not layers:
         return None
     lm = run.cfg.model.kind == "lm"
-    if not lm and len(layers) > 1:
-        raise ConfigError(
-            "expert pruning reads routing from a classifier's single MoE block; "
-            f"this model has {len(layers)} MoE layers"
-        )
     graphdef = run.graphdef
 
     @jax.jit

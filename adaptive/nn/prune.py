@@ -15,6 +15,9 @@ slices the weights and the model runs smaller matmuls:
   are kept, since a token is routed to k of them.
 
 `fraction` is the share removed from each (rounded down, at least one unit or head kept).
+Layers stacked on a leading axis (a layer per step: model.share_weights=false) are pruned layer
+by layer, each keeping its own best units and heads (the same number in every layer, so they
+stay one stacked array).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -70,7 +74,8 @@ def shapes_of(model: nnx.Module) -> Shapes:
         inner = attention[0].inner
     elif attention:  # nnx.MultiHeadAttention: [H, K, D] output kernel
         inner = attention[0].num_heads * attention[0].head_dim
-    return Shapes(blocks[0].down.kernel.shape[0] if blocks else None, inner, layers[0].num_experts if layers else None)
+    hidden = blocks[0].down.kernel.shape[-2] if blocks else None  # [(layers,) hidden, width]
+    return Shapes(hidden, inner, layers[0].num_experts if layers else None)
 
 
 def head_scores(layer: nnx.Module) -> np.ndarray:
@@ -79,23 +84,36 @@ def head_scores(layer: nnx.Module) -> np.ndarray:
         qkv = np.asarray(layer.qkv.kernel[...]).reshape(-1, 3, layer.heads, layer.head_width)
         out = np.asarray(layer.out.kernel[...]).reshape(layer.heads, layer.head_width, -1)
         inputs = np.sqrt((qkv**2).sum(axis=(0, 1, 3)))
-    else:  # nnx.MultiHeadAttention: q, k, v kernels [D, H, K], output [H, K, D]
+    else:  # nnx.MultiHeadAttention: q, k, v kernels [(layers,) D, H, K], output [(layers,) H, K, D]
         parts = [np.asarray(getattr(layer, n).kernel[...]) for n in ("query", "key", "value")]
         out = np.asarray(layer.out.kernel[...])
-        inputs = np.sqrt(sum((p**2).sum(axis=(0, 2)) for p in parts))
-    return inputs * np.sqrt((out**2).sum(axis=(1, 2)))
+        inputs = np.sqrt(sum((p**2).sum(axis=(-3, -1)) for p in parts))
+    return inputs * np.sqrt((out**2).sum(axis=(-2, -1)))
 
 
 def kept(scores, fraction: float, least: int = 1) -> np.ndarray:
-    """Indices (ascending) of the highest scores after removing `fraction` of them."""
+    """Indices (ascending) of the highest scores after removing `fraction` of them, along the
+    last axis (scores of stacked layers: a row of indices per layer, as many in each)."""
     scores = np.asarray(scores, np.float64)
-    count = max(least, len(scores) - int(np.floor(fraction * len(scores))))
-    return np.sort(np.argsort(-scores, kind="stable")[:count])
+    count = max(least, scores.shape[-1] - int(np.floor(fraction * scores.shape[-1])))
+    return np.sort(np.argsort(-scores, axis=-1, kind="stable")[..., :count], axis=-1)
 
 
 def unit_scores(block: nnx.Module) -> np.ndarray:
+    """Per hidden unit (of each stacked layer): ||its up column|| * ||its down row||."""
     up, down = np.asarray(block.up.kernel[...]), np.asarray(block.down.kernel[...])
-    return np.linalg.norm(up, axis=0) * np.linalg.norm(down, axis=1)
+    return np.linalg.norm(up, axis=-2) * np.linalg.norm(down, axis=-1)
+
+
+def _take(w: jax.Array, keep: np.ndarray, axis: int) -> jax.Array:
+    """w's entries `keep` along `axis` (counted from the end); with stacked layers (`keep` a row
+    per layer, w's leading axis), each layer's own."""
+    index = jnp.asarray(keep)
+    if index.ndim == 1:
+        return jnp.take(w, index, axis=axis)
+    shape = [1] * w.ndim
+    shape[0], shape[axis] = index.shape[0], index.shape[1]
+    return jnp.take_along_axis(w, index.reshape(shape), axis=axis)
 
 
 class NothingToPrune(ValueError):
@@ -133,12 +151,12 @@ def prune_model(graphdef: nnx.GraphDef, params, fraction: float, expert_scores: 
 
 
 def _slice_units(block: nnx.Module, keep: np.ndarray) -> None:
-    up, down, index = block.up, block.down, jnp.asarray(keep)
-    up.kernel = nnx.Param(up.kernel[...][:, index])
+    up, down = block.up, block.down
+    up.kernel = nnx.Param(_take(up.kernel[...], keep, -1))
     if up.bias is not None:
-        up.bias = nnx.Param(up.bias[...][index])
-    down.kernel = nnx.Param(down.kernel[...][index, :])
-    up.out_features = down.in_features = len(keep)
+        up.bias = nnx.Param(_take(up.bias[...], keep, -1))
+    down.kernel = nnx.Param(_take(down.kernel[...], keep, -2))
+    up.out_features = down.in_features = keep.shape[-1]
 
 
 def _slice_heads(layer: nnx.Module, keep: np.ndarray) -> None:
@@ -151,15 +169,16 @@ def _slice_heads(layer: nnx.Module, keep: np.ndarray) -> None:
         layer.out.kernel = nnx.Param(out.reshape(len(keep) * head_width, -1))
         layer.heads = len(keep)
         return
-    for name in ("query", "key", "value"):
+    heads = keep.shape[-1]
+    for name in ("query", "key", "value"):  # kernels [(layers,) D, H, K], biases [(layers,) H, K]
         projection = getattr(layer, name)
-        projection.kernel = nnx.Param(projection.kernel[...][:, index])
+        projection.kernel = nnx.Param(_take(projection.kernel[...], keep, -2))
         if projection.bias is not None:
-            projection.bias = nnx.Param(projection.bias[...][index])
-        projection.out_features = (len(keep), projection.out_features[1])
-    layer.out.kernel = nnx.Param(layer.out.kernel[...][index])
-    layer.out.in_features = (len(keep), layer.out.in_features[1])
-    layer.num_heads = layer.num_kv_heads = len(keep)
+            projection.bias = nnx.Param(_take(projection.bias[...], keep, -2))
+        projection.out_features = (heads, projection.out_features[1])
+    layer.out.kernel = nnx.Param(_take(layer.out.kernel[...], keep, -3))  # [(layers,) H, K, D]
+    layer.out.in_features = (heads, layer.out.in_features[1])
+    layer.num_heads = layer.num_kv_heads = heads
 
 
 def _slice_experts(layer: MoEFeedForward, keep: np.ndarray) -> None:
