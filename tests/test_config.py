@@ -101,14 +101,21 @@ def test_commands_that_read_a_saved_config_refuse_overrides_rather_than_ignore_t
     assert "they apply to train, sweep, reproduce" in err and len(err.strip().splitlines()) == 1
 
 
-def test_bench_flags_are_taken_only_as_spelled(capsys):
-    from adaptive.cli.parser import build_parser
+def test_bench_flags_are_taken_only_as_spelled_and_refused_by_their_command(capsys):
+    from adaptive.cli.parser import build_parser, parse
 
     parser = build_parser()
-    assert parser.parse_args(["bench", "depth", "--rounds", "5"]).rounds == 5
+    assert parse(parser, ["bench", "depth", "--rounds", "5"]).rounds == 5
     with pytest.raises(SystemExit):
-        parser.parse_args(["bench", "depth", "--rou", "5"])
-    assert "unrecognized arguments: --rou 5" in capsys.readouterr().err
+        parse(parser, ["bench", "depth", "--rou", "5"])
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("usage: adaptive bench depth ")
+        and "adaptive bench depth: error: unrecognized arguments: --rou 5" in err
+    )
+    with pytest.raises(SystemExit):
+        parse(parser, ["eval", "--workdir", "w", "--rounds", "5"])  # a flag of another command
+    assert "adaptive eval: error: unrecognized arguments: --rounds 5" in capsys.readouterr().err
 
 
 def test_bad_config_files():

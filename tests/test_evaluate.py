@@ -157,7 +157,7 @@ def test_eval_report_of_experts_sweeps_expert_budgets(tmp_path):
         assert by[(1, t)]["experts"] <= 16 * by[(1, t)]["steps"] + 1e-6  # 16 tokens, at most 1 expert each
 
 
-def test_eval_report_refuses_models_without_budget_curves(tmp_path):
+def test_eval_report_refuses_models_without_budget_curves(tmp_path, capsys):
     from adaptive.evaluation.eval_report import compute_report
     from adaptive.inference.restore import load_run
     from adaptive.workdir.config_file import RunError
@@ -171,6 +171,14 @@ def test_eval_report_refuses_models_without_budget_curves(tmp_path):
         RunError, match="--budget 1: a static model runs all its 3 steps"
     ):  # not scored at its depth as "1"
         evaluate_run(tmp_path / "static", split="validation", budget=1)
+    with pytest.raises(RunError, match=r"^--budget must be 3 for this static model \(all its steps\); got 0$"):
+        evaluate_run(tmp_path / "static", split="validation", budget=0)  # not "in [1, 3]", then "1 is refused"
+    from adaptive.cli.main import main
+
+    assert main(["eval", "--workdir", str(tmp_path / "static"), "--split", "validation"]) == 0
+    assert (
+        "a static model has one step budget (all its 3 steps): no accuracy-vs-budget report" in capsys.readouterr().out
+    )
     sampled = ("--config.halting.policy=pondernet", "--config.halting.pondernet_inference=sample")
     train_tiny(tmp_path / "sampled", 5, overrides=sampled)
     with pytest.raises(RunError, match="sampled PonderNet halting has no per-budget trajectory"):

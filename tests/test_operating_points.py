@@ -275,3 +275,20 @@ def test_a_point_over_the_memory_budget_leaves_with_every_file_it_has():
     assert list(left) == ["point-int8-p50.jaxexport"] and not kept[0]["fits"] and kept[1]["fits"]
     with pytest.raises(ArtifactError, match="no operating point fits the memory budget of 0.1 MB"):
         keep_fitting(entries, dict(blobs), 0.1, lambda line: None)
+
+
+@pytest.mark.parametrize(
+    "precisions, prunes, message",
+    [
+        ([], [0.0], "--precision and --prune each need one value or more"),  # `--precision ''`
+        (["fp32"], [], "--precision and --prune each need one value or more"),
+        (["int3"], [0.0], "precision 'int3' is not one of fp32, bf16, int8, int4"),
+        (["fp32"], [0.251], "give whole percents"),
+        (["fp32", "fp32"], [0.0], "list each value once"),
+    ],
+)
+def test_operating_points_asked_for_are_checked_before_any_is_computed(precisions, prunes, message):
+    from adaptive.evaluation.operating_points import check_points
+
+    with pytest.raises(ValueError, match=message):
+        check_points(precisions, prunes)

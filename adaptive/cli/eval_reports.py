@@ -5,14 +5,19 @@ from __future__ import annotations
 
 def print_points_report(workdir: str, metrics: dict, artifact: str) -> None:
     from adaptive.evaluation.points_report import points_report
-    from adaptive.evaluation.tables import print_table
     from adaptive.inference.restore import load_run
 
     report, paths = points_report(load_run(workdir, metrics["step"]), metrics["split"], artifact)
-    keys = ("label", "accuracy", "validation_accuracy", "flops", "weight_bytes", "memory_mb", "latency_ms")
-    print(f"operating points of {artifact} on the {metrics['split']} split:")
-    print_table([{k: r[k] for k in keys} for r in report["operating_points"]], list(keys))
+    _print_points(report["operating_points"], artifact, metrics["split"])
     print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def _print_points(points: list[dict], artifact: str, split: str) -> None:
+    from adaptive.evaluation.tables import print_table
+
+    keys = ("label", "accuracy", "validation_accuracy", "flops", "weight_bytes", "memory_mb", "latency_ms")
+    print(f"operating points of {artifact} on the {split} split:")
+    print_table([{k: r[k] for k in keys} for r in points], list(keys))
 
 
 def print_compute_report(workdir: str, metrics: dict, baselines: list[str], points: str | None = None) -> None:
@@ -41,5 +46,7 @@ def print_compute_report(workdir: str, metrics: dict, baselines: list[str], poin
         f"FLOPs per correct answer {report['cost_per_correct']['flops']:.4g}"
     )
     print(f"shifted ({shifted['what']}): accuracy {shifted['accuracy']:.4f}, mean steps {shifted['steps']['mean']:.2f}")
+    if points:  # as a static model's report prints them
+        _print_points(report["operating_points"], points, metrics["split"])
     for path in paths:
         print(f"wrote {path}")

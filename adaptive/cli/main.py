@@ -14,7 +14,7 @@ import os
 import sys
 
 from adaptive.cli import bench_command
-from adaptive.cli.parser import build_parser
+from adaptive.cli.parser import build_parser, parse
 
 # The commands that build a config from --config overrides (reproduce: for its sweeps' points);
 # the others read a run's saved config or an artifact, and an override would be ignored.
@@ -116,6 +116,8 @@ def _eval(args, overrides: list[str]) -> int:
         eval_reports.print_compute_report(args.workdir, metrics, args.baseline, args.points)
     elif args.points:
         eval_reports.print_points_report(args.workdir, metrics, args.points)
+    if full_report and metrics["policy"] == "none":  # said, where the full report would come
+        print(f"a static model has one step budget (all its {metrics['budget']} steps): no accuracy-vs-budget report")
     if args.baseline and not (full_report and metrics["policy"] != "none"):
         print("--baseline is compared in the full report: drop --budget, or evaluate an adaptive run")
     if "latency/p50_ms" in metrics:
@@ -277,7 +279,7 @@ def _calibrate_exits(args, overrides: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     rest, overrides = _split_overrides(argv)
-    args = build_parser().parse_args(rest)
+    args = parse(build_parser(), rest)
     _quiet_libraries()
 
     from adaptive.compute.costmodel import CostModelError

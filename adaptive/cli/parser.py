@@ -40,7 +40,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(commands)
     _add_calibrate_exits(commands)
     add_bench(commands)
+    _name_the_parsers(parser)
     return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`parser.parse_args`, with an unknown flag refused by the command it was given to (its
+    usage line, not the top level's `adaptive [-h] COMMAND ...`)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def _name_the_parsers(parser: argparse.ArgumentParser) -> None:
+    """Each command's parser as its own default `command_parser` (a nested one, e.g. `bench quant`,
+    overrides its parent's: argparse applies the innermost's defaults last)."""
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        for sub in action.choices.values():
+            sub.set_defaults(command_parser=sub)
+            _name_the_parsers(sub)
 
 
 def _add_train(commands) -> None:

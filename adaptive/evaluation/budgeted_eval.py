@@ -53,10 +53,12 @@ def evaluate_run(
         )
     split = split or run.cfg.data.eval_split
     cap = step_cap(run.cfg)
-    if budget is not None and not 1 <= budget <= cap:
-        raise RunError(f"--budget must be in [1, {cap}] for this model; got {budget}")
-    if budget is not None and budget < cap and run.cfg.halting.policy == "none":
+    if budget is not None and budget < cap and run.cfg.halting.policy == "none" and budget >= 1:
         raise RunError(f"--budget {budget}: a static model runs all its {cap} steps (it has no readout before them)")
+    if budget is not None and not 1 <= budget <= cap:
+        if run.cfg.halting.policy == "none":  # its one budget: all its steps
+            raise RunError(f"--budget must be {cap} for this static model (all its steps); got {budget}")
+        raise RunError(f"--budget must be in [1, {cap}] for this model; got {budget}")
     eval_step = jax.jit(steps.make_eval_step(run.graphdef, run.spec.max_difficulty))
     requests = run.budget if budget is None and run.budget is not None and run.budget.request_steps else None
     metrics = {

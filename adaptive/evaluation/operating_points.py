@@ -35,6 +35,8 @@ from adaptive.nn.quantize import check_precision, weight_bytes
 
 def check_points(precisions: list[str], prunes: list[float]) -> list[tuple[str, float]]:
     """Every (precision, prune) pair, refused in one line when a value is out of range."""
+    if not precisions or not prunes:
+        raise ValueError("--precision and --prune each need one value or more (e.g. fp32,int8 and 0,0.5)")
     for precision in precisions:
         check_precision(precision)
     for prune in prunes:
