@@ -270,8 +270,11 @@ def test_a_point_over_the_memory_budget_leaves_with_every_file_it_has():
     ]
     blobs = {name: b"x" for name in ("point-int8-p0.jaxexport", "point-int8-p50.jaxexport")}
     blobs |= {s["file"]: b"x" for s in slots.values()}
-    kept, left = keep_fitting(entries, dict(blobs), 1.0, lambda line: None)
+    said = []
+    kept, left = keep_fitting(entries, dict(blobs), 1.0, said.append)
     assert [(e["precision"], e["prune"]) for e in kept] == [("fp32", 0.0), ("int8", 0.5)]
+    assert said[-1].startswith("the model itself (fp32, prune 0) needs 3 MB, over the budget: kept as the reference")
+    assert said[-1].endswith("adaptive serve --artifact ART --point int8,0.5")  # what serve would refuse, said now
     assert list(left) == ["point-int8-p50.jaxexport"] and not kept[0]["fits"] and kept[1]["fits"]
     with pytest.raises(ArtifactError, match="no operating point fits the memory budget of 0.1 MB"):
         keep_fitting(entries, dict(blobs), 0.1, lambda line: None)

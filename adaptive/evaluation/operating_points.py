@@ -161,6 +161,14 @@ def keep_fitting(entries: list[dict], blobs: dict[str, bytes], memory_mb: float 
                 if name in entry.get("slots", {}):
                     blobs.pop(entry["slots"][name]["file"])
     kept = [e for e in entries if e["fits"] or "file" not in e]
+    primary = next((e for e in kept if "file" not in e), None)
+    if primary is not None and not primary["fits"]:  # kept: the points' reference, and a file every reader opens
+        fits = next(e for e in kept if e["fits"])
+        say(
+            f"the model itself ({primary['precision']}, prune {primary['prune']:g}) needs "
+            f"{primary['memory']['total_mb']:g} MB, over the budget: kept as the reference, not to serve; "
+            f"serve a point that fits, e.g. adaptive serve --artifact ART --point {fits['precision']},{fits['prune']:g}"
+        )
     return kept, blobs
 
 
