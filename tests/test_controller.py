@@ -30,6 +30,16 @@ def ladder(accuracy=None, fallback_accuracy=None, **options) -> Controller:
     return c
 
 
+def test_a_budget_under_the_primarys_least_run_never_runs_on_it():
+    """Steps 0 (the server's "under one step of the primary", e.g. less memory than it needs):
+    a fallback that keeps the budget answers, or nothing does, in every mode."""
+    for mode in ("adaptive", "static", "shed"):
+        c = ladder(mode=mode)
+        decisions = c.plan([Request(0, 0.0, fallback_steps=2), Request(0, 0.0, fallback_steps=0)])
+        adaptive = Decision("fallback", "fallback", 2) if mode == "adaptive" else Decision("rejected", None, 0)
+        assert decisions == [adaptive, Decision("rejected", None, 0)], mode
+
+
 def test_the_ladder_degrades_in_order_and_rejects_what_cannot_be_on_time():
     assert decide(Controller(8, 20.0, fallbacks=(Fallback(),)), 8) == Decision("ok", "primary", 8)  # nothing measured
     c = ladder()

@@ -217,11 +217,32 @@ def test_a_ladder_of_points_each_answers_under_its_own_name(artifact):
         async with TestClient(TestServer(server.app())) as client:
             health = await (await client.get("/healthz")).json()
             answer = await (await client.post("/predict", json={"x": [0.0] * 40})).json()
-        return health, answer
+            under = []  # budgets under the primary's least run: a rung keeps them, or none does (400)
+            for budget in budgets:
+                response = await client.post("/predict", json={"x": [0.0] * 40, **budget})
+                under.append((response.status, await response.json()))
+        lone = build_controller(primary, {}, sla_ms=20.0, mode="adaptive", max_batch=1, tolerance=0.005)
+        async with TestClient(TestServer(Server(primary, lone, max_batch=1).app())) as client:
+            alone = await client.post("/predict", json={"x": [0.0] * 40, **budgets[0]})  # no rung: refused
+            under.append((alone.status, await alone.json()))
+        return health, answer, under
 
-    health, answer = asyncio.run(scenario())
+    small = rungs["fallback:fp32,0.5"]  # a static model, as the primary: it runs all its steps
+    full, small_full = primary.table["flops"][-1], small.table["flops"][-1]
+    memory, small_memory = primary.meta["memory"]["total_mb"], small.meta["memory"]["total_mb"]
+    assert small_full < full and small_memory < memory  # the premise: the pruned rung is smaller
+    budgets = [
+        {"budget": (memory + small_memory) / 2, "unit": "memory_mb"},  # under the primary's memory
+        {"budget": (full + small_full) / 2, "unit": "flops"},  # fewer steps than the primary runs
+        {"budget": small.table["flops"][0] / 2, "unit": "flops"},  # under every model's one step
+    ]
+    health, answer, under = asyncio.run(scenario())
     assert list(health["fallbacks"]) == list(rungs) and health["fallback"].endswith("(int8,0)")
     assert answer["status"] == "fallback" and answer["model"] == "fallback:fp32,0.5"
+    for status, body in under[:2]:
+        assert status == 200 and body["status"] == "fallback" and body["model"] == "fallback:fp32,0.5", body
+    assert under[2][0] == 400 and under[2][1]["error"].endswith("); no fallback runs within it")
+    assert under[3][0] == 400 and under[3][1]["error"].startswith(f"budget {budgets[0]['budget']:g} memory_mb is below")
 
 
 def test_bench_serve_has_a_point_ladder_policy_priced_per_rung(artifact, monkeypatch):

@@ -255,8 +255,9 @@ class Controller:
         return decisions
 
     def _fits(self, request: Request) -> bool:
-        """Whether the primary's least run keeps the request's budget (a static model's is all its steps)."""
-        return self._clip(request.steps) >= self.least_steps
+        """Whether the primary's least run keeps the request's budget (a static model's is all its
+        steps; a budget under one step, steps 0, only a fallback may keep)."""
+        return request.steps >= 1 and self._clip(request.steps) >= self.least_steps
 
     def _clip(self, steps: int) -> int:
         return min(max(int(steps), 1), self.max_steps)

@@ -31,7 +31,12 @@ from adaptive.inference.artifact_meta import ArtifactError
 
 
 class BudgetError(ValueError):
-    """A budget the model cannot meet or cannot read; one line."""
+    """A budget the model cannot meet or cannot read; one line. `below`: a readable budget under
+    the model's least run (another model, a fallback, may still keep it)."""
+
+    def __init__(self, message: str, below: bool = False):
+        super().__init__(message)
+        self.below = below
 
 
 @dataclass
@@ -165,7 +170,8 @@ class Engine:
             raise BudgetError(f"budget {value:g} {unit} is not a finite number")
         if value < self.table[column][0]:
             raise BudgetError(
-                f"budget {value:g} {unit} is below one step of this model ({self.table[column][0]:g} {unit})"
+                f"budget {value:g} {unit} is below one step of this model ({self.table[column][0]:g} {unit})",
+                below=True,
             )
         return int(np.searchsorted(np.asarray(self.table[column]), value * (1 + 1e-9), side="right"))
 
@@ -178,7 +184,8 @@ class Engine:
         if not (np.isfinite(value) and value >= memory["total_mb"]):
             raise BudgetError(
                 f"budget {value:g} memory_mb is below this model's {memory['total_mb']:g} MB "
-                f"(compiled at batch {memory['batch']}, weights included)"
+                f"(compiled at batch {memory['batch']}, weights included)",
+                below=np.isfinite(value),
             )
         return self.cap
 

@@ -44,10 +44,11 @@ class BadRequest(Exception):
 @dataclass
 class PredictInput:
     x: np.ndarray  # float32, the model's input shape
-    steps: int  # the step cap the budget buys on the primary
+    steps: int  # the step cap the budget buys on the primary (0: under its least run)
     priority: int
     budget_value: float | None  # the finite budget as given (None: none given)
     unit: str
+    below_primary: str = ""  # steps 0: why (a fallback may keep the budget; the server decides)
 
 
 def _short(value) -> str:
@@ -141,7 +142,7 @@ def parse_predict(body, engine: Engine, default_steps: int) -> PredictInput:
         raise BadRequest(400, f"budget unit {_short(unit)} is not one of {', '.join(UNITS)}")
     budget = body.get("budget")
     if budget is None:
-        steps, value = default_steps, None
+        steps, value, below = default_steps, None, ""
     elif isinstance(budget, bool) or not isinstance(budget, (int, float)):
         raise BadRequest(400, f'"budget" must be a number; got {_short(budget)}')
     else:
@@ -154,10 +155,12 @@ def parse_predict(body, engine: Engine, default_steps: int) -> PredictInput:
         if not math.isfinite(value):
             raise BadRequest(400, f'"budget" must be a finite number; got {budget!r}')
         try:
-            steps = engine.steps_for(value, unit)
+            steps, below = engine.steps_for(value, unit), ""
         except BudgetError as e:
-            raise BadRequest(400, str(e)) from None
+            if not e.below:
+                raise BadRequest(400, str(e)) from None
+            steps, below = 0, str(e)
     priority = body.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
         raise BadRequest(400, f'"priority" must be an integer in [0, 9]; got {_short(priority)}')
-    return PredictInput(x, steps, priority, value, unit)
+    return PredictInput(x, steps, priority, value, unit, below)

@@ -171,19 +171,23 @@ class Server:
         return web.json_response(answer, status=code)
 
     def _check_answerable(self, parsed) -> None:
-        """A 400 for a budget no model here can keep whatever the load: a static primary runs all
-        its steps, and a 503 would tell the client to retry what can never succeed."""
+        """A 400 for a budget no model here can keep whatever the load (under the primary's least
+        run, or fewer steps than a static primary runs, and no fallback's): a 503 would tell the
+        client to retry what can never succeed."""
         primary = self.engines["primary"]
-        if parsed.budget_value is None or not primary.fixed_depth:
-            return  # an adaptive primary answers any budget parse_predict accepted
+        if parsed.budget_value is None or (parsed.steps >= 1 and not primary.fixed_depth):
+            return  # an adaptive primary answers any budget it has a step for
         rungs = self.fallbacks.values() if self.controller.mode == "adaptive" else ()  # the others never fall back
-        if not any(e.steps_within(parsed.budget_value, parsed.unit) for e in (primary, *rungs)):
-            allowed = primary.steps_for(parsed.budget_value, parsed.unit)  # >= 1: parse_predict checked it
-            raise BadRequest(
-                400,
-                f"budget {parsed.budget_value:g} {parsed.unit} allows {allowed} of this static model's "
-                f"{primary.cap} steps, and it runs all of them{'; no fallback runs within it' if rungs else ''}",
-            )
+        if any(e.steps_within(parsed.budget_value, parsed.unit) for e in (primary, *rungs)):
+            return
+        none = "; no fallback runs within it" if rungs else ""
+        if parsed.steps < 1:
+            raise BadRequest(400, parsed.below_primary + none)
+        raise BadRequest(
+            400,
+            f"budget {parsed.budget_value:g} {parsed.unit} allows {parsed.steps} of this static model's "
+            f"{primary.cap} steps, and it runs all of them{none}",
+        )
 
     async def _refuse(self, request: web.Request, e: BadRequest) -> web.StreamResponse:
         return await refuse(request, e, self.stats.bad)
