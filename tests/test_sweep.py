@@ -295,6 +295,25 @@ def test_a_config_its_points_cannot_continue_is_refused_and_keeps_the_summary(tm
         assert ("its config.json is damaged and its checkpoints depend on it" in out) == (point == [])
 
 
+def test_a_point_resumed_under_more_steps_says_its_decaying_schedule_is_stretched(tmp_path, capsys):
+    import dataclasses
+    import json as json_lib
+
+    from adaptive import config as config_lib
+    from adaptive.cli.main import main
+    from adaptive.experiments.sweep import load_points
+
+    workdir = tmp_path / "sweep"
+    config = write_config(tmp_path, [{"optim.schedule": "cosine"}, {"optim.schedule": "constant"}], steps=50)
+    for point in load_points(config, workdir):
+        shorter = dataclasses.replace(point.config, train=dataclasses.replace(point.config.train, steps=30))
+        point.workdir.mkdir(parents=True)
+        (point.workdir / "config.json").write_text(json_lib.dumps(config_lib.to_dict(shorter)))
+    assert main(["sweep", "--config", config, "--workdir", str(workdir), "--dry-run"]) == 0
+    (note,) = capsys.readouterr().err.strip().splitlines()  # the constant rate has nothing to stretch
+    assert note.startswith("note: point 0-schedulecosine: train.steps 30 -> 50 stretches its cosine learning-rate")
+
+
 @pytest.mark.parametrize(
     "points, message",
     [

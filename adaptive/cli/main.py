@@ -204,6 +204,8 @@ def _sweep(args, overrides: list[str]) -> int:
             raise ConfigError(f"--point must be in [0, {len(points) - 1}] for this sweep; got {args.point}")
         chosen = [points[args.point]]
     conflicts = sweep_folders.conflicts(points, chosen)  # refused before anything trains
+    for note in sweep_folders.stretched_schedules([p for p in chosen if p.index not in conflicts]):
+        print(f"note: {note}", file=sys.stderr)
     if args.dry_run:
         for p in chosen:
             sweep.refresh_status(p)

@@ -88,3 +88,22 @@ def conflicts(points: list[Point], chosen: list[Point]) -> dict[int, tuple[str, 
             f"{points[index].workdir.name} to keep its training, or add new points at the end",
         )
     return found
+
+
+def stretched_schedules(chosen: list[Point]) -> list[str]:
+    """A note per chosen point whose run resumes under another train.steps with a decaying
+    learning rate: the schedule then spans the new length from the resumed step on, so the run
+    matches neither length's fresh run (each point's train.log says so too; this says it here)."""
+    notes = []
+    for point in chosen:
+        saved = saved_config(point.workdir)
+        before = ((saved or {}).get("train") or {}).get("steps")
+        if point.config is None or before in (None, point.config.train.steps):
+            continue
+        if point.config.optim.schedule != "constant":
+            notes.append(
+                f"point {point.name}: train.steps {before} -> {point.config.train.steps} stretches its "
+                f"{point.config.optim.schedule} learning-rate schedule from the resumed step on; "
+                "it will match neither length's fresh run"
+            )
+    return notes
