@@ -71,6 +71,28 @@ def test_report_over_a_sweeps_folder_leaves_its_files_out(tmp_path, capsys):
     assert "left out 2 file(s) that are not runs: pareto.png, summary.json" in capsys.readouterr().out
 
 
+def test_report_over_a_sweep_under_way_leaves_out_the_points_not_started_or_evaluated(tmp_path, capsys):
+    import json
+
+    from adaptive.evaluation.report import report
+
+    done, started = _config_only_runs(
+        tmp_path, ("0-done", "configs/parity.py:tiny", []), ("1-started", "configs/parity.py:tiny", ["--config.seed=1"])
+    )
+    evaluated = {"step": 30, "split": "eval", "eval/accuracy": 0.75, "eval/steps_mean": 2.5}
+    (tmp_path / "0-done" / "metrics.jsonl").write_text(json.dumps(evaluated) + "\n")
+    (tmp_path / "2-new").mkdir()  # made by the sweep, nothing in it yet
+    (row,) = report(sorted(str(p) for p in tmp_path.iterdir()), splits=[], plot=None, markdown=None)
+    assert row["run"] == "0-done" and row["validation_accuracy"] == 0.75
+    out = capsys.readouterr().out
+    assert (
+        "left out 1 folder(s) with no run: 2-new" in out and "left out 1 folder(s) with no eval yet: 1-started" in out
+    )
+    (other,) = _config_only_runs(tmp_path, ("3-started", "configs/parity.py:tiny", ["--config.seed=3"]))
+    with pytest.raises(RunError, match=r"none of the 2 folders given is a run with an eval \(no eval yet\)"):
+        report([started, other], splits=[], plot=None, markdown=None)
+
+
 def test_two_runs_of_one_config_and_seed_are_refused_before_they_count_as_two_seeds(tmp_path):
     import json
 

@@ -49,6 +49,26 @@ def describe(cfg) -> dict:
     return {"method": method, "kind": cfg.model.kind}
 
 
+def _leave_out(workdirs: list[str], unready, why: str) -> list[str]:
+    """`workdirs` less the `unready` ones, said in one line, when several are given (DIR/* of a
+    sweep under way); a single one is left to fail as one, naming what it lacks."""
+    left = [w for w in workdirs if unready(w)] if len(workdirs) > 1 else []
+    if left:
+        names = ", ".join(Path(w).name for w in left[:4]) + (", ..." if len(left) > 4 else "")
+        print(f"left out {len(left)} folder(s) with {why}: {names}")
+    if left and len(left) == len(workdirs):
+        raise RunError(f"none of the {len(workdirs)} folders given is a run with an eval ({why})")
+    return [w for w in workdirs if w not in left]
+
+
+def _has_eval(workdir: str) -> bool:
+    try:
+        final_eval(Path(workdir))
+    except RunError:
+        return False
+    return True
+
+
 def final_eval(workdir: Path) -> dict:
     if not (Path(workdir) / "metrics.jsonl").is_file():  # stopped before its first logged step
         raise RunError(f"{workdir} has no eval yet (no metrics.jsonl)")
@@ -80,6 +100,8 @@ def report(
         if (key := Path(workdir).resolve()) in seen:
             raise RunError(f"{workdir} is given twice (also as {seen[key]}); give each run once")
         seen[key] = workdir
+    # DIR/* of a sweep under way: a point not started yet has a folder but no run in it
+    workdirs = _leave_out(workdirs, lambda w: Path(w).is_dir() and not (Path(w) / "config.json").is_file(), "no run")
     same, kinds, tasks = {}, {}, {}
     for workdir in workdirs:  # a copied run folder: its results would count twice among the seeds
         cfg = load_config(workdir)
@@ -101,6 +123,7 @@ def report(
         )
     if usage and not any(load_config(w).moe.enabled for w in workdirs):
         raise RunError("--usage plots how tokens spread over experts; none of these runs has experts")
+    workdirs = _leave_out(workdirs, lambda w: not _has_eval(w), "no eval yet")  # a point still training
     rows, curves, groups = [], [], {}
     for workdir in map(Path, workdirs):
         cfg = load_config(workdir)
