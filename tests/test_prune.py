@@ -121,6 +121,12 @@ def test_a_pruned_model_answers_as_the_original_with_those_units_zeroed(config, 
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     widths = [b.up.kernel[...].shape[-1] for b in feed_forward_blocks(nnx.merge(graphdef_p, params_p))]
     assert widths and all(w == cfg.model.hidden for w in widths)  # 2 x hidden halved
+    for block in feed_forward_blocks(nnx.merge(graphdef, params)):  # each stacked layer ranked on its own
+        up, down = np.asarray(block.up.kernel[...]), np.asarray(block.down.kernel[...])
+        if up.ndim == 3:
+            alone = [np.linalg.norm(up[i], axis=0) * np.linalg.norm(down[i], axis=1) for i in range(len(up))]
+            np.testing.assert_array_equal(kept(unit_scores(block), 0.5), [kept(a, 0.5) for a in alone])
+            assert len({tuple(k) for k in kept(unit_scores(block), 0.5)}) > 1  # the layers keep different units
 
 
 def test_a_pruned_language_model_is_the_masked_one_and_decodes_as_its_full_pass():
@@ -181,10 +187,10 @@ def test_experts_of_a_block_per_step_are_refused_before_any_point_is_computed(tm
 
     cfg, spec, (graphdef, params) = _built("configs/moe.py:tiny", tmp_path)
     with pytest.raises(ConfigError, match=r"this model has 2 \(model.share_weights=false\): prune it with --prune 0"):
-        check_prunable(Run(tmp_path, cfg, spec, graphdef, params, 0))
+        check_prunable(Run(tmp_path, cfg, spec, graphdef, params, 0), 0.5)
     cfg, spec, (graphdef, params) = _built("configs/parity.py:tiny", tmp_path)  # nothing to prune: said as such
-    with pytest.raises(ValueError, match="no feed-forward units, attention heads or experts to remove"):
-        check_prunable(Run(tmp_path, cfg, spec, graphdef, params, 0))
+    with pytest.raises(ValueError, match="pruning 0.25: this model has no feed-forward units, attention heads or"):
+        check_prunable(Run(tmp_path, cfg, spec, graphdef, params, 0), 0.25)
 
 
 def test_expert_scores_are_validation_load_plus_gate_mass_and_pruning_keeps_k(sut):

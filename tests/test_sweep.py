@@ -310,8 +310,12 @@ def test_a_point_resumed_under_more_steps_says_its_decaying_schedule_is_stretche
         point.workdir.mkdir(parents=True)
         (point.workdir / "config.json").write_text(json_lib.dumps(config_lib.to_dict(shorter)))
     assert main(["sweep", "--config", config, "--workdir", str(workdir), "--dry-run"]) == 0
-    (note,) = capsys.readouterr().err.strip().splitlines()  # the constant rate has nothing to stretch
-    assert note.startswith("note: point 0-schedulecosine: train.steps 30 -> 50 stretches its cosine learning-rate")
+    assert not capsys.readouterr().err  # nothing trained yet: nothing resumes
+    for point in load_points(config, workdir):
+        (point.workdir / "checkpoints" / "30").mkdir(parents=True)
+    assert main(["sweep", "--config", config, "--workdir", str(workdir), "--dry-run"]) == 0
+    (note,) = capsys.readouterr().err.strip().splitlines()  # the constant rate has nothing to change
+    assert note.startswith("note: point 0-schedulecosine: train.steps 30 -> 50 changes its cosine learning-rate")
 
 
 @pytest.mark.parametrize(

@@ -319,8 +319,13 @@ def test_a_resume_with_more_steps_says_the_cosine_schedule_is_stretched(tmp_path
     write_or_check_config(cosine, tmp_path)
     longer = dataclasses.replace(cosine, train=dataclasses.replace(cosine.train, steps=70))
     with caplog.at_level(logging.WARNING, logger="adaptive.training.run_folder"):
-        write_or_check_config(longer, tmp_path)
-    assert "train.steps changed from 60 to 70: the cosine learning-rate schedule spans the new length" in caplog.text
+        write_or_check_config(longer, tmp_path)  # nothing trained yet: nothing resumes, nothing to say
+    assert "train.steps changed" not in caplog.text
+    (tmp_path / "checkpoints" / "60").mkdir(parents=True)
+    even_longer = dataclasses.replace(cosine, train=dataclasses.replace(cosine.train, steps=80))
+    with caplog.at_level(logging.WARNING, logger="adaptive.training.run_folder"):
+        write_or_check_config(even_longer, tmp_path)
+    assert "train.steps changed from 70 to 80: the cosine learning-rate schedule spans the new length" in caplog.text
 
 
 def test_a_config_saved_with_relative_paths_is_the_same_run_from_its_folder():

@@ -32,7 +32,7 @@ def run(
 ) -> list[dict]:
     trained = load_run(workdir, language_model=True)
     if any(prunes):  # before any variant is computed
-        check_prunable(trained)
+        check_prunable(trained, max(prunes))
     say = lambda line: print(f"  {line}", flush=True)  # noqa: E731
     variants = []
     for prune in prunes:

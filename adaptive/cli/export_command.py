@@ -95,7 +95,7 @@ def _points(args, log, language_model: bool = False):
 
     def points(run):
         if any(prunes):  # before any point is computed
-            check_prunable(run)
+            check_prunable(run, max(prunes))
         memory = run.cfg.budget.target if run.cfg.budget.unit == "memory_mb" else None
         return operating_points(
             run,

@@ -56,8 +56,8 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
 def _name_the_parsers(parser: argparse.ArgumentParser) -> None:
     """Each command's parser as its own default `command_parser` (a nested one, e.g. `bench quant`,
     overrides its parent's: argparse applies the innermost's defaults last)."""
-    for action in parser._subparsers._group_actions if parser._subparsers else ():
-        for sub in action.choices.values():
+    for action in parser._actions:
+        for sub in action.choices.values() if isinstance(action, argparse._SubParsersAction) else ():
             sub.set_defaults(command_parser=sub)
             _name_the_parsers(sub)
 

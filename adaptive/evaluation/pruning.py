@@ -30,12 +30,13 @@ from adaptive.nn.quantize import weight_bytes
 from adaptive.training.fine_tune import fine_tune
 
 
-def check_prunable(run: Run) -> None:
+def check_prunable(run: Run, fraction: float) -> None:
     """Refuses, in one line and before any operating point is computed, a model pruning cannot
-    cut: nothing to remove (NothingToPrune), or experts whose routing is not scored per block."""
+    cut by `fraction`: nothing to remove (NothingToPrune), or experts whose routing is not scored
+    per block."""
     model = nnx.merge(run.graphdef, run.params)
     if not (feed_forward_blocks(model) or attention_layers(model) or moe_layers(model)):
-        prune_model(run.graphdef, run.params, 0.5)  # raises NothingToPrune, which says why
+        prune_model(run.graphdef, run.params, fraction)  # raises NothingToPrune, which says why
     _scored_moe_layers(run, moe_layers(model))
 
 

@@ -63,10 +63,18 @@ def moved_runs(points: list[Point], chosen: list[Point]) -> dict[int, Path]:
     for point in chosen:
         if point.config is None or (point.workdir / "config.json").exists():
             continue
-        found = next((folder for folder, config in saved if config_change(config, point.config) is None), None)
-        if found is not None:
+        found = next((folder for folder, config in saved if _same_point(config, point)), None)
+        if found is not None:  # each folder is one point's
             moved[point.index] = found
+            saved = [(d, c) for d, c in saved if d != found]
     return moved
+
+
+def _same_point(saved: dict, point: Point) -> bool:
+    """A run of the point's config, its length included (a sweep over train.steps would otherwise
+    match any of its lengths: config_change lets a resume change it)."""
+    steps = (saved.get("train") or {}).get("steps")
+    return steps == point.config.train.steps and config_change(saved, point.config) is None
 
 
 def conflicts(points: list[Point], chosen: list[Point]) -> dict[int, tuple[str, str]]:
@@ -91,18 +99,18 @@ def conflicts(points: list[Point], chosen: list[Point]) -> dict[int, tuple[str, 
 
 
 def stretched_schedules(chosen: list[Point]) -> list[str]:
-    """A note per chosen point whose run resumes under another train.steps with a decaying
+    """A note per chosen point whose checkpoints resume under another train.steps with a decaying
     learning rate: the schedule then spans the new length from the resumed step on, so the run
     matches neither length's fresh run (each point's train.log says so too; this says it here)."""
     notes = []
     for point in chosen:
         saved = saved_config(point.workdir)
         before = ((saved or {}).get("train") or {}).get("steps")
-        if point.config is None or before in (None, point.config.train.steps):
-            continue
+        if point.config is None or before in (None, point.config.train.steps) or not saved_steps(point.workdir):
+            continue  # no run, the same length, or nothing trained yet to resume
         if point.config.optim.schedule != "constant":
             notes.append(
-                f"point {point.name}: train.steps {before} -> {point.config.train.steps} stretches its "
+                f"point {point.name}: train.steps {before} -> {point.config.train.steps} changes its "
                 f"{point.config.optim.schedule} learning-rate schedule from the resumed step on; "
                 "it will match neither length's fresh run"
             )

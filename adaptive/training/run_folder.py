@@ -59,7 +59,7 @@ def write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
             f"give train.steps >= {reached} to go on, or a new --workdir"
         )
     before = _get(saved, "train.steps") if saved is not None else None
-    if before not in (None, cfg.train.steps) and cfg.optim.schedule != "constant":
+    if before not in (None, cfg.train.steps) and cfg.optim.schedule != "constant" and reached > 0:
         log.warning(
             "train.steps changed from %s to %s: the %s learning-rate schedule spans the new length from the "
             "resumed step on, so this run matches neither a %s- nor a %s-step run",
