@@ -170,7 +170,7 @@ def test_runs_of_different_tasks_share_a_table_but_no_plot_and_no_baseline(tmp_p
         report([parity, mnist], splits=[], plot=None, markdown=None, pareto=str(tmp_path / "p.png"))
     with pytest.raises(RunError, match=r"--plot compares runs of one task: .*parity32 is parity parity_n=32"):
         report([parity, trained_more, parity32], splits=[], plot=str(tmp_path / "d.png"), markdown=None)
-    with pytest.raises(RunError, match="has no eval yet"):  # the table goes on to read the runs' results
+    with pytest.raises(RunError, match=r"none of the 2 folders given is a run with an eval \(no eval yet\)"):
         report([parity, mnist], splits=[], plot=None, markdown=None)
     assert main(["eval", "--workdir", parity, "--baseline", mnist]) == 2
     assert f"--baseline {mnist} has name 'mnist1d' and {parity} 'parity' on the validation" in capsys.readouterr().err
