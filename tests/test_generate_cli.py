@@ -102,6 +102,7 @@ def test_calibrate_exits_writes_a_certified_threshold_that_generate_uses(run_dir
     assert f"no exit threshold certified at delta 0.5, epsilon 0.2 on step {record['step']}" in none.stdout
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)  # says what it replaces
     assert "replaces the previous calibration: no exit threshold certified at delta 0.5" in again.stdout
+    assert "(kept as exit_calibration." in again.stdout  # nothing lost: renamed back, it is used again
     (run_dir / "exit_calibration.json").write_text(json.dumps({**record, "step": record["step"] + 100}))
     stale = _generate(run_dir, "--prompt", "x", "--max-new-tokens", "2")  # certified on other weights
     assert stale.returncode == 0 and "calibrate-exits)" not in stale.stdout and "not used" in stale.stderr

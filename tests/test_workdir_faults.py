@@ -233,6 +233,10 @@ def test_an_exit_calibration_with_a_threshold_no_token_could_pass_is_refused(tmp
         exit_calibration.read(tmp_path)
     exit_calibration.write(tmp_path, {"threshold": 0.5, **guarantee})
     assert exit_calibration.read(tmp_path)["threshold"] == 0.5 and not list(tmp_path.glob("*.tmp"))
+    # a new calibration (another delta certifying nothing) keeps the one it replaces beside it
+    path, kept = exit_calibration.write(tmp_path, {"threshold": 2.0, **guarantee, "delta": 0.001})
+    assert exit_calibration.read(tmp_path)["threshold"] == 2.0 and json.loads(kept.read_text())["threshold"] == 0.5
+    assert kept.name == "exit_calibration.4.json"  # the fourth one written in this test
 
 
 def test_a_rerun_asking_for_fewer_steps_than_were_trained_is_refused_and_the_config_kept(tmp_path):

@@ -65,9 +65,9 @@ def run(args, overrides: list[str]) -> int:
         previous = exit_calibration.read(trained.workdir)
     except ValueError:
         previous = None  # a damaged file: replaced by this one
-    path = exit_calibration.write(trained.workdir, record)
+    path, kept = exit_calibration.write(trained.workdir, record)
     if previous is not None:  # the newest calibration is what generate and export read
-        print(f"replaces the previous calibration: {exit_calibration.describe(previous)}")
+        print(f"replaces the previous calibration: {exit_calibration.describe(previous)} (kept as {kept.name})")
     if result.threshold == exit_risk.NO_EXITS:
         print(f"no threshold certified at delta={args.delta}, epsilon={args.epsilon}: tokens run every block")
     else:

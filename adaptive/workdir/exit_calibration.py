@@ -17,10 +17,19 @@ FILE = "exit_calibration.json"
 NO_EXITS = 2.0  # the threshold of "none certified": above every confidence, no token exits
 
 
-def write(workdir: str | Path, record: dict) -> Path:
-    path = Path(workdir) / FILE
+def write(workdir: str | Path, record: dict) -> tuple[Path, Path | None]:
+    """(the calibration's path, where the one it replaces is kept: exit_calibration.<n>.json, the
+    first free n; None when there was none). Another delta or epsilon is another claim, and the
+    newest is what generation reads; the older one stays, to put back by renaming it."""
+    path, kept = Path(workdir) / FILE, None
+    if path.exists():
+        n = 1
+        while (kept := path.with_name(f"{path.stem}.{n}.json")).exists():
+            n += 1
+        with file_errors(kept):
+            kept.write_bytes(path.read_bytes())
     write_atomic(path, json.dumps(record, indent=2) + "\n")  # a reader never sees half a file
-    return path
+    return path, kept
 
 
 def read(workdir: str | Path) -> dict | None:
