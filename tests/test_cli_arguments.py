@@ -209,6 +209,7 @@ def test_the_seed_summary_averages_flops_and_bits_per_byte_too():
         (["depth", "--depths", "5", "--cap", "3"], "--depths 5 is past --cap 3"),
         (["moe", "-k", "3", "--experts", "2"], "-k 3 is more than --experts 2"),
         (["lm", "--layers", "2", "--exit-depths", "1,2"], "--exit-depths 2 must be below --layers 2"),
+        (["lm", "--layers", "1"], "--layers 1: early exit needs a block above the exit; give at least 2"),
         (["generate", "--new-tokens", "1"], "--new-tokens 1: a token's time is a generation's less one token's"),
         (["act-train", "--steps", "1"], "--steps 1: a rate needs at least 2 timed steps"),
     ],
@@ -217,6 +218,16 @@ def test_bench_flags_that_contradict_each_other_are_one_line_before_any_timing(a
     assert main(["bench", *argv]) == 2
     err = capsys.readouterr().err
     assert err.strip() == f"adaptive: error: {message}" or (message in err and len(err.strip().splitlines()) == 1)
+
+
+def test_bench_lms_default_exit_depths_follow_its_layers():
+    """A smaller --layers is not refused over a default the user never gave."""
+    from adaptive.cli.bench_command import _check_flags_against_each_other
+
+    for layers, depths in [(2, [1]), (5, [1, 2, 4]), (8, [1, 2, 4, 6])]:
+        args = build_parser().parse_args(["bench", "lm", "--layers", str(layers)])
+        _check_flags_against_each_other(args)
+        assert args.exit_depths == depths
 
 
 def test_a_trained_runs_depth_is_checked_against_its_own_blocks_not_the_fresh_models_layers():

@@ -147,11 +147,15 @@ def run(args, overrides: list[str]) -> int:
 def _check_flags_against_each_other(args) -> None:
     from adaptive.config import ConfigError
 
+    if args.bench == "lm" and args.exit_depths is None:  # the default: the usual depths this model has
+        args.exit_depths = [d for d in (1, 2, 4, 6) if d < args.layers]
     problem = None
     if args.bench == "depth" and max(args.depths) > args.cap:
         problem = f"--depths {max(args.depths)} is past --cap {args.cap}"
     elif args.bench == "moe" and args.k > args.experts:
         problem = f"-k {args.k} is more than --experts {args.experts}"
+    elif args.bench == "lm" and not args.exit_depths:
+        problem = f"--layers {args.layers}: early exit needs a block above the exit; give at least 2"
     elif args.bench == "lm" and max(args.exit_depths) >= args.layers:
         problem = f"--exit-depths {max(args.exit_depths)} must be below --layers {args.layers} (blocks above an exit)"
     elif args.bench == "generate" and args.new_tokens < 2:

@@ -59,7 +59,10 @@ def _add_bench_lm(kinds) -> None:
     lm.add_argument("--batch", type=positive_int, default=4, help="sequences per batch")
     lm.add_argument("--capacity", type=positive_float, default=0.125, help="MoD capacity on every other block")
     lm.add_argument(
-        "--exit-depths", type=positive_ints, default="1,2,4,6", help="comma-separated exits every token leaves at"
+        "--exit-depths",
+        type=positive_ints,
+        default=None,
+        help="comma-separated exits every token leaves at (default: those of 1,2,4,6 below --layers)",
     )
     lm.add_argument("--repeats", type=positive_int, default=10)
 
