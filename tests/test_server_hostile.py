@@ -399,3 +399,13 @@ def test_flags_of_the_other_kind_of_model_are_refused_not_dropped(engine, tmp_pa
         err = capsys.readouterr().err
         assert err.startswith(f"adaptive: error: {message}") and "holds a classifier" in err, err
     assert not (tmp_path / "a").exists()
+
+
+def test_a_deferral_says_when_to_retry_in_the_body_and_the_standard_header():
+    """Never "retry in 0 ms" (into the same full queue), and Retry-After in whole seconds."""
+    from adaptive.serving.connections import deferred
+
+    for retry_ms, body_ms, header in [(0.0, 1.0, "1"), (0.01, 1.0, "1"), (250.04, 250.0, "1"), (1500.0, 1500.0, "2")]:
+        response = deferred(retry_ms)
+        assert response.status == 503 and response.headers["Retry-After"] == header
+        assert json.loads(response.body) == {"status": "deferred", "retry_after_ms": body_ms}

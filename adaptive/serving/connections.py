@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -181,3 +182,12 @@ async def refuse(request: web.Request, e, count) -> web.StreamResponse:
         pass  # the client left meanwhile
     request.protocol.force_close()  # no lingering read of the rest of the body
     return response
+
+
+def deferred(retry_ms: float) -> web.Response:
+    """A 503 for a full queue: `retry_after_ms` in the body (at least a millisecond: 0 would tell
+    a client to retry at once, into the same full queue) and the standard Retry-After header, in
+    whole seconds (at least 1), for clients and proxies that read only that."""
+    retry_ms = max(float(retry_ms), 1.0)
+    headers = {"Retry-After": str(max(1, math.ceil(retry_ms / 1e3)))}
+    return web.json_response({"status": "deferred", "retry_after_ms": round(retry_ms, 1)}, status=503, headers=headers)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiohttp import web
 
-from adaptive.serving.connections import ConnectionLimit, listen, refuse
+from adaptive.serving.connections import ConnectionLimit, deferred, listen, refuse
 from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, read_body
 from adaptive.serving.lm_controller import LMController
 from adaptive.serving.lm_engine import LMEngine, Token
@@ -134,7 +134,7 @@ class LMServer:
             return web.Response(status=400)
         if len(self.waiting) >= self.max_waiting:
             self.stats.finished("deferred", None, None, None)
-            return web.json_response({"status": "deferred", "retry_after_ms": self._wait_ms(0)}, status=503)
+            return deferred(self._wait_ms(0))
         flight = InFlight(parsed, arrival, asyncio.Queue())
         self.waiting.append(flight)
         self.waiting.sort(key=lambda f: (f.request.priority, f.arrival))

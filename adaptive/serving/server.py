@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiohttp import web
 
-from adaptive.serving.connections import ConnectionLimit, listen, refuse
+from adaptive.serving.connections import ConnectionLimit, deferred, listen, refuse
 from adaptive.serving.controller import REJECTED, Controller, Decision, Request
 from adaptive.serving.engine import UNITS, Engine, fallback_engines
 from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, parse_predict, read_body
@@ -157,8 +157,7 @@ class Server:
             return web.Response(status=400)
         if not self.controller.admit(self.queue.qsize()):
             self.stats.record("deferred")
-            retry = round(self.controller.sla_ms, 1)
-            return web.json_response({"status": "deferred", "retry_after_ms": retry}, status=503)
+            return deferred(self.controller.sla_ms)
         if self.controller.sheds(self.queue.qsize(), parsed.steps):  # cannot be on time: now, not later
             self.stats.record("rejected")
             latency = 1e3 * (time.perf_counter() - arrival)
