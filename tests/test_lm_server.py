@@ -69,6 +69,7 @@ def test_concurrent_requests_stream_and_answer_the_decoders_tokens_without_recom
             return answers, metrics, health
 
     answers, metrics, health = asyncio.run(main())
+    late = {"ttft": 0, "tpot": 0}  # answers over the server's SLAs, which /metrics counts
     for request, (status, kind, body) in zip(requests, answers, strict=True):
         assert status == 200, body
         limits = {k: v for k, v in request.items() if k not in ("prompt", "stream", "priority")}
@@ -84,12 +85,16 @@ def test_concurrent_requests_stream_and_answer_the_decoders_tokens_without_recom
             assert done["tokens"] == want
         assert done["done"] and done["status"] == "ok" and done["count"] == len(want)
         assert done["ttft_ms"] > 0 and (done["tpot_ms"] is None) == (len(want) == 1)
+        late["ttft"] += done["ttft_ms"] > health["ttft_ms"]
+        late["tpot"] += done["tpot_ms"] is not None and done["tpot_ms"] > health["tpot_ms"]
         if "flops_budget" in request:
             assert done["flops"] <= request["flops_budget"]
     assert slots.traces == {"prefill": 1, "step": 1}
     assert 'adaptive_lm_requests_total{status="ok"} 5' in metrics
     assert "adaptive_lm_ttft_ms_count 5" in metrics and "adaptive_lm_tpot_ms_bucket" in metrics
     assert "adaptive_lm_budget_adherence 1.0" in metrics and "adaptive_lm_slots 2" in metrics
+    assert f"adaptive_lm_ttft_over_sla_total {late['ttft']}\n" in metrics
+    assert f"adaptive_lm_tpot_over_sla_total {late['tpot']}\n" in metrics
     assert health["slots"] == 2 and health["slots_in_use"] == 0 and health["kind"] == "language_model"
 
 
@@ -209,3 +214,13 @@ def test_an_engine_whose_artifact_makes_one_new_token_warms_and_serves(decoder):
     assert len(engine.warmup) == 2 and sorted(engine.free) == [0, 1] and not engine.active
     token = engine.join(byte_vocab.encode(b"ab", eos=False), engine.limits(max_new_tokens=1))
     assert token.token == _want(one, "ab", max_new_tokens=1)[0] and token.stop != "running" and not engine.active
+
+
+def test_answers_over_the_slas_are_counted():
+    from adaptive.serving.lm_server_stats import LMStats
+
+    stats = LMStats(ttft_sla_ms=10.0, tpot_sla_ms=2.0)
+    for ttft, tpot in [(5.0, 1.0), (10.0, 2.0), (29.6, None), (11.0, 3.5)]:  # at the SLA is on time
+        stats.finished("ok", ttft, tpot, None)
+    text = stats.prometheus(0, 2, 0)
+    assert "adaptive_lm_ttft_over_sla_total 2\n" in text and "adaptive_lm_tpot_over_sla_total 1\n" in text

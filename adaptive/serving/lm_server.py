@@ -94,7 +94,7 @@ class LMServer:
         self.max_waiting, self.read_timeout_s = max_waiting, read_timeout_s
         self.max_connections, self.idle_timeout_s = max_connections, idle_timeout_s
         self.connections: ConnectionLimit | None = None
-        self.stats = LMStats()
+        self.stats = LMStats(self.ttft_ms, self.tpot_ms)
         self.waiting: list[InFlight] = []
         self.holding: dict[tuple[str, int], InFlight] = {}  # (model, slot) -> its request
         self.step_ms = {"primary": None, "fallback": None}  # measured, smoothed

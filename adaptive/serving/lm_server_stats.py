@@ -4,6 +4,7 @@ use, FLOPs-budget adherence, and answers by status."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -52,7 +53,11 @@ class TokenRate:
 
 
 class LMStats:
-    def __init__(self):
+    def __init__(self, ttft_sla_ms: float = math.inf, tpot_sla_ms: float = math.inf):
+        """`ttft_sla_ms`, `tpot_sla_ms`: the server's SLAs, whose misses are counted (a histogram's
+        buckets would only bound them)."""
+        self.ttft_sla_ms, self.tpot_sla_ms = ttft_sla_ms, tpot_sla_ms
+        self.ttft_over_sla, self.tpot_over_sla = 0, 0
         self.by_status = dict.fromkeys(LM_STATUSES, 0)
         self.bad_by_code: dict[int, int] = {}
         self.ttft = Histogram("adaptive_lm_ttft_ms", TTFT_BUCKETS_MS)
@@ -75,8 +80,10 @@ class LMStats:
         self.by_status[status] += 1
         if ttft_ms is not None:
             self.ttft.observe(ttft_ms)
+            self.ttft_over_sla += int(ttft_ms > self.ttft_sla_ms)
         if tpot_ms is not None:
             self.tpot.observe(tpot_ms)
+            self.tpot_over_sla += int(tpot_ms > self.tpot_sla_ms)
         if within is not None:
             self.with_budget += 1
             self.within_budget += int(within)
@@ -98,6 +105,8 @@ class LMStats:
             "adaptive_lm_slots": slots,
             "adaptive_lm_waiting": waiting,
             "adaptive_lm_budget_adherence": round(adherence, 6),
+            "adaptive_lm_ttft_over_sla_total": self.ttft_over_sla,  # answers whose first token came late
+            "adaptive_lm_tpot_over_sla_total": self.tpot_over_sla,  # whose mean time per token was over
         }
         if connections is not None:
             gauges["adaptive_open_connections"] = connections.open
