@@ -263,7 +263,9 @@ def _add_generate(commands) -> None:
         "--unit",
         choices=("flops", "layers", "ms"),
         default="flops",
-        help="flops: for the new tokens after the first; layers: per token; ms: for the new tokens",
+        help="flops: for the new tokens after the first, each token's attention priced over the whole KV cache "
+        "(prompt + --max-new-tokens positions, as XLA runs it: a larger N costs more per token); "
+        "layers: per token; ms: for the new tokens",
     )
     gen.add_argument(
         "--threshold", type=float, help="exit confidence threshold (default: the certified one, else lm.exit_threshold)"
