@@ -53,7 +53,9 @@ def run(args, overrides: list[str]) -> int:
     if args.budget is not None and args.unit == "flops":
         knobs["flops_budget"] = args.budget
     elif args.budget is not None and args.unit == "layers":
-        knobs["layer_cap"] = args.budget  # a whole number of blocks, checked with the other limits
+        # a whole number of blocks, checked with the other limits; a ceiling past the model's depth is its depth,
+        # as a FLOPs budget past a full pass is a full pass
+        knobs["layer_cap"] = min(args.budget, decoder.blocks) if float(args.budget).is_integer() else args.budget
     try:
         limits = decoder.limits(len(prompts), **knobs)  # checked before any timing for --unit ms
         if args.budget is not None and args.unit == "ms":
