@@ -224,3 +224,13 @@ def test_answers_over_the_slas_are_counted():
         stats.finished("ok", ttft, tpot, None)
     text = stats.prometheus(0, 2, 0)
     assert "adaptive_lm_ttft_over_sla_total 2\n" in text and "adaptive_lm_tpot_over_sla_total 1\n" in text
+
+
+def test_a_quantized_or_pruned_point_served_at_the_certified_threshold_is_said_uncertified():
+    from adaptive.serving.launch import uncertified_point
+
+    certified = {"exit_threshold": {"calibrated": {"threshold": 0.13}, "default": 0.13}}
+    assert "point int4, prune 0.5 are not certified" in uncertified_point(certified, ("int4", 0.5))
+    assert uncertified_point(certified, ("fp32", 0.0)) is None and uncertified_point(certified, None) is None
+    configured = {"exit_threshold": {"calibrated": None, "default": 0.9}}  # no certificate to misread
+    assert uncertified_point(configured, ("int8", 0.0)) is None

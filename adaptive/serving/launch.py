@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 
 import uvloop
 
@@ -169,6 +170,8 @@ def serve_lm(
                     f"the fallback {fallback} has {key} {metas[1][key]} < the primary's {metas[0][key]}; "
                     "export it with at least the primary's capacities"
                 )
+    if (note := uncertified_point(metas[0], point)) is not None:
+        print(f"note: {note}", file=sys.stderr)
     controller = LMController(ladder(metas[0]), tpot_ms=tpot_ms, ttft_ms=ttft_ms, policy=policy)
     server = LMServer(
         engines[0],
@@ -187,6 +190,19 @@ def serve_lm(
         f"TPOT {tpot_ms:g} ms, {policy}, {len(controller.rungs)} rungs{also})"
     )
     _run(server, host, port, banner + "; executables warm")
+
+
+def uncertified_point(meta: dict, point: tuple[str, float] | None) -> str | None:
+    """What to say when a language model's operating point other than fp32, unpruned, is served
+    at the artifact's certified exit threshold: the certificate (adaptive calibrate-exits) is the
+    full-precision model's agreement with its own last layer, and this point's weights differ."""
+    threshold = meta["exit_threshold"]
+    if point is None or tuple(point) == ("fp32", 0.0) or not threshold.get("calibrated"):
+        return None
+    return (
+        f"the default exit threshold {threshold['default']:g} was certified on the fp32 model; the exits of "
+        f"point {point[0]}, prune {point[1]:g} are not certified by it (a request may set its own threshold)"
+    )
 
 
 def _run(server, host: str, port: int, banner: str) -> None:
