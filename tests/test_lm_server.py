@@ -234,3 +234,5 @@ def test_a_quantized_or_pruned_point_served_at_the_certified_threshold_is_said_u
     assert uncertified_point(certified, ("fp32", 0.0)) is None and uncertified_point(certified, None) is None
     configured = {"exit_threshold": {"calibrated": None, "default": 0.9}}  # no certificate to misread
     assert uncertified_point(configured, ("int8", 0.0)) is None
+    none = {"exit_threshold": {"calibrated": {"threshold": 2.0}, "default": 2.0}}  # none certified: no exits
+    assert uncertified_point(none, ("int8", 0.0)) is None

@@ -238,6 +238,24 @@ def test_a_point_inserted_before_finished_ones_does_not_train_them_again(tmp_pat
     assert sorted(p.name for p in workdir.iterdir()) == ["0-tau0.001", "1-tau0.01"]
 
 
+def test_a_moved_point_is_matched_by_its_length_too_and_each_folder_once(tmp_path):
+    """A sweep over train.steps: a resume may change the length, so the config alone would match
+    any of the old folders; the run of 50 steps is the 50-step point's."""
+    import json as json_lib
+
+    from adaptive import config as config_lib
+    from adaptive.experiments.sweep import load_points
+    from adaptive.experiments.sweep_folders import moved_runs
+
+    workdir = tmp_path / "sweep"
+    for point in load_points(write_config(tmp_path, [{"train.steps": 30}, {"train.steps": 50}]), workdir):
+        point.workdir.mkdir(parents=True)
+        (point.workdir / "config.json").write_text(json_lib.dumps(config_lib.to_dict(point.config)))
+    inserted = load_points(write_config(tmp_path, [{"seed": 7}, {"train.steps": 30}, {"train.steps": 50}]), workdir)
+    moved = {index: folder.name for index, folder in moved_runs(inserted, inserted).items()}
+    assert moved == {1: "0-steps30", 2: "1-steps50"}
+
+
 def test_a_damaged_or_longer_trained_point_is_not_done(tmp_path):
     import json as json_lib
 

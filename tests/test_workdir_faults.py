@@ -237,6 +237,9 @@ def test_an_exit_calibration_with_a_threshold_no_token_could_pass_is_refused(tmp
     path, kept = exit_calibration.write(tmp_path, {"threshold": 2.0, **guarantee, "delta": 0.001})
     assert exit_calibration.read(tmp_path)["threshold"] == 2.0 and json.loads(kept.read_text())["threshold"] == 0.5
     assert kept.name == "exit_calibration.4.json"  # the fourth one written in this test
+    kept.rename(tmp_path / "exit_calibration.json")  # put back by hand: the next kept is still numbered last
+    assert exit_calibration.write(tmp_path, {"threshold": 0.5, **guarantee})[1].name == "exit_calibration.4.json"
+    assert exit_calibration.write(tmp_path, {"threshold": 0.5, **guarantee})[1].name == "exit_calibration.5.json"
 
 
 def test_a_rerun_asking_for_fewer_steps_than_were_trained_is_refused_and_the_config_kept(tmp_path):

@@ -64,7 +64,7 @@ def run(args, overrides: list[str]) -> int:
     try:
         previous = exit_calibration.read(trained.workdir)
     except ValueError:
-        previous = None  # a damaged file: replaced by this one
+        previous = None  # a damaged file: kept beside this one, as any replaced calibration is
     path, kept = exit_calibration.write(trained.workdir, record)
     if previous is not None:  # the newest calibration is what generate and export read
         print(f"replaces the previous calibration: {exit_calibration.describe(previous)} (kept as {kept.name})")

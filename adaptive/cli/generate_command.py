@@ -53,9 +53,9 @@ def run(args, overrides: list[str]) -> int:
     if args.budget is not None and args.unit == "flops":
         knobs["flops_budget"] = args.budget
     elif args.budget is not None and args.unit == "layers":
-        # a whole number of blocks, checked with the other limits; a ceiling past the model's depth is its depth,
-        # as a FLOPs budget past a full pass is a full pass
-        knobs["layer_cap"] = min(args.budget, decoder.blocks) if float(args.budget).is_integer() else args.budget
+        # a whole number of blocks, checked with the other limits; a ceiling at or past the model's depth (inf
+        # included) is its depth, as a FLOPs budget past a full pass is a full pass
+        knobs["layer_cap"] = decoder.blocks if args.budget >= decoder.blocks else args.budget
     try:
         limits = decoder.limits(len(prompts), **knobs)  # checked before any timing for --unit ms
         if args.budget is not None and args.unit == "ms":

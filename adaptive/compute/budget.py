@@ -279,8 +279,8 @@ def check_memory_budget(cfg) -> None:
         raise ConfigError("config key 'budget.requests' is set; a memory_mb budget is one ceiling, not per request")
     if cfg.model.kind == "lm":
         raise ConfigError(
-            "config key 'budget.unit' is 'memory_mb', which a language model's training does not take; its export "
-            "gives each operating point's memory in meta.json: serve the one that fits (adaptive serve --point)"
+            "config key 'budget.unit' is 'memory_mb', which a language model's training does not take; exported with "
+            "--precision or --prune, its meta.json gives each point's memory: serve the one that fits (serve --point)"
         )
     if b.target is None or not b.target > 0:
         raise ConfigError(f"config key 'budget.target' is {b.target!r} memory_mb; a memory budget must be positive")

@@ -170,8 +170,10 @@ def serve_lm(
                     f"the fallback {fallback} has {key} {metas[1][key]} < the primary's {metas[0][key]}; "
                     "export it with at least the primary's capacities"
                 )
-    if (note := uncertified_point(metas[0], point)) is not None:
-        print(f"note: {note}", file=sys.stderr)
+    # the fallback answers at the primary's default threshold too
+    for meta, at in zip(metas, (point, fallback_point), strict=False):
+        if (note := uncertified_point(meta, at)) is not None:
+            print(f"note: {note}", file=sys.stderr)
     controller = LMController(ladder(metas[0]), tpot_ms=tpot_ms, ttft_ms=ttft_ms, policy=policy)
     server = LMServer(
         engines[0],
@@ -198,6 +200,8 @@ def uncertified_point(meta: dict, point: tuple[str, float] | None) -> str | None
     full-precision model's agreement with its own last layer, and this point's weights differ."""
     threshold = meta["exit_threshold"]
     if point is None or tuple(point) == ("fp32", 0.0) or not threshold.get("calibrated"):
+        return None
+    if threshold["default"] >= 1:  # none certified: no token exits, and there is nothing to misread
         return None
     return (
         f"the default exit threshold {threshold['default']:g} was certified on the fp32 model; the exits of "

@@ -46,7 +46,8 @@ UNAVAILABLE = {
         {
             "type": "object",
             "required": ["status", "retry_after_ms"],
-            "properties": {"status": {"const": "deferred"}, "retry_after_ms": {"type": "number"}},
+            # also in the Retry-After header, in whole seconds (at least 1)
+            "properties": {"status": {"const": "deferred"}, "retry_after_ms": {"type": "number", "minimum": 1}},
         },
         {
             "type": "object",

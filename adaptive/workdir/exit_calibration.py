@@ -22,10 +22,11 @@ def write(workdir: str | Path, record: dict) -> tuple[Path, Path | None]:
     first free n; None when there was none). Another delta or epsilon is another claim, and the
     newest is what generation reads; the older one stays, to put back by renaming it."""
     path, kept = Path(workdir) / FILE, None
-    if path.exists():
-        n = 1
-        while (kept := path.with_name(f"{path.stem}.{n}.json")).exists():
-            n += 1
+    if path.exists():  # numbered after the highest kept, so the numbers say which is newer
+        numbers = [
+            int(p.suffixes[0][1:]) for p in path.parent.glob(f"{path.stem}.*.json") if p.suffixes[0][1:].isdigit()
+        ]
+        kept = path.with_name(f"{path.stem}.{max(numbers, default=0) + 1}.json")
         with file_errors(kept):
             kept.write_bytes(path.read_bytes())
     write_atomic(path, json.dumps(record, indent=2) + "\n")  # a reader never sees half a file
