@@ -51,7 +51,8 @@ def test_a_memory_budget_steers_no_training_and_refuses_what_it_cannot_mean(tmp_
         with pytest.raises(ConfigError, match=said):
             Budget.from_config(_cfg(tmp_path, unit="memory_mb", **budget), SHAPE, 2)
     lm = config_lib.load(f"{ROOT}/configs/lm.py:tiny", ["--config.budget.unit=memory_mb", "--config.budget.target=1"])
-    with pytest.raises(ConfigError, match="which a language model's training does not take; its export gives each"):
+    said = "which a language model's training does not take; exported with --precision or --prune, its meta.json"
+    with pytest.raises(ConfigError, match=said):
         Budget.from_config(lm, (32,), 256)
 
 
