@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 
 import pytest
@@ -128,7 +129,11 @@ def test_bench_generate_times_a_runs_thresholds_against_every_block(run_dir, tmp
     names = ["every block", "exit at 0.5", "exit at 0"]
     assert [(r["variant"], r["precision"]) for r in rows] == [(n, p) for p in ("fp32", "int8") for n in names]
     for first in (0, 3):  # each precision's exits against its own every-block decoding
-        assert rows[first]["ratio"] == 1.0 and rows[first]["mean_layers"] == 2.0  # the tiny config's two blocks
+        assert rows[first]["mean_layers"] == 2.0  # the tiny config's two blocks
+        if math.isfinite(rows[first]["ms_per_token"]):  # NaN where timing noise outweighed 3 tokens
+            assert rows[first]["ratio"] == 1.0
+        else:
+            assert math.isnan(rows[first]["ratio"])
         assert rows[first + 2]["mean_layers"] == 1.0  # threshold 0: every token leaves at the first exit
     with pytest.raises(ValueError, match="give --workdir"):
         generate.run(thresholds=(0.5,), batches=(1,), new_tokens=4, repeats=1)
