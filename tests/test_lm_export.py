@@ -302,6 +302,7 @@ def test_the_artifacts_slot_functions_serve_requests_joining_mid_way(artifact, t
 
 def test_adaptive_serve_streams_generation_from_the_artifact_with_its_int8_point_as_fallback(artifact):
     import threading
+    import urllib.error
     import urllib.request
 
     _, art = artifact
@@ -325,6 +326,15 @@ def test_adaptive_serve_streams_generation_from_the_artifact_with_its_int8_point
             kind, stream = response.headers["Content-Type"], response.read().decode()
         with urllib.request.urlopen(url + "/metrics", timeout=60) as response:
             metrics = response.read().decode()
+        with urllib.request.urlopen(url + "/healthz", timeout=60) as response:
+            health = json.loads(response.read())
+        with urllib.request.urlopen(url + "/openapi.json", timeout=60) as response:
+            document = json.loads(response.read())
+        body = json.dumps({"prompt": "def f(", "expert_cap": 1}).encode()
+        refused = urllib.request.Request(url + "/generate", body, {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as error:
+            urllib.request.urlopen(refused, timeout=60)
+        refusal = (error.value.code, json.loads(error.value.read())["error"])
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
@@ -334,6 +344,12 @@ def test_adaptive_serve_streams_generation_from_the_artifact_with_its_int8_point
     assert kind.startswith("text/event-stream") and events[-1]["done"] and events[-1]["status"] == "ok"
     assert len(events) - 1 == events[-1]["count"] <= 6
     assert 'adaptive_lm_requests_total{status="ok"} 1' in metrics and "adaptive_lm_ttft_ms_count 1" in metrics
+    # the artifact's model has exits but neither experts nor MoD blocks: the limits it cannot apply are refused
+    assert set(health["not_applicable"]) == {"expert_cap", "mod_bias"}
+    assert refusal == (400, '"expert_cap" does not apply to this model: it has no experts (moe.enabled=false)')
+    generate = document["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "threshold" in generate["properties"] and not {"expert_cap", "mod_bias"} & set(generate["properties"])
+    assert generate["properties"]["max_new_tokens"]["maximum"] == 16
     assert "Traceback" not in process.stderr.read()
 
 

@@ -9,12 +9,15 @@ import json
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
 
 from adaptive.data import byte_vocab
 from adaptive.inference.slots import SlotDecoder
 from adaptive.serving.lm_controller import LMController, ladder
 from adaptive.serving.lm_engine import LMEngine
+from adaptive.serving.lm_http_input import not_applicable
 from adaptive.serving.lm_server import LMServer
+from tests.schema_fuzz import acceptable, matches, requests
 from tests.test_generate import _decoder
 
 
@@ -28,11 +31,15 @@ META = {"caps": {"layers": 4, "experts_per_token": 2}, "exit_threshold": {"calib
 LOOSE = {**META, "exit_threshold": {"calibrated": {"tested": [{"threshold": 0.0, "disagreement": 0.5, "blocks": 1}]}}}
 
 
+# the fixture's model: exits and experts, no MoD blocks
+NOT_APPLICABLE = not_applicable({"lm": {"exits": True, "mod_capacity": 0.0}, "moe": {"enabled": True}})
+
+
 def _server(decoder, slots: int, *, tpot_ms=500.0, ttft_ms=5000.0, policy="adaptive", fallback=None, meta=META):
     engine = LMEngine(SlotDecoder.of(decoder, slots), name="tiny")
     engine.warm()
     controller = LMController(ladder(meta), tpot_ms=tpot_ms, ttft_ms=ttft_ms, policy=policy)
-    return LMServer(engine, controller, fallback=fallback), engine
+    return LMServer(engine, controller, fallback=fallback, not_applicable=NOT_APPLICABLE), engine
 
 
 def _want(decoder, text: str, **limits) -> list[int]:
@@ -106,6 +113,7 @@ BAD = [
     ('{"prompt": "x", "threshold": NaN}', 400, '"threshold" must be a finite number'),
     ({"prompt": "x", "layer_cap": 0}, 400, "layer_cap=0 is outside"),
     ({"prompt": "x", "stream": "yes"}, 400, '"stream" must be true or false'),
+    ({"prompt": "x", "mod_bias": 1.0}, 400, '"mod_bias" does not apply to this model: it has no MoD blocks'),
     ({"text": "x"}, 400, 'with "prompt"'),
     ("{not json", 400, "the body is not JSON"),
 ]
@@ -128,7 +136,7 @@ def test_bad_generate_requests_get_one_line_and_the_server_goes_on(decoder):
     for (body, status, message), (got, error) in zip(BAD, answers, strict=True):
         assert got == status and message in error and "\n" not in error, body
     assert good == 200
-    assert 'adaptive_bad_requests_by_code_total{code="400"} 8' in metrics
+    assert 'adaptive_bad_requests_by_code_total{code="400"} 9' in metrics
     assert 'adaptive_bad_requests_by_code_total{code="413"} 1' in metrics
 
 
@@ -167,8 +175,8 @@ def test_a_shedding_server_rejects_what_cannot_start_in_time_and_finishes_what_i
 def test_requests_are_told_apart_by_identity_not_by_their_fields(decoder):
     """The waiting list is re-sorted while a prefill runs (a priority 0 request jumps ahead), so
     removing one compares it with others: field by field, prompts of other lengths raised."""
+    from adaptive.serving.lm_flight import InFlight
     from adaptive.serving.lm_http_input import GenerateInput
-    from adaptive.serving.lm_server import InFlight
 
     engine = LMEngine(SlotDecoder.of(decoder, 1))
     flights = [
@@ -236,3 +244,48 @@ def test_a_quantized_or_pruned_point_served_at_the_certified_threshold_is_said_u
     assert uncertified_point(configured, ("int8", 0.0)) is None
     none = {"exit_threshold": {"calibrated": {"threshold": 2.0}, "default": 2.0}}  # none certified: no exits
     assert uncertified_point(none, ("int8", 0.0)) is None
+
+
+def test_a_limit_the_model_cannot_apply_is_named_with_the_reason():
+    plain = not_applicable({"lm": {"exits": False, "mod_capacity": 0.0}, "moe": {"enabled": False}})
+    assert plain == {
+        "threshold": "it has no exits (lm.exits=false)",
+        "expert_cap": "it has no experts (moe.enabled=false)",
+        "mod_bias": "it has no MoD blocks (lm.mod_capacity=0)",
+    }
+    assert not_applicable({"lm": {"exits": True, "mod_capacity": 0.5}, "moe": {"enabled": True}}) == {}
+
+
+def test_fuzzed_generate_requests_get_what_the_openapi_document_says_and_never_a_500(decoder):
+    server, _ = _server(decoder, 2, policy="static")
+    loop = asyncio.new_event_loop()
+    client = TestClient(TestServer(server.app()), loop=loop)
+    loop.run_until_complete(client.start_server())
+    document = loop.run_until_complete(loop.run_until_complete(client.get("/openapi.json")).json())
+    generate = document["paths"]["/generate"]["post"]
+    request_schema = generate["requestBody"]["content"]["application/json"]["schema"]
+    assert set(request_schema["properties"]) & set(NOT_APPLICABLE) == set()  # what it cannot apply, it does not offer
+    seen: dict[int, int] = {}
+
+    async def send(body: bytes, content_type: str | None):
+        headers, skip = ({"Content-Type": content_type}, []) if content_type else ({}, ["Content-Type"])
+        response = await client.post("/generate", data=body, headers=headers, skip_auto_headers=skip)
+        return response.status, response.headers.get("Content-Type", ""), await response.text()
+
+    @settings(max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    @given(requests(request_schema, unknown=("extra", *NOT_APPLICABLE)))
+    def one(request):
+        status, kind, text = loop.run_until_complete(send(*request))
+        seen[status] = seen.get(status, 0) + 1
+        answer = _events(text)[-1] if kind.startswith("text/event-stream") else json.loads(text)
+        assert str(status) in generate["responses"] and status != 500, (repr(request)[:200], status, answer)
+        assert matches(answer, generate["responses"][str(status)]["content"]["application/json"]["schema"]), answer
+        assert "error" not in answer or "\n" not in answer["error"], answer
+        assert status != 200 or acceptable(*request, request_schema), ("accepted what the document refuses", request)
+
+    try:
+        one()
+    finally:
+        loop.run_until_complete(client.close())
+        loop.close()
+    assert seen.get(200, 0) >= 10 and seen.get(400, 0) >= 10, seen

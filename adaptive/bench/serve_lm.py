@@ -102,23 +102,25 @@ def references(artifact: str, prompts: list[np.ndarray]) -> list[list[int]]:
     return out
 
 
-def _body(prompt: np.ndarray, tokens: int, threshold: float, priority: int) -> dict:
+def _body(prompt: np.ndarray, tokens: int, threshold: float | None, priority: int) -> dict:
+    """A streamed request; `threshold` None: none named (a model without exits refuses one)."""
     text = bytes(prompt.astype(np.uint8).tolist()).decode("ascii")
-    return {"prompt": text, "max_new_tokens": tokens, "threshold": threshold, "priority": priority, "stream": True}
+    body = {"prompt": text, "max_new_tokens": tokens, "priority": priority, "stream": True}
+    return body if threshold is None else {**body, "threshold": threshold}
 
 
 def _metrics(url: str) -> str:
     return urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
 
 
-def capacity(prompts, server_args: list[str], slots: int, new_tokens: int) -> float:
+def capacity(prompts, server_args: list[str], slots: int, new_tokens: int, full: float | None = FULL) -> float:
     """Requests per second full depth completes while every slot stays busy: a burst of
     20 x slots requests at once, with the benchmark's own prompts and lengths."""
     proc, url = start_server(server_args)
     try:
         n = 20 * slots
         _, picks = lm_loadgen.requests_of(prompts, "poisson", 1.0, 10 * n, seed=99, new_tokens=new_tokens)
-        bodies = [_body(prompt, tokens, FULL, 0) for _, prompt, tokens, _ in picks[:n]]
+        bodies = [_body(prompt, tokens, full, 0) for _, prompt, tokens, _ in picks[:n]]
         records = uvloop.run(lm_loadgen.run(url, np.zeros(len(bodies)), bodies))
         answered = [r for r in records if r["status"] in lm_loadgen.ANSWERED]
         if not answered:
@@ -151,6 +153,7 @@ def run(
     if small:
         load_lm_artifact(small)  # refused now, in one line, if it is not a language model's artifact
     slots, new_tokens = int(meta["slots"]["count"]), int(meta["new_capacity"])
+    exits = bool(meta["config"]["lm"]["exits"])  # without, a request naming a threshold is refused
     every = policies(artifact, small, meta, small_point)
     fallback = " ".join(filter(None, (small or artifact, small_point)))
     if unknown := set(only or ()) - set(every):
@@ -165,7 +168,7 @@ def run(
     if tiny:
         duration, repeats, rate = 1.0, 1, rate or 4.0
     elif rate is None:
-        full_rate = capacity(prompts, [*every["full depth"][0], *sla], slots, new_tokens)
+        full_rate = capacity(prompts, [*every["full depth"][0], *sla], slots, new_tokens, FULL if exits else None)
         rate = 0.6 * full_rate
         print(
             f"full depth completes {full_rate:.2f} requests/s with every slot busy; base rate {rate:.2f}/s", flush=True
@@ -185,7 +188,8 @@ def run(
             for repeat in range(repeats):
                 for pattern in PATTERNS:
                     times, picks = loads[repeat, pattern]
-                    bodies = [_body(prompt, tokens, threshold, priority) for _, prompt, tokens, priority in picks]
+                    named = threshold if exits else None
+                    bodies = [_body(prompt, tokens, named, priority) for _, prompt, tokens, priority in picks]
                     records = uvloop.run(lm_loadgen.run(url, times, bodies))
                     reference = [full[pick, len(prompt)][:tokens] for pick, prompt, tokens, _ in picks]
                     per_pattern[pattern].append(

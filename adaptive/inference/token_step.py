@@ -183,7 +183,8 @@ def checked_limits(
         if bad.any():
             shown = wide[bad][0]
             raise ValueError(f"{name}={int(shown) if whole and np.isfinite(shown) else shown} is outside [{lo}, {hi}]")
-        return jnp.asarray(wide.astype(dtype))
+        with np.errstate(over="ignore"):  # past float32's range is +-inf, which means the same limit
+            return jnp.asarray(wide.astype(dtype))
 
     m = new_capacity
     return GenerationLimits(

@@ -148,6 +148,7 @@ def serve_lm(
     from adaptive.inference.slot_export import ExportedSlots
     from adaptive.serving.lm_controller import LMController, ladder
     from adaptive.serving.lm_engine import LMEngine
+    from adaptive.serving.lm_http_input import not_applicable
     from adaptive.serving.lm_server import LMServer
 
     if fallback is None and fallback_point is not None:
@@ -180,6 +181,7 @@ def serve_lm(
         controller,
         fallback=engines[1],
         default_threshold=metas[0]["exit_threshold"]["default"],
+        not_applicable=not_applicable(metas[0]["config"]),
         max_waiting=max_waiting,
         read_timeout_s=read_timeout_s,
         max_connections=max_connections,

@@ -8,7 +8,9 @@ Only `prompt` is required. The prompt is UTF-8 text, encoded as the model's byte
 one longer than the model's prompt capacity is refused (413) rather than cut, since a cut
 prompt would generate from other text than the client sent. Every limit goes through the
 model's own checks (adaptive.inference.token_step.checked_limits): a value out of range is a
-400 naming it. An unknown field is a 400 too: a misspelt limit must not be silently ignored.
+400 naming it. An unknown field is a 400 too: a misspelt limit must not be silently ignored; so is
+a limit the served model has nothing to apply to (a threshold without exits, an expert cap without
+experts, a MoD bias without MoD blocks), as `adaptive generate` refuses the same flags.
 """
 
 from __future__ import annotations
@@ -35,14 +37,30 @@ class GenerateInput:
     stream: bool
 
 
-def parse_generate(body, engine, default_threshold: float | None) -> GenerateInput:
+def not_applicable(config: dict) -> dict[str, str]:
+    """The limits a model with this config (its artifact's meta.json "config") has nothing to
+    apply to, each with the reason a refusal gives."""
+    lm, moe = config.get("lm", {}), config.get("moe", {})
+    reasons = {
+        "threshold": None if lm.get("exits") else "it has no exits (lm.exits=false)",
+        "expert_cap": None if moe.get("enabled") else "it has no experts (moe.enabled=false)",
+        "mod_bias": None if lm.get("mod_capacity") else "it has no MoD blocks (lm.mod_capacity=0)",
+    }
+    return {name: why for name, why in reasons.items() if why is not None}
+
+
+def parse_generate(body, engine, default_threshold: float | None, refused: dict | None = None) -> GenerateInput:
     """A /generate body checked against the engine's capacities and caps; a request that names
-    no threshold exits at `default_threshold` (the artifact's certified or configured one)."""
+    no threshold exits at `default_threshold` (the artifact's certified or configured one).
+    `refused`: the fields the model cannot apply, with why (`not_applicable`)."""
     if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
         raise BadRequest(400, 'the body must be a JSON object with "prompt" (a string)')
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
         raise BadRequest(400, f"unknown field {_short(unknown[0])}; the fields are {', '.join(FIELDS)}")
+    for name, why in (refused or {}).items():
+        if name in body:
+            raise BadRequest(400, f'"{name}" does not apply to this model: {why}')
     prompt = np.asarray(byte_vocab.encode(body["prompt"].encode("utf-8", "surrogatepass"), eos=False), np.int32)
     if len(prompt) > engine.prompt_capacity:
         raise BadRequest(

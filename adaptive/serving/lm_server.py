@@ -6,7 +6,8 @@ when it is done, {"text", "tokens", "count", "stop", "layers", "experts", "flops
 server-sent events instead, one `data: {"index", "token", "text", "layers", "experts"}` event per
 token as it is made, then a last `data: {"done": true, ...}` event with the summary. Bad
 requests get a 4xx with {"error": one line}; GET /healthz says what is loaded, GET /metrics is
-Prometheus text (adaptive/serving/lm_server_stats.py).
+Prometheus text (adaptive/serving/lm_server_stats.py), GET /openapi.json describes the server
+(adaptive/serving/lm_openapi.py).
 
 One scheduler task runs the model, on a worker thread so the event loop keeps taking requests:
 between two decode steps it prefills waiting requests into free slots (priority 0 first, then
@@ -24,51 +25,27 @@ empties the slots of both models; serving goes on.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import gc
 import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 from aiohttp import web
 
+from adaptive.serving import lm_openapi
 from adaptive.serving.connections import ConnectionLimit, deferred, listen, refuse
 from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, read_body
 from adaptive.serving.lm_controller import LMController
 from adaptive.serving.lm_engine import LMEngine, Token
-from adaptive.serving.lm_http_input import GenerateInput, parse_generate
+from adaptive.serving.lm_flight import InFlight
+from adaptive.serving.lm_http_input import parse_generate
 from adaptive.serving.lm_server_stats import LMStats
 
 MAX_BODY = 1 << 16
 REFUSED = {"rejected": 503, "error": 500, "cancelled": 499}  # answered with a status code, not a stream
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)  # identity: two requests with equal fields are still two requests
-class InFlight:
-    """One request from arrival to its last token."""
-
-    request: GenerateInput
-    arrival: float
-    events: asyncio.Queue = field(repr=False)
-    model: str = "primary"
-    slot: int = -1
-    tokens: list = field(default_factory=list)
-    text: list = field(default_factory=list)
-    layers: list = field(default_factory=list)
-    experts: list = field(default_factory=list)
-    first_at: float | None = None
-    last_at: float | None = None
-    prefill_flops: float = 0.0
-    decode_flops: float = 0.0
-    cancelled: bool = False
-    rung: int = 0  # the controller's rung of its own threshold
-    joined_at: float = 0.0
-    degraded: int = 0  # tokens made at a looser rung than its own
-    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
 
 
 class LMServer:
@@ -79,6 +56,7 @@ class LMServer:
         *,
         fallback: LMEngine | None = None,
         default_threshold: float | None = None,
+        not_applicable: dict[str, str] | None = None,
         max_waiting: int = 64,
         read_timeout_s: float = 5.0,
         max_connections: int = 1000,
@@ -86,6 +64,7 @@ class LMServer:
     ):
         self.engines = {"primary": primary, "fallback": fallback}
         self.controller, self.default_threshold = controller, default_threshold
+        self.not_applicable = dict(not_applicable or {})  # field -> why the primary cannot apply it
         for blocks, ms in primary.warmup:  # first estimates, before the first request's steps
             controller.step_time.observe(blocks, ms)
         if primary.prefill_ms is not None:
@@ -106,6 +85,7 @@ class LMServer:
         app.router.add_post("/generate", self.generate)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/openapi.json", self.openapi)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
@@ -127,7 +107,9 @@ class LMServer:
         try:
             check_content_type(request.headers.get("Content-Type"))
             raw = await read_body(request, MAX_BODY, self.read_timeout_s)
-            parsed = parse_generate(parse_json(raw), self.engines["primary"], self.default_threshold)
+            parsed = parse_generate(
+                parse_json(raw), self.engines["primary"], self.default_threshold, self.not_applicable
+            )
         except BadRequest as e:
             return await refuse(request, e, self.stats.bad)
         except ConnectionError:
@@ -186,19 +168,19 @@ class LMServer:
                 "ttft_ms": self.ttft_ms,
                 "tpot_ms": self.tpot_ms,
                 "default_threshold": self.default_threshold,
+                "not_applicable": self.not_applicable,
             }
         )
 
+    async def openapi(self, request: web.Request) -> web.Response:
+        document = lm_openapi.document(self.engines["primary"], self.not_applicable, MAX_BODY)
+        return web.json_response(document)
+
     async def metrics(self, request: web.Request) -> web.Response:
         p = self.engines["primary"]
-        text = self.stats.prometheus(p.in_use, p.slots, len(self.waiting), self.connections)
-        text += "# TYPE adaptive_lm_step_ms gauge\n"
-        for name, value in self.step_ms.items():
-            if value is not None:
-                text += f'adaptive_lm_step_ms{{model="{name}"}} {value:.4f}\n'
-        prefill = self.controller.prefill_ms
-        if prefill is not None:
-            text += f"# TYPE adaptive_lm_prefill_ms gauge\nadaptive_lm_prefill_ms {prefill:.4f}\n"
+        text = self.stats.prometheus(
+            p.in_use, p.slots, len(self.waiting), self.connections, self.step_ms, self.controller.prefill_ms
+        )
         return web.Response(text=text, content_type="text/plain")
 
     # -- listening ---------------------------------------------------------------------------
@@ -322,56 +304,17 @@ class LMServer:
         flight = self.holding.get((name, token.slot))
         if flight is None:
             return
-        now = time.perf_counter()
         if token.token >= 0:
-            first = flight.first_at is None
-            flight.first_at = now if first else flight.first_at
-            flight.last_at = now
-            if not first:
-                flight.decode_flops += token.flops
-            piece = flight.decoder.decode(bytes([token.token]) if token.token < 256 else b"")
-            flight.tokens.append(token.token)
-            flight.text.append(piece)
-            flight.layers.append(token.layers)
-            flight.experts.append(token.experts)
+            flight.add(token, time.perf_counter())
             self.stats.token(token.layers, token.experts)
-            if flight.request.stream:
-                index = len(flight.tokens) - 1
-                event = {"index": index, "token": token.token, "text": piece, "layers": token.layers}
-                flight.events.put_nowait({**event, "experts": token.experts})
         if token.stop != "running":
             del self.holding[name, token.slot]
             status = "fallback" if name == "fallback" else "degraded" if flight.degraded else "ok"
             self._finish(flight, status, token.stop)
 
     def _finish(self, flight: InFlight, status: str, stop: str | None, error: str | None = None) -> None:
-        ttft = None if flight.first_at is None else 1e3 * (flight.first_at - flight.arrival)
-        n = len(flight.tokens)
-        tpot = 1e3 * (flight.last_at - flight.first_at) / (n - 1) if n > 1 else None
-        budget = flight.request.limits.get("flops_budget")
-        finished = status in ("ok", "degraded", "fallback")
-        within = None if budget is None or not finished else flight.decode_flops <= budget * (1 + 1e-6)
-        self.stats.finished(status, ttft, tpot, within)
-        flight.text.append(flight.decoder.decode(b"", final=True))
-        summary = {
-            "done": True,
-            "status": status,
-            "model": flight.model,
-            "stop": stop,
-            "count": n,
-            "degraded_tokens": flight.degraded,
-            "ttft_ms": ttft,
-            "tpot_ms": tpot,
-            "layers": flight.layers,
-            "experts": flight.experts,
-            "prefill_flops": flight.prefill_flops,
-            "flops": flight.decode_flops,
-        }
-        if error is not None:
-            summary["error"] = error
-        if not flight.request.stream:
-            summary = {**summary, "text": "".join(flight.text), "tokens": flight.tokens}
-        flight.events.put_nowait(summary)
+        self.stats.finished(status, flight.ttft_ms, flight.tpot_ms, flight.within_budget(status))
+        flight.answer(status, stop, error)
 
     def _fail_all(self, error: str) -> None:
         for key, flight in list(self.holding.items()):

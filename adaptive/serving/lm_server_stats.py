@@ -88,7 +88,11 @@ class LMStats:
             self.with_budget += 1
             self.within_budget += int(within)
 
-    def prometheus(self, slots_in_use: int, slots: int, waiting: int, connections=None) -> str:
+    def prometheus(
+        self, slots_in_use: int, slots: int, waiting: int, connections=None, step_ms=None, prefill_ms=None
+    ) -> str:
+        """The Prometheus text; `step_ms`: each model's smoothed step time (None: none measured
+        yet), `prefill_ms`: the primary's smoothed prefill time."""
         lines = ["# TYPE adaptive_lm_requests_total counter"]
         lines += [f'adaptive_lm_requests_total{{status="{s}"}} {n}' for s, n in self.by_status.items()]
         lines += ["# TYPE adaptive_bad_requests_by_code_total counter"]
@@ -113,4 +117,8 @@ class LMStats:
         for name, value in gauges.items():
             kind = "counter" if name.endswith("_total") else "gauge"
             lines += [f"# TYPE {name} {kind}", f"{name} {value}"]
+        lines += ["# TYPE adaptive_lm_step_ms gauge"]
+        lines += [f'adaptive_lm_step_ms{{model="{m}"}} {ms:.4f}' for m, ms in (step_ms or {}).items() if ms is not None]
+        if prefill_ms is not None:
+            lines += ["# TYPE adaptive_lm_prefill_ms gauge", f"adaptive_lm_prefill_ms {prefill_ms:.4f}"]
         return "\n".join(lines) + "\n"
