@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from adaptive.serving.accuracy_table import AccuracyTable, accuracy_lookup
-from adaptive.serving.controller import REJECTED, Controller, Decision, Request
+from adaptive.serving.controller import Controller
+from adaptive.serving.decisions import REJECTED, Decision, Request
 from adaptive.serving.fallbacks import Fallback
 from adaptive.serving.service_times import ServiceTimes
 
@@ -504,3 +505,28 @@ def test_a_static_primary_never_takes_a_row_whose_budget_is_below_its_depth():
             Decision("rejected", None, 0),
             Decision("ok", "primary", 8),
         ]
+
+
+def test_a_flops_budget_too_small_for_the_trained_experts_runs_at_fewer():
+    """A MoE primary with expert budgets 2 and 1 below the trained one: a request whose budget
+    buys no step at the trained experts but some at fewer (`expert_steps`, most experts first)
+    runs at the most experts it allows, and is ok: that is its own point. Adaptive plans run a
+    batch at one expert budget (each request alone here); static gives each row its own;
+    shedding runs the trained experts only."""
+    for least in (1, 8):  # an adaptive model, then a static one (it runs all 8 steps)
+        fits_two = Request(0, 0.0, expert_steps=(8, 8))
+        fits_one = Request(0, 0.0, expert_steps=(0 if least == 1 else 5, 8))
+        fits_none = Request(0, 0.0, expert_steps=(0, 0))
+        want = [Decision("ok", "primary", 8, 2), Decision("ok", "primary", 8, 1), REJECTED]
+        static = Controller(8, sla_ms=20.0, mode="static", expert_budgets=(2, 1), least_steps=least)
+        assert static.plan([fits_two, fits_one, fits_none]) == want
+        adaptive = Controller(8, sla_ms=20.0, expert_budgets=(2, 1), least_steps=least)
+        assert [adaptive.plan([r])[0] for r in (fits_two, fits_one, fits_none)] == want
+    # An adaptive model whose budget buys 3 steps at 2 experts or 6 at 1: the more accurate point
+    # (0.65 at 2 experts against 0.62 or 0.80 at 1).
+    for gain, want in ((0.02, Decision("ok", "primary", 3, 2)), (0.05, Decision("ok", "primary", 6, 1))):
+        table = {(2, s): 0.5 + 0.05 * s for s in range(1, 9)} | {(1, s): 0.5 + gain * s for s in range(1, 9)}
+        adaptive = Controller(8, sla_ms=20.0, expert_budgets=(2, 1), accuracy=table)
+        assert adaptive.plan([Request(0, 0.0, expert_steps=(3, 6))]) == [want]
+    shedding = Controller(8, sla_ms=20.0, mode="shed", expert_budgets=(2, 1))
+    assert shedding.plan([Request(0, 0.0, expert_steps=(8, 8))]) == [REJECTED]

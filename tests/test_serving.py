@@ -13,7 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from adaptive.bench.loadgen import collector_paused, schedule, summarize
 from adaptive.inference.export import export_run
-from adaptive.serving.controller import Controller, Request
+from adaptive.serving.controller import Controller
+from adaptive.serving.decisions import Request
 from adaptive.serving.engine import Engine
 from adaptive.serving.fallbacks import Fallback
 from adaptive.serving.server import Server
@@ -171,19 +172,30 @@ def test_a_failing_batch_is_answered_with_500_and_the_server_goes_on(engine, mon
 
 def test_a_moe_server_degrades_to_fewer_experts_and_stays_within_them(tmp_path):
     """When the trained expert budget cannot be on time and one expert per token can, the answer
-    says so (budget_experts 1) and its expert applications are within steps x tokens x 1."""
+    says so (budget_experts 1) and its expert applications are within steps x tokens x 1. A FLOPs
+    budget under one step at the trained experts runs at one expert, within it."""
     train_tiny(tmp_path / "run", 5, config="configs/sut.py:tiny")
     moe = Engine.from_artifact(export_run(tmp_path / "run", tmp_path / "art"), buckets=(1, 4))
     controller = Controller(moe.cap, 20.0, expert_budgets=tuple(moe.expert_budgets))
 
+    # a FLOPs budget of one step at one expert per token, under one step at the trained two
+    tight = float(moe.compute_of(1, "flops", 1))
+    assert tight < moe.compute_of(1, "flops")
+
     async def scenario(client, server):
+        fewer = await client.post("/predict", json={"x": GOOD, "budget": tight, "unit": "flops"})
+        below = await client.post("/predict", json={"x": GOOD, "budget": tight * 0.99, "unit": "flops"})
+        fewer, below = (fewer.status, await fewer.json()), (below.status, await below.json())
         full = await (await client.post("/predict", json={"x": GOOD})).json()
         controller.service["primary", None] = ServiceTimes(moe.cap)
         controller.observe("primary", 1, 25.0)  # all experts: one step is over the SLA
         controller.service["primary", 1] = ServiceTimes(moe.cap)  # one expert: assumed instant
-        return full, await (await client.post("/predict", json={"x": GOOD})).json()
+        return fewer, below, full, await (await client.post("/predict", json={"x": GOOD})).json()
 
-    full, degraded = _with_client(moe, scenario, controller)
+    fewer, below, full, degraded = _with_client(moe, scenario, controller)
+    assert fewer[0] == 200 and fewer[1]["status"] == "ok" and fewer[1]["budget_experts"] == 1, fewer
+    assert moe.compute_of(fewer[1]["steps"], "flops", 1) <= tight
+    assert below[0] == 400 and "below one step" in below[1]["error"], below
     assert full["status"] == "ok" and full["budget_experts"] == 2
     assert degraded["status"] == "degraded" and degraded["budget_experts"] == 1
     assert 16 <= degraded["experts"] <= degraded["steps"] * 16 * 1

@@ -64,36 +64,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from adaptive.serving.accuracy_table import AccuracyTable
+from adaptive.serving.decisions import MODES, REJECTED, Decision, Request
 from adaptive.serving.fallbacks import Fallback, fallback_score, worth_planning
 from adaptive.serving.service_times import ServiceTimes
 
-STATUSES = ("ok", "degraded", "fallback", "rejected", "deferred")
-MODES = ("adaptive", "static", "shed")
-
-
-@dataclass(frozen=True)
-class Decision:
-    status: str  # ok | degraded | fallback | rejected | deferred
-    model: str | None  # "primary", a fallback's name, or None
-    steps: int
-    experts: int | None = None  # experts per token on a MoE primary (None: as trained)
-
-
-@dataclass(frozen=True)
-class Request:
-    """What the controller knows of one request of a batch about to run."""
-
-    steps: int  # the step budget it asked for
-    waited_ms: float  # since it arrived
-    priority: int = 0  # 0 first; under load, higher numbers degrade first
-    # The most steps a fallback may take within the request's own budget, priced in the
-    # request's unit through that fallback's compute table (None: no budget, its cap; 0: the
-    # fallback cannot answer within the budget, so it is no rung for this request); one value
-    # for every fallback, or a tuple with one per fallback, in the controller's order.
-    fallback_steps: int | None | tuple[int | None, ...] = None
-
-
-REJECTED = Decision("rejected", None, 0)
 EPS_MS = 1e-9  # estimates that meet a limit exactly fit it (float sums land either side)
 
 
@@ -196,8 +170,8 @@ class Controller:
     def plan(self, requests: list[Request], time_ms: float = np.inf) -> list[Decision]:
         """One decision per request of a batch about to run, in order; `time_ms`: the batch's
         share of the server's time (`batch_time_ms`)."""
-        if self.mode == "static":
-            return [Decision("ok", "primary", self._clip(r.steps)) if self._fits(r) else REJECTED for r in requests]
+        if self.mode == "static":  # each at the most experts its budget allows
+            return [self._static(r) for r in requests]
         if self.mode == "shed":
             return self._shed(requests)
         if not requests:
@@ -254,10 +228,22 @@ class Controller:
             decisions[i] = Decision("ok", "primary", self._clip(requests[i].steps))
         return decisions
 
-    def _fits(self, request: Request) -> bool:
-        """Whether the primary's least run keeps the request's budget (a static model's is all its
-        steps; a budget under one step, steps 0, only a fallback may keep)."""
-        return request.steps >= 1 and self._clip(request.steps) >= self.least_steps
+    def _fits(self, request: Request, experts: int | None = None) -> bool:
+        """Whether the primary's least run at `experts` per token keeps the request's budget (a
+        static model's is all its steps; a budget under one step, steps 0, only a fallback may keep)."""
+        steps = self._asked(request, experts)
+        return steps >= 1 and self._clip(steps) >= self.least_steps
+
+    def _asked(self, request: Request, experts: int | None) -> int:
+        """The request's step budget at `experts` per token on the primary."""
+        if experts is None or request.expert_steps is None:
+            return request.steps
+        return request.expert_steps[self.expert_budgets.index(experts) - 1]
+
+    def _static(self, request: Request) -> Decision:
+        """Static mode: the request's own budget, at the most experts it allows (rejected where none)."""
+        k = next((k for k in self.expert_budgets if self._fits(request, k)), "none")
+        return REJECTED if k == "none" else Decision("ok", "primary", self._clip(self._asked(request, k)), k)
 
     def _clip(self, steps: int) -> int:
         return min(max(int(steps), 1), self.max_steps)
@@ -275,10 +261,10 @@ class Controller:
         budgets alike in expected steps and accuracy (a halting model that stops at 2 runs 3 to 8
         as one), only the largest: the same plan, more room for a hard input, and a plan's cost
         (event-loop time) grows with every point it tries."""
-        most = max(self._clip(r.steps) for r in requests)  # more steps than any row asked for: the same run
         table = self.accuracy.at(len(requests))
         points = []
         for k in self.expert_budgets:
+            most = max(self._clip(self._asked(r, k)) for r in requests)  # more than any row asked: the same run
             times, last = self.service["primary", k], None
             for s in range(most, 0, -1):
                 if table and (k, s) not in table:
@@ -301,7 +287,7 @@ class Controller:
             k, steps = point
             if steps < self.least_steps:
                 return None  # a static model has no such point: it runs all its steps
-            fits = [i for i in order if self._fits(requests[i])]
+            fits = [i for i in order if self._fits(requests[i], k)]
             times, ranked = self.service["primary", k], sorted(slack[i] for i in fits)
             for m in range(len(fits), 0, -1):
                 # The fallback's rows run first: the primary's must have slack for them as well.
@@ -314,7 +300,7 @@ class Controller:
                 ):
                     continue
                 chosen = [i for i in fits if slack[i] >= need][:m]
-                budgets = [min(steps, self._clip(requests[i].steps)) for i in chosen]
+                budgets = [min(steps, self._clip(self._asked(requests[i], k))) for i in chosen]
                 finish, primary_ms, primary_pace = self._runs(times, budgets, before)
                 on_time = all(slack[i] >= t - EPS_MS for i, t in zip(chosen, finish, strict=True))
                 if on_time and primary_pace <= time_ms + EPS_MS:
@@ -347,13 +333,16 @@ class Controller:
         return times.runs(budgets, self.groups(np.asarray(budgets, np.int32)), start_ms, self.max_batch)
 
     def _primary_decision(self, point, request: Request, rows: int) -> Decision:
+        """ok: the request's own point (the most experts its budget allows, at its step budget) or
+        one within the tolerance of it; else degraded."""
         k, steps = point
-        steps = min(steps, self._clip(request.steps))
-        table, asked = self.accuracy.at(rows), self._clip(request.steps)
-        if table and (None, asked) in table and (k, steps) in table:
-            ok = table[k, steps] >= table[None, asked] - self.tolerance
+        steps = min(steps, self._clip(self._asked(request, k)))
+        own = next(j for j in self.expert_budgets if self._fits(request, j))  # `fits` holds it for k
+        table, asked = self.accuracy.at(rows), self._clip(self._asked(request, own))
+        if table and (own, asked) in table and (k, steps) in table:
+            ok = table[k, steps] >= table[own, asked] - self.tolerance
         else:
-            ok = k is None and steps == asked
+            ok = k == own and steps == asked
         return Decision("ok" if ok else "degraded", "primary", steps, k)
 
     def _value(self, decision: Decision, rows: int) -> float:

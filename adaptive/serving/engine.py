@@ -10,7 +10,9 @@ padding and splitting are numpy, on the host, so they compile nothing either.
 
 Budgets arrive in any unit the model can price (`steps`, `flops`, `macs`, and with a cost
 model `latency_ms`, `cost_per_1k`, `energy_j`) and become step caps: the most steps whose
-compute fits, through the table meta.json carries (a latency cap through the p99).
+compute fits, through the table meta.json carries (a latency cap through the p99). On a MoE
+model a FLOPs or MACs budget also buys steps at each smaller expert budget compiled, through
+meta.json's table for that budget: one too small for the trained experts may fit fewer.
 
 `run_grouped` runs a batch as groups of similar step budgets, tightest first, and reports when
 each group was done: a request that may ponder 20 steps no longer holds one that may take 2.
@@ -28,6 +30,8 @@ import numpy as np
 
 from adaptive.config import BUDGET_UNITS as UNITS
 from adaptive.inference.artifact_meta import ArtifactError
+
+PER_EXPERT = ("flops", "macs")  # the units whose price follows a MoE's experts per token
 
 
 class BudgetError(ValueError):
@@ -151,8 +155,9 @@ class Engine:
 
     # -- budgets -----------------------------------------------------------------------------
 
-    def steps_for(self, value: float, unit: str = "steps") -> int:
-        """The step cap of a budget of `value` in `unit` (the most steps that fit)."""
+    def steps_for(self, value: float, unit: str = "steps", experts: int | None = None) -> int:
+        """The step cap of a budget of `value` in `unit` (the most steps that fit), at `experts`
+        per token on a MoE model (None: as trained; only FLOPs and MACs depend on it)."""
         if unit not in UNITS:
             raise BudgetError(f"budget unit {unit!r} is not one of {', '.join(UNITS)}")
         if unit == "memory_mb":
@@ -168,12 +173,12 @@ class Engine:
             raise BudgetError(f"budget unit {unit!r} needs a cost model; this model has {', '.join(self.table)}")
         if not np.isfinite(value):
             raise BudgetError(f"budget {value:g} {unit} is not a finite number")
-        if value < self.table[column][0]:
+        table = self.compute_of(np.arange(1, self.cap + 1), unit, experts) if unit in PER_EXPERT else self.table[column]
+        if value < table[0]:
             raise BudgetError(
-                f"budget {value:g} {unit} is below one step of this model ({self.table[column][0]:g} {unit})",
-                below=True,
+                f"budget {value:g} {unit} is below one step of this model ({table[0]:g} {unit})", below=True
             )
-        return int(np.searchsorted(np.asarray(self.table[column]), value * (1 + 1e-9), side="right"))
+        return int(np.searchsorted(np.asarray(table), value * (1 + 1e-9), side="right"))
 
     def _steps_in_memory(self, value: float) -> int:
         """Every step (memory does not grow with steps) when the compiled function fits in `value`
@@ -200,17 +205,26 @@ class Engine:
         """A static model: it runs all its steps whatever the step budget."""
         return (self.meta.get("config") or {}).get("halting", {}).get("policy") == "none"
 
-    def steps_within(self, value: float | None, unit: str = "steps") -> int:
+    def steps_within(self, value: float | None, unit: str = "steps", experts: int | None = None) -> int:
         """The most steps this model may take within a budget of `value` in `unit` (None: no
-        budget, the cap); 0 when not even its least run fits (a static model's least run is all
-        its steps) or it cannot price the unit: then it cannot answer within that budget."""
+        budget, the cap), at `experts` per token; 0 when not even its least run fits (a static
+        model's least run is all its steps) or it cannot price the unit: then it cannot answer
+        within that budget."""
         if value is None:
             return self.cap
         try:
-            steps = self.steps_for(value, unit)
+            steps = self.steps_for(value, unit, experts)
         except BudgetError:
             return 0
         return 0 if self.fixed_depth and steps < self.cap else steps
+
+    def expert_steps_within(self, value: float | None, unit: str) -> tuple[int, ...] | None:
+        """`steps_within` at each smaller expert budget, most experts first (the controller's
+        order): a FLOPs budget too small for the trained experts may fit fewer. None where the
+        expert budget does not change the price (no smaller budgets, or another unit)."""
+        if value is None or unit not in PER_EXPERT or not self.expert_budgets:
+            return None
+        return tuple(self.steps_within(value, unit, k) for k in sorted(self.expert_budgets, reverse=True))
 
     def within_budget(self, steps: int, value: float, unit: str, experts: int | None = None) -> bool:
         """Whether a run of `steps` steps kept to a budget of `value` in `unit`: memory is the
@@ -229,7 +243,7 @@ class Engine:
         column = "latency_ms_p99" if unit == "latency_ms" else unit
         table = self.table[column]
         by_experts = self.meta.get("flops_at_expert_budgets") or {}
-        if experts is not None and unit in ("flops", "macs") and str(experts) in by_experts:
+        if experts is not None and unit in PER_EXPERT and str(experts) in by_experts:
             scale = 0.5 if unit == "macs" else 1.0
             table = [scale * f for f in by_experts[str(experts)]]
         return np.asarray(table)[np.clip(np.asarray(steps), 1, self.cap) - 1]

@@ -49,6 +49,8 @@ class PredictInput:
     budget_value: float | None  # the finite budget as given (None: none given)
     unit: str
     below_primary: str = ""  # steps 0: why (a fallback may keep the budget; the server decides)
+    # a MoE primary: the steps the budget buys at each smaller expert budget (Engine.expert_steps_within)
+    expert_steps: tuple[int, ...] | None = None
 
 
 def _short(value) -> str:
@@ -163,4 +165,4 @@ def parse_predict(body, engine: Engine, default_steps: int) -> PredictInput:
     priority = body.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
         raise BadRequest(400, f'"priority" must be an integer in [0, 9]; got {_short(priority)}')
-    return PredictInput(x, steps, priority, value, unit, below)
+    return PredictInput(x, steps, priority, value, unit, below, engine.expert_steps_within(value, unit))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adaptive.serving.controller import MODES
+from adaptive.serving.decisions import MODES
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # x is read as float32: past this it would be inf
 ERROR = {

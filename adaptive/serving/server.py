@@ -43,7 +43,8 @@ import numpy as np
 from aiohttp import web
 
 from adaptive.serving.connections import ConnectionLimit, deferred, listen, refuse
-from adaptive.serving.controller import REJECTED, Controller, Decision, Request
+from adaptive.serving.controller import Controller
+from adaptive.serving.decisions import REJECTED, Decision, Request
 from adaptive.serving.engine import UNITS, Engine, fallback_engines
 from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, parse_predict, read_body
 from adaptive.serving.openapi import document
@@ -64,6 +65,7 @@ class Pending:
     future: asyncio.Future = field(repr=False)
     budget_value: float | None = None  # the finite budget as asked (None: none given)
     unit: str = "steps"  # the budget's unit
+    expert_steps: tuple[int, ...] | None = None  # a MoE primary's steps at its smaller expert budgets
 
 
 class Server:
@@ -163,7 +165,16 @@ class Server:
             latency = 1e3 * (time.perf_counter() - arrival)
             return web.json_response({"status": "rejected", "latency_ms": latency}, status=503)
         future = asyncio.get_running_loop().create_future()
-        pending = Pending(parsed.x, parsed.steps, parsed.priority, arrival, future, parsed.budget_value, parsed.unit)
+        pending = Pending(
+            parsed.x,
+            parsed.steps,
+            parsed.priority,
+            arrival,
+            future,
+            parsed.budget_value,
+            parsed.unit,
+            parsed.expert_steps,
+        )
         await self.queue.put(pending)
         answer = await future
         code = {"rejected": 503, "error": 500}.get(answer["status"], 200)
@@ -179,6 +190,8 @@ class Server:
         rungs = self.fallbacks.values() if self.controller.mode == "adaptive" else ()  # the others never fall back
         if any(e.steps_within(parsed.budget_value, parsed.unit) for e in (primary, *rungs)):
             return
+        if self.controller.mode != "shed" and any(parsed.expert_steps or ()):
+            return  # the primary keeps it at fewer experts (shedding runs the experts as trained)
         none = "; no fallback runs within it" if rungs else ""
         if parsed.steps < 1:
             raise BadRequest(400, parsed.below_primary + none)
@@ -262,6 +275,7 @@ class Server:
                 1e3 * (now - item.arrival),
                 item.priority,
                 tuple(engine.steps_within(*self._asked(item)) for engine in self.fallbacks.values()),
+                item.expert_steps,
             )
             for item in items
         ]

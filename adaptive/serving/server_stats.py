@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 
-from adaptive.serving.controller import STATUSES, Controller
+from adaptive.serving.controller import Controller
+from adaptive.serving.decisions import STATUSES
 
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 

@@ -12,7 +12,8 @@ import pathlib
 import statistics
 import time
 
-from adaptive.serving.controller import Controller, Request
+from adaptive.serving.controller import Controller
+from adaptive.serving.decisions import Request
 from adaptive.serving.fallbacks import Fallback
 
 ACCURACY = {(None, s): 0.6 + 0.03 * s for s in range(1, 4)}
