@@ -530,3 +530,20 @@ def test_a_flops_budget_too_small_for_the_trained_experts_runs_at_fewer():
         assert adaptive.plan([Request(0, 0.0, expert_steps=(3, 6))]) == [want]
     shedding = Controller(8, sla_ms=20.0, mode="shed", expert_budgets=(2, 1))
     assert shedding.plan([Request(0, 0.0, expert_steps=(8, 8))]) == [REJECTED]
+
+
+def test_after_a_slow_run_the_freshest_request_still_runs_once_the_primary_has_been_idle():
+    """One pause of the machine makes every step look over the SLA. Rejecting on that estimate
+    forever would never correct it: once the primary has not run for a horizon, the freshest row
+    not yet past its deadline runs at the quickest point, and its run corrects the estimate."""
+    c = Controller(6, sla_ms=30.0)  # a horizon of 24 ms
+    c.observe("primary", 1, 500.0)
+    assert c.plan([Request(6, 0.0)]) == [REJECTED]  # it has just run: the estimate stands
+    start = c.clock()
+    c.clock = lambda: start + 1.0  # a second without a run
+    rows = [Request(6, 5.0), Request(6, 1.0), Request(6, 30.0)]  # the last is past its deadline
+    assert c.plan(rows) == [REJECTED, Decision("degraded", "primary", 1), REJECTED]
+    assert c.plan([Request(6, 30.0)]) == [REJECTED]  # nothing live to probe with
+    for _ in range(50):  # the probes' runs
+        c.observe("primary", 1, 2.0)
+    assert c.plan([Request(6, 0.0)])[0].model == "primary"  # and it has just run: no probe needed

@@ -382,3 +382,25 @@ def test_a_shedding_server_rejects_on_arrival_what_the_controller_sheds_and_coun
     assert asked == [(0, 2)]  # the queue ahead of it and the step budget it asked for
     assert code == 503 and shed["status"] == "rejected" and shed["latency_ms"] < 20.0
     assert 'adaptive_requests_total{status="rejected"} 1' in metrics
+
+
+def test_a_server_whose_estimates_say_nothing_is_on_time_still_answers_once_idle(engine):
+    """One run slowed by a pause of the machine makes every step look over the SLA; the server
+    must not reject every request from then on. Once the primary has been idle a horizon, the
+    freshest request runs (degraded, at the quickest point), and its run is measured."""
+    controller = Controller(engine.cap, 20.0)  # a horizon of 16 ms
+
+    async def scenario(client, server):
+        controller.observe("primary", engine.cap, 1e5, rows=16)  # a paused run: 100 s
+        now = await client.post("/predict", json={"x": GOOD})  # it has just run: the estimate stands
+        answers = []
+        for _ in range(3):
+            await asyncio.sleep(0.05)  # idle past the horizon
+            answer = await client.post("/predict", json={"x": GOOD})
+            answers.append((answer.status, await answer.json()))
+        return now.status, answers, await (await client.get("/metrics")).text()
+
+    now, answers, metrics = _with_client(engine, scenario, controller)
+    assert now == 503
+    assert all(status == 200 and a["model"] == "primary" and a["budget_steps"] == 1 for status, a in answers), answers
+    assert 'adaptive_requests_total{status="rejected"} 1' in metrics

@@ -30,7 +30,9 @@ slack for the longer run), so lower priorities degrade first, and are rejected f
 the fallback cannot serve every row in time. A request is `ok` when its operating point is as
 accurate as the budget it asked for (within the tolerance), `degraded` otherwise. Without an
 accuracy table the ladder's order decides: the primary before the fallbacks (in the order
-given), then more steps, then more experts.
+given), then more steps, then more experts. Where no plan serves a row and the primary has not
+run for a horizon, the freshest row still runs at the primary's quickest point (`_probe`): the
+estimates are corrected only by runs.
 
 Why this rule (the alternatives were compared with `adaptive bench serve`, experiments/serving):
 AIMD on a step cap from windowed p95 latencies lags a spike by the time the queue takes to build.
@@ -58,6 +60,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -138,6 +141,8 @@ class Controller:
         self.service = {("primary", k): ServiceTimes(max_steps) for k in self.expert_budgets}
         self.service |= {(f.name, None): ServiceTimes(f.cap) for f in self.fallbacks}
         self._rank = {f.name: i for i, f in enumerate(self.fallbacks)}
+        self.clock = time.monotonic  # seconds; when the primary last ran decides a probe (`_probe`)
+        self._primary_ran_at = self.clock()
 
     @property
     def horizon_ms(self) -> float:
@@ -196,7 +201,25 @@ class Controller:
             return all(i in p.values and p.values[i] >= v - margin - 1e-14 for i, v in best.values.items())
 
         chosen = min((p for p in plans if close(p)), key=lambda p: p.ms)
+        if not chosen.decisions and self.clock() - self._primary_ran_at > self.horizon_ms / 1e3:
+            return self._probe(requests)
         return [chosen.decisions.get(i, REJECTED) for i in range(len(requests))]
+
+    def _probe(self, requests: list[Request]) -> list[Decision]:
+        """No row is on time by the estimates and the primary has not run for a horizon: the
+        freshest row not yet past its deadline still runs, at the primary's quickest point its
+        budget allows. The estimates are predictions, not measurements: after a slow run (a
+        pause of the machine) they may say nothing is on time, and if nothing then ran they
+        would never be corrected: every request would be rejected from then on (shedding keeps
+        a rule of the same kind, `_shed`). Under load the primary runs, and no row is probed."""
+        live = [i for i, r in enumerate(requests) if r.waited_ms < self.horizon_ms + EPS_MS]
+        decisions = [REJECTED] * len(requests)
+        for i in sorted(live, key=lambda i: (requests[i].waited_ms, requests[i].priority)):
+            fewest = [k for k in self.expert_budgets if self._fits(requests[i], k)][-1:]
+            if fewest:
+                decisions[i] = self._primary_decision((fewest[0], self.least_steps), requests[i], 1)
+                break
+        return decisions
 
     def _rungs(self, requests: list[Request]) -> list[Fallback]:
         """The fallbacks worth a plan for this batch (`worth_planning`): each rung tried costs
@@ -380,6 +403,8 @@ class Controller:
         """A batch of `rows` of `model` (at `experts` per token, its rows' least step budget
         `budget`) whose slowest row took `steps` steps ran in `service_ms`."""
         self.service[model, experts].observe(steps, service_ms, rows, budget)
+        if model == "primary":
+            self._primary_ran_at = self.clock()
 
     @property
     def current_step_cap(self) -> float:

@@ -70,7 +70,10 @@ class ServiceTimes:
                 # one step: steps and the constant collinear) are cut as lstsq on X would cut them.
                 a, b, c = np.maximum(np.linalg.lstsq(self._gram, self._moment, rcond=1e-9)[0], 0.0).tolist()
             else:  # too few distinct batches for a fit: all time per step and row, as a bound
-                a, b, c = 0.0, 0.0, max(ms / (steps * rows) for steps, rows, ms in self._seen)
+                # (a high quantile, not the maximum: one slow run, a pause of the machine, would
+                # otherwise price every batch until it left the window)
+                per_step_row = [ms / (steps * rows) for steps, rows, ms in self._seen]
+                a, b, c = 0.0, 0.0, float(np.quantile(per_step_row, 0.9, method="higher"))
             self._coef = (a, b, c)
         return self._coef
 
