@@ -32,7 +32,7 @@ LOOSE = {**META, "exit_threshold": {"calibrated": {"tested": [{"threshold": 0.0,
 
 
 # the fixture's model: exits and experts, no MoD blocks
-NOT_APPLICABLE = not_applicable({"lm": {"exits": True, "mod_capacity": 0.0}, "moe": {"enabled": True}})
+NOT_APPLICABLE = not_applicable({"lm": {"exits": True, "mod_capacity": 0.0}, "moe": {"enabled": True}}, 4)
 
 
 def _server(decoder, slots: int, *, tpot_ms=500.0, ttft_ms=5000.0, policy="adaptive", fallback=None, meta=META):
@@ -247,13 +247,16 @@ def test_a_quantized_or_pruned_point_served_at_the_certified_threshold_is_said_u
 
 
 def test_a_limit_the_model_cannot_apply_is_named_with_the_reason():
-    plain = not_applicable({"lm": {"exits": False, "mod_capacity": 0.0}, "moe": {"enabled": False}})
+    plain = not_applicable({"lm": {"exits": False, "mod_capacity": 0.0}, "moe": {"enabled": False}}, 4)
     assert plain == {
-        "threshold": "it has no exits (lm.exits=false)",
+        "threshold": "it has no exits (lm.exits=false or 4 block)",
         "expert_cap": "it has no experts (moe.enabled=false)",
-        "mod_bias": "it has no MoD blocks (lm.mod_capacity=0)",
+        "mod_bias": "it has no MoD blocks (lm.mod_capacity=0, or lm.mod_every=1 past its 4 blocks)",
     }
-    assert not_applicable({"lm": {"exits": True, "mod_capacity": 0.5}, "moe": {"enabled": True}}) == {}
+    every = {"lm": {"exits": True, "mod_capacity": 0.5, "mod_every": 2}, "moe": {"enabled": True}}
+    assert not_applicable(every, 4) == {}
+    # one block: no exit before the last, and a MoD block every second one is none
+    assert set(not_applicable(every, 1)) == {"threshold", "mod_bias"}
 
 
 def test_fuzzed_generate_requests_get_what_the_openapi_document_says_and_never_a_500(decoder):
@@ -288,4 +291,4 @@ def test_fuzzed_generate_requests_get_what_the_openapi_document_says_and_never_a
     finally:
         loop.run_until_complete(client.close())
         loop.close()
-    assert seen.get(200, 0) >= 10 and seen.get(400, 0) >= 10, seen
+    assert seen.get(200, 0) >= 20 and seen.get(400, 0) >= 20, seen

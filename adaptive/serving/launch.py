@@ -181,7 +181,7 @@ def serve_lm(
         controller,
         fallback=engines[1],
         default_threshold=metas[0]["exit_threshold"]["default"],
-        not_applicable=not_applicable(metas[0]["config"]),
+        not_applicable=not_applicable(metas[0]["config"], metas[0]["caps"]["layers"]),
         max_waiting=max_waiting,
         read_timeout_s=read_timeout_s,
         max_connections=max_connections,

@@ -10,7 +10,9 @@ prompt would generate from other text than the client sent. Every limit goes thr
 model's own checks (adaptive.inference.token_step.checked_limits): a value out of range is a
 400 naming it. An unknown field is a 400 too: a misspelt limit must not be silently ignored; so is
 a limit the served model has nothing to apply to (a threshold without exits, an expert cap without
-experts, a MoD bias without MoD blocks), as `adaptive generate` refuses the same flags.
+experts, a MoD bias without MoD blocks), as `adaptive generate` refuses --threshold and --experts.
+Those are the primary's: a request the controller moves to a fallback without them runs there
+without them (a fallback's answer is a degraded one).
 """
 
 from __future__ import annotations
@@ -37,14 +39,17 @@ class GenerateInput:
     stream: bool
 
 
-def not_applicable(config: dict) -> dict[str, str]:
-    """The limits a model with this config (its artifact's meta.json "config") has nothing to
-    apply to, each with the reason a refusal gives."""
+def not_applicable(config: dict, layers: int) -> dict[str, str]:
+    """The limits a model with this config (its artifact's meta.json "config") and this many
+    blocks has nothing to apply to, each with the reason a refusal gives."""
     lm, moe = config.get("lm", {}), config.get("moe", {})
+    every = int(lm.get("mod_every", 1))
     reasons = {
-        "threshold": None if lm.get("exits") else "it has no exits (lm.exits=false)",
+        "threshold": None if lm.get("exits") and layers > 1 else f"it has no exits (lm.exits=false or {layers} block)",
         "expert_cap": None if moe.get("enabled") else "it has no experts (moe.enabled=false)",
-        "mod_bias": None if lm.get("mod_capacity") else "it has no MoD blocks (lm.mod_capacity=0)",
+        "mod_bias": None
+        if lm.get("mod_capacity") and every <= layers
+        else f"it has no MoD blocks (lm.mod_capacity=0, or lm.mod_every={every} past its {layers} blocks)",
     }
     return {name: why for name, why in reasons.items() if why is not None}
 
@@ -55,10 +60,12 @@ def parse_generate(body, engine, default_threshold: float | None, refused: dict 
     `refused`: the fields the model cannot apply, with why (`not_applicable`)."""
     if not isinstance(body, dict) or not isinstance(body.get("prompt"), str):
         raise BadRequest(400, 'the body must be a JSON object with "prompt" (a string)')
+    refused = refused or {}
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
-        raise BadRequest(400, f"unknown field {_short(unknown[0])}; the fields are {', '.join(FIELDS)}")
-    for name, why in (refused or {}).items():
+        fields = ", ".join(f for f in FIELDS if f not in refused)
+        raise BadRequest(400, f"unknown field {_short(unknown[0])}; the fields are {fields}")
+    for name, why in refused.items():
         if name in body:
             raise BadRequest(400, f'"{name}" does not apply to this model: {why}')
     prompt = np.asarray(byte_vocab.encode(body["prompt"].encode("utf-8", "surrogatepass"), eos=False), np.int32)

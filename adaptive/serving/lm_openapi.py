@@ -3,7 +3,9 @@
 Built from the served model, so the capacities and caps in it are the model's own, and a limit
 the model has nothing to apply to (adaptive.serving.lm_http_input.not_applicable) is left out of
 the request schema, which allows no other field: what the document allows is what the server
-takes. The hostile-input tests draw request bodies from it.
+takes, but for two things JSON Schema cannot say: an "integer" is a JSON integer (3.0 is refused),
+and the prompt's limit is in UTF-8 bytes (413 past it). The hostile-input tests draw request
+bodies from it.
 """
 
 from __future__ import annotations
@@ -11,12 +13,30 @@ from __future__ import annotations
 from adaptive.inference.token_step import STOP_REASONS
 from adaptive.serving.openapi import BAD_REQUESTS, ERROR, _json
 
+FLOAT64_MAX = 1.7976931348623157e308  # JSON numbers past it are refused (Python reads them as inf)
+
 _LIMITS = {
-    "threshold": {"type": "number", "minimum": 0, "description": "exit confidence (absent: the served default)"},
-    "flops_budget": {"type": "number", "exclusiveMinimum": 0, "description": "FLOPs for the tokens after the first"},
+    "threshold": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": FLOAT64_MAX,
+        "description": "exit confidence (absent: the served default)",
+    },
+    "flops_budget": {
+        "type": "number",
+        "minimum": 1e-30,
+        "maximum": FLOAT64_MAX,
+        "description": "FLOPs for the tokens after the first",
+    },
     "temperature": {"type": "number", "minimum": 0, "maximum": 1e4, "default": 0},
     "top_p": {"type": "number", "minimum": 1e-6, "maximum": 1, "default": 1},
-    "mod_bias": {"type": "number", "default": 0, "description": "raise it for MoD blocks to run on fewer tokens"},
+    "mod_bias": {
+        "type": "number",
+        "minimum": -FLOAT64_MAX,
+        "maximum": FLOAT64_MAX,
+        "default": 0,
+        "description": "raise it for MoD blocks to run on fewer tokens",
+    },
     "seed": {"type": "integer", "minimum": 0, "maximum": 2**32 - 1, "default": 0},
     "priority": {"type": "integer", "minimum": 0, "maximum": 9, "default": 0},
     "stream": {"type": "boolean", "default": False, "description": "server-sent events, one per token"},
@@ -40,7 +60,7 @@ _SUMMARY = {
 
 def _request_schema(prompt_bytes: int, new_tokens: int, layers: int, not_applicable: dict) -> dict:
     properties = {
-        "prompt": {"type": "string", "description": f"UTF-8 text of at most {prompt_bytes} bytes"},
+        "prompt": {"type": "string", "description": f"UTF-8 text of at most {prompt_bytes} bytes (more: 413)"},
         "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": new_tokens, "default": new_tokens},
         "layer_cap": {"type": "integer", "minimum": 1, "maximum": layers, "default": layers},
         "expert_cap": {"type": "integer", "minimum": 1, "maximum": 1 << 20, "description": "past k: k"},
@@ -91,6 +111,7 @@ def _generate(prompt_bytes: int, new_tokens: int, layers: int, not_applicable: d
         "responses": {
             "200": ok,
             **{code: _json(ERROR, what) for code, what in BAD_REQUESTS.items()},
+            "413": _json(ERROR, "a body over the size limit, or a prompt over the model's prompt capacity"),
             "500": _json(failed, "the step this request ran in failed; the server goes on"),
             "503": _json(unavailable, "deferred (retry after), rejected (no rung is on time), or too many connections"),
         },

@@ -1,8 +1,8 @@
 """`adaptive serve --artifact LM_ART --ttft-ms T --tpot-ms P`: generation over HTTP, continuously batched.
 
 POST /generate takes a prompt and its limits (adaptive/serving/lm_http_input.py) and answers,
-when it is done, {"text", "tokens", "count", "stop", "layers", "experts", "flops",
-"prefill_flops", "ttft_ms", "tpot_ms", "status", "model"}; with "stream": true it answers as
+when it is done, {"done", "text", "tokens", "count", "stop", "layers", "experts", "flops",
+"prefill_flops", "ttft_ms", "tpot_ms", "status", "model", "degraded_tokens"}; with "stream": true it answers as
 server-sent events instead, one `data: {"index", "token", "text", "layers", "experts"}` event per
 token as it is made, then a last `data: {"done": true, ...}` event with the summary. Bad
 requests get a 4xx with {"error": one line}; GET /healthz says what is loaded, GET /metrics is
