@@ -36,6 +36,9 @@ def test_no_target_means_no_budget():
         (["--config.budget.target=21"], "'budget.target' is 21 steps; this model spends 1 to 20 steps per example"),
         (["--config.budget.unit=flops", "--config.budget.target=10"], "this model spends"),
         (["--config.budget.unit=joules", "--config.budget.target=1"], "allowed values: 'steps', 'flops', 'macs'"),
+        # compute the penalty cannot move: the multiplier and the loss would grow without end
+        (["--config.halting.policy=none", "--config.budget.target=8"], "halting.policy='none' runs every step"),
+        (["--config.halting.policy=early_exit", "--config.budget.target=8"], "exits by a confidence threshold"),
     ],
 )
 def test_invalid_budgets_are_one_line_errors(overrides, message):

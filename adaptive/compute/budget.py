@@ -71,6 +71,14 @@ class Budget:
         # capacity): the target and the per-request caps are about the deployed model, and with
         # capacity dispatch training's capacity would price a step at a third of what it runs.
         flops = flops_model(cfg, input_shape, num_classes, batch=b.serving_batch)
+        policy = cfg.halting.policy
+        if b.target is not None and policy in ("none", "early_exit") and not flops.dynamic_experts:
+            # its compute does not move with the penalty: the multiplier and the loss would grow without end
+            how = "runs every step" if policy == "none" else "exits by a confidence threshold, set after training"
+            raise ConfigError(
+                f"config key 'budget.target' is set; halting.policy={policy!r} {how}, which a compute penalty "
+                "cannot train: use halting.policy=act or pondernet, or moe.router=top_p, or leave the target unset"
+            )
         cost_model = None
         if b.unit in ("latency_ms", "cost_per_1k", "energy_j", "requests_per_s"):
             if not b.cost_model:
