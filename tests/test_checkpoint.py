@@ -204,3 +204,25 @@ def test_params_of_an_older_checkpoint_are_read_with_a_warning(tmp_path, caplog,
         "(saved by an older version); read unverified"
     ]
     ckpt.close()
+
+
+def test_a_restore_error_names_its_root_cause_not_a_repr():
+    """orbax wraps a TensorStore failure in a line that ends in a bound method's repr; the one
+    line a user reads names what the root cause says (which file, what is wrong with it)."""
+    from adaptive.workdir.checkpoint import _first_line
+
+    try:
+        try:
+            raise ValueError('OUT_OF_RANGE: Error reading "params.kernel/0.0": byte range [3833, 5900) is not valid')
+        except ValueError as cause:
+            raise Exception(
+                "Encountered error while reading array index: (slice(0, 17, 1),). See full TensorStore details: "
+                "<bound method pybind11_detail_function_record.spec of TensorStore({\n 'base': {}})>"
+            ) from cause
+    except Exception as e:
+        line = _first_line(e)
+    assert line == (
+        "Encountered error while reading array index: (slice(0, 17, 1),).: "
+        'OUT_OF_RANGE: Error reading "params.kernel/0.0": byte range [3833, 5900) is not valid'
+    )
+    assert _first_line(ValueError("plain\nmore")) == "plain"

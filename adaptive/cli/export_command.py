@@ -40,7 +40,8 @@ def run(args) -> int:
         )
         _, meta = load_lm_artifact(out)
         print(
-            f"wrote {out} ({meta['bytes']} bytes, sha256 {meta['sha256'][:12]}...; prompts up to "
+            f"wrote {out} from step {meta['source']['step']} ({meta['bytes']} bytes, sha256 {meta['sha256'][:12]}...; "
+            "prompts up to "
             f"{meta['prompt_capacity'] - 1} bytes (and BOS), up to {meta['new_capacity']} new, caps {meta['caps']}, "
             f"default exit threshold {meta['exit_threshold']['default']:g}, {meta['slots']['count']} serving slots); "
             "verified against the live decoder"
@@ -58,7 +59,8 @@ def run(args) -> int:
     out = export_run(args.workdir, args.out, step=args.step, force=args.force, log=log, points=points)
     _, meta = load_artifact(out)
     print(
-        f"wrote {out} ({meta['bytes']} bytes, sha256 {meta['sha256'][:12]}..., caps: {meta['caps']}); "
+        f"wrote {out} from step {meta['source']['step']} ({meta['bytes']} bytes, sha256 {meta['sha256'][:12]}..., "
+        f"caps: {meta['caps']}); "
         "verified against the live model"
     )
     for p in meta.get("operating_points", []):

@@ -239,7 +239,14 @@ def _io_reason(e: BaseException) -> str | None:
 
 
 def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    """The error's first line, and its root cause's where that says more: orbax wraps a
+    TensorStore failure (which file, what is wrong with it) in a line that ends in a repr."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(" See full TensorStore details")[0]
+    root = e
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__
+    cause = (str(root).strip().splitlines() or [""])[0]
+    return (first if root is e or not cause or cause in first else f"{first}: {cause}")[:300]
 
 
 def _settle_failed_save(error: BaseException) -> None:
