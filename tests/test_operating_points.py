@@ -144,6 +144,7 @@ def test_eval_scores_the_points_on_a_split_and_plots_them(artifact):
     assert len(rows) == 4 and report.with_suffix(".png").is_file()
     for row in rows:  # the exported functions, scored on validation, agree with what export measured there
         assert abs(row["accuracy"] - row["validation_accuracy"]) <= 0.01
+        assert row["flops"] <= row["flops_at_cap"] * (1 + 1e-9)  # as run: an adaptive model halts before the cap
     assert any(r["pareto_memory_mb"] for r in rows) and any(r["pareto_flops"] for r in rows)
 
 
@@ -157,8 +158,13 @@ def test_an_adaptive_runs_compute_report_draws_its_points_beside_its_budgets(tmp
     proc = subprocess.run(command, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (report,) = (tmp_path / "run" / "eval").glob("*-report-step*.json")
-    points = json.loads(report.read_text())["operating_points"]
+    report = json.loads(report.read_text())
+    points = report["operating_points"]
     assert [p["label"] for p in points] == ["fp32 prune 0", "int8 prune 0"]
+    # the fp32 point is the run itself: at the full budget it halts as the report's own runs do
+    full, realized = points[0], report["compute_distribution"]
+    assert full["steps"] == pytest.approx(realized["steps"]["mean"], abs=0.05)
+    assert full["flops"] == pytest.approx(realized["flops"]["mean"], rel=0.01) and full["flops"] < full["flops_at_cap"]
 
 
 def test_serve_refuses_points_it_cannot_serve_before_loading(artifact):

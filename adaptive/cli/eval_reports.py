@@ -15,8 +15,8 @@ def print_points_report(workdir: str, metrics: dict, artifact: str) -> None:
 def _print_points(points: list[dict], artifact: str, split: str) -> None:
     from adaptive.evaluation.tables import print_table
 
-    keys = ("label", "accuracy", "validation_accuracy", "flops", "weight_bytes", "memory_mb", "latency_ms")
-    print(f"operating points of {artifact} on the {split} split:")
+    keys = ("label", "accuracy", "validation_accuracy", "steps", "flops", "weight_bytes", "memory_mb", "latency_ms")
+    print(f"operating points of {artifact} on the {split} split (mean steps and FLOPs as run; latency at the cap):")
     print_table([{k: r[k] for k in keys} for r in points], list(keys))
 
 

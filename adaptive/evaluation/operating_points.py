@@ -24,7 +24,7 @@ import numpy as np
 from adaptive.compute.memory import memory_report
 from adaptive.compute.timing import time_side_by_side
 from adaptive.config import step_cap
-from adaptive.evaluation.pruning import flops_of, pruned
+from adaptive.evaluation.pruning import flops_at_steps, flops_of, pruned
 from adaptive.evaluation.quantization import Variant, quantized, score
 from adaptive.evaluation.variant_timing import inputs
 from adaptive.inference.artifact_meta import ArtifactError, point_file
@@ -130,6 +130,8 @@ def describe_point(v: Variant, memory: dict, fine_tune_steps: int, blob: bytes, 
         "aware_steps": v.aware_steps,
         "fine_tune_steps": fine_tune_steps if v.prune > 0 else 0,
     }
+    if v.run.cfg.model.kind != "lm":  # an adaptive classifier's realized FLOPs follow its steps
+        entry["flops_at_steps"] = flops_at_steps(v.run)
     if (v.precision, v.prune) != ("fp32", 0.0):
         name = point_file(v.precision, v.prune)
         blobs[name] = blob

@@ -3,10 +3,12 @@
 
 Each point's exported function (adaptive.evaluation.operating_points) runs the split at the full
 step budget, so its accuracy here is measured on the report's split, not copied from meta.json
-(which holds the validation accuracy its choices were made on). FLOPs, weight bytes, memory and
-latency come from meta.json, measured at export. An adaptive run's compute report draws the points
-on its accuracy-vs-compute plot beside its step and expert budgets; a static run gets this report
-alone: accuracy against FLOPs, against memory and against latency, the Pareto front of each.
+(which holds the validation accuracy its choices were made on), and so are its mean steps and
+FLOPs (each example's at the steps it took: an adaptive model halts before the cap). FLOPs per
+step, weight bytes, memory and latency come from meta.json, measured at export. An adaptive
+run's compute report draws the points on its accuracy-vs-compute plot beside its step and
+expert budgets; a static run gets this report alone: accuracy against FLOPs, against memory and
+against latency, the Pareto front of each.
 """
 
 from __future__ import annotations
@@ -53,11 +55,18 @@ def score_points(run: Run, split: str, artifact: str | Path) -> list[dict]:
     for entry in entries:
         exported, _ = load_artifact(artifact, point=(entry["precision"], entry["prune"]))
         correct = total = 0
+        steps = []
         for batch, real in split_batches(run.cfg, split, run.cfg.train.eval_batch_size):
             x = np.asarray(batch["x"], np.float32)
-            prediction = np.asarray(jax.device_get(exported.call(x, np.full(len(x), cap, np.int32))[0]))
-            correct += int((prediction[real] == batch["y"][real]).sum())
+            prediction, _, taken, _ = jax.device_get(exported.call(x, np.full(len(x), cap, np.int32)))
+            correct += int((np.asarray(prediction)[real] == batch["y"][real]).sum())
             total += int(np.asarray(real).sum())
+            steps.append(np.asarray(taken)[real])
+        steps = np.concatenate(steps)
+        # realized: the mean over examples of each one's FLOPs at the steps it took (an artifact
+        # from before per-step FLOPs were kept has only the cap's)
+        table = entry.get("flops_at_steps")
+        flops = float(np.mean(np.asarray(table)[np.clip(steps, 1, len(table)) - 1])) if table else entry["flops"]
         rows.append(
             {
                 "label": f"{entry['precision']} prune {entry['prune']:g}",
@@ -65,7 +74,9 @@ def score_points(run: Run, split: str, artifact: str | Path) -> list[dict]:
                 "prune": entry["prune"],
                 "accuracy": correct / max(total, 1),
                 "validation_accuracy": entry["accuracy"],
-                "flops": entry["flops"],
+                "steps": float(steps.mean()),
+                "flops": flops,
+                "flops_at_cap": entry["flops"],
                 "weight_bytes": entry["weight_bytes"],
                 "memory_mb": entry["memory"]["total_mb"],
                 "latency_ms": entry["latency_ms"]["median"],

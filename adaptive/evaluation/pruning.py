@@ -92,6 +92,13 @@ def flops_of(run: Run) -> float:
     return float(flops.at_steps(step_cap(cfg)))
 
 
+def flops_at_steps(run: Run) -> list[float]:
+    """A classifier's FLOPs per example at each step budget 1..cap, as its shapes stand."""
+    cfg, widths = shapes_of(nnx.merge(run.graphdef, run.params)).priced(run.cfg)
+    flops = flops_model(cfg, run.spec.input_shape, run.spec.num_classes, **widths)
+    return [float(flops.at_steps(s)) for s in range(1, step_cap(cfg) + 1)]
+
+
 def pruned(
     run: Run,
     fraction: float,
