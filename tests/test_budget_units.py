@@ -77,6 +77,10 @@ def test_the_engine_prices_rates_and_memory_per_request():
     with pytest.raises(BudgetError, match="below this model's 2.5 MB"):
         engine.steps_for(2.0, "memory_mb")
     assert engine.steps_within(2.0, "memory_mb") == 0  # refused before it runs
+    # a latency budget is each request's ceiling: priced at the p99 (2.5 ms a step), not the mean (1.5)
+    assert engine.steps_for(3.0, "latency_ms") == 2
+    with pytest.raises(BudgetError, match=r"below one step of this model \(2.5 latency_ms at the cost model's p99\)"):
+        engine.steps_for(2.0, "latency_ms")
     bare = _engine({})
     with pytest.raises(BudgetError, match="memory"):
         bare.steps_for(3.0, "memory_mb")

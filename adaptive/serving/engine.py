@@ -32,6 +32,9 @@ from adaptive.config import BUDGET_UNITS as UNITS
 from adaptive.inference.artifact_meta import ArtifactError
 
 PER_EXPERT = ("flops", "macs")  # the units whose price follows a MoE's experts per token
+# a latency budget is a ceiling on each request's time: priced at the cost model's p99, which
+# is above the mean a training target is held to
+P99 = {"latency_ms_p99": " at the cost model's p99"} | {unit: "" for unit in UNITS}
 
 
 class BudgetError(ValueError):
@@ -176,7 +179,8 @@ class Engine:
         table = self.compute_of(np.arange(1, self.cap + 1), unit, experts) if unit in PER_EXPERT else self.table[column]
         if value < table[0]:
             raise BudgetError(
-                f"budget {value:g} {unit} is below one step of this model ({table[0]:g} {unit})", below=True
+                f"budget {value:g} {unit} is below one step of this model ({table[0]:g} {unit}{P99[column]})",
+                below=True,
             )
         return int(np.searchsorted(np.asarray(table), value * (1 + 1e-9), side="right"))
 
