@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 import subprocess
 
 import pytest
@@ -184,3 +185,29 @@ def test_a_run_keeps_the_cost_model_it_was_trained_under(calibrated, tmp_path, c
         train_tiny(run, 10, overrides=overrides)  # resumed: the run keeps its copy, and says so
     assert f"{source} changed since this run started; the run keeps the cost model it started with" in caplog.text
     assert (run / RUN_COST_MODEL).read_text() != source.read_text()
+
+
+def test_an_export_prices_latency_with_the_folders_calibration(calibrated, tmp_path):
+    """`adaptive calibrate` then `adaptive export`, with no budget.cost_model in the config: the
+    artifact prices latency, money and energy through DIR/cost_model.json; one calibrated for
+    another network is named and left out."""
+    from adaptive.inference.export import cost_model_of
+    from adaptive.inference.restore import load_run
+
+    _, path = calibrated
+    run = load_run(path.parent)
+    assert run.budget is None and cost_model_of(run) is not None
+    proc = subprocess.run(
+        cli("export", "--workdir", str(path.parent), "--out", str(tmp_path / "art")), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    meta = json.loads((tmp_path / "art" / "meta.json").read_text())
+    assert meta["cost_model"] is not None and {"latency_ms", "latency_ms_p99", "energy_j"} <= set(
+        meta["compute_at_steps"]
+    )
+    other = tmp_path / "other"
+    shutil.copytree(path.parent, other)
+    CostModel("another network", "test", 3.0, 30.0, {"b1_k0": Fit(1.0, 0.5, [])}).save(other / "cost_model.json")
+    said = []
+    assert cost_model_of(load_run(other), said.append) is None
+    assert said and "is not used" in said[0] and "another model or config" in said[0]

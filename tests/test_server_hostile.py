@@ -269,6 +269,9 @@ def test_the_openapi_document_describes_the_served_model(engine):
     assert status == 200 and document["openapi"].startswith("3.") and (x["minItems"], x["maxItems"]) == (16, 16)
     assert {"200", "400", "408", "413", "415", "503"} <= set(predict["responses"])
     assert {"/predict", "/healthz", "/metrics", "/openapi.json"} <= set(document["paths"])
+    # no cost model: the units it offers are those the model can price
+    units = predict["requestBody"]["content"]["application/json"]["schema"]["properties"]["unit"]["enum"]
+    assert units == ["steps", "flops", "macs", "memory_mb"] == list(engine.units)
 
 
 def test_flags_of_the_other_kind_of_model_are_refused_not_dropped(engine, tmp_path, capsys):

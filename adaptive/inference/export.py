@@ -46,6 +46,7 @@ from flax import nnx
 
 from adaptive import config as config_lib
 from adaptive import data
+from adaptive.compute.costmodel import CostModel, CostModelError, fingerprint
 from adaptive.compute.flops import flops_model
 from adaptive.compute.memory import memory_report
 from adaptive.config import step_cap
@@ -106,14 +107,34 @@ def compute_table(run: Run) -> dict:
     flops = flops_model(cfg, spec.input_shape, spec.num_classes, batch=1)
     table = {"steps": steps.tolist(), "flops": [float(flops.at_steps(s)) for s in steps]}
     table["macs"] = [f / 2 for f in table["flops"]]
-    model = run.budget.cost_model if run.budget is not None else None
+    model = cost_model_of(run)
     if model is not None:
-        batch = run.budget.serving_batch
+        batch = run.cfg.budget.serving_batch
         table["latency_ms"] = [float(model.latency_ms(s, batch)) for s in steps]
         table["latency_ms_p99"] = [float(model.tail_latency_ms(s, batch)) for s in steps]
         table["cost_per_1k"] = [float(model.cost_per_1k(s, batch)) for s in steps]
         table["energy_j"] = [float(model.energy_j(s, batch)) for s in steps]
     return table
+
+
+def cost_model_of(run: Run, log=None) -> CostModel | None:
+    """The cost model an artifact prices latency, money and energy with: the budget's
+    (budget.cost_model), else the run folder's cost_model.json (`adaptive calibrate`) where it
+    was calibrated for this network at the config's budget.serving_batch; None otherwise, with a
+    note through `log` when a cost_model.json is there but cannot be used."""
+    if run.budget is not None and run.budget.cost_model is not None:
+        return run.budget.cost_model
+    path = run.workdir / "cost_model.json"
+    if not path.is_file():
+        return None
+    try:
+        model = CostModel.load(path, expect_fingerprint=fingerprint(run.cfg, run.spec.input_shape))
+        model.fit(run.cfg.budget.serving_batch)
+    except CostModelError as e:
+        if log is not None:
+            log(f"note: {path} is not used ({e}); the artifact prices no latency, money or energy")
+        return None
+    return model
 
 
 def memory_at_serving_batch(run: Run) -> dict:
@@ -241,7 +262,7 @@ def _entry(blob: bytes, name: str) -> dict:
 def _meta(run: Run, blob: bytes, variants: dict[int, bytes], by_batch: dict[int, bytes], log=None) -> dict:
     """meta.json of an artifact (before sealing): what it is, its caps, compute and accuracy tables."""
     shape = tuple(run.spec.input_shape)
-    cost_model = run.budget.cost_model if run.budget is not None else None
+    cost_model = cost_model_of(run, log)
     return {
         "format": FORMAT,
         "sha256": hashlib.sha256(blob).hexdigest(),

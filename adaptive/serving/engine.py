@@ -199,6 +199,13 @@ class Engine:
         return self.cap
 
     @property
+    def units(self) -> tuple[str, ...]:
+        """The budget units this model can price (cost-model units only with a cost model)."""
+        have = set(self.table) | ({"memory_mb"} if self.meta.get("memory") else set())
+        have |= {"requests_per_s"} if "latency_ms" in self.table else set()
+        return tuple(unit for unit in UNITS if unit in have)
+
+    @property
     def serving_batch(self) -> int:
         """The batch the compute table's latency columns were calibrated at (budget.serving_batch)."""
         budget = self.meta.get("budget") or (self.meta.get("config") or {}).get("budget") or {}

@@ -45,7 +45,7 @@ from aiohttp import web
 from adaptive.serving.connections import ConnectionLimit, deferred, listen, refuse
 from adaptive.serving.controller import Controller
 from adaptive.serving.decisions import REJECTED, Decision, Request
-from adaptive.serving.engine import UNITS, Engine, fallback_engines
+from adaptive.serving.engine import Engine, fallback_engines
 from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, parse_predict, read_body
 from adaptive.serving.openapi import document
 from adaptive.serving.server_stats import ArrivalRate, RequestCost, Stats
@@ -115,7 +115,7 @@ class Server:
         self.request_cost, self.arrivals, self._received = RequestCost(), ArrivalRate(), 0
         self.queue: asyncio.Queue[Pending] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1)  # one model run at a time: no oversubscription
-        self._openapi = json.dumps(document(primary.input_shape, UNITS, primary.cap, MAX_BODY))
+        self._openapi = json.dumps(document(primary.input_shape, primary.units, primary.cap, MAX_BODY))
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY)
