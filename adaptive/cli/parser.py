@@ -144,7 +144,7 @@ def _add_serve(commands) -> None:
         "repeat it for a ladder of several, or 'all' for every point that fits (the controller picks one a batch); "
         "language models: one fallback point",
     )
-    serve.add_argument("--sla-ms", type=float, default=20.0, help="classifiers: the latency SLA")
+    serve.add_argument("--sla-ms", type=float, default=20.0, help="classifiers: the latency SLA (default 20)")
     serve.add_argument(
         "--ttft-ms", type=float, default=1000.0, help="language models: the time-to-first-token SLA (default 1000)"
     )

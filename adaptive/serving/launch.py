@@ -102,6 +102,12 @@ def serve(
                 f"--default-budget {default_steps} is below this static model's {primary.cap} steps (it runs all "
                 "of them), and no fallback this policy uses runs within it"
             )
+    if default_steps is not None and default_steps > primary.cap:  # as a request's budget past the cap is
+        print(
+            f"note: --default-budget {default_steps} is past {artifact}'s cap; it is the cap, {primary.cap}",
+            file=sys.stderr,
+        )
+        default_steps = primary.cap
     controller = build_controller(primary, rungs, sla_ms=sla_ms, mode=mode, max_batch=max_batch, tolerance=tolerance)
     server = Server(
         primary,
