@@ -114,10 +114,12 @@ def test_eval_report_covers_every_budget_with_a_baseline_plots_and_a_shifted_spl
     assert 1 <= dist["p50"] <= dist["p99"] <= dist["max"] <= 6
     assert report["cost_per_correct"]["flops"] >= grid[-1]["flops"]
     assert [r["difficulty"] for r in report["by_difficulty"]] == list(range(1, 17))
-    assert "parity difficulty 12..16" in report["shifted"]["what"]  # validation's own vectors, harder
+    # validation's own vectors, harder: trained on every difficulty, the hardest quarter of them
+    assert report["shifted"]["what"] == "parity difficulty 12..16, the hardest of the 1..16 it was trained on"
     assert {r["difficulty"] for r in report["shifted"]["by_difficulty"]} == set(range(12, 17))
     (baseline,) = report["baselines"]
     assert baseline["name"] == "static" and baseline["steps"] == 3.0
+    assert "static baselines on the same split" in proc.stdout and "\nstatic " in proc.stdout  # its row, printed
     assert report["budgeted_batch"] == []  # ACT has no per-step prediction to exit on
     for name in ("accuracy_vs_compute", "compute_histogram", "compute_vs_difficulty"):
         assert (tiny_run / "eval" / f"validation-step30-{name}.png").read_bytes()[:4] == b"\x89PNG"

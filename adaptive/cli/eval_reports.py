@@ -46,6 +46,14 @@ def print_compute_report(workdir: str, metrics: dict, baselines: list[str], poin
         f"FLOPs per correct answer {report['cost_per_correct']['flops']:.4g}"
     )
     print(f"shifted ({shifted['what']}): accuracy {shifted['accuracy']:.4f}, mean steps {shifted['steps']['mean']:.2f}")
+    if report["baselines"]:
+        print(
+            f"static baselines on the same split (this run: accuracy {report['accuracy']:.4f}, "
+            f"{dist['mean']:.2f} steps):"
+        )
+        rows = [{"baseline": b["name"], "accuracy": b["accuracy"], "steps": b["steps"], "flops": b["flops"]}
+                for b in report["baselines"]]  # fmt: skip
+        print_table(rows, list(rows[0]))
     if points:  # as a static model's report prints them
         _print_points(report["operating_points"], points, metrics["split"])
     for path in paths:

@@ -184,7 +184,9 @@ def _shifted(run: Run, split: str, k_max) -> tuple[dict, np.ndarray]:
         if split != "train":  # only `split` is read: a small train split keeps the extra cache small
             moved["num_train"] = cfg.data.num_eval
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **moved))
-        what = f"parity difficulty {shift[0]}..{shift[1]} (trained on {trained[0]}..{trained[1]})"
+        beyond = shift[0] > trained[1]  # past what it was trained on, or (trained on every n) its hardest share
+        how = "past" if beyond else "the hardest of"
+        what = f"parity difficulty {shift[0]}..{shift[1]}, {how} the {trained[0]}..{trained[1]} it was trained on"
     else:
         source = data.load_split(cfg.data, split)
         scale = 0.5 * float(np.std(source.read_batch(np.arange(min(256, len(source))))["x"]))
