@@ -234,6 +234,7 @@ class _Loop:
                 metrics["perf/steps_per_sec"] = steps_in_window / max(time.perf_counter() - t_window, 1e-9)
                 writer.write(step, "train", metrics)
                 t_window, steps_in_window = time.perf_counter(), 0
+            paused = time.perf_counter()
             due_checkpoint = step % train.checkpoint_every == 0 or last or stop.signum
             if due_checkpoint or step % train.log_every == 0:
                 _check_streak(state, train.max_nonfinite_in_a_row, step, ckpt)
@@ -242,6 +243,7 @@ class _Loop:
                 writer.write(step, "eval", final)
             if due_checkpoint:
                 ckpt.save(step, state, batches.get_state())
+            t_window += time.perf_counter() - paused  # evals and checkpoints are not training steps
             if stop.signum:
                 name = signal.Signals(stop.signum).name
                 raise Interrupted(
