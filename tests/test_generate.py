@@ -246,6 +246,7 @@ def test_greedy_sampling_is_the_argmax_and_a_seed_fixes_a_draw():
         (dict(seed=2**32), "seed=4294967296 is outside"),
         (dict(max_new_tokens=2**40), "max_new_tokens=1099511627776 is outside"),
         (dict(expert_cap=2**31), "expert_cap=2147483648 is outside"),
+        (dict(expert_cap=2), r"expert_cap=2 is outside \[1, 1\]"),  # past the router's k (here 1: no experts)
         (dict(max_new_tokens=2.7), "max_new_tokens must be a whole number, got 2.7"),
         (dict(layer_cap=10**400), "layer_cap must be a number"),
         (dict(seed="a"), "seed must be a number"),

@@ -112,10 +112,12 @@ BAD = [
     ({"prompt": "x", "threshold": "high"}, 400, '"threshold" must be a finite number'),
     ('{"prompt": "x", "threshold": NaN}', 400, '"threshold" must be a finite number'),
     ({"prompt": "x", "layer_cap": 0}, 400, "layer_cap=0 is outside"),
+    ({"prompt": "x", "expert_cap": 3}, 400, "expert_cap=3 is outside [1, 2]"),  # past the router's k, as layers
     ({"prompt": "x", "stream": "yes"}, 400, '"stream" must be true or false'),
     ({"prompt": "x", "mod_bias": 1.0}, 400, '"mod_bias" does not apply to this model: it has no MoD blocks'),
     ({"text": "x"}, 400, 'with "prompt"'),
     ("{not json", 400, "the body is not JSON"),
+    ('{"prompt": "ab\\ud800"}', 400, '"prompt" is not valid Unicode: a lone surrogate at character 2'),
 ]
 
 
@@ -136,7 +138,7 @@ def test_bad_generate_requests_get_one_line_and_the_server_goes_on(decoder):
     for (body, status, message), (got, error) in zip(BAD, answers, strict=True):
         assert got == status and message in error and "\n" not in error, body
     assert good == 200
-    assert 'adaptive_bad_requests_by_code_total{code="400"} 9' in metrics
+    assert 'adaptive_bad_requests_by_code_total{code="400"} 11' in metrics
     assert 'adaptive_bad_requests_by_code_total{code="413"} 1' in metrics
 
 
@@ -249,14 +251,17 @@ def test_a_quantized_or_pruned_point_served_at_the_certified_threshold_is_said_u
 def test_a_limit_the_model_cannot_apply_is_named_with_the_reason():
     plain = not_applicable({"lm": {"exits": False, "mod_capacity": 0.0}, "moe": {"enabled": False}}, 4)
     assert plain == {
-        "threshold": "it has no exits (lm.exits=false or 4 block)",
+        "threshold": "it has no exits (lm.exits=false)",
         "expert_cap": "it has no experts (moe.enabled=false)",
-        "mod_bias": "it has no MoD blocks (lm.mod_capacity=0, or lm.mod_every=1 past its 4 blocks)",
+        "mod_bias": "it has no MoD blocks (lm.mod_capacity=0)",
     }
     every = {"lm": {"exits": True, "mod_capacity": 0.5, "mod_every": 2}, "moe": {"enabled": True}}
     assert not_applicable(every, 4) == {}
     # one block: no exit before the last, and a MoD block every second one is none
-    assert set(not_applicable(every, 1)) == {"threshold", "mod_bias"}
+    assert not_applicable(every, 1) == {
+        "threshold": "it has no exits (one block: no exit before the last)",
+        "mod_bias": "it has no MoD blocks (lm.mod_every=2 is past its 1 blocks)",
+    }
 
 
 def test_fuzzed_generate_requests_get_what_the_openapi_document_says_and_never_a_500(decoder):

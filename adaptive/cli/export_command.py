@@ -39,11 +39,13 @@ def run(args) -> int:
             points=_points(args, log, language_model=True),
         )
         _, meta = load_lm_artifact(out)
+        exits = f"default exit threshold {meta['exit_threshold']['default']:g}"
+        exits = exits if meta["config"]["lm"]["exits"] else "no exits"
         print(
             f"wrote {out} from step {meta['source']['step']} ({meta['bytes']} bytes, sha256 {meta['sha256'][:12]}...; "
             "prompts up to "
             f"{meta['prompt_capacity'] - 1} bytes (and BOS), up to {meta['new_capacity']} new, caps {meta['caps']}, "
-            f"default exit threshold {meta['exit_threshold']['default']:g}, {meta['slots']['count']} serving slots); "
+            f"{exits}, {meta['slots']['count']} serving slots); "
             "verified against the live decoder"
         )
         for p in meta.get("operating_points", []):

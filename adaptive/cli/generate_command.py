@@ -63,6 +63,7 @@ def run(args, overrides: list[str]) -> int:
             limits = decoder.limits(len(prompts), **knobs)
     except ValueError as e:
         named = f"--budget {args.budget:g} --unit layers: " if args.unit == "layers" and "layer_cap" in str(e) else ""
+        named = f"--experts {args.experts}: " if "expert_cap" in str(e) else named
         raise RunError(named + str(e)) from None
     positions, window = max(len(p) for p in prompts) + args.max_new_tokens, trained.cfg.data.window
     if positions > window:  # rotary positions run on, but nothing past the window was trained

@@ -190,7 +190,7 @@ def checked_limits(
     return GenerationLimits(
         column("max_new_tokens", max_new_tokens, np.int32, 1, m, m),
         column("layer_cap", layer_cap, np.int32, 1, blocks, blocks),
-        column("expert_cap", expert_cap, np.int32, 1, 1 << 20, max_experts),
+        column("expert_cap", expert_cap, np.int32, 1, max_experts, max_experts),
         column("flops_budget", flops_budget, np.float32, 1e-30, np.inf, NO_BUDGET),
         column("threshold", threshold, np.float32, 0.0, np.inf, NO_EXITS),
         column("mod_bias", mod_bias, np.float32, -np.inf, np.inf, 0.0),

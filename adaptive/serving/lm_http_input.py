@@ -44,12 +44,16 @@ def not_applicable(config: dict, layers: int) -> dict[str, str]:
     blocks has nothing to apply to, each with the reason a refusal gives."""
     lm, moe = config.get("lm", {}), config.get("moe", {})
     every = int(lm.get("mod_every", 1))
+    exits = "it has no exits (lm.exits=false)" if not lm.get("exits") else None
+    mod = "it has no MoD blocks (lm.mod_capacity=0)" if not lm.get("mod_capacity") else None
+    if layers < 2 and exits is None:
+        exits = "it has no exits (one block: no exit before the last)"
+    if every > layers and mod is None:
+        mod = f"it has no MoD blocks (lm.mod_every={every} is past its {layers} blocks)"
     reasons = {
-        "threshold": None if lm.get("exits") and layers > 1 else f"it has no exits (lm.exits=false or {layers} block)",
+        "threshold": exits,
         "expert_cap": None if moe.get("enabled") else "it has no experts (moe.enabled=false)",
-        "mod_bias": None
-        if lm.get("mod_capacity") and every <= layers
-        else f"it has no MoD blocks (lm.mod_capacity=0, or lm.mod_every={every} past its {layers} blocks)",
+        "mod_bias": mod,
     }
     return {name: why for name, why in reasons.items() if why is not None}
 
@@ -68,7 +72,11 @@ def parse_generate(body, engine, default_threshold: float | None, refused: dict 
     for name, why in refused.items():
         if name in body:
             raise BadRequest(400, f'"{name}" does not apply to this model: {why}')
-    prompt = np.asarray(byte_vocab.encode(body["prompt"].encode("utf-8", "surrogatepass"), eos=False), np.int32)
+    try:
+        text = body["prompt"].encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON may escape a lone surrogate ("\ud800"), which no UTF-8 holds
+        raise BadRequest(400, f'"prompt" is not valid Unicode: a lone surrogate at character {e.start}') from None
+    prompt = np.asarray(byte_vocab.encode(text, eos=False), np.int32)
     if len(prompt) > engine.prompt_capacity:
         raise BadRequest(
             413, f"the prompt is {len(prompt) - 1} bytes; this model takes up to {engine.prompt_capacity - 1}"

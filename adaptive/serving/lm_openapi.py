@@ -58,12 +58,12 @@ _SUMMARY = {
 }
 
 
-def _request_schema(prompt_bytes: int, new_tokens: int, layers: int, not_applicable: dict) -> dict:
+def _request_schema(prompt_bytes: int, new_tokens: int, layers: int, experts: int, not_applicable: dict) -> dict:
     properties = {
         "prompt": {"type": "string", "description": f"UTF-8 text of at most {prompt_bytes} bytes (more: 413)"},
         "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": new_tokens, "default": new_tokens},
         "layer_cap": {"type": "integer", "minimum": 1, "maximum": layers, "default": layers},
-        "expert_cap": {"type": "integer", "minimum": 1, "maximum": 1 << 20, "description": "past k: k"},
+        "expert_cap": {"type": "integer", "minimum": 1, "maximum": experts, "default": experts},
         **_LIMITS,
     }
     return {
@@ -80,7 +80,7 @@ def _summary(statuses: list[str], required=("done", "status"), **more) -> dict:
     return {"type": "object", "required": list(required), "properties": properties}
 
 
-def _generate(prompt_bytes: int, new_tokens: int, layers: int, not_applicable: dict) -> dict:
+def _generate(prompt_bytes: int, new_tokens: int, layers: int, experts: int, not_applicable: dict) -> dict:
     unavailable = {
         "oneOf": [
             {
@@ -105,7 +105,9 @@ def _generate(prompt_bytes: int, new_tokens: int, layers: int, not_applicable: d
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": _request_schema(prompt_bytes, new_tokens, layers, not_applicable)}
+                "application/json": {
+                    "schema": _request_schema(prompt_bytes, new_tokens, layers, experts, not_applicable)
+                }
             },
         },
         "responses": {
@@ -121,7 +123,8 @@ def _generate(prompt_bytes: int, new_tokens: int, layers: int, not_applicable: d
 def document(engine, not_applicable: dict, max_body: int) -> dict:
     """The OpenAPI document for a server whose primary is `engine` (an LMEngine)."""
     text = {"text/plain": {"schema": {"type": "string"}}}
-    generate = _generate(engine.prompt_capacity - 1, engine.fns.new_capacity, engine.fns.blocks, not_applicable)
+    caps = (engine.fns.new_capacity, engine.fns.blocks, engine.fns.max_experts)
+    generate = _generate(engine.prompt_capacity - 1, *caps, not_applicable)
     return {
         "openapi": "3.1.0",
         "info": {

@@ -167,7 +167,7 @@ class LMServer:
                 "prompt_capacity": p.prompt_capacity - 1,
                 "ttft_ms": self.ttft_ms,
                 "tpot_ms": self.tpot_ms,
-                "default_threshold": self.default_threshold,
+                "default_threshold": None if "threshold" in self.not_applicable else self.default_threshold,
                 "not_applicable": self.not_applicable,
             }
         )
