@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 
 import pytest
@@ -185,3 +186,20 @@ def test_a_threshold_for_a_model_without_exits_is_refused_before_it_loads(tmp_pa
     (tmp_path / "config.json").write_text(json.dumps(config_lib.to_dict(cfg)))
     assert main(["generate", "--workdir", str(tmp_path), "--prompt", "x", "--threshold", "0.5"]) == 2
     assert "--threshold applies to a model with exits;" in capsys.readouterr().err
+
+
+def test_eval_reports_the_certified_threshold_beside_its_grid(run_dir, tmp_path):
+    """The threshold generate and an artifact use by default is a point of the LM report, named
+    as certified, though the grid of thresholds does not hold it."""
+    from adaptive.evaluation.lm_report import lm_report
+    from adaptive.inference.restore import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    step = load_run(run, language_model=True).step
+    record = {"threshold": 0.37, "step": step, "delta": 0.5, "epsilon": 0.2}
+    (run / "exit_calibration.json").write_text(json.dumps(record))
+    report, _ = lm_report(load_run(run, language_model=True), "validation", tmp_path / "eval", limit=2)
+    certified = [p for p in report["points"] if p["certified"]]
+    assert [p["label"] for p in certified] == ["exit at 0.37 (certified)"]
+    assert sum(p["threshold"] == 0.37 for p in report["points"]) == 1

@@ -38,6 +38,7 @@ from adaptive.data import byte_vocab
 from adaptive.evaluation.curves import pareto_front
 from adaptive.inference.restore import Run, load_run
 from adaptive.inference.scoring import split_batches
+from adaptive.workdir import exit_calibration
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 # Each confidence measure's scale: the cosine of consecutive states sits close to 1, and a
@@ -84,6 +85,16 @@ def operating_points(cfg, confidences: tuple[str, ...] = ()) -> list[Knobs]:
     if cfg.moe.enabled and cfg.moe.router != "expert_choice":
         points += [Knobs(experts=k) for k in range(1, cfg.moe.k)]
     return points
+
+
+def _certified_threshold(run: Run) -> float | None:
+    """The exit threshold `adaptive calibrate-exits` certified for this checkpoint (None: none,
+    or one that no token passes)."""
+    if not run.cfg.lm.exits:
+        return None
+    record, _ = exit_calibration.for_step(run.workdir, run.step)
+    threshold = None if record is None else float(record["threshold"])
+    return threshold if threshold is not None and threshold < 1.0 else None
 
 
 def _forward(run: Run, exiting: bool, confidence: str | None = None):
@@ -138,7 +149,8 @@ def _point(run: Run, tokens: dict[str, np.ndarray], knobs: Knobs) -> dict:
     classes = byte_vocab.token_class(tokens["target"])
     point = {
         **knobs._asdict(),
-        "label": knobs.label(),
+        # with MoD blocks, the knobs' defaults are the routing as trained, not every block run
+        "label": "MoD as trained" if knobs == Knobs() and run.cfg.lm.mod_capacity > 0 else knobs.label(),
         "bits_per_byte": float(tokens["ce"][byte].sum() / max(byte.sum(), 1) / LN2),
         "accuracy": float(tokens["correct"].mean()),
         "blocks_mean": float(blocks.mean()),
@@ -195,7 +207,14 @@ def lm_report(
             forwards[key] = _forward(run, *key)
         return _per_token(run, split, forwards[key], knobs, limit)
 
-    points = [_point(run, tokens(knobs), knobs) for knobs in (points or operating_points(run.cfg))]
+    certified = _certified_threshold(run) if points is None else None
+    knobs_list = points or operating_points(run.cfg)
+    if certified is not None and Knobs(threshold=certified) not in knobs_list:
+        knobs_list = [*knobs_list, Knobs(threshold=certified)]
+    points = [_point(run, tokens(knobs), knobs) for knobs in knobs_list]
+    for p in points:  # the threshold generate and the artifact use by default
+        p["certified"] = certified is not None and p["threshold"] == certified and p["confidence"] is None
+        p["label"] += " (certified)" if p["certified"] else ""
     front = set(pareto_front([(p["flops_per_token"], -p["bits_per_byte"]) for p in points]))
     for p in points:
         p["pareto"] = (p["flops_per_token"], -p["bits_per_byte"]) in front
