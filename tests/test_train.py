@@ -298,7 +298,10 @@ def test_wandb_offline_needs_no_key(tmp_path):
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
-    assert list((tmp_path / "w" / "wandb").glob("offline-run-*"))
+    (offline,) = (tmp_path / "w" / "wandb").glob("offline-run-*")
+    # one line says where the run is and how to upload it, not wandb's summary of what was printed
+    assert f"wandb: offline run in {offline.relative_to(tmp_path)}" in proc.stderr or str(offline) in proc.stderr
+    assert "Run summary" not in proc.stderr + proc.stdout
 
 
 def test_wandb_online_without_a_key_is_one_line_before_any_step(tmp_path):

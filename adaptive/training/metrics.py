@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Protocol
@@ -83,6 +84,7 @@ class WandbWriter:
     def __init__(self, workdir: Path, *, mode: str, project: str, group: str, config: dict):
         import wandb  # imported here: a run with wandb disabled should not pay for it
 
+        self._mode = mode
         digest = hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:10]
         run_id = "".join(c if c.isalnum() else "-" for c in workdir.name)[-50:] + "-" + digest
         try:
@@ -96,6 +98,8 @@ class WandbWriter:
                 resume="allow",
                 config=config,
                 reinit="finish_previous",
+                # its summary repeats the progress bar and eval lines; WANDB_SILENT=false brings it back
+                settings=wandb.Settings(silent=os.environ.get("WANDB_SILENT", "true").lower() != "false"),
             )
         except wandb.errors.Error as e:  # online with no key, or no network: before any step is lost
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -113,7 +117,13 @@ class WandbWriter:
         self._run.log({name: wandb.Image(str(path)) for name, path in images.items()}, step=step)
 
     def close(self) -> None:
+        where = getattr(self._run.settings, "sync_dir", None)
+        url = None if self._mode == "offline" else self._run.url
         self._run.finish()
+        if self._mode == "offline" and where:
+            print(f"wandb: offline run in {where}; `wandb sync {where}` uploads it", file=sys.stderr)
+        elif url:
+            print(f"wandb: {url}", file=sys.stderr)
 
 
 class ProgressBar:
@@ -156,5 +166,5 @@ class MultiWriter:
             w.write(step, split, metrics)
 
     def close(self) -> None:
-        for w in self.writers:
+        for w in reversed(self.writers):  # the progress bar first: a line printed at a close follows it
             w.close()
