@@ -66,13 +66,13 @@ def _summary_line(metrics: dict) -> str:
         return (
             f"eval bits per byte {metrics['eval/bits_per_byte']:.4f} | next-token accuracy "
             f"{metrics['eval/accuracy']:.4f} | blocks per token {metrics['eval/steps_mean']:.2f} | "
-            + (f"experts per token {experts:.2f} | " if experts else "")
+            + (f"expert applications per token {experts:.2f} (over its blocks) | " if experts else "")
             + f"{metrics['eval/examples']} tokens"
         )
     return (
         f"eval accuracy {metrics['eval/accuracy']:.4f} | mean steps {metrics['eval/steps_mean']:.2f} "
         f"(max {metrics['eval/steps_max']}) | "
-        + (f"mean experts {experts:.2f} | " if experts else "")
+        + (f"expert applications {experts:.2f} (over tokens and steps) | " if experts else "")
         + f"{metrics['eval/examples']} examples"
     )
 

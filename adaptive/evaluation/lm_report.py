@@ -65,7 +65,7 @@ class Knobs(NamedTuple):
         parts = [f"exit at {self.threshold:g}"] if self.threshold is not None else []
         parts = [f"{self.confidence} {parts[0]}"] if self.confidence is not None and parts else parts
         parts += [f"MoD bias {self.mod_bias:+g}"] if self.mod_bias is not None else []
-        parts += [f"{self.experts} experts"] if self.experts is not None else []
+        parts += [f"{self.experts} expert{'s' * (self.experts != 1)} a block"] if self.experts is not None else []
         return ", ".join(parts) or "every block"
 
 
@@ -220,7 +220,7 @@ def lm_report(
         p["pareto"] = (p["flops_per_token"], -p["bits_per_byte"]) in front
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [_plot_front(points, out_dir / f"{split}-bits_vs_flops.png", artifact_points or [])]
-    if run.cfg.lm.exits:
+    if run.cfg.lm.exits or run.cfg.lm.mod_capacity > 0:  # the models whose tokens run different blocks
         paths.append(_plot_histograms(points, run.cfg.model.depth, out_dir / f"{split}-blocks_histogram.png"))
     report = {"split": split, "step": run.step, "points": points}
     if artifact_points:
