@@ -19,6 +19,7 @@ itself.
 from __future__ import annotations
 
 import functools
+import time
 
 import jax
 import numpy as np
@@ -90,8 +91,13 @@ def lm_operating_points(
             prefix = name.removesuffix(".jaxexport") + "-"
             slot_blobs, entries[-1]["slots"] = serialize_slots(live_slots[(v.precision, v.prune)], prefix)
             blobs.update(slot_blobs)
-    say(f"timing {len(calls)} operating points side by side: {batch} rows x {new_capacity} new tokens")
+    say(
+        f"timing {len(calls)} operating points side by side: {batch} rows x {new_capacity} new tokens, each "
+        f"compiled and run twice first (the slow part), then {repeats} interleaved rounds"
+    )
+    start = time.perf_counter()
     ms = time_side_by_side(calls, repeats=repeats, warmup=2)
+    say(f"timed in {time.perf_counter() - start:.0f} s: " + ", ".join(f"{n} {t:.1f} ms" for n, t in ms.items()))
     for entry, name in zip(entries, calls, strict=True):
         per_token = ms[name] / new_capacity
         entry["latency_ms"] = {
