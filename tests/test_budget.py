@@ -36,9 +36,6 @@ def test_no_target_means_no_budget():
         (["--config.budget.target=21"], "'budget.target' is 21 steps; this model spends 1 to 20 steps per example"),
         (["--config.budget.unit=flops", "--config.budget.target=10"], "this model spends"),
         (["--config.budget.unit=joules", "--config.budget.target=1"], "allowed values: 'steps', 'flops', 'macs'"),
-        # compute the penalty cannot move: the multiplier and the loss would grow without end
-        (["--config.halting.policy=none", "--config.budget.target=8"], "halting.policy='none' runs every step"),
-        (["--config.halting.policy=early_exit", "--config.budget.target=8"], "exits by a confidence threshold"),
     ],
 )
 def test_invalid_budgets_are_one_line_errors(overrides, message):
@@ -258,3 +255,31 @@ def test_training_and_evaluation_under_request_budgets_respect_each_cap(tmp_path
     assert metrics["eval/steps_mean"] == final["eval/steps_mean"]  # the same draws
     at_cap, _ = evaluate_run(tmp_path, budget=6)
     assert at_cap["eval/steps_mean"] > final["eval/steps_mean"]
+
+
+def test_training_refuses_a_target_the_penalty_cannot_steer():
+    """Compute the penalty cannot move (every step run, exits chosen by a threshold, top-p experts
+    priced in steps): the multiplier and the loss would grow without end. Such a config still
+    loads (a run trained before the check is read); training refuses it in one line."""
+    cases = [
+        (
+            "parity.py",
+            ["--config.halting.policy=none", "--config.model.depth=10", "--config.budget.target=8"],
+            "every step",
+        ),
+        ("parity.py", ["--config.halting.policy=early_exit", "--config.budget.target=8"], "confidence threshold"),
+        ("budget.py:moe", ["--config.budget.unit=steps", "--config.budget.target=1.5"], "top-p experts priced"),
+    ]
+    for config, overrides, message in cases:
+        cfg = config_lib.load(f"{ROOT}/configs/{config}", overrides)
+        shape, classes = (SHAPE, CLASSES) if config == "parity.py" else ((40,), 10)
+        budget = Budget.from_config(cfg, shape, classes)
+        with pytest.raises(ConfigError, match=message) as err:
+            budget.check_trainable(cfg)
+        assert "\n" not in str(err.value)
+    for config, overrides, shape, classes in [
+        ("parity.py", ["--config.budget.target=8"], SHAPE, CLASSES),  # ACT
+        ("budget.py:moe", [], (40,), 10),  # top-p experts under a FLOPs target
+    ]:
+        cfg = config_lib.load(f"{ROOT}/configs/{config}", overrides)
+        Budget.from_config(cfg, shape, classes).check_trainable(cfg)

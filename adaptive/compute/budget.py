@@ -71,14 +71,6 @@ class Budget:
         # capacity): the target and the per-request caps are about the deployed model, and with
         # capacity dispatch training's capacity would price a step at a third of what it runs.
         flops = flops_model(cfg, input_shape, num_classes, batch=b.serving_batch)
-        policy = cfg.halting.policy
-        if b.target is not None and policy in ("none", "early_exit") and not flops.dynamic_experts:
-            # its compute does not move with the penalty: the multiplier and the loss would grow without end
-            how = "runs every step" if policy == "none" else "exits by a confidence threshold, set after training"
-            raise ConfigError(
-                f"config key 'budget.target' is set; halting.policy={policy!r} {how}, which a compute penalty "
-                "cannot train: use halting.policy=act or pondernet, or moe.router=top_p, or leave the target unset"
-            )
         cost_model = None
         if b.unit in ("latency_ms", "cost_per_1k", "energy_j", "requests_per_s"):
             if not b.cost_model:
@@ -133,6 +125,24 @@ class Budget:
         caps = tuple(budget.steps_within(v, cap) for v in per_request)
         probs = tuple(float(w) / sum(weights) for w in weights)
         return dataclasses.replace(budget, request_steps=caps, request_probs=probs)
+
+    def check_trainable(self, cfg) -> None:
+        """Refuses, in one line, a training target the penalty cannot steer: its gradient moves
+        ACT's and PonderNet's halting, and top-p routers' expert counts where FLOPs or MACs price
+        them; on anything else the multiplier and the loss would grow without end. (Only training
+        asks: a run trained before this check still loads.)"""
+        if self.target is None or self.tokens is not None:  # a language model's: checked in _per_token
+            return
+        policy = cfg.halting.policy
+        experts = self.flops.dynamic_experts and self.flops.counted_experts and self.unit in ("flops", "macs")
+        if policy in ("act", "pondernet") or experts:
+            return
+        how = "runs every step" if policy == "none" else "exits by a confidence threshold, set after training"
+        raise ConfigError(
+            f"config key 'budget.target' is set; halting.policy={policy!r} {how}, and a compute penalty moves "
+            "only ACT's or PonderNet's halting, or top-p experts priced in flops or macs: change one, or leave "
+            "the target unset"
+        )
 
     @classmethod
     def _per_token(cls, cfg, length: int, vocab: int) -> Budget:

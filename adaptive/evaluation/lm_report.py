@@ -4,7 +4,9 @@ compute goes.
 Every point runs the model as decoding would (exits at a threshold with state propagation, MoD
 blocks routed by their causal predictor) over every window of the split, at one operating point
 of each knob the model has: `every block` (no exits taken, MoD predictors at 0, every expert a
-router may give), then one point per exit threshold (exits), per MoD predictor bias (a token runs
+router may give; `MoD as trained` on a MoD model), then one point per exit threshold (exits, and
+the threshold `adaptive calibrate-exits` certified for the checkpoint, labelled so), per MoD
+predictor bias (a token runs
 a MoD block when its predictor's logit exceeds it: the decoding-time capacity), per expert
 budget k_active = 1 .. k - 1 (experts). Each point reports bits per byte (targets that are
 bytes), next-token accuracy, blocks per token (mean and histogram), FLOPs per token

@@ -4,7 +4,8 @@
 Each point's exported function (adaptive.evaluation.operating_points) runs the split at the full
 step budget, so its accuracy here is measured on the report's split, not copied from meta.json
 (which holds the validation accuracy its choices were made on), and so are its mean steps and
-FLOPs (each example's at the steps it took: an adaptive model halts before the cap). FLOPs per
+FLOPs (each example's at the steps it took: an adaptive model halts before the cap; top-p
+experts priced at the most a token may use). FLOPs per
 step, weight bytes, memory and latency come from meta.json, measured at export. An adaptive
 run's compute report draws the points on its accuracy-vs-compute plot beside its step and
 expert budgets; a static run gets this report alone: accuracy against FLOPs, against memory and

@@ -118,13 +118,14 @@ def compute_table(run: Run) -> dict:
 
 
 def cost_model_of(run: Run, log=None) -> CostModel | None:
-    """The cost model an artifact prices latency, money and energy with: the budget's
+    """The cost model an artifact prices latency, money and energy with: the config's
     (budget.cost_model), else the run folder's cost_model.json (`adaptive calibrate`) where it
     was calibrated for this network at the config's budget.serving_batch; None otherwise, with a
     note through `log` when a cost_model.json is there but cannot be used."""
     if run.budget is not None and run.budget.cost_model is not None:
         return run.budget.cost_model
-    path = run.workdir / "cost_model.json"
+    named = run.cfg.budget.cost_model  # named without a target: no Budget was made of it
+    path = Path(named) if named else run.workdir / "cost_model.json"
     if not path.is_file():
         return None
     try:

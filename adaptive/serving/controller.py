@@ -43,7 +43,8 @@ fraction of the allowance whatever the load), and a slack split says nothing of 
 still to arrive. The arrival rate does: it is the load the next batches must carry, and a
 deadline alone cannot see it.
 
-`mode="static"` is the baseline: every request gets its requested budget on the primary model,
+`mode="static"` is the baseline: every request gets its requested budget on the primary model
+(at the most experts it allows, on a MoE model),
 nothing is shed or deferred. `mode="shed"` is the static policy with deadline shedding, what a
 practitioner would run without an adaptive model: every request admitted runs at its requested
 budget on the primary, and a request that cannot finish within its deadline (`headroom` x SLA

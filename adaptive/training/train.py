@@ -80,6 +80,8 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
         model = build_model(cfg, spec)
         # refuses unreachable targets; a resumed run prices with the cost model it started with
         budget = Budget.from_config(with_run_cost_model(cfg, workdir), spec.input_shape, spec.num_classes)
+        if budget is not None:
+            budget.check_trainable(cfg)
         with runinfo.file_errors(workdir):  # a new run's folder only once its config is known good
             workdir.mkdir(parents=True, exist_ok=True)
         if writer and not locked:  # another new trainer of this folder may have made it meanwhile

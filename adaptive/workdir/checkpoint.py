@@ -242,9 +242,12 @@ def _first_line(e: BaseException) -> str:
     """The error's first line, and its root cause's where that says more: orbax wraps a
     TensorStore failure (which file, what is wrong with it) in a line that ends in a repr."""
     first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(" See full TensorStore details")[0]
-    root = e
+    root, seen = e, {id(e)}
     while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
         root = root.__cause__ or root.__context__
+        if id(root) in seen:  # a chain that loops back
+            break
+        seen.add(id(root))
     cause = (str(root).strip().splitlines() or [""])[0]
     return (first if root is e or not cause or cause in first else f"{first}: {cause}")[:300]
 
