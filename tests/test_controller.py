@@ -547,3 +547,30 @@ def test_after_a_slow_run_the_freshest_request_still_runs_once_the_primary_has_b
     for _ in range(50):  # the probes' runs
         c.observe("primary", 1, 2.0)
     assert c.plan([Request(6, 0.0)])[0].model == "primary"  # and it has just run: no probe needed
+
+
+def test_a_point_plans_avoid_after_a_slow_run_still_gets_a_row_once_idle():
+    """Plans that avoid a point whose estimate a slow run inflated would never measure it again:
+    a fallback taking every row, or fewer experts on a MoE primary. Once such a point has not run
+    for a horizon, one live row goes there, and runs there correct the estimate."""
+    c = Controller(6, sla_ms=30.0, fallbacks=(Fallback(cap=2),))
+    c.observe("primary", 1, 500.0)
+    c.observe("fallback", 2, 1.0)
+    assert [d.model for d in c.plan([Request(6, 0.0)] * 2)] == ["fallback"] * 2
+    start = c.clock()
+    c.clock = lambda: start + 1.0
+    decisions = c.plan([Request(6, 3.0), Request(6, 1.0)])
+    assert decisions == [Decision("fallback", "fallback", 2), Decision("degraded", "primary", 1)]
+    c.observe("fallback", 2, 1.0)  # the fallback has run: only the stale primary is probed
+    moe = Controller(6, sla_ms=30.0, expert_budgets=(1,))
+    moe.observe("primary", 1, 10_000.0)  # a paused run at the trained experts
+    for _ in range(20):
+        moe.observe("primary", 1, 1.0, experts=1)
+    assert moe.plan([Request(6, 0.0)])[0].experts == 1
+    start = moe.clock()
+    moe.clock = lambda: start + 1.0
+    moe.observe("primary", 1, 1.0, experts=1)  # fewer experts keep running; the trained point does not
+    assert moe.plan([Request(6, 0.0)]) == [Decision("degraded", "primary", 1, None)]
+    for _ in range(50):
+        moe.observe("primary", 1, 1.0)  # its runs
+    assert moe.plan([Request(6, 0.0)])[0] == Decision("ok", "primary", 6, None)

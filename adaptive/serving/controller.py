@@ -30,9 +30,9 @@ slack for the longer run), so lower priorities degrade first, and are rejected f
 the fallback cannot serve every row in time. A request is `ok` when its operating point is as
 accurate as the budget it asked for (within the tolerance), `degraded` otherwise. Without an
 accuracy table the ladder's order decides: the primary before the fallbacks (in the order
-given), then more steps, then more experts. Where no plan serves a row and the primary has not
-run for a horizon, the freshest row still runs at the primary's quickest point (`_probe`): the
-estimates are corrected only by runs.
+given), then more steps, then more experts. A point whose estimate says nothing is on time there
+and that has not run for a horizon still gets one row (`_probe`): estimates are corrected only
+by runs.
 
 Why this rule (the alternatives were compared with `adaptive bench serve`, experiments/serving):
 AIMD on a step cap from windowed p95 latencies lags a spike by the time the queue takes to build.
@@ -142,8 +142,8 @@ class Controller:
         self.service = {("primary", k): ServiceTimes(max_steps) for k in self.expert_budgets}
         self.service |= {(f.name, None): ServiceTimes(f.cap) for f in self.fallbacks}
         self._rank = {f.name: i for i, f in enumerate(self.fallbacks)}
-        self.clock = time.monotonic  # seconds; when the primary last ran decides a probe (`_probe`)
-        self._primary_ran_at = self.clock()
+        self.clock = time.monotonic  # seconds; when each point last ran decides a probe (`_probe`)
+        self._ran_at = dict.fromkeys(self.service, self.clock())
 
     @property
     def horizon_ms(self) -> float:
@@ -202,24 +202,34 @@ class Controller:
             return all(i in p.values and p.values[i] >= v - margin - 1e-14 for i, v in best.values.items())
 
         chosen = min((p for p in plans if close(p)), key=lambda p: p.ms)
-        if not chosen.decisions and self.clock() - self._primary_ran_at > self.horizon_ms / 1e3:
-            return self._probe(requests)
-        return [chosen.decisions.get(i, REJECTED) for i in range(len(requests))]
+        return self._probe(requests, [chosen.decisions.get(i, REJECTED) for i in range(len(requests))])
 
-    def _probe(self, requests: list[Request]) -> list[Decision]:
-        """No row is on time by the estimates and the primary has not run for a horizon: the
-        freshest row not yet past its deadline still runs, at the primary's quickest point its
-        budget allows. The estimates are predictions, not measurements: after a slow run (a
-        pause of the machine) they may say nothing is on time, and if nothing then ran they
-        would never be corrected: every request would be rejected from then on (shedding keeps
-        a rule of the same kind, `_shed`). Under load the primary runs, and no row is probed."""
-        live = [i for i, r in enumerate(requests) if r.waited_ms < self.horizon_ms + EPS_MS]
-        decisions = [REJECTED] * len(requests)
-        for i in sorted(live, key=lambda i: (requests[i].waited_ms, requests[i].priority)):
-            fewest = [k for k in self.expert_budgets if self._fits(requests[i], k)][-1:]
-            if fewest:
-                decisions[i] = self._primary_decision((fewest[0], self.least_steps), requests[i], 1)
-                break
+    def _probe(self, requests: list[Request], decisions: list[Decision]) -> list[Decision]:
+        """`decisions`, with one row moved to a point whose estimate says no row is on time there
+        and that has not run for a horizon: the primary at each expert budget (at its least run),
+        then each fallback. The estimates are predictions, not measurements: after a slow run (a
+        pause of the machine) one may say a point is never on time, plans then avoid it, and
+        without a run it would never be corrected. The row moved is a live one (not past its
+        deadline) that can run there, a rejected one first, then the freshest; one point a plan
+        (shedding keeps a rule of the same kind, `_shed`)."""
+        now, horizon = self.clock(), self.horizon_ms
+        live = [i for i, r in enumerate(requests) if r.waited_ms < horizon + EPS_MS]
+        live.sort(key=lambda i: (decisions[i].model is not None, requests[i].waited_ms, requests[i].priority))
+        points = [("primary", k) for k in self.expert_budgets] + [(f.name, None) for f in self.fallbacks]
+        for model, k in points:
+            least = self.least_steps if model == "primary" else self.fallbacks[self._rank[model]].cap
+            if now - self._ran_at[model, k] <= horizon / 1e3 or self.service[model, k].estimate(least, 1) <= horizon:
+                continue
+            if any(d.model == model and d.experts == k for d in decisions):
+                continue  # it runs in this plan: its run is measured
+            for i in live:
+                if model == "primary" and self._fits(requests[i], k):
+                    decisions[i] = self._primary_decision((k, least), requests[i], 1)
+                    return decisions
+                rung = None if model == "primary" else self.fallbacks[self._rank[model]]
+                if rung is not None and self._fallback_steps(rung, requests[i]) >= 1:
+                    decisions[i] = Decision("fallback", model, self._fallback_steps(rung, requests[i]))
+                    return decisions
         return decisions
 
     def _rungs(self, requests: list[Request]) -> list[Fallback]:
@@ -404,8 +414,7 @@ class Controller:
         """A batch of `rows` of `model` (at `experts` per token, its rows' least step budget
         `budget`) whose slowest row took `steps` steps ran in `service_ms`."""
         self.service[model, experts].observe(steps, service_ms, rows, budget)
-        if model == "primary":
-            self._primary_ran_at = self.clock()
+        self._ran_at[model, experts] = self.clock()
 
     @property
     def current_step_cap(self) -> float:
