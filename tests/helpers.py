@@ -57,3 +57,12 @@ def train_tiny(workdir: Path, steps: int, config: str = "configs/parity.py:tiny"
     cfg = dataclasses.replace(cfg, train=train)
     train_and_evaluate(cfg, workdir)
     return cfg
+
+
+def stopped_clock(controller):
+    """`controller` with its clock stopped, so that no point goes a horizon without running: a
+    test that sets a point's estimates gets the plan they make, never a probe row
+    (Controller._probe) however slow this machine is between the estimates and the request."""
+    now = controller.clock()
+    controller.clock = lambda: now
+    return controller

@@ -15,7 +15,7 @@ from adaptive.inference.export import export_run
 from adaptive.serving.engine import Engine
 from adaptive.serving.launch import build_controller
 from adaptive.serving.server import Pending, Server
-from tests.helpers import train_tiny
+from tests.helpers import stopped_clock, train_tiny
 
 UNITS = ("steps", "flops", "macs")
 
@@ -65,6 +65,7 @@ def test_every_answer_is_within_its_budget(engines, ladder, tolerance, sla_ms, s
                                            batch):  # fmt: skip
     primary, fallback = engines["primary"], engines.get(ladder)
     controller = build_controller(primary, fallback, sla_ms=sla_ms, mode="adaptive", max_batch=16, tolerance=tolerance)
+    stopped_clock(controller)
     server = Server(primary, controller, fallback=fallback, max_batch=16, default_steps=default_steps)
     for steps, rows in ((1, 1), (6, 1), (3, 4), (6, 16)):
         controller.observe("primary", steps, slowdown * (0.2 + 0.05 * steps * rows), rows)
@@ -119,6 +120,7 @@ def test_a_static_fallback_is_no_rung_below_its_depth_and_adherence_counts_what_
     fallback's two steps is rejected, not answered over it; one whose budget covers them is served."""
     primary, static = engines["primary"], engines["static"]
     controller = build_controller(primary, static, sla_ms=20.0, mode="adaptive", max_batch=16, tolerance=0.005)
+    stopped_clock(controller)
     server = Server(primary, controller, fallback=static, max_batch=16)
     controller.observe("primary", 1, 1e4, 1)  # the primary cannot answer in time
     for _ in range(5):

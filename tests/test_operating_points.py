@@ -24,7 +24,7 @@ from adaptive.serving.launch import build_controller, rung_name
 from adaptive.serving.point_meta import ladder_points
 from adaptive.serving.server import Server
 from adaptive.serving.service_times import ServiceTimes
-from tests.helpers import cli, train_tiny
+from tests.helpers import cli, stopped_clock, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,11 @@ def test_a_corrupted_point_is_refused_and_meta_is_validated(artifact, tmp_path):
     (copy / "meta.json").write_text(json.dumps(edited))
     with pytest.raises(ArtifactError, match="prune"):
         load_artifact(copy)
+    edited = json.loads((root / "art" / "meta.json").read_text())
+    edited["operating_points"][1]["flops_at_steps"] = edited["operating_points"][1]["flops_at_steps"][:-1]
+    (copy / "meta.json").write_text(json.dumps(edited))
+    with pytest.raises(ArtifactError, match=r"operating_points\[1\]\.flops_at_steps must be a list of \d+ \(caps"):
+        load_artifact(copy)
 
 
 def test_bad_points_are_one_line_errors(artifact, tmp_path):
@@ -120,8 +125,13 @@ def test_a_point_serves_as_the_fallback_rung_priced_by_its_own_flops_and_accurac
     points = {(p["precision"], p["prune"]): p for p in meta["operating_points"]}
     primary = Engine.from_artifact(root / "art", buckets=(1, 4))
     backup = Engine.from_artifact(root / "art", buckets=(1, 4), expert_budgets=False, point=("int8", 0.5))
-    ratio = points[("int8", 0.5)]["flops"] / points[("fp32", 0.0)]["flops"]
-    np.testing.assert_allclose(backup.table["flops"], np.asarray(primary.table["flops"]) * ratio)
+    own = points[("int8", 0.5)]["flops_at_steps"]  # its own FLOPs at each step, not the base's scaled
+    assert len(own) == primary.cap and own[-1] == points[("int8", 0.5)]["flops"]
+    np.testing.assert_allclose(backup.table["flops"], own)
+    assert all(s < b for s, b in zip(backup.table["flops"], primary.table["flops"], strict=True))
+    if "macs" in primary.table:
+        ratios = np.asarray(own) / np.asarray(primary.table["flops"])
+        np.testing.assert_allclose(backup.table["macs"], np.asarray(primary.table["macs"]) * ratios)
     assert backup.meta["memory"]["total"] == points[("int8", 0.5)]["memory"]["total"]
     controller = build_controller(primary, backup, sla_ms=50.0, mode="adaptive", max_batch=4, tolerance=0.005)
     scored = {primary.cap: points[("int8", 0.5)]["accuracy"]}
@@ -212,6 +222,7 @@ def test_a_ladder_of_points_each_answers_under_its_own_name(artifact):
         for p in [("int8", 0.0), ("fp32", 0.5)]
     }
     controller = build_controller(primary, rungs, sla_ms=20.0, mode="adaptive", max_batch=1, tolerance=0.005)
+    stopped_clock(controller)
     assert [f.name for f in controller.fallbacks] == list(rungs)
 
     async def scenario():
@@ -253,7 +264,7 @@ def test_a_ladder_of_points_each_answers_under_its_own_name(artifact):
 
 def test_bench_serve_has_a_point_ladder_policy_priced_per_rung(artifact, monkeypatch):
     """Without --small, no small-model policy; the point ladder's FLOPs tables are named as the
-    server names its rungs, each the base table scaled by the point's FLOPs."""
+    server names its rungs, each the point's own FLOPs at each step."""
     from adaptive.bench import serve
 
     root, _ = artifact
@@ -269,12 +280,11 @@ def test_bench_serve_has_a_point_ladder_policy_priced_per_rung(artifact, monkeyp
     assert sorted(ladder) == [("fp32", 0.5), ("int8", 0.0)]
     server_args, flops = policies["adaptive + controller + point ladder"]
     assert server_args[server_args.index("--fallback-point") + 1] == "all"
-    points = {(p["precision"], p["prune"]): p["flops"] for p in meta["operating_points"]}
     expected = {rung_name(p, len(ladder)): p for p in ladder}
     assert set(flops) == {"primary", *expected}
+    own = {(p["precision"], p["prune"]): p["flops_at_steps"] for p in meta["operating_points"]}
     for name, point in expected.items():
-        ratio = points[point] / points[("fp32", 0.0)]
-        np.testing.assert_allclose(flops[name], np.asarray(flops["primary"]) * ratio)
+        np.testing.assert_allclose(flops[name], own[point])
 
 
 def test_a_point_over_the_memory_budget_leaves_with_every_file_it_has():

@@ -19,7 +19,7 @@ from adaptive.serving.engine import Engine
 from adaptive.serving.fallbacks import Fallback
 from adaptive.serving.server import Server
 from adaptive.serving.service_times import ServiceTimes
-from tests.helpers import train_tiny
+from tests.helpers import stopped_clock, train_tiny
 
 GOOD = [1.0, 0, 0, 1, -1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0]
 
@@ -176,7 +176,7 @@ def test_a_moe_server_degrades_to_fewer_experts_and_stays_within_them(tmp_path):
     budget under one step at the trained experts runs at one expert, within it."""
     train_tiny(tmp_path / "run", 5, config="configs/sut.py:tiny")
     moe = Engine.from_artifact(export_run(tmp_path / "run", tmp_path / "art"), buckets=(1, 4))
-    controller = Controller(moe.cap, 20.0, expert_budgets=tuple(moe.expert_budgets))
+    controller = stopped_clock(Controller(moe.cap, 20.0, expert_budgets=tuple(moe.expert_budgets)))
 
     # a FLOPs budget of one step at one expert per token, under one step at the trained two
     tight = float(moe.compute_of(1, "flops", 1))
@@ -267,7 +267,7 @@ def test_the_server_follows_the_arrival_rate_within_a_tenth_of_a_second():
 
 
 def test_the_server_rejects_and_falls_back_when_the_controller_says_so(engine):
-    controller = Controller(engine.cap, 20.0, fallbacks=(Fallback(cap=engine.cap),))
+    controller = stopped_clock(Controller(engine.cap, 20.0, fallbacks=(Fallback(cap=engine.cap),)))
 
     async def scenario(client, server):
         for name in ("primary", "fallback"):  # replace the warm-up's estimates: a hopeless machine

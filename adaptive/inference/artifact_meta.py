@@ -228,7 +228,7 @@ class _Schema:
 
         self.variants(self.obj(meta.get("expert_variants", {}), "expert_variants"), k_max)
         self.batch_variants(self.obj(meta.get("batch_variants", {}), "batch_variants"))
-        self.points(meta.get("operating_points", []))
+        self.points(meta.get("operating_points", []), cap)
         if meta.get("memory") is not None:
             memory = self.obj(meta["memory"], "memory")
             if not (_is_number(memory.get("total_mb")) and memory["total_mb"] >= 0 and _is_int(memory.get("batch"))):
@@ -266,9 +266,10 @@ class _Schema:
                 raise self.fail("batch_variants", "keyed by batch sizes >= 2", key)
             self.blob(entry, f"batch_variants.{key}", batch_file(batch))
 
-    def points(self, points) -> None:
-        """Operating points (precision, prune): numbers in range, and a plain file of the artifact
-        for each but (fp32, 0), which is model.jaxexport."""
+    def points(self, points, cap: int | None = None) -> None:
+        """Operating points (precision, prune): numbers in range, a FLOPs column per step budget
+        where one is given, and a plain file of the artifact for each but (fp32, 0), which is
+        model.jaxexport."""
         if not isinstance(points, list):
             raise self.fail("operating_points", "a list", points)
         seen = set()
@@ -290,6 +291,8 @@ class _Schema:
             for key, value in numbers.items():
                 if not (_is_number(value) and value >= 0):
                     raise self.fail(f"{path}.{key}", "a number >= 0", value)
+            if cap is not None and "flops_at_steps" in entry:  # a classifier's (None: a language model's)
+                self.row(entry["flops_at_steps"], path + ".flops_at_steps", cap)
             if (precision, prune) != ("fp32", 0):
                 self.blob(entry, path, point_file(precision, prune))
             elif "file" in entry:  # (fp32, 0) is model.jaxexport itself

@@ -1,10 +1,12 @@
 """What the serving side knows of an artifact's operating point (adaptive.evaluation.operating_points).
 
 A point is served through the base model's meta.json, with what differs replaced: its compute
-table keeps steps and its FLOPs and MACs scaled by the point's FLOPs over the base model's at
-the cap (pruning shrinks every step alike); the cost model's columns, calibrated on the base
-model, are dropped (the controller measures service times online); its accuracy table holds
-the one number measured, validation accuracy at the full budget; its memory is its own.
+table keeps steps and takes the point's own FLOPs at each step (`flops_at_steps`; pruning shrinks
+the repeated block, not the parts run once), MACs scaled step by step alike (an artifact written
+before points carried that table scales every step by the ratio at the cap); the cost model's
+columns, calibrated on the base model, are dropped (the controller measures service times
+online); its accuracy table holds the one number measured, validation accuracy at the full
+budget; its memory is its own.
 """
 
 from __future__ import annotations
@@ -23,14 +25,7 @@ def point_meta(meta: dict, point: tuple[str, float], where: str) -> dict:
     if entry is None:
         raise ArtifactError(f"{where} has no operating point {point[0]} prune {point[1]:g}")
     out = copy.deepcopy(meta)
-    # the base model's FLOPs at the cap: its own point's entry, or its compute table's last row
-    base = entries[("fp32", 0.0)]["flops"] if ("fp32", 0.0) in entries else meta["compute_at_steps"]["flops"][-1]
-    scale = entry["flops"] / base if base > 0 else 1.0
-    table = {k: v for k, v in meta["compute_at_steps"].items() if k in PRICED}
-    for column in ("flops", "macs"):
-        if column in table:
-            table[column] = [value * scale for value in table[column]]
-    out["compute_at_steps"] = table
+    out["compute_at_steps"] = _point_table(meta, entries, entry)
     out["flops_at_expert_budgets"] = {}
     out["expert_variants"], out["batch_variants"] = {}, {}
     cap, k_max = meta["caps"]["steps"], meta["caps"]["experts_per_token"]
@@ -46,6 +41,23 @@ def point_meta(meta: dict, point: tuple[str, float], where: str) -> dict:
     out["memory"] = entry["memory"]
     out["point"] = {"precision": point[0], "prune": point[1]}
     return out
+
+
+def _point_table(meta: dict, entries: dict, entry: dict) -> dict:
+    """The compute table of the point `entry`: the base table's steps, the point's FLOPs per step,
+    and each other priced column scaled by the point's FLOPs over the base model's at that step."""
+    table = {k: v for k, v in meta["compute_at_steps"].items() if k in PRICED}
+    base_flops = table["flops"]
+    own = entry.get("flops_at_steps")
+    if not (isinstance(own, list) and len(own) == len(base_flops)):
+        # the base model's FLOPs at the cap: its own point's entry, or its compute table's last row
+        base = entries[("fp32", 0.0)]["flops"] if ("fp32", 0.0) in entries else base_flops[-1]
+        own = [value * (entry["flops"] / base if base > 0 else 1.0) for value in base_flops]
+    ratios = [mine / theirs if theirs > 0 else 1.0 for mine, theirs in zip(own, base_flops, strict=True)]
+    if "macs" in table:
+        table["macs"] = [value * r for value, r in zip(table["macs"], ratios, strict=True)]
+    table["flops"] = [float(value) for value in own]
+    return table
 
 
 def ladder_points(meta: dict, primary: tuple[str, float] | None = ("fp32", 0.0)) -> list[tuple[str, float]]:
