@@ -171,6 +171,8 @@ def test_a_shedding_server_rejects_what_cannot_start_in_time_and_finishes_what_i
     codes = [status for status, _ in answers]
     assert codes[0] == 200 and _events(answers[0][1])[-1]["status"] == "ok"  # the one streaming: never dropped
     assert 503 in codes and all(json.loads(body)["status"] == "rejected" for code, body in answers if code == 503)
+    reasons = {json.loads(body)["reason"] for code, body in answers if code == 503}
+    assert all("past the 1e-06 ms TTFT SLA: no free slot" in reason for reason in reasons), reasons
     assert f'adaptive_lm_requests_total{{status="rejected"}} {codes.count(503)}' in metrics
 
 

@@ -280,6 +280,7 @@ def test_the_server_rejects_and_falls_back_when_the_controller_says_so(engine):
 
     code, rejected, fallback = _with_client(engine, scenario, controller, fallback=engine)
     assert code == 503 and rejected["status"] == "rejected"
+    assert rejected["reason"] == "no model here answers it within its deadline at this load"
     assert fallback["status"] == "fallback" and fallback["model"] == "fallback"
 
 
@@ -318,6 +319,7 @@ def test_a_budget_below_a_static_model_is_a_400_unless_a_fallback_runs_within_it
     # a controller without the accuracy table would plan the static model at 2 steps: refused
     (low_code, low), _ = _with_client(static, scenario, fallback=engine)
     assert low_code == 503 and low["status"] == "rejected"
+    assert low["reason"] == "primary is static: it would run all its steps, past the budget"
     static_policy = Controller(static.cap, 1000.0, mode="static", fallbacks=(Fallback(),))
     (low_code, low), _ = _with_client(static, scenario, static_policy, fallback=engine)
     assert low_code == 400  # the static policy never falls back: nothing here keeps the budget
@@ -381,6 +383,7 @@ def test_a_shedding_server_rejects_on_arrival_what_the_controller_sheds_and_coun
     assert answered["status"] == "ok" and answered["budget_steps"] == 2  # nothing ahead of it: served
     assert asked == [(0, 2)]  # the queue ahead of it and the step budget it asked for
     assert code == 503 and shed["status"] == "rejected" and shed["latency_ms"] < 20.0
+    assert shed["reason"].startswith("shed on arrival: behind 0 queued"), shed  # the queue it was asked about
     assert 'adaptive_requests_total{status="rejected"} 1' in metrics
 
 

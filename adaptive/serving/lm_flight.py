@@ -69,9 +69,9 @@ class InFlight:
             return None
         return self.decode_flops <= budget * (1 + 1e-6)
 
-    def answer(self, status: str, stop: str | None, error: str | None = None) -> None:
+    def answer(self, status: str, stop: str | None, error: str | None = None, reason: str | None = None) -> None:
         """The summary, the request's last event; a request that did not stream gets its text
-        and tokens in it."""
+        and tokens in it. `error`: what failed; `reason`: why it was rejected."""
         self.text.append(self.decoder.decode(b"", final=True))
         summary = {
             "done": True,
@@ -89,6 +89,8 @@ class InFlight:
         }
         if error is not None:
             summary["error"] = error
+        if reason is not None:
+            summary["reason"] = reason
         if not self.request.stream:
             summary = {**summary, "text": "".join(self.text), "tokens": self.tokens}
         self.events.put_nowait(summary)

@@ -88,7 +88,7 @@ def _generate(prompt_bytes: int, new_tokens: int, layers: int, experts: int, not
                 "required": ["status", "retry_after_ms"],  # and a Retry-After header, in whole seconds
                 "properties": {"status": {"const": "deferred"}, "retry_after_ms": {"type": "number", "minimum": 1}},
             },
-            _summary(["rejected"]),
+            _summary(["rejected"], ("done", "status", "reason"), reason={"type": "string"}),
             ERROR,  # past the connection limit, before any request is read
         ]
     }

@@ -237,17 +237,18 @@ class LMServer:
             running = [f.rung for (model, _), f in self.holding.items() if model == "primary"]
             if not self.controller.joins_now(running, joined):
                 break
+            wait_ms = 1e3 * (time.perf_counter() - flight.arrival) + self._wait_ms(self.waiting.index(flight))
             where = self.controller.route(
                 primary_free=bool(primary.free),
                 occupancy=primary.in_use,
                 fallback_free=bool(fallback is not None and fallback.free),
-                wait_ms=1e3 * (time.perf_counter() - flight.arrival) + self._wait_ms(self.waiting.index(flight)),
+                wait_ms=wait_ms,
             )
             if where == "wait":
                 continue
             self.waiting.remove(flight)
             if where == "reject":
-                self._finish(flight, "rejected", None)
+                self._finish(flight, "rejected", None, reason=self._rejection(wait_ms, bool(primary.free)))
                 continue
             engine, flight.model = self.engines[where], where
             flight.rung = self.controller.start_rung(float(flight.request.checked.threshold_B[0]))
@@ -312,9 +313,21 @@ class LMServer:
             status = "fallback" if name == "fallback" else "degraded" if flight.degraded else "ok"
             self._finish(flight, status, token.stop)
 
-    def _finish(self, flight: InFlight, status: str, stop: str | None, error: str | None = None) -> None:
+    def _finish(
+        self, flight: InFlight, status: str, stop: str | None, error: str | None = None, reason: str | None = None
+    ) -> None:
         self.stats.finished(status, flight.ttft_ms, flight.tpot_ms, flight.within_budget(status))
-        flight.answer(status, stop, error)
+        flight.answer(status, stop, error, reason)
+
+    def _rejection(self, wait_ms: float, primary_free: bool) -> str:
+        """Why a request the controller rejects is rejected, in one line."""
+        ttft, tpot = self.controller.ttft_ms, self.controller.tpot_ms
+        why = "no free slot"
+        if primary_free:
+            why = f"one more sequence would slow every step past the {tpot:g} ms TPOT SLA"
+        if self.controller.policy == "adaptive":
+            why += ", and no fallback slot" if self.engines["fallback"] is not None else ", and no fallback model"
+        return f"its first token would come {wait_ms:.0f} ms after arrival, past the {ttft:g} ms TTFT SLA: {why}"
 
     def _fail_all(self, error: str) -> None:
         for key, flight in list(self.holding.items()):

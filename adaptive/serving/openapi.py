@@ -51,8 +51,12 @@ UNAVAILABLE = {
         },
         {
             "type": "object",
-            "required": ["status", "latency_ms"],
-            "properties": {"status": {"const": "rejected"}, "latency_ms": {"type": "number"}},
+            "required": ["status", "latency_ms", "reason"],
+            "properties": {
+                "status": {"const": "rejected"},
+                "latency_ms": {"type": "number"},
+                "reason": {"type": "string", "description": "why no point is on time, in one line"},
+            },
         },
         ERROR,  # past the connection limit, before any request is read
     ]

@@ -163,7 +163,8 @@ class Server:
         if self.controller.sheds(self.queue.qsize(), parsed.steps):  # cannot be on time: now, not later
             self.stats.record("rejected")
             latency = 1e3 * (time.perf_counter() - arrival)
-            return web.json_response({"status": "rejected", "latency_ms": latency}, status=503)
+            reason = f"shed on arrival: behind {self.queue.qsize()} queued it would finish past its deadline"
+            return web.json_response({"status": "rejected", "latency_ms": latency, "reason": reason}, status=503)
         future = asyncio.get_running_loop().create_future()
         pending = Pending(
             parsed.x,
@@ -281,11 +282,13 @@ class Server:
         ]
         kept = []
         for item, d in zip(items, self.controller.plan(requests, time_ms), strict=True):
+            reason = "no model here answers it within its deadline at this load"
             if d.model is not None and self._runs_past(d):
-                d = REJECTED
+                d, reason = REJECTED, f"{d.model} is static: it would run all its steps, past the budget"
             if d.model is None:
                 self.stats.record("rejected")
-                item.future.set_result({"status": "rejected", "latency_ms": 1e3 * (now - item.arrival)})
+                answer = {"status": "rejected", "latency_ms": 1e3 * (now - item.arrival), "reason": reason}
+                item.future.set_result(answer)
             else:
                 kept.append((item, d))
         return kept
