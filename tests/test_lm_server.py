@@ -132,12 +132,20 @@ def test_bad_generate_requests_get_one_line_and_the_server_goes_on(decoder):
                 bad = await client.post("/generate", data=data, headers={"Content-Type": "application/json"})
                 answers.append((bad.status, (await bad.json())["error"]))
             good = await client.post("/generate", json={"prompt": "ok", "max_new_tokens": 2})
-            return answers, good.status, await (await client.get("/metrics")).text()
+            lost, wrong = await client.post("/predict", json={}), await client.get("/generate")
+            routing = [(r.status, (await r.json())["error"], r.headers.get("Allow")) for r in (lost, wrong)]
+            return answers, good.status, routing, await (await client.get("/metrics")).text()
 
-    answers, good, metrics = asyncio.run(main())
+    answers, good, routing, metrics = asyncio.run(main())
     for (body, status, message), (got, error) in zip(BAD, answers, strict=True):
         assert got == status and message in error and "\n" not in error, body
     assert good == 200
+    assert routing == [
+        (404, "nothing is served at '/predict'; GET /openapi.json lists what is", None),
+        (405, "GET is not allowed on '/generate'; use POST", "POST"),
+    ]
+    assert 'adaptive_bad_requests_by_code_total{code="404"} 1' in metrics
+    assert 'adaptive_bad_requests_by_code_total{code="405"} 1' in metrics
     assert 'adaptive_bad_requests_by_code_total{code="400"} 11' in metrics
     assert 'adaptive_bad_requests_by_code_total{code="413"} 1' in metrics
 

@@ -258,6 +258,20 @@ def test_fuzzed_requests_get_an_answer_or_a_one_line_4xx_and_each_4xx_is_counted
     assert f"adaptive_bad_requests_total {bad}\n" in metrics, (seen, metrics)
 
 
+def test_an_unknown_path_or_method_is_a_one_line_json_4xx_and_counted(engine):
+    async def main():
+        async with TestClient(TestServer(_server(engine).app())) as client:
+            long = await client.get("/" + "a" * 300)
+            wrong = await client.delete("/predict")
+            answers = [(r.status, (await r.json())["error"], r.headers.get("Allow")) for r in (long, wrong)]
+            return answers, await (await client.get("/metrics")).text()
+
+    (long, wrong), metrics = asyncio.run(main())
+    assert long[0] == 404 and long[1] == f"nothing is served at '/{'a' * 76}...'; GET /openapi.json lists what is"
+    assert wrong == (405, "DELETE is not allowed on '/predict'; use POST", "POST")
+    assert "adaptive_bad_requests_total 2\n" in metrics and 'by_code_total{code="405"} 1' in metrics
+
+
 def test_the_openapi_document_describes_the_served_model(engine):
     async def main():
         async with TestClient(TestServer(_server(engine).app())) as client:

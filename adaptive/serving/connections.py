@@ -166,6 +166,28 @@ async def listen(
     return runner, listener, limit
 
 
+def routing_errors(count):
+    """An aiohttp middleware: a path no route serves (404) or a method its route does not take
+    (405) is answered with one line of JSON naming it, as every other bad request is, and counted
+    by `count(status)`; aiohttp's own answer would be plain text, and /metrics would miss it."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        try:
+            return await handler(request)
+        except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as e:
+            count(e.status)
+            path = request.path if len(request.path) <= 80 else request.path[:77] + "..."
+            if e.status == 404:
+                error = f"nothing is served at {path!r}; GET /openapi.json lists what is"
+                return web.json_response({"error": error}, status=404)
+            allowed = ", ".join(sorted(e.allowed_methods))
+            error = f"{request.method} is not allowed on {path!r}; use {allowed}"
+            return web.json_response({"error": error}, status=405, headers={"Allow": allowed})
+
+    return middleware
+
+
 async def refuse(request: web.Request, e, count) -> web.StreamResponse:
     """A 4xx with one line of JSON, counted by `count(status)`. A 408 also closes the connection
     at once: its body is still owed, and waiting for it is what a slow client wants."""

@@ -35,7 +35,7 @@ import numpy as np
 from aiohttp import web
 
 from adaptive.serving import lm_openapi
-from adaptive.serving.connections import ConnectionLimit, deferred, listen, refuse
+from adaptive.serving.connections import ConnectionLimit, deferred, listen, refuse, routing_errors
 from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, read_body
 from adaptive.serving.lm_controller import LMController
 from adaptive.serving.lm_engine import LMEngine, Token
@@ -81,7 +81,7 @@ class LMServer:
         self._wake: asyncio.Event | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[routing_errors(self.stats.bad)])
         app.router.add_post("/generate", self.generate)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiohttp import web
 
-from adaptive.serving.connections import ConnectionLimit, deferred, listen, refuse
+from adaptive.serving.connections import ConnectionLimit, deferred, listen, refuse, routing_errors
 from adaptive.serving.controller import Controller
 from adaptive.serving.decisions import REJECTED, Decision, Request
 from adaptive.serving.engine import Engine, fallback_engines
@@ -118,7 +118,7 @@ class Server:
         self._openapi = json.dumps(document(primary.input_shape, primary.units, primary.cap, MAX_BODY))
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[routing_errors(self.stats.bad)])
         app.router.add_post("/predict", self.predict)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
