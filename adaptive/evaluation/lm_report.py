@@ -38,6 +38,7 @@ from flax import nnx
 from adaptive.compute.lm_flops import lm_flops
 from adaptive.data import byte_vocab
 from adaptive.evaluation.curves import pareto_front
+from adaptive.evaluation.plot_labels import annotate
 from adaptive.inference.restore import Run, load_run
 from adaptive.inference.scoring import split_batches
 from adaptive.workdir import exit_calibration
@@ -269,14 +270,14 @@ def _plot_front(points: list[dict], path: Path, artifact_points: list[dict]) -> 
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for p in points:
-        label = p["label"]
         ax.scatter(p["flops_per_token"], p["bits_per_byte"], marker="o" if p["pareto"] else "x")
-        ax.annotate(label, (p["flops_per_token"], p["bits_per_byte"]), fontsize=7)
+    annotate(ax, [(p["flops_per_token"], p["bits_per_byte"], p["label"]) for p in points], fontsize=7)
     for r in artifact_points:  # a marker per precision, hollow when pruned (as a classifier's points)
         marker = {"fp32": "o", "bf16": "s", "int8": "^", "int4": "v"}[r["precision"]]
         at = (r["flops_per_token"], r["validation_bits_per_byte"])
         ax.scatter(*at, marker=marker, s=55, edgecolors="C3", facecolors="C3" if r["prune"] == 0 else "none")
-        ax.annotate(r["label"], at, fontsize=6, xytext=(3, -8), textcoords="offset points", color="C3")
+    labels = [(r["flops_per_token"], r["validation_bits_per_byte"], r["label"]) for r in artifact_points]
+    annotate(ax, labels, fontsize=6, xytext=(3, -8), textcoords="offset points", color="C3")
     ax.set_xlabel("FLOPs per token")
     ax.set_ylabel("bits per byte")
     also = "; red: the artifact's precision and pruning points" if artifact_points else ""

@@ -14,6 +14,7 @@ matplotlib.use("Agg")  # files, never a screen
 import matplotlib.pyplot as plt  # noqa: E402
 
 from adaptive.evaluation.curves import pareto_front  # noqa: E402
+from adaptive.evaluation.plot_labels import annotate  # noqa: E402
 from adaptive.training.metrics import read_jsonl  # noqa: E402
 
 
@@ -91,8 +92,7 @@ def accuracy_vs_compute(rows: list[dict], path: str) -> None:
         ax.scatter([p[0] for p in points], [p[1] for p in points], marker=marker, label=family, zorder=3)
         front = pareto_front([(p[0], p[1]) for p in points])
         ax.plot([p[0] for p in front], [p[1] for p in front], alpha=0.6)
-        for x, y, name in points:
-            ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        annotate(ax, points, fontsize=6, xytext=(3, 3), textcoords="offset points")
     for target in sorted({r["target_flops"] for r in rows if "target_flops" in r}):
         ax.axvline(target, color="grey", ls=":", lw=0.8)
     ax.set(

@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 
 from adaptive.config import step_cap  # noqa: E402
 from adaptive.evaluation.curves import pareto_front  # noqa: E402
+from adaptive.evaluation.plot_labels import annotate  # noqa: E402
 from adaptive.inference.export import load_artifact  # noqa: E402
 from adaptive.inference.restore import Run  # noqa: E402
 from adaptive.inference.scoring import split_batches  # noqa: E402
@@ -102,7 +103,8 @@ def draw_points(ax, rows: list[dict], axis: str = "flops") -> None:
             [r[axis]], [r["accuracy"]], marker=MARKERS[r["precision"]], s=55, zorder=5,
             facecolors="C3" if filled else "none", edgecolors="C3",
         )  # fmt: skip
-        ax.annotate(r["label"], (r[axis], r["accuracy"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    labels = [(r[axis], r["accuracy"], r["label"]) for r in rows]
+    annotate(ax, labels, fontsize=6, xytext=(3, 3), textcoords="offset points")
 
 
 def points_report(run: Run, split: str, artifact: str | Path) -> tuple[dict, list[Path]]:
