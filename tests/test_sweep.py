@@ -381,6 +381,45 @@ def test_points_get_disjoint_device_subsets(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--config.halting.tau=0.5"],
+            "--config.halting.tau=0.5 overrides halting.tau, which {config}'s get_sweep sets for point(s) 1: the "
+            "point's value would win and the override be dropped; remove it, or change the sweep",
+        ),
+        (["--config.train.steps=5", "--config.train.steps", "7"], "--config.train.steps is given twice (5, then 7)"),
+        (["--devices", "0,abc"], "--devices: must be comma-separated device ids (whole numbers >= 0); got '0,abc'"),
+        (["--devices", "0,0"], "--devices: lists a device twice; give each once: '0,0'"),
+        (["--devices-per-point", "0"], "--devices-per-point: must be a whole number >= 1"),
+        (["--devices-per-point", "2"], "--devices-per-point shares out --devices; give the ids, e.g. --devices 0,1"),
+        (["--devices", "0", "--parallel", "2"], "--devices lists 1 id(s), too few for --parallel 2 points to get one"),
+    ],
+)
+def test_flags_a_sweep_would_drop_or_misuse_are_refused(tmp_path, flags, message):
+    config = write_config(tmp_path, [{"seed": 0}, {"halting.tau": 1e-3}])
+    proc = sweep(config, tmp_path / "sweep", *flags)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-500:]
+    line = proc.stderr.strip().splitlines()[-1]  # argparse's own errors come after its usage line
+    assert message.format(config=config) in line, line
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_devices_without_a_count_per_point_are_shared_out_evenly(tmp_path, monkeypatch):
+    from adaptive.cli.main import main
+    from adaptive.experiments import sweep as sweep_lib
+
+    given = []
+    monkeypatch.setattr(sweep_lib, "run", lambda spec, points, parallel, devices, per_point: given.append(
+        (parallel, devices, per_point)) or points)  # fmt: skip
+    monkeypatch.setattr("adaptive.experiments.sweep_summary.summarize", lambda points, workdir: [])
+    config = write_config(tmp_path, [{"halting.tau": 1e-3}])
+    for flags in (["--parallel", "2", "--devices", "0,1,2,3,4"], ["--devices", "3,1", "--devices-per-point", "1"]):
+        main(["sweep", "--config", str(config), "--workdir", str(tmp_path / "s"), *flags])
+    assert given == [(2, ["0", "1", "2", "3", "4"], 2), (1, ["3", "1"], 1)]
+
+
 def test_a_point_may_set_a_tuple_key_to_empty(tmp_path):
     from adaptive.experiments.sweep import load_points
 

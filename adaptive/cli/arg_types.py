@@ -57,6 +57,17 @@ def positive_ints(text: str) -> list[int]:
     return values
 
 
+def device_ids(text: str) -> list[str]:
+    """Accelerator ids, e.g. 0,1,2,3: whole numbers >= 0, each once (a device given twice would
+    be shared by two points that each think it is theirs)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"must be comma-separated device ids (whole numbers >= 0); got {text!r}")
+    if len(set(map(int, parts))) < len(parts):
+        raise argparse.ArgumentTypeError(f"lists a device twice; give each once: {text!r}")
+    return [str(int(p)) for p in parts]
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0 (a rate, a duration, an SLA, a capacity factor)."""
     return _finite_number(text, zero_allowed=False)

@@ -36,6 +36,18 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+def _given_once(overrides: list[str]) -> None:
+    """A key overridden twice is refused: the last would win silently, which is seldom meant."""
+    seen: dict[str, str] = {}
+    for item in overrides:
+        key, _, value = item.removeprefix("--config.").partition("=")
+        if key in seen:
+            from adaptive.config import ConfigError
+
+            raise ConfigError(f"--config.{key} is given twice ({seen[key]}, then {value}); give it once")
+        seen[key] = value
+
+
 def _quiet_libraries() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -184,6 +196,22 @@ def _calibrate(args, overrides: list[str]) -> int:
     return 0
 
 
+def _per_point(args) -> int:
+    """How many of `--devices` each running point gets: --devices-per-point, or an even share."""
+    from adaptive.config import ConfigError
+
+    if not args.devices:
+        if args.devices_per_point is not None:
+            raise ConfigError("--devices-per-point shares out --devices; give the ids, e.g. --devices 0,1,2,3")
+        return 0
+    per_point = args.devices_per_point or len(args.devices) // args.parallel
+    if per_point < 1:
+        raise ConfigError(
+            f"--devices lists {len(args.devices)} id(s), too few for --parallel {args.parallel} points to get one each"
+        )
+    return per_point
+
+
 def _sweep(args, overrides: list[str]) -> int:
     from pathlib import Path
 
@@ -197,6 +225,7 @@ def _sweep(args, overrides: list[str]) -> int:
         raise ConfigError(f"--workdir {workdir} is a file; a sweep's folder holds a run folder per point")
     if any((workdir / name).exists() for name in ("config.json", "metrics.jsonl")):
         raise ConfigError(f"--workdir {workdir} is a training run; give the sweep a folder of its own")
+    per_point = _per_point(args)
     points = sweep.load_points(args.config, workdir, overrides)
     chosen = points
     if args.point is not None:
@@ -225,8 +254,7 @@ def _sweep(args, overrides: list[str]) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
     if args.wandb:
         print(f"wrote {sweep_summary.wandb_yaml(args.config, workdir.resolve(), len(points), overrides)}")
-    devices = [d for d in args.devices.split(",") if d]
-    sweep.run(args.config, chosen, args.parallel, devices, args.devices_per_point)
+    sweep.run(args.config, chosen, args.parallel, args.devices, per_point)
     for p in points:  # the summary is the whole sweep's, whichever points this command trained
         if p.index not in {c.index for c in chosen}:
             sweep.refresh_status(p)
@@ -300,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"adaptive {args.command} takes no --config overrides (got {overrides[0]}); "
                 f"they apply to {', '.join(TAKES_OVERRIDES)}"
             )
+        _given_once(overrides)
         commands = {
             "train": _train,
             "eval": _eval,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from adaptive.cli.arg_types import image_file, nonnegative_float, output_file, positive_int, positive_ints
+from adaptive.cli.arg_types import device_ids, image_file, nonnegative_float, output_file, positive_int, positive_ints
 from adaptive.cli.bench_parser import add_bench
 
 
@@ -201,8 +201,19 @@ def _add_sweep(commands) -> None:
     sweep.add_argument("--dry-run", action="store_true", help="list the points and their status; run nothing")
     sweep.add_argument("--point", type=int, metavar="I", help="train only point I (what wandb agents run)")
     sweep.add_argument("--wandb", action="store_true", help="also write DIR/sweep.yaml for wandb sweep/agent")
-    sweep.add_argument("--devices", default="", help="accelerator ids to share out, e.g. 0,1,2,3")
-    sweep.add_argument("--devices-per-point", type=int, default=0, metavar="K", help="each running point gets K")
+    sweep.add_argument(
+        "--devices",
+        type=device_ids,
+        default=[],
+        metavar="IDS",
+        help="accelerator ids to share out, e.g. 0,1,2,3 (each running point sees only its own)",
+    )
+    sweep.add_argument(
+        "--devices-per-point",
+        type=positive_int,
+        metavar="K",
+        help="each running point gets K of --devices (default: as many as --parallel leaves each)",
+    )
 
 
 def _add_reproduce(commands) -> None:

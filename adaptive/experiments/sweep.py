@@ -87,6 +87,7 @@ def load_points(spec: str, workdir: Path, base: list[str] = ()) -> list[Point]:
         raise ConfigError(f"{spec}: get_sweep: {e}") from None
     if not isinstance(sweep, list) or not sweep or not all(isinstance(p, dict) for p in sweep):
         raise ConfigError(f"{spec}: get_sweep must return a non-empty list of dicts of config keys")
+    _no_override_of_swept_keys(spec, sweep, base)
     points, seen = [], {}
     for index, values in enumerate(sweep):
         point = Point(index, dict(values), workdir / f"{index}-{slug(values)}", 0, list(base))
@@ -106,6 +107,21 @@ def load_points(spec: str, workdir: Path, base: list[str] = ()) -> list[Point]:
         point.steps, point.config = cfg.train.steps, cfg
         points.append(point)
     return points
+
+
+def _no_override_of_swept_keys(spec: str, sweep: list[dict], base: list[str]) -> None:
+    """An override of a key the sweep sets is refused: each point's own value is applied after
+    it and wins, so the override would be dropped without a word."""
+    swept = {key for values in sweep for key in values}
+    for item in base:
+        key = item.removeprefix("--").removeprefix("config.").partition("=")[0]
+        if key in swept:
+            points = [i for i, values in enumerate(sweep) if key in values]
+            which = "every point" if len(points) == len(sweep) else f"point(s) {', '.join(map(str, points))}"
+            raise ConfigError(
+                f"{item} overrides {key}, which {spec}'s get_sweep sets for {which}: the point's value would "
+                "win and the override be dropped; remove it, or change the sweep"
+            )
 
 
 def refresh_status(point: Point) -> None:
