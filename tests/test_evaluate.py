@@ -6,6 +6,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from adaptive.workdir.config_file import RunError
 from tests.helpers import cli, train_tiny
 
 
@@ -73,6 +74,25 @@ def test_report_writes_table_and_plot(tiny_run, tmp_path):
     assert table[0].split(" | ")[:3] == ["| run", "method", "kind"]
     assert "ACT tau=0.003" in table[2] and "validation_accuracy" in table[0]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_names_the_step_a_split_scored_when_the_newest_checkpoint_is_corrupt(tmp_path, capsys):
+    from adaptive.evaluation.report import report
+
+    workdir = tmp_path / "run"
+    train_tiny(workdir, 10)
+    train_tiny(workdir, 20)  # resumed: checkpoints at steps 10 and 20
+    for data in (workdir / "checkpoints" / "20" / "state").rglob("d/*"):  # every array file cut short
+        data.write_bytes(data.read_bytes()[:64])
+    md = tmp_path / "r.md"
+    (row,) = report([str(workdir)], splits=["validation"], plot=None, markdown=str(md))
+    assert row["step"] == 20 and row["validation_at_step"] == 10
+    note = "run: its step-20 checkpoint cannot be restored; its validation columns score step 10"
+    assert f"note: {note}" in capsys.readouterr().out and f"Note: {note}" in md.read_text()
+    with pytest.raises(RunError, match=f"--plot and --pareto both name {tmp_path / 'same.png'}; give each output"):
+        report(
+            [str(workdir)], splits=[], plot=str(tmp_path / "same.png"), markdown=None, pareto=str(tmp_path / "same.png")
+        )
 
 
 def test_eval_times_the_compiled_predictor_on_real_batches(tiny_run):

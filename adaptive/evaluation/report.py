@@ -89,6 +89,12 @@ def report(
 ) -> list[dict]:
     """Prints (and optionally writes) one row per run, then one per group of runs that differ
     only in their seed (mean and 95% interval over seeds); the plot shows group means."""
+    outputs = {"--plot": plot, "--markdown": markdown, "--usage": usage, "--pareto": pareto}
+    named = [(flag, Path(path).resolve()) for flag, path in outputs.items() if path]
+    for i, (flag, path) in enumerate(named):  # the later file would replace the earlier
+        clash = next((other for other, there in named[:i] if there == path), None)
+        if clash:
+            raise RunError(f"{clash} and {flag} both name {path}; give each output its own file")
     files = [w for w in workdirs if Path(w).is_file()]  # a sweep's summary and plot, from DIR/*
     if files:
         workdirs = [w for w in workdirs if w not in files]
@@ -124,7 +130,7 @@ def report(
     if usage and not any(load_config(w).moe.enabled for w in workdirs):
         raise RunError("--usage plots how tokens spread over experts; none of these runs has experts")
     workdirs = _leave_out(workdirs, lambda w: not _has_eval(w), "no eval yet")  # a point still training
-    rows, curves, groups = [], [], {}
+    rows, curves, groups, notes = [], [], {}, []
     for workdir in map(Path, workdirs):
         cfg = load_config(workdir)
         final = final_eval(workdir)
@@ -144,7 +150,14 @@ def report(
                 "`adaptive eval --workdir DIR --split SPLIT`"
             )
         for split in splits:
-            run_curves.append((split, evaluate_run(workdir, split=split)[0]))
+            scored = evaluate_run(workdir, split=split)[0]
+            if scored["step"] != row["step"]:  # its newest checkpoint could not be restored: an older one was
+                row[f"{split}_at_step"] = scored["step"]
+                notes.append(
+                    f"{workdir.name}: its step-{row['step']} checkpoint cannot be restored; its {split} columns "
+                    f"score step {scored['step']} (the others are step {row['step']}'s)"
+                )
+            run_curves.append((split, scored))
         for split, metrics in run_curves:
             row[f"{split}_accuracy"], row[f"{split}_steps"] = metrics["eval/accuracy"], metrics["eval/steps_mean"]
         rows.append(row)
@@ -152,7 +165,9 @@ def report(
         groups.setdefault(_without_seed(cfg), []).append(len(rows) - 1)
     columns = list(dict.fromkeys(k for r in rows for k in r))
     print_table(rows, columns)
-    text = markdown_table(rows, columns)
+    text = markdown_table(rows, columns) + "".join(f"\nNote: {note}\n" for note in notes)
+    for note in notes:
+        print(f"note: {note}")
     plotted = [(rows[i]["run"], c) for i, c in enumerate(curves)]
     if any(len(members) > 1 for members in groups.values()):
         summary, plotted = _by_seed_groups(rows, curves, list(groups.values()))
