@@ -179,6 +179,20 @@ def test_eval_report_of_experts_sweeps_expert_budgets(tmp_path):
         assert by[(1, t)]["experts"] <= 16 * by[(1, t)]["steps"] + 1e-6  # 16 tokens, at most 1 expert each
 
 
+def test_eval_of_a_static_model_with_experts_reports_each_expert_budget(tmp_path, capsys):
+    from adaptive.cli.main import main
+
+    train_tiny(tmp_path / "moe", 10, config="configs/moe.py:tiny")  # static, top-2 experts
+    assert main(["eval", "--workdir", str(tmp_path / "moe"), "--split", "validation"]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy at each expert budget (experts per token)" in printed
+    rows = json.loads((tmp_path / "moe" / "eval" / "validation-experts-step10.json").read_text())["rows"]
+    summary = json.loads((tmp_path / "moe" / "eval" / "validation-step10.json").read_text())
+    assert [r["expert_budget"] for r in rows] == [1, 2]
+    assert rows[1]["accuracy"] == pytest.approx(summary["eval/accuracy"])  # the trained k: the model as it runs
+    assert rows[0]["expert_applications"] < rows[1]["expert_applications"] and rows[0]["flops"] < rows[1]["flops"]
+
+
 def test_eval_report_refuses_models_without_budget_curves(tmp_path, capsys):
     from adaptive.evaluation.eval_report import compute_report
     from adaptive.inference.restore import load_run

@@ -20,6 +20,18 @@ def _print_points(points: list[dict], artifact: str, split: str) -> None:
     print_table([{k: r[k] for k in keys} for r in points], list(keys))
 
 
+def print_expert_budgets(workdir: str, metrics: dict) -> None:
+    """A static model with experts: its one step budget at each expert budget."""
+    from adaptive.evaluation.eval_report import expert_budget_report
+    from adaptive.evaluation.tables import print_table
+    from adaptive.inference.restore import load_run
+
+    rows, path = expert_budget_report(load_run(workdir, metrics["step"]), metrics["split"])
+    print(f"a static model runs all its {metrics['budget']} steps; accuracy at each expert budget (experts per token):")
+    print_table(rows, list(rows[0]))
+    print(f"wrote {path}")
+
+
 def print_compute_report(workdir: str, metrics: dict, baselines: list[str], points: str | None = None) -> None:
     from adaptive.evaluation.eval_report import compute_report
     from adaptive.evaluation.tables import print_table

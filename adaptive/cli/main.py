@@ -128,7 +128,9 @@ def _eval(args, overrides: list[str]) -> int:
         eval_reports.print_compute_report(args.workdir, metrics, args.baseline, args.points)
     elif args.points:
         eval_reports.print_points_report(args.workdir, metrics, args.points)
-    if full_report and metrics["policy"] == "none":  # said, where the full report would come
+    if full_report and metrics["policy"] == "none" and cfg.moe.enabled and cfg.moe.k > 1:
+        eval_reports.print_expert_budgets(args.workdir, metrics)
+    elif full_report and metrics["policy"] == "none":  # said, where the full report would come
         print(f"a static model has one step budget (all its {metrics['budget']} steps): no accuracy-vs-budget report")
     if args.baseline and not (full_report and metrics["policy"] != "none"):
         print("--baseline is compared in the full report: drop --budget, or evaluate an adaptive run")

@@ -31,6 +31,7 @@ from adaptive.compute.flops import flops_model
 from adaptive.config import step_cap
 from adaptive.evaluation import curves, report_plots
 from adaptive.inference import outcomes
+from adaptive.inference.export import experts_table
 from adaptive.inference.restore import Run, load_run
 from adaptive.inference.scoring import score_split
 from adaptive.training import steps
@@ -103,6 +104,30 @@ def compute_report(
     pngs = report_plots.draw(report, steps_B, shifted_steps_B, prefix, title=run.workdir.name)
     _log_to_wandb(run, report, pngs)
     return report, [path, *pngs]
+
+
+def expert_budget_report(run: Run, split: str) -> tuple[list[dict], Path]:
+    """A static run with experts at each expert budget 1..k (its one step budget: all its steps):
+    accuracy on `split`, expert applications and FLOPs per example, as its served function runs
+    at that budget (the experts keep their trained width; only routing changes). Writes
+    DIR/eval/<split>-experts-step<N>.json."""
+    cfg = run.cfg
+    out = outcomes.collect(run.graphdef, run.params, cfg, split, k_max=cfg.moe.k)
+    fewer = experts_table(run)  # the budgets below the trained k
+    trained = flops_model(cfg, run.spec.input_shape, run.spec.num_classes, batch=1).at_steps(step_cap(cfg))
+    rows = [
+        {
+            "expert_budget": k,
+            "accuracy": float(out.correct_KxTxB[k - 1, -1].mean()),
+            "expert_applications": float(out.experts_KxTxB[k - 1, -1].mean()),  # over tokens and steps
+            "flops": float(fewer[str(k)][-1] if k < cfg.moe.k else trained),
+        }
+        for k in range(1, cfg.moe.k + 1)
+    ]
+    path = run.workdir / "eval" / f"{split}-experts-step{run.step}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"step": run.step, "split": split, "rows": rows}, indent=1) + "\n")
+    return rows, path
 
 
 def _steps_at(budget, cap: int) -> float | None:
