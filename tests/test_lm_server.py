@@ -184,6 +184,25 @@ def test_a_shedding_server_rejects_what_cannot_start_in_time_and_finishes_what_i
     assert f'adaptive_lm_requests_total{{status="rejected"}} {codes.count(503)}' in metrics
 
 
+def test_a_burst_past_the_queue_fills_the_free_slots_first_and_defers_the_rest_for_a_token_or_more(decoder):
+    server, _ = _server(decoder, 2)  # 2 free slots, then 1 place in the queue
+    server.max_waiting = 1
+
+    async def main():
+        async with TestClient(TestServer(server.app())) as client:
+            body = {"prompt": "ab", "max_new_tokens": 8}
+            responses = await asyncio.gather(*(client.post("/generate", json=body) for _ in range(6)))
+            return [(r.status, await r.json(), r.headers.get("Retry-After")) for r in responses]
+
+    answers = asyncio.run(main())
+    served = [a for status, a, _ in answers if status == 200]
+    deferred = [(a, header) for status, a, header in answers if status == 503]
+    assert len(served) >= 3 and len(served) + len(deferred) == 6, answers  # not deferred while a slot is free
+    for answer, header in deferred:
+        assert answer["status"] == "deferred" and answer["retry_after_ms"] >= 500.0  # at least the TPOT SLA
+        assert int(header) >= 1
+
+
 def test_requests_are_told_apart_by_identity_not_by_their_fields(decoder):
     """The waiting list is re-sorted while a prefill runs (a priority 0 request jumps ahead), so
     removing one compares it with others: field by field, prompts of other lengths raised."""

@@ -210,6 +210,6 @@ def deferred(retry_ms: float) -> web.Response:
     """A 503 for a full queue: `retry_after_ms` in the body (at least a millisecond: 0 would tell
     a client to retry at once, into the same full queue) and the standard Retry-After header, in
     whole seconds (at least 1), for clients and proxies that read only that."""
-    retry_ms = max(float(retry_ms), 1.0)
+    retry_ms = max(float(retry_ms), 1.0) if math.isfinite(retry_ms) else 1e3  # no estimate: a second
     headers = {"Retry-After": str(max(1, math.ceil(retry_ms / 1e3)))}
     return web.json_response({"status": "deferred", "retry_after_ms": round(retry_ms, 1)}, status=503, headers=headers)

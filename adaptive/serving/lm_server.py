@@ -16,7 +16,8 @@ Slots never change shape, so no request recompiles anything. The controller
 (adaptive/serving/lm_controller.py) decides who joins (the primary, the fallback: status
 "fallback", or a rejection: 503 "rejected") and, per step and per slot, the rung each runs at
 (a looser exit threshold, fewer experts: status "degraded", with `degraded_tokens`). When `max_waiting`
-wait already, new requests are deferred (503 with retry_after_ms). A request already
+wait already beyond what the free slots take, new requests are deferred (503 with retry_after_ms,
+at least a TPOT). A request already
 streaming is never dropped; a client that disconnects (streaming or waiting for its answer)
 leaves its slot at the next step. A failed model call fails every request in flight (500) and
 empties the slots of both models; serving goes on.
@@ -114,9 +115,12 @@ class LMServer:
             return await refuse(request, e, self.stats.bad)
         except ConnectionError:
             return web.Response(status=400)
-        if len(self.waiting) >= self.max_waiting:
+        # those the free slots take at the next turn do not wait for one
+        waiting = len(self.waiting) - len(self.engines["primary"].free)
+        if waiting >= self.max_waiting:
             self.stats.finished("deferred", None, None, None)
-            return deferred(self._wait_ms(0))
+            # when a place in the queue frees: the soonest slot's end, and at least one step's time
+            return deferred(max(self._wait_ms(0), self.step_ms["primary"] or 0.0, self.controller.tpot_ms))
         flight = InFlight(parsed, arrival, asyncio.Queue())
         self.waiting.append(flight)
         self.waiting.sort(key=lambda f: (f.request.priority, f.arrival))
