@@ -22,6 +22,7 @@ state and the batches, multi-host start-up and per-host data.
 
 from __future__ import annotations
 
+import logging
 import re
 
 import jax
@@ -32,6 +33,7 @@ from jax.sharding import PartitionSpec as P
 from adaptive.config import ConfigError
 
 # Expert parameters: [..., E, D, F] kernels and [..., E, F] biases of a MoE layer.
+log = logging.getLogger(__name__)
 _EXPERT_LEAF = re.compile(r"\b(w_in|w_out|b_in|b_out)\b")
 
 
@@ -52,10 +54,14 @@ def make_mesh(mesh_cfg) -> Mesh:
     count = jax.device_count()
     expert = mesh_cfg.expert
     data = mesh_cfg.data or count // expert
-    if data * expert > count or count % expert:
+    if data < 1 or data * expert > count:
         raise ConfigError(
-            f"config keys 'mesh.data' x 'mesh.expert' = {data} x {expert} do not fit the {count} device(s) here"
+            f"config keys 'mesh.data' x 'mesh.expert' = {max(data, 1)} x {expert} need {max(data, 1) * expert} "
+            f"devices; {count} here (mesh.data=0 uses every device)"
         )
+    if data * expert < count:
+        log.warning("the mesh %d x %d (data x expert) uses %d of the %d devices here", data, expert, data * expert,
+                    count)  # fmt: skip
     # Auto axes: XLA propagates the shardings (GSPMD); the model code stays sharding-agnostic.
     auto = (jax.sharding.AxisType.Auto,) * 2
     return jax.make_mesh((data, expert), ("data", "expert"), axis_types=auto, devices=jax.devices()[: data * expert])
