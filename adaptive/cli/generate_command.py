@@ -28,13 +28,20 @@ from adaptive.workdir.config_file import RunError, load_config
 
 PROMPT_BUCKET = 64  # prompts padded to a multiple: one compilation serves nearby lengths
 TIMING_TOKENS = 8
+# One compiled call makes every token: its KV cache holds every position, and nothing is printed
+# until it ends. Past this many, a slip of the keyboard (100000) would run for hours unseen.
+MAX_NEW_TOKENS = 16384
+LONG_RUN_TOKENS = 1024  # from here, a line says that the call is under way
 
 
 def run(args, overrides: list[str]) -> int:
     if not args.prompt:
         raise RunError("give at least one --prompt TEXT")
-    if args.max_new_tokens < 1:
-        raise RunError(f"--max-new-tokens={args.max_new_tokens} must be >= 1")
+    if not 1 <= args.max_new_tokens <= MAX_NEW_TOKENS:
+        raise RunError(
+            f"--max-new-tokens={args.max_new_tokens} must be in [1, {MAX_NEW_TOKENS}] (one compiled call makes "
+            "them all, its KV cache holding every position)"
+        )
     if args.budget is not None and not args.budget > 0:
         raise RunError(f"--budget={args.budget} must be > 0")
     cfg = load_config(Path(args.workdir).resolve())  # checked before the run loads
@@ -72,6 +79,8 @@ def run(args, overrides: list[str]) -> int:
             "this model was trained on: text past them is extrapolation",
             file=sys.stderr,
         )
+    if args.max_new_tokens >= LONG_RUN_TOKENS:
+        print(f"generating up to {args.max_new_tokens} tokens in one compiled call: nothing prints until it ends")
     start, traces = time.perf_counter(), decoder.traces
     out = jax.tree.map(np.asarray, jax.block_until_ready(decoder(prompts, limits)))
     elapsed_ms = (time.perf_counter() - start) * 1e3
