@@ -112,6 +112,10 @@ def test_pareto_front_on_hand_made_points():
 
     points = [(1, 0.5), (2, 0.7), (3, 0.6), (4, 0.9), (5, 0.9), (0.5, 0.4), (2, 0.65)]
     assert pareto_front(points) == [(0.5, 0.4), (1, 0.5), (2, 0.7), (4, 0.9)]
+    from adaptive.evaluation.curves import on_front
+
+    tied = [(2, 0.7), (1, 0.5), (2, 0.7), (3, 0.6), (2, 0.7)]  # three settings with one result: one point
+    assert on_front(tied) == [True, True, False, False, False]
 
 
 def test_eval_report_covers_every_budget_with_a_baseline_plots_and_a_shifted_split(tiny_run, tmp_path):

@@ -28,6 +28,17 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
     return front
 
 
+def on_front(points: list[tuple[float, float]]) -> list[bool]:
+    """For each point, in order, whether it is on the Pareto front (`pareto_front`): of points
+    that coincide there, only the first, so that settings giving one result are one point of
+    the front, not each marked as though they were several."""
+    front, marked = set(pareto_front(points)), []
+    for point in points:
+        marked.append(point in front)
+        front.discard(point)
+    return marked
+
+
 def _row(correct_B: np.ndarray, steps_B: np.ndarray, experts_B: np.ndarray, compute: Compute, **keys) -> dict:
     steps, experts = float(steps_B.mean()), float(experts_B.mean())
     return {
@@ -56,9 +67,8 @@ def budget_grid(out: Outcomes, compute: Compute) -> list[dict]:
                     expert_budget=(k + 1) if num_k > 1 else None,
                 )
             )
-    front = set(pareto_front([(r["compute"], r["accuracy"]) for r in rows]))
-    for r in rows:
-        r["pareto"] = (r["compute"], r["accuracy"]) in front
+    for r, front in zip(rows, on_front([(r["compute"], r["accuracy"]) for r in rows]), strict=True):
+        r["pareto"] = front
     return rows
 
 

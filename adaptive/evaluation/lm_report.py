@@ -37,7 +37,7 @@ from flax import nnx
 
 from adaptive.compute.lm_flops import lm_flops
 from adaptive.data import byte_vocab
-from adaptive.evaluation.curves import pareto_front
+from adaptive.evaluation.curves import on_front
 from adaptive.evaluation.plot_labels import annotate
 from adaptive.inference.restore import Run, load_run
 from adaptive.inference.scoring import split_batches
@@ -218,9 +218,8 @@ def lm_report(
     for p in points:  # the threshold generate and the artifact use by default
         p["certified"] = certified is not None and p["threshold"] == certified and p["confidence"] is None
         p["label"] += " (certified)" if p["certified"] else ""
-    front = set(pareto_front([(p["flops_per_token"], -p["bits_per_byte"]) for p in points]))
-    for p in points:
-        p["pareto"] = (p["flops_per_token"], -p["bits_per_byte"]) in front
+    for p, front in zip(points, on_front([(p["flops_per_token"], -p["bits_per_byte"]) for p in points]), strict=True):
+        p["pareto"] = front
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [_plot_front(points, out_dir / f"{split}-bits_vs_flops.png", artifact_points or [])]
     if run.cfg.lm.exits or run.cfg.lm.mod_capacity > 0:  # the models whose tokens run different blocks
@@ -256,9 +255,8 @@ def artifact_rows(run: Run, artifact: str | Path) -> list[dict]:
         for e in points_of(meta, run, artifact)
     ]
     for axis in ("flops_per_token", "ms_per_token"):
-        front = set(pareto_front([(r[axis], -r["validation_bits_per_byte"]) for r in rows]))
-        for r in rows:
-            r[f"pareto_{axis}"] = (r[axis], -r["validation_bits_per_byte"]) in front
+        for r, front in zip(rows, on_front([(r[axis], -r["validation_bits_per_byte"]) for r in rows]), strict=True):
+            r[f"pareto_{axis}"] = front
     return rows
 
 

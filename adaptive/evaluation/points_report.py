@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from adaptive.config import step_cap  # noqa: E402
-from adaptive.evaluation.curves import pareto_front  # noqa: E402
+from adaptive.evaluation.curves import on_front, pareto_front  # noqa: E402
 from adaptive.evaluation.plot_labels import annotate  # noqa: E402
 from adaptive.inference.export import load_artifact  # noqa: E402
 from adaptive.inference.restore import Run  # noqa: E402
@@ -86,9 +86,8 @@ def score_points(run: Run, split: str, artifact: str | Path) -> list[dict]:
             }
         )
     for axis in ("flops", "memory_mb", "latency_ms"):
-        front = set(pareto_front([(r[axis], r["accuracy"]) for r in rows]))
-        for r in rows:
-            r[f"pareto_{axis}"] = (r[axis], r["accuracy"]) in front
+        for r, front in zip(rows, on_front([(r[axis], r["accuracy"]) for r in rows]), strict=True):
+            r[f"pareto_{axis}"] = front
     return rows
 
 
