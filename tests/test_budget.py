@@ -283,3 +283,32 @@ def test_training_refuses_a_target_the_penalty_cannot_steer():
     ]:
         cfg = config_lib.load(f"{ROOT}/configs/{config}", overrides)
         Budget.from_config(cfg, shape, classes).check_trainable(cfg)
+
+
+def test_a_two_sided_target_near_the_least_compute_is_warned_of(caplog):
+    """Landing on a level near the cheapest path drives nearly everything onto it; a ceiling
+    there, or a level well above it, is the model's own choice and says nothing."""
+    parity = f"{ROOT}/configs/parity.py"
+    lm = [f"{ROOT}/configs/lm.py:tiny", "--config.lm.exits=true", "--config.budget.unit=steps"]
+    cases = [
+        (parity, ["--config.budget.unit=steps", "--config.budget.target=1.5"], True, True),  # 1 to 20 steps
+        (parity, ["--config.budget.unit=steps", "--config.budget.target=1.5"], False, False),  # a ceiling
+        (parity, ["--config.budget.unit=steps", "--config.budget.target=10"], True, False),
+        (lm[0], [*lm[1:], "--config.budget.target=1.05"], True, True),
+    ]
+    for spec, overrides, two_sided, warned in cases:
+        cfg = config_lib.load(spec, [*overrides, f"--config.budget.two_sided={two_sided}"])
+        budget = Budget.from_config(cfg, SHAPE, CLASSES) if spec == parity else _lm_budget(cfg)
+        caplog.clear()
+        budget.check_trainable(cfg)
+        said = [r.getMessage() for r in caplog.records if r.name == "adaptive.compute.budget"]
+        assert bool(said) == warned, (overrides, said)
+        if warned:
+            assert "is two-sided and within 10% of the least compute" in said[0] and "\n" not in said[0]
+
+
+def _lm_budget(cfg) -> Budget:
+    from adaptive import data
+
+    spec = data.prepare(cfg.data)
+    return Budget.from_config(cfg, spec.input_shape, spec.num_classes)

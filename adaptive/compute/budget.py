@@ -22,6 +22,7 @@ a training forward pass into those tokens' expected and realized compute.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 import jax
@@ -31,6 +32,9 @@ from adaptive.compute.costmodel import CostModel, fingerprint
 from adaptive.compute.flops import FlopsModel, flops_model
 from adaptive.compute.lm_flops import LMFlops, lm_flops
 from adaptive.config import ConfigError, step_cap
+
+log = logging.getLogger(__name__)
+NEAR_FLOOR = 0.1  # a two-sided target this share of the way from the least compute to the most
 
 
 @dataclass(frozen=True)
@@ -131,11 +135,15 @@ class Budget:
         ACT's and PonderNet's halting, and top-p routers' expert counts where FLOPs or MACs price
         them; on anything else the multiplier and the loss would grow without end. (Only training
         asks: a run trained before this check still loads.)"""
-        if self.target is None or self.tokens is not None:  # a language model's: checked in _per_token
+        if self.target is None:
+            return
+        if self.tokens is not None:  # a language model's: its range checked in _per_token
+            self._warn_near_floor(cfg)
             return
         policy = cfg.halting.policy
         experts = self.flops.dynamic_experts and self.flops.counted_experts and self.unit in ("flops", "macs")
         if policy in ("act", "pondernet") or experts:
+            self._warn_near_floor(cfg)
             return
         how = "runs every step" if policy == "none" else "exits by a confidence threshold, set after training"
         raise ConfigError(
@@ -143,6 +151,24 @@ class Budget:
             "only ACT's or PonderNet's halting, or top-p experts priced in flops or macs: change one, or leave "
             "the target unset"
         )
+
+    def _warn_near_floor(self, cfg) -> None:
+        """A warning for a two-sided target near the least compute the model spends: the penalty
+        then pushes nearly every example or token onto its cheapest path (the first exit, one
+        step), which a small model pays for in quality far beyond what the compute saved."""
+        if not self.two_sided:
+            return
+        if self.tokens is not None:
+            least, most = _token_range(cfg, self.tokens, self.unit)
+        else:
+            least, most = float(self.compute(1.0)), float(self.compute(float(step_cap(cfg))))
+        if most > least and (self.target - least) < NEAR_FLOOR * (most - least):
+            log.warning(
+                "budget.target %g %s is two-sided and within %.0f%% of the least compute (%g, of %g at most): "
+                "it drives nearly everything onto the cheapest path, often at a large cost in quality; a "
+                "ceiling (budget.two_sided=false) or a higher target keeps that choice to the model",
+                self.target, self.unit, 100 * NEAR_FLOOR, least, most,
+            )  # fmt: skip
 
     @classmethod
     def _per_token(cls, cfg, length: int, vocab: int) -> Budget:
@@ -162,12 +188,7 @@ class Budget:
         target = float(b.target)
         flops = FlopsModel(fixed=tokens.fixed, per_step=tokens.per_block, halting_per_step=tokens.per_exit)
         budget = cls(b.unit, target, b.penalty, b.weight, b.dual_lr, flops, two_sided=b.two_sided, tokens=tokens)
-        least, most = tokens.extremes(lm.exits or act)
-        if b.unit == "steps":
-            least = 1.0 if lm.exits or act else float(tokens.blocks - len(tokens.mod_layers))
-            most = float(tokens.blocks)
-        elif b.unit == "macs":
-            least, most = least / 2.0, most / 2.0
+        least, most = _token_range(cfg, tokens, b.unit)
         if not (target > 0 and least <= target <= most):
             raise ConfigError(
                 f"config key 'budget.target' is {b.target!r} {b.unit}; this language model spends {least:g} "
@@ -302,3 +323,14 @@ def check_memory_budget(cfg) -> None:
         )
     if b.target is None or not b.target > 0:
         raise ConfigError(f"config key 'budget.target' is {b.target!r} memory_mb; a memory budget must be positive")
+
+
+def _token_range(cfg, tokens: LMFlops, unit: str) -> tuple[float, float]:
+    """The least and the most compute per token a language model spends, in `unit`."""
+    act = cfg.halting.policy == "act"
+    least, most = tokens.extremes(cfg.lm.exits or act)
+    if unit == "steps":
+        return (1.0 if cfg.lm.exits or act else float(tokens.blocks - len(tokens.mod_layers))), float(tokens.blocks)
+    if unit == "macs":
+        return least / 2.0, most / 2.0
+    return least, most
