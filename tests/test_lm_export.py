@@ -269,7 +269,7 @@ def test_bad_lm_points_are_one_line_errors_with_nothing_written(artifact, tmp_pa
     for flags, said in (
         (["--small-point", "int4,0.5"], "no such operating point"),
         (["--small-point", "fp32,0"], "the primary itself"),
-        ([], "give the fallback"),
+        (["--policies", "controller + fallback"], "the 'controller + fallback' policy needs its fallback: --small"),
     ):
         proc = subprocess.run(cli("bench", "serve-lm", "--artifact", str(art), *flags), capture_output=True, text=True)
         assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr

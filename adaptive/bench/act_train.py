@@ -8,6 +8,8 @@ researcher gets by hand. The framework figure is `perf/steps_per_sec` of a real
 averaged over its log windows after the first (which holds the compile). Checkpoints are saved at
 the main job's interval, shortened so that at least two saves fall inside those windows (a save
 at a log step is timed in the window that follows it; the final save comes after the last one).
+`ratio` = framework / bare steps per second. The framework's config is built (and a bad `n`
+refused, named as `--n`) before either loop runs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import optax
 
 from adaptive import config as config_lib
 from adaptive.bench.results import write_json
+from adaptive.config import ConfigError
 from adaptive.evaluation.tables import print_table
 from adaptive.training.metrics import read_jsonl
 
@@ -105,22 +108,30 @@ def bare_steps_per_sec(n: int, steps: int) -> float:
 PARITY_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "parity.py"
 
 
-def framework_steps_per_sec(n: int, steps: int) -> float:
-    cfg = config_lib.load(
-        str(PARITY_CONFIG),
-        [
-            "--config.halting.policy=act",
-            f"--config.data.parity_n={n}",
-            "--config.logging.wandb=disabled",
-            "--config.logging.progress=false",
-        ],
-    )
+def framework_config(n: int, steps: int) -> config_lib.Config:
+    """The parity config of the framework's loop; a parity length it refuses is named as `--n`."""
+    try:
+        cfg = config_lib.load(
+            str(PARITY_CONFIG),
+            [
+                "--config.halting.policy=act",
+                f"--config.data.parity_n={n}",
+                "--config.logging.wandb=disabled",
+                "--config.logging.progress=false",
+            ],
+        )
+    except ConfigError as e:
+        raise ConfigError(f"--n {n} (the config's data.parity_n): {e}") from None
     log_every = max(steps // 10, 1)
     checkpoint_every = max(min(cfg.train.checkpoint_every, steps // 3), 1)  # saves inside timed windows
     train = dataclasses.replace(
         cfg.train, steps=steps, log_every=log_every, eval_every=steps, checkpoint_every=checkpoint_every
     )
-    cfg = dataclasses.replace(cfg, train=train, halting=dataclasses.replace(cfg.halting, tau=TAU))
+    return dataclasses.replace(cfg, train=train, halting=dataclasses.replace(cfg.halting, tau=TAU))
+
+
+def framework_steps_per_sec(n: int, steps: int, cfg: config_lib.Config | None = None) -> float:
+    cfg = cfg or framework_config(n, steps)
     from adaptive.training.train import train_and_evaluate
 
     with tempfile.TemporaryDirectory() as workdir:
@@ -129,9 +140,18 @@ def framework_steps_per_sec(n: int, steps: int) -> float:
     return statistics.mean(r["perf/steps_per_sec"] for r in rows[1:])  # the first window holds the compile
 
 
+BASELINES = (
+    "ratio = framework_steps_per_sec / bare_jax_steps_per_sec (framework: the mean over its log windows "
+    "after the first; bare: one timed run of every step after 20 warm-up steps)"
+)
+
+
 def run(*, n: int, steps: int, json_out: str | None) -> list[dict]:
+    if steps < 2:
+        raise ConfigError(f"--steps {steps}: a rate needs at least 2 timed steps")
+    cfg = framework_config(n, steps)  # refused before either loop runs
     bare = bare_steps_per_sec(n, steps)
-    framework = framework_steps_per_sec(n, steps)
+    framework = framework_steps_per_sec(n, steps, cfg)
     rows = [
         {
             "n": n,
@@ -141,6 +161,7 @@ def run(*, n: int, steps: int, json_out: str | None) -> list[dict]:
             "ratio": framework / bare,
         }
     ]
+    print(BASELINES)
     print_table(rows, list(rows[0]))
     write_json(json_out, rows)
     return rows

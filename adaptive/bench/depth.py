@@ -14,12 +14,17 @@ halt) and as one whole-batch loop that runs until its slowest example is done (`
 executable per bucket with the rows gathered and scattered between them (host-side re-dispatch,
 as a server holding executables per batch size could: `host_chain_ms`, `host_chain_ratio`). The
 static model of the mean depth is timed at the two depths around it and interpolated (its time
-is linear in depth), so a mean of 10.5 is not compared with depth 10. `waiting_fraction` is the
-share of the whole-batch loop's time spent after the average example would have finished: 1 -
-static(mean d) / whole batch. With `rounds` > 1 the mixed row is timed that many times (each
-round its own interleaved medians): its ratios are the medians over rounds, and
-`*_ratio_rounds`, `*_low`, `*_high` give every round's ratio and the 95% t-interval of their
-mean, since a machine whose speed drifts between runs moves a single ratio by several percent.
+is linear in depth), so a mean of 10.5 is not compared with depth 10. In JSON a mixed row's `d`
+is that mean depth (a number; `d_max` the deepest example, `mixed` true); the table shows
+"mixed(mean 3.2, max 4)". `waiting_fraction` is the share of the whole-batch loop's time spent
+after the average example would have finished: 1 - static(mean d) / whole batch; where noise puts
+it outside [0, 1] (the static model timed slower than the whole-batch loop) it is null, with a
+warning. With `rounds` > 1 the mixed row is timed that many times (each round its own
+interleaved medians): its ratios are the medians over rounds, `*_ratio_rounds` every round's
+ratio, and from 3 rounds on `*_low`, `*_high` the 95% t-interval of their geometric mean
+(computed on log ratios, so it stays above 0); with 2 rounds they are null (`interval_note` says
+why), since a machine whose speed drifts between runs moves a single ratio by several percent.
+A deeper static model timed faster than a shallower one is noise, said in a warning.
 """
 
 from __future__ import annotations
@@ -33,9 +38,14 @@ import numpy as np
 from flax import nnx
 
 from adaptive import config as config_lib
-from adaptive.bench.results import write_json
+from adaptive.bench.results import (
+    MIN_ROUNDS_FOR_INTERVAL,
+    SLOWER_AT_LEAST,
+    noise_warning,
+    ratio_interval,
+    write_json,
+)
 from adaptive.compute.timing import time_side_by_side
-from adaptive.evaluation.intervals import mean_interval
 from adaptive.evaluation.tables import print_table
 from adaptive.nn.compaction import run_segment, running_first
 from adaptive.nn.models import build_model
@@ -55,6 +65,13 @@ COLUMNS = [
     "slowest_ms",
     "waiting_fraction",
 ]
+BASELINES = (
+    "ms: medians of interleaved calls (over rounds too, with --rounds); ratio = adaptive_ms / static_ms, "
+    "where static_ms is the static model of depth d (mixed rows: interpolated at the mean depth between "
+    "the static depths around it); whole_batch_ratio = whole_batch_ms / static_ms; host_chain_ratio = "
+    "host_chain_ms / static_ms; slowest_ms: the static model of the deepest example; waiting_fraction = "
+    "1 - static_ms / whole_batch_ms"
+)
 
 
 class _Spec:
@@ -95,6 +112,9 @@ def run(
 ) -> list[dict]:
     if rounds < 1:
         raise ValueError(f"rounds={rounds} must be >= 1")
+    heads = config_lib.ModelConfig().num_heads
+    if kind == "transformer" and hidden % heads:
+        raise ValueError(f"hidden={hidden} is not a multiple of the transformer's {heads} heads")
     act_graph, act_params = _model(kind, hidden, "act", cap, n_in)
     infer = jax.jit(lambda p, x, b: nnx.merge(act_graph, p).infer(x, b))
     rows = []
@@ -120,6 +140,7 @@ def run(
                     "hidden": hidden,
                     "batch": batch,
                     "d": d,
+                    "mixed": False,
                     "adaptive_ms": ms["adaptive"],
                     "static_ms": ms["static"],
                     "ratio": ms["adaptive"] / ms["static"],
@@ -131,9 +152,40 @@ def run(
             rows.append(
                 _mixed_row(kind, hidden, cap, batch, n_in, x, (infer, whole, host), act_params, repeats, rounds)
             )
-    print_table(rows, COLUMNS)
+    _check_plausible(rows)
+    print(BASELINES)
+    print_table([{**r, "d": _depth_text(r)} for r in rows], COLUMNS)
+    if any(r.get("interval_note") for r in rows):
+        print(next(r["interval_note"] for r in rows if r.get("interval_note")))
     write_json(json_out, rows)
     return rows
+
+
+def _depth_text(row: dict) -> str | int:
+    return f"mixed(mean {row['d']:.1f}, max {row['d_max']})" if row["mixed"] else row["d"]
+
+
+def _check_plausible(rows: list[dict]) -> None:
+    """Warnings for what cannot be right: a deeper static model clearly faster than a shallower one
+    (at the same batch), the deepest example's static model clearly faster than the mean depth's."""
+    for batch in sorted({r["batch"] for r in rows}):
+        fixed = sorted((r["d"], r["static_ms"]) for r in rows if r["batch"] == batch and not r["mixed"])
+        for (d1, ms1), (d2, ms2) in zip(fixed, fixed[1:], strict=False):
+            if ms2 < SLOWER_AT_LEAST * ms1:
+                noise_warning(
+                    f"at batch {batch} static depth {d2} timed faster than depth {d1} ({ms2:.3g} < {ms1:.3g})"
+                )
+        for r in rows:
+            if (
+                r["batch"] == batch
+                and r["mixed"]
+                and r["d_max"] > r["d"]
+                and r["slowest_ms"] < SLOWER_AT_LEAST * r["static_ms"]
+            ):
+                noise_warning(
+                    f"at batch {batch} static depth {r['d_max']} timed faster than the mean depth {r['d']:.2f} "
+                    f"({r['slowest_ms']:.3g} < {r['static_ms']:.3g} ms)"
+                )
 
 
 def _host_chain(graph, params, cap: int, batch: int):
@@ -214,13 +266,34 @@ def _mixed_row(kind, hidden, cap, batch, n_in, x, infers, act_params, repeats, r
     spread = {}
     if rounds > 1:
         for name, values in ratios.items():
-            interval = mean_interval(values)
-            spread.update({f"{name}_rounds": values, f"{name}_low": interval.low, f"{name}_high": interval.high})
+            low, high = ratio_interval(values)
+            spread.update({f"{name}_rounds": values, f"{name}_low": low, f"{name}_high": high})
+        spread["interval"] = "95% t-interval of the geometric mean ratio over rounds (on log ratios)"
+    if 1 < rounds < MIN_ROUNDS_FOR_INTERVAL:
+        spread["interval_note"] = (
+            f"--rounds {rounds}: too few rounds for an interval (*_low, *_high null); give --rounds "
+            f"{MIN_ROUNDS_FOR_INTERVAL} or more"
+        )
+    waiting = 1.0 - ms["static"] / ms["whole_batch"]
+    if not 0.0 <= waiting <= 1.0:
+        noise_warning(
+            f"at batch {batch} the static model of the mean depth ({ms['static']:.3g} ms) timed slower than the "
+            f"whole-batch loop ({ms['whole_batch']:.3g} ms), so waiting_fraction {waiting:.3f} is outside [0, 1] "
+            "and is left null"
+        )
+        waiting = None
+    if above > below and ms["static_above"] < SLOWER_AT_LEAST * ms["static_below"]:
+        noise_warning(
+            f"at batch {batch} static depth {above} timed faster than depth {below} "
+            f"({ms['static_above']:.3g} < {ms['static_below']:.3g} ms), so the static time at the mean depth is too"
+        )
     return {
         "kind": kind,
         "hidden": hidden,
         "batch": batch,
-        "d": f"mixed(mean {mean_d:.1f}, max {max_d})",
+        "d": round(mean_d, 3),
+        "d_max": max_d,
+        "mixed": True,
         "adaptive_ms": ms["adaptive"],
         "static_ms": ms["static"],
         "ratio": statistics.median(ratios["ratio"]),
@@ -230,7 +303,7 @@ def _mixed_row(kind, hidden, cap, batch, n_in, x, infers, act_params, repeats, r
         "host_chain_ratio": statistics.median(ratios["host_chain_ratio"]),
         "static_depths": [below, above],
         "slowest_ms": ms["slowest"],
-        "waiting_fraction": 1.0 - ms["static"] / ms["whole_batch"],
+        "waiting_fraction": waiting,
         "rounds": rounds,
         **spread,
     }

@@ -9,7 +9,9 @@ by side in one run (interleaved calls, medians after warm-up):
   every row while any is;
 - `static d`: models of d blocks without exits, for the d around the exit model's realized mean
   depth; `ratio` is an exit variant's time over the static time interpolated at its realized mean
-  depth (1 for the static rows; NaN where noise outweighed a time, `_per_token`).
+  depth (1 for the static rows; NaN where noise outweighed a time, `_per_token`). `depth` defaults to
+  halfway between 1 and the model's blocks (2.5 of 4). A deeper static model timed clearly faster
+  than a shallower one is noise, said in a warning: every ratio read from them is too.
 
 A decode step's time is (time for N new tokens - time for 1) / (N - 1): the prefill and the
 first token are the same in both calls and cancel. Every sequence runs to N tokens (EOS
@@ -36,7 +38,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from adaptive.bench.results import write_json
+from adaptive.bench.results import SLOWER_AT_LEAST, noise_warning, write_json
 from adaptive.compute.lm_flops import LMFlops
 from adaptive.compute.timing import time_side_by_side
 from adaptive.config import ConfigError
@@ -103,7 +105,7 @@ def run(
     width: int = 128,
     layers: int = 4,
     heads: int = 4,
-    depth: float = 2.5,
+    depth: float | None = None,
     batches: tuple[int, ...] = (1, 8),
     new_tokens: int = 64,
     repeats: int = 15,
@@ -117,6 +119,8 @@ def run(
     length = PROMPT + new_tokens
     if workdir is not None:  # its blocks, not --layers, bound the depth asked for
         exit_model, width, layers, heads = _trained(workdir, length)
+    if depth is None:  # halfway between the first exit and every block
+        depth = (1 + layers) / 2
     if not 1.0 <= depth <= layers:
         raise ValueError(f"--depth {depth} must be within [1, {layers}] blocks")
     if workdir is None:
@@ -147,10 +151,32 @@ def run(
             static_ms = float(np.interp(layers_used, np.array(around, float), statics))
             ratio = 1.0 if name.startswith("static") else per_token[name, precision] / static_ms
             rows.append(_row(name, precision, batch, new_tokens, per_token[name, precision], layers_used, ratio))
+        _check_statics(per_token, statics_at, batch)
+    around = sorted({d for ds in statics_at.values() for d in ds})
+    print(
+        f"{MEDIANS}; ratio = an exit row's ms_per_token / the static ms_per_token interpolated at its mean_layers "
+        f"between {' and '.join(f'static {d}' for d in around)} at the same precision and batch (static rows: 1)"
+    )
     print_table(rows, COLUMNS)
     if json_out:
         write_json(json_out, rows)
     return rows
+
+
+MEDIANS = "ms_per_token = (median ms of new_tokens tokens - median ms of 1) / (new_tokens - 1)"
+
+
+def _check_statics(per_token: dict, statics_at: dict, batch: int) -> None:
+    """A warning where a deeper static model decoded clearly faster than a shallower one."""
+    for precision, around in statics_at.items():
+        times = [(d, per_token[f"static {d}", precision]) for d in around]
+        for (d1, ms1), (d2, ms2) in zip(times, times[1:], strict=False):
+            if math.isfinite(ms1) and math.isfinite(ms2) and ms2 < SLOWER_AT_LEAST * ms1:
+                noise_warning(
+                    f"at batch {batch} ({precision}) static {d2} blocks decoded {ms1 / ms2:.1f}x faster than static "
+                    f"{d1} ({ms2:.3g} < {ms1:.3g} ms per token), so every exit ratio read from them is noise too",
+                    more="--repeats or --new-tokens",
+                )
 
 
 def _at_thresholds(workdir, thresholds, batches, new_tokens: int, repeats: int, precisions, json_out) -> list[dict]:
@@ -173,6 +199,7 @@ def _at_thresholds(workdir, thresholds, batches, new_tokens: int, repeats: int, 
         for (name, precision), layers_used in depths.items():
             ratio = per_token[name, precision] / per_token["every block", precision]
             rows.append(_row(name, precision, batch, new_tokens, per_token[name, precision], layers_used, ratio))
+    print(f"{MEDIANS}; ratio = ms_per_token / the 'every block' row's at the same precision and batch")
     print_table(rows, COLUMNS)
     if json_out:
         write_json(json_out, rows)

@@ -14,6 +14,9 @@ calls, medians after warm-up):
   so that exit d's score is 1 and the others' 0, as `bench depth` sets halting units), `forward:
   exits, every token at exit d`, against the static model of d blocks (`forward: static d
   blocks`, ratio 1).
+
+The table opens with a line saying what each ratio divides by; a deeper static model timed
+clearly faster than a shallower one is noise, said in a warning.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from adaptive.bench.results import write_json
+from adaptive.bench.results import SLOWER_AT_LEAST, noise_warning, write_json
 from adaptive.compute.timing import time_side_by_side
 from adaptive.config import HaltingConfig
 from adaptive.data.byte_vocab import VOCAB_SIZE
@@ -35,6 +38,11 @@ from adaptive.nn.lm import LanguageModel
 from adaptive.training import lm_steps, steps
 
 COLUMNS = ["variant", "batch", "tokens", "ms", "ratio", "flops_fraction"]
+BASELINES = (
+    "ms: medians of interleaved calls; ratio = ms / the 'full' train step's ms (train rows), = the exit "
+    "row's ms / the 'static d blocks' row's ms at the same d (forward rows; static rows: 1); "
+    "flops_fraction = FLOPs / the full model's"
+)
 
 
 def _lm(width: int, layers: int, heads: int, length: int, **kw) -> LanguageModel:
@@ -143,6 +151,11 @@ def run(
                 d / layers,
             )
         )
+    statics = [(d, r["ms"]) for d, r in zip(exit_depths, rows[3::2], strict=True)]
+    for (d1, ms1), (d2, ms2) in zip(sorted(statics), sorted(statics)[1:], strict=False):
+        if ms2 < SLOWER_AT_LEAST * ms1:
+            noise_warning(f"static {d2} blocks timed faster than static {d1} ({ms2:.3g} < {ms1:.3g} ms)")
+    print(BASELINES)
     print_table(rows, COLUMNS)
     write_json(json_out, rows)
     return rows

@@ -1,9 +1,11 @@
-"""Where a benchmark's rows go besides its printed table: a JSON file (`--json OUT`)."""
+"""Where a benchmark's rows go besides its printed table (a JSON file, `--json OUT`), and the checks its
+numbers share: an interval over ratios that stays above 0, a warning where timings are noise."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 
@@ -24,3 +26,27 @@ def _finite_or_null(value):
     if isinstance(value, (list, tuple)):
         return [_finite_or_null(v) for v in value]
     return value
+
+
+# A deeper model timed below this share of a shallower one's time: not a small wobble but noise
+SLOWER_AT_LEAST = 0.9
+MIN_ROUNDS_FOR_INTERVAL = 3  # a t-interval over 2 values has t(0.975, 1) = 12.7: no interval worth printing
+
+
+def ratio_interval(ratios: list[float]) -> tuple[float | None, float | None]:
+    """The 95% t-interval of the geometric mean of `ratios` (each a time over a time, so > 0),
+    computed on their logarithms and mapped back: it never reaches 0 or below, as an interval
+    over the ratios themselves can when they scatter. (None, None) with fewer than
+    MIN_ROUNDS_FOR_INTERVAL values."""
+    from adaptive.evaluation.intervals import mean_interval
+
+    if len(ratios) < MIN_ROUNDS_FOR_INTERVAL or min(ratios) <= 0:
+        return None, None
+    interval = mean_interval([math.log(r) for r in ratios])
+    return math.exp(interval.low), math.exp(interval.high)
+
+
+def noise_warning(what: str, more: str = "--repeats") -> None:
+    """One line on stderr: a measurement that cannot be right (a deeper model faster than a
+    shallower one, a fraction outside [0, 1]) means the timings are noise at these settings."""
+    print(f"warning: {what}: timings are noise at these settings (use more {more})", file=sys.stderr, flush=True)

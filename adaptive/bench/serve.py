@@ -16,6 +16,10 @@ rate as a mean over the repeats with a 95% t-interval, the rest over the repeats
 pooled (`serve_summary`). Plots: latency CDFs per pattern, and the budget the controller chose
 over time (the first repeat).
 
+Records and plots go in `out_dir` (`--out`, default runs/bench-serve under the current folder).
+A language model's artifact is refused with a pointer to `adaptive bench serve-lm`. The table's
+columns are the rows' JSON keys, opened by a line with the SLA and rate they ran at.
+
 `tiny=True` (`--tiny`) checks the pipeline end to end in seconds on tiny artifacts: 1 s of load
 per pattern and repeat, at `rate` or 40 requests/s, no probe of the sustainable rate. Its
 numbers are not a measurement.
@@ -38,7 +42,7 @@ from adaptive.bench.results import write_json
 from adaptive.bench.serve_summary import pattern_row
 from adaptive.config import ConfigError
 from adaptive.evaluation.tables import print_table
-from adaptive.inference.artifact_meta import read_meta
+from adaptive.inference.artifact_meta import LM_FORMAT, parse_meta, read_meta
 from adaptive.serving.launch import rung_name
 from adaptive.serving.point_meta import ladder_points, point_meta
 
@@ -166,11 +170,23 @@ def _interval(row: dict, key: str) -> str:
     return f"{row[key]:.3f} [{row[key + '_lo']:.3f}, {row[key + '_hi']:.3f}]"
 
 
+def interval_legend(repeats: int) -> str:
+    return "[95% t-interval, JSON *_lo and *_hi]" if repeats > 1 else "(1 repeat: no interval)"
+
+
 def print_rows(rows: list[dict]) -> None:
-    """The console table: the headline means with their 95% intervals, rejections, latency."""
+    """The console table: the headline means with their 95% intervals, rejections, latency; its
+    columns the rows' JSON keys, opened by the SLA and the rate it ran at."""
+    first = rows[0]
+    spread = interval_legend(first["repeats"])
+    print(
+        f"SLA {first['sla_ms']:g} ms, base rate {first['rate_rps']:g} requests/s (the spike: 3x); "
+        f"effective_accuracy and sla_violation_rate: mean over {first['repeats']} repeats {spread}; "
+        "p50_ms, p95_ms, p99_ms over every repeat's requests pooled"
+    )
     shown = [
-        {"policy": r["policy"], "pattern": r["pattern"], "effective acc. [95%]": _interval(r, "effective_accuracy"),
-         "violations [95%]": _interval(r, "sla_violation_rate"), "rejected": r["rejected_fraction"],
+        {"policy": r["policy"], "pattern": r["pattern"], "effective_accuracy": _interval(r, "effective_accuracy"),
+         "sla_violation_rate": _interval(r, "sla_violation_rate"), "rejected_fraction": r["rejected_fraction"],
          "p50_ms": r["p50_ms"], "p95_ms": r["p95_ms"], "p99_ms": r["p99_ms"]}
         for r in rows
     ]  # fmt: skip
@@ -195,6 +211,9 @@ def run(
     """The rows of every policy (or of those named in `policies`) under every pattern."""
     if repeats < 1:
         raise ConfigError(f"--repeats must be >= 1; got {repeats}")
+    for flag, path in (("--artifact", artifact), ("--small", small)):
+        if path is not None:
+            _classifier_artifact(flag, path)
     every = _policies(artifact, small, fixed_budget, sla_ms, max_batch)
     if unknown := set(policies or ()) - set(every):
         raise ConfigError(f"unknown policies {sorted(unknown)}; known: {', '.join(every)}")
@@ -230,6 +249,16 @@ def run(
     budget_over_time(traces, out / "budget_over_time.png")
     print(f"wrote {out / 'latency_cdf.png'}, {out / 'budget_over_time.png'}")
     return rows
+
+
+def _classifier_artifact(flag: str, path: str) -> None:
+    """A language model's artifact is served by `bench serve-lm`: said in one line, not as a
+    format error from deep in the schema check."""
+    if parse_meta(Path(path)).get("format") == LM_FORMAT:
+        raise ConfigError(
+            f"{flag} {path} is a language model's artifact; this benchmark serves classifiers: "
+            f"use adaptive bench serve-lm --artifact {path}"
+        )
 
 
 def throughput_budget(artifact: str) -> float | None:

@@ -10,7 +10,9 @@ Policies, each its own `adaptive serve` process on the same artifacts:
     controller               requests ask for full depth; the controller degrades slots along the
                              ladder, limits prefills between steps, rejects (adaptive)
     controller + fallback    the same, and requests it would keep waiting go to the fallback
-                             (the small model, or an operating point)
+                             (the small model, or an operating point): run only with `--small`
+                             or `--small-point` (without either it is left out, as `bench
+                             serve` leaves out its fallback policies)
 
 Patterns: poisson at the base rate, gamma (coefficient of variation 3) at it, and a spike to 3x
 it for the middle third. The base rate defaults to 0.6 of what full depth completes when every
@@ -19,7 +21,8 @@ Each (policy, pattern) runs `repeats` times with the same seeds for every policy
 figures (violations, p99 TPOT, goodputs, agreement) are the mean over the runs with a 95%
 t-interval; the other percentiles are the mean of the runs' own; counts are summed. Agreement
 is with the primary model's own greedy tokens at full depth, computed offline from the artifact
-for every request. `tiny` checks the pipeline in seconds.
+for every request. `tiny` checks the pipeline in seconds. The table's columns are the rows' JSON
+keys, opened by a line with the SLAs and the rate they ran at.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import uvloop
 
 from adaptive.bench import lm_loadgen
 from adaptive.bench.results import write_json
-from adaptive.bench.serve import start_server
+from adaptive.bench.serve import interval_legend, start_server
 from adaptive.config import ConfigError
 from adaptive.evaluation.intervals import mean_interval
 from adaptive.evaluation.tables import print_table
@@ -43,6 +46,7 @@ PATTERNS = ("poisson", "gamma", "spike")
 HEADLINE = ("violation_rate", "tpot_p99_ms", "agreement_weighted_goodput", "goodput_tokens_per_s", "agreement")
 FRACTIONS = ("violation_rate", "agreement")
 FULL = 2.0  # a threshold no confidence reaches: every block
+FALLBACK = "controller + fallback"  # the policy that needs --small or --small-point
 
 
 def policies(artifact: str, small: str | None, meta: dict, small_point: str | None = None):
@@ -158,9 +162,13 @@ def run(
     fallback = " ".join(filter(None, (small or artifact, small_point)))
     if unknown := set(only or ()) - set(every):
         raise ConfigError(f"unknown policies {sorted(unknown)}; known: {', '.join(every)}")
+    if not small and not small_point:  # no fallback to run it with
+        if FALLBACK in (only or ()):
+            raise ConfigError(
+                f"the {FALLBACK!r} policy needs its fallback: --small LM_ART2, --small-point PRECISION,PRUNE, or both"
+            )
+        del every[FALLBACK]
     chosen = {name: every[name] for name in every if not only or name in only}
-    if "controller + fallback" in chosen and not small and not small_point:
-        raise ConfigError("give the fallback: --small LM_ART2, --small-point PRECISION,PRUNE, or both")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = validation_prompts(meta, 32 if tiny else 256)
@@ -239,12 +247,20 @@ def _interval(row: dict, key: str, digits: int = 3) -> str:
 
 
 def print_rows(rows: list[dict]) -> None:
+    """The console table, its columns the rows' JSON keys, opened by the SLAs and rate it ran at."""
+    first = rows[0]
+    print(
+        f"SLA: TTFT {first['ttft_sla_ms']:g} ms, TPOT {first['tpot_sla_ms']:g} ms; base rate {first['rate_rps']:.3g} "
+        f"requests/s (the spike: 3x); {', '.join(HEADLINE)}: mean over {first['repeats']} repeats "
+        f"{interval_legend(first['repeats'])}; ttft_p99_ms, mean_layers: the mean of the repeats' own"
+    )
     shown = [
-        {"policy": r["policy"], "pattern": r["pattern"], "violations [95%]": _interval(r, "violation_rate"),
-         "TPOT p99 ms": _interval(r, "tpot_p99_ms", 1), "TTFT p99 ms": round(r["ttft_p99_ms"], 1),
-         "goodput tok/s": _interval(r, "goodput_tokens_per_s", 1), "agreement": _interval(r, "agreement"),
-         "agr.-weighted goodput": _interval(r, "agreement_weighted_goodput", 1),
-         "rejected": r["count_rejected"], "fallback": r["count_fallback"], "layers/token": round(r["mean_layers"], 2)}
+        {"policy": r["policy"], "pattern": r["pattern"], "violation_rate": _interval(r, "violation_rate"),
+         "tpot_p99_ms": _interval(r, "tpot_p99_ms", 1), "ttft_p99_ms": round(r["ttft_p99_ms"], 1),
+         "goodput_tokens_per_s": _interval(r, "goodput_tokens_per_s", 1), "agreement": _interval(r, "agreement"),
+         "agreement_weighted_goodput": _interval(r, "agreement_weighted_goodput", 1),
+         "count_rejected": r["count_rejected"], "count_fallback": r["count_fallback"],
+         "mean_layers": round(r["mean_layers"], 2)}
         for r in rows
     ]  # fmt: skip
     print_table(shown, list(shown[0]))

@@ -145,13 +145,28 @@ def run(args, overrides: list[str]) -> int:
 
 
 def _check_flags_against_each_other(args) -> None:
+    """One flag's own value first (so that a bad one is named, not a default derived from
+    another), then the defaults that follow other flags, then what flags ask of each other."""
+    from adaptive.cli.bench_parser import DEPTH_LADDER, TRANSFORMER_HEADS
     from adaptive.config import ConfigError
 
+    if getattr(args, "precisions", None) is not None:
+        _precisions(args.precisions)
+    if args.bench == "act-train":
+        _check_parity_length(args.n)
     if args.bench == "lm" and args.exit_depths is None:  # the default: the usual depths this model has
         args.exit_depths = [d for d in (1, 2, 4, 6) if d < args.layers]
+    if args.bench == "depth" and args.depths is None:  # the default: the ladder's depths up to the cap
+        args.depths = [d for d in DEPTH_LADDER if d <= args.cap]
+    if args.bench == "generate" and args.depth is None and args.workdir is None:  # a run's: from its blocks
+        args.depth = (1 + args.layers) / 2
     problem = None
-    if args.bench == "depth" and max(args.depths) > args.cap:
+    if args.bench == "depth" and len(set(args.depths)) < len(args.depths):
+        problem = f"--depths {','.join(map(str, args.depths))}: give each depth once"
+    elif args.bench == "depth" and max(args.depths) > args.cap:
         problem = f"--depths {max(args.depths)} is past --cap {args.cap}"
+    elif args.bench == "depth" and args.kind == "transformer" and args.hidden % TRANSFORMER_HEADS:
+        problem = f"--hidden {args.hidden} is not a multiple of the transformer's {TRANSFORMER_HEADS} heads"
     elif args.bench == "moe" and args.k > args.experts:
         problem = f"-k {args.k} is more than --experts {args.experts}"
     elif args.bench == "lm" and not args.exit_depths:
@@ -172,6 +187,17 @@ def _check_flags_against_each_other(args) -> None:
         problem = f"--steps {args.steps}: a rate needs at least 2 timed steps"
     if problem:
         raise ConfigError(problem)
+
+
+def _check_parity_length(n: int) -> None:
+    """`act-train --n`, in the range the config's data.parity_n allows, named as the flag."""
+    import dataclasses
+
+    from adaptive.config import ConfigError, DataConfig
+
+    rule = next(f for f in dataclasses.fields(DataConfig) if f.name == "parity_n").metadata
+    if not rule["lo"] <= n <= rule["hi"]:
+        raise ConfigError(f"--n {n} must be in [{rule['lo']:g}, {rule['hi']:g}] (the parity length)")
 
 
 def _precisions(text: str) -> list[str]:
