@@ -520,6 +520,7 @@ def test_a_flops_budget_too_small_for_the_trained_experts_runs_at_fewer():
         want = [Decision("ok", "primary", 8, 2), Decision("ok", "primary", 8, 1), REJECTED]
         static = Controller(8, sla_ms=20.0, mode="static", expert_budgets=(2, 1), least_steps=least)
         assert static.plan([fits_two, fits_one, fits_none]) == want
+        assert static.plan([fits_none])[0].reason == "no expert budget of the primary keeps the request's budget"
         adaptive = Controller(8, sla_ms=20.0, expert_budgets=(2, 1), least_steps=least)
         assert [adaptive.plan([r])[0] for r in (fits_two, fits_one, fits_none)] == want
     # An adaptive model whose budget buys 3 steps at 2 experts or 6 at 1: the more accurate point

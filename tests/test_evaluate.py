@@ -87,7 +87,8 @@ def test_report_names_the_step_a_split_scored_when_the_newest_checkpoint_is_corr
     md = tmp_path / "r.md"
     (row,) = report([str(workdir)], splits=["validation"], plot=None, markdown=str(md))
     assert row["step"] == 20 and row["validation_at_step"] == 10
-    note = "run: its step-20 checkpoint cannot be restored; its validation columns score step 10"
+    note = "run: its validation columns score the step-10 checkpoint; the others are step 20's eval, whose "
+    note += "checkpoint cannot be restored"
     assert f"note: {note}" in capsys.readouterr().out and f"Note: {note}" in md.read_text()
     with pytest.raises(RunError, match=f"--plot and --pareto both name {tmp_path / 'same.png'}; give each output"):
         report(

@@ -203,3 +203,12 @@ def test_eval_reports_the_certified_threshold_beside_its_grid(run_dir, tmp_path)
     certified = [p for p in report["points"] if p["certified"]]
     assert [p["label"] for p in certified] == ["exit at 0.37 (certified)"]
     assert sum(p["threshold"] == 0.37 for p in report["points"]) == 1
+
+
+def test_the_help_states_the_new_token_ceiling_the_command_enforces():
+    from adaptive.cli.generate_command import MAX_NEW_TOKENS
+    from adaptive.cli.parser import build_parser
+
+    gen = build_parser()._subparsers._group_actions[0].choices["generate"]
+    (action,) = [a for a in gen._actions if "--max-new-tokens" in a.option_strings]
+    assert f"1 to {MAX_NEW_TOKENS}" in action.help

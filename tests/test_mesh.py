@@ -78,13 +78,12 @@ def test_a_mesh_that_does_not_fit_the_devices_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "adaptive: error: config keys 'mesh.data' x 'mesh.expert' = 4 x 2 need 8 devices; 1 here "
-        "(mesh.data=0 uses every device)"
+        "(mesh.data=0 fits as many data replicas as the devices hold)"
     ]
     proc = run_train(tmp_path / "w", "--config.mesh.data=0", "--config.mesh.expert=3")  # 0: every device
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "adaptive: error: config keys 'mesh.data' x 'mesh.expert' = 1 x 3 need 3 devices; 1 here "
-        "(mesh.data=0 uses every device)"
+        "adaptive: error: config key 'mesh.expert' is 3; there are only 1 device(s) here"
     ]
 
 

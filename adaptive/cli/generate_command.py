@@ -80,7 +80,10 @@ def run(args, overrides: list[str]) -> int:
             file=sys.stderr,
         )
     if args.max_new_tokens >= LONG_RUN_TOKENS:
-        print(f"generating up to {args.max_new_tokens} tokens in one compiled call: nothing prints until it ends")
+        print(
+            f"note: generating up to {args.max_new_tokens} tokens in one compiled call: nothing prints until it ends",
+            file=sys.stderr,
+        )
     start, traces = time.perf_counter(), decoder.traces
     out = jax.tree.map(np.asarray, jax.block_until_ready(decoder(prompts, limits)))
     elapsed_ms = (time.perf_counter() - start) * 1e3

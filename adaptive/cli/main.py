@@ -211,6 +211,11 @@ def _per_point(args) -> int:
         raise ConfigError(
             f"--devices lists {len(args.devices)} id(s), too few for --parallel {args.parallel} points to get one each"
         )
+    if args.parallel * per_point > len(args.devices):  # before the sweep's folder is made
+        raise ConfigError(
+            f"--parallel {args.parallel} x --devices-per-point {per_point} needs {args.parallel * per_point} devices; "
+            f"--devices lists {len(args.devices)}"
+        )
     return per_point
 
 

@@ -268,7 +268,9 @@ def _add_generate(commands) -> None:
     )
     gen.add_argument("--workdir", required=True, metavar="DIR")
     gen.add_argument("--prompt", action="append", metavar="TEXT", help="repeatable: one sequence of the batch each")
-    gen.add_argument("--max-new-tokens", type=int, default=64, metavar="N")
+    gen.add_argument(
+        "--max-new-tokens", type=int, default=64, metavar="N", help="new tokens per sequence, 1 to 16384 (default 64)"
+    )
     gen.add_argument("--budget", type=float, metavar="B", help="in --unit; default: none")
     gen.add_argument(
         "--unit",

@@ -31,7 +31,7 @@ from adaptive.compute.flops import flops_model
 from adaptive.config import step_cap
 from adaptive.evaluation import curves, report_plots
 from adaptive.inference import outcomes
-from adaptive.inference.export import experts_table
+from adaptive.inference.export import at_expert_budget
 from adaptive.inference.restore import Run, load_run
 from adaptive.inference.scoring import score_split
 from adaptive.training import steps
@@ -111,19 +111,22 @@ def expert_budget_report(run: Run, split: str) -> tuple[list[dict], Path]:
     accuracy on `split`, expert applications and FLOPs per example, as its served function runs
     at that budget (the experts keep their trained width; only routing changes). Writes
     DIR/eval/<split>-experts-step<N>.json."""
-    cfg = run.cfg
+    cfg, cap = run.cfg, step_cap(run.cfg)
     out = outcomes.collect(run.graphdef, run.params, cfg, split, k_max=cfg.moe.k)
-    fewer = experts_table(run)  # the budgets below the trained k
-    trained = flops_model(cfg, run.spec.input_shape, run.spec.num_classes, batch=1).at_steps(step_cap(cfg))
-    rows = [
-        {
-            "expert_budget": k,
-            "accuracy": float(out.correct_KxTxB[k - 1, -1].mean()),
-            "expert_applications": float(out.experts_KxTxB[k - 1, -1].mean()),  # over tokens and steps
-            "flops": float(fewer[str(k)][-1] if k < cfg.moe.k else trained),
-        }
-        for k in range(1, cfg.moe.k + 1)
-    ]
+    rows = []
+    for k in range(1, cfg.moe.k + 1):
+        applications = float(out.experts_KxTxB[k - 1, -1].mean())  # over tokens and steps
+        flops = flops_model(at_expert_budget(cfg, k), run.spec.input_shape, run.spec.num_classes,
+                            batch=cfg.train.eval_batch_size)  # fmt: skip
+        spent = flops.at_steps(float(cap), applications if flops.counted_experts else None)  # top-p: as routed
+        rows.append(
+            {
+                "expert_budget": k,
+                "accuracy": float(out.correct_KxTxB[k - 1, -1].mean()),
+                "expert_applications": applications,
+                "flops": float(np.mean(spent)),
+            }
+        )
     path = run.workdir / "eval" / f"{split}-experts-step{run.step}.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps({"step": run.step, "split": split, "rows": rows}, indent=1) + "\n")

@@ -19,7 +19,7 @@ from adaptive.evaluation.budgeted_eval import evaluate_run
 from adaptive.evaluation.intervals import mean_interval
 from adaptive.evaluation.tables import markdown_table, print_table
 from adaptive.training.metrics import read_jsonl
-from adaptive.workdir.config_file import RunError, load_config, task_label
+from adaptive.workdir.config_file import RunError, checkpoint_folder, load_config, task_label
 
 
 def describe(cfg) -> dict:
@@ -151,12 +151,9 @@ def report(
             )
         for split in splits:
             scored = evaluate_run(workdir, split=split)[0]
-            if scored["step"] != row["step"]:  # its newest checkpoint could not be restored: an older one was
+            if scored["step"] != row["step"]:  # the newest restorable checkpoint is not the logged eval's
                 row[f"{split}_at_step"] = scored["step"]
-                notes.append(
-                    f"{workdir.name}: its step-{row['step']} checkpoint cannot be restored; its {split} columns "
-                    f"score step {scored['step']} (the others are step {row['step']}'s)"
-                )
+                notes.append(_other_step(workdir, split, row["step"], scored["step"]))
             run_curves.append((split, scored))
         for split, metrics in run_curves:
             row[f"{split}_accuracy"], row[f"{split}_steps"] = metrics["eval/accuracy"], metrics["eval/steps_mean"]
@@ -188,6 +185,17 @@ def report(
         plots.expert_usage([Path(w) for w in workdirs], usage)
         print(f"wrote {usage}")
     return rows
+
+
+def _other_step(workdir: Path, split: str, logged: int, scored: int) -> str:
+    """Why a row's `split` columns come from another step than its logged eval, in one line."""
+    if scored > logged:
+        return f"{workdir.name}: its {split} columns score the step-{scored} checkpoint, newer than its last eval"
+    whose = "cannot be restored" if (checkpoint_folder(workdir) / str(logged)).is_dir() else "is not kept"
+    return (
+        f"{workdir.name}: its {split} columns score the step-{scored} checkpoint; the others are step {logged}'s "
+        f"eval, whose checkpoint {whose}"
+    )
 
 
 def compute_columns(cfg, final: dict) -> dict:

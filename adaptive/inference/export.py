@@ -155,13 +155,17 @@ def experts_table(run: Run) -> dict:
         return {}
     steps = np.arange(1, step_cap(cfg) + 1, dtype=float)
     table = {}
-    # The experts keep their trained width (by default it is sized from k): only routing changes.
-    hidden = cfg.moe.expert_width(cfg.model.hidden)
     for k in range(1, cfg.moe.k):
-        limited = dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, k=k, expert_hidden=hidden))
-        flops = flops_model(limited, spec.input_shape, spec.num_classes, batch=1)
+        flops = flops_model(at_expert_budget(cfg, k), spec.input_shape, spec.num_classes, batch=1)
         table[str(k)] = [float(flops.at_steps(s)) for s in steps]
     return table
+
+
+def at_expert_budget(cfg, k: int):
+    """`cfg` routed to `k` experts per token: the experts keep their trained width (by default it
+    is sized from k), only routing changes."""
+    hidden = cfg.moe.expert_width(cfg.model.hidden)
+    return dataclasses.replace(cfg, moe=dataclasses.replace(cfg.moe, k=k, expert_hidden=hidden))
 
 
 def accuracy_table(run: Run, split: str = "validation", log=None) -> dict:

@@ -277,7 +277,9 @@ class Controller:
     def _static(self, request: Request) -> Decision:
         """Static mode: the request's own budget, at the most experts it allows (rejected where none)."""
         k = next((k for k in self.expert_budgets if self._fits(request, k)), "none")
-        return REJECTED if k == "none" else Decision("ok", "primary", self._clip(self._asked(request, k)), k)
+        if k == "none":
+            return dataclasses.replace(REJECTED, reason="no expert budget of the primary keeps the request's budget")
+        return Decision("ok", "primary", self._clip(self._asked(request, k)), k)
 
     def _clip(self, steps: int) -> int:
         return min(max(int(steps), 1), self.max_steps)

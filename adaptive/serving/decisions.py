@@ -3,7 +3,7 @@ about to run, and what it decides for it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 STATUSES = ("ok", "degraded", "fallback", "rejected", "deferred")
 MODES = ("adaptive", "static", "shed")
@@ -15,6 +15,7 @@ class Decision:
     model: str | None  # "primary", a fallback's name, or None
     steps: int
     experts: int | None = None  # experts per token on a MoE primary (None: as trained)
+    reason: str = field(default="", compare=False)  # a rejection's, where it is not the load
 
 
 @dataclass(frozen=True)

@@ -115,8 +115,11 @@ class LMServer:
             return await refuse(request, e, self.stats.bad)
         except ConnectionError:
             return web.Response(status=400)
-        # those the free slots take at the next turn do not wait for one
-        waiting = len(self.waiting) - len(self.engines["primary"].free)
+        # those the free slots take at the next turn do not wait for one (none, where the controller
+        # would keep a free slot empty: one more sequence would slow every step past the TPOT SLA)
+        primary = self.engines["primary"]
+        takes = self.controller.route(primary_free=True, occupancy=primary.in_use, fallback_free=False, wait_ms=0.0)
+        waiting = len(self.waiting) - (len(primary.free) if takes == "primary" else 0)
         if waiting >= self.max_waiting:
             self.stats.finished("deferred", None, None, None)
             # when a place in the queue frees: the soonest slot's end, and at least one step's time

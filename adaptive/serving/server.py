@@ -282,7 +282,7 @@ class Server:
         ]
         kept = []
         for item, d in zip(items, self.controller.plan(requests, time_ms), strict=True):
-            reason = "no model here answers it within its deadline at this load"
+            reason = d.reason or "no model here answers it within its deadline at this load"
             if d.model is not None and self._runs_past(d):
                 d, reason = REJECTED, f"{d.model} is static: it would run all its steps, past the budget"
             if d.model is None:

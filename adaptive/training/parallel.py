@@ -54,10 +54,17 @@ def make_mesh(mesh_cfg) -> Mesh:
     count = jax.device_count()
     expert = mesh_cfg.expert
     data = mesh_cfg.data or count // expert
-    if data < 1 or data * expert > count:
+    if data < 1:  # mesh.data=0: as many replicas as fit, and not one does
+        raise ConfigError(f"config key 'mesh.expert' is {expert}; there are only {count} device(s) here")
+    if data * expert > count:
         raise ConfigError(
-            f"config keys 'mesh.data' x 'mesh.expert' = {max(data, 1)} x {expert} need {max(data, 1) * expert} "
-            f"devices; {count} here (mesh.data=0 uses every device)"
+            f"config keys 'mesh.data' x 'mesh.expert' = {data} x {expert} need {data * expert} devices; {count} "
+            "here (mesh.data=0 fits as many data replicas as the devices hold)"
+        )
+    if data * expert < count and jax.process_count() > 1:  # every process feeds its own rows: all must be in it
+        raise ConfigError(
+            f"config keys 'mesh.data' x 'mesh.expert' = {data} x {expert} use {data * expert} of the {count} devices; "
+            "a run over several processes uses them all"
         )
     if data * expert < count:
         log.warning("the mesh %d x %d (data x expert) uses %d of the %d devices here", data, expert, data * expert,
