@@ -267,8 +267,12 @@ def _plot_front(points: list[dict], path: Path, artifact_points: list[dict]) -> 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for p in points:
-        ax.scatter(p["flops_per_token"], p["bits_per_byte"], marker="o" if p["pareto"] else "x")
+    drawn = set()
+    for p in points:  # one marker where settings give one result: the first's, as on_front marks it
+        at = (p["flops_per_token"], p["bits_per_byte"])
+        if at not in drawn:
+            ax.scatter(*at, marker="o" if p["pareto"] else "x")
+            drawn.add(at)
     annotate(ax, [(p["flops_per_token"], p["bits_per_byte"], p["label"]) for p in points], fontsize=7)
     for r in artifact_points:  # a marker per precision, hollow when pruned (as a classifier's points)
         marker = {"fp32": "o", "bf16": "s", "int8": "^", "int4": "v"}[r["precision"]]
