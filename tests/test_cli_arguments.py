@@ -93,6 +93,31 @@ def test_report_over_a_sweep_under_way_leaves_out_the_points_not_started_or_eval
         report([started, other], splits=[], plot=None, markdown=None)
 
 
+def test_report_of_a_sweeps_folder_reads_its_runs_and_leaves_out_a_damaged_one_with_its_reason(tmp_path, capsys):
+    import json
+
+    from adaptive.evaluation.report import report
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    _config_only_runs(
+        sweep, ("0-done", "configs/parity.py:tiny", []), ("1-broken", "configs/parity.py:tiny", ["--config.seed=1"])
+    )
+    evaluated = json.dumps({"step": 30, "split": "eval", "eval/accuracy": 0.75, "eval/steps_mean": 2.5})
+    (sweep / "0-done" / "metrics.jsonl").write_text(evaluated + "\n")
+    (sweep / "1-broken" / "metrics.jsonl").write_text('{"step": 3' + "\n" + evaluated + "\n")  # an edited line
+    (sweep / "summary.json").write_text("[]")
+    (row,) = report([str(sweep)], splits=[], plot=None, markdown=None)
+    assert row["run"] == "0-done"
+    out = capsys.readouterr().out
+    assert f"{sweep}: a sweep's folder; reading its 2 run(s)" in out
+    assert "left out 1-broken: " in out and "metrics.jsonl line 1 is not JSON" in out
+    from adaptive.workdir.runinfo import WorkdirError
+
+    with pytest.raises(WorkdirError, match="metrics.jsonl line 1 is not JSON"):  # given alone: its own error
+        report([str(sweep / "1-broken")], splits=[], plot=None, markdown=None)
+
+
 def test_two_runs_of_one_config_and_seed_are_refused_before_they_count_as_two_seeds(tmp_path):
     import json
 

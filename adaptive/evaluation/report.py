@@ -20,6 +20,7 @@ from adaptive.evaluation.intervals import mean_interval
 from adaptive.evaluation.tables import markdown_table, print_table
 from adaptive.training.metrics import read_jsonl
 from adaptive.workdir.config_file import RunError, checkpoint_folder, load_config, task_label
+from adaptive.workdir.runinfo import WorkdirError
 
 
 def describe(cfg) -> dict:
@@ -61,6 +62,43 @@ def _leave_out(workdirs: list[str], unready, why: str) -> list[str]:
     return [w for w in workdirs if w not in left]
 
 
+def _sweep_points(workdirs: list[str]) -> list[str]:
+    """`workdirs` with a sweep's folder (no run itself, runs in its subfolders) replaced by its runs."""
+    out = []
+    for workdir in workdirs:
+        folder = Path(workdir)
+        runs = [] if (folder / "config.json").exists() or not folder.is_dir() else _runs_in(folder)
+        if runs:
+            print(f"{workdir}: a sweep's folder; reading its {len(runs)} run(s)")
+        out += runs or [workdir]
+    return out
+
+
+def _runs_in(folder: Path) -> list[str]:
+    return sorted(str(sub) for sub in folder.iterdir() if sub.is_dir() and (sub / "config.json").is_file())
+
+
+def _readable(workdirs: list[str]) -> list[str]:
+    """`workdirs` less those whose config or metrics cannot be read, each said in one line with
+    its reason, when several are given: one damaged run does not take the others' table with it
+    (a single one fails with that reason)."""
+    if len(workdirs) < 2:
+        return workdirs
+    kept = []
+    for workdir in workdirs:
+        try:
+            load_config(Path(workdir))
+            if (Path(workdir) / "metrics.jsonl").is_file():
+                read_jsonl(Path(workdir) / "metrics.jsonl")
+        except (RunError, WorkdirError, config_lib.ConfigError) as e:
+            print(f"left out {Path(workdir).name}: {e}")
+            continue
+        kept.append(workdir)
+    if not kept:
+        raise RunError(f"none of the {len(workdirs)} folders given can be read (each said why above)")
+    return kept
+
+
 def _has_eval(workdir: str) -> bool:
     try:
         final_eval(Path(workdir))
@@ -95,6 +133,7 @@ def report(
         clash = next((other for other, there in named[:i] if there == path), None)
         if clash:
             raise RunError(f"{clash} and {flag} both name {path}; give each output its own file")
+    workdirs = _sweep_points(workdirs)
     files = [w for w in workdirs if Path(w).is_file()]  # a sweep's summary and plot, from DIR/*
     if files:
         workdirs = [w for w in workdirs if w not in files]
@@ -108,6 +147,7 @@ def report(
         seen[key] = workdir
     # DIR/* of a sweep under way: a point not started yet has a folder but no run in it
     workdirs = _leave_out(workdirs, lambda w: Path(w).is_dir() and not (Path(w) / "config.json").is_file(), "no run")
+    workdirs = _readable(workdirs)
     same, kinds, tasks = {}, {}, {}
     for workdir in workdirs:  # a copied run folder: its results would count twice among the seeds
         cfg = load_config(workdir)
