@@ -161,6 +161,40 @@ def test_pystdlib_records_its_source_and_notes_another_python(tmp_path):
     assert pystdlib.version_note(other, text_dir=str(root)) is None  # a user's folder: no library version
 
 
+def test_a_corpus_whose_files_changed_is_prepared_again_and_says_what_it_read(tmp_path, caplog):
+    root = tmp_path / "lib"
+    _corpus(root)
+    cfg = Cfg(name="pystdlib", data_dir=str(tmp_path / "data"), text_dir=str(root), window=16)
+    with caplog.at_level("INFO", logger="adaptive.data.pystdlib"):
+        before = data.datasets._builder(cfg)
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "adaptive.data.pystdlib"]
+    assert (
+        said.startswith(f"preparing data.text_dir {root}: 60 .py files (train ")
+        and "1 other files are not read" in said
+    )
+    edited = next(
+        p for p in pystdlib.source_files(root) if pystdlib.split_of(p.relative_to(root).as_posix()) == "train"
+    )
+    edited.write_bytes(edited.read_bytes() + b"\n# an edit\n")
+    after = data.datasets._builder(cfg)
+    assert after.builder_config.name != before.builder_config.name  # a cache of its own: the old one is kept
+    assert dict(after.info.metadata)["files_sha256"] == pystdlib.files_sha256(root, pystdlib.source_files(root))
+    assert dict(before.info.metadata)["files_sha256"] != dict(after.info.metadata)["files_sha256"]
+
+
+def test_a_corpus_too_small_for_every_split_is_refused_in_one_line(tmp_path):
+    root = tmp_path / "few"
+    root.mkdir()
+    for name in ("a.py", "b.py"):
+        (root / name).write_text("x = 1\n" * 20)
+    cfg = Cfg(name="pystdlib", data_dir=str(tmp_path / "data"), text_dir=str(root), window=16)
+    with pytest.raises(
+        config_lib.ConfigError, match=r"data.text_dir: .*'s 2 .py files give no window of 16 bytes"
+    ) as e:
+        data.prepare(cfg)
+    assert "files by split: train" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_the_interpreters_standard_library_is_there_to_read():
     files = pystdlib.source_files(pystdlib.stdlib_root())
     assert len(files) > 500 and sum(p.stat().st_size for p in files) > 5_000_000

@@ -20,13 +20,17 @@ removing a file moves no other file between splits.
 The interpreter's version and a hash of the file list (each path with its content's SHA-256)
 are stored in the prepared dataset's metadata: data prepared from another Python's library is
 used as it was prepared, with a note saying so (`version_note`), never silently rebuilt or mixed.
-`data.text_dir` points the builder at any other folder of `.py` files instead.
+`data.text_dir` points the builder at any other folder of `.py` files instead: its cache is named
+by the folder and by a fingerprint of its listing (each file's path, size and modification
+time), so a corpus whose files changed is prepared again, into a cache of its own, rather than
+read as it was; preparing it says what it found (`log`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import platform
 import sysconfig
 from collections.abc import Iterator, Sequence
@@ -43,6 +47,7 @@ from adaptive.data.builder import OfflineBuilder
 SPLITS = ("train", "validation", "test")
 SHARES = (0.90, 0.05, 0.05)  # of the files, by path hash; each held-out split ~1.5 MB of text
 TOKENS_PER_RECORD = 1024  # about: whole windows only, at least one
+log = logging.getLogger(__name__)
 
 
 def stdlib_root() -> Path:
@@ -72,6 +77,16 @@ def files_sha256(root: Path, files: list[Path]) -> str:
     return h.hexdigest()
 
 
+def listing_fingerprint(root: Path) -> str:
+    """A cheap fingerprint of a corpus folder (each `.py` file's path, size and modification time,
+    no content read): what changes when a file is added, removed or edited."""
+    h = hashlib.sha256()
+    for path in source_files(root):
+        stat = path.stat()
+        h.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
 def rows_per_record(window: int) -> int:
     """Windows stored in one TFDS record."""
     return max(1, TOKENS_PER_RECORD // (window + 1))
@@ -95,8 +110,11 @@ class PyStdlibConfig(tfds.core.BuilderConfig):
         if window < 1:
             raise ValueError(f"window={window} must be >= 1")
         name = f"w{window}"
-        if text_dir:  # another corpus: its own cache, named by its folder
-            name += "-" + hashlib.sha256(str(Path(text_dir).resolve()).encode()).hexdigest()[:12]
+        if text_dir:  # another corpus: its own cache, named by its folder and what the folder holds
+            folder = Path(text_dir).resolve()
+            name += "-" + hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+            if folder.is_dir():  # (a missing folder is refused in one line when it would be read)
+                name += "-" + listing_fingerprint(folder)
         return cls(name=name, window=window, text_dir=text_dir)
 
 
@@ -135,6 +153,23 @@ class PyStdlib(OfflineBuilder, skip_registration=True):
             by_split[split_of(path.relative_to(root).as_posix())].append(path)
         window = self.builder_config.window
         split_windows = {split: windows(_stream(paths), window) for split, paths in by_split.items()}
+        if empty := [split for split, rows in split_windows.items() if len(rows) == 0]:
+            counts = ", ".join(f"{split} {len(paths)}" for split, paths in by_split.items())
+            raise ConfigError(
+                f"data.text_dir: {root}'s {len(files)} .py files give no window of {window} bytes to "
+                f"{' or '.join(empty)} (files by split: {counts}; each file goes to train, validation or test by "
+                f"a hash of its path, {' / '.join(f'{s:.0%}' for s in SHARES)}): add files, or a shorter data.window"
+            )
+        if self.builder_config.text_dir:
+            others = sum(1 for p in root.rglob("*") if p.is_file() and p.suffix != ".py")
+            sizes = ", ".join(
+                f"{split} {len(paths)} files / {sum(f.stat().st_size for f in paths):,} bytes"
+                for split, paths in by_split.items()
+            )
+            log.info(
+                "preparing data.text_dir %s: %d .py files (%s)%s",
+                root, len(files), sizes, f"; {others} other files are not read" if others else "",
+            )  # fmt: skip
         self.info.metadata.update(
             {
                 "python_version": platform.python_version(),
