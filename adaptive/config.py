@@ -15,6 +15,8 @@ import ast
 import dataclasses
 import difflib
 import importlib.util
+import sys
+import traceback
 import types
 import typing
 from pathlib import Path
@@ -103,8 +105,36 @@ def load_module(spec: str) -> tuple[Any, str | None]:
         raise ConfigError(f"config file {file!r} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"_adaptive_config_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)  # a config may import helpers that live beside it
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise ConfigError(f"config file {file!r} line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # an import it lacks, a name it misspells: one line, not a traceback
+        raise ConfigError(f"config file {file!r}{_line_in(e, path)}: {_one_line(e)}") from None
+    finally:
+        sys.path.remove(folder)
     return module, arg or None
+
+
+def _one_line(e: Exception) -> str:
+    """`e` as one line: its type where the message alone would not say what happened, a KeyError's
+    message without the quotes and escapes its str() adds."""
+    text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
+    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a KeyError's str() inside another message
+        try:
+            text = str(ast.literal_eval(text))
+        except (ValueError, SyntaxError):
+            pass
+    text = " ".join(text.split())
+    return text if isinstance(e, (ValueError, KeyError, TypeError, AttributeError)) else f"{type(e).__name__}: {text}"
+
+
+def _line_in(e: BaseException, path: Path) -> str:
+    """ " line N" of the innermost frame of the config file `path` in `e`'s traceback, or ""."""
+    lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+    return f" line {lines[-1]}" if lines else ""
 
 
 def load_file(spec: str) -> dict:
@@ -115,8 +145,10 @@ def load_file(spec: str) -> dict:
         raise ConfigError(f"config file {file!r} defines no get_config(arg)")
     try:
         cfg = module.get_config(arg)
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
-        raise ConfigError(f"{spec}: {' '.join(str(e).split())}") from None
+    except ConfigError:
+        raise
+    except Exception as e:  # what the config's own code raises: one line, where in the file
+        raise ConfigError(f"{spec}{_line_in(e, Path(file))}: {_one_line(e)}") from None
     if isinstance(cfg, ml_collections.ConfigDict):
         return cfg.to_dict()
     if not isinstance(cfg, dict):

@@ -125,6 +125,38 @@ def test_bad_config_files():
         config_lib.load(f"{ROOT}/configs/parity.py:huge")
 
 
+@pytest.mark.parametrize(
+    "body, said",
+    [
+        ("import my_helpers_missing\n", "line 1: ModuleNotFoundError: No module named 'my_helpers_missing'"),
+        ("def get_config(arg=None)\n    return {}\n", "line 1: expected ':'"),
+        ("def get_config(arg=None):\n    return 1 / 0\n", "line 2: ZeroDivisionError: division by zero"),
+        (
+            "from adaptive.config import default_config\n"
+            "def get_config(arg=None):\n    c = default_config()\n    c.dat.num_eval = 5\n    return c\n",
+            'line 4: \'dat\' Did you mean "data" instead of "dat"?',
+        ),
+    ],
+)
+def test_a_config_file_that_fails_to_run_is_one_line_naming_its_line(tmp_path, body, said):
+    bad = tmp_path / "bad.py"
+    bad.write_text(body)
+    with pytest.raises(ConfigError) as e:
+        config_lib.load(str(bad))
+    message = str(e.value)
+    assert said in message and (message.startswith(str(bad)) or message.startswith(f"config file {str(bad)!r}"))
+    assert "\n" not in str(e.value)
+
+
+def test_a_config_file_imports_helpers_beside_it(tmp_path):
+    (tmp_path / "my_helpers.py").write_text("STEPS = 7\n")
+    (tmp_path / "mine.py").write_text(
+        "from my_helpers import STEPS\nfrom adaptive.config import default_config\n"
+        "def get_config(arg=None):\n    c = default_config()\n    c.train.steps = STEPS\n    return c\n"
+    )
+    assert config_lib.load(str(tmp_path / "mine.py")).train.steps == 7
+
+
 def test_unknown_key_set_inside_a_config_file(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text(
