@@ -64,6 +64,16 @@ def test_round_trip_and_derived_units(tmp_path):
         ("price_per_hour", float("nan"), "price_per_hour is nan; must be finite and >= 0"),
         ("power_watts", -3.0, "power_watts is -3.0; must be finite and >= 0"),
         ("fits", {}, "no calibrated batch size in its fits"),
+        (
+            "fits",
+            {"b2_k0": {"intercept_ms": float("nan"), "per_step_ms": 0.5, "points": []}},
+            "fit b2_k0: intercept nan, per step 0.5; must be finite, per step >= 0",
+        ),
+        (
+            "fits",
+            {"b2_k0": {"intercept_ms": -5.0, "per_step_ms": 0.001, "points": []}},
+            "fit b2_k0 prices one step at -4.999 ms; a latency is > 0",
+        ),
     ]:
         (tmp_path / "bad.json").write_text(json.dumps({**json.loads((tmp_path / "c.json").read_text()), key: value}))
         with pytest.raises(CostModelError, match=f"bad.json is not a valid cost model \\({message}\\)"):
@@ -109,6 +119,25 @@ def test_training_hyperparameters_do_not_change_the_fingerprint(calibrated):
         cfg, halting=dataclasses.replace(cfg.halting, tau=0.0), optim=dataclasses.replace(cfg.optim, learning_rate=0.1)
     )
     assert fingerprint(retuned, SHAPE) == fingerprint(cfg, SHAPE)
+
+
+def test_a_line_through_noise_never_prices_the_fewest_steps_at_zero_or_less():
+    fit = fit_line([(2, 0.1), (3, 0.1), (10, 5.0)])  # the least-squares line prices 2 steps below 0 ms
+    assert fit.intercept_ms == 0.0 and fit.per_step_ms == pytest.approx((0.1 / 2 + 0.1 / 3 + 5.0 / 10) / 3)
+
+
+def test_a_cost_model_from_another_machine_is_warned_of_once(tmp_path, caplog):
+    from adaptive.compute.costmodel import machine
+
+    model = CostModel("abc", "aarch64 gpu x64 (some-other-box)", 3.6, 50.0, {"b1_k0": Fit(1.0, 0.5, [])})
+    model.save(tmp_path / "other.json")
+    CostModel(model.fingerprint, machine(), 3.6, 50.0, model.fits).save(tmp_path / "here.json")
+    with caplog.at_level("WARNING", logger="adaptive.compute.costmodel"):
+        for _ in range(2):
+            CostModel.load(tmp_path / "other.json")
+        CostModel.load(tmp_path / "here.json")
+    (said,) = [r.getMessage() for r in caplog.records if r.name == "adaptive.compute.costmodel"]
+    assert said.startswith(f"{tmp_path / 'other.json'} was calibrated on aarch64 gpu x64 (some-other-box); this is ")
 
 
 def test_a_negative_fitted_slope_is_noise():
@@ -205,9 +234,45 @@ def test_an_export_prices_latency_with_the_folders_calibration(calibrated, tmp_p
     assert meta["cost_model"] is not None and {"latency_ms", "latency_ms_p99", "energy_j"} <= set(
         meta["compute_at_steps"]
     )
+    _latency_budget_is_judged_by_the_measured_run(tmp_path / "art")
     other = tmp_path / "other"
     shutil.copytree(path.parent, other)
     CostModel("another network", "test", 3.0, 30.0, {"b1_k0": Fit(1.0, 0.5, [])}).save(other / "cost_model.json")
     said = []
     assert cost_model_of(load_run(other), said.append) is None
     assert said and "is not used" in said[0] and "another model or config" in said[0]
+
+
+def _latency_budget_is_judged_by_the_measured_run(artifact):
+    """A request's latency_ms budget is priced by the cost model to choose its steps, and judged
+    in /metrics by the run that answered it (`run_ms`), not by that price."""
+    import asyncio
+
+    import numpy as np
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from adaptive.serving.controller import Controller
+    from adaptive.serving.engine import Engine
+    from adaptive.serving.server import Server
+
+    engine = Engine.from_artifact(artifact, buckets=(1,))
+    budget = float(engine.compute_of(np.array([1]), "latency_ms")[0]) * 1.001  # one step, as priced, fits
+    x = np.zeros(engine.input_shape, np.float32).tolist()
+
+    async def main():
+        async with TestClient(TestServer(Server(engine, Controller(engine.cap, 1e4), max_batch=1).app())) as client:
+            answer = await (await client.post("/predict", json={"x": x, "budget": budget, "unit": "latency_ms"})).json()
+            return answer, await (await client.get("/metrics")).text()
+
+    answer, metrics = asyncio.run(main())
+    assert answer["status"] == "ok" and answer["steps"] <= answer["budget_steps"]
+    assert 0 < answer["run_ms"] <= answer["latency_ms"]
+    assert f"adaptive_budget_adherence {float(answer['run_ms'] <= budget):.6f}" in metrics
+
+
+def test_eval_warns_where_measured_latency_is_far_from_the_cost_models():
+    from adaptive.cli.main import latency_gap_warning
+
+    assert latency_gap_warning(1.0, 0.6) is None and latency_gap_warning(1.0, 1.9) is None
+    assert latency_gap_warning(0.136, 1.170).startswith("warning: measured p50 is 0.12x the cost model's")
+    assert "9" in latency_gap_warning(9.0, 1.0) and latency_gap_warning(1.0, 0.0) is not None

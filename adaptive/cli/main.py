@@ -146,6 +146,8 @@ def _eval(args, overrides: list[str]) -> int:
                 f"the cost model predicted p50 {metrics['latency/predicted_p50_ms']:.3f} ms, "
                 f"p99 {metrics['latency/predicted_p99_ms']:.3f} ms for the same batches"
             )
+            if warning := latency_gap_warning(metrics["latency/p50_ms"], metrics["latency/predicted_p50_ms"]):
+                print(warning, file=sys.stderr)
         if "latency/sla_ms" in metrics:
             print(
                 f"{100 * metrics['latency/over_sla_fraction']:.1f}% of calls over the "
@@ -153,6 +155,18 @@ def _eval(args, overrides: list[str]) -> int:
             )
     print(f"wrote {path}")
     return 0
+
+
+def latency_gap_warning(measured_ms: float, predicted_ms: float) -> str | None:
+    """A warning where a measured median latency is off the cost model's by more than 2x either
+    way: every budget priced through the model is off by as much."""
+    off = measured_ms / max(predicted_ms, 1e-12)
+    if 0.5 <= off <= 2.0:
+        return None
+    return (
+        f"warning: measured p50 is {off:.2g}x the cost model's: it was calibrated on another machine or under "
+        "another load; `adaptive calibrate` here refits it"
+    )
 
 
 def _eval_lm(args) -> int:

@@ -10,8 +10,10 @@ model it was measured on; loading it for another model or config is refused.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import logging
 import math
 import platform
 from dataclasses import asdict, dataclass, field
@@ -144,6 +146,18 @@ class CostModel:
                 raise CostModelError(f"{path} is not a valid cost model ({key} is {value}; must be finite and >= 0)")
         if not model.fits:
             raise CostModelError(f"{path} is not a valid cost model (no calibrated batch size in its fits)")
+        for key, fit in [*model.fits.items(), *model.tail_fits.items()]:
+            if not (math.isfinite(fit.intercept_ms) and math.isfinite(fit.per_step_ms) and fit.per_step_ms >= 0):
+                raise CostModelError(
+                    f"{path} is not a valid cost model (fit {key}: intercept {fit.intercept_ms}, per step "
+                    f"{fit.per_step_ms}; must be finite, per step >= 0)"
+                )
+            if fit.intercept_ms + fit.per_step_ms <= 0:  # one step would take no time, or less
+                raise CostModelError(
+                    f"{path} is not a valid cost model (fit {key} prices one step at "
+                    f"{fit.intercept_ms + fit.per_step_ms:g} ms; a latency is > 0)"
+                )
+        warn_other_machine(model.machine, str(path))
         if expect_fingerprint is not None and model.fingerprint != expect_fingerprint:
             raise CostModelError(
                 f"{path} was calibrated for another model or config (fingerprint {model.fingerprint} != "
@@ -160,7 +174,22 @@ def fit_line(points: list[tuple[float, float]]) -> Fit:
     slope, intercept = np.polyfit(steps, ms, 1)
     if slope < 0:  # more steps cannot be faster: timer noise swamped the per-step cost
         slope, intercept = 0.0, float(np.median(ms))
+    if intercept + slope * steps.min() <= 0:  # a line through noise that prices the fewest steps at <= 0 ms
+        return Fit(0.0, float(np.mean(ms / steps)), [list(p) for p in points])
     return Fit(float(intercept), float(slope), [list(p) for p in points])
+
+
+@functools.cache
+def warn_other_machine(calibrated_on: str, what: str) -> None:
+    """A warning, once per (machine, file), where `what` was calibrated on another machine: its
+    latencies, and the cost and energy priced from them, are that machine's, not this one's."""
+    here = machine()
+    if calibrated_on != here:
+        logging.getLogger(__name__).warning(
+            "%s was calibrated on %s; this is %s: its latency, cost and energy prices are that machine's "
+            "(`adaptive calibrate` here refits them)",
+            what, calibrated_on, here,
+        )  # fmt: skip
 
 
 def machine() -> str:

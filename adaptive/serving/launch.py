@@ -9,6 +9,7 @@ import sys
 
 import uvloop
 
+from adaptive.compute.costmodel import warn_other_machine
 from adaptive.config import ConfigError
 from adaptive.serving.accuracy_table import AccuracyTable, accuracy_lookup
 from adaptive.serving.controller import Controller
@@ -89,6 +90,8 @@ def serve(
     serve`) before anything loads."""
     buckets = tuple(b for b in (1, 4, 16, 64) if b < max_batch) + (max_batch,)
     primary = Engine.from_artifact(artifact, buckets=buckets, point=point)
+    if (cost_model := primary.meta.get("cost_model")) and "machine" in cost_model:
+        warn_other_machine(str(cost_model["machine"]), f"the cost model of {artifact}")
     points = list(fallback_points or ([None] if fallback else []))
     rungs = {}
     for p in points:  # a smaller model, or operating points (precision, pruning) of one

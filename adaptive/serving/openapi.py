@@ -112,7 +112,8 @@ def _answer_schema(cap: int) -> dict:
             "experts": {"type": "integer"},
             "budget_steps": {"type": "integer", "minimum": 1, "maximum": cap},
             "budget_experts": {"type": ["integer", "null"]},
-            "latency_ms": {"type": "number"},
+            "latency_ms": {"type": "number", "description": "from arrival to answer, queueing included"},
+            "run_ms": {"type": "number", "description": "the model run that answered it (what latency_ms budgets)"},
             "status": {"enum": ["ok", "degraded", "fallback"]},
             "model": {"type": "string"},  # "primary", "fallback", or a ladder's "fallback:int8,0.5"
         },
