@@ -27,6 +27,7 @@ def calibrated(tmp_path_factory):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    assert "fit_error" in proc.stdout and "at 3 (money) per hour and 30 W (--price-per-hour" in proc.stdout
     return cfg, workdir / "cost_model.json"
 
 
@@ -276,3 +277,15 @@ def test_eval_warns_where_measured_latency_is_far_from_the_cost_models():
     assert latency_gap_warning(1.0, 0.6) is None and latency_gap_warning(1.0, 1.9) is None
     assert latency_gap_warning(0.136, 1.170).startswith("warning: measured p50 is 0.12x the cost model's")
     assert "9" in latency_gap_warning(9.0, 1.0) and latency_gap_warning(1.0, 0.0) is not None
+
+
+def test_calibration_notes_a_poor_line_and_latency_that_hardly_follows_steps():
+    from adaptive.evaluation.calibrate import _notes, _worst_error
+
+    assert _worst_error(Fit(1.0, 0.5, []), {1: 1.5, 3: 2.5}) == pytest.approx(0.0)
+    assert _worst_error(Fit(1.0, 0.5, []), {1: 1.0}) == pytest.approx(0.5)
+    flat = {"batch": 1, "experts": "all", "fit_error": 0.3, "1_steps_ms": 0.1137, "6_steps_ms": 0.1193}
+    steep = {"batch": 4, "experts": "all", "fit_error": 0.01, "1_steps_ms": 0.1, "6_steps_ms": 0.5}
+    notes = _notes([flat, steep], [1, 6])
+    assert len(notes) == 2 and all(n.startswith("batch 1, experts all: ") for n in notes)
+    assert "misses a timed point by 30%" in notes[0] and "latency hardly follows steps" in notes[1]

@@ -254,10 +254,13 @@ def _add_calibrate(commands) -> None:
     calibrate.add_argument("--batches", type=positive_ints, default=[1, 8, 32], help="comma-separated batch sizes")
     calibrate.add_argument("--repeats", type=positive_int, default=30)
     calibrate.add_argument(
-        "--price-per-hour", type=nonnegative_float, default=3.0, help="machine price, money per hour"
+        "--price-per-hour", type=nonnegative_float, default=3.0, help="machine price, money per hour (default 3.0)"
     )
     calibrate.add_argument(
-        "--power-watts", type=nonnegative_float, default=30.0, help="machine power draw while serving"
+        "--power-watts",
+        type=nonnegative_float,
+        default=30.0,
+        help="machine power draw while serving, watts (default 30.0)",
     )
 
 

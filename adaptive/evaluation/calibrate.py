@@ -87,10 +87,39 @@ def calibrate(
                     "p99_intercept_ms": tails[key].intercept_ms,
                     "p99_per_step_ms": tails[key].per_step_ms,
                     **{f"{s}_steps_ms": median[s] for s in grid},
+                    "fit_error": _worst_error(fits[key], median),
                 }
             )
     model = CostModel(fingerprint(run.cfg, run.spec.input_shape), machine(), price_per_hour, power_watts, fits, tails)
     path = run.workdir / "cost_model.json"
     model.save(path)
     print_table(rows, list(dict.fromkeys(k for r in rows for k in r)))
+    print(
+        "fit_error: the worst |line - median| / median over the step budgets timed; cost_per_1k and energy_j "
+        f"budgets price these latencies at {price_per_hour:g} (money) per hour and {power_watts:g} W "
+        "(--price-per-hour, --power-watts)"
+    )
+    for note in _notes(rows, grid):
+        print(f"note: {note}")
     return model, path
+
+
+def _worst_error(fit, median: dict) -> float:
+    return max(abs(fit.intercept_ms + fit.per_step_ms * s - ms) / ms for s, ms in median.items())
+
+
+def _notes(rows: list[dict], grid: list[int]) -> list[str]:
+    """What a reader of the fits should know before budgeting through them: a poor line, and
+    latency that hardly follows steps (a latency budget then buys few steps' difference)."""
+    notes = []
+    for r in rows:
+        where = f"batch {r['batch']}, experts {r['experts']}"
+        if r["fit_error"] > 0.2:
+            notes.append(f"{where}: the line misses a timed point by {r['fit_error']:.0%} (noise? more --repeats)")
+        first, last = r[f"{grid[0]}_steps_ms"], r[f"{grid[-1]}_steps_ms"]
+        if len(grid) > 1 and last < 1.1 * first:
+            notes.append(
+                f"{where}: {grid[-1]} steps take {last:.3g} ms against {first:.3g} for {grid[0]}: latency hardly "
+                "follows steps here, so a latency budget chooses between nearly equal prices"
+            )
+    return notes
