@@ -174,6 +174,18 @@ def test_latency_budget_goes_through_the_cost_model(calibrated, tmp_path):
     flat = dataclasses.replace(with_budget, budget=dataclasses.replace(with_budget.budget, serving_batch=4))
     with pytest.raises(ConfigError, match="shows no latency per step at batch 4"):
         Budget.from_config(flat, SHAPE, 2)
+    # eval's latency at a batch the cost model was not calibrated at: said, not silently unpredicted
+    from adaptive.evaluation.budgeted_eval import measure_latency
+    from adaptive.inference.restore import load_run
+
+    run = load_run(calibrated[1].parent)
+    run = dataclasses.replace(run, budget=budget)
+    timed = measure_latency(run, "validation", 6, batch=2, calls=4)
+    assert "latency/predicted_p50_ms" not in timed
+    assert timed["latency/unpredicted"] == (
+        "the cost model has no calibration at batch 2 (it has b1_k0, b4_k0): `adaptive calibrate --batches 2` adds one"
+    )
+    assert "latency/predicted_p50_ms" in measure_latency(run, "validation", 6, batch=1, calls=4)
 
 
 def test_each_timed_call_is_judged_against_the_tightest_request_it_drew(calibrated, tmp_path):

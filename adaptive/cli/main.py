@@ -148,6 +148,8 @@ def _eval(args, overrides: list[str]) -> int:
             )
             if warning := latency_gap_warning(metrics["latency/p50_ms"], metrics["latency/predicted_p50_ms"]):
                 print(warning, file=sys.stderr)
+        elif "latency/unpredicted" in metrics:
+            print(f"note: {metrics['latency/unpredicted']}")
         if "latency/sla_ms" in metrics:
             print(
                 f"{100 * metrics['latency/over_sla_fraction']:.1f}% of calls over the "

@@ -121,6 +121,11 @@ def measure_latency(run, split: str, budget: int, batch: int, calls: int = 200, 
         tail = [float(cost_model.tail_latency_ms(s, batch)) for s in slowest]
         metrics["latency/predicted_p50_ms"] = float(np.percentile(median, 50))
         metrics["latency/predicted_p99_ms"] = float(np.percentile(tail, 99))
+    elif cost_model is not None:  # said, rather than the prediction silently missing
+        metrics["latency/unpredicted"] = (
+            f"the cost model has no calibration at batch {batch} (it has {', '.join(sorted(cost_model.fits))}): "
+            f"`adaptive calibrate --batches {batch}` adds one"
+        )
     if requests is not None and requests.unit == "latency_ms":
         stated = run.cfg.budget.requests
         slas = call_slas(requests, stated, calls, len(batches), batch)
