@@ -105,29 +105,55 @@ def load_module(spec: str) -> tuple[Any, str | None]:
         raise ConfigError(f"config file {file!r} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"_adaptive_config_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
-    folder = str(path.resolve().parent)
-    sys.path.insert(0, folder)  # a config may import helpers that live beside it
-    try:
-        module_spec.loader.exec_module(module)
-    except SyntaxError as e:
-        raise ConfigError(f"config file {file!r} line {e.lineno}: {e.msg}") from None
-    except Exception as e:  # an import it lacks, a name it misspells: one line, not a traceback
-        raise ConfigError(f"config file {file!r}{_line_in(e, path)}: {_one_line(e)}") from None
-    finally:
-        sys.path.remove(folder)
+    module.__adaptive_path__ = path  # where `call` finds its helpers and its lines
+    run_config_code(f"config file {file!r}", path, module_spec.loader.exec_module, module)
     return module, arg or None
 
 
+def call(module, name: str, spec: str, arg):
+    """`module.<name>(arg)` (get_config, get_sweep): what its code raises becomes one line naming
+    where in the file."""
+    return run_config_code(spec, module.__adaptive_path__, getattr(module, name), arg)
+
+
+def run_config_code(where: str, path: Path, fn, *args):
+    """`fn(*args)` with the config's folder importable (a config may import helpers beside it,
+    at its top or inside get_config), those helpers forgotten afterwards (another config's
+    `common.py` is its own); an exception becomes a ConfigError of one line naming the line of
+    the config file (or of the helper) where it arose."""
+    folder = path.resolve().parent
+    before = set(sys.modules)
+    sys.path.insert(0, str(folder))
+    try:
+        return fn(*args)
+    except ConfigError:
+        raise
+    except SyntaxError as e:
+        file = "" if e.filename is None or Path(e.filename).resolve() == path.resolve() else f" ({e.filename})"
+        raise ConfigError(f"{where}{file} line {e.lineno}: {e.msg}") from None
+    except Exception as e:  # an import it lacks, a name it misspells: one line, not a traceback
+        raise ConfigError(f"{where}{_line_in(e, path)}: {_one_line(e)}") from None
+    finally:
+        sys.path.remove(str(folder))
+        for name in set(sys.modules) - before:
+            origin = getattr(sys.modules[name], "__file__", None)
+            if origin and Path(origin).resolve().parent == folder:
+                del sys.modules[name]
+
+
 def _one_line(e: Exception) -> str:
-    """`e` as one line: its type where the message alone would not say what happened, a KeyError's
-    message without the quotes and escapes its str() adds."""
+    """`e` as one line, its type named where the message alone would not say what happened; a
+    KeyError's message read from its argument (its str() adds quotes, and a message holding one
+    such, escapes)."""
     text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
-    if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a KeyError's str() inside another message
+    if "\\n" in text and len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":  # a str() of a KeyError
         try:
             text = str(ast.literal_eval(text))
         except (ValueError, SyntaxError):
             pass
     text = " ".join(text.split())
+    if isinstance(e, KeyError) and " " not in text:  # a bare key: say that it was a missing key
+        return f"KeyError: {text}"
     return text if isinstance(e, (ValueError, KeyError, TypeError, AttributeError)) else f"{type(e).__name__}: {text}"
 
 
@@ -143,12 +169,7 @@ def load_file(spec: str) -> dict:
     file = spec.partition(":")[0]
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {file!r} defines no get_config(arg)")
-    try:
-        cfg = module.get_config(arg)
-    except ConfigError:
-        raise
-    except Exception as e:  # what the config's own code raises: one line, where in the file
-        raise ConfigError(f"{spec}{_line_in(e, Path(file))}: {_one_line(e)}") from None
+    cfg = call(module, "get_config", spec, arg)
     if isinstance(cfg, ml_collections.ConfigDict):
         return cfg.to_dict()
     if not isinstance(cfg, dict):

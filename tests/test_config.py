@@ -148,13 +148,23 @@ def test_a_config_file_that_fails_to_run_is_one_line_naming_its_line(tmp_path, b
     assert "\n" not in str(e.value)
 
 
-def test_a_config_file_imports_helpers_beside_it(tmp_path):
-    (tmp_path / "my_helpers.py").write_text("STEPS = 7\n")
-    (tmp_path / "mine.py").write_text(
-        "from my_helpers import STEPS\nfrom adaptive.config import default_config\n"
-        "def get_config(arg=None):\n    c = default_config()\n    c.train.steps = STEPS\n    return c\n"
-    )
-    assert config_lib.load(str(tmp_path / "mine.py")).train.steps == 7
+def test_a_config_file_imports_helpers_beside_it_each_its_own(tmp_path):
+    for name, steps in (("a", 7), ("b", 9)):  # two configs, each with its own common.py
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "common.py").write_text(f"STEPS = {steps}\n")
+        (tmp_path / name / "mine.py").write_text(
+            "from adaptive.config import default_config\n"
+            "def get_config(arg=None):\n    from common import STEPS  # imported as get_config runs\n"
+            "    c = default_config()\n    c.train.steps = STEPS\n    return c\n"
+        )
+    assert [config_lib.load(str(tmp_path / n / "mine.py")).train.steps for n in ("a", "b")] == [7, 9]
+    (tmp_path / "a" / "broken.py").write_text("X = (\n")
+    (tmp_path / "a" / "uses.py").write_text("import broken\n")
+    with pytest.raises(ConfigError, match=r"uses.py' \(.*broken.py\) line 1: '\(' was never closed"):
+        config_lib.load(str(tmp_path / "a" / "uses.py"))
+    (tmp_path / "a" / "key.py").write_text("def get_config(arg=None):\n    return {}['data']\n")
+    with pytest.raises(ConfigError, match="key.py line 2: KeyError: data$"):
+        config_lib.load(str(tmp_path / "a" / "key.py"))
 
 
 def test_unknown_key_set_inside_a_config_file(tmp_path):

@@ -260,6 +260,7 @@ def _latency_budget_is_judged_by_the_measured_run(artifact):
     """A request's latency_ms budget is priced by the cost model to choose its steps, and judged
     in /metrics by the run that answered it (`run_ms`), not by that price."""
     import asyncio
+    import time
 
     import numpy as np
     from aiohttp.test_utils import TestClient, TestServer
@@ -271,16 +272,24 @@ def _latency_budget_is_judged_by_the_measured_run(artifact):
     engine = Engine.from_artifact(artifact, buckets=(1,))
     budget = float(engine.compute_of(np.array([1]), "latency_ms")[0]) * 1.001  # one step, as priced, fits
     x = np.zeros(engine.input_shape, np.float32).tolist()
+    run = engine.run
 
-    async def main():
+    def slow_run(*args):  # this machine under load: the run takes longer than its price
+        time.sleep(2 * budget / 1e3)
+        return run(*args)
+
+    async def main(slow: bool):
+        engine.run = slow_run if slow else run
         async with TestClient(TestServer(Server(engine, Controller(engine.cap, 1e4), max_batch=1).app())) as client:
             answer = await (await client.post("/predict", json={"x": x, "budget": budget, "unit": "latency_ms"})).json()
             return answer, await (await client.get("/metrics")).text()
 
-    answer, metrics = asyncio.run(main())
-    assert answer["status"] == "ok" and answer["steps"] <= answer["budget_steps"]
-    assert 0 < answer["run_ms"] <= answer["latency_ms"]
-    assert f"adaptive_budget_adherence {float(answer['run_ms'] <= budget):.6f}" in metrics
+    for slow in (False, True):
+        answer, metrics = asyncio.run(main(slow))
+        assert answer["status"] == "ok" and answer["steps"] <= answer["budget_steps"]
+        assert 0 < answer["run_ms"] <= answer["latency_ms"]
+        assert f"adaptive_budget_adherence {float(answer['run_ms'] <= budget):.6f}" in metrics
+    assert answer["run_ms"] > budget and "adaptive_budget_adherence 0.000000" in metrics  # priced to fit, ran over
 
 
 def test_eval_warns_where_measured_latency_is_far_from_the_cost_models():

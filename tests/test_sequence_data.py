@@ -176,6 +176,8 @@ def test_a_corpus_whose_files_changed_is_prepared_again_and_says_what_it_read(tm
         p for p in pystdlib.source_files(root) if pystdlib.split_of(p.relative_to(root).as_posix()) == "train"
     )
     edited.write_bytes(edited.read_bytes() + b"\n# an edit\n")
+    assert data.datasets._builder(cfg).builder_config.name == before.builder_config.name  # this process: as it began
+    pystdlib.listing_fingerprint.cache_clear()  # a new process
     after = data.datasets._builder(cfg)
     assert after.builder_config.name != before.builder_config.name  # a cache of its own: the old one is kept
     assert dict(after.info.metadata)["files_sha256"] == pystdlib.files_sha256(root, pystdlib.source_files(root))

@@ -157,12 +157,12 @@ class CostModel:
                     f"{path} is not a valid cost model (fit {key} prices one step at "
                     f"{fit.intercept_ms + fit.per_step_ms:g} ms; a latency is > 0)"
                 )
-        warn_other_machine(model.machine, str(path))
         if expect_fingerprint is not None and model.fingerprint != expect_fingerprint:
             raise CostModelError(
                 f"{path} was calibrated for another model or config (fingerprint {model.fingerprint} != "
                 f"{expect_fingerprint}); calibrate this run instead"
             )
+        warn_other_machine(model.machine, str(path))
         return model
 
 
@@ -193,6 +193,9 @@ def warn_other_machine(calibrated_on: str, what: str) -> None:
 
 
 def machine() -> str:
+    """What a latency depends on: the accelerator (its kind and count) and the host's cores."""
     import os
 
-    return f"{platform.machine()} {platform.processor() or 'cpu'} x{os.cpu_count()} ({platform.platform()})"
+    import jax
+
+    return f"{platform.machine()} {jax.devices()[0].device_kind} x{jax.device_count()} ({os.cpu_count()} cpus)"

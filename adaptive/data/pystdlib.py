@@ -22,13 +22,15 @@ are stored in the prepared dataset's metadata: data prepared from another Python
 used as it was prepared, with a note saying so (`version_note`), never silently rebuilt or mixed.
 `data.text_dir` points the builder at any other folder of `.py` files instead: its cache is named
 by the folder and by a fingerprint of its listing (each file's path, size and modification
-time), so a corpus whose files changed is prepared again, into a cache of its own, rather than
-read as it was; preparing it says what it found (`log`).
+time, read once per process), so a corpus whose files changed is prepared again, into a cache of
+its own, rather than read as it was (a checkout or a copy that resets modification times prepares
+it again too; old caches stay until deleted); preparing it says what it found (`log`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import platform
@@ -54,10 +56,12 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
+SKIPPED = {"site-packages", "dist-packages", "__pycache__"}  # folders never read
+
+
 def source_files(root: Path) -> list[Path]:
     """The `.py` files under `root` in path order, installed packages excluded."""
-    skip = {"site-packages", "dist-packages", "__pycache__"}
-    files = [p for p in root.rglob("*.py") if p.is_file() and not skip.intersection(p.relative_to(root).parts)]
+    files = [p for p in root.rglob("*.py") if p.is_file() and not SKIPPED.intersection(p.relative_to(root).parts)]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -77,9 +81,11 @@ def files_sha256(root: Path, files: list[Path]) -> str:
     return h.hexdigest()
 
 
+@functools.cache
 def listing_fingerprint(root: Path) -> str:
     """A cheap fingerprint of a corpus folder (each `.py` file's path, size and modification time,
-    no content read): what changes when a file is added, removed or edited."""
+    no content read): what changes when a file is added, removed or edited. Once per process: a
+    run whose corpus is edited while it trains keeps reading the data it started with."""
     h = hashlib.sha256()
     for path in source_files(root):
         stat = path.stat()
@@ -161,7 +167,13 @@ class PyStdlib(OfflineBuilder, skip_registration=True):
                 f"a hash of its path, {' / '.join(f'{s:.0%}' for s in SHARES)}): add files, or a shorter data.window"
             )
         if self.builder_config.text_dir:
-            others = sum(1 for p in root.rglob("*") if p.is_file() and p.suffix != ".py")
+            others = sum(  # files a user may have meant to be read: not under skipped or hidden folders
+                1
+                for p in root.rglob("*")
+                if p.is_file()
+                and p.suffix != ".py"
+                and not any(part in SKIPPED or part.startswith(".") for part in p.relative_to(root).parts[:-1])
+            )
             sizes = ", ".join(
                 f"{split} {len(paths)} files / {sum(f.stat().st_size for f in paths):,} bytes"
                 for split, paths in by_split.items()

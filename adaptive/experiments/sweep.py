@@ -81,10 +81,7 @@ def load_points(spec: str, workdir: Path, base: list[str] = ()) -> list[Point]:
     module, arg = config_lib.load_module(spec)
     if not hasattr(module, "get_sweep"):
         raise ConfigError(f"config file {spec.partition(':')[0]!r} defines no get_sweep(arg)")
-    try:
-        sweep = module.get_sweep(arg)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"{spec}: get_sweep: {e}") from None
+    sweep = config_lib.call(module, "get_sweep", f"{spec}: get_sweep", arg)
     if not isinstance(sweep, list) or not sweep or not all(isinstance(p, dict) for p in sweep):
         raise ConfigError(f"{spec}: get_sweep must return a non-empty list of dicts of config keys")
     _no_override_of_swept_keys(spec, sweep, base)
