@@ -406,6 +406,24 @@ def test_flags_a_sweep_would_drop_or_misuse_are_refused(tmp_path, flags, message
     assert not (tmp_path / "sweep").exists()
 
 
+def test_layered_overrides_reach_a_point_once_the_last_winning(tmp_path):
+    """An experiment's own overrides, then the caller's (reproduce): each key reaches the point's
+    training once, at the caller's value; one key twice from a user alike is refused only when the
+    values differ."""
+    from adaptive.cli.main import _given_once
+    from adaptive.config import ConfigError
+    from adaptive.experiments.sweep import load_points
+
+    config = write_config(tmp_path, [{"halting.tau": 1e-3}])
+    layered = ["--config.train.steps=5", "--config.seed=3", "--config.train.steps=7"]
+    (point,) = load_points(config, tmp_path / "s", layered)
+    assert point.config.train.steps == 7 and point.config.seed == 3
+    assert [o for o in point.overrides if "train.steps" in o] == ["--config.train.steps=7"]
+    _given_once(["--config.seed=1", "--config.seed=1"])  # the same thing said twice
+    with pytest.raises(ConfigError, match="--config.seed is given twice"):
+        _given_once(["--config.seed=1", "--config.seed=2"])
+
+
 def test_devices_without_a_count_per_point_are_shared_out_evenly(tmp_path, monkeypatch):
     from adaptive.cli.main import main
     from adaptive.experiments import sweep as sweep_lib

@@ -85,6 +85,7 @@ def load_points(spec: str, workdir: Path, base: list[str] = ()) -> list[Point]:
     if not isinstance(sweep, list) or not sweep or not all(isinstance(p, dict) for p in sweep):
         raise ConfigError(f"{spec}: get_sweep must return a non-empty list of dicts of config keys")
     _no_override_of_swept_keys(spec, sweep, base)
+    base = _last_per_key(base)  # an experiment's own overrides, then the caller's: the caller's win
     points, seen = [], {}
     for index, values in enumerate(sweep):
         point = Point(index, dict(values), workdir / f"{index}-{slug(values)}", 0, list(base))
@@ -104,6 +105,12 @@ def load_points(spec: str, workdir: Path, base: list[str] = ()) -> list[Point]:
         point.steps, point.config = cfg.train.steps, cfg
         points.append(point)
     return points
+
+
+def _last_per_key(overrides: list[str]) -> list[str]:
+    """`overrides` with each key once, at its last value (a training run refuses a key twice)."""
+    last = {item.removeprefix("--").removeprefix("config.").partition("=")[0]: item for item in overrides}
+    return list(last.values())
 
 
 def _no_override_of_swept_keys(spec: str, sweep: list[dict], base: list[str]) -> None:
@@ -205,6 +212,9 @@ def device_env(devices: list[str], slot: int, per_point: int) -> dict:
     return {"CUDA_VISIBLE_DEVICES": mine, "TPU_VISIBLE_CHIPS": mine}
 
 
+QUIET_CHILD = "--config.logging.progress=false"
+
+
 def launch(spec: str, point: Point, env: dict | None = None) -> None:
     point.workdir.mkdir(parents=True, exist_ok=True)
     log = (point.workdir / "train.log").open("ab")
@@ -217,7 +227,8 @@ def launch(spec: str, point: Point, env: dict | None = None) -> None:
         spec,
         "--workdir",
         str(point.workdir),
-        "--config.logging.progress=false",
+        # one progress bar, the sweep's, unless the overrides say otherwise
+        *([] if any(o.startswith("--config.logging.progress=") for o in point.overrides) else [QUIET_CHILD]),
         *point.overrides,
     ]
     point.process = subprocess.Popen(
