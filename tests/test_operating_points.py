@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import copy
 import json
+import shutil
 import subprocess
 
 import numpy as np
@@ -156,6 +157,19 @@ def test_eval_scores_the_points_on_a_split_and_plots_them(artifact):
         assert abs(row["accuracy"] - row["validation_accuracy"]) <= 0.01
         assert row["flops"] <= row["flops_at_cap"] * (1 + 1e-9)  # as run: an adaptive model halts before the cap
     assert any(r["pareto_memory_mb"] for r in rows) and any(r["pareto_flops"] for r in rows)
+
+
+def test_eval_refuses_another_runs_points_before_evaluating(artifact, tmp_path):
+    root, _ = artifact
+    other = tmp_path / "other"
+    shutil.copytree(root / "run", other, ignore=shutil.ignore_patterns("eval"))
+    command = cli("eval", "--workdir", str(other), "--split", "validation", "--points", str(root / "art"))
+    proc = subprocess.run(command, capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"adaptive: error: --points {root / 'art'} was exported from {(root / 'run').resolve()}, not from {other}"
+    ]
+    assert not (other / "eval").exists()  # refused before the run was scored
 
 
 @pytest.mark.slow

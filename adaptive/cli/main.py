@@ -106,10 +106,12 @@ def _eval(args, overrides: list[str]) -> int:
             what = "a language model" if static.model.kind == "lm" else f"halting.policy={static.halting.policy!r}"
             raise RunError(f"--baseline {baseline} must be a static classifier run; it is {what}")
         refuse_other_task(f"--baseline {baseline}", static, args.workdir, cfg, args.split or cfg.data.eval_split)
-    if args.points:  # likewise: a language model's artifact, a damaged meta.json
+    if args.points:  # likewise: a language model's artifact, a damaged meta.json, another run's
         from adaptive.inference.artifact_meta import read_meta
 
-        read_meta(Path(args.points))
+        source = read_meta(Path(args.points)).get("source") or {}
+        if Path(str(source.get("workdir", ""))).resolve() != Path(args.workdir).resolve():
+            raise RunError(f"--points {args.points} was exported from {source.get('workdir')}, not from {args.workdir}")
 
     metrics, path = evaluate_run(
         args.workdir,
