@@ -248,12 +248,17 @@ def _check(key: str, value: Any, rule: typing.Mapping) -> Any:
     return value
 
 
+def override_key(item: str) -> tuple[str, str]:
+    """`--config.train.steps=300` -> ("train.steps", "300"), as given (not yet checked)."""
+    key, _, value = item.removeprefix("--").removeprefix("config.").partition("=")
+    return key, value
+
+
 def _split_override(item: str) -> tuple[list[str], Any]:
     """`--config.train.steps=300` -> (['train', 'steps'], 300)."""
-    body = item.removeprefix("--").removeprefix("config.")
-    if "=" not in body:
+    if "=" not in item:
         raise ConfigError(f"override {item!r} must look like --config.section.key=value")
-    path, _, text = body.partition("=")
+    path, text = override_key(item)
     return path.split("."), _Raw(text)
 
 

@@ -39,12 +39,12 @@ def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 def _given_once(overrides: list[str]) -> None:
     """A key overridden twice with two values is refused: the last would win silently, which is
     seldom meant (the same value twice says one thing)."""
+    from adaptive.config import ConfigError, override_key
+
     seen: dict[str, str] = {}
     for item in overrides:
-        key, _, value = item.removeprefix("--config.").partition("=")
+        key, value = override_key(item)
         if key in seen and seen[key] != value:
-            from adaptive.config import ConfigError
-
             raise ConfigError(f"--config.{key} is given twice ({seen[key]}, then {value}); give it once")
         seen[key] = value
 

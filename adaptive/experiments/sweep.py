@@ -109,7 +109,7 @@ def load_points(spec: str, workdir: Path, base: list[str] = ()) -> list[Point]:
 
 def _last_per_key(overrides: list[str]) -> list[str]:
     """`overrides` with each key once, at its last value (a training run refuses a key twice)."""
-    last = {item.removeprefix("--").removeprefix("config.").partition("=")[0]: item for item in overrides}
+    last = {config_lib.override_key(item)[0]: item for item in overrides}
     return list(last.values())
 
 
@@ -118,7 +118,7 @@ def _no_override_of_swept_keys(spec: str, sweep: list[dict], base: list[str]) ->
     it and wins, so the override would be dropped without a word."""
     swept = {key for values in sweep for key in values}
     for item in base:
-        key = item.removeprefix("--").removeprefix("config.").partition("=")[0]
+        key = config_lib.override_key(item)[0]
         if key in swept:
             points = [i for i, values in enumerate(sweep) if key in values]
             which = "every point" if len(points) == len(sweep) else f"point(s) {', '.join(map(str, points))}"
