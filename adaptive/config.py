@@ -136,8 +136,11 @@ def run_config_code(where: str, path: Path, fn, *args):
     finally:
         sys.path.remove(str(folder))
         for name in set(sys.modules) - before:
+            # A helper module or package of this folder (a package's modules sit below it); not a
+            # new submodule of a package imported before (adaptive's own, where a config sits at
+            # the repository's root), which must stay the one its package holds.
             origin = getattr(sys.modules[name], "__file__", None)
-            if origin and Path(origin).resolve().parent == folder:
+            if origin and folder in Path(origin).resolve().parents and name.partition(".")[0] not in before:
                 del sys.modules[name]
 
 

@@ -45,6 +45,20 @@ def test_a_throughput_target_is_held_as_serving_ms_per_request(tmp_path):
         Budget.from_config(_cfg(tmp_path, unit="requests_per_s", target=1600.0, cost_model=""), SHAPE, 2)
 
 
+def test_a_two_sided_throughput_near_the_highest_rate_is_warned_of_in_requests_per_s(tmp_path, caplog):
+    """The floor of a throughput target is its highest rate: the warning states the rate asked
+    and the rates this model sustains, and points to a lower one (not to 'a higher target')."""
+    for rate, warned in ((2500.0, True), (1600.0, False)):  # 1 step sustains 2667 requests/s
+        cfg = _cfg(tmp_path, unit="requests_per_s", target=rate, penalty="lagrangian", two_sided=True)
+        caplog.clear()
+        Budget.from_config(cfg, SHAPE, 2).check_trainable(cfg)
+        said = [r.getMessage() for r in caplog.records if r.name == "adaptive.compute.budget"]
+        assert bool(said) == warned, (rate, said)
+        if warned:
+            assert "budget.target 2500 requests_per_s" in said[0] and "2666.67 requests/s" in said[0], said
+            assert "a lower rate" in said[0] and "higher" not in said[0]
+
+
 def test_a_memory_budget_steers_no_training_and_refuses_what_it_cannot_mean(tmp_path):
     assert Budget.from_config(_cfg(tmp_path, unit="memory_mb", target=8.0), SHAPE, 2) is None
     for budget, said in ((dict(target=-1.0), "positive"), (dict(target=8.0, requests=(4.0,)), "one ceiling")):

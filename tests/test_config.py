@@ -149,15 +149,18 @@ def test_a_config_file_that_fails_to_run_is_one_line_naming_its_line(tmp_path, b
 
 
 def test_a_config_file_imports_helpers_beside_it_each_its_own(tmp_path):
-    for name, steps in (("a", 7), ("b", 9)):  # two configs, each with its own common.py
-        (tmp_path / name).mkdir()
+    for name, steps in (("a", 7), ("b", 9)):  # two configs, each with its own common.py and package
+        (tmp_path / name / "helpers").mkdir(parents=True)
         (tmp_path / name / "common.py").write_text(f"STEPS = {steps}\n")
+        (tmp_path / name / "helpers" / "__init__.py").write_text(f"SEED = {steps + 1}\n")
         (tmp_path / name / "mine.py").write_text(
             "from adaptive.config import default_config\n"
+            "from helpers import SEED\n"
             "def get_config(arg=None):\n    from common import STEPS  # imported as get_config runs\n"
-            "    c = default_config()\n    c.train.steps = STEPS\n    return c\n"
+            "    c = default_config()\n    c.train.steps, c.seed = STEPS, SEED\n    return c\n"
         )
-    assert [config_lib.load(str(tmp_path / n / "mine.py")).train.steps for n in ("a", "b")] == [7, 9]
+    loaded = [config_lib.load(str(tmp_path / n / "mine.py")) for n in ("a", "b")]
+    assert [(c.train.steps, c.seed) for c in loaded] == [(7, 8), (9, 10)]
     (tmp_path / "a" / "broken.py").write_text("X = (\n")
     (tmp_path / "a" / "uses.py").write_text("import broken\n")
     with pytest.raises(ConfigError, match=r"uses.py' \(.*broken.py\) line 1: '\(' was never closed"):

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import re
 import shutil
 import subprocess
 
@@ -133,10 +134,16 @@ def test_a_cost_model_from_another_machine_is_warned_of_once(tmp_path, caplog):
     model = CostModel("abc", "aarch64 gpu x64 (some-other-box)", 3.6, 50.0, {"b1_k0": Fit(1.0, 0.5, [])})
     model.save(tmp_path / "other.json")
     CostModel(model.fingerprint, machine(), 3.6, 50.0, model.fits).save(tmp_path / "here.json")
+    # this machine with another count of visible devices (forced host devices, a subset of GPUs):
+    # one executable's latency is the same
+    recounted = re.sub(r" x\d+ \(", " x7 (", machine())
+    assert recounted != machine()
+    CostModel(model.fingerprint, recounted, 3.6, 50.0, model.fits).save(tmp_path / "recounted.json")
     with caplog.at_level("WARNING", logger="adaptive.compute.costmodel"):
         for _ in range(2):
             CostModel.load(tmp_path / "other.json")
         CostModel.load(tmp_path / "here.json")
+        CostModel.load(tmp_path / "recounted.json")
     (said,) = [r.getMessage() for r in caplog.records if r.name == "adaptive.compute.costmodel"]
     assert said.startswith(f"{tmp_path / 'other.json'} was calibrated on aarch64 gpu x64 (some-other-box); this is ")
 

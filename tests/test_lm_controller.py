@@ -75,3 +75,16 @@ def test_waiting_requests_go_to_a_free_slot_the_fallback_or_away():
     assert route("adaptive", primary_free=True, occupancy=40, fallback_free=True, wait_ms=0.0) == "fallback"
     with pytest.raises(ValueError, match="policy 'fast' is not one of adaptive, static, shed"):
         LMController(ladder(META), tpot_ms=1, ttft_ms=1, policy="fast")
+
+
+def test_free_slots_admit_waiting_requests_only_while_each_keeps_steps_within_the_tpot():
+    # 1 ms a block, 2.5 blocks a sequence at the loosest rung: 4 sequences take 10 ms a step, 5
+    # take 12.5 ms, past the 10 ms TPOT
+    controller = _controller(tpot_ms=10.0)
+    loosest = controller.blocks(len(controller.rungs) - 1)
+    fits = max(n for n in range(1, 10) if n * loosest <= 10.0)
+    assert fits == 4
+    assert controller.admits(free=8, occupancy=0) == fits  # the first of an idle server is always taken
+    assert controller.admits(free=8, occupancy=fits) == 0 and controller.admits(free=1, occupancy=0) == 1
+    assert controller.admits(free=8, occupancy=fits - 1) == 1
+    assert _controller(policy="static", tpot_ms=10.0).admits(free=8, occupancy=5) == 8  # static: every slot

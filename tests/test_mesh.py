@@ -74,11 +74,17 @@ def test_two_jax_distributed_processes_train_like_one(tmp_path):
 
 
 def test_a_mesh_that_does_not_fit_the_devices_is_a_one_line_error(tmp_path):
-    proc = run_train(tmp_path / "w", "--config.mesh.data=4", "--config.mesh.expert=2")
+    proc = run_train(tmp_path / "w", "--config.mesh.data=4", "--config.mesh.expert=1")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "adaptive: error: config keys 'mesh.data' x 'mesh.expert' = 4 x 2 need 8 devices; 1 here "
+        "adaptive: error: config keys 'mesh.data' x 'mesh.expert' = 4 x 1 need 4 devices; 1 here "
         "(mesh.data=0 fits as many data replicas as the devices hold)"
+    ]
+    proc = run_train(tmp_path / "w", "--config.mesh.data=1", "--config.mesh.expert=2")  # data=0 would not fit
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "adaptive: error: config keys 'mesh.data' x 'mesh.expert' = 1 x 2 need 2 devices; 1 here "
+        "(mesh.expert=2 alone is more than there are)"
     ]
     proc = run_train(tmp_path / "w", "--config.mesh.data=0", "--config.mesh.expert=3")  # 0: every device
     assert proc.returncode == 2

@@ -170,6 +170,16 @@ def test_eval_refuses_another_runs_points_before_evaluating(artifact, tmp_path):
         f"adaptive: error: --points {root / 'art'} was exported from {(root / 'run').resolve()}, not from {other}"
     ]
     assert not (other / "eval").exists()  # refused before the run was scored
+    # the same run at a step other than the artifact's: its points would be scored on other weights
+    before = sorted((root / "run" / "eval").glob("*"))
+    command = cli("eval", "--workdir", str(root / "run"), "--split", "validation", "--points", str(root / "art"))
+    proc = subprocess.run([*command, "--step", "7"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"adaptive: error: --points {root / 'art'} was exported at step 20 of {root / 'run'}, which is evaluated "
+        "at step 7: export that step again, or give --step 20"
+    ]
+    assert sorted((root / "run" / "eval").glob("*")) == before
 
 
 @pytest.mark.slow

@@ -108,10 +108,18 @@ def _eval(args, overrides: list[str]) -> int:
         refuse_other_task(f"--baseline {baseline}", static, args.workdir, cfg, args.split or cfg.data.eval_split)
     if args.points:  # likewise: a language model's artifact, a damaged meta.json, another run's
         from adaptive.inference.artifact_meta import read_meta
+        from adaptive.workdir.checkpoint import newest_step
+        from adaptive.workdir.config_file import checkpoint_folder
 
         source = read_meta(Path(args.points)).get("source") or {}
         if Path(str(source.get("workdir", ""))).resolve() != Path(args.workdir).resolve():
             raise RunError(f"--points {args.points} was exported from {source.get('workdir')}, not from {args.workdir}")
+        step = args.step if args.step is not None else newest_step(checkpoint_folder(Path(args.workdir)))
+        if step is not None and source.get("step") != step:
+            raise RunError(
+                f"--points {args.points} was exported at step {source.get('step')} of {args.workdir}, which is "
+                f"evaluated at step {step}: export that step again, or give --step {source.get('step')}"
+            )
 
     metrics, path = evaluate_run(
         args.workdir,

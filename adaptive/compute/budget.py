@@ -94,11 +94,14 @@ class Budget:
         budget = cls(
             b.unit, target, b.penalty, b.weight, b.dual_lr, flops, cost_model, b.serving_batch, two_sided=b.two_sided
         )
-        low, high = budget.compute(1.0, flops.min_experts_per_step), budget.compute(float(cap))
-        unit_range = f"this model spends {low:g} to {high:g} {b.unit} per example"
+        low, high = budget._example_range(cfg)
+        spends = f"{low:g}" if low == high else f"{low:g} to {high:g}"  # every step run: one figure
+        unit_range = f"this model spends {spends} {b.unit} per example"
         if b.unit == "requests_per_s":
             unit_range = f"this model sustains {1000 / high:g} to {1000 / low:g} requests/s at batch {b.serving_batch}"
-        unit_range += "" if b.unit == "steps" else f" (1 to {cap} steps)"
+        fewest = cap if cfg.halting.policy == "none" else 1
+        steps = f"{cap} steps" if fewest == cap else f"1 to {cap} steps"
+        unit_range += "" if b.unit == "steps" else f" ({steps})"
         if target is not None:
             if not target > 0:
                 raise ConfigError(f"config key 'budget.target' is {b.target!r}; a budget must be positive")
@@ -161,14 +164,29 @@ class Budget:
         if self.tokens is not None:
             least, most = _token_range(cfg, self.tokens, self.unit)
         else:
-            least, most = float(self.compute(1.0)), float(self.compute(float(step_cap(cfg))))
-        if most > least and (self.target - least) < NEAR_FLOOR * (most - least):
-            log.warning(
-                "budget.target %g %s is two-sided and within %.0f%% of the least compute (%g, of %g at most): "
-                "it drives nearly everything onto the cheapest path, often at a large cost in quality; a "
-                "ceiling (budget.two_sided=false) or a higher target keeps that choice to the model",
-                self.target, self.unit, 100 * NEAR_FLOOR, least, most,
-            )  # fmt: skip
+            least, most = self._example_range(cfg)
+        if not (most > least and (self.target - least) < NEAR_FLOOR * (most - least)):
+            return
+        stated, away = f"{self.target:g} {self.unit}", "a higher target"
+        span = f"the least compute ({least:g}, of {most:g} at most)"
+        if self.unit == "requests_per_s":  # held as ms per request: the floor is the highest rate
+            stated, away = f"{cfg.budget.target:g} requests_per_s", "a lower rate"
+            span = f"the most this model sustains ({1000 / least:g} requests/s, of {1000 / most:g} at least)"
+        log.warning(
+            "budget.target %s is two-sided and within %.0f%% of %s: it drives nearly everything onto the "
+            "cheapest path, often at a large cost in quality; a ceiling (budget.two_sided=false) or %s keeps "
+            "that choice to the model",
+            stated, 100 * NEAR_FLOOR, span, away,
+        )  # fmt: skip
+
+    def _example_range(self, cfg) -> tuple[float, float]:
+        """The least and the most compute per example a classifier spends in this budget's unit:
+        the least at one step (every step where halting.policy is 'none') with the fewest experts
+        a step can route to, the most at the step cap with every expert."""
+        cap = step_cap(cfg)
+        fewest = cap if cfg.halting.policy == "none" else 1
+        least = self.compute(float(fewest), fewest * self.flops.min_experts_per_step)
+        return float(least), float(self.compute(float(cap)))
 
     @classmethod
     def _per_token(cls, cfg, length: int, vocab: int) -> Budget:

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import platform
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -184,7 +185,7 @@ def warn_other_machine(calibrated_on: str, what: str) -> None:
     """A warning, once per (machine, file), where `what` was calibrated on another machine: its
     latencies, and the cost and energy priced from them, are that machine's, not this one's."""
     here = machine()
-    if calibrated_on != here:
+    if _without_device_count(calibrated_on) != _without_device_count(here):
         logging.getLogger(__name__).warning(
             "%s was calibrated on %s; this is %s: its latency, cost and energy prices are that machine's "
             "(`adaptive calibrate` here refits them)",
@@ -193,9 +194,15 @@ def warn_other_machine(calibrated_on: str, what: str) -> None:
 
 
 def machine() -> str:
-    """What a latency depends on: the accelerator (its kind and count) and the host's cores."""
+    """What a latency depends on: the accelerator's kind and the host's cores. (It also names how
+    many devices are visible, which does not change one executable's latency: a host's CPU split
+    into several XLA devices, a subset of its GPUs. `warn_other_machine` compares it without.)"""
     import os
 
     import jax
 
     return f"{platform.machine()} {jax.devices()[0].device_kind} x{jax.device_count()} ({os.cpu_count()} cpus)"
+
+
+def _without_device_count(described: str) -> str:
+    return re.sub(r" x\d+ \(", " (", described)

@@ -108,7 +108,8 @@ def load_points(spec: str, workdir: Path, base: list[str] = ()) -> list[Point]:
 
 
 def _last_per_key(overrides: list[str]) -> list[str]:
-    """`overrides` with each key once, at its last value (a training run refuses a key twice)."""
+    """`overrides` with each key once, at its last value (a training run refuses a key given twice
+    with different values, as a sweep's layers may: an experiment's, then the caller's)."""
     last = {config_lib.override_key(item)[0]: item for item in overrides}
     return list(last.values())
 

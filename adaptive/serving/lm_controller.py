@@ -145,6 +145,18 @@ class LMController:
         step = self.predicted_step_ms(running_rungs)
         return step + (joining + 1) * (self.prefill_ms or 0.0) <= self.tpot_ms
 
+    def admits(self, free: int, occupancy: int) -> int:
+        """How many waiting requests the primary's `free` slots take at its next turn, with
+        `occupancy` running: each until one more would slow every step past the TPOT SLA."""
+        taken = 0
+        while (
+            taken < free
+            and self.route(primary_free=True, occupancy=occupancy + taken, fallback_free=False, wait_ms=0.0)
+            == "primary"
+        ):
+            taken += 1
+        return taken
+
     def route(self, *, primary_free: bool, occupancy: int, fallback_free: bool, wait_ms: float) -> str:
         """Where a waiting request goes now: "primary", "fallback", "wait" or "reject"."""
         loosest = [len(self.rungs) - 1] * (occupancy + 1)

@@ -115,11 +115,10 @@ class LMServer:
             return await refuse(request, e, self.stats.bad)
         except ConnectionError:
             return web.Response(status=400)
-        # those the free slots take at the next turn do not wait for one (none, where the controller
-        # would keep a free slot empty: one more sequence would slow every step past the TPOT SLA)
+        # those the free slots take at the next turn do not wait for one (fewer than the free slots
+        # where the controller keeps some empty: one more sequence would slow every step past the SLA)
         primary = self.engines["primary"]
-        takes = self.controller.route(primary_free=True, occupancy=primary.in_use, fallback_free=False, wait_ms=0.0)
-        waiting = len(self.waiting) - (len(primary.free) if takes == "primary" else 0)
+        waiting = len(self.waiting) - self.controller.admits(len(primary.free), primary.in_use)
         if waiting >= self.max_waiting:
             self.stats.finished("deferred", None, None, None)
             # when a place in the queue frees: the soonest slot's end, and at least one step's time

@@ -57,9 +57,12 @@ def make_mesh(mesh_cfg) -> Mesh:
     if data < 1:  # mesh.data=0: as many replicas as fit, and not one does
         raise ConfigError(f"config key 'mesh.expert' is {expert}; there are only {count} device(s) here")
     if data * expert > count:
+        fits = "mesh.data=0 fits as many data replicas as the devices hold"
+        if expert > count:  # no count of replicas fits
+            fits = f"mesh.expert={expert} alone is more than there are"
         raise ConfigError(
             f"config keys 'mesh.data' x 'mesh.expert' = {data} x {expert} need {data * expert} devices; {count} "
-            "here (mesh.data=0 fits as many data replicas as the devices hold)"
+            f"here ({fits})"
         )
     if data * expert < count and jax.process_count() > 1:  # every process feeds its own rows: all must be in it
         raise ConfigError(

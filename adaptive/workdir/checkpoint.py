@@ -42,6 +42,18 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be used (or none in the folder can); the message is one line."""
 
 
+def newest_step(directory: Path) -> int | None:
+    """The newest step listed in checkpoint folder `directory` (what a reader restores first), or
+    None where it has none; read without restoring anything."""
+    if not Path(directory).is_dir():
+        return None
+    ckpt = Checkpointer(directory, keep=1, create=False)
+    try:
+        return ckpt.latest_step()
+    finally:
+        ckpt.close()
+
+
 class Checkpointer:
     def __init__(self, directory: str | Path, *, keep: int, create: bool = True):
         self.directory = Path(directory).resolve()
