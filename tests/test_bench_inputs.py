@@ -64,7 +64,6 @@ def test_the_heads_named_in_help_are_the_configs():
             ["depth", "--kind", "transformer", "--hidden", "15", "--cap", "4", "--depths", "1"],
             "--hidden 15 is not a multiple of the transformer's 4 heads",
         ),
-        (["depth", "--depths", "1,1", "--cap", "4"], "--depths 1,1: give each depth once"),
         (["act-train", "--n", "1"], "--n 1 must be in [2, 4096] (the parity length)"),
         (["act-train", "--n", "5000"], "--n 5000 must be in [2, 4096] (the parity length)"),
         # the bad --precisions is named, not the depth past --layers
@@ -219,6 +218,18 @@ def test_bench_generate_warns_where_a_deeper_static_model_is_faster(capsys):
     err = capsys.readouterr().err
     assert "static 2 blocks decoded 33.3x faster than static 1" in err and "use more --repeats" in err
     _check_statics({("static 1", "fp32"): 1.0, ("static 2", "fp32"): 1.8}, {"fp32": [1, 2]}, batch=1)
+    assert capsys.readouterr().err == ""
+
+
+def test_deeper_static_times_are_compared_in_depth_order_skipping_what_did_not_run(capsys):
+    from adaptive.bench.results import warn_deeper_faster
+
+    said = lambda d1, ms1, d2, ms2: f"{d2} below {d1}"  # noqa: E731
+    warn_deeper_faster([(4, 2.0), (1, 1.0), (2, float("nan")), (3, 0.5)], said)
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: 3 below 1: timings are noise at these settings (use more --repeats)"
+    ]
+    warn_deeper_faster([(2, 1.95), (1, 2.0), (3, 3.0)], said)  # within 10%: a wobble, not noise
     assert capsys.readouterr().err == ""
 
 

@@ -43,6 +43,7 @@ from adaptive.bench.results import (
     SLOWER_AT_LEAST,
     noise_warning,
     ratio_interval,
+    warn_deeper_faster,
     write_json,
 )
 from adaptive.compute.timing import time_side_by_side
@@ -169,12 +170,12 @@ def _check_plausible(rows: list[dict]) -> None:
     """Warnings for what cannot be right: a deeper static model clearly faster than a shallower one
     (at the same batch), the deepest example's static model clearly faster than the mean depth's."""
     for batch in sorted({r["batch"] for r in rows}):
-        fixed = sorted((r["d"], r["static_ms"]) for r in rows if r["batch"] == batch and not r["mixed"])
-        for (d1, ms1), (d2, ms2) in zip(fixed, fixed[1:], strict=False):
-            if ms2 < SLOWER_AT_LEAST * ms1:
-                noise_warning(
-                    f"at batch {batch} static depth {d2} timed faster than depth {d1} ({ms2:.3g} < {ms1:.3g})"
-                )
+        warn_deeper_faster(
+            [(r["d"], r["static_ms"]) for r in rows if r["batch"] == batch and not r["mixed"]],
+            lambda d1, ms1, d2, ms2, batch=batch: (
+                f"at batch {batch} static depth {d2} timed faster than depth {d1} ({ms2:.3g} < {ms1:.3g})"
+            ),
+        )
         for r in rows:
             if (
                 r["batch"] == batch

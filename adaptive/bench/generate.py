@@ -38,7 +38,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from adaptive.bench.results import SLOWER_AT_LEAST, noise_warning, write_json
+from adaptive.bench.results import warn_deeper_faster, write_json
 from adaptive.compute.lm_flops import LMFlops
 from adaptive.compute.timing import time_side_by_side
 from adaptive.config import ConfigError
@@ -169,14 +169,15 @@ MEDIANS = "ms_per_token = (median ms of new_tokens tokens - median ms of 1) / (n
 def _check_statics(per_token: dict, statics_at: dict, batch: int) -> None:
     """A warning where a deeper static model decoded clearly faster than a shallower one."""
     for precision, around in statics_at.items():
-        times = [(d, per_token[f"static {d}", precision]) for d in around]
-        for (d1, ms1), (d2, ms2) in zip(times, times[1:], strict=False):
-            if math.isfinite(ms1) and math.isfinite(ms2) and ms2 < SLOWER_AT_LEAST * ms1:
-                noise_warning(
-                    f"at batch {batch} ({precision}) static {d2} blocks decoded {ms1 / ms2:.1f}x faster than static "
-                    f"{d1} ({ms2:.3g} < {ms1:.3g} ms per token), so every exit ratio read from them is noise too",
-                    more="--repeats or --new-tokens",
-                )
+        warn_deeper_faster(
+            [(d, per_token[f"static {d}", precision]) for d in around],
+            lambda d1, ms1, d2, ms2, precision=precision: (
+                f"at batch {batch} ({precision}) static {d2} blocks decoded "
+                f"{ms1 / ms2:.1f}x faster than static {d1} ({ms2:.3g} < {ms1:.3g} ms per token), so every exit ratio "
+                "read from them is noise too"
+            ),
+            more="--repeats or --new-tokens",
+        )
 
 
 def _at_thresholds(workdir, thresholds, batches, new_tokens: int, repeats: int, precisions, json_out) -> list[dict]:

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from adaptive.bench.results import SLOWER_AT_LEAST, noise_warning, write_json
+from adaptive.bench.results import warn_deeper_faster, write_json
 from adaptive.compute.timing import time_side_by_side
 from adaptive.config import HaltingConfig
 from adaptive.data.byte_vocab import VOCAB_SIZE
@@ -151,10 +151,10 @@ def run(
                 d / layers,
             )
         )
-    statics = [(d, r["ms"]) for d, r in zip(exit_depths, rows[3::2], strict=True)]
-    for (d1, ms1), (d2, ms2) in zip(sorted(statics), sorted(statics)[1:], strict=False):
-        if ms2 < SLOWER_AT_LEAST * ms1:
-            noise_warning(f"static {d2} blocks timed faster than static {d1} ({ms2:.3g} < {ms1:.3g} ms)")
+    warn_deeper_faster(
+        [(d, r["ms"]) for d, r in zip(exit_depths, rows[3::2], strict=True)],
+        lambda d1, ms1, d2, ms2: f"static {d2} blocks timed faster than static {d1} ({ms2:.3g} < {ms1:.3g} ms)",
+    )
     print(BASELINES)
     print_table(rows, COLUMNS)
     write_json(json_out, rows)

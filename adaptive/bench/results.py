@@ -46,6 +46,16 @@ def ratio_interval(ratios: list[float]) -> tuple[float | None, float | None]:
     return math.exp(interval.low), math.exp(interval.high)
 
 
+def warn_deeper_faster(times: list[tuple[float, float]], said, more: str = "--repeats") -> None:
+    """A noise warning for each deeper static model timed clearly faster than the next shallower
+    one: `times` (depth, ms), in any order, `said(d1, ms1, d2, ms2)` the line for depth d2 timed
+    below d1's. A time that is not finite (a variant that did not run) is skipped."""
+    timed = sorted((d, ms) for d, ms in times if math.isfinite(ms))
+    for (d1, ms1), (d2, ms2) in zip(timed, timed[1:], strict=False):
+        if d2 > d1 and ms2 < SLOWER_AT_LEAST * ms1:
+            noise_warning(said(d1, ms1, d2, ms2), more)
+
+
 def noise_warning(what: str, more: str = "--repeats") -> None:
     """One line on stderr: a measurement that cannot be right (a deeper model faster than a
     shallower one, a fraction outside [0, 1]) means the timings are noise at these settings."""

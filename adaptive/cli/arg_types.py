@@ -43,7 +43,8 @@ def nonnegative_int(text: str) -> int:
 
 
 def positive_ints(text: str) -> list[int]:
-    """A comma-separated list of whole numbers >= 1, at least one."""
+    """A comma-separated list of whole numbers >= 1, at least one, each once (batch sizes, depths:
+    one given twice would be timed twice and listed as two rows)."""
     parts = [p.strip() for p in text.split(",") if p.strip()]
     message = f"must be comma-separated whole numbers >= 1; got {text!r}"
     if not parts:
@@ -54,6 +55,8 @@ def positive_ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(message) from None
     if min(values) < 1:
         raise argparse.ArgumentTypeError(message)
+    if len(set(values)) < len(values):
+        raise argparse.ArgumentTypeError(f"lists a value twice; give each once: {text!r}")
     return values
 
 

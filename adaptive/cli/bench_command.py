@@ -161,9 +161,7 @@ def _check_flags_against_each_other(args) -> None:
     if args.bench == "generate" and args.depth is None and args.workdir is None:  # a run's: from its blocks
         args.depth = (1 + args.layers) / 2
     problem = None
-    if args.bench == "depth" and len(set(args.depths)) < len(args.depths):
-        problem = f"--depths {','.join(map(str, args.depths))}: give each depth once"
-    elif args.bench == "depth" and max(args.depths) > args.cap:
+    if args.bench == "depth" and max(args.depths) > args.cap:  # (a depth given twice: refused as parsed)
         problem = f"--depths {max(args.depths)} is past --cap {args.cap}"
     elif args.bench == "depth" and args.kind == "transformer" and args.hidden % TRANSFORMER_HEADS:
         problem = f"--hidden {args.hidden} is not a multiple of the transformer's {TRANSFORMER_HEADS} heads"
