@@ -15,6 +15,14 @@ from adaptive.training.resume import restore_state
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--config.logging.wandb=disabled", "--config.logging.progress=false"]
 
+# JAX times compiling a program, or loading it from the persistent compilation cache
+# (tests/conftest.py), under this event: either counts. Registered once, here.
+COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+COMPILES = {"count": 0}
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, *args, **kwargs: COMPILES.update(count=COMPILES["count"] + (name == COMPILE_EVENT))
+)
+
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "adaptive.cli", *args]

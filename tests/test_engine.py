@@ -7,15 +7,7 @@ import pytest
 
 from adaptive.inference.export import ArtifactError, export_run, load_artifact
 from adaptive.serving.engine import BudgetError, Engine
-from tests.helpers import train_tiny
-
-# JAX times compiling a program, or loading it from the persistent compilation cache
-# (tests/conftest.py), under this event: either counts
-COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-COMPILES = {"count": 0}
-jax.monitoring.register_event_duration_secs_listener(
-    lambda name, *args, **kwargs: COMPILES.update(count=COMPILES["count"] + (name == COMPILE_EVENT))
-)
+from tests.helpers import COMPILES, train_tiny
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from adaptive.inference.generate import Generation, decoder_for_run
 from adaptive.inference.lm_export import load_lm_artifact
 from adaptive.inference.restore import load_run
 from adaptive.nn.quantize import quantize_model
-from tests.helpers import ROOT, cli, train_tiny
+from tests.helpers import COMPILES, ROOT, cli, train_tiny
 
 ROOT_README = ROOT / "README.md"
 
@@ -292,6 +292,17 @@ def test_the_artifacts_slot_functions_serve_requests_joining_mid_way(artifact, t
         want = decoder([prompt], decoder.limits(1, **request))
         assert tokens == np.asarray(want.tokens_BxM[0, : int(want.count_B[0])]).tolist()
     assert slots.traces == {"prefill": 1, "step": 1}
+    # each function compiles once, in the warm-up's first calls: its empty state is committed to the
+    # device as the functions' outputs are (an uncommitted one compiled the prefill again at its
+    # second call, inside the warm-up's timed round, so that a server's first estimate of a
+    # prefill was a compilation, seconds where a prefill takes a millisecond)
+    fresh = ExportedSlots(art, meta)  # functions of its own: nothing compiled yet
+    engine = LMEngine(fresh)
+    engine.warm()
+    before = COMPILES["count"]
+    _run_through_slots(engine, prompts, requests)
+    assert COMPILES["count"] == before
+    assert fresh._prefill._cache_size() == 1 and fresh._step._cache_size() == 1
     broken = tmp_path / "broken"
     shutil.copytree(art, broken)
     step_file = broken / meta["slots"]["step"]["file"]

@@ -17,6 +17,7 @@ from adaptive.serving.lm_controller import LMController, ladder
 from adaptive.serving.lm_engine import LMEngine
 from adaptive.serving.lm_http_input import not_applicable
 from adaptive.serving.lm_server import LMServer
+from tests.helpers import COMPILES
 from tests.schema_fuzz import acceptable, matches, requests
 from tests.test_generate import _decoder
 
@@ -240,6 +241,17 @@ def test_a_failed_prefill_answers_its_request_and_the_server_goes_on(decoder, mo
     status, failed, good = asyncio.run(asyncio.wait_for(main(), 120))  # a hang fails, not blocks
     assert status == 500 and failed["status"] == "error" and "device lost" in failed["error"]
     assert good == 200
+
+
+def test_a_warmed_engine_serves_without_compiling(decoder):
+    from tests.test_slots import _run_through_slots
+
+    engine = LMEngine(SlotDecoder.of(decoder, 2), name="tiny")
+    engine.warm()
+    before = COMPILES["count"]
+    prompts = [byte_vocab.encode(t, eos=False) for t in (b"def f(", b"import", b"x = [")]  # <= 8 tokens
+    _run_through_slots(engine, prompts, [dict(threshold=0.5, max_new_tokens=5), dict(seed=2), dict(layer_cap=1)])
+    assert COMPILES["count"] == before
 
 
 def test_an_engine_whose_artifact_makes_one_new_token_warms_and_serves(decoder):

@@ -125,7 +125,10 @@ class ExportedSlots:
         return checked_limits(batch, self.new_capacity, self.blocks, self.max_experts, **given)
 
     def empty(self) -> list:
-        return [jnp.zeros(shape, dtype) for shape, dtype in self.state_avals]
+        # committed to the device, as the functions' outputs are: jit keys its cache on that, and an
+        # uncommitted empty state would compile each function a second time at its second call
+        device = jax.devices()[0]
+        return [jax.device_put(jnp.zeros(shape, dtype), device) for shape, dtype in self.state_avals]
 
     def prefill(self, state, slot, prompt_P, length, limits: GenerationLimits):
         out = self._prefill(*state, slot, prompt_P, length, *limits)
