@@ -213,6 +213,28 @@ def test_a_point_another_process_trains_or_a_signal_stopped_is_not_failed(tmp_pa
         (point.workdir / ".sweep.pid").unlink(missing_ok=True)
 
 
+def test_a_sweep_waits_for_a_point_another_process_holds_and_takes_it_over_when_left_unfinished(tmp_path):
+    """Two sweeps of one folder share its points: each waits for the other's, so that its summary
+    and exit status are the whole sweep's; a point its holder leaves unfinished is trained here."""
+    from adaptive.experiments.sweep import load_points
+
+    config = write_config(tmp_path, [{"halting.tau": 1e-3}])
+    (point,) = load_points(config, tmp_path / "sweep")
+    point.workdir.mkdir(parents=True)
+    holder = subprocess.Popen(  # a trainer of the point, as its command line says, that stops after 3 s
+        [sys.executable, "-c", "import time; time.sleep(3)", "--workdir", str(point.workdir)]
+    )
+    (point.workdir / ".sweep.pid").write_text(str(holder.pid))
+    command = cli("sweep", "--config", config, "--workdir", str(tmp_path / "sweep"), *QUIET)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    holder.wait()  # reaped as it ends, as its own sweep would
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-2000:] + err[-2000:]
+    assert f"point {point.name} is being trained by another process (pid in .sweep.pid): waiting for it" in out
+    assert f"point {point.name}: new, left by the process that trained it: resuming it here" in out
+    assert "1 done" in out and (point.workdir / "metrics.jsonl").is_file()
+
+
 def test_a_point_inserted_before_finished_ones_does_not_train_them_again(tmp_path, capsys):
     """Points are named by their place in get_sweep: inserting one renames those after it, whose
     runs would train again from scratch beside their old folders (and `report` refuse both)."""

@@ -175,7 +175,10 @@ def _alive(pid: int, workdir: Path) -> bool:
     except PermissionError:
         pass
     try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if not raw:  # a zombie: it has ended, its parent has not reaped it yet
+            return False
+        command = raw.decode(errors="replace").split("\0")
         cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
     except OSError:
         return True  # no /proc to ask: alive is all that is known
@@ -271,6 +274,9 @@ def _last_error(point: Point) -> str:
     return (errors or lines or ["(no output)"])[-1][-300:]
 
 
+ELSEWHERE_POLL_S = 2.0  # how often a point another process trains is looked at (it reads metrics.jsonl)
+
+
 def run(spec: str, points: list[Point], parallel: int, devices: list[str] = (), per_point: int = 0) -> list[Point]:
     """Trains every point not yet done, at most `parallel` at a time, with one progress bar;
     with `devices` and `per_point`, each running point gets its own `per_point` of them."""
@@ -289,23 +295,35 @@ def run(spec: str, points: list[Point], parallel: int, devices: list[str] = (), 
     skipped = [p for p in points if p.status == "done"]
     if skipped:
         print(f"skipping {len(skipped)} finished point(s): {', '.join(p.name for p in skipped)}")
-    for p in points:
-        if p.status == "running":
-            print(f"point {p.name} is being trained by another process (pid in .sweep.pid): left to it")
+    # Points another process trains: waited for, so that this sweep's summary and exit status are
+    # the whole sweep's, and taken over if that process stops before finishing them.
+    elsewhere = [p for p in points if p.status == "running"]
+    for p in elsewhere:
+        print(f"point {p.name} is being trained by another process (pid in .sweep.pid): waiting for it")
     stop = {"signal": None}
     handler = lambda signum, frame: stop.update(signal=signum)  # noqa: E731
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     # On a terminal only (disable=None): in a log file the per-point lines below tell the story.
     bar = tqdm(total=sum(p.steps for p in todo), unit="step", desc="sweep", dynamic_ncols=True, disable=None)
     base = {p.index: steps_done(p) for p in todo}
-    queue, running, stopping = list(todo), [], False
+    queue, running, stopping, looked = list(todo), [], False, 0.0
     try:
-        while queue or running:
+        while queue or running or elsewhere:
+            if elsewhere and time.monotonic() - looked > ELSEWHERE_POLL_S and not stop["signal"]:
+                looked = time.monotonic()
+                for point in _settled_elsewhere(elsewhere):
+                    queue.append(point)
+                    if point.index not in base:  # counted on the bar from here
+                        todo.append(point)
+                        base[point.index] = steps_done(point)
+                        bar.total += point.steps
             while queue and len(running) < parallel and not stop["signal"]:
                 point = queue.pop(0)
                 refresh_status(point)  # another sweep of this folder may have taken it since
                 if point.status in ("running", "done"):
-                    tqdm.write(f"point {point.name}: {point.status} (by another process): left to it")
+                    tqdm.write(f"point {point.name}: {point.status} (by another process)")
+                    if point.status == "running":
+                        elsewhere.append(point)
                     continue
                 slot = min(set(range(parallel)) - {p.slot for p in running})  # a free device subset
                 point.slot = slot
@@ -314,12 +332,15 @@ def run(spec: str, points: list[Point], parallel: int, devices: list[str] = (), 
             if stop["signal"] and not stopping:  # once: the running points save and exit 143
                 stopping = True
                 queue.clear()
+                elsewhere.clear()  # the other process's to finish
                 for point in running:
                     point.process.send_signal(signal.SIGTERM)
             time.sleep(0.25)
             for point in [p for p in running if collect(p)]:
                 running.remove(point)
                 tqdm.write(f"point {point.name}: {point.status}{' - ' + point.detail if point.detail else ''}")
+                if point.status == "running" and not stop["signal"]:  # another process got there first
+                    elsewhere.append(point)
             progress = sum(min(steps_done(p), p.steps) - base[p.index] for p in todo)
             if progress != bar.n:
                 bar.n = progress
@@ -335,6 +356,25 @@ def run(spec: str, points: list[Point], parallel: int, devices: list[str] = (), 
     if stop["signal"]:
         raise SweepInterrupted(stop["signal"])
     return points
+
+
+def _settled_elsewhere(elsewhere: list[Point]) -> list[Point]:
+    """Removes from `elsewhere` the points whose other process has ended, each said in one line:
+    those it finished stay done; those it left unfinished are returned, for this sweep to train."""
+    from tqdm import tqdm
+
+    taken = []
+    for point in list(elsewhere):
+        refresh_status(point)
+        if point.status == "running":
+            continue
+        elsewhere.remove(point)
+        if point.status == "done":
+            tqdm.write(f"point {point.name}: done (by another process)")
+        else:
+            tqdm.write(f"point {point.name}: {point.status}, left by the process that trained it: resuming it here")
+            taken.append(point)
+    return taken
 
 
 class SweepInterrupted(RuntimeError):
