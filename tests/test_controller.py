@@ -550,6 +550,22 @@ def test_after_a_slow_run_the_freshest_request_still_runs_once_the_primary_has_b
     assert c.plan([Request(6, 0.0)])[0].model == "primary"  # and it has just run: no probe needed
 
 
+def test_an_estimate_just_under_the_horizon_or_over_a_paced_share_is_still_corrected_once_idle():
+    """An estimate a burst inflated to just under the horizon (24 ms of 24) leaves no row that has
+    waited at all on time, and one over the share of time the arrival rate leaves a batch rejects
+    every row: either way nothing runs and nothing corrects it. Once the primary has not run for
+    a horizon, a rejected live row runs at its quickest point."""
+    for waited, time_ms in ((0.5, np.inf), (0.0, 7.6)):
+        c = Controller(6, sla_ms=30.0)
+        for _ in range(50):
+            c.observe("primary", 1, 23.9)
+        assert c.plan([Request(6, waited)], time_ms) == [REJECTED]  # it has just run: the estimate stands
+        start = c.clock()
+        c.clock = lambda start=start: start + 1.0  # a second without a run
+        assert c.plan([Request(6, waited)], time_ms)[0].model == "primary"
+        assert c.plan([Request(6, 30.0)], time_ms) == [REJECTED]  # past its deadline: nothing to probe with
+
+
 def test_a_point_plans_avoid_after_a_slow_run_still_gets_a_row_once_idle():
     """Plans that avoid a point whose estimate a slow run inflated would never measure it again:
     a fallback taking every row, or fewer experts on a MoE primary. Once such a point has not run

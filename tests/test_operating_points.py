@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import copy
 import json
+import re
 import shutil
 import subprocess
 
@@ -212,6 +213,28 @@ def test_serve_refuses_points_it_cannot_serve_before_loading(artifact):
     ):
         proc = subprocess.run(cli("serve", "--artifact", str(root / "art"), *flags), capture_output=True, text=True)
         assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-500:]
+
+
+def test_a_fallback_of_another_task_is_refused_before_loading(artifact):
+    """Its answers would be to other questions, or its input another shape (a 500 per request)."""
+    from adaptive.cli.serve_command import _refuse_other_task
+    from adaptive.config import ConfigError
+
+    root, _ = artifact
+    _, meta = load_artifact(root / "art")
+    args = argparse.Namespace(artifact="art", fallback="fb")
+    _refuse_other_task(args, meta, copy.deepcopy(meta))  # a point or a smaller model of the same task
+    parity = copy.deepcopy(meta)
+    parity["input"]["shape"], parity["num_classes"], parity["config"]["data"]["name"] = ["batch", 16], 2, "parity"
+    lm = {"format": "adaptive-lm-export/1"}
+    for other, said in (
+        (parity, "--fallback fb has input ['batch', 16] and --artifact art ['batch', 40]"),
+        ({**meta, "num_classes": 2}, "--fallback fb has classes 2 and --artifact art 10"),
+        ({**meta, "config": {**meta["config"], "data": {"name": "fake"}}}, "has data fake and --artifact art mnist1d"),
+        (lm, "--fallback fb has format adaptive-lm-export/1 and --artifact art adaptive-export/2"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            _refuse_other_task(args, meta, other)
 
 
 def test_a_malformed_meta_is_refused_in_one_line_before_its_points_are_read(tmp_path):

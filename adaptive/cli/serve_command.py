@@ -74,6 +74,8 @@ def run(args) -> int:
             idle_timeout_s=args.idle_timeout_s,
         )
         return 0
+    if args.fallback:
+        _refuse_other_task(args, meta, parse_meta(Path(args.fallback)))
     fallback_points = _fallback_points(args, meta, point)
     serve(
         args.artifact,
@@ -92,6 +94,29 @@ def run(args) -> int:
         idle_timeout_s=args.idle_timeout_s,
     )
     return 0
+
+
+def _refuse_other_task(args, meta: dict, other: dict) -> None:
+    """A classifier's --fallback answers the primary's requests: one line, before anything loads,
+    unless it takes the same input, gives the same classes and was trained on the same data."""
+    from adaptive.config import ConfigError
+
+    def task(m: dict) -> dict:
+        data = (m.get("config") or {}).get("data") or {}
+        return {"input": (m.get("input") or {}).get("shape"), "classes": m.get("num_classes"), "data": data.get("name")}
+
+    if other.get("format") != meta.get("format"):  # a language model's, or an artifact of another version
+        raise ConfigError(
+            f"--fallback {args.fallback} has format {other.get('format')} and --artifact {args.artifact} "
+            f"{meta.get('format')}: a fallback answers the primary's requests; give one of the same task"
+        )
+    mine, theirs = task(meta), task(other)
+    for key in mine:
+        if mine[key] != theirs[key]:
+            raise ConfigError(
+                f"--fallback {args.fallback} has {key} {theirs[key]} and --artifact {args.artifact} {mine[key]}: "
+                "a fallback answers the primary's requests; give one of the same task"
+            )
 
 
 def point_flag(flag: str, text: str) -> tuple[str, float]:

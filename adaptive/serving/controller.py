@@ -205,24 +205,31 @@ class Controller:
         return self._probe(requests, [chosen.decisions.get(i, REJECTED) for i in range(len(requests))])
 
     def _probe(self, requests: list[Request], decisions: list[Decision]) -> list[Decision]:
-        """`decisions`, with one row moved to a point whose estimate says no row is on time there
-        and that has not run for a horizon: the primary at each expert budget (at its least run),
-        then each fallback. The estimates are predictions, not measurements: after a slow run (a
-        pause of the machine) one may say a point is never on time, plans then avoid it, and
-        without a run it would never be corrected. The row moved is a live one (not past its
-        deadline) that can run there, a rejected one first, then the freshest; one point a plan
-        (shedding keeps a rule of the same kind, `_shed`)."""
+        """`decisions`, with one row moved to a point that has not run for a horizon, where its
+        estimate says no live row is on time there (any row may move, a rejected one first), or
+        where this plan rejects a live row (a rejected row moves): the primary at each expert
+        budget (at its least run), then each fallback. The estimates are predictions, not
+        measurements: after a slow run (a pause of the machine) one may say a point is never on
+        time, or never within the share of the server's time the arrival rate leaves a batch;
+        plans then avoid it, and without a run it would never be corrected. A live row is one
+        not past its deadline that can run there; one point a plan (shedding keeps a rule of the
+        same kind, `_shed`)."""
         now, horizon = self.clock(), self.horizon_ms
         live = [i for i, r in enumerate(requests) if r.waited_ms < horizon + EPS_MS]
+        if not live:
+            return decisions
         live.sort(key=lambda i: (decisions[i].model is not None, requests[i].waited_ms, requests[i].priority))
+        freshest = min(requests[i].waited_ms for i in live)  # the most time a live row has left
         points = [("primary", k) for k in self.expert_budgets] + [(f.name, None) for f in self.fallbacks]
         for model, k in points:
             least = self.least_steps if model == "primary" else self.fallbacks[self._rank[model]].cap
-            if now - self._ran_at[model, k] <= horizon / 1e3 or self.service[model, k].estimate(least, 1) <= horizon:
+            if now - self._ran_at[model, k] <= horizon / 1e3:
                 continue
             if any(d.model == model and d.experts == k for d in decisions):
                 continue  # it runs in this plan: its run is measured
-            for i in live:
+            hopeless = freshest + self.service[model, k].estimate(least, 1) > horizon
+            movable = live if hopeless else [i for i in live if decisions[i].model is None]
+            for i in movable:
                 if model == "primary" and self._fits(requests[i], k):
                     decisions[i] = self._primary_decision((k, least), requests[i], 1)
                     return decisions
