@@ -247,7 +247,7 @@ def _check(key: str, value: Any, rule: typing.Mapping) -> Any:
         allowed = ", ".join(map(repr, choices))
         raise ConfigError(f"config key {key!r} is {checks.show(value)}; allowed values: {allowed}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        checks.in_range(key, value, lo, hi, below)
+        checks.in_range(key, value, lo, hi, below, rule.get("above"))
     return value
 
 

@@ -72,9 +72,11 @@ def finite(key: str, value: int | float) -> float:
     return number
 
 
-def in_range(key: str, value: Any, lo: Any, hi: Any, below: Any = None) -> None:
+def in_range(key: str, value: Any, lo: Any, hi: Any, below: Any = None, above: Any = None) -> None:
     if below is not None and (value >= below or (lo is not None and value < lo)):
         raise ConfigError(f"config key {key!r} is {show(value)}; must be in [{show(lo)}, {show(below)})")
+    if above is not None and (value <= above or (hi is not None and value > hi)):
+        raise ConfigError(f"config key {key!r} is {show(value)}; must be in ({show(above)}, {show(hi)}]")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ConfigError(f"config key {key!r} is {show(value)}; must be in {bounds(lo, hi)}")
 

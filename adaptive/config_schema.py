@@ -24,10 +24,13 @@ def _f(
     lo: float | None = None,
     hi: float | None = None,
     below: float | None = None,
+    above: float | None = None,
 ) -> Any:
     """A dataclass field carrying its validation rule: allowed values, or a range from `lo` up to
-    `hi` inclusive or strictly `below` a bound (Adam's betas: 1 divides 0 by 0)."""
-    return field(default=default, metadata={"choices": choices, "lo": lo, "hi": hi, "below": below})
+    `hi` inclusive or strictly `below` a bound (Adam's betas: 1 divides 0 by 0), or strictly
+    `above` one (a capacity factor of 0 drops every token)."""
+    rule = {"choices": choices, "lo": lo, "hi": hi, "below": below, "above": above}
+    return field(default=default, metadata=rule)
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ class HaltingConfig:
     lambda_p: float = _f(0.2, lo=1e-6, below=1.0)  # PonderNet's geometric prior (1: log 0 in its KL)
     beta: float = _f(0.01, lo=0.0, hi=checks.MAX_WEIGHT)  # PonderNet's KL weight
     pondernet_inference: str = _f("threshold", choices=("threshold", "sample"))
-    pondernet_threshold: float = _f(0.5, lo=0.0, hi=1.0)  # halt when cumulative p reaches it
+    pondernet_threshold: float = _f(0.5, above=0.0, hi=1.0)  # halt when cumulative p reaches it (0: at step 1)
     # sampled halting: one key per example, from this seed and the example's input
     pondernet_sample_seed: int = _f(0, lo=0, hi=checks.MAX_SEED)
     confidence: str = _f("max_prob", choices=("max_prob", "margin", "neg_entropy"))
@@ -134,8 +137,8 @@ class MoEConfig:
     # its expert count is trainable by a FLOPs budget; set renormalize False with it, or a token
     # with one expert gets gate 1 and the router no gradient from the task.
     top_p: float = _f(0.5, lo=0.0, hi=1.0)
-    capacity_factor: float = _f(1.25, lo=0.0, hi=float(checks.MAX_EXPERTS))
-    eval_capacity_factor: float = _f(2.0, lo=0.0, hi=float(checks.MAX_EXPERTS))
+    capacity_factor: float = _f(1.25, above=0.0, hi=float(checks.MAX_EXPERTS))
+    eval_capacity_factor: float = _f(2.0, above=0.0, hi=float(checks.MAX_EXPERTS))
     renormalize: bool = True  # top-k gates rescaled to sum to 1 over the chosen experts
     # Batch-prioritised dropping past capacity: every choice of a token ranked by the token's top-1
     # probability (Riquelme et al. 2021), or each choice by its own probability.

@@ -67,6 +67,8 @@ def test_overrides_are_typed_and_applied():
         ("--config.train.steps=abc", "'train.steps' must be int; got 'abc'"),
         ("--config.optim.b1=1.5", "'optim.b1' is 1.5; must be in [0.0, 1.0)"),
         ("--config.optim.b2=1.0", "'optim.b2' is 1.0; must be in [0.0, 1.0)"),  # Adam would divide 0 by 0
+        ("--config.moe.capacity_factor=0", "'moe.capacity_factor' is 0.0; must be in (0.0, 1024.0]"),  # drops all
+        ("--config.halting.pondernet_threshold=0", "'halting.pondernet_threshold' is 0.0; must be in (0.0, 1.0]"),
         ("--config.halting.lambda_p=1.0", "'halting.lambda_p' is 1.0; must be in [1e-06, 1.0)"),  # log 0 in the KL
         ("--config.mesh.process_id=5", "'mesh.process_id' is 5; must be in [0, mesh.num_processes=1)"),
         ("--config.data.name=addition", "is 'addition', a sequence task"),  # (parity.py's model is an rnn)

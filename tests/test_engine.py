@@ -182,3 +182,16 @@ def test_a_moe_model_evaluated_one_example_at_a_time_exports_no_smaller_batches(
     one = dataclasses.replace(run.cfg, train=dataclasses.replace(run.cfg.train, eval_batch_size=1))
     table = accuracy_table(dataclasses.replace(run, cfg=one))
     assert table["batch"] == 1 and "by_batch" not in table and len(table["accuracy"]) == 2  # k = 1, 2
+
+
+def test_eval_refuses_an_artifact_without_operating_points_before_evaluating(engines, capsys):
+    from pathlib import Path
+
+    from adaptive.cli.main import main
+
+    engine, _ = engines
+    run = Path(engine.meta["source"]["workdir"])
+    art = run.parent / "art"  # exported without --precision or --prune
+    assert main(["eval", "--workdir", str(run), "--points", str(art)]) == 2
+    assert f"--points {art} has no operating points: export it with --precision and --prune" in capsys.readouterr().err
+    assert not list(run.glob("eval/*points*"))

@@ -111,7 +111,10 @@ def _eval(args, overrides: list[str]) -> int:
         from adaptive.workdir.checkpoint import newest_step
         from adaptive.workdir.config_file import checkpoint_folder
 
-        source = read_meta(Path(args.points)).get("source") or {}
+        points_meta = read_meta(Path(args.points))
+        if not points_meta.get("operating_points"):
+            raise RunError(f"--points {args.points} has no operating points: export it with --precision and --prune")
+        source = points_meta.get("source") or {}
         if Path(str(source.get("workdir", ""))).resolve() != Path(args.workdir).resolve():
             raise RunError(f"--points {args.points} was exported from {source.get('workdir')}, not from {args.workdir}")
         step = args.step if args.step is not None else newest_step(checkpoint_folder(Path(args.workdir)))
