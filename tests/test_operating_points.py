@@ -210,6 +210,7 @@ def test_serve_refuses_points_it_cannot_serve_before_loading(artifact):
         (["--fallback-point", "fp32,0"], "the primary itself"),
         (["--point", "int8,0.5", "--fallback-point", "int8,0.5"], "the primary itself"),
         (["--fallback-point", "int8,0", "--fallback-point", "int8"], "give PRECISION,PRUNE"),
+        (["--fallback-point", "int8,0", "--policy", "static"], "--fallback-point is for --policy adaptive; --policy"),
     ):
         proc = subprocess.run(cli("serve", "--artifact", str(root / "art"), *flags), capture_output=True, text=True)
         assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-500:]

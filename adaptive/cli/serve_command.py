@@ -41,6 +41,11 @@ def run(args) -> int:
         if not ok:
             raise ConfigError(f"{message}; got {value:g}")
     point = point_flag("--point", args.point) if args.point else None
+    if (args.fallback or args.fallback_point) and args.policy != "adaptive":  # it would be loaded and never used
+        flag = "--fallback" if args.fallback else "--fallback-point"
+        raise ConfigError(
+            f"{flag} is for --policy adaptive; --policy {args.policy} serves every request on the primary"
+        )
 
     from adaptive.cli.parser import refuse_flags_of_the_other_kind
     from adaptive.inference.artifact_meta import parse_meta
