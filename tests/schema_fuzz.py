@@ -74,7 +74,8 @@ def matches(value, schema: dict) -> bool:
     kinds = kinds if isinstance(kinds, list) else [kinds]
     if isinstance(value, bool):  # a bool is an int to Python, not a number to JSON
         return not kinds or "boolean" in kinds
-    if kinds and not isinstance(value, tuple(python[k] for k in kinds if k != "boolean")):
+    whole = isinstance(value, float) and value.is_integer() and "integer" in kinds  # JSON Schema: 3.0 is an integer
+    if kinds and not whole and not isinstance(value, tuple(python[k] for k in kinds if k != "boolean")):
         return False
     if isinstance(value, float) and not math.isfinite(value):  # JSON numbers are finite
         return False

@@ -119,6 +119,8 @@ BAD = [
     ({"text": "x"}, 400, 'with "prompt"'),
     ("{not json", 400, "the body is not JSON"),
     ('{"prompt": "ab\\ud800"}', 400, '"prompt" is not valid Unicode: a lone surrogate at character 2'),
+    ('{"prompt": "x", "max_new_tokens": 1' + "0" * 400 + "}", 400, "max_new_tokens=inf is outside [1, 8]"),
+    ({"prompt": "x", "max_new_tokens": 2.5}, 400, '"max_new_tokens" must be an integer; got 2.5'),
 ]
 
 
@@ -132,7 +134,7 @@ def test_bad_generate_requests_get_one_line_and_the_server_goes_on(decoder):
                 data = body if isinstance(body, str) else json.dumps(body)
                 bad = await client.post("/generate", data=data, headers={"Content-Type": "application/json"})
                 answers.append((bad.status, (await bad.json())["error"]))
-            good = await client.post("/generate", json={"prompt": "ok", "max_new_tokens": 2})
+            good = await client.post("/generate", json={"prompt": "ok", "max_new_tokens": 2.0})  # 2.0 is an integer
             lost, wrong = await client.post("/predict", json={}), await client.get("/generate")
             routing = [(r.status, (await r.json())["error"], r.headers.get("Allow")) for r in (lost, wrong)]
             return answers, good.status, routing, await (await client.get("/metrics")).text()
@@ -147,7 +149,7 @@ def test_bad_generate_requests_get_one_line_and_the_server_goes_on(decoder):
     ]
     assert 'adaptive_bad_requests_by_code_total{code="404"} 1' in metrics
     assert 'adaptive_bad_requests_by_code_total{code="405"} 1' in metrics
-    assert 'adaptive_bad_requests_by_code_total{code="400"} 11' in metrics
+    assert 'adaptive_bad_requests_by_code_total{code="400"} 13' in metrics
     assert 'adaptive_bad_requests_by_code_total{code="413"} 1' in metrics
 
 

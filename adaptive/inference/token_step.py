@@ -11,6 +11,7 @@ sequence that cannot pay for one more token at depth 1 stops ("budget").
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -172,6 +173,8 @@ def checked_limits(
 
     def column(name, value, dtype, lo, hi, default):
         given = default if value is None else value
+        if isinstance(given, int) and not isinstance(given, bool) and abs(given) >= 2**1024:
+            given = math.inf if given > 0 else -math.inf  # past float64's range: refused below as out of range
         try:  # checked in float64 before the cast, which would wrap or truncate what it cannot hold
             wide = np.broadcast_to(np.asarray(given, np.float64), (batch,))
         except (TypeError, ValueError, OverflowError):

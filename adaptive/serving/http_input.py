@@ -58,6 +58,25 @@ def _short(value) -> str:
     return reprlib.repr(value)
 
 
+def whole_number(value) -> int | None:
+    """`value` as an int where JSON Schema counts it an integer (3, and 3.0: a number with no
+    fraction), else None (a bool, a string, 2.5, inf)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def priority_of(body: dict) -> int:
+    priority = whole_number(body.get("priority", 0))
+    if priority is None or not 0 <= priority <= 9:
+        raise BadRequest(400, f'"priority" must be an integer in [0, 9]; got {_short(body.get("priority"))}')
+    return priority
+
+
 def check_content_type(header: str | None) -> None:
     """No Content-Type is read as JSON; any other than application/json, or a charset other than
     UTF-8, is a 415."""
@@ -122,6 +141,8 @@ def _x(value, shape: tuple[int, ...]) -> np.ndarray:
     if kinds:  # numpy reads "1.5" and true as numbers; JSON clients must send numbers
         raise BadRequest(400, f'"x" must be an array of numbers; got {", ".join(sorted(k.__name__ for k in kinds))}')
     if not np.isfinite(x).all():
+        if np.isfinite(np.asarray(value, dtype=np.float64)).all():  # finite, but not as float32
+            raise BadRequest(400, '"x" contains a number too large for float32')
         raise BadRequest(400, '"x" contains NaN or Inf')
     return x
 
@@ -162,7 +183,5 @@ def parse_predict(body, engine: Engine, default_steps: int) -> PredictInput:
             if not e.below:
                 raise BadRequest(400, str(e)) from None
             steps, below = 0, str(e)
-    priority = body.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
-        raise BadRequest(400, f'"priority" must be an integer in [0, 9]; got {_short(priority)}')
+    priority = priority_of(body)
     return PredictInput(x, steps, priority, value, unit, below, engine.expert_steps_within(value, unit))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adaptive.data import byte_vocab
-from adaptive.serving.http_input import BadRequest, _short
+from adaptive.serving.http_input import BadRequest, _short, priority_of, whole_number
 
 INTEGERS = ("max_new_tokens", "layer_cap", "expert_cap", "seed")
 NUMBERS = ("threshold", "flops_budget", "temperature", "top_p", "mod_bias")
@@ -84,9 +84,9 @@ def parse_generate(body, engine, default_threshold: float | None, refused: dict 
     limits = {}
     for name in INTEGERS:
         if name in body:
-            value = body[name]
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise BadRequest(400, f'"{name}" must be an integer; got {_short(value)}')
+            value = whole_number(body[name])
+            if value is None:
+                raise BadRequest(400, f'"{name}" must be an integer; got {_short(body[name])}')
             limits[name] = value
     for name in NUMBERS:
         if name in body:
@@ -100,9 +100,7 @@ def parse_generate(body, engine, default_threshold: float | None, refused: dict 
         checked = engine.limits(**limits)
     except (ValueError, OverflowError) as e:
         raise BadRequest(400, str(e)) from None
-    priority = body.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
-        raise BadRequest(400, f'"priority" must be an integer in [0, 9]; got {_short(priority)}')
+    priority = priority_of(body)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest(400, f'"stream" must be true or false; got {_short(stream)}')

@@ -113,6 +113,10 @@ def _generate(prompt_bytes: int, new_tokens: int, layers: int, experts: int, not
         "responses": {
             "200": ok,
             **{code: _json(ERROR, what) for code, what in BAD_REQUESTS.items()},
+            # (a number past float32's range is no 400 here: a limit that large means no limit)
+            "400": _json(
+                ERROR, "not UTF-8 JSON, nested too deeply, a missing or wrong field, a limit outside its range"
+            ),
             "413": _json(ERROR, "a body over the size limit, or a prompt over the model's prompt capacity"),
             "500": _json(failed, "the step this request ran in failed; the server goes on"),
             "503": _json(unavailable, "deferred (retry after), rejected (no rung is on time), or too many connections"),
