@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from adaptive.inference.generate import Decoder
 from adaptive.inference.slots import SlotDecoder
 from adaptive.serving.lm_engine import LMEngine
 from tests.test_generate import NEW, PROMPTS, _decoder
@@ -98,7 +99,12 @@ def test_a_step_degrades_the_slots_it_is_told_to_and_no_others(decoder):
 
 
 def test_slots_whose_caches_cannot_fit_the_device_are_refused_in_one_line(decoder):
-    with pytest.raises(ValueError, match=r"the key/value cache of 1000000000 sequence\(s\) takes [\d,.]+ GiB; the dev"):
+    with pytest.raises(
+        ValueError, match=r"the key/value cache of 1000000000 sequence\(s\) takes [\d,.]+ GiB and .*; the device has"
+    ):
         SlotDecoder.of(decoder, 10**9)
     with pytest.raises(ValueError, match=r"cache of 1000000000 sequence\(s\)"):
         decoder.limits(10**9)  # a generation call of that many sequences, likewise
+    # a prompt whose attention at prefill would not fit (it grows with the prompt's square)
+    with pytest.raises(ValueError, match=r"their prompts' attention at prefill [\d,.]+ GiB; the device has"):
+        Decoder(decoder.graphdef, decoder.params, decoder.flops, prompt_capacity=400_000, new_capacity=1)

@@ -84,15 +84,17 @@ class Decoder:
             total = prompt_capacity + new_capacity
             raise ValueError(f"{total} prompt and new tokens exceed the learned positions ({model.max_length})")
         self._cache_bytes, self._memory = cache_bytes(model, prompt_capacity + new_capacity), _device_memory()
-        _check_cache_fits(self._cache_bytes, 1, self._memory)
+        self._prefill_bytes = prefill_bytes(model, prompt_capacity, prompt_capacity + new_capacity)
+        self.check_cache_fits(1)
         # rounded up, so that float32 pricing in the loop never finds a token dearer than its cap
         self.worst_DxE = jnp.asarray(worst_costs(flops, self.blocks, self.max_experts) * (1 + 1e-5), jnp.float32)
         self.traces = 0  # how often the generation was traced (compiled): once per batch size
         self._compiled = jax.jit(self.generate)
 
-    def check_cache_fits(self, batch: int) -> None:
-        """Refuses `batch` sequences whose key/value caches would take over half the device's memory."""
-        _check_cache_fits(self._cache_bytes, batch, self._memory)
+    def check_cache_fits(self, batch: int, prefilled: int | None = None) -> None:
+        """Refuses `batch` sequences whose key/value caches, with the attention of `prefilled` of
+        them prefilled at once (default: all), would take over half the device's memory."""
+        _check_cache_fits(self._cache_bytes, batch, self._memory, self._prefill_bytes, prefilled)
 
     def limits(self, batch: int, **given) -> GenerationLimits:
         """Checked limits (`checked_limits`), each a scalar or one value per sequence."""
@@ -210,14 +212,23 @@ def _device_memory() -> int:
     return int(stats.get("bytes_limit") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
-def _check_cache_fits(per_sequence: int, batch: int, memory: int) -> None:
-    """Refuses caches for `batch` sequences that would take more than half of the device's
-    `memory`: XLA would fail to allocate them, or abort on the shape, mid-compilation."""
-    need = per_sequence * batch
-    if need > memory / 2:
+def prefill_bytes(model, prompt: int, positions: int) -> int:
+    """Bytes a prefill of one `prompt`-token sequence holds in its largest block's attention:
+    scores, probabilities and one temporary of prompt x `positions` per head in float32, which
+    grow with the square of the prompt (a 20,000-byte prompt took 16 GB on a 4-head model)."""
+    return max(3 * b.attention.heads * prompt * positions * 4 for b in model.blocks)
+
+
+def _check_cache_fits(per_sequence: int, batch: int, memory: int, prefill: int = 0, prefilled=None) -> None:
+    """Refuses caches for `batch` sequences, with the prefill attention of `prefilled` of them
+    (default: all), that would take more than half of the device's `memory`: XLA would fail to
+    allocate them, or abort on the shape, mid-compilation."""
+    cache, attention = per_sequence * batch, prefill * (batch if prefilled is None else prefilled)
+    if cache + attention > memory / 2:
         raise ValueError(
-            f"the key/value cache of {batch} sequence(s) takes {need / 2**30:,.1f} GiB; the device has "
-            f"{memory / 2**30:,.1f} GiB: ask for fewer tokens or sequences"
+            f"the key/value cache of {batch} sequence(s) takes {cache / 2**30:,.1f} GiB and their prompts' "
+            f"attention at prefill {attention / 2**30:,.1f} GiB; the device has {memory / 2**30:,.1f} GiB: "
+            "ask for a shorter prompt, fewer tokens or fewer sequences"
         )
 
 

@@ -92,7 +92,7 @@ class SlotDecoder:
     @classmethod
     def of(cls, decoder, slots: int, *, compact: bool = True) -> SlotDecoder:
         """The slot functions of a `Decoder`'s model, capacities, pricing and limit checks."""
-        decoder.check_cache_fits(slots)  # every slot holds a whole cache
+        decoder.check_cache_fits(slots, prefilled=1)  # every slot holds a whole cache; one prefills at a time
         return cls(
             decoder.graphdef,
             decoder.params,
