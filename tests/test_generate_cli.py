@@ -42,6 +42,7 @@ def test_generate_prints_text_and_depths_and_writes_rows(run_dir, tmp_path):
     # a layer ceiling past the model's depth is its depth (as a FLOPs budget past a full pass is one)
     deep = _generate(run_dir, "--prompt", "x", "--max-new-tokens", "2", "--budget", "10", "--unit", "layers")
     assert deep.returncode == 0 and "(budget 10 layers)" in deep.stdout, deep.stderr[-2000:]
+    assert "note: --budget 10 layers is past this model's 2 blocks; it is 2" in deep.stderr
 
 
 @pytest.mark.slow
@@ -67,6 +68,7 @@ def test_a_flops_budget_and_a_time_budget_hold(run_dir, tmp_path):
             "--budget 0.5 --unit layers: layer_cap must be a whole number, got 0.5",
         ),
         (("--prompt", "x", "--seed", "-1"), "seed=-1 is outside"),  # checked before a cast to uint32
+        (("--prompt", "x", "--unit", "ms"), "--unit ms is the unit of --budget, and none is given"),
         (("--prompt", "x", "--max-new-tokens", "0"), "--max-new-tokens=0"),
         (("--prompt", "x", "--max-new-tokens", "16385"), "--max-new-tokens=16385 must be in [1, 16384]"),
         (("--prompt", "x", "--experts", "1"), "--experts applies to a model with experts;"),

@@ -149,6 +149,15 @@ def test_act_parity_block_reads_and_unknown_names_are_refused():
         read_block("nope")
 
 
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path, capsys):
+    from adaptive.cli.main import main
+
+    (tmp_path / "afile").write_text("")
+    assert main(["reproduce", "act_parity", "--tiny", "--workdir", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert f"--workdir {tmp_path / 'afile'} is a file" in err and "Traceback" not in err
+
+
 def test_each_tiny_claim_of_act_parity_fails_on_a_run_that_cannot_ponder_or_learn():
     """Every point a 1-step static network at chance: no tiny claim may hold on it."""
     stuck = {"status": "done", "seed": 0, "test_accuracy": 0.5, "test_steps": 1.0}

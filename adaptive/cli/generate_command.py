@@ -44,6 +44,9 @@ def run(args, overrides: list[str]) -> int:
         )
     if args.budget is not None and not args.budget > 0:
         raise RunError(f"--budget={args.budget} must be > 0")
+    if args.unit is not None and args.budget is None:  # it would say nothing
+        raise RunError(f"--unit {args.unit} is the unit of --budget, and none is given")
+    args.unit = args.unit or "flops"
     cfg = load_config(Path(args.workdir).resolve())  # checked before the run loads
     if cfg.model.kind == "lm" and args.threshold is not None and not cfg.lm.exits:
         raise RunError(f"--threshold applies to a model with exits; {args.workdir} has none (lm.exits=false)")
@@ -63,6 +66,9 @@ def run(args, overrides: list[str]) -> int:
         # a whole number of blocks, checked with the other limits; a ceiling at or past the model's depth (inf
         # included) is its depth, as a FLOPs budget past a full pass is a full pass
         knobs["layer_cap"] = decoder.blocks if args.budget >= decoder.blocks else args.budget
+        if args.budget > decoder.blocks:
+            print(f"note: --budget {args.budget:g} layers is past this model's {decoder.blocks} blocks; it is "
+                  f"{decoder.blocks}", file=sys.stderr)  # fmt: skip
     try:
         limits = decoder.limits(len(prompts), **knobs)  # checked before any timing for --unit ms
         if args.budget is not None and args.unit == "ms":

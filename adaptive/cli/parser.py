@@ -278,12 +278,10 @@ def _add_generate(commands) -> None:
     gen.add_argument(
         "--unit",
         choices=("flops", "layers", "ms"),
-        default="flops",
-        help="flops: for the new tokens after the first, each token's attention priced over the whole KV cache "
-        "(the longest prompt padded to a multiple of 64, plus --max-new-tokens positions, as XLA runs it: a "
-        "larger cache costs more per token, so a served artifact or eval, with other capacities, prices a "
-        "token differently); "
-        "layers: per token; ms: for the new tokens",
+        help="of --budget (default flops); flops: for the new tokens after the first, each token's attention "
+        "priced over the whole KV cache (the longest prompt padded to a multiple of 64, plus --max-new-tokens "
+        "positions, as XLA runs it: a larger cache costs more per token, so a served artifact or eval, with "
+        "other capacities, prices a token differently); layers: per token; ms: for the new tokens",
     )
     gen.add_argument(
         "--threshold", type=float, help="exit confidence threshold (default: the certified one, else lm.exit_threshold)"

@@ -98,6 +98,8 @@ def parse_block(text: str, where: str) -> dict:
 
 def reproduce(name: str, *, tiny: bool, workdir: str | None, parallel: int, overrides: list[str]) -> int:
     out = Path(workdir or f"runs/reproduce/{name}{'-tiny' if tiny else ''}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--workdir {out} is a file; a reproduction's folder holds its runs and results")
     title = f"experiments/{name}{' (tiny)' if tiny else ''}"
     return run_block(read_block(name), out, tiny=tiny, parallel=parallel, overrides=overrides, title=title)
 
