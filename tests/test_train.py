@@ -302,6 +302,15 @@ def test_wandb_offline_needs_no_key(tmp_path):
     # one line says where the run is and how to upload it, not wandb's summary of what was printed
     assert f"wandb: offline run in {offline.relative_to(tmp_path)}" in proc.stderr or str(offline) in proc.stderr
     assert "Run summary" not in proc.stderr + proc.stdout
+    # resumed, the run writes a second folder under the same run id: the line names both
+    more = [c if c != "--config.train.steps=10" else "--config.train.steps=20" for c in cmd]
+    proc = subprocess.run(more, capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    pieces = sorted((tmp_path / "w" / "wandb").glob("offline-run-*"))
+    every = str(pieces[0].parent / ("offline-run-*-" + pieces[0].name.split("-", 3)[3]))
+    assert len(pieces) == 2 and f"offline run in 2 folders, one per start of this run; `wandb sync {every}`" in (
+        proc.stderr
+    ), proc.stderr[-1000:]
 
 
 def test_wandb_online_without_a_key_is_one_line_before_any_step(tmp_path):

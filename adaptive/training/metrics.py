@@ -86,7 +86,7 @@ class WandbWriter:
 
         self._mode = mode
         digest = hashlib.sha1(str(workdir.resolve()).encode()).hexdigest()[:10]
-        run_id = "".join(c if c.isalnum() else "-" for c in workdir.name)[-50:] + "-" + digest
+        run_id = self._run_id = "".join(c if c.isalnum() else "-" for c in workdir.name)[-50:] + "-" + digest
         try:
             self._run = wandb.init(
                 project=project,
@@ -121,7 +121,14 @@ class WandbWriter:
         url = None if self._mode == "offline" else self._run.url
         self._run.finish()
         if self._mode == "offline" and where:
-            print(f"wandb: offline run in {where}; `wandb sync {where}` uploads it", file=sys.stderr)
+            # each start of a resumed run writes a folder of its own, all under one run id
+            pieces = sorted(Path(where).parent.glob(f"offline-run-*-{self._run_id}"))
+            if len(pieces) > 1:
+                every = Path(where).parent / f"offline-run-*-{self._run_id}"
+                print(f"wandb: offline run in {len(pieces)} folders, one per start of this run; `wandb sync {every}` "
+                      "uploads them all", file=sys.stderr)  # fmt: skip
+            else:
+                print(f"wandb: offline run in {where}; `wandb sync {where}` uploads it", file=sys.stderr)
         elif url:
             print(f"wandb: {url}", file=sys.stderr)
 
