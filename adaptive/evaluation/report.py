@@ -177,6 +177,8 @@ def report(
         task = {"task": task_label(cfg, [cfg.data.eval_split, *splits])} if len(tasks) > 1 else {}
         row = {"run": workdir.name, **task, **describe(cfg)}
         row.update(seed=cfg.seed, step=final["step"])
+        if final["step"] < cfg.train.steps:  # still training, or stopped: beside finished runs it would mislead
+            notes.append(f"{workdir.name} is unfinished: its last eval is at step {final['step']} of {cfg.train.steps}")
         row.update(compute_columns(cfg, final))
         if cfg.moe.enabled:
             last_train = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["split"] == "train"][-1]
