@@ -207,8 +207,8 @@ def _eval_lm(args) -> int:
         front = " (Pareto in ms)" if p["pareto_ms_per_token"] else ""
         print(
             f"point {p['label']}: validation bits per byte {p['validation_bits_per_byte']:.4f}, FLOPs per token "
-            f"{p['flops_per_token']:,.0f}, memory {p['memory_mb']:.3f} MB, {p['ms_per_token']:.3f} ms per token "
-            f"at batch {p['latency_batch']}{front}"
+            f"{p['flops_per_token']:,.0f} (every block), memory {p['memory_mb']:.3f} MB, "
+            f"{p['ms_per_token']:.3f} ms per token at batch {p['latency_batch']}{front}"
         )
     print(f"wrote {path}" + "".join(f", {p}" for p in plots))
     return 0

@@ -282,7 +282,7 @@ def _plot_front(points: list[dict], path: Path, artifact_points: list[dict]) -> 
     annotate(ax, labels, fontsize=6, xytext=(3, -8), textcoords="offset points", color="C3")
     ax.set_xlabel("FLOPs per token")
     ax.set_ylabel("bits per byte")
-    also = "; red: the artifact's precision and pruning points" if artifact_points else ""
+    also = "; red: the artifact's precision and pruning points, priced through every block" if artifact_points else ""
     ax.set_title(f"bits per byte against compute (o: Pareto front{also})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
