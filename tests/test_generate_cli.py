@@ -69,6 +69,7 @@ def test_a_flops_budget_and_a_time_budget_hold(run_dir, tmp_path):
         ),
         (("--prompt", "x", "--seed", "-1"), "seed=-1 is outside"),  # checked before a cast to uint32
         (("--prompt", "x", "--unit", "ms"), "--unit ms is the unit of --budget, and none is given"),
+        (("--prompt", "x", "--mod-bias", "1"), "--mod-bias applies to a model with MoD blocks;"),
         (("--prompt", "x", "--max-new-tokens", "0"), "--max-new-tokens=0"),
         (("--prompt", "x", "--max-new-tokens", "16385"), "--max-new-tokens=16385 must be in [1, 16384]"),
         (("--prompt", "x", "--experts", "1"), "--experts applies to a model with experts;"),
@@ -214,3 +215,19 @@ def test_the_help_states_the_new_token_ceiling_the_command_enforces():
     gen = build_parser()._subparsers._group_actions[0].choices["generate"]
     (action,) = [a for a in gen._actions if "--max-new-tokens" in a.option_strings]
     assert f"1 to {MAX_NEW_TOKENS}" in action.help
+
+
+@pytest.mark.slow
+def test_mod_bias_moves_how_many_tokens_the_mod_blocks_run(tmp_path):
+    workdir = tmp_path / "mod"
+    train_tiny(workdir, 2, config="configs/lm.py:tiny", overrides=("--config.lm.mod_capacity=0.5",))
+    layers = {}
+    for bias in ("-100", "100"):  # every token through the MoD blocks; none
+        rows = tmp_path / f"rows{bias}.jsonl"
+        flags = ("--prompt", "def f(x):", "--max-new-tokens", "6", "--mod-bias", bias, "--json", str(rows))
+        out = _generate(workdir, *flags)
+        assert out.returncode == 0, out.stderr[-2000:]
+        layers[bias] = json.loads(rows.read_text())["layers"]
+    assert sum(layers["100"]) < sum(layers["-100"]), layers
+    bad = _generate(workdir, "--prompt", "x", "--mod-bias", "nan")
+    assert bad.returncode == 2 and "mod_bias=nan is outside" in bad.stderr, bad.stderr[-2000:]

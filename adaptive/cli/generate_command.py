@@ -52,6 +52,8 @@ def run(args, overrides: list[str]) -> int:
         raise RunError(f"--threshold applies to a model with exits; {args.workdir} has none (lm.exits=false)")
     if cfg.model.kind == "lm" and args.experts is not None and not cfg.moe.enabled:
         raise RunError(f"--experts applies to a model with experts; {args.workdir} has none (moe.enabled=false)")
+    if cfg.model.kind == "lm" and args.mod_bias is not None and not cfg.lm.mod_capacity > 0:
+        raise RunError(f"--mod-bias applies to a model with MoD blocks; {args.workdir} has none (lm.mod_capacity=0)")
     trained = load_run(args.workdir, args.step, language_model=True)
     # the bytes as given: a byte-level model takes any, UTF-8 or not (os.fsencode undoes the
     # surrogates Python decodes undecodable argument bytes to)
@@ -59,6 +61,8 @@ def run(args, overrides: list[str]) -> int:
     decoder = _decoder(trained, max(len(p) for p in prompts), args.max_new_tokens)
     threshold = _threshold(args, trained)
     knobs = dict(threshold=threshold, expert_cap=args.experts, temperature=args.temperature, top_p=args.top_p)
+    if args.mod_bias is not None:
+        knobs["mod_bias"] = args.mod_bias
     knobs.update(seed=[args.seed + i for i in range(len(prompts))])
     if args.budget is not None and args.unit == "flops":
         knobs["flops_budget"] = args.budget

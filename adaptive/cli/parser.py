@@ -287,6 +287,9 @@ def _add_generate(commands) -> None:
         "--threshold", type=float, help="exit confidence threshold (default: the certified one, else lm.exit_threshold)"
     )
     gen.add_argument("--experts", type=int, metavar="K", help="the most experts a token may use in each MoE block")
+    gen.add_argument(
+        "--mod-bias", type=float, metavar="B", help="added to MoD routers' scores: > 0 runs MoD blocks on fewer tokens"
+    )
     gen.add_argument("--temperature", type=float, default=0.0, help="0 (default) is greedy")
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0, help="sampling seed of the first prompt (the next get +1, ...)")
