@@ -135,13 +135,21 @@ def run_config_code(where: str, path: Path, fn, *args):
         raise ConfigError(f"{where}{_line_in(e, path)}: {_one_line(e)}") from None
     finally:
         sys.path.remove(str(folder))
-        for name in set(sys.modules) - before:
-            # A helper module or package of this folder (a package's modules sit below it); not a
-            # new submodule of a package imported before (adaptive's own, where a config sits at
-            # the repository's root), which must stay the one its package holds.
-            origin = getattr(sys.modules[name], "__file__", None)
-            if origin and folder in Path(origin).resolve().parents and name.partition(".")[0] not in before:
-                del sys.modules[name]
+        helpers = [n for n in set(sys.modules) - before if n.partition(".")[0] not in before and _beside(n, folder)]
+        for name in helpers:  # found first: a package's submodules are found by their package
+            del sys.modules[name]
+
+
+def _beside(name: str, folder: Path) -> bool:
+    """Whether module `name` is a helper of the config in `folder`, or a submodule of one: its
+    top-level module is a file or a package directly in it. Not one below it, such as a virtual
+    environment's packages (nor, checked by the caller, a submodule of a package imported
+    before: adaptive's own, where a config sits at the repository's root)."""
+    origin = getattr(sys.modules.get(name.partition(".")[0]), "__file__", None)
+    if not origin:
+        return False
+    path = Path(origin).resolve()
+    return (path.parent.parent if path.name == "__init__.py" else path.parent) == folder
 
 
 def _one_line(e: Exception) -> str:

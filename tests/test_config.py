@@ -163,6 +163,20 @@ def test_a_config_file_imports_helpers_beside_it_each_its_own(tmp_path):
         )
     loaded = [config_lib.load(str(tmp_path / n / "mine.py")) for n in ("a", "b")]
     assert [(c.train.steps, c.seed) for c in loaded] == [(7, 8), (9, 10)]
+    # a package installed below the folder (a virtual environment's) is not a helper: it stays
+    site = tmp_path / "a" / ".venv" / "site"
+    (site / "thirdpkg").mkdir(parents=True)
+    (site / "thirdpkg" / "__init__.py").write_text("")
+    (tmp_path / "a" / "venv_user.py").write_text(
+        f"import sys\nsys.path.append({str(site)!r})\nimport thirdpkg\n"
+        "from adaptive.config import default_config\ndef get_config(arg=None):\n    return default_config()\n"
+    )
+    try:
+        config_lib.load(str(tmp_path / "a" / "venv_user.py"))
+        assert "thirdpkg" in sys.modules
+    finally:
+        sys.modules.pop("thirdpkg", None)
+        sys.path.remove(str(site))
     (tmp_path / "a" / "broken.py").write_text("X = (\n")
     (tmp_path / "a" / "uses.py").write_text("import broken\n")
     with pytest.raises(ConfigError, match=r"uses.py' \(.*broken.py\) line 1: '\(' was never closed"):

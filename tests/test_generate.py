@@ -248,7 +248,7 @@ def test_greedy_sampling_is_the_argmax_and_a_seed_fixes_a_draw():
         (dict(expert_cap=2**31), "expert_cap=2147483648 is outside"),
         (dict(expert_cap=2), r"expert_cap=2 is outside \[1, 1\]"),  # past the router's k (here 1: no experts)
         (dict(max_new_tokens=2.7), "max_new_tokens must be a whole number, got 2.7"),
-        (dict(layer_cap=10**400), "layer_cap must be a number"),
+        (dict(layer_cap=10**400), r"layer_cap=inf is outside \[1, 4\]"),  # past float64: as far out as can be
         (dict(seed="a"), "seed must be a number"),
     ],
 )

@@ -225,6 +225,7 @@ def test_a_fallback_of_another_task_is_refused_before_loading(artifact):
     _, meta = load_artifact(root / "art")
     args = argparse.Namespace(artifact="art", fallback="fb")
     _refuse_other_task(args, meta, copy.deepcopy(meta))  # a point or a smaller model of the same task
+    _refuse_other_task(args, meta, {**meta, "format": "adaptive-export/1"})  # an older export still serves
     parity = copy.deepcopy(meta)
     parity["input"]["shape"], parity["num_classes"], parity["config"]["data"]["name"] = ["batch", 16], 2, "parity"
     lm = {"format": "adaptive-lm-export/1"}
@@ -232,7 +233,7 @@ def test_a_fallback_of_another_task_is_refused_before_loading(artifact):
         (parity, "--fallback fb has input ['batch', 16] and --artifact art ['batch', 40]"),
         ({**meta, "num_classes": 2}, "--fallback fb has classes 2 and --artifact art 10"),
         ({**meta, "config": {**meta["config"], "data": {"name": "fake"}}}, "has data fake and --artifact art mnist1d"),
-        (lm, "--fallback fb has format adaptive-lm-export/1 and --artifact art adaptive-export/2"),
+        (lm, "--fallback fb holds a language model and --artifact art a classifier"),
     ):
         with pytest.raises(ConfigError, match=re.escape(said)):
             _refuse_other_task(args, meta, other)

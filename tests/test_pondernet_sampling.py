@@ -128,6 +128,9 @@ def test_with_halting_switches_a_threshold_model_to_sampling_and_back():
         with_halting(graphdef, params, max_steps=3)
     with pytest.raises(ValueError, match="pondernet_inference cannot be 'coin'"):
         with_halting(graphdef, params, pondernet_inference="coin")
+    for threshold in (-1.0, 0.0, 1.5):  # the config's rule: (0, 1]
+        with pytest.raises(ValueError, match=r"'halting.pondernet_threshold' is .*; must be in \(0.0, 1.0\]"):
+            with_halting(graphdef, params, pondernet_threshold=threshold)
 
 
 def test_the_predictor_samples_like_the_inference_function(sampled):

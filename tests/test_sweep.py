@@ -213,26 +213,41 @@ def test_a_point_another_process_trains_or_a_signal_stopped_is_not_failed(tmp_pa
         (point.workdir / ".sweep.pid").unlink(missing_ok=True)
 
 
-def test_a_sweep_waits_for_a_point_another_process_holds_and_takes_it_over_when_left_unfinished(tmp_path):
+HOLDERS = {  # run as `python -c CODE --workdir DIR`, as a trainer's command line names its folder
+    # another sweep's child: its pid in .sweep.pid, written by that sweep
+    ".sweep.pid": "import time; time.sleep(3)",
+    # a hand-started `adaptive train`: it holds .train.lock, its pid inside, and writes no .sweep.pid
+    ".train.lock": "import fcntl, os, sys, time; f = open(sys.argv[2] + '/.train.lock', 'a+'); "
+    "fcntl.flock(f, fcntl.LOCK_EX); f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush(); time.sleep(3)",
+}
+
+
+@pytest.mark.parametrize("held_by", sorted(HOLDERS))
+def test_a_sweep_waits_for_a_point_another_process_holds_and_takes_it_over_when_left_unfinished(tmp_path, held_by):
     """Two sweeps of one folder share its points: each waits for the other's, so that its summary
-    and exit status are the whole sweep's; a point its holder leaves unfinished is trained here."""
+    and exit status are the whole sweep's; a point its holder leaves unfinished is trained here.
+    A point trained by hand is waited for too (its trainer would refuse a second one)."""
+    import time
+
     from adaptive.experiments.sweep import load_points
 
     config = write_config(tmp_path, [{"halting.tau": 1e-3}])
     (point,) = load_points(config, tmp_path / "sweep")
     point.workdir.mkdir(parents=True)
-    holder = subprocess.Popen(  # a trainer of the point, as its command line says, that stops after 3 s
-        [sys.executable, "-c", "import time; time.sleep(3)", "--workdir", str(point.workdir)]
-    )
-    (point.workdir / ".sweep.pid").write_text(str(holder.pid))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDERS[held_by], "--workdir", str(point.workdir)])
+    if held_by == ".sweep.pid":
+        (point.workdir / ".sweep.pid").write_text(str(holder.pid))
+    while not (point.workdir / held_by).exists() or not (point.workdir / held_by).read_text():
+        time.sleep(0.05)
     command = cli("sweep", "--config", config, "--workdir", str(tmp_path / "sweep"), *QUIET)
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     holder.wait()  # reaped as it ends, as its own sweep would
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-2000:] + err[-2000:]
-    assert f"point {point.name} is being trained by another process (pid in .sweep.pid): waiting for it" in out
-    assert f"point {point.name}: new, left by the process that trained it: resuming it here" in out
+    assert f"point {point.name} is being trained by another process: waiting for it" in out
+    assert out.count(f"point {point.name}: new, left by the process that trained it: resuming it here") == 1, out
     assert "1 done" in out and (point.workdir / "metrics.jsonl").is_file()
+    assert "being trained by another process" not in (point.workdir / "train.log").read_text()  # no refused start
 
 
 def test_a_point_inserted_before_finished_ones_does_not_train_them_again(tmp_path, capsys):

@@ -110,10 +110,12 @@ def _refuse_other_task(args, meta: dict, other: dict) -> None:
         data = (m.get("config") or {}).get("data") or {}
         return {"input": (m.get("input") or {}).get("shape"), "classes": m.get("num_classes"), "data": data.get("name")}
 
-    if other.get("format") != meta.get("format"):  # a language model's, or an artifact of another version
+    from adaptive.inference.lm_export import FORMAT as LM_FORMAT
+
+    if other.get("format") == LM_FORMAT:  # (classifier artifacts of every format this version reads serve)
         raise ConfigError(
-            f"--fallback {args.fallback} has format {other.get('format')} and --artifact {args.artifact} "
-            f"{meta.get('format')}: a fallback answers the primary's requests; give one of the same task"
+            f"--fallback {args.fallback} holds a language model and --artifact {args.artifact} a classifier: a "
+            "fallback answers the primary's requests; give one of the same task"
         )
     mine, theirs = task(meta), task(other)
     for key in mine:

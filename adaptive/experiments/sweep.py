@@ -132,10 +132,12 @@ def _no_override_of_swept_keys(spec: str, sweep: list[dict], base: list[str]) ->
 def refresh_status(point: Point) -> None:
     """done (a final eval at the last step), partial (a checkpoint to resume), running (another
     sweep's live process holds it), or new; a recorded failure stays until the point is rerun."""
-    lock = point.workdir / ".sweep.pid"
-    if lock.exists() and _alive(int(lock.read_text() or 0), point.workdir):
-        point.status = "running"
-        return
+    # a sweep's child (.sweep.pid), or any trainer, a hand-started `adaptive train` included
+    # (.train.lock holds the pid of the last process to hold it)
+    for lock in (point.workdir / ".sweep.pid", point.workdir / ".train.lock"):
+        if lock.exists() and _alive(_pid_in(lock), point.workdir):
+            point.status = "running"
+            return
     try:
         finished = _finished(point)
     except WorkdirError as e:  # a damaged metrics.jsonl: this point's problem, not the sweep's
@@ -161,6 +163,13 @@ def _finished(point: Point) -> bool:
     if max(saved_steps(point.workdir), default=0) != point.steps:  # past it: `adaptive train` refuses, in one line
         return False
     return point.config is None or sweep_folders.same_run(point)
+
+
+def _pid_in(path: Path) -> int:
+    try:
+        return int(path.read_text().strip() or 0)
+    except (OSError, ValueError):  # gone since, or cut short as it was written
+        return 0
 
 
 def _alive(pid: int, workdir: Path) -> bool:
@@ -299,7 +308,7 @@ def run(spec: str, points: list[Point], parallel: int, devices: list[str] = (), 
     # the whole sweep's, and taken over if that process stops before finishing them.
     elsewhere = [p for p in points if p.status == "running"]
     for p in elsewhere:
-        print(f"point {p.name} is being trained by another process (pid in .sweep.pid): waiting for it")
+        print(f"point {p.name} is being trained by another process: waiting for it")
     stop = {"signal": None}
     handler = lambda signum, frame: stop.update(signal=signum)  # noqa: E731
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from adaptive.config_checks import in_range
 from adaptive.nn import halting as H
 from adaptive.nn.depth import Inference
 from adaptive.nn.moe import limit_experts
@@ -104,9 +105,11 @@ def with_halting(graphdef: nnx.GraphDef, params: dict, **changes) -> nnx.GraphDe
         raise ValueError(f"with_halting changes only {allowed}; got {unknown}")
     rules = {f.name: f.metadata for f in dataclasses.fields(model.halting)}
     for name, value in changes.items():
-        choices, lo, hi = (rules[name].get(k) for k in ("choices", "lo", "hi"))
-        if (choices and value not in choices) or (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ValueError(f"halting.{name} cannot be {value!r} (allowed: {choices or (lo, hi)})")
+        rule = rules[name]
+        if rule.get("choices") and value not in rule["choices"]:
+            raise ValueError(f"halting.{name} cannot be {value!r} (allowed: {rule['choices']})")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # the config's own range rule
+            in_range(f"halting.{name}", value, rule.get("lo"), rule.get("hi"), rule.get("below"), rule.get("above"))
     halting = dataclasses.replace(model.halting, **changes)
     model.halting, model.halting_policy = halting, policy_of(halting)
     return nnx.split(model, nnx.Param)[0]

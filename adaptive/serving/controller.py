@@ -30,9 +30,9 @@ slack for the longer run), so lower priorities degrade first, and are rejected f
 the fallback cannot serve every row in time. A request is `ok` when its operating point is as
 accurate as the budget it asked for (within the tolerance), `degraded` otherwise. Without an
 accuracy table the ladder's order decides: the primary before the fallbacks (in the order
-given), then more steps, then more experts. A point whose estimate says nothing is on time there
-and that has not run for a horizon still gets one row (`_probe`): estimates are corrected only
-by runs.
+given), then more steps, then more experts. A point that has not run for a horizon still gets
+one row (`_probe`) where its estimate says nothing is on time there, or where the plan rejects
+every live row: estimates are corrected only by runs.
 
 Why this rule (the alternatives were compared with `adaptive bench serve`, experiments/serving):
 AIMD on a step cap from windowed p95 latencies lags a spike by the time the queue takes to build.
@@ -205,21 +205,23 @@ class Controller:
         return self._probe(requests, [chosen.decisions.get(i, REJECTED) for i in range(len(requests))])
 
     def _probe(self, requests: list[Request], decisions: list[Decision]) -> list[Decision]:
-        """`decisions`, with one row moved to a point that has not run for a horizon, where its
-        estimate says no live row is on time there (any row may move, a rejected one first), or
-        where this plan rejects a live row (a rejected row moves): the primary at each expert
-        budget (at its least run), then each fallback. The estimates are predictions, not
-        measurements: after a slow run (a pause of the machine) one may say a point is never on
-        time, or never within the share of the server's time the arrival rate leaves a batch;
-        plans then avoid it, and without a run it would never be corrected. A live row is one
-        not past its deadline that can run there; one point a plan (shedding keeps a rule of the
-        same kind, `_shed`)."""
+        """`decisions`, with one row moved to a point that has not run for a horizon: where its
+        estimate alone says no row is on time there (any live row may move, a rejected one
+        first), or where this plan rejects every live row (one of them moves): the primary at
+        each expert budget (at its least run), then each fallback. The estimates are
+        predictions, not measurements: after a slow run (a pause of the machine) one may say a
+        point is never on time, or is over the share of the server's time the arrival rate
+        leaves a batch, or leaves no time to a row that has waited at all; plans then avoid it,
+        and without a run it would never be corrected. Under load that serves some rows the
+        points that run are measured, and no row is moved (it would delay those). A live row is
+        one not past its deadline that can run there; one point a plan (shedding keeps a rule of
+        the same kind, `_shed`)."""
         now, horizon = self.clock(), self.horizon_ms
         live = [i for i, r in enumerate(requests) if r.waited_ms < horizon + EPS_MS]
         if not live:
             return decisions
         live.sort(key=lambda i: (decisions[i].model is not None, requests[i].waited_ms, requests[i].priority))
-        freshest = min(requests[i].waited_ms for i in live)  # the most time a live row has left
+        all_rejected = all(decisions[i].model is None for i in live)
         points = [("primary", k) for k in self.expert_budgets] + [(f.name, None) for f in self.fallbacks]
         for model, k in points:
             least = self.least_steps if model == "primary" else self.fallbacks[self._rank[model]].cap
@@ -227,9 +229,9 @@ class Controller:
                 continue
             if any(d.model == model and d.experts == k for d in decisions):
                 continue  # it runs in this plan: its run is measured
-            hopeless = freshest + self.service[model, k].estimate(least, 1) > horizon
-            movable = live if hopeless else [i for i in live if decisions[i].model is None]
-            for i in movable:
+            if not (self.service[model, k].estimate(least, 1) > horizon or all_rejected):
+                continue
+            for i in live:
                 if model == "primary" and self._fits(requests[i], k):
                     decisions[i] = self._primary_decision((k, least), requests[i], 1)
                     return decisions

@@ -143,7 +143,7 @@ def _x(value, shape: tuple[int, ...]) -> np.ndarray:
     if not np.isfinite(x).all():
         if np.isfinite(np.asarray(value, dtype=np.float64)).all():  # finite, but not as float32
             raise BadRequest(400, '"x" contains a number too large for float32')
-        raise BadRequest(400, '"x" contains NaN or Inf')
+        raise BadRequest(400, '"x" contains NaN or Inf (or a number past float64\'s range, which JSON reads so)')
     return x
 
 
