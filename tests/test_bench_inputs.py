@@ -65,6 +65,7 @@ def test_the_heads_named_in_help_are_the_configs():
             "--hidden 15 is not a multiple of the transformer's 4 heads",
         ),
         (["act-train", "--n", "1"], "--n 1 must be in [2, 4096] (the parity length)"),
+        (["generate", "--layers", "2", "--depth", "0.5"], "--depth 0.5 must be at least 1"),  # was a traceback
         (["act-train", "--n", "5000"], "--n 5000 must be in [2, 4096] (the parity length)"),
         # the bad --precisions is named, not the depth past --layers
         (["generate", "--layers", "2", "--depth", "3", "--precisions", "fp16"], "--precisions 'fp16'"),

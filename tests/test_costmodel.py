@@ -59,7 +59,7 @@ def test_round_trip_and_derived_units(tmp_path):
     assert again.latency_ms(4, batch=2) == pytest.approx(3.0)
     assert again.cost_per_1k(4, batch=2) == pytest.approx(3.0 / 3.6e6 * 3.6 / 2 * 1000)
     assert again.energy_j(4, batch=2) == pytest.approx(50.0 * 0.003 / 2)
-    with pytest.raises(CostModelError, match="no calibration for batch 8"):
+    with pytest.raises(CostModelError, match="no calibration for batch 8 and all experts; have b2_k0: run "):
         again.latency_ms(1, batch=8)
     # a hand-edited or old file that would price cost or energy budgets with nonsense
     for key, value, message in [
@@ -75,6 +75,14 @@ def test_round_trip_and_derived_units(tmp_path):
             "fits",
             {"b2_k0": {"intercept_ms": -5.0, "per_step_ms": 0.001, "points": []}},
             "fit b2_k0 prices one step at -4.999 ms; a latency is > 0",
+        ),
+        ("tail_fits", None, "ValueError: tail_fits is NoneType, not an object of fits"),  # were tracebacks
+        ("fits", [1, 2], "ValueError: fits is list, not an object of fits"),
+        ("fits", {"b2_k0": 3}, "ValueError: fits.b2_k0 is not {intercept_ms, per_step_ms, points: a list}"),
+        (
+            "fits",
+            {"b2_k0": {"intercept_ms": True, "per_step_ms": 0.5, "points": []}},
+            "ValueError: fits.b2_k0.intercept_ms is True, not a number",
         ),
     ]:
         (tmp_path / "bad.json").write_text(json.dumps({**json.loads((tmp_path / "c.json").read_text()), key: value}))

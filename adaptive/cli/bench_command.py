@@ -173,6 +173,8 @@ def _check_flags_against_each_other(args) -> None:
         problem = f"--exit-depths {max(args.exit_depths)} must be below --layers {args.layers} (blocks above an exit)"
     elif args.bench == "generate" and args.new_tokens < 2:
         problem = f"--new-tokens {args.new_tokens}: a token's time is a generation's less one token's; give at least 2"
+    elif args.bench == "generate" and args.depth is not None and args.depth < 1:
+        problem = f"--depth {args.depth:g} must be at least 1 (a token runs a block before its first exit)"
     elif args.bench == "generate" and args.workdir is None and args.depth > args.layers:  # a run has its own
         problem = f"--depth {args.depth:g} is past --layers {args.layers}"
     elif args.bench in ("lm", "generate") and getattr(args, "workdir", None) is None and args.width % args.heads:

@@ -95,7 +95,8 @@ class CostModel:
         except KeyError:
             known = ", ".join(sorted(self.fits))
             raise CostModelError(
-                f"no calibration for batch {batch} and {experts or 'all'} experts; have {known}"
+                f"no calibration for batch {batch} and {experts or 'all'} experts; have {known}: run "
+                f"`adaptive calibrate --batches {batch}` on the run, or use a calibrated batch"
             ) from None
 
     def latency_ms(self, steps, batch: int = 1, experts: int | None = None):
@@ -129,16 +130,15 @@ class CostModel:
             raise CostModelError(f"no cost model at {path}; run `adaptive calibrate --workdir DIR` first")
         try:
             body = json.loads(path.read_text())
-            read = lambda fits: {  # noqa: E731
-                k: Fit(float(v["intercept_ms"]), float(v["per_step_ms"]), v["points"]) for k, v in fits.items()
-            }
+            if not isinstance(body, dict):
+                raise ValueError(f"the file holds a {type(body).__name__}, not an object")
             model = cls(
                 str(body["fingerprint"]),
                 str(body["machine"]),
-                float(body["price_per_hour"]),
-                float(body["power_watts"]),
-                read(body["fits"]),
-                read(body.get("tail_fits", {})),  # files from before tails were recorded have none
+                _number(body["price_per_hour"], "price_per_hour"),
+                _number(body["power_watts"], "power_watts"),
+                _fits(body["fits"], "fits"),
+                _fits(body.get("tail_fits", {}), "tail_fits"),  # files from before tails were recorded have none
             )
         except (ValueError, KeyError, TypeError) as e:
             raise CostModelError(f"{path} is not a valid cost model ({type(e).__name__}: {e})") from None
@@ -165,6 +165,25 @@ class CostModel:
             )
         warn_other_machine(model.machine, str(path))
         return model
+
+
+def _number(value, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):  # json: true would read as 1.0
+        raise ValueError(f"{key} is {value!r}, not a number")
+    return float(value)
+
+
+def _fits(fits, key: str) -> dict[str, Fit]:
+    """A cost model file's fits, each {intercept_ms, per_step_ms, points}, checked for shape."""
+    if not isinstance(fits, dict):
+        raise ValueError(f"{key} is {type(fits).__name__}, not an object of fits")
+    read = {}
+    for name, fit in fits.items():
+        if not isinstance(fit, dict) or not isinstance(fit.get("points", []), list):
+            raise ValueError(f"{key}.{name} is not {{intercept_ms, per_step_ms, points: a list}}")
+        intercept = _number(fit["intercept_ms"], f"{key}.{name}.intercept_ms")
+        read[name] = Fit(intercept, _number(fit["per_step_ms"], f"{key}.{name}.per_step_ms"), fit.get("points", []))
+    return read
 
 
 def fit_line(points: list[tuple[float, float]]) -> Fit:

@@ -125,8 +125,8 @@ class WandbWriter:
             pieces = sorted(Path(where).parent.glob(f"offline-run-*-{self._run_id}"))
             if len(pieces) > 1:
                 every = Path(where).parent / f"offline-run-*-{self._run_id}"
-                print(f"wandb: offline run in {len(pieces)} folders, one per start of this run; `wandb sync {every}` "
-                      "uploads them all", file=sys.stderr)  # fmt: skip
+                print(f"wandb: offline run in {len(pieces)} folders, one per process that logged to it (each start "
+                      f"of training, each eval); `wandb sync {every}` uploads them all", file=sys.stderr)  # fmt: skip
             else:
                 print(f"wandb: offline run in {where}; `wandb sync {where}` uploads it", file=sys.stderr)
         elif url:
