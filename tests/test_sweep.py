@@ -213,12 +213,13 @@ def test_a_point_another_process_trains_or_a_signal_stopped_is_not_failed(tmp_pa
         (point.workdir / ".sweep.pid").unlink(missing_ok=True)
 
 
-HOLDERS = {  # run as `python -c CODE --workdir DIR`, as a trainer's command line names its folder
+WAIT = "import os, sys, time\nwhile not os.path.exists(sys.argv[3]): time.sleep(0.05)\n"  # until released
+HOLDERS = {  # run as `python -c CODE --workdir DIR RELEASE`, as a trainer's command line names its folder
     # another sweep's child: its pid in .sweep.pid, written by that sweep
-    ".sweep.pid": "import time; time.sleep(3)",
+    ".sweep.pid": WAIT,
     # a hand-started `adaptive train`: it holds .train.lock, its pid inside, and writes no .sweep.pid
-    ".train.lock": "import fcntl, os, sys, time; f = open(sys.argv[2] + '/.train.lock', 'a+'); "
-    "fcntl.flock(f, fcntl.LOCK_EX); f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush(); time.sleep(3)",
+    ".train.lock": "import fcntl\nf = open(sys.argv[2] + '/.train.lock', 'a+')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
+    "f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()\n",
 }
 
 
@@ -234,15 +235,24 @@ def test_a_sweep_waits_for_a_point_another_process_holds_and_takes_it_over_when_
     config = write_config(tmp_path, [{"halting.tau": 1e-3}])
     (point,) = load_points(config, tmp_path / "sweep")
     point.workdir.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", HOLDERS[held_by], "--workdir", str(point.workdir)])
+    release = tmp_path / "release"
+    code = "import os, sys, time\n" + (HOLDERS[held_by] + WAIT if held_by == ".train.lock" else WAIT)
+    holder = subprocess.Popen([sys.executable, "-c", code, "--workdir", str(point.workdir), str(release)])
     if held_by == ".sweep.pid":
         (point.workdir / ".sweep.pid").write_text(str(holder.pid))
     while not (point.workdir / held_by).exists() or not (point.workdir / held_by).read_text():
         time.sleep(0.05)
     command = cli("sweep", "--config", config, "--workdir", str(tmp_path / "sweep"), *QUIET)
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # its lines as it prints them
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    while not seen or "waiting for it" not in seen[-1]:  # the sweep has found the point held
+        seen.append(proc.stdout.readline())
+        assert seen[-1], "".join(seen)  # it ended without waiting
+    release.write_text("")  # the holder stops, leaving the point unfinished
     holder.wait()  # reaped as it ends, as its own sweep would
     out, err = proc.communicate(timeout=600)
+    out = "".join(seen) + out
     assert proc.returncode == 0, out[-2000:] + err[-2000:]
     assert f"point {point.name} is being trained by another process: waiting for it" in out
     assert out.count(f"point {point.name}: new, left by the process that trained it: resuming it here") == 1, out
