@@ -215,7 +215,8 @@ def _device_memory() -> int:
 def prefill_bytes(model, prompt: int, positions: int) -> int:
     """Bytes a prefill of one `prompt`-token sequence holds in its largest block's attention:
     scores, probabilities and one temporary of prompt x `positions` per head in float32, which
-    grow with the square of the prompt (a 20,000-byte prompt took 16 GB on a 4-head model)."""
+    grow with the square of the prompt (experiments/design_measurements.md: the peaks it was
+    set against)."""
     return max(3 * b.attention.heads * prompt * positions * 4 for b in model.blocks)
 
 
