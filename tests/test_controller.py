@@ -202,6 +202,25 @@ def test_service_time_estimates_follow_measurements_and_batch_size():
     assert times.most_steps_within(10.001, requested=8, rows=4) == 6  # 1 + 3 + 6 = 10 (and 1 + 3.5 + 7 at 7)
 
 
+def test_a_latency_price_adds_the_tail_of_the_runs_and_forgets_it_as_they_leave_the_window():
+    """A latency budget bounds one run: the estimate (a mean) plus the window's p99 of how far
+    runs came above it, which follows the server: slow runs price budgets until they leave."""
+    times = ServiceTimes(4, window=100)
+    assert times.tail_steps_within(0.001, requested=3) == 3  # nothing measured: the cost model's price stands
+    pairs = [(steps, rows) for steps in (1, 2, 4) for rows in (1, 3)]
+    for i in range(100):
+        steps, rows = pairs[i % len(pairs)]
+        times.observe(steps, 1.0 + 0.5 * steps + 6.0 * (i % 25 == 0), rows=rows, budget=steps)
+    assert times.estimate(2) < 3.0 < 5.0 < times.tail_ms(2) - 0.5  # four runs in 100 were 6 ms slow
+    assert times.tail_steps_within(times.tail_ms(2), requested=4) == 2
+    assert times.tail_steps_within(times.tail_ms(1) - 0.01, requested=4) == 0
+    for i in range(100):  # the slow runs leave the window
+        steps, rows = pairs[i % len(pairs)]
+        times.observe(steps, 1.0 + 0.5 * steps, rows=rows, budget=steps)
+    assert times.tail_ms(2) == pytest.approx(times.estimate(2)) == pytest.approx(2.0)
+    assert times.tail_steps_within(2.0, requested=4) == 2
+
+
 def test_the_running_fit_equals_a_fresh_fit_over_the_window():
     """The fit is kept as running sums over a sliding window (observations are O(1)); after many
     evictions and rebuilds of the sums it is still the least-squares fit of the window itself."""

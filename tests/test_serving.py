@@ -150,17 +150,18 @@ def test_budgets_in_answers_never_exceed_the_request_or_the_cap(engine):
 
 
 def test_a_failing_batch_is_answered_with_500_and_the_server_goes_on(engine, monkeypatch):
-    run, calls = engine.run, []
+    run, armed = engine.run, []  # armed once the server has started (it warms its models first)
 
     def fails_once(*args):
-        calls.append(1)
-        if len(calls) == 1:
+        if armed == [True] and np.any(args[0]):  # a request's row, not a keep-warm run's zeros
+            armed[0] = False
             raise RuntimeError("device lost")
         return run(*args)
 
     monkeypatch.setattr(engine, "run", fails_once)
 
     async def scenario(client, server):
+        armed.append(True)
         failed = await client.post("/predict", json={"x": GOOD})
         good = await client.post("/predict", json={"x": GOOD})
         metrics = await (await client.get("/metrics")).text()
@@ -169,6 +170,39 @@ def test_a_failing_batch_is_answered_with_500_and_the_server_goes_on(engine, mon
     code, failed, good_code, metrics = _with_client(engine, scenario)
     assert code == 500 and failed["status"] == "error" and "device lost" in failed["error"]
     assert good_code == 200 and 'adaptive_requests_total{status="error"} 1' in metrics
+
+
+def test_a_latency_budget_is_priced_at_the_servers_own_runs_not_only_the_cost_models(engine, monkeypatch):
+    """The cost model times the bare model; a served run adds the hand-off to the worker and the
+    batch it shares. A budget the cost model admits and the server's runs do not is refused with
+    that reason (not answered ok past it); one they admit runs at the steps they allow; and
+    measurements that have not run for a second let one through, or they would refuse forever."""
+    steps = np.arange(1, engine.cap + 1)
+    bare = {"latency_ms": (0.01 * steps).tolist(), "latency_ms_p99": (0.01 * steps).tolist()}
+    monkeypatch.setattr(engine, "table", {**engine.table, **bare})
+
+    async def scenario(client, server):
+        served = ServiceTimes(engine.cap)  # this server: 2 ms a step, whatever the batch
+        for s, rows in [(s, rows) for s in range(1, engine.cap + 1) for rows in (1, 4)]:
+            served.observe(s, 2.0 * s, rows, budget=s)
+        server.controller.service["primary", None] = served
+        stopped_clock(server.controller)
+
+        async def ask(ms):
+            answer = await client.post("/predict", json={"x": GOOD, "budget": ms, "unit": "latency_ms"})
+            return answer.status, await answer.json()
+
+        refused, within = await ask(1.0), await ask(7.0)
+        now = server.controller.clock()
+        server.controller.clock = lambda: now + 1.5  # nothing has run for 1.5 s
+        return refused, within, await ask(1.0)
+
+    (code, refused), (_, within), (stale_code, stale) = _with_client(engine, scenario)
+    assert code == 503 and "latency budget of 1 ms is under this server's runs now: 2 ms" in refused["reason"]
+    assert (within["status"], within["budget_steps"]) == ("ok", 3)  # 6 ms; 4 steps would be 8
+    assert within["within_budget"] == (within["run_ms"] <= 7.0)
+    assert stale_code == 200 and stale["budget_steps"] == engine.cap
+    assert stale["within_budget"] == (stale["run_ms"] <= 1.0)
 
 
 def test_a_moe_server_degrades_to_fewer_experts_and_stays_within_them(tmp_path):

@@ -72,6 +72,8 @@ from adaptive.serving.decisions import MODES, REJECTED, Decision, Request
 from adaptive.serving.fallbacks import Fallback, fallback_score, worth_planning
 from adaptive.serving.service_times import ServiceTimes
 
+STALE_S = 1.0  # how long a point's measured times are trusted to refuse a latency budget unrun
+
 EPS_MS = 1e-9  # estimates that meet a limit exactly fit it (float sums land either side)
 
 
@@ -426,6 +428,16 @@ class Controller:
         `budget`) whose slowest row took `steps` steps ran in `service_ms`."""
         self.service[model, experts].observe(steps, service_ms, rows, budget)
         self._ran_at[model, experts] = self.clock()
+
+    def steps_within_ms(self, model: str, experts: int | None, ms: float, requested: int, rows: int) -> int:
+        """The most steps (<= requested) a run of `rows` rows of `model` at `experts` ends within
+        `ms` on this server now (`ServiceTimes.tail_steps_within`); `requested` where the point
+        has not run for `STALE_S` (a request priced out runs nothing, so estimates made in a
+        slow moment would otherwise refuse every such request for good: one is let through to
+        correct them, as the cost model prices it)."""
+        if self.clock() - self._ran_at[model, experts] > max(STALE_S, self.horizon_ms / 1e3):
+            return requested
+        return self.service[model, experts].tail_steps_within(ms, requested, rows)
 
     @property
     def current_step_cap(self) -> float:

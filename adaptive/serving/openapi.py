@@ -114,6 +114,7 @@ def _answer_schema(cap: int) -> dict:
             "budget_experts": {"type": ["integer", "null"]},
             "latency_ms": {"type": "number", "description": "from arrival to answer, queueing included"},
             "run_ms": {"type": "number", "description": "the model run that answered it (what latency_ms budgets)"},
+            "within_budget": {"type": "boolean", "description": "the run kept the budget asked for, in its unit"},
             "status": {"enum": ["ok", "degraded", "fallback"]},
             "model": {"type": "string"},  # "primary", "fallback", or a ladder's "fallback:int8,0.5"
         },

@@ -5,7 +5,8 @@ aiohttp on loopback by default. POST /predict takes one example:
     {"x": [...], "budget": 8, "unit": "steps", "priority": 0}     (budget, unit, priority optional)
 
 and answers {"prediction", "confidence", "steps", "experts", "budget_steps", "budget_experts",
-"latency_ms", "status", "model"} (`experts`: expert applications in all, over tokens and steps;
+"latency_ms", "run_ms", "within_budget", "status", "model"} (`experts`: expert applications in
+all, over tokens and steps; `within_budget`: the run kept the budget asked for, in its unit;
 `budget_experts`: the experts per token it ran at; `budget_steps`: the step cap it ran under,
 which may be below the budget asked for with status ok when a cheaper point is as accurate):
 status ok / degraded / fallback with HTTP 200, rejected / deferred with 503 (deferred carries
@@ -26,7 +27,9 @@ controller for the batch's plan (each request's operating point, within its dead
 batch's share of the server's time at the measured arrival rate), answers the rejected at once,
 runs the fallback's share and then the primary's, grouped by step budget, on a worker thread
 (the event loop keeps accepting requests meanwhile), and answers each group as soon as it is
-done. `launch.serve` loads the artifacts, builds the controller and runs the server.
+done; idle for `KEEP_WARM_S`, it runs each model once to keep it warm. A latency budget is
+priced at the server's own runs as well as the cost model's (adaptive/serving/pending.py).
+`launch.serve` loads the artifacts, builds the controller and runs the server.
 """
 
 from __future__ import annotations
@@ -37,35 +40,24 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 from aiohttp import web
 
 from adaptive.serving.connections import ConnectionLimit, deferred, listen, refuse, routing_errors
 from adaptive.serving.controller import Controller
-from adaptive.serving.decisions import REJECTED, Decision, Request
+from adaptive.serving.decisions import REJECTED, Decision
 from adaptive.serving.engine import Engine, fallback_engines
 from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, parse_predict, read_body
 from adaptive.serving.openapi import document
+from adaptive.serving.pending import Pending, asked, to_request, too_quick
 from adaptive.serving.server_stats import ArrivalRate, RequestCost, Stats
 
 __all__ = ["ArrivalRate", "Pending", "RequestCost", "Server"]
 
 MAX_BODY = 1 << 20
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Pending:
-    x: np.ndarray
-    steps: int
-    priority: int
-    arrival: float
-    future: asyncio.Future = field(repr=False)
-    budget_value: float | None = None  # the finite budget as asked (None: none given)
-    unit: str = "steps"  # the budget's unit
-    expert_steps: tuple[int, ...] | None = None  # a MoE primary's steps at its smaller expert budgets
+KEEP_WARM_S = 0.2  # idle this long, the batcher runs each model once to keep it warm
 
 
 class Server:
@@ -133,8 +125,42 @@ class Server:
         # since: a full collection over it all stops the event loop long enough to make answers
         # late.
         gc.freeze()
+        await self._warm_worker()
         self.queue = asyncio.Queue()
         self._batcher = asyncio.create_task(self._batches())
+
+    async def _warm_worker(self) -> None:
+        """Each model's first run on the worker (its thread started, outputs first read back) is
+        several times slower than the rest: run before serving, untimed; then one timed as the
+        batches are, so the service times hold a served run and not only the engines' bare
+        warm-up (a latency budget is priced at what a served run takes, `_request`)."""
+        loop = asyncio.get_running_loop()
+        await self._keep_warm(loop)
+        for name, engine in self.engines.items():
+            if engine is None:
+                continue
+            start = time.perf_counter()
+            try:
+                result = await loop.run_in_executor(self._pool, engine.run, *self._warm_rows(engine))
+            except Exception:  # a model that cannot run fails its batches, which say so
+                continue
+            ms = 1e3 * (float(result.done_s.max()) - start)
+            self.controller.observe(name, int(result.steps.max()), ms, 1)  # no budget: its depth says nothing
+
+    async def _keep_warm(self, loop) -> None:
+        """One row through each model, untimed: after a second idle the first run takes ten
+        times its usual time (caches and the runtime's threads gone cold), and a latency budget
+        priced at that would be refused for the next hundred batches."""
+        for engine in self.engines.values():
+            if engine is not None:
+                try:
+                    await loop.run_in_executor(self._pool, engine.run, *self._warm_rows(engine))
+                except Exception:  # a model that cannot run fails its batches, which say so
+                    log.debug("keep-warm run failed", exc_info=True)
+
+    @staticmethod
+    def _warm_rows(engine: Engine) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros((1, *engine.input_shape), np.float32), np.full(1, engine.cap, np.int32)
 
     async def _stop(self, app) -> None:
         self._batcher.cancel()
@@ -250,7 +276,14 @@ class Server:
     async def _batches(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self.queue.get()]
+            if self.queue.empty():
+                try:  # an idle server keeps its models warm (`_keep_warm`)
+                    batch = [await asyncio.wait_for(self.queue.get(), KEEP_WARM_S)]
+                except TimeoutError:
+                    await self._keep_warm(loop)
+                    continue
+            else:
+                batch = [self.queue.get_nowait()]
             while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             try:
@@ -270,19 +303,15 @@ class Server:
         rate = self.arrivals.update(now, self._received)
         behind = self.queue.qsize() if self.queue else 0
         time_ms = self.controller.batch_time_ms(len(items), rate, behind)
-        requests = [
-            Request(
-                item.steps,
-                1e3 * (now - item.arrival),
-                item.priority,
-                tuple(engine.steps_within(*self._asked(item)) for engine in self.fallbacks.values()),
-                item.expert_steps,
-            )
-            for item in items
-        ]
+        known = self.controller, self.fallbacks, self.default_steps
+        requests = [to_request(item, 1e3 * (now - item.arrival), len(items), *known) for item in items]
         kept = []
-        for item, d in zip(items, self.controller.plan(requests, time_ms), strict=True):
-            reason = d.reason or "no model here answers it within its deadline at this load"
+        for item, r, d in zip(items, requests, self.controller.plan(requests, time_ms), strict=True):
+            reason = (
+                d.reason
+                or too_quick(item, r, len(items), *known)
+                or "no model here answers it within its deadline at this load"
+            )
             if d.model is not None and self._runs_past(d):
                 d, reason = REJECTED, f"{d.model} is static: it would run all its steps, past the budget"
             if d.model is None:
@@ -324,11 +353,12 @@ class Server:
         self._answer(name, group, result, start, experts)
 
     def _asked(self, item: Pending) -> tuple[float, str]:
-        """The budget a request asked for, in its unit (none given: the default step budget)."""
-        return (item.budget_value, item.unit) if item.budget_value is not None else (self.default_steps, "steps")
+        return asked(item, self.default_steps)
 
     def _answer(self, name: str, members: list, result, start: float, experts: int | None) -> None:
-        ms = 1e3 * (time.perf_counter() - start)
+        # The run ends when its last row is done, not when this loop gets to it: the service
+        # times then price what `run_ms` reports and a latency budget bounds.
+        ms = 1e3 * (float(result.done_s.max()) - start)
         least = min(d.steps for _, d in members)
         self.controller.observe(name, int(result.steps.max()), ms, len(members), experts, budget=least)
         engine = self.engines[name]
@@ -353,6 +383,7 @@ class Server:
                     "budget_experts": d.experts if d.experts is not None else self._trained_k[name],
                     "latency_ms": latency,
                     "run_ms": run_ms,
+                    "within_budget": bool(within),
                     "status": d.status,
                     "model": name,
                 }

@@ -25,8 +25,15 @@ class ServiceTimes:
     computed only when a decision asks for them (refitting at every batch costs the event loop
     time it needs for requests)."""
 
-    def __init__(self, cap: int, window: int = 200, depth_window: int = 50, depth_quantile: float = 0.9):
-        self.cap, self.depth_quantile = cap, depth_quantile
+    def __init__(
+        self,
+        cap: int,
+        window: int = 200,
+        depth_window: int = 50,
+        depth_quantile: float = 0.9,
+        tail_quantile: float = 0.99,
+    ):
+        self.cap, self.depth_quantile, self.tail_quantile = cap, depth_quantile, tail_quantile
         self._seen: deque[tuple[int, int, float]] = deque(maxlen=window)
         self._pairs: Counter[tuple[int, int]] = Counter()  # distinct (steps, rows) in the window
         self._gram, self._moment = np.zeros((3, 3)), np.zeros(3)  # X^T X and X^T y over the window
@@ -36,6 +43,7 @@ class ServiceTimes:
         # slower to read one at a time.
         self._expected: list[float] | None = None  # steps expected under budget 0..cap, when asked
         self._coef: tuple[float, float, float] | None = None  # the fit, when asked
+        self._tail: float | None = None  # the window's high quantile of run - fit, when asked
 
     def observe(self, steps: int, ms: float, rows: int = 1, budget: int | None = None) -> None:
         """A batch of `rows` whose slowest row took `steps` ran in `ms`; `budget`: the least step
@@ -52,7 +60,7 @@ class ServiceTimes:
             self._gram[:], self._moment[:] = 0.0, 0.0
             for seen in self._seen:
                 self._add(*seen, sign=1.0, count=False)
-        self._expected = self._coef = None
+        self._expected = self._coef = self._tail = None
 
     def _add(self, steps: int, rows: int, ms: float, sign: float, count: bool = True) -> None:
         features = np.array([1.0, steps, steps * rows])
@@ -108,6 +116,31 @@ class ServiceTimes:
         """The most steps (<= requested) whose estimated run fits `slack_ms`; 0 if none."""
         for s in range(requested, 0, -1):
             if self.estimate(s, rows) <= slack_ms:
+                return s
+        return 0
+
+    def tail_ms(self, steps: int, rows: int = 1) -> float:
+        """A run of `rows` rows under a budget of `steps` at the `tail_quantile` of this server's
+        runs: the estimate (a mean) plus the window's `tail_quantile` of measured - fitted (0
+        before any batch). A latency budget bounds one run, not the mean of many; and the
+        excess is added, not scaled: what makes a served run slow (the hand-off to the worker,
+        the event loop holding the interpreter) does not grow with the batch."""
+        if not self._seen:
+            return 0.0
+        if self._tail is None:
+            a, b, c = self._fit()
+            steps_seen, rows_seen, ms_seen = np.asarray(self._seen).T
+            excess = ms_seen - (a + b * steps_seen + c * steps_seen * rows_seen)
+            self._tail = max(float(np.quantile(excess, self.tail_quantile, method="higher")), 0.0)
+        return self.estimate(steps, rows) + self._tail
+
+    def tail_steps_within(self, ms: float, requested: int, rows: int = 1) -> int:
+        """The most steps (<= requested) whose run of `rows` rows ends within `ms` at the tail
+        (`tail_ms`); 0 if none; `requested` before any batch (nothing measured yet)."""
+        if not self._seen:
+            return requested
+        for s in range(requested, 0, -1):
+            if self.tail_ms(s, rows) <= ms * (1 + 1e-9):
                 return s
         return 0
 
