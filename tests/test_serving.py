@@ -193,11 +193,13 @@ def test_a_latency_budget_is_priced_at_the_servers_own_runs_not_only_the_cost_mo
             return answer.status, await answer.json()
 
         refused, within = await ask(1.0), await ask(7.0)
+        unit_alone = await client.post("/predict", json={"x": GOOD, "unit": "latency_ms"})  # no budget: the default
         now = server.controller.clock()
         server.controller.clock = lambda: now + 1.5  # nothing has run for 1.5 s
-        return refused, within, await ask(1.0)
+        return refused, within, (unit_alone.status, await unit_alone.json()), await ask(1.0)
 
-    (code, refused), (_, within), (stale_code, stale) = _with_client(engine, scenario)
+    (code, refused), (_, within), (alone_code, alone), (stale_code, stale) = _with_client(engine, scenario)
+    assert alone_code == 200 and alone["budget_steps"] == engine.cap
     assert code == 503 and "latency budget of 1 ms is under this server's runs now: 2 ms" in refused["reason"]
     assert (within["status"], within["budget_steps"]) == ("ok", 3)  # 6 ms; 4 steps would be 8
     assert within["within_budget"] == (within["run_ms"] <= 7.0)

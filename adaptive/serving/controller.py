@@ -423,18 +423,20 @@ class Controller:
         rows: int = 1,
         experts: int | None = None,
         budget: int | None = None,
+        run_ms: float | None = None,
     ) -> None:
         """A batch of `rows` of `model` (at `experts` per token, its rows' least step budget
-        `budget`) whose slowest row took `steps` steps ran in `service_ms`."""
-        self.service[model, experts].observe(steps, service_ms, rows, budget)
+        `budget`) whose slowest row took `steps` steps ran in `service_ms` (`run_ms` of it to its
+        last row's answer: what a latency budget bounds)."""
+        self.service[model, experts].observe(steps, service_ms, rows, budget, run_ms)
         self._ran_at[model, experts] = self.clock()
 
     def steps_within_ms(self, model: str, experts: int | None, ms: float, requested: int, rows: int) -> int:
         """The most steps (<= requested) a run of `rows` rows of `model` at `experts` ends within
         `ms` on this server now (`ServiceTimes.tail_steps_within`); `requested` where the point
-        has not run for `STALE_S` (a request priced out runs nothing, so estimates made in a
-        slow moment would otherwise refuse every such request for good: one is let through to
-        correct them, as the cost model prices it)."""
+        has not run for `STALE_S` or a horizon, the longer: a request priced out runs nothing, so
+        estimates made in a slow moment would otherwise refuse every such request for good; the
+        batch that finds them stale runs as the cost model prices it, and corrects them."""
         if self.clock() - self._ran_at[model, experts] > max(STALE_S, self.horizon_ms / 1e3):
             return requested
         return self.service[model, experts].tail_steps_within(ms, requested, rows)

@@ -132,7 +132,9 @@ def _predict(input_shape: tuple[int, ...], units: tuple[str, ...], cap: int) -> 
             **{code: _json(ERROR, what) for code, what in BAD_REQUESTS.items()},
             "500": _json(FAILED, "the batch this request ran in failed; the server goes on"),
             "503": _json(
-                UNAVAILABLE, "deferred (retry after), rejected (no point is on time), or too many connections"
+                UNAVAILABLE,
+                "deferred (retry after), rejected (no point is on time, or a latency budget is under the "
+                "server's runs now), or too many connections",
             ),
         },
     }

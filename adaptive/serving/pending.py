@@ -39,35 +39,40 @@ def asked(item: Pending, default_steps: int) -> tuple[float, str]:
 
 
 def to_request(
-    item: Pending, waited_ms: float, rows: int, controller: Controller, fallbacks: dict[str, Engine], default_steps: int
+    item: Pending, waited_ms: float, rows: int, controller: Controller, engines: dict[str, Engine], default_steps: int
 ) -> Request:
-    """What the controller is told of `item` in a batch of `rows`: a latency budget priced at
-    the whole batch's rows (a run holds at most those) and at the tail of the server's runs (a
-    latency budget bounds this run, not a mean of many)."""
+    """What the controller is told of `item` in a batch of `rows`; `engines`: "primary" and the
+    fallbacks, in the controller's order. A latency budget is priced at the whole batch's rows
+    (a run holds at most those) and at the tail of the server's runs (it bounds this run, not a
+    mean of many)."""
+    fallbacks = {name: engine for name, engine in engines.items() if name != "primary"}
     fallback_steps = tuple(engine.steps_within(*asked(item, default_steps)) for engine in fallbacks.values())
     steps, expert_steps = item.steps, item.expert_steps
-    if item.unit == "latency_ms" and controller.mode == "adaptive":
-        within, ms = controller.steps_within_ms, item.budget_value
-        steps = within("primary", None, ms, item.steps, rows)
+    if item.unit == "latency_ms" and item.budget_value is not None and controller.mode == "adaptive":
+
+        def within(name: str, experts: int | None, most: int) -> int:
+            got = controller.steps_within_ms(name, experts, item.budget_value, most, rows)
+            return 0 if engines[name].fixed_depth and got < engines[name].cap else got  # it runs all or none
+
+        steps = within("primary", None, item.steps)
         if len(controller.expert_budgets) > 1:  # fewer experts per token run quicker
-            expert_steps = tuple(within("primary", k, ms, item.steps, rows) for k in controller.expert_budgets[1:])
-        fallback_steps = tuple(
-            within(name, None, ms, most, rows) for name, most in zip(fallbacks, fallback_steps, strict=True)
-        )
+            expert_steps = tuple(within("primary", k, item.steps) for k in controller.expert_budgets[1:])
+        fallback_steps = tuple(within(name, None, most) for name, most in zip(fallbacks, fallback_steps, strict=True))
     return Request(steps, waited_ms, item.priority, fallback_steps, expert_steps)
 
 
 def too_quick(
-    item: Pending, request: Request, rows: int, controller: Controller, fallbacks: dict[str, Engine], default_steps: int
+    item: Pending, request: Request, rows: int, controller: Controller, engines: dict[str, Engine], default_steps: int
 ) -> str:
     """A rejection's reason where `item`'s latency budget is under every run this server makes
-    now ('' otherwise): the cost model's price alone would have run it, past its budget."""
+    now, on each model whose cost model admits it ('' otherwise: refused for another reason)."""
     if item.unit != "latency_ms" or request.steps or any(request.fallback_steps) or any(request.expert_steps or ()):
         return ""
-    if not item.steps and not any(e.steps_within(*asked(item, default_steps)) for e in fallbacks.values()):
+    admitted = [name for name, e in engines.items() if e.steps_within(*asked(item, default_steps))]
+    if not admitted:
         return ""  # no cost model prices a step within it (refused with a 400 before it queued)
-    least = controller.service["primary", None].tail_ms(1, rows)
+    least = min(controller.service[name, None].tail_ms(1, rows) for name in admitted)
     return (
         f"its latency budget of {item.budget_value:g} ms is under this server's runs now: {least:.3g} ms "
-        f"for a batch of {rows} at one step, at their p99 (the cost model times the bare model)"
+        f"for a batch of {rows} at one step, at their p95 (the cost model times the bare model)"
     )

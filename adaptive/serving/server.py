@@ -57,7 +57,7 @@ __all__ = ["ArrivalRate", "Pending", "RequestCost", "Server"]
 
 MAX_BODY = 1 << 20
 log = logging.getLogger(__name__)
-KEEP_WARM_S = 0.2  # idle this long, the batcher runs each model once to keep it warm
+KEEP_WARM_S = 0.05  # idle this long, the batcher runs each model once to keep it warm
 
 
 class Server:
@@ -130,37 +130,37 @@ class Server:
         self._batcher = asyncio.create_task(self._batches())
 
     async def _warm_worker(self) -> None:
-        """Each model's first run on the worker (its thread started, outputs first read back) is
-        several times slower than the rest: run before serving, untimed; then one timed as the
-        batches are, so the service times hold a served run and not only the engines' bare
-        warm-up (a latency budget is priced at what a served run takes, `_request`)."""
+        """Each model's first run on the worker (its thread started, its outputs first read back)
+        is far slower than the rest: run before serving, untimed; then one at its full depth,
+        timed as the batches are, so the service times hold a served run and not only the
+        engines' bare warm-up (a latency budget is priced at what served runs take, `to_request`)."""
         loop = asyncio.get_running_loop()
         await self._keep_warm(loop)
         for name, engine in self.engines.items():
             if engine is None:
                 continue
+            x = np.zeros((1, *engine.input_shape), np.float32)
             start = time.perf_counter()
             try:
-                result = await loop.run_in_executor(self._pool, engine.run, *self._warm_rows(engine))
+                result = await loop.run_in_executor(self._pool, engine.run, x, np.full(1, engine.cap, np.int32))
             except Exception:  # a model that cannot run fails its batches, which say so
                 continue
-            ms = 1e3 * (float(result.done_s.max()) - start)
-            self.controller.observe(name, int(result.steps.max()), ms, 1)  # no budget: its depth says nothing
+            ms, run_ms = 1e3 * (time.perf_counter() - start), 1e3 * (float(result.done_s.max()) - start)
+            # No budget: how deep zeros go says nothing of how deep requests go.
+            self.controller.observe(name, int(result.steps.max()), ms, 1, run_ms=run_ms)
 
     async def _keep_warm(self, loop) -> None:
-        """One row through each model, untimed: after a second idle the first run takes ten
-        times its usual time (caches and the runtime's threads gone cold), and a latency budget
-        priced at that would be refused for the next hundred batches."""
+        """One row of one step through each model, untimed, unless a request is waiting: after an
+        idle moment a first run is several times slower than the next (caches and the runtime's
+        threads gone cold), and a latency budget priced at the tail of the runs would pay for it."""
         for engine in self.engines.values():
-            if engine is not None:
-                try:
-                    await loop.run_in_executor(self._pool, engine.run, *self._warm_rows(engine))
-                except Exception:  # a model that cannot run fails its batches, which say so
-                    log.debug("keep-warm run failed", exc_info=True)
-
-    @staticmethod
-    def _warm_rows(engine: Engine) -> tuple[np.ndarray, np.ndarray]:
-        return np.zeros((1, *engine.input_shape), np.float32), np.full(1, engine.cap, np.int32)
+            if engine is None or (self.queue is not None and not self.queue.empty()):
+                continue
+            x = np.zeros((1, *engine.input_shape), np.float32)
+            try:
+                await loop.run_in_executor(self._pool, engine.run, x, np.ones(1, np.int32))
+            except Exception:  # a model that cannot run fails its batches, which say so
+                log.debug("keep-warm run failed", exc_info=True)
 
     async def _stop(self, app) -> None:
         self._batcher.cancel()
@@ -303,7 +303,7 @@ class Server:
         rate = self.arrivals.update(now, self._received)
         behind = self.queue.qsize() if self.queue else 0
         time_ms = self.controller.batch_time_ms(len(items), rate, behind)
-        known = self.controller, self.fallbacks, self.default_steps
+        known = self.controller, self.engines, self.default_steps
         requests = [to_request(item, 1e3 * (now - item.arrival), len(items), *known) for item in items]
         kept = []
         for item, r, d in zip(items, requests, self.controller.plan(requests, time_ms), strict=True):
@@ -356,11 +356,10 @@ class Server:
         return asked(item, self.default_steps)
 
     def _answer(self, name: str, members: list, result, start: float, experts: int | None) -> None:
-        # The run ends when its last row is done, not when this loop gets to it: the service
-        # times then price what `run_ms` reports and a latency budget bounds.
-        ms = 1e3 * (float(result.done_s.max()) - start)
+        ms = 1e3 * (time.perf_counter() - start)  # until this loop can start the next run
+        run_ms = 1e3 * (float(result.done_s.max()) - start)  # to its last row's answer
         least = min(d.steps for _, d in members)
-        self.controller.observe(name, int(result.steps.max()), ms, len(members), experts, budget=least)
+        self.controller.observe(name, int(result.steps.max()), ms, len(members), experts, least, run_ms)
         engine = self.engines[name]
         for i, (item, d) in enumerate(members):
             latency = 1e3 * (float(result.done_s[i]) - item.arrival)

@@ -23,7 +23,12 @@ class ServiceTimes:
     Every batch is observed on the server's event loop, so an observation is O(1): the fit keeps
     the window's normal equations as running sums, and both the fit and the depth quantiles are
     computed only when a decision asks for them (refitting at every batch costs the event loop
-    time it needs for requests)."""
+    time it needs for requests).
+
+    A latency budget is priced at a tail of the runs (`tail_ms`), the 0.95 quantile by default,
+    not the 0.99 a cost model's calibration uses: a window holds a few hundred runs or fewer,
+    whose 0.99 quantile is their largest one or two, which one pause of the machine sets, and
+    it would refuse budgets nearly every run keeps."""
 
     def __init__(
         self,
@@ -31,7 +36,7 @@ class ServiceTimes:
         window: int = 200,
         depth_window: int = 50,
         depth_quantile: float = 0.9,
-        tail_quantile: float = 0.99,
+        tail_quantile: float = 0.95,
     ):
         self.cap, self.depth_quantile, self.tail_quantile = cap, depth_quantile, tail_quantile
         self._seen: deque[tuple[int, int, float]] = deque(maxlen=window)
@@ -44,15 +49,21 @@ class ServiceTimes:
         self._expected: list[float] | None = None  # steps expected under budget 0..cap, when asked
         self._coef: tuple[float, float, float] | None = None  # the fit, when asked
         self._tail: float | None = None  # the window's high quantile of run - fit, when asked
+        self._run_ms: deque[float] = deque(maxlen=window)  # each batch's own run (`observe`'s run_ms)
 
-    def observe(self, steps: int, ms: float, rows: int = 1, budget: int | None = None) -> None:
+    def observe(
+        self, steps: int, ms: float, rows: int = 1, budget: int | None = None, run_ms: float | None = None
+    ) -> None:
         """A batch of `rows` whose slowest row took `steps` ran in `ms`; `budget`: the least step
-        budget among its rows (None: unknown, as if every row was stopped by its budget)."""
+        budget among its rows (None: unknown, as if every row was stopped by its budget);
+        `run_ms`: the run itself, to its last row's answer (None: `ms`), which a latency budget
+        bounds: `ms` also holds the time until the server got to the next run."""
         steps, rows = int(np.clip(steps, 1, self.cap)), max(int(rows), 1)
         self._depths.append((steps if budget is None else int(budget), steps))
         if len(self._seen) == self._seen.maxlen:
             self._add(*self._seen[0], sign=-1.0)
         self._seen.append((steps, rows, float(ms)))
+        self._run_ms.append(float(ms if run_ms is None else run_ms))
         self._add(steps, rows, float(ms), sign=1.0)
         self._until_resum -= 1
         if self._until_resum == 0:
@@ -121,28 +132,31 @@ class ServiceTimes:
 
     def tail_ms(self, steps: int, rows: int = 1) -> float:
         """A run of `rows` rows under a budget of `steps` at the `tail_quantile` of this server's
-        runs: the estimate (a mean) plus the window's `tail_quantile` of measured - fitted (0
-        before any batch). A latency budget bounds one run, not the mean of many; and the
+        runs: the estimate (a mean) plus the window's `tail_quantile` of run - fitted (0 before
+        any batch; a run: `observe`'s run_ms). A latency budget bounds one run, not the mean of many; and the
         excess is added, not scaled: what makes a served run slow (the hand-off to the worker,
         the event loop holding the interpreter) does not grow with the batch."""
         if not self._seen:
             return 0.0
         if self._tail is None:
             a, b, c = self._fit()
-            steps_seen, rows_seen, ms_seen = np.asarray(self._seen).T
-            excess = ms_seen - (a + b * steps_seen + c * steps_seen * rows_seen)
+            steps_seen, rows_seen, _ = np.asarray(self._seen).T
+            excess = np.asarray(self._run_ms) - (a + b * steps_seen + c * steps_seen * rows_seen)
             self._tail = max(float(np.quantile(excess, self.tail_quantile, method="higher")), 0.0)
         return self.estimate(steps, rows) + self._tail
 
     def tail_steps_within(self, ms: float, requested: int, rows: int = 1) -> int:
         """The most steps (<= requested) whose run of `rows` rows ends within `ms` at the tail
-        (`tail_ms`); 0 if none; `requested` before any batch (nothing measured yet)."""
+        (`tail_ms`, which does not fall as steps grow: a bisection); 0 if none; `requested`
+        before any batch (nothing measured yet)."""
         if not self._seen:
             return requested
-        for s in range(requested, 0, -1):
-            if self.tail_ms(s, rows) <= ms * (1 + 1e-9):
-                return s
-        return 0
+        fits = lambda s: self.tail_ms(s, rows) <= ms * (1 + 1e-9)  # noqa: E731
+        low, high = 0, max(int(requested), 0)  # fits(low) holds (0 steps: nothing to run); find the last that does
+        while low < high:
+            mid = (low + high + 1) // 2
+            low, high = (mid, high) if fits(mid) else (low, mid - 1)
+        return low
 
     def share_ms(self, steps: int, rows: int, full_batch: int) -> float:
         """What `rows` rows under a budget of `steps` cost the server's throughput: their share of
