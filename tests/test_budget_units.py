@@ -85,7 +85,10 @@ def test_the_engine_prices_rates_and_memory_per_request():
     engine = _engine({"budget": {"serving_batch": 4}, "memory": {"batch": 4, "total_mb": 2.5}})
     assert engine.steps_for(2000.0, "requests_per_s") == 2  # 2 ms a batch of 4
     assert engine.within_budget(2, 2000.0, "requests_per_s") and not engine.within_budget(3, 2000.0, "requests_per_s")
-    with pytest.raises(BudgetError, match="below one step"):
+    said = (
+        r"budget 4000 requests_per_s is above what this model sustains at one step \(2666.67 requests_per_s at batch 4"
+    )
+    with pytest.raises(BudgetError, match=said):
         engine.steps_for(4000.0, "requests_per_s")  # 1 ms a batch: not even one step
     assert engine.steps_for(3.0, "memory_mb") == 6 and engine.within_budget(6, 3.0, "memory_mb")
     with pytest.raises(BudgetError, match="below this model's 2.5 MB"):

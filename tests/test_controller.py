@@ -9,7 +9,7 @@ from adaptive.serving.accuracy_table import AccuracyTable, accuracy_lookup
 from adaptive.serving.controller import Controller
 from adaptive.serving.decisions import REJECTED, Decision, Request
 from adaptive.serving.fallbacks import Fallback
-from adaptive.serving.service_times import ServiceTimes
+from adaptive.serving.service_times import TAIL_S, ServiceTimes
 
 INF = float("inf")
 
@@ -203,10 +203,11 @@ def test_service_time_estimates_follow_measurements_and_batch_size():
 
 
 def test_a_latency_price_adds_the_tail_of_the_runs_and_forgets_it_as_they_leave_the_window():
-    """A latency budget bounds one run: the estimate (a mean) plus the window's p95 of how far
-    runs came above it, which follows the server: slow runs price budgets until they leave, and
-    one pause of the machine does not."""
-    times = ServiceTimes(4, window=100)
+    """A latency budget bounds one run: the estimate (a mean) plus the p95 of how far recent runs
+    came above it, which follows the server: slow runs price budgets until they leave the window
+    or grow old, and one pause of the machine does not."""
+    times, now = ServiceTimes(4, window=100), [0.0]
+    times.clock = lambda: now[0]
     assert times.tail_steps_within(0.001, requested=3) == 3  # nothing measured: the cost model's price stands
     pairs = [(steps, rows) for steps in (1, 2, 4) for rows in (1, 3)]
 
@@ -226,6 +227,12 @@ def test_a_latency_price_adds_the_tail_of_the_runs_and_forgets_it_as_they_leave_
         times.observe(steps, 1.0 + 0.5 * steps, rows=rows, budget=steps)
     assert times.tail_ms(2) == pytest.approx(times.estimate(2)) == pytest.approx(2.0)
     assert times.tail_steps_within(2.0, requested=4) == 2
+    runs(slow_every=10)
+    assert times.tail_ms(2) > times.estimate(2) + 4.0
+    now[0] += TAIL_S + 1.0  # a burst's slow runs grow old; the next runs are quick
+    for steps, rows in pairs:
+        times.observe(steps, 1.0 + 0.5 * steps, rows=rows, budget=steps)
+    assert times.tail_ms(2) < times.estimate(2) + 0.5
 
 
 def test_the_running_fit_equals_a_fresh_fit_over_the_window():

@@ -307,7 +307,10 @@ def test_a_ladder_of_points_each_answers_under_its_own_name(artifact):
     assert answer["status"] == "fallback" and answer["model"] == "fallback:fp32,0.5"
     for status, body in under[:2]:
         assert status == 200 and body["status"] == "fallback" and body["model"] == "fallback:fp32,0.5", body
-    assert under[2][0] == 400 and under[2][1]["error"].endswith("); no fallback runs within it")
+    least = min((e.least_budget("flops"), name) for name, e in rungs.items())
+    assert least[0] > budgets[2]["budget"]  # the least any fallback runs in, said with its name
+    said = f"); no fallback runs within it (the least: {least[0]:g} flops, on {least[1]})"
+    assert under[2][0] == 400 and under[2][1]["error"].endswith(said)
     assert under[3][0] == 400 and under[3][1]["error"].startswith(f"budget {budgets[0]['budget']:g} memory_mb is below")
 
 

@@ -43,18 +43,7 @@ fraction of the allowance whatever the load), and a slack split says nothing of 
 still to arrive. The arrival rate does: it is the load the next batches must carry, and a
 deadline alone cannot see it.
 
-`mode="static"` is the baseline: every request gets its requested budget on the primary model
-(at the most experts it allows, on a MoE model),
-nothing is shed or deferred. `mode="shed"` is the static policy with deadline shedding, what a
-practitioner would run without an adaptive model: every request admitted runs at its requested
-budget on the primary, and a request that cannot finish within its deadline (`headroom` x SLA
-from its arrival, the controller's own) at this policy's measured service time is rejected: at
-arrival, when the full batches queued ahead of it and then its own batch would end past the
-deadline (`sheds`); and when its batch is about to run, when that run would end past it (`plan`).
-A prediction is not a measurement, though: a request that finds the queue empty is admitted,
-and of a batch whose rows would all be late (none yet past its deadline) the freshest still
-runs. Otherwise one slow run (a pause of the machine) inflates the estimate, everything is
-shed, nothing runs, and the estimate is never corrected: the server rejects everything forever.
+`mode="static"` and `mode="shed"`, the baselines, are in adaptive/serving/baseline_policies.py.
 """
 
 from __future__ import annotations
@@ -68,13 +57,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from adaptive.serving.accuracy_table import AccuracyTable
+from adaptive.serving.baseline_policies import EPS_MS, BaselinePolicies
 from adaptive.serving.decisions import MODES, REJECTED, Decision, Request
 from adaptive.serving.fallbacks import Fallback, fallback_score, worth_planning
 from adaptive.serving.service_times import ServiceTimes
 
 STALE_S = 1.0  # how long a point's measured times are trusted to refuse a latency budget unrun
-
-EPS_MS = 1e-9  # estimates that meet a limit exactly fit it (float sums land either side)
 
 
 @dataclass
@@ -93,7 +81,7 @@ def one_run(budgets: np.ndarray) -> list[np.ndarray]:
     return [np.arange(len(budgets))]
 
 
-class Controller:
+class Controller(BaselinePolicies):
     def __init__(
         self,
         max_steps: int,
@@ -156,17 +144,6 @@ class Controller:
         """False: defer (the queue is full). The static modes queue everything (shedding is
         by deadline, `sheds`)."""
         return self.mode != "adaptive" or queue_length < self.max_queue
-
-    def sheds(self, queued: int, steps: int) -> bool:
-        """Shed mode: True when a request arriving behind `queued` others (at least one), asking
-        `steps`, would finish past its deadline: the full batches ahead of it and then its own,
-        each at the measured run of a batch that size at its step budget (the batch running now
-        is not counted: `plan` checks again when the request's batch is about to run)."""
-        if self.mode != "shed" or queued < 1:
-            return False
-        times, steps = self.service["primary", None], self._clip(steps)
-        full, own = divmod(queued, self.max_batch)
-        return full * times.estimate(steps, self.max_batch) + times.estimate(steps, own + 1) > self.horizon_ms + EPS_MS
 
     def batch_time_ms(self, rows: int, arrival_rate: float, queued: int = 0) -> float:
         """The share of the server's time a batch of `rows` may use at `arrival_rate` requests/s
@@ -253,26 +230,6 @@ class Controller:
             lambda rung: [self._fallback_steps(rung, r) for r in requests],
         )
 
-    def _shed(self, requests: list[Request]) -> list[Decision]:
-        """Shed mode: each row at its requested budget on the primary, timed as the server runs
-        the batch (`groups`). Rows already past their deadline are rejected; then, while a row
-        would finish past it, the stalest such row is rejected and the rest timed again without
-        it, down to the last row, which runs (see the module's docstring)."""
-        deadline = self.horizon_ms + EPS_MS
-        times = self.service["primary", None]
-        kept = [i for i, r in enumerate(requests) if r.waited_ms < deadline and self._fits(r)]
-        while len(kept) > 1:
-            finish, _, _ = self._runs(times, [self._clip(requests[i].steps) for i in kept], 0.0)
-            late = [i for i, t in zip(kept, finish, strict=True) if requests[i].waited_ms + t > deadline]
-            if not late:
-                break
-            kept.remove(max(late, key=lambda i: requests[i].waited_ms))  # the stalest first: one less row
-            # makes the runs quicker, and may bring the others in time
-        decisions = [REJECTED] * len(requests)
-        for i in kept:
-            decisions[i] = Decision("ok", "primary", self._clip(requests[i].steps))
-        return decisions
-
     def _fits(self, request: Request, experts: int | None = None) -> bool:
         """Whether the primary's least run at `experts` per token keeps the request's budget (a
         static model's is all its steps; a budget under one step, steps 0, only a fallback may keep)."""
@@ -284,13 +241,6 @@ class Controller:
         if experts is None or request.expert_steps is None:
             return request.steps
         return request.expert_steps[self.expert_budgets.index(experts) - 1]
-
-    def _static(self, request: Request) -> Decision:
-        """Static mode: the request's own budget, at the most experts it allows (rejected where none)."""
-        k = next((k for k in self.expert_budgets if self._fits(request, k)), "none")
-        if k == "none":
-            return dataclasses.replace(REJECTED, reason="no expert budget of the primary keeps the request's budget")
-        return Decision("ok", "primary", self._clip(self._asked(request, k)), k)
 
     def _clip(self, steps: int) -> int:
         return min(max(int(steps), 1), self.max_steps)

@@ -166,9 +166,10 @@ class Engine:
         if unit == "memory_mb":
             return self._steps_in_memory(value)
         column = "latency_ms_p99" if unit == "latency_ms" else unit
+        rate = None
         if unit == "requests_per_s" and "latency_ms" in self.table:
             # a sustained rate: the median batch time of the meta's serving batch, shared by its rows
-            batch = self.serving_batch
+            batch, rate = self.serving_batch, value
             if not (np.isfinite(value) and value > 0):
                 raise BudgetError(f"budget {value:g} requests_per_s must be a positive rate")
             value, column, unit = batch * 1000.0 / value, "latency_ms", f"ms per batch of {batch}"
@@ -177,6 +178,13 @@ class Engine:
         if not np.isfinite(value):
             raise BudgetError(f"budget {value:g} {unit} is not a finite number")
         table = self.compute_of(np.arange(1, self.cap + 1), unit, experts) if unit in PER_EXPERT else self.table[column]
+        if value < table[0] and rate is not None:  # said in the unit asked
+            most = self.serving_batch * 1000.0 / table[0]
+            raise BudgetError(
+                f"budget {rate:g} requests_per_s is above what this model sustains at one step ({most:g} "
+                f"requests_per_s at batch {self.serving_batch}, the cost model's median)",
+                below=True,
+            )
         if value < table[0]:
             raise BudgetError(
                 f"budget {value:g} {unit} is below one step of this model ({table[0]:g} {unit}{P99[column]})",
@@ -228,6 +236,17 @@ class Engine:
         except BudgetError:
             return 0
         return 0 if self.fixed_depth and steps < self.cap else steps
+
+    def least_budget(self, unit: str) -> float | None:
+        """The smallest budget in `unit` this model answers within: its least run (a static
+        model's is all its steps) priced in `unit`; None where it cannot price the unit, or for a
+        rate (higher is harder: there is no least)."""
+        if unit == "memory_mb":
+            return (self.meta.get("memory") or {}).get("total_mb")
+        column = "latency_ms_p99" if unit == "latency_ms" else unit
+        if unit == "requests_per_s" or column not in self.table:
+            return None
+        return float(self.compute_of(np.array([self.cap if self.fixed_depth else 1]), unit)[0])
 
     def expert_steps_within(self, value: float | None, unit: str) -> tuple[int, ...] | None:
         """`steps_within` at each smaller expert budget, most experts first (the controller's

@@ -125,6 +125,8 @@ def parse_json(raw: bytes):
 
 
 def _x(value, shape: tuple[int, ...]) -> np.ndarray:
+    if not isinstance(value, list):  # null, a number, a string, an object: not an array at all
+        raise BadRequest(400, f'"x" must be an array of numbers of shape {list(shape)}; got {_short(value)}')
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # too large for float32: inf, refused below
             x = np.asarray(value, dtype=np.float32)

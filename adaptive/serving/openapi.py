@@ -21,7 +21,7 @@ BAD_REQUESTS = {
     "400": "not UTF-8 JSON, nested too deeply, a number past float32's range, a missing or wrong field",
     "408": "the body did not arrive within the read timeout (the connection is closed)",
     "413": "a body over the size limit",
-    "415": "a Content-Type other than application/json, or a charset other than utf-8",
+    "415": "a Content-Type other than application/json (none is read as JSON), or a charset other than utf-8",
 }
 
 
@@ -104,7 +104,19 @@ def _answer_schema(cap: int) -> dict:
     """A 200 answer of POST /predict."""
     return {
         "type": "object",
-        "required": ["prediction", "confidence", "steps", "status", "model"],
+        "required": [
+            "prediction",
+            "confidence",
+            "steps",
+            "experts",
+            "budget_steps",
+            "budget_experts",
+            "latency_ms",
+            "run_ms",
+            "within_budget",
+            "status",
+            "model",
+        ],
         "properties": {
             "prediction": {"type": "integer"},
             "confidence": {"type": "number"},

@@ -219,7 +219,12 @@ class Server:
             return
         if self.controller.mode != "shed" and any(parsed.expert_steps or ()):
             return  # the primary keeps it at fewer experts (shedding runs the experts as trained)
+        least = {name: e.least_budget(parsed.unit) for name, e in self.fallbacks.items()} if rungs else {}
+        known = {name: value for name, value in least.items() if value is not None}
         none = "; no fallback runs within it" if rungs else ""
+        if known:
+            name = min(known, key=known.get)
+            none += f" (the least: {known[name]:g} {parsed.unit}, on {name})"
         if parsed.steps < 1:
             raise BadRequest(400, parsed.below_primary + none)
         raise BadRequest(
@@ -307,11 +312,7 @@ class Server:
         requests = [to_request(item, 1e3 * (now - item.arrival), len(items), *known) for item in items]
         kept = []
         for item, r, d in zip(items, requests, self.controller.plan(requests, time_ms), strict=True):
-            reason = (
-                d.reason
-                or too_quick(item, r, len(items), *known)
-                or "no model here answers it within its deadline at this load"
-            )
+            reason = d.reason or too_quick(item, r, len(items), *known) or self._late_reason
             if d.model is not None and self._runs_past(d):
                 d, reason = REJECTED, f"{d.model} is static: it would run all its steps, past the budget"
             if d.model is None:
@@ -321,6 +322,14 @@ class Server:
             else:
                 kept.append((item, d))
         return kept
+
+    @property
+    def _late_reason(self) -> str:
+        c = self.controller
+        return (
+            f"no model here answers it within its deadline ({c.horizon_ms:g} ms from arrival: {c.headroom:g} x the "
+            f"{c.sla_ms:g} ms SLA) or its share of the server's time at this load"
+        )
 
     def _runs_past(self, d: Decision) -> bool:
         """Whether `d` puts a row on a static model below its depth: it would run all its steps,

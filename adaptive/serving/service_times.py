@@ -7,9 +7,13 @@ under a budget takes come from the batches the server actually ran.
 
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
 
 import numpy as np
+
+TAIL_S = 10.0  # a latency budget is priced at the runs of the last this many seconds
+TAIL_REFRESH_S = 0.05  # how long a computed tail is reused between observations
 
 
 class ServiceTimes:
@@ -48,8 +52,10 @@ class ServiceTimes:
         # slower to read one at a time.
         self._expected: list[float] | None = None  # steps expected under budget 0..cap, when asked
         self._coef: tuple[float, float, float] | None = None  # the fit, when asked
-        self._tail: float | None = None  # the window's high quantile of run - fit, when asked
-        self._run_ms: deque[float] = deque(maxlen=window)  # each batch's own run (`observe`'s run_ms)
+        self._tail: tuple[float, float] | None = None  # (when, the recent runs' quantile of run - fit)
+        # Each batch's own run (`observe`'s run_ms) and when it was observed, beside `_seen`.
+        self._run_ms: deque[tuple[float, float]] = deque(maxlen=window)
+        self.clock = time.monotonic  # seconds; which runs are recent enough to price a latency (`tail_ms`)
 
     def observe(
         self, steps: int, ms: float, rows: int = 1, budget: int | None = None, run_ms: float | None = None
@@ -63,7 +69,7 @@ class ServiceTimes:
         if len(self._seen) == self._seen.maxlen:
             self._add(*self._seen[0], sign=-1.0)
         self._seen.append((steps, rows, float(ms)))
-        self._run_ms.append(float(ms if run_ms is None else run_ms))
+        self._run_ms.append((self.clock(), float(ms if run_ms is None else run_ms)))
         self._add(steps, rows, float(ms), sign=1.0)
         self._until_resum -= 1
         if self._until_resum == 0:
@@ -132,18 +138,25 @@ class ServiceTimes:
 
     def tail_ms(self, steps: int, rows: int = 1) -> float:
         """A run of `rows` rows under a budget of `steps` at the `tail_quantile` of this server's
-        runs: the estimate (a mean) plus the window's `tail_quantile` of run - fitted (0 before
-        any batch; a run: `observe`'s run_ms). A latency budget bounds one run, not the mean of many; and the
-        excess is added, not scaled: what makes a served run slow (the hand-off to the worker,
-        the event loop holding the interpreter) does not grow with the batch."""
+        recent runs: the estimate (a mean) plus the `tail_quantile` of run - fitted over the
+        window's runs of the last `TAIL_S` seconds (a run: `observe`'s run_ms; none that recent:
+        the estimate alone, and the runs it lets through measure the server again). A latency
+        budget bounds one run, not the mean of many; the excess is added, not scaled (what
+        makes a served run slow, the hand-off to the worker and the event loop holding the
+        interpreter, does not grow with the batch); and a burst's slow runs stop pricing once
+        they are `TAIL_S` old, not once two hundred more have run."""
         if not self._seen:
             return 0.0
-        if self._tail is None:
+        now = self.clock()
+        if self._tail is None or now - self._tail[0] > TAIL_REFRESH_S:
             a, b, c = self._fit()
             steps_seen, rows_seen, _ = np.asarray(self._seen).T
-            excess = np.asarray(self._run_ms) - (a + b * steps_seen + c * steps_seen * rows_seen)
-            self._tail = max(float(np.quantile(excess, self.tail_quantile, method="higher")), 0.0)
-        return self.estimate(steps, rows) + self._tail
+            at, run_ms = np.asarray(self._run_ms).T
+            recent = at >= now - TAIL_S
+            excess = (run_ms - (a + b * steps_seen + c * steps_seen * rows_seen))[recent]
+            tail = float(np.quantile(excess, self.tail_quantile, method="higher")) if excess.size else 0.0
+            self._tail = (now, max(tail, 0.0))
+        return self.estimate(steps, rows) + self._tail[1]
 
     def tail_steps_within(self, ms: float, requested: int, rows: int = 1) -> int:
         """The most steps (<= requested) whose run of `rows` rows ends within `ms` at the tail
