@@ -14,6 +14,11 @@ from adaptive.workdir.config_file import RunError
         (["calibrate", "--workdir", "W", "--batches", "1,abc"], "--batches: must be comma-separated whole numbers"),
         (["calibrate", "--workdir", "W", "--batches", ","], "--batches: must be comma-separated whole numbers"),
         (["calibrate", "--workdir", "W", "--batches", "8,0"], "--batches: must be comma-separated whole numbers"),
+        (
+            ["calibrate", "--workdir", "W", "--batches", "1,100000"],
+            "--batches: a batch of at most 65536 rows; got 100000",
+        ),
+        (["bench", "depth", "--batches", "1000000"], "--batches: a batch of at most 65536 rows"),
         (["calibrate", "--workdir", "W", "--repeats", "0"], "--repeats: must be a whole number >= 1; got 0"),
         (["calibrate", "--workdir", "W", "--price-per-hour", "nan"], "--price-per-hour: must be a finite number"),
         (["calibrate", "--workdir", "W", "--power-watts", "-3"], "--power-watts: must be a finite number >= 0"),

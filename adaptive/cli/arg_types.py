@@ -60,6 +60,17 @@ def positive_ints(text: str) -> list[int]:
     return values
 
 
+MOST_BATCH = 65536  # rows: a batch past this is a typo, and would compile and fill memory first
+
+
+def batch_sizes(text: str) -> list[int]:
+    """`positive_ints`, each at most `MOST_BATCH`: batch sizes to compile and time."""
+    values = positive_ints(text)
+    if max(values) > MOST_BATCH:
+        raise argparse.ArgumentTypeError(f"a batch of at most {MOST_BATCH} rows; got {max(values)}")
+    return values
+
+
 def device_ids(text: str) -> list[str]:
     """Accelerator ids, e.g. 0,1,2,3: whole numbers >= 0, each once (a device given twice would
     be shared by two points that each think it is theirs)."""

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from adaptive.cli.arg_types import json_output, nonnegative_int, positive_float, positive_int, positive_ints
+from adaptive.cli.arg_types import (
+    batch_sizes,
+    json_output,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    positive_ints,
+)
 
 
 class _DefaultsShown(argparse.HelpFormatter):
@@ -64,7 +71,7 @@ def _add_bench_generate(kinds) -> None:
         default=None,
         help="the exit model's mean blocks per token (default: halfway between 1 and the blocks, 2.5 of 4)",
     )
-    gen.add_argument("--batches", type=positive_ints, default="1,8", help="comma-separated batch sizes")
+    gen.add_argument("--batches", type=batch_sizes, default="1,8", help="comma-separated batch sizes")
     gen.add_argument("--new-tokens", type=positive_int, default=64, help="tokens generated per sequence (at least 2)")
     gen.add_argument("--repeats", type=positive_int, default=15, help="timed calls of each variant (medians)")
     gen.add_argument("--workdir", metavar="DIR", help="a trained exit model's run (default: fresh models)")
@@ -123,7 +130,7 @@ def _add_bench_depth(kinds) -> None:
         help=f"comma-separated realized depths, each once, at most --cap "
         f"(default: those of {','.join(map(str, DEPTH_LADDER))} up to --cap)",
     )
-    depth.add_argument("--batches", type=positive_ints, default="1,32", help="comma-separated batch sizes")
+    depth.add_argument("--batches", type=batch_sizes, default="1,32", help="comma-separated batch sizes")
     depth.add_argument("--inputs", type=positive_int, default=16, help="input width (parity n)")
     depth.add_argument("--repeats", type=positive_int, default=300, help="timed calls of each variant (medians)")
     depth.add_argument(
@@ -228,7 +235,7 @@ def _add_bench_quant(kinds) -> None:
     quant = kinds.add_parser("quant", help="a trained run at fp32, bf16, int8 and int4 side by side")
     quant.add_argument("--workdir", required=True, help="a trained run (classifier or language model)")
     quant.add_argument("--precisions", default="fp32,bf16,int8,int4", help="comma-separated: fp32,bf16,int8,int4")
-    quant.add_argument("--batches", type=positive_ints, default="1,16,64", help="comma-separated batch sizes")
+    quant.add_argument("--batches", type=batch_sizes, default="1,16,64", help="comma-separated batch sizes")
     quant.add_argument("--repeats", type=positive_int, default=30, help="timed calls of each variant (medians)")
     quant.add_argument("--prune", default="0", help="comma-separated shares of units and experts removed, e.g. 0,0.5")
     quant.add_argument("--fine-tune-steps", type=nonnegative_int, default=200, help="fine-tune steps after pruning")

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import argparse
 
-from adaptive.cli.arg_types import device_ids, image_file, nonnegative_float, output_file, positive_int, positive_ints
+from adaptive.cli.arg_types import (
+    batch_sizes,
+    device_ids,
+    image_file,
+    nonnegative_float,
+    output_file,
+    positive_int,
+)
 from adaptive.cli.bench_parser import add_bench
 
 
@@ -251,7 +258,7 @@ def _add_calibrate(commands) -> None:
         "calibrate", help="time a run's inference and fit DIR/cost_model.json", allow_abbrev=False
     )
     calibrate.add_argument("--workdir", required=True, metavar="DIR")
-    calibrate.add_argument("--batches", type=positive_ints, default=[1, 8, 32], help="comma-separated batch sizes")
+    calibrate.add_argument("--batches", type=batch_sizes, default=[1, 8, 32], help="comma-separated batch sizes")
     calibrate.add_argument("--repeats", type=positive_int, default=30)
     calibrate.add_argument(
         "--price-per-hour", type=nonnegative_float, default=3.0, help="machine price, money per hour (default 3.0)"
