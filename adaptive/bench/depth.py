@@ -59,6 +59,7 @@ COLUMNS = [
     "adaptive_ms",
     "static_ms",
     "ratio",
+    "ratio_95%",
     "whole_batch_ms",
     "whole_batch_ratio",
     "host_chain_ms",
@@ -155,11 +156,17 @@ def run(
             )
     _check_plausible(rows)
     print(BASELINES)
-    print_table([{**r, "d": _depth_text(r)} for r in rows], COLUMNS)
+    print_table([{**r, "d": _depth_text(r), "ratio_95%": _interval_text(r, "ratio")} for r in rows], COLUMNS)
     if any(r.get("interval_note") for r in rows):
         print(next(r["interval_note"] for r in rows if r.get("interval_note")))
     write_json(json_out, rows)
     return rows
+
+
+def _interval_text(row: dict, name: str) -> str | None:
+    """`name`'s 95% interval over rounds as "[low, high]", where the row has one (None: a blank cell)."""
+    low, high = row.get(f"{name}_low"), row.get(f"{name}_high")
+    return None if low is None or high is None else f"[{low:.3g}, {high:.3g}]"
 
 
 def _depth_text(row: dict) -> str | int:
