@@ -531,3 +531,20 @@ def test_a_stopped_sweep_exits_with_the_shells_code_for_its_signal(signum, tmp_p
     config = write_config(tmp_path, [{"halting.tau": 1e-3}], steps=5, checkpoint=5)
     assert main(["sweep", "--config", config, "--workdir", str(tmp_path / "sweep")]) == 128 + signum  # 130, 143
     assert f"stopped by signal {int(signum)}; rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_a_budget_no_point_can_keep_is_refused_before_anything_trains(tmp_path, capsys):
+    """`adaptive train` refuses a target past what the model spends at its cap at its start; a
+    sweep says so for each such point before the first trains (--dry-run: status refused)."""
+    from adaptive.cli.main import main
+
+    config = write_config(tmp_path, [{"halting.tau": 1e-3}, {"halting.tau": 1e-2, "halting.max_steps": 12}])
+    workdir, over = tmp_path / "sweep", "--config.budget.target=10"
+    assert main(["sweep", "--config", config, "--workdir", str(workdir), "--dry-run", over]) == 0
+    out = capsys.readouterr().out
+    assert out.count("refused") == 1 and "'budget.target' is 10 steps; this model spends 1 to 6 steps" in out
+    assert main(["sweep", "--config", config, "--workdir", str(workdir), over]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith("sweep point 0 (0-tau0.001): config key 'budget.target' is 10 steps; this model "
+                         "spends 1 to 6 steps per example")  # fmt: skip
+    assert not workdir.exists()
