@@ -78,6 +78,7 @@ def test_concurrent_requests_stream_and_answer_the_decoders_tokens_without_recom
 
     answers, metrics, health = asyncio.run(main())
     late = {"ttft": 0, "tpot": 0}  # answers over the server's SLAs, which /metrics counts
+    flops = {"decode": 0.0, "prefill": 0.0, "after_first": 0}  # what the answers report, which /metrics sums
     for request, (status, kind, body) in zip(requests, answers, strict=True):
         assert status == 200, body
         limits = {k: v for k, v in request.items() if k not in ("prompt", "stream", "priority")}
@@ -95,6 +96,9 @@ def test_concurrent_requests_stream_and_answer_the_decoders_tokens_without_recom
         assert done["ttft_ms"] > 0 and (done["tpot_ms"] is None) == (len(want) == 1)
         late["ttft"] += done["ttft_ms"] > health["ttft_ms"]
         late["tpot"] += done["tpot_ms"] is not None and done["tpot_ms"] > health["tpot_ms"]
+        flops["decode"] += done["flops"]
+        flops["prefill"] += done["prefill_flops"]
+        flops["after_first"] += done["count"] - 1
         if "flops_budget" in request:
             assert done["flops"] <= request["flops_budget"]
     assert slots.traces == {"prefill": 1, "step": 1}
@@ -103,6 +107,11 @@ def test_concurrent_requests_stream_and_answer_the_decoders_tokens_without_recom
     assert "adaptive_lm_budget_adherence 1.0" in metrics and "adaptive_lm_slots 2" in metrics
     assert f"adaptive_lm_ttft_over_sla_total {late['ttft']}\n" in metrics
     assert f"adaptive_lm_tpot_over_sla_total {late['tpot']}\n" in metrics
+    gauge = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines() if line.startswith("adaptive_lm")}
+    assert gauge["adaptive_lm_decode_flops_total"] == pytest.approx(flops["decode"], abs=0.1) and flops["decode"] > 0
+    assert gauge["adaptive_lm_prefill_flops_total"] == pytest.approx(flops["prefill"], abs=0.1)
+    per_token = flops["decode"] / flops["after_first"]
+    assert gauge["adaptive_lm_decode_flops_per_token"] == pytest.approx(per_token, abs=0.1)
     assert health["slots"] == 2 and health["slots_in_use"] == 0 and health["kind"] == "language_model"
 
 

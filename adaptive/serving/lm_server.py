@@ -312,8 +312,9 @@ class LMServer:
         if flight is None:
             return
         if token.token >= 0:
+            first = flight.first_at is None  # it comes with the prompt's prefill
             flight.add(token, time.perf_counter())
-            self.stats.token(token.layers, token.experts)
+            self.stats.token(token.layers, token.experts, token.flops, first)
         if token.stop != "running":
             del self.holding[name, token.slot]
             status = "fallback" if name == "fallback" else "degraded" if flight.degraded else "ok"

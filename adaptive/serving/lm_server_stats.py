@@ -1,6 +1,6 @@
 """What the generation server counts for GET /metrics: time to first token and time per output
-token as histograms, tokens per second, the compute each token took (blocks, experts), slots in
-use, FLOPs-budget adherence, and answers by status."""
+token as histograms, tokens per second, the compute each token took (blocks, experts, decode
+FLOPs; prefill FLOPs apart), slots in use, FLOPs-budget adherence, and answers by status."""
 
 from __future__ import annotations
 
@@ -63,16 +63,26 @@ class LMStats:
         self.ttft = Histogram("adaptive_lm_ttft_ms", TTFT_BUCKETS_MS)
         self.tpot = Histogram("adaptive_lm_tpot_ms", TPOT_BUCKETS_MS)
         self.tokens, self.layers, self.experts, self.rate = 0, 0.0, 0.0, TokenRate()
+        # FLOPs as the answers report them: a request's first token comes with its prompt's
+        # prefill (`prefill_flops`), each later one with its own decode step (`flops`).
+        self.prefill_flops, self.decode_flops, self.decode_tokens = 0.0, 0.0, 0
         self.with_budget, self.within_budget = 0, 0
 
     def bad(self, code: int) -> None:
         self.bad_by_code[code] = self.bad_by_code.get(code, 0) + 1
 
-    def token(self, layers: float, experts: float) -> None:
+    def token(self, layers: float, experts: float, flops: float = 0.0, first: bool = False) -> None:
+        """A token made: its blocks and experts; `flops`: its prompt's prefill when `first`, else
+        its decode step's."""
         self.tokens += 1
         self.layers += layers
         self.experts += experts
         self.rate.add(1)
+        if first:
+            self.prefill_flops += flops
+        else:
+            self.decode_flops += flops
+            self.decode_tokens += 1
 
     def finished(self, status: str, ttft_ms: float | None, tpot_ms: float | None, within: bool | None) -> None:
         """A request answered: its TTFT, its mean time per token after the first (None with one
@@ -105,6 +115,10 @@ class LMStats:
             "adaptive_lm_tokens_per_second": round(self.rate.rate(), 3),
             "adaptive_lm_layers_per_token": round(self.layers / per_token, 4),
             "adaptive_lm_experts_per_token": round(self.experts / per_token, 4),
+            # decode FLOPs per token after each request's first (what flops_budget bounds)
+            "adaptive_lm_decode_flops_per_token": round(self.decode_flops / max(self.decode_tokens, 1), 1),
+            "adaptive_lm_decode_flops_total": round(self.decode_flops, 1),
+            "adaptive_lm_prefill_flops_total": round(self.prefill_flops, 1),
             "adaptive_lm_slots_in_use": slots_in_use,
             "adaptive_lm_slots": slots,
             "adaptive_lm_waiting": waiting,
