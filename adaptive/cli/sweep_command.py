@@ -52,7 +52,7 @@ def run(args, overrides: list[str]) -> int:
         print(f"note: {note}", file=sys.stderr)
     for p in chosen:
         sweep.refresh_status(p)
-    untrained = [p for p in chosen if p.index not in conflicts and p.status != "done"]
+    untrained = [p for p in chosen if p.index not in conflicts and p.status not in ("done", "running")]
     refused = sweep_checks.unreachable_budgets(untrained)  # what `adaptive train` would refuse at its start
     if args.dry_run:
         details = {i: short for i, (short, _) in conflicts.items()} | refused

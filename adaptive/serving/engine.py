@@ -182,7 +182,8 @@ class Engine:
             most = self.serving_batch * 1000.0 / table[0]
             raise BudgetError(
                 f"budget {rate:g} requests_per_s is above what this model sustains at one step ({most:g} "
-                f"requests_per_s at batch {self.serving_batch}, the cost model's median)",
+                f"requests_per_s at batch {self.serving_batch}, the cost model's median"
+                + (f"; it runs all {self.cap} steps)" if self.fixed_depth else ")"),
                 below=True,
             )
         if value < table[0]:

@@ -115,7 +115,7 @@ class LMStats:
             "adaptive_lm_tokens_per_second": round(self.rate.rate(), 3),
             "adaptive_lm_layers_per_token": round(self.layers / per_token, 4),
             "adaptive_lm_experts_per_token": round(self.experts / per_token, 4),
-            # decode FLOPs per token after each request's first (what flops_budget bounds)
+            # decode FLOPs per token after each request's first (a flops_budget bounds their sum)
             "adaptive_lm_decode_flops_per_token": round(self.decode_flops / max(self.decode_tokens, 1), 1),
             "adaptive_lm_decode_flops_total": round(self.decode_flops, 1),
             "adaptive_lm_prefill_flops_total": round(self.prefill_flops, 1),

@@ -326,10 +326,10 @@ class Server:
     @property
     def _late_reason(self) -> str:
         c = self.controller
-        return (
-            f"no model here answers it within its deadline ({c.horizon_ms:g} ms from arrival: {c.headroom:g} x the "
-            f"{c.sla_ms:g} ms SLA) or its share of the server's time at this load"
-        )
+        deadline = f"its deadline ({c.horizon_ms:g} ms from arrival: {c.headroom:g} x the {c.sla_ms:g} ms SLA)"
+        if c.mode == "shed":
+            return f"shed: its batch would finish past {deadline} at the primary's measured service time"
+        return f"no model here answers it within {deadline} or its share of the server's time at this load"
 
     def _runs_past(self, d: Decision) -> bool:
         """Whether `d` puts a row on a static model below its depth: it would run all its steps,

@@ -12,7 +12,8 @@ from collections import Counter, deque
 
 import numpy as np
 
-TAIL_S = 10.0  # a latency budget is priced at the runs of the last this many seconds
+TAIL_S = 10.0  # a latency budget is priced at the runs of the last this many seconds,
+TAIL_RUNS = 40  # and at least this many of the last runs: a high quantile of fewer is their slowest
 TAIL_REFRESH_S = 0.05  # how long a computed tail is reused between observations
 
 
@@ -139,12 +140,12 @@ class ServiceTimes:
     def tail_ms(self, steps: int, rows: int = 1) -> float:
         """A run of `rows` rows under a budget of `steps` at the `tail_quantile` of this server's
         recent runs: the estimate (a mean) plus the `tail_quantile` of run - fitted over the
-        window's runs of the last `TAIL_S` seconds (a run: `observe`'s run_ms; none that recent:
-        the estimate alone, and the runs it lets through measure the server again). A latency
-        budget bounds one run, not the mean of many; the excess is added, not scaled (what
-        makes a served run slow, the hand-off to the worker and the event loop holding the
-        interpreter, does not grow with the batch); and a burst's slow runs stop pricing once
-        they are `TAIL_S` old, not once two hundred more have run."""
+        window's runs of the last `TAIL_S` seconds, or its last `TAIL_RUNS` runs where those
+        are more (a run: `observe`'s run_ms). A latency budget bounds one run, not the mean of
+        many; the excess is added, not scaled (what makes a served run slow, the hand-off to the
+        worker and the event loop holding the interpreter, does not grow with the batch); and a
+        burst's slow runs stop adding to the price once they are `TAIL_S` old and `TAIL_RUNS`
+        runs have come since, not once two hundred have (they leave the fitted mean only then)."""
         if not self._seen:
             return 0.0
         now = self.clock()
@@ -153,6 +154,7 @@ class ServiceTimes:
             steps_seen, rows_seen, _ = np.asarray(self._seen).T
             at, run_ms = np.asarray(self._run_ms).T
             recent = at >= now - TAIL_S
+            recent[-TAIL_RUNS:] = True
             excess = (run_ms - (a + b * steps_seen + c * steps_seen * rows_seen))[recent]
             tail = float(np.quantile(excess, self.tail_quantile, method="higher")) if excess.size else 0.0
             self._tail = (now, max(tail, 0.0))
