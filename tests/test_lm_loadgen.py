@@ -8,9 +8,9 @@ import pytest
 from adaptive.bench.lm_loadgen import requests_of, summarize
 
 
-def _record(status, scheduled, times, tokens, flops=10.0):
+def _record(status, scheduled, times, tokens, flops=10.0, decode_flops=6.0):
     return {"status": status, "scheduled": scheduled, "times": times, "tokens": tokens, "layers": [4.0] * len(tokens),
-            "flops": flops, "model": "primary"}  # fmt: skip
+            "flops": flops, "decode_flops": decode_flops, "model": "primary"}  # fmt: skip
 
 
 def test_violations_count_late_first_tokens_slow_tokens_and_every_unanswered_request():
@@ -29,6 +29,8 @@ def test_violations_count_late_first_tokens_slow_tokens_and_every_unanswered_req
     assert m["agreement"] == pytest.approx((1 + 1 + 1 / 3) / 3)  # over the answered requests
     assert m["agreement_weighted_goodput"] == pytest.approx(3 / 2.0)
     assert m["ttft_p50_ms"] == pytest.approx(100.0)
+    # prefills included, per token generated (8 tokens); decode alone, per token after each first (5)
+    assert m["flops_per_token"] == pytest.approx(50 / 8) and m["decode_flops_per_token"] == pytest.approx(30 / 5)
 
 
 def test_a_short_answer_disagrees_where_it_has_no_token():

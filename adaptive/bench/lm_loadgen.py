@@ -66,6 +66,7 @@ async def _one(session, url: str, body: dict, start: float, record: dict, timeou
     record["tokens"] = [int(tok) for _, tok, _ in arrivals]
     record["layers"] = [float(layers) for _, _, layers in arrivals]
     record["flops"] = float(summary.get("flops") or 0.0) + float(summary.get("prefill_flops") or 0.0)
+    record["decode_flops"] = float(summary.get("flops") or 0.0)  # the tokens after the first
     record["degraded_tokens"] = summary.get("degraded_tokens", 0)
     if "error" in summary:
         record["error"] = summary["error"]
@@ -104,6 +105,7 @@ def summarize(records: list[dict], reference: list[list[int]], *, ttft_ms: float
     tokens = np.array([len(r["tokens"]) for r in records])
     good_tokens = float(tokens[within].sum())
     spent = sum(r["flops"] for r in records)
+    decoded = sum(r.get("decode_flops", 0.0) for r in records)
 
     def pct(values, q):
         return float(np.percentile(values, q)) if len(values) else float("nan")
@@ -121,7 +123,10 @@ def summarize(records: list[dict], reference: list[list[int]], *, ttft_ms: float
         "goodput_tokens_per_s": good_tokens / duration_s,
         "agreement": float(agreement[answered].mean()) if answered.any() else float("nan"),
         "agreement_weighted_goodput": float((tokens * agreement)[within].sum()) / duration_s,
+        # All the compute, prefills included, per token generated; and the decode steps' alone
+        # per token after each request's first, as eval, /metrics and generate's decode_flops count.
         "flops_per_token": float(spent / max(tokens.sum(), 1)),
+        "decode_flops_per_token": float(decoded / max(int(np.maximum(tokens - 1, 0).sum()), 1)),
         "mean_layers": float(np.mean([x for r in records for x in r["layers"][1:]] or [np.nan])),
     }
 

@@ -58,7 +58,7 @@ def _short(value) -> str:
     return reprlib.repr(value)
 
 
-def _json_kind(value) -> str:
+def json_kind(value) -> str:
     """What a JSON value is, said as JSON says it (null, not None)."""
     if value is None or isinstance(value, bool):
         return json.dumps(value)
@@ -135,7 +135,7 @@ def parse_json(raw: bytes):
 
 def _x(value, shape: tuple[int, ...]) -> np.ndarray:
     if not isinstance(value, list):  # null, a number, a string, an object: not an array at all
-        raise BadRequest(400, f'"x" must be an array of numbers of shape {list(shape)}; got {_json_kind(value)}')
+        raise BadRequest(400, f'"x" must be an array of numbers of shape {list(shape)}; got {json_kind(value)}')
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # too large for float32: inf, refused below
             x = np.asarray(value, dtype=np.float32)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from adaptive.data import byte_vocab
-from adaptive.serving.http_input import BadRequest, _short, priority_of, whole_number
+from adaptive.serving.http_input import BadRequest, _short, json_kind, priority_of, whole_number
 
 INTEGERS = ("max_new_tokens", "layer_cap", "expert_cap", "seed")
 NUMBERS = ("threshold", "flops_budget", "temperature", "top_p", "mod_bias")
@@ -86,13 +86,15 @@ def parse_generate(body, engine, default_threshold: float | None, refused: dict 
         if name in body:
             value = whole_number(body[name])
             if value is None:
-                raise BadRequest(400, f'"{name}" must be an integer; got {_short(body[name])}')
+                raise BadRequest(400, f'"{name}" must be an integer; got {json_kind(body[name])}')
             limits[name] = value
     for name in NUMBERS:
         if name in body:
             value = body[name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
-                raise BadRequest(400, f'"{name}" must be a finite number; got {_short(value)}')
+                raise BadRequest(400, f'"{name}" must be a finite number; got {json_kind(value)}')
+            if name == "flops_budget" and not value > 0:
+                raise BadRequest(400, f'"flops_budget" must be > 0; got {value!r}')
             limits[name] = float(value)
     if "threshold" not in limits and default_threshold is not None:
         limits["threshold"] = default_threshold

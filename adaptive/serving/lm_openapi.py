@@ -24,7 +24,7 @@ _LIMITS = {
     },
     "flops_budget": {
         "type": "number",
-        "minimum": 1e-30,
+        "exclusiveMinimum": 0,
         "maximum": FLOAT64_MAX,
         "description": "FLOPs for the tokens after the first",
     },

@@ -334,7 +334,7 @@ class LMServer:
             why = f"one more sequence would slow every step past the {tpot:g} ms TPOT SLA"
         if self.controller.policy == "adaptive":
             why += ", and no fallback slot" if self.engines["fallback"] is not None else ", and no fallback model"
-        return f"its first token would come {wait_ms:.0f} ms after arrival, past the {ttft:g} ms TTFT SLA: {why}"
+        return f"its first token would come {wait_ms:.1f} ms after arrival, past the {ttft:g} ms TTFT SLA: {why}"
 
     def _fail_all(self, error: str) -> None:
         for key, flight in list(self.holding.items()):
