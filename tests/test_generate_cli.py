@@ -81,7 +81,7 @@ def test_a_flops_budget_and_a_time_budget_hold(run_dir, tmp_path):
             "at least one --prompt",
         ),
         # the limits are checked before --unit ms times the decoder at every layer cap
-        (("--prompt", "x", "--top-p", "0", "--budget", "5", "--unit", "ms"), "top_p=0.0 is outside"),
+        (("--prompt", "x", "--top-p", "0", "--budget", "5", "--unit", "ms"), "--top-p 0.0: top_p=0.0 is outside"),
     ],
 )
 def test_bad_requests_are_refused_in_one_line(run_dir, args, message):

@@ -78,9 +78,13 @@ def run(args, overrides: list[str]) -> int:
         if args.budget is not None and args.unit == "ms":
             knobs["layer_cap"] = _layer_cap_within_ms(decoder, prompts, knobs, args.budget / args.max_new_tokens)
             limits = decoder.limits(len(prompts), **knobs)
-    except ValueError as e:
+    except ValueError as e:  # named by the flag given, not the decoder's limit
+        flags = {"expert_cap": "--experts", "threshold": "--threshold", "temperature": "--temperature"}
+        flags |= {"top_p": "--top-p", "mod_bias": "--mod-bias", "flops_budget": "--budget"}
         named = f"--budget {args.budget:g} --unit layers: " if args.unit == "layers" and "layer_cap" in str(e) else ""
-        named = f"--experts {args.experts}: " if "expert_cap" in str(e) else named
+        for limit, flag in flags.items():
+            if str(e).startswith(limit) and not named:
+                named = f"{flag} {getattr(args, flag[2:].replace('-', '_'))}: "
         raise RunError(named + str(e)) from None
     positions, window = max(len(p) for p in prompts) + args.max_new_tokens, trained.cfg.data.window
     if positions > window:  # rotary positions run on, but nothing past the window was trained

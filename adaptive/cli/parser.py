@@ -317,7 +317,9 @@ def _add_calibrate_exits(commands) -> None:
         allow_abbrev=False,
     )
     cal.add_argument("--workdir", required=True, metavar="DIR")
-    cal.add_argument("--delta", type=float, default=0.1, help="tolerated share of tokens that disagree")
-    cal.add_argument("--epsilon", type=float, default=0.1, help="tolerated probability that the guarantee fails")
-    cal.add_argument("--windows", type=int, default=512, help="validation windows to calibrate on")
+    cal.add_argument("--delta", type=float, default=0.1, help="tolerated share of tokens that disagree (default 0.1)")
+    cal.add_argument(
+        "--epsilon", type=float, default=0.1, help="tolerated probability that the guarantee fails (default 0.1)"
+    )
+    cal.add_argument("--windows", type=int, default=512, help="validation windows to calibrate on (default 512)")
     cal.add_argument("--step", type=int, help="checkpoint step (default: the newest)")
