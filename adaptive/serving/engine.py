@@ -165,7 +165,7 @@ class Engine:
             raise BudgetError(f"budget unit {unit!r} is not one of {', '.join(UNITS)}")
         if unit == "memory_mb":
             return self._steps_in_memory(value)
-        column = "latency_ms_p99" if unit == "latency_ms" else unit
+        column = _column(unit)
         rate = None
         if unit == "requests_per_s" and "latency_ms" in self.table:
             # a sustained rate: the median batch time of the meta's serving batch, shared by its rows
@@ -244,7 +244,7 @@ class Engine:
         rate (higher is harder: there is no least)."""
         if unit == "memory_mb":
             return (self.meta.get("memory") or {}).get("total_mb")
-        column = "latency_ms_p99" if unit == "latency_ms" else unit
+        column = _column(unit)
         if unit == "requests_per_s" or column not in self.table:
             return None
         return float(self.compute_of(np.array([self.cap if self.fixed_depth else 1]), unit)[0])
@@ -271,7 +271,7 @@ class Engine:
     def compute_of(self, steps: np.ndarray, unit: str, experts: int | None = None) -> np.ndarray:
         """The compute in `unit` of runs that took `steps` steps (at `experts` per token on a
         MoE model: FLOPs and MACs from its table for that expert budget)."""
-        column = "latency_ms_p99" if unit == "latency_ms" else unit
+        column = _column(unit)
         table = self.table[column]
         by_experts = self.meta.get("flops_at_expert_budgets") or {}
         if experts is not None and unit in PER_EXPERT and str(experts) in by_experts:
@@ -324,6 +324,12 @@ class Engine:
         order = np.argsort(budget, kind="stable")
         parts = [p for p in np.array_split(order, min(groups, len(order))) if len(p)]
         return _merge_equal_budgets(parts, budget)
+
+
+def _column(unit: str) -> str:
+    """The compute table's column a budget in `unit` is priced by: a latency at its p99 (a budget
+    bounds each request, not their mean), every other unit by its own."""
+    return "latency_ms_p99" if unit == "latency_ms" else unit
 
 
 def _merge_equal_budgets(parts: list[np.ndarray], budget: np.ndarray) -> list[np.ndarray]:

@@ -71,8 +71,9 @@ def too_quick(
     admitted = [name for name, e in engines.items() if e.steps_within(*asked(item, default_steps))]
     if not admitted:
         return ""  # no cost model prices a step within it (refused with a 400 before it queued)
-    least = min(controller.service[name, None].tail_ms(1, rows) for name in admitted)
+    least_run = {name: engines[name].cap if engines[name].fixed_depth else 1 for name in admitted}  # all or one step
+    least = min(controller.service[name, None].tail_ms(least_run[name], rows) for name in admitted)
     return (
         f"its latency budget of {item.budget_value:g} ms is under this server's runs now: {least:.3g} ms "
-        f"for a batch of {rows} at one step, at their p95 (the cost model times the bare model)"
+        f"for a batch of {rows} at its least run, at their p95 (the cost model times the bare model)"
     )
