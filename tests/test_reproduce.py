@@ -313,3 +313,13 @@ def test_a_folder_holding_the_points_under_other_flags_is_refused_before_any_tra
     with pytest.raises(ConfigError, match=rf"{cannot} \(trained to step {past}, past train.steps="):
         run_block(block, tmp_path, tiny=True, overrides=QUIET)
     assert (tmp_path / "claims.json").read_text() == "[]"
+
+
+def test_a_budget_no_point_can_keep_is_refused_before_any_training(tmp_path):
+    """As `adaptive sweep` does: a target past what a point's model spends at its cap would be
+    refused by `adaptive train` at that point's start, after the points before it trained."""
+    block = read_block("act_parity")
+    over = [*QUIET, "--config.budget.unit=steps", "--config.budget.target=1000"]
+    with pytest.raises(ConfigError, match=r"^sweep point \S+: config key 'budget.target' is 1000 steps; this model"):
+        run_block(block, tmp_path / "out", tiny=True, overrides=over, title="act_parity (tiny)")
+    assert not (tmp_path / "out").exists()

@@ -49,7 +49,7 @@ from adaptive import config as config_lib
 from adaptive.config import ConfigError
 from adaptive.evaluation.tables import markdown_table
 from adaptive.experiments import claims as claims_lib
-from adaptive.experiments import held_out, sweep, sweep_folders, sweep_summary
+from adaptive.experiments import held_out, sweep, sweep_checks, sweep_folders, sweep_summary
 from adaptive.training.metrics import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,6 +135,9 @@ def run_block(
                     f"{point.workdir} holds a run that this reproduction cannot continue ({conflict}); "
                     "use a new --workdir, or the flags it was run with"
                 )
+        if refused := sweep_checks.unreachable_budgets(points):  # what `adaptive train` would refuse at its start
+            first = next(p for p in points if p.index in refused)
+            raise ConfigError(f"sweep point {first.workdir}: {refused[first.index]}")
     out.mkdir(parents=True, exist_ok=True)
     if title:
         (out / OWNER_FILE).write_text(title + "\n")
