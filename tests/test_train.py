@@ -115,6 +115,27 @@ def test_sigterm_or_ctrl_c_saves_then_resume_matches(reference_run, tmp_path, si
     jax.tree.map(np.testing.assert_array_equal, final_state(workdir)[1], final_state(ref_dir)[1])
 
 
+def test_a_signal_during_an_eval_is_saved_at_that_step(tmp_path, monkeypatch):
+    """The step's checkpoint was decided before its eval: a signal that came during it stopped the
+    run with "checkpoint saved" and nothing saved since the last periodic checkpoint."""
+    from adaptive.training import train as train_lib
+
+    evaluate = train_lib._Loop._evaluate
+
+    def signalled(self, state):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(self, state)
+
+    monkeypatch.setattr(train_lib._Loop, "_evaluate", signalled)
+    cfg = config_lib.load(str(ROOT / "configs/parity.py:tiny"), QUIET)
+    train = dataclasses.replace(cfg.train, steps=20, eval_every=5, checkpoint_every=20, log_every=20)
+    with pytest.raises(train_lib.Interrupted, match="stopped by SIGTERM at step 5; checkpoint saved in"):
+        train_and_evaluate(dataclasses.replace(cfg, train=train), tmp_path)
+    saved = Checkpointer(tmp_path / "checkpoints", keep=3)
+    assert saved.latest_step() == 5
+    saved.close()
+
+
 def test_rerun_of_a_finished_run_does_no_training(reference_run):
     workdir, _ = reference_run
     before = (workdir / "metrics.jsonl").read_text()

@@ -237,16 +237,18 @@ class _Loop:
                 writer.write(step, "train", metrics)
                 t_window, steps_in_window = time.perf_counter(), 0
             paused = time.perf_counter()
-            due_checkpoint = step % train.checkpoint_every == 0 or last or stop.signum
-            if due_checkpoint or step % train.log_every == 0:
+            if step % train.checkpoint_every == 0 or last or stop.signum or step % train.log_every == 0:
                 _check_streak(state, train.max_nonfinite_in_a_row, step, ckpt)
             if step % train.eval_every == 0 or last:
                 final = self._evaluate(state)
                 writer.write(step, "eval", final)
-            if due_checkpoint:
-                ckpt.save(step, state, batches.get_state())
+            saved = step % train.checkpoint_every == 0 or last or stop.signum  # a signal during the eval too
+            if saved:
+                _save(state, step, ckpt, batches, train.max_nonfinite_in_a_row)
             t_window += time.perf_counter() - paused  # evals and checkpoints are not training steps
             if stop.signum:
+                if not saved:  # it came after the save was decided
+                    _save(state, step, ckpt, batches, train.max_nonfinite_in_a_row)
                 name = signal.Signals(stop.signum).name
                 raise Interrupted(
                     f"stopped by {name} at step {step}; checkpoint saved in {ckpt.directory}; "
@@ -283,6 +285,12 @@ def _train_metrics(state: dict, lr_at) -> tuple[dict, dict]:
     applied = int(host["step"]) - int(host["skipped_steps"])  # skipped steps do not advance optax
     metrics["train/learning_rate"] = float(lr_at(max(applied - 1, 0)))  # the last update's rate
     return metrics, steps.reset_metric_sums(state)
+
+
+def _save(state: dict, step: int, ckpt: Checkpointer, batches, limit: int) -> None:
+    """Saves `step`, unless its state is past the run's streak of non-finite steps."""
+    _check_streak(state, limit, step, ckpt)
+    ckpt.save(step, state, batches.get_state())
 
 
 def _check_streak(state: dict, limit: int, step: int, ckpt: Checkpointer) -> None:
