@@ -303,3 +303,26 @@ def test_a_folder_on_a_filesystem_without_locks_still_trains_with_a_warning(tmp_
     with caplog.at_level(logging.WARNING), runinfo.sole_trainer(tmp_path):
         pass
     assert "cannot be locked (" in caplog.text and "nothing stops a second trainer" in caplog.text
+
+
+def test_eval_that_could_not_write_its_results_says_so_before_evaluating(tmp_path):
+    """A run whose eval folder cannot be made (here a file stands where it goes; a read-only
+    mount alike): one line before the evaluation, whose scores would be computed and lost."""
+    from tests.helpers import cli, train_tiny
+
+    train_tiny(tmp_path, 2)
+    (tmp_path / "eval").write_text("")
+    proc = subprocess.run(cli("eval", "--workdir", str(tmp_path), "--budget", "2"), capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr.strip().splitlines()) == (
+        1,
+        [f"adaptive: error: cannot write {tmp_path / 'eval'}: File exists"],
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not stop root")
+def test_a_folder_that_exists_but_cannot_be_written_is_refused(tmp_path):
+    from adaptive.workdir.runinfo import writable_folder
+
+    (tmp_path / "eval").mkdir(mode=0o555)
+    with pytest.raises(WorkdirError, match=f"^cannot write {tmp_path / 'eval'}: Permission denied$"):
+        writable_folder(tmp_path / "eval")

@@ -8,6 +8,7 @@ half written), and a damaged file is renamed aside, never deleted.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import importlib.metadata
 import json
@@ -71,6 +72,20 @@ def file_errors(path: str | Path, action: str = "write") -> Iterator[None]:
         yield
     except OSError as e:
         raise WorkdirError(f"cannot {action} {path}: {e.strerror or e}") from e
+
+
+def writable_folder(path: Path) -> Path:
+    """`path`, made if missing, or a WorkdirError (one line) where it cannot be written (a
+    read-only mount): asked before long work whose results would be written there and lost."""
+    with file_errors(path):
+        path.mkdir(parents=True, exist_ok=True)
+    if not os.access(path, os.W_OK):
+        raise WorkdirError(f"cannot write {path}: {os.strerror(errno.EROFS if _read_only(path) else errno.EACCES)}")
+    return path
+
+
+def _read_only(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
 
 
 def write_atomic(path: Path, text: str) -> None:
