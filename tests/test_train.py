@@ -168,6 +168,27 @@ def test_rerun_with_another_config_is_refused(reference_run):
     ]
 
 
+def test_a_run_whose_config_json_was_lost_is_checked_against_its_checkpoints(reference_run, tmp_path):
+    """config.json deleted (as the damaged-config error allows): a rerun under other flags whose
+    shapes the checkpoints fit (here the learning rate) would resume them silently as another
+    run, and one they do not fit would leave its own config.json behind; each checkpoint holds
+    the run's config, so both are refused and nothing is written."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference_run[0], workdir)
+    (workdir / "config.json").unlink()
+    for flag, change in (("--config.optim.learning_rate=0.01", "optim.learning_rate: 0.001 != 0.01"),
+                         ("--config.model.hidden=64", "model.hidden: 32 != 64")):  # fmt: skip
+        proc = run_train(workdir, *SHORT, flag)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            f"adaptive: error: {workdir} holds a run with another config ({change}) (config.json is missing; its "
+            "checkpoints were saved with that config); use a new --workdir or the same config"
+        ]
+        assert not (workdir / "config.json").exists()
+    proc = run_train(workdir, *SHORT)  # the run's own flags resume it, and config.json is written again
+    assert proc.returncode == 0, proc.stderr
+    assert (workdir / "config.json").read_text() == (reference_run[0] / "config.json").read_text()
+
+
 def test_resuming_may_change_what_evals_score_and_each_eval_names_its_split_and_count(reference_run, tmp_path, caplog):
     """Only what periodic evals score changes (a run saved when test was the default, or before
     data.eval_examples existed, resumes)."""

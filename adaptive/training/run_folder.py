@@ -10,7 +10,7 @@ from pathlib import Path
 
 from adaptive import config as config_lib
 from adaptive.workdir import runinfo
-from adaptive.workdir.config_file import RUN_COST_MODEL, damaged_config, saved_steps
+from adaptive.workdir.config_file import RUN_COST_MODEL, config_of_step, damaged_config, saved_steps
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,22 @@ def refuse_a_folder_of_another_command(workdir: Path) -> None:
         raise config_lib.ConfigError(f"{workdir} holds runs ({runs[0]}, ...), not a run; give another --workdir")
 
 
+def as_saved(cfg: config_lib.Config) -> dict:
+    """`cfg` as config.json (and each checkpoint) holds it."""
+    return json.loads(json.dumps(config_lib.to_dict(cfg)))
+
+
 def write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
-    """Saves DIR/config.json; on a rerun, refuses a config that would make it another run."""
+    """Saves DIR/config.json; on a rerun, refuses a config that would make it another run (checked
+    against the config saved with the newest checkpoint where config.json was lost)."""
     path = workdir / "config.json"
-    current = json.loads(json.dumps(config_lib.to_dict(cfg)))
-    saved = _saved_config(path, workdir)
+    saved, lost = _saved_config(path, workdir), ""
+    if saved is None and (saved := _newest_checkpoint_config(workdir)) is not None:
+        lost = f" ({path.name} is missing; its checkpoints were saved with that config)"
     change = None if saved is None else config_change(saved, cfg)
     if change is not None:
         raise config_lib.ConfigError(
-            f"{workdir} holds a run with another config ({change}); use a new --workdir or the same config"
+            f"{workdir} holds a run with another config ({change}){lost}; use a new --workdir or the same config"
         )
     reached = max(saved_steps(workdir), default=0)
     if reached > cfg.train.steps:  # config.json would then say less than was trained
@@ -65,7 +72,14 @@ def write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
             "resumed step on, so this run matches neither a %s- nor a %s-step run",
             before, cfg.train.steps, cfg.optim.schedule, before, cfg.train.steps,
         )  # fmt: skip
-    runinfo.write_atomic(path, json.dumps(current, indent=2) + "\n")
+    runinfo.write_atomic(path, json.dumps(as_saved(cfg), indent=2) + "\n")
+
+
+def _newest_checkpoint_config(workdir: Path) -> dict | None:
+    for step in sorted(saved_steps(workdir), reverse=True):
+        if (config := config_of_step(workdir / "checkpoints" / str(step))) is not None:
+            return config
+    return None
 
 
 def keep_cost_model(cfg: config_lib.Config, workdir: Path) -> None:
@@ -86,7 +100,7 @@ def keep_cost_model(cfg: config_lib.Config, workdir: Path) -> None:
 def config_change(saved: dict, cfg: config_lib.Config) -> str | None:
     """Where `cfg` makes another run than the saved config.json `saved` ("key: saved != new"),
     leaving aside what a run may change when it resumes (RESUMABLE_CHANGES); None: the same run."""
-    current = json.loads(json.dumps(config_lib.to_dict(cfg)))
+    current = as_saved(cfg)
     try:  # a run saved before a config field existed had that field's default (and relative paths)
         saved = json.loads(json.dumps(config_lib.to_dict(config_lib.absolute_paths(config_lib.from_dict(saved)))))
     except config_lib.ConfigError:

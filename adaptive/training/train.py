@@ -97,7 +97,7 @@ def _train(cfg: config_lib.Config, model, spec: data.DatasetSpec, budget: Budget
     state, loop = _build_loop(cfg, model, spec, budget, mesh)
     rows = parallel.host_rows(cfg.train.batch_size) if jax.process_count() > 1 else None
     batches = data.train_iterator(cfg.data, cfg.train.batch_size, seed=cfg.seed, rows=rows)
-    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=cfg.train.keep_checkpoints, config=run_folder.as_saved(cfg))
     writer = None
     try:
         # Training sets an unusable newest step aside, so that it trains and saves that step again.

@@ -21,6 +21,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,11 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from adaptive.workdir.config_file import CHECKPOINT_CONFIG, CHECKSUM
 from adaptive.workdir.runinfo import WorkdirError
 
 log = logging.getLogger(__name__)
 
-CHECKSUM = "checksum"  # the Composite item (a folder in each step) holding {"sha256": ...}
 PARAMS_SHA = "params_sha256"  # in CHECKSUM: the params subtree alone, for params-only readers
 _FAILED_SAVES: list[BaseException] = []  # kept until exit: see _settle_failed_save
 
@@ -55,8 +56,10 @@ def newest_step(directory: Path) -> int | None:
 
 
 class Checkpointer:
-    def __init__(self, directory: str | Path, *, keep: int, create: bool = True):
+    def __init__(self, directory: str | Path, *, keep: int, create: bool = True, config: dict | None = None):
+        """`config`: saved with each checkpoint (read back by config_file.config_of_step)."""
         self.directory = Path(directory).resolve()
+        self._config = config
         # Saves are synchronous: the train step donates its state buffers, and a save must have
         # finished reading them before the next step reuses the memory.
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False, create=create)
@@ -82,6 +85,7 @@ class Checkpointer:
             "data": ocp.args.JsonSave(data_state),
             CHECKSUM: ocp.args.JsonSave(
                 {"sha256": state_digest(state, data_state), PARAMS_SHA: state_digest(state["params"], {})}
+                | ({CHECKPOINT_CONFIG: self._config} if self._config is not None else {})
             ),
         }
         with _reported_by_us():
@@ -282,28 +286,50 @@ def _settle_failed_save(error: BaseException) -> None:
 @contextlib.contextmanager
 def _reported_by_us() -> Iterator[None]:
     """A failed save or restore is reported by its caller in one line, so what orbax and
-    tensorstore print about it is dropped for the call's span: ERROR records with a traceback from
-    orbax's worker threads, and 'Event loop is closed' from writes that end after orbax closed its
-    event loop. After a failed save such writes may end until exit: that filter then stays."""
+    tensorstore print about it is dropped: ERROR records with a traceback from orbax's worker
+    threads (and asyncio's "Task exception was never retrieved"), 'Event loop is closed' from
+    reads and writes that end after orbax closed its event loop, and the exceptions of orbax's
+    read coroutines that nobody awaits any more (or that never started). Those may come until
+    exit, long after the call (as the coroutines are collected): once a call fails they stay."""
+    if _FILTERED:  # a call around this one, or one that failed, filters already
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax", "asyncio")]
+    for logger in loggers:
+        logger.addFilter(_drop_error_tracebacks)
+    previous_hook, sys.unraisablehook = sys.unraisablehook, _orbax_unraisable(sys.unraisablehook)
+    _FILTERED.append(True)
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        # its read coroutines may be collected never started, each warned of at exit
+        warnings.filterwarnings("ignore", r"coroutine '_(read|write)_\w+' was never awaited", RuntimeWarning)
+        raise
+    finally:
+        if not (failed or _FAILED_SAVES):
+            _FILTERED.clear()
+            for logger in loggers:
+                logger.removeFilter(_drop_error_tracebacks)
+            sys.unraisablehook = previous_hook
 
-    def keep(record: logging.LogRecord) -> bool:
-        return not (record.levelno >= logging.ERROR and record.exc_info)
 
-    def unraisable_hook(unraisable) -> None:
+_FILTERED: list[bool] = []  # non-empty while orbax's reports are filtered (for good once a call failed)
+
+
+def _drop_error_tracebacks(record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and (record.exc_info or "never retrieved" in str(record.msg)))
+
+
+def _orbax_unraisable(previous_hook):
+    def hook(unraisable) -> None:
         closed_loop = (
             isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
         )
-        if not (closed_loop or (_FAILED_SAVES and sys.is_finalizing())):
+        code = getattr(unraisable.object, "cr_code", None)  # a coroutine collected unfinished
+        orbax_read = code is not None and "orbax" in code.co_filename
+        if not (closed_loop or orbax_read or (_FAILED_SAVES and sys.is_finalizing())):
             previous_hook(unraisable)
 
-    loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
-    for logger in loggers:
-        logger.addFilter(keep)
-    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable_hook
-    try:
-        yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(keep)
-        if not _FAILED_SAVES:
-            sys.unraisablehook = previous_hook
+    return hook

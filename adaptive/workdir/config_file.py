@@ -15,6 +15,8 @@ from adaptive import config as config_lib
 from adaptive.workdir.runinfo import json_problem
 
 RUN_COST_MODEL = "budget_cost_model.json"
+CHECKSUM = "checksum"  # a checkpoint's Composite item (a folder in each step) holding {"sha256": ...}
+CHECKPOINT_CONFIG = "config"  # in CHECKSUM: the run's config, for a rerun whose config.json was lost
 
 
 class RunError(ValueError):
@@ -57,6 +59,17 @@ def damaged_config(path: Path, problem: str) -> RunError:
         f"{path} is corrupted ({problem}); restore it, or delete it and rerun adaptive train with the "
         f"run's --config and overrides (run.json records the command) to rewrite it and resume"
     )
+
+
+def config_of_step(folder: Path) -> dict | None:
+    """The config saved with checkpoint `folder` (as config.json holds it), or None where it has
+    none (saved before configs were, or by a reader); read as a file, like saved_steps."""
+    try:
+        saved = json.loads((Path(folder) / CHECKSUM / "metadata").read_text())  # orbax's JsonSave
+    except (OSError, ValueError):
+        return None
+    config = saved.get(CHECKPOINT_CONFIG) if isinstance(saved, dict) else None
+    return config if isinstance(config, dict) else None
 
 
 def saved_steps(workdir: Path) -> list[int]:
