@@ -171,6 +171,11 @@ def _sequence_rules(cfg: Any) -> None:
             f"config key 'halting.policy' is {cfg.halting.policy!r}; a language model halts per position with "
             "'act' (one shared block), or exits early with lm.exits"
         )
+    if cfg.moe.enabled and cfg.moe.router == "expert_choice":  # experts pick among the whole window
+        raise ConfigError(
+            "config key 'moe.router' is 'expert_choice'; a language model must not see later tokens, and an "
+            "expert choosing among a window's tokens does: use 'top_k' or 'top_p'"
+        )
     if cfg.halting.policy == "act" and (cfg.lm.exits or cfg.lm.mod_capacity > 0):
         raise ConfigError(
             "config key 'halting.policy' is 'act' (one shared block, halting per position); it does not combine "

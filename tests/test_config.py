@@ -404,3 +404,12 @@ def test_an_addition_split_too_large_to_generate_is_refused():
         ConfigError, match="'data.num_train' is 2_000_000; with data.addition_digits=64 at most 1_048_576"
     ):
         config_lib.load(f"{ROOT}/configs/lm.py:tiny", ["--config.data.name=addition", *big])
+
+
+def test_a_language_model_refuses_experts_that_choose_their_tokens():
+    """An expert picks its tokens among the whole window: a token's output would depend on the
+    tokens after it (and decoding, one token at a time, could not route as training did)."""
+    over = ["--config.moe.enabled=true", "--config.moe.router=expert_choice"]
+    with pytest.raises(ConfigError, match="^config key 'moe.router' is 'expert_choice'; a language model must not"):
+        config_lib.load(f"{ROOT}/configs/lm.py:tiny", over)
+    config_lib.load(f"{ROOT}/configs/lm.py:tiny", [*over[:1], "--config.moe.router=top_k"])

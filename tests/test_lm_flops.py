@@ -29,7 +29,6 @@ class Spec:
         ["--config.lm.mod_capacity=0.25"],
         ["--config.moe.enabled=true", "--config.moe.num_experts=4", "--config.moe.k=2", *CAPACITY],
         ["--config.moe.enabled=true", "--config.moe.router=top_p", "--config.moe.renormalize=false", *CAPACITY],
-        ["--config.moe.enabled=true", "--config.moe.router=expert_choice", *CAPACITY],
         ["--config.lm.exits=true", "--config.lm.mod_capacity=0.25"],
     ],
     ids=[
@@ -40,7 +39,6 @@ class Spec:
         "mod",
         "experts",
         "top-p",
-        "expert choice",
         "mod+exits",
     ],
 )

@@ -85,7 +85,7 @@ def operating_points(cfg, confidences: tuple[str, ...] = ()) -> list[Knobs]:
         points += [Knobs(threshold=t, confidence=confidence) for t in THRESHOLDS_OF[confidence]]
     if cfg.lm.mod_capacity > 0:
         points += [Knobs(mod_bias=b) for b in MOD_BIASES]
-    if cfg.moe.enabled and cfg.moe.router != "expert_choice":
+    if cfg.moe.enabled:  # (a language model routes by token choice: config_checks)
         points += [Knobs(experts=k) for k in range(1, cfg.moe.k)]
     return points
 
