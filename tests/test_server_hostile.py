@@ -236,7 +236,7 @@ def test_fuzzed_requests_get_an_answer_or_a_one_line_4xx_and_each_4xx_is_counted
         status, text = loop.run_until_complete(send(*request))
         seen[status] = seen.get(status, 0) + 1
         assert text.startswith("{"), (repr(request)[:200], status, text[:200])  # JSON, not aiohttp's text/plain 500
-        answer = json.loads(text)
+        answer = json.loads(text, parse_constant=_not_json)
         assert str(status) in predict["responses"] and status != 500, (repr(request)[:200], status, answer)
         assert matches(answer, predict["responses"][str(status)]["content"]["application/json"]["schema"]), answer
         assert "error" not in answer or "\n" not in answer["error"], answer
@@ -256,6 +256,30 @@ def test_fuzzed_requests_get_an_answer_or_a_one_line_4xx_and_each_4xx_is_counted
     assert sum(seen.values()) >= 200 and seen.get(200, 0) >= 20 and seen.get(400, 0) >= 20, seen
     bad = sum(n for status, n in seen.items() if 400 <= status < 500)
     assert f"adaptive_bad_requests_total {bad}\n" in metrics, (seen, metrics)
+
+
+def _not_json(constant: str):
+    raise AssertionError(f"{constant} is not JSON")
+
+
+def test_an_output_that_overflows_for_a_finite_input_is_a_422_not_nan(tmp_path):
+    """3e38 is a float32 the request schema accepts; an MLP's sums overflow on it. NaN in an
+    answer is not JSON (strict parsers refuse the whole body), and no prediction either."""
+    train_tiny(tmp_path / "run", 2, config="configs/mnist1d.py:tiny")
+    mlp = Engine.from_artifact(export_run(tmp_path / "run", tmp_path / "art"), buckets=(1,))
+
+    async def main():
+        async with TestClient(TestServer(_server(mlp).app())) as client:
+            huge = await client.post("/predict", json={"x": [3e38] * 40})
+            fine = await client.post("/predict", json={"x": [0.5] * 40})
+            answers = [(r.status, json.loads(await r.text(), parse_constant=_not_json)) for r in (huge, fine)]
+            return answers, await (await client.get("/metrics")).text()
+
+    ((status, answer), (ok, _)), metrics = asyncio.run(main())
+    assert (status, ok) == (422, 200)
+    assert answer == {"status": "not_finite", "error": "the model's output for this input is not finite (its "
+                      "largest |x| is 3e+38)"}  # fmt: skip
+    assert 'by_code_total{code="422"} 1' in metrics
 
 
 def test_an_unknown_path_or_method_is_a_one_line_json_4xx_and_counted(engine):

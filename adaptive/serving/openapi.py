@@ -66,6 +66,11 @@ FAILED = {
     "required": ["status", "error"],
     "properties": {"status": {"const": "error"}, "error": {"type": "string"}},
 }
+NOT_FINITE = {
+    "type": "object",
+    "required": ["status", "error"],
+    "properties": {"status": {"const": "not_finite"}, "error": {"type": "string"}},
+}
 HEALTH = {
     "type": "object",
     "properties": {
@@ -142,6 +147,7 @@ def _predict(input_shape: tuple[int, ...], units: tuple[str, ...], cap: int) -> 
         "responses": {
             "200": _json(_answer_schema(cap), "answered: ok, degraded (a cheaper point), or by the fallback model"),
             **{code: _json(ERROR, what) for code, what in BAD_REQUESTS.items()},
+            "422": _json(NOT_FINITE, "the model's output for this input is not finite (finite inputs may overflow it)"),
             "500": _json(FAILED, "the batch this request ran in failed; the server goes on"),
             "503": _json(
                 UNAVAILABLE,

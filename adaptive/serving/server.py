@@ -11,7 +11,8 @@ all, over tokens and steps; `within_budget`: the run kept the budget asked for, 
 which may be below the budget asked for with status ok when a cheaper point is as accurate):
 status ok / degraded / fallback with HTTP 200, rejected / deferred with 503 (deferred carries
 retry_after_ms), error with 500 if a batch fails (its requests are answered; the server goes
-on). Bad requests (see adaptive/serving/http_input.py: not UTF-8 JSON, missing or wrong-shaped x, NaN, a
+on), not_finite with 422 where the model's output overflows for a finite input. Bad requests
+(see adaptive/serving/http_input.py: not UTF-8 JSON, missing or wrong-shaped x, NaN, a
 budget out of range, an unknown unit or field, a body over 1 MiB or late, a Content-Type other than JSON)
 get a 4xx with {"error": one line}, counted in /metrics, and the server keeps serving.
 GET /healthz says what is loaded; GET /metrics is Prometheus text; GET /openapi.json is the
@@ -204,7 +205,7 @@ class Server:
         )
         await self.queue.put(pending)
         answer = await future
-        code = {"rejected": 503, "error": 500}.get(answer["status"], 200)
+        code = {"rejected": 503, "error": 500, "not_finite": 422}.get(answer["status"], 200)
         return web.json_response(answer, status=code)
 
     def _check_answerable(self, parsed) -> None:
@@ -375,6 +376,12 @@ class Server:
             # Adherence from what ran: the compute of the steps this model took, in the request's
             # unit, against the budget it asked for (not against the step cap the plan set); a
             # latency budget against the run's measured time, not the cost model's price for it.
+            if not np.isfinite(result.confidence[i]):  # NaN is not JSON, and no answer either
+                self.stats.bad(422)  # a 4xx, counted with the others
+                largest = float(np.abs(np.asarray(item.x, np.float64)).max(initial=0.0))
+                reason = f"the model's output for this input is not finite (its largest |x| is {largest:.3g})"
+                item.future.set_result({"status": "not_finite", "error": reason})
+                continue
             value, unit = self._asked(item)
             within = engine.within_budget(int(result.steps[i]), value, unit, experts)
             run_ms = 1e3 * (float(result.done_s[i]) - start)  # from the run's start to this row's answer
