@@ -156,6 +156,12 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path, capsys):
     assert main(["reproduce", "act_parity", "--tiny", "--workdir", str(tmp_path / "afile")]) == 2
     err = capsys.readouterr().err
     assert f"--workdir {tmp_path / 'afile'} is a file" in err and "Traceback" not in err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{}")  # its points and results would mix into the run
+    assert main(["reproduce", "act_parity", "--tiny", "--workdir", str(tmp_path / "run")]) == 2
+    said = capsys.readouterr().err
+    assert "run is a training run (config.json); give the reproduction a folder of its own" in said
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json"]
 
 
 def test_each_tiny_claim_of_act_parity_fails_on_a_run_that_cannot_ponder_or_learn():

@@ -186,8 +186,12 @@ def test_a_sweep_folder_must_not_be_a_file_or_a_run(tmp_path, capsys):
     assert main(["sweep", "--config", config, "--workdir", str(tmp_path / "file" / "sub")]) == 1  # as train
     assert f"cannot write {tmp_path / 'file' / 'sub'}: Not a directory" in capsys.readouterr().err
     assert main(["sweep", "--config", config, "--workdir", str(tmp_path / "run")]) == 2
-    assert "run is a training run; give the sweep a folder of its own" in capsys.readouterr().err
+    assert "run is a training run (config.json); give the sweep a folder of its own" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json"]
+    (tmp_path / "art").mkdir()
+    (tmp_path / "art" / "meta.json").write_text("{}")
+    assert main(["sweep", "--config", config, "--workdir", str(tmp_path / "art"), "--dry-run"]) == 2
+    assert "art is an exported artifact (meta.json); give the sweep a folder of its own" in capsys.readouterr().err
 
 
 def test_a_point_another_process_trains_or_a_signal_stopped_is_not_failed(tmp_path):

@@ -38,8 +38,7 @@ def run(args, overrides: list[str]) -> int:
     workdir = Path(args.workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"--workdir {workdir} is a file; a sweep's folder holds a run folder per point")
-    if any((workdir / name).exists() for name in ("config.json", "metrics.jsonl")):
-        raise ConfigError(f"--workdir {workdir} is a training run; give the sweep a folder of its own")
+    sweep_folders.refuse_a_run_or_an_artifact(workdir, "--workdir", "the sweep")
     per_point = _per_point(args)
     points = sweep.load_points(args.config, workdir, overrides)
     chosen = points

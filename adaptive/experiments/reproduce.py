@@ -101,6 +101,7 @@ def reproduce(name: str, *, tiny: bool, workdir: str | None, parallel: int, over
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--workdir {out} is a file; a reproduction's folder holds its runs and results")
     title = f"experiments/{name}{' (tiny)' if tiny else ''}"
+    sweep_folders.refuse_a_run_or_an_artifact(out, "--workdir", "the reproduction")
     return run_block(read_block(name), out, tiny=tiny, parallel=parallel, overrides=overrides, title=title)
 
 

@@ -14,11 +14,21 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from adaptive.config import ConfigError
 from adaptive.training.run_folder import config_change
 from adaptive.workdir.config_file import saved_steps
 
 if TYPE_CHECKING:
     from adaptive.experiments.sweep import Point
+
+
+def refuse_a_run_or_an_artifact(workdir: Path, flag: str, holds: str) -> None:
+    """A folder of many runs (`holds` them) is refused where it is one run or an exported
+    artifact: its points' folders and summary files would be mixed into it."""
+    for marker, what in (("config.json", "a training run"), ("metrics.jsonl", "a training run"),
+                         ("meta.json", "an exported artifact")):  # fmt: skip
+        if (workdir / marker).exists():
+            raise ConfigError(f"{flag} {workdir} is {what} ({marker}); give {holds} a folder of its own")
 
 
 def saved_config(folder: Path) -> dict | None:
