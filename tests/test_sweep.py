@@ -71,6 +71,9 @@ def test_a_failing_point_does_not_stop_the_others_and_a_rerun_does_no_work_twice
     assert rows[0]["eval_examples"] == rows[2]["eval_examples"] > 0  # and on as many examples
     assert (workdir / "summary.csv").read_text().splitlines()[0].startswith("index,point,status")
     assert (workdir / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    started = sorted(line for line in first.stdout.splitlines() if ": training (" in line)  # said as each starts
+    assert len(started) == 3 and "point 0-tau0.001: training (" in started[0]
+    assert started[0].endswith(f"of 3; log: {workdir / '0-tau0.001'}/train.log)")
 
     done = [workdir / rows[i]["point"] for i in (0, 2)]
     before = {d: ((d / "metrics.jsonl").read_bytes(), (d / "train.log").stat().st_size) for d in done}
