@@ -29,6 +29,12 @@ def refuse_flags_of_the_other_kind(args, minimal: list[str], names: tuple[str, .
             raise ConfigError(f"--{name.replace('_', '-')} applies to {applies_to}; {is_}")
 
 
+OVERRIDES = (
+    "Any value of the config is overridden with --config.KEY=VALUE, e.g. --config.train.steps=300 "
+    "--config.model.hidden=64; an unknown key or a bad value is a one-line error."
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adaptive",
@@ -72,7 +78,10 @@ def _name_the_parsers(parser: argparse.ArgumentParser) -> None:
 def _add_train(commands) -> None:
     """`adaptive train`: a config trained in a workdir."""
     train = commands.add_parser(
-        "train", help="train a config in a workdir (resumes if it has a checkpoint)", allow_abbrev=False
+        "train",
+        help="train a config in a workdir (resumes if it has a checkpoint)",
+        epilog=OVERRIDES,
+        allow_abbrev=False,
     )
     train.add_argument(
         "--config",
@@ -198,7 +207,10 @@ def _add_serve(commands) -> None:
 def _add_sweep(commands) -> None:
     """`adaptive sweep`: every point of a config's get_sweep() trained."""
     sweep = commands.add_parser(
-        "sweep", help="train every point of a config's get_sweep(), resumably, N at a time", allow_abbrev=False
+        "sweep",
+        help="train every point of a config's get_sweep(), resumably, N at a time",
+        epilog=OVERRIDES.replace("the config", "every point's config"),
+        allow_abbrev=False,
     )
     sweep.add_argument("--config", required=True, metavar="FILE[:ARG]", help="a config file with get_sweep(arg)")
     sweep.add_argument("--workdir", required=True, metavar="DIR", help="points go to DIR/<index>-<slug>")
@@ -226,7 +238,10 @@ def _add_sweep(commands) -> None:
 def _add_reproduce(commands) -> None:
     """`adaptive reproduce`: one experiment end to end."""
     reproduce = commands.add_parser(
-        "reproduce", help="run one experiment end to end and check its README's claims", allow_abbrev=False
+        "reproduce",
+        help="run one experiment end to end and check its README's claims",
+        epilog=OVERRIDES.replace("the config", "the config of each of its sweeps"),
+        allow_abbrev=False,
     )
     reproduce.add_argument("name", help="a folder of experiments/, e.g. act_parity")
     reproduce.add_argument("--tiny", action="store_true", help="the minutes-scale version and its claims")
