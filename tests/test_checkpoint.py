@@ -256,3 +256,20 @@ def test_a_failed_restore_says_only_its_one_line_until_exit(tmp_path):
         )
         assert proc.stdout.startswith("no checkpoint in ") and "is not compatible with the stored shape" in proc.stdout
         assert proc.stderr == ""
+
+
+def test_a_checkpoint_that_lost_its_checksum_among_others_that_have_one_is_not_trusted(tmp_path):
+    """An older version saved no checksum in any step; a step without one beside steps with one
+    lost it (a damaged copy), and its arrays could hold anything: the next older step is used."""
+    import shutil
+
+    ckpt = _saved(tmp_path, steps=(1, 2))
+    shutil.rmtree(tmp_path / "checkpoints" / "2" / "checksum")
+    step, state, _ = ckpt.restore_latest(_state(0))
+    assert step == 1
+    _equal(state, _state(1))
+    with pytest.raises(CheckpointError, match="checkpoint .*/2 has lost its checksum \\(the run's other checkpoints"):
+        ckpt.restore(2, _state(0))
+    with pytest.raises(CheckpointError, match="/2 has lost its checksum"):
+        ckpt.restore_params(2, _state(0)["params"])
+    ckpt.close()

@@ -104,7 +104,7 @@ class Checkpointer:
         abstract = _abstract(like)
         folder = self.directory / str(step)
         items = {"state": ocp.args.StandardRestore(abstract), "data": ocp.args.JsonRestore()}
-        verified = (folder / CHECKSUM).is_dir()  # checkpoints saved before checksums have none
+        verified = self._has_checksum(folder)  # checkpoints saved before checksums have none
         if verified:
             items[CHECKSUM] = ocp.args.JsonRestore()
         try:
@@ -124,7 +124,7 @@ class Checkpointer:
         abstract = {"params": _abstract(like)}
         folder = self.directory / str(step)
         items = {"state": ocp.args.PyTreeRestore(abstract, restore_args=_restore_args(abstract), partial_restore=True)}
-        verified = (folder / CHECKSUM).is_dir()
+        verified = self._has_checksum(folder)
         if verified:
             items[CHECKSUM] = ocp.args.JsonRestore()
         try:
@@ -141,6 +141,16 @@ class Checkpointer:
         elif state_digest(params, {}) != saved:
             raise CheckpointError(f"checkpoint {folder} is corrupt (its content does not match its checksum)")
         return params
+
+    def _has_checksum(self, folder: Path) -> bool:
+        """Whether `folder` has its checksum; a step without one where another step of the run has
+        one was not saved by an older version, but lost it (a damaged copy): refused."""
+        if (folder / CHECKSUM).is_dir():
+            return True
+        others = [p for p in self.directory.iterdir() if p.name.isdigit() and p != folder]
+        if any((p / CHECKSUM).is_dir() for p in others):
+            raise CheckpointError(f"checkpoint {folder} has lost its checksum (the run's other checkpoints have one)")
+        return False
 
     def _params_reader(self) -> ocp.CheckpointManager:
         """A manager of its own for partial reads: a manager binds each item to the handler of its
