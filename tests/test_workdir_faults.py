@@ -214,6 +214,27 @@ def test_a_metrics_file_cut_mid_line_reads_without_its_last_row(tmp_path):
         read_jsonl(path)
 
 
+def test_a_resume_drops_a_damaged_line_with_a_warning_and_keeps_the_file_as_it_was(tmp_path, caplog):
+    """A resume rewrites metrics.jsonl up to its step; a line before the last that is not JSON was
+    dropped without a word (that row lost for good): now said, and the file set aside first."""
+    from adaptive.training.metrics import JsonlWriter
+
+    path = tmp_path / "metrics.jsonl"
+    damaged = '{"step": 5, "split": "train"}\nGARBAGE\n{"step": 10, "split": "train"}\n{"step": 20, "spl'
+    path.write_text(damaged)
+    with caplog.at_level(logging.WARNING, logger="adaptive.training.metrics"):
+        JsonlWriter(path, resume_step=10).close()
+    assert path.read_text() == '{"step": 5, "split": "train"}\n{"step": 10, "split": "train"}\n'
+    aside = tmp_path / "metrics.jsonl.corrupt-1"
+    assert aside.read_text() == damaged
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path} line 2 is not JSON (edited or damaged): dropped; the file as it was is {aside}"
+    ]
+    caplog.clear()
+    JsonlWriter(path, resume_step=10).close()  # a clean file (and a last line cut by a kill) says nothing
+    assert caplog.records == [] and not (tmp_path / "metrics.jsonl.corrupt-2").exists()
+
+
 def test_a_saved_config_with_a_key_this_version_lacks_is_named_as_the_files(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"train": {"old_key": 1}}))
     with pytest.raises(RunError, match=r"config\.json: unknown config key 'train\.old_key'"):

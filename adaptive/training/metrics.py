@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Protocol
 
 from adaptive.config_checks import ConfigError
-from adaptive.workdir.runinfo import WorkdirError, file_errors, write_atomic
+from adaptive.workdir.runinfo import WorkdirError, file_errors, set_aside, write_atomic
+
+log = logging.getLogger(__name__)
 
 
 class Writer(Protocol):
@@ -29,14 +32,21 @@ class JsonlWriter:
     """Appends to DIR/metrics.jsonl; on resume, drops lines past the restored step first.
 
     Those lines came from steps that the resumed run will compute again; keeping them would
-    duplicate steps. Lines cut short by a kill are dropped too.
+    duplicate steps. A last line cut short by a kill is dropped too; a line before it that is not
+    JSON (the file edited or damaged) is dropped with a warning, the file as it was set aside.
     """
 
     def __init__(self, path: str | Path, *, resume_step: int):
         self.path = Path(path)
         with file_errors(self.path):
             if self.path.exists():
-                kept = [line for line in self.path.read_text(errors="replace").splitlines() if _kept(line, resume_step)]
+                lines = [line for line in self.path.read_text(errors="replace").splitlines() if line.strip()]
+                kept = [line for line in lines if _kept(line, resume_step)]
+                bad = [i + 1 for i, line in enumerate(lines[:-1]) if _row(line) is None]
+                if bad:
+                    aside = set_aside(self.path)
+                    log.warning("%s line %s is not JSON (edited or damaged): dropped; the file as it was is %s",
+                                self.path, ", ".join(map(str, bad)), aside)  # fmt: skip
                 write_atomic(self.path, "".join(k + "\n" for k in kept))
             self._file = self.path.open("a")
 
@@ -50,12 +60,17 @@ class JsonlWriter:
             self._file.close()
 
 
-def _kept(line: str, resume_step: int) -> bool:
+def _row(line: str) -> dict | None:
     try:
         row = json.loads(line)
     except json.JSONDecodeError:
-        return False
-    return isinstance(row, dict) and row.get("step", 0) <= resume_step
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _kept(line: str, resume_step: int) -> bool:
+    row = _row(line)
+    return row is not None and row.get("step", 0) <= resume_step
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
