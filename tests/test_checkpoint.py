@@ -273,3 +273,27 @@ def test_a_checkpoint_that_lost_its_checksum_among_others_that_have_one_is_not_t
     with pytest.raises(CheckpointError, match="/2 has lost its checksum"):
         ckpt.restore_params(2, _state(0)["params"])
     ckpt.close()
+
+
+def test_a_reader_whose_steps_a_trainer_rotated_out_reads_the_newer_ones(tmp_path):
+    """`adaptive eval` beside a running trainer that keeps few checkpoints: the steps the reader
+    listed are removed before it reads them, and newer ones saved; it lists them anew."""
+    import shutil
+
+    trainer = _saved(tmp_path, steps=(1, 2))
+    reader = Checkpointer(tmp_path / "checkpoints", keep=5, create=False)
+    assert reader.steps() == [1, 2]
+    for step in (3, 4):
+        trainer.save(step, _state(step), {"next_index": step})
+    for gone in (1, 2):
+        shutil.rmtree(tmp_path / "checkpoints" / str(gone))
+    step, state, _ = reader.restore_latest(_state(0))
+    assert step == 4
+    _equal(state, _state(4))
+    shutil.rmtree(tmp_path / "checkpoints" / "3")
+    shutil.rmtree(tmp_path / "checkpoints" / "4")
+    with pytest.raises(CheckpointError, match="checkpoint .*/4 is gone \\(removed since it was listed\\)$"):
+        reader.restore(4, _state(0))  # said as gone, not as damaged
+    assert reader.restore_latest(_state(0)) is None  # listed anew: none left
+    trainer.close()
+    reader.close()

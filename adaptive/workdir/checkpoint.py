@@ -35,6 +35,7 @@ from adaptive.workdir.runinfo import WorkdirError
 
 log = logging.getLogger(__name__)
 
+ROTATED_RETRIES = 3  # a reader's new reads when a trainer rotated the steps it listed (_newest_usable)
 PARAMS_SHA = "params_sha256"  # in CHECKSUM: the params subtree alone, for params-only readers
 _FAILED_SAVES: list[BaseException] = []  # kept until exit: see _settle_failed_save
 
@@ -147,6 +148,8 @@ class Checkpointer:
         one was not saved by an older version, but lost it (a damaged copy): refused."""
         if (folder / CHECKSUM).is_dir():
             return True
+        if not folder.is_dir():
+            raise CheckpointError(f"checkpoint {folder} is gone (removed since it was listed)")
         others = [p for p in self.directory.iterdir() if p.name.isdigit() and p != folder]
         if any((p / CHECKSUM).is_dir() for p in others):
             raise CheckpointError(f"checkpoint {folder} has lost its checksum (the run's other checkpoints have one)")
@@ -174,24 +177,34 @@ class Checkpointer:
         return self._newest_usable(lambda step: self.restore_params(step, like), set_aside=False)
 
     def _newest_usable(self, restore, set_aside: bool):
-        steps = self.steps()
-        failed: list[tuple[int, str]] = []
-        for step in reversed(steps):
-            try:
-                restored = restore(step)
-            except CheckpointError as e:
-                failed.append((step, str(e)))
-                continue
-            for bad, reason in failed:
-                if set_aside:
-                    log.warning("%s; moved it to %s, resuming from step %d", reason, self._set_aside(bad), step)
-                else:
-                    log.warning("%s; using step %d", reason, step)
-            return step, restored
-        if steps:
+        for attempt in range(ROTATED_RETRIES + 1):
+            steps = self.steps()
+            failed: list[tuple[int, str]] = []
+            for step in reversed(steps):
+                try:
+                    restored = restore(step)
+                except CheckpointError as e:
+                    failed.append((step, str(e)))
+                    continue
+                for bad, reason in failed:
+                    if set_aside:
+                        log.warning("%s; moved it to %s, resuming from step %d", reason, self._set_aside(bad), step)
+                    else:
+                        log.warning("%s; using step %d", reason, step)
+                return step, restored
+            if not steps:
+                return None
+            # A reader beside a running trainer: the steps it listed may have been rotated out while
+            # it read them (their folders gone). Listed anew and read again; a trainer never retries.
+            if not set_aside and attempt < ROTATED_RETRIES:
+                for manager in (self._manager, self._reader):
+                    if manager is not None:
+                        manager.reload()
+                if self.steps() != steps:
+                    continue
             reasons = "; ".join(reason for _, reason in failed)
             raise CheckpointError(f"no checkpoint in {self.directory} can be restored: {reasons}")
-        return None
+        raise AssertionError("unreachable")
 
     def _set_aside(self, step: int) -> Path:
         """Renames step's folder to `corrupt-STEP-TIME` beside it (orbax lists only step numbers)."""
