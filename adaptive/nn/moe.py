@@ -76,9 +76,10 @@ class MoEFeedForward(nnx.Module):
         if dispatch not in DISPATCHES:
             raise ValueError(f"dispatch {dispatch!r} is not one of {DISPATCHES}")
         self.num_experts, self.k, self.router_kind, self.top_p = num_experts, k, router, top_p
-        # Expert choice: experts pick tokens, so an expert budget below the trained k caps each
-        # token at that many (routing.expert_choice); `limit_experts` sets `token_cap`.
-        self.trained_k, self.token_cap = k, None
+        # Expert choice: experts pick tokens, so a token may get any number of them; an expert
+        # budget (k itself at inference) caps each token at that many (routing.expert_choice);
+        # `limit_experts` sets `token_cap`.
+        self.token_cap = None
         self.capacity_factor, self.eval_capacity_factor = capacity_factor, eval_capacity_factor
         self.renormalize, self.jitter, self.dropless = renormalize, jitter, dropless
         self.eval_dropless, self.dispatch, self.block_size = eval_dropless, dispatch, block_size
@@ -128,7 +129,7 @@ class MoEFeedForward(nnx.Module):
         cap = self.route_capacity(x_TxD.shape[0], train)  # dropless: every expert can take every token
         if self.router_kind == "expert_choice":
             budget = self.token_cap if k_active is None else k_active
-            return R.expert_choice(logits, cap, budget, self.trained_k), logits, cap
+            return R.expert_choice(logits, cap, budget), logits, cap
         options = dict(renormalize=self.renormalize, k_active=k_active, priority=self.priority)
         if self.router_kind == "top_p":
             return R.top_p(logits, self.k, self.top_p, cap, **options), logits, cap
@@ -226,7 +227,7 @@ def limit_experts(model: nnx.Module, k: int | None) -> nnx.Module:
             module.expert_parallel = False
             if k is not None:
                 module.k = k
-                module.token_cap = k if k < module.trained_k else None
+                module.token_cap = k  # expert choice: at its trained k too, where training left tokens uncapped
     return limited
 
 

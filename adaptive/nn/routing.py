@@ -155,14 +155,13 @@ def _slots_in_order(expert_A: jax.Array, active_A: jax.Array, order: jax.Array, 
     return jnp.zeros_like(expert_A, jnp.int32).at[order].set(position_sorted)
 
 
-def expert_choice(logits_TxE: jax.Array, cap: int, k_active=None, k: int | None = None) -> Routing:
+def expert_choice(logits_TxE: jax.Array, cap: int, k_active=None) -> Routing:
     """Each expert takes its `cap` most probable tokens (probabilities over experts per token).
 
-    Experts choose, so a token may be taken by any number of them. An expert budget below the
-    model's `k` caps each token at its highest-gated experts, the rest of its assignments
-    dropped (their slots stay empty), so that the budget holds for any input: `k_active`
-    (traced, a scalar or one per token, T x 1), applied where it is below `k` (the model as
-    trained, uncapped, at k_active >= k)."""
+    Experts choose, so a token may be taken by any number of them (training leaves it so). An
+    expert budget caps each token at its highest-gated experts, the rest of its assignments
+    dropped (their slots stay empty), so that the budget holds for any input, the model's own
+    `k` included: `k_active` (traced, a scalar or one per token, T x 1; None: uncapped)."""
     num_tokens, num_experts = logits_TxE.shape
     probs = jax.nn.softmax(logits_TxE.astype(jnp.float32), axis=-1)
     gate_ExC, token_ExC = jax.lax.top_k(probs.T, min(cap, num_tokens))
@@ -175,8 +174,6 @@ def expert_choice(logits_TxE: jax.Array, cap: int, k_active=None, k: int | None 
         budget = jnp.asarray(k_active)
         budget_A = budget.reshape(-1)[token_A] if budget.ndim else budget  # each assignment's token's
         kept = _rank_within_token(token_A, gate_A) < budget_A
-        if k is not None:
-            kept = kept | (budget_A >= k)
         gate_A = jnp.where(kept, gate_A, 0.0)
     return Routing(token_A, expert_A, slot_A, gate_A, kept, kept, probs)
 
