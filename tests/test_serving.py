@@ -238,6 +238,15 @@ def test_a_moe_server_degrades_to_fewer_experts_and_stays_within_them(tmp_path):
     assert degraded["status"] == "degraded" and degraded["budget_experts"] == 1
     assert 16 <= degraded["experts"] <= degraded["steps"] * 16 * 1
 
+    async def shed(client, server):  # shedding runs the experts as trained: the 400 says so
+        answer = await client.post("/predict", json={"x": GOOD, "budget": tight, "unit": "flops"})
+        return answer.status, (await answer.json())["error"]
+
+    shedding = Controller(moe.cap, 20.0, mode="shed", expert_budgets=tuple(moe.expert_budgets))
+    status, error = _with_client(moe, shed, shedding)
+    assert status == 400 and "below one step of this model" in error
+    assert error.endswith(" at its 2 experts per token (the shed policy runs no fewer)"), error
+
 
 def test_the_server_seeds_service_times_from_the_warm_up(engine):
     controller = Controller(engine.cap, 50.0)

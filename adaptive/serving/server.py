@@ -45,6 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from aiohttp import web
 
+from adaptive.serving.answerable import check_answerable
 from adaptive.serving.connections import ConnectionLimit, deferred, listen, refuse, routing_errors
 from adaptive.serving.controller import Controller
 from adaptive.serving.decisions import REJECTED, Decision
@@ -209,30 +210,8 @@ class Server:
         return web.json_response(answer, status=code)
 
     def _check_answerable(self, parsed) -> None:
-        """A 400 for a budget no model here can keep whatever the load (under the primary's least
-        run, or fewer steps than a static primary runs, and no fallback's): a 503 would tell the
-        client to retry what can never succeed."""
-        primary = self.engines["primary"]
-        if parsed.budget_value is None or (parsed.steps >= 1 and not primary.fixed_depth):
-            return  # an adaptive primary answers any budget it has a step for
-        rungs = self.fallbacks.values() if self.controller.mode == "adaptive" else ()  # the others never fall back
-        if any(e.steps_within(parsed.budget_value, parsed.unit) for e in (primary, *rungs)):
-            return
-        if self.controller.mode != "shed" and any(parsed.expert_steps or ()):
-            return  # the primary keeps it at fewer experts (shedding runs the experts as trained)
-        least = {name: e.least_budget(parsed.unit) for name, e in self.fallbacks.items()} if rungs else {}
-        known = {name: value for name, value in least.items() if value is not None}
-        none = "; no fallback runs within it" if rungs else ""
-        if known:
-            name = min(known, key=known.get)
-            none += f" (the least: {known[name]:g} {parsed.unit}, on {name})"
-        if parsed.steps < 1:
-            raise BadRequest(400, parsed.below_primary + none)
-        raise BadRequest(
-            400,
-            f"budget {parsed.budget_value:g} {parsed.unit} allows {parsed.steps} of this static model's "
-            f"{primary.cap} steps, and it runs all of them{none}",
-        )
+        rungs = self.fallbacks if self.controller.mode == "adaptive" else {}  # the others never fall back
+        check_answerable(parsed, self.engines["primary"], rungs, self.controller.mode)
 
     async def _refuse(self, request: web.Request, e: BadRequest) -> web.StreamResponse:
         return await refuse(request, e, self.stats.bad)
