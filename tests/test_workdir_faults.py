@@ -347,3 +347,14 @@ def test_a_folder_that_exists_but_cannot_be_written_is_refused(tmp_path):
     (tmp_path / "eval").mkdir(mode=0o555)
     with pytest.raises(WorkdirError, match=f"^cannot write {tmp_path / 'eval'}: Permission denied$"):
         writable_folder(tmp_path / "eval")
+
+
+def test_an_emptied_metrics_file_beside_checkpoints_is_said_as_such(tmp_path):
+    from adaptive.evaluation.report import final_eval
+
+    (tmp_path / "metrics.jsonl").write_text("")
+    with pytest.raises(RunError, match=f"^{tmp_path} has no eval yet$"):  # a run stopped before its first eval
+        final_eval(tmp_path)
+    (tmp_path / "checkpoints" / "200").mkdir(parents=True)
+    with pytest.raises(RunError, match=r"has no eval yet \(metrics.jsonl is empty, though it has checkpoints\)$"):
+        final_eval(tmp_path)

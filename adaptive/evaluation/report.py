@@ -19,7 +19,7 @@ from adaptive.evaluation.budgeted_eval import evaluate_run
 from adaptive.evaluation.intervals import mean_interval
 from adaptive.evaluation.tables import markdown_table, print_table
 from adaptive.training.metrics import read_jsonl
-from adaptive.workdir.config_file import RunError, checkpoint_folder, load_config, task_label
+from adaptive.workdir.config_file import RunError, checkpoint_folder, load_config, saved_steps, task_label
 from adaptive.workdir.runinfo import WorkdirError
 
 
@@ -110,9 +110,13 @@ def _has_eval(workdir: str) -> bool:
 def final_eval(workdir: Path) -> dict:
     if not (Path(workdir) / "metrics.jsonl").is_file():  # stopped before its first logged step
         raise RunError(f"{workdir} has no eval yet (no metrics.jsonl)")
-    rows = [r for r in read_jsonl(Path(workdir) / "metrics.jsonl") if r["split"] == "eval"]
+    logged = read_jsonl(Path(workdir) / "metrics.jsonl")
+    rows = [r for r in logged if r.get("split") == "eval"]
     if not rows:
-        raise RunError(f"{workdir} has no eval yet")
+        damaged = not logged and saved_steps(Path(workdir))  # checkpoints, yet not a line logged
+        raise RunError(
+            f"{workdir} has no eval yet" + (" (metrics.jsonl is empty, though it has checkpoints)" if damaged else "")
+        )
     return rows[-1]
 
 
