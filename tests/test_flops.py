@@ -91,5 +91,10 @@ def test_a_smaller_expert_budget_is_priced_at_the_experts_it_runs(dispatch):
     assert two == flops.at_steps(3.0)  # k applications a step: the default
     if dispatch == "blocks":
         assert two - one == pytest.approx(3 * flops.expert_pass)
+        # the same as the model routed to one expert a token (what an export prices a budget of 1
+        # at): its combine of expert outputs included, not only the expert itself
+        from adaptive.inference.export import at_expert_budget
+
+        assert one == pytest.approx(flops_model(at_expert_budget(cfg, 1), (16,), 2, batch=8).at_steps(3.0))
     else:
         assert one == two

@@ -73,7 +73,8 @@ def dense_flops(d_in: int, d_out: int, bias: bool = True) -> float:
 
 
 def moe_flops(width: int, cfg, tokens: int, *, train: bool, useful: bool) -> tuple[float, float, float]:
-    """Per token, one MoE feed-forward: (FLOPs in all, expert applications, FLOPs of one)."""
+    """Per token, one MoE feed-forward: (FLOPs in all, expert applications, FLOPs of one with
+    the combine of its output, what an application fewer saves where work follows routing)."""
     hidden = cfg.expert_width(width)
     expert = dense_flops(width, hidden) + dense_flops(hidden, width) + 8.0 * hidden  # + GELU's polynomial
     dropless = cfg.dropless if train else cfg.eval_dropless
@@ -85,7 +86,8 @@ def moe_flops(width: int, cfg, tokens: int, *, train: bool, useful: bool) -> tup
         slots = group if dropless and cfg.router != "expert_choice" else capacity(group, cfg.num_experts, cfg.k, factor)
         passes = cfg.num_experts * slots / group
     router = dense_flops(width, cfg.num_experts, bias=False) + 6.0 * cfg.num_experts
-    return router + passes * expert + 2.0 * cfg.k * width, passes, expert
+    combine = 2.0 * width  # an assignment's output scaled by its gate and added to its token's
+    return router + passes * expert + cfg.k * combine, passes, expert + combine
 
 
 def flops_model(
