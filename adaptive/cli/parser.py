@@ -320,7 +320,8 @@ def _add_generate(commands) -> None:
         "--json",
         type=output_file,
         metavar="OUT",
-        help="one JSON row per prompt: text, per-token layers, experts, FLOPs",
+        help="one JSON row per prompt: text, per-token layers, experts, FLOPs (the first token's are part of "
+        "prefill_flops; decode_flops sums the others)",
     )
 
 
