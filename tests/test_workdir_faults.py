@@ -342,11 +342,11 @@ def test_eval_that_could_not_write_its_results_says_so_before_evaluating(tmp_pat
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not stop root")
 def test_a_folder_that_exists_but_cannot_be_written_is_refused(tmp_path):
-    from adaptive.workdir.runinfo import writable_folder
+    from adaptive.workdir.runinfo import check_writable_folder
 
     (tmp_path / "eval").mkdir(mode=0o555)
     with pytest.raises(WorkdirError, match=f"^cannot write {tmp_path / 'eval'}: Permission denied$"):
-        writable_folder(tmp_path / "eval")
+        check_writable_folder(tmp_path / "eval")
 
 
 def test_an_emptied_metrics_file_beside_checkpoints_is_said_as_such(tmp_path):

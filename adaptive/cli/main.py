@@ -96,10 +96,10 @@ def _eval(args, overrides: list[str]) -> int:
     from adaptive.cli import eval_reports
     from adaptive.evaluation.budgeted_eval import evaluate_run
     from adaptive.workdir.config_file import RunError, load_config, refuse_other_task
-    from adaptive.workdir.runinfo import writable_folder
+    from adaptive.workdir.runinfo import check_writable_folder
 
     cfg = load_config(Path(args.workdir).resolve())
-    writable_folder(Path(args.workdir) / "eval")  # before the evaluation, whose results go there
+    check_writable_folder(Path(args.workdir) / "eval")  # before the evaluation, whose results go there
     if cfg.model.kind == "lm":
         return _eval_lm(args)
     for baseline in args.baseline:  # checked before the evaluation, which takes a while

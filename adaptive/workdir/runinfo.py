@@ -74,14 +74,15 @@ def file_errors(path: str | Path, action: str = "write") -> Iterator[None]:
         raise WorkdirError(f"cannot {action} {path}: {e.strerror or e}") from e
 
 
-def writable_folder(path: Path) -> Path:
-    """`path`, made if missing, or a WorkdirError (one line) where it cannot be written (a
-    read-only mount): asked before long work whose results would be written there and lost."""
-    with file_errors(path):
-        path.mkdir(parents=True, exist_ok=True)
-    if not os.access(path, os.W_OK):
-        raise WorkdirError(f"cannot write {path}: {os.strerror(errno.EROFS if _read_only(path) else errno.EACCES)}")
-    return path
+def check_writable_folder(path: Path) -> None:
+    """A WorkdirError (one line) where folder `path` could not be made or written (a read-only
+    mount, a file in its place), checked without making it: asked before long work whose results
+    would be written there and lost."""
+    if path.exists() and not path.is_dir():
+        raise WorkdirError(f"cannot write {path}: {os.strerror(errno.EEXIST)}")
+    where = path if path.exists() else path.parent
+    if not os.access(where, os.W_OK):
+        raise WorkdirError(f"cannot write {path}: {os.strerror(errno.EROFS if _read_only(where) else errno.EACCES)}")
 
 
 def _read_only(path: Path) -> bool:
