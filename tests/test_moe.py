@@ -320,6 +320,7 @@ def test_model_expert_budget_bounds_expert_applications(router):
         for out in (
             model.infer(x, jnp.int32(3), k_active=jnp.int32(k_active), compact=False),
             limit_experts(model, k_active).infer(x, jnp.int32(3), compact=False),
+            limit_experts(model, None if k_active == 2 else 1).infer(x, jnp.int32(3), compact=False),  # as served
         ):
             assert (np.asarray(out.experts_B) <= k_active * np.asarray(out.steps_B)).all()
             assert (np.asarray(out.steps_B) <= 3).all()

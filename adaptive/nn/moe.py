@@ -215,7 +215,8 @@ class MoEFeedForward(nnx.Module):
 
 def limit_experts(model: nnx.Module, k: int | None) -> nnx.Module:
     """A copy of `model` for inference on one device: every MoE layer capped at k experts per
-    token (None: as trained), not expert-parallel, and routing each call's tokens as one group,
+    token (None: its trained k; expert choice, uncapped in training, is capped there too), not
+    expert-parallel, and routing each call's tokens as one group,
     since a request batch has any size and the groups a run trained with (a multiple of its
     devices) need not divide it. Static: an executable traced from the copy has buffers and work
     sized for k, so a smaller k saves time. `model` itself is left as it is (the copy shares its
@@ -227,7 +228,7 @@ def limit_experts(model: nnx.Module, k: int | None) -> nnx.Module:
             module.expert_parallel = False
             if k is not None:
                 module.k = k
-                module.token_cap = k  # expert choice: at its trained k too, where training left tokens uncapped
+            module.token_cap = module.k  # read by expert choice only
     return limited
 
 
