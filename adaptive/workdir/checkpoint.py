@@ -21,6 +21,7 @@ import re
 import sys
 import threading
 import time
+import traceback
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -309,11 +310,12 @@ def _settle_failed_save(error: BaseException) -> None:
 @contextlib.contextmanager
 def _reported_by_us() -> Iterator[None]:
     """A failed save or restore is reported by its caller in one line, so what orbax and
-    tensorstore print about it is dropped: ERROR records with a traceback from orbax's worker
-    threads (and asyncio's "Task exception was never retrieved"), 'Event loop is closed' from
-    reads and writes that end after orbax closed its event loop, and the exceptions of orbax's
-    read coroutines that nobody awaits any more (or that never started). Those may come until
-    exit, long after the call (as the coroutines are collected): once a call fails they stay."""
+    tensorstore print about it is dropped: ERROR records with a traceback through their code
+    (orbax's worker threads; asyncio's "Task exception was never retrieved"), 'Event loop is
+    closed' from reads and writes that end after orbax closed its event loop, and the exceptions
+    of orbax's read coroutines that nobody awaits any more (or that never started). Those may
+    come until exit, long after the call (as the coroutines are collected): once a call fails,
+    the filters stay, each narrowed to orbax's and tensorstore's own."""
     if _FILTERED:  # a call around this one, or one that failed, filters already
         yield
         return
@@ -328,7 +330,7 @@ def _reported_by_us() -> Iterator[None]:
     except BaseException:
         failed = True
         # its read coroutines may be collected never started, each warned of at exit
-        warnings.filterwarnings("ignore", r"coroutine '_(read|write)_\w+' was never awaited", RuntimeWarning)
+        warnings.filterwarnings("ignore", r"coroutine '_(read|write)_array\w*' was never awaited", RuntimeWarning)
         raise
     finally:
         if not (failed or _FAILED_SAVES):
@@ -342,7 +344,12 @@ _FILTERED: list[bool] = []  # non-empty while orbax's reports are filtered (for 
 
 
 def _drop_error_tracebacks(record: logging.LogRecord) -> bool:
-    return not (record.levelno >= logging.ERROR and (record.exc_info or "never retrieved" in str(record.msg)))
+    """False for an ERROR record of orbax's or tensorstore's failure (raised in their code);
+    other code's errors on the same loggers pass."""
+    if record.levelno < logging.ERROR or not record.exc_info or record.exc_info[2] is None:
+        return True
+    files = [frame.f_code.co_filename for frame, _ in traceback.walk_tb(record.exc_info[2])]
+    return not any("orbax" in f or "tensorstore" in f for f in files)
 
 
 def _orbax_unraisable(previous_hook):
