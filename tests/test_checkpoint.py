@@ -269,19 +269,22 @@ def test_a_failed_restore_says_only_its_one_line_until_exit(tmp_path):
 
 
 def test_a_checkpoint_that_lost_its_checksum_among_others_that_have_one_is_not_trusted(tmp_path):
-    """An older version saved no checksum in any step; a step without one beside steps with one
-    lost it (a damaged copy), and its arrays could hold anything: the next older step is used."""
+    """An older version saved no checksum; a step without one after steps with one lost it (a
+    damaged copy), and its arrays could hold anything: the next older step is used."""
     import shutil
 
-    ckpt = _saved(tmp_path, steps=(1, 2))
-    shutil.rmtree(tmp_path / "checkpoints" / "2" / "checksum")
+    ckpt = _saved(tmp_path, steps=(1, 2, 3))
+    shutil.rmtree(tmp_path / "checkpoints" / "3" / "checksum")
     step, state, _ = ckpt.restore_latest(_state(0))
-    assert step == 1
-    _equal(state, _state(1))
-    with pytest.raises(CheckpointError, match="checkpoint .*/2 has lost its checksum \\(the run's other checkpoints"):
-        ckpt.restore(2, _state(0))
-    with pytest.raises(CheckpointError, match="/2 has lost its checksum"):
-        ckpt.restore_params(2, _state(0)["params"])
+    assert step == 2
+    _equal(state, _state(2))
+    with pytest.raises(CheckpointError, match="checkpoint .*/3 has lost its checksum \\(the run's earlier checkpoints"):
+        ckpt.restore(3, _state(0))
+    with pytest.raises(CheckpointError, match="/3 has lost its checksum"):
+        ckpt.restore_params(3, _state(0)["params"])
+    # the first step without one, later ones with: a run an older version began (it stays readable)
+    shutil.rmtree(tmp_path / "checkpoints" / "1" / "checksum")
+    assert ckpt.restore(1, _state(0))[1] == {"next_index": 1}
     ckpt.close()
 
 

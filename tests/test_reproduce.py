@@ -1,6 +1,7 @@
 """`adaptive reproduce`: blocks read from an experiment's README, claims judged over seeds."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -312,6 +313,15 @@ def test_a_folder_holding_the_points_under_other_flags_is_refused_before_any_tra
         run_block(block, tmp_path, tiny=True, overrides=QUIET)
     assert (tmp_path / "claims.json").read_text() == "[]"
     assert sorted(p.name for p in points[0].workdir.iterdir()) == ["config.json"]
+    # config.json lost: the config saved with its checkpoint says the same (what `adaptive train` reads)
+    (points[0].workdir / "config.json").unlink()
+    saved_with = points[0].workdir / "checkpoints" / "5" / "checksum"
+    saved_with.mkdir(parents=True)
+    (saved_with / "metadata").write_text(json.dumps({"sha256": "0" * 64, "config": earlier}))
+    with pytest.raises(ConfigError, match=rf"{cannot} \(model.hidden: 8 != 32\)"):
+        run_block(block, tmp_path, tiny=True, overrides=QUIET)
+    shutil.rmtree(points[0].workdir / "checkpoints")
+    (points[0].workdir / "config.json").write_text(json.dumps(earlier))
     # the same config, trained longer than asked now (train.steps is a change a resume may make)
     (points[0].workdir / "config.json").write_text(json.dumps(config_lib.to_dict(points[0].config)))
     past = points[0].config.train.steps + 10

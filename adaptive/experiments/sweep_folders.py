@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from adaptive.config import ConfigError
 from adaptive.training.run_folder import config_change
-from adaptive.workdir.config_file import saved_steps
+from adaptive.workdir.config_file import newest_checkpoint_config, saved_steps
 
 if TYPE_CHECKING:
     from adaptive.experiments.sweep import Point
@@ -55,7 +55,10 @@ def config_conflict(point: Point) -> str | None:
     saved, reached = saved_config(point.workdir), max(saved_steps(point.workdir), default=0)
     if saved is None:  # none, or damaged: train rewrites a damaged one unless checkpoints depend on it
         damaged = (point.workdir / "config.json").exists() and reached > 0
-        return "its config.json is damaged and its checkpoints depend on it: restore it" if damaged else None
+        if damaged:
+            return "its config.json is damaged and its checkpoints depend on it: restore it"
+        if (saved := newest_checkpoint_config(point.workdir)) is None:  # config.json lost: its checkpoints say
+            return None
     if reached > point.config.train.steps:
         return f"trained to step {reached}, past train.steps={point.config.train.steps}: give train.steps >= {reached}"
     return config_change(saved, point.config)

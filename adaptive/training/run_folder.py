@@ -10,7 +10,7 @@ from pathlib import Path
 
 from adaptive import config as config_lib
 from adaptive.workdir import runinfo
-from adaptive.workdir.config_file import RUN_COST_MODEL, config_of_step, damaged_config, saved_steps
+from adaptive.workdir.config_file import RUN_COST_MODEL, damaged_config, newest_checkpoint_config, saved_steps
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
     against the config saved with the newest checkpoint where config.json was lost)."""
     path = workdir / "config.json"
     saved, lost = _saved_config(path, workdir), ""
-    if saved is None and (saved := _newest_checkpoint_config(workdir)) is not None:
+    if saved is None and (saved := newest_checkpoint_config(workdir)) is not None:
         lost = f" ({path.name} is missing; its checkpoints were saved with that config)"
     change = None if saved is None else config_change(saved, cfg)
     if change is not None:
@@ -73,13 +73,6 @@ def write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
             before, cfg.train.steps, cfg.optim.schedule, before, cfg.train.steps,
         )  # fmt: skip
     runinfo.write_atomic(path, json.dumps(as_saved(cfg), indent=2) + "\n")
-
-
-def _newest_checkpoint_config(workdir: Path) -> dict | None:
-    for step in sorted(saved_steps(workdir), reverse=True):
-        if (config := config_of_step(workdir / "checkpoints" / str(step))) is not None:
-            return config
-    return None
 
 
 def keep_cost_model(cfg: config_lib.Config, workdir: Path) -> None:

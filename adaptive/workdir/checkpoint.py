@@ -145,15 +145,16 @@ class Checkpointer:
         return params
 
     def _has_checksum(self, folder: Path) -> bool:
-        """Whether `folder` has its checksum; a step without one where another step of the run has
-        one was not saved by an older version, but lost it (a damaged copy): refused."""
+        """Whether `folder` has its checksum; a step without one where an earlier step of the run
+        has one was not saved by an older version, but lost it (a damaged copy): refused. (A run
+        resumed by a version with checksums has earlier steps without one: those stay readable.)"""
         if (folder / CHECKSUM).is_dir():
             return True
         if not folder.is_dir():
             raise CheckpointError(f"checkpoint {folder} is gone (removed since it was listed)")
-        others = [p for p in self.directory.iterdir() if p.name.isdigit() and p != folder]
-        if any((p / CHECKSUM).is_dir() for p in others):
-            raise CheckpointError(f"checkpoint {folder} has lost its checksum (the run's other checkpoints have one)")
+        earlier = [p for p in self.directory.iterdir() if p.name.isdigit() and int(p.name) < int(folder.name)]
+        if any((p / CHECKSUM).is_dir() for p in earlier):
+            raise CheckpointError(f"checkpoint {folder} has lost its checksum (the run's earlier checkpoints have one)")
         return False
 
     def _params_reader(self) -> ocp.CheckpointManager:

@@ -72,6 +72,14 @@ def config_of_step(folder: Path) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
+def newest_checkpoint_config(workdir: Path) -> dict | None:
+    """The config saved with the run's newest checkpoint that holds one (config_of_step), or None."""
+    for step in sorted(saved_steps(workdir), reverse=True):
+        if (config := config_of_step(workdir / "checkpoints" / str(step))) is not None:
+            return config
+    return None
+
+
 def saved_steps(workdir: Path) -> list[int]:
     """The steps of the run's finished checkpoints. Orbax names a finished save by its step (a
     save in progress has a temporary name); read as names, since opening a CheckpointManager
