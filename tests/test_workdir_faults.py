@@ -220,7 +220,7 @@ def test_a_resume_drops_a_damaged_line_with_a_warning_and_keeps_the_file_as_it_w
     from adaptive.training.metrics import JsonlWriter
 
     path = tmp_path / "metrics.jsonl"
-    damaged = '{"step": 5, "split": "train"}\nGARBAGE\n{"step": 10, "split": "train"}\n{"step": 20, "spl'
+    damaged = '{"step": 5, "split": "train"}\n\nGARBAGE\n{"step": 10, "split": "train"}\n{"step": 20, "spl'
     path.write_text(damaged)
     with caplog.at_level(logging.WARNING, logger="adaptive.training.metrics"):
         JsonlWriter(path, resume_step=10).close()
@@ -228,11 +228,15 @@ def test_a_resume_drops_a_damaged_line_with_a_warning_and_keeps_the_file_as_it_w
     aside = tmp_path / "metrics.jsonl.corrupt-1"
     assert aside.read_text() == damaged
     assert [r.getMessage() for r in caplog.records] == [
-        f"{path} line 2 is not JSON (edited or damaged): dropped; the file as it was is {aside}"
+        f"{path} line 3 is not JSON (edited or damaged): dropped; the file as it was is {aside}"
     ]
     caplog.clear()
     JsonlWriter(path, resume_step=10).close()  # a clean file (and a last line cut by a kill) says nothing
     assert caplog.records == [] and not (tmp_path / "metrics.jsonl.corrupt-2").exists()
+    path.write_text('{"step": 5, "split": "train"}\nGARBAGE\n')  # a whole last line: not cut by a kill
+    with caplog.at_level(logging.WARNING, logger="adaptive.training.metrics"):
+        JsonlWriter(path, resume_step=10).close()
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [f"{path} line 2 is not JSON"]
 
 
 def test_a_saved_config_with_a_key_this_version_lacks_is_named_as_the_files(tmp_path):

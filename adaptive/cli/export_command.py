@@ -70,7 +70,7 @@ def run(args) -> int:
             f"  {p['precision']:>5} prune {p['prune']:<4g} accuracy {p['accuracy']:.4f}  "
             f"FLOPs at the cap {p['flops']:.3g}  weights {p['weight_bytes'] / 1024:.1f} KB  "
             f"memory {p['memory']['total_mb']:.3f} MB  {p['latency_ms']['median']:.3f} ms at batch "
-            f"{p['latency_ms']['batch']} (the cap)"
+            f"{p['latency_ms']['batch']}"
         )
     if meta.get("operating_points"):  # the accuracy is as the model halts; `adaptive eval --points` prices that
         print("  (accuracy on validation as the model halts under its cap; eval --points gives the FLOPs spent there)")

@@ -136,8 +136,11 @@ def run_block(
                     f"{point.workdir} holds a run that this reproduction cannot continue ({conflict}); "
                     "use a new --workdir, or the flags it was run with"
                 )
-        if refused := sweep_checks.unreachable_budgets(points):  # what `adaptive train` would refuse at its start
-            first = next(p for p in points if p.index in refused)
+        for point in points:
+            sweep.refresh_status(point)
+        untrained = [p for p in points if p.status not in ("done", "running")]
+        if refused := sweep_checks.unreachable_budgets(untrained):  # what `adaptive train` would refuse at its start
+            first = next(p for p in untrained if p.index in refused)
             raise ConfigError(f"sweep point {first.workdir}: {refused[first.index]}")
     out.mkdir(parents=True, exist_ok=True)
     if title:

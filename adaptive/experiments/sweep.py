@@ -315,7 +315,7 @@ def run(spec: str, points: list[Point], parallel: int, devices: list[str] = (), 
     # On a terminal only (disable=None): in a log file the per-point lines below tell the story.
     bar = tqdm(total=sum(p.steps for p in todo), unit="step", desc="sweep", dynamic_ncols=True, disable=None)
     base = {p.index: steps_done(p) for p in todo}
-    queue, running, stopping, looked, started = list(todo), [], False, 0.0, 0
+    queue, running, stopping, looked, started = list(todo), [], False, 0.0, set()
     try:
         while queue or running or elsewhere:
             if elsewhere and time.monotonic() - looked > ELSEWHERE_POLL_S and not stop["signal"]:
@@ -338,8 +338,10 @@ def run(spec: str, points: list[Point], parallel: int, devices: list[str] = (), 
                 point.slot = slot
                 launch(spec, point, device_env(list(devices), slot, per_point) if per_point else None)
                 running.append(point)
-                started += 1  # said on every start: without a terminal the bar is off, and a point may take hours
-                tqdm.write(f"point {point.name}: training ({started} of {len(todo)}; log: {point.workdir}/train.log)")
+                started.add(point.index)  # said at every start: without a terminal the bar is off
+                tqdm.write(
+                    f"point {point.name}: training ({len(started)} of {len(todo)}; log: {point.workdir}/train.log)"
+                )
             if stop["signal"] and not stopping:  # once: the running points save and exit 143
                 stopping = True
                 queue.clear()

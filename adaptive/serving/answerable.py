@@ -7,6 +7,7 @@ says why, fewer experts per token included where the primary has experts.
 
 from __future__ import annotations
 
+from adaptive.serving.engine import PER_EXPERT
 from adaptive.serving.http_input import BadRequest
 
 
@@ -37,10 +38,10 @@ def check_answerable(parsed, primary, rungs: dict, mode: str) -> None:
 def _at_its_experts(parsed, primary) -> str:
     """Why fewer experts per token did not keep the budget, where the primary has experts."""
     k = primary.meta.get("caps", {}).get("experts_per_token")
-    if k is None or k < 2:
+    if k is None or k < 2 or parsed.unit not in PER_EXPERT:  # the experts do not change this price
         return ""
     if any(parsed.expert_steps or ()):  # fewer would fit: only shedding leaves them out
         return f" at its {k} experts per token (the shed policy runs no fewer)"
-    if not primary.meta.get("flops_at_expert_budgets"):
+    if not primary.expert_budgets:
         return f" at its {k} experts per token (this artifact has no fewer-experts variants)"
     return " (at 1 expert per token too)"

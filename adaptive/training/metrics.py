@@ -40,9 +40,11 @@ class JsonlWriter:
         self.path = Path(path)
         with file_errors(self.path):
             if self.path.exists():
-                lines = [line for line in self.path.read_text(errors="replace").splitlines() if line.strip()]
+                text = self.path.read_text(errors="replace")
+                lines = text.splitlines()
                 kept = [line for line in lines if _kept(line, resume_step)]
-                bad = [i + 1 for i, line in enumerate(lines[:-1]) if _row(line) is None]
+                cut = len(lines) if text.endswith("\n") else len(lines) - 1  # a kill cuts only a last line
+                bad = [i + 1 for i, line in enumerate(lines[:cut]) if line.strip() and _row(line) is None]
                 if bad:
                     aside = set_aside(self.path)
                     log.warning("%s line %s is not JSON (edited or damaged): dropped; the file as it was is %s",
