@@ -98,3 +98,21 @@ def test_a_smaller_expert_budget_is_priced_at_the_experts_it_runs(dispatch):
         assert one == pytest.approx(flops_model(at_expert_budget(cfg, 1), (16,), 2, batch=8).at_steps(3.0))
     else:
         assert one == two
+
+
+def test_expert_choice_at_inference_is_priced_at_its_cap_of_k_where_dispatch_follows_routing():
+    """Inference caps each token at k experts; block dispatch runs only what is kept, so the price
+    is k a token however many slots the experts have (capacity buffers run whole). Training is
+    uncapped: every slot an expert fills."""
+    base = [
+        "--config.model.kind=mlp",
+        "--config.moe.enabled=true",
+        "--config.moe.k=2",
+        "--config.moe.router=expert_choice",
+    ]
+    for dispatch in ("blocks", "capacity"):
+        cfg = config_lib.load(f"{ROOT}/configs/parity.py", [*base, f"--config.moe.dispatch={dispatch}"])
+        served, trained = flops_model(cfg, (16,), 2, batch=1), flops_model(cfg, (16,), 2, batch=1, train=True)
+        assert trained.experts_per_step == cfg.moe.num_experts  # a batch of one: every expert's slot takes it
+        assert served.experts_per_step == (2 if dispatch == "blocks" else cfg.moe.num_experts)
+        assert served.counted_experts == (dispatch == "blocks")

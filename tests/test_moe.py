@@ -294,12 +294,15 @@ def test_moe_models_train_log_routing_metrics_and_resume(config, tmp_path):
     assert (tmp_path / "usage.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("router", ["top_k", "expert_choice"])
-def test_model_expert_budget_bounds_expert_applications(router):
+@pytest.mark.parametrize(
+    ("router", "dispatch"), [("top_k", "blocks"), ("expert_choice", "capacity"), ("expert_choice", "blocks")]
+)
+def test_model_expert_budget_bounds_expert_applications(router, dispatch):
     """A traced budget (k_active) and a static one (limit_experts, as an exported function per k
     has it) both hold per token, at the trained k too (an artifact's caps say k): expert choice's
     experts pick tokens, so a cap per token is what holds it (training leaves them uncapped)."""
     from adaptive import config as config_lib
+    from adaptive.inference.infer import budgeted_model
     from adaptive.nn.models import build_model
     from adaptive.nn.moe import limit_experts
     from tests.helpers import ROOT
@@ -310,17 +313,20 @@ def test_model_expert_budget_bounds_expert_applications(router):
     cfg = config_lib.load(
         f"{ROOT}/configs/moe.py",
         ["--config.model.hidden=16", "--config.halting.policy=act", "--config.halting.max_steps=4"]
-        + [f"--config.moe.router={router}", "--config.moe.dispatch=capacity"] * (router == "expert_choice"),
+        + [f"--config.moe.router={router}", f"--config.moe.dispatch={dispatch}"],
     )
     model = build_model(cfg, Spec)
     x = jnp.asarray(np.random.default_rng(5).standard_normal((16, 12)), jnp.float32)
     uncapped = model.infer(x, jnp.int32(3), compact=False)  # expert choice: tokens taken by more than k
     assert router == "top_k" or (np.asarray(uncapped.experts_B) > 2 * np.asarray(uncapped.steps_B)).any()
+    graphdef, params = nnx.split(model, nnx.Param)
+    eval_step_model = budgeted_model(graphdef, nnx.to_pure_dict(params), trained_groups=True)  # its groups kept
     for k_active in (1, 2):
         for out in (
             model.infer(x, jnp.int32(3), k_active=jnp.int32(k_active), compact=False),
             limit_experts(model, k_active).infer(x, jnp.int32(3), compact=False),
             limit_experts(model, None if k_active == 2 else 1).infer(x, jnp.int32(3), compact=False),  # as served
+            *([eval_step_model.infer(x, jnp.int32(3), compact=False)] if k_active == 2 else []),  # eval's scores
         ):
             assert (np.asarray(out.experts_B) <= k_active * np.asarray(out.steps_B)).all()
             assert (np.asarray(out.steps_B) <= 3).all()

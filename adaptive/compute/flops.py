@@ -42,7 +42,7 @@ class FlopsModel:
     per_step: float  # everything a step costs, its expert applications included
     # the halting unit, or every step's readout and exit confidence
     halting_per_step: float
-    expert_pass: float = 0.0  # one expert applied to one token
+    expert_pass: float = 0.0  # one expert applied to one token, and its output combined
     experts_per_step: float = 0.0  # expert applications per example per step counted in per_step
     min_experts_per_step: float = 0.0  # the fewest a step can make (top-p: one per token)
     dynamic_experts: bool = False  # top-p: the count varies per token and is counted as routed
@@ -72,9 +72,15 @@ def dense_flops(d_in: int, d_out: int, bias: bool = True) -> float:
     return 2.0 * d_in * d_out + (d_out if bias else 0)
 
 
+def _capped_choice(cfg, train: bool) -> bool:
+    """Expert choice at inference, where a token is capped at k (adaptive.nn.moe.limit_experts)
+    and the dispatch runs only the kept assignments (not whole capacity buffers)."""
+    return cfg.router == "expert_choice" and not train and cfg.dispatch != "capacity"
+
+
 def moe_flops(width: int, cfg, tokens: int, *, train: bool, useful: bool) -> tuple[float, float, float]:
-    """Per token, one MoE feed-forward: (FLOPs in all, expert applications, FLOPs of one with
-    the combine of its output, what an application fewer saves where work follows routing)."""
+    """Per token, one MoE feed-forward: (FLOPs in all, expert applications, FLOPs of one
+    application with the combine of its output: what one fewer saves where work follows routing)."""
     hidden = cfg.expert_width(width)
     expert = dense_flops(width, hidden) + dense_flops(hidden, width) + 8.0 * hidden  # + GELU's polynomial
     dropless = cfg.dropless if train else cfg.eval_dropless
@@ -85,6 +91,8 @@ def moe_flops(width: int, cfg, tokens: int, *, train: bool, useful: bool) -> tup
         group = max(tokens // cfg.num_groups, 1)  # serving routes small batches as one group
         slots = group if dropless and cfg.router != "expert_choice" else capacity(group, cfg.num_experts, cfg.k, factor)
         passes = cfg.num_experts * slots / group
+        if _capped_choice(cfg, train):  # inference holds each token to k of the experts that took it
+            passes = min(passes, cfg.k)
     router = dense_flops(width, cfg.num_experts, bias=False) + 6.0 * cfg.num_experts
     combine = 2.0 * width  # an assignment's output scaled by its gate and added to its token's
     return router + passes * expert + cfg.k * combine, passes, expert + combine
@@ -151,7 +159,8 @@ def flops_model(
         fixed += readout
     passes, fewest, one = experts
     dynamic = moe is not None and moe.router == "top_p"
-    counted = moe is not None and moe.router != "expert_choice" and (useful or moe.dispatch != "capacity")
+    counted = moe is not None and (useful or moe.dispatch != "capacity")
+    counted = counted and (moe.router != "expert_choice" or _capped_choice(moe, train))
     return FlopsModel(
         float(fixed), float(per_step), float(halting), one, passes, fewest if dynamic else passes, dynamic, counted
     )

@@ -26,7 +26,7 @@ from flax import nnx
 from adaptive.config_checks import in_range
 from adaptive.nn import halting as H
 from adaptive.nn.depth import Inference
-from adaptive.nn.moe import limit_experts
+from adaptive.nn.moe import cap_tokens_at_k, limit_experts
 from adaptive.nn.policies import policy_of
 
 # HaltingConfig fields that change only how a trained model halts at inference, never its
@@ -37,16 +37,15 @@ INFERENCE_FIELDS = ("pondernet_inference", "pondernet_threshold", "pondernet_sam
 def budgeted_model(
     graphdef: nnx.GraphDef, params: dict, experts: int | None = None, *, trained_groups: bool = False
 ) -> nnx.Module:
-    """The model as inference runs it: MoE layers capped at `experts` per token (None: as
-    trained) and routing each call's tokens as one group, since a request batch has any size.
-    `trained_groups`: the model exactly as trained (its routing groups and k), for the eval step
-    during training, whose batches divide into those groups and whose experts may be sharded
-    over the mesh by group."""
+    """The model as inference runs it: MoE layers capped at `experts` per token (None: its
+    trained k) and routing each call's tokens as one group, since a request batch has any size.
+    `trained_groups`: with its routing groups as trained (and its k), for the eval step, whose
+    batches divide into those groups and whose experts may be sharded over the mesh by group."""
     model = nnx.merge(graphdef, params)
     if trained_groups:
         if experts is not None:
             raise ValueError("an expert budget routes as one group; trained_groups takes experts=None")
-        return model
+        return cap_tokens_at_k(model)
     return limit_experts(model, experts)
 
 

@@ -228,8 +228,17 @@ def limit_experts(model: nnx.Module, k: int | None) -> nnx.Module:
             module.expert_parallel = False
             if k is not None:
                 module.k = k
-            module.token_cap = module.k  # read by expert choice only
-    return limited
+    return cap_tokens_at_k(limited)
+
+
+def cap_tokens_at_k(model: nnx.Module) -> nnx.Module:
+    """`model`, changed in place: each MoE layer's tokens capped at its k, as inference runs it
+    (expert choice lets an expert take any token, so a token may get every expert; training
+    leaves that so, as the router is defined; token choice takes k anyway)."""
+    for _, module in model.iter_modules():
+        if isinstance(module, MoEFeedForward):
+            module.token_cap = module.k
+    return model
 
 
 def _flatten_groups(routing: R.Routing, group_tokens: int) -> R.Routing:
