@@ -25,6 +25,7 @@ from adaptive.config import ConfigError, step_cap
 from adaptive.evaluation.quantization import Variant, score
 from adaptive.inference.restore import Run
 from adaptive.inference.scoring import split_batches
+from adaptive.nn.moe import cap_tokens_at_k
 from adaptive.nn.prune import attention_layers, feed_forward_blocks, moe_layers, prune_model, shapes_of
 from adaptive.nn.quantize import weight_bytes
 from adaptive.training.fine_tune import fine_tune
@@ -63,10 +64,11 @@ def expert_scores(run: Run, split: str = "validation", limit: int | None = 2048)
 
     @jax.jit
     def routing(params, x):
+        model = cap_tokens_at_k(nnx.merge(graphdef, params))  # routed as served (expert choice: capped)
         if lm:  # [blocks, experts]: every block's own routing
-            metrics = nnx.merge(graphdef, params)(x, train=False).metrics
+            metrics = model(x, train=False).metrics
             return metrics["moe/expert_usage_by_layer"], metrics["moe/gate_mass_by_layer"]
-        metrics = nnx.merge(graphdef, params)(x).metrics
+        metrics = model(x).metrics
         return metrics["moe/expert_usage"][None], metrics["moe/gate_mass"][None]
 
     load, mass, batches = 0.0, 0.0, 0
