@@ -83,7 +83,7 @@ COMPACTED_BATCHES = (16, 32, 64)
 
 def serving_function(graphdef: nnx.GraphDef, params: dict, experts: int | None = None):
     """serve(x, budget) -> (prediction, confidence, steps, experts), parameters closed over;
-    MoE layers capped at `experts` per token (None: as trained)."""
+    MoE layers capped at `experts` per token (None: its trained k)."""
 
     infer = budgeted_infer(graphdef, experts)
 

@@ -14,7 +14,7 @@ class Decision:
     status: str  # ok | degraded | fallback | rejected | deferred
     model: str | None  # "primary", a fallback's name, or None
     steps: int
-    experts: int | None = None  # experts per token on a MoE primary (None: as trained)
+    experts: int | None = None  # experts per token on a MoE primary (None: its trained k)
     reason: str = field(default="", compare=False)  # a rejection's, where it is not the load
 
 

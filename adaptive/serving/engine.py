@@ -160,7 +160,7 @@ class Engine:
 
     def steps_for(self, value: float, unit: str = "steps", experts: int | None = None) -> int:
         """The step cap of a budget of `value` in `unit` (the most steps that fit), at `experts`
-        per token on a MoE model (None: as trained; only FLOPs and MACs depend on it)."""
+        per token on a MoE model (None: its trained k; only FLOPs and MACs depend on it)."""
         if unit not in UNITS:
             raise BudgetError(f"budget unit {unit!r} is not one of {', '.join(UNITS)}")
         if unit == "memory_mb":
