@@ -77,6 +77,25 @@ def test_when_no_checkpoint_is_usable_the_error_names_each_and_nothing_is_set_as
     ckpt.close()
 
 
+@pytest.mark.parametrize("part", ["state/_METADATA", "state/manifest.ocdbt", "data/metadata"])
+def test_a_step_missing_a_file_orbax_needs_is_named_damaged_and_the_previous_one_used(tmp_path, caplog, part):
+    """orbax names a missing tree metadata a "pytree structure error"; the step is named, with
+    the file it lacks, and the older step resumes."""
+    ckpt = _saved(tmp_path)
+    target = ckpt.directory / "2" / part
+    target.unlink()
+    with caplog.at_level(logging.WARNING, logger="adaptive.workdir.checkpoint"):
+        step, state, _ = ckpt.restore_latest(_state(0))
+    assert step == 1
+    _equal(state, _state(1))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"checkpoint {ckpt.directory / '2'} is damaged: {part} missing; using step 1"
+    ]
+    if part != "state/manifest.ocdbt":  # a params-only read needs neither of the others
+        _equal(ckpt.restore_params(2, _state(0)["params"]), _state(2)["params"])
+    ckpt.close()
+
+
 def test_training_sets_a_corrupt_step_aside_then_saves_that_step_again(tmp_path, caplog):
     ckpt = _saved(tmp_path)
     damaged = flip_bits(ckpt.directory / "2").read_bytes()

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 ROTATED_RETRIES = 3  # a reader's new reads when a trainer rotated the steps it listed (_newest_usable)
 PARAMS_SHA = "params_sha256"  # in CHECKSUM: the params subtree alone, for params-only readers
+# Files of a step that orbax needs to read it and names obscurely when they are missing (a
+# missing tree metadata reads as a "pytree structure error"): checked first, by name.
+_STATE_INDEX = "state/manifest.ocdbt"  # the array store's index: every read needs it
+_FULL_RESTORE_NEEDS = ("state/_METADATA", _STATE_INDEX, "data/metadata")
 _FAILED_SAVES: list[BaseException] = []  # kept until exit: see _settle_failed_save
 
 
@@ -105,6 +109,7 @@ class Checkpointer:
         saved on one mesh restores onto another) and checks it against its checksum."""
         abstract = _abstract(like)
         folder = self.directory / str(step)
+        _check_parts(folder, _FULL_RESTORE_NEEDS)
         items = {"state": ocp.args.StandardRestore(abstract), "data": ocp.args.JsonRestore()}
         verified = self._has_checksum(folder)  # checkpoints saved before checksums have none
         if verified:
@@ -125,6 +130,7 @@ class Checkpointer:
         never read), into the structure of `like` and checked against the params' own checksum."""
         abstract = {"params": _abstract(like)}
         folder = self.directory / str(step)
+        _check_parts(folder, (_STATE_INDEX,))  # the partial read needs no tree metadata
         items = {"state": ocp.args.PyTreeRestore(abstract, restore_args=_restore_args(abstract), partial_restore=True)}
         verified = self._has_checksum(folder)
         if verified:
@@ -242,6 +248,16 @@ def _abstract(like: Any) -> Any:
     )
 
 
+def _check_parts(folder: Path, parts: tuple[str, ...]) -> None:
+    """Refuses a step missing a file orbax needs, naming it (orbax's own error does not). A step
+    whose whole folder is gone is left to the checksum check, which says so."""
+    if not folder.is_dir():
+        return
+    missing = [part for part in parts if not (folder / part).exists()]
+    if missing:
+        raise CheckpointError(f"checkpoint {folder} is damaged: {', '.join(missing)} missing")
+
+
 def _restore_args(abstract: Any) -> Any:
     return jax.tree.map(lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape), abstract)
 
@@ -282,7 +298,8 @@ def _io_reason(e: BaseException) -> str | None:
 def _first_line(e: BaseException) -> str:
     """The error's first line, and its root cause's where that says more: orbax wraps a
     TensorStore failure (which file, what is wrong with it) in a line that ends in a repr."""
-    first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(" See full TensorStore details")[0]
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    first = re.split(r" See full TensorStore details| \[tensorstore_spec=", first)[0]
     root, seen = e, {id(e)}
     while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
         root = root.__cause__ or root.__context__
