@@ -435,6 +435,17 @@ def test_points_get_disjoint_device_subsets(tmp_path):
     ]
 
 
+def test_a_point_given_devices_jax_does_not_see_fails_instead_of_training_on_the_cpu(tmp_path):
+    """CUDA_VISIBLE_DEVICES naming no device here makes JAX fall back to the CPU with a warning
+    only: the point fails at once, naming the ids and what JAX sees (here: the CPU alone)."""
+    proc = sweep(write_config(tmp_path, [{"halting.tau": 1e-3}]), tmp_path / "s", "--devices", "7")
+    assert proc.returncode == 1, proc.stderr
+    (row,) = summary(tmp_path / "s")
+    assert row["status"] == "failed"
+    assert "was given device(s) 7 (sweep --devices) but JAX sees 1 cpu device(s)" in row["detail"]
+    assert not (tmp_path / "s" / row["point"] / "checkpoints").exists()
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

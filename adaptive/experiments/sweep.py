@@ -34,6 +34,7 @@ from adaptive import config as config_lib
 from adaptive.config import ConfigError
 from adaptive.experiments import sweep_folders
 from adaptive.training.metrics import read_jsonl
+from adaptive.training.parallel import ASSIGNED_DEVICES
 from adaptive.workdir.config_file import saved_steps
 from adaptive.workdir.runinfo import BUSY_EXIT, WorkdirError
 
@@ -222,7 +223,7 @@ def device_env(devices: list[str], slot: int, per_point: int) -> dict:
     """The environment that gives a point its own accelerators: slot i of `per_point` ids each.
     JAX sees only those (CUDA_VISIBLE_DEVICES; the TPU runtime reads TPU_VISIBLE_CHIPS)."""
     mine = ",".join(devices[slot * per_point : (slot + 1) * per_point])
-    return {"CUDA_VISIBLE_DEVICES": mine, "TPU_VISIBLE_CHIPS": mine}
+    return {"CUDA_VISIBLE_DEVICES": mine, "TPU_VISIBLE_CHIPS": mine, ASSIGNED_DEVICES: mine}
 
 
 QUIET_CHILD = "--config.logging.progress=false"

@@ -23,6 +23,7 @@ state and the batches, multi-host start-up and per-host data.
 from __future__ import annotations
 
 import logging
+import os
 import re
 
 import jax
@@ -34,6 +35,9 @@ from adaptive.config import ConfigError
 
 # Expert parameters: [..., E, D, F] kernels and [..., E, F] biases of a MoE layer.
 log = logging.getLogger(__name__)
+# Set by a sweep for each point it gives devices to: the ids, which make_mesh checks JAX sees (a
+# CUDA_VISIBLE_DEVICES naming no device here makes JAX fall back to the CPU, with a warning only).
+ASSIGNED_DEVICES = "ADAPTIVE_ASSIGNED_DEVICES"
 _EXPERT_LEAF = re.compile(r"\b(w_in|w_out|b_in|b_out)\b")
 
 
@@ -50,7 +54,23 @@ def initialize(mesh_cfg) -> None:
         jax.distributed.initialize(mesh_cfg.coordinator_address, mesh_cfg.num_processes, mesh_cfg.process_id)
 
 
+def check_assigned_devices() -> None:
+    """Refuses a process given accelerator ids (ASSIGNED_DEVICES) that JAX does not see as many
+    accelerators, before it trains for hours on the CPU instead."""
+    assigned = os.environ.get(ASSIGNED_DEVICES)
+    if not assigned:
+        return
+    ids, seen = assigned.split(","), jax.local_devices()
+    if seen[0].platform == "cpu" or len(seen) != len(ids):
+        found = f"{len(seen)} {seen[0].platform} device(s)"
+        raise ConfigError(
+            f"this point was given device(s) {assigned} (sweep --devices) but JAX sees {found}: "
+            "give --devices ids of this machine's accelerators"
+        )
+
+
 def make_mesh(mesh_cfg) -> Mesh:
+    check_assigned_devices()
     count = jax.device_count()
     expert = mesh_cfg.expert
     data = mesh_cfg.data or count // expert
