@@ -288,6 +288,19 @@ def test_answers_over_the_slas_are_counted():
     assert "adaptive_lm_ttft_over_sla_total 2\n" in text and "adaptive_lm_tpot_over_sla_total 1\n" in text
 
 
+def test_the_token_rate_counts_the_last_window_only():
+    from adaptive.serving.lm_server_stats import TokenRate
+
+    rate = TokenRate(window_s=2.0)
+    for t in range(10):  # 3 tokens at t = 0, 1, ..., 9 s
+        rate.add(3, now=float(t))
+    assert rate.rate(now=9.0) == 9 / 2.0  # t = 7, 8, 9 are within 2 s of 9
+    assert rate.rate(now=10.5) == 3 / 2.0  # only t = 9 left
+    assert rate.rate(now=20.0) == 0.0 and not rate.events
+    rate.add(4, now=20.0)
+    assert rate.rate(now=20.0) == 2.0
+
+
 def test_a_quantized_or_pruned_point_served_at_the_certified_threshold_is_said_uncertified():
     from adaptive.serving.launch import uncertified_point
 

@@ -282,6 +282,27 @@ def test_an_output_that_overflows_for_a_finite_input_is_a_422_not_nan(tmp_path):
     assert 'by_code_total{code="422"} 1' in metrics
 
 
+def test_only_queued_requests_count_as_arrivals_so_bad_ones_cannot_degrade_good_ones(engine):
+    """The arrival rate sets how long a batch may run (more arrivals: fewer steps); a flood of
+    malformed requests between two good ones is not load the model serves."""
+    server = _server(engine)
+    counts, update = [], server.arrivals.update
+    server.arrivals.update = lambda now, received: counts.append(received) or update(now, received)
+
+    async def main():
+        async with TestClient(TestServer(server.app())) as client:
+            statuses = [(await client.post("/predict", json={"x": GOOD})).status]
+            for _ in range(30):
+                statuses.append((await client.post("/predict", json={"x": GOOD[:3]})).status)
+            statuses.append((await client.post("/predict", json={"x": GOOD})).status)
+            return statuses
+
+    statuses = asyncio.run(main())
+    assert statuses == [200] + [400] * 30 + [200]
+    assert counts == [1, 2]  # one batch each, fed the queued count (the received count is 32)
+    assert server._received == 32
+
+
 def test_an_unknown_path_or_method_is_a_one_line_json_4xx_and_counted(engine):
     async def main():
         async with TestClient(TestServer(_server(engine).app())) as client:

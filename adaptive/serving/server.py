@@ -107,6 +107,9 @@ class Server:
         }
         self.stats = Stats()
         self.request_cost, self.arrivals, self._received = RequestCost(), ArrivalRate(), 0
+        # The arrival rate steers how long a batch may run: only requests that reach the queue
+        # count, or a flood of malformed (or deferred, or shed) ones would degrade the good ones.
+        self._queued = 0
         self.queue: asyncio.Queue[Pending] | None = None
         self._pool = ThreadPoolExecutor(max_workers=1)  # one model run at a time: no oversubscription
         self._openapi = json.dumps(document(primary.input_shape, primary.units, primary.cap, MAX_BODY))
@@ -204,6 +207,7 @@ class Server:
             parsed.unit,
             parsed.expert_steps,
         )
+        self._queued += 1
         await self.queue.put(pending)
         answer = await future
         code = {"rejected": 503, "error": 500, "not_finite": 422}.get(answer["status"], 200)
@@ -285,7 +289,7 @@ class Server:
         rejected are answered at once and left out."""
         now = time.perf_counter()
         self.request_cost.update(self._received)
-        rate = self.arrivals.update(now, self._received)
+        rate = self.arrivals.update(now, self._queued)
         behind = self.queue.qsize() if self.queue else 0
         time_ms = self.controller.batch_time_ms(len(items), rate, behind)
         known = self.controller, self.engines, self.default_steps
