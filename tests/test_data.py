@@ -205,6 +205,20 @@ def test_a_split_that_owns_no_vector_of_a_difficulty_is_a_clear_error():
         parity_arrays(np.random.default_rng(0), 5, 4, (1, 1), keep=lambda x: np.zeros(len(x), bool))
 
 
+def test_a_redraw_that_succeeds_in_its_last_round_is_kept_not_an_error(monkeypatch):
+    from adaptive.data import parity
+
+    monkeypatch.setattr(parity, "_MAX_REDRAWS", 1)
+    rounds = []
+
+    def keep(x):  # rejects every vector of the first draw, keeps every one of the redraw (the last round)
+        rounds.append(len(x))
+        return np.full(len(x), len(rounds) > 1)
+
+    arrays = parity_arrays(np.random.default_rng(0), 5, 4, (1, 2), keep=keep)
+    assert rounds == [5, 5] and arrays["x"].shape == (5, 4)
+
+
 def take(iterator, count: int) -> list[dict[str, np.ndarray]]:
     return [next(iterator) for _ in range(count)]
 

@@ -89,7 +89,7 @@ def split_arrays(digits: int, num: int, split: str, seed: int) -> dict[str, np.n
         da, db = _draw_digits(rng, 2 * num, digits)
         keep = split_of(_value(da), _value(db), seed) == want
         a, b = np.concatenate([a, da[keep]]), np.concatenate([b, db[keep]])
-    else:
+    if len(a) < num:  # checked after the last round too, which may have filled it
         raise ValueError(f"addition: could not draw {num} {split} pairs of {digits} digits")
     a, b = a[:num], b[:num]
     total = a + b

@@ -77,7 +77,7 @@ def parity_arrays(
                 break
             x[redo] = _vectors(rng, k[redo], n)
             redo = redo[~keep(x[redo])]
-        else:
+        if redo.size:  # checked after the last round too, which may have kept them all
             raise ValueError(f"no kept vector of difficulty {int(k[redo[0]])} (parity_n={n}) in {_MAX_REDRAWS} draws")
     y = ((x == 1).sum(axis=1) % 2).astype(np.int32)
     return {"x": x, "y": y, "difficulty": k.astype(np.int32)}
