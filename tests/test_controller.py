@@ -518,6 +518,23 @@ def test_an_unscored_rung_far_down_the_ladder_serves_rather_than_rejects():
     assert far.plan([Request(8, 10.0)]) == [Decision("fallback", "z", 2)]
 
 
+def test_an_operating_point_scored_at_its_cap_alone_still_exits_early_before_falling_back():
+    """An operating point's table holds its one accuracy measured, at the cap: the steps below it
+    are unscored, not forbidden. They rank under the scored cap (taken only when it does not fit,
+    the most steps that fit first) and over an unscored fallback; a static primary has none."""
+    point = {(None, 8): 0.9}
+    c = ladder(point)
+    assert decide(c, 6) == Decision("ok", "primary", 6)  # asked for 6: its own point
+    assert decide(c, 8) == Decision("degraded", "primary", 7)  # 8 steps miss the 16 ms; 7 do
+    assert decide(c, 8, waited_ms=8.0) == Decision("degraded", "primary", 3)
+    assert decide(c, 8, waited_ms=13.5) == Decision("fallback", "fallback", 2)  # no primary step fits
+    assert decide(c, 8, time_ms=2.1) == Decision("degraded", "primary", 1)  # the ladder's order
+    assert decide(ladder(point, least_steps=8), 8) == Decision("fallback", "fallback", 2)
+    # A scored fallback ranks by its score: above the primary's unscored steps when it is higher.
+    assert decide(ladder(point, fallback_accuracy=0.89), 8) == Decision("fallback", "fallback", 2)
+    assert decide(ladder(point, fallback_accuracy=0.5), 8) == Decision("degraded", "primary", 7)
+
+
 def test_a_static_primary_never_takes_a_row_whose_budget_is_below_its_depth():
     """A static model runs all its steps (least_steps = its cap): a row asking fewer goes to the
     fallback, or is rejected, even in a batch beside rows the primary serves."""

@@ -24,6 +24,7 @@ class AccuracyTable:
         self._by_rows = {int(rows): dict(table) for rows, table in by_rows.items() if table}
         self._sizes = sorted(self._by_rows)
         self._at: dict[int, dict[Point, float]] = {}  # rows -> table, as looked up (plans ask often)
+        self._least: dict[tuple, int | None] = {}
 
     @classmethod
     def from_meta(cls, meta: dict) -> AccuracyTable:
@@ -51,6 +52,16 @@ class AccuracyTable:
             fitting = [size for size in self._sizes if size <= rows]
             self._at[rows] = self._by_rows[fitting[-1] if fitting else self._sizes[0]]
         return self._at[rows]
+
+    def least_scored(self, rows: int, experts) -> int | None:
+        """The fewest steps the table for `rows` scores at `experts` per token (None: none there).
+        Fewer steps, down to the model's least run, are points it did not score: an operating
+        point's table holds the one accuracy measured, at the cap (serving/point_meta.py), and
+        its model still exits earlier under load."""
+        if (rows, experts) not in self._least:
+            scored = [steps for k, steps in self.at(rows) if k == experts]
+            self._least[rows, experts] = min(scored, default=None)
+        return self._least[rows, experts]
 
 
 def accuracy_lookup(meta: dict) -> dict[Point, float]:

@@ -254,7 +254,8 @@ class Controller(BaselinePolicies):
 
     def _points(self, requests: list[Request]) -> list[tuple[int | None, int]]:
         """(experts, steps) the primary can run this batch at: fewer steps and more experts first
-        (the order ties in estimated time go by); with a table, only the points it holds. Of step
+        (the order ties in estimated time go by); with a table, only the points it holds and the
+        step budgets below those it scores (`AccuracyTable.least_scored`). Of step
         budgets alike in expected steps and accuracy (a halting model that stops at 2 runs 3 to 8
         as one), only the largest: the same plan, more room for a hard input, and a plan's cost
         (event-loop time) grows with every point it tries."""
@@ -263,8 +264,9 @@ class Controller(BaselinePolicies):
         for k in self.expert_budgets:
             most = max(self._clip(self._asked(r, k)) for r in requests)  # more than any row asked: the same run
             times, last = self.service["primary", k], None
+            scored_from = self.accuracy.least_scored(len(requests), k) or self.least_steps
             for s in range(most, 0, -1):
-                if table and (k, s) not in table:
+                if table and (k, s) not in table and not self.least_steps <= s < scored_from:
                     continue
                 alike = (times.expected_steps(s), table.get((k, s)))
                 if alike != last:
@@ -343,27 +345,37 @@ class Controller(BaselinePolicies):
         return Decision("ok" if ok else "degraded", "primary", steps, k)
 
     def _value(self, decision: Decision, rows: int) -> float:
-        """Expected correctness of one row under `decision`: validation accuracy, a fallback
-        without a comparable score just under the primary's least accurate point (below every
-        primary point, by more than the tolerance; each later fallback a tolerance lower, so the
+        """Expected correctness of one row under `decision`: validation accuracy; a primary step
+        budget below those the table scores (`AccuracyTable.least_scored`) just under its least
+        accurate point, each step fewer a tolerance lower (so a quicker one is taken only when the
+        more steps do not fit); a fallback without a comparable score below every primary point,
+        by more than the tolerance; each later fallback a tolerance lower, so the
         quickest-within-tolerance rule keeps their order; never 0, which a rejected row scores,
-        but at least a millionth, less for each later one). Without
+        but at least a millionth, less for each later one. Without
         a table, the ladder's order: a served row is worth 1, a primary row a millionth more than
         a fallback one, each step and expert a further 1e-12, each earlier fallback 1e-9 more
         than the next (a batch's worth of any stays below the rung above it)."""
         table = self.accuracy.at(rows)
+        least, gap, rungs = min(table.values(), default=0.0), self.tolerance + 1e-6, len(self.fallbacks)
         if decision.model != "primary":
             rung = self._rank[decision.model]
             known = fallback_score(self.fallbacks[rung], decision.steps)
             if table:
-                below = min(table.values()) - (self.tolerance + 1e-6) * (1 + rung)
-                floor = 1e-6 * (len(self.fallbacks) - rung)
-                return known if known is not None else max(below, floor)
+                unscored = max(self._unscored_steps(rows, k) for k in self.expert_budgets)
+                below = least - gap * (1 + rung + unscored)
+                return known if known is not None else max(below, 1e-6 * (rungs - rung))
             return 1.0 - 1e-6 - 1e-9 * rung
         if table:
-            return table.get((decision.experts, decision.steps), 0.0)
+            point, scored_from = (decision.experts, decision.steps), self.accuracy.least_scored(rows, decision.experts)
+            if point in table or scored_from is None or decision.steps >= scored_from:
+                return table.get(point, 0.0)
+            return max(least - gap * (scored_from - decision.steps), 1e-6 * (rungs + 1) + 1e-9 * decision.steps)
         rank = len(self.expert_budgets) - self.expert_budgets.index(decision.experts)
         return 1.0 + 1e-12 * (decision.steps * (len(self.expert_budgets) + 1) + rank)
+
+    def _unscored_steps(self, rows: int, experts) -> int:
+        """How many step budgets of the primary at `experts` lie below those its table scores."""
+        return max((self.accuracy.least_scored(rows, experts) or self.least_steps) - self.least_steps, 0)
 
     def observe(
         self,
