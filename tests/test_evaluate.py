@@ -171,17 +171,26 @@ def test_eval_report_of_early_exits_calibrates_budgeted_batch_thresholds(tmp_pat
 
 
 def test_eval_report_of_experts_sweeps_expert_budgets(tmp_path):
+    from adaptive.compute.flops import flops_model
     from adaptive.evaluation.eval_report import compute_report
+    from adaptive.inference.export import at_expert_budget
     from adaptive.inference.restore import load_run
 
-    train_tiny(tmp_path / "sut", 10, config="configs/sut.py:tiny")
-    report, _ = compute_report(load_run(tmp_path / "sut"), "test")
+    # Capacity dispatch at inference: its buffers shrink with the expert budget, so the FLOPs do.
+    capacity = ("--config.moe.dispatch=capacity", "--config.moe.eval_dropless=false")
+    train_tiny(tmp_path / "sut", 10, config="configs/sut.py:tiny", overrides=capacity)
+    run = load_run(tmp_path / "sut")
+    report, _ = compute_report(run, "test")
     grid = report["budget_grid"]
     assert {(r["expert_budget"], r["step_budget"]) for r in grid} == {(k, t) for k in (1, 2) for t in (1, 2, 3)}
     by = {(r["expert_budget"], r["step_budget"]): r for r in grid}
+    one = flops_model(at_expert_budget(run.cfg, 1), run.spec.input_shape, run.spec.num_classes,
+                      batch=run.cfg.train.eval_batch_size)  # fmt: skip
     for t in (1, 2, 3):  # one expert a token never uses more experts than two
         assert by[(1, t)]["experts"] <= by[(2, t)]["experts"]
         assert by[(1, t)]["experts"] <= 16 * by[(1, t)]["steps"] + 1e-6  # 16 tokens, at most 1 expert each
+        assert by[(1, t)]["flops"] == pytest.approx(float(one.at_steps(by[(1, t)]["steps"])))
+        assert by[(1, t)]["flops"] < by[(2, t)]["flops"] or by[(1, t)]["steps"] < by[(2, t)]["steps"]
 
 
 def test_eval_of_a_static_model_with_experts_reports_each_expert_budget(tmp_path, capsys):

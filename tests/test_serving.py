@@ -214,7 +214,8 @@ def test_a_moe_server_degrades_to_fewer_experts_and_stays_within_them(tmp_path):
     budget under one step at the trained experts runs at one expert, within it."""
     train_tiny(tmp_path / "run", 5, config="configs/sut.py:tiny")
     moe = Engine.from_artifact(export_run(tmp_path / "run", tmp_path / "art"), buckets=(1, 4))
-    controller = stopped_clock(Controller(moe.cap, 20.0, expert_budgets=tuple(moe.expert_budgets)))
+    # An SLA no run on a loaded machine misses: only the service times set below make one late.
+    controller = stopped_clock(Controller(moe.cap, 2000.0, expert_budgets=tuple(moe.expert_budgets)))
 
     # a FLOPs budget of one step at one expert per token, under one step at the trained two
     tight = float(moe.compute_of(1, "flops", 1))
@@ -226,7 +227,7 @@ def test_a_moe_server_degrades_to_fewer_experts_and_stays_within_them(tmp_path):
         fewer, below = (fewer.status, await fewer.json()), (below.status, await below.json())
         full = await (await client.post("/predict", json={"x": GOOD})).json()
         controller.service["primary", None] = ServiceTimes(moe.cap)
-        controller.observe("primary", 1, 25.0)  # all experts: one step is over the SLA
+        controller.observe("primary", 1, 2500.0)  # all experts: one step is over the SLA
         controller.service["primary", 1] = ServiceTimes(moe.cap)  # one expert: assumed instant
         return fewer, below, full, await (await client.post("/predict", json={"x": GOOD})).json()
 

@@ -53,9 +53,10 @@ def print_compute_report(workdir: str, metrics: dict, baselines: list[str], poin
                 for r in report["budgeted_batch"]]  # fmt: skip
         print_table(rows, list(rows[0]))
     dist, shifted = report["compute_distribution"]["steps"], report["shifted"]
+    per_correct = report["cost_per_correct"]["flops"]
     print(
         f"steps per example: mean {dist['mean']:.2f}, p50 {dist['p50']:g}, p99 {dist['p99']:g}, max {dist['max']:g}; "
-        f"FLOPs per correct answer {report['cost_per_correct']['flops']:.4g}"
+        + (f"FLOPs per correct answer {per_correct:.4g}" if per_correct is not None else "no answer was correct")
     )
     print(f"shifted ({shifted['what']}): accuracy {shifted['accuracy']:.4f}, mean steps {shifted['steps']['mean']:.2f}")
     if report["baselines"]:

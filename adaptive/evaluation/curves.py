@@ -8,6 +8,7 @@ whichever the user's budget is stated in.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -52,17 +53,20 @@ def _row(correct_B: np.ndarray, steps_B: np.ndarray, experts_B: np.ndarray, comp
 
 def budget_grid(out: Outcomes, compute: Compute) -> list[dict]:
     """Accuracy and mean compute at every (expert budget, step budget), with `pareto` marking
-    the operating points on the front of accuracy vs compute."""
+    the operating points on the front of accuracy vs compute. With expert budgets, `compute`
+    takes the row's as `expert_budget=k` (a capacity-dispatch model's buffers shrink with k:
+    its compute is not the applications' count alone)."""
     rows = []
     num_k, cap = out.correct_KxTxB.shape[:2]
     for k in range(num_k):
+        at_k = functools.partial(compute, expert_budget=k + 1) if num_k > 1 else compute
         for t in range(cap):
             rows.append(
                 _row(
                     out.correct_KxTxB[k, t],
                     out.steps_KxTxB[k, t],
                     out.experts_KxTxB[k, t],
-                    compute,
+                    at_k,
                     step_budget=t + 1,
                     expert_budget=(k + 1) if num_k > 1 else None,
                 )

@@ -18,6 +18,7 @@ Writes DIR/eval/<split>-report-step<N>.json and three PNGs next to it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -59,9 +60,19 @@ def compute_report(
     budget = run.budget if run.budget is not None and run.budget.target is not None else None
     unit = budget.unit if budget else "flops"
 
-    def compute(steps, experts=None) -> dict:
-        value = flops.at_steps(steps, experts)
+    @functools.cache
+    def flops_at(expert_budget: int, batch: int):
+        """FLOPs as the served function runs at `expert_budget`: capacity buffers shrink with k."""
+        fewer = at_expert_budget(cfg, expert_budget)
+        return flops_model(fewer, run.spec.input_shape, run.spec.num_classes, batch=batch)
+
+    def compute(steps, experts=None, expert_budget=None) -> dict:
+        fewer = expert_budget is not None and expert_budget < k_max
+        value = (flops_at(expert_budget, cfg.train.eval_batch_size) if fewer else flops).at_steps(steps, experts)
         in_unit = budget.compute(steps, experts) if budget else value
+        if fewer and budget is not None and budget.unit in ("flops", "macs"):  # at the budget's serving batch
+            in_unit = flops_at(expert_budget, budget.serving_batch).at_steps(steps, experts)
+            in_unit = in_unit / 2.0 if budget.unit == "macs" else in_unit
         return {"flops": float(np.mean(value)), "compute": float(np.mean(in_unit))}
 
     test = outcomes.collect(run.graphdef, run.params, cfg, split, k_max=k_max)
@@ -153,8 +164,9 @@ def _budgeted_batch(run: Run, split: str, test, compute, k_max, cap: int, budget
 
 def _cost_per_correct(run: Run, accuracy: float, steps_mean: float, flops_mean: float) -> dict:
     """FLOPs per correct answer always; money and joules when a cost model of this network exists
-    (the budget's, or DIR/cost_model.json), at the serving batch it was calibrated for."""
-    out = {"flops": flops_mean / accuracy if accuracy else math.inf}
+    (the budget's, or DIR/cost_model.json), at the serving batch it was calibrated for. With no
+    correct answer there is no cost per one: null (JSON has no infinity), and `correct` says why."""
+    out = {"flops": flops_mean / accuracy if accuracy else None, "correct": accuracy > 0}
     model, batch = None, 1
     if run.budget is not None and run.budget.cost_model is not None:
         model, batch = run.budget.cost_model, run.budget.serving_batch

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 def _fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
+        if 0 < abs(value) < 10 ** (1 - digits):  # 3e-4 at 3 decimals is 0.000: significant digits instead
+            return f"{value:.{digits}g}"
         return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:.0f}"
     return "" if value is None else str(value)
 
