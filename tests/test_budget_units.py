@@ -43,6 +43,13 @@ def test_a_throughput_target_is_held_as_serving_ms_per_request(tmp_path):
             Budget.from_config(_cfg(tmp_path, unit="requests_per_s", target=bad), SHAPE, 2)
     with pytest.raises(ConfigError, match="cost_model"):
         Budget.from_config(_cfg(tmp_path, unit="requests_per_s", target=1600.0, cost_model=""), SHAPE, 2)
+    # Reports show the held value under its own unit, the stated rate beside it.
+    from adaptive.evaluation.report import compute_columns
+
+    assert budget.held_unit == "ms_per_request"
+    columns = compute_columns(_cfg(tmp_path, unit="requests_per_s", target=1600.0), {"eval/steps_mean": 3.0})
+    assert columns["budget"] == "0.625 ms_per_request (1600 requests_per_s)"
+    assert columns["realized"] == pytest.approx(0.625) and columns["deviation_pct"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_a_two_sided_throughput_near_the_highest_rate_is_warned_of_in_requests_per_s(tmp_path, caplog):

@@ -108,6 +108,20 @@ def test_eval_times_the_compiled_predictor_on_real_batches(tiny_run):
     assert 1 <= out["latency/steps_mean"] <= 6
 
 
+def test_tables_keep_small_values_visible_and_no_correct_answer_has_no_cost_per_one(tmp_path):
+    from types import SimpleNamespace
+
+    from adaptive.evaluation.eval_report import _cost_per_correct
+    from adaptive.evaluation.tables import markdown_table
+
+    assert markdown_table(
+        [{"cost": 3.1e-4, "acc": 0.91234, "flops": 12345.6, "zero": 0.0}], ["cost", "acc", "flops", "zero"]
+    ) == ("| cost | acc | flops | zero |\n|---|---|---|---|\n| 0.00031 | 0.9123 | 12346 | 0.0000 |\n")
+    nobody = _cost_per_correct(SimpleNamespace(budget=None, workdir=tmp_path), 0.0, 3.0, 1e6)
+    assert nobody == {"flops": None, "correct": False}
+    assert json.loads(json.dumps(nobody, allow_nan=False)) == nobody  # strict JSON: no Infinity
+
+
 def test_pareto_front_on_hand_made_points():
     from adaptive.evaluation.curves import pareto_front
 

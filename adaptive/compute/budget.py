@@ -262,6 +262,12 @@ class Budget:
         return flops / 2.0 if self.unit == "macs" else flops
 
     @property
+    def held_unit(self) -> str:
+        """The unit `target` and `compute` are in: a requests_per_s budget is held as serving ms
+        per request (its rate's reciprocal), and is shown so."""
+        return "ms_per_request" if self.unit == "requests_per_s" else self.unit
+
+    @property
     def routes_experts(self) -> bool:
         """Whether training steers the routers' expert counts (top-p): only then does expected
         compute take them, since a top-k count is a constant and, taken, would leave the

@@ -58,7 +58,7 @@ def compute_report(
     k_max = cfg.moe.k if cfg.moe.enabled else None
     flops = flops_model(cfg, run.spec.input_shape, run.spec.num_classes, batch=cfg.train.eval_batch_size)
     budget = run.budget if run.budget is not None and run.budget.target is not None else None
-    unit = budget.unit if budget else "flops"
+    unit = budget.held_unit if budget else "flops"
 
     @functools.cache
     def flops_at(expert_budget: int, batch: int):

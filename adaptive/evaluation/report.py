@@ -254,7 +254,10 @@ def compute_columns(cfg, final: dict) -> dict:
     budget = Budget.from_config(cfg, spec.input_shape, spec.num_classes)
     if budget is not None:
         realized = float(budget.compute(final["eval/steps_mean"], final.get("eval/experts_mean")))
-        out.update(_gap(f"{budget.target:g} {budget.unit}", realized, budget.target))
+        stated = f"{budget.target:g} {budget.held_unit}"
+        if budget.held_unit != budget.unit:
+            stated += f" ({cfg.budget.target:g} {budget.unit})"
+        out.update(_gap(stated, realized, budget.target))
         # The target in FLOPs, for plots: invert the unit's (linear) compute function of steps.
         if budget.unit in ("flops", "macs"):
             out["target_flops"] = budget.target * (2.0 if budget.unit == "macs" else 1.0)
