@@ -14,9 +14,12 @@ Request budgets (one value, or a distribution over requests) become step caps: t
 whose compute fits, with every expert a token may use counted, so a cap holds for any routing.
 
 A language model's budget is per token (`Budget.tokens`, its LMFlops): blocks run (`steps`),
-FLOPs or MACs, priced as decoding spends them (exits at the configured threshold, MoD blocks
-routed by their causal predictor, top-p experts as routed); adaptive.training.lm_budget turns
-a training forward pass into those tokens' expected and realized compute.
+FLOPs or MACs, priced at the operating point decoding runs (exits at the configured threshold,
+MoD blocks routed by their causal predictor, top-p experts as routed) over a window, as eval
+scores it; adaptive.training.lm_budget turns a training forward pass into those tokens'
+expected and realized compute. Decoding one token at a time also fills the key/value cache of
+the blocks above a token's exit (`lm_flops(decoding=True)`, what `adaptive generate` reports):
+a window's price leaves that fill out, so it is the lower of the two for exiting models.
 """
 
 from __future__ import annotations
