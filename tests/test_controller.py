@@ -535,6 +535,22 @@ def test_an_operating_point_scored_at_its_cap_alone_still_exits_early_before_fal
     assert decide(ladder(point, fallback_accuracy=0.5), 8) == Decision("degraded", "primary", 7)
 
 
+def test_stale_service_times_admit_a_latency_budget_unless_an_idle_run_says_one_step_is_over_it():
+    from adaptive.serving.controller import STALE_S
+
+    c = ladder()  # the primary's one step: 3 ms
+    now = c.clock()
+    c.clock = lambda: now
+    assert c.steps_within_ms("primary", None, 2.0, 8, 1) == 0  # fresh: its runs say no step fits
+    now += 2 * STALE_S + 1.0  # nothing ran since: runs from a slow moment must not refuse for good
+    assert c.steps_within_ms("primary", None, 2.0, 8, 1) == 8
+    c.observe_idle("primary", 2.5)  # but a keep-warm run just took 2.5 ms for one step
+    assert c.steps_within_ms("primary", None, 2.0, 8, 1) == 0
+    assert c.steps_within_ms("primary", None, 3.0, 8, 1) == 8  # one step fits 3 ms: priced as before
+    now += 2 * STALE_S + 1.0  # the idle run is stale too
+    assert c.steps_within_ms("primary", None, 2.0, 8, 1) == 8
+
+
 def test_a_static_primary_never_takes_a_row_whose_budget_is_below_its_depth():
     """A static model runs all its steps (least_steps = its cap): a row asking fewer goes to the
     fallback, or is rejected, even in a batch beside rows the primary serves."""

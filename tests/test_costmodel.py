@@ -294,10 +294,14 @@ def _latency_budget_is_judged_by_the_measured_run(artifact):
         time.sleep(max(20 * budget, 30.0) / 1e3)
         return run(*args)
 
-    async def main(mode: str):
+    async def main(mode: str, idle: bool = False):
         engine.run = slow_run
-        server = Server(engine, Controller(engine.cap, 1e4, mode=mode), max_batch=1)
+        controller = Controller(engine.cap, 1e4, mode=mode)
+        server = Server(engine, controller, max_batch=1)
         async with TestClient(TestServer(server.app())) as client:
+            if idle:  # no request for longer than the served runs are trusted; keep-warm runs meanwhile
+                controller._ran_at = {point: at - 60.0 for point, at in controller._ran_at.items()}
+                await asyncio.sleep(0.3)
             answer = await (await client.post("/predict", json={"x": x, "budget": budget, "unit": "latency_ms"})).json()
             return answer, await (await client.get("/metrics")).text()
 
@@ -307,6 +311,9 @@ def _latency_budget_is_judged_by_the_measured_run(artifact):
     assert "adaptive_budget_adherence 0.000000" in metrics  # priced to fit, ran over
     answer, metrics = asyncio.run(main("adaptive"))  # its own runs, timed as it started, say it cannot
     assert answer["status"] == "rejected" and "is under this server's runs now" in answer["reason"]
+    # Idle past the served runs' trust: the keep-warm runs' one step still says it cannot.
+    answer, _ = asyncio.run(main("adaptive", idle=True))
+    assert answer["status"] == "rejected", answer
     engine.run = run
 
 

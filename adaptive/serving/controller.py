@@ -134,6 +134,7 @@ class Controller(BaselinePolicies):
         self._rank = {f.name: i for i, f in enumerate(self.fallbacks)}
         self.clock = time.monotonic  # seconds; when each point last ran decides a probe (`_probe`)
         self._ran_at = dict.fromkeys(self.service, self.clock())
+        self._idle_ms: dict[str, tuple[float, float]] = {}  # model -> (when, ms) of its last idle run
 
     @property
     def horizon_ms(self) -> float:
@@ -398,10 +399,20 @@ class Controller(BaselinePolicies):
         `ms` on this server now (`ServiceTimes.tail_steps_within`); `requested` where the point
         has not run for `STALE_S` or a horizon, the longer: a request priced out runs nothing, so
         estimates made in a slow moment would otherwise refuse every such request for good; the
-        batch that finds them stale runs as the cost model prices it, and corrects them."""
-        if self.clock() - self._ran_at[model, experts] > max(STALE_S, self.horizon_ms / 1e3):
-            return requested
+        batch that finds them stale runs as the cost model prices it, and corrects them. Unless
+        an idle run just took longer than `ms` for one step (`observe_idle`): then 0."""
+        now, stale = self.clock(), max(STALE_S, self.horizon_ms / 1e3)
+        if now - self._ran_at[model, experts] > stale:
+            idle = self._idle_ms.get(model) if experts is None else None
+            return 0 if idle is not None and now - idle[0] <= stale and idle[1] > ms else requested
         return self.service[model, experts].tail_steps_within(ms, requested, rows)
+
+    def observe_idle(self, model: str, run_ms: float) -> None:
+        """A keep-warm run of `model`: one row, one step, at its trained experts, `run_ms` long.
+        Not a service time (an idle server would fill their window with it), but while the
+        served runs are stale it still refuses a latency budget under one step now: without it
+        a server at under one request per `STALE_S` would admit each and miss it."""
+        self._idle_ms[model] = (self.clock(), run_ms)
 
     @property
     def current_step_cap(self) -> float:

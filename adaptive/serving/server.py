@@ -155,17 +155,23 @@ class Server:
             self.controller.observe(name, int(result.steps.max()), ms, 1, run_ms=run_ms)
 
     async def _keep_warm(self, loop) -> None:
-        """One row of one step through each model, untimed, unless a request is waiting: after an
-        idle moment a first run is several times slower than the next (caches and the runtime's
-        threads gone cold), and a latency budget priced at the tail of the runs would pay for it."""
-        for engine in self.engines.values():
+        """One row of one step through each model unless a request is waiting: after an idle
+        moment a first run is several times slower than the next (caches and the runtime's
+        threads gone cold), and a latency budget priced at the tail of the runs would pay for it.
+        Kept out of the service times (they would fill their window with one-step runs), its
+        time tells an idle controller what a lone step takes now (`Controller.observe_idle`)."""
+        for name, engine in self.engines.items():
             if engine is None or (self.queue is not None and not self.queue.empty()):
                 continue
             x = np.zeros((1, *engine.input_shape), np.float32)
+            start = time.perf_counter()
             try:
-                await loop.run_in_executor(self._pool, engine.run, x, np.ones(1, np.int32))
+                result = await loop.run_in_executor(self._pool, engine.run, x, np.ones(1, np.int32))
             except Exception:  # a model that cannot run fails its batches, which say so
                 log.debug("keep-warm run failed", exc_info=True)
+                continue
+            if not engine.fixed_depth:  # a static model ran all its steps, not one
+                self.controller.observe_idle(name, 1e3 * (float(result.done_s.max()) - start))
 
     async def _stop(self, app) -> None:
         self._batcher.cancel()
