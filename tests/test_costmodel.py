@@ -201,6 +201,14 @@ def test_latency_budget_goes_through_the_cost_model(calibrated, tmp_path):
         "the cost model has no calibration at batch 2 (it has b1_k0, b4_k0): `adaptive calibrate --batches 2` adds one"
     )
     assert "latency/predicted_p50_ms" in measure_latency(run, "validation", 6, batch=1, calls=4)
+    # Without a budget: DIR/cost_model.json (`adaptive calibrate`), as `adaptive export` prices with
+    folder = load_run(calibrated[1].parent)
+    assert folder.budget is None and "latency/predicted_p50_ms" in measure_latency(folder, "validation", 6, 1, 4)
+    (tmp_path / "bare").mkdir()
+    bare = measure_latency(dataclasses.replace(folder, workdir=tmp_path / "bare"), "validation", 6, batch=1, calls=4)
+    assert bare["latency/unpredicted"] == (
+        "no cost model of this run to check: `adaptive calibrate --workdir DIR --batches 1` fits one"
+    )
 
 
 def test_each_timed_call_is_judged_against_the_tightest_request_it_drew(calibrated, tmp_path):

@@ -24,6 +24,7 @@ import numpy as np
 
 from adaptive import data
 from adaptive.config import step_cap
+from adaptive.inference.export import cost_model_of
 from adaptive.inference.infer import with_halting
 from adaptive.inference.predictor import BudgetedPredictor
 from adaptive.inference.restore import load_run
@@ -114,14 +115,18 @@ def measure_latency(run, split: str, budget: int, batch: int, calls: int = 200, 
         "latency/steps_mean": float(np.mean(steps)),
         "latency/slowest_steps_mean": float(np.mean(slowest)),  # a batch runs until its slowest example halts
     }
-    cost_model = run.budget.cost_model if run.budget is not None else None
-    if cost_model is not None and cost_model.calibrated_key(batch, None) in cost_model.fits:
+    cost_model = cost_model_of(run)  # the budget's, else DIR/cost_model.json (as export prices)
+    if cost_model is None:
+        metrics["latency/unpredicted"] = (
+            f"no cost model of this run to check: `adaptive calibrate --workdir DIR --batches {batch}` fits one"
+        )
+    elif cost_model.calibrated_key(batch, None) in cost_model.fits:
         # What the calibration predicts for the same batches: checks the cost model on real traffic.
         median = [float(cost_model.latency_ms(s, batch)) for s in slowest]
         tail = [float(cost_model.tail_latency_ms(s, batch)) for s in slowest]
         metrics["latency/predicted_p50_ms"] = float(np.percentile(median, 50))
         metrics["latency/predicted_p99_ms"] = float(np.percentile(tail, 99))
-    elif cost_model is not None:  # said, rather than the prediction silently missing
+    else:  # said, rather than the prediction silently missing
         metrics["latency/unpredicted"] = (
             f"the cost model has no calibration at batch {batch} (it has {', '.join(sorted(cost_model.fits))}): "
             f"`adaptive calibrate --batches {batch}` adds one"

@@ -27,12 +27,11 @@ import jax
 import numpy as np
 
 from adaptive import data
-from adaptive.compute.costmodel import CostModel, CostModelError, fingerprint
 from adaptive.compute.flops import flops_model
 from adaptive.config import step_cap
 from adaptive.evaluation import curves, report_plots
 from adaptive.inference import outcomes
-from adaptive.inference.export import at_expert_budget
+from adaptive.inference.export import at_expert_budget, cost_model_of
 from adaptive.inference.restore import Run, load_run
 from adaptive.inference.scoring import score_split
 from adaptive.training import steps
@@ -164,22 +163,13 @@ def _budgeted_batch(run: Run, split: str, test, compute, k_max, cap: int, budget
 
 def _cost_per_correct(run: Run, accuracy: float, steps_mean: float, flops_mean: float) -> dict:
     """FLOPs per correct answer always; money and joules when a cost model of this network exists
-    (the budget's, or DIR/cost_model.json), at the serving batch it was calibrated for. With no
+    (the budget's, or DIR/cost_model.json: `cost_model_of`), at the config's serving batch. With no
     correct answer there is no cost per one: null (JSON has no infinity), and `correct` says why."""
     out = {"flops": flops_mean / accuracy if accuracy else None, "correct": accuracy > 0}
-    model, batch = None, 1
-    if run.budget is not None and run.budget.cost_model is not None:
-        model, batch = run.budget.cost_model, run.budget.serving_batch
-    elif (run.workdir / "cost_model.json").is_file():
-        try:
-            model = CostModel.load(
-                run.workdir / "cost_model.json", expect_fingerprint=fingerprint(run.cfg, run.spec.input_shape)
-            )
-        except CostModelError:
-            model = None
-        if model is not None:
-            batch = min(int(k.split("_")[0][1:]) for k in model.fits)
-    if model is not None and accuracy:
+    if not accuracy:
+        return out
+    model, batch = cost_model_of(run), run.cfg.budget.serving_batch  # the budget's, or the folder's
+    if model is not None:
         per_request = model.cost_per_1k(steps_mean, batch) / 1000
         out.update(
             {
