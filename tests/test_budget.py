@@ -314,7 +314,7 @@ def test_a_two_sided_target_near_the_least_compute_is_warned_of(caplog):
         said = [r.getMessage() for r in caplog.records if r.name == "adaptive.compute.budget"]
         assert bool(said) == warned, (overrides, said)
         if warned:
-            assert "is two-sided and within 10% of the least compute" in said[0] and "\n" not in said[0]
+            assert "is two-sided and within 10% of the way from the least compute" in said[0] and "\n" not in said[0]
 
 
 def _lm_budget(cfg) -> Budget:

@@ -59,7 +59,7 @@ def test_round_trip_and_derived_units(tmp_path):
     assert again.latency_ms(4, batch=2) == pytest.approx(3.0)
     assert again.cost_per_1k(4, batch=2) == pytest.approx(3.0 / 3.6e6 * 3.6 / 2 * 1000)
     assert again.energy_j(4, batch=2) == pytest.approx(50.0 * 0.003 / 2)
-    with pytest.raises(CostModelError, match="no calibration for batch 8 and all experts; have b2_k0: run "):
+    with pytest.raises(CostModelError, match="no calibration for batch 8 and all experts; have batch 2: run "):
         again.latency_ms(1, batch=8)
     # a hand-edited or old file that would price cost or energy budgets with nonsense
     for key, value, message in [
@@ -198,7 +198,8 @@ def test_latency_budget_goes_through_the_cost_model(calibrated, tmp_path):
     timed = measure_latency(run, "validation", 6, batch=2, calls=4)
     assert "latency/predicted_p50_ms" not in timed
     assert timed["latency/unpredicted"] == (
-        "the cost model has no calibration at batch 2 (it has b1_k0, b4_k0): `adaptive calibrate --batches 2` adds one"
+        "the cost model has no calibration at batch 2 (it has batch 1, batch 4): "
+        "`adaptive calibrate --batches 2` adds one"
     )
     assert "latency/predicted_p50_ms" in measure_latency(run, "validation", 6, batch=1, calls=4)
     # Without a budget: DIR/cost_model.json (`adaptive calibrate`), as `adaptive export` prices with

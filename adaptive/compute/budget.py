@@ -171,12 +171,12 @@ class Budget:
         if not (most > least and (self.target - least) < NEAR_FLOOR * (most - least)):
             return
         stated, away = f"{self.target:g} {self.unit}", "a higher target"
-        span = f"the least compute ({least:g}, of {most:g} at most)"
+        span = f"the least compute ({least:g}) to the most ({most:g})"
         if self.unit == "requests_per_s":  # held as ms per request: the floor is the highest rate
             stated, away = f"{cfg.budget.target:g} requests_per_s", "a lower rate"
-            span = f"the most this model sustains ({1000 / least:g} requests/s, of {1000 / most:g} at least)"
+            span = f"the most this model sustains ({1000 / least:g} requests/s) to the least ({1000 / most:g})"
         log.warning(
-            "budget.target %s is two-sided and within %.0f%% of %s: it drives nearly everything onto the "
+            "budget.target %s is two-sided and within %.0f%% of the way from %s: it drives nearly everything onto the "
             "cheapest path, often at a large cost in quality; a ceiling (budget.two_sided=false) or %s keeps "
             "that choice to the model",
             stated, 100 * NEAR_FLOOR, span, away,

@@ -89,11 +89,20 @@ class CostModel:
             key = self.key(batch, max(ks)) if ks else key
         return key
 
+    def calibrated(self) -> str:
+        """The calibrations it holds, in words: "batch 1, batch 8" ("batch 4 at 2 experts")."""
+
+        def words(key: str) -> tuple[int, int, str]:
+            batch, experts = (int(part) for part in key[1:].split("_k"))
+            return batch, experts, f"batch {batch}" + (f" at {experts} experts" if experts else "")
+
+        return ", ".join(said for *_, said in sorted(map(words, self.fits))) or "none"
+
     def fit(self, batch: int, experts: int | None = None) -> Fit:
         try:
             return self.fits[self.calibrated_key(batch, experts)]
         except KeyError:
-            known = ", ".join(sorted(self.fits))
+            known = self.calibrated()
             raise CostModelError(
                 f"no calibration for batch {batch} and {experts or 'all'} experts; have {known}: run "
                 f"`adaptive calibrate --batches {batch}` on the run, or use a calibrated batch"

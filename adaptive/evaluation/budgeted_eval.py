@@ -128,7 +128,7 @@ def measure_latency(run, split: str, budget: int, batch: int, calls: int = 200, 
         metrics["latency/predicted_p99_ms"] = float(np.percentile(tail, 99))
     else:  # said, rather than the prediction silently missing
         metrics["latency/unpredicted"] = (
-            f"the cost model has no calibration at batch {batch} (it has {', '.join(sorted(cost_model.fits))}): "
+            f"the cost model has no calibration at batch {batch} (it has {cost_model.calibrated()}): "
             f"`adaptive calibrate --batches {batch}` adds one"
         )
     if requests is not None and requests.unit == "latency_ms":
