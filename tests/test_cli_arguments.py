@@ -1,6 +1,8 @@
 """Flag values the parser checks before any work: one usage error (exit 2) naming the flag, not
 a traceback after minutes of timing; and runs given twice to `adaptive report`."""
 
+from pathlib import Path
+
 import pytest
 
 from adaptive.cli.main import main
@@ -185,6 +187,11 @@ def test_report_refuses_language_models_beside_classifiers_and_usage_without_exp
     with pytest.raises(RunError, match="--usage plots how tokens spread over experts; none of these runs has experts"):
         report([classifier], splits=[], plot=None, markdown=None, usage=str(tmp_path / "u.png"))
     assert not (tmp_path / "u.png").exists()
+    (mnist,) = _config_only_runs(tmp_path, ("mnist", "configs/mnist1d.py:tiny", []))
+    (Path(mnist) / "metrics.jsonl").write_text('{"split": "eval", "step": 5, "eval/accuracy": 0.5}\n')
+    with pytest.raises(RunError, match="--plot draws compute and accuracy against each example's difficulty; none"):
+        report([mnist], splits=[], plot=str(tmp_path / "d.png"), markdown=None)
+    assert not (tmp_path / "d.png").exists()
 
 
 def test_runs_of_different_tasks_share_a_table_but_no_plot_and_no_baseline(tmp_path, capsys):

@@ -18,8 +18,17 @@ from adaptive.evaluation.plot_labels import annotate  # noqa: E402
 from adaptive.training.metrics import read_jsonl  # noqa: E402
 
 
-def by_difficulty(curves: list[tuple[str, list[tuple[str, dict]]]], path: str) -> None:
+# What a task's difficulty counts, for the axis (adaptive/data: parity.py, addition.py).
+DIFFICULTY = {
+    "parity": "difficulty (non-zero entries in the input)",
+    "addition": "difficulty (places an answer digit reads)",
+}
+
+
+def by_difficulty(curves: list[tuple[str, list[tuple[str, dict]]]], path: str, task: str = "parity") -> None:
+    """Mean steps and accuracy against difficulty, a line per run and split (one task's runs)."""
     fig, (ax_steps, ax_acc) = plt.subplots(1, 2, figsize=(14, 4.8))
+    xlabel = DIFFICULTY.get(task, "difficulty")
     for name, split, metrics in [(name, split, m) for name, per_split in curves for split, m in per_split]:
         steps = metrics.get("eval/steps_by_difficulty")
         if not steps:
@@ -30,17 +39,18 @@ def by_difficulty(curves: list[tuple[str, list[tuple[str, dict]]]], path: str) -
         ax_steps.plot(xs, [steps[d] for d in xs], marker="o", ms=3, label=label)
         ax_acc.plot(xs, [acc[d] for d in xs], marker="o", ms=3, label=label)
     ax_steps.set(
-        xlabel="difficulty (non-zero entries in the input)",
+        xlabel=xlabel,
         ylabel="mean steps used (blocks applied)",
         title="Compute vs difficulty",
     )
     ax_acc.set(
-        xlabel="difficulty (non-zero entries in the input)",
+        xlabel=xlabel,
         ylabel="accuracy",
         ylim=(0.0, 1.02),
         title="Accuracy vs difficulty",
     )
-    ax_acc.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
+    if task == "parity":  # two classes
+        ax_acc.axhline(0.5, color="grey", lw=0.8, ls=":", label="chance")
     for ax in (ax_steps, ax_acc):
         ax.grid(alpha=0.3)
     ax_acc.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside, not over, the lines

@@ -174,6 +174,11 @@ def report(
     if usage and not any(load_config(w).moe.enabled for w in workdirs):
         raise RunError("--usage plots how tokens spread over experts; none of these runs has experts")
     workdirs = _leave_out(workdirs, lambda w: not _has_eval(w), "no eval yet")  # a point still training
+    if plot and workdirs and not any(final_eval(w).get("eval/steps_by_difficulty") for w in workdirs):
+        raise RunError(
+            "--plot draws compute and accuracy against each example's difficulty; none of these runs' data has "
+            "one (parity and addition do)"
+        )
     rows, curves, groups, notes = [], [], {}, []
     for workdir in map(Path, workdirs):
         cfg = load_config(workdir)
@@ -222,7 +227,7 @@ def report(
         Path(markdown).write_text(text)
         print(f"wrote {markdown}")
     if plot:
-        plots.by_difficulty(plotted, plot)
+        plots.by_difficulty(plotted, plot, load_config(workdirs[0]).data.name)
         print(f"wrote {plot}")
     if pareto:
         plots.accuracy_vs_compute(rows, pareto)
