@@ -17,7 +17,6 @@ from adaptive.evaluation.curves import pareto_front  # noqa: E402
 from adaptive.evaluation.plot_labels import annotate  # noqa: E402
 from adaptive.training.metrics import read_jsonl  # noqa: E402
 
-
 # What a task's difficulty counts, for the axis (adaptive/data: parity.py, addition.py).
 DIFFICULTY = {
     "parity": "difficulty (non-zero entries in the input)",
