@@ -1,6 +1,8 @@
 """The serving engine: AOT executables per batch bucket, zero compilations in steady state,
 budgets in any unit, caps that hold for any request, and grouping by budget."""
 
+import copy
+
 import jax
 import numpy as np
 import pytest
@@ -74,6 +76,12 @@ def test_budgets_in_units_become_step_caps(engines):
             engine.steps_for(value, unit)
     with pytest.raises(ValueError, match="empty batch"):
         engine.run(np.zeros((0, 16), np.float32), np.zeros(0, np.int32))
+    static = copy.copy(engine)  # the same table, of a model that runs every step
+    static.meta = {**engine.meta, "config": {**engine.meta["config"], "halting": {"policy": "none"}}}
+    with pytest.raises(
+        BudgetError, match=rf"below this static model's least run \({flops[-1]:g} flops: all its 6 steps\)"
+    ):
+        static.steps_for(flops[0] / 2, "flops")
 
 
 @pytest.fixture(scope="module")

@@ -187,10 +187,10 @@ class Engine:
                 below=True,
             )
         if value < table[0]:
-            raise BudgetError(
-                f"budget {value:g} {unit} is below one step of this model ({table[0]:g} {unit}{P99[column]})",
-                below=True,
-            )
+            least = f"one step of this model ({table[0]:g} {unit}{P99[column]})"
+            if self.fixed_depth:  # its least run is every step
+                least = f"this static model's least run ({table[-1]:g} {unit}{P99[column]}: all its {self.cap} steps)"
+            raise BudgetError(f"budget {value:g} {unit} is below {least}", below=True)
         return int(np.searchsorted(np.asarray(table), value * (1 + 1e-9), side="right"))
 
     def _steps_in_memory(self, value: float) -> int:
