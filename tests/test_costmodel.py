@@ -344,3 +344,8 @@ def test_calibration_notes_a_poor_line_and_latency_that_hardly_follows_steps():
     notes = _notes([flat, steep], [1, 6])
     assert len(notes) == 2 and all(n.startswith("batch 1, experts all: ") for n in notes)
     assert "misses a timed point by 30%" in notes[0] and "latency hardly follows steps" in notes[1]
+    # p99s falling as steps rise (3.75 ms at 1, 1.07 at 6): the line is clamped flat and misses them
+    tail = fit_line([(1, 3.75), (6, 1.07)])
+    noisy = {**steep, "batch": 8, "p99_fit_error": _worst_error(tail, {1: 3.75, 6: 1.07})}
+    (note,) = _notes([noisy], [1, 6])
+    assert note.startswith("batch 8, experts all: the p99 line misses a timed p99 by ") and "more --repeats" in note

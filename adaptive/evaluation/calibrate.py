@@ -88,6 +88,7 @@ def calibrate(
                     "p99_per_step_ms": tails[key].per_step_ms,
                     **{f"{s}_steps_ms": median[s] for s in grid},
                     "fit_error": _worst_error(fits[key], median),
+                    "p99_fit_error": _worst_error(tails[key], p99),
                 }
             )
     model = CostModel(fingerprint(run.cfg, run.spec.input_shape), machine(), price_per_hour, power_watts, fits, tails)
@@ -109,13 +110,19 @@ def _worst_error(fit, median: dict) -> float:
 
 
 def _notes(rows: list[dict], grid: list[int]) -> list[str]:
-    """What a reader of the fits should know before budgeting through them: a poor line, and
+    """What a reader of the fits should know before budgeting through them: a poor line (of the
+    medians or of the p99s), and
     latency that hardly follows steps (a latency budget then buys few steps' difference)."""
     notes = []
     for r in rows:
         where = f"batch {r['batch']}, experts {r['experts']}"
         if r["fit_error"] > 0.2:
             notes.append(f"{where}: the line misses a timed point by {r['fit_error']:.0%} (noise? more --repeats)")
+        if r.get("p99_fit_error", 0.0) > 0.2:  # latency caps per request are priced through this line
+            notes.append(
+                f"{where}: the p99 line misses a timed p99 by {r['p99_fit_error']:.0%}, so per-request latency "
+                "caps are priced loosely (a noisy tail: more --repeats steadies it)"
+            )
         first, last = r[f"{grid[0]}_steps_ms"], r[f"{grid[-1]}_steps_ms"]
         if len(grid) > 1 and last < 1.1 * first:
             notes.append(
