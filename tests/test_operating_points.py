@@ -337,6 +337,13 @@ def test_bench_serve_has_a_point_ladder_policy_priced_per_rung(artifact, monkeyp
     own = {(p["precision"], p["prune"]): p["flops_at_steps"] for p in meta["operating_points"]}
     for name, point in expected.items():
         np.testing.assert_allclose(flops[name], own[point])
+    assert "adaptive + controller" not in policies  # the ladder's policy runs the controller
+    # Without points or --small the controller still runs, alone: fewer steps under load, then rejection.
+    monkeypatch.setattr(serve, "read_meta", lambda path: {**edited, "operating_points": []})
+    alone = serve._policies(str(root / "art"), None, 2, 50.0, 8)
+    server_args, flops = alone["adaptive + controller"]
+    assert server_args[:4] == ["--artifact", str(root / "art"), "--policy", "adaptive"]
+    assert "--fallback" not in server_args and "--fallback-point" not in server_args and set(flops) == {"primary"}
 
 
 def test_a_point_over_the_memory_budget_leaves_with_every_file_it_has():

@@ -68,7 +68,8 @@ COLUMNS = [
     "waiting_fraction",
 ]
 BASELINES = (
-    "ms: medians of interleaved calls (over rounds too, with --rounds); ratio = adaptive_ms / static_ms, "
+    "ms: medians of interleaved calls (over rounds too, with --rounds); ratio = adaptive_ms / static_ms "
+    "(with --rounds: the median of each round's own ratio, which the ms medians need not divide to), "
     "where static_ms is the static model of depth d (mixed rows: interpolated at the mean depth between "
     "the static depths around it); whole_batch_ratio = whole_batch_ms / static_ms; host_chain_ratio = "
     "host_chain_ms / static_ms; slowest_ms: the static model of the deepest example; waiting_fraction = "

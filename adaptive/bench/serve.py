@@ -7,7 +7,9 @@ budget, each both queueing every request (`--policy static`) and with deadline s
 service time is rejected), and the adaptive model with the controller and the fallback ladder;
 when ART has operating points (`adaptive export --precision/--prune`), the controller with a
 ladder of those points as its fallbacks (`--fallback-point all`). Without `--small` the
-small-model policies are left out. `--policies` runs only those named.
+small-model policies are left out, and without a fallback of either kind the controller runs
+alone (`adaptive + controller`: fewer steps under load, then rejection). `--policies` runs only
+those named.
 Each runs as its own `adaptive serve` process; each policy's load comes from one `python -m
 adaptive.bench.loadgen` process that runs every pattern `repeats` times (the same seeds for every
 policy). The base rate defaults to what full depth (queueing) sustains, measured first; the spike
@@ -127,6 +129,8 @@ def _policies(artifact: str, small: str | None, fixed_budget: int, sla_ms: float
             ["--artifact", artifact, "--fallback-point", "all", "--policy", "adaptive"],
             {**flops, **points},
         )
+    if not small and not points:  # the controller still runs: fewer steps under load, then rejection
+        policies["adaptive + controller"] = (["--artifact", artifact, "--policy", "adaptive"], flops)
     # The queueing baselines take every request: under a spike thousands wait at once, each on
     # its own connection, and the benchmark measures that queue, not the server's connection limit.
     common = ["--sla-ms", f"{sla_ms:g}", "--max-batch", str(max_batch), "--max-connections", "100000"]

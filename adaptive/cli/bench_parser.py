@@ -158,7 +158,10 @@ def _add_bench_serve(kinds) -> None:
         "--artifact", required=True, metavar="ART", help="the adaptive classifier (a language model: bench serve-lm)"
     )
     serve.add_argument(
-        "--small", metavar="ART2", help="the small (fallback) model (default: none: its policies left out)"
+        "--small",
+        metavar="ART2",
+        help="the small (fallback) model (default: none: its policies left out; without it or operating points "
+        "the controller runs alone)",
     )
     serve.add_argument("--sla-ms", type=positive_float, default=30.0, help="the latency SLA of every request")
     serve.add_argument("--rate", type=positive_float, help="base requests/s (default: what full depth sustains)")
