@@ -11,8 +11,22 @@ import matplotlib
 matplotlib.use("Agg")  # files, never a screen
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from adaptive.bench.loadgen import ANSWERED, PATTERNS  # noqa: E402
+
+
+def _minor_labels(ax):
+    """A log axis' minor tick labels as plain numbers: each one on a range under two decades
+    (short labels fit), else only 2 and 5 x a power of ten."""
+
+    def label(value: float, _) -> str:
+        low, high = ax.get_xlim()
+        mantissa = value / 10 ** np.floor(np.log10(value)) if value > 0 else 0.0
+        every = low > 0 and high / low < 100
+        return f"{value:g}" if every or any(np.isclose(mantissa, (2.0, 5.0))) else ""
+
+    return FuncFormatter(label)
 
 
 def latency_cdfs(traces: dict, sla_ms: float, path: Path) -> None:
@@ -27,6 +41,9 @@ def latency_cdfs(traces: dict, sla_ms: float, path: Path) -> None:
             ax.plot(lat, np.arange(1, len(lat) + 1) / max(len(records), 1), label=policy)
         ax.axvline(sla_ms, color="red", ls=":", label=f"SLA {sla_ms:g} ms")
         ax.set(xscale="log", xlabel="latency from scheduled arrival (ms)", title=pattern)
+        # Plain numbers: matplotlib's own "3x10^0" labels of the minor ticks run into each other.
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(_minor_labels(ax))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("fraction of requests sent, answered within x")
     axes[-1].legend(fontsize=7, loc="lower right")

@@ -85,6 +85,12 @@ def expert_usage(workdirs: list[Path], path: str) -> None:
     plt.close(fig)
 
 
+def _static(method: str) -> bool:
+    """A run whose compute per example is fixed: static depth, and no top-p routing (whose
+    experts per token vary with the input)."""
+    return method.startswith("static") and "top-p" not in method
+
+
 def accuracy_vs_compute(rows: list[dict], path: str) -> None:
     """Each run's accuracy against its mean FLOPs per example; static and adaptive runs as two
     series (each joined along its Pareto front), budget targets as vertical lines."""
@@ -94,7 +100,7 @@ def accuracy_vs_compute(rows: list[dict], path: str) -> None:
         points = sorted(
             (r["eval_flops"], r[accuracy_key], r["run"])
             for r in rows
-            if r["method"].startswith("static") == (family == "static")
+            if _static(r["method"]) == (family == "static")
         )
         if not points:
             continue
