@@ -98,9 +98,7 @@ def accuracy_vs_compute(rows: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for family, marker in (("static", "s"), ("adaptive", "o")):
         points = sorted(
-            (r["eval_flops"], r[accuracy_key], r["run"])
-            for r in rows
-            if _static(r["method"]) == (family == "static")
+            (r["eval_flops"], r[accuracy_key], r["run"]) for r in rows if _static(r["method"]) == (family == "static")
         )
         if not points:
             continue
