@@ -39,6 +39,7 @@ def test_generate_prints_text_and_depths_and_writes_rows(run_dir, tmp_path):
         assert len(row["tokens"]) == len(row["layers"]) == len(row["flops"]) <= 6
         assert row["layers"] == [1.0] * len(row["tokens"])  # the layer cap: one block per token
         assert row["stop"] in ("eos", "max_new_tokens") and row["decode_flops"] == pytest.approx(sum(row["flops"][1:]))
+        assert row["exit_threshold"] == 0.9  # the config's: no certified one, no --threshold
     # a layer ceiling past the model's depth is its depth (as a FLOPs budget past a full pass is one)
     deep = _generate(run_dir, "--prompt", "x", "--max-new-tokens", "2", "--budget", "10", "--unit", "layers")
     assert deep.returncode == 0 and "(budget 10 layers)" in deep.stdout, deep.stderr[-2000:]

@@ -103,6 +103,8 @@ def run(args, overrides: list[str]) -> int:
     elapsed_ms = (time.perf_counter() - start) * 1e3
     compiled = ", compilation included" if decoder.traces > traces else ""
     rows = [_row(text, out, i) for i, text in enumerate(args.prompt)]
+    if trained.cfg.lm.exits:  # the threshold the exits were taken at (--threshold, certified, or the config's)
+        rows = [{**row, "exit_threshold": threshold} for row in rows]
     for row in rows:
         _print(row)
     budget = f" (budget {args.budget:g} {args.unit})" if args.budget is not None else ""
