@@ -106,12 +106,14 @@ def accuracy_vs_compute(rows: list[dict], path: str) -> None:
         front = pareto_front([(p[0], p[1]) for p in points])
         ax.plot([p[0] for p in front], [p[1] for p in front], alpha=0.6)
         annotate(ax, points, fontsize=6, xytext=(3, 3), textcoords="offset points")
-    for target in sorted({r["target_flops"] for r in rows if "target_flops" in r}):
+    targets = sorted({r["target_flops"] for r in rows if "target_flops" in r})
+    for target in targets:
         ax.axvline(target, color="grey", ls=":", lw=0.8)
+    per = "token" if all(r.get("kind") == "lm" for r in rows) else "example"  # report refuses the two mixed
     ax.set(
-        xlabel="mean compute per example (FLOPs, analytic)",
-        ylabel=accuracy_key.replace("_", " "),
-        title="Accuracy vs compute (dotted: budget targets)",
+        xlabel=f"mean compute per {per} (FLOPs, analytic)",
+        ylabel=accuracy_key.replace("_", " ") + (" (next byte)" if per == "token" else ""),
+        title="Accuracy vs compute" + (" (dotted: budget targets)" if targets else ""),
     )
     ax.grid(alpha=0.3)
     ax.legend()

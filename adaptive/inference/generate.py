@@ -71,8 +71,9 @@ class Decoder:
         new_capacity: int,
         compact: bool = True,
     ):
-        if prompt_capacity < 1 or new_capacity < 1:
-            raise ValueError(f"prompt_capacity={prompt_capacity} and new_capacity={new_capacity} must be >= 1")
+        for name, value in (("prompt_capacity", prompt_capacity), ("new_capacity", new_capacity)):
+            if value < 1:  # named alone: the other may be fine
+                raise ValueError(f"{name}={value} must be >= 1")
         self.graphdef, self.params, self.flops = graphdef, params, flops
         self.prompt_capacity, self.new_capacity, self.compact = prompt_capacity, new_capacity, compact
         model = nnx.merge(graphdef, params)
