@@ -301,7 +301,9 @@ def _plot_histograms(points: list[dict], depth: int, path: Path) -> Path:
     for i, p in enumerate(points):
         label = p["label"]
         share = np.asarray(p["blocks_histogram"], float) / max(p["tokens"], 1)
-        ax.bar(np.arange(1, depth + 1) + i * width, share, width=width, label=label)
+        offset = (i - (len(points) - 1) / 2) * width  # each group of bars centred on its block count
+        ax.bar(np.arange(1, depth + 1) + offset, share, width=width, label=label)
+    ax.set_xticks(np.arange(1, depth + 1))
     ax.set_xlabel("blocks a token went through")
     ax.set_ylabel("share of tokens")
     ax.legend(fontsize=7)
