@@ -202,6 +202,28 @@ def test_service_time_estimates_follow_measurements_and_batch_size():
     assert times.most_steps_within(10.001, requested=8, rows=4) == 6  # 1 + 3 + 6 = 10 (and 1 + 3.5 + 7 at 7)
 
 
+def test_batches_all_alike_keep_the_last_fits_split_of_the_time_at_todays_level():
+    """One client, one request at a time: every batch is one row at one step, and the window
+    soon holds nothing else. The time's split (a run, its steps, its rows) comes from the last
+    fit that could tell them apart, its level from the runs now; a full batch's share of a row
+    stays a fraction of a lone run, and the lone client is served, not refused for pace."""
+    times = ServiceTimes(8, window=20)
+    for steps, rows in [(1, 1), (4, 1), (8, 16), (2, 8), (6, 4)]:  # the warm-up's batches
+        times.observe(steps, 1.0 + 0.5 * steps + 0.25 * steps * rows, rows=rows)
+    for _ in range(20):  # then only lone rows at one step
+        times.observe(1, 1.0 + 0.5 + 0.25, rows=1)
+    assert times.estimate(1, rows=32) == pytest.approx(1.0 + 0.5 + 0.25 * 32)  # not 32 x 1.75
+    for _ in range(20):  # and the machine now twice as slow
+        times.observe(1, 2 * (1.0 + 0.5 + 0.25), rows=1)
+    assert times.estimate(1) == pytest.approx(3.5)  # the level of now
+    assert times.estimate(1, rows=32) == pytest.approx(2 * (1.0 + 0.5 + 0.25 * 32))  # the split kept
+    assert times.share_ms(1, 1, 32) < times.estimate(1) / 3
+    c = Controller(8, sla_ms=1000.0)
+    c.service["primary", None] = times
+    rate = 1000.0 / 3.6  # the client sends as soon as each 3.5 ms answer comes back
+    assert decide(c, 1, time_ms=c.batch_time_ms(1, rate)) == Decision("ok", "primary", 1)
+
+
 def test_a_latency_price_adds_the_tail_of_the_runs_and_forgets_it_as_they_leave_the_window():
     """A latency budget bounds one run: the estimate (a mean) plus the p95 of how far recent runs
     came above it, which follows the server: slow runs price budgets until they leave the window

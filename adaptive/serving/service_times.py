@@ -53,6 +53,12 @@ class ServiceTimes:
         # slower to read one at a time.
         self._expected: list[float] | None = None  # steps expected under budget 0..cap, when asked
         self._coef: tuple[float, float, float] | None = None  # the fit, when asked
+        # The last fit over batches of 3 or more (steps, rows): how the time splits between a
+        # run, its steps and its rows. A server whose batches are all alike (one client sending
+        # one request at a time: one row, one step budget) cannot tell them apart, and pricing
+        # it all per row would price a full batch's share of a row at a lone run's whole time:
+        # the pace (`share_ms`) would then refuse a lone client the server keeps up with.
+        self._shape: tuple[float, float, float] | None = None
         self._tail: tuple[float, float] | None = None  # (when, the recent runs' quantile of run - fit)
         # Each batch's own run (`observe`'s run_ms) and when it was observed, beside `_seen`.
         self._run_ms: deque[tuple[float, float]] = deque(maxlen=window)
@@ -68,6 +74,9 @@ class ServiceTimes:
         steps, rows = int(np.clip(steps, 1, self.cap)), max(int(rows), 1)
         self._depths.append((steps if budget is None else int(budget), steps))
         if len(self._seen) == self._seen.maxlen:
+            steps_out, rows_out, _ = self._seen[0]
+            if len(self._pairs) == 3 and self._pairs[steps_out, rows_out] == 1:
+                self._fit()  # the last window that splits the time: its split is kept (`_shape`)
             self._add(*self._seen[0], sign=-1.0)
         self._seen.append((steps, rows, float(ms)))
         self._run_ms.append((self.clock(), float(ms if run_ms is None else run_ms)))
@@ -95,9 +104,17 @@ class ServiceTimes:
                 # rcond: X^T X squares X's condition, so directions X barely spans (all batches at
                 # one step: steps and the constant collinear) are cut as lstsq on X would cut them.
                 a, b, c = np.maximum(np.linalg.lstsq(self._gram, self._moment, rcond=1e-9)[0], 0.0).tolist()
-            else:  # too few distinct batches for a fit: all time per step and row, as a bound
-                # (a high quantile, not the maximum: one slow run, a pause of the machine, would
-                # otherwise price every batch until it left the window)
+                if a + b + c > 0:
+                    self._shape = (a, b, c)
+            elif self._shape is not None:  # too few distinct batches to split the time: the last
+                # fit's split (what a full batch costs beside a lone row), at the level of now
+                a, b, c = self._shape
+                fitted = sum(a + b * steps + c * steps * rows for steps, rows, _ in self._seen)
+                level = sum(ms for *_, ms in self._seen) / fitted if fitted > 0 else 1.0
+                a, b, c = a * level, b * level, c * level
+            else:  # never a fit: all time per step and row, as a bound (a high quantile, not the
+                # maximum: one slow run, a pause of the machine, would otherwise price every
+                # batch until it left the window)
                 per_step_row = [ms / (steps * rows) for steps, rows, ms in self._seen]
                 a, b, c = 0.0, 0.0, float(np.quantile(per_step_row, 0.9, method="higher"))
             self._coef = (a, b, c)
