@@ -391,3 +391,19 @@ def test_operating_points_asked_for_are_checked_before_any_is_computed(precision
 
     with pytest.raises(ValueError, match=message):
         check_points(precisions, prunes)
+
+
+def test_a_flops_budget_under_a_moe_points_experts_names_the_point_as_lacking_fewer():
+    """point_meta leaves a base model's expert variants out (they run its own weights): the 400
+    says the operating point has none, not the artifact (which does)."""
+    from types import SimpleNamespace
+
+    from adaptive.serving.answerable import _at_its_experts
+
+    parsed = SimpleNamespace(unit="flops", expert_steps=None)
+    base = SimpleNamespace(meta={"caps": {"experts_per_token": 2}}, expert_budgets=[])
+    point = SimpleNamespace(meta={**base.meta, "point": {"precision": "int8", "prune": 0.0}}, expert_budgets=[])
+    assert _at_its_experts(parsed, base) == " at its 2 experts per token (this artifact has no fewer-experts variants)"
+    assert _at_its_experts(parsed, point) == (
+        " at its 2 experts per token (this operating point int8,0 has no fewer-experts variants)"
+    )

@@ -43,5 +43,10 @@ def _at_its_experts(parsed, primary) -> str:
     if any(parsed.expert_steps or ()):  # fewer would fit: only shedding leaves them out
         return f" at its {k} experts per token (the shed policy runs no fewer)"
     if not primary.expert_budgets:
-        return f" at its {k} experts per token (this artifact has no fewer-experts variants)"
+        point = primary.meta.get("point")
+        if point:  # point_meta leaves the base model's expert variants out: they run its weights
+            where = f"operating point {point['precision']},{point['prune']:g} has"
+        else:
+            where = "artifact has"
+        return f" at its {k} experts per token (this {where} no fewer-experts variants)"
     return " (at 1 expert per token too)"
