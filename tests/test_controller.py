@@ -224,31 +224,6 @@ def test_batches_all_alike_keep_the_last_fits_split_of_the_time_at_todays_level(
     assert decide(c, 1, time_ms=c.batch_time_ms(1, rate)) == Decision("ok", "primary", 1)
 
 
-def test_a_run_far_quicker_after_an_idle_moment_restarts_the_window_keeping_its_split():
-    """A burst's runs, slowed by the load itself, would price an idle server's lone requests for
-    hundreds of runs; the first run after an idle second that takes under half their estimate
-    replaces them. One a little quicker, or one without the idle moment, does not."""
-    from adaptive.serving.service_times import IDLE_S
-
-    now = 100.0
-    times = ServiceTimes(8, window=50)
-    times.clock = lambda: now
-    for _ in range(4):  # the burst: everything 10 x slower than the machine is
-        for steps, rows in [(1, 1), (4, 1), (8, 16), (2, 8), (6, 4)]:
-            times.observe(steps, 10 * (1.0 + 0.5 * steps + 0.25 * steps * rows), rows=rows)
-    assert times.estimate(1) == pytest.approx(17.5)
-    times.observe(1, 12.0)  # quicker, but no idle moment: one run among many
-    assert times.estimate(1) > 15.0
-    now += IDLE_S + 0.5
-    times.observe(1, 9.0)  # after idling, not under half: kept among them
-    assert times.estimate(1) > 15.0
-    now += IDLE_S + 0.5
-    times.observe(1, 1.75)  # after idling, 10 x quicker: the window restarts from it
-    assert times.estimate(1) == pytest.approx(1.75)
-    assert times.estimate(1, rows=32) == pytest.approx(1.0 + 0.5 + 0.25 * 32, rel=0.1)  # the split, about
-    assert times.tail_ms(1) == pytest.approx(1.75)
-
-
 def test_a_latency_price_adds_the_tail_of_the_runs_and_forgets_it_as_they_leave_the_window():
     """A latency budget bounds one run: the estimate (a mean) plus the p95 of how far recent runs
     came above it, which follows the server: slow runs price budgets until they leave the window

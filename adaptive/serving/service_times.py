@@ -15,7 +15,6 @@ import numpy as np
 TAIL_S = 10.0  # a latency budget is priced at the runs of the last this many seconds,
 TAIL_RUNS = 40  # and at least this many of the last runs: a high quantile of fewer is their slowest
 TAIL_REFRESH_S = 0.05  # how long a computed tail is reused between observations
-IDLE_S = 1.0  # a run after this long without one, far quicker than the window says, restarts it
 
 
 class ServiceTimes:
@@ -74,8 +73,6 @@ class ServiceTimes:
         bounds: `ms` also holds the time until the server got to the next run."""
         steps, rows = int(np.clip(steps, 1, self.cap)), max(int(rows), 1)
         self._depths.append((steps if budget is None else int(budget), steps))
-        if self._after_a_quicker_idle(steps, rows, float(ms)):
-            self._restart()
         if len(self._seen) == self._seen.maxlen:
             steps_out, rows_out, _ = self._seen[0]
             if len(self._pairs) == 3 and self._pairs[steps_out, rows_out] == 1:
@@ -91,23 +88,6 @@ class ServiceTimes:
             for seen in self._seen:
                 self._add(*seen, sign=1.0, count=False)
         self._expected = self._coef = self._tail = None
-
-    def _after_a_quicker_idle(self, steps: int, rows: int, ms: float) -> bool:
-        """Whether this run comes after `IDLE_S` without one and takes under half what the window
-        says: the window measured another state of the machine (a burst's runs, slowed by the
-        load itself), which the few runs an idle server makes would take it hundreds to forget."""
-        if not self._run_ms or self.clock() - self._run_ms[-1][0] <= IDLE_S:
-            return False
-        a, b, c = self._fit()
-        return 2 * ms < a + b * steps + c * steps * rows
-
-    def _restart(self) -> None:
-        """Forgets the window's runs, keeping how their time split (`_shape`; `_fit` took it)."""
-        self._seen.clear()
-        self._run_ms.clear()
-        self._pairs.clear()
-        self._gram[:], self._moment[:] = 0.0, 0.0
-        self._until_resum = self._seen.maxlen
 
     def _add(self, steps: int, rows: int, ms: float, sign: float, count: bool = True) -> None:
         features = np.array([1.0, steps, steps * rows])
