@@ -210,6 +210,13 @@ def test_latency_budget_goes_through_the_cost_model(calibrated, tmp_path):
     assert bare["latency/unpredicted"] == (
         "no cost model of this run to check: `adaptive calibrate --workdir DIR --batches 1` fits one"
     )
+    (tmp_path / "b4").mkdir()  # a folder calibrated at batch 4 alone (not the serving batch): it checks batch 4
+    CostModel(fingerprint(cfg, SHAPE), "test", 3.0, 30.0, {"b4_k0": Fit(1.0, 0.5, [])}).save(
+        tmp_path / "b4" / "cost_model.json"
+    )
+    at_4 = dataclasses.replace(folder, workdir=tmp_path / "b4")
+    assert "latency/predicted_p50_ms" in measure_latency(at_4, "validation", 6, batch=4, calls=4)
+    assert "(it has batch 4)" in measure_latency(at_4, "validation", 6, batch=2, calls=4)["latency/unpredicted"]
 
 
 def test_each_timed_call_is_judged_against_the_tightest_request_it_drew(calibrated, tmp_path):

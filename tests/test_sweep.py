@@ -435,6 +435,23 @@ def test_points_get_disjoint_device_subsets(tmp_path):
     ]
 
 
+def test_assigned_tpu_chips_may_hold_two_devices_each(monkeypatch):
+    from types import SimpleNamespace
+
+    from adaptive.config import ConfigError
+    from adaptive.training import parallel
+
+    monkeypatch.setattr(parallel.jax, "local_devices", lambda: [SimpleNamespace(platform="tpu")] * 4)
+    monkeypatch.setenv(parallel.ASSIGNED_DEVICES, "0,1")  # two chips of two devices each (v3)
+    parallel.check_assigned_devices()
+    monkeypatch.setenv(parallel.ASSIGNED_DEVICES, "0,1,2")
+    with pytest.raises(ConfigError, match=r"given device\(s\) 0,1,2 \(sweep --devices\) but JAX sees 4 tpu"):
+        parallel.check_assigned_devices()
+    monkeypatch.setattr(parallel.jax, "local_devices", lambda: [SimpleNamespace(platform="gpu")] * 4)
+    with pytest.raises(ConfigError, match="JAX sees 4 gpu"):  # one GPU per id
+        parallel.check_assigned_devices()
+
+
 def test_a_point_given_devices_jax_does_not_see_fails_instead_of_training_on_the_cpu(tmp_path):
     """CUDA_VISIBLE_DEVICES naming no device here makes JAX fall back to the CPU with a warning
     only: the point fails at once, naming the ids and what JAX sees (here: the CPU alone)."""

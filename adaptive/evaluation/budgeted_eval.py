@@ -115,7 +115,8 @@ def measure_latency(run, split: str, budget: int, batch: int, calls: int = 200, 
         "latency/steps_mean": float(np.mean(steps)),
         "latency/slowest_steps_mean": float(np.mean(slowest)),  # a batch runs until its slowest example halts
     }
-    cost_model = cost_model_of(run)  # the budget's, else DIR/cost_model.json (as export prices)
+    # the budget's, else DIR/cost_model.json (as export prices), whichever batches it was calibrated at
+    cost_model = cost_model_of(run, at_serving_batch=False)
     if cost_model is None:
         metrics["latency/unpredicted"] = (
             f"no cost model of this run to check: `adaptive calibrate --workdir DIR --batches {batch}` fits one"

@@ -117,11 +117,12 @@ def compute_table(run: Run) -> dict:
     return table
 
 
-def cost_model_of(run: Run, log=None) -> CostModel | None:
+def cost_model_of(run: Run, log=None, *, at_serving_batch: bool = True) -> CostModel | None:
     """The cost model an artifact prices latency, money and energy with: the config's
     (budget.cost_model), else the run folder's cost_model.json (`adaptive calibrate`) where it
-    was calibrated for this network at the config's budget.serving_batch; None otherwise, with a
-    note through `log` when a cost_model.json is there but cannot be used."""
+    was calibrated for this network at the config's budget.serving_batch (any batch, without
+    `at_serving_batch`: the caller checks its own); None otherwise, with a note through `log`
+    when a cost_model.json is there but cannot be used."""
     if run.budget is not None and run.budget.cost_model is not None:
         return run.budget.cost_model
     named = run.cfg.budget.cost_model  # named without a target: no Budget was made of it
@@ -130,7 +131,8 @@ def cost_model_of(run: Run, log=None) -> CostModel | None:
         return None
     try:
         model = CostModel.load(path, expect_fingerprint=fingerprint(run.cfg, run.spec.input_shape))
-        model.fit(run.cfg.budget.serving_batch)
+        if at_serving_batch:
+            model.fit(run.cfg.budget.serving_batch)
     except CostModelError as e:
         if log is not None:
             log(f"note: {path} is not used ({e}); the artifact prices no latency, money or energy")

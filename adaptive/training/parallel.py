@@ -61,7 +61,9 @@ def check_assigned_devices() -> None:
     if not assigned:
         return
     ids, seen = assigned.split(","), jax.local_devices()
-    if seen[0].platform == "cpu" or len(seen) != len(ids):
+    # a TPU chip may hold two JAX devices (v2, v3; v4 without megacore): a whole number per id
+    per_id = len(seen) % len(ids) == 0 if seen[0].platform == "tpu" else len(seen) == len(ids)
+    if seen[0].platform == "cpu" or not per_id:
         found = f"{len(seen)} {seen[0].platform} device(s)"
         raise ConfigError(
             f"this point was given device(s) {assigned} (sweep --devices) but JAX sees {found}: "
