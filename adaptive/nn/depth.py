@@ -148,10 +148,10 @@ class DepthModel(nnx.Module):
         the budget (`adaptive eval --budget` refuses a smaller one). `k_active` caps
         experts per token at inference (MoE models; at most moe.k, which is compiled in).
         `compact`: shrink the batch to the rows still running as others halt
-        (adaptive.nn.compaction; the same outputs, bitwise). The whole batch runs instead for MoE
-        models whose routing mixes the rows of a batch (capacity at inference, expert choice),
-        and for a symbolic batch size (an exported artifact), whose buckets' sizes could not be
-        compared.
+        (adaptive.nn.compaction; the same steps, the same logits to float32 rounding). The whole
+        batch runs instead for MoE models whose routing mixes the rows of a batch (capacity at
+        inference, expert choice), and for a symbolic batch size (an exported artifact), whose
+        buckets' sizes could not be compared.
         """
         if self.halting_policy.unrolled:
             return self._infer_unrolled(*self.encode(x_BxD), k_active)
