@@ -9,7 +9,7 @@ from adaptive.serving.accuracy_table import AccuracyTable, accuracy_lookup
 from adaptive.serving.controller import Controller
 from adaptive.serving.decisions import REJECTED, Decision, Request
 from adaptive.serving.fallbacks import Fallback
-from adaptive.serving.service_times import TAIL_RUNS, TAIL_S, ServiceTimes
+from adaptive.serving.service_times import SHIFT_RUNS, TAIL_RUNS, TAIL_S, ServiceTimes
 
 INF = float("inf")
 
@@ -256,6 +256,46 @@ def test_a_latency_price_adds_the_tail_of_the_runs_and_forgets_it_as_they_leave_
         steps, rows = pairs[i % len(pairs)]
         times.observe(steps, 1.0 + 0.5 * steps, rows=rows, budget=steps)
     assert times.tail_ms(2) < times.estimate(2) + 0.5
+
+
+def test_a_change_of_the_machines_speed_replaces_the_window_within_a_few_runs():
+    """After a burst (every run 3x slow: the machine contended) a lone client's quick runs come
+    one at a time; the window would price them at the burst's speed for two hundred runs, and
+    the plans degrade each request meanwhile. Eight runs in a row far off the fit say the speed
+    changed (either way): the window keeps only them, at the last fit's split. A stable speed's
+    noise, even wide, does not trip it."""
+    rng = np.random.default_rng(0)
+
+    def cost(steps: int, rows: int) -> float:
+        return 0.5 + 0.45 * steps + 0.05 * steps * rows
+
+    times = ServiceTimes(8)
+    pairs = [(int(rng.integers(1, 9)), int(rng.integers(1, 33))) for _ in range(400)]
+    for steps, rows in pairs[:200]:  # a stable speed, noisy (one run in 20 beyond 1.5x off)
+        times.observe(steps, cost(steps, rows) * rng.lognormal(0, 0.3), rows=rows)
+    assert times.estimate(8, rows=1) == pytest.approx(cost(8, 1), rel=0.15)
+    for i, (steps, rows) in enumerate(pairs[200:]):  # the burst: all runs 3x slow
+        times.observe(steps, 3 * cost(steps, rows) * rng.lognormal(0, 0.1), rows=rows)
+        if i == SHIFT_RUNS - 1:  # the window is the burst's runs, priced at the last fit's split
+            assert len(times._seen) == SHIFT_RUNS
+            assert times.estimate(8, rows=1) == pytest.approx(3 * cost(8, 1), rel=0.15)
+    assert times.estimate(8, rows=1) == pytest.approx(3 * cost(8, 1), rel=0.15)
+    c = Controller(8, sla_ms=10.0)
+    c.service["primary", None] = times
+    assert decide(c, 8).steps < 8  # 3 x 4.5 ms is over the 8 ms horizon
+    for _ in range(SHIFT_RUNS):  # quick again: a lone client, one row at a time
+        assert len(times._seen) == 200  # not yet: runs off the fit for a while are noise
+        times.observe(8, cost(8, 1) * rng.lognormal(0, 0.1), rows=1)
+    assert len(times._seen) == SHIFT_RUNS
+    assert times.estimate(8, rows=1) == pytest.approx(cost(8, 1), rel=0.15)
+    ratio = times.estimate(8, rows=32) / times.estimate(8, rows=1)  # the last fit's split: not 32 lone runs
+    assert ratio == pytest.approx(cost(8, 32) / cost(8, 1), rel=0.3)
+    assert decide(c, 8) == Decision("ok", "primary", 8)
+    steady = ServiceTimes(8)
+    for steps, rows in pairs * 10:  # 4000 runs at one speed with wide noise: the window is kept
+        held = len(steady._seen)
+        steady.observe(steps, cost(steps, rows) * rng.lognormal(0, 0.3), rows=rows)
+        assert len(steady._seen) >= held
 
 
 def test_the_running_fit_equals_a_fresh_fit_over_the_window():

@@ -15,6 +15,10 @@ import numpy as np
 TAIL_S = 10.0  # a latency budget is priced at the runs of the last this many seconds,
 TAIL_RUNS = 40  # and at least this many of the last runs: a high quantile of fewer is their slowest
 TAIL_REFRESH_S = 0.05  # how long a computed tail is reused between observations
+# The server's speed changed (a burst's contention ended or began) when this many runs in a row
+# all came off the fit in one direction by more than this factor: the older runs are dropped.
+SHIFT_RUNS = 8
+SHIFT_FACTOR = 1.5
 
 
 class ServiceTimes:
@@ -33,7 +37,15 @@ class ServiceTimes:
     A latency budget is priced at a tail of the runs (`tail_ms`), the 0.95 quantile by default,
     not the 0.99 a cost model's calibration uses: a window holds a few hundred runs or fewer,
     whose 0.99 quantile is their largest one or two, which one pause of the machine sets, and
-    it would refuse budgets nearly every run keeps."""
+    it would refuse budgets nearly every run keeps.
+
+    A window follows a change of the machine's speed only as new runs replace old ones, and
+    after a burst (slow runs: the machine contended) a lightly loaded server makes few: its
+    plans would price every run at the burst's speed for minutes, and degrade or reject requests
+    a quick run keeps. So when the last `SHIFT_RUNS` runs all came off the fit in one direction
+    by more than `SHIFT_FACTOR` (noise of a stable speed almost never does that eight times
+    running), the window keeps only them; the time's split (`_shape`) stays that of the last
+    fit, at their level, until the window holds enough runs to fit a split of its own."""
 
     def __init__(
         self,
@@ -60,6 +72,8 @@ class ServiceTimes:
         # the pace (`share_ms`) would then refuse a lone client the server keeps up with.
         self._shape: tuple[float, float, float] | None = None
         self._tail: tuple[float, float] | None = None  # (when, the recent runs' quantile of run - fit)
+        self._shift = (0, 0)  # (direction: +1 slower, -1 quicker, runs in a row off the fit that way)
+        self._fit_from = 0  # the fewest runs a split is fitted from (after a shift, a window's worth)
         # Each batch's own run (`observe`'s run_ms) and when it was observed, beside `_seen`.
         self._run_ms: deque[tuple[float, float]] = deque(maxlen=window)
         self.clock = time.monotonic  # seconds; which runs are recent enough to price a latency (`tail_ms`)
@@ -73,6 +87,7 @@ class ServiceTimes:
         bounds: `ms` also holds the time until the server got to the next run."""
         steps, rows = int(np.clip(steps, 1, self.cap)), max(int(rows), 1)
         self._depths.append((steps if budget is None else int(budget), steps))
+        shifted = self._shifted(steps, rows, float(ms))
         if len(self._seen) == self._seen.maxlen:
             steps_out, rows_out, _ = self._seen[0]
             if len(self._pairs) == 3 and self._pairs[steps_out, rows_out] == 1:
@@ -88,6 +103,41 @@ class ServiceTimes:
             for seen in self._seen:
                 self._add(*seen, sign=1.0, count=False)
         self._expected = self._coef = self._tail = None
+        if shifted:
+            self._keep_last(SHIFT_RUNS)
+
+    def _shifted(self, steps: int, rows: int, ms: float) -> bool:
+        """Whether this run makes `SHIFT_RUNS` in a row off the fit by more than `SHIFT_FACTOR`
+        in one direction. Judged only against a fit that splits the time (`_shape`): the bound
+        used before one prices runs of many rows far above their time, on purpose. The fit is
+        the one the plan of this run computed (cached until an observation), so a served batch
+        costs no extra fit."""
+        if len(self._seen) <= SHIFT_RUNS:
+            return False
+        a, b, c = self._fit()
+        if self._shape is None:
+            return False
+        fitted = a + b * steps + c * steps * rows
+        way = 1 if ms > SHIFT_FACTOR * fitted else -1 if SHIFT_FACTOR * ms < fitted else 0
+        direction, count = self._shift
+        self._shift = (way, count + 1 if way == direction else 1) if way else (0, 0)
+        if self._shift[1] < SHIFT_RUNS:
+            return False
+        self._shift = (0, 0)
+        return True
+
+    def _keep_last(self, runs: int) -> None:
+        """Drop all but the last `runs` runs; fit a split again only from a full window."""
+        kept, times = list(self._seen)[-runs:], list(self._run_ms)[-runs:]
+        self._seen.clear()
+        self._run_ms.clear()
+        self._pairs.clear()
+        self._gram[:], self._moment[:] = 0.0, 0.0
+        for seen in kept:
+            self._seen.append(seen)
+            self._add(*seen, sign=1.0)
+        self._run_ms.extend(times)
+        self._until_resum, self._fit_from = self._seen.maxlen, self._seen.maxlen
 
     def _add(self, steps: int, rows: int, ms: float, sign: float, count: bool = True) -> None:
         features = np.array([1.0, steps, steps * rows])
@@ -100,7 +150,7 @@ class ServiceTimes:
 
     def _fit(self) -> tuple[float, float, float]:
         if self._coef is None:
-            if len(self._pairs) >= 3:  # the least-squares fit through the normal equations
+            if len(self._pairs) >= 3 and len(self._seen) >= self._fit_from:  # least squares
                 # rcond: X^T X squares X's condition, so directions X barely spans (all batches at
                 # one step: steps and the constant collinear) are cut as lstsq on X would cut them.
                 a, b, c = np.maximum(np.linalg.lstsq(self._gram, self._moment, rcond=1e-9)[0], 0.0).tolist()
@@ -108,9 +158,9 @@ class ServiceTimes:
                     self._shape = (a, b, c)
             elif self._shape is not None:  # too few distinct batches to split the time: the last
                 # fit's split (what a full batch costs beside a lone row), at the level of now
-                a, b, c = self._shape
-                fitted = sum(a + b * steps + c * steps * rows for steps, rows, _ in self._seen)
-                level = sum(ms for *_, ms in self._seen) / fitted if fitted > 0 else 1.0
+                a, b, c = self._shape  # the window's sum of ms over its sum of fitted ms: X^T y
+                fitted = a * self._gram[0, 0] + b * self._gram[0, 1] + c * self._gram[0, 2]  # and X^T X's
+                level = float(self._moment[0]) / fitted if fitted > 0 else 1.0  # first row (sums)
                 a, b, c = a * level, b * level, c * level
             else:  # never a fit: all time per step and row, as a bound (a high quantile, not the
                 # maximum: one slow run, a pause of the machine, would otherwise price every
