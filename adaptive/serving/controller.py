@@ -59,7 +59,8 @@ import numpy as np
 from adaptive.serving.accuracy_table import AccuracyTable
 from adaptive.serving.baseline_policies import EPS_MS, BaselinePolicies
 from adaptive.serving.decisions import MODES, REJECTED, Decision, Request
-from adaptive.serving.fallbacks import Fallback, fallback_score, worth_planning
+from adaptive.serving.fallbacks import Fallback, worth_planning
+from adaptive.serving.plan_values import PlanValues
 from adaptive.serving.service_times import ServiceTimes
 
 STALE_S = 1.0  # how long a point's measured times are trusted to refuse a latency budget unrun
@@ -129,6 +130,7 @@ class Controller(BaselinePolicies):
         self.expert_budgets = (None, *sorted(expert_budgets, reverse=True))
         self.accuracy = accuracy if isinstance(accuracy, AccuracyTable) else AccuracyTable({1: accuracy or {}})
         self.tolerance = tolerance
+        self.values = PlanValues(self.accuracy, tolerance, self.fallbacks, self.expert_budgets, least_steps)
         self.service = {("primary", k): ServiceTimes(max_steps) for k in self.expert_budgets}
         self.service |= {(f.name, None): ServiceTimes(f.cap) for f in self.fallbacks}
         self._rank = {f.name: i for i, f in enumerate(self.fallbacks)}
@@ -325,7 +327,7 @@ class Controller(BaselinePolicies):
         ms = primary_ms + (fallback.estimate(rung.cap, len(served)) if served else 0.0)
         # Scored at the rows each run has: with expert capacity, a run's tokens share the slots.
         run_rows = {"primary": len(primary), rung.name if rung else "": len(served)}
-        values = {i: self._value(d, run_rows[d.model]) for i, d in decisions.items()}
+        values = {i: self.values.value(d, run_rows[d.model]) for i, d in decisions.items()}
         return _Plan(values, ms, decisions)
 
     def _runs(self, times: ServiceTimes, budgets: list[int], start_ms: float) -> tuple[list[float], float, float]:
@@ -338,45 +340,8 @@ class Controller(BaselinePolicies):
         k, steps = point
         steps = min(steps, self._clip(self._asked(request, k)))
         own = next(j for j in self.expert_budgets if self._fits(request, j))  # `fits` holds it for k
-        table, asked = self.accuracy.at(rows), self._clip(self._asked(request, own))
-        if table and (own, asked) in table and (k, steps) in table:
-            ok = table[k, steps] >= table[own, asked] - self.tolerance
-        else:
-            ok = k == own and steps == asked
+        ok = self.values.as_good((k, steps), (own, self._clip(self._asked(request, own))), rows)
         return Decision("ok" if ok else "degraded", "primary", steps, k)
-
-    def _value(self, decision: Decision, rows: int) -> float:
-        """Expected correctness of one row under `decision`: validation accuracy; a primary step
-        budget below those the table scores (`AccuracyTable.least_scored`) just under its least
-        accurate point, each step fewer a tolerance lower (so a quicker one is taken only when the
-        more steps do not fit); a fallback without a comparable score below every primary point,
-        by more than the tolerance; each later fallback a tolerance lower, so the
-        quickest-within-tolerance rule keeps their order; never 0, which a rejected row scores,
-        but at least a millionth, less for each later one. Without
-        a table, the ladder's order: a served row is worth 1, a primary row a millionth more than
-        a fallback one, each step and expert a further 1e-12, each earlier fallback 1e-9 more
-        than the next (a batch's worth of any stays below the rung above it)."""
-        table = self.accuracy.at(rows)
-        least, gap, rungs = min(table.values(), default=0.0), self.tolerance + 1e-6, len(self.fallbacks)
-        if decision.model != "primary":
-            rung = self._rank[decision.model]
-            known = fallback_score(self.fallbacks[rung], decision.steps)
-            if table:
-                unscored = max(self._unscored_steps(rows, k) for k in self.expert_budgets)
-                below = least - gap * (1 + rung + unscored)
-                return known if known is not None else max(below, 1e-6 * (rungs - rung))
-            return 1.0 - 1e-6 - 1e-9 * rung
-        if table:
-            point, scored_from = (decision.experts, decision.steps), self.accuracy.least_scored(rows, decision.experts)
-            if point in table or scored_from is None or decision.steps >= scored_from:
-                return table.get(point, 0.0)
-            return max(least - gap * (scored_from - decision.steps), 1e-6 * (rungs + 1) + 1e-9 * decision.steps)
-        rank = len(self.expert_budgets) - self.expert_budgets.index(decision.experts)
-        return 1.0 + 1e-12 * (decision.steps * (len(self.expert_budgets) + 1) + rank)
-
-    def _unscored_steps(self, rows: int, experts) -> int:
-        """How many step budgets of the primary at `experts` lie below those its table scores."""
-        return max((self.accuracy.least_scored(rows, experts) or self.least_steps) - self.least_steps, 0)
 
     def observe(
         self,
