@@ -2,6 +2,8 @@
 the server's pace holds, expected correct answers are maximized, the quickest plan within the
 tolerance is taken, priorities degrade in order; and the service-time estimates it reads."""
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from adaptive.serving.accuracy_table import AccuracyTable, accuracy_lookup
 from adaptive.serving.controller import Controller
 from adaptive.serving.decisions import REJECTED, Decision, Request
 from adaptive.serving.fallbacks import Fallback
-from adaptive.serving.service_times import SHIFT_RUNS, TAIL_RUNS, TAIL_S, ServiceTimes
+from adaptive.serving.service_times import SHIFT_FACTOR, SHIFT_RUNS, TAIL_RUNS, TAIL_S, ServiceTimes
 
 INF = float("inf")
 
@@ -258,44 +260,63 @@ def test_a_latency_price_adds_the_tail_of_the_runs_and_forgets_it_as_they_leave_
     assert times.tail_ms(2) < times.estimate(2) + 0.5
 
 
-def test_a_change_of_the_machines_speed_replaces_the_window_within_a_few_runs():
-    """After a burst (every run 3x slow: the machine contended) a lone client's quick runs come
-    one at a time; the window would price them at the burst's speed for two hundred runs, and
-    the plans degrade each request meanwhile. Eight runs in a row far off the fit say the speed
-    changed (either way): the window keeps only them, at the last fit's split. A stable speed's
-    noise, even wide, does not trip it."""
-    rng = np.random.default_rng(0)
+def test_after_a_burst_a_lone_clients_runs_are_priced_at_the_speed_of_now_within_a_few_runs():
+    """During a burst every run is 3x slow (the machine contended) and the window fills with
+    them; then a lone client's quick runs come two seconds apart, and the window would price
+    them at the burst's speed for two hundred runs, each request degraded meanwhile. Eight runs
+    in a row far off their reference say the speed changed: the runs older than `TAIL_S` are
+    rescaled to the level of now, and the split of the time is kept. Under load (a window all
+    younger) it is left to renew; a stable speed's noise, even wide, changes nothing, nor do runs
+    the linear fit misprices where the window holds earlier runs of their kind."""
+    rng, now = np.random.default_rng(0), [0.0]
 
     def cost(steps: int, rows: int) -> float:
         return 0.5 + 0.45 * steps + 0.05 * steps * rows
 
     times = ServiceTimes(8)
+    times.clock = lambda: now[0]
     pairs = [(int(rng.integers(1, 9)), int(rng.integers(1, 33))) for _ in range(400)]
-    for steps, rows in pairs[:200]:  # a stable speed, noisy (one run in 20 beyond 1.5x off)
-        times.observe(steps, cost(steps, rows) * rng.lognormal(0, 0.3), rows=rows)
+    for steps, rows in pairs[:200]:  # quiet traffic of every batch size (a run every 50 ms)
+        now[0] += 0.05
+        times.observe(steps, cost(steps, rows) * rng.lognormal(0, 0.1), rows=rows)
     assert times.estimate(8, rows=1) == pytest.approx(cost(8, 1), rel=0.15)
-    for i, (steps, rows) in enumerate(pairs[200:]):  # the burst: all runs 3x slow
+    for steps, rows in pairs[200:]:  # the burst: back-to-back batches, all 3x slow
+        now[0] += 0.01
         times.observe(steps, 3 * cost(steps, rows) * rng.lognormal(0, 0.1), rows=rows)
-        if i == SHIFT_RUNS - 1:  # the window is the burst's runs, priced at the last fit's split
-            assert len(times._seen) == SHIFT_RUNS
-            assert times.estimate(8, rows=1) == pytest.approx(3 * cost(8, 1), rel=0.15)
     assert times.estimate(8, rows=1) == pytest.approx(3 * cost(8, 1), rel=0.15)
+    under_load = copy.deepcopy(times)
+    for _ in range(SHIFT_RUNS):  # quick again under load: the window renews on its own
+        now[0] += 0.01
+        under_load.observe(8, cost(8, 1) * rng.lognormal(0, 0.1), rows=1)
+    assert under_load.estimate(8, rows=1) > 2 * cost(8, 1)
     c = Controller(8, sla_ms=10.0)
     c.service["primary", None] = times
-    assert decide(c, 8).steps < 8  # 3 x 4.5 ms is over the 8 ms horizon
-    for _ in range(SHIFT_RUNS):  # quick again: a lone client, one row at a time
-        assert len(times._seen) == 200  # not yet: runs off the fit for a while are noise
+    for _ in range(SHIFT_RUNS):  # a lone client after the burst, a request every 2 s
+        assert decide(c, 8).steps < 8  # 3 x 4.5 ms is over the 8 ms horizon
+        now[0] += 2.0
         times.observe(8, cost(8, 1) * rng.lognormal(0, 0.1), rows=1)
-    assert len(times._seen) == SHIFT_RUNS
     assert times.estimate(8, rows=1) == pytest.approx(cost(8, 1), rel=0.15)
-    ratio = times.estimate(8, rows=32) / times.estimate(8, rows=1)  # the last fit's split: not 32 lone runs
-    assert ratio == pytest.approx(cost(8, 32) / cost(8, 1), rel=0.3)
+    assert times.estimate(8, rows=32) == pytest.approx(cost(8, 32), rel=0.15)  # the split kept
     assert decide(c, 8) == Decision("ok", "primary", 8)
+    lone_cost = lambda steps, rows: cost(steps, rows) + 10.0 * (rows == 1)  # noqa: E731  (its own executable)
+    mixed = ServiceTimes(8)
+    mixed.clock = lambda: now[0]
+    for i, (steps, rows) in enumerate(pairs[:200]):  # one run in 40 a lone row at 8 steps
+        steps, rows = (8, 1) if i % 40 == 0 else (steps, rows)
+        now[0] += 0.05
+        mixed.observe(steps, lone_cost(steps, rows), rows=rows)
+    assert SHIFT_FACTOR * mixed.estimate(8, rows=1) < lone_cost(8, 1)  # the linear fit misprices it
+    mixed._rescale_older = lambda ratio: pytest.fail(f"a change of the work rescaled by {ratio}")
+    for _ in range(2 * SHIFT_RUNS):  # judged against the earlier lone rows, not the fit: no change
+        now[0] += 2.0
+        mixed.observe(8, lone_cost(8, 1), rows=1)
     steady = ServiceTimes(8)
-    for steps, rows in pairs * 10:  # 4000 runs at one speed with wide noise: the window is kept
-        held = len(steady._seen)
+    steady.clock = lambda: now[0]
+    steady._rescale_older = lambda ratio: pytest.fail(f"a stable speed rescaled by {ratio}")
+    for steps, rows in pairs * 10:  # 4000 runs a second apart at one speed, with wide noise
+        now[0] += 1.0
+        steady.estimate(steps, rows)  # each run's plan
         steady.observe(steps, cost(steps, rows) * rng.lognormal(0, 0.3), rows=rows)
-        assert len(steady._seen) >= held
 
 
 def test_the_running_fit_equals_a_fresh_fit_over_the_window():

@@ -16,9 +16,10 @@ TAIL_S = 10.0  # a latency budget is priced at the runs of the last this many se
 TAIL_RUNS = 40  # and at least this many of the last runs: a high quantile of fewer is their slowest
 TAIL_REFRESH_S = 0.05  # how long a computed tail is reused between observations
 # The server's speed changed (a burst's contention ended or began) when this many runs in a row
-# all came off the fit in one direction by more than this factor: the older runs are dropped.
+# all came off their reference in one direction by more than this factor (`_shifted`).
 SHIFT_RUNS = 8
 SHIFT_FACTOR = 1.5
+SAME_PAIR_RUNS = 3  # a run is judged against the window's runs of its own (steps, rows) from this many
 
 
 class ServiceTimes:
@@ -30,9 +31,10 @@ class ServiceTimes:
     request keep its budget under bursty load.
 
     Every batch is observed on the server's event loop, so an observation is O(1): the fit keeps
-    the window's normal equations as running sums, and both the fit and the depth quantiles are
-    computed only when a decision asks for them (refitting at every batch costs the event loop
-    time it needs for requests).
+    the window's normal equations as running sums, the depth quantiles are computed only when a
+    decision asks for them, and a run judged against the fit (`_shifted`) is judged against the
+    one its plan computed (refitting at every batch costs the event loop time it needs for
+    requests).
 
     A latency budget is priced at a tail of the runs (`tail_ms`), the 0.95 quantile by default,
     not the 0.99 a cost model's calibration uses: a window holds a few hundred runs or fewer,
@@ -42,10 +44,11 @@ class ServiceTimes:
     A window follows a change of the machine's speed only as new runs replace old ones, and
     after a burst (slow runs: the machine contended) a lightly loaded server makes few: its
     plans would price every run at the burst's speed for minutes, and degrade or reject requests
-    a quick run keeps. So when the last `SHIFT_RUNS` runs all came off the fit in one direction
-    by more than `SHIFT_FACTOR` (noise of a stable speed almost never does that eight times
-    running), the window keeps only them; the time's split (`_shape`) stays that of the last
-    fit, at their level, until the window holds enough runs to fit a split of its own."""
+    a quick run keeps. So when the last `SHIFT_RUNS` runs all came off their reference in one
+    direction by more than `SHIFT_FACTOR` (the mean of the window's earlier runs of the same
+    steps and rows where it holds a few, the fit otherwise), the window's runs older than
+    `TAIL_S` are rescaled by the streak's median ratio: the window keeps its split of the time
+    and takes the level of now (`_rescale_older`)."""
 
     def __init__(
         self,
@@ -72,8 +75,10 @@ class ServiceTimes:
         # the pace (`share_ms`) would then refuse a lone client the server keeps up with.
         self._shape: tuple[float, float, float] | None = None
         self._tail: tuple[float, float] | None = None  # (when, the recent runs' quantile of run - fit)
-        self._shift = (0, 0)  # (direction: +1 slower, -1 quicker, runs in a row off the fit that way)
-        self._fit_from = 0  # the fewest runs a split is fitted from (after a shift, a window's worth)
+        self._pair_ms: Counter[tuple[int, int]] = Counter()  # summed ms of the window's runs per pair
+        # The current streak of runs off their reference one way: its direction (+1 slower, -1
+        # quicker) and each run's (steps, rows), ms and ratio to its reference.
+        self._streak: tuple[int, list[tuple[tuple[int, int], float, float]]] = (0, [])
         # Each batch's own run (`observe`'s run_ms) and when it was observed, beside `_seen`.
         self._run_ms: deque[tuple[float, float]] = deque(maxlen=window)
         self.clock = time.monotonic  # seconds; which runs are recent enough to price a latency (`tail_ms`)
@@ -87,7 +92,7 @@ class ServiceTimes:
         bounds: `ms` also holds the time until the server got to the next run."""
         steps, rows = int(np.clip(steps, 1, self.cap)), max(int(rows), 1)
         self._depths.append((steps if budget is None else int(budget), steps))
-        shifted = self._shifted(steps, rows, float(ms))
+        ratio = self._shifted(steps, rows, float(ms))
         if len(self._seen) == self._seen.maxlen:
             steps_out, rows_out, _ = self._seen[0]
             if len(self._pairs) == 3 and self._pairs[steps_out, rows_out] == 1:
@@ -100,44 +105,66 @@ class ServiceTimes:
         if self._until_resum == 0:
             self._until_resum = self._seen.maxlen
             self._gram[:], self._moment[:] = 0.0, 0.0
-            for seen in self._seen:
-                self._add(*seen, sign=1.0, count=False)
+            self._pair_ms.clear()
+            for steps_seen, rows_seen, ms_seen in self._seen:
+                self._add(steps_seen, rows_seen, ms_seen, sign=1.0, count=False)
+                self._pair_ms[steps_seen, rows_seen] += ms_seen
         self._expected = self._coef = self._tail = None
-        if shifted:
-            self._keep_last(SHIFT_RUNS)
+        if ratio is not None:
+            self._rescale_older(ratio)
 
-    def _shifted(self, steps: int, rows: int, ms: float) -> bool:
-        """Whether this run makes `SHIFT_RUNS` in a row off the fit by more than `SHIFT_FACTOR`
-        in one direction. Judged only against a fit that splits the time (`_shape`): the bound
-        used before one prices runs of many rows far above their time, on purpose. The fit is
-        the one the plan of this run computed (cached until an observation), so a served batch
-        costs no extra fit."""
-        if len(self._seen) <= SHIFT_RUNS:
-            return False
-        a, b, c = self._fit()
-        if self._shape is None:
-            return False
-        fitted = a + b * steps + c * steps * rows
-        way = 1 if ms > SHIFT_FACTOR * fitted else -1 if SHIFT_FACTOR * ms < fitted else 0
-        direction, count = self._shift
-        self._shift = (way, count + 1 if way == direction else 1) if way else (0, 0)
-        if self._shift[1] < SHIFT_RUNS:
-            return False
-        self._shift = (0, 0)
-        return True
+    def _shifted(self, steps: int, rows: int, ms: float) -> float | None:
+        """The streak's median ratio to its references when this run makes `SHIFT_RUNS` in a
+        row off theirs by more than `SHIFT_FACTOR` in one direction, else None. A run's
+        reference: the mean of the window's runs of its (steps, rows) from before the streak
+        where there are `SAME_PAIR_RUNS`, else the fit where one splits the time (the bound
+        used before any prices runs of many rows far above their time, on purpose), else none:
+        not judged."""
+        direction, streak = self._streak
+        pair = (steps, rows)
+        in_streak = [run_ms for p, run_ms, _ in streak if p == pair]
+        seen = self._pairs[pair] - len(in_streak)
+        if seen >= SAME_PAIR_RUNS:
+            reference = (self._pair_ms[pair] - sum(in_streak)) / seen
+        elif len(self._pairs) >= 3 or self._shape is not None:
+            a, b, c = self._fit()  # the fit this run's plan computed, where one did (cached)
+            reference = a + b * steps + c * steps * rows
+        else:
+            reference = 0.0
+        ratio = ms / reference if reference > 0 else 1.0
+        way = 1 if ratio > SHIFT_FACTOR else -1 if ratio * SHIFT_FACTOR < 1 else 0
+        self._streak = (way, [*streak, (pair, ms, ratio)] if way == direction else [(pair, ms, ratio)])
+        if not way:
+            self._streak = (0, [])
+        if len(self._streak[1]) < SHIFT_RUNS:
+            return None
+        median = float(np.median([r for *_, r in self._streak[1]]))
+        self._streak = (0, [])
+        return median
 
-    def _keep_last(self, runs: int) -> None:
-        """Drop all but the last `runs` runs; fit a split again only from a full window."""
-        kept, times = list(self._seen)[-runs:], list(self._run_ms)[-runs:]
+    def _rescale_older(self, ratio: float) -> None:
+        """The window's runs older than `TAIL_S`, scaled by `ratio` (ms and run ms): the speed
+        they were measured at is gone. Under load the window is all younger, and left alone: it
+        renews within seconds, and a streak there is as likely a change of the work (a halting
+        model's batches of one (steps, rows) cost more when more of their rows go deep). O(window),
+        once a change."""
+        old_before = self.clock() - TAIL_S
+        old = [at < old_before for at, _ in self._run_ms]
+        if not any(old):
+            return
+        seen = [(s, r, ms * ratio if o else ms) for o, (s, r, ms) in zip(old, self._seen, strict=True)]
+        runs = [(at, ms * ratio if o else ms) for o, (at, ms) in zip(old, self._run_ms, strict=True)]
         self._seen.clear()
-        self._run_ms.clear()
         self._pairs.clear()
+        self._pair_ms.clear()
         self._gram[:], self._moment[:] = 0.0, 0.0
-        for seen in kept:
-            self._seen.append(seen)
-            self._add(*seen, sign=1.0)
-        self._run_ms.extend(times)
-        self._until_resum, self._fit_from = self._seen.maxlen, self._seen.maxlen
+        for run in seen:
+            self._seen.append(run)
+            self._add(*run, sign=1.0)
+        self._run_ms.clear()
+        self._run_ms.extend(runs)
+        self._until_resum = self._seen.maxlen
+        self._expected = self._coef = self._tail = None
 
     def _add(self, steps: int, rows: int, ms: float, sign: float, count: bool = True) -> None:
         features = np.array([1.0, steps, steps * rows])
@@ -145,12 +172,13 @@ class ServiceTimes:
         self._moment += sign * ms * features
         if count:
             self._pairs[steps, rows] += int(sign)
+            self._pair_ms[steps, rows] += sign * ms
             if not self._pairs[steps, rows]:
-                del self._pairs[steps, rows]
+                del self._pairs[steps, rows], self._pair_ms[steps, rows]
 
     def _fit(self) -> tuple[float, float, float]:
         if self._coef is None:
-            if len(self._pairs) >= 3 and len(self._seen) >= self._fit_from:  # least squares
+            if len(self._pairs) >= 3:  # the least-squares fit through the normal equations
                 # rcond: X^T X squares X's condition, so directions X barely spans (all batches at
                 # one step: steps and the constant collinear) are cut as lstsq on X would cut them.
                 a, b, c = np.maximum(np.linalg.lstsq(self._gram, self._moment, rcond=1e-9)[0], 0.0).tolist()
