@@ -207,6 +207,7 @@ def test_serve_refuses_points_it_cannot_serve_before_loading(artifact):
     for flags, said in (
         (["--fallback-point", "int4,0"], "has no such operating point"),
         (["--point", "int8,0.3"], "has no such operating point"),
+        (["--point", ""], "--point '': give PRECISION,PRUNE"),
         (["--fallback-point", "fp32,0"], "the primary itself"),
         (["--point", "int8,0.5", "--fallback-point", "int8,0.5"], "the primary itself"),
         (["--fallback-point", "int8,0", "--fallback-point", "int8"], "give PRECISION,PRUNE"),

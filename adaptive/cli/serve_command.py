@@ -40,7 +40,7 @@ def run(args) -> int:
     for ok, message, value in checks:
         if not ok:
             raise ConfigError(f"{message}; got {value:g}")
-    point = point_flag("--point", args.point) if args.point else None
+    point = point_flag("--point", args.point) if args.point is not None else None  # "": refused
     if (args.fallback or args.fallback_point) and args.policy != "adaptive":  # it would be loaded and never used
         flag = "--fallback" if args.fallback else "--fallback-point"
         raise ConfigError(
@@ -162,7 +162,7 @@ def _lm_fallback_point(args, meta: dict, point: tuple[str, float] | None) -> tup
     of --fallback's artifact or else of the primary's own; `--point` and it checked to exist."""
     from adaptive.config import ConfigError
 
-    if args.point:
+    if point is not None:
         check_point("--point", point, args.artifact, points_of_artifact(args.artifact, meta))
     if not args.fallback_point:
         return None
@@ -186,7 +186,7 @@ def _fallback_points(args, meta: dict, point: tuple[str, float] | None) -> list[
     from adaptive.config import ConfigError
     from adaptive.serving.point_meta import ladder_points
 
-    if args.point:
+    if point is not None:
         check_point("--point", point, args.artifact, points_of_artifact(args.artifact, meta))
     if not args.fallback_point:
         return []
