@@ -264,10 +264,10 @@ def test_after_a_burst_a_lone_clients_runs_are_priced_at_the_speed_of_now_within
     """During a burst every run is 3x slow (the machine contended) and the window fills with
     them; then a lone client's quick runs come two seconds apart, and the window would price
     them at the burst's speed for two hundred runs, each request degraded meanwhile. Eight runs
-    in a row far off their reference say the speed changed: the runs older than `TAIL_S` are
-    rescaled to the level of now, and the split of the time is kept. Under load (a window all
-    younger) it is left to renew; a stable speed's noise, even wide, changes nothing, nor do runs
-    the linear fit misprices where the window holds earlier runs of their kind."""
+    in a row far off their reference say the speed changed: the runs before them are rescaled
+    to the level of now, and the split of the time is kept. Under load (a window that renews
+    within `TAIL_S`) it is left to renew; a stable speed's noise, even wide, changes nothing, nor
+    do runs the linear fit misprices where the window holds earlier runs of their kind."""
     rng, now = np.random.default_rng(0), [0.0]
 
     def cost(steps: int, rows: int) -> float:

@@ -19,6 +19,7 @@ TAIL_REFRESH_S = 0.05  # how long a computed tail is reused between observations
 # all came off their reference in one direction by more than this factor (`_shifted`).
 SHIFT_RUNS = 8
 SHIFT_FACTOR = 1.5
+SHIFT_STRAYS = 2  # of the last SHIFT_RUNS + this many runs, so that one pause does not reset it
 SAME_PAIR_RUNS = 3  # a run is judged against the window's runs of its own (steps, rows) from this many
 
 
@@ -44,11 +45,12 @@ class ServiceTimes:
     A window follows a change of the machine's speed only as new runs replace old ones, and
     after a burst (slow runs: the machine contended) a lightly loaded server makes few: its
     plans would price every run at the burst's speed for minutes, and degrade or reject requests
-    a quick run keeps. So when the last `SHIFT_RUNS` runs all came off their reference in one
+    a quick run keeps. So when `SHIFT_RUNS` of the last few runs came off their reference in one
     direction by more than `SHIFT_FACTOR` (the mean of the window's earlier runs of the same
-    steps and rows where it holds a few, the fit otherwise), the window's runs older than
-    `TAIL_S` are rescaled by the streak's median ratio: the window keeps its split of the time
-    and takes the level of now (`_rescale_older`)."""
+    steps and rows where it holds a few, the fit otherwise), and the window would take longer
+    than `TAIL_S` to renew at the pace they came, the runs from before them are rescaled by
+    their median ratio: the window keeps its split of the time and takes the level of now
+    (`_rescale_older`)."""
 
     def __init__(
         self,
@@ -76,9 +78,9 @@ class ServiceTimes:
         self._shape: tuple[float, float, float] | None = None
         self._tail: tuple[float, float] | None = None  # (when, the recent runs' quantile of run - fit)
         self._pair_ms: Counter[tuple[int, int]] = Counter()  # summed ms of the window's runs per pair
-        # The current streak of runs off their reference one way: its direction (+1 slower, -1
-        # quicker) and each run's (steps, rows), ms and ratio to its reference.
-        self._streak: tuple[int, list[tuple[tuple[int, int], float, float]]] = (0, [])
+        # The last runs as judged (`_shifted`): (steps, rows), ms, which way they came off their
+        # reference (+1 slower, -1 quicker, 0 neither), their ratio to it, and whether it was the fit.
+        self._recent: deque[tuple[tuple[int, int], float, int, float, bool]] = deque(maxlen=SHIFT_RUNS + SHIFT_STRAYS)
         # Each batch's own run (`observe`'s run_ms) and when it was observed, beside `_seen`.
         self._run_ms: deque[tuple[float, float]] = deque(maxlen=window)
         self.clock = time.monotonic  # seconds; which runs are recent enough to price a latency (`tail_ms`)
@@ -92,7 +94,7 @@ class ServiceTimes:
         bounds: `ms` also holds the time until the server got to the next run."""
         steps, rows = int(np.clip(steps, 1, self.cap)), max(int(rows), 1)
         self._depths.append((steps if budget is None else int(budget), steps))
-        ratio = self._shifted(steps, rows, float(ms))
+        shift = self._shifted(steps, rows, float(ms))
         if len(self._seen) == self._seen.maxlen:
             steps_out, rows_out, _ = self._seen[0]
             if len(self._pairs) == 3 and self._pairs[steps_out, rows_out] == 1:
@@ -110,22 +112,23 @@ class ServiceTimes:
                 self._add(steps_seen, rows_seen, ms_seen, sign=1.0, count=False)
                 self._pair_ms[steps_seen, rows_seen] += ms_seen
         self._expected = self._coef = self._tail = None
-        if ratio is not None:
-            self._rescale_older(ratio)
+        if shift is not None:
+            self._rescale_older(*shift)
 
-    def _shifted(self, steps: int, rows: int, ms: float) -> float | None:
-        """The streak's median ratio to its references when this run makes `SHIFT_RUNS` in a
-        row off theirs by more than `SHIFT_FACTOR` in one direction, else None. A run's
-        reference: the mean of the window's runs of its (steps, rows) from before the streak
-        where there are `SAME_PAIR_RUNS`, else the fit where one splits the time (the bound
-        used before any prices runs of many rows far above their time, on purpose), else none:
-        not judged."""
-        direction, streak = self._streak
+    def _shifted(self, steps: int, rows: int, ms: float) -> tuple[float, int] | None:
+        """Whether this run makes `SHIFT_RUNS` of the last `SHIFT_RUNS` + `SHIFT_STRAYS` runs off
+        their references by more than `SHIFT_FACTOR` in one direction: then (their median ratio
+        to their references, how many runs from this one back are at the new speed), else None.
+        A run's reference: the mean of the window's runs of its (steps, rows) from before those
+        last runs where there are `SAME_PAIR_RUNS`, else the fit where one splits the time (the
+        bound used before any prices runs of many rows far above their time, on purpose), else
+        none: not judged."""
         pair = (steps, rows)
-        in_streak = [run_ms for p, run_ms, _ in streak if p == pair]
-        seen = self._pairs[pair] - len(in_streak)
-        if seen >= SAME_PAIR_RUNS:
-            reference = (self._pair_ms[pair] - sum(in_streak)) / seen
+        mine = [run_ms for p, run_ms, *_ in self._recent if p == pair]
+        seen = self._pairs[pair] - len(mine)
+        by_fit = seen < SAME_PAIR_RUNS
+        if not by_fit:
+            reference = (self._pair_ms[pair] - sum(mine)) / seen
         elif len(self._pairs) >= 3 or self._shape is not None:
             a, b, c = self._fit()  # the fit this run's plan computed, where one did (cached)
             reference = a + b * steps + c * steps * rows
@@ -133,25 +136,49 @@ class ServiceTimes:
             reference = 0.0
         ratio = ms / reference if reference > 0 else 1.0
         way = 1 if ratio > SHIFT_FACTOR else -1 if ratio * SHIFT_FACTOR < 1 else 0
-        self._streak = (way, [*streak, (pair, ms, ratio)] if way == direction else [(pair, ms, ratio)])
-        if not way:
-            self._streak = (0, [])
-        if len(self._streak[1]) < SHIFT_RUNS:
-            return None
-        median = float(np.median([r for *_, r in self._streak[1]]))
-        self._streak = (0, [])
-        return median
+        self._recent.append((pair, ms, way, ratio, by_fit))
+        for direction in (1, -1):
+            off = [run for run in self._recent if run[2] == direction]
+            if len(off) >= SHIFT_RUNS:
+                # The ratios judged by the fit, again against the fit without these last runs:
+                # each entered it as it came, and drew it toward the new speed.
+                before = self._fit_without([run[0] for run in self._recent][:-1])
+                ratios = [
+                    run_ms / max(before[0] + before[1] * s + before[2] * s * r, 1e-12) if fit else run_ratio
+                    for (s, r), run_ms, _, run_ratio, fit in off
+                ]
+                new_speed = len(self._recent)
+                self._recent.clear()  # judged afresh from here, the runs at the new speed counted
+                return float(np.median(ratios)), new_speed
+        return None
 
-    def _rescale_older(self, ratio: float) -> None:
-        """The window's runs older than `TAIL_S`, scaled by `ratio` (ms and run ms): the speed
-        they were measured at is gone. Under load the window is all younger, and left alone: it
-        renews within seconds, and a streak there is as likely a change of the work (a halting
-        model's batches of one (steps, rows) cost more when more of their rows go deep). O(window),
-        once a change."""
-        old_before = self.clock() - TAIL_S
-        old = [at < old_before for at, _ in self._run_ms]
-        if not any(old):
+    def _fit_without(self, pairs: list[tuple[int, int]]) -> tuple[float, float, float]:
+        """The fit of the window without its last runs (of these `pairs`, oldest first), where
+        the rest still splits the time; else the fit of the whole window."""
+        last = list(self._seen)[len(self._seen) - len(pairs) :] if 0 < len(pairs) <= len(self._seen) else []
+        if [(steps, rows) for steps, rows, _ in last] != pairs or len(self._pairs) < 3:
+            return self._fit()  # (a window shorter than the runs judged: they are all it has)
+        gram, moment = self._gram.copy(), self._moment.copy()
+        for steps, rows, ms in last:
+            features = np.array([1.0, steps, steps * rows])
+            gram -= np.outer(features, features)
+            moment -= ms * features
+        coef = np.maximum(np.linalg.lstsq(gram, moment, rcond=1e-9)[0], 0.0)
+        return tuple(coef.tolist()) if coef.sum() > 0 else self._fit()
+
+    def _rescale_older(self, ratio: float, newest: int) -> None:
+        """The window's runs but for its `newest` (measured at the new speed), scaled by `ratio`
+        (ms and run ms): the speed they were measured at is gone. Only where the window would
+        take longer than `TAIL_S` to renew at the pace those newest runs came: under load it
+        renews within seconds on its own, and a change there is as likely one of the work (a
+        halting model's batches of one (steps, rows) cost more when more of their rows go deep).
+        At light load such a change is taken for one of speed too, and the other batch sizes
+        priced at its level until they run. O(window), once a change."""
+        came = [when for when, _ in self._run_ms][-newest:]
+        if len(came) < 2 or self._seen.maxlen * (came[-1] - came[0]) / (len(came) - 1) <= TAIL_S:
             return
+        kept = len(self._seen) - newest
+        old = [i < kept for i in range(len(self._seen))]
         seen = [(s, r, ms * ratio if o else ms) for o, (s, r, ms) in zip(old, self._seen, strict=True)]
         runs = [(at, ms * ratio if o else ms) for o, (at, ms) in zip(old, self._run_ms, strict=True)]
         self._seen.clear()
