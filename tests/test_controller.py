@@ -291,10 +291,11 @@ def test_after_a_burst_a_lone_clients_runs_are_priced_at_the_speed_of_now_within
     assert under_load.estimate(8, rows=1) > 2 * cost(8, 1)
     c = Controller(8, sla_ms=10.0)
     c.service["primary", None] = times
-    for _ in range(SHIFT_RUNS):  # a lone client after the burst, a request every 2 s
+    for i in range(SHIFT_RUNS + 1):  # a lone client after the burst, a request every 2 s
         assert decide(c, 8).steps < 8  # 3 x 4.5 ms is over the 8 ms horizon
         now[0] += 2.0
-        times.observe(8, cost(8, 1) * rng.lognormal(0, 0.1), rows=1)
+        pause = 2.2 if i == 2 else 1.0  # one run the machine paused in: the streak goes on
+        times.observe(8, pause * cost(8, 1) * rng.lognormal(0, 0.1), rows=1)
     assert times.estimate(8, rows=1) == pytest.approx(cost(8, 1), rel=0.15)
     assert times.estimate(8, rows=32) == pytest.approx(cost(8, 32), rel=0.15)  # the split kept
     assert decide(c, 8) == Decision("ok", "primary", 8)

@@ -267,7 +267,8 @@ class ServiceTimes:
         many; the excess is added, not scaled (what makes a served run slow, the hand-off to the
         worker and the event loop holding the interpreter, does not grow with the batch); and a
         burst's slow runs stop adding to the price once they are `TAIL_S` old and `TAIL_RUNS`
-        runs have come since, not once two hundred have (they leave the fitted mean only then)."""
+        runs have come since, not once two hundred have (they leave the fitted mean only then, or
+        at light load, when a change of speed rescales them: `_rescale_older`)."""
         if not self._seen:
             return 0.0
         now = self.clock()
