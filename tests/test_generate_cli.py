@@ -55,9 +55,10 @@ def test_a_flops_budget_and_a_time_budget_hold(run_dir, tmp_path):
     assert row["decode_flops"] <= 3e5 and (row["stop"] == "budget" or len(row["tokens"]) == 8)
     timed = _generate(run_dir, "--prompt", "x = ", "--max-new-tokens", "4", "--budget", "1e4", "--unit", "ms")
     assert timed.returncode == 0 and "timed: layer cap 2" in timed.stderr, timed.stderr[-2000:]
-    assert "warning" not in timed.stderr
+    assert "warning" not in timed.stderr and "(budget 10000 ms): within it" in timed.stdout
     over = _generate(run_dir, "--prompt", "x = ", "--max-new-tokens", "4", "--budget", "1e-9", "--unit", "ms")
     assert over.returncode == 0 and "warning: no layer cap fits" in over.stderr, over.stderr[-2000:]
+    assert "(budget 1e-09 ms): over it" in over.stdout
 
 
 @pytest.mark.parametrize(

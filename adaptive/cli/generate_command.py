@@ -108,6 +108,8 @@ def run(args, overrides: list[str]) -> int:
     for row in rows:
         _print(row)
     budget = f" (budget {args.budget:g} {args.unit})" if args.budget is not None else ""
+    if args.unit == "ms" and args.budget is not None and not compiled:  # the timing's prediction, checked
+        budget += ": within it" if elapsed_ms <= args.budget else ": over it"
     print(f"{len(rows)} sequence(s) in {elapsed_ms:.1f} ms{compiled}{budget}")
     if args.json:
         Path(args.json).write_text("".join(json.dumps(row) + "\n" for row in rows))
