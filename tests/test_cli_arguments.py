@@ -123,6 +123,10 @@ def test_report_of_a_sweeps_folder_reads_its_runs_and_leaves_out_a_damaged_one_w
     assert f"{sweep}: a sweep's folder; reading its 2 run(s)" in out
     assert "left out 1-broken: " in out and "metrics.jsonl line 1 is not JSON" in out
     assert "note: 0-done is unfinished: its last eval is at step 30 of 100" in out  # tiny trains 100 steps
+    (sweep / "0-done" / "checkpoints" / "100").mkdir(parents=True)  # it finished: its log was cut short
+    report([str(sweep / "0-done")], splits=[], plot=None, markdown=None)
+    out = capsys.readouterr().out
+    assert "0-done: metrics.jsonl's last eval is at step 30, but the run finished" in out and "unfinished" not in out
     from adaptive.workdir.runinfo import WorkdirError
 
     with pytest.raises(WorkdirError, match="metrics.jsonl line 1 is not JSON"):  # given alone: its own error

@@ -186,7 +186,14 @@ def report(
         task = {"task": task_label(cfg, [cfg.data.eval_split, *splits])} if len(tasks) > 1 else {}
         row = {"run": workdir.name, **task, **describe(cfg)}
         row.update(seed=cfg.seed, step=final["step"])
-        if final["step"] < cfg.train.steps:  # still training, or stopped: beside finished runs it would mislead
+        finished = cfg.train.steps in saved_steps(workdir)  # a run ends with an eval and a checkpoint
+        if finished and final["step"] < cfg.train.steps:  # so the log lost its last lines (cut short, or copied)
+            notes.append(
+                f"{workdir.name}: metrics.jsonl's last eval is at step {final['step']}, but the run finished (its "
+                f"checkpoint at step {cfg.train.steps} is saved): the table shows the older eval; rerunning its "
+                "`adaptive train` command logs the final one again"
+            )
+        elif final["step"] < cfg.train.steps:  # still training, or stopped: beside finished runs it would mislead
             notes.append(f"{workdir.name} is unfinished: its last eval is at step {final['step']} of {cfg.train.steps}")
         row.update(compute_columns(cfg, final))
         if cfg.moe.enabled:
