@@ -564,8 +564,12 @@ def test_a_stopped_sweep_exits_with_the_shells_code_for_its_signal(signum, tmp_p
 
     monkeypatch.setattr(sweep_lib, "run", stopped)
     config = write_config(tmp_path, [{"halting.tau": 1e-3}], steps=5, checkpoint=5)
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "summary.csv").write_text("index,name,status\n0,0-tau0.001,done\n")  # an earlier run's
     assert main(["sweep", "--config", config, "--workdir", str(tmp_path / "sweep")]) == 128 + signum  # 130, 143
     assert f"stopped by signal {int(signum)}; rerun the same command to resume" in capsys.readouterr().err
+    summary = (tmp_path / "sweep" / "summary.csv").read_text()  # where each point stopped, not a stale one
+    assert "0-tau0.001" in summary and ",new," in summary and "done" not in summary
 
 
 def test_a_budget_no_point_can_keep_is_refused_before_anything_trains(tmp_path, capsys):

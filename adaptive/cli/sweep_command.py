@@ -76,7 +76,13 @@ def run(args, overrides: list[str]) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
     if args.wandb:
         print(f"wrote {sweep_summary.wandb_yaml(args.config, workdir.resolve(), len(points), overrides)}")
-    sweep.run(args.config, chosen, args.parallel, args.devices, per_point)
+    try:
+        sweep.run(args.config, chosen, args.parallel, args.devices, per_point)
+    except sweep.SweepInterrupted:  # the summary says where each point stopped, then the exit a signal gets
+        for p in points:
+            sweep.refresh_status(p)
+        sweep_summary.summarize(points, workdir)
+        raise
     for p in points:  # the summary is the whole sweep's, whichever points this command trained
         if p.index not in {c.index for c in chosen}:
             sweep.refresh_status(p)
