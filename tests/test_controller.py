@@ -307,13 +307,13 @@ def test_after_a_burst_a_lone_clients_runs_are_priced_at_the_speed_of_now_within
         now[0] += 0.05
         mixed.observe(steps, lone_cost(steps, rows), rows=rows)
     assert SHIFT_FACTOR * mixed.estimate(8, rows=1) < lone_cost(8, 1)  # the linear fit misprices it
-    mixed._rescale_older = lambda ratio: pytest.fail(f"a change of the work rescaled by {ratio}")
+    mixed._rescale_before_streak = lambda ratio, newest: pytest.fail(f"a change of the work rescaled by {ratio}")
     for _ in range(2 * SHIFT_RUNS):  # judged against the earlier lone rows, not the fit: no change
         now[0] += 2.0
         mixed.observe(8, lone_cost(8, 1), rows=1)
     steady = ServiceTimes(8)
     steady.clock = lambda: now[0]
-    steady._rescale_older = lambda ratio: pytest.fail(f"a stable speed rescaled by {ratio}")
+    steady._rescale_before_streak = lambda ratio, newest: pytest.fail(f"a stable speed rescaled by {ratio}")
     for steps, rows in pairs * 10:  # 4000 runs a second apart at one speed, with wide noise
         now[0] += 1.0
         steady.estimate(steps, rows)  # each run's plan

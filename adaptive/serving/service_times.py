@@ -50,7 +50,7 @@ class ServiceTimes:
     steps and rows where it holds a few, the fit otherwise), and the window would take longer
     than `TAIL_S` to renew at the pace they came, the runs from before them are rescaled by
     their median ratio: the window keeps its split of the time and takes the level of now
-    (`_rescale_older`)."""
+    (`_rescale_before_streak`)."""
 
     def __init__(
         self,
@@ -113,7 +113,7 @@ class ServiceTimes:
                 self._pair_ms[steps_seen, rows_seen] += ms_seen
         self._expected = self._coef = self._tail = None
         if shift is not None:
-            self._rescale_older(*shift)
+            self._rescale_before_streak(*shift)
 
     def _shifted(self, steps: int, rows: int, ms: float) -> tuple[float, int] | None:
         """Whether this run makes `SHIFT_RUNS` of the last `SHIFT_RUNS` + `SHIFT_STRAYS` runs off
@@ -166,7 +166,7 @@ class ServiceTimes:
         coef = np.maximum(np.linalg.lstsq(gram, moment, rcond=1e-9)[0], 0.0)
         return tuple(coef.tolist()) if coef.sum() > 0 else self._fit()
 
-    def _rescale_older(self, ratio: float, newest: int) -> None:
+    def _rescale_before_streak(self, ratio: float, newest: int) -> None:
         """The window's runs but for its `newest` (measured at the new speed), scaled by `ratio`
         (ms and run ms): the speed they were measured at is gone. Only where the window would
         take longer than `TAIL_S` to renew at the pace those newest runs came: under load it
@@ -268,7 +268,7 @@ class ServiceTimes:
         worker and the event loop holding the interpreter, does not grow with the batch); and a
         burst's slow runs stop adding to the price once they are `TAIL_S` old and `TAIL_RUNS`
         runs have come since, not once two hundred have (they leave the fitted mean only then, or
-        at light load, when a change of speed rescales them: `_rescale_older`)."""
+        at light load, when a change of speed rescales them: `_rescale_before_streak`)."""
         if not self._seen:
             return 0.0
         now = self.clock()
