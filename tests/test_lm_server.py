@@ -96,6 +96,9 @@ def test_concurrent_requests_stream_and_answer_the_decoders_tokens_without_recom
         assert done["ttft_ms"] > 0 and (done["tpot_ms"] is None) == (len(want) == 1)
         late["ttft"] += done["ttft_ms"] > health["ttft_ms"]
         late["tpot"] += done["tpot_ms"] is not None and done["tpot_ms"] > health["tpot_ms"]
+        on_time = done["ttft_ms"] <= health["ttft_ms"] and (done["tpot_ms"] or 0) <= health["tpot_ms"]
+        assert done["within_sla"] is on_time  # what happened, whatever admission predicted
+        assert done["within_budget"] is (True if "flops_budget" in request else None)
         flops["decode"] += done["flops"]
         flops["prefill"] += done["prefill_flops"]
         flops["after_first"] += done["count"] - 1
@@ -173,6 +176,7 @@ def test_under_a_tpot_no_step_can_meet_every_slot_runs_at_the_loosest_rung_and_s
 
     for answer in asyncio.run(main()):
         assert answer["status"] == "degraded" and answer["degraded_tokens"] == answer["count"] - 1
+        assert answer["within_sla"] is False  # degraded as far as it goes, and still over the TPOT
         # after the first token (the prompt's prefill, at the request's own limits): one block, one expert
         assert all(layers == 1 for layers in answer["layers"][1:]) and answer["layers"][0] == 4
         assert all(experts <= 1 for experts in answer["experts"][1:])
@@ -189,7 +193,9 @@ def test_a_shedding_server_rejects_what_cannot_start_in_time_and_finishes_what_i
 
     answers, metrics = asyncio.run(main())
     codes = [status for status, _ in answers]
-    assert codes[0] == 200 and _events(answers[0][1])[-1]["status"] == "ok"  # the one streaming: never dropped
+    streamed = _events(answers[0][1])[-1]
+    assert codes[0] == 200 and streamed["status"] == "ok"  # the one streaming: never dropped
+    assert streamed["within_sla"] is False  # admitted to an empty server, its first token still came late
     assert 503 in codes and all(json.loads(body)["status"] == "rejected" for code, body in answers if code == 503)
     reasons = {json.loads(body)["reason"] for code, body in answers if code == 503}
     assert all("past the 1e-06 ms TTFT SLA: no free slot" in reason for reason in reasons), reasons

@@ -69,9 +69,26 @@ class InFlight:
             return None
         return self.decode_flops <= budget * (1 + 1e-6)
 
-    def answer(self, status: str, stop: str | None, error: str | None = None, reason: str | None = None) -> None:
+    def within_sla(self, status: str, ttft_sla_ms: float, tpot_sla_ms: float) -> bool | None:
+        """Whether a request that ran to its stop kept the server's SLAs: its first token within
+        `ttft_sla_ms` of arrival, and its mean time per later token within `tpot_sla_ms` (None:
+        it did not run to its stop). Admission predicts both; this is what happened, so a client
+        is told when a request admitted on time came late (a contended machine)."""
+        if status not in FINISHED or self.ttft_ms is None:
+            return None
+        return self.ttft_ms <= ttft_sla_ms and (self.tpot_ms is None or self.tpot_ms <= tpot_sla_ms)
+
+    def answer(
+        self,
+        status: str,
+        stop: str | None,
+        error: str | None = None,
+        reason: str | None = None,
+        within_sla: bool | None = None,
+    ) -> None:
         """The summary, the request's last event; a request that did not stream gets its text
-        and tokens in it. `error`: what failed; `reason`: why it was rejected."""
+        and tokens in it. `error`: what failed; `reason`: why it was rejected; `within_sla`: see
+        `within_sla` (the server knows its SLAs)."""
         self.text.append(self.decoder.decode(b"", final=True))
         summary = {
             "done": True,
@@ -86,6 +103,8 @@ class InFlight:
             "experts": self.experts,
             "prefill_flops": self.prefill_flops,
             "flops": self.decode_flops,
+            "within_budget": self.within_budget(status),
+            "within_sla": within_sla,
         }
         if error is not None:
             summary["error"] = error

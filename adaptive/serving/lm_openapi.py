@@ -53,6 +53,11 @@ _SUMMARY = {
     "experts": {"type": "array", "items": {"type": "number"}},
     "prefill_flops": {"type": "number"},
     "flops": {"type": "number", "description": "the tokens after the first, as flops_budget counts them"},
+    "within_budget": {"type": ["boolean", "null"], "description": "flops kept flops_budget; null: none set"},
+    "within_sla": {
+        "type": ["boolean", "null"],
+        "description": "ttft_ms and tpot_ms kept the server's SLAs; null: it did not run to its stop",
+    },
     "text": {"type": "string", "description": "absent when streamed"},
     "tokens": {"type": "array", "items": {"type": "integer"}, "description": "absent when streamed"},
 }

@@ -2,7 +2,10 @@
 
 POST /generate takes a prompt and its limits (adaptive/serving/lm_http_input.py) and answers,
 when it is done, {"done", "text", "tokens", "count", "stop", "layers", "experts", "flops",
-"prefill_flops", "ttft_ms", "tpot_ms", "status", "model", "degraded_tokens"}; with "stream": true it answers as
+"prefill_flops", "ttft_ms", "tpot_ms", "status", "model", "degraded_tokens", "within_budget",
+"within_sla"} (`within_budget`: its FLOPs kept its flops_budget, null when it set none;
+`within_sla`: its TTFT and TPOT kept the server's SLAs, which a request admitted on time can
+miss on a contended machine); with "stream": true it answers as
 server-sent events instead, one `data: {"index", "token", "text", "layers", "experts"}` event per
 token as it is made, then a last `data: {"done": true, ...}` event with the summary. Bad
 requests get a 4xx with {"error": one line}; GET /healthz says what is loaded, GET /metrics is
@@ -324,7 +327,8 @@ class LMServer:
         self, flight: InFlight, status: str, stop: str | None, error: str | None = None, reason: str | None = None
     ) -> None:
         self.stats.finished(status, flight.ttft_ms, flight.tpot_ms, flight.within_budget(status))
-        flight.answer(status, stop, error, reason)
+        within_sla = flight.within_sla(status, self.ttft_ms, self.tpot_ms)
+        flight.answer(status, stop, error, reason, within_sla)
 
     def _rejection(self, wait_ms: float, primary_free: bool) -> str:
         """Why a request the controller rejects is rejected, in one line."""
