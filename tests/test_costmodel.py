@@ -103,6 +103,13 @@ def test_a_moe_models_calibration_answers_for_all_its_experts_at_its_largest_bud
         model.latency_ms(3, batch=1, experts=3)
     with pytest.raises(CostModelError, match="no calibration for batch 8 and all experts"):
         model.latency_ms(3, batch=8)
+    # A budget in a cost-model unit prices a model served at fewer experts by that k's calibration;
+    # a cost model without it prices the whole k (an overestimate, never an underestimate).
+    energy = Budget("energy_j", None, "lagrangian", 1.0, 0.1, None, model)
+    assert energy.compute(3.0, expert_budget=1) == pytest.approx(50.0 * 2.5 / 1000)
+    assert energy.compute(3.0) == energy.compute(3.0, expert_budget=2) == pytest.approx(50.0 * 5.0 / 1000)
+    older = CostModel("abc", "test machine", 3.6, 50.0, {"b1_k2": Fit(2.0, 1.0, [])})
+    assert Budget("latency_ms", None, "lagrangian", 1.0, 0.1, None, older).compute(3.0, expert_budget=1) == 5.0
 
 
 def test_fit_line_recovers_a_line():

@@ -1,5 +1,6 @@
 """`adaptive eval` and `adaptive report` on a finished tiny run."""
 
+import dataclasses
 import json
 import subprocess
 
@@ -205,6 +206,19 @@ def test_eval_report_of_experts_sweeps_expert_budgets(tmp_path):
         assert by[(1, t)]["experts"] <= 16 * by[(1, t)]["steps"] + 1e-6  # 16 tokens, at most 1 expert each
         assert by[(1, t)]["flops"] == pytest.approx(float(one.at_steps(by[(1, t)]["steps"])))
         assert by[(1, t)]["flops"] < by[(2, t)]["flops"] or by[(1, t)]["steps"] < by[(2, t)]["steps"]
+    # A latency budget prices each expert budget at its own calibration (`adaptive calibrate`
+    # times each k), not at the trained k's: known fits, since a tiny model's timings are noise.
+    from adaptive.compute.budget import Budget
+    from adaptive.compute.costmodel import CostModel, Fit
+
+    fits = {"b1_k1": Fit(1.0, 0.5, []), "b1_k2": Fit(2.0, 1.0, [])}
+    cost_model = CostModel("fingerprint", "test machine", 3.6, 50.0, fits)
+    budget = Budget("latency_ms", 3.0, "lagrangian", 1.0, 0.1, one, cost_model)
+    priced, _ = compute_report(dataclasses.replace(run, budget=budget), "test")
+    assert priced["unit"] == "latency_ms"
+    for r in priced["budget_grid"]:
+        intercept, per_step = (1.0, 0.5) if r["expert_budget"] == 1 else (2.0, 1.0)
+        assert r["compute"] == pytest.approx(intercept + per_step * r["steps"], rel=1e-5), r
 
 
 def test_eval_of_a_static_model_with_experts_reports_each_expert_budget(tmp_path, capsys):

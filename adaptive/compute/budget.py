@@ -250,17 +250,23 @@ class Budget:
         index = self.sample_requests(key, batch)
         return None if index is None else jnp.asarray(self.request_steps, jnp.int32)[index]
 
-    def compute(self, steps, experts=None):
+    def compute(self, steps, experts=None, *, expert_budget: int | None = None):
         """Compute per example in this budget's unit, for `steps` steps and `experts` expert
         applications where the work follows them (FlopsModel.counted_experts; differentiable in
         both). The cost model's units price steps only: its executables run every expert slot
-        the capacity allows."""
+        the capacity allows, so they follow `expert_budget` instead (a MoE model served with at
+        most that many experts per token), at its own calibration (`adaptive calibrate` times
+        each one); a cost model without it prices the model's whole k, an overestimate."""
         if self.unit == "steps":
             return steps
+        at_k = None
+        if expert_budget is not None and self.cost_model is not None:
+            known = self.cost_model.calibrated_key(self.serving_batch, expert_budget) in self.cost_model.fits
+            at_k = expert_budget if known else None
         if self.unit == "requests_per_s":  # held as serving ms per request (see BudgetConfig)
-            return self.cost_model.latency_ms(steps, self.serving_batch) / self.serving_batch
+            return self.cost_model.latency_ms(steps, self.serving_batch, at_k) / self.serving_batch
         if self.cost_model is not None:  # latency_ms, cost_per_1k or energy_j
-            return getattr(self.cost_model, self.unit)(steps, self.serving_batch)
+            return getattr(self.cost_model, self.unit)(steps, self.serving_batch, at_k)
         flops = self.flops.at_steps(steps, experts)
         return flops / 2.0 if self.unit == "macs" else flops
 

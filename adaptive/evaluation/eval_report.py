@@ -68,7 +68,7 @@ def compute_report(
     def compute(steps, experts=None, expert_budget=None) -> dict:
         fewer = expert_budget is not None and expert_budget < k_max
         value = (flops_at(expert_budget, cfg.train.eval_batch_size) if fewer else flops).at_steps(steps, experts)
-        in_unit = budget.compute(steps, experts) if budget else value
+        in_unit = budget.compute(steps, experts, expert_budget=expert_budget if fewer else None) if budget else value
         if fewer and budget is not None and budget.unit in ("flops", "macs"):  # at the budget's serving batch
             in_unit = flops_at(expert_budget, budget.serving_batch).at_steps(steps, experts)
             in_unit = in_unit / 2.0 if budget.unit == "macs" else in_unit
