@@ -12,6 +12,7 @@ from adaptive.serving.controller import Controller
 from adaptive.serving.decisions import REJECTED, Decision, Request
 from adaptive.serving.fallbacks import Fallback
 from adaptive.serving.service_times import SHIFT_FACTOR, SHIFT_RUNS, TAIL_RUNS, TAIL_S, ServiceTimes
+from tests.helpers import ROOT
 
 INF = float("inf")
 
@@ -742,3 +743,16 @@ def test_a_point_plans_avoid_after_a_slow_run_still_gets_a_row_once_idle():
     for _ in range(50):
         moe.observe("primary", 1, 1.0)  # its runs
     assert moe.plan([Request(6, 0.0)])[0] == Decision("ok", "primary", 6, None)
+
+
+def test_the_speed_change_experiments_replay_runs_on_the_controller_as_built():
+    """experiments/serving/speed_change.py replays the server's own controller: it must keep
+    running as the controller changes, and its ablation must still be one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("speed_change", ROOT / "experiments/serving/speed_change.py")
+    replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay)
+    window, follow = (replay.replay("full_batches", 2.0, 0, follow) for follow in (False, True))
+    assert window["degraded"] >= 150 and follow["degraded"] <= 12, (window, follow)
+    assert window["rejected"] == follow["rejected"] == 0

@@ -84,6 +84,9 @@ class ServiceTimes:
         # Each batch's own run (`observe`'s run_ms) and when it was observed, beside `_seen`.
         self._run_ms: deque[tuple[float, float]] = deque(maxlen=window)
         self.clock = time.monotonic  # seconds; which runs are recent enough to price a latency (`tail_ms`)
+        # False: never rescaled, so a change of speed is followed only as new runs replace the
+        # window's (the ablation in experiments/serving/speed_change.py).
+        self.follow_speed = True
 
     def observe(
         self, steps: int, ms: float, rows: int = 1, budget: int | None = None, run_ms: float | None = None
@@ -112,7 +115,7 @@ class ServiceTimes:
                 self._add(steps_seen, rows_seen, ms_seen, sign=1.0, count=False)
                 self._pair_ms[steps_seen, rows_seen] += ms_seen
         self._expected = self._coef = self._tail = None
-        if shift is not None:
+        if shift is not None and self.follow_speed:
             self._rescale_before_streak(*shift)
 
     def _shifted(self, steps: int, rows: int, ms: float) -> tuple[float, int] | None:
