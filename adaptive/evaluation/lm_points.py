@@ -86,7 +86,10 @@ def lm_operating_points(
         fn = generation_function(decoder)
         calls[name] = functools.partial(fn.lower(padded, lengths, *limits).compile(), padded, lengths, *limits)
         memory = {"batch": serving, **memory_report(fn.lower(*input_specs(decoder, serving)).compile(), v.weight_bytes)}
-        entries.append(describe_point(v, memory, fine_tune_steps, blob, blobs))
+        # a token through every block with every expert, over this artifact's cache: as the
+        # decoder prices it (meta.json's worst_flops_per_token_at_layer_cap, what serving reports)
+        worst = decoder.flops.extremes(False)[1]
+        entries.append(describe_point(v, memory, fine_tune_steps, blob, blobs, flops=worst))
         if not primary:
             prefix = name.removesuffix(".jaxexport") + "-"
             slot_blobs, entries[-1]["slots"] = serialize_slots(live_slots[(v.precision, v.prune)], prefix)

@@ -116,14 +116,18 @@ def point_variants(
     return variants
 
 
-def describe_point(v: Variant, memory: dict, fine_tune_steps: int, blob: bytes, blobs: dict[str, bytes]) -> dict:
+def describe_point(
+    v: Variant, memory: dict, fine_tune_steps: int, blob: bytes, blobs: dict[str, bytes], flops: float | None = None
+) -> dict:
     """meta.json's entry of variant `v` (latency is added once every point is timed); its
-    function's `blob` joins `blobs` under its file name unless it is (fp32, 0), model.jaxexport."""
+    function's `blob` joins `blobs` under its file name unless it is (fp32, 0), model.jaxexport.
+    `flops`: what the point's function spends at most, where the run's own pricing is not it (a
+    language model's artifact decodes over a cache of its own length, not the training window)."""
     entry = {
         "precision": v.precision,
         "prune": v.prune,
         **v.score,
-        "flops": flops_of(v.run),
+        "flops": flops_of(v.run) if flops is None else float(flops),
         "weight_bytes": v.weight_bytes,
         "memory": memory,
         "clip": v.clip,
