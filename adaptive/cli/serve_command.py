@@ -153,7 +153,8 @@ def check_point(flag: str, asked: tuple[str, float], path: str, have: dict) -> N
     from adaptive.config import ConfigError
 
     if tuple(asked) != ("fp32", 0.0) and tuple(asked) not in have:
-        listed = ", ".join(f"{p},{f:g}" for p, f in sorted(have)) or "none"
+        # fp32,0 is model.jaxexport, served whether or not the export listed it among its points
+        listed = ", ".join(f"{p},{f:g}" for p, f in sorted({*have, ("fp32", 0.0)}))
         raise ConfigError(f"{flag} {asked[0]},{asked[1]:g}: {path} has no such operating point (it has {listed})")
 
 
