@@ -113,8 +113,14 @@ def test_an_edited_or_corrupted_artifact_is_refused_in_one_line(artifact, tmp_pa
     with pytest.raises(ArtifactError, match="modified after export"):
         load_lm_artifact(copy)
     (copy / "meta.json").write_text(json.dumps(meta))
-    (copy / "model.jaxexport").write_bytes((art / "model.jaxexport").read_bytes()[:1000])
-    with pytest.raises(ArtifactError, match="does not match meta.json's sha256"):
+    blob = (art / "model.jaxexport").read_bytes()
+    (copy / "model.jaxexport").write_bytes(blob[:1000])  # a cut copy is said to be cut
+    with pytest.raises(
+        ArtifactError, match=f"model.jaxexport is truncated or padded: 1000 bytes, meta.json says {len(blob)}$"
+    ):
+        load_lm_artifact(copy)
+    (copy / "model.jaxexport").write_bytes(blob[:-7] + b"garbage")
+    with pytest.raises(ArtifactError, match="model.jaxexport does not match meta.json's checksum"):
         load_lm_artifact(copy)
     (copy / "meta.json").write_text(json.dumps({**meta, "format": "adaptive-export/2"}))
     with pytest.raises(ArtifactError, match="a language model's artifact"):
@@ -309,8 +315,12 @@ def test_the_artifacts_slot_functions_serve_requests_joining_mid_way(artifact, t
     broken = tmp_path / "broken"
     shutil.copytree(art, broken)
     step_file = broken / meta["slots"]["step"]["file"]
-    step_file.write_bytes(step_file.read_bytes()[:-7] + b"garbage")
-    with pytest.raises(ArtifactError, match="slot-step.jaxexport does not match meta.json's sha256"):
+    step_blob = step_file.read_bytes()
+    step_file.write_bytes(step_blob[:-7] + b"garbage")
+    with pytest.raises(ArtifactError, match="slot-step.jaxexport does not match meta.json's checksum"):
+        ExportedSlots(broken, meta)
+    step_file.write_bytes(step_blob[:500])
+    with pytest.raises(ArtifactError, match="slot-step.jaxexport is truncated or padded: 500 bytes"):
         ExportedSlots(broken, meta)
 
 

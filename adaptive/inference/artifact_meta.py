@@ -45,6 +45,16 @@ def point_file(precision: str, prune: float) -> str:
     return f"point-{precision}-p{round(prune * 100)}.jaxexport"
 
 
+def check_blob(blob: bytes, entry: dict, where: str) -> None:
+    """A function file's bytes against its meta.json entry: its length first where the entry
+    records one (exports before that did not), so a cut copy is said to be cut, then its sha256."""
+    want = entry.get("bytes")
+    if isinstance(want, int) and not isinstance(want, bool) and len(blob) != want:
+        raise ArtifactError(f"{where} is truncated or padded: {len(blob)} bytes, meta.json says {want}")
+    if hashlib.sha256(blob).hexdigest() != entry.get("sha256"):
+        raise ArtifactError(f"{where} does not match meta.json's checksum (corrupted or from another export)")
+
+
 def point_entry(meta: dict, point, path) -> dict | None:
     """meta.json's entry for operating point `point` = (precision, prune), with its file (None for
     (fp32, 0), which is model.jaxexport); an ArtifactError naming the points there are when the

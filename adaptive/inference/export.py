@@ -57,6 +57,7 @@ from adaptive.inference.artifact_meta import (
     FORMAT,
     ArtifactError,
     batch_file,
+    check_blob,
     check_sealed,
     point_entry,
     read_meta,
@@ -328,10 +329,7 @@ def load_artifact(path: str | Path, experts: int | None = None, batch: int | Non
         blob = (path / name).read_bytes()
     except FileNotFoundError:
         raise ArtifactError(f"{path} has no {name}") from None
-    if len(blob) != entry["bytes"]:
-        raise ArtifactError(f"{path}/{name} is truncated or padded: {len(blob)} bytes, meta.json says {entry['bytes']}")
-    if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
-        raise ArtifactError(f"{path}/{name} does not match meta.json's checksum (corrupted or from another export)")
+    check_blob(blob, entry, f"{path}/{name}")
     check_sealed(meta, path)  # a swapped blob whose checksum was updated in meta.json stops here
     try:
         exported = jax.export.deserialize(bytearray(blob))

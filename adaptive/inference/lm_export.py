@@ -41,6 +41,7 @@ from adaptive.inference.artifact_meta import (
     LM_FORMAT,
     META,
     ArtifactError,
+    check_blob,
     check_sealed,
     parse_meta,
     point_entry,
@@ -167,14 +168,13 @@ def load_lm_artifact(path: str | Path, point=None):
         raise ArtifactError(f"{path}/{META}: format must be {FORMAT!r} (a language model's artifact); got {got!r}")
     validate_lm_files(meta, f"{path}/{META}")
     check_sealed(meta, path)
-    entry = point_entry(meta, point, path) or {"file": BLOB, "sha256": meta["sha256"]}
+    entry = point_entry(meta, point, path) or {"file": BLOB, "sha256": meta["sha256"], "bytes": meta.get("bytes")}
     name = entry["file"]  # validated: a plain file name of this folder
     try:
         blob = (path / name).read_bytes()
     except OSError as e:
         raise ArtifactError(f"{path}/{name} cannot be read ({e.strerror})") from None
-    if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
-        raise ArtifactError(f"{path}/{name} does not match meta.json's sha256 (corrupted or swapped)")
+    check_blob(blob, entry, f"{path}/{name}")
     try:
         exported = jax.export.deserialize(bytearray(blob))
     except Exception as e:  # noqa: BLE001 - the deserializer raises many kinds; one line says which

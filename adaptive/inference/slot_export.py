@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adaptive.data import byte_vocab
-from adaptive.inference.artifact_meta import ArtifactError, point_entry
+from adaptive.inference.artifact_meta import ArtifactError, check_blob, point_entry
 from adaptive.inference.slots import Joined, SlotDecoder, step_inputs
 from adaptive.inference.token_step import GenerationLimits, Made, checked_limits
 
@@ -69,7 +69,10 @@ def serialize(slots: SlotDecoder, prefix: str = "") -> tuple[dict[str, bytes], d
     entry = {
         "count": slots.slots,
         "state": [[list(a.shape), str(a.dtype)] for a in leaves],
-        **{name: {"file": file, "sha256": hashlib.sha256(blobs[file]).hexdigest()} for name, file in files.items()},
+        **{
+            name: {"file": file, "sha256": hashlib.sha256(blobs[file]).hexdigest(), "bytes": len(blobs[file])}
+            for name, file in files.items()
+        },
     }
     return blobs, entry
 
@@ -90,8 +93,7 @@ class ExportedSlots:
                 blob = file.read_bytes()
             except OSError as e:
                 raise ArtifactError(f"{file} cannot be read ({e.strerror})") from None
-            if hashlib.sha256(blob).hexdigest() != entry[name]["sha256"]:
-                raise ArtifactError(f"{file} does not match meta.json's sha256 (corrupted or swapped)")
+            check_blob(blob, entry[name], str(file))
             try:
                 fns[name] = jax.export.deserialize(bytearray(blob))
             except Exception as e:  # noqa: BLE001 - the deserializer raises many kinds; one line says which
