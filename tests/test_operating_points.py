@@ -217,6 +217,20 @@ def test_serve_refuses_points_it_cannot_serve_before_loading(artifact):
         assert proc.returncode != 0 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-500:]
 
 
+def test_an_unknown_point_is_told_every_point_served_the_unquantized_model_included():
+    """An export of `--precision int8 --prune 0.5` lists one point; model.jaxexport (fp32,0) is
+    still served, so the refusal of another names it too."""
+    from adaptive.cli.serve_command import check_point
+    from adaptive.config import ConfigError
+
+    have = {("int8", 0.5): {}}
+    check_point("--point", ("fp32", 0.0), "art", have)
+    with pytest.raises(
+        ConfigError, match=r"^--point int8,0: art has no such operating point \(it has fp32,0, int8,0.5\)$"
+    ):
+        check_point("--point", ("int8", 0.0), "art", have)
+
+
 def test_a_fallback_of_another_task_is_refused_before_loading(artifact):
     """Its answers would be to other questions, or its input another shape (a 500 per request)."""
     from adaptive.cli.serve_command import _refuse_other_task
@@ -392,6 +406,21 @@ def test_operating_points_asked_for_are_checked_before_any_is_computed(precision
 
     with pytest.raises(ValueError, match=message):
         check_points(precisions, prunes)
+
+
+def test_an_empty_entry_in_an_exports_point_flags_is_refused_not_dropped():
+    from adaptive.cli.export_command import _points
+    from adaptive.config import ConfigError
+
+    for precision, prune, said in (
+        ("fp32,int8,", "0", r"^--precision 'fp32,int8,' has an empty entry \(a stray comma\?\)"),
+        ("int8", "0,,0.5", r"^--prune '0,,0.5' has an empty entry"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            _points(argparse.Namespace(precision=precision, prune=prune), print)
+    with pytest.raises(ConfigError, match="--precision and --prune each need one value or more"):
+        _points(argparse.Namespace(precision="", prune="0"), print)
+    assert _points(argparse.Namespace(precision=" fp32 ", prune="0"), print) is None  # the model alone
 
 
 def test_a_flops_budget_under_a_moe_points_experts_names_the_point_as_lacking_fewer():

@@ -77,14 +77,26 @@ def run(args) -> int:
     return 0
 
 
+def _entries(flag: str, text: str) -> list[str]:
+    """A comma-separated flag's values; an empty one (`fp32,int8,`) is refused, not dropped: a
+    stray comma may stand where a value was meant."""
+    from adaptive.config import ConfigError
+
+    entries = [part.strip() for part in text.split(",")] if text.strip() else []
+    if "" in entries:
+        raise ConfigError(f"{flag} {text!r} has an empty entry (a stray comma?); give comma-separated values")
+    return entries
+
+
 def _points(args, log, language_model: bool = False):
     """The operating points the flags ask for, as the exporter's `points` callable (None: the
     model alone)."""
     from adaptive.config import ConfigError
 
-    precisions = [p for p in args.precision.split(",") if p]
+    precisions = _entries("--precision", args.precision)
+    prune_entries = _entries("--prune", args.prune)
     try:
-        prunes = [float(v) for v in args.prune.split(",") if v]
+        prunes = [float(v) for v in prune_entries]
     except ValueError:
         raise ConfigError(f"--prune {args.prune!r}: give shares in [0, 1), comma-separated") from None
     if precisions == ["fp32"] and prunes == [0.0]:
