@@ -117,6 +117,15 @@ def test_an_artifact_over_its_memory_budget_is_not_served(tmp_path, monkeypatch)
     monkeypatch.setattr("adaptive.inference.export.load_artifact", lambda path, **kw: (None, meta))
     with pytest.raises(ArtifactError, match="over its memory budget of 1 MB"):
         engine_module.Engine.from_artifact(tmp_path)
+    # a fallback rung over the budget is named as one, with the flag that would pick another
+    meta["operating_points"] = [{"precision": "int8", "prune": 0.5, "fits": True}]
+    monkeypatch.setattr("adaptive.serving.point_meta.point_meta", lambda meta, point, path: meta)
+    with pytest.raises(
+        ArtifactError,
+        match=r"\(--fallback-point fp32,0.25\) needs 1.5 MB at batch 1, over its memory budget of 1 MB; nothing "
+        r"served \(serve a point that fits: --fallback-point int8,0.5\)$",
+    ):
+        engine_module.Engine.from_artifact(tmp_path, point=("fp32", 0.25), flag="--fallback-point")
     json.dumps(meta)  # the fields are plain JSON, as meta.json holds them
 
 

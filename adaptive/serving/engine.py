@@ -96,9 +96,13 @@ class Engine:
                     self.warmup.append((k, int(np.max(out[2])), b, ms))
 
     @classmethod
-    def from_artifact(cls, path: str | Path, *, buckets=(1, 8, 32), expert_budgets: bool = True, point=None) -> Engine:
+    def from_artifact(
+        cls, path: str | Path, *, buckets=(1, 8, 32), expert_budgets: bool = True, point=None, flag: str = "--point"
+    ) -> Engine:
         """`expert_budgets=False`: only the trained expert budget (a fallback never degrades);
-        `point` = (precision, prune): that operating point of the artifact (adaptive.serving.point_meta)."""
+        `point` = (precision, prune): that operating point of the artifact (adaptive.serving.point_meta);
+        `flag`: the serve flag that asked for it (`--fallback-point` for a fallback rung), which a
+        refusal names, so that a fallback over the memory budget is not taken for the primary."""
         from adaptive.inference.export import load_artifact
 
         exported, meta = load_artifact(path, point=point)
@@ -109,11 +113,10 @@ class Engine:
         ceiling, memory = meta.get("memory_budget_mb"), meta.get("memory")
         if ceiling is not None and memory is not None and memory["total_mb"] > ceiling:
             fits = [f"{p['precision']},{p['prune']:g}" for p in meta.get("operating_points", []) if p.get("fits")]
-            hint = (
-                f"serve a point that fits: --point {fits[0]}" if fits else "export a --precision or --prune that fits"
-            )
+            hint = f"serve a point that fits: {flag} {fits[0]}" if fits else "export a --precision or --prune that fits"
+            asked = f" ({flag} {point[0]},{point[1]:g})" if point is not None else ""
             raise ArtifactError(
-                f"{path} needs {memory['total_mb']:g} MB at batch {memory['batch']}, over its memory budget of "
+                f"{path}{asked} needs {memory['total_mb']:g} MB at batch {memory['batch']}, over its memory budget of "
                 f"{ceiling:g} MB; nothing served ({hint})"
             )
         serves = {None: exported.call}

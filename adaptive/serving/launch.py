@@ -96,7 +96,7 @@ def serve(
     rungs = {}
     for p in points:  # a smaller model, or operating points (precision, pruning) of one
         rungs[rung_name(p, len(points))] = Engine.from_artifact(
-            fallback or artifact, buckets=buckets, expert_budgets=False, point=p
+            fallback or artifact, buckets=buckets, expert_budgets=False, point=p, flag="--fallback-point"
         )
     if primary.fixed_depth and default_steps is not None and default_steps < primary.cap:
         kept = mode == "adaptive" and any(e.steps_within(default_steps) for e in rungs.values())
