@@ -254,6 +254,12 @@ def test_eval_draws_the_artifacts_points_beside_the_thresholds_on_validation_onl
     meta = load_lm_artifact(art)[1]
     assert list(rows) == ["fp32 prune 0", "int8 prune 0"] and plots[0].exists()
     assert rows["int8 prune 0"]["validation_bits_per_byte"] == meta["operating_points"][1]["bits_per_byte"]
+    # drawn at a training window's price, beside the thresholds priced so; what it spends served beside
+    from adaptive.evaluation.pruning import flops_of
+
+    window = flops_of(load_run(workdir, language_model=True))
+    assert rows["fp32 prune 0"]["flops_per_token"] == pytest.approx(window, rel=1e-6)
+    assert rows["fp32 prune 0"]["served_flops_per_token"] == meta["operating_points"][0]["flops"] != window
     assert rows["int8 prune 0"]["pareto_flops_per_token"] != rows["fp32 prune 0"]["pareto_flops_per_token"] or (
         rows["int8 prune 0"]["validation_bits_per_byte"] == rows["fp32 prune 0"]["validation_bits_per_byte"]
     )  # equal FLOPs: only the lower bits per byte is on the front

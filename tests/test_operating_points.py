@@ -421,6 +421,10 @@ def test_an_empty_entry_in_an_exports_point_flags_is_refused_not_dropped():
     with pytest.raises(ConfigError, match="--precision and --prune each need one value or more"):
         _points(argparse.Namespace(precision="", prune="0"), print)
     assert _points(argparse.Namespace(precision=" fp32 ", prune="0"), print) is None  # the model alone
+    from adaptive.cli.bench_command import _precisions
+
+    with pytest.raises(ConfigError, match=r"^--precisions 'int8,' has an empty entry"):  # `adaptive bench quant`
+        _precisions("int8,")
 
 
 def test_a_flops_budget_under_a_moe_points_experts_names_the_point_as_lacking_fewer():

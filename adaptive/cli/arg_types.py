@@ -127,3 +127,14 @@ def json_output(text: str) -> str:
     if not parent.is_dir():
         raise argparse.ArgumentTypeError(f"{str(parent)!r} is a file, so {text!r} cannot be written")
     return text
+
+
+def comma_entries(flag: str, text: str) -> list[str]:
+    """A comma-separated flag's values, stripped; an empty one (`fp32,int8,`) is refused, not
+    dropped: a stray comma may stand where a value was meant."""
+    from adaptive.config import ConfigError
+
+    entries = [part.strip() for part in text.split(",")] if text.strip() else []
+    if "" in entries:
+        raise ConfigError(f"{flag} {text!r} has an empty entry (a stray comma?); give comma-separated values")
+    return entries

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from adaptive.cli.arg_types import comma_entries
+
 
 def run(args, overrides: list[str]) -> int:
     """`adaptive bench KIND ...`: each benchmark's own module, given the parsed flags (each
@@ -114,8 +116,9 @@ def run(args, overrides: list[str]) -> int:
 
         precisions = _precisions(args.precisions)
         batches = args.batches
+        prune_entries = comma_entries("--prune", args.prune)
         try:
-            prunes = tuple(float(v) for v in args.prune.split(",") if v)
+            prunes = tuple(float(v) for v in prune_entries)
         except ValueError:
             raise ConfigError(f"--prune {args.prune!r}: give shares in [0, 1), comma-separated") from None
         from adaptive.evaluation.operating_points import check_points
@@ -205,7 +208,7 @@ def _precisions(text: str) -> list[str]:
     from adaptive.config import ConfigError
     from adaptive.nn.qweight import PRECISIONS
 
-    precisions = [p for p in text.split(",") if p]
+    precisions = comma_entries("--precisions", text)
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown or not precisions or len(set(precisions)) < len(precisions):
         raise ConfigError(f"--precisions {text!r}: give one or more of {', '.join(PRECISIONS)}, each once")

@@ -77,24 +77,14 @@ def run(args) -> int:
     return 0
 
 
-def _entries(flag: str, text: str) -> list[str]:
-    """A comma-separated flag's values; an empty one (`fp32,int8,`) is refused, not dropped: a
-    stray comma may stand where a value was meant."""
-    from adaptive.config import ConfigError
-
-    entries = [part.strip() for part in text.split(",")] if text.strip() else []
-    if "" in entries:
-        raise ConfigError(f"{flag} {text!r} has an empty entry (a stray comma?); give comma-separated values")
-    return entries
-
-
 def _points(args, log, language_model: bool = False):
     """The operating points the flags ask for, as the exporter's `points` callable (None: the
     model alone)."""
+    from adaptive.cli.arg_types import comma_entries
     from adaptive.config import ConfigError
 
-    precisions = _entries("--precision", args.precision)
-    prune_entries = _entries("--prune", args.prune)
+    precisions = comma_entries("--precision", args.precision)
+    prune_entries = comma_entries("--prune", args.prune)
     try:
         prunes = [float(v) for v in prune_entries]
     except ValueError:

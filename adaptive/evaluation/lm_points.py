@@ -28,6 +28,7 @@ from adaptive.compute.memory import memory_report
 from adaptive.compute.timing import time_side_by_side
 from adaptive.data import byte_vocab
 from adaptive.evaluation.operating_points import describe_point, keep_fitting, point_variants
+from adaptive.evaluation.pruning import flops_of
 from adaptive.inference.artifact_meta import point_file
 from adaptive.inference.generate import decoder_for_run
 from adaptive.inference.lm_export import check_generation, generation_function, input_specs, serialize
@@ -90,6 +91,8 @@ def lm_operating_points(
         # decoder prices it (meta.json's worst_flops_per_token_at_layer_cap, what serving reports)
         worst = decoder.flops.extremes(False)[1]
         entries.append(describe_point(v, memory, fine_tune_steps, blob, blobs, flops=worst))
+        # and over a training window, as `adaptive eval` prices the thresholds it draws them beside
+        entries[-1]["flops_at_window"] = flops_of(v.run)
         if not primary:
             prefix = name.removesuffix(".jaxexport") + "-"
             slot_blobs, entries[-1]["slots"] = serialize_slots(live_slots[(v.precision, v.prune)], prefix)

@@ -53,7 +53,10 @@ _SUMMARY = {
     "experts": {"type": "array", "items": {"type": "number"}},
     "prefill_flops": {"type": "number"},
     "flops": {"type": "number", "description": "the tokens after the first, as flops_budget counts them"},
-    "within_budget": {"type": ["boolean", "null"], "description": "flops kept flops_budget; null: none set"},
+    "within_budget": {
+        "type": ["boolean", "null"],
+        "description": "flops kept flops_budget; null: none set, or it did not run to its stop",
+    },
     "within_sla": {
         "type": ["boolean", "null"],
         "description": "ttft_ms and tpot_ms kept the server's SLAs; null: it did not run to its stop",

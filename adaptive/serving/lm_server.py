@@ -3,7 +3,7 @@
 POST /generate takes a prompt and its limits (adaptive/serving/lm_http_input.py) and answers,
 when it is done, {"done", "text", "tokens", "count", "stop", "layers", "experts", "flops",
 "prefill_flops", "ttft_ms", "tpot_ms", "status", "model", "degraded_tokens", "within_budget",
-"within_sla"} (`within_budget`: its FLOPs kept its flops_budget, null when it set none;
+"within_sla"} (`within_budget`: its FLOPs kept its flops_budget, null when it set none or did not run to its stop;
 `within_sla`: its TTFT and TPOT kept the server's SLAs, which a request admitted on time can
 miss on a contended machine); with "stream": true it answers as
 server-sent events instead, one `data: {"index", "token", "text", "layers", "experts"}` event per
