@@ -100,7 +100,7 @@ def replay(scenario: str, slowdown: float, seed: int, follow: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=None, help="where the rows go (one JSON object each)")
+    parser.add_argument("--json", type=Path, default=None, help="where the summary and every run go (one JSON object)")
     args = parser.parse_args(argv)
     rows = [
         replay(scenario, slowdown, seed, follow)
@@ -125,9 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     print_table(table, list(table[0]))
-    if args.json is not None:
-        args.json.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        print(f"wrote {len(rows)} rows to {args.json}")
+    if args.json is not None:  # the table's figures and the runs they come from
+        args.json.write_text(json.dumps({"summary": table, "runs": rows}, indent=1) + "\n")
+        print(f"wrote {len(table)} summary rows and {len(rows)} runs to {args.json}")
     return 0
 
 
