@@ -290,8 +290,11 @@ def test_answers_over_the_slas_are_counted():
     stats = LMStats(ttft_sla_ms=10.0, tpot_sla_ms=2.0)
     for ttft, tpot in [(5.0, 1.0), (10.0, 2.0), (29.6, None), (11.0, 3.5)]:  # at the SLA is on time
         stats.finished("ok", ttft, tpot, None)
+    for status in ("error", "cancelled"):  # cut short: their answers carry no within_sla, nor do the counters
+        stats.finished(status, 50.0, 9.0, None)
     text = stats.prometheus(0, 2, 0)
     assert "adaptive_lm_ttft_over_sla_total 2\n" in text and "adaptive_lm_tpot_over_sla_total 1\n" in text
+    assert "adaptive_lm_ttft_ms_count 6\n" in text  # their latencies are still observed
 
 
 def test_the_token_rate_counts_the_last_window_only():

@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 
+from adaptive.serving.lm_flight import FINISHED
+
 TTFT_BUCKETS_MS = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 TPOT_BUCKETS_MS = (0.5, 1, 2, 5, 10, 20, 50, 100, 200)
 LM_STATUSES = ("ok", "degraded", "fallback", "rejected", "deferred", "cancelled", "error")
@@ -91,14 +93,18 @@ class LMStats:
 
     def finished(self, status: str, ttft_ms: float | None, tpot_ms: float | None, within: bool | None) -> None:
         """A request answered: its TTFT, its mean time per token after the first (None with one
-        token), whether its FLOPs stayed within its budget (None: it gave none)."""
+        token), whether its FLOPs stayed within its budget (None: it gave none). The histograms
+        take every request that made a token; the SLA misses count only requests that ran to
+        their stop, the ones whose answers carry `within_sla`, so the counters and the answers
+        agree (a request cut short by an error or a cancellation is counted by its status)."""
         self.by_status[status] += 1
+        ran_to_stop = status in FINISHED
         if ttft_ms is not None:
             self.ttft.observe(ttft_ms)
-            self.ttft_over_sla += int(ttft_ms > self.ttft_sla_ms)
+            self.ttft_over_sla += int(ran_to_stop and ttft_ms > self.ttft_sla_ms)
         if tpot_ms is not None:
             self.tpot.observe(tpot_ms)
-            self.tpot_over_sla += int(tpot_ms > self.tpot_sla_ms)
+            self.tpot_over_sla += int(ran_to_stop and tpot_ms > self.tpot_sla_ms)
         if within is not None:
             self.with_budget += 1
             self.within_budget += int(within)
