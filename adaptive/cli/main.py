@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 from adaptive.cli import bench_command
@@ -280,8 +281,48 @@ def _calibrate_exits(args, overrides: list[str]) -> int:
     return calibrate_exits_command.run(args, overrides)
 
 
+def redeliver_swallowed_interrupts() -> None:
+    """Makes a Ctrl-C that Python would drop arrive again. A KeyboardInterrupt raised inside a
+    garbage-collector callback (JAX registers one, run at every collection while importing,
+    tracing and compiling) or a `__del__` cannot propagate: Python reports it as "Exception
+    ignored" and carries on, so a Ctrl-C could be lost and a run go on to its end. Each one so
+    reported is delivered again 10 ms later, to the SIGINT handler then in place (a training
+    loop's saves and stops): delivered from the hook itself, it would be raised inside the hook
+    and dropped too, and one that lands in a callback again is dropped, reported and redelivered."""
+    previous = sys.unraisablehook
+    if getattr(previous, "redelivers_interrupts", False):  # main() called again in one process
+        return
+
+    def again(signum, frame) -> None:
+        handler = signal.getsignal(signal.SIGINT)
+        if callable(handler):
+            handler(signal.SIGINT, frame)
+        elif handler == signal.SIG_DFL:  # a second Ctrl-C's handler after a first was recorded
+            signal.raise_signal(signal.SIGINT)
+
+    def hook(unraisable) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            signal.signal(signal.SIGALRM, again)
+            signal.setitimer(signal.ITIMER_REAL, 0.01)
+            return
+        previous(unraisable)
+
+    hook.redelivers_interrupts = True
+    sys.unraisablehook = hook
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    redeliver_swallowed_interrupts()
+    try:
+        return _run_command(sys.argv[1:] if argv is None else argv)
+    except KeyboardInterrupt:  # Ctrl-C where no handler saves (imports, before training, other commands)
+        print("adaptive: interrupted", file=sys.stderr)
+        return 128 + 2
+    finally:  # a redelivered Ctrl-C still pending when the command is done: it finished, so is not killed
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _run_command(argv: list[str]) -> int:
     rest, overrides = _split_overrides(argv)
     args = parse(build_parser(), rest)
     _quiet_libraries()
@@ -329,9 +370,6 @@ def main(argv: list[str] | None = None) -> int:
     except (Interrupted, SweepInterrupted) as e:
         print(f"adaptive: {e}", file=sys.stderr)
         return 128 + getattr(e, "signum", 15)  # the shell's code for the signal (143, 130), after a clean save
-    except KeyboardInterrupt:  # Ctrl-C where no handler saves (before training starts, other commands)
-        print("adaptive: interrupted", file=sys.stderr)
-        return 128 + 2
     except Exception as e:  # XLA out of memory (a capacity or batch too large): its line, not a traceback
         first = str(e).strip().split("\n", 1)[0]
         if "RESOURCE_EXHAUSTED" not in first:
