@@ -91,6 +91,7 @@ def _engine(meta: dict) -> Engine:
 def test_the_engine_prices_rates_and_memory_per_request():
     engine = _engine({"budget": {"serving_batch": 4}, "memory": {"batch": 4, "total_mb": 2.5}})
     assert engine.steps_for(2000.0, "requests_per_s") == 2  # 2 ms a batch of 4
+    assert engine.steps_for(1e-310, "requests_per_s") == engine.cap  # its ms per batch past float64: any time
     assert engine.within_budget(2, 2000.0, "requests_per_s") and not engine.within_budget(3, 2000.0, "requests_per_s")
     said = (
         r"budget 4000 requests_per_s is above what this model sustains at one step \(2666.67 requests_per_s at batch 4"

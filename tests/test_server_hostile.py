@@ -4,11 +4,14 @@ requests drawn from the server's own OpenAPI document get a one-line 4xx or an a
 500, each 4xx counted in /metrics."""
 
 import asyncio
+import gzip
 import json
+import logging
 import signal
 import socket
 import subprocess
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
@@ -188,6 +191,17 @@ def test_bad_serve_arguments_are_one_line_errors_before_anything_loads(capsys):
         assert err.startswith(f"adaptive: error: {message}") and err.count("\n") == 1, (args, err)
 
 
+def test_the_banner_writes_an_ipv6_host_as_a_url_does():
+    from adaptive.serving.launch import url_host
+
+    assert [url_host(h) for h in ("::1", "[::1]", "127.0.0.1", "localhost")] == [
+        "[::1]",
+        "[::1]",
+        "127.0.0.1",
+        "localhost",
+    ]
+
+
 def test_serve_prints_the_port_it_bound_answers_there_and_stops_on_sigterm(engine):
     process = subprocess.Popen(
         cli("serve", "--artifact", engine.name, "--port", "0", "--max-batch", "4", "--default-budget", "99"),
@@ -315,6 +329,42 @@ def test_an_unknown_path_or_method_is_a_one_line_json_4xx_and_counted(engine):
     assert long[0] == 404 and long[1] == f"nothing is served at '/{'a' * 76}...'; GET /openapi.json lists what is"
     assert wrong == (405, "DELETE is not allowed on '/predict'; use POST", "POST")
     assert "adaptive_bad_requests_total 2\n" in metrics and 'by_code_total{code="405"} 1' in metrics
+
+
+def test_a_body_its_content_encoding_does_not_decode_is_a_one_line_400_and_counted(engine, caplog):
+    """gzip that is not, zlib said to be gzip: aiohttp fails to decode while the handler reads, and
+    would answer 500 with a traceback; the connection, which its parser cannot go on with, closes."""
+    good = json.dumps({"x": GOOD}).encode()
+
+    async def main():
+        async with TestClient(TestServer(_server(engine).app())) as client:
+            answers = []
+            for encoding, body in [("gzip", b"not gzip"), ("gzip", zlib.compress(good)), ("deflate", b"\x1f\x8b no")]:
+                headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
+                response = await client.post("/predict", data=body, headers=headers)
+                answers.append((response.status, await response.json(), response.headers.get("Connection")))
+            zipped = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+            ok = await client.post("/predict", data=gzip.compress(good), headers=zipped)  # a fresh connection
+            return answers, ok.status, await (await client.get("/metrics")).text()
+
+    with caplog.at_level(logging.WARNING):
+        answers, ok, metrics = asyncio.run(main())
+    for (status, answer, connection), encoding in zip(answers, ["gzip", "gzip", "deflate"], strict=True):
+        assert status == 400 and connection == "close"
+        assert answer == {"error": f"the request body is malformed: Can not decode content-encoding: {encoding}"}
+    assert ok == 200 and 'adaptive_bad_requests_by_code_total{code="400"} 3\n' in metrics
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]  # no traceback logged
+
+
+def test_a_query_string_is_refused_not_served_at_the_default_budget(engine):
+    async def main():
+        async with TestClient(TestServer(_server(engine).app())) as client:
+            response = await client.post("/predict?budget=1&unit=steps", json={"x": GOOD})
+            return response.status, await response.json()
+
+    status, answer = asyncio.run(main())
+    assert status == 400
+    assert answer["error"] == "/predict reads no query parameters (got 'budget, unit'); put them in the JSON body"
 
 
 def test_the_openapi_document_describes_the_served_model(engine):

@@ -190,12 +190,13 @@ def routing_errors(count):
 
 async def refuse(request: web.Request, e, count) -> web.StreamResponse:
     """A 4xx with one line of JSON, counted by `count(status)`. A 408 also closes the connection
-    at once: its body is still owed, and waiting for it is what a slow client wants."""
+    at once (its body is still owed, and waiting for it is what a slow client wants), as does a
+    body that cannot be decoded (aiohttp would read on after the answer and log a traceback)."""
     count(e.status)
     response = web.json_response({"error": str(e)}, status=e.status)
-    if e.status != 408:
+    if not getattr(e, "close", False):
         return response
-    log.warning("%s: %s; answered 408 and closed", request.remote, e)
+    log.warning("%s: %s; answered %d and closed", request.remote, e, e.status)
     response.force_close()
     try:
         await response.prepare(request)

@@ -20,6 +20,7 @@ each group was done: a request that may ponder 20 steps no longer holds one that
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,7 +176,9 @@ class Engine:
             batch, rate = self.serving_batch, value
             if not (np.isfinite(value) and value > 0):
                 raise BudgetError(f"budget {value:g} requests_per_s must be a positive rate")
-            value, column, unit = batch * 1000.0 / value, "latency_ms", f"ms per batch of {batch}"
+            # a rate too small for float64's ms (1e-310 requests_per_s) is any time at all: every step
+            value = min(batch * 1000.0 / value, sys.float_info.max)
+            column, unit = "latency_ms", f"ms per batch of {batch}"
         if column not in self.table:
             raise BudgetError(f"budget unit {unit!r} needs a cost model; this model has {', '.join(self.table)}")
         if not np.isfinite(value):

@@ -33,12 +33,13 @@ MAX_ERROR_CHARS = 300
 
 
 class BadRequest(Exception):
-    """A request the server refuses: `status` and a one-line message."""
+    """A request the server refuses: `status` and a one-line message; `close`: the connection is
+    closed after the answer (what is left of its body cannot be read, or is not worth waiting for)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, close: bool = False):
         line = (message.splitlines() or [""])[0]
         super().__init__(line[:MAX_ERROR_CHARS])
-        self.status = status
+        self.status, self.close = status, close or status == 408
 
 
 @dataclass
@@ -86,6 +87,16 @@ def priority_of(body: dict) -> int:
     return priority
 
 
+def check_no_query(request: web.Request) -> None:
+    """A 400 for a query string: the request's fields are read from its JSON body only, and a
+    budget put in the URL must not be served at the default budget without a word."""
+    if request.query_string:
+        names = ", ".join(dict.fromkeys(request.query)) or request.query_string
+        raise BadRequest(
+            400, f"{request.path} reads no query parameters (got {_short(names)}); put them in the JSON body"
+        )
+
+
 def check_content_type(header: str | None) -> None:
     """No Content-Type is read as JSON; any other than application/json, or a charset other than
     UTF-8, is a 415."""
@@ -117,6 +128,11 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
         raise BadRequest(408, f"the request body did not arrive within {timeout_s:g} s") from None
     except HttpProcessingError as e:  # a malformed chunked body, a short Content-Length
         raise BadRequest(400, f"the request body is malformed: {e.message}") from None
+    except web.RequestPayloadError as e:  # bytes its Content-Encoding does not decode (gzip that is not)
+        cause = e.__cause__ or e
+        why = getattr(cause, "message", None) or str(cause) or type(cause).__name__
+        # the parser cannot go on with this connection: closed after the answer, never read again
+        raise BadRequest(400, f"the request body is malformed: {why}", close=True) from None
 
 
 def parse_json(raw: bytes):

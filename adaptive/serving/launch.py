@@ -127,7 +127,7 @@ def serve(
         server,
         host,
         port,
-        f"serving {artifact} on http://{host}:{{port}} (SLA {sla_ms:g} ms, {mode}, fallbacks: "
+        f"serving {artifact} on http://{url_host(host)}:{{port}} (SLA {sla_ms:g} ms, {mode}, fallbacks: "
         f"{', '.join(rungs) or 'none'}); executables warm",
     )
 
@@ -199,10 +199,15 @@ def serve_lm(
     slots = engines[0].slots
     also = f", fallback {engines[1].name}" if engines[1] is not None else ""
     banner = (
-        f"serving {engines[0].name} on http://{host}:{{port}} ({slots} slots, TTFT {ttft_ms:g} ms, "
+        f"serving {engines[0].name} on http://{url_host(host)}:{{port}} ({slots} slots, TTFT {ttft_ms:g} ms, "
         f"TPOT {tpot_ms:g} ms, {policy}, {len(controller.rungs)} rungs{also})"
     )
     _run(server, host, port, banner + "; executables warm")
+
+
+def url_host(host: str) -> str:
+    """`host` as a URL writes it: an IPv6 address in brackets (http://[::1]:8000)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def uncertified_point(meta: dict, point: tuple[str, float] | None) -> str | None:

@@ -40,7 +40,7 @@ from aiohttp import web
 
 from adaptive.serving import lm_openapi
 from adaptive.serving.connections import ConnectionLimit, deferred, listen, refuse, routing_errors
-from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, read_body
+from adaptive.serving.http_input import BadRequest, check_content_type, check_no_query, parse_json, read_body
 from adaptive.serving.lm_controller import LMController
 from adaptive.serving.lm_engine import LMEngine, Token
 from adaptive.serving.lm_flight import InFlight
@@ -109,6 +109,7 @@ class LMServer:
     async def generate(self, request: web.Request) -> web.StreamResponse:
         arrival = time.perf_counter()
         try:
+            check_no_query(request)
             check_content_type(request.headers.get("Content-Type"))
             raw = await read_body(request, MAX_BODY, self.read_timeout_s)
             parsed = parse_generate(

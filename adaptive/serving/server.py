@@ -50,7 +50,14 @@ from adaptive.serving.connections import ConnectionLimit, deferred, listen, refu
 from adaptive.serving.controller import Controller
 from adaptive.serving.decisions import REJECTED, Decision
 from adaptive.serving.engine import Engine, fallback_engines
-from adaptive.serving.http_input import BadRequest, check_content_type, parse_json, parse_predict, read_body
+from adaptive.serving.http_input import (
+    BadRequest,
+    check_content_type,
+    check_no_query,
+    parse_json,
+    parse_predict,
+    read_body,
+)
 from adaptive.serving.openapi import document
 from adaptive.serving.pending import Pending, asked, to_request, too_quick
 from adaptive.serving.server_stats import ArrivalRate, RequestCost, Stats
@@ -184,6 +191,7 @@ class Server:
         arrival = time.perf_counter()
         self._received += 1
         try:
+            check_no_query(request)
             check_content_type(request.headers.get("Content-Type"))
             raw = await read_body(request, MAX_BODY, self.read_timeout_s)
             parsed = parse_predict(parse_json(raw), self.engines["primary"], self.default_steps)
