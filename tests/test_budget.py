@@ -236,9 +236,10 @@ def test_bad_request_budgets_are_one_line_errors(overrides, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_training_and_evaluation_under_request_budgets_respect_each_cap(tmp_path):
+def test_training_and_evaluation_under_request_budgets_respect_each_cap(tmp_path, capsys):
     """Trained with caps of 2 or 4 steps drawn per example (3:1), the model never runs past a
     request's cap in training or evaluation, and `adaptive eval` scores it under the same draws."""
+    from adaptive.cli.eval_reports import print_compute_report
     from adaptive.evaluation.budgeted_eval import evaluate_run
 
     cfg = config_lib.load(
@@ -256,6 +257,11 @@ def test_training_and_evaluation_under_request_budgets_respect_each_cap(tmp_path
     assert metrics["eval/steps_mean"] == final["eval/steps_mean"]  # the same draws
     at_cap, _ = evaluate_run(tmp_path, budget=6)
     assert at_cap["eval/steps_mean"] > final["eval/steps_mean"]
+    print_compute_report(str(tmp_path), metrics, [])  # its figures are at every cap: said so, not run together
+    said = capsys.readouterr().out
+    assert said.startswith(
+        "the report below runs every step budget up to the full cap, not the run's request caps (2, 4"
+    )
 
 
 def test_training_refuses_a_target_the_penalty_cannot_steer():

@@ -15,6 +15,7 @@ from adaptive.workdir.config_file import RunError
     [
         (["calibrate", "--workdir", "W", "--batches", "1,abc"], "--batches: must be comma-separated whole numbers"),
         (["calibrate", "--workdir", "W", "--batches", ","], "--batches: must be comma-separated whole numbers"),
+        (["calibrate", "--workdir", "W", "--batches", "1,,2"], "--batches: '1,,2' has an empty entry (a stray comma?)"),
         (["calibrate", "--workdir", "W", "--batches", "8,0"], "--batches: must be comma-separated whole numbers"),
         (
             ["calibrate", "--workdir", "W", "--batches", "1,100000"],

@@ -381,6 +381,26 @@ def test_a_resume_with_more_steps_says_the_cosine_schedule_is_stretched(tmp_path
     assert "train.steps changed from 70 to 80: the cosine learning-rate schedule spans the new length" in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("steps", "said"), [((20, 40), True), ((150, 200), False)], ids=["warm-up cut", "warm-up whole"]
+)
+def test_a_constant_schedule_changes_with_the_length_only_where_its_warm_up_was_cut(tmp_path, caplog, steps, said):
+    """Warm-up is min(warmup_steps, train.steps): a run shorter than it warms up over its length."""
+    from adaptive.training.run_folder import write_or_check_config
+
+    constant = config_lib.load(f"{ROOT}/configs/parity.py", ["--config.optim.schedule=constant"])
+    assert constant.optim.warmup_steps == 100
+    for n in steps:
+        if n == steps[1]:
+            (tmp_path / "checkpoints" / str(steps[0])).mkdir(parents=True)
+        with caplog.at_level(logging.WARNING, logger="adaptive.training.run_folder"):
+            write_or_check_config(
+                dataclasses.replace(constant, train=dataclasses.replace(constant.train, steps=n)), tmp_path
+            )
+    warned = f"train.steps changed from {steps[0]} to {steps[1]}: the constant learning-rate warm-up spans"
+    assert (warned in caplog.text) is said
+
+
 def test_a_config_saved_with_relative_paths_is_the_same_run_from_its_folder():
     """Paths are made absolute as a run starts; a config.json saved before that, with relative
     ones, still resumes from the folder it ran in."""

@@ -245,6 +245,13 @@ def test_a_saved_config_with_a_key_this_version_lacks_is_named_as_the_files(tmp_
         load_config(tmp_path)
 
 
+def test_a_saved_config_without_a_data_dir_reads_the_default_data_folder_not_the_current_one(tmp_path):
+    saved = config_lib.to_dict(config_lib.load("configs/parity.py:tiny"))
+    del saved["data"]["data_dir"]  # saved before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert load_config(tmp_path).data.data_dir == config_lib.data_dir(config_lib.DataConfig()) != ""
+
+
 def test_an_exit_calibration_with_a_threshold_no_token_could_pass_is_refused(tmp_path):
     from adaptive.workdir import exit_calibration
 

@@ -45,10 +45,13 @@ def nonnegative_int(text: str) -> int:
 def positive_ints(text: str) -> list[int]:
     """A comma-separated list of whole numbers >= 1, at least one, each once (batch sizes, depths:
     one given twice would be timed twice and listed as two rows)."""
-    parts = [p.strip() for p in text.split(",") if p.strip()]
+    entries = [p.strip() for p in text.split(",")]
+    parts = [p for p in entries if p]
     message = f"must be comma-separated whole numbers >= 1; got {text!r}"
     if not parts:
         raise argparse.ArgumentTypeError(message)
+    if len(parts) < len(entries):  # refused, not dropped: a stray comma may stand where a value was meant
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty entry (a stray comma?); {message.split(';')[0]}")
     try:
         values = [int(p) for p in parts]
     except ValueError:

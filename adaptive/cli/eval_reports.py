@@ -39,6 +39,12 @@ def print_compute_report(workdir: str, metrics: dict, baselines: list[str], poin
 
     report, paths = compute_report(load_run(workdir, metrics["step"]), metrics["split"], baselines, points)
     unit = report["unit"]
+    if metrics["budget"] == "requests":  # the headline scored each example at its drawn cap; this, at every cap
+        caps = ", ".join(metrics["request_step_caps"])
+        print(
+            f"the report below runs every step budget up to the full cap, not the run's request caps ({caps} steps) "
+            "the line above scored"
+        )
     front = [
         {"step_budget": r["step_budget"], "expert_budget": r["expert_budget"] or "all", "accuracy": r["accuracy"],
          "steps": r["steps"], unit: r["compute"]}

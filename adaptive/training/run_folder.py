@@ -66,12 +66,16 @@ def write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
             f"give train.steps >= {reached} to go on, or a new --workdir"
         )
     before = _get(saved, "train.steps") if saved is not None else None
-    if before not in (None, cfg.train.steps) and cfg.optim.schedule != "constant" and reached > 0:
-        log.warning(
-            "train.steps changed from %s to %s: the %s learning-rate schedule spans the new length from the "
-            "resumed step on, so this run matches neither a %s- nor a %s-step run",
-            before, cfg.train.steps, cfg.optim.schedule, before, cfg.train.steps,
-        )  # fmt: skip
+    if before not in (None, cfg.train.steps) and reached > 0:
+        # a constant schedule changes too where its warm-up was cut to the run's length
+        warmup = cfg.optim.warmup_steps
+        stretched = "schedule" if cfg.optim.schedule != "constant" else "warm-up"
+        if stretched == "schedule" or min(warmup, before) != min(warmup, cfg.train.steps):
+            log.warning(
+                "train.steps changed from %s to %s: the %s learning-rate %s spans the new length from the "
+                "resumed step on, so this run matches neither a %s- nor a %s-step run",
+                before, cfg.train.steps, cfg.optim.schedule, stretched, before, cfg.train.steps,
+            )  # fmt: skip
     runinfo.write_atomic(path, json.dumps(as_saved(cfg), indent=2) + "\n")
 
 

@@ -38,7 +38,9 @@ def load_config(workdir: str | Path) -> config_lib.Config:
     except ValueError as e:
         raise damaged_config(path, json_problem(e)) from e
     try:
-        cfg = config_lib.from_dict(saved)
+        # as a run starts: a file without data.data_dir (saved before the field) reads the default
+        # data folder, not the current one (where an eval would prepare the dataset again)
+        cfg = config_lib.absolute_paths(config_lib.from_dict(saved))
     except config_lib.ConfigError as e:  # named as the file's, not the command line's
         raise RunError(f"{path}: {e}") from None
     return with_run_cost_model(cfg, workdir)
