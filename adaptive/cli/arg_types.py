@@ -47,11 +47,12 @@ def positive_ints(text: str) -> list[int]:
     one given twice would be timed twice and listed as two rows)."""
     entries = [p.strip() for p in text.split(",")]
     parts = [p for p in entries if p]
-    message = f"must be comma-separated whole numbers >= 1; got {text!r}"
+    wanted = "must be comma-separated whole numbers >= 1"
+    message = f"{wanted}; got {text!r}"
     if not parts:
         raise argparse.ArgumentTypeError(message)
     if len(parts) < len(entries):  # refused, not dropped: a stray comma may stand where a value was meant
-        raise argparse.ArgumentTypeError(f"{text!r} has an empty entry (a stray comma?); {message.split(';')[0]}")
+        raise argparse.ArgumentTypeError(f"{text!r} has an empty entry (a stray comma?); {wanted}")
     try:
         values = [int(p) for p in parts]
     except ValueError:
