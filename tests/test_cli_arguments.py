@@ -53,7 +53,7 @@ def test_bad_flag_values_are_one_usage_error(argv, message, capsys):
 
 
 def test_good_flag_values_parse_to_what_the_commands_use(tmp_path):
-    args = build_parser().parse_args(["calibrate", "--workdir", "W", "--batches", "1, 8,32,", "--power-watts", "0"])
+    args = build_parser().parse_args(["calibrate", "--workdir", "W", "--batches", "1, 8,32", "--power-watts", "0"])
     assert args.batches == [1, 8, 32] and args.power_watts == 0.0 and args.repeats == 30
     args = build_parser().parse_args(["report", "W", "--plot", str(tmp_path / "a.PNG"), "--markdown", "t.md"])
     assert args.plot == str(tmp_path / "a.PNG") and args.markdown == "t.md"

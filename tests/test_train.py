@@ -198,7 +198,8 @@ def test_resuming_may_change_what_evals_score_and_each_eval_names_its_split_and_
     overrides.append("--config.data.eval_examples=7")
     with caplog.at_level(logging.WARNING, logger="adaptive.training"):
         train_and_evaluate(config_lib.load(f"{ROOT}/configs/parity.py:tiny", overrides), workdir)
-    assert "train.steps changed" not in caplog.text  # a constant learning rate: nothing to stretch
+    # a constant schedule whose warm-up, min(100, train.steps), was cut at 60 and now spans 70
+    assert "train.steps changed from 60 to 70: the constant learning-rate warm-up spans" in caplog.text
     evals = [(r["step"], r["eval/split"], r["eval/examples"]) for r in metric_rows(workdir) if r["split"] == "eval"]
     assert [e[:2] for e in evals] == [(20, "validation"), (40, "validation"), (60, "validation"), (70, "test")]
     assert evals[-1][2] == 7 < evals[0][2]
