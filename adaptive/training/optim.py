@@ -5,9 +5,14 @@ from __future__ import annotations
 import optax
 
 
+def warmup_length(cfg, total_steps: int) -> int:
+    """The warm-up steps of a run of `total_steps`: `warmup_steps`, cut to the run's length."""
+    return min(cfg.warmup_steps, total_steps)
+
+
 def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
     """Linear warm-up from 0 to `learning_rate`, then cosine decay or constant."""
-    warmup = min(cfg.warmup_steps, total_steps)
+    warmup = warmup_length(cfg, total_steps)
     if cfg.schedule == "constant":
         after = optax.constant_schedule(cfg.learning_rate)
     else:

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from adaptive import config as config_lib
+from adaptive.training.optim import warmup_length
 from adaptive.workdir import runinfo
 from adaptive.workdir.config_file import RUN_COST_MODEL, damaged_config, newest_checkpoint_config, saved_steps
 
@@ -68,9 +69,8 @@ def write_or_check_config(cfg: config_lib.Config, workdir: Path) -> None:
     before = _get(saved, "train.steps") if saved is not None else None
     if before not in (None, cfg.train.steps) and reached > 0:
         # a constant schedule changes too where its warm-up was cut to the run's length
-        warmup = cfg.optim.warmup_steps
         stretched = "schedule" if cfg.optim.schedule != "constant" else "warm-up"
-        if stretched == "schedule" or min(warmup, before) != min(warmup, cfg.train.steps):
+        if stretched == "schedule" or warmup_length(cfg.optim, before) != warmup_length(cfg.optim, cfg.train.steps):
             log.warning(
                 "train.steps changed from %s to %s: the %s learning-rate %s spans the new length from the "
                 "resumed step on, so this run matches neither a %s- nor a %s-step run",
