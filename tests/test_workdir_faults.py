@@ -301,6 +301,16 @@ def test_a_folder_of_runs_is_not_trained_into(tmp_path):
     assert not (tmp_path / "config.json").exists()
 
 
+@pytest.mark.parametrize("inside", ["eval", "checkpoints/more"])
+def test_a_run_inside_another_run_is_refused_before_it_writes(inside, tmp_path):
+    """A run's subfolders are its files: a run started there would be deleted with it."""
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(config_lib.ConfigError, match=f"{tmp_path / inside} is inside the run {tmp_path}; give a"):
+        train_and_evaluate(_config(10), tmp_path / inside)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["checkpoints", "config.json"]
+
+
 def test_a_second_trainer_of_one_folder_is_refused_while_the_first_holds_it(tmp_path, capsys):
     """Two trainers of one folder (two sweeps of it, or a train started by hand beside a sweep)
     would interleave checkpoints and metrics: the second is refused with BUSY_EXIT, which the

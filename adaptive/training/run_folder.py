@@ -43,6 +43,14 @@ def refuse_a_folder_of_another_command(workdir: Path) -> None:
         raise config_lib.ConfigError(f"{workdir} holds runs ({runs[0]}, ...), not a run; give another --workdir")
 
 
+def refuse_a_folder_inside_a_run(workdir: Path) -> None:
+    """A run's own folders (checkpoints, plots, ...) are its files: a run started inside one would
+    mix with them, and deleting either run would take the other's files along."""
+    for parent in workdir.parents:
+        if (parent / "config.json").is_file() and (parent / "checkpoints").is_dir():
+            raise config_lib.ConfigError(f"{workdir} is inside the run {parent}; give a --workdir outside it")
+
+
 def as_saved(cfg: config_lib.Config) -> dict:
     """`cfg` as config.json (and each checkpoint) holds it."""
     return json.loads(json.dumps(config_lib.to_dict(cfg)))

@@ -67,6 +67,8 @@ def train_and_evaluate(cfg: config_lib.Config, workdir: str | Path) -> dict[str,
     """Trains `cfg` in `workdir` (resuming if it holds a checkpoint); returns final eval metrics."""
     parallel.initialize(cfg.mesh)
     workdir, writer = Path(workdir).resolve(), parallel.is_writer()
+    if writer:
+        run_folder.refuse_a_folder_inside_a_run(workdir)
     with contextlib.ExitStack() as held:
         locked = writer and workdir.is_dir()
         if locked:  # a folder in use is said before the setup below (data, model, budget), not after it
