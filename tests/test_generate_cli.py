@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from adaptive.evaluation.exit_risk import GRID
 from tests.helpers import ROOT, cli, train_tiny
 
 
@@ -104,6 +105,7 @@ def test_calibrate_exits_writes_a_certified_threshold_that_generate_uses(run_dir
     # fixed-sequence testing: the certified thresholds are a prefix, and the lowest one is chosen
     assert tested[: len(certified)] == certified
     assert record["threshold"] == (certified[-1]["threshold"] if certified else 2.0)
+    assert {row["threshold"] for row in tested} <= set(GRID)  # the grid's values, not float32's 0.9499999880
     generated = _generate(run_dir, "--prompt", "x", "--max-new-tokens", "2")
     said = "no exit threshold certified" if record["threshold"] == 2.0 else f"exit threshold {record['threshold']:g}, "
     assert generated.returncode == 0 and said in generated.stdout and "(adaptive calibrate-exits)" in generated.stdout
@@ -193,21 +195,45 @@ def test_a_threshold_for_a_model_without_exits_is_refused_before_it_loads(tmp_pa
     assert "--threshold applies to a model with exits;" in capsys.readouterr().err
 
 
-def test_eval_reports_the_certified_threshold_beside_its_grid(run_dir, tmp_path):
+@pytest.mark.parametrize(
+    "stored, shown", [(0.37, 0.37), (0.949999988079071, 0.95)], ids=["off the grid", "the grid's 0.95 as float32"]
+)
+def test_eval_reports_the_certified_threshold_beside_its_grid(stored, shown, run_dir, tmp_path):
     """The threshold generate and an artifact use by default is a point of the LM report, named
-    as certified, though the grid of thresholds does not hold it."""
+    as certified, though the grid of thresholds does not hold it; one a calibration stored as
+    float32 is the grid's own point, not a second row beside it."""
     from adaptive.evaluation.lm_report import lm_report
     from adaptive.inference.restore import load_run
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     step = load_run(run, language_model=True).step
-    record = {"threshold": 0.37, "step": step, "delta": 0.5, "epsilon": 0.2}
+    record = {"threshold": stored, "step": step, "delta": 0.5, "epsilon": 0.2}
     (run / "exit_calibration.json").write_text(json.dumps(record))
     report, _ = lm_report(load_run(run, language_model=True), "validation", tmp_path / "eval", limit=2)
     certified = [p for p in report["points"] if p["certified"]]
-    assert [p["label"] for p in certified] == ["exit at 0.37 (certified)"]
-    assert sum(p["threshold"] == 0.37 for p in report["points"]) == 1
+    assert [p["label"] for p in certified] == [f"exit at {shown:g} (certified)"]
+    assert sum(p["threshold"] is not None and abs(p["threshold"] - shown) < 1e-6 for p in report["points"]) == 1
+
+
+def test_a_damaged_or_unwritable_calibration_is_one_line_before_the_long_work(run_dir, tmp_path, capsys):
+    from adaptive.cli.main import main
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "exit_calibration.json").write_text('{"threshold": "0.3", "step": 2, "delta": 0.1, "epsilon": 0.1}')
+    for command in (["eval"], ["export", "--out", str(tmp_path / "art")]):  # read where they use the threshold
+        assert main([*command, "--workdir", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("adaptive: error: ") and len(err.splitlines()) == 1, err
+        assert "exit_calibration.json is not a readable exit calibration (threshold is '0.3', not a number)" in err
+    assert not (tmp_path / "art").exists()
+    (run / "exit_calibration.json").unlink()
+    (run / "exit_calibration.json").mkdir()  # where the calibration goes: refused before any window is scored
+    assert main(["calibrate-exits", "--workdir", str(run), "--delta", "0.5", "--windows", "8"]) == 1
+    out = capsys.readouterr()
+    assert out.err == f"adaptive: error: cannot write {run / 'exit_calibration.json'}: Is a directory\n"
+    assert out.out == ""  # no table of thresholds that could not be saved
 
 
 def test_the_help_states_the_new_token_ceiling_the_command_enforces():

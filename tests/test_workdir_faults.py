@@ -261,8 +261,14 @@ def test_an_exit_calibration_with_a_threshold_no_token_could_pass_is_refused(tmp
         with pytest.raises(ValueError, match="is not a readable exit calibration .*not a number >= 0"):
             exit_calibration.read(tmp_path)
     exit_calibration.write(tmp_path, {"threshold": 0.5, "step": 10})  # the guarantee it carries is missing
-    with pytest.raises(ValueError, match=r"is not a readable exit calibration \('delta'\)"):
+    with pytest.raises(RunError, match=r"is not a readable exit calibration \(no 'delta'\)"):
         exit_calibration.read(tmp_path)
+    typed = tmp_path / "typed"
+    typed.mkdir()
+    for key, bad in (("threshold", "0.5"), ("step", 10.0), ("epsilon", True)):  # describe() formats them as numbers
+        exit_calibration.write(typed, {"threshold": 0.5, **guarantee, key: bad})
+        with pytest.raises(RunError, match=f"is not a readable exit calibration \\({key} is {bad!r}, not a"):
+            exit_calibration.read(typed)
     exit_calibration.write(tmp_path, {"threshold": 0.5, **guarantee})
     assert exit_calibration.read(tmp_path)["threshold"] == 0.5 and not list(tmp_path.glob("*.tmp"))
     # a new calibration (another delta certifying nothing) keeps the one it replaces beside it

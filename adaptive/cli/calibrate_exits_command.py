@@ -29,6 +29,9 @@ def run(args, overrides: list[str]) -> int:
         raise RunError(
             f"{args.workdir} holds a classifier (model.kind={cfg.model.kind!r}); exits are a language model's"
         )
+    if not cfg.lm.exits:
+        raise RunError(f"{args.workdir} has no exits (lm.exits=false): there is no threshold to calibrate")
+    exit_calibration.check_writable(args.workdir)  # before the scoring, which takes a while
     trained = load_run(args.workdir, args.step, language_model=True)
     try:
         scores = exit_risk.agreement(trained, "validation", exit_risk.GRID, limit=args.windows)

@@ -70,11 +70,12 @@ def agreement(run: Run, split: str, thresholds, *, limit: int | None = None) -> 
         out = nnx.merge(graphdef, params)(x, train=False, exit_threshold=threshold)
         return (out.logits_BxLxV.argmax(-1) == full_BxL).mean(-1), out.layers_BxL.mean(-1)
 
-    thresholds = np.asarray(thresholds, np.float32)
+    # kept as given (float64): a certified threshold is then the grid's 0.95, not float32's 0.9499999880
+    thresholds = np.asarray(thresholds, np.float64)
     agree, blocks = [], []
     for batch, real in split_batches(run.cfg, split, run.cfg.train.eval_batch_size, limit, spread=True):
         reference = full(run.params, batch["x"])
-        per = [jax.device_get(exiting(run.params, batch["x"], reference, t)) for t in thresholds]
+        per = [jax.device_get(exiting(run.params, batch["x"], reference, np.float32(t))) for t in thresholds]
         agree.append(np.stack([a for a, _ in per], -1)[real])
         blocks.append(np.stack([b for _, b in per], -1)[real])
     if not agree:
@@ -93,7 +94,7 @@ def sequence_agreement(
     if not run.cfg.lm.exits:
         raise ValueError(f"{run.workdir} has no exits (lm.exits=false): there is no threshold to calibrate")
     decoder = decoder_for_run(run, prompt_capacity=prompt, new_capacity=new_tokens)
-    thresholds = np.asarray(thresholds, np.float32)
+    thresholds = np.asarray(thresholds, np.float64)
     agree, blocks = [], []
     for windows, real in split_batches(run.cfg, split, batch, limit, spread=True):
         prompts = [np.asarray(x[:prompt], np.int32) for x in windows["x"][real]]
@@ -173,7 +174,7 @@ def guarantee_draws(
             held.append(True)
             blocks.append(full_blocks)
             continue
-        k = int(np.flatnonzero(test.thresholds_K == np.float32(chosen))[0])
+        k = int(np.flatnonzero(test.thresholds_K == chosen)[0])
         held.append(1.0 - test.agree_WxK[:, k].mean() <= delta)
         blocks.append(float(test.blocks_WxK[:, k].mean()))
     return {

@@ -97,7 +97,11 @@ def _certified_threshold(run: Run) -> float | None:
         return None
     record, _ = exit_calibration.for_step(run.workdir, run.step)
     threshold = None if record is None else float(record["threshold"])
-    return threshold if threshold is not None and threshold < 1.0 else None
+    if threshold is None or threshold >= 1.0:
+        return None
+    # a calibration that stored float32's 0.9499999881 names the grid's 0.95: one row, marked certified
+    same = [t for t in THRESHOLDS_OF[run.cfg.lm.confidence] if np.float32(t) == np.float32(threshold)]
+    return same[0] if same else threshold
 
 
 def _forward(run: Run, exiting: bool, confidence: str | None = None):

@@ -83,6 +83,8 @@ def export_lm_run(
     run = load_run(workdir, step, language_model=True)
     out, staging = staged_paths(out)
     check_targets(out, staging, run.workdir, force)
+    # read before the tracing, which takes a while: a damaged calibration is refused at once
+    calibrated = exit_calibration.for_step(run.workdir, run.step)[0] if run.cfg.lm.exits else None
     try:
         decoder = decoder_for_run(run, prompt_capacity=prompt_capacity, new_capacity=new_capacity)
     except ValueError as e:
@@ -93,7 +95,7 @@ def export_lm_run(
     decoder.compact = False  # row buckets need a concrete batch; the artifact's is symbolic
     blob = serialize(decoder)
     slot_blobs, slot_entry = slot_export.serialize(live_slots)
-    meta = _meta(run, decoder, blob)
+    meta = _meta(run, decoder, blob, calibrated)
     point_blobs, point_slots = {}, {}
     if points is not None:
         meta["operating_points"], point_blobs, point_slots = points(run, meta["exit_threshold"]["default"], slots)
@@ -133,8 +135,7 @@ def serialize(decoder: Decoder) -> bytes:
     return bytes(jax.export.export(generation_function(decoder))(*input_specs(decoder)).serialize())
 
 
-def _meta(run, decoder: Decoder, blob: bytes) -> dict:
-    calibrated = exit_calibration.for_step(run.workdir, run.step)[0] if run.cfg.lm.exits else None
+def _meta(run, decoder: Decoder, blob: bytes, calibrated: dict | None) -> dict:
     configured = run.cfg.lm.exit_threshold if run.cfg.lm.exits else None
     default = calibrated["threshold"] if calibrated else (configured if configured is not None else 2.0)
     return {

@@ -7,11 +7,14 @@ export), so it lives with the run's other files: the threshold, the guarantee it
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 from pathlib import Path
 
-from adaptive.workdir.runinfo import file_errors, write_atomic
+from adaptive.workdir.config_file import RunError
+from adaptive.workdir.runinfo import WorkdirError, check_writable_folder, file_errors, write_atomic
 
 FILE = "exit_calibration.json"
 NO_EXITS = 2.0  # the threshold of "none certified": above every confidence, no token exits
@@ -33,8 +36,17 @@ def write(workdir: str | Path, record: dict) -> tuple[Path, Path | None]:
     return path, kept
 
 
+def check_writable(workdir: str | Path) -> None:
+    """A WorkdirError (one line) where the calibration could not be written: asked before the
+    scoring, whose results would otherwise be printed and lost."""
+    path = Path(workdir) / FILE
+    check_writable_folder(path.parent)
+    if path.exists() and not path.is_file():
+        raise WorkdirError(f"cannot write {path}: {os.strerror(errno.EISDIR if path.is_dir() else errno.EEXIST)}")
+
+
 def read(workdir: str | Path) -> dict | None:
-    """The run's calibration, or None when it has none; a corrupted file is a one-line error."""
+    """The run's calibration, or None when it has none; a corrupted file is a RunError (one line)."""
     path = Path(workdir) / FILE
     if not path.exists():
         return None
@@ -42,13 +54,15 @@ def read(workdir: str | Path) -> dict | None:
         text = path.read_text()
     try:
         record = json.loads(text)
-        threshold = float(record["threshold"])
-        int(record["step"])
-        float(record["delta"]), float(record["epsilon"])  # the guarantee it carries, which readers print
-        if not (math.isfinite(threshold) and threshold >= 0):  # NaN: no token would ever exit
-            raise ValueError(f"threshold {threshold} is not a number >= 0")
+        for key in ("threshold", "step", "delta", "epsilon"):  # what readers use and print
+            value = record[key]
+            if isinstance(value, bool) or not isinstance(value, int if key == "step" else (int, float)):
+                raise ValueError(f"{key} is {value!r}, not a{'n integer' if key == 'step' else ' number'}")
+        if not (math.isfinite(record["threshold"]) and record["threshold"] >= 0):  # NaN: no token would exit
+            raise ValueError(f"threshold {record['threshold']} is not a number >= 0")
     except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is not a readable exit calibration ({e}); rerun adaptive calibrate-exits") from None
+        why = f"no {e}" if isinstance(e, KeyError) else str(e)
+        raise RunError(f"{path} is not a readable exit calibration ({why}); rerun adaptive calibrate-exits") from None
     return record
 
 
