@@ -23,6 +23,7 @@ import numpy as np
 
 from adaptive.evaluation import exit_risk
 from adaptive.inference.restore import load_run
+from adaptive.workdir.runinfo import write_atomic
 
 EPSILON = 0.1
 DELTAS = {"token": (0.02, 0.05, 0.1), "sequence": (0.1, 0.2, 0.3)}
@@ -69,9 +70,10 @@ def score(
                 }
             )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
     arrays = {f"{lv}_{s}_{k}": getattr(a, k) for lv, d in scores.items() for s, a in d.items() for k in a._fields}
     np.savez_compressed(out.with_name(f"{out.stem}-scores.npz"), **arrays)
+    # last and whole: `adaptive reproduce` takes an existing OUT as this command finished
+    write_atomic(out, json.dumps(rows, indent=2) + "\n")
     return rows
 
 

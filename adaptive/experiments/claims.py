@@ -36,6 +36,7 @@ A full (non-tiny) claim that selects fewer than MIN_SEEDS seeds is refused befor
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 import shlex
@@ -206,6 +207,10 @@ def judge(claim: Claim, rows: list[dict], minimum: int = 1) -> dict:
         if len(values) < minimum:
             why = f"{len(values)} finished seed(s) for {filters!r} with {metric}; {minimum} needed"
             return {**out, "holds": False, "why": why}
+    values = [*left.values(), *(right or {}).values()]
+    if not all(math.isfinite(v) for v in values):  # a diverged run's NaN: the claim fails, the table is still written
+        bad = sorted(seed for side in (left, right or {}) for seed, v in side.items() if not math.isfinite(v))
+        return {**out, "holds": False, "why": f"a value that is not a finite number for seed(s) {bad}"}
     if right is None:
         iv, zero = mean_interval(list(left.values())), claim.right
         out.update(mean=iv.mean, against=claim.right)

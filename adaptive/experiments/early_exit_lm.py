@@ -21,6 +21,7 @@ from pathlib import Path
 from adaptive.data.byte_vocab import TOKEN_CLASSES
 from adaptive.evaluation.lm_report import Knobs, lm_report, operating_points
 from adaptive.inference.restore import load_run
+from adaptive.workdir.runinfo import write_atomic
 
 TOLERANCE = 0.05  # bits per byte may rise by 5% over every block's on validation
 MEASURES = ("max_prob", "margin", "state_saturation", "classifier")
@@ -65,10 +66,11 @@ def score(workdir: Path, out: Path, limit: int | None) -> list[dict]:
             }
         )
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
     side = out.with_name(f"{out.stem}-validation.json")
     side.write_text(json.dumps(validation, indent=2) + "\n")
     _plot(validation["points"], measures, out.with_name(f"{out.stem}-validation.png"))
+    # last and whole: `adaptive reproduce` takes an existing OUT as this command finished
+    write_atomic(out, json.dumps(rows, indent=2) + "\n")
     return rows
 
 

@@ -84,6 +84,10 @@ def table(rows: list[dict]) -> tuple[list[dict], list[str]]:
 
 
 def _cached(path: Path, compute: Callable[[], dict]) -> dict:
+    """The report at `path` if it is whole, else computed again (one cut short by a kill)."""
     if path.is_file():
-        return json.loads(path.read_text())
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            pass
     return compute()

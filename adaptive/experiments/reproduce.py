@@ -41,8 +41,10 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from adaptive import config as config_lib
@@ -63,7 +65,8 @@ TRAIN_COLUMNS = {"moe/usage_entropy": "train_usage_entropy", "moe/drop_fraction"
 
 def read_block(name: str) -> dict:
     readme = ROOT / "experiments" / name / "README.md"
-    if not readme.is_file():
+    # a name is a folder of experiments/ itself: `../x` or `a/b` would title (and place) it elsewhere
+    if "/" in name or name in ("", ".", "..") or not readme.is_file():
         known = sorted(p.parent.name for p in (ROOT / "experiments").glob("*/README.md"))
         raise ConfigError(f"no experiment {name!r}; experiments/ has {', '.join(known)}")
     return parse_block(readme.read_text(), f"experiments/{name}/README.md")
@@ -97,12 +100,14 @@ def parse_block(text: str, where: str) -> dict:
 
 
 def reproduce(name: str, *, tiny: bool, workdir: str | None, parallel: int, overrides: list[str]) -> int:
+    name = name.rstrip("/")  # as a shell completes a folder's name
+    block = read_block(name)
     out = Path(workdir or f"runs/reproduce/{name}{'-tiny' if tiny else ''}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--workdir {out} is a file; a reproduction's folder holds its runs and results")
     title = f"experiments/{name}{' (tiny)' if tiny else ''}"
     sweep_folders.refuse_a_run_or_an_artifact(out, "--workdir", "the reproduction")
-    return run_block(read_block(name), out, tiny=tiny, parallel=parallel, overrides=overrides, title=title)
+    return run_block(block, out, tiny=tiny, parallel=parallel, overrides=overrides, title=title)
 
 
 def run_block(
@@ -125,9 +130,13 @@ def run_block(
     planned = [row for _, _, rows in plans for row in rows]
     planned += [{"values": {"run": n}, "seed": s} for n, c in runs if "{seed}" in c for s in RUN_SEEDS[tiny]]
     for claim in claims:
-        for side in (claim.left, claim.right):
-            if isinstance(side, (claims_lib.Side, claims_lib.Scaled)) and side.metric.startswith(NON_TEST_PREFIXES):
-                raise ConfigError(f"claim {claim.text!r} reads {side.metric!r}; claims are judged on test_ columns")
+        sides = (claim.left, claim.right)
+        read = [side.metric for side in sides if isinstance(side, (claims_lib.Side, claims_lib.Scaled))]
+        if isinstance(claim.right, claims_lib.Front):  # a front's bars and where it is read, too
+            read += [claim.right.metric, claim.right.at]
+        for metric in read:
+            if metric.startswith(NON_TEST_PREFIXES):
+                raise ConfigError(f"claim {claim.text!r} reads {metric!r}; claims are judged on test_ columns")
         claims_lib.check_design(claim, planned, minimum)
     for _, points, _ in plans:  # before anything trains: each point would be refused, then its claims replaced
         for point in points:
@@ -142,7 +151,10 @@ def run_block(
         if refused := sweep_checks.unreachable_budgets(untrained):  # what `adaptive train` would refuse at its start
             first = next(p for p in untrained if p.index in refused)
             raise ConfigError(f"sweep point {first.workdir}: {refused[first.index]}")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot make --workdir {out}: {e.strerror}") from None
     if title:
         (out / OWNER_FILE).write_text(title + "\n")
     rows = []
@@ -218,18 +230,68 @@ def _run_command(run_name: str, command: str, out: Path, seeds: tuple[int, ...])
         path = (out / f"{label}.json").resolve()
         if not path.is_file():
             line = command.replace("{json}", shlex.quote(str(path))).replace("{seed}", str(seed))
-            code = subprocess.run(line, shell=True, cwd=ROOT, env=env).returncode
+            code, kept = _run_shell(line, env), ""
+            if code != 0 and path.is_file():  # a failed command's JSON is not a result: rerun on resume
+                path.replace(path.with_name(f"{label}.failed.json"))
+                kept = f" (its JSON kept as {label}.failed.json)"
             if code != 0 or not path.is_file():
-                detail = f"exit {code}" if code else f"wrote no {path}"
+                detail = f"exit {code}{kept}" if code else f"wrote no {path}"
                 rows.append(
                     {"point": label, "status": "failed", "values": {"run": run_name}, "seed": seed, "detail": detail}
                 )
                 continue
-        found = json.loads(path.read_text())
-        for item in found if isinstance(found, list) else [found]:
+        found = _read_rows(path, label)
+        for item in found:
             scalars = {k: v for k, v in item.items() if isinstance(v, (int, float, str, bool))}
             row_seed = seed if seed is not None else scalars.get("seed")
             rows.append(
                 {"point": label, "status": "done", "values": {**scalars, "run": run_name}, "seed": row_seed, **scalars}
             )
     return rows
+
+
+def _read_rows(path: Path, label: str) -> list[dict]:
+    """The rows of a finished command's JSON (an object or a list of them); a damaged file is a
+    one-line error, since a resume reads it rather than running the command again."""
+    try:
+        found = json.loads(path.read_text())
+    except ValueError as e:
+        found = e
+    items = found if isinstance(found, list) else [found]
+    if not items or not all(isinstance(item, dict) for item in items):
+        why = f"not JSON ({found})" if isinstance(found, ValueError) else "not an object or a list of objects"
+        raise ConfigError(f"{path} is {why}; delete it to run {label} again")
+    return items
+
+
+def _run_shell(line: str, env: dict) -> int:
+    """`line`'s exit status, run in a process group of its own: on Ctrl-C here the whole group
+    (the script and what it started) is stopped too, not left writing results."""
+    process = subprocess.Popen(line, shell=True, cwd=ROOT, env=env, start_new_session=True)
+    try:
+        return process.wait()
+    except BaseException:
+        _stop_group(process)
+        raise
+
+
+def _stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM to the group (a training run saves on it), SIGKILL to what is left 30 s on."""
+    for sig, wait_s in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 5.0)):
+        if not _signal_group(process.pid, sig):
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            process.poll()  # reaps the shell, which stays in the group until reaped
+            if not _signal_group(process.pid, 0):
+                return
+            time.sleep(0.1)
+
+
+def _signal_group(group: int, sig: int) -> bool:
+    """Sends `sig` to process group `group`; False when no process is left in it."""
+    try:
+        os.killpg(group, sig)
+    except ProcessLookupError:
+        return False
+    return True

@@ -7,6 +7,8 @@
 # `bench serve`.
 #   --tiny: tiny models (seconds of training), one run of 1 s of load per pattern, the JSON in OUT:
 #   a check that the pipeline runs end to end, not a measurement (the claims are checked on the full run).
+#   The files the README cites (serve_TASK.json, TASK_*.png, TASK_grouping.json) are written in OUT, never
+#   over the committed ones here: copy them here by hand to replace those.
 #   ROWS: also write one row per policy, pattern and run there (`seed` = the run, whose load schedules
 #   are the same for every policy; its effective accuracy and SLA violation rate): what
 #   `adaptive reproduce serving` judges its claims on, paired by run.
@@ -18,7 +20,6 @@ if [ "${1:-}" = --tiny ]; then tiny=true; shift; fi
 task=${1:-parity}
 out=${2:-runs/serve}
 rows=${3:-}
-here=$(dirname "$0")
 quiet=(--config.logging.wandb=disabled)
 
 per_run_rows() {  # $1: bench serve's JSON (a row per policy and pattern) -> $rows (a row per run of each)
@@ -73,6 +74,6 @@ fi
 adaptive export --workdir "$out/$primary" --out "$out/$primary.art" --force
 adaptive export --workdir "$out/$small" --out "$out/$small.art" --force
 adaptive bench serve --artifact "$out/$primary.art" --small "$out/$small.art" --sla-ms 50 --max-batch "$batch" \
-  --duration 6 --repeats 3 --fixed-budget "$budget" --out "$out/bench-$task" --json "$here/$json"
-for f in latency_cdf.png budget_over_time.png grouping.json; do cp "$out/bench-$task/$f" "$here/${task}_$f"; done
-per_run_rows "$here/$json"
+  --duration 6 --repeats 3 --fixed-budget "$budget" --out "$out/bench-$task" --json "$out/$json"
+for f in latency_cdf.png budget_over_time.png grouping.json; do cp "$out/bench-$task/$f" "$out/${task}_$f"; done
+per_run_rows "$out/$json"

@@ -7,6 +7,8 @@
 # `calibrate-exits`, `export`, `bench serve-lm`.
 #   --tiny: configs/lm.py:tiny models (seconds of training), one run of 1 s of load per pattern,
 #   the JSON in OUT: a check that the pipeline runs end to end, not a measurement.
+#   The files the README cites (results.json and the bench's plots, in OUT/bench) are written in OUT,
+#   never over the committed ones here: copy them here by hand to replace those.
 #   ROWS: also write one row per policy, pattern and run there (`seed` = the run, whose load
 #   schedules are the same for every policy; its violation rate, p99 TPOT and agreement-weighted
 #   goodput; the fixed policy as `fixed threshold` with its threshold beside): what `adaptive reproduce serving_lm` judges its claims on, paired by run.
@@ -16,7 +18,6 @@ tiny=false
 if [ "${1:-}" = --tiny ]; then tiny=true; shift; fi
 out=${1:-runs/serve-lm}
 rows=${2:-}
-here=$(dirname "$0")
 quiet=(--config.logging.wandb=disabled)
 
 per_run_rows() {  # $1: bench serve-lm's JSON (a row per policy and pattern) -> $rows (a row per run of each)
@@ -62,5 +63,5 @@ for r in lm-exits lm-small; do
   adaptive export --workdir "$out/$r" --out "$out/art/$r" --prompt-capacity 48 --new-tokens 32 --slots 8 --force
 done
 adaptive bench serve-lm --artifact "$out/art/lm-exits" --small "$out/art/lm-small" \
-  --ttft-ms 500 --tpot-ms 25 --duration 12 --repeats 3 --out "$here" --json "$here/results.json"
-per_run_rows "$here/results.json"
+  --ttft-ms 500 --tpot-ms 25 --duration 12 --repeats 3 --out "$out/bench" --json "$out/results.json"
+per_run_rows "$out/results.json"
