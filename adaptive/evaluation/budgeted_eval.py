@@ -31,6 +31,7 @@ from adaptive.inference.restore import load_run
 from adaptive.inference.scoring import draws_key, request_steps, score_split
 from adaptive.training import steps
 from adaptive.workdir.config_file import RunError
+from adaptive.workdir.runinfo import write_atomic
 
 
 def evaluate_run(
@@ -78,7 +79,7 @@ def evaluate_run(
     name = f"{split}{f'-budget{budget}' if budget else ''}{f'-{halt}' if halt else ''}-step{run.step}"
     out = run.workdir / "eval" / f"{name}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_atomic(out, json.dumps(metrics, indent=2) + "\n")  # a kill never leaves half a report
     return metrics, out
 
 

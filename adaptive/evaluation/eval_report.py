@@ -36,6 +36,7 @@ from adaptive.inference.restore import Run, load_run
 from adaptive.inference.scoring import score_split
 from adaptive.training import steps
 from adaptive.workdir.config_file import RunError
+from adaptive.workdir.runinfo import write_atomic
 
 TARGET_FRACTIONS = (0.25, 0.5, 0.75)  # budgeted-batch targets, as fractions of the cap's steps
 CALIBRATION_SPLIT = "validation"  # where exit thresholds are fitted, whatever split is scored
@@ -109,7 +110,7 @@ def compute_report(
     out_dir = run.workdir / "eval"
     out_dir.mkdir(exist_ok=True)
     path = out_dir / f"{split}-report-step{run.step}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n")
+    write_atomic(path, json.dumps(report, indent=1) + "\n")  # a kill never leaves half a report
     prefix = out_dir / f"{split}-step{run.step}"
     pngs = report_plots.draw(report, steps_B, shifted_steps_B, prefix, title=run.workdir.name)
     _log_to_wandb(run, report, pngs)
@@ -139,7 +140,7 @@ def expert_budget_report(run: Run, split: str) -> tuple[list[dict], Path]:
         )
     path = run.workdir / "eval" / f"{split}-experts-step{run.step}.json"
     path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"step": run.step, "split": split, "rows": rows}, indent=1) + "\n")
+    write_atomic(path, json.dumps({"step": run.step, "split": split, "rows": rows}, indent=1) + "\n")
     return rows, path
 
 

@@ -42,6 +42,7 @@ from adaptive.evaluation.plot_labels import annotate
 from adaptive.inference.restore import Run, load_run
 from adaptive.inference.scoring import split_batches
 from adaptive.workdir import exit_calibration
+from adaptive.workdir.runinfo import write_atomic
 
 THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 # Each confidence measure's scale: the cosine of consecutive states sits close to 1, and a
@@ -339,5 +340,5 @@ def evaluate_lm(
     out_dir = run.workdir / "eval"
     report, plots = lm_report(run, split, out_dir, artifact_points=rows)
     path = out_dir / f"{split}-lm-report-step{run.step}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_atomic(path, json.dumps(report, indent=2) + "\n")  # a kill never leaves half a report
     return report, path, plots
