@@ -333,6 +333,14 @@ def test_out_of_memory_is_one_line_and_other_errors_still_raise(monkeypatch, cap
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("adaptive: error: RESOURCE_EXHAUSTED: Out of memory allocating 640597671512 bytes.")
 
+    def host_out_of_memory(args, overrides):  # numpy's allocation of a --tokens far too large
+        raise MemoryError("Unable to allocate 1.86 TiB for an array with shape (1000000000, 512)")
+
+    monkeypatch.setattr(main_module, "_calibrate_exits", host_out_of_memory)
+    assert main(["calibrate-exits", "--workdir", "W"]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("adaptive: error: out of memory: Unable to allocate 1.86 TiB") and "ask for less" in line
+
     def bug(args, overrides):
         raise RuntimeError("something else")
 

@@ -138,7 +138,7 @@ def test_adaptive_eval_of_a_language_model_reports_bits_against_flops(tmp_path):
         )
     # a token that leaves early skips the blocks (and exits) above it: no point costs more than all blocks
     assert all(p["flops_per_token"] <= points[0]["flops_per_token"] for p in points)
-    assert (tmp_path / "run" / "eval" / "validation-bits_vs_flops.png").exists()
+    assert (tmp_path / "run" / "eval" / "validation-step4-bits_vs_flops.png").exists()
     refused = subprocess.run(
         cli("eval", "--workdir", str(tmp_path / "run"), "--budget", "2"), capture_output=True, text=True, timeout=300
     )
@@ -154,7 +154,7 @@ def test_the_lm_report_sweeps_mod_predictor_biases_and_expert_budgets(tmp_path):
     train_tiny(tmp_path / "run", 2, config="configs/lm.py:tiny", overrides=(*ADDITION, *DATA(tmp_path), *knobs))
     report, _ = lm_report(load_run(tmp_path / "run", language_model=True), "validation", tmp_path / "eval", limit=2)
     labels = [p["label"] for p in report["points"]]
-    assert (tmp_path / "eval" / "validation-blocks_histogram.png").is_file()  # MoD tokens run different blocks
+    assert (tmp_path / "eval" / "validation-step2-blocks_histogram.png").is_file()  # MoD tokens run different blocks
     assert labels == ["MoD as trained", "MoD bias -2", "MoD bias -1", "MoD bias +1", "MoD bias +2", "1 expert a block"]
     shares = [p["mod_share"] for p in report["points"][1:5]]
     assert shares == sorted(shares, reverse=True) and shares[0] > shares[-1]  # a higher bias runs fewer tokens

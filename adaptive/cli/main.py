@@ -370,9 +370,11 @@ def _run_command(argv: list[str]) -> int:
     except (Interrupted, SweepInterrupted) as e:
         print(f"adaptive: {e}", file=sys.stderr)
         return 128 + getattr(e, "signum", 15)  # the shell's code for the signal (143, 130), after a clean save
-    except Exception as e:  # XLA out of memory (a capacity or batch too large): its line, not a traceback
+    except Exception as e:  # out of memory (a capacity or batch too large): its line, not a traceback
         first = str(e).strip().split("\n", 1)[0]
-        if "RESOURCE_EXHAUSTED" not in first:
+        if isinstance(e, MemoryError):  # the host's (numpy's allocation), not XLA's
+            first = f"out of memory: {first or 'an allocation failed'}"
+        elif "RESOURCE_EXHAUSTED" not in first:
             raise
         hint = " (ask for less: a smaller batch, capacity or model)" if "memory" in first.lower() else ""
         print(f"adaptive: error: {first}{hint}", file=sys.stderr)

@@ -226,9 +226,10 @@ def lm_report(
     for p, front in zip(points, on_front([(p["flops_per_token"], -p["bits_per_byte"]) for p in points]), strict=True):
         p["pareto"] = front
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [_plot_front(points, out_dir / f"{split}-bits_vs_flops.png", artifact_points or [])]
+    prefix = f"{split}-step{run.step}"  # per step, as the report beside them: another step's eval keeps these
+    paths = [_plot_front(points, out_dir / f"{prefix}-bits_vs_flops.png", artifact_points or [])]
     if run.cfg.lm.exits or run.cfg.lm.mod_capacity > 0:  # the models whose tokens run different blocks
-        paths.append(_plot_histograms(points, run.cfg.model.depth, out_dir / f"{split}-blocks_histogram.png"))
+        paths.append(_plot_histograms(points, run.cfg.model.depth, out_dir / f"{prefix}-blocks_histogram.png"))
     report = {"split": split, "step": run.step, "points": points}
     if artifact_points:
         report["operating_points"] = artifact_points
