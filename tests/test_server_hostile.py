@@ -116,6 +116,27 @@ def test_slow_clients_are_timed_out_and_connections_limited_while_healthz_answer
     assert len(records) <= 8 + 1 + 1  # one line per connection timed out or dropped, one for the limit
 
 
+def test_a_shutdown_answers_a_body_still_arriving_with_503_rather_than_waiting_for_it(engine):
+    """SIGTERM (a rolling restart) stops the server now: a client mid-body is told to send its
+    request again, not kept until --read-timeout-s and then told its body was late."""
+    server = _server(engine, read_timeout_s=600.0)
+
+    async def main():
+        port = await server.start("127.0.0.1", 0)
+        received = server._received
+        reader, writer = await _slow(port)
+        await _until(lambda: server._received == received + 1, "the slow request read")
+        await asyncio.wait_for(server.stop(), 60)  # well before the 600 s the body may take
+        try:
+            return await asyncio.wait_for(reader.read(), 10)
+        finally:
+            writer.close()
+
+    head, _, body = asyncio.run(main()).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503"), head
+    assert json.loads(body)["error"] == "the server is shutting down; send the request again"
+
+
 def test_stuck_headers_are_closed_after_the_idle_timeout_and_bad_http_is_one_log_line(engine, caplog):
     server = _server(engine, idle_timeout_s=0.3)
 

@@ -112,8 +112,9 @@ def check_content_type(header: str | None) -> None:
             raise BadRequest(415, f"the charset must be utf-8; got {_short(value.strip())}")
 
 
-async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes:
-    """The body's bytes: 413 past `limit`, 408 if it has not all arrived within `timeout_s`.
+async def read_body(request: web.Request, limit: int, timeout_s: float, stopping: asyncio.Event) -> bytes:
+    """The body's bytes: 413 past `limit`, 408 if it has not all arrived within `timeout_s`, 503
+    once `stopping` is set while it is still arriving (a shutdown does not wait on a slow client).
     A client that drops the connection meanwhile raises ConnectionError (nobody to answer)."""
     if request.content_length is not None and request.content_length > limit:
         raise BadRequest(413, f"request body over {limit} bytes")
@@ -121,7 +122,7 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
         if request.content.is_eof():  # the usual case: the body came with the headers
             return await request.read()
         async with asyncio.timeout(timeout_s):
-            return await request.read()
+            return await _read_unless(request, stopping)
     except web.HTTPRequestEntityTooLarge:
         raise BadRequest(413, f"request body over {limit} bytes") from None
     except TimeoutError:
@@ -133,6 +134,18 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
         why = getattr(cause, "message", None) or str(cause) or type(cause).__name__
         # the parser cannot go on with this connection: closed after the answer, never read again
         raise BadRequest(400, f"the request body is malformed: {why}", close=True) from None
+
+
+async def _read_unless(request: web.Request, stopping: asyncio.Event) -> bytes:
+    reading, stopped = asyncio.ensure_future(request.read()), asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait((reading, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:  # on the timeout too: neither is left pending
+        for task in (reading, stopped):
+            task.cancel()
+    if reading.done() and not reading.cancelled():
+        return reading.result()
+    raise BadRequest(503, "the server is shutting down; send the request again", close=True)
 
 
 def parse_json(raw: bytes):

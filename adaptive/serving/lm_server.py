@@ -75,6 +75,7 @@ class LMServer:
             controller.observe_prefill(primary.prefill_ms)
         self.ttft_ms, self.tpot_ms = controller.ttft_ms, controller.tpot_ms
         self.max_waiting, self.read_timeout_s = max_waiting, read_timeout_s
+        self._stopping = asyncio.Event()  # set by stop(): a body still arriving is not waited for
         self.max_connections, self.idle_timeout_s = max_connections, idle_timeout_s
         self.connections: ConnectionLimit | None = None
         self.stats = LMStats(self.ttft_ms, self.tpot_ms)
@@ -111,7 +112,7 @@ class LMServer:
         try:
             check_no_query(request)
             check_content_type(request.headers.get("Content-Type"))
-            raw = await read_body(request, MAX_BODY, self.read_timeout_s)
+            raw = await read_body(request, MAX_BODY, self.read_timeout_s, self._stopping)
             parsed = parse_generate(
                 parse_json(raw), self.engines["primary"], self.default_threshold, self.not_applicable
             )
@@ -208,6 +209,7 @@ class LMServer:
         return self._listener.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        self._stopping.set()  # bodies still arriving are answered 503 rather than waited for
         self._listener.close()
         await self._runner.cleanup()
 

@@ -90,6 +90,7 @@ class Server:
         if not (read_timeout_s > 0 and idle_timeout_s > 0 and max_connections >= 1 and max_batch >= 1):
             raise ValueError("read_timeout_s and idle_timeout_s must be > 0, max_connections and max_batch >= 1")
         self.read_timeout_s, self.idle_timeout_s, self.max_connections = read_timeout_s, idle_timeout_s, max_connections
+        self._stopping = asyncio.Event()  # set by stop(): a body still arriving is not waited for
         self.connections: ConnectionLimit | None = None  # set by start(); TestServer runs without
         self.fallbacks = fallback_engines(fallback)
         if list(self.fallbacks) != [f.name for f in controller.fallbacks]:
@@ -193,7 +194,7 @@ class Server:
         try:
             check_no_query(request)
             check_content_type(request.headers.get("Content-Type"))
-            raw = await read_body(request, MAX_BODY, self.read_timeout_s)
+            raw = await read_body(request, MAX_BODY, self.read_timeout_s, self._stopping)
             parsed = parse_predict(parse_json(raw), self.engines["primary"], self.default_steps)
             self._check_answerable(parsed)
         except BadRequest as e:
@@ -271,6 +272,7 @@ class Server:
 
     async def stop(self) -> None:
         """Stops listening, closes the open connections, stops the app (started by `start`)."""
+        self._stopping.set()  # bodies still arriving are answered 503 rather than waited for
         self._listener.close()
         await self._runner.cleanup()
 
