@@ -228,6 +228,9 @@ def test_a_damaged_or_unwritable_calibration_is_one_line_before_the_long_work(ru
         assert err.startswith("adaptive: error: ") and len(err.splitlines()) == 1, err
         assert "exit_calibration.json is not a readable exit calibration (threshold is '0.3', not a number)" in err
     assert not (tmp_path / "art").exists()
+    assert main(["calibrate-exits", "--workdir", str(run), "--delta", "0.5", "--windows", "8"]) == 0
+    assert "replaces an unreadable previous calibration (kept as exit_calibration.1.json)" in capsys.readouterr().out
+    assert '"threshold": "0.3"' in (run / "exit_calibration.1.json").read_text()  # nothing lost
     (run / "exit_calibration.json").unlink()
     (run / "exit_calibration.json").mkdir()  # where the calibration goes: refused before any window is scored
     assert main(["calibrate-exits", "--workdir", str(run), "--delta", "0.5", "--windows", "8"]) == 1

@@ -65,12 +65,14 @@ def run(args, overrides: list[str]) -> int:
         "tested": rows,
     }
     try:
-        previous = exit_calibration.read(trained.workdir)
+        previous, damaged = exit_calibration.read(trained.workdir), False
     except ValueError:
-        previous = None  # a damaged file: kept beside this one, as any replaced calibration is
+        previous, damaged = None, True  # kept beside this one, as any replaced calibration is
     path, kept = exit_calibration.write(trained.workdir, record)
     if previous is not None:  # the newest calibration is what generate and export read
         print(f"replaces the previous calibration: {exit_calibration.describe(previous)} (kept as {kept.name})")
+    elif damaged:
+        print(f"replaces an unreadable previous calibration (kept as {kept.name})")
     if result.threshold == exit_risk.NO_EXITS:
         print(f"no threshold certified at delta={args.delta}, epsilon={args.epsilon}: tokens run every block")
     else:
